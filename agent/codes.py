@@ -1,0 +1,112 @@
+"""Normalising what readers produce and what the platform sends: codes, NFC ids and times.
+
+Kept free of I/O so the decision engine, the cache and the drivers agree on one spelling.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MAX_CODE_LEN = 256
+_HEX = re.compile(r"[0-9A-F]+")
+_NFC_SEPARATORS = re.compile(r"[\s:\-]")
+
+
+def clean_code(raw: str) -> str:
+    """Return a scanned code without control characters and surrounding blanks, capped in length.
+
+    Scanners and keyboards add CR/LF, NULs, escape sequences; none of those are part of a
+    barcode. The result may be empty, which the engine treats as an unknown code.
+    """
+    kept = "".join(
+        ch for ch in raw if not unicodedata.category(ch).startswith("C")
+    )
+    return kept.strip()[:MAX_CODE_LEN]
+
+
+def normalize_nfc_id(raw: str) -> str | None:
+    """Return the platform's NFC id form (`0x` + upper-case hex), or None if `raw` is not hex.
+
+    Accepts any case, with or without `0x`, with colons, dashes or blanks between bytes
+    (`04:a2:2b:...` as many readers print it).
+    """
+    text = _NFC_SEPARATORS.sub("", raw.strip()).upper()
+    if text.startswith("0X"):
+        text = text[2:]
+    if not text or len(text) > 64 or not _HEX.fullmatch(text):
+        return None
+    if len(text) % 2:
+        text = "0" + text
+    return "0x" + text
+
+
+def looks_like_nfc(code: str) -> bool:
+    """True when a typed or scanned code is spelled like an NFC id rather than a barcode.
+
+    Only codes with an explicit `0x` prefix or byte separators count: plain hex-looking
+    barcodes (e.g. `A1B2C3`) must stay barcodes.
+    """
+    text = code.strip()
+    if text[:2].lower() == "0x":
+        return normalize_nfc_id(text) is not None
+    if ":" in text and normalize_nfc_id(text) is not None:
+        return True
+    return False
+
+
+def zone_info(name: str | None) -> ZoneInfo:
+    """The event's time zone, UTC when unknown (the platform does not always send one)."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return ZoneInfo("UTC")
+
+
+def parse_platform_time(value: object, tz: ZoneInfo | None = None) -> datetime | None:
+    """Parse a platform date-time into an aware UTC datetime, or None when absent or unparsable.
+
+    The docs show both `YYYY-MM-DD HH:MM:SS` (no zone: taken in the event's zone `tz`) and
+    ISO 8601 with microseconds and `Z`. A bare date means the start of that day.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace(" ", "T", 1)
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz or UTC)
+    return moment.astimezone(UTC)
+
+
+def format_upload_time(moment: datetime) -> str:
+    """The platform's upload format: UTC, `YYYY-MM-DD HH:MM:SS`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 UTC with microseconds: how gate-agent stores its own times (sortable text)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc_iso(text: str) -> datetime:
+    """Inverse of `utc_iso`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def age_on(birth: datetime, moment: datetime) -> int:
+    """Whole years between a date of birth and `moment` (both aware)."""
+    b, m = birth.date(), moment.date()
+    return m.year - b.year - ((m.month, m.day) < (b.month, b.day))
+
+
+def minutes(n: float) -> timedelta:
+    return timedelta(minutes=n)

@@ -1,0 +1,285 @@
+"""Strict TOML configuration: typed, bounded, unknown keys rejected, errors naming `section.key`.
+
+Modelled on Klipper's configfile: every option is declared once below with its type, default
+and bounds, so `config.example.toml` can be checked against this table by a test, and a typo in
+a technician's file is an error that names the file and the key instead of a silent default.
+
+The key names of `[api]`, `[store]`, `[events]` and `[[lanes]]` are a contract with scripts
+outside the project: add keys freely, never rename one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/gate-agent/config.toml"
+DEFAULT_BASE_URL = "https://api.nuwebgroup.com/v1"
+
+Validator = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared option: its type(s), default (None = optional) and an extra check."""
+
+    kind: type | tuple[type, ...]
+    default: Any = None
+    check: Validator | None = None
+    required: bool = False
+
+
+def _between(lo: float, hi: float) -> Validator:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"must be between {lo} and {hi}, got {v}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Validator:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+
+    return check
+
+
+def _non_empty(v: Any) -> str | None:
+    return None if str(v).strip() else "must not be empty"
+
+
+def _int_list(v: Any) -> str | None:
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return "must be a list of whole numbers"
+    return None
+
+
+def _str_list(v: Any) -> str | None:
+    if not all(isinstance(x, str) and x.strip() for x in v):
+        return "must be a list of non-empty strings"
+    return None
+
+
+def _event_ids(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None if v == "activated" else 'must be a list of event ids or the string "activated"'
+    return _int_list(v)
+
+
+def _listen(v: Any) -> str | None:
+    host, sep, port = str(v).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return 'must be "host:port", e.g. "127.0.0.1:8080" (port 0 picks a free port)'
+    return None
+
+
+SECTIONS: dict[str, dict[str, Option]] = {
+    "api": {
+        "base_url": Option(str, DEFAULT_BASE_URL, _non_empty),
+        "token_file": Option(str, "/etc/gate-agent/token"),
+        "token_env": Option(str, "GATE_AGENT_TOKEN"),
+        "company_id": Option(int, 0, _between(0, 2**63 - 1)),
+        "language": Option(str, "en", _non_empty),
+        "requests_per_minute": Option(int, 60, _between(1, 100_000)),
+        "budget_share": Option((float, int), 1.0, _between(0.01, 1.0)),
+        "upload_reserve": Option(int, 2, _between(0, 1000)),
+        "timeout_s": Option((float, int), 15.0, _between(0.5, 600)),
+        "ca_file": Option(str, ""),
+        "async_poll_limit_s": Option((float, int), 120.0, _between(1, 7200)),
+    },
+    "store": {
+        "dir": Option(str, "/var/lib/gate-agent", _non_empty),
+        "keep_personal_data": Option(bool, False),
+        "sent_retention_days": Option(int, 7, _between(0, 3650)),
+        "fail_closed": Option(bool, True),
+    },
+    "events": {
+        "ids": Option((str, list), "activated", _event_ids),
+    },
+    "sync": {
+        "upload_interval_s": Option((float, int), 10.0, _between(0.2, 3600)),
+        "upload_batch_size": Option(int, 500, _between(1, 5000)),
+        "delta_interval_s": Option((float, int), 30.0, _between(1, 86400)),
+        "refresh_interval_s": Option((float, int), 300.0, _between(10, 86400)),
+        "full_resync_at": Option(str, "04:00"),
+        "max_cache_age_s": Option((float, int), 3600.0, _between(10, 30 * 86400)),
+    },
+    "status": {
+        "listen": Option(str, "127.0.0.1:8080", _listen),
+        "token": Option(str, ""),
+    },
+    "log": {
+        "level": Option(str, "info", _one_of("debug", "info", "warning", "error")),
+        "format": Option(str, "auto", _one_of("auto", "text", "json")),
+    },
+}
+
+LANE_OPTIONS: dict[str, Option] = {
+    "name": Option(str, None, _non_empty, required=True),
+    "event_ids": Option(list, [], _int_list),
+    "zone_id": Option(int, None, _between(1, 2**63 - 1)),
+    "gate_id": Option(int, None, _between(1, 2**63 - 1)),
+    "direction": Option(str, "in", _one_of("in", "out", "auto")),
+    "max_entries": Option(int, 1, _between(0, 1_000_000)),
+    "readers": Option(list, [], _str_list),
+    "relay": Option(str, ""),
+    "relay_pulse_ms": Option(int, 800, _between(10, 60_000)),
+    "debounce_ms": Option(int, 2000, _between(0, 600_000)),
+    "ticket_types": Option(list, [], _int_list),
+    "exclude_ticket_types": Option(list, [], _int_list),
+    "include_products": Option(bool, False),
+    "age_unknown": Option(str, "refuse", _one_of("refuse", "admit")),
+    "grace_minutes": Option(int, 0, _between(0, 24 * 60)),
+}
+
+
+@dataclass(frozen=True)
+class LaneConfig:
+    """One lane: where scans come from, what they may open, and the local rules."""
+
+    name: str
+    event_ids: tuple[int, ...] = ()
+    zone_id: int | None = None
+    gate_id: int | None = None
+    direction: str = "in"
+    max_entries: int = 1
+    readers: tuple[str, ...] = ()
+    relay: str = ""
+    relay_pulse_ms: int = 800
+    debounce_ms: int = 2000
+    ticket_types: tuple[int, ...] = ()
+    exclude_ticket_types: tuple[int, ...] = ()
+    include_products: bool = False
+    age_unknown: str = "refuse"
+    grace_minutes: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; sections are plain dicts of validated values."""
+
+    path: str
+    api: dict[str, Any]
+    store: dict[str, Any]
+    events: dict[str, Any]
+    sync: dict[str, Any]
+    status: dict[str, Any]
+    log: dict[str, Any]
+    lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.store["dir"]).expanduser()
+
+    def lane(self, name: str | None) -> LaneConfig:
+        """The named lane, or the only/first lane; a clear error naming the lanes otherwise."""
+        if not self.lanes:
+            raise ConfigError("no [[lanes]] configured; add one", path=self.path, key="lanes")
+        if name is None:
+            return self.lanes[0]
+        for lane in self.lanes:
+            if lane.name == name:
+                return lane
+        known = ", ".join(lane.name for lane in self.lanes)
+        raise ConfigError(f"no lane named {name!r} (lanes: {known})", path=self.path, key="lanes")
+
+    @property
+    def event_ids(self) -> list[int] | None:
+        """Configured event ids, or None for "all activated events"."""
+        ids = self.events["ids"]
+        return None if ids == "activated" else list(ids)
+
+
+def _check_value(path: str, key: str, opt: Option, value: Any) -> Any:
+    kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join(
+            {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true/false",
+             "list": "a list"}.get(k.__name__, k.__name__)
+            for k in kinds
+        )
+        raise ConfigError(f"must be {names}, got {type(value).__name__} {value!r}", path=path, key=key)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if opt.check is not None:
+        problem = opt.check(value)
+        if problem:
+            raise ConfigError(problem, path=path, key=key)
+    return value
+
+
+def _read_table(path: str, prefix: str, table: Any, options: dict[str, Option]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=path, key=prefix)
+    unknown = sorted(set(table) - set(options))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} (known: {', '.join(sorted(options))})",
+            path=path, key=f"{prefix}.{unknown[0]}",
+        )
+    out: dict[str, Any] = {}
+    for key, opt in options.items():
+        if key in table:
+            out[key] = _check_value(path, f"{prefix}.{key}", opt, table[key])
+        elif opt.required:
+            raise ConfigError("is required", path=path, key=f"{prefix}.{key}")
+        else:
+            out[key] = list(opt.default) if isinstance(opt.default, list) else opt.default
+    return out
+
+
+def lane_from_dict(path: str, prefix: str, table: Any) -> LaneConfig:
+    values = _read_table(path, prefix, table, LANE_OPTIONS)
+    for key in ("event_ids", "readers", "ticket_types", "exclude_ticket_types"):
+        values[key] = tuple(values[key])
+    return LaneConfig(**values)
+
+
+def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
+    """Validate an already-parsed TOML document."""
+    known = set(SECTIONS) | {"lanes"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown section [{unknown[0]}] (known: {', '.join(sorted(known))})",
+            path=path, key=unknown[0],
+        )
+    sections = {name: _read_table(path, name, data.get(name, {}), opts)
+                for name, opts in SECTIONS.items()}
+    raw_lanes = data.get("lanes", [])
+    if not isinstance(raw_lanes, list):
+        raise ConfigError("must be an array of tables ([[lanes]])", path=path, key="lanes")
+    lanes = tuple(lane_from_dict(path, f"lanes[{i}]", t) for i, t in enumerate(raw_lanes))
+    names = [lane.name for lane in lanes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"lane name {name!r} is used twice", path=path, key="lanes.name")
+    return Config(path=path, lanes=lanes, **sections)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; every problem is a ConfigError naming file and key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found (pass --config PATH, or copy config.example.toml there)", path=str(p)
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(p)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8 text", path=str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"is not valid TOML: {exc}", path=str(p)) from None
+    return parse_config(data, str(p))

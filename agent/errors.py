@@ -1,0 +1,159 @@
+"""The one error tree of gate-agent.
+
+Every failure a user can meet is one of these, so the CLI and the daemon can print a clear,
+specific message (naming the config key, the device or the file) and never a traceback::
+
+    GateAgentError
+    ├── ConfigError            bad or missing configuration (names file and section.key)
+    ├── ImportFileError        a provisioning file that is not in the platform's shape
+    ├── StoreError             SQLite trouble
+    │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
+    │   └── JournalUnavailable the journal cannot be written: the gate must not admit
+    ├── DriverError            hardware trouble
+    │   └── DriverUnavailable  a driver's library or device is missing (names the URL)
+    └── ApiError               anything the platform link reports (see below)
+        ├── Unauthenticated    401: token missing, wrong or revoked
+        ├── Forbidden          403: no access to the company, or its trial expired
+        ├── NotFound           404
+        ├── Validation         422: with the platform's field errors
+        ├── RateLimited        429: with the wait in seconds
+        ├── ServerError        5xx
+        ├── Transport          connect/read timeouts, resets, TLS failures
+        └── BadResponse        not JSON, or not the documented shape
+
+Messages never contain the API token: `redact()` is applied wherever text from outside
+(URLs, response bodies) is put into a message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+class GateAgentError(Exception):
+    """Base of every error gate-agent raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(GateAgentError):
+    """The configuration is wrong; the message names the file and `section.key`."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None):
+        self.path = path
+        self.key = key
+        where = ""
+        if path and key:
+            where = f"{path}: {key}: "
+        elif path:
+            where = f"{path}: "
+        elif key:
+            where = f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class ImportFileError(GateAgentError):
+    """A provisioning file is not JSON in one of the platform's response shapes."""
+
+    exit_code = 2
+
+
+class StoreError(GateAgentError):
+    """SQLite could not do what was asked."""
+
+
+class CacheCorrupt(StoreError):
+    """The ticket cache file is damaged; a full resync rebuilds it. The journal is separate."""
+
+
+class JournalUnavailable(StoreError):
+    """The scan journal cannot be written (disk full, read-only, damaged). Fail closed."""
+
+
+class DriverError(GateAgentError):
+    """A reader or output failed."""
+
+
+class DriverUnavailable(DriverError):
+    """A driver cannot be opened: its library is not installed or its device is absent."""
+
+    def __init__(self, url: str, reason: str, hint: str = ""):
+        self.url = url
+        self.reason = reason
+        self.hint = hint
+        text = f"{url}: {reason}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+class ApiError(GateAgentError):
+    """The platform link failed. `status` is the HTTP status when there was one."""
+
+    status: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None):
+        super().__init__(redact(message))
+        if status is not None:
+            self.status = status
+        self.body = body
+
+
+class Unauthenticated(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Validation(ApiError):
+    status = 422
+
+    def __init__(self, message: str, *, errors: dict[str, list[str]] | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        self.errors = errors or {}
+
+
+class RateLimited(ApiError):
+    status = 429
+
+    def __init__(self, message: str, *, wait_s: float, **kw: Any):
+        super().__init__(message, **kw)
+        self.wait_s = wait_s
+
+
+class ServerError(ApiError):
+    pass
+
+
+class Transport(ApiError):
+    pass
+
+
+class BadResponse(ApiError):
+    pass
+
+
+_SECRETS: set[str] = set()
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._|~+/=-]+")
+
+
+def register_secret(secret: str) -> None:
+    """Remember a secret (the API token) so that `redact` removes it from any text."""
+    if secret and len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret and any bearer credential in `text` with `***`."""
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return _BEARER.sub(r"\1***", text)
