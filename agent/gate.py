@@ -1,0 +1,140 @@
+"""The hot path of one device: code in -> lookup -> decide -> journal -> Decision out.
+
+`Gate` owns no thread and no network. It gathers the facts for `decide()` from the cache and the
+journal (a few indexed queries), calls the pure engine, and for a real scan commits the journal
+row before returning — so whoever pulses the relay does so only after the scan is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from agent.codes import clean_code, looks_like_nfc, normalize_nfc_id, utc_iso
+from agent.config import Config, LaneConfig
+from agent.decide import Candidate, Decision, Facts, decide
+from agent.errors import JournalUnavailable
+from agent.scanstate import derive_state
+from agent.store.cache import CachedItem, TicketCache
+from agent.store.journal import Journal, JournalRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    decision: Decision
+    uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
+
+
+class Gate:
+    """Decisions for every lane of this device, over one cache and one journal."""
+
+    def __init__(self, cache: TicketCache, journal: Journal, config: Config):
+        self.cache = cache
+        self.journal = journal
+        self.config = config
+        self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
+
+    # -- facts ------------------------------------------------------------------------------
+
+    def facts(self, raw_code: str, lane: LaneConfig, kind: str | None = None,
+              mono_ms: int | None = None) -> Facts:
+        """Look a code up and gather the state the engine needs (read-only)."""
+        code = clean_code(raw_code)
+        nfc = normalize_nfc_id(code) if (kind == "nfc" or looks_like_nfc(code)) else None
+        if nfc:
+            kind, code = "nfc", nfc
+        kind = kind or "barcode"
+        debounced = False
+        if mono_ms is not None and lane.debounce_ms:
+            last = self._last_read.get(lane.name)
+            debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
+        served = tuple(self.config.event_ids) if self.config.event_ids is not None else None
+        if not code:
+            return Facts(code, kind, served_events=served, debounced=debounced)
+        found: list[CachedItem] = []
+        historic: int | None = None
+        if kind == "nfc":
+            found = self.cache.find_nfc(code)
+        else:
+            found = self.cache.find_barcode(code)
+            if not found:
+                historic = next(iter(self.cache.find_historic(code)), None)
+            if not found and historic is None and (alt := normalize_nfc_id(code)):
+                found = self.cache.find_nfc(alt)
+        if kind == "nfc" and found:
+            found = _newest_per_event(found)
+        candidates = tuple(self._candidate(hit, lane) for hit in found)
+        return Facts(code, kind, candidates, historic, served, debounced)
+
+    def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
+        event = self.cache.event(hit.event_id)
+        zone = self.cache.zone(lane.zone_id) if lane.zone_id else self.cache.default_zone(hit.event_id)
+        zone_id = lane.zone_id or (zone.id if zone else None)
+        is_default = zone.is_default_entry if zone else lane.zone_id is None
+        state = derive_state(
+            self.journal.own_admits(hit.event_id, hit.item.id),
+            self.cache.platform_scans(hit.event_id, hit.item.id),
+            zone_id, is_default, event.timezone if event else None,
+        )
+        occupancy = None
+        if zone is not None and zone.capacity:
+            synced = self.cache.zone_synced_at(zone.id)
+            occupancy = (zone.attendance or 0) + self.journal.zone_flow_since(zone.id, synced)
+        return Candidate(hit.event_id, hit.item, event, zone, zone_id, state, occupancy)
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def check(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
+              kind: str | None = None) -> Decision:
+        """Dry run: what would happen, recording nothing."""
+        return decide(self.facts(code, lane, kind), lane, now, direction)
+
+    def scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
+             kind: str | None = None, mono_ms: int | None = None) -> ScanResult:
+        """A real scan: decide, then journal durably (fsync) before returning."""
+        decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
+        if mono_ms is not None:
+            self._last_read[lane.name] = (decision.code, mono_ms)
+        if not decision.record:
+            return ScanResult(decision, None)
+        scan_uuid = str(uuidlib.uuid4())
+        row = _journal_row(scan_uuid, decision, lane, now)
+        try:
+            self.journal.record(row)
+        except JournalUnavailable as exc:
+            log.error("journal write failed on lane %s: %s", lane.name, exc)
+            if self.config.store["fail_closed"] or not decision.admit:
+                refused = replace(decision, admit=False, status="denied",
+                                  detail="journalUnavailable",
+                                  message="Gate cannot record scans; please call staff")
+                return ScanResult(refused, None)
+            return ScanResult(decision, None)
+        return ScanResult(decision, scan_uuid)
+
+
+def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
+    """A tag paired to several items of one event: only the most recent pairing counts."""
+    best: dict[int, CachedItem] = {}
+    for hit in found:
+        if hit.event_id not in best or hit.seq > best[hit.event_id].seq:
+            best[hit.event_id] = hit
+    return sorted(best.values(), key=lambda h: -h.seq)
+
+
+def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:
+    """Unknown codes have no event to attach them to: kept locally (`local`), never uploaded."""
+    local_only = d.event_id is None
+    barcode = d.barcode if d.item_id is not None else (d.code if d.kind == "barcode" else None)
+    return JournalRow(
+        uuid=scan_uuid, code=d.code, kind=d.kind, barcode=barcode,
+        nfc_id=d.code if d.kind == "nfc" else None, item_id=d.item_id, event_id=d.event_id,
+        zone_id=d.zone_id, zone_is_default=d.zone_is_default, gate_id=lane.gate_id,
+        lane=lane.name, direction=d.direction, admit=d.admit, status=d.status,
+        status_detail=d.detail, message=d.message, scanned_on=utc_iso(now),
+        upload_state="local" if local_only else "pending",
+        reason="unknown code: no platform item to attach it to" if local_only else None,
+    )

@@ -1,0 +1,292 @@
+"""The ticket cache: events, zones and entry items as the platform sent them, indexed for lookup.
+
+Items are stored as the platform's JSON (minus personal data the gate does not need, unless
+`store.keep_personal_data`) with the columns a lookup needs pulled out and indexed. The cache is
+disposable: a damaged file raises CacheCorrupt and is rebuilt by a full sync; nothing here is the
+only copy of anything (scans live in the journal).
+
+"Most recently updated" (for NFC ids paired to several items) is the order in which items reached
+this cache: every write takes the next value of `seq`, so a later page of a later sync wins.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import CacheCorrupt, StoreError
+from agent.model import (
+    Event,
+    Item,
+    Zone,
+    ZoneScan,
+    parse_event,
+    parse_item,
+    parse_zone,
+    strip_personal,
+)
+from agent.store.sqlite import integrity_ok, migrate, open_database
+
+MIGRATIONS = [
+    ("0001_initial", """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY, name TEXT, timezone TEXT, raw TEXT NOT NULL,
+            synced_at TEXT);
+        CREATE TABLE zones (
+            id INTEGER PRIMARY KEY, event_id INTEGER NOT NULL, name TEXT,
+            raw TEXT NOT NULL, synced_at TEXT);
+        CREATE INDEX zones_event ON zones(event_id);
+        CREATE TABLE items (
+            event_id INTEGER NOT NULL, id INTEGER NOT NULL, barcode TEXT, nfc_id TEXT,
+            item_type TEXT, status TEXT, seq INTEGER NOT NULL, raw TEXT NOT NULL,
+            PRIMARY KEY (event_id, id));
+        CREATE INDEX items_barcode ON items(barcode);
+        CREATE INDEX items_nfc ON items(nfc_id) WHERE nfc_id IS NOT NULL;
+        CREATE TABLE historic_barcodes (
+            barcode TEXT NOT NULL, event_id INTEGER NOT NULL, item_id INTEGER NOT NULL,
+            PRIMARY KEY (barcode, event_id, item_id));
+        CREATE TABLE platform_scans (
+            event_id INTEGER NOT NULL, item_id INTEGER NOT NULL, zone_id INTEGER,
+            scan TEXT NOT NULL, scanned_on TEXT, uuid TEXT);
+        CREATE INDEX platform_scans_item ON platform_scans(item_id);
+        CREATE TABLE sync_state (
+            event_id INTEGER PRIMARY KEY, cursor TEXT, last_sync TEXT, last_full TEXT,
+            pending_cursor TEXT);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
+    """),
+]
+
+
+@dataclass(frozen=True)
+class CachedItem:
+    """An item as found by a lookup: which event it belongs to, and its order of update."""
+
+    event_id: int
+    seq: int
+    item: Item
+
+
+class TicketCache:
+    """Read and write access to one cache file (`<store.dir>/cache.db`)."""
+
+    def __init__(self, path: Path | str, *, keep_personal_data: bool = False, check: bool = True):
+        self.path = Path(path)
+        self.keep_personal_data = keep_personal_data
+        try:
+            self.db = open_database(self.path, synchronous="NORMAL")
+            if check:
+                problem = integrity_ok(self.db)
+                if problem:
+                    raise CacheCorrupt(f"ticket cache {self.path} is damaged: {problem}")
+            migrate(self.db, MIGRATIONS)
+        except sqlite3.DatabaseError as exc:
+            raise CacheCorrupt(
+                f"ticket cache {self.path} is not a usable SQLite file ({exc}); "
+                "run `gate-agent sync --full` to rebuild it (scans are kept in the journal)"
+            ) from exc
+        except StoreError as exc:
+            if isinstance(exc, CacheCorrupt):
+                raise
+            raise CacheCorrupt(str(exc)) from exc
+        self.conn = self.db.conn
+        row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()
+        self._seq = int(row[0])
+        self._events: dict[int, Event] = {}
+        self._zones: dict[int, Zone] = {}
+        self._load_small_tables()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; everything inside commits together or not at all."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._load_small_tables()
+            raise
+        self.conn.execute("COMMIT")
+
+    def _load_small_tables(self) -> None:
+        """Events and zones are few: keep them in memory so a decision never queries for them."""
+        self._events = {}
+        for (raw,) in self.conn.execute("SELECT raw FROM events"):
+            event = parse_event(json.loads(raw))
+            if event:
+                self._events[event.id] = event
+        self._zones = {}
+        for event_id, raw in self.conn.execute("SELECT event_id, raw FROM zones"):
+            zone = parse_zone(json.loads(raw), event_id)
+            if zone:
+                self._zones[zone.id] = zone
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def put_events(self, events: Iterable[Event], synced_at: str) -> None:
+        for event in events:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO events (id, name, timezone, raw, synced_at) VALUES (?,?,?,?,?)",
+                (event.id, event.name, event.timezone, json.dumps(event.raw), synced_at),
+            )
+            self._events[event.id] = event
+
+    def put_zones(self, event_id: int, zones: Iterable[Zone], synced_at: str) -> None:
+        """Replace the zones of one event (zones deleted on the platform disappear here too)."""
+        zones = list(zones)
+        self.conn.execute("DELETE FROM zones WHERE event_id = ?", (event_id,))
+        for zone_id in [z for z, zone in self._zones.items() if zone.event_id == event_id]:
+            del self._zones[zone_id]
+        for zone in zones:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO zones (id, event_id, name, raw, synced_at) VALUES (?,?,?,?,?)",
+                (zone.id, event_id, zone.name, json.dumps(zone.raw), synced_at),
+            )
+            self._zones[zone.id] = zone
+
+    def put_items(self, event_id: int, items: Iterable[Item]) -> int:
+        """Insert or replace items of one event, with their historic barcodes and platform scans.
+
+        Call inside `transaction()` to apply a page atomically. Returns the number written.
+        """
+        count = 0
+        rows, historic, scans, ids = [], [], [], []
+        for item in items:
+            self._seq += 1
+            raw = item.raw if self.keep_personal_data else strip_personal(item.raw)
+            rows.append((event_id, item.id, item.barcode, item.nfc_id, item.item_type,
+                         item.status, self._seq, json.dumps(raw, separators=(",", ":"))))
+            ids.append((event_id, item.id))
+            historic.extend((code, event_id, item.id) for code in item.historic_barcodes)
+            scans.extend(
+                (event_id, item.id, s.zone_id, s.scan, s.scanned_on, s.uuid)
+                for s in _platform_scans(item)
+            )
+            count += 1
+        if not rows:
+            return 0
+        self.conn.executemany(
+            "DELETE FROM platform_scans WHERE event_id = ? AND item_id = ?", ids)
+        self.conn.executemany(
+            "DELETE FROM historic_barcodes WHERE event_id = ? AND item_id = ?", ids)
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
+            " VALUES (?,?,?,?,?,?,?,?)", rows)
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO historic_barcodes (barcode, event_id, item_id) VALUES (?,?,?)",
+            historic)
+        self.conn.executemany(
+            "INSERT INTO platform_scans (event_id, item_id, zone_id, scan, scanned_on, uuid)"
+            " VALUES (?,?,?,?,?,?)", scans)
+        return count
+
+    def pair_nfc(self, event_id: int, item_id: int, nfc_id: str) -> None:
+        """Apply the platform's re-pairing rules locally: the tag moves to this item (newest seq)."""
+        self._seq += 1
+        self.conn.execute(
+            "UPDATE items SET nfc_id = NULL WHERE event_id = ? AND nfc_id = ? AND id != ?",
+            (event_id, nfc_id, item_id))
+        self.conn.execute(
+            "UPDATE items SET nfc_id = ?, seq = ? WHERE event_id = ? AND id = ?",
+            (nfc_id, self._seq, event_id, item_id))
+
+    def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
+                   full: bool = False) -> None:
+        self.conn.execute(
+            "INSERT INTO sync_state (event_id, cursor, last_sync, last_full) VALUES (?,?,?,?)"
+            " ON CONFLICT(event_id) DO UPDATE SET cursor = excluded.cursor,"
+            " last_sync = excluded.last_sync,"
+            " last_full = COALESCE(excluded.last_full, sync_state.last_full)",
+            (event_id, cursor, synced_at, synced_at if full else None))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def find_barcode(self, code: str) -> list[CachedItem]:
+        return self._items("SELECT event_id, seq, raw FROM items WHERE barcode = ?", code)
+
+    def find_nfc(self, nfc_id: str) -> list[CachedItem]:
+        """Items paired to a tag, newest pairing first (the platform: most recent wins)."""
+        return self._items(
+            "SELECT event_id, seq, raw FROM items WHERE nfc_id = ? ORDER BY seq DESC", nfc_id)
+
+    def find_historic(self, code: str) -> list[int]:
+        """Event ids where `code` is a replaced barcode of some item."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT event_id FROM historic_barcodes WHERE barcode = ?", (code,))]
+
+    def _items(self, sql: str, arg: str) -> list[CachedItem]:
+        found = []
+        for event_id, seq, raw in self.conn.execute(sql, (arg,)):
+            item = parse_item(json.loads(raw))
+            if item is not None:
+                found.append(CachedItem(event_id, seq, item))
+        return found
+
+    def platform_scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
+        return [ZoneScan(zone_id, scan, on, uuid) for zone_id, scan, on, uuid in self.conn.execute(
+            "SELECT zone_id, scan, scanned_on, uuid FROM platform_scans"
+            " WHERE item_id = ? AND event_id = ?", (item_id, event_id))]
+
+    def event(self, event_id: int) -> Event | None:
+        return self._events.get(event_id)
+
+    def events(self) -> list[Event]:
+        return list(self._events.values())
+
+    def zone(self, zone_id: int) -> Zone | None:
+        return self._zones.get(zone_id)
+
+    def zones(self, event_id: int) -> list[Zone]:
+        return [z for z in self._zones.values() if z.event_id == event_id]
+
+    def default_zone(self, event_id: int) -> Zone | None:
+        """The event's default "Entry" zone, when its zones have been synced."""
+        for zone in self.zones(event_id):
+            if zone.is_default_entry:
+                return zone
+        return None
+
+    def zone_synced_at(self, zone_id: int) -> str | None:
+        row = self.conn.execute("SELECT synced_at FROM zones WHERE id = ?", (zone_id,)).fetchone()
+        return row[0] if row else None
+
+    def sync_state(self, event_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT cursor, last_sync, last_full FROM sync_state WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else {"cursor": row[0], "last_sync": row[1], "last_full": row[2]}
+
+    def item_counts(self) -> dict[int, int]:
+        return {e: n for e, n in self.conn.execute(
+            "SELECT event_id, COUNT(*) FROM items GROUP BY event_id")}
+
+    def get_status(self) -> dict[str, Any]:
+        counts = self.item_counts()
+        events = []
+        for event_id in sorted(set(counts) | set(self._events)):
+            state = self.sync_state(event_id) or {}
+            event = self._events.get(event_id)
+            events.append({
+                "id": event_id, "name": event.name if event else None,
+                "items": counts.get(event_id, 0), "last_sync": state.get("last_sync"),
+                "cursor": state.get("cursor"), "last_full": state.get("last_full"),
+            })
+        return {"path": str(self.path), "events": events}
+
+
+def _platform_scans(item: Item) -> list[ZoneScan]:
+    """Scans the platform knows of: `zoneData.scans`, else the `variable` scan (default zone)."""
+    if item.scans:
+        return list(item.scans)
+    if item.status == "scanned" and item.scanned_on:
+        return [ZoneScan(None, "in", item.scanned_on, None)]
+    return []

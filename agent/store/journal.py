@@ -1,0 +1,248 @@
+"""The scan journal: every decided scan, admits and refusals, durable before the gate opens.
+
+Its own SQLite file with `synchronous=FULL` in WAL mode: `record()` returns only after the
+commit has been fsynced, so a power cut after the relay pulses cannot lose the scan. It is also
+the outbox for uploads (`upload_state`: pending -> sent, or quarantined with the platform's
+reason; `local` for scans that cannot be uploaded, e.g. codes the platform has never issued).
+Rows are never deleted except sent rows past the retention period.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import JournalUnavailable, StoreError
+from agent.store.sqlite import integrity_ok, migrate, open_database
+
+MIGRATIONS = [
+    ("0001_initial", """
+        CREATE TABLE scans (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            uuid TEXT NOT NULL UNIQUE,
+            code TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            barcode TEXT,
+            nfc_id TEXT,
+            item_id INTEGER,
+            event_id INTEGER,
+            zone_id INTEGER,
+            zone_is_default INTEGER NOT NULL DEFAULT 0,
+            gate_id INTEGER,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            admit INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            status_detail TEXT,
+            message TEXT,
+            scanned_on TEXT NOT NULL,
+            upload_state TEXT NOT NULL DEFAULT 'pending',
+            batch_uuid TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            sent_at TEXT);
+        CREATE INDEX scans_item ON scans(item_id, event_id);
+        CREATE INDEX scans_upload ON scans(upload_state, seq);
+        CREATE INDEX scans_zone_time ON scans(zone_id, scanned_on)
+    """),
+]
+
+UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """What a decided scan leaves behind; the upload job turns it into a platform ticket row."""
+
+    uuid: str
+    code: str
+    kind: str
+    barcode: str | None
+    nfc_id: str | None
+    item_id: int | None
+    event_id: int | None
+    zone_id: int | None
+    zone_is_default: bool
+    gate_id: int | None
+    lane: str
+    direction: str
+    admit: bool
+    status: str
+    status_detail: str | None
+    message: str
+    scanned_on: str  # UTC ISO (agent.codes.utc_iso)
+    upload_state: str = "pending"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class OwnScan:
+    uuid: str
+    zone_id: int | None
+    direction: str
+    scanned_on: str
+
+
+_COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", "zone_id",
+            "zone_is_default", "gate_id", "lane", "direction", "admit", "status",
+            "status_detail", "message", "scanned_on", "upload_state", "reason")
+_INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+
+
+class Journal:
+    """The journal file (`<store.dir>/journal.db`). Never deleted, never rebuilt."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        try:
+            self.db = open_database(self.path, synchronous="FULL")
+            problem = integrity_ok(self.db)
+            if problem:
+                raise JournalUnavailable(
+                    f"scan journal {self.path} is damaged ({problem}); it is kept as it is — "
+                    "copy it aside for recovery before starting with a new one")
+            migrate(self.db, MIGRATIONS)
+        except sqlite3.Error as exc:
+            raise JournalUnavailable(f"scan journal {self.path} cannot be opened: {exc}") from exc
+        except StoreError as exc:
+            if isinstance(exc, JournalUnavailable):
+                raise
+            raise JournalUnavailable(str(exc)) from exc
+        self.conn = self.db.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def record(self, row: JournalRow) -> None:
+        """Insert and commit (fsync) one scan. Raises JournalUnavailable if it did not persist."""
+        values = tuple(getattr(row, c) for c in _COLUMNS)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(_INSERT, values)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise JournalUnavailable(f"scan journal {self.path} is not writable: {exc}") from exc
+
+    # -- scan state -------------------------------------------------------------------------
+
+    def own_admits(self, event_id: int, item_id: int) -> list[OwnScan]:
+        """This device's admitted scans of one item (all zones), oldest first."""
+        return [OwnScan(*r) for r in self.conn.execute(
+            "SELECT uuid, zone_id, direction, scanned_on FROM scans"
+            " WHERE item_id = ? AND event_id = ? AND admit = 1 ORDER BY seq", (item_id, event_id))]
+
+    def zone_flow_since(self, zone_id: int, since: str | None) -> int:
+        """Admits in minus admits out of a zone recorded here after `since` (UTC ISO)."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+            " WHERE zone_id = ? AND admit = 1 AND scanned_on > ?", (zone_id, since or "")
+        ).fetchone()
+        return int(row[0])
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def pending(self, limit: int) -> list[sqlite3.Row]:
+        cur = self.conn.execute(
+            "SELECT * FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT ?", (limit,))
+        return _rows(cur)
+
+    def rows(self, states: tuple[str, ...] = ("pending", "quarantined", "local"),
+             limit: int = 1000) -> list[sqlite3.Row]:
+        marks = ",".join("?" for _ in states)
+        cur = self.conn.execute(
+            f"SELECT * FROM scans WHERE upload_state IN ({marks}) ORDER BY seq LIMIT ?",
+            (*states, limit))
+        return _rows(cur)
+
+    def assign_batch(self, uuids: list[str], batch_uuid: str) -> None:
+        """Fix the request uuid of a batch before sending, so a retry after a crash reuses it."""
+        with self._write():
+            self.conn.executemany(
+                "UPDATE scans SET batch_uuid = ?, attempts = attempts + 1 WHERE uuid = ?",
+                [(batch_uuid, u) for u in uuids])
+
+    def mark_sent(self, uuids: list[str], sent_at: str) -> None:
+        with self._write():
+            self.conn.executemany(
+                "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE uuid = ?",
+                [(sent_at, u) for u in uuids])
+
+    def quarantine(self, uuid: str, reason: str) -> None:
+        with self._write():
+            self.conn.execute(
+                "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
+                " WHERE uuid = ?", (reason[:1000], uuid))
+
+    def retry_quarantined(self, uuids: list[str] | None = None) -> int:
+        """Put quarantined rows back in the outbox (a technician's `queue retry`)."""
+        with self._write():
+            if uuids:
+                cur = self.conn.executemany(
+                    "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
+                    " WHERE upload_state = 'quarantined' AND uuid = ?", [(u,) for u in uuids])
+            else:
+                cur = self.conn.execute(
+                    "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
+                    " WHERE upload_state = 'quarantined'")
+            return cur.rowcount
+
+    def prune_sent(self, older_than: str) -> int:
+        with self._write():
+            cur = self.conn.execute(
+                "DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?", (older_than,))
+            return cur.rowcount
+
+    def counts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
+        for state, n in self.conn.execute(
+                "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state"):
+            out[state] = n
+        row = self.conn.execute(
+            "SELECT MIN(scanned_on) FROM scans WHERE upload_state = 'pending'").fetchone()
+        out["oldest_pending"] = row[0]
+        return out
+
+    def _write(self) -> Any:
+        return _WriteTxn(self)
+
+
+class _WriteTxn:
+    def __init__(self, journal: Journal):
+        self.journal = journal
+
+    def __enter__(self) -> None:
+        self.journal.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        conn = self.journal.conn
+        if exc_type is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                exc = err
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise JournalUnavailable(f"scan journal {self.journal.path}: {exc}") from exc
+
+
+def _rows(cur: sqlite3.Cursor) -> list[Any]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def iter_all(journal: Journal) -> Iterator[dict[str, Any]]:
+    cur = journal.conn.execute("SELECT * FROM scans ORDER BY seq")
+    names = [d[0] for d in cur.description]
+    for r in cur:
+        yield dict(zip(names, r, strict=True))

@@ -1,0 +1,85 @@
+"""Opening SQLite files the same way everywhere, and ordered migrations recorded in a table.
+
+Each migration runs inside one transaction together with its row in `migrations`, so a crash
+mid-migration leaves the file at the previous version (SQLite DDL is transactional).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlite_utils
+
+from agent.errors import StoreError
+
+Migration = tuple[str, str]  # (name, SQL script)
+
+
+def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode: int = 0o600,
+                  readonly: bool = False) -> sqlite_utils.Database:
+    """Open (creating with `create_mode`) a SQLite file in WAL mode with a busy timeout.
+
+    Files are created 0600: the cache can hold attendee names and the journal is an audit log.
+    `isolation_level=None` lets us issue explicit BEGIN/COMMIT so that a commit's durability is
+    exactly where we say it is.
+    """
+    path = Path(path)
+    if path.name != ":memory:" and not readonly:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, create_mode)
+            os.close(fd)
+    target = f"file:{path}?mode=ro" if readonly else str(path)
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                           uri=readonly, timeout=5.0)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return sqlite_utils.Database(conn)
+
+
+def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, in order, one transaction each. Returns names applied."""
+    conn = db.conn
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    applied: list[str] = []
+    for name, script in migrations:
+        if name in done:
+            continue
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO migrations (name, applied_at) VALUES (?, datetime('now'))", (name,)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"migration {name} failed: {exc}") from exc
+        applied.append(name)
+    return applied
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (our scripts contain no `;` inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def integrity_ok(db: sqlite_utils.Database) -> str | None:
+    """None when `PRAGMA quick_check` passes, else SQLite's complaint."""
+    try:
+        rows = db.conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    result = [r[0] for r in rows]
+    return None if result == ["ok"] else "; ".join(map(str, result[:3]))
