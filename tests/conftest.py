@@ -1,0 +1,63 @@
+"""Shared fixtures: a provisioned demo gate on real SQLite files in a temp directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent import demo_data
+from agent.config import Config, load_config
+from agent.gate import Gate
+from agent.provision import import_file
+from agent.runtime import opened_gate
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoSite:
+    """A gate provisioned with agent.demo_data's event, as a technician would with `import`."""
+
+    root: Path
+    config_path: Path
+    config: Config
+    now: datetime
+    files: list[Path]
+
+
+def make_site(root: Path, now: datetime, extra_config: str = "") -> DemoSite:
+    store = root / "state"
+    config_path = root / "config.toml"
+    config_path.write_text(demo_data.demo_config(store, extra_config), encoding="utf-8")
+    config = load_config(config_path)
+    files = demo_data.write_demo_files(root / "platform", now)
+    with opened_gate(config) as gate:
+        for path in files:
+            import_file(gate.cache, path, now)
+    return DemoSite(root, config_path, config, now, files)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> DemoSite:
+    return make_site(tmp_path, datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def gate(site: DemoSite) -> Iterator[Gate]:
+    with opened_gate(site.config) as g:
+        yield g
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `gate-agent ARGS` as a real subprocess, as a technician would."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], input=stdin, capture_output=True, text=True,
+        cwd=PROJECT_ROOT, timeout=timeout, env=env,
+    )

@@ -1,0 +1,107 @@
+"""The config file is strict: every mistake is an error naming the file and `section.key`."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import LANE_OPTIONS, SECTIONS, load_config, parse_config
+from agent.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+EXAMPLE = PROJECT_ROOT / "config.example.toml"
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    config = load_config(EXAMPLE)
+    assert config.api["requests_per_minute"] == 60
+    assert config.lanes[0].name == "lane1"
+    text = EXAMPLE.read_text()
+    for section, options in SECTIONS.items():
+        assert f"[{section}]" in text
+        for key in options:
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} undocumented"
+    for key in LANE_OPTIONS:
+        assert f"\n{key} = " in text or f"\n# {key} = " in text, f"lanes.{key} undocumented"
+
+
+def test_example_defaults_match_the_declared_defaults() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    for section, options in SECTIONS.items():
+        for key, value in data[section].items():
+            assert options[key].default == value, f"{section}.{key}"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("[api]\ncompany = 3\n", "api.company", "unknown key"),
+    ("[api]\nrequests_per_minute = 'fast'\n", "api.requests_per_minute", "whole number"),
+    ("[api]\nbudget_share = 2.0\n", "api.budget_share", "between"),
+    ("[events]\nids = 'all'\n", "events.ids", "activated"),
+    ("[[lanes]]\nname = 'a'\ndirection = 'sideways'\n", "lanes[0].direction", "one of"),
+    ("[[lanes]]\ndirection = 'in'\n", "lanes[0].name", "required"),
+    ("[[lanes]]\nname = 'a'\nmax_entries = true\n", "lanes[0].max_entries", "whole number"),
+    ("[[lanes]]\nname = 'a'\n[[lanes]]\nname = 'a'\n", "lanes.name", "twice"),
+    ("[status]\nlisten = '8080'\n", "status.listen", "host:port"),
+    ("[stores]\ndir = '/x'\n", "stores", "unknown section"),
+    ("lanes = 3\n", "lanes", "array of tables"),
+])
+def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert words in message
+
+
+def test_missing_file_and_bad_toml_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[api\n"))
+    bad = tmp_path / "bin.toml"
+    bad.write_bytes(b"\xff\xfe[api]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+
+
+def test_lane_lookup_names_the_known_lanes(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "[[lanes]]\nname = 'north'\n"))
+    assert config.lane(None).name == "north"
+    with pytest.raises(ConfigError, match="lanes: north"):
+        config.lane("south")
+
+
+toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from([*SECTIONS, "lanes", "bogus"]),
+    st.dictionaries(st.sampled_from([*SECTIONS["api"], *LANE_OPTIONS, "zzz"]), toml_values,
+                    max_size=4) | st.lists(st.dictionaries(
+                        st.sampled_from([*LANE_OPTIONS, "zzz"]), toml_values, max_size=4),
+                        max_size=2) | toml_values,
+    max_size=4))
+def test_any_document_loads_or_fails_with_a_named_key(doc: dict) -> None:
+    """Fuzz: a config either validates or raises ConfigError naming a key; nothing else."""
+    try:
+        parse_config(doc, "fuzz.toml")
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.toml: ")
+        assert exc.key
