@@ -59,6 +59,9 @@ MIGRATIONS = [
             pending_cursor TEXT);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
     """),
+    ("0002_resumable_pass", """
+        ALTER TABLE sync_state ADD COLUMN pending_end TEXT
+    """),
 ]
 
 
@@ -201,12 +204,28 @@ class TicketCache:
 
     def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
                    full: bool = False) -> None:
+        """A pass finished: store its cursor and forget where the pass stood."""
         self.conn.execute(
             "INSERT INTO sync_state (event_id, cursor, last_sync, last_full) VALUES (?,?,?,?)"
             " ON CONFLICT(event_id) DO UPDATE SET cursor = excluded.cursor,"
-            " last_sync = excluded.last_sync,"
+            " last_sync = excluded.last_sync, pending_cursor = NULL, pending_end = NULL,"
             " last_full = COALESCE(excluded.last_full, sync_state.last_full)",
             (event_id, cursor, synced_at, synced_at if full else None))
+
+    def set_pending(self, event_id: int, next_url: str | None, end_time: str | None) -> None:
+        """Where an unfinished pass stands (the next page), committed with the page it follows."""
+        self.conn.execute(
+            "INSERT INTO sync_state (event_id, pending_cursor, pending_end) VALUES (?,?,?)"
+            " ON CONFLICT(event_id) DO UPDATE SET pending_cursor = excluded.pending_cursor,"
+            " pending_end = excluded.pending_end", (event_id, next_url, end_time))
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file (before the file is renamed into place)."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def reload(self) -> None:
+        """Re-read events and zones written by another connection (the sync worker)."""
+        self._load_small_tables()
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -261,9 +280,12 @@ class TicketCache:
 
     def sync_state(self, event_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(
-            "SELECT cursor, last_sync, last_full FROM sync_state WHERE event_id = ?", (event_id,)
-        ).fetchone()
-        return None if row is None else {"cursor": row[0], "last_sync": row[1], "last_full": row[2]}
+            "SELECT cursor, last_sync, last_full, pending_cursor, pending_end FROM sync_state"
+            " WHERE event_id = ?", (event_id,)).fetchone()
+        if row is None:
+            return None
+        return {"cursor": row[0], "last_sync": row[1], "last_full": row[2],
+                "pending_cursor": row[3], "pending_end": row[4]}
 
     def item_counts(self) -> dict[int, int]:
         return {e: n for e, n in self.conn.execute(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,13 +151,21 @@ class Journal:
 
     # -- outbox ---------------------------------------------------------------------------
 
-    def pending(self, limit: int) -> list[sqlite3.Row]:
+    def pending(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest pending scans, in scan order."""
         cur = self.conn.execute(
             "SELECT * FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT ?", (limit,))
         return _rows(cur)
 
+    def batch(self, batch_uuid: str) -> list[dict[str, Any]]:
+        """The pending rows of a batch whose request uuid was already fixed, in scan order."""
+        cur = self.conn.execute(
+            "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ? ORDER BY seq",
+            (batch_uuid,))
+        return _rows(cur)
+
     def rows(self, states: tuple[str, ...] = ("pending", "quarantined", "local"),
-             limit: int = 1000) -> list[sqlite3.Row]:
+             limit: int = 1000) -> list[dict[str, Any]]:
         marks = ",".join("?" for _ in states)
         cur = self.conn.execute(
             f"SELECT * FROM scans WHERE upload_state IN ({marks}) ORDER BY seq LIMIT ?",
@@ -211,32 +220,24 @@ class Journal:
         out["oldest_pending"] = row[0]
         return out
 
-    def _write(self) -> Any:
-        return _WriteTxn(self)
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction; any SQLite failure becomes JournalUnavailable."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise JournalUnavailable(f"scan journal {self.path}: {exc}") from exc
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
 
-class _WriteTxn:
-    def __init__(self, journal: Journal):
-        self.journal = journal
-
-    def __enter__(self) -> None:
-        self.journal.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        conn = self.journal.conn
-        if exc_type is None:
-            try:
-                conn.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                exc = err
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise JournalUnavailable(f"scan journal {self.journal.path}: {exc}") from exc
-
-
-def _rows(cur: sqlite3.Cursor) -> list[Any]:
+def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 

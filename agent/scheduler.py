@@ -1,0 +1,115 @@
+"""Background jobs of the daemon on APScheduler 3.11's AsyncIOScheduler.
+
+upload every `sync.upload_interval_s` (and at once when a full batch is waiting), delta sync
+every `sync.delta_interval_s`, events and zones every `sync.refresh_interval_s`, a full resync
+nightly at `sync.full_resync_at`, journal pruning hourly. Every job: coalesce, one instance at a
+time, a generous misfire grace. Job bodies are plain coroutines (tested directly); this module
+only wires them and keeps their health: a failure is logged once when it starts and once when
+the job recovers, and is visible in status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+JobBody = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class JobHealth:
+    name: str
+    runs: int = 0
+    failures: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+    last_success: float | None = None
+    last_run: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Jobs:
+    """The daemon's scheduled jobs and their health."""
+
+    def __init__(self) -> None:
+        self.scheduler = AsyncIOScheduler(job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
+        self.health: dict[str, JobHealth] = {}
+
+    def add_interval(self, name: str, body: JobBody, seconds: float,
+                     first_in: float = 0.5) -> None:
+        self._add(name, body, IntervalTrigger(seconds=seconds),
+                  datetime.now().astimezone() + timedelta(seconds=first_in))
+
+    def add_daily(self, name: str, body: JobBody, hhmm: str) -> None:
+        try:
+            hour, minute = (int(x) for x in hhmm.split(":"))
+            trigger = CronTrigger(hour=hour, minute=minute)
+        except ValueError:
+            raise ConfigError(f"must be HH:MM, got {hhmm!r}", key="sync.full_resync_at") from None
+        self._add(name, body, trigger, None)
+
+    def _add(self, name: str, body: JobBody, trigger: Any, first: datetime | None) -> None:
+        self.health[name] = JobHealth(name)
+        kwargs: dict[str, Any] = {"id": name, "name": name, "replace_existing": True}
+        if first is not None:
+            kwargs["next_run_time"] = first
+        self.scheduler.add_job(self._guarded(name, body), trigger, **kwargs)
+
+    def _guarded(self, name: str, body: JobBody) -> JobBody:
+        async def run() -> None:
+            health = self.health[name]
+            health.runs += 1
+            health.last_run = time.time()
+            try:
+                await body()
+            except Exception as exc:  # noqa: BLE001 - a job failure must never kill the daemon
+                health.failures += 1
+                health.last_error = str(exc)
+                if health.failing_since is None:
+                    health.failing_since = time.time()
+                    log.warning("job %s failing: %s", name, exc)
+                return
+            if health.failing_since is not None:
+                log.info("job %s recovered after %.0f s", name, time.time() - health.failing_since)
+            health.failing_since = None
+            health.last_error = None
+            health.last_success = time.time()
+
+        run.__name__ = f"job_{name}"
+        return run
+
+    def run_now(self, name: str) -> None:
+        """Bring a job's next run forward to now (e.g. upload when a full batch waits)."""
+        job = self.scheduler.get_job(name)
+        if job is not None:
+            job.modify(next_run_time=datetime.now().astimezone())
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def get_status(self) -> dict[str, Any]:
+        out = {}
+        for name, health in self.health.items():
+            job = self.scheduler.get_job(name) if self.scheduler.running else None
+            nxt = job.next_run_time.isoformat() if job and job.next_run_time else None
+            out[name] = {**health.as_dict(), "next_run": nxt}
+        return out
