@@ -32,7 +32,9 @@ class ScanResult:
 class Gate:
     """Decisions for every lane of this device, over one cache and one journal."""
 
-    def __init__(self, cache: TicketCache, journal: Journal, config: Config):
+    def __init__(self, cache: TicketCache, journal: Journal | None, config: Config):
+        """`journal` None: the journal could not be opened; every scan is refused (fail closed)
+        unless `store.fail_closed` is off."""
         self.cache = cache
         self.journal = journal
         self.config = config
@@ -75,15 +77,17 @@ class Gate:
         zone = self.cache.zone(lane.zone_id) if lane.zone_id else self.cache.default_zone(hit.event_id)
         zone_id = lane.zone_id or (zone.id if zone else None)
         is_default = zone.is_default_entry if zone else lane.zone_id is None
+        own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
         state = derive_state(
-            self.journal.own_admits(hit.event_id, hit.item.id),
+            own,
             self.cache.platform_scans(hit.event_id, hit.item.id),
             zone_id, is_default, event.timezone if event else None,
         )
         occupancy = None
         if zone is not None and zone.capacity:
             synced = self.cache.zone_synced_at(zone.id)
-            occupancy = (zone.attendance or 0) + self.journal.zone_flow_since(zone.id, synced)
+            flow = self.journal.zone_flow_since(zone.id, synced) if self.journal else 0
+            occupancy = (zone.attendance or 0) + flow
         return Candidate(hit.event_id, hit.item, event, zone, zone_id, state, occupancy)
 
     # -- decisions --------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class Gate:
         scan_uuid = str(uuidlib.uuid4())
         row = _journal_row(scan_uuid, decision, lane, now)
         try:
+            if self.journal is None:
+                raise JournalUnavailable("the scan journal could not be opened")
             self.journal.record(row)
         except JournalUnavailable as exc:
             log.error("journal write failed on lane %s: %s", lane.name, exc)
@@ -114,6 +120,12 @@ class Gate:
                 return ScanResult(refused, None)
             return ScanResult(decision, None)
         return ScanResult(decision, scan_uuid)
+
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
