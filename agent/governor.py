@@ -72,7 +72,7 @@ class RateBudget:
         self.sends_since_seen = 0
 
     def _prune(self, now: float) -> None:
-        while self.sends and self.sends[0] <= now - self.window_s:
+        while self.sends and self.sends[0] + self.window_s <= now:
             self.sends.popleft()
 
     def _server_known(self, now: float) -> bool:
@@ -156,7 +156,11 @@ class Governor:
         waiter = _Waiter(int(priority), next(self._seq), loop.create_future())
         heapq.heappush(self._heap, waiter)
         self._kick()
-        await waiter.future  # a cancelled waiter is dropped by the pump
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            self._kick()  # let the pump drop this waiter and look at the next one
+            raise
         self.granted[Priority(priority).name] += 1
 
     def observe(self, remaining: int | None, window_s: float | None) -> None:
@@ -185,7 +189,7 @@ class Governor:
             at = self.budget.ready_at(Priority(head.priority), now)
             if at <= now:
                 heapq.heappop(self._heap)
-                self.budget.record_send(now)
+                self._grant(Priority(head.priority), now)
                 head.future.set_result(None)
                 continue
             self._wake.clear()
@@ -198,6 +202,10 @@ class Governor:
                     if not task.done():
                         task.cancel()
                 await asyncio.gather(sleeper, woken, return_exceptions=True)
+
+    def _grant(self, priority: Priority, now: float) -> None:
+        """Count one send of `priority` at `now` (a seam for tests that audit every grant)."""
+        self.budget.record_send(now)
 
     def get_status(self) -> dict[str, Any]:
         """Remaining sends, next slot time (clock seconds), 429 block and queue per priority."""
