@@ -233,7 +233,8 @@ class PlatformClient:
                 return self._decode(response, what, shape)
             except ApiError as err:
                 self._failed(err)
-                retryable = err.status is None or err.status >= 500
+                retryable = (err.status is None or err.status >= 500) and \
+                    not getattr(err, "no_retry", False)
                 if (not may_retry or not retryable or attempt >= self.max_retries
                         or isinstance(err, Validation)):
                     raise
@@ -266,9 +267,11 @@ class PlatformClient:
         base = path.split("?")[0]
         while True:
             if self.clock.now() - started > self.async_poll_limit_s:
-                raise Transport(f"{what}: the platform did not finish the async request within "
-                                f"{self.async_poll_limit_s:.0f} s (api.async_poll_limit_s); "
-                                "it will be retried later")
+                err = Transport(f"{what}: the platform did not finish the async request "
+                                f"within {self.async_poll_limit_s:.0f} s "
+                                "(api.async_poll_limit_s); it will be retried later")
+                err.no_retry = True  # type: ignore[attr-defined]  # it already waited long
+                raise err
             await self.clock.sleep(delay)
             delay = min(delay * 2, 5.0)
             response = await self._send("GET", base, None, {"asyncUuid": token}, None, what)

@@ -24,6 +24,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -49,7 +50,10 @@ class LoopClock:
     """The running event loop's monotonic time (simulated when the loop's time is)."""
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # status read outside the loop: the loop's clock is monotonic
+            return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
