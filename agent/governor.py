@@ -107,7 +107,8 @@ class RateBudget:
     def observe(self, now: float, remaining: int | None, window_s: float | None) -> None:
         """Take in the rate headers of an answer (either may be missing)."""
         if window_s is not None and window_s > 0:
-            self.server_window_s = float(window_s)
+            # The platform states its window length: our own log uses the same window.
+            self.server_window_s = self.window_s = float(window_s)
         if remaining is not None:
             self.server_remaining = max(0, remaining)
             self.server_seen_at = now
