@@ -14,6 +14,7 @@ Async mode (`?async=true`): 202 `{asyncUuid}`, then polls of the same path with 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -96,7 +97,7 @@ class PlatformClient:
             headers["X-NU-COMPANY-ID"] = str(company_id)
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/", headers=headers, timeout=httpx.Timeout(timeout_s),
-            verify=ca_file or True, transport=transport, follow_redirects=False,
+            verify=_tls_context(ca_file), transport=transport, follow_redirects=False,
         )
 
     @classmethod
@@ -328,6 +329,17 @@ class PlatformClient:
             "clock_skew_s": s.skew_s, "content_language": s.content_language,
             "requests": dict(self.outcomes), "governor": self.governor.get_status(),
         }
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verification always on; `ca_file` adds a private CA to the system's trusted ones."""
+    context = ssl.create_default_context()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load CA file {ca_file}: {exc}", key="api.ca_file") from exc
+    return context
 
 
 def _flag(value: bool) -> str:

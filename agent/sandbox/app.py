@@ -67,7 +67,16 @@ class Platform:
             body = json.loads(raw) if raw else None
         except ValueError:
             return invalid({"body": ["The request body must be JSON."]})
+        company_raw = request.headers.get("x-nu-company-id")
+        company = st.company_id if not company_raw else \
+            int(company_raw) if company_raw.strip().isdigit() else -1
         if path == "/login" and request.method == "POST":
+            # No token yet: counted against the company named (or the default one).
+            allowed, remaining = st.take_slot(company if company > 0 else st.company_id)
+            headers["X-Remaining-Requests"] = str(remaining)
+            headers["X-Available-In-Seconds"] = str(int(st.window_s))
+            if not allowed:
+                return 429, _msg("Too Many Attempts.")
             if _flag(q.get("async")):
                 return invalid({"async": ["Requests carrying a password cannot be async."]})
             return self.login(body)
@@ -75,9 +84,6 @@ class Platform:
         user = st.user_for(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
         if user is None:
             return 401, _msg("Unauthenticated.")
-        company_raw = request.headers.get("x-nu-company-id")
-        company = st.company_id if not company_raw else \
-            int(company_raw) if company_raw.strip().isdigit() else -1
         if company not in user.companies or st.faults.trial_expired:
             return 403, _msg("This action is unauthorized.")
         if q.get("asyncUuid"):
