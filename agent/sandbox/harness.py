@@ -169,6 +169,8 @@ def start_sandbox_process(*, tickets: int = 1000, rpm: int = 60, window_s: float
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     return Sandbox(info["url"], info["token"], info["controlToken"], info["companyId"],
                    None, stop)
