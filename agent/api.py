@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -146,7 +146,10 @@ class PlatformClient:
             Priority.DELTA_SYNC if start_time else Priority.REFRESH)
         params: dict[str, Any] = {}
         if page_url is not None:
-            path = self._own_url(page_url)
+            # httpx would replace the link's query with `params`: carry it over explicitly.
+            path, _, query = self._own_url(page_url).partition("?")
+            params = {k: v for k, v in parse_qsl(query, keep_blank_values=True)
+                      if k not in ("async", "asyncUuid")}
         else:
             path = "entry/tickets"
             params = {"eventId": event_id, "limit": limit,

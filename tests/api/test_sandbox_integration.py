@@ -262,3 +262,21 @@ def test_429_storm_is_counted_by_the_sandbox(sandbox):
                 await c.zones(1001)
     run(go())
     assert sandbox.received()["rateLimited"] == 1
+
+
+@pytest.mark.sandbox(tickets=2500, async_delay_s=0.02)
+def test_async_full_read_follows_links_in_async_mode(sandbox):
+    async def go():
+        async with make_client(sandbox) as c:
+            return await all_pages(c, limit=1000, async_mode=True)
+
+    async def all_pages(c, **kw):  # links carry limit=1000, so every page is async too
+        page = await c.entry_tickets(1001, **kw)
+        pages = [page]
+        while page.next_url:
+            page = await c.entry_tickets(1001, page_url=page.next_url, async_mode=True)
+            pages.append(page)
+        return pages
+    pages = run(go())
+    ids = [i.id for p in pages for i in p.items]
+    assert len(pages) == 3 and len(ids) == len(set(ids)) == pages[0].total == 2375
