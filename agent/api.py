@@ -75,6 +75,15 @@ class LinkStatus:
 class PlatformClient:
     """Async client for the endpoints a gate uses. Use as `async with PlatformClient(...)`."""
 
+    #: The governor priority each method asks for (entry_tickets: DELTA_SYNC with a
+    #: start_time, REFRESH without, unless the caller passes `priority=`).
+    PRIORITIES: dict[str, Priority] = {
+        "upload_scans": Priority.UPLOAD, "zone_scan": Priority.UPLOAD,
+        "entry_tickets": Priority.DELTA_SYNC, "activated_events": Priority.REFRESH,
+        "zones": Priority.REFRESH, "pair_tag": Priority.OTHER, "zone_check": Priority.OTHER,
+        "config": Priority.OTHER, "whoami": Priority.OTHER, "login": Priority.OTHER,
+    }
+
     def __init__(self, base_url: str, token: str, company_id: int, language: str,
                  timeout_s: float, governor: Governor, ca_file: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, *,
