@@ -273,3 +273,33 @@ def strip_personal(raw: dict[str, Any]) -> dict[str, Any]:
     copy = dict(raw)
     copy["stable"] = {k: v for k, v in stable.items() if k not in PERSONAL_FIELDS}
     return copy
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """One page of `GET /entry/tickets`: parsed items plus what is needed to go on.
+
+    `content` keeps the raw rows (same order as `items`, rows without an id dropped from
+    `items` only) so the cache can store what the platform sent. `next_url` is the full URL of
+    the next page, None on the last one; `list_end_time` is the `startTime` of the next delta.
+    """
+
+    items: list[Item]
+    content: list[dict[str, Any]]
+    list_end_time: str | None
+    total: int | None
+    next_url: str | None
+
+
+def parse_entry_page(payload: dict[str, Any]) -> EntryPage:
+    """Parse a `GET /entry/tickets` body (the caller has checked it is an object)."""
+    content = [row for row in _list(payload.get("content")) if isinstance(row, dict)]
+    pagination = _obj(payload.get("pagination"))
+    next_url = _str(pagination.get("next"))
+    return EntryPage(
+        items=[i for i in (parse_item(r) for r in content) if i is not None],
+        content=content,
+        list_end_time=_str(payload.get("listEndTime")),
+        total=_int(payload.get("total")),
+        next_url=next_url or None,
+    )

@@ -1,0 +1,153 @@
+"""The sandbox's ticket data: seed items plus the mutations scans and pairings make.
+
+Only changed items are stored (a copy of the item with its new last-modified key), so a seed of
+a million generated items costs nothing until scanned.
+
+Listing order and delta semantics (documented in docs/platform.md):
+- a full listing is every unchanged seed item in index order (last-modified = the seed's base
+  time), then every changed item by (last-modified, change sequence) — a change moves an item
+  to the end, never backwards;
+- pages are keyset-paginated: the `next` link carries the sort key of the page's last item, so
+  an item changed while a client pages is not skipped (it comes again at the end of the pass);
+- `listEndTime` is the server time at which the pass's first page was served (whole seconds,
+  carried in the links) and `startTime` is inclusive: every change made after the pass started
+  is in the next delta; a client may receive an item twice, never miss one. Change times never
+  go below a `listEndTime` already handed out, even if the server clock is moved back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.sandbox.seed import FMT, Seed
+
+Key = tuple[float, int, int]  # (last-modified epoch seconds, change sequence, item id)
+
+
+def fmt(epoch: float) -> str:
+    return datetime.fromtimestamp(math.floor(epoch), UTC).strftime(FMT)
+
+
+def parse_time(text: str) -> float | None:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("T", " ", 1).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@dataclass
+class Found:
+    event_id: int
+    index: int
+    historic: bool
+
+
+class ItemStore:
+    """Seed items + mutations for all events; the caller holds the state lock."""
+
+    def __init__(self, seed: Seed):
+        self.seed = seed
+        self.base_t = float(math.floor(seed.base_time.timestamp()))
+        self.changed: dict[int, dict[int, tuple[Key, dict[str, Any]]]] = {
+            eid: {} for eid in seed.items}
+        self.seq = 0
+        self.horizon = self.base_t  # change times never go below this
+
+    def events(self) -> list[int]:
+        return list(self.seed.items)
+
+    def item(self, event_id: int, index: int) -> dict[str, Any]:
+        """The current item (a copy the caller may change and `put` back)."""
+        source = self.seed.items[event_id]
+        hit = self.changed[event_id].get(source.item_id(index))
+        if hit is not None:
+            return _copy(hit[1])
+        return source.item(index)
+
+    def put(self, event_id: int, item: dict[str, Any], now: float) -> None:
+        """Store a changed item: it becomes last-modified now (or later, see `horizon`)."""
+        self.seq += 1
+        t = max(now, self.horizon)
+        self.horizon = t
+        self.changed[event_id][int(item["id"])] = ((t, self.seq, int(item["id"])), item)
+
+    def hold_horizon(self, t: float) -> None:
+        """A listEndTime `t` was handed out: later changes must not be older than it."""
+        self.horizon = max(self.horizon, t)
+
+    def find(self, code: str, event_id: int | None = None) -> Found | None:
+        """Look a barcode (or a historic one) up, in one event or all."""
+        for eid in ([event_id] if event_id is not None else self.events()):
+            source = self.seed.items.get(eid)
+            hit = source.find_barcode(code) if source is not None else None
+            if hit is not None:
+                return Found(eid, hit[0], hit[1])
+        return None
+
+    def find_nfc(self, nfc_id: str, event_id: int) -> int | None:
+        """Index of the item currently paired with `nfc_id` in the event (changes win)."""
+        source = self.seed.items[event_id]
+        for _key, item in self.changed[event_id].values():
+            variable = item.get("variable")
+            if isinstance(variable, dict) and str(variable.get("nfcId", "")).upper() == \
+                    nfc_id.upper():
+                return source.find_id(int(item["id"]))
+        index = source.find_nfc(nfc_id)
+        if index is None:
+            return None
+        item = self.item(event_id, index)
+        variable = item.get("variable")
+        same = isinstance(variable, dict) and str(variable.get("nfcId", "")).upper() == \
+            nfc_id.upper()
+        return index if same else None
+
+    def listing(self, event_id: int, start: float | None, after: Key | None, limit: int,
+                products: bool) -> tuple[list[tuple[Key, dict[str, Any]]], bool, int]:
+        """One page: (rows with their keys, more follow?, total of the pass)."""
+        source = self.seed.items[event_id]
+        changed = self.changed[event_id]
+        keep = [(k, it) for k, it in changed.values()
+                if (start is None or math.floor(k[0]) >= start)
+                and (products or it.get("itemType") != "product")]
+        keep.sort(key=lambda row: row[0])
+        base_in = start is None or self.base_t >= start
+        total = len(keep)
+        if base_in:
+            base_count = source.count() if products else source.count_non_products()
+            changed_base = sum(1 for _k, it in changed.values()
+                               if products or it.get("itemType") != "product")
+            total += base_count - changed_base
+        rows: list[tuple[Key, dict[str, Any]]] = []
+        if base_in and (after is None or after[1] == 0):
+            index = 0 if after is None else (source.find_id(after[2]) or 0) + 1
+            while index < source.count() and len(rows) <= limit:
+                item_id = source.item_id(index)
+                if item_id not in changed and (products or not source.is_product(index)):
+                    rows.append(((self.base_t, 0, item_id), source.item(index)))
+                index += 1
+        for key, item in keep:
+            if len(rows) > limit:
+                break
+            if after is None or key > after:
+                rows.append((key, _copy(item)))
+        return rows[:limit], len(rows) > limit, total
+
+
+def _copy(item: dict[str, Any]) -> dict[str, Any]:
+    out = dict(item)
+    for part in ("const", "stable"):
+        if isinstance(out.get(part), dict):
+            out[part] = dict(out[part])
+    if isinstance(out.get("variable"), dict):
+        out["variable"] = dict(out["variable"])
+    if isinstance(out.get("zoneData"), dict):
+        zd = out["zoneData"]
+        out["zoneData"] = {"accessToZones": list(zd.get("accessToZones", [])),
+                           "scans": [dict(s) for s in zd.get("scans", [])]}
+    return out
