@@ -76,7 +76,7 @@ class ParsedUrl:
 def parse_url(url: str) -> ParsedUrl:
     """Split a driver URL; DriverUnavailable when there is no `scheme:` part."""
     scheme, sep, rest = url.partition(":")
-    if not sep or not scheme:
+    if not sep or not scheme.isalnum():
         raise DriverUnavailable(url, "not a driver URL (expected scheme:..., e.g. serial:///dev/ttyACM0)")
     rest, _, raw_query = rest.partition("?")
     if rest.startswith("//"):
@@ -95,7 +95,7 @@ def default_role(url: str) -> str:
 
 
 def _load(url: str, table: dict[str, Backend], what: str) -> type:
-    scheme = scheme_of(url)
+    scheme = parse_url(url).scheme
     backend = table.get(scheme)
     if backend is None:
         known = ", ".join(f"{s}:" for s in sorted(table))
