@@ -26,7 +26,7 @@ import serial
 from agent.errors import DriverUnavailable
 from drivers.base import Output
 from drivers.registry import parse_url
-from drivers.serial_scanner import serial_hint
+from drivers.serial_scanner import open_reason, serial_hint
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class SerialRelay(Output):
         try:
             self._serial = serial.Serial(self.port, self.baud, timeout=1, write_timeout=1)
         except serial.SerialException as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            raise DriverUnavailable(self.url, f"cannot open {self.port}: {exc}", serial_hint(cause)) from exc
+            raise DriverUnavailable(self.url, f"cannot open {self.port}: {open_reason(exc)}",
+                                    serial_hint(exc)) from exc
 
     def _set(self, on: bool) -> None:
         if self._serial is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from typing import Any
 
 import serial
@@ -125,8 +126,8 @@ class SerialReader(Reader):
         try:
             self._serial = serial.Serial(self.port, self.baud, timeout=self.poll_interval)
         except serial.SerialException as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            raise DriverUnavailable(self.url, f"cannot open {self.port}: {exc}", self.hint(cause)) from exc
+            raise DriverUnavailable(self.url, f"cannot open {self.port}: {open_reason(exc)}",
+                                    serial_hint(exc)) from exc
         self._decoder = LineDecoder(self.max_bytes)  # drop half a line from before an unplug
 
     def _read(self, timeout: float) -> list[Chunk]:
@@ -151,6 +152,12 @@ class SerialReader(Reader):
 
     def hint(self, exc: BaseException) -> str:
         return serial_hint(exc)
+
+
+def open_reason(exc: BaseException) -> str:
+    """pyserial's SerialException carries errno; its text repeats the path twice."""
+    code = getattr(exc, "errno", None)
+    return os.strerror(code) if isinstance(code, int) else str(exc)
 
 
 def serial_hint(exc: BaseException) -> str:
