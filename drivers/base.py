@@ -91,7 +91,7 @@ class Reader:
         self._lock = threading.Lock()
         self._on_scan: OnScan | None = None
         self._on_state: OnState | None = None
-        self._connected = False
+        self._connected: bool | None = None  # None: not known yet, so the first state is reported
         self._ever_connected = False
         self.last_error = ""
         self.last_scan_at: datetime | None = None
@@ -101,7 +101,7 @@ class Reader:
     # ----------------------------------------------------------------- public API
     @property
     def connected(self) -> bool:
-        return self._connected
+        return bool(self._connected)
 
     def start(self, on_scan: OnScan, on_state: OnState | None = None) -> None:
         """Start the reader thread; `on_scan`/`on_state` are called from that thread.
@@ -167,7 +167,7 @@ class Reader:
         return {
             "url": self.url,
             "kind": self.kind,
-            "connected": self._connected,
+            "connected": bool(self._connected),
             "last_error": self.last_error,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
             "reconnects": self.reconnects,
@@ -325,6 +325,7 @@ class Output:
             self.pulses += 1
             self.last_pulse_at = datetime.now(UTC)
             self._timer = threading.Timer(ms / 1000.0, self._end_pulse)
+            self._timer.name = f"pulse {self.url}"
             self._timer.daemon = True
             self._timer.start()
         log.debug("%s: pulse %d ms", self.url, ms)
@@ -360,6 +361,8 @@ class Output:
 
     def _end_pulse(self) -> None:
         with self._lock:
+            if self._timer is not threading.current_thread():
+                return  # superseded by a newer pulse, or cancelled by close() while waiting
             self._timer = None
             try:
                 self._set(False)

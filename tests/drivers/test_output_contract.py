@@ -153,3 +153,13 @@ def test_next_pulse_after_error_reopens(rig: OutputRig, output: Output) -> None:
     output.pulse(50)
     assert wait_until(lambda: rig.observed()[-2:] == [True, False], timeout=2)
     assert output.get_status()["pulses"] == 1
+
+
+def test_a_new_pulse_restarts_the_timer(rig: OutputRig, output: Output) -> None:
+    """Two admits in quick succession: the first pulse's timer must not cut the second short."""
+    output.pulse(100)
+    time.sleep(0.05)
+    output.pulse(300)
+    time.sleep(0.15)  # past the end of the first pulse
+    assert rig.observed() == [False, True], "first pulse's timer switched the relay off"
+    assert wait_until(lambda: rig.observed() == [False, True, False], timeout=2)
