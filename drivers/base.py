@@ -11,7 +11,6 @@ Reader hooks (called from the reader thread only):
     _close()             release the device (must not raise)
     _session(emit)       optional: override instead of `_read` when the library owns the loop
                          (nfcpy's blocking `connect()`); return when `self._stopping` is set
-    _interrupt()         optional: wake a blocking `_read`/`_session` when `stop()` is called
 
 Output hooks:
     _open(), _set(on: bool), _close(), _feedback(accepted)
@@ -120,16 +119,12 @@ class Reader:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to end, wake it, and wait up to `timeout` seconds for it."""
+        """Ask the thread to end and wait up to `timeout` seconds for it (idempotent)."""
         with self._lock:
             thread = self._thread
             if thread is None:
                 return
-            self._stopping.set()
-            try:
-                self._interrupt()
-            except Exception:  # noqa: BLE001 - waking is best effort
-                log.debug("%s: interrupt failed", self.url, exc_info=True)
+            self._stopping.set()  # hooks poll it at least every poll_interval
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("%s: reader thread did not stop within %.1fs", self.url, timeout)
@@ -144,9 +139,9 @@ class Reader:
         """
         try:
             self._open()
-        except DriverUnavailable:
-            raise
         except (OSError, DriverError) as exc:
+            if isinstance(exc, DriverUnavailable):
+                raise
             raise DriverUnavailable(self.url, str(exc), self.hint(exc)) from exc
         finally:
             self._close()
@@ -187,9 +182,6 @@ class Reader:
 
     def _close(self) -> None:
         """Release the device; must not raise."""
-
-    def _interrupt(self) -> None:
-        """Wake a blocked `_read`/`_session`; default: nothing (reads time out by themselves)."""
 
     def _session(self, emit: Callable[[Chunk], None]) -> None:
         while not self._stopping.is_set():
