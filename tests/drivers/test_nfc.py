@@ -104,3 +104,32 @@ def test_missing_usb_reader_is_unavailable_with_a_hint() -> None:
         reader.probe()
     assert info.value.url == "nfc:usb:072f:2200"
     assert "devices list" in str(info.value) or "libusb" in str(info.value)
+
+
+def test_connect_returning_false_is_device_lost_and_recovers(
+    tag: Type2TagSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nfcpy's connect() returns False after an IOError (an ACR122U falling off the bus): the
+    reader must report it, reopen the device and go on reading."""
+    import nfc
+
+    real_connect = nfc.ContactlessFrontend.connect
+    calls = {"n": 0}
+
+    def connect_fails_once(self, **options):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return False
+        return real_connect(self, **options)
+
+    monkeypatch.setattr(nfc.ContactlessFrontend, "connect", connect_fails_once)
+    reader, rec = _run(tag.url)
+    try:
+        assert rec.wait(lambda: rec.connected_events() == [True, False, True])
+        assert "device lost" in rec.states[1][2]
+        assert reader.get_status()["reconnects"] == 1
+        tag.present = True
+        assert rec.wait(lambda: len(rec.scans) == 1)
+        tag.present = False
+    finally:
+        reader.stop()
