@@ -1,0 +1,147 @@
+"""Hardware paired to lanes by a technician (`gate-agent devices pair`), kept in the state dir.
+
+The config file says what a lane *should* use; on site a technician plugs in a scanner and
+pairs it without editing TOML. Pairings live in `<store.dir>/devices.json`::
+
+    {"version": 1, "lanes": {"lane1": {"readers": ["serial:///dev/serial/by-id/..."],
+                                       "relay": "gpio:/dev/gpiochip0:17"}}}
+
+written atomically (temp file, fsync, rename, fsync of the directory; mode 0600) so a power
+cut leaves the old or the new file, never half of one. `effective_lanes(config)` is what the
+daemon uses: config readers plus paired readers (duplicates dropped, config order first), and
+the paired relay instead of the configured one when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, LaneConfig
+from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FILENAME = "devices.json"
+VERSION = 1
+
+LaneBinding = dict[str, Any]  # {"readers": list[str], "relay": str | None}
+
+
+def bindings_path(store_dir: Path) -> Path:
+    return Path(store_dir) / FILENAME
+
+
+def load_bindings(store_dir: Path) -> dict[str, LaneBinding]:
+    """Paired devices per lane; an absent file means none. A damaged file is a ConfigError."""
+    path = bindings_path(store_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read paired devices: {exc}", path=str(path)) from None
+    lanes = data.get("lanes") if isinstance(data, dict) else None
+    if not isinstance(lanes, dict):
+        raise ConfigError('not a paired-devices file (no "lanes" object)', path=str(path))
+    out: dict[str, LaneBinding] = {}
+    for lane, entry in lanes.items():
+        if not isinstance(entry, dict):
+            raise ConfigError("must be an object", path=str(path), key=f"lanes.{lane}")
+        readers = entry.get("readers", [])
+        relay = entry.get("relay")
+        if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
+            raise ConfigError("must be a list of URLs", path=str(path), key=f"lanes.{lane}.readers")
+        if relay is not None and not isinstance(relay, str):
+            raise ConfigError("must be a URL or null", path=str(path), key=f"lanes.{lane}.relay")
+        out[lane] = {"readers": list(readers), "relay": relay or None}
+    return out
+
+
+def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
+    """Write all bindings atomically with mode 0600; returns the file's path."""
+    path = bindings_path(store_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lanes = {
+        lane: {"readers": list(b.get("readers", [])), "relay": b.get("relay")}
+        for lane, b in sorted(bindings.items())
+        if b.get("readers") or b.get("relay")
+    }
+    text = json.dumps({"version": VERSION, "lanes": lanes}, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".devices.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def pair(store_dir: Path, lane: str, url: str, role: str) -> dict[str, LaneBinding]:
+    """Add `url` to `lane` as a reader (appended once) or as its relay (replacing one)."""
+    if role not in ("reader", "relay"):
+        raise ValueError(f"role must be reader or relay, not {role!r}")
+    bindings = load_bindings(store_dir)
+    entry = bindings.setdefault(lane, {"readers": [], "relay": None})
+    if role == "reader":
+        if url not in entry["readers"]:
+            entry["readers"].append(url)
+    else:
+        entry["relay"] = url
+    save_bindings(store_dir, bindings)
+    return bindings
+
+
+def unpair(store_dir: Path, lane: str, url: str) -> bool:
+    """Remove `url` from `lane` (as reader or relay); False when it was not paired there."""
+    bindings = load_bindings(store_dir)
+    entry = bindings.get(lane)
+    if entry is None:
+        return False
+    found = False
+    if url in entry["readers"]:
+        entry["readers"].remove(url)
+        found = True
+    if entry.get("relay") == url:
+        entry["relay"] = None
+        found = True
+    if found:
+        save_bindings(store_dir, bindings)
+    return found
+
+
+def merge_lane(lane: LaneConfig, binding: LaneBinding | None) -> LaneConfig:
+    """One lane with its paired devices merged in (see the module docstring for the rule)."""
+    if not binding:
+        return lane
+    readers = tuple(dict.fromkeys([*lane.readers, *binding.get("readers", [])]))
+    relay = binding.get("relay") or lane.relay
+    return dataclasses.replace(lane, readers=readers, relay=relay)
+
+
+def effective_lanes(config: Config) -> tuple[LaneConfig, ...]:
+    """The configured lanes with the paired devices of `devices.json` merged in.
+
+    Pairings for lanes no longer in the config are ignored with a warning (not an error: the
+    gate must still open after someone renames a lane).
+    """
+    bindings = load_bindings(config.store_dir)
+    names = {lane.name for lane in config.lanes}
+    for stale in sorted(set(bindings) - names):
+        log.warning("devices.json pairs devices to lane %r, which is not configured; ignored", stale)
+    return tuple(merge_lane(lane, bindings.get(lane.name)) for lane in config.lanes)

@@ -1,0 +1,191 @@
+"""`gate-agent devices ...`: find, test and pair readers and relays (the technician's tools).
+
+    devices list [--json]                    what is attached, with the URL to use
+    devices test URL [--timeout S] [--ms MS] one scan from a reader / one pulse of a relay
+    devices pair LANE URL [--role R] [--no-validate]
+    devices unpair LANE URL
+    devices show [--json]                    each lane's devices: config file + paired
+
+Exit codes of `test`: 0 success, 1 no scan before the timeout, 2 the device is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent import bindings
+from agent.config import Config, load_config
+from agent.errors import ConfigError, DriverUnavailable
+
+EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    devices = subparsers.add_parser("devices", help="find, test and pair readers and relays")
+    sub = devices.add_subparsers(dest="devices_command", metavar="ACTION")
+    sub.required = True
+
+    p = sub.add_parser("list", parents=[common], help="list attached devices and their URLs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("test", parents=[common], help="read one scan, or pulse a relay once")
+    p.add_argument("url", help="driver URL, e.g. serial:///dev/ttyACM0 or gpio:/dev/gpiochip0:17")
+    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+                   help="seconds to wait for a scan (default 15)")
+    p.add_argument("--ms", type=int, default=500, help="relay pulse length (default 500)")
+    p.add_argument("--role", choices=("reader", "relay"), help="default: from the URL scheme")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("pair", parents=[common], help="bind a device to a lane")
+    p.add_argument("lane")
+    p.add_argument("url")
+    p.add_argument("--role", choices=("reader", "relay"), help="default: from the URL scheme")
+    p.add_argument("--no-validate", action="store_true", help="do not open the device first")
+    p.set_defaults(func=cmd_pair)
+
+    p = sub.add_parser("unpair", parents=[common], help="remove a paired device from a lane")
+    p.add_argument("lane")
+    p.add_argument("url")
+    p.set_defaults(func=cmd_unpair)
+
+    p = sub.add_parser("show", parents=[common], help="show each lane's readers and relay")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
+
+
+def _role(args: argparse.Namespace) -> str:
+    from drivers import default_role
+
+    return str(args.role or default_role(args.url))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from drivers.discover import as_json, discover
+
+    categories = discover()
+    if args.json:
+        print(json.dumps(as_json(categories), indent=2))
+        return EXIT_OK
+    console = Console()
+    for cat in categories:
+        if not cat.rows:
+            console.print(f"[bold]{cat.name}[/bold]: none found. {cat.hint}")
+            continue
+        table = Table(title=cat.name, title_justify="left")
+        for col in ("URL", "device", "USB id"):
+            table.add_column(col, overflow="fold")
+        for row in cat.rows:
+            table.add_row(row.url, row.description, row.usb_id)
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from drivers import open_output, open_reader
+
+    try:
+        if _role(args) == "relay":
+            out = open_output(args.url)
+            try:
+                out.pulse(args.ms)
+                time.sleep(args.ms / 1000 + 0.05)
+            finally:
+                out.close()
+            print(f"{args.url}: pulsed {args.ms} ms, relay off again")
+            return EXIT_OK
+        reader = open_reader(args.url)
+        reader.probe()
+        print(f"{args.url}: waiting up to {args.timeout:g} s for a scan...", file=sys.stderr)
+        scan = reader.read_one(args.timeout)
+    except DriverUnavailable as exc:
+        print(f"gate-agent: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if scan is None:
+        print(f"gate-agent: no scan from {args.url} within {args.timeout:g} s "
+              "(present a ticket or tag; check the scanner's mode and terminator)", file=sys.stderr)
+        return EXIT_NO_SCAN
+    print(f"code: {scan.code}\nkind: {scan.kind}\nraw:  {scan.raw.hex(' ')}")
+    return EXIT_OK
+
+
+def _validate(url: str, role: str) -> None:
+    from drivers import open_output, open_reader
+
+    if role == "relay":
+        open_output(url).close()
+    else:
+        open_reader(url).probe()
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    lane = config.lane(args.lane)  # ConfigError naming the lanes when unknown
+    role = _role(args)
+    if not args.no_validate:
+        try:
+            _validate(args.url, role)
+        except DriverUnavailable as exc:
+            print(f"gate-agent: error: {exc} (pair with --no-validate to skip this check)",
+                  file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    bindings.pair(config.store_dir, lane.name, args.url, role)
+    print(f"paired {args.url} to lane {lane.name} as {role} "
+          f"({bindings.bindings_path(config.store_dir)})")
+    return EXIT_OK
+
+
+def cmd_unpair(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    lane = config.lane(args.lane)
+    if not bindings.unpair(config.store_dir, lane.name, args.url):
+        print(f"gate-agent: {args.url} is not paired to lane {lane.name}", file=sys.stderr)
+        return 1
+    print(f"unpaired {args.url} from lane {lane.name}")
+    return EXIT_OK
+
+
+def _lane_rows(config: Config) -> list[dict[str, Any]]:
+    paired = bindings.load_bindings(config.store_dir)
+    rows = []
+    for lane in bindings.effective_lanes(config):
+        configured = next(c for c in config.lanes if c.name == lane.name)
+        mine = paired.get(lane.name, {"readers": [], "relay": None})
+        rows.append({
+            "lane": lane.name,
+            "readers": [{"url": u, "source": "config" if u in configured.readers else "paired"}
+                        for u in lane.readers],
+            "relay": ({"url": lane.relay,
+                       "source": "paired" if mine.get("relay") == lane.relay else "config"}
+                      if lane.relay else None),
+        })
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not config.lanes:
+        raise ConfigError("no [[lanes]] configured; add one", path=config.path, key="lanes")
+    rows = _lane_rows(config)
+    if args.json:
+        print(json.dumps({"lanes": rows}, indent=2))
+        return EXIT_OK
+    table = Table(title="lanes", title_justify="left")
+    for col in ("lane", "role", "URL", "source"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        if not row["readers"] and not row["relay"]:
+            table.add_row(row["lane"], "-", "no devices (devices pair LANE URL)", "")
+        for reader in row["readers"]:
+            table.add_row(row["lane"], "reader", reader["url"], reader["source"])
+        if row["relay"]:
+            table.add_row(row["lane"], "relay", row["relay"]["url"], row["relay"]["source"])
+    Console().print(table)
+    return EXIT_OK

@@ -1,0 +1,92 @@
+"""A simulated NFC Forum Type 2 tag on the far end of nfcpy's UDP driver (`nfc:udp:HOST:PORT`).
+
+nfcpy's UDP driver sends each frame as one datagram `"<brty> <hex>"` (e.g. `"106A 26"`) from
+an ephemeral port to HOST:PORT and reads the answer in the same form; `RFOFF` means the reader
+switched its field off. This responder answers what a tag answers: SENS_REQ/ALL_REQ with
+SENS_RES, anticollision (SDD_REQ) and SELECT per cascade level, and READ (4 pages). While the
+tag is "removed" it stays silent, exactly as a real tag outside the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import socket
+import threading
+
+
+def _bcc(data: bytes) -> int:
+    return functools.reduce(operator.xor, data, 0)
+
+
+def tt2_memory(uid: bytes, ndef_message: bytes = b"") -> bytes:
+    """Pages 0..15 of an NFC Forum Type 2 tag with a 7-byte UID and an optional NDEF message."""
+    assert len(uid) == 7
+    head = bytes([uid[0], uid[1], uid[2], 0x88 ^ _bcc(uid[0:3])]) + uid[3:7]
+    head += bytes([_bcc(uid[3:7]), 0x48, 0x00, 0x00])  # BCC1, internal, lock bytes
+    head += bytes([0xE1, 0x10, 0x06, 0x00])  # capability container: 48 data bytes, read/write
+    tlv = bytes([0x03, len(ndef_message)]) + ndef_message + b"\xfe" if ndef_message else b"\xfe"
+    data = tlv.ljust(48, b"\x00")
+    assert len(data) == 48, "NDEF message too long for this small tag"
+    return head + data
+
+
+class Type2TagSimulator:
+    """Listens on 127.0.0.1:<port>; `present` says whether the tag is in the reader's field."""
+
+    def __init__(self, uid: bytes, ndef_message: bytes = b"") -> None:
+        self.uid = uid
+        self.memory = tt2_memory(uid, ndef_message)
+        self.present = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.selects = 0
+        self._thread = threading.Thread(target=self._serve, name="tt2 sim", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"nfc:udp:127.0.0.1:{self.port}?targets=106A"
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(2)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                datagram, addr = self.sock.recvfrom(1024)
+            except OSError:
+                return
+            if datagram.startswith(b"RFOFF") or not self.present:
+                continue
+            try:
+                brty, hexdata = datagram.split()
+                answer = self._answer(bytes.fromhex(hexdata.decode()))
+            except ValueError:
+                continue
+            if answer is not None and self.present:
+                self.sock.sendto(brty + b" " + answer.hex().encode(), addr)
+
+    def _answer(self, cmd: bytes) -> bytes | None:
+        uid = self.uid
+        cl1 = b"\x88" + uid[0:3]
+        cl2 = uid[3:7]
+        if cmd in (b"\x26", b"\x52"):
+            return b"\x44\x00"  # SENS_RES: double-size UID, not Type 1
+        if cmd == b"\x93\x20":
+            return cl1 + bytes([_bcc(cl1)])
+        if cmd == b"\x95\x20":
+            return cl2 + bytes([_bcc(cl2)])
+        if cmd[:2] == b"\x93\x70" and cmd[2:6] == cl1:
+            return b"\x04"  # SAK: UID not complete
+        if cmd[:2] == b"\x95\x70" and cmd[2:6] == cl2:
+            self.selects += 1
+            return b"\x00"  # SAK: Type 2 tag
+        if len(cmd) == 2 and cmd[0] == 0x30:
+            page = cmd[1]
+            if page * 4 >= len(self.memory):
+                return b"\x00"  # NAK
+            return (self.memory + self.memory)[page * 4 : page * 4 + 16]
+        return None  # unsupported command: a Type 2 tag goes mute
