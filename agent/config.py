@@ -90,6 +90,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "timeout_s": Option((float, int), 15.0, _between(0.5, 600)),
         "ca_file": Option(str, ""),
         "async_poll_limit_s": Option((float, int), 120.0, _between(1, 7200)),
+        "device_name": Option(str, ""),
     },
     "store": {
         "dir": Option(str, "/var/lib/gate-agent", _non_empty),
