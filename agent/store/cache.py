@@ -59,6 +59,11 @@ MIGRATIONS = [
             pending_cursor TEXT);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)
     """),
+    # put_items deletes an item's historic barcodes by (event_id, item_id); without this index
+    # each delete scanned the whole table (1M items with 2,000 replaced barcodes: 26 s of 75 s).
+    ("0002_historic_barcodes_item", """
+        CREATE INDEX historic_barcodes_item ON historic_barcodes(event_id, item_id)
+    """),
 ]
 
 
