@@ -57,7 +57,6 @@ class Daemon:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
-        self.metrics = Metrics(self.report, lambda: datetime.now(UTC))
         self.lanes: dict[str, LaneRunner] = {}
         self.journal: Journal | None = None
         self.journal_error: str | None = None
@@ -72,6 +71,7 @@ class Daemon:
         self.server: uvicorn.Server | None = None
         self.listen_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
 

@@ -62,6 +62,13 @@ MIGRATIONS = [
     ("0002_resumable_pass", """
         ALTER TABLE sync_state ADD COLUMN pending_end TEXT
     """),
+    # put_items deletes an item's historic barcodes by (event_id, item_id); without this index
+    # each delete scanned the whole table (1M items with 2,000 replaced barcodes: 26 s of 75 s).
+    # items(seq): opening the cache reads MAX(seq); without an index that scans every item.
+    ("0003_lookup_indexes", """
+        CREATE INDEX historic_barcodes_item ON historic_barcodes(event_id, item_id);
+        CREATE INDEX items_seq ON items(seq)
+    """),
 ]
 
 
