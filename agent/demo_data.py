@@ -40,6 +40,7 @@ CODES = {
     "other_event": "NU-OTHER-0011",
     "nfc_ticket": "NU-NFC-000012",
     "vip": "NU-VIP-000013",
+    "entry_only": "NU-ENTRY-0014",
     "unknown": "NOT-A-TICKET",
 }
 
@@ -121,6 +122,8 @@ def build(now: datetime) -> dict[str, Any]:
         item(12, c["nfc_ticket"], nfc=NFC_TAG, name="Tag Wearer"),
         item(13, c["vip"], type_name="VIP", type_id=12,
              zones_=(ENTRY_ZONE, FLOOR_ZONE, BACKSTAGE_ZONE), name="VIP Guest"),
+        item(14, c["entry_only"], type_name="Terrace", type_id=13, zones_=(ENTRY_ZONE,),
+             name="Terrace Guest"),
     ]
     content[3]["const"]["transactionId"] = ["ORD0000004", "ORD0000004-B"]  # the array quirk
     link = f"https://api.nuwebgroup.com/v1/entry/tickets?eventId={EVENT_ID}&includeZones=true"
@@ -150,6 +153,18 @@ def write_demo_files(directory: Path, now: datetime) -> list[Path]:
         path.write_text(json.dumps(payloads[name], indent=1), encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def sandbox_seed(now: datetime) -> dict[str, Any]:
+    """The same event as a `gate-agent sandbox --seed` file (the platform side of the demo)."""
+    payloads = build(now)
+    return {
+        "companyName": "Harbour Lights Ltd",
+        "events": payloads["events"],
+        "zones": {str(EVENT_ID): payloads["zones"]["zones"]},
+        "tickets": {str(EVENT_ID): payloads["tickets"]["content"],
+                    str(OTHER_EVENT_ID): payloads["other_tickets"]["content"]},
+    }
 
 
 def demo_config(store_dir: Path, extra: str = "") -> str:

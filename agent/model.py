@@ -207,7 +207,8 @@ def _order_ref(value: Any) -> str | None:
     return _str(value)
 
 
-def _historic(d: dict[str, Any]) -> tuple[str, ...]:
+def historic_barcodes(d: dict[str, Any]) -> tuple[str, ...]:
+    """Replaced barcodes of an item payload, wherever the platform puts them (undocumented)."""
     found: list[str] = []
     for holder in (d, _obj(d.get("const")), _obj(d.get("variable"))):
         for code in _list(holder.get("historicBarcodes")):
@@ -248,7 +249,7 @@ def parse_item(data: Any) -> Item | None:
         item_type=_str(d.get("itemType")) or "ticket",
         parent_id=_int(d.get("parentOrderItemId")),
         barcode=_str(const.get("barcode")),
-        historic_barcodes=_historic(d),
+        historic_barcodes=historic_barcodes(d),
         type_name=_str(const.get("type")) or _str(const.get("typeDuringSale")),
         type_id=_int(const.get("typeId")),
         order_ref=_order_ref(const.get("transactionId")),

@@ -20,6 +20,8 @@ Event 1002 "Sandbox Club Night" (America/New_York, pair-nfc-no-credits): 40 item
 
 from __future__ import annotations
 
+from agent.model import historic_barcodes
+
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -168,9 +170,9 @@ class ListItems:
             variable = row.get("variable") or {}
             if isinstance(const, dict) and const.get("barcode"):
                 self._by_code[str(const["barcode"])] = (index, False)
+            for old in historic_barcodes(row):
+                self._by_code.setdefault(old, (index, True))
             if isinstance(variable, dict):
-                for old in variable.get("historicBarcodes") or []:
-                    self._by_code.setdefault(str(old), (index, True))
                 if variable.get("nfcId"):
                     self._by_nfc[str(variable["nfcId"]).upper()] = index
 

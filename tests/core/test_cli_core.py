@@ -15,7 +15,7 @@ def test_import_then_check_writes_nothing(site: DemoSite, tmp_path: Path) -> Non
     cfg = str(site.config_path)
     out = run_cli("import", "--config", cfg, *map(str, site.files))
     assert out.returncode == 0, out.stderr
-    assert "12 tickets for event 501" in out.stdout
+    assert "13 tickets for event 501" in out.stdout
     check = run_cli("check", "--config", cfg, "--json", C["valid"])
     data = json.loads(check.stdout)
     assert check.returncode == 0 and data["admit"] and data["status"] == "valid"
