@@ -20,8 +20,6 @@ Event 1002 "Sandbox Club Night" (America/New_York, pair-nfc-no-credits): 40 item
 
 from __future__ import annotations
 
-from agent.model import historic_barcodes
-
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import ImportFileError
+from agent.model import historic_barcodes
 
 FMT = "%Y-%m-%d %H:%M:%S"
 SCAN_NS = uuid.UUID("6f1c8a52-5d3e-4c1e-9a57-0d7e1b2c3a4f")
