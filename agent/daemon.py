@@ -16,6 +16,7 @@ queued scans, the others keep running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -286,8 +287,7 @@ class Daemon:
         (self.config.store_dir / "status.addr").write_text(self.listen_address + "\n")
         log.info("status endpoint on http://%s/status", self.listen_address)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server = _StatusServer(config)
         await self.server.serve(sockets=[sock])
 
     async def watchdog(self) -> None:
@@ -363,6 +363,14 @@ class Daemon:
             runner.gate.close()
         log.info("stopped")
         return 0
+
+
+class _StatusServer(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
+    stops the status server last, after the lanes have drained."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def run_daemon(config_path: str, log_format: str | None = None,

@@ -125,11 +125,11 @@ def run(root: Path) -> int:
         console.print(Rule("5. status"))
         render(daemon.status(), console)
     finally:
-        code = daemon.stop()
+        exit_code = daemon.stop()
         sandbox.stop()
-    console.print(Rule(f"daemon stopped (exit {code}); demo took "
+    console.print(Rule(f"daemon stopped (exit {exit_code}); demo took "
                        f"{time.monotonic() - started:.0f} s"))
-    return code
+    return exit_code
 
 
 def _wait_synced(daemon: DaemonProcess, timeout: float = 20.0) -> None:

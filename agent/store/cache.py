@@ -169,7 +169,10 @@ class TicketCache:
         Call inside `transaction()` to apply a page atomically. Returns the number written.
         """
         count = 0
-        rows, historic, scans, ids = [], [], [], []
+        rows: list[tuple[Any, ...]] = []
+        historic: list[tuple[str, int, int]] = []
+        scans: list[tuple[Any, ...]] = []
+        ids: list[tuple[int, int]] = []
         for item in items:
             self._seq += 1
             raw = item.raw if self.keep_personal_data else strip_personal(item.raw)
