@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,18 @@ class Daemon:
             except TimeoutError:
                 pass
 
+    def close_stores(self) -> None:
+        """Close every connection, so SQLite folds its WAL files back into the databases."""
+        for runner in self.lanes.values():
+            runner.gate.close()
+        if self.syncer is not None:
+            self.syncer.close()
+        if self.uploader is not None:
+            self.uploader.journal.close()
+        for store in (self.status_cache, self.journal):
+            if store is not None:
+                store.close()
+
     # -- signals --------------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -326,6 +339,7 @@ class Daemon:
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
+        split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
         resync = self.open_stores()
         self.setup_platform()
         self.start_lanes(effective_lanes(self.config))
@@ -359,8 +373,7 @@ class Daemon:
         watchdog.cancel()
         if self.client is not None:
             await self.client.aclose()
-        for runner in self.lanes.values():
-            runner.gate.close()
+        self.close_stores()
         log.info("stopped")
         return 0
 
@@ -369,8 +382,9 @@ class _StatusServer(uvicorn.Server):
     """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
     stops the status server last, after the lanes have drained."""
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def run_daemon(config_path: str, log_format: str | None = None,
