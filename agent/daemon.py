@@ -240,7 +240,7 @@ class Daemon:
     def _maybe_upload_now(self) -> None:
         if self.journal is None:
             return
-        if self.journal.counts()["pending"] >= self.config.sync["upload_batch_size"]:
+        if self.journal.pending_count() >= self.config.sync["upload_batch_size"]:
             self.jobs.run_now("upload")
 
     # -- status -------------------------------------------------------------------------------

@@ -210,6 +210,11 @@ class Journal:
                 "DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?", (older_than,))
             return cur.rowcount
 
+    def pending_count(self) -> int:
+        """Cheap (index range) count of the outbox, for the "full batch waiting" check."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM scans WHERE upload_state = 'pending'").fetchone()[0])
+
     def counts(self) -> dict[str, Any]:
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
         for state, n in self.conn.execute(
