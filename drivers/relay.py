@@ -26,7 +26,7 @@ import serial
 from agent.errors import DriverUnavailable
 from drivers.base import Output
 from drivers.registry import parse_url
-from drivers.serial_scanner import open_reason, serial_hint
+from drivers.serial_scanner import close_quietly, open_reason, serial_hint
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,7 @@ class SerialRelay(Output):
 
     def _close(self) -> None:
         port, self._serial = self._serial, None
-        if port is not None:
-            try:
-                port.close()
-            except (serial.SerialException, OSError):
-                log.debug("%s: close failed", self.url, exc_info=True)
+        close_quietly(port, self.url)
 
     def hint(self, exc: BaseException) -> str:
         return serial_hint(exc)

@@ -144,11 +144,7 @@ class SerialReader(Reader):
 
     def _close(self) -> None:
         port, self._serial = self._serial, None
-        if port is not None:
-            try:
-                port.close()
-            except (serial.SerialException, OSError):
-                log.debug("%s: close failed", self.url, exc_info=True)
+        close_quietly(port, self.url)
 
     def hint(self, exc: BaseException) -> str:
         return serial_hint(exc)
@@ -158,6 +154,16 @@ def open_reason(exc: BaseException) -> str:
     """pyserial's SerialException carries errno; its text repeats the path twice."""
     code = getattr(exc, "errno", None)
     return os.strerror(code) if isinstance(code, int) else str(exc)
+
+
+def close_quietly(port: serial.Serial | None, url: str) -> None:
+    """Close a port that may already be gone (shared with the serial relay); never raises."""
+    if port is None:
+        return
+    try:
+        port.close()
+    except (serial.SerialException, OSError):
+        log.debug("%s: close failed", url, exc_info=True)
 
 
 def serial_hint(exc: BaseException) -> str:
