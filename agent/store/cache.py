@@ -16,9 +16,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.codes import parse_platform_time
 from agent.errors import CacheCorrupt, StoreError
 from agent.model import (
     Event,
@@ -310,9 +312,16 @@ class TicketCache:
             events.append({
                 "id": event_id, "name": event.name if event else None,
                 "items": counts.get(event_id, 0), "last_sync": state.get("last_sync"),
-                "cursor": state.get("cursor"), "last_full": state.get("last_full"),
+                "cursor": state.get("cursor"), "cursor_age_s": _age_s(state.get("cursor")),
+                "last_full": state.get("last_full"),
             })
         return {"path": str(self.path), "events": events}
+
+
+def _age_s(platform_time: str | None) -> float | None:
+    """Seconds since a `listEndTime` (the platform gives no zone for it: taken as UTC)."""
+    moment = parse_platform_time(platform_time)
+    return None if moment is None else round((datetime.now(UTC) - moment).total_seconds(), 1)
 
 
 def _platform_scans(item: Item) -> list[ZoneScan]:
