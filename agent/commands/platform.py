@@ -132,6 +132,8 @@ class _Bar:
         if self.progress is None or p.phase not in ("full", "tickets", "swapping"):
             return
         key = (p.event_id, p.phase if p.phase != "swapping" else "full")
+        if not self.tasks:
+            self.progress.start()  # lazily: an early failure prints its one line, no empty bar
         if key not in self.tasks:
             label = f"event {p.event_id} " + ("full" if p.phase == "full" else "delta")
             self.tasks[key] = self.progress.add_task(label, total=None, pages=0, requests=0)
@@ -153,12 +155,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     bar = _Bar(progress)
     started = time.monotonic()
     try:
-        if progress is not None:
-            progress.start()
         try:
             result = asyncio.run(_sync(config, token, args, bar))
         finally:
-            if progress is not None:
+            if progress is not None and bar.tasks:
                 progress.stop()
     except Transport as exc:
         raise Transport(f"{exc}. Offline? {_offline_hint(config)}") from exc
