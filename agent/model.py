@@ -22,6 +22,7 @@ from typing import Any
 from agent.codes import normalize_nfc_id
 
 PERSONAL_FIELDS = ("customerEmail", "nationalId", "passport")
+_PERSONAL = frozenset(PERSONAL_FIELDS)
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -267,13 +268,13 @@ def parse_item(data: Any) -> Item | None:
 
 
 def strip_personal(raw: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an item payload without the personal data a gate does not need to decide."""
+    """A copy of an item payload without the personal data a gate does not need to decide.
+
+    Runs once per item on every sync page, hence the set test before any copying."""
     stable = raw.get("stable")
-    if not isinstance(stable, dict) or not any(k in stable for k in PERSONAL_FIELDS):
+    if not isinstance(stable, dict) or _PERSONAL.isdisjoint(stable):
         return raw
-    copy = dict(raw)
-    copy["stable"] = {k: v for k, v in stable.items() if k not in PERSONAL_FIELDS}
-    return copy
+    return {**raw, "stable": {k: v for k, v in stable.items() if k not in _PERSONAL}}
 
 
 @dataclass(frozen=True)

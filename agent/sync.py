@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from agent.api import PlatformClient
 from agent.codes import utc_iso
 from agent.config import Config
-from agent.model import EntryPage, Event
+from agent.errors import BadResponse, NotFound, Validation
+from agent.model import EntryPage
 from agent.store.cache import TicketCache
 
 log = logging.getLogger(__name__)
@@ -110,25 +113,30 @@ class Syncer:
         configured = self.config.event_ids
         return configured if configured is not None else [e.id for e in self._cache().events()]
 
-    async def refresh_events(self) -> list[Event]:
-        """`GET /activated-events` then `GET /zones/all` per served event."""
+    async def refresh_events(self) -> list[int]:
+        """`GET /activated-events` then `GET /zones/all` per served event; returns their ids."""
         async with self._lock:
             self._report(phase="events", started=time.time(), last_error=None)
-            events = await self.client.activated_events()
-            self.progress.requests += 1
-            configured = self.config.event_ids
-            served = [e for e in events if configured is None or e.id in configured]
-            stamp = utc_iso(datetime.now(UTC))
-            cache = self._cache()
-            await asyncio.to_thread(_write, cache, lambda: cache.put_events(served, stamp))
-            for event in served:
-                self._report(phase="zones", event_id=event.id)
-                zones = await self.client.zones(event.id)
-                self.progress.requests += 1
-                await asyncio.to_thread(
-                    _write, cache, lambda e=event, z=zones: cache.put_zones(e.id, z, stamp))
+            ids = await self._refresh_into(self._cache())
             self._report(phase="idle", finished=time.time())
-            return served
+            return ids
+
+    async def _refresh_into(self, cache: TicketCache) -> list[int]:
+        """Events and their zones into `cache`. Configured events get their zones refreshed
+        even when the platform does not list them as activated (yet)."""
+        events = await self.client.activated_events()
+        self.progress.requests += 1
+        configured = self.config.event_ids
+        served = [e for e in events if configured is None or e.id in configured]
+        stamp = utc_iso(datetime.now(UTC))
+        await asyncio.to_thread(_write, cache, partial(cache.put_events, served, stamp))
+        ids = [e.id for e in served] if configured is None else list(configured)
+        for event_id in ids:
+            self._report(phase="zones", event_id=event_id)
+            zones = await self.client.zones(event_id)
+            self.progress.requests += 1
+            await asyncio.to_thread(_write, cache, partial(cache.put_zones, event_id, zones, stamp))
+        return ids
 
     # -- tickets ------------------------------------------------------------------------------
 
@@ -141,12 +149,37 @@ class Syncer:
         state = await asyncio.to_thread(cache.sync_state, event_id) or {}
         cursor = None if full else state.get("cursor")
         resume = state.get("pending_cursor")
-        use_async = cursor is None  # a first or full pass reads big pages in async mode
-        self._report(phase="full" if cursor is None else "tickets", event_id=event_id, pages=0,
+        if resume and full and _link_is_delta(resume):
+            # A full pass must list everything: finishing an interrupted delta is not that.
+            resume = None
+        try:
+            return await self._run_pass(cache, event_id, cursor, resume,
+                                        state.get("pending_end") if resume else None)
+        except (Validation, NotFound, BadResponse) as exc:
+            if not resume or self.progress.pages:
+                raise
+            # The stored next-page link is refused (expired, or api.base_url changed): a
+            # resume link must never wedge sync, so drop it and redo the pass from the cursor.
+            log.warning("sync of event %s: stored resume link refused (%s); restarting the "
+                        "pass", event_id, exc)
+            await asyncio.to_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
+            return await self._run_pass(cache, event_id, cursor, None, None)
+
+    async def _run_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
+                        resume: str | None, end_time: str | None) -> int:
+        """Page through one listing. `resume` is the stored next-page link of an interrupted
+        pass; it decides the page size itself (a full listing's links ask for 1000 items,
+        which the platform allows only in async mode), so a delta run can finish an
+        interrupted full pass without a 422."""
+        if resume:
+            use_async = _link_limit(resume) > DELTA_PAGE
+            listing_full = not _link_is_delta(resume)
+        else:
+            use_async = listing_full = cursor is None  # first or full: big async pages
+        self._report(phase="full" if listing_full else "tickets", event_id=event_id, pages=0,
                      items=0, total=None, started=time.time(), last_error=None)
         include_products = any(lane.include_products for lane in self.config.lanes)
         next_url: str | None = resume
-        end_time: str | None = state.get("pending_end") if resume else None
         applied = 0
         while True:
             page: EntryPage = await self.client.entry_tickets(
@@ -155,7 +188,9 @@ class Syncer:
                 limit=FULL_PAGE if use_async else DELTA_PAGE, async_mode=use_async,
                 page_url=next_url)
             self.progress.requests += 1
-            end_time = page.list_end_time or end_time
+            # The pass's listEndTime is the earliest one seen: a later one could skip changes
+            # made while the pass was paging (the docs do not promise one value per pass).
+            end_time = _earliest(end_time, page.list_end_time)
             next_url = page.next_url
             await asyncio.to_thread(_apply_page, cache, event_id, page, next_url, end_time)
             applied += len(page.items)
@@ -164,7 +199,7 @@ class Syncer:
                 break
         stamp = utc_iso(datetime.now(UTC))
         await asyncio.to_thread(_write, cache, lambda: cache.set_cursor(
-            event_id, end_time or cursor, stamp, full=cursor is None))
+            event_id, end_time or cursor, stamp, full=listing_full))
         self.progress.last_success[event_id] = time.time()
         self._report(phase="idle", finished=time.time())
         return applied
@@ -186,29 +221,44 @@ class Syncer:
                                 check=False)
             try:
                 self._report(phase="events", started=time.time(), last_error=None)
-                events = await self.client.activated_events()
-                self.progress.requests += 1
-                configured = self.config.event_ids
-                served = [e for e in events if configured is None or e.id in configured]
-                stamp = utc_iso(datetime.now(UTC))
-                await asyncio.to_thread(_write, fresh, lambda: fresh.put_events(served, stamp))
-                ids = [e.id for e in served] if configured is None else configured
-                for event_id in ids:
-                    zones = await self.client.zones(event_id)
-                    self.progress.requests += 1
-                    await asyncio.to_thread(
-                        _write, fresh, lambda e=event_id, z=zones: fresh.put_zones(e, z, stamp))
+                ids = await self._refresh_into(fresh)
                 total = 0
                 for event_id in ids:
                     total += await self._pass(fresh, event_id, full=True)
                 await asyncio.to_thread(fresh.checkpoint)
-            finally:
+            except BaseException:
+                # A failed build is never swapped in; do not leave a half file behind (a crash
+                # leaves one, which `discard_unfinished_rebuild` removes at the next start).
                 fresh.close()
+                await asyncio.to_thread(_remove_db, new_path)
+                raise
+            fresh.close()
             self._report(phase="swapping")
             self.close()
             self.swap_hook(lambda: swap_in(new_path, self.cache_path))
             self._report(phase="idle", finished=time.time())
             return total
+
+
+def _link_query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def _link_is_delta(url: str) -> bool:
+    """A stored next-page link of a delta pass carries its `startTime`."""
+    return bool(_link_query(url).get("startTime"))
+
+
+def _link_limit(url: str) -> int:
+    raw = _link_query(url).get("limit", "")
+    return int(raw) if raw.isdigit() else DELTA_PAGE
+
+
+def _earliest(a: str | None, b: str | None) -> str | None:
+    """The earlier of two `YYYY-MM-DD HH:MM:SS` times (text order is time order)."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b)
 
 
 def _write(cache: TicketCache, action: Callable[[], None]) -> None:

@@ -129,26 +129,35 @@ class Uploader:
         return len(rows)
 
     async def _isolate(self, rows: list[dict[str, Any]], exc: ApiError) -> int:
-        """A batch the platform refused as invalid: quarantine the bad rows, resend the rest."""
+        """A batch the platform refused as invalid: quarantine the bad rows, resend the rest.
+
+        The platform records nothing of a refused batch. The rows it names (`tickets.N.*`) are
+        quarantined with its words; without names the batch is halved. Quarantines and the new
+        request uuid of every part are committed together *before* any part is sent, so a
+        crash or an error mid-way never leaves rows under a uuid whose membership changed.
+        """
         reason = _reason(exc)
-        bad_index = _named_rows(exc, len(rows))
-        if len(rows) == 1 or bad_index:
-            bad = [rows[i] for i in bad_index] if bad_index else rows
-            for row in bad:
-                await asyncio.to_thread(self.journal.quarantine, row["uuid"],
-                                        _row_reason(exc, rows.index(row), reason))
+        named = _named_rows(exc, len(rows))
+        bad: list[tuple[str, str]] = []
+        if named or len(rows) == 1:
+            picked = named or [0]
+            bad = [(rows[i]["uuid"], _row_reason(exc, i, reason)) for i in picked]
+            gone = {u for u, _ in bad}
+            rest = [r for r in rows if r["uuid"] not in gone]
+            parts = [rest] if rest else []
+        else:
+            half = len(rows) // 2
+            parts = [rows[:half], rows[half:]]
+        planned = [(str(uuidlib.uuid4()), part) for part in parts]
+        await asyncio.to_thread(self.journal.regroup, bad,
+                                [(u, [r["uuid"] for r in part]) for u, part in planned])
+        if bad:
             self.status.quarantined_total += len(bad)
             log.warning("quarantined %d scan(s): %s", len(bad), reason)
-            rest = [r for r in rows if r not in bad]
-            return len(bad) + (await self._resend(rest) if rest else 0)
-        half = len(rows) // 2
-        return await self._resend(rows[:half]) + await self._resend(rows[half:])
-
-    async def _resend(self, rows: list[dict[str, Any]]) -> int:
-        """A new sub-batch (new membership, so a new request uuid, committed before sending)."""
-        batch_uuid = str(uuidlib.uuid4())
-        await asyncio.to_thread(self.journal.assign_batch, [r["uuid"] for r in rows], batch_uuid)
-        return await self._send(rows, batch_uuid)
+        settled = len(bad)
+        for batch_uuid, part in planned:
+            settled += await self._send(part, batch_uuid)
+        return settled
 
     async def drain(self, max_rounds: int = 1_000_000) -> int:
         """Upload until nothing is pending. Errors propagate (the caller decides how to wait)."""

@@ -179,6 +179,20 @@ class Journal:
                 "UPDATE scans SET batch_uuid = ?, attempts = attempts + 1 WHERE uuid = ?",
                 [(batch_uuid, u) for u in uuids])
 
+    def regroup(self, quarantined: list[tuple[str, str]],
+                batches: list[tuple[str, list[str]]]) -> None:
+        """Settle a refused batch in one transaction: quarantine `(uuid, reason)` rows and give
+        each remaining part its own new request uuid — all before anything is resent, so no
+        request uuid ever names two different sets of rows, even across a crash."""
+        with self._write():
+            self.conn.executemany(
+                "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
+                " WHERE uuid = ?", [(why[:1000], u) for u, why in quarantined])
+            for batch_uuid, uuids in batches:
+                self.conn.executemany(
+                    "UPDATE scans SET batch_uuid = ?, attempts = attempts + 1 WHERE uuid = ?",
+                    [(batch_uuid, u) for u in uuids])
+
     def mark_sent(self, uuids: list[str], sent_at: str) -> None:
         with self._write():
             self.conn.executemany(

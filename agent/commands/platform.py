@@ -1,0 +1,336 @@
+"""`gate-agent sync | upload | login`: the technician's hands on the platform link.
+
+The daemon does all of this on a schedule; these commands exist for the first fill of a new
+gate, for "sync now" before doors open, for draining a backlog after an outage and for putting
+a fresh token in place. They use the same Syncer, Uploader, governor and client as the daemon,
+so what they do (and the requests they spend) is exactly what the daemon would do.
+
+Run them while the daemon is stopped, or accept that the two share the company's rate limit:
+both keep within `api.budget_share`, but each counts only its own requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from agent.api import PlatformClient
+from agent.config import Config, load_config
+from agent.errors import (
+    ApiError,
+    ConfigError,
+    Forbidden,
+    Transport,
+    Unauthenticated,
+    register_secret,
+)
+from agent.governor import Governor
+from agent.runtime import CACHE_FILE, open_journal
+from agent.store.cache import TicketCache
+from agent.sync import Syncer, SyncProgress, discard_unfinished_rebuild
+from agent.token import load_token
+from agent.upload import Uploader
+
+
+def _quiet_logs() -> None:
+    """The commands report failures themselves, in one line each; without this, Python's
+    last-resort handler would print the library's warning about the same failure again."""
+    logging.getLogger("agent").addHandler(logging.NullHandler())
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "sync", parents=[common], help="refresh events/zones and tickets from the platform now",
+        description="Refresh events and zones, then a delta pass over each served event "
+                    "(or, with --full, rebuild the whole cache beside the live one and swap it "
+                    "in atomically). Interrupted passes resume where they stopped.")
+    p.add_argument("--full", action="store_true",
+                   help="list everything again (without --event: rebuild and swap the cache)")
+    p.add_argument("--event", type=int, action="append", metavar="ID",
+                   help="only this event (repeatable; default: the configured events)")
+    p.add_argument("--json", action="store_true", help="one JSON summary, no progress bar")
+    p.set_defaults(func=cmd_sync)
+
+    p = subparsers.add_parser("upload", parents=[common],
+                              help="send journaled scans to the platform now")
+    p.add_argument("--drain", action="store_true", help="until the outbox is empty")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_upload)
+
+    p = subparsers.add_parser(
+        "login", parents=[common], help="get a platform token (POST /login) into api.token_file",
+        description="Asks for the password without echoing it (or reads one line from standard "
+                    "input when that is not a terminal) and stores the token with mode 0600.")
+    p.add_argument("--email", help="the platform user's e-mail")
+    p.add_argument("--device-name", help="name the token is issued for "
+                                         "(default: api.device_name, else the host name)")
+    p.set_defaults(func=cmd_login)
+
+
+# -- shared ---------------------------------------------------------------------------------
+
+
+def _client(config: Config, token: str) -> PlatformClient:
+    return PlatformClient.from_config(config.api, token, Governor.from_config(config.api))
+
+
+def _used(client: PlatformClient) -> int:
+    """Budgeted requests this run spent (governor grants; async polls are not counted)."""
+    return sum(client.governor.granted.values())
+
+
+def _offline_hint(config: Config) -> str:
+    """What the gate still has when the platform cannot be reached."""
+    path = config.store_dir / CACHE_FILE
+    if not path.exists():
+        return "no ticket cache yet: the gate refuses every code until a sync succeeds"
+    cache = TicketCache(path, keep_personal_data=config.store["keep_personal_data"])
+    try:
+        status = cache.get_status()
+    finally:
+        cache.close()
+    parts = [f"event {e['id']}: {e['items']} items, last sync {e['last_sync'] or 'never'}"
+             for e in status["events"] if e["items"]]
+    if not parts:
+        return "no ticket cache yet: the gate refuses every code until a sync succeeds"
+    return "the gate keeps deciding on its cache (" + "; ".join(parts) + ")"
+
+
+# -- sync -----------------------------------------------------------------------------------
+
+
+class _Bar:
+    """Feeds SyncProgress reports into one rich progress task per event pass."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.tasks: dict[tuple[int | None, str], TaskID] = {}
+        self.passes: dict[int, dict[str, Any]] = {}
+
+    def __call__(self, p: SyncProgress) -> None:
+        if p.event_id is not None and p.phase in ("full", "tickets"):
+            self.passes[p.event_id] = {"event": p.event_id, "mode": p.phase, "items": p.items,
+                                       "pages": p.pages, "total": p.total}
+        if self.progress is None or p.phase not in ("full", "tickets", "swapping"):
+            return
+        key = (p.event_id, p.phase if p.phase != "swapping" else "full")
+        if not self.tasks:
+            self.progress.start()  # lazily: an early failure prints its one line, no empty bar
+        if key not in self.tasks:
+            label = f"event {p.event_id} " + ("full" if p.phase == "full" else "delta")
+            self.tasks[key] = self.progress.add_task(label, total=None, pages=0, requests=0)
+        self.progress.update(self.tasks[key], completed=p.items, total=p.total or None,
+                             pages=p.pages, requests=p.requests)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    config = load_config(args.config)
+    if args.event:
+        config = dataclasses.replace(config, events={**config.events, "ids": list(args.event)})
+    token = load_token(config.api, config_path=config.path)
+    err = Console(stderr=True)
+    progress = None if args.json else Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("items, {task.fields[pages]} pages, {task.fields[requests]} requests"),
+        TimeElapsedColumn(), console=err)
+    bar = _Bar(progress)
+    started = time.monotonic()
+    try:
+        try:
+            result = asyncio.run(_sync(config, token, args, bar))
+        finally:
+            if progress is not None and bar.tasks:
+                progress.stop()
+    except Transport as exc:
+        raise Transport(f"{exc}. Offline? {_offline_hint(config)}") from exc
+    result["wall_s"] = round(time.monotonic() - started, 2)
+    result["passes"] = list(bar.passes.values())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"sync {'full' if args.full else 'delta'}: {result['requests']} "
+                        f"requests, {result['wall_s']} s")
+    for col in ("event", "name", "items applied", "items cached", "cursor"):
+        table.add_column(col)
+    applied = {p["event"]: p["items"] for p in result["passes"]}
+    for e in result["events"]:
+        table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], 0)),
+                      str(e["items"]), e["cursor"] or "-")
+    Console().print(table)
+    return 0
+
+
+async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
+                ) -> dict[str, Any]:
+    cache_path = config.store_dir / CACHE_FILE
+    config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with _client(config, token) as client:
+        syncer = Syncer(config, client, cache_path, on_progress=bar)
+        try:
+            if args.full and not args.event:
+                discard_unfinished_rebuild(cache_path)
+                applied = await syncer.full_resync()
+            else:
+                await syncer.refresh_events()
+                applied = 0
+                for event_id in await syncer.event_ids():
+                    applied += await syncer.sync_tickets(event_id, full=args.full)
+        finally:
+            syncer.close()
+        used = _used(client)
+    cache = TicketCache(cache_path, keep_personal_data=config.store["keep_personal_data"])
+    try:
+        events = cache.get_status()["events"]
+    finally:
+        cache.close()
+    wanted = config.event_ids
+    events = [e for e in events if wanted is None or e["id"] in wanted]
+    return {"mode": "full" if args.full else "delta", "applied": applied, "requests": used,
+            "events": events}
+
+
+# -- upload ---------------------------------------------------------------------------------
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    config = load_config(args.config)
+    token = load_token(config.api, config_path=config.path)
+    journal = open_journal(config)
+    try:
+        outcome = asyncio.run(_upload(config, token, journal, args.drain))
+    finally:
+        journal.close()
+    error: ApiError | None = outcome.pop("error")
+    if args.json:
+        print(json.dumps({**outcome, "error": str(error) if error else None}))
+    else:
+        Console().print(
+            f"sent {outcome['sent']}, quarantined {outcome['quarantined']} in "
+            f"{outcome['requests']} request(s); {outcome['pending']} pending, "
+            f"{outcome['quarantined_total']} quarantined in the journal", highlight=False)
+    if error is None:
+        return 0
+    err = Console(stderr=True)
+    if isinstance(error, Unauthenticated | Forbidden):
+        err.print(
+            f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
+            f"are kept. Fix: `gate-agent login --config {config.path}` (or put a valid token in "
+            f"api.token_file), then `gate-agent upload --drain`.", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
+                  "queued and are resent later with the same batch uuid (nothing is sent "
+                  "twice).", highlight=False, soft_wrap=True)
+    return 1
+
+
+async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict[str, Any]:
+    async with _client(config, token) as client:
+        uploader = Uploader(journal, client, batch_size=config.sync["upload_batch_size"],
+                            device_name=config.api["device_name"] or socket.gethostname(),
+                            retention_days=config.store["sent_retention_days"])
+        error: ApiError | None = None
+        try:
+            if drain:
+                await uploader.drain()
+            else:
+                await uploader.upload_once()
+        except ApiError as exc:
+            error = exc
+        counts = journal.counts()
+        return {"sent": uploader.status.sent_total,
+                "quarantined": uploader.status.quarantined_total,
+                "requests": _used(client), "pending": counts["pending"],
+                "quarantined_total": counts["quarantined"], "error": error}
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+def _read_password() -> str:
+    """getpass on a terminal (never echoed); one line of standard input for scripts."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("Password: ")
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+def write_token(path: Path, token: str) -> None:
+    """Write the token so that it is never readable by others, not even for an instant:
+    a new file created 0600 (O_EXCL) beside the target, fsynced, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (token + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    _quiet_logs()
+    config = load_config(args.config)
+    target = config.api["token_file"]
+    if not target:
+        raise ConfigError("is empty: login needs a file to store the token in",
+                          path=config.path, key="api.token_file")
+    path = Path(target).expanduser()
+    email = args.email
+    if not email:
+        if not sys.stdin.isatty():
+            raise ConfigError("--email is required when the password comes from standard input")
+        email = input("Email: ").strip()
+    password = _read_password()
+    if not password:
+        raise ConfigError("no password given")
+    register_secret(password)
+    device = args.device_name or config.api["device_name"] or socket.gethostname()
+
+    async def go() -> str:
+        async with _client(config, "login-no-token-yet") as client:
+            return await client.login(email, password, device)
+
+    token = asyncio.run(go())
+    register_secret(token)
+    write_token(path, token)
+    console = Console()
+    console.print(f"logged in as {email}; token for device {device!r} stored in {path} "
+                  "(mode 0600). Older tokens stay valid until revoked on the platform.",
+                  highlight=False, soft_wrap=True)
+    shadow = [name for name in ("CREDENTIALS_DIRECTORY", config.api["token_env"])
+              if name and os.environ.get(name)]
+    if shadow:
+        console.print(f"note: ${shadow[0]} is set and is read before api.token_file; unset it "
+                      "for the new token to be used", highlight=False)
+    return 0
