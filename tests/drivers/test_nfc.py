@@ -1,4 +1,4 @@
-"""NFC reader end to end over nfcpy's UDP driver with a simulated Type 2 tag (tt2_tag.py).
+"""NFC reader end to end over nfcpy's UDP driver with a simulated Type 2 tag (drivers/nfc_sim.py).
 
 Real nfcpy code runs on both sides of the socket: polling, anticollision over two cascade
 levels, Type 2 activation, presence checks and NDEF reads. Only the radio is simulated.
@@ -15,8 +15,8 @@ import pytest
 from agent.errors import DriverUnavailable
 from drivers import open_reader
 from drivers.nfc import NfcReader
+from drivers.nfc_sim import Type2TagSimulator
 from tests.drivers.conftest import Recorder
-from tests.drivers.tt2_tag import Type2TagSimulator
 
 UID = bytes.fromhex("05a1b2c3d4e5f6")
 
