@@ -149,11 +149,14 @@ def start_sandbox(*, host: str = "127.0.0.1", port: int = 0, log_level: str = "c
 
 
 def start_sandbox_process(*, tickets: int = 1000, rpm: int = 60, window_s: float = 60.0,
-                          token: str = "sandbox-token") -> Sandbox:
-    """Run the sandbox as `python -m agent.sandbox.harness` (a separate process)."""
+                          token: str = "sandbox-token",
+                          seed_file: str | Path | None = None) -> Sandbox:
+    """Run the sandbox as `python -m agent.sandbox.harness` (a separate process, so a
+    benchmark's timings do not share a GIL with the platform's answers)."""
+    seed = ["--seed", str(seed_file)] if seed_file else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.sandbox.harness", "--tickets", str(tickets), "--rpm",
-         str(rpm), "--window-s", str(window_s), "--token", token],
+         str(rpm), "--window-s", str(window_s), "--token", token, *seed],
         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -185,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, default=60)
     parser.add_argument("--window-s", type=float, default=60.0)
     parser.add_argument("--token", default="sandbox-token")
+    parser.add_argument("--seed", help="seed file (default: the generated seed)")
     args = parser.parse_args(argv)
     state = make_state(tickets=args.tickets, rpm=args.rpm, window_s=args.window_s,
-                       token=args.token)
+                       token=args.token, seed_file=args.seed)
     sock = _bind(args.host, args.port)
     server = serve(state, sock, "critical")
     sys.stdout.write(json.dumps({"url": _url(args.host, sock), "token": state.default_token,

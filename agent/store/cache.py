@@ -232,15 +232,45 @@ class TicketCache:
                 (event_id, *chunk)))
         return found
 
-    def pair_nfc(self, event_id: int, item_id: int, nfc_id: str) -> None:
-        """Apply the platform's re-pairing rules locally: the tag moves to this item (newest seq)."""
-        self._seq += 1
+    def pair_nfc(self, event_id: int, item_id: int, nfc_id: str) -> list[int]:
+        """Apply the platform's re-pairing rules locally; returns the items the tag moved from.
+
+        The tag leaves every other item of the event (a tag is on one ticket per event) and
+        replaces this item's old tag; this item takes the newest `seq` (most recent pairing
+        wins). The stored JSON is updated with the columns, so a lookup's `Item.nfc_id` tells
+        the same story as the index until the next sync brings the platform's own copy.
+        Call inside `transaction()`.
+        """
+        moved = [row[0] for row in self.conn.execute(
+            "SELECT id FROM items WHERE event_id = ? AND nfc_id = ? AND id != ?",
+            (event_id, nfc_id, item_id))]
+        for other in moved:
+            self._set_raw_nfc(event_id, other, None)
         self.conn.execute(
             "UPDATE items SET nfc_id = NULL WHERE event_id = ? AND nfc_id = ? AND id != ?",
             (event_id, nfc_id, item_id))
+        self._seq += 1
+        self._set_raw_nfc(event_id, item_id, nfc_id)
         self.conn.execute(
             "UPDATE items SET nfc_id = ?, seq = ? WHERE event_id = ? AND id = ?",
             (nfc_id, self._seq, event_id, item_id))
+        return moved
+
+    def _set_raw_nfc(self, event_id: int, item_id: int, nfc_id: str | None) -> None:
+        row = self.conn.execute("SELECT raw FROM items WHERE event_id = ? AND id = ?",
+                                (event_id, item_id)).fetchone()
+        if row is None:
+            return
+        raw = json.loads(row[0])
+        # `variable` is `[]` for never-scanned items (the platform's quirk): make it an object.
+        variable = raw.get("variable") if isinstance(raw.get("variable"), dict) else {}
+        if nfc_id is None:
+            variable.pop("nfcId", None)
+        else:
+            variable["nfcId"] = nfc_id
+        raw["variable"] = variable
+        self.conn.execute("UPDATE items SET raw = ? WHERE event_id = ? AND id = ?",
+                          (json.dumps(raw, separators=(",", ":")), event_id, item_id))
 
     def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
                    full: bool = False) -> None:

@@ -38,8 +38,18 @@ def test_newest_nfc_pairing_wins_and_pairing_moves_the_tag(site: DemoSite) -> No
         cache.put_items(demo_data.EVENT_ID, [other])
     assert [h.item.id for h in cache.find_nfc(demo_data.NFC_TAG)][0] == 99
     with cache.transaction():
-        cache.pair_nfc(demo_data.EVENT_ID, 1, demo_data.NFC_TAG)
-    assert [h.item.id for h in cache.find_nfc(demo_data.NFC_TAG)] == [1]
+        moved = cache.pair_nfc(demo_data.EVENT_ID, 1, demo_data.NFC_TAG)
+    assert sorted(moved) == [12, 99]  # the demo's tag wearer and the later item both lose it
+    hits = cache.find_nfc(demo_data.NFC_TAG)
+    assert [h.item.id for h in hits] == [1]
+    assert hits[0].item.nfc_id == demo_data.NFC_TAG  # stored JSON agrees with the index
+    assert hits[0].item.status == "sold"  # item 1 had `variable: []`; it is an object now
+    old = cache.find_barcode(demo_data.CODES["nfc_ticket"])[0].item
+    assert old.nfc_id is None and "nfcId" not in old.raw["variable"]
+    with cache.transaction():  # a new tag replaces the ticket's old one
+        assert cache.pair_nfc(demo_data.EVENT_ID, 1, "0x04FFFFFFFFFFFF") == []
+    assert cache.find_nfc(demo_data.NFC_TAG) == []
+    assert cache.find_barcode(demo_data.CODES["valid"])[0].item.nfc_id == "0x04FFFFFFFFFFFF"
     cache.close()
 
 

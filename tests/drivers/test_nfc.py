@@ -1,4 +1,4 @@
-"""NFC reader end to end over nfcpy's UDP driver with a simulated Type 2 tag (tt2_tag.py).
+"""NFC reader end to end over nfcpy's UDP driver with a simulated Type 2 tag (drivers/nfc_sim.py).
 
 Real nfcpy code runs on both sides of the socket: polling, anticollision over two cascade
 levels, Type 2 activation, presence checks and NDEF reads. Only the radio is simulated.
@@ -15,8 +15,8 @@ import pytest
 from agent.errors import DriverUnavailable
 from drivers import open_reader
 from drivers.nfc import NfcReader
-from tests.drivers.conftest import Recorder
-from tests.drivers.tt2_tag import Type2TagSimulator
+from drivers.nfc_sim import Type2TagSimulator
+from tests.drivers.conftest import Recorder, wait_until
 
 UID = bytes.fromhex("05a1b2c3d4e5f6")
 
@@ -133,3 +133,25 @@ def test_connect_returning_false_is_device_lost_and_recovers(
         tag.present = False
     finally:
         reader.stop()
+
+
+def test_present_now_answers_the_waiting_poll_and_uids_can_change() -> None:
+    """What bench/hw_bench.py relies on: a tap is seen at once (not at nfcpy's next 1 s poll),
+    `polls` shows the reader polling again after a removal, and each new UID is a new scan."""
+    sim = Type2TagSimulator(UID)
+    reader, rec = _run(sim.url)
+    try:
+        for n, uid in enumerate((UID, bytes.fromhex("04112233445566")), start=1):
+            assert wait_until(lambda: (sim.waiting_poll_age() or 9) < 0.5, timeout=3)
+            sim.set_uid(uid)
+            started = time.monotonic()
+            assert sim.present_now()
+            assert rec.wait(lambda n=n: len(rec.scans) == n, timeout=2)
+            assert time.monotonic() - started < 0.5  # a missed poll would cost up to 1 s
+            polls = sim.polls
+            sim.present = False
+            assert wait_until(lambda polls=polls: sim.polls > polls, timeout=3)
+        assert rec.codes() == ["0x05A1B2C3D4E5F6", "0x04112233445566"]
+    finally:
+        reader.stop()
+        sim.close()

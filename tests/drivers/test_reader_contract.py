@@ -20,9 +20,9 @@ import pytest
 
 from drivers import open_reader
 from drivers.base import Reader
+from drivers.nfc_sim import Type2TagSimulator
 from drivers.sim import sim_inject, sim_replug, sim_unplug
 from tests.drivers.conftest import PtyDevice, Recorder
-from tests.drivers.tt2_tag import Type2TagSimulator
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2}
 

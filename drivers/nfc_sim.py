@@ -5,6 +5,12 @@ an ephemeral port to HOST:PORT and reads the answer in the same form; `RFOFF` me
 switched its field off. This responder answers what a tag answers: SENS_REQ/ALL_REQ with
 SENS_RES, anticollision (SDD_REQ) and SELECT per cascade level, and READ (4 pages). While the
 tag is "removed" it stays silent, exactly as a real tag outside the field.
+
+It lives outside the tests because the hardware benchmark drives it too (bench/hw_bench.py).
+For timing, `present()` answers the reader's poll that is still waiting: nfcpy's UDP driver
+waits a whole second for each unanswered poll, where a real reader polls every few
+milliseconds, so without this a measurement would mostly show where in that second the tag
+happened to arrive.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import functools
 import operator
 import socket
 import threading
+import time
 
 
 def _bcc(data: bytes) -> int:
@@ -31,8 +38,18 @@ def tt2_memory(uid: bytes, ndef_message: bytes = b"") -> bytes:
     return head + data
 
 
+# nfcpy's UDP driver gives up on a SENS_REQ after 1.0 s; answer only polls clearly younger.
+_POLL_STILL_WAITING_S = 0.9
+
+
 class Type2TagSimulator:
-    """Listens on 127.0.0.1:<port>; `present` says whether the tag is in the reader's field."""
+    """Listens on 127.0.0.1:<port>; `present` says whether the tag is in the reader's field.
+
+    Setting `present = True` brings the tag in at the reader's next poll; `present_now()`
+    also answers the poll the reader is waiting on (see the module docstring). `polls` counts
+    SENS_REQ/ALL_REQ received, present or not: it rises once the reader has noticed a removal
+    and polls again. `set_uid` swaps in another tag while the tag is out of the field.
+    """
 
     def __init__(self, uid: bytes, ndef_message: bytes = b"") -> None:
         self.uid = uid
@@ -42,8 +59,36 @@ class Type2TagSimulator:
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
         self.selects = 0
+        self.polls = 0
+        self._lock = threading.Lock()
+        self._waiting: tuple[bytes, tuple[str, int], float] | None = None  # unanswered poll
         self._thread = threading.Thread(target=self._serve, name="tt2 sim", daemon=True)
         self._thread.start()
+
+    def set_uid(self, uid: bytes, ndef_message: bytes = b"") -> None:
+        """Another tag (only while none is in the field: a reader never sees a UID change)."""
+        assert not self.present, "remove the tag first"
+        with self._lock:
+            self.uid = uid
+            self.memory = tt2_memory(uid, ndef_message)
+
+    def waiting_poll_age(self) -> float | None:
+        """Seconds since the reader's unanswered poll arrived; None when it is not waiting."""
+        with self._lock:
+            return None if self._waiting is None else time.monotonic() - self._waiting[2]
+
+    def present_now(self) -> bool:
+        """Bring the tag in and answer the reader's waiting poll at once; True if there was one."""
+        with self._lock:
+            self.present = True
+            waiting, self._waiting = self._waiting, None
+            if waiting is None or time.monotonic() - waiting[2] > _POLL_STILL_WAITING_S:
+                return False
+            brty, addr, _ = waiting
+            answer = self._answer(b"\x26")
+            assert answer is not None
+            self.sock.sendto(brty + b" " + answer.hex().encode(), addr)
+            return True
 
     @property
     def url(self) -> str:
@@ -59,15 +104,26 @@ class Type2TagSimulator:
                 datagram, addr = self.sock.recvfrom(1024)
             except OSError:
                 return
-            if datagram.startswith(b"RFOFF") or not self.present:
-                continue
-            try:
-                brty, hexdata = datagram.split()
-                answer = self._answer(bytes.fromhex(hexdata.decode()))
-            except ValueError:
-                continue
-            if answer is not None and self.present:
-                self.sock.sendto(brty + b" " + answer.hex().encode(), addr)
+            with self._lock:
+                self._handle(datagram, addr)
+
+    def _handle(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if datagram.startswith(b"RFOFF"):
+            self._waiting = None
+            return
+        try:
+            brty, hexdata = datagram.split()
+            cmd = bytes.fromhex(hexdata.decode())
+        except ValueError:
+            return
+        if cmd in (b"\x26", b"\x52"):
+            self.polls += 1
+            self._waiting = None if self.present else (brty, addr, time.monotonic())
+        if not self.present:
+            return
+        answer = self._answer(cmd)
+        if answer is not None:
+            self.sock.sendto(brty + b" " + answer.hex().encode(), addr)
 
     def _answer(self, cmd: bytes) -> bytes | None:
         uid = self.uid

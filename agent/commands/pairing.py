@@ -1,0 +1,151 @@
+"""`gate-agent pair-tag`: the NFC pairing station (ticket barcode + wristband -> pairing).
+
+    pair-tag BARCODE --reader URL        pair one ticket to the next tag presented
+    pair-tag --reader URL                a queue of attendees: barcodes typed/scanned on stdin
+    pair-tag --reader URL --scanner URL  ... or read from a barcode scanner
+        [--event ID] [--again] [--admit [--lane L]] [--once] [--timeout S]
+
+Exit codes (one pairing: BARCODE or --once): 0 paired (and admitted with --admit), 1 not
+paired (or paired but refused entry), 2 a device cannot be opened, 3 the platform cannot be
+reached (nothing changed). A queue ends with Ctrl-C or end of input and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from rich.console import Console
+
+from agent.config import LaneConfig, load_config
+from agent.errors import DriverUnavailable, GateAgentError
+from agent.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
+
+EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_OFFLINE = 0, 1, 2, 3
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("pair-tag", parents=[common],
+                              help="pair NFC tags (wristbands) to tickets; optionally admit")
+    p.add_argument("barcode", nargs="?",
+                   help="ticket barcode; without it, barcodes come from --scanner or stdin "
+                        "until Ctrl-C")
+    p.add_argument("--reader", required=True, metavar="URL",
+                   help="NFC reader URL, e.g. nfc:usb (see `gate-agent devices list`)")
+    p.add_argument("--scanner", metavar="URL", help="barcode scanner URL for the queue")
+    p.add_argument("--event", type=int, metavar="ID",
+                   help="event id (default: the cached ticket's event)")
+    p.add_argument("--again", action="store_true",
+                   help="re-pair a ticket that already has a tag (the old tag stops working)")
+    p.add_argument("--admit", action="store_true",
+                   help="also admit the attendee through --lane (pair and admit in one step)")
+    p.add_argument("--lane", help="lane for --admit (default: the first lane)")
+    p.add_argument("--once", action="store_true", help="pair one attendee, then exit")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for a tag (default 30)")
+    p.set_defaults(func=cmd_pair_tag)
+
+
+def cmd_pair_tag(args: argparse.Namespace) -> int:
+    from drivers.feed import ScanFeed
+
+    config = load_config(args.config)
+    lane = config.lane(args.lane) if args.admit else None
+    console = Console(highlight=False, soft_wrap=True)
+    single = bool(args.barcode) or args.once
+    with ExitStack() as stack:
+        try:
+            tags = stack.enter_context(ScanFeed(args.reader))
+            scanner = stack.enter_context(ScanFeed(args.scanner)) if args.scanner and \
+                not args.barcode else None
+        except DriverUnavailable as exc:
+            print(f"gate-agent: error: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        station = stack.enter_context(PairingStation(config))
+        barcodes = _barcodes(args.barcode, scanner, console)
+        done = failed = 0
+        try:
+            for barcode in barcodes:
+                code = _one(station, tags, barcode, args, lane, console)
+                done += code == EXIT_OK
+                failed += code != EXIT_OK
+                if single:
+                    return code
+        except KeyboardInterrupt:
+            console.print()
+        console.print(f"pairing station closed: {done} paired, {failed} not")
+    return EXIT_OK
+
+
+def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str]:
+    """The queue of attendees: the argument, the barcode scanner, or lines of stdin."""
+    if given:
+        yield given
+        return
+    while True:
+        console.print("[bold]next attendee:[/] scan or type the ticket barcode", style="cyan")
+        if scanner is not None:
+            scan = scanner.next(None)
+            assert scan is not None
+            if scan.kind != "barcode":
+                console.print(f"[red]NOT PAIRED[/] the scanner read a tag ({scan.code}), not a "
+                              "ticket barcode")
+                continue
+            yield scan.code
+            continue
+        line = sys.stdin.readline()
+        if not line:
+            return  # end of input
+        if line.strip():
+            yield line.strip()
+
+
+def _one(station: PairingStation, tags: Any, barcode: str, args: argparse.Namespace,
+         lane: LaneConfig | None, console: Console) -> int:
+    """Pair one attendee; every failure is printed and becomes an exit code, never a raise."""
+    try:
+        hit = station.ticket(barcode, args.event)
+        who = f" ({hit.item.customer_name})" if hit.item.customer_name else ""
+        tags.drain()  # a tap from before this attendee must not be paired to this ticket
+        console.print(f"ticket {hit.item.barcode} event {hit.event_id}{who}: present the tag "
+                      f"on {args.reader} (within {args.timeout:g} s)")
+        scan = tags.next(args.timeout)
+        if scan is None:
+            raise PairingRefused(f"no tag within {args.timeout:g} s; {hit.item.barcode} not "
+                                 "paired")
+        if scan.kind != "nfc":
+            raise PairingRefused(f"the reader sent {scan.code!r}, not a tag id (is the reader "
+                                 "in ndef=1 mode? drop that option)")
+        result = station.pair(barcode, scan.code, event_id=args.event, again=args.again,
+                              admit_lane=lane)
+    except PairingOffline as exc:
+        console.print(f"[bold red]NOT PAIRED[/] {exc}")
+        return EXIT_OFFLINE
+    except GateAgentError as exc:
+        console.print(f"[bold red]NOT PAIRED[/] {exc}")
+        return EXIT_FAILED
+    return _show(result, console)
+
+
+def _show(result: PairResult, console: Console) -> int:
+    notes = []
+    if result.replaced:
+        notes.append(f"replaces tag {result.replaced}")
+    if result.moved_from:
+        notes.append("tag moved from item " + ", ".join(map(str, result.moved_from)))
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    console.print(f"[bold green]PAIRED[/] {result.nfc_id} -> {result.barcode} "
+                  f"(event {result.event_id}, item {result.item_id}){extra}")
+    if result.local_error:
+        console.print(f"[yellow]warning:[/] {result.local_error}")
+    if result.admit is None:
+        return EXIT_OK
+    d = result.admit.decision
+    word, colour = ("ADMIT", "green") if d.admit else ("REFUSE", "red")
+    detail = f"/{d.detail}" if d.detail else ""
+    console.print(f"[bold {colour}]{word}[/] {d.direction:<3} {d.code}  {d.status}{detail}  "
+                  f"{d.message}")
+    return EXIT_OK if d.admit else EXIT_FAILED
