@@ -47,7 +47,7 @@ from agent.statusserver import build_app, split_listen
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.sync import Syncer, discard_unfinished_rebuild
-from agent.token import load_token
+from agent.token import InsecureTokenFile, load_token
 from agent.upload import Uploader
 
 log = logging.getLogger("gate_agent.daemon")
@@ -132,6 +132,8 @@ class Daemon:
     def setup_platform(self) -> None:
         try:
             token = load_token(self.config.api, config_path=self.config.path)
+        except InsecureTokenFile:
+            raise  # hostile-input work: refuse to start rather than run with an exposed token
         except ConfigError as exc:
             self.platform_disabled = str(exc)
             log.warning("platform link off (the gate works offline): %s", exc)
@@ -285,7 +287,12 @@ class Daemon:
         sock.bind((host, port))
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
-        (self.config.store_dir / "status.addr").write_text(self.listen_address + "\n")
+        # hostile-input work: 0600 like every other file of store.dir (was the umask's mode)
+        addr = os.open(self.config.store_dir / "status.addr",
+                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(addr, 0o600)  # a file left by an older version keeps its mode otherwise
+        with os.fdopen(addr, "w") as fh:
+            fh.write(self.listen_address + "\n")
         log.info("status endpoint on http://%s/status", self.listen_address)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self.server = _StatusServer(config)

@@ -173,7 +173,9 @@ class TicketCache:
         historic: list[tuple[str, int, int]] = []
         scans: list[tuple[Any, ...]] = []
         ids: list[tuple[int, int]] = []
-        for item in items:
+        # An id twice in one call (a page repeating an item): the last copy wins, as it would
+        # over two calls; otherwise both copies' platform scans would be kept and counted.
+        for item in {item.id: item for item in items}.values():
             self._seq += 1
             raw = item.raw if self.keep_personal_data else strip_personal(item.raw)
             rows.append((event_id, item.id, item.barcode, item.nfc_id, item.item_type,
