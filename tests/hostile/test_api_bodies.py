@@ -137,7 +137,7 @@ def _reset(cache: TicketCache) -> None:
     cache.reload()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(event_bodies, zone_bodies, ticket_bodies)
 @example([{"id": EVENT, "timezone": "Europe"}], [{"id": 9001, "name": "Entry"}],

@@ -24,7 +24,7 @@ from tests.conftest import DemoSite
 from tests.hostile.conftest import assert_admit_is_cached
 
 C = demo_data.CODES
-SETTINGS = settings(max_examples=200, deadline=None,
+SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Pieces a scanner (or line noise) can put on the wire.

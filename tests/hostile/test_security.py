@@ -215,7 +215,7 @@ def https_server(pki: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     _Handler.seen_auth = []
     yield f"https://127.0.0.1:{server.server_address[1]}/v1"
