@@ -130,12 +130,14 @@ class PlatformClient:
     async def activated_events(self) -> list[Event]:
         """`GET /activated-events` (REFRESH)."""
         body = await self._call("GET", "activated-events", Priority.REFRESH, shape=(list, dict))
+        _require_list(body, "events", "GET /activated-events")
         return parse_activated_events(body)
 
     async def zones(self, event_id: int) -> list[Zone]:
         """`GET /zones/all?eventId=` (REFRESH)."""
         body = await self._call("GET", "zones/all", Priority.REFRESH,
                                 params={"eventId": event_id}, shape=(list, dict))
+        _require_list(body, "data", "GET /zones/all")
         return parse_zones(body, event_id)
 
     async def entry_tickets(self, event_id: int, *, start_time: str | None = None,
@@ -167,6 +169,12 @@ class PlatformClient:
             if start_time:
                 params["startTime"] = start_time
         body = await self._call("GET", path, prio, params=params, async_mode=async_mode)
+        _require_list(body, "content", "GET /entry/tickets")
+        links = body.get("pagination")
+        if isinstance(links, dict) and links.get("next") is not None \
+                and not isinstance(links["next"], str):
+            raise BadResponse(f"GET /entry/tickets: `pagination.next` must be a link or null, "
+                              f"got {type(links['next']).__name__}; the page is not applied")
         return parse_entry_page(body)
 
     async def upload_scans(self, request_uuid: str, tickets: list[dict[str, Any]]) -> Any:
@@ -352,6 +360,16 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load CA file {ca_file}: {exc}", key="api.ca_file") from exc
     return context
+
+
+def _require_list(body: Any, key: str, what: str) -> None:
+    """A bare list passes; an object must hold a list under `key`. Anything else is unusable:
+    read as "no events/zones/tickets" it would empty the cache (a full resync swaps in what it
+    got), so it is a BadResponse naming the field, and the pass is retried later."""
+    if isinstance(body, list) or isinstance(body.get(key), list):
+        return
+    got = "missing" if key not in body else f"a {type(body[key]).__name__}"
+    raise BadResponse(f"{what}: `{key}` must be a list, got {got}; the answer is not applied")
 
 
 def _flag(value: bool) -> str:

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 MAX_CODE_LEN = 256
 _HEX = re.compile(r"[0-9A-F]+")
 _NFC_SEPARATORS = re.compile(r"[\s:\-]")
+EARLIEST = datetime(1, 1, 3, tzinfo=UTC)
+LATEST = datetime(9999, 12, 29, tzinfo=UTC)
 
 
 def clean_code(raw: str) -> str:
@@ -62,8 +64,8 @@ def zone_info(name: str | None) -> ZoneInfo:
     if name:
         try:
             return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass  # OSError: a name like "Europe" or "Etc" is a directory of tzdata, not a zone
     return ZoneInfo("UTC")
 
 
@@ -84,7 +86,13 @@ def parse_platform_time(value: object, tz: ZoneInfo | None = None) -> datetime |
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz or UTC)
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # "0001-01-01 00:00:00" east of UTC lies before year 1
+        return EARLIEST if moment.year < 5000 else LATEST
+    # Clamped a day inside datetime's range, so the engine's grace arithmetic and local-time
+    # display can never overflow; the order of dates is kept.
+    return min(max(moment, EARLIEST), LATEST)
 
 
 def format_upload_time(moment: datetime) -> str:

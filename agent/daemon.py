@@ -47,7 +47,7 @@ from agent.statusserver import build_app, split_listen
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.sync import Syncer, discard_unfinished_rebuild
-from agent.token import load_token
+from agent.token import InsecureTokenFile, load_token
 from agent.upload import Uploader
 
 log = logging.getLogger("gate_agent.daemon")
@@ -63,6 +63,7 @@ class Daemon:
         self.journal: Journal | None = None
         self.journal_error: str | None = None
         self.cache_degraded: str | None = None
+        self.cache_in_memory = False  # store.dir would not let a damaged cache be moved aside
         self.platform_disabled: str | None = None
         self.client: PlatformClient | None = None
         self.syncer: Syncer | None = None
@@ -103,7 +104,18 @@ class Daemon:
             self.status_cache = self._open_cache()
         except CacheCorrupt as exc:
             aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
-            os.replace(self.cache_path, aside)
+            try:
+                os.replace(self.cache_path, aside)
+            except OSError as move:
+                # hostile-input work: a read-only or failing store.dir must not crash the start;
+                # the gate runs on an empty in-memory cache and status says why.
+                log.error("%s; cannot move it aside (%s): starting with no tickets", exc,
+                          move.strerror)
+                self.cache_degraded = (f"cache unusable and store.dir not writable "
+                                       f"({move.strerror}); fix store.dir, then restart")
+                self.cache_in_memory = True
+                self.status_cache = self._open_cache()
+                return False
             for suffix in ("-wal", "-shm"):
                 Path(str(self.cache_path) + suffix).unlink(missing_ok=True)
             log.error("%s; moved aside to %s, starting with an empty cache", exc, aside.name)
@@ -113,8 +125,8 @@ class Daemon:
         return resync
 
     def _open_cache(self) -> TicketCache:
-        return TicketCache(self.cache_path, keep_personal_data=self.config.store[
-            "keep_personal_data"])
+        path = Path(":memory:") if self.cache_in_memory else self.cache_path
+        return TicketCache(path, keep_personal_data=self.config.store["keep_personal_data"])
 
     def _gate(self) -> Gate:
         """A lane's own connections; without a journal the gate refuses (fail closed)."""
@@ -132,6 +144,8 @@ class Daemon:
     def setup_platform(self) -> None:
         try:
             token = load_token(self.config.api, config_path=self.config.path)
+        except InsecureTokenFile:
+            raise  # hostile-input work: refuse to start rather than run with an exposed token
         except ConfigError as exc:
             self.platform_disabled = str(exc)
             log.warning("platform link off (the gate works offline): %s", exc)
@@ -285,7 +299,16 @@ class Daemon:
         sock.bind((host, port))
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
-        (self.config.store_dir / "status.addr").write_text(self.listen_address + "\n")
+        # hostile-input work: 0600 like every other file of store.dir (was the umask's mode);
+        # a read-only store.dir must not keep the status endpoint (and its alarm) down.
+        try:
+            addr = os.open(self.config.store_dir / "status.addr",
+                           os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(addr, 0o600)  # a file left by an older version keeps its mode otherwise
+            with os.fdopen(addr, "w") as fh:
+                fh.write(self.listen_address + "\n")
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
         log.info("status endpoint on http://%s/status", self.listen_address)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self.server = _StatusServer(config)

@@ -39,6 +39,11 @@ class Gate:
         self.journal = journal
         self.config = config
         self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
+        # The last journal write failure (None once a write succeeds again) and how many
+        # decided scans have no journal row: lanes report both, status raises the alarm.
+        self.journal_error: str | None = None if journal is not None else \
+            "the scan journal could not be opened"
+        self.unrecorded = 0
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -112,13 +117,19 @@ class Gate:
                 raise JournalUnavailable("the scan journal could not be opened")
             self.journal.record(row)
         except JournalUnavailable as exc:
-            log.error("journal write failed on lane %s: %s", lane.name, exc)
+            self.journal_error, self.unrecorded = str(exc), self.unrecorded + 1
             if self.config.store["fail_closed"] or not decision.admit:
+                log.error("journal write failed on lane %s: %s; scan of %s refused",
+                          lane.name, exc, decision.code)
                 refused = replace(decision, admit=False, status="denied",
                                   detail="journalUnavailable",
                                   message="Gate cannot record scans; please call staff")
                 return ScanResult(refused, None)
+            log.error("journal write failed on lane %s: %s; %s ADMITTED WITHOUT A RECORD "
+                      "(store.fail_closed = false): item %s event %s at %s", lane.name, exc,
+                      decision.code, decision.item_id, decision.event_id, utc_iso(now))
             return ScanResult(decision, None)
+        self.journal_error = None
         return ScanResult(decision, scan_uuid)
 
 

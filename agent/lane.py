@@ -184,6 +184,7 @@ class LaneRunner:
             "last_scan": self.last_scan, "decisions_5min": recent,
             "decisions_total": dict(self.totals), "queue": self.queue.qsize(),
             "heartbeat_age_s": round(now - self.heartbeat, 2),
+            "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
         }
 
 

@@ -23,6 +23,8 @@ from agent.codes import normalize_nfc_id
 
 PERSONAL_FIELDS = ("customerEmail", "nationalId", "passport")
 _PERSONAL = frozenset(PERSONAL_FIELDS)
+# SQLite stores signed 64-bit integers; a larger id would raise OverflowError on insert.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -30,17 +32,25 @@ def _obj(value: Any) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
+    """A whole number within SQLite's range (ids go into indexed columns), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
+        value = int(value)
+    if isinstance(value, int) and _INT_MIN <= value <= _INT_MAX:
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
     return None
 
 
 def _str(value: Any) -> str | None:
+    """Text as sent; JSON may carry lone surrogates (`"\\ud800"`), which SQLite cannot store:
+    they become U+FFFD, so such a field can never match a scanned code."""
     if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)

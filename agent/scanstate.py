@@ -55,6 +55,8 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid and pscan.uuid in seen_uuids:
             continue
+        if pscan.uuid:
+            seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
         moment_or_none = parse_platform_time(pscan.scanned_on, tz)
         if moment_or_none is None:
             continue

@@ -52,6 +52,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    f"scan journal cannot be written ({journal['error']}); every scan is refused "
                    "— free disk space or fix permissions of store.dir"))
     lanes = snap.get("lanes") or []
+    failing = [lane for lane in lanes if lane.get("journal_error")]
+    if failing and not journal.get("error"):
+        names = ", ".join(str(lane.get("name")) for lane in failing)
+        add(Reason("fail", "journal_unavailable",
+                   f"scan journal write failed on lane(s) {names} ({failing[0]['journal_error']});"
+                   " scans are refused while store.fail_closed is on, otherwise admitted without"
+                   " a record — free disk space or fix permissions of store.dir"))
     with_readers = [lane for lane in lanes if lane.get("readers")]
     if with_readers and not any(lane.get("readers_connected") for lane in with_readers):
         add(Reason("fail", "no_reader", "no reader is connected on any lane; check cables and "

@@ -22,6 +22,11 @@ from agent.errors import ConfigError, register_secret
 CREDENTIAL_NAME = "gate-agent-token"
 
 
+class InsecureTokenFile(ConfigError):
+    """The token file may be read by group or others: the daemon refuses to start (a missing
+    token only turns the platform link off; a leaked one is a credential valid until revoked)."""
+
+
 def _clean(raw: str) -> str:
     return raw.strip()
 
@@ -38,7 +43,7 @@ def _read_file(path: Path, *, check_mode: bool, key: str, config_path: str | Non
         raise ConfigError(f"cannot read token file {path}: {exc.strerror}",
                           path=config_path, key=key) from None
     if check_mode and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
+        raise InsecureTokenFile(
             f"token file {path} is readable by group or others; run: chmod 600 {path}",
             path=config_path, key=key,
         )

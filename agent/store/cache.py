@@ -74,9 +74,9 @@ MIGRATIONS = [
 ]
 
 # One reusable compact encoder: `json.dumps(..., separators=...)` builds a new encoder per
-# call, which was a visible share of applying a 1000-item page.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
-                           check_circular=False).encode
+# call, which was a visible share of applying a 1000-item page. ASCII output: a lone surrogate
+# (legal in JSON text) stays an escape instead of failing SQLite's UTF-8 encoding.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,9 @@ class TicketCache:
         ids: list[int] = []
         keep_personal = self.keep_personal_data
         seq = self._seq
-        for item in items:
+        # An id twice in one call (a page repeating an item): the last copy wins, as it would
+        # over two calls; otherwise both copies' platform scans would be kept and counted.
+        for item in {item.id: item for item in items}.values():
             seq += 1
             item_id = item.id
             raw = item.raw if keep_personal else strip_personal(item.raw)

@@ -230,12 +230,17 @@ class Journal:
             "SELECT COUNT(*) FROM scans WHERE upload_state = 'pending'").fetchone()[0])
 
     def counts(self) -> dict[str, Any]:
+        """Rows per upload state; JournalUnavailable (not a bare sqlite3 error, which would
+        take the status endpoint down with it) when the file cannot be read."""
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
-        for state, n in self.conn.execute(
-                "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state"):
-            out[state] = n
-        row = self.conn.execute(
-            "SELECT MIN(scanned_on) FROM scans WHERE upload_state = 'pending'").fetchone()
+        try:
+            for state, n in self.conn.execute(
+                    "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state"):
+                out[state] = n
+            row = self.conn.execute(
+                "SELECT MIN(scanned_on) FROM scans WHERE upload_state = 'pending'").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
         out["oldest_pending"] = row[0]
         return out
 
