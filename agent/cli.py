@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from agent import __version__, commands
@@ -47,4 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:  # noqa: BLE001 - a bug: show it, but never with a secret in it
+        print("gate-agent: internal error (please report it):\n"
+              + redact(traceback.format_exc()), file=sys.stderr)
+        return 70
     return int(result or 0)
