@@ -32,6 +32,7 @@ import uvicorn
 from agent import __version__
 from agent.api import PlatformClient
 from agent.bindings import effective_lanes
+from agent.codes import utc_iso
 from agent.config import Config, LaneConfig, load_config
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
 from agent.gate import Gate
@@ -228,7 +229,8 @@ class Daemon:
         fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,
                   "status": d.status, "statusDetail": d.detail, "direction": d.direction,
                   "uuid": event.result.uuid, "latency_ms": round(event.latency_s * 1000, 3),
-                  "relay": event.pulsed, "reader": event.scan.reader_id}
+                  "relay": event.pulsed, "reader": event.scan.reader_id,
+                  "at": utc_iso(event.scan.wall)}  # the scan's own time, as journaled/uploaded
         decisions_log.info(
             "lane=%s %s %s code=%s status=%s detail=%s uuid=%s latency_ms=%.2f%s",
             event.lane, "ADMIT" if d.admit else "REFUSE", d.direction, d.code, d.status,
