@@ -328,6 +328,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        self._reload_token(fresh)
         wanted = {lane.name: lane for lane in effective_lanes(fresh)}
         for name in list(self.lanes):
             if name not in wanted or wanted[name] != self.lanes[name].lane:
@@ -338,6 +339,19 @@ class Daemon:
         self.config = fresh
         self.start_lanes(tuple(lane for name, lane in wanted.items() if name not in self.lanes))
         log.info("configuration reloaded: %d lane(s)", len(self.lanes))
+
+    def _reload_token(self, fresh: Config) -> None:
+        """A renewed token (the fix the auth_failed reason asks for) is taken without a
+        restart; a missing or unreadable one keeps the running token and says so."""
+        if self.client is None:
+            return
+        try:
+            token = load_token(fresh.api, config_path=fresh.path)
+        except ConfigError as exc:
+            log.error("token not reloaded, keeping the running one: %s", exc)
+            return
+        self.client.set_token(token)
+        log.info("platform token reloaded")
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
