@@ -87,6 +87,7 @@ class FaultSite:
     sandbox: Sandbox
     scanners: dict[str, PtyDevice]
     config: Path
+    rpm: int
     runs: list[DaemonProcess] = field(default_factory=list)
 
     @property
@@ -96,6 +97,7 @@ class FaultSite:
     def write_config(self, *, upload_interval_s: float = 0.5, batch: int = 100,
                      delta_interval_s: float = 1.0, timeout_s: float = 15.0,
                      extra: str = "") -> None:
+        """The gate's rate budget is the sandbox's (`rpm`), as a technician would set it."""
         lanes = ""
         for name in LANES:
             zone = f"zone_id = {demo_data.FLOOR_ZONE}\n" if name == "floor" else ""
@@ -116,6 +118,7 @@ company_id = {self.sandbox.company_id}
 token_file = "{self.root / 'token'}"
 device_name = "fault-gate"
 timeout_s = {timeout_s}
+requests_per_minute = {self.rpm}
 
 [store]
 dir = "{self.store}"
@@ -194,7 +197,8 @@ def make_site(root: Path, *, extra_tickets: int, **sandbox_args: Any) -> FaultSi
     for name in LANES:
         (root / name).mkdir()
         scanners[name] = PtyDevice(root / name)
-    site = FaultSite(root, sandbox, scanners, root / "config.toml")
+    site = FaultSite(root, sandbox, scanners, root / "config.toml",
+                     int(sandbox_args.get("rpm", 60)))
     site.write_token(sandbox.token)
     site.write_config()
     return site

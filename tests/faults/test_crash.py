@@ -130,8 +130,14 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
     run.wait_ready()
     batch = codes.take(FINAL)
     fed += _feed_all(site, batch)
-    wait_until(lambda: (s := run.status())["journal"]["pending"] == 0 and
-               sum(lane["queue"] for lane in s["lanes"]) == 0, 60, "the outbox to drain")
+    try:
+        wait_until(lambda: (s := run.status())["journal"]["pending"] == 0 and
+                   sum(lane["queue"] for lane in s["lanes"]) == 0, 60, "the outbox to drain")
+    except AssertionError:
+        report = run.status()
+        raise AssertionError(f"not drained: journal {report['journal']}, upload "
+                             f"{report['upload']}, jobs {report['jobs']}, reasons "
+                             f"{report['reasons']}") from None
     run.signal(signal.SIGTERM)
     assert run.stop() == 0
     elapsed = time.monotonic() - started
