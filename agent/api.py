@@ -65,6 +65,7 @@ class LinkStatus:
     last_success: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    last_error_kind: str | None = None  # ApiError class name, lower case ("unauthenticated")
     remaining: int | None = None
     window_s: float | None = None
     rate_limited_until: float | None = None
@@ -108,6 +109,10 @@ class PlatformClient:
             base_url=self.base_url + "/", headers=headers, timeout=httpx.Timeout(timeout_s),
             verify=_tls_context(ca_file), transport=transport, follow_redirects=False,
         )
+
+    def set_token(self, token: str) -> None:
+        """Use a renewed token from the next request on (SIGHUP after `gate-agent login`)."""
+        self._http.headers["Authorization"] = f"Bearer {token}"
 
     @classmethod
     def from_config(cls, api: dict[str, Any], token: str, governor: Governor,
@@ -332,7 +337,8 @@ class PlatformClient:
     def _failed(self, err: ApiError) -> None:
         self.status.last_error = str(err)
         self.status.last_error_at = time.time()
-        self._count(type(err).__name__.lower())
+        self.status.last_error_kind = type(err).__name__.lower()
+        self._count(self.status.last_error_kind)
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -345,6 +351,7 @@ class PlatformClient:
         return {
             "base_url": self.base_url, "last_success": s.last_success,
             "last_error": s.last_error, "last_error_at": s.last_error_at,
+            "last_error_kind": s.last_error_kind,
             "remaining": s.remaining, "window_s": s.window_s, "rate_limited_until": limited,
             "clock_skew_s": s.skew_s, "content_language": s.content_language,
             "requests": dict(self.outcomes), "governor": self.governor.get_status(),

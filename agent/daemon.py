@@ -32,6 +32,7 @@ import uvicorn
 from agent import __version__
 from agent.api import PlatformClient
 from agent.bindings import effective_lanes
+from agent.codes import utc_iso
 from agent.config import Config, LaneConfig, load_config
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
 from agent.gate import Gate
@@ -242,7 +243,8 @@ class Daemon:
         fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,
                   "status": d.status, "statusDetail": d.detail, "direction": d.direction,
                   "uuid": event.result.uuid, "latency_ms": round(event.latency_s * 1000, 3),
-                  "relay": event.pulsed, "reader": event.scan.reader_id}
+                  "relay": event.pulsed, "reader": event.scan.reader_id,
+                  "at": utc_iso(event.scan.wall)}  # the scan's own time, as journaled/uploaded
         decisions_log.info(
             "lane=%s %s %s code=%s status=%s detail=%s uuid=%s latency_ms=%.2f%s",
             event.lane, "ADMIT" if d.admit else "REFUSE", d.direction, d.code, d.status,
@@ -349,6 +351,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        self._reload_token(fresh)
         wanted = {lane.name: lane for lane in effective_lanes(fresh)}
         for name in list(self.lanes):
             if name not in wanted or wanted[name] != self.lanes[name].lane:
@@ -359,6 +362,19 @@ class Daemon:
         self.config = fresh
         self.start_lanes(tuple(lane for name, lane in wanted.items() if name not in self.lanes))
         log.info("configuration reloaded: %d lane(s)", len(self.lanes))
+
+    def _reload_token(self, fresh: Config) -> None:
+        """A renewed token (the fix the auth_failed reason asks for) is taken without a
+        restart; a missing or unreadable one keeps the running token and says so."""
+        if self.client is None:
+            return
+        try:
+            token = load_token(fresh.api, config_path=fresh.path)
+        except ConfigError as exc:
+            log.error("token not reloaded, keeping the running one: %s", exc)
+            return
+        self.client.set_token(token)
+        log.info("platform token reloaded")
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()

@@ -155,14 +155,38 @@ def write_demo_files(directory: Path, now: datetime) -> list[Path]:
     return paths
 
 
-def sandbox_seed(now: datetime) -> dict[str, Any]:
-    """The same event as a `gate-agent sandbox --seed` file (the platform side of the demo)."""
+BULK_FIRST_ID = 100_000
+
+
+def bulk_barcode(i: int) -> str:
+    """Barcode of the i-th extra ticket made by `bulk_tickets`."""
+    return f"NU-BULK-{i:07d}"
+
+
+def bulk_tickets(n: int) -> list[dict[str, Any]]:
+    """`n` plain Standard tickets (Entry and Main floor), ids from 100000, barcodes
+    `bulk_barcode(i)`: enough distinct admits for soak and crash tests, in the platform's shape."""
+    return [{
+        "id": BULK_FIRST_ID + i, "itemType": "ticket", "parentOrderItemId": None,
+        "const": {"barcode": bulk_barcode(i), "customerId": BULK_FIRST_ID + i,
+                  "transactionId": f"BLK{i:07d}", "type": "Standard",
+                  "typeDuringSale": "Standard", "typeId": 11},
+        "stable": {"customerName": f"Bulk Guest {i}", "dataCaptureAnswers": [],
+                   "price": 4500, "validFrom": None, "validTo": None},
+        "variable": [],
+        "zoneData": {"accessToZones": [{"id": ENTRY_ZONE}, {"id": FLOOR_ZONE}], "scans": []},
+    } for i in range(n)]
+
+
+def sandbox_seed(now: datetime, extra_tickets: int = 0) -> dict[str, Any]:
+    """The same event as a `gate-agent sandbox --seed` file (the platform side of the demo),
+    optionally with `extra_tickets` more plain tickets (`bulk_tickets`) for load tests."""
     payloads = build(now)
     return {
         "companyName": "Harbour Lights Ltd",
         "events": payloads["events"],
         "zones": {str(EVENT_ID): payloads["zones"]["zones"]},
-        "tickets": {str(EVENT_ID): payloads["tickets"]["content"],
+        "tickets": {str(EVENT_ID): payloads["tickets"]["content"] + bulk_tickets(extra_tickets),
                     str(OTHER_EVENT_ID): payloads["other_tickets"]["content"]},
     }
 

@@ -22,6 +22,7 @@ from agent.codes import parse_utc_iso
 CLOCK_SKEW_WARN_S = 60.0
 BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
+AUTH_ERRORS = ("unauthenticated", "forbidden")  # PlatformClient's last_error_kind for 401/403
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,17 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     upload = snap.get("upload") or {}
     if platform.get("disabled"):
         add(Reason("warn", "no_token", f"platform link off: {platform['disabled']}"))
-    if upload.get("state") == "auth_failed":
-        add(Reason("warn", "auth_failed", f"uploads paused: {upload.get('last_error')}; "
+    last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
+    failing = bool(last_err and (not last_ok or last_err > last_ok))
+    # The token (or the company's trial) refused: named whatever request met it — a quiet gate
+    # only syncs — and only while it lasts: an upload refused before a renewal is stale once
+    # nothing waits for upload.
+    link_refused = failing and platform.get("last_error_kind") in AUTH_ERRORS
+    uploads_blocked = upload.get("state") == "auth_failed" and bool(journal.get("pending"))
+    auth = link_refused or uploads_blocked
+    if auth:
+        said = platform.get("last_error") if link_refused else upload.get("last_error")
+        add(Reason("warn", "auth_failed", f"the platform refuses this gate: {said}; "
                    "renew the token (`gate-agent login`) and reload"))
     if platform.get("rate_limited_until"):
         add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
@@ -114,8 +124,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
         add(Reason("warn", "clock_skew", f"this clock differs from the platform's by {skew:+.0f} s;"
                    " check NTP (validity times and scan times depend on it)"))
-    last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
-    if last_err and (not last_ok or last_err > last_ok) and upload.get("state") != "auth_failed":
+    if failing and not auth:
         add(Reason("warn", "platform_unreachable",
                    f"last platform request failed: {platform.get('last_error')}"))
     for name, job in (snap.get("jobs") or {}).items():

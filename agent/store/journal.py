@@ -10,6 +10,7 @@ Rows are never deleted except sent rows past the retention period.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,20 @@ MIGRATIONS = [
 ]
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
+
+# One writer lock per journal file in this process. The daemon holds a connection per lane plus
+# the uploader's; when two of them write at once, SQLite's busy handler makes the loser sleep in
+# growing steps (1, 2, 5, 10 ms ...) instead of waking it when the lock is free. The fault tests
+# saw those steps as 5-20 ms in the decision p99. Queueing on a Python lock first hands the
+# file over at once; SQLite's own locking still guards writers in other processes (the CLI).
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    key = path.resolve()
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class Journal:
                 raise
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
+        self._lock = _write_lock(self.path)
 
     def close(self) -> None:
         self.conn.close()
@@ -122,9 +138,10 @@ class Journal:
         """Insert and commit (fsync) one scan. Raises JournalUnavailable if it did not persist."""
         values = tuple(getattr(row, c) for c in _COLUMNS)
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(_INSERT, values)
-            self.conn.execute("COMMIT")
+            with self._lock:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute(_INSERT, values)
+                self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
                 try:
@@ -247,18 +264,19 @@ class Journal:
     @contextmanager
     def _write(self) -> Iterator[None]:
         """A write transaction; any SQLite failure becomes JournalUnavailable."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            yield
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise JournalUnavailable(f"scan journal {self.path}: {exc}") from exc
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise JournalUnavailable(f"scan journal {self.path}: {exc}") from exc
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
 
 def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
