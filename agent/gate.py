@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -104,7 +105,15 @@ class Gate:
 
     def scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
              kind: str | None = None, mono_ms: int | None = None) -> ScanResult:
-        """A real scan: decide, then journal durably (fsync) before returning."""
+        """A real scan: decide, then journal durably (fsync) before returning.
+
+        The journal's decision lock spans state lookup to commit, so lanes of this process
+        deciding the same ticket at once take turns (the second sees the first's scan)."""
+        with self.journal.decision_lock if self.journal else nullcontext():
+            return self._scan(code, lane, now, direction, kind, mono_ms)
+
+    def _scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
+              kind: str | None, mono_ms: int | None) -> ScanResult:
         decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
         if mono_ms is not None:
             self._last_read[lane.name] = (decision.code, mono_ms)

@@ -53,11 +53,11 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    f"scan journal cannot be written ({journal['error']}); every scan is refused "
                    "— free disk space or fix permissions of store.dir"))
     lanes = snap.get("lanes") or []
-    failing = [lane for lane in lanes if lane.get("journal_error")]
-    if failing and not journal.get("error"):
-        names = ", ".join(str(lane.get("name")) for lane in failing)
+    unjournaled = [lane for lane in lanes if lane.get("journal_error")]
+    if unjournaled and not journal.get("error"):
+        names = ", ".join(str(lane.get("name")) for lane in unjournaled)
         add(Reason("fail", "journal_unavailable",
-                   f"scan journal write failed on lane(s) {names} ({failing[0]['journal_error']});"
+                   f"scan journal write failed on lane(s) {names} ({unjournaled[0]['journal_error']});"
                    " scans are refused while store.fail_closed is on, otherwise admitted without"
                    " a record — free disk space or fix permissions of store.dir"))
     with_readers = [lane for lane in lanes if lane.get("readers")]
@@ -106,11 +106,11 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if platform.get("disabled"):
         add(Reason("warn", "no_token", f"platform link off: {platform['disabled']}"))
     last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
-    failing = bool(last_err and (not last_ok or last_err > last_ok))
+    link_failing = bool(last_err and (not last_ok or last_err > last_ok))
     # The token (or the company's trial) refused: named whatever request met it — a quiet gate
     # only syncs — and only while it lasts: an upload refused before a renewal is stale once
     # nothing waits for upload.
-    link_refused = failing and platform.get("last_error_kind") in AUTH_ERRORS
+    link_refused = link_failing and platform.get("last_error_kind") in AUTH_ERRORS
     uploads_blocked = upload.get("state") == "auth_failed" and bool(journal.get("pending"))
     auth = link_refused or uploads_blocked
     if auth:
@@ -124,7 +124,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
         add(Reason("warn", "clock_skew", f"this clock differs from the platform's by {skew:+.0f} s;"
                    " check NTP (validity times and scan times depend on it)"))
-    if failing and not auth:
+    if link_failing and not auth:
         add(Reason("warn", "platform_unreachable",
                    f"last platform request failed: {platform.get('last_error')}"))
     for name, job in (snap.get("jobs") or {}).items():

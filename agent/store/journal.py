@@ -60,13 +60,18 @@ UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 # saw those steps as 5-20 ms in the decision p99. Queueing on a Python lock first hands the
 # file over at once; SQLite's own locking still guards writers in other processes (the CLI).
 _WRITE_LOCKS: dict[Path, threading.Lock] = {}
+# One decision lock per journal file: held by `Gate.scan` from reading a ticket's scan state to
+# committing the scan, so two lanes of this process can never both admit one single-access
+# ticket (a copied barcode shown at two gates at once). Writes are serialised anyway (above),
+# so this only adds the ~50 µs of lookup and decision to the shared section.
+_DECISION_LOCKS: dict[Path, threading.Lock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(path: Path) -> threading.Lock:
+def _write_lock(path: Path, table: dict[Path, threading.Lock] = _WRITE_LOCKS) -> threading.Lock:
     key = path.resolve()
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(key, threading.Lock())
+        return table.setdefault(key, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
+        self.decision_lock = _write_lock(self.path, _DECISION_LOCKS)
 
     def close(self) -> None:
         self.conn.close()
