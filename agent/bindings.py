@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config, LaneConfig
 from agent.errors import ConfigError
+from agent.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +72,7 @@ def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
         if b.get("readers") or b.get("relay")
     }
     text = json.dumps({"version": VERSION, "lanes": lanes}, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".devices.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return write_private(path, text)
 
 
 def pair(store_dir: Path, lane: str, url: str, role: str) -> dict[str, LaneBinding]:

@@ -35,6 +35,7 @@ from agent.bindings import effective_lanes
 from agent.codes import utc_iso
 from agent.config import Config, LaneConfig, load_config
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
+from agent.files import write_private
 from agent.gate import Gate
 from agent.governor import Governor
 from agent.lane import LaneEvent, LaneRunner
@@ -304,11 +305,7 @@ class Daemon:
         # hostile-input work: 0600 like every other file of store.dir (was the umask's mode);
         # a read-only store.dir must not keep the status endpoint (and its alarm) down.
         try:
-            addr = os.open(self.config.store_dir / "status.addr",
-                           os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(addr, 0o600)  # a file left by an older version keeps its mode otherwise
-            with os.fdopen(addr, "w") as fh:
-                fh.write(self.listen_address + "\n")
+            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n")
         except OSError as exc:
             log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
         log.info("status endpoint on http://%s/status", self.listen_address)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from rich.table import Table
 from agent import demo_data
 from agent.commands.daemon import render
 from agent.devrun import DaemonProcess
+from agent.files import write_private
 from agent.sandbox.harness import start_sandbox
 from drivers.sim import send_scan
 
@@ -95,9 +95,7 @@ def run(root: Path) -> int:
     console.print(Rule("1. the platform sandbox"))
     sandbox = start_sandbox(seed_file=seed, rpm=60)
     token_file = root / "token"
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, sandbox.token.encode())
-    os.close(fd)
+    write_private(token_file, sandbox.token)
     console.print(f"sandbox at {sandbox.url} (company {sandbox.company_id})")
     config = _config(root, sandbox.url, sandbox.company_id, token_file)
     daemon = DaemonProcess(config, root / "state")

@@ -36,6 +36,7 @@ from agent.api import PlatformClient
 from agent.codes import utc_iso
 from agent.config import Config
 from agent.errors import BadResponse, NotFound, Validation
+from agent.files import fsync_dir
 from agent.model import EntryPage
 from agent.store.cache import TicketCache
 
@@ -288,11 +289,7 @@ def swap_in(new_path: Path, live_path: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(str(live_path) + suffix).unlink(missing_ok=True)
     os.replace(new_path, live_path)
-    fd = os.open(live_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(live_path.parent)
 
 
 def discard_unfinished_rebuild(cache_path: Path) -> bool:

@@ -44,6 +44,7 @@ from agent.errors import (
     Unauthenticated,
     register_secret,
 )
+from agent.files import write_private
 from agent.governor import Governor
 from agent.runtime import CACHE_FILE, open_journal
 from agent.store.cache import TicketCache
@@ -279,23 +280,8 @@ def _read_password() -> str:
 
 
 def write_token(path: Path, token: str) -> None:
-    """Write the token so that it is never readable by others, not even for an instant:
-    a new file created 0600 (O_EXCL) beside the target, fsynced, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, (token + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write the token so that it is never readable by others, not even for an instant."""
+    write_private(path, token + "\n")
 
 
 def cmd_login(args: argparse.Namespace) -> int:
