@@ -96,3 +96,34 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPa
     assert watchdog_interval() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert watchdog_interval() is None  # meant for another process
+
+
+def test_daemon_speaks_notify_protocol_end_to_end(tmp_path: Path) -> None:
+    """The real daemon under a stand-in for systemd: READY=1 with a STATUS line after start-up,
+    WATCHDOG=1 while its lanes run (WATCHDOG_USEC set), STOPPING=1 on SIGTERM."""
+    from agent import demo_data
+    from agent.devrun import DaemonProcess
+
+    sock, path = _listener(tmp_path)
+    store = tmp_path / "state"
+    config = tmp_path / "config.toml"
+    config.write_text(demo_data.demo_config(store).replace(
+        'base_url = "http://127.0.0.1:9/v1"', 'base_url = "http://127.0.0.1:9/v1"\n'
+        f'token_file = "{tmp_path / "no-token"}"') + '\n[status]\nlisten = "127.0.0.1:0"\n')
+    daemon = DaemonProcess(config, store, env={"NOTIFY_SOCKET": path,
+                                               "WATCHDOG_USEC": "2000000"}).start()
+    received: list[bytes] = []
+    try:
+        daemon.wait_ready()
+        while not any(b"WATCHDOG=1" in m for m in received):
+            received.append(sock.recv(4096))
+        assert daemon.stop() == 0
+        while not any(b"STOPPING=1" in m for m in received):
+            received.append(sock.recv(4096))
+    finally:
+        daemon.kill()
+        sock.close()
+    ready = next(m for m in received if m.startswith(b"READY=1"))
+    assert b"\nSTATUS=" in ready and b"lane(s)" in ready
+    order = [m.split(b"\n")[0] for m in received]
+    assert order.index(b"READY=1") < order.index(b"WATCHDOG=1") < order.index(b"STOPPING=1")
