@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -105,42 +104,54 @@ class Gate:
 
     def scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
              kind: str | None = None, mono_ms: int | None = None) -> ScanResult:
-        """A real scan: decide, then journal durably (fsync) before returning.
+        """A real scan: decided and journaled durably (fsync) before returning.
 
-        The journal's decision lock spans state lookup to commit, so lanes of this process
-        deciding the same ticket at once take turns (the second sees the first's scan)."""
-        with self.journal.decision_lock if self.journal else nullcontext():
-            return self._scan(code, lane, now, direction, kind, mono_ms)
-
-    def _scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
-              kind: str | None, mono_ms: int | None) -> ScanResult:
-        decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
-        if mono_ms is not None:
-            self._last_read[lane.name] = (decision.code, mono_ms)
-        if not decision.record:
-            return ScanResult(decision, None)
-        scan_uuid = str(uuidlib.uuid4())
-        row = _journal_row(scan_uuid, decision, lane, now)
+        The decision is made inside the journal's write transaction (`scan_transaction`), so
+        whoever else decides the same ticket at that instant — another lane, another process —
+        waits and then sees this scan."""
+        if self.journal is None:
+            unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
+            return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
+                                    now)
+        decision: Decision | None = None
         try:
-            if self.journal is None:
-                raise JournalUnavailable("the scan journal could not be opened")
-            self.journal.record(row)
+            with self.journal.scan_transaction():
+                decision = self._decide(code, lane, now, direction, kind, mono_ms)
+                if not decision.record:
+                    return ScanResult(decision, None)
+                scan_uuid = str(uuidlib.uuid4())
+                self.journal.insert(_journal_row(scan_uuid, decision, lane, now))
         except JournalUnavailable as exc:
-            self.journal_error, self.unrecorded = str(exc), self.unrecorded + 1
-            if self.config.store["fail_closed"] or not decision.admit:
-                log.error("journal write failed on lane %s: %s; scan of %s refused",
-                          lane.name, exc, decision.code)
-                refused = replace(decision, admit=False, status="denied",
-                                  detail="journalUnavailable",
-                                  message="Gate cannot record scans; please call staff")
-                return ScanResult(refused, None)
-            log.error("journal write failed on lane %s: %s; %s ADMITTED WITHOUT A RECORD "
-                      "(store.fail_closed = false): item %s event %s at %s", lane.name, exc,
-                      decision.code, decision.item_id, decision.event_id, utc_iso(now))
-            return ScanResult(decision, None)
+            if decision is None:  # the transaction never began: decide without it
+                decision = self._decide(code, lane, now, direction, kind, mono_ms)
+            return self._unrecorded(decision, str(exc), lane, now)
         self.journal_error = None
         return ScanResult(decision, scan_uuid)
 
+    def _decide(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
+                kind: str | None, mono_ms: int | None) -> Decision:
+        decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
+        if mono_ms is not None:
+            self._last_read[lane.name] = (decision.code, mono_ms)
+        return decision
+
+    def _unrecorded(self, decision: Decision, error: str, lane: LaneConfig,
+                    now: datetime) -> ScanResult:
+        """The journal refused the scan: refuse it too (fail closed), unless configured not to."""
+        if not decision.record:
+            return ScanResult(decision, None)
+        self.journal_error, self.unrecorded = error, self.unrecorded + 1
+        if self.config.store["fail_closed"] or not decision.admit:
+            log.error("journal write failed on lane %s: %s; scan of %s refused",
+                      lane.name, error, decision.code)
+            refused = replace(decision, admit=False, status="denied",
+                              detail="journalUnavailable",
+                              message="Gate cannot record scans; please call staff")
+            return ScanResult(refused, None)
+        log.error("journal write failed on lane %s: %s; %s ADMITTED WITHOUT A RECORD "
+                  "(store.fail_closed = false): item %s event %s at %s", lane.name, error,
+                  decision.code, decision.item_id, decision.event_id, utc_iso(now))
+        return ScanResult(decision, None)
 
     def close(self) -> None:
         self.cache.close()

@@ -60,18 +60,13 @@ UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 # saw those steps as 5-20 ms in the decision p99. Queueing on a Python lock first hands the
 # file over at once; SQLite's own locking still guards writers in other processes (the CLI).
 _WRITE_LOCKS: dict[Path, threading.Lock] = {}
-# One decision lock per journal file: held by `Gate.scan` from reading a ticket's scan state to
-# committing the scan, so two lanes of this process can never both admit one single-access
-# ticket (a copied barcode shown at two gates at once). Writes are serialised anyway (above),
-# so this only adds the ~50 µs of lookup and decision to the shared section.
-_DECISION_LOCKS: dict[Path, threading.Lock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(path: Path, table: dict[Path, threading.Lock] = _WRITE_LOCKS) -> threading.Lock:
+def _write_lock(path: Path) -> threading.Lock:
     key = path.resolve()
     with _WRITE_LOCKS_GUARD:
-        return table.setdefault(key, threading.Lock())
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -135,26 +130,50 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
-        self.decision_lock = _write_lock(self.path, _DECISION_LOCKS)
 
     def close(self) -> None:
         self.conn.close()
 
-    def record(self, row: JournalRow) -> None:
-        """Insert and commit (fsync) one scan. Raises JournalUnavailable if it did not persist."""
-        values = tuple(getattr(row, c) for c in _COLUMNS)
-        try:
-            with self._lock:
+    @contextmanager
+    def scan_transaction(self) -> Iterator[None]:
+        """The write transaction a scan is decided in: from reading the ticket's scan state to
+        committing its row (fsync). Two lanes, or the daemon and a technician's `gate-agent
+        scan`, deciding one ticket at the same instant take turns, so the second sees the
+        first's admit — a copied single-access ticket shown at two gates gets in once.
+        Any SQLite failure (locked past the busy timeout, disk full, read-only) is rolled back
+        and raised as JournalUnavailable: the caller must not admit on it."""
+        with self._lock:  # in-process writers queue here (see _WRITE_LOCKS)
+            try:
                 self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.execute(_INSERT, values)
+            except sqlite3.Error as exc:
+                raise JournalUnavailable(
+                    f"scan journal {self.path} is not writable: {exc}") from exc
+            try:
+                yield
                 self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise JournalUnavailable(f"scan journal {self.path} is not writable: {exc}") from exc
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise JournalUnavailable(
+                    f"scan journal {self.path} is not writable: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def insert(self, row: JournalRow) -> None:
+        """Add one scan inside `scan_transaction()`."""
+        self.conn.execute(_INSERT, tuple(getattr(row, c) for c in _COLUMNS))
+
+    def record(self, row: JournalRow) -> None:
+        """Insert and commit (fsync) one scan on its own."""
+        with self.scan_transaction():
+            self.insert(row)
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     # -- scan state -------------------------------------------------------------------------
 
