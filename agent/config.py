@@ -91,6 +91,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "ca_file": Option(str, ""),
         "async_poll_limit_s": Option((float, int), 120.0, _between(1, 7200)),
         "device_name": Option(str, ""),
+        "scanned_by": Option(int, 0, _between(0, 2**63 - 1)),
     },
     "store": {
         "dir": Option(str, "/var/lib/gate-agent", _non_empty),

@@ -161,7 +161,7 @@ class Daemon:
             self.uploader = Uploader(
                 Journal(self.journal_path), self.client,
                 batch_size=self.config.sync["upload_batch_size"],
-                device_name=self.config.api.get("device_name") or socket.gethostname(),
+                scanned_by=self.config.api["scanned_by"] or None,
                 retention_days=self.config.store["sent_retention_days"])
 
     def schedule(self, resync_now: bool) -> None:

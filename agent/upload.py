@@ -49,14 +49,18 @@ class UploadStatus:
         return dict(self.__dict__)
 
 
-def ticket_row(row: dict[str, Any], device_name: str) -> dict[str, Any]:
-    """One journal row as a `POST /entry/tickets` ticket."""
+def ticket_row(row: dict[str, Any], scanned_by: int | None = None) -> dict[str, Any]:
+    """One journal row as a `POST /entry/tickets` ticket.
+
+    The published schema types `scannedBy` and `admittedThroughGateId` as integers (not
+    nullable): each is sent only when known (`api.scanned_by`, the lane's `gate_id`), since a
+    null or a device name could fail a whole batch with 422."""
     refused = not row["admit"]
     detail = None
     if refused:
         words = row["status"] + (f"/{row['status_detail']}" if row["status_detail"] else "")
         detail = f"{words}: {row['message']}"[:255]
-    return {
+    ticket: dict[str, Any] = {
         "uuid": row["uuid"],
         "barcode": row["barcode"],
         "eventId": row["event_id"],
@@ -64,24 +68,27 @@ def ticket_row(row: dict[str, Any], device_name: str) -> dict[str, Any]:
         "latitude": None,
         "longitude": None,
         "secure": False,
-        "admittedThroughGateId": row["gate_id"],
-        "scannedBy": device_name,
         "scannedOn": format_upload_time(parse_utc_iso(row["scanned_on"])),
         "status": "failed" if refused else "scanned",
         "statusDetail": detail,
         "scan": row["direction"],
     }
+    if row["gate_id"] is not None:
+        ticket["admittedThroughGateId"] = row["gate_id"]
+    if scanned_by:
+        ticket["scannedBy"] = scanned_by
+    return ticket
 
 
 class Uploader:
     """Drains the journal's outbox through the platform client."""
 
     def __init__(self, journal: Journal, client: PlatformClient, *, batch_size: int,
-                 device_name: str, retention_days: int = 7):
+                 scanned_by: int | None = None, retention_days: int = 7):
         self.journal = journal
         self.client = client
         self.batch_size = batch_size
-        self.device_name = device_name
+        self.scanned_by = scanned_by
         self.retention_days = retention_days
         self.status = UploadStatus()
 
@@ -108,7 +115,7 @@ class Uploader:
         return [{**r, "batch_uuid": batch_uuid} for r in rows]
 
     async def _send(self, rows: list[dict[str, Any]], batch_uuid: str) -> int:
-        tickets = [ticket_row(r, self.device_name) for r in rows]
+        tickets = [ticket_row(r, self.scanned_by) for r in rows]
         self.status.requests += 1
         try:
             await self.client.upload_scans(batch_uuid, tickets)

@@ -249,7 +249,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict[str, Any]:
     async with _client(config, token) as client:
         uploader = Uploader(journal, client, batch_size=config.sync["upload_batch_size"],
-                            device_name=config.api["device_name"] or socket.gethostname(),
+                            scanned_by=config.api["scanned_by"] or None,
                             retention_days=config.store["sent_retention_days"])
         error: ApiError | None = None
         try:

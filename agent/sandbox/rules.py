@@ -77,6 +77,9 @@ def upload(store: ItemStore, body: Any, seen_scan_uuids: set[str], now: float,
         zone = row.get("zoneId")
         if zone is not None and (not isinstance(zone, int) or isinstance(zone, bool)):
             errors[p + "zoneId"] = [f"The {p}zoneId must be an integer."]
+        for key in ("admittedThroughGateId", "scannedBy"):  # integers in the schema, not null
+            if key in row and (not isinstance(row[key], int) or isinstance(row[key], bool)):
+                errors[p + key] = [f"The {p}{key} must be an integer."]
         if code and isinstance(event_id, int) and not isinstance(event_id, bool):
             if event_id not in store.seed.items or store.find(code, event_id) is None:
                 errors[p + "barcode"] = ["The selected barcode is invalid."]

@@ -240,3 +240,40 @@ def test_refs_inside_schemas_resolve_into_the_spec():
     schema = {"$ref": "#/components/responses/ValidationError/content/application~1json/schema"}
     assert contract.errors(schema, {"message": "x", "errors": {}}) == []
     assert contract.errors(schema, {"message": 5})
+
+
+def test_uploaded_scan_rows_follow_the_contract(tmp_path):
+    """What the Uploader really sends for journaled scans — admits and refusals, default and
+    named zones, in and out, lanes with and without a gate id — fits `POST /entry/tickets`
+    (integers where the schema says so: a device name in `scannedBy` would be refused)."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from agent import demo_data
+    from agent.runtime import opened_gate
+    from agent.store.journal import iter_all
+    from agent.upload import ticket_row
+    from tests.conftest import make_site
+
+    site = make_site(tmp_path, datetime.now(UTC).replace(microsecond=0))
+    c = demo_data.CODES
+    with opened_gate(site.config) as gate:
+        entry, floor = gate.config.lane("north-in"), gate.config.lane("floor")
+        for code, lane in ((c["valid"], entry), (c["valid"], entry), (c["refunded"], entry),
+                           (c["historic"], entry), (c["floor"], floor), (c["floor"], floor),
+                           (c["valid2"], replace(entry, gate_id=None))):
+            gate.scan(code, lane, site.now)
+        rows = [r for r in iter_all(gate.journal) if r["upload_state"] == "pending"]
+    assert len(rows) == 7
+    contract = Contract(load_spec())
+    for scanned_by in (None, 42):
+        tickets = [ticket_row(r, scanned_by) for r in rows]
+        request = httpx.Request("POST", "http://127.0.0.1/v1/entry/tickets",
+                                json={"uuid": str(uuid.uuid4()), "tickets": tickets},
+                                headers={"X-NU-COMPANY-ID": "1"})
+        assert contract.check_request("post", "/entry/tickets", request) == []
+    assert "admittedThroughGateId" not in tickets[-1] and tickets[0]["scannedBy"] == 42
+    bad = httpx.Request("POST", "http://127.0.0.1/v1/entry/tickets", json={
+        "uuid": "u", "tickets": [{**tickets[0], "scannedBy": "gate-a"}]},
+        headers={"X-NU-COMPANY-ID": "1"})
+    assert contract.check_request("post", "/entry/tickets", bad)  # the checker does check

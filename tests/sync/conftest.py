@@ -53,7 +53,7 @@ class Site:
     def uploader(self, journal: Journal, client: PlatformClient, batch_size: int = 500
                  ) -> Uploader:
         return Uploader(journal, client, batch_size=batch_size,
-                        device_name=self.config.api["device_name"])
+                        scanned_by=self.config.api["scanned_by"] or None)
 
     def gate(self) -> Gate:
         return Gate(open_cache(self.config), open_journal(self.config), self.config)
@@ -76,6 +76,7 @@ company_id = {sb.company_id}
 requests_per_minute = {rpm}
 budget_share = {budget_share}
 device_name = "{name}"
+scanned_by = 7
 timeout_s = 10
 
 [store]

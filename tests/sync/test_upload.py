@@ -78,7 +78,7 @@ def test_uploaded_rows_carry_the_documented_fields(site, sandbox):
     assert [(u["barcode"], u["zoneId"], u["scan"], u["status"], u["statusDetail"],
              u["scannedOn"]) for u in sent] == expect
     assert all(u["eventId"] == EVENT and u["admittedThroughGateId"] == 1 and
-               u["scannedBy"] == "gate-a" for u in sent)
+               u["scannedBy"] == 7 for u in sent)
     long_row = by_uuid[long_refusal.uuid]
     assert long_row["status"] == "failed" and long_row["scannedOn"] == at[6]
     assert len(long_row["statusDetail"]) == 255

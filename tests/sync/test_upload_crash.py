@@ -102,7 +102,7 @@ def test_unnamed_422_halves_until_the_bad_rows_are_alone(tmp_path):
     bad_codes = {rows[5].barcode, rows[11].barcode}
     fill_journal(journal, rows)
     client = RefusingClient(bad_codes)
-    uploader = Uploader(journal, client, batch_size=16, device_name="t")  # type: ignore[arg-type]
+    uploader = Uploader(journal, client, batch_size=16)  # type: ignore[arg-type]
     try:
         assert asyncio.run(uploader.drain()) == 16
         states = {r["uuid"]: r["upload_state"] for r in iter_all(journal)}
