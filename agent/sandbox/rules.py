@@ -119,13 +119,16 @@ def _apply_scan(store: ItemStore, row: dict[str, Any], now: float) -> None:
     if variable.get("status") in (None, "sold", "scanned") and direction == "in":
         variable["status"] = "scanned"
     variable.setdefault("status", "sold")
-    variable["scannedOn"] = row["scannedOn"]
+    # Uploads are UTC "Y-m-d H:i:s"; answers carry scan times as the spec's examples do
+    # (ISO 8601 with "Z"), so no reader has to guess their zone.
+    scanned_on = row["scannedOn"].replace(" ", "T") + ".000000Z"
+    variable["scannedOn"] = scanned_on
     variable["scannedBy"] = str(row.get("scannedBy") or row.get("admittedThroughGateId") or "")
     item["variable"] = variable
     zone_data = item.setdefault("zoneData", {"accessToZones": [], "scans": []})
     zone_data.setdefault("scans", []).append({
         "zoneId": row.get("zoneId") or _entry_zone(store, found.event_id), "scan": direction,
-        "scannedOn": row["scannedOn"], "uuid": row.get("uuid") or ""})
+        "scannedOn": scanned_on, "uuid": row.get("uuid") or ""})
     store.put(found.event_id, item, now)
 
 
