@@ -184,7 +184,7 @@ class Daemon:
 
     async def _upload_job(self) -> None:
         assert self.uploader is not None
-        await self.uploader.drain()
+        await self.uploader.upload_round()
 
     async def _prune_job(self) -> None:
         assert self.uploader is not None

@@ -253,3 +253,36 @@ def test_422_quarantines_only_the_unknown_row_and_queue_retry_puts_it_back(site,
         assert [r["uuid"] for r in journal.pending(10)] == [bad.uuid]
     finally:
         journal.close()
+
+
+def test_a_round_never_chases_new_scans_with_tiny_requests(tmp_path):
+    """The scheduled job's round on a busy gate: 1,210 scans waiting (two full batches and a
+    partial one), and a new scan arriving after every request. The round sends what was
+    pending at its start in 3 requests (the last topped up with two newcomers) and leaves the
+    last newcomer for the next round, instead of one request per newcomer."""
+    with start_sandbox(tickets=2_000, rpm=1000) as sb:
+        site = make_site(tmp_path / "g", sb, rpm=1000)
+        journal = open_journal(site.config)
+        rows = backlog(1_300, noon(sb))
+        fill_journal(journal, rows[:1_210])
+        late = iter(rows[1_210:])
+
+        async def go():
+            async with site.client() as client:
+                uploader = site.uploader(journal, client, batch_size=500)
+                real = uploader.upload_once
+
+                async def busy_gate_upload_once():
+                    settled = await real()
+                    fill_journal(journal, [next(late)])  # a scan arrives meanwhile
+                    return settled
+
+                uploader.upload_once = busy_gate_upload_once  # type: ignore[method-assign]
+                return await uploader.upload_round()
+
+        try:
+            assert asyncio.run(go()) == 1_212
+            assert journal.counts()["pending"] == 1
+        finally:
+            journal.close()
+        assert sb.received()["perEndpoint"]["POST /entry/tickets"] == 3
