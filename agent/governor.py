@@ -74,6 +74,11 @@ class RateBudget:
         self.server_seen_at = 0.0
         self.server_window_s = self.window_s
         self.sends_since_seen = 0
+        # Our sends inside the server's window when it last told us what is left: the server
+        # counts them, and each frees a slot there when it ages out of the (rolling) window.
+        # Only trusted when this device owns the whole budget (no fleet to take those slots).
+        self.sole_device = budget_share >= 1.0
+        self.counted_at_seen: list[float] = []
 
     def _prune(self, now: float) -> None:
         while self.sends and self.sends[0] + self.window_s <= now:
@@ -96,8 +101,20 @@ class RateBudget:
             assert self.server_remaining is not None
             left = self.server_remaining - self.sends_since_seen
             if left - reserve < 1:
-                at = max(at, self.server_seen_at + self.server_window_s)
+                at = max(at, self._server_slot_at(reserve + 1 - left))
         return max(at, self.blocked_until)
+
+    def _server_slot_at(self, needed: int) -> float:
+        """When the server's rolling window will have `needed` more free slots.
+
+        In general only the window's end is certain (other devices may hold the slots). A sole
+        device knows its own counted sends are what fills the window: the `needed`-th oldest
+        of them ageing out frees the slot — instead of idling a whole window after every
+        "0 left" answer, which stalled uploads for up to a minute under a steady load."""
+        window_end = self.server_seen_at + self.server_window_s
+        if self.sole_device and 0 < needed <= len(self.counted_at_seen):
+            return min(window_end, self.counted_at_seen[needed - 1] + self.server_window_s)
+        return window_end
 
     def record_send(self, now: float) -> None:
         self._prune(now)
@@ -113,6 +130,8 @@ class RateBudget:
             self.server_remaining = max(0, remaining)
             self.server_seen_at = now
             self.sends_since_seen = 0
+            self._prune(now)
+            self.counted_at_seen = list(self.sends)
 
     def rate_limited(self, now: float, wait_s: float) -> None:
         """The server answered 429: send nothing for `wait_s`."""
@@ -120,6 +139,7 @@ class RateBudget:
         self.server_remaining = 0
         self.server_seen_at = now
         self.sends_since_seen = 0
+        self.counted_at_seen = []  # a 429 says wait the window out: no early slots
 
     def remaining(self, now: float) -> int:
         """Sends this device may still make now (for uploads), by both budgets."""

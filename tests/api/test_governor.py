@@ -161,3 +161,91 @@ def test_property_share_never_exceeded_and_uploads_never_wait_behind_sync(
     assert not gov.violations
     for start, wait in blocks:
         assert not [t for t in times if start < t < start + wait], "sent during a 429 block"
+
+
+class RollingServer:
+    """The platform's documented limit: a rolling window shared by the company; answers carry
+    what is left, and a request over the limit gets 429."""
+
+    def __init__(self, rpm: int, window: float = 60.0):
+        self.rpm, self.window, self.accepted, self.refused = rpm, window, [], 0
+
+    def answer(self, now: float) -> tuple[bool, int]:
+        self.accepted = [t for t in self.accepted if t + self.window > now]
+        if len(self.accepted) >= self.rpm:
+            self.refused += 1
+            return False, 0
+        self.accepted.append(now)
+        return True, self.rpm - len(self.accepted)
+
+
+def _steady_uploads(count: int, every: float, rpm: int, share: float) -> tuple[list, int]:
+    server = RollingServer(rpm)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        gov = Governor(rpm, share, 2)
+        sent: list[float] = []
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * every)
+            await gov.acquire(Priority.UPLOAD)
+            ok, left = server.answer(loop.time())
+            sent.append(loop.time())
+            if ok:
+                gov.observe(left, 60)
+            else:
+                gov.rate_limited(60)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return sent
+
+    return run_simulated(scenario()), server.refused
+
+
+def test_a_sole_device_uses_its_rolling_window_without_idling_a_whole_window():
+    """Uploads wanted every 0.5 s against 60/min: the window fills in 30 s; the device must
+    go on the moment its first request of the window ages out (t = 60 s), not idle a whole
+    window after each "0 left" answer (t = 89.5 s; what the soak bench saw). Never a 429."""
+    sent, refused = _steady_uploads(240, 0.5, 60, 1.0)
+    assert refused == 0
+    times = sorted(sent)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) <= 30.6
+    assert times[60] <= 60.01 and max(times) <= 210  # the old wait: 89.5 s and 298 s
+
+
+def test_a_fleet_device_still_waits_for_the_window_end():
+    """With budget_share < 1 other devices may take a freed slot: keep the safe wait."""
+    sent, refused = _steady_uploads(80, 0.5, 60, 0.5)
+    assert refused == 0
+    gaps = sorted(b - a for a, b in zip(sorted(sent), sorted(sent)[1:], strict=False))
+    assert gaps[-1] >= 29  # its own share (30 per window) runs out and it waits
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rpm=st.integers(1, 90), reserve=st.integers(0, 5),
+       jobs=st.lists(st.tuples(st.floats(0, 300, allow_nan=False),
+                               st.sampled_from(list(Priority))), min_size=1, max_size=150))
+def test_property_a_sole_device_never_meets_a_429(rpm, reserve, jobs):
+    """Any schedule against a rolling-window server that sees only this device: the early
+    slots the governor takes when its own counted requests age out are always really free."""
+    server = RollingServer(rpm)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        gov = Governor(rpm, 1.0, reserve)
+
+        async def one(at: float, priority: Priority) -> None:
+            await asyncio.sleep(at)
+            await gov.acquire(priority)
+            ok, left = server.answer(loop.time())
+            if ok:
+                gov.observe(left, 60)
+            else:
+                gov.rate_limited(60)
+
+        await asyncio.gather(*(one(at, p) for at, p in jobs))
+
+    run_simulated(scenario())
+    assert server.refused == 0
