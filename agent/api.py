@@ -271,11 +271,12 @@ class PlatformClient:
                     params: dict[str, Any], json: Any, what: str) -> httpx.Response:
         if priority is not None:
             await self.governor.acquire(priority)
+        started = time.monotonic()
         try:
             response = await self._http.request(method, path, params=params or None, json=json)
         except httpx.HTTPError as exc:
             raise to_error(what, exc=exc) from exc
-        self._observe(response)
+        self._observe(response, time.monotonic() - started)
         if response.status_code >= 400:
             err = to_error(what, response=response)
             if response.status_code == 429:
@@ -316,12 +317,13 @@ class PlatformClient:
         self._count("ok")
         return body
 
-    def _observe(self, response: httpx.Response) -> None:
+    def _observe(self, response: httpx.Response, latency_s: float | None = None) -> None:
         headers = response.headers
         remaining = header_number(headers, "X-Remaining-Requests")
         window = header_number(headers, "X-Available-In-Seconds")
         if remaining is not None or window is not None:
-            self.governor.observe(None if remaining is None else int(remaining), window)
+            self.governor.observe(None if remaining is None else int(remaining), window,
+                                  latency_s)
             self.status.remaining = None if remaining is None else int(remaining)
             self.status.window_s = window
         if "Content-Language" in headers:

@@ -59,6 +59,9 @@ class LoopClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
+SLOT_MARGIN_S = 0.5
+
+
 class RateBudget:
     """How many sends are allowed when: pure bookkeeping, every method takes `now`."""
 
@@ -79,6 +82,7 @@ class RateBudget:
         # Only trusted when this device owns the whole budget (no fleet to take those slots).
         self.sole_device = budget_share >= 1.0
         self.counted_at_seen: list[float] = []
+        self.latencies: deque[tuple[float, float]] = deque()
 
     def _prune(self, now: float) -> None:
         while self.sends and self.sends[0] + self.window_s <= now:
@@ -113,7 +117,13 @@ class RateBudget:
         "0 left" answer, which stalled uploads for up to a minute under a steady load."""
         window_end = self.server_seen_at + self.server_window_s
         if self.sole_device and 0 < needed <= len(self.counted_at_seen):
-            return min(window_end, self.counted_at_seen[needed - 1] + self.server_window_s)
+            # The server stamped that request at most one round trip after we sent it: wait
+            # out the slowest recent round trip (and a margin for the two clocks' rates).
+            while self.latencies and self.latencies[0][0] + self.server_window_s < self.server_seen_at:
+                self.latencies.popleft()
+            slowest = max((lat for _, lat in self.latencies), default=self.server_window_s)
+            early = self.counted_at_seen[needed - 1] + self.server_window_s + slowest + SLOT_MARGIN_S
+            return min(window_end, early)
         return window_end
 
     def record_send(self, now: float) -> None:
@@ -121,8 +131,12 @@ class RateBudget:
         self.sends.append(now)
         self.sends_since_seen += 1
 
-    def observe(self, now: float, remaining: int | None, window_s: float | None) -> None:
-        """Take in the rate headers of an answer (either may be missing)."""
+    def observe(self, now: float, remaining: int | None, window_s: float | None,
+                latency_s: float | None = None) -> None:
+        """Take in the rate headers of an answer (either may be missing) and how long the
+        request took (the server counted it somewhere in that span)."""
+        if latency_s is not None:
+            self.latencies.append((now, max(0.0, latency_s)))
         if window_s is not None and window_s > 0:
             # The platform states its window length: our own log uses the same window.
             self.server_window_s = self.window_s = float(window_s)
@@ -188,8 +202,9 @@ class Governor:
             raise
         self.granted[Priority(priority).name] += 1
 
-    def observe(self, remaining: int | None, window_s: float | None) -> None:
-        self.budget.observe(self.clock.now(), remaining, window_s)
+    def observe(self, remaining: int | None, window_s: float | None,
+                latency_s: float | None = None) -> None:
+        self.budget.observe(self.clock.now(), remaining, window_s, latency_s)
         self._kick()
 
     def rate_limited(self, wait_s: float) -> None:
