@@ -110,7 +110,7 @@ class Daemon:
             try:
                 os.replace(self.cache_path, aside)
             except OSError as move:
-                # hostile-input work: a read-only or failing store.dir must not crash the start;
+                # A read-only or failing store.dir must not crash the start;
                 # the gate runs on an empty in-memory cache and status says why.
                 log.error("%s; cannot move it aside (%s): starting with no tickets", exc,
                           move.strerror)
@@ -148,7 +148,7 @@ class Daemon:
         try:
             token = load_token(self.config.api, config_path=self.config.path)
         except InsecureTokenFile:
-            raise  # hostile-input work: refuse to start rather than run with an exposed token
+            raise  # refuse to start rather than run with an exposed token
         except ConfigError as exc:
             self.platform_disabled = str(exc)
             log.warning("platform link off (the gate works offline): %s", exc)
@@ -303,7 +303,7 @@ class Daemon:
         sock.bind((host, port))
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
-        # hostile-input work: 0600 like every other file of store.dir (was the umask's mode);
+        # 0600 like every other file of store.dir (was the umask's mode);
         # a read-only store.dir must not keep the status endpoint (and its alarm) down.
         try:
             write_private(self.config.store_dir / "status.addr", self.listen_address + "\n")
