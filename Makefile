@@ -25,7 +25,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent drivers tests bench
-	$(BIN)/mypy agent drivers
+	$(BIN)/mypy agent drivers bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

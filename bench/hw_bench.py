@@ -132,7 +132,7 @@ class PulseLog:
             self.buf += self.fh.readline()
             if self.buf.endswith("\n"):
                 line, self.buf = self.buf, ""
-                return json.loads(line)  # type: ignore[no-any-return]
+                return json.loads(line)
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.0005)

@@ -83,7 +83,7 @@ def bench_sync(tickets: int, workdir: Path) -> dict[str, Any]:
     pages: list[list[Any]] = []
     real_apply = sync_mod._apply_page
 
-    def timed_apply(cache, event_id, page, next_url, end_time):  # type: ignore[no-untyped-def]
+    def timed_apply(cache, event_id, page, next_url, end_time):
         nonlocal applied_s
         started = time.perf_counter()
         real_apply(cache, event_id, page, next_url, end_time)
@@ -165,8 +165,7 @@ def bench_upload(scans: int, workdir: Path) -> dict[str, Any]:
         async def run() -> int:
             async with PlatformClient.from_config(config.api, sb.token, governor) as client:
                 uploader = Uploader(journal, client,
-                                    batch_size=config.sync["upload_batch_size"],
-                                    device_name="bench")
+                                    batch_size=config.sync["upload_batch_size"])
                 return await uploader.drain()
 
         started = time.monotonic()
