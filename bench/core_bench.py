@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchfile import save_results  # noqa: E402
+
 from agent.config import Config, LaneConfig, parse_config  # noqa: E402
 from agent.gate import Gate  # noqa: E402
 from agent.model import parse_activated_events, parse_item, parse_zones  # noqa: E402
@@ -544,11 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.unlink()
     results["run_s"] = time.perf_counter() - started
     results["targets"] = targets(results)
-    out = Path(args.output)
-    results["output"] = str(out.resolve().relative_to(ROOT)) if out.resolve().is_relative_to(
-        ROOT) else str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    save_results(results, args.output)
     report(results)
     return 0
 

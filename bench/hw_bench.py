@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import serial  # noqa: E402
+from benchfile import save_results  # noqa: E402
 
 from agent.devrun import DaemonProcess  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox_process  # noqa: E402
@@ -447,11 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     results["decisions"] = decisions
     results["journal"] = {k: journal.get(k) for k in ("pending", "sent", "quarantined", "local")}
     results["run_s"] = time.perf_counter() - started
-    out = Path(args.output)
-    results["output"] = str(out.resolve().relative_to(ROOT)) if out.resolve().is_relative_to(
-        ROOT) else str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    save_results(results, args.output)
     report(results)
     return 0
 

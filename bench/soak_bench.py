@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchfile import save_results  # noqa: E402
+
 from agent import demo_data  # noqa: E402
 from agent.devrun import DaemonProcess, Record  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox_process  # noqa: E402
@@ -537,11 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "governor": (final_status.get("platform") or {}).get("governor"),
     })
     results["run_s"] = time.perf_counter() - started
-    out = Path(args.output)
-    results["output"] = str(out.resolve().relative_to(ROOT)) if out.resolve().is_relative_to(
-        ROOT) else str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    save_results(results, args.output)
     report(results)
     return 0
 
