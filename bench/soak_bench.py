@@ -63,7 +63,7 @@ from benchfile import save_results  # noqa: E402
 from agent import demo_data  # noqa: E402
 from agent.devrun import DaemonProcess, Record  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox_process  # noqa: E402
-from tests.rigs import PtyDevice  # noqa: E402
+from tests.rigs import PtyDevice, wait_until  # noqa: E402
 
 LANES = ("entry", "floor")
 RPM = 120
@@ -303,17 +303,6 @@ class Sampler:
                "reasons": [r["code"] for r in report.get("reasons", [])]}
         self.rows.append(row)
         return row
-
-
-def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 # -- checks -----------------------------------------------------------------------------------

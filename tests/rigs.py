@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class PtyDevice:
@@ -64,3 +66,16 @@ class PtyDevice:
     @property
     def path(self) -> str:
         return str(self.link)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               step: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)

@@ -40,19 +40,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{name}: {json.dumps(figures, sort_keys=True)}")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               step: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
-
 def p99(values: list[float]) -> float:
     """Nearest-rank 99th percentile."""
     ordered = sorted(values)

@@ -25,7 +25,8 @@ from agent.config import load_config
 from agent.provision import import_file
 from agent.runtime import opened_gate
 from tests.conftest import PROJECT_ROOT
-from tests.faults.conftest import FIGURES, FaultSite, cache_items, feed, status_or_none, wait_until
+from tests.faults.conftest import FIGURES, FaultSite, cache_items, feed, status_or_none
+from tests.rigs import wait_until
 
 EXTRA = 8000
 RESYNC_CHILD = textwrap.dedent("""

@@ -30,7 +30,8 @@ import pytest
 
 from agent import demo_data
 from agent.codes import format_upload_time, parse_utc_iso
-from tests.faults.conftest import FIGURES, LANES, FaultSite, cache_items, feed, wait_until
+from tests.faults.conftest import FIGURES, LANES, FaultSite, cache_items, feed
+from tests.rigs import wait_until
 
 TICKETS = 10000
 CYCLES = 24

@@ -33,8 +33,8 @@ from tests.faults.conftest import (
     feed,
     p99,
     status_or_none,
-    wait_until,
 )
+from tests.rigs import wait_until
 
 TICKETS = 3000
 PER_PHASE = 150
