@@ -26,6 +26,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check agent drivers tests bench
 	$(BIN)/mypy agent drivers bench
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from agent import demo_data
 from agent.commands.daemon import render
-from agent.devrun import DaemonProcess
 from agent.files import write_private
+from agent.runtime.devrun import DaemonProcess
 from agent.sandbox.harness import start_sandbox
 from drivers.sim import send_scan
 

@@ -57,8 +57,8 @@ if str(ROOT) not in sys.path:
 from benchfile import save_results  # noqa: E402
 
 from agent.config import Config, LaneConfig, parse_config  # noqa: E402
-from agent.gate import Gate  # noqa: E402
-from agent.model import parse_activated_events, parse_item, parse_zones  # noqa: E402
+from agent.core.model import parse_activated_events, parse_item, parse_zones  # noqa: E402
+from agent.runtime.gate import Gate  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal  # noqa: E402
 from agent.store.sqlite import open_database  # noqa: E402

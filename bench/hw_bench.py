@@ -8,7 +8,7 @@ itself breaks). `make bench` runs it with the others; alone:
 Set-up (all real processes and OS objects, nothing mocked):
 - the platform sandbox as a subprocess, seeded with one event of 2,100 barcode tickets and 400
   tickets paired to NFC tags (7-byte UIDs);
-- the real daemon (`gate-agent run`, via agent.devrun.DaemonProcess) with two lanes:
+- the real daemon (`gate-agent run`, via agent.runtime.devrun.DaemonProcess) with two lanes:
   `serial` reads a pty that plays a USB serial scanner (`serial://...`), `nfc` reads nfcpy's
   UDP driver (`nfc:udp:...`) where drivers/nfc_sim.py plays a Type 2 tag; each lane has a
   `sim:` relay logging every pulse with the daemon's CLOCK_MONOTONIC (`?log=PATH`, `mono_ns`).
@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 import serial  # noqa: E402
 from benchfile import save_results  # noqa: E402
 
-from agent.devrun import DaemonProcess  # noqa: E402
+from agent.runtime.devrun import DaemonProcess  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox_process  # noqa: E402
 from drivers.nfc_sim import Type2TagSimulator  # noqa: E402
 

@@ -10,7 +10,7 @@ Set-up (real processes and OS objects, as in tests/faults/):
 - the platform sandbox as a subprocess (its own GIL), seeded with
   `agent.demo_data.sandbox_seed(now, extra_tickets=N)`, with a low rate limit (120 requests a
   minute) so the daemon's governor has to ration sync and upload requests;
-- the real daemon (`gate-agent run`, via agent.devrun.DaemonProcess) with two pty "USB serial"
+- the real daemon (`gate-agent run`, via agent.runtime.devrun.DaemonProcess) with two pty "USB serial"
   scanners (tests/rigs.PtyDevice) and `sim:` relays logging pulses: `entry` (default zone,
   direction in, single access) and `floor` (Main floor, an in&out zone with capacity,
   direction auto, unlimited entries); `debounce_ms = 0`; `delta_interval_s = 1`,
@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 from benchfile import save_results  # noqa: E402
 
 from agent import demo_data  # noqa: E402
-from agent.devrun import DaemonProcess, Record  # noqa: E402
+from agent.runtime.devrun import DaemonProcess, Record  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox_process  # noqa: E402
 from tests.rigs import PtyDevice, wait_until  # noqa: E402
 

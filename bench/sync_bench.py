@@ -31,17 +31,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import sync as sync_mod  # noqa: E402
-from agent.api import PlatformClient  # noqa: E402
 from agent.config import load_config  # noqa: E402
-from agent.governor import Governor  # noqa: E402
-from agent.model import strip_personal  # noqa: E402
+from agent.core.model import strip_personal  # noqa: E402
+from agent.platform import sync as sync_mod  # noqa: E402
+from agent.platform.client import PlatformClient  # noqa: E402
+from agent.platform.governor import Governor  # noqa: E402
+from agent.platform.sync import Syncer  # noqa: E402
+from agent.platform.upload import Uploader  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox  # noqa: E402
 from agent.store import journal as journal_mod  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal, JournalRow  # noqa: E402
-from agent.sync import Syncer  # noqa: E402
-from agent.upload import Uploader  # noqa: E402
 
 RPM = 60
 TARGETS = {"sync_requests_max": 110, "apply_vs_floor_min": 0.5, "upload_requests_max": 20,

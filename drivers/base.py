@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agent.codes import clean_code, normalize_nfc_id
+from agent.core.codes import clean_code, normalize_nfc_id
 from agent.errors import DriverError, DriverUnavailable
 
 log = logging.getLogger(__name__)

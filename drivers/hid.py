@@ -17,7 +17,7 @@ from typing import Any
 import evdev
 from evdev import ecodes
 
-from agent.codes import MAX_CODE_LEN, clean_code
+from agent.core.codes import MAX_CODE_LEN, clean_code
 from agent.errors import DriverUnavailable
 from drivers.base import Chunk, DeviceLost, Reader
 from drivers.registry import parse_url

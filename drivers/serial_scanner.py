@@ -18,7 +18,7 @@ from typing import Any
 
 import serial
 
-from agent.codes import clean_code
+from agent.core.codes import clean_code
 from agent.errors import DriverUnavailable
 from drivers.base import Chunk, DeviceLost, Reader
 from drivers.registry import parse_url

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.codes import looks_like_nfc
+from agent.core.codes import looks_like_nfc
 from agent.errors import DriverUnavailable
 from drivers.base import Chunk, DeviceLost, Output, Reader, ScanKind
 from drivers.registry import parse_url

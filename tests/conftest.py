@@ -13,9 +13,9 @@ import pytest
 
 from agent import demo_data
 from agent.config import Config, load_config
-from agent.gate import Gate
-from agent.provision import import_file
-from agent.runtime import opened_gate
+from agent.platform.provision import import_file
+from agent.runtime.gate import Gate
+from agent.runtime.opening import opened_gate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

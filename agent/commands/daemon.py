@@ -29,7 +29,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import run_daemon
+    from agent.runtime.daemon import run_daemon
     return run_daemon(args.config, args.log_format, args.log_level)
 
 

@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent import bindings
 from agent.config import Config, load_config
 from agent.errors import ConfigError, DriverUnavailable
+from agent.runtime import bindings
 
 EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
 

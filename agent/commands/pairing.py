@@ -22,7 +22,7 @@ from rich.console import Console
 
 from agent.config import LaneConfig, load_config
 from agent.errors import DriverUnavailable, GateAgentError
-from agent.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
+from agent.runtime.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_OFFLINE = 0, 1, 2, 3
 

@@ -34,7 +34,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from agent.api import PlatformClient
 from agent.config import Config, load_config
 from agent.errors import (
     ApiError,
@@ -45,12 +44,13 @@ from agent.errors import (
     register_secret,
 )
 from agent.files import write_private
-from agent.governor import Governor
-from agent.runtime import CACHE_FILE, open_journal
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.sync import Syncer, SyncProgress, discard_unfinished_rebuild
+from agent.platform.token import load_token
+from agent.platform.upload import Uploader
+from agent.runtime.opening import CACHE_FILE, open_journal
 from agent.store.cache import TicketCache
-from agent.sync import Syncer, SyncProgress, discard_unfinished_rebuild
-from agent.token import load_token
-from agent.upload import Uploader
 
 
 def _quiet_logs() -> None:

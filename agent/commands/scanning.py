@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import load_config
-from agent.decide import Decision
+from agent.core.decide import Decision
 from agent.errors import ConfigError
-from agent.provision import import_file
-from agent.runtime import open_cache, open_journal, opened_gate
+from agent.platform.provision import import_file
+from agent.runtime.opening import open_cache, open_journal, opened_gate
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.codes import normalize_nfc_id
+from agent.core.codes import normalize_nfc_id
 from agent.sandbox.store import ItemStore, fmt, parse_time
 
 

@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.core.model import historic_barcodes
 from agent.errors import ImportFileError
-from agent.model import historic_barcodes
 
 FMT = "%Y-%m-%d %H:%M:%S"
 SCAN_NS = uuid.UUID("6f1c8a52-5d3e-4c1e-9a57-0d7e1b2c3a4f")

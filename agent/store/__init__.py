@@ -1,5 +1,5 @@
-"""All SQL of gate-agent lives in this package: the ticket cache and the scan journal.
+"""All SQL of gate-agent: the ticket cache and the scan journal, two SQLite files on purpose.
 
-They are two SQLite files on purpose: the cache can be thrown away and rebuilt from the platform
-at any time, the journal (the outbox of scans) never is.
+The cache can be rebuilt from the platform at any time, the journal (the outbox of scans) never
+is. May import `agent.core`; never `agent.platform`, `agent.runtime`, `agent.ops` or `agent.venue`.
 """

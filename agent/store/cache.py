@@ -22,9 +22,8 @@ from typing import Any
 
 import orjson
 
-from agent.codes import parse_platform_time
-from agent.errors import CacheCorrupt, StoreError
-from agent.model import (
+from agent.core.codes import parse_platform_time
+from agent.core.model import (
     Event,
     Item,
     Zone,
@@ -34,6 +33,7 @@ from agent.model import (
     parse_zone,
     strip_personal,
 )
+from agent.errors import CacheCorrupt, StoreError
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
 MIGRATIONS = [

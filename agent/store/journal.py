@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
@@ -89,17 +90,9 @@ class JournalRow:
     status: str
     status_detail: str | None
     message: str
-    scanned_on: str  # UTC ISO (agent.codes.utc_iso)
+    scanned_on: str  # UTC ISO (agent.core.codes.utc_iso)
     upload_state: str = "pending"
     reason: str | None = None
-
-
-@dataclass(frozen=True)
-class OwnScan:
-    uuid: str
-    zone_id: int | None
-    direction: str
-    scanned_on: str
 
 
 _COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", "zone_id",

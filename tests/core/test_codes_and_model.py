@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_platform_time
-from agent.model import parse_activated_events, parse_item, parse_zones, strip_personal
+from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_platform_time
+from agent.core.model import parse_activated_events, parse_item, parse_zones, strip_personal
 
 
 @pytest.mark.parametrize("raw", ["0x04a22b9c", "04:A2:2B:9C", "04a22b9c", "0X04A22B9C",

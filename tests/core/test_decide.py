@@ -9,9 +9,9 @@ import pytest
 
 from agent import demo_data
 from agent.config import LaneConfig
-from agent.decide import DETAILS, STATUSES, Candidate, Facts, decide
-from agent.gate import Gate
-from agent.model import parse_item, parse_zone
+from agent.core.decide import DETAILS, STATUSES, Candidate, Facts, decide
+from agent.core.model import parse_item, parse_zone
+from agent.runtime.gate import Gate
 from tests.conftest import DemoSite
 
 C = demo_data.CODES

@@ -9,14 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.codes import utc_iso
 from agent.config import LaneConfig
-from agent.decide import Candidate, Facts, decide
-from agent.gate import Gate
-from agent.model import parse_item, parse_zone
-from agent.runtime import opened_gate
-from agent.scanstate import derive_state
-from agent.store.journal import OwnScan
+from agent.core.codes import utc_iso
+from agent.core.decide import Candidate, Facts, decide
+from agent.core.model import parse_item, parse_zone
+from agent.core.scanstate import OwnScan, derive_state
+from agent.runtime.gate import Gate
+from agent.runtime.opening import opened_gate
 from tests.conftest import make_site
 
 START = datetime(2026, 7, 1, 18, 0, tzinfo=UTC)

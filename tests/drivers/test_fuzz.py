@@ -11,7 +11,7 @@ from evdev import InputEvent, ecodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.codes import clean_code
+from agent.core.codes import clean_code
 from drivers.hid import _PLAIN, _SHIFTED, ENTER_KEYS, SHIFT_KEYS, KeyDecoder
 from drivers.serial_scanner import _DROP, LineDecoder
 

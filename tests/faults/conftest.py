@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.devrun import DaemonProcess, Record
+from agent.runtime.devrun import DaemonProcess, Record
 from agent.sandbox.harness import Sandbox, start_sandbox
 from tests.conftest import PROJECT_ROOT
 from tests.rigs import PtyDevice

@@ -22,8 +22,8 @@ import pytest
 
 from agent import demo_data
 from agent.config import load_config
-from agent.provision import import_file
-from agent.runtime import opened_gate
+from agent.platform.provision import import_file
+from agent.runtime.opening import opened_gate
 from tests.conftest import PROJECT_ROOT
 from tests.faults.conftest import FIGURES, FaultSite, cache_items, feed, status_or_none
 from tests.rigs import wait_until
@@ -31,11 +31,11 @@ from tests.rigs import wait_until
 EXTRA = 8000
 RESYNC_CHILD = textwrap.dedent("""
     import asyncio, sys
-    from agent.api import PlatformClient
+    from agent.platform.client import PlatformClient
     from agent.config import load_config
-    from agent.governor import Governor
-    from agent.sync import Syncer
-    from agent.token import load_token
+    from agent.platform.governor import Governor
+    from agent.platform.sync import Syncer
+    from agent.platform.token import load_token
 
     async def main():
         cfg = load_config(sys.argv[1])

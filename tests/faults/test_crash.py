@@ -29,7 +29,7 @@ from collections import Counter
 import pytest
 
 from agent import demo_data
-from agent.codes import format_upload_time, parse_utc_iso
+from agent.core.codes import format_upload_time, parse_utc_iso
 from tests.faults.conftest import FIGURES, LANES, FaultSite, cache_items, feed
 from tests.rigs import wait_until
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.status import evaluate
+from agent.ops.status import evaluate
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.codes import normalize_nfc_id
-from agent.decide import Decision
-from agent.gate import Gate
-from agent.runtime import opened_gate
+from agent.core.codes import normalize_nfc_id
+from agent.core.decide import Decision
+from agent.runtime.gate import Gate
+from agent.runtime.opening import opened_gate
 from tests.conftest import DemoSite, make_site
 
 

@@ -22,15 +22,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.api import PlatformClient
-from agent.codes import parse_platform_time
 from agent.config import LaneConfig, parse_config
+from agent.core.codes import parse_platform_time
+from agent.core.model import parse_activated_events, parse_entry_page, parse_zones
 from agent.errors import BadResponse
-from agent.gate import Gate
-from agent.governor import Governor
-from agent.model import parse_activated_events, parse_entry_page, parse_zones
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.sync import Syncer
+from agent.runtime.gate import Gate
 from agent.store.cache import TicketCache
-from agent.sync import Syncer
 from tests.hostile.conftest import assert_admit_is_cached
 
 NOW = datetime(2026, 7, 1, 18, 0, tzinfo=UTC)

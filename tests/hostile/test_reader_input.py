@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent import demo_data
-from agent.codes import normalize_nfc_id
-from agent.gate import Gate
+from agent.core.codes import normalize_nfc_id
+from agent.runtime.gate import Gate
 from drivers.base import make_scan
 from drivers.nfc import NfcReader, ndef_text
 from drivers.serial_scanner import LineDecoder

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
-from agent.devrun import DaemonProcess
+from agent.runtime.devrun import DaemonProcess
 from agent.sandbox.harness import start_sandbox
 from tests.conftest import PROJECT_ROOT, run_cli
-from tests.daemon.conftest import Site, wait_synced
 from tests.rigs import PtyDevice
+from tests.runtime.daemon.conftest import Site, wait_synced
 
 pytestmark = pytest.mark.e2e
 C = demo_data.CODES

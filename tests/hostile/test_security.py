@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from agent import bindings
-from agent.api import PlatformClient, check_base_url
 from agent.config import parse_config
-from agent.daemon import Daemon
+from agent.core.model import parse_entry_page
 from agent.errors import ConfigError, Transport, redact
-from agent.governor import Governor
-from agent.model import parse_entry_page
+from agent.platform.client import PlatformClient, check_base_url
+from agent.platform.governor import Governor
+from agent.platform.token import InsecureTokenFile, load_token
+from agent.runtime import bindings
+from agent.runtime.daemon import Daemon
 from agent.store.cache import TicketCache
-from agent.token import InsecureTokenFile, load_token
 from tests.conftest import DemoSite, run_cli
 
 API = {"token_env": "GATE_AGENT_TOKEN", "token_file": "/nonexistent/token"}

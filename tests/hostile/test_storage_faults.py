@@ -29,12 +29,12 @@ import pytest
 
 from agent import demo_data
 from agent.config import Config
-from agent.daemon import Daemon
 from agent.errors import CacheCorrupt, JournalUnavailable
-from agent.gate import Gate, ScanResult
-from agent.lane import manual_scan
-from agent.runtime import opened_gate
-from agent.status import evaluate
+from agent.ops.status import evaluate
+from agent.runtime.daemon import Daemon
+from agent.runtime.gate import Gate, ScanResult
+from agent.runtime.lane import manual_scan
+from agent.runtime.opening import opened_gate
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal, iter_all
 from tests.conftest import DemoSite, make_site
@@ -171,7 +171,7 @@ def test_full_journal_refuses_then_recovers(gate: Gate, site: DemoSite,
 def test_fail_open_admits_and_logs_every_unrecorded_scan(site: DemoSite,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     config = dataclasses.replace(site.config, store={**site.config.store, "fail_closed": False})
-    with opened_gate(config) as gate, caplog.at_level(logging.ERROR, logger="agent.gate"):
+    with opened_gate(config) as gate, caplog.at_level(logging.ERROR, logger="agent.runtime.gate"):
         _fill_journal(gate)
         _scan_until_refused(gate, site)  # unknown codes are refused anyway; fills the page
         # an unlimited in/out lane admits every scan of this ticket, until one is unrecorded

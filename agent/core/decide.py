@@ -1,0 +1,243 @@
+"""The decision engine: admit or refuse one scan. A pure function — no I/O, time passed in.
+
+It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
+operators see the words they know, plus camelCase details of our own where the platform has none:
+unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, notYetValid/noLongerValid are
+*messages*, not details (the platform's detail is outsideOfValidityPeriod for both).
+
+Rules, in the order they are applied (the first that refuses wins):
+ 1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
+ 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode)
+ 3. item of no event this lane serves                    -> denied/wrongEvent
+ 4. status refunded / locked                             -> denied/refunded, denied/orderLocked
+ 5. product on a lane without products, type filtered    -> denied/typeDisabled
+ 6. zone not in the item's accessToZones                 -> denied/itemDoesNotQualify
+ 7. now outside validFrom/validTo (+ grace)              -> denied/outsideOfValidityPeriod
+ 8. zone outside its opening/closing                     -> zoneClosed
+ 9. direction (auto: out when inside, else in)
+    in:  already inside an in/out zone                   -> alreadyIn
+         entries used >= max_entries                     -> alreadyIn (single) / scansInExceeded
+         occupancy >= capacity                           -> full
+         minAge/maxAge without a date of birth           -> ageUnknown (or admitted, per lane)
+         too young / too old                             -> tooYoung / tooOld
+    out: not inside                                      -> alreadyOut
+10. otherwise                                            -> valid, admitted
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.config import LaneConfig
+from agent.core.codes import age_on, parse_platform_time, zone_info
+from agent.core.model import Event, Item, Zone
+from agent.core.scanstate import EMPTY, ScanState
+
+STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnknown",
+            "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
+DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
+           "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One cached item the code matched, with everything the rules need about it."""
+
+    event_id: int
+    item: Item
+    event: Event | None = None
+    zone: Zone | None = None
+    zone_id: int | None = None
+    state: ScanState = EMPTY
+    occupancy: int | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the lookup found for a code. Built by `agent.runtime.gate`, consumed here."""
+
+    code: str
+    kind: str  # barcode | nfc
+    candidates: tuple[Candidate, ...] = ()
+    historic_event: int | None = None  # the code is a replaced barcode of an item of this event
+    served_events: tuple[int, ...] | None = None  # None: every event in the cache
+    debounced: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: bool
+    status: str
+    detail: str | None
+    direction: str
+    message: str
+    code: str
+    kind: str
+    record: bool = True
+    event_id: int | None = None
+    item_id: int | None = None
+    zone_id: int | None = None
+    zone_is_default: bool = False
+    barcode: str | None = None  # the item's current barcode (what the upload names)
+    ticket: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "admit": self.admit, "status": self.status, "statusDetail": self.detail,
+            "direction": self.direction, "message": self.message, "code": self.code,
+            "kind": self.kind, "eventId": self.event_id, "itemId": self.item_id,
+            "zoneId": self.zone_id, "ticket": self.ticket,
+        }
+
+
+def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None = None) -> Decision:
+    """Decide one scan. Never raises for any input: every path returns a Decision."""
+    wanted = direction or lane.direction
+    base = {"code": facts.code, "kind": facts.kind}
+
+    def refuse(status: str, detail: str | None, message: str, cand: Candidate | None = None,
+               applied: str | None = None, record: bool = True) -> Decision:
+        return _decision(False, status, detail, applied or _plain(wanted), message, base, cand,
+                         record)
+
+    if facts.debounced:
+        return refuse("denied", "duplicateRead", "Same code read again; ignored", record=False)
+    if not facts.candidates:
+        if facts.historic_event is not None:
+            replaced = refuse("denied", "historicBarcode",
+                              "This barcode was replaced; ask for the current ticket")
+            return replace(replaced, event_id=facts.historic_event, barcode=facts.code)
+        return refuse("denied", "unknownCode", "Unknown code: not a ticket for this event")
+    served = [c for c in facts.candidates
+              if facts.served_events is None or c.event_id in facts.served_events
+              if not lane.event_ids or c.event_id in lane.event_ids]
+    if not served:
+        return refuse("denied", "wrongEvent", "Ticket is for another event", facts.candidates[0])
+    cand = _pick(served, now)
+    item = cand.item
+    tz = zone_info(cand.event.timezone if cand.event else None)
+    if item.status == "refunded":
+        return refuse("denied", "refunded", "Ticket was refunded", cand)
+    if item.status == "locked":
+        return refuse("denied", "orderLocked", "Order is being changed; try again shortly", cand)
+    if item.item_type == "product" and not lane.include_products:
+        return refuse("denied", "typeDisabled", "Products are not accepted at this lane", cand)
+    if (lane.ticket_types and item.type_id not in lane.ticket_types) or (
+            item.type_id is not None and item.type_id in lane.exclude_ticket_types):
+        return refuse("denied", "typeDisabled",
+                      f"Ticket type {item.type_name or item.type_id} not accepted here", cand)
+    if not _zone_access(item, cand):
+        return refuse("denied", "itemDoesNotQualify", "Ticket gives no access to this zone", cand)
+    grace = timedelta(minutes=lane.grace_minutes)
+    valid_from = parse_platform_time(item.valid_from, tz)
+    valid_to = parse_platform_time(item.valid_to, tz)
+    if valid_from and now < valid_from - grace:
+        return refuse("denied", "outsideOfValidityPeriod",
+                      f"Not yet valid (from {_local(valid_from, tz)})", cand)
+    if valid_to and now > valid_to + grace:
+        return refuse("denied", "outsideOfValidityPeriod",
+                      f"No longer valid (until {_local(valid_to, tz)})", cand)
+    zone = cand.zone
+    if zone is not None:
+        opening = parse_platform_time(zone.opening, tz)
+        closing = parse_platform_time(zone.closing, tz)
+        if (opening and now < opening) or (closing and now > closing):
+            return refuse("zoneClosed", None, f"Zone {zone.name} is closed", cand)
+    tracks_exits = zone.tracks_exits if zone is not None else True
+    state = cand.state
+    applied = _plain(wanted)
+    if wanted == "auto":
+        applied = "out" if (tracks_exits and state.inside) else "in"
+    if applied == "out":
+        if not state.inside:
+            return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
+        return _decision(True, "valid", None, "out", "Goodbye", base, cand, True)
+    if tracks_exits and state.inside:
+        since = f" since {_local(state.last_scan, tz)}" if state.last_scan else ""
+        return refuse("alreadyIn", None, f"Already inside{since}", cand, applied)
+    if lane.max_entries and state.entries >= lane.max_entries:
+        if lane.max_entries == 1:
+            first = f" at {_local(state.first_in, tz)}" if state.first_in else ""
+            return refuse("alreadyIn", None, f"Already admitted{first}", cand, applied)
+        return refuse("scansInExceeded", None,
+                      f"All {lane.max_entries} entries used", cand, applied)
+    if zone is not None and zone.capacity and cand.occupancy is not None \
+            and cand.occupancy >= zone.capacity:
+        return refuse("full", None, f"Zone {zone.name} is full ({zone.capacity})", cand, applied)
+    if zone is not None and (zone.min_age or zone.max_age):
+        birth = parse_platform_time(item.date_of_birth, tz)
+        if birth is None:
+            if lane.age_unknown != "admit":
+                return refuse("ageUnknown", None, "Age check needed: no date of birth", cand,
+                              applied)
+        else:
+            age = age_on(birth.astimezone(tz), now.astimezone(tz))
+            if zone.min_age and age < zone.min_age:
+                return refuse("tooYoung", None, f"Under {zone.min_age}", cand, applied)
+            if zone.max_age and age > zone.max_age:
+                return refuse("tooOld", None, f"Over {zone.max_age}", cand, applied)
+    return _decision(True, "valid", None, "in", f"Welcome — {item.type_name or 'ticket'}",
+                     base, cand, True)
+
+
+def _plain(direction: str) -> str:
+    return "out" if direction == "out" else "in"
+
+
+def _pick(cands: list[Candidate], now: datetime) -> Candidate:
+    """Several matches (a season ticket in several events): the one whose event covers now."""
+    if len(cands) == 1:
+        return cands[0]
+    for cand in cands:
+        if cand.event is not None:
+            tz = zone_info(cand.event.timezone)
+            start = parse_platform_time(cand.event.start, tz)
+            end = parse_platform_time(cand.event.end, tz)
+            if start and end and start <= now <= end:
+                return cand
+    for cand in cands:
+        tz = zone_info(cand.event.timezone if cand.event else None)
+        start = parse_platform_time(cand.item.valid_from, tz)
+        end = parse_platform_time(cand.item.valid_to, tz)
+        if (start is None or start <= now) and (end is None or now <= end):
+            return cand
+    return cands[0]
+
+
+def _zone_access(item: Item, cand: Candidate) -> bool:
+    """No zone data: no restriction known. With zone data, the zone must be listed — except the
+    default Entry zone when the list is empty (the platform's examples omit it)."""
+    if item.access_zones is None or cand.zone_id is None:
+        return True
+    if cand.zone_id in item.access_zones:
+        return True
+    is_default = cand.zone.is_default_entry if cand.zone else False
+    return is_default and not item.access_zones
+
+
+def _local(moment: datetime | None, tz: Any) -> str:
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M") if moment else "?"
+
+
+def _decision(admit: bool, status: str, detail: str | None, direction: str, message: str,
+              base: dict[str, str], cand: Candidate | None, record: bool) -> Decision:
+    ticket: dict[str, Any] = {}
+    if cand is not None:
+        item = cand.item
+        ticket = {
+            "name": item.customer_name, "type": item.type_name, "typeId": item.type_id,
+            "orderRef": item.order_ref, "itemType": item.item_type, "scansIn": cand.state.entries,
+            "lastScan": cand.state.last_scan.isoformat() if cand.state.last_scan else None,
+        }
+    return Decision(
+        admit=admit, status=status, detail=detail, direction=direction, message=message,
+        code=base["code"], kind=base["kind"], record=record,
+        event_id=cand.event_id if cand else None, item_id=cand.item.id if cand else None,
+        zone_id=cand.zone_id if cand else None,
+        zone_is_default=bool(cand and (cand.zone.is_default_entry if cand.zone else
+                                       cand.zone_id is None)),
+        barcode=cand.item.barcode if cand else None,
+        ticket=ticket,
+    )

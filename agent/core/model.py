@@ -1,0 +1,317 @@
+"""Typed, tolerant views of what the platform sends: events, zones and entry items.
+
+The platform adds fields within /v1 and its docs show several shapes for the same thing, so
+every parser here ignores unknown fields, accepts the documented quirks and never raises on a
+wrong type inside an object (a bad field becomes "absent"). Only a payload that is not an object
+at all is rejected, by the callers, with BadResponse or ImportFileError.
+
+Documented quirks handled here, once:
+- `variable` is `[]` for never-scanned items, an object otherwise;
+- `const.transactionId` is a string, or an array in an old example;
+- `historicBarcodes` (replaced barcodes) is in the changelog, not the schema: looked for in
+  `const`, `variable` and at the top level;
+- `/activated-events` is a bare array or `{companyId, companyName, events: [...]}`;
+- `/zones/all` is a bare array (also accepted wrapped in `data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.core.codes import normalize_nfc_id
+
+PERSONAL_FIELDS = ("customerEmail", "nationalId", "passport")
+_PERSONAL = frozenset(PERSONAL_FIELDS)
+# SQLite stores signed 64-bit integers; a larger id would raise OverflowError on insert.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    """A whole number within SQLite's range (ids go into indexed columns), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
+        value = int(value)
+    if isinstance(value, int) and _INT_MIN <= value <= _INT_MAX:
+        return value
+    return None
+
+
+def _str(value: Any) -> str | None:
+    """Text as sent; JSON may carry lone surrogates (`"\\ud800"`), which SQLite cannot store:
+    they become U+FFFD, so such a field can never match a scanned code."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class Gate:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Timeslot:
+    id: int
+    name: str
+    start: str | None
+    end: str | None
+    ticket_type_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    name: str
+    timezone: str | None
+    start: str | None
+    end: str | None
+    scanning_mode: str | None
+    gates: tuple[Gate, ...] = ()
+    timeslots: tuple[Timeslot, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Zone:
+    id: int
+    event_id: int
+    name: str
+    scan: str | None  # in | in&out | auto
+    capacity: int | None
+    opening: str | None
+    closing: str | None
+    min_age: int | None
+    max_age: int | None
+    attendance: int | None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_default_entry(self) -> bool:
+        """Every event has a default zone named "Entry"; uploads send zoneId null for it."""
+        return self.name.strip().lower() == "entry"
+
+    @property
+    def tracks_exits(self) -> bool:
+        """In-only zones never see an exit, so "inside" means nothing there."""
+        return self.scan != "in"
+
+
+@dataclass(frozen=True)
+class ZoneScan:
+    zone_id: int | None
+    scan: str  # in | out
+    scanned_on: str | None
+    uuid: str | None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One entry item (ticket, season ticket, add-on or product) as `GET /entry/tickets` sends it."""
+
+    id: int
+    item_type: str
+    parent_id: int | None
+    barcode: str | None
+    historic_barcodes: tuple[str, ...]
+    type_name: str | None
+    type_id: int | None
+    order_ref: str | None
+    customer_name: str | None
+    date_of_birth: str | None
+    valid_from: str | None
+    valid_to: str | None
+    status: str  # sold | scanned | refunded | locked (unknown values kept as sent)
+    nfc_id: str | None
+    scanned_on: str | None
+    access_zones: tuple[int, ...] | None  # None = no zone data sent
+    scans: tuple[ZoneScan, ...]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def parse_event(data: Any) -> Event | None:
+    d = _obj(data)
+    event_id = _int(d.get("id"))
+    if event_id is None:
+        return None
+    gates = tuple(
+        Gate(gid, _str(_obj(g).get("name")) or f"gate {gid}")
+        for g in _list(d.get("gates"))
+        if (gid := _int(_obj(g).get("id"))) is not None
+    )
+    slots = tuple(
+        Timeslot(
+            sid,
+            _str(_obj(s).get("name")) or "",
+            _str(_obj(s).get("start")),
+            _str(_obj(s).get("end")),
+            tuple(t for t in (_int(x) for x in _list(_obj(s).get("ticketTypeIds"))) if t is not None),
+        )
+        for s in _list(d.get("timeslots"))
+        if (sid := _int(_obj(s).get("id"))) is not None
+    )
+    return Event(
+        id=event_id,
+        name=_str(d.get("name")) or f"event {event_id}",
+        timezone=_str(d.get("timezone")),
+        start=_str(d.get("start")),
+        end=_str(d.get("end")),
+        scanning_mode=_str(d.get("scanningMode")),
+        gates=gates,
+        timeslots=slots,
+        raw=d,
+    )
+
+
+def parse_activated_events(payload: Any) -> list[Event]:
+    """`GET /activated-events`: a bare array (the example) or wrapped in `events` (the schema)."""
+    rows = payload if isinstance(payload, list) else _list(_obj(payload).get("events"))
+    return [e for e in (parse_event(r) for r in rows) if e is not None]
+
+
+def parse_zone(data: Any, event_id: int) -> Zone | None:
+    d = _obj(data)
+    zone_id = _int(d.get("id"))
+    if zone_id is None:
+        return None
+    return Zone(
+        id=zone_id,
+        event_id=event_id,
+        name=_str(d.get("name")) or f"zone {zone_id}",
+        scan=_str(d.get("scan")),
+        capacity=_int(d.get("capacity")),
+        opening=_str(d.get("openingDate")),
+        closing=_str(d.get("closingDate")),
+        min_age=_int(d.get("minAge")),
+        max_age=_int(d.get("maxAge")),
+        attendance=_int(d.get("attendance")),
+        raw=d,
+    )
+
+
+def parse_zones(payload: Any, event_id: int) -> list[Zone]:
+    rows = payload if isinstance(payload, list) else _list(_obj(payload).get("data"))
+    return [z for z in (parse_zone(r, event_id) for r in rows) if z is not None]
+
+
+def _order_ref(value: Any) -> str | None:
+    if isinstance(value, list):
+        parts = [p for p in (_str(v) for v in value) if p]
+        return ", ".join(parts) or None
+    return _str(value)
+
+
+def historic_barcodes(d: dict[str, Any]) -> tuple[str, ...]:
+    """Replaced barcodes of an item payload, wherever the platform puts them (undocumented)."""
+    found: list[str] = []
+    for holder in (d, _obj(d.get("const")), _obj(d.get("variable"))):
+        for code in _list(holder.get("historicBarcodes")):
+            text = _str(code) if not isinstance(code, dict) else _str(code.get("barcode"))
+            if text and text not in found:
+                found.append(text)
+    return tuple(found)
+
+
+def parse_item(data: Any) -> Item | None:
+    """Parse one `content[]` element; None when it has no usable id."""
+    d = _obj(data)
+    item_id = _int(d.get("id"))
+    if item_id is None:
+        return None
+    const, stable, variable, zone_data = (
+        _obj(d.get("const")), _obj(d.get("stable")), _obj(d.get("variable")), d.get("zoneData")
+    )
+    zones_obj = _obj(zone_data)
+    access: tuple[int, ...] | None = None
+    if isinstance(zone_data, dict) and isinstance(zones_obj.get("accessToZones"), list):
+        access = tuple(
+            z for z in (_int(_obj(a).get("id")) for a in zones_obj["accessToZones"]) if z is not None
+        )
+    scans = tuple(
+        ZoneScan(
+            zone_id=_int(_obj(s).get("zoneId")),
+            scan="out" if _obj(s).get("scan") == "out" else "in",
+            scanned_on=_str(_obj(s).get("scannedOn")),
+            uuid=_str(_obj(s).get("uuid")),
+        )
+        for s in _list(zones_obj.get("scans"))
+        if isinstance(s, dict)
+    )
+    nfc_raw = _str(variable.get("nfcId"))
+    return Item(
+        id=item_id,
+        item_type=_str(d.get("itemType")) or "ticket",
+        parent_id=_int(d.get("parentOrderItemId")),
+        barcode=_str(const.get("barcode")),
+        historic_barcodes=historic_barcodes(d),
+        type_name=_str(const.get("type")) or _str(const.get("typeDuringSale")),
+        type_id=_int(const.get("typeId")),
+        order_ref=_order_ref(const.get("transactionId")),
+        customer_name=_str(stable.get("customerName")),
+        date_of_birth=_str(stable.get("dateOfBirth")) or _str(d.get("dateOfBirth")),
+        valid_from=_str(stable.get("validFrom")),
+        valid_to=_str(stable.get("validTo")),
+        status=_str(variable.get("status")) or "sold",
+        nfc_id=normalize_nfc_id(nfc_raw) if nfc_raw else None,
+        scanned_on=_str(variable.get("scannedOn")),
+        access_zones=access,
+        scans=scans,
+        raw=d,
+    )
+
+
+def strip_personal(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an item payload without the personal data a gate does not need to decide.
+
+    Runs once per item on every sync page, hence the set test before any copying."""
+    stable = raw.get("stable")
+    if not isinstance(stable, dict) or _PERSONAL.isdisjoint(stable):
+        return raw
+    return {**raw, "stable": {k: v for k, v in stable.items() if k not in _PERSONAL}}
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """One page of `GET /entry/tickets`: parsed items plus what is needed to go on.
+
+    `content` keeps the raw rows (same order as `items`, rows without an id dropped from
+    `items` only) so the cache can store what the platform sent. `next_url` is the full URL of
+    the next page, None on the last one; `list_end_time` is the `startTime` of the next delta.
+    """
+
+    items: list[Item]
+    content: list[dict[str, Any]]
+    list_end_time: str | None
+    total: int | None
+    next_url: str | None
+
+
+def parse_entry_page(payload: dict[str, Any]) -> EntryPage:
+    """Parse a `GET /entry/tickets` body (the caller has checked it is an object)."""
+    content = [row for row in _list(payload.get("content")) if isinstance(row, dict)]
+    pagination = _obj(payload.get("pagination"))
+    next_url = _str(pagination.get("next"))
+    return EntryPage(
+        items=[i for i in (parse_item(r) for r in content) if i is not None],
+        content=content,
+        list_end_time=_str(payload.get("listEndTime")),
+        total=_int(payload.get("total")),
+        next_url=next_url or None,
+    )

@@ -1,0 +1,149 @@
+"""Health for ops: every component's `get_status()` gathered into one report with reasons.
+
+`evaluate()` is pure (a snapshot and the time in, health and reasons out), so each reason is
+tested on its own. Reasons carry a stable code (the README's troubleshooting section is keyed by
+them), a level and a sentence saying what is wrong and what to do.
+
+pass  everything as it should be
+warn  the gate admits correctly, but something needs attention (scans piling up, a reader
+      unplugged on a lane that has another, the platform refusing us)
+fail  the gate cannot be trusted to work (journal unwritable, no reader at all, a stalled lane,
+      a cache too old to decide on)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.core.codes import parse_utc_iso
+
+CLOCK_SKEW_WARN_S = 60.0
+BACKLOG_WARN_S = 600.0
+LANE_STALL_S = 15.0
+AUTH_ERRORS = ("unauthenticated", "forbidden")  # PlatformClient's last_error_kind for 401/403
+
+
+@dataclass(frozen=True)
+class Reason:
+    level: str  # warn | fail
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"level": self.level, "code": self.code, "message": self.message}
+
+
+def _age(stamp: str | None, now: datetime) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return (now - parse_utc_iso(stamp)).total_seconds()
+    except ValueError:
+        return None
+
+
+def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tuple[str, list[Reason]]:
+    reasons: list[Reason] = []
+    add = reasons.append
+    journal = snap.get("journal") or {}
+    if journal.get("error"):
+        add(Reason("fail", "journal_unavailable",
+                   f"scan journal cannot be written ({journal['error']}); every scan is refused "
+                   "— free disk space or fix permissions of store.dir"))
+    lanes = snap.get("lanes") or []
+    unjournaled = [lane for lane in lanes if lane.get("journal_error")]
+    if unjournaled and not journal.get("error"):
+        names = ", ".join(str(lane.get("name")) for lane in unjournaled)
+        add(Reason("fail", "journal_unavailable",
+                   f"scan journal write failed on lane(s) {names} ({unjournaled[0]['journal_error']});"
+                   " scans are refused while store.fail_closed is on, otherwise admitted without"
+                   " a record — free disk space or fix permissions of store.dir"))
+    with_readers = [lane for lane in lanes if lane.get("readers")]
+    if with_readers and not any(lane.get("readers_connected") for lane in with_readers):
+        add(Reason("fail", "no_reader", "no reader is connected on any lane; check cables and "
+                   "`gate-agent devices list`"))
+    for lane in lanes:
+        name = lane.get("name")
+        total = len(lane.get("readers") or [])
+        connected = lane.get("readers_connected", 0)
+        if total and connected < total:
+            down = [r.get("url") for r in lane["readers"] if not r.get("connected")]
+            add(Reason("warn", "reader_disconnected",
+                       f"lane {name}: reader(s) not connected: {', '.join(map(str, down))}"))
+        relay = lane.get("relay") or {}
+        if relay.get("last_error"):
+            add(Reason("warn", "relay_error", f"lane {name}: relay problem: {relay['last_error']}"))
+        if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
+            add(Reason("fail", "lane_stalled",
+                       f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))
+    cache = snap.get("cache") or {}
+    if cache.get("degraded"):
+        add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"))
+    events = cache.get("events") or []
+    if not any(e.get("items") for e in events):
+        add(Reason("fail", "cache_empty", "no tickets in the cache; run `gate-agent sync` or "
+                   "`gate-agent import`"))
+    for event in events:
+        age = _age(event.get("last_sync"), now)
+        if event.get("items") and (age is None or age > max_cache_age_s):
+            shown = "never" if age is None else f"{age / 60:.0f} min ago"
+            add(Reason("fail", "cache_stale",
+                       f"event {event.get('id')}: tickets last synced {shown} "
+                       f"(limit sync.max_cache_age_s = {max_cache_age_s:.0f} s)"))
+    pending_age = _age(journal.get("oldest_pending"), now)
+    if pending_age is not None and pending_age > BACKLOG_WARN_S:
+        add(Reason("warn", "upload_backlog",
+                   f"{journal.get('pending')} scan(s) not uploaded, oldest "
+                   f"{pending_age / 60:.0f} min ago"))
+    if journal.get("quarantined"):
+        add(Reason("warn", "quarantined_scans",
+                   f"{journal['quarantined']} scan(s) refused by the platform; see "
+                   "`gate-agent queue`, then `gate-agent queue retry`"))
+    platform = snap.get("platform") or {}
+    upload = snap.get("upload") or {}
+    if platform.get("disabled"):
+        add(Reason("warn", "no_token", f"platform link off: {platform['disabled']}"))
+    last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
+    link_failing = bool(last_err and (not last_ok or last_err > last_ok))
+    # The token (or the company's trial) refused: named whatever request met it — a quiet gate
+    # only syncs — and only while it lasts: an upload refused before a renewal is stale once
+    # nothing waits for upload.
+    link_refused = link_failing and platform.get("last_error_kind") in AUTH_ERRORS
+    uploads_blocked = upload.get("state") == "auth_failed" and bool(journal.get("pending"))
+    auth = link_refused or uploads_blocked
+    if auth:
+        said = platform.get("last_error") if link_refused else upload.get("last_error")
+        add(Reason("warn", "auth_failed", f"the platform refuses this gate: {said}; "
+                   "renew the token (`gate-agent login`) and reload"))
+    if platform.get("rate_limited_until"):
+        add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
+                   "for the window (other devices of the company share it)"))
+    skew = platform.get("clock_skew_s")
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+        add(Reason("warn", "clock_skew", f"this clock differs from the platform's by {skew:+.0f} s;"
+                   " check NTP (validity times and scan times depend on it)"))
+    if link_failing and not auth:
+        add(Reason("warn", "platform_unreachable",
+                   f"last platform request failed: {platform.get('last_error')}"))
+    for name, job in (snap.get("jobs") or {}).items():
+        if job.get("failing_since"):
+            add(Reason("warn", "job_failing", f"job {name} failing: {job.get('last_error')}"))
+    levels = {r.level for r in reasons}
+    health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
+    return health, reasons
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line for systemd's STATUS= and the CLI header."""
+    lanes = report.get("lanes") or []
+    journal = report.get("journal") or {}
+    admitted = sum(lane.get("decisions_total", {}).get("valid", 0) for lane in lanes)
+    first = report["reasons"][0]["code"] if report.get("reasons") else ""
+    return (f"{report['health']}{' (' + first + ')' if first else ''}: {len(lanes)} lane(s), "
+            f"{admitted} admitted, {journal.get('pending', 0)} to upload")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

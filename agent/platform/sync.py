@@ -1,0 +1,301 @@
+"""Keeping the ticket cache current: events, zones, and tickets by delta or full resync.
+
+A pass over one event's tickets fetches pages of `GET /entry/tickets?includeZones=true` and
+applies each page in one transaction. Resumability without loss or duplication:
+- items are keyed by (event, id) and written with INSERT OR REPLACE, so applying a page twice
+  changes nothing;
+- with each page, in the same transaction, the pass records where it stands (`pending_cursor`
+  = the next page's URL); an interrupted pass continues from there;
+- the delta cursor (the pass's `listEndTime`) is stored only after the last page is applied, so
+  a pass that never finished is redone from the previous cursor, never skipped.
+
+A full resync builds a new cache file beside the live one while the gate keeps deciding on the
+old file, then swaps it in with one rename (`swap_in`): a reader sees the old cache or the new
+one, never half. A crash mid-build leaves `cache.db.new`, which the next start deletes and
+rebuilds.
+
+SQLite work happens in a worker thread with its own connection (`asyncio.to_thread`), so a
+slow disk during sync never stalls the lanes on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from agent.config import Config
+from agent.core.codes import utc_iso
+from agent.core.model import EntryPage
+from agent.errors import BadResponse, NotFound, Validation
+from agent.files import fsync_dir
+from agent.platform.client import PlatformClient
+from agent.store.cache import TicketCache
+
+log = logging.getLogger(__name__)
+
+FULL_PAGE = 1000  # async mode allows 1000 items per page
+DELTA_PAGE = 100
+
+
+@dataclass
+class SyncProgress:
+    """What a running or finished pass reports to the CLI's progress bar and to status."""
+
+    phase: str = "idle"  # idle | events | zones | tickets | full | swapping
+    event_id: int | None = None
+    pages: int = 0
+    items: int = 0
+    total: int | None = None
+    requests: int = 0
+    started: float | None = None
+    finished: float | None = None
+    last_error: str | None = None
+    last_success: dict[int, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "event_id": self.event_id, "pages": self.pages,
+                "items": self.items, "total": self.total, "requests": self.requests,
+                "started": self.started, "finished": self.finished,
+                "last_error": self.last_error,
+                "last_success": {str(k): v for k, v in self.last_success.items()}}
+
+
+ProgressHook = Callable[[SyncProgress], None]
+
+
+class Syncer:
+    """Sync jobs for one device. `cache_path` is the live cache file (`<store>/cache.db`)."""
+
+    def __init__(self, config: Config, client: PlatformClient, cache_path: Path,
+                 on_progress: ProgressHook | None = None,
+                 swap_hook: Callable[[Callable[[], None]], None] | None = None):
+        """`swap_hook(do_swap)` lets the owner of other connections to the live cache close them
+        before the rename and reopen after; by default the swap just happens."""
+        self.swap_hook = swap_hook or (lambda do_swap: do_swap())
+        self.config = config
+        self.client = client
+        self.cache_path = Path(cache_path)
+        self.progress = SyncProgress()
+        self.on_progress = on_progress
+        self._writer: TicketCache | None = None
+        self._lock = asyncio.Lock()  # one pass at a time; a swap never races a delta
+
+    def _cache(self) -> TicketCache:
+        if self._writer is None:
+            self._writer = TicketCache(self.cache_path,
+                                       keep_personal_data=self.config.store["keep_personal_data"],
+                                       check=False)
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _report(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.progress, key, value)
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    # -- events and zones -------------------------------------------------------------------
+
+    async def event_ids(self) -> list[int]:
+        """Configured ids, or every activated event; cached events serve when offline."""
+        configured = self.config.event_ids
+        return configured if configured is not None else [e.id for e in self._cache().events()]
+
+    async def refresh_events(self) -> list[int]:
+        """`GET /activated-events` then `GET /zones/all` per served event; returns their ids."""
+        async with self._lock:
+            self._report(phase="events", started=time.time(), last_error=None)
+            ids = await self._refresh_into(self._cache())
+            self._report(phase="idle", finished=time.time())
+            return ids
+
+    async def _refresh_into(self, cache: TicketCache) -> list[int]:
+        """Events and their zones into `cache`. Configured events get their zones refreshed
+        even when the platform does not list them as activated (yet)."""
+        events = await self.client.activated_events()
+        self.progress.requests += 1
+        configured = self.config.event_ids
+        served = [e for e in events if configured is None or e.id in configured]
+        stamp = utc_iso(datetime.now(UTC))
+        await asyncio.to_thread(_write, cache, partial(cache.put_events, served, stamp))
+        ids = [e.id for e in served] if configured is None else list(configured)
+        for event_id in ids:
+            self._report(phase="zones", event_id=event_id)
+            zones = await self.client.zones(event_id)
+            self.progress.requests += 1
+            await asyncio.to_thread(_write, cache, partial(cache.put_zones, event_id, zones, stamp))
+        return ids
+
+    # -- tickets ------------------------------------------------------------------------------
+
+    async def sync_tickets(self, event_id: int, *, full: bool = False) -> int:
+        """One pass for one event: delta from the stored cursor, or everything (`full`)."""
+        async with self._lock:
+            return await self._pass(self._cache(), event_id, full=full)
+
+    async def _pass(self, cache: TicketCache, event_id: int, *, full: bool) -> int:
+        state = await asyncio.to_thread(cache.sync_state, event_id) or {}
+        cursor = None if full else state.get("cursor")
+        resume = state.get("pending_cursor")
+        if resume and full and _link_is_delta(resume):
+            # A full pass must list everything: finishing an interrupted delta is not that.
+            resume = None
+        try:
+            return await self._run_pass(cache, event_id, cursor, resume,
+                                        state.get("pending_end") if resume else None)
+        except (Validation, NotFound, BadResponse) as exc:
+            if not resume or self.progress.pages:
+                raise
+            # The stored next-page link is refused (expired, or api.base_url changed): a
+            # resume link must never wedge sync, so drop it and redo the pass from the cursor.
+            log.warning("sync of event %s: stored resume link refused (%s); restarting the "
+                        "pass", event_id, exc)
+            await asyncio.to_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
+            return await self._run_pass(cache, event_id, cursor, None, None)
+
+    async def _run_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
+                        resume: str | None, end_time: str | None) -> int:
+        """Page through one listing. `resume` is the stored next-page link of an interrupted
+        pass; it decides the page size itself (a full listing's links ask for 1000 items,
+        which the platform allows only in async mode), so a delta run can finish an
+        interrupted full pass without a 422."""
+        if resume:
+            use_async = _link_limit(resume) > DELTA_PAGE
+            listing_full = not _link_is_delta(resume)
+        else:
+            use_async = listing_full = cursor is None  # first or full: big async pages
+        self._report(phase="full" if listing_full else "tickets", event_id=event_id, pages=0,
+                     items=0, total=None, started=time.time(), last_error=None)
+        include_products = any(lane.include_products for lane in self.config.lanes)
+        next_url: str | None = resume
+        applied = 0
+        while True:
+            page: EntryPage = await self.client.entry_tickets(
+                event_id, start_time=cursor, include_zones=True,
+                include_products=include_products,
+                limit=FULL_PAGE if use_async else DELTA_PAGE, async_mode=use_async,
+                page_url=next_url)
+            self.progress.requests += 1
+            # The pass's listEndTime is the earliest one seen: a later one could skip changes
+            # made while the pass was paging (the docs do not promise one value per pass).
+            end_time = _earliest(end_time, page.list_end_time)
+            next_url = page.next_url
+            await asyncio.to_thread(_apply_page, cache, event_id, page, next_url, end_time)
+            applied += len(page.items)
+            self._report(pages=self.progress.pages + 1, items=applied, total=page.total)
+            if next_url is None:
+                break
+        stamp = utc_iso(datetime.now(UTC))
+        await asyncio.to_thread(_write, cache, lambda: cache.set_cursor(
+            event_id, end_time or cursor, stamp, full=listing_full))
+        self.progress.last_success[event_id] = time.time()
+        self._report(phase="idle", finished=time.time())
+        return applied
+
+    async def delta_all(self) -> int:
+        total = 0
+        for event_id in await self.event_ids():
+            total += await self.sync_tickets(event_id)
+        return total
+
+    # -- full resync --------------------------------------------------------------------------
+
+    async def full_resync(self) -> int:
+        """Rebuild the whole cache into `cache.db.new`, then swap it in atomically."""
+        async with self._lock:
+            new_path = self.cache_path.with_name(self.cache_path.name + ".new")
+            await asyncio.to_thread(_remove_db, new_path)
+            fresh = TicketCache(new_path, keep_personal_data=self.config.store["keep_personal_data"],
+                                check=False)
+            try:
+                self._report(phase="events", started=time.time(), last_error=None)
+                ids = await self._refresh_into(fresh)
+                total = 0
+                for event_id in ids:
+                    total += await self._pass(fresh, event_id, full=True)
+                await asyncio.to_thread(fresh.checkpoint)
+            except BaseException:
+                # A failed build is never swapped in; do not leave a half file behind (a crash
+                # leaves one, which `discard_unfinished_rebuild` removes at the next start).
+                fresh.close()
+                await asyncio.to_thread(_remove_db, new_path)
+                raise
+            fresh.close()
+            self._report(phase="swapping")
+            self.close()
+            self.swap_hook(lambda: swap_in(new_path, self.cache_path))
+            self._report(phase="idle", finished=time.time())
+            return total
+
+
+def _link_query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+def _link_is_delta(url: str) -> bool:
+    """A stored next-page link of a delta pass carries its `startTime`."""
+    return bool(_link_query(url).get("startTime"))
+
+
+def _link_limit(url: str) -> int:
+    raw = _link_query(url).get("limit", "")
+    return int(raw) if raw.isdigit() else DELTA_PAGE
+
+
+def _earliest(a: str | None, b: str | None) -> str | None:
+    """The earlier of two `YYYY-MM-DD HH:MM:SS` times (text order is time order)."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b)
+
+
+def _write(cache: TicketCache, action: Callable[[], None]) -> None:
+    with cache.transaction():
+        action()
+
+
+def _apply_page(cache: TicketCache, event_id: int, page: EntryPage, next_url: str | None,
+                end_time: str | None) -> None:
+    """Items of one page and the pass's position, in one transaction."""
+    with cache.transaction():
+        cache.put_items(event_id, page.items)
+        cache.set_pending(event_id, next_url, end_time)
+
+
+def _remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def swap_in(new_path: Path, live_path: Path) -> None:
+    """Replace the live cache file with a completed new one in one rename.
+
+    The new file was checkpointed and closed (no -wal beside it). Stale -wal/-shm files of the
+    old cache are removed first: SQLite would otherwise apply them to the new file.
+    """
+    for suffix in ("-wal", "-shm"):
+        Path(str(live_path) + suffix).unlink(missing_ok=True)
+    os.replace(new_path, live_path)
+    fsync_dir(live_path.parent)
+
+
+def discard_unfinished_rebuild(cache_path: Path) -> bool:
+    """At start-up: a `cache.db.new` is a rebuild that was interrupted. Delete it; True if so."""
+    new_path = Path(cache_path).with_name(Path(cache_path).name + ".new")
+    if new_path.exists():
+        _remove_db(new_path)
+        return True
+    return False

@@ -1,0 +1,438 @@
+"""`gate-agent run`: the program that runs for weeks on a turnstile.
+
+One asyncio loop holds the background work — scheduled sync and upload jobs, the status server,
+signals, the systemd watchdog — while each lane decides in a thread of its own (`agent.runtime.lane`),
+so the scan -> journal -> relay path never waits on the loop, the network or another lane.
+
+Start-up order: the journal first (without it no scan may be admitted; a damaged journal is
+kept as it is and the gate refuses every scan), then the cache (a damaged cache is moved aside,
+the gate starts degraded on an empty cache and a full resync is scheduled at once; an interrupted
+rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
+READY. SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGHUP:
+lane configuration is re-read; lanes whose settings changed are restarted after finishing their
+queued scans, the others keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from agent import __version__
+from agent.config import Config, LaneConfig, load_config
+from agent.core.codes import utc_iso
+from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
+from agent.files import write_private
+from agent.ops.logs import setup_logging
+from agent.ops.metrics import Metrics
+from agent.ops.server import build_app, split_listen
+from agent.ops.status import evaluate, summary_line
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.sync import Syncer, discard_unfinished_rebuild
+from agent.platform.token import InsecureTokenFile, load_token
+from agent.platform.upload import Uploader
+from agent.runtime.bindings import effective_lanes
+from agent.runtime.gate import Gate
+from agent.runtime.lane import LaneEvent, LaneRunner
+from agent.runtime.notify import Notifier, watchdog_interval
+from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
+from agent.runtime.scheduler import Jobs
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal
+
+log = logging.getLogger("gate_agent.daemon")
+decisions_log = logging.getLogger("gate_agent.decisions")
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.started = time.time()
+        self.notifier = Notifier()
+        self.lanes: dict[str, LaneRunner] = {}
+        self.journal: Journal | None = None
+        self.journal_error: str | None = None
+        self.cache_degraded: str | None = None
+        self.cache_in_memory = False  # store.dir would not let a damaged cache be moved aside
+        self.platform_disabled: str | None = None
+        self.client: PlatformClient | None = None
+        self.syncer: Syncer | None = None
+        self.uploader: Uploader | None = None
+        self.jobs = Jobs()
+        self.status_cache: TicketCache | None = None
+        self.stop_event = asyncio.Event()
+        self.server: uvicorn.Server | None = None
+        self.listen_address: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
+
+    # -- paths ----------------------------------------------------------------------------
+
+    @property
+    def cache_path(self) -> Path:
+        return self.config.store_dir / CACHE_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.config.store_dir / JOURNAL_FILE
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def open_stores(self) -> bool:
+        """Journal, then cache. Returns True when a full resync must run at once."""
+        self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.journal = Journal(self.journal_path)
+        except JournalUnavailable as exc:
+            self.journal_error = str(exc)
+            log.error("%s — every scan will be refused", exc)
+        resync = discard_unfinished_rebuild(self.cache_path)
+        if resync:
+            self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
+            log.warning("discarded an unfinished cache rebuild; a full resync will run")
+        try:
+            self.status_cache = self._open_cache()
+        except CacheCorrupt as exc:
+            aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
+            try:
+                os.replace(self.cache_path, aside)
+            except OSError as move:
+                # A read-only or failing store.dir must not crash the start;
+                # the gate runs on an empty in-memory cache and status says why.
+                log.error("%s; cannot move it aside (%s): starting with no tickets", exc,
+                          move.strerror)
+                self.cache_degraded = (f"cache unusable and store.dir not writable "
+                                       f"({move.strerror}); fix store.dir, then restart")
+                self.cache_in_memory = True
+                self.status_cache = self._open_cache()
+                return False
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.cache_path) + suffix).unlink(missing_ok=True)
+            log.error("%s; moved aside to %s, starting with an empty cache", exc, aside.name)
+            self.cache_degraded = f"cache was damaged (moved to {aside.name}); rebuilding"
+            self.status_cache = self._open_cache()
+            resync = True
+        return resync
+
+    def _open_cache(self) -> TicketCache:
+        path = Path(":memory:") if self.cache_in_memory else self.cache_path
+        return TicketCache(path, keep_personal_data=self.config.store["keep_personal_data"])
+
+    def _gate(self) -> Gate:
+        """A lane's own connections; without a journal the gate refuses (fail closed)."""
+        journal = None if self.journal_error else Journal(self.journal_path)
+        return Gate(self._open_cache(), journal, self.config)
+
+    def start_lanes(self, lanes: tuple[LaneConfig, ...]) -> None:
+        for lane in lanes:
+            runner = LaneRunner(lane, self._gate(), self._on_decision)
+            runner.start()
+            self.lanes[lane.name] = runner
+            log.info("lane %s ready: %d reader(s), relay %s", lane.name, len(lane.readers),
+                     lane.relay or "none")
+
+    def setup_platform(self) -> None:
+        try:
+            token = load_token(self.config.api, config_path=self.config.path)
+        except InsecureTokenFile:
+            raise  # refuse to start rather than run with an exposed token
+        except ConfigError as exc:
+            self.platform_disabled = str(exc)
+            log.warning("platform link off (the gate works offline): %s", exc)
+            return
+        governor = Governor.from_config(self.config.api)
+        self.client = PlatformClient.from_config(self.config.api, token, governor)
+        self.syncer = Syncer(self.config, self.client, self.cache_path,
+                             swap_hook=self._swap_cache)
+        if self.journal is not None:
+            self.uploader = Uploader(
+                Journal(self.journal_path), self.client,
+                batch_size=self.config.sync["upload_batch_size"],
+                scanned_by=self.config.api["scanned_by"] or None,
+                retention_days=self.config.store["sent_retention_days"])
+
+    def schedule(self, resync_now: bool) -> None:
+        s = self.config.sync
+        if self.uploader is not None:
+            self.jobs.add_interval("upload", self._upload_job, s["upload_interval_s"], first_in=1)
+            self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
+        if self.syncer is not None:
+            self.jobs.add_interval("refresh", self._refresh_job, s["refresh_interval_s"],
+                                   first_in=0.2)
+            self.jobs.add_interval("delta", self._delta_job, s["delta_interval_s"],
+                                   first_in=1.5)
+            self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"])
+            if resync_now:
+                self.jobs.add_interval("initial_resync", self._initial_resync_job, 10 ** 6,
+                                       first_in=0.5)
+        self.jobs.start()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def _upload_job(self) -> None:
+        assert self.uploader is not None
+        await self.uploader.upload_round()
+
+    async def _prune_job(self) -> None:
+        assert self.uploader is not None
+        await asyncio.to_thread(self.uploader.prune, datetime.now(UTC))
+
+    async def _refresh_job(self) -> None:
+        assert self.syncer is not None
+        await self.syncer.refresh_events()
+        self._reload_lane_caches()
+
+    async def _delta_job(self) -> None:
+        assert self.syncer is not None
+        if self.cache_degraded:
+            return  # the full resync fills the cache first
+        await self.syncer.delta_all()
+
+    async def _full_job(self) -> None:
+        assert self.syncer is not None
+        await self.syncer.full_resync()
+        self.cache_degraded = None
+
+    async def _initial_resync_job(self) -> None:
+        await self._full_job()
+        self.jobs.scheduler.remove_job("initial_resync")
+
+    def _reload_lane_caches(self) -> None:
+        for runner in self.lanes.values():
+            with runner.lock:
+                runner.gate.cache.reload()
+        if self.status_cache:
+            self.status_cache.reload()
+
+    def _swap_cache(self, do_swap: Any) -> None:
+        """Close every connection to the live cache, rename the new file in, reopen."""
+        runners = list(self.lanes.values())
+        for runner in runners:
+            runner.lock.acquire()
+        try:
+            for runner in runners:
+                runner.gate.cache.close()
+            if self.status_cache:
+                self.status_cache.close()
+            do_swap()
+            for runner in runners:
+                runner.gate.cache = self._open_cache()
+            self.status_cache = self._open_cache()
+        finally:
+            for runner in runners:
+                runner.lock.release()
+        log.info("ticket cache rebuilt and swapped in")
+
+    # -- decisions (called from lane threads) --------------------------------------------------
+
+    def _on_decision(self, event: LaneEvent) -> None:
+        d = event.result.decision
+        status = d.status if d.record else "ignored"
+        self.metrics.observe(event.lane, status, event.latency_s)
+        fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,
+                  "status": d.status, "statusDetail": d.detail, "direction": d.direction,
+                  "uuid": event.result.uuid, "latency_ms": round(event.latency_s * 1000, 3),
+                  "relay": event.pulsed, "reader": event.scan.reader_id,
+                  "at": utc_iso(event.scan.wall)}  # the scan's own time, as journaled/uploaded
+        decisions_log.info(
+            "lane=%s %s %s code=%s status=%s detail=%s uuid=%s latency_ms=%.2f%s",
+            event.lane, "ADMIT" if d.admit else "REFUSE", d.direction, d.code, d.status,
+            d.detail or "-", event.result.uuid or "-", event.latency_s * 1000,
+            " relay=pulsed" if event.pulsed else "", extra={"fields": fields})
+        if self.uploader is not None and self._loop is not None and event.result.uuid:
+            self._loop.call_soon_threadsafe(self._maybe_upload_now)
+
+    def _maybe_upload_now(self) -> None:
+        if self.journal is None:
+            return
+        if self.journal.pending_count() >= self.config.sync["upload_batch_size"]:
+            self.jobs.run_now("upload")
+
+    # -- status -------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        journal: dict[str, Any] = {"path": str(self.journal_path)}
+        if self.journal is not None:
+            try:
+                journal.update(self.journal.counts())
+            except GateAgentError as exc:
+                journal["error"] = str(exc)
+        if self.journal_error:
+            journal["error"] = self.journal_error
+        cache: dict[str, Any] = {"degraded": self.cache_degraded}
+        if self.status_cache is not None:
+            try:
+                cache.update(self.status_cache.get_status())
+            except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
+                cache["error"] = str(exc)
+        platform: dict[str, Any] = {"disabled": self.platform_disabled}
+        if self.client is not None:
+            platform.update(self.client.get_status())
+        snap: dict[str, Any] = {
+            "version": __version__, "uptime_s": round(time.time() - self.started, 1),
+            "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "lanes": [runner.get_status() for runner in self.lanes.values()],
+            "cache": cache, "journal": journal, "platform": platform,
+            "upload": self.uploader.status.as_dict() if self.uploader else None,
+            "sync": self.syncer.progress.as_dict() if self.syncer else None,
+            "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
+        }
+        health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
+        snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
+        return snap
+
+    async def serve_status(self) -> None:
+        host, port = split_listen(self.config.status["listen"], self.config.status["token"])
+        app = build_app(self.report, self.metrics.render, self.config.status["token"])
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        actual = sock.getsockname()[1]
+        self.listen_address = f"{host}:{actual}"
+        # 0600 like every other file of store.dir (was the umask's mode);
+        # a read-only store.dir must not keep the status endpoint (and its alarm) down.
+        try:
+            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n")
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
+        log.info("status endpoint on http://%s/status", self.listen_address)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.server = _StatusServer(config)
+        await self.server.serve(sockets=[sock])
+
+    async def watchdog(self) -> None:
+        interval = watchdog_interval()
+        period = interval or 5.0
+        while not self.stop_event.is_set():
+            stalled = [n for n, r in self.lanes.items()
+                       if time.monotonic() - r.heartbeat > 3 * period + 2]
+            if interval and not stalled:
+                self.notifier.watchdog()
+            self.notifier.status(summary_line(self.report()))
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=period)
+            except TimeoutError:
+                pass
+
+    def close_stores(self) -> None:
+        """Close every connection, so SQLite folds its WAL files back into the databases."""
+        for runner in self.lanes.values():
+            runner.gate.close()
+        if self.syncer is not None:
+            self.syncer.close()
+        if self.uploader is not None:
+            self.uploader.journal.close()
+        for store in (self.status_cache, self.journal):
+            if store is not None:
+                store.close()
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config's lanes (and device pairings); restart changed lanes."""
+        try:
+            fresh = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        self._reload_token(fresh)
+        wanted = {lane.name: lane for lane in effective_lanes(fresh)}
+        for name in list(self.lanes):
+            if name not in wanted or wanted[name] != self.lanes[name].lane:
+                runner = self.lanes.pop(name)
+                runner.stop()
+                runner.gate.close()
+                log.info("lane %s stopped for reload", name)
+        self.config = fresh
+        self.start_lanes(tuple(lane for name, lane in wanted.items() if name not in self.lanes))
+        log.info("configuration reloaded: %d lane(s)", len(self.lanes))
+
+    def _reload_token(self, fresh: Config) -> None:
+        """A renewed token (the fix the auth_failed reason asks for) is taken without a
+        restart; a missing or unreadable one keeps the running token and says so."""
+        if self.client is None:
+            return
+        try:
+            token = load_token(fresh.api, config_path=fresh.path)
+        except ConfigError as exc:
+            log.error("token not reloaded, keeping the running one: %s", exc)
+            return
+        self.client.set_token(token)
+        log.info("platform token reloaded")
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
+        resync = self.open_stores()
+        self.setup_platform()
+        self.start_lanes(effective_lanes(self.config))
+        self.schedule(resync)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop_event.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        server = asyncio.create_task(self.serve_status(), name="status server")
+        while self.server is None or not self.server.started:
+            if server.done():
+                server.result()  # raises the bind error
+            await asyncio.sleep(0.02)
+        watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
+        summary = summary_line(self.report())
+        self.notifier.ready(summary)
+        log.info("gate-agent %s ready: %s", __version__, summary)
+        await self.stop_event.wait()
+        log.info("stopping")
+        self.notifier.stopping()
+        for runner in self.lanes.values():
+            runner.stop()
+        self.jobs.shutdown()
+        if self.uploader is not None:
+            try:
+                await asyncio.wait_for(self.uploader.drain(max_rounds=2), timeout=2.0)
+            except (TimeoutError, GateAgentError) as exc:
+                log.info("final upload skipped (%s); scans stay queued", exc or "timeout")
+        if self.server is not None:
+            self.server.should_exit = True
+        await asyncio.gather(server, return_exceptions=True)
+        watchdog.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+        self.close_stores()
+        log.info("stopped")
+        return 0
+
+
+class _StatusServer(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
+    stops the status server last, after the lanes have drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+# A lane thread waking from its fsync must take the GIL back from whatever the loop thread is
+# doing (parsing a 1000-item sync page, say); CPython hands it over only every switch
+# interval, 5 ms by default — a visible step in the decision p99. 0.5 ms bounds that wait.
+SWITCH_INTERVAL_S = 0.0005
+
+
+def run_daemon(config_path: str, log_format: str | None = None,
+               log_level: str | None = None) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    config = load_config(config_path)
+    setup_logging(log_level or config.log["level"], log_format or config.log["format"])
+    return asyncio.run(Daemon(config).run())

@@ -1,0 +1,183 @@
+"""The hot path of one device: code in -> lookup -> decide -> journal -> Decision out.
+
+`Gate` owns no thread and no network. It gathers the facts for `decide()` from the cache and the
+journal (a few indexed queries), calls the pure engine, and for a real scan commits the journal
+row before returning — so whoever pulses the relay does so only after the scan is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from agent.config import Config, LaneConfig
+from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, utc_iso
+from agent.core.decide import Candidate, Decision, Facts, decide
+from agent.core.scanstate import derive_state
+from agent.errors import JournalUnavailable
+from agent.store.cache import CachedItem, TicketCache
+from agent.store.journal import Journal, JournalRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    decision: Decision
+    uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
+
+
+class Gate:
+    """Decisions for every lane of this device, over one cache and one journal."""
+
+    def __init__(self, cache: TicketCache, journal: Journal | None, config: Config):
+        """`journal` None: the journal could not be opened; every scan is refused (fail closed)
+        unless `store.fail_closed` is off."""
+        self.cache = cache
+        self.journal = journal
+        self.config = config
+        self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
+        # The last journal write failure (None once a write succeeds again) and how many
+        # decided scans have no journal row: lanes report both, status raises the alarm.
+        self.journal_error: str | None = None if journal is not None else \
+            "the scan journal could not be opened"
+        self.unrecorded = 0
+
+    # -- facts ------------------------------------------------------------------------------
+
+    def facts(self, raw_code: str, lane: LaneConfig, kind: str | None = None,
+              mono_ms: int | None = None) -> Facts:
+        """Look a code up and gather the state the engine needs (read-only)."""
+        code = clean_code(raw_code)
+        nfc = normalize_nfc_id(code) if (kind == "nfc" or looks_like_nfc(code)) else None
+        if nfc:
+            kind, code = "nfc", nfc
+        kind = kind or "barcode"
+        debounced = False
+        if mono_ms is not None and lane.debounce_ms:
+            last = self._last_read.get(lane.name)
+            debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
+        served = tuple(self.config.event_ids) if self.config.event_ids is not None else None
+        if not code:
+            return Facts(code, kind, served_events=served, debounced=debounced)
+        found: list[CachedItem] = []
+        historic: int | None = None
+        if kind == "nfc":
+            found = self.cache.find_nfc(code)
+        else:
+            found = self.cache.find_barcode(code)
+            if not found:
+                historic = next(iter(self.cache.find_historic(code)), None)
+            if not found and historic is None and (alt := normalize_nfc_id(code)):
+                found = self.cache.find_nfc(alt)
+        if kind == "nfc" and found:
+            found = _newest_per_event(found)
+        candidates = tuple(self._candidate(hit, lane) for hit in found)
+        return Facts(code, kind, candidates, historic, served, debounced)
+
+    def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
+        event = self.cache.event(hit.event_id)
+        zone = self.cache.zone(lane.zone_id) if lane.zone_id else self.cache.default_zone(hit.event_id)
+        zone_id = lane.zone_id or (zone.id if zone else None)
+        is_default = zone.is_default_entry if zone else lane.zone_id is None
+        own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
+        state = derive_state(
+            own,
+            self.cache.platform_scans(hit.event_id, hit.item.id),
+            zone_id, is_default, event.timezone if event else None,
+        )
+        occupancy = None
+        if zone is not None and zone.capacity:
+            synced = self.cache.zone_synced_at(zone.id)
+            flow = self.journal.zone_flow_since(zone.id, synced) if self.journal else 0
+            occupancy = (zone.attendance or 0) + flow
+        return Candidate(hit.event_id, hit.item, event, zone, zone_id, state, occupancy)
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def check(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
+              kind: str | None = None) -> Decision:
+        """Dry run: what would happen, recording nothing."""
+        return decide(self.facts(code, lane, kind), lane, now, direction)
+
+    def scan(self, code: str, lane: LaneConfig, now: datetime, direction: str | None = None,
+             kind: str | None = None, mono_ms: int | None = None) -> ScanResult:
+        """A real scan: decided and journaled durably (fsync) before returning.
+
+        The decision is made inside the journal's write transaction (`scan_transaction`), so
+        whoever else decides the same ticket at that instant — another lane, another process —
+        waits and then sees this scan."""
+        if self.journal is None:
+            unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
+            return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
+                                    now)
+        decision: Decision | None = None
+        try:
+            with self.journal.scan_transaction():
+                decision = self._decide(code, lane, now, direction, kind, mono_ms)
+                if not decision.record:
+                    return ScanResult(decision, None)
+                scan_uuid = str(uuidlib.uuid4())
+                self.journal.insert(_journal_row(scan_uuid, decision, lane, now))
+        except JournalUnavailable as exc:
+            if decision is None:  # the transaction never began: decide without it
+                decision = self._decide(code, lane, now, direction, kind, mono_ms)
+            return self._unrecorded(decision, str(exc), lane, now)
+        self.journal_error = None
+        return ScanResult(decision, scan_uuid)
+
+    def _decide(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
+                kind: str | None, mono_ms: int | None) -> Decision:
+        decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
+        if mono_ms is not None:
+            self._last_read[lane.name] = (decision.code, mono_ms)
+        return decision
+
+    def _unrecorded(self, decision: Decision, error: str, lane: LaneConfig,
+                    now: datetime) -> ScanResult:
+        """The journal refused the scan: refuse it too (fail closed), unless configured not to."""
+        if not decision.record:
+            return ScanResult(decision, None)
+        self.journal_error, self.unrecorded = error, self.unrecorded + 1
+        if self.config.store["fail_closed"] or not decision.admit:
+            log.error("journal write failed on lane %s: %s; scan of %s refused",
+                      lane.name, error, decision.code)
+            refused = replace(decision, admit=False, status="denied",
+                              detail="journalUnavailable",
+                              message="Gate cannot record scans; please call staff")
+            return ScanResult(refused, None)
+        log.error("journal write failed on lane %s: %s; %s ADMITTED WITHOUT A RECORD "
+                  "(store.fail_closed = false): item %s event %s at %s", lane.name, error,
+                  decision.code, decision.item_id, decision.event_id, utc_iso(now))
+        return ScanResult(decision, None)
+
+    def close(self) -> None:
+        self.cache.close()
+        if self.journal is not None:
+            self.journal.close()
+
+
+def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
+    """A tag paired to several items of one event: only the most recent pairing counts."""
+    best: dict[int, CachedItem] = {}
+    for hit in found:
+        if hit.event_id not in best or hit.seq > best[hit.event_id].seq:
+            best[hit.event_id] = hit
+    return sorted(best.values(), key=lambda h: -h.seq)
+
+
+def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:
+    """Unknown codes have no event to attach them to: kept locally (`local`), never uploaded."""
+    local_only = d.event_id is None
+    barcode = d.barcode if d.item_id is not None else (d.code if d.kind == "barcode" else None)
+    return JournalRow(
+        uuid=scan_uuid, code=d.code, kind=d.kind, barcode=barcode,
+        nfc_id=d.code if d.kind == "nfc" else None, item_id=d.item_id, event_id=d.event_id,
+        zone_id=d.zone_id, zone_is_default=d.zone_is_default, gate_id=lane.gate_id,
+        lane=lane.name, direction=d.direction, admit=d.admit, status=d.status,
+        status_detail=d.detail, message=d.message, scanned_on=utc_iso(now),
+        upload_state="local" if local_only else "pending",
+        reason="unknown code: no platform item to attach it to" if local_only else None,
+    )

@@ -1,0 +1,194 @@
+"""One lane at run time: its readers feed a queue, one thread decides, journals, pulses the relay.
+
+Each lane has its own worker thread and its own `Gate` (own SQLite connections), so nothing a
+lane does — an fsync, a slow relay, a dead reader — can delay another lane, and nothing on the
+asyncio loop (sync, upload, the status server) sits on the scan -> relay path. The order on that
+path is fixed: decide, commit the journal row (fsync), then pulse the relay; a scan that could
+not be journaled is refused (fail closed) and never opens the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.config import LaneConfig
+from agent.errors import DriverError
+from agent.runtime.gate import Gate, ScanResult
+from drivers import Output, Reader, Scan, open_output, open_reader
+
+log = logging.getLogger(__name__)
+
+RECENT_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class LaneEvent:
+    """What a lane reports after each decision (to logs, metrics and status)."""
+
+    lane: str
+    scan: Scan
+    result: ScanResult
+    latency_s: float
+    pulsed: bool
+
+
+Sink = Callable[[LaneEvent], None]
+
+
+class LaneRunner:
+    """Readers, relay, queue and worker thread of one lane."""
+
+    def __init__(self, lane: LaneConfig, gate: Gate, sink: Sink):
+        self.lane = lane
+        self.gate = gate
+        self.sink = sink
+        self.queue: queue.Queue[Scan | None] = queue.Queue()
+        self.lock = threading.Lock()  # held while deciding; taken to swap the cache file
+        self.readers: list[Reader] = []
+        self.reader_errors: dict[str, str] = {}
+        self.relay: Output | None = None
+        self.relay_error: str | None = None
+        self.heartbeat = time.monotonic()
+        self.started = time.time()
+        self.last_scan: dict[str, Any] | None = None
+        self.totals: dict[str, int] = {}
+        self._recent: deque[tuple[float, str]] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the relay (off), start the readers and the worker. Missing devices are
+        reported in status and retried by the drivers; they never stop the lane."""
+        if self.lane.relay:
+            try:
+                self.relay = open_output(self.lane.relay)
+                self.relay.open()
+            except DriverError as exc:
+                self.relay_error = str(exc)
+                log.error("lane %s: relay %s unavailable: %s", self.lane.name, self.lane.relay, exc)
+        for url in self.lane.readers:
+            try:
+                reader = open_reader(url)
+            except DriverError as exc:
+                self.reader_errors[url] = str(exc)
+                log.error("lane %s: reader %s unavailable: %s", self.lane.name, url, exc)
+                continue
+            self.readers.append(reader)
+        self._thread = threading.Thread(target=self._work, name=f"lane {self.lane.name}",
+                                        daemon=True)
+        self._thread.start()
+        for reader in self.readers:
+            reader.start(self.submit, self._on_state)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading, finish every scan already queued, switch the relay off."""
+        for reader in self.readers:
+            reader.stop(timeout=min(timeout, 2.0))
+        self._stopping = True
+        self.queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.relay is not None:
+            self.relay.close()
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def submit(self, scan: Scan) -> None:
+        """Called from reader threads (or a manual scan): queue the scan for the worker."""
+        self.queue.put(scan)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                scan = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                self.heartbeat = time.monotonic()
+                continue
+            self.heartbeat = time.monotonic()
+            if scan is None:
+                if self._stopping and self.queue.empty():
+                    return
+                continue
+            try:
+                self._decide(scan)
+            except Exception:  # noqa: BLE001 - a bug must not kill the lane; it is logged
+                log.exception("lane %s: decision failed for a scan from %s", self.lane.name,
+                              scan.reader_id)
+
+    def _decide(self, scan: Scan) -> None:
+        started = time.perf_counter()
+        with self.lock:
+            result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
+                                    mono_ms=scan.mono_ns // 1_000_000)
+        decision = result.decision
+        pulsed = False
+        if decision.record and self.relay is not None:
+            try:
+                if decision.admit:
+                    self.relay.pulse(self.lane.relay_pulse_ms)
+                    pulsed = True
+                self.relay.feedback(decision.admit)
+            except DriverError as exc:
+                self.relay_error = str(exc)
+                log.error("lane %s: relay failed: %s", self.lane.name, exc)
+        latency = time.perf_counter() - started
+        self._count(decision.status if decision.record else "ignored")
+        self.last_scan = {"at": scan.wall.isoformat(), "code": decision.code,
+                          "status": decision.status, "statusDetail": decision.detail,
+                          "admit": decision.admit, "direction": decision.direction}
+        self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
+
+    def _count(self, status: str) -> None:
+        now = time.monotonic()
+        self.totals[status] = self.totals.get(status, 0) + 1
+        self._recent.append((now, status))
+        while self._recent and now - self._recent[0][0] > RECENT_WINDOW_S:
+            self._recent.popleft()
+
+    def _on_state(self, url: str, connected: bool, reason: str) -> None:
+        log.log(logging.INFO if connected else logging.WARNING,
+                "lane %s: reader %s %s%s", self.lane.name, url,
+                "connected" if connected else "disconnected", f" ({reason})" if reason else "")
+
+    # -- status -------------------------------------------------------------------------------
+
+    def get_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent: dict[str, int] = {}
+        for at, status in list(self._recent):
+            if now - at <= RECENT_WINDOW_S:
+                recent[status] = recent.get(status, 0) + 1
+        readers = [r.get_status() for r in self.readers]
+        readers += [{"url": url, "connected": False, "last_error": err}
+                    for url, err in self.reader_errors.items()]
+        relay = self.relay.get_status() if self.relay is not None else None
+        if self.relay_error and relay is not None:
+            relay = {**relay, "last_error": self.relay_error}
+        elif self.relay_error:
+            relay = {"url": self.lane.relay, "ok": False, "last_error": self.relay_error}
+        return {
+            "name": self.lane.name, "direction": self.lane.direction,
+            "zone_id": self.lane.zone_id, "gate_id": self.lane.gate_id,
+            "readers": readers, "relay": relay,
+            "readers_connected": sum(1 for r in self.readers if r.connected),
+            "last_scan": self.last_scan, "decisions_5min": recent,
+            "decisions_total": dict(self.totals), "queue": self.queue.qsize(),
+            "heartbeat_age_s": round(now - self.heartbeat, 2),
+            "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
+        }
+
+
+def manual_scan(code: str, lane: str, kind: str = "barcode") -> Scan:
+    """A Scan for a code typed or injected without a reader (kept in the same path)."""
+    return Scan(code=code, kind=kind, reader_id=f"manual:{lane}",  # type: ignore[arg-type]
+                mono_ns=time.monotonic_ns(), wall=datetime.now(UTC), raw=code.encode())

@@ -1,0 +1,184 @@
+"""Pairing NFC tags (wristbands) to tickets at a pairing station, and optionally admitting.
+
+The platform owns pairings (`POST /tickets/pair`), so a pairing is only real once the platform
+accepted it: this module asks the platform first and changes the local cache only after a
+success. Offline, nothing is changed anywhere (a half pairing — local but not on the platform —
+would admit a tag that every other gate refuses after its next sync).
+
+After a success the platform's re-pairing rules are applied to the local cache at once
+(`TicketCache.pair_nfc`: the tag moves off any other ticket of the event, the ticket's old tag
+is replaced), so the very next tap at this device is decided with the new pairing instead of
+waiting for the next delta sync. With an admit lane, the tag is then scanned through
+`Gate.scan` like any reader's scan: decided, journaled and uploaded later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid as uuidlib
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.config import Config, LaneConfig
+from agent.core.codes import clean_code, normalize_nfc_id
+from agent.errors import ApiError, GateAgentError, RateLimited, Transport, Validation
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.token import load_token
+from agent.runtime.gate import Gate, ScanResult
+from agent.runtime.opening import opened_gate
+from agent.store.cache import CachedItem, TicketCache
+
+log = logging.getLogger(__name__)
+
+
+class PairingRefused(GateAgentError):
+    """This ticket/tag cannot be paired (unknown barcode, platform said no); nothing changed."""
+
+    exit_code = 1
+
+
+class PairingOffline(GateAgentError):
+    """The platform could not be reached; nothing changed locally or on the platform."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """A pairing the platform accepted, and what it changed in the local cache."""
+
+    barcode: str
+    nfc_id: str
+    event_id: int
+    item_id: int
+    replaced: str | None  # the ticket's previous tag, as the cache knew it
+    moved_from: tuple[int, ...]  # items of the event that had this tag before
+    local_error: str | None = None  # the cache could not be updated (the next sync will)
+    admit: ScanResult | None = None
+
+
+def find_ticket(cache: TicketCache, raw_code: str, event_id: int | None) -> CachedItem:
+    """The one cached item with this barcode (in `event_id` when given); PairingRefused else.
+
+    The cache is what this device decides on, so a barcode it does not know is refused here
+    rather than paired blind: the operator learns at once that the code or the sync is wrong.
+    """
+    code = clean_code(raw_code)
+    if not code:
+        raise PairingRefused("no barcode given")
+    hits = cache.find_barcode(code)
+    if event_id is not None:
+        elsewhere = sorted({h.event_id for h in hits if h.event_id != event_id})
+        hits = [h for h in hits if h.event_id == event_id]
+        if not hits and elsewhere:
+            raise PairingRefused(f"ticket {code} belongs to event(s) "
+                                 f"{', '.join(map(str, elsewhere))}, not event {event_id}")
+    if not hits:
+        if cache.find_historic(code):
+            raise PairingRefused(f"{code} is a replaced barcode; scan the ticket's current one")
+        raise PairingRefused(f"ticket {code} is not in this gate's ticket cache (wrong code, or "
+                             "not synced yet: check `gate-agent status`); nothing paired")
+    if len(hits) > 1:
+        events = ", ".join(str(h.event_id) for h in hits)
+        raise PairingRefused(f"ticket {code} is in several events ({events}); pass --event ID")
+    return hits[0]
+
+
+class PairingStation:
+    """One session: the cache + journal (a Gate) and one platform client on one event loop.
+
+    Use as a context manager. The client lives on a private asyncio loop (`asyncio.Runner`),
+    so the station itself is plain blocking code that fits around blocking reader waits.
+    """
+
+    def __init__(self, config: Config, *, client: PlatformClient | None = None):
+        self.config = config
+        self._client = client
+        self._stack = ExitStack()
+        self._runner: asyncio.Runner | None = None
+        self.gate: Gate | None = None
+
+    def __enter__(self) -> PairingStation:
+        try:
+            self.gate = self._stack.enter_context(opened_gate(self.config))
+            self._runner = self._stack.enter_context(asyncio.Runner())
+            if self._client is None:
+                token = load_token(self.config.api, config_path=self.config.path)
+                governor = Governor.from_config(self.config.api)
+                self._client = PlatformClient.from_config(self.config.api, token, governor,
+                                                          max_retries=1)
+            client, runner = self._client, self._runner
+            self._stack.callback(lambda: runner.run(client.aclose()))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    # -------------------------------------------------------------------------------------
+
+    def ticket(self, barcode: str, event_id: int | None = None) -> CachedItem:
+        assert self.gate is not None, "use PairingStation as a context manager"
+        return find_ticket(self.gate.cache, barcode, event_id)
+
+    def pair(self, barcode: str, tag: str, *, event_id: int | None = None, again: bool = False,
+             admit_lane: LaneConfig | None = None) -> PairResult:
+        """Pair `tag` to the ticket `barcode` on the platform, then locally, then maybe admit."""
+        assert self.gate is not None and self._runner is not None and self._client is not None
+        hit = self.ticket(barcode, event_id)
+        nfc_id = normalize_nfc_id(tag)
+        if nfc_id is None:
+            raise PairingRefused(f"{tag!r} is not an NFC tag id (expected hex, e.g. 0x04A1B2C3D4E5F6)")
+        code = hit.item.barcode or clean_code(barcode)
+        request_uuid = str(uuidlib.uuid4())
+        try:
+            self._runner.run(self._client.pair_tag(code, nfc_id, hit.event_id, again,
+                                                   request_uuid))
+        except Transport as exc:
+            raise PairingOffline(f"pairing needs the platform, which cannot be reached ({exc}); "
+                                 "nothing changed locally, the tag is not paired") from None
+        except Validation as exc:
+            raise PairingRefused(_refusal(exc, code, hit.item.nfc_id)) from None
+        except RateLimited as exc:
+            raise PairingOffline(f"the platform's rate limit is used up; try again in "
+                                 f"{exc.wait_s:.0f} s. Nothing changed locally") from None
+        except ApiError as exc:
+            raise PairingRefused(f"the platform did not pair the tag ({exc}); nothing changed "
+                                 "locally") from None
+        replaced = hit.item.nfc_id if hit.item.nfc_id != nfc_id else None
+        moved: list[int] = []
+        local_error = None
+        try:
+            with self.gate.cache.transaction():
+                moved = self.gate.cache.pair_nfc(hit.event_id, hit.item.id, nfc_id)
+        except (sqlite3.Error, GateAgentError) as exc:
+            # The platform has the pairing; the next delta sync brings it here anyway.
+            local_error = f"paired on the platform, but the local cache was not updated ({exc})"
+            log.warning("%s", local_error)
+        admitted = None
+        if admit_lane is not None:
+            admitted = self.gate.scan(nfc_id, admit_lane, datetime.now(UTC), kind="nfc",
+                                      mono_ms=time.monotonic_ns() // 1_000_000)
+        return PairResult(code, nfc_id, hit.event_id, hit.item.id, replaced, tuple(moved),
+                          local_error, admitted)
+
+
+def _refusal(exc: Validation, code: str, cached_tag: str | None) -> str:
+    """A 422 in the operator's words: the re-pair case gets its flag named."""
+    errors: dict[str, Any] = exc.errors
+    if "pair-barcode-again" in errors:
+        had = f" ({cached_tag})" if cached_tag else ""
+        return (f"ticket {code} already has a tag{had}; to replace it, pair again with --again. "
+                "Nothing changed")
+    if "barcode" in errors:
+        return f"the platform does not know ticket {code} ({' '.join(errors['barcode'])}); " \
+               "nothing changed"
+    return f"the platform refused the pairing ({exc}); nothing changed"

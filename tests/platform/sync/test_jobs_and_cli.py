@@ -1,0 +1,161 @@
+"""Scheduler wiring and job bodies, and the sync/upload/login commands as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.runtime.opening import open_journal, opened_gate
+from agent.runtime.scheduler import Jobs
+from tests.conftest import run_cli
+from tests.platform.sync.conftest import EVENT, backlog, fill_journal, make_site, noon
+
+
+def test_jobs_are_wired_once_with_coalesce_and_log_failure_and_recovery_once(caplog):
+    caplog.set_level(logging.INFO, logger="agent.runtime.scheduler")
+
+    async def go():
+        jobs = Jobs()
+        calls = 0
+        recovered = asyncio.Event()
+
+        async def flaky() -> None:
+            nonlocal calls
+            calls += 1
+            if calls <= 3:
+                raise RuntimeError("platform unreachable")
+            if calls == 5:
+                recovered.set()
+
+        jobs.add_interval("delta", flaky, seconds=0.02, first_in=0.01)
+        jobs.add_daily("full_resync", flaky, "04:00")
+        jobs.start()
+        try:
+            job = jobs.scheduler.get_job("delta")
+            wiring = (job.coalesce, job.max_instances, job.misfire_grace_time)
+            await asyncio.wait_for(recovered.wait(), 10)
+            return wiring, jobs.get_status()
+        finally:
+            jobs.shutdown()
+
+    wiring, status = asyncio.run(go())
+    assert wiring == (True, 1, 300)
+    delta = status["delta"]
+    assert delta["failures"] == 3 and delta["runs"] == 5 and delta["failing_since"] is None
+    assert delta["last_error"] is None and delta["last_success"] is not None
+    assert status["full_resync"]["next_run"] is not None
+    mine = [r for r in caplog.records if r.name == "agent.runtime.scheduler"]
+    assert [r.levelname for r in mine] == ["WARNING", "INFO"]
+    assert "job delta failing: platform unreachable" in mine[0].getMessage()
+    assert "job delta recovered" in mine[1].getMessage()
+
+
+def test_a_bad_full_resync_time_names_the_key():
+    with pytest.raises(ConfigError, match="sync.full_resync_at"):
+        Jobs().add_daily("full_resync", lambda: None, "25:99")  # type: ignore[arg-type]
+
+
+def test_job_bodies_refresh_delta_upload_full_and_prune(site, sandbox):
+    """What the scheduled jobs run (refresh, delta, upload, nightly full resync, prune), in the
+    order a first day would see them, on one client as the daemon shares it."""
+    lane = site.config.lane("main")
+    journal = open_journal(site.config)
+
+    async def go():
+        async with site.client() as client:
+            syncer = site.syncer(client)
+            uploader = site.uploader(journal, client)
+            try:
+                served = await syncer.refresh_events()
+                assert await syncer.delta_all() == 1140  # first pass: everything
+                with opened_gate(site.config) as gate:
+                    gate.scan("SF0000000", lane, noon(sandbox))
+                assert await uploader.drain() == 1
+                assert await syncer.delta_all() == 1  # our own scan comes back
+                sandbox.change_item("SF0000001", "refunded")
+                assert await syncer.full_resync() == 1140
+                return served, uploader.prune(datetime.now(UTC) + timedelta(days=8))
+            finally:
+                syncer.close()
+
+    try:
+        served, pruned = asyncio.run(go())
+        assert journal.counts()["sent"] == 0
+    finally:
+        journal.close()
+    assert served == [EVENT] and pruned == 1
+    assert [u["barcode"] for u in sandbox.received()["uploads"]] == ["SF0000000"]
+    with opened_gate(site.config) as gate:
+        assert gate.check("SF0000001", lane, noon(sandbox)).detail == "refunded"
+        assert gate.check("SF0000000", lane, noon(sandbox)).status == "alreadyIn"
+
+
+def test_cli_sync_fills_the_cache_and_summarises(site):
+    done = run_cli("sync", "--json", "--config", str(site.config_path))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["requests"] == 4 and summary["applied"] == 1140
+    assert summary["events"][0]["id"] == EVENT and summary["events"][0]["items"] == 1140
+    again = run_cli("sync", "--config", str(site.config_path))
+    assert again.returncode == 0, again.stderr
+    assert "Sandbox Festival" in again.stdout and "1140" in again.stdout
+
+
+def test_cli_sync_offline_says_so_in_one_line(tmp_path, sandbox):
+    site = make_site(tmp_path / "g", sandbox)
+    text = site.config_path.read_text().replace(sandbox.url, "http://127.0.0.1:9/v1")
+    site.config_path.write_text(text)
+    done = run_cli("sync", "--config", str(site.config_path))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gate-agent: error: GET /activated-events")
+    assert "Offline?" in lines[0] and "no ticket cache yet" in lines[0]
+
+
+def test_cli_upload_drains_and_explains_a_refused_token(site, sandbox):
+    journal = open_journal(site.config)
+    fill_journal(journal, backlog(12, noon(sandbox)))
+    journal.close()
+    done = run_cli("upload", "--drain", "--json", "--config", str(site.config_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sent"] == 12
+    journal = open_journal(site.config)
+    fill_journal(journal, backlog(3, noon(sandbox)))
+    journal.close()
+    sandbox.revoke_token(sandbox.token)
+    paused = run_cli("upload", "--config", str(site.config_path))
+    assert paused.returncode == 1
+    assert "sent 0" in paused.stdout and "3 pending" in paused.stdout
+    assert "uploads are paused" in paused.stderr and "gate-agent login" in paused.stderr
+    assert "Traceback" not in paused.stderr
+
+
+def test_cli_login_reads_the_password_from_stdin_and_stores_the_token_0600(tmp_path, sandbox):
+    site = make_site(tmp_path / "g", sandbox)
+    token_file = tmp_path / "g" / "token"
+    token_file.unlink()
+    done = run_cli("login", "--email", "gate@example.com", "--device-name", "lane-7",
+                   "--config", str(site.config_path), stdin="sandbox-password\n")
+    assert done.returncode == 0, done.stderr
+    token = token_file.read_text().strip()
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert token and token not in done.stdout + done.stderr
+    assert "sandbox-password" not in done.stdout + done.stderr
+    assert str(token_file) in done.stdout
+    who = httpx.get(f"{sandbox.url}/", headers={"Authorization": f"Bearer {token}"})
+    assert who.status_code == 200
+    assert load_config(site.config_path).api["token_file"] == str(token_file)
+    wrong = run_cli("login", "--email", "gate@example.com", "--config",
+                    str(site.config_path), stdin="nope\n")
+    assert wrong.returncode == 1
+    assert "credentials are incorrect" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+    assert token_file.read_text().strip() == token  # a failed login keeps the old token

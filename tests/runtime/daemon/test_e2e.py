@@ -1,0 +1,179 @@
+"""The real daemon end to end: pty scanner -> decision -> journal -> relay -> upload -> status."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+
+from agent import demo_data
+from drivers.sim import send_scan
+from tests.runtime.daemon.conftest import Site, wait_synced
+
+C = demo_data.CODES
+
+
+def _uploaded(site: Site) -> list[dict]:
+    return site.sandbox.received()["uploads"]
+
+
+def _wait(predicate, timeout: float = 15.0, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(step)
+
+
+def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        site.scanner.write(b"\x00" + C["refunded"].encode() + b"\n")
+        site.scanner.write(C["unknown"].encode() + b"\r")
+        send_scan(site.root / "exit.sock", C["valid"])
+        decisions = daemon.wait_decisions(4)
+        by_code = {(d["lane"], d["code"]): d for d in decisions}
+        assert by_code[("entry", C["valid"])]["status"] == "valid"
+        assert by_code[("entry", C["valid"])]["relay"] is True
+        assert by_code[("entry", C["refunded"])]["statusDetail"] == "refunded"
+        assert by_code[("entry", C["unknown"])]["statusDetail"] == "unknownCode"
+        assert by_code[("exit", C["valid"])]["direction"] == "out"
+        assert all(d["uuid"] for d in decisions) and all(d["latency_ms"] > 0 for d in decisions)
+        # exactly one relay pulse: the admit on the entry lane (the exit lane has no relay)
+        assert [p["relay"] for p in site.relay_pulses()] == ["entry"]
+        # uploads: every uploadable scan exactly once, with the decision's uuid and direction
+        _wait(lambda: len(_uploaded(site)) >= 3)
+        uploads = {u["uuid"]: u for u in _uploaded(site)}
+        for d in decisions:
+            if d["code"] == C["unknown"]:
+                assert d["uuid"] not in uploads  # kept local: the platform has no such item
+                continue
+            assert uploads[d["uuid"]]["scan"] == d["direction"]
+        assert uploads[by_code[("entry", C["refunded"])]["uuid"]]["status"] == "failed"
+        report = daemon.status()
+        lanes = {lane["name"]: lane for lane in report["lanes"]}
+        assert lanes["entry"]["readers_connected"] == 1
+        assert lanes["entry"]["decisions_total"] == {"valid": 1, "denied": 2}
+        assert report["journal"]["pending"] == 0 and report["journal"]["local"] == 1
+        assert report["platform"]["last_success"] and report["health"] in ("pass", "warn")
+        metrics = daemon.get("/metrics").text
+        assert 'gate_decisions_total{lane="entry",status="valid"} 1.0' in metrics
+        assert 'gate_reader_connected{lane="entry"' in metrics
+        assert "gate_decision_latency_seconds_bucket" in metrics
+        assert daemon.get("/healthz").status_code == 200
+    finally:
+        assert daemon.stop() == 0
+    log_text = "".join(daemon.raw_lines)
+    assert site.token not in log_text
+
+
+def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
+    daemon = site.daemon().start()
+    daemon.wait_ready()
+    wait_synced(daemon)
+    codes = [C["valid"], C["valid2"], C["floor"], C["vip"], C["refunded"], C["locked"]]
+    for code in codes:
+        send_scan(site.root / "exit.sock", code)
+    daemon.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.stop(timeout=10) == 0
+    assert time.monotonic() - started < 8
+    decided = [d["code"] for d in daemon.decisions()]
+    assert sorted(decided) == sorted(codes)
+    messages = [r.get("msg", "") for r in daemon.records]
+    assert "stopping" in messages and "stopped" in messages
+
+
+def test_sighup_reloads_lanes_without_dropping_scans(site: Site) -> None:
+    daemon = site.daemon().start()
+    daemon.wait_ready()
+    wait_synced(daemon)
+    site.write_config(out_direction="auto", extra_lanes=f"""
+[[lanes]]
+name = "floor"
+zone_id = {demo_data.FLOOR_ZONE}
+direction = "auto"
+max_entries = 0
+readers = ["sim:floor?socket={site.root / 'floor.sock'}"]
+""")
+    for _ in range(5):
+        site.scanner.write(C["valid2"].encode() + b"\n")
+        time.sleep(0.35)  # past the debounce: five real attempts
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda r: "configuration reloaded" in r.get("msg", ""), what="reload")
+    _wait(lambda: len([d for d in daemon.decisions() if d["lane"] == "entry"]) == 5)
+    names = {lane["name"]: lane for lane in daemon.status()["lanes"]}
+    assert set(names) == {"entry", "exit", "floor"} and names["exit"]["direction"] == "auto"
+    send_scan(site.root / "floor.sock", C["floor"])
+    floor = daemon.wait_for(lambda r: r.get("lane") == "floor", what="floor decision")
+    assert floor["admit"] and floor["direction"] == "in"
+    entry = [d for d in daemon.decisions() if d["lane"] == "entry"]
+    assert [d["status"] for d in entry] == ["valid"] + ["alreadyIn"] * 4
+    assert daemon.stop() == 0
+
+
+def test_broken_reader_makes_healthz_fail_with_reason(site: Site) -> None:
+    site.write_config(entry_reader=f"serial://{site.root / 'no-such-tty'}")
+    site.config.write_text(site.config.read_text().replace(
+        f'readers = ["sim:exit?socket={site.root / "exit.sock"}"]', "readers = []"))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        response = daemon.get("/healthz")
+        assert response.status_code == 503
+        codes = [r["code"] for r in response.json()["reasons"]]
+        assert "no_reader" in codes and "reader_disconnected" in codes
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_status_off_loopback_needs_a_token(site: Site) -> None:
+    site.write_config(listen="0.0.0.0:0")
+    refused = site.daemon().start()
+    assert refused.proc is not None and refused.proc.wait(timeout=20) == 2
+    refused.stop()
+    assert any("status.token" in line and "requires a token" in line
+               for line in refused.raw_lines)
+    site.write_config(listen="0.0.0.0:0", status_token="s3cret-status")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        port = daemon.status_url.rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/status", timeout=5).status_code == 401
+        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer nope"},
+                         timeout=5).status_code == 401
+        ok = httpx.get(url + "/status", headers={"Authorization": "Bearer s3cret-status"},
+                       timeout=5)
+        assert ok.status_code == 200 and "s3cret-status" not in ok.text
+        assert site.token not in ok.text
+    finally:
+        daemon.stop()
+
+
+def test_damaged_cache_starts_degraded_and_rebuilds(site: Site) -> None:
+    daemon = site.daemon().start()
+    daemon.wait_ready()
+    wait_synced(daemon)
+    send_scan(site.root / "exit.sock", C["valid"])
+    daemon.wait_decisions(1)
+    assert daemon.stop() == 0
+    assert not (site.store / "cache.db-wal").exists()  # a clean stop folds the WAL back
+    (site.store / "cache.db").write_bytes(b"garbage" * 1000)
+    journal_before = (site.store / "journal.db").read_bytes()
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        first = daemon.status()
+        assert any(p.name.startswith("cache.db.corrupt-") for p in site.store.iterdir())
+        _wait(lambda: not daemon.status()["cache"]["degraded"])
+        report = wait_synced(daemon)
+        assert report["journal"]["sent"] + report["journal"]["pending"] == 1
+        assert "cache_rebuilding" in [r["code"] for r in first["reasons"]] or \
+            not first["cache"]["degraded"]
+    finally:
+        assert daemon.stop() == 0
+    assert journal_before  # the journal file was never replaced

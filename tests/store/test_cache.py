@@ -1,0 +1,106 @@
+"""The ticket cache on real SQLite files: lookups, re-pairing, migrations, damage, file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent import demo_data
+from agent.core.model import parse_item
+from agent.errors import CacheCorrupt, ImportFileError
+from agent.platform.provision import import_file
+from agent.store.cache import TicketCache
+from tests.conftest import DemoSite
+
+
+def test_lookup_by_barcode_nfc_and_historic(site: DemoSite) -> None:
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    hit = cache.find_barcode(demo_data.CODES["valid"])
+    assert [h.item.id for h in hit] == [1] and hit[0].event_id == demo_data.EVENT_ID
+    assert [h.item.id for h in cache.find_nfc(demo_data.NFC_TAG)] == [12]
+    assert cache.find_historic(demo_data.CODES["historic"]) == [demo_data.EVENT_ID]
+    assert cache.find_barcode("nothing") == []
+    assert {h.event_id for h in cache.find_barcode(demo_data.CODES["season"])} == {
+        demo_data.EVENT_ID, demo_data.OTHER_EVENT_ID}
+    assert cache.default_zone(demo_data.EVENT_ID).id == demo_data.ENTRY_ZONE
+    cache.close()
+
+
+def test_newest_nfc_pairing_wins_and_pairing_moves_the_tag(site: DemoSite) -> None:
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    other = parse_item({"id": 99, "const": {"barcode": "B99"},
+                        "variable": {"nfcId": demo_data.NFC_TAG.lower(), "status": "sold"}})
+    with cache.transaction():
+        cache.put_items(demo_data.EVENT_ID, [other])
+    assert [h.item.id for h in cache.find_nfc(demo_data.NFC_TAG)][0] == 99
+    with cache.transaction():
+        moved = cache.pair_nfc(demo_data.EVENT_ID, 1, demo_data.NFC_TAG)
+    assert sorted(moved) == [12, 99]  # the demo's tag wearer and the later item both lose it
+    hits = cache.find_nfc(demo_data.NFC_TAG)
+    assert [h.item.id for h in hits] == [1]
+    assert hits[0].item.nfc_id == demo_data.NFC_TAG  # stored JSON agrees with the index
+    assert hits[0].item.status == "sold"  # item 1 had `variable: []`; it is an object now
+    old = cache.find_barcode(demo_data.CODES["nfc_ticket"])[0].item
+    assert old.nfc_id is None and "nfcId" not in old.raw["variable"]
+    with cache.transaction():  # a new tag replaces the ticket's old one
+        assert cache.pair_nfc(demo_data.EVENT_ID, 1, "0x04FFFFFFFFFFFF") == []
+    assert cache.find_nfc(demo_data.NFC_TAG) == []
+    assert cache.find_barcode(demo_data.CODES["valid"])[0].item.nfc_id == "0x04FFFFFFFFFFFF"
+    cache.close()
+
+
+def test_migrations_recorded_wal_and_private_files(site: DemoSite) -> None:
+    path = site.config.store_dir / "cache.db"
+    cache = TicketCache(path)
+    names = [r[0] for r in cache.conn.execute("SELECT name FROM migrations")]
+    assert names == ["0001_initial", "0002_resumable_pass", "0003_lookup_indexes"]
+    assert cache.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(site.config.store_dir / "journal.db").st_mode) == 0o600
+    cache.close()
+
+
+def test_personal_data_not_stored_by_default(site: DemoSite) -> None:
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    raw = json.loads(cache.conn.execute("SELECT raw FROM items WHERE id = 1").fetchone()[0])
+    assert "customerEmail" not in raw["stable"] and raw["stable"]["customerName"] == "Ada Lovelace"
+    cache.close()
+
+
+@pytest.mark.parametrize("damage", [b"garbage" * 100, b""])
+def test_damaged_cache_is_reported_not_crashed(tmp_path: Path, damage: bytes,
+                                               site: DemoSite) -> None:
+    path = site.config.store_dir / "cache.db"
+    if damage:
+        path.write_bytes(damage)
+    else:
+        size = path.stat().st_size
+        with open(path, "r+b") as fh:
+            fh.truncate(size // 3)
+        for extra in ("-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+    with pytest.raises(CacheCorrupt, match="cache.db.*sync --full"):
+        TicketCache(path)
+    # the journal beside it is untouched and still opens
+    from agent.store.journal import Journal
+    Journal(site.config.store_dir / "journal.db").close()
+
+
+def test_import_refuses_unknown_shapes_and_missing_event(tmp_path: Path, site: DemoSite) -> None:
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(ImportFileError, match="not a platform response"):
+        import_file(cache, bad, site.now)
+    bad.write_text("{not json")
+    with pytest.raises(ImportFileError, match="not JSON"):
+        import_file(cache, bad, site.now)
+    bad.write_text('{"content": [{"id": 1}]}')
+    with pytest.raises(ImportFileError, match="--event"):
+        import_file(cache, bad, site.now)
+    assert import_file(cache, bad, site.now, event_id=77).count == 1
+    cache.close()

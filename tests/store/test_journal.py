@@ -1,0 +1,84 @@
+"""The journal: durable before the decision returns, and separate from the cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import JournalUnavailable
+from agent.store.journal import Journal, iter_all
+from tests.conftest import PROJECT_ROOT, DemoSite
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from datetime import UTC, datetime
+    from agent.config import load_config
+    from agent.runtime.opening import opened_gate
+    config = load_config(sys.argv[1])
+    lane = config.lane("floor")
+    with opened_gate(config) as gate:
+        i = 0
+        while True:
+            result = gate.scan("NU-FLOOR-0003", lane, datetime.now(UTC))
+            print(result.uuid, result.decision.direction, flush=True)
+            i += 1
+""")
+
+
+def test_every_returned_decision_survives_sigkill(site: DemoSite) -> None:
+    """A real subprocess scans in a loop and prints each uuid after `scan()` returns; we kill
+    it with SIGKILL mid-stream. Every printed uuid must be in the journal afterwards."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(site.config_path)],
+                            stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 200 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line.split()[0])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert len(seen) >= 200
+    journal = Journal(site.config.store_dir / "journal.db")
+    stored = [row["uuid"] for row in iter_all(journal)]
+    assert set(seen) <= set(stored)
+    # the journal's own order is the scan order: alternating in/out on an unlimited lane
+    directions = [row["direction"] for row in iter_all(journal)]
+    assert all(a != b for a, b in zip(directions, directions[1:], strict=False))
+    journal.close()
+
+
+def test_journal_rows_carry_what_the_upload_needs(gate, site: DemoSite) -> None:
+    from agent import demo_data
+    result = gate.scan(demo_data.CODES["valid"], gate.config.lane("north-in"), site.now)
+    row = next(iter_all(gate.journal))
+    assert row["uuid"] == result.uuid
+    assert row["barcode"] == demo_data.CODES["valid"] and row["event_id"] == demo_data.EVENT_ID
+    assert row["zone_id"] == demo_data.ENTRY_ZONE and row["zone_is_default"] == 1
+    assert row["gate_id"] == demo_data.GATE_NORTH and row["lane"] == "north-in"
+    assert row["scanned_on"].endswith("Z") and row["upload_state"] == "pending"
+
+
+def test_unwritable_journal_fails_closed(site: DemoSite, gate) -> None:
+    from agent import demo_data
+    gate.journal.conn.execute("PRAGMA query_only = ON")  # stands in for a read-only disk
+    result = gate.scan(demo_data.CODES["valid"], gate.config.lane("north-in"), site.now)
+    assert not result.decision.admit and result.decision.detail == "journalUnavailable"
+    assert result.uuid is None
+
+
+def test_damaged_journal_is_kept_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"not a database at all" * 50)
+    with pytest.raises(JournalUnavailable, match="journal.db"):
+        Journal(path)
+    assert path.read_bytes().startswith(b"not a database")
