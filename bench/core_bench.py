@@ -20,10 +20,17 @@ What it does, per cache size (default 10k, 100k and 1M items):
    - scan: `Gate.scan(code, lane, now, mono_ms=...)` (lookup + decide + durable journal commit);
    each over 20,000 random codes by default (>= 5,000 asked; ~80% hits, ~20% misses), a
    fresh code list for each;
+   step 3 is repeated `--repeats` times (default 5) per size, each with a fresh journal and
+   floor file, and the ratios are reported as the median with their spread (min-max) at p50,
+   p99 and p99.9: one p99 ratio on shared storage swings by up to 1x between runs, the median
+   of five does not;
 4. after the largest size, a child process opens that cache + a fresh journal, serves 10,000
-   scans via `Gate.scan` and reports its peak RSS (`ru_maxrss`).
+   scans via `Gate.scan` and reports its peak RSS (`ru_maxrss`);
+5. the CLI's own rate: `gate-agent scan - --json` fed the same kind of codes on standard input,
+   as a technician or a test rig would, in a subprocess (scans/s, start-up included).
 
-Targets (from the issue): scan p99 <= 2x floor p99 at 1M items; peak RSS <= 100 MB.
+Targets (issue 18): at 1M items, median scan p50 <= 1.5x floor p50 and median scan p99 <= 1.3x
+floor p99 (p99.9 reported); peak RSS <= 100 MB.
 Databases live in a temporary directory, deleted at the end. Figures go to
 bench/results/core.json.
 """
@@ -67,7 +74,10 @@ DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 PAGE = 1_000
 BLOCK = 100
 WARMUP = 200
-TARGET_RATIO = 2.0
+TARGET_P50_RATIO = 1.5
+TARGET_P99_RATIO = 1.3
+DEFAULT_REPEATS = 5
+CLI_SCANS = 2_000
 TARGET_RSS_MB = 100.0
 RSS_SCANS = 10_000
 HIT_SHARE = 0.80
@@ -197,6 +207,26 @@ def bench_config(store_dir: Path) -> Config:
         "lanes": [{"name": "north-in", "gate_id": GATE_ID, "direction": "in",
                    "max_entries": 1}],
     }, path="<bench>")
+
+
+CLI_CONFIG = """\
+# The same gate as bench_config, as a technician's TOML file for `gate-agent scan -`.
+[api]
+base_url = "http://127.0.0.1:9/v1"
+company_id = 1
+
+[store]
+dir = "{store}"
+
+[events]
+ids = [{event}]
+
+[[lanes]]
+name = "north-in"
+gate_id = 71
+direction = "in"
+max_entries = 1
+"""
 
 
 def make_codes(size: int, count: int, seed: int) -> list[str]:
@@ -353,10 +383,66 @@ def measure(store: Path, size: int, ncodes: int, seed: int) -> dict[str, Any]:
     result["journal_bytes"] = journal_bytes
     result["scan_outcomes"] = dict(statuses.most_common())
     result["scan_admit_share"] = admitted / max(1, sum(statuses.values()))
-    result["ratio_scan_p99_floor_p99"] = result["scan"]["p99_us"] / result["floor"]["p99_us"]
-    result["ratio_scan_p50_floor_p50"] = result["scan"]["p50_us"] / result["floor"]["p50_us"]
+    for q in ("p50", "p99", "p99_9"):
+        result[f"ratio_scan_{q}"] = result["scan"][f"{q}_us"] / result["floor"][f"{q}_us"]
     result["ratio_check_p50_floor_p50"] = result["check"]["p50_us"] / result["floor"]["p50_us"]
     return result
+
+
+RATIOS = ("ratio_scan_p50", "ratio_scan_p99", "ratio_scan_p99_9")
+FIGURES = (("floor", "p50_us"), ("floor", "p99_us"), ("floor", "p99_9_us"), ("check", "p50_us"),
+           ("check", "p99_us"), ("scan", "p50_us"), ("scan", "p99_us"), ("scan", "p99_9_us"))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and range of one figure over the repeats."""
+    s = sorted(values)
+    mid = len(s) // 2
+    median = s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+    return {"median": median, "min": s[0], "max": s[-1]}
+
+
+def measure_repeated(store: Path, size: int, ncodes: int, seed: int,
+                     repeats: int) -> dict[str, Any]:
+    """`measure` `repeats` times on the same cache, each with a fresh journal and floor file."""
+    runs = []
+    for r in range(repeats):
+        for old in [*store.glob("journal.db*"), *store.glob("floor.db*")]:
+            old.unlink()
+        runs.append(measure(store, size, ncodes, seed + 1000 * r))
+        last = runs[-1]
+        print(f"  repeat {r + 1}/{repeats}: scan/floor p50 {last['ratio_scan_p50']:.2f}x, "
+              f"p99 {last['ratio_scan_p99']:.2f}x, p99.9 {last['ratio_scan_p99_9']:.2f}x",
+              flush=True)
+    out: dict[str, Any] = {"repeats": runs}
+    for key in RATIOS:
+        out[key] = spread([run[key] for run in runs])
+    for op, q in FIGURES:
+        out.setdefault(op, {})[q] = spread([run[op][q] for run in runs])
+    out["open_s"] = spread([run["open_s"] for run in runs])["median"]
+    out["open_nocheck_s"] = spread([run["open_nocheck_s"] for run in runs])["median"]
+    out["scan_outcomes"] = runs[-1]["scan_outcomes"]
+    out["scan_admit_share"] = runs[-1]["scan_admit_share"]
+    return out
+
+
+# -- the CLI's own rate ----------------------------------------------------------------------
+
+
+def cli_rate(store: Path, size: int, scans: int) -> dict[str, Any]:
+    """`gate-agent scan - --json` over `scans` codes on stdin, through a real subprocess."""
+    config_path = store / "cli-config.toml"
+    config_path.write_text(CLI_CONFIG.format(store=store, event=EVENT_ID, zone=ENTRY_ZONE),
+                           encoding="utf-8")
+    codes = "\n".join(make_codes(size, scans, 777)) + "\n"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "agent", "scan", "-", "--json",
+                          "--config", str(config_path)],
+                         input=codes, capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - t0
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return {"scans": scans, "answered": len(lines), "seconds": elapsed,
+            "scans_per_s": len(lines) / elapsed if elapsed else 0.0, "exit": out.returncode}
 
 
 # -- peak RSS in a child process -------------------------------------------------------------
@@ -429,13 +515,14 @@ def report(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=140)
+    console = Console(width=160)
     sizes = results["sizes"]
     labels = [_label(int(s)) for s in sizes]
     table = Table(title=f"gate-agent core bench — {results['machine']['cpus']} CPUs, "
                         f"Python {results['machine']['python']}, "
                         f"SQLite {results['machine']['sqlite']}, "
-                        f"{results['codes']:,} codes/op/size (80% hits)")
+                        f"{results['codes']:,} codes/op/size (80% hits), "
+                        f"median (min-max) of {results['repeats']} repeats")
     table.add_column("figure")
     for label in labels:
         table.add_column(label, justify="right")
@@ -449,13 +536,26 @@ def report(results: dict[str, Any]) -> None:
     row("file size (db + wal)", lambda p: _mb(p["build"]["file_bytes"]))
     row("open (quick_check + migrate)", lambda p: f"{p['measure']['open_s'] * 1000:,.0f} ms")
     row("open without quick_check", lambda p: f"{p['measure']['open_nocheck_s'] * 1000:,.0f} ms")
+    def med(p: Any, op: str, q: str) -> str:
+        s = p["measure"][op][q]
+        return f"{s['median']:,.0f} µs ({s['min']:,.0f}-{s['max']:,.0f})"
+
     for op, what in (("floor", "floor (SELECT + INSERT/COMMIT)"), ("check", "check"),
                      ("scan", "scan")):
-        row(f"{what} p50", lambda p, op=op: f"{p['measure'][op]['p50_us']:,.0f} µs")
-        row(f"{what} p99", lambda p, op=op: f"{p['measure'][op]['p99_us']:,.0f} µs")
-    row("scan p50 / floor p50", lambda p: f"{p['measure']['ratio_scan_p50_floor_p50']:.2f}x")
-    row("scan p99 / floor p99 (target <= 2x)",
-        lambda p: f"{p['measure']['ratio_scan_p99_floor_p99']:.2f}x")
+        for q, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p99_9_us", "p99.9")):
+            if op == "check" and q == "p99_9_us":
+                continue
+            row(f"{what} {label}", lambda p, op=op, q=q: med(p, op, q))
+
+    def ratio(p: Any, key: str) -> str:
+        s = p["measure"][key]
+        return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+
+    row(f"scan/floor p50 (target <= {TARGET_P50_RATIO:g}x)",
+        lambda p: ratio(p, "ratio_scan_p50"))
+    row(f"scan/floor p99 (target <= {TARGET_P99_RATIO:g}x)",
+        lambda p: ratio(p, "ratio_scan_p99"))
+    row("scan/floor p99.9", lambda p: ratio(p, "ratio_scan_p99_9"))
     row("scans admitted", lambda p: f"{p['measure']['scan_admit_share'] * 100:.0f}%")
     console.print(table)
 
@@ -477,16 +577,27 @@ def report(results: dict[str, Any]) -> None:
             f"{rss['rss_after_open_kb'] / 1024:.1f} MB (open {rss['open_s']:.2f} s), after scans "
             f"{rss['rss_after_scans_kb'] / 1024:.1f} MB, peak {rss['maxrss_mb']:.1f} MB; "
             f"{rss['scans'] / rss['scans_s']:,.0f} scans/s")
+    cli = results.get("cli")
+    if cli:
+        console.print(
+            f"CLI `gate-agent scan - --json` ({cli['scans']:,} codes on stdin, one process): "
+            f"{cli['answered']:,} answered in {cli['seconds']:.1f} s = "
+            f"{cli['scans_per_s']:,.0f} scans/s (exit {cli['exit']})")
     console.print(f"total run time {results['run_s']:.0f} s; figures in {results['output']}")
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     biggest = max(int(s) for s in results["sizes"])
-    ratio = results["per_size"][str(biggest)]["measure"]["ratio_scan_p99_floor_p99"]
+    meas = results["per_size"][str(biggest)]["measure"]
     note = "" if biggest == 1_000_000 else f" (run at {_label(biggest)}, target is at 1M)"
-    out.append({"name": f"scan p99 <= {TARGET_RATIO:g}x floor p99 @ {_label(biggest)}{note}",
-                "measured": f"{ratio:.2f}x", "value": ratio, "pass": ratio <= TARGET_RATIO})
+    for key, label, bound in (("ratio_scan_p50", "p50", TARGET_P50_RATIO),
+                              ("ratio_scan_p99", "p99", TARGET_P99_RATIO)):
+        s = meas[key]
+        out.append({"name": f"median scan {label} <= {bound:g}x floor {label} @ "
+                            f"{_label(biggest)}{note}",
+                    "measured": f"{s['median']:.2f}x (spread {s['min']:.2f}-{s['max']:.2f})",
+                    "value": s["median"], "pass": s["median"] <= bound})
     rss = results.get("rss")
     if rss:
         out.append({"name": f"peak RSS <= {TARGET_RSS_MB:g} MB ({_label(rss['size'])} cache, "
@@ -503,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codes", type=int, default=20_000,
                         help="random codes per measured operation and size (default 20000; "
                              "the issue asks for >= 5000, more make p99 steadier)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help=f"measurements per size, each with a fresh journal "
+                             f"(default {DEFAULT_REPEATS}; the issue asks for >= 5)")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `scan - --json` rate")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the JSON figures")
@@ -514,13 +629,13 @@ def main(argv: list[str] | None = None) -> int:
         rss_child(Path(cache), Path(journal), int(size), int(scans))
         return 0
     sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
-    if args.codes < 1 or not sizes or min(sizes) < PAGE:
-        parser.error(f"--codes must be >= 1 and every size >= {PAGE}")
+    if args.codes < 1 or args.repeats < 1 or not sizes or min(sizes) < PAGE:
+        parser.error(f"--codes and --repeats must be >= 1 and every size >= {PAGE}")
     started = time.perf_counter()
     now = datetime.now(UTC)
     results: dict[str, Any] = {
         "bench": "core", "started_at": now.isoformat(), "machine": machine(),
-        "sizes": sizes, "codes": args.codes, "block": BLOCK, "page": PAGE,
+        "sizes": sizes, "codes": args.codes, "repeats": args.repeats, "block": BLOCK, "page": PAGE,
         "per_size": {},
     }
     with tempfile.TemporaryDirectory(prefix="gate-agent-bench-") as tmp:
@@ -534,14 +649,17 @@ def main(argv: list[str] | None = None) -> int:
                   "measuring ...", flush=True)
             gc.collect()
             os.sync()  # let the build's writeback finish so it does not land in the timings
-            meas = measure(store, size, args.codes, args.seed + size)
-            print(f"[{_label(size)}] floor p99 {meas['floor']['p99_us']:,.0f} µs, "
-                  f"check p99 {meas['check']['p99_us']:,.0f} µs, "
-                  f"scan p99 {meas['scan']['p99_us']:,.0f} µs", flush=True)
+            meas = measure_repeated(store, size, args.codes, args.seed + size, args.repeats)
+            print(f"[{_label(size)}] median scan/floor p50 "
+                  f"{meas['ratio_scan_p50']['median']:.2f}x, p99 "
+                  f"{meas['ratio_scan_p99']['median']:.2f}x", flush=True)
             results["per_size"][str(size)] = {"build": build, "measure": meas}
             if size == sizes[-1] and not args.no_rss:
                 print(f"[{_label(size)}] peak-RSS child: {RSS_SCANS:,} scans ...", flush=True)
                 results["rss"] = run_rss(store, size)
+            if size == sizes[-1] and not args.no_cli:
+                print(f"[{_label(size)}] `scan - --json`: {CLI_SCANS:,} codes ...", flush=True)
+                results["cli"] = cli_rate(store, size, CLI_SCANS)
             for f in store.iterdir():  # free the disk before the next, larger size
                 f.unlink()
     results["run_s"] = time.perf_counter() - started
