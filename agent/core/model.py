@@ -138,7 +138,7 @@ class Item:
     date_of_birth: str | None
     valid_from: str | None
     valid_to: str | None
-    status: str  # sold | scanned | refunded | locked (unknown values kept as sent)
+    status: str  # sold | scanned | refunded | locked; unknown values kept as sent (see _status)
     nfc_id: str | None
     scanned_on: str | None
     access_zones: tuple[int, ...] | None  # None = no zone data sent
@@ -229,6 +229,44 @@ def historic_barcodes(d: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+ADMISSIBLE_STATUSES = ("sold", "scanned")  # the spec's enum minus refunded/locked
+
+
+def _status(variable: Any) -> str:
+    """The item's status as sent. Absent (no `variable`, the `[]` quirk, no or a null `status`)
+    reads as "sold", the platform omitting it for never-scanned items; anything that is not
+    text (or a `variable` that is neither object nor list) is kept as a marker the engine
+    refuses as an unknown status, never guessed into an admissible one."""
+    if variable is None or variable == []:
+        return "sold"
+    if not isinstance(variable, dict):
+        return f"<variable: {type(variable).__name__}>"
+    raw = variable.get("status")
+    if raw is None:
+        return "sold"
+    if isinstance(raw, str):
+        return _str(raw) or raw
+    return f"<{type(raw).__name__}: {str(raw)[:40]}>"
+
+
+def _bound(value: Any) -> str | None:
+    """A validity bound: absent/null is "no bound"; a value of the wrong type is kept as an
+    unreadable marker so the engine refuses it instead of reading it as "no bound"."""
+    if value is None:
+        return None
+    return _str(value) if isinstance(value, str) else f"<{type(value).__name__}>"
+
+
+def item_platform_scans(item: Item) -> tuple[ZoneScan, ...]:
+    """The scans the platform reports for an item: `zoneData.scans`, else the `variable` scan
+    of a `scanned` item (the default Entry zone), which counts even without a `scannedOn`."""
+    if item.scans:
+        return item.scans
+    if item.status == "scanned":
+        return (ZoneScan(None, "in", item.scanned_on, None),)
+    return ()
+
+
 def parse_item(data: Any) -> Item | None:
     """Parse one `content[]` element; None when it has no usable id."""
     d = _obj(data)
@@ -266,9 +304,9 @@ def parse_item(data: Any) -> Item | None:
         order_ref=_order_ref(const.get("transactionId")),
         customer_name=_str(stable.get("customerName")),
         date_of_birth=_str(stable.get("dateOfBirth")) or _str(d.get("dateOfBirth")),
-        valid_from=_str(stable.get("validFrom")),
-        valid_to=_str(stable.get("validTo")),
-        status=_str(variable.get("status")) or "sold",
+        valid_from=_bound(stable.get("validFrom")),
+        valid_to=_bound(stable.get("validTo")),
+        status=_status(d.get("variable")),
         nfc_id=normalize_nfc_id(nfc_raw) if nfc_raw else None,
         scanned_on=_str(variable.get("scannedOn")),
         access_zones=access,

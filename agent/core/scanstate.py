@@ -4,7 +4,9 @@ Derived, never stored: the fold of this device's journaled admits and the scans 
 reported (`zoneData.scans`, or `variable` for the default zone). The same scan can be in both
 (our upload comes back on the next delta sync); it is counted once, matched by uuid, or by
 zone + direction + second when the platform gave no uuid. Pending local scans are always
-counted, so older platform state can never undo a scan this gate has made.
+counted, so older platform state can never undo a scan this gate has made. A platform scan
+whose `scannedOn` is missing or unreadable still happened: it counts, as made before every dated
+scan (first_in/last_scan stay unknown when only such scans exist).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.core.codes import parse_platform_time, parse_utc_iso, zone_info
+from agent.core.codes import EARLIEST, parse_platform_time, parse_utc_iso, zone_info
 from agent.core.model import ZoneScan
 
 
@@ -49,7 +51,7 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
                  zone_is_default: bool, timezone: str | None = None) -> ScanState:
     """Fold every known admit of one item in one zone, in time order, into a ScanState."""
     tz = zone_info(timezone)
-    events: list[tuple[datetime, str]] = []
+    events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
     for scan in own:
@@ -66,21 +68,22 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
-        moment_or_none = parse_platform_time(pscan.scanned_on, tz)
-        if moment_or_none is None:
+        moment = parse_platform_time(pscan.scanned_on, tz)
+        if moment is None:  # it happened, we cannot say when: before every dated scan
+            events.append((None, pscan.scan))
             continue
-        if (pscan.scan, int(moment_or_none.timestamp())) in seen_keys:
+        if (pscan.scan, int(moment.timestamp())) in seen_keys:
             continue
-        events.append((moment_or_none, pscan.scan))
+        events.append((moment, pscan.scan))
     if not events:
         return EMPTY
-    events.sort(key=lambda e: e[0])
+    events.sort(key=lambda e: e[0] or EARLIEST)  # stable: undated scans keep their order
     entries, inside, first_in = 0, False, None
-    for moment, direction in events:
+    for when, direction in events:
         if direction == "in":
             entries += 1
             inside = True
-            first_in = first_in or moment
+            first_in = when if entries == 1 else first_in
         else:
             inside = False
     last_moment, last_direction = events[-1]
