@@ -223,3 +223,51 @@ def test_unreadable_validity_is_refused(bound: str, value: Any) -> None:
     d = verdict(item(stable={bound: value}))
     assert (d.admit, d.detail) == (False, "outsideOfValidityPeriod")
     assert "not understood" in d.message
+
+
+# -- 4. capacity counts every admit the platform has not acknowledged ---------------------------
+
+def _refresh_floor(gate: Gate, capacity: int, at: datetime) -> None:
+    """A zone refresh at `at` reporting 120 inside (the demo's attendance)."""
+    zone = gate.cache.zone(demo_data.FLOOR_ZONE)
+    small = parse_zone({**zone.raw, "capacity": capacity}, demo_data.EVENT_ID)
+    with gate.cache.transaction():
+        gate.cache.put_zones(demo_data.EVENT_ID, [
+            small, *[z for z in gate.cache.zones(demo_data.EVENT_ID) if z.id != small.id]],
+            utc_iso(at))
+
+
+@pytest.mark.parametrize("upload, counted", [
+    (None, True),  # pending: not in the platform's attendance
+    ("quarantined", True),  # refused by the platform: not in its attendance either
+    ("sent 30 s before the refresh", True),  # within the platform's 60 s GET cache
+    ("sent after the refresh", True),
+    ("sent 2 min before the refresh", False),  # acknowledged: inside `attendance`
+])
+def test_4_admits_before_the_refresh_not_yet_acknowledged_count(
+        gate: Gate, site: DemoSite, upload: str | None, counted: bool) -> None:
+    floor = gate.config.lane("floor")
+    refreshed = site.now
+    first = gate.scan(C["floor"], floor, refreshed - timedelta(minutes=5))
+    assert first.decision.admit and first.uuid
+    assert gate.journal is not None
+    if upload == "quarantined":
+        gate.journal.quarantine(first.uuid, "422")
+    elif upload is not None:
+        when = {"sent 30 s before the refresh": refreshed - timedelta(seconds=30),
+                "sent after the refresh": refreshed + timedelta(seconds=1),
+                "sent 2 min before the refresh": refreshed - timedelta(minutes=2)}[upload]
+        gate.journal.mark_sent([first.uuid], utc_iso(when))
+    _refresh_floor(gate, 121, refreshed)  # 120 inside by the platform's count, room for one
+    d = gate.scan(C["vip"], floor, refreshed + timedelta(seconds=1)).decision
+    assert (d.admit, d.status) == ((False, "full") if counted else (True, "valid"))
+
+
+def test_4_unacknowledged_exits_free_places(gate: Gate, site: DemoSite) -> None:
+    floor = gate.config.lane("floor")
+    _refresh_floor(gate, 121, site.now - timedelta(hours=1))
+    assert gate.scan(C["floor"], floor, site.now).decision.admit
+    assert gate.scan(C["vip"], floor, site.now).decision.status == "full"
+    assert gate.scan(C["floor"], floor, site.now + timedelta(seconds=1)).decision.direction \
+        == "out"
+    assert gate.scan(C["vip"], floor, site.now + timedelta(seconds=2)).decision.admit
