@@ -61,14 +61,18 @@ def garbage_times() -> st.SearchStrategy[Time]:
 
 
 def times() -> st.SearchStrategy[Time]:
-    return st.one_of(st.just(Time(ABSENT, "absent")), st.just(Time(None, "null")),
-                     st.just(Time("", "blank")), moments(), dates(), garbage_times())
+    """Weighted towards readable values, so that most examples reach the deeper rules."""
+    return st.sampled_from(["absent", "absent", "null", "blank", "moment", "moment", "date",
+                            "garbage"]).flatmap(lambda kind: {
+        "absent": st.just(Time(ABSENT, "absent")), "null": st.just(Time(None, "null")),
+        "blank": st.just(Time("", "blank")), "moment": moments(), "date": dates(),
+        "garbage": garbage_times()}[kind])
 
 
-STATUSES = st.sampled_from(["sold", "scanned", "refunded", "locked", "cancelled", "void",
-                            "transferred", "REFUNDED", "Sold", "", " sold", ABSENT, None, 0,
-                            {}, ["sold"]])
-ZONE_IDS = st.sampled_from([70, 71, 80, None])  # 70 floor, 71 Entry (default), 80 other event
+STATUSES = st.sampled_from(["sold"] * 4 + ["scanned"] * 4 + [ABSENT, None] * 2 + [
+    "refunded", "locked", "cancelled", "void", "transferred", "REFUNDED", "Sold", "", " sold",
+    0, {}, ["sold"]])
+ZONE_IDS = st.sampled_from([70, 70, 71, 71, 80, None])  # 70 floor, 71 Entry, 80 other event
 
 
 @st.composite
@@ -87,7 +91,7 @@ def scans(draw: Any) -> dict[str, Any]:
 def items(draw: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {"id": 1, "const": {"barcode": "T1",
                                               "typeId": draw(st.sampled_from([1, 2, None]))}}
-    shape = draw(st.sampled_from(["object", "[]", "absent", "garbage"]))
+    shape = draw(st.sampled_from(["object", "object", "object", "[]", "absent", "garbage"]))
     if shape == "object":
         variable: dict[str, Any] = {}
         status = draw(STATUSES)
@@ -107,13 +111,13 @@ def items(draw: Any) -> dict[str, Any]:
         if when.sent is not ABSENT:
             stable[key] = when.sent
     raw["stable"] = stable
-    zone_data = draw(st.sampled_from(["object", "[]", "absent", "null", "garbage"]))
+    zone_data = draw(st.sampled_from(["object"] * 4 + ["[]", "absent", "null", "garbage"]))
     if zone_data == "object":
-        access = draw(st.sampled_from(["list", "empty", "absent", "null", "garbage"]))
-        zd: dict[str, Any] = {"scans": draw(st.lists(scans(), max_size=4))}
+        access = draw(st.sampled_from(["list", "list", "empty", "absent", "null", "garbage"]))
+        zd: dict[str, Any] = {"scans": draw(st.lists(scans(), max_size=3))}
         if access == "list":
             zd["accessToZones"] = [{"id": z} for z in draw(st.lists(
-                st.sampled_from([70, 71, 80, "70", None]), max_size=3))]
+                st.sampled_from([70, 70, 71, 71, 80, "70", None]), max_size=3))]
         elif access == "empty":
             zd["accessToZones"] = []
         elif access == "null":
@@ -141,16 +145,17 @@ ZONES = {
 @st.composite
 def setups(draw: Any) -> tuple[Any, ...]:
     raw = draw(items())
-    zone_key = draw(st.sampled_from([*ZONES, None]))
+    zone_key = draw(st.sampled_from(["floor", "floor", "entry", "entry", "entry-in-only",
+                                     "other", None]))
     zone = ZONES[zone_key] if zone_key else None
     pinned = zone is not None and not zone.is_default_entry
     lane = LaneConfig(
-        name="l", direction=draw(st.sampled_from(["in", "out", "auto"])),
-        max_entries=draw(st.sampled_from([0, 1, 2])), debounce_ms=0,
+        name="l", direction=draw(st.sampled_from(["in", "in", "out", "auto"])),
+        max_entries=draw(st.sampled_from([1, 1, 2, 0])), debounce_ms=0,
         zone_id=zone.id if pinned else None,
         ticket_types=draw(st.sampled_from([(), (1,)])),
         event_ids=draw(st.sampled_from([(), (EVENT,)])))
-    item_event = draw(st.sampled_from([EVENT, OTHER_EVENT]))
+    item_event = draw(st.sampled_from([EVENT, EVENT, EVENT, OTHER_EVENT]))
     tz = draw(st.sampled_from(["UTC", "Europe/Amsterdam", "America/New_York"]))
     own = tuple(OwnScan(f"own{i}", zone.id if zone else None, direction,
                         utc_iso(NOW - timedelta(minutes=ago)))
