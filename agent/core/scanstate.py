@@ -68,13 +68,13 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
-        moment = parse_platform_time(pscan.scanned_on, tz)
-        if moment is None:  # it happened, we cannot say when: before every dated scan
+        when = parse_platform_time(pscan.scanned_on, tz)
+        if when is None:  # it happened, we cannot say when: before every dated scan
             events.append((None, pscan.scan))
             continue
-        if (pscan.scan, int(moment.timestamp())) in seen_keys:
+        if (pscan.scan, int(when.timestamp())) in seen_keys:
             continue
-        events.append((moment, pscan.scan))
+        events.append((when, pscan.scan))
     if not events:
         return EMPTY
     events.sort(key=lambda e: e[0] or EARLIEST)  # stable: undated scans keep their order

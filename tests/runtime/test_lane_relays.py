@@ -15,9 +15,9 @@ from agent import demo_data
 from agent.config import LaneConfig, parse_config
 from agent.errors import ConfigError
 from agent.runtime import bindings
+from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.runtime.opening import open_cache, open_journal
-from agent.runtime.gate import Gate
 from drivers.sim import sim_relay, sim_reset
 from tests.conftest import DemoSite
 
