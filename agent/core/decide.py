@@ -25,7 +25,7 @@ understand what the platform sent it refuses and says why; it never admits on a 
  8. validFrom/validTo unreadable, or now outside them
     (+ grace; a bare date is that whole day in the
     event's time zone)                                   -> denied/outsideOfValidityPeriod
- 9. zone outside its opening/closing                     -> zoneClosed
+ 9. zone opening/closing unreadable, or now outside them -> zoneClosed
 10. in:  already inside an in/out zone                   -> alreadyIn
          entries used >= max_entries (platform scans
          without a usable time count too)                -> alreadyIn (single) / scansInExceeded
@@ -173,6 +173,9 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
     if zone is not None:
         opening = parse_platform_time(zone.opening, tz)
         closing = parse_platform_time(zone.closing, tz)
+        if _unreadable(zone.opening, opening) or _unreadable(zone.closing, closing):
+            return refuse("zoneClosed", None,
+                          f"Zone {zone.name} opening hours not understood; refused", cand)
         if (opening and now < opening) or (closing and now > closing):
             return refuse("zoneClosed", None, f"Zone {zone.name} is closed", cand)
     if tracks_exits and state.inside:

@@ -61,6 +61,15 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _bound(value: Any) -> str | None:
+    """A time bound (validity, zone opening): absent/null is "no bound"; a value of the wrong
+    type is kept as an unreadable marker so the engine refuses it instead of reading it as
+    "no bound"."""
+    if value is None:
+        return None
+    return _str(value) if isinstance(value, str) else f"<{type(value).__name__}>"
+
+
 @dataclass(frozen=True)
 class Gate:
     id: int
@@ -197,8 +206,8 @@ def parse_zone(data: Any, event_id: int) -> Zone | None:
         name=_str(d.get("name")) or f"zone {zone_id}",
         scan=_str(d.get("scan")),
         capacity=_int(d.get("capacity")),
-        opening=_str(d.get("openingDate")),
-        closing=_str(d.get("closingDate")),
+        opening=_bound(d.get("openingDate")),
+        closing=_bound(d.get("closingDate")),
         min_age=_int(d.get("minAge")),
         max_age=_int(d.get("maxAge")),
         attendance=_int(d.get("attendance")),
@@ -247,14 +256,6 @@ def _status(variable: Any) -> str:
     if isinstance(raw, str):
         return _str(raw) or raw
     return f"<{type(raw).__name__}: {str(raw)[:40]}>"
-
-
-def _bound(value: Any) -> str | None:
-    """A validity bound: absent/null is "no bound"; a value of the wrong type is kept as an
-    unreadable marker so the engine refuses it instead of reading it as "no bound"."""
-    if value is None:
-        return None
-    return _str(value) if isinstance(value, str) else f"<{type(value).__name__}>"
 
 
 def item_platform_scans(item: Item) -> tuple[ZoneScan, ...]:

@@ -271,3 +271,13 @@ def test_4_unacknowledged_exits_free_places(gate: Gate, site: DemoSite) -> None:
     assert gate.scan(C["floor"], floor, site.now + timedelta(seconds=1)).decision.direction \
         == "out"
     assert gate.scan(C["vip"], floor, site.now + timedelta(seconds=2)).decision.admit
+
+
+@pytest.mark.parametrize("key", ["openingDate", "closingDate"])
+@pytest.mark.parametrize("value", ["after lunch", 1751364000, {"at": "10:00"}])
+def test_unreadable_zone_opening_hours_close_the_zone(key: str, value: Any) -> None:
+    zone = parse_zone({"id": 70, "name": "Floor", "scan": "in&out", key: value}, EVENT)
+    d = verdict(item(), zone)
+    assert (d.admit, d.status) == (False, "zoneClosed") and "not understood" in d.message
+    out = verdict(item(), zone, own=INSIDE, direction="out")
+    assert out.admit and out.direction == "out"  # leaving still works
