@@ -123,6 +123,18 @@ class Zone:
         return self.scan != "in"
 
 
+UNREADABLE_ZONE = -1  # a platform scan whose zoneId cannot be read: it counts in every zone
+
+
+def _scan_zone(value: Any) -> int | None:
+    """A scan's zone: null is the default Entry zone (as uploads mean it); an id that cannot
+    be read is UNREADABLE_ZONE — the scan happened somewhere, so no zone may ignore it."""
+    if value is None:
+        return None
+    zone_id = _int(value)
+    return zone_id if zone_id is not None and zone_id > 0 else UNREADABLE_ZONE
+
+
 @dataclass(frozen=True)
 class ZoneScan:
     zone_id: int | None
@@ -285,7 +297,7 @@ def parse_item(data: Any) -> Item | None:
         )
     scans = tuple(
         ZoneScan(
-            zone_id=_int(_obj(s).get("zoneId")),
+            zone_id=_scan_zone(_obj(s).get("zoneId")),
             scan="out" if _obj(s).get("scan") == "out" else "in",
             scanned_on=_str(_obj(s).get("scannedOn")),
             uuid=_str(_obj(s).get("uuid")),

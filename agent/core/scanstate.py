@@ -6,7 +6,9 @@ reported (`zoneData.scans`, or `variable` for the default zone). The same scan c
 zone + direction + second when the platform gave no uuid. Pending local scans are always
 counted, so older platform state can never undo a scan this gate has made. A platform scan
 whose `scannedOn` is missing or unreadable still happened: it counts, as made before every dated
-scan (first_in/last_scan stay unknown when only such scans exist).
+scan, undated exits before undated entries (if any order leaves the ticket inside, it is inside;
+first_in/last_scan stay unknown when only such scans exist); one whose `zoneId` cannot
+be read counts in every zone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.core.codes import EARLIEST, parse_platform_time, parse_utc_iso, zone_info
-from agent.core.model import ZoneScan
+from agent.core.model import UNREADABLE_ZONE, ZoneScan
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ EMPTY = ScanState()
 
 
 def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: bool) -> bool:
-    if scan_zone == zone_id:
+    if scan_zone == zone_id or scan_zone == UNREADABLE_ZONE:
         return True
     return zone_is_default and (scan_zone is None or zone_id is None)
 
@@ -77,7 +79,9 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
         events.append((when, pscan.scan))
     if not events:
         return EMPTY
-    events.sort(key=lambda e: e[0] or EARLIEST)  # stable: undated scans keep their order
+    # Undated scans first; among them, whose order is unknown, exits before entries: the
+    # ticket is taken as inside if any order of them would leave it inside.
+    events.sort(key=lambda e: (e[0] or EARLIEST, e[0] is None and e[1] == "in"))
     entries, inside, first_in = 0, False, None
     for when, direction in events:
         if direction == "in":

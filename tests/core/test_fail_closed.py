@@ -82,6 +82,13 @@ def test_2_undated_zone_scan_counts_for_single_access(scanned_on: Any) -> None:
     assert (d.admit, d.status) == (False, "alreadyIn")
 
 
+@pytest.mark.parametrize("zone_id", ["floor", {"id": 70}, -1, 0, True])
+def test_2_scan_in_an_unreadable_zone_counts_everywhere(zone_id: Any) -> None:
+    scan = {"zoneId": zone_id, "scan": "in", "scannedOn": "2026-07-01 10:00:00"}
+    d = verdict(item(zoneData={"accessToZones": [{"id": FLOOR.id}], "scans": [scan]}))
+    assert (d.admit, d.status) == (False, "alreadyIn")
+
+
 def test_2_undated_variable_scan_counts_on_the_default_zone() -> None:
     it = item(variable={"status": "scanned", "scannedOn": "not a time"})
     lane = LaneConfig(name="l", direction="in", max_entries=1, debounce_ms=0)
@@ -97,9 +104,13 @@ def test_2_undated_scans_set_in_out_state_before_dated_ones() -> None:
         {"zoneId": FLOOR.id, "scan": "out", "scannedOn": "2026-07-01 11:00:00", "uuid": "b"}]}
     state = derive_state((), item_platform_scans(item(zoneData=zone_data)), FLOOR.id, False)
     assert (state.entries, state.inside) == (1, False)
-    zone_data["scans"][1]["scannedOn"] = "??"
+    zone_data["scans"][1]["scannedOn"] = "??"  # now neither is dated: the order is unknown
     state = derive_state((), item_platform_scans(item(zoneData=zone_data)), FLOOR.id, False)
-    assert (state.entries, state.inside, state.first_in) == (1, False, None)
+    assert (state.entries, state.inside, state.first_in) == (1, True, None)  # may be inside
+    own_exit = OwnScan("u9", FLOOR.id, "out", utc_iso(NOW - timedelta(minutes=1)))
+    state = derive_state((own_exit,), item_platform_scans(item(zoneData=zone_data)), FLOOR.id,
+                         False)
+    assert (state.entries, state.inside) == (1, False)  # a dated exit after them settles it
 
 
 def test_2_cache_keeps_and_logs_undated_platform_scans(gate: Gate, site: DemoSite,

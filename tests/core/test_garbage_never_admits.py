@@ -72,7 +72,8 @@ def times() -> st.SearchStrategy[Time]:
 STATUSES = st.sampled_from(["sold"] * 4 + ["scanned"] * 4 + [ABSENT, None] * 2 + [
     "refunded", "locked", "cancelled", "void", "transferred", "REFUNDED", "Sold", "", " sold",
     0, {}, ["sold"]])
-ZONE_IDS = st.sampled_from([70, 70, 71, 71, 80, None])  # 70 floor, 71 Entry, 80 other event
+# 70 floor, 71 Entry, 80 other event's; then ids that cannot be read
+ZONE_IDS = st.sampled_from([70, 70, 71, 71, 80, None, "70", "floor", {"id": 70}, -3])
 
 
 @st.composite
@@ -211,14 +212,22 @@ def _status_ok(raw: dict[str, Any]) -> bool:
     return variable.get("status") in (None, "sold", "scanned")
 
 
+def _scan_zone(value: Any) -> int | str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else "unreadable"
+
+
 def _platform_scans(raw: dict[str, Any], zone_id: int | None, default: bool) -> list[str]:
     """Directions of every scan the platform reports in this zone, dated or not."""
     zd = raw.get("zoneData")
     listed = zd.get("scans") if isinstance(zd, dict) else None
     if listed:
         return ["out" if s.get("scan") == "out" else "in" for s in listed
-                if s.get("zoneId") == zone_id or (default and (s.get("zoneId") is None
-                                                               or zone_id is None))]
+                if _scan_zone(s.get("zoneId")) in (zone_id, "unreadable")
+                or (default and (s.get("zoneId") is None or zone_id is None))]
     variable = raw.get("variable")
     if isinstance(variable, dict) and variable.get("status") == "scanned" and default:
         return ["in"]
