@@ -129,6 +129,8 @@ LANE_OPTIONS: dict[str, Option] = {
     "max_entries": Option(int, 1, _between(0, 1_000_000)),
     "readers": Option(list, [], _str_list),
     "relay": Option(str, ""),
+    "relay_out": Option(str, ""),
+    "relay_both_directions": Option(bool, False),
     "relay_pulse_ms": Option(int, 800, _between(10, 60_000)),
     "debounce_ms": Option(int, 2000, _between(0, 600_000)),
     "ticket_types": Option(list, [], _int_list),
@@ -150,7 +152,9 @@ class LaneConfig:
     direction: str = "in"
     max_entries: int = 1
     readers: tuple[str, ...] = ()
-    relay: str = ""
+    relay: str = ""  # releases the entry direction
+    relay_out: str = ""  # releases the exit direction
+    relay_both_directions: bool = False  # `relay` is direction-neutral (opt-in; see below)
     relay_pulse_ms: int = 800
     debounce_ms: int = 2000
     ticket_types: tuple[int, ...] = ()
@@ -242,7 +246,40 @@ def lane_from_dict(path: str, prefix: str, table: Any) -> LaneConfig:
     values = _read_table(path, prefix, table, LANE_OPTIONS)
     for key in ("event_ids", "readers", "ticket_types", "exclude_ticket_types"):
         values[key] = tuple(values[key])
-    return LaneConfig(**values)
+    lane = LaneConfig(**values)
+    check_lane_outputs(lane, path, prefix)
+    return lane
+
+
+def output_for(lane: LaneConfig, direction: str) -> str:
+    """The output that releases `direction` ("in" | "out") on this lane, "" for none.
+
+    One output per direction: `relay` lets people in, `relay_out` lets them out. The entry
+    relay serves an exit only when the lane declares it direction-neutral."""
+    if direction == "out":
+        return lane.relay_out or (lane.relay if lane.relay_both_directions else "")
+    return lane.relay
+
+
+def check_lane_outputs(lane: LaneConfig, path: str, prefix: str) -> None:
+    """A lane that lets people out must not do it through the entry relay by accident: a
+    ticket handed back over the barrier after an exit would walk the next person in."""
+    if lane.relay_both_directions and lane.relay_out:
+        raise ConfigError("cannot be true together with relay_out (one relay per direction "
+                          "already)", path=path, key=f"{prefix}.relay_both_directions")
+    if lane.relay_both_directions and not lane.relay:
+        raise ConfigError("is true but the lane has no relay", path=path,
+                          key=f"{prefix}.relay_both_directions")
+    if lane.relay_out and lane.direction == "in":
+        raise ConfigError('is set on a lane with direction = "in", which never lets anyone out',
+                          path=path, key=f"{prefix}.relay_out")
+    if lane.direction in ("out", "auto") and lane.relay and not lane.relay_out \
+            and not lane.relay_both_directions:
+        raise ConfigError(
+            f'lane {lane.name!r} (direction = "{lane.direction}") has only an entry relay: set '
+            "relay_out to the exit release, or relay_both_directions = true if the one relay "
+            "is direction-neutral (then a ticket passed back after an exit can let someone in)",
+            path=path, key=f"{prefix}.relay_out")
 
 
 def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:

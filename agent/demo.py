@@ -54,6 +54,13 @@ SCRIPT = [
 ]
 
 
+def _relays(name: str, direction: str, log: Path) -> str:
+    """One release per direction: the entry relay, the exit relay, or both on an auto lane."""
+    entry = f'relay = "sim:{name}?log={log}"\n'
+    exit_ = f'relay_out = "sim:{name}-out?log={log}"\n'
+    return {"in": entry, "out": exit_, "auto": entry + exit_}[direction]
+
+
 def _config(root: Path, url: str, company: int, token_file: Path) -> Path:
     lanes = []
     for name in LANES:
@@ -64,7 +71,7 @@ def _config(root: Path, url: str, company: int, token_file: Path) -> Path:
             f'event_ids = [{demo_data.EVENT_ID}]\n'
             f'direction = "{direction}"\nmax_entries = {0 if name == "floor" else 1}\n'
             f'readers = ["sim:{name}?socket={root / (name + ".sock")}"]\n'
-            f'relay = "sim:{name}?log={root / "relays.jsonl"}"\ndebounce_ms = 300\n')
+            f'{_relays(name, direction, root / "relays.jsonl")}debounce_ms = 300\n')
     text = (
         f'[api]\nbase_url = "{url}"\ncompany_id = {company}\ntoken_file = "{token_file}"\n'
         f'device_name = "demo-gate"\n\n[store]\ndir = "{root / "state"}"\n\n'

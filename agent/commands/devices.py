@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import Config, load_config
+from agent.config import Config, check_lane_outputs, load_config
 from agent.errors import ConfigError, DriverUnavailable
 from agent.runtime import bindings
 
@@ -47,7 +47,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pair", parents=[common], help="bind a device to a lane")
     p.add_argument("lane")
     p.add_argument("url")
-    p.add_argument("--role", choices=("reader", "relay"), help="default: from the URL scheme")
+    p.add_argument("--role", choices=("reader", "relay", "relay_out"),
+                   help="default: from the URL scheme (relay_out: the exit release)")
     p.add_argument("--no-validate", action="store_true", help="do not open the device first")
     p.set_defaults(func=cmd_pair)
 
@@ -119,7 +120,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _validate(url: str, role: str) -> None:
     from drivers import open_output, open_reader
 
-    if role == "relay":
+    if role in bindings.OUTPUT_ROLES:
         open_output(url).close()
     else:
         open_reader(url).probe()
@@ -136,6 +137,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
             print(f"gate-agent: error: {exc} (pair with --no-validate to skip this check)",
                   file=sys.stderr)
             return EXIT_UNAVAILABLE
+    if role in bindings.OUTPUT_ROLES:  # refused before it is saved, naming the key
+        check_lane_outputs(bindings.merge_lane(lane, {role: args.url}), config.path,
+                           f"lanes.{lane.name}")
     bindings.pair(config.store_dir, lane.name, args.url, role)
     print(f"paired {args.url} to lane {lane.name} as {role} "
           f"({bindings.bindings_path(config.store_dir)})")
@@ -165,6 +169,9 @@ def _lane_rows(config: Config) -> list[dict[str, Any]]:
             "relay": ({"url": lane.relay,
                        "source": "paired" if mine.get("relay") == lane.relay else "config"}
                       if lane.relay else None),
+            "relay_out": ({"url": lane.relay_out, "source": "paired"
+                           if mine.get("relay_out") == lane.relay_out else "config"}
+                          if lane.relay_out else None),
         })
     return rows
 
@@ -181,11 +188,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     for col in ("lane", "role", "URL", "source"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        if not row["readers"] and not row["relay"]:
+        if not row["readers"] and not row["relay"] and not row["relay_out"]:
             table.add_row(row["lane"], "-", "no devices (devices pair LANE URL)", "")
         for reader in row["readers"]:
             table.add_row(row["lane"], "reader", reader["url"], reader["source"])
-        if row["relay"]:
-            table.add_row(row["lane"], "relay", row["relay"]["url"], row["relay"]["source"])
+        for role in bindings.OUTPUT_ROLES:
+            if row[role]:
+                table.add_row(row["lane"], role, row[role]["url"], row[role]["source"])
     Console().print(table)
     return EXIT_OK

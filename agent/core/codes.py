@@ -69,11 +69,13 @@ def zone_info(name: str | None) -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
-def parse_platform_time(value: object, tz: ZoneInfo | None = None) -> datetime | None:
+def parse_platform_time(value: object, tz: ZoneInfo | None = None, *,
+                        end_of_day: bool = False) -> datetime | None:
     """Parse a platform date-time into an aware UTC datetime, or None when absent or unparsable.
 
     The docs show both `YYYY-MM-DD HH:MM:SS` (no zone: taken in the event's zone `tz`) and
-    ISO 8601 with microseconds and `Z`. A bare date means the start of that day.
+    ISO 8601 with microseconds and `Z`. A bare date (`YYYY-MM-DD`) is a whole day in `tz`: its
+    first instant, or with `end_of_day` its last (so a `validTo` of a date covers that day).
     """
     if not isinstance(value, str) or not value.strip():
         return None
@@ -84,6 +86,11 @@ def parse_platform_time(value: object, tz: ZoneInfo | None = None) -> datetime |
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
+    if end_of_day and "T" not in text.upper():  # no time part: a bare date
+        try:
+            moment = moment + timedelta(days=1) - timedelta(microseconds=1)
+        except OverflowError:  # 9999-12-31
+            return LATEST
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz or UTC)
     try:

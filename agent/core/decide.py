@@ -2,26 +2,39 @@
 
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
-unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, notYetValid/noLongerValid are
-*messages*, not details (the platform's detail is outsideOfValidityPeriod for both).
+unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus.
+notYetValid/noLongerValid are *messages*, not details (the platform's detail is
+outsideOfValidityPeriod for both).
 
-Rules, in the order they are applied (the first that refuses wins):
+Rules, in the order they are applied (the first that refuses wins). Where the engine does not
+understand what the platform sent it refuses and says why; it never admits on a guess.
  1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
  2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode)
- 3. item of no event this lane serves                    -> denied/wrongEvent
- 4. status refunded / locked                             -> denied/refunded, denied/orderLocked
- 5. product on a lane without products, type filtered    -> denied/typeDisabled
- 6. zone not in the item's accessToZones                 -> denied/itemDoesNotQualify
- 7. now outside validFrom/validTo (+ grace)              -> denied/outsideOfValidityPeriod
- 8. zone outside its opening/closing                     -> zoneClosed
- 9. direction (auto: out when inside, else in)
-    in:  already inside an in/out zone                   -> alreadyIn
-         entries used >= max_entries                     -> alreadyIn (single) / scansInExceeded
-         occupancy >= capacity                           -> full
+ 3. item of no event this lane serves, or the lane's zone
+    belongs to another event (a pinned zone not in the
+    cache: the item's zone data or the lane's event_ids
+    must name it)                                        -> denied/wrongEvent
+ 4. direction (auto: out when inside an in/out zone, else in)
+    out: inside                                          -> valid, exit recorded; no rule below
+         applies: leaving is never refused for status, type, zone, validity or closing
+         not inside (never seen in, or already out)      -> alreadyOut, recorded, gate shut
+ 5. status refunded / locked                             -> denied/refunded, denied/orderLocked
+    any status but sold / scanned / absent               -> denied/unknownStatus (names it)
+ 6. product on a lane without products, type filtered    -> denied/typeDisabled
+ 7. zone not in the item's accessToZones                 -> denied/itemDoesNotQualify
+ 8. validFrom/validTo unreadable, or now outside them
+    (+ grace; a bare date is that whole day in the
+    event's time zone)                                   -> denied/outsideOfValidityPeriod
+ 9. zone opening/closing unreadable, or now outside them -> zoneClosed
+10. in:  already inside an in/out zone                   -> alreadyIn
+         entries used >= max_entries (platform scans
+         without a usable time count too)                -> alreadyIn (single) / scansInExceeded
+         occupancy >= capacity (attendance at the last
+         zone refresh + this device's unacknowledged
+         admits minus exits, see agent.runtime.gate)     -> full
          minAge/maxAge without a date of birth           -> ageUnknown (or admitted, per lane)
          too young / too old                             -> tooYoung / tooOld
-    out: not inside                                      -> alreadyOut
-10. otherwise                                            -> valid, admitted
+11. otherwise                                            -> valid, admitted
 """
 
 from __future__ import annotations
@@ -32,13 +45,14 @@ from typing import Any
 
 from agent.config import LaneConfig
 from agent.core.codes import age_on, parse_platform_time, zone_info
-from agent.core.model import Event, Item, Zone
+from agent.core.model import ADMISSIBLE_STATUSES, Event, Item, Zone
 from agent.core.scanstate import EMPTY, ScanState
 
 STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnknown",
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
-           "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead")
+           "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
+           "unknownStatus")
 
 
 @dataclass(frozen=True)
@@ -112,16 +126,30 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
         return refuse("denied", "unknownCode", "Unknown code: not a ticket for this event")
     served = [c for c in facts.candidates
               if facts.served_events is None or c.event_id in facts.served_events
-              if not lane.event_ids or c.event_id in lane.event_ids]
+              if not lane.event_ids or c.event_id in lane.event_ids
+              if _zone_of_event(c, lane)]
     if not served:
         return refuse("denied", "wrongEvent", "Ticket is for another event", facts.candidates[0])
     cand = _pick(served, now)
     item = cand.item
     tz = zone_info(cand.event.timezone if cand.event else None)
+    zone = cand.zone
+    tracks_exits = zone.tracks_exits if zone is not None else True
+    state = cand.state
+    applied = _plain(wanted)
+    if wanted == "auto":
+        applied = "out" if (tracks_exits and state.inside) else "in"
+    if applied == "out":  # leaving is never refused for validity reasons
+        if not state.inside:
+            return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
+        return _decision(True, "valid", None, "out", "Goodbye", base, cand, True)
     if item.status == "refunded":
         return refuse("denied", "refunded", "Ticket was refunded", cand)
     if item.status == "locked":
         return refuse("denied", "orderLocked", "Order is being changed; try again shortly", cand)
+    if item.status not in ADMISSIBLE_STATUSES:
+        return refuse("denied", "unknownStatus",
+                      f"Ticket status {item.status!r} not understood; refused", cand)
     if item.item_type == "product" and not lane.include_products:
         return refuse("denied", "typeDisabled", "Products are not accepted at this lane", cand)
     if (lane.ticket_types and item.type_id not in lane.ticket_types) or (
@@ -132,28 +160,24 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
         return refuse("denied", "itemDoesNotQualify", "Ticket gives no access to this zone", cand)
     grace = timedelta(minutes=lane.grace_minutes)
     valid_from = parse_platform_time(item.valid_from, tz)
-    valid_to = parse_platform_time(item.valid_to, tz)
+    valid_to = parse_platform_time(item.valid_to, tz, end_of_day=True)
+    if _unreadable(item.valid_from, valid_from) or _unreadable(item.valid_to, valid_to):
+        return refuse("denied", "outsideOfValidityPeriod",
+                      "Validity period not understood; refused", cand)
     if valid_from and now < valid_from - grace:
         return refuse("denied", "outsideOfValidityPeriod",
                       f"Not yet valid (from {_local(valid_from, tz)})", cand)
     if valid_to and now > valid_to + grace:
         return refuse("denied", "outsideOfValidityPeriod",
                       f"No longer valid (until {_local(valid_to, tz)})", cand)
-    zone = cand.zone
     if zone is not None:
         opening = parse_platform_time(zone.opening, tz)
         closing = parse_platform_time(zone.closing, tz)
+        if _unreadable(zone.opening, opening) or _unreadable(zone.closing, closing):
+            return refuse("zoneClosed", None,
+                          f"Zone {zone.name} opening hours not understood; refused", cand)
         if (opening and now < opening) or (closing and now > closing):
             return refuse("zoneClosed", None, f"Zone {zone.name} is closed", cand)
-    tracks_exits = zone.tracks_exits if zone is not None else True
-    state = cand.state
-    applied = _plain(wanted)
-    if wanted == "auto":
-        applied = "out" if (tracks_exits and state.inside) else "in"
-    if applied == "out":
-        if not state.inside:
-            return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
-        return _decision(True, "valid", None, "out", "Goodbye", base, cand, True)
     if tracks_exits and state.inside:
         since = f" since {_local(state.last_scan, tz)}" if state.last_scan else ""
         return refuse("alreadyIn", None, f"Already inside{since}", cand, applied)
@@ -204,6 +228,23 @@ def _pick(cands: list[Candidate], now: datetime) -> Candidate:
         if (start is None or start <= now) and (end is None or now <= end):
             return cand
     return cands[0]
+
+
+def _zone_of_event(cand: Candidate, lane: LaneConfig) -> bool:
+    """A zone belongs to one event: an item may use the lane's zone only if it is of that
+    event. A pinned zone not (yet) in the cache proves nothing: then the item's own zone data
+    must list it, or the lane must name the item's event in `event_ids`."""
+    if cand.zone is not None:
+        return cand.zone.event_id == cand.event_id
+    if lane.zone_id is None:
+        return True
+    return (cand.item.access_zones is not None and lane.zone_id in cand.item.access_zones) \
+        or cand.event_id in lane.event_ids
+
+
+def _unreadable(raw: str | None, parsed: datetime | None) -> bool:
+    """A validity bound that was sent but cannot be read: not "no bound", a refusal."""
+    return parsed is None and raw is not None and bool(raw.strip())
 
 
 def _zone_access(item: Item, cand: Candidate) -> bool:

@@ -61,6 +61,15 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _bound(value: Any) -> str | None:
+    """A time bound (validity, zone opening): absent/null is "no bound"; a value of the wrong
+    type is kept as an unreadable marker so the engine refuses it instead of reading it as
+    "no bound"."""
+    if value is None:
+        return None
+    return _str(value) if isinstance(value, str) else f"<{type(value).__name__}>"
+
+
 @dataclass(frozen=True)
 class Gate:
     id: int
@@ -114,6 +123,18 @@ class Zone:
         return self.scan != "in"
 
 
+UNREADABLE_ZONE = -1  # a platform scan whose zoneId cannot be read: it counts in every zone
+
+
+def _scan_zone(value: Any) -> int | None:
+    """A scan's zone: null is the default Entry zone (as uploads mean it); an id that cannot
+    be read is UNREADABLE_ZONE — the scan happened somewhere, so no zone may ignore it."""
+    if value is None:
+        return None
+    zone_id = _int(value)
+    return zone_id if zone_id is not None and zone_id > 0 else UNREADABLE_ZONE
+
+
 @dataclass(frozen=True)
 class ZoneScan:
     zone_id: int | None
@@ -138,7 +159,7 @@ class Item:
     date_of_birth: str | None
     valid_from: str | None
     valid_to: str | None
-    status: str  # sold | scanned | refunded | locked (unknown values kept as sent)
+    status: str  # sold | scanned | refunded | locked; unknown values kept as sent (see _status)
     nfc_id: str | None
     scanned_on: str | None
     access_zones: tuple[int, ...] | None  # None = no zone data sent
@@ -197,8 +218,8 @@ def parse_zone(data: Any, event_id: int) -> Zone | None:
         name=_str(d.get("name")) or f"zone {zone_id}",
         scan=_str(d.get("scan")),
         capacity=_int(d.get("capacity")),
-        opening=_str(d.get("openingDate")),
-        closing=_str(d.get("closingDate")),
+        opening=_bound(d.get("openingDate")),
+        closing=_bound(d.get("closingDate")),
         min_age=_int(d.get("minAge")),
         max_age=_int(d.get("maxAge")),
         attendance=_int(d.get("attendance")),
@@ -229,6 +250,36 @@ def historic_barcodes(d: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+ADMISSIBLE_STATUSES = ("sold", "scanned")  # the spec's enum minus refunded/locked
+
+
+def _status(variable: Any) -> str:
+    """The item's status as sent. Absent (no `variable`, the `[]` quirk, no or a null `status`)
+    reads as "sold", the platform omitting it for never-scanned items; anything that is not
+    text (or a `variable` that is neither object nor list) is kept as a marker the engine
+    refuses as an unknown status, never guessed into an admissible one."""
+    if variable is None or variable == []:
+        return "sold"
+    if not isinstance(variable, dict):
+        return f"<variable: {type(variable).__name__}>"
+    raw = variable.get("status")
+    if raw is None:
+        return "sold"
+    if isinstance(raw, str):
+        return _str(raw) or raw
+    return f"<{type(raw).__name__}: {str(raw)[:40]}>"
+
+
+def item_platform_scans(item: Item) -> tuple[ZoneScan, ...]:
+    """The scans the platform reports for an item: `zoneData.scans`, else the `variable` scan
+    of a `scanned` item (the default Entry zone), which counts even without a `scannedOn`."""
+    if item.scans:
+        return item.scans
+    if item.status == "scanned":
+        return (ZoneScan(None, "in", item.scanned_on, None),)
+    return ()
+
+
 def parse_item(data: Any) -> Item | None:
     """Parse one `content[]` element; None when it has no usable id."""
     d = _obj(data)
@@ -246,7 +297,7 @@ def parse_item(data: Any) -> Item | None:
         )
     scans = tuple(
         ZoneScan(
-            zone_id=_int(_obj(s).get("zoneId")),
+            zone_id=_scan_zone(_obj(s).get("zoneId")),
             scan="out" if _obj(s).get("scan") == "out" else "in",
             scanned_on=_str(_obj(s).get("scannedOn")),
             uuid=_str(_obj(s).get("uuid")),
@@ -266,9 +317,9 @@ def parse_item(data: Any) -> Item | None:
         order_ref=_order_ref(const.get("transactionId")),
         customer_name=_str(stable.get("customerName")),
         date_of_birth=_str(stable.get("dateOfBirth")) or _str(d.get("dateOfBirth")),
-        valid_from=_str(stable.get("validFrom")),
-        valid_to=_str(stable.get("validTo")),
-        status=_str(variable.get("status")) or "sold",
+        valid_from=_bound(stable.get("validFrom")),
+        valid_to=_bound(stable.get("validTo")),
+        status=_status(d.get("variable")),
         nfc_id=normalize_nfc_id(nfc_raw) if nfc_raw else None,
         scanned_on=_str(variable.get("scannedOn")),
         access_zones=access,

@@ -4,7 +4,11 @@ Derived, never stored: the fold of this device's journaled admits and the scans 
 reported (`zoneData.scans`, or `variable` for the default zone). The same scan can be in both
 (our upload comes back on the next delta sync); it is counted once, matched by uuid, or by
 zone + direction + second when the platform gave no uuid. Pending local scans are always
-counted, so older platform state can never undo a scan this gate has made.
+counted, so older platform state can never undo a scan this gate has made. A platform scan
+whose `scannedOn` is missing or unreadable still happened: it counts, as made before every dated
+scan, undated exits before undated entries (if any order leaves the ticket inside, it is inside;
+first_in/last_scan stay unknown when only such scans exist); one whose `zoneId` cannot
+be read counts in every zone.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.core.codes import parse_platform_time, parse_utc_iso, zone_info
-from agent.core.model import ZoneScan
+from agent.core.codes import EARLIEST, parse_platform_time, parse_utc_iso, zone_info
+from agent.core.model import UNREADABLE_ZONE, ZoneScan
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ EMPTY = ScanState()
 
 
 def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: bool) -> bool:
-    if scan_zone == zone_id:
+    if scan_zone == zone_id or scan_zone == UNREADABLE_ZONE:
         return True
     return zone_is_default and (scan_zone is None or zone_id is None)
 
@@ -49,7 +53,7 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
                  zone_is_default: bool, timezone: str | None = None) -> ScanState:
     """Fold every known admit of one item in one zone, in time order, into a ScanState."""
     tz = zone_info(timezone)
-    events: list[tuple[datetime, str]] = []
+    events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
     for scan in own:
@@ -66,21 +70,24 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
-        moment_or_none = parse_platform_time(pscan.scanned_on, tz)
-        if moment_or_none is None:
+        when = parse_platform_time(pscan.scanned_on, tz)
+        if when is None:  # it happened, we cannot say when: before every dated scan
+            events.append((None, pscan.scan))
             continue
-        if (pscan.scan, int(moment_or_none.timestamp())) in seen_keys:
+        if (pscan.scan, int(when.timestamp())) in seen_keys:
             continue
-        events.append((moment_or_none, pscan.scan))
+        events.append((when, pscan.scan))
     if not events:
         return EMPTY
-    events.sort(key=lambda e: e[0])
+    # Undated scans first; among them, whose order is unknown, exits before entries: the
+    # ticket is taken as inside if any order of them would leave it inside.
+    events.sort(key=lambda e: (e[0] or EARLIEST, e[0] is None and e[1] == "in"))
     entries, inside, first_in = 0, False, None
-    for moment, direction in events:
+    for when, direction in events:
         if direction == "in":
             entries += 1
             inside = True
-            first_in = first_in or moment
+            first_in = when if entries == 1 else first_in
         else:
             inside = False
     last_moment, last_direction = events[-1]

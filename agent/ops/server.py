@@ -2,7 +2,8 @@
 
 A starlette app served by uvicorn inside the daemon's event loop. It listens on loopback by
 default; on any other address `[status] token` is required (the daemon refuses to start
-without it) and every request must carry `Authorization: Bearer <token>`, else 401.
+without it) and every request must carry `Authorization: Bearer <token>`, else 401. Scanned
+codes in `/status` are masked unless the request is authenticated (agent.ops.redact).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.errors import ConfigError
+from agent.ops.redact import masked_report
 
 
 def is_loopback(host: str) -> bool:
@@ -41,11 +43,12 @@ def split_listen(listen: str, token: str) -> tuple[str, int]:
 
 def build_app(report: Callable[[], dict[str, Any]], metrics: Callable[[], bytes],
               token: str = "") -> Starlette:
-    def authorised(request: Request) -> bool:
-        if not token:
-            return True
+    def authenticated(request: Request) -> bool:
         given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def authorised(request: Request) -> bool:
+        return not token or authenticated(request)
 
     def guard(handler: Callable[[Request], Response]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
@@ -55,8 +58,9 @@ def build_app(report: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]
             return handler(request)
         return endpoint
 
-    def status(_: Request) -> Response:
-        return Response(json.dumps(report(), default=str, indent=1),
+    def status(request: Request) -> Response:
+        snap = report() if authenticated(request) else masked_report(report())
+        return Response(json.dumps(snap, default=str, indent=1),
                         media_type="application/json")
 
     def healthz(_: Request) -> Response:

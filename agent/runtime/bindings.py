@@ -9,7 +9,8 @@ pairs it without editing TOML. Pairings live in `<store.dir>/devices.json`::
 written atomically (temp file, fsync, rename, fsync of the directory; mode 0600) so a power
 cut leaves the old or the new file, never half of one. `effective_lanes(config)` is what the
 daemon uses: config readers plus paired readers (duplicates dropped, config order first), and
-the paired relay instead of the configured one when there is one.
+the paired relay / relay_out instead of the configured one when there is one; the merged lane
+must pass the same one-release-per-direction check as the config file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, LaneConfig
+from agent.config import Config, LaneConfig, check_lane_outputs
 from agent.errors import ConfigError
 from agent.files import write_private
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 FILENAME = "devices.json"
 VERSION = 1
 
-LaneBinding = dict[str, Any]  # {"readers": list[str], "relay": str | None}
+LaneBinding = dict[str, Any]  # {"readers": list[str], "relay": str | None, "relay_out": ...}
+OUTPUT_ROLES = ("relay", "relay_out")  # the entry and the exit release
 
 
 def bindings_path(store_dir: Path) -> Path:
@@ -53,12 +55,15 @@ def load_bindings(store_dir: Path) -> dict[str, LaneBinding]:
         if not isinstance(entry, dict):
             raise ConfigError("must be an object", path=str(path), key=f"lanes.{lane}")
         readers = entry.get("readers", [])
-        relay = entry.get("relay")
         if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
             raise ConfigError("must be a list of URLs", path=str(path), key=f"lanes.{lane}.readers")
-        if relay is not None and not isinstance(relay, str):
-            raise ConfigError("must be a URL or null", path=str(path), key=f"lanes.{lane}.relay")
-        out[lane] = {"readers": list(readers), "relay": relay or None}
+        out[lane] = {"readers": list(readers)}
+        for role in OUTPUT_ROLES:
+            url = entry.get(role)
+            if url is not None and not isinstance(url, str):
+                raise ConfigError("must be a URL or null", path=str(path),
+                                  key=f"lanes.{lane}.{role}")
+            out[lane][role] = url or None
     return out
 
 
@@ -67,25 +72,27 @@ def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
     path = bindings_path(store_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     lanes = {
-        lane: {"readers": list(b.get("readers", [])), "relay": b.get("relay")}
+        lane: {"readers": list(b.get("readers", [])),
+               **{role: b.get(role) for role in OUTPUT_ROLES if b.get(role) or role == "relay"}}
         for lane, b in sorted(bindings.items())
-        if b.get("readers") or b.get("relay")
+        if b.get("readers") or any(b.get(role) for role in OUTPUT_ROLES)
     }
     text = json.dumps({"version": VERSION, "lanes": lanes}, indent=2, sort_keys=True) + "\n"
     return write_private(path, text)
 
 
 def pair(store_dir: Path, lane: str, url: str, role: str) -> dict[str, LaneBinding]:
-    """Add `url` to `lane` as a reader (appended once) or as its relay (replacing one)."""
-    if role not in ("reader", "relay"):
-        raise ValueError(f"role must be reader or relay, not {role!r}")
+    """Add `url` to `lane` as a reader (appended once) or as its relay / relay_out (replacing
+    one)."""
+    if role not in ("reader", *OUTPUT_ROLES):
+        raise ValueError(f"role must be reader, relay or relay_out, not {role!r}")
     bindings = load_bindings(store_dir)
     entry = bindings.setdefault(lane, {"readers": [], "relay": None})
     if role == "reader":
         if url not in entry["readers"]:
             entry["readers"].append(url)
     else:
-        entry["relay"] = url
+        entry[role] = url
     save_bindings(store_dir, bindings)
     return bindings
 
@@ -100,9 +107,10 @@ def unpair(store_dir: Path, lane: str, url: str) -> bool:
     if url in entry["readers"]:
         entry["readers"].remove(url)
         found = True
-    if entry.get("relay") == url:
-        entry["relay"] = None
-        found = True
+    for role in OUTPUT_ROLES:
+        if entry.get(role) == url:
+            entry[role] = None
+            found = True
     if found:
         save_bindings(store_dir, bindings)
     return found
@@ -114,7 +122,8 @@ def merge_lane(lane: LaneConfig, binding: LaneBinding | None) -> LaneConfig:
         return lane
     readers = tuple(dict.fromkeys([*lane.readers, *binding.get("readers", [])]))
     relay = binding.get("relay") or lane.relay
-    return dataclasses.replace(lane, readers=readers, relay=relay)
+    relay_out = binding.get("relay_out") or lane.relay_out
+    return dataclasses.replace(lane, readers=readers, relay=relay, relay_out=relay_out)
 
 
 def effective_lanes(config: Config) -> tuple[LaneConfig, ...]:
@@ -127,4 +136,7 @@ def effective_lanes(config: Config) -> tuple[LaneConfig, ...]:
     names = {lane.name for lane in config.lanes}
     for stale in sorted(set(bindings) - names):
         log.warning("devices.json pairs devices to lane %r, which is not configured; ignored", stale)
-    return tuple(merge_lane(lane, bindings.get(lane.name)) for lane in config.lanes)
+    lanes = tuple(merge_lane(lane, bindings.get(lane.name)) for lane in config.lanes)
+    for lane in lanes:  # a paired relay must not turn an exit into an entry either
+        check_lane_outputs(lane, str(bindings_path(config.store_dir)), f"lanes.{lane.name}")
+    return lanes

@@ -9,8 +9,9 @@ kept as it is and the gate refuses every scan), then the cache (a damaged cache 
 the gate starts degraded on an empty cache and a full resync is scheduled at once; an interrupted
 rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
 READY. SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGHUP:
-lane configuration is re-read; lanes whose settings changed are restarted after finishing their
-queued scans, the others keep running.
+the configuration is re-read; lanes whose settings changed are restarted after finishing their
+queued scans, the others keep running with the fresh settings; a change that needs a restart
+refuses the whole reload, naming the key (agent.runtime.reload).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
+from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
@@ -343,36 +345,57 @@ class Daemon:
     # -- signals --------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config's lanes (and device pairings); restart changed lanes."""
+        """SIGHUP: every setting in force everywhere, or the reload refused naming the key
+        (agent.runtime.reload). Changed lanes finish their queued scans and restart; the
+        others keep running with the fresh event list and fail_closed."""
         try:
             fresh = load_config(self.config.path)
+            wanted = effective_lanes(fresh)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self._reload_token(fresh)
-        wanted = {lane.name: lane for lane in effective_lanes(fresh)}
-        for name in list(self.lanes):
-            if name not in wanted or wanted[name] != self.lanes[name].lane:
-                runner = self.lanes.pop(name)
-                runner.stop()
-                runner.gate.close()
-                log.info("lane %s stopped for reload", name)
-        self.config = fresh
-        self.start_lanes(tuple(lane for name, lane in wanted.items() if name not in self.lanes))
-        log.info("configuration reloaded: %d lane(s)", len(self.lanes))
-
-    def _reload_token(self, fresh: Config) -> None:
-        """A renewed token (the fix the auth_failed reason asks for) is taken without a
-        restart; a missing or unreadable one keeps the running token and says so."""
-        if self.client is None:
+        plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
+                           wanted)
+        if plan.refused:
+            log.error("%s", plan.refused)
             return
+        if not self._reload_token(fresh, plan.changed):
+            return
+        for name in plan.stop_lanes:
+            runner = self.lanes.pop(name)
+            runner.stop()
+            runner.gate.close()
+            log.info("lane %s stopped for reload", name)
+        self.config = fresh
+        for runner in self.lanes.values():  # unchanged lanes: the fresh settings too
+            with runner.lock:
+                runner.gate.config = fresh
+        if self.syncer is not None:
+            self.syncer.config = fresh
+        self.start_lanes(plan.start_lanes)
+        log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
+                 ", ".join(plan.changed) or "nothing")
+
+    def _reload_token(self, fresh: Config, changed: tuple[str, ...]) -> bool:
+        """A renewed token (the fix the auth_failed reason asks for) is taken without a
+        restart; a missing or unreadable one keeps the running token and says so — unless
+        the reload itself names a new token source, which must work or the reload is refused.
+        Returns False when the reload is refused."""
+        if self.client is None:
+            return True
         try:
             token = load_token(fresh.api, config_path=fresh.path)
         except ConfigError as exc:
+            moved = [k for k in ("api.token_file", "api.token_env") if k in changed]
+            if moved:
+                log.error("reload refused, keeping the running configuration: %s changed "
+                          "but gives no token: %s", ", ".join(moved), exc)
+                return False
             log.error("token not reloaded, keeping the running one: %s", exc)
-            return
+            return True
         self.client.set_token(token)
         log.info("platform token reloaded")
+        return True
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()

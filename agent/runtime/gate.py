@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import uuid as uuidlib
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agent.config import Config, LaneConfig
-from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, utc_iso
+from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.scanstate import derive_state
 from agent.errors import JournalUnavailable
@@ -21,6 +21,8 @@ from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
 
 log = logging.getLogger(__name__)
+
+PLATFORM_GET_CACHE_S = 60  # identical GETs within 60 s may be answered from a platform cache
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,8 @@ class Gate:
         )
         occupancy = None
         if zone is not None and zone.capacity:
-            synced = self.cache.zone_synced_at(zone.id)
-            flow = self.journal.zone_flow_since(zone.id, synced) if self.journal else 0
+            acknowledged = acknowledged_before(self.cache.zone_synced_at(zone.id))
+            flow = self.journal.unacknowledged_flow(zone.id, acknowledged) if self.journal else 0
             occupancy = (zone.attendance or 0) + flow
         return Candidate(hit.event_id, hit.item, event, zone, zone_id, state, occupancy)
 
@@ -157,6 +159,22 @@ class Gate:
         self.cache.close()
         if self.journal is not None:
             self.journal.close()
+
+
+def acknowledged_before(zone_synced_at: str | None) -> str | None:
+    """Occupancy is the zone's `attendance` at its last refresh plus every admit/exit of this
+    device the platform has not acknowledged. A scan is acknowledged — inside that
+    `attendance` — only when it was marked sent (the upload answered success) before the refresh
+    began, less the platform's 60 s cache of identical GETs. Everything else counts: pending,
+    quarantined, and sent too late to be in the figure. Counting a scan twice makes `full`
+    come early, never late. None (zone never refreshed, unreadable stamp): nothing is."""
+    if not zone_synced_at:
+        return None
+    try:
+        refreshed = parse_utc_iso(zone_synced_at)
+    except ValueError:
+        return None
+    return utc_iso(refreshed - timedelta(seconds=PLATFORM_GET_CACHE_S))
 
 
 def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.config import LaneConfig
+from agent.config import LaneConfig, output_for
 from agent.errors import DriverError
 from agent.runtime.gate import Gate, ScanResult
 from drivers import Output, Reader, Scan, open_output, open_reader
@@ -54,7 +54,8 @@ class LaneRunner:
         self.lock = threading.Lock()  # held while deciding; taken to swap the cache file
         self.readers: list[Reader] = []
         self.reader_errors: dict[str, str] = {}
-        self.relay: Output | None = None
+        self.relay: Output | None = None  # the entry release
+        self.relay_out: Output | None = None  # the exit release
         self.relay_error: str | None = None
         self.heartbeat = time.monotonic()
         self.started = time.time()
@@ -70,12 +71,9 @@ class LaneRunner:
         """Open the relay (off), start the readers and the worker. Missing devices are
         reported in status and retried by the drivers; they never stop the lane."""
         if self.lane.relay:
-            try:
-                self.relay = open_output(self.lane.relay)
-                self.relay.open()
-            except DriverError as exc:
-                self.relay_error = str(exc)
-                log.error("lane %s: relay %s unavailable: %s", self.lane.name, self.lane.relay, exc)
+            self.relay = self._open_output(self.lane.relay)
+        if self.lane.relay_out:
+            self.relay_out = self._open_output(self.lane.relay_out)
         for url in self.lane.readers:
             try:
                 reader = open_reader(url)
@@ -90,6 +88,24 @@ class LaneRunner:
         for reader in self.readers:
             reader.start(self.submit, self._on_state)
 
+    def _open_output(self, url: str) -> Output | None:
+        try:
+            output = open_output(url)
+            output.open()
+        except DriverError as exc:
+            self.relay_error = str(exc)
+            log.error("lane %s: relay %s unavailable: %s", self.lane.name, url, exc)
+            return None
+        return output
+
+    def output_for(self, direction: str) -> Output | None:
+        """The release of `direction` (agent.config.output_for): never the entry relay for an
+        exit unless the lane declares it direction-neutral."""
+        url = output_for(self.lane, direction)
+        if not url:
+            return None
+        return self.relay_out if url == self.lane.relay_out else self.relay
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, finish every scan already queued, switch the relay off."""
         for reader in self.readers:
@@ -98,8 +114,9 @@ class LaneRunner:
         self.queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.relay is not None:
-            self.relay.close()
+        for output in (self.relay, self.relay_out):
+            if output is not None:
+                output.close()
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -132,12 +149,13 @@ class LaneRunner:
                                     mono_ms=scan.mono_ns // 1_000_000)
         decision = result.decision
         pulsed = False
-        if decision.record and self.relay is not None:
+        output = self.output_for(decision.direction)
+        if decision.record and output is not None:
             try:
                 if decision.admit:
-                    self.relay.pulse(self.lane.relay_pulse_ms)
+                    output.pulse(self.lane.relay_pulse_ms)
                     pulsed = True
-                self.relay.feedback(decision.admit)
+                output.feedback(decision.admit)
             except DriverError as exc:
                 self.relay_error = str(exc)
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
@@ -176,10 +194,11 @@ class LaneRunner:
             relay = {**relay, "last_error": self.relay_error}
         elif self.relay_error:
             relay = {"url": self.lane.relay, "ok": False, "last_error": self.relay_error}
+        relay_out = self.relay_out.get_status() if self.relay_out is not None else None
         return {
             "name": self.lane.name, "direction": self.lane.direction,
             "zone_id": self.lane.zone_id, "gate_id": self.lane.gate_id,
-            "readers": readers, "relay": relay,
+            "readers": readers, "relay": relay, "relay_out": relay_out,
             "readers_connected": sum(1 for r in self.readers if r.connected),
             "last_scan": self.last_scan, "decisions_5min": recent,
             "decisions_total": dict(self.totals), "queue": self.queue.qsize(),

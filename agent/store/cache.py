@@ -12,6 +12,7 @@ this cache: every write takes the next value of `seq`, so a later page of a late
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from agent.core.model import (
     Item,
     Zone,
     ZoneScan,
+    item_platform_scans,
     parse_event,
     parse_item,
     parse_zone,
@@ -35,6 +37,8 @@ from agent.core.model import (
 )
 from agent.errors import CacheCorrupt, StoreError
 from agent.store.sqlite import integrity_ok, migrate, open_database
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = [
     ("0001_initial", """
@@ -201,6 +205,7 @@ class TicketCache:
         historic: list[tuple[str, int, int]] = []
         scans: list[tuple[Any, ...]] = []
         ids: list[int] = []
+        undated: list[int] = []
         keep_personal = self.keep_personal_data
         seq = self._seq
         # An id twice in one call (a page repeating an item): the last copy wins, as it would
@@ -214,11 +219,14 @@ class TicketCache:
             ids.append(item_id)
             if item.historic_barcodes:
                 historic.extend((code, event_id, item_id) for code in item.historic_barcodes)
-            if item.scans:  # zoneData.scans, else the `variable` scan (default zone)
-                for s in item.scans:
-                    scans.append((event_id, item_id, s.zone_id, s.scan, s.scanned_on, s.uuid))
-            elif item.status == "scanned" and item.scanned_on:
-                scans.append((event_id, item_id, None, "in", item.scanned_on, None))
+            for s in item_platform_scans(item):  # zoneData.scans, else the `variable` scan
+                scans.append((event_id, item_id, s.zone_id, s.scan, s.scanned_on, s.uuid))
+                if parse_platform_time(s.scanned_on) is None:
+                    undated.append(item_id)
+        if undated:
+            log.warning("event %s: %d platform scan(s) without a usable scannedOn (items %s); "
+                        "counted as made before now", event_id, len(undated),
+                        ", ".join(str(i) for i in sorted(set(undated))[:5]))
         if not rows:
             return 0
         self._seq = seq

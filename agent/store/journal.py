@@ -51,6 +51,11 @@ MIGRATIONS = [
         CREATE INDEX scans_upload ON scans(upload_state, seq);
         CREATE INDEX scans_zone_time ON scans(zone_id, scanned_on)
     """),
+    # Occupancy counts a zone's admits the platform has not acknowledged (unacknowledged_flow):
+    # seeks by zone, admit and upload state, and a range of sent_at for the recently sent.
+    ("0002_zone_flow", """
+        CREATE INDEX scans_zone_flow ON scans(zone_id, admit, upload_state, sent_at)
+    """),
 ]
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
@@ -100,6 +105,13 @@ _COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", 
             "status_detail", "message", "scanned_on", "upload_state", "reason")
 _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+
+
+_FLOW = "SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+_UNACKNOWLEDGED_FLOW = (
+    f"SELECT ({_FLOW} WHERE zone_id = ?1 AND admit = 1"
+    " AND upload_state IN ('pending', 'quarantined', 'local'))"
+    f" + ({_FLOW} WHERE zone_id = ?1 AND admit = 1 AND upload_state = 'sent' AND sent_at >= ?2)")
 
 
 class Journal:
@@ -176,12 +188,13 @@ class Journal:
             "SELECT uuid, zone_id, direction, scanned_on FROM scans"
             " WHERE item_id = ? AND event_id = ? AND admit = 1 ORDER BY seq", (item_id, event_id))]
 
-    def zone_flow_since(self, zone_id: int, since: str | None) -> int:
-        """Admits in minus admits out of a zone recorded here after `since` (UTC ISO)."""
-        row = self.conn.execute(
-            "SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
-            " WHERE zone_id = ? AND admit = 1 AND scanned_on > ?", (zone_id, since or "")
-        ).fetchone()
+    def unacknowledged_flow(self, zone_id: int, acknowledged_before: str | None) -> int:
+        """Admits in minus admits out of a zone made here that the platform has not yet
+        acknowledged: every row not uploaded (pending, quarantined, local) plus those marked
+        sent at or after `acknowledged_before` (UTC ISO; None: no upload is acknowledged).
+        Two index seeks on scans_zone_flow, whatever the size of the journal."""
+        row = self.conn.execute(_UNACKNOWLEDGED_FLOW, (zone_id, acknowledged_before or "")
+                                ).fetchone()
         return int(row[0])
 
     # -- outbox ---------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_pair_show_unpair_round_trip(config: Path, tmp_path: Path) -> None:
 
     shown = json.loads(run("show", "--json", "--config", str(config)).stdout)["lanes"]
     assert shown[0] == {"lane": "lane1", "readers": [{"url": "sim:lane1", "source": "paired"}],
-                        "relay": {"url": "sim:lane1?log=/dev/null", "source": "paired"}}
+                        "relay": {"url": "sim:lane1?log=/dev/null", "source": "paired"},
+                        "relay_out": None}
     assert shown[1]["readers"] == [{"url": "sim:lane2", "source": "config"}]
     human = run("show", "--config", str(config)).stdout
     assert "lane1" in human and "paired" in human and "config" in human

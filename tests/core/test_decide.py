@@ -97,7 +97,8 @@ def test_age_rules(gate: Gate, site: DemoSite) -> None:
         assert decide(facts, backstage, later).status == status
     old = parse_zone({**zone.raw, "maxAge": 30}, demo_data.EVENT_ID)
     item = parse_item({"id": 1, "const": {"barcode": "A"}, "stable": {"dateOfBirth": "1950-05-05"}})
-    assert decide(Facts("A", "barcode", (Candidate(1, item, None, old, old.id),)),
+    assert decide(Facts("A", "barcode", (Candidate(demo_data.EVENT_ID, item, None, old,
+                                                   old.id),)),
                   backstage, later).status == "tooOld"
 
 

@@ -59,7 +59,12 @@ def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
         assert lanes["entry"]["decisions_total"] == {"valid": 1, "denied": 2}
         assert report["journal"]["pending"] == 0 and report["journal"]["local"] == 1
         assert report["platform"]["last_success"] and report["health"] in ("pass", "warn")
+        # no token configured: no request is authenticated, so no code is shown whole
+        raw_status = daemon.get("/status").text
+        assert lanes["exit"]["last_scan"]["code"] == "…" + C["valid"][-4:]
+        assert C["valid"] not in raw_status and C["unknown"] not in raw_status
         metrics = daemon.get("/metrics").text
+        assert C["valid"] not in metrics and C["unknown"] not in metrics
         assert 'gate_decisions_total{lane="entry",status="valid"} 1.0' in metrics
         assert 'gate_reader_connected{lane="entry"' in metrics
         assert "gate_decision_latency_seconds_bucket" in metrics
