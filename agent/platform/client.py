@@ -160,20 +160,15 @@ class PlatformClient:
             raise ValueError(f"limit must be 1..{top}")
         prio = priority if priority is not None else (
             Priority.DELTA_SYNC if start_time else Priority.REFRESH)
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"eventId": event_id, "limit": limit,
+                                  "includeZones": _flag(include_zones),
+                                  "includeProducts": _flag(include_products)}
+        if start_time:
+            params["startTime"] = start_time
         if page_url is not None:
-            # httpx would replace the link's query with `params`: carry it over explicitly.
-            path, _, query = self._own_url(page_url).partition("?")
-            params = {k: v for k, v in parse_qsl(query, keep_blank_values=True)
-                      if k not in ("async", "asyncUuid")}
-        else:
-            path = "entry/tickets"
-            params = {"eventId": event_id, "limit": limit,
-                      "includeZones": _flag(include_zones),
-                      "includeProducts": _flag(include_products)}
-            if start_time:
-                params["startTime"] = start_time
-        body = await self._call("GET", path, prio, params=params, async_mode=async_mode)
+            params.update(page_position(page_url))
+        body = await self._call("GET", "entry/tickets", prio, params=params,
+                                async_mode=async_mode)
         _require_list(body, "content", "GET /entry/tickets")
         links = body.get("pagination")
         if isinstance(links, dict) and links.get("next") is not None \
@@ -234,12 +229,6 @@ class PlatformClient:
         return await self._call("POST", "zones/check", Priority.OTHER, retry=True, json=body)
 
     # -- machinery ---------------------------------------------------------------------
-
-    def _own_url(self, url: str) -> str:
-        """A pagination link, accepted only on our base URL (the token must not go elsewhere)."""
-        if not url.startswith(self.base_url + "/"):
-            raise BadResponse(f"pagination link {url!r} is not under api.base_url; refused")
-        return url[len(self.base_url) + 1:]
 
     async def _call(self, method: str, path: str, priority: Priority, *,
                     params: dict[str, Any] | None = None, json: Any = None,
@@ -369,6 +358,18 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load CA file {ca_file}: {exc}", key="api.ca_file") from exc
     return context
+
+
+def page_position(link: str) -> dict[str, str]:
+    """What a pagination link says about the page: its query parameters, nothing else.
+
+    Platforms write these links as a bare path, an absolute URL on the base URL, or one naming
+    another host or scheme (the spec's own examples; a TLS-terminating proxy turns https into
+    http). Whatever it names, the page is requested from `api.base_url`'s `entry/tickets`, so
+    the token never goes anywhere else; the link's parameters (page number, and any of its own
+    such as a pass marker) override the request's. Async flags are ours to set, not the link's."""
+    return {k: v for k, v in parse_qsl(urlsplit(link).query, keep_blank_values=True)
+            if k not in ("async", "asyncUuid")}
 
 
 def _require_list(body: Any, key: str, what: str) -> None:

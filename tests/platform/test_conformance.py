@@ -36,7 +36,8 @@ USED = [("get", "/activated-events"), ("get", "/zones/all"), ("get", "/entry/tic
         ("post", "/entry/tickets"), ("post", "/tickets/pair"), ("get", "/config"), ("get", "/"),
         ("post", "/login"), ("post", "/zones/scan"), ("post", "/zones/check")]
 # Query parameters the sandbox puts into its own pagination links (opaque to clients).
-LINK_PARAMS = {"passStart", "after"}
+# `page` is in the spec's own links (`?page=N`) but not among the operation's parameters.
+LINK_PARAMS = {"passStart", "page"}
 ASYNC_ACCEPTED = {"type": "object", "required": ["asyncUuid"],
                   "properties": {"asyncUuid": {"type": "string"}}}
 

@@ -153,8 +153,9 @@ def test_a_stale_resume_link_is_dropped_and_the_pass_redone(site, sandbox):
             await first_fill(site, client)
             cache = TicketCache(site.cache_path)
             with cache.transaction():
-                cache.set_pending(EVENT, "http://elsewhere.example/v1/entry/tickets?limit=100",
-                                  None)
+                # a link from another host whose page the platform no longer accepts (422)
+                cache.set_pending(EVENT, "http://elsewhere.example/v1/entry/tickets?limit=100"
+                                  "&page=expired&startTime=2026-01-01%2000:00:00", None)
             cache.close()
             syncer = site.syncer(client)
             try:
