@@ -14,6 +14,7 @@ Async mode (`?async=true`): 202 `{asyncUuid}`, then polls of the same path with 
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ from agent.core.model import (
     parse_entry_page,
     parse_zones,
 )
-from agent.errors import ApiError, BadResponse, ConfigError, Transport, Validation
+from agent.errors import (
+    ApiError,
+    BadResponse,
+    ConfigError,
+    NotDelivered,
+    Transport,
+    Validation,
+)
 from agent.platform.errors import header_number, to_error
 from agent.platform.governor import Clock, Governor, LoopClock, Priority
 
@@ -178,9 +186,19 @@ class PlatformClient:
         return parse_entry_page(body)
 
     async def upload_scans(self, request_uuid: str, tickets: list[dict[str, Any]]) -> Any:
-        """`POST /entry/tickets` (UPLOAD); safe to retry: the platform dedupes on uuids."""
-        return await self._call("POST", "entry/tickets", Priority.UPLOAD, retry=True,
+        """`POST /entry/tickets` (UPLOAD); safe to retry: the platform dedupes on uuids.
+
+        Only `{"success": true}` is a delivery: `success` is a boolean in the schema, so
+        `false` (or a missing field) is a legal answer that delivered nothing -> NotDelivered."""
+        body = await self._call("POST", "entry/tickets", Priority.UPLOAD, retry=True,
                                 json={"uuid": request_uuid, "tickets": tickets})
+        if body.get("success") is not True:
+            said = body.get("message") if isinstance(body.get("message"), str) else None
+            raise NotDelivered(
+                f"POST /entry/tickets: the platform answered success: "
+                f"{jsonlib.dumps(body.get('success'))}" + (f" ({said[:200]})" if said else "")
+                + "; the scans stay queued under the same request uuid", status=200, body=body)
+        return body
 
     async def pair_tag(self, barcode: str, nfc_id: str, event_id: int, again: bool,
                        uuid: str) -> dict[str, Any]:
@@ -245,6 +263,10 @@ class PlatformClient:
                 response = await self._send(method, path, priority, params, json, what)
                 if response.status_code == 202 and async_mode:
                     response = await self._poll(path, response, what)
+                elif response.status_code == 202:
+                    raise NotDelivered(f"{what}: answered 202 (accepted, not done) to a request "
+                                       "that was not asynchronous; not counted as done",
+                                       status=202)
                 return self._decode(response, what, shape)
             except ApiError as err:
                 self._failed(err)
