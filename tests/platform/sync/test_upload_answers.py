@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import threading
 import sys
+import threading
 from datetime import UTC, datetime
 
 import pytest
