@@ -92,7 +92,7 @@ def ticket_row(row: dict[str, Any], scanned_by: int | None = None) -> dict[str, 
 
 
 MAX_TRIES = 5  # unconfirmed answers (success:false, 202) before a batch is quarantined
-SPLIT_BUDGET = 16  # requests one round may spend isolating the rows a 422 is about
+SPLIT_BUDGET = 16  # requests a round may spend after a 422, isolating the rows it is about
 HOLD_S = (10.0, 300.0)  # back-off after an unconfirmed answer: first wait, cap
 
 
@@ -113,7 +113,7 @@ class Uploader:
         self.clock = clock
         self.status = UploadStatus()
         self._held: dict[str, float] = {}  # batch uuid -> not before (after an unconfirmed try)
-        self._budget = 0
+        self._budget: int | None = None  # requests left in this round once a 422 came
 
     async def upload_once(self) -> int:
         """Send one batch (the unfinished one first). Returns rows settled (sent or quarantined).
@@ -128,13 +128,15 @@ class Uploader:
         batch_uuid = rows[0]["batch_uuid"]
         if self._held.get(batch_uuid, 0.0) > self.clock():
             return 0  # backing off after an unconfirmed answer; the next round tries again
-        self._budget = self.split_budget
+        if self._budget is not None and self._budget <= 0:
+            return 0  # this round has spent what it may on isolating refused rows
         return await self._send(rows, batch_uuid)
 
     async def _send(self, rows: list[dict[str, Any]], batch_uuid: str) -> int:
         tickets = [ticket_row(r, self.scanned_by) for r in rows]
         self.status.requests += 1
-        self._budget -= 1
+        if self._budget is not None:
+            self._budget -= 1
         try:
             await self.client.upload_scans(batch_uuid, tickets)
         except (Unauthenticated, Forbidden) as exc:
@@ -186,6 +188,8 @@ class Uploader:
         crash or an error mid-way never leaves rows under a uuid whose membership changed.
         Parts beyond the round's split budget wait for the next round under their uuids.
         """
+        if self._budget is None:
+            self._budget = self.split_budget
         reason = _reason(exc)
         named = _named_rows(exc, len(rows))
         bad: list[tuple[str, str]] = []
@@ -223,6 +227,7 @@ class Uploader:
         stall for a whole rate window that way); newcomers wait for the next round, or for a
         full batch, which brings the round forward."""
         target = await asyncio.to_thread(self.journal.pending_count)
+        self._budget = None
         total = 0
         while total < target:
             done = await self.upload_once()
@@ -234,6 +239,7 @@ class Uploader:
     async def drain(self, max_rounds: int = 1_000_000) -> int:
         """Upload until nothing is pending. Errors propagate (the caller decides how to wait)."""
         total = 0
+        self._budget = None
         for _ in range(max_rounds):
             done = await self.upload_once()
             if not done:
