@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.core.codes import parse_platform_time, parse_utc_iso, zone_info
+from agent.core.codes import parse_platform_time, parse_utc_iso
 from agent.core.model import ZoneScan
 
 
@@ -46,9 +46,8 @@ def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: b
 
 
 def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: int | None,
-                 zone_is_default: bool, timezone: str | None = None) -> ScanState:
+                 zone_is_default: bool) -> ScanState:
     """Fold every known admit of one item in one zone, in time order, into a ScanState."""
-    tz = zone_info(timezone)
     events: list[tuple[datetime, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
@@ -66,7 +65,10 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
-        moment_or_none = parse_platform_time(pscan.scanned_on, tz)
+        # Scan times come from uploads, which are UTC (`YYYY-MM-DD HH:MM:SS`): a platform that
+        # echoes that form back (no zone) means UTC, not the event's zone. Only validity
+        # times are the box office's local times.
+        moment_or_none = parse_platform_time(pscan.scanned_on)
         if moment_or_none is None:
             continue
         if (pscan.scan, int(moment_or_none.timestamp())) in seen_keys:
