@@ -42,7 +42,7 @@ from agent.errors import (
     Validation,
 )
 from agent.platform.errors import header_number, to_error
-from agent.platform.governor import Clock, Governor, LoopClock, Priority
+from agent.platform.governor import Clock, Governor, LoopClock, Priority, Ticket
 
 MAX_LIMIT, MAX_ASYNC_LIMIT = 100, 1000
 
@@ -280,14 +280,15 @@ class PlatformClient:
 
     async def _send(self, method: str, path: str, priority: Priority | None,
                     params: dict[str, Any], json: Any, what: str) -> httpx.Response:
-        if priority is not None:
-            await self.governor.acquire(priority)
-        started = time.monotonic()
+        ticket = await self.governor.acquire(priority) if priority is not None else None
         try:
             response = await self._http.request(method, path, params=params or None, json=json)
+            self._observe(response, ticket)
         except httpx.HTTPError as exc:
             raise to_error(what, exc=exc) from exc
-        self._observe(response, time.monotonic() - started)
+        finally:  # answered, failed or timed out: the slot starts ageing now
+            if ticket is not None:
+                self.governor.done(ticket)
         if response.status_code >= 400:
             err = to_error(what, response=response)
             if response.status_code == 429:
@@ -328,13 +329,16 @@ class PlatformClient:
         self._count("ok")
         return body
 
-    def _observe(self, response: httpx.Response, latency_s: float | None = None) -> None:
+    def _observe(self, response: httpx.Response, ticket: Ticket | None = None) -> None:
         headers = response.headers
         remaining = header_number(headers, "X-Remaining-Requests")
         window = header_number(headers, "X-Available-In-Seconds")
         if remaining is not None or window is not None:
-            self.governor.observe(None if remaining is None else int(remaining), window,
-                                  latency_s)
+            # Polls carry no ticket: they are not counted, and their count is not fresher
+            # than the answer to our latest counted request.
+            if ticket is not None:
+                self.governor.observe(None if remaining is None else int(remaining), window,
+                                      ticket)
             self.status.remaining = None if remaining is None else int(remaining)
             self.status.window_s = window
         if "Content-Language" in headers:
