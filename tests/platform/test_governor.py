@@ -280,14 +280,9 @@ def fleets(draw):
     return rpm, [a / rpm for a in allotments], schedules
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fleet=fleets(), reserve=st.integers(0, 3))
-def test_property_a_company_never_meets_a_429_under_latency_and_reordering(fleet, reserve):
-    """Two or more devices share a company at shares summing to 1. Every request travels a
-    random time up (the server counts it on arrival) and down (answers overtake each other);
-    a request slower than the timeout is given up (its answer, and the count in it, lost; one
-    that never arrived is not counted). The company's rolling window is never exceeded."""
-    rpm, shares, schedules = fleet
+def run_company(rpm: int, shares: list[float], schedules, reserve: int) -> tuple[list, int]:
+    """Devices with their own governors against one company's rolling window; each request
+    travels `up` to the server and `down` back, and is given up after TIMEOUT_S."""
     server = RollingServer(rpm)
 
     async def device(share: float, jobs) -> int:
@@ -321,9 +316,35 @@ def test_property_a_company_never_meets_a_429_under_latency_and_reordering(fleet
         return await asyncio.gather(*(device(s, j) for s, j in zip(shares, schedules,
                                                                     strict=True)))
 
-    granted = run_simulated(company())
+    return run_simulated(company()), server.refused
+
+
+def test_the_default_share_keeps_a_four_device_site_free_of_429s(tmp_path):
+    """Four gates configured with nothing but the company's limit, each uploading a backlog
+    as fast as its governor lets it, with some latency: the company never sees a 429."""
+    from agent.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[api]\nrequests_per_minute = 60\n[store]\ndir = "/tmp/x"\n'
+                    '[[lanes]]\nname = "main"\n')
+    share = load_config(path).api["budget_share"]
+    schedules = [[(0.0, Priority.UPLOAD, 0.5 + 0.1 * d, 0.2) for _ in range(40)]
+                 for d in range(4)]
+    granted, refused = run_company(60, [share] * 4, schedules, 2)
+    assert granted == [40] * 4 and refused == 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet=fleets(), reserve=st.integers(0, 3))
+def test_property_a_company_never_meets_a_429_under_latency_and_reordering(fleet, reserve):
+    """Two or more devices share a company at shares summing to 1. Every request travels a
+    random time up (the server counts it on arrival) and down (answers overtake each other);
+    a request slower than the timeout is given up (its answer, and the count in it, lost; one
+    that never arrived is not counted). The company's rolling window is never exceeded."""
+    rpm, shares, schedules = fleet
+    granted, refused = run_company(rpm, shares, schedules, reserve)
     assert granted == [len(j) for j in schedules]  # everyone is served eventually
-    assert server.refused == 0
+    assert refused == 0
 
 
 def test_a_stale_answer_does_not_reopen_the_budget():
