@@ -194,10 +194,12 @@ class PlatformClient:
                                 json={"uuid": request_uuid, "tickets": tickets})
         if body.get("success") is not True:
             said = body.get("message") if isinstance(body.get("message"), str) else None
-            raise NotDelivered(
+            err = NotDelivered(
                 f"POST /entry/tickets: the platform answered success: "
                 f"{jsonlib.dumps(body.get('success'))}" + (f" ({said[:200]})" if said else "")
                 + "; the scans stay queued under the same request uuid", status=200, body=body)
+            self._failed(err)
+            raise err
         return body
 
     async def pair_tag(self, barcode: str, nfc_id: str, event_id: int, again: bool,
