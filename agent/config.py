@@ -20,6 +20,9 @@ from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/gate-agent/config.toml"
 DEFAULT_BASE_URL = "https://api.nuwebgroup.com/v1"
+# A device cannot know it is alone in its company (the rate limit is the company's): by default
+# it takes a quarter, safe for up to four devices. A sole device sets 1.0; N devices 1/N.
+DEFAULT_BUDGET_SHARE = 0.25
 
 Validator = Callable[[Any], str | None]
 
@@ -85,7 +88,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "company_id": Option(int, 0, _between(0, 2**63 - 1)),
         "language": Option(str, "en", _non_empty),
         "requests_per_minute": Option(int, 60, _between(1, 100_000)),
-        "budget_share": Option((float, int), 1.0, _between(0.01, 1.0)),
+        "budget_share": Option((float, int), DEFAULT_BUDGET_SHARE, _between(0.01, 1.0)),
         "upload_reserve": Option(int, 2, _between(0, 1000)),
         "timeout_s": Option((float, int), 15.0, _between(0.5, 600)),
         "ca_file": Option(str, ""),

@@ -197,6 +197,8 @@ def demo_config(store_dir: Path, extra: str = "") -> str:
 [api]
 base_url = "http://127.0.0.1:9/v1"
 company_id = 1
+# The demo gate is the only device of its company: it may use the whole rate budget.
+budget_share = 1.0
 
 [store]
 dir = "{store_dir}"

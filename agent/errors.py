@@ -20,6 +20,8 @@ specific message (naming the config key, the device or the file) and never a tra
         ├── ServerError        5xx
         ├── Transport          connect/read timeouts, resets, TLS failures
         └── BadResponse        not JSON, or not the documented shape
+            └── NotDelivered   an answer that does not say success (`success: false`, a
+                               202 to a request that was not async): nothing is delivered
 
 Messages never contain the API token: `redact()` is applied wherever text from outside
 (URLs, response bodies) is put into a message.
@@ -140,6 +142,10 @@ class Transport(ApiError):
 
 class BadResponse(ApiError):
     pass
+
+
+class NotDelivered(BadResponse):
+    """The platform answered without error but did not confirm it: the rows stay pending."""
 
 
 _SECRETS: set[str] = set()

@@ -163,6 +163,7 @@ base_url = "{self.sandbox.url}"
 company_id = {self.sandbox.company_id}
 token_file = "{token}"
 requests_per_minute = 6000
+budget_share = 1.0
 
 [store]
 dir = "{self.store}"

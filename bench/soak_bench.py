@@ -116,6 +116,7 @@ token_file = "{token}"
 device_name = "soak-gate"
 timeout_s = 15
 requests_per_minute = {RPM}
+budget_share = 1.0
 
 [store]
 dir = "{self.store}"

@@ -61,6 +61,7 @@ token_file = "{token}"
 token_env = ""
 company_id = {sb.company_id}
 requests_per_minute = {RPM}
+budget_share = 1.0
 device_name = "bench"
 [store]
 dir = "{root / 'state'}"

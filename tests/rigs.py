@@ -79,3 +79,35 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
+
+
+def audit_uploads(uploads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exactly-once evidence from every ticket row the platform received (the sandbox's
+    `uploads`, duplicates included, each with its `requestUuid`):
+
+    - `applied`: scan uuid -> times the platform applied it (must be 1 for each scan);
+    - `resent`: scan uuids that reached the platform under more than one request uuid — a
+      resend the platform only caught by its scan-uuid de-duplication (must be empty: a
+      retry reuses its request uuid);
+    - `duplicates`: rows beyond the first of a scan uuid that were *not* a replay of the
+      same request (must be 0);
+    - `replays`: rows that came again under their own request uuid (legitimate retries).
+    """
+    applied: dict[str, int] = {}
+    requests: dict[str, set[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    duplicates = replays = 0
+    for row in uploads:
+        scan, request = str(row["uuid"]), str(row.get("requestUuid"))
+        if row.get("skipped", "").startswith(("refused", "answered")):
+            continue  # refused as a whole: nothing was taken, a resend is expected
+        if not row.get("skipped"):
+            applied[scan] = applied.get(scan, 0) + 1
+        if (scan, request) in seen:
+            replays += 1
+        elif scan in requests:
+            duplicates += 1
+        seen.add((scan, request))
+        requests.setdefault(scan, set()).add(request)
+    return {"applied": applied, "duplicates": duplicates, "replays": replays,
+            "resent": sorted(s for s, r in requests.items() if len(r) > 1)}

@@ -6,7 +6,9 @@ a fresh token in place. They use the same Syncer, Uploader, governor and client 
 so what they do (and the requests they spend) is exactly what the daemon would do.
 
 Run them while the daemon is stopped, or accept that the two share the company's rate limit:
-both keep within `api.budget_share`, but each counts only its own requests.
+both keep within `api.budget_share`, but each counts only its own requests. Uploading while
+the daemon uploads is safe: batches are claimed in the journal (`Journal.claim_batch`), so the
+same scans never go out under two request uuids.
 """
 
 from __future__ import annotations

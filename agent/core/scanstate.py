@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.core.codes import EARLIEST, parse_platform_time, parse_utc_iso, zone_info
+from agent.core.codes import EARLIEST, parse_platform_time, parse_utc_iso
 from agent.core.model import UNREADABLE_ZONE, ZoneScan
 
 
@@ -50,9 +50,8 @@ def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: b
 
 
 def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: int | None,
-                 zone_is_default: bool, timezone: str | None = None) -> ScanState:
+                 zone_is_default: bool) -> ScanState:
     """Fold every known admit of one item in one zone, in time order, into a ScanState."""
-    tz = zone_info(timezone)
     events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
@@ -70,7 +69,10 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once
-        when = parse_platform_time(pscan.scanned_on, tz)
+        # Scan times come from uploads, which are UTC (`YYYY-MM-DD HH:MM:SS`): a platform that
+        # echoes that form back (no zone) means UTC, not the event's zone. Only validity
+        # times are the box office's local times.
+        when = parse_platform_time(pscan.scanned_on)
         if when is None:  # it happened, we cannot say when: before every dated scan
             events.append((None, pscan.scan))
             continue

@@ -14,6 +14,7 @@ Async mode (`?async=true`): 202 `{asyncUuid}`, then polls of the same path with 
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -32,9 +33,16 @@ from agent.core.model import (
     parse_entry_page,
     parse_zones,
 )
-from agent.errors import ApiError, BadResponse, ConfigError, Transport, Validation
+from agent.errors import (
+    ApiError,
+    BadResponse,
+    ConfigError,
+    NotDelivered,
+    Transport,
+    Validation,
+)
 from agent.platform.errors import header_number, to_error
-from agent.platform.governor import Clock, Governor, LoopClock, Priority
+from agent.platform.governor import Clock, Governor, LoopClock, Priority, Ticket
 
 MAX_LIMIT, MAX_ASYNC_LIMIT = 100, 1000
 
@@ -160,20 +168,15 @@ class PlatformClient:
             raise ValueError(f"limit must be 1..{top}")
         prio = priority if priority is not None else (
             Priority.DELTA_SYNC if start_time else Priority.REFRESH)
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"eventId": event_id, "limit": limit,
+                                  "includeZones": _flag(include_zones),
+                                  "includeProducts": _flag(include_products)}
+        if start_time:
+            params["startTime"] = start_time
         if page_url is not None:
-            # httpx would replace the link's query with `params`: carry it over explicitly.
-            path, _, query = self._own_url(page_url).partition("?")
-            params = {k: v for k, v in parse_qsl(query, keep_blank_values=True)
-                      if k not in ("async", "asyncUuid")}
-        else:
-            path = "entry/tickets"
-            params = {"eventId": event_id, "limit": limit,
-                      "includeZones": _flag(include_zones),
-                      "includeProducts": _flag(include_products)}
-            if start_time:
-                params["startTime"] = start_time
-        body = await self._call("GET", path, prio, params=params, async_mode=async_mode)
+            params.update(page_position(page_url))
+        body = await self._call("GET", "entry/tickets", prio, params=params,
+                                async_mode=async_mode)
         _require_list(body, "content", "GET /entry/tickets")
         links = body.get("pagination")
         if isinstance(links, dict) and links.get("next") is not None \
@@ -183,9 +186,21 @@ class PlatformClient:
         return parse_entry_page(body)
 
     async def upload_scans(self, request_uuid: str, tickets: list[dict[str, Any]]) -> Any:
-        """`POST /entry/tickets` (UPLOAD); safe to retry: the platform dedupes on uuids."""
-        return await self._call("POST", "entry/tickets", Priority.UPLOAD, retry=True,
+        """`POST /entry/tickets` (UPLOAD); safe to retry: the platform dedupes on uuids.
+
+        Only `{"success": true}` is a delivery: `success` is a boolean in the schema, so
+        `false` (or a missing field) is a legal answer that delivered nothing -> NotDelivered."""
+        body = await self._call("POST", "entry/tickets", Priority.UPLOAD, retry=True,
                                 json={"uuid": request_uuid, "tickets": tickets})
+        if body.get("success") is not True:
+            said = body.get("message") if isinstance(body.get("message"), str) else None
+            err = NotDelivered(
+                f"POST /entry/tickets: the platform answered success: "
+                f"{jsonlib.dumps(body.get('success'))}" + (f" ({said[:200]})" if said else "")
+                + "; the scans stay queued under the same request uuid", status=200, body=body)
+            self._failed(err)
+            raise err
+        return body
 
     async def pair_tag(self, barcode: str, nfc_id: str, event_id: int, again: bool,
                        uuid: str) -> dict[str, Any]:
@@ -235,12 +250,6 @@ class PlatformClient:
 
     # -- machinery ---------------------------------------------------------------------
 
-    def _own_url(self, url: str) -> str:
-        """A pagination link, accepted only on our base URL (the token must not go elsewhere)."""
-        if not url.startswith(self.base_url + "/"):
-            raise BadResponse(f"pagination link {url!r} is not under api.base_url; refused")
-        return url[len(self.base_url) + 1:]
-
     async def _call(self, method: str, path: str, priority: Priority, *,
                     params: dict[str, Any] | None = None, json: Any = None,
                     retry: bool | None = None, async_mode: bool = False,
@@ -256,6 +265,10 @@ class PlatformClient:
                 response = await self._send(method, path, priority, params, json, what)
                 if response.status_code == 202 and async_mode:
                     response = await self._poll(path, response, what)
+                elif response.status_code == 202:
+                    raise NotDelivered(f"{what}: answered 202 (accepted, not done) to a request "
+                                       "that was not asynchronous; not counted as done",
+                                       status=202)
                 return self._decode(response, what, shape)
             except ApiError as err:
                 self._failed(err)
@@ -269,14 +282,15 @@ class PlatformClient:
 
     async def _send(self, method: str, path: str, priority: Priority | None,
                     params: dict[str, Any], json: Any, what: str) -> httpx.Response:
-        if priority is not None:
-            await self.governor.acquire(priority)
-        started = time.monotonic()
+        ticket = await self.governor.acquire(priority) if priority is not None else None
         try:
             response = await self._http.request(method, path, params=params or None, json=json)
+            self._observe(response, ticket)
         except httpx.HTTPError as exc:
             raise to_error(what, exc=exc) from exc
-        self._observe(response, time.monotonic() - started)
+        finally:  # answered, failed or timed out: the slot starts ageing now
+            if ticket is not None:
+                self.governor.done(ticket)
         if response.status_code >= 400:
             err = to_error(what, response=response)
             if response.status_code == 429:
@@ -317,13 +331,16 @@ class PlatformClient:
         self._count("ok")
         return body
 
-    def _observe(self, response: httpx.Response, latency_s: float | None = None) -> None:
+    def _observe(self, response: httpx.Response, ticket: Ticket | None = None) -> None:
         headers = response.headers
         remaining = header_number(headers, "X-Remaining-Requests")
         window = header_number(headers, "X-Available-In-Seconds")
         if remaining is not None or window is not None:
-            self.governor.observe(None if remaining is None else int(remaining), window,
-                                  latency_s)
+            # Polls carry no ticket: they are not counted, and their count is not fresher
+            # than the answer to our latest counted request.
+            if ticket is not None:
+                self.governor.observe(None if remaining is None else int(remaining), window,
+                                      ticket)
             self.status.remaining = None if remaining is None else int(remaining)
             self.status.window_s = window
         if "Content-Language" in headers:
@@ -369,6 +386,18 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load CA file {ca_file}: {exc}", key="api.ca_file") from exc
     return context
+
+
+def page_position(link: str) -> dict[str, str]:
+    """What a pagination link says about the page: its query parameters, nothing else.
+
+    Platforms write these links as a bare path, an absolute URL on the base URL, or one naming
+    another host or scheme (the spec's own examples; a TLS-terminating proxy turns https into
+    http). Whatever it names, the page is requested from `api.base_url`'s `entry/tickets`, so
+    the token never goes anywhere else; the link's parameters (page number, and any of its own
+    such as a pass marker) override the request's. Async flags are ours to set, not the link's."""
+    return {k: v for k, v in parse_qsl(urlsplit(link).query, keep_blank_values=True)
+            if k not in ("async", "asyncUuid")}
 
 
 def _require_list(body: Any, key: str, what: str) -> None:

@@ -2,20 +2,32 @@
 
 The platform limits requests per company (shared by every device of the company) over a rolling
 window and answers 429 beyond it, blocking the company until the window replenishes. A gate
-that hits 429 cannot upload scans, so the governor keeps this device well inside the limit:
+that hits 429 cannot upload scans, so the governor keeps this device inside its share of the
+limit however the network behaves:
 
-- a rolling log of this device's own sends: never more than its share
-  (`requests_per_minute * budget_share`, at least 1) in any window;
-- what the server last said (`X-Remaining-Requests`, `X-Available-In-Seconds`): our sends since
-  that answer are subtracted, and when nothing is known to be left we wait for the window;
+- a log of this device's own requests, counted conservatively: a request holds its slot from
+  the moment it is sent *until it is answered or given up* (the server counts it on arrival,
+  somewhere in that span), and ages out one window after that — the latest moment the server
+  could have counted it. Never more than its share (`requests_per_minute * budget_share`, at
+  least 1) in the log, so the server never sees more than the share in any of its windows,
+  whatever the one-way latencies;
+- what the server last said (`X-Remaining-Requests`, `X-Available-In-Seconds`), from the answer
+  to the most recently *sent* request only: an answer that arrives after a later request's
+  answer is stale and its count ignored. Every request of ours the server may not have counted
+  yet when it answered (sent after it, or in flight then) is subtracted; when nothing is known
+  to be left we wait for the window;
 - `upload_reserve` slots (of both budgets) that only uploads may use;
 - after a 429, nothing is sent until the announced wait has passed;
 - strict priorities UPLOAD > DELTA_SYNC > REFRESH > OTHER: the highest waiting priority is
   served first, so a backlog of refreshes never delays an upload.
 
+Shares of all devices of a company must sum to at most 1; a device cannot know it is alone,
+so the default share is a fraction (see `api.budget_share`).
+
 `RateBudget` holds the arithmetic (pure, time passed in); `Governor` queues asyncio waiters on
-top of it. Time comes from an injectable clock (`now()`, `async sleep()`), so tests can run the
-governor in simulated time.
+top of it and hands out a `Ticket` per send, which the caller returns with `done()` (and with
+`observe()` when an answer came). Time comes from an injectable clock (`now()`,
+`async sleep()`), so tests can run the governor in simulated time.
 """
 
 from __future__ import annotations
@@ -25,7 +37,6 @@ import heapq
 import itertools
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
@@ -60,6 +71,15 @@ class LoopClock:
 
 
 SLOT_MARGIN_S = 0.5
+NEVER = math.inf
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One granted send: its order among this device's sends and when it was granted."""
+
+    seq: int
+    sent_at: float
 
 
 class RateBudget:
@@ -71,39 +91,50 @@ class RateBudget:
         self.share = max(1, math.floor(requests_per_minute * budget_share + 1e-9))
         # Non-uploads must always be able to send at least one request per window.
         self.reserve = max(0, min(upload_reserve, self.share - 1))
-        self.sends: deque[float] = deque()
+        # seq -> when the request finished (answered or given up); None while in flight.
+        self.slots: dict[int, float | None] = {}
+        self.next_seq = 1
         self.blocked_until = 0.0
         self.server_remaining: int | None = None
         self.server_seen_at = 0.0
         self.server_window_s = self.window_s
-        self.sends_since_seen = 0
-        # Our sends inside the server's window when it last told us what is left: the server
-        # counts them, and each frees a slot there when it ages out of the (rolling) window.
-        # Only trusted when this device owns the whole budget (no fleet to take those slots).
+        self.seen_seq = 0  # the send whose answer gave `server_remaining`
+        self.unseen_before: set[int] = set()  # earlier sends in flight when it was answered
+        # Our requests the server counted when it told us what is left: each frees a slot
+        # there when it ages out. Only trusted when this device owns the whole budget.
         self.sole_device = budget_share >= 1.0
-        self.counted_at_seen: list[float] = []
-        self.latencies: deque[tuple[float, float]] = deque()
+        self.counted_at_seen: list[int] = []
+
+    def _expiry(self, seq: int) -> float:
+        done = self.slots.get(seq)
+        return NEVER if done is None else done + self.window_s
 
     def _prune(self, now: float) -> None:
-        while self.sends and self.sends[0] + self.window_s <= now:
-            self.sends.popleft()
+        for seq in [s for s, done in self.slots.items()
+                    if done is not None and done + self.window_s <= now]:
+            del self.slots[seq]
 
     def _server_known(self, now: float) -> bool:
         return (self.server_remaining is not None
                 and now < self.server_seen_at + self.server_window_s)
 
+    def _unseen(self) -> int:
+        """Our sends the server may not have counted in its last known `remaining`."""
+        return (self.next_seq - 1 - self.seen_seq) + len(self.unseen_before)
+
     def ready_at(self, priority: Priority, now: float) -> float:
-        """Earliest time (>= now) at which one send of `priority` is allowed."""
+        """Earliest time (>= now) at which one send of `priority` is allowed; `NEVER` while
+        the slots it needs are held by requests still in flight (their end wakes the queue)."""
         self._prune(now)
         reserve = 0 if priority == Priority.UPLOAD else self.reserve
         allowed = self.share - reserve
         at = now
-        excess = len(self.sends) + 1 - allowed
+        excess = len(self.slots) + 1 - allowed
         if excess > 0:
-            at = max(at, self.sends[excess - 1] + self.window_s)
+            at = max(at, sorted(self._expiry(s) for s in self.slots)[excess - 1])
         if self._server_known(now):
             assert self.server_remaining is not None
-            left = self.server_remaining - self.sends_since_seen
+            left = self.server_remaining - self._unseen()
             if left - reserve < 1:
                 at = max(at, self._server_slot_at(reserve + 1 - left))
         return max(at, self.blocked_until)
@@ -112,56 +143,63 @@ class RateBudget:
         """When the server's rolling window will have `needed` more free slots.
 
         In general only the window's end is certain (other devices may hold the slots). A sole
-        device knows its own counted sends are what fills the window: the `needed`-th oldest
-        of them ageing out frees the slot — instead of idling a whole window after every
-        "0 left" answer, which stalled uploads for up to a minute under a steady load."""
+        device knows its own counted requests are what fills the window: the `needed`-th of
+        them to age out (a window after it finished, plus a margin for the two clocks' rates)
+        frees the slot — instead of idling a whole window after every "0 left" answer."""
         window_end = self.server_seen_at + self.server_window_s
         if self.sole_device and 0 < needed <= len(self.counted_at_seen):
-            # The server stamped that request at most one round trip after we sent it: wait
-            # out the slowest recent round trip (and a margin for the two clocks' rates).
-            while self.latencies and self.latencies[0][0] + self.server_window_s < self.server_seen_at:
-                self.latencies.popleft()
-            slowest = max((lat for _, lat in self.latencies), default=self.server_window_s)
-            early = self.counted_at_seen[needed - 1] + self.server_window_s + slowest + SLOT_MARGIN_S
-            return min(window_end, early)
+            expiries = sorted(self._expiry(s) if s in self.slots else self.server_seen_at
+                              for s in self.counted_at_seen)
+            return min(window_end, expiries[needed - 1] + SLOT_MARGIN_S)
         return window_end
 
-    def record_send(self, now: float) -> None:
+    def record_send(self, now: float) -> Ticket:
         self._prune(now)
-        self.sends.append(now)
-        self.sends_since_seen += 1
+        ticket = Ticket(self.next_seq, now)
+        self.next_seq += 1
+        self.slots[ticket.seq] = None
+        return ticket
+
+    def done(self, ticket: Ticket, now: float) -> None:
+        """The request was answered, failed or given up: its slot starts ageing now."""
+        if ticket.seq in self.slots and self.slots[ticket.seq] is None:
+            self.slots[ticket.seq] = now
 
     def observe(self, now: float, remaining: int | None, window_s: float | None,
-                latency_s: float | None = None) -> None:
-        """Take in the rate headers of an answer (either may be missing) and how long the
-        request took (the server counted it somewhere in that span)."""
-        if latency_s is not None:
-            self.latencies.append((now, max(0.0, latency_s)))
+                ticket: Ticket | None = None) -> None:
+        """Take in the rate headers of the answer to `ticket` (either may be missing). The
+        answer to an earlier send than one already heard from is stale: its count is
+        ignored. Without a ticket the answer is taken as the newest."""
         if window_s is not None and window_s > 0:
             # The platform states its window length: our own log uses the same window.
             self.server_window_s = self.window_s = float(window_s)
-        if remaining is not None:
-            self.server_remaining = max(0, remaining)
-            self.server_seen_at = now
-            self.sends_since_seen = 0
-            self._prune(now)
-            self.counted_at_seen = list(self.sends)
+        seq = ticket.seq if ticket is not None else self.next_seq - 1
+        if remaining is None or seq < self.seen_seq:
+            return
+        self.server_remaining = max(0, remaining)
+        self.server_seen_at = now
+        self.seen_seq = seq
+        self.unseen_before = {s for s, done in self.slots.items() if done is None and s < seq}
+        self._prune(now)
+        self.counted_at_seen = [s for s in self.slots if s <= seq and s not in
+                                self.unseen_before]
 
     def rate_limited(self, now: float, wait_s: float) -> None:
         """The server answered 429: send nothing for `wait_s`."""
         self.blocked_until = max(self.blocked_until, now + max(0.0, wait_s))
         self.server_remaining = 0
         self.server_seen_at = now
-        self.sends_since_seen = 0
+        self.seen_seq = max(self.seen_seq, self.next_seq - 1)
+        self.unseen_before = set()
         self.counted_at_seen = []  # a 429 says wait the window out: no early slots
 
     def remaining(self, now: float) -> int:
         """Sends this device may still make now (for uploads), by both budgets."""
         self._prune(now)
-        left = self.share - len(self.sends)
+        left = self.share - len(self.slots)
         if self._server_known(now):
             assert self.server_remaining is not None
-            left = min(left, self.server_remaining - self.sends_since_seen)
+            left = min(left, self.server_remaining - self._unseen())
         return max(0, left) if now >= self.blocked_until else 0
 
 
@@ -169,11 +207,13 @@ class RateBudget:
 class _Waiter:
     priority: int
     seq: int
-    future: asyncio.Future[None] = field(compare=False)
+    future: asyncio.Future[Ticket] = field(compare=False)
 
 
 class Governor:
-    """Async gatekeeper: `await governor.acquire(Priority.UPLOAD)` before each counted request."""
+    """Async gatekeeper: `ticket = await governor.acquire(Priority.UPLOAD)` before each counted
+    request, `governor.observe(remaining, window_s, ticket)` with its answer's headers, and
+    `governor.done(ticket)` when it is over (answered, failed or timed out) — in a `finally`."""
 
     def __init__(self, requests_per_minute: int, budget_share: float = 1.0,
                  upload_reserve: int = 2, clock: Clock | None = None, window_s: float = 60.0):
@@ -189,22 +229,30 @@ class Governor:
     def from_config(cls, api: dict[str, Any], clock: Clock | None = None) -> Governor:
         return cls(api["requests_per_minute"], api["budget_share"], api["upload_reserve"], clock)
 
-    async def acquire(self, priority: Priority) -> None:
-        """Wait until a send of `priority` is allowed; the send is counted when this returns."""
+    async def acquire(self, priority: Priority) -> Ticket:
+        """Wait until a send of `priority` is allowed; the send is counted when this returns
+        and holds its slot until `done()`."""
         loop = asyncio.get_running_loop()
         waiter = _Waiter(int(priority), next(self._seq), loop.create_future())
         heapq.heappush(self._heap, waiter)
         self._kick()
         try:
-            await waiter.future
+            ticket = await waiter.future
         except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.done(waiter.future.result())  # granted, then cancelled: never sent
             self._kick()  # let the pump drop this waiter and look at the next one
             raise
         self.granted[Priority(priority).name] += 1
+        return ticket
 
     def observe(self, remaining: int | None, window_s: float | None,
-                latency_s: float | None = None) -> None:
-        self.budget.observe(self.clock.now(), remaining, window_s, latency_s)
+                ticket: Ticket | None = None) -> None:
+        self.budget.observe(self.clock.now(), remaining, window_s, ticket)
+        self._kick()
+
+    def done(self, ticket: Ticket) -> None:
+        self.budget.done(ticket, self.clock.now())
         self._kick()
 
     def rate_limited(self, wait_s: float) -> None:
@@ -229,23 +277,24 @@ class Governor:
             at = self.budget.ready_at(Priority(head.priority), now)
             if at <= now:
                 heapq.heappop(self._heap)
-                self._grant(Priority(head.priority), now)
-                head.future.set_result(None)
+                head.future.set_result(self._grant(Priority(head.priority), now))
                 continue
             self._wake.clear()
-            sleeper = asyncio.ensure_future(self.clock.sleep(at - now))
             woken = asyncio.ensure_future(self._wake.wait())
+            waits: set[asyncio.Future[Any]] = {woken}
+            if at < NEVER:  # else only a request ending (or an answer) can free a slot
+                waits.add(asyncio.ensure_future(self.clock.sleep(at - now)))
             try:
-                await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (sleeper, woken):
+                for task in waits:
                     if not task.done():
                         task.cancel()
-                await asyncio.gather(sleeper, woken, return_exceptions=True)
+                await asyncio.gather(*waits, return_exceptions=True)
 
-    def _grant(self, priority: Priority, now: float) -> None:
+    def _grant(self, priority: Priority, now: float) -> Ticket:
         """Count one send of `priority` at `now` (a seam for tests that audit every grant)."""
-        self.budget.record_send(now)
+        return self.budget.record_send(now)
 
     def get_status(self) -> dict[str, Any]:
         """Remaining sends, next slot time (clock seconds), 429 block and queue per priority."""
@@ -259,8 +308,14 @@ class Governor:
             "upload_reserve": self.budget.reserve,
             "window_s": self.budget.window_s,
             "remaining": self.budget.remaining(now),
-            "next_slot_in_s": round(self.budget.ready_at(Priority.UPLOAD, now) - now, 3),
+            "next_slot_in_s": _seconds(self.budget.ready_at(Priority.UPLOAD, now) - now),
+            "in_flight": sum(1 for d in self.budget.slots.values() if d is None),
             "rate_limited_for_s": round(max(0.0, self.budget.blocked_until - now), 3),
             "queued": queued,
             "granted": dict(self.granted),
         }
+
+
+def _seconds(value: float) -> float | None:
+    """A wait for status: None while it depends on requests still in flight."""
+    return None if value == NEVER else round(value, 3)

@@ -184,7 +184,7 @@ class Syncer:
         applied = 0
         while True:
             page: EntryPage = await self.client.entry_tickets(
-                event_id, start_time=cursor, include_zones=True,
+                event_id, start_time=None if listing_full else cursor, include_zones=True,
                 include_products=include_products,
                 limit=FULL_PAGE if use_async else DELTA_PAGE, async_mode=use_async,
                 page_url=next_url)

@@ -8,11 +8,21 @@ Exactly once rests on the platform's two idempotency keys (`POST /entry/tickets`
   earlier answer and scans nothing. Because of that, a batch's membership never changes once
   its uuid is set — a retry after a crash resends exactly the same rows.
 
-Rows become `sent` only after a 2xx. 429/5xx/timeouts: the same batch is retried later (the
-governor honours the rate headers). 401/403: uploading pauses, everything is kept, status
-raises an alarm. 422/404: the batch is split to isolate the offending rows (by the platform's
-`tickets.N.field` errors when it names them, else by halving); only those rows are quarantined,
-with the platform's words, for a technician to see (`gate-agent queue`) and retry.
+Rows become `sent` only after an answer that says so: HTTP 200/201 with `{"success": true}`.
+`success: false` and a 202 to a synchronous request deliver nothing: the rows stay pending
+under the same request uuid and are retried with back-off; after `max_tries` such answers
+they are quarantined with the platform's words (never dropped). Request-wide failures — 404
+(a misrouting proxy, a wrong base URL), 5xx, timeouts, 429 — say nothing about the rows: the
+same batch is retried later, never split. 401/403: uploading pauses, everything is kept,
+status raises an alarm. Only a 422 whose errors name rows or fields is about the data: the
+rows it names (`tickets.N.*`) are quarantined and the rest resent; errors naming no row halve
+the batch. A split spends at most `split_budget` requests per round; the parts left are
+already committed under their own uuids and go out in later rounds.
+
+Two uploaders on one journal (the daemon and `gate-agent upload`) claim batches in one write
+transaction with a guarded update (`Journal.claim_batch`), and a split only regroups rows
+still pending in the batch it split (`Journal.regroup`), so the same rows never go out under
+two request uuids.
 """
 
 from __future__ import annotations
@@ -22,12 +32,13 @@ import logging
 import re
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import format_upload_time, parse_utc_iso, utc_iso
-from agent.errors import ApiError, Forbidden, NotFound, Unauthenticated, Validation
+from agent.errors import ApiError, Forbidden, NotDelivered, Unauthenticated, Validation
 from agent.platform.client import PlatformClient
 from agent.store.journal import Journal
 
@@ -80,54 +91,68 @@ def ticket_row(row: dict[str, Any], scanned_by: int | None = None) -> dict[str, 
     return ticket
 
 
+MAX_TRIES = 5  # unconfirmed answers (success:false, 202) before a batch is quarantined
+SPLIT_BUDGET = 16  # requests a round may spend after a 422, isolating the rows it is about
+HOLD_S = (10.0, 300.0)  # back-off after an unconfirmed answer: first wait, cap
+
+
 class Uploader:
     """Drains the journal's outbox through the platform client."""
 
     def __init__(self, journal: Journal, client: PlatformClient, *, batch_size: int,
-                 scanned_by: int | None = None, retention_days: int = 7):
+                 scanned_by: int | None = None, retention_days: int = 7,
+                 max_tries: int = MAX_TRIES, split_budget: int = SPLIT_BUDGET,
+                 clock: Callable[[], float] = time.monotonic):
         self.journal = journal
         self.client = client
         self.batch_size = batch_size
         self.scanned_by = scanned_by
         self.retention_days = retention_days
+        self.max_tries = max_tries
+        self.split_budget = split_budget
+        self.clock = clock
         self.status = UploadStatus()
+        self._held: dict[str, float] = {}  # batch uuid -> not before (after an unconfirmed try)
+        self._budget: int | None = None  # requests left in this round once a 422 came
 
     async def upload_once(self) -> int:
         """Send one batch (the unfinished one first). Returns rows settled (sent or quarantined).
 
-        Raises the ApiError of a failure that should stop this round (rate limit, server, auth).
+        Raises the ApiError of a failure that should stop this round (rate limit, server, auth,
+        an unconfirmed answer).
         """
-        rows = await asyncio.to_thread(self._next_batch)
+        rows = await asyncio.to_thread(self.journal.claim_batch, self.batch_size,
+                                       str(uuidlib.uuid4()))
         if not rows:
             return 0
-        return await self._send(rows, rows[0]["batch_uuid"])
-
-    def _next_batch(self) -> list[dict[str, Any]]:
-        """The oldest pending rows: an already-numbered batch as it was, else a new one."""
-        head = self.journal.pending(1)
-        if not head:
-            return []
-        if head[0]["batch_uuid"]:
-            return self.journal.batch(head[0]["batch_uuid"])
-        rows = [r for r in self.journal.pending(self.batch_size) if not r["batch_uuid"]]
-        batch_uuid = str(uuidlib.uuid4())
-        self.journal.assign_batch([r["uuid"] for r in rows], batch_uuid)
-        return [{**r, "batch_uuid": batch_uuid} for r in rows]
+        batch_uuid = rows[0]["batch_uuid"]
+        if self._held.get(batch_uuid, 0.0) > self.clock():
+            return 0  # backing off after an unconfirmed answer; the next round tries again
+        if self._budget is not None and self._budget <= 0:
+            return 0  # this round has spent what it may on isolating refused rows
+        return await self._send(rows, batch_uuid)
 
     async def _send(self, rows: list[dict[str, Any]], batch_uuid: str) -> int:
         tickets = [ticket_row(r, self.scanned_by) for r in rows]
         self.status.requests += 1
+        if self._budget is not None:
+            self._budget -= 1
         try:
             await self.client.upload_scans(batch_uuid, tickets)
         except (Unauthenticated, Forbidden) as exc:
             self.status.state, self.status.last_error = "auth_failed", str(exc)
             log.error("upload paused: %s", exc)
             raise
-        except (Validation, NotFound) as exc:
-            return await self._isolate(rows, exc)
-        except ApiError as exc:
+        except Validation as exc:
+            if exc.errors:
+                return await self._isolate(rows, batch_uuid, exc)
+            return await self._undelivered(rows, batch_uuid, exc)
+        except NotDelivered as exc:
+            return await self._undelivered(rows, batch_uuid, exc)
+        except ApiError as exc:  # request-wide: 404, 429, 5xx, transport, unreadable answer
             self.status.state, self.status.last_error = "retrying", str(exc)
             raise
+        self._held.pop(batch_uuid, None)
         uuids = [r["uuid"] for r in rows]
         await asyncio.to_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
         self.status.state, self.status.last_error = "ok", None
@@ -135,14 +160,36 @@ class Uploader:
         self.status.sent_total += len(rows)
         return len(rows)
 
-    async def _isolate(self, rows: list[dict[str, Any]], exc: ApiError) -> int:
+    async def _undelivered(self, rows: list[dict[str, Any]], batch_uuid: str,
+                           exc: ApiError) -> int:
+        """An answer that confirms nothing about the rows: count the try, keep them pending
+        with the same uuid and back off; quarantine them after `max_tries`."""
+        reason = _reason(exc)
+        gone = await asyncio.to_thread(self.journal.note_undelivered, batch_uuid, reason,
+                                       self.max_tries)
+        if gone:
+            self._held.pop(batch_uuid, None)
+            self.status.quarantined_total += gone
+            log.warning("quarantined %d scan(s) after %d unconfirmed answers: %s", gone,
+                        self.max_tries, reason)
+            return gone
+        tries = int(rows[0]["attempts"]) + 1
+        self._held[batch_uuid] = self.clock() + min(HOLD_S[1], HOLD_S[0] * 2 ** (tries - 1))
+        self.status.state, self.status.last_error = "retrying", str(exc)
+        raise exc
+
+    async def _isolate(self, rows: list[dict[str, Any]], batch_uuid: str,
+                       exc: Validation) -> int:
         """A batch the platform refused as invalid: quarantine the bad rows, resend the rest.
 
         The platform records nothing of a refused batch. The rows it names (`tickets.N.*`) are
         quarantined with its words; without names the batch is halved. Quarantines and the new
         request uuid of every part are committed together *before* any part is sent, so a
         crash or an error mid-way never leaves rows under a uuid whose membership changed.
+        Parts beyond the round's split budget wait for the next round under their uuids.
         """
+        if self._budget is None:
+            self._budget = self.split_budget
         reason = _reason(exc)
         named = _named_rows(exc, len(rows))
         bad: list[tuple[str, str]] = []
@@ -156,14 +203,19 @@ class Uploader:
             half = len(rows) // 2
             parts = [rows[:half], rows[half:]]
         planned = [(str(uuidlib.uuid4()), part) for part in parts]
-        await asyncio.to_thread(self.journal.regroup, bad,
-                                [(u, [r["uuid"] for r in part]) for u, part in planned])
+        regrouped = await asyncio.to_thread(
+            self.journal.regroup, batch_uuid, bad,
+            [(u, [r["uuid"] for r in part]) for u, part in planned])
+        if not regrouped:
+            return 0  # another uploader settled this batch first
         if bad:
             self.status.quarantined_total += len(bad)
             log.warning("quarantined %d scan(s): %s", len(bad), reason)
         settled = len(bad)
-        for batch_uuid, part in planned:
-            settled += await self._send(part, batch_uuid)
+        for part_uuid, part in planned:
+            if self._budget <= 0:
+                break  # the rest goes out in later rounds, under the uuids fixed above
+            settled += await self._send(part, part_uuid)
         return settled
 
     async def upload_round(self) -> int:
@@ -175,6 +227,7 @@ class Uploader:
         stall for a whole rate window that way); newcomers wait for the next round, or for a
         full batch, which brings the round forward."""
         target = await asyncio.to_thread(self.journal.pending_count)
+        self._budget = None
         total = 0
         while total < target:
             done = await self.upload_once()
@@ -186,6 +239,7 @@ class Uploader:
     async def drain(self, max_rounds: int = 1_000_000) -> int:
         """Upload until nothing is pending. Errors propagate (the caller decides how to wait)."""
         total = 0
+        self._budget = None
         for _ in range(max_rounds):
             done = await self.upload_once()
             if not done:

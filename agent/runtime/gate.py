@@ -88,7 +88,7 @@ class Gate:
         state = derive_state(
             own,
             self.cache.platform_scans(hit.event_id, hit.item.id),
-            zone_id, is_default, event.timezone if event else None,
+            zone_id, is_default,
         )
         occupancy = None
         if zone is not None and zone.capacity:

@@ -27,6 +27,8 @@ from agent.sandbox.state import DEMO_EMAIL, DEMO_PASSWORD, SandboxState
 from agent.sandbox.store import fmt, parse_time
 
 LANGUAGES = ("en", "nl", "de", "fr", "es")
+AFTER_COMMIT = "sandbox.after_commit"  # scope key: the fault to apply to an applied request's answer
+OTHER_HOST = "https://api.oconner.example"  # the spec's links name other hosts
 Answer = tuple[int, Any]
 
 
@@ -58,6 +60,12 @@ class Platform:
             st.received.per_endpoint[f"{request.method} {path}"] += 1
             status, body = self._dispatch(request, path, raw, headers)
             headers["Date"] = formatdate(st.clock.now(), usegmt=True)
+            if request.method == "POST" and status < 400:
+                roll, f = st.rng.random(), st.faults
+                if roll < f.lost_after_commit_rate:
+                    request.scope[AFTER_COMMIT] = "lost"
+                elif roll < f.lost_after_commit_rate + f.error_after_commit_rate:
+                    request.scope[AFTER_COMMIT] = "error"
         return JSONResponse(body, status_code=status, headers=headers)
 
     def _dispatch(self, request: Request, path: str, raw: bytes,
@@ -136,7 +144,8 @@ class Platform:
                                   lambda: rules.pair(st.store, body, now))
             if (method, path) in (("POST", "/zones/scan"), ("POST", "/zones/check")):
                 record = path == "/zones/scan"
-                run = lambda: rules.zone_decision(st.store, st.zones, body, now, record)  # noqa: E731
+                run = lambda: rules.zone_decision(  # noqa: E731
+                    st.store, st.zones, body, now, record, st.faults.scan_time_form)
                 return self._once(st.scan_replies, body, run) if record else (200, run())
         except rules.Invalid as exc:
             return invalid(exc.errors)
@@ -172,12 +181,27 @@ class Platform:
         return 200, {"token": self.state.issue_token()}
 
     def upload(self, body: Any, now: float) -> Answer:
+        """A repeated request uuid gets the first answer and records nothing; `upload_answer`
+        other than "success" takes the rows and applies none (not stored under the uuid, so a
+        retry once the platform recovers is applied)."""
         st = self.state
         key = body.get("uuid") if isinstance(body, dict) else None
+        rows = body.get("tickets") if isinstance(body, dict) else None
+        rows = rows if isinstance(rows, list) else []
         if isinstance(key, str) and key in st.upload_replies:
+            st.received.uploads.extend(rules.received_row(r, key, "replayed request")
+                                       for r in rows)
             st.received.request_uuids.append(key)
             return 200, st.upload_replies[key]
-        answer = rules.upload(st.store, body, st.scan_uuids, now, st.received.uploads)
+        if st.faults.upload_answer != "success" and isinstance(key, str):
+            st.received.uploads.extend(
+                rules.received_row(r, key, f"answered {st.faults.upload_answer}") for r in rows)
+            st.received.request_uuids.append(key)
+            if st.faults.upload_answer == "accepted_202":
+                return 202, {"success": True}
+            return 200, {"success": False}
+        answer = rules.upload(st.store, body, st.scan_uuids, now, st.received.uploads,
+                              st.faults.scan_time_form)
         assert isinstance(key, str)
         st.upload_replies[key] = answer
         st.received.request_uuids.append(key)
@@ -194,36 +218,43 @@ class Platform:
         start = parse_time(q["startTime"]) if q.get("startTime") else None
         if q.get("startTime") and start is None:
             return invalid({"startTime": ["The start time is not a valid date."]})
-        after = None
-        if q.get("after"):
-            try:
-                t, seq, item_id = q["after"].split(":")
-                after = (float(t), int(seq), int(item_id))
-            except ValueError:
-                return invalid({"after": ["The after cursor is invalid."]})
+        page_raw = q.get("page", "1")
+        if not page_raw.isdigit() or int(page_raw) < 1:
+            return invalid({"page": ["The page must be at least 1."]})
+        page = int(page_raw)
         pass_start = int(q["passStart"]) if q.get("passStart", "").isdigit() \
             else int(st.clock.now())
         st.store.hold_horizon(float(pass_start))
         zones, products = _flag(q.get("includeZones")), _flag(q.get("includeProducts"))
-        rows, more, total = st.store.listing(event_id, start, after, limit, products)
-        content = []
-        for _key, item in rows:
-            if not zones:
+        content, total = st.store.listing(event_id, start, page, limit, products)
+        if not zones:
+            for item in content:
                 item.pop("zoneData", None)
-            content.append(item)
         params = {"eventId": event_id, "limit": limit, "includeZones": str(zones).lower(),
                   "includeProducts": str(products).lower(), "passStart": pass_start}
         if q.get("startTime"):
             params["startTime"] = q["startTime"]
-        base = f"{request.url.scheme}://{request.url.netloc}{request.url.path}?"
-        links = {"first": base + urlencode(params)}
-        self_params = dict(params, **({"after": q["after"]} if q.get("after") else {}))
-        links["self"] = base + urlencode(self_params)
-        if more:
-            k = rows[-1][0]
-            links["next"] = base + urlencode(dict(params, after=f"{k[0]!r}:{k[1]}:{k[2]}"))
+        last = max(1, -(-total // limit))
+        link = self._link_base(request)
+        links = {"first": link + urlencode(dict(params, page=1)),
+                 "last": link + urlencode(dict(params, page=last)),
+                 "self": link + urlencode(dict(params, page=page))}
+        if page > 1:
+            links["prev"] = link + urlencode(dict(params, page=min(page - 1, last)))
+        if page * limit < total:
+            links["next"] = link + urlencode(dict(params, page=page + 1))
         return 200, {"content": content, "listEndTime": fmt(pass_start), "total": total,
                      "pagination": links, "dataCaptureQuestions": []}
+
+    def _link_base(self, request: Request) -> str:
+        """Where the links point, by `link_style`: our own absolute URL, a bare path, or the
+        spec's style of another host (and plain http, as a TLS-terminating proxy writes)."""
+        style, path = self.state.faults.link_style, request.url.path
+        if style == "path":
+            return f"{path}?"
+        if style == "other_host":
+            return f"{OTHER_HOST.replace('https:', 'http:')}/v1/events/tickets?"
+        return f"{request.url.scheme}://{request.url.netloc}{path}?"
 
 
 class FaultLayer:
@@ -246,6 +277,9 @@ class FaultLayer:
                 roll < f.reset_rate + f.error_rate + f.malformed_rate
         if latency:
             await asyncio.sleep(latency)
+        if not (reset or error or broken):
+            await self.app(scope, receive, _after_commit(scope, send))
+            return
         if reset:  # promise a body, send half of it, hang up: the client sees a dropped link
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
@@ -259,7 +293,32 @@ class FaultLayer:
             await Response(b'{"content": [{"id": 1,', status_code=200,
                            media_type="application/json")(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+
+
+def _after_commit(scope: Scope, send: Send) -> Send:
+    """`send` for an answer the platform may lose after applying its request: the handler
+    marks the scope (`AFTER_COMMIT`), and the answer goes out as a dropped link or a 500."""
+
+    async def guarded(message: Any) -> None:
+        fault = scope.get(AFTER_COMMIT)
+        if fault is None:
+            await send(message)
+            return
+        if message["type"] != "http.response.start":
+            return  # the real answer's body is swallowed
+        if fault == "lost":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", b"1000")]})
+            await send({"type": "http.response.body", "body": b'{"succ', "more_body": True})
+            raise ConnectionResetError("sandbox: answer lost after commit")
+        body = json.dumps(_msg("Server Error.")).encode()
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return guarded
 
 
 def build_app(state: SandboxState) -> ASGIApp:

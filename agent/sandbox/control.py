@@ -8,8 +8,10 @@ Only for the machine itself or for callers that present the control token printe
     POST /_sandbox/received/reset    forget what was received
     GET  /_sandbox/faults            current faults
     POST /_sandbox/faults            {"latency_s", "error_rate", "reset_rate", "malformed_rate",
+                                      "lost_after_commit_rate", "error_after_commit_rate",
                                       "storm", "async_delay_s", "trial_expired",
-                                      "clock_offset_s"} (any subset; {"clear": true} resets all)
+                                      "clock_offset_s", "link_style", "scan_time_form",
+                                      "upload_answer"} (any subset; {"clear": true} resets all)
     POST /_sandbox/clock             {"advance_s": N} moves the server clock forward
     POST /_sandbox/tokens            {"token"?: T} adds a token (or issues one) -> {"token"}
     POST /_sandbox/tokens/revoke     {"token": T}

@@ -42,9 +42,35 @@ def _need_str(body: dict[str, Any], key: str, errors: dict[str, list[str]], pref
     return value
 
 
+def received_row(row: Any, request_uuid: Any, skipped: str | None = None) -> dict[str, Any]:
+    """What `/_sandbox/received` keeps of one uploaded ticket row."""
+    row = row if isinstance(row, dict) else {}
+    record = {k: row.get(k) for k in _RECORDED}
+    record["requestUuid"] = request_uuid
+    if skipped:
+        record["skipped"] = skipped
+    return record
+
+
+_RECORDED = ("uuid", "barcode", "eventId", "zoneId", "status", "statusDetail", "scan",
+             "scannedOn", "admittedThroughGateId", "scannedBy")
+
+
 def upload(store: ItemStore, body: Any, seen_scan_uuids: set[str], now: float,
-           received: list[dict[str, Any]]) -> dict[str, Any]:
-    """`POST /entry/tickets` (request-uuid replay is handled by the caller)."""
+           received: list[dict[str, Any]], time_form: str = "iso_z") -> dict[str, Any]:
+    """`POST /entry/tickets` (request-uuid replay is handled by the caller). Every row is
+    appended to `received`, applied or not."""
+    try:
+        return _upload(store, body, seen_scan_uuids, now, received, time_form)
+    except Invalid:
+        tickets = body.get("tickets") if isinstance(body, dict) else None
+        for row in tickets if isinstance(tickets, list) else []:
+            received.append(received_row(row, body.get("uuid"), "refused 422"))
+        raise
+
+
+def _upload(store: ItemStore, body: Any, seen_scan_uuids: set[str], now: float,
+            received: list[dict[str, Any]], time_form: str) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     if not isinstance(body, dict):
         raise Invalid({"uuid": ["The uuid field is required."]})
@@ -88,18 +114,14 @@ def upload(store: ItemStore, body: Any, seen_scan_uuids: set[str], now: float,
         raise Invalid(errors)
     for row in plan:
         scan_uuid = row.get("uuid")
-        record = {k: row.get(k) for k in ("uuid", "barcode", "eventId", "zoneId", "status",
-                                          "statusDetail", "scan", "scannedOn",
-                                          "admittedThroughGateId", "scannedBy")}
         if isinstance(scan_uuid, str) and scan_uuid in seen_scan_uuids:
-            record["skipped"] = "duplicate uuid"
-            received.append(record)
+            received.append(received_row(row, body["uuid"], "duplicate uuid"))
             continue
         if isinstance(scan_uuid, str):
             seen_scan_uuids.add(scan_uuid)
-        received.append(record)
+        received.append(received_row(row, body["uuid"]))
         if row["status"] == "scanned":
-            _apply_scan(store, row, now)
+            _apply_scan(store, row, now, time_form)
     return {"success": True}
 
 
@@ -110,7 +132,16 @@ def _entry_zone(store: ItemStore, event_id: int) -> int | None:
     return None
 
 
-def _apply_scan(store: ItemStore, row: dict[str, Any], now: float) -> None:
+def echo_time(upload_form: str, time_form: str) -> str:
+    """A scan time as the platform echoes it: the spec shows both ISO 8601 with `Z` and the
+    upload form `YYYY-MM-DD HH:MM:SS` (UTC); `time_form` picks one."""
+    if time_form == "upload":
+        return upload_form
+    return upload_form.replace(" ", "T") + ".000000Z"
+
+
+def _apply_scan(store: ItemStore, row: dict[str, Any], now: float,
+                time_form: str = "iso_z") -> None:
     found = store.find(row["barcode"], row["eventId"])
     assert found is not None
     item = store.item(found.event_id, found.index)
@@ -119,9 +150,7 @@ def _apply_scan(store: ItemStore, row: dict[str, Any], now: float) -> None:
     if variable.get("status") in (None, "sold", "scanned") and direction == "in":
         variable["status"] = "scanned"
     variable.setdefault("status", "sold")
-    # Uploads are UTC "Y-m-d H:i:s"; answers carry scan times as the spec's examples do
-    # (ISO 8601 with "Z"), so no reader has to guess their zone.
-    scanned_on = row["scannedOn"].replace(" ", "T") + ".000000Z"
+    scanned_on = echo_time(row["scannedOn"], time_form)
     variable["scannedOn"] = scanned_on
     variable["scannedBy"] = str(row.get("scannedBy") or row.get("admittedThroughGateId") or "")
     item["variable"] = variable
@@ -177,7 +206,7 @@ def pair(store: ItemStore, body: Any, now: float) -> dict[str, Any]:
 
 
 def zone_decision(store: ItemStore, zones: dict[int, tuple[int, dict[str, Any]]], body: Any,
-                  now: float, record: bool) -> dict[str, Any]:
+                  now: float, record: bool, time_form: str = "iso_z") -> dict[str, Any]:
     """`POST /zones/scan` (record=True) and `/zones/check` (record=False)."""
     if not isinstance(body, dict):
         raise Invalid({"zoneId": ["The zone id field is required."]})
@@ -235,7 +264,8 @@ def zone_decision(store: ItemStore, zones: dict[int, tuple[int, dict[str, Any]]]
     if record:
         _apply_scan(store, {"barcode": item["const"]["barcode"], "eventId": event_id,
                             "zoneId": zone_id, "scan": direction, "scannedOn": fmt(now),
-                            "uuid": body.get("uuid"), "scannedBy": "zones/scan"}, now)
+                            "uuid": body.get("uuid"), "scannedBy": "zones/scan"}, now,
+                    time_form)
         attendance += 1 if direction == "in" else -1
     return {**answer, "status": "valid", "attendance": max(0, attendance)}
 

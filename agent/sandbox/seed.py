@@ -42,6 +42,7 @@ class ItemSource(Protocol):
     def item_id(self, index: int) -> int: ...
     def is_product(self, index: int) -> bool: ...
     def count_non_products(self) -> int: ...
+    def non_product_index(self, rank: int) -> int: ...
     def find_barcode(self, code: str) -> tuple[int, bool] | None: ...
     def find_id(self, item_id: int) -> int | None: ...
     def find_nfc(self, nfc_id: str) -> int | None: ...
@@ -71,6 +72,11 @@ class GeneratedItems:
     def count_non_products(self) -> int:
         products = self.n // 20 + (1 if self.n % 20 > 7 else 0)
         return self.n - products
+
+    def non_product_index(self, rank: int) -> int:
+        """Index of the `rank`-th (0-based) item that is not a product (one in 20 is)."""
+        block, r = divmod(rank, 19)
+        return block * 20 + (r if r < 7 else r + 1)
 
     def barcode(self, index: int) -> str:
         return f"{self.prefix}{index:07d}"
@@ -161,6 +167,7 @@ class ListItems:
     _by_code: dict[str, tuple[int, bool]] = field(default_factory=dict)
     _by_id: dict[int, int] = field(default_factory=dict)
     _by_nfc: dict[str, int] = field(default_factory=dict)
+    _non_products: list[int] | None = None
 
     def __post_init__(self) -> None:
         for index, row in enumerate(self.rows):
@@ -189,6 +196,11 @@ class ListItems:
 
     def count_non_products(self) -> int:
         return sum(1 for i in range(len(self.rows)) if not self.is_product(i))
+
+    def non_product_index(self, rank: int) -> int:
+        if self._non_products is None:
+            self._non_products = [i for i in range(len(self.rows)) if not self.is_product(i)]
+        return self._non_products[rank]
 
     def find_barcode(self, code: str) -> tuple[int, bool] | None:
         return self._by_code.get(code)

@@ -33,17 +33,39 @@ class SandboxClock:
         return time.time() + self.offset_s
 
 
+LINK_STYLES = ("absolute", "path", "other_host")
+SCAN_TIME_FORMS = ("iso_z", "upload")
+UPLOAD_ANSWERS = ("success", "success_false", "accepted_202")
+
+
 @dataclass
 class Faults:
-    """Run-time fault injection; rates are probabilities per platform request (0..1)."""
+    """Run-time fault injection and platform variations; rates are probabilities per platform
+    request (0..1). `*_before` faults hit before the platform looks at a request; the
+    `*_after_commit` ones after it applied a POST (its effect is kept, its answer is not)."""
 
     latency_s: float = 0.0
     error_rate: float = 0.0
     reset_rate: float = 0.0
     malformed_rate: float = 0.0
+    lost_after_commit_rate: float = 0.0  # applied, then the connection drops mid-answer
+    error_after_commit_rate: float = 0.0  # applied, then answered 500
     storm: bool = False  # answer every request with 429
     async_delay_s: float = 0.3
     trial_expired: bool = False
+    # Variations the spec allows (not faults): how `pagination` links are written, how scan
+    # times are echoed in `variable.scannedOn`/`zoneData.scans[].scannedOn`, and what a
+    # `POST /entry/tickets` answers (`success_false`/`accepted_202` apply nothing).
+    link_style: str = "absolute"
+    scan_time_form: str = "iso_z"
+    upload_answer: str = "success"
+
+    def check(self) -> None:
+        """ValueError for a variation the sandbox does not know."""
+        for name, allowed in (("link_style", LINK_STYLES), ("scan_time_form", SCAN_TIME_FORMS),
+                              ("upload_answer", UPLOAD_ANSWERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -64,6 +86,10 @@ class AsyncResult:
 
 @dataclass
 class Received:
+    """What reached the platform. `uploads` holds every ticket row received, duplicates
+    included, each with its `requestUuid`; a row that changed nothing says why in `skipped`
+    ("duplicate uuid", "replayed request", "refused 422", "answered success:false", ...)."""
+
     uploads: list[dict[str, Any]] = field(default_factory=list)
     request_uuids: list[str] = field(default_factory=list)
     rate_limited: int = 0
@@ -149,13 +175,18 @@ class SandboxState:
     def set_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply known fault fields (unknown names raise KeyError)."""
         known = asdict(self.faults)
+        updated = dict(known)
         for name, value in changes.items():
             if name == "clock_offset_s":
-                self.clock.offset_s = float(value)
                 continue
             if name not in known:
                 raise KeyError(name)
-            setattr(self.faults, name, type(known[name])(value))
+            updated[name] = type(known[name])(value)
+        faults = Faults(**updated)
+        faults.check()
+        self.faults = faults
+        if "clock_offset_s" in changes:
+            self.clock.offset_s = float(changes["clock_offset_s"])
         return self.fault_status()
 
     def fault_status(self) -> dict[str, Any]:

@@ -4,15 +4,16 @@ Only changed items are stored (a copy of the item with its new last-modified key
 a million generated items costs nothing until scanned.
 
 Listing order and delta semantics (documented in docs/platform.md):
-- a full listing is every unchanged seed item in index order (last-modified = the seed's base
-  time), then every changed item by (last-modified, change sequence) — a change moves an item
-  to the end, never backwards;
-- pages are keyset-paginated: the `next` link carries the sort key of the page's last item, so
-  an item changed while a client pages is not skipped (it comes again at the end of the pass);
+- a listing is in seed order (a changed item keeps its place): a full listing is every seed
+  item, a delta every item whose last change is at or after `startTime`;
+- pages are numbered (`page=N`, as the spec's links show) and cut at offset (N-1)*limit. A
+  listing only ever grows while a client pages (an item's change time never goes back, the
+  seed never shrinks), so an item changed mid-pass can shift later items forward — a client
+  may receive an item twice, never miss one;
 - `listEndTime` is the server time at which the pass's first page was served (whole seconds,
   carried in the links) and `startTime` is inclusive: every change made after the pass started
-  is in the next delta; a client may receive an item twice, never miss one. Change times never
-  go below a `listEndTime` already handed out, even if the server clock is moved back.
+  is in the next delta. Change times never go below a `listEndTime` already handed out, even
+  if the server clock is moved back.
 """
 
 from __future__ import annotations
@@ -107,36 +108,24 @@ class ItemStore:
             nfc_id.upper()
         return index if same else None
 
-    def listing(self, event_id: int, start: float | None, after: Key | None, limit: int,
-                products: bool) -> tuple[list[tuple[Key, dict[str, Any]]], bool, int]:
-        """One page: (rows with their keys, more follow?, total of the pass)."""
+    def listing(self, event_id: int, start: float | None, page: int, limit: int,
+                products: bool) -> tuple[list[dict[str, Any]], int]:
+        """Page `page` (1-based) of `limit` items: (items, total of the listing)."""
         source = self.seed.items[event_id]
         changed = self.changed[event_id]
-        keep = [(k, it) for k, it in changed.values()
-                if (start is None or math.floor(k[0]) >= start)
-                and (products or it.get("itemType") != "product")]
-        keep.sort(key=lambda row: row[0])
-        base_in = start is None or self.base_t >= start
-        total = len(keep)
-        if base_in:
-            base_count = source.count() if products else source.count_non_products()
-            changed_base = sum(1 for _k, it in changed.values()
-                               if products or it.get("itemType") != "product")
-            total += base_count - changed_base
-        rows: list[tuple[Key, dict[str, Any]]] = []
-        if base_in and (after is None or after[1] == 0):
-            index = 0 if after is None else (source.find_id(after[2]) or 0) + 1
-            while index < source.count() and len(rows) <= limit:
-                item_id = source.item_id(index)
-                if item_id not in changed and (products or not source.is_product(index)):
-                    rows.append(((self.base_t, 0, item_id), source.item(index)))
-                index += 1
-        for key, item in keep:
-            if len(rows) > limit:
-                break
-            if after is None or key > after:
-                rows.append((key, _copy(item)))
-        return rows[:limit], len(rows) > limit, total
+        offset = (page - 1) * limit
+        if start is None or self.base_t >= start:  # every seed item is in the listing
+            total = source.count() if products else source.count_non_products()
+            pick = (lambda rank: rank) if products else source.non_product_index
+            picked = [pick(rank) for rank in range(offset, min(total, offset + limit))]
+        else:  # only items changed at or after `start`, in seed order
+            hits = sorted(index for item_id, (k, it) in changed.items()
+                          if math.floor(k[0]) >= start
+                          and (products or it.get("itemType") != "product")
+                          and (index := source.find_id(item_id)) is not None)
+            total = len(hits)
+            picked = hits[offset:offset + limit]
+        return [self.item(event_id, index) for index in picked], total
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:

@@ -220,26 +220,79 @@ class Journal:
             (*states, limit))
         return _rows(cur)
 
-    def assign_batch(self, uuids: list[str], batch_uuid: str) -> None:
-        """Fix the request uuid of a batch before sending, so a retry after a crash reuses it."""
-        with self._write():
-            self.conn.executemany(
-                "UPDATE scans SET batch_uuid = ?, attempts = attempts + 1 WHERE uuid = ?",
-                [(batch_uuid, u) for u in uuids])
+    def claim_batch(self, limit: int, new_uuid: str) -> list[dict[str, Any]]:
+        """The next batch to send, claimed in one write transaction: the oldest pending row's
+        batch as it was fixed, else up to `limit` unclaimed pending rows under `new_uuid`.
 
-    def regroup(self, quarantined: list[tuple[str, str]],
-                batches: list[tuple[str, list[str]]]) -> None:
+        The claim is a guarded update (`... AND batch_uuid IS NULL`) inside BEGIN IMMEDIATE, so
+        two uploaders (the daemon and a technician's `gate-agent upload`, each with its own
+        connection) never give the same rows two request uuids: the second one to claim sees
+        the first one's uuid and sends that very batch (which the platform deduplicates)."""
+        with self._write():
+            head = self.conn.execute(
+                "SELECT batch_uuid FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if head is None:
+                return []
+            if head[0] is None:
+                free = [r[0] for r in self.conn.execute(
+                    "SELECT uuid FROM scans WHERE upload_state = 'pending'"
+                    " AND batch_uuid IS NULL ORDER BY seq LIMIT ?", (limit,))]
+                self.conn.executemany(
+                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
+                    " AND upload_state = 'pending' AND batch_uuid IS NULL",
+                    [(new_uuid, u) for u in free])
+            cur = self.conn.execute(
+                "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ?"
+                " ORDER BY seq", (head[0] or new_uuid,))
+            return _rows(cur)
+
+    def regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
+                batches: list[tuple[str, list[str]]]) -> bool:
         """Settle a refused batch in one transaction: quarantine `(uuid, reason)` rows and give
         each remaining part its own new request uuid — all before anything is resent, so no
-        request uuid ever names two different sets of rows, even across a crash."""
-        with self._write():
-            self.conn.executemany(
+        request uuid ever names two different sets of rows, even across a crash.
+
+        Guarded: every row must still be pending in `old_batch`. If another uploader settled
+        or split it first, nothing changes and False is returned (send nothing then)."""
+        try:
+            with self._write():
+                self._regroup(old_batch, quarantined, batches)
+        except _Taken:
+            return False
+        return True
+
+    def _regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
+                 batches: list[tuple[str, list[str]]]) -> None:
+        changed = 0
+        for u, why in quarantined:
+            changed += self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
-                " WHERE uuid = ?", [(why[:1000], u) for u, why in quarantined])
-            for batch_uuid, uuids in batches:
-                self.conn.executemany(
-                    "UPDATE scans SET batch_uuid = ?, attempts = attempts + 1 WHERE uuid = ?",
-                    [(batch_uuid, u) for u in uuids])
+                " WHERE uuid = ? AND batch_uuid = ? AND upload_state = 'pending'",
+                (why[:1000], u, old_batch)).rowcount
+        for batch_uuid, uuids in batches:
+            for u in uuids:
+                changed += self.conn.execute(
+                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
+                    " AND batch_uuid = ? AND upload_state = 'pending'",
+                    (batch_uuid, u, old_batch)).rowcount
+        if changed != len(quarantined) + sum(len(u) for _, u in batches):
+            raise _Taken  # rolled back by `_write`
+
+    def note_undelivered(self, batch_uuid: str, reason: str, max_tries: int) -> int:
+        """A try of the batch that the platform answered without confirming it: count it and
+        keep the reason beside the rows (still pending, same request uuid). After `max_tries`
+        such answers the rows are quarantined with the reason. Returns rows quarantined."""
+        with self._write():
+            self.conn.execute(
+                "UPDATE scans SET attempts = attempts + 1, reason = ? WHERE batch_uuid = ?"
+                " AND upload_state = 'pending'", (reason[:1000], batch_uuid))
+            cur = self.conn.execute(
+                "UPDATE scans SET upload_state = 'quarantined', batch_uuid = NULL,"
+                " reason = 'after ' || attempts || ' tries: ' || reason"
+                " WHERE batch_uuid = ? AND upload_state = 'pending' AND attempts >= ?",
+                (batch_uuid, max_tries))
+            return cur.rowcount
 
     def mark_sent(self, uuids: list[str], sent_at: str) -> None:
         with self._write():
@@ -308,6 +361,10 @@ class Journal:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+
+
+class _Taken(Exception):
+    """Another uploader changed the batch first (see `Journal.regroup`)."""
 
 
 def _rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:

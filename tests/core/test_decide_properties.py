@@ -45,7 +45,7 @@ def run_sequence(item, zone, lane: LaneConfig, seq):
     out = []
     for i, (direction, gap) in enumerate(seq):
         now += timedelta(seconds=gap)
-        state = derive_state(own, [], zone.id, zone.is_default_entry, "UTC")
+        state = derive_state(own, [], zone.id, zone.is_default_entry)
         facts = Facts("T1", "barcode", (Candidate(1, item, None, zone, zone.id, state),))
         d = decide(facts, lane, now, direction)
         if d.admit:

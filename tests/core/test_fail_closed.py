@@ -46,7 +46,7 @@ def verdict(it: Any, zone: Any = FLOOR, *, lane: LaneConfig | None = None,
                               zone_id=zone.id if zone is not None else None)
     zone_id = zone.id if zone is not None else None
     is_default = zone.is_default_entry if zone is not None else True
-    state = derive_state(own, item_platform_scans(it), zone_id, is_default, tz)
+    state = derive_state(own, item_platform_scans(it), zone_id, is_default)
     return decide(Facts("T1", "barcode", (Candidate(event, it, None, zone, zone_id, state),)),
                   lane, now, direction)
 

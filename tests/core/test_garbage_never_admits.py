@@ -172,7 +172,7 @@ def run(raw: dict[str, Any], zone: Any, lane: LaneConfig, item_event: int, tz: s
     event = parse_event({"id": item_event, "timezone": tz})
     zone_id = zone.id if zone is not None else None
     is_default = zone.is_default_entry if zone is not None else True
-    state = derive_state(own, item_platform_scans(item), zone_id, is_default, tz)
+    state = derive_state(own, item_platform_scans(item), zone_id, is_default)
     facts = Facts("T1", "barcode", (Candidate(item_event, item, event, zone, zone_id, state),))
     return decide(facts, lane, NOW, direction)
 

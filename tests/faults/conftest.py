@@ -106,6 +106,7 @@ token_file = "{self.root / 'token'}"
 device_name = "fault-gate"
 timeout_s = {timeout_s}
 requests_per_minute = {self.rpm}
+budget_share = 1.0
 
 [store]
 dir = "{self.store}"

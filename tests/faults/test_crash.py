@@ -31,7 +31,7 @@ import pytest
 from agent import demo_data
 from agent.core.codes import format_upload_time, parse_utc_iso
 from tests.faults.conftest import FIGURES, LANES, FaultSite, cache_items, feed
-from tests.rigs import wait_until
+from tests.rigs import audit_uploads, wait_until
 
 TICKETS = 10000
 CYCLES = 24
@@ -146,8 +146,8 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
     decisions = site.decisions()
     journal = {row["uuid"]: row for row in site.journal_rows()}
     uploads = site.uploads()
-    recorded = Counter(u["uuid"] for u in uploads if not u.get("skipped"))
-    resent = sum(1 for u in uploads if u.get("skipped"))
+    audit = audit_uploads(uploads)
+    recorded = Counter(audit["applied"])
     assert site.sandbox.state is not None
     request_uuids = list(site.sandbox.state.received.request_uuids)
     replayed = len(request_uuids) - len(set(request_uuids))
@@ -162,6 +162,9 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
     lost = [u for u in to_platform if recorded[u] == 0]
     duplicated = [u for u in to_platform if recorded[u] > 1]
     assert not lost and not duplicated
+    # ... and among *all* rows the platform received (before its de-duplication): a scan came
+    # again only as a replay of its own request, never under a new request uuid
+    assert audit["duplicates"] == 0 and not audit["resent"], audit["resent"][:5]
     first = {u["uuid"]: u for u in uploads if not u.get("skipped")}
     for d in decisions:
         if journal[d["uuid"]]["upload_state"] == "local":
@@ -195,7 +198,8 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
         "scans_fed": fed, "decided_logged": len(decisions), "journaled": len(journal),
         "uploaded": len(recorded), "kept_local": states.get("local", 0), "kills": kills,
         "kills_by_kind": dict(kinds), "burst_kills_mid_burst": kills_mid_burst,
-        "lost": len(lost), "duplicated": len(duplicated), "resent_rows_skipped": resent,
+        "lost": len(lost), "duplicated": len(duplicated),
+        "resent_under_new_uuid": len(audit["resent"]), "rows_replayed": audit["replays"],
         "batches_replayed_after_kill": replayed,
         "relay_pulses": len(pulses), "admits": sum(admits_per_ticket.values()),
         "already_in_refusals": already_in, "seconds": round(elapsed, 1),

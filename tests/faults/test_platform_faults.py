@@ -34,7 +34,7 @@ from tests.faults.conftest import (
     p99,
     status_or_none,
 )
-from tests.rigs import wait_until
+from tests.rigs import audit_uploads, wait_until
 
 TICKETS = 3000
 PER_PHASE = 150
@@ -117,6 +117,12 @@ def test_platform_faults_do_not_slow_or_lose_scans(site_factory) -> None:
     p.phase("reset", lambda: sb.set_faults(reset_rate=1.0), clear, "platform_unreachable")
     p.phase("malformed_json", lambda: sb.set_faults(malformed_rate=1.0), clear,
             "platform_unreachable")
+    # Faults only uploads meet (no reason can show before scans are fed): the platform
+    # applies a batch and its answer is lost or turns into a 500; then answers that confirm
+    # nothing (kept, retried with back-off under the same request uuid).
+    p.phase("lost_after_commit", lambda: sb.set_faults(lost_after_commit_rate=0.6,
+                                                       error_after_commit_rate=0.4), clear, None)
+    p.phase("success_false", lambda: sb.set_faults(upload_answer="success_false"), clear, None)
 
     def slow() -> None:
         sb.set_faults(latency_s=10.0)
@@ -138,10 +144,15 @@ def test_platform_faults_do_not_slow_or_lose_scans(site_factory) -> None:
 
     decisions = site.decisions()
     uploads = site.uploads()
-    recorded = Counter(u["uuid"] for u in uploads if not u.get("skipped"))
+    audit = audit_uploads(uploads)
+    assert any(u.get("skipped") == "answered success_false" for u in uploads)
+    recorded = Counter(audit["applied"])
     lost = [d["uuid"] for d in decisions if recorded[d["uuid"]] == 0]
     duplicated = [u for u, n in recorded.items() if n > 1]
     assert not lost and not duplicated
+    # among all rows received: no scan again under a new request uuid
+    assert audit["duplicates"] == 0 and not audit["resent"], audit["resent"][:5]
+    assert audit["replays"] > 0  # the lost answers were retried with their own uuids
     assert set(recorded) <= {d["uuid"] for d in decisions}
     states = Counter(r["upload_state"] for r in site.journal_rows())
     assert set(states) == {"sent"}, states
@@ -151,6 +162,7 @@ def test_platform_faults_do_not_slow_or_lose_scans(site_factory) -> None:
         figures["ratio_to_baseline"] = round(figures["p99_ms"] / base, 2)
     FIGURES["platform_faults"] = {
         "scans": len(decisions), "lost": len(lost), "duplicated": len(duplicated),
+        "resent_under_new_uuid": len(audit["resent"]), "rows_replayed": audit["replays"],
         "seconds": round(elapsed, 1), "phases": p.figures}
     print("platform fault figures:", FIGURES["platform_faults"])
     worst = max(f["ratio_to_baseline"] for f in p.figures.values())

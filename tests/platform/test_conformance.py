@@ -36,7 +36,8 @@ USED = [("get", "/activated-events"), ("get", "/zones/all"), ("get", "/entry/tic
         ("post", "/entry/tickets"), ("post", "/tickets/pair"), ("get", "/config"), ("get", "/"),
         ("post", "/login"), ("post", "/zones/scan"), ("post", "/zones/check")]
 # Query parameters the sandbox puts into its own pagination links (opaque to clients).
-LINK_PARAMS = {"passStart", "after"}
+# `page` is in the spec's own links (`?page=N`) but not among the operation's parameters.
+LINK_PARAMS = {"passStart", "page"}
 ASYNC_ACCEPTED = {"type": "object", "required": ["asyncUuid"],
                   "properties": {"asyncUuid": {"type": "string"}}}
 
@@ -188,17 +189,33 @@ async def scenario(url: str, token: str, transport: Recorder) -> None:
             await c.config()
 
 
-def test_client_requests_and_sandbox_answers_follow_the_contract(sandbox):
+@pytest.mark.parametrize("variation", [
+    {"link_style": "absolute", "scan_time_form": "iso_z"},
+    {"link_style": "path", "scan_time_form": "upload"},
+    {"link_style": "other_host", "scan_time_form": "iso_z", "upload_answer": "success_false"},
+])
+def test_client_requests_and_sandbox_answers_follow_the_contract(sandbox, variation):
+    """Every variation the sandbox offers stays inside the published contract (with the
+    documented deviations); `success: false` is a legal answer the client refuses."""
     contract = Contract(load_spec())
     recorder = Recorder()
+    refused = variation.get("upload_answer") == "success_false"
+    sandbox.set_faults(**{k: v for k, v in variation.items() if k != "upload_answer"})
     asyncio.run(scenario(sandbox.url, sandbox.token, recorder))
+    recorder_false = Recorder()
+    if refused:
+        sandbox.set_faults(upload_answer="success_false")
+        with pytest.raises(ApiError, match="success: false"):
+            asyncio.run(_one_upload(sandbox.url, sandbox.token, recorder_false))
     sandbox.set_faults(storm=True)
     recorder_429 = Recorder()
     with pytest.raises(ApiError):
         asyncio.run(_one_call(sandbox.url, sandbox.token, recorder_429))
     problems: list[str] = []
     seen_status: set[int] = set()
-    for request, status, headers, body in recorder.exchanges + recorder_429.exchanges:
+    exchanges = recorder.exchanges + recorder_false.exchanges + recorder_429.exchanges
+    assert not refused or recorder_false.exchanges[0][3] == {"success": False}
+    for request, status, headers, body in exchanges:
         path = request.url.path.removeprefix("/v1") or "/"
         method = request.method.lower()
         where = f"{request.method} {path} -> {status}"
@@ -209,6 +226,14 @@ def test_client_requests_and_sandbox_answers_follow_the_contract(sandbox):
                      contract.check_response(method, path, status, headers, body)]
     assert not problems, "\n".join(problems[:30])
     assert {200, 202, 401, 404, 422, 429} <= seen_status
+
+
+async def _one_upload(url: str, token: str, transport: Recorder) -> None:
+    async with PlatformClient(url, token, 1, "en", 5, Governor(1000),
+                              transport=transport) as c:
+        await c.upload_scans(str(uuid.uuid4()), [{
+            "uuid": str(uuid.uuid4()), "barcode": "SF0000003", "eventId": 1001, "zoneId": None,
+            "scannedOn": "2026-01-01 10:00:00", "status": "scanned", "scan": "in"}])
 
 
 async def _one_call(url: str, token: str, transport: Recorder) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.platform.governor import Governor, Priority, RateBudget
+from agent.platform.governor import Governor, Priority, RateBudget, Ticket
 from tests.platform.simtime import run_simulated
 
 
@@ -26,13 +26,20 @@ class AuditedGovernor(Governor):
         self.log: list[tuple[float, Priority]] = []
         self.violations: list[str] = []
 
-    def _grant(self, priority: Priority, now: float) -> None:
+    def _grant(self, priority: Priority, now: float) -> Ticket:
         waiting = [w.priority for w in self._heap if not w.future.done()]
         if waiting and min(waiting) < priority:
             self.violations.append(f"{priority.name} granted at {now} while "
                                    f"{Priority(min(waiting)).name} waited")
         self.log.append((now, priority))
-        super()._grant(priority, now)
+        return super()._grant(priority, now)
+
+
+async def send(gov: Governor, priority: Priority) -> Ticket:
+    """A request answered at once: acquire, then done."""
+    ticket = await gov.acquire(priority)
+    gov.done(ticket)
+    return ticket
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -55,7 +62,7 @@ def test_share_is_floor_of_rpm_times_share_and_reserve_keeps_a_send_for_others()
 def test_sync_leaves_the_upload_reserve_free():
     async def scenario():
         gov = AuditedGovernor(10, 1.0, 2)
-        refreshes = [asyncio.ensure_future(gov.acquire(Priority.REFRESH)) for _ in range(12)]
+        refreshes = [asyncio.ensure_future(send(gov, Priority.REFRESH)) for _ in range(12)]
         await asyncio.sleep(1)
         done_refresh = sum(t.done() for t in refreshes)
         start = asyncio.get_running_loop().time()
@@ -74,7 +81,7 @@ def test_sync_leaves_the_upload_reserve_free():
 def test_upload_jumps_a_queue_of_low_priority_work():
     async def scenario():
         gov = AuditedGovernor(6, 1.0, 0)
-        others = [asyncio.ensure_future(gov.acquire(Priority.OTHER)) for _ in range(30)]
+        others = [asyncio.ensure_future(send(gov, Priority.OTHER)) for _ in range(30)]
         await asyncio.sleep(61)  # 6 + 6 sent; 18 still queued
         loop = asyncio.get_running_loop()
         arrived = loop.time()
@@ -143,13 +150,14 @@ def test_property_share_never_exceeded_and_uploads_never_wait_behind_sync(
 
         async def run(job: Job) -> None:
             await asyncio.sleep(job.at)
-            await gov.acquire(job.priority)
+            ticket = await gov.acquire(job.priority)
             kind, value = job.answer
             if kind == "ok":
-                gov.observe(value, 60)
+                gov.observe(value, 60, ticket)
             elif kind == "429":
                 blocks.append((loop.time(), value))
                 gov.rate_limited(value)
+            gov.done(ticket)
 
         await asyncio.gather(*(run(j) for j in jobs))
         return gov
@@ -189,13 +197,14 @@ def _steady_uploads(count: int, every: float, rpm: int, share: float) -> tuple[l
 
         async def one(i: int) -> None:
             await asyncio.sleep(i * every)
-            await gov.acquire(Priority.UPLOAD)
+            ticket = await gov.acquire(Priority.UPLOAD)
             ok, left = server.answer(loop.time())
             sent.append(loop.time())
             if ok:
-                gov.observe(left, 60, latency_s=0.0)
+                gov.observe(left, 60, ticket)
             else:
                 gov.rate_limited(60)
+            gov.done(ticket)
 
         await asyncio.gather(*(one(i) for i in range(count)))
         return sent
@@ -238,14 +247,138 @@ def test_property_a_sole_device_never_meets_a_429(rpm, reserve, jobs):
 
         async def one(at: float, priority: Priority) -> None:
             await asyncio.sleep(at)
-            await gov.acquire(priority)
+            ticket = await gov.acquire(priority)
             ok, left = server.answer(loop.time())
             if ok:
-                gov.observe(left, 60, latency_s=0.0)
+                gov.observe(left, 60, ticket)
             else:
                 gov.rate_limited(60)
+            gov.done(ticket)
 
         await asyncio.gather(*(one(at, p) for at, p in jobs))
 
     run_simulated(scenario())
     assert server.refused == 0
+
+
+TIMEOUT_S = 10.0
+
+
+@st.composite
+def fleets(draw):
+    """A company's rpm split into positive whole allotments (shares summing to exactly 1),
+    and per device a schedule of requests with their one-way latencies up and down."""
+    devices = draw(st.integers(1, 4))
+    rpm = draw(st.integers(devices * 2, 90))
+    cuts = sorted(draw(st.lists(st.integers(1, rpm - 1), min_size=devices - 1,
+                                max_size=devices - 1, unique=True)))
+    allotments = [b - a for a, b in zip([0, *cuts], [*cuts, rpm], strict=True)]
+    latency = st.floats(0, 12, allow_nan=False)
+    schedules = [draw(st.lists(st.tuples(st.floats(0, 200, allow_nan=False),
+                                         st.sampled_from(list(Priority)), latency, latency),
+                               min_size=1, max_size=70)) for _ in range(devices)]
+    return rpm, [a / rpm for a in allotments], schedules
+
+
+def run_company(rpm: int, shares: list[float], schedules, reserve: int) -> tuple[list, int]:
+    """Devices with their own governors against one company's rolling window; each request
+    travels `up` to the server and `down` back, and is given up after TIMEOUT_S."""
+    server = RollingServer(rpm)
+
+    async def device(share: float, jobs) -> int:
+        loop = asyncio.get_running_loop()
+        gov = Governor(rpm, share, reserve)
+
+        async def one(at: float, priority: Priority, up: float, down: float) -> None:
+            await asyncio.sleep(at)
+            ticket = await gov.acquire(priority)
+            try:
+                if up >= TIMEOUT_S:  # never arrived: given up at the timeout
+                    await asyncio.sleep(TIMEOUT_S)
+                    return
+                await asyncio.sleep(up)
+                ok, left = server.answer(loop.time())
+                if up + down > TIMEOUT_S:  # arrived, answer too late: given up
+                    await asyncio.sleep(TIMEOUT_S - up)
+                    return
+                await asyncio.sleep(down)
+                if ok:
+                    gov.observe(left, 60, ticket)
+                else:
+                    gov.rate_limited(60)
+            finally:
+                gov.done(ticket)
+
+        await asyncio.gather(*(one(*job) for job in jobs))
+        return sum(gov.granted.values())
+
+    async def company():
+        return await asyncio.gather(*(device(s, j) for s, j in zip(shares, schedules,
+                                                                    strict=True)))
+
+    return run_simulated(company()), server.refused
+
+
+def test_the_default_share_keeps_a_four_device_site_free_of_429s(tmp_path):
+    """Four gates configured with nothing but the company's limit, each uploading a backlog
+    as fast as its governor lets it, with some latency: the company never sees a 429."""
+    from agent.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[api]\nrequests_per_minute = 60\n[store]\ndir = "/tmp/x"\n'
+                    '[[lanes]]\nname = "main"\n')
+    share = load_config(path).api["budget_share"]
+    schedules = [[(0.0, Priority.UPLOAD, 0.5 + 0.1 * d, 0.2) for _ in range(40)]
+                 for d in range(4)]
+    granted, refused = run_company(60, [share] * 4, schedules, 2)
+    assert granted == [40] * 4 and refused == 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet=fleets(), reserve=st.integers(0, 3))
+def test_property_a_company_never_meets_a_429_under_latency_and_reordering(fleet, reserve):
+    """Two or more devices share a company at shares summing to 1. Every request travels a
+    random time up (the server counts it on arrival) and down (answers overtake each other);
+    a request slower than the timeout is given up (its answer, and the count in it, lost; one
+    that never arrived is not counted). The company's rolling window is never exceeded."""
+    rpm, shares, schedules = fleet
+    granted, refused = run_company(rpm, shares, schedules, reserve)
+    assert granted == [len(j) for j in schedules]  # everyone is served eventually
+    assert refused == 0
+
+
+def test_a_stale_answer_does_not_reopen_the_budget():
+    """Two requests in flight; the later one's answer (0 left) comes first, then the earlier
+    one's (10 left, counted before the other arrived). The stale 10 must be ignored."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        gov = Governor(60, 1.0, 0)
+        first = await gov.acquire(Priority.UPLOAD)
+        second = await gov.acquire(Priority.UPLOAD)
+        gov.observe(0, 60, second)
+        gov.done(second)
+        gov.observe(10, 60, first)
+        gov.done(first)
+        t0 = loop.time()
+        await gov.acquire(Priority.UPLOAD)
+        return loop.time() - t0
+
+    assert run_simulated(scenario()) >= 60 - 1e-9
+
+
+def test_a_request_in_flight_holds_its_slot_until_it_is_over():
+    """A share of 2: two requests on the wire for 100 s (slower than a window). A third waits
+    for one of them to end, then a window after that (the server may have counted it late)."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        gov = Governor(2, 1.0, 0)
+        a = await gov.acquire(Priority.UPLOAD)
+        await gov.acquire(Priority.UPLOAD)
+        third = asyncio.ensure_future(gov.acquire(Priority.UPLOAD))
+        await asyncio.sleep(100)
+        assert not third.done()
+        gov.done(a)
+        await third
+        return loop.time()
+
+    assert run_simulated(scenario()) >= 160 - 1e-9

@@ -83,7 +83,8 @@ def test_unknown_barcode_fails_the_whole_batch_with_field_errors(sandbox):
             return info.value
     err = run(go())
     assert err.errors == {"tickets.1.barcode": ["The selected barcode is invalid."]}
-    assert sandbox.received()["uploads"] == []  # nothing of the batch was recorded
+    rows = sandbox.received()["uploads"]  # both rows received, neither applied
+    assert [r["skipped"] for r in rows] == ["refused 422", "refused 422"]
 
 
 def test_429_is_reported_then_the_client_recovers(sandbox):
@@ -159,7 +160,7 @@ def test_paging_under_concurrent_scans_misses_nothing_and_delta_catches_up(sandb
             return seen, delta
     seen, delta = run(go())
     assert set(seen) >= {100000 + i for i in range(250) if i % 20 != 7}  # nothing lost
-    assert seen.count(100200) == 1 and seen.count(100001) == 2  # moved items come again
+    assert len(seen) == len(set(seen))  # a changed item keeps its place in a full listing
     changed = {i.barcode: i for i in delta.items}
     assert {"SF0000001", "SF0000200", "SF0000002"} <= set(changed)
     assert changed["SF0000002"].status == "scanned"

@@ -82,3 +82,34 @@ def test_damaged_journal_is_kept_not_replaced(tmp_path: Path) -> None:
     with pytest.raises(JournalUnavailable, match="journal.db"):
         Journal(path)
     assert path.read_bytes().startswith(b"not a database")
+
+
+def test_a_claimed_batch_is_never_claimed_again_nor_regrouped_by_a_stale_claimer(
+        tmp_path: Path) -> None:
+    """Two connections on one journal file: the second claimer gets the first one's batch as
+    it was fixed; a split planned from an outdated view of a batch changes nothing."""
+    from datetime import UTC, datetime
+
+    from tests.platform.sync.conftest import backlog, fill_journal
+
+    a, b = Journal(tmp_path / "journal.db"), Journal(tmp_path / "journal.db")
+    try:
+        rows = backlog(10, datetime(2026, 1, 1, 12, tzinfo=UTC))
+        fill_journal(a, rows)
+        first = a.claim_batch(4, "batch-a")
+        again = b.claim_batch(6, "batch-b")
+        assert [r["uuid"] for r in first] == [r.uuid for r in rows[:4]]
+        assert [r["uuid"] for r in again] == [r["uuid"] for r in first]
+        assert {r["batch_uuid"] for r in again} == {"batch-a"}
+        assert a.regroup("batch-a", [], [("part-1", [rows[0].uuid, rows[1].uuid]),
+                                         ("part-2", [rows[2].uuid, rows[3].uuid])])
+        # b still believes the rows are in batch-a: its split must not move them again
+        assert not b.regroup("batch-a", [(rows[0].uuid, "bad")],
+                             [("part-9", [rows[1].uuid])])
+        state = {r["uuid"]: (r["upload_state"], r["batch_uuid"]) for r in iter_all(a)}
+    finally:
+        a.close()
+        b.close()
+    assert [state[r.uuid] for r in rows[:4]] == [("pending", "part-1")] * 2 + \
+        [("pending", "part-2")] * 2
+    assert {state[r.uuid] for r in rows[4:]} == {("pending", None)}

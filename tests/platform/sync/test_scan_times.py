@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from agent import demo_data
 from agent.config import load_config
 from agent.files import write_private
@@ -27,14 +29,17 @@ def _config(root: Path, url: str, token: str) -> Path:
     return path
 
 
-def test_a_scan_at_gate_a_has_the_same_moment_at_gate_b(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["iso_z", "upload"])
+def test_a_scan_at_gate_a_has_the_same_moment_at_gate_b(tmp_path: Path, form: str) -> None:
     """The demo event is in Europe/Amsterdam (UTC+1/+2). Gate A uploads a scan (UTC, as the
     API wants); gate B's delta sync brings it back in the item's zoneData: B must place it at
-    the same instant, or in/out order across gates would be wrong for an hour or two."""
+    the same instant, or in/out order across gates would be wrong for an hour or two. The
+    platform echoes it either as ISO 8601 with `Z` or in the upload form (UTC, no zone)."""
     now = datetime.now(UTC).replace(microsecond=0)
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps(demo_data.sandbox_seed(now)))
     with start_sandbox(seed_file=seed, rpm=1000, async_delay_s=0.01) as sb:
+        sb.set_faults(scan_time_form=form)
         configs = []
         for name in ("a", "b"):
             (tmp_path / name).mkdir()

@@ -103,10 +103,44 @@ def test_a_delta_brings_refunds_new_pairings_and_replaced_barcodes(site, sandbox
         assert gate.check("SF-NEW-0002", lane, now).admit
 
 
+LINK_STYLES = ("absolute", "path", "other_host")
+
+
+@pytest.mark.parametrize("style", LINK_STYLES)
+def test_every_page_is_followed_however_the_links_are_written(site, sandbox, style):
+    """Bare paths, absolute URLs on the base URL, and URLs naming another host and scheme (the
+    spec's examples; a TLS-terminating proxy): each is a page position asked of the base URL."""
+    sandbox.set_faults(link_style=style)
+    changed = [f"SF{i:07d}" for i in range(0, 1200, 9) if i % 20 != 7][:120]
+
+    async def go():
+        async with site.client() as client:
+            full = await first_fill(site, client)
+            sandbox.advance_clock(5)
+            for code in changed:
+                sandbox.change_item(code, "locked")
+            sandbox.reset_received()
+            syncer = site.syncer(client)
+            try:
+                return full, await syncer.sync_tickets(EVENT)
+            finally:
+                syncer.close()
+
+    full, delta = asyncio.run(go())
+    assert full == 1140 and sorted(cached_ids(site.cache_path)) == sorted(expected_ids(1200))
+    assert delta == 120  # two pages of 100
+    assert sandbox.received()["perEndpoint"]["GET /entry/tickets"] == 2
+    with opened_gate(site.config) as gate:
+        assert gate.check(changed[-1], site.config.lane("main"), noon(sandbox)).detail == \
+            "orderLocked"
+
+
+@pytest.mark.parametrize("style", LINK_STYLES)
 def test_an_interrupted_pass_resumes_without_loss_and_leaves_the_cursor_alone(
-        tmp_path, sandbox):
+        tmp_path, sandbox, style):
     from tests.platform.sync.conftest import make_site
 
+    sandbox.set_faults(link_style=style)
     site = make_site(tmp_path / "g", sandbox, rpm=1000)
     stop_after = {"pages": 0}
 
@@ -128,7 +162,7 @@ def test_an_interrupted_pass_resumes_without_loss_and_leaves_the_cursor_alone(
                     await syncer.sync_tickets(EVENT, full=True)
                 stop_after["pages"] = 0
                 interrupted = sync_state(site.cache_path)
-                sandbox.clear_faults()
+                sandbox.set_faults(trial_expired=False)
                 sandbox.advance_clock(5)
                 sandbox.reset_received()
                 resumed = await syncer.sync_tickets(EVENT)  # a plain delta run finishes it
@@ -153,8 +187,9 @@ def test_a_stale_resume_link_is_dropped_and_the_pass_redone(site, sandbox):
             await first_fill(site, client)
             cache = TicketCache(site.cache_path)
             with cache.transaction():
-                cache.set_pending(EVENT, "http://elsewhere.example/v1/entry/tickets?limit=100",
-                                  None)
+                # a link from another host whose page the platform no longer accepts (422)
+                cache.set_pending(EVENT, "http://elsewhere.example/v1/entry/tickets?limit=100"
+                                  "&page=expired&startTime=2026-01-01%2000:00:00", None)
             cache.close()
             syncer = site.syncer(client)
             try:

@@ -72,7 +72,11 @@ def test_a_process_killed_between_send_and_mark_resends_the_same_batch(site, san
         journal.close()
     report = sandbox.received()
     assert report["requestUuids"] == [hold[0], hold[0]]  # the same request, twice
-    assert Counter(u["uuid"] for u in report["uploads"]) == Counter(r.uuid for r in rows)
+    applied = Counter(u["uuid"] for u in report["uploads"] if not u.get("skipped"))
+    assert applied == Counter(r.uuid for r in rows)
+    # every row the platform received came under the one request uuid, twice at most
+    assert {u["requestUuid"] for u in report["uploads"]} == {hold[0]}
+    assert Counter(u["uuid"] for u in report["uploads"]) == Counter({r.uuid: 2 for r in rows})
 
 
 class RefusingClient:
@@ -83,9 +87,12 @@ class RefusingClient:
         self.bad = bad
         self.requests: dict[str, list[str]] = {}
         self.recorded: list[str] = []
+        self.calls: list[bool] = []  # refused?
 
     async def upload_scans(self, request_uuid: str, tickets: list[dict[str, Any]]) -> Any:
         members = [t["uuid"] for t in tickets]
+        refused = any(t["barcode"] in self.bad for t in tickets)
+        self.calls.append(refused)
         assert self.requests.setdefault(request_uuid, members) == members, \
             "a request uuid was reused for different rows"
         if any(t["barcode"] in self.bad for t in tickets):
@@ -112,6 +119,39 @@ def test_unnamed_422_halves_until_the_bad_rows_are_alone(tmp_path):
     assert {u for u, s in states.items() if s == "quarantined"} == bad_uuids
     assert Counter(client.recorded) == Counter(r.uuid for r in rows if r.uuid not in bad_uuids)
     assert len(client.requests) <= 1 + 2 * 2 * 4  # halving: O(bad * log n) requests
+
+
+def test_a_split_spends_at_most_its_budget_per_round_and_finishes_later(tmp_path):
+    """Eight bad rows spread over 128 (no row named): isolating them all costs more requests
+    than one round may spend; the parts left wait, under their own uuids, for later rounds."""
+    from agent.platform.upload import SPLIT_BUDGET
+    from agent.store.journal import Journal
+
+    journal = Journal(tmp_path / "journal.db")
+    rows = backlog(128, noon_like())
+    bad = {rows[i].barcode for i in range(5, 128, 16)}
+    fill_journal(journal, rows)
+    client = RefusingClient(bad)
+    uploader = Uploader(journal, client, batch_size=128)  # type: ignore[arg-type]
+
+    async def rounds():
+        spent = []  # per round: requests sent after its first refusal
+        while journal.pending_count():
+            before = len(client.calls)
+            await uploader.upload_round()
+            calls = client.calls[before:]
+            spent.append(len(calls) - 1 - calls.index(True) if True in calls else 0)
+        return spent
+
+    try:
+        spent = asyncio.run(rounds())
+        quarantined = {r["barcode"] for r in iter_all(journal)
+                       if r["upload_state"] == "quarantined"}
+    finally:
+        journal.close()
+    assert max(spent) <= SPLIT_BUDGET and len(spent) > 1
+    assert quarantined == bad
+    assert Counter(client.recorded) == Counter(r.uuid for r in rows if r.barcode not in bad)
 
 
 def noon_like():

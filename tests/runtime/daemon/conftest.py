@@ -48,6 +48,7 @@ base_url = "{self.sandbox.url}"
 company_id = {self.sandbox.company_id}
 token_file = "{self.root / 'token'}"
 device_name = "e2e-gate"
+budget_share = 1.0
 
 [store]
 dir = "{self.store}"
