@@ -114,6 +114,10 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "listen": Option(str, "127.0.0.1:8080", _listen),
         "token": Option(str, ""),
     },
+    "control": {
+        "socket": Option(str, ""),
+        "group": Option(str, ""),
+    },
     "log": {
         "level": Option(str, "info", _one_of("debug", "info", "warning", "error")),
         "format": Option(str, "auto", _one_of("auto", "text", "json")),
@@ -171,6 +175,7 @@ class Config:
     sync: dict[str, Any]
     status: dict[str, Any]
     log: dict[str, Any]
+    control: dict[str, Any]
     lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
 
     @property

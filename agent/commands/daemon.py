@@ -10,8 +10,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import load_config
-from agent.errors import GateAgentError
+from agent.config import Config, load_config
+from agent.errors import ControlError, GateAgentError
+from agent.runtime.controlclient import running_daemon
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -33,11 +34,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args.config, args.log_format, args.log_level)
 
 
-def _status_url(args: argparse.Namespace) -> tuple[str, str]:
-    config = load_config(args.config)
+def _status_url(args: argparse.Namespace, config: Config) -> tuple[str, str]:
     token = config.status["token"]
     if args.url:
-        return args.url.rstrip("/"), token
+        # The daemon logs its endpoint as ".../status": accept that as well as the base URL.
+        url = args.url.rstrip("/")
+        return url.removesuffix("/status"), token
     address = config.status["listen"]
     addr_file = config.store_dir / "status.addr"
     if address.endswith(":0") and addr_file.exists():
@@ -46,7 +48,16 @@ def _status_url(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    base, token = _status_url(args)
+    config = load_config(args.config)
+    daemon = None if args.url else running_daemon(config)
+    if daemon is not None:
+        try:
+            report = daemon.call("status")
+        except ControlError:
+            report = None  # not allowed on the socket (no sudo): ask the HTTP endpoint
+        if report is not None:
+            return _print_report(report, args.json)
+    base, token = _status_url(args, config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.get(f"{base}/status", headers=headers, timeout=5.0)
@@ -55,11 +66,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                              "`gate-agent run` running? (systemctl status gate-agent)") from None
     if response.status_code == 401:
         raise GateAgentError(f"{base}/status wants a token: set [status] token in the config")
-    report = response.json()
-    if args.json:
+    if response.status_code != 200:
+        raise GateAgentError(f"{base}/status answered HTTP {response.status_code}; is that the "
+                             "gate-agent status endpoint ([status] listen)?")
+    return _print_report(response.json(), args.json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(report, indent=1))
-        return 0 if report["health"] != "fail" else 1
-    render(report, Console())
+    else:
+        render(report, Console())
     return 0 if report["health"] != "fail" else 1
 
 

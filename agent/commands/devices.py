@@ -23,6 +23,7 @@ from rich.table import Table
 from agent.config import Config, load_config
 from agent.errors import ConfigError, DriverUnavailable
 from agent.runtime import bindings
+from agent.runtime.controlclient import acting_on_store
 
 EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -136,16 +137,27 @@ def cmd_pair(args: argparse.Namespace) -> int:
             print(f"gate-agent: error: {exc} (pair with --no-validate to skip this check)",
                   file=sys.stderr)
             return EXIT_UNAVAILABLE
-    bindings.pair(config.store_dir, lane.name, args.url, role)
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            daemon.call("pair", lane=lane.name, url=args.url, role=role)
+            applied = f"; the running daemon (PID {daemon.pid}) uses it now"
+        else:
+            bindings.pair(config.store_dir, lane.name, args.url, role)
+            applied = "; used from the next start (or `systemctl reload gate-agent`)"
     print(f"paired {args.url} to lane {lane.name} as {role} "
-          f"({bindings.bindings_path(config.store_dir)})")
+          f"({bindings.bindings_path(config.store_dir)}){applied}")
     return EXIT_OK
 
 
 def cmd_unpair(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lane = config.lane(args.lane)
-    if not bindings.unpair(config.store_dir, lane.name, args.url):
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            found = daemon.call("unpair", lane=lane.name, url=args.url)["found"]
+        else:
+            found = bindings.unpair(config.store_dir, lane.name, args.url)
+    if not found:
         print(f"gate-agent: {args.url} is not paired to lane {lane.name}", file=sys.stderr)
         return 1
     print(f"unpaired {args.url} from lane {lane.name}")

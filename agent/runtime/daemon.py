@@ -45,11 +45,14 @@ from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
 from agent.runtime.bindings import effective_lanes
+from agent.runtime.control import ControlServer, socket_path
+from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.scheduler import Jobs
+from agent.runtime.storeaccess import DaemonLock
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 
@@ -72,6 +75,9 @@ class Daemon:
         self.syncer: Syncer | None = None
         self.uploader: Uploader | None = None
         self.jobs = Jobs()
+        self.start_token: str | None = None  # what the token sources gave at start
+        self.pushed_token: str | None = None  # a newer one given over the control socket
+        self.control: ControlServer | None = None
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
         self.server: uvicorn.Server | None = None
@@ -144,15 +150,18 @@ class Daemon:
             log.info("lane %s ready: %d reader(s), relay %s", lane.name, len(lane.readers),
                      lane.relay or "none")
 
-    def setup_platform(self) -> None:
-        try:
-            token = load_token(self.config.api, config_path=self.config.path)
-        except InsecureTokenFile:
-            raise  # refuse to start rather than run with an exposed token
-        except ConfigError as exc:
-            self.platform_disabled = str(exc)
-            log.warning("platform link off (the gate works offline): %s", exc)
-            return
+    def setup_platform(self, token: str | None = None) -> None:
+        if token is None:
+            try:
+                token = load_token(self.config.api, config_path=self.config.path)
+            except InsecureTokenFile:
+                raise  # refuse to start rather than run with an exposed token
+            except ConfigError as exc:
+                self.platform_disabled = str(exc)
+                log.warning("platform link off (the gate works offline): %s", exc)
+                return
+            self.start_token = token
+        self.platform_disabled = None
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
         self.syncer = Syncer(self.config, self.client, self.cache_path,
@@ -165,6 +174,10 @@ class Daemon:
                 retention_days=self.config.store["sent_retention_days"])
 
     def schedule(self, resync_now: bool) -> None:
+        self._add_platform_jobs(resync_now)
+        self.jobs.start()
+
+    def _add_platform_jobs(self, resync_now: bool) -> None:
         s = self.config.sync
         if self.uploader is not None:
             self.jobs.add_interval("upload", self._upload_job, s["upload_interval_s"], first_in=1)
@@ -178,7 +191,6 @@ class Daemon:
             if resync_now:
                 self.jobs.add_interval("initial_resync", self._initial_resync_job, 10 ** 6,
                                        first_in=0.5)
-        self.jobs.start()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -254,6 +266,11 @@ class Daemon:
             " relay=pulsed" if event.pulsed else "", extra={"fields": fields})
         if self.uploader is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self._maybe_upload_now)
+
+    def request_upload(self) -> None:
+        """Upload soon (a manual scan or a retried quarantine is waiting); thread-safe."""
+        if self.uploader is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.jobs.run_now, "upload")
 
     def _maybe_upload_now(self) -> None:
         if self.journal is None:
@@ -363,7 +380,9 @@ class Daemon:
 
     def _reload_token(self, fresh: Config) -> None:
         """A renewed token (the fix the auth_failed reason asks for) is taken without a
-        restart; a missing or unreadable one keeps the running token and says so."""
+        restart; a missing or unreadable one keeps the running token and says so. A token
+        given over the control socket stays in use while the sources still give the token of
+        the start: systemd's `LoadCredential=` copy cannot change while the service runs."""
         if self.client is None:
             return
         try:
@@ -371,14 +390,42 @@ class Daemon:
         except ConfigError as exc:
             log.error("token not reloaded, keeping the running one: %s", exc)
             return
+        if self.pushed_token is not None and token == self.start_token:
+            log.info("platform token kept: the one given by `gate-agent login` is newer than "
+                     "the credential this service was started with")
+            return
+        self.start_token, self.pushed_token = token, None
         self.client.set_token(token)
         log.info("platform token reloaded")
+
+    def use_token(self, token: str) -> None:
+        """A new token from `gate-agent login` (over the control socket): used from the next
+        request on; a gate that had no token starts its platform link and jobs now."""
+        self.pushed_token = token
+        if self.client is not None:
+            self.client.set_token(token)
+        else:
+            self.setup_platform(token)
+            self._add_platform_jobs(resync_now=False)
+        log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
+        lock = DaemonLock(self.config.store_dir)
+        lock.acquire()  # before any file or device is opened: one daemon per store
+        try:
+            return await self._run_locked()
+        finally:
+            lock.release()
+
+    async def _run_locked(self) -> int:
+        assert self._loop is not None
         resync = self.open_stores()
         self.setup_platform()
+        self.control = ControlServer(socket_path(self.config), DaemonOps(self).handlers(),
+                                     self.config.control["group"])
+        await self.control.start()
         self.start_lanes(effective_lanes(self.config))
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -396,6 +443,7 @@ class Daemon:
         await self.stop_event.wait()
         log.info("stopping")
         self.notifier.stopping()
+        await self.control.close()
         for runner in self.lanes.values():
             runner.stop()
         self.jobs.shutdown()
