@@ -19,7 +19,6 @@ from agent import __version__, commands
 from agent.config import DEFAULT_CONFIG_PATH
 from agent.errors import GateAgentError, redact
 
-
 CONFIG_ENV = "GATE_AGENT_CONFIG"
 
 EXIT_CODES = """exit codes:

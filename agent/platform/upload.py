@@ -17,7 +17,6 @@ with the platform's words, for a technician to see (`gate-agent queue`) and retr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from agent.core.codes import format_upload_time, parse_utc_iso, utc_iso
 from agent.errors import ApiError, Forbidden, NotFound, Unauthenticated, Validation
 from agent.platform.client import PlatformClient
+from agent.platform.workers import in_thread
 from agent.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Uploader:
 
         Raises the ApiError of a failure that should stop this round (rate limit, server, auth).
         """
-        rows = await asyncio.to_thread(self._next_batch)
+        rows = await in_thread(self._next_batch)
         if not rows:
             return 0
         return await self._send(rows, rows[0]["batch_uuid"])
@@ -129,7 +129,7 @@ class Uploader:
             self.status.state, self.status.last_error = "retrying", str(exc)
             raise
         uuids = [r["uuid"] for r in rows]
-        await asyncio.to_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
+        await in_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
         self.status.state, self.status.last_error = "ok", None
         self.status.last_success = time.time()
         self.status.sent_total += len(rows)
@@ -156,7 +156,7 @@ class Uploader:
             half = len(rows) // 2
             parts = [rows[:half], rows[half:]]
         planned = [(str(uuidlib.uuid4()), part) for part in parts]
-        await asyncio.to_thread(self.journal.regroup, bad,
+        await in_thread(self.journal.regroup, bad,
                                 [(u, [r["uuid"] for r in part]) for u, part in planned])
         if bad:
             self.status.quarantined_total += len(bad)
@@ -174,7 +174,7 @@ class Uploader:
         one-row request and spend the company's rate budget on them (the soak bench saw uploads
         stall for a whole rate window that way); newcomers wait for the next round, or for a
         full batch, which brings the round forward."""
-        target = await asyncio.to_thread(self.journal.pending_count)
+        target = await in_thread(self.journal.pending_count)
         total = 0
         while total < target:
             done = await self.upload_once()
