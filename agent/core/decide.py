@@ -7,7 +7,8 @@ unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, notYetValid/noLo
 
 Rules, in the order they are applied (the first that refuses wins):
  1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
- 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode)
+ 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode;
+    cacheEmpty when no ticket at all is cached yet)
  3. item of no event this lane serves                    -> denied/wrongEvent
  4. status refunded / locked                             -> denied/refunded, denied/orderLocked
  5. product on a lane without products, type filtered    -> denied/typeDisabled
@@ -38,7 +39,8 @@ from agent.core.scanstate import EMPTY, ScanState
 STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnknown",
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
-           "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead")
+           "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
+           "cacheEmpty")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Facts:
     historic_event: int | None = None  # the code is a replaced barcode of an item of this event
     served_events: tuple[int, ...] | None = None  # None: every event in the cache
     debounced: bool = False
+    cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
             replaced = refuse("denied", "historicBarcode",
                               "This barcode was replaced; ask for the current ticket")
             return replace(replaced, event_id=facts.historic_event, barcode=facts.code)
+        if facts.cache_empty:
+            # Not the ticket's fault: say so, or a technician chases "bad tickets" for an hour.
+            return refuse("denied", "cacheEmpty", "No tickets synced yet: this gate cannot "
+                          "check any code until `gate-agent sync` or `import` has run")
         return refuse("denied", "unknownCode", "Unknown code: not a ticket for this event")
     served = [c for c in facts.candidates
               if facts.served_events is None or c.event_id in facts.served_events

@@ -151,6 +151,10 @@ class Daemon:
                      lane.relay or "none")
 
     def setup_platform(self, token: str | None = None) -> None:
+        if token is None and self.config.api["offline"]:
+            self.platform_disabled = "offline by configuration ([api] offline = true)"
+            log.info("platform link off: %s", self.platform_disabled)
+            return
         if token is None:
             try:
                 token = load_token(self.config.api, config_path=self.config.path)
@@ -296,7 +300,8 @@ class Daemon:
                 cache.update(self.status_cache.get_status())
             except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
                 cache["error"] = str(exc)
-        platform: dict[str, Any] = {"disabled": self.platform_disabled}
+        platform: dict[str, Any] = {"disabled": self.platform_disabled,
+                                    "offline": self.config.api["offline"]}
         if self.client is not None:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {
@@ -482,5 +487,6 @@ def run_daemon(config_path: str, log_format: str | None = None,
                log_level: str | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = load_config(config_path)
+    config.require_platform()
     setup_logging(log_level or config.log["level"], log_format or config.log["format"])
     return asyncio.run(Daemon(config).run())
