@@ -20,17 +20,17 @@ C = demo_data.CODES
 
 def test_scan_stdin_exit_code_tells_whether_all_were_admitted(site: DemoSite) -> None:
     cfg = str(site.config_path)
-    refused = run_cli("scan", "-c", cfg, "--lane", "floor", "-",
+    refused = run_cli("scan", "--config", cfg, "--lane", "floor", "-",
                       stdin=f"{C['refunded']}\n{C['unknown']}\n")
     assert refused.returncode == 1, refused.stdout
-    admitted = run_cli("scan", "-c", cfg, "--lane", "floor", "-", stdin=f"{C['valid']}\n")
+    admitted = run_cli("scan", "--config", cfg, "--lane", "floor", "-", stdin=f"{C['valid']}\n")
     assert admitted.returncode == 0, admitted.stdout
 
 
 def test_an_empty_cache_says_so_instead_of_blaming_the_ticket(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(demo_data.demo_config(tmp_path / "state"))
-    out = run_cli("check", "--json", C["valid"], env={"GATE_AGENT_CONFIG": str(config)})
+    out = run_cli("check", "--config", str(config), "--json", C["valid"])
     assert out.returncode == 1
     answer = json.loads(out.stdout)
     assert answer["statusDetail"] == "cacheEmpty" and "No tickets synced yet" in answer["message"]
@@ -45,14 +45,14 @@ def test_config_before_the_command_and_from_the_environment(site: DemoSite) -> N
 
 def test_queue_limit_and_a_closed_pipe(site: DemoSite) -> None:
     codes = "".join(f"{C['unknown']}-{i}\n" for i in range(30))
-    run_cli("scan", "-c", str(site.config_path), "-", stdin=codes)
-    limited = json.loads(run_cli("queue", "-c", str(site.config_path), "--json",
+    run_cli("scan", "--config", str(site.config_path), "-", stdin=codes)
+    limited = json.loads(run_cli("queue", "--config", str(site.config_path), "--json",
                                  "--limit", "5").stdout)
     assert len(limited["scans"]) == 5 and limited["more"] is True
-    table = run_cli("queue", "-c", str(site.config_path), "--limit", "3")
+    table = run_cli("queue", "--config", str(site.config_path), "--limit", "3")
     assert "the oldest 3 shown" in table.stdout
     piped = subprocess.run(
-        f"{sys.executable} -m agent queue --all --json -c {site.config_path} | head -c 20",
+        f"{sys.executable} -m agent queue --all --json --config {site.config_path} | head -c 20",
         shell=True, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
@@ -77,7 +77,7 @@ def test_status_url_as_the_daemon_logs_it(site: DemoSite) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/status"
-        out = run_cli("status", "-c", str(site.config_path), "--url", url, "--json")
+        out = run_cli("status", "--config", str(site.config_path), "--url", url, "--json")
     finally:
         server.shutdown()
         server.server_close()
@@ -88,7 +88,7 @@ def test_status_url_as_the_daemon_logs_it(site: DemoSite) -> None:
 def test_run_refuses_a_config_without_api(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[store]\ndir = "{tmp_path / "state"}"\n')
-    out = run_cli("run", "-c", str(config), timeout=30)
+    out = run_cli("run", "--config", str(config), timeout=30)
     assert out.returncode == 2 and "[api] is missing" in out.stderr, out.stderr
     assert not (tmp_path / "state").exists()
 
