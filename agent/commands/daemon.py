@@ -89,7 +89,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                       f"{reason['level']}[/] {reason['code']}: {reason['message']}",
                       highlight=False)
     lanes = Table(title="Lanes")
-    for col in ("lane", "readers", "relay", "last scan", "5 min", "total"):
+    for col in ("lane", "readers", "relay", "queue", "last scan", "5 min", "total"):
         lanes.add_column(col)
     for lane in report["lanes"]:
         readers = f"{lane['readers_connected']}/{len(lane['readers'])}"
@@ -97,7 +97,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                                                   else "ok")
         last = lane["last_scan"] or {}
         last_text = f"{last.get('status', '-')} {last.get('at', '')[11:19]}" if last else "-"
-        lanes.add_row(lane["name"], readers, relay, last_text,
+        lanes.add_row(lane["name"], readers, relay, str(lane.get("queue", "-")), last_text,
                       _counts(lane["decisions_5min"]), _counts(lane["decisions_total"]))
     console.print(lanes)
     journal = report["journal"]

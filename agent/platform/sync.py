@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from agent.config import Config
-from agent.core.codes import utc_iso
+from agent.core.codes import epoch_iso, utc_iso
 from agent.core.model import EntryPage
 from agent.errors import BadResponse, NotFound, Validation
 from agent.files import fsync_dir
@@ -65,9 +65,9 @@ class SyncProgress:
     def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "event_id": self.event_id, "pages": self.pages,
                 "items": self.items, "total": self.total, "requests": self.requests,
-                "started": self.started, "finished": self.finished,
+                "started": epoch_iso(self.started), "finished": epoch_iso(self.finished),
                 "last_error": self.last_error,
-                "last_success": {str(k): v for k, v in self.last_success.items()}}
+                "last_success": {str(k): epoch_iso(v) for k, v in self.last_success.items()}}
 
 
 ProgressHook = Callable[[SyncProgress], None]

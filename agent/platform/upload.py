@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.core.codes import format_upload_time, parse_utc_iso, utc_iso
+from agent.core.codes import epoch_iso, format_upload_time, parse_utc_iso, utc_iso
 from agent.errors import ApiError, Forbidden, NotFound, Unauthenticated, Validation
 from agent.platform.client import PlatformClient
 from agent.platform.workers import in_thread
@@ -46,7 +46,7 @@ class UploadStatus:
     requests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "last_success": epoch_iso(self.last_success)}
 
 
 def ticket_row(row: dict[str, Any], scanned_by: int | None = None) -> dict[str, Any]:

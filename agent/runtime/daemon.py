@@ -32,7 +32,7 @@ import uvicorn
 
 from agent import __version__
 from agent.config import Config, LaneConfig, load_config
-from agent.core.codes import utc_iso
+from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
 from agent.files import write_private
 from agent.ops.logs import setup_logging
@@ -306,7 +306,7 @@ class Daemon:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {
             "version": __version__, "uptime_s": round(time.time() - self.started, 1),
-            "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "started_at": epoch_iso(self.started),
             "lanes": [runner.get_status() for runner in self.lanes.values()],
             "cache": cache, "journal": journal, "platform": platform,
             "upload": self.uploader.status.as_dict() if self.uploader else None,

@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ class JobHealth:
     rerun: bool = False  # asked to run again while running: once more when this run ends
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("running", "rerun")}
+        times = ("failing_since", "last_success", "last_run")
+        return {k: epoch_iso(v) if k in times else v for k, v in self.__dict__.items()
+                if k not in ("running", "rerun")}
 
 
 class Jobs:
@@ -140,6 +143,6 @@ class Jobs:
         out = {}
         for name, health in self.health.items():
             job = self.scheduler.get_job(name) if self.scheduler.running else None
-            nxt = job.next_run_time.isoformat() if job and job.next_run_time else None
+            nxt = utc_iso(job.next_run_time) if job and job.next_run_time else None
             out[name] = {**health.as_dict(), "next_run": nxt}
         return out
