@@ -10,6 +10,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import Config, load_config
 from agent.errors import ControlError, GateAgentError
 from agent.runtime.controlclient import running_daemon
@@ -21,11 +22,26 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="override [log] format")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="override [log] level")
+    explain(p, "Run the gate: readers, decisions, relays, and the platform sync and upload "
+               "jobs, until SIGTERM. One daemon per store.dir: a second one exits 2 naming the "
+               "running one's PID. Under systemd: `systemctl start gate-agent`.",
+            ["gate-agent run -c /etc/gate-agent/config.toml",
+             "gate-agent run --log-format text --log-level debug"],
+            "0 stopped by SIGTERM/SIGINT; 2 a configuration mistake, or another daemon runs on "
+            "this store.dir; 70 internal error")
     p.set_defaults(func=cmd_run)
     p = subparsers.add_parser("status", parents=[common],
                               help="the running daemon's health, lanes, cache, queue and link")
-    p.add_argument("--json", action="store_true", help="print GET /status as it is")
-    p.add_argument("--url", help="status endpoint (default: from [status] listen / the state dir)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--url", metavar="URL",
+                   help="ask this status endpoint over HTTP, e.g. http://10.0.0.5:8080 (the "
+                        ".../status the daemon logs works too; default: the local daemon)")
+    explain(p, "The running daemon's health (pass/warn/fail with reasons), lanes, journal, "
+               "cache and platform link: from the daemon's control socket, or over HTTP.",
+            ["gate-agent status", "gate-agent status --json | jq .reasons",
+             "gate-agent status --url http://10.0.0.5:8080/status"],
+            "0 health pass or warn; 1 health fail, or no daemon answering; 2 a mistake in the "
+            "configuration")
     p.set_defaults(func=cmd_status)
 
 

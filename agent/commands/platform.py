@@ -34,6 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import Config, load_config
 from agent.errors import (
     ConfigError,
@@ -70,21 +71,36 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--event", type=int, action="append", metavar="ID",
                    help="only this event (repeatable; default: the configured events)")
     p.add_argument("--json", action="store_true", help="one JSON summary, no progress bar")
+    p.description += " With the daemon running, the daemon does it (a --full swap included)."
+    explain(p, p.description, ["sudo gate-agent sync", "sudo gate-agent sync --full",
+                               "gate-agent sync --event 501 --json"],
+            "0 synced; 1 the platform failed (the cache keeps what it had); 2 a configuration "
+            "mistake or no token; 130 interrupted (resumes where it stopped)")
     p.set_defaults(func=cmd_sync)
 
     p = subparsers.add_parser("upload", parents=[common],
                               help="send journaled scans to the platform now")
     p.add_argument("--drain", action="store_true", help="until the outbox is empty")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON summary")
+    explain(p, "Send journaled scans to the platform now: one batch, or all with --drain. "
+               "Nothing is sent twice (batch and scan uuids). With the daemon running, it sends.",
+            ["sudo gate-agent upload --drain", "gate-agent upload --json"],
+            "0 sent; 1 the platform refused or failed (scans stay queued); 2 a configuration "
+            "mistake or no token")
     p.set_defaults(func=cmd_upload)
 
     p = subparsers.add_parser(
         "login", parents=[common], help="get a platform token (POST /login) into api.token_file",
         description="Asks for the password without echoing it (or reads one line from standard "
                     "input when that is not a terminal) and stores the token with mode 0600.")
-    p.add_argument("--email", help="the platform user's e-mail")
-    p.add_argument("--device-name", help="name the token is issued for "
-                                         "(default: api.device_name, else the host name)")
+    p.add_argument("--email", metavar="EMAIL", help="the platform user's e-mail")
+    p.add_argument("--device-name", metavar="NAME",
+                   help="name the token is issued for (default: api.device_name, else the host "
+                        "name)")
+    p.description += " A running daemon is handed the new token and uses it at once."
+    explain(p, p.description, ["sudo gate-agent login --email gate@example.com",
+                               "printf '%s\\n' \"$PW\" | sudo gate-agent login --email E"],
+            "0 logged in; 1 the platform refused the login; 2 a configuration mistake")
     p.set_defaults(func=cmd_login)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import load_config
 from agent.core.decide import Decision
 from agent.errors import ConfigError
@@ -30,22 +31,42 @@ from agent.runtime.storeaccess import as_store_owner
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("import", parents=[common],
                               help="load platform JSON files (tickets, events, zones) into the cache")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--event", type=int, help="event id for files that do not say it")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a saved GET /entry/tickets, /activated-events or /zones/all response")
+    p.add_argument("--event", type=int, metavar="ID", help="event id for files that do not say it")
+    explain(p, "Provision the ticket cache from platform JSON files, with no network. Each file "
+               "is one transaction; with the daemon running, it imports them itself.",
+            ["sudo gate-agent import events.json zones.json tickets.json",
+             "gate-agent import tickets-page1.json --event 501"],
+            "0 imported; 2 a file that is not JSON in a platform shape (nothing of it applied)")
     p.set_defaults(func=cmd_import)
 
     for name, helptext in (("check", "dry run: what would this code do? (records nothing)"),
                            ("scan", "a real manual scan: decided, journaled, uploaded later")):
         p = subparsers.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("code", help="barcode or NFC id (0x...)" +
+        p.add_argument("code", metavar="CODE", help="barcode or NFC id (0x...)" +
                        ("; '-' reads codes from standard input" if name == "scan" else ""))
-        p.add_argument("--lane", help="lane name (default: the first lane)")
+        p.add_argument("--lane", metavar="LANE", help="lane name (default: the first lane)")
         p.add_argument("--direction", choices=("in", "out", "auto"),
                        help="override the lane's direction")
         p.add_argument("--kind", choices=("barcode", "nfc"), help="how to read CODE")
         p.add_argument("--json", action="store_true", help="one JSON object per decision")
         if name == "check":
             p.add_argument("--at", metavar="ISO8601", help="decide as of this time")
+            explain(p, "Dry run: what would this code do on this lane, now or at --at? Records "
+                       "nothing, opens nothing.",
+                    ["gate-agent check NU-VALID-0001 --lane entry",
+                     "gate-agent check 0x04A22B9C1D5E80 --at 2026-11-28T19:30+01:00 --json"],
+                    "0 it would be admitted; 1 it would be refused; 2 a mistake in the "
+                    "configuration or the arguments")
+        else:
+            explain(p, "A real manual scan: decided, journaled and uploaded like a reader's. "
+                       "With the daemon running, the daemon decides it. '-' reads one code per "
+                       "line from standard input.",
+                    ["sudo gate-agent scan NU-VALID-0001 --lane entry",
+                     "sudo gate-agent scan - --json < codes.txt"],
+                    "0 every code was admitted; 1 at least one was refused; 2 a mistake in "
+                    "the configuration or the arguments")
         p.set_defaults(func=cmd_check if name == "check" else cmd_scan)
 
     p = subparsers.add_parser("queue", parents=[common],
@@ -55,8 +76,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive, default=50, metavar="N",
                    help="show at most the N oldest scans (default 50)")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
+    explain(p, "Scans waiting for upload, quarantined by the platform (with its reason) or "
+               "kept local, oldest first.",
+            ["gate-agent queue", "gate-agent queue --json --limit 1000 | jq '.scans[].reason'",
+             "sudo gate-agent queue retry"],
+            "0 listed; 2 a configuration mistake")
     r = qsub.add_parser("retry", parents=[common], help="put quarantined scans back in the outbox")
-    r.add_argument("uuids", nargs="*", help="only these scans (default: all quarantined)")
+    r.add_argument("uuids", nargs="*", metavar="UUID",
+                   help="only these scans (default: all quarantined)")
+    explain(r, "Put quarantined scans back in the outbox after fixing what the platform "
+               "refused; the next upload sends them.",
+            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"])
     r.set_defaults(func=cmd_queue_retry)
     p.set_defaults(func=cmd_queue)
 
