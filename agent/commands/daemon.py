@@ -104,7 +104,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"  [{ 'red' if reason['level'] == 'fail' else 'yellow'}]"
                       f"{reason['level']}[/] {reason['code']}: {reason['message']}",
                       highlight=False)
-    lanes = Table(title="Lanes")
+    lanes = Table(title="Lanes (times in UTC)")
     for col in ("lane", "readers", "relay", "queue", "last scan", "5 min", "total"):
         lanes.add_column(col)
     for lane in report["lanes"]:
