@@ -34,6 +34,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="a saved GET /entry/tickets, /activated-events or /zones/all response")
     p.add_argument("--event", type=int, metavar="ID", help="event id for files that do not say it")
+    p.add_argument("--json", action="store_true", help="one JSON object per file imported")
     explain(p, "Provision the ticket cache from platform JSON files, with no network. Each file "
                "is one transaction; with the daemon running, it imports them itself.",
             ["sudo gate-agent import events.json zones.json tickets.json",
@@ -125,6 +126,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                 results = work.import_files(cache, files, args.event)
             finally:
                 cache.close()
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return 0
     console = Console()
     for r in results:
         extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""

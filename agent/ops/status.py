@@ -79,6 +79,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
             add(Reason("fail", "lane_stalled",
                        f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))
+    if snap.get("pairings_error"):
+        add(Reason("warn", "pairings_unreadable", f"paired devices (devices.json) not used, only "
+                   f"the config file's: {snap['pairings_error']}"))
     cache = snap.get("cache") or {}
     if cache.get("degraded"):
         add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"))

@@ -52,7 +52,7 @@ from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.scheduler import Jobs
-from agent.runtime.storeaccess import DaemonLock
+from agent.runtime.storeaccess import DaemonLock, not_mine
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 
@@ -78,6 +78,7 @@ class Daemon:
         self.start_token: str | None = None  # what the token sources gave at start
         self.pushed_token: str | None = None  # a newer one given over the control socket
         self.control: ControlServer | None = None
+        self.pairings_error: str | None = None
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
         self.server: uvicorn.Server | None = None
@@ -103,8 +104,8 @@ class Daemon:
         try:
             self.journal = Journal(self.journal_path)
         except JournalUnavailable as exc:
-            self.journal_error = str(exc)
-            log.error("%s — every scan will be refused", exc)
+            self.journal_error = not_mine(self.journal_path) or str(exc)
+            log.error("%s — every scan will be refused", self.journal_error)
         resync = discard_unfinished_rebuild(self.cache_path)
         if resync:
             self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
@@ -112,6 +113,13 @@ class Daemon:
         try:
             self.status_cache = self._open_cache()
         except CacheCorrupt as exc:
+            foreign = not_mine(self.cache_path)
+            if foreign:  # not damaged, only not ours: keep it, say how to fix it
+                log.error("ticket cache unusable: %s; starting with no tickets", foreign)
+                self.cache_degraded = f"cache unusable: {foreign}"
+                self.cache_in_memory = True
+                self.status_cache = self._open_cache()
+                return False
             aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
             try:
                 os.replace(self.cache_path, aside)
@@ -149,6 +157,19 @@ class Daemon:
             self.lanes[lane.name] = runner
             log.info("lane %s ready: %d reader(s), relay %s", lane.name, len(lane.readers),
                      lane.relay or "none")
+
+    def _lanes_with_pairings(self, config: Config) -> tuple[LaneConfig, ...]:
+        """Lanes with their paired devices; an unreadable devices.json leaves the configured
+        devices running (status says why) instead of a restart loop."""
+        try:
+            lanes = effective_lanes(config)
+        except ConfigError as exc:
+            path = config.store_dir / "devices.json"
+            self.pairings_error = not_mine(path) or str(exc)
+            log.error("paired devices not used: %s", self.pairings_error)
+            return config.lanes
+        self.pairings_error = None
+        return lanes
 
     def setup_platform(self, token: str | None = None) -> None:
         if token is None and self.config.api["offline"]:
@@ -312,6 +333,7 @@ class Daemon:
             "upload": self.uploader.status.as_dict() if self.uploader else None,
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
+            "pairings_error": self.pairings_error,
         }
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
@@ -431,7 +453,7 @@ class Daemon:
         self.control = ControlServer(socket_path(self.config), DaemonOps(self).handlers(),
                                      self.config.control["group"])
         await self.control.start()
-        self.start_lanes(effective_lanes(self.config))
+        self.start_lanes(self._lanes_with_pairings(self.config))
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop_event.set)

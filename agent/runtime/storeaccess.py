@@ -19,6 +19,7 @@ for reading a root-only token file or an import file in root's home.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.errors import StoreBusy
+from agent.errors import ConfigError, StoreBusy
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,20 @@ LOCK_FILE = "daemon.lock"
 
 
 def _open_lock(store_dir: Path) -> int:
+    """Readable by all (it holds a PID, no secret), so whoever created it, the daemon and the
+    commands can both lock it; a flock works on a read-only descriptor too."""
     store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.open(store_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = store_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise ConfigError(not_mine(path) or f"{path}: permission denied") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o644)  # whatever the umask (systemd's UMask=0077)
+    return fd
 
 
 def _pid_in(fd: int) -> int | None:
@@ -84,13 +97,18 @@ class DaemonLock:
                             self.store_dir)
                 told = True
             time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a read-only lock file (left by root): locked all the same
+            log.warning("cannot record this daemon's PID: %s", not_mine(self.store_dir /
+                                                                        LOCK_FILE))
         self.fd = fd
 
     def release(self) -> None:
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
@@ -170,3 +188,17 @@ def own_rights() -> Iterator[None]:
     finally:
         os.setegid(gid)
         os.seteuid(uid)
+
+
+def not_mine(path: Path) -> str | None:
+    """Why this process cannot use `path` because of its owner or mode (with the fix to type),
+    or None: a file someone's `sudo` left root-owned is not a damaged file."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    if os.access(path, os.R_OK | os.W_OK):
+        return None
+    return (f"{path} belongs to uid {info.st_uid} (mode {info.st_mode & 0o777:o}) and this "
+            f"service runs as uid {os.geteuid()}: `chown -R {os.geteuid()}:{os.getegid()} "
+            f"{Path(path).parent}`, then restart")

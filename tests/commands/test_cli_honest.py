@@ -102,3 +102,13 @@ def test_status_reasons_are_deduplicated_and_fail_first() -> None:
     health, reasons = evaluate(snap, now, 3600)
     codes = [r.code for r in reasons]
     assert health == "fail" and codes == ["cache_empty", "platform_unreachable"], codes
+
+
+def test_import_lists_as_json_too(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(demo_data.demo_config(tmp_path / "state"))
+    files = demo_data.write_demo_files(tmp_path / "files", datetime.now(UTC))
+    out = run_cli("import", "--config", str(config), "--json", *map(str, files))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["kind"] for r in rows][:1] == ["events"] and len(rows) == len(files)

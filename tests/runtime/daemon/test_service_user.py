@@ -268,3 +268,26 @@ def test_a_new_token_is_used_at_once_whatever_loadcredential_copied(install: Ins
         assert not any(r["code"] == "auth_failed" for r in daemon.status()["reasons"])
     finally:
         assert daemon.stop() == 0
+
+
+def test_files_left_root_owned_are_named_not_moved_aside(install: Install) -> None:
+    """What an older `sudo gate-agent ...` left behind: root-owned 0600 files. The service
+    keeps them as they are, starts, and says which file and which `chown` fixes it."""
+    files = demo_data.write_demo_files(install.root / "import", datetime.now(UTC))
+    os.chown(install.store, 0, 0)  # as the commands did into a store they found root's...
+    subprocess.run([install.python, "-m", "agent", "import", "--config", str(install.config),
+                    *map(str, files)], check=True, capture_output=True, cwd=PROJECT_ROOT,
+                   env={**os.environ, **install.python_env})
+    subprocess.run([install.python, "-m", "agent", "devices", "pair", "entry", _reader(install),
+                    "--no-validate", "--config", str(install.config)], check=True,
+                   capture_output=True, cwd=PROJECT_ROOT, env={**os.environ, **install.python_env})
+    os.chown(install.store, SERVICE_UID, SERVICE_UID)  # ...that systemd handed back: files not
+    assert {"cache.db", "devices.json"} <= {n for n, uid in install.owners().items() if uid == 0}
+    daemon = install.daemon().start()
+    try:
+        daemon.wait_ready()
+        reasons = {r["code"]: r["message"] for r in daemon.status()["reasons"]}
+    finally:
+        assert daemon.stop() == 0
+    assert "chown" in reasons["pairings_unreadable"] and "chown" in reasons["cache_rebuilding"]
+    assert not [p.name for p in install.store.iterdir() if "corrupt" in p.name]
