@@ -197,8 +197,8 @@ def not_mine(path: Path) -> str | None:
         info = Path(path).stat()
     except OSError:
         return None
-    if os.access(path, os.R_OK | os.W_OK):
-        return None
+    if info.st_uid == os.geteuid() or os.access(path, os.R_OK | os.W_OK):
+        return None  # ours (a read-only disk, say, is another problem, reported as such)
     return (f"{path} belongs to uid {info.st_uid} (mode {info.st_mode & 0o777:o}) and this "
             f"service runs as uid {os.geteuid()}: `chown -R {os.geteuid()}:{os.getegid()} "
             f"{Path(path).parent}`, then restart")
