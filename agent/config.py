@@ -95,6 +95,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "async_poll_limit_s": Option((float, int), 120.0, _between(1, 7200)),
         "device_name": Option(str, ""),
         "scanned_by": Option(int, 0, _between(0, 2**63 - 1)),
+        "offline": Option(bool, False),
     },
     "store": {
         "dir": Option(str, "/var/lib/gate-agent", _non_empty),
@@ -116,6 +117,10 @@ SECTIONS: dict[str, dict[str, Option]] = {
     "status": {
         "listen": Option(str, "127.0.0.1:8080", _listen),
         "token": Option(str, ""),
+    },
+    "control": {
+        "socket": Option(str, ""),
+        "group": Option(str, ""),
     },
     "log": {
         "level": Option(str, "info", _one_of("debug", "info", "warning", "error")),
@@ -178,7 +183,17 @@ class Config:
     sync: dict[str, Any]
     status: dict[str, Any]
     log: dict[str, Any]
+    control: dict[str, Any]
     lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
+    has_api: bool = True  # False: the file has no [api] section (see require_platform)
+
+    def require_platform(self) -> None:
+        """The daemon must not quietly run against the production URL with an empty cache
+        because [api] was forgotten: it needs the section, or `[api] offline = true`."""
+        if not self.has_api and not self.api["offline"]:
+            raise ConfigError("section [api] is missing: set base_url and company_id for the "
+                              "platform link, or `offline = true` in [api] for a gate that runs "
+                              "offline on purpose", path=self.path, key="api")
 
     @property
     def store_dir(self) -> Path:
@@ -304,7 +319,7 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"lane name {name!r} is used twice", path=path, key="lanes.name")
-    return Config(path=path, lanes=lanes, **sections)
+    return Config(path=path, lanes=lanes, has_api="api" in data, **sections)
 
 
 def load_config(path: str | Path) -> Config:

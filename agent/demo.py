@@ -85,12 +85,15 @@ def _config(root: Path, url: str, company: int, token_file: Path) -> Path:
 
 def _show_decision(console: Console, record: dict, what: str) -> None:
     admit = record.get("admit")
-    colour = "green" if admit else "red"
+    ignored = record.get("statusDetail") == "duplicateRead"  # not an attempt: no row, no pulse
+    colour = "green" if admit else "yellow" if ignored else "red"
+    word = "ADMIT " if admit else "IGNORE" if ignored else "REFUSE"
     detail = f"/{record['statusDetail']}" if record.get("statusDetail") else ""
     relay = "  [cyan]relay pulsed[/]" if record.get("relay") else ""
     console.print(f"[dim]{record['lane']:>9} | {what}[/]")
-    console.print(f"{'':>9}   [bold {colour}]{'ADMIT ' if admit else 'REFUSE'}[/] "
-                  f"{record['direction']:<3} {record['code']:<16} {record['status']}{detail}"
+    console.print(f"{'':>9}   [bold {colour}]{word}[/] "
+                  f"{record['direction']:<3} {record['code']:<16} "
+                  f"{'ignored' if ignored else record['status']}{detail}"
                   f"  [dim]{record['latency_ms']:.2f} ms[/]{relay}", highlight=False)
 
 

@@ -6,6 +6,8 @@ specific message (naming the config key, the device or the file) and never a tra
     GateAgentError
     ├── ConfigError            bad or missing configuration (names file and section.key)
     ├── ImportFileError        a provisioning file that is not in the platform's shape
+    ├── StoreBusy              another daemon holds the store (names its PID)
+    ├── ControlError           the running daemon's control socket refused or failed
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
     │   └── JournalUnavailable the journal cannot be written: the gate must not admit
@@ -61,6 +63,21 @@ class ImportFileError(GateAgentError):
     """A provisioning file is not JSON in one of the platform's response shapes."""
 
     exit_code = 2
+
+
+class StoreBusy(GateAgentError):
+    """Another gate-agent daemon holds `store.dir`: one daemon per store (names its PID)."""
+
+    exit_code = 2
+
+
+class ControlError(GateAgentError):
+    """The running daemon could not be reached over its control socket, or refused a request
+    (its own error's exit code is kept, so the CLI answers as if it had done the work)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StoreError(GateAgentError):

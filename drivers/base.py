@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agent.core.codes import clean_code, normalize_nfc_id
+from agent.core.codes import clean_code, normalize_nfc_id, utc_iso
 from agent.errors import DriverError, DriverUnavailable
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class Reader:
             "kind": self.kind,
             "connected": bool(self._connected),
             "last_error": self.last_error,
-            "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
+            "last_scan_at": utc_iso(self.last_scan_at) if self.last_scan_at else None,
             "reconnects": self.reconnects,
             "scans": self.scans,
         }
@@ -345,7 +345,7 @@ class Output:
             "on": self.is_on,
             "pulses": self.pulses,
             "last_error": self.last_error,
-            "last_pulse_at": self.last_pulse_at.isoformat() if self.last_pulse_at else None,
+            "last_pulse_at": utc_iso(self.last_pulse_at) if self.last_pulse_at else None,
         }
 
     def hint(self, exc: BaseException) -> str:

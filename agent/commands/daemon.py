@@ -10,8 +10,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import load_config
-from agent.errors import GateAgentError
+from agent.commands import explain
+from agent.config import Config, load_config
+from agent.errors import ControlError, GateAgentError
+from agent.runtime.controlclient import running_daemon
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -20,11 +22,26 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="override [log] format")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="override [log] level")
+    explain(p, "Run the gate: readers, decisions, relays, and the platform sync and upload "
+               "jobs, until SIGTERM. One daemon per store.dir: a second one exits 2 naming the "
+               "running one's PID. Under systemd: `systemctl start gate-agent`.",
+            ["gate-agent run -c /etc/gate-agent/config.toml",
+             "gate-agent run --log-format text --log-level debug"],
+            "0 stopped by SIGTERM/SIGINT; 2 a configuration mistake, or another daemon runs on "
+            "this store.dir; 70 internal error")
     p.set_defaults(func=cmd_run)
     p = subparsers.add_parser("status", parents=[common],
                               help="the running daemon's health, lanes, cache, queue and link")
-    p.add_argument("--json", action="store_true", help="print GET /status as it is")
-    p.add_argument("--url", help="status endpoint (default: from [status] listen / the state dir)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--url", metavar="URL",
+                   help="ask this status endpoint over HTTP, e.g. http://10.0.0.5:8080 (the "
+                        ".../status the daemon logs works too; default: the local daemon)")
+    explain(p, "The running daemon's health (pass/warn/fail with reasons), lanes, journal, "
+               "cache and platform link: from the daemon's control socket, or over HTTP.",
+            ["gate-agent status", "gate-agent status --json | jq .reasons",
+             "gate-agent status --url http://10.0.0.5:8080/status"],
+            "0 health pass or warn; 1 health fail, or no daemon answering; 2 a mistake in the "
+            "configuration")
     p.set_defaults(func=cmd_status)
 
 
@@ -33,11 +50,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args.config, args.log_format, args.log_level)
 
 
-def _status_url(args: argparse.Namespace) -> tuple[str, str]:
-    config = load_config(args.config)
+def _status_url(args: argparse.Namespace, config: Config) -> tuple[str, str]:
     token = config.status["token"]
     if args.url:
-        return args.url.rstrip("/"), token
+        # The daemon logs its endpoint as ".../status": accept that as well as the base URL.
+        url = args.url.rstrip("/")
+        return url.removesuffix("/status"), token
     address = config.status["listen"]
     addr_file = config.store_dir / "status.addr"
     if address.endswith(":0") and addr_file.exists():
@@ -46,7 +64,16 @@ def _status_url(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    base, token = _status_url(args)
+    config = load_config(args.config)
+    daemon = None if args.url else running_daemon(config)
+    if daemon is not None:
+        try:
+            report = daemon.call("status")
+        except ControlError:
+            report = None  # not allowed on the socket (no sudo): ask the HTTP endpoint
+        if report is not None:
+            return _print_report(report, args.json)
+    base, token = _status_url(args, config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         response = httpx.get(f"{base}/status", headers=headers, timeout=5.0)
@@ -55,11 +82,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                              "`gate-agent run` running? (systemctl status gate-agent)") from None
     if response.status_code == 401:
         raise GateAgentError(f"{base}/status wants a token: set [status] token in the config")
-    report = response.json()
-    if args.json:
+    if response.status_code != 200:
+        raise GateAgentError(f"{base}/status answered HTTP {response.status_code}; is that the "
+                             "gate-agent status endpoint ([status] listen)?")
+    return _print_report(response.json(), args.json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(report, indent=1))
-        return 0 if report["health"] != "fail" else 1
-    render(report, Console())
+    else:
+        render(report, Console())
     return 0 if report["health"] != "fail" else 1
 
 
@@ -71,8 +104,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"  [{ 'red' if reason['level'] == 'fail' else 'yellow'}]"
                       f"{reason['level']}[/] {reason['code']}: {reason['message']}",
                       highlight=False)
-    lanes = Table(title="Lanes")
-    for col in ("lane", "readers", "relay", "last scan", "5 min", "total"):
+    lanes = Table(title="Lanes (times in UTC)")
+    for col in ("lane", "readers", "relay", "queue", "last scan", "5 min", "total"):
         lanes.add_column(col)
     for lane in report["lanes"]:
         readers = f"{lane['readers_connected']}/{len(lane['readers'])}"
@@ -80,7 +113,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                                                   else "ok")
         last = lane["last_scan"] or {}
         last_text = f"{last.get('status', '-')} {last.get('at', '')[11:19]}" if last else "-"
-        lanes.add_row(lane["name"], readers, relay, last_text,
+        lanes.add_row(lane["name"], readers, relay, str(lane.get("queue", "-")), last_text,
                       _counts(lane["decisions_5min"]), _counts(lane["decisions_total"]))
     console.print(lanes)
     journal = report["journal"]

@@ -20,45 +20,70 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import Config, check_lane_outputs, load_config
 from agent.errors import ConfigError, DriverUnavailable
 from agent.runtime import bindings
+from agent.runtime.controlclient import acting_on_store
 
 EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     devices = subparsers.add_parser("devices", help="find, test and pair readers and relays")
+    explain(devices, "Find attached readers and relays, test one, and pair devices to lanes.",
+            ["gate-agent devices list", "gate-agent devices pair entry serial:///dev/ttyACM0"])
     sub = devices.add_subparsers(dest="devices_command", metavar="ACTION")
     sub.required = True
 
     p = sub.add_parser("list", parents=[common], help="list attached devices and their URLs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    explain(p, "Serial ports, NFC readers, input devices and GPIO chips found on this machine, "
+               "each with the URL to use in [[lanes]] or `devices pair`.",
+            ["gate-agent devices list", "gate-agent devices list --json"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("test", parents=[common], help="read one scan, or pulse a relay once")
-    p.add_argument("url", help="driver URL, e.g. serial:///dev/ttyACM0 or gpio:/dev/gpiochip0:17")
+    p.add_argument("url", metavar="URL",
+                   help="driver URL, e.g. serial:///dev/ttyACM0 or gpio:/dev/gpiochip0:17")
     p.add_argument("--timeout", type=float, default=15.0, metavar="S",
                    help="seconds to wait for a scan (default 15)")
-    p.add_argument("--ms", type=int, default=500, help="relay pulse length (default 500)")
+    p.add_argument("--ms", type=int, default=500, metavar="MS",
+                   help="relay pulse length (default 500)")
     p.add_argument("--role", choices=("reader", "relay"), help="default: from the URL scheme")
+    explain(p, "Wait for one scan from a reader and print it, or pulse a relay once. Stop the "
+               "daemon first if it holds the device.",
+            ["gate-agent devices test serial:///dev/ttyACM0 --timeout 30",
+             "gate-agent devices test gpio:/dev/gpiochip0:17 --ms 800"],
+            "0 a scan was read or the relay pulsed; 1 no scan before the timeout; 2 the device "
+            "is unavailable")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("pair", parents=[common], help="bind a device to a lane")
-    p.add_argument("lane")
-    p.add_argument("url")
+    p.add_argument("lane", metavar="LANE", help="lane name from [[lanes]]")
+    p.add_argument("url", metavar="URL", help="device URL (see `gate-agent devices list`)")
     p.add_argument("--role", choices=("reader", "relay", "relay_out"),
                    help="default: from the URL scheme (relay_out: the exit release)")
     p.add_argument("--no-validate", action="store_true", help="do not open the device first")
+    explain(p, "Bind a reader or relay to a lane, kept in <store.dir>/devices.json. With the "
+               "daemon running, it does the pairing itself and uses the device at once.",
+            ["sudo gate-agent devices pair entry serial:///dev/serial/by-id/usb-Scanner",
+             "sudo gate-agent devices pair entry gpio:/dev/gpiochip0:17 --role relay"],
+            "0 paired; 2 unknown lane, the device is unavailable, or a configuration mistake")
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("unpair", parents=[common], help="remove a paired device from a lane")
-    p.add_argument("lane")
-    p.add_argument("url")
+    p.add_argument("lane", metavar="LANE", help="lane name from [[lanes]]")
+    p.add_argument("url", metavar="URL", help="the paired device's URL")
+    explain(p, "Remove a paired device from a lane (devices from the config file stay).",
+            ["sudo gate-agent devices unpair entry serial:///dev/ttyACM0"],
+            "0 unpaired; 1 that device was not paired to that lane; 2 unknown lane")
     p.set_defaults(func=cmd_unpair)
 
     p = sub.add_parser("show", parents=[common], help="show each lane's readers and relay")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    explain(p, "Each lane's readers and relay, from the config file and from pairings.",
+            ["gate-agent devices show", "gate-agent devices show --json"])
     p.set_defaults(func=cmd_show)
 
 
@@ -140,16 +165,27 @@ def cmd_pair(args: argparse.Namespace) -> int:
     if role in bindings.OUTPUT_ROLES:  # refused before it is saved, naming the key
         check_lane_outputs(bindings.merge_lane(lane, {role: args.url}), config.path,
                            f"lanes.{lane.name}")
-    bindings.pair(config.store_dir, lane.name, args.url, role)
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            daemon.call("pair", lane=lane.name, url=args.url, role=role)
+            applied = f"; the running daemon (PID {daemon.pid}) uses it now"
+        else:
+            bindings.pair(config.store_dir, lane.name, args.url, role)
+            applied = "; used from the next start (or `systemctl reload gate-agent`)"
     print(f"paired {args.url} to lane {lane.name} as {role} "
-          f"({bindings.bindings_path(config.store_dir)})")
+          f"({bindings.bindings_path(config.store_dir)}){applied}")
     return EXIT_OK
 
 
 def cmd_unpair(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lane = config.lane(args.lane)
-    if not bindings.unpair(config.store_dir, lane.name, args.url):
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            found = daemon.call("unpair", lane=lane.name, url=args.url)["found"]
+        else:
+            found = bindings.unpair(config.store_dir, lane.name, args.url)
+    if not found:
         print(f"gate-agent: {args.url} is not paired to lane {lane.name}", file=sys.stderr)
         return 1
     print(f"unpaired {args.url} from lane {lane.name}")

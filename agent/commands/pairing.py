@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
+from agent.commands import explain
 from agent.config import LaneConfig, load_config
 from agent.errors import DriverUnavailable, GateAgentError
 from agent.runtime.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
@@ -30,7 +31,7 @@ EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_OFFLINE = 0, 1, 2, 3
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("pair-tag", parents=[common],
                               help="pair NFC tags (wristbands) to tickets; optionally admit")
-    p.add_argument("barcode", nargs="?",
+    p.add_argument("barcode", nargs="?", metavar="BARCODE",
                    help="ticket barcode; without it, barcodes come from --scanner or stdin "
                         "until Ctrl-C")
     p.add_argument("--reader", required=True, metavar="URL",
@@ -42,7 +43,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="re-pair a ticket that already has a tag (the old tag stops working)")
     p.add_argument("--admit", action="store_true",
                    help="also admit the attendee through --lane (pair and admit in one step)")
-    p.add_argument("--lane", help="lane for --admit (default: the first lane)")
+    p.add_argument("--lane", metavar="LANE", help="lane for --admit (default: the first lane)")
+    explain(p, "The NFC pairing station: a ticket's barcode (argument, --scanner or typed), then "
+               "a tag; paired on the platform, then in the local cache at once. Loops over a "
+               "queue of barcodes until Ctrl-C.",
+            ["gate-agent pair-tag NU-VALID-0001 --reader nfc:usb",
+             "gate-agent pair-tag --reader nfc:usb --scanner serial:///dev/ttyACM0 --admit"],
+            "0 paired; 1 the platform refused; 2 the reader is unavailable; 3 offline")
     p.add_argument("--once", action="store_true", help="pair one attendee, then exit")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for a tag (default 30)")

@@ -36,22 +36,23 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import Config, load_config
 from agent.errors import (
-    ApiError,
     ConfigError,
-    Forbidden,
     Transport,
-    Unauthenticated,
     register_secret,
 )
 from agent.files import write_private
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
-from agent.platform.sync import Syncer, SyncProgress, discard_unfinished_rebuild
+from agent.platform.sync import Syncer, SyncProgress
 from agent.platform.token import load_token
 from agent.platform.upload import Uploader
+from agent.runtime import work
+from agent.runtime.controlclient import acting_on_store, running_daemon
 from agent.runtime.opening import CACHE_FILE, open_journal
+from agent.runtime.storeaccess import own_rights
 from agent.store.cache import TicketCache
 
 
@@ -72,21 +73,36 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--event", type=int, action="append", metavar="ID",
                    help="only this event (repeatable; default: the configured events)")
     p.add_argument("--json", action="store_true", help="one JSON summary, no progress bar")
+    p.description += " With the daemon running, the daemon does it (a --full swap included)."
+    explain(p, p.description, ["sudo gate-agent sync", "sudo gate-agent sync --full",
+                               "gate-agent sync --event 501 --json"],
+            "0 synced; 1 the platform failed (the cache keeps what it had); 2 a configuration "
+            "mistake or no token; 130 interrupted (resumes where it stopped)")
     p.set_defaults(func=cmd_sync)
 
     p = subparsers.add_parser("upload", parents=[common],
                               help="send journaled scans to the platform now")
     p.add_argument("--drain", action="store_true", help="until the outbox is empty")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON summary")
+    explain(p, "Send journaled scans to the platform now: one batch, or all with --drain. "
+               "Nothing is sent twice (batch and scan uuids). With the daemon running, it sends.",
+            ["sudo gate-agent upload --drain", "gate-agent upload --json"],
+            "0 sent; 1 the platform refused or failed (scans stay queued); 2 a configuration "
+            "mistake or no token")
     p.set_defaults(func=cmd_upload)
 
     p = subparsers.add_parser(
         "login", parents=[common], help="get a platform token (POST /login) into api.token_file",
         description="Asks for the password without echoing it (or reads one line from standard "
                     "input when that is not a terminal) and stores the token with mode 0600.")
-    p.add_argument("--email", help="the platform user's e-mail")
-    p.add_argument("--device-name", help="name the token is issued for "
-                                         "(default: api.device_name, else the host name)")
+    p.add_argument("--email", metavar="EMAIL", help="the platform user's e-mail")
+    p.add_argument("--device-name", metavar="NAME",
+                   help="name the token is issued for (default: api.device_name, else the host "
+                        "name)")
+    p.description += " A running daemon is handed the new token and uses it at once."
+    explain(p, p.description, ["sudo gate-agent login --email gate@example.com",
+                               "printf '%s\\n' \"$PW\" | sudo gate-agent login --email E"],
+            "0 logged in; 1 the platform refused the login; 2 a configuration mistake")
     p.set_defaults(func=cmd_login)
 
 
@@ -95,11 +111,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def _client(config: Config, token: str) -> PlatformClient:
     return PlatformClient.from_config(config.api, token, Governor.from_config(config.api))
-
-
-def _used(client: PlatformClient) -> int:
-    """Budgeted requests this run spent (governor grants; async polls are not counted)."""
-    return sum(client.governor.granted.values())
 
 
 def _offline_hint(config: Config) -> str:
@@ -149,9 +160,35 @@ class _Bar:
 def cmd_sync(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; waiting "
+                                       "for it...", highlight=False)
+            result = daemon.call("sync", full=args.full, events=args.event or [])
+            result["passes"] = []
+        else:
+            result = _sync_here(config, args)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"sync {'full' if args.full else 'delta'}: {result['requests']} "
+                        f"requests" + (f", {result['wall_s']} s" if "wall_s" in result else ""))
+    for col in ("event", "name", "items applied", "items cached", "cursor"):
+        table.add_column(col)
+    applied = {p["event"]: p["items"] for p in result["passes"]}
+    for e in result["events"]:
+        table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
+                      str(e["items"]), e["cursor"] or "-")
+    Console().print(table)
+    return 0
+
+
+def _sync_here(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """No daemon: this command syncs, as the store's owner, with a progress bar."""
     if args.event:
         config = dataclasses.replace(config, events={**config.events, "ids": list(args.event)})
-    token = load_token(config.api, config_path=config.path)
+    with own_rights():
+        token = load_token(config.api, config_path=config.path)
     err = Console(stderr=True)
     progress = None if args.json else Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -169,48 +206,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise Transport(f"{exc}. Offline? {_offline_hint(config)}") from exc
     result["wall_s"] = round(time.monotonic() - started, 2)
     result["passes"] = list(bar.passes.values())
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    table = Table(title=f"sync {'full' if args.full else 'delta'}: {result['requests']} "
-                        f"requests, {result['wall_s']} s")
-    for col in ("event", "name", "items applied", "items cached", "cursor"):
-        table.add_column(col)
-    applied = {p["event"]: p["items"] for p in result["passes"]}
-    for e in result["events"]:
-        table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], 0)),
-                      str(e["items"]), e["cursor"] or "-")
-    Console().print(table)
-    return 0
+    return result
 
 
 async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
                 ) -> dict[str, Any]:
     cache_path = config.store_dir / CACHE_FILE
-    config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with _client(config, token) as client:
         syncer = Syncer(config, client, cache_path, on_progress=bar)
         try:
-            if args.full and not args.event:
-                discard_unfinished_rebuild(cache_path)
-                applied = await syncer.full_resync()
-            else:
-                await syncer.refresh_events()
-                applied = 0
-                for event_id in await syncer.event_ids():
-                    applied += await syncer.sync_tickets(event_id, full=args.full)
+            return await work.sync_pass(syncer, full=args.full, event_ids=args.event)
         finally:
             syncer.close()
-        used = _used(client)
-    cache = TicketCache(cache_path, keep_personal_data=config.store["keep_personal_data"])
-    try:
-        events = cache.get_status()["events"]
-    finally:
-        cache.close()
-    wanted = config.event_ids
-    events = [e for e in events if wanted is None or e["id"] in wanted]
-    return {"mode": "full" if args.full else "delta", "applied": applied, "requests": used,
-            "events": events}
 
 
 # -- upload ---------------------------------------------------------------------------------
@@ -219,15 +226,20 @@ async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
 def cmd_upload(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
-    token = load_token(config.api, config_path=config.path)
-    journal = open_journal(config)
-    try:
-        outcome = asyncio.run(_upload(config, token, journal, args.drain))
-    finally:
-        journal.close()
-    error: ApiError | None = outcome.pop("error")
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            outcome = daemon.call("upload", drain=args.drain)
+        else:
+            with own_rights():
+                token = load_token(config.api, config_path=config.path)
+            journal = open_journal(config)
+            try:
+                outcome = asyncio.run(_upload(config, token, journal, args.drain))
+            finally:
+                journal.close()
+    error = outcome["error"]
     if args.json:
-        print(json.dumps({**outcome, "error": str(error) if error else None}))
+        print(json.dumps(outcome))
     else:
         Console().print(
             f"sent {outcome['sent']}, quarantined {outcome['quarantined']} in "
@@ -236,7 +248,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if error is None:
         return 0
     err = Console(stderr=True)
-    if isinstance(error, Unauthenticated | Forbidden):
+    if outcome["auth"]:
         err.print(
             f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
             f"are kept. Fix: `gate-agent login --config {config.path}` (or put a valid token in "
@@ -253,19 +265,7 @@ async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict
         uploader = Uploader(journal, client, batch_size=config.sync["upload_batch_size"],
                             scanned_by=config.api["scanned_by"] or None,
                             retention_days=config.store["sent_retention_days"])
-        error: ApiError | None = None
-        try:
-            if drain:
-                await uploader.drain()
-            else:
-                await uploader.upload_once()
-        except ApiError as exc:
-            error = exc
-        counts = journal.counts()
-        return {"sent": uploader.status.sent_total,
-                "quarantined": uploader.status.quarantined_total,
-                "requests": _used(client), "pending": counts["pending"],
-                "quarantined_total": counts["quarantined"], "error": error}
+        return await work.upload_pass(uploader, drain=drain)
 
 
 # -- login ----------------------------------------------------------------------------------
@@ -316,6 +316,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     console.print(f"logged in as {email}; token for device {device!r} stored in {path} "
                   "(mode 0600). Older tokens stay valid until revoked on the platform.",
                   highlight=False, soft_wrap=True)
+    daemon = running_daemon(config)
+    if daemon is not None:
+        daemon.call("token", token=token)
+        console.print(f"the running daemon (PID {daemon.pid}) uses the new token from now on",
+                      highlight=False)
+        return 0
     shadow = [name for name in ("CREDENTIALS_DIRECTORY", config.api["token_env"])
               if name and os.environ.get(name)]
     if shadow:

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 from typing import Any
 
+from agent.commands import explain
 from agent.errors import ConfigError
 
 
@@ -22,11 +23,15 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     source.add_argument("--tickets", type=int, default=1000,
                         help="generated tickets for event 1001 (up to millions; default 1000)")
     p.add_argument("--token", default="sandbox-token", help="the token clients must send")
-    p.add_argument("--company-id", type=int, default=1)
+    p.add_argument("--company-id", type=int, default=1, metavar="ID",
+                   help="the company id clients must send (default 1)")
     p.add_argument("--rpm", type=int, default=60, help="company rate limit per window")
     p.add_argument("--window-s", type=float, default=60.0, help="rate window length")
     p.add_argument("--export", metavar="DIR",
                    help="write the seed's events/zones/tickets as JSON files to DIR and exit")
+    explain(p, p.description or "", ["gate-agent sandbox --port 8765 --tickets 100000",
+                                     "gate-agent sandbox --seed site.json --export ./files"],
+            "0 stopped (Ctrl-C) or exported; 2 a bad seed file or option")
     p.set_defaults(func=run)
 
 

@@ -17,43 +17,85 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import load_config
 from agent.core.decide import Decision
 from agent.errors import ConfigError
-from agent.platform.provision import import_file
+from agent.platform.provision import read_import_file
+from agent.runtime import work
+from agent.runtime.controlclient import acting_on_store, running_daemon
 from agent.runtime.opening import open_cache, open_journal, opened_gate
+from agent.runtime.storeaccess import as_store_owner
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("import", parents=[common],
                               help="load platform JSON files (tickets, events, zones) into the cache")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--event", type=int, help="event id for files that do not say it")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a saved GET /entry/tickets, /activated-events or /zones/all response")
+    p.add_argument("--event", type=int, metavar="ID", help="event id for files that do not say it")
+    p.add_argument("--json", action="store_true", help="one JSON object per file imported")
+    explain(p, "Provision the ticket cache from platform JSON files, with no network. Each file "
+               "is one transaction; with the daemon running, it imports them itself.",
+            ["sudo gate-agent import events.json zones.json tickets.json",
+             "gate-agent import tickets-page1.json --event 501"],
+            "0 imported; 2 a file that is not JSON in a platform shape (nothing of it applied)")
     p.set_defaults(func=cmd_import)
 
     for name, helptext in (("check", "dry run: what would this code do? (records nothing)"),
                            ("scan", "a real manual scan: decided, journaled, uploaded later")):
         p = subparsers.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("code", help="barcode or NFC id (0x...)" +
+        p.add_argument("code", metavar="CODE", help="barcode or NFC id (0x...)" +
                        ("; '-' reads codes from standard input" if name == "scan" else ""))
-        p.add_argument("--lane", help="lane name (default: the first lane)")
+        p.add_argument("--lane", metavar="LANE", help="lane name (default: the first lane)")
         p.add_argument("--direction", choices=("in", "out", "auto"),
                        help="override the lane's direction")
         p.add_argument("--kind", choices=("barcode", "nfc"), help="how to read CODE")
         p.add_argument("--json", action="store_true", help="one JSON object per decision")
         if name == "check":
             p.add_argument("--at", metavar="ISO8601", help="decide as of this time")
+            explain(p, "Dry run: what would this code do on this lane, now or at --at? Records "
+                       "nothing, opens nothing.",
+                    ["gate-agent check NU-VALID-0001 --lane entry",
+                     "gate-agent check 0x04A22B9C1D5E80 --at 2026-11-28T19:30+01:00 --json"],
+                    "0 it would be admitted; 1 it would be refused; 2 a mistake in the "
+                    "configuration or the arguments")
+        else:
+            explain(p, "A real manual scan: decided, journaled and uploaded like a reader's. "
+                       "With the daemon running, the daemon decides it. '-' reads one code per "
+                       "line from standard input.",
+                    ["sudo gate-agent scan NU-VALID-0001 --lane entry",
+                     "sudo gate-agent scan - --json < codes.txt"],
+                    "0 every code was admitted; 1 at least one was refused; 2 a mistake in "
+                    "the configuration or the arguments")
         p.set_defaults(func=cmd_check if name == "check" else cmd_scan)
 
     p = subparsers.add_parser("queue", parents=[common],
                               help="scans waiting for upload, quarantined, or kept local")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="counts and scans as one JSON object")
     p.add_argument("--all", action="store_true", help="include sent scans")
+    p.add_argument("--limit", type=_positive, default=50, metavar="N",
+                   help="show at most the N oldest scans (default 50)")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
+    explain(p, "Scans waiting for upload, quarantined by the platform (with its reason) or "
+               "kept local, oldest first.",
+            ["gate-agent queue", "gate-agent queue --json --limit 1000 | jq '.scans[].reason'",
+             "sudo gate-agent queue retry"],
+            "0 listed; 2 a configuration mistake")
     r = qsub.add_parser("retry", parents=[common], help="put quarantined scans back in the outbox")
-    r.add_argument("uuids", nargs="*", help="only these scans (default: all quarantined)")
+    r.add_argument("uuids", nargs="*", metavar="UUID",
+                   help="only these scans (default: all quarantined)")
+    explain(r, "Put quarantined scans back in the outbox after fixing what the platform "
+               "refused; the next upload sends them.",
+            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"])
     r.set_defaults(func=cmd_queue_retry)
     p.set_defaults(func=cmd_queue)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def _parse_at(text: str | None) -> datetime:
@@ -71,41 +113,62 @@ def _parse_at(text: str | None) -> datetime:
 
 def cmd_import(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    cache = open_cache(config)
+    # Read here, with this user's rights (a file in root's home), then applied by the daemon
+    # or as the store's owner.
+    files = [(path, read_import_file(path)) for path in args.files]
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            results = daemon.call("import", event=args.event,
+                                  files=[{"name": n, "text": t} for n, t in files])
+        else:
+            cache = open_cache(config)
+            try:
+                results = work.import_files(cache, files, args.event)
+            finally:
+                cache.close()
+    if args.json:
+        for r in results:
+            print(json.dumps(r))
+        return 0
     console = Console()
-    try:
-        for path in args.files:
-            result = import_file(cache, path, datetime.now(UTC), args.event)
-            extra = f", {result.skipped} skipped (no id)" if result.skipped else ""
-            event = f" for event {result.event_id}" if result.event_id else ""
-            console.print(f"{result.path}: {result.count} {result.kind}{event}{extra}")
-    finally:
-        cache.close()
+    for r in results:
+        extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
+        event = f" for event {r['event_id']}" if r["event_id"] else ""
+        console.print(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}")
     return 0
 
 
-def _show(decision: Decision, uuid: str | None, as_json: bool, console: Console) -> None:
+def _answer(decision: Decision, uuid: str | None) -> dict[str, Any]:
+    """A decision as `--json` prints it (and as the daemon sends it back)."""
+    return {**decision.as_dict(), "uuid": uuid, "record": decision.record}
+
+
+def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
+    data = dict(answer)
+    record = data.pop("record", True)
+    if data.get("uuid") is None and record:
+        data.pop("uuid", None)
     if as_json:
-        data = decision.as_dict()
-        if uuid is not None or not decision.record:
-            data["uuid"] = uuid
         print(json.dumps(data), flush=True)
         return
-    colour = "green" if decision.admit else "red"
-    word = "ADMIT" if decision.admit else "REFUSE"
-    detail = f"/{decision.detail}" if decision.detail else ""
-    who = decision.ticket.get("name") or ""
-    console.print(f"[bold {colour}]{word}[/] {decision.direction:<3} {decision.code}  "
-                  f"{decision.status}{detail}  {decision.message}"
+    colour = "green" if data["admit"] else "red"
+    word = "ADMIT" if data["admit"] else "REFUSE"
+    detail = f"/{data['statusDetail']}" if data["statusDetail"] else ""
+    who = (data.get("ticket") or {}).get("name") or ""
+    console.print(f"[bold {colour}]{word}[/] {data['direction']:<3} {data['code']}  "
+                  f"{data['status']}{detail}  {data['message']}"
                   + (f"  ({who})" if who else ""), highlight=False)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lane = config.lane(args.lane)
-    with opened_gate(config) as gate:
+    with as_store_owner(config.store_dir), opened_gate(config) as gate:
         decision = gate.check(args.code, lane, _parse_at(args.at), args.direction, args.kind)
-    _show(decision, None, args.json, Console())
+    answer = _answer(decision, None)
+    if decision.record:
+        answer.pop("uuid")
+    _show(answer, args.json, Console())
     return 0 if decision.admit else 1
 
 
@@ -114,30 +177,41 @@ def cmd_scan(args: argparse.Namespace) -> int:
     lane = config.lane(args.lane)
     console = Console()
     codes = (line.rstrip("\r\n") for line in sys.stdin) if args.code == "-" else iter([args.code])
-    last_admit = False
-    with opened_gate(config) as gate:
-        for code in codes:
-            if args.code == "-" and not code.strip():
-                continue
-            result = gate.scan(code, lane, datetime.now(UTC), args.direction, args.kind,
-                               mono_ms=time.monotonic_ns() // 1_000_000)
-            _show(result.decision, result.uuid, args.json, console)
-            last_admit = result.decision.admit
-    return 0 if last_admit or args.code == "-" else 1
+    codes = (code for code in codes if args.code != "-" or code.strip())
+    admitted = refused = 0
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            answers = (a for code in codes for a in daemon.call(
+                "scan", codes=[code], lane=lane.name, direction=args.direction, kind=args.kind))
+            for answer in answers:
+                _show(answer, args.json, console)
+                admitted, refused = admitted + answer["admit"], refused + (not answer["admit"])
+        else:
+            with opened_gate(config) as gate:
+                for code in codes:
+                    result = gate.scan(code, lane, datetime.now(UTC), args.direction, args.kind,
+                                       mono_ms=time.monotonic_ns() // 1_000_000)
+                    _show(_answer(result.decision, result.uuid), args.json, console)
+                    admitted += result.decision.admit
+                    refused += not result.decision.admit
+    return 0 if admitted and not refused else 1
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    journal = open_journal(config)
-    try:
-        states = ("pending", "quarantined", "local", "sent") if args.all else (
-            "pending", "quarantined", "local")
-        rows = journal.rows(states, limit=10_000)
-        counts = journal.counts()
-    finally:
-        journal.close()
+    daemon = running_daemon(config)
+    if daemon is not None:
+        listing = daemon.call("queue", all=args.all, limit=args.limit)
+    else:
+        with as_store_owner(config.store_dir):
+            journal = open_journal(config)
+            try:
+                listing = work.queue_listing(journal, include_sent=args.all, limit=args.limit)
+            finally:
+                journal.close()
+    counts, rows = listing["counts"], listing["scans"]
     if args.json:
-        print(json.dumps({"counts": counts, "scans": rows}))
+        print(json.dumps(listing))
         return 0
     console = Console()
     table = Table(title=f"Scan queue: {counts['pending']} pending, {counts['quarantined']} "
@@ -149,7 +223,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
         state = r["upload_state"] + (f": {r['reason']}" if r["reason"] else "")
         table.add_row(r["scanned_on"][:19].replace("T", " "), r["lane"], r["code"],
                       r["direction"], decision, state)
-    if rows:
+    if listing["more"]:
+        table.caption = (f"the oldest {len(rows)} shown (--limit N for more); full rows with "
+                         "scan uuids: gate-agent queue --json")
+    elif rows:
         table.caption = "full rows with scan uuids: gate-agent queue --json"
     console.print(table)
     return 0
@@ -157,10 +234,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    journal = open_journal(config)
-    try:
-        n = journal.retry_quarantined(args.uuids or None)
-    finally:
-        journal.close()
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            n = daemon.call("queue_retry", uuids=args.uuids)["retried"]
+        else:
+            journal = open_journal(config)
+            try:
+                n = journal.retry_quarantined(args.uuids or None)
+            finally:
+                journal.close()
     Console().print(f"{n} quarantined scan(s) put back in the outbox")
     return 0

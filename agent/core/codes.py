@@ -112,6 +112,12 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def epoch_iso(seconds: float | None) -> str | None:
+    """A wall-clock epoch time as `utc_iso` text (None stays None): every time in status JSON
+    is ISO 8601 UTC, never an epoch float."""
+    return None if seconds is None else utc_iso(datetime.fromtimestamp(seconds, UTC))
+
+
 def parse_utc_iso(text: str) -> datetime:
     """Inverse of `utc_iso`."""
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -2,14 +2,15 @@
 
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
-unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus.
+unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty.
 notYetValid/noLongerValid are *messages*, not details (the platform's detail is
 outsideOfValidityPeriod for both).
 
 Rules, in the order they are applied (the first that refuses wins). Where the engine does not
 understand what the platform sent it refuses and says why; it never admits on a guess.
  1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
- 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode)
+ 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode;
+    cacheEmpty when no ticket at all is cached yet)
  3. item of no event this lane serves, or the lane's zone
     belongs to another event (a pinned zone not in the
     cache: the item's zone data or the lane's event_ids
@@ -52,7 +53,7 @@ STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnkn
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
            "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
-           "unknownStatus")
+           "unknownStatus", "cacheEmpty")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Facts:
     historic_event: int | None = None  # the code is a replaced barcode of an item of this event
     served_events: tuple[int, ...] | None = None  # None: every event in the cache
     debounced: bool = False
+    cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
             replaced = refuse("denied", "historicBarcode",
                               "This barcode was replaced; ask for the current ticket")
             return replace(replaced, event_id=facts.historic_event, barcode=facts.code)
+        if facts.cache_empty:
+            # Not the ticket's fault: say so, or a technician chases "bad tickets" for an hour.
+            return refuse("denied", "cacheEmpty", "No tickets synced yet: this gate cannot "
+                          "check any code until `gate-agent sync` or `import` has run")
         return refuse("denied", "unknownCode", "Unknown code: not a ticket for this event")
     served = [c for c in facts.candidates
               if facts.served_events is None or c.event_id in facts.served_events

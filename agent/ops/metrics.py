@@ -70,12 +70,12 @@ class _StateCollector(Collector):
                                    1.0 if reader.get("connected") else 0.0)
         yield readers
         platform = snap.get("platform") or {}
-        requests = CounterMetricFamily("gate_api_requests", "Platform requests by outcome",
+        requests = CounterMetricFamily("gate_api_requests_total", "Platform requests by outcome",
                                        labels=["outcome"])
         for outcome, count in (platform.get("requests") or {}).items():
             requests.add_metric([outcome], float(count))
         yield requests
-        limited = CounterMetricFamily("gate_api_rate_limited", "429 answers from the platform")
+        limited = CounterMetricFamily("gate_api_rate_limited_total", "429 answers from the platform")
         limited.add_metric([], float((platform.get("requests") or {}).get("ratelimited", 0)))
         yield limited
         health = GaugeMetricFamily("gate_health", "0 pass, 1 warn, 2 fail")

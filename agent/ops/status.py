@@ -22,6 +22,7 @@ from agent.core.codes import parse_utc_iso
 CLOCK_SKEW_WARN_S = 60.0
 BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
+PLATFORM_JOBS = frozenset({"upload", "delta", "refresh", "full_resync", "initial_resync"})
 AUTH_ERRORS = ("unauthenticated", "forbidden")  # PlatformClient's last_error_kind for 401/403
 
 
@@ -78,13 +79,16 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
             add(Reason("fail", "lane_stalled",
                        f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))
+    if snap.get("pairings_error"):
+        add(Reason("warn", "pairings_unreadable", f"paired devices (devices.json) not used, only "
+                   f"the config file's: {snap['pairings_error']}"))
     cache = snap.get("cache") or {}
     if cache.get("degraded"):
         add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"))
     events = cache.get("events") or []
     if not any(e.get("items") for e in events):
-        add(Reason("fail", "cache_empty", "no tickets in the cache; run `gate-agent sync` or "
-                   "`gate-agent import`"))
+        add(Reason("fail", "cache_empty", "no tickets synced yet: every code is refused "
+                   "(cacheEmpty); run `gate-agent sync` or `gate-agent import`"))
     for event in events:
         age = _age(event.get("last_sync"), now)
         if event.get("items") and (age is None or age > max_cache_age_s):
@@ -103,7 +107,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    "`gate-agent queue`, then `gate-agent queue retry`"))
     platform = snap.get("platform") or {}
     upload = snap.get("upload") or {}
-    if platform.get("disabled"):
+    if platform.get("disabled") and not platform.get("offline"):
         add(Reason("warn", "no_token", f"platform link off: {platform['disabled']}"))
     last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
     link_failing = bool(last_err and (not last_ok or last_err > last_ok))
@@ -127,9 +131,15 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if link_failing and not auth:
         add(Reason("warn", "platform_unreachable",
                    f"last platform request failed: {platform.get('last_error')}"))
-    for name, job in (snap.get("jobs") or {}).items():
-        if job.get("failing_since"):
-            add(Reason("warn", "job_failing", f"job {name} failing: {job.get('last_error')}"))
+    # Jobs that talk to the platform fail for the reason just given: one reason, not four.
+    said = link_failing or auth or bool(platform.get("rate_limited_until"))
+    failing = [(name, job) for name, job in (snap.get("jobs") or {}).items()
+               if job.get("failing_since") and not (said and name in PLATFORM_JOBS)]
+    if failing:
+        names = ", ".join(name for name, _ in failing)
+        add(Reason("warn", "job_failing", f"job(s) {names} failing: "
+                   f"{failing[0][1].get('last_error')}"))
+    reasons = sorted(dict.fromkeys(reasons), key=lambda r: r.level != "fail")  # fail first
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from agent import __version__
+from agent.core.codes import epoch_iso
 from agent.core.model import (
     EntryPage,
     Event,
@@ -363,15 +364,15 @@ class PlatformClient:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
     def get_status(self) -> dict[str, Any]:
-        """Last success/error (wall-clock epoch seconds), rate state, skew, outcome counts."""
+        """Last success/error (ISO 8601 UTC), rate state, skew, outcome counts."""
         s = self.status
         limited = s.rate_limited_until if s.rate_limited_until and \
             s.rate_limited_until > time.time() else None
         return {
-            "base_url": self.base_url, "last_success": s.last_success,
-            "last_error": s.last_error, "last_error_at": s.last_error_at,
+            "base_url": self.base_url, "last_success": epoch_iso(s.last_success),
+            "last_error": s.last_error, "last_error_at": epoch_iso(s.last_error_at),
             "last_error_kind": s.last_error_kind,
-            "remaining": s.remaining, "window_s": s.window_s, "rate_limited_until": limited,
+            "remaining": s.remaining, "window_s": s.window_s, "rate_limited_until": epoch_iso(limited),
             "clock_skew_s": s.skew_s, "content_language": s.content_language,
             "requests": dict(self.outcomes), "governor": self.governor.get_status(),
         }

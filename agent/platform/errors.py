@@ -103,8 +103,9 @@ def to_error(what: str, *, response: httpx.Response | None = None,
     if status == 429:
         wait = header_number(response.headers, "X-Available-In-Seconds")
         wait_s = wait if wait is not None and wait >= 0 else DEFAULT_RATE_WAIT_S
-        return RateLimited(f"{what}: the company's rate limit is used up (429); waiting "
-                           f"{wait_s:.0f} s before sending again", wait_s=wait_s, body=body)
+        # Say when, not "waiting": a command exits here, only the daemon waits for the window.
+        return RateLimited(f"{what}: the company's rate limit is used up (429); the platform "
+                           f"accepts requests again in {wait_s:.0f} s", wait_s=wait_s, body=body)
     if status >= 500:
         return ServerError(f"{what}: platform error {status}{said}; will retry, report if it "
                            "persists", status=status, body=body)

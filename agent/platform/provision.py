@@ -38,11 +38,31 @@ class ImportResult:
 def import_file(cache: TicketCache, path: str | Path, now: datetime,
                 event_id: int | None = None) -> ImportResult:
     p = Path(path)
+    return import_text(cache, p, read_import_file(p), now, event_id)
+
+
+def read_import_file(path: str | Path) -> str:
+    """A provisioning file's text. Read apart from applying it, so that `sudo gate-agent
+    import` can read a file only root may read and hand the text to the daemon (or apply it as
+    the store's owner)."""
+    p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ImportFileError(f"{p}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{p}: not JSON ({exc})") from None
+    except OSError as exc:
+        raise ImportFileError(f"{p}: cannot read: {exc.strerror}") from None
+
+
+def import_text(cache: TicketCache, path: str | Path, text: str, now: datetime,
+                event_id: int | None = None) -> ImportResult:
+    """Apply one file's text (`path` names it in results and errors)."""
+    p = Path(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ImportFileError(f"{p}: not JSON ({exc})") from None
     stamp = utc_iso(now)
     if isinstance(data, dict) and isinstance(data.get("content"), list):

@@ -14,7 +14,7 @@ old file, then swaps it in with one rename (`swap_in`): a reader sees the old ca
 one, never half. A crash mid-build leaves `cache.db.new`, which the next start deletes and
 rebuilds.
 
-SQLite work happens in a worker thread with its own connection (`asyncio.to_thread`), so a
+SQLite work happens in a worker thread with its own connection (`workers.in_thread`), so a
 slow disk during sync never stalls the lanes on the event loop.
 """
 
@@ -33,11 +33,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from agent.config import Config
-from agent.core.codes import utc_iso
+from agent.core.codes import epoch_iso, utc_iso
 from agent.core.model import EntryPage
 from agent.errors import BadResponse, NotFound, Validation
 from agent.files import fsync_dir
 from agent.platform.client import PlatformClient
+from agent.platform.workers import in_thread
 from agent.store.cache import TicketCache
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ class SyncProgress:
     def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "event_id": self.event_id, "pages": self.pages,
                 "items": self.items, "total": self.total, "requests": self.requests,
-                "started": self.started, "finished": self.finished,
+                "started": epoch_iso(self.started), "finished": epoch_iso(self.finished),
                 "last_error": self.last_error,
-                "last_success": {str(k): v for k, v in self.last_success.items()}}
+                "last_success": {str(k): epoch_iso(v) for k, v in self.last_success.items()}}
 
 
 ProgressHook = Callable[[SyncProgress], None]
@@ -130,13 +131,13 @@ class Syncer:
         configured = self.config.event_ids
         served = [e for e in events if configured is None or e.id in configured]
         stamp = utc_iso(datetime.now(UTC))
-        await asyncio.to_thread(_write, cache, partial(cache.put_events, served, stamp))
+        await in_thread(_write, cache, partial(cache.put_events, served, stamp))
         ids = [e.id for e in served] if configured is None else list(configured)
         for event_id in ids:
             self._report(phase="zones", event_id=event_id)
             zones = await self.client.zones(event_id)
             self.progress.requests += 1
-            await asyncio.to_thread(_write, cache, partial(cache.put_zones, event_id, zones, stamp))
+            await in_thread(_write, cache, partial(cache.put_zones, event_id, zones, stamp))
         return ids
 
     # -- tickets ------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class Syncer:
             return await self._pass(self._cache(), event_id, full=full)
 
     async def _pass(self, cache: TicketCache, event_id: int, *, full: bool) -> int:
-        state = await asyncio.to_thread(cache.sync_state, event_id) or {}
+        state = await in_thread(cache.sync_state, event_id) or {}
         cursor = None if full else state.get("cursor")
         resume = state.get("pending_cursor")
         if resume and full and _link_is_delta(resume):
@@ -163,7 +164,7 @@ class Syncer:
             # resume link must never wedge sync, so drop it and redo the pass from the cursor.
             log.warning("sync of event %s: stored resume link refused (%s); restarting the "
                         "pass", event_id, exc)
-            await asyncio.to_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
+            await in_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
             return await self._run_pass(cache, event_id, cursor, None, None)
 
     async def _run_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
@@ -193,13 +194,13 @@ class Syncer:
             # made while the pass was paging (the docs do not promise one value per pass).
             end_time = _earliest(end_time, page.list_end_time)
             next_url = page.next_url
-            await asyncio.to_thread(_apply_page, cache, event_id, page, next_url, end_time)
+            await in_thread(_apply_page, cache, event_id, page, next_url, end_time)
             applied += len(page.items)
             self._report(pages=self.progress.pages + 1, items=applied, total=page.total)
             if next_url is None:
                 break
         stamp = utc_iso(datetime.now(UTC))
-        await asyncio.to_thread(_write, cache, lambda: cache.set_cursor(
+        await in_thread(_write, cache, lambda: cache.set_cursor(
             event_id, end_time or cursor, stamp, full=listing_full))
         self.progress.last_success[event_id] = time.time()
         self._report(phase="idle", finished=time.time())
@@ -217,7 +218,7 @@ class Syncer:
         """Rebuild the whole cache into `cache.db.new`, then swap it in atomically."""
         async with self._lock:
             new_path = self.cache_path.with_name(self.cache_path.name + ".new")
-            await asyncio.to_thread(_remove_db, new_path)
+            await in_thread(_remove_db, new_path)
             fresh = TicketCache(new_path, keep_personal_data=self.config.store["keep_personal_data"],
                                 check=False)
             try:
@@ -226,12 +227,12 @@ class Syncer:
                 total = 0
                 for event_id in ids:
                     total += await self._pass(fresh, event_id, full=True)
-                await asyncio.to_thread(fresh.checkpoint)
+                await in_thread(fresh.checkpoint)
             except BaseException:
                 # A failed build is never swapped in; do not leave a half file behind (a crash
                 # leaves one, which `discard_unfinished_rebuild` removes at the next start).
                 fresh.close()
-                await asyncio.to_thread(_remove_db, new_path)
+                await in_thread(_remove_db, new_path)
                 raise
             fresh.close()
             self._report(phase="swapping")

@@ -27,7 +27,6 @@ two request uuids.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -37,9 +36,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.core.codes import format_upload_time, parse_utc_iso, utc_iso
+from agent.core.codes import epoch_iso, format_upload_time, parse_utc_iso, utc_iso
 from agent.errors import ApiError, Forbidden, NotDelivered, Unauthenticated, Validation
 from agent.platform.client import PlatformClient
+from agent.platform.workers import in_thread
 from agent.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class UploadStatus:
     requests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "last_success": epoch_iso(self.last_success)}
 
 
 def ticket_row(row: dict[str, Any], scanned_by: int | None = None) -> dict[str, Any]:
@@ -121,8 +121,8 @@ class Uploader:
         Raises the ApiError of a failure that should stop this round (rate limit, server, auth,
         an unconfirmed answer).
         """
-        rows = await asyncio.to_thread(self.journal.claim_batch, self.batch_size,
-                                       str(uuidlib.uuid4()))
+        rows = await in_thread(self.journal.claim_batch, self.batch_size,
+                               str(uuidlib.uuid4()))
         if not rows:
             return 0
         batch_uuid = rows[0]["batch_uuid"]
@@ -154,7 +154,7 @@ class Uploader:
             raise
         self._held.pop(batch_uuid, None)
         uuids = [r["uuid"] for r in rows]
-        await asyncio.to_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
+        await in_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
         self.status.state, self.status.last_error = "ok", None
         self.status.last_success = time.time()
         self.status.sent_total += len(rows)
@@ -165,7 +165,7 @@ class Uploader:
         """An answer that confirms nothing about the rows: count the try, keep them pending
         with the same uuid and back off; quarantine them after `max_tries`."""
         reason = _reason(exc)
-        gone = await asyncio.to_thread(self.journal.note_undelivered, batch_uuid, reason,
+        gone = await in_thread(self.journal.note_undelivered, batch_uuid, reason,
                                        self.max_tries)
         if gone:
             self._held.pop(batch_uuid, None)
@@ -203,7 +203,7 @@ class Uploader:
             half = len(rows) // 2
             parts = [rows[:half], rows[half:]]
         planned = [(str(uuidlib.uuid4()), part) for part in parts]
-        regrouped = await asyncio.to_thread(
+        regrouped = await in_thread(
             self.journal.regroup, batch_uuid, bad,
             [(u, [r["uuid"] for r in part]) for u, part in planned])
         if not regrouped:
@@ -226,7 +226,7 @@ class Uploader:
         one-row request and spend the company's rate budget on them (the soak bench saw uploads
         stall for a whole rate window that way); newcomers wait for the next round, or for a
         full batch, which brings the round forward."""
-        target = await asyncio.to_thread(self.journal.pending_count)
+        target = await in_thread(self.journal.pending_count)
         self._budget = None
         total = 0
         while total < target:

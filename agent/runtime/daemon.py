@@ -33,7 +33,7 @@ import uvicorn
 
 from agent import __version__
 from agent.config import Config, LaneConfig, load_config
-from agent.core.codes import utc_iso
+from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
 from agent.files import write_private
 from agent.ops.logs import setup_logging
@@ -46,12 +46,15 @@ from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
 from agent.runtime.bindings import effective_lanes
+from agent.runtime.control import ControlServer, socket_path
+from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
+from agent.runtime.storeaccess import DaemonLock, not_mine
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 
@@ -74,6 +77,10 @@ class Daemon:
         self.syncer: Syncer | None = None
         self.uploader: Uploader | None = None
         self.jobs = Jobs()
+        self.start_token: str | None = None  # what the token sources gave at start
+        self.pushed_token: str | None = None  # a newer one given over the control socket
+        self.control: ControlServer | None = None
+        self.pairings_error: str | None = None
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
         self.server: uvicorn.Server | None = None
@@ -99,8 +106,8 @@ class Daemon:
         try:
             self.journal = Journal(self.journal_path)
         except JournalUnavailable as exc:
-            self.journal_error = str(exc)
-            log.error("%s — every scan will be refused", exc)
+            self.journal_error = not_mine(self.journal_path) or str(exc)
+            log.error("%s — every scan will be refused", self.journal_error)
         resync = discard_unfinished_rebuild(self.cache_path)
         if resync:
             self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
@@ -108,6 +115,13 @@ class Daemon:
         try:
             self.status_cache = self._open_cache()
         except CacheCorrupt as exc:
+            foreign = not_mine(self.cache_path)
+            if foreign:  # not damaged, only not ours: keep it, say how to fix it
+                log.error("ticket cache unusable: %s; starting with no tickets", foreign)
+                self.cache_degraded = f"cache unusable: {foreign}"
+                self.cache_in_memory = True
+                self.status_cache = self._open_cache()
+                return False
             aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
             try:
                 os.replace(self.cache_path, aside)
@@ -146,15 +160,35 @@ class Daemon:
             log.info("lane %s ready: %d reader(s), relay %s", lane.name, len(lane.readers),
                      lane.relay or "none")
 
-    def setup_platform(self) -> None:
+    def _lanes_with_pairings(self, config: Config) -> tuple[LaneConfig, ...]:
+        """Lanes with their paired devices; an unreadable devices.json leaves the configured
+        devices running (status says why) instead of a restart loop."""
         try:
-            token = load_token(self.config.api, config_path=self.config.path)
-        except InsecureTokenFile:
-            raise  # refuse to start rather than run with an exposed token
+            lanes = effective_lanes(config)
         except ConfigError as exc:
-            self.platform_disabled = str(exc)
-            log.warning("platform link off (the gate works offline): %s", exc)
+            path = config.store_dir / "devices.json"
+            self.pairings_error = not_mine(path) or str(exc)
+            log.error("paired devices not used: %s", self.pairings_error)
+            return config.lanes
+        self.pairings_error = None
+        return lanes
+
+    def setup_platform(self, token: str | None = None) -> None:
+        if token is None and self.config.api["offline"]:
+            self.platform_disabled = "offline by configuration ([api] offline = true)"
+            log.info("platform link off: %s", self.platform_disabled)
             return
+        if token is None:
+            try:
+                token = load_token(self.config.api, config_path=self.config.path)
+            except InsecureTokenFile:
+                raise  # refuse to start rather than run with an exposed token
+            except ConfigError as exc:
+                self.platform_disabled = str(exc)
+                log.warning("platform link off (the gate works offline): %s", exc)
+                return
+            self.start_token = token
+        self.platform_disabled = None
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
         self.syncer = Syncer(self.config, self.client, self.cache_path,
@@ -167,6 +201,10 @@ class Daemon:
                 retention_days=self.config.store["sent_retention_days"])
 
     def schedule(self, resync_now: bool) -> None:
+        self._add_platform_jobs(resync_now)
+        self.jobs.start()
+
+    def _add_platform_jobs(self, resync_now: bool) -> None:
         s = self.config.sync
         if self.uploader is not None:
             self.jobs.add_interval("upload", self._upload_job, s["upload_interval_s"], first_in=1)
@@ -180,7 +218,6 @@ class Daemon:
             if resync_now:
                 self.jobs.add_interval("initial_resync", self._initial_resync_job, 10 ** 6,
                                        first_in=0.5)
-        self.jobs.start()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -257,6 +294,11 @@ class Daemon:
         if self.uploader is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self._maybe_upload_now)
 
+    def request_upload(self) -> None:
+        """Upload soon (a manual scan or a retried quarantine is waiting); thread-safe."""
+        if self.uploader is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.jobs.run_now, "upload")
+
     def _maybe_upload_now(self) -> None:
         if self.journal is None:
             return
@@ -281,17 +323,19 @@ class Daemon:
                 cache.update(self.status_cache.get_status())
             except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
                 cache["error"] = str(exc)
-        platform: dict[str, Any] = {"disabled": self.platform_disabled}
+        platform: dict[str, Any] = {"disabled": self.platform_disabled,
+                                    "offline": self.config.api["offline"]}
         if self.client is not None:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {
             "version": __version__, "uptime_s": round(time.time() - self.started, 1),
-            "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "started_at": epoch_iso(self.started),
             "lanes": [runner.get_status() for runner in self.lanes.values()],
             "cache": cache, "journal": journal, "platform": platform,
             "upload": self.uploader.status.as_dict() if self.uploader else None,
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
+            "pairings_error": self.pairings_error,
         }
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
@@ -393,16 +437,44 @@ class Daemon:
                 return False
             log.error("token not reloaded, keeping the running one: %s", exc)
             return True
+        if self.pushed_token is not None and token == self.start_token:
+            log.info("platform token kept: the one given by `gate-agent login` is newer than "
+                     "the credential this service was started with")
+            return True
+        self.start_token, self.pushed_token = token, None
         self.client.set_token(token)
         log.info("platform token reloaded")
         return True
 
+    def use_token(self, token: str) -> None:
+        """A new token from `gate-agent login` (over the control socket): used from the next
+        request on; a gate that had no token starts its platform link and jobs now."""
+        self.pushed_token = token
+        if self.client is not None:
+            self.client.set_token(token)
+        else:
+            self.setup_platform(token)
+            self._add_platform_jobs(resync_now=False)
+        log.info("platform token replaced by `gate-agent login`")
+
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
+        lock = DaemonLock(self.config.store_dir)
+        lock.acquire()  # before any file or device is opened: one daemon per store
+        try:
+            return await self._run_locked()
+        finally:
+            lock.release()
+
+    async def _run_locked(self) -> int:
+        assert self._loop is not None
         resync = self.open_stores()
         self.setup_platform()
-        self.start_lanes(effective_lanes(self.config))
+        self.control = ControlServer(socket_path(self.config), DaemonOps(self).handlers(),
+                                     self.config.control["group"])
+        await self.control.start()
+        self.start_lanes(self._lanes_with_pairings(self.config))
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop_event.set)
@@ -419,6 +491,7 @@ class Daemon:
         await self.stop_event.wait()
         log.info("stopping")
         self.notifier.stopping()
+        await self.control.close()
         for runner in self.lanes.values():
             runner.stop()
         self.jobs.shutdown()
@@ -457,5 +530,6 @@ def run_daemon(config_path: str, log_format: str | None = None,
                log_level: str | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = load_config(config_path)
+    config.require_platform()
     setup_logging(log_level or config.log["level"], log_format or config.log["format"])
     return asyncio.run(Daemon(config).run())

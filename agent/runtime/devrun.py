@@ -27,8 +27,13 @@ Record = dict[str, Any]
 
 class DaemonProcess:
     def __init__(self, config_path: Path, store_dir: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, user: int | None = None,
+                 python: str | None = None):
+        """`user`: run the daemon as this uid (and its gid = uid), as systemd's `User=` would;
+        `python`: an interpreter that uid may run (default: this one)."""
         self.config_path = config_path
+        self.python = python or sys.executable
+        self.user = user
         self.store_dir = store_dir
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
@@ -40,11 +45,15 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         (self.store_dir / "status.addr").unlink(missing_ok=True)
+        self.records.clear()
+        self.raw_lines.clear()
+        as_user: dict[str, Any] = ({"user": self.user, "group": self.user, "extra_groups": []}
+                                   if self.user is not None else {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path),
+            [self.python, "-m", "agent", "run", "--config", str(self.config_path),
              "--log-format", "json"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=self.env, cwd=self.cwd)
+            text=True, env=self.env, cwd=self.cwd, **as_user)
         self._thread = threading.Thread(target=self._pump, daemon=True, name="daemon log")
         self._thread.start()
         return self

@@ -77,7 +77,8 @@ class Gate:
         if kind == "nfc" and found:
             found = _newest_per_event(found)
         candidates = tuple(self._candidate(hit, lane) for hit in found)
-        return Facts(code, kind, candidates, historic, served, debounced)
+        empty = not found and historic is None and self.cache.is_empty()
+        return Facts(code, kind, candidates, historic, served, debounced, cache_empty=empty)
 
     def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
         event = self.cache.event(hit.event_id)

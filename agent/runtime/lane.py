@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import LaneConfig, output_for
+from agent.core.codes import utc_iso
 from agent.errors import DriverError
 from agent.runtime.gate import Gate, ScanResult
 from drivers import Output, Reader, Scan, open_output, open_reader
@@ -161,7 +162,7 @@ class LaneRunner:
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
         latency = time.perf_counter() - started
         self._count(decision.status if decision.record else "ignored")
-        self.last_scan = {"at": scan.wall.isoformat(), "code": decision.code,
+        self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,
                           "status": decision.status, "statusDetail": decision.detail,
                           "admit": decision.admit, "direction": decision.direction}
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))

@@ -10,6 +10,7 @@ the job recovers, and is visible in status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,13 @@ class JobHealth:
     last_error: str | None = None
     last_success: float | None = None
     last_run: float | None = None
+    running: bool = False
+    rerun: bool = False  # asked to run again while running: once more when this run ends
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        times = ("failing_since", "last_success", "last_run")
+        return {k: epoch_iso(v) if k in times else v for k, v in self.__dict__.items()
+                if k not in ("running", "rerun")}
 
 
 class Jobs:
@@ -73,28 +79,55 @@ class Jobs:
     def _guarded(self, name: str, body: JobBody) -> JobBody:
         async def run() -> None:
             health = self.health[name]
-            health.runs += 1
-            health.last_run = time.time()
+            health.running = True
             try:
-                await body()
-            except Exception as exc:  # noqa: BLE001 - a job failure must never kill the daemon
-                health.failures += 1
-                health.last_error = str(exc)
-                if health.failing_since is None:
-                    health.failing_since = time.time()
-                    log.warning("job %s failing: %s", name, exc)
-                return
-            if health.failing_since is not None:
-                log.info("job %s recovered after %.0f s", name, time.time() - health.failing_since)
-            health.failing_since = None
-            health.last_error = None
-            health.last_success = time.time()
+                while True:  # asked again while running (`run_now`): once more, same instance
+                    health.rerun = False
+                    if not await self._run_once(health, body) or not health.rerun:
+                        return
+            finally:
+                health.running = False
 
         run.__name__ = f"job_{name}"
         return run
 
+    @staticmethod
+    async def _run_once(health: JobHealth, body: JobBody) -> bool:
+        """One run of a job body with its health kept; False when shutdown interrupted it."""
+        name = health.name
+        health.runs += 1
+        health.last_run = time.time()
+        try:
+            await body()
+        except asyncio.CancelledError:
+            # The daemon is stopping mid-run (a platform that does not answer): one line,
+            # not APScheduler's traceback of the cancellation.
+            log.info("job %s interrupted by shutdown", name)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a job failure must never kill the daemon
+            health.failures += 1
+            health.last_error = str(exc)
+            if health.failing_since is None:
+                health.failing_since = time.time()
+                log.warning("job %s failing: %s", name, exc)
+            return True
+        if health.failing_since is not None:
+            log.info("job %s recovered after %.0f s", name, time.time() - health.failing_since)
+        health.failing_since = None
+        health.last_error = None
+        health.last_success = time.time()
+        return True
+
     def run_now(self, name: str) -> None:
-        """Bring a job's next run forward to now (e.g. upload when a full batch waits)."""
+        """Bring a job's next run forward to now (e.g. upload when a full batch waits). While
+        it runs, once more after it ends: asking APScheduler for a second instance would only
+        log "maximum number of running instances reached" (hundreds in a burst of scans)."""
+        if not self.scheduler.running:
+            return
+        health = self.health.get(name)
+        if health is not None and health.running:
+            health.rerun = True
+            return
         job = self.scheduler.get_job(name)
         if job is not None:
             job.modify(next_run_time=datetime.now().astimezone())
@@ -110,6 +143,6 @@ class Jobs:
         out = {}
         for name, health in self.health.items():
             job = self.scheduler.get_job(name) if self.scheduler.running else None
-            nxt = job.next_run_time.isoformat() if job and job.next_run_time else None
+            nxt = utc_iso(job.next_run_time) if job and job.next_run_time else None
             out[name] = {**health.as_dict(), "next_run": nxt}
         return out

@@ -386,6 +386,10 @@ class TicketCache:
         return {"cursor": row[0], "last_sync": row[1], "last_full": row[2],
                 "pending_cursor": row[3], "pending_end": row[4]}
 
+    def is_empty(self) -> bool:
+        """No item cached at all (nothing synced or imported yet); one indexed probe."""
+        return self.conn.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+
     def item_counts(self) -> dict[int, int]:
         return {e: n for e, n in self.conn.execute(
             "SELECT event_id, COUNT(*) FROM items GROUP BY event_id")}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.codes import utc_iso
 from drivers import open_reader
 from drivers.base import Reader
 from drivers.nfc_sim import Type2TagSimulator
@@ -135,7 +136,7 @@ def test_one_presentation_is_one_scan(rig: ReaderRig, started: tuple[Reader, Rec
     assert before <= scan.mono_ns <= time.monotonic_ns()
     assert scan.wall.tzinfo is UTC
     assert scan.raw
-    assert reader.get_status()["last_scan_at"] == scan.wall.isoformat()
+    assert reader.get_status()["last_scan_at"] == utc_iso(scan.wall)  # one time format
 
 
 @pytest.mark.parametrize("name", ["sim", "serial-pty"])

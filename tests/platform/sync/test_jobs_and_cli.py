@@ -159,3 +159,69 @@ def test_cli_login_reads_the_password_from_stdin_and_stores_the_token_0600(tmp_p
     assert wrong.returncode == 1
     assert "credentials are incorrect" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
     assert token_file.read_text().strip() == token  # a failed login keeps the old token
+
+
+def test_cli_429_says_when_instead_of_claiming_to_wait(site, sandbox):
+    """The command exits on a 429 (only the daemon waits for the window): its message must
+    say when the platform accepts requests again, not "waiting 60 s"."""
+    sandbox.set_faults(storm=True)
+    try:
+        done = run_cli("sync", "--config", str(site.config_path))
+    finally:
+        sandbox.clear_faults()
+    assert done.returncode == 1, done.stderr
+    assert "accepts requests again in" in done.stderr and "waiting" not in done.stderr, \
+        done.stderr
+
+
+def test_run_now_during_a_run_reruns_once_without_a_warning_flood(caplog):
+    """A burst of scans asks for an upload per decision; while the upload runs, those asks
+    must become one more run, not hundreds of APScheduler "maximum number of running
+    instances reached" warnings."""
+    async def go() -> list[int]:
+        jobs, runs, release = Jobs(), [], asyncio.Event()
+
+        async def body() -> None:
+            runs.append(1)
+            if len(runs) == 1:
+                await release.wait()
+
+        jobs.add_interval("upload", body, 3600, first_in=0.01)
+        jobs.start()
+        while not runs:
+            await asyncio.sleep(0.01)
+        for _ in range(300):
+            jobs.run_now("upload")
+            await asyncio.sleep(0)
+        release.set()
+        for _ in range(300):
+            if len(runs) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        jobs.shutdown()
+        return runs
+
+    with caplog.at_level(logging.WARNING):
+        runs = asyncio.run(go())
+    assert len(runs) == 2
+    assert not [r for r in caplog.records if "running instances" in r.getMessage()]
+
+
+def test_a_job_cut_by_shutdown_logs_one_line_not_a_traceback(caplog):
+    async def go() -> None:
+        jobs, started = Jobs(), asyncio.Event()
+
+        async def body() -> None:
+            started.set()
+            await asyncio.sleep(3600)  # a platform that never answers
+
+        jobs.add_interval("upload", body, 3600, first_in=0.01)
+        jobs.start()
+        await started.wait()
+        jobs.shutdown()  # asyncio.run then cancels the job's task, as at a daemon's stop
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(go())
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert any("interrupted by shutdown" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ import httpx
 
 from agent import demo_data
 from drivers.sim import send_scan
+from tests.conftest import PROJECT_ROOT
 from tests.runtime.daemon.conftest import Site, wait_synced
 
 C = demo_data.CODES
@@ -182,3 +183,41 @@ def test_damaged_cache_starts_degraded_and_rebuilds(site: Site) -> None:
     finally:
         assert daemon.stop() == 0
     assert journal_before  # the journal file was never replaced
+
+
+def _leaves(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def test_status_json_uses_one_time_format_and_metrics_match_the_readme(site: Site) -> None:
+    import re
+
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        send_scan(site.root / "exit.sock", C["valid"])
+        _wait(lambda: daemon.status()["upload"]["last_success"])
+        report = daemon.status()
+        metrics = daemon.get("/metrics").text
+    finally:
+        daemon.stop()
+    epochs = [(p, v) for p, v in _leaves(report)
+              if isinstance(v, int | float) and not isinstance(v, bool) and v > 1e9]
+    assert not epochs, epochs
+    stamps = [(p, v) for p, v in _leaves(report)
+              if isinstance(v, str) and re.match(r"\d{4}-\d\d-\d\dT\d\d:", v)]
+    assert len(stamps) >= 5 and all(v.endswith("Z") for _, v in stamps), stamps
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("- `GET /metrics`", 1)[1].split("- `GET /healthz`", 1)[0]
+    names = set(re.findall(r"`(gate_[a-z_]+)", section))
+    exposed = set(re.findall(r"^(gate_[a-z_]+?)(?:_bucket|_count|_sum|_created)?[{ ]", metrics,
+                             re.MULTILINE))
+    assert len(names) >= 10 and names <= exposed, names - exposed

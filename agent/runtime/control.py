@@ -1,0 +1,124 @@
+"""The daemon's control socket: the one way technicians' commands change a running gate.
+
+A UNIX stream socket (`[control] socket`, default `<store.dir>/control.sock`), mode 0660 and
+owned by the service user (group `[control] group` when set: the technicians). Each connection
+carries one request line and gets one answer line, both JSON::
+
+    -> {"op": "scan", "args": {"codes": ["ABC"], "lane": "entry"}}
+    <- {"ok": true, "result": {...}}   or   {"ok": false, "error": "...", "exit_code": 2}
+
+The daemon does the work as itself (its user, its open stores, its platform client and rate
+governor), so a `sudo gate-agent scan` never leaves a root-owned file in the state directory,
+a `sync --full` swaps the cache through the daemon's own swap (never under its open WAL), and a
+new token from `gate-agent login` is used from the next request on, whatever systemd's
+`LoadCredential=` copied at start. Only filesystem permissions guard the socket; the peer's uid
+is logged with every state-changing request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.errors import ConfigError, GateAgentError, redact
+
+log = logging.getLogger("gate_agent.control")
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 256 * 1024 * 1024  # an import of a 1M-item ticket file fits
+READ_ONLY = frozenset({"ping", "status", "queue"})
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def socket_path(config: Config) -> Path:
+    configured = config.control["socket"]
+    return Path(configured).expanduser() if configured else config.store_dir / SOCKET_NAME
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return int(struct.unpack("3i", raw)[1])
+
+
+class ControlServer:
+    """Serves `handlers` (op name -> coroutine taking the request's args) on a UNIX socket."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler], group: str = ""):
+        self.path = path
+        self.handlers = handlers
+        self.group = group
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        gid = -1
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise ConfigError(f"no group named {self.group!r}", key="control.group") from None
+        if len(os.fsencode(self.path)) >= 108:
+            raise ConfigError(f"socket path {self.path} is longer than a UNIX socket allows "
+                              "(107 bytes); set [control] socket to a shorter path",
+                              key="control.socket")
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.unlink(missing_ok=True)  # a stale one: this daemon holds the store's lock
+        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                      limit=MAX_REQUEST)
+        os.chmod(self.path, 0o660)
+        if gid != -1:
+            os.chown(self.path, -1, gid)
+        log.info("control socket on %s", self.path)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            answer = await self._answer(reader, writer)
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the command went away (Ctrl-C): the work it asked for is done regardless
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> dict[str, Any]:
+        try:
+            request = json.loads(await reader.readline())
+            op, args = request["op"], request.get("args") or {}
+            if not isinstance(args, dict):
+                raise TypeError("args must be an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"ok": False, "error": f"bad control request ({exc})", "exit_code": 2}
+        handler = self.handlers.get(op)
+        if handler is None:
+            return {"ok": False, "error": f"this daemon does not know {op!r} (an older "
+                    "version? restart it after an upgrade)", "exit_code": 2}
+        if op not in READ_ONLY:
+            log.info("control: %s requested by uid %s", op, _peer_uid(writer))
+        try:
+            return {"ok": True, "result": await handler(args)}
+        except GateAgentError as exc:
+            return {"ok": False, "error": redact(str(exc)), "exit_code": exc.exit_code}
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down
+            log.exception("control: %s failed", op)
+            return {"ok": False, "error": redact(f"internal error in the daemon: {exc!r}"),
+                    "exit_code": 70}

@@ -1,0 +1,157 @@
+"""What the running daemon does when a command asks over the control socket.
+
+Each handler takes the request's `args` and answers a JSON-able dict. The work itself is
+`agent.runtime.work`, the same the command does when no daemon runs; here it runs with the
+daemon's own stores, lanes and platform client, and applies at once (a paired reader starts,
+an imported file reaches every lane's cache, a new token serves the next request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ConfigError, GateAgentError, register_secret
+from agent.runtime import bindings, work
+from agent.runtime.control import Handler
+from agent.runtime.opening import open_journal
+from agent.store.cache import TicketCache
+
+if TYPE_CHECKING:
+    from agent.runtime.daemon import Daemon
+
+
+class DaemonOps:
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"ping": self.ping, "status": self.status, "scan": self.scan,
+                "sync": self.sync, "upload": self.upload, "import": self.import_,
+                "queue": self.queue, "queue_retry": self.queue_retry, "pair": self.pair,
+                "unpair": self.unpair, "token": self.token}
+
+    async def ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(self.d.report)
+
+    # -- scans --------------------------------------------------------------------------------
+
+    async def scan(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        lane = self.d.config.lane(args.get("lane"))
+        gate = await asyncio.to_thread(self.d._gate)
+
+        def decide_all() -> list[dict[str, Any]]:
+            out = []
+            for code in args.get("codes") or []:
+                result = gate.scan(str(code), lane, datetime.now(UTC), args.get("direction"),
+                                   args.get("kind"), mono_ms=time.monotonic_ns() // 1_000_000)
+                out.append({**result.decision.as_dict(), "uuid": result.uuid,
+                            "record": result.decision.record})
+            return out
+
+        try:
+            answers = await asyncio.to_thread(decide_all)
+        finally:
+            await asyncio.to_thread(gate.close)
+        if any(a["uuid"] for a in answers):
+            self.d.request_upload()
+        return answers
+
+    # -- platform ----------------------------------------------------------------------------
+
+    def _syncer_or_refuse(self) -> Any:
+        if self.d.syncer is None:
+            raise ConfigError(f"the daemon's platform link is off ({self.d.platform_disabled})"
+                              "; `gate-agent login`, then try again")
+        return self.d.syncer
+
+    async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        syncer = self._syncer_or_refuse()
+        events = [int(e) for e in args.get("events") or []] or None
+        full = bool(args.get("full"))
+        result = await work.sync_pass(syncer, full=full, event_ids=events)
+        if full and not events:
+            self.d.cache_degraded = None
+        else:
+            self.d._reload_lane_caches()
+        return result
+
+    async def upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.d.uploader is None:
+            self._syncer_or_refuse()
+            raise GateAgentError("the daemon cannot upload: its scan journal is unavailable")
+        return await work.upload_pass(self.d.uploader, drain=bool(args.get("drain")))
+
+    async def token(self, args: dict[str, Any]) -> dict[str, Any]:
+        token = str(args.get("token") or "").strip()
+        if not token or any(ch.isspace() for ch in token):
+            raise ConfigError("the new token is empty or contains blanks")
+        register_secret(token)
+        self.d.use_token(token)
+        return {"used": True}
+
+    # -- store --------------------------------------------------------------------------------
+
+    async def import_(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        files = [(str(f["name"]), str(f["text"])) for f in args.get("files") or []]
+        event = args.get("event")
+
+        def apply() -> list[dict[str, Any]]:
+            cache = TicketCache(self.d.cache_path,
+                                keep_personal_data=self.d.config.store["keep_personal_data"])
+            try:
+                return work.import_files(cache, files, int(event) if event else None)
+            finally:
+                cache.close()
+
+        results = await asyncio.to_thread(apply)
+        self.d._reload_lane_caches()
+        return results
+
+    async def queue(self, args: dict[str, Any]) -> dict[str, Any]:
+        def listing() -> dict[str, Any]:
+            journal = open_journal(self.d.config)
+            try:
+                return work.queue_listing(journal, include_sent=bool(args.get("all")),
+                                          limit=int(args.get("limit") or 50))
+            finally:
+                journal.close()
+
+        return await asyncio.to_thread(listing)
+
+    async def queue_retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        uuids = [str(u) for u in args.get("uuids") or []] or None
+
+        def retry() -> int:
+            journal = open_journal(self.d.config)
+            try:
+                return journal.retry_quarantined(uuids)
+            finally:
+                journal.close()
+
+        count = await asyncio.to_thread(retry)
+        if count:
+            self.d.request_upload()
+        return {"retried": count}
+
+    async def pair(self, args: dict[str, Any]) -> dict[str, Any]:
+        lane = self.d.config.lane(args.get("lane"))
+        await asyncio.to_thread(bindings.pair, self.d.config.store_dir, lane.name,
+                                str(args["url"]), str(args["role"]))
+        self.d.reload()
+        return {"lane": lane.name, "file": str(bindings.bindings_path(self.d.config.store_dir)),
+                "applied": True}
+
+    async def unpair(self, args: dict[str, Any]) -> dict[str, Any]:
+        lane = self.d.config.lane(args.get("lane"))
+        found = await asyncio.to_thread(bindings.unpair, self.d.config.store_dir, lane.name,
+                                        str(args["url"]))
+        if found:
+            self.d.reload()
+        return {"lane": lane.name, "found": found}

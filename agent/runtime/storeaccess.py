@@ -1,0 +1,204 @@
+"""Who may touch `store.dir`: one daemon at a time, and commands acting as the store's owner.
+
+**One daemon per store.** `<store.dir>/daemon.lock` carries an advisory `flock`. The daemon takes
+it exclusively before it opens any file or device and writes its PID into it; a second daemon
+finds it taken and exits 2 naming that PID, without having opened a reader (a serial port is not
+opened exclusively, and a sim socket would be replaced). CLI commands that work on the store
+directly (no daemon running) hold it *shared* while they work, so a daemon started meanwhile
+waits for them instead of opening a cache that `sync --full` is about to swap; and a command
+that finds the exclusive lock taken talks to the daemon instead (`agent.runtime.controlclient`).
+The kernel drops a lock when its holder dies, so a crash never leaves the store locked.
+
+**The store's owner.** Under systemd the daemon runs as its own user and `store.dir` is that
+user's. A technician's `sudo gate-agent ...` would create root-owned 0600 files there that the
+service then cannot open (a journal it cannot write refuses every scan). `as_store_owner()`
+switches the effective uid/gid to the owner of `store.dir` while a command works on it, so every
+file it creates (SQLite's -wal/-shm too) belongs to the service; root's rights come back after,
+for reading a root-only token file or an import file in root's home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent.errors import ConfigError, StoreBusy
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "daemon.lock"
+
+
+def _open_lock(store_dir: Path) -> int:
+    """Readable by all (it holds a PID, no secret), so whoever created it, the daemon and the
+    commands can both lock it; a flock works on a read-only descriptor too."""
+    store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = store_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise ConfigError(not_mine(path) or f"{path}: permission denied") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o644)  # whatever the umask (systemd's UMask=0077)
+    return fd
+
+
+def _pid_in(fd: int) -> int | None:
+    raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def _try(fd: int, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def busy_message(pid: int | None, store_dir: Path) -> str:
+    who = f"PID {pid}" if pid else "PID unknown"
+    return (f"another gate-agent daemon ({who}) is running on store.dir {store_dir}; stop it "
+            "first (`systemctl stop gate-agent`), or give this one its own store.dir")
+
+
+class DaemonLock:
+    """The daemon's exclusive hold on its store, from before any device is opened to exit."""
+
+    def __init__(self, store_dir: Path):
+        self.store_dir = Path(store_dir)
+        self.fd: int | None = None
+
+    def acquire(self, poll_s: float = 0.2) -> None:
+        """Take the lock; StoreBusy naming the running daemon's PID when one holds it. Commands
+        holding it shared are waited for (a `sync --full` in progress finishes first)."""
+        fd = _open_lock(self.store_dir)
+        told = False
+        while not _try(fd, fcntl.LOCK_EX):
+            if not _try(fd, fcntl.LOCK_SH):  # exclusive holder: a daemon
+                pid = _pid_in(fd)
+                os.close(fd)
+                raise StoreBusy(busy_message(pid, self.store_dir))
+            fcntl.flock(fd, fcntl.LOCK_UN)  # only commands hold it: wait for them
+            if not told:
+                log.warning("waiting for a gate-agent command working on %s to finish",
+                            self.store_dir)
+                told = True
+            time.sleep(poll_s)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a read-only lock file (left by root): locked all the same
+            log.warning("cannot record this daemon's PID: %s", not_mine(self.store_dir /
+                                                                        LOCK_FILE))
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def daemon_pid(store_dir: Path) -> int | None:
+    """The running daemon's PID, or None when no daemon holds the store (read-only check)."""
+    try:
+        fd = os.open(Path(store_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if _try(fd, fcntl.LOCK_SH):
+            return None
+        return _pid_in(fd) or 0
+    finally:
+        os.close(fd)  # also releases the probe's shared lock
+
+
+@contextmanager
+def command_lock(store_dir: Path) -> Iterator[int | None]:
+    """Yields None while holding the store shared (no daemon: act directly), or the running
+    daemon's PID (then nothing may be done to the store directly: ask the daemon)."""
+    fd = _open_lock(Path(store_dir))
+    try:
+        if not _try(fd, fcntl.LOCK_SH):
+            yield _pid_in(fd) or 0
+            return
+        yield None
+    finally:
+        os.close(fd)
+
+
+def store_owner(store_dir: Path) -> tuple[int, int] | None:
+    """(uid, gid) to act as when this process is root and `store_dir` belongs to another user;
+    None when nothing needs switching (not root, root's own store, or no store yet)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = Path(store_dir).stat()
+    except OSError:
+        return None
+    return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+
+
+@contextmanager
+def as_store_owner(store_dir: Path) -> Iterator[None]:
+    """Work with the effective uid/gid of `store_dir`'s owner (see the module docstring)."""
+    owner = store_owner(store_dir)
+    if owner is None:
+        yield
+        return
+    uid, gid = owner
+    old_gid = os.getegid()
+    os.setegid(gid)
+    try:
+        os.seteuid(uid)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+    finally:
+        os.setegid(old_gid)
+
+
+@contextmanager
+def own_rights() -> Iterator[None]:
+    """Inside `as_store_owner`: this process's own rights back for a moment (to read a token
+    file only root may read)."""
+    uid, gid = os.geteuid(), os.getegid()
+    if (uid, gid) == (os.getuid(), os.getgid()):
+        yield
+        return
+    os.seteuid(os.getuid())
+    os.setegid(os.getgid())
+    try:
+        yield
+    finally:
+        os.setegid(gid)
+        os.seteuid(uid)
+
+
+def not_mine(path: Path) -> str | None:
+    """Why this process cannot use `path` because of its owner or mode (with the fix to type),
+    or None: a file someone's `sudo` left root-owned is not a damaged file."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    if info.st_uid == os.geteuid() or os.access(path, os.R_OK | os.W_OK):
+        return None  # ours (a read-only disk, say, is another problem, reported as such)
+    return (f"{path} belongs to uid {info.st_uid} (mode {info.st_mode & 0o777:o}) and this "
+            f"service runs as uid {os.geteuid()}: `chown -R {os.geteuid()}:{os.getegid()} "
+            f"{Path(path).parent}`, then restart")

@@ -1,0 +1,101 @@
+"""The store-changing work of the technician's commands, written once.
+
+`gate-agent sync | upload | import | queue` do this work themselves when no daemon runs, and ask
+the running daemon to do it when one does (`agent.runtime.control`): both call these functions,
+so the answer a technician sees — and the requests spent — are the same either way. Each takes
+the already-open Syncer, Uploader, cache or journal of its caller and returns a plain dict that
+travels over the control socket as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.errors import ApiError, Forbidden, Unauthenticated
+from agent.platform.client import PlatformClient
+from agent.platform.provision import import_text
+from agent.platform.sync import Syncer
+from agent.platform.upload import Uploader
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal
+
+QUEUE_STATES = ("pending", "quarantined", "local")
+
+
+def requests_used(client: PlatformClient) -> int:
+    """Budgeted requests granted so far (governor grants; async polls are not counted)."""
+    return sum(client.governor.granted.values())
+
+
+def cached_events(config: Config, cache_path: Path, wanted: list[int] | None) -> list[dict]:
+    """The cache's per-event status, limited to `wanted` (default: the configured events)."""
+    cache = TicketCache(cache_path, keep_personal_data=config.store["keep_personal_data"])
+    try:
+        events = cache.get_status()["events"]
+    finally:
+        cache.close()
+    ids = wanted if wanted else config.event_ids
+    return [e for e in events if ids is None or e["id"] in ids]
+
+
+async def sync_pass(syncer: Syncer, *, full: bool, event_ids: list[int] | None
+                    ) -> dict[str, Any]:
+    """`sync [--full] [--event ID...]`: a full rebuild swapped in (no --event), or events and
+    zones refreshed and then a delta (or full listing) pass per event."""
+    before = requests_used(syncer.client)
+    if full and not event_ids:
+        applied = await syncer.full_resync()
+    else:
+        await syncer.refresh_events()
+        applied = 0
+        for event_id in event_ids or await syncer.event_ids():
+            applied += await syncer.sync_tickets(event_id, full=full)
+    events = await asyncio.to_thread(cached_events, syncer.config, syncer.cache_path, event_ids)
+    return {"mode": "full" if full else "delta", "applied": applied,
+            "requests": requests_used(syncer.client) - before, "events": events}
+
+
+async def upload_pass(uploader: Uploader, *, drain: bool) -> dict[str, Any]:
+    """`upload [--drain]`: one batch, or until the outbox is empty. A platform error stops the
+    pass and is reported (`error`, `auth` when the token or company was refused); every
+    unsent scan stays queued."""
+    sent, quarantined = uploader.status.sent_total, uploader.status.quarantined_total
+    before = requests_used(uploader.client)
+    error: ApiError | None = None
+    try:
+        if drain:
+            await uploader.drain()
+        else:
+            await uploader.upload_once()
+    except ApiError as exc:
+        error = exc
+    counts = await asyncio.to_thread(uploader.journal.counts)
+    return {"sent": uploader.status.sent_total - sent,
+            "quarantined": uploader.status.quarantined_total - quarantined,
+            "requests": requests_used(uploader.client) - before, "pending": counts["pending"],
+            "quarantined_total": counts["quarantined"],
+            "error": str(error) if error else None,
+            "auth": isinstance(error, Unauthenticated | Forbidden)}
+
+
+def import_files(cache: TicketCache, files: list[tuple[str, str]], event_id: int | None
+                 ) -> list[dict[str, Any]]:
+    """`import FILE...`: each (name, text) applied in its own transaction, in order."""
+    now = datetime.now(UTC)
+    out = []
+    for name, text in files:
+        r = import_text(cache, name, text, now, event_id)
+        out.append({"path": r.path, "kind": r.kind, "event_id": r.event_id, "count": r.count,
+                    "skipped": r.skipped})
+    return out
+
+
+def queue_listing(journal: Journal, *, include_sent: bool, limit: int) -> dict[str, Any]:
+    """`queue`: the counts, and the oldest `limit` scans of the listed states."""
+    states = (*QUEUE_STATES, "sent") if include_sent else QUEUE_STATES
+    rows = journal.rows(states, limit=limit + 1)
+    return {"counts": journal.counts(), "scans": rows[:limit], "more": len(rows) > limit}

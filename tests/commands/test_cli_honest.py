@@ -1,0 +1,114 @@
+"""Issue 13's "crashes and lies" in the CLI, each as a real subprocess: truthful exit codes,
+`cacheEmpty`, `-c` anywhere, `status --url .../status`, `queue --limit`, a closed pipe, [api]."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+from agent import demo_data
+from agent.ops.status import evaluate
+from tests.conftest import PROJECT_ROOT, DemoSite, run_cli
+
+C = demo_data.CODES
+
+
+def test_scan_stdin_exit_code_tells_whether_all_were_admitted(site: DemoSite) -> None:
+    cfg = str(site.config_path)
+    refused = run_cli("scan", "--config", cfg, "--lane", "floor", "-",
+                      stdin=f"{C['refunded']}\n{C['unknown']}\n")
+    assert refused.returncode == 1, refused.stdout
+    admitted = run_cli("scan", "--config", cfg, "--lane", "floor", "-", stdin=f"{C['valid']}\n")
+    assert admitted.returncode == 0, admitted.stdout
+
+
+def test_an_empty_cache_says_so_instead_of_blaming_the_ticket(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(demo_data.demo_config(tmp_path / "state"))
+    out = run_cli("check", "--config", str(config), "--json", C["valid"])
+    assert out.returncode == 1
+    answer = json.loads(out.stdout)
+    assert answer["statusDetail"] == "cacheEmpty" and "No tickets synced yet" in answer["message"]
+
+
+def test_config_before_the_command_and_from_the_environment(site: DemoSite) -> None:
+    before = run_cli("-c", str(site.config_path), "check", C["valid"], "--json")
+    assert before.returncode == 0, before.stderr
+    env = run_cli("check", C["valid"], "--json", env={"GATE_AGENT_CONFIG": str(site.config_path)})
+    assert env.returncode == 0, env.stderr
+
+
+def test_queue_limit_and_a_closed_pipe(site: DemoSite) -> None:
+    codes = "".join(f"{C['unknown']}-{i}\n" for i in range(30))
+    run_cli("scan", "--config", str(site.config_path), "-", stdin=codes)
+    limited = json.loads(run_cli("queue", "--config", str(site.config_path), "--json",
+                                 "--limit", "5").stdout)
+    assert len(limited["scans"]) == 5 and limited["more"] is True
+    table = run_cli("queue", "--config", str(site.config_path), "--limit", "3")
+    assert "the oldest 3 shown" in table.stdout
+    piped = subprocess.run(
+        f"{sys.executable} -m agent queue --all --json --config {site.config_path} | head -c 20",
+        shell=True, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+
+
+def test_status_url_as_the_daemon_logs_it(site: DemoSite) -> None:
+    asked: list[str] = []
+    report = {"health": "pass", "reasons": [], "version": "x", "uptime_s": 1, "lanes": [],
+              "journal": {}, "cache": {}, "platform": {}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            body = json.dumps(report).encode() if self.path == "/status" else b"{}"
+            self.send_response(200 if self.path == "/status" else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/status"
+        out = run_cli("status", "--config", str(site.config_path), "--url", url, "--json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    assert asked == ["/status"] and json.loads(out.stdout)["health"] == "pass"
+
+
+def test_run_refuses_a_config_without_api(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path / "state"}"\n')
+    out = run_cli("run", "--config", str(config), timeout=30)
+    assert out.returncode == 2 and "[api] is missing" in out.stderr, out.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_status_reasons_are_deduplicated_and_fail_first() -> None:
+    now = datetime.now(UTC)
+    failing = {"failing_since": 1.0, "last_error": "connect refused"}
+    snap = {"lanes": [], "cache": {"events": []},
+            "platform": {"last_error_at": "2026-01-01T00:00:01Z", "last_error": "connect refused"},
+            "jobs": {"upload": failing, "delta": failing, "refresh": failing}}
+    health, reasons = evaluate(snap, now, 3600)
+    codes = [r.code for r in reasons]
+    assert health == "fail" and codes == ["cache_empty", "platform_unreachable"], codes
+
+
+def test_import_lists_as_json_too(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(demo_data.demo_config(tmp_path / "state"))
+    files = demo_data.write_demo_files(tmp_path / "files", datetime.now(UTC))
+    out = run_cli("import", "--config", str(config), "--json", *map(str, files))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["kind"] for r in rows][:1] == ["events"] and len(rows) == len(files)
