@@ -52,6 +52,8 @@ from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.scheduler import Jobs
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+from agent.venue.bus import VenueBus
+from agent.venue.claims import VenueLink
 
 log = logging.getLogger("gate_agent.daemon")
 decisions_log = logging.getLogger("gate_agent.decisions")
@@ -77,6 +79,7 @@ class Daemon:
         self.server: uvicorn.Server | None = None
         self.listen_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.bus: VenueBus | None = None  # the venue bus, with [venue] only
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -134,7 +137,21 @@ class Daemon:
     def _gate(self) -> Gate:
         """A lane's own connections; without a journal the gate refuses (fail closed)."""
         journal = None if self.journal_error else Journal(self.journal_path)
-        return Gate(self._open_cache(), journal, self.config)
+        venue = None
+        if self.bus is not None and self.config.venue is not None:
+            venue = VenueLink(self.bus, self.config.venue["offline_policy"])
+        return Gate(self._open_cache(), journal, self.config, venue)
+
+    def start_venue(self) -> None:
+        """The venue bus, before the lanes: their claims go through it (with [venue] only)."""
+        if self.config.venue is None:
+            return
+        self.bus = VenueBus(self.config.venue, self.config.store_dir,
+                            None if self.journal_error else self.journal_path, self.config.path)
+        self.bus.start()
+        log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
+                 self.bus.device, ", ".join(self.config.venue["servers"]),
+                 self.config.venue["offline_policy"])
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...]) -> None:
         for lane in lanes:
@@ -379,6 +396,7 @@ class Daemon:
         split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
         resync = self.open_stores()
         self.setup_platform()
+        self.start_venue()
         self.start_lanes(effective_lanes(self.config))
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -398,6 +416,8 @@ class Daemon:
         self.notifier.stopping()
         for runner in self.lanes.values():
             runner.stop()
+        if self.bus is not None:
+            self.bus.stop()  # after the lanes: their last scans are published first
         self.jobs.shutdown()
         if self.uploader is not None:
             try:
