@@ -131,6 +131,12 @@ class VenueBus:
         try:
             loop.run_until_complete(self._main())
         finally:
+            # the client's own tasks (reconnect, pings, flusher) end here, before the loop does
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     async def _main(self) -> None:
@@ -142,16 +148,12 @@ class VenueBus:
                 try:
                     await self._session(store, journal)
                 except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
-                    self.connected = False
+                    await self._close_connection()
                     self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.warning("venue bus: %s; retrying", self.last_error)
                 await self._sleep(0.5)
         finally:
-            if self._nc is not None:
-                try:
-                    await asyncio.wait_for(self._nc.close(), 1.0)
-                except Exception:  # noqa: BLE001 - closing a dead link
-                    pass
+            await self._close_connection()
             store.close()
             if journal is not None:
                 journal.close()
@@ -195,8 +197,11 @@ class VenueBus:
         try:
             while not self._stop.is_set() and not closed.is_set():
                 if self.connected:
-                    await self._publish_pending(store, journal)
-                    await self._sweep(store, journal)
+                    try:
+                        await self._publish_pending(store, journal)
+                        await self._sweep(store, journal)
+                    except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
+                        self.last_error = f"publishing: {type(exc).__name__}: {exc}"[:300]
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -211,6 +216,16 @@ class VenueBus:
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+            await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self.connected = False
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 1.0)
+            except Exception:  # noqa: BLE001 - closing a dead link
                 pass
 
     async def _ensure_stream(self) -> None:

@@ -21,6 +21,7 @@ from agent.runtime.gate import Gate
 from agent.runtime.opening import opened_gate
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+from agent.store.venue import VenueStore
 from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
 
@@ -79,6 +80,19 @@ class VenueDevice:
     def gate(self) -> Gate:
         return self.gates[0]
 
+    def restart_bus(self) -> None:
+        """Stop this device's bus and start a new one on the same store (a daemon restart)."""
+        self.bus.stop()
+        old = self.bus
+        self.bus = VenueBus(old.venue, old.store_path.parent, old.journal_path, None)
+        self.bus.start()
+        for gate in self.gates:
+            assert gate.venue is not None
+            gate.venue.bus = self.bus
+
+    def venue_store(self) -> VenueStore:
+        return VenueStore(self.bus.store_path)
+
     def journal_rows(self) -> list[dict[str, Any]]:
         journal = Journal(self.bus.store_path.with_name("journal.db"))
         try:
@@ -116,11 +130,13 @@ offline_policy = "{policy}"
 
 @contextmanager
 def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
-                  policy: str = "local", timeout_ms: int = 500) -> Iterator[list[VenueDevice]]:
+                  policy: str = "local", timeout_ms: int = 500,
+                  servers_of: list[list[str]] | None = None) -> Iterator[list[VenueDevice]]:
+    """`n` devices on the venue; `servers_of[i]`: device i's own servers list."""
     now = datetime.now(UTC).replace(microsecond=0)
     files = write_platform_files(root / "platform", now, tickets)
-    devices = [make_device(root, f"g{i + 1}", servers, files, now, policy, timeout_ms)
-               for i in range(n)]
+    devices = [make_device(root, f"g{i + 1}", servers_of[i] if servers_of else servers, files,
+                           now, policy, timeout_ms) for i in range(n)]
     try:
         for d in devices:
             wait_until(lambda d=d: d.bus.connected, 20, f"{d.name} connected")
