@@ -194,6 +194,11 @@ class VenueBus:
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
         sub = await self._subscribe(store)
+        info = await self._js.stream_info(self.stream)
+        with self._cond:
+            self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
+            if self.applied_seq >= info.state.last_seq:
+                self._caught_up = True  # nothing to replay: the sweep may run
         try:
             while not self._stop.is_set() and not closed.is_set():
                 if self.connected:
