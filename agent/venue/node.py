@@ -59,6 +59,9 @@ def render_config(spec: NodeSpec) -> str:
             f'  name: "{spec.cluster_name}"',
             f'  listen: "{spec.host}:{spec.cluster_port}"',
             f"  routes: [{routes}]",
+            # gates list every node in [venue] servers; not advertising keeps that list the
+            # whole truth (a gate is never moved to a node it was not configured for)
+            "  no_advertise: true",
             "}",
         ]
     return "\n".join(lines) + "\n"
