@@ -307,6 +307,7 @@ class Daemon:
             "upload": self.uploader.status.as_dict() if self.uploader else None,
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
+            "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
         }
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]

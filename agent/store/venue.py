@@ -96,11 +96,13 @@ _SCAN_COLS = ("uuid", "device", "lane", "event_id", "item_id", "zone_id", "zone_
 class VenueStore:
     """One connection to venue.db (the bus thread writes; each lane reads its own)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, readonly: bool = False):
+        """`readonly`: for the CLI (often root), which must not create the daemon's file."""
         self.path = Path(path)
         try:
-            self.db = open_database(self.path, synchronous="NORMAL")
-            migrate(self.db, MIGRATIONS)
+            self.db = open_database(self.path, synchronous="NORMAL", readonly=readonly)
+            if not readonly:
+                migrate(self.db, MIGRATIONS)
         except sqlite3.Error as exc:
             raise StoreError(f"venue state {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn

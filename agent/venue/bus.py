@@ -105,6 +105,7 @@ class VenueBus:
         self._nc: Any = None
         self._js: Any = None
         self._caught_up = False
+        self._status_store: VenueStore | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -390,12 +391,19 @@ class VenueBus:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
+        """For /status (called from the daemon's loop: its own connection to venue.db)."""
+        if self._status_store is None:
+            self._status_store = VenueStore(self.store_path)
+        marks = journal.venue_counts() if journal is not None else {}
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
+            "conflicts": self._status_store.conflict_count(),
+            "decided_claimed": marks.get("claimed", 0),
+            "decided_offline": marks.get("offline", 0),
             **self.counters,
         }
 
