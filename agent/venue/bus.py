@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import re
 import socket
 import ssl
@@ -106,10 +107,14 @@ class VenueBus:
         self._js: Any = None
         self._caught_up = False
         self._status_store: VenueStore | None = None
+        self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._applier = threading.Thread(target=self._applying, name="venue applier",
+                                         daemon=True)
+        self._applier.start()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="venue bus",
                                         daemon=True)
@@ -122,6 +127,11 @@ class VenueBus:
             loop.call_soon_threadsafe(stop.set)
         if self._thread is not None:
             self._thread.join(timeout)
+        self._inbox.put(None)
+        self._applier.join(timeout)
+        if self._status_store is not None:
+            self._status_store.close()
+            self._status_store = None
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -257,7 +267,10 @@ class VenueBus:
         start = store.position(self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
-            self._apply(store, msg)
+            # handed to the applier thread at once: a SQLite commit here would delay the
+            # acks of claims waiting on this loop
+            meta = msg.metadata
+            self._inbox.put((meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0))
 
         return await self._js.subscribe(
             messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
@@ -265,26 +278,53 @@ class VenueBus:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=start))
 
-    def _apply(self, store: VenueStore, msg: Msg) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
+    def _applying(self) -> None:
+        """The applier thread: messages in stream order, in batches, one transaction each."""
+        store = VenueStore(self.store_path)
         try:
-            applied = messages.decode(seq, msg.subject, msg.data)
-        except messages.BadMessage as exc:
-            self.counters["bad_messages"] += 1
-            log.error("venue message %d on %s unreadable (%s): skipped", seq, msg.subject, exc)
-            applied = Applied(seq, msg.subject)
-        found = store.apply(self.stream, [applied], utc_iso(datetime.now(UTC)))
+            while True:
+                item = self._inbox.get()
+                if item is None:
+                    return
+                batch = [item]
+                while len(batch) < 500:
+                    try:
+                        nxt = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._inbox.put(None)
+                        break
+                    batch.append(nxt)
+                try:
+                    self._apply(store, batch)
+                except Exception as exc:  # noqa: BLE001 - logged; the stream replays it
+                    self.last_error = f"applying venue messages: {exc}"[:300]
+                    log.error("venue: %s", self.last_error)
+        finally:
+            store.close()
+
+    def _apply(self, store: VenueStore, batch: list[tuple[int, str, bytes, int]]) -> None:
+        decoded = []
+        for seq, subject, data, _pending in batch:
+            try:
+                decoded.append(messages.decode(seq, subject, data))
+            except messages.BadMessage as exc:
+                self.counters["bad_messages"] += 1
+                log.error("venue message %d on %s unreadable (%s): skipped", seq, subject, exc)
+                decoded.append(Applied(seq, subject))
+        found = store.apply(self.stream, decoded, utc_iso(datetime.now(UTC)))
         for uuid in found:
             self.counters["conflicts_found"] += 1
             log.error("venue conflict: scan %s admitted a ticket beyond its limit "
                       "(gates that could not see each other); see gate-agent venue conflicts",
                       uuid)
+        seq, pending = batch[-1][0], batch[-1][3]
         with self._cond:
             self.applied_seq = max(self.applied_seq, seq)
-            self.stream_last_seq = max(self.applied_seq, seq + (meta.num_pending or 0))
+            self.stream_last_seq = max(self.applied_seq, seq + pending)
             self._cond.notify_all()
-        if not meta.num_pending:
+        if not pending:
             self._caught_up = True
 
     # -- publishing -----------------------------------------------------------------------
@@ -296,20 +336,29 @@ class VenueBus:
             loop.call_soon_threadsafe(wake.set)
 
     async def _publish_pending(self, store: VenueStore, journal: Journal | None) -> None:
+        """This gate's journal rows the bus has not acknowledged yet, pipelined; the cursor
+        moves only past rows acknowledged. Rows whose claim was granted are on the bus already
+        (the claim is the same scan under the same uuid) and are not sent again. SQLite work
+        runs in a worker thread so the loop stays free for claims' acks."""
         if journal is None:
             return
         while True:
-            rows = journal.after(store.published_through(), 200)
+            since = await asyncio.to_thread(store.published_through)
+            rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
                 return
+            sends = []
             for row in rows:
-                scan = scan_from_row(row, self.device)
+                if row.get("venue") == "claimed":
+                    continue
                 subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
                                                   self.device)
-                await self._js.publish(subject, messages.encode_scan(scan),
-                                       headers={"Nats-Msg-Id": row["uuid"]})
-                store.set_published_through(row["seq"])
-                self.counters["published"] += 1
+                sends.append(self._js.publish(
+                    subject, messages.encode_scan(scan_from_row(row, self.device)),
+                    headers={"Nats-Msg-Id": row["uuid"]}))
+            await asyncio.gather(*sends)
+            await asyncio.to_thread(store.set_published_through, rows[-1]["seq"])
+            self.counters["published"] += len(sends)
 
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
         """Void this gate's standing claims with no admit in the journal: claims made before

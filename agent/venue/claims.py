@@ -100,6 +100,7 @@ class VenueLink:
         # The claim this lane holds until its journal commit: the consumer may already have
         # applied it, but it is this very scan, not an earlier admit of the ticket.
         self._holding: str | None = None
+        self.last_granted_seq = 0  # the stream position of this lane's last granted claim
 
     def close(self) -> None:
         self.store.close()
@@ -113,6 +114,9 @@ class VenueLink:
               tracks_exits: Callable[[Decision], bool]) -> Claim:
         """Steps 1-2 of the module docstring, bounded by claim_timeout_ms."""
         scan_uuid = str(uuidlib.uuid4())
+        # Every message up to `applied` was committed to venue.db before this decision read it
+        # (the consumer commits, then advances applied_seq).
+        applied = self.bus.applied_seq
         decision = decide_now()
         exits = tracks_exits(decision)
         base = Claim(scan_uuid, "none", decision, policy=self.policy,
@@ -126,10 +130,13 @@ class VenueLink:
                 break
             subject = messages.ticket_subject(self.bus.name, decision.event_id,
                                               decision.item_id, self.bus.device)
-            # The position first, then the decision: what it decides on then includes every
-            # message of the subject up to the position the claim expects to still be last.
+            # The claim expects `expected` to be the subject's last message, so the decision
+            # must have seen every message up to it: true when it is at or below `applied`;
+            # otherwise decide again now that it has been read.
             expected = self.store.subject_seq(subject)
-            decision = decide_now()
+            if expected > applied:
+                applied = self.bus.applied_seq
+                decision = decide_now()
             if not decision.admit:
                 return replace(base, outcome="refused", decision=decision)
             if not needs_claim(decision, lane, tracks_exits(decision)):
@@ -147,6 +154,7 @@ class VenueLink:
             if answer.outcome == "granted":
                 self.bus.counters["claims_granted"] += 1
                 self._holding = scan_uuid
+                self.last_granted_seq = answer.seq
                 return replace(base, outcome="granted", decision=decision, seq=answer.seq)
             if answer.outcome == "unavailable":
                 return self._offline(base, answer.error)
@@ -154,6 +162,7 @@ class VenueLink:
             # another gate wrote this ticket first: catch up to it, then decide again
             if not self.bus.wait_applied(answer.seq, max(0.0, deadline - time.monotonic())):
                 break
+            applied = -1  # decide again after reading the position, whatever it is
         return self._offline(base, f"no settled answer in {self.timeout_s * 1000:.0f} ms")
 
     def _offline(self, base: Claim, error: str) -> Claim:

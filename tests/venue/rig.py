@@ -131,11 +131,13 @@ offline_policy = "{policy}"
 @contextmanager
 def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
                   policy: str = "local", timeout_ms: int = 500,
-                  servers_of: list[list[str]] | None = None) -> Iterator[list[VenueDevice]]:
-    """`n` devices on the venue; `servers_of[i]`: device i's own servers list."""
+                  servers_of: list[list[str]] | None = None,
+                  prefix: str = "g") -> Iterator[list[VenueDevice]]:
+    """`n` devices on the venue (named PREFIX1..PREFIXn: device names must be unique in a
+    venue); `servers_of[i]`: device i's own servers list."""
     now = datetime.now(UTC).replace(microsecond=0)
     files = write_platform_files(root / "platform", now, tickets)
-    devices = [make_device(root, f"g{i + 1}", servers_of[i] if servers_of else servers, files,
+    devices = [make_device(root, f"{prefix}{i + 1}", servers_of[i] if servers_of else servers, files,
                            now, policy, timeout_ms) for i in range(n)]
     try:
         for d in devices:
