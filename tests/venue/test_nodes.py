@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
 
 from agent.errors import ConfigError
-from agent.venue.node import NodeProcess, render_config, specs_from_servers
+from agent.venue.node import (
+    NodeProcess,
+    free_ports,
+    render_config,
+    server_binary,
+    specs_from_servers,
+)
+from tests.conftest import PROJECT_ROOT
 
 
 async def _r3_roundtrip(urls: list[str]) -> int:
@@ -51,3 +62,32 @@ def test_node_config_from_servers_list() -> None:
     assert "cluster" not in single
     with pytest.raises(ConfigError, match="venue.servers"):
         specs_from_servers(["nats://nohost"], "v", "/s")
+
+
+VENUE_UNIT = PROJECT_ROOT / "systemd" / "venue-node.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (.ci/run installs systemd)")
+def test_venue_node_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    unit = tmp_path / "venue-node.service"
+    unit.write_text(VENUE_UNIT.read_text().replace("/usr/local/bin/nats-server",
+                                                   server_binary()))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stdout + out.stderr
+    sec = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                         capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout + sec.stderr)
+    assert match and float(match.group(1)) <= 2.5, sec.stdout[-500:]
+
+
+def test_node_config_runs_on_the_real_server(tmp_path: Path) -> None:
+    """What `gate-agent venue node-config` prints is a config nats-server accepts."""
+    port = free_ports(1)[0]
+    spec = specs_from_servers([f"nats://127.0.0.1:{port}"], "hall", str(tmp_path))[0]
+    node = NodeProcess(spec, tmp_path).start()
+    try:
+        assert node.healthy()
+    finally:
+        node.kill()
