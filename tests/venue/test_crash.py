@@ -12,8 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import demo_data
+from agent.config import load_config
+from agent.store.journal import Journal
+from agent.store.venue import VenueStore
+from agent.venue.bus import VenueBus
 from agent.venue.node import NodeProcess
 from tests.conftest import PROJECT_ROOT
+from tests.faults.conftest import site_factory  # noqa: F401 - fixture
+from tests.faults.test_crash import storm
 from tests.venue.rig import venue_devices, wait_until
 
 CODE = demo_data.bulk_barcode(2)
@@ -51,3 +57,42 @@ def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
         # the crashed attempt left nothing in a's journal: nothing to upload as an entry
         assert not [r for r in a.journal_rows() if r["uuid"] == claim_uuid]
         assert [r["code"] for r in a.journal_rows()] == []
+
+
+def test_sigkill_storm_with_a_venue(site_factory, venue_node: NodeProcess) -> None:  # noqa: F811
+    """Round one's crash storm with [venue]: nothing lost or duplicated at the platform, never
+    two admits per ticket, and after the last restart every claim standing on the bus has its
+    admit in the journal (orphans of the kills were voided)."""
+    site = storm(site_factory, cycles=8, per_cycle=250, final=600, min_kills=6,
+                 min_decisions=1500, figures="crash_venue", extra=f"""
+[venue]
+name = "storm"
+servers = ["{venue_node.url}"]
+device = "fault"
+claim_timeout_ms = 500
+""")
+    config = load_config(site.config)
+    assert config.venue is not None
+    bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db")
+    bus.start()
+    try:
+        wait_until(lambda: bus.connected and bus.get_status()["lag"] == 0, 20, "caught up")
+        store = VenueStore(bus.store_path)
+        journal = Journal(config.store_dir / "journal.db")
+        try:
+            def orphans() -> list[str]:
+                claims = [c["uuid"] for c in store.standing_claims("fault", "9999")]
+                return sorted(set(claims) - journal.admitted(claims))
+
+            wait_until(lambda: not orphans(), 10, "no claim without its admit")
+            claimed = [r["uuid"] for r in site.journal_rows() if r["venue"] == "claimed"]
+            standing = {c["uuid"] for c in store.standing_claims("fault", "9999")}
+            assert claimed and set(claimed) <= standing  # every claimed admit stands
+            voided = store.conn.execute(
+                "SELECT COUNT(*) FROM venue_scans WHERE voided = 1").fetchone()[0]
+            print(f"claims voided after kills: {voided}")
+        finally:
+            store.close()
+            journal.close()
+    finally:
+        bus.stop()
