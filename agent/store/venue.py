@@ -219,6 +219,15 @@ class VenueStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def claims_after(self, device: str, seq: int) -> list[dict[str, Any]]:
+        """This device's standing admits applied after stream position `seq`."""
+        cur = self.conn.execute(
+            "SELECT stream_seq, uuid, event_id, item_id, scanned_on FROM venue_scans"
+            " WHERE device = ? AND admit = 1 AND voided = 0 AND offline = 0"
+            " AND stream_seq > ? ORDER BY stream_seq", (device, seq))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
     def conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
         cur = self.conn.execute(
             "SELECT * FROM venue_conflicts ORDER BY detected_at, scanned_on LIMIT ?", (limit,))

@@ -107,6 +107,8 @@ class VenueBus:
         self._js: Any = None
         self._caught_up = False
         self._status_store: VenueStore | None = None
+        self._swept_seq = 0  # claims up to this stream position have been picked up
+        self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
         self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -363,19 +365,24 @@ class VenueBus:
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
         """Void this gate's standing claims with no admit in the journal: claims made before
         this process started (a crash between claim and commit), or older than SWEEP_AFTER_S
-        (a commit that failed, or a claim that timed out here but reached the bus)."""
+        (a commit that failed, or a claim that timed out here but reached the bus). Each claim
+        is looked at once: new ones are picked up by stream position and wait in memory until
+        they are old enough (after a restart, every claim is looked at again)."""
         if not self._caught_up or journal is None:
             return
+        for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
+            self._unchecked[claim["uuid"]] = claim
+            self._swept_seq = max(self._swept_seq, claim["stream_seq"])
         cutoff = max(self.started_at, utc_iso(datetime.fromtimestamp(
             time.time() - SWEEP_AFTER_S, UTC)))
-        claims = store.standing_claims(self.device, cutoff)
-        if not claims:
+        due = [c for c in self._unchecked.values() if c["scanned_on"] < cutoff]
+        if not due:
             return
-        admitted = journal.admitted([c["uuid"] for c in claims])
-        for claim in claims:
-            if claim["uuid"] in admitted:
-                continue
-            await self._void(claim, "no admit in this gate's journal")
+        admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
+        for claim in due:
+            if claim["uuid"] not in admitted:
+                await self._void(claim, "no admit in this gate's journal")
+            del self._unchecked[claim["uuid"]]
 
     async def _void(self, claim: dict[str, Any], reason: str) -> None:
         subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
