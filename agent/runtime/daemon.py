@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -368,6 +369,10 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         self._reload_token(fresh)
+        if fresh.venue != self.config.venue:
+            log.warning("[venue] changed: it takes effect at the next restart; the running "
+                        "venue settings are kept")
+            fresh = dataclasses.replace(fresh, venue=self.config.venue)
         wanted = {lane.name: lane for lane in effective_lanes(fresh)}
         for name in list(self.lanes):
             if name not in wanted or wanted[name] != self.lanes[name].lane:

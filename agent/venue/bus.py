@@ -94,7 +94,11 @@ class VenueBus:
         self.started_at = utc_iso(datetime.now(UTC))
         self.connected = False
         self.last_error: str | None = None
-        self.applied_seq = VenueStore(self.store_path).position(self.stream)
+        store = VenueStore(self.store_path)
+        try:
+            self.applied_seq = store.position(self.stream)
+        finally:
+            store.close()
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0}
