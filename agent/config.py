@@ -128,6 +128,35 @@ SECTIONS: dict[str, dict[str, Option]] = {
     },
 }
 
+def _nats_urls(v: Any) -> str | None:
+    problem = _str_list(v)
+    if problem or not v:
+        return "must be a non-empty list of server URLs, e.g. [\"nats://10.0.0.5:4222\"]"
+    for url in v:
+        scheme, sep, rest = str(url).partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            return f"{url!r} must look like nats://host:port (or tls://host:port)"
+    return None
+
+
+def _bus_name(v: Any) -> str | None:
+    """Venue and device names become parts of NATS subjects and the stream's name."""
+    if v and not str(v).replace("-", "").replace("_", "").isalnum():
+        return f"must be letters, digits, - or _ (it is part of the bus's subjects); got {v!r}"
+    return None
+
+
+# `[venue]` is optional: without it the gate works alone, exactly as in round one.
+VENUE_OPTIONS: dict[str, Option] = {
+    "name": Option(str, None, lambda v: _non_empty(v) or _bus_name(v), required=True),
+    "servers": Option(list, None, _nats_urls, required=True),
+    "device": Option(str, "", _bus_name),
+    "credentials": Option(str, ""),
+    "tls_ca": Option(str, ""),
+    "claim_timeout_ms": Option(int, 250, _between(5, 10_000)),
+    "offline_policy": Option(str, "local", _one_of("local", "refuse")),
+}
+
 LANE_OPTIONS: dict[str, Option] = {
     "name": Option(str, None, _non_empty, required=True),
     "event_ids": Option(list, [], _int_list),
@@ -185,6 +214,7 @@ class Config:
     log: dict[str, Any]
     control: dict[str, Any]
     lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
+    venue: dict[str, Any] | None = None  # None: no [venue] section, the gate works alone
     has_api: bool = True  # False: the file has no [api] section (see require_platform)
 
     def require_platform(self) -> None:
@@ -302,7 +332,7 @@ def check_lane_outputs(lane: LaneConfig, path: str, prefix: str) -> None:
 
 def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
-    known = set(SECTIONS) | {"lanes"}
+    known = set(SECTIONS) | {"lanes", "venue"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
@@ -319,7 +349,8 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"lane name {name!r} is used twice", path=path, key="lanes.name")
-    return Config(path=path, lanes=lanes, has_api="api" in data, **sections)
+    venue = _read_table(path, "venue", data["venue"], VENUE_OPTIONS) if "venue" in data else None
+    return Config(path=path, lanes=lanes, has_api="api" in data, venue=venue, **sections)
 
 
 def load_config(path: str | Path) -> Config:

@@ -7,6 +7,7 @@
    prints every decision and relay pulse as the daemon reports it;
 4. shows the scans arriving at the platform (exactly once, by scan uuid), the status summary,
    and stops the daemon with SIGTERM. About 20 seconds; no hardware, no network.
+Then the second act, a venue of three gates on one bus (agent/demo_venue.py).
 """
 
 from __future__ import annotations
@@ -178,8 +179,14 @@ def _show_uploads(console: Console, received: dict, expected: int) -> None:
 
 
 def main() -> int:
+    from agent import demo_venue
+
     with tempfile.TemporaryDirectory(prefix="gate-agent-demo-") as tmp:
-        return run(Path(tmp))
+        code = run(Path(tmp))
+        if code == 0:  # the second act: a venue of three gates (agent/demo_venue.py)
+            (Path(tmp) / "venue").mkdir()
+            code = demo_venue.run(Path(tmp) / "venue", Console())
+        return code
 
 
 if __name__ == "__main__":

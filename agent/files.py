@@ -37,3 +37,20 @@ def write_private(path: Path, text: str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def require_private(path: Path, *, key: str, config_path: str | None = None) -> None:
+    """Refuse a secret file (credentials) that group or others may read, or that is missing:
+    a ConfigError naming the key, with the command that fixes it."""
+    import stat
+
+    from agent.errors import ConfigError
+
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", path=config_path,
+                          key=key) from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path} is readable by group or others; run: chmod 600 {path}",
+                          path=config_path, key=key)

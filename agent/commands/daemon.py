@@ -123,6 +123,14 @@ def render(report: dict[str, Any], console: Console) -> None:
     for event in report["cache"].get("events") or []:
         console.print(f"Event {event['id']} {event.get('name') or ''}: {event['items']} items, "
                       f"last sync {event.get('last_sync') or 'never'}")
+    venue = report.get("venue")
+    if venue:
+        console.print(f"Venue {venue['venue']} as {venue['device']}: "
+                      f"{'connected' if venue['connected'] else 'NOT CONNECTED'}, lag "
+                      f"{venue['lag']}, claims {venue['claims_granted']} granted / "
+                      f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
+                      f"timed out, {venue['decided_offline']} decided offline, "
+                      f"{venue['conflicts']} conflict(s)", highlight=False)
     platform = report["platform"]
     if platform.get("disabled"):
         console.print(f"Platform: off ({platform['disabled']})")

@@ -78,6 +78,32 @@ class _StateCollector(Collector):
         limited = CounterMetricFamily("gate_api_rate_limited_total", "429 answers from the platform")
         limited.add_metric([], float((platform.get("requests") or {}).get("ratelimited", 0)))
         yield limited
+        yield from _venue_metrics(snap.get("venue"))
         health = GaugeMetricFamily("gate_health", "0 pass, 1 warn, 2 fail")
         health.add_metric([], float({"pass": 0, "warn": 1, "fail": 2}.get(snap.get("health", ""), 2)))
         yield health
+
+
+def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
+    """The venue bus (only with [venue]): link, lag, claims, offline decisions, conflicts."""
+    if not venue:
+        return
+    connected = GaugeMetricFamily("gate_venue_connected", "1 when the venue bus is connected")
+    connected.add_metric([], 1.0 if venue.get("connected") else 0.0)
+    yield connected
+    lag = GaugeMetricFamily("gate_venue_lag_messages", "Venue messages not yet applied here")
+    lag.add_metric([], float(venue.get("lag") or 0))
+    yield lag
+    claims = CounterMetricFamily("gate_venue_claims", "Venue claims by outcome",
+                                 labels=["outcome"])
+    for outcome in ("granted", "conflicted", "timed_out"):
+        claims.add_metric([outcome], float(venue.get(f"claims_{outcome}") or 0))
+    yield claims
+    offline = GaugeMetricFamily("gate_venue_offline_decisions",
+                                "Journaled scans decided without the bus (policy applied)")
+    offline.add_metric([], float(venue.get("decided_offline") or 0))
+    yield offline
+    conflicts = GaugeMetricFamily("gate_venue_conflicts",
+                                  "Admits beyond a ticket's limit found after the fact")
+    conflicts.add_metric([], float(venue.get("conflicts") or 0))
+    yield conflicts

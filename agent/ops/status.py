@@ -131,6 +131,15 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if link_failing and not auth:
         add(Reason("warn", "platform_unreachable",
                    f"last platform request failed: {platform.get('last_error')}"))
+    venue = snap.get("venue") or {}
+    if venue and not venue.get("connected"):
+        add(Reason("warn", "venue_unreachable",
+                   f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
+                   "limited zones follow venue.offline_policy and scans are published later"))
+    if venue.get("conflicts"):
+        add(Reason("warn", "venue_conflicts",
+                   f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
+                   "not see each other; see `gate-agent venue conflicts`"))
     # Jobs that talk to the platform fail for the reason just given: one reason, not four.
     said = link_failing or auth or bool(platform.get("rate_limited_until"))
     failing = [(name, job) for name, job in (snap.get("jobs") or {}).items()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -57,6 +58,8 @@ from agent.runtime.scheduler import Jobs
 from agent.runtime.storeaccess import DaemonLock, not_mine
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+from agent.venue.bus import VenueBus
+from agent.venue.claims import VenueLink
 
 log = logging.getLogger("gate_agent.daemon")
 decisions_log = logging.getLogger("gate_agent.decisions")
@@ -86,6 +89,7 @@ class Daemon:
         self.server: uvicorn.Server | None = None
         self.listen_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.bus: VenueBus | None = None  # the venue bus, with [venue] only
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -150,7 +154,21 @@ class Daemon:
     def _gate(self) -> Gate:
         """A lane's own connections; without a journal the gate refuses (fail closed)."""
         journal = None if self.journal_error else Journal(self.journal_path)
-        return Gate(self._open_cache(), journal, self.config)
+        venue = None
+        if self.bus is not None and self.config.venue is not None:
+            venue = VenueLink(self.bus, self.config.venue["offline_policy"])
+        return Gate(self._open_cache(), journal, self.config, venue)
+
+    def start_venue(self) -> None:
+        """The venue bus, before the lanes: their claims go through it (with [venue] only)."""
+        if self.config.venue is None:
+            return
+        self.bus = VenueBus(self.config.venue, self.config.store_dir,
+                            None if self.journal_error else self.journal_path, self.config.path)
+        self.bus.start()
+        log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
+                 self.bus.device, ", ".join(self.config.venue["servers"]),
+                 self.config.venue["offline_policy"])
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...]) -> None:
         for lane in lanes:
@@ -336,6 +354,7 @@ class Daemon:
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "pairings_error": self.pairings_error,
+            "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
         }
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
@@ -398,6 +417,10 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        if fresh.venue != self.config.venue:
+            log.warning("[venue] changed: it takes effect at the next restart; the running "
+                        "venue settings are kept")
+            fresh = dataclasses.replace(fresh, venue=self.config.venue)
         plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
                            wanted)
         if plan.refused:
@@ -474,6 +497,7 @@ class Daemon:
         self.control = ControlServer(socket_path(self.config), DaemonOps(self).handlers(),
                                      self.config.control["group"])
         await self.control.start()
+        self.start_venue()
         self.start_lanes(self._lanes_with_pairings(self.config))
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -494,6 +518,8 @@ class Daemon:
         await self.control.close()
         for runner in self.lanes.values():
             runner.stop()
+        if self.bus is not None:
+            self.bus.stop()  # after the lanes: their last scans are published first
         self.jobs.shutdown()
         if self.uploader is not None:
             try:

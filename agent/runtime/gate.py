@@ -19,6 +19,7 @@ from agent.core.scanstate import derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
+from agent.venue.claims import Claim, VenueLink, needs_claim
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,22 @@ class ScanResult:
     uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
 
 
+class _Redo(ScanResult):
+    """The venue's answer and the journal-time decision disagree: nothing was written."""
+
+
 class Gate:
     """Decisions for every lane of this device, over one cache and one journal."""
 
-    def __init__(self, cache: TicketCache, journal: Journal | None, config: Config):
+    def __init__(self, cache: TicketCache, journal: Journal | None, config: Config,
+                 venue: VenueLink | None = None):
         """`journal` None: the journal could not be opened; every scan is refused (fail closed)
-        unless `store.fail_closed` is off."""
+        unless `store.fail_closed` is off. `venue`: this lane's link to the venue bus
+        (agent.venue.claims), None without `[venue]`."""
         self.cache = cache
         self.journal = journal
         self.config = config
+        self.venue = venue
         self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
         # The last journal write failure (None once a write succeeds again) and how many
         # decided scans have no journal row: lanes report both, status raises the alarm.
@@ -86,9 +94,11 @@ class Gate:
         zone_id = lane.zone_id or (zone.id if zone else None)
         is_default = zone.is_default_entry if zone else lane.zone_id is None
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
+        others = self.cache.platform_scans(hit.event_id, hit.item.id)
+        if self.venue is not None:  # other gates' scans from the bus count like the platform's
+            others += self.venue.scans(hit.event_id, hit.item.id)
         state = derive_state(
-            own,
-            self.cache.platform_scans(hit.event_id, hit.item.id),
+            own, others,
             zone_id, is_default,
         )
         occupancy = None
@@ -116,20 +126,47 @@ class Gate:
             unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
                                     now)
+        for _attempt in range(3):
+            claim = None if self.venue is None else self.venue.claim(
+                lambda: decide(self.facts(code, lane, kind, mono_ms), lane, now, direction),
+                lane, now, self._tracks_exits)  # on the bus, outside the journal's lock
+            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim)
+            if claim is not None and self.venue is not None:
+                self.venue.after_commit(claim, result.decision if result.uuid else None)
+            if not isinstance(result, _Redo):
+                return result
+        return self._unrecorded(result.decision, "the venue and this gate kept disagreeing",
+                                lane, now)
+
+    def _journaled(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
+                   kind: str | None, mono_ms: int | None, claim: Claim | None) -> ScanResult:
+        """Decide inside the journal's write transaction and commit (fsync) the row."""
+        assert self.journal is not None
         decision: Decision | None = None
         try:
             with self.journal.scan_transaction():
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
+                if claim is not None:
+                    settled = claim.settle(decision, lambda d: needs_claim(
+                        d, lane, self._tracks_exits(d)))
+                    if settled is None:
+                        return _Redo(decision, None)
+                    decision = settled
                 if not decision.record:
                     return ScanResult(decision, None)
-                scan_uuid = str(uuidlib.uuid4())
-                self.journal.insert(_journal_row(scan_uuid, decision, lane, now))
+                scan_uuid = claim.uuid if claim is not None else str(uuidlib.uuid4())
+                row = _journal_row(scan_uuid, decision, lane, now)
+                self.journal.insert(claim.mark(row) if claim is not None else row)
         except JournalUnavailable as exc:
             if decision is None:  # the transaction never began: decide without it
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(decision, str(exc), lane, now)
         self.journal_error = None
         return ScanResult(decision, scan_uuid)
+
+    def _tracks_exits(self, decision: Decision) -> bool:
+        zone = self.cache.zone(decision.zone_id) if decision.zone_id else None
+        return zone.tracks_exits if zone is not None else True
 
     def _decide(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
                 kind: str | None, mono_ms: int | None) -> Decision:
@@ -160,6 +197,8 @@ class Gate:
         self.cache.close()
         if self.journal is not None:
             self.journal.close()
+        if self.venue is not None:
+            self.venue.close()
 
 
 def acknowledged_before(zone_synced_at: str | None) -> str | None:

@@ -56,6 +56,14 @@ MIGRATIONS = [
     ("0002_zone_flow", """
         CREATE INDEX scans_zone_flow ON scans(zone_id, admit, upload_state, sent_at)
     """),
+    # How the venue bus took part (issue 14): NULL = no venue or no claim needed, 'claimed' =
+    # the venue granted the admit first, 'offline' = decided without the bus (policy applied);
+    # and the limits the lane applied, so the venue can find admits beyond them afterwards.
+    ("0003_venue", """
+        ALTER TABLE scans ADD COLUMN venue TEXT;
+        ALTER TABLE scans ADD COLUMN max_entries INTEGER;
+        ALTER TABLE scans ADD COLUMN tracks_exits INTEGER
+    """),
 ]
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
@@ -98,11 +106,15 @@ class JournalRow:
     scanned_on: str  # UTC ISO (agent.core.codes.utc_iso)
     upload_state: str = "pending"
     reason: str | None = None
+    venue: str | None = None  # None | claimed | offline (see migration 0003_venue)
+    max_entries: int | None = None  # the lane's limit, recorded when a venue is configured
+    tracks_exits: bool | None = None
 
 
 _COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", "zone_id",
             "zone_is_default", "gate_id", "lane", "direction", "admit", "status",
-            "status_detail", "message", "scanned_on", "upload_state", "reason")
+            "status_detail", "message", "scanned_on", "upload_state", "reason", "venue",
+            "max_entries", "tracks_exits")
 _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
@@ -196,6 +208,31 @@ class Journal:
         row = self.conn.execute(_UNACKNOWLEDGED_FLOW, (zone_id, acknowledged_before or "")
                                 ).fetchone()
         return int(row[0])
+
+    # -- venue --------------------------------------------------------------------------------
+
+    def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        """Rows journaled after `seq`, in order: what the venue publisher sends next."""
+        return _rows(self.conn.execute(
+            "SELECT * FROM scans WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
+
+    def admitted(self, uuids: list[str]) -> set[str]:
+        """Which of these scan uuids are journaled as admits (a claim without one must go)."""
+        out: set[str] = set()
+        for start in range(0, len(uuids), 500):
+            part = uuids[start:start + 500]
+            out.update(r[0] for r in self.conn.execute(
+                f"SELECT uuid FROM scans WHERE admit = 1 AND uuid IN ({','.join('?' * len(part))})",
+                part))
+        return out
+
+    def venue_counts(self) -> dict[str, int]:
+        """Scans decided with the venue's grant and without the bus (policy applied)."""
+        out = {"claimed": 0, "offline": 0}
+        for mark, n in self.conn.execute(
+                "SELECT venue, COUNT(*) FROM scans WHERE venue IS NOT NULL GROUP BY venue"):
+            out[mark] = n
+        return out
 
     # -- outbox ---------------------------------------------------------------------------
 

@@ -115,3 +115,6 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "refunded" in out.stdout and "historicBarcode" in out.stdout
     assert out.stdout.count("ADMIT") >= 6
+    # the second act: a venue (issue 14): one admit for a copied ticket, a reported conflict
+    assert "admits in the venue: 1" in out.stdout
+    assert out.stdout.count("conflicts 1") == 3

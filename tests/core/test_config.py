@@ -105,3 +105,35 @@ def test_any_document_loads_or_fails_with_a_named_key(doc: dict) -> None:
     except ConfigError as exc:
         assert str(exc).startswith("fuzz.toml: ")
         assert exc.key
+
+
+def test_venue_section_is_optional_and_documented() -> None:
+    from agent.config import VENUE_OPTIONS
+
+    assert load_config(EXAMPLE).venue is None
+    text = EXAMPLE.read_text()
+    assert "\n# [venue]\n" in text
+    for key in VENUE_OPTIONS:
+        assert f"\n# {key} = " in text, f"venue.{key} undocumented"
+
+
+def test_venue_section_is_strict(tmp_path: Path) -> None:
+    good = parse_config({"venue": {"name": "hall-1", "servers": ["nats://127.0.0.1:4222"]}})
+    assert good.venue is not None
+    assert good.venue["claim_timeout_ms"] == 250 and good.venue["offline_policy"] == "local"
+    for table, key, words in [
+        ({"name": "hall"}, "venue.servers", "required"),
+        ({"servers": ["nats://a:1"]}, "venue.name", "required"),
+        ({"name": "a.b", "servers": ["nats://a:1"]}, "venue.name", "letters"),
+        ({"name": "a", "servers": []}, "venue.servers", "non-empty"),
+        ({"name": "a", "servers": ["http://a:1"]}, "venue.servers", "nats://"),
+        ({"name": "a", "servers": ["nats://a:1"], "offline_policy": "guess"},
+         "venue.offline_policy", "one of"),
+        ({"name": "a", "servers": ["nats://a:1"], "claim_timeout_ms": 0},
+         "venue.claim_timeout_ms", "between"),
+        ({"name": "a", "servers": ["nats://a:1"], "device": "g 1"}, "venue.device", "letters"),
+        ({"name": "a", "servers": ["nats://a:1"], "leader": True}, "venue.leader", "unknown"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"venue": table}, "c.toml")
+        assert f"c.toml: {key}:" in str(info.value) and words in str(info.value), table

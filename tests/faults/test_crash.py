@@ -74,15 +74,24 @@ def _feed_all(site: FaultSite, batch: dict[str, list[str]], timeout: float = 5.0
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> None:
+    storm(site_factory)
+
+
+def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
+          final: int = FINAL, min_kills: int = 20, min_decisions: int = 5000, extra: str = "",
+          figures: str = "crash") -> FaultSite:
+    """The storm; `extra` config text (e.g. a [venue] section, tests/venue/test_crash.py)."""
     rng = random.Random(7)
     site: FaultSite = site_factory(extra_tickets=TICKETS, rpm=6000, window_s=60,
                                    async_delay_s=0.05)
+    if extra:
+        site.write_config(extra=extra)
     codes = Codes(rng)
     fed = 0
     kinds: Counter[str] = Counter()
     kills_mid_burst = 0
     started = time.monotonic()
-    for cycle in range(CYCLES):
+    for cycle in range(cycles):
         mode = MODES[cycle % len(MODES)]
         run = site.daemon()
         if mode == "random":
@@ -92,7 +101,7 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
             while time.monotonic() < deadline:
                 if not ready and any(" ready: " in r.get("msg", "") for r in run.records):
                     ready = True
-                    fed += _feed_all(site, codes.take(PER_CYCLE), timeout=0.5)
+                    fed += _feed_all(site, codes.take(per_cycle), timeout=0.5)
                 time.sleep(0.01)
             run.kill()
             kinds[mode] += 1
@@ -103,22 +112,22 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
                        "the first full sync")
         before = len(run.decisions())
         if mode == "burst":
-            fed += _feed_all(site, codes.take(PER_CYCLE))
+            fed += _feed_all(site, codes.take(per_cycle))
             time.sleep(rng.uniform(0.0, 0.25))
             run.kill()
-            if len(run.decisions()) - before < PER_CYCLE:
+            if len(run.decisions()) - before < per_cycle:
                 kills_mid_burst += 1
         elif mode == "inflight":
             site.sandbox.set_faults(latency_s=0.5)
-            fed += _feed_all(site, codes.take(PER_CYCLE))
+            fed += _feed_all(site, codes.take(per_cycle))
             wait_until(lambda r=run: (r.status().get("upload") or {}).get("requests"), 15,
                        "an upload request on the wire", step=0.02)
             time.sleep(rng.uniform(0.0, 0.3))  # well inside the 0.5 s the sandbox stalls
             run.kill()
             site.sandbox.set_faults(latency_s=0.0)
         else:  # recorded
-            fed += _feed_all(site, codes.take(PER_CYCLE))
-            wait_until(lambda r=run, b=before: len(r.decisions()) - b > PER_CYCLE // 2, 15,
+            fed += _feed_all(site, codes.take(per_cycle))
+            wait_until(lambda r=run, b=before: len(r.decisions()) - b > per_cycle // 2, 15,
                        "half the burst decided", step=0.01)
             seen = site.upload_requests()
             wait_until(lambda s=seen: site.upload_requests() > s, 15,
@@ -129,7 +138,7 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
     # the last run: more scans, then drain the outbox and stop cleanly
     run = site.daemon()
     run.wait_ready()
-    batch = codes.take(FINAL)
+    batch = codes.take(final)
     fed += _feed_all(site, batch)
     try:
         wait_until(lambda: (s := run.status())["journal"]["pending"] == 0 and
@@ -193,8 +202,8 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
     assert already_in > 0  # repeats across restarts were refused
 
     kills = sum(kinds.values())
-    assert kills >= 20 and len(decisions) >= 5000
-    FIGURES["crash"] = {
+    assert kills >= min_kills and len(decisions) >= min_decisions
+    FIGURES[figures] = {
         "scans_fed": fed, "decided_logged": len(decisions), "journaled": len(journal),
         "uploaded": len(recorded), "kept_local": states.get("local", 0), "kills": kills,
         "kills_by_kind": dict(kinds), "burst_kills_mid_burst": kills_mid_burst,
@@ -204,4 +213,5 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
         "relay_pulses": len(pulses), "admits": sum(admits_per_ticket.values()),
         "already_in_refusals": already_in, "seconds": round(elapsed, 1),
     }
-    print("crash figures:", FIGURES["crash"])
+    print(f"{figures} figures:", FIGURES[figures])
+    return site

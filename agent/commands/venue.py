@@ -1,0 +1,93 @@
+"""`gate-agent venue`: the venue bus from this gate's config — a node's nats-server config
+(printed, or run), and the conflicts this gate has found."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import Config, load_config
+from agent.errors import ConfigError
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("venue", parents=[common], help="the venue bus ([venue])",
+                              description="Venue bus helpers built from the [venue] section.")
+    sub = p.add_subparsers(dest="venue_command", required=True)
+    node = sub.add_parser(
+        "node-config", parents=[common],
+        help="print the nats-server config of venue node N (of [venue] servers)",
+        description="One node per [venue] servers URL, clustered (JetStream replicas 3) when "
+                    "there are several: cluster port = client port + 2000, monitoring = + 4000.")
+    node.add_argument("--node", type=int, default=1, help="which server of the list (1-based)")
+    node.add_argument("--store-dir", default="/var/lib/nats",
+                      help="JetStream storage root (a folder per node under it)")
+    node.add_argument("--run", action="store_true",
+                      help="write the config next to the storage and exec nats-server on it")
+    node.set_defaults(func=cmd_node_config)
+    conflicts = sub.add_parser(
+        "conflicts", parents=[common],
+        help="admits beyond a ticket's limit, made by gates that could not see each other")
+    conflicts.add_argument("--json", action="store_true")
+    conflicts.set_defaults(func=cmd_conflicts)
+
+
+def _venue(config: Config) -> dict[str, Any]:
+    if config.venue is None:
+        raise ConfigError("no [venue] section: this gate works alone", path=config.path,
+                          key="venue")
+    return config.venue
+
+
+def cmd_node_config(args: argparse.Namespace) -> int:
+    from agent.venue.node import render_config, server_binary, specs_from_servers
+
+    config = load_config(args.config)
+    venue = _venue(config)
+    specs = specs_from_servers(list(venue["servers"]), venue["name"], args.store_dir)
+    if not 1 <= args.node <= len(specs):
+        raise ConfigError(f"--node must be 1..{len(specs)} (one per [venue] servers URL)")
+    spec = specs[args.node - 1]
+    text = render_config(spec)
+    if not args.run:
+        print(text, end="")
+        return 0
+    conf = Path(spec.store_dir).with_suffix(".conf")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(text, encoding="utf-8")
+    binary = server_binary()
+    os.execv(binary, [binary, "-c", str(conf)])
+    return 0  # not reached
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    from agent.store.venue import VENUE_FILE, VenueStore
+
+    config = load_config(args.config)
+    _venue(config)
+    path = config.store_dir / VENUE_FILE
+    rows: list[dict[str, Any]] = []
+    if path.exists():  # no file yet: the daemon has not met the bus, so no conflicts
+        store = VenueStore(path, readonly=True)
+        try:
+            rows = store.conflicts()
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps({"conflicts": rows}))
+        return 0
+    table = Table(title=f"Venue conflicts: {len(rows)}")
+    for col in ("scanned (UTC)", "event", "item", "zone", "gate", "lane", "offline", "what"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["scanned_on"])[:19].replace("T", " "), str(r["event_id"]),
+                      str(r["item_id"]), str(r["zone_id"]), str(r["device"]), str(r["lane"]),
+                      "yes" if r["offline"] else "no", r["detail"])
+    Console().print(table)
+    return 0

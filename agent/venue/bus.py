@@ -1,0 +1,480 @@
+"""The connection to the venue bus, on an asyncio loop in a thread of its own.
+
+Lanes decide in their own threads (agent.runtime.lane), so the bus cannot live on the daemon's
+loop without putting that loop on the scan path. `VenueBus` owns one thread and one loop with:
+- the NATS connection (reconnecting forever; the gate works alone meanwhile),
+- the consumer: every message of the venue's stream, from the last position applied in
+  venue.db, applied in order with that position in one transaction (agent.store.venue),
+- the publisher: this gate's journal rows after the last one the bus acknowledged, each with
+  `Nats-Msg-Id` = scan uuid, woken after each commit and once a second,
+- the void sweep: this gate's claims whose admit never reached the journal are voided.
+
+`publish_claim()` is the one call a lane makes into the loop; it waits at most the time given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from agent.core.codes import utc_iso
+from agent.files import require_private
+from agent.store.journal import Journal
+from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
+from agent.venue import messages
+
+log = logging.getLogger("gate_agent.venue")
+
+WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_WINDOW_S = 600.0
+SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
+    `seq`), or no answer in time (`error` says why)."""
+
+    outcome: str  # granted | conflict | unavailable
+    seq: int = 0
+    error: str = ""
+
+
+def device_name(venue: dict[str, Any]) -> str:
+    """`venue.device`, or the host name made safe for a subject."""
+    return str(venue["device"]) or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+
+
+def connect_options(venue: dict[str, Any], config_path: str | None = None) -> dict[str, Any]:
+    """nats.connect() keyword arguments from `[venue]`; the credentials file must be 0600."""
+    opts: dict[str, Any] = {"servers": list(venue["servers"]), "name": device_name(venue)}
+    creds = venue["credentials"]
+    if creds:
+        path = Path(creds).expanduser()
+        require_private(path, key="venue.credentials", config_path=config_path)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "BEGIN NATS USER JWT" in text:
+            opts["user_credentials"] = str(path)
+        else:
+            opts["nkeys_seed"] = str(path)
+    if venue["tls_ca"] or any(s.startswith("tls://") for s in venue["servers"]):
+        ctx = ssl.create_default_context(cafile=venue["tls_ca"] or None)
+        opts["tls"] = ctx
+    return opts
+
+
+class VenueBus:
+    """This gate's link to the venue's stream (see the module docstring)."""
+
+    def __init__(self, venue: dict[str, Any], store_dir: Path, journal_path: Path | None,
+                 config_path: str | None = None):
+        self.venue = venue
+        self.name = venue["name"]
+        self.device = device_name(venue)
+        self.stream = messages.stream_name(self.name)
+        self.timeout_s = venue["claim_timeout_ms"] / 1000.0
+        self.store_path = store_dir / VENUE_FILE
+        self.journal_path = journal_path
+        self.options = connect_options(venue, config_path)  # fails fast on an exposed creds file
+        self.started_at = utc_iso(datetime.now(UTC))
+        self.connected = False
+        self.last_error: str | None = None
+        store = VenueStore(self.store_path)
+        try:
+            self.applied_seq = store.position(self.stream)
+        finally:
+            store.close()
+        self.stream_last_seq = self.applied_seq
+        self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
+                         "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0}
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self._caught_up = False
+        self._status_store: VenueStore | None = None
+        self._swept_seq = 0  # claims up to this stream position have been picked up
+        self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
+        self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._applier = threading.Thread(target=self._applying, name="venue applier",
+                                         daemon=True)
+        self._applier.start()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="venue bus",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._inbox.put(None)
+        self._applier.join(timeout)
+        if self._status_store is not None:
+            self._status_store.close()
+            self._status_store = None
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        ready.set()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            # the client's own tasks (reconnect, pings, flusher) end here, before the loop does
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _main(self) -> None:
+        assert self._stop is not None
+        store = VenueStore(self.store_path)
+        journal = Journal(self.journal_path) if self.journal_path is not None else None
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._session(store, journal)
+                except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
+                    await self._close_connection()
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.warning("venue bus: %s; retrying", self.last_error)
+                await self._sleep(0.5)
+        finally:
+            await self._close_connection()
+            store.close()
+            if journal is not None:
+                journal.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stop is not None
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _session(self, store: VenueStore, journal: Journal | None) -> None:
+        """One connection's life: connect, make sure the stream exists, consume and publish
+        until the connection closes or the bus stops."""
+        assert self._stop is not None and self._wake is not None
+        closed = asyncio.Event()
+
+        async def on_disconnect() -> None:
+            self.connected = False
+
+        async def on_reconnect() -> None:
+            self.connected = True
+
+        async def on_closed() -> None:
+            closed.set()
+
+        async def on_error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+
+        self._nc = await nats.connect(
+            **self.options, connect_timeout=2, reconnect_time_wait=0.25,
+            max_reconnect_attempts=-1, allow_reconnect=True,
+            disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, closed_cb=on_closed,
+            error_cb=on_error)
+        self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
+        await self._ensure_stream()
+        self.connected = True
+        self.last_error = None
+        log.info("venue bus connected: %s as %s", self.stream, self.device)
+        sub = await self._subscribe(store)
+        info = await self._js.stream_info(self.stream)
+        with self._cond:
+            self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
+            if self.applied_seq >= info.state.last_seq:
+                self._caught_up = True  # nothing to replay: the sweep may run
+        try:
+            while not self._stop.is_set() and not closed.is_set():
+                if self.connected:
+                    try:
+                        await self._publish_pending(store, journal)
+                        await self._sweep(store, journal)
+                    except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
+                        self.last_error = f"publishing: {type(exc).__name__}: {exc}"[:300]
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            if self.connected:  # stopping: the last scans the lanes journaled go out first
+                try:
+                    await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
+                except Exception as exc:  # noqa: BLE001 - published after the next start
+                    log.info("venue: last scans not published (%s); they go out next start", exc)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may already be gone
+                pass
+            await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self.connected = False
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 1.0)
+            except Exception:  # noqa: BLE001 - closing a dead link
+                pass
+
+    async def _ensure_stream(self) -> None:
+        """Create the venue's stream (replicas 3 with three or more servers). Creating an
+        existing stream with the same settings is accepted by the server, so every gate may."""
+        replicas = 3 if len(self.venue["servers"]) >= 3 else 1
+        config = StreamConfig(name=self.stream, subjects=[messages.stream_subjects(self.name)],
+                              storage=StorageType.FILE, num_replicas=replicas,
+                              duplicate_window=DUPLICATE_WINDOW_S)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await self._js.add_stream(config)
+                return
+            except Exception as exc:  # noqa: BLE001 - no meta leader yet: retry a while
+                if time.monotonic() > deadline:
+                    raise
+                self.last_error = f"stream not ready: {exc}"[:300]
+                await asyncio.sleep(0.25)
+
+    async def _subscribe(self, store: VenueStore) -> Any:
+        """An ordered push consumer from the first message not yet applied here."""
+        start = store.position(self.stream) + 1
+
+        async def on_message(msg: Msg) -> None:
+            # handed to the applier thread at once: a SQLite commit here would delay the
+            # acks of claims waiting on this loop
+            meta = msg.metadata
+            self._inbox.put((meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0))
+
+        return await self._js.subscribe(
+            messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
+            ordered_consumer=True, idle_heartbeat=1.0, flow_control=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start))
+
+    def _applying(self) -> None:
+        """The applier thread: messages in stream order, in batches, one transaction each."""
+        store = VenueStore(self.store_path)
+        try:
+            while True:
+                item = self._inbox.get()
+                if item is None:
+                    return
+                batch = [item]
+                while len(batch) < 500:
+                    try:
+                        nxt = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._inbox.put(None)
+                        break
+                    batch.append(nxt)
+                try:
+                    self._apply(store, batch)
+                except Exception as exc:  # noqa: BLE001 - logged; the stream replays it
+                    self.last_error = f"applying venue messages: {exc}"[:300]
+                    log.error("venue: %s", self.last_error)
+        finally:
+            store.close()
+
+    def _apply(self, store: VenueStore, batch: list[tuple[int, str, bytes, int]]) -> None:
+        decoded = []
+        for seq, subject, data, _pending in batch:
+            try:
+                decoded.append(messages.decode(seq, subject, data))
+            except messages.BadMessage as exc:
+                self.counters["bad_messages"] += 1
+                log.error("venue message %d on %s unreadable (%s): skipped", seq, subject, exc)
+                decoded.append(Applied(seq, subject))
+        found = store.apply(self.stream, decoded, utc_iso(datetime.now(UTC)))
+        for uuid in found:
+            self.counters["conflicts_found"] += 1
+            log.error("venue conflict: scan %s admitted a ticket beyond its limit "
+                      "(gates that could not see each other); see gate-agent venue conflicts",
+                      uuid)
+        seq, pending = batch[-1][0], batch[-1][3]
+        with self._cond:
+            self.applied_seq = max(self.applied_seq, seq)
+            self.stream_last_seq = max(self.applied_seq, seq + pending)
+            self._cond.notify_all()
+        if not pending:
+            self._caught_up = True
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A scan was journaled: publish it now (called from lane threads)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    async def _publish_pending(self, store: VenueStore, journal: Journal | None) -> None:
+        """This gate's journal rows the bus has not acknowledged yet, pipelined; the cursor
+        moves only past rows acknowledged. Rows whose claim was granted are on the bus already
+        (the claim is the same scan under the same uuid) and are not sent again. SQLite work
+        runs in a worker thread so the loop stays free for claims' acks."""
+        if journal is None:
+            return
+        while True:
+            since = await asyncio.to_thread(store.published_through)
+            rows = await asyncio.to_thread(journal.after, since, 200)
+            if not rows:
+                return
+            sends = []
+            for row in rows:
+                if row.get("venue") == "claimed":
+                    continue
+                subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
+                                                  self.device)
+                sends.append(self._js.publish(
+                    subject, messages.encode_scan(scan_from_row(row, self.device)),
+                    headers={"Nats-Msg-Id": row["uuid"]}))
+            await asyncio.gather(*sends)
+            await asyncio.to_thread(store.set_published_through, rows[-1]["seq"])
+            self.counters["published"] += len(sends)
+
+    async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
+        """Void this gate's standing claims with no admit in the journal: claims made before
+        this process started (a crash between claim and commit), or older than SWEEP_AFTER_S
+        (a commit that failed, or a claim that timed out here but reached the bus). Each claim
+        is looked at once: new ones are picked up by stream position and wait in memory until
+        they are old enough (after a restart, every claim is looked at again)."""
+        if not self._caught_up or journal is None:
+            return
+        for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
+            self._unchecked[claim["uuid"]] = claim
+            self._swept_seq = max(self._swept_seq, claim["stream_seq"])
+        cutoff = max(self.started_at, utc_iso(datetime.fromtimestamp(
+            time.time() - SWEEP_AFTER_S, UTC)))
+        due = [c for c in self._unchecked.values() if c["scanned_on"] < cutoff]
+        if not due:
+            return
+        admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
+        for claim in due:
+            if claim["uuid"] not in admitted:
+                await self._void(claim, "no admit in this gate's journal")
+            del self._unchecked[claim["uuid"]]
+
+    async def _void(self, claim: dict[str, Any], reason: str) -> None:
+        subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
+                                          self.device)
+        await self._js.publish(subject, messages.encode_void(claim["uuid"], self.device, reason),
+                               headers={"Nats-Msg-Id": f"void-{claim['uuid']}"})
+        self.counters["voids"] += 1
+        log.warning("venue claim %s voided: %s", claim["uuid"], reason)
+
+    # -- claims (called from lane threads) -----------------------------------------------------
+
+    def publish_claim(self, subject: str, body: bytes, scan_uuid: str, expected_seq: int,
+                      timeout_s: float) -> ClaimAnswer:
+        """Publish a claim expecting `expected_seq` to be the subject's last; wait `timeout_s`."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.connected or self._js is None:
+            return ClaimAnswer("unavailable", error=self.last_error or "not connected")
+        headers = {"Nats-Msg-Id": scan_uuid,
+                   "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        future = asyncio.run_coroutine_threadsafe(
+            self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
+        try:
+            ack = future.result(timeout_s + 0.05)
+        except (FutureTimeout, TimeoutError) as exc:
+            future.cancel()
+            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
+                               f"{': ' + str(exc) if str(exc) else ''}")
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                match = re.search(r"(\d+)\s*$", exc.description or "")
+                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
+            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        if getattr(ack, "duplicate", False):
+            # the same uuid was already stored: granted earlier by this very scan (a retry)
+            return ClaimAnswer("granted", seq=ack.seq)
+        return ClaimAnswer("granted", seq=ack.seq)
+
+    def void_now(self, claim: dict[str, Any], reason: str) -> None:
+        """Void a claim whose admit did not reach the journal (best effort now; the sweep
+        catches it later if the bus cannot take it)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.connected:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._void(claim, reason), loop)
+        try:
+            future.result(max(self.timeout_s, 0.5))
+        except Exception as exc:  # noqa: BLE001 - the sweep retries
+            log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
+
+    def wait_applied(self, seq: int, timeout_s: float) -> bool:
+        """Block until the consumer has applied the stream up to `seq` (a conflict's re-read)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self.applied_seq < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
+        """For /status (called from the daemon's loop: its own connection to venue.db)."""
+        if self._status_store is None:
+            self._status_store = VenueStore(self.store_path)
+        marks = journal.venue_counts() if journal is not None else {}
+        return {
+            "venue": self.name, "device": self.device, "stream": self.stream,
+            "connected": self.connected, "last_error": self.last_error,
+            "applied_seq": self.applied_seq,
+            "lag": max(0, self.stream_last_seq - self.applied_seq),
+            "conflicts": self._status_store.conflict_count(),
+            "decided_claimed": marks.get("claimed", 0),
+            "decided_offline": marks.get("offline", 0),
+            **self.counters,
+        }
+
+
+def scan_from_row(row: dict[str, Any], device: str) -> BusScan:
+    """A journal row as the bus carries it, with the limits its lane applied."""
+    return BusScan(
+        uuid=row["uuid"], device=device, lane=row["lane"], event_id=row["event_id"],
+        item_id=row["item_id"], zone_id=row["zone_id"],
+        zone_is_default=bool(row["zone_is_default"]), direction=row["direction"],
+        admit=bool(row["admit"]), status=row["status"], scanned_on=row["scanned_on"],
+        offline=row.get("venue") == "offline", max_entries=row.get("max_entries") or 0,
+        tracks_exits=bool(row.get("tracks_exits")))
+

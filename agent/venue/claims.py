@@ -1,0 +1,189 @@
+"""Admission against the venue: a claim on the ticket's subject before the local journal commit.
+
+Why one subject per ticket with an expected last sequence, and not KV compare-and-set: a KV
+bucket is itself a stream whose `update(key, last=revision)` is exactly this publish, but a KV
+value is one state per key, so the claim and the scan would be two writes (the KV entry and the
+scan for the other gates) with a crash window between them. On the ticket's subject the claim
+*is* the scan: one publish both serialises the decision and tells every gate, its position
+orders it with the ticket's other scans and voids, and `Nats-Msg-Id` = scan uuid makes the
+journal publisher's later copy of the same scan a no-op. (KV's `create()` is also racy in the
+client: a loser may see KeyNotFoundError instead of a wrong-sequence answer.)
+
+The order for one scan in a zone with an entry limit (max_entries > 0, or an in/out zone):
+1. decide with what this gate knows (cache, journal, venue scans applied so far), no lock held;
+2. if that admits: publish the claim expecting the subject's last sequence as applied here.
+   On a conflict (another gate wrote the ticket first) wait until the consumer has applied up
+   to the sequence the server named, re-decide, retry (at most MAX_ATTEMPTS), all within
+   `claim_timeout_ms`. No answer in time: the offline policy (`local` keeps the local decision,
+   `refuse` refuses), and the scan is marked as decided offline;
+3. the journal transaction (agent.runtime.gate) decides again locally and commits; the venue's
+   answer is applied there (`Claim.settle`) — so other lanes never wait on the bus;
+4. after the commit: a granted claim whose admit did not reach the journal is voided at once
+   (and by the bus's sweep on restart if the process died first). docs/venue.md has the crash
+   analysis of each step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from agent.config import LaneConfig
+from agent.core.codes import utc_iso
+from agent.core.decide import Decision
+from agent.core.model import ZoneScan
+from agent.store.journal import JournalRow
+from agent.store.venue import BusScan, VenueStore
+from agent.venue import messages
+from agent.venue.bus import VenueBus
+
+log = logging.getLogger("gate_agent.venue")
+
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class Claim:
+    """The venue's part in one scan: the uuid the scan will carry and what the bus said."""
+
+    uuid: str
+    outcome: str  # none (no claim needed) | granted | refused | offline
+    decision: Decision | None = None  # the decision the claim was made (or refused) for
+    seq: int = 0
+    error: str = ""
+    policy: str = "local"
+    max_entries: int = 0
+    tracks_exits: bool = False
+
+    def settle(self, local: Decision, needs_claim: Callable[[Decision], bool]) -> Decision | None:
+        """Apply the venue's answer to the decision taken in the journal transaction.
+        None: the two disagree in a way only a fresh attempt can settle (redo)."""
+        if self.outcome == "offline":
+            if local.admit and needs_claim(local) and self.policy == "refuse":
+                return replace(local, admit=False, status="denied", detail=None,
+                               message="Venue check unavailable; please see staff")
+            return local
+        if self.outcome == "refused":
+            if local.admit and self.decision is not None:
+                return self.decision  # the venue knows of an admit this gate had not seen
+            return local
+        if self.outcome == "granted":
+            if not local.admit:
+                return local  # refused locally after all: the claim is voided after commit
+            return local if _same_admit(local, self.decision) else None
+        # no claim was needed when deciding outside the transaction
+        return None if (local.admit and needs_claim(local)) else local
+
+    def mark(self, row: JournalRow) -> JournalRow:
+        venue = {"granted": "claimed", "offline": "offline"}.get(self.outcome)
+        return replace(row, venue=venue, max_entries=self.max_entries,
+                       tracks_exits=self.tracks_exits)
+
+
+def _same_admit(a: Decision, b: Decision | None) -> bool:
+    return b is not None and (a.event_id, a.item_id, a.zone_id, a.direction) == \
+        (b.event_id, b.item_id, b.zone_id, b.direction)
+
+
+class VenueLink:
+    """One lane's link to the venue: its own read connection to venue.db and the shared bus."""
+
+    def __init__(self, bus: VenueBus, policy: str):
+        self.bus = bus
+        self.policy = policy
+        self.timeout_s = bus.timeout_s
+        self.store = VenueStore(bus.store_path)
+        # The claim this lane holds until its journal commit: the consumer may already have
+        # applied it, but it is this very scan, not an earlier admit of the ticket.
+        self._holding: str | None = None
+        self.last_granted_seq = 0  # the stream position of this lane's last granted claim
+
+    def close(self) -> None:
+        self.store.close()
+
+    def scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
+        """The venue's admits of one item, for the derived scan state."""
+        scans = self.store.zone_scans(event_id, item_id)
+        return [s for s in scans if s.uuid != self._holding] if self._holding else scans
+
+    def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,
+              tracks_exits: Callable[[Decision], bool]) -> Claim:
+        """Steps 1-2 of the module docstring, bounded by claim_timeout_ms."""
+        scan_uuid = str(uuidlib.uuid4())
+        # Every message up to `applied` was committed to venue.db before this decision read it
+        # (the consumer commits, then advances applied_seq).
+        applied = self.bus.applied_seq
+        decision = decide_now()
+        exits = tracks_exits(decision)
+        base = Claim(scan_uuid, "none", decision, policy=self.policy,
+                     max_entries=lane.max_entries, tracks_exits=exits)
+        if not (decision.admit and needs_claim(decision, lane, exits)):
+            return base
+        deadline = time.monotonic() + self.timeout_s
+        for _attempt in range(MAX_ATTEMPTS):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            subject = messages.ticket_subject(self.bus.name, decision.event_id,
+                                              decision.item_id, self.bus.device)
+            # The claim expects `expected` to be the subject's last message, so the decision
+            # must have seen every message up to it: true when it is at or below `applied`;
+            # otherwise decide again now that it has been read.
+            expected = self.store.subject_seq(subject)
+            if expected > applied:
+                applied = self.bus.applied_seq
+                decision = decide_now()
+            if not decision.admit:
+                return replace(base, outcome="refused", decision=decision)
+            if not needs_claim(decision, lane, tracks_exits(decision)):
+                return replace(base, decision=decision)
+            if messages.ticket_subject(self.bus.name, decision.event_id, decision.item_id,
+                                       self.bus.device) != subject:
+                continue  # it picked another item meanwhile: claim that one
+            body = messages.encode_scan(BusScan(
+                uuid=scan_uuid, device=self.bus.device, lane=lane.name,
+                event_id=decision.event_id, item_id=decision.item_id, zone_id=decision.zone_id,
+                zone_is_default=decision.zone_is_default, direction=decision.direction,
+                admit=True, status=decision.status, scanned_on=utc_iso(now),
+                max_entries=lane.max_entries, tracks_exits=exits))
+            answer = self.bus.publish_claim(subject, body, scan_uuid, expected, left)
+            if answer.outcome == "granted":
+                self.bus.counters["claims_granted"] += 1
+                self._holding = scan_uuid
+                self.last_granted_seq = answer.seq
+                return replace(base, outcome="granted", decision=decision, seq=answer.seq)
+            if answer.outcome == "unavailable":
+                return self._offline(base, answer.error)
+            self.bus.counters["claims_conflicted"] += 1
+            # another gate wrote this ticket first: catch up to it, then decide again
+            if not self.bus.wait_applied(answer.seq, max(0.0, deadline - time.monotonic())):
+                break
+            applied = -1  # decide again after reading the position, whatever it is
+        return self._offline(base, f"no settled answer in {self.timeout_s * 1000:.0f} ms")
+
+    def _offline(self, base: Claim, error: str) -> Claim:
+        self.bus.counters["claims_timed_out"] += 1
+        log.warning("venue claim of %s not answered (%s): policy %s", base.uuid, error,
+                    self.policy)
+        return replace(base, outcome="offline", error=error)
+
+    def after_commit(self, claim: Claim, journaled: Decision | None) -> None:
+        """Step 4: a granted claim whose admit is not in the journal must not stand."""
+        self._holding = None
+        if claim.outcome == "granted" and (journaled is None or not journaled.admit):
+            decision = claim.decision
+            assert decision is not None
+            self.bus.void_now({"uuid": claim.uuid, "event_id": decision.event_id,
+                               "item_id": decision.item_id},
+                              "the admit was not journaled")
+        self.bus.wake()
+
+
+def needs_claim(decision: Decision, lane: LaneConfig, tracks_exits: bool) -> bool:
+    """Admits in zones with an entry limit (max_entries) or in/out state need the venue."""
+    return decision.admit and decision.item_id is not None and (
+        lane.max_entries > 0 or tracks_exits)

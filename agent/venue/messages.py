@@ -1,0 +1,122 @@
+"""The venue stream's subjects and messages (a contract between gates of different versions).
+
+One stream per venue, `VENUE_<name>`, on subjects `venue.<name>.>`:
+- `venue.<name>.t.<event>.<item>` — every scan of one ticket, and voids of its claims. One
+  subject per ticket is what serialises admission across the venue: a claim is a publish that
+  expects the subject's last sequence to be the one the gate decided on
+  (`Nats-Expected-Last-Subject-Sequence`), so of two gates deciding one ticket at once exactly
+  one publish is accepted; the other re-reads and re-decides.
+- `venue.<name>.u.<device>` — scans of codes with no ticket (unknown codes), for the record.
+
+Every scan message carries the scan uuid as `Nats-Msg-Id`, so a scan published twice (a claim,
+then the same row from the journal publisher; or again after a crash) is stored once.
+Bodies are JSON objects; unknown fields are ignored, and a message that cannot be read is
+skipped and counted (never guessed at).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agent.store.venue import Applied, BusScan
+
+VERSION = 1
+
+
+def stream_name(venue: str) -> str:
+    return f"VENUE_{venue.replace('-', '_')}"
+
+
+def stream_subjects(venue: str) -> str:
+    return f"venue.{venue}.>"
+
+
+def ticket_subject(venue: str, event_id: int | None, item_id: int | None,
+                   device: str) -> str:
+    if event_id is None or item_id is None:
+        return f"venue.{venue}.u.{device}"
+    return f"venue.{venue}.t.{event_id}.{item_id}"
+
+
+def encode_scan(scan: BusScan) -> bytes:
+    return orjson.dumps({
+        "v": VERSION, "type": "scan", "uuid": scan.uuid, "device": scan.device,
+        "lane": scan.lane, "eventId": scan.event_id, "itemId": scan.item_id,
+        "zoneId": scan.zone_id, "zoneIsDefault": scan.zone_is_default,
+        "direction": scan.direction, "admit": scan.admit, "status": scan.status,
+        "scannedOn": scan.scanned_on, "offline": scan.offline,
+        "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits,
+    })
+
+
+def encode_void(uuid: str, device: str, reason: str) -> bytes:
+    return orjson.dumps({"v": VERSION, "type": "void", "uuid": uuid, "device": device,
+                         "reason": reason})
+
+
+class BadMessage(ValueError):
+    """A message of the venue stream this version cannot read."""
+
+
+def decode(seq: int, subject: str, data: bytes) -> Applied:
+    """One stream message -> what the venue store applies. BadMessage when unreadable."""
+    try:
+        body: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadMessage("not a JSON object")
+    kind = body.get("type")
+    if kind == "void":
+        uuid = body.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise BadMessage("void without a uuid")
+        return Applied(seq, subject, void_uuid=uuid)
+    if kind != "scan":
+        raise BadMessage(f"unknown message type {kind!r}")
+    try:
+        scan = BusScan(
+            uuid=_text(body, "uuid"), device=_text(body, "device"),
+            lane=body.get("lane") if isinstance(body.get("lane"), str) else None,
+            event_id=_int_or_none(body, "eventId"), item_id=_int_or_none(body, "itemId"),
+            zone_id=_int_or_none(body, "zoneId"), zone_is_default=bool(body.get("zoneIsDefault")),
+            direction=_choice(body, "direction", ("in", "out")), admit=_bool(body, "admit"),
+            status=body.get("status") if isinstance(body.get("status"), str) else None,
+            scanned_on=_text(body, "scannedOn"), offline=bool(body.get("offline")),
+            max_entries=_int_or_none(body, "maxEntries") or 0,
+            tracks_exits=bool(body.get("tracksExits")))
+    except (KeyError, TypeError) as exc:
+        raise BadMessage(str(exc)) from exc
+    return Applied(seq, subject, scan=scan)
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise KeyError(f"{key} missing or not text")
+    return value
+
+
+def _int_or_none(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} is not a whole number")
+    return value
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} is not true/false")
+    return value
+
+
+def _choice(body: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = body.get(key)
+    if value not in choices:
+        raise KeyError(f"{key} must be one of {choices}")
+    return str(value)

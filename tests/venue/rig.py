@@ -1,0 +1,150 @@
+"""In-process gates of one venue: each its own store directory, cache, journal and VenueBus
+(so each is a separate device on the bus), deciding through the real `Gate` over real SQLite
+files and a real nats-server. Tickets: `bulk_tickets(n)` with access to an extra in-only zone
+(LAWN, for `max_entries = 2`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent import demo_data
+from agent.config import load_config
+from agent.platform.provision import import_file
+from agent.runtime.gate import Gate
+from agent.runtime.opening import opened_gate
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal
+from agent.store.venue import VenueStore
+from agent.venue.bus import VenueBus
+from agent.venue.claims import VenueLink
+
+LAWN = 9004
+LANES = f"""
+[[lanes]]
+name = "lawn"
+zone_id = {LAWN}
+direction = "in"
+max_entries = 2
+
+[[lanes]]
+name = "floor-in"
+zone_id = {demo_data.FLOOR_ZONE}
+direction = "in"
+max_entries = 0
+
+[[lanes]]
+name = "floor-out"
+zone_id = {demo_data.FLOOR_ZONE}
+direction = "out"
+max_entries = 0
+"""
+
+
+def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def write_platform_files(root: Path, now: datetime, tickets: int) -> list[Path]:
+    files = demo_data.write_demo_files(root, now)
+    zones = json.loads(files[1].read_text())
+    zones["zones"].append({"id": LAWN, "name": "Lawn", "scan": "in", "capacity": None,
+                           "openingDate": None, "closingDate": None})
+    files[1].write_text(json.dumps(zones))
+    bulk = demo_data.bulk_tickets(tickets)
+    for item in bulk:
+        item["zoneData"]["accessToZones"].append({"id": LAWN})
+    path = root / "bulk.json"
+    path.write_text(json.dumps({"content": bulk, "total": len(bulk)}))
+    return [*files, path]
+
+
+@dataclass
+class VenueDevice:
+    name: str
+    config_path: Path
+    bus: VenueBus
+    gates: list[Gate]
+
+    def gate(self) -> Gate:
+        return self.gates[0]
+
+    def restart_bus(self) -> None:
+        """Stop this device's bus and start a new one on the same store (a daemon restart)."""
+        self.bus.stop()
+        old = self.bus
+        self.bus = VenueBus(old.venue, old.store_path.parent, old.journal_path, None)
+        self.bus.start()
+        for gate in self.gates:
+            assert gate.venue is not None
+            gate.venue.bus = self.bus
+
+    def venue_store(self) -> VenueStore:
+        return VenueStore(self.bus.store_path)
+
+    def journal_rows(self) -> list[dict[str, Any]]:
+        journal = Journal(self.bus.store_path.with_name("journal.db"))
+        try:
+            return journal.after(0, 100_000)
+        finally:
+            journal.close()
+
+
+def make_device(root: Path, name: str, servers: list[str], files: list[Path], now: datetime,
+                policy: str = "local", timeout_ms: int = 500) -> VenueDevice:
+    store = root / name
+    config_path = root / f"{name}.toml"
+    servers_toml = ", ".join(f'"{s}"' for s in servers)
+    config_path.write_text(demo_data.demo_config(store, LANES + f"""
+[venue]
+name = "hall"
+servers = [{servers_toml}]
+device = "{name}"
+claim_timeout_ms = {timeout_ms}
+offline_policy = "{policy}"
+"""), encoding="utf-8")
+    config = load_config(config_path)
+    with opened_gate(config) as g:
+        for path in files:
+            import_file(g.cache, path, now, demo_data.EVENT_ID)
+    assert config.venue is not None
+    bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db",
+                   str(config_path))
+    bus.start()
+    gate = Gate(TicketCache(config.store_dir / "cache.db"),
+                Journal(config.store_dir / "journal.db"), config,
+                VenueLink(bus, config.venue["offline_policy"]))
+    return VenueDevice(name, config_path, bus, [gate])
+
+
+@contextmanager
+def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
+                  policy: str = "local", timeout_ms: int = 500,
+                  servers_of: list[list[str]] | None = None,
+                  prefix: str = "g") -> Iterator[list[VenueDevice]]:
+    """`n` devices on the venue (named PREFIX1..PREFIXn: device names must be unique in a
+    venue); `servers_of[i]`: device i's own servers list."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    files = write_platform_files(root / "platform", now, tickets)
+    devices = [make_device(root, f"{prefix}{i + 1}", servers_of[i] if servers_of else servers, files,
+                           now, policy, timeout_ms) for i in range(n)]
+    try:
+        for d in devices:
+            wait_until(lambda d=d: d.bus.connected, 20, f"{d.name} connected")
+        yield devices
+    finally:
+        for d in devices:
+            for g in d.gates:
+                g.close()
+            d.bus.stop()

@@ -1,0 +1,82 @@
+"""A three-node venue (JetStream replicas 3): one node may fail, two may not, and a gate cut
+off from the bus alone keeps working by policy. Real nodes killed by PID."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import demo_data
+from agent.venue.node import NodeProcess
+from tests.venue.rig import VenueDevice, venue_devices, wait_until
+
+TIMEOUT_MS = 300
+
+
+def admit(device: VenueDevice, i: int, lane: str = "north-in") -> tuple[bool, str, float]:
+    gate = device.gate()
+    started = time.perf_counter()
+    r = gate.scan(demo_data.bulk_barcode(i), gate.config.lane(lane), datetime.now(UTC))
+    return r.decision.admit, r.decision.status, time.perf_counter() - started
+
+
+def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
+        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+    urls = [n.url for n in venue_cluster]
+    with venue_devices(tmp_path, urls, 2, 60, timeout_ms=TIMEOUT_MS) as (a, b):
+        assert admit(a, 0)[0]
+        venue_cluster[0].kill()
+        # a new stream leader may take ~2 s to be elected; then claims are granted again
+        granted_before = a.bus.counters["claims_granted"]
+        deadline = time.monotonic() + 15
+        i = 1
+        while a.bus.counters["claims_granted"] == granted_before and time.monotonic() < deadline:
+            admit(a, i)
+            i += 1
+        assert a.bus.counters["claims_granted"] > granted_before, "no claim with 2 of 3 nodes"
+        online = [r for r in a.journal_rows() if r["venue"] == "claimed"]
+        assert online and admit(b, 0)[1] == "alreadyIn"
+        venue_cluster[1].kill()  # no quorum: claims cannot be granted
+        timed_out = a.bus.counters["claims_timed_out"]
+        results = [admit(a, j) for j in range(40, 45)]
+        assert all(ok for ok, _s, _t in results)  # policy "local"
+        assert max(t for _o, _s, t in results) < TIMEOUT_MS / 1000 + 0.15
+        assert a.bus.counters["claims_timed_out"] >= timed_out + 5
+        offline = [r["uuid"] for r in a.journal_rows() if r["venue"] == "offline"]
+        assert len(offline) >= 5
+        for node in venue_cluster[:2]:
+            node.start(wait=False)
+        for node in venue_cluster[:2]:
+            node.wait_healthy()
+        # the backlog reaches the venue: b learns every offline admit, and refuses them
+        wait_until(lambda: all(b.venue_store().conn.execute(
+            "SELECT 1 FROM venue_scans WHERE uuid = ?", (u,)).fetchone() for u in offline),
+            30, "b has a's offline scans")
+        assert [admit(b, j)[1] for j in range(40, 45)] == ["alreadyIn"] * 5
+        assert a.venue_store().conflict_count() == 0  # nobody else admitted them
+
+
+def test_gate_cut_off_alone_decides_by_policy_and_conflicts_are_reported_exactly(
+        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+    urls = [n.url for n in venue_cluster]
+    # a reaches the venue only through node 3; b through nodes 1 and 2
+    with venue_devices(tmp_path, urls, 2, 10, timeout_ms=TIMEOUT_MS,
+                       servers_of=[[urls[2]], urls[:2]]) as (a, b):
+        venue_cluster[2].kill()  # a is cut off; the venue (2 of 3) goes on
+        wait_until(lambda: not a.bus.connected, 10, "a cut off")
+        both = [1, 2, 3]
+        for i in both:
+            assert admit(a, i)[0]  # a alone, by policy
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not admit(b, 1)[0]:
+            pass  # until the venue has a stream leader again
+        for i in (2, 3, 4):
+            assert admit(b, i)[0]  # the rest of the venue, online
+        venue_cluster[2].start()
+        for d in (a, b):
+            wait_until(lambda d=d: d.venue_store().conflict_count() == 3, 30,
+                       f"{d.name} reports the conflicts")
+        for d in (a, b):
+            conflicts = d.venue_store().conflicts()
+            assert sorted(c["item_id"] - 100_000 for c in conflicts) == both

@@ -1,0 +1,98 @@
+"""`kill -9` of a gate between its claim on the bus and its journal commit: the claim must not
+stand. The ticket is usable again once the gate restarts, and nothing of the attempt is in the
+journal (so nothing is ever uploaded as an entry). Real child process, real SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent import demo_data
+from agent.config import load_config
+from agent.store.journal import Journal
+from agent.store.venue import VenueStore
+from agent.venue.bus import VenueBus
+from agent.venue.node import NodeProcess
+from tests.conftest import PROJECT_ROOT
+from tests.faults.conftest import site_factory  # noqa: F401 - fixture
+from tests.faults.test_crash import storm
+from tests.venue.rig import venue_devices, wait_until
+
+CODE = demo_data.bulk_barcode(2)
+
+
+def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        a.bus.stop()  # device a runs as a child process now
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.venue.crash_child", str(a.config_path), CODE],
+            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            line = child.stdout.readline() if child.stdout else ""
+            assert line.startswith("CLAIMED"), line
+            claim_uuid = line.split()[1]
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(10)
+            if child.stdout:
+                child.stdout.close()
+        lane = b.gate().config.lane("north-in")
+        # while the crashed gate is down its claim stands: the ticket is refused (fail closed)
+        wait_until(lambda: b.bus.applied_seq >= 1, 5, "b sees the claim")
+        assert b.gate().scan(CODE, lane, datetime.now(UTC)).decision.status == "alreadyIn"
+        assert not [r for r in a.journal_rows() if r["uuid"] == claim_uuid]
+        a.restart_bus()  # the crashed gate comes back: its sweep voids the orphan claim
+        wait_until(lambda: a.bus.counters["voids"] == 1, 10, "a voids its claim")
+        wait_until(lambda: b.venue_store().conn.execute(
+            "SELECT voided FROM venue_scans WHERE uuid = ?", (claim_uuid,)).fetchone() == (1,),
+            10, "b applies the void")
+        result = b.gate().scan(CODE, lane, datetime.now(UTC))
+        assert result.decision.admit  # usable again
+        # the crashed attempt left nothing in a's journal: nothing to upload as an entry
+        assert not [r for r in a.journal_rows() if r["uuid"] == claim_uuid]
+        assert [r["code"] for r in a.journal_rows()] == []
+
+
+def test_sigkill_storm_with_a_venue(site_factory, venue_node: NodeProcess) -> None:  # noqa: F811
+    """Round one's crash storm with [venue]: nothing lost or duplicated at the platform, never
+    two admits per ticket, and after the last restart every claim standing on the bus has its
+    admit in the journal (orphans of the kills were voided)."""
+    site = storm(site_factory, cycles=8, per_cycle=250, final=600, min_kills=6,
+                 min_decisions=1500, figures="crash_venue", extra=f"""
+[venue]
+name = "storm"
+servers = ["{venue_node.url}"]
+device = "fault"
+claim_timeout_ms = 500
+""")
+    config = load_config(site.config)
+    assert config.venue is not None
+    bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db")
+    bus.start()
+    try:
+        wait_until(lambda: bus.connected and bus.get_status()["lag"] == 0, 20, "caught up")
+        store = VenueStore(bus.store_path)
+        journal = Journal(config.store_dir / "journal.db")
+        try:
+            def orphans() -> list[str]:
+                claims = [c["uuid"] for c in store.standing_claims("fault", "9999")]
+                return sorted(set(claims) - journal.admitted(claims))
+
+            wait_until(lambda: not orphans(), 10, "no claim without its admit")
+            claimed = [r["uuid"] for r in site.journal_rows() if r["venue"] == "claimed"]
+            standing = {c["uuid"] for c in store.standing_claims("fault", "9999")}
+            assert claimed and set(claimed) <= standing  # every claimed admit stands
+            voided = store.conn.execute(
+                "SELECT COUNT(*) FROM venue_scans WHERE voided = 1").fetchone()[0]
+            print(f"claims voided after kills: {voided}")
+        finally:
+            store.close()
+            journal.close()
+    finally:
+        bus.stop()

@@ -1,0 +1,97 @@
+"""The real daemon (subprocess, pty scanner) with `[venue]`: round one's end-to-end test passes
+unchanged with a venue configured, and the daemon shares the venue with another gate — a ticket
+admitted at one is refused at the other within milliseconds; status, metrics and the CLI show
+the bus."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent import demo_data
+from agent.venue.node import NodeProcess
+from tests.conftest import run_cli
+from tests.runtime.daemon import test_e2e as round_one
+from tests.runtime.daemon.conftest import Site, site, wait_synced  # noqa: F401 - fixture
+from tests.venue.rig import venue_devices, wait_until
+
+C = demo_data.CODES
+
+pytestmark = pytest.mark.e2e
+
+
+def venue_section(url: str, device: str = "daemon") -> str:
+    return f"""
+[venue]
+name = "hall"
+servers = ["{url}"]
+device = "{device}"
+claim_timeout_ms = 300
+"""
+
+
+def test_round_one_e2e_passes_with_a_venue(site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    round_one.test_scans_decide_pulse_upload_and_report(site)
+
+
+def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodeProcess,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        with venue_devices(tmp_path / "other", [venue_node.url], 1, 1) as (other,):
+            lane = other.gate().config.lane("north-in")
+            wait_until(lambda: daemon.status()["venue"]["connected"], 10, "daemon on the bus")
+            site.scanner.write(C["valid"].encode() + b"\r\n")
+            first = daemon.wait_decisions(1)[0]
+            assert first["status"] == "valid"
+            admitted_at = time.monotonic()
+            wait_until(lambda: other.gate().check(C["valid"], lane, datetime.now(UTC)).status
+                       == "alreadyIn", 2, "the other gate knows")
+            seen_after_ms = (time.monotonic() - admitted_at) * 1000
+            assert other.gate().scan(C["valid"], lane, datetime.now(UTC)).decision.status \
+                == "alreadyIn"
+            # and the other way round: admitted elsewhere, refused at the daemon's scanner
+            assert other.gate().scan(C["valid2"], lane, datetime.now(UTC)).decision.admit
+            wait_until(lambda: daemon.status()["venue"]["applied_seq"] >= 3, 5, "daemon applied")
+            site.scanner.write(C["valid2"].encode() + b"\r\n")
+            second = daemon.wait_decisions(2)[1]
+            assert (second["code"], second["status"]) == (C["valid2"], "alreadyIn")
+            venue = daemon.status()["venue"]
+            assert venue["connected"] and venue["claims_granted"] == 1 and venue["lag"] == 0
+            assert venue["decided_claimed"] == 1 and venue["conflicts"] == 0
+            metrics = daemon.get("/metrics").text
+            assert "gate_venue_connected 1.0" in metrics
+            assert 'gate_venue_claims_total{outcome="granted"} 1.0' in metrics
+            table = run_cli("status", "--config", str(site.config))
+            assert "Venue hall as daemon: connected" in table.stdout
+            listed = run_cli("venue", "conflicts", "--json", "--config", str(site.config))
+            assert json.loads(listed.stdout) == {"conflicts": []}
+            print(f"visibility daemon -> other gate: {seen_after_ms:.1f} ms")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_venue_cli_prints_a_node_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path}"\n' + """
+[venue]
+name = "hall"
+servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]
+""")
+    out = run_cli("venue", "node-config", "--node", "3", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert 'listen: "10.0.0.3:4222"' in out.stdout and "nats-route://10.0.0.1:6222" in out.stdout
+    bad = run_cli("venue", "node-config", "--node", "4", "--config", str(config))
+    assert bad.returncode == 2 and "--node must be 1..3" in bad.stderr
+    alone = tmp_path / "alone.toml"
+    alone.write_text(f'[store]\ndir = "{tmp_path}"\n')
+    missing = run_cli("venue", "conflicts", "--config", str(alone))
+    assert missing.returncode == 2 and "venue: no [venue] section" in missing.stderr

@@ -1,0 +1,41 @@
+"""The venue's part of /status and /metrics, as pure functions of a status snapshot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.ops.metrics import Metrics
+from agent.ops.status import evaluate
+
+VENUE = {"venue": "hall", "device": "g1", "stream": "VENUE_hall", "connected": True,
+         "last_error": None, "applied_seq": 10, "lag": 0, "conflicts": 0,
+         "decided_claimed": 4, "decided_offline": 0, "claims_granted": 4,
+         "claims_conflicted": 2, "claims_timed_out": 0, "voids": 0, "published": 6,
+         "bad_messages": 0, "conflicts_found": 0}
+
+
+def _codes(venue: dict[str, Any] | None) -> list[str]:
+    _health, reasons = evaluate({"venue": venue}, datetime.now(UTC), 3600)
+    return [r.code for r in reasons if r.code.startswith("venue")]
+
+
+def test_venue_reasons() -> None:
+    assert _codes(None) == []  # no [venue]: nothing about a venue
+    assert _codes(VENUE) == []
+    assert _codes({**VENUE, "connected": False, "last_error": "no servers"}) == \
+        ["venue_unreachable"]
+    assert _codes({**VENUE, "conflicts": 2}) == ["venue_conflicts"]
+
+
+def test_venue_metrics() -> None:
+    snap = {"venue": {**VENUE, "lag": 3, "decided_offline": 5, "conflicts": 1},
+            "health": "warn"}
+    text = Metrics(lambda: snap, lambda: datetime.now(UTC)).render().decode()
+    for line in ("gate_venue_connected 1.0", "gate_venue_lag_messages 3.0",
+                 'gate_venue_claims_total{outcome="granted"} 4.0',
+                 'gate_venue_claims_total{outcome="conflicted"} 2.0',
+                 "gate_venue_offline_decisions 5.0", "gate_venue_conflicts 1.0"):
+        assert line in text, line
+    bare = Metrics(lambda: {"health": "pass"}, lambda: datetime.now(UTC)).render().decode()
+    assert "gate_venue" not in bare
