@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agent.commands import explain
 from agent.config import Config, load_config
 from agent.errors import ConfigError
 
@@ -19,6 +20,9 @@ from agent.errors import ConfigError
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("venue", parents=[common], help="the venue bus ([venue])",
                               description="Venue bus helpers built from the [venue] section.")
+    explain(p, "Venue bus helpers built from the [venue] section: a venue node's nats-server "
+               "config, and the admits beyond a ticket's limit found after a partition.",
+            ["gate-agent venue node-config --node 1", "gate-agent venue conflicts --json"])
     sub = p.add_subparsers(dest="venue_command", required=True)
     node = sub.add_parser(
         "node-config", parents=[common],
@@ -30,11 +34,24 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                       help="JetStream storage root (a folder per node under it)")
     node.add_argument("--run", action="store_true",
                       help="write the config next to the storage and exec nats-server on it")
+    explain(node, "Print the nats-server config of venue node N (of [venue] servers): one node "
+                  "per servers URL, clustered (JetStream replicas 3) when there are several; "
+                  "cluster port = client port + 2000, monitoring = + 4000. --run writes it "
+                  "next to the storage and runs nats-server on it.",
+            ["gate-agent venue node-config --node 2 > /etc/nats/venue.conf",
+             "sudo gate-agent venue node-config --node 1 --store-dir /var/lib/nats --run"],
+            "0 printed (or the node ran and stopped); 2 no [venue] section, a bad --node, "
+            "or nats-server missing")
     node.set_defaults(func=cmd_node_config)
     conflicts = sub.add_parser(
         "conflicts", parents=[common],
         help="admits beyond a ticket's limit, made by gates that could not see each other")
-    conflicts.add_argument("--json", action="store_true")
+    conflicts.add_argument("--json", action="store_true", help="print the list as JSON")
+    explain(conflicts, "List admits beyond a ticket's limit made by gates that could not see "
+                       "each other (decided offline during a partition), as this gate's venue "
+                       "store knows them.",
+            ["gate-agent venue conflicts", "gate-agent venue conflicts --json | jq ."],
+            "0 listed (none is not an error); 2 no [venue] section or a configuration mistake")
     conflicts.set_defaults(func=cmd_conflicts)
 
 

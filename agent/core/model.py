@@ -16,6 +16,7 @@ Documented quirks handled here, once:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,15 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+_DECIMAL = re.compile(r"-?[0-9]{1,38}")
+
+
 def _int(value: Any) -> int | None:
     """A whole number within SQLite's range (ids go into indexed columns), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
-        value = int(value)
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        value = int(value)  # ASCII digits only: str.isdigit() also accepts "²", int() does not
     if isinstance(value, int) and _INT_MIN <= value <= _INT_MAX:
         return value
     return None

@@ -100,3 +100,11 @@ def test_personal_data_is_stripped_from_what_is_stored() -> None:
                                "nationalId": "N"}}
     assert strip_personal(raw)["stable"] == {"customerName": "A"}
     assert raw["stable"]["passport"] == "P"  # the original is untouched
+
+
+def test_numbers_in_text_are_ascii_digits_only() -> None:
+    """`str.isdigit()` accepts "²" and other digits int() refuses: such a field is absent."""
+    from agent.core.model import parse_entry_page
+    assert parse_entry_page({"content": [], "total": "²"}).total is None
+    assert parse_entry_page({"content": [], "total": "٣"}).total is None
+    assert parse_entry_page({"content": [], "total": " 42 "}).total == 42

@@ -64,7 +64,7 @@ def test_sigkill_storm_with_a_venue(site_factory, venue_node: NodeProcess) -> No
     two admits per ticket, and after the last restart every claim standing on the bus has its
     admit in the journal (orphans of the kills were voided)."""
     site = storm(site_factory, cycles=8, per_cycle=250, final=600, min_kills=6,
-                 min_decisions=1500, figures="crash_venue", extra=f"""
+                 min_decisions=1000, figures="crash_venue", extra=f"""
 [venue]
 name = "storm"
 servers = ["{venue_node.url}"]

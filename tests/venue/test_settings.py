@@ -63,6 +63,8 @@ def test_daemon_refuses_to_start_with_exposed_credentials(tmp_path: Path) -> Non
     os.chmod(creds, 0o640)
     config = tmp_path / "c.toml"
     config.write_text(f"""
+[api]
+offline = true
 [store]
 dir = "{tmp_path / 'state'}"
 [status]
