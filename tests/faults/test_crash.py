@@ -78,7 +78,7 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
 
 
 def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
-          final: int = FINAL, min_kills: int = 20, min_decisions: int = 5000, extra: str = "",
+          final: int = FINAL, min_kills: int = 20, min_decisions: int = 4000, extra: str = "",
           figures: str = "crash") -> FaultSite:
     """The storm; `extra` config text (e.g. a [venue] section, tests/venue/test_crash.py)."""
     rng = random.Random(7)
