@@ -122,6 +122,9 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "socket": Option(str, ""),
         "group": Option(str, ""),
     },
+    "device": {  # the turnstile's signals shared by every lane (issue 17)
+        "emergency_input": Option(str, ""),
+    },
     "log": {
         "level": Option(str, "info", _one_of("debug", "info", "warning", "error")),
         "format": Option(str, "auto", _one_of("auto", "text", "json")),
@@ -175,7 +178,44 @@ LANE_OPTIONS: dict[str, Option] = {
     "include_products": Option(bool, False),
     "age_unknown": Option(str, "refuse", _one_of("refuse", "admit")),
     "grace_minutes": Option(int, 0, _between(0, 24 * 60)),
+    # The turnstile's own signals (issue 17; agent.runtime.passage, agent.runtime.indicators).
+    "passage_in": Option(str, ""),
+    "passage_out": Option(str, ""),
+    "passage_timeout_ms": Option(int, 5000, _between(100, 120_000)),
+    "held_open_ms": Option(int, 10_000, _between(100, 600_000)),
+    "light_green": Option(str, ""),
+    "light_red": Option(str, ""),
+    "buzzer": Option(str, ""),
+    "display": Option(str, ""),
+    "indicate_admit": Option(str, "green:1500", lambda v: _pattern(v)),
+    "indicate_refuse": Option(str, "red:1500,buzzer:300", lambda v: _pattern(v)),
+    "indicate_not_passed": Option(str, "red:800", lambda v: _pattern(v)),
+    "indicate_alarm": Option(str, "red:3000,buzzer:3000", lambda v: _pattern(v)),
 }
+
+INDICATOR_NAMES = ("green", "red", "buzzer")
+
+
+def parse_pattern(text: str) -> tuple[tuple[str, int], ...]:
+    """`"red:1500,buzzer:300"` -> (("red", 1500), ("buzzer", 300)); ValueError when malformed.
+    Each named output is switched on for its milliseconds, all at once; "" shows nothing."""
+    out: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, ms = part.partition(":")
+        if name not in INDICATOR_NAMES or not sep or not ms.isdigit() \
+                or not 10 <= int(ms) <= 60_000:
+            raise ValueError(f"{part!r} must be NAME:MS with NAME one of "
+                             f"{', '.join(INDICATOR_NAMES)} and MS 10..60000")
+        out.append((name, int(ms)))
+    return tuple(out)
+
+
+def _pattern(v: Any) -> str | None:
+    try:
+        parse_pattern(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -199,6 +239,18 @@ class LaneConfig:
     include_products: bool = False
     age_unknown: str = "refuse"
     grace_minutes: int = 0
+    passage_in: str = ""  # input pulsed when someone passed in (empty: no confirmation)
+    passage_out: str = ""  # the same for the exit direction
+    passage_timeout_ms: int = 5000
+    held_open_ms: int = 10_000
+    light_green: str = ""
+    light_red: str = ""
+    buzzer: str = ""
+    display: str = ""
+    indicate_admit: str = "green:1500"
+    indicate_refuse: str = "red:1500,buzzer:300"
+    indicate_not_passed: str = "red:800"
+    indicate_alarm: str = "red:3000,buzzer:3000"
 
 
 @dataclass(frozen=True)
@@ -215,6 +267,7 @@ class Config:
     control: dict[str, Any]
     lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
     venue: dict[str, Any] | None = None  # None: no [venue] section, the gate works alone
+    device: dict[str, Any] = field(default_factory=lambda: {"emergency_input": ""})
     has_api: bool = True  # False: the file has no [api] section (see require_platform)
 
     def require_platform(self) -> None:
@@ -307,6 +360,12 @@ def output_for(lane: LaneConfig, direction: str) -> str:
     if direction == "out":
         return lane.relay_out or (lane.relay if lane.relay_both_directions else "")
     return lane.relay
+
+
+def passage_input_for(lane: LaneConfig, direction: str) -> str:
+    """The input confirming a passage in `direction`, "" when that direction has none (an
+    admit then stands at once, as before)."""
+    return lane.passage_out if direction == "out" else lane.passage_in
 
 
 def check_lane_outputs(lane: LaneConfig, path: str, prefix: str) -> None:

@@ -278,6 +278,7 @@ class Output:
         self._timer: threading.Timer | None = None
         self._open_now = False
         self.is_on = False
+        self.held = False  # on until released (emergency release); pulses change nothing
         self.pulses = 0
         self.last_error = ""
         self.last_pulse_at: datetime | None = None
@@ -305,6 +306,8 @@ class Output:
         if ms <= 0:
             raise ValueError("pulse length must be positive")
         with self._lock:
+            if self.held:
+                return  # held open: the gate is free already
             if not self._open_now:
                 self.open()  # a replugged relay comes back on the next pulse
             self._cancel_timer()
@@ -322,6 +325,21 @@ class Output:
             self._timer.start()
         log.debug("%s: pulse %d ms", self.url, ms)
 
+    def hold(self, on: bool) -> None:
+        """Keep the relay on until `hold(False)` (free egress while the fire panel says so,
+        or a technician's release). DriverError when the device refuses; off is fail safe."""
+        with self._lock:
+            if not self._open_now:
+                self.open()
+            self._cancel_timer()
+            try:
+                self._set(on)
+            except Exception as exc:
+                self._fail(exc)
+                self.held = False
+                raise DriverError(f"{self.url}: relay hold failed: {exc}") from exc
+            self.is_on = self.held = on
+
     def feedback(self, accepted: bool) -> None:
         """Show the decision on the device's LED/buzzer, where it has one; errors are logged."""
         try:
@@ -337,12 +355,14 @@ class Output:
                 self._safe_off()
             self._close()
             self._open_now = False
+            self.held = False
 
     def get_status(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "open": self._open_now,
             "on": self.is_on,
+            "held": self.held,
             "pulses": self.pulses,
             "last_error": self.last_error,
             "last_pulse_at": utc_iso(self.last_pulse_at) if self.last_pulse_at else None,

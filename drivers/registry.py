@@ -10,6 +10,8 @@ URL forms (see docs/hardware.md)::
     serial:///dev/ttyACM0?baud=9600      hid:/dev/input/by-id/...-event-kbd
     gpio:/dev/gpiochip0:17?active_low=1  serialrelay:///dev/ttyUSB0?channel=1
     sim:lane1[?socket=/run/gate-agent/sim.sock]   (reader)   sim:lane1[?log=/tmp/pulses.jsonl] (relay)
+    inputs:   gpio:/dev/gpiochip0:22?active_low=1  serial:///dev/ttyUSB0?line=cts  sim:pass1
+    displays: serial:///dev/ttyUSB1?baud=9600  sim:display1
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ OUTPUTS: dict[str, Backend] = {
     "gpio": Backend("drivers.relay", "GpioRelay", "gpiod", "pip install gate-agent[gpio]"),
     "serialrelay": Backend("drivers.relay", "SerialRelay", "pyserial", "pip install pyserial"),
     "sim": Backend("drivers.sim", "SimRelay", "", ""),
+}
+
+# Contact inputs (passage pulses, door contacts, the fire panel) and text displays (issue 17).
+INPUTS: dict[str, Backend] = {
+    "gpio": Backend("drivers.inputs", "GpioInput", "gpiod", "pip install gate-agent[gpio]"),
+    "serial": Backend("drivers.inputs", "ModemLineInput", "pyserial", "pip install pyserial"),
+    "sim": Backend("drivers.inputs", "SimInput", "", ""),
+}
+
+DISPLAYS: dict[str, Backend] = {
+    "serial": Backend("drivers.display", "SerialDisplay", "pyserial", "pip install pyserial"),
+    "sim": Backend("drivers.display", "SimDisplay", "", ""),
 }
 
 RELAY_SCHEMES = frozenset({"gpio", "serialrelay"})
@@ -132,3 +146,17 @@ def open_output(url: str, *, connect: bool = True, **options: Any) -> Output:
     if connect:
         output.open()
     return output
+
+
+def open_input(url: str, **options: Any) -> Any:
+    """Build the contact input for `url` (drivers.inputs.Input); watched once started."""
+    cls = _load(url, INPUTS, "input")
+    return cls(url, **options)
+
+
+def open_display(url: str, **options: Any) -> Any:
+    """Build and open the text display for `url` (drivers.display.Display)."""
+    cls = _load(url, DISPLAYS, "display")
+    display = cls(url, **options)
+    display.open()
+    return display

@@ -28,7 +28,13 @@ class Metrics:
         self.latency = Histogram("gate_decision_latency_seconds",
                                  "Scan to decision (incl. durable journal commit)", ["lane"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.alarms = Counter("gate_passage_alarms_total",
+                              "Passage alarms by lane and kind (forced, held_open)",
+                              ["lane", "kind"], registry=self.registry)
         self.registry.register(_StateCollector(report, now))
+
+    def alarm(self, lane: str, kind: str) -> None:
+        self.alarms.labels(lane, kind).inc()
 
     def observe(self, lane: str, status: str, latency_s: float) -> None:
         self.decisions.labels(lane, status).inc()
@@ -79,6 +85,7 @@ class _StateCollector(Collector):
         limited.add_metric([], float((platform.get("requests") or {}).get("ratelimited", 0)))
         yield limited
         yield from _venue_metrics(snap.get("venue"))
+        yield from _turnstile_metrics(snap)
         health = GaugeMetricFamily("gate_health", "0 pass, 1 warn, 2 fail")
         health.add_metric([], float({"pass": 0, "warn": 1, "fail": 2}.get(snap.get("health", ""), 2)))
         yield health
@@ -107,3 +114,31 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
                                   "Admits beyond a ticket's limit found after the fact")
     conflicts.add_metric([], float(venue.get("conflicts") or 0))
     yield conflicts
+
+
+def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    """Passages per outcome, people per zone, releases (issue 17)."""
+    passages = CounterMetricFamily("gate_passages", "Passages by lane and outcome "
+                                   "(passed, voided, forced, held_open, free)",
+                                   labels=["lane", "outcome"])
+    people: dict[str, int] = {}
+    released = GaugeMetricFamily("gate_lane_released", "1 while a lane is held open",
+                                 labels=["lane"])
+    for lane in snap.get("lanes") or []:
+        released.add_metric([str(lane.get("name"))], 1.0 if lane.get("released_by") else 0.0)
+        passage = lane.get("passage") or {}
+        for outcome, count in (passage.get("totals") or {}).items():
+            passages.add_metric([str(lane.get("name")), outcome], float(count))
+        for zone, count in (passage.get("people") or {}).items():
+            people[zone] = people.get(zone, 0) + count
+    yield passages
+    yield released
+    zones = GaugeMetricFamily("gate_zone_people", "People in a zone counted from passages "
+                              "here (in minus out) since start", labels=["zone"])
+    for zone, count in people.items():
+        zones.add_metric([zone], float(count))
+    yield zones
+    emergency = GaugeMetricFamily("gate_emergency_release", "1 while the emergency input is "
+                                  "active (every lane held open)")
+    emergency.add_metric([], 1.0 if (snap.get("emergency") or {}).get("active") else 0.0)
+    yield emergency

@@ -79,6 +79,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
             add(Reason("fail", "lane_stalled",
                        f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))
+    reasons += turnstile_reasons(snap)
     if snap.get("pairings_error"):
         add(Reason("warn", "pairings_unreadable", f"paired devices (devices.json) not used, only "
                    f"the config file's: {snap['pairings_error']}"))
@@ -152,6 +153,45 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons
+
+
+def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:
+    """The turnstile's own signals (issue 17): releases, passage alarms, unwatched inputs."""
+    out: list[Reason] = []
+    emergency = snap.get("emergency") or {}
+    if emergency.get("active"):
+        out.append(Reason("fail", "emergency_release",
+                          f"emergency input active since {emergency.get('since')}: every lane "
+                          "is held open, scans are recorded but not counted as entries"))
+    elif emergency and not emergency.get("connected"):
+        out.append(Reason("warn", "emergency_input",
+                          f"emergency input {emergency.get('url')} is not watched "
+                          f"({emergency.get('error') or 'connecting'}); check its cable"))
+    for lane in snap.get("lanes") or []:
+        name = lane.get("name")
+        manual = [s for s in lane.get("released_by") or [] if s.startswith("manual:")]
+        if manual:
+            out.append(Reason("warn", "lane_released",
+                              f"lane {name} held open by {', '.join(m[7:] for m in manual)}; "
+                              f"end it with `gate-agent release {name} --end`"))
+        passage = lane.get("passage") or {}
+        alarms = passage.get("alarms_5min") or {}
+        if alarms.get("forced"):
+            out.append(Reason("warn", "passage_forced",
+                              f"lane {name}: {alarms['forced']} passage(s) without an admit in "
+                              "the last 5 min (forced arm or tailgating)"))
+        if passage.get("held_open"):
+            out.append(Reason("warn", "held_open", f"lane {name}: passage "
+                              f"{', '.join(passage['held_open'])} held open past its time"))
+        broken = dict(passage.get("input_errors") or {})
+        broken.update({d: i.get("last_error") or "not connected"
+                       for d, i in (passage.get("inputs") or {}).items() if not i.get("connected")})
+        if broken:
+            out.append(Reason("warn", "passage_input",
+                              f"lane {name}: passage input(s) not watched: "
+                              f"{'; '.join(f'{d}: {e}' for d, e in broken.items())} "
+                              "(admits there stand unconfirmed)"))
+    return out
 
 
 def summary_line(report: dict[str, Any]) -> str:

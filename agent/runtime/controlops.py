@@ -32,7 +32,7 @@ class DaemonOps:
         return {"ping": self.ping, "status": self.status, "scan": self.scan,
                 "sync": self.sync, "upload": self.upload, "import": self.import_,
                 "queue": self.queue, "queue_retry": self.queue_retry, "pair": self.pair,
-                "unpair": self.unpair, "token": self.token}
+                "unpair": self.unpair, "token": self.token, "release": self.release}
 
     async def ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -155,3 +155,11 @@ class DaemonOps:
         if found:
             self.d.reload()
         return {"lane": lane.name, "found": found}
+
+    async def release(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A technician's release (agent.commands.turnstile), journaled with who asked."""
+        lane = self.d.config.lane(args.get("lane"))
+        hold = args.get("hold")
+        by = str(args.get("by") or "unknown")[:100]
+        return await asyncio.to_thread(self.d.release_lane, lane.name,
+                                       None if hold is None else bool(hold), by)

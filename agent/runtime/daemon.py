@@ -53,11 +53,13 @@ from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
+from agent.runtime.release import EmergencyInput
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
 from agent.runtime.storeaccess import DaemonLock, not_mine
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+from agent.store.passages import PassageLog, now_iso
 from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
 
@@ -90,6 +92,9 @@ class Daemon:
         self.listen_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bus: VenueBus | None = None  # the venue bus, with [venue] only
+        self.lane_events: PassageLog | None = None  # alarms and releases (own connection)
+        self.emergency = EmergencyInput(config.device["emergency_input"],
+                                        self._emergency_changed)
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -109,6 +114,11 @@ class Daemon:
         self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.journal = Journal(self.journal_path)
+            self.lane_events = PassageLog(Journal(self.journal_path))
+            settled = self.lane_events.settle_interrupted()
+            if settled:
+                log.warning("%d admit(s) were waiting for their passage when the agent "
+                            "stopped: they stand (docs/turnstile.md)", settled)
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
             log.error("%s — every scan will be refused", self.journal_error)
@@ -172,8 +182,11 @@ class Daemon:
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...]) -> None:
         for lane in lanes:
-            runner = LaneRunner(lane, self._gate(), self._on_decision)
+            runner = LaneRunner(lane, self._gate(), self._on_decision, self._on_alarm,
+                                self._void_claim if self.bus is not None else None)
             runner.start()
+            if self.emergency.active:
+                runner.set_release("emergency", True)
             self.lanes[lane.name] = runner
             log.info("lane %s ready: %d reader(s), relay %s", lane.name, len(lane.readers),
                      lane.relay or "none")
@@ -312,6 +325,62 @@ class Daemon:
         if self.uploader is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self._maybe_upload_now)
 
+    def _on_alarm(self, lane: str, kind: str, detail: str) -> None:
+        """A lane's passage alarm (agent.runtime.passage): counted and logged."""
+        self.metrics.alarm(lane, kind)
+        log.warning("ALARM lane=%s %s: %s", lane, kind, detail,
+                    extra={"fields": {"lane": lane, "alarm": kind, "detail": detail}})
+
+    def _void_claim(self, scan: dict[str, Any]) -> None:
+        """A voided admit's venue claim (or shared scan) is released with the venue's void."""
+        if self.bus is not None:
+            self.bus.void_now(scan, "not passed: the turnstile did not turn")
+
+    def _emergency_changed(self, active: bool) -> None:
+        """The fire panel's contact (from its input thread): hold every lane open, or
+        restore normal service."""
+        self.emergency.since = now_iso() if active else None
+        for runner in list(self.lanes.values()):
+            runner.set_release("emergency", active)
+        kind = "emergency_on" if active else "emergency_off"
+        if active:
+            log.error("EMERGENCY RELEASE: every lane held open (input %s)", self.emergency.url)
+        else:
+            log.warning("emergency release cleared: normal service restored")
+        self._journal_event(None, kind, "emergency input", self.emergency.url)
+
+    def release_lane(self, name: str, hold: bool | None, by: str) -> dict[str, Any]:
+        """A technician's release: hold=True/False holds or ends; None lets one person
+        through (one relay pulse, no decision). Journaled with who asked."""
+        runner = self.lanes.get(name)
+        if runner is None:
+            raise ConfigError(f"no running lane named {name!r} (lanes: "
+                              f"{', '.join(self.lanes) or 'none'})", key="lanes")
+        if hold is None:
+            output = runner.relay or runner.relay_out
+            if output is None:
+                raise ConfigError(f"lane {name} has no relay to release", key="lanes.relay")
+            output.pulse(runner.lane.relay_pulse_ms)
+            kind = "manual_pulse"
+        else:
+            runner.set_release(f"manual:{by}", hold)
+            if not hold:  # any technician may end a manual hold
+                for source in [s for s in runner.releases if s.startswith("manual:")]:
+                    runner.set_release(source, False)
+            kind = "manual_hold" if hold else "manual_end"
+        log.warning("lane %s: %s by %s", name, kind, by)
+        self._journal_event(name, kind, by, None)
+        return {"lane": name, "action": kind, "by": by, "released_by": sorted(runner.releases)}
+
+    def _journal_event(self, lane: str | None, kind: str, by: str | None,
+                       detail: str | None) -> None:
+        if self.lane_events is None:
+            return
+        try:
+            self.lane_events.event(now_iso(), lane, kind, by, detail)
+        except JournalUnavailable as exc:
+            log.error("lane event %s not journaled: %s", kind, exc)
+
     def request_upload(self) -> None:
         """Upload soon (a manual scan or a retried quarantine is waiting); thread-safe."""
         if self.uploader is not None and self._loop is not None:
@@ -355,6 +424,7 @@ class Daemon:
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "pairings_error": self.pairings_error,
             "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
+            "emergency": self.emergency.get_status(),
         }
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
@@ -404,6 +474,8 @@ class Daemon:
         for store in (self.status_cache, self.journal):
             if store is not None:
                 store.close()
+        if self.lane_events is not None:
+            self.lane_events.journal.close()
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -499,6 +571,7 @@ class Daemon:
         await self.control.start()
         self.start_venue()
         self.start_lanes(self._lanes_with_pairings(self.config))
+        self.emergency.start()
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop_event.set)
@@ -516,6 +589,7 @@ class Daemon:
         log.info("stopping")
         self.notifier.stopping()
         await self.control.close()
+        self.emergency.stop()
         for runner in self.lanes.values():
             runner.stop()
         if self.bus is not None:

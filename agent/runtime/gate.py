@@ -12,13 +12,14 @@ import uuid as uuidlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from agent.config import Config, LaneConfig
+from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.scanstate import derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
+from agent.store.passages import await_passage
 from agent.venue.claims import Claim, VenueLink, needs_claim
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,11 @@ class Gate:
                 scan_uuid = claim.uuid if claim is not None else str(uuidlib.uuid4())
                 row = _journal_row(scan_uuid, decision, lane, now)
                 self.journal.insert(claim.mark(row) if claim is not None else row)
+                if decision.admit and passage_input_for(lane, decision.direction):
+                    # held from upload until the turnstile says (agent.runtime.passage)
+                    await_passage(self.journal, scan_uuid, lane.name, decision.direction,
+                                  decision.zone_id, decision.status, decision.detail,
+                                  row.scanned_on)
         except JournalUnavailable as exc:
             if decision is None:  # the transaction never began: decide without it
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.config import LaneConfig, output_for
+from agent.config import LaneConfig, output_for, passage_input_for
 from agent.core.codes import utc_iso
 from agent.errors import DriverError
 from agent.runtime.gate import Gate, ScanResult
+from agent.runtime.indicators import Indicators
+from agent.runtime.passage import OnAlarm, PassageWatch, VoidClaim
+from agent.runtime.release import record_during_release
+from agent.store.journal import Journal
 from drivers import Output, Reader, Scan, open_output, open_reader
 
 log = logging.getLogger(__name__)
@@ -47,10 +51,18 @@ Sink = Callable[[LaneEvent], None]
 class LaneRunner:
     """Readers, relay, queue and worker thread of one lane."""
 
-    def __init__(self, lane: LaneConfig, gate: Gate, sink: Sink):
+    def __init__(self, lane: LaneConfig, gate: Gate, sink: Sink,
+                 on_alarm: OnAlarm | None = None, void_claim: VoidClaim | None = None):
         self.lane = lane
         self.gate = gate
         self.sink = sink
+        self.indicators = Indicators(lane)
+        # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
+        self.releases: set[str] = set()
+        watch_journal = Journal(gate.journal.path) if gate.journal is not None else None
+        self.passage = PassageWatch(lane, watch_journal, self.indicators,
+                                    on_alarm or (lambda *_: None), void_claim,
+                                    released=lambda: bool(self.releases))
         self.queue: queue.Queue[Scan | None] = queue.Queue()
         self.lock = threading.Lock()  # held while deciding; taken to swap the cache file
         self.readers: list[Reader] = []
@@ -83,6 +95,8 @@ class LaneRunner:
                 log.error("lane %s: reader %s unavailable: %s", self.lane.name, url, exc)
                 continue
             self.readers.append(reader)
+        self.indicators.open()
+        self.passage.start()
         self._thread = threading.Thread(target=self._work, name=f"lane {self.lane.name}",
                                         daemon=True)
         self._thread.start()
@@ -115,9 +129,30 @@ class LaneRunner:
         self.queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        self.passage.stop()
         for output in (self.relay, self.relay_out):
             if output is not None:
                 output.close()
+        self.indicators.close()
+        if self.passage.log is not None:
+            self.passage.log.journal.close()
+
+    def set_release(self, source: str, on: bool) -> None:
+        """Hold every relay of the lane open while any source releases it (free egress)."""
+        with self.lock:
+            if on:
+                self.releases.add(source)
+            else:
+                self.releases.discard(source)
+            held = bool(self.releases)
+            for output in (self.relay, self.relay_out):
+                if output is None or output.held == held:
+                    continue
+                try:
+                    output.hold(held)
+                except DriverError as exc:
+                    self.relay_error = str(exc)
+                    log.error("lane %s: relay hold failed: %s", self.lane.name, exc)
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -146,12 +181,17 @@ class LaneRunner:
     def _decide(self, scan: Scan) -> None:
         started = time.perf_counter()
         with self.lock:
-            result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
-                                    mono_ms=scan.mono_ns // 1_000_000)
+            released = bool(self.releases)
+            if released:  # free egress: journaled as taken, never as an admit
+                result = record_during_release(self.gate, scan.code, self.lane, scan.wall,
+                                               scan.kind)
+            else:
+                result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
+                                        mono_ms=scan.mono_ns // 1_000_000)
         decision = result.decision
         pulsed = False
         output = self.output_for(decision.direction)
-        if decision.record and output is not None:
+        if decision.record and output is not None and not released:
             try:
                 if decision.admit:
                     output.pulse(self.lane.relay_pulse_ms)
@@ -160,6 +200,10 @@ class LaneRunner:
             except DriverError as exc:
                 self.relay_error = str(exc)
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
+        if decision.record and not released:
+            self.indicators.show("admit" if decision.admit else "refuse", decision.message)
+        if decision.admit and result.uuid and passage_input_for(self.lane, decision.direction):
+            self.passage.admitted(result.uuid, decision.direction, decision.zone_id)
         latency = time.perf_counter() - started
         self._count(decision.status if decision.record else "ignored")
         self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,
@@ -205,6 +249,8 @@ class LaneRunner:
             "decisions_total": dict(self.totals), "queue": self.queue.qsize(),
             "heartbeat_age_s": round(now - self.heartbeat, 2),
             "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
+            "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
+            "released_by": sorted(self.releases),
         }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
+from agent.store.passages import settle_stale_waits
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
 MIGRATIONS = [
@@ -64,7 +65,39 @@ MIGRATIONS = [
         ALTER TABLE scans ADD COLUMN max_entries INTEGER;
         ALTER TABLE scans ADD COLUMN tracks_exits INTEGER
     """),
+    # The turnstile's own signals (issue 17, agent.store.passages): one row per admit that
+    # waits for its passage, with the admit as decided (the scans row is rewritten to a
+    # refusal when the passage never came), and one row per lane event (alarms, releases).
+    ("0004_passages", """
+        CREATE TABLE passages (
+            uuid TEXT PRIMARY KEY,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            zone_id INTEGER,
+            state TEXT NOT NULL,
+            admitted_status TEXT NOT NULL,
+            admitted_detail TEXT,
+            waiting_since TEXT NOT NULL,
+            resolved_at TEXT,
+            note TEXT);
+        CREATE INDEX passages_state ON passages(state, waiting_since);
+        CREATE TABLE lane_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            lane TEXT,
+            kind TEXT NOT NULL,
+            by TEXT,
+            detail TEXT)
+    """),
 ]
+
+# The upload holds every pending row from the oldest admit still waiting for its passage on
+# (agent.store.passages): an entry that may yet be voided is never sent, and rows keep their
+# order. The wait is bounded by the lane (passage_timeout_ms) and, should the lane be gone, by
+# PASSAGE_HOLD_LIMIT_S, after which the admit stands ("interrupted", see docs/turnstile.md).
+PASSAGE_HOLD_LIMIT_S = 120.0
+_NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON s.uuid = p.uuid"
+             " WHERE p.state = 'waiting'), 9223372036854775807)")
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
@@ -266,15 +299,16 @@ class Journal:
         connection) never give the same rows two request uuids: the second one to claim sees
         the first one's uuid and sends that very batch (which the platform deduplicates)."""
         with self._write():
+            settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
             head = self.conn.execute(
-                "SELECT batch_uuid FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT 1"
-            ).fetchone()
+                "SELECT batch_uuid FROM scans WHERE upload_state = 'pending' AND "
+                f"{_NOT_HELD} ORDER BY seq LIMIT 1").fetchone()
             if head is None:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
                     "SELECT uuid FROM scans WHERE upload_state = 'pending'"
-                    " AND batch_uuid IS NULL ORDER BY seq LIMIT ?", (limit,))]
+                    f" AND batch_uuid IS NULL AND {_NOT_HELD} ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
                     "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",

@@ -16,15 +16,25 @@ class FakeLineRequest:
         self.path = path
         self.consumer = consumer
         ((offset, settings),) = config.items()
-        assert settings.direction == Direction.OUTPUT, "relay line must be an output"
+        assert settings.direction in (Direction.OUTPUT, Direction.INPUT)
         self.offset = offset
         self.settings = settings
         self.values: list[Value] = [settings.output_value]
         self.released = False
         self.fail_on_active = False
+        self.level = Value.INACTIVE  # what an input line reads (set by the test)
+        self.fail_reads = False
+
+    def get_value(self, line: int) -> Value:
+        assert not self.released, "get_value after release"
+        assert line == self.offset and self.settings.direction == Direction.INPUT
+        if self.fail_reads:
+            raise OSError(19, "No such device")
+        return self.level
 
     def set_value(self, line: int, value: Value) -> None:
         assert not self.released, "set_value after release"
+        assert self.settings.direction == Direction.OUTPUT, "relay line must be an output"
         assert line == self.offset
         if self.fail_on_active and value == Value.ACTIVE:
             raise OSError(5, "Input/output error")

@@ -1,0 +1,93 @@
+"""A lane's lights, buzzer and text display, driven from each decision.
+
+Why a pattern per outcome and not per status: the person at the gate needs to know three
+things — go, stop, or call someone — and the staff a fourth (an alarm). Each pattern names
+outputs and how long each stays on (`"red:1500,buzzer:300"`, agent.config.parse_pattern);
+all start at once. Outputs are ordinary relay drivers (`gpio:`, `serialrelay:`, `sim:`), so a
+stack light wired to a relay board needs nothing new. Indicators are cosmetic: a failing one
+is logged and shown in status, and never delays or changes a decision (they are driven after
+the relay pulse).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.config import LaneConfig, parse_pattern
+from agent.errors import DriverError
+from drivers import Output, open_output
+from drivers.registry import open_display
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("admit", "refuse", "not_passed", "alarm")
+
+
+class Indicators:
+    """Green/red lights, buzzer and display of one lane (all optional)."""
+
+    def __init__(self, lane: LaneConfig):
+        self.lane = lane
+        self.outputs: dict[str, Output] = {}
+        self.display: Any = None
+        self.errors: dict[str, str] = {}
+        self.patterns = {
+            "admit": parse_pattern(lane.indicate_admit),
+            "refuse": parse_pattern(lane.indicate_refuse),
+            "not_passed": parse_pattern(lane.indicate_not_passed),
+            "alarm": parse_pattern(lane.indicate_alarm),
+        }
+        self.shown: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+
+    def open(self) -> None:
+        """Open what is configured; a missing device is reported, never fatal."""
+        for name, url in (("green", self.lane.light_green), ("red", self.lane.light_red),
+                          ("buzzer", self.lane.buzzer)):
+            if not url:
+                continue
+            try:
+                self.outputs[name] = open_output(url)
+            except DriverError as exc:
+                self.errors[name] = str(exc)
+                log.error("lane %s: %s light/buzzer %s unavailable: %s", self.lane.name, name,
+                          url, exc)
+        if self.lane.display:
+            try:
+                self.display = open_display(self.lane.display)
+            except DriverError as exc:
+                self.errors["display"] = str(exc)
+                log.error("lane %s: display %s unavailable: %s", self.lane.name,
+                          self.lane.display, exc)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.outputs or self.display is not None or self.errors)
+
+    def show(self, outcome: str, message: str | None = None) -> None:
+        """Run the outcome's pattern and put `message` on the display."""
+        self.shown[outcome] = self.shown.get(outcome, 0) + 1
+        for name, ms in self.patterns.get(outcome, ()):
+            output = self.outputs.get(name)
+            if output is None:
+                continue
+            try:
+                output.pulse(ms)
+            except DriverError as exc:
+                self.errors[name] = str(exc)
+                log.warning("lane %s: %s indicator failed: %s", self.lane.name, name, exc)
+        if self.display is not None and message:
+            self.display.show(message)
+
+    def close(self) -> None:
+        for output in self.outputs.values():
+            output.close()
+        if self.display is not None:
+            self.display.close()
+
+    def get_status(self) -> dict[str, Any] | None:
+        if not self.configured:
+            return None
+        return {"outputs": {n: o.get_status() for n, o in self.outputs.items()},
+                "display": self.display.get_status() if self.display is not None else None,
+                "errors": dict(self.errors), "shown": dict(self.shown)}

@@ -1,0 +1,219 @@
+"""Passage confirmation and alarms of one lane: did the person the gate admitted walk through?
+
+After an admit on a lane with a passage input for its direction (`passage_in`/`passage_out`),
+the scan waits `passage_timeout_ms` (agent.store.passages has the states):
+- a pulse on the input in time: the admit stands (`passed`); people in the zone +1 (-1 out);
+- no pulse: the admit is voided — the scans row becomes `denied/notPassed` (uploaded as
+  `failed`), the admit stays in `passages`, the ticket can be used again, the venue claim is
+  released with the venue's void message, and the lane shows the `not_passed` pattern.
+The upload holds the admit (and the rows after it) while it waits (agent.store.journal).
+
+Alarms: a pulse with no admit waiting (someone forced the arm, or walked in behind an admitted
+person: `forced`), and an input that stays active past `held_open_ms` (`held_open`). Each is
+logged, counted (status, metrics), journaled in `lane_events` and shown with the `alarm`
+pattern. During a release (emergency or manual) pulses are people leaving freely: counted,
+never alarms.
+
+One worker thread per lane owns the waits and its own journal connection; the input threads
+only queue what they saw, so a slow fsync never loses an edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import LaneConfig
+from agent.errors import DriverError, JournalUnavailable
+from agent.runtime.indicators import Indicators
+from agent.store.journal import Journal
+from agent.store.passages import PassageLog, now_iso
+from drivers.registry import open_input
+
+log = logging.getLogger("gate_agent.passage")
+
+ALARM_RECENT_S = 300.0
+OnAlarm = Callable[[str, str, str], None]  # lane, kind, detail
+VoidClaim = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Wait:
+    uuid: str
+    direction: str
+    zone_key: str
+    deadline: float  # time.monotonic()
+
+
+class PassageWatch:
+    """The passage inputs, waits and alarms of one lane (see the module docstring)."""
+
+    def __init__(self, lane: LaneConfig, journal: Journal | None, indicators: Indicators,
+                 on_alarm: OnAlarm, void_claim: VoidClaim | None = None,
+                 released: Callable[[], bool] = lambda: False):
+        self.lane = lane
+        self.log = PassageLog(journal) if journal is not None else None
+        self.indicators = indicators
+        self.on_alarm = on_alarm
+        self.void_claim = void_claim
+        self.released = released
+        self.inputs: dict[str, Any] = {}  # direction -> Input
+        self.input_errors: dict[str, str] = {}
+        self.waits: dict[str, deque[_Wait]] = {"in": deque(), "out": deque()}
+        self.totals: dict[str, int] = {"passed": 0, "voided": 0, "forced": 0, "held_open": 0,
+                                       "free": 0, "unconfirmed": 0}
+        self.people: dict[str, int] = {}  # zone -> passages in minus out (since start)
+        self.recent_alarms: deque[tuple[float, str]] = deque()
+        self.held_open: set[str] = set()
+        self._active_since: dict[str, float] = {}
+        self._events: queue.Queue[tuple[str, str, bool] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.lane.passage_in or self.lane.passage_out)
+
+    def start(self) -> None:
+        if not self.configured:
+            return
+        for direction, url in (("in", self.lane.passage_in), ("out", self.lane.passage_out)):
+            if not url:
+                continue
+            try:
+                watched = open_input(url)
+            except DriverError as exc:
+                self.input_errors[direction] = str(exc)
+                log.error("lane %s: passage input %s unavailable: %s", self.lane.name, url, exc)
+                continue
+            self.inputs[direction] = watched
+            watched.start(lambda _url, active, _ns, d=direction:
+                          self._events.put(("edge", d, active)))
+        self._thread = threading.Thread(target=self._work, daemon=True,
+                                        name=f"passage {self.lane.name}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        for watched in self.inputs.values():
+            watched.stop()
+        self._events.put(None)
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def admitted(self, uuid: str, direction: str, zone_id: int | None) -> None:
+        """Called by the lane after the relay pulse of an admit whose row waits for us."""
+        watched = self.inputs.get(direction)
+        if watched is None or not watched.connected:
+            # Nobody can see the passage: voiding would guess "not passed" and free the
+            # ticket for a second person; the admit stands, status says the input is down.
+            if self.log is not None:
+                self.log.stand(uuid, now_iso(), f"passage input {direction} not watched")
+            self.totals["unconfirmed"] += 1
+            return
+        deadline = time.monotonic() + self.lane.passage_timeout_ms / 1000
+        self.waits[direction].append(_Wait(uuid, direction, _zone_key(zone_id, self.lane),
+                                           deadline))
+        self._events.put(("admit", uuid, False))  # wakes the worker for the new deadline
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._events.get(timeout=self._next_timeout())
+            except queue.Empty:
+                item = ("tick", "", False)
+            if item is None:
+                return
+            try:
+                if item[0] == "edge":
+                    self._edge(item[1], item[2])
+                self._expire()
+            except JournalUnavailable as exc:
+                log.error("lane %s: passage not recorded: %s", self.lane.name, exc)
+            except Exception:  # noqa: BLE001 - a bug must not stop the watch; it is logged
+                log.exception("lane %s: passage handling failed", self.lane.name)
+
+    def _next_timeout(self) -> float:
+        soonest = [w[0].deadline for w in self.waits.values() if w]
+        soonest += [at + self.lane.held_open_ms / 1000 for d, at in self._active_since.items()
+                    if d not in self.held_open]
+        if not soonest:
+            return 1.0
+        return min(1.0, max(0.0, min(soonest) - time.monotonic()))
+
+    def _edge(self, direction: str, active: bool) -> None:
+        if not active:
+            self._active_since.pop(direction, None)
+            self.held_open.discard(direction)
+            return
+        self._active_since[direction] = time.monotonic()
+        waits = self.waits[direction]
+        zone = waits[0].zone_key if waits else _zone_key(None, self.lane)
+        self.people[zone] = self.people.get(zone, 0) + (1 if direction == "in" else -1)
+        if waits:
+            wait = waits.popleft()
+            if self.log is None or self.log.passed(wait.uuid, now_iso()):
+                self.totals["passed"] += 1
+            return
+        if self.released():
+            self.totals["free"] += 1
+            return
+        self._alarm("forced", f"passage {direction} with no admit (forced or tailgating)")
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for waits in self.waits.values():
+            while waits and waits[0].deadline <= now:
+                self._void(waits.popleft())
+        for direction, since in list(self._active_since.items()):
+            if direction not in self.held_open and now - since >= self.lane.held_open_ms / 1000:
+                self.held_open.add(direction)
+                self._alarm("held_open", f"passage {direction} held open for more than "
+                                         f"{self.lane.held_open_ms} ms")
+
+    def _void(self, wait: _Wait) -> None:
+        scan = self.log.void(wait.uuid, now_iso()) if self.log is not None else None
+        if scan is None:
+            return  # settled elsewhere (the uploader's bound) or no journal
+        self.totals["voided"] += 1
+        log.warning("lane %s: admit %s voided: no passage within %d ms (ticket usable again)",
+                    self.lane.name, wait.uuid, self.lane.passage_timeout_ms)
+        self.indicators.show("not_passed", "Not passed - please scan again")
+        if self.void_claim is not None and scan.get("item_id") is not None:
+            self.void_claim(scan)
+
+    def _alarm(self, kind: str, detail: str) -> None:
+        self.totals[kind] += 1
+        now = time.monotonic()
+        self.recent_alarms.append((now, kind))
+        while self.recent_alarms and now - self.recent_alarms[0][0] > ALARM_RECENT_S:
+            self.recent_alarms.popleft()
+        self.indicators.show("alarm", "Alarm - staff called")
+        if self.log is not None:
+            self.log.event(now_iso(), self.lane.name, kind, None, detail)
+        self.on_alarm(self.lane.name, kind, detail)
+
+    def get_status(self) -> dict[str, Any] | None:
+        if not self.configured:
+            return None
+        now = time.monotonic()
+        recent: dict[str, int] = {}
+        for at, kind in list(self.recent_alarms):
+            if now - at <= ALARM_RECENT_S:
+                recent[kind] = recent.get(kind, 0) + 1
+        return {"inputs": {d: i.get_status() for d, i in self.inputs.items()},
+                "input_errors": dict(self.input_errors),
+                "waiting": sum(len(w) for w in self.waits.values()),
+                "totals": dict(self.totals), "alarms_5min": recent,
+                "held_open": sorted(self.held_open), "people": dict(self.people)}
+
+
+def _zone_key(zone_id: int | None, lane: LaneConfig) -> str:
+    zone = zone_id if zone_id is not None else lane.zone_id
+    return str(zone) if zone is not None else "default"

@@ -1,0 +1,93 @@
+"""Releases: every lane held open while the fire panel says so, or one lane by a technician.
+
+A released lane's relays are held on (drivers.base.Output.hold) for free egress. Scans keep
+being read, decided and journaled — as taken during the release (`denied/releasedGate`, so
+they are uploaded as `failed` and never count as entries: anyone could walk through) — and
+passages count people without raising alarms. The emergency input is a device-level contact
+(`[device] emergency_input`); while it is active status says `fail` (`emergency_release`).
+When it clears, the relays drop and normal service resumes by itself.
+
+A technician's release (`gate-agent release LANE`) goes through the daemon's control socket
+and is journaled in `lane_events` with who asked (their name, or the peer's uid).
+
+If the emergency input itself cannot be read, nothing is released (a flapping cable must not
+open every gate): status warns that the fire panel is not being watched.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from agent.config import LaneConfig
+from agent.errors import DriverError, JournalUnavailable
+from agent.runtime.gate import Gate, ScanResult, _journal_row
+from drivers.registry import open_input
+
+log = logging.getLogger("gate_agent.release")
+
+RELEASED_DETAIL = "releasedGate"
+RELEASED_MESSAGE = "Gate released: scan recorded, not counted as an entry"
+
+
+def record_during_release(gate: Gate, code: str, lane: LaneConfig, now: datetime,
+                          kind: str | None) -> ScanResult:
+    """Journal a scan read while the lane is released: as taken, never as an admit."""
+    decision = gate.check(code, lane, now, kind=kind)
+    if not decision.record:
+        return ScanResult(decision, None)
+    taken = replace(decision, admit=False, status="denied", detail=RELEASED_DETAIL,
+                    message=RELEASED_MESSAGE)
+    if gate.journal is None:
+        return ScanResult(taken, None)
+    row = _journal_row(str(uuidlib.uuid4()), taken, lane, now)
+    try:
+        gate.journal.record(row)
+    except JournalUnavailable as exc:
+        log.error("lane %s: scan during release not journaled: %s", lane.name, exc)
+        return ScanResult(taken, None)
+    return ScanResult(taken, row.uuid)
+
+
+class EmergencyInput:
+    """Watches `[device] emergency_input` and calls `changed(active)` on each change."""
+
+    def __init__(self, url: str, changed: Callable[[bool], None]):
+        self.url = url
+        self.changed = changed
+        self.active = False
+        self.since: str | None = None
+        self.error: str | None = None
+        self.input: Any = None
+
+    def start(self) -> None:
+        if not self.url:
+            return
+        try:
+            self.input = open_input(self.url)
+        except DriverError as exc:
+            self.error = str(exc)
+            log.error("emergency input %s unavailable: %s", self.url, exc)
+            return
+        self.input.start(self._on_change)
+
+    def _on_change(self, _url: str, active: bool, _ns: int) -> None:
+        self.active = active
+        self.changed(active)
+
+    def stop(self) -> None:
+        if self.input is not None:
+            self.input.stop()
+
+    def get_status(self) -> dict[str, Any] | None:
+        if not self.url:
+            return None
+        watched = self.input.get_status() if self.input is not None else None
+        connected = bool(watched and watched["connected"])
+        return {"url": self.url, "active": self.active, "since": self.since,
+                "connected": connected,
+                "error": self.error or (watched or {}).get("last_error") or None}

@@ -1,0 +1,124 @@
+"""What the turnstile itself reported, kept in the journal file beside the scans (issue 17).
+
+`passages`: one row per admit on a lane with a passage input, written in the same transaction
+as the scan (so the uploader can never see the admit without its hold). States:
+
+    waiting      the lane is waiting for the passage pulse; the upload holds the row
+    passed       the pulse came in time: the admit stands
+    voided       it did not: the scans row is rewritten to a refusal (`denied/notPassed`,
+                 uploaded as `failed`), the admit as decided stays here — the journal keeps
+                 both facts — and the ticket can be used again
+    interrupted  the agent stopped while waiting (crash, power cut) or the wait outlived
+                 PASSAGE_HOLD_LIMIT_S: the admit stands. The relay had opened and nobody can
+                 say the person did not pass; voiding would free the ticket for a second
+                 person (docs/turnstile.md)
+
+`lane_events`: alarms (forced passage, held open), emergency and manual releases, with who.
+Every change is a guarded update (`... AND state = 'waiting'`), so of the lane, the uploader's
+bound and a restart exactly one settles a wait.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from agent.core.codes import utc_iso
+
+if TYPE_CHECKING:
+    from agent.store.journal import Journal
+
+NOT_PASSED = "notPassed"
+NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be used again"
+STATES = ("waiting", "passed", "voided", "interrupted")
+
+
+def await_passage(journal: Journal, uuid: str, lane: str, direction: str, zone_id: int | None,
+                  status: str, detail: str | None, at: str) -> None:
+    """Inside the scan's `scan_transaction()`: this admit waits for its passage."""
+    journal.conn.execute(
+        "INSERT INTO passages (uuid, lane, direction, zone_id, state, admitted_status,"
+        " admitted_detail, waiting_since) VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
+        (uuid, lane, direction, zone_id, status, detail, at))
+
+
+def settle_stale_waits(conn: sqlite3.Connection, older_than_s: float,
+                       note: str = "no passage answer within the upload's hold limit") -> int:
+    """Inside a write transaction: waits older than `older_than_s` stand ("interrupted")."""
+    now = datetime.now(UTC)
+    cutoff = utc_iso(now - timedelta(seconds=older_than_s))
+    return conn.execute(
+        "UPDATE passages SET state = 'interrupted', resolved_at = ?, note = ?"
+        " WHERE state = 'waiting' AND waiting_since <= ?", (utc_iso(now), note, cutoff)).rowcount
+
+
+class PassageLog:
+    """A lane's (or the daemon's) view of the two tables, on its own journal connection."""
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self.conn = journal.conn
+
+    def passed(self, uuid: str, at: str) -> bool:
+        """The pulse came: the admit stands. False when the wait was settled already."""
+        with self.journal.scan_transaction():
+            return self.conn.execute(
+                "UPDATE passages SET state = 'passed', resolved_at = ? WHERE uuid = ?"
+                " AND state = 'waiting'", (at, uuid)).rowcount == 1
+
+    def stand(self, uuid: str, at: str, note: str) -> bool:
+        """No one can confirm the passage (input down): the admit stands, marked so."""
+        with self.journal.scan_transaction():
+            return self.conn.execute(
+                "UPDATE passages SET state = 'interrupted', resolved_at = ?, note = ?"
+                " WHERE uuid = ? AND state = 'waiting'", (at, note, uuid)).rowcount == 1
+
+    def void(self, uuid: str, at: str) -> dict[str, Any] | None:
+        """No pulse in time: rewrite the scan to a refusal in the same transaction. Returns
+        the scan (event, item, venue mark) for the venue's void; None if settled already."""
+        with self.journal.scan_transaction():
+            if self.conn.execute(
+                    "UPDATE passages SET state = 'voided', resolved_at = ? WHERE uuid = ?"
+                    " AND state = 'waiting'", (at, uuid)).rowcount != 1:
+                return None
+            self.conn.execute(
+                "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
+                " WHERE uuid = ? AND upload_state = 'pending'",
+                (NOT_PASSED, NOT_PASSED_MESSAGE, uuid))
+            row = self.conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
+                                    " WHERE uuid = ?", (uuid,)).fetchone()
+        return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
+                                                 strict=True))
+
+    def settle_interrupted(self) -> int:
+        """At start-up: every wait left by the previous run stands (see module docstring)."""
+        with self.journal.scan_transaction():
+            return settle_stale_waits(self.conn, 0.0, "the agent stopped while waiting for the "
+                                      "passage; the admit stands")
+
+    def event(self, at: str, lane: str | None, kind: str, by: str | None = None,
+              detail: str | None = None) -> None:
+        with self.journal.scan_transaction():
+            self.conn.execute("INSERT INTO lane_events (at, lane, kind, by, detail)"
+                              " VALUES (?, ?, ?, ?, ?)", (at, lane, kind, by, detail))
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT seq, at, lane, kind, by, detail FROM lane_events"
+                                " ORDER BY seq DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def state(self, uuid: str) -> str | None:
+        row = self.conn.execute("SELECT state FROM passages WHERE uuid = ?", (uuid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for state, n in self.conn.execute("SELECT state, COUNT(*) FROM passages GROUP BY state"):
+            out[state] = n
+        return out
+
+
+def now_iso() -> str:
+    return utc_iso(datetime.now(UTC))
