@@ -1,0 +1,196 @@
+"""Issue 17: passage confirmation, indicators, alarms and releases on one real lane.
+
+Real SQLite journal and cache, the real lane thread, the `sim:` drivers for relay, lights,
+display and the passage input (real drivers whose effects are recorded; no turnstile here),
+and the platform sandbox on a loopback socket for what gets uploaded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import demo_data
+from agent.config import LaneConfig
+from agent.ops.status import evaluate
+from agent.platform.upload import Uploader
+from agent.runtime.gate import Gate
+from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
+from agent.runtime.opening import open_cache, open_journal
+from agent.sandbox.harness import Sandbox, start_sandbox
+from drivers.display import sim_display
+from drivers.inputs import sim_input_pulse, sim_input_set
+from drivers.sim import sim_relay, sim_reset
+from tests.conftest import DemoSite
+from tests.platform.conftest import make_client
+from tests.rigs import wait_until
+
+C = demo_data.CODES
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    seed = tmp_path_factory.mktemp("seed") / "seed.json"
+    seed.write_text(json.dumps(demo_data.sandbox_seed(datetime.now(UTC))))
+    with start_sandbox(seed_file=seed, rpm=6000, async_delay_s=0.01) as sb:
+        yield sb
+
+
+class LaneRig:
+    """One lane with every signal wired to `sim:` drivers named after the test."""
+
+    def __init__(self, site: DemoSite, name: str, **lane: Any):
+        sim_reset()
+        self.name = name
+        self.lane = LaneConfig(
+            name="north-in", gate_id=demo_data.GATE_NORTH, direction="in", max_entries=1,
+            debounce_ms=0, relay=f"sim:{name}-relay", passage_in=f"sim:{name}-pass",
+            light_green=f"sim:{name}-green", light_red=f"sim:{name}-red",
+            buzzer=f"sim:{name}-buzz", display=f"sim:{name}-display", **lane)
+        self.events: queue.Queue[LaneEvent] = queue.Queue()
+        self.alarms: list[tuple[str, str]] = []
+        self.gate = Gate(open_cache(site.config), open_journal(site.config), site.config)
+        self.runner = LaneRunner(self.lane, self.gate, self.events.put,
+                                 lambda lane, kind, _detail: self.alarms.append((lane, kind)))
+        self.runner.start()
+        self.db = sqlite3.connect(site.config.store_dir / "journal.db")
+        wait_until(lambda: self.runner.passage.inputs["in"].connected, 5, "passage input")
+
+    def scan(self, code: str) -> LaneEvent:
+        self.runner.submit(manual_scan(code, self.lane.name))
+        return self.events.get(timeout=10)
+
+    def passage(self, uuid: str) -> str | None:
+        row = self.db.execute("SELECT state FROM passages WHERE uuid = ?", (uuid,)).fetchone()
+        return row[0] if row else None
+
+    def scan_row(self, uuid: str) -> tuple[Any, ...]:
+        return self.db.execute("SELECT admit, status, status_detail FROM scans WHERE uuid = ?",
+                               (uuid,)).fetchone()
+
+    def close(self) -> None:
+        self.runner.stop()
+        self.gate.close()
+        self.db.close()
+
+
+@pytest.fixture
+def rig(site: DemoSite, request: pytest.FixtureRequest) -> Iterator[LaneRig]:
+    marker = request.node.get_closest_marker("lane")
+    r = LaneRig(site, request.node.name[:20], **(marker.kwargs if marker else {}))
+    yield r
+    r.close()
+
+
+@pytest.mark.lane(passage_timeout_ms=5000)
+def test_admit_and_pass_stands_and_counts_a_person(rig: LaneRig) -> None:
+    event = rig.scan(C["valid"])
+    uuid = event.result.uuid
+    assert event.result.decision.admit and event.pulsed and uuid
+    assert rig.passage(uuid) == "waiting"
+    assert [p["ms"] for p in sim_relay(f"{rig.name}-green").pulses] == [1500]
+    assert sim_relay(f"{rig.name}-red").pulses == []
+    assert sim_display(f"{rig.name}-display") == [event.result.decision.message]
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(uuid) == "passed", 10, "passage confirmed")
+    assert rig.scan_row(uuid) == (1, "valid", None)
+    status = rig.runner.get_status()["passage"]
+    assert status["totals"]["passed"] == 1 and sum(status["people"].values()) == 1
+    assert rig.alarms == []
+    assert not rig.scan(C["valid"]).result.decision.admit  # single access: used now
+
+
+@pytest.mark.lane(passage_timeout_ms=300)
+def test_admit_without_passage_is_voided_reusable_and_uploaded_as_failed(
+        rig: LaneRig, sandbox: Sandbox) -> None:
+    first = rig.scan(C["valid2"])
+    assert first.result.decision.admit and first.result.uuid
+    voided = first.result.uuid
+    wait_until(lambda: rig.passage(voided) == "voided", 10, "admit voided")
+    # the journal keeps both facts: the refusal to upload, and the admit as decided
+    assert rig.scan_row(voided) == (0, "denied", "notPassed")
+    assert rig.db.execute("SELECT admitted_status FROM passages WHERE uuid = ?",
+                          (voided,)).fetchone() == ("valid",)
+    wait_until(lambda: sim_relay(f"{rig.name}-red").pulses, 5, "not-passed pattern")
+    assert [p["ms"] for p in sim_relay(f"{rig.name}-red").pulses] == [800]
+    again = rig.scan(C["valid2"])  # the ticket can be used again
+    assert again.result.decision.admit, again.result.decision
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(again.result.uuid) == "passed", 10, "second passes")
+
+    async def upload() -> int:
+        async with make_client(sandbox) as client:
+            return await Uploader(open_journal_for(rig), client, batch_size=50).drain()
+
+    assert asyncio.run(upload()) == 2
+    rows = {r["uuid"]: r for r in sandbox.received()["uploads"]}
+    assert rows[voided]["status"] == "failed" and "notPassed" in rows[voided]["statusDetail"]
+    assert rows[again.result.uuid]["status"] == "scanned"
+    assert [r["status"] for r in sandbox.received()["uploads"]
+            if r["uuid"] == voided] == ["failed"]  # never sent as an entry
+
+
+def open_journal_for(rig: LaneRig) -> Any:
+    return rig.gate.journal
+
+
+@pytest.mark.lane(passage_timeout_ms=5000)
+def test_upload_holds_an_admit_until_its_passage_is_known(rig: LaneRig) -> None:
+    """Nothing from the waiting admit on is claimed for upload; once passed, all is."""
+    journal = rig.gate.journal
+    assert journal is not None
+    before = rig.scan("NO-SUCH-TICKET-1")  # refused, uploadable? unknown codes stay local
+    admit = rig.scan(C["valid"])
+    after = rig.scan(C["refunded"])
+    assert rig.passage(admit.result.uuid) == "waiting"
+    assert journal.claim_batch(50, "batch-held") == []
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(admit.result.uuid) == "passed", 10, "passed")
+    claimed = [r["uuid"] for r in journal.claim_batch(50, "batch-free")]
+    assert claimed == [admit.result.uuid, after.result.uuid]
+    assert before.result.uuid not in claimed
+
+
+@pytest.mark.lane(passage_timeout_ms=5000, held_open_ms=300)
+def test_passage_without_admit_and_held_open_raise_alarms(rig: LaneRig, site: DemoSite) -> None:
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.alarms, 10, "forced alarm")
+    assert rig.alarms == [("north-in", "forced")]
+    sim_input_set(f"{rig.name}-pass", True)  # another one forced, and the arm stays open
+    wait_until(lambda: len(rig.alarms) == 3, 10, "held-open alarm")
+    assert [k for _, k in rig.alarms] == ["forced", "forced", "held_open"]
+    lane = rig.runner.get_status()
+    _health, reasons = evaluate({"lanes": [lane], "cache": {"events": [{"items": 1}]}},
+                                datetime.now(UTC), 1e9)
+    assert {"passage_forced", "held_open"} <= {r.code for r in reasons}
+    sim_input_set(f"{rig.name}-pass", False)
+    wait_until(lambda: not rig.runner.passage.held_open, 5, "held-open cleared")
+    kinds = [k for (k,) in rig.db.execute("SELECT kind FROM lane_events ORDER BY seq")]
+    assert kinds == ["forced", "forced", "held_open"]
+    assert len(sim_relay(f"{rig.name}-buzz").pulses) == 3  # the alarm pattern, each time
+    assert sum(rig.runner.get_status()["passage"]["people"].values()) == 2  # people count
+
+
+@pytest.mark.lane(passage_timeout_ms=5000)
+def test_a_released_lane_holds_its_relay_and_journals_scans_as_taken(rig: LaneRig) -> None:
+    relay = sim_relay(f"{rig.name}-relay")
+    rig.runner.set_release("emergency", True)
+    assert relay.state is True and rig.runner.relay is not None and rig.runner.relay.held
+    event = rig.scan(C["valid"])
+    decision = event.result.decision
+    assert (decision.admit, decision.detail, event.pulsed) == (False, "releasedGate", False)
+    assert rig.scan_row(event.result.uuid) == (0, "denied", "releasedGate")
+    assert relay.pulses == [] and relay.state is True  # no pulse could shut it early
+    sim_input_pulse(f"{rig.name}-pass")  # people leaving freely: counted, no alarm
+    wait_until(lambda: rig.runner.passage.totals["free"] == 1, 10, "free passage")
+    assert rig.alarms == []
+    rig.runner.set_release("emergency", False)
+    assert relay.state is False
+    assert rig.scan(C["valid"]).result.decision.admit  # not counted as an admit before
