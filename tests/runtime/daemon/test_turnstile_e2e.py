@@ -1,0 +1,128 @@
+"""Issue 17 through the real daemon (a subprocess): a kill -9 while an admit waits for its
+passage, and the fire panel's input during traffic, with a technician's release by the CLI.
+
+The turnstile's inputs are `sim:` inputs on Unix datagram sockets (no turnstile here); the
+scanner is a pty; the platform is the sandbox on loopback."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+from agent import demo_data
+from drivers.inputs import send_input
+from tests.conftest import run_cli
+from tests.rigs import wait_until
+from tests.runtime.daemon.conftest import Site, wait_synced
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+C = demo_data.CODES
+
+
+def configure(site: Site, entry: str, device: str = "") -> None:
+    site.write_config()
+    text = site.config.read_text().replace("debounce_ms = 300\n", f"debounce_ms = 300\n{entry}\n")
+    site.config.write_text(text + (f"\n[device]\n{device}\n" if device else ""))
+
+
+def journal(site: Site, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(site.store / "journal.db")
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def uploaded(site: Site, uuid: str) -> list[str]:
+    return [r["status"] for r in site.sandbox.received()["uploads"] if r["uuid"] == uuid]
+
+
+def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site) -> None:
+    """Documented rule (docs/turnstile.md): an admit whose wait was cut short stands — the
+    gate had opened, and voiding would free the ticket for a second person."""
+    configure(site, f'passage_in = "sim:pin?socket={site.root / "pin.sock"}"\n'
+                    "passage_timeout_ms = 60000")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        (decision,) = daemon.wait_decisions(1)
+        uuid = decision["uuid"]
+        assert decision["admit"] is True
+        wait_until(lambda: daemon.status()["lanes"][0]["passage"]["waiting"] == 1, 10,
+                   "admit waiting")
+        time.sleep(1.5)  # three upload rounds: the waiting admit must not go out
+        assert uploaded(site, uuid) == []
+        daemon.kill()
+    finally:
+        daemon.kill()
+    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda r: "were waiting for their passage" in r.get("msg", ""), 5,
+                        "the interrupted wait reported")
+        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == \
+            [("interrupted",)]
+        assert journal(site, "SELECT admit FROM scans WHERE uuid = ?", uuid) == [(1,)]
+        wait_until(lambda: uploaded(site, uuid), 20, "the admit uploaded")
+        assert uploaded(site, uuid) == ["scanned"]  # once, as the entry it stays
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        again = daemon.wait_decisions(1)[-1]
+        assert again["admit"] is False  # the ticket stays used
+    finally:
+        daemon.stop()
+
+
+def test_fire_input_during_traffic_holds_every_lane_and_restores_service(site: Site) -> None:
+    fire = site.root / "fire.sock"
+    configure(site, "", f'emergency_input = "sim:fire?socket={fire}"')
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        assert daemon.wait_decisions(1)[-1]["admit"] is True
+        wait_until(fire.exists, 10, "fire input socket")
+        send_input(fire, "1")
+        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and r, 10,
+                            "emergency status")
+        assert "emergency_release" in {x["code"] for x in report["reasons"]}
+        assert [lane["released_by"] for lane in report["lanes"]] == [["emergency"]] * 2
+        assert report["lanes"][0]["relay"]["held"] is True
+        site.scanner.write(C["valid2"].encode() + b"\r\n")
+        during = daemon.wait_decisions(2)[-1]
+        assert (during["admit"], during["statusDetail"], during["relay"]) == \
+            (False, "releasedGate", False)
+        assert journal(site, "SELECT admit, status_detail FROM scans WHERE uuid = ?",
+                       during["uuid"]) == [(0, "releasedGate")]
+        send_input(fire, "0")
+        report = wait_until(lambda: not (r := daemon.status())["emergency"]["active"] and r,
+                            10, "emergency cleared")
+        assert report["lanes"][0]["relay"]["held"] is False
+        assert "emergency_release" not in {x["code"] for x in report["reasons"]}
+        time.sleep(0.35)  # past debounce_ms
+        site.scanner.write(C["valid2"].encode() + b"\r\n")
+        after = daemon.wait_decisions(3)[-1]
+        assert after["admit"] is True and after["relay"] is True  # not counted before
+
+        cli = run_cli("release", "entry", "--hold", "--by", "steward-3", "--json",
+                      "--config", str(site.config))
+        assert cli.returncode == 0, cli.stderr
+        report = daemon.status()
+        assert report["lanes"][0]["released_by"] == ["manual:steward-3"]
+        assert "lane_released" in {x["code"] for x in report["reasons"]}
+        assert run_cli("release", "entry", "--end", "--config", str(site.config)).returncode == 0
+        assert daemon.status()["lanes"][0]["released_by"] == []
+    finally:
+        daemon.stop()
+    events = journal(site, "SELECT lane, kind, by FROM lane_events ORDER BY seq")
+    assert events[:2] == [(None, "emergency_on", "emergency input"),
+                          (None, "emergency_off", "emergency input")]
+    assert events[2] == ("entry", "manual_hold", "steward-3")
+    assert events[3][1] == "manual_end"
