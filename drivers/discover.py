@@ -142,9 +142,22 @@ def gpio_chips() -> Category:
     return Category("gpio", rows)
 
 
+def contact_inputs(serial: Category, gpio: Category) -> Category:
+    """Where a turnstile's passage contact or a fire panel's release can be wired: a serial
+    port's modem status lines, or a GPIO line (test one with `devices test URL --role input`)."""
+    rows = [DeviceRow("input", f"{r.url}?line=cts",
+                      f"{r.description}: modem line as a contact (line=cts|dsr|dcd|ri)",
+                      r.usb_id) for r in serial.rows]
+    rows += [DeviceRow("input", r.url, f"{r.description}: a line as a contact", r.usb_id)
+             for r in gpio.rows]
+    return Category("inputs", rows, "" if rows else "no serial port or GPIO chip to wire a "
+                    "passage or emergency contact to")
+
+
 def discover() -> list[Category]:
     """All categories, in the order the CLI shows them."""
-    return [serial_ports(), nfc_readers(), input_devices(), gpio_chips()]
+    serial, gpio = serial_ports(), gpio_chips()
+    return [serial, nfc_readers(), input_devices(), gpio, contact_inputs(serial, gpio)]
 
 
 def as_json(categories: list[Category]) -> dict[str, Any]:

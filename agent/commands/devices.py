@@ -50,7 +50,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="seconds to wait for a scan (default 15)")
     p.add_argument("--ms", type=int, default=500, metavar="MS",
                    help="relay pulse length (default 500)")
-    p.add_argument("--role", choices=("reader", "relay"), help="default: from the URL scheme")
+    p.add_argument("--role", choices=("reader", "relay", "input", "display"),
+                   help="default: from the URL scheme; input waits for a pulse (active, then "
+                        "inactive) on a passage or emergency contact")
     explain(p, "Wait for one scan from a reader and print it, or pulse a relay once. Stop the "
                "daemon first if it holds the device.",
             ["gate-agent devices test serial:///dev/ttyACM0 --timeout 30",
@@ -62,7 +64,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pair", parents=[common], help="bind a device to a lane")
     p.add_argument("lane", metavar="LANE", help="lane name from [[lanes]]")
     p.add_argument("url", metavar="URL", help="device URL (see `gate-agent devices list`)")
-    p.add_argument("--role", choices=("reader", "relay", "relay_out"),
+    p.add_argument("--role", choices=("reader", *bindings.SINGLE_ROLES),
                    help="default: from the URL scheme (relay_out: the exit release)")
     p.add_argument("--no-validate", action="store_true", help="do not open the device first")
     explain(p, "Bind a reader or relay to a lane, kept in <store.dir>/devices.json. With the "
@@ -118,6 +120,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     from drivers import open_output, open_reader
 
     try:
+        if _role(args) in ("input", "display"):
+            return _test_signal(args)
         if _role(args) == "relay":
             out = open_output(args.url)
             try:
@@ -142,10 +146,36 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _test_signal(args: argparse.Namespace) -> int:
+    """`devices test --role input|display` (issue 17); DriverUnavailable goes to the caller."""
+    from drivers.registry import open_display, open_input
+
+    if args.role == "display":
+        display = open_display(args.url)
+        try:
+            display.show("gate-agent test")
+        finally:
+            display.close()
+        print(f"{args.url}: showed 'gate-agent test'")
+        return EXIT_OK
+    print(f"{args.url}: waiting up to {args.timeout:g} s for a pulse...", file=sys.stderr)
+    if not open_input(args.url).wait_pulse(args.timeout):
+        print(f"gate-agent: no pulse on {args.url} within {args.timeout:g} s (turn the arm, "
+              "or close the contact; check active_low)", file=sys.stderr)
+        return EXIT_NO_SCAN
+    print(f"{args.url}: pulse seen (active, then inactive)")
+    return EXIT_OK
+
+
 def _validate(url: str, role: str) -> None:
     from drivers import open_output, open_reader
+    from drivers.registry import open_display, open_input
 
-    if role in bindings.OUTPUT_ROLES:
+    if role in bindings.INPUT_ROLES:
+        open_input(url).probe()
+    elif role == "display":
+        open_display(url).close()
+    elif role in bindings.SINGLE_ROLES:
         open_output(url).close()
     else:
         open_reader(url).probe()
@@ -202,14 +232,17 @@ def _lane_rows(config: Config) -> list[dict[str, Any]]:
             "lane": lane.name,
             "readers": [{"url": u, "source": "config" if u in configured.readers else "paired"}
                         for u in lane.readers],
-            "relay": ({"url": lane.relay,
-                       "source": "paired" if mine.get("relay") == lane.relay else "config"}
-                      if lane.relay else None),
-            "relay_out": ({"url": lane.relay_out, "source": "paired"
-                           if mine.get("relay_out") == lane.relay_out else "config"}
-                          if lane.relay_out else None),
+            **{role: _source(lane, mine, role) for role in bindings.SINGLE_ROLES
+               if role in bindings.OUTPUT_ROLES or getattr(lane, role)},
         })
     return rows
+
+
+def _source(lane: Any, mine: dict[str, Any], role: str) -> dict[str, str] | None:
+    url = getattr(lane, role)
+    if not url:
+        return None
+    return {"url": url, "source": "paired" if mine.get(role) == url else "config"}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -228,8 +261,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             table.add_row(row["lane"], "-", "no devices (devices pair LANE URL)", "")
         for reader in row["readers"]:
             table.add_row(row["lane"], "reader", reader["url"], reader["source"])
-        for role in bindings.OUTPUT_ROLES:
-            if row[role]:
+        for role in bindings.SINGLE_ROLES:
+            if row.get(role):
                 table.add_row(row["lane"], role, row[role]["url"], row[role]["source"])
     Console().print(table)
     return EXIT_OK

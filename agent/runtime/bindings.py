@@ -32,6 +32,10 @@ VERSION = 1
 
 LaneBinding = dict[str, Any]  # {"readers": list[str], "relay": str | None, "relay_out": ...}
 OUTPUT_ROLES = ("relay", "relay_out")  # the entry and the exit release
+# The turnstile's own signals (issue 17): one device each, replaced on pairing like a relay.
+SIGNAL_ROLES = ("passage_in", "passage_out", "light_green", "light_red", "buzzer", "display")
+SINGLE_ROLES = OUTPUT_ROLES + SIGNAL_ROLES
+INPUT_ROLES = ("passage_in", "passage_out")
 
 
 def bindings_path(store_dir: Path) -> Path:
@@ -58,7 +62,7 @@ def load_bindings(store_dir: Path) -> dict[str, LaneBinding]:
         if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
             raise ConfigError("must be a list of URLs", path=str(path), key=f"lanes.{lane}.readers")
         out[lane] = {"readers": list(readers)}
-        for role in OUTPUT_ROLES:
+        for role in SINGLE_ROLES:
             url = entry.get(role)
             if url is not None and not isinstance(url, str):
                 raise ConfigError("must be a URL or null", path=str(path),
@@ -73,9 +77,9 @@ def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lanes = {
         lane: {"readers": list(b.get("readers", [])),
-               **{role: b.get(role) for role in OUTPUT_ROLES if b.get(role) or role == "relay"}}
+               **{role: b.get(role) for role in SINGLE_ROLES if b.get(role) or role == "relay"}}
         for lane, b in sorted(bindings.items())
-        if b.get("readers") or any(b.get(role) for role in OUTPUT_ROLES)
+        if b.get("readers") or any(b.get(role) for role in SINGLE_ROLES)
     }
     text = json.dumps({"version": VERSION, "lanes": lanes}, indent=2, sort_keys=True) + "\n"
     return write_private(path, text)
@@ -84,8 +88,9 @@ def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
 def pair(store_dir: Path, lane: str, url: str, role: str) -> dict[str, LaneBinding]:
     """Add `url` to `lane` as a reader (appended once) or as its relay / relay_out (replacing
     one)."""
-    if role not in ("reader", *OUTPUT_ROLES):
-        raise ValueError(f"role must be reader, relay or relay_out, not {role!r}")
+    if role not in ("reader", *SINGLE_ROLES):
+        raise ValueError(f"role must be reader or one of {', '.join(SINGLE_ROLES)}, "
+                         f"not {role!r}")
     bindings = load_bindings(store_dir)
     entry = bindings.setdefault(lane, {"readers": [], "relay": None})
     if role == "reader":
@@ -107,7 +112,7 @@ def unpair(store_dir: Path, lane: str, url: str) -> bool:
     if url in entry["readers"]:
         entry["readers"].remove(url)
         found = True
-    for role in OUTPUT_ROLES:
+    for role in SINGLE_ROLES:
         if entry.get(role) == url:
             entry[role] = None
             found = True
@@ -121,9 +126,8 @@ def merge_lane(lane: LaneConfig, binding: LaneBinding | None) -> LaneConfig:
     if not binding:
         return lane
     readers = tuple(dict.fromkeys([*lane.readers, *binding.get("readers", [])]))
-    relay = binding.get("relay") or lane.relay
-    relay_out = binding.get("relay_out") or lane.relay_out
-    return dataclasses.replace(lane, readers=readers, relay=relay, relay_out=relay_out)
+    singles = {role: binding.get(role) or getattr(lane, role) for role in SINGLE_ROLES}
+    return dataclasses.replace(lane, readers=readers, **singles)
 
 
 def effective_lanes(config: Config) -> tuple[LaneConfig, ...]:

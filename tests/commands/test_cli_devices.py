@@ -34,14 +34,14 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 def test_list_without_hardware_says_none_found_with_hints() -> None:
     res = run("list")
     assert res.returncode == 0, res.stderr
-    for name in ("serial", "nfc", "hid", "gpio"):
+    for name in ("serial", "nfc", "hid", "gpio", "inputs"):
         assert f"{name}: none found" in res.stdout
 
 
 def test_list_json_has_every_category() -> None:
     res = run("list", "--json")
     data = json.loads(res.stdout)
-    assert set(data) == {"serial", "nfc", "hid", "gpio"}
+    assert set(data) == {"serial", "nfc", "hid", "gpio", "inputs"}
     assert all(isinstance(c["devices"], list) and c["hint"] for c in data.values())
 
 
