@@ -137,3 +137,25 @@ def test_venue_section_is_strict(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({"venue": table}, "c.toml")
         assert f"c.toml: {key}:" in str(info.value) and words in str(info.value), table
+
+
+@pytest.mark.parametrize("pattern, words", [
+    ("blue:100", "NAME:MS"), ("red", "NAME:MS"), ("red:5", "10..60000"), ("red:1x", "NAME:MS"),
+])
+def test_indicator_patterns_are_checked(tmp_path: Path, pattern: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, f"[[lanes]]\nname = 'a'\nindicate_refuse = '{pattern}'\n"))
+    assert err.value.key == "lanes[0].indicate_refuse" and words in str(err.value)
+
+
+def test_turnstile_signal_keys_load() -> None:
+    from agent.config import parse_config, parse_pattern, passage_input_for
+
+    config = parse_config({"device": {"emergency_input": "sim:fire"}, "lanes": [{
+        "name": "a", "direction": "auto", "relay": "sim:r", "relay_out": "sim:o",
+        "passage_in": "sim:pi", "passage_timeout_ms": 3000, "indicate_admit": ""}]})
+    lane = config.lanes[0]
+    assert config.device["emergency_input"] == "sim:fire"
+    assert (passage_input_for(lane, "in"), passage_input_for(lane, "out")) == ("sim:pi", "")
+    assert parse_pattern(lane.indicate_admit) == ()
+    assert parse_pattern(lane.indicate_refuse) == (("red", 1500), ("buzzer", 300))
