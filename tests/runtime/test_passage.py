@@ -18,6 +18,7 @@ import pytest
 
 from agent import demo_data
 from agent.config import LaneConfig
+from agent.ops.metrics import Metrics
 from agent.ops.status import evaluate
 from agent.platform.upload import Uploader
 from agent.runtime.gate import Gate
@@ -171,6 +172,14 @@ def test_passage_without_admit_and_held_open_raise_alarms(rig: LaneRig, site: De
     assert {"passage_forced", "held_open"} <= {r.code for r in reasons}
     sim_input_set(f"{rig.name}-pass", False)
     wait_until(lambda: not rig.runner.passage.held_open, 5, "held-open cleared")
+    metrics = Metrics(lambda: {"lanes": [rig.runner.get_status()]}, lambda: datetime.now(UTC))
+    metrics.alarm("north-in", "forced")
+    text = metrics.render().decode()
+    for line in ('gate_passages_total{lane="north-in",outcome="forced"} 2.0',
+                 'gate_passage_alarms_total{kind="forced",lane="north-in"} 1.0',
+                 'gate_zone_people{zone=', 'gate_lane_released{lane="north-in"} 0.0',
+                 "gate_emergency_release 0.0"):
+        assert line in text, line
     kinds = [k for (k,) in rig.db.execute("SELECT kind FROM lane_events ORDER BY seq")]
     assert kinds == ["forced", "forced", "held_open"]
     assert len(sim_relay(f"{rig.name}-buzz").pulses) == 3  # the alarm pattern, each time
