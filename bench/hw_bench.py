@@ -14,11 +14,13 @@ Set-up (all real processes and OS objects, nothing mocked):
   `sim:` relay logging every pulse with the daemon's CLOCK_MONOTONIC (`?log=PATH`, `mono_ns`).
   The daemon syncs the tickets from the sandbox and uploads the scans back while measured.
 
-(a) scan -> relay: `time.monotonic_ns()` just before writing `CODE\\r\\n` to the pty master,
+(a) scan -> relay (and -> indicator): `time.monotonic_ns()` just before writing `CODE\\r\\n` to the pty master,
     to the `mono_ns` of the pulse the daemon logs (same machine, same clock). Every code is a
     different valid ticket, sent only after the previous pulse, so each one admits and the
     debounce never applies. Floor, measured in the same run and interleaved in blocks of 100:
     the same write to a second pty read back on its slave side with pyserial (no decision).
+    The lane also has a `sim:` green light and display logging with the same clock: their
+    figures are the decision-to-indicator path (issue 17) beside the relay's.
 (b) NFC tap -> decision: from `present_now()` on the simulated tag (a fresh paired UID each
     time) to the `mono_ns` of the relay pulse. Floor: plain nfcpy on a second simulated tag,
     from presentation to nfcpy's on-connect callback with the tag's UID (no gate-agent code).
@@ -184,6 +186,8 @@ gate_id = {GATE_ID}
 direction = "in"
 readers = ["serial://{self.scanner.path}"]
 relay = "sim:serial?log={tmp / 'serial-pulses.jsonl'}"
+light_green = "sim:serial-green?log={tmp / 'serial-green.jsonl'}"
+display = "sim:serial-display?log={tmp / 'serial-display.jsonl'}"
 
 [[lanes]]
 name = "nfc"
@@ -193,6 +197,8 @@ readers = ["nfc:udp:127.0.0.1:{self.tag.port}?targets=106A"]
 relay = "sim:nfc?log={tmp / 'nfc-pulses.jsonl'}"
 """, encoding="utf-8")
         self.serial_pulses = PulseLog(tmp / "serial-pulses.jsonl")
+        self.serial_green = PulseLog(tmp / "serial-green.jsonl")
+        self.serial_display = PulseLog(tmp / "serial-display.jsonl")
         self.nfc_pulses = PulseLog(tmp / "nfc-pulses.jsonl")
         self.daemon = DaemonProcess(config, self.store, cwd=ROOT).start()
 
@@ -225,6 +231,9 @@ def measure_serial(rig: Rig, scans: int) -> dict[str, Any]:
     port = serial.Serial(rig.floor_pty.path, 9600, timeout=WAIT_S)
     floor: list[int] = []
     stack: list[int] = []
+    green: list[int] = []  # pty write -> green light on (the admit pattern)
+    relay_to_green: list[int] = []  # relay pulse -> green light: the indicators' own share
+    shown: list[int] = []  # pty write -> text on the display
     missed: list[str] = []
     total = scans + WARMUP_SCANS
     i = 0
@@ -246,16 +255,22 @@ def measure_serial(rig: Rig, scans: int) -> dict[str, Any]:
                 start = time.monotonic_ns()
                 rig.scanner.write(code.encode() + b"\r\n")
                 pulse = rig.serial_pulses.next(WAIT_S)
-                if pulse is None:
+                light = rig.serial_green.next(WAIT_S)
+                text = rig.serial_display.next(WAIT_S)
+                if pulse is None or light is None or text is None:
                     missed.append(code)
                 else:
                     stack.append(int(pulse["mono_ns"]) - start)
+                    green.append(int(light["mono_ns"]) - start)
+                    relay_to_green.append(int(light["mono_ns"]) - int(pulse["mono_ns"]))
+                    shown.append(int(text["mono_ns"]) - start)
                 i += 1
                 time.sleep(0.002)  # a person's pace is far slower; this only separates reads
     finally:
         port.close()
     return {"floor": floor[WARMUP_SCANS:], "stack": stack[WARMUP_SCANS:], "missed": missed,
-            "sent": total}
+            "sent": total, "indicator": green[WARMUP_SCANS:],
+            "relay_to_indicator": relay_to_green[WARMUP_SCANS:], "display": shown[WARMUP_SCANS:]}
 
 
 # -- (b) NFC tap -> decision ---------------------------------------------------------------
@@ -390,7 +405,12 @@ def report(results: dict[str, Any]) -> None:
         rows = [(floor_name, r["floor"])]
         if "activated" in r:
             rows.append(("nfcpy tag activation done (on-connect)", r["activated"]))
-        for name, fig in (*rows, (stack_name, r["stack"])):
+        after = [(name, r[k]) for k, name in (
+            ("indicator", "stack: pty write -> green light (indicator)"),
+            ("display", "stack: pty write -> text on the display"),
+            ("relay_to_indicator", "relay pulse -> green light (decision-to-indicator)"))
+            if k in r]
+        for name, fig in (*rows, (stack_name, r["stack"]), *after):
             table.add_row(name, f"{fig['n']:,}", *(f"{fig[k]:.2f} ms" for k in
                                                   ("p50_ms", "p90_ms", "p99_ms", "max_ms")))
         table.add_row("stack - floor", "", f"{r['stack']['p50_ms'] - r['floor']['p50_ms']:.2f} ms",
@@ -444,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                            else {}),
                         "missed": len(raw["missed"]) if isinstance(raw["missed"], list)
                         else raw["missed"], "sent": raw["sent"], "warmup": warm}
+        for extra in ("indicator", "relay_to_indicator", "display"):
+            if extra in raw:
+                results[key][extra] = summary(raw[extra])
         if "late_polls" in raw:
             results[key]["late_polls"] = raw["late_polls"]
     results["decisions"] = decisions
