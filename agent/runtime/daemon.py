@@ -53,7 +53,7 @@ from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
-from agent.runtime.release import EmergencyInput
+from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
 from agent.runtime.storeaccess import DaemonLock, not_mine
@@ -95,6 +95,7 @@ class Daemon:
         self.lane_events: PassageLog | None = None  # alarms and releases (own connection)
         self.emergency = EmergencyInput(config.device["emergency_input"],
                                         self._emergency_changed)
+        self.releases = ReleaseDesk(lambda: self.lanes, lambda: self.lane_events)
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -337,49 +338,13 @@ class Daemon:
             self.bus.void_now(scan, "not passed: the turnstile did not turn")
 
     def _emergency_changed(self, active: bool) -> None:
-        """The fire panel's contact (from its input thread): hold every lane open, or
-        restore normal service."""
+        """The fire panel's contact (from its input thread): agent.runtime.release."""
         self.emergency.since = now_iso() if active else None
-        for runner in list(self.lanes.values()):
-            runner.set_release("emergency", active)
-        kind = "emergency_on" if active else "emergency_off"
-        if active:
-            log.error("EMERGENCY RELEASE: every lane held open (input %s)", self.emergency.url)
-        else:
-            log.warning("emergency release cleared: normal service restored")
-        self._journal_event(None, kind, "emergency input", self.emergency.url)
+        self.releases.emergency(active, self.emergency.url)
 
     def release_lane(self, name: str, hold: bool | None, by: str) -> dict[str, Any]:
-        """A technician's release: hold=True/False holds or ends; None lets one person
-        through (one relay pulse, no decision). Journaled with who asked."""
-        runner = self.lanes.get(name)
-        if runner is None:
-            raise ConfigError(f"no running lane named {name!r} (lanes: "
-                              f"{', '.join(self.lanes) or 'none'})", key="lanes")
-        if hold is None:
-            output = runner.relay or runner.relay_out
-            if output is None:
-                raise ConfigError(f"lane {name} has no relay to release", key="lanes.relay")
-            output.pulse(runner.lane.relay_pulse_ms)
-            kind = "manual_pulse"
-        else:
-            runner.set_release(f"manual:{by}", hold)
-            if not hold:  # any technician may end a manual hold
-                for source in [s for s in runner.releases if s.startswith("manual:")]:
-                    runner.set_release(source, False)
-            kind = "manual_hold" if hold else "manual_end"
-        log.warning("lane %s: %s by %s", name, kind, by)
-        self._journal_event(name, kind, by, None)
-        return {"lane": name, "action": kind, "by": by, "released_by": sorted(runner.releases)}
-
-    def _journal_event(self, lane: str | None, kind: str, by: str | None,
-                       detail: str | None) -> None:
-        if self.lane_events is None:
-            return
-        try:
-            self.lane_events.event(now_iso(), lane, kind, by, detail)
-        except JournalUnavailable as exc:
-            log.error("lane event %s not journaled: %s", kind, exc)
+        """A technician's release (control socket): agent.runtime.release.ReleaseDesk."""
+        return self.releases.manual(name, hold, by)
 
     def request_upload(self) -> None:
         """Upload soon (a manual scan or a retried quarantine is waiting); thread-safe."""

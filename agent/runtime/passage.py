@@ -99,11 +99,22 @@ class PassageWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching; admits still waiting stand (the rule of agent.store.passages: the
+        gate opened and nobody saw them not pass), so a reload or a stop holds no upload."""
         for watched in self.inputs.values():
             watched.stop()
         self._events.put(None)
         if self._thread is not None:
             self._thread.join(5.0)
+        for waits in self.waits.values():
+            while waits:
+                wait = waits.popleft()
+                if self.log is not None:
+                    try:
+                        self.log.stand(wait.uuid, now_iso(), "the lane stopped while waiting")
+                    except JournalUnavailable as exc:
+                        log.error("lane %s: wait of %s left to the next start: %s",
+                                  self.lane.name, wait.uuid, exc)
 
     def admitted(self, uuid: str, direction: str, zone_id: int | None) -> None:
         """Called by the lane after the relay pulse of an admit whose row waits for us."""

@@ -21,12 +21,16 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import LaneConfig
-from agent.errors import DriverError, JournalUnavailable
+from agent.errors import ConfigError, DriverError, JournalUnavailable
 from agent.runtime.gate import Gate, ScanResult, _journal_row
+from agent.store.passages import PassageLog, now_iso
 from drivers.registry import open_input
+
+if TYPE_CHECKING:
+    from agent.runtime.lane import LaneRunner
 
 log = logging.getLogger("gate_agent.release")
 
@@ -91,3 +95,55 @@ class EmergencyInput:
         return {"url": self.url, "active": self.active, "since": self.since,
                 "connected": connected,
                 "error": self.error or (watched or {}).get("last_error") or None}
+
+
+class ReleaseDesk:
+    """Applies releases to the running lanes and journals each with who asked."""
+
+    def __init__(self, lanes: Callable[[], dict[str, LaneRunner]],
+                 events: Callable[[], PassageLog | None]):
+        self.lanes = lanes
+        self.events = events
+
+    def emergency(self, active: bool, url: str) -> None:
+        for runner in list(self.lanes().values()):
+            runner.set_release("emergency", active)
+        if active:
+            log.error("EMERGENCY RELEASE: every lane held open (input %s)", url)
+        else:
+            log.warning("emergency release cleared: normal service restored")
+        self._journal(None, "emergency_on" if active else "emergency_off", "emergency input",
+                      url)
+
+    def manual(self, name: str, hold: bool | None, by: str) -> dict[str, Any]:
+        """hold True/False holds or ends (any technician may end a manual hold); None lets
+        one person through: one relay pulse, no decision."""
+        runner = self.lanes().get(name)
+        if runner is None:
+            raise ConfigError(f"no running lane named {name!r} (lanes: "
+                              f"{', '.join(self.lanes()) or 'none'})", key="lanes")
+        if hold is None:
+            output = runner.relay or runner.relay_out
+            if output is None:
+                raise ConfigError(f"lane {name} has no relay to release", key="lanes.relay")
+            output.pulse(runner.lane.relay_pulse_ms)
+            kind = "manual_pulse"
+        elif hold:
+            runner.set_release(f"manual:{by}", True)
+            kind = "manual_hold"
+        else:
+            for source in [s for s in runner.releases if s.startswith("manual:")]:
+                runner.set_release(source, False)
+            kind = "manual_end"
+        log.warning("lane %s: %s by %s", name, kind, by)
+        self._journal(name, kind, by, None)
+        return {"lane": name, "action": kind, "by": by, "released_by": sorted(runner.releases)}
+
+    def _journal(self, lane: str | None, kind: str, by: str | None, detail: str | None) -> None:
+        events = self.events()
+        if events is None:
+            return
+        try:
+            events.event(now_iso(), lane, kind, by, detail)
+        except JournalUnavailable as exc:
+            log.error("lane event %s not journaled: %s", kind, exc)

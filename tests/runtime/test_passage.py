@@ -202,3 +202,13 @@ def test_a_released_lane_holds_its_relay_and_journals_scans_as_taken(rig: LaneRi
     rig.runner.set_release("emergency", False)
     assert relay.state is False
     assert rig.scan(C["valid"]).result.decision.admit  # not counted as an admit before
+
+
+@pytest.mark.lane(passage_timeout_ms=60000)
+def test_stopping_the_lane_lets_a_waiting_admit_stand(rig: LaneRig) -> None:
+    """A reload or a stop must not leave an admit holding the upload: it stands."""
+    admit = rig.scan(C["valid"])
+    assert rig.passage(admit.result.uuid) == "waiting"
+    rig.runner.stop()
+    assert rig.passage(admit.result.uuid) == "interrupted"
+    assert rig.scan_row(admit.result.uuid) == (1, "valid", None)
