@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from agent.errors import DriverUnavailable
-from drivers.registry import parse_url
+from drivers.registry import parse_url, sim_url
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def sim_display(name: str) -> list[str]:
 class SimDisplay(Display):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url)
-        parsed = parse_url(url)
-        if not parsed.path:
-            raise DriverUnavailable(url, "sim needs a name", "e.g. sim:display1")
+        parsed = sim_url(url)
         self.name = parsed.path
         self.log_path = parsed.query.get("log") or None
 

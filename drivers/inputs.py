@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import DriverError, DriverUnavailable
-from drivers.registry import ParsedUrl, parse_url
+from drivers.gpio_lines import release_quietly, request_line, require_gpiod, split_chip_line
+from drivers.registry import ParsedUrl, parse_url, sim_url
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,7 @@ class SimInput(Input):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        parsed = parse_url(url)
-        if not parsed.path:
-            raise DriverUnavailable(url, "sim needs a name", "e.g. sim:passage1")
+        parsed = sim_url(url)
         self.name = parsed.path
         self.socket_path = parsed.query.get("socket") or None
         self._queue: queue.Queue[bool] = queue.Queue()
@@ -252,32 +251,17 @@ class GpioInput(Input):
         parsed = parse_url(url)
         options.setdefault("poll_interval", parsed.number(url, "poll_ms", 5) / 1000)
         super().__init__(url, **options)
-        chip, sep, line = parsed.path.rpartition(":")
-        if not sep or not chip or not line.isdigit():
-            raise DriverUnavailable(url, "expected gpio:CHIP:LINE", "e.g. gpio:/dev/gpiochip0:22")
-        self.chip, self.line = chip, int(line)
+        self.chip, self.line = split_chip_line(url, parsed.path)
         self.active_low = parsed.flag("active_low")
         self._request: Any = None
-        try:
-            import gpiod
-        except ImportError as exc:
-            raise DriverUnavailable(url, "python package gpiod is not installed",
-                                    "pip install gate-agent[gpio]") from exc
-        if not hasattr(gpiod, "request_lines"):
-            raise DriverUnavailable(url, "the installed gpiod is libgpiod v1",
-                                    "pip install 'gpiod>=2.1' (gate-agent[gpio])")
+        require_gpiod(url)
 
     def _open(self) -> None:
         import gpiod
         from gpiod.line import Direction
 
         settings = gpiod.LineSettings(direction=Direction.INPUT, active_low=self.active_low)
-        try:
-            self._request = gpiod.request_lines(self.chip, consumer="gate-agent",
-                                                config={self.line: settings})
-        except FileNotFoundError as exc:
-            raise DriverUnavailable(self.url, f"no GPIO chip {self.chip}",
-                                    "see `gate-agent devices list` for chips") from exc
+        self._request = request_line(self.url, self.chip, self.line, settings)
 
     def _read(self, timeout: float) -> list[bool]:
         from gpiod.line import Value
@@ -289,11 +273,7 @@ class GpioInput(Input):
 
     def _close(self) -> None:
         request, self._request = self._request, None
-        if request is not None:
-            try:
-                request.release()
-            except OSError:
-                log.debug("%s: release failed", self.url, exc_info=True)
+        release_quietly(request, self.url)
 
 
 # -- serial modem lines -------------------------------------------------------------------

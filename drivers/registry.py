@@ -99,6 +99,14 @@ def parse_url(url: str) -> ParsedUrl:
     return ParsedUrl(scheme.lower(), rest, query)
 
 
+def sim_url(url: str) -> ParsedUrl:
+    """A `sim:NAME[?...]` URL split up; DriverUnavailable when NAME is missing."""
+    parsed = parse_url(url)
+    if not parsed.path:
+        raise DriverUnavailable(url, "sim needs a name", "e.g. sim:lane1")
+    return parsed
+
+
 def scheme_of(url: str) -> str:
     return url.partition(":")[0].lower()
 

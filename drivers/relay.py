@@ -25,6 +25,7 @@ import serial
 
 from agent.errors import DriverUnavailable
 from drivers.base import Output
+from drivers.gpio_lines import release_quietly, request_line, require_gpiod, split_chip_line
 from drivers.registry import parse_url
 from drivers.serial_scanner import close_quietly, open_reason, serial_hint
 
@@ -75,33 +76,16 @@ class SerialRelay(Output):
         return serial_hint(exc)
 
 
-def _split_chip_line(url: str, path: str) -> tuple[str, int]:
-    chip, sep, line = path.rpartition(":")
-    if not sep or not chip or not line.isdigit():
-        raise DriverUnavailable(url, "expected gpio:CHIP:LINE", "e.g. gpio:/dev/gpiochip0:17")
-    return chip, int(line)
-
-
 class GpioRelay(Output):
     """One GPIO line driving a relay module, through libgpiod v2 (`gpiod` 2.x)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url)
         parsed = parse_url(url)
-        self.chip, self.line = _split_chip_line(url, parsed.path)
+        self.chip, self.line = split_chip_line(url, parsed.path)
         self.active_low = parsed.flag("active_low")
         self._request: Any = None
-        try:
-            import gpiod
-        except ImportError as exc:
-            raise DriverUnavailable(
-                url, "python package gpiod is not installed", "pip install gate-agent[gpio]"
-            ) from exc
-        if not hasattr(gpiod, "request_lines"):
-            raise DriverUnavailable(
-                url, "the installed gpiod is libgpiod v1 (Debian's python3-libgpiod)",
-                "pip install 'gpiod>=2.1' (gate-agent[gpio]) in the agent's virtualenv",
-            )
+        require_gpiod(url)
 
     def _open(self) -> None:
         import gpiod
@@ -110,24 +94,7 @@ class GpioRelay(Output):
         settings = gpiod.LineSettings(
             direction=Direction.OUTPUT, output_value=Value.INACTIVE, active_low=self.active_low
         )
-        try:
-            self._request = gpiod.request_lines(
-                self.chip, consumer="gate-agent", config={self.line: settings}
-            )
-        except FileNotFoundError as exc:
-            raise DriverUnavailable(
-                self.url, f"no GPIO chip {self.chip}", "see `gate-agent devices list` for chips"
-            ) from exc
-        except PermissionError as exc:
-            raise DriverUnavailable(
-                self.url, f"permission denied on {self.chip}",
-                "add the service user to the gpio group (or a udev rule for gpiochip*)",
-            ) from exc
-        except OSError as exc:
-            raise DriverUnavailable(
-                self.url, f"cannot request line {self.line} of {self.chip}: {exc}",
-                "is the line number right, and not used by another program (gpioinfo)?",
-            ) from exc
+        self._request = request_line(self.url, self.chip, self.line, settings)
 
     def _set(self, on: bool) -> None:
         from gpiod.line import Value
@@ -138,8 +105,4 @@ class GpioRelay(Output):
 
     def _close(self) -> None:
         request, self._request = self._request, None
-        if request is not None:
-            try:
-                request.release()
-            except OSError:
-                log.debug("%s: release failed", self.url, exc_info=True)
+        release_quietly(request, self.url)

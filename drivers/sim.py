@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.codes import looks_like_nfc
-from agent.errors import DriverUnavailable
 from drivers.base import Chunk, DeviceLost, Output, Reader, ScanKind
-from drivers.registry import parse_url
+from drivers.registry import sim_url
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +99,7 @@ class SimReader(Reader):
     def __init__(self, url: str, **options: Any) -> None:
         options.setdefault("poll_interval", 0.05)
         super().__init__(url, **options)
-        parsed = parse_url(url)
-        if not parsed.path:
-            raise DriverUnavailable(url, "sim needs a name", "e.g. sim:lane1")
+        parsed = sim_url(url)
         self.name = parsed.path
         self.socket_path = parsed.query.get("socket") or None
         self._queue: queue.Queue[Chunk] = queue.Queue()
@@ -167,9 +164,7 @@ class SimRelay(Output):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        parsed = parse_url(url)
-        if not parsed.path:
-            raise DriverUnavailable(url, "sim needs a name", "e.g. sim:lane1")
+        parsed = sim_url(url)
         self.name = parsed.path
         self.log_path = parsed.query.get("log") or None
         self.record = sim_relay(self.name)
