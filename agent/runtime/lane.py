@@ -184,7 +184,7 @@ class LaneRunner:
             released = bool(self.releases)
             if released:  # free egress: journaled as taken, never as an admit
                 result = record_during_release(self.gate, scan.code, self.lane, scan.wall,
-                                               scan.kind)
+                                               scan.kind, scan.mono_ns // 1_000_000)
             else:
                 result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
                                         mono_ms=scan.mono_ns // 1_000_000)

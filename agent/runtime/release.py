@@ -39,9 +39,10 @@ RELEASED_MESSAGE = "Gate released: scan recorded, not counted as an entry"
 
 
 def record_during_release(gate: Gate, code: str, lane: LaneConfig, now: datetime,
-                          kind: str | None) -> ScanResult:
-    """Journal a scan read while the lane is released: as taken, never as an admit."""
-    decision = gate.check(code, lane, now, kind=kind)
+                          kind: str | None, mono_ms: int | None = None) -> ScanResult:
+    """Journal a scan read while the lane is released: as taken, never as an admit. The
+    lane's debounce applies as usual (a code held under the reader is one row)."""
+    decision = gate._decide(code, lane, now, None, kind, mono_ms)
     if not decision.record:
         return ScanResult(decision, None)
     taken = replace(decision, admit=False, status="denied", detail=RELEASED_DETAIL,
