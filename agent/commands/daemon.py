@@ -110,12 +110,23 @@ def render(report: dict[str, Any], console: Console) -> None:
     for lane in report["lanes"]:
         readers = f"{lane['readers_connected']}/{len(lane['readers'])}"
         relay = "-" if not lane["relay"] else ("error" if lane["relay"].get("last_error")
+                                                  else "HELD OPEN" if lane["relay"].get("held")
                                                   else "ok")
         last = lane["last_scan"] or {}
         last_text = f"{last.get('status', '-')} {last.get('at', '')[11:19]}" if last else "-"
         lanes.add_row(lane["name"], readers, relay, str(lane.get("queue", "-")), last_text,
                       _counts(lane["decisions_5min"]), _counts(lane["decisions_total"]))
     console.print(lanes)
+    for lane in report["lanes"]:
+        passage = lane.get("passage")
+        if passage:  # the turnstile's own signals (docs/turnstile.md)
+            people = ", ".join(f"zone {z}: {n}" for z, n in sorted(passage["people"].items()))
+            console.print(f"Passages on {lane['name']}: {_counts(passage['totals'])}; "
+                          f"{passage['waiting']} waiting; people {people or '-'}",
+                          highlight=False)
+    emergency = report.get("emergency")
+    if emergency and emergency.get("active"):
+        console.print(f"[bold red]EMERGENCY RELEASE since {emergency.get('since')}[/]")
     journal = report["journal"]
     console.print(f"Journal: {journal.get('pending', '?')} pending (oldest "
                   f"{journal.get('oldest_pending') or '-'}), {journal.get('quarantined', 0)} "

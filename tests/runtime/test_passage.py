@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from agent import demo_data
+from agent.commands.daemon import render
 from agent.config import LaneConfig
 from agent.ops.metrics import Metrics
 from agent.ops.status import evaluate
@@ -104,6 +106,12 @@ def test_admit_and_pass_stands_and_counts_a_person(rig: LaneRig) -> None:
     status = rig.runner.get_status()["passage"]
     assert status["totals"]["passed"] == 1 and sum(status["people"].values()) == 1
     assert rig.alarms == []
+    console = Console(record=True, width=200)
+    render({"health": "pass", "version": "t", "uptime_s": 1, "reasons": [], "journal": {},
+            "lanes": [rig.runner.get_status()], "cache": {}, "platform": {"disabled": "t"}},
+           console)
+    shown = console.export_text()
+    assert "Passages on north-in:" in shown and "passed 1" in shown and "0 waiting" in shown
     assert not rig.scan(C["valid"]).result.decision.admit  # single access: used now
 
 
