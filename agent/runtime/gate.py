@@ -55,6 +55,9 @@ class Gate:
         self.journal_error: str | None = None if journal is not None else \
             "the scan journal could not be opened"
         self.unrecorded = 0
+        # Set by the lane that watches this gate's passage inputs (agent.runtime.passage):
+        # only its admits wait for a passage; a manual scan opens no gate and waits for none.
+        self.confirms_passage = False
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -158,7 +161,8 @@ class Gate:
                 scan_uuid = claim.uuid if claim is not None else str(uuidlib.uuid4())
                 row = _journal_row(scan_uuid, decision, lane, now)
                 self.journal.insert(claim.mark(row) if claim is not None else row)
-                if decision.admit and passage_input_for(lane, decision.direction):
+                if self.confirms_passage and decision.admit and \
+                        passage_input_for(lane, decision.direction):
                     # held from upload until the turnstile says (agent.runtime.passage)
                     await_passage(self.journal, scan_uuid, lane.name, decision.direction,
                                   decision.zone_id, decision.status, decision.detail,

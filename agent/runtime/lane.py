@@ -97,6 +97,7 @@ class LaneRunner:
             self.readers.append(reader)
         self.indicators.open()
         self.passage.start()
+        self.gate.confirms_passage = self.passage.configured
         self._thread = threading.Thread(target=self._work, name=f"lane {self.lane.name}",
                                         daemon=True)
         self._thread.start()
@@ -189,6 +190,7 @@ class LaneRunner:
                 result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
                                         mono_ms=scan.mono_ns // 1_000_000)
         decision = result.decision
+        opened_ns = time.monotonic_ns()  # a passage edge before this is not this person's
         pulsed = False
         output = self.output_for(decision.direction)
         if decision.record and output is not None and not released:
@@ -202,8 +204,9 @@ class LaneRunner:
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
         if decision.record and not released:
             self.indicators.show("admit" if decision.admit else "refuse", decision.message)
-        if decision.admit and result.uuid and passage_input_for(self.lane, decision.direction):
-            self.passage.admitted(result.uuid, decision.direction, decision.zone_id)
+        if decision.admit and result.uuid and self.gate.confirms_passage and \
+                passage_input_for(self.lane, decision.direction):
+            self.passage.admitted(result.uuid, decision.direction, decision.zone_id, opened_ns)
         latency = time.perf_counter() - started
         self._count(decision.status if decision.record else "ignored")
         self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,

@@ -49,6 +49,7 @@ class _Wait:
     direction: str
     zone_key: str
     deadline: float  # time.monotonic()
+    since_ns: int  # time.monotonic_ns() when the gate opened: earlier edges are not this one
 
 
 class PassageWatch:
@@ -72,7 +73,7 @@ class PassageWatch:
         self.recent_alarms: deque[tuple[float, str]] = deque()
         self.held_open: set[str] = set()
         self._active_since: dict[str, float] = {}
-        self._events: queue.Queue[tuple[str, str, bool] | None] = queue.Queue()
+        self._events: queue.Queue[tuple[str, str, bool, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     @property
@@ -92,8 +93,8 @@ class PassageWatch:
                 log.error("lane %s: passage input %s unavailable: %s", self.lane.name, url, exc)
                 continue
             self.inputs[direction] = watched
-            watched.start(lambda _url, active, _ns, d=direction:
-                          self._events.put(("edge", d, active)))
+            watched.start(lambda _url, active, ns, d=direction:
+                          self._events.put(("edge", d, active, ns)))
         self._thread = threading.Thread(target=self._work, daemon=True,
                                         name=f"passage {self.lane.name}")
         self._thread.start()
@@ -116,8 +117,11 @@ class PassageWatch:
                         log.error("lane %s: wait of %s left to the next start: %s",
                                   self.lane.name, wait.uuid, exc)
 
-    def admitted(self, uuid: str, direction: str, zone_id: int | None) -> None:
-        """Called by the lane after the relay pulse of an admit whose row waits for us."""
+    def admitted(self, uuid: str, direction: str, zone_id: int | None,
+                 since_ns: int | None = None) -> None:
+        """Called by the lane after the relay pulse of an admit whose row waits for us;
+        `since_ns`: when the gate opened (time.monotonic_ns())."""
+        since_ns = time.monotonic_ns() if since_ns is None else since_ns
         watched = self.inputs.get(direction)
         if watched is None or not watched.connected:
             # Nobody can see the passage: voiding would guess "not passed" and free the
@@ -128,8 +132,8 @@ class PassageWatch:
             return
         deadline = time.monotonic() + self.lane.passage_timeout_ms / 1000
         self.waits[direction].append(_Wait(uuid, direction, _zone_key(zone_id, self.lane),
-                                           deadline))
-        self._events.put(("admit", uuid, False))  # wakes the worker for the new deadline
+                                           deadline, since_ns))
+        self._events.put(("admit", uuid, False, since_ns))  # wakes the worker
 
     # -- the worker ---------------------------------------------------------------------------
 
@@ -138,12 +142,12 @@ class PassageWatch:
             try:
                 item = self._events.get(timeout=self._next_timeout())
             except queue.Empty:
-                item = ("tick", "", False)
+                item = ("tick", "", False, 0)
             if item is None:
                 return
             try:
                 if item[0] == "edge":
-                    self._edge(item[1], item[2])
+                    self._edge(item[1], item[2], item[3])
                 self._expire()
             except JournalUnavailable as exc:
                 log.error("lane %s: passage not recorded: %s", self.lane.name, exc)
@@ -158,16 +162,17 @@ class PassageWatch:
             return 1.0
         return min(1.0, max(0.0, min(soonest) - time.monotonic()))
 
-    def _edge(self, direction: str, active: bool) -> None:
+    def _edge(self, direction: str, active: bool, at_ns: int) -> None:
         if not active:
             self._active_since.pop(direction, None)
             self.held_open.discard(direction)
             return
         self._active_since[direction] = time.monotonic()
         waits = self.waits[direction]
-        zone = waits[0].zone_key if waits else _zone_key(None, self.lane)
+        ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge was someone else
+        zone = waits[0].zone_key if ours else _zone_key(None, self.lane)
         self.people[zone] = self.people.get(zone, 0) + (1 if direction == "in" else -1)
-        if waits:
+        if ours:
             wait = waits.popleft()
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
                 self.totals["passed"] += 1

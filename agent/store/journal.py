@@ -94,8 +94,9 @@ MIGRATIONS = [
 # The upload holds every pending row from the oldest admit still waiting for its passage on
 # (agent.store.passages): an entry that may yet be voided is never sent, and rows keep their
 # order. The wait is bounded by the lane (passage_timeout_ms) and, should the lane be gone, by
-# PASSAGE_HOLD_LIMIT_S, after which the admit stands ("interrupted", see docs/turnstile.md).
-PASSAGE_HOLD_LIMIT_S = 120.0
+# PASSAGE_HOLD_LIMIT_S (above the longest passage_timeout_ms, 120 s), after which the admit
+# stands ("interrupted", see docs/turnstile.md).
+PASSAGE_HOLD_LIMIT_S = 300.0
 _NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON s.uuid = p.uuid"
              " WHERE p.state = 'waiting'), 9223372036854775807)")
 

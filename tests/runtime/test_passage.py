@@ -220,3 +220,15 @@ def test_stopping_the_lane_lets_a_waiting_admit_stand(rig: LaneRig) -> None:
     rig.runner.stop()
     assert rig.passage(admit.result.uuid) == "interrupted"
     assert rig.scan_row(admit.result.uuid) == (1, "valid", None)
+
+
+@pytest.mark.lane(passage_timeout_ms=5000)
+def test_a_manual_scan_waits_for_no_passage(rig: LaneRig, site: DemoSite) -> None:
+    """`gate-agent scan` (or the daemon's scan op) opens no gate: its admit must not hold
+    the upload waiting for a passage nobody will make."""
+    other = Gate(open_cache(site.config), open_journal(site.config), site.config)
+    try:
+        result = other.scan(C["valid2"], rig.lane, datetime.now(UTC))
+    finally:
+        other.close()
+    assert result.decision.admit and rig.passage(result.uuid) is None
