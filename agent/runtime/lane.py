@@ -59,6 +59,7 @@ class LaneRunner:
         self.indicators = Indicators(lane)
         # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
         self.releases: set[str] = set()
+        self._release_lock = threading.Lock()  # not `lock`: a release never waits on a scan
         watch_journal = Journal(gate.journal.path) if gate.journal is not None else None
         self.passage = PassageWatch(lane, watch_journal, self.indicators,
                                     on_alarm or (lambda *_: None), void_claim,
@@ -139,8 +140,9 @@ class LaneRunner:
             self.passage.log.journal.close()
 
     def set_release(self, source: str, on: bool) -> None:
-        """Hold every relay of the lane open while any source releases it (free egress)."""
-        with self.lock:
+        """Hold every relay of the lane open while any source releases it (free egress).
+        A scan decided just before still pulses: a held relay ignores the pulse."""
+        with self._release_lock:
             if on:
                 self.releases.add(source)
             else:
