@@ -232,3 +232,38 @@ def test_a_manual_scan_waits_for_no_passage(rig: LaneRig, site: DemoSite) -> Non
     finally:
         other.close()
     assert result.decision.admit and rig.passage(result.uuid) is None
+
+
+def test_an_unwatched_passage_input_lets_admits_stand_and_says_so(site: DemoSite) -> None:
+    """No one can see the passage (the contact's GPIO chip is missing): voiding would free
+    the ticket for a second person, so the admit stands, counted as unconfirmed."""
+    sim_reset()
+    lane = LaneConfig(name="north-in", gate_id=demo_data.GATE_NORTH, direction="in",
+                      debounce_ms=0, relay="sim:unwatched-relay",
+                      passage_in="gpio:/dev/gpiochip-missing:3", passage_timeout_ms=200)
+    events: queue.Queue[LaneEvent] = queue.Queue()
+    gate = Gate(open_cache(site.config), open_journal(site.config), site.config)
+    runner = LaneRunner(lane, gate, events.put)
+    runner.start()
+    try:
+        runner.submit(manual_scan(C["valid"], lane.name))
+        event = events.get(timeout=10)
+        assert event.result.decision.admit
+        status = runner.get_status()
+        assert status["passage"]["totals"]["unconfirmed"] == 1
+        db = sqlite3.connect(site.config.store_dir / "journal.db")
+        try:
+            assert db.execute("SELECT state, note FROM passages").fetchall() == \
+                [("interrupted", "passage input in not watched")]
+        finally:
+            db.close()
+        _health, reasons = evaluate({"lanes": [status], "cache": {"events": [{"items": 1}]},
+                                     "emergency": {"url": "sim:fire", "connected": False,
+                                                   "active": False, "error": "gone"}},
+                                    datetime.now(UTC), 1e9)
+        codes = {r.code: r.level for r in reasons}
+        assert codes["passage_input"] == "warn" and codes["emergency_input"] == "warn"
+        assert "gpiochip-missing" in next(r.message for r in reasons if r.code == "passage_input")
+    finally:
+        runner.stop()
+        gate.close()
