@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.config import LaneConfig, parse_pattern
 from agent.errors import DriverError
+from agent.runtime.display_text import display_text
 from drivers import Output, open_output
 from drivers.registry import open_display
 
@@ -27,8 +28,9 @@ OUTCOMES = ("admit", "refuse", "not_passed", "alarm")
 class Indicators:
     """Green/red lights, buzzer and display of one lane (all optional)."""
 
-    def __init__(self, lane: LaneConfig):
+    def __init__(self, lane: LaneConfig, language: str = "en"):
         self.lane = lane
+        self.language = language
         self.outputs: dict[str, Output] = {}
         self.display: Any = None
         self.errors: dict[str, str] = {}
@@ -64,10 +66,12 @@ class Indicators:
     def configured(self) -> bool:
         return bool(self.outputs or self.display is not None or self.errors)
 
-    def show(self, outcome: str, message: str | None = None) -> None:
-        """Run the outcome's pattern and put `message` on the display."""
-        self.shown[outcome] = self.shown.get(outcome, 0) + 1
-        for name, ms in self.patterns.get(outcome, ()):
+    def show(self, outcome: str | None, key: str, fallback: str = "") -> None:
+        """Run the outcome's pattern (None: lights stay as they are) and put the short text
+        for `key` (agent.runtime.display_text, in `api.language`) on the display."""
+        if outcome is not None:
+            self.shown[outcome] = self.shown.get(outcome, 0) + 1
+        for name, ms in self.patterns.get(outcome or "", ()):
             output = self.outputs.get(name)
             if output is None:
                 continue
@@ -76,8 +80,10 @@ class Indicators:
             except DriverError as exc:
                 self.errors[name] = str(exc)
                 log.warning("lane %s: %s indicator failed: %s", self.lane.name, name, exc)
-        if self.display is not None and message:
-            self.display.show(message)
+        if self.display is not None:
+            text = display_text(self.language, key, fallback)
+            if text:
+                self.display.show(text)
 
     def close(self) -> None:
         for output in self.outputs.values():

@@ -21,6 +21,7 @@ from typing import Any
 
 from agent.config import LaneConfig, output_for, passage_input_for
 from agent.core.codes import utc_iso
+from agent.core.decide import Decision
 from agent.errors import DriverError
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
@@ -56,7 +57,7 @@ class LaneRunner:
         self.lane = lane
         self.gate = gate
         self.sink = sink
-        self.indicators = Indicators(lane)
+        self.indicators = Indicators(lane, gate.config.api["language"])
         # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
         self.releases: set[str] = set()
         self._release_lock = threading.Lock()  # not `lock`: a release never waits on a scan
@@ -204,8 +205,9 @@ class LaneRunner:
             except DriverError as exc:
                 self.relay_error = str(exc)
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
-        if decision.record and not released:
-            self.indicators.show("admit" if decision.admit else "refuse", decision.message)
+        if decision.record:
+            self.indicators.show(None if released else "admit" if decision.admit else "refuse",
+                                 _display_key(decision), decision.message)
         if decision.admit and result.uuid and self.gate.confirms_passage and \
                 passage_input_for(self.lane, decision.direction):
             self.passage.admitted(result.uuid, decision.direction, decision.zone_id, opened_ns)
@@ -257,6 +259,14 @@ class LaneRunner:
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
             "released_by": sorted(self.releases),
         }
+
+
+def _display_key(decision: Decision) -> str:
+    """Which short text the display shows (agent.runtime.display_text)."""
+    if decision.admit:
+        return "exit" if decision.direction == "out" else "valid"
+    return decision.detail if decision.detail in ("releasedGate", "notPassed") \
+        else decision.status
 
 
 def manual_scan(code: str, lane: str, kind: str = "barcode") -> Scan:

@@ -200,7 +200,7 @@ class PassageWatch:
         self.totals["voided"] += 1
         log.warning("lane %s: admit %s voided: no passage within %d ms (ticket usable again)",
                     self.lane.name, wait.uuid, self.lane.passage_timeout_ms)
-        self.indicators.show("not_passed", "Not passed - please scan again")
+        self.indicators.show("not_passed", "notPassed", "Not passed - please scan again")
         if self.void_claim is not None and scan.get("item_id") is not None:
             self.void_claim(scan)
 
@@ -210,7 +210,7 @@ class PassageWatch:
         self.recent_alarms.append((now, kind))
         while self.recent_alarms and now - self.recent_alarms[0][0] > ALARM_RECENT_S:
             self.recent_alarms.popleft()
-        self.indicators.show("alarm", "Alarm - staff called")
+        self.indicators.show("alarm", "alarm", "Alarm - staff called")
         if self.log is not None:
             self.log.event(now_iso(), self.lane.name, kind, None, detail)
         self.on_alarm(self.lane.name, kind, detail)

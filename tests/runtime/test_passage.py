@@ -21,6 +21,7 @@ from agent import demo_data
 from agent.commands.daemon import render
 from agent.config import LaneConfig
 from agent.ops.metrics import Metrics
+from agent.runtime.display_text import display_text
 from agent.ops.status import evaluate
 from agent.platform.upload import Uploader
 from agent.runtime.gate import Gate
@@ -99,7 +100,7 @@ def test_admit_and_pass_stands_and_counts_a_person(rig: LaneRig) -> None:
     assert rig.passage(uuid) == "waiting"
     assert [p["ms"] for p in sim_relay(f"{rig.name}-green").pulses] == [1500]
     assert sim_relay(f"{rig.name}-red").pulses == []
-    assert sim_display(f"{rig.name}-display") == [event.result.decision.message]
+    assert sim_display(f"{rig.name}-display") == ["Welcome"]  # short, in api.language
     sim_input_pulse(f"{rig.name}-pass")
     wait_until(lambda: rig.passage(uuid) == "passed", 10, "passage confirmed")
     assert rig.scan_row(uuid) == (1, "valid", None)
@@ -128,6 +129,7 @@ def test_admit_without_passage_is_voided_reusable_and_uploaded_as_failed(
                           (voided,)).fetchone() == ("valid",)
     wait_until(lambda: sim_relay(f"{rig.name}-red").pulses, 5, "not-passed pattern")
     assert [p["ms"] for p in sim_relay(f"{rig.name}-red").pulses] == [800]
+    assert sim_display(f"{rig.name}-display")[-1] == "Not passed - scan again"
     again = rig.scan(C["valid2"])  # the ticket can be used again
     assert again.result.decision.admit, again.result.decision
     sim_input_pulse(f"{rig.name}-pass")
@@ -267,3 +269,10 @@ def test_an_unwatched_passage_input_lets_admits_stand_and_says_so(site: DemoSite
     finally:
         runner.stop()
         gate.close()
+
+
+def test_display_texts_follow_the_configured_language() -> None:
+    assert display_text("nl-BE", "alreadyIn", "x") == "Al binnen"
+    assert display_text("de", "notPassed", "x") == "Nicht durchgegangen"
+    assert display_text("sv", "valid", "x") == "Welcome"  # no Swedish: English
+    assert display_text("nl", "someNewStatus", "The engine's message") == "The engine's message"
