@@ -9,36 +9,31 @@ part (`nl-BE` -> `nl`).
 
 from __future__ import annotations
 
-TEXTS: dict[str, dict[str, str]] = {
-    "en": {"valid": "Welcome", "exit": "Goodbye", "alreadyIn": "Already inside",
-           "alreadyOut": "Already outside", "denied": "Not valid - see staff",
-           "zoneClosed": "Zone closed", "ageUnknown": "Age check - see staff",
-           "tooYoung": "Age limit - see staff", "tooOld": "Age limit - see staff",
-           "full": "Zone full", "scansInExceeded": "Ticket used up",
-           "requiresConfirmation": "Please see staff",
-           "notPassed": "Not passed - scan again", "releasedGate": "Gate open - walk through",
-           "alarm": "Alarm - staff called"},
-    "nl": {"valid": "Welkom", "exit": "Tot ziens", "alreadyIn": "Al binnen",
-           "alreadyOut": "Al buiten", "denied": "Ongeldig - zie staf",
-           "zoneClosed": "Zone gesloten", "ageUnknown": "Leeftijd - zie staf",
-           "tooYoung": "Leeftijdsgrens", "tooOld": "Leeftijdsgrens", "full": "Zone vol",
-           "scansInExceeded": "Ticket opgebruikt", "requiresConfirmation": "Zie staf",
-           "notPassed": "Niet doorgelopen", "releasedGate": "Poort open - doorlopen",
-           "alarm": "Alarm - staf komt"},
-    "de": {"valid": "Willkommen", "exit": "Auf Wiedersehen", "alreadyIn": "Bereits drinnen",
-           "alreadyOut": "Bereits draussen", "denied": "Ungueltig - Personal",
-           "zoneClosed": "Bereich geschlossen", "ageUnknown": "Alter - Personal",
-           "tooYoung": "Altersgrenze", "tooOld": "Altersgrenze", "full": "Bereich voll",
-           "scansInExceeded": "Ticket verbraucht", "requiresConfirmation": "Bitte Personal",
-           "notPassed": "Nicht durchgegangen", "releasedGate": "Tor offen - durchgehen",
-           "alarm": "Alarm - Personal kommt"},
-    "fr": {"valid": "Bienvenue", "exit": "Au revoir", "alreadyIn": "Deja entre",
-           "alreadyOut": "Deja sorti", "denied": "Invalide - voir staff",
-           "zoneClosed": "Zone fermee", "ageUnknown": "Age - voir staff",
-           "tooYoung": "Limite d'age", "tooOld": "Limite d'age", "full": "Zone pleine",
-           "scansInExceeded": "Billet epuise", "requiresConfirmation": "Voir le staff",
-           "notPassed": "Non passe - rescanner", "releasedGate": "Porte ouverte",
-           "alarm": "Alarme - staff appele"},
+LANGUAGES = ("en", "nl", "de", "fr")
+# key -> one text per language of LANGUAGES ("" = none: English is shown)
+TEXTS: dict[str, tuple[str, ...]] = {
+    "valid": ("Welcome", "Welkom", "Willkommen", "Bienvenue"),
+    "exit": ("Goodbye", "Tot ziens", "Auf Wiedersehen", "Au revoir"),
+    "alreadyIn": ("Already inside", "Al binnen", "Bereits drinnen", "Deja entre"),
+    "alreadyOut": ("Already outside", "Al buiten", "Bereits draussen", "Deja sorti"),
+    "denied": ("Not valid - see staff", "Ongeldig - zie staf", "Ungueltig - Personal",
+               "Invalide - voir staff"),
+    "zoneClosed": ("Zone closed", "Zone gesloten", "Bereich geschlossen", "Zone fermee"),
+    "ageUnknown": ("Age check - see staff", "Leeftijd - zie staf", "Alter - Personal",
+                   "Age - voir staff"),
+    "tooYoung": ("Age limit - see staff", "Leeftijdsgrens", "Altersgrenze", "Limite d'age"),
+    "tooOld": ("Age limit - see staff", "Leeftijdsgrens", "Altersgrenze", "Limite d'age"),
+    "full": ("Zone full", "Zone vol", "Bereich voll", "Zone pleine"),
+    "scansInExceeded": ("Ticket used up", "Ticket opgebruikt", "Ticket verbraucht",
+                        "Billet epuise"),
+    "requiresConfirmation": ("Please see staff", "Zie staf", "Bitte Personal",
+                             "Voir le staff"),
+    "notPassed": ("Not passed - scan again", "Niet doorgelopen", "Nicht durchgegangen",
+                  "Non passe - rescanner"),
+    "releasedGate": ("Gate open - walk through", "Poort open - doorlopen",
+                     "Tor offen - durchgehen", "Porte ouverte"),
+    "alarm": ("Alarm - staff called", "Alarm - staf komt", "Alarm - Personal kommt",
+              "Alarme - staff appele"),
 }
 
 
@@ -46,7 +41,8 @@ def display_text(language: str, key: str, fallback: str) -> str:
     """The short text for `key` (a decision status, `exit`, or an outcome such as
     `notPassed`) in `language`; English when that language lacks it; else `fallback`."""
     lang = (language or "en").split("-")[0].split("_")[0].lower()
-    for table in (TEXTS.get(lang, {}), TEXTS["en"]):
-        if key in table:
-            return table[key]
-    return fallback
+    texts = TEXTS.get(key)
+    if texts is None:
+        return fallback
+    index = LANGUAGES.index(lang) if lang in LANGUAGES else 0
+    return texts[index] or texts[0]

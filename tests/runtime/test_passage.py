@@ -21,9 +21,9 @@ from agent import demo_data
 from agent.commands.daemon import render
 from agent.config import LaneConfig
 from agent.ops.metrics import Metrics
-from agent.runtime.display_text import display_text
 from agent.ops.status import evaluate
 from agent.platform.upload import Uploader
+from agent.runtime.display_text import display_text
 from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.runtime.opening import open_cache, open_journal
