@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -92,10 +93,11 @@ class Daemon:
         self.listen_address: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bus: VenueBus | None = None  # the venue bus, with [venue] only
-        self.lane_events: PassageLog | None = None  # alarms and releases (own connection)
+        self._lane_events: PassageLog | None = None  # alarms and releases: lane_event_log()
+        self._lane_events_lock = threading.Lock()
         self.emergency = EmergencyInput(config.device["emergency_input"],
                                         self._emergency_changed)
-        self.releases = ReleaseDesk(lambda: self.lanes, lambda: self.lane_events)
+        self.releases = ReleaseDesk(lambda: self.lanes, self.lane_event_log)
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -115,8 +117,7 @@ class Daemon:
         self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.journal = Journal(self.journal_path)
-            self.lane_events = PassageLog(Journal(self.journal_path))
-            settled = self.lane_events.settle_interrupted()
+            settled = PassageLog(self.journal).settle_interrupted()
             if settled:
                 log.warning("%d admit(s) were waiting for their passage when the agent "
                             "stopped: they stand (docs/turnstile.md)", settled)
@@ -337,6 +338,14 @@ class Daemon:
         if self.bus is not None:
             self.bus.void_now(scan, "not passed: the turnstile did not turn")
 
+    def lane_event_log(self) -> PassageLog | None:
+        """Releases are journaled from input and worker threads: on a connection of their
+        own, opened at the first one (none without a journal)."""
+        with self._lane_events_lock:
+            if self._lane_events is None and self.journal is not None:
+                self._lane_events = PassageLog(Journal(self.journal_path))
+            return self._lane_events
+
     def _emergency_changed(self, active: bool) -> None:
         """The fire panel's contact (from its input thread): agent.runtime.release."""
         self.emergency.since = now_iso() if active else None
@@ -439,8 +448,8 @@ class Daemon:
         for store in (self.status_cache, self.journal):
             if store is not None:
                 store.close()
-        if self.lane_events is not None:
-            self.lane_events.journal.close()
+        if self._lane_events is not None:
+            self._lane_events.journal.close()
 
     # -- signals --------------------------------------------------------------------------------
 

@@ -61,7 +61,9 @@ class LaneRunner:
         # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
         self.releases: set[str] = set()
         self._release_lock = threading.Lock()  # not `lock`: a release never waits on a scan
-        watch_journal = Journal(gate.journal.path) if gate.journal is not None else None
+        watch_journal = (Journal(gate.journal.path)  # its own connection, only when needed
+                         if gate.journal is not None and (lane.passage_in or lane.passage_out)
+                         else None)
         self.passage = PassageWatch(lane, watch_journal, self.indicators,
                                     on_alarm or (lambda *_: None), void_claim,
                                     released=lambda: bool(self.releases))
