@@ -212,7 +212,7 @@ class LaneRunner:
                                  _display_key(decision), decision.message)
         if decision.admit and result.uuid and self.gate.confirms_passage and \
                 passage_input_for(self.lane, decision.direction):
-            self.passage.admitted(result.uuid, decision.direction, decision.zone_id, opened_ns)
+            self.passage.admitted(result.uuid, decision.direction, opened_ns)
         latency = time.perf_counter() - started
         self._count(decision.status if decision.record else "ignored")
         self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,

@@ -47,7 +47,6 @@ VoidClaim = Callable[[dict[str, Any]], None]
 class _Wait:
     uuid: str
     direction: str
-    zone_key: str
     deadline: float  # time.monotonic()
     since_ns: int  # time.monotonic_ns() when the gate opened: earlier edges are not this one
 
@@ -117,8 +116,7 @@ class PassageWatch:
                         log.error("lane %s: wait of %s left to the next start: %s",
                                   self.lane.name, wait.uuid, exc)
 
-    def admitted(self, uuid: str, direction: str, zone_id: int | None,
-                 since_ns: int | None = None) -> None:
+    def admitted(self, uuid: str, direction: str, since_ns: int | None = None) -> None:
         """Called by the lane after the relay pulse of an admit whose row waits for us;
         `since_ns`: when the gate opened (time.monotonic_ns())."""
         since_ns = time.monotonic_ns() if since_ns is None else since_ns
@@ -131,8 +129,7 @@ class PassageWatch:
             self.totals["unconfirmed"] += 1
             return
         deadline = time.monotonic() + self.lane.passage_timeout_ms / 1000
-        self.waits[direction].append(_Wait(uuid, direction, _zone_key(zone_id, self.lane),
-                                           deadline, since_ns))
+        self.waits[direction].append(_Wait(uuid, direction, deadline, since_ns))
         self._events.put(("admit", uuid, False, since_ns))  # wakes the worker
 
     # -- the worker ---------------------------------------------------------------------------
@@ -170,7 +167,7 @@ class PassageWatch:
         self._active_since[direction] = time.monotonic()
         waits = self.waits[direction]
         ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge was someone else
-        zone = waits[0].zone_key if ours else _zone_key(None, self.lane)
+        zone = _zone_key(self.lane)
         self.people[zone] = self.people.get(zone, 0) + (1 if direction == "in" else -1)
         if ours:
             wait = waits.popleft()
@@ -230,6 +227,8 @@ class PassageWatch:
                 "held_open": sorted(self.held_open), "people": dict(self.people)}
 
 
-def _zone_key(zone_id: int | None, lane: LaneConfig) -> str:
-    zone = zone_id if zone_id is not None else lane.zone_id
-    return str(zone) if zone is not None else "default"
+def _zone_key(lane: LaneConfig) -> str:
+    """People are counted into the lane's zone; `default` for a lane on the events' default
+    zones (a forced passage names no event, so the admits' own zone ids would split one
+    zone's count in two)."""
+    return str(lane.zone_id) if lane.zone_id is not None else "default"
