@@ -56,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every way out is an exit code and at most one line (see EXIT_CODES).
+
+    Ctrl-C is caught from the first moment here, while the command modules are still being
+    imported too: a technician who presses it early sees "interrupted", not a traceback.
+    """
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         result = args.func(args)
     except GateAgentError as exc:
         print(f"gate-agent: error: {redact(str(exc))}", file=sys.stderr)
