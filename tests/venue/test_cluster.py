@@ -24,24 +24,30 @@ def admit(device: VenueDevice, i: int, lane: str = "north-in") -> tuple[bool, st
 def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
         tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
     urls = [n.url for n in venue_cluster]
-    with venue_devices(tmp_path, urls, 2, 60, timeout_ms=TIMEOUT_MS) as (a, b):
+    with venue_devices(tmp_path, urls, 2, 400, timeout_ms=TIMEOUT_MS) as (a, b):
         assert admit(a, 0)[0]
         venue_cluster[0].kill()
-        # a new stream leader may take ~2 s to be elected; then claims are granted again
+        # A new stream leader takes ~2 s to be elected, but up to ~20 s when the stream was just
+        # created and a replica had not caught up (NATS election timeouts are 4-9 s, and a failed
+        # round starts another); meanwhile claims fail at once ("no response from stream") and
+        # the policy decides. Tickets 1..249 are for this wait, 300.. for the next phase.
         granted_before = a.bus.counters["claims_granted"]
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 45
         i = 1
-        while a.bus.counters["claims_granted"] == granted_before and time.monotonic() < deadline:
+        while (a.bus.counters["claims_granted"] == granted_before
+               and time.monotonic() < deadline and i < 250):
             admit(a, i)
             i += 1
-        assert a.bus.counters["claims_granted"] > granted_before, "no claim with 2 of 3 nodes"
+            time.sleep(0.15)  # people arrive at a pace; do not burn the tickets in a second
+        assert a.bus.counters["claims_granted"] > granted_before, (
+            "no claim with 2 of 3 nodes", dict(a.bus.counters), i)
         online = [r for r in a.journal_rows() if r["venue"] == "claimed"]
         assert online and admit(b, 0)[1] == "alreadyIn"
         venue_cluster[1].kill()  # no quorum: claims cannot be granted
         timed_out = a.bus.counters["claims_timed_out"]
-        results = [admit(a, j) for j in range(40, 45)]
+        results = [admit(a, j) for j in range(300, 305)]
         assert all(ok for ok, _s, _t in results)  # policy "local"
-        assert max(t for _o, _s, t in results) < TIMEOUT_MS / 1000 + 0.15
+        assert max(t for _o, _s, t in results) < TIMEOUT_MS / 1000 + 0.5  # never the 2 s connect
         assert a.bus.counters["claims_timed_out"] >= timed_out + 5
         offline = [r["uuid"] for r in a.journal_rows() if r["venue"] == "offline"]
         assert len(offline) >= 5
@@ -53,7 +59,7 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
         wait_until(lambda: all(b.venue_store().conn.execute(
             "SELECT 1 FROM venue_scans WHERE uuid = ?", (u,)).fetchone() for u in offline),
             30, "b has a's offline scans")
-        assert [admit(b, j)[1] for j in range(40, 45)] == ["alreadyIn"] * 5
+        assert [admit(b, j)[1] for j in range(300, 305)] == ["alreadyIn"] * 5
         assert a.venue_store().conflict_count() == 0  # nobody else admitted them
 
 
