@@ -1,0 +1,101 @@
+"""Heartbeats on a real nats-server: a gate's beat reaches the others, a clean stop shows
+offline at once, a beat nobody renews expires with the bucket's TTL (the server's delete marker
+reaches the watchers), and `gate-agent venue status` lists every gate worst first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from agent.venue.bus import VenueBus
+from agent.venue.heartbeat import bucket_names
+from agent.venue.node import NodeProcess, start_venue
+from tests.conftest import run_cli
+from tests.venue.rig import wait_until
+
+pytestmark = pytest.mark.e2e
+
+TTL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    nodes = start_venue(tmp_path_factory.mktemp("nats"), 1)
+    try:
+        yield nodes[0]
+    finally:
+        nodes[0].kill()
+
+
+def venue(url: str, device: str) -> dict[str, Any]:
+    return {"name": "hb", "servers": [url], "device": device, "credentials": "", "tls_ca": "",
+            "claim_timeout_ms": 500, "offline_policy": "local", "heartbeat_s": 0.5,
+            "heartbeat_ttl_s": TTL_S}
+
+
+def state_of(bus: VenueBus, device: str) -> str | None:
+    return next((r["state"] for r in bus.board.rows() if r["device"] == device), None)
+
+
+def put_once(url: str, device: str, body: dict[str, Any]) -> None:
+    """A gate that beats once and dies (no clean stop, no delete)."""
+    async def put() -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            for name in bucket_names("hb"):
+                kv = await js.key_value(name)
+                await kv.put(device, orjson.dumps(body))
+        finally:
+            await nc.close()
+    asyncio.run(put())
+
+
+def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -> None:
+    watcher = VenueBus(venue(node.url, "w1"), tmp_path / "w1", None)
+    gate = VenueBus(venue(node.url, "g1"), tmp_path / "g1", None)
+    watcher.start()
+    gate.start()
+    try:
+        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
+        gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+        wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online at w1")
+        put_once(node.url, "dead", {"health": "fail", "version": "t"})
+        wait_until(lambda: state_of(watcher, "dead") == "online", 5, "dead's one beat seen")
+        # no renewal: the TTL removes it and the server's marker tells the watcher
+        wait_until(lambda: state_of(watcher, "dead") == "offline", TTL_S + 6, "dead offline")
+        assert watcher.board.rows()[0]["device"] == "dead"  # worst first
+        gate.stop()  # a clean stop deletes the live key: offline without waiting for the TTL
+        wait_until(lambda: state_of(watcher, "g1") == "offline", TTL_S - 0.5, "g1 offline")
+
+        config = tmp_path / "c.toml"
+        config.write_text(f'[store]\ndir = "{tmp_path / "w1"}"\n[venue]\nname = "hb"\n'
+                          f'servers = ["{node.url}"]\ndevice = "cli"\n')
+        out = run_cli("venue", "status", "--json", "--config", str(config))
+        assert out.returncode == 0, out.stderr
+        listed = json.loads(out.stdout)["gates"]
+        assert {g["device"]: g["state"] for g in listed} == {"dead": "offline", "g1": "offline"}
+        watcher.beat(orjson.dumps({"health": "warn", "version": "t", "lanes": []}))
+        wait_until(lambda: state_of(watcher, "w1") == "online", 5, "w1 online")
+        table = run_cli("venue", "status", "--config", str(config))
+        assert table.returncode == 0, table.stderr
+        rows = [line for line in table.stdout.splitlines() if "│" in line and "t " in line]
+        assert [r.split("│")[1].strip() for r in rows][-1] == "w1"  # online last
+    finally:
+        gate.stop()
+        watcher.stop()
+
+
+def test_status_cli_says_when_the_bus_is_away(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path}"\n[venue]\nname = "hb"\n'
+                      'servers = ["nats://127.0.0.1:9"]\n')
+    out = run_cli("venue", "status", "--timeout", "1", "--config", str(config))
+    assert out.returncode == 1 and "venue bus not reachable (nats://127.0.0.1:9)" in out.stderr
