@@ -497,6 +497,7 @@ class VenueBus:
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),
+            "gates": self.board.counts(),
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             **self.counters,

@@ -118,6 +118,13 @@ class GateBoard:
                          "age_s": round(age, 1), "last_seen": beat.stamped})
         return sorted(rows, key=rank)
 
+    def counts(self) -> dict[str, int]:
+        """Gates by state (for /status and the gate_venue_gates metric)."""
+        found = {"online": 0, "stale": 0, "offline": 0}
+        for row in self.rows():
+            found[row["state"]] += 1
+        return found
+
 
 def decode_beat(value: bytes | None) -> dict[str, Any] | None:
     """A heartbeat body, or None when it cannot be read (never guessed at)."""
