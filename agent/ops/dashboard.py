@@ -78,19 +78,20 @@ def alarms(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def totals(gates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Venue-wide figures from the gates that are not offline."""
+    """Venue-wide figures: decisions from every gate known (an offline gate's last count
+    stays in), rates, queues and the leader only from gates that are not offline."""
     states = {"online": 0, "stale": 0, "offline": 0}
     per_min: dict[str, float] = {}
     decisions: dict[str, int] = {}
     conflicts = offline_decisions = pending = 0
     for gate in gates:
         states[gate.get("state", "offline")] = states.get(gate.get("state", "offline"), 0) + 1
+        for status, n in (gate.get("decisions") or {}).items():
+            decisions[status] = decisions.get(status, 0) + n
         if gate.get("state") == "offline":
             continue
         for status, rate in (gate.get("per_min") or {}).items():
             per_min[status] = round(per_min.get(status, 0) + rate, 1)
-        for status, n in (gate.get("decisions") or {}).items():
-            decisions[status] = decisions.get(status, 0) + n
         bus = gate.get("bus") or {}
         conflicts = max(conflicts, bus.get("conflicts") or 0)  # each gate sees every conflict
         offline_decisions += bus.get("decided_offline") or 0

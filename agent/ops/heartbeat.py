@@ -31,23 +31,21 @@ LEADER_FIELDS = ("leader", "budget", "upload_lag_s")
 
 
 class RateWindow:
-    """Decisions per minute by status, from the lanes' running totals sampled over time."""
+    """Decisions in the last minute by status, from the lanes' running totals sampled over
+    time: the difference from the newest sample at least a minute old (or the oldest one, in
+    a gate's first minute: then it is the count so far, never an extrapolation)."""
 
     def __init__(self, window_s: float = RATE_WINDOW_S):
         self.window_s = window_s
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
 
-    def per_minute(self, totals: dict[str, int], now: float) -> dict[str, float]:
+    def per_minute(self, totals: dict[str, int], now: float) -> dict[str, int]:
         self._samples.append((now, dict(totals)))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
-        then, before = self._samples[0]
-        span = now - then
-        if span <= 0:
-            return {}
-        scale = 60.0 / max(span, 1.0)
-        rates = {s: round((n - before.get(s, 0)) * scale, 1) for s, n in totals.items()}
-        return {s: r for s, r in rates.items() if r > 0}
+        before = self._samples[0][1]
+        counts = {s: n - before.get(s, 0) for s, n in totals.items()}
+        return {s: n for s, n in counts.items() if n > 0}
 
 
 def _lane(lane: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ function el(tag, attrs, ...children) {
     if (key === "class") node.className = value;
     else node.setAttribute(key, String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -46,7 +46,7 @@ function definitions(pairs) {
 
 function replace(id, ...children) {
   const node = document.getElementById(id);
-  node.replaceChildren(...children.flat());
+  node.replaceChildren(...children.flat(Infinity));
 }
 
 // Fetch `url` every `seconds` and hand the JSON to `render`; the header shows the link state.
