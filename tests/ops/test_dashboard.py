@@ -151,6 +151,21 @@ def get(path: str, token: str = TOKEN, method: str = "GET",
     return asyncio.run(call())
 
 
+def test_heartbeat_ttl_must_outlast_two_heartbeats(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[store]\ndir = "{tmp_path}"\n[venue]\nname = "v"\n'
+                    'servers = ["nats://127.0.0.1:4222"]\nheartbeat_s = 3\nheartbeat_ttl_s = 5\n')
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert "venue.heartbeat_ttl_s: must be at least twice venue.heartbeat_s" in str(exc)
+    else:
+        raise AssertionError("a TTL shorter than two heartbeats was accepted")
+
+
 def test_pages_follow_the_status_auth_rules() -> None:
     for path in ("/", "/venue"):
         page = get(path)

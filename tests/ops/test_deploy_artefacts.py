@@ -71,6 +71,14 @@ def test_every_grafana_query_names_exported_metrics() -> None:
     print(f"{len(panels)} panels over {len(seen)} metrics")
 
 
+def test_readme_names_every_exported_metric() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text()
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in exported_samples()}
+    missing = sorted(f for f in families if f"`{f}" not in readme
+                     and f"`{f}_total" not in readme)
+    assert missing == []
+
+
 def test_alert_rules_name_exported_metrics() -> None:
     exported = exported_samples() | PROMETHEUS_OWN
     exprs = re.findall(r"^\s+expr: (.+)$", RULES.read_text(), re.M)
