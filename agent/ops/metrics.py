@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.ops.status import _age
+from agent.ops.status import REASON_CODES, _age
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -91,10 +91,11 @@ class _StateCollector(Collector):
             clock.add_metric([], float(skew))
             yield clock
         yield from _venue_metrics(snap.get("venue"))
-        reasons = GaugeMetricFamily("gate_reason_active", "1 for each health reason in force "
-                                    "(codes as in /status)", labels=["code", "level"])
-        for reason in snap.get("reasons") or []:
-            reasons.add_metric([str(reason.get("code")), str(reason.get("level"))], 1.0)
+        reasons = GaugeMetricFamily("gate_reason_active", "1 while a health reason is in force, "
+                                    "else 0 (codes as in /status)", labels=["code"])
+        active = {str(r.get("code")) for r in snap.get("reasons") or []}
+        for code in sorted(active | set(REASON_CODES)):
+            reasons.add_metric([code], 1.0 if code in active else 0.0)
         yield reasons
         health = GaugeMetricFamily("gate_health", "0 pass, 1 warn, 2 fail")
         health.add_metric([], float({"pass": 0, "warn": 1, "fail": 2}.get(snap.get("health", ""), 2)))

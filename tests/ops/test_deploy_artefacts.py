@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.ops.metrics import Metrics
+from agent.ops.status import REASON_CODES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "gate-agent-alerts.yml"
@@ -69,6 +70,16 @@ def test_every_grafana_query_names_exported_metrics() -> None:
     query = dashboard["templating"]["list"][1]["definition"]
     assert re.search(r"label_values\((\w+),", query).group(1) in exported  # type: ignore[union-attr]
     print(f"{len(panels)} panels over {len(seen)} metrics")
+
+
+def test_every_reason_code_has_a_series() -> None:
+    source = (DEPLOY.parent / "agent" / "ops" / "status.py").read_text()
+    given = set(re.findall(r'Reason\("(?:warn|fail)", "([a-z_]+)"', source))
+    assert len(given) >= 15 and given == set(REASON_CODES)
+    text = Metrics(lambda: {"reasons": [{"code": "cache_stale", "level": "fail"}]},
+                   lambda: datetime.now(UTC)).render().decode()
+    assert 'gate_reason_active{code="cache_stale"} 1.0' in text
+    assert 'gate_reason_active{code="no_reader"} 0.0' in text
 
 
 def test_readme_names_every_exported_metric() -> None:
