@@ -34,10 +34,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         nodes[0].kill()
 
 
-def venue(url: str, device: str) -> dict[str, Any]:
-    return {"name": "hb", "servers": [url], "device": device, "credentials": "", "tls_ca": "",
+def venue(url: str, device: str, name: str = "hb", ttl_s: float = TTL_S) -> dict[str, Any]:
+    return {"name": name, "servers": [url], "device": device, "credentials": "", "tls_ca": "",
             "claim_timeout_ms": 500, "offline_policy": "local", "heartbeat_s": 0.5,
-            "heartbeat_ttl_s": TTL_S}
+            "heartbeat_ttl_s": ttl_s}
 
 
 def state_of(bus: VenueBus, device: str) -> str | None:
@@ -58,6 +58,7 @@ def put_once(url: str, device: str, body: dict[str, Any]) -> None:
     asyncio.run(put())
 
 
+@pytest.mark.slow
 def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -> None:
     watcher = VenueBus(venue(node.url, "w1"), tmp_path / "w1", None)
     gate = VenueBus(venue(node.url, "g1"), tmp_path / "g1", None)
@@ -72,8 +73,8 @@ def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -
         # no renewal: the TTL removes it and the server's marker tells the watcher
         wait_until(lambda: state_of(watcher, "dead") == "offline", TTL_S + 6, "dead offline")
         assert watcher.board.rows()[0]["device"] == "dead"  # worst first
-        gate.stop()  # a clean stop deletes the live key: offline without waiting for the TTL
-        wait_until(lambda: state_of(watcher, "g1") == "offline", TTL_S - 0.5, "g1 offline")
+        gate.stop()
+        wait_until(lambda: state_of(watcher, "g1") == "offline", TTL_S + 6, "g1 offline")
 
         config = tmp_path / "c.toml"
         config.write_text(f'[store]\ndir = "{tmp_path / "w1"}"\n[venue]\nname = "hb"\n'
@@ -88,6 +89,24 @@ def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -
         assert table.returncode == 0, table.stderr
         rows = [line for line in table.stdout.splitlines() if "│" in line and "t " in line]
         assert [r.split("│")[1].strip() for r in rows][-1] == "w1"  # online last
+    finally:
+        gate.stop()
+        watcher.stop()
+
+
+def test_a_clean_stop_shows_offline_before_the_ttl(node: NodeProcess, tmp_path: Path) -> None:
+    """A venue with a long TTL: only the stopping gate's delete can make it offline in time."""
+    long_ttl = 60.0
+    watcher = VenueBus(venue(node.url, "w1", "calm", long_ttl), tmp_path / "w1", None)
+    gate = VenueBus(venue(node.url, "g1", "calm", long_ttl), tmp_path / "g1", None)
+    watcher.start()
+    gate.start()
+    try:
+        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
+        gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+        wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online")
+        gate.stop()
+        wait_until(lambda: state_of(watcher, "g1") == "offline", 10, "g1 offline after stop")
     finally:
         gate.stop()
         watcher.stop()
