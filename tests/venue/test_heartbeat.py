@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,27 @@ def put_once(url: str, device: str, body: dict[str, Any]) -> None:
     asyncio.run(put())
 
 
-@pytest.mark.slow
-def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -> None:
-    watcher = VenueBus(venue(node.url, "w1"), tmp_path / "w1", None)
-    gate = VenueBus(venue(node.url, "g1"), tmp_path / "g1", None)
+@contextmanager
+def watcher_and_gate(url: str, root: Path, name: str = "hb",
+                     ttl_s: float = TTL_S) -> Iterator[tuple[VenueBus, VenueBus]]:
+    """Two devices of venue `name`: w1 watches, g1 has beaten once and is seen online."""
+    watcher = VenueBus(venue(url, "w1", name, ttl_s), root / "w1", None)
+    gate = VenueBus(venue(url, "g1", name, ttl_s), root / "g1", None)
     watcher.start()
     gate.start()
     try:
         wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
         gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
         wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online at w1")
+        yield watcher, gate
+    finally:
+        gate.stop()
+        watcher.stop()
+
+
+@pytest.mark.slow
+def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -> None:
+    with watcher_and_gate(node.url, tmp_path) as (watcher, gate):
         put_once(node.url, "dead", {"health": "fail", "version": "t"})
         wait_until(lambda: state_of(watcher, "dead") == "online", 5, "dead's one beat seen")
         # no renewal: the TTL removes it and the server's marker tells the watcher
@@ -87,29 +99,17 @@ def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -
         wait_until(lambda: state_of(watcher, "w1") == "online", 5, "w1 online")
         table = run_cli("venue", "status", "--config", str(config))
         assert table.returncode == 0, table.stderr
-        rows = [line for line in table.stdout.splitlines() if "│" in line and "t " in line]
-        assert [r.split("│")[1].strip() for r in rows][-1] == "w1"  # online last
-    finally:
-        gate.stop()
-        watcher.stop()
+        cells = [line.split("│")[1].strip() for line in table.stdout.splitlines()
+                 if line.count("│") > 2]
+        order = [c for c in cells if c in ("dead", "g1", "w1")]
+        assert order[-1] == "w1" and sorted(order) == ["dead", "g1", "w1"]  # online last
 
 
 def test_a_clean_stop_shows_offline_before_the_ttl(node: NodeProcess, tmp_path: Path) -> None:
     """A venue with a long TTL: only the stopping gate's delete can make it offline in time."""
-    long_ttl = 60.0
-    watcher = VenueBus(venue(node.url, "w1", "calm", long_ttl), tmp_path / "w1", None)
-    gate = VenueBus(venue(node.url, "g1", "calm", long_ttl), tmp_path / "g1", None)
-    watcher.start()
-    gate.start()
-    try:
-        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
-        gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
-        wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online")
+    with watcher_and_gate(node.url, tmp_path, "calm", 60.0) as (watcher, gate):
         gate.stop()
         wait_until(lambda: state_of(watcher, "g1") == "offline", 10, "g1 offline after stop")
-    finally:
-        gate.stop()
-        watcher.stop()
 
 
 def test_status_cli_says_when_the_bus_is_away(tmp_path: Path) -> None:
