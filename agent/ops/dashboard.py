@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.store.cache import TicketCache
 from agent.venue.bus import VenueBus
+from agent.venue.heartbeat import STATES
 
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -63,7 +64,8 @@ def occupancy(rows: list[dict[str, Any]], cache: TicketCache | None) -> list[dic
 
 
 def alarms(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What needs a person: gates offline or stale, then every gate's fail and warn reasons."""
+    """What needs a person: gates offline or stale, then every gate's fail and warn reasons
+    (a gate stopped cleanly is not an alarm)."""
     found = []
     for gate in gates:
         device = gate.get("device")
@@ -71,6 +73,8 @@ def alarms(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
             found.append({"level": "fail" if gate["state"] == "offline" else "warn",
                           "device": device, "code": f"gate_{gate['state']}",
                           "message": f"no heartbeat for {gate.get('age_s', 0):.0f} s"})
+            continue
+        if gate.get("state") == "stopped":
             continue
         for reason in gate.get("reasons") or []:
             found.append({**reason, "device": device})
@@ -80,7 +84,7 @@ def alarms(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def totals(gates: list[dict[str, Any]]) -> dict[str, Any]:
     """Venue-wide figures: decisions from every gate known (an offline gate's last count
     stays in), rates, queues and the leader only from gates that are not offline."""
-    states = {"online": 0, "stale": 0, "offline": 0}
+    states = dict.fromkeys(STATES, 0)
     per_min: dict[str, float] = {}
     decisions: dict[str, int] = {}
     conflicts = offline_decisions = pending = 0
@@ -88,7 +92,7 @@ def totals(gates: list[dict[str, Any]]) -> dict[str, Any]:
         states[gate.get("state", "offline")] = states.get(gate.get("state", "offline"), 0) + 1
         for status, n in (gate.get("decisions") or {}).items():
             decisions[status] = decisions.get(status, 0) + n
-        if gate.get("state") == "offline":
+        if gate.get("state") in ("offline", "stopped"):
             continue
         for status, rate in (gate.get("per_min") or {}).items():
             per_min[status] = round(per_min.get(status, 0) + rate, 1)
@@ -96,7 +100,8 @@ def totals(gates: list[dict[str, Any]]) -> dict[str, Any]:
         conflicts = max(conflicts, bus.get("conflicts") or 0)  # each gate sees every conflict
         offline_decisions += bus.get("decided_offline") or 0
         pending += (gate.get("queue") or {}).get("pending") or 0
-    leader = next((g for g in gates if g.get("leader") and g.get("state") != "offline"), None)
+    leader = next((g for g in gates if g.get("leader") and g.get("state") in ("online", "stale")),
+                  None)
     return {"gates": states, "per_min": per_min, "decisions": decisions,
             "conflicts": conflicts, "decided_offline": offline_decisions, "pending": pending,
             "leader": leader.get("leader") if leader else None,

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.ops.status import REASON_CODES, _age
+from agent.venue.heartbeat import STATES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -140,6 +141,6 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
     yield conflicts
     gates = GaugeMetricFamily("gate_venue_gates", "Gates of the venue by heartbeat state, as "
                               "this gate sees them", labels=["state"])
-    for state in ("online", "stale", "offline"):
+    for state in STATES:
         gates.add_metric([state], float((venue.get("gates") or {}).get(state, 0)))
     yield gates

@@ -13,7 +13,9 @@ a gate restarted) gets every gate's latest heartbeat at once from the bucket, an
 done by the server, the same for every reader.
 
 A gate is *online* while its heartbeat is younger than STALE_BEATS intervals, *stale* after
-that while the live key still exists, and *offline* once the key is gone. Ages are measured
+that while the live key still exists, and *offline* once the key is gone — or *stopped* when
+it went away cleanly (its last roster entry says so): a gate switched off at the end of the
+day is not an alarm, a gate that died is. Ages are measured
 from the bus server's timestamp of the heartbeat (one clock for every gate) against the
 reader's clock; the heartbeat's own `sent_at` is shown beside it.
 
@@ -35,8 +37,9 @@ from nats.js.api import KeyValueConfig, StorageType
 
 ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
-STATE_RANK = {"offline": 0, "stale": 1}
+STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
 HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
+STATES = ("online", "stale", "offline", "stopped")
 
 
 def bucket_names(venue: str) -> tuple[str, str]:
@@ -52,14 +55,14 @@ class Beat:
     stamped: float
 
 
-def gate_state(live: bool, age_s: float, interval_s: float) -> str:
+def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = False) -> str:
     if not live:
-        return "offline"
+        return "stopped" if stopped else "offline"
     return "stale" if age_s > STALE_BEATS * interval_s else "online"
 
 
 def rank(row: dict[str, Any]) -> tuple[int, str]:
-    """Worst first: offline, stale, then online gates by health (fail, warn, pass)."""
+    """Worst first: offline, stale, online gates by health (fail, warn, pass), then stopped."""
     state = row.get("state", "offline")
     level = STATE_RANK.get(state, HEALTH_RANK.get(str(row.get("health")), 1))
     return level, str(row.get("device"))
@@ -113,14 +116,15 @@ class GateBoard:
         rows = []
         for device, beat in known.items():
             age = max(0.0, now - beat.stamped)
-            rows.append({**beat.body, "device": device,
-                         "state": gate_state(device in live, age, self.interval_s),
+            state = gate_state(device in live, age, self.interval_s,
+                               bool(beat.body.get("stopped")))
+            rows.append({**beat.body, "device": device, "state": state,
                          "age_s": round(age, 1), "last_seen": beat.stamped})
         return sorted(rows, key=rank)
 
     def counts(self) -> dict[str, int]:
         """Gates by state (for /status and the gate_venue_gates metric)."""
-        found = {"online": 0, "stale": 0, "offline": 0}
+        found = dict.fromkeys(STATES, 0)
         for row in self.rows():
             found[row["state"]] += 1
         return found
@@ -201,6 +205,7 @@ class HeartbeatLink:
         self._roster: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._last: bytes | None = None
 
     async def start(self, js: Any, replicas: int) -> None:
         self._live, self._roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
@@ -211,11 +216,16 @@ class HeartbeatLink:
     async def publish(self, body: bytes) -> None:
         if self._live is not None:
             await put_beat(self._live, self._roster, self.device, body)
+            self._last = body
 
     async def close(self, clean: bool) -> None:
-        """End the watchers; on a clean stop delete this gate's live key (offline at once)."""
+        """End the watchers; on a clean stop mark the roster entry stopped and delete this
+        gate's live key (shown stopped at once, not offline)."""
         if clean and self._live is not None:
             try:
+                last = decode_beat(self._last) or {}
+                await asyncio.wait_for(self._roster.put(
+                    self.device, orjson.dumps({**last, "stopped": True})), 1.0)
                 await asyncio.wait_for(self._live.delete(self.device), 1.0)
             except Exception:  # noqa: BLE001 - then the TTL says offline a little later
                 pass

@@ -85,15 +85,20 @@ def test_gates_rank_worst_first_and_expire_to_offline() -> None:
     assert [(r["device"], r["state"]) for r in rows] == [
         ("e-dead", "offline"), ("d-late", "stale"), ("b-fail", "online"),
         ("c-warn", "online"), ("a-pass", "online")]
-    assert board.counts() == {"online": 3, "stale": 1, "offline": 1}
+    assert board.counts() == {"online": 3, "stale": 1, "offline": 1, "stopped": 0}
     board.seen("e-dead", {"health": "pass"}, 999.9, live=False)  # the roster: still offline
     assert rows[0]["device"] == "e-dead" and board.rows()[0]["state"] == "offline"
+    board.seen("a-pass", {"health": "pass", "stopped": True}, 999.8, live=False)
+    board.gone("a-pass")  # a clean stop: roster says stopped, live key deleted
+    assert board.rows()[-1]["device"] == "a-pass" and board.rows()[-1]["state"] == "stopped"
     board.forget("e-dead")
     assert "e-dead" not in {r["device"] for r in board.rows()}
 
 
 def test_totals_and_alarms() -> None:
     gates = [
+        {"device": "g0", "state": "stopped", "reasons": [{"level": "fail", "code": "x"}],
+         "decisions": {"valid": 2}},
         {"device": "g1", "state": "offline", "age_s": 12, "decisions": {"valid": 4},
          "per_min": {"valid": 2}, "bus": {"conflicts": 1}, "leader": {"device": "g1"}},
         {"device": "g2", "state": "online", "health": "warn", "decisions": {"valid": 1},
@@ -102,8 +107,8 @@ def test_totals_and_alarms() -> None:
          "reasons": [{"level": "warn", "code": "upload_backlog", "message": "m"}]},
     ]
     t = totals(gates)
-    assert t["gates"] == {"online": 1, "stale": 0, "offline": 1}
-    assert t["decisions"] == {"valid": 5} and t["per_min"] == {"valid": 1}
+    assert t["gates"] == {"online": 1, "stale": 0, "offline": 1, "stopped": 1}
+    assert t["decisions"] == {"valid": 7} and t["per_min"] == {"valid": 1}
     assert t["conflicts"] == 1 and t["decided_offline"] == 3 and t["pending"] == 5
     assert t["leader"] is None  # only an offline gate claimed to lead: "no leader"
     found = alarms(gates)

@@ -53,7 +53,7 @@ function cacheTable(gates) {
   // Per event, the freshest cache any online gate has (the leader's, once there is one).
   const best = new Map();
   for (const g of gates) {
-    if (g.state === "offline") continue;
+    if (g.state === "offline" || g.state === "stopped") continue;
     for (const c of g.cache || []) {
       const seen = best.get(c.id);
       if (!seen || (c.age_s !== null && (seen.age_s === null || c.age_s < seen.age_s))) best.set(c.id, {...c, device: g.device});
@@ -77,7 +77,7 @@ function render(v) {
   const t = v.totals;
   replace("totals",
     tile("gates online", `${t.gates.online} / ${v.gates.length}`, "online"),
-    tile("stale / offline", `${t.gates.stale} / ${t.gates.offline}`, "offline"),
+    tile("stale / offline / stopped", `${t.gates.stale} / ${t.gates.offline} / ${t.gates.stopped}`, "offline"),
     tile("scans per min", rates(t.per_min), "per-min"),
     tile("admitted", (t.decisions || {}).valid || 0, "venue-admitted"),
     tile("conflicts", t.conflicts, "conflicts"),
