@@ -7,8 +7,9 @@ decisions per minute by status, queue and oldest pending, cache age, bus state, 
 nothing that must stay on the gate: no scanned code (codes are bearer credentials), no token,
 no reader error text beyond the status reason.
 
-Fields of the next round's leader (issue 15) are passed through when the report has them
-(`leader`, `budget`, `upload_lag_s`) so the dashboard shows them as soon as they exist.
+Fields of the elected leader (issue 15) are passed through when the report has them, at its
+top level or in its `venue` object (`leader`, `leader_since`, `budget`, `upload_lag_s`,
+`sync_age_s`), so the dashboard shows them as soon as they exist.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from agent.ops.status import _age
 VERSION = 1
 RATE_WINDOW_S = 60.0
 MAX_REASONS = 6
-LEADER_FIELDS = ("leader", "budget", "upload_lag_s")
+LEADER_FIELDS = ("leader", "leader_since", "budget", "upload_lag_s", "sync_age_s")
 
 
 class RateWindow:
@@ -94,8 +95,9 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "clock_skew_s": platform.get("clock_skew_s"),
     }
     for key in LEADER_FIELDS:
-        if report.get(key) is not None:
-            body[key] = report[key]
+        value = report.get(key, venue.get(key))
+        if value is not None:
+            body[key] = value
     return body
 
 

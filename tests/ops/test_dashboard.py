@@ -61,6 +61,9 @@ def test_heartbeat_is_compact_and_carries_no_code_or_token() -> None:
     assert "leader" not in body  # the next round's fields only when the report has them
     led = compact(report(leader={"device": "g2"}, upload_lag_s=4.0), NOW, RateWindow())
     assert led["leader"] == {"device": "g2"} and led["upload_lag_s"] == 4.0
+    in_venue = report()
+    in_venue["venue"]["leader"] = "g3"
+    assert compact(in_venue, NOW, RateWindow())["leader"] == "g3"
 
 
 def test_last_minute_counts_never_extrapolate() -> None:

@@ -93,6 +93,7 @@ def test_venue_page_follows_the_venue(venue: tuple[Path, dict[str, DaemonProcess
             f"document.querySelector('article[data-device=\"{device}\"]')"
             ".dataset.state === 'online'", timeout=15_000)
     assert page.locator("#title").inner_text() == "Venue fair"
+    assert page.locator('[data-testid="leader"]').inner_text() == "no leader"  # none elected yet
     wider = page.evaluate("[...document.querySelectorAll('body *')].filter(e => "
                           "e.getBoundingClientRect().right > window.innerWidth + 1)"
                           ".map(e => `${e.tagName}.${e.className}: ${e.textContent.slice(0, 80)}`)")

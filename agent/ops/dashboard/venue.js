@@ -65,6 +65,16 @@ function cacheTable(gates) {
        el("td", {}, `synced ${age(c.age_s)} ago`), el("td", {}, c.device)))));
 }
 
+// A leader field of unknown shape (the elected leader's status): text, a number, or an object
+// whose first known key is shown (over its second, when given).
+function brief(value, keys, over) {
+  if (typeof value !== "object" || value === null) return String(value);
+  const key = keys.find(k => value[k] !== undefined);
+  const of = (over || []).find(k => value[k] !== undefined);
+  if (key === undefined) return JSON.stringify(value);
+  return of === undefined ? String(value[key]) : `${value[key]} / ${value[of]}`;
+}
+
 function render(v) {
   if (!v.venue) {
     document.getElementById("title").textContent = "No venue";
@@ -82,8 +92,8 @@ function render(v) {
     tile("admitted", (t.decisions || {}).valid || 0, "venue-admitted"),
     tile("conflicts", t.conflicts, "conflicts"),
     tile("decided offline", t.decided_offline, "decided-offline"),
-    tile("leader", t.leader ? (t.leader.device || JSON.stringify(t.leader)) : "no leader", "leader"),
-    tile("budget use", t.budget ? (t.budget.used !== undefined ? `${t.budget.used} / ${t.budget.limit}` : JSON.stringify(t.budget)) : "—", "budget"),
+    tile("leader", t.leader ? brief(t.leader, ["device", "name"]) : "no leader", "leader"),
+    tile("budget use", t.budget ? brief(t.budget, ["in_use", "used"], ["limit", "per_minute"]) : "—", "budget"),
     tile("upload lag", t.upload_lag_s === null || t.upload_lag_s === undefined ? "—" : age(t.upload_lag_s), "upload-lag"),
     tile("to upload", t.pending, "pending"));
   replace("alarms", v.alarms.length ? v.alarms.map(a =>
