@@ -217,7 +217,7 @@ class VenueBus:
         await self._ensure_stream()
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
-        await self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
+        self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)

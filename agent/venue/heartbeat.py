@@ -26,6 +26,7 @@ stores, watches and ranks them. Heartbeats never carry a scanned code or any cre
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from typing import Any
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
+
+log = logging.getLogger("gate_agent.venue")
 
 ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
@@ -207,16 +210,39 @@ class HeartbeatLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._last: bytes | None = None
 
-    async def start(self, js: Any, replicas: int) -> None:
-        self._live, self._roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
+    def start(self, js: Any, replicas: int) -> None:
+        """Open the buckets and watch them in the background, retrying while the bus cannot
+        make them (no quorum yet): heartbeats never delay the session's claims."""
+        self._tasks = [asyncio.create_task(self._run(js, replicas))]
+
+    async def _run(self, js: Any, replicas: int) -> None:
+        while not self._stop.is_set():
+            try:
+                live, roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
+                log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+                except TimeoutError:
+                    pass
+        else:
+            return
+        self._live, self._roster = live, roster
         self.board.clear_live()
-        self._tasks = [asyncio.create_task(watch(self._roster, self.board, False, self._stop)),
-                       asyncio.create_task(watch(self._live, self.board, True, self._stop))]
+        if self._last is not None:
+            try:
+                await put_beat(live, roster, self.device, self._last)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
+        await asyncio.gather(watch(roster, self.board, False, self._stop),
+                             watch(live, self.board, True, self._stop))
 
     async def publish(self, body: bytes) -> None:
+        """Put a beat (kept, and put as soon as the buckets are open if they are not yet)."""
+        self._last = body
         if self._live is not None:
             await put_beat(self._live, self._roster, self.device, body)
-            self._last = body
 
     async def close(self, clean: bool) -> None:
         """End the watchers; on a clean stop mark the roster entry stopped and delete this
