@@ -107,6 +107,20 @@ def _wait(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _show_gates(console: Console, root: Path, daemons: dict[str, DaemonProcess]) -> None:
+    """Every gate as the heartbeats on the bus show it (`gate-agent venue status`), and where
+    the dashboard is."""
+    from agent.commands.venue import read_gates
+
+    config = load_config(root / "gate-a.toml")
+    assert config.venue is not None
+    gates, _unread = read_gates(config.venue, config.path, 3.0)
+    console.print("venue status (heartbeats): " + ", ".join(
+        f"{g['device']} {g['state']} ({g.get('health')})" for g in gates), highlight=False)
+    console.print(f"[dim]the dashboard: {daemons['gate-a'].status_url}/venue "
+                  "(while the demo runs)[/]")
+
+
 def run(root: Path, console: Console) -> int:
     try:
         server_binary()
@@ -153,6 +167,7 @@ def run(root: Path, console: Console) -> int:
                           f"{venue['decided_offline']}, conflicts {venue['conflicts']} "
                           f"{reasons}", highlight=False)
         console.print("[dim]the list: gate-agent venue conflicts --config <gate's config>[/]")
+        _show_gates(console, root, daemons)
     finally:
         for daemon in daemons.values():
             daemon.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,9 @@ def cmd_node_config(args: argparse.Namespace) -> int:
 
 
 def read_gates(venue: dict[str, Any], config_path: str | None,
-               timeout_s: float) -> list[dict[str, Any]]:
-    """Every gate's latest heartbeat, straight from the bus (worst first)."""
+               timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every gate's latest heartbeat, straight from the bus (worst first), and the buckets
+    that could not be read."""
     import asyncio
 
     import nats
@@ -111,14 +113,14 @@ def read_gates(venue: dict[str, Any], config_path: str | None,
     async def failed(exc: Exception) -> None:  # the client's own report: kept for the message
         failures.append(f"{type(exc).__name__}: {exc}")
 
-    async def look() -> list[dict[str, Any]]:
+    async def look() -> tuple[list[dict[str, Any]], list[str]]:
         nc = await asyncio.wait_for(nats.connect(
             **connect_options(venue, config_path), connect_timeout=timeout_s,
             max_reconnect_attempts=0, allow_reconnect=False, error_cb=failed), timeout_s + 1)
         try:
-            board = await read_board(nc.jetstream(timeout=timeout_s), venue["name"],
-                                     venue["heartbeat_s"], timeout_s)
-            return board.rows()
+            board, unread = await read_board(nc.jetstream(timeout=timeout_s), venue["name"],
+                                             venue["heartbeat_s"], timeout_s)
+            return board.rows(), unread
         finally:
             await nc.close()
 
@@ -135,9 +137,13 @@ def read_gates(venue: dict[str, Any], config_path: str | None,
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     venue = _venue(config)
-    gates = read_gates(venue, config.path, args.timeout)
+    gates, unread = read_gates(venue, config.path, args.timeout)
+    for bucket in unread:
+        print(f"warning: heartbeats not read from {bucket}; the list may be incomplete",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps({"venue": venue["name"], "gates": gates}, default=str))
+        print(json.dumps({"venue": venue["name"], "gates": gates, "unread": unread},
+                         default=str))
         return 0
     table = Table(title=f"Venue {venue['name']}: {len(gates)} gate(s)")
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",

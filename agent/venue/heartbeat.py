@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -262,28 +263,47 @@ class HeartbeatLink:
             task.cancel()
 
 
-async def read_board(js: Any, venue: str, interval_s: float, timeout_s: float = 3.0) -> GateBoard:
-    """One look at every gate (the CLI): both buckets' current values, then done."""
+async def read_board(js: Any, venue: str, interval_s: float,
+                     timeout_s: float = 3.0) -> tuple[GateBoard, list[str]]:
+    """One look at every gate (the CLI): both buckets' current values, then done. Returns the
+    board and the buckets that could not be read (tried twice; the table says so)."""
     board = GateBoard(interval_s)
     live_name, roster_name = bucket_names(venue)
+    unread = []
     for name, live in ((roster_name, False), (live_name, True)):
-        try:
-            kv = await js.key_value(name)
-        except Exception:  # noqa: BLE001 - no gate has published yet
-            continue
-        watcher = await kv.watchall()
-        try:
-            while True:
-                entry = await watcher.updates(timeout=timeout_s)
-                if entry is None:
-                    break
-                body = decode_beat(entry.value)
-                if entry.operation in ("DEL", "PURGE") or body is None:
-                    continue
+        for attempt in (1, 2):
+            try:
+                await _read_bucket(js, name, board, live, timeout_s)
+                break
+            except _NoBucket:
+                break  # no gate has put a heartbeat yet
+            except Exception as exc:  # noqa: BLE001 - e.g. no stream leader yet: once more
+                if attempt == 2:
+                    unread.append(f"{name} ({type(exc).__name__}: {exc})")
+    return board, unread
+
+
+class _NoBucket(Exception):
+    pass
+
+
+async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
+                       timeout_s: float) -> None:
+    try:
+        kv = await js.key_value(name)
+    except BucketNotFoundError as exc:
+        raise _NoBucket(name) from exc
+    watcher = await kv.watchall()
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout_s)
+            if entry is None:
+                return
+            body = decode_beat(entry.value)
+            if entry.operation not in ("DEL", "PURGE") and body is not None:
                 stamped = entry.created.timestamp() if entry.created else time.time()
                 board.seen(entry.key, body, stamped, live)
-                if not entry.delta:
-                    break
-        finally:
-            await watcher.stop()
-    return board
+            if not entry.delta:
+                return
+    finally:
+        await watcher.stop()
