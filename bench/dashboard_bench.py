@@ -11,7 +11,7 @@ on the bus by the bench, so the venue page carries a realistic number of gates.
 2. time to first render: navigation start to the first gate card on screen, in a fresh page
    each round; floor: navigating to `/login` (a tiny static page, no script) the same way;
 3. heartbeat to dashboard: an in-process probe gate beats a new version; time until the venue
-   page shows it (the page polls once a second), until gate-a's `/api/venue` serves it
+   page shows it (the page polls once a second; beats at a random phase of the poll), until gate-a's `/api/venue` serves it
    (polled back to back), and, as the floor, until the probe's own bus watcher receives it
    back (KV put + watch delivery on the same server); a fresh beat for each.
 Figures go to bench/results/dashboard.json.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import random
 import sys
 import tempfile
 import time
@@ -152,6 +153,7 @@ def main() -> int:
                 while marker not in httpx.get(base + "/api/venue").text:
                     time.sleep(0.005)
                 to_api.append(time.perf_counter() - start)
+                time.sleep(random.uniform(0, 1.0))  # any phase of the page's 1 s poll
                 marker, start = beat("page")
                 page.wait_for_function(
                     "m => document.querySelector('article[data-device=\"probe\"]')"
