@@ -119,7 +119,8 @@ def read_gates(venue: dict[str, Any], config_path: str | None,
             max_reconnect_attempts=0, allow_reconnect=False, error_cb=failed), timeout_s + 1)
         try:
             board, unread = await read_board(nc.jetstream(timeout=timeout_s), venue["name"],
-                                             venue["heartbeat_s"], timeout_s)
+                                             venue["heartbeat_s"],
+                                             venue["heartbeat_ttl_s"], timeout_s)
             return board.rows(), unread
         finally:
             await nc.close()

@@ -119,7 +119,7 @@ class VenueBus:
         self._swept_seq = 0  # claims up to this stream position have been picked up
         self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
         self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
-        self.board = GateBoard(venue["heartbeat_s"])
+        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"])
         self._heartbeats: HeartbeatLink | None = None
         self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -59,8 +59,9 @@ class Beat:
     stamped: float
 
 
-def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = False) -> str:
-    if not live:
+def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = False,
+               ttl_s: float = float("inf")) -> str:
+    if not live or age_s > ttl_s:  # past the TTL: offline even if no expiry marker came
         return "stopped" if stopped else "offline"
     return "stale" if age_s > STALE_BEATS * interval_s else "online"
 
@@ -77,8 +78,10 @@ class GateBoard:
 
     Thread-safe: the bus thread feeds it, the status server (another thread) reads it."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.time):
+    def __init__(self, interval_s: float, ttl_s: float = float("inf"),
+                 clock: Callable[[], float] = time.time):
         self.interval_s = interval_s
+        self.ttl_s = ttl_s
         self.clock = clock
         self._live: dict[str, Beat] = {}
         self._known: dict[str, Beat] = {}
@@ -121,7 +124,7 @@ class GateBoard:
         for device, beat in known.items():
             age = max(0.0, now - beat.stamped)
             state = gate_state(device in live, age, self.interval_s,
-                               bool(beat.body.get("stopped")))
+                               bool(beat.body.get("stopped")), self.ttl_s)
             rows.append({**beat.body, "device": device, "state": state,
                          "age_s": round(age, 1), "last_seen": beat.stamped})
         return sorted(rows, key=rank)
@@ -161,6 +164,11 @@ async def open_buckets(js: Any, venue: str, ttl_s: float, replicas: int) -> tupl
 async def _bucket(js: Any, config: KeyValueConfig) -> Any:
     try:
         return await js.create_key_value(config)
+    except KeyValueLimitMarkerTTLNotSupportedError:
+        # nats-server before 2.11 places no expiry markers: readers then judge by age alone
+        log.warning("venue bus server too old for expiry markers: offline gates are shown "
+                    "by the age of their last heartbeat")
+        return await _bucket(js, config.evolve(limit_marker_ttl=None))
     except Exception:  # noqa: BLE001 - exists with other settings: bind to it as it is
         return await js.key_value(config.bucket)
 
@@ -263,11 +271,11 @@ class HeartbeatLink:
             task.cancel()
 
 
-async def read_board(js: Any, venue: str, interval_s: float,
+async def read_board(js: Any, venue: str, interval_s: float, ttl_s: float,
                      timeout_s: float = 3.0) -> tuple[GateBoard, list[str]]:
     """One look at every gate (the CLI): both buckets' current values, then done. Returns the
     board and the buckets that could not be read (tried twice; the table says so)."""
-    board = GateBoard(interval_s)
+    board = GateBoard(interval_s, ttl_s)
     live_name, roster_name = bucket_names(venue)
     unread = []
     for name, live in ((roster_name, False), (live_name, True)):

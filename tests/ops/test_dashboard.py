@@ -78,7 +78,7 @@ def test_last_minute_counts_never_extrapolate() -> None:
 
 def test_gates_rank_worst_first_and_expire_to_offline() -> None:
     now = [1000.0]
-    board = GateBoard(interval_s=1.0, clock=lambda: now[0])
+    board = GateBoard(interval_s=1.0, ttl_s=10.0, clock=lambda: now[0])
     for device, health, stamped in (("a-pass", "pass", 999.5), ("b-fail", "fail", 999.5),
                                     ("c-warn", "warn", 999.5), ("d-late", "pass", 996.0),
                                     ("e-dead", "pass", 999.0)):
@@ -96,6 +96,8 @@ def test_gates_rank_worst_first_and_expire_to_offline() -> None:
     assert board.rows()[-1]["device"] == "a-pass" and board.rows()[-1]["state"] == "stopped"
     board.forget("e-dead")
     assert "e-dead" not in {r["device"] for r in board.rows()}
+    now[0] = 1007.0  # no expiry marker came (a server before 2.11): past the TTL is offline
+    assert {r["device"]: r["state"] for r in board.rows()}["d-late"] == "offline"
 
 
 def test_totals_and_alarms() -> None:
