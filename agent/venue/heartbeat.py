@@ -29,6 +29,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ log = logging.getLogger("gate_agent.venue")
 
 ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
+OFFSET_SAMPLES = 20  # live deliveries kept to measure this clock against the bus server's
 STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
 HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
 STATES = ("online", "stale", "offline", "stopped")
@@ -86,7 +88,20 @@ class GateBoard:
         self._live: dict[str, Beat] = {}
         self._known: dict[str, Beat] = {}
         self._lock = threading.Lock()
-        self.updated = threading.Condition(self._lock)
+        self._delays: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+
+    def calibrate(self, delay_s: float) -> None:
+        """A heartbeat received live `delay_s` after the bus stamped it (by this clock). The
+        smallest recent delay is this clock's offset from the bus server's (plus the least
+        delivery time), taken out of every age: a reader whose clock is off by more than the
+        TTL must not show every gate offline."""
+        with self._lock:
+            self._delays.append(delay_s)
+
+    @property
+    def offset_s(self) -> float:
+        with self._lock:
+            return min(self._delays) if self._delays else 0.0
 
     def seen(self, device: str, body: dict[str, Any], stamped: float, live: bool) -> None:
         beat = Beat(body, stamped)
@@ -96,13 +111,11 @@ class GateBoard:
             known = self._known.get(device)
             if known is None or known.stamped <= stamped:
                 self._known[device] = beat
-            self.updated.notify_all()
 
     def gone(self, device: str) -> None:
         """The live key expired (TTL) or was deleted (a clean stop)."""
         with self._lock:
             self._live.pop(device, None)
-            self.updated.notify_all()
 
     def forget(self, device: str) -> None:
         with self._lock:
@@ -116,7 +129,7 @@ class GateBoard:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every gate known, worst first, each its heartbeat plus state, age and last_seen."""
-        now = self.clock()
+        now = self.clock() - self.offset_s
         with self._lock:
             known = dict(self._known)
             live = set(self._live)
@@ -180,6 +193,7 @@ async def put_beat(live: Any, roster: Any, device: str, body: bytes) -> None:
 async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> None:
     """Feed `board` from one bucket until `stop` (the bus's session ends)."""
     watcher = await kv.watchall()
+    replayed = False
     try:
         while not stop.is_set():
             try:
@@ -187,7 +201,10 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> N
             except Exception:  # noqa: BLE001 - nats TimeoutError: nothing new, look at stop
                 continue
             if entry is None:  # the initial values have all been delivered
+                replayed = True
                 continue
+            if replayed and entry.created:  # a live delivery: measures this clock's offset
+                board.calibrate(time.time() - entry.created.timestamp())
             if entry.operation in ("DEL", "PURGE"):
                 if live:
                     board.gone(entry.key)

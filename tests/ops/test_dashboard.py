@@ -98,6 +98,13 @@ def test_gates_rank_worst_first_and_expire_to_offline() -> None:
     assert "e-dead" not in {r["device"] for r in board.rows()}
     now[0] = 1007.0  # no expiry marker came (a server before 2.11): past the TTL is offline
     assert {r["device"]: r["state"] for r in board.rows()}["d-late"] == "offline"
+    # this clock runs 15 s ahead of the bus server's: measured on live deliveries, taken out
+    ahead = GateBoard(interval_s=1.0, ttl_s=10.0, clock=lambda: 1015.0)
+    ahead.seen("g", {"health": "pass"}, 999.8, live=True)
+    assert ahead.rows()[0]["state"] == "offline"  # uncalibrated: looks 15 s old
+    for delay in (15.3, 15.02, 15.6):
+        ahead.calibrate(delay)
+    assert ahead.rows()[0]["state"] == "online" and ahead.rows()[0]["age_s"] == 0.2
 
 
 def test_totals_and_alarms() -> None:
