@@ -158,6 +158,8 @@ VENUE_OPTIONS: dict[str, Option] = {
     "tls_ca": Option(str, ""),
     "claim_timeout_ms": Option(int, 250, _between(5, 10_000)),
     "offline_policy": Option(str, "local", _one_of("local", "refuse")),
+    "heartbeat_s": Option((float, int), 2.0, _between(0.2, 60)),
+    "heartbeat_ttl_s": Option((float, int), 10.0, _between(1, 600)),
 }
 
 LANE_OPTIONS: dict[str, Option] = {
@@ -409,6 +411,10 @@ def parse_config(data: dict[str, Any], path: str = "<config>") -> Config:
         if names.count(name) > 1:
             raise ConfigError(f"lane name {name!r} is used twice", path=path, key="lanes.name")
     venue = _read_table(path, "venue", data["venue"], VENUE_OPTIONS) if "venue" in data else None
+    if venue is not None and venue["heartbeat_ttl_s"] < 2 * venue["heartbeat_s"]:
+        raise ConfigError(f"must be at least twice venue.heartbeat_s ({venue['heartbeat_s']} s):"
+                          " one lost heartbeat must not show a gate offline",
+                          path=path, key="venue.heartbeat_ttl_s")
     return Config(path=path, lanes=lanes, has_api="api" in data, venue=venue, **sections)
 
 

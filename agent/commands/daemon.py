@@ -142,6 +142,11 @@ def render(report: dict[str, Any], console: Console) -> None:
                       f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
                       f"timed out, {venue['decided_offline']} decided offline, "
                       f"{venue['conflicts']} conflict(s)", highlight=False)
+        gates = venue.get("gates") or {}
+        if any(gates.values()):
+            console.print("Venue gates (heartbeats): " + ", ".join(
+                f"{n} {state}" for state, n in gates.items() if n) +
+                " — `gate-agent venue status` lists them", highlight=False)
     platform = report["platform"]
     if platform.get("disabled"):
         console.print(f"Platform: off ({platform['disabled']})")

@@ -1,11 +1,12 @@
-"""`gate-agent venue`: the venue bus from this gate's config — a node's nats-server config
-(printed, or run), and the conflicts this gate has found."""
+"""`gate-agent venue`: the venue bus from this gate's config — every gate's state (from their
+heartbeats), a node's nats-server config (printed, or run), and the conflicts this gate found."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from agent.commands import explain
 from agent.config import Config, load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, GateAgentError
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -43,6 +44,19 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
             "0 printed (or the node ran and stopped); 2 no [venue] section, a bad --node, "
             "or nats-server missing")
     node.set_defaults(func=cmd_node_config)
+    status = sub.add_parser(
+        "status", parents=[common], help="every gate of the venue, worst first (heartbeats)")
+    status.add_argument("--json", action="store_true", help="print the gates as JSON")
+    status.add_argument("--timeout", type=float, default=3.0,
+                        help="seconds to wait for the bus (default 3)")
+    explain(status, "Every gate of the venue from the heartbeats on the bus, worst first: "
+                    "offline (no heartbeat within [venue] heartbeat_ttl_s), stale (heartbeats "
+                    "late), then online gates by health. Reads the bus directly: works with "
+                    "this gate's daemon stopped.",
+            ["gate-agent venue status", "gate-agent venue status --json | jq '.gates[0]'"],
+            "0 listed (offline gates are not an error); 1 the bus cannot be reached; 2 no "
+            "[venue] section or a configuration mistake")
+    status.set_defaults(func=cmd_status)
     conflicts = sub.add_parser(
         "conflicts", parents=[common],
         help="admits beyond a ticket's limit, made by gates that could not see each other")
@@ -81,6 +95,79 @@ def cmd_node_config(args: argparse.Namespace) -> int:
     binary = server_binary()
     os.execv(binary, [binary, "-c", str(conf)])
     return 0  # not reached
+
+
+def read_gates(venue: dict[str, Any], config_path: str | None,
+               timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every gate's latest heartbeat, straight from the bus (worst first), and the buckets
+    that could not be read."""
+    import asyncio
+
+    import nats
+
+    from agent.venue.bus import connect_options
+    from agent.venue.heartbeat import read_board
+
+    failures: list[str] = []
+
+    async def failed(exc: Exception) -> None:  # the client's own report: kept for the message
+        failures.append(f"{type(exc).__name__}: {exc}")
+
+    async def look() -> tuple[list[dict[str, Any]], list[str]]:
+        nc = await asyncio.wait_for(nats.connect(
+            **connect_options(venue, config_path), connect_timeout=timeout_s,
+            max_reconnect_attempts=0, allow_reconnect=False, error_cb=failed), timeout_s + 1)
+        try:
+            board, unread = await read_board(nc.jetstream(timeout=timeout_s), venue["name"],
+                                             venue["heartbeat_s"],
+                                             venue["heartbeat_ttl_s"], timeout_s)
+            return board.rows(), unread
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(look())
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any bus failure: say which and stop
+        said = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
+        raise GateAgentError(f"venue bus not reachable ({', '.join(venue['servers'])}): "
+                             f"{said}") from exc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    venue = _venue(config)
+    gates, unread = read_gates(venue, config.path, args.timeout)
+    for bucket in unread:
+        print(f"warning: heartbeats not read from {bucket}; the list may be incomplete",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({"venue": venue["name"], "gates": gates, "unread": unread},
+                         default=str))
+        return 0
+    table = Table(title=f"Venue {venue['name']}: {len(gates)} gate(s)")
+    for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
+                "cache age", "bus", "version", "first reason"):
+        table.add_column(col, overflow="fold")
+    for g in gates:
+        lanes = g.get("lanes") or []
+        readers = [r for lane in lanes for r in lane.get("readers") or []]
+        up = sum(1 for r in readers if r.get("connected"))
+        queue = g.get("queue") or {}
+        oldest = queue.get("oldest_pending_age_s")
+        bus = g.get("bus") or {}
+        reasons = g.get("reasons") or []
+        table.add_row(
+            str(g["device"]), g["state"], str(g.get("health")), f"{g['age_s']:.0f} s ago",
+            f"{len(lanes)} ({up}/{len(readers)} readers)",
+            ", ".join(f"{k} {v}" for k, v in (g.get("per_min") or {}).items()) or "0",
+            f"{queue.get('pending', 0)}" + (f", oldest {oldest:.0f} s" if oldest else ""),
+            "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
+            "connected" if bus.get("connected") else "not connected",
+            str(g.get("version")), reasons[0]["message"] if reasons else "")
+    Console().print(table)
+    return 0
 
 
 def cmd_conflicts(args: argparse.Namespace) -> int:

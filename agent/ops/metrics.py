@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.ops.status import _age
+from agent.ops.status import REASON_CODES, _age
+from agent.venue.heartbeat import STATES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -84,11 +85,42 @@ class _StateCollector(Collector):
         limited = CounterMetricFamily("gate_api_rate_limited_total", "429 answers from the platform")
         limited.add_metric([], float((platform.get("requests") or {}).get("ratelimited", 0)))
         yield limited
+        yield from _lane_metrics(snap.get("lanes") or [])
+        available = GaugeMetricFamily("gate_journal_available",
+                                      "1 when the scan journal can be written")
+        available.add_metric([], 0.0 if journal.get("error") or any(
+            lane.get("journal_error") for lane in snap.get("lanes") or []) else 1.0)
+        yield available
+        skew = platform.get("clock_skew_s")
+        if skew is not None:
+            clock = GaugeMetricFamily("gate_clock_skew_seconds",
+                                      "This clock minus the platform's (from its Date header)")
+            clock.add_metric([], float(skew))
+            yield clock
         yield from _venue_metrics(snap.get("venue"))
         yield from _turnstile_metrics(snap)
+        reasons = GaugeMetricFamily("gate_reason_active", "1 while a health reason is in force, "
+                                    "else 0 (codes as in /status)", labels=["code"])
+        active = {str(r.get("code")) for r in snap.get("reasons") or []}
+        for code in sorted(active | set(REASON_CODES)):
+            reasons.add_metric([code], 1.0 if code in active else 0.0)
+        yield reasons
         health = GaugeMetricFamily("gate_health", "0 pass, 1 warn, 2 fail")
         health.add_metric([], float({"pass": 0, "warn": 1, "fail": 2}.get(snap.get("health", ""), 2)))
         yield health
+
+
+def _lane_metrics(lanes: list[dict[str, Any]]) -> Iterator[Any]:
+    """Per lane: how long since its decision loop last ran (a stall), and its queue."""
+    age = GaugeMetricFamily("gate_lane_heartbeat_age_seconds",
+                            "Seconds since the lane's decision loop last ran", labels=["lane"])
+    queued = GaugeMetricFamily("gate_lane_queue", "Scans waiting for a decision",
+                               labels=["lane"])
+    for lane in lanes:
+        age.add_metric([str(lane.get("name"))], float(lane.get("heartbeat_age_s") or 0))
+        queued.add_metric([str(lane.get("name"))], float(lane.get("queue") or 0))
+    yield age
+    yield queued
 
 
 def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
@@ -114,6 +146,11 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
                                   "Admits beyond a ticket's limit found after the fact")
     conflicts.add_metric([], float(venue.get("conflicts") or 0))
     yield conflicts
+    gates = GaugeMetricFamily("gate_venue_gates", "Gates of the venue by heartbeat state, as "
+                              "this gate sees them", labels=["state"])
+    for state in STATES:
+        gates.add_metric([state], float((venue.get("gates") or {}).get(state, 0)))
+    yield gates
 
 
 def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:

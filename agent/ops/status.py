@@ -24,6 +24,16 @@ BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
 PLATFORM_JOBS = frozenset({"upload", "delta", "refresh", "full_resync", "initial_resync"})
 AUTH_ERRORS = ("unauthenticated", "forbidden")  # PlatformClient's last_error_kind for 401/403
+# Every reason code evaluate() can give (the README's troubleshooting table, and the series of
+# the gate_reason_active metric: one per code, 0 or 1, so alert rules never meet a missing one)
+REASON_CODES = (
+    "journal_unavailable", "no_reader", "lane_stalled", "cache_empty", "cache_stale",
+    "reader_disconnected", "pairings_unreadable", "relay_error", "cache_rebuilding",
+    "upload_backlog", "quarantined_scans", "auth_failed", "rate_limited", "clock_skew",
+    "platform_unreachable", "no_token", "venue_unreachable", "venue_conflicts", "job_failing",
+    "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
+    "passage_input",
+)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
 from agent.files import write_private
+from agent.ops.dashboard import venue_view
+from agent.ops.heartbeat import publish_heartbeats
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
 from agent.ops.server import build_app, split_listen
@@ -406,7 +408,8 @@ class Daemon:
 
     async def serve_status(self) -> None:
         host, port = split_listen(self.config.status["listen"], self.config.status["token"])
-        app = build_app(self.report, self.metrics.render, self.config.status["token"])
+        app = build_app(self.report, self.metrics.render, self.config.status["token"],
+                        lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -556,6 +559,11 @@ class Daemon:
                 server.result()  # raises the bind error
             await asyncio.sleep(0.02)
         watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
+        beats = None
+        if self.bus is not None and self.config.venue is not None:
+            beats = asyncio.create_task(publish_heartbeats(
+                self.report, self.bus, self.config.venue["heartbeat_s"],
+                lambda: datetime.now(UTC), self.stop_event), name="heartbeats")
         summary = summary_line(self.report())
         self.notifier.ready(summary)
         log.info("gate-agent %s ready: %s", __version__, summary)
@@ -578,6 +586,8 @@ class Daemon:
             self.server.should_exit = True
         await asyncio.gather(server, return_exceptions=True)
         watchdog.cancel()
+        if beats is not None:
+            beats.cancel()
         if self.client is not None:
             await self.client.aclose()
         self.close_stores()

@@ -234,6 +234,18 @@ class VenueStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def occupancy(self) -> list[dict[str, Any]]:
+        """Per (event, zone): tickets whose latest standing admit there is an entry (inside),
+        and tickets ever admitted there. Zones without exit scanning only ever count up."""
+        cur = self.conn.execute(
+            "SELECT event_id, zone_id, MAX(zone_is_default), SUM(direction = 'in'), COUNT(*)"
+            " FROM (SELECT event_id, zone_id, zone_is_default, direction, ROW_NUMBER() OVER"
+            " (PARTITION BY event_id, item_id, zone_id ORDER BY stream_seq DESC) AS latest"
+            " FROM venue_scans WHERE admit = 1 AND voided = 0 AND item_id IS NOT NULL)"
+            " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id")
+        return [{"event_id": e, "zone_id": z, "zone_is_default": bool(d), "inside": int(i),
+                 "admitted": int(n)} for e, z, d, i, n in cur.fetchall()]
+
     def conflict_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM venue_conflicts").fetchone()[0])
 

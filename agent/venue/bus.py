@@ -7,7 +7,8 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
   venue.db, applied in order with that position in one transaction (agent.store.venue),
 - the publisher: this gate's journal rows after the last one the bus acknowledged, each with
   `Nats-Msg-Id` = scan uuid, woken after each commit and once a second,
-- the void sweep: this gate's claims whose admit never reached the journal are voided.
+- the void sweep: this gate's claims whose admit never reached the journal are voided,
+- heartbeats (agent.venue.heartbeat): this gate's out, every gate's into `board`.
 
 `publish_claim()` is the one call a lane makes into the loop; it waits at most the time given.
 """
@@ -37,12 +38,16 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
+from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
 
 WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 600.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
+# Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
+# often, whatever the number of dashboards polling it.
+OCCUPANCY_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,9 @@ class VenueBus:
         self._swept_seq = 0  # claims up to this stream position have been picked up
         self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
         self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
+        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"])
+        self._heartbeats: HeartbeatLink | None = None
+        self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -207,6 +215,9 @@ class VenueBus:
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
+        self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
+                                         self.venue["heartbeat_ttl_s"])
+        self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -235,6 +246,9 @@ class VenueBus:
                 except Exception as exc:  # noqa: BLE001 - published after the next start
                     log.info("venue: last scans not published (%s); they go out next start", exc)
         finally:
+            beats, self._heartbeats = self._heartbeats, None
+            if beats is not None:
+                await beats.close(clean=self._stop.is_set() and self.connected)
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may already be gone
@@ -340,6 +354,23 @@ class VenueBus:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
+
+    def beat(self, body: bytes) -> None:
+        """Publish this gate's heartbeat (called from the daemon's loop; dropped while the bus
+        is away: a heartbeat is only worth its latest value)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.connected:
+            return
+
+        async def put() -> None:
+            beats = self._heartbeats
+            if beats is not None:
+                try:
+                    await beats.publish(body)
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    self.last_error = f"heartbeat: {type(exc).__name__}: {exc}"[:300]
+
+        asyncio.run_coroutine_threadsafe(put(), loop)
 
     async def _publish_pending(self, store: VenueStore, journal: Journal | None) -> None:
         """This gate's journal rows the bus has not acknowledged yet, pipelined; the cursor
@@ -451,17 +482,31 @@ class VenueBus:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
-        """For /status (called from the daemon's loop: its own connection to venue.db)."""
+    def _reader(self) -> VenueStore:
+        """The daemon loop's own connection to venue.db (status, dashboard)."""
         if self._status_store is None:
             self._status_store = VenueStore(self.store_path)
+        return self._status_store
+
+    def occupancy(self) -> list[dict[str, Any]]:
+        """Tickets inside each zone, from every gate's scans applied here (the dashboard;
+        recomputed at most every OCCUPANCY_EVERY_S)."""
+        at, rows = self._occupancy
+        if time.monotonic() - at >= OCCUPANCY_EVERY_S:
+            rows = self._reader().occupancy()
+            self._occupancy = (time.monotonic(), rows)
+        return rows
+
+    def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
+        """For /status (called from the daemon's loop: its own connection to venue.db)."""
         marks = journal.venue_counts() if journal is not None else {}
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
-            "conflicts": self._status_store.conflict_count(),
+            "conflicts": self._reader().conflict_count(),
+            "gates": self.board.counts(),
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             **self.counters,

@@ -72,6 +72,9 @@ def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodePr
             assert 'gate_venue_claims_total{outcome="granted"} 1.0' in metrics
             table = run_cli("status", "--config", str(site.config))
             assert "Venue hall as daemon: connected" in table.stdout
+            wait_until(lambda: daemon.status()["venue"]["gates"]["online"] >= 1, 10, "beat")
+            assert "Venue gates (heartbeats): 1 online" in run_cli(
+                "status", "--config", str(site.config)).stdout
             listed = run_cli("venue", "conflicts", "--json", "--config", str(site.config))
             assert json.loads(listed.stdout) == {"conflicts": []}
             print(f"visibility daemon -> other gate: {seen_after_ms:.1f} ms")

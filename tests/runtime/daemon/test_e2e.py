@@ -158,6 +158,15 @@ def test_status_off_loopback_needs_a_token(site: Site) -> None:
                        timeout=5)
         assert ok.status_code == 200 and "s3cret-status" not in ok.text
         assert site.token not in ok.text
+        # the dashboard: the same rule, a browser signs in once at /login (issue 16)
+        assert httpx.get(url + "/venue", timeout=5).status_code == 303
+        assert httpx.get(url + "/api/venue", timeout=5).status_code == 401
+        with httpx.Client(base_url=url, timeout=5) as browser:
+            signed = browser.post("/login", data={"token": "s3cret-status", "next": "/"})
+            assert signed.status_code == 303 and "s3cret-status" not in str(signed.headers)
+            page = browser.get("/")
+            assert page.status_code == 200 and "/assets/gate.js" in page.text
+            assert browser.get("/api/venue").json()["venue"] is None  # no [venue] here
     finally:
         daemon.stop()
 

@@ -1,0 +1,53 @@
+// This gate's own page (for the technician with a laptop): /status, polled.
+"use strict";
+
+function laneCard(l) {
+  const readers = l.readers || [];
+  const up = readers.filter(r => r.connected).length;
+  const look = l.journal_error || (l.heartbeat_age_s || 0) > 15 ? "fail" : up < readers.length ? "warn" : "pass";
+  const total = Object.values(l.decisions_total || {}).reduce((a, b) => a + b, 0);
+  const last = l.last_scan || {};
+  return el("article", {class: `card ${look}`, "data-lane": l.name},
+    el("h3", {}, el("span", {}, l.name), el("span", {class: `badge ${look}`}, l.direction)),
+    definitions([
+      ["zone", l.zone_id === null || l.zone_id === undefined ? "default" : l.zone_id],
+      ["readers", readers.map(r => el("div", {}, `${r.connected ? "✓" : "✗"} ${r.url}${r.last_error ? " — " + r.last_error : ""}`))],
+      ["relay", l.relay ? (l.relay.last_error ? `FAULT: ${l.relay.last_error}` : "ok") : "none"],
+      ["scans", el("span", {"data-testid": "lane-scans"}, total)],
+      ["by status", rates(l.decisions_total)],
+      ["last scan", last.at ? `${sinceIso(last.at)}: ${last.status} (${last.code})` : "none"],
+      ["queue", l.queue],
+    ]));
+}
+
+function render(s) {
+  document.getElementById("whoami").textContent = `gate-agent ${s.version}, up ${age(s.uptime_s)}`;
+  const j = s.journal || {};
+  const lanes = s.lanes || [];
+  const admitted = lanes.reduce((a, l) => a + ((l.decisions_total || {}).valid || 0), 0);
+  replace("totals",
+    tile("health", s.health, "health"),
+    tile("lanes", lanes.length, "lanes"),
+    tile("admitted", admitted, "gate-admitted"),
+    tile("to upload", j.pending || 0, "pending"),
+    tile("oldest pending", j.oldest_pending ? sinceIso(j.oldest_pending) : "—", "oldest"),
+    tile("quarantined", j.quarantined || 0, "quarantined"),
+    tile("venue bus", s.venue ? (s.venue.connected ? `connected (lag ${s.venue.lag})` : "NOT connected") : "no venue", "bus"));
+  replace("alarms", (s.reasons || []).length ? s.reasons.map(r =>
+    el("li", {class: r.level}, `${r.code}: ${r.message}`)) : el("li", {class: "none"}, "none: all good"));
+  replace("lanes", lanes.length ? lanes.map(laneCard) : el("p", {class: "none"}, "no lane"));
+  const p = s.platform || {};
+  const events = ((s.cache || {}).events || []).map(e =>
+    el("div", {}, `${e.name || "event " + e.id}: ${e.items} items, synced ${sinceIso(e.last_sync)}`));
+  const jobs = Object.entries(s.jobs || {}).map(([name, job]) =>
+    el("div", {}, `${name}: ${job.failing_since ? "FAILING " + (job.last_error || "") : "ok"}`));
+  replace("links",
+    el("article", {class: "card"}, el("h3", {}, "Platform"), definitions([
+      ["link", p.disabled || (p.last_error ? `last error: ${p.last_error}` : "ok")],
+      ["last success", sinceIso(p.last_success)],
+      ["clock skew", p.clock_skew_s === null || p.clock_skew_s === undefined ? "—" : `${p.clock_skew_s} s`]])),
+    el("article", {class: "card"}, el("h3", {}, "Ticket cache"), definitions([["events", events.length ? events : "none"]])),
+    el("article", {class: "card"}, el("h3", {}, "Jobs"), definitions([["jobs", jobs.length ? jobs : "none"]])));
+}
+
+poll("/status", 2, render);

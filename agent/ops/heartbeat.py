@@ -1,0 +1,122 @@
+"""This gate's heartbeat: a compact summary of its status report for the venue bus.
+
+The report (`Daemon.report()`) is the one source, so the heartbeat can never disagree with
+`/status` and `/metrics`. What the heartbeat holds is what a supervisor needs at a glance of
+the whole venue (health and reasons, lanes with reader and relay state, last scan time,
+decisions per minute by status, queue and oldest pending, cache age, bus state, version) and
+nothing that must stay on the gate: no scanned code (codes are bearer credentials), no token,
+no reader error text beyond the status reason.
+
+Fields of the elected leader (issue 15) are passed through when the report has them, at its
+top level or in its `venue` object (`leader`, `leader_since`, `budget`, `upload_lag_s`,
+`sync_age_s`), so the dashboard shows them as soon as they exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from agent.ops.status import _age
+
+VERSION = 1
+RATE_WINDOW_S = 60.0
+MAX_REASONS = 6
+LEADER_FIELDS = ("leader", "leader_since", "budget", "upload_lag_s", "sync_age_s")
+
+
+class RateWindow:
+    """Decisions in the last minute by status, from the lanes' running totals sampled over
+    time: the difference from the newest sample at least a minute old (or the oldest one, in
+    a gate's first minute: then it is the count so far, never an extrapolation)."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def per_minute(self, totals: dict[str, int], now: float) -> dict[str, int]:
+        self._samples.append((now, dict(totals)))
+        while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        before = self._samples[0][1]
+        counts = {s: n - before.get(s, 0) for s, n in totals.items()}
+        return {s: n for s, n in counts.items() if n > 0}
+
+
+def _lane(lane: dict[str, Any]) -> dict[str, Any]:
+    relay = lane.get("relay") or {}
+    last = lane.get("last_scan") or {}
+    return {
+        "name": lane.get("name"), "direction": lane.get("direction"),
+        "zone_id": lane.get("zone_id"),
+        "readers": [{"url": r.get("url"), "connected": bool(r.get("connected"))}
+                    for r in lane.get("readers") or []],
+        "relay": None if not lane.get("relay") else
+        {"url": relay.get("url"), "ok": not relay.get("last_error")},
+        "last_scan_at": last.get("at"), "last_status": last.get("status"),
+        "queue": lane.get("queue", 0), "heartbeat_age_s": lane.get("heartbeat_age_s"),
+    }
+
+
+def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[str, Any]:
+    """The heartbeat body from a status report (pure but for the rate window's memory)."""
+    lanes = report.get("lanes") or []
+    totals: dict[str, int] = {}
+    for lane in lanes:
+        for status, n in (lane.get("decisions_total") or {}).items():
+            totals[status] = totals.get(status, 0) + int(n)
+    journal = report.get("journal") or {}
+    events = (report.get("cache") or {}).get("events") or []
+    cache = [{"id": e.get("id"), "name": e.get("name"), "items": e.get("items") or 0,
+              "age_s": _rounded(_age(e.get("last_sync"), now))} for e in events]
+    ages = [e["age_s"] for e in cache if e["age_s"] is not None]
+    venue = report.get("venue") or {}
+    platform = report.get("platform") or {}
+    body: dict[str, Any] = {
+        "v": VERSION, "version": report.get("version"), "sent_at": now.isoformat(),
+        "health": report.get("health"),
+        "reasons": [{"level": r.get("level"), "code": r.get("code"), "message": r.get("message")}
+                    for r in (report.get("reasons") or [])[:MAX_REASONS]],
+        "lanes": [_lane(lane) for lane in lanes],
+        "decisions": totals, "per_min": rates.per_minute(totals, time.monotonic()),
+        "queue": {"pending": journal.get("pending", 0),
+                  "quarantined": journal.get("quarantined", 0),
+                  "oldest_pending_age_s": _rounded(_age(journal.get("oldest_pending"), now))},
+        "cache": cache, "cache_age_s": max(ages) if ages else None,
+        "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
+                                          "claims_granted", "claims_conflicted",
+                                          "claims_timed_out")},
+        "clock_skew_s": platform.get("clock_skew_s"),
+    }
+    for key in LEADER_FIELDS:
+        value = report.get(key, venue.get(key))
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class BeatSink(Protocol):
+    def beat(self, body: bytes) -> None: ...
+
+
+async def publish_heartbeats(report: Callable[[], dict[str, Any]], sink: BeatSink,
+                             interval_s: float, now: Callable[[], datetime],
+                             stop: asyncio.Event) -> None:
+    """The daemon's heartbeat task: a beat every `interval_s` until `stop`."""
+    rates = RateWindow()
+    while not stop.is_set():
+        sink.beat(orjson.dumps(compact(report(), now(), rates), default=str))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass

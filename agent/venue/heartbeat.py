@@ -1,0 +1,334 @@
+"""Heartbeats: every gate's compact state on the venue bus, with a time-to-live.
+
+Two JetStream key-value buckets per venue, one key per gate (its device name):
+- `gates_<venue>` (live): the gate's latest heartbeat. The bucket's TTL (`[venue]
+  heartbeat_ttl_s`) removes a heartbeat nobody renewed, and the server then places a delete
+  marker ("MaxAge") that every watcher receives, so a gate that dies shows as offline within
+  its TTL without anyone polling. A gate that stops cleanly deletes its key at once.
+- `roster_<venue>` (kept a day): the same heartbeat, so a gate that went offline is still listed
+  (worst first, with when it was last seen) instead of silently vanishing from the table.
+
+Why a KV bucket, not a plain subject: a reader that starts late (the CLI, a browser refreshed,
+a gate restarted) gets every gate's latest heartbeat at once from the bucket, and expiry is
+done by the server, the same for every reader.
+
+A gate is *online* while its heartbeat is younger than STALE_BEATS intervals, *stale* after
+that while the live key still exists, and *offline* once the key is gone — or *stopped* when
+it went away cleanly (its last roster entry says so): a gate switched off at the end of the
+day is not an alarm, a gate that died is. Ages are measured
+from the bus server's timestamp of the heartbeat (one clock for every gate) against the
+reader's clock; the heartbeat's own `sent_at` is shown beside it.
+
+The body is built by agent.ops.heartbeat (from the gate's status report); this module only
+stores, watches and ranks them. Heartbeats never carry a scanned code or any credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
+
+log = logging.getLogger("gate_agent.venue")
+
+ROSTER_KEEP_S = 24 * 3600.0
+STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
+OFFSET_SAMPLES = 20  # live deliveries kept to measure this clock against the bus server's
+STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
+HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
+STATES = ("online", "stale", "offline", "stopped")
+
+
+def bucket_names(venue: str) -> tuple[str, str]:
+    """(live, roster) bucket names of a venue (names are letters, digits, - and _)."""
+    return f"gates_{venue}", f"roster_{venue}"
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat as a reader received it: the body and the bus's timestamp (epoch s)."""
+
+    body: dict[str, Any]
+    stamped: float
+
+
+def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = False,
+               ttl_s: float = float("inf")) -> str:
+    if not live or age_s > ttl_s:  # past the TTL: offline even if no expiry marker came
+        return "stopped" if stopped else "offline"
+    return "stale" if age_s > STALE_BEATS * interval_s else "online"
+
+
+def rank(row: dict[str, Any]) -> tuple[int, str]:
+    """Worst first: offline, stale, online gates by health (fail, warn, pass), then stopped."""
+    state = row.get("state", "offline")
+    level = STATE_RANK.get(state, HEALTH_RANK.get(str(row.get("health")), 1))
+    return level, str(row.get("device"))
+
+
+class GateBoard:
+    """What one reader knows of every gate of the venue, fed by the two buckets' watchers.
+
+    Thread-safe: the bus thread feeds it, the status server (another thread) reads it."""
+
+    def __init__(self, interval_s: float, ttl_s: float = float("inf"),
+                 clock: Callable[[], float] = time.time):
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._live: dict[str, Beat] = {}
+        self._known: dict[str, Beat] = {}
+        self._lock = threading.Lock()
+        self._delays: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+
+    def calibrate(self, delay_s: float) -> None:
+        """A heartbeat received live `delay_s` after the bus stamped it (by this clock). The
+        smallest recent delay is this clock's offset from the bus server's (plus the least
+        delivery time), taken out of every age: a reader whose clock is off by more than the
+        TTL must not show every gate offline."""
+        with self._lock:
+            self._delays.append(delay_s)
+
+    @property
+    def offset_s(self) -> float:
+        with self._lock:
+            return min(self._delays) if self._delays else 0.0
+
+    def seen(self, device: str, body: dict[str, Any], stamped: float, live: bool) -> None:
+        beat = Beat(body, stamped)
+        with self._lock:
+            if live:
+                self._live[device] = beat
+            known = self._known.get(device)
+            if known is None or known.stamped <= stamped:
+                self._known[device] = beat
+
+    def gone(self, device: str) -> None:
+        """The live key expired (TTL) or was deleted (a clean stop)."""
+        with self._lock:
+            self._live.pop(device, None)
+
+    def forget(self, device: str) -> None:
+        with self._lock:
+            self._known.pop(device, None)
+            self._live.pop(device, None)
+
+    def clear_live(self) -> None:
+        """A new watch replays every live key: start from nothing."""
+        with self._lock:
+            self._live.clear()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every gate known, worst first, each its heartbeat plus state, age and last_seen."""
+        now = self.clock() - self.offset_s
+        with self._lock:
+            known = dict(self._known)
+            live = set(self._live)
+        rows = []
+        for device, beat in known.items():
+            age = max(0.0, now - beat.stamped)
+            state = gate_state(device in live, age, self.interval_s,
+                               bool(beat.body.get("stopped")), self.ttl_s)
+            rows.append({**beat.body, "device": device, "state": state,
+                         "age_s": round(age, 1), "last_seen": beat.stamped})
+        return sorted(rows, key=rank)
+
+    def counts(self) -> dict[str, int]:
+        """Gates by state (for /status and the gate_venue_gates metric)."""
+        found = dict.fromkeys(STATES, 0)
+        for row in self.rows():
+            found[row["state"]] += 1
+        return found
+
+
+def decode_beat(value: bytes | None) -> dict[str, Any] | None:
+    """A heartbeat body, or None when it cannot be read (never guessed at)."""
+    if not value:
+        return None
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def open_buckets(js: Any, venue: str, ttl_s: float, replicas: int) -> tuple[Any, Any]:
+    """Create (or bind to) the live and roster buckets. A bucket another gate created with
+    other settings (a different TTL) is used as it is: one venue, one TTL."""
+    live_name, roster_name = bucket_names(venue)
+    live = await _bucket(js, KeyValueConfig(
+        bucket=live_name, history=1, ttl=ttl_s, storage=StorageType.MEMORY,
+        replicas=replicas, limit_marker_ttl=max(1.0, ttl_s)))
+    roster = await _bucket(js, KeyValueConfig(
+        bucket=roster_name, history=1, ttl=ROSTER_KEEP_S, storage=StorageType.FILE,
+        replicas=replicas))
+    return live, roster
+
+
+async def _bucket(js: Any, config: KeyValueConfig) -> Any:
+    try:
+        return await js.create_key_value(config)
+    except KeyValueLimitMarkerTTLNotSupportedError:
+        # nats-server before 2.11 places no expiry markers: readers then judge by age alone
+        log.warning("venue bus server too old for expiry markers: offline gates are shown "
+                    "by the age of their last heartbeat")
+        return await _bucket(js, config.evolve(limit_marker_ttl=None))
+    except Exception:  # noqa: BLE001 - exists with other settings: bind to it as it is
+        return await js.key_value(config.bucket)
+
+
+async def put_beat(live: Any, roster: Any, device: str, body: bytes) -> None:
+    await asyncio.gather(live.put(device, body), roster.put(device, body))
+
+
+async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> None:
+    """Feed `board` from one bucket until `stop` (the bus's session ends)."""
+    watcher = await kv.watchall()
+    replayed = False
+    try:
+        while not stop.is_set():
+            try:
+                entry = await watcher.updates(timeout=1.0)
+            except Exception:  # noqa: BLE001 - nats TimeoutError: nothing new, look at stop
+                continue
+            if entry is None:  # the initial values have all been delivered
+                replayed = True
+                continue
+            if replayed and entry.created:  # a live delivery: measures this clock's offset
+                board.calibrate(time.time() - entry.created.timestamp())
+            if entry.operation in ("DEL", "PURGE"):
+                if live:
+                    board.gone(entry.key)
+                else:
+                    board.forget(entry.key)
+                continue
+            body = decode_beat(entry.value)
+            if body is None:
+                continue
+            stamped = entry.created.timestamp() if entry.created else time.time()
+            board.seen(entry.key, body, stamped, live)
+    finally:
+        try:
+            await watcher.stop()
+        except Exception:  # noqa: BLE001 - the connection may be gone already
+            pass
+
+
+class HeartbeatLink:
+    """One bus session's heartbeats: this gate's beats out, every gate's beats into `board`.
+
+    Lives on the bus's loop; `publish()` is called there (VenueBus.beat hops threads)."""
+
+    def __init__(self, venue: str, device: str, board: GateBoard, ttl_s: float):
+        self.venue, self.device, self.board, self.ttl_s = venue, device, board, ttl_s
+        self._live: Any = None
+        self._roster: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last: bytes | None = None
+
+    def start(self, js: Any, replicas: int) -> None:
+        """Open the buckets and watch them in the background, retrying while the bus cannot
+        make them (no quorum yet): heartbeats never delay the session's claims."""
+        self._tasks = [asyncio.create_task(self._run(js, replicas))]
+
+    async def _run(self, js: Any, replicas: int) -> None:
+        while not self._stop.is_set():
+            try:
+                live, roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
+                log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+                except TimeoutError:
+                    pass
+        else:
+            return
+        self._live, self._roster = live, roster
+        self.board.clear_live()
+        if self._last is not None:
+            try:
+                await put_beat(live, roster, self.device, self._last)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
+        await asyncio.gather(watch(roster, self.board, False, self._stop),
+                             watch(live, self.board, True, self._stop))
+
+    async def publish(self, body: bytes) -> None:
+        """Put a beat (kept, and put as soon as the buckets are open if they are not yet)."""
+        self._last = body
+        if self._live is not None:
+            await put_beat(self._live, self._roster, self.device, body)
+
+    async def close(self, clean: bool) -> None:
+        """End the watchers; on a clean stop mark the roster entry stopped and delete this
+        gate's live key (shown stopped at once, not offline)."""
+        if clean and self._live is not None:
+            try:
+                last = decode_beat(self._last) or {}
+                await asyncio.wait_for(self._roster.put(
+                    self.device, orjson.dumps({**last, "stopped": True})), 1.0)
+                await asyncio.wait_for(self._live.delete(self.device), 1.0)
+            except Exception:  # noqa: BLE001 - then the TTL says offline a little later
+                pass
+        self._stop.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+
+
+async def read_board(js: Any, venue: str, interval_s: float, ttl_s: float,
+                     timeout_s: float = 3.0) -> tuple[GateBoard, list[str]]:
+    """One look at every gate (the CLI): both buckets' current values, then done. Returns the
+    board and the buckets that could not be read (tried twice; the table says so)."""
+    board = GateBoard(interval_s, ttl_s)
+    live_name, roster_name = bucket_names(venue)
+    unread = []
+    for name, live in ((roster_name, False), (live_name, True)):
+        for attempt in (1, 2):
+            try:
+                await _read_bucket(js, name, board, live, timeout_s)
+                break
+            except _NoBucket:
+                break  # no gate has put a heartbeat yet
+            except Exception as exc:  # noqa: BLE001 - e.g. no stream leader yet: once more
+                if attempt == 2:
+                    unread.append(f"{name} ({type(exc).__name__}: {exc})")
+    return board, unread
+
+
+class _NoBucket(Exception):
+    pass
+
+
+async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
+                       timeout_s: float) -> None:
+    try:
+        kv = await js.key_value(name)
+    except BucketNotFoundError as exc:
+        raise _NoBucket(name) from exc
+    watcher = await kv.watchall()
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout_s)
+            if entry is None:
+                return
+            body = decode_beat(entry.value)
+            if entry.operation not in ("DEL", "PURGE") and body is not None:
+                stamped = entry.created.timestamp() if entry.created else time.time()
+                board.seen(entry.key, body, stamped, live)
+            if not entry.delta:
+                return
+    finally:
+        await watcher.stop()

@@ -1,0 +1,120 @@
+"""Heartbeats on a real nats-server: a gate's beat reaches the others, a clean stop shows
+stopped at once (not offline: no alarm), a beat nobody renews expires with the bucket's TTL (the server's delete marker
+reaches the watchers), and `gate-agent venue status` lists every gate worst first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from agent.venue.bus import VenueBus
+from agent.venue.heartbeat import bucket_names
+from agent.venue.node import NodeProcess, start_venue
+from tests.conftest import run_cli
+from tests.venue.rig import wait_until
+
+pytestmark = pytest.mark.e2e
+
+TTL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    nodes = start_venue(tmp_path_factory.mktemp("nats"), 1)
+    try:
+        yield nodes[0]
+    finally:
+        nodes[0].kill()
+
+
+def venue(url: str, device: str, name: str = "hb", ttl_s: float = TTL_S) -> dict[str, Any]:
+    return {"name": name, "servers": [url], "device": device, "credentials": "", "tls_ca": "",
+            "claim_timeout_ms": 500, "offline_policy": "local", "heartbeat_s": 0.5,
+            "heartbeat_ttl_s": ttl_s}
+
+
+def state_of(bus: VenueBus, device: str) -> str | None:
+    return next((r["state"] for r in bus.board.rows() if r["device"] == device), None)
+
+
+def put_once(url: str, device: str, body: dict[str, Any]) -> None:
+    """A gate that beats once and dies (no clean stop, no delete)."""
+    async def put() -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            for name in bucket_names("hb"):
+                kv = await js.key_value(name)
+                await kv.put(device, orjson.dumps(body))
+        finally:
+            await nc.close()
+    asyncio.run(put())
+
+
+@contextmanager
+def watcher_and_gate(url: str, root: Path, name: str = "hb",
+                     ttl_s: float = TTL_S) -> Iterator[tuple[VenueBus, VenueBus]]:
+    """Two devices of venue `name`: w1 watches, g1 has beaten once and is seen online."""
+    watcher = VenueBus(venue(url, "w1", name, ttl_s), root / "w1", None)
+    gate = VenueBus(venue(url, "g1", name, ttl_s), root / "g1", None)
+    watcher.start()
+    gate.start()
+    try:
+        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
+        gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+        wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online at w1")
+        yield watcher, gate
+    finally:
+        gate.stop()
+        watcher.stop()
+
+
+@pytest.mark.slow
+def test_beats_reach_other_gates_and_expire(node: NodeProcess, tmp_path: Path) -> None:
+    with watcher_and_gate(node.url, tmp_path) as (watcher, gate):
+        put_once(node.url, "dead", {"health": "fail", "version": "t"})
+        wait_until(lambda: state_of(watcher, "dead") == "online", 5, "dead's one beat seen")
+        # no renewal: the TTL removes it and the server's marker tells the watcher
+        wait_until(lambda: state_of(watcher, "dead") == "offline", TTL_S + 6, "dead offline")
+        assert watcher.board.rows()[0]["device"] == "dead"  # worst first
+        gate.stop()  # cleanly: stopped, not offline (not an alarm)
+        wait_until(lambda: state_of(watcher, "g1") == "stopped", TTL_S + 6, "g1 stopped")
+
+        config = tmp_path / "c.toml"
+        config.write_text(f'[store]\ndir = "{tmp_path / "w1"}"\n[venue]\nname = "hb"\n'
+                          f'servers = ["{node.url}"]\ndevice = "cli"\n')
+        out = run_cli("venue", "status", "--json", "--config", str(config))
+        assert out.returncode == 0, out.stderr
+        listed = json.loads(out.stdout)["gates"]
+        assert {g["device"]: g["state"] for g in listed} == {"dead": "offline", "g1": "stopped"}
+        watcher.beat(orjson.dumps({"health": "warn", "version": "t", "lanes": []}))
+        wait_until(lambda: state_of(watcher, "w1") == "online", 5, "w1 online")
+        table = run_cli("venue", "status", "--config", str(config))
+        assert table.returncode == 0, table.stderr
+        cells = [line.split("│")[1].strip() for line in table.stdout.splitlines()
+                 if line.count("│") > 2]
+        order = [c for c in cells if c in ("dead", "g1", "w1")]
+        assert order == ["dead", "w1", "g1"]  # offline, online, stopped
+
+
+def test_a_clean_stop_shows_offline_before_the_ttl(node: NodeProcess, tmp_path: Path) -> None:
+    """A venue with a long TTL: only the stopping gate's delete can end its live key in time."""
+    with watcher_and_gate(node.url, tmp_path, "calm", 60.0) as (watcher, gate):
+        gate.stop()
+        wait_until(lambda: state_of(watcher, "g1") == "stopped", 10, "g1 stopped")
+
+
+def test_status_cli_says_when_the_bus_is_away(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path}"\n[venue]\nname = "hb"\n'
+                      'servers = ["nats://127.0.0.1:9"]\n')
+    out = run_cli("venue", "status", "--timeout", "1", "--config", str(config))
+    assert out.returncode == 1 and "venue bus not reachable (nats://127.0.0.1:9)" in out.stderr
