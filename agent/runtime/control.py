@@ -80,7 +80,17 @@ class ControlServer:
                                                       limit=MAX_REQUEST)
         os.chmod(self.path, 0o660)
         if gid != -1:
-            os.chown(self.path, -1, gid)
+            try:
+                os.chown(self.path, -1, gid)
+            except PermissionError:
+                self.server.close()
+                self.path.unlink(missing_ok=True)
+                raise ConfigError(
+                    f"the service user (uid {os.geteuid()}) is not a member of group "
+                    f"{self.group!r}, so it cannot give it the control socket: add it "
+                    f"(`SupplementaryGroups={self.group}` in the unit, or `usermod -aG "
+                    f"{self.group} <service user>`), or leave the key empty",
+                    key="control.group") from None
         log.info("control socket on %s", self.path)
 
     async def close(self) -> None:
