@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
 from agent.runtime import bindings, work
-from agent.runtime.control import Handler
+from agent.runtime.control import Handler, ProgressSink, progress_sink
 from agent.runtime.opening import open_journal
 from agent.store.cache import TicketCache
 
@@ -75,7 +75,16 @@ class DaemonOps:
         syncer = self._syncer_or_refuse()
         events = [int(e) for e in args.get("events") or []] or None
         full = bool(args.get("full"))
-        result = await work.sync_pass(syncer, full=full, event_ids=events)
+        sink = progress_sink()
+        if sink is None:
+            result = await work.sync_pass(syncer, full=full, event_ids=events)
+        else:  # the command's progress bar: every page this pass (or one queued before) applies
+            before = syncer.on_progress
+            syncer.on_progress = _relaying(sink, before)
+            try:
+                result = await work.sync_pass(syncer, full=full, event_ids=events)
+            finally:
+                syncer.on_progress = before
         if full and not events:
             self.d.cache_degraded = None
         else:
@@ -155,3 +164,15 @@ class DaemonOps:
         if found:
             self.d.reload()
         return {"lane": lane.name, "found": found}
+
+
+PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests")
+
+
+def _relaying(sink: ProgressSink, before: Any) -> Any:
+    """A sync progress hook that also sends each report down the command's connection."""
+    def hook(progress: Any) -> None:
+        if before is not None:
+            before(progress)
+        sink({key: getattr(progress, key) for key in PROGRESS_FIELDS})
+    return hook
