@@ -34,6 +34,8 @@ WRONG_LAST_SEQUENCE = 10071
 KEEP_EVERY_S = 1.0  # how often an idle channel's loop is run (server pings come every 2 min)
 PUMP_S = 0.002  # how long it runs then: enough to read a PING and write the PONG
 RECONNECT_PUMP_S = 0.05  # longer while the client is reconnecting (claims use the bus then)
+CONNECT_WITHIN_S = 1.5  # a first connect the keeper waits for (retried a second later)
+CLOSE_WITHIN_S = 3.0  # how long closing waits for a claim or the keeper to let go
 
 
 @dataclass(frozen=True)
@@ -120,26 +122,35 @@ class ClaimChannel:
             log.debug("venue claim channel: %s", exc)
 
         try:
-            self._nc = self.loop.run_until_complete(nats.connect(
-                **self.options, connect_timeout=2, reconnect_time_wait=0.25,
-                max_reconnect_attempts=-1, allow_reconnect=True, error_cb=on_error))
+            # bounded: with unlimited reconnects the client retries a first connect forever
+            self._nc = self.loop.run_until_complete(asyncio.wait_for(nats.connect(
+                **self.options, connect_timeout=1, reconnect_time_wait=0.25,
+                max_reconnect_attempts=-1, allow_reconnect=True, error_cb=on_error),
+                CONNECT_WITHIN_S))
         except Exception as exc:  # noqa: BLE001 - the bus connection serves meanwhile
             log.debug("venue claim channel not connected (%s); claims use the bus", exc)
             return
         self._js = self._nc.jetstream()
 
     def close(self) -> None:
-        """From any thread; waits for a claim in progress (bounded by its timeout)."""
-        with self.lock:
+        """From any thread; waits (a bounded time) for a claim or the keeper to let go."""
+        if not self.lock.acquire(timeout=CLOSE_WITHIN_S):
+            self.closed = True  # whoever holds it sees this and lets the loop be
+            log.warning("venue claim channel busy at close; left to the process exit")
+            return
+        try:
             if self.closed:
                 return
             self.closed = True
             if _loop_running_here():  # e.g. the daemon's loop thread: close from another
-                worker = threading.Thread(target=self._close_loop, name="venue channel close")
+                worker = threading.Thread(target=self._close_loop, name="venue channel close",
+                                          daemon=True)
                 worker.start()
-                worker.join(3.0)
+                worker.join(CLOSE_WITHIN_S)
             else:
                 self._close_loop()
+        finally:
+            self.lock.release()
 
     def _close_loop(self) -> None:
         loop = self.loop
@@ -152,8 +163,8 @@ class ClaimChannel:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for task in pending:
                 task.cancel()
-            if pending:
-                loop.run_until_complete(_gathered(pending))
+            if pending:  # bounded: never let a client task that ignores cancelling hang us
+                loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
             loop.close()
             self._nc = self._js = None
 
@@ -205,10 +216,6 @@ class ChannelKeeper:
                 except Exception as exc:  # noqa: BLE001 - never let one channel stop the rest
                     log.warning("venue claim channel: %s", exc)
             self._stop.wait(0.1)
-
-
-async def _gathered(tasks: list[asyncio.Task[Any]]) -> None:
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _loop_running_here() -> bool:

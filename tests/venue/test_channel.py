@@ -5,11 +5,14 @@ gates over real SQLite files."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import demo_data
-from agent.venue.node import NodeProcess
+from agent.venue.channel import ChannelKeeper
+from agent.venue.node import NodeProcess, free_ports
 from tests.venue.rig import venue_devices, wait_until
 
 
@@ -52,3 +55,19 @@ def test_an_idle_channel_comes_back_after_the_bus_does(tmp_path: Path,
         wait_until(lambda: not link.channel.lock.locked(), 5, "the keeper done")
         assert gate.scan(demo_data.bulk_barcode(2), lane, datetime.now(UTC)).decision.admit
         assert link.channel.used == 1
+
+
+def test_a_channel_that_never_connected_closes_without_hanging() -> None:
+    """A lane started while the bus is down (a reload during an outage, say): the keeper keeps
+    trying to connect its channel, and stopping the daemon must not wait on that forever."""
+    port = free_ports(1)[0]  # nothing listens there
+    keeper = ChannelKeeper({"servers": [f"nats://127.0.0.1:{port}"], "name": "t"})
+    keeper.start()
+    channel = keeper.open()
+    time.sleep(2.5)  # the keeper has tried (and is trying) to connect
+    assert not channel.ready
+    assert channel.publish("venue.x", b"{}", "u", 0, 0.1) is None  # claims use the bus
+    stopper = threading.Thread(target=keeper.stop)
+    stopper.start()
+    stopper.join(20)  # generous: the bound is a few seconds, "forever" is what is tested
+    assert not stopper.is_alive() and channel.closed

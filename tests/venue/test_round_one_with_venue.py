@@ -100,4 +100,5 @@ readers = ["sim:side?socket={site.root / 'side.sock'}"]
         side = daemon.wait_for(lambda r: r.get("lane") == "side", 10, "the new lane's scan")
         assert (side["admit"], side["status"]) == (True, "valid")  # policy local, as running
     finally:
-        assert daemon.stop() == 0
+        code = daemon.stop()
+        assert code == 0, "".join(daemon.raw_lines[-30:])
