@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # Ctrl-C while the command modules load (a second on a busy machine) is an interrupt
+        # like any other: exit 130, not a traceback and a SIGINT death
+        args = build_parser().parse_args(argv)
         result = args.func(args)
     except GateAgentError as exc:
         print(f"gate-agent: error: {redact(str(exc))}", file=sys.stderr)
