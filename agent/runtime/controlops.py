@@ -80,7 +80,7 @@ class DaemonOps:
             result = await work.sync_pass(syncer, full=full, event_ids=events)
         else:  # the command's progress bar: every page this pass (or one queued before) applies
             before = syncer.on_progress
-            syncer.on_progress = _relaying(sink, before)
+            syncer.on_progress = _relaying(sink, before, syncer.progress.requests)
             try:
                 result = await work.sync_pass(syncer, full=full, event_ids=events)
             finally:
@@ -169,10 +169,13 @@ class DaemonOps:
 PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests")
 
 
-def _relaying(sink: ProgressSink, before: Any) -> Any:
-    """A sync progress hook that also sends each report down the command's connection."""
+def _relaying(sink: ProgressSink, before: Any, requests_before: int) -> Any:
+    """A sync progress hook that also sends each report down the command's connection (its
+    request count from this command's start, as a sync of its own would count)."""
     def hook(progress: Any) -> None:
         if before is not None:
             before(progress)
-        sink({key: getattr(progress, key) for key in PROGRESS_FIELDS})
+        report = {key: getattr(progress, key) for key in PROGRESS_FIELDS}
+        report["requests"] = max(0, report["requests"] - requests_before)
+        sink(report)
     return hook

@@ -34,6 +34,7 @@ def test_sync_through_the_daemon_streams_its_progress(site: Site) -> None:
         assert full, updates
         cached = {e["id"]: e["items"] for e in result["events"]}
         last = full[-1]
+        assert 1 <= last["requests"] <= result["requests"]  # this command's, not the daemon's
         assert last["items"] == cached[demo_data.EVENT_ID] > 0 and last["pages"] >= 1
         assert [u["items"] for u in full] == sorted(u["items"] for u in full)  # as it went
         assert {u["phase"] for u in updates} <= {"events", "zones", "tickets", "full",
