@@ -56,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every way out is an exit code and at most one line (see EXIT_CODES).
+
+    Ctrl-C is caught from the first moment here, while the command modules are still being
+    imported too: a technician who presses it early sees "interrupted", not a traceback.
+    """
     try:
-        # Ctrl-C while the command modules load (a second on a busy machine) is an interrupt
-        # like any other: exit 130, not a traceback and a SIGINT death
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         result = args.func(args)
     except GateAgentError as exc:
         print(f"gate-agent: error: {redact(str(exc))}", file=sys.stderr)

@@ -103,18 +103,3 @@ def test_queue_retry_puts_quarantined_back(site: DemoSite) -> None:
     assert "1 quarantined scan(s)" in retry.stdout
     assert json.loads(run_cli("queue", "--config", cfg, "--json").stdout)["counts"][
         "pending"] == 1
-
-
-def test_demo_runs(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import PROJECT_ROOT
-    out = subprocess.run([sys.executable, "-m", "agent.demo"], capture_output=True, text=True,
-                         cwd=PROJECT_ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "refunded" in out.stdout and "historicBarcode" in out.stdout
-    assert out.stdout.count("ADMIT") >= 6
-    # the second act: a venue (issue 14): one admit for a copied ticket, a reported conflict
-    assert "admits in the venue: 1" in out.stdout
-    assert out.stdout.count("conflicts 1") == 3
