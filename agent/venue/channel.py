@@ -68,7 +68,9 @@ def answer_from_error(exc: BaseException, timeout_s: float) -> ClaimAnswer:
 class ClaimChannel:
     """One lane's connection (see the module docstring). Not shared between lanes."""
 
-    def __init__(self, options: dict[str, Any]):
+    def __init__(self, options: dict[str, Any] | None):
+        """`options`: nats.connect() keywords; None: a channel that never connects (claims
+        always go through the bus)."""
         self.options = options
         self.lock = threading.Lock()  # held by whoever runs the loop: the lane or the keeper
         self.loop = asyncio.new_event_loop()
@@ -107,7 +109,7 @@ class ClaimChannel:
             return
         try:
             self._kept_at = now
-            if self.closed:
+            if self.closed or self.options is None:
                 return
             if self._nc is None:
                 self._connect()
@@ -121,6 +123,7 @@ class ClaimChannel:
         async def on_error(exc: Exception) -> None:
             log.debug("venue claim channel: %s", exc)
 
+        assert self.options is not None
         try:
             # bounded: with unlimited reconnects the client retries a first connect forever
             self._nc = self.loop.run_until_complete(asyncio.wait_for(nats.connect(

@@ -40,6 +40,7 @@ from agent.store.journal import JournalRow
 from agent.store.venue import BusScan, VenueStore
 from agent.venue import messages
 from agent.venue.bus import VenueBus
+from agent.venue.channel import ClaimChannel
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -93,12 +94,13 @@ class VenueLink:
     """One lane's link to the venue: its own read connection to venue.db, its own connection
     for claims (agent.venue.channel) and the shared bus."""
 
-    def __init__(self, bus: VenueBus, policy: str):
+    def __init__(self, bus: VenueBus, policy: str, claim_connection: bool = True):
         self.bus = bus
         self.policy = policy
         self.timeout_s = bus.timeout_s
         self.store = VenueStore(bus.store_path)
-        self.channel = bus.channels.open()
+        # without one, every claim goes through the bus's connection (ClaimChannel.publish: None)
+        self.channel = bus.channels.open() if claim_connection else ClaimChannel(None)
         # The claim this lane holds until its journal commit: the consumer may already have
         # applied it, but it is this very scan, not an earlier admit of the ticket.
         self._holding: str | None = None
