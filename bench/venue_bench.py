@@ -10,13 +10,12 @@ real gates (`Gate` over real SQLite files, each device with its own store and bu
 tests/venue/rig.py), in one process:
 1. floor: a raw nats-py `js.publish()` + ack round trip on the same server, from a loop in the
    calling thread (no gate, no thread hop) — the cost of any claim's one round trip;
-2. claim latency: `Gate.scan` on a single-access lane of a gate *without* a venue and of a gate
+2. claim latency (twice: gate A alone in the process, as on its own device, then with gate B
+   beside it for the visibility figures): `Gate.scan` on a single-access lane of a gate *without* a venue and of a gate
    *with* one (every admit is claimed on the bus first), and the claim step alone; the floor
    and both scans are interleaved one per round, `--gap-ms` apart (paced like real scans: a
    wake-up after idle costs more than back-to-back calls, so all are measured alike); the
-   added latency is the difference of the scans' percentiles; the same venue scan with its
-   claim forced through the bus's loop (the thread hop every claim took before each lane had
-   its own claim connection, agent.venue.channel) is interleaved too, for before/after;
+   added latency is the difference of the scans' percentiles;
 3. visibility: gate A admits a ticket; how long until gate B has applied it (measured from A's
    claim being granted, the moment the venue knows, and from A's scan returning);
 4. load: GATES gates each scanning RATE codes/s for SECONDS s, codes drawn at random from a
@@ -95,19 +94,25 @@ class RawFloor:
         self.loop.close()
 
 
-def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
+def claim_latency(root: Path, url: str, n: int, gap_s: float,
+                  with_peer: bool = True) -> dict[str, Any]:
     """Interleaved, one of each per round, `gap_s` apart (gates see people, not a queue: a
-    wake-up after idle costs more than back-to-back calls, so all three are paced alike)."""
+    wake-up after idle costs more than back-to-back calls, so all three are paced alike).
+    `with_peer`: gate B in this process too (for visibility). Without it, gate A is alone in
+    the process, as a turnstile is on its own device: B's consumer and applier then do not
+    compete with A's lane for this process's GIL (the other gates of a venue run elsewhere)."""
     floor = RawFloor(url)
-    with venue_devices(root / "lat", [url], 2, 2 * n + 10, prefix="lat") as (a, b):
+    # one venue for both runs: the second uses other tickets and other device names
+    first = n if with_peer else 0
+    with venue_devices(root / f"lat{int(with_peer)}", [url], 1 + with_peer, 2 * n + 10,
+                       prefix="pair" if with_peer else "solo") as devices:
+        a, b = devices[0], devices[-1] if with_peer else None
         lane = a.gate().config.lane("north-in")
         # the same device's data without a venue: the local-only scan, same files and lane
         plain_config = load_config(a.config_path)
         plain = Gate(TicketCache(plain_config.store_dir / "cache.db"),
                      Journal(plain_config.store_dir.parent / "plain-journal.db"), plain_config)
         claims: list[float] = []
-        hop_claims: list[float] = []
-        sink = [claims]  # the claim step of the bus-loop rounds is kept apart
         link = a.gate().venue
         assert link is not None
         real_claim = link.claim
@@ -117,20 +122,17 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
             try:
                 return real_claim(*args, **kwargs)
             finally:
-                sink[0].append(time.perf_counter() - started)
+                claims.append(time.perf_counter() - started)
 
         link.claim = timed_claim  # type: ignore[method-assign]
         raw: list[float] = []
         local: list[float] = []
         venue: list[float] = []
-        via_bus: list[float] = []
-        channel_publish = link.channel.publish
-        wait_until(lambda: link.channel.ready, 10, "the lane's claim connection")
         visible_from_start: list[float] = []
         visible_from_return: list[float] = []
         try:
             for i in range(n):
-                code = demo_data.bulk_barcode(i)
+                code = demo_data.bulk_barcode(first + i)
                 raw.append(floor.sample())
                 time.sleep(gap_s)
                 started = time.perf_counter()
@@ -142,26 +144,16 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
                 returned = time.perf_counter()
                 venue.append(returned - started)
                 assert result.decision.admit, result.decision
-                b.bus.wait_applied(link.last_granted_seq, 1.0)
-                seen = time.perf_counter()
-                visible_from_return.append(max(0.0, seen - returned))
-                visible_from_start.append(seen - started)
-                time.sleep(gap_s)
-                # the same scan of another ticket with the claim through the bus's loop
-                link.channel.publish = lambda *_args: None  # type: ignore[method-assign]
-                sink[0] = hop_claims
-                started = time.perf_counter()
-                hopped = a.gate().scan(demo_data.bulk_barcode(n + i), lane, datetime.now(UTC))
-                via_bus.append(time.perf_counter() - started)
-                link.channel.publish = channel_publish  # type: ignore[method-assign]
-                sink[0] = claims
-                assert hopped.decision.admit, hopped.decision
+                if b is not None:
+                    b.bus.wait_applied(link.last_granted_seq, 1.0)
+                    seen = time.perf_counter()
+                    visible_from_return.append(max(0.0, seen - returned))
+                    visible_from_start.append(seen - started)
                 time.sleep(gap_s)
         finally:
             plain.close()
             floor.close()
-    return {"raw": raw, "local": local, "venue": venue, "claim": claims, "via_bus": via_bus,
-            "claim_via_bus": hop_claims,
+    return {"raw": raw, "local": local, "venue": venue, "claim": claims,
             "visible_from_return": visible_from_return,
             "visible_from_scan_start": visible_from_start}
 
@@ -227,22 +219,27 @@ def main(argv: list[str]) -> int:
         root = Path(tmp)
         nodes = start_venue(root / "nats", 1)
         try:
+            alone = claim_latency(root, nodes[0].url, args.claims, args.gap_ms / 1000,
+                                  with_peer=False)
             lat = claim_latency(root, nodes[0].url, args.claims, args.gap_ms / 1000)
             loaded = load(root, nodes[0].url, args.gates, args.rate, args.seconds, args.pool)
         finally:
             for node in nodes:
                 node.kill()
-    local, venue, via_bus = ms(lat["local"]), ms(lat["venue"]), ms(lat["via_bus"])
+    local, venue = ms(lat["local"]), ms(lat["venue"])
+    alone_local, alone_venue = ms(alone["local"]), ms(alone["venue"])
     results = {
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "gap_ms": args.gap_ms, "raw_publish_ack_floor": ms(lat["raw"]),
         "scan_without_venue": local, "scan_with_venue_claim": venue,
-        "claim_step": ms(lat["claim"]), "scan_with_claim_via_bus_loop": via_bus,
-        "claim_step_via_bus_loop": ms(lat["claim_via_bus"]),
-        "added_via_bus_loop": {"p50_ms": round(via_bus["p50_ms"] - local["p50_ms"], 3),
-                               "p99_ms": round(via_bus["p99_ms"] - local["p99_ms"], 3)},
+        "claim_step": ms(lat["claim"]),
         "added_by_claim": {"p50_ms": round(venue["p50_ms"] - local["p50_ms"], 3),
                            "p99_ms": round(venue["p99_ms"] - local["p99_ms"], 3)},
+        "gate_alone_in_its_process": {
+            "scan_without_venue": alone_local, "scan_with_venue_claim": alone_venue,
+            "claim_step": ms(alone["claim"]),
+            "added_by_claim": {"p50_ms": round(alone_venue["p50_ms"] - alone_local["p50_ms"], 3),
+                               "p99_ms": round(alone_venue["p99_ms"] - alone_local["p99_ms"], 3)}},
         "visibility_a_to_b": {"from_scan_start": ms(lat["visible_from_scan_start"]),
                               "after_a_returned": ms(lat["visible_from_return"])},
         "load": {"gates": args.gates, "rate_per_gate": args.rate, "seconds": args.seconds,
@@ -260,12 +257,11 @@ def main(argv: list[str]) -> int:
     added = results["added_by_claim"]
     print(f"added (scan with - without)  p50 {added['p50_ms']:.3f} ms  p99 {added['p99_ms']:.3f} ms"
           "  (targets 1 / 5 ms)")
-    hop = results["added_via_bus_loop"]
-    hop_step = results["claim_step_via_bus_loop"]
-    print(f"before (claims through the bus loop, same run): scan p50 {via_bus['p50_ms']:.3f} ms"
-          f"  p99 {via_bus['p99_ms']:.3f} ms; claim step p50 {hop_step['p50_ms']:.3f} ms"
-          f"  p99 {hop_step['p99_ms']:.3f} ms; added p50 {hop['p50_ms']:.3f} ms"
-          f"  p99 {hop['p99_ms']:.3f} ms")
+    solo = results["gate_alone_in_its_process"]
+    print(f"gate alone in its process:   added p50 {solo['added_by_claim']['p50_ms']:.3f} ms"
+          f"  p99 {solo['added_by_claim']['p99_ms']:.3f} ms; claim step p50 "
+          f"{solo['claim_step']['p50_ms']:.3f} ms  p99 {solo['claim_step']['p99_ms']:.3f} ms"
+          "  (no other gate's consumer in the process, as on a turnstile)")
     vis = results["visibility_a_to_b"]["from_scan_start"]
     print(f"A admits -> B knows          p50 {vis['p50_ms']:.3f} ms  p99 {vis['p99_ms']:.3f} ms"
           "  (from A's scan start; target p99 20 ms)")

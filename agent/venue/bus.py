@@ -10,8 +10,6 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
 - the void sweep: this gate's claims whose admit never reached the journal are voided.
 
 `publish_claim()` is the one call a lane makes into the loop; it waits at most the time given.
-Lanes make their claims over connections of their own first (agent.venue.channel: no thread
-hop); this loop serves a claim only when a lane's connection cannot at that moment.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,22 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
-from agent.venue.channel import ChannelKeeper, ClaimAnswer, answer_from_error, claim_headers
 
 log = logging.getLogger("gate_agent.venue")
 
+WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 600.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
+    `seq`), or no answer in time (`error` says why)."""
+
+    outcome: str  # granted | conflict | unavailable
+    seq: int = 0
+    error: str = ""
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -105,7 +114,6 @@ class VenueBus:
         self._swept_seq = 0  # claims up to this stream position have been picked up
         self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
         self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
-        self.channels = ChannelKeeper(self.options)  # the lanes' own claim connections
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -118,10 +126,8 @@ class VenueBus:
                                         daemon=True)
         self._thread.start()
         ready.wait(5)
-        self.channels.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        self.channels.stop()
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
@@ -398,17 +404,26 @@ class VenueBus:
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
             return ClaimAnswer("unavailable", error=self.last_error or "not connected")
-        future = asyncio.run_coroutine_threadsafe(self._js.publish(
-            subject, body, headers=claim_headers(scan_uuid, expected_seq), timeout=timeout_s),
-            loop)
+        headers = {"Nats-Msg-Id": scan_uuid,
+                   "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        future = asyncio.run_coroutine_threadsafe(
+            self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
         try:
             ack = future.result(timeout_s + 0.05)
-        except FutureTimeout as exc:
+        except (FutureTimeout, TimeoutError) as exc:
             future.cancel()
-            return answer_from_error(TimeoutError(str(exc)), timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any failure: not granted
-            return answer_from_error(exc, timeout_s)
-        # a duplicate ack (the same uuid stored before) is this very scan's earlier attempt
+            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
+                               f"{': ' + str(exc) if str(exc) else ''}")
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                match = re.search(r"(\d+)\s*$", exc.description or "")
+                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
+            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        if getattr(ack, "duplicate", False):
+            # the same uuid was already stored: granted earlier by this very scan (a retry)
+            return ClaimAnswer("granted", seq=ack.seq)
         return ClaimAnswer("granted", seq=ack.seq)
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:
