@@ -10,7 +10,8 @@ real gates (`Gate` over real SQLite files, each device with its own store and bu
 tests/venue/rig.py), in one process:
 1. floor: a raw nats-py `js.publish()` + ack round trip on the same server, from a loop in the
    calling thread (no gate, no thread hop) — the cost of any claim's one round trip;
-2. claim latency: `Gate.scan` on a single-access lane of a gate *without* a venue and of a gate
+2. claim latency (twice: gate A alone in the process, as on its own device, then with gate B
+   beside it for the visibility figures): `Gate.scan` on a single-access lane of a gate *without* a venue and of a gate
    *with* one (every admit is claimed on the bus first), and the claim step alone; the floor
    and both scans are interleaved one per round, `--gap-ms` apart (paced like real scans: a
    wake-up after idle costs more than back-to-back calls, so all are measured alike); the
@@ -93,11 +94,19 @@ class RawFloor:
         self.loop.close()
 
 
-def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
+def claim_latency(root: Path, url: str, n: int, gap_s: float,
+                  with_peer: bool = True) -> dict[str, Any]:
     """Interleaved, one of each per round, `gap_s` apart (gates see people, not a queue: a
-    wake-up after idle costs more than back-to-back calls, so all three are paced alike)."""
+    wake-up after idle costs more than back-to-back calls, so all three are paced alike).
+    `with_peer`: gate B in this process too (for visibility). Without it, gate A is alone in
+    the process, as a turnstile is on its own device: B's consumer and applier then do not
+    compete with A's lane for this process's GIL (the other gates of a venue run elsewhere)."""
     floor = RawFloor(url)
-    with venue_devices(root / "lat", [url], 2, n + 10, prefix="lat") as (a, b):
+    # one venue for both runs: the second uses other tickets and other device names
+    first = n if with_peer else 0
+    with venue_devices(root / f"lat{int(with_peer)}", [url], 1 + with_peer, 2 * n + 10,
+                       prefix="pair" if with_peer else "solo") as devices:
+        a, b = devices[0], devices[-1] if with_peer else None
         lane = a.gate().config.lane("north-in")
         # the same device's data without a venue: the local-only scan, same files and lane
         plain_config = load_config(a.config_path)
@@ -123,7 +132,7 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
         visible_from_return: list[float] = []
         try:
             for i in range(n):
-                code = demo_data.bulk_barcode(i)
+                code = demo_data.bulk_barcode(first + i)
                 raw.append(floor.sample())
                 time.sleep(gap_s)
                 started = time.perf_counter()
@@ -135,10 +144,11 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float) -> dict[str, Any]:
                 returned = time.perf_counter()
                 venue.append(returned - started)
                 assert result.decision.admit, result.decision
-                b.bus.wait_applied(link.last_granted_seq, 1.0)
-                seen = time.perf_counter()
-                visible_from_return.append(max(0.0, seen - returned))
-                visible_from_start.append(seen - started)
+                if b is not None:
+                    b.bus.wait_applied(link.last_granted_seq, 1.0)
+                    seen = time.perf_counter()
+                    visible_from_return.append(max(0.0, seen - returned))
+                    visible_from_start.append(seen - started)
                 time.sleep(gap_s)
         finally:
             plain.close()
@@ -209,12 +219,15 @@ def main(argv: list[str]) -> int:
         root = Path(tmp)
         nodes = start_venue(root / "nats", 1)
         try:
+            alone = claim_latency(root, nodes[0].url, args.claims, args.gap_ms / 1000,
+                                  with_peer=False)
             lat = claim_latency(root, nodes[0].url, args.claims, args.gap_ms / 1000)
             loaded = load(root, nodes[0].url, args.gates, args.rate, args.seconds, args.pool)
         finally:
             for node in nodes:
                 node.kill()
     local, venue = ms(lat["local"]), ms(lat["venue"])
+    alone_local, alone_venue = ms(alone["local"]), ms(alone["venue"])
     results = {
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "gap_ms": args.gap_ms, "raw_publish_ack_floor": ms(lat["raw"]),
@@ -222,6 +235,11 @@ def main(argv: list[str]) -> int:
         "claim_step": ms(lat["claim"]),
         "added_by_claim": {"p50_ms": round(venue["p50_ms"] - local["p50_ms"], 3),
                            "p99_ms": round(venue["p99_ms"] - local["p99_ms"], 3)},
+        "gate_alone_in_its_process": {
+            "scan_without_venue": alone_local, "scan_with_venue_claim": alone_venue,
+            "claim_step": ms(alone["claim"]),
+            "added_by_claim": {"p50_ms": round(alone_venue["p50_ms"] - alone_local["p50_ms"], 3),
+                               "p99_ms": round(alone_venue["p99_ms"] - alone_local["p99_ms"], 3)}},
         "visibility_a_to_b": {"from_scan_start": ms(lat["visible_from_scan_start"]),
                               "after_a_returned": ms(lat["visible_from_return"])},
         "load": {"gates": args.gates, "rate_per_gate": args.rate, "seconds": args.seconds,
@@ -239,6 +257,11 @@ def main(argv: list[str]) -> int:
     added = results["added_by_claim"]
     print(f"added (scan with - without)  p50 {added['p50_ms']:.3f} ms  p99 {added['p99_ms']:.3f} ms"
           "  (targets 1 / 5 ms)")
+    solo = results["gate_alone_in_its_process"]
+    print(f"gate alone in its process:   added p50 {solo['added_by_claim']['p50_ms']:.3f} ms"
+          f"  p99 {solo['added_by_claim']['p99_ms']:.3f} ms; claim step p50 "
+          f"{solo['claim_step']['p50_ms']:.3f} ms  p99 {solo['claim_step']['p99_ms']:.3f} ms"
+          "  (no other gate's consumer in the process, as on a turnstile)")
     vis = results["visibility_a_to_b"]["from_scan_start"]
     print(f"A admits -> B knows          p50 {vis['p50_ms']:.3f} ms  p99 {vis['p99_ms']:.3f} ms"
           "  (from A's scan start; target p99 20 ms)")

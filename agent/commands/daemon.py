@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.commands import explain
-from agent.config import Config, load_config
+from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from agent.errors import ControlError, GateAgentError
 from agent.runtime.controlclient import running_daemon
 
@@ -50,12 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args.config, args.log_format, args.log_level)
 
 
-def _status_url(args: argparse.Namespace, config: Config) -> tuple[str, str]:
-    token = config.status["token"]
+def _status_url(args: argparse.Namespace, config: Config | None) -> tuple[str, str]:
+    token = config.status["token"] if config is not None else ""
     if args.url:
         # The daemon logs its endpoint as ".../status": accept that as well as the base URL.
         url = args.url.rstrip("/")
         return url.removesuffix("/status"), token
+    assert config is not None  # only --url goes without a configuration
     address = config.status["listen"]
     addr_file = config.store_dir / "status.addr"
     if address.endswith(":0") and addr_file.exists():
@@ -63,9 +65,17 @@ def _status_url(args: argparse.Namespace, config: Config) -> tuple[str, str]:
     return f"http://{address}", token
 
 
+def _config_for_status(args: argparse.Namespace) -> Config | None:
+    """`status --url` from another machine needs no configuration: without `-c` and with no
+    file at the default place, none is read (an endpoint wanting a token says so)."""
+    if args.url and args.config == DEFAULT_CONFIG_PATH and not Path(args.config).exists():
+        return None
+    return load_config(args.config)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    daemon = None if args.url else running_daemon(config)
+    config = _config_for_status(args)
+    daemon = None if args.url or config is None else running_daemon(config)
     if daemon is not None:
         try:
             report = daemon.call("status")

@@ -162,10 +162,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     with acting_on_store(config) as daemon:
         if daemon is not None:
-            Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; waiting "
-                                       "for it...", highlight=False)
-            result = daemon.call("sync", full=args.full, events=args.event or [])
-            result["passes"] = []
+            Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; its "
+                                       "progress:", highlight=False)
+            progress = _progress_bar(args)
+            bar = _Bar(progress)
+            try:
+                result = daemon.call("sync", on_progress=lambda p: bar(SyncProgress(**p)),
+                                     full=args.full, events=args.event or [])
+            finally:
+                if progress is not None and bar.tasks:
+                    progress.stop()
+            result["passes"] = list(bar.passes.values())
         else:
             result = _sync_here(config, args)
     if args.json:
@@ -183,17 +190,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(args: argparse.Namespace) -> Progress | None:
+    """The bar both paths show on stderr (none with --json): items applied, pages, requests."""
+    return None if args.json else Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("items, {task.fields[pages]} pages, {task.fields[requests]} requests"),
+        TimeElapsedColumn(), console=Console(stderr=True))
+
+
 def _sync_here(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     """No daemon: this command syncs, as the store's owner, with a progress bar."""
     if args.event:
         config = dataclasses.replace(config, events={**config.events, "ids": list(args.event)})
     with own_rights():
         token = load_token(config.api, config_path=config.path)
-    err = Console(stderr=True)
-    progress = None if args.json else Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("items, {task.fields[pages]} pages, {task.fields[requests]} requests"),
-        TimeElapsedColumn(), console=err)
+    progress = _progress_bar(args)
     bar = _Bar(progress)
     started = time.monotonic()
     try:

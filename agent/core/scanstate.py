@@ -50,8 +50,14 @@ def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: b
 
 
 def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: int | None,
-                 zone_is_default: bool) -> ScanState:
-    """Fold every known admit of one item in one zone, in time order, into a ScanState."""
+                 zone_is_default: bool, venue: Iterable[ZoneScan] = ()) -> ScanState:
+    """Fold every known admit of one item in one zone, in time order, into a ScanState.
+
+    `venue`: the admits other gates published on the venue bus. They carry the scan's own
+    uuid, so they are matched to this gate's scans (and the platform's) by uuid only: the
+    looser match the platform's echoes need (same direction in the same second) would take
+    another gate's re-entry a second after this gate's entry for that entry, and admit the
+    ticket twice."""
     events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
@@ -79,6 +85,12 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
         if (pscan.scan, int(when.timestamp())) in seen_keys:
             continue
         events.append((when, pscan.scan))
+    for vscan in venue:
+        if not _zone_matches(vscan.zone_id, zone_id, zone_is_default) or vscan.uuid in seen_uuids:
+            continue
+        if vscan.uuid:
+            seen_uuids.add(vscan.uuid)
+        events.append((parse_platform_time(vscan.scanned_on), vscan.scan))
     if not events:
         return EMPTY
     # Undated scans first; among them, whose order is unknown, exits before entries: the

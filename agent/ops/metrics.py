@@ -69,6 +69,10 @@ class _StateCollector(Collector):
             items.add_metric([str(event.get("id"))], float(event.get("items") or 0))
         yield age
         yield items
+        unreadable = GaugeMetricFamily("gate_cache_unreadable", "1 when cache.db cannot be "
+                                       "opened by this service (its owner or mode)")
+        unreadable.add_metric([], 1.0 if (snap.get("cache") or {}).get("unreadable") else 0.0)
+        yield unreadable
         readers = GaugeMetricFamily("gate_reader_connected", "1 when a reader is connected",
                                     labels=["lane", "reader"])
         for lane in snap.get("lanes") or []:

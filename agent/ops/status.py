@@ -32,7 +32,7 @@ REASON_CODES = (
     "upload_backlog", "quarantined_scans", "auth_failed", "rate_limited", "clock_skew",
     "platform_unreachable", "no_token", "venue_unreachable", "venue_conflicts", "job_failing",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
-    "passage_input",
+    "passage_input", "cache_unreadable",
 )
 
 
@@ -94,10 +94,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "pairings_unreadable", f"paired devices (devices.json) not used, only "
                    f"the config file's: {snap['pairings_error']}"))
     cache = snap.get("cache") or {}
+    if cache.get("unreadable"):  # not damaged: only its owner or mode is wrong, kept as it is
+        add(Reason("fail", "cache_unreadable", "ticket cache cannot be opened by this service, "
+                   f"every code is refused until it can: {cache['unreadable']}"))
     if cache.get("degraded"):
         add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"))
     events = cache.get("events") or []
-    if not any(e.get("items") for e in events):
+    if not cache.get("unreadable") and not any(e.get("items") for e in events):
         add(Reason("fail", "cache_empty", "no tickets synced yet: every code is refused "
                    "(cacheEmpty); run `gate-agent sync` or `gate-agent import`"))
     for event in events:

@@ -7,6 +7,10 @@ carries one request line and gets one answer line, both JSON::
     -> {"op": "scan", "args": {"codes": ["ABC"], "lane": "entry"}}
     <- {"ok": true, "result": {...}}   or   {"ok": false, "error": "...", "exit_code": 2}
 
+A request with `"stream": true` may get progress lines before its answer, for a command that
+shows a progress bar while the daemon works (`sync`): `<- {"progress": {...}}` (a handler
+sends them with `progress_sink()`; a request without `stream` never gets one).
+
 The daemon does the work as itself (its user, its open stores, its platform client and rate
 governor), so a `sudo gate-agent scan` never leaves a root-owned file in the state directory,
 a `sync --full` swaps the cache through the daemon's own swap (never under its open WAL), and a
@@ -18,6 +22,7 @@ is logged with every state-changing request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import grp
 import json
 import logging
@@ -38,6 +43,15 @@ MAX_REQUEST = 256 * 1024 * 1024  # an import of a 1M-item ticket file fits
 READ_ONLY = frozenset({"ping", "status", "queue"})
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+ProgressSink = Callable[[dict[str, Any]], None]
+
+_progress: contextvars.ContextVar[ProgressSink | None] = contextvars.ContextVar(
+    "control_progress", default=None)
+
+
+def progress_sink() -> ProgressSink | None:
+    """Where the running handler's request wants progress lines (thread-safe), or None."""
+    return _progress.get()
 
 
 def socket_path(config: Config) -> Path:
@@ -80,7 +94,17 @@ class ControlServer:
                                                       limit=MAX_REQUEST)
         os.chmod(self.path, 0o660)
         if gid != -1:
-            os.chown(self.path, -1, gid)
+            try:
+                os.chown(self.path, -1, gid)
+            except PermissionError:
+                self.server.close()
+                self.path.unlink(missing_ok=True)
+                raise ConfigError(
+                    f"the service user (uid {os.geteuid()}) is not a member of group "
+                    f"{self.group!r}, so it cannot give it the control socket: add it "
+                    f"(`SupplementaryGroups={self.group}` in the unit, or `usermod -aG "
+                    f"{self.group} <service user>`), or leave the key empty",
+                    key="control.group") from None
         log.info("control socket on %s", self.path)
 
     async def close(self) -> None:
@@ -92,6 +116,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             answer = await self._answer(reader, writer)
+            await asyncio.sleep(0)  # progress lines scheduled before the answer go out first
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -114,6 +139,8 @@ class ControlServer:
                     "version? restart it after an upgrade)", "exit_code": 2}
         if op not in READ_ONLY:
             log.info("control: %s requested by uid %s", op, _peer_uid(writer))
+        if request.get("stream") is True:
+            _progress.set(_line_writer(writer))
         try:
             return {"ok": True, "result": await handler(args)}
         except GateAgentError as exc:
@@ -122,3 +149,15 @@ class ControlServer:
             log.exception("control: %s failed", op)
             return {"ok": False, "error": redact(f"internal error in the daemon: {exc!r}"),
                     "exit_code": 70}
+
+
+def _line_writer(writer: asyncio.StreamWriter) -> ProgressSink:
+    """Progress lines to one connection, from the loop or any thread, in order."""
+    loop = asyncio.get_running_loop()
+
+    def send(progress: dict[str, Any]) -> None:
+        line = json.dumps({"progress": progress}).encode() + b"\n"
+        if not writer.is_closing():
+            loop.call_soon_threadsafe(writer.write, line)
+
+    return send

@@ -13,7 +13,7 @@ import json
 import shlex
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,10 @@ class ControlClient:
         self.path = path
         self.pid = pid
 
-    def call(self, op: str, **args: Any) -> Any:
-        """The daemon's result; ControlError carrying the daemon's message and exit code."""
+    def call(self, op: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
+             **args: Any) -> Any:
+        """The daemon's result; ControlError carrying the daemon's message and exit code.
+        `on_progress`: called with each progress line the daemon sends before its answer."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
@@ -49,9 +51,15 @@ class ControlClient:
                     f"root or as a member of the socket's group ([control] group): "
                     f"`{_retry_hint()}`; if the daemon is just starting, try again in a few "
                     "seconds", exit_code=2) from None
-            sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+            request: dict[str, Any] = {"op": op, "args": args}
+            if on_progress is not None:
+                request["stream"] = True
+            sock.sendall(json.dumps(request).encode() + b"\n")
             with sock.makefile("rb") as stream:
                 line = stream.readline()
+                while on_progress is not None and line and "progress" in json.loads(line):
+                    on_progress(json.loads(line)["progress"])
+                    line = stream.readline()
         finally:
             sock.close()
         if not line:

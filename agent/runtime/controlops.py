@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
 from agent.runtime import bindings, work
-from agent.runtime.control import Handler
+from agent.runtime.control import Handler, ProgressSink, progress_sink
 from agent.runtime.opening import open_journal
 from agent.store.cache import TicketCache
 
@@ -75,7 +75,16 @@ class DaemonOps:
         syncer = self._syncer_or_refuse()
         events = [int(e) for e in args.get("events") or []] or None
         full = bool(args.get("full"))
-        result = await work.sync_pass(syncer, full=full, event_ids=events)
+        sink = progress_sink()
+        if sink is None:
+            result = await work.sync_pass(syncer, full=full, event_ids=events)
+        else:  # the command's progress bar: every page this pass (or one queued before) applies
+            before = syncer.on_progress
+            syncer.on_progress = _relaying(sink, before, syncer.progress.requests)
+            try:
+                result = await work.sync_pass(syncer, full=full, event_ids=events)
+            finally:
+                syncer.on_progress = before
         if full and not events:
             self.d.cache_degraded = None
         else:
@@ -163,3 +172,18 @@ class DaemonOps:
         by = str(args.get("by") or "unknown")[:100]
         return await asyncio.to_thread(self.d.release_lane, lane.name,
                                        None if hold is None else bool(hold), by)
+
+
+PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests")
+
+
+def _relaying(sink: ProgressSink, before: Any, requests_before: int) -> Any:
+    """A sync progress hook that also sends each report down the command's connection (its
+    request count from this command's start, as a sync of its own would count)."""
+    def hook(progress: Any) -> None:
+        if before is not None:
+            before(progress)
+        report = {key: getattr(progress, key) for key in PROGRESS_FIELDS}
+        report["requests"] = max(0, report["requests"] - requests_before)
+        sink(report)
+    return hook

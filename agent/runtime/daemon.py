@@ -89,6 +89,7 @@ class Daemon:
         self.pushed_token: str | None = None  # a newer one given over the control socket
         self.control: ControlServer | None = None
         self.pairings_error: str | None = None
+        self.cache_unreadable: str | None = None  # cache.db not ours (owner/mode), kept as is
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
         self.server: uvicorn.Server | None = None
@@ -136,7 +137,7 @@ class Daemon:
             foreign = not_mine(self.cache_path)
             if foreign:  # not damaged, only not ours: keep it, say how to fix it
                 log.error("ticket cache unusable: %s; starting with no tickets", foreign)
-                self.cache_degraded = f"cache unusable: {foreign}"
+                self.cache_unreadable = foreign  # its own status reason: not a rebuild
                 self.cache_in_memory = True
                 self.status_cache = self._open_cache()
                 return False
@@ -380,7 +381,8 @@ class Daemon:
                 journal["error"] = str(exc)
         if self.journal_error:
             journal["error"] = self.journal_error
-        cache: dict[str, Any] = {"degraded": self.cache_degraded}
+        cache: dict[str, Any] = {"degraded": self.cache_degraded,
+                                 "unreadable": self.cache_unreadable}
         if self.status_cache is not None:
             try:
                 cache.update(self.status_cache.get_status())
@@ -462,9 +464,11 @@ class Daemon:
         others keep running with the fresh event list and fail_closed."""
         try:
             fresh = load_config(self.config.path)
-            wanted = effective_lanes(fresh)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        wanted = self._reload_pairings(fresh)
+        if wanted is None:
             return
         if fresh.venue != self.config.venue:
             log.warning("[venue] changed: it takes effect at the next restart; the running "
@@ -491,6 +495,27 @@ class Daemon:
         self.start_lanes(plan.start_lanes)
         log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
                  ", ".join(plan.changed) or "nothing")
+
+    def _reload_pairings(self, fresh: Config) -> tuple[LaneConfig, ...] | None:
+        """The fresh lanes with their paired devices. An unreadable devices.json (a `sudo`
+        left it root-owned, say) keeps every lane running as it is, with its bindings, and
+        says so in the log and in status (pairings_error); the rest of the reload goes on.
+        None: a lane's configuration changed too, which cannot be applied without the file."""
+        try:
+            wanted = effective_lanes(fresh)
+        except ConfigError as exc:
+            path = fresh.store_dir / "devices.json"
+            self.pairings_error = not_mine(path) or str(exc)
+            running = tuple(runner.lane for runner in self.lanes.values())
+            log.error("paired devices not reloaded from %s, the running lanes keep theirs: %s",
+                      path, self.pairings_error)
+            if fresh.lanes != self.config.lanes:
+                log.error("reload refused, keeping the running configuration: [[lanes]] "
+                          "changed but %s cannot be read", path)
+                return None
+            return running
+        self.pairings_error = None
+        return wanted
 
     def _reload_token(self, fresh: Config, changed: tuple[str, ...]) -> bool:
         """A renewed token (the fix the auth_failed reason asks for) is taken without a

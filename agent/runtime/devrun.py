@@ -28,12 +28,14 @@ Record = dict[str, Any]
 class DaemonProcess:
     def __init__(self, config_path: Path, store_dir: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None, user: int | None = None,
-                 python: str | None = None):
-        """`user`: run the daemon as this uid (and its gid = uid), as systemd's `User=` would;
+                 python: str | None = None, groups: list[int] | None = None):
+        """`user`: run the daemon as this uid (and its gid = uid), as systemd's `User=` would,
+        with `groups` as its supplementary groups (`SupplementaryGroups=`);
         `python`: an interpreter that uid may run (default: this one)."""
         self.config_path = config_path
         self.python = python or sys.executable
         self.user = user
+        self.groups = list(groups or [])
         self.store_dir = store_dir
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
@@ -47,7 +49,8 @@ class DaemonProcess:
         (self.store_dir / "status.addr").unlink(missing_ok=True)
         self.records.clear()
         self.raw_lines.clear()
-        as_user: dict[str, Any] = ({"user": self.user, "group": self.user, "extra_groups": []}
+        as_user: dict[str, Any] = ({"user": self.user, "group": self.user,
+                                    "extra_groups": self.groups}
                                    if self.user is not None else {})
         self.proc = subprocess.Popen(
             [self.python, "-m", "agent", "run", "--config", str(self.config_path),

@@ -99,11 +99,11 @@ class Gate:
         is_default = zone.is_default_entry if zone else lane.zone_id is None
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
         others = self.cache.platform_scans(hit.event_id, hit.item.id)
-        if self.venue is not None:  # other gates' scans from the bus count like the platform's
-            others += self.venue.scans(hit.event_id, hit.item.id)
+        # other gates' scans from the bus count like the platform's (matched by uuid only)
+        venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else []
         state = derive_state(
             own, others,
-            zone_id, is_default,
+            zone_id, is_default, venue,
         )
         occupancy = None
         if zone is not None and zone.capacity:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -78,11 +79,15 @@ def test_status_url_as_the_daemon_logs_it(site: DemoSite) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_port}/status"
         out = run_cli("status", "--config", str(site.config_path), "--url", url, "--json")
+        # from another machine: no config file there, none needed to ask a URL
+        env = {k: v for k, v in os.environ.items() if k != "GATE_AGENT_CONFIG"}
+        elsewhere = run_cli("status", "--url", url, "--json", env=env)
     finally:
         server.shutdown()
         server.server_close()
     assert out.returncode == 0, out.stderr
-    assert asked == ["/status"] and json.loads(out.stdout)["health"] == "pass"
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert asked == ["/status"] * 2 and json.loads(out.stdout)["health"] == "pass"
 
 
 def test_run_refuses_a_config_without_api(tmp_path: Path) -> None:

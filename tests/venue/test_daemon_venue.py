@@ -1,5 +1,5 @@
-"""The real daemon (subprocess, pty scanner) with `[venue]`: round one's end-to-end test passes
-unchanged with a venue configured, and the daemon shares the venue with another gate — a ticket
+"""The real daemon (subprocess, pty scanner) with `[venue]` (round one's own e2e tests with a
+venue: test_round_one_with_venue.py): the daemon shares the venue with another gate — a ticket
 admitted at one is refused at the other within milliseconds; status, metrics and the CLI show
 the bus."""
 
@@ -15,7 +15,6 @@ import pytest
 from agent import demo_data
 from agent.venue.node import NodeProcess
 from tests.conftest import run_cli
-from tests.runtime.daemon import test_e2e as round_one
 from tests.runtime.daemon.conftest import Site, site, wait_synced  # noqa: F401 - fixture
 from tests.venue.rig import venue_devices, wait_until
 
@@ -32,11 +31,6 @@ servers = ["{url}"]
 device = "{device}"
 claim_timeout_ms = 300
 """
-
-
-def test_round_one_e2e_passes_with_a_venue(site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
-    site.write_config(extra_lanes=venue_section(venue_node.url))
-    round_one.test_scans_decide_pulse_upload_and_report(site)
 
 
 def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodeProcess,  # noqa: F811

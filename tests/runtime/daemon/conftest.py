@@ -26,6 +26,7 @@ class Site:
     scanner: PtyDevice
     config: Path
     token: str
+    extra_sections: str = ""  # appended to every config written (tests/venue adds [venue])
 
     @property
     def store(self) -> Path:
@@ -77,6 +78,7 @@ name = "exit"
 direction = "{out_direction}"
 readers = ["sim:exit?socket={self.root / 'exit.sock'}"]
 {extra_lanes}
+{self.extra_sections}
 """, encoding="utf-8")
 
 

@@ -286,8 +286,17 @@ def test_files_left_root_owned_are_named_not_moved_aside(install: Install) -> No
     daemon = install.daemon().start()
     try:
         daemon.wait_ready()
-        reasons = {r["code"]: r["message"] for r in daemon.status()["reasons"]}
+        report = daemon.status()
+        reasons = {r["code"]: r["message"] for r in report["reasons"]}
+        metrics = daemon.get("/metrics").text
     finally:
         assert daemon.stop() == 0
-    assert "chown" in reasons["pairings_unreadable"] and "chown" in reasons["cache_rebuilding"]
+    assert "chown" in reasons["pairings_unreadable"]
+    # the cache: its own reason naming the file, its owner and the fix; not a "rebuild"
+    cache_db = str(install.store / "cache.db")
+    assert cache_db in reasons["cache_unreadable"] and "uid 0" in reasons["cache_unreadable"]
+    assert "chown" in reasons["cache_unreadable"]
+    assert "cache_rebuilding" not in reasons and "cache_empty" not in reasons
+    assert report["health"] == "fail" and report["cache"]["unreadable"]
+    assert "gate_cache_unreadable 1.0" in metrics
     assert not [p.name for p in install.store.iterdir() if "corrupt" in p.name]
