@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,28 @@ from agent.runtime.gate import Gate
 from agent.runtime.opening import opened_gate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Figures the fault-injection tests measure (tests/faults), printed in the terminal summary
+# (RELIABILITY.md quotes them). Under pytest-xdist each worker sends its own to the controller.
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["figures"] = json.dumps(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    FIGURES.update(json.loads(getattr(node, "workeroutput", {}).get("figures", "{}")))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("fault-injection figures")
+        for name, figures in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {json.dumps(figures, sort_keys=True)}")
 
 
 @dataclass

@@ -30,14 +30,6 @@ from tests.conftest import PROJECT_ROOT
 from tests.rigs import PtyDevice
 
 LANES = ("entry", "floor")
-FIGURES: dict[str, dict[str, Any]] = {}
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if FIGURES:
-        terminalreporter.section("fault-injection figures")
-        for name, figures in FIGURES.items():
-            terminalreporter.write_line(f"{name}: {json.dumps(figures, sort_keys=True)}")
 
 
 def p99(values: list[float]) -> float:

@@ -24,8 +24,8 @@ from agent import demo_data
 from agent.config import load_config
 from agent.platform.provision import import_file
 from agent.runtime.opening import opened_gate
-from tests.conftest import PROJECT_ROOT
-from tests.faults.conftest import FIGURES, FaultSite, cache_items, feed, status_or_none
+from tests.conftest import FIGURES, PROJECT_ROOT
+from tests.faults.conftest import FaultSite, cache_items, feed, status_or_none
 from tests.rigs import wait_until
 
 EXTRA = 8000

@@ -30,7 +30,8 @@ import pytest
 
 from agent import demo_data
 from agent.core.codes import format_upload_time, parse_utc_iso
-from tests.faults.conftest import FIGURES, LANES, FaultSite, cache_items, feed
+from tests.conftest import FIGURES
+from tests.faults.conftest import LANES, FaultSite, cache_items, feed
 from tests.rigs import audit_uploads, wait_until
 
 TICKETS = 10000

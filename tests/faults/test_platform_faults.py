@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from agent import demo_data
+from tests.conftest import FIGURES
 from tests.faults.conftest import (
-    FIGURES,
     LANES,
     FaultSite,
     cache_items,
