@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
+from agent.store.checkpoints import set_lane_checkpoints
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
 MIGRATIONS = [
@@ -177,10 +178,14 @@ _UNACKNOWLEDGED_FLOW = (
 class Journal:
     """The journal file (`<store.dir>/journal.db`). Never deleted, never rebuilt."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, background_checkpoints: bool = False):
+        """`background_checkpoints`: a daemon lane's connection, whose WAL checkpoints a
+        `JournalCheckpointer` runs off the hot path (agent.store.checkpoints)."""
         self.path = Path(path)
         try:
             self.db = open_database(self.path, synchronous="FULL")
+            if background_checkpoints:
+                set_lane_checkpoints(self.db.conn)
             problem = integrity_ok(self.db)
             if problem:
                 raise JournalUnavailable(
