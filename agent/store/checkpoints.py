@@ -7,9 +7,10 @@ every page plus a second fsync), which set the scan p99. Here a background threa
 connection runs `wal_checkpoint(PASSIVE)` every fraction of a second instead: passive never
 waits for, nor blocks, a lane's write, so lanes only append and fsync their own pages.
 
-Bounded: lane connections keep an automatic checkpoint at `WAL_CEILING_PAGES` (about 16 MiB),
-far above what the thread lets pile up. Should the thread stop or fall behind, the next lane
-commit past the ceiling checkpoints as SQLite always did: the WAL never grows without limit.
+Bounded: lane connections keep an automatic checkpoint at `WAL_CEILING_PAGES` (16 MiB of the
+journal's 1 KiB pages), far above what the thread lets pile up. Should the thread stop or fall
+behind, the next lane commit past the ceiling checkpoints as SQLite always did: the WAL never
+grows without limit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agent.store.sqlite import open_database
 
 log = logging.getLogger(__name__)
 
-WAL_CEILING_PAGES = 4000  # lanes' own autocheckpoint: the bound, never reached normally
+WAL_CEILING_PAGES = 16000  # lanes' own autocheckpoint: the bound, never reached normally
 CHECKPOINT_INTERVAL_S = 0.25
 
 
