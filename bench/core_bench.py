@@ -68,7 +68,6 @@ from agent.config import Config, LaneConfig, parse_config  # noqa: E402
 from agent.core.model import parse_activated_events, parse_item, parse_zones  # noqa: E402
 from agent.runtime.gate import Gate  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
-from agent.store.checkpoints import JournalCheckpointer  # noqa: E402
 from agent.store.journal import JOURNAL_PAGE_SIZE, Journal  # noqa: E402
 from agent.store.sqlite import open_database  # noqa: E402
 
@@ -321,8 +320,7 @@ def summary(samples_ns: list[int]) -> dict[str, float]:
             "p99_us": percentile(s, 99), "p99_9_us": percentile(s, 99.9), "max_us": s[-1] / 1000 if s else float("nan")}
 
 
-def measure(store: Path, size: int, ncodes: int, seed: int,
-            inline_checkpoints: bool = False) -> dict[str, Any]:
+def measure(store: Path, size: int, ncodes: int, seed: int) -> dict[str, Any]:
     """Interleaved blocks of floor / check / scan ops over fresh random codes."""
     cache_path = store / "cache.db"
     t0 = time.perf_counter()
@@ -331,12 +329,7 @@ def measure(store: Path, size: int, ncodes: int, seed: int,
     cache = TicketCache(cache_path)  # as the daemon opens it: quick_check first
     open_s = time.perf_counter() - t1
     open_nocheck_s = t1 - t0
-    # As the daemon runs a lane: WAL checkpoints from a background connection (issue 18);
-    # --inline-checkpoints measures SQLite's default (the committing scan checkpoints).
-    journal = Journal(store / "journal.db", background_checkpoints=not inline_checkpoints)
-    checkpoints = None if inline_checkpoints else JournalCheckpointer(store / "journal.db")
-    if checkpoints is not None:
-        checkpoints.start()
+    journal = Journal(store / "journal.db")
     config = bench_config(store)
     gate = Gate(cache, journal, config)
     lane: LaneConfig = config.lanes[0]
@@ -385,8 +378,6 @@ def measure(store: Path, size: int, ncodes: int, seed: int,
     journal_bytes = sum(p.stat().st_size for p in store.glob("journal.db*"))
     floor.close()
     cache.close()
-    if checkpoints is not None:
-        checkpoints.stop()
     journal.close()
     result: dict[str, Any] = {name: summary(s) for name, s in samples.items()}
     result["open_s"] = open_s
@@ -414,13 +405,13 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def measure_repeated(store: Path, size: int, ncodes: int, seed: int,
-                     repeats: int, inline_checkpoints: bool = False) -> dict[str, Any]:
+                     repeats: int) -> dict[str, Any]:
     """`measure` `repeats` times on the same cache, each with a fresh journal and floor file."""
     runs = []
     for r in range(repeats):
         for old in [*store.glob("journal.db*"), *store.glob("floor.db*")]:
             old.unlink()
-        runs.append(measure(store, size, ncodes, seed + 1000 * r, inline_checkpoints))
+        runs.append(measure(store, size, ncodes, seed + 1000 * r))
         last = runs[-1]
         print(f"  repeat {r + 1}/{repeats}: scan/floor p50 {last['ratio_scan_p50']:.2f}x, "
               f"p99 {last['ratio_scan_p99']:.2f}x, p99.9 {last['ratio_scan_p99_9']:.2f}x",
@@ -629,9 +620,6 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"measurements per size, each with a fresh journal "
                              f"(default {DEFAULT_REPEATS}; the issue asks for >= 5)")
     parser.add_argument("--no-cli", action="store_true", help="skip the `scan - --json` rate")
-    parser.add_argument("--inline-checkpoints", action="store_true",
-                        help="no background checkpointer: scans checkpoint the WAL themselves "
-                             "(SQLite's default), to measure that lever")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the JSON figures")
@@ -649,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now(UTC)
     results: dict[str, Any] = {
         "bench": "core", "started_at": now.isoformat(), "machine": machine(),
-        "sizes": sizes, "codes": args.codes, "inline_checkpoints": args.inline_checkpoints, "repeats": args.repeats, "block": BLOCK, "page": PAGE,
+        "sizes": sizes, "codes": args.codes, "repeats": args.repeats, "block": BLOCK, "page": PAGE,
         "per_size": {},
     }
     with tempfile.TemporaryDirectory(prefix="gate-agent-bench-") as tmp:
@@ -663,8 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                   "measuring ...", flush=True)
             gc.collect()
             os.sync()  # let the build's writeback finish so it does not land in the timings
-            meas = measure_repeated(store, size, args.codes, args.seed + size, args.repeats,
-                                    args.inline_checkpoints)
+            meas = measure_repeated(store, size, args.codes, args.seed + size, args.repeats)
             print(f"[{_label(size)}] median scan/floor p50 "
                   f"{meas['ratio_scan_p50']['median']:.2f}x, p99 "
                   f"{meas['ratio_scan_p99']['median']:.2f}x", flush=True)

@@ -57,7 +57,6 @@ from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
 from agent.runtime.storeaccess import DaemonLock, not_mine
 from agent.store.cache import TicketCache
-from agent.store.checkpoints import JournalCheckpointer
 from agent.store.journal import Journal
 from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
@@ -74,7 +73,6 @@ class Daemon:
         self.lanes: dict[str, LaneRunner] = {}
         self.journal: Journal | None = None
         self.journal_error: str | None = None
-        self.checkpointer: JournalCheckpointer | None = None  # the journal's WAL, off the lanes
         self.cache_degraded: str | None = None
         self.cache_in_memory = False  # store.dir would not let a damaged cache be moved aside
         self.platform_disabled: str | None = None
@@ -111,8 +109,6 @@ class Daemon:
         self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self.journal = Journal(self.journal_path)
-            self.checkpointer = JournalCheckpointer(self.journal_path)
-            self.checkpointer.start()
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
             log.error("%s — every scan will be refused", self.journal_error)
@@ -158,8 +154,7 @@ class Daemon:
 
     def _gate(self) -> Gate:
         """A lane's own connections; without a journal the gate refuses (fail closed)."""
-        journal = None if self.journal_error else Journal(self.journal_path,
-                                                          background_checkpoints=True)
+        journal = None if self.journal_error else Journal(self.journal_path)
         venue = None
         if self.bus is not None and self.config.venue is not None:
             venue = VenueLink(self.bus, self.config.venue["offline_policy"])
@@ -405,8 +400,6 @@ class Daemon:
 
     def close_stores(self) -> None:
         """Close every connection, so SQLite folds its WAL files back into the databases."""
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         for runner in self.lanes.values():
             runner.gate.close()
         if self.syncer is not None:

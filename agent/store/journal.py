@@ -19,7 +19,6 @@ from typing import Any
 
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
-from agent.store.checkpoints import set_lane_checkpoints
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
 MIGRATIONS = [
@@ -184,14 +183,10 @@ _UNACKNOWLEDGED_FLOW = (
 class Journal:
     """The journal file (`<store.dir>/journal.db`). Never deleted, never rebuilt."""
 
-    def __init__(self, path: Path | str, *, background_checkpoints: bool = False):
-        """`background_checkpoints`: a daemon lane's connection, whose WAL checkpoints a
-        `JournalCheckpointer` runs off the hot path (agent.store.checkpoints)."""
+    def __init__(self, path: Path | str):
         self.path = Path(path)
         try:
             self.db = open_database(self.path, synchronous="FULL", page_size=JOURNAL_PAGE_SIZE)
-            if background_checkpoints:
-                set_lane_checkpoints(self.db.conn)
             problem = integrity_ok(self.db)
             if problem:
                 raise JournalUnavailable(
