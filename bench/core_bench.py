@@ -15,8 +15,7 @@ What it does, per cache size (default 10k, 100k and 1M items):
 3. measures, interleaved in blocks of 100 so machine noise hits all three alike:
    - floor: one indexed `SELECT ... WHERE barcode = ?` on the same cache file (the items_barcode
      index) plus one `INSERT` + `COMMIT` into a separate floor journal opened with the journal's
-     settings (`open_database(..., synchronous="FULL", page_size=JOURNAL_PAGE_SIZE)`: WAL,
-     synchronous=FULL, the journal's page size);
+     pragmas (`open_database(..., synchronous="FULL")`: WAL, synchronous=FULL);
    - check: `Gate.check(code, lane, now)` (lookup + decide);
    - scan: `Gate.scan(code, lane, now, mono_ms=...)` (lookup + decide + durable journal commit);
    each over 20,000 random codes by default (>= 5,000 asked; ~80% hits, ~20% misses), a
@@ -68,7 +67,7 @@ from agent.config import Config, LaneConfig, parse_config  # noqa: E402
 from agent.core.model import parse_activated_events, parse_item, parse_zones  # noqa: E402
 from agent.runtime.gate import Gate  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
-from agent.store.journal import JOURNAL_PAGE_SIZE, Journal  # noqa: E402
+from agent.store.journal import Journal  # noqa: E402
 from agent.store.sqlite import open_database  # noqa: E402
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -287,8 +286,7 @@ class Floor:
     def __init__(self, cache_path: Path, floor_path: Path):
         self.read = sqlite3.connect(cache_path, isolation_level=None)
         self.read.execute("PRAGMA busy_timeout = 5000")
-        self.write = open_database(floor_path, synchronous="FULL",
-                                   page_size=JOURNAL_PAGE_SIZE).conn
+        self.write = open_database(floor_path, synchronous="FULL").conn
         self.write.execute(
             "CREATE TABLE IF NOT EXISTS scans (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
             " code TEXT NOT NULL, scanned_on TEXT NOT NULL)")

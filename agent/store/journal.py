@@ -116,12 +116,6 @@ MIGRATIONS = [
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
-# A new journal's page size (issue 18). Each scan's commit writes, and fsyncs, one whole page
-# per B-tree it touches (the row, uuid and the outbox index; two partial indexes for admits):
-# with 1 KiB pages that is 3-5 KiB per scan instead of 12-20 KiB, and the fsync of a commit
-# grows with the bytes it flushes. A journal created before keeps its page size.
-JOURNAL_PAGE_SIZE = 1024
-
 # One writer lock per journal file in this process. The daemon holds a connection per lane plus
 # the uploader's; when two of them write at once, SQLite's busy handler makes the loser sleep in
 # growing steps (1, 2, 5, 10 ms ...) instead of waking it when the lock is free. The fault tests
@@ -186,7 +180,7 @@ class Journal:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         try:
-            self.db = open_database(self.path, synchronous="FULL", page_size=JOURNAL_PAGE_SIZE)
+            self.db = open_database(self.path, synchronous="FULL")
             problem = integrity_ok(self.db)
             if problem:
                 raise JournalUnavailable(

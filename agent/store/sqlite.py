@@ -19,13 +19,12 @@ Migration = tuple[str, str]  # (name, SQL script)
 
 
 def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode: int = 0o600,
-                  readonly: bool = False, page_size: int | None = None) -> sqlite_utils.Database:
+                  readonly: bool = False) -> sqlite_utils.Database:
     """Open (creating with `create_mode`) a SQLite file in WAL mode with a busy timeout.
 
     Files are created 0600: the cache can hold attendee names and the journal is an audit log.
     `isolation_level=None` lets us issue explicit BEGIN/COMMIT so that a commit's durability is
-    exactly where we say it is. `page_size` applies to a file still empty (SQLite fixes it
-    with the first table); an existing file keeps its own.
+    exactly where we say it is.
     """
     path = Path(path)
     if path.name != ":memory:" and not readonly:
@@ -37,8 +36,6 @@ def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
                            uri=readonly, timeout=5.0)
     conn.execute("PRAGMA busy_timeout = 5000")
-    if page_size is not None and not readonly:
-        conn.execute(f"PRAGMA page_size = {int(page_size)}")  # a no-op once the file has tables
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")

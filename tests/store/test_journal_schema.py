@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.store.journal import JOURNAL_PAGE_SIZE, MIGRATIONS, Journal, JournalRow, iter_all
+from agent.store.journal import MIGRATIONS, Journal, JournalRow, iter_all
 from agent.store.sqlite import migrate, open_database
 
 OLD = [m for m in MIGRATIONS if m[0] < "0004"]  # the schema of round one (0001-0003)
@@ -113,18 +113,3 @@ def test_pruning_never_hands_a_seq_out_twice(tmp_path: Path) -> None:
         assert seqs == {"s3": last, "next": last + 1}
     finally:
         journal.close()
-
-
-def test_a_new_journal_has_small_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
-    """Each B-tree a commit touches is one page written and fsynced: new journals use 1 KiB
-    pages; an existing file cannot change its page size in WAL mode and keeps it."""
-    new = Journal(tmp_path / "new.db")
-    _old_journal(tmp_path / "old.db")
-    old = Journal(tmp_path / "old.db")
-    try:
-        assert new.conn.execute("PRAGMA page_size").fetchone()[0] == JOURNAL_PAGE_SIZE == 1024
-        assert old.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
-        assert new.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        new.close()
-        old.close()
