@@ -9,6 +9,7 @@ Rows are never deleted except sent rows past the retention period.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -163,6 +164,7 @@ _COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", 
             "zone_is_default", "gate_id", "lane", "direction", "admit", "status",
             "status_detail", "message", "scanned_on", "upload_state", "reason", "venue",
             "max_entries", "tracks_exits")
+_values = operator.attrgetter(*_COLUMNS)  # a JournalRow's values in column order, in C
 _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
@@ -226,7 +228,7 @@ class Journal:
 
     def insert(self, row: JournalRow) -> None:
         """Add one scan inside `scan_transaction()`."""
-        self.conn.execute(_INSERT, tuple(getattr(row, c) for c in _COLUMNS))
+        self.conn.execute(_INSERT, _values(row))
 
     def record(self, row: JournalRow) -> None:
         """Insert and commit (fsync) one scan on its own."""
