@@ -102,3 +102,18 @@ def test_rows_without_usable_fields_are_read_through_their_json(tmp_path: Path) 
         assert cache.conn.execute("SELECT fields FROM items WHERE id = 5").fetchone()[0] is None
     finally:
         cache.close()
+
+
+def test_an_infinite_validity_bound_stays_unreadable(tmp_path: Path) -> None:
+    """`Infinity` passes Python's JSON parser; the stored JSON turned it into null ("no
+    bound", an admit). The stored fields keep it as the unreadable marker the engine refuses."""
+    cache = TicketCache(tmp_path / "cache.db")
+    try:
+        item = parse_item({"id": 9, "const": {"barcode": "NU9"},
+                           "stable": {"validTo": float("inf")}})
+        assert item is not None and item.valid_to == "<float>"
+        with cache.transaction():
+            cache.put_items(501, [item])
+        assert [h.item.valid_to for h in cache.find_barcode("NU9")] == ["<float>"]
+    finally:
+        cache.close()
