@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent import demo_data
-from agent.core.model import parse_item
 from agent.runtime.gate import Gate
 from tests.conftest import DemoSite
+from tests.core.test_decide import scanned_elsewhere
 
 C = demo_data.CODES
 
@@ -34,14 +34,7 @@ def test_a_scan_is_one_lookup_one_state_read_and_one_commit(gate: Gate, site: De
 def test_platform_scans_still_count_without_being_read_back(gate: Gate, site: DemoSite) -> None:
     """An item another device scanned (zoneData.scans): refused as already inside, from the
     item parsed for the lookup, with no query of the platform_scans table."""
-    scanned = parse_item({
-        "id": 2, "const": {"barcode": C["valid2"]},
-        "variable": {"status": "scanned", "scannedOn": "2020-01-01 10:00:00"},
-        "zoneData": {"accessToZones": [{"id": demo_data.ENTRY_ZONE}], "scans": [
-            {"zoneId": demo_data.ENTRY_ZONE, "scan": "in", "scannedOn": "2020-01-01 10:00:00",
-             "uuid": "other-device-1"}]}})
-    with gate.cache.transaction():
-        gate.cache.put_items(demo_data.EVENT_ID, [scanned])
+    scanned_elsewhere(gate)
     statements = _traced(gate)
     result = gate.scan(C["valid2"], gate.config.lane("north-in"), site.now)
     assert (result.decision.admit, result.decision.status) == (False, "alreadyIn")
