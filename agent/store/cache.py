@@ -36,7 +36,6 @@ from agent.core.model import (
     strip_personal,
 )
 from agent.errors import CacheCorrupt, StoreError
-from agent.store.itemfields import decode_fields, encode_fields
 from agent.store.sqlite import integrity_ok, migrate, open_database
 
 log = logging.getLogger(__name__)
@@ -78,16 +77,7 @@ MIGRATIONS = [
         CREATE INDEX historic_barcodes_item ON historic_barcodes(event_id, item_id);
         CREATE INDEX items_seq ON items(seq)
     """),
-    # The decision's fields of each item beside its JSON, so a lookup need not re-parse it
-    # (agent.store.itemfields). NULL (rows written before, re-paired rows): parse the JSON.
-    ("0004_item_fields", """
-        ALTER TABLE items ADD COLUMN fields TEXT
-    """),
 ]
-
-# A lookup's columns: the item JSON only when there are no stored fields to rebuild it from.
-_LOOKUP = ("SELECT event_id, seq, fields, CASE WHEN fields IS NULL THEN raw END, rowid"
-           " FROM items")
 
 # Encoding every item of a 1000-item page is the largest share of applying it; orjson does it
 # several times faster than the standard library. What orjson refuses (a lone surrogate, legal
@@ -219,13 +209,11 @@ class TicketCache:
         # An id twice in one call (a page repeating an item): the last copy wins, as it would
         # over two calls; otherwise both copies' platform scans would be kept and counted.
         for item in {item.id: item for item in items}.values():
-            if not item.raw:  # a looked-up Item (rebuilt from `fields`) has no payload to store
-                raise StoreError(f"item {item.id}: put_items needs the platform's payload")
             seq += 1
             item_id = item.id
             raw = item.raw if keep_personal else strip_personal(item.raw)
             rows.append((event_id, item_id, item.barcode, item.nfc_id, item.item_type,
-                         item.status, seq, _encode(raw), encode_fields(item)))
+                         item.status, seq, _encode(raw)))
             ids.append(item_id)
             if item.historic_barcodes:
                 historic.extend((code, event_id, item_id) for code in item.historic_barcodes)
@@ -248,9 +236,8 @@ class TicketCache:
             self.conn.executemany(
                 "DELETE FROM historic_barcodes WHERE event_id = ? AND item_id = ?", pairs)
         self.conn.executemany(
-            "INSERT OR REPLACE INTO items"
-            " (event_id, id, barcode, nfc_id, item_type, status, seq, raw, fields)"
-            " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            "INSERT OR REPLACE INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
+            " VALUES (?,?,?,?,?,?,?,?)", rows)
         if historic:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO historic_barcodes (barcode, event_id, item_id)"
@@ -309,8 +296,7 @@ class TicketCache:
         else:
             variable["nfcId"] = nfc_id
         raw["variable"] = variable
-        # `fields` goes with it (NULL: lookups parse the new JSON until the next sync).
-        self.conn.execute("UPDATE items SET raw = ?, fields = NULL WHERE event_id = ? AND id = ?",
+        self.conn.execute("UPDATE items SET raw = ? WHERE event_id = ? AND id = ?",
                           (json.dumps(raw, separators=(",", ":")), event_id, item_id))
 
     def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
@@ -349,11 +335,12 @@ class TicketCache:
     # -- reads ----------------------------------------------------------------------------
 
     def find_barcode(self, code: str) -> list[CachedItem]:
-        return self._items(f"{_LOOKUP} WHERE barcode = ?", code)
+        return self._items("SELECT event_id, seq, raw FROM items WHERE barcode = ?", code)
 
     def find_nfc(self, nfc_id: str) -> list[CachedItem]:
         """Items paired to a tag, newest pairing first (the platform: most recent wins)."""
-        return self._items(f"{_LOOKUP} WHERE nfc_id = ? ORDER BY seq DESC", nfc_id)
+        return self._items(
+            "SELECT event_id, seq, raw FROM items WHERE nfc_id = ? ORDER BY seq DESC", nfc_id)
 
     def find_historic(self, code: str) -> list[int]:
         """Event ids where `code` is a replaced barcode of some item."""
@@ -362,13 +349,8 @@ class TicketCache:
 
     def _items(self, sql: str, arg: str) -> list[CachedItem]:
         found = []
-        for event_id, seq, fields, raw, rowid in self.conn.execute(sql, (arg,)).fetchall():
-            item = decode_fields(fields) if fields is not None else None
-            if item is None:
-                if raw is None:  # an array of another version: read the JSON after all
-                    raw = self.conn.execute("SELECT raw FROM items WHERE rowid = ?",
-                                            (rowid,)).fetchone()[0]
-                item = parse_item(_decode(raw))
+        for event_id, seq, raw in self.conn.execute(sql, (arg,)):
+            item = parse_item(_decode(raw))
             if item is not None:
                 found.append(CachedItem(event_id, seq, item))
         return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import timedelta
 
@@ -172,9 +171,7 @@ def test_other_devices_scans_from_the_platform_count(gate: Gate, site: DemoSite)
 def test_platform_echo_of_our_own_scan_is_not_counted_twice(gate: Gate, site: DemoSite) -> None:
     floor = lane(gate, "floor", max_entries=2)
     first = gate.scan(C["floor"], floor, site.now)
-    stored = gate.cache.conn.execute("SELECT raw FROM items WHERE barcode = ?",
-                                     (C["floor"],)).fetchone()[0]
-    echo = parse_item({**json.loads(stored), "zoneData": {
+    echo = parse_item({**gate.cache.find_barcode(C["floor"])[0].item.raw, "zoneData": {
         "accessToZones": [{"id": demo_data.FLOOR_ZONE}],
         "scans": [{"zoneId": demo_data.FLOOR_ZONE, "scan": "in", "uuid": first.uuid,
                    "scannedOn": site.now.strftime("%Y-%m-%d %H:%M:%S")}]}})
