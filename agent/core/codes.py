@@ -23,6 +23,8 @@ def clean_code(raw: str) -> str:
     Scanners and keyboards add CR/LF, NULs, escape sequences; none of those are part of a
     barcode. The result may be empty, which the engine treats as an unknown code.
     """
+    if raw.isprintable():  # no character of category C*: nothing to drop (the usual case)
+        return raw.strip()[:MAX_CODE_LEN]
     kept = "".join(
         ch for ch in raw if not unicodedata.category(ch).startswith("C")
     )

@@ -228,6 +228,7 @@ class Syncer:
                 for event_id in ids:
                     total += await self._pass(fresh, event_id, full=True)
                 await in_thread(fresh.checkpoint)
+                await in_thread(fresh.verify)  # here, not in the swap under the lane locks
             except BaseException:
                 # A failed build is never swapped in; do not leave a half file behind (a crash
                 # leaves one, which `discard_unfinished_rebuild` removes at the next start).

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
 from agent.core.decide import Candidate, Decision, Facts, decide
+from agent.core.model import item_platform_scans
 from agent.core.scanstate import derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
@@ -98,7 +99,9 @@ class Gate:
         zone_id = lane.zone_id or (zone.id if zone else None)
         is_default = zone.is_default_entry if zone else lane.zone_id is None
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
-        others = self.cache.platform_scans(hit.event_id, hit.item.id)
+        # The platform's scans come from the item just parsed (the very rows put_items wrote to
+        # `platform_scans` from it), so the hot path does not read them back (issue 18).
+        others = list(item_platform_scans(hit.item))
         # other gates' scans from the bus count like the platform's (matched by uuid only)
         venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else []
         state = derive_state(

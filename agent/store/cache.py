@@ -120,9 +120,7 @@ class TicketCache:
         try:
             self.db = open_database(self.path, synchronous="NORMAL")
             if check:
-                problem = integrity_ok(self.db)
-                if problem:
-                    raise CacheCorrupt(f"ticket cache {self.path} is damaged: {problem}")
+                self.verify()
             migrate(self.db, MIGRATIONS)
         except sqlite3.DatabaseError as exc:
             raise CacheCorrupt(
@@ -317,6 +315,14 @@ class TicketCache:
             "INSERT INTO sync_state (event_id, pending_cursor, pending_end) VALUES (?,?,?)"
             " ON CONFLICT(event_id) DO UPDATE SET pending_cursor = excluded.pending_cursor,"
             " pending_end = excluded.pending_end", (event_id, next_url, end_time))
+
+    def verify(self) -> None:
+        """CacheCorrupt unless `PRAGMA quick_check` passes: run on a rebuilt file before it is
+        swapped in, so the swap itself can reopen it without checking (no lane waits for a
+        scan of every page while its lock is held)."""
+        problem = integrity_ok(self.db)
+        if problem:
+            raise CacheCorrupt(f"ticket cache {self.path} is damaged: {problem}")
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (before the file is renamed into place)."""

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_platform_time
+from agent.core.codes import (
+    MAX_CODE_LEN,
+    clean_code,
+    looks_like_nfc,
+    normalize_nfc_id,
+    parse_platform_time,
+)
 from agent.core.model import parse_activated_events, parse_item, parse_zones, strip_personal
 
 
@@ -108,3 +115,12 @@ def test_numbers_in_text_are_ascii_digits_only() -> None:
     assert parse_entry_page({"content": [], "total": "²"}).total is None
     assert parse_entry_page({"content": [], "total": "٣"}).total is None
     assert parse_entry_page({"content": [], "total": " 42 "}).total == 42
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_clean_code_fast_path_drops_exactly_the_control_characters(raw: str) -> None:
+    """`clean_code` skips its per-character filter for printable text (issue 18): the result
+    must be what the filter gives for any text, printable or not."""
+    slow = "".join(ch for ch in raw if not unicodedata.category(ch).startswith("C"))
+    assert clean_code(raw) == slow.strip()[:MAX_CODE_LEN]

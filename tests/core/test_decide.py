@@ -150,15 +150,21 @@ def test_nfc_any_spelling_and_debounce(gate: Gate, site: DemoSite) -> None:
     assert gate.journal.counts()["pending"] == 2  # the debounced read left no row
 
 
-def test_other_devices_scans_from_the_platform_count(gate: Gate, site: DemoSite) -> None:
+def scanned_elsewhere(gate: Gate) -> None:
+    """Item 2 (`valid2`) as the platform reports it after another device scanned it in."""
     scanned = parse_item({
         "id": 2, "const": {"barcode": C["valid2"]},
         "variable": {"status": "scanned", "scannedOn": "2020-01-01 10:00:00"},
         "zoneData": {"accessToZones": [{"id": demo_data.ENTRY_ZONE}], "scans": [
             {"zoneId": demo_data.ENTRY_ZONE, "scan": "in", "scannedOn": "2020-01-01 10:00:00",
              "uuid": "other-device-1"}]}})
+    assert scanned is not None
     with gate.cache.transaction():
         gate.cache.put_items(demo_data.EVENT_ID, [scanned])
+
+
+def test_other_devices_scans_from_the_platform_count(gate: Gate, site: DemoSite) -> None:
+    scanned_elsewhere(gate)
     assert gate.check(C["valid2"], lane(gate), site.now).status == "alreadyIn"
 
 
