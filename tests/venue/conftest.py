@@ -32,3 +32,14 @@ def venue_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     finally:
         for node in nodes:
             node.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for every test of a module (each test uses its own venue name on it)."""
+    nodes = start_venue(tmp_path_factory.mktemp("nats"), 1)
+    try:
+        yield nodes[0]
+    finally:
+        for node in nodes:
+            node.kill()

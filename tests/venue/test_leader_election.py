@@ -18,22 +18,12 @@ import pytest
 
 from agent.venue.election import connect, lease_bucket
 from agent.venue.lease import Lease, current_leader
-from agent.venue.node import NodeProcess, start_venue
+from agent.venue.node import NodeProcess
 
 CHILD = Path(__file__).with_name("leader_child.py")
 TTL_S = 2.0
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    nodes = start_venue(tmp_path_factory.mktemp("nats"), 1)
-    try:
-        yield nodes[0]
-    finally:
-        for n in nodes:
-            n.kill()
 
 
 class Child:
@@ -100,9 +90,9 @@ def wait_leader(url: str, venue: str, not_holder: str | None = None,
     raise AssertionError("no leader")
 
 
-def test_exactly_one_of_two_creates_wins_and_errors_mean_not_granted(node: NodeProcess) -> None:
+def test_exactly_one_of_two_creates_wins_and_errors_mean_not_granted(shared_node: NodeProcess) -> None:
     async def scenario() -> tuple[bool, bool, bool]:
-        nc, js = await connect({"servers": [node.url]}, 2.0)
+        nc, js = await connect({"servers": [shared_node.url]}, 2.0)
         try:
             kv = await lease_bucket(js, "solo", 30.0, 1)
             a, b = Lease(kv, "a", 30.0), Lease(kv, "b", 30.0)
@@ -123,16 +113,16 @@ def test_exactly_one_of_two_creates_wins_and_errors_mean_not_granted(node: NodeP
     assert not stale_kept
 
 
-def test_killed_leader_is_replaced_within_the_lease_ttl(node: NodeProcess,
+def test_killed_leader_is_replaced_within_the_lease_ttl(shared_node: NodeProcess,
                                                         children: list[Child]) -> None:
-    children.append(Child(node, "killvenue", "gate-a"))
-    first = wait_leader(node.url, "killvenue")
+    children.append(Child(shared_node, "killvenue", "gate-a"))
+    first = wait_leader(shared_node.url, "killvenue")
     assert first.holder == "gate-a"
-    children.append(Child(node, "killvenue", "gate-b"))
+    children.append(Child(shared_node, "killvenue", "gate-b"))
     time.sleep(0.5)  # b is running and watching
     killed_at = time.monotonic()
     children[0].proc.send_signal(signal.SIGKILL)
-    second = wait_leader(node.url, "killvenue", not_holder="gate-a")
+    second = wait_leader(shared_node.url, "killvenue", not_holder="gate-a")
     took = time.monotonic() - killed_at
     assert second.holder == "gate-b"
     assert second.term > first.term  # terms only grow: the fencing token
@@ -141,23 +131,23 @@ def test_killed_leader_is_replaced_within_the_lease_ttl(node: NodeProcess,
 
 
 def test_leader_paused_past_its_lease_does_not_act_after_resuming(
-        node: NodeProcess, children: list[Child]) -> None:
-    children.append(Child(node, "pausevenue", "gate-a"))
-    first = wait_leader(node.url, "pausevenue")
-    children.append(Child(node, "pausevenue", "gate-b"))
+        shared_node: NodeProcess, children: list[Child]) -> None:
+    children.append(Child(shared_node, "pausevenue", "gate-a"))
+    first = wait_leader(shared_node.url, "pausevenue")
+    children.append(Child(shared_node, "pausevenue", "gate-b"))
     time.sleep(0.5)
     a = children[0]
     os.kill(a.proc.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    second = wait_leader(node.url, "pausevenue", not_holder="gate-a")
+    second = wait_leader(shared_node.url, "pausevenue", not_holder="gate-a")
     time.sleep(0.5)  # b is working
     resumed_at = time.monotonic()
     os.kill(a.proc.pid, signal.SIGCONT)
     time.sleep(TTL_S * 1.5)  # a had every chance to act
-    still = run(_leader(node.url, "pausevenue"))
+    still = run(_leader(shared_node.url, "pausevenue"))
     assert still is not None and still.holder == "gate-b" and still.term == second.term
     assert second.term > first.term
-    msgs = [m for _seq, m in run(_work(node.url))]
+    msgs = [m for _seq, m in run(_work(shared_node.url))]
     a_msgs = [m for m in msgs if m["device"] == "gate-a"]
     assert a_msgs, "gate-a never worked as leader before the pause"
     # nothing a decided after it was resumed: its guard saw the lease had expired
