@@ -155,6 +155,11 @@ VENUE_OPTIONS: dict[str, Option] = {
     "tls_ca": Option(str, ""),
     "claim_timeout_ms": Option(int, 250, _between(5, 10_000)),
     "offline_policy": Option(str, "local", _one_of("local", "refuse")),
+    # the venue leader (one device talks to the platform for the whole venue)
+    "leader": Option(bool, True),
+    "lease_ttl_s": Option((float, int), 10.0, _between(1, 600)),
+    "platform_reserve": Option(int, 6, _between(0, 100_000)),
+    "fallback_after_s": Option((float, int), 120.0, _between(5, 86400)),
 }
 
 LANE_OPTIONS: dict[str, Option] = {

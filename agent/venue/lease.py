@@ -25,6 +25,7 @@ Fencing a slow, paused or partitioned old leader, in three layers:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -72,6 +73,7 @@ class Lease:
         self.since = ""
         self.valid_until = 0.0
         self.last_error: str | None = None
+        self._lock = asyncio.Lock()  # renewals from the timer and before requests, one at a time
 
     def valid(self, now: float | None = None) -> bool:
         """True while a grant is held and young enough to trust (see the module docstring)."""
@@ -104,6 +106,10 @@ class Lease:
 
     async def renew(self) -> bool:
         """Extend the lease if it is still ours; on any error the grant is dropped at once."""
+        async with self._lock:
+            return await self._renew()
+
+    async def _renew(self) -> bool:
         if self.term == 0:
             return False
         sent_at = self.clock()

@@ -1,0 +1,203 @@
+"""Venue mode beyond claims, for one device: elect a leader; the leader talks to the platform
+for the whole venue, every gate works from the bus.
+
+`VenueRole.run()` (one asyncio loop, its own NATS connection) does, on every device:
+- the election (agent.venue.election) when `venue.leader` allows this device to lead;
+- member work: hand this gate's journaled scans to the bus (agent.venue.uplink.hand_over)
+  and apply the leader's catalog to this gate's cache (agent.venue.catalog); no ticket-list
+  request of its own;
+- fallback: cut off from the bus for longer than `venue.fallback_after_s`, upload this
+  gate's own scans directly with its own budget share (round one's Uploader); rows the bus
+  took but whose acknowledgement was lost may then reach the platform twice (harmless: the
+  scan uuid; counted in `fallback_rows`, see the sandbox's `duplicate uuid`).
+and, while this device holds a valid lease, leader work:
+- the sync passes of round one (events/zones refresh, deltas) with a `CatalogPublisher`
+  observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
+  whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
+  leader's recent requests, and whose `before_send` re-checks the lease on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from agent.config import Config
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.sync import Syncer
+from agent.platform.upload import Uploader
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal
+from agent.venue import catalog, uplink
+from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, requests_per_minute
+from agent.venue.bus import connect_options, device_name
+from agent.venue.election import Election, connect, lease_bucket
+from agent.venue.lease import NotLeader
+
+log = logging.getLogger("gate_agent.venue.leader")
+
+
+class VenueRole:
+    """One device's part in the venue (see the module docstring)."""
+
+    def __init__(self, config: Config, token: str, *, config_path: str | None = None,
+                 ack_wait_s: float = 30.0):
+        assert config.venue is not None
+        self.config = config
+        self.venue = config.venue
+        self.name = self.venue["name"]
+        self.device = device_name(self.venue)
+        self.token = token
+        self.options = connect_options(self.venue, config_path)
+        self.replicas = 3 if len(self.venue["servers"]) >= 3 else 1
+        self.ttl_s = float(self.venue["lease_ttl_s"])
+        self.ack_wait_s = ack_wait_s
+        self.cache_path = config.store_dir / "cache.db"
+        self.journal_path = config.store_dir / "journal.db"
+        self.election: Election | None = None
+        self.follower: catalog.CatalogFollower | None = None
+        self.uploader: uplink.VenueUploader | None = None
+        self.fence: LeaderFence | None = None
+        self.client: PlatformClient | None = None
+        self.syncer: Syncer | None = None
+        self.connected_at = time.monotonic()
+        self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
+                         "seeded_requests": 0}
+        self._js: Any = None
+        self._nc: Any = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._nc, self._js = await connect(self.options, max(2.0, self.ttl_s / 4))
+        journal = Journal(self.journal_path)
+        cache = TicketCache(self.cache_path,
+                            keep_personal_data=self.config.store["keep_personal_data"])
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await catalog.ensure_stream(self._js, self.name, self.replicas)
+            await uplink.ensure_upload_stream(self._js, self.name, self.replicas)
+            self.follower = catalog.CatalogFollower(self._js, self.name, cache,
+                                                    own_term=self._own_term)
+            tasks.append(asyncio.create_task(self.follower.follow(stop)))
+            if self.venue["leader"]:
+                kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
+                self.election = Election(kv, self.device, self.ttl_s, self._changed)
+                self.fence = LeaderFence(await budget_bucket(self._js, self.name,
+                                                             self.replicas),
+                                         self.election.lease,
+                                         request_timeout_s=self.config.api["timeout_s"])
+                tasks.append(asyncio.create_task(self.election.run()))
+            await self._loop(stop, journal)
+        finally:
+            if self.election is not None:
+                self.election.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._step_down()
+            journal.close()
+            cache.close()
+            await self._nc.close()
+
+    def _own_term(self) -> int:
+        lease = self.election.lease if self.election else None
+        return lease.term if lease is not None and lease.valid() else 0
+
+    async def _changed(self, leading: bool) -> None:
+        if not leading:
+            await self._step_down()
+
+    async def _loop(self, stop: asyncio.Event, journal: Journal) -> None:
+        sync_cfg = self.config.sync
+        next_delta = next_refresh = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                await self._member_round(journal)
+                if self.election is not None and self.election.lease.valid():
+                    await self._lead()
+                    assert self.uploader is not None and self.syncer is not None
+                    if now >= next_refresh:
+                        await self.syncer.refresh_events()
+                        next_refresh = now + sync_cfg["refresh_interval_s"]
+                    if now >= next_delta:
+                        await self.syncer.delta_all()
+                        next_delta = now + sync_cfg["delta_interval_s"]
+                    while await self.uploader.upload_round():
+                        pass
+            except NotLeader as exc:
+                log.warning("venue: %s", exc)
+                await self._step_down()
+            except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                self.counters["leader_errors"] += 1
+                log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    # -- member ----------------------------------------------------------------------------
+
+    async def _member_round(self, journal: Journal) -> None:
+        if self._nc.is_connected:
+            self.connected_at = time.monotonic()
+            self.counters["handed_over"] += await uplink.hand_over(
+                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None)
+        elif time.monotonic() - self.connected_at > self.venue["fallback_after_s"]:
+            self.counters["fallback_rows"] += await self._fallback(journal)
+
+    async def _fallback(self, journal: Journal) -> int:
+        """Cut off from the bus: this gate's own scans, directly, with its own share."""
+        async with PlatformClient.from_config(
+                self.config.api, self.token, Governor.from_config(self.config.api)) as client:
+            uploader = Uploader(journal, client, batch_size=self.config.sync["upload_batch_size"],
+                                scanned_by=self.config.api["scanned_by"] or None)
+            return await uploader.upload_round()
+
+    # -- leader ----------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Set up leader work once per term."""
+        if self.uploader is not None:
+            return
+        assert self.election is not None and self.fence is not None
+        lease = self.election.lease
+        governor = leader_governor(self.config.api, self.venue["platform_reserve"])
+        self.counters["seeded_requests"] = await self.fence.seed(governor)
+        self.client = PlatformClient.from_config(self.config.api, self.token, governor)
+        self.client.before_send = self.fence.check
+        self.syncer = Syncer(self.config, self.client, self.cache_path,
+                             observer=catalog.CatalogPublisher(self._js, self.name, lease))
+        uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
+                                        max_batch=self.config.sync["upload_batch_size"],
+                                        ack_wait_s=self.ack_wait_s)
+        await uploader.start()
+        self.uploader = uploader
+        log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
+                    "leader counted", self.name, self.device, lease.term,
+                    self.counters["seeded_requests"])
+
+    async def _step_down(self) -> None:
+        self.uploader = None
+        if self.syncer is not None:
+            self.syncer.close()
+            self.syncer = None
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    # -- status ------------------------------------------------------------------------------
+
+    def get_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device, **self.counters}
+        if self.election is not None:
+            out.update(self.election.get_status())
+        if self.fence is not None:
+            out["budget_in_use_per_min"] = requests_per_minute(self.fence.sent, time.time())
+        if self.follower is not None:
+            out.update(self.follower.get_status())
+        if self.uploader is not None:
+            out["upload"] = self.uploader.get_status()
+        return out
