@@ -17,7 +17,6 @@ the request timeout), so a failover never makes the company exceed its limit (ne
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -91,5 +90,3 @@ def requests_per_minute(sent: list[float], now: float, window_s: float = 60.0) -
     return sum(1 for t in sent if now - window_s < t <= now)
 
 
-def ceil_batches(n: int, size: int) -> int:
-    return math.ceil(n / size) if n else 0
