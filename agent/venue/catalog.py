@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,9 +119,12 @@ class CatalogPublisher:
 class CatalogFollower:
     """Applies the catalog stream to this gate's cache (see the module docstring)."""
 
-    def __init__(self, js: Any, venue: str, cache: TicketCache, own_term: Any = None):
+    def __init__(self, js: Any, venue: str, cache: TicketCache, own_term: Any = None,
+                 on_change: Callable[[], None] | None = None):
         """`own_term()`: this device's current term as leader (its own messages are already
-        in its cache: skipped, position still advanced)."""
+        in its cache: skipped, position still advanced). `on_change()`: after events, zones
+        or a pass were written (the daemon reloads its lanes' caches)."""
+        self.on_change = on_change
         self.js = js
         self.venue = venue
         self.stream = stream_name(venue)
@@ -187,14 +191,16 @@ class CatalogFollower:
                     return
                 continue
             seen = seq
-            await self._handle(seq, subject, data, term)
+            if await self._handle(seq, subject, data, term) and self.on_change is not None:
+                self.on_change()
 
-    async def _handle(self, seq: int, subject: str, data: bytes, term: int) -> None:
+    async def _handle(self, seq: int, subject: str, data: bytes, term: int) -> bool:
+        """Apply (or buffer) one message; True when the cache changed."""
         if term < self.term:
             self.counters["stale_dropped"] += 1
             log.warning("venue catalog message %d of term %d dropped (term %d leads)",
                         seq, term, self.term)
-            return
+            return False
         self.term = max(self.term, term)
         mine = term != 0 and term == self.own_term()
         rest = subject[len(self.prefix) + 1:].split(".")
@@ -206,6 +212,7 @@ class CatalogFollower:
                     raise ValueError("item without a usable id")
                 if not mine:
                     self._items.setdefault(int(rest[1]), {})[item.id] = item
+                return False
             elif rest[0] == "pass" and len(rest) == 2:
                 await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
             elif rest[0] == "events" and len(rest) == 1:
@@ -222,6 +229,8 @@ class CatalogFollower:
             self.counters["bad_messages"] += 1
             log.error("venue catalog message %d on %s unreadable (%s): skipped", seq, subject,
                       exc)
+            return False
+        return not mine
 
     def _write(self, seq: int, mine: bool, action: Any) -> None:
         """Events or zones: at once, with the position only when no pass is half-read."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.config import Config
@@ -44,7 +45,11 @@ class VenueRole:
     """One device's part in the venue (see the module docstring)."""
 
     def __init__(self, config: Config, token: str, *, config_path: str | None = None,
-                 ack_wait_s: float = 30.0):
+                 ack_wait_s: float = 30.0,
+                 on_catalog_change: Callable[[], None] | None = None):
+        """`on_catalog_change()`: the cache was changed from the bus (the daemon reloads its
+        lanes' caches); `ack_wait_s`: how long a fetched, unacknowledged scan waits before
+        the bus hands it to the (next) leader again."""
         assert config.venue is not None
         self.config = config
         self.venue = config.venue
@@ -66,22 +71,53 @@ class VenueRole:
         self.connected_at = time.monotonic()
         self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
                          "seeded_requests": 0}
+        self.on_catalog_change = on_catalog_change
+        self.last_error: str | None = None
         self._js: Any = None
         self._nc: Any = None
+        self._wake = asyncio.Event()
+        self._next_fallback = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """A scan was journaled: hand it to the bus now (call on this role's loop)."""
+        self._wake.set()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        self._wake.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _connect(self, stop: asyncio.Event, journal: Journal) -> bool:
+        """Until the bus answers (the client reconnects by itself after that); meanwhile the
+        fallback uploads this gate's scans once `fallback_after_s` has passed."""
+        while not stop.is_set():
+            try:
+                self._nc, self._js = await connect(self.options, max(2.0, self.ttl_s / 4))
+                return True
+            except Exception as exc:  # noqa: BLE001 - no bus yet: the gate works alone
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                await self._member_round(journal)
+                await self._pause(stop, 1.0)
+        return False
+
     async def run(self, stop: asyncio.Event) -> None:
-        self._nc, self._js = await connect(self.options, max(2.0, self.ttl_s / 4))
         journal = Journal(self.journal_path)
         cache = TicketCache(self.cache_path,
                             keep_personal_data=self.config.store["keep_personal_data"])
         tasks: list[asyncio.Task[None]] = []
         try:
+            if not await self._connect(stop, journal):
+                return
             await catalog.ensure_stream(self._js, self.name, self.replicas)
             await uplink.ensure_upload_stream(self._js, self.name, self.replicas)
             self.follower = catalog.CatalogFollower(self._js, self.name, cache,
-                                                    own_term=self._own_term)
+                                                    own_term=self._own_term,
+                                                    on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
             if self.venue["leader"]:
                 kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
@@ -99,7 +135,8 @@ class VenueRole:
             await self._step_down()
             journal.close()
             cache.close()
-            await self._nc.close()
+            if self._nc is not None:
+                await self._nc.close()
 
     def _own_term(self) -> int:
         lease = self.election.lease if self.election else None
@@ -111,7 +148,7 @@ class VenueRole:
 
     async def _loop(self, stop: asyncio.Event, journal: Journal) -> None:
         sync_cfg = self.config.sync
-        next_delta = next_refresh = 0.0
+        next_delta = next_refresh = next_upload = 0.0
         while not stop.is_set():
             now = time.monotonic()
             try:
@@ -125,27 +162,31 @@ class VenueRole:
                     if now >= next_delta:
                         await self.syncer.delta_all()
                         next_delta = now + sync_cfg["delta_interval_s"]
-                    while await self.uploader.upload_round():
-                        pass
+                    # full batches at once, the rest every upload_interval_s: the venue's
+                    # request rate does not grow with its number of gates
+                    if (now >= next_upload or await self.uploader.lag()
+                            >= self.uploader.max_batch):
+                        while await self.uploader.upload_round():
+                            pass
+                        next_upload = now + sync_cfg["upload_interval_s"]
             except NotLeader as exc:
                 log.warning("venue: %s", exc)
                 await self._step_down()
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
                 self.counters["leader_errors"] += 1
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
-            try:
-                await asyncio.wait_for(stop.wait(), 0.2)
-            except TimeoutError:
-                pass
+            await self._pause(stop, 0.2)
 
     # -- member ----------------------------------------------------------------------------
 
     async def _member_round(self, journal: Journal) -> None:
-        if self._nc.is_connected:
+        if self._nc is not None and self._nc.is_connected:
             self.connected_at = time.monotonic()
             self.counters["handed_over"] += await uplink.hand_over(
                 self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None)
-        elif time.monotonic() - self.connected_at > self.venue["fallback_after_s"]:
+        elif (time.monotonic() - self.connected_at > self.venue["fallback_after_s"]
+              and time.monotonic() >= self._next_fallback):
+            self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
             self.counters["fallback_rows"] += await self._fallback(journal)
 
     async def _fallback(self, journal: Journal) -> int:
@@ -191,7 +232,8 @@ class VenueRole:
     # -- status ------------------------------------------------------------------------------
 
     def get_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"device": self.device, **self.counters}
+        out: dict[str, Any] = {"device": self.device, "bus_error": self.last_error,
+                               **self.counters}
         if self.election is not None:
             out.update(self.election.get_status())
         if self.fence is not None:
