@@ -362,7 +362,9 @@ class Daemon:
                 cache["error"] = str(exc)
         platform: dict[str, Any] = {"disabled": self.platform_disabled,
                                     "offline": self.config.api["offline"]}
-        if self.client is not None:
+        if self.role is not None and self.role.client is not None:
+            platform.update(self.role.client.get_status())  # venue mode: the leader's link
+        elif self.client is not None:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {
             "version": __version__, "uptime_s": round(time.time() - self.started, 1),

@@ -133,6 +133,7 @@ class VenueRole:
                 self.election.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._step_down()
+            await self._close_client()
             journal.close()
             cache.close()
             if self._nc is not None:
@@ -207,7 +208,9 @@ class VenueRole:
         lease = self.election.lease
         governor = leader_governor(self.config.api, self.venue["platform_reserve"])
         self.counters["seeded_requests"] = await self.fence.seed(governor)
-        self.client = PlatformClient.from_config(self.config.api, self.token, governor)
+        if self.client is None:  # one client for the device's life: its link status stays
+            self.client = PlatformClient.from_config(self.config.api, self.token, governor)
+        self.client.governor = governor  # a fresh budget per term, seeded above
         self.client.before_send = self.fence.check
         self.syncer = Syncer(self.config, self.client, self.cache_path,
                              observer=catalog.CatalogPublisher(self._js, self.name, lease))
@@ -225,6 +228,8 @@ class VenueRole:
         if self.syncer is not None:
             self.syncer.close()
             self.syncer = None
+
+    async def _close_client(self) -> None:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
