@@ -371,7 +371,8 @@ class Daemon:
             "started_at": epoch_iso(self.started),
             "lanes": [runner.get_status() for runner in self.lanes.values()],
             "cache": cache, "journal": journal, "platform": platform,
-            "upload": self.uploader.status.as_dict() if self.uploader else None,
+            "upload": (self.role.upload_status.as_dict() if self.role is not None else
+                       self.uploader.status.as_dict() if self.uploader else None),
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "pairings_error": self.pairings_error,

@@ -29,7 +29,7 @@ from agent.config import Config
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
-from agent.platform.upload import Uploader
+from agent.platform.upload import UploadStatus, Uploader
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.venue import catalog, uplink
@@ -45,7 +45,7 @@ class VenueRole:
     """One device's part in the venue (see the module docstring)."""
 
     def __init__(self, config: Config, token: str, *, config_path: str | None = None,
-                 ack_wait_s: float = 30.0,
+                 ack_wait_s: float = 10.0,
                  on_catalog_change: Callable[[], None] | None = None):
         """`on_catalog_change()`: the cache was changed from the bus (the daemon reloads its
         lanes' caches); `ack_wait_s`: how long a fetched, unacknowledged scan waits before
@@ -72,6 +72,7 @@ class VenueRole:
         self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
                          "seeded_requests": 0}
         self.on_catalog_change = on_catalog_change
+        self.upload_status = UploadStatus()  # the venue's uploads while this device leads
         self.last_error: str | None = None
         self._js: Any = None
         self._nc: Any = None
@@ -216,7 +217,8 @@ class VenueRole:
                              observer=catalog.CatalogPublisher(self._js, self.name, lease))
         uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
                                         max_batch=self.config.sync["upload_batch_size"],
-                                        ack_wait_s=self.ack_wait_s)
+                                        ack_wait_s=self.ack_wait_s,
+                                        status=self.upload_status)
         await uploader.start()
         self.uploader = uploader
         log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "

@@ -96,13 +96,29 @@ class Lease:
             revision = await self.kv.create(LEASE_KEY, self._value(since))
         except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-            return False
+            revision = await self._reclaim(since)
+            if not revision:
+                return False
         self.term = self.revision = int(revision)
         self.since = since
         self.valid_until = sent_at + self.ttl_s * SAFE_FRACTION
         # Write the term into the value so every gate's status can show it (a renewal).
         await self.renew()
         return self.valid()
+
+    async def _reclaim(self, since: str) -> int:
+        """The lease is held under this device's own name: a previous run of this device that
+        died (one daemon per store is enforced by its lock; device names are unique in a
+        venue). Take it over with a compare-and-set on the revision we read — a new, larger
+        term — instead of idling out its TTL after every restart. 0: not granted."""
+        held = await current_leader(self.kv)
+        if held is None or held.holder != self.holder:
+            return 0
+        try:
+            return int(await self.kv.update(LEASE_KEY, self._value(since), last=held.revision))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            return 0
 
     async def renew(self) -> bool:
         """Extend the lease if it is still ours; on any error the grant is dropped at once."""

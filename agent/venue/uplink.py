@@ -40,7 +40,7 @@ from nats.js.api import (
 )
 
 from agent.platform.client import PlatformClient
-from agent.platform.upload import ticket_row
+from agent.platform.upload import UploadStatus, ticket_row
 from agent.store.journal import Journal
 from agent.venue.lease import Lease
 
@@ -82,7 +82,10 @@ class VenueUploader:
     """The leader's uploads (see the module docstring). Call `start()` on becoming leader."""
 
     def __init__(self, js: Any, venue: str, client: PlatformClient, lease: Lease, *,
-                 max_batch: int, ack_wait_s: float = 30.0):
+                 max_batch: int, ack_wait_s: float = 30.0,
+                 status: UploadStatus | None = None):
+        """`status`: the device's upload status (kept across terms; shown as `upload`)."""
+        self.status = status or UploadStatus()
         self.js = js
         self.venue = venue
         self.client = client
@@ -133,15 +136,20 @@ class VenueUploader:
         propagate (the batch stays stored and is resent under the same uuid)."""
         self.lease.guard()
         self.undone[key] = tickets
+        self.status.requests += 1
         try:
             await self.client.upload_scans(key, tickets)
         except Exception as exc:
             self.counters["send_failures"] += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.status.state, self.status.last_error = "retrying", self.last_error
             raise
         await self.kv.put(key, orjson.dumps({"tickets": tickets, "done": True}))
         del self.undone[key]
         self.last_error = None
+        self.status.state, self.status.last_error = "ok", None
+        self.status.last_success = time.time()
+        self.status.sent_total += len(tickets)
         self.counters["batches_resent" if resend else "batches_sent"] += 1
         self.counters["rows_sent"] += len(tickets)
 
