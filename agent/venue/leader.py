@@ -29,7 +29,7 @@ from agent.config import Config
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
-from agent.platform.upload import UploadStatus, Uploader
+from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.venue import catalog, uplink
