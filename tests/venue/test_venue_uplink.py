@@ -16,11 +16,11 @@ import pytest
 
 from agent.errors import ApiError
 from agent.platform.client import PlatformClient
-from agent.platform.governor import Governor
+from agent.platform.governor import Governor, Priority
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
 from agent.venue import uplink
-from agent.venue.budget import LeaderFence, budget_bucket
+from agent.venue.budget import LeaderFence, budget_bucket, leader_governor
 from agent.venue.election import connect, lease_bucket
 from agent.venue.lease import Lease, NotLeader
 from agent.venue.node import NodeProcess
@@ -131,3 +131,46 @@ def test_a_leader_whose_lease_was_taken_sends_nothing(shared_node: NodeProcess,
     sent_after_loss, seeded = asyncio.run(scenario())
     assert sent_after_loss == 0
     assert seeded == 1  # the new leader counts the old one's request against its budget
+
+
+def test_a_new_leader_counts_the_old_leaders_requests_so_failover_never_meets_429(
+        shared_node: NodeProcess) -> None:
+    """The company allows 20 requests/min, 6 kept for the pairing station: the leader owns
+    14. The old leader spends them all and dies; the new leader must wait for the window
+    instead of sending (without the request log, it would send 14 more: 28 > 20)."""
+    api = {"requests_per_minute": 20, "upload_reserve": 0}
+
+    async def scenario(sb: Sandbox) -> tuple[int, int, bool]:
+        nc, js = await connect({"servers": [shared_node.url]}, 5.0)
+        try:
+            kv = await lease_bucket(js, "budget", 2.0, 1)
+            budget_kv = await budget_bucket(js, "budget", 1)
+            old = Lease(kv, "old", 2.0)
+            assert await old.acquire("t")
+            governor = leader_governor(api, reserve=6)
+            assert governor.budget.share == 14
+            async with PlatformClient(sb.url, sb.token, sb.company_id, "en", 10.0, governor,
+                                      max_retries=0) as c:
+                c.before_send = LeaderFence(budget_kv, old).check
+                for _ in range(14):
+                    await c.activated_events()
+            await old.release()
+            new = Lease(kv, "new", 2.0)
+            assert await new.acquire("t")
+            fresh = leader_governor(api, reserve=6)
+            seeded = await LeaderFence(budget_kv, new).seed(fresh)
+            try:
+                await asyncio.wait_for(fresh.acquire(Priority.UPLOAD), 1.0)
+                sent_at_once = True
+            except TimeoutError:
+                sent_at_once = False
+            return seeded, fresh.budget.remaining(fresh.clock.now()), sent_at_once
+        finally:
+            await nc.close()
+
+    with start_sandbox(tickets=100, rpm=20) as sb:
+        seeded, remaining, sent_at_once = asyncio.run(scenario(sb))
+        assert sb.received()["rateLimited"] == 0
+    assert seeded == 14
+    assert remaining == 0
+    assert not sent_at_once
