@@ -85,6 +85,16 @@ class LeaderFence:
         return len(recent)
 
 
+async def venue_requests(kv: Any, now: float, window_s: float = 60.0) -> int | None:
+    """Requests the venue's leaders made in the last window, from the log (None: unknown)."""
+    try:
+        entry = await kv.get(LOG_KEY)
+        sent = [float(t) for t in orjson.loads(entry.value or b"{}").get("sent", [])]
+    except Exception:  # noqa: BLE001 - no log yet, or the bus is away
+        return None
+    return requests_per_minute(sent, now, window_s)
+
+
 def requests_per_minute(sent: list[float], now: float, window_s: float = 60.0) -> int:
     """Requests in the last window (status: the budget in use)."""
     return sum(1 for t in sent if now - window_s < t <= now)

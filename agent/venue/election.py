@@ -51,7 +51,11 @@ class Election:
     """Hold the venue's lease if possible; `on_change(leading)` when that changes."""
 
     def __init__(self, kv: Any, device: str, ttl_s: float,
-                 on_change: Callable[[bool], Awaitable[None]] | None = None):
+                 on_change: Callable[[bool], Awaitable[None]] | None = None,
+                 candidate: bool = True):
+        """`candidate`: False for a device that may not lead (`venue.leader = false`): it
+        only reads who leads, for its status."""
+        self.candidate = candidate
         self.lease = Lease(kv, device, ttl_s)
         self.kv = kv
         self.ttl_s = ttl_s
@@ -65,7 +69,7 @@ class Election:
         """One round: renew or acquire, then read who leads. Returns whether we lead."""
         if self.lease.term:
             await self.lease.renew()
-        else:
+        elif self.candidate:
             if await self.lease.acquire(utc_iso(datetime.now(UTC))):
                 self.terms_won += 1
                 log.warning("venue leader: %s leads (term %d)", self.lease.holder,

@@ -33,7 +33,7 @@ from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.venue import catalog, uplink
-from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, requests_per_minute
+from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, connect, lease_bucket
 from agent.venue.lease import NotLeader
@@ -78,6 +78,10 @@ class VenueRole:
         self._nc: Any = None
         self._wake = asyncio.Event()
         self._next_fallback = 0.0
+        self._next_status = 0.0
+        self._budget_kv: Any = None
+        self.budget_in_use: int | None = None  # the venue's requests in the last minute
+        self.upload_lag: int | None = None  # scans on the bus not yet at the platform
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -120,14 +124,14 @@ class VenueRole:
                                                     own_term=self._own_term,
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
+            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
+            self.election = Election(kv, self.device, self.ttl_s, self._changed,
+                                     candidate=self.venue["leader"])
+            tasks.append(asyncio.create_task(self.election.run()))
             if self.venue["leader"]:
-                kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
-                self.election = Election(kv, self.device, self.ttl_s, self._changed)
-                self.fence = LeaderFence(await budget_bucket(self._js, self.name,
-                                                             self.replicas),
-                                         self.election.lease,
+                self.fence = LeaderFence(self._budget_kv, self.election.lease,
                                          request_timeout_s=self.config.api["timeout_s"])
-                tasks.append(asyncio.create_task(self.election.run()))
             await self._loop(stop, journal)
         finally:
             if self.election is not None:
@@ -171,6 +175,7 @@ class VenueRole:
                         while await self.uploader.upload_round():
                             pass
                         next_upload = now + sync_cfg["upload_interval_s"]
+                await self._refresh_status(now)
             except NotLeader as exc:
                 log.warning("venue: %s", exc)
                 await self._step_down()
@@ -178,6 +183,22 @@ class VenueRole:
                 self.counters["leader_errors"] += 1
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
+
+    async def _refresh_status(self, now: float) -> None:
+        """Venue-wide figures every gate shows (two small bus requests every 2 s)."""
+        if now < self._next_status or self._budget_kv is None:
+            return
+        self._next_status = now + 2.0
+        self.budget_in_use = await venue_requests(self._budget_kv, time.time())
+        try:
+            info = await self._js.consumer_info(uplink.stream_name(self.name), uplink.DURABLE)
+            self.upload_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        except Exception:  # noqa: BLE001 - no leader has uploaded yet: count the stream
+            try:
+                info = await self._js.stream_info(uplink.stream_name(self.name))
+                self.upload_lag = int(info.state.messages)
+            except Exception:  # noqa: BLE001 - the bus is away
+                self.upload_lag = None
 
     # -- member ----------------------------------------------------------------------------
 
@@ -243,8 +264,8 @@ class VenueRole:
                                **self.counters}
         if self.election is not None:
             out.update(self.election.get_status())
-        if self.fence is not None:
-            out["budget_in_use_per_min"] = requests_per_minute(self.fence.sent, time.time())
+        out["budget_in_use_per_min"] = self.budget_in_use
+        out["upload_lag"] = self.upload_lag
         if self.follower is not None:
             out.update(self.follower.get_status())
         if self.uploader is not None:
