@@ -187,3 +187,39 @@ def _applied(sb: Sandbox) -> list[str]:
 
 def _platform_items() -> int:
     return len(expected_ids(TICKETS))
+
+
+def test_gate_cut_off_from_the_bus_uploads_its_own_scans_after_the_fallback_time(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with start_sandbox(tickets=200, async_delay_s=0.02, rpm=60) as sb:
+        site = make_site(tmp_path / "gate", sb, name="alone", rpm=60, extra=venue_extra(
+            venue_node, "cutoff", "alone") + "fallback_after_s = 5\n")
+        site.config.store_dir.mkdir(parents=True, exist_ok=True)
+        start = datetime.now(UTC).replace(microsecond=0)
+        rows = backlog(40, start)
+        journal = Journal(site.config.store_dir / "journal.db")
+        fill_journal(journal, rows[:20])
+        gate = Gate(site)
+        gate.start()
+        try:
+            # on the bus: handed over, uploaded by the venue's leader (itself)
+            wait_for(lambda: {r.uuid for r in rows[:20]} <= set(_applied(sb)), 30,
+                     "uploads through the bus")
+            assert gate.status()["fallback_rows"] == 0
+            venue_node.kill()
+            cut_at = time.monotonic()
+            fill_journal(journal, rows[20:])
+            wait_for(lambda: {r.uuid for r in rows[20:]} <= set(_applied(sb)), 40,
+                     "the gate's own uploads")
+            waited = time.monotonic() - cut_at
+            assert waited >= 5  # not before the configured time
+            wait_for(lambda: gate.status().get("fallback_rows") == 20, 5, "status")
+            received = sb.received()
+            applied = Counter(_applied(sb))
+            assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+            double = sum(1 for u in received["uploads"] if u.get("skipped") == "duplicate uuid")
+            assert double == 0 and received["rateLimited"] == 0
+            assert journal.pending_count() == 0
+        finally:
+            gate.kill()
+            journal.close()
