@@ -6,7 +6,10 @@ The catalog is one JetStream stream per venue, `VENUE_<name>_CATALOG`, on its ow
 - `venuecat.<name>.zones.<event>`     one event's zones,
 - `venuecat.<name>.i.<event>.<item>`  one item, as the platform sent it minus personal data,
 - `venuecat.<name>.pass.<event>`      the end of one pass: its `listEndTime` (the delta cursor)
-                                      and whether it was a full listing.
+                                      and whether it was a full listing;
+- `venuecat.<name>.pair.<event>.<item>` a pairing a station just made on the platform
+                                      (`nfcId`): every gate knows the wristband at once,
+                                      before the leader's next delta brings the platform's copy.
 The stream keeps the *last message per subject* (`max_msgs_per_subject = 1`) rather than a
 KV bucket: it is the same storage (a KV bucket is such a stream) but lets a gate read
 everything in stream order with one ordered consumer, and the order is what makes a pass
@@ -34,7 +37,7 @@ from typing import Any
 import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from agent.core.codes import utc_iso
+from agent.core.codes import normalize_nfc_id, utc_iso
 from agent.core.model import (
     EntryPage,
     Event,
@@ -109,11 +112,15 @@ class CatalogPublisher:
         await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(
             {"endTime": end_time, "full": full, "at": utc_iso(datetime.now(UTC))}))])
 
-    async def pairing(self, event_id: int, item: Item) -> None:
-        """A pairing made at a station: the item with its new NFC id, known venue-wide at once
-        (it is applied by gates with the next pass marker of its event, which the leader
-        sends right after)."""
-        await self.page(event_id, EntryPage([item], [item.raw], None, None, None))
+
+
+async def publish_pairing(js: Any, venue: str, event_id: int, item_id: int, nfc_id: str,
+                          request_uuid: str) -> None:
+    """A pairing station's news, after the platform accepted the pairing. Not a leader write:
+    it carries no term and is not fenced (the platform already holds the pairing)."""
+    await js.publish(f"{prefix(venue)}.pair.{event_id}.{item_id}",
+                     orjson.dumps({"nfcId": nfc_id, "at": utc_iso(datetime.now(UTC))}),
+                     headers={"Nats-Msg-Id": f"pair-{request_uuid}"})
 
 
 class CatalogFollower:
@@ -133,9 +140,10 @@ class CatalogFollower:
         self.own_term = own_term or (lambda: 0)
         self.position, self.term = cache.catalog_position(self.stream)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
-                         "bad_messages": 0}
+                         "bad_messages": 0, "pairings": 0}
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
         self._items: dict[int, dict[int, Item]] = {}
+        self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
         self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
 
     async def subscribe(self) -> Any:
@@ -196,6 +204,9 @@ class CatalogFollower:
 
     async def _handle(self, seq: int, subject: str, data: bytes, term: int) -> bool:
         """Apply (or buffer) one message; True when the cache changed."""
+        rest = subject[len(self.prefix) + 1:].split(".")
+        if rest[0] == "pair" and len(rest) == 3:  # a station's, not the leader's: no term
+            return await self._pairing(seq, int(rest[1]), int(rest[2]), data)
         if term < self.term:
             self.counters["stale_dropped"] += 1
             log.warning("venue catalog message %d of term %d dropped (term %d leads)",
@@ -203,7 +214,6 @@ class CatalogFollower:
             return False
         self.term = max(self.term, term)
         mine = term != 0 and term == self.own_term()
-        rest = subject[len(self.prefix) + 1:].split(".")
         try:
             body = orjson.loads(data)
             if rest[0] == "i" and len(rest) == 3:
@@ -232,6 +242,24 @@ class CatalogFollower:
             return False
         return not mine
 
+    async def _pairing(self, seq: int, event_id: int, item_id: int, data: bytes) -> bool:
+        """Pair at once; while a pass is half read, after its items (stream order)."""
+        try:
+            nfc_id = normalize_nfc_id(str(orjson.loads(data)["nfcId"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            nfc_id = None
+        if nfc_id is None:
+            self.counters["bad_messages"] += 1
+            log.error("venue pairing message %d unreadable: skipped", seq)
+            return False
+        self.counters["pairings"] += 1
+        if self._items:
+            self._pairs.append((event_id, item_id, nfc_id))
+            return False
+        await asyncio.to_thread(self._write, seq, False, lambda _stamp:
+                                self.cache.pair_nfc(event_id, item_id, nfc_id))
+        return True
+
     def _write(self, seq: int, mine: bool, action: Any) -> None:
         """Events or zones: at once, with the position only when no pass is half-read."""
         with self.cache.transaction():
@@ -250,6 +278,9 @@ class CatalogFollower:
             for ev, items in buffered.items():
                 self.cache.put_items(ev, items.values())
                 self.counters["items_applied"] += len(items)
+            pairs, self._pairs = self._pairs, []
+            for ev, item_id, nfc_id in pairs:
+                self.cache.pair_nfc(ev, item_id, nfc_id)
             if not mine:
                 self.cache.set_cursor(event_id, body.get("endTime"), stamp,
                                       full=bool(body.get("full")))

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from agent.core.model import PERSONAL_FIELDS
+from agent.runtime.pairing import PairingStation
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
 from agent.venue import catalog
@@ -169,3 +170,46 @@ def test_a_pass_is_applied_whole_and_older_terms_are_dropped(
     assert during == first  # half a pass: nothing of it
     assert after == first + 2  # the whole pass, not the stale item
     assert dropped == 1
+
+
+def test_a_pairing_at_a_station_reaches_every_gate_at_once(
+        shared_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    venue = "pairing"
+    station_site = make_site(tmp_path / "station", sandbox, rpm=1000, extra=f"""
+[venue]
+name = "{venue}"
+servers = ["{shared_node.url}"]
+device = "station"
+""")
+    gate = tmp_path / "gate" / "cache.db"
+    gate.parent.mkdir()
+
+    async def fill() -> None:
+        nc, js = await connect({"servers": [shared_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            await leader_sync(station_site, js, venue, await lead(js, venue))
+            await follow(js, venue, gate)
+        finally:
+            await nc.close()
+
+    asyncio.run(fill())
+    barcode = next(iter(items(gate).values()))[0]
+    with PairingStation(station_site.config) as station:
+        result = station.pair(barcode, "04:A1:B2:C3:D4:E5:F6")
+    status = asyncio.run(_follow_url(shared_node.url, venue, gate))
+    cache = TicketCache(gate)
+    try:
+        hits = cache.find_nfc(result.nfc_id)
+        assert [h.item.id for h in hits] == [result.item_id]
+        assert status["pairings"] == 1
+    finally:
+        cache.close()
+
+
+async def _follow_url(url: str, venue: str, path: Path) -> dict[str, Any]:
+    nc, js = await connect({"servers": [url]}, 5.0)
+    try:
+        return await follow(js, venue, path)
+    finally:
+        await nc.close()
