@@ -502,6 +502,9 @@ class Daemon:
         else:
             self.setup_platform(token)
             self._add_platform_jobs(resync_now=False)
+            if self.role is not None and self._role_task is None:
+                self._role_task = asyncio.create_task(self.role.run(self.stop_event),
+                                                      name="venue role")
         log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:

@@ -111,10 +111,30 @@ class VenueRole:
         return False
 
     async def run(self, stop: asyncio.Event) -> None:
-        journal = Journal(self.journal_path)
-        cache = TicketCache(self.cache_path,
-                            keep_personal_data=self.config.store["keep_personal_data"])
+        """Until `stop`: sessions on the bus; any failure of one ends it and a new one starts
+        a second later (the gate keeps deciding meanwhile; the fallback covers uploads)."""
+        # opened in a thread: the daemon's loop must not wait on a cold 100 MB file; the
+        # daemon checked the cache's integrity at start already
+        journal = await asyncio.to_thread(Journal, self.journal_path)
+        cache = await asyncio.to_thread(
+            TicketCache, self.cache_path,
+            keep_personal_data=self.config.store["keep_personal_data"], check=False)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._session(stop, journal, cache)
+                except Exception as exc:  # noqa: BLE001 - logged; a new session follows
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.warning("venue session ended (%s); starting again", self.last_error)
+                    await self._pause(stop, 1.0)
+        finally:
+            await self._close_client()
+            journal.close()
+            cache.close()
+
+    async def _session(self, stop: asyncio.Event, journal: Journal, cache: TicketCache) -> None:
         tasks: list[asyncio.Task[None]] = []
+        self.election = None
         try:
             if not await self._connect(stop, journal):
                 return
@@ -132,17 +152,23 @@ class VenueRole:
             if self.venue["leader"]:
                 self.fence = LeaderFence(self._budget_kv, self.election.lease,
                                          request_timeout_s=self.config.api["timeout_s"])
-            await self._loop(stop, journal)
+            await self._loop(stop, journal, tasks)
         finally:
             if self.election is not None:
-                self.election.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                self.election.stop()  # it releases the lease on its way out
+            if tasks:
+                tasks[0].cancel()  # the catalog follower
+                await asyncio.wait(tasks, timeout=5.0)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             await self._step_down()
-            await self._close_client()
-            journal.close()
-            cache.close()
             if self._nc is not None:
-                await self._nc.close()
+                nc, self._nc = self._nc, None
+                try:
+                    await asyncio.wait_for(nc.close(), 2.0)
+                except Exception:  # noqa: BLE001 - closing a dead link
+                    pass
 
     def _own_term(self) -> int:
         lease = self.election.lease if self.election else None
@@ -152,11 +178,15 @@ class VenueRole:
         if not leading:
             await self._step_down()
 
-    async def _loop(self, stop: asyncio.Event, journal: Journal) -> None:
+    async def _loop(self, stop: asyncio.Event, journal: Journal,
+                    tasks: list[asyncio.Task[None]]) -> None:
         sync_cfg = self.config.sync
         next_delta = next_refresh = next_upload = 0.0
         while not stop.is_set():
             now = time.monotonic()
+            for task in tasks:
+                if task.done():  # the catalog follower or the election died: new session
+                    raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
             try:
                 await self._member_round(journal)
                 if self.election is not None and self.election.lease.valid():

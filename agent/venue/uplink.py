@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 import uuid as uuidlib
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,6 +40,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
 from agent.platform.upload import UploadStatus, ticket_row
 from agent.store.journal import Journal
@@ -74,7 +76,7 @@ async def hand_over(js: Any, venue: str, device: str, journal: Journal,
     await asyncio.gather(*(js.publish(subj, orjson.dumps(ticket_row(r, scanned_by)),
                                       headers={MSG_ID: r["uuid"]}) for r in rows))
     await asyncio.to_thread(journal.mark_sent, [r["uuid"] for r in rows],
-                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                            utc_iso(datetime.now(UTC)))
     return len(rows)
 
 
