@@ -233,12 +233,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for b in builds:
                     print(f"cache built from the bus: {b['items']} items in {b['seconds']} s, "
                           f"{b['api_requests']} API requests", flush=True)
-                up = await upload(nodes[0].url, sb, root, "bench", args.gates, args.scans,
-                                  args.batch)
-                results["upload"] = up
-                print(f"upload {up['gates']} x {args.scans} scans: {up['requests']} requests "
-                      f"(floor {up['floor']}), {up['rate_limited']} x 429, "
-                      f"{up['applied_twice']} applied twice, {up['seconds']} s", flush=True)
                 results["steady"] = []
                 for gates in (10, 50):
                     st = await steady(nodes[0].url, sb, leader_site, f"steady{gates}", gates,
@@ -247,6 +241,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"steady state, {gates} gates ({st['scans_per_min']} scans/min): "
                           f"{st['requests_per_min']} requests/min, {st['rate_limited']} x 429",
                           flush=True)
+                up = await upload(nodes[0].url, sb, root, "bench", args.gates, args.scans,
+                                  args.batch)
+                results["upload"] = up
+                print(f"upload {up['gates']} x {args.scans} scans: {up['requests']} requests "
+                      f"(floor {up['floor']}), {up['rate_limited']} x 429, "
+                      f"{up['applied_twice']} applied twice, {up['seconds']} s", flush=True)
             fo = await failover(nodes[0].url)
             results["failover"] = fo
             print(f"failover after a crash: {fo['seconds']} s (lease TTL {fo['ttl_s']} s)")

@@ -79,6 +79,7 @@ class VenueRole:
         self._wake = asyncio.Event()
         self._next_fallback = 0.0
         self._next_status = 0.0
+        self._sync_task: asyncio.Task[None] | None = None
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
         self.upload_lag: int | None = None  # scans on the bus not yet at the platform
@@ -181,7 +182,7 @@ class VenueRole:
     async def _loop(self, stop: asyncio.Event, journal: Journal,
                     tasks: list[asyncio.Task[None]]) -> None:
         sync_cfg = self.config.sync
-        next_delta = next_refresh = next_upload = 0.0
+        next_upload = 0.0
         while not stop.is_set():
             now = time.monotonic()
             for task in tasks:
@@ -191,13 +192,7 @@ class VenueRole:
                 await self._member_round(journal)
                 if self.election is not None and self.election.lease.valid():
                     await self._lead()
-                    assert self.uploader is not None and self.syncer is not None
-                    if now >= next_refresh:
-                        await self.syncer.refresh_events()
-                        next_refresh = now + sync_cfg["refresh_interval_s"]
-                    if now >= next_delta:
-                        await self.syncer.delta_all()
-                        next_delta = now + sync_cfg["delta_interval_s"]
+                    assert self.uploader is not None
                     # full batches at once, the rest every upload_interval_s: the venue's
                     # request rate does not grow with its number of gates
                     waiting = await self.uploader.lag()
@@ -283,12 +278,40 @@ class VenueRole:
                                         status=self.upload_status)
         await uploader.start()
         self.uploader = uploader
+        self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")
         log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
                     "leader counted", self.name, self.device, lease.term,
                     self.counters["seeded_requests"])
 
+    async def _sync_loop(self, syncer: Syncer) -> None:
+        """The leader's sync passes, beside its uploads (a long delta must not hold the
+        venue's scans back; the governor serves uploads first)."""
+        sync_cfg = self.config.sync
+        next_delta = next_refresh = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if now >= next_refresh:
+                    await syncer.refresh_events()
+                    next_refresh = now + sync_cfg["refresh_interval_s"]
+                if now >= next_delta:
+                    await syncer.delta_all()
+                    next_delta = now + sync_cfg["delta_interval_s"]
+            except NotLeader as exc:
+                log.warning("venue sync: %s", exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                self.counters["leader_errors"] += 1
+                log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
+                next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
+            await asyncio.sleep(0.5)
+
     async def _step_down(self) -> None:
         self.uploader = None
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self.syncer is not None:
             self.syncer.close()
             self.syncer = None
