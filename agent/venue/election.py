@@ -83,7 +83,7 @@ class Election:
         return leading
 
     async def run(self) -> None:
-        """Until `stop()`: a round every quarter TTL (sooner while nobody leads)."""
+        """Until `stop()`: a round every quarter TTL while leading, every tenth otherwise."""
         while not self._stop.is_set():
             try:
                 await self.step()
@@ -93,7 +93,9 @@ class Election:
                     self.leading = False
                     if self.on_change is not None:
                         await self.on_change(False)
-            pause = self.ttl_s / 4 if self.leading or self.leader else self.ttl_s / 10
+            # a waiting candidate tries every TTL/10: the takeover comes at most that long
+            # after the lease expired (a failed create is one small request)
+            pause = self.ttl_s / 4 if self.leading else self.ttl_s / 10
             try:
                 await asyncio.wait_for(self._stop.wait(), pause)
             except TimeoutError:
