@@ -205,6 +205,9 @@ async def failover(url: str, ttl_s: float = 2.0) -> dict[str, Any]:
         crashed = time.monotonic()
         await asyncio.gather(task_a, return_exceptions=True)
         while not b.lease.valid():
+            if time.monotonic() - crashed > ttl_s * 10:
+                return {"ttl_s": ttl_s, "seconds": None, "error": b.lease.last_error,
+                        "seen_leader": str(b.leader), "b_running": not task_b.done()}
             await asyncio.sleep(0.005)
         took = time.monotonic() - crashed
         b.stop()
