@@ -203,7 +203,7 @@ async def failover(url: str, ttl_s: float = 2.0) -> dict[str, Any]:
         await asyncio.sleep(ttl_s)
         task_a.cancel()  # a crash: no release, the lease must expire
         crashed = time.monotonic()
-        await asyncio.gather(task_a, return_exceptions=True)
+        await asyncio.wait([task_a], timeout=10)
         while not b.lease.valid():
             if time.monotonic() - crashed > ttl_s * 10:
                 return {"ttl_s": ttl_s, "seconds": None, "error": b.lease.last_error,

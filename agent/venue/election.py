@@ -47,6 +47,14 @@ async def lease_bucket(js: Any, venue: str, ttl_s: float, replicas: int) -> Any:
             await asyncio.sleep(0.25)
 
 
+def cancelled() -> bool:
+    """True inside a task being cancelled. The nats client can turn a cancellation that lands
+    mid-request into an ordinary error; a loop that catches `Exception` must check this, or
+    a cancelled leader would keep renewing (and its owner would wait for it forever)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Election:
     """Hold the venue's lease if possible; `on_change(leading)` when that changes."""
 
@@ -88,6 +96,8 @@ class Election:
             try:
                 await self.step()
             except Exception as exc:  # noqa: BLE001 - the bus is away: not leading
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 self.lease.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 if self.leading and not self.lease.valid():
                     self.leading = False

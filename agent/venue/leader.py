@@ -35,7 +35,7 @@ from agent.store.journal import Journal
 from agent.venue import catalog, uplink
 from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
 from agent.venue.bus import connect_options, device_name
-from agent.venue.election import Election, connect, lease_bucket
+from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader
 
 log = logging.getLogger("gate_agent.venue.leader")
@@ -125,6 +125,8 @@ class VenueRole:
                 try:
                     await self._session(stop, journal, cache)
                 except Exception as exc:  # noqa: BLE001 - logged; a new session follows
+                    if cancelled():
+                        raise asyncio.CancelledError from exc
                     self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.warning("venue session ended (%s); starting again", self.last_error)
                     await self._pause(stop, 1.0)
@@ -204,6 +206,8 @@ class VenueRole:
                 log.warning("venue: %s", exc)
                 await self._step_down()
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
@@ -301,6 +305,8 @@ class VenueRole:
                 log.warning("venue sync: %s", exc)
                 return
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
                 log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
                 next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
