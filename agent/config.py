@@ -160,6 +160,11 @@ VENUE_OPTIONS: dict[str, Option] = {
     "offline_policy": Option(str, "local", _one_of("local", "refuse")),
     "heartbeat_s": Option((float, int), 2.0, _between(0.2, 60)),
     "heartbeat_ttl_s": Option((float, int), 10.0, _between(1, 600)),
+    # the venue leader (one device talks to the platform for the whole venue)
+    "leader": Option(bool, True),
+    "lease_ttl_s": Option((float, int), 10.0, _between(1, 600)),
+    "platform_reserve": Option(int, 6, _between(0, 100_000)),
+    "fallback_after_s": Option((float, int), 120.0, _between(5, 86400)),
 }
 
 LANE_OPTIONS: dict[str, Option] = {

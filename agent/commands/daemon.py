@@ -157,6 +157,9 @@ def render(report: dict[str, Any], console: Console) -> None:
             console.print("Venue gates (heartbeats): " + ", ".join(
                 f"{n} {state}" for state, n in gates.items() if n) +
                 " — `gate-agent venue status` lists them", highlight=False)
+        leader = venue.get("leader")
+        if leader:
+            console.print(_leader_line(leader), highlight=False)
     platform = report["platform"]
     if platform.get("disabled"):
         console.print(f"Platform: off ({platform['disabled']})")
@@ -168,3 +171,15 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+
+def _leader_line(leader: dict[str, Any]) -> str:
+    """Who leads the venue (the same on every gate), and this gate's view of its work."""
+    who = leader.get("leader") or "nobody (election under way)"
+    mine = " (this gate)" if leader.get("this_device_leads") else ""
+    since = f" since {leader['leader_since']}" if leader.get("leader_since") else ""
+    ages = ", ".join(f"event {k} {v}" for k, v in (leader.get("leader_pass_at") or {}).items())
+    lag = leader.get("upload_lag")
+    return (f"Venue leader: {who}{mine}{since}, term {leader.get('leader_term') or '-'}; "
+            f"budget in use {leader.get('budget_in_use_per_min', '-')}/min; upload lag "
+            f"{'-' if lag is None else lag}; last sync published: {ages or 'none yet'}")

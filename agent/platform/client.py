@@ -17,6 +17,7 @@ import ipaddress
 import json as jsonlib
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -106,6 +107,9 @@ class PlatformClient:
         self.max_retries = max_retries
         self.status = LinkStatus()
         self.outcomes: dict[str, int] = {}
+        # Awaited after the governor's grant and before each request leaves; what it raises
+        # stops the request (the venue leader re-checks its lease here: agent.venue.budget).
+        self.before_send: Callable[[], Awaitable[None]] | None = None
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -285,6 +289,8 @@ class PlatformClient:
                     params: dict[str, Any], json: Any, what: str) -> httpx.Response:
         ticket = await self.governor.acquire(priority) if priority is not None else None
         try:
+            if self.before_send is not None:
+                await self.before_send()
             response = await self._http.request(method, path, params=params or None, json=json)
             self._observe(response, ticket)
         except httpx.HTTPError as exc:

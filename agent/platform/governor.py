@@ -246,6 +246,13 @@ class Governor:
         self.granted[Priority(priority).name] += 1
         return ticket
 
+    def assume_sent(self, finished_ago_s: list[float]) -> None:
+        """Requests someone else made on this budget (the previous venue leader): each holds
+        a slot until one window after it finished `ago` seconds before now."""
+        now = self.clock.now()
+        for ago in finished_ago_s:
+            self.budget.done(self.budget.record_send(now), now - max(0.0, ago))
+
     def observe(self, remaining: int | None, window_s: float | None,
                 ticket: Ticket | None = None) -> None:
         self.budget.observe(self.clock.now(), remaining, window_s, ticket)

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from agent.config import Config
 from agent.core.codes import epoch_iso, utc_iso
-from agent.core.model import EntryPage
+from agent.core.model import EntryPage, Event, Zone
 from agent.errors import BadResponse, NotFound, Validation
 from agent.files import fsync_dir
 from agent.platform.client import PlatformClient
@@ -73,14 +73,30 @@ class SyncProgress:
 ProgressHook = Callable[[SyncProgress], None]
 
 
+class SyncObserver(Protocol):
+    """Told what a pass wrote, after it is in this device's cache (the venue leader publishes
+    it on the bus: agent.venue.catalog). An exception stops the pass, as a failed write would."""
+
+    async def events(self, events: list[Event]) -> None: ...
+
+    async def zones(self, event_id: int, zones: list[Zone]) -> None: ...
+
+    async def page(self, event_id: int, page: EntryPage) -> None: ...
+
+    async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None: ...
+
+
 class Syncer:
     """Sync jobs for one device. `cache_path` is the live cache file (`<store>/cache.db`)."""
 
     def __init__(self, config: Config, client: PlatformClient, cache_path: Path,
                  on_progress: ProgressHook | None = None,
-                 swap_hook: Callable[[Callable[[], None]], None] | None = None):
+                 swap_hook: Callable[[Callable[[], None]], None] | None = None,
+                 observer: SyncObserver | None = None):
         """`swap_hook(do_swap)` lets the owner of other connections to the live cache close them
-        before the rename and reopen after; by default the swap just happens."""
+        before the rename and reopen after; by default the swap just happens. `observer` is
+        told every write of a pass (the venue leader's fan-out)."""
+        self.observer = observer
         self.swap_hook = swap_hook or (lambda do_swap: do_swap())
         self.config = config
         self.client = client
@@ -132,12 +148,16 @@ class Syncer:
         served = [e for e in events if configured is None or e.id in configured]
         stamp = utc_iso(datetime.now(UTC))
         await in_thread(_write, cache, partial(cache.put_events, served, stamp))
+        if self.observer is not None:
+            await self.observer.events(served)
         ids = [e.id for e in served] if configured is None else list(configured)
         for event_id in ids:
             self._report(phase="zones", event_id=event_id)
             zones = await self.client.zones(event_id)
             self.progress.requests += 1
             await in_thread(_write, cache, partial(cache.put_zones, event_id, zones, stamp))
+            if self.observer is not None:
+                await self.observer.zones(event_id, zones)
         return ids
 
     # -- tickets ------------------------------------------------------------------------------
@@ -195,6 +215,8 @@ class Syncer:
             end_time = _earliest(end_time, page.list_end_time)
             next_url = page.next_url
             await in_thread(_apply_page, cache, event_id, page, next_url, end_time)
+            if self.observer is not None:
+                await self.observer.page(event_id, page)
             applied += len(page.items)
             self._report(pages=self.progress.pages + 1, items=applied, total=page.total)
             if next_url is None:
@@ -202,6 +224,8 @@ class Syncer:
         stamp = utc_iso(datetime.now(UTC))
         await in_thread(_write, cache, lambda: cache.set_cursor(
             event_id, end_time or cursor, stamp, full=listing_full))
+        if self.observer is not None:
+            await self.observer.pass_done(event_id, end_time or cursor, listing_full)
         self.progress.last_success[event_id] = time.time()
         self._report(phase="idle", finished=time.time())
         return applied

@@ -65,6 +65,7 @@ from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
 from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
+from agent.venue.leader import VenueRole
 
 log = logging.getLogger("gate_agent.daemon")
 decisions_log = logging.getLogger("gate_agent.decisions")
@@ -101,6 +102,8 @@ class Daemon:
         self.emergency = EmergencyInput(config.device["emergency_input"],
                                         self._emergency_changed)
         self.releases = ReleaseDesk(lambda: self.lanes, self.lane_event_log)
+        self.role: VenueRole | None = None  # venue leader/member work, with [venue] and a token
+        self._role_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(self.report, lambda: datetime.now(UTC))  # last: it reads report()
 
     # -- paths ----------------------------------------------------------------------------
@@ -226,6 +229,11 @@ class Daemon:
                 return
             self.start_token = token
         self.platform_disabled = None
+        if self.config.venue is not None:
+            # venue mode: the elected leader syncs and uploads for the venue; this gate's
+            # cache comes from the bus and its scans go to the bus (agent.venue.leader)
+            self.role = VenueRole(self.config, token, config_path=str(self.config.path),
+                                  on_catalog_change=self._catalog_changed)
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
         self.syncer = Syncer(self.config, self.client, self.cache_path,
@@ -243,6 +251,10 @@ class Daemon:
 
     def _add_platform_jobs(self, resync_now: bool) -> None:
         s = self.config.sync
+        if self.role is not None:
+            if self.uploader is not None:
+                self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
+            return  # no ticket-list request and no upload of its own: see VenueRole
         if self.uploader is not None:
             self.jobs.add_interval("upload", self._upload_job, s["upload_interval_s"], first_in=1)
             self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
@@ -293,6 +305,11 @@ class Daemon:
         if self.status_cache:
             self.status_cache.reload()
 
+    def _catalog_changed(self) -> None:
+        """Venue mode: the leader's sync results were applied to the cache from the bus."""
+        self._reload_lane_caches()
+        self.cache_degraded = None
+
     def _swap_cache(self, do_swap: Any) -> None:
         """Close every connection to the live cache, rename the new file in, reopen.
 
@@ -332,7 +349,9 @@ class Daemon:
             event.lane, "ADMIT" if d.admit else "REFUSE", d.direction, d.code, d.status,
             d.detail or "-", event.result.uuid or "-", event.latency_s * 1000,
             " relay=pulsed" if event.pulsed else "", extra={"fields": fields})
-        if self.uploader is not None and self._loop is not None and event.result.uuid:
+        if self.role is not None and self._loop is not None and event.result.uuid:
+            self._loop.call_soon_threadsafe(self.role.wake)
+        elif self.uploader is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self._maybe_upload_now)
 
     def _on_alarm(self, lane: str, kind: str, detail: str) -> None:
@@ -395,20 +414,25 @@ class Daemon:
                 cache["error"] = str(exc)
         platform: dict[str, Any] = {"disabled": self.platform_disabled,
                                     "offline": self.config.api["offline"]}
-        if self.client is not None:
+        if self.role is not None and self.role.client is not None:
+            platform.update(self.role.client.get_status())  # venue mode: the leader's link
+        elif self.client is not None:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {
             "version": __version__, "uptime_s": round(time.time() - self.started, 1),
             "started_at": epoch_iso(self.started),
             "lanes": [runner.get_status() for runner in self.lanes.values()],
             "cache": cache, "journal": journal, "platform": platform,
-            "upload": self.uploader.status.as_dict() if self.uploader else None,
+            "upload": (self.role.upload_status.as_dict() if self.role is not None else
+                       self.uploader.status.as_dict() if self.uploader else None),
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "pairings_error": self.pairings_error,
             "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
             "emergency": self.emergency.get_status(),
         }
+        if snap["venue"] is not None and self.role is not None:
+            snap["venue"]["leader"] = self.role.get_status()
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
         return snap
@@ -557,6 +581,9 @@ class Daemon:
         else:
             self.setup_platform(token)
             self._add_platform_jobs(resync_now=False)
+            if self.role is not None and self._role_task is None:
+                self._role_task = asyncio.create_task(self.role.run(self.stop_event),
+                                                      name="venue role")
         log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:
@@ -577,6 +604,9 @@ class Daemon:
                                      self.config.control["group"])
         await self.control.start()
         self.start_venue()
+        if self.role is not None:
+            self._role_task = asyncio.create_task(self.role.run(self.stop_event),
+                                                  name="venue role")
         self.start_lanes(self._lanes_with_pairings(self.config))
         self.emergency.start()
         self.schedule(resync)
@@ -607,7 +637,9 @@ class Daemon:
         if self.bus is not None:
             self.bus.stop()  # after the lanes: their last scans are published first
         self.jobs.shutdown()
-        if self.uploader is not None:
+        if self._role_task is not None:
+            await asyncio.gather(self._role_task, return_exceptions=True)
+        elif self.uploader is not None:
             try:
                 await asyncio.wait_for(self.uploader.drain(max_rounds=2), timeout=2.0)
             except (TimeoutError, GateAgentError) as exc:

@@ -33,6 +33,9 @@ from agent.platform.token import load_token
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.opening import opened_gate
 from agent.store.cache import CachedItem, TicketCache
+from agent.venue.bus import connect_options
+from agent.venue.catalog import publish_pairing
+from agent.venue.election import connect
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class PairingStation:
         self._stack = ExitStack()
         self._runner: asyncio.Runner | None = None
         self.gate: Gate | None = None
+        self._bus: tuple[Any, Any] | None = None  # (nats connection, jetstream), with [venue]
 
     def __enter__(self) -> PairingStation:
         try:
@@ -115,10 +119,16 @@ class PairingStation:
                                                           max_retries=1)
             client, runner = self._client, self._runner
             self._stack.callback(lambda: runner.run(client.aclose()))
+            self._stack.callback(lambda: runner.run(self._close_bus()))
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    async def _close_bus(self) -> None:
+        if self._bus is not None:
+            await self._bus[0].close()
+            self._bus = None
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
@@ -163,12 +173,34 @@ class PairingStation:
             # The platform has the pairing; the next delta sync brings it here anyway.
             local_error = f"paired on the platform, but the local cache was not updated ({exc})"
             log.warning("%s", local_error)
+        self._tell_venue(hit.event_id, hit.item.id, nfc_id, request_uuid)
         admitted = None
         if admit_lane is not None:
             admitted = self.gate.scan(nfc_id, admit_lane, datetime.now(UTC), kind="nfc",
                                       mono_ms=time.monotonic_ns() // 1_000_000)
         return PairResult(code, nfc_id, hit.event_id, hit.item.id, replaced, tuple(moved),
                           local_error, admitted)
+
+
+    def _tell_venue(self, event_id: int, item_id: int, nfc_id: str, request_uuid: str) -> None:
+        """With `[venue]`: publish the pairing so every gate knows the wristband at once
+        (agent.venue.catalog). Best effort: the leader's next delta brings it anyway."""
+        venue = self.config.venue
+        if venue is None or self._runner is None:
+            return
+        try:
+            self._runner.run(asyncio.wait_for(self._publish(
+                venue, event_id, item_id, nfc_id, request_uuid), 5.0))
+        except Exception as exc:  # noqa: BLE001 - the bus is away: the delta sync follows
+            log.warning("pairing not published on the venue bus (%s: %s); gates learn it with "
+                        "the leader's next sync", type(exc).__name__, exc)
+
+    async def _publish(self, venue: dict[str, Any], event_id: int, item_id: int, nfc_id: str,
+                       request_uuid: str) -> None:
+        if self._bus is None:
+            self._bus = await connect(connect_options(venue, str(self.config.path)), 3.0)
+        await publish_pairing(self._bus[1], venue["name"], event_id, item_id, nfc_id,
+                              request_uuid)
 
 
 def _refusal(exc: Validation, code: str, cached_tag: str | None) -> str:

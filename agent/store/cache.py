@@ -77,6 +77,13 @@ MIGRATIONS = [
         CREATE INDEX historic_barcodes_item ON historic_barcodes(event_id, item_id);
         CREATE INDEX items_seq ON items(seq)
     """),
+    # Venue mode: where this cache stands in the venue's catalog stream (the leader's sync
+    # results), committed in the same transaction as the items it applied; and the newest
+    # leader term seen there (older terms are fenced off).
+    ("0005_venue_catalog", """
+        CREATE TABLE venue_catalog (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,
+                                    term INTEGER NOT NULL DEFAULT 0)
+    """),
 ]
 
 # Encoding every item of a 1000-item page is the largest share of applying it; orjson does it
@@ -323,6 +330,19 @@ class TicketCache:
         problem = integrity_ok(self.db)
         if problem:
             raise CacheCorrupt(f"ticket cache {self.path} is damaged: {problem}")
+
+    def catalog_position(self, stream: str) -> tuple[int, int]:
+        """(last applied sequence, newest leader term) of the venue catalog `stream`."""
+        row = self.conn.execute("SELECT last_seq, term FROM venue_catalog WHERE stream = ?",
+                                (stream,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def set_catalog_position(self, stream: str, seq: int, term: int) -> None:
+        """Call inside the transaction that applied the messages up to `seq`."""
+        self.conn.execute(
+            "INSERT INTO venue_catalog (stream, last_seq, term) VALUES (?,?,?)"
+            " ON CONFLICT(stream) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq),"
+            " term = MAX(term, excluded.term)", (stream, seq, term))
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (before the file is renamed into place)."""

@@ -121,6 +121,8 @@ def test_venue_section_is_strict(tmp_path: Path) -> None:
     good = parse_config({"venue": {"name": "hall-1", "servers": ["nats://127.0.0.1:4222"]}})
     assert good.venue is not None
     assert good.venue["claim_timeout_ms"] == 250 and good.venue["offline_policy"] == "local"
+    assert good.venue["leader"] is True and good.venue["lease_ttl_s"] == 10.0
+    assert good.venue["platform_reserve"] == 6 and good.venue["fallback_after_s"] == 120.0
     for table, key, words in [
         ({"name": "hall"}, "venue.servers", "required"),
         ({"servers": ["nats://a:1"]}, "venue.name", "required"),
@@ -132,7 +134,14 @@ def test_venue_section_is_strict(tmp_path: Path) -> None:
         ({"name": "a", "servers": ["nats://a:1"], "claim_timeout_ms": 0},
          "venue.claim_timeout_ms", "between"),
         ({"name": "a", "servers": ["nats://a:1"], "device": "g 1"}, "venue.device", "letters"),
-        ({"name": "a", "servers": ["nats://a:1"], "leader": True}, "venue.leader", "unknown"),
+        ({"name": "a", "servers": ["nats://a:1"], "leadr": True}, "venue.leadr", "unknown"),
+        ({"name": "a", "servers": ["nats://a:1"], "lease_ttl_s": 0}, "venue.lease_ttl_s",
+         "between"),
+        ({"name": "a", "servers": ["nats://a:1"], "platform_reserve": -1},
+         "venue.platform_reserve", "between"),
+        ({"name": "a", "servers": ["nats://a:1"], "fallback_after_s": 1},
+         "venue.fallback_after_s", "between"),
+        ({"name": "a", "servers": ["nats://a:1"], "leader": "yes"}, "venue.leader", ""),
     ]:
         with pytest.raises(ConfigError) as info:
             parse_config({"venue": table}, "c.toml")

@@ -92,3 +92,30 @@ servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222
     alone.write_text(f'[store]\ndir = "{tmp_path}"\n')
     missing = run_cli("venue", "conflicts", "--config", str(alone))
     assert missing.returncode == 2 and "venue: no [venue] section" in missing.stderr
+
+
+def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa: F811
+                                                            venue_node: NodeProcess) -> None:
+    """The real daemon in venue mode: alone on the venue it is elected, syncs for the venue
+    (its cache is complete), uploads the venue's scans, and `gate-agent status` names it."""
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        decided = daemon.wait_decisions(1)[0]
+        wait_until(lambda: decided["uuid"] in {u["uuid"] for u in
+                                               site.sandbox.received()["uploads"]},
+                   15, "the scan uploaded by the venue leader")
+        wait_until(lambda: (daemon.status()["venue"].get("leader") or {}).get(
+            "budget_in_use_per_min"), 10, "the venue's request log")
+        leader = daemon.status()["venue"]["leader"]
+        assert leader["leader"] == "daemon" and leader["this_device_leads"]
+        assert leader["leader_since"] and leader["leader_term"]
+        assert leader["budget_in_use_per_min"] >= 3  # events, zones, tickets, the upload
+        assert daemon.status()["upload"]["sent_total"] == 1
+        table = run_cli("status", "--config", str(site.config))
+        assert "Venue leader: daemon (this gate) since" in table.stdout
+    finally:
+        assert daemon.stop() == 0

@@ -1,0 +1,296 @@
+"""Sync once, fan out: the leader's sync results on the bus, and every gate's cache from them.
+
+The catalog is one JetStream stream per venue, `VENUE_<name>_CATALOG`, on its own subjects
+(`venuecat.<name>.>`: streams may not share subjects with the scans' stream):
+- `venuecat.<name>.events`            the served events (as the platform sent them),
+- `venuecat.<name>.zones.<event>`     one event's zones,
+- `venuecat.<name>.i.<event>.<item>`  one item, as the platform sent it minus personal data,
+- `venuecat.<name>.pass.<event>`      the end of one pass: its `listEndTime` (the delta cursor)
+                                      and whether it was a full listing;
+- `venuecat.<name>.pair.<event>.<item>` a pairing a station just made on the platform
+                                      (`nfcId`): every gate knows the wristband at once,
+                                      before the leader's next delta brings the platform's copy.
+The stream keeps the *last message per subject* (`max_msgs_per_subject = 1`) rather than a
+KV bucket: it is the same storage (a KV bucket is such a stream) but lets a gate read
+everything in stream order with one ordered consumer, and the order is what makes a pass
+atomic. A gate that joins late reads at most one message per item (100,000 items = 100,000
+small messages) and no history; the stream never grows beyond the catalog's size.
+
+Applying (`CatalogFollower`): items are buffered until their pass's marker arrives, then the
+buffered items, the pass's cursor and the stream position go into the cache in one
+transaction, so the cache holds a pass entirely or not at all, and a restart resumes from the
+position with exactly the effects the file holds (rewriting an item is harmless anyway).
+Every message carries the leader's term; a message of an older term than the newest seen is
+dropped (a frozen leader's late publish, see agent.venue.lease). A message that cannot be read
+is skipped and counted, never guessed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from agent.core.codes import normalize_nfc_id, utc_iso
+from agent.core.model import (
+    EntryPage,
+    Event,
+    Item,
+    Zone,
+    parse_activated_events,
+    parse_item,
+    parse_zones,
+    strip_personal,
+)
+from agent.store.cache import TicketCache
+from agent.venue.lease import TERM_HEADER, Lease
+
+log = logging.getLogger("gate_agent.venue.catalog")
+
+PUBLISH_WINDOW = 1000  # publishes in flight at once (one full page)
+
+
+def stream_name(venue: str) -> str:
+    return f"VENUE_{venue.replace('-', '_')}_CATALOG"
+
+
+def prefix(venue: str) -> str:
+    return f"venuecat.{venue}"
+
+
+async def ensure_stream(js: Any, venue: str, replicas: int) -> None:
+    config = StreamConfig(name=stream_name(venue), subjects=[f"{prefix(venue)}.>"],
+                          storage=StorageType.FILE, num_replicas=replicas,
+                          max_msgs_per_subject=1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await js.add_stream(config)
+            return
+        except Exception:  # noqa: BLE001 - no meta leader yet: retry a while
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+class CatalogPublisher:
+    """The leader's `SyncObserver`: every write of a pass, published under its term."""
+
+    def __init__(self, js: Any, venue: str, lease: Lease):
+        self.js = js
+        self.prefix = prefix(venue)
+        self.lease = lease
+        self.published = 0
+
+    async def _send(self, items: list[tuple[str, bytes]]) -> None:
+        term = str(self.lease.guard())  # not leading (any more): the pass stops here
+        headers = {TERM_HEADER: term}
+        for start in range(0, len(items), PUBLISH_WINDOW):
+            chunk = items[start:start + PUBLISH_WINDOW]
+            await asyncio.gather(*(self.js.publish(s, b, headers=headers) for s, b in chunk))
+            self.published += len(chunk)
+
+    async def events(self, events: list[Event]) -> None:
+        await self._send([(f"{self.prefix}.events",
+                           orjson.dumps([e.raw for e in events]))])
+
+    async def zones(self, event_id: int, zones: list[Zone]) -> None:
+        await self._send([(f"{self.prefix}.zones.{event_id}",
+                           orjson.dumps([z.raw for z in zones]))])
+
+    async def page(self, event_id: int, page: EntryPage) -> None:
+        await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
+                           orjson.dumps(strip_personal(item.raw))) for item in page.items])
+
+    async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None:
+        await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(
+            {"endTime": end_time, "full": full, "at": utc_iso(datetime.now(UTC))}))])
+
+
+
+async def publish_pairing(js: Any, venue: str, event_id: int, item_id: int, nfc_id: str,
+                          request_uuid: str) -> None:
+    """A pairing station's news, after the platform accepted the pairing. Not a leader write:
+    it carries no term and is not fenced (the platform already holds the pairing)."""
+    await js.publish(f"{prefix(venue)}.pair.{event_id}.{item_id}",
+                     orjson.dumps({"nfcId": nfc_id, "at": utc_iso(datetime.now(UTC))}),
+                     headers={"Nats-Msg-Id": f"pair-{request_uuid}"})
+
+
+class CatalogFollower:
+    """Applies the catalog stream to this gate's cache (see the module docstring)."""
+
+    def __init__(self, js: Any, venue: str, cache: TicketCache, own_term: Any = None,
+                 on_change: Callable[[], None] | None = None):
+        """`own_term()`: this device's current term as leader (its own messages are already
+        in its cache: skipped, position still advanced). `on_change()`: after events, zones
+        or a pass were written (the daemon reloads its lanes' caches)."""
+        self.on_change = on_change
+        self.js = js
+        self.venue = venue
+        self.stream = stream_name(venue)
+        self.prefix = prefix(venue)
+        self.cache = cache
+        self.own_term = own_term or (lambda: 0)
+        self.position, self.term = cache.catalog_position(self.stream)
+        self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
+                         "bad_messages": 0, "pairings": 0}
+        self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
+        self._items: dict[int, dict[int, Item]] = {}
+        self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
+        self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
+
+    async def subscribe(self) -> Any:
+        """An ordered push consumer from the first message not yet applied here."""
+
+        async def on_message(msg: Any) -> None:
+            headers = msg.headers or {}
+            try:
+                term = int(headers.get(TERM_HEADER, "0"))
+            except ValueError:
+                term = -1
+            meta = msg.metadata
+            self._queue.put_nowait((meta.sequence.stream, msg.subject, msg.data, term,
+                                    meta.num_pending or 0))
+
+        return await self.js.subscribe(
+            f"{self.prefix}.>", stream=self.stream, cb=on_message, ordered_consumer=True,
+            idle_heartbeat=1.0, flow_control=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=self.position + 1))
+
+    async def catch_up(self, timeout_s: float = 120.0) -> int:
+        """Apply everything the stream holds now (a new gate's whole cache). Returns the
+        stream position reached."""
+        info = await self.js.stream_info(self.stream)
+        target = info.state.last_seq
+        if target <= self.position:
+            return self.position
+        sub = await self.subscribe()
+        try:
+            await asyncio.wait_for(self._drain_until(target), timeout_s)
+        finally:
+            await sub.unsubscribe()
+        return self.position
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Apply new messages as they come, until `stop`."""
+        sub = await self.subscribe()
+        try:
+            while not stop.is_set():
+                await self._drain_until(None, stop)
+        finally:
+            await sub.unsubscribe()
+
+    async def _drain_until(self, target: int | None, stop: asyncio.Event | None = None) -> None:
+        seen = self.position
+        while target is None or seen < target:
+            try:
+                seq, subject, data, term, _pending = await asyncio.wait_for(
+                    self._queue.get(), 0.5)
+            except TimeoutError:
+                if stop is not None and stop.is_set():
+                    return
+                continue
+            seen = seq
+            if await self._handle(seq, subject, data, term) and self.on_change is not None:
+                self.on_change()
+
+    async def _handle(self, seq: int, subject: str, data: bytes, term: int) -> bool:
+        """Apply (or buffer) one message; True when the cache changed."""
+        rest = subject[len(self.prefix) + 1:].split(".")
+        if rest[0] == "pair" and len(rest) == 3:  # a station's, not the leader's: no term
+            return await self._pairing(seq, int(rest[1]), int(rest[2]), data)
+        if term < self.term:
+            self.counters["stale_dropped"] += 1
+            log.warning("venue catalog message %d of term %d dropped (term %d leads)",
+                        seq, term, self.term)
+            return False
+        self.term = max(self.term, term)
+        mine = term != 0 and term == self.own_term()
+        try:
+            body = orjson.loads(data)
+            if rest[0] == "i" and len(rest) == 3:
+                item = parse_item(body)
+                if item is None:
+                    raise ValueError("item without a usable id")
+                if not mine:
+                    self._items.setdefault(int(rest[1]), {})[item.id] = item
+                return False
+            elif rest[0] == "pass" and len(rest) == 2:
+                await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
+            elif rest[0] == "events" and len(rest) == 1:
+                events = parse_activated_events(body)
+                await asyncio.to_thread(self._write, seq, mine, lambda stamp:
+                                        self.cache.put_events(events, stamp))
+            elif rest[0] == "zones" and len(rest) == 2:
+                zones = parse_zones(body, int(rest[1]))
+                await asyncio.to_thread(self._write, seq, mine, lambda stamp:
+                                        self.cache.put_zones(int(rest[1]), zones, stamp))
+            else:
+                raise ValueError(f"unknown catalog subject {subject}")
+        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+            self.counters["bad_messages"] += 1
+            log.error("venue catalog message %d on %s unreadable (%s): skipped", seq, subject,
+                      exc)
+            return False
+        return not mine
+
+    async def _pairing(self, seq: int, event_id: int, item_id: int, data: bytes) -> bool:
+        """Pair at once; while a pass is half read, after its items (stream order)."""
+        try:
+            nfc_id = normalize_nfc_id(str(orjson.loads(data)["nfcId"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            nfc_id = None
+        if nfc_id is None:
+            self.counters["bad_messages"] += 1
+            log.error("venue pairing message %d unreadable: skipped", seq)
+            return False
+        self.counters["pairings"] += 1
+        if self._items:
+            self._pairs.append((event_id, item_id, nfc_id))
+            return False
+        await asyncio.to_thread(self._write, seq, False, lambda _stamp:
+                                self.cache.pair_nfc(event_id, item_id, nfc_id))
+        return True
+
+    def _write(self, seq: int, mine: bool, action: Any) -> None:
+        """Events or zones: at once, with the position only when no pass is half-read."""
+        with self.cache.transaction():
+            if not mine:
+                action(utc_iso(datetime.now(UTC)))
+            if not self._items:
+                self.cache.set_catalog_position(self.stream, seq, self.term)
+                self.position = seq
+
+    def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
+        """One pass's items, cursor and stream position in one transaction."""
+        buffered = self._items
+        self._items = {}
+        stamp = utc_iso(datetime.now(UTC))
+        with self.cache.transaction():
+            for ev, items in buffered.items():
+                self.cache.put_items(ev, items.values())
+                self.counters["items_applied"] += len(items)
+            pairs, self._pairs = self._pairs, []
+            for ev, item_id, nfc_id in pairs:
+                self.cache.pair_nfc(ev, item_id, nfc_id)
+            if not mine:
+                self.cache.set_cursor(event_id, body.get("endTime"), stamp,
+                                      full=bool(body.get("full")))
+            self.cache.set_catalog_position(self.stream, seq, self.term)
+        self.position = seq
+        self.counters["passes_applied"] += 1
+        if isinstance(body.get("at"), str):
+            self.pass_ages[event_id] = body["at"]
+
+    def get_status(self) -> dict[str, Any]:
+        return {"catalog_position": self.position, "catalog_term": self.term,
+                "leader_pass_at": {str(k): v for k, v in self.pass_ages.items()},
+                **self.counters}

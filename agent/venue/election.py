@@ -1,0 +1,129 @@
+"""Keeping (or winning) the venue's leader lease, on an asyncio loop.
+
+`Election` owns one NATS connection of its own (the claims' connection in agent.venue.bus stays
+off this loop), makes sure the lease bucket exists, and every `ttl / 4` renews the lease it
+holds or tries to create it. It also reads who leads, for the status of every gate.
+
+Leader work (agent.venue.catalog, agent.venue.uplink) asks `lease.guard()` before each action
+and stamps its writes with the term: see agent.venue.lease for how an old leader is fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.js.api import KeyValueConfig, StorageType
+
+from agent.core.codes import utc_iso
+from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
+
+log = logging.getLogger("gate_agent.venue.leader")
+
+
+async def connect(options: dict[str, Any], timeout_s: float) -> tuple[Any, Any]:
+    """A NATS connection and JetStream context for leader work (reconnecting forever)."""
+    nc = await nats.connect(**options, connect_timeout=2, reconnect_time_wait=0.25,
+                            max_reconnect_attempts=-1, allow_reconnect=True)
+    return nc, nc.jetstream(timeout=timeout_s)
+
+
+async def lease_bucket(js: Any, venue: str, ttl_s: float, replicas: int) -> Any:
+    """The lease bucket (created by whoever comes first; same settings are accepted)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await js.create_key_value(KeyValueConfig(
+                bucket=bucket_name(venue), history=1, ttl=ttl_s, storage=StorageType.FILE,
+                replicas=replicas))
+        except Exception:  # noqa: BLE001 - no meta leader yet: retry a while
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+def cancelled() -> bool:
+    """True inside a task being cancelled. The nats client can turn a cancellation that lands
+    mid-request into an ordinary error; a loop that catches `Exception` must check this, or
+    a cancelled leader would keep renewing (and its owner would wait for it forever)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class Election:
+    """Hold the venue's lease if possible; `on_change(leading)` when that changes."""
+
+    def __init__(self, kv: Any, device: str, ttl_s: float,
+                 on_change: Callable[[bool], Awaitable[None]] | None = None,
+                 candidate: bool = True):
+        """`candidate`: False for a device that may not lead (`venue.leader = false`): it
+        only reads who leads, for its status."""
+        self.candidate = candidate
+        self.lease = Lease(kv, device, ttl_s)
+        self.kv = kv
+        self.ttl_s = ttl_s
+        self.on_change = on_change
+        self.leader: LeaderInfo | None = None
+        self.leading = False
+        self.terms_won = 0
+        self._stop = asyncio.Event()
+
+    async def step(self) -> bool:
+        """One round: renew or acquire, then read who leads. Returns whether we lead."""
+        if self.lease.term:
+            await self.lease.renew()
+        elif self.candidate:
+            if await self.lease.acquire(utc_iso(datetime.now(UTC))):
+                self.terms_won += 1
+                log.warning("venue leader: %s leads (term %d)", self.lease.holder,
+                            self.lease.term)
+        self.leader = await current_leader(self.kv)
+        leading = self.lease.valid()
+        if leading != self.leading:
+            self.leading = leading
+            if self.on_change is not None:
+                await self.on_change(leading)
+        return leading
+
+    async def run(self) -> None:
+        """Until `stop()`: a round every quarter TTL while leading, every tenth otherwise."""
+        while not self._stop.is_set():
+            try:
+                await self.step()
+            except Exception as exc:  # noqa: BLE001 - the bus is away: not leading
+                if cancelled():
+                    raise asyncio.CancelledError from exc
+                self.lease.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                if self.leading and not self.lease.valid():
+                    self.leading = False
+                    if self.on_change is not None:
+                        await self.on_change(False)
+            # a waiting candidate tries every TTL/10: the takeover comes at most that long
+            # after the lease expired (a failed create is one small request)
+            pause = self.ttl_s / 4 if self.leading else self.ttl_s / 10
+            try:
+                await asyncio.wait_for(self._stop.wait(), pause)
+            except TimeoutError:
+                pass
+        await self.lease.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def get_status(self) -> dict[str, Any]:
+        leader = self.leader
+        return {
+            "leader": leader.holder if leader else None,
+            "leader_since": leader.since if leader else None,
+            "leader_term": leader.term if leader else None,
+            "this_device_leads": self.lease.valid(),
+            "term": self.lease.term or None,
+            "lease_ttl_s": self.ttl_s,
+            "terms_won": self.terms_won,
+            "lease_error": self.lease.last_error,
+        }

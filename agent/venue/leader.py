@@ -1,0 +1,343 @@
+"""Venue mode beyond claims, for one device: elect a leader; the leader talks to the platform
+for the whole venue, every gate works from the bus.
+
+`VenueRole.run()` (one asyncio loop, its own NATS connection) does, on every device:
+- the election (agent.venue.election) when `venue.leader` allows this device to lead;
+- member work: hand this gate's journaled scans to the bus (agent.venue.uplink.hand_over)
+  and apply the leader's catalog to this gate's cache (agent.venue.catalog); no ticket-list
+  request of its own;
+- fallback: cut off from the bus for longer than `venue.fallback_after_s`, upload this
+  gate's own scans directly with its own budget share (round one's Uploader); rows the bus
+  took but whose acknowledgement was lost may then reach the platform twice (harmless: the
+  scan uuid; counted in `fallback_rows`, see the sandbox's `duplicate uuid`).
+and, while this device holds a valid lease, leader work:
+- the sync passes of round one (events/zones refresh, deltas) with a `CatalogPublisher`
+  observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
+  whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
+  leader's recent requests, and whose `before_send` re-checks the lease on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.config import Config
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor
+from agent.platform.sync import Syncer
+from agent.platform.upload import Uploader, UploadStatus
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal
+from agent.venue import catalog, uplink
+from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
+from agent.venue.bus import connect_options, device_name
+from agent.venue.election import Election, cancelled, connect, lease_bucket
+from agent.venue.lease import NotLeader
+
+log = logging.getLogger("gate_agent.venue.leader")
+
+
+class VenueRole:
+    """One device's part in the venue (see the module docstring)."""
+
+    def __init__(self, config: Config, token: str, *, config_path: str | None = None,
+                 ack_wait_s: float = 10.0,
+                 on_catalog_change: Callable[[], None] | None = None):
+        """`on_catalog_change()`: the cache was changed from the bus (the daemon reloads its
+        lanes' caches); `ack_wait_s`: how long a fetched, unacknowledged scan waits before
+        the bus hands it to the (next) leader again."""
+        assert config.venue is not None
+        self.config = config
+        self.venue = config.venue
+        self.name = self.venue["name"]
+        self.device = device_name(self.venue)
+        self.token = token
+        self.options = connect_options(self.venue, config_path)
+        self.replicas = 3 if len(self.venue["servers"]) >= 3 else 1
+        self.ttl_s = float(self.venue["lease_ttl_s"])
+        self.ack_wait_s = ack_wait_s
+        self.cache_path = config.store_dir / "cache.db"
+        self.journal_path = config.store_dir / "journal.db"
+        self.election: Election | None = None
+        self.follower: catalog.CatalogFollower | None = None
+        self.uploader: uplink.VenueUploader | None = None
+        self.fence: LeaderFence | None = None
+        self.client: PlatformClient | None = None
+        self.syncer: Syncer | None = None
+        self.connected_at = time.monotonic()
+        self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
+                         "seeded_requests": 0}
+        self.on_catalog_change = on_catalog_change
+        self.upload_status = UploadStatus()  # the venue's uploads while this device leads
+        self.last_error: str | None = None
+        self._js: Any = None
+        self._nc: Any = None
+        self._wake = asyncio.Event()
+        self._next_fallback = 0.0
+        self._next_status = 0.0
+        self._sync_task: asyncio.Task[None] | None = None
+        self._budget_kv: Any = None
+        self.budget_in_use: int | None = None  # the venue's requests in the last minute
+        self.upload_lag: int | None = None  # scans on the bus not yet at the platform
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A scan was journaled: hand it to the bus now (call on this role's loop)."""
+        self._wake.set()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        self._wake.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _connect(self, stop: asyncio.Event, journal: Journal) -> bool:
+        """Until the bus answers (the client reconnects by itself after that); meanwhile the
+        fallback uploads this gate's scans once `fallback_after_s` has passed."""
+        while not stop.is_set():
+            try:
+                self._nc, self._js = await connect(self.options, max(2.0, self.ttl_s / 4))
+                return True
+            except Exception as exc:  # noqa: BLE001 - no bus yet: the gate works alone
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                await self._member_round(journal)
+                await self._pause(stop, 1.0)
+        return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: sessions on the bus; any failure of one ends it and a new one starts
+        a second later (the gate keeps deciding meanwhile; the fallback covers uploads)."""
+        # opened in a thread: the daemon's loop must not wait on a cold 100 MB file; the
+        # daemon checked the cache's integrity at start already
+        journal = await asyncio.to_thread(Journal, self.journal_path)
+        cache = await asyncio.to_thread(
+            TicketCache, self.cache_path,
+            keep_personal_data=self.config.store["keep_personal_data"], check=False)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._session(stop, journal, cache)
+                except Exception as exc:  # noqa: BLE001 - logged; a new session follows
+                    if cancelled():
+                        raise asyncio.CancelledError from exc
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.warning("venue session ended (%s); starting again", self.last_error)
+                    await self._pause(stop, 1.0)
+        finally:
+            await self._close_client()
+            journal.close()
+            cache.close()
+
+    async def _session(self, stop: asyncio.Event, journal: Journal, cache: TicketCache) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        self.election = None
+        try:
+            if not await self._connect(stop, journal):
+                return
+            await catalog.ensure_stream(self._js, self.name, self.replicas)
+            await uplink.ensure_upload_stream(self._js, self.name, self.replicas)
+            self.follower = catalog.CatalogFollower(self._js, self.name, cache,
+                                                    own_term=self._own_term,
+                                                    on_change=self.on_catalog_change)
+            tasks.append(asyncio.create_task(self.follower.follow(stop)))
+            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
+            self.election = Election(kv, self.device, self.ttl_s, self._changed,
+                                     candidate=self.venue["leader"])
+            tasks.append(asyncio.create_task(self.election.run()))
+            if self.venue["leader"]:
+                self.fence = LeaderFence(self._budget_kv, self.election.lease,
+                                         request_timeout_s=self.config.api["timeout_s"])
+            await self._loop(stop, journal, tasks)
+        finally:
+            if self.election is not None:
+                self.election.stop()  # it releases the lease on its way out
+            if tasks:
+                tasks[0].cancel()  # the catalog follower
+                await asyncio.wait(tasks, timeout=5.0)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._step_down()
+            if self._nc is not None:
+                nc, self._nc = self._nc, None
+                try:
+                    await asyncio.wait_for(nc.close(), 2.0)
+                except Exception:  # noqa: BLE001 - closing a dead link
+                    pass
+
+    def _own_term(self) -> int:
+        lease = self.election.lease if self.election else None
+        return lease.term if lease is not None and lease.valid() else 0
+
+    async def _changed(self, leading: bool) -> None:
+        if not leading:
+            await self._step_down()
+
+    async def _loop(self, stop: asyncio.Event, journal: Journal,
+                    tasks: list[asyncio.Task[None]]) -> None:
+        sync_cfg = self.config.sync
+        next_upload = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            for task in tasks:
+                if task.done():  # the catalog follower or the election died: new session
+                    raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
+            try:
+                await self._member_round(journal)
+                if self.election is not None and self.election.lease.valid():
+                    await self._lead()
+                    assert self.uploader is not None
+                    # full batches at once, the rest every upload_interval_s: the venue's
+                    # request rate does not grow with its number of gates
+                    waiting = await self.uploader.lag()
+                    if waiting and (now >= next_upload or waiting >= self.uploader.max_batch):
+                        await self._upload(waiting)
+                        next_upload = now + sync_cfg["upload_interval_s"]
+                await self._refresh_status(now)
+            except NotLeader as exc:
+                log.warning("venue: %s", exc)
+                await self._step_down()
+            except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                if cancelled():
+                    raise asyncio.CancelledError from exc
+                self.counters["leader_errors"] += 1
+                log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
+            await self._pause(stop, 0.2)
+
+    async def _upload(self, waiting: int) -> None:
+        """The scans waiting when the round starts, in as few requests as possible. Chasing
+        every newcomer would spend a request per scan on a busy venue (round one's soak
+        bench saw that stall uploads); newcomers wait for the next round or a full batch."""
+        assert self.uploader is not None
+        sent = 0
+        while sent < waiting:
+            done = await self.uploader.upload_round()
+            if not done:
+                break
+            sent += done
+
+    async def _refresh_status(self, now: float) -> None:
+        """Venue-wide figures every gate shows (two small bus requests every 2 s)."""
+        if now < self._next_status or self._budget_kv is None:
+            return
+        self._next_status = now + 2.0
+        self.budget_in_use = await venue_requests(self._budget_kv, time.time())
+        try:
+            info = await self._js.consumer_info(uplink.stream_name(self.name), uplink.DURABLE)
+            self.upload_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        except Exception:  # noqa: BLE001 - no leader has uploaded yet: count the stream
+            try:
+                info = await self._js.stream_info(uplink.stream_name(self.name))
+                self.upload_lag = int(info.state.messages)
+            except Exception:  # noqa: BLE001 - the bus is away
+                self.upload_lag = None
+
+    # -- member ----------------------------------------------------------------------------
+
+    async def _member_round(self, journal: Journal) -> None:
+        if self._nc is not None and self._nc.is_connected:
+            self.connected_at = time.monotonic()
+            self.counters["handed_over"] += await uplink.hand_over(
+                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None)
+        elif (time.monotonic() - self.connected_at > self.venue["fallback_after_s"]
+              and time.monotonic() >= self._next_fallback):
+            self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
+            self.counters["fallback_rows"] += await self._fallback(journal)
+
+    async def _fallback(self, journal: Journal) -> int:
+        """Cut off from the bus: this gate's own scans, directly, with its own share."""
+        async with PlatformClient.from_config(
+                self.config.api, self.token, Governor.from_config(self.config.api)) as client:
+            uploader = Uploader(journal, client, batch_size=self.config.sync["upload_batch_size"],
+                                scanned_by=self.config.api["scanned_by"] or None)
+            return await uploader.upload_round()
+
+    # -- leader ----------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Set up leader work once per term."""
+        if self.uploader is not None:
+            return
+        assert self.election is not None and self.fence is not None
+        lease = self.election.lease
+        governor = leader_governor(self.config.api, self.venue["platform_reserve"])
+        self.counters["seeded_requests"] = await self.fence.seed(governor)
+        if self.client is None:  # one client for the device's life: its link status stays
+            self.client = PlatformClient.from_config(self.config.api, self.token, governor)
+        self.client.governor = governor  # a fresh budget per term, seeded above
+        self.client.before_send = self.fence.check
+        self.syncer = Syncer(self.config, self.client, self.cache_path,
+                             observer=catalog.CatalogPublisher(self._js, self.name, lease))
+        uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
+                                        max_batch=self.config.sync["upload_batch_size"],
+                                        ack_wait_s=self.ack_wait_s,
+                                        status=self.upload_status)
+        await uploader.start()
+        self.uploader = uploader
+        self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")
+        log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
+                    "leader counted", self.name, self.device, lease.term,
+                    self.counters["seeded_requests"])
+
+    async def _sync_loop(self, syncer: Syncer) -> None:
+        """The leader's sync passes, beside its uploads (a long delta must not hold the
+        venue's scans back; the governor serves uploads first)."""
+        sync_cfg = self.config.sync
+        next_delta = next_refresh = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                if now >= next_refresh:
+                    await syncer.refresh_events()
+                    next_refresh = now + sync_cfg["refresh_interval_s"]
+                if now >= next_delta:
+                    await syncer.delta_all()
+                    next_delta = now + sync_cfg["delta_interval_s"]
+            except NotLeader as exc:
+                log.warning("venue sync: %s", exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                if cancelled():
+                    raise asyncio.CancelledError from exc
+                self.counters["leader_errors"] += 1
+                log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
+                next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
+            await asyncio.sleep(0.5)
+
+    async def _step_down(self) -> None:
+        self.uploader = None
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.syncer is not None:
+            self.syncer.close()
+            self.syncer = None
+
+    async def _close_client(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    # -- status ------------------------------------------------------------------------------
+
+    def get_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device, "bus_error": self.last_error,
+                               **self.counters}
+        if self.election is not None:
+            out.update(self.election.get_status())
+        out["budget_in_use_per_min"] = self.budget_in_use
+        out["upload_lag"] = self.upload_lag
+        if self.follower is not None:
+            out.update(self.follower.get_status())
+        if self.uploader is not None:
+            out["upload"] = self.uploader.get_status()
+        return out

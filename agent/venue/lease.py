@@ -1,0 +1,176 @@
+"""The venue's leader lease: one key in a JetStream KV bucket with a TTL.
+
+Election uses the engine's own compare-and-set, nothing of our own:
+- acquire = `kv.create("leader")`: succeeds for exactly one caller while the key is absent;
+- renew   = `kv.update("leader", last=<our revision>)`: fails as soon as anyone else wrote it;
+- the bucket's TTL (`max_age`) removes a value that was not renewed, so a dead or paused
+  leader's lease disappears within `lease_ttl_s` and `create` succeeds for the next one.
+Any exception from create/update (wrong last sequence, timeout, no quorum, and the client's
+occasional `KeyNotFoundError` for a losing create under a race) means "not granted".
+
+Fencing a slow, paused or partitioned old leader, in three layers:
+1. Local time. A grant is trusted only until `sent_at + ttl * SAFE_FRACTION`, where `sent_at`
+   is the monotonic time *before* the create/update request left: the server's expiry is
+   later than that. CLOCK_MONOTONIC keeps running while a process is SIGSTOPped, so a leader
+   resumed after its lease has expired finds `valid()` false before it does anything; every
+   leader action (`guard()`) checks it — in particular before each platform request.
+2. The term. `term` is the KV revision of the create that won the lease; revisions are stream
+   sequences, so a later leader's term is always larger. Every message a leader writes carries
+   its term (`Venue-Leader-Term`), and readers drop messages of a term older than the newest
+   they have seen: a publish that was already in flight when the leader froze cannot undo the
+   new leader's work.
+3. The platform's own idempotency keys (scan uuid, request uuid): whatever a stale leader
+   still manages to send to the platform scans nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("gate_agent.venue.leader")
+
+LEASE_KEY = "leader"
+SAFE_FRACTION = 0.8  # trust a grant for this part of the TTL only (clock rate, latency)
+TERM_HEADER = "Venue-Leader-Term"
+
+
+class NotLeader(RuntimeError):
+    """This device does not hold a valid lease: it must not act as the venue's leader."""
+
+
+def bucket_name(venue: str) -> str:
+    return f"VENUE_{venue.replace('-', '_')}_LEADER"
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who leads, as the bucket says (for status on every gate)."""
+
+    holder: str
+    term: int
+    since: str
+    revision: int
+
+
+class Lease:
+    """This device's view of the lease: `acquire()`/`renew()` on the bus, `valid()` locally."""
+
+    def __init__(self, kv: Any, holder: str, ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.kv = kv
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.term = 0  # revision of the create that won; 0 while not leading
+        self.revision = 0  # our last write to the key
+        self.since = ""
+        self.valid_until = 0.0
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()  # renewals from the timer and before requests, one at a time
+
+    def valid(self, now: float | None = None) -> bool:
+        """True while a grant is held and young enough to trust (see the module docstring)."""
+        now = self.clock() if now is None else now
+        return self.term > 0 and now < self.valid_until
+
+    def guard(self) -> int:
+        """The term to act under, or NotLeader. Call before every leader action."""
+        if not self.valid():
+            raise NotLeader(f"{self.holder} holds no valid lease")
+        return self.term
+
+    def _value(self, since: str) -> bytes:
+        return orjson.dumps({"holder": self.holder, "term": self.term, "since": since})
+
+    async def acquire(self, since: str) -> bool:
+        """Try to become the leader (the key must be absent). Any error: not granted."""
+        sent_at = self.clock()
+        try:
+            revision = await self.kv.create(LEASE_KEY, self._value(since))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            revision = await self._reclaim(since)
+            if not revision:
+                return False
+        self.term = self.revision = int(revision)
+        self.since = since
+        self.valid_until = sent_at + self.ttl_s * SAFE_FRACTION
+        # Write the term into the value so every gate's status can show it (a renewal).
+        await self.renew()
+        return self.valid()
+
+    async def _reclaim(self, since: str) -> int:
+        """The lease is held under this device's own name: a previous run of this device that
+        died (one daemon per store is enforced by its lock; device names are unique in a
+        venue). Take it over with a compare-and-set on the revision we read — a new, larger
+        term — instead of idling out its TTL after every restart. 0: not granted."""
+        held = await current_leader(self.kv)
+        if held is None or held.holder != self.holder:
+            return 0
+        try:
+            return int(await self.kv.update(LEASE_KEY, self._value(since), last=held.revision))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            return 0
+
+    async def renew(self) -> bool:
+        """Extend the lease if it is still ours; on any error the grant is dropped at once."""
+        async with self._lock:
+            return await self._renew()
+
+    async def _renew(self) -> bool:
+        if self.term == 0:
+            return False
+        sent_at = self.clock()
+        if sent_at >= self.valid_until:
+            self._drop("lease expired before it was renewed")
+            return False
+        try:
+            revision = await self.kv.update(LEASE_KEY, self._value(self.since),
+                                            last=self.revision)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self._drop(f"renewal refused: {type(exc).__name__}: {exc}"[:200])
+            return False
+        self.revision = int(revision)
+        self.valid_until = sent_at + self.ttl_s * SAFE_FRACTION
+        return True
+
+    def _drop(self, why: str) -> None:
+        if self.term:
+            log.warning("venue leader %s (term %d) steps down: %s", self.holder, self.term, why)
+        self.last_error = why
+        self.term = 0
+        self.revision = 0
+        self.valid_until = 0.0
+
+    async def release(self) -> None:
+        """Give the lease up at a clean stop so the next leader need not wait out the TTL."""
+        if self.term and self.valid():
+            try:
+                await self.kv.delete(LEASE_KEY, last=self.revision)
+            except Exception as exc:  # noqa: BLE001 - it expires by itself
+                log.info("venue lease not released (%s); it expires by TTL", exc)
+        self._drop("released")
+
+
+async def current_leader(kv: Any) -> LeaderInfo | None:
+    """What the bucket says now (None: nobody leads, or the value is unreadable)."""
+    try:
+        entry = await kv.get(LEASE_KEY)
+    except Exception:  # noqa: BLE001 - absent or expired: nobody leads
+        return None
+    if entry is None or not entry.value:
+        return None
+    try:
+        body = orjson.loads(entry.value)
+        return LeaderInfo(holder=str(body["holder"]), term=int(body["term"]),
+                          since=str(body["since"]), revision=int(entry.revision or 0))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,215 @@
+"""Sync once, fan out: the leader's real `Syncer` against the sandbox publishes on a real
+nats-server; other gates build and update their SQLite caches from the bus alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from agent.core.model import PERSONAL_FIELDS
+from agent.runtime.pairing import PairingStation
+from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.cache import TicketCache
+from agent.venue import catalog
+from agent.venue.election import connect, lease_bucket
+from agent.venue.lease import TERM_HEADER, Lease
+from agent.venue.node import NodeProcess
+from tests.platform.sync.conftest import EVENT, Site, make_site
+
+pytestmark = pytest.mark.e2e
+TICKETS = 3000
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with start_sandbox(tickets=TICKETS, async_delay_s=0.02, rpm=1000) as sb:
+        yield sb
+
+
+def requests_made(sb: Sandbox) -> int:
+    return sum(sb.received()["perEndpoint"].values())
+
+
+def items(path: Path) -> dict[int, tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0]: r[1:] for r in conn.execute(
+            "SELECT id, barcode, nfc_id, status, raw FROM items WHERE event_id = ?", (EVENT,))}
+    finally:
+        conn.close()
+
+
+async def lead(js: Any, venue: str, holder: str = "leader") -> Lease:
+    lease = Lease(await lease_bucket(js, venue, 30.0, 1), holder, 30.0)
+    assert await lease.acquire("now")
+    return lease
+
+
+async def leader_sync(site: Site, js: Any, venue: str, lease: Lease, full: bool = False) -> int:
+    publisher = catalog.CatalogPublisher(js, venue, lease)
+    async with site.client() as client:
+        syncer = site.syncer(client, observer=publisher)
+        try:
+            await syncer.refresh_events()
+            await syncer.sync_tickets(EVENT, full=full)
+        finally:
+            syncer.close()
+    return publisher.published
+
+
+async def follow(js: Any, venue: str, path: Path) -> dict[str, Any]:
+    cache = TicketCache(path)
+    try:
+        follower = catalog.CatalogFollower(js, venue, cache)
+        await follower.catch_up(60)
+        return follower.get_status()
+    finally:
+        cache.close()
+
+
+def test_one_leader_sync_builds_every_gate_cache_with_no_request(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    venue = "fanout"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+
+    async def scenario() -> tuple[int, int, int, list[dict[str, Any]]]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            before = requests_made(sandbox)
+            await leader_sync(leader, js, venue, lease)
+            leader_requests = requests_made(sandbox) - before
+            before = requests_made(sandbox)
+            statuses = [await follow(js, venue, tmp_path / f"gate{i}" / "cache.db")
+                        for i in range(2)]
+            gate_requests = requests_made(sandbox) - before
+            # a delta pass after a change on the platform reaches the gates too
+            code = next(iter(items(leader.cache_path).values()))[0]
+            sandbox.change_item(code, "refunded")
+            await leader_sync(leader, js, venue, lease)
+            for i in range(2):
+                statuses.append(await follow(js, venue, tmp_path / f"gate{i}" / "cache.db"))
+            return leader_requests, gate_requests, len(statuses), statuses
+        finally:
+            await nc.close()
+
+    for i in range(2):
+        (tmp_path / f"gate{i}").mkdir()
+    leader_requests, gate_requests, _n, statuses = asyncio.run(scenario())
+    # a whole venue's sync costs one device's: events, zones, and ceil(items / 1000) pages
+    # (plus the async listing's polls)
+    assert 3 <= leader_requests <= 3 + 2 * (TICKETS // 1000 + 1)
+    assert gate_requests == 0
+    want = items(leader.cache_path)
+    assert len(want) > TICKETS * 0.9
+    for i in range(2):
+        got = items(tmp_path / f"gate{i}" / "cache.db")
+        assert got == want
+    assert any(v[2] == "refunded" for v in items(tmp_path / "gate0" / "cache.db").values())
+    assert statuses[0]["passes_applied"] >= 1 and statuses[0]["stale_dropped"] == 0
+    # no personal data the gate does not keep crossed the bus (the sandbox sends it)
+    raw = orjson.loads(next(iter(want.values()))[3])
+    assert set(PERSONAL_FIELDS).isdisjoint(raw.get("stable") or {})
+    assert raw["stable"]["customerName"]  # what the gate keeps is kept
+    cache = TicketCache(tmp_path / "gate1" / "cache.db")
+    try:
+        assert [e.id for e in cache.events()] and cache.zones(EVENT)
+        state = cache.sync_state(EVENT)
+        assert state is not None and state["cursor"]  # a later leader deltas from here
+    finally:
+        cache.close()
+
+
+def test_a_pass_is_applied_whole_and_older_terms_are_dropped(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    venue = "atomic"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    gate = tmp_path / "gate" / "cache.db"
+    gate.parent.mkdir()
+    subject = f"{catalog.prefix(venue)}"
+
+    async def scenario() -> list[int]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            await leader_sync(leader, js, venue, lease)
+            await follow(js, venue, gate)
+            sizes = [len(items(gate))]
+            some = list(items(leader.cache_path).items())[:3]
+            new_ids = [9_000_001, 9_000_002]
+            # a pass in progress: two new items, no marker yet -> not applied
+            for new_id in new_ids:
+                raw = {**orjson.loads(some[0][1][3]), "id": new_id}
+                await js.publish(f"{subject}.i.{EVENT}.{new_id}", orjson.dumps(raw),
+                                 headers={TERM_HEADER: str(lease.term)})
+            await follow(js, venue, gate)
+            sizes.append(len(items(gate)))
+            # an old leader's late message (older term) is dropped, the marker applies the pass
+            stale = {**orjson.loads(some[1][1][3]), "id": 9_000_003}
+            await js.publish(f"{subject}.i.{EVENT}.9000003", orjson.dumps(stale),
+                             headers={TERM_HEADER: str(lease.term - 1)})
+            await js.publish(f"{subject}.pass.{EVENT}", orjson.dumps(
+                {"endTime": None, "full": False, "at": "x"}),
+                headers={TERM_HEADER: str(lease.term)})
+            status = await follow(js, venue, gate)
+            sizes.append(len(items(gate)))
+            sizes.append(status["stale_dropped"])
+            return sizes
+        finally:
+            await nc.close()
+
+    first, during, after, dropped = asyncio.run(scenario())
+    assert during == first  # half a pass: nothing of it
+    assert after == first + 2  # the whole pass, not the stale item
+    assert dropped == 1
+
+
+def test_a_pairing_at_a_station_reaches_every_gate_at_once(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    venue = "pairing"
+    station_site = make_site(tmp_path / "station", sandbox, rpm=1000, extra=f"""
+[venue]
+name = "{venue}"
+servers = ["{shared_venue_node.url}"]
+device = "station"
+""")
+    gate = tmp_path / "gate" / "cache.db"
+    gate.parent.mkdir()
+
+    async def fill() -> None:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            await leader_sync(station_site, js, venue, await lead(js, venue))
+            await follow(js, venue, gate)
+        finally:
+            await nc.close()
+
+    asyncio.run(fill())
+    barcode = next(iter(items(gate).values()))[0]
+    with PairingStation(station_site.config) as station:
+        result = station.pair(barcode, "04:A1:B2:C3:D4:E5:F6")
+    status = asyncio.run(_follow_url(shared_venue_node.url, venue, gate))
+    cache = TicketCache(gate)
+    try:
+        hits = cache.find_nfc(result.nfc_id)
+        assert [h.item.id for h in hits] == [result.item_id]
+        assert status["pairings"] == 1
+    finally:
+        cache.close()
+
+
+async def _follow_url(url: str, venue: str, path: Path) -> dict[str, Any]:
+    nc, js = await connect({"servers": [url]}, 5.0)
+    try:
+        return await follow(js, venue, path)
+    finally:
+        await nc.close()

@@ -1,0 +1,176 @@
+"""Upload once, in process: gates hand scans to a real nats-server, a leader's
+`VenueUploader` sends them to the sandbox; a leader that crashes after the platform applied a
+batch but before it could record that is replaced by one that resends the *same* request
+(uuid and rows), so every scan is applied exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import ApiError
+from agent.platform.client import PlatformClient
+from agent.platform.governor import Governor, Priority
+from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.journal import Journal
+from agent.venue import uplink
+from agent.venue.budget import LeaderFence, budget_bucket, leader_governor
+from agent.venue.election import connect, lease_bucket
+from agent.venue.lease import Lease, NotLeader
+from agent.venue.node import NodeProcess
+from tests.platform.sync.conftest import backlog, fill_journal
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with start_sandbox(tickets=1000, async_delay_s=0.02, rpm=1000) as sb:
+        yield sb
+
+
+def client(sb: Sandbox) -> PlatformClient:
+    return PlatformClient(sb.url, sb.token, sb.company_id, "en", 10.0, Governor(1000),
+                          max_retries=0)
+
+
+def journal_with(path: Path, rows: list[Any]) -> Journal:
+    journal = Journal(path)
+    fill_journal(journal, rows)
+    return journal
+
+
+def test_new_leader_resends_a_stored_batch_under_its_uuid_and_acks_without_resending(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    venue = "resend"
+    rows = backlog(120, datetime.now(UTC).replace(microsecond=0))
+    journals = [journal_with(tmp_path / f"j{i}.db", rows[i * 60:(i + 1) * 60]) for i in (0, 1)]
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            for i, journal in enumerate(journals):
+                assert await uplink.hand_over(js, venue, f"gate{i}", journal, 7) == 60
+                assert journal.pending_count() == 0  # the bus has them now
+            kv = await lease_bucket(js, venue, 2.0, 1)
+            old = Lease(kv, "old", 2.0)
+            assert await old.acquire("t")
+            async with client(sandbox) as c:
+                first = uplink.VenueUploader(js, venue, c, old, max_batch=50, ack_wait_s=1.0)
+                await first.start()
+                # the platform applies the batch, the answer is lost: the old leader dies
+                # before it can mark it done or ack a message
+                sandbox.set_faults(lost_after_commit_rate=1.0)
+                with pytest.raises(ApiError):
+                    await first.upload_round()
+                sandbox.clear_faults()
+                stored = list(first.undone)
+            await old.release()
+            new = Lease(kv, "new", 2.0)
+            assert await new.acquire("t")
+            async with client(sandbox) as c:
+                second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
+                await second.start()  # resends the stored batch first
+                deadline = asyncio.get_running_loop().time() + 30
+                while await second.lag() and asyncio.get_running_loop().time() < deadline:
+                    await second.upload_round()
+                return {"stored": stored, "counters": second.counters,
+                        "lag": await second.lag(), "members": dict(second.members)}
+        finally:
+            await nc.close()
+
+    out = asyncio.run(scenario())
+    for journal in journals:
+        journal.close()
+    received = sandbox.received()
+    applied = Counter(u["uuid"] for u in received["uploads"] if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    skipped = Counter(u.get("skipped") for u in received["uploads"] if "skipped" in u)
+    assert skipped == {"replayed request": 50}  # the one resent batch, recorded nowhere
+    assert out["stored"][0] in received["requestUuids"]
+    assert received["requestUuids"].count(out["stored"][0]) == 2  # same uuid, twice
+    assert out["counters"]["batches_resent"] == 1
+    assert out["counters"]["redelivered_acked"] == 50
+    assert out["lag"] == 0
+
+
+def test_a_leader_whose_lease_was_taken_sends_nothing(shared_venue_node: NodeProcess,
+                                                      sandbox: Sandbox) -> None:
+    """The fence before each request asks the bus: a leader whose lease another device holds
+    (a partition healed, a pause shorter than our local margin) is refused there."""
+
+    async def scenario() -> tuple[int, int]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            kv = await lease_bucket(js, "fence", 30.0, 1)
+            lease = Lease(kv, "old", 30.0)
+            assert await lease.acquire("t")
+            fence = LeaderFence(await budget_bucket(js, "fence", 1), lease)
+            async with client(sandbox) as c:
+                c.before_send = fence.check
+                await c.activated_events()  # allowed: the lease is ours
+                await kv.purge("leader")  # ...until another device takes it
+                other = Lease(kv, "other", 30.0)
+                assert await other.acquire("t")
+                before = sum(sandbox.received()["perEndpoint"].values())
+                with pytest.raises(NotLeader):
+                    await c.activated_events()
+                after = sum(sandbox.received()["perEndpoint"].values())
+            governor = Governor(60)
+            return after - before, await LeaderFence(fence.kv, other).seed(governor)
+        finally:
+            await nc.close()
+
+    sent_after_loss, seeded = asyncio.run(scenario())
+    assert sent_after_loss == 0
+    assert seeded == 1  # the new leader counts the old one's request against its budget
+
+
+def test_a_new_leader_counts_the_old_leaders_requests_so_failover_never_meets_429(
+        shared_venue_node: NodeProcess) -> None:
+    """The company allows 20 requests/min, 6 kept for the pairing station: the leader owns
+    14. The old leader spends them all and dies; the new leader must wait for the window
+    instead of sending (without the request log, it would send 14 more: 28 > 20)."""
+    api = {"requests_per_minute": 20, "upload_reserve": 0}
+
+    async def scenario(sb: Sandbox) -> tuple[int, int, bool]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            kv = await lease_bucket(js, "budget", 2.0, 1)
+            budget_kv = await budget_bucket(js, "budget", 1)
+            old = Lease(kv, "old", 2.0)
+            assert await old.acquire("t")
+            governor = leader_governor(api, reserve=6)
+            assert governor.budget.share == 14
+            async with PlatformClient(sb.url, sb.token, sb.company_id, "en", 10.0, governor,
+                                      max_retries=0) as c:
+                c.before_send = LeaderFence(budget_kv, old).check
+                for _ in range(14):
+                    await c.activated_events()
+            await old.release()
+            new = Lease(kv, "new", 2.0)
+            assert await new.acquire("t")
+            fresh = leader_governor(api, reserve=6)
+            seeded = await LeaderFence(budget_kv, new).seed(fresh)
+            try:
+                await asyncio.wait_for(fresh.acquire(Priority.UPLOAD), 1.0)
+                sent_at_once = True
+            except TimeoutError:
+                sent_at_once = False
+            return seeded, fresh.budget.remaining(fresh.clock.now()), sent_at_once
+        finally:
+            await nc.close()
+
+    with start_sandbox(tickets=100, rpm=20) as sb:
+        seeded, remaining, sent_at_once = asyncio.run(scenario(sb))
+        assert sb.received()["rateLimited"] == 0
+    assert seeded == 14
+    assert remaining == 0
+    assert not sent_at_once
