@@ -261,7 +261,8 @@ def test_daemon_status_alarms_when_a_lane_cannot_journal(site: DemoSite) -> None
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs",
+    # 2 MB: a fresh site (cache, journal and their migrations' WAL) takes about 0.5 MB
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs",
                            str(mnt)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill up ({done.stderr.strip() or 'not root'}); "
