@@ -45,6 +45,7 @@ from agent.errors import (
 )
 from agent.platform.errors import header_number, to_error
 from agent.platform.governor import Clock, Governor, LoopClock, Priority, Ticket
+from agent.platform.jsonbody import loads_strict
 
 MAX_LIMIT, MAX_ASYNC_LIMIT = 100, 1000
 
@@ -328,7 +329,7 @@ class PlatformClient:
 
     def _decode(self, response: httpx.Response, what: str, shape: tuple[type, ...]) -> Any:
         try:
-            body = response.json()
+            body = loads_strict(response.content)
         except ValueError as exc:
             raise to_error(what, exc=exc) from exc
         if not isinstance(body, shape):

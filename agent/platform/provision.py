@@ -13,7 +13,6 @@ refused file is applied (each file is one transaction).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 from agent.core.codes import utc_iso
 from agent.core.model import parse_activated_events, parse_item, parse_zones
 from agent.errors import ImportFileError
+from agent.platform.jsonbody import loads_strict
 from agent.store.cache import TicketCache
 
 
@@ -61,8 +61,8 @@ def import_text(cache: TicketCache, path: str | Path, text: str, now: datetime,
     """Apply one file's text (`path` names it in results and errors)."""
     p = Path(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = loads_strict(text)
+    except ValueError as exc:
         raise ImportFileError(f"{p}: not JSON ({exc})") from None
     stamp = utc_iso(now)
     if isinstance(data, dict) and isinstance(data.get("content"), list):

@@ -296,3 +296,35 @@ def test_an_unusable_page_never_replaces_the_cache(tmp_path: Path) -> None:
     cache = TicketCache(live)
     assert [h.item.id for h in cache.find_barcode("AAA-1")] == [1]
     cache.close()
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e400"])
+def test_numbers_json_cannot_carry_are_bad_responses_never_cached(number: str,
+                                                                  tmp_path: Path) -> None:
+    """Python's json reads these; the cache's orjson would store them as null, and a validity
+    bound of null is "no bound": `validTo: Infinity` must not become an admit."""
+    item = ('{"id": 7, "const": {"barcode": "INF-7"}, "stable": {"status": "sold", "validTo": '
+            + number + '}, "variable": {}, "zoneData": []}')
+    body = ('{"content": [' + item + '], "pagination": {"next": null}, "total": 1}').encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+    client = PlatformClient("https://platform.test/v1", "tok-hostile-0123456789", 1, "en", 5.0,
+                            Governor(10_000), transport=httpx.MockTransport(handler),
+                            max_retries=0)
+
+    async def call() -> Any:
+        async with client:
+            return await client.entry_tickets(EVENT)
+
+    with pytest.raises(BadResponse, match="not JSON") as info:
+        asyncio.run(call())
+    assert "tok-hostile" not in str(info.value)
+    # the same body in an export file (`gate-agent import`) is refused too, and caches nothing
+    from agent.errors import ImportFileError
+    from agent.platform.provision import import_text
+    cache = TicketCache(tmp_path / "cache.db")
+    with pytest.raises(ImportFileError, match="not JSON"):
+        import_text(cache, tmp_path / "tickets.json", body.decode(), NOW, EVENT)
+    assert cache.find_barcode("INF-7") == []
+    cache.close()
