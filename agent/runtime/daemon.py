@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +300,12 @@ class Daemon:
 
     async def _prune_job(self) -> None:
         assert self.uploader is not None
-        await asyncio.to_thread(self.uploader.prune, datetime.now(UTC))
+        now = datetime.now(UTC)
+        await asyncio.to_thread(self.uploader.prune, now)
+        events = self.lane_event_log()
+        if events is not None:  # the counting day is at most 24 h old: keep two at least
+            days = max(2, self.config.sync["sent_retention_days"])
+            await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
 
     async def _refresh_job(self) -> None:
         assert self.syncer is not None

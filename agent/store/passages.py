@@ -118,6 +118,14 @@ class PassageLog:
             " GROUP BY detail", (lane, since))
         return {str(zone): int(n) for zone, n in rows}
 
+    def prune_people(self, older_than: str) -> int:
+        """Delete counted-passage rows before `older_than` (utc_iso): only the counting day's
+        are ever summed, and one row a person would otherwise grow the file all season."""
+        with self.journal.scan_transaction():
+            return self.conn.execute(
+                "DELETE FROM lane_events WHERE kind IN ('people_in', 'people_out') AND at < ?",
+                (older_than,)).rowcount
+
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         """Alarms and releases, newest first (the counted passages are left out: one a person)."""
         cur = self.conn.execute("SELECT seq, at, lane, kind, by, detail FROM lane_events"

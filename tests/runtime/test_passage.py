@@ -33,6 +33,7 @@ from agent.runtime.opening import open_cache, open_journal
 from agent.runtime.passage import PassageWatch, counting_day_start
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
+from agent.store.passages import PassageLog
 from drivers.display import sim_display
 from drivers.inputs import sim_input_pulse, sim_input_set
 from drivers.sim import sim_relay, sim_reset
@@ -250,6 +251,21 @@ def test_people_count_starts_again_when_the_counting_day_does(tmp_path: Path) ->
     assert watch_people(watch) == {}  # the day before is not summed back either
     clock[0] = datetime(2026, 6, 1, 5, 59).astimezone()
     assert watch_people(watch) == {"7": 1}  # ... but it is within that day
+
+
+def test_pruning_drops_only_old_counted_passages(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        log = PassageLog(journal)
+        for at, kind in (("2026-01-01T10:00:00.000000Z", "people_in"),
+                         ("2026-01-01T10:00:01.000000Z", "forced"),
+                         ("2026-01-03T10:00:00.000000Z", "people_out")):
+            log.event(at, "a", kind, None, "default")
+        assert log.prune_people("2026-01-02T00:00:00.000000Z") == 1
+        assert log.people_since("a", "2026-01-01T00:00:00.000000Z") == {"default": -1}
+        assert [e["kind"] for e in log.events()] == ["forced"]  # an alarm is kept
+    finally:
+        journal.close()
 
 
 def watch_people(make: Any) -> dict[str, int]:
