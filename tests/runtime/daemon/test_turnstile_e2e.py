@@ -154,3 +154,12 @@ def test_an_emergency_input_paired_at_run_time_is_watched_at_once(site: Site) ->
         assert [lane["released_by"] for lane in report["lanes"]] == [[]] * 2
     finally:
         daemon.stop()
+    cli = run_cli("devices", "pair", url, "--role", "emergency", "--no-validate",
+                  "--config", str(site.config))  # no daemon: into devices.json
+    assert cli.returncode == 0 and "next start" in cli.stdout, cli.stderr
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        assert daemon.status()["emergency"]["url"] == url  # the paired one, from the start
+    finally:
+        daemon.stop()
