@@ -51,6 +51,13 @@ def _one_of(*choices: str) -> Validator:
     return check
 
 
+def _hh_mm(v: Any) -> str | None:
+    hour, _, minute = str(v).partition(":")
+    ok = hour.isdigit() and minute.isdigit() and len(minute) == 2 and int(hour) < 24 \
+        and int(minute) < 60
+    return None if ok else f"must be HH:MM (local time), got {v!r}"
+
+
 def _non_empty(v: Any) -> str | None:
     return None if str(v).strip() else "must not be empty"
 
@@ -124,6 +131,8 @@ SECTIONS: dict[str, dict[str, Option]] = {
     },
     "device": {  # the turnstile's signals shared by every lane (issue 17)
         "emergency_input": Option(str, ""),
+        # people per zone count the passages since this local time (the counting day)
+        "people_day_starts": Option(str, "06:00", _hh_mm),
     },
     "log": {
         "level": Option(str, "info", _one_of("debug", "info", "warning", "error")),
@@ -274,7 +283,8 @@ class Config:
     control: dict[str, Any]
     lanes: tuple[LaneConfig, ...] = field(default_factory=tuple)
     venue: dict[str, Any] | None = None  # None: no [venue] section, the gate works alone
-    device: dict[str, Any] = field(default_factory=lambda: {"emergency_input": ""})
+    device: dict[str, Any] = field(default_factory=lambda: {"emergency_input": "",
+                                                            "people_day_starts": "06:00"})
     has_api: bool = True  # False: the file has no [api] section (see require_platform)
 
     def require_platform(self) -> None:

@@ -10,9 +10,13 @@ An `Input` watches one line in a thread of its own and reports each change of le
 Backends (same URL scheme as readers and relays, see drivers.registry):
 
 `gpio:/dev/gpiochip0:22?active_low=1`
-    A GPIO line requested as an input through PyPI `gpiod` 2.x, polled every `poll_ms`
-    (default 5 ms: a turnstile's rotation pulse lasts 50-200 ms). Tests use the fake of
-    tests/drivers/fake_gpiod.py: there is no gpio-sim on these machines.
+    A GPIO line requested as an input through PyPI `gpiod` 2.x with edge detection: the thread
+    sleeps in `wait_edge_events` and reads each edge the kernel queued, so a pulse shorter than
+    any poll is still seen and an idle line costs nothing. A line whose chip cannot raise edge
+    interrupts (some I2C expanders) is polled every `poll_ms` instead (default 5 ms: a
+    turnstile's rotation pulse lasts 50-200 ms), said once in the log and in status (`mode`);
+    `edges=0` polls by choice. Tests use the FAKE of tests/drivers/fake_gpiod.py: there is no
+    gpio-sim on these machines.
 `serial:///dev/ttyUSB0?line=cts`  (line = cts | dsr | dcd | ri; `active_low=1` inverts)
     A modem status line of a serial port (pyserial), the cheapest dry-contact input on a PC.
     A pty has no modem lines (Linux answers ENOTTY): opening one fails with a clear error.
@@ -244,8 +248,12 @@ class SimInput(Input):
 
 # -- gpio ---------------------------------------------------------------------------------
 
+EDGE_WAIT_S = 0.2  # longest sleep in wait_edge_events: how soon stop() is noticed
+
+
 class GpioInput(Input):
-    """A GPIO line as an input, through libgpiod v2 (PyPI `gpiod` 2.x), polled."""
+    """A GPIO line as an input, through libgpiod v2 (PyPI `gpiod` 2.x): edge events, or
+    polled when the line cannot raise them (see the module docstring)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         parsed = parse_url(url)
@@ -253,23 +261,60 @@ class GpioInput(Input):
         super().__init__(url, **options)
         self.chip, self.line = split_chip_line(url, parsed.path)
         self.active_low = parsed.flag("active_low")
+        self.edges = parsed.query.get("edges", "1") != "0"
+        self.mode = "edges" if self.edges else "poll"
         self._request: Any = None
+        self._pending: list[bool] = []  # the level read at open, before any edge
         require_gpiod(url)
 
     def _open(self) -> None:
+        from gpiod.line import Edge, Value
+
+        if self.edges:
+            try:
+                self._request = request_line(self.url, self.chip, self.line,
+                                             self._settings(Edge.BOTH))
+            except DriverUnavailable as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, OSError) or \
+                        isinstance(cause, FileNotFoundError | PermissionError):
+                    raise  # no chip, no rights: polling would not help
+                log.warning("%s: the line gives no edge events (%s); polling every %g ms",
+                            self.url, cause, self.poll_interval * 1000)
+                self.edges, self.mode = False, "poll"
+            else:
+                self.mode = "edges"
+                self._pending = [self._request.get_value(self.line) == Value.ACTIVE]
+                return
+        self._request = request_line(self.url, self.chip, self.line, self._settings(Edge.NONE))
+
+    def _settings(self, edge: Any) -> Any:
         import gpiod
         from gpiod.line import Direction
 
-        settings = gpiod.LineSettings(direction=Direction.INPUT, active_low=self.active_low)
-        self._request = request_line(self.url, self.chip, self.line, settings)
+        return gpiod.LineSettings(direction=Direction.INPUT, active_low=self.active_low,
+                                  edge_detection=edge)
 
     def _read(self, timeout: float) -> list[bool]:
+        import gpiod
         from gpiod.line import Value
 
-        time.sleep(timeout)
         if self._request is None:
             raise OSError(f"{self.chip} line {self.line} is not requested")
-        return [self._request.get_value(self.line) == Value.ACTIVE]
+        if self.mode == "poll":
+            time.sleep(timeout)
+            return [self._request.get_value(self.line) == Value.ACTIVE]
+        if self._pending:
+            levels, self._pending = self._pending, []
+            return levels
+        if not self._request.wait_edge_events(max(timeout, EDGE_WAIT_S)):
+            return []
+        # with active_low the kernel reports edges of the logical level: rising = active
+        return [event.event_type == gpiod.EdgeEvent.Type.RISING_EDGE
+                for event in self._request.read_edge_events()]
+
+    def get_status(self) -> dict[str, Any]:
+        return {**super().get_status(), "mode": self.mode}
 
     def _close(self) -> None:
         request, self._request = self._request, None

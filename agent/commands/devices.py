@@ -3,7 +3,8 @@
     devices list [--json]                    what is attached, with the URL to use
     devices test URL [--timeout S] [--ms MS] one scan from a reader / one pulse of a relay
     devices pair LANE URL [--role R] [--no-validate]
-    devices unpair LANE URL
+    devices pair URL --role emergency        the fire panel's contact (the device's, no lane)
+    devices unpair [LANE] URL
     devices show [--json]                    each lane's devices: config file + paired
 
 Exit codes of `test`: 0 success, 1 no scan before the timeout, 2 the device is unavailable.
@@ -50,7 +51,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="seconds to wait for a scan (default 15)")
     p.add_argument("--ms", type=int, default=500, metavar="MS",
                    help="relay pulse length (default 500)")
-    p.add_argument("--role", choices=("reader", "relay", "input", "display"),
+    p.add_argument("--role", choices=("reader", "relay", "input", "emergency", "display"),
                    help="default: from the URL scheme; input waits for a pulse (active, then "
                         "inactive) on a passage or emergency contact")
     explain(p, "Wait for one scan from a reader and print it, or pulse a relay once. Stop the "
@@ -62,23 +63,29 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("pair", parents=[common], help="bind a device to a lane")
-    p.add_argument("lane", metavar="LANE", help="lane name from [[lanes]]")
+    p.add_argument("lane", metavar="LANE", nargs="?",
+                   help="lane name from [[lanes]] (none with --role emergency)")
     p.add_argument("url", metavar="URL", help="device URL (see `gate-agent devices list`)")
-    p.add_argument("--role", choices=("reader", *bindings.SINGLE_ROLES),
-                   help="default: from the URL scheme (relay_out: the exit release)")
+    p.add_argument("--role", choices=("reader", *bindings.SINGLE_ROLES, *bindings.DEVICE_ROLES),
+                   help="default: from the URL scheme (relay_out: the exit release; "
+                        "emergency: the fire panel's contact, for every lane)")
     p.add_argument("--no-validate", action="store_true", help="do not open the device first")
     explain(p, "Bind a reader or relay to a lane, kept in <store.dir>/devices.json. With the "
                "daemon running, it does the pairing itself and uses the device at once.",
             ["sudo gate-agent devices pair entry serial:///dev/serial/by-id/usb-Scanner",
-             "sudo gate-agent devices pair entry gpio:/dev/gpiochip0:17 --role relay"],
+             "sudo gate-agent devices pair entry gpio:/dev/gpiochip0:17 --role relay",
+             "sudo gate-agent devices pair gpio:/dev/gpiochip0:22?active_low=1 --role emergency"],
             "0 paired; 2 unknown lane, the device is unavailable, or a configuration mistake")
     p.set_defaults(func=cmd_pair)
 
     p = sub.add_parser("unpair", parents=[common], help="remove a paired device from a lane")
-    p.add_argument("lane", metavar="LANE", help="lane name from [[lanes]]")
+    p.add_argument("lane", metavar="LANE", nargs="?",
+                   help="lane name from [[lanes]] (none for the emergency input)")
     p.add_argument("url", metavar="URL", help="the paired device's URL")
-    explain(p, "Remove a paired device from a lane (devices from the config file stay).",
-            ["sudo gate-agent devices unpair entry serial:///dev/ttyACM0"],
+    explain(p, "Remove a paired device from a lane, or the paired emergency input (devices "
+               "from the config file stay).",
+            ["sudo gate-agent devices unpair entry serial:///dev/ttyACM0",
+             "sudo gate-agent devices unpair sim:fire"],
             "0 unpaired; 1 that device was not paired to that lane; 2 unknown lane")
     p.set_defaults(func=cmd_unpair)
 
@@ -120,7 +127,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from drivers import open_output, open_reader
 
     try:
-        if _role(args) in ("input", "display"):
+        if _role(args) in ("input", "emergency", "display"):
             return _test_signal(args)
         if _role(args) == "relay":
             out = open_output(args.url)
@@ -171,7 +178,7 @@ def _validate(url: str, role: str) -> None:
     from drivers import open_output, open_reader
     from drivers.registry import open_display, open_input
 
-    if role in bindings.INPUT_ROLES:
+    if role in (*bindings.INPUT_ROLES, *bindings.DEVICE_ROLES):
         open_input(url).probe()
     elif role == "display":
         open_display(url).close()
@@ -181,17 +188,33 @@ def _validate(url: str, role: str) -> None:
         open_reader(url).probe()
 
 
+def _usable(url: str, role: str) -> bool:
+    """Open the device once before pairing it; False (said on stderr) when it is not there."""
+    try:
+        _validate(url, role)
+    except DriverUnavailable as exc:
+        print(f"gate-agent: error: {exc} (pair with --no-validate to skip this check)",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    lane = config.lane(args.lane)  # ConfigError naming the lanes when unknown
     role = _role(args)
-    if not args.no_validate:
-        try:
-            _validate(args.url, role)
-        except DriverUnavailable as exc:
-            print(f"gate-agent: error: {exc} (pair with --no-validate to skip this check)",
-                  file=sys.stderr)
-            return EXIT_UNAVAILABLE
+    if role in bindings.DEVICE_ROLES:
+        if args.lane is not None:
+            raise ConfigError(f"the {role} input serves every lane: pair it without a lane "
+                              f"(gate-agent devices pair {args.url} --role {role})",
+                              key="device.emergency_input")
+        return _pair_device(args, config, role)
+    if args.lane is None:
+        raise ConfigError("name the lane: gate-agent devices pair LANE URL (lanes: "
+                          f"{', '.join(lane.name for lane in config.lanes) or 'none'})",
+                          key="lanes")
+    lane = config.lane(args.lane)  # ConfigError naming the lanes when unknown
+    if not args.no_validate and not _usable(args.url, role):
+        return EXIT_UNAVAILABLE
     if role in bindings.OUTPUT_ROLES:  # refused before it is saved, naming the key
         check_lane_outputs(bindings.merge_lane(lane, {role: args.url}), config.path,
                            f"lanes.{lane.name}")
@@ -207,8 +230,26 @@ def cmd_pair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pair_device(args: argparse.Namespace, config: Config, role: str) -> int:
+    """`devices pair URL --role emergency`: the device-level contact, kept in devices.json."""
+    if not args.no_validate and not _usable(args.url, role):
+        return EXIT_UNAVAILABLE
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            daemon.call("pair", lane=None, url=args.url, role=role)
+            applied = f"; the running daemon (PID {daemon.pid}) watches it now"
+        else:
+            bindings.pair_device(config.store_dir, role, args.url)
+            applied = "; used from the next start (or `systemctl reload gate-agent`)"
+    print(f"paired {args.url} as the {role} input for every lane "
+          f"({bindings.bindings_path(config.store_dir)}){applied}")
+    return EXIT_OK
+
+
 def cmd_unpair(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.lane is None:
+        return _unpair_device(args, config)
     lane = config.lane(args.lane)
     with acting_on_store(config) as daemon:
         if daemon is not None:
@@ -220,6 +261,28 @@ def cmd_unpair(args: argparse.Namespace) -> int:
         return 1
     print(f"unpaired {args.url} from lane {lane.name}")
     return EXIT_OK
+
+
+def _unpair_device(args: argparse.Namespace, config: Config) -> int:
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            found = daemon.call("unpair", lane=None, url=args.url)["found"]
+        else:
+            found = bindings.unpair_device(config.store_dir, args.url)
+    if not found:
+        print(f"gate-agent: {args.url} is not the paired emergency input (name the lane to "
+              "unpair a lane's device)", file=sys.stderr)
+        return 1
+    print(f"unpaired {args.url} (emergency input); [device] emergency_input applies again")
+    return EXIT_OK
+
+
+def _device_rows(config: Config) -> dict[str, dict[str, str]]:
+    """The device-level contacts in force: paired, or from [device]."""
+    paired = bindings.load_device_bindings(config.store_dir)
+    return {key: {"url": url, "source": "paired" if paired.get(key) == url else "config"}
+            for key, url in bindings.effective_device(config).items()
+            if key in bindings.DEVICE_ROLES.values() and url}
 
 
 def _lane_rows(config: Config) -> list[dict[str, Any]]:
@@ -250,8 +313,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not config.lanes:
         raise ConfigError("no [[lanes]] configured; add one", path=config.path, key="lanes")
     rows = _lane_rows(config)
+    device = _device_rows(config)
     if args.json:
-        print(json.dumps({"lanes": rows}, indent=2))
+        print(json.dumps({"lanes": rows, "device": device}, indent=2))
         return EXIT_OK
     table = Table(title="lanes", title_justify="left")
     for col in ("lane", "role", "URL", "source"):
@@ -264,5 +328,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for role in bindings.SINGLE_ROLES:
             if row.get(role):
                 table.add_row(row["lane"], role, row[role]["url"], row[role]["source"])
+    for key, shown in device.items():  # every lane's: the fire panel
+        table.add_row("(all lanes)", key, shown["url"], shown["source"])
     Console().print(table)
     return EXIT_OK

@@ -11,6 +11,10 @@ cut leaves the old or the new file, never half of one. `effective_lanes(config)`
 daemon uses: config readers plus paired readers (duplicates dropped, config order first), and
 the paired relay / relay_out instead of the configured one when there is one; the merged lane
 must pass the same one-release-per-direction check as the config file.
+
+The device-level contact (the fire panel's `emergency_input`, issue 17) is paired the same way
+(`devices pair URL --role emergency`) and kept beside the lanes: ``"device": {"emergency_input":
+"gpio:/dev/gpiochip0:22"}``; `effective_device(config)` puts it instead of `[device]`'s.
 """
 
 from __future__ import annotations
@@ -36,21 +40,45 @@ OUTPUT_ROLES = ("relay", "relay_out")  # the entry and the exit release
 SIGNAL_ROLES = ("passage_in", "passage_out", "light_green", "light_red", "buzzer", "display")
 SINGLE_ROLES = OUTPUT_ROLES + SIGNAL_ROLES
 INPUT_ROLES = ("passage_in", "passage_out")
+# Device-level roles (not a lane's): CLI role name -> key of [device] and of "device" here.
+DEVICE_ROLES = {"emergency": "emergency_input"}
 
 
 def bindings_path(store_dir: Path) -> Path:
     return Path(store_dir) / FILENAME
 
 
+def _read(store_dir: Path) -> Any:
+    path = bindings_path(store_dir)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"lanes": {}}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read paired devices: {exc}", path=str(path)) from None
+
+
+def load_device_bindings(store_dir: Path) -> dict[str, str]:
+    """The paired device-level contacts ({"emergency_input": URL}); absent means none."""
+    path = bindings_path(store_dir)
+    data = _read(store_dir)
+    device = data.get("device") or {} if isinstance(data, dict) else {}
+    if not isinstance(device, dict):
+        raise ConfigError("must be an object", path=str(path), key="device")
+    out = {}
+    for key in DEVICE_ROLES.values():
+        url = device.get(key)
+        if url is not None and not isinstance(url, str):
+            raise ConfigError("must be a URL or null", path=str(path), key=f"device.{key}")
+        if url:
+            out[key] = url
+    return out
+
+
 def load_bindings(store_dir: Path) -> dict[str, LaneBinding]:
     """Paired devices per lane; an absent file means none. A damaged file is a ConfigError."""
     path = bindings_path(store_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read paired devices: {exc}", path=str(path)) from None
+    data = _read(store_dir)
     lanes = data.get("lanes") if isinstance(data, dict) else None
     if not isinstance(lanes, dict):
         raise ConfigError('not a paired-devices file (no "lanes" object)', path=str(path))
@@ -71,9 +99,12 @@ def load_bindings(store_dir: Path) -> dict[str, LaneBinding]:
     return out
 
 
-def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
-    """Write all bindings atomically with mode 0600; returns the file's path."""
+def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding],
+                  device: dict[str, str] | None = None) -> Path:
+    """Write all bindings atomically with mode 0600; returns the file's path. `device`: the
+    device-level pairings (None keeps the file's)."""
     path = bindings_path(store_dir)
+    device = load_device_bindings(store_dir) if device is None else device
     path.parent.mkdir(parents=True, exist_ok=True)
     lanes = {
         lane: {"readers": list(b.get("readers", [])),
@@ -81,7 +112,10 @@ def save_bindings(store_dir: Path, bindings: dict[str, LaneBinding]) -> Path:
         for lane, b in sorted(bindings.items())
         if b.get("readers") or any(b.get(role) for role in SINGLE_ROLES)
     }
-    text = json.dumps({"version": VERSION, "lanes": lanes}, indent=2, sort_keys=True) + "\n"
+    data: dict[str, Any] = {"version": VERSION, "lanes": lanes}
+    if device:
+        data["device"] = device
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     return write_private(path, text)
 
 
@@ -119,6 +153,31 @@ def unpair(store_dir: Path, lane: str, url: str) -> bool:
     if found:
         save_bindings(store_dir, bindings)
     return found
+
+
+def pair_device(store_dir: Path, role: str, url: str) -> dict[str, str]:
+    """Pair a device-level contact (role `emergency`), replacing the one paired before."""
+    if role not in DEVICE_ROLES:
+        raise ValueError(f"role must be one of {', '.join(DEVICE_ROLES)}, not {role!r}")
+    device = {**load_device_bindings(store_dir), DEVICE_ROLES[role]: url}
+    save_bindings(store_dir, load_bindings(store_dir), device)
+    return device
+
+
+def unpair_device(store_dir: Path, url: str) -> bool:
+    """Remove a paired device-level contact; False when `url` was not paired as one."""
+    device = load_device_bindings(store_dir)
+    kept = {key: paired for key, paired in device.items() if paired != url}
+    if kept == device:
+        return False
+    save_bindings(store_dir, load_bindings(store_dir), kept)
+    return True
+
+
+def effective_device(config: Config) -> dict[str, Any]:
+    """`[device]` with the paired contacts instead of the configured ones (ConfigError when
+    devices.json cannot be read)."""
+    return {**config.device, **load_device_bindings(config.store_dir)}
 
 
 def merge_lane(lane: LaneConfig, binding: LaneBinding | None) -> LaneConfig:

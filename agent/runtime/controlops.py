@@ -150,6 +150,12 @@ class DaemonOps:
         return {"retried": count}
 
     async def pair(self, args: dict[str, Any]) -> dict[str, Any]:
+        if str(args.get("role")) in bindings.DEVICE_ROLES:  # the fire panel: no lane
+            await asyncio.to_thread(bindings.pair_device, self.d.config.store_dir,
+                                    str(args["role"]), str(args["url"]))
+            self.d.reload()
+            return {"lane": None, "applied": True,
+                    "file": str(bindings.bindings_path(self.d.config.store_dir))}
         lane = self.d.config.lane(args.get("lane"))
         await asyncio.to_thread(bindings.pair, self.d.config.store_dir, lane.name,
                                 str(args["url"]), str(args["role"]))
@@ -158,6 +164,12 @@ class DaemonOps:
                 "applied": True}
 
     async def unpair(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("lane") is None:  # a device-level contact
+            found = await asyncio.to_thread(bindings.unpair_device, self.d.config.store_dir,
+                                            str(args["url"]))
+            if found:
+                self.d.reload()
+            return {"lane": None, "found": found}
         lane = self.d.config.lane(args.get("lane"))
         found = await asyncio.to_thread(bindings.unpair, self.d.config.store_dir, lane.name,
                                         str(args["url"]))

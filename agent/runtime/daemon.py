@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from agent.platform.governor import Governor
 from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime.bindings import effective_lanes
+from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate
@@ -213,6 +213,30 @@ class Daemon:
         self.pairings_error = None
         return lanes
 
+    def _emergency_url(self, config: Config) -> str:
+        """`[device] emergency_input`, or the one paired (`devices pair URL --role
+        emergency`); an unreadable devices.json keeps the one in use (pairings_error)."""
+        try:
+            return str(effective_device(config)["emergency_input"])
+        except ConfigError as exc:
+            log.error("paired emergency input not read, keeping %s: %s",
+                      self.emergency.url or "none", exc)
+            return self.emergency.url
+
+    def _swap_emergency(self, url: str) -> None:
+        """A reload named another emergency input: watch that one instead. A release the old
+        one held ends; the new one, active, starts it again at once (its first reading)."""
+        old = self.emergency
+        if url == old.url:
+            return
+        old.stop()
+        if old.active:
+            old.active, old.since = False, None
+            self.releases.emergency(False, old.url)
+        log.info("emergency input: %s (was %s)", url or "none", old.url or "none")
+        self.emergency = EmergencyInput(url, self._emergency_changed)
+        self.emergency.start()
+
     def setup_platform(self, token: str | None = None) -> None:
         if token is None and self.config.api["offline"]:
             self.platform_disabled = "offline by configuration ([api] offline = true)"
@@ -276,7 +300,12 @@ class Daemon:
 
     async def _prune_job(self) -> None:
         assert self.uploader is not None
-        await asyncio.to_thread(self.uploader.prune, datetime.now(UTC))
+        now = datetime.now(UTC)
+        await asyncio.to_thread(self.uploader.prune, now)
+        events = self.lane_event_log()
+        if events is not None:  # the counting day is at most 24 h old: keep two at least
+            days = max(2, self.config.sync["sent_retention_days"])
+            await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
 
     async def _refresh_job(self) -> None:
         assert self.syncer is not None
@@ -522,6 +551,7 @@ class Daemon:
         if self.syncer is not None:
             self.syncer.config = fresh
         self.start_lanes(plan.start_lanes)
+        self._swap_emergency(self._emergency_url(fresh))
         log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
                  ", ".join(plan.changed) or "nothing")
 
@@ -608,6 +638,7 @@ class Daemon:
             self._role_task = asyncio.create_task(self.role.run(self.stop_event),
                                                   name="venue role")
         self.start_lanes(self._lanes_with_pairings(self.config))
+        self.emergency.url = self._emergency_url(self.config)
         self.emergency.start()
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -66,7 +66,9 @@ class LaneRunner:
                          else None)
         self.passage = PassageWatch(lane, watch_journal, self.indicators,
                                     on_alarm or (lambda *_: None), void_claim,
-                                    released=lambda: bool(self.releases))
+                                    released=lambda: bool(self.releases),
+                                    day_starts=gate.config.device.get("people_day_starts",
+                                                                      "06:00"))
         self.queue: queue.Queue[Scan | None] = queue.Queue()
         self.lock = threading.Lock()  # held while deciding; taken to swap the cache file
         self.readers: list[Reader] = []

@@ -14,6 +14,11 @@ logged, counted (status, metrics), journaled in `lane_events` and shown with the
 pattern. During a release (emergency or manual) pulses are people leaving freely: counted,
 never alarms.
 
+People per zone count every passage pulse (+1 in, -1 out) of the current *counting day*: from
+the last `[device] people_day_starts` (local time, default 06:00) on. Each counted pulse is a
+`lane_events` row, so a restart sums them back instead of starting from zero, and the count
+goes back to zero by itself when the next day starts (docs/turnstile.md).
+
 One worker thread per lane owns the waits and its own journal connection; the input threads
 only queue what they saw, so a slow fsync never loses an edge.
 """
@@ -27,9 +32,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from agent.config import LaneConfig
+from agent.core.codes import utc_iso
 from agent.errors import DriverError, JournalUnavailable
 from agent.runtime.indicators import Indicators
 from agent.store.journal import Journal
@@ -56,8 +63,11 @@ class PassageWatch:
 
     def __init__(self, lane: LaneConfig, journal: Journal | None, indicators: Indicators,
                  on_alarm: OnAlarm, void_claim: VoidClaim | None = None,
-                 released: Callable[[], bool] = lambda: False):
+                 released: Callable[[], bool] = lambda: False, day_starts: str = "06:00",
+                 clock: Callable[[], datetime] = lambda: datetime.now().astimezone()):
         self.lane = lane
+        self.day_starts = day_starts
+        self.clock = clock  # local wall clock: when the counting day starts
         self.log = PassageLog(journal) if journal is not None else None
         self.indicators = indicators
         self.on_alarm = on_alarm
@@ -68,7 +78,9 @@ class PassageWatch:
         self.waits: dict[str, deque[_Wait]] = {"in": deque(), "out": deque()}
         self.totals: dict[str, int] = {"passed": 0, "voided": 0, "forced": 0, "held_open": 0,
                                        "free": 0, "unconfirmed": 0}
-        self.people: dict[str, int] = {}  # zone -> passages in minus out (since start)
+        self.people: dict[str, int] = {}  # zone -> passages in minus out (counting day)
+        self.people_since = ""  # utc_iso start of the counting day `people` covers
+        self._people_lock = threading.Lock()
         self.recent_alarms: deque[tuple[float, str]] = deque()
         self.held_open: set[str] = set()
         self._active_since: dict[str, float] = {}
@@ -82,6 +94,7 @@ class PassageWatch:
     def start(self) -> None:
         if not self.configured:
             return
+        self._roll_day(load=True)
         for direction, url in (("in", self.lane.passage_in), ("out", self.lane.passage_out)):
             if not url:
                 continue
@@ -167,8 +180,7 @@ class PassageWatch:
         self._active_since[direction] = time.monotonic()
         waits = self.waits[direction]
         ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge was someone else
-        zone = _zone_key(self.lane)
-        self.people[zone] = self.people.get(zone, 0) + (1 if direction == "in" else -1)
+        self._count_person(direction)
         if ours:
             wait = waits.popleft()
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
@@ -178,6 +190,35 @@ class PassageWatch:
             self.totals["free"] += 1
             return
         self._alarm("forced", f"passage {direction} with no admit (forced or tailgating)")
+
+    def _roll_day(self, load: bool = False) -> None:
+        """Keep `people` to the current counting day: at start (`load`) sum the journal's
+        counted passages since it began; when a new day begins, start again from zero."""
+        since = utc_iso(counting_day_start(self.clock(), self.day_starts))
+        with self._people_lock:  # the worker counts, the status thread may roll the day
+            if since == self.people_since and not load:
+                return
+            self.people_since, self.people = since, {}
+            if load and self.log is not None:
+                try:
+                    self.people = self.log.people_since(self.lane.name, since)
+                except JournalUnavailable as exc:
+                    log.error("lane %s: people counted earlier today not read: %s",
+                              self.lane.name, exc)
+
+    def _count_person(self, direction: str) -> None:
+        """+1 in, -1 out, journaled; a journal failure loses the row, never the passage."""
+        self._roll_day()
+        zone = _zone_key(self.lane)
+        with self._people_lock:
+            self.people[zone] = self.people.get(zone, 0) + (1 if direction == "in" else -1)
+        if self.log is None:
+            return
+        try:
+            self.log.count_person(utc_iso(self.clock()), self.lane.name, direction, zone)
+        except JournalUnavailable as exc:
+            log.error("lane %s: counted passage not journaled (a restart will not see it): %s",
+                      self.lane.name, exc)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -212,9 +253,14 @@ class PassageWatch:
             self.log.event(now_iso(), self.lane.name, kind, None, detail)
         self.on_alarm(self.lane.name, kind, detail)
 
+    def _people_copy(self) -> dict[str, int]:
+        with self._people_lock:
+            return dict(self.people)
+
     def get_status(self) -> dict[str, Any] | None:
         if not self.configured:
             return None
+        self._roll_day()
         now = time.monotonic()
         recent: dict[str, int] = {}
         for at, kind in list(self.recent_alarms):
@@ -224,7 +270,16 @@ class PassageWatch:
                 "input_errors": dict(self.input_errors),
                 "waiting": sum(len(w) for w in self.waits.values()),
                 "totals": dict(self.totals), "alarms_5min": recent,
-                "held_open": sorted(self.held_open), "people": dict(self.people)}
+                "held_open": sorted(self.held_open), "people": self._people_copy(),
+                "people_since": self.people_since}
+
+
+def counting_day_start(now: datetime, day_starts: str) -> datetime:
+    """The start of the counting day `now` (an aware local time) falls in: the last
+    `day_starts` (HH:MM) at or before it — an evening that runs past midnight is one day."""
+    hour, minute = (int(part) for part in day_starts.split(":"))
+    start = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return start if start <= now else start - timedelta(days=1)
 
 
 def _zone_key(lane: LaneConfig) -> str:

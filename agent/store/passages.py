@@ -13,7 +13,9 @@ as the scan (so the uploader can never see the admit without its hold). States:
                  say the person did not pass; voiding would free the ticket for a second
                  person (docs/turnstile.md)
 
-`lane_events`: alarms (forced passage, held open), emergency and manual releases, with who.
+`lane_events`: alarms (forced passage, held open), emergency and manual releases, with who,
+and one row per counted passage (`people_in` / `people_out`, detail = the zone counted into):
+the people per zone are summed from these at start, so a restart does not lose the count.
 Every change is a guarded update (`... AND state = 'waiting'`), so of the lane, the uploader's
 bound and a restart exactly one settles a wait.
 """
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 NOT_PASSED = "notPassed"
 NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be used again"
 STATES = ("waiting", "passed", "voided", "interrupted")
+PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
 
 
 def await_passage(journal: Journal, uuid: str, lane: str, direction: str, zone_id: int | None,
@@ -103,8 +106,30 @@ class PassageLog:
             self.conn.execute("INSERT INTO lane_events (at, lane, kind, by, detail)"
                               " VALUES (?, ?, ?, ?, ?)", (at, lane, kind, by, detail))
 
+    def count_person(self, at: str, lane: str, direction: str, zone: str) -> None:
+        """One passage counted into `zone` (+1 in, -1 out), kept for the next start."""
+        self.event(at, lane, PEOPLE_KINDS[direction], None, zone)
+
+    def people_since(self, lane: str, since: str) -> dict[str, int]:
+        """People per zone counted by `lane`'s passages at or after `since` (utc_iso)."""
+        rows = self.conn.execute(
+            "SELECT detail, SUM(CASE kind WHEN 'people_in' THEN 1 ELSE -1 END) FROM lane_events"
+            " WHERE lane = ? AND kind IN ('people_in', 'people_out') AND at >= ?"
+            " GROUP BY detail", (lane, since))
+        return {str(zone): int(n) for zone, n in rows}
+
+    def prune_people(self, older_than: str) -> int:
+        """Delete counted-passage rows before `older_than` (utc_iso): only the counting day's
+        are ever summed, and one row a person would otherwise grow the file all season."""
+        with self.journal.scan_transaction():
+            return self.conn.execute(
+                "DELETE FROM lane_events WHERE kind IN ('people_in', 'people_out') AND at < ?",
+                (older_than,)).rowcount
+
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Alarms and releases, newest first (the counted passages are left out: one a person)."""
         cur = self.conn.execute("SELECT seq, at, lane, kind, by, detail FROM lane_events"
+                                " WHERE kind NOT IN ('people_in', 'people_out')"
                                 " ORDER BY seq DESC LIMIT ?", (limit,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

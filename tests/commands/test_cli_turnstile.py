@@ -56,6 +56,33 @@ def test_pairing_a_passage_input_and_a_light(tmp_path: Path) -> None:
     assert lane["relay"]["source"] == "config"
 
 
+def test_pairing_the_emergency_input_for_every_lane(tmp_path: Path) -> None:
+    """Gap 2 of issue 17: the fire panel's contact paired like the other inputs, kept beside
+    the lanes' pairings in devices.json, shown, and unpaired back to [device]'s."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[device]\nemergency_input = "sim:panel"\n')
+    res = run("devices", "pair", "sim:fire", "--role", "emergency", "--config", str(config))
+    assert res.returncode == 0, res.stderr
+    assert "as the emergency input for every lane" in res.stdout
+    res = run("devices", "pair", "entry", "sim:pin", "--role", "passage_in",
+              "--config", str(config))
+    assert res.returncode == 0, res.stderr  # a lane's pairing keeps the device's
+    res = run("devices", "pair", "entry", "sim:fire2", "--role", "emergency",
+              "--config", str(config))
+    assert res.returncode == 2 and "pair it without a lane" in res.stderr
+    shown = json.loads(run("devices", "show", "--json", "--config", str(config)).stdout)
+    assert shown["device"] == {"emergency_input": {"url": "sim:fire", "source": "paired"}}
+    assert shown["lanes"][0]["passage_in"] == {"url": "sim:pin", "source": "paired"}
+    table = run("devices", "show", "--config", str(config)).stdout
+    assert "emergency_input" in table and "sim:fire" in table
+    assert run("devices", "unpair", "sim:fire", "--config", str(config)).returncode == 0
+    shown = json.loads(run("devices", "show", "--json", "--config", str(config)).stdout)
+    assert shown["device"] == {"emergency_input": {"url": "sim:panel", "source": "config"}}
+    assert shown["lanes"][0]["passage_in"]["url"] == "sim:pin"
+    res = run("devices", "test", "sim:quiet", "--role", "emergency", "--timeout", "0.3")
+    assert res.returncode == 1 and "no pulse on sim:quiet" in res.stderr
+
+
 def test_release_without_a_daemon_is_one_pulse_journaled_with_who(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     res = run("release", "entry", "--by", "J. Smith", "--json", "--config", str(config))

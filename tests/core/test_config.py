@@ -54,6 +54,8 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("[status]\nlisten = '8080'\n", "status.listen", "host:port"),
     ("[stores]\ndir = '/x'\n", "stores", "unknown section"),
     ("lanes = 3\n", "lanes", "array of tables"),
+    ("[device]\npeople_day_starts = '24:00'\n", "device.people_day_starts", "HH:MM"),
+    ("[device]\npeople_day_starts = '6'\n", "device.people_day_starts", "HH:MM"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     path = _write(tmp_path, text)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import queue
 import threading
 from pathlib import Path
+from typing import Any
 
 import gpiod
 import pytest
-from gpiod.line import Direction, Value
+from gpiod.line import Direction, Edge, Value
 
 from agent.errors import DriverUnavailable
 from drivers.display import sim_display
@@ -24,6 +25,15 @@ def changes(url: str) -> tuple[object, queue.Queue[bool]]:
     seen: queue.Queue[bool] = queue.Queue()
     watched = open_input(url)
     watched.start(lambda _u, active, _ns: seen.put(active))
+    return watched, seen
+
+
+def fake_gpio_input(monkeypatch: pytest.MonkeyPatch, fake: FakeGpiod,
+                    url: str) -> tuple[Any, queue.Queue[bool]]:
+    """`url` watched through the FAKE libgpiod, once its line is requested."""
+    monkeypatch.setattr(gpiod, "request_lines", fake.request_lines)
+    watched, seen = changes(url)
+    wait_until(lambda: watched.connected, 5, "line requested")  # type: ignore[attr-defined]
     return watched, seen
 
 
@@ -70,6 +80,42 @@ def test_gpio_input_reads_the_line_as_an_input(monkeypatch: pytest.MonkeyPatch) 
     finally:
         watched.stop()
     assert all(r.released for r in fake.requests)
+
+
+def test_gpio_input_waits_for_edge_events_and_sees_a_pulse_no_poll_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gap 3 of issue 17 (against the FAKE libgpiod): edge detection requested, the thread
+    asleep in wait_edge_events, both edges of an instant pulse reported, no polling."""
+    fake = FakeGpiod()
+    watched, seen = fake_gpio_input(monkeypatch, fake, "gpio:/dev/gpiochip0:23")
+    try:
+        request = fake.last
+        assert request.settings.edge_detection == Edge.BOTH
+        assert watched.get_status()["mode"] == "edges"
+        request.pulse()  # active and inactive within microseconds
+        assert [seen.get(timeout=5), seen.get(timeout=5)] == [True, False]
+        reads = request.value_reads
+        threading.Event().wait(0.3)  # a 5 ms poller would read the line ~60 times here
+        assert request.value_reads == reads == 1  # only the level at open
+    finally:
+        watched.stop()
+    assert all(r.released for r in fake.requests)
+
+
+@pytest.mark.parametrize(("url", "chip_edges"), [("gpio:/dev/gpiochip0:24", False),
+                                                 ("gpio:/dev/gpiochip0:24?edges=0", True)])
+def test_gpio_input_polls_when_edges_are_refused_or_turned_off(
+        monkeypatch: pytest.MonkeyPatch, url: str, chip_edges: bool) -> None:
+    fake = FakeGpiod(edges=chip_edges)  # False: the chip answers EINVAL to edge detection
+    watched, seen = fake_gpio_input(monkeypatch, fake, url)
+    try:
+        assert [r.settings.edge_detection for r in fake.requests] == [Edge.NONE]
+        assert watched.get_status()["mode"] == "poll"
+        fake.last.level = Value.ACTIVE
+        assert seen.get(timeout=5) is True
+        wait_until(lambda: fake.last.value_reads > 5, 5, "polled")
+    finally:
+        watched.stop()
 
 
 def test_gpio_input_on_a_missing_chip_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,8 @@ import json
 import queue
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,14 +21,19 @@ from rich.console import Console
 from agent import demo_data
 from agent.commands.daemon import render
 from agent.config import LaneConfig
+from agent.core.codes import utc_iso
 from agent.ops.metrics import Metrics
 from agent.ops.status import evaluate
 from agent.platform.upload import Uploader
 from agent.runtime.display_text import display_text
 from agent.runtime.gate import Gate
+from agent.runtime.indicators import Indicators
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.runtime.opening import open_cache, open_journal
+from agent.runtime.passage import PassageWatch, counting_day_start
 from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.journal import Journal
+from agent.store.passages import PassageLog
 from drivers.display import sim_display
 from drivers.inputs import sim_input_pulse, sim_input_set
 from drivers.sim import sim_relay, sim_reset
@@ -191,9 +197,84 @@ def test_passage_without_admit_and_held_open_raise_alarms(rig: LaneRig, site: De
                  "gate_emergency_release 0.0"):
         assert line in text, line
     kinds = [k for (k,) in rig.db.execute("SELECT kind FROM lane_events ORDER BY seq")]
-    assert kinds == ["forced", "forced", "held_open"]
+    assert kinds == ["people_in", "forced", "people_in", "forced", "held_open"]
     assert len(sim_relay(f"{rig.name}-buzz").pulses) == 3  # the alarm pattern, each time
     assert sum(rig.runner.get_status()["passage"]["people"].values()) == 2  # people count
+
+
+@pytest.mark.lane(passage_timeout_ms=5000)
+def test_people_counted_today_survive_a_restart(rig: LaneRig) -> None:
+    """Gap 1 of issue 17: the count is summed back from the journal at start, for the
+    counting day only (a passage of the day before is in the journal and does not count)."""
+    yesterday = counting_day_start(datetime.now().astimezone(), "06:00") - timedelta(minutes=1)
+    rig.db.execute("INSERT INTO lane_events (at, lane, kind, detail) VALUES (?, 'north-in',"
+                   " 'people_in', 'default')", (utc_iso(yesterday),))
+    rig.db.commit()
+    uuid = rig.scan(C["valid"]).result.uuid
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(uuid) == "passed", 10, "passage confirmed")
+    sim_input_pulse(f"{rig.name}-pass")  # forced: a person all the same
+    wait_until(lambda: rig.alarms, 10, "forced alarm")
+    assert rig.runner.get_status()["passage"]["people"] == {"default": 2}
+    rig.runner.stop()
+    rig.runner = LaneRunner(rig.lane, rig.gate, rig.events.put)  # the fixture stops this one
+    rig.runner.start()
+    assert rig.runner.get_status()["passage"]["people"] == {"default": 2}
+    assert [e["kind"] for e in rig.runner.passage.log.events()] == ["forced"]  # not one a person
+
+
+def test_people_count_starts_again_when_the_counting_day_does(tmp_path: Path) -> None:
+    sim_reset()
+    lane = LaneConfig(name="dayroll", gate_id=1, direction="in", passage_in="sim:dayroll-pass",
+                      passage_out="sim:dayroll-out", zone_id=7)
+    clock = [datetime(2026, 6, 1, 5, 0).astimezone()]  # before 06:00: the day of 31 May
+
+    def watch() -> PassageWatch:
+        w = PassageWatch(lane, Journal(tmp_path / "journal.db"), Indicators(lane),
+                         lambda *_: None, clock=lambda: clock[0])
+        w.start()
+        wait_until(lambda: all(i.connected for i in w.inputs.values()), 5, "inputs")
+        return w
+
+    first = watch()
+    try:
+        for name in ("dayroll-pass", "dayroll-pass", "dayroll-out"):
+            sim_input_pulse(name)
+        wait_until(lambda: first.totals["forced"] == 3, 10, "three passages")
+        assert first.get_status()["people"] == {"7": 1}  # two in, one out
+        clock[0] = datetime(2026, 6, 1, 6, 0).astimezone()  # 06:00: a new counting day
+        status = first.get_status()
+        assert status["people"] == {} and status["people_since"] == utc_iso(clock[0])
+    finally:
+        first.stop()
+        first.log.journal.close()
+    assert watch_people(watch) == {}  # the day before is not summed back either
+    clock[0] = datetime(2026, 6, 1, 5, 59).astimezone()
+    assert watch_people(watch) == {"7": 1}  # ... but it is within that day
+
+
+def test_pruning_drops_only_old_counted_passages(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        log = PassageLog(journal)
+        for at, kind in (("2026-01-01T10:00:00.000000Z", "people_in"),
+                         ("2026-01-01T10:00:01.000000Z", "forced"),
+                         ("2026-01-03T10:00:00.000000Z", "people_out")):
+            log.event(at, "a", kind, None, "default")
+        assert log.prune_people("2026-01-02T00:00:00.000000Z") == 1
+        assert log.people_since("a", "2026-01-01T00:00:00.000000Z") == {"default": -1}
+        assert [e["kind"] for e in log.events()] == ["forced"]  # an alarm is kept
+    finally:
+        journal.close()
+
+
+def watch_people(make: Any) -> dict[str, int]:
+    w = make()
+    try:
+        return dict(w.get_status()["people"])
+    finally:
+        w.stop()
+        w.log.journal.close()
 
 
 @pytest.mark.lane(passage_timeout_ms=5000)

@@ -126,3 +126,40 @@ def test_fire_input_during_traffic_holds_every_lane_and_restores_service(site: S
                           (None, "emergency_off", "emergency input")]
     assert events[2] == ("entry", "manual_hold", "steward-3")
     assert events[3][1] == "manual_end"
+
+
+def test_an_emergency_input_paired_at_run_time_is_watched_at_once(site: Site) -> None:
+    """Gap 2 of issue 17: `devices pair URL --role emergency` reaches the running daemon
+    (control socket, reload); unpairing stops watching it and ends its release."""
+    fire = site.root / "paired-fire.sock"
+    configure(site, "")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        assert daemon.status()["emergency"] is None
+        url = f"sim:fire?socket={fire}"
+        cli = run_cli("devices", "pair", url, "--role", "emergency", "--config", str(site.config))
+        assert cli.returncode == 0, cli.stderr
+        assert "watches it now" in cli.stdout
+        wait_until(fire.exists, 10, "paired fire input socket")
+        assert daemon.status()["emergency"]["url"] == url
+        send_input(fire, "1")
+        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and r, 10,
+                            "emergency status")
+        assert [lane["released_by"] for lane in report["lanes"]] == [["emergency"]] * 2
+        cli = run_cli("devices", "unpair", url, "--config", str(site.config))
+        assert cli.returncode == 0, cli.stderr
+        report = wait_until(lambda: (r := daemon.status())["emergency"] is None and r, 10,
+                            "emergency input unpaired")
+        assert [lane["released_by"] for lane in report["lanes"]] == [[]] * 2
+    finally:
+        daemon.stop()
+    cli = run_cli("devices", "pair", url, "--role", "emergency", "--no-validate",
+                  "--config", str(site.config))  # no daemon: into devices.json
+    assert cli.returncode == 0 and "next start" in cli.stdout, cli.stderr
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        assert daemon.status()["emergency"]["url"] == url  # the paired one, from the start
+    finally:
+        daemon.stop()
