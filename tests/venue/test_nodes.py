@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -24,18 +25,23 @@ from tests.conftest import PROJECT_ROOT
 
 
 async def _r3_roundtrip(urls: list[str]) -> int:
+    """Create an R3 stream and publish to it. healthz says JetStream is on, not that a meta
+    leader is elected, nor (after add_stream) that the new stream's own group has a leader:
+    on a loaded machine either may take seconds, so both steps are retried up to 30 s."""
     nc = await nats.connect(servers=urls, connect_timeout=2)
     try:
         js = nc.jetstream(timeout=2)
-        for _ in range(20):  # healthz says JetStream is on, not that a meta leader is elected
+        deadline = time.monotonic() + 30
+        while True:
             try:
                 await js.add_stream(StreamConfig(name="PROBE", subjects=["probe.>"],
                                                  num_replicas=3))
-                break
-            except (TimeoutError, nats.js.errors.Error):
+                ack = await js.publish("probe.x", b"1", headers={"Nats-Msg-Id": "probe-1"})
+                return ack.seq
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                if time.monotonic() > deadline:
+                    raise
                 await asyncio.sleep(0.25)
-        ack = await js.publish("probe.x", b"1")
-        return ack.seq
     finally:
         await nc.close()
 
