@@ -174,6 +174,8 @@ class VenueLink:
     def after_commit(self, claim: Claim, journaled: Decision | None) -> None:
         """Step 4: a granted claim whose admit is not in the journal must not stand."""
         self._holding = None
+        if claim.outcome == "granted":
+            self.bus.claim_settled()
         if claim.outcome == "granted" and (journaled is None or not journaled.admit):
             decision = claim.decision
             assert decision is not None
