@@ -142,7 +142,8 @@ class Gate:
             claim = None if self.venue is None else self.venue.claim(
                 partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
                 lane, now, self._tracks_exits)  # on the bus, outside the journal's lock
-            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim, first)
+            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
+                                     first=first)
             if claim is not None and self.venue is not None:
                 self.venue.after_commit(claim, result.decision if result.uuid else None)
             if not isinstance(result, _Redo):

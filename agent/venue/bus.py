@@ -471,8 +471,11 @@ class VenueBus:
     def _begin_claim(self) -> None:
         if self.hold_while_claiming:
             with self._cond:
+                now = time.monotonic()
+                if now >= self._hold_until:
+                    self._claiming = 0  # earlier claims are past holding (or never settled)
                 self._claiming += 1
-                self._hold_until = time.monotonic() + HOLD_WHILE_CLAIMING_S
+                self._hold_until = now + HOLD_WHILE_CLAIMING_S
 
     def claim_settled(self) -> None:
         """A lane's claim is committed, refused or given up: the consumer may apply again."""
