@@ -13,6 +13,7 @@ Steps of a claimed scan (each the p50/p99 of its own duration, so they need not 
   round trip  publish with expected sequence -> ack, on the bus loop
   wake lane   the ack on the loop -> the lane thread running again
   journal     the transaction: second decision, settle, insert, commit (fsync)
+  second decide  the transaction's fresh decision (only when the claim's was not reused)
   after       after the commit (wake the publisher)
 and whether this gate's own consumer/applier ran during the journal transaction.
 """
@@ -114,6 +115,15 @@ def instrument(gate: Gate, marks: Marks) -> None:
             yield
         marks.mark("txn1")
 
+    real_decide = gate._decide
+
+    def decide_fresh(*args: Any) -> Any:
+        marks.mark("decide2_0")
+        try:
+            return real_decide(*args)
+        finally:
+            marks.mark("decide2_1")
+
     def after_commit(*args: Any) -> None:
         marks.mark("after0")
         real_after(*args)
@@ -127,7 +137,8 @@ def instrument(gate: Gate, marks: Marks) -> None:
     for target, name, wrapper in ((link, "claim", claim), (link.store, "subject_seq", subject_seq),
                                   (bus, "publish_claim", publish_claim),
                                   (gate.journal, "scan_transaction", scan_transaction),
-                                  (link, "after_commit", after_commit), (bus, "_apply", apply)):
+                                  (link, "after_commit", after_commit), (bus, "_apply", apply),
+                                  (gate, "_decide", decide_fresh)):
         setattr(target, name, wrapper)
 
 
@@ -180,6 +191,7 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 marks.span("claim -> txn", "claimed", "txn0")
                 marks.span("journal", "txn0", "txn1")
                 marks.span("after", "after0", "after1")
+                marks.span("second decide (n: not reused)", "decide2_0", "decide2_1")
                 marks.span("ack -> applier", "ack", "apply0")
         finally:
             plain.close()
