@@ -5,15 +5,16 @@ Two lanes of one device (each its own connections, as the daemon builds them) wi
 unreachable (policy `local`: the claim is decided offline at once, no NATS needed), real SQLite
 files. Between one lane's claim and its transaction, something commits from another connection:
 the other lane's admit in the journal, or another gate's admit applied to venue.db by the
-consumer. The transaction must see it and refuse; one admit per ticket.
+consumer. The transaction must see it and refuse; one admit per ticket. One device for the
+module (its bus, never connected, takes seconds to stop); each test scans its own ticket.
 """
 
 from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,12 +31,11 @@ from agent.venue.claims import Claim, VenueLink
 from agent.venue.node import free_ports
 from tests.venue.rig import VenueDevice, make_device, write_platform_files
 
-CODE = demo_data.bulk_barcode(0)
 
-
-@pytest.fixture
-def device(tmp_path: Path) -> Iterator[tuple[VenueDevice, Gate]]:
+@pytest.fixture(scope="module")
+def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VenueDevice, Gate]]:
     """One device, bus unreachable (nothing listens on its port), and a second lane's gate."""
+    tmp_path = tmp_path_factory.mktemp("decide-again")
     now = datetime.now(UTC).replace(microsecond=0)
     files = write_platform_files(tmp_path / "platform", now, 5)
     dead = f"nats://127.0.0.1:{free_ports(1)[0]}"
@@ -53,7 +53,8 @@ def device(tmp_path: Path) -> Iterator[tuple[VenueDevice, Gate]]:
         dev.bus.stop()
 
 
-def between_claim_and_commit(gate: Gate, meanwhile: Callable[[Claim], None]) -> None:
+@contextmanager
+def between_claim_and_commit(gate: Gate, meanwhile: Callable[[Claim], None]) -> Iterator[None]:
     """Run `meanwhile` after `gate`'s claim was decided and before its journal transaction."""
     link = gate.venue
     assert link is not None
@@ -65,34 +66,40 @@ def between_claim_and_commit(gate: Gate, meanwhile: Callable[[Claim], None]) -> 
         return answer
 
     link.claim = claim  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        link.claim = real  # type: ignore[method-assign]
 
 
-def admits(dev: VenueDevice) -> int:
-    return sum(1 for row in dev.journal_rows() if row["code"] == CODE and row["admit"])
+def admits(dev: VenueDevice, code: str) -> int:
+    return sum(1 for row in dev.journal_rows() if row["code"] == code and row["admit"])
 
 
 def test_other_lanes_admit_between_claim_and_commit_is_seen(
         device: tuple[VenueDevice, Gate]) -> None:
     dev, other = device
     lane = other.config.lane("north-in")
+    code = demo_data.bulk_barcode(0)
     first: list[bool] = []
 
     def other_lane_admits(claim: Claim) -> None:
         assert claim.outcome == "offline" and claim.decision is not None
         first.append(claim.decision.admit)
-        assert dev.gate().scan(CODE, lane, datetime.now(UTC)).decision.admit
+        assert dev.gate().scan(code, lane, datetime.now(UTC)).decision.admit
 
-    between_claim_and_commit(other, other_lane_admits)
-    result = other.scan(CODE, lane, datetime.now(UTC))
+    with between_claim_and_commit(other, other_lane_admits):
+        result = other.scan(code, lane, datetime.now(UTC))
     assert first == [True]  # the claim's own decision was an admit...
     assert not result.decision.admit and result.decision.status == "alreadyIn"  # ...not taken
-    assert admits(dev) == 1
+    assert admits(dev, code) == 1
 
 
 def test_venue_admit_applied_between_claim_and_commit_is_seen(
         device: tuple[VenueDevice, Gate]) -> None:
     dev, gate = device
     lane = gate.config.lane("north-in")
+    code = demo_data.bulk_barcode(1)
 
     def consumer_applies_another_gates_admit(claim: Claim) -> None:
         d = claim.decision
@@ -105,23 +112,25 @@ def test_venue_admit_applied_between_claim_and_commit_is_seen(
             scanned_on=utc_iso(datetime.now(UTC)), max_entries=1))
         store = VenueStore(dev.bus.store_path)  # the consumer's own connection
         try:
-            store.apply(dev.bus.stream, [messages.decode(1, subject, body)],
+            store.apply(dev.bus.stream, [messages.decode(store.position(dev.bus.stream) + 1,
+                                                          subject, body)],
                         utc_iso(datetime.now(UTC)))
         finally:
             store.close()
 
-    between_claim_and_commit(gate, consumer_applies_another_gates_admit)
-    result = gate.scan(CODE, lane, datetime.now(UTC))
+    with between_claim_and_commit(gate, consumer_applies_another_gates_admit):
+        result = gate.scan(code, lane, datetime.now(UTC))
     assert not result.decision.admit and result.decision.status == "alreadyIn"
-    assert admits(dev) == 0
+    assert admits(dev, code) == 0
 
 
 def test_unchanged_facts_keep_the_claims_decision(device: tuple[VenueDevice, Gate]) -> None:
     """Nothing changed in between: the admit is journaled once, under the claim's uuid."""
     dev, gate = device
     lane = gate.config.lane("north-in")
+    code = demo_data.bulk_barcode(2)
     claims: list[Claim] = []
-    between_claim_and_commit(gate, claims.append)
-    result = gate.scan(CODE, lane, datetime.now(UTC))
+    with between_claim_and_commit(gate, claims.append):
+        result = gate.scan(code, lane, datetime.now(UTC))
     assert result.decision.admit and result.uuid == claims[0].uuid
-    assert admits(dev) == 1
+    assert admits(dev, code) == 1
