@@ -11,6 +11,7 @@ import logging
 import uuid as uuidlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 
 from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
@@ -59,6 +60,9 @@ class Gate:
         # Set by the lane that watches this gate's passage inputs (agent.runtime.passage):
         # only its admits wait for a passage; a manual scan opens no gate and waits for none.
         self.confirms_passage = False
+        # After a venue claim, the transaction takes the claim's decision again when nothing
+        # it was read from has changed (`_decide_again`); off: always decide from fresh facts.
+        self.reuse_first_decision = True
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -134,10 +138,12 @@ class Gate:
             return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
                                     now)
         for _attempt in range(3):
+            first: list[tuple[tuple[int, ...], Decision]] = []
             claim = None if self.venue is None else self.venue.claim(
-                lambda: decide(self.facts(code, lane, kind, mono_ms), lane, now, direction),
+                partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
                 lane, now, self._tracks_exits)  # on the bus, outside the journal's lock
-            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim)
+            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
+                                     first=first)
             if claim is not None and self.venue is not None:
                 self.venue.after_commit(claim, result.decision if result.uuid else None)
             if not isinstance(result, _Redo):
@@ -146,13 +152,14 @@ class Gate:
                                 lane, now)
 
     def _journaled(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
-                   kind: str | None, mono_ms: int | None, claim: Claim | None) -> ScanResult:
+                   kind: str | None, mono_ms: int | None, claim: Claim | None,
+                   first: list[tuple[tuple[int, ...], Decision]] | None = None) -> ScanResult:
         """Decide inside the journal's write transaction and commit (fsync) the row."""
         assert self.journal is not None
         decision: Decision | None = None
         try:
             with self.journal.scan_transaction():
-                decision = self._decide(code, lane, now, direction, kind, mono_ms)
+                decision = self._decide_again(first, code, lane, now, direction, kind, mono_ms)
                 if claim is not None:
                     settled = claim.settle(decision, lambda d: needs_claim(
                         d, lane, self._tracks_exits(d)))
@@ -180,6 +187,38 @@ class Gate:
     def _tracks_exits(self, decision: Decision) -> bool:
         zone = self.cache.zone(decision.zone_id) if decision.zone_id else None
         return zone.tracks_exits if zone is not None else True
+
+    def _first_decision(self, first: list[tuple[tuple[int, ...], Decision]], code: str,
+                        lane: LaneConfig, now: datetime, direction: str | None,
+                        kind: str | None, mono_ms: int | None) -> Decision:
+        """The decision a venue claim is made for (outside the journal's lock), kept with the
+        versions of the files it read so the transaction can tell whether it still holds."""
+        versions = self._read_versions()
+        decision = decide(self.facts(code, lane, kind, mono_ms), lane, now, direction)
+        first[:] = [(versions, decision)]
+        return decision
+
+    def _read_versions(self) -> tuple[int, ...]:
+        """What the facts are read from: the cache, the journal, the venue's scans. Each
+        version changes when another connection commits to that file (another lane, the sync,
+        the bus's consumer); the lane's own reloads and cache swaps hold its lock."""
+        assert self.journal is not None and self.venue is not None
+        return (id(self.cache), self.cache.data_version(), self.journal.data_version(),
+                self.venue.store.data_version())
+
+    def _decide_again(self, first: list[tuple[tuple[int, ...], Decision]] | None, code: str,
+                      lane: LaneConfig, now: datetime, direction: str | None,
+                      kind: str | None, mono_ms: int | None) -> Decision:
+        """The decision inside the journal transaction. After a venue claim, the claim's own
+        decision is taken again when nothing it read has changed since (same scan, same
+        instant, same facts: `decide` is pure), which saves reading and deciding twice on the
+        claim's path; otherwise, and without a venue, decide from fresh facts."""
+        if self.reuse_first_decision and first and first[0][0] == self._read_versions():
+            decision = first[0][1]
+            if mono_ms is not None:
+                self._last_read[lane.name] = (decision.code, mono_ms)
+            return decision
+        return self._decide(code, lane, now, direction, kind, mono_ms)
 
     def _decide(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
                 kind: str | None, mono_ms: int | None) -> Decision:

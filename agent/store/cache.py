@@ -36,7 +36,7 @@ from agent.core.model import (
     strip_personal,
 )
 from agent.errors import CacheCorrupt, StoreError
-from agent.store.sqlite import integrity_ok, migrate, open_database
+from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,10 @@ class TicketCache:
         self._events: dict[int, Event] = {}
         self._zones: dict[int, Zone] = {}
         self._load_small_tables()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to this file (agent.store.sqlite)."""
+        return data_version(self.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -21,7 +21,7 @@ from typing import Any
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
 from agent.store.passages import settle_stale_waits
-from agent.store.sqlite import integrity_ok, migrate, open_database
+from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
 MIGRATIONS = [
     ("0001_initial", """
@@ -231,6 +231,10 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to this file (agent.store.sqlite)."""
+        return data_version(self.conn)
 
     def close(self) -> None:
         self.conn.close()

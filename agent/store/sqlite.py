@@ -43,6 +43,13 @@ def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode:
     return sqlite_utils.Database(conn)
 
 
+def data_version(conn: sqlite3.Connection) -> int:
+    """SQLite's `PRAGMA data_version`: changes when another connection (thread or process)
+    committed to the file since this connection last asked; its own commits do not change it.
+    The hot path uses it to know that nothing it read before can have changed."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
 def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[str]:
     """Apply the migrations not yet recorded, in order, one transaction each. Returns names applied."""
     conn = db.conn

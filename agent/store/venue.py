@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.core.model import ZoneScan
 from agent.errors import StoreError
-from agent.store.sqlite import migrate, open_database
+from agent.store.sqlite import data_version, migrate, open_database
 
 VENUE_FILE = "venue.db"
 
@@ -106,6 +106,10 @@ class VenueStore:
         except sqlite3.Error as exc:
             raise StoreError(f"venue state {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to this file (agent.store.sqlite)."""
+        return data_version(self.conn)
 
     def close(self) -> None:
         self.conn.close()

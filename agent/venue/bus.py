@@ -48,6 +48,10 @@ SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be 
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
 # often, whatever the number of dashboards polling it.
 OCCUPANCY_EVERY_S = 5.0
+# While a lane of this gate is between its claim and its journal commit, the consumer holds
+# back what it receives (this very claim, typically) for at most this long, so the applier
+# thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
+HOLD_WHILE_CLAIMING_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,12 @@ class VenueBus:
         self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"])
         self._heartbeats: HeartbeatLink | None = None
         self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
+        # claims between publish and journal commit (lane threads), and what the consumer
+        # holds back meanwhile (bus loop only); see HOLD_WHILE_CLAIMING_S
+        self.hold_while_claiming = True
+        self._claiming = 0
+        self._hold_until = 0.0
+        self._held: list[tuple[int, str, bytes, int]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -287,16 +297,31 @@ class VenueBus:
         start = store.position(self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
-            # handed to the applier thread at once: a SQLite commit here would delay the
-            # acks of claims waiting on this loop
+            # handed to the applier thread (a SQLite commit here would delay the acks of
+            # claims waiting on this loop), or held back while a lane of this gate is between
+            # its claim and its commit (the order is kept: held messages go first)
             meta = msg.metadata
-            self._inbox.put((meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0))
+            item = (meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0)
+            if self._claiming > 0 and time.monotonic() < self._hold_until:
+                if not self._held:
+                    assert self._loop is not None
+                    self._loop.call_later(HOLD_WHILE_CLAIMING_S, self._release_held)
+                self._held.append(item)
+                return
+            self._release_held()
+            self._inbox.put(item)
 
         return await self._js.subscribe(
             messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
             ordered_consumer=True, idle_heartbeat=1.0, flow_control=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=start))
+
+    def _release_held(self) -> None:
+        """Hand what the consumer held back to the applier, in order (bus loop only)."""
+        held, self._held = self._held, []
+        for item in held:
+            self._inbox.put(item)
 
     def _applying(self) -> None:
         """The applier thread: messages in stream order, in batches, one transaction each."""
@@ -437,6 +462,32 @@ class VenueBus:
             return ClaimAnswer("unavailable", error=self.last_error or "not connected")
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        self._begin_claim()
+        answer = self._claim_answer(loop, subject, body, headers, timeout_s)
+        if answer.outcome != "granted":
+            self.claim_settled()  # a conflict waits for the consumer: nothing is held back
+        return answer
+
+    def _begin_claim(self) -> None:
+        if self.hold_while_claiming:
+            with self._cond:
+                now = time.monotonic()
+                if now >= self._hold_until:
+                    self._claiming = 0  # earlier claims are past holding (or never settled)
+                self._claiming += 1
+                self._hold_until = now + HOLD_WHILE_CLAIMING_S
+
+    def claim_settled(self) -> None:
+        """A lane's claim is committed, refused or given up: the consumer may apply again."""
+        with self._cond:
+            self._claiming = max(0, self._claiming - 1)
+            idle = self._claiming == 0
+        loop = self._loop
+        if idle and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._release_held)
+
+    def _claim_answer(self, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
+                      headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
         future = asyncio.run_coroutine_threadsafe(
             self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
         try:

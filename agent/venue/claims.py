@@ -16,8 +16,9 @@ The order for one scan in a zone with an entry limit (max_entries > 0, or an in/
    to the sequence the server named, re-decide, retry (at most MAX_ATTEMPTS), all within
    `claim_timeout_ms`. No answer in time: the offline policy (`local` keeps the local decision,
    `refuse` refuses), and the scan is marked as decided offline;
-3. the journal transaction (agent.runtime.gate) decides again locally and commits; the venue's
-   answer is applied there (`Claim.settle`) — so other lanes never wait on the bus;
+3. the journal transaction (agent.runtime.gate) decides again locally (taking step 1's decision
+   again when nothing it read has changed) and commits; the venue's answer is applied there
+   (`Claim.settle`) — so other lanes never wait on the bus;
 4. after the commit: a granted claim whose admit did not reach the journal is voided at once
    (and by the bus's sweep on restart if the process died first). docs/venue.md has the crash
    analysis of each step.
@@ -174,6 +175,8 @@ class VenueLink:
     def after_commit(self, claim: Claim, journaled: Decision | None) -> None:
         """Step 4: a granted claim whose admit is not in the journal must not stand."""
         self._holding = None
+        if claim.outcome == "granted":
+            self.bus.claim_settled()
         if claim.outcome == "granted" and (journaled is None or not journaled.admit):
             decision = claim.decision
             assert decision is not None

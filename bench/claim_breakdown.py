@@ -1,0 +1,230 @@
+"""Where a venue claim's time goes: per-step timestamps of `Gate.scan` with a venue claim.
+
+Prints figures; not a test. Gate A alone in the process (as on a turnstile), one real
+nats-server on loopback, a single-access lane, scans paced `--gap-ms` apart; the same device's
+files without a venue are scanned in between (interleaved) for the local-only steps.
+
+    .venv/bin/python bench/claim_breakdown.py --scans 400
+
+Steps of a claimed scan (each the p50/p99 of its own duration, so they need not add up):
+  decide      the first decision (facts + decide), outside the journal's lock
+  read seq    the subject's last sequence read from venue.db
+  hand over   lane thread -> bus loop: from the call until the publish coroutine starts
+  round trip  publish with expected sequence -> ack, on the bus loop
+  wake lane   the ack on the loop -> the lane thread running again
+  journal     the transaction: second decision, settle, insert, commit (fsync)
+  second decide  the transaction's fresh decision (only when the claim's was not reused)
+  after       after the commit (wake the publisher)
+and whether this gate's own consumer/applier ran during the journal transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from venue_bench import pct  # noqa: E402
+
+from agent import demo_data  # noqa: E402
+from agent.config import load_config  # noqa: E402
+from agent.runtime.daemon import SWITCH_INTERVAL_S  # noqa: E402
+from agent.runtime.gate import Gate  # noqa: E402
+from agent.store.cache import TicketCache  # noqa: E402
+from agent.store.journal import Journal  # noqa: E402
+from agent.venue.node import start_venue  # noqa: E402
+from tests.venue.rig import venue_devices  # noqa: E402
+
+
+class Marks:
+    """Timestamps of the scan in progress (perf_counter), by step name."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, float] = {}
+        self.steps: dict[str, list[float]] = defaultdict(list)
+
+    def mark(self, name: str) -> None:
+        self.now.setdefault(name, time.perf_counter())
+
+    def span(self, name: str, start: str, end: str) -> None:
+        if start in self.now and end in self.now:
+            self.steps[name].append(self.now[end] - self.now[start])
+
+
+def instrument(gate: Gate, marks: Marks) -> None:
+    """Wrap the gate's, link's and bus's steps with timestamps (bench only)."""
+    link = gate.venue
+    assert link is not None and gate.journal is not None
+    bus = link.bus
+    real_claim, real_publish, real_after = link.claim, bus.publish_claim, link.after_commit
+    real_seq = link.store.subject_seq
+    real_txn, real_apply = gate.journal.scan_transaction, bus._apply
+
+    def claim(decide_now: Any, *args: Any) -> Any:
+        def timed_decide() -> Any:
+            marks.mark("decide0")
+            try:
+                return decide_now()
+            finally:
+                marks.mark("decide1")
+        try:
+            return real_claim(timed_decide, *args)
+        finally:
+            marks.mark("claimed")
+
+    def subject_seq(subject: str) -> int:
+        marks.mark("seq0")
+        try:
+            return real_seq(subject)
+        finally:
+            marks.mark("seq1")
+
+    def publish_claim(*args: Any) -> Any:
+        marks.mark("submit")
+        js = bus._js
+        real_js_publish = js.publish
+
+        async def timed(*a: Any, **k: Any) -> Any:
+            marks.mark("loop_start")
+            try:
+                return await real_js_publish(*a, **k)
+            finally:
+                marks.mark("ack")
+        js.publish = timed
+        try:
+            return real_publish(*args)
+        finally:
+            marks.mark("woken")
+            js.publish = real_js_publish
+
+    @contextmanager
+    def scan_transaction() -> Iterator[None]:
+        marks.mark("txn0")
+        with real_txn():
+            yield
+        marks.mark("txn1")
+
+    real_decide = gate._decide
+
+    def decide_fresh(*args: Any) -> Any:
+        marks.mark("decide2_0")
+        try:
+            return real_decide(*args)
+        finally:
+            marks.mark("decide2_1")
+
+    def after_commit(*args: Any) -> None:
+        marks.mark("after0")
+        real_after(*args)
+        marks.mark("after1")
+
+    def apply(*args: Any) -> None:
+        marks.now.setdefault("apply0", time.perf_counter())
+        real_apply(*args)
+        marks.now.setdefault("apply1", time.perf_counter())
+
+    for target, name, wrapper in ((link, "claim", claim), (link.store, "subject_seq", subject_seq),
+                                  (bus, "publish_claim", publish_claim),
+                                  (gate.journal, "scan_transaction", scan_transaction),
+                                  (link, "after_commit", after_commit), (bus, "_apply", apply),
+                                  (gate, "_decide", decide_fresh)):
+        setattr(target, name, wrapper)
+
+
+def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
+    """`ab`: every other scan with that change off (B), the rest with it on (A), interleaved
+    in one run: `hold` (the consumer holds back while a lane claims), `reuse` (the
+    transaction takes the claim's decision again when nothing changed), `both`."""
+    marks = Marks()
+    overlap: dict[str, int] = defaultdict(int)
+    with venue_devices(root / "bd", [url], 1, n + 10, prefix="bd") as devices:
+        a = devices[0]
+        gate = a.gate()
+        lane = gate.config.lane("north-in")
+        cfg = load_config(a.config_path)
+        plain = Gate(TicketCache(cfg.store_dir / "cache.db"),
+                     Journal(cfg.store_dir.parent / "plain-journal.db"), cfg)
+        instrument(gate, marks)
+        plain_scan: list[float] = []
+        try:
+            for i in range(n):
+                code = demo_data.bulk_barcode(i)
+                time.sleep(gap_s)
+                t0 = time.perf_counter()
+                plain.scan(code, lane, datetime.now(UTC))
+                plain_scan.append(time.perf_counter() - t0)
+                variant = "B " if ab and i % 2 else ("A " if ab else "")
+                off = variant == "B "
+                a.bus.hold_while_claiming = not (off and ab in ("hold", "both"))
+                gate.reuse_first_decision = not (off and ab in ("reuse", "both"))
+                time.sleep(gap_s)
+                marks.now = {"start": time.perf_counter()}
+                result = gate.scan(code, lane, datetime.now(UTC))
+                marks.now["end"] = time.perf_counter()
+                assert result.decision.admit, result.decision
+                # did this gate's applier run while the lane was in its journal transaction?
+                a.bus.wait_applied(gate.venue.last_granted_seq, 1.0)  # type: ignore[union-attr]
+                time.sleep(0.001)
+                m = marks.now
+                if "apply0" in m and m["apply0"] < m["txn1"] and m.get("apply1", 0) > m["txn0"]:
+                    overlap[variant] += 1
+                marks.span(variant + "scan", "start", "end")
+                if variant == "B ":
+                    continue
+                marks.span("decide", "decide0", "decide1")
+                marks.span("read seq", "seq0", "seq1")
+                marks.span("hand over", "submit", "loop_start")
+                marks.span("round trip", "loop_start", "ack")
+                marks.span("wake lane", "ack", "woken")
+                marks.span("claim step", "decide0", "claimed")
+                marks.span("claim -> txn", "claimed", "txn0")
+                marks.span("journal", "txn0", "txn1")
+                marks.span("after", "after0", "after1")
+                marks.span("second decide (n: not reused)", "decide2_0", "decide2_1")
+                marks.span("ack -> applier", "ack", "apply0")
+        finally:
+            plain.close()
+    return {"steps": marks.steps, "plain": plain_scan, "overlap": dict(overlap), "n": n}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scans", type=int, default=400)
+    ap.add_argument("--gap-ms", type=float, default=10.0)
+    ap.add_argument("--ab", choices=["", "hold", "reuse", "both"], default="",
+                    help="interleave scans with (A) and without (B) one change (see run())")
+    args = ap.parse_args(argv)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    with tempfile.TemporaryDirectory(prefix="claim-breakdown-") as tmp:
+        nodes = start_venue(Path(tmp) / "nats", 1)
+        try:
+            out = run(Path(tmp), nodes[0].url, args.scans, args.gap_ms / 1000, args.ab)
+        finally:
+            for node in nodes:
+                node.kill()
+    rows = [("scan without venue", out["plain"])] + list(out["steps"].items())
+    for name, values in rows:
+        print(f"{name:20s} p50 {pct(values, 0.5) * 1000:7.3f} ms  "
+              f"p99 {pct(values, 0.99) * 1000:7.3f} ms  n {len(values)}")
+    plain = pct(out["plain"], 0.5)
+    for name, values in out["steps"].items():
+        if name.endswith("scan"):
+            print(f"{name:20s} added p50 {(pct(values, 0.5) - plain) * 1000:7.3f} ms")
+    for variant, count in sorted(out["overlap"].items()):
+        print(f"{variant}applier ran during the journal transaction in {count} scans")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
