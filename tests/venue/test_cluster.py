@@ -26,6 +26,10 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
     urls = [n.url for n in venue_cluster]
     with venue_devices(tmp_path, urls, 2, 400, timeout_ms=TIMEOUT_MS) as (a, b):
         assert admit(a, 0)[0]
+        first = a.journal_rows()[-1]["uuid"]
+        wait_until(lambda: b.venue_store().conn.execute(
+            "SELECT 1 FROM venue_scans WHERE uuid = ?", (first,)).fetchone(), 30,
+            "b has a's first admit")  # b knows it before the cluster loses a node
         venue_cluster[0].kill()
         # A new stream leader takes ~2 s to be elected, but up to ~20 s when the stream was just
         # created and a replica had not caught up (NATS election timeouts are 4-9 s, and a failed
