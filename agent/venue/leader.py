@@ -218,8 +218,8 @@ class VenueRole:
         bench saw that stall uploads); newcomers wait for the next round or a full batch."""
         assert self.uploader is not None
         sent = 0
-        while sent < waiting:
-            done = await self.uploader.upload_round()
+        while sent < waiting:  # one round: its split budget holds across these calls
+            done = await self.uploader.upload_round(new_round=sent == 0)
             if not done:
                 break
             sent += done

@@ -6,6 +6,7 @@ batch but before it could record that is replaced by one that resends the *same*
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,7 +25,8 @@ from agent.venue.budget import LeaderFence, budget_bucket, leader_governor
 from agent.venue.election import connect, lease_bucket
 from agent.venue.lease import Lease, NotLeader
 from agent.venue.node import NodeProcess
-from tests.platform.sync.conftest import backlog, fill_journal
+from tests.conftest import run_cli
+from tests.platform.sync.conftest import backlog, fill_journal, pending_row
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +176,78 @@ def test_a_new_leader_counts_the_old_leaders_requests_so_failover_never_meets_42
     assert seeded == 14
     assert remaining == 0
     assert not sent_at_once
+
+
+def test_a_refused_row_is_quarantined_and_the_rest_of_the_venue_batch_delivered(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """A 422 naming two unknown barcodes: those rows go to the venue's quarantine (listed
+    by `gate-agent venue quarantine`, requeued by its `--requeue`), every other scan is
+    delivered exactly once. A 500 before it neither splits the batch nor changes its uuid."""
+    venue = "poison"
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = backlog(40, now)
+    poison = [pending_row(f"NOPE{i}", now) for i in range(2)]
+    journal = journal_with(tmp_path / "j.db", rows[:10] + [poison[0]] + rows[10:] + [poison[1]])
+
+    async def lead(holder: str, first: bool) -> dict[str, Any]:
+        """Upload until the bus is drained; the first leader meets a 500 before the 422."""
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            if first:
+                assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 42
+            lease = Lease(await lease_bucket(js, venue, 30.0, 1), holder, 30.0)
+            assert await lease.acquire("t")
+            out: dict[str, Any] = {}
+            async with client(sandbox) as c:
+                up = uplink.VenueUploader(js, venue, c, lease, max_batch=50, ack_wait_s=5.0)
+                await up.start()
+                if first:
+                    sandbox.set_faults(error_rate=1.0)
+                    with pytest.raises(ApiError):
+                        await up.upload_round()
+                    sandbox.clear_faults()
+                    [(key, pending)] = up.undone.items()
+                    assert list(pending) == [key] and len(pending[key]) == 42  # same uuid
+                    assert up.counters["batches_split"] == 0
+                    out["key"] = key
+                deadline = asyncio.get_running_loop().time() + 30
+                while (await up.lag() or up.undone) and \
+                        asyncio.get_running_loop().time() < deadline:
+                    await up.upload_round()
+                out.update(counters=dict(up.counters), lag=await up.lag(),
+                           status=up.status.as_dict())
+            await lease.release()
+            return out
+        finally:
+            await nc.close()
+
+    def cli(*extra: str) -> dict[str, Any]:
+        done = run_cli("venue", "quarantine", "--json", *extra, "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path / "store"}"\n[venue]\nname = "{venue}"\n'
+                      f'servers = ["{shared_venue_node.url}"]\ndevice = "cli"\n')
+    out = asyncio.run(lead("first", True))
+    journal.close()
+    received = sandbox.received()
+    applied = Counter(u["uuid"] for u in received["uploads"] if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert out["lag"] == 0
+    assert out["counters"]["rows_quarantined"] == 2 and out["counters"]["batches_split"] == 1
+    assert out["status"]["quarantined_total"] == 2
+    refused = [u for u in received["uploads"] if u.get("skipped") == "refused 422"]
+    assert {u["requestUuid"] for u in refused} == {out["key"]}  # the uuid the 500 kept
+    listed = cli()["quarantined"]
+    assert {e["row"]["uuid"] for e in listed} == {p.uuid for p in poison}
+    assert all("barcode" in e["reason"] for e in listed)
+    # retryable: requeued rows go out again (and are refused again here: still unknown)
+    assert cli("--requeue")["requeued"] == 2
+    again = asyncio.run(lead("second", False))
+    assert again["lag"] == 0 and again["counters"]["rows_quarantined"] == 2
+    assert {e["row"]["uuid"] for e in cli()["quarantined"]} == {p.uuid for p in poison}
+    refused_twice = Counter(u["uuid"] for u in sandbox.received()["uploads"]
+                            if u.get("skipped") == "refused 422")
+    assert all(refused_twice[p.uuid] == 2 for p in poison)
