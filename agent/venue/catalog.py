@@ -85,18 +85,28 @@ class CatalogPublisher:
     def __init__(self, js: Any, venue: str, lease: Lease):
         self.js = js
         self.prefix = prefix(venue)
+        self.stream = stream_name(venue)
         self.lease = lease
         self.published = 0
+        self.purged = 0
+        self._first: dict[int, int] = {}  # event -> stream seq of its running pass's 1st item
 
-    async def _send(self, items: list[tuple[str, bytes]]) -> None:
+    async def _send(self, items: list[tuple[str, bytes]]) -> int | None:
+        """Publish under this term; returns the lowest stream sequence given (None: none)."""
         term = str(self.lease.guard())  # not leading (any more): the pass stops here
         headers = {TERM_HEADER: term}
+        lowest: int | None = None
         for start in range(0, len(items), PUBLISH_WINDOW):
             chunk = items[start:start + PUBLISH_WINDOW]
-            await asyncio.gather(*(self.js.publish(s, b, headers=headers) for s, b in chunk))
+            acks = await asyncio.gather(*(self.js.publish(s, b, headers=headers)
+                                          for s, b in chunk))
             self.published += len(chunk)
+            seqs = [a.seq for a in acks]
+            lowest = min(seqs) if lowest is None else min(lowest, *seqs)
+        return lowest
 
     async def events(self, events: list[Event]) -> None:
+        self._first.clear()  # every pass starts after an events refresh: none is running
         await self._send([(f"{self.prefix}.events",
                            orjson.dumps([e.raw for e in events]))])
 
@@ -105,12 +115,30 @@ class CatalogPublisher:
                            orjson.dumps([z.raw for z in zones]))])
 
     async def page(self, event_id: int, page: EntryPage) -> None:
-        await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
-                           orjson.dumps(strip_personal(item.raw))) for item in page.items])
+        lowest = await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
+                                    orjson.dumps(strip_personal(item.raw)))
+                                   for item in page.items])
+        if lowest is not None:
+            self._first.setdefault(event_id, lowest)
 
     async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None:
-        await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(
-            {"endTime": end_time, "full": full, "at": utc_iso(datetime.now(UTC))}))])
+        """The pass's marker. A full pass's carries `fromSeq`, the stream sequence of its
+        first item: the event's items are exactly those published since (a gate removes the
+        others), and the older item messages are purged from the stream, so a gate joining
+        later never reads an item the platform no longer lists."""
+        body: dict[str, Any] = {"endTime": end_time, "full": full,
+                                "at": utc_iso(datetime.now(UTC))}
+        first = self._first.pop(event_id, None)
+        if full:
+            if first is None:  # an empty listing: every item of the event goes
+                first = int((await self.js.stream_info(self.stream)).state.last_seq) + 1
+            body["fromSeq"] = first
+        await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(body))])
+        if full:
+            self.lease.guard()
+            await self.js.purge_stream(self.stream, seq=first,
+                                       subject=f"{self.prefix}.i.{event_id}.*")
+            self.purged += 1
 
 
 
@@ -140,9 +168,11 @@ class CatalogFollower:
         self.own_term = own_term or (lambda: 0)
         self.position, self.term = cache.catalog_position(self.stream)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
-                         "bad_messages": 0, "pairings": 0}
+                         "bad_messages": 0, "pairings": 0, "items_removed": 0,
+                         "full_passes_applied": 0}
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
         self._items: dict[int, dict[int, Item]] = {}
+        self._seqs: dict[int, dict[int, int]] = {}  # buffered item -> its stream sequence
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
         self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
 
@@ -222,6 +252,7 @@ class CatalogFollower:
                     raise ValueError("item without a usable id")
                 if not mine:
                     self._items.setdefault(int(rest[1]), {})[item.id] = item
+                    self._seqs.setdefault(int(rest[1]), {})[item.id] = seq
                 return False
             elif rest[0] == "pass" and len(rest) == 2:
                 await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
@@ -270,14 +301,25 @@ class CatalogFollower:
                 self.position = seq
 
     def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
-        """One pass's items, cursor and stream position in one transaction."""
-        buffered = self._items
-        self._items = {}
+        """One pass's items, cursor and stream position in one transaction. A full pass
+        (`fromSeq`) replaces the event's items: only those published since its first item
+        stay (older buffered copies and cached items it did not list go)."""
+        buffered, seqs = self._items, self._seqs
+        self._items, self._seqs = {}, {}
         stamp = utc_iso(datetime.now(UTC))
+        from_seq = body.get("fromSeq") if body.get("full") and not mine else None
+        listed: set[int] | None = None
+        if isinstance(from_seq, int):
+            listed = {i for i, s in seqs.get(event_id, {}).items() if s >= from_seq}
+            buffered[event_id] = {i: it for i, it in buffered.get(event_id, {}).items()
+                                  if i in listed}
         with self.cache.transaction():
             for ev, items in buffered.items():
                 self.cache.put_items(ev, items.values())
                 self.counters["items_applied"] += len(items)
+            if listed is not None:
+                self.counters["items_removed"] += self.cache.keep_only_items(event_id, listed)
+                self.counters["full_passes_applied"] += 1
             pairs, self._pairs = self._pairs, []
             for ev, item_id, nfc_id in pairs:
                 self.cache.pair_nfc(ev, item_id, nfc_id)

@@ -23,22 +23,37 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Config
+from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
-from agent.venue import catalog, uplink
+from agent.venue import catalog, quarantine, uplink
 from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader
 
 log = logging.getLogger("gate_agent.venue.leader")
+
+FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
+
+
+def next_daily(hhmm: str, now: float) -> float:
+    """Epoch of the next local `HH:MM` after `now` (`sync.full_resync_at`, as the daemon's
+    scheduler reads it)."""
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    local = datetime.fromtimestamp(now).astimezone()
+    at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if at <= local:
+        at += timedelta(days=1)
+    return at.timestamp()
 
 
 class VenueRole:
@@ -83,6 +98,10 @@ class VenueRole:
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
         self.upload_lag: int | None = None  # scans on the bus not yet at the platform
+        self._quarantine_kv: Any = None
+        self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
+        self.next_full = 0.0  # epoch of the leader's next daily full pass
+        self.last_full: dict[str, Any] | None = None  # the last full pass this device led
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -148,6 +167,7 @@ class VenueRole:
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
             self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
@@ -230,6 +250,7 @@ class VenueRole:
             return
         self._next_status = now + 2.0
         self.budget_in_use = await venue_requests(self._budget_kv, time.time())
+        self.quarantined = await quarantine.count(self._quarantine_kv)
         try:
             info = await self._js.consumer_info(uplink.stream_name(self.name), uplink.DURABLE)
             self.upload_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
@@ -289,12 +310,21 @@ class VenueRole:
 
     async def _sync_loop(self, syncer: Syncer) -> None:
         """The leader's sync passes, beside its uploads (a long delta must not hold the
-        venue's scans back; the governor serves uploads first)."""
+        venue's scans back; the governor serves uploads first): events/zones refresh, deltas,
+        and round one's daily full pass at `sync.full_resync_at` (local time), in place and
+        published (agent.venue.catalog: every gate replaces the event's items with it)."""
         sync_cfg = self.config.sync
         next_delta = next_refresh = 0.0
+        self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
         while True:
             now = time.monotonic()
             try:
+                if time.time() >= self.next_full:
+                    self.next_full = time.time() + FULL_RETRY_S  # failed: again a bit later
+                    listed = await syncer.full_in_place()
+                    self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": listed}
+                    self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
+                    next_refresh = now + sync_cfg["refresh_interval_s"]
                 if now >= next_refresh:
                     await syncer.refresh_events()
                     next_refresh = now + sync_cfg["refresh_interval_s"]
@@ -311,6 +341,10 @@ class VenueRole:
                 log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
                 next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
             await asyncio.sleep(0.5)
+
+    def full_resync_now(self) -> None:
+        """Run the daily full pass at the next sync round (this device must lead)."""
+        self.next_full = 0.0
 
     async def _step_down(self) -> None:
         self.uploader = None
@@ -336,6 +370,8 @@ class VenueRole:
             out.update(self.election.get_status())
         out["budget_in_use_per_min"] = self.budget_in_use
         out["upload_lag"] = self.upload_lag
+        out["quarantined"] = self.quarantined
+        out["last_full_pass"] = self.last_full
         if self.follower is not None:
             out.update(self.follower.get_status())
         if self.uploader is not None:

@@ -41,6 +41,14 @@ async def put(kv: Any, rows: list[tuple[dict[str, Any], str]], batch: str) -> No
             {"row": row, "reason": reason, "at": at, "batch": batch}))
 
 
+async def count(kv: Any) -> int:
+    """How many rows are quarantined (keys only: cheap enough for every status refresh)."""
+    try:
+        return len(await kv.keys())
+    except Exception:  # noqa: BLE001 - NoKeysError: nothing quarantined
+        return 0
+
+
 async def listing(kv: Any) -> list[dict[str, Any]]:
     """Every quarantined row: `{"row", "reason", "at", "batch"}`, oldest first."""
     try:

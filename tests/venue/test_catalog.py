@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.core.model import PERSONAL_FIELDS
+from agent.core.model import PERSONAL_FIELDS, EntryPage, parse_item
 from agent.runtime.pairing import PairingStation
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
@@ -213,3 +213,61 @@ async def _follow_url(url: str, venue: str, path: Path) -> dict[str, Any]:
         return await follow(js, venue, path)
     finally:
         await nc.close()
+
+
+def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """An item a previous pass published that the platform no longer lists (a ghost): the
+    leader's daily full pass removes it from its own cache, from every following gate's
+    cache (atomically with the pass) and from the stream (a gate joining later never sees it)."""
+    venue = "fullpass"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    ghost_id = 987_654_321
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            await leader_sync(leader, js, venue, lease)
+            raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
+            ghost = parse_item({**raw, "id": ghost_id, "barcode": "GHOST0001"})
+            assert ghost is not None
+            publisher = catalog.CatalogPublisher(js, venue, lease)
+            await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
+            await publisher.pass_done(EVENT, None, False)
+            cache = TicketCache(leader.cache_path)
+            with cache.transaction():
+                cache.put_items(EVENT, [ghost])
+            cache.close()
+            gate = tmp_path / "gate" / "cache.db"
+            await follow(js, venue, gate)
+            before = items(gate)
+            requests = requests_made(sandbox)
+            async with leader.client() as client:
+                syncer = leader.syncer(client, observer=publisher)
+                try:
+                    listed = await syncer.full_in_place()
+                finally:
+                    syncer.close()
+            requests = requests_made(sandbox) - requests
+            status = await follow(js, venue, gate)
+            late = await follow(js, venue, tmp_path / "late" / "cache.db")
+            subjects = await js.stream_info(catalog.stream_name(venue), subjects_filter=(
+                f"{catalog.prefix(venue)}.i.{EVENT}.{ghost_id}"))
+            return {"before": before, "listed": listed, "status": status, "late": late,
+                    "requests": requests, "ghost_msgs": subjects.state.subjects or {}}
+        finally:
+            await nc.close()
+
+    for name in ("gate", "late"):
+        (tmp_path / name).mkdir()
+    out = asyncio.run(scenario())
+    assert ghost_id in out["before"]  # the gate had it from the bus
+    want = items(leader.cache_path)
+    assert ghost_id not in want and len(want) == out["listed"]
+    assert items(tmp_path / "gate" / "cache.db") == want
+    assert items(tmp_path / "late" / "cache.db") == want
+    assert out["status"]["items_removed"] == 1 and out["status"]["full_passes_applied"] == 1
+    assert out["ghost_msgs"] == {}  # purged: not on the bus any more
+    assert out["requests"] <= 3 + 2 * (TICKETS // 1000 + 1)  # one device's full sync

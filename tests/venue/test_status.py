@@ -26,6 +26,8 @@ def test_venue_reasons() -> None:
     assert _codes({**VENUE, "connected": False, "last_error": "no servers"}) == \
         ["venue_unreachable"]
     assert _codes({**VENUE, "conflicts": 2}) == ["venue_conflicts"]
+    assert _codes({**VENUE, "leader": {"quarantined": 0}}) == []
+    assert _codes({**VENUE, "leader": {"quarantined": 3}}) == ["venue_quarantined"]
 
 
 def test_venue_metrics() -> None:
