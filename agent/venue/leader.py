@@ -35,7 +35,13 @@ from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.venue import catalog, quarantine, uplink
-from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
+from agent.venue.budget import (
+    LeaderFence,
+    budget_bucket,
+    leader_governor,
+    leader_share,
+    venue_requests,
+)
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader
@@ -98,6 +104,9 @@ class VenueRole:
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
         self.upload_lag: int | None = None  # scans on the bus not yet at the platform
+        self.upload_lag_s: float | None = None  # how long the oldest of them has waited
+        self.budget_per_min = int(config.api["requests_per_minute"]
+                                  * leader_share(config.api, self.venue["platform_reserve"]))
         self._quarantine_kv: Any = None
         self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
         self.next_full = 0.0  # epoch of the leader's next daily full pass
@@ -252,14 +261,9 @@ class VenueRole:
         self.budget_in_use = await venue_requests(self._budget_kv, time.time())
         self.quarantined = await quarantine.count(self._quarantine_kv)
         try:
-            info = await self._js.consumer_info(uplink.stream_name(self.name), uplink.DURABLE)
-            self.upload_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        except Exception:  # noqa: BLE001 - no leader has uploaded yet: count the stream
-            try:
-                info = await self._js.stream_info(uplink.stream_name(self.name))
-                self.upload_lag = int(info.state.messages)
-            except Exception:  # noqa: BLE001 - the bus is away
-                self.upload_lag = None
+            self.upload_lag, self.upload_lag_s = await uplink.backlog(self._js, self.name)
+        except Exception:  # noqa: BLE001 - the bus is away: unknown, not zero
+            self.upload_lag = self.upload_lag_s = None
 
     # -- member ----------------------------------------------------------------------------
 
@@ -369,7 +373,9 @@ class VenueRole:
         if self.election is not None:
             out.update(self.election.get_status())
         out["budget_in_use_per_min"] = self.budget_in_use
+        out["budget_per_min"] = self.budget_per_min
         out["upload_lag"] = self.upload_lag
+        out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
         out["last_full_pass"] = self.last_full
         if self.follower is not None:

@@ -90,6 +90,18 @@ async def hand_over(js: Any, venue: str, device: str, journal: Journal,
     return len(rows)
 
 
+async def backlog(js: Any, venue: str) -> tuple[int, float]:
+    """Scans on the bus not yet at the platform, and how long the oldest has waited (s).
+    The stream is a work queue: a message leaves it when the leader acks it after the
+    platform's success, so its first message is the oldest undelivered scan."""
+    state = (await js.stream_info(stream_name(venue))).state
+    if not state.messages:
+        return 0, 0.0
+    oldest = await js.get_msg(stream_name(venue), seq=state.first_seq)
+    waited = time.time() - oldest.time.timestamp() if oldest.time is not None else 0.0
+    return int(state.messages), max(0.0, waited)
+
+
 class VenueUploader:
     """The leader's uploads (see the module docstring). Call `start()` on becoming leader.
 
