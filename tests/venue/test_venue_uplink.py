@@ -20,7 +20,7 @@ from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor, Priority
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
-from agent.venue import uplink
+from agent.venue import quarantine, uplink
 from agent.venue.budget import LeaderFence, budget_bucket, leader_governor
 from agent.venue.election import connect, lease_bucket
 from agent.venue.lease import Lease, NotLeader
@@ -251,3 +251,55 @@ def test_a_refused_row_is_quarantined_and_the_rest_of_the_venue_batch_delivered(
     refused_twice = Counter(u["uuid"] for u in sandbox.received()["uploads"]
                             if u.get("skipped") == "refused 422")
     assert all(refused_twice[p.uuid] == 2 for p in poison)
+
+
+def test_unconfirmed_answers_keep_the_uuid_then_quarantine_and_only_success_delivers(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """`success: false` delivers nothing: the same request uuid is tried again (the test
+    skips the back-off), after `max_tries` the rows are quarantined, never counted as sent;
+    requeued once the platform accepts again, each is applied exactly once."""
+    venue = "unconfirmed"
+    rows = backlog(5, datetime.now(UTC).replace(microsecond=0))
+    journal = journal_with(tmp_path / "j.db", rows)
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 5
+            lease = Lease(await lease_bucket(js, venue, 30.0, 1), "leader", 30.0)
+            assert await lease.acquire("t")
+            async with client(sandbox) as c:
+                up = uplink.VenueUploader(js, venue, c, lease, max_batch=50, ack_wait_s=5.0,
+                                          max_tries=2)
+                await up.start()
+                sandbox.set_faults(upload_answer="success_false")
+                with pytest.raises(ApiError):
+                    await up.upload_round()
+                assert up.status.sent_total == 0 and up.undone  # kept, not delivered
+                up.held.clear()  # skip the back-off
+                await up.upload_round()
+                held = await quarantine.listing(up.quarantine)
+                out = {"held": held, "lag": await up.lag(), "undone": dict(up.undone),
+                       "sent": up.status.sent_total}
+                sandbox.clear_faults()
+                assert await quarantine.requeue(js, up.quarantine, venue) == 5
+                deadline = asyncio.get_running_loop().time() + 30
+                while await up.lag() and asyncio.get_running_loop().time() < deadline:
+                    await up.upload_round()
+                out["lag_after"], out["sent_after"] = await up.lag(), up.status.sent_total
+                return out
+        finally:
+            await nc.close()
+
+    out = asyncio.run(scenario())
+    journal.close()
+    assert out["sent"] == 0 and out["lag"] == 0 and out["undone"] == {}
+    assert {e["row"]["uuid"] for e in out["held"]} == {r.uuid for r in rows}
+    assert all("2 unconfirmed answers" in e["reason"] for e in out["held"])
+    received = sandbox.received()["uploads"]
+    unconfirmed = [u for u in received if u.get("skipped") == "answered success_false"]
+    assert len(unconfirmed) == 10 and len({u["requestUuid"] for u in unconfirmed}) == 1
+    applied = Counter(u["uuid"] for u in received if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert out["sent_after"] == 5 and out["lag_after"] == 0
