@@ -83,6 +83,8 @@ class SyncObserver(Protocol):
 
     async def page(self, event_id: int, page: EntryPage) -> None: ...
 
+    async def removed(self, event_id: int, item_ids: list[int]) -> None: ...
+
     async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None: ...
 
 
@@ -244,12 +246,16 @@ class Syncer:
                 break
         stamp = utc_iso(datetime.now(UTC))
 
+        removed: list[int] = []
+
         def finish() -> None:
             if listed is not None:
-                cache.keep_only_items(event_id, listed)
+                removed.extend(cache.keep_only_items(event_id, listed))
             cache.set_cursor(event_id, end_time or cursor, stamp, full=listing_full)
 
         await in_thread(_write, cache, finish)
+        if self.observer is not None and removed:
+            await self.observer.removed(event_id, removed)
         if self.observer is not None:
             await self.observer.pass_done(event_id, end_time or cursor, listing_full)
         self.progress.last_success[event_id] = time.time()

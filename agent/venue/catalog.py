@@ -5,6 +5,8 @@ The catalog is one JetStream stream per venue, `VENUE_<name>_CATALOG`, on its ow
 - `venuecat.<name>.events`            the served events (as the platform sent them),
 - `venuecat.<name>.zones.<event>`     one event's zones,
 - `venuecat.<name>.i.<event>.<item>`  one item, as the platform sent it minus personal data,
+                                      or `{"removed":true}` when a full pass no longer lists
+                                      it (a tombstone: gates remove it with the pass),
 - `venuecat.<name>.pass.<event>`      the end of one pass: its `listEndTime` (the delta cursor)
                                       and whether it was a full listing;
 - `venuecat.<name>.pair.<event>.<item>` a pairing a station just made on the platform
@@ -54,6 +56,7 @@ from agent.venue.lease import TERM_HEADER, Lease
 log = logging.getLogger("gate_agent.venue.catalog")
 
 PUBLISH_WINDOW = 1000  # publishes in flight at once (one full page)
+TOMBSTONE = b'{"removed":true}'  # an item's subject: the platform lists it no more
 
 
 def stream_name(venue: str) -> str:
@@ -85,28 +88,19 @@ class CatalogPublisher:
     def __init__(self, js: Any, venue: str, lease: Lease):
         self.js = js
         self.prefix = prefix(venue)
-        self.stream = stream_name(venue)
         self.lease = lease
         self.published = 0
-        self.purged = 0
-        self._first: dict[int, int] = {}  # event -> stream seq of its running pass's 1st item
+        self.removed_items = 0
 
-    async def _send(self, items: list[tuple[str, bytes]]) -> int | None:
-        """Publish under this term; returns the lowest stream sequence given (None: none)."""
+    async def _send(self, items: list[tuple[str, bytes]]) -> None:
         term = str(self.lease.guard())  # not leading (any more): the pass stops here
         headers = {TERM_HEADER: term}
-        lowest: int | None = None
         for start in range(0, len(items), PUBLISH_WINDOW):
             chunk = items[start:start + PUBLISH_WINDOW]
-            acks = await asyncio.gather(*(self.js.publish(s, b, headers=headers)
-                                          for s, b in chunk))
+            await asyncio.gather(*(self.js.publish(s, b, headers=headers) for s, b in chunk))
             self.published += len(chunk)
-            seqs = [a.seq for a in acks]
-            lowest = min(seqs) if lowest is None else min(lowest, *seqs)
-        return lowest
 
     async def events(self, events: list[Event]) -> None:
-        self._first.clear()  # every pass starts after an events refresh: none is running
         await self._send([(f"{self.prefix}.events",
                            orjson.dumps([e.raw for e in events]))])
 
@@ -115,30 +109,20 @@ class CatalogPublisher:
                            orjson.dumps([z.raw for z in zones]))])
 
     async def page(self, event_id: int, page: EntryPage) -> None:
-        lowest = await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
-                                    orjson.dumps(strip_personal(item.raw)))
-                                   for item in page.items])
-        if lowest is not None:
-            self._first.setdefault(event_id, lowest)
+        await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
+                           orjson.dumps(strip_personal(item.raw))) for item in page.items])
+
+    async def removed(self, event_id: int, item_ids: list[int]) -> None:
+        """Items a full pass no longer lists: a tombstone on each item's subject replaces
+        the item's last message, so a gate removes it with the pass and a gate joining later
+        never reads it."""
+        await self._send([(f"{self.prefix}.i.{event_id}.{item_id}", TOMBSTONE)
+                          for item_id in item_ids])
+        self.removed_items += len(item_ids)
 
     async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None:
-        """The pass's marker. A full pass's carries `fromSeq`, the stream sequence of its
-        first item: the event's items are exactly those published since (a gate removes the
-        others), and the older item messages are purged from the stream, so a gate joining
-        later never reads an item the platform no longer lists."""
-        body: dict[str, Any] = {"endTime": end_time, "full": full,
-                                "at": utc_iso(datetime.now(UTC))}
-        first = self._first.pop(event_id, None)
-        if full:
-            if first is None:  # an empty listing: every item of the event goes
-                first = int((await self.js.stream_info(self.stream)).state.last_seq) + 1
-            body["fromSeq"] = first
-        await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(body))])
-        if full:
-            self.lease.guard()
-            await self.js.purge_stream(self.stream, seq=first,
-                                       subject=f"{self.prefix}.i.{event_id}.*")
-            self.purged += 1
+        await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(
+            {"endTime": end_time, "full": full, "at": utc_iso(datetime.now(UTC))}))])
 
 
 
@@ -171,8 +155,7 @@ class CatalogFollower:
                          "bad_messages": 0, "pairings": 0, "items_removed": 0,
                          "full_passes_applied": 0}
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
-        self._items: dict[int, dict[int, Item]] = {}
-        self._seqs: dict[int, dict[int, int]] = {}  # buffered item -> its stream sequence
+        self._items: dict[int, dict[int, Item | None]] = {}  # None: removed (a tombstone)
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
         self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
 
@@ -247,12 +230,15 @@ class CatalogFollower:
         try:
             body = orjson.loads(data)
             if rest[0] == "i" and len(rest) == 3:
+                if body == {"removed": True}:
+                    if not mine:
+                        self._items.setdefault(int(rest[1]), {})[int(rest[2])] = None
+                    return False
                 item = parse_item(body)
                 if item is None:
                     raise ValueError("item without a usable id")
                 if not mine:
                     self._items.setdefault(int(rest[1]), {})[item.id] = item
-                    self._seqs.setdefault(int(rest[1]), {})[item.id] = seq
                 return False
             elif rest[0] == "pass" and len(rest) == 2:
                 await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
@@ -301,24 +287,20 @@ class CatalogFollower:
                 self.position = seq
 
     def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
-        """One pass's items, cursor and stream position in one transaction. A full pass
-        (`fromSeq`) replaces the event's items: only those published since its first item
-        stay (older buffered copies and cached items it did not list go)."""
-        buffered, seqs = self._items, self._seqs
-        self._items, self._seqs = {}, {}
+        """One pass's items, removals (a full pass's tombstones), cursor and stream position
+        in one transaction."""
+        buffered = self._items
+        self._items = {}
         stamp = utc_iso(datetime.now(UTC))
-        from_seq = body.get("fromSeq") if body.get("full") and not mine else None
-        listed: set[int] | None = None
-        if isinstance(from_seq, int):
-            listed = {i for i, s in seqs.get(event_id, {}).items() if s >= from_seq}
-            buffered[event_id] = {i: it for i, it in buffered.get(event_id, {}).items()
-                                  if i in listed}
         with self.cache.transaction():
             for ev, items in buffered.items():
-                self.cache.put_items(ev, items.values())
-                self.counters["items_applied"] += len(items)
-            if listed is not None:
-                self.counters["items_removed"] += self.cache.keep_only_items(event_id, listed)
+                kept = [it for it in items.values() if it is not None]
+                self.cache.put_items(ev, kept)
+                self.counters["items_applied"] += len(kept)
+                gone = [i for i, it in items.items() if it is None]
+                if gone:
+                    self.counters["items_removed"] += self.cache.remove_items(ev, gone)
+            if body.get("full"):
                 self.counters["full_passes_applied"] += 1
             pairs, self._pairs = self._pairs, []
             for ev, item_id, nfc_id in pairs:

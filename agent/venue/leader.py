@@ -109,7 +109,7 @@ class VenueRole:
                                   * leader_share(config.api, self.venue["platform_reserve"]))
         self._quarantine_kv: Any = None
         self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
-        self.next_full = 0.0  # epoch of the leader's next daily full pass
+        self.next_full: float | None = None  # epoch of the leader's next daily full pass
         self.last_full: dict[str, Any] | None = None  # the last full pass this device led
 
     # -- life cycle ------------------------------------------------------------------------
@@ -319,11 +319,12 @@ class VenueRole:
         published (agent.venue.catalog: every gate replaces the event's items with it)."""
         sync_cfg = self.config.sync
         next_delta = next_refresh = 0.0
-        self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
+        if self.next_full is None:  # kept across terms: the schedule is daily either way
+            self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
         while True:
             now = time.monotonic()
             try:
-                if time.time() >= self.next_full:
+                if self.next_full is not None and time.time() >= self.next_full:
                     self.next_full = time.time() + FULL_RETRY_S  # failed: again a bit later
                     listed = await syncer.full_in_place()
                     self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": listed}
@@ -347,7 +348,7 @@ class VenueRole:
             await asyncio.sleep(0.5)
 
     def full_resync_now(self) -> None:
-        """Run the daily full pass at the next sync round (this device must lead)."""
+        """Run the daily full pass at the leader's next sync round (when this device leads)."""
         self.next_full = 0.0
 
     async def _step_down(self) -> None:
