@@ -11,7 +11,8 @@ for the whole venue, every gate works from the bus.
   took but whose acknowledgement was lost may then reach the platform twice (harmless: the
   scan uuid; counted in `fallback_rows`, see the sandbox's `duplicate uuid`).
 and, while this device holds a valid lease, leader work:
-- the sync passes of round one (events/zones refresh, deltas) with a `CatalogPublisher`
+- the sync passes of round one (events/zones refresh, deltas, the daily full pass at
+  `sync.full_resync_at`) with a `CatalogPublisher`
   observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
   whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
   leader's recent requests, and whose `before_send` re-checks the lease on the bus.

@@ -9,7 +9,7 @@ then on they are the venue's to deliver (the stream is durable, replicated with 
 Leader side (`VenueUploader`): one durable pull consumer (`uploader`, explicit acks,
 work-queue retention: the stream is the venue's outbox). A batch of up to `max_batch` rows:
 1. gets a request uuid and is written whole to the KV bucket `VENUE_<name>_BATCHES`
-   (key = request uuid, value = the rows) *before* it is sent;
+   (key = request uuid, value = the rows and the sends pending) *before* it is sent;
 2. is sent (the lease is re-checked on the bus just before: agent.venue.budget);
 3. after the platform's success, is marked done in KV, its messages are acked, the KV entry
    is deleted.
@@ -19,6 +19,11 @@ and records nothing), and acks the redelivered messages of stored batches withou
 them again. So a scan reaches the platform in exactly one applied row, across leader changes
 and crashes at any step; the only repeats are whole replays of one request uuid, which the
 platform ignores (the tests count them).
+
+Refused rows (a 422 naming them, or `max_tries` unconfirmed answers) are quarantined on the
+bus (agent.venue.quarantine) as round one's uploader does, with its code
+(`plan_refusal`): see `VenueUploader`. A stored batch's entry then lists the parts still to
+send (`pending`: request uuid -> rows), rewritten in one put before any part is sent.
 """
 
 from __future__ import annotations
