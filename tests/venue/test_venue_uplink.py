@@ -303,3 +303,58 @@ def test_unconfirmed_answers_keep_the_uuid_then_quarantine_and_only_success_deli
     applied = Counter(u["uuid"] for u in received if "skipped" not in u)
     assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
     assert out["sent_after"] == 5 and out["lag_after"] == 0
+
+
+def test_a_new_leader_sends_the_parts_of_a_refused_batch_under_their_stored_uuids(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """The old leader met a 422, quarantined the named row and stored the rest under a new
+    request uuid, then died before sending it (no split budget left). The new leader sends
+    exactly that part under exactly that uuid; nothing is applied twice, nothing lost."""
+    venue = "splitover"
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = backlog(20, now)
+    poison = pending_row("NOPE-X", now)
+    journal = journal_with(tmp_path / "j.db", rows[:5] + [poison] + rows[5:])
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 21
+            kv = await lease_bucket(js, venue, 30.0, 1)
+            old = Lease(kv, "old", 30.0)
+            assert await old.acquire("t")
+            async with client(sandbox) as c:
+                first = uplink.VenueUploader(js, venue, c, old, max_batch=50, ack_wait_s=1.0,
+                                             split_budget=0)
+                await first.start()
+                assert await first.upload_round() == 0  # refused, split, nothing sent
+                [(key, pending)] = first.undone.items()
+                [(part, part_rows)] = pending.items()
+                assert part != key and len(part_rows) == 20
+            await old.release()  # the old leader is gone
+            new = Lease(kv, "new", 30.0)
+            assert await new.acquire("t")
+            async with client(sandbox) as c:
+                second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
+                await second.start()  # sends the stored part first
+                deadline = asyncio.get_running_loop().time() + 30
+                while (await second.lag() or second.undone) and \
+                        asyncio.get_running_loop().time() < deadline:
+                    await second.upload_round()
+                return {"key": key, "part": part, "lag": await second.lag(),
+                        "counters": dict(second.counters),
+                        "held": await quarantine.listing(second.quarantine)}
+        finally:
+            await nc.close()
+
+    out = asyncio.run(scenario())
+    journal.close()
+    received = sandbox.received()
+    applied = Counter(u["uuid"] for u in received["uploads"] if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert received["requestUuids"] == [out["part"]]  # the stored uuid, once
+    refused = {u["requestUuid"] for u in received["uploads"] if u.get("skipped") == "refused 422"}
+    assert refused == {out["key"]}
+    assert [e["row"]["uuid"] for e in out["held"]] == [poison.uuid]
+    assert out["counters"]["batches_resent"] == 1 and out["lag"] == 0
