@@ -42,6 +42,13 @@ def client(sb: Sandbox) -> PlatformClient:
                           max_retries=0)
 
 
+async def drain(up: uplink.VenueUploader, timeout_s: float = 30.0) -> None:
+    """Upload rounds until the bus holds nothing for the platform and nothing is stored."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (await up.lag() or up.undone) and asyncio.get_running_loop().time() < deadline:
+        await up.upload_round()
+
+
 def journal_with(path: Path, rows: list[Any]) -> Journal:
     journal = Journal(path)
     fill_journal(journal, rows)
@@ -80,9 +87,7 @@ def test_new_leader_resends_a_stored_batch_under_its_uuid_and_acks_without_resen
             async with client(sandbox) as c:
                 second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
                 await second.start()  # resends the stored batch first
-                deadline = asyncio.get_running_loop().time() + 30
-                while await second.lag() and asyncio.get_running_loop().time() < deadline:
-                    await second.upload_round()
+                await drain(second)
                 return {"stored": stored, "counters": second.counters,
                         "lag": await second.lag(), "members": dict(second.members)}
         finally:
@@ -211,10 +216,7 @@ def test_a_refused_row_is_quarantined_and_the_rest_of_the_venue_batch_delivered(
                     assert list(pending) == [key] and len(pending[key]) == 42  # same uuid
                     assert up.counters["batches_split"] == 0
                     out["key"] = key
-                deadline = asyncio.get_running_loop().time() + 30
-                while (await up.lag() or up.undone) and \
-                        asyncio.get_running_loop().time() < deadline:
-                    await up.upload_round()
+                await drain(up)
                 out.update(counters=dict(up.counters), lag=await up.lag(),
                            status=up.status.as_dict())
             await lease.release()
@@ -284,9 +286,7 @@ def test_unconfirmed_answers_keep_the_uuid_then_quarantine_and_only_success_deli
                        "sent": up.status.sent_total}
                 sandbox.clear_faults()
                 assert await quarantine.requeue(js, up.quarantine, venue) == 5
-                deadline = asyncio.get_running_loop().time() + 30
-                while await up.lag() and asyncio.get_running_loop().time() < deadline:
-                    await up.upload_round()
+                await drain(up)
                 out["lag_after"], out["sent_after"] = await up.lag(), up.status.sent_total
                 return out
         finally:
@@ -338,10 +338,7 @@ def test_a_new_leader_sends_the_parts_of_a_refused_batch_under_their_stored_uuid
             async with client(sandbox) as c:
                 second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
                 await second.start()  # sends the stored part first
-                deadline = asyncio.get_running_loop().time() + 30
-                while (await second.lag() or second.undone) and \
-                        asyncio.get_running_loop().time() < deadline:
-                    await second.upload_round()
+                await drain(second)
                 return {"key": key, "part": part, "lag": await second.lag(),
                         "counters": dict(second.counters),
                         "held": await quarantine.listing(second.quarantine)}
