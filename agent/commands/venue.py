@@ -173,7 +173,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     venue = _venue(config)
 
     async def look(js: Any) -> tuple[list[dict[str, Any]], int]:
-        kv = await quarantine.quarantine_bucket(js, venue["name"])
+        kv = await quarantine.existing_bucket(js, venue["name"])
+        if kv is None:
+            return [], 0
         rows = await quarantine.listing(kv)
         requeued = await quarantine.requeue(js, kv, venue["name"]) if args.requeue else 0
         return rows, requeued

@@ -177,7 +177,8 @@ class VenueRole:
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
             self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
-            self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name)
+            self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
+                                                                     self.replicas)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
@@ -305,7 +306,7 @@ class VenueRole:
         uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
                                         max_batch=self.config.sync["upload_batch_size"],
                                         ack_wait_s=self.ack_wait_s,
-                                        status=self.upload_status)
+                                        status=self.upload_status, replicas=self.replicas)
         await uploader.start()
         self.uploader = uploader
         self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")

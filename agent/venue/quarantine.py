@@ -29,8 +29,18 @@ def bucket_name(venue: str) -> str:
 
 
 async def quarantine_bucket(js: Any, venue: str, replicas: int = 1) -> Any:
+    """Create (or open) the bucket: the venue's devices, with the venue's replica count."""
     return await js.create_key_value(KeyValueConfig(
         bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas))
+
+
+async def existing_bucket(js: Any, venue: str) -> Any:
+    """The bucket if a device of the venue made it, else None. The CLI never creates it: a
+    bucket made with another replica count would make the devices' creation fail."""
+    try:
+        return await js.key_value(bucket_name(venue))
+    except Exception:  # noqa: BLE001 - BucketNotFoundError: nothing was ever quarantined
+        return None
 
 
 async def put(kv: Any, rows: list[tuple[dict[str, Any], str]], batch: str) -> None:

@@ -122,9 +122,11 @@ class VenueUploader:
     def __init__(self, js: Any, venue: str, client: PlatformClient, lease: Lease, *,
                  max_batch: int, ack_wait_s: float = 30.0,
                  status: UploadStatus | None = None, max_tries: int = MAX_TRIES,
-                 split_budget: int = SPLIT_BUDGET):
+                 split_budget: int = SPLIT_BUDGET, replicas: int = 1):
         """`status`: the device's upload status (kept across terms; shown as `upload`);
-        `split_budget`: requests a round may spend on the parts of refused batches."""
+        `split_budget`: requests a round may spend on the parts of refused batches;
+        `replicas`: of the quarantine bucket (the venue's)."""
+        self.replicas = replicas
         self.status = status or UploadStatus()
         self.js = js
         self.venue = venue
@@ -155,7 +157,7 @@ class VenueUploader:
             bucket=f"VENUE_{self.venue.replace('-', '_')}_BATCHES", history=1,
             storage=StorageType.FILE, ttl=86_400.0,
             replicas=1))
-        self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue)
+        self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas)
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,

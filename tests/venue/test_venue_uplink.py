@@ -232,6 +232,7 @@ def test_a_refused_row_is_quarantined_and_the_rest_of_the_venue_batch_delivered(
     config = tmp_path / "c.toml"
     config.write_text(f'[store]\ndir = "{tmp_path / "store"}"\n[venue]\nname = "{venue}"\n'
                       f'servers = ["{shared_venue_node.url}"]\ndevice = "cli"\n')
+    assert cli() == {"venue": venue, "quarantined": [], "requeued": 0}  # no bucket yet
     out = asyncio.run(lead("first", True))
     journal.close()
     received = sandbox.received()
