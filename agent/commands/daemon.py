@@ -180,6 +180,8 @@ def _leader_line(leader: dict[str, Any]) -> str:
     since = f" since {leader['leader_since']}" if leader.get("leader_since") else ""
     ages = ", ".join(f"event {k} {v}" for k, v in (leader.get("leader_pass_at") or {}).items())
     lag = leader.get("upload_lag")
+    waited = leader.get("upload_lag_s")
+    lag = lag if lag is None or waited is None else f"{lag} scan(s), oldest {waited:.0f} s"
     return (f"Venue leader: {who}{mine}{since}, term {leader.get('leader_term') or '-'}; "
             f"budget in use {leader.get('budget_in_use_per_min', '-')}/min; upload lag "
             f"{'-' if lag is None else lag}; last sync published: {ages or 'none yet'}")

@@ -7,8 +7,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,8 @@ from rich.table import Table
 from agent.commands import explain
 from agent.config import Config, load_config
 from agent.errors import ConfigError, GateAgentError
+
+T = TypeVar("T")
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -67,6 +70,23 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
             ["gate-agent venue conflicts", "gate-agent venue conflicts --json | jq ."],
             "0 listed (none is not an error); 2 no [venue] section or a configuration mistake")
     conflicts.set_defaults(func=cmd_conflicts)
+    quar = sub.add_parser(
+        "quarantine", parents=[common],
+        help="scans the platform refused (422), held on the bus; --requeue sends them again")
+    quar.add_argument("--json", action="store_true", help="print the list as JSON")
+    quar.add_argument("--requeue", action="store_true",
+                      help="put every quarantined scan back on the upload stream")
+    quar.add_argument("--timeout", type=float, default=3.0,
+                      help="seconds to wait for the bus (default 3)")
+    explain(quar, "List the venue's quarantined scans: rows the platform refused with a 422 "
+                  "naming them (or that it never confirmed after repeated tries), kept on the "
+                  "bus with the platform's words instead of blocking the venue's uploads. "
+                  "--requeue publishes them to the upload stream again; the leader sends "
+                  "them as new rows (the scan uuid keeps the platform exactly once).",
+            ["gate-agent venue quarantine", "gate-agent venue quarantine --requeue --json"],
+            "0 listed (none is not an error); 1 the bus cannot be reached; 2 no [venue] "
+            "section or a configuration mistake")
+    quar.set_defaults(func=cmd_quarantine)
 
 
 def _venue(config: Config) -> dict[str, Any]:
@@ -97,42 +117,85 @@ def cmd_node_config(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def read_gates(venue: dict[str, Any], config_path: str | None,
-               timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every gate's latest heartbeat, straight from the bus (worst first), and the buckets
-    that could not be read."""
+def on_bus(venue: dict[str, Any], config_path: str | None, timeout_s: float,
+           body: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `body(js)` on a short connection to the venue bus; any bus failure is one
+    GateAgentError naming the servers and what the client said."""
     import asyncio
 
     import nats
 
     from agent.venue.bus import connect_options
-    from agent.venue.heartbeat import read_board
 
     failures: list[str] = []
 
     async def failed(exc: Exception) -> None:  # the client's own report: kept for the message
         failures.append(f"{type(exc).__name__}: {exc}")
 
-    async def look() -> tuple[list[dict[str, Any]], list[str]]:
+    async def run() -> T:
         nc = await asyncio.wait_for(nats.connect(
             **connect_options(venue, config_path), connect_timeout=timeout_s,
             max_reconnect_attempts=0, allow_reconnect=False, error_cb=failed), timeout_s + 1)
         try:
-            board, unread = await read_board(nc.jetstream(timeout=timeout_s), venue["name"],
-                                             venue["heartbeat_s"],
-                                             venue["heartbeat_ttl_s"], timeout_s)
-            return board.rows(), unread
+            return await body(nc.jetstream(timeout=timeout_s))
         finally:
             await nc.close()
 
     try:
-        return asyncio.run(look())
+        return asyncio.run(run())
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any bus failure: say which and stop
         said = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
         raise GateAgentError(f"venue bus not reachable ({', '.join(venue['servers'])}): "
                              f"{said}") from exc
+
+
+def read_gates(venue: dict[str, Any], config_path: str | None,
+               timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every gate's latest heartbeat, straight from the bus (worst first), and the buckets
+    that could not be read."""
+    from agent.venue.heartbeat import read_board
+
+    async def look(js: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        board, unread = await read_board(js, venue["name"], venue["heartbeat_s"],
+                                         venue["heartbeat_ttl_s"], timeout_s)
+        return board.rows(), unread
+
+    return on_bus(venue, config_path, timeout_s, look)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """The venue's quarantined scans (the leader's 422 refusals), and their requeue."""
+    from agent.venue import quarantine
+
+    config = load_config(args.config)
+    venue = _venue(config)
+
+    async def look(js: Any) -> tuple[list[dict[str, Any]], int]:
+        kv = await quarantine.existing_bucket(js, venue["name"])
+        if kv is None:
+            return [], 0
+        rows = await quarantine.listing(kv)
+        requeued = await quarantine.requeue(js, kv, venue["name"]) if args.requeue else 0
+        return rows, requeued
+
+    rows, requeued = on_bus(venue, config.path, args.timeout, look)
+    if args.json:
+        print(json.dumps({"venue": venue["name"], "quarantined": rows, "requeued": requeued}))
+        return 0
+    table = Table(title=f"Venue {venue['name']}: {len(rows)} quarantined scan(s)")
+    for col in ("scan uuid", "barcode", "event", "scanned", "since (UTC)", "platform said"):
+        table.add_column(col, overflow="fold")
+    for e in rows:
+        r = e["row"]
+        table.add_row(str(r.get("uuid")), str(r.get("barcode")), str(r.get("eventId")),
+                      str(r.get("scannedOn")), str(e["at"])[:19].replace("T", " "),
+                      str(e["reason"]))
+    Console().print(table)
+    if args.requeue:
+        print(f"{requeued} scan(s) requeued: the leader sends them again")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -7,9 +7,13 @@ decisions per minute by status, queue and oldest pending, cache age, bus state, 
 nothing that must stay on the gate: no scanned code (codes are bearer credentials), no token,
 no reader error text beyond the status reason.
 
-Fields of the elected leader (issue 15) are passed through when the report has them, at its
-top level or in its `venue` object (`leader`, `leader_since`, `budget`, `upload_lag_s`,
-`sync_age_s`), so the dashboard shows them as soon as they exist.
+Fields of the elected leader (issue 15): the daemon's report holds the venue role's status
+at `venue.leader` (agent.venue.leader.VenueRole.get_status(): `leader` is the holder's name,
+`budget_in_use_per_min`, `upload_lag_s`, `leader_pass_at`, ...); `leader_fields` maps it to
+the heartbeat's `leader`, `leader_since`, `leader_term`, `budget` ({"used", "per_minute"}),
+`upload_lag_s`, `upload_lag` and `sync_age_s` (the oldest of the leader's last published
+passes), which the dashboard shows. A report that has those names already (at its top level
+or in `venue`) passes them through.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from agent.ops.status import _age
 VERSION = 1
 RATE_WINDOW_S = 60.0
 MAX_REASONS = 6
-LEADER_FIELDS = ("leader", "leader_since", "budget", "upload_lag_s", "sync_age_s")
+LEADER_FIELDS = ("leader", "leader_since", "leader_term", "budget", "upload_lag_s",
+                 "upload_lag", "sync_age_s")
 
 
 class RateWindow:
@@ -94,11 +99,29 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
                                           "claims_timed_out")},
         "clock_skew_s": platform.get("clock_skew_s"),
     }
-    for key in LEADER_FIELDS:
-        value = report.get(key, venue.get(key))
-        if value is not None:
-            body[key] = value
+    body.update(leader_fields(report, now))
     return body
+
+
+def leader_fields(report: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The leader's figures for the heartbeat (see the module docstring); None left out."""
+    venue = report.get("venue") or {}
+    role = venue.get("leader")
+    if isinstance(role, dict) and "budget_in_use_per_min" in role:  # VenueRole.get_status()
+        passes = [_age(at, now) for at in (role.get("leader_pass_at") or {}).values()]
+        ages = [a for a in passes if a is not None]
+        used = role.get("budget_in_use_per_min")
+        found = {
+            "leader": role.get("leader"), "leader_since": role.get("leader_since"),
+            "leader_term": role.get("leader_term"),
+            "budget": None if used is None else {"used": used,
+                                                 "per_minute": role.get("budget_per_min")},
+            "upload_lag_s": role.get("upload_lag_s"), "upload_lag": role.get("upload_lag"),
+            "sync_age_s": _rounded(max(ages)) if ages else None,
+        }
+    else:
+        found = {key: report.get(key, venue.get(key)) for key in LEADER_FIELDS}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _rounded(value: float | None) -> float | None:

@@ -155,6 +155,39 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
     for state in STATES:
         gates.add_metric([state], float((venue.get("gates") or {}).get(state, 0)))
     yield gates
+    yield from _leader_metrics(venue.get("leader"))
+
+
+# The venue leader's figures (VenueRole.get_status(), every gate reads them from the bus):
+# metric name, help, status key. A figure not known yet is left out, never shown as 0.
+LEADER_GAUGES = (
+    ("gate_venue_leader_term", "Term of the venue's current leader (grows at every change)",
+     "leader_term"),
+    ("gate_venue_budget_used", "The venue's platform requests in the last minute",
+     "budget_in_use_per_min"),
+    ("gate_venue_budget_limit", "Platform requests per minute the venue's leader may use",
+     "budget_per_min"),
+    ("gate_venue_upload_lag_seconds", "How long the oldest scan on the bus has waited for "
+     "the platform", "upload_lag_s"),
+    ("gate_venue_upload_lag_scans", "Scans on the bus not yet at the platform", "upload_lag"),
+    ("gate_venue_quarantined", "Venue scans the platform refused, held on the bus",
+     "quarantined"),
+)
+
+
+def _leader_metrics(leader: Any) -> Iterator[Any]:
+    """The venue leader (only in venue mode): who leads here, term, budget, upload lag."""
+    if not isinstance(leader, dict):
+        return
+    mine = GaugeMetricFamily("gate_venue_leader", "1 on the device that leads the venue")
+    mine.add_metric([], 1.0 if leader.get("this_device_leads") else 0.0)
+    yield mine
+    for name, text, key in LEADER_GAUGES:
+        value = leader.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], float(value))
+            yield gauge
 
 
 def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:

@@ -31,6 +31,7 @@ REASON_CODES = (
     "reader_disconnected", "pairings_unreadable", "relay_error", "cache_rebuilding",
     "upload_backlog", "quarantined_scans", "auth_failed", "rate_limited", "clock_skew",
     "platform_unreachable", "no_token", "venue_unreachable", "venue_conflicts", "job_failing",
+    "venue_quarantined",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable",
 )
@@ -154,6 +155,11 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
                    "not see each other; see `gate-agent venue conflicts`"))
+    held = (venue.get("leader") or {}).get("quarantined")
+    if held:
+        add(Reason("warn", "venue_quarantined",
+                   f"{held} venue scan(s) refused by the platform (quarantined on the bus); "
+                   "see `gate-agent venue quarantine`, then `--requeue` after fixing"))
     # Jobs that talk to the platform fail for the reason just given: one reason, not four.
     said = link_failing or auth or bool(platform.get("rate_limited_until"))
     failing = [(name, job) for name, job in (snap.get("jobs") or {}).items()

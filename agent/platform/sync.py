@@ -83,6 +83,8 @@ class SyncObserver(Protocol):
 
     async def page(self, event_id: int, page: EntryPage) -> None: ...
 
+    async def removed(self, event_id: int, item_ids: list[int]) -> None: ...
+
     async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None: ...
 
 
@@ -167,7 +169,21 @@ class Syncer:
         async with self._lock:
             return await self._pass(self._cache(), event_id, full=full)
 
-    async def _pass(self, cache: TicketCache, event_id: int, *, full: bool) -> int:
+    async def full_in_place(self) -> int:
+        """The venue leader's daily full pass: events, zones and every event's whole listing
+        into the live cache, items no longer listed removed with the pass's cursor. No file
+        swap (the gates follow the same pass from the bus, agent.venue.catalog; the leader's
+        other connections to the live cache stay valid). Returns the items listed."""
+        async with self._lock:
+            cache = self._cache()
+            self._report(phase="events", started=time.time(), last_error=None)
+            total = 0
+            for event_id in await self._refresh_into(cache):
+                total += await self._pass(cache, event_id, full=True, replace=True)
+            return total
+
+    async def _pass(self, cache: TicketCache, event_id: int, *, full: bool,
+                    replace: bool = False) -> int:
         state = await in_thread(cache.sync_state, event_id) or {}
         cursor = None if full else state.get("cursor")
         resume = state.get("pending_cursor")
@@ -176,7 +192,8 @@ class Syncer:
             resume = None
         try:
             return await self._run_pass(cache, event_id, cursor, resume,
-                                        state.get("pending_end") if resume else None)
+                                        state.get("pending_end") if resume else None,
+                                        replace=replace)
         except (Validation, NotFound, BadResponse) as exc:
             if not resume or self.progress.pages:
                 raise
@@ -185,14 +202,17 @@ class Syncer:
             log.warning("sync of event %s: stored resume link refused (%s); restarting the "
                         "pass", event_id, exc)
             await in_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
-            return await self._run_pass(cache, event_id, cursor, None, None)
+            return await self._run_pass(cache, event_id, cursor, None, None, replace=replace)
 
     async def _run_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
-                        resume: str | None, end_time: str | None) -> int:
+                        resume: str | None, end_time: str | None, *,
+                        replace: bool = False) -> int:
         """Page through one listing. `resume` is the stored next-page link of an interrupted
         pass; it decides the page size itself (a full listing's links ask for 1000 items,
         which the platform allows only in async mode), so a delta run can finish an
-        interrupted full pass without a 422."""
+        interrupted full pass without a 422. `replace`: a full listing read from its first
+        page here removes the event's items it did not list (a resumed one cannot know the
+        pages read before: it removes nothing)."""
         if resume:
             use_async = _link_limit(resume) > DELTA_PAGE
             listing_full = not _link_is_delta(resume)
@@ -203,6 +223,7 @@ class Syncer:
         include_products = any(lane.include_products for lane in self.config.lanes)
         next_url: str | None = resume
         applied = 0
+        listed: set[int] | None = set() if replace and listing_full and not resume else None
         while True:
             page: EntryPage = await self.client.entry_tickets(
                 event_id, start_time=None if listing_full else cursor, include_zones=True,
@@ -218,12 +239,23 @@ class Syncer:
             if self.observer is not None:
                 await self.observer.page(event_id, page)
             applied += len(page.items)
+            if listed is not None:
+                listed.update(item.id for item in page.items)
             self._report(pages=self.progress.pages + 1, items=applied, total=page.total)
             if next_url is None:
                 break
         stamp = utc_iso(datetime.now(UTC))
-        await in_thread(_write, cache, lambda: cache.set_cursor(
-            event_id, end_time or cursor, stamp, full=listing_full))
+
+        removed: list[int] = []
+
+        def finish() -> None:
+            if listed is not None:
+                removed.extend(cache.keep_only_items(event_id, listed))
+            cache.set_cursor(event_id, end_time or cursor, stamp, full=listing_full)
+
+        await in_thread(_write, cache, finish)
+        if self.observer is not None and removed:
+            await self.observer.removed(event_id, removed)
         if self.observer is not None:
             await self.observer.pass_done(event_id, end_time or cursor, listing_full)
         self.progress.last_success[event_id] = time.time()

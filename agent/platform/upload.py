@@ -164,7 +164,7 @@ class Uploader:
                            exc: ApiError) -> int:
         """An answer that confirms nothing about the rows: count the try, keep them pending
         with the same uuid and back off; quarantine them after `max_tries`."""
-        reason = _reason(exc)
+        reason = refusal_reason(exc)
         gone = await in_thread(self.journal.note_undelivered, batch_uuid, reason,
                                        self.max_tries)
         if gone:
@@ -174,7 +174,7 @@ class Uploader:
                         self.max_tries, reason)
             return gone
         tries = int(rows[0]["attempts"]) + 1
-        self._held[batch_uuid] = self.clock() + min(HOLD_S[1], HOLD_S[0] * 2 ** (tries - 1))
+        self._held[batch_uuid] = self.clock() + hold_after(tries)
         self.status.state, self.status.last_error = "retrying", str(exc)
         raise exc
 
@@ -190,18 +190,8 @@ class Uploader:
         """
         if self._budget is None:
             self._budget = self.split_budget
-        reason = _reason(exc)
-        named = _named_rows(exc, len(rows))
-        bad: list[tuple[str, str]] = []
-        if named or len(rows) == 1:
-            picked = named or [0]
-            bad = [(rows[i]["uuid"], _row_reason(exc, i, reason)) for i in picked]
-            gone = {u for u, _ in bad}
-            rest = [r for r in rows if r["uuid"] not in gone]
-            parts = [rest] if rest else []
-        else:
-            half = len(rows) // 2
-            parts = [rows[:half], rows[half:]]
+        reason = refusal_reason(exc)
+        bad, parts = plan_refusal(rows, exc)
         planned = [(str(uuidlib.uuid4()), part) for part in parts]
         regrouped = await in_thread(
             self.journal.regroup, batch_uuid, bad,
@@ -255,7 +245,31 @@ class Uploader:
         return {**self.status.as_dict(), **self.journal.counts()}
 
 
-def _reason(exc: ApiError) -> str:
+def plan_refusal(rows: list[dict[str, Any]], exc: Validation
+                 ) -> tuple[list[tuple[str, str]], list[list[dict[str, Any]]]]:
+    """What to do with a batch the platform refused with a 422 naming rows or fields: the
+    rows to quarantine (scan uuid, the platform's words about that row) and the parts to
+    resend. Named rows (`tickets.N.*`) are quarantined and the rest is one part; without
+    names the batch is halved (a lone row is quarantined). Shared by the device's uploader
+    and the venue leader's (agent.venue.uplink): rows only need a `uuid`."""
+    reason = refusal_reason(exc)
+    named = _named_rows(exc, len(rows))
+    if named or len(rows) == 1:
+        picked = named or [0]
+        bad = [(rows[i]["uuid"], _row_reason(exc, i, reason)) for i in picked]
+        gone = {u for u, _ in bad}
+        rest = [r for r in rows if r["uuid"] not in gone]
+        return bad, [rest] if rest else []
+    half = len(rows) // 2
+    return [], [rows[:half], rows[half:]]
+
+
+def hold_after(tries: int) -> float:
+    """Seconds to wait after the `tries`-th unconfirmed answer (success:false, 202)."""
+    return min(HOLD_S[1], HOLD_S[0] * 2 ** (tries - 1))
+
+
+def refusal_reason(exc: ApiError) -> str:
     text = str(exc)
     if isinstance(exc, Validation) and exc.errors:
         fields = "; ".join(f"{k}: {' '.join(v)}" for k, v in list(exc.errors.items())[:5])

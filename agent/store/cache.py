@@ -259,6 +259,32 @@ class TicketCache:
                 " VALUES (?,?,?,?,?,?)", scans)
         return len(rows)
 
+    def keep_only_items(self, event_id: int, listed: Iterable[int]) -> list[int]:
+        """A full listing replaces the event's items: delete those it did not list, with
+        their side rows. Call inside `transaction()` (with the pass's last writes). Returns
+        the ids removed (the venue leader tells the gates)."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed_ids (id INTEGER PRIMARY KEY)")
+        self.conn.execute("DELETE FROM listed_ids")
+        self.conn.executemany("INSERT OR IGNORE INTO listed_ids (id) VALUES (?)",
+                              ((int(i),) for i in listed))
+        gone = [int(r[0]) for r in self.conn.execute(
+            "SELECT id FROM items WHERE event_id = ? AND id NOT IN (SELECT id FROM listed_ids)",
+            (event_id,))]
+        self.conn.execute("DELETE FROM listed_ids")
+        self.remove_items(event_id, gone)
+        return gone
+
+    def remove_items(self, event_id: int, ids: Iterable[int]) -> int:
+        """Delete items of one event with their side rows (call inside `transaction()`).
+        Returns how many existed."""
+        pairs = [(event_id, int(i)) for i in ids]
+        for table in ("platform_scans", "historic_barcodes"):
+            self.conn.executemany(f"DELETE FROM {table} WHERE event_id = ? AND item_id = ?",
+                                  pairs)
+        before = self.conn.total_changes
+        self.conn.executemany("DELETE FROM items WHERE event_id = ? AND id = ?", pairs)
+        return int(self.conn.total_changes - before)
+
     def _cached_ids(self, event_id: int, ids: list[int]) -> list[int]:
         """Which of `ids` are already cached for the event (chunked: SQLite's variable limit)."""
         found: list[int] = []

@@ -5,6 +5,8 @@ The catalog is one JetStream stream per venue, `VENUE_<name>_CATALOG`, on its ow
 - `venuecat.<name>.events`            the served events (as the platform sent them),
 - `venuecat.<name>.zones.<event>`     one event's zones,
 - `venuecat.<name>.i.<event>.<item>`  one item, as the platform sent it minus personal data,
+                                      or `{"removed":true}` when a full pass no longer lists
+                                      it (a tombstone: gates remove it with the pass),
 - `venuecat.<name>.pass.<event>`      the end of one pass: its `listEndTime` (the delta cursor)
                                       and whether it was a full listing;
 - `venuecat.<name>.pair.<event>.<item>` a pairing a station just made on the platform
@@ -54,6 +56,7 @@ from agent.venue.lease import TERM_HEADER, Lease
 log = logging.getLogger("gate_agent.venue.catalog")
 
 PUBLISH_WINDOW = 1000  # publishes in flight at once (one full page)
+TOMBSTONE = b'{"removed":true}'  # an item's subject: the platform lists it no more
 
 
 def stream_name(venue: str) -> str:
@@ -87,6 +90,7 @@ class CatalogPublisher:
         self.prefix = prefix(venue)
         self.lease = lease
         self.published = 0
+        self.removed_items = 0
 
     async def _send(self, items: list[tuple[str, bytes]]) -> None:
         term = str(self.lease.guard())  # not leading (any more): the pass stops here
@@ -107,6 +111,14 @@ class CatalogPublisher:
     async def page(self, event_id: int, page: EntryPage) -> None:
         await self._send([(f"{self.prefix}.i.{event_id}.{item.id}",
                            orjson.dumps(strip_personal(item.raw))) for item in page.items])
+
+    async def removed(self, event_id: int, item_ids: list[int]) -> None:
+        """Items a full pass no longer lists: a tombstone on each item's subject replaces
+        the item's last message, so a gate removes it with the pass and a gate joining later
+        never reads it."""
+        await self._send([(f"{self.prefix}.i.{event_id}.{item_id}", TOMBSTONE)
+                          for item_id in item_ids])
+        self.removed_items += len(item_ids)
 
     async def pass_done(self, event_id: int, end_time: str | None, full: bool) -> None:
         await self._send([(f"{self.prefix}.pass.{event_id}", orjson.dumps(
@@ -140,9 +152,10 @@ class CatalogFollower:
         self.own_term = own_term or (lambda: 0)
         self.position, self.term = cache.catalog_position(self.stream)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
-                         "bad_messages": 0, "pairings": 0}
+                         "bad_messages": 0, "pairings": 0, "items_removed": 0,
+                         "full_passes_applied": 0}
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
-        self._items: dict[int, dict[int, Item]] = {}
+        self._items: dict[int, dict[int, Item | None]] = {}  # None: removed (a tombstone)
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
         self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
 
@@ -217,6 +230,10 @@ class CatalogFollower:
         try:
             body = orjson.loads(data)
             if rest[0] == "i" and len(rest) == 3:
+                if body == {"removed": True}:
+                    if not mine:
+                        self._items.setdefault(int(rest[1]), {})[int(rest[2])] = None
+                    return False
                 item = parse_item(body)
                 if item is None:
                     raise ValueError("item without a usable id")
@@ -270,14 +287,21 @@ class CatalogFollower:
                 self.position = seq
 
     def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
-        """One pass's items, cursor and stream position in one transaction."""
+        """One pass's items, removals (a full pass's tombstones), cursor and stream position
+        in one transaction."""
         buffered = self._items
         self._items = {}
         stamp = utc_iso(datetime.now(UTC))
         with self.cache.transaction():
             for ev, items in buffered.items():
-                self.cache.put_items(ev, items.values())
-                self.counters["items_applied"] += len(items)
+                kept = [it for it in items.values() if it is not None]
+                self.cache.put_items(ev, kept)
+                self.counters["items_applied"] += len(kept)
+                gone = [i for i, it in items.items() if it is None]
+                if gone:
+                    self.counters["items_removed"] += self.cache.remove_items(ev, gone)
+            if body.get("full"):
+                self.counters["full_passes_applied"] += 1
             pairs, self._pairs = self._pairs, []
             for ev, item_id, nfc_id in pairs:
                 self.cache.pair_nfc(ev, item_id, nfc_id)

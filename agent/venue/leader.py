@@ -11,7 +11,8 @@ for the whole venue, every gate works from the bus.
   took but whose acknowledgement was lost may then reach the platform twice (harmless: the
   scan uuid; counted in `fallback_rows`, see the sandbox's `duplicate uuid`).
 and, while this device holds a valid lease, leader work:
-- the sync passes of round one (events/zones refresh, deltas) with a `CatalogPublisher`
+- the sync passes of round one (events/zones refresh, deltas, the daily full pass at
+  `sync.full_resync_at`) with a `CatalogPublisher`
   observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
   whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
   leader's recent requests, and whose `before_send` re-checks the lease on the bus.
@@ -23,22 +24,43 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Config
+from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
-from agent.venue import catalog, uplink
-from agent.venue.budget import LeaderFence, budget_bucket, leader_governor, venue_requests
+from agent.venue import catalog, quarantine, uplink
+from agent.venue.budget import (
+    LeaderFence,
+    budget_bucket,
+    leader_governor,
+    leader_share,
+    venue_requests,
+)
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader
 
 log = logging.getLogger("gate_agent.venue.leader")
+
+FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
+
+
+def next_daily(hhmm: str, now: float) -> float:
+    """Epoch of the next local `HH:MM` after `now` (`sync.full_resync_at`, as the daemon's
+    scheduler reads it)."""
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    local = datetime.fromtimestamp(now).astimezone()
+    at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if at <= local:
+        at += timedelta(days=1)
+    return at.timestamp()
 
 
 class VenueRole:
@@ -83,6 +105,13 @@ class VenueRole:
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
         self.upload_lag: int | None = None  # scans on the bus not yet at the platform
+        self.upload_lag_s: float | None = None  # how long the oldest of them has waited
+        self.budget_per_min = int(config.api["requests_per_minute"]
+                                  * leader_share(config.api, self.venue["platform_reserve"]))
+        self._quarantine_kv: Any = None
+        self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
+        self.next_full: float | None = None  # epoch of the leader's next daily full pass
+        self.last_full: dict[str, Any] | None = None  # the last full pass this device led
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -148,6 +177,8 @@ class VenueRole:
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
             self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
+                                                                     self.replicas)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
@@ -218,8 +249,8 @@ class VenueRole:
         bench saw that stall uploads); newcomers wait for the next round or a full batch."""
         assert self.uploader is not None
         sent = 0
-        while sent < waiting:
-            done = await self.uploader.upload_round()
+        while sent < waiting:  # one round: its split budget holds across these calls
+            done = await self.uploader.upload_round(new_round=sent == 0)
             if not done:
                 break
             sent += done
@@ -230,15 +261,11 @@ class VenueRole:
             return
         self._next_status = now + 2.0
         self.budget_in_use = await venue_requests(self._budget_kv, time.time())
+        self.quarantined = await quarantine.count(self._quarantine_kv)
         try:
-            info = await self._js.consumer_info(uplink.stream_name(self.name), uplink.DURABLE)
-            self.upload_lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        except Exception:  # noqa: BLE001 - no leader has uploaded yet: count the stream
-            try:
-                info = await self._js.stream_info(uplink.stream_name(self.name))
-                self.upload_lag = int(info.state.messages)
-            except Exception:  # noqa: BLE001 - the bus is away
-                self.upload_lag = None
+            self.upload_lag, self.upload_lag_s = await uplink.backlog(self._js, self.name)
+        except Exception:  # noqa: BLE001 - the bus is away: unknown, not zero
+            self.upload_lag = self.upload_lag_s = None
 
     # -- member ----------------------------------------------------------------------------
 
@@ -279,7 +306,7 @@ class VenueRole:
         uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
                                         max_batch=self.config.sync["upload_batch_size"],
                                         ack_wait_s=self.ack_wait_s,
-                                        status=self.upload_status)
+                                        status=self.upload_status, replicas=self.replicas)
         await uploader.start()
         self.uploader = uploader
         self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")
@@ -289,12 +316,22 @@ class VenueRole:
 
     async def _sync_loop(self, syncer: Syncer) -> None:
         """The leader's sync passes, beside its uploads (a long delta must not hold the
-        venue's scans back; the governor serves uploads first)."""
+        venue's scans back; the governor serves uploads first): events/zones refresh, deltas,
+        and round one's daily full pass at `sync.full_resync_at` (local time), in place and
+        published (agent.venue.catalog: every gate replaces the event's items with it)."""
         sync_cfg = self.config.sync
         next_delta = next_refresh = 0.0
+        if self.next_full is None:  # kept across terms: the schedule is daily either way
+            self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
         while True:
             now = time.monotonic()
             try:
+                if self.next_full is not None and time.time() >= self.next_full:
+                    self.next_full = time.time() + FULL_RETRY_S  # failed: again a bit later
+                    listed = await syncer.full_in_place()
+                    self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": listed}
+                    self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
+                    next_refresh = now + sync_cfg["refresh_interval_s"]
                 if now >= next_refresh:
                     await syncer.refresh_events()
                     next_refresh = now + sync_cfg["refresh_interval_s"]
@@ -311,6 +348,10 @@ class VenueRole:
                 log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
                 next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
             await asyncio.sleep(0.5)
+
+    def full_resync_now(self) -> None:
+        """Run the daily full pass at the leader's next sync round (when this device leads)."""
+        self.next_full = 0.0
 
     async def _step_down(self) -> None:
         self.uploader = None
@@ -335,7 +376,11 @@ class VenueRole:
         if self.election is not None:
             out.update(self.election.get_status())
         out["budget_in_use_per_min"] = self.budget_in_use
+        out["budget_per_min"] = self.budget_per_min
         out["upload_lag"] = self.upload_lag
+        out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
+        out["quarantined"] = self.quarantined
+        out["last_full_pass"] = self.last_full
         if self.follower is not None:
             out.update(self.follower.get_status())
         if self.uploader is not None:

@@ -9,7 +9,7 @@ then on they are the venue's to deliver (the stream is durable, replicated with 
 Leader side (`VenueUploader`): one durable pull consumer (`uploader`, explicit acks,
 work-queue retention: the stream is the venue's outbox). A batch of up to `max_batch` rows:
 1. gets a request uuid and is written whole to the KV bucket `VENUE_<name>_BATCHES`
-   (key = request uuid, value = the rows) *before* it is sent;
+   (key = request uuid, value = the rows and the sends pending) *before* it is sent;
 2. is sent (the lease is re-checked on the bus just before: agent.venue.budget);
 3. after the platform's success, is marked done in KV, its messages are acked, the KV entry
    is deleted.
@@ -19,6 +19,11 @@ and records nothing), and acks the redelivered messages of stored batches withou
 them again. So a scan reaches the platform in exactly one applied row, across leader changes
 and crashes at any step; the only repeats are whole replays of one request uuid, which the
 platform ignores (the tests count them).
+
+Refused rows (a 422 naming them, or `max_tries` unconfirmed answers) are quarantined on the
+bus (agent.venue.quarantine) as round one's uploader does, with its code
+(`plan_refusal`): see `VenueUploader`. A stored batch's entry then lists the parts still to
+send (`pending`: request uuid -> rows), rewritten in one put before any part is sent.
 """
 
 from __future__ import annotations
@@ -41,9 +46,19 @@ from nats.js.api import (
 )
 
 from agent.core.codes import utc_iso
+from agent.errors import ApiError, Forbidden, NotDelivered, Unauthenticated, Validation
 from agent.platform.client import PlatformClient
-from agent.platform.upload import UploadStatus, ticket_row
+from agent.platform.upload import (
+    MAX_TRIES,
+    SPLIT_BUDGET,
+    UploadStatus,
+    hold_after,
+    plan_refusal,
+    refusal_reason,
+    ticket_row,
+)
 from agent.store.journal import Journal
+from agent.venue import quarantine
 from agent.venue.lease import Lease
 
 log = logging.getLogger("gate_agent.venue.uplink")
@@ -80,13 +95,38 @@ async def hand_over(js: Any, venue: str, device: str, journal: Journal,
     return len(rows)
 
 
+async def backlog(js: Any, venue: str) -> tuple[int, float]:
+    """Scans on the bus not yet at the platform, and how long the oldest has waited (s).
+    The stream is a work queue: a message leaves it when the leader acks it after the
+    platform's success, so its first message is the oldest undelivered scan."""
+    state = (await js.stream_info(stream_name(venue))).state
+    if not state.messages:
+        return 0, 0.0
+    oldest = await js.get_msg(stream_name(venue), seq=state.first_seq)
+    waited = time.time() - oldest.time.timestamp() if oldest.time is not None else 0.0
+    return int(state.messages), max(0.0, waited)
+
+
 class VenueUploader:
-    """The leader's uploads (see the module docstring). Call `start()` on becoming leader."""
+    """The leader's uploads (see the module docstring). Call `start()` on becoming leader.
+
+    A stored batch is sent as one request, or — after a 422 naming rows — as the parts
+    round one's `plan_refusal` makes of it: the refused rows are quarantined on the bus
+    (agent.venue.quarantine) and each part gets its own request uuid. The parts still to send
+    are written into the batch's KV entry (`pending`: request uuid -> rows) in one put before
+    any is sent, so a new leader resends exactly those, under the same uuids. The batch's
+    messages are acked once no part is pending. Answers that confirm nothing (success:false,
+    202) are retried with back-off under the same uuid and quarantined after `max_tries`;
+    request-wide failures (5xx, 429, transport) never split a batch and keep its uuid."""
 
     def __init__(self, js: Any, venue: str, client: PlatformClient, lease: Lease, *,
                  max_batch: int, ack_wait_s: float = 30.0,
-                 status: UploadStatus | None = None):
-        """`status`: the device's upload status (kept across terms; shown as `upload`)."""
+                 status: UploadStatus | None = None, max_tries: int = MAX_TRIES,
+                 split_budget: int = SPLIT_BUDGET, replicas: int = 1):
+        """`status`: the device's upload status (kept across terms; shown as `upload`);
+        `split_budget`: requests a round may spend on the parts of refused batches;
+        `replicas`: of the quarantine bucket (the venue's)."""
+        self.replicas = replicas
         self.status = status or UploadStatus()
         self.js = js
         self.venue = venue
@@ -94,20 +134,30 @@ class VenueUploader:
         self.lease = lease
         self.max_batch = max_batch
         self.ack_wait_s = ack_wait_s
+        self.max_tries = max_tries
+        self.split_budget = split_budget
         self.kv: Any = None
+        self.quarantine: Any = None
         self.sub: Any = None
         self.acks_due: dict[str, str] = {}  # scan uuid -> stored batch awaiting its acks
         self.members: dict[str, set[str]] = {}  # stored batch -> scan uuids not acked yet
-        self.undone: dict[str, list[dict[str, Any]]] = {}  # stored, not confirmed: its rows
+        self.rows: dict[str, list[dict[str, Any]]] = {}  # stored batch -> all its rows
+        self.undone: dict[str, dict[str, list[dict[str, Any]]]] = {}  # batch -> pending sends
+        self.tries: dict[str, int] = {}  # request uuid -> unconfirmed answers so far
+        self.held: dict[str, float] = {}  # request uuid -> not before (monotonic)
+        self.fetched: dict[str, list[Any]] = {}  # batch -> its messages, acked once done
         self.counters = {"batches_sent": 0, "rows_sent": 0, "batches_resent": 0,
-                         "redelivered_acked": 0, "send_failures": 0}
+                         "redelivered_acked": 0, "send_failures": 0, "batches_split": 0,
+                         "rows_quarantined": 0}
         self.last_error: str | None = None
+        self._budget: int | None = None  # requests left this round once a 422 came
 
     async def start(self) -> None:
         self.kv = await self.js.create_key_value(KeyValueConfig(
             bucket=f"VENUE_{self.venue.replace('-', '_')}_BATCHES", history=1,
             storage=StorageType.FILE, ttl=86_400.0,
             replicas=1))
+        self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas)
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
@@ -123,31 +173,54 @@ class VenueUploader:
         for key in keys:
             entry = await self.kv.get(key)
             body = orjson.loads(entry.value)
-            self._expect(key, [t["uuid"] for t in body["tickets"]])
+            self._expect(key, body["tickets"])
+            self.tries.update(body.get("tries", {}))
             if not body.get("done"):
-                self.undone[key] = body["tickets"]
+                self.undone[key] = body.get("pending") or {key: body["tickets"]}
         await self.retry_stored()
 
-    def _expect(self, key: str, uuids: list[str]) -> None:
-        self.members[key] = set(uuids)
-        for u in uuids:
-            self.acks_due[u] = key
+    def _expect(self, key: str, tickets: list[dict[str, Any]]) -> None:
+        self.rows[key] = tickets
+        self.members[key] = {t["uuid"] for t in tickets}
+        for t in tickets:
+            self.acks_due[t["uuid"]] = key
 
-    async def _send(self, key: str, tickets: list[dict[str, Any]], resend: bool = False) -> None:
-        """Send one stored batch; mark it done in KV after the platform's success. Errors
-        propagate (the batch stays stored and is resent under the same uuid)."""
+    async def _save(self, key: str) -> None:
+        """One put: the batch's rows, the sends still pending (none: done) and their tries."""
+        pending = self.undone.get(key, {})
+        await self.kv.put(key, orjson.dumps({
+            "tickets": self.rows[key], "done": not pending, "pending": pending,
+            "tries": {u: n for u, n in self.tries.items() if u in pending}}))
+
+    async def _send(self, key: str, request: str, tickets: list[dict[str, Any]],
+                    resend: bool = False) -> None:
+        """Send one pending part of a stored batch under its request uuid. Request-wide
+        errors propagate (the part stays stored and is resent under the same uuid)."""
         self.lease.guard()
-        self.undone[key] = tickets
         self.status.requests += 1
+        if self._budget is not None:
+            self._budget -= 1
         try:
-            await self.client.upload_scans(key, tickets)
-        except Exception as exc:
-            self.counters["send_failures"] += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            self.status.state, self.status.last_error = "retrying", self.last_error
+            await self.client.upload_scans(request, tickets)
+        except (Unauthenticated, Forbidden) as exc:
+            self._failed(exc, "auth_failed")
             raise
-        await self.kv.put(key, orjson.dumps({"tickets": tickets, "done": True}))
-        del self.undone[key]
+        except Validation as exc:
+            if exc.errors:
+                await self._isolate(key, request, tickets, exc)
+                return
+            await self._undelivered(key, request, tickets, exc)
+            return
+        except NotDelivered as exc:
+            await self._undelivered(key, request, tickets, exc)
+            return
+        except Exception as exc:
+            self._failed(exc, "retrying")
+            raise
+        self.undone[key].pop(request, None)
+        self.held.pop(request, None)
+        self.tries.pop(request, None)
+        await self._settled(key)
         self.last_error = None
         self.status.state, self.status.last_error = "ok", None
         self.status.last_success = time.time()
@@ -155,15 +228,82 @@ class VenueUploader:
         self.counters["batches_resent" if resend else "batches_sent"] += 1
         self.counters["rows_sent"] += len(tickets)
 
-    async def upload_round(self, fetch_timeout_s: float = 0.5) -> int:
-        """Fetch up to one batch of messages and upload the new ones. Returns rows sent.
-        A stored batch not confirmed yet goes first (same uuid, same rows)."""
+    def _failed(self, exc: Exception, state: str) -> None:
+        self.counters["send_failures"] += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.status.state, self.status.last_error = state, self.last_error
+
+    async def _settled(self, key: str) -> None:
+        """Record what is still pending; a batch with nothing pending is done: ack its
+        messages (quarantined rows included: the quarantine holds them now)."""
+        await self._save(key)
+        if self.undone.get(key):
+            return
+        self.undone.pop(key, None)
+        for msg in self.fetched.pop(key, []):
+            await msg.ack()
+            self._acked(key, scan_uuid(msg))
+
+    async def _quarantine(self, key: str, bad: list[tuple[dict[str, Any], str]]) -> None:
+        await quarantine.put(self.quarantine, bad, key)
+        self.counters["rows_quarantined"] += len(bad)
+        self.status.quarantined_total += len(bad)
+        log.warning("venue upload: quarantined %d scan(s): %s", len(bad), bad[0][1])
+
+    async def _isolate(self, key: str, request: str, tickets: list[dict[str, Any]],
+                       exc: Validation) -> None:
+        """A part the platform refused as invalid (it recorded nothing of it): quarantine the
+        rows it names, store the parts' new uuids in one put, send them while the round's
+        split budget lasts (the rest goes out in later rounds under the stored uuids)."""
+        if self._budget is None:
+            self._budget = self.split_budget
+        bad, parts = plan_refusal(tickets, exc)
+        by_uuid = {t["uuid"]: t for t in tickets}
+        if bad:  # first: a crash before the put below only repeats this (same keys)
+            await self._quarantine(key, [(by_uuid[u], why) for u, why in bad])
+        planned = {str(uuidlib.uuid4()): part for part in parts}
+        pending = self.undone[key]
+        pending.pop(request, None)
+        pending.update(planned)
+        self.counters["batches_split"] += 1
+        await self._settled(key)
+        for part_uuid, part in planned.items():
+            if self._budget <= 0:
+                break
+            await self._send(key, part_uuid, part)
+
+    async def _undelivered(self, key: str, request: str, tickets: list[dict[str, Any]],
+                           exc: Exception) -> None:
+        """An answer that confirms nothing: same uuid later, quarantined after `max_tries`."""
+        tries = self.tries[request] = self.tries.get(request, 0) + 1
+        if tries < self.max_tries:
+            self.held[request] = time.monotonic() + hold_after(tries)
+            await self._save(key)
+            self._failed(exc, "retrying")
+            raise exc
+        why = f"{refusal_reason(exc) if isinstance(exc, ApiError) else exc} " \
+              f"({tries} unconfirmed answers)"
+        await self._quarantine(key, [(t, why) for t in tickets])
+        self.undone[key].pop(request, None)
+        self.held.pop(request, None)
+        self.tries.pop(request, None)
+        await self._settled(key)
+
+    async def upload_round(self, fetch_timeout_s: float = 0.5, new_round: bool = True) -> int:
+        """Fetch up to one batch of messages and upload the new ones. Returns rows settled
+        (sent or quarantined). Stored parts not confirmed yet go first (same uuids, same rows).
+        `new_round`: the split budget starts afresh (False: the same round goes on)."""
+        if new_round:
+            self._budget = None
         await self.retry_stored()
         for key, members in list(self.members.items()):
-            if members:
+            if members or key in self.undone:
                 continue
             del self.members[key]
+            self.rows.pop(key, None)
             await self.kv.delete(key)
+        if self._budget is not None and self._budget <= 0:
+            return 0  # this round spent what it may on refused batches
         try:
             msgs = await self.sub.fetch(self.max_batch, timeout=fetch_timeout_s)
         except Exception:  # noqa: BLE001 - nats TimeoutError: nothing waiting
@@ -171,7 +311,7 @@ class VenueUploader:
         fresh: list[Any] = []
         tickets: list[dict[str, Any]] = []
         for msg in msgs:
-            uuid = (msg.headers or {}).get(MSG_ID, "")
+            uuid = scan_uuid(msg)
             stored = self.acks_due.get(uuid)
             if stored is not None:  # part of a batch stored already: only the ack is due
                 if stored in self.undone:
@@ -190,13 +330,12 @@ class VenueUploader:
             return 0
         key = str(uuidlib.uuid4())
         self.lease.guard()
-        await self.kv.put(key, orjson.dumps({"tickets": tickets, "done": False}))
-        self._expect(key, [(m.headers or {}).get(MSG_ID, "") for m in fresh])
-        await self._send(key, tickets)
-        for msg in fresh:
-            await msg.ack()
-            self._acked(key, (msg.headers or {}).get(MSG_ID, ""))
-        return len(tickets)
+        self._expect(key, tickets)
+        self.undone[key] = {key: tickets}
+        self.fetched[key] = fresh
+        await self._save(key)
+        await self._send(key, key, tickets)
+        return 0 if key in self.undone else len(tickets)
 
     def _acked(self, key: str, uuid: str) -> None:
         self.acks_due.pop(uuid, None)
@@ -204,9 +343,16 @@ class VenueUploader:
             self.members[key].discard(uuid)
 
     async def retry_stored(self) -> None:
-        """Resend stored batches not confirmed (after a failed send, or a previous leader's)."""
-        for key, tickets in list(self.undone.items()):
-            await self._send(key, tickets, resend=True)
+        """Resend stored parts not confirmed (after a failed send, or a previous leader's),
+        except those backing off after an unconfirmed answer."""
+        now = time.monotonic()
+        for key, pending in list(self.undone.items()):
+            for request, tickets in list(pending.items()):
+                if self.held.get(request, 0.0) > now:
+                    continue
+                if self._budget is not None and self._budget <= 0:
+                    return
+                await self._send(key, request, tickets, resend=True)
 
     async def lag(self) -> int:
         """Scans on the bus not yet delivered (waiting plus fetched and unacked)."""
@@ -216,3 +362,9 @@ class VenueUploader:
     def get_status(self) -> dict[str, Any]:
         return {"stored_batches": len(self.members), "last_error": self.last_error,
                 **self.counters}
+
+
+def scan_uuid(msg: Any) -> str:
+    """A message's scan uuid: its Nats-Msg-Id, or for a requeued row the header naming it."""
+    headers = msg.headers or {}
+    return str(headers.get(quarantine.SCAN_HEADER) or headers.get(MSG_ID, ""))

@@ -64,6 +64,19 @@ def test_heartbeat_is_compact_and_carries_no_code_or_token() -> None:
     in_venue = report()
     in_venue["venue"]["leader"] = "g3"
     assert compact(in_venue, NOW, RateWindow())["leader"] == "g3"
+    # the daemon's report: the venue role's status (agent.venue.leader.VenueRole.get_status)
+    role = report()
+    role["venue"]["leader"] = {
+        "device": "g1", "leader": "g2", "leader_since": "2026-06-01T17:00:00Z",
+        "leader_term": 4, "this_device_leads": False, "budget_in_use_per_min": 9,
+        "budget_per_min": 54, "upload_lag": 12, "upload_lag_s": 3.5,
+        "leader_pass_at": {"7": "2026-06-01T17:59:00.000Z", "8": "2026-06-01T17:55:00.000Z"}}
+    beat = compact(role, NOW, RateWindow())
+    assert {k: beat[k] for k in ("leader", "leader_since", "leader_term", "budget",
+                                 "upload_lag_s", "upload_lag", "sync_age_s")} == {
+        "leader": "g2", "leader_since": "2026-06-01T17:00:00Z", "leader_term": 4,
+        "budget": {"used": 9, "per_minute": 54}, "upload_lag_s": 3.5, "upload_lag": 12,
+        "sync_age_s": 300.0}
 
 
 def test_last_minute_counts_never_extrapolate() -> None:

@@ -38,7 +38,10 @@ def full_snapshot() -> dict[str, Any]:
         "cache": {"events": [{"id": 1, "items": 3, "last_sync": "2026-01-01T00:00:00Z"}]},
         "platform": {"requests": {"ok": 2, "ratelimited": 1}, "clock_skew_s": 1.5},
         "venue": {"connected": True, "lag": 0, "claims_granted": 1, "conflicts": 0,
-                  "decided_offline": 0, "gates": {"online": 2, "stale": 0, "offline": 0}},
+                  "decided_offline": 0, "gates": {"online": 2, "stale": 0, "offline": 0},
+                  "leader": {"this_device_leads": True, "leader_term": 3,
+                             "budget_in_use_per_min": 12, "budget_per_min": 54,
+                             "upload_lag_s": 2.5, "upload_lag": 40, "quarantined": 1}},
     }
 
 

@@ -105,3 +105,32 @@ def test_import_refuses_unknown_shapes_and_missing_event(tmp_path: Path, site: D
         import_file(cache, bad, site.now)
     assert import_file(cache, bad, site.now, event_id=77).count == 1
     cache.close()
+
+
+def test_a_full_listing_keeps_only_its_items_with_their_side_rows(site: DemoSite) -> None:
+    """`keep_only_items` (the venue leader's full pass): items the listing did not name go,
+    with their historic barcodes and platform scans; other events are not touched."""
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    try:
+        [(owner,)] = cache.conn.execute("SELECT item_id FROM historic_barcodes WHERE barcode = ?",
+                                        (demo_data.CODES["historic"],)).fetchall()
+        ids = [r[0] for r in cache.conn.execute("SELECT id FROM items WHERE event_id = ?",
+                                                (demo_data.EVENT_ID,))]
+        others = cache.conn.execute("SELECT count(*) FROM items WHERE event_id != ?",
+                                    (demo_data.EVENT_ID,)).fetchone()[0]
+        with cache.transaction():
+            gone = cache.keep_only_items(demo_data.EVENT_ID, [i for i in ids if i != owner])
+        assert gone == [owner]
+        assert cache.find_historic(demo_data.CODES["historic"]) == []
+        left = cache.conn.execute("SELECT count(*) FROM items WHERE event_id = ?",
+                                  (demo_data.EVENT_ID,)).fetchone()[0]
+        assert left == len(ids) - 1
+        assert cache.conn.execute("SELECT count(*) FROM items WHERE event_id != ?",
+                                  (demo_data.EVENT_ID,)).fetchone()[0] == others
+        assert cache.conn.execute("SELECT count(*) FROM platform_scans WHERE item_id = ? "
+                                  "AND event_id = ?", (owner, demo_data.EVENT_ID)
+                                  ).fetchone()[0] == 0
+        with cache.transaction():
+            assert cache.remove_items(demo_data.EVENT_ID, [owner]) == 0  # already gone
+    finally:
+        cache.close()

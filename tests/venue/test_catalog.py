@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.core.model import PERSONAL_FIELDS
+from agent.core.model import PERSONAL_FIELDS, EntryPage, parse_item
 from agent.runtime.pairing import PairingStation
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
 from agent.venue import catalog
 from agent.venue.election import connect, lease_bucket
+from agent.venue.leader import VenueRole
 from agent.venue.lease import TERM_HEADER, Lease
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import EVENT, Site, make_site
@@ -213,3 +215,109 @@ async def _follow_url(url: str, venue: str, path: Path) -> dict[str, Any]:
         return await follow(js, venue, path)
     finally:
         await nc.close()
+
+
+def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """An item a previous pass published that the platform no longer lists (a ghost): the
+    leader's daily full pass removes it from its own cache, from every following gate's
+    cache (atomically with the pass) and on the stream (its tombstone replaces it: a gate
+    joining later never sees it)."""
+    venue = "fullpass"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    ghost_id = 987_654_321
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            await leader_sync(leader, js, venue, lease)
+            raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
+            ghost = parse_item({**raw, "id": ghost_id, "barcode": "GHOST0001"})
+            assert ghost is not None
+            publisher = catalog.CatalogPublisher(js, venue, lease)
+            await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
+            await publisher.pass_done(EVENT, None, False)
+            cache = TicketCache(leader.cache_path)
+            with cache.transaction():
+                cache.put_items(EVENT, [ghost])
+            cache.close()
+            gate = tmp_path / "gate" / "cache.db"
+            await follow(js, venue, gate)
+            before = items(gate)
+            requests = requests_made(sandbox)
+            async with leader.client() as client:
+                syncer = leader.syncer(client, observer=publisher)
+                try:
+                    listed = await syncer.full_in_place()
+                finally:
+                    syncer.close()
+            requests = requests_made(sandbox) - requests
+            status = await follow(js, venue, gate)
+            late = await follow(js, venue, tmp_path / "late" / "cache.db")
+            last = await js.get_msg(catalog.stream_name(venue),
+                                    subject=f"{catalog.prefix(venue)}.i.{EVENT}.{ghost_id}")
+            return {"before": before, "listed": listed, "status": status, "late": late,
+                    "requests": requests, "ghost_msg": last.data,
+                    "removed": publisher.removed_items}
+        finally:
+            await nc.close()
+
+    for name in ("gate", "late"):
+        (tmp_path / name).mkdir()
+    out = asyncio.run(scenario())
+    assert ghost_id in out["before"]  # the gate had it from the bus
+    want = items(leader.cache_path)
+    assert ghost_id not in want and len(want) == out["listed"]
+    assert items(tmp_path / "gate" / "cache.db") == want
+    assert items(tmp_path / "late" / "cache.db") == want
+    assert out["status"]["items_removed"] == 1 and out["status"]["full_passes_applied"] == 1
+    assert out["ghost_msg"] == catalog.TOMBSTONE and out["removed"] == 1  # the bus says so
+    assert out["requests"] <= 3 + 2 * (TICKETS // 1000 + 1)  # one device's full sync
+
+
+def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """The leader's sync loop (`VenueRole`) runs the full pass when it is due (here: asked
+    for at once, as `sync.full_resync_at` would at 04:00), publishes it as a full pass every
+    gate applies, and schedules the next one a day later."""
+    venue = "dailyfull"
+    site = make_site(tmp_path / "leader", sandbox, rpm=1000, extra=(
+        f'[venue]\nname = "{venue}"\nservers = ["{shared_venue_node.url}"]\n'
+        'device = "leader"\n'))
+
+    async def scenario() -> tuple[VenueRole, dict[str, Any]]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            role = VenueRole(site.config, sandbox.token)
+            role.full_resync_now()
+            async with site.client() as client:
+                syncer = site.syncer(client, observer=catalog.CatalogPublisher(js, venue, lease))
+                task = asyncio.create_task(role._sync_loop(syncer))
+                try:
+                    deadline = asyncio.get_running_loop().time() + 60
+                    while role.last_full is None and not task.done() and \
+                            asyncio.get_running_loop().time() < deadline:
+                        await asyncio.sleep(0.1)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    syncer.close()
+            return role, await follow(js, venue, tmp_path / "gate" / "cache.db")
+        finally:
+            await nc.close()
+
+    (tmp_path / "gate").mkdir()
+    started = time.time()
+    role, status = asyncio.run(scenario())
+    assert role.last_full is not None, role.counters
+    want = items(site.cache_path)
+    assert role.last_full["items"] == len(want) > TICKETS * 0.9
+    assert role.next_full is not None and role.next_full > started + 60  # tomorrow's
+    # the loop's next delta marker replaces the full pass's (last message per subject): a
+    # gate reading later applies the same items, with that marker
+    assert status["passes_applied"] >= 1
+    assert items(tmp_path / "gate" / "cache.db") == want

@@ -117,5 +117,17 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
         assert daemon.status()["upload"]["sent_total"] == 1
         table = run_cli("status", "--config", str(site.config))
         assert "Venue leader: daemon (this gate) since" in table.stdout
+        metrics = daemon.get("/metrics").text
+        for line in ("gate_venue_leader 1.0", f"gate_venue_leader_term {leader['leader_term']}.0",
+                     "gate_venue_budget_used ", "gate_venue_upload_lag_seconds ",
+                     "gate_venue_quarantined 0.0"):
+            assert line in metrics, line
+        # the heartbeat carries the leader's figures under the names the dashboard reads
+        wait_until(lambda: daemon.get("/api/venue").json()["totals"]["budget"], 15,
+                   "the leader's figures in the heartbeat")
+        totals = daemon.get("/api/venue").json()["totals"]
+        assert totals["leader"] == "daemon"
+        assert totals["budget"]["used"] >= 3 and totals["budget"]["per_minute"] > 0
+        assert totals["upload_lag_s"] is not None
     finally:
         assert daemon.stop() == 0

@@ -26,6 +26,8 @@ def test_venue_reasons() -> None:
     assert _codes({**VENUE, "connected": False, "last_error": "no servers"}) == \
         ["venue_unreachable"]
     assert _codes({**VENUE, "conflicts": 2}) == ["venue_conflicts"]
+    assert _codes({**VENUE, "leader": {"quarantined": 0}}) == []
+    assert _codes({**VENUE, "leader": {"quarantined": 3}}) == ["venue_quarantined"]
 
 
 def test_venue_metrics() -> None:
@@ -39,3 +41,24 @@ def test_venue_metrics() -> None:
         assert line in text, line
     bare = Metrics(lambda: {"health": "pass"}, lambda: datetime.now(UTC)).render().decode()
     assert "gate_venue" not in bare
+
+
+def test_venue_leader_metrics() -> None:
+    leader = {"this_device_leads": True, "leader_term": 3, "budget_in_use_per_min": 12,
+              "budget_per_min": 54, "upload_lag_s": 2.5, "upload_lag": 40, "quarantined": 0}
+    text = Metrics(lambda: {"venue": {**VENUE, "leader": leader}},
+                   lambda: datetime.now(UTC)).render().decode()
+    for line in ("gate_venue_leader 1.0", "gate_venue_leader_term 3.0",
+                 "gate_venue_budget_used 12.0", "gate_venue_budget_limit 54.0",
+                 "gate_venue_upload_lag_seconds 2.5", "gate_venue_upload_lag_scans 40.0",
+                 "gate_venue_quarantined 0.0"):
+        assert line in text, line
+    # a gate that does not lead, before the first figures: 0, and nothing made up
+    waiting = {"this_device_leads": False, "leader_term": None,
+               "budget_in_use_per_min": None, "upload_lag_s": None}
+    text = Metrics(lambda: {"venue": {**VENUE, "leader": waiting}},
+                   lambda: datetime.now(UTC)).render().decode()
+    assert "gate_venue_leader 0.0" in text
+    assert "gate_venue_budget_used" not in text and "gate_venue_upload_lag_seconds" not in text
+    alone = Metrics(lambda: {"venue": VENUE}, lambda: datetime.now(UTC)).render().decode()
+    assert "gate_venue_leader" not in alone

@@ -6,6 +6,7 @@ batch but before it could record that is replaced by one that resends the *same*
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,12 +20,13 @@ from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor, Priority
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
-from agent.venue import uplink
+from agent.venue import quarantine, uplink
 from agent.venue.budget import LeaderFence, budget_bucket, leader_governor
 from agent.venue.election import connect, lease_bucket
 from agent.venue.lease import Lease, NotLeader
 from agent.venue.node import NodeProcess
-from tests.platform.sync.conftest import backlog, fill_journal
+from tests.conftest import run_cli
+from tests.platform.sync.conftest import backlog, fill_journal, pending_row
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +40,13 @@ def sandbox() -> Iterator[Sandbox]:
 def client(sb: Sandbox) -> PlatformClient:
     return PlatformClient(sb.url, sb.token, sb.company_id, "en", 10.0, Governor(1000),
                           max_retries=0)
+
+
+async def drain(up: uplink.VenueUploader, timeout_s: float = 30.0) -> None:
+    """Upload rounds until the bus holds nothing for the platform and nothing is stored."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (await up.lag() or up.undone) and asyncio.get_running_loop().time() < deadline:
+        await up.upload_round()
 
 
 def journal_with(path: Path, rows: list[Any]) -> Journal:
@@ -78,9 +87,7 @@ def test_new_leader_resends_a_stored_batch_under_its_uuid_and_acks_without_resen
             async with client(sandbox) as c:
                 second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
                 await second.start()  # resends the stored batch first
-                deadline = asyncio.get_running_loop().time() + 30
-                while await second.lag() and asyncio.get_running_loop().time() < deadline:
-                    await second.upload_round()
+                await drain(second)
                 return {"stored": stored, "counters": second.counters,
                         "lag": await second.lag(), "members": dict(second.members)}
         finally:
@@ -174,3 +181,178 @@ def test_a_new_leader_counts_the_old_leaders_requests_so_failover_never_meets_42
     assert seeded == 14
     assert remaining == 0
     assert not sent_at_once
+
+
+def test_a_refused_row_is_quarantined_and_the_rest_of_the_venue_batch_delivered(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """A 422 naming two unknown barcodes: those rows go to the venue's quarantine (listed
+    by `gate-agent venue quarantine`, requeued by its `--requeue`), every other scan is
+    delivered exactly once. A 500 before it neither splits the batch nor changes its uuid."""
+    venue = "poison"
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = backlog(40, now)
+    poison = [pending_row(f"NOPE{i}", now) for i in range(2)]
+    journal = journal_with(tmp_path / "j.db", rows[:10] + [poison[0]] + rows[10:] + [poison[1]])
+
+    async def lead(holder: str, first: bool) -> dict[str, Any]:
+        """Upload until the bus is drained; the first leader meets a 500 before the 422."""
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            if first:
+                assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 42
+            lease = Lease(await lease_bucket(js, venue, 30.0, 1), holder, 30.0)
+            assert await lease.acquire("t")
+            out: dict[str, Any] = {}
+            async with client(sandbox) as c:
+                up = uplink.VenueUploader(js, venue, c, lease, max_batch=50, ack_wait_s=5.0)
+                await up.start()
+                if first:
+                    sandbox.set_faults(error_rate=1.0)
+                    with pytest.raises(ApiError):
+                        await up.upload_round()
+                    sandbox.clear_faults()
+                    [(key, pending)] = up.undone.items()
+                    assert list(pending) == [key] and len(pending[key]) == 42  # same uuid
+                    assert up.counters["batches_split"] == 0
+                    out["key"] = key
+                await drain(up)
+                out.update(counters=dict(up.counters), lag=await up.lag(),
+                           status=up.status.as_dict())
+            await lease.release()
+            return out
+        finally:
+            await nc.close()
+
+    def cli(*extra: str) -> dict[str, Any]:
+        done = run_cli("venue", "quarantine", "--json", *extra, "--config", str(config))
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\ndir = "{tmp_path / "store"}"\n[venue]\nname = "{venue}"\n'
+                      f'servers = ["{shared_venue_node.url}"]\ndevice = "cli"\n')
+    assert cli() == {"venue": venue, "quarantined": [], "requeued": 0}  # no bucket yet
+    out = asyncio.run(lead("first", True))
+    journal.close()
+    received = sandbox.received()
+    applied = Counter(u["uuid"] for u in received["uploads"] if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert out["lag"] == 0
+    assert out["counters"]["rows_quarantined"] == 2 and out["counters"]["batches_split"] == 1
+    assert out["status"]["quarantined_total"] == 2
+    refused = [u for u in received["uploads"] if u.get("skipped") == "refused 422"]
+    assert {u["requestUuid"] for u in refused} == {out["key"]}  # the uuid the 500 kept
+    listed = cli()["quarantined"]
+    assert {e["row"]["uuid"] for e in listed} == {p.uuid for p in poison}
+    assert all("barcode" in e["reason"] for e in listed)
+    # retryable: requeued rows go out again (and are refused again here: still unknown)
+    assert cli("--requeue")["requeued"] == 2
+    again = asyncio.run(lead("second", False))
+    assert again["lag"] == 0 and again["counters"]["rows_quarantined"] == 2
+    assert {e["row"]["uuid"] for e in cli()["quarantined"]} == {p.uuid for p in poison}
+    refused_twice = Counter(u["uuid"] for u in sandbox.received()["uploads"]
+                            if u.get("skipped") == "refused 422")
+    assert all(refused_twice[p.uuid] == 2 for p in poison)
+
+
+def test_unconfirmed_answers_keep_the_uuid_then_quarantine_and_only_success_delivers(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """`success: false` delivers nothing: the same request uuid is tried again (the test
+    skips the back-off), after `max_tries` the rows are quarantined, never counted as sent;
+    requeued once the platform accepts again, each is applied exactly once."""
+    venue = "unconfirmed"
+    rows = backlog(5, datetime.now(UTC).replace(microsecond=0))
+    journal = journal_with(tmp_path / "j.db", rows)
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 5
+            lease = Lease(await lease_bucket(js, venue, 30.0, 1), "leader", 30.0)
+            assert await lease.acquire("t")
+            async with client(sandbox) as c:
+                up = uplink.VenueUploader(js, venue, c, lease, max_batch=50, ack_wait_s=5.0,
+                                          max_tries=2)
+                await up.start()
+                sandbox.set_faults(upload_answer="success_false")
+                with pytest.raises(ApiError):
+                    await up.upload_round()
+                assert up.status.sent_total == 0 and up.undone  # kept, not delivered
+                up.held.clear()  # skip the back-off
+                await up.upload_round()
+                held = await quarantine.listing(up.quarantine)
+                out = {"held": held, "lag": await up.lag(), "undone": dict(up.undone),
+                       "sent": up.status.sent_total}
+                sandbox.clear_faults()
+                assert await quarantine.requeue(js, up.quarantine, venue) == 5
+                await drain(up)
+                out["lag_after"], out["sent_after"] = await up.lag(), up.status.sent_total
+                return out
+        finally:
+            await nc.close()
+
+    out = asyncio.run(scenario())
+    journal.close()
+    assert out["sent"] == 0 and out["lag"] == 0 and out["undone"] == {}
+    assert {e["row"]["uuid"] for e in out["held"]} == {r.uuid for r in rows}
+    assert all("2 unconfirmed answers" in e["reason"] for e in out["held"])
+    received = sandbox.received()["uploads"]
+    unconfirmed = [u for u in received if u.get("skipped") == "answered success_false"]
+    assert len(unconfirmed) == 10 and len({u["requestUuid"] for u in unconfirmed}) == 1
+    applied = Counter(u["uuid"] for u in received if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert out["sent_after"] == 5 and out["lag_after"] == 0
+
+
+def test_a_new_leader_sends_the_parts_of_a_refused_batch_under_their_stored_uuids(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """The old leader met a 422, quarantined the named row and stored the rest under a new
+    request uuid, then died before sending it (no split budget left). The new leader sends
+    exactly that part under exactly that uuid; nothing is applied twice, nothing lost."""
+    venue = "splitover"
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = backlog(20, now)
+    poison = pending_row("NOPE-X", now)
+    journal = journal_with(tmp_path / "j.db", rows[:5] + [poison] + rows[5:])
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await uplink.hand_over(js, venue, "gate0", journal, 7) == 21
+            kv = await lease_bucket(js, venue, 30.0, 1)
+            old = Lease(kv, "old", 30.0)
+            assert await old.acquire("t")
+            async with client(sandbox) as c:
+                first = uplink.VenueUploader(js, venue, c, old, max_batch=50, ack_wait_s=1.0,
+                                             split_budget=0)
+                await first.start()
+                assert await first.upload_round() == 0  # refused, split, nothing sent
+                [(key, pending)] = first.undone.items()
+                [(part, part_rows)] = pending.items()
+                assert part != key and len(part_rows) == 20
+            await old.release()  # the old leader is gone
+            new = Lease(kv, "new", 30.0)
+            assert await new.acquire("t")
+            async with client(sandbox) as c:
+                second = uplink.VenueUploader(js, venue, c, new, max_batch=50, ack_wait_s=1.0)
+                await second.start()  # sends the stored part first
+                await drain(second)
+                return {"key": key, "part": part, "lag": await second.lag(),
+                        "counters": dict(second.counters),
+                        "held": await quarantine.listing(second.quarantine)}
+        finally:
+            await nc.close()
+
+    out = asyncio.run(scenario())
+    journal.close()
+    received = sandbox.received()
+    applied = Counter(u["uuid"] for u in received["uploads"] if "skipped" not in u)
+    assert set(applied) == {r.uuid for r in rows} and max(applied.values()) == 1
+    assert received["requestUuids"] == [out["part"]]  # the stored uuid, once
+    refused = {u["requestUuid"] for u in received["uploads"] if u.get("skipped") == "refused 422"}
+    assert refused == {out["key"]}
+    assert [e["row"]["uuid"] for e in out["held"]] == [poison.uuid]
+    assert out["counters"]["batches_resent"] == 1 and out["lag"] == 0
