@@ -55,7 +55,7 @@ readers = ["serial://{lawn.path}"]
 name = "hall"
 servers = ["{url}"]
 device = "{name}"
-claim_timeout_ms = 500
+claim_timeout_ms = 3000  # a loaded CI machine: the race must happen on the bus, never by policy
 """)
     return path
 
