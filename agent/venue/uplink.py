@@ -156,7 +156,7 @@ class VenueUploader:
         self.kv = await self.js.create_key_value(KeyValueConfig(
             bucket=f"VENUE_{self.venue.replace('-', '_')}_BATCHES", history=1,
             storage=StorageType.FILE, ttl=86_400.0,
-            replicas=1))
+            replicas=self.replicas))  # R3 in a cluster: a stored batch outlives one node
         self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas)
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
