@@ -44,7 +44,7 @@ from agent.runtime.gate import Gate  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal  # noqa: E402
 from agent.venue.node import start_venue  # noqa: E402
-from tests.venue.rig import venue_devices, wait_until  # noqa: E402
+from tests.venue.rig import venue_devices  # noqa: E402
 
 
 class Marks:
@@ -145,8 +145,7 @@ def instrument(gate: Gate, marks: Marks) -> None:
 def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
     """`ab`: every other scan with that change off (B), the rest with it on (A), interleaved
     in one run: `hold` (the consumer holds back while a lane claims), `reuse` (the
-    transaction takes the claim's decision again when nothing changed), `both`, `channel`
-    (the claim over the lane's own connection, agent.venue.channel; B: through the bus loop)."""
+    transaction takes the claim's decision again when nothing changed), `both`."""
     marks = Marks()
     overlap: dict[str, int] = defaultdict(int)
     with venue_devices(root / "bd", [url], 1, n + 10, prefix="bd") as devices:
@@ -157,10 +156,6 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
         plain = Gate(TicketCache(cfg.store_dir / "cache.db"),
                      Journal(cfg.store_dir.parent / "plain-journal.db"), cfg)
         instrument(gate, marks)
-        link = gate.venue
-        assert link is not None and link.channel is not None
-        channel = link.channel
-        wait_until(lambda: channel.ready, 10, "the lane's claim connection")
         plain_scan: list[float] = []
         try:
             for i in range(n):
@@ -173,7 +168,6 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 off = variant == "B "
                 a.bus.hold_while_claiming = not (off and ab in ("hold", "both"))
                 gate.reuse_first_decision = not (off and ab in ("reuse", "both"))
-                link.channel = None if off and ab == "channel" else channel
                 time.sleep(gap_s)
                 marks.now = {"start": time.perf_counter()}
                 result = gate.scan(code, lane, datetime.now(UTC))
@@ -187,8 +181,6 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                     overlap[variant] += 1
                 marks.span(variant + "scan", "start", "end")
                 if variant == "B ":
-                    marks.span("B claim step", "decide0", "claimed")
-                    marks.span("B journal", "txn0", "txn1")
                     continue
                 marks.span("decide", "decide0", "decide1")
                 marks.span("read seq", "seq0", "seq1")
@@ -203,15 +195,14 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 marks.span("ack -> applier", "ack", "apply0")
         finally:
             plain.close()
-    return {"steps": marks.steps, "plain": plain_scan, "overlap": dict(overlap), "n": n,
-            "channel_used": channel.used}
+    return {"steps": marks.steps, "plain": plain_scan, "overlap": dict(overlap), "n": n}
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=10.0)
-    ap.add_argument("--ab", choices=["", "hold", "reuse", "both", "channel"], default="",
+    ap.add_argument("--ab", choices=["", "hold", "reuse", "both"], default="",
                     help="interleave scans with (A) and without (B) one change (see run())")
     args = ap.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -230,8 +221,6 @@ def main(argv: list[str]) -> int:
     for name, values in out["steps"].items():
         if name.endswith("scan"):
             print(f"{name:20s} added p50 {(pct(values, 0.5) - plain) * 1000:7.3f} ms")
-    if out.get("channel_used") is not None:
-        print(f"claims over the lane's own connection: {out['channel_used']}")
     for variant, count in sorted(out["overlap"].items()):
         print(f"{variant}applier ran during the journal transaction in {count} scans")
     return 0

@@ -104,7 +104,7 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
     floor = RawFloor(url)
     # one venue for both runs: the second uses other tickets and other device names
     first = n if with_peer else 0
-    with venue_devices(root / f"lat{int(with_peer)}", [url], 1 + with_peer, 4 * n + 10,
+    with venue_devices(root / f"lat{int(with_peer)}", [url], 1 + with_peer, 2 * n + 10,
                        prefix="pair" if with_peer else "solo") as devices:
         a, b = devices[0], devices[-1] if with_peer else None
         lane = a.gate().config.lane("north-in")
@@ -113,11 +113,8 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
         plain = Gate(TicketCache(plain_config.store_dir / "cache.db"),
                      Journal(plain_config.store_dir.parent / "plain-journal.db"), plain_config)
         claims: list[float] = []
-        sink = [claims]  # the claim step of the bus-loop rounds is not mixed in
         link = a.gate().venue
-        assert link is not None and link.channel is not None
-        channel = link.channel
-        wait_until(lambda: channel.ready, 10, "the lane's claim connection")
+        assert link is not None
         real_claim = link.claim
 
         def timed_claim(*args: Any, **kwargs: Any) -> Any:
@@ -125,14 +122,12 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
             try:
                 return real_claim(*args, **kwargs)
             finally:
-                sink[0].append(time.perf_counter() - started)
+                claims.append(time.perf_counter() - started)
 
         link.claim = timed_claim  # type: ignore[method-assign]
         raw: list[float] = []
         local: list[float] = []
         venue: list[float] = []
-        via_bus: list[float] = []
-        via_bus_claims: list[float] = []
         visible_from_start: list[float] = []
         visible_from_return: list[float] = []
         try:
@@ -155,20 +150,10 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
                     visible_from_return.append(max(0.0, seen - returned))
                     visible_from_start.append(seen - started)
                 time.sleep(gap_s)
-                # the same scan of another ticket with its claim through the bus's loop
-                link.channel, sink[0] = None, via_bus_claims
-                started = time.perf_counter()
-                hopped = a.gate().scan(demo_data.bulk_barcode(2 * n + first + i), lane,
-                                       datetime.now(UTC))
-                via_bus.append(time.perf_counter() - started)
-                link.channel, sink[0] = channel, claims
-                assert hopped.decision.admit, hopped.decision
-                time.sleep(gap_s)
         finally:
             plain.close()
             floor.close()
-    return {"raw": raw, "local": local, "venue": venue, "claim": claims, "via_bus": via_bus,
-            "via_bus_claim": via_bus_claims, "channel_used": channel.used,
+    return {"raw": raw, "local": local, "venue": venue, "claim": claims,
             "visible_from_return": visible_from_return,
             "visible_from_scan_start": visible_from_start}
 
@@ -278,14 +263,6 @@ def main(argv: list[str]) -> int:
           f"{solo['claim_step']['p50_ms']:.3f} ms  p99 {solo['claim_step']['p99_ms']:.3f} ms"
           "  (no other gate's consumer in the process, as on a turnstile)")
     vis = results["visibility_a_to_b"]["from_scan_start"]
-    for name, run in (("with peer", lat), ("gate alone", alone)):
-        hop, hop_claim, base = ms(run["via_bus"]), ms(run["via_bus_claim"]), ms(run["local"])
-        results.setdefault("claim_via_bus_loop", {})[name] = {
-            "scan": hop, "claim_step": hop_claim, "channel_used": run["channel_used"],
-            "added_p50_ms": round(hop["p50_ms"] - base["p50_ms"], 3)}
-        print(f"{name}: claim via bus loop  added p50 {hop['p50_ms'] - base['p50_ms']:.3f} ms"
-              f"  scan p99 {hop['p99_ms']:.3f} ms; claim step p50 {hop_claim['p50_ms']:.3f} ms"
-              f"  (claims over the lane's own connection: {run['channel_used']})")
     print(f"A admits -> B knows          p50 {vis['p50_ms']:.3f} ms  p99 {vis['p99_ms']:.3f} ms"
           "  (from A's scan start; target p99 20 ms)")
     ld = results["load"]

@@ -44,7 +44,7 @@ class DaemonOps:
 
     async def scan(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         lane = self.d.config.lane(args.get("lane"))
-        gate = await asyncio.to_thread(self.d._gate, False)
+        gate = await asyncio.to_thread(self.d._gate)
 
         def decide_all() -> list[dict[str, Any]]:
             out = []

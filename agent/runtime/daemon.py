@@ -170,14 +170,12 @@ class Daemon:
         return TicketCache(path, keep_personal_data=self.config.store["keep_personal_data"],
                            check=check)
 
-    def _gate(self, claim_connection: bool = True) -> Gate:
-        """A lane's own connections; without a journal the gate refuses (fail closed).
-        `claim_connection`: a NATS connection of its own for venue claims (a lane's; a
-        one-off manual scan uses the bus's instead of opening one for a few claims)."""
+    def _gate(self) -> Gate:
+        """A lane's own connections; without a journal the gate refuses (fail closed)."""
         journal = None if self.journal_error else Journal(self.journal_path)
         venue = None
         if self.bus is not None and self.config.venue is not None:
-            venue = VenueLink(self.bus, self.config.venue["offline_policy"], claim_connection)
+            venue = VenueLink(self.bus, self.config.venue["offline_policy"])
         return Gate(self._open_cache(), journal, self.config, venue)
 
     def start_venue(self) -> None:

@@ -11,8 +11,6 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
 - heartbeats (agent.venue.heartbeat): this gate's out, every gate's into `board`.
 
 `publish_claim()` is the one call a lane makes into the loop; it waits at most the time given.
-Lanes make their claims over connections of their own first (agent.venue.channel: no thread
-hop); this loop serves a claim only when a lane's connection cannot at that moment.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,11 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
-from agent.venue.channel import (
-    ChannelKeeper,
-    ClaimAnswer,
-    ClaimChannel,
-    answer_from_error,
-    claim_headers,
-)
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
 
+WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 600.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
@@ -59,6 +52,16 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
+    `seq`), or no answer in time (`error` says why)."""
+
+    outcome: str  # granted | conflict | unavailable
+    seq: int = 0
+    error: str = ""
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -129,7 +132,6 @@ class VenueBus:
         self._claiming = 0
         self._hold_until = 0.0
         self._held: list[tuple[int, str, bytes, int]] = []
-        self.channels = ChannelKeeper(self.options)  # the lanes' own claim connections
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -142,10 +144,8 @@ class VenueBus:
                                         daemon=True)
         self._thread.start()
         ready.wait(5)
-        self.channels.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        self.channels.stop()
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
@@ -455,17 +455,15 @@ class VenueBus:
     # -- claims (called from lane threads) -----------------------------------------------------
 
     def publish_claim(self, subject: str, body: bytes, scan_uuid: str, expected_seq: int,
-                      timeout_s: float, channel: ClaimChannel | None = None) -> ClaimAnswer:
-        """Publish a claim expecting `expected_seq` to be the subject's last; wait `timeout_s`.
-        Over the lane's own `channel` when it can serve now, else through this loop."""
+                      timeout_s: float) -> ClaimAnswer:
+        """Publish a claim expecting `expected_seq` to be the subject's last; wait `timeout_s`."""
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
             return ClaimAnswer("unavailable", error=self.last_error or "not connected")
+        headers = {"Nats-Msg-Id": scan_uuid,
+                   "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         self._begin_claim()
-        answer = channel.publish(subject, body, scan_uuid, expected_seq, timeout_s) \
-            if channel is not None else None
-        if answer is None:
-            answer = self._claim_answer(loop, subject, body, scan_uuid, expected_seq, timeout_s)
+        answer = self._claim_answer(loop, subject, body, headers, timeout_s)
         if answer.outcome != "granted":
             self.claim_settled()  # a conflict waits for the consumer: nothing is held back
         return answer
@@ -489,18 +487,25 @@ class VenueBus:
             loop.call_soon_threadsafe(self._release_held)
 
     def _claim_answer(self, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
-                      scan_uuid: str, expected_seq: int, timeout_s: float) -> ClaimAnswer:
-        future = asyncio.run_coroutine_threadsafe(self._js.publish(
-            subject, body, headers=claim_headers(scan_uuid, expected_seq), timeout=timeout_s),
-            loop)
+                      headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
+        future = asyncio.run_coroutine_threadsafe(
+            self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
         try:
             ack = future.result(timeout_s + 0.05)
-        except FutureTimeout as exc:
+        except (FutureTimeout, TimeoutError) as exc:
             future.cancel()
-            return answer_from_error(TimeoutError(str(exc)), timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any failure: not granted
-            return answer_from_error(exc, timeout_s)
-        # a duplicate ack (the same uuid stored before) is this very scan's earlier attempt
+            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
+                               f"{': ' + str(exc) if str(exc) else ''}")
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                match = re.search(r"(\d+)\s*$", exc.description or "")
+                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
+            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        if getattr(ack, "duplicate", False):
+            # the same uuid was already stored: granted earlier by this very scan (a retry)
+            return ClaimAnswer("granted", seq=ack.seq)
         return ClaimAnswer("granted", seq=ack.seq)
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:

@@ -41,7 +41,6 @@ from agent.store.journal import JournalRow
 from agent.store.venue import BusScan, VenueStore
 from agent.venue import messages
 from agent.venue.bus import VenueBus
-from agent.venue.channel import ClaimChannel
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -92,24 +91,19 @@ def _same_admit(a: Decision, b: Decision | None) -> bool:
 
 
 class VenueLink:
-    """One lane's link to the venue: its own read connection to venue.db, its own connection
-    for claims (agent.venue.channel) and the shared bus."""
+    """One lane's link to the venue: its own read connection to venue.db and the shared bus."""
 
-    def __init__(self, bus: VenueBus, policy: str, claim_connection: bool = True):
+    def __init__(self, bus: VenueBus, policy: str):
         self.bus = bus
         self.policy = policy
         self.timeout_s = bus.timeout_s
         self.store = VenueStore(bus.store_path)
-        # without one, every claim goes through the bus's connection
-        self.channel: ClaimChannel | None = bus.channels.open() if claim_connection else None
         # The claim this lane holds until its journal commit: the consumer may already have
         # applied it, but it is this very scan, not an earlier admit of the ticket.
         self._holding: str | None = None
         self.last_granted_seq = 0  # the stream position of this lane's last granted claim
 
     def close(self) -> None:
-        if self.channel is not None:
-            self.bus.channels.release(self.channel)
         self.store.close()
 
     def scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
@@ -157,8 +151,7 @@ class VenueLink:
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits))
-            answer = self.bus.publish_claim(subject, body, scan_uuid, expected, left,
-                                           self.channel)
+            answer = self.bus.publish_claim(subject, body, scan_uuid, expected, left)
             if answer.outcome == "granted":
                 self.bus.counters["claims_granted"] += 1
                 self._holding = scan_uuid
