@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -257,16 +258,34 @@ def test_daemon_status_alarms_when_a_lane_cannot_journal(site: DemoSite) -> None
 
 # -- real faults on a tiny tmpfs (root only) ---------------------------------------------------------
 
+def _mount_tmpfs(mnt: Path) -> subprocess.CompletedProcess[str]:
+    # 2 MB: a fresh site (cache, journal and their migrations' WAL) takes about 0.5 MB
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+
+
+def _can_mount_tmpfs() -> bool:
+    """The precondition, probed once: root with the right to mount (CI runs as root)."""
+    if os.geteuid() != 0:
+        return False
+    with tempfile.TemporaryDirectory() as probe:
+        if _mount_tmpfs(Path(probe)).returncode != 0:
+            return False
+        subprocess.run(["umount", probe], check=False)
+    return True
+
+
+needs_tmpfs = pytest.mark.skipif(
+    not _can_mount_tmpfs(), reason="cannot mount a tmpfs to fill up (needs root with mount "
+    "rights); the PRAGMA stand-ins above cover the same paths")
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    # 2 MB: a fresh site (cache, journal and their migrations' WAL) takes about 0.5 MB
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs",
-                           str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up ({done.stderr.strip() or 'not root'}); "
-                    "the PRAGMA stand-ins above cover the same paths")
+    done = _mount_tmpfs(mnt)
+    assert done.returncode == 0, done.stderr  # the probe could: this one must too
     try:
         yield mnt
     finally:
@@ -287,6 +306,7 @@ def _fill_disk(directory: Path) -> Path:
     return filler
 
 
+@needs_tmpfs
 def test_real_full_disk_refuses_loses_nothing_and_recovers(tmpfs: Path) -> None:
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
     with opened_gate(site.config) as gate:
@@ -303,6 +323,7 @@ def test_real_full_disk_refuses_loses_nothing_and_recovers(tmpfs: Path) -> None:
     assert {r.uuid for r in results if r.uuid} | {again.uuid} <= stored
 
 
+@needs_tmpfs
 def test_read_only_store_dir_starts_refusing_with_an_alarm(tmpfs: Path) -> None:
     """The disk is remounted read-only (what ext4 does after I/O errors): the daemon must still
     start — refusing every scan, status saying why — instead of crashing while moving the
@@ -329,6 +350,7 @@ def test_read_only_store_dir_starts_refusing_with_an_alarm(tmpfs: Path) -> None:
         daemon.close_stores()
 
 
+@needs_tmpfs
 def test_read_only_journal_file_at_start(tmpfs: Path) -> None:
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)

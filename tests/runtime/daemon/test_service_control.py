@@ -23,13 +23,14 @@ from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
 from tests.rigs import wait_until
 from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
+    NEEDS_SERVICE_USER,
     SERVICE_UID,
     Install,
     _reader,
     install,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
 
 TECHNICIAN_UID = 4343  # in the technicians' group
 VISITOR_UID = 4344  # not in it

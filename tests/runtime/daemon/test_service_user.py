@@ -31,9 +31,6 @@ from tests.conftest import PROJECT_ROOT
 from tests.rigs import wait_until
 from tests.runtime.daemon.conftest import wait_synced
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: starts the daemon as "
-                                "another uid, as systemd's User= does (CI runs as root)")
-
 SERVICE_UID = 4242  # no account needed: a uid is all the kernel checks
 C = demo_data.CODES
 
@@ -46,7 +43,7 @@ def _runs_as_service_user(argv: list[str], env: dict[str, str]) -> bool:
         return False
 
 
-def _python_for_service_user() -> tuple[str, dict[str, str]]:
+def _python_for_service_user() -> tuple[str, dict[str, str]] | None:
     """An interpreter the service uid can run, with this checkout importable. On an install
     both the unit and the technician use /opt/gate-agent's; here this venv's interpreter may
     live in root's 0700 home (pyenv), so fall back to the system's Python 3.11 with this
@@ -61,8 +58,21 @@ def _python_for_service_user() -> tuple[str, dict[str, str]]:
         if os.path.exists(python) and _runs_as_service_user([python, "-c", probe],
                                                             {**os.environ, **env}):
             return python, env
-    pytest.skip("no Python interpreter the service uid may run (the venv's is in a home "
-                "directory only root may enter, and no system python3.11)")
+    return None
+
+
+# Probed once at collection, as root only (it runs the probe as the service uid).
+SERVICE_PYTHON = _python_for_service_user() if os.geteuid() == 0 else None
+# The preconditions of every test that runs the daemon as the service uid (also imported by
+# test_service_control): stated, never a hidden failure.
+NEEDS_SERVICE_USER = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: starts the daemon as another uid, "
+                       "as systemd's User= does (CI runs as root)"),
+    pytest.mark.skipif(os.geteuid() == 0 and SERVICE_PYTHON is None,
+                       reason="no Python interpreter the service uid may run (the venv's is in a "
+                              "home directory only root may enter, and no system python3.11)"),
+]
+pytestmark = NEEDS_SERVICE_USER
 
 
 @dataclass
@@ -146,7 +156,8 @@ gate_id = {demo_data.GATE_NORTH}
 relay = "sim:entry?log={devices / 'relays.jsonl'}"
 debounce_ms = 0
 """)
-    yield Install(root, sandbox, config, creds, *_python_for_service_user())
+    assert SERVICE_PYTHON is not None
+    yield Install(root, sandbox, config, creds, *SERVICE_PYTHON)
     sandbox.stop()
     shutil.rmtree(root, ignore_errors=True)
 
