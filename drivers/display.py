@@ -21,6 +21,7 @@ from typing import Any
 
 from agent.errors import DriverUnavailable
 from drivers.registry import parse_url, sim_url
+from drivers.serial_scanner import close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,7 @@ class SerialDisplay(Display):
 
     def close(self) -> None:
         port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception:  # noqa: BLE001 - already gone
-                log.debug("%s: close failed", self.url, exc_info=True)
+        close_quietly(port, self.url)
 
 
 _sim_lock = threading.Lock()

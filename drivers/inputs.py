@@ -46,6 +46,7 @@ from typing import Any
 from agent.errors import DriverError, DriverUnavailable
 from drivers.gpio_lines import release_quietly, request_line, require_gpiod, split_chip_line
 from drivers.registry import ParsedUrl, parse_url, sim_url
+from drivers.serial_scanner import close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +361,4 @@ class ModemLineInput(Input):
 
     def _close(self) -> None:
         port, self.port = self.port, None
-        if port is not None:
-            try:
-                port.close()
-            except Exception:  # noqa: BLE001 - the port may already be gone
-                log.debug("%s: close failed", self.url, exc_info=True)
+        close_quietly(port, self.url)

@@ -157,7 +157,8 @@ def open_reason(exc: BaseException) -> str:
 
 
 def close_quietly(port: serial.Serial | None, url: str) -> None:
-    """Close a port that may already be gone (shared with the serial relay); never raises."""
+    """Close a port that may already be gone (shared with the serial relay, display and modem-line
+    input); never raises."""
     if port is None:
         return
     try:
