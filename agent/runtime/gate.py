@@ -105,13 +105,9 @@ class Gate:
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
         # The platform's scans come from the item just parsed (the very rows put_items wrote to
         # `platform_scans` from it), so the hot path does not read them back (issue 18).
-        others = list(item_platform_scans(hit.item))
-        # other gates' scans from the bus count like the platform's (matched by uuid only)
-        venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else []
-        state = derive_state(
-            own, others,
-            zone_id, is_default, venue,
-        )
+        # Other gates' scans from the bus count like the platform's (matched by uuid only).
+        venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else ()
+        state = derive_state(own, item_platform_scans(hit.item), zone_id, is_default, venue)
         occupancy = None
         if zone is not None and zone.capacity:
             acknowledged = acknowledged_before(self.cache.zone_synced_at(zone.id))
