@@ -160,6 +160,11 @@ class _Bar:
 def cmd_sync(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
+    if config.venue is not None:  # the venue leader owns the budget: it runs the pass
+        from agent.commands.venue import sync_through_leader
+
+        result = sync_through_leader(config, args)
+        return _print_sync(args, result)
     with acting_on_store(config) as daemon:
         if daemon is not None:
             Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; its "
@@ -175,10 +180,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             result["passes"] = list(bar.passes.values())
         else:
             result = _sync_here(config, args)
+    return _print_sync(args, result)
+
+
+def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    table = Table(title=f"sync {'full' if args.full else 'delta'}: {result['requests']} "
+    by = f" by venue leader {result['leader']}" if result.get("leader") else ""
+    table = Table(title=f"sync {'full' if args.full else 'delta'}{by}: {result['requests']} "
                         f"requests" + (f", {result['wall_s']} s" if "wall_s" in result else ""))
     for col in ("event", "name", "items applied", "items cached", "cursor"):
         table.add_column(col)

@@ -1,5 +1,6 @@
 """`gate-agent venue`: the venue bus from this gate's config — every gate's state (from their
-heartbeats), a node's nats-server config (printed, or run), and the conflicts this gate found."""
+heartbeats), a node's nats-server config (printed, or run), and the conflicts this gate found;
+and `gate-agent sync` on a gate in venue mode (the leader runs the pass: `sync_through_leader`)."""
 
 from __future__ import annotations
 
@@ -118,9 +119,10 @@ def cmd_node_config(args: argparse.Namespace) -> int:
 
 
 def on_bus(venue: dict[str, Any], config_path: str | None, timeout_s: float,
-           body: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `body(js)` on a short connection to the venue bus; any bus failure is one
-    GateAgentError naming the servers and what the client said."""
+           body: Callable[[Any], Awaitable[T]], *, connection: bool = False) -> T:
+    """Run `body(js)` (`body(nc)` with `connection`) on a short connection to the venue bus;
+    any bus failure is one GateAgentError naming the servers and what the client said; the
+    body's own GateAgentError passes as it is."""
     import asyncio
 
     import nats
@@ -137,18 +139,98 @@ def on_bus(venue: dict[str, Any], config_path: str | None, timeout_s: float,
             **connect_options(venue, config_path), connect_timeout=timeout_s,
             max_reconnect_attempts=0, allow_reconnect=False, error_cb=failed), timeout_s + 1)
         try:
-            return await body(nc.jetstream(timeout=timeout_s))
+            return await body(nc if connection else nc.jetstream(timeout=timeout_s))
         finally:
             await nc.close()
 
     try:
         return asyncio.run(run())
-    except ConfigError:
+    except GateAgentError:
         raise
     except Exception as exc:  # noqa: BLE001 - any bus failure: say which and stop
         said = failures[-1] if failures else f"{type(exc).__name__}: {exc}"
         raise GateAgentError(f"venue bus not reachable ({', '.join(venue['servers'])}): "
                              f"{said}") from exc
+
+
+# How long `gate-agent sync` waits for the leader's pass: a full listing at the leader's
+# budget takes about a minute per 60,000 items (1000-item async pages), a delta far less.
+FULL_PASS_WAIT_S = 1800.0
+DELTA_PASS_WAIT_S = 600.0
+APPLY_WAIT_S = 120.0  # then for this gate's daemon to apply the pass from the bus
+BUS_TIMEOUT_S = 5.0  # to connect, and for each JetStream call of the catalog catch-up
+
+
+def sync_through_leader(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """`gate-agent sync [--full] [--event ID]` in venue mode: the venue leader runs the pass
+    (agent.venue.passrequest), so the company's budget has one owner; this gate then holds the
+    pass from the catalog stream (its daemon applies it, or without one this command does).
+    Returns what `cmd_sync` prints, as a direct sync would, plus the leader and its term."""
+    import contextlib
+
+    from agent.runtime import work
+    from agent.runtime.controlclient import acting_on_store
+    from agent.runtime.opening import CACHE_FILE
+    from agent.store.cache import TicketCache
+    from agent.venue import catalog, passrequest
+    from agent.venue.bus import device_name
+
+    venue = _venue(config)
+    mode = "full" if args.full else "delta"
+    cache_path = config.store_dir / CACHE_FILE
+    keep = config.store["keep_personal_data"]
+    err = Console(stderr=True)
+
+    with acting_on_store(config) as daemon:
+        async def run(nc: Any) -> dict[str, Any]:
+            waiting = contextlib.nullcontext() if args.json else err.status(
+                f"venue {venue['name']}: the leader runs a {mode} pass for every gate ...")
+            with waiting:
+                answer = await passrequest.ask_leader(
+                    nc, venue["name"], full=args.full, events=args.event or None,
+                    device=device_name(venue),
+                    timeout_s=FULL_PASS_WAIT_S if args.full else DELTA_PASS_WAIT_S)
+            if daemon is None:  # nobody follows the catalog on this gate now: apply it here
+                cache = TicketCache(cache_path, keep_personal_data=keep, check=False)
+                try:
+                    follower = catalog.CatalogFollower(nc.jetstream(timeout=BUS_TIMEOUT_S),
+                                                       venue["name"], cache)
+                    answer["applied_here"] = await follower.catch_up(APPLY_WAIT_S)
+                finally:
+                    cache.close()
+            return answer
+
+        answer = on_bus(venue, config.path, BUS_TIMEOUT_S, run, connection=True)
+        if daemon is None:
+            events = work.cached_events(config, cache_path, args.event or None)
+        else:
+            events = _daemon_applies(daemon, answer, args.event or config.event_ids)
+    return {"mode": mode, "applied": answer["applied"], "requests": answer["requests"],
+            "leader": answer["leader"], "term": answer.get("term"),
+            "passes": [p for p in answer.get("passes") or [] if isinstance(p, dict)],
+            "events": events}
+
+
+def _daemon_applies(daemon: Any, answer: dict[str, Any], wanted: list[int] | None
+                    ) -> list[dict[str, Any]]:
+    """Wait until this gate's daemon has applied the catalog up to the leader's pass; then its
+    cache's events (from the daemon: this command does not open the daemon's files)."""
+    import time
+
+    deadline = time.monotonic() + APPLY_WAIT_S
+    while True:
+        status = daemon.call("status")
+        leader = (status.get("venue") or {}).get("leader") or {}
+        here = int(leader.get("catalog_position") or 0)
+        if here >= answer["catalog_seq"]:
+            events = (status.get("cache") or {}).get("events") or []
+            return [e for e in events if not wanted or e.get("id") in wanted]
+        if time.monotonic() > deadline:
+            raise GateAgentError(
+                f"the venue leader {answer['leader']} finished the pass, but this gate's daemon "
+                f"has applied the catalog only up to {here} of {answer['catalog_seq']} after "
+                f"{APPLY_WAIT_S:.0f} s (`gate-agent status` shows its venue link)")
+        time.sleep(0.2)
 
 
 def read_gates(venue: dict[str, Any], config_path: str | None,

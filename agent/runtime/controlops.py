@@ -72,6 +72,9 @@ class DaemonOps:
         return self.d.syncer
 
     async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.d.role is not None:  # `gate-agent sync` asks the venue leader instead
+            raise GateAgentError("venue mode: the venue leader runs every sync pass (it owns "
+                                 "the company's API budget); `gate-agent sync` asks it")
         syncer = self._syncer_or_refuse()
         events = [int(e) for e in args.get("events") or []] or None
         full = bool(args.get("full"))

@@ -35,7 +35,7 @@ from agent.platform.sync import Syncer
 from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
-from agent.venue import catalog, quarantine, uplink
+from agent.venue import catalog, passrequest, quarantine, uplink
 from agent.venue.budget import (
     LeaderFence,
     budget_bucket,
@@ -102,6 +102,7 @@ class VenueRole:
         self._next_fallback = 0.0
         self._next_status = 0.0
         self._sync_task: asyncio.Task[None] | None = None
+        self._pass_sub: Any = None  # the leader's subscription to gates' sync requests
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
         self.upload_lag: int | None = None  # scans on the bus not yet at the platform
@@ -310,6 +311,7 @@ class VenueRole:
         await uploader.start()
         self.uploader = uploader
         self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")
+        self._pass_sub = await passrequest.serve(self._nc, self.name, self._requested_pass)
         log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
                     "leader counted", self.name, self.device, lease.term,
                     self.counters["seeded_requests"])
@@ -349,12 +351,50 @@ class VenueRole:
                 next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
             await asyncio.sleep(0.5)
 
+    async def _requested_pass(self, request: passrequest.PassRequest) -> dict[str, Any]:
+        """A gate's `gate-agent sync` (agent.venue.passrequest): the pass it asked for, run by
+        this leader's syncer (its lock queues it behind a scheduled pass) and published to the
+        catalog like every other pass; answered when done."""
+        syncer, client, election = self.syncer, self.client, self.election
+        if syncer is None or client is None or election is None or not election.lease.valid():
+            raise NotLeader(f"{self.device} does not lead venue {self.name} now")
+        served = await syncer.event_ids()
+        unknown = [e for e in request.events if e not in served]
+        if unknown:
+            raise ValueError(f"event(s) {', '.join(map(str, unknown))} not served by the venue "
+                             f"(the leader serves {', '.join(map(str, served)) or 'none'})")
+        log.warning("venue %s: %s asked for a %s pass%s", self.name, request.device or "a gate",
+                    "full" if request.full else "delta",
+                    f" of event(s) {list(request.events)}" if request.events else "")
+        before = sum(client.governor.granted.values())
+        passes: list[dict[str, int]] = []
+        if request.full and not request.events:
+            applied = await syncer.full_in_place()
+            self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": applied}
+        else:
+            await syncer.refresh_events()
+            for event_id in request.events or await syncer.event_ids():
+                passes.append({"event": event_id,
+                               "items": await syncer.sync_tickets(event_id, full=request.full)})
+            applied = sum(p["items"] for p in passes)
+        info = await self._js.stream_info(catalog.stream_name(self.name))
+        return {"leader": self.device, "term": election.lease.term,
+                "mode": "full" if request.full else "delta", "applied": applied,
+                "passes": passes, "requests": sum(client.governor.granted.values()) - before,
+                "catalog_seq": int(info.state.last_seq)}
+
     def full_resync_now(self) -> None:
         """Run the daily full pass at the leader's next sync round (when this device leads)."""
         self.next_full = 0.0
 
     async def _step_down(self) -> None:
         self.uploader = None
+        sub, self._pass_sub = self._pass_sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the link is gone: so is the subscription
+                pass
         task, self._sync_task = self._sync_task, None
         if task is not None:
             task.cancel()

@@ -129,5 +129,14 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
         assert totals["leader"] == "daemon"
         assert totals["budget"]["used"] >= 3 and totals["budget"]["per_minute"] > 0
         assert totals["upload_lag_s"] is not None
+        # `gate-agent sync` beside it asks the venue leader (here this very daemon) over the
+        # bus and returns once the daemon holds the pass (agent.venue.passrequest)
+        listed = site.sandbox.received()["perEndpoint"].get("GET /entry/tickets", 0)
+        synced = run_cli("sync", "--json", "--config", str(site.config))
+        assert synced.returncode == 0, synced.stderr
+        result = json.loads(synced.stdout)
+        assert (result["leader"], result["mode"]) == ("daemon", "delta")
+        assert result["events"] and all(e["items"] > 0 for e in result["events"])
+        assert site.sandbox.received()["perEndpoint"].get("GET /entry/tickets", 0) > listed
     finally:
         assert daemon.stop() == 0
