@@ -247,25 +247,32 @@ async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
 def cmd_upload(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
-    with acting_on_store(config) as daemon:
-        if daemon is not None:
-            outcome = daemon.call("upload", drain=args.drain)
-        else:
-            with own_rights():
-                token = load_token(config.api, config_path=config.path)
-            journal = open_journal(config)
-            try:
-                outcome = asyncio.run(_upload(config, token, journal, args.drain))
-            finally:
-                journal.close()
+    if config.venue is not None:  # the venue leader uploads: hand the scans to the bus
+        from agent.commands.venue import upload_through_bus
+
+        outcome = upload_through_bus(config, args)
+    else:
+        with acting_on_store(config) as daemon:
+            if daemon is not None:
+                outcome = daemon.call("upload", drain=args.drain)
+            else:
+                with own_rights():
+                    token = load_token(config.api, config_path=config.path)
+                journal = open_journal(config)
+                try:
+                    outcome = asyncio.run(_upload(config, token, journal, args.drain))
+                finally:
+                    journal.close()
     error = outcome["error"]
     if args.json:
         print(json.dumps(outcome))
     else:
-        Console().print(
-            f"sent {outcome['sent']}, quarantined {outcome['quarantined']} in "
-            f"{outcome['requests']} request(s); {outcome['pending']} pending, "
-            f"{outcome['quarantined_total']} quarantined in the journal", highlight=False)
+        said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
+                if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
+                f"{outcome['quarantined']} in {outcome['requests']} request(s)")
+        Console().print(f"{said}; {outcome['pending']} pending, "
+                        f"{outcome['quarantined_total']} quarantined in the journal",
+                        highlight=False)
     if error is None:
         return 0
     err = Console(stderr=True)

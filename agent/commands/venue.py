@@ -211,6 +211,29 @@ def sync_through_leader(config: Config, args: argparse.Namespace) -> dict[str, A
             "events": events}
 
 
+def upload_through_bus(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """`gate-agent upload [--drain]` in venue mode: this gate's pending scans go to the venue
+    bus now (through its daemon, or directly without one); the leader uploads them with the
+    venue's budget (agent.venue.uplink.hand_over_now)."""
+    from agent.runtime.controlclient import acting_on_store
+    from agent.runtime.opening import open_journal
+    from agent.venue import uplink
+    from agent.venue.bus import device_name
+
+    venue = _venue(config)
+    with acting_on_store(config) as daemon:
+        if daemon is not None:
+            out: dict[str, Any] = daemon.call("upload", drain=args.drain)
+            return out
+        journal = open_journal(config)
+        try:
+            return on_bus(venue, config.path, BUS_TIMEOUT_S, lambda js: uplink.hand_over_now(
+                js, venue["name"], device_name(venue), journal,
+                config.api["scanned_by"] or None, args.drain))
+        finally:
+            journal.close()
+
+
 def _daemon_applies(daemon: Any, answer: dict[str, Any], wanted: list[int] | None
                     ) -> list[dict[str, Any]]:
     """Wait until this gate's daemon has applied the catalog up to the leader's pass; then its

@@ -95,6 +95,8 @@ class DaemonOps:
         return result
 
     async def upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.d.role is not None:  # venue mode: to the bus; the leader uploads
+            return await self.d.role.upload_now(drain=bool(args.get("drain")))
         if self.d.uploader is None:
             self._syncer_or_refuse()
             raise GateAgentError("the daemon cannot upload: its scan journal is unavailable")

@@ -29,6 +29,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.core.codes import utc_iso
+from agent.errors import GateAgentError
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
@@ -279,6 +280,25 @@ class VenueRole:
               and time.monotonic() >= self._next_fallback):
             self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
             self.counters["fallback_rows"] += await self._fallback(journal)
+
+    async def upload_now(self, drain: bool) -> dict[str, Any]:
+        """`gate-agent upload` beside the daemon in venue mode: this gate's pending scans to
+        the bus now (agent.venue.uplink.hand_over_now); the bus out of reach is an error that
+        says when the fallback takes over."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise GateAgentError(
+                f"the venue bus is not reachable ({self.last_error or 'not connected'}); this "
+                f"gate uploads its own scans once cut off for venue.fallback_after_s "
+                f"({self.venue['fallback_after_s']:g} s)")
+        journal = await asyncio.to_thread(Journal, self.journal_path)
+        try:
+            out = await uplink.hand_over_now(self._js, self.name, self.device, journal,
+                                             self.config.api["scanned_by"] or None, drain)
+        finally:
+            await asyncio.to_thread(journal.close)
+        self.counters["handed_over"] += out["handed"]
+        return out
 
     async def _fallback(self, journal: Journal) -> int:
         """Cut off from the bus: this gate's own scans, directly, with its own share."""

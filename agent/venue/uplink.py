@@ -95,6 +95,24 @@ async def hand_over(js: Any, venue: str, device: str, journal: Journal,
     return len(rows)
 
 
+async def hand_over_now(js: Any, venue: str, device: str, journal: Journal,
+                        scanned_by: int | None, drain: bool) -> dict[str, Any]:
+    """`gate-agent upload [--drain]` on a gate in venue mode: its pending rows go to the bus
+    now (one batch, or all), for the leader to upload with the venue's budget — never straight
+    to the platform beside it. A row handed over twice (the member round at the same time) is
+    stored once: its uuid is the `Nats-Msg-Id`."""
+    handed = 0
+    while True:
+        n = await hand_over(js, venue, device, journal, scanned_by)
+        handed += n
+        if not drain or n == 0:
+            break
+    counts = await asyncio.to_thread(journal.counts)
+    return {"venue": True, "handed": handed, "sent": 0, "quarantined": 0, "requests": 0,
+            "pending": counts["pending"], "quarantined_total": counts["quarantined"],
+            "error": None, "auth": False}
+
+
 async def backlog(js: Any, venue: str) -> tuple[int, float]:
     """Scans on the bus not yet at the platform, and how long the oldest has waited (s).
     The stream is a work queue: a message leaves it when the leader acks it after the

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,19 @@ import pytest
 
 from agent.errors import GateAgentError
 from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.journal import Journal
 from agent.venue import passrequest
 from agent.venue.node import NodeProcess
 from tests.conftest import run_cli
-from tests.platform.sync.conftest import EVENT, Site, expected_ids, make_site
+from tests.platform.sync.conftest import (
+    EVENT,
+    Site,
+    backlog,
+    expected_ids,
+    fill_journal,
+    make_site,
+    uploaded_uuids,
+)
 
 CHILD = Path(__file__).with_name("role_child.py")
 TICKETS = 300
@@ -151,6 +161,24 @@ def test_sync_on_a_venue_gate_is_run_by_the_leader_and_reaches_the_gate_from_the
     refused = _sync(member, "--event", "999")
     assert refused.returncode == 1
     assert "999" in refused.stderr and "not served" in refused.stderr
+
+
+@pytest.mark.e2e
+def test_upload_on_a_venue_gate_hands_its_scans_to_the_bus_and_the_leader_uploads_them(
+        venue: tuple[Leader, Site], sandbox: Sandbox) -> None:
+    _leader, member = venue
+    member.config.store_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(member.config.store_dir / "journal.db")
+    rows = backlog(7, datetime.now(UTC).replace(microsecond=0))
+    fill_journal(journal, rows)
+    journal.close()
+    answer = run_cli("upload", "--drain", "--json", "--config", str(member.config_path))
+    assert answer.returncode == 0, answer.stderr
+    outcome = json.loads(answer.stdout)
+    assert (outcome["venue"], outcome["handed"], outcome["pending"]) == (True, 7, 0)
+    assert outcome["requests"] == 0  # this gate cannot reach the platform anyway
+    want = {r.uuid for r in rows}
+    _wait(lambda: want <= set(uploaded_uuids(sandbox)), 60, "the leader's upload")
 
 
 @pytest.mark.e2e
