@@ -92,8 +92,9 @@ def main() -> None:
         journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         counter = WalCounter(journal.conn, journal.path)
         for kind in ("admit", "refusal", "unknown"):
-            out[kind] = counter.per_commit(
-                lambda k=kind: journal.record(scan_row(k, rng, stamp)), args.count)
+            def commit(k: str = kind) -> None:
+                journal.record(scan_row(k, rng, stamp))
+            out[kind] = counter.per_commit(commit, args.count)
         journal.close()
 
         floor_path = Path(tmp) / "floor.db"

@@ -138,6 +138,24 @@ MIGRATIONS = [
         CREATE INDEX scans_admits ON scans(item_id, event_id) WHERE admit = 1;
         CREATE INDEX scans_zone_flow ON scans(zone_id, upload_state, sent_at) WHERE admit = 1
     """),
+    # The outbox without an index entry per new scan (issue 18, part B). scans_upload put every
+    # scan's row in a second B-tree on (upload_state, seq): one more WAL page in every scan's
+    # commit. Pending rows are now found by walking the rowid from a cursor, `outbox.low_seq`:
+    # no pending row has a smaller seq (kept in the same transactions that change
+    # upload_state, see `_advance_outbox` and `retry_quarantined`). Settled rows (sent,
+    # quarantined, local) keep an index for status counts, queue listing and pruning; of them
+    # only `local` (unknown codes) is written on the hot path. 2 pages for a refusal, 4 for an
+    # admit; an unknown code's refusal stays at 3.
+    ("0006_outbox_cursor", """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            low_seq INTEGER NOT NULL);
+        INSERT INTO outbox (id, low_seq) VALUES (1, COALESCE(
+            (SELECT MIN(seq) FROM scans WHERE upload_state = 'pending'),
+            (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans)));
+        DROP INDEX scans_upload;
+        CREATE INDEX scans_settled ON scans(upload_state, seq) WHERE upload_state <> 'pending'
+    """),
 ]
 
 # The upload holds every pending row from the oldest admit still waiting for its passage on
@@ -150,6 +168,18 @@ _NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON 
              " WHERE p.state = 'waiting'), 9223372036854775807)")
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
+
+# The outbox (migration 0006): pending rows are walked by rowid from the cursor, which no
+# pending row lies below. SETTLED must appear word for word in a query for SQLite to use the
+# partial index scans_settled (it does not infer `<> 'pending'` from `= 'sent'`).
+_OUTBOX = "seq >= (SELECT low_seq FROM outbox) AND upload_state = 'pending'"
+_SETTLED = "upload_state <> 'pending'"
+# Move the cursor up to the first pending row at or after it (or past the newest row): the
+# walk covers only rows settled since it last moved, so the work is bounded by the uploads.
+_ADVANCE_OUTBOX = (
+    "UPDATE outbox SET low_seq = COALESCE("
+    "(SELECT seq FROM scans WHERE seq >= outbox.low_seq AND upload_state = 'pending'"
+    " ORDER BY seq LIMIT 1), (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans))")
 
 # One writer lock per journal file in this process. The daemon holds a connection per lane plus
 # the uploader's; when two of them write at once, SQLite's busy handler makes the loser sleep in
@@ -327,23 +357,26 @@ class Journal:
     def pending(self, limit: int) -> list[dict[str, Any]]:
         """The oldest pending scans, in scan order."""
         cur = self.conn.execute(
-            "SELECT * FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT ?", (limit,))
+            f"SELECT * FROM scans WHERE {_OUTBOX} ORDER BY seq LIMIT ?", (limit,))
         return _rows(cur)
 
     def batch(self, batch_uuid: str) -> list[dict[str, Any]]:
         """The pending rows of a batch whose request uuid was already fixed, in scan order."""
         cur = self.conn.execute(
-            "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ? ORDER BY seq",
+            f"SELECT * FROM scans WHERE {_OUTBOX} AND batch_uuid = ? ORDER BY seq",
             (batch_uuid,))
         return _rows(cur)
 
     def rows(self, states: tuple[str, ...] = ("pending", "quarantined", "local"),
              limit: int = 1000) -> list[dict[str, Any]]:
-        marks = ",".join("?" for _ in states)
-        cur = self.conn.execute(
-            f"SELECT * FROM scans WHERE upload_state IN ({marks}) ORDER BY seq LIMIT ?",
-            (*states, limit))
-        return _rows(cur)
+        """The oldest rows in these upload states, in scan order (the technician's queue
+        listing): pending ones from the outbox cursor, settled ones from scans_settled."""
+        found = self.pending(limit) if "pending" in states else []
+        for state in {s for s in states if s != "pending"}:  # each in index order, no sort
+            found += _rows(self.conn.execute(
+                f"SELECT * FROM scans WHERE upload_state = ? AND {_SETTLED} ORDER BY seq LIMIT ?",
+                (state, limit)))
+        return sorted(found, key=operator.itemgetter("seq"))[:limit]
 
     def claim_batch(self, limit: int, new_uuid: str) -> list[dict[str, Any]]:
         """The next batch to send, claimed in one write transaction: the oldest pending row's
@@ -356,22 +389,19 @@ class Journal:
         with self._write():
             settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
             head = self.conn.execute(
-                "SELECT batch_uuid FROM scans WHERE upload_state = 'pending' AND "
-                f"{_NOT_HELD} ORDER BY seq LIMIT 1").fetchone()
+                f"SELECT batch_uuid FROM scans WHERE {_OUTBOX} AND {_NOT_HELD}"
+                " ORDER BY seq LIMIT 1").fetchone()
             if head is None:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
-                    "SELECT uuid FROM scans WHERE upload_state = 'pending'"
+                    f"SELECT uuid FROM scans WHERE {_OUTBOX}"
                     f" AND batch_uuid IS NULL AND {_NOT_HELD} ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
                     "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",
                     [(new_uuid, u) for u in free])
-            cur = self.conn.execute(
-                "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ?"
-                " ORDER BY seq", (head[0] or new_uuid,))
-            return _rows(cur)
+            return self.batch(head[0] or new_uuid)
 
     def regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
                 batches: list[tuple[str, list[str]]]) -> bool:
@@ -404,6 +434,7 @@ class Journal:
                     (batch_uuid, u, old_batch)).rowcount
         if changed != len(quarantined) + sum(len(u) for _, u in batches):
             raise _Taken  # rolled back by `_write`
+        self.conn.execute(_ADVANCE_OUTBOX)
 
     def note_undelivered(self, batch_uuid: str, reason: str, max_tries: int) -> int:
         """A try of the batch that the platform answered without confirming it: count it and
@@ -418,6 +449,7 @@ class Journal:
                 " reason = 'after ' || attempts || ' tries: ' || reason"
                 " WHERE batch_uuid = ? AND upload_state = 'pending' AND attempts >= ?",
                 (batch_uuid, max_tries))
+            self.conn.execute(_ADVANCE_OUTBOX)
             return cur.rowcount
 
     def mark_sent(self, uuids: list[str], sent_at: str) -> None:
@@ -425,16 +457,30 @@ class Journal:
             self.conn.executemany(
                 "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE uuid = ?",
                 [(sent_at, u) for u in uuids])
+            self.conn.execute(_ADVANCE_OUTBOX)
 
     def quarantine(self, uuid: str, reason: str) -> None:
         with self._write():
             self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
                 " WHERE uuid = ?", (reason[:1000], uuid))
+            self.conn.execute(_ADVANCE_OUTBOX)
 
     def retry_quarantined(self, uuids: list[str] | None = None) -> int:
-        """Put quarantined rows back in the outbox (a technician's `queue retry`)."""
+        """Put quarantined rows back in the outbox (a technician's `queue retry`); the outbox
+        cursor moves down to the oldest of them in the same transaction."""
         with self._write():
+            if uuids:
+                seqs = [r[0] for u in uuids for r in self.conn.execute(
+                    "SELECT seq FROM scans WHERE uuid = ? AND upload_state = 'quarantined'",
+                    (u,))]
+            else:
+                seqs = [r[0] for r in self.conn.execute(
+                    f"SELECT MIN(seq) FROM scans WHERE upload_state = 'quarantined'"
+                    f" AND {_SETTLED}") if r[0] is not None]
+            if not seqs:
+                return 0
+            self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (min(seqs),))
             if uuids:
                 cur = self.conn.executemany(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
@@ -442,7 +488,7 @@ class Journal:
             else:
                 cur = self.conn.execute(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
-                    " WHERE upload_state = 'quarantined'")
+                    f" WHERE upload_state = 'quarantined' AND {_SETTLED}")
             return cur.rowcount
 
     def prune_sent(self, older_than: str) -> int:
@@ -451,14 +497,16 @@ class Journal:
         every seq ever handed out unique and growing (the venue publisher resumes by seq)."""
         with self._write():
             cur = self.conn.execute(
-                "DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?"
+                f"DELETE FROM scans WHERE upload_state = 'sent' AND {_SETTLED} AND sent_at < ?"
                 " AND seq < (SELECT MAX(seq) FROM scans)", (older_than,))
             return cur.rowcount
 
-    def pending_count(self) -> int:
-        """Cheap (index range) count of the outbox, for the "full batch waiting" check."""
+    def pending_count(self, at_most: int | None = None) -> int:
+        """How many rows the outbox holds, counting no further than `at_most` (the "full batch
+        waiting" check after each scan needs no more): a rowid walk from the outbox cursor."""
         return int(self.conn.execute(
-            "SELECT COUNT(*) FROM scans WHERE upload_state = 'pending'").fetchone()[0])
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM scans WHERE {_OUTBOX} LIMIT ?)",
+            (-1 if at_most is None else at_most,)).fetchone()[0])
 
     def counts(self) -> dict[str, Any]:
         """Rows per upload state; JournalUnavailable (not a bare sqlite3 error, which would
@@ -466,13 +514,14 @@ class Journal:
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
         try:
             for state, n in self.conn.execute(
-                    "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state"):
+                    f"SELECT upload_state, COUNT(*) FROM scans WHERE {_SETTLED}"
+                    " GROUP BY upload_state"):
                 out[state] = n
             row = self.conn.execute(
-                "SELECT MIN(scanned_on) FROM scans WHERE upload_state = 'pending'").fetchone()
+                f"SELECT COUNT(*), MIN(scanned_on) FROM scans WHERE {_OUTBOX}").fetchone()
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
-        out["oldest_pending"] = row[0]
+        out["pending"], out["oldest_pending"] = row
         return out
 
     @contextmanager

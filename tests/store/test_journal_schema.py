@@ -63,7 +63,7 @@ def test_an_old_journal_is_migrated_row_for_row(tmp_path: Path) -> None:
         indexes = {n for (n,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'scans'"
             " AND sql IS NOT NULL")}
-        assert indexes == {"scans_upload", "scans_admits", "scans_zone_flow"}
+        assert indexes == {"scans_settled", "scans_admits", "scans_zone_flow"}
         assert "0005_lean_scans" in {n for (n,) in conn.execute("SELECT name FROM migrations")}
         # the readers still find what they found before
         assert [s.uuid for s in journal.own_admits(501, 7)] == ["a1", "a2", "x1"]

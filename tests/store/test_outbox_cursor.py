@@ -1,0 +1,194 @@
+"""The outbox without an index on pending rows (migration 0006, issue 18 part B).
+
+Pending rows are found by walking the rowid from `outbox.low_seq`; the guarantee is that no
+pending row ever lies below it, whatever the uploader, a technician's retry or a restart did —
+a row below the cursor would never be uploaded. And the point of it: a scan's commit writes
+one WAL page fewer (2 for a refusal, 4 for an admit)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from agent.store.journal import MIGRATIONS, Journal, JournalRow, iter_all
+from agent.store.sqlite import migrate, open_database
+from tests.store.test_journal_schema import _dicts, _row
+
+BEFORE_0006 = [m for m in MIGRATIONS if m[0] < "0006"]
+
+
+def _truly_pending(journal: Journal) -> list[str]:
+    """Every pending row, found the slow way (whole table, no cursor, no index)."""
+    return [r[0] for r in journal.conn.execute(
+        "SELECT uuid FROM scans NOT INDEXED WHERE upload_state = 'pending' ORDER BY seq")]
+
+
+def _low(journal: Journal) -> int:
+    return int(journal.conn.execute("SELECT low_seq FROM outbox").fetchone()[0])
+
+
+def _seq(journal: Journal, uuid: str) -> int:
+    return int(journal.conn.execute("SELECT seq FROM scans WHERE uuid = ?", (uuid,)).fetchone()[0])
+
+
+def test_the_cursor_never_passes_a_pending_row(tmp_path: Path) -> None:
+    """Random interleavings of scans, claims, sends, refusals by the platform, give-ups and
+    retries, with the journal reopened now and then: the outbox seen through the cursor is
+    always exactly the pending rows a full scan finds, and the counts agree."""
+    rng = random.Random(6)
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    n = 0
+    try:
+        for step in range(400):
+            op = rng.random()
+            if op < 0.45:
+                n += 1
+                journal.record(_row(f"s{n}", admit=rng.random() < 0.6,
+                                    item_id=None if rng.random() < 0.1 else 7))
+            elif op < 0.65:
+                batch = journal.claim_batch(rng.randint(1, 4), f"b{step}")
+                if batch:
+                    journal.mark_sent([r["uuid"] for r in batch], "2026-12-06T10:00:00Z")
+            elif op < 0.75:
+                batch = journal.claim_batch(3, f"b{step}")
+                if len(batch) > 1:
+                    head, rest = batch[0]["uuid"], [r["uuid"] for r in batch[1:]]
+                    assert journal.regroup(batch[0]["batch_uuid"], [(rest[0], "refused")],
+                                           [(f"p{step}", [head, *rest[1:]])])
+            elif op < 0.82:
+                pending = _truly_pending(journal)
+                if pending:
+                    journal.quarantine(rng.choice(pending), "gave up")
+            elif op < 0.88:
+                batch = journal.claim_batch(2, f"b{step}")
+                if batch:
+                    journal.note_undelivered(batch[0]["batch_uuid"], "timeout", 1)
+            elif op < 0.95:
+                quarantined = [r["uuid"] for r in journal.rows(("quarantined",))]
+                if quarantined:
+                    journal.retry_quarantined(rng.sample(quarantined, 1)
+                                              if rng.random() < 0.5 else None)
+            else:
+                journal.close()
+                journal = Journal(path)
+            expected = _truly_pending(journal)
+            assert [r["uuid"] for r in journal.pending(10_000)] == expected, step
+            assert journal.pending_count() == len(expected)
+            assert journal.counts()["pending"] == len(expected)
+            assert journal.pending_count(at_most=3) == min(3, len(expected))
+            if expected:
+                assert _low(journal) <= _seq(journal, expected[0])
+    finally:
+        journal.close()
+
+
+def test_the_cursor_walks_only_what_was_settled_since(tmp_path: Path) -> None:
+    """Once everything before them is sent, the cursor sits on the first pending row (or past
+    the newest): the outbox queries start there, not at the start of the journal."""
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        for i in range(6):
+            journal.record(_row(f"s{i}", admit=True))
+        journal.mark_sent(["s0", "s1", "s2"], "2026-12-06T10:00:00Z")
+        assert _low(journal) == _seq(journal, "s3")
+        journal.mark_sent(["s3", "s4", "s5"], "2026-12-06T10:00:00Z")
+        assert _low(journal) == _seq(journal, "s5") + 1
+        journal.record(_row("s6", admit=False))
+        assert [r["uuid"] for r in journal.pending(10)] == ["s6"]
+        plan = " ".join(r[-1] for r in journal.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM scans WHERE seq >= (SELECT low_seq FROM outbox)"
+            " AND upload_state = 'pending' ORDER BY seq LIMIT 5"))
+        assert "INTEGER PRIMARY KEY (rowid>?)" in plan
+    finally:
+        journal.close()
+
+
+def test_a_retried_row_below_the_cursor_is_uploaded_again(tmp_path: Path) -> None:
+    """`queue retry` puts an old quarantined row back: the cursor moves down to it, so the
+    next claim sends it first (scan order), and it survives a restart."""
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    try:
+        for i in range(4):
+            journal.record(_row(f"s{i}", admit=True))
+        journal.quarantine("s0", "rejected")
+        journal.mark_sent(["s1", "s2", "s3"], "2026-12-06T10:00:00Z")
+        assert journal.pending(10) == []
+        assert journal.retry_quarantined(["s0"]) == 1
+    finally:
+        journal.close()
+    journal = Journal(path)
+    try:
+        assert [r["uuid"] for r in journal.claim_batch(10, "again")] == ["s0"]
+        assert journal.retry_quarantined() == 0  # nothing quarantined: the cursor stays
+        assert _low(journal) == _seq(journal, "s0")
+    finally:
+        journal.close()
+
+
+def _wal_frames(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return (wal.stat().st_size - 32) // (4096 + 24) if wal.exists() else 0
+
+
+def test_a_scan_commit_writes_two_pages_plus_two_for_an_admit(tmp_path: Path) -> None:
+    """Counted from the WAL itself (automatic checkpoints off): a refusal writes the row and
+    its uuid entry, an admit also its two admit-only index entries; no outbox entry. An
+    unknown code (`local`, never uploaded) is the one scan that writes an outbox-side entry."""
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    try:
+        journal.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        assert int(journal.conn.execute("PRAGMA page_size").fetchone()[0]) == 4096
+        frames = {}
+        for kind, row in (("refusal", _row("r1", admit=False)), ("admit", _row("a1", admit=True)),
+                          ("unknown", _row("u1", admit=False, item_id=None))):
+            before = _wal_frames(path)
+            journal.record(row if kind != "unknown" else JournalRow(**{
+                **row.__dict__, "upload_state": "local"}))
+            frames[kind] = _wal_frames(path) - before
+        assert frames == {"refusal": 2, "admit": 4, "unknown": 3}
+    finally:
+        journal.close()
+
+
+def test_a_0005_journal_keeps_its_rows_and_outbox(tmp_path: Path) -> None:
+    """A journal written by the 0005 schema (scans_upload) with rows in every state and a
+    claimed batch: after 0006 every row is as it was, the cursor sits on the oldest pending
+    row, and the uploader, status and queue listing find what they found before."""
+    path = tmp_path / "journal.db"
+    db = open_database(path, synchronous="FULL")
+    migrate(db, BEFORE_0006)
+    conn = db.conn
+    cols = [c for c in JournalRow.__dataclass_fields__]
+    rows = [_row(f"s{i}", admit=i % 2 == 0) for i in range(8)]
+    rows.append(JournalRow(**{**_row("u1", admit=False, item_id=None).__dict__,
+                              "upload_state": "local"}))
+    for r in rows:
+        conn.execute(f"INSERT INTO scans ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     tuple(getattr(r, c) for c in cols))
+    conn.execute("UPDATE scans SET upload_state = 'sent', sent_at = '2026-12-06T10:00:00Z'"
+                 " WHERE uuid IN ('s0', 's1', 's3')")
+    conn.execute("UPDATE scans SET upload_state = 'quarantined', reason = 'bad'"
+                 " WHERE uuid = 's4'")
+    conn.execute("UPDATE scans SET batch_uuid = 'b-1' WHERE uuid IN ('s2', 's5')")
+    before = _dicts(conn, "SELECT * FROM scans ORDER BY seq")
+    counts_before = dict(conn.execute(
+        "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state").fetchall())
+    conn.close()
+
+    journal = Journal(path)
+    try:
+        assert list(iter_all(journal)) == before
+        assert "0006_outbox_cursor" in {n for (n,) in journal.conn.execute(
+            "SELECT name FROM migrations")}
+        assert _low(journal) == _seq(journal, "s2")
+        counts = journal.counts()
+        assert {k: counts[k] for k in counts_before} == counts_before
+        assert [r["uuid"] for r in journal.rows()] == ["s2", "s4", "s5", "s6", "s7", "u1"]
+        assert [r["uuid"] for r in journal.claim_batch(10, "new")] == ["s2", "s5"]  # b-1 as fixed
+        journal.mark_sent(["s2", "s5"], "2026-12-06T11:00:00Z")
+        assert [r["uuid"] for r in journal.claim_batch(10, "new")] == ["s6", "s7"]
+    finally:
+        journal.close()
