@@ -138,14 +138,16 @@ MIGRATIONS = [
         CREATE INDEX scans_admits ON scans(item_id, event_id) WHERE admit = 1;
         CREATE INDEX scans_zone_flow ON scans(zone_id, upload_state, sent_at) WHERE admit = 1
     """),
-    # The outbox without an index entry per new scan (issue 18, part B). scans_upload put every
-    # scan's row in a second B-tree on (upload_state, seq): one more WAL page in every scan's
+    # No index entry for a new pending scan (issue 18, part B). scans_upload and
+    # scans_zone_flow put each new scan (each admit) in one more B-tree: one more WAL page per
     # commit. Pending rows are now found by walking the rowid from a cursor, `outbox.low_seq`:
     # no pending row has a smaller seq (kept in the same transactions that change
-    # upload_state, see `_advance_outbox` and `retry_quarantined`). Settled rows (sent,
-    # quarantined, local) keep an index for status counts, queue listing and pruning; of them
-    # only `local` (unknown codes) is written on the hot path. 2 pages for a refusal, 4 for an
-    # admit; an unknown code's refusal stays at 3.
+    # upload_state, see _ADVANCE_OUTBOX and `retry_quarantined`). Rows leave `pending` off the
+    # hot path, into indexes of their own: scans_sent by sent_at (status counts, pruning, the
+    # recently sent part of unacknowledged_flow), scans_parked by seq for the technician's
+    # queue (quarantined, and `local` — unknown codes, the one kind of scan that writes an
+    # index entry besides uuid on the hot path). 2 pages for a refusal, 3 for an admit (the
+    # floor's count) and for an unknown code.
     ("0006_outbox_cursor", """
         CREATE TABLE outbox (
             id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -154,7 +156,10 @@ MIGRATIONS = [
             (SELECT MIN(seq) FROM scans WHERE upload_state = 'pending'),
             (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans)));
         DROP INDEX scans_upload;
-        CREATE INDEX scans_settled ON scans(upload_state, seq) WHERE upload_state <> 'pending'
+        DROP INDEX scans_zone_flow;
+        CREATE INDEX scans_sent ON scans(sent_at) WHERE upload_state = 'sent';
+        CREATE INDEX scans_parked ON scans(upload_state, seq)
+            WHERE upload_state IN ('quarantined', 'local')
     """),
 ]
 
@@ -170,10 +175,10 @@ _NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
 # The outbox (migration 0006): pending rows are walked by rowid from the cursor, which no
-# pending row lies below. SETTLED must appear word for word in a query for SQLite to use the
-# partial index scans_settled (it does not infer `<> 'pending'` from `= 'sent'`).
+# pending row lies below. _PARKED must appear word for word in a query for SQLite to use the
+# partial index scans_parked (it does not infer it from `upload_state = 'local'`).
 _OUTBOX = "seq >= (SELECT low_seq FROM outbox) AND upload_state = 'pending'"
-_SETTLED = "upload_state <> 'pending'"
+_PARKED = "upload_state IN ('quarantined', 'local')"
 # Move the cursor up to the first pending row at or after it (or past the newest row): the
 # walk covers only rows settled since it last moved, so the work is bounded by the uploads.
 _ADVANCE_OUTBOX = (
@@ -233,11 +238,15 @@ _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
 
-_FLOW = "SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+# `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
+# planner into a whole-index scan). `local` rows are unknown codes: no item, no zone, never an
+# admit, so they cannot count and are not read.
+_FLOW = ("SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+         " WHERE +zone_id = ?1 AND +admit = 1 AND")
 _UNACKNOWLEDGED_FLOW = (
-    f"SELECT ({_FLOW} WHERE zone_id = ?1 AND admit = 1"
-    " AND upload_state IN ('pending', 'quarantined', 'local'))"
-    f" + ({_FLOW} WHERE zone_id = ?1 AND admit = 1 AND upload_state = 'sent' AND sent_at >= ?2)")
+    f"SELECT ({_FLOW} {_OUTBOX})"
+    f" + ({_FLOW} upload_state = 'quarantined' AND {_PARKED})"
+    f" + ({_FLOW} upload_state = 'sent' AND sent_at >= ?2)")
 
 
 class Journal:
@@ -322,7 +331,8 @@ class Journal:
         """Admits in minus admits out of a zone made here that the platform has not yet
         acknowledged: every row not uploaded (pending, quarantined, local) plus those marked
         sent at or after `acknowledged_before` (UTC ISO; None: no upload is acknowledged).
-        Two seeks on the partial index scans_zone_flow, whatever the size of the journal."""
+        Bounded by what is not acknowledged: the outbox walked from its cursor, the quarantined
+        rows and the rows sent since `acknowledged_before` (index scans_sent)."""
         row = self.conn.execute(_UNACKNOWLEDGED_FLOW, (zone_id, acknowledged_before or "")
                                 ).fetchone()
         return int(row[0])
@@ -370,11 +380,12 @@ class Journal:
     def rows(self, states: tuple[str, ...] = ("pending", "quarantined", "local"),
              limit: int = 1000) -> list[dict[str, Any]]:
         """The oldest rows in these upload states, in scan order (the technician's queue
-        listing): pending ones from the outbox cursor, settled ones from scans_settled."""
+        listing): pending ones from the outbox cursor, the others from their indexes."""
         found = self.pending(limit) if "pending" in states else []
         for state in {s for s in states if s != "pending"}:  # each in index order, no sort
+            parked = f" AND {_PARKED}" if state != "sent" else ""  # sent: a walk, rarely asked
             found += _rows(self.conn.execute(
-                f"SELECT * FROM scans WHERE upload_state = ? AND {_SETTLED} ORDER BY seq LIMIT ?",
+                f"SELECT * FROM scans WHERE upload_state = ?{parked} ORDER BY seq LIMIT ?",
                 (state, limit)))
         return sorted(found, key=operator.itemgetter("seq"))[:limit]
 
@@ -477,7 +488,7 @@ class Journal:
             else:
                 seqs = [r[0] for r in self.conn.execute(
                     f"SELECT MIN(seq) FROM scans WHERE upload_state = 'quarantined'"
-                    f" AND {_SETTLED}") if r[0] is not None]
+                    f" AND {_PARKED}") if r[0] is not None]
             if not seqs:
                 return 0
             self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (min(seqs),))
@@ -488,7 +499,7 @@ class Journal:
             else:
                 cur = self.conn.execute(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
-                    f" WHERE upload_state = 'quarantined' AND {_SETTLED}")
+                    f" WHERE upload_state = 'quarantined' AND {_PARKED}")
             return cur.rowcount
 
     def prune_sent(self, older_than: str) -> int:
@@ -497,7 +508,7 @@ class Journal:
         every seq ever handed out unique and growing (the venue publisher resumes by seq)."""
         with self._write():
             cur = self.conn.execute(
-                f"DELETE FROM scans WHERE upload_state = 'sent' AND {_SETTLED} AND sent_at < ?"
+                "DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?"
                 " AND seq < (SELECT MAX(seq) FROM scans)", (older_than,))
             return cur.rowcount
 
@@ -514,9 +525,11 @@ class Journal:
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
         try:
             for state, n in self.conn.execute(
-                    f"SELECT upload_state, COUNT(*) FROM scans WHERE {_SETTLED}"
+                    f"SELECT upload_state, COUNT(*) FROM scans WHERE {_PARKED}"
                     " GROUP BY upload_state"):
                 out[state] = n
+            out["sent"] = self.conn.execute(
+                "SELECT COUNT(*) FROM scans WHERE upload_state = 'sent'").fetchone()[0]
             row = self.conn.execute(
                 f"SELECT COUNT(*), MIN(scanned_on) FROM scans WHERE {_OUTBOX}").fetchone()
         except sqlite3.Error as exc:

@@ -3,7 +3,8 @@
 Pending rows are found by walking the rowid from `outbox.low_seq`; the guarantee is that no
 pending row ever lies below it, whatever the uploader, a technician's retry or a restart did —
 a row below the cursor would never be uploaded. And the point of it: a scan's commit writes
-one WAL page fewer (2 for a refusal, 4 for an admit)."""
+fewer WAL pages (2 for a refusal, 3 for an admit, as the floor's table): scans_upload and
+scans_zone_flow are gone, and the zone flow is summed from the outbox and scans_sent."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ def _truly_pending(journal: Journal) -> list[str]:
     """Every pending row, found the slow way (whole table, no cursor, no index)."""
     return [r[0] for r in journal.conn.execute(
         "SELECT uuid FROM scans NOT INDEXED WHERE upload_state = 'pending' ORDER BY seq")]
+
+
+def _truly_unacknowledged(journal: Journal, zone_id: int, since: str) -> int:
+    """unacknowledged_flow the slow way: every row of the table looked at."""
+    n = 0
+    for admit, zone, state, sent_at, direction in journal.conn.execute(
+            "SELECT admit, zone_id, upload_state, sent_at, direction FROM scans NOT INDEXED"):
+        if admit and zone == zone_id and (state != "sent" or sent_at >= since):
+            n += 1 if direction == "in" else -1
+    return n
 
 
 def _low(journal: Journal) -> int:
@@ -44,12 +55,15 @@ def test_the_cursor_never_passes_a_pending_row(tmp_path: Path) -> None:
             op = rng.random()
             if op < 0.45:
                 n += 1
-                journal.record(_row(f"s{n}", admit=rng.random() < 0.6,
-                                    item_id=None if rng.random() < 0.1 else 7))
+                unknown = rng.random() < 0.1
+                journal.record(_row(f"s{n}", admit=not unknown and rng.random() < 0.6,
+                                    item_id=None if unknown else 7,
+                                    zone_id=None if unknown else rng.choice((3, 4)),
+                                    direction=rng.choice(("in", "in", "out"))))
             elif op < 0.65:
                 batch = journal.claim_batch(rng.randint(1, 4), f"b{step}")
                 if batch:
-                    journal.mark_sent([r["uuid"] for r in batch], "2026-12-06T10:00:00Z")
+                    journal.mark_sent([r["uuid"] for r in batch], f"2026-12-06T10:{step:04d}Z")
             elif op < 0.75:
                 batch = journal.claim_batch(3, f"b{step}")
                 if len(batch) > 1:
@@ -79,6 +93,12 @@ def test_the_cursor_never_passes_a_pending_row(tmp_path: Path) -> None:
             assert journal.pending_count(at_most=3) == min(3, len(expected))
             if expected:
                 assert _low(journal) <= _seq(journal, expected[0])
+            since = f"2026-12-06T10:{rng.randrange(step + 1):04d}Z"
+            for zone in (3, 4):
+                assert journal.unacknowledged_flow(zone, since) == \
+                    _truly_unacknowledged(journal, zone, since), step
+                assert journal.unacknowledged_flow(zone, None) == \
+                    _truly_unacknowledged(journal, zone, ""), step
     finally:
         journal.close()
 
@@ -132,10 +152,10 @@ def _wal_frames(path: Path) -> int:
     return (wal.stat().st_size - 32) // (4096 + 24) if wal.exists() else 0
 
 
-def test_a_scan_commit_writes_two_pages_plus_two_for_an_admit(tmp_path: Path) -> None:
+def test_a_scan_commit_writes_two_pages_plus_one_for_an_admit(tmp_path: Path) -> None:
     """Counted from the WAL itself (automatic checkpoints off): a refusal writes the row and
-    its uuid entry, an admit also its two admit-only index entries; no outbox entry. An
-    unknown code (`local`, never uploaded) is the one scan that writes an outbox-side entry."""
+    its uuid entry, an admit also its scans_admits entry; no outbox or zone flow entry. An
+    unknown code (`local`, never uploaded) is the one refusal that writes a third page."""
     path = tmp_path / "journal.db"
     journal = Journal(path)
     try:
@@ -148,7 +168,7 @@ def test_a_scan_commit_writes_two_pages_plus_two_for_an_admit(tmp_path: Path) ->
             journal.record(row if kind != "unknown" else JournalRow(**{
                 **row.__dict__, "upload_state": "local"}))
             frames[kind] = _wal_frames(path) - before
-        assert frames == {"refusal": 2, "admit": 4, "unknown": 3}
+        assert frames == {"refusal": 2, "admit": 3, "unknown": 3}
     finally:
         journal.close()
 
