@@ -454,11 +454,11 @@ class Journal:
         with self._write():
             self.conn.execute(
                 "UPDATE scans SET attempts = attempts + 1, reason = ? WHERE batch_uuid = ?"
-                " AND upload_state = 'pending'", (reason[:1000], batch_uuid))
+                f" AND {_OUTBOX}", (reason[:1000], batch_uuid))
             cur = self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', batch_uuid = NULL,"
                 " reason = 'after ' || attempts || ' tries: ' || reason"
-                " WHERE batch_uuid = ? AND upload_state = 'pending' AND attempts >= ?",
+                f" WHERE batch_uuid = ? AND {_OUTBOX} AND attempts >= ?",
                 (batch_uuid, max_tries))
             self.conn.execute(_ADVANCE_OUTBOX)
             return cur.rowcount
