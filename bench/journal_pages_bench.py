@@ -7,7 +7,7 @@ its connection (so the WAL only grows) and reads the -wal file size after each c
 frames = growth / (page size + 24-byte frame header). The floor's table of
 `bench/core_bench.py` is counted the same way, for comparison.
 
-    .venv/bin/python bench/journal_pages.py [--warm 20000] [--count 2000]
+    .venv/bin/python bench/journal_pages_bench.py [--warm 20000] [--count 2000]
 
 `--warm` scans are journaled first (mixed, like the core bench) so the B-trees have the depth
 of a journal in use; then `--count` commits of each kind are counted one by one.
@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchfile import save_results  # noqa: E402
+
 from agent.store.journal import Journal, JournalRow  # noqa: E402
 from agent.store.sqlite import open_database  # noqa: E402
 
@@ -37,6 +39,7 @@ FRAME_HEADER = 24
 WAL_HEADER = 32
 ITEMS = 100_000
 ZONES = (9001, 9002)
+RESULTS = Path(__file__).resolve().parent / "results" / "journal_pages.json"
 
 
 def scan_row(kind: str, rng: random.Random, stamp: str) -> JournalRow:
@@ -80,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warm", type=int, default=20_000)
     ap.add_argument("--count", type=int, default=2_000)
+    ap.add_argument("--output", default=str(RESULTS), help="where to write the JSON figures")
     args = ap.parse_args()
     rng = random.Random(18)
     stamp = "2026-12-06T09:00:00.000000Z"
@@ -118,6 +122,8 @@ def main() -> None:
     for kind, figures in out.items():
         print(f"  {kind:8s} mean {figures['mean']:5.2f}  mode {figures['mode']}  "
               f"histogram {figures['histogram']}")
+    save_results({"bench": "journal_pages", "warm": args.warm, "count": args.count,
+                  "frames_per_commit": out}, args.output)
     print(json.dumps(out))
 
 
