@@ -9,6 +9,7 @@ Rows are never deleted except sent rows past the retention period.
 
 from __future__ import annotations
 
+import logging
 import operator
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
 from agent.store.passages import settle_stale_waits
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = [
     ("0001_initial", """
@@ -270,6 +273,25 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
+        self._check_outbox()
+
+    def _check_outbox(self) -> None:
+        """At open, like the integrity check: a pending row below the outbox cursor would never
+        be uploaded. None can be there unless the file was edited by hand (or by a bug); then
+        the cursor moves down to it, and the upload sends it (a rowid walk of the rows below
+        the cursor, already read by the quick_check just before)."""
+        try:
+            lost = self.conn.execute(
+                "SELECT MIN(seq) FROM scans WHERE seq < (SELECT low_seq FROM outbox)"
+                " AND upload_state = 'pending'").fetchone()[0]
+            if lost is not None:
+                log.warning("scan journal %s: pending rows from seq %d were below the outbox"
+                            " cursor; they will be uploaded", self.path, lost)
+                with self._write():
+                    self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (lost,))
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""

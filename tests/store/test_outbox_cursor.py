@@ -212,3 +212,24 @@ def test_a_0005_journal_keeps_its_rows_and_outbox(tmp_path: Path) -> None:
         assert [r["uuid"] for r in journal.claim_batch(10, "new")] == ["s6", "s7"]
     finally:
         journal.close()
+
+
+def test_a_pending_row_below_the_cursor_is_found_at_open(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Only a hand edit (or a bug) can put a pending row below the cursor; opening the journal
+    looks, as it runs its integrity check, and moves the cursor down so the row is sent."""
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    try:
+        for i in range(3):
+            journal.record(_row(f"s{i}", admit=True))
+        journal.mark_sent(["s0", "s1", "s2"], "2026-12-06T10:00:00Z")
+        journal.conn.execute("UPDATE scans SET upload_state = 'pending' WHERE uuid = 's1'")
+        assert journal.pending(10) == []  # invisible to the cursor
+    finally:
+        journal.close()
+    journal = Journal(path)
+    try:
+        assert [r["uuid"] for r in journal.pending(10)] == ["s1"]
+        assert "below the outbox cursor" in caplog.text
+    finally:
+        journal.close()
