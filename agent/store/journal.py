@@ -3,7 +3,8 @@
 Its own SQLite file with `synchronous=FULL` in WAL mode: `record()` returns only after the
 commit has been fsynced, so a power cut after the relay pulses cannot lose the scan. It is also
 the outbox for uploads (`upload_state`: pending -> sent, or quarantined with the platform's
-reason; `local` for scans that cannot be uploaded, e.g. codes the platform has never issued).
+reason; `local` for scans that cannot be uploaded, e.g. codes the platform has never issued),
+read by walking `seq` from a cursor rather than through an index (migration 0006).
 Rows are never deleted except sent rows past the retention period.
 """
 
