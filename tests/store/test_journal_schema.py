@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.store.journal import MIGRATIONS, Journal, JournalRow, iter_all
+from agent.store.journal import Journal, JournalRow, iter_all
+from agent.store.journal_schema import MIGRATIONS
 from agent.store.sqlite import migrate, open_database
 
 OLD = [m for m in MIGRATIONS if m[0] < "0004"]  # the schema of round one (0001-0003)

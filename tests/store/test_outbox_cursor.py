@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from agent.store.journal import MIGRATIONS, Journal, JournalRow, iter_all
+from agent.store.journal import Journal, JournalRow, iter_all
+from agent.store.journal_schema import MIGRATIONS
 from agent.store.sqlite import migrate, open_database
 from tests.store.test_journal_schema import _dicts, _row
 
