@@ -128,10 +128,10 @@ MIGRATIONS: list[Migration] = [
     # commit. Pending rows are now found by walking the rowid from a cursor, `outbox.low_seq`:
     # no pending row has a smaller seq (kept in the same transactions that change
     # upload_state, see _ADVANCE_OUTBOX and `retry_quarantined`). Rows leave `pending` off the
-    # hot path, into indexes of their own: scans_sent by sent_at (status counts, pruning, the
-    # recently sent part of unacknowledged_flow), scans_parked by seq for the technician's
-    # queue (quarantined, and `local` — unknown codes, the one kind of scan that writes an
-    # index entry besides uuid on the hot path). 2 pages for a refusal, 3 for an admit (the
+    # hot path, into indexes of their own: scans_sent by sent_at (status counts, pruning, and
+    # covering the recently sent part of unacknowledged_flow: no row read), scans_parked by
+    # seq for the technician's queue (quarantined, and `local` — unknown codes, the one kind
+    # of scan that writes an index entry besides uuid on the hot path). 2 pages for a refusal, 3 for an admit (the
     # floor's count) and for an unknown code.
     ("0006_outbox_cursor", """
         CREATE TABLE outbox (
@@ -142,7 +142,8 @@ MIGRATIONS: list[Migration] = [
             (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans)));
         DROP INDEX scans_upload;
         DROP INDEX scans_zone_flow;
-        CREATE INDEX scans_sent ON scans(sent_at) WHERE upload_state = 'sent';
+        CREATE INDEX scans_sent ON scans(sent_at, zone_id, admit, direction, upload_state)
+            WHERE upload_state = 'sent';
         CREATE INDEX scans_parked ON scans(upload_state, seq)
             WHERE upload_state IN ('quarantined', 'local')
     """),
