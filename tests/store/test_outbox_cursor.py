@@ -234,3 +234,28 @@ def test_a_pending_row_below_the_cursor_is_found_at_open(tmp_path: Path, caplog)
         assert "below the outbox cursor" in caplog.text
     finally:
         journal.close()
+
+
+def test_outbox_and_flow_queries_never_read_the_whole_table(tmp_path: Path) -> None:
+    """Without scans_upload and scans_zone_flow, each reader must still start where its rows
+    are: the cursor (rowid range), scans_parked or scans_sent — never a scan of every row."""
+    from agent.store import journal as j
+
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        queries = {
+            "flow": (j._UNACKNOWLEDGED_FLOW, (3, "2026-12-06T10:00:00Z")),
+            "outbox": (f"SELECT * FROM scans WHERE {j._OUTBOX} ORDER BY seq LIMIT 5", ()),
+            "parked": (f"SELECT upload_state, COUNT(*) FROM scans WHERE {j._PARKED}"
+                       " GROUP BY upload_state", ()),
+            "prune": ("DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?"
+                      " AND seq < (SELECT MAX(seq) FROM scans)", ("2026-01-01",)),
+        }
+        for name, (sql, args) in queries.items():
+            plan = [r[-1] for r in journal.conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+            assert not [p for p in plan if p.startswith("SCAN scans")], (name, plan)
+        flow = [r[-1] for r in journal.conn.execute(
+            f"EXPLAIN QUERY PLAN {j._UNACKNOWLEDGED_FLOW}", (3, ""))]
+        assert "SEARCH scans USING COVERING INDEX scans_sent (sent_at>?)" in flow
+    finally:
+        journal.close()
