@@ -419,7 +419,8 @@ class Daemon:
     def _maybe_upload_now(self) -> None:
         if self.journal is None:
             return
-        if self.journal.pending_count() >= self.config.sync["upload_batch_size"]:
+        batch = self.config.sync["upload_batch_size"]
+        if self.journal.pending_count(at_most=batch) >= batch:
             self.jobs.run_now("upload")
 
     # -- status -------------------------------------------------------------------------------

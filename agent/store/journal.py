@@ -3,12 +3,14 @@
 Its own SQLite file with `synchronous=FULL` in WAL mode: `record()` returns only after the
 commit has been fsynced, so a power cut after the relay pulses cannot lose the scan. It is also
 the outbox for uploads (`upload_state`: pending -> sent, or quarantined with the platform's
-reason; `local` for scans that cannot be uploaded, e.g. codes the platform has never issued).
+reason; `local` for scans that cannot be uploaded, e.g. codes the platform has never issued),
+read by walking `seq` from a cursor rather than through an index (migration 0006).
 Rows are never deleted except sent rows past the retention period.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import sqlite3
 import threading
@@ -20,125 +22,12 @@ from typing import Any
 
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
+from agent.store.journal_schema import MIGRATIONS
 from agent.store.passages import settle_stale_waits
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
-MIGRATIONS = [
-    ("0001_initial", """
-        CREATE TABLE scans (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            uuid TEXT NOT NULL UNIQUE,
-            code TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            barcode TEXT,
-            nfc_id TEXT,
-            item_id INTEGER,
-            event_id INTEGER,
-            zone_id INTEGER,
-            zone_is_default INTEGER NOT NULL DEFAULT 0,
-            gate_id INTEGER,
-            lane TEXT NOT NULL,
-            direction TEXT NOT NULL,
-            admit INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            status_detail TEXT,
-            message TEXT,
-            scanned_on TEXT NOT NULL,
-            upload_state TEXT NOT NULL DEFAULT 'pending',
-            batch_uuid TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reason TEXT,
-            sent_at TEXT);
-        CREATE INDEX scans_item ON scans(item_id, event_id);
-        CREATE INDEX scans_upload ON scans(upload_state, seq);
-        CREATE INDEX scans_zone_time ON scans(zone_id, scanned_on)
-    """),
-    # Occupancy counts a zone's admits the platform has not acknowledged (unacknowledged_flow):
-    # seeks by zone, admit and upload state, and a range of sent_at for the recently sent.
-    ("0002_zone_flow", """
-        CREATE INDEX scans_zone_flow ON scans(zone_id, admit, upload_state, sent_at)
-    """),
-    # How the venue bus took part (issue 14): NULL = no venue or no claim needed, 'claimed' =
-    # the venue granted the admit first, 'offline' = decided without the bus (policy applied);
-    # and the limits the lane applied, so the venue can find admits beyond them afterwards.
-    ("0003_venue", """
-        ALTER TABLE scans ADD COLUMN venue TEXT;
-        ALTER TABLE scans ADD COLUMN max_entries INTEGER;
-        ALTER TABLE scans ADD COLUMN tracks_exits INTEGER
-    """),
-    # The turnstile's own signals (issue 17, agent.store.passages): one row per admit that
-    # waits for its passage, with the admit as decided (the scans row is rewritten to a
-    # refusal when the passage never came), and one row per lane event (alarms, releases).
-    ("0004_passages", """
-        CREATE TABLE passages (
-            uuid TEXT PRIMARY KEY,
-            lane TEXT NOT NULL,
-            direction TEXT NOT NULL,
-            zone_id INTEGER,
-            state TEXT NOT NULL,
-            admitted_status TEXT NOT NULL,
-            admitted_detail TEXT,
-            waiting_since TEXT NOT NULL,
-            resolved_at TEXT,
-            note TEXT);
-        CREATE INDEX passages_state ON passages(state, waiting_since);
-        CREATE TABLE lane_events (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            at TEXT NOT NULL,
-            lane TEXT,
-            kind TEXT NOT NULL,
-            by TEXT,
-            detail TEXT)
-    """),
-    # A leaner row for the hot path (issue 18). Each index a scan's INSERT touches is one more
-    # 4 KiB page in the WAL commit it fsyncs, and more pages per commit mean more checkpoints.
-    # 0001-0003 wrote ~7 pages per scan: the row, uuid, four secondary indexes and the
-    # AUTOINCREMENT counter in sqlite_sequence. Now: the row, uuid, the outbox index, and for
-    # admits only (refusals never count) the two partial indexes the decision reads — 3 pages
-    # for a refusal, 5 for an admit. scans_zone_time had no reader. `seq` stays an INTEGER
-    # PRIMARY KEY that only grows without AUTOINCREMENT because `prune_sent` never deletes the
-    # newest row (the venue publisher's cursor is a seq). The table is rebuilt (SQLite cannot
-    # drop AUTOINCREMENT in place), keeping every row and column as they were.
-    ("0005_lean_scans", """
-        PRAGMA defer_foreign_keys = ON;
-        CREATE TABLE scans_lean (
-            seq INTEGER PRIMARY KEY,
-            uuid TEXT NOT NULL UNIQUE,
-            code TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            barcode TEXT,
-            nfc_id TEXT,
-            item_id INTEGER,
-            event_id INTEGER,
-            zone_id INTEGER,
-            zone_is_default INTEGER NOT NULL DEFAULT 0,
-            gate_id INTEGER,
-            lane TEXT NOT NULL,
-            direction TEXT NOT NULL,
-            admit INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            status_detail TEXT,
-            message TEXT,
-            scanned_on TEXT NOT NULL,
-            upload_state TEXT NOT NULL DEFAULT 'pending',
-            batch_uuid TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reason TEXT,
-            sent_at TEXT,
-            venue TEXT,
-            max_entries INTEGER,
-            tracks_exits INTEGER);
-        INSERT INTO scans_lean SELECT seq, uuid, code, kind, barcode, nfc_id, item_id, event_id,
-            zone_id, zone_is_default, gate_id, lane, direction, admit, status, status_detail,
-            message, scanned_on, upload_state, batch_uuid, attempts, reason, sent_at, venue,
-            max_entries, tracks_exits FROM scans ORDER BY seq;
-        DROP TABLE scans;
-        ALTER TABLE scans_lean RENAME TO scans;
-        CREATE INDEX scans_upload ON scans(upload_state, seq);
-        CREATE INDEX scans_admits ON scans(item_id, event_id) WHERE admit = 1;
-        CREATE INDEX scans_zone_flow ON scans(zone_id, upload_state, sent_at) WHERE admit = 1
-    """),
-]
+log = logging.getLogger(__name__)
+
 
 # The upload holds every pending row from the oldest admit still waiting for its passage on
 # (agent.store.passages): an entry that may yet be voided is never sent, and rows keep their
@@ -150,6 +39,18 @@ _NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON 
              " WHERE p.state = 'waiting'), 9223372036854775807)")
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
+
+# The outbox (migration 0006): pending rows are walked by rowid from the cursor, which no
+# pending row lies below. _PARKED must appear word for word in a query for SQLite to use the
+# partial index scans_parked (it does not infer it from `upload_state = 'local'`).
+_OUTBOX = "seq >= (SELECT low_seq FROM outbox) AND upload_state = 'pending'"
+_PARKED = "upload_state IN ('quarantined', 'local')"
+# Move the cursor up to the first pending row at or after it (or past the newest row): the
+# walk covers only rows settled since it last moved, so the work is bounded by the uploads.
+_ADVANCE_OUTBOX = (
+    "UPDATE outbox SET low_seq = COALESCE("
+    "(SELECT seq FROM scans WHERE seq >= outbox.low_seq AND upload_state = 'pending'"
+    " ORDER BY seq LIMIT 1), (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans))")
 
 # One writer lock per journal file in this process. The daemon holds a connection per lane plus
 # the uploader's; when two of them write at once, SQLite's busy handler makes the loser sleep in
@@ -203,11 +104,15 @@ _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
 
-_FLOW = "SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+# `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
+# planner into a whole-index scan). `local` rows are unknown codes: no item, no zone, never an
+# admit, so they cannot count and are not read.
+_FLOW = ("SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
+         " WHERE +zone_id = ?1 AND +admit = 1 AND")
 _UNACKNOWLEDGED_FLOW = (
-    f"SELECT ({_FLOW} WHERE zone_id = ?1 AND admit = 1"
-    " AND upload_state IN ('pending', 'quarantined', 'local'))"
-    f" + ({_FLOW} WHERE zone_id = ?1 AND admit = 1 AND upload_state = 'sent' AND sent_at >= ?2)")
+    f"SELECT ({_FLOW} {_OUTBOX})"
+    f" + ({_FLOW} upload_state = 'quarantined' AND {_PARKED})"
+    f" + ({_FLOW} upload_state = 'sent' AND sent_at >= ?2)")
 
 
 class Journal:
@@ -231,6 +136,25 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
+        self._check_outbox()
+
+    def _check_outbox(self) -> None:
+        """At open, like the integrity check: a pending row below the outbox cursor would never
+        be uploaded. None can be there unless the file was edited by hand (or by a bug); then
+        the cursor moves down to it, and the upload sends it (a rowid walk of the rows below
+        the cursor, already read by the quick_check just before)."""
+        try:
+            lost = self.conn.execute(
+                "SELECT MIN(seq) FROM scans WHERE seq < (SELECT low_seq FROM outbox)"
+                " AND upload_state = 'pending'").fetchone()[0]
+            if lost is not None:
+                log.warning("scan journal %s: pending rows from seq %d were below the outbox"
+                            " cursor; they will be uploaded", self.path, lost)
+                with self._write():
+                    self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (lost,))
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
@@ -292,7 +216,8 @@ class Journal:
         """Admits in minus admits out of a zone made here that the platform has not yet
         acknowledged: every row not uploaded (pending, quarantined, local) plus those marked
         sent at or after `acknowledged_before` (UTC ISO; None: no upload is acknowledged).
-        Two seeks on the partial index scans_zone_flow, whatever the size of the journal."""
+        Bounded by what is not acknowledged: the outbox walked from its cursor, the quarantined
+        rows and the rows sent since `acknowledged_before` (index scans_sent)."""
         row = self.conn.execute(_UNACKNOWLEDGED_FLOW, (zone_id, acknowledged_before or "")
                                 ).fetchone()
         return int(row[0])
@@ -327,23 +252,27 @@ class Journal:
     def pending(self, limit: int) -> list[dict[str, Any]]:
         """The oldest pending scans, in scan order."""
         cur = self.conn.execute(
-            "SELECT * FROM scans WHERE upload_state = 'pending' ORDER BY seq LIMIT ?", (limit,))
+            f"SELECT * FROM scans WHERE {_OUTBOX} ORDER BY seq LIMIT ?", (limit,))
         return _rows(cur)
 
     def batch(self, batch_uuid: str) -> list[dict[str, Any]]:
         """The pending rows of a batch whose request uuid was already fixed, in scan order."""
         cur = self.conn.execute(
-            "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ? ORDER BY seq",
+            f"SELECT * FROM scans WHERE {_OUTBOX} AND batch_uuid = ? ORDER BY seq",
             (batch_uuid,))
         return _rows(cur)
 
     def rows(self, states: tuple[str, ...] = ("pending", "quarantined", "local"),
              limit: int = 1000) -> list[dict[str, Any]]:
-        marks = ",".join("?" for _ in states)
-        cur = self.conn.execute(
-            f"SELECT * FROM scans WHERE upload_state IN ({marks}) ORDER BY seq LIMIT ?",
-            (*states, limit))
-        return _rows(cur)
+        """The oldest rows in these upload states, in scan order (the technician's queue
+        listing): pending ones from the outbox cursor, the others from their indexes."""
+        found = self.pending(limit) if "pending" in states else []
+        for state in {s for s in states if s != "pending"}:  # each in index order, no sort
+            parked = f" AND {_PARKED}" if state != "sent" else ""  # sent: a walk, rarely asked
+            found += _rows(self.conn.execute(
+                f"SELECT * FROM scans WHERE upload_state = ?{parked} ORDER BY seq LIMIT ?",
+                (state, limit)))
+        return sorted(found, key=operator.itemgetter("seq"))[:limit]
 
     def claim_batch(self, limit: int, new_uuid: str) -> list[dict[str, Any]]:
         """The next batch to send, claimed in one write transaction: the oldest pending row's
@@ -356,22 +285,19 @@ class Journal:
         with self._write():
             settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
             head = self.conn.execute(
-                "SELECT batch_uuid FROM scans WHERE upload_state = 'pending' AND "
-                f"{_NOT_HELD} ORDER BY seq LIMIT 1").fetchone()
+                f"SELECT batch_uuid FROM scans WHERE {_OUTBOX} AND {_NOT_HELD}"
+                " ORDER BY seq LIMIT 1").fetchone()
             if head is None:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
-                    "SELECT uuid FROM scans WHERE upload_state = 'pending'"
+                    f"SELECT uuid FROM scans WHERE {_OUTBOX}"
                     f" AND batch_uuid IS NULL AND {_NOT_HELD} ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
                     "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",
                     [(new_uuid, u) for u in free])
-            cur = self.conn.execute(
-                "SELECT * FROM scans WHERE upload_state = 'pending' AND batch_uuid = ?"
-                " ORDER BY seq", (head[0] or new_uuid,))
-            return _rows(cur)
+            return self.batch(head[0] or new_uuid)
 
     def regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
                 batches: list[tuple[str, list[str]]]) -> bool:
@@ -404,6 +330,7 @@ class Journal:
                     (batch_uuid, u, old_batch)).rowcount
         if changed != len(quarantined) + sum(len(u) for _, u in batches):
             raise _Taken  # rolled back by `_write`
+        self.conn.execute(_ADVANCE_OUTBOX)
 
     def note_undelivered(self, batch_uuid: str, reason: str, max_tries: int) -> int:
         """A try of the batch that the platform answered without confirming it: count it and
@@ -412,12 +339,13 @@ class Journal:
         with self._write():
             self.conn.execute(
                 "UPDATE scans SET attempts = attempts + 1, reason = ? WHERE batch_uuid = ?"
-                " AND upload_state = 'pending'", (reason[:1000], batch_uuid))
+                f" AND {_OUTBOX}", (reason[:1000], batch_uuid))
             cur = self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', batch_uuid = NULL,"
                 " reason = 'after ' || attempts || ' tries: ' || reason"
-                " WHERE batch_uuid = ? AND upload_state = 'pending' AND attempts >= ?",
+                f" WHERE batch_uuid = ? AND {_OUTBOX} AND attempts >= ?",
                 (batch_uuid, max_tries))
+            self.conn.execute(_ADVANCE_OUTBOX)
             return cur.rowcount
 
     def mark_sent(self, uuids: list[str], sent_at: str) -> None:
@@ -425,16 +353,30 @@ class Journal:
             self.conn.executemany(
                 "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE uuid = ?",
                 [(sent_at, u) for u in uuids])
+            self.conn.execute(_ADVANCE_OUTBOX)
 
     def quarantine(self, uuid: str, reason: str) -> None:
         with self._write():
             self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
                 " WHERE uuid = ?", (reason[:1000], uuid))
+            self.conn.execute(_ADVANCE_OUTBOX)
 
     def retry_quarantined(self, uuids: list[str] | None = None) -> int:
-        """Put quarantined rows back in the outbox (a technician's `queue retry`)."""
+        """Put quarantined rows back in the outbox (a technician's `queue retry`); the outbox
+        cursor moves down to the oldest of them in the same transaction."""
         with self._write():
+            if uuids:
+                seqs = [r[0] for u in uuids for r in self.conn.execute(
+                    "SELECT seq FROM scans WHERE uuid = ? AND upload_state = 'quarantined'",
+                    (u,))]
+            else:
+                seqs = [r[0] for r in self.conn.execute(
+                    f"SELECT MIN(seq) FROM scans WHERE upload_state = 'quarantined'"
+                    f" AND {_PARKED}") if r[0] is not None]
+            if not seqs:
+                return 0
+            self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (min(seqs),))
             if uuids:
                 cur = self.conn.executemany(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
@@ -442,7 +384,7 @@ class Journal:
             else:
                 cur = self.conn.execute(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
-                    " WHERE upload_state = 'quarantined'")
+                    f" WHERE upload_state = 'quarantined' AND {_PARKED}")
             return cur.rowcount
 
     def prune_sent(self, older_than: str) -> int:
@@ -455,10 +397,12 @@ class Journal:
                 " AND seq < (SELECT MAX(seq) FROM scans)", (older_than,))
             return cur.rowcount
 
-    def pending_count(self) -> int:
-        """Cheap (index range) count of the outbox, for the "full batch waiting" check."""
+    def pending_count(self, at_most: int | None = None) -> int:
+        """How many rows the outbox holds, counting no further than `at_most` (the "full batch
+        waiting" check after each scan needs no more): a rowid walk from the outbox cursor."""
         return int(self.conn.execute(
-            "SELECT COUNT(*) FROM scans WHERE upload_state = 'pending'").fetchone()[0])
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM scans WHERE {_OUTBOX} LIMIT ?)",
+            (-1 if at_most is None else at_most,)).fetchone()[0])
 
     def counts(self) -> dict[str, Any]:
         """Rows per upload state; JournalUnavailable (not a bare sqlite3 error, which would
@@ -466,13 +410,16 @@ class Journal:
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
         try:
             for state, n in self.conn.execute(
-                    "SELECT upload_state, COUNT(*) FROM scans GROUP BY upload_state"):
+                    f"SELECT upload_state, COUNT(*) FROM scans WHERE {_PARKED}"
+                    " GROUP BY upload_state"):
                 out[state] = n
+            out["sent"] = self.conn.execute(
+                "SELECT COUNT(*) FROM scans WHERE upload_state = 'sent'").fetchone()[0]
             row = self.conn.execute(
-                "SELECT MIN(scanned_on) FROM scans WHERE upload_state = 'pending'").fetchone()
+                f"SELECT COUNT(*), MIN(scanned_on) FROM scans WHERE {_OUTBOX}").fetchone()
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
-        out["oldest_pending"] = row[0]
+        out["pending"], out["oldest_pending"] = row
         return out
 
     @contextmanager

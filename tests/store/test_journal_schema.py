@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.store.journal import MIGRATIONS, Journal, JournalRow, iter_all
+from agent.store.journal import Journal, JournalRow, iter_all
+from agent.store.journal_schema import MIGRATIONS
 from agent.store.sqlite import migrate, open_database
 
 OLD = [m for m in MIGRATIONS if m[0] < "0004"]  # the schema of round one (0001-0003)
@@ -63,7 +64,7 @@ def test_an_old_journal_is_migrated_row_for_row(tmp_path: Path) -> None:
         indexes = {n for (n,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'scans'"
             " AND sql IS NOT NULL")}
-        assert indexes == {"scans_upload", "scans_admits", "scans_zone_flow"}
+        assert indexes == {"scans_admits", "scans_sent", "scans_parked"}
         assert "0005_lean_scans" in {n for (n,) in conn.execute("SELECT name FROM migrations")}
         # the readers still find what they found before
         assert [s.uuid for s in journal.own_admits(501, 7)] == ["a1", "a2", "x1"]
@@ -80,12 +81,12 @@ def test_an_old_journal_is_migrated_row_for_row(tmp_path: Path) -> None:
 
 
 def test_a_refusal_touches_no_admit_index(tmp_path: Path) -> None:
-    """The partial indexes hold admits only: refusals are never read by the decision."""
+    """The partial index holds admits only: refusals are never read by the decision."""
     journal = Journal(tmp_path / "journal.db")
     try:
         journal.record(_row("r1", admit=False))
         journal.record(_row("a1", admit=True))
-        for index in ("scans_admits", "scans_zone_flow"):
+        for index in ("scans_admits",):
             n = journal.conn.execute(f"SELECT COUNT(*) FROM scans INDEXED BY {index}"
                                      " WHERE admit = 1").fetchone()[0]
             assert n == 1

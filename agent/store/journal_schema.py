@@ -1,0 +1,150 @@
+"""The scan journal's schema: its migrations, in order, each with why it is there.
+
+Kept apart from agent.store.journal (the queries) because the comments above each migration
+are the schema's history: which page each index costs a scan's commit, and why it stays.
+"""
+
+from __future__ import annotations
+
+from agent.store.sqlite import Migration
+
+MIGRATIONS: list[Migration] = [
+    ("0001_initial", """
+        CREATE TABLE scans (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            uuid TEXT NOT NULL UNIQUE,
+            code TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            barcode TEXT,
+            nfc_id TEXT,
+            item_id INTEGER,
+            event_id INTEGER,
+            zone_id INTEGER,
+            zone_is_default INTEGER NOT NULL DEFAULT 0,
+            gate_id INTEGER,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            admit INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            status_detail TEXT,
+            message TEXT,
+            scanned_on TEXT NOT NULL,
+            upload_state TEXT NOT NULL DEFAULT 'pending',
+            batch_uuid TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            sent_at TEXT);
+        CREATE INDEX scans_item ON scans(item_id, event_id);
+        CREATE INDEX scans_upload ON scans(upload_state, seq);
+        CREATE INDEX scans_zone_time ON scans(zone_id, scanned_on)
+    """),
+    # Occupancy counts a zone's admits the platform has not acknowledged (unacknowledged_flow):
+    # seeks by zone, admit and upload state, and a range of sent_at for the recently sent.
+    ("0002_zone_flow", """
+        CREATE INDEX scans_zone_flow ON scans(zone_id, admit, upload_state, sent_at)
+    """),
+    # How the venue bus took part (issue 14): NULL = no venue or no claim needed, 'claimed' =
+    # the venue granted the admit first, 'offline' = decided without the bus (policy applied);
+    # and the limits the lane applied, so the venue can find admits beyond them afterwards.
+    ("0003_venue", """
+        ALTER TABLE scans ADD COLUMN venue TEXT;
+        ALTER TABLE scans ADD COLUMN max_entries INTEGER;
+        ALTER TABLE scans ADD COLUMN tracks_exits INTEGER
+    """),
+    # The turnstile's own signals (issue 17, agent.store.passages): one row per admit that
+    # waits for its passage, with the admit as decided (the scans row is rewritten to a
+    # refusal when the passage never came), and one row per lane event (alarms, releases).
+    ("0004_passages", """
+        CREATE TABLE passages (
+            uuid TEXT PRIMARY KEY,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            zone_id INTEGER,
+            state TEXT NOT NULL,
+            admitted_status TEXT NOT NULL,
+            admitted_detail TEXT,
+            waiting_since TEXT NOT NULL,
+            resolved_at TEXT,
+            note TEXT);
+        CREATE INDEX passages_state ON passages(state, waiting_since);
+        CREATE TABLE lane_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            lane TEXT,
+            kind TEXT NOT NULL,
+            by TEXT,
+            detail TEXT)
+    """),
+    # A leaner row for the hot path (issue 18). Each index a scan's INSERT touches is one more
+    # 4 KiB page in the WAL commit it fsyncs, and more pages per commit mean more checkpoints.
+    # 0001-0003 wrote ~7 pages per scan: the row, uuid, four secondary indexes and the
+    # AUTOINCREMENT counter in sqlite_sequence. Now: the row, uuid, the outbox index, and for
+    # admits only (refusals never count) the two partial indexes the decision reads — 3 pages
+    # for a refusal, 5 for an admit. scans_zone_time had no reader. `seq` stays an INTEGER
+    # PRIMARY KEY that only grows without AUTOINCREMENT because `prune_sent` never deletes the
+    # newest row (the venue publisher's cursor is a seq). The table is rebuilt (SQLite cannot
+    # drop AUTOINCREMENT in place), keeping every row and column as they were.
+    ("0005_lean_scans", """
+        PRAGMA defer_foreign_keys = ON;
+        CREATE TABLE scans_lean (
+            seq INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            code TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            barcode TEXT,
+            nfc_id TEXT,
+            item_id INTEGER,
+            event_id INTEGER,
+            zone_id INTEGER,
+            zone_is_default INTEGER NOT NULL DEFAULT 0,
+            gate_id INTEGER,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            admit INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            status_detail TEXT,
+            message TEXT,
+            scanned_on TEXT NOT NULL,
+            upload_state TEXT NOT NULL DEFAULT 'pending',
+            batch_uuid TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            sent_at TEXT,
+            venue TEXT,
+            max_entries INTEGER,
+            tracks_exits INTEGER);
+        INSERT INTO scans_lean SELECT seq, uuid, code, kind, barcode, nfc_id, item_id, event_id,
+            zone_id, zone_is_default, gate_id, lane, direction, admit, status, status_detail,
+            message, scanned_on, upload_state, batch_uuid, attempts, reason, sent_at, venue,
+            max_entries, tracks_exits FROM scans ORDER BY seq;
+        DROP TABLE scans;
+        ALTER TABLE scans_lean RENAME TO scans;
+        CREATE INDEX scans_upload ON scans(upload_state, seq);
+        CREATE INDEX scans_admits ON scans(item_id, event_id) WHERE admit = 1;
+        CREATE INDEX scans_zone_flow ON scans(zone_id, upload_state, sent_at) WHERE admit = 1
+    """),
+    # No index entry for a new pending scan (issue 18, part B). scans_upload and
+    # scans_zone_flow put each new scan (each admit) in one more B-tree: one more WAL page per
+    # commit. Pending rows are now found by walking the rowid from a cursor, `outbox.low_seq`:
+    # no pending row has a smaller seq (kept in the same transactions that change
+    # upload_state, see _ADVANCE_OUTBOX and `retry_quarantined`). Rows leave `pending` off the
+    # hot path, into indexes of their own: scans_sent by sent_at (status counts, pruning, and
+    # covering the recently sent part of unacknowledged_flow: no row read), scans_parked by
+    # seq for the technician's queue (quarantined, and `local` — unknown codes, the one kind
+    # of scan that writes an index entry besides uuid on the hot path). 2 pages for a refusal, 3 for an admit (the
+    # floor's count) and for an unknown code.
+    ("0006_outbox_cursor", """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            low_seq INTEGER NOT NULL);
+        INSERT INTO outbox (id, low_seq) VALUES (1, COALESCE(
+            (SELECT MIN(seq) FROM scans WHERE upload_state = 'pending'),
+            (SELECT COALESCE(MAX(seq), 0) + 1 FROM scans)));
+        DROP INDEX scans_upload;
+        DROP INDEX scans_zone_flow;
+        CREATE INDEX scans_sent ON scans(sent_at, zone_id, admit, direction, upload_state)
+            WHERE upload_state = 'sent';
+        CREATE INDEX scans_parked ON scans(upload_state, seq)
+            WHERE upload_state IN ('quarantined', 'local')
+    """),
+]
