@@ -24,7 +24,6 @@ import ssl
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,11 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
+from agent.venue.claim_channel import WRONG_LAST_SEQUENCE, ClaimAnswer, ClaimChannel
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
 
-WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 600.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
@@ -52,16 +51,6 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
-
-
-@dataclass(frozen=True)
-class ClaimAnswer:
-    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
-    `seq`), or no answer in time (`error` says why)."""
-
-    outcome: str  # granted | conflict | unavailable
-    seq: int = 0
-    error: str = ""
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -132,6 +121,10 @@ class VenueBus:
         self._claiming = 0
         self._hold_until = 0.0
         self._held: list[tuple[int, str, bytes, int]] = []
+        # claims as one HPUB on the loop, answered in the client's reader (claim_channel);
+        # off: js.publish() through run_coroutine_threadsafe (kept for A/B in the bench)
+        self.lean_claims = True
+        self._claims = ClaimChannel()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -225,6 +218,7 @@ class VenueBus:
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
+        await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
@@ -267,6 +261,7 @@ class VenueBus:
 
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
+        self._claims.close()
         self.connected = False
         if nc is not None:
             try:
@@ -463,7 +458,10 @@ class VenueBus:
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         self._begin_claim()
-        answer = self._claim_answer(loop, subject, body, headers, timeout_s)
+        if self.lean_claims:
+            answer = self._claims.request(subject, body, headers, timeout_s)
+        else:
+            answer = self._claim_answer(loop, subject, body, headers, timeout_s)
         if answer.outcome != "granted":
             self.claim_settled()  # a conflict waits for the consumer: nothing is held back
         return answer

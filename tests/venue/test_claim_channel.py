@@ -1,0 +1,163 @@
+"""The lean claim path (agent.venue.claim_channel) on a real nats-server: each answer the stream
+can give — granted, conflict with the server's seq, a duplicate ack, another API error, no
+responders, no answer in time — read exactly as `js.publish` (the path it replaced, still behind
+`VenueBus.lean_claims = False`) reads it: both paths run every case."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from agent.venue import messages
+from agent.venue.bus import VenueBus
+from agent.venue.claim_channel import ClaimAnswer, answer_from_reply
+from agent.venue.node import NodeProcess
+from tests.venue.rig import wait_until
+
+pytestmark = pytest.mark.e2e
+
+NAME = "chan"
+ITEMS = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def bus(shared_venue_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[VenueBus]:
+    venue = {"name": NAME, "servers": [shared_venue_node.url], "device": "c1", "credentials": "",
+             "tls_ca": "", "claim_timeout_ms": 500, "offline_policy": "local",
+             "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    bus = VenueBus(venue, tmp_path_factory.mktemp("chan"), None)
+    bus.start()
+    try:
+        wait_until(lambda: bus.connected, 20, "bus connected")
+        yield bus
+    finally:
+        bus.stop()
+
+
+@pytest.fixture(params=["lean", "js.publish"])
+def path(request: pytest.FixtureRequest, bus: VenueBus) -> Iterator[str]:
+    bus.lean_claims = request.param == "lean"
+    yield request.param
+    bus.lean_claims = True
+
+
+def claim(bus: VenueBus, subject: str, uuid: str, expected: int,
+          timeout_s: float = 2.0) -> ClaimAnswer:
+    return bus.publish_claim(subject, b'{"v": 1}', uuid, expected, timeout_s)
+
+
+def request(bus: VenueBus, subject: str, headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
+    """A raw request through the path under test (headers of the test's choosing)."""
+    if bus.lean_claims:
+        return bus._claims.request(subject, b"{}", headers, timeout_s)
+    assert bus._loop is not None
+    return bus._claim_answer(bus._loop, subject, b"{}", headers, timeout_s)
+
+
+def ticket() -> str:
+    return messages.ticket_subject(NAME, 1, next(ITEMS), "c1")
+
+
+def test_granted_then_conflict_names_the_servers_seq(bus: VenueBus, path: str) -> None:
+    subject = ticket()
+    first = claim(bus, subject, f"{path}-a", 0)
+    assert first.outcome == "granted" and first.seq > 0
+    second = claim(bus, subject, f"{path}-b", 0)
+    assert second == ClaimAnswer("conflict", seq=first.seq)
+    third = claim(bus, subject, f"{path}-c", first.seq)
+    assert third.outcome == "granted" and third.seq > first.seq
+
+
+def test_a_duplicate_ack_is_the_same_claim_granted(bus: VenueBus, path: str) -> None:
+    subject = ticket()
+    first = claim(bus, subject, f"{path}-dup", 0)
+    assert first.outcome == "granted"
+    # the same uuid again, expecting what is now the subject's last: stored once, acked as a
+    # duplicate of it (expecting 0 again is a conflict: the server checks the sequence first)
+    again = claim(bus, subject, f"{path}-dup", first.seq)
+    assert again == ClaimAnswer("granted", seq=first.seq)
+    assert claim(bus, subject, f"{path}-dup", 0) == ClaimAnswer("conflict", seq=first.seq)
+
+
+def test_another_api_error_is_unavailable_with_its_description(bus: VenueBus, path: str) -> None:
+    answer = request(bus, ticket(), {"Nats-Msg-Id": f"{path}-err",
+                                     "Nats-Expected-Stream": "NOT_THIS_ONE"}, 2.0)
+    assert answer.outcome == "unavailable" and "stream" in answer.error.lower()
+
+
+def test_no_stream_on_the_subject_is_unavailable(bus: VenueBus, path: str) -> None:
+    answer = request(bus, "nobody.listens.here", {"Nats-Msg-Id": f"{path}-nr"}, 2.0)
+    assert answer.outcome == "unavailable"
+
+
+def test_no_answer_in_time_is_unavailable_and_a_late_reply_is_dropped(
+        bus: VenueBus, path: str, shared_venue_node: NodeProcess) -> None:
+    """A responder that answers after the claim's time: the lane has given up by then."""
+    got = threading.Event()
+    stop = threading.Event()
+
+    async def slow_responder() -> None:
+        nc = await nats.connect(shared_venue_node.url)
+
+        async def late(msg: Any) -> None:
+            await asyncio.sleep(0.4)
+            await msg.respond(b'{"stream": "X", "seq": 7}')
+            got.set()
+        await nc.subscribe(f"quiet.{path}", cb=late)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        await nc.close()
+
+    ready = threading.Event()
+    thread = threading.Thread(target=asyncio.run, args=(slow_responder(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        t0 = time.monotonic()
+        answer = request(bus, f"quiet.{path}", {"Nats-Msg-Id": f"{path}-slow"}, 0.15)
+        took = time.monotonic() - t0
+        assert answer.outcome == "unavailable" and "no answer in 150 ms" in answer.error
+        assert 0.14 <= took < 5.0
+        assert got.wait(10)
+        time.sleep(0.1)  # the late reply reached the bus, found no waiter, and changed nothing
+        assert bus._claims._waiting == {}
+        # the channel still works after it
+        assert claim(bus, ticket(), f"{path}-after", 0).outcome == "granted"
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_reply_parsing_refuses_what_it_cannot_read() -> None:
+    assert answer_from_reply(b'{"stream":"S","seq":12}') == ClaimAnswer("granted", seq=12)
+    assert answer_from_reply(b'{"stream":"S","seq":12,"duplicate":true}') == \
+        ClaimAnswer("granted", seq=12)
+    conflict = b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 9"}}'
+    assert answer_from_reply(conflict) == ClaimAnswer("conflict", seq=9)
+    other = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    assert answer_from_reply(other) == ClaimAnswer("unavailable",
+                                                   error="maximum messages exceeded")
+    for junk in (b"", b"not json", b"[]", b'{"stream":"S"}', b'{"stream":"S","seq":true}',
+                 b'{"seq":3}', b'{"stream":"S","seq":"3"}', b'{"stream":"S","seq":0}'):
+        assert answer_from_reply(junk).outcome == "unavailable", junk
+    assert answer_from_reply(b"", "503").outcome == "unavailable"
+
+
+def test_not_connected_is_unavailable_at_once(tmp_path: Path) -> None:
+    venue = {"name": NAME, "servers": ["nats://127.0.0.1:1"], "device": "c9", "credentials": "",
+             "tls_ca": "", "claim_timeout_ms": 500, "offline_policy": "local",
+             "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    bus = VenueBus(venue, tmp_path, None)
+    answer = bus._claims.request(ticket(), b"{}", {"Nats-Msg-Id": "x"}, 5.0)
+    assert answer == ClaimAnswer("unavailable", error="not connected")
