@@ -124,6 +124,8 @@ class VenueBus:
         # claims as one HPUB on the loop, answered in the client's reader (claim_channel);
         # off: js.publish() through run_coroutine_threadsafe (kept for A/B in the bench)
         self.lean_claims = True
+        # after a claim's commit, one loop wake-up at most (claim_settled); off: two, always
+        self.lean_settle = True
         self._claims = ClaimChannel()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -475,14 +477,25 @@ class VenueBus:
                 self._claiming += 1
                 self._hold_until = now + HOLD_WHILE_CLAIMING_S
 
-    def claim_settled(self) -> None:
-        """A lane's claim is committed, refused or given up: the consumer may apply again."""
+    def claim_settled(self, publish: bool = False) -> None:
+        """A lane's claim is committed, refused or given up: the consumer may apply again, and
+        with `publish` the journal has a row for the publisher. One wake-up of the loop at most,
+        and none when nothing is held back and nothing is to publish (the lane is about to
+        return: a wake-up now takes the GIL from it). `_held` is read without the loop: a
+        message held just after this is released by its own timer (HOLD_WHILE_CLAIMING_S)."""
         with self._cond:
             self._claiming = max(0, self._claiming - 1)
             idle = self._claiming == 0
+        release = idle and (bool(self._held) or not self.lean_settle)
         loop = self._loop
-        if idle and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._release_held)
+        if (release or publish) and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._settled, release, publish)
+
+    def _settled(self, release: bool, publish: bool) -> None:
+        if release:
+            self._release_held()
+        if publish and self._wake is not None:
+            self._wake.set()
 
     def _claim_answer(self, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
                       headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
