@@ -16,6 +16,8 @@ from typing import Any
 import nats
 import pytest
 
+from agent.store.venue import BusScan
+from agent.venue import bus as bus_module
 from agent.venue import messages
 from agent.venue.bus import VenueBus
 from agent.venue.claim_channel import ClaimAnswer, answer_from_reply
@@ -50,9 +52,16 @@ def path(request: pytest.FixtureRequest, bus: VenueBus) -> Iterator[str]:
     bus.lean_claims = True
 
 
+def scan_body(uuid: str, item_id: int) -> bytes:
+    return messages.encode_scan(BusScan(
+        uuid=uuid, device="other", lane="x", event_id=1, item_id=item_id, zone_id=None,
+        zone_is_default=True, direction="in", admit=False, status="denied",
+        scanned_on="2026-01-01T00:00:00.000Z"))
+
+
 def claim(bus: VenueBus, subject: str, uuid: str, expected: int,
           timeout_s: float = 2.0) -> ClaimAnswer:
-    return bus.publish_claim(subject, b'{"v": 1}', uuid, expected, timeout_s)
+    return bus.publish_claim(subject, scan_body(uuid, 1), uuid, expected, timeout_s)
 
 
 def request(bus: VenueBus, subject: str, headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
@@ -161,3 +170,43 @@ def test_not_connected_is_unavailable_at_once(tmp_path: Path) -> None:
     bus = VenueBus(venue, tmp_path, None)
     answer = bus._claims.request(ticket(), b"{}", {"Nats-Msg-Id": "x"}, 5.0)
     assert answer == ClaimAnswer("unavailable", error="not connected")
+
+
+def other_gates_scan(bus: VenueBus, uuid: str) -> int:
+    """A scan of another gate reaches the stream (not a claim of this bus): its seq."""
+    answer = bus._claims.request(ticket(), scan_body(uuid, 1), {"Nats-Msg-Id": uuid}, 2.0)
+    assert answer.outcome == "granted"
+    return answer.seq
+
+
+def no_earlier_hold(bus: VenueBus) -> None:
+    """Earlier tests' claims (never settled here) held messages back with a timer of their
+    own (at most 0.3 s in this module): wait until those have fired, so the next hold starts
+    afresh."""
+    wait_until(lambda: not bus._held, 10, "no hold")
+    time.sleep(0.4)
+    bus._claiming, bus._hold_until = 0, 0.0
+
+
+def test_a_settled_claim_releases_what_the_consumer_held_back(
+        bus: VenueBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a lane is between claim and commit the consumer holds deliveries back; the
+    claim's settling releases them at once (the hold's own timer is made far longer here)."""
+    no_earlier_hold(bus)
+    monkeypatch.setattr(bus_module, "HOLD_WHILE_CLAIMING_S", 60.0)
+    bus._begin_claim()
+    seq = other_gates_scan(bus, "held-1")
+    time.sleep(0.3)
+    assert bus.applied_seq < seq and bus._held  # held back meanwhile
+    bus.claim_settled()
+    assert bus.wait_applied(seq, 10.0)
+
+
+def test_a_hold_nobody_settles_ends_by_its_timer(
+        bus: VenueBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_earlier_hold(bus)
+    monkeypatch.setattr(bus_module, "HOLD_WHILE_CLAIMING_S", 0.3)
+    bus._begin_claim()
+    seq = other_gates_scan(bus, "held-2")
+    assert bus.wait_applied(seq, 10.0)
+    bus.claim_settled()
