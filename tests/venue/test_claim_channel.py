@@ -20,7 +20,7 @@ from agent.store.venue import BusScan
 from agent.venue import bus as bus_module
 from agent.venue import messages
 from agent.venue.bus import VenueBus
-from agent.venue.claim_channel import ClaimAnswer, answer_from_reply
+from agent.venue.claim_channel import ClaimAnswer, ClaimChannel, answer_from_reply
 from agent.venue.node import NodeProcess
 from tests.venue.rig import wait_until
 
@@ -210,3 +210,39 @@ def test_a_hold_nobody_settles_ends_by_its_timer(
     seq = other_gates_scan(bus, "held-2")
     assert bus.wait_applied(seq, 10.0)
     bus.claim_settled()
+
+
+def test_claims_in_flight_are_told_at_once_when_the_connection_closes(
+        shared_venue_node: NodeProcess) -> None:
+    """A channel on a connection of its own; a claim nobody answers is in flight when the
+    connection goes: its lane hears so at once, not at its (long) timeout."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    channel = ClaimChannel()
+
+    async def connect() -> Any:
+        nc = await nats.connect(shared_venue_node.url)
+        await nc.subscribe("mute.x")  # receives claims, never answers
+        await channel.open(nc)
+        return nc
+
+    nc = asyncio.run_coroutine_threadsafe(connect(), loop).result(10)
+    try:
+        answers: list[ClaimAnswer] = []
+        lane = threading.Thread(target=lambda: answers.append(
+            channel.request("mute.x", b"{}", {"Nats-Msg-Id": "m"}, 30.0)))
+        t0 = time.monotonic()
+        lane.start()
+        wait_until(lambda: channel._waiting, 10, "claim in flight")
+        loop.call_soon_threadsafe(channel.close)
+        lane.join(10)
+        assert answers == [ClaimAnswer("unavailable", error="connection closed")]
+        assert time.monotonic() - t0 < 10
+        assert channel.request("mute.x", b"{}", {}, 1.0) == \
+            ClaimAnswer("unavailable", error="not connected")
+    finally:
+        asyncio.run_coroutine_threadsafe(nc.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
