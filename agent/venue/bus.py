@@ -121,10 +121,11 @@ class VenueBus:
         self._claiming = 0
         self._hold_until = 0.0
         self._held: list[tuple[int, str, bytes, int]] = []
+        self._hold_lock = threading.Lock()
         # claims as one HPUB on the loop, answered in the client's reader (claim_channel);
         # off: js.publish() through run_coroutine_threadsafe (kept for A/B in the bench)
         self.lean_claims = True
-        # after a claim's commit, one loop wake-up at most (claim_settled); off: two, always
+        # after a claim's commit, no loop wake-up for a granted claim (claim_settled); off: two
         self.lean_settle = True
         self._claims = ClaimChannel()
 
@@ -299,14 +300,15 @@ class VenueBus:
             # its claim and its commit (the order is kept: held messages go first)
             meta = msg.metadata
             item = (meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0)
-            if self._claiming > 0 and time.monotonic() < self._hold_until:
-                if not self._held:
-                    assert self._loop is not None
-                    self._loop.call_later(HOLD_WHILE_CLAIMING_S, self._release_held)
-                self._held.append(item)
-                return
-            self._release_held()
-            self._inbox.put(item)
+            with self._hold_lock:
+                if self._claiming > 0 and time.monotonic() < self._hold_until:
+                    if not self._held:
+                        assert self._loop is not None
+                        self._loop.call_later(HOLD_WHILE_CLAIMING_S, self._release_held)
+                    self._held.append(item)
+                    return
+                self._release_held_locked()
+                self._inbox.put(item)
 
         return await self._js.subscribe(
             messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
@@ -315,7 +317,12 @@ class VenueBus:
                                   opt_start_seq=start))
 
     def _release_held(self) -> None:
-        """Hand what the consumer held back to the applier, in order (bus loop only)."""
+        """Hand what the consumer held back to the applier, in order (the bus loop's timer, or
+        the lane whose claim settled: no loop wake-up needed for it)."""
+        with self._hold_lock:
+            self._release_held_locked()
+
+    def _release_held_locked(self) -> None:
         held, self._held = self._held, []
         for item in held:
             self._inbox.put(item)
@@ -479,15 +486,16 @@ class VenueBus:
 
     def claim_settled(self, publish: bool = False) -> None:
         """A lane's claim is committed, refused or given up: the consumer may apply again, and
-        with `publish` the journal has a row for the publisher. One wake-up of the loop at most,
-        and none when nothing is held back and nothing is to publish (the lane is about to
-        return: a wake-up now takes the GIL from it). `_held` is read without the loop: a
-        message held just after this is released by its own timer (HOLD_WHILE_CLAIMING_S)."""
+        with `publish` the journal has a row for the publisher. The lane hands what was held
+        back to the applier itself, so the loop is woken only for the publisher (a wake-up
+        as the lane returns takes the GIL from it)."""
         with self._cond:
             self._claiming = max(0, self._claiming - 1)
             idle = self._claiming == 0
-        release = idle and (bool(self._held) or not self.lean_settle)
+        if idle and self.lean_settle:
+            self._release_held()
         loop = self._loop
+        release = idle and not self.lean_settle
         if (release or publish) and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._settled, release, publish)
 
