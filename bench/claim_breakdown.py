@@ -159,7 +159,7 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
     in one run: `hold` (the consumer holds back while a lane claims), `reuse` (the
     transaction takes the claim's decision again when nothing changed), `both`, `lean` (the
     claim as one HPUB answered in the client's reader, agent.venue.claim_channel), `settle`
-    (after the commit one loop wake-up at most, VenueBus.claim_settled)."""
+    (no loop wake-up after a granted claim's commit, VenueBus.claim_settled), `lean+settle`."""
     marks = Marks()
     overlap: dict[str, int] = defaultdict(int)
     with venue_devices(root / "bd", [url], 1, n + 10, prefix="bd") as devices:
@@ -182,8 +182,8 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 off = variant == "B "
                 a.bus.hold_while_claiming = not (off and ab in ("hold", "both"))
                 gate.reuse_first_decision = not (off and ab in ("reuse", "both"))
-                a.bus.lean_claims = not (off and ab == "lean")
-                a.bus.lean_settle = not (off and ab == "settle")
+                a.bus.lean_claims = not (off and ab in ("lean", "lean+settle"))
+                a.bus.lean_settle = not (off and ab in ("settle", "lean+settle"))
                 time.sleep(gap_s)
                 marks.now = {"start": time.perf_counter()}
                 result = gate.scan(code, lane, datetime.now(UTC))
@@ -218,7 +218,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=10.0)
-    ap.add_argument("--ab", choices=["", "hold", "reuse", "both", "lean", "settle"], default="",
+    ap.add_argument("--ab", choices=["", "hold", "reuse", "both", "lean", "settle",
+                                            "lean+settle"], default="",
                     help="interleave scans with (A) and without (B) one change (see run())")
     args = ap.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
