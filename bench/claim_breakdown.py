@@ -190,7 +190,7 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 a.bus.lean_claims = not (off and ab in ("lean", "lean+settle"))
                 a.bus.lean_settle = not (off and ab in ("settle", "lean+settle"))
                 if sockets is not None:
-                    a.bus._claims.request = lean_request if off else sockets.request
+                    a.bus._claims.request = lean_request if off else sockets.request  # type: ignore[method-assign]
                 time.sleep(gap_s)
                 marks.now = {"start": time.perf_counter()}
                 result = gate.scan(code, lane, datetime.now(UTC))
