@@ -1,13 +1,20 @@
 """Experiment (bench only, not used by the agent): a lane writing its claim and reading the ack
 itself on a blocking socket of its own, without any asyncio loop — to measure what the bus
 loop's two hand-overs cost a claimed scan. No auth, no TLS, no reconnect: loopback bench only.
-`bench/claim_breakdown.py --ab socket` swaps it in for every other scan."""
+`bench/claim_breakdown.py --ab socket` swaps it in for every other scan; run on its own it
+prints the publish+ack floor on such a socket beside js.publish() from a loop."""
 
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
 
-from agent.venue.claim_channel import ClaimAnswer, answer_from_reply
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agent.venue.claim_channel import ClaimAnswer, answer_from_reply  # noqa: E402
 
 
 class SocketClaims:
@@ -71,3 +78,43 @@ class SocketClaims:
     def close(self) -> None:
         self.sock.close()
 
+
+
+def main() -> int:
+    """Print the publish+ack floor on a blocking socket beside `js.publish()` from a loop
+    (bench/venue_bench.py's floor), interleaved, paced 10 ms apart, on one real nats-server."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from venue_bench import RawFloor, pct
+
+    from agent.venue.node import start_venue
+
+    with tempfile.TemporaryDirectory(prefix="socket-floor-") as tmp:
+        node = start_venue(Path(tmp), 1)[0]
+        try:
+            floor = RawFloor(node.url)  # creates the stream FLOOR on floor.>
+            plain = SocketClaims(node.url)
+            on_socket: list[float] = []
+            on_loop: list[float] = []
+            for i in range(400):
+                time.sleep(0.01)
+                started = time.perf_counter()
+                answer = plain.request(f"floor.{i % 50}", b"x" * 300, {"Nats-Msg-Id": f"s{i}"}, 2)
+                on_socket.append(time.perf_counter() - started)
+                assert answer.outcome == "granted", answer
+                time.sleep(0.01)
+                on_loop.append(floor.sample())
+            plain.close()
+            floor.close()
+        finally:
+            node.kill()
+    for name, values in (("blocking socket", on_socket), ("js.publish on a loop", on_loop)):
+        print(f"{name:22s} publish+ack p50 {pct(values, 0.5) * 1000:.3f} ms  "
+              f"p99 {pct(values, 0.99) * 1000:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
