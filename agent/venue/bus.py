@@ -23,7 +23,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
-from agent.venue.claim_channel import WRONG_LAST_SEQUENCE, ClaimAnswer, ClaimChannel
+from agent.venue.claim_channel import ClaimAnswer, ClaimChannel, answer_via_js_publish
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
@@ -470,7 +469,7 @@ class VenueBus:
         if self.lean_claims:
             answer = self._claims.request(subject, body, headers, timeout_s)
         else:
-            answer = self._claim_answer(loop, subject, body, headers, timeout_s)
+            answer = answer_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
         if answer.outcome != "granted":
             self.claim_settled()  # a conflict waits for the consumer: nothing is held back
         return answer
@@ -504,28 +503,6 @@ class VenueBus:
             self._release_held()
         if publish and self._wake is not None:
             self._wake.set()
-
-    def _claim_answer(self, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
-                      headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
-        future = asyncio.run_coroutine_threadsafe(
-            self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
-        try:
-            ack = future.result(timeout_s + 0.05)
-        except (FutureTimeout, TimeoutError) as exc:
-            future.cancel()
-            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
-                               f"{': ' + str(exc) if str(exc) else ''}")
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                match = re.search(r"(\d+)\s*$", exc.description or "")
-                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
-            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
-        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
-            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-        if getattr(ack, "duplicate", False):
-            # the same uuid was already stored: granted earlier by this very scan (a retry)
-            return ClaimAnswer("granted", seq=ack.seq)
-        return ClaimAnswer("granted", seq=ack.seq)
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:
         """Void a claim whose admit did not reach the journal (best effort now; the sweep

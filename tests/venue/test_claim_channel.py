@@ -20,7 +20,12 @@ from agent.store.venue import BusScan
 from agent.venue import bus as bus_module
 from agent.venue import messages
 from agent.venue.bus import VenueBus
-from agent.venue.claim_channel import ClaimAnswer, ClaimChannel, answer_from_reply
+from agent.venue.claim_channel import (
+    ClaimAnswer,
+    ClaimChannel,
+    answer_from_reply,
+    answer_via_js_publish,
+)
 from agent.venue.node import NodeProcess
 from tests.venue.rig import wait_until
 
@@ -69,7 +74,7 @@ def request(bus: VenueBus, subject: str, headers: dict[str, str], timeout_s: flo
     if bus.lean_claims:
         return bus._claims.request(subject, b"{}", headers, timeout_s)
     assert bus._loop is not None
-    return bus._claim_answer(bus._loop, subject, b"{}", headers, timeout_s)
+    return answer_via_js_publish(bus._js, bus._loop, subject, b"{}", headers, timeout_s)
 
 
 def ticket() -> str:
