@@ -151,7 +151,8 @@ class ClaimChannel:
     def request(self, subject: str, body: bytes, headers: dict[str, str],
                 timeout_s: float) -> ClaimAnswer:
         """Publish `body` on `subject` with `headers` and wait for the stream's answer at most
-        `timeout_s` (lane threads)."""
+        `timeout_s` (lane threads). Subjects and header values are this gate's own (config
+        checks venue and device names; uuids, sequences): nothing here escapes them."""
         loop, nc = self._loop, self._nc
         if nc is None or loop is None or loop.is_closed():
             return ClaimAnswer("unavailable", error="not connected")
@@ -192,8 +193,12 @@ class ClaimChannel:
         """A reply on `<inbox>.<token>` (bus loop, in the client's reader)."""
         token = msg.subject[len(self._prefix):]
         if token in self._waiting:
-            status = msg.headers.get("Status") if msg.headers else None
-            self.answer(token, answer_from_reply(msg.data, status))
+            try:
+                status = msg.headers.get("Status") if msg.headers else None
+                answer = answer_from_reply(msg.data, status)
+            except Exception as exc:  # noqa: BLE001 - never into the client's reader
+                answer = ClaimAnswer("unavailable", error=f"unreadable publish ack: {exc}"[:300])
+            self.answer(token, answer)
 
     def answer(self, token: str, answer: ClaimAnswer) -> None:
         waiter = self._waiting.pop(token, None)
