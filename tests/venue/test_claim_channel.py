@@ -1,12 +1,15 @@
 """The lean claim path (agent.venue.claim_channel) on a real nats-server: each answer the stream
 can give — granted, conflict with the server's seq, a duplicate ack, another API error, no
 responders, no answer in time — read exactly as `js.publish` (the path it replaced, still behind
-`VenueBus.lean_claims = False`) reads it: both paths run every case."""
+`VenueBus.lean_claims = False`) reads it: both paths run every case. Also: the consumer's
+hold-back released by a settled claim, claims in flight when the connection closes, and claims
+over TLS (a node with a CA made by openssl, as tests/hostile does)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +29,8 @@ from agent.venue.claim_channel import (
     answer_from_reply,
     answer_via_js_publish,
 )
-from agent.venue.node import NodeProcess
+from agent.venue.node import NodeProcess, NodeSpec, free_ports, render_config, server_binary
+from tests.hostile.test_security import _make_ca, _make_server_cert, needs_openssl
 from tests.venue.rig import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -252,3 +256,39 @@ def test_claims_in_flight_are_told_at_once_when_the_connection_closes(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@needs_openssl
+def test_claims_over_tls(tmp_path: Path) -> None:
+    """The lean path writes on the client's transport: over TLS too (a node with its own CA)."""
+    _make_ca(tmp_path, "ca")
+    _make_server_cert(tmp_path, "ca", "server", "IP:127.0.0.1")
+    client, monitor = free_ports(2)
+    spec = NodeSpec(name="tls-1", host="127.0.0.1", client_port=client, monitor_port=monitor,
+                    store_dir=str(tmp_path / "js"))
+    conf = tmp_path / "tls.conf"
+    conf.write_text(render_config(spec) + f'tls {{\n  cert_file: "{tmp_path / "server.pem"}"\n'
+                    f'  key_file: "{tmp_path / "server.key"}"\n}}\n', encoding="utf-8")
+    node = NodeProcess(spec, tmp_path)
+    with open(tmp_path / "tls.log", "ab") as log:
+        node.proc = subprocess.Popen([server_binary(), "-c", str(conf)], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        node.wait_healthy()
+        venue = {"name": "tlsv", "servers": [f"tls://127.0.0.1:{client}"], "device": "t1",
+                 "credentials": "", "tls_ca": str(tmp_path / "ca.pem"),
+                 "claim_timeout_ms": 2000, "offline_policy": "local", "heartbeat_s": 5.0,
+                 "heartbeat_ttl_s": 30.0}
+        bus = VenueBus(venue, tmp_path / "store", None)
+        bus.start()
+        try:
+            wait_until(lambda: bus.connected, 20, "bus connected over TLS")
+            assert bus.lean_claims
+            subject = messages.ticket_subject("tlsv", 1, 1, "t1")
+            first = claim(bus, subject, "tls-a", 0)
+            assert first.outcome == "granted"
+            assert claim(bus, subject, "tls-b", 0) == ClaimAnswer("conflict", seq=first.seq)
+        finally:
+            bus.stop()
+    finally:
+        node.kill()
