@@ -292,3 +292,29 @@ def test_claims_over_tls(tmp_path: Path) -> None:
             bus.stop()
     finally:
         node.kill()
+
+
+def test_claims_after_the_node_restarts(tmp_path: Path, venue_node: NodeProcess) -> None:
+    """The client reconnects on the same connection object: the reply subscription is renewed
+    with it, and claims are answered again (not left to time out)."""
+    venue = {"name": "again", "servers": [venue_node.url], "device": "r1", "credentials": "",
+             "tls_ca": "", "claim_timeout_ms": 2000, "offline_policy": "local",
+             "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    bus = VenueBus(venue, tmp_path / "store", None)
+    bus.start()
+    try:
+        wait_until(lambda: bus.connected, 20, "bus connected")
+        first = claim(bus, messages.ticket_subject("again", 1, 1, "r1"), "r-a", 0)
+        assert first.outcome == "granted"
+        nc = bus._nc
+        venue_node.kill()
+        wait_until(lambda: not bus.connected, 10, "bus sees the node gone")
+        assert claim(bus, messages.ticket_subject("again", 1, 2, "r1"), "r-b", 0).outcome \
+            == "unavailable"
+        venue_node.start()
+        wait_until(lambda: bus.connected, 20, "bus reconnected")
+        assert bus._nc is nc  # the same connection, reconnected (not a new session)
+        again = claim(bus, messages.ticket_subject("again", 1, 1, "r1"), "r-c", first.seq)
+        assert again.outcome == "granted" and again.seq > first.seq
+    finally:
+        bus.stop()
