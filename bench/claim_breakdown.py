@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from socket_claims import SocketClaims  # noqa: E402
 from venue_bench import pct  # noqa: E402
 
 from agent import demo_data  # noqa: E402
@@ -134,7 +135,19 @@ def instrument(gate: Gate, marks: Marks) -> None:
         real_apply(*args)
         marks.now.setdefault("apply1", time.perf_counter())
 
-    for target, name, wrapper in ((link, "claim", claim), (link.store, "subject_seq", subject_seq),
+    channel = bus._claims
+    real_send, real_reply = channel.send, channel.on_reply
+
+    def send(*args: Any) -> None:
+        marks.mark("loop_start")
+        real_send(*args)
+
+    def on_reply(*args: Any) -> None:
+        marks.mark("ack")
+        real_reply(*args)
+
+    for target, name, wrapper in ((channel, "send", send), (channel, "on_reply", on_reply),
+                                  (link, "claim", claim), (link.store, "subject_seq", subject_seq),
                                   (bus, "publish_claim", publish_claim),
                                   (gate.journal, "scan_transaction", scan_transaction),
                                   (link, "after_commit", after_commit), (bus, "_apply", apply),
@@ -145,7 +158,11 @@ def instrument(gate: Gate, marks: Marks) -> None:
 def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
     """`ab`: every other scan with that change off (B), the rest with it on (A), interleaved
     in one run: `hold` (the consumer holds back while a lane claims), `reuse` (the
-    transaction takes the claim's decision again when nothing changed), `both`."""
+    transaction takes the claim's decision again when nothing changed), `both`, `lean` (the
+    claim as one HPUB answered in the client's reader, agent.venue.claim_channel), `settle`
+    (no loop wake-up after a granted claim's commit, VenueBus.claim_settled), `lean+settle`,
+    `socket` (an experiment: the lane writes and reads its claim on a blocking socket of its
+    own, bench/socket_claims.py, against the lean path)."""
     marks = Marks()
     overlap: dict[str, int] = defaultdict(int)
     with venue_devices(root / "bd", [url], 1, n + 10, prefix="bd") as devices:
@@ -156,6 +173,8 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
         plain = Gate(TicketCache(cfg.store_dir / "cache.db"),
                      Journal(cfg.store_dir.parent / "plain-journal.db"), cfg)
         instrument(gate, marks)
+        sockets = SocketClaims(url) if ab == "socket" else None
+        lean_request = a.bus._claims.request
         plain_scan: list[float] = []
         try:
             for i in range(n):
@@ -168,6 +187,10 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 off = variant == "B "
                 a.bus.hold_while_claiming = not (off and ab in ("hold", "both"))
                 gate.reuse_first_decision = not (off and ab in ("reuse", "both"))
+                a.bus.lean_claims = not (off and ab in ("lean", "lean+settle"))
+                a.bus.lean_settle = not (off and ab in ("settle", "lean+settle"))
+                if sockets is not None:
+                    a.bus._claims.request = lean_request if off else sockets.request  # type: ignore[method-assign]
                 time.sleep(gap_s)
                 marks.now = {"start": time.perf_counter()}
                 result = gate.scan(code, lane, datetime.now(UTC))
@@ -195,6 +218,8 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 marks.span("ack -> applier", "ack", "apply0")
         finally:
             plain.close()
+            if sockets is not None:
+                sockets.close()
     return {"steps": marks.steps, "plain": plain_scan, "overlap": dict(overlap), "n": n}
 
 
@@ -202,7 +227,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=10.0)
-    ap.add_argument("--ab", choices=["", "hold", "reuse", "both"], default="",
+    ap.add_argument("--ab", choices=["", "hold", "reuse", "both", "lean", "settle",
+                                            "lean+settle", "socket"], default="",
                     help="interleave scans with (A) and without (B) one change (see run())")
     args = ap.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_S)

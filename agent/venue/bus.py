@@ -23,8 +23,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,11 +36,11 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
+from agent.venue.claim_channel import ClaimAnswer, ClaimChannel, answer_via_js_publish
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
 
-WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 600.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
@@ -52,16 +50,6 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
-
-
-@dataclass(frozen=True)
-class ClaimAnswer:
-    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
-    `seq`), or no answer in time (`error` says why)."""
-
-    outcome: str  # granted | conflict | unavailable
-    seq: int = 0
-    error: str = ""
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -132,6 +120,13 @@ class VenueBus:
         self._claiming = 0
         self._hold_until = 0.0
         self._held: list[tuple[int, str, bytes, int]] = []
+        self._hold_lock = threading.Lock()
+        # claims as one HPUB on the loop, answered in the client's reader (claim_channel);
+        # off: js.publish() through run_coroutine_threadsafe (kept for A/B in the bench)
+        self.lean_claims = True
+        # after a claim's commit, no loop wake-up for a granted claim (claim_settled); off: two
+        self.lean_settle = True
+        self._claims = ClaimChannel()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -225,6 +220,7 @@ class VenueBus:
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
+        await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
@@ -267,6 +263,7 @@ class VenueBus:
 
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
+        self._claims.close()
         self.connected = False
         if nc is not None:
             try:
@@ -302,14 +299,15 @@ class VenueBus:
             # its claim and its commit (the order is kept: held messages go first)
             meta = msg.metadata
             item = (meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0)
-            if self._claiming > 0 and time.monotonic() < self._hold_until:
-                if not self._held:
-                    assert self._loop is not None
-                    self._loop.call_later(HOLD_WHILE_CLAIMING_S, self._release_held)
-                self._held.append(item)
-                return
-            self._release_held()
-            self._inbox.put(item)
+            with self._hold_lock:
+                if self._claiming > 0 and time.monotonic() < self._hold_until:
+                    if not self._held:
+                        assert self._loop is not None
+                        self._loop.call_later(HOLD_WHILE_CLAIMING_S, self._release_held)
+                    self._held.append(item)
+                    return
+                self._release_held_locked()
+                self._inbox.put(item)
 
         return await self._js.subscribe(
             messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
@@ -318,7 +316,12 @@ class VenueBus:
                                   opt_start_seq=start))
 
     def _release_held(self) -> None:
-        """Hand what the consumer held back to the applier, in order (bus loop only)."""
+        """Hand what the consumer held back to the applier, in order (the bus loop's timer, or
+        the lane whose claim settled: no loop wake-up needed for it)."""
+        with self._hold_lock:
+            self._release_held_locked()
+
+    def _release_held_locked(self) -> None:
         held, self._held = self._held, []
         for item in held:
             self._inbox.put(item)
@@ -463,7 +466,10 @@ class VenueBus:
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         self._begin_claim()
-        answer = self._claim_answer(loop, subject, body, headers, timeout_s)
+        if self.lean_claims:
+            answer = self._claims.request(subject, body, headers, timeout_s)
+        else:
+            answer = answer_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
         if answer.outcome != "granted":
             self.claim_settled()  # a conflict waits for the consumer: nothing is held back
         return answer
@@ -477,36 +483,26 @@ class VenueBus:
                 self._claiming += 1
                 self._hold_until = now + HOLD_WHILE_CLAIMING_S
 
-    def claim_settled(self) -> None:
-        """A lane's claim is committed, refused or given up: the consumer may apply again."""
+    def claim_settled(self, publish: bool = False) -> None:
+        """A lane's claim is committed, refused or given up: the consumer may apply again, and
+        with `publish` the journal has a row for the publisher. The lane hands what was held
+        back to the applier itself, so the loop is woken only for the publisher (a wake-up
+        as the lane returns takes the GIL from it)."""
         with self._cond:
             self._claiming = max(0, self._claiming - 1)
             idle = self._claiming == 0
+        if idle and self.lean_settle:
+            self._release_held()
         loop = self._loop
-        if idle and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._release_held)
+        release = idle and not self.lean_settle
+        if (release or publish) and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._settled, release, publish)
 
-    def _claim_answer(self, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
-                      headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
-        future = asyncio.run_coroutine_threadsafe(
-            self._js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
-        try:
-            ack = future.result(timeout_s + 0.05)
-        except (FutureTimeout, TimeoutError) as exc:
-            future.cancel()
-            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
-                               f"{': ' + str(exc) if str(exc) else ''}")
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                match = re.search(r"(\d+)\s*$", exc.description or "")
-                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
-            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
-        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
-            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-        if getattr(ack, "duplicate", False):
-            # the same uuid was already stored: granted earlier by this very scan (a retry)
-            return ClaimAnswer("granted", seq=ack.seq)
-        return ClaimAnswer("granted", seq=ack.seq)
+    def _settled(self, release: bool, publish: bool) -> None:
+        if release:
+            self._release_held()
+        if publish and self._wake is not None:
+            self._wake.set()
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:
         """Void a claim whose admit did not reach the journal (best effort now; the sweep

@@ -175,15 +175,19 @@ class VenueLink:
     def after_commit(self, claim: Claim, journaled: Decision | None) -> None:
         """Step 4: a granted claim whose admit is not in the journal must not stand."""
         self._holding = None
-        if claim.outcome == "granted":
-            self.bus.claim_settled()
-        if claim.outcome == "granted" and (journaled is None or not journaled.admit):
+        granted = claim.outcome == "granted"
+        if granted:
+            # the claim is the scan on the bus (its row is marked claimed, never republished):
+            # nothing for the publisher, so no wake-up for it
+            self.bus.claim_settled(publish=not self.bus.lean_settle)
+        if granted and (journaled is None or not journaled.admit):
             decision = claim.decision
             assert decision is not None
             self.bus.void_now({"uuid": claim.uuid, "event_id": decision.event_id,
                                "item_id": decision.item_id},
                               "the admit was not journaled")
-        self.bus.wake()
+        if not granted:
+            self.bus.wake()
 
 
 def needs_claim(decision: Decision, lane: LaneConfig, tracks_exits: bool) -> bool:

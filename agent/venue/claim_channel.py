@@ -1,0 +1,207 @@
+"""The lean path of a claim: one HPUB written on the bus's loop, the ack read where it arrives.
+
+Why not `js.publish()` from the lane thread through `run_coroutine_threadsafe`: each claim then
+costs a Task, the client's request inbox and future, `asyncio.wait_for`'s timer, the ack decoded
+into a `PubAck`, and a chain back to a concurrent Future, several turns of the bus loop in
+Python while the lane waits (docs/venue.md, figures). Here:
+- the lane thread builds the HPUB itself (subject, reply subject, headers, body) and hands the
+  loop one plain callback (`loop.call_soon_threadsafe`) that writes it on the bus's existing
+  connection, after whatever the client has queued;
+- replies come to one wildcard subscription, `<inbox>.*`, made once per connection; the client
+  delivers them straight into `_Replies.put_nowait` (in the client's reader, no subscription
+  task), which reads the seq or the error code, stores the answer and releases the lock the
+  lane waits on, and nothing else;
+- the lane waits on that lock at most the time it was given (claim_timeout_ms); a reply after
+  that finds no waiter and is dropped.
+The answers are exactly those of `js.publish`: an ack is granted at its seq (a duplicate ack,
+the same uuid stored earlier, is this scan's own claim), error 10071 (wrong last sequence) is a
+conflict with the seq the server names, anything else or nothing is unavailable.
+
+This writes on the client's transport and appends to its outgoing buffer, so it depends on
+nats-py 2.x internals (`_transport`, `_pending`, `_flush_queue`); `tests/venue/test_claim_channel.py`
+runs it against a real nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.errors import APIError
+from nats.protocol.command import hpub_cmd
+
+WRONG_LAST_SEQUENCE = 10071
+_LAST_NUMBER = re.compile(r"(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """What the bus said to one claim: granted at `seq`, conflict (the subject's last seq is
+    `seq`), or no answer in time (`error` says why)."""
+
+    outcome: str  # granted | conflict | unavailable
+    seq: int = 0
+    error: str = ""
+
+
+def answer_from_reply(data: bytes, status: str | None = None) -> ClaimAnswer:
+    """A JetStream publish's reply as a claim's answer (what `js.publish` would return or
+    raise, without building a PubAck). `status`: the reply's `Status` header, if any (503 = no
+    stream listens on the subject)."""
+    if status == "503":
+        return ClaimAnswer("unavailable", error="no stream answered (no responders)")
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return ClaimAnswer("unavailable", error=f"unreadable publish ack {data[:80]!r}")
+    if not isinstance(reply, dict):
+        return ClaimAnswer("unavailable", error=f"unreadable publish ack {data[:80]!r}")
+    error = reply.get("error")
+    if isinstance(error, dict):
+        description = str(error.get("description") or "")
+        if error.get("err_code") == WRONG_LAST_SEQUENCE:
+            match = _LAST_NUMBER.search(description)
+            return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+        return ClaimAnswer("unavailable", error=description or f"publish refused: {error}")
+    seq = reply.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0 or not reply.get("stream"):
+        return ClaimAnswer("unavailable", error=f"unreadable publish ack {data[:80]!r}")
+    return ClaimAnswer("granted", seq=seq)
+
+
+def answer_via_js_publish(js: Any, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
+                          headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
+    """The path this module replaced (kept for A/B: `VenueBus.lean_claims = False`):
+    `js.publish()` on the bus loop through `run_coroutine_threadsafe`, from a lane thread."""
+    future = asyncio.run_coroutine_threadsafe(
+        js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
+    try:
+        ack = future.result(timeout_s + 0.05)
+    except (FutureTimeout, TimeoutError) as exc:
+        future.cancel()
+        return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
+                           f"{': ' + str(exc) if str(exc) else ''}")
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            match = _LAST_NUMBER.search(exc.description or "")
+            return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+        return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+    except Exception as exc:  # noqa: BLE001 - any other failure: not granted
+        return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+    # a duplicate ack (the same uuid stored earlier) is this very scan's claim: granted
+    return ClaimAnswer("granted", seq=ack.seq)
+
+
+class _Waiter:
+    """One claim in flight: the lock its lane blocks on, released with the answer set."""
+
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.answer: ClaimAnswer | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+class _Replies(asyncio.Queue[Msg]):
+    """The reply subscription's queue: the client puts each reply here from its reader; it is
+    answered on the spot instead of waking a subscription task."""
+
+    def __init__(self, channel: ClaimChannel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def put_nowait(self, item: Msg) -> None:
+        self.channel.on_reply(item)
+
+
+class ClaimChannel:
+    """Claims of every lane of this gate over the bus's connection (see the module docstring).
+    `open()` runs on the bus loop once per connection; `request()` in lane threads."""
+
+    def __init__(self) -> None:
+        self._nc: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._prefix = ""
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, _Waiter] = {}
+
+    async def open(self, nc: Any) -> None:
+        """Subscribe to this connection's reply subjects (bus loop)."""
+        prefix = nc.new_inbox() + "."
+        sub = await nc.subscribe(prefix + "*", pending_msgs_limit=0, pending_bytes_limit=0)
+        sub._pending_queue = _Replies(self)  # answered in the reader (see _Replies)
+        self._prefix, self._nc = prefix, nc
+        self._loop = asyncio.get_running_loop()
+
+    def close(self) -> None:
+        """The connection is going: claims in flight will get no answer, so their lanes are
+        told so now rather than at their timeout (bus loop)."""
+        self._nc = None
+        for token in list(self._waiting):
+            self.answer(token, ClaimAnswer("unavailable", error="connection closed"))
+
+    def request(self, subject: str, body: bytes, headers: dict[str, str],
+                timeout_s: float) -> ClaimAnswer:
+        """Publish `body` on `subject` with `headers` and wait for the stream's answer at most
+        `timeout_s` (lane threads). Subjects and header values are this gate's own (config
+        checks venue and device names; uuids, sequences): nothing here escapes them."""
+        loop, nc = self._loop, self._nc
+        if nc is None or loop is None or loop.is_closed():
+            return ClaimAnswer("unavailable", error="not connected")
+        token = str(next(self._tokens))
+        head = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        command = hpub_cmd(subject, self._prefix + token, head.encode(), body)
+        waiter = _Waiter()
+        self._waiting[token] = waiter
+        try:
+            loop.call_soon_threadsafe(self.send, nc, command, token)
+        except RuntimeError:  # the loop closed meanwhile
+            self._waiting.pop(token, None)
+            return ClaimAnswer("unavailable", error="not connected")
+        if not waiter.done.acquire(timeout=max(0.0, timeout_s)):
+            if self._waiting.pop(token, None) is not None:
+                return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms")
+            waiter.done.acquire()  # the reply is being answered this very instant
+        assert waiter.answer is not None
+        return waiter.answer
+
+    def send(self, nc: Any, command: bytes, token: str) -> None:
+        """Write one claim on the connection, after anything the client has queued (bus loop)."""
+        if nc is not self._nc or not nc.is_connected:
+            self.answer(token, ClaimAnswer("unavailable", error="not connected"))
+            return
+        try:
+            if nc._pending_data_size == 0:
+                nc._transport.write(command)
+            else:  # keep the order: behind the client's queued commands, flushed by its flusher
+                nc._pending.append(command)
+                nc._pending_data_size += len(command)
+                if nc._flush_queue is not None and nc._flush_queue.empty():
+                    nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+        except Exception as exc:  # noqa: BLE001 - a dead transport: not granted
+            self.answer(token, ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"))
+
+    def on_reply(self, msg: Msg) -> None:
+        """A reply on `<inbox>.<token>` (bus loop, in the client's reader)."""
+        token = msg.subject[len(self._prefix):]
+        if token in self._waiting:
+            try:
+                status = msg.headers.get("Status") if msg.headers else None
+                answer = answer_from_reply(msg.data, status)
+            except Exception as exc:  # noqa: BLE001 - never into the client's reader
+                answer = ClaimAnswer("unavailable", error=f"unreadable publish ack: {exc}"[:300])
+            self.answer(token, answer)
+
+    def answer(self, token: str, answer: ClaimAnswer) -> None:
+        waiter = self._waiting.pop(token, None)
+        if waiter is not None:  # else: the lane gave up already, or a second reply
+            waiter.answer = answer
+            waiter.done.release()
