@@ -466,7 +466,7 @@ class VenueBus:
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         self._begin_claim()
-        if self.lean_claims:
+        if self.lean_claims and self._claims.usable:
             answer = self._claims.request(subject, body, headers, timeout_s)
         else:
             answer = answer_via_js_publish(self._js, loop, subject, body, headers, timeout_s)

@@ -27,17 +27,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+import nats
 from nats.aio.msg import Msg
 from nats.js.errors import APIError
 from nats.protocol.command import hpub_cmd
 
 WRONG_LAST_SEQUENCE = 10071
+# what `send` and `open` use of the client beyond its public API
+_CLIENT_INTERNALS = ("_transport", "_pending", "_pending_data_size", "_flush_queue")
+log = logging.getLogger("gate_agent.venue")
 _LAST_NUMBER = re.compile(r"(\d+)\s*$")
 
 
@@ -127,6 +132,7 @@ class ClaimChannel:
     `open()` runs on the bus loop once per connection; `request()` in lane threads."""
 
     def __init__(self) -> None:
+        self.usable = True  # False: this client lacks the internals (see `open`)
         self._nc: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prefix = ""
@@ -134,9 +140,18 @@ class ClaimChannel:
         self._waiting: dict[str, _Waiter] = {}
 
     async def open(self, nc: Any) -> None:
-        """Subscribe to this connection's reply subjects (bus loop)."""
+        """Subscribe to this connection's reply subjects (bus loop). A client without the
+        internals this relies on (another nats-py than the pinned 2.16) leaves the channel
+        unusable: the bus then claims through `js.publish` (`usable`), never half-working."""
         prefix = nc.new_inbox() + "."
         sub = await nc.subscribe(prefix + "*", pending_msgs_limit=0, pending_bytes_limit=0)
+        if not (all(hasattr(nc, name) for name in _CLIENT_INTERNALS)
+                and isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue)):
+            await sub.unsubscribe()
+            self.usable = False
+            log.warning("nats-py %s lacks the internals of the lean claim path: claims go "
+                        "through js.publish", getattr(nats, "__version__", "?"))
+            return
         sub._pending_queue = _Replies(self)  # answered in the reader (see _Replies)
         self._prefix, self._nc = prefix, nc
         self._loop = asyncio.get_running_loop()

@@ -318,3 +318,27 @@ def test_claims_after_the_node_restarts(tmp_path: Path, venue_node: NodeProcess)
         assert again.outcome == "granted" and again.seq > first.seq
     finally:
         bus.stop()
+
+
+def test_a_client_without_the_internals_claims_through_js_publish(
+        tmp_path: Path, shared_venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another nats-py than the pinned one (an internal the lean path writes to is missing):
+    the channel is left unusable at connect and claims still get their real answers."""
+    from agent.venue import claim_channel
+
+    monkeypatch.setattr(claim_channel, "_CLIENT_INTERNALS",
+                        (*claim_channel._CLIENT_INTERNALS, "_not_in_this_client"))
+    venue = {"name": NAME, "servers": [shared_venue_node.url], "device": "c2", "credentials": "",
+             "tls_ca": "", "claim_timeout_ms": 500, "offline_policy": "local",
+             "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    other = VenueBus(venue, tmp_path, None)
+    other.start()
+    try:
+        wait_until(lambda: other.connected, 20, "bus connected")
+        assert other.lean_claims and not other._claims.usable
+        subject = ticket()
+        first = claim(other, subject, "old-client-a", 0)
+        assert first.outcome == "granted"
+        assert claim(other, subject, "old-client-b", 0) == ClaimAnswer("conflict", seq=first.seq)
+    finally:
+        other.stop()
