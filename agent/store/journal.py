@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError
@@ -210,6 +210,52 @@ _UNACKNOWLEDGED_FLOW = (
     f" + ({_FLOW} WHERE zone_id = ?1 AND admit = 1 AND upload_state = 'sent' AND sent_at >= ?2)")
 
 
+class _ScanTransaction:
+    """`Journal.scan_transaction()` as a plain context manager: one per journal, reused by
+    every scan (a generator-based one costs a generator, a wrapper object and two frames per
+    scan). It holds no state of its own between enter and exit; the writer lock makes the
+    uses of one journal take turns, as before."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+
+    def __enter__(self) -> None:
+        journal = self.journal
+        journal._lock.acquire()  # in-process writers queue here (see _WRITE_LOCKS)
+        try:
+            journal.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            journal._lock.release()
+            raise JournalUnavailable(
+                f"scan journal {journal.path} is not writable: {exc}") from exc
+        except BaseException:
+            journal._lock.release()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> Literal[False]:
+        journal = self.journal
+        try:
+            if kind is None:
+                try:
+                    journal.conn.execute("COMMIT")
+                    return False
+                except sqlite3.Error as error:
+                    exc = error
+                except BaseException:
+                    journal._rollback()
+                    raise
+            journal._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise JournalUnavailable(
+                    f"scan journal {journal.path} is not writable: {exc}") from exc
+            return False  # anything else goes on as it was raised
+        finally:
+            journal._lock.release()
+
+
 class Journal:
     """The journal file (`<store.dir>/journal.db`). Never deleted, never rebuilt."""
 
@@ -231,6 +277,7 @@ class Journal:
             raise JournalUnavailable(str(exc)) from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
+        self._transaction = _ScanTransaction(self)
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
@@ -239,30 +286,14 @@ class Journal:
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def scan_transaction(self) -> Iterator[None]:
+    def scan_transaction(self) -> _ScanTransaction:
         """The write transaction a scan is decided in: from reading the ticket's scan state to
         committing its row (fsync). Two lanes, or the daemon and a technician's `gate-agent
         scan`, deciding one ticket at the same instant take turns, so the second sees the
         first's admit — a copied single-access ticket shown at two gates gets in once.
         Any SQLite failure (locked past the busy timeout, disk full, read-only) is rolled back
         and raised as JournalUnavailable: the caller must not admit on it."""
-        with self._lock:  # in-process writers queue here (see _WRITE_LOCKS)
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise JournalUnavailable(
-                    f"scan journal {self.path} is not writable: {exc}") from exc
-            try:
-                yield
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise JournalUnavailable(
-                    f"scan journal {self.path} is not writable: {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
+        return self._transaction
 
     def insert(self, row: JournalRow) -> None:
         """Add one scan inside `scan_transaction()`."""
