@@ -265,7 +265,15 @@ def _zone_access(item: Item, cand: Candidate) -> bool:
 
 
 def _local(moment: datetime | None, tz: Any) -> str:
-    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M") if moment else "?"
+    """A time in the event's zone for a message: `strftime`'s text, %-formatted (half the
+    cost) from year 1000 on, where both spell it alike."""
+    if not moment:
+        return "?"
+    local = moment.astimezone(tz)
+    if local.year < 1000:
+        return local.strftime("%Y-%m-%d %H:%M")
+    return "%04d-%02d-%02d %02d:%02d" % (  # noqa: UP031 - faster than an f-string
+        local.year, local.month, local.day, local.hour, local.minute)
 
 
 def _decision(admit: bool, status: str, detail: str | None, direction: str, message: str,

@@ -78,7 +78,8 @@ class Gate:
         if mono_ms is not None and lane.debounce_ms:
             last = self._last_read.get(lane.name)
             debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
-        served = tuple(self.config.event_ids) if self.config.event_ids is not None else None
+        ids = self.config.event_ids
+        served = tuple(ids) if ids is not None else None
         if not code:
             return Facts(code, kind, served_events=served, debounced=debounced)
         found: list[CachedItem] = []

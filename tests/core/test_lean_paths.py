@@ -15,7 +15,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.codes import normalize_nfc_id, parse_utc_iso, utc_iso
+from agent.core.codes import normalize_nfc_id, parse_utc_iso, utc_iso, zone_info
+from agent.core.decide import _local
 from agent.core.model import (
     Item,
     ZoneScan,
@@ -209,3 +210,15 @@ def test_parse_utc_iso_is_strptime(moment: datetime, where: int, char: str) -> N
     "0999-07-01T10:00:00.000000Z", "999-07-01T10:00:00.000000Z"])))
 def test_parse_utc_iso_refuses_what_strptime_refuses(text: str) -> None:
     assert outcome(parse_utc_iso, text) == outcome(reference_parse_utc_iso, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 30)), OFFSETS,
+       st.sampled_from(["UTC", "Europe/Amsterdam", "America/New_York", "Asia/Kolkata"]))
+def test_message_times_are_strftime(moment: datetime, tz: timezone | None, zone: str) -> None:
+    """`decide`'s messages ("Already inside since ...") show times as they always did."""
+    moment = moment.replace(tzinfo=tz or UTC)
+    where = zone_info(zone)
+    old = moment.astimezone(where).strftime("%Y-%m-%d %H:%M")
+    assert _local(moment, where) == old
+    assert _local(None, where) == "?"
