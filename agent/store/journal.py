@@ -166,9 +166,13 @@ def _write_lock(path: Path) -> threading.Lock:
         return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JournalRow:
-    """What a decided scan leaves behind; the upload job turns it into a platform ticket row."""
+    """What a decided scan leaves behind; the upload job turns it into a platform ticket row.
+
+    Not frozen, though nothing changes a row once built (a venue claim copies it with
+    `dataclasses.replace`): a frozen dataclass of 22 fields sets each through
+    `object.__setattr__`, 2-3 µs of every scan (issue 18); with slots it is a fifth of that."""
 
     uuid: str
     code: str
