@@ -147,9 +147,12 @@ class ZoneScan:
     uuid: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Item:
-    """One entry item (ticket, season ticket, add-on or product) as `GET /entry/tickets` sends it."""
+    """One entry item (ticket, season ticket, add-on or product) as `GET /entry/tickets` sends it.
+
+    Not frozen, though nothing changes an item once parsed: every lookup hit builds one, and a
+    frozen dataclass sets each of its 18 fields through `object.__setattr__` (issue 18)."""
 
     id: int
     item_type: str
