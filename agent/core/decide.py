@@ -56,9 +56,12 @@ DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "
            "unknownStatus", "cacheEmpty")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
-    """One cached item the code matched, with everything the rules need about it."""
+    """One cached item the code matched, with everything the rules need about it.
+
+    Candidate and Facts are built for every lookup and read only by `decide`: slotted and not
+    frozen, as a frozen dataclass sets each field through `object.__setattr__` (issue 18)."""
 
     event_id: int
     item: Item
@@ -69,7 +72,7 @@ class Candidate:
     occupancy: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Facts:
     """What the lookup found for a code. Built by `agent.runtime.gate`, consumed here."""
 
