@@ -109,9 +109,22 @@ def format_upload_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+_UTC_ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def utc_iso(moment: datetime) -> str:
-    """ISO 8601 UTC with microseconds: how gate-agent stores its own times (sortable text)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 UTC with microseconds: how gate-agent stores its own times (sortable text).
+
+    %-formatting rather than `strftime` (half the cost; every scan stamps its row): the same
+    text for every year from 1000 on. Earlier years go through `strftime`, which writes them
+    unpadded on glibc, so the text stays exactly what it always was."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    if moment.year < 1000:
+        return moment.strftime(_UTC_ISO)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 - faster than an f-string
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+        moment.microsecond)
 
 
 def epoch_iso(seconds: float | None) -> str | None:
@@ -121,8 +134,18 @@ def epoch_iso(seconds: float | None) -> str | None:
 
 
 def parse_utc_iso(text: str) -> datetime:
-    """Inverse of `utc_iso`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """Inverse of `utc_iso` (ValueError for any other text).
+
+    `fromisoformat` is some fifty times cheaper than `strptime` (the hot path reads back each
+    own admit of a ticket), but it accepts more spellings than `utc_iso` writes; its answer is
+    kept only when `utc_iso` gives the very text back, else `strptime` decides, as before."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (ValueError, TypeError):
+        moment = None
+    if moment is not None and moment.tzinfo is UTC and utc_iso(moment) == text:
+        return moment
+    return datetime.strptime(text, _UTC_ISO).replace(tzinfo=UTC)
 
 
 def age_on(birth: datetime, moment: datetime) -> int:

@@ -147,9 +147,12 @@ class ZoneScan:
     uuid: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Item:
-    """One entry item (ticket, season ticket, add-on or product) as `GET /entry/tickets` sends it."""
+    """One entry item (ticket, season ticket, add-on or product) as `GET /entry/tickets` sends it.
+
+    Not frozen, though nothing changes an item once parsed: every lookup hit builds one, and a
+    frozen dataclass sets each of its 18 fields through `object.__setattr__` (issue 18)."""
 
     id: int
     item_type: str
@@ -285,51 +288,82 @@ def item_platform_scans(item: Item) -> tuple[ZoneScan, ...]:
 
 
 def parse_item(data: Any) -> Item | None:
-    """Parse one `content[]` element; None when it has no usable id."""
-    d = _obj(data)
-    item_id = _int(d.get("id"))
+    """Parse one `content[]` element; None when it has no usable id.
+
+    Every lookup parses its hits, so this is written for speed: the exact JSON types take an
+    inline fast path (a plain `int` id in range, ASCII text, a missing field) and anything
+    else goes through the general helpers above, so the Item is the one those helpers alone
+    build (tests/core/test_lean_paths.py holds it to the original over hostile payloads)."""
+    d = data if type(data) is dict else _obj(data)
+    value = d.get("id")
+    item_id = value if type(value) is int and _INT_MIN <= value <= _INT_MAX else _int(value)
     if item_id is None:
         return None
-    const, stable, variable, zone_data = (
-        _obj(d.get("const")), _obj(d.get("stable")), _obj(d.get("variable")), d.get("zoneData")
-    )
-    zones_obj = _obj(zone_data)
+    const, stable, variable_raw = d.get("const"), d.get("stable"), d.get("variable")
+    const = const if type(const) is dict else _obj(const)
+    stable = stable if type(stable) is dict else _obj(stable)
+    variable = variable_raw if type(variable_raw) is dict else _obj(variable_raw)
     access: tuple[int, ...] | None = None
-    if isinstance(zone_data, dict) and isinstance(zones_obj.get("accessToZones"), list):
-        access = tuple(
-            z for z in (_int(_obj(a).get("id")) for a in zones_obj["accessToZones"]) if z is not None
-        )
-    scans = tuple(
-        ZoneScan(
-            zone_id=_scan_zone(_obj(s).get("zoneId")),
-            scan="out" if _obj(s).get("scan") == "out" else "in",
-            scanned_on=_str(_obj(s).get("scannedOn")),
-            uuid=_str(_obj(s).get("uuid")),
-        )
-        for s in _list(zones_obj.get("scans"))
-        if isinstance(s, dict)
-    )
-    nfc_raw = _str(variable.get("nfcId"))
+    scans: tuple[ZoneScan, ...] = ()
+    zone_data = d.get("zoneData")
+    if isinstance(zone_data, dict):
+        listed = zone_data.get("accessToZones")
+        if isinstance(listed, list):
+            access = _zone_ids(listed)
+        listed = zone_data.get("scans")
+        if listed and isinstance(listed, list):
+            scans = tuple(_zone_scan(s) for s in listed if isinstance(s, dict))
+    value = const.get("barcode")
+    barcode = value if type(value) is str and value.isascii() else _str(value)
+    value = stable.get("customerName")
+    customer = value if type(value) is str and value.isascii() else _str(value)
+    value = const.get("typeId")
+    type_id = value if type(value) is int and _INT_MIN <= value <= _INT_MAX else _int(value)
+    value = variable.get("nfcId")
+    nfc_raw = None if value is None else _str(value)
+    value = stable.get("validFrom")
+    valid_from = None if value is None else _bound(value)
+    value = stable.get("validTo")
+    valid_to = None if value is None else _bound(value)
+    value = d.get("parentOrderItemId")
     return Item(
         id=item_id,
         item_type=_str(d.get("itemType")) or "ticket",
-        parent_id=_int(d.get("parentOrderItemId")),
-        barcode=_str(const.get("barcode")),
-        historic_barcodes=historic_barcodes(d),
+        parent_id=None if value is None else _int(value),
+        barcode=barcode,
+        historic_barcodes=historic_barcodes(d) if "historicBarcodes" in d or
+        "historicBarcodes" in const or "historicBarcodes" in variable else (),
         type_name=_str(const.get("type")) or _str(const.get("typeDuringSale")),
-        type_id=_int(const.get("typeId")),
+        type_id=type_id,
         order_ref=_order_ref(const.get("transactionId")),
-        customer_name=_str(stable.get("customerName")),
+        customer_name=customer,
         date_of_birth=_str(stable.get("dateOfBirth")) or _str(d.get("dateOfBirth")),
-        valid_from=_bound(stable.get("validFrom")),
-        valid_to=_bound(stable.get("validTo")),
-        status=_status(d.get("variable")),
+        valid_from=valid_from,
+        valid_to=valid_to,
+        status="sold" if variable_raw is None or variable_raw == [] else _status(variable_raw),
         nfc_id=normalize_nfc_id(nfc_raw) if nfc_raw else None,
         scanned_on=_str(variable.get("scannedOn")),
         access_zones=access,
         scans=scans,
         raw=d,
     )
+
+
+def _zone_ids(listed: list[Any]) -> tuple[int, ...]:
+    """`accessToZones` ids that can be read (an entry without one is skipped)."""
+    ids = []
+    for entry in listed:
+        value = entry.get("id") if isinstance(entry, dict) else None
+        zone_id = value if type(value) is int and _INT_MIN <= value <= _INT_MAX else _int(value)
+        if zone_id is not None:
+            ids.append(zone_id)
+    return tuple(ids)
+
+
+def _zone_scan(s: dict[str, Any]) -> ZoneScan:
+    return ZoneScan(zone_id=_scan_zone(s.get("zoneId")),
+                    scan="out" if s.get("scan") == "out" else "in",
+                    scanned_on=_str(s.get("scannedOn")), uuid=_str(s.get("uuid")))
 
 
 def strip_personal(raw: dict[str, Any]) -> dict[str, Any]:

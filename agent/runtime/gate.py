@@ -8,7 +8,7 @@ row before returning — so whoever pulses the relay does so only after the scan
 from __future__ import annotations
 
 import logging
-import uuid as uuidlib
+import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -78,23 +78,27 @@ class Gate:
         if mono_ms is not None and lane.debounce_ms:
             last = self._last_read.get(lane.name)
             debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
-        served = tuple(self.config.event_ids) if self.config.event_ids is not None else None
+        ids = self.config.event_ids
+        served = tuple(ids) if ids is not None else None
         if not code:
             return Facts(code, kind, served_events=served, debounced=debounced)
         found: list[CachedItem] = []
         historic: int | None = None
+        empty = False
         if kind == "nfc":
             found = self.cache.find_nfc(code)
+            if not found:
+                empty = self.cache.is_empty()
         else:
             found = self.cache.find_barcode(code)
-            if not found:
-                historic = next(iter(self.cache.find_historic(code)), None)
+            if not found:  # one statement answers both questions a miss asks
+                historic, empty = self.cache.miss(code)
             if not found and historic is None and (alt := normalize_nfc_id(code)):
                 found = self.cache.find_nfc(alt)
         if kind == "nfc" and found:
             found = _newest_per_event(found)
         candidates = tuple(self._candidate(hit, lane) for hit in found)
-        empty = not found and historic is None and self.cache.is_empty()
+        empty = empty and not found and historic is None
         return Facts(code, kind, candidates, historic, served, debounced, cache_empty=empty)
 
     def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
@@ -164,7 +168,7 @@ class Gate:
                     decision = settled
                 if not decision.record:
                     return ScanResult(decision, None)
-                scan_uuid = claim.uuid if claim is not None else str(uuidlib.uuid4())
+                scan_uuid = claim.uuid if claim is not None else new_scan_uuid()
                 row = _journal_row(scan_uuid, decision, lane, now)
                 self.journal.insert(claim.mark(row) if claim is not None else row)
                 if self.confirms_passage and decision.admit and \
@@ -272,6 +276,16 @@ def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
         if hit.event_id not in best or hit.seq > best[hit.event_id].seq:
             best[hit.event_id] = hit
     return sorted(best.values(), key=lambda h: -h.seq)
+
+
+def new_scan_uuid() -> str:
+    """A random (version 4) UUID as text, like `str(uuid.uuid4())` at a third of the cost: the
+    same 122 random bits from `os.urandom`, the version nibble 4 and the RFC 4122 variant."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = "89ab"  # the top two bits of clock_seq_hi are 10 (RFC 4122)
 
 
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:

@@ -397,6 +397,15 @@ class TicketCache:
         return [r[0] for r in self.conn.execute(
             "SELECT DISTINCT event_id FROM historic_barcodes WHERE barcode = ?", (code,))]
 
+    def miss(self, code: str) -> tuple[int | None, bool]:
+        """What a barcode that matched no item needs next, in one statement: the event where
+        it is a replaced barcode (the lowest, if several; None if none), and whether no item
+        at all is cached (`is_empty`)."""
+        row = self.conn.execute(
+            "SELECT (SELECT MIN(event_id) FROM historic_barcodes WHERE barcode = ?1),"
+            " NOT EXISTS (SELECT 1 FROM items)", (code,)).fetchone()
+        return row[0], bool(row[1])
+
     def _items(self, sql: str, arg: str) -> list[CachedItem]:
         found = []
         for event_id, seq, raw in self.conn.execute(sql, (arg,)):

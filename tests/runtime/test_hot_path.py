@@ -3,10 +3,13 @@ cache and journal connections, and the platform's scans taken from the item just
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
+from pathlib import Path
 
 from agent import demo_data
-from agent.runtime.gate import Gate
+from agent.runtime.gate import Gate, new_scan_uuid
+from agent.store.cache import TicketCache
 from tests.conftest import DemoSite
 from tests.core.test_decide import scanned_elsewhere
 
@@ -40,3 +43,39 @@ def test_platform_scans_still_count_without_being_read_back(gate: Gate, site: De
     assert (result.decision.admit, result.decision.status) == (False, "alreadyIn")
     assert result.uuid  # the refusal is journaled
     assert not any("platform_scans" in s for s in statements)
+
+
+def test_a_miss_asks_one_statement_for_replaced_barcode_and_empty_cache(
+        gate: Gate, site: DemoSite, tmp_path: Path) -> None:
+    """Unknown, replaced and (on an empty cache) every code: one lookup plus one statement
+    that answers both "replaced where?" and "anything cached at all?"."""
+    lane = gate.config.lane("north-in")
+    for code, detail in (("NEVER-ISSUED-1", "unknownCode"), (C["historic"], "historicBarcode")):
+        statements = _traced(gate)
+        result = gate.scan(code, lane, site.now)
+        assert (result.decision.admit, result.decision.detail) == (False, detail)
+        assert result.uuid  # the refusal is journaled
+        words = [s.split()[0].upper() for s in statements]
+        assert words == ["BEGIN", "SELECT", "SELECT", "INSERT", "COMMIT"], statements
+    assert gate.check(C["historic"], lane, site.now).event_id == demo_data.EVENT_ID
+    empty = TicketCache(tmp_path / "empty.db")
+    try:
+        blank = Gate(empty, None, gate.config)
+        for code, kind in (("NEVER-ISSUED-1", None), ("04:A2:2B:1C", None), ("0x04A2", "nfc")):
+            assert blank.check(code, lane, site.now, kind=kind).detail == "cacheEmpty"
+        assert gate.check("NEVER-ISSUED-1", lane, site.now).detail == "unknownCode"
+    finally:
+        empty.close()
+
+
+def test_scan_uuids_are_random_version_4_uuids() -> None:
+    made = [new_scan_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # every hex digit that is random varies (a fixed or dropped digit would show here)
+    for position in [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]:
+        assert len({t[position] for t in made}) == 16, position
+    assert {t[19] for t in made} == set("89ab")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalUnavailable
-from agent.store.journal import Journal, iter_all
+from agent.store.journal import Journal, JournalRow, iter_all
 from tests.conftest import PROJECT_ROOT, DemoSite
 
 WRITER = textwrap.dedent("""
@@ -113,3 +113,48 @@ def test_a_claimed_batch_is_never_claimed_again_nor_regrouped_by_a_stale_claimer
     assert [state[r.uuid] for r in rows[:4]] == [("pending", "part-1")] * 2 + \
         [("pending", "part-2")] * 2
     assert {state[r.uuid] for r in rows[4:]} == {("pending", None)}
+
+
+def _row(scan_uuid: str) -> JournalRow:
+    return JournalRow(uuid=scan_uuid, code="C", kind="barcode", barcode="C", nfc_id=None,
+                      item_id=1, event_id=2, zone_id=None, zone_is_default=True, gate_id=None,
+                      lane="l", direction="in", admit=True, status="valid", status_detail=None,
+                      message="m", scanned_on="2026-07-01T10:00:00.000000Z")
+
+
+def test_scan_transaction_rolls_back_and_frees_the_writer_on_every_way_out(
+        tmp_path: Path) -> None:
+    """Commit on a normal exit (a `return` inside too); roll back on any error, an SQLite
+    one raised as JournalUnavailable, anything else as it is; the writer lock is free after
+    each, so the next scan is not stuck behind a failed one."""
+    journal, other = Journal(tmp_path / "journal.db"), Journal(tmp_path / "journal.db")
+
+    def returns_inside() -> str:
+        with journal.scan_transaction():
+            journal.insert(_row("kept-1"))
+            return "returned"
+
+    try:
+        assert returns_inside() == "returned"
+        with pytest.raises(KeyError):
+            with journal.scan_transaction():
+                journal.insert(_row("gone-1"))
+                raise KeyError("not SQLite")
+        with pytest.raises(JournalUnavailable, match="not writable.*UNIQUE"):
+            with journal.scan_transaction():
+                journal.insert(_row("gone-2"))
+                journal.insert(_row("kept-1"))  # the uuid is UNIQUE
+        other.conn.execute("PRAGMA query_only = ON")  # a read-only file: BEGIN fails
+        with pytest.raises(JournalUnavailable):
+            with other.scan_transaction():
+                other.insert(_row("gone-3"))
+        other.conn.execute("PRAGMA query_only = OFF")
+        assert not journal.conn.in_transaction and not other.conn.in_transaction
+        writer = other._lock  # the in-process writer lock both share: released every time
+        assert writer.acquire(timeout=10), "a failed transaction kept the writer lock"
+        writer.release()
+        journal.record(_row("kept-2"))
+        assert [r["uuid"] for r in iter_all(journal)] == ["kept-1", "kept-2"]
+    finally:
+        journal.close()
+        other.close()
