@@ -8,6 +8,7 @@ scans_zone_flow are gone, and the zone flow is summed from the outbox and scans_
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -166,8 +167,8 @@ def test_a_scan_commit_writes_two_pages_plus_one_for_an_admit(tmp_path: Path) ->
         for kind, row in (("refusal", _row("r1", admit=False)), ("admit", _row("a1", admit=True)),
                           ("unknown", _row("u1", admit=False, item_id=None))):
             before = _wal_frames(path)
-            journal.record(row if kind != "unknown" else JournalRow(**{
-                **row.__dict__, "upload_state": "local"}))
+            journal.record(row if kind != "unknown" else
+                           dataclasses.replace(row, upload_state="local"))
             frames[kind] = _wal_frames(path) - before
         assert frames == {"refusal": 2, "admit": 3, "unknown": 3}
     finally:
@@ -184,8 +185,8 @@ def test_a_0005_journal_keeps_its_rows_and_outbox(tmp_path: Path) -> None:
     conn = db.conn
     cols = [c for c in JournalRow.__dataclass_fields__]
     rows = [_row(f"s{i}", admit=i % 2 == 0) for i in range(8)]
-    rows.append(JournalRow(**{**_row("u1", admit=False, item_id=None).__dict__,
-                              "upload_state": "local"}))
+    rows.append(dataclasses.replace(_row("u1", admit=False, item_id=None),
+                                    upload_state="local"))
     for r in rows:
         conn.execute(f"INSERT INTO scans ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                      tuple(getattr(r, c) for c in cols))
