@@ -284,7 +284,14 @@ class Governor:
             at = self.budget.ready_at(Priority(head.priority), now)
             if at <= now:
                 heapq.heappop(self._heap)
-                head.future.set_result(self._grant(Priority(head.priority), now))
+                ticket = self._grant(Priority(head.priority), now)
+                try:
+                    head.future.set_result(ticket)
+                except asyncio.InvalidStateError:
+                    # cancelled this very instant: Ctrl-C's handler (asyncio.run's SIGINT
+                    # handler cancels the main task) runs between any two bytecodes, even
+                    # after the check above. Never sent: its slot is free again.
+                    self.budget.done(ticket, now)
                 continue
             self._wake.clear()
             woken = asyncio.ensure_future(self._wake.wait())

@@ -382,3 +382,33 @@ def test_a_request_in_flight_holds_its_slot_until_it_is_over():
         return loop.time()
 
     assert run_simulated(scenario()) >= 160 - 1e-9
+
+
+class CancelledAtGrant(Governor):
+    """The waiter's task is cancelled between the pump's check and its grant, as asyncio.run's
+    SIGINT handler can do between any two bytecodes (a Ctrl-C during `gate-agent sync`)."""
+
+    def _grant(self, priority: Priority, now: float) -> Ticket:
+        if not self.cancelled_once:
+            self.cancelled_once = True
+            self._heap_head.cancel()
+        return super()._grant(priority, now)
+
+
+def test_a_waiter_cancelled_at_its_grant_gives_its_slot_back_and_the_pump_goes_on():
+    async def scenario() -> tuple[int, int, int]:
+        gov = CancelledAtGrant(1, 1.0, 0)  # a share of one send per window
+        gov.cancelled_once = False
+        first = asyncio.ensure_future(gov.acquire(Priority.UPLOAD))
+        second = asyncio.ensure_future(gov.acquire(Priority.UPLOAD))
+        gov._heap_head = first  # the task the "Ctrl-C" cancels
+        await asyncio.sleep(0)
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)  # never sent
+        assert isinstance(results[1], Ticket)  # granted at once: the slot came back
+        pump = gov._pump
+        return (gov.granted["UPLOAD"], gov.budget.remaining(gov.clock.now()),
+                0 if pump is None or not pump.done() or pump.exception() is None else 1)
+
+    granted, remaining, pump_failed = run_simulated(scenario())
+    assert (granted, remaining, pump_failed) == (1, 0, 0)
