@@ -50,6 +50,7 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
+STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -176,7 +177,7 @@ class VenueBus:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._session(store, journal)
+                    await self._session_until_stopped(store, journal)
                 except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
                     await self._close_connection()
                     self.last_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -187,6 +188,26 @@ class VenueBus:
             store.close()
             if journal is not None:
                 journal.close()
+
+    async def _session_until_stopped(self, store: VenueStore, journal: Journal | None) -> None:
+        """A session that `stop()` can end. A connected session sees the stop and ends by
+        itself; one still connecting does not (nats-py retries a first connect to a bus it
+        never reached for ever), so after STOP_GRACE_S it is cancelled: a gate whose bus is
+        down stops at once instead of after the thread's join timeout."""
+        assert self._stop is not None
+        session = asyncio.ensure_future(self._session(store, journal))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done() and self._nc is not None:  # connected: it ends by itself
+                await asyncio.wait({session}, timeout=STOP_GRACE_S)
+            if not session.done():
+                session.cancel()
+                await asyncio.gather(session, return_exceptions=True)
+                return
+            await session  # its own outcome: an error is retried by the caller
+        finally:
+            stopping.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stop is not None

@@ -181,6 +181,20 @@ def test_not_connected_is_unavailable_at_once(tmp_path: Path) -> None:
     assert answer == ClaimAnswer("unavailable", error="not connected")
 
 
+def test_a_bus_never_reached_stops_without_waiting_out_its_join(tmp_path: Path) -> None:
+    """nats-py retries a first connect to an unreachable bus for ever; stop() must still end
+    the bus thread (a gate whose bus is down stops at once, not after the join timeout)."""
+    venue = {"name": NAME, "servers": ["nats://127.0.0.1:1"], "device": "c8", "credentials": "",
+             "tls_ca": "", "claim_timeout_ms": 500, "offline_policy": "local",
+             "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    bus = VenueBus(venue, tmp_path, None)
+    bus.start()
+    time.sleep(0.5)  # connecting (and failing, and retrying)
+    assert not bus.connected
+    bus.stop(timeout=2.5)
+    assert bus._thread is not None and not bus._thread.is_alive()
+
+
 def other_gates_scan(bus: VenueBus, uuid: str) -> int:
     """A scan of another gate reaches the stream (not a claim of this bus): its seq."""
     answer = bus._claims.request(ticket(), scan_body(uuid, 1), {"Nats-Msg-Id": uuid}, 2.0)
