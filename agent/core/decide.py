@@ -85,8 +85,14 @@ class Facts:
     cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
+    """What `decide` answers for one scan. Slotted and not frozen (issue 18): a frozen
+    dataclass sets each of its 14 fields through `object.__setattr__`. Nothing changes a
+    Decision once made — copies are made with `dataclasses.replace` (a venue claim, a
+    journal failure), and the venue path shares one across threads read-only — and nothing
+    hashes it (its `ticket` dict never let it be hashed)."""
+
     admit: bool
     status: str
     detail: str | None

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
@@ -168,15 +169,21 @@ class Gate:
                     decision = settled
                 if not decision.record:
                     return ScanResult(decision, None)
-                scan_uuid = claim.uuid if claim is not None else new_scan_uuid()
-                row = _journal_row(scan_uuid, decision, lane, now)
-                self.journal.insert(claim.mark(row) if claim is not None else row)
+                if claim is not None:
+                    scan_uuid = claim.uuid
+                    row = _journal_row(scan_uuid, decision, lane, now)
+                    scanned_on = row.scanned_on
+                    self.journal.insert(claim.mark(row))
+                else:  # the usual scan: its row's values straight from the decision
+                    scan_uuid, scanned_on = new_scan_uuid(), utc_iso(now)
+                    self.journal.insert_values(
+                        _journal_values(scan_uuid, decision, lane, scanned_on))
                 if self.confirms_passage and decision.admit and \
                         passage_input_for(lane, decision.direction):
                     # held from upload until the turnstile says (agent.runtime.passage)
                     await_passage(self.journal, scan_uuid, lane.name, decision.direction,
                                   decision.zone_id, decision.status, decision.detail,
-                                  row.scanned_on)
+                                  scanned_on)
         except JournalUnavailable as exc:
             if decision is None:  # the transaction never began: decide without it
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
@@ -288,6 +295,9 @@ def new_scan_uuid() -> str:
 _VARIANT = "89ab"  # the top two bits of clock_seq_hi are 10 (RFC 4122)
 
 
+_UNKNOWN_CODE = "unknown code: no platform item to attach it to"
+
+
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:
     """Unknown codes have no event to attach them to: kept locally (`local`), never uploaded."""
     local_only = d.event_id is None
@@ -299,5 +309,22 @@ def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -
         lane=lane.name, direction=d.direction, admit=d.admit, status=d.status,
         status_detail=d.detail, message=d.message, scanned_on=utc_iso(now),
         upload_state="local" if local_only else "pending",
-        reason="unknown code: no platform item to attach it to" if local_only else None,
+        reason=_UNKNOWN_CODE if local_only else None,
     )
+
+
+def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
+                    scanned_on: str) -> tuple[Any, ...]:
+    """`_journal_row(...)`'s values in `agent.store.journal._COLUMNS` order, built without the
+    JournalRow (issue 18: a scan's hot path; tests/runtime/test_journal_values.py holds the two
+    to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None."""
+    kind, code = d.kind, d.code
+    if d.event_id is None:
+        state, reason = "local", _UNKNOWN_CODE
+    else:
+        state, reason = "pending", None
+    return (scan_uuid, code, kind,
+            d.barcode if d.item_id is not None else (code if kind == "barcode" else None),
+            code if kind == "nfc" else None, d.item_id, d.event_id, d.zone_id,
+            d.zone_is_default, lane.gate_id, lane.name, d.direction, d.admit, d.status,
+            d.detail, d.message, scanned_on, state, reason, None, None, None)

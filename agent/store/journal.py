@@ -227,6 +227,12 @@ class Journal:
         """Add one scan inside `scan_transaction()`."""
         self.conn.execute(_INSERT, _values(row))
 
+    def insert_values(self, values: tuple[Any, ...]) -> None:
+        """Add one scan inside `scan_transaction()` from its values in `_COLUMNS` order: the
+        gate's hot path builds that tuple straight from its decision, without a JournalRow in
+        between (issue 18); everything else inserts a JournalRow."""
+        self.conn.execute(_INSERT, values)
+
     def record(self, row: JournalRow) -> None:
         """Insert and commit (fsync) one scan on its own."""
         with self.scan_transaction():
