@@ -317,7 +317,8 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
                     scanned_on: str) -> tuple[Any, ...]:
     """`_journal_row(...)`'s values in `agent.store.journal._COLUMNS` order, built without the
     JournalRow (issue 18: a scan's hot path; tests/runtime/test_journal_values.py holds the two
-    to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None."""
+    to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None. The two flags
+    are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS)."""
     kind, code = d.kind, d.code
     if d.event_id is None:
         state, reason = "local", _UNKNOWN_CODE
@@ -326,5 +327,6 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
     return (scan_uuid, code, kind,
             d.barcode if d.item_id is not None else (code if kind == "barcode" else None),
             code if kind == "nfc" else None, d.item_id, d.event_id, d.zone_id,
-            d.zone_is_default, lane.gate_id, lane.name, d.direction, d.admit, d.status,
+            1 if d.zone_is_default else 0, lane.gate_id, lane.name, d.direction,
+            1 if d.admit else 0, d.status,
             d.detail, d.message, scanned_on, state, reason, None, None, None)

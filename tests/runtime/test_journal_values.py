@@ -8,10 +8,13 @@ a real journal file, where both rows must read back alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +37,45 @@ MOMENTS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 
                        timezones=st.just(UTC))
 
 
+def stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What SQLite keeps of bound values: a bool is the integer 0 or 1."""
+    return tuple(int(v) if isinstance(v, bool) else v for v in values)
+
+
 @settings(max_examples=400, deadline=None)
 @given(DECISIONS, LANES, MOMENTS)
 def test_values_are_the_journal_rows(decision: Decision, lane: LaneConfig, now: datetime) -> None:
     fast = _journal_values("u-1", decision, lane, utc_iso(now))
     assert len(fast) == len(_COLUMNS)
-    assert repr(fast) == repr(_values(_journal_row("u-1", decision, lane, now)))
+    assert not any(isinstance(v, bool) for v in fast)  # flags as 0/1: bound without adapting
+    assert repr(fast) == repr(stored(_values(_journal_row("u-1", decision, lane, now))))
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journal]:
+    journal = Journal(tmp_path_factory.mktemp("values") / "journal.db")
+    yield journal
+    journal.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(DECISIONS, LANES, MOMENTS)
+def test_a_row_of_values_reads_back_as_its_journal_row(journal: Journal, decision: Decision,
+                                                       lane: LaneConfig, now: datetime) -> None:
+    """Through a real file: `insert_values` (its Nones written as NULL literals, one statement
+    per pattern of Nones) stores what `insert` of the JournalRow stores, for any decision."""
+    with journal.scan_transaction():
+        journal.insert(_journal_row("row", decision, lane, now))
+        journal.insert_values(_journal_values("tuple", decision, lane, utc_iso(now)))
+    try:
+        rows = journal.conn.execute(
+            f"SELECT uuid, {', '.join(_COLUMNS[1:])} FROM scans WHERE uuid IN ('row', 'tuple')"
+            " ORDER BY seq").fetchall()
+    finally:
+        journal.conn.execute("DELETE FROM scans")
+    assert [r[0] for r in rows] == ["row", "tuple"]
+    assert repr(rows[0][1:]) == repr(rows[1][1:])
+    assert repr(rows[1][1:]) == repr(stored(_values(_journal_row("x", decision, lane, now)))[1:])
 
 
 def test_both_rows_read_back_alike_from_a_journal_file(tmp_path: Path) -> None:
