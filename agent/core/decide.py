@@ -295,13 +295,12 @@ def _decision(admit: bool, status: str, detail: str | None, direction: str, mess
             "orderRef": item.order_ref, "itemType": item.item_type, "scansIn": cand.state.entries,
             "lastScan": cand.state.last_scan.isoformat() if cand.state.last_scan else None,
         }
+    # Positional, in field order (a class called with keywords packs them into a dict first).
+    if cand is None:
+        return Decision(admit, status, detail, direction, message, base["code"], base["kind"],
+                        record, None, None, None, False, None, ticket)
     return Decision(
-        admit=admit, status=status, detail=detail, direction=direction, message=message,
-        code=base["code"], kind=base["kind"], record=record,
-        event_id=cand.event_id if cand else None, item_id=cand.item.id if cand else None,
-        zone_id=cand.zone_id if cand else None,
-        zone_is_default=bool(cand and (cand.zone.is_default_entry if cand.zone else
-                                       cand.zone_id is None)),
-        barcode=cand.item.barcode if cand else None,
-        ticket=ticket,
-    )
+        admit, status, detail, direction, message, base["code"], base["kind"], record,
+        cand.event_id, cand.item.id, cand.zone_id,
+        cand.zone.is_default_entry if cand.zone else cand.zone_id is None,  # zone_is_default
+        cand.item.barcode, ticket)
