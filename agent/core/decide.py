@@ -173,12 +173,12 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
                       f"Ticket type {item.type_name or item.type_id} not accepted here", cand)
     if not _zone_access(item, cand):
         return refuse("denied", "itemDoesNotQualify", "Ticket gives no access to this zone", cand)
-    grace = timedelta(minutes=lane.grace_minutes)
     valid_from = parse_platform_time(item.valid_from, tz)
     valid_to = parse_platform_time(item.valid_to, tz, end_of_day=True)
     if _unreadable(item.valid_from, valid_from) or _unreadable(item.valid_to, valid_to):
         return refuse("denied", "outsideOfValidityPeriod",
                       "Validity period not understood; refused", cand)
+    grace = timedelta(minutes=lane.grace_minutes) if valid_from or valid_to else _NO_GRACE
     if valid_from and now < valid_from - grace:
         return refuse("denied", "outsideOfValidityPeriod",
                       f"Not yet valid (from {_local(valid_from, tz)})", cand)
@@ -219,6 +219,9 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
                 return refuse("tooOld", None, f"Over {zone.max_age}", cand, applied)
     return _decision(True, "valid", None, "in", f"Welcome — {item.type_name or 'ticket'}",
                      base, cand, True)
+
+
+_NO_GRACE = timedelta(0)  # no validity bound to widen: no timedelta built per scan
 
 
 def _plain(direction: str) -> str:

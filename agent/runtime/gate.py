@@ -18,7 +18,7 @@ from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.model import item_platform_scans
-from agent.core.scanstate import derive_state
+from agent.core.scanstate import EMPTY, derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
@@ -98,7 +98,8 @@ class Gate:
                 found = self.cache.find_nfc(alt)
         if kind == "nfc" and found:
             found = _newest_per_event(found)
-        candidates = tuple(self._candidate(hit, lane) for hit in found)
+        candidates = (self._candidate(found[0], lane),) if len(found) == 1 else \
+            tuple([self._candidate(hit, lane) for hit in found])
         empty = empty and not found and historic is None
         return Facts(code, kind, candidates, historic, served, debounced, cache_empty=empty)
 
@@ -112,7 +113,10 @@ class Gate:
         # `platform_scans` from it), so the hot path does not read them back (issue 18).
         # Other gates' scans from the bus count like the platform's (matched by uuid only).
         venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else ()
-        state = derive_state(own, item_platform_scans(hit.item), zone_id, is_default, venue)
+        platform = item_platform_scans(hit.item)
+        # A ticket never scanned anywhere (most scans of a gate) has nothing to fold.
+        state = derive_state(own, platform, zone_id, is_default, venue) \
+            if own or platform or venue else EMPTY
         occupancy = None
         if zone is not None and zone.capacity:
             acknowledged = acknowledged_before(self.cache.zone_synced_at(zone.id))
