@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 PLATFORM_GET_CACHE_S = 60  # identical GETs within 60 s may be answered from a platform cache
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScanResult:
+    """Not frozen (issue 18: a frozen dataclass sets each field through
+    `object.__setattr__`); nothing changes one once returned."""
+
     decision: Decision
     uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
 
@@ -101,13 +104,12 @@ class Gate:
         candidates = (self._candidate(found[0], lane),) if len(found) == 1 else \
             tuple([self._candidate(hit, lane) for hit in found])
         empty = empty and not found and historic is None
-        return Facts(code, kind, candidates, historic, served, debounced, cache_empty=empty)
+        return Facts(code, kind, candidates, historic, served, debounced, empty)
 
     def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
         event = self.cache.event(hit.event_id)
         zone = self.cache.zone(lane.zone_id) if lane.zone_id else self.cache.default_zone(hit.event_id)
         zone_id = lane.zone_id or (zone.id if zone else None)
-        is_default = zone.is_default_entry if zone else lane.zone_id is None
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
         # The platform's scans come from the item just parsed (the very rows put_items wrote to
         # `platform_scans` from it), so the hot path does not read them back (issue 18).
@@ -115,7 +117,8 @@ class Gate:
         venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else ()
         platform = item_platform_scans(hit.item)
         # A ticket never scanned anywhere (most scans of a gate) has nothing to fold.
-        state = derive_state(own, platform, zone_id, is_default, venue) \
+        state = derive_state(own, platform, zone_id,
+                             zone.is_default_entry if zone else lane.zone_id is None, venue) \
             if own or platform or venue else EMPTY
         occupancy = None
         if zone is not None and zone.capacity:
