@@ -120,11 +120,10 @@ class Decision:
 def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None = None) -> Decision:
     """Decide one scan. Never raises for any input: every path returns a Decision."""
     wanted = direction or lane.direction
-    base = {"code": facts.code, "kind": facts.kind}
 
     def refuse(status: str, detail: str | None, message: str, cand: Candidate | None = None,
                applied: str | None = None, record: bool = True) -> Decision:
-        return _decision(False, status, detail, applied or _plain(wanted), message, base, cand,
+        return _decision(False, status, detail, applied or _plain(wanted), message, facts, cand,
                          record)
 
     if facts.debounced:
@@ -157,7 +156,7 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
     if applied == "out":  # leaving is never refused for validity reasons
         if not state.inside:
             return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
-        return _decision(True, "valid", None, "out", "Goodbye", base, cand, True)
+        return _decision(True, "valid", None, "out", "Goodbye", facts, cand, True)
     if item.status == "refunded":
         return refuse("denied", "refunded", "Ticket was refunded", cand)
     if item.status == "locked":
@@ -218,7 +217,7 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
             if zone.max_age and age > zone.max_age:
                 return refuse("tooOld", None, f"Over {zone.max_age}", cand, applied)
     return _decision(True, "valid", None, "in", f"Welcome — {item.type_name or 'ticket'}",
-                     base, cand, True)
+                     facts, cand, True)
 
 
 _NO_GRACE = timedelta(0)  # no validity bound to widen: no timedelta built per scan
@@ -289,7 +288,7 @@ def _local(moment: datetime | None, tz: Any) -> str:
 
 
 def _decision(admit: bool, status: str, detail: str | None, direction: str, message: str,
-              base: dict[str, str], cand: Candidate | None, record: bool) -> Decision:
+              facts: Facts, cand: Candidate | None, record: bool) -> Decision:
     ticket: dict[str, Any] = {}
     if cand is not None:
         item = cand.item
@@ -300,10 +299,10 @@ def _decision(admit: bool, status: str, detail: str | None, direction: str, mess
         }
     # Positional, in field order (a class called with keywords packs them into a dict first).
     if cand is None:
-        return Decision(admit, status, detail, direction, message, base["code"], base["kind"],
+        return Decision(admit, status, detail, direction, message, facts.code, facts.kind,
                         record, None, None, None, False, None, ticket)
     return Decision(
-        admit, status, detail, direction, message, base["code"], base["kind"], record,
+        admit, status, detail, direction, message, facts.code, facts.kind, record,
         cand.event_id, cand.item.id, cand.zone_id,
         cand.zone.is_default_entry if cand.zone else cand.zone_id is None,  # zone_is_default
         cand.item.barcode, ticket)
