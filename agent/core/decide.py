@@ -85,8 +85,14 @@ class Facts:
     cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
+    """What `decide` answers for one scan. Slotted and not frozen (issue 18): a frozen
+    dataclass sets each of its 14 fields through `object.__setattr__`. Nothing changes a
+    Decision once made — copies are made with `dataclasses.replace` (a venue claim, a
+    journal failure), and the venue path shares one across threads read-only — and nothing
+    hashes it (its `ticket` dict never let it be hashed)."""
+
     admit: bool
     status: str
     detail: str | None
@@ -114,11 +120,10 @@ class Decision:
 def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None = None) -> Decision:
     """Decide one scan. Never raises for any input: every path returns a Decision."""
     wanted = direction or lane.direction
-    base = {"code": facts.code, "kind": facts.kind}
 
     def refuse(status: str, detail: str | None, message: str, cand: Candidate | None = None,
                applied: str | None = None, record: bool = True) -> Decision:
-        return _decision(False, status, detail, applied or _plain(wanted), message, base, cand,
+        return _decision(False, status, detail, applied or _plain(wanted), message, facts, cand,
                          record)
 
     if facts.debounced:
@@ -151,7 +156,7 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
     if applied == "out":  # leaving is never refused for validity reasons
         if not state.inside:
             return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
-        return _decision(True, "valid", None, "out", "Goodbye", base, cand, True)
+        return _decision(True, "valid", None, "out", "Goodbye", facts, cand, True)
     if item.status == "refunded":
         return refuse("denied", "refunded", "Ticket was refunded", cand)
     if item.status == "locked":
@@ -167,12 +172,12 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
                       f"Ticket type {item.type_name or item.type_id} not accepted here", cand)
     if not _zone_access(item, cand):
         return refuse("denied", "itemDoesNotQualify", "Ticket gives no access to this zone", cand)
-    grace = timedelta(minutes=lane.grace_minutes)
     valid_from = parse_platform_time(item.valid_from, tz)
     valid_to = parse_platform_time(item.valid_to, tz, end_of_day=True)
     if _unreadable(item.valid_from, valid_from) or _unreadable(item.valid_to, valid_to):
         return refuse("denied", "outsideOfValidityPeriod",
                       "Validity period not understood; refused", cand)
+    grace = timedelta(minutes=lane.grace_minutes) if valid_from or valid_to else _NO_GRACE
     if valid_from and now < valid_from - grace:
         return refuse("denied", "outsideOfValidityPeriod",
                       f"Not yet valid (from {_local(valid_from, tz)})", cand)
@@ -212,7 +217,10 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
             if zone.max_age and age > zone.max_age:
                 return refuse("tooOld", None, f"Over {zone.max_age}", cand, applied)
     return _decision(True, "valid", None, "in", f"Welcome — {item.type_name or 'ticket'}",
-                     base, cand, True)
+                     facts, cand, True)
+
+
+_NO_GRACE = timedelta(0)  # no validity bound to widen: no timedelta built per scan
 
 
 def _plain(direction: str) -> str:
@@ -280,7 +288,7 @@ def _local(moment: datetime | None, tz: Any) -> str:
 
 
 def _decision(admit: bool, status: str, detail: str | None, direction: str, message: str,
-              base: dict[str, str], cand: Candidate | None, record: bool) -> Decision:
+              facts: Facts, cand: Candidate | None, record: bool) -> Decision:
     ticket: dict[str, Any] = {}
     if cand is not None:
         item = cand.item
@@ -289,13 +297,12 @@ def _decision(admit: bool, status: str, detail: str | None, direction: str, mess
             "orderRef": item.order_ref, "itemType": item.item_type, "scansIn": cand.state.entries,
             "lastScan": cand.state.last_scan.isoformat() if cand.state.last_scan else None,
         }
+    # Positional, in field order (a class called with keywords packs them into a dict first).
+    if cand is None:
+        return Decision(admit, status, detail, direction, message, facts.code, facts.kind,
+                        record, None, None, None, False, None, ticket)
     return Decision(
-        admit=admit, status=status, detail=detail, direction=direction, message=message,
-        code=base["code"], kind=base["kind"], record=record,
-        event_id=cand.event_id if cand else None, item_id=cand.item.id if cand else None,
-        zone_id=cand.zone_id if cand else None,
-        zone_is_default=bool(cand and (cand.zone.is_default_entry if cand.zone else
-                                       cand.zone_id is None)),
-        barcode=cand.item.barcode if cand else None,
-        ticket=ticket,
-    )
+        admit, status, detail, direction, message, facts.code, facts.kind, record,
+        cand.event_id, cand.item.id, cand.zone_id,
+        cand.zone.is_default_entry if cand.zone else cand.zone_id is None,  # zone_is_default
+        cand.item.barcode, ticket)

@@ -325,27 +325,40 @@ def parse_item(data: Any) -> Item | None:
     valid_from = None if value is None else _bound(value)
     value = stable.get("validTo")
     valid_to = None if value is None else _bound(value)
+    value = d.get("itemType")
+    item_type = (value if type(value) is str and value.isascii() else _str(value)) or "ticket"
+    value = const.get("type")
+    type_name = (value if type(value) is str and value.isascii() else _str(value)) or \
+        _str(const.get("typeDuringSale"))
+    value = const.get("transactionId")
+    order_ref = value if type(value) is str and value.isascii() else _order_ref(value)
+    value, other = stable.get("dateOfBirth"), d.get("dateOfBirth")
+    birth = (None if value is None else _str(value)) or (None if other is None else _str(other))
+    value = variable.get("scannedOn")
+    scanned_on = None if value is None else _str(value)
     value = d.get("parentOrderItemId")
+    # Positional, in field order: a class called with keywords packs them into a dict and
+    # unpacks it again for __init__, which costs more than the 19 fields themselves.
     return Item(
-        id=item_id,
-        item_type=_str(d.get("itemType")) or "ticket",
-        parent_id=None if value is None else _int(value),
-        barcode=barcode,
-        historic_barcodes=historic_barcodes(d) if "historicBarcodes" in d or
-        "historicBarcodes" in const or "historicBarcodes" in variable else (),
-        type_name=_str(const.get("type")) or _str(const.get("typeDuringSale")),
-        type_id=type_id,
-        order_ref=_order_ref(const.get("transactionId")),
-        customer_name=customer,
-        date_of_birth=_str(stable.get("dateOfBirth")) or _str(d.get("dateOfBirth")),
-        valid_from=valid_from,
-        valid_to=valid_to,
-        status="sold" if variable_raw is None or variable_raw == [] else _status(variable_raw),
-        nfc_id=normalize_nfc_id(nfc_raw) if nfc_raw else None,
-        scanned_on=_str(variable.get("scannedOn")),
-        access_zones=access,
-        scans=scans,
-        raw=d,
+        item_id,  # id
+        item_type,
+        None if value is None else _int(value),  # parent_id
+        barcode,
+        historic_barcodes(d) if "historicBarcodes" in d or "historicBarcodes" in const
+        or "historicBarcodes" in variable else (),
+        type_name,
+        type_id,
+        order_ref,
+        customer,  # customer_name
+        birth,  # date_of_birth
+        valid_from,
+        valid_to,
+        "sold" if variable_raw is None or variable_raw == [] else _status(variable_raw),
+        normalize_nfc_id(nfc_raw) if nfc_raw else None,  # nfc_id
+        scanned_on,
+        access,  # access_zones
+        scans,
+        d,  # raw
     )
 
 

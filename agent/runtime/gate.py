@@ -12,12 +12,13 @@ import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from agent.config import Config, LaneConfig, passage_input_for
 from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse_utc_iso, utc_iso
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.model import item_platform_scans
-from agent.core.scanstate import derive_state
+from agent.core.scanstate import EMPTY, derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 PLATFORM_GET_CACHE_S = 60  # identical GETs within 60 s may be answered from a platform cache
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScanResult:
+    """Not frozen (issue 18: a frozen dataclass sets each field through
+    `object.__setattr__`); nothing changes one once returned."""
+
     decision: Decision
     uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
 
@@ -97,21 +101,25 @@ class Gate:
                 found = self.cache.find_nfc(alt)
         if kind == "nfc" and found:
             found = _newest_per_event(found)
-        candidates = tuple(self._candidate(hit, lane) for hit in found)
+        candidates = (self._candidate(found[0], lane),) if len(found) == 1 else \
+            tuple([self._candidate(hit, lane) for hit in found])
         empty = empty and not found and historic is None
-        return Facts(code, kind, candidates, historic, served, debounced, cache_empty=empty)
+        return Facts(code, kind, candidates, historic, served, debounced, empty)
 
     def _candidate(self, hit: CachedItem, lane: LaneConfig) -> Candidate:
         event = self.cache.event(hit.event_id)
         zone = self.cache.zone(lane.zone_id) if lane.zone_id else self.cache.default_zone(hit.event_id)
         zone_id = lane.zone_id or (zone.id if zone else None)
-        is_default = zone.is_default_entry if zone else lane.zone_id is None
         own = self.journal.own_admits(hit.event_id, hit.item.id) if self.journal else []
         # The platform's scans come from the item just parsed (the very rows put_items wrote to
         # `platform_scans` from it), so the hot path does not read them back (issue 18).
         # Other gates' scans from the bus count like the platform's (matched by uuid only).
         venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else ()
-        state = derive_state(own, item_platform_scans(hit.item), zone_id, is_default, venue)
+        platform = item_platform_scans(hit.item)
+        # A ticket never scanned anywhere (most scans of a gate) has nothing to fold.
+        state = derive_state(own, platform, zone_id,
+                             zone.is_default_entry if zone else lane.zone_id is None, venue) \
+            if own or platform or venue else EMPTY
         occupancy = None
         if zone is not None and zone.capacity:
             acknowledged = acknowledged_before(self.cache.zone_synced_at(zone.id))
@@ -168,15 +176,21 @@ class Gate:
                     decision = settled
                 if not decision.record:
                     return ScanResult(decision, None)
-                scan_uuid = claim.uuid if claim is not None else new_scan_uuid()
-                row = _journal_row(scan_uuid, decision, lane, now)
-                self.journal.insert(claim.mark(row) if claim is not None else row)
+                if claim is not None:
+                    scan_uuid = claim.uuid
+                    row = _journal_row(scan_uuid, decision, lane, now)
+                    scanned_on = row.scanned_on
+                    self.journal.insert(claim.mark(row))
+                else:  # the usual scan: its row's values straight from the decision
+                    scan_uuid, scanned_on = new_scan_uuid(), utc_iso(now)
+                    self.journal.insert_values(
+                        _journal_values(scan_uuid, decision, lane, scanned_on))
                 if self.confirms_passage and decision.admit and \
                         passage_input_for(lane, decision.direction):
                     # held from upload until the turnstile says (agent.runtime.passage)
                     await_passage(self.journal, scan_uuid, lane.name, decision.direction,
                                   decision.zone_id, decision.status, decision.detail,
-                                  row.scanned_on)
+                                  scanned_on)
         except JournalUnavailable as exc:
             if decision is None:  # the transaction never began: decide without it
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
@@ -288,6 +302,9 @@ def new_scan_uuid() -> str:
 _VARIANT = "89ab"  # the top two bits of clock_seq_hi are 10 (RFC 4122)
 
 
+_UNKNOWN_CODE = "unknown code: no platform item to attach it to"
+
+
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:
     """Unknown codes have no event to attach them to: kept locally (`local`), never uploaded."""
     local_only = d.event_id is None
@@ -299,5 +316,24 @@ def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -
         lane=lane.name, direction=d.direction, admit=d.admit, status=d.status,
         status_detail=d.detail, message=d.message, scanned_on=utc_iso(now),
         upload_state="local" if local_only else "pending",
-        reason="unknown code: no platform item to attach it to" if local_only else None,
+        reason=_UNKNOWN_CODE if local_only else None,
     )
+
+
+def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
+                    scanned_on: str) -> tuple[Any, ...]:
+    """`_journal_row(...)`'s values in `agent.store.journal._COLUMNS` order, built without the
+    JournalRow (issue 18: a scan's hot path; tests/runtime/test_journal_values.py holds the two
+    to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None. The two flags
+    are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS)."""
+    kind, code = d.kind, d.code
+    if d.event_id is None:
+        state, reason = "local", _UNKNOWN_CODE
+    else:
+        state, reason = "pending", None
+    return (scan_uuid, code, kind,
+            d.barcode if d.item_id is not None else (code if kind == "barcode" else None),
+            code if kind == "nfc" else None, d.item_id, d.event_id, d.zone_id,
+            1 if d.zone_is_default else 0, lane.gate_id, lane.name, d.direction,
+            1 if d.admit else 0, d.status,
+            d.detail, d.message, scanned_on, state, reason, None, None, None)

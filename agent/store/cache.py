@@ -143,6 +143,9 @@ class TicketCache:
         self._seq = int(row[0])
         self._events: dict[int, Event] = {}
         self._zones: dict[int, Zone] = {}
+        # event id -> its default Entry zone (or None), found once per event and forgotten
+        # whenever `_zones` changes: every lookup on a lane without a zone asks (issue 18).
+        self._default_zones: dict[int, Zone | None] = {}
         self._load_small_tables()
 
     def data_version(self) -> int:
@@ -174,6 +177,7 @@ class TicketCache:
             if event:
                 self._events[event.id] = event
         self._zones = {}
+        self._default_zones = {}
         for event_id, raw in self.conn.execute("SELECT event_id, raw FROM zones"):
             zone = parse_zone(_decode(raw), event_id)
             if zone:
@@ -193,6 +197,7 @@ class TicketCache:
         """Replace the zones of one event (zones deleted on the platform disappear here too)."""
         zones = list(zones)
         self.conn.execute("DELETE FROM zones WHERE event_id = ?", (event_id,))
+        self._default_zones = {}
         for zone_id in [z for z, zone in self._zones.items() if zone.event_id == event_id]:
             del self._zones[zone_id]
         for zone in zones:
@@ -433,10 +438,12 @@ class TicketCache:
 
     def default_zone(self, event_id: int) -> Zone | None:
         """The event's default "Entry" zone, when its zones have been synced."""
-        for zone in self.zones(event_id):
-            if zone.is_default_entry:
-                return zone
-        return None
+        known = self._default_zones
+        if event_id in known:
+            return known[event_id]
+        found = known[event_id] = next(
+            (z for z in self.zones(event_id) if z.is_default_entry), None)
+        return found
 
     def zone_synced_at(self, zone_id: int) -> str | None:
         row = self.conn.execute("SELECT synced_at FROM zones WHERE id = ?", (zone_id,)).fetchone()

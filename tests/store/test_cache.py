@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
-from agent.core.model import parse_item
+from agent.core.model import parse_item, parse_zone
 from agent.errors import CacheCorrupt, ImportFileError
 from agent.platform.provision import import_file
 from agent.store.cache import TicketCache
@@ -132,5 +132,29 @@ def test_a_full_listing_keeps_only_its_items_with_their_side_rows(site: DemoSite
                                   ).fetchone()[0] == 0
         with cache.transaction():
             assert cache.remove_items(demo_data.EVENT_ID, [owner]) == 0  # already gone
+    finally:
+        cache.close()
+
+
+def test_the_default_zone_follows_every_change_of_the_zones(site: DemoSite) -> None:
+    """default_zone() remembers its answer per event (issue 18): each way the zones change
+    (a refresh that drops or renames the Entry zone, a rolled-back transaction) is seen."""
+    cache = TicketCache(site.config.store_dir / "cache.db")
+    try:
+        event = demo_data.EVENT_ID
+        entry = cache.default_zone(event)
+        assert entry is not None and entry.id == demo_data.ENTRY_ZONE
+        others = [z for z in cache.zones(event) if z.id != entry.id]
+        cache.put_zones(event, others, "2026-12-06T12:00:00Z")
+        assert cache.default_zone(event) is None
+        renamed = parse_zone({**entry.raw, "id": entry.id + 1000, "name": " ENTRY "}, event)
+        assert renamed is not None
+        cache.put_zones(event, [*others, renamed], "2026-12-06T12:01:00Z")
+        assert cache.default_zone(event) == renamed
+        with pytest.raises(RuntimeError), cache.transaction():
+            cache.put_zones(event, others, "2026-12-06T12:02:00Z")
+            assert cache.default_zone(event) is None
+            raise RuntimeError("the page failed half-way")
+        assert cache.default_zone(event) == renamed  # rolled back, read again from the file
     finally:
         cache.close()
