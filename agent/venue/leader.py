@@ -263,7 +263,10 @@ class VenueRole:
             return
         self._next_status = now + 2.0
         self.budget_in_use = await venue_requests(self._budget_kv, time.time())
-        self.quarantined = await quarantine.count(self._quarantine_kv)
+        try:
+            self.quarantined = await quarantine.count(self._quarantine_kv)
+        except Exception:  # noqa: BLE001 - the bus is away: unknown, not zero
+            self.quarantined = None
         try:
             self.upload_lag, self.upload_lag_s = await uplink.backlog(self._js, self.name)
         except Exception:  # noqa: BLE001 - the bus is away: unknown, not zero

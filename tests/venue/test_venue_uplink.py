@@ -356,3 +356,31 @@ def test_a_new_leader_sends_the_parts_of_a_refused_batch_under_their_stored_uuid
     assert refused == {out["key"]}
     assert [e["row"]["uuid"] for e in out["held"]] == [poison.uuid]
     assert out["counters"]["batches_resent"] == 1 and out["lag"] == 0
+
+
+def test_a_quarantine_listing_does_not_believe_one_spurious_no_keys() -> None:
+    """nats-py's `keys()` can say "no keys" for a bucket that has some (its watcher's race at
+    setup, seen in CI); the listing asks again before believing it. The race itself cannot be
+    provoked on demand against a real server, so this bucket stands in for nats-py's."""
+    from nats.js.errors import NoKeysError
+
+    class Entry:
+        def __init__(self, value: bytes):
+            self.value = value
+
+    class RacyBucket:
+        def __init__(self, spurious: int):
+            self.spurious = spurious
+
+        async def keys(self) -> list[str]:
+            if self.spurious:
+                self.spurious -= 1
+                raise NoKeysError
+            return ["u1"]
+
+        async def get(self, key: str) -> Entry:
+            return Entry(json.dumps({"row": {"uuid": key}, "reason": "r", "at": "t",
+                                     "batch": "b"}).encode())
+
+    assert [e["row"]["uuid"] for e in asyncio.run(quarantine.listing(RacyBucket(2)))] == ["u1"]
+    assert asyncio.run(quarantine.listing(RacyBucket(3))) == []  # three times: none, really
