@@ -325,13 +325,13 @@ class VenueRole:
             self.client = PlatformClient.from_config(self.config.api, self.token, governor)
         self.client.governor = governor  # a fresh budget per term, seeded above
         self.client.before_send = self.fence.check
-        self.syncer = Syncer(self.config, self.client, self.cache_path,
-                             observer=catalog.CatalogPublisher(self._js, self.name, lease))
         uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,
                                         max_batch=self.config.sync["upload_batch_size"],
                                         ack_wait_s=self.ack_wait_s,
                                         status=self.upload_status, replicas=self.replicas)
-        await uploader.start()
+        await uploader.start()  # may fail on the bus: the next round starts the term again
+        self.syncer = Syncer(self.config, self.client, self.cache_path,
+                             observer=catalog.CatalogPublisher(self._js, self.name, lease))
         self.uploader = uploader
         self._sync_task = asyncio.create_task(self._sync_loop(self.syncer), name="venue sync")
         self._pass_sub = await passrequest.serve(self._nc, self.name, self._requested_pass)

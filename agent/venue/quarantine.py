@@ -12,16 +12,15 @@ once).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import NoKeysError
 
 from agent.core.codes import utc_iso
+from agent.venue.kvkeys import live_keys
 
 SCAN_HEADER = "Gate-Scan-Uuid"  # a requeued row's scan uuid (its Nats-Msg-Id is new)
 
@@ -56,29 +55,12 @@ async def put(kv: Any, rows: list[tuple[dict[str, Any], str]], batch: str) -> No
 async def count(kv: Any) -> int:
     """How many rows are quarantined (keys only: cheap enough for every status refresh). A bus
     error is raised, never reported as "none quarantined"."""
-    try:
-        return len(await kv.keys())
-    except NoKeysError:
-        return 0
-
-
-async def _keys(kv: Any) -> list[str]:
-    """The quarantined rows' keys. nats-py's `keys()` can answer "no keys" for a bucket that
-    has some: its watcher may see the consumer's pending count at 0 before it has received
-    the messages already on their way (seen under load in CI). Listing and requeueing must not
-    miss a row, so "no keys" is believed only when it comes twice more, a moment apart."""
-    for attempt in range(3):
-        try:
-            return list(await kv.keys())
-        except NoKeysError:
-            if attempt < 2:
-                await asyncio.sleep(0.05)
-    return []
+    return len(await live_keys(kv, attempts=1))
 
 
 async def listing(kv: Any) -> list[dict[str, Any]]:
     """Every quarantined row: `{"row", "reason", "at", "batch"}`, oldest first."""
-    keys = await _keys(kv)
+    keys = await live_keys(kv)
     out = []
     for key in keys:
         try:

@@ -59,6 +59,7 @@ from agent.platform.upload import (
 )
 from agent.store.journal import Journal
 from agent.venue import quarantine
+from agent.venue.kvkeys import live_keys
 from agent.venue.lease import Lease
 
 log = logging.getLogger("gate_agent.venue.uplink")
@@ -183,12 +184,10 @@ class VenueUploader:
         await self._load_stored()
 
     async def _load_stored(self) -> None:
-        """A new leader: every batch a previous one stored and did not finish."""
-        try:
-            keys = await self.kv.keys()
-        except Exception:  # noqa: BLE001 - NoKeysError: nothing stored
-            keys = []
-        for key in keys:
+        """A new leader: every batch a previous one stored and did not finish (a batch missed
+        here would go out again under a new request uuid; a bus error ends this term's start
+        and the next round tries again)."""
+        for key in await live_keys(self.kv):
             entry = await self.kv.get(key)
             body = orjson.loads(entry.value)
             self._expect(key, body["tickets"])

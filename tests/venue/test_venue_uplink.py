@@ -358,21 +358,26 @@ def test_a_new_leader_sends_the_parts_of_a_refused_batch_under_their_stored_uuid
     assert out["counters"]["batches_resent"] == 1 and out["lag"] == 0
 
 
-def test_a_quarantine_listing_does_not_believe_one_spurious_no_keys() -> None:
+def test_a_spurious_no_keys_is_not_believed_and_a_bus_error_is_not_none() -> None:
     """nats-py's `keys()` can say "no keys" for a bucket that has some (its watcher's race at
-    setup, seen in CI); the listing asks again before believing it. The race itself cannot be
+    setup, seen in CI); listings ask again before believing it (agent.venue.kvkeys), for the
+    quarantine and for a new leader's stored batches alike. The race itself cannot be
     provoked on demand against a real server, so this bucket stands in for nats-py's."""
     from nats.js.errors import NoKeysError
+
+    from agent.venue.kvkeys import live_keys
 
     class Entry:
         def __init__(self, value: bytes):
             self.value = value
 
     class RacyBucket:
-        def __init__(self, spurious: int):
-            self.spurious = spurious
+        def __init__(self, spurious: int, error: Exception | None = None):
+            self.spurious, self.error = spurious, error
 
         async def keys(self) -> list[str]:
+            if self.error is not None:
+                raise self.error
             if self.spurious:
                 self.spurious -= 1
                 raise NoKeysError
@@ -384,3 +389,6 @@ def test_a_quarantine_listing_does_not_believe_one_spurious_no_keys() -> None:
 
     assert [e["row"]["uuid"] for e in asyncio.run(quarantine.listing(RacyBucket(2)))] == ["u1"]
     assert asyncio.run(quarantine.listing(RacyBucket(3))) == []  # three times: none, really
+    assert asyncio.run(live_keys(RacyBucket(2))) == ["u1"]
+    with pytest.raises(TimeoutError):  # the bus's error, not an empty bucket
+        asyncio.run(quarantine.count(RacyBucket(0, TimeoutError())))

@@ -1,0 +1,30 @@
+"""The keys of a JetStream KV bucket, read so that "none" is never a guess.
+
+nats-py's `KeyValue.keys()` can answer "no keys" (NoKeysError) for a bucket that has some: its
+watcher may see the consumer's pending count at 0 before it has received the messages already
+on their way (seen under load in CI: a requeue found 0 of 5 quarantined rows). Whoever must
+not miss a key — the quarantine's listing and requeue, a new leader's stored batches, whose
+request uuids must be reused — believes "none" only when it comes three times, a moment apart.
+Any other error is the bus's and is raised: never read as an empty bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.js.errors import NoKeysError
+
+CONFIRM_PAUSE_S = 0.05
+
+
+async def live_keys(kv: Any, attempts: int = 3) -> list[str]:
+    """The bucket's keys; `attempts` = 1 where a momentary "none" only shows in a status
+    figure that the next refresh corrects."""
+    for attempt in range(attempts):
+        try:
+            return list(await kv.keys())
+        except NoKeysError:
+            if attempt < attempts - 1:
+                await asyncio.sleep(CONFIRM_PAUSE_S)
+    return []
