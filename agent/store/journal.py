@@ -237,8 +237,9 @@ class Journal:
         return self._transaction
 
     def insert(self, row: JournalRow) -> None:
-        """Add one scan inside `scan_transaction()`."""
-        self.conn.execute(_INSERT, _values(row))
+        """Add one scan inside `scan_transaction()` (through `insert_values`, as the gate's
+        hot path does: one way rows are bound, its flags as 0/1)."""
+        self.insert_values(tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
 
     def insert_values(self, values: tuple[Any, ...]) -> None:
         """Add one scan inside `scan_transaction()` from its values in `_COLUMNS` order: the
