@@ -71,8 +71,9 @@ def decode_answer(data: bytes) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
         raise GateAgentError(f"the venue leader's answer cannot be read: {data[:200]!r}")
     if not body["ok"]:
-        raise GateAgentError(f"the venue leader {body.get('leader') or ''} could not run the "
-                             f"pass: {body.get('error') or 'no reason given'}".replace("  ", " "))
+        leader = f"the venue leader {body['leader']}" if body.get("leader") else "the venue leader"
+        raise GateAgentError(f"{leader} could not run the pass: "
+                             f"{body.get('error') or 'no reason given'}")
     for key in ("leader", "mode", "applied", "requests", "catalog_seq"):
         if key not in body:
             raise GateAgentError(f"the venue leader's answer lacks `{key}`: {data[:200]!r}")
