@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -145,19 +146,87 @@ class Gate:
             unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
                                     now)
-        for _attempt in range(3):
+        # a redo decides the same read again: not a second read of the code (debounce)
+        last_read = self._last_read.get(lane.name)
+        for attempt in range(3):
             first: list[tuple[tuple[int, ...], Decision]] = []
             claim = None if self.venue is None else self.venue.claim(
                 partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
-                lane, now, self._tracks_exits)  # on the bus, outside the journal's lock
-            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
-                                     first=first)
+                lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
+                in_flight=attempt == 0 and not self._awaits_passage(lane))
+            if claim is not None and claim.outcome == "in_flight":
+                claim, result = self._in_flight(claim, code, lane, now, direction, kind,
+                                                mono_ms, first)
+            else:
+                result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
+                                         first=first)
             if claim is not None and self.venue is not None:
                 self.venue.after_commit(claim, result.decision if result.uuid else None)
             if not isinstance(result, _Redo):
                 return result
+            if last_read is None:
+                self._last_read.pop(lane.name, None)
+            else:
+                self._last_read[lane.name] = last_read
         return self._unrecorded(result.decision, "the venue and this gate kept disagreeing",
                                 lane, now)
+
+    def _awaits_passage(self, lane: LaneConfig) -> bool:
+        """Admits on this lane wait for the turnstile's passage pulse (agent.runtime.passage):
+        their claim is answered before the commit, as the passage hold is written with it."""
+        return self.confirms_passage and bool(lane.passage_in or lane.passage_out)
+
+    def _in_flight(self, claim: Claim, code: str, lane: LaneConfig, now: datetime,
+                   direction: str | None, kind: str | None, mono_ms: int | None,
+                   first: list[tuple[tuple[int, ...], Decision]]) -> tuple[Claim, ScanResult]:
+        """The claim is on its way (agent.venue.claims, step 2): the admit is committed as
+        'claiming' meanwhile, so the bus's round trip and the journal's fsync overlap; then
+        the answer settles the row. Nothing opens before both: the caller gets the decision
+        only from here."""
+        assert self.venue is not None and self.journal is not None
+        try:
+            result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
+                                     first=first)
+        except BaseException:
+            self.venue.after_commit(self.venue.land(claim), None)  # a grant is voided
+            raise
+        landed = self.venue.land(claim)
+        if not (result.uuid == claim.uuid and result.decision.admit):
+            return landed, result  # no admit of this claim's: after_commit voids a grant
+        if landed.outcome == "granted":
+            self._settle_row(claim.uuid, "claimed")
+            return landed, result
+        if landed.outcome == "offline":
+            kept = landed.settle(result.decision, lambda _d: True)
+            if kept is not None and kept.admit:  # policy `local`
+                self._settle_row(claim.uuid, "offline")
+                return landed, result
+            self._void_row(claim.uuid, f"venue claim not answered ({landed.error}); "
+                           "policy refuse")
+            offline = replace(landed, uuid=new_scan_uuid())
+            return offline, self._journaled(code, lane, now, direction, kind, mono_ms,
+                                            offline, first=first)
+        # conflict: another gate wrote the ticket first; catch up with it and decide again
+        self._void_row(claim.uuid, "venue claim conflicted: another gate wrote this ticket "
+                       "first")
+        self.venue.bus.wait_applied(landed.seq, max(0.0, claim.deadline - time.monotonic()))
+        return landed, _Redo(result.decision, None)
+
+    def _settle_row(self, scan_uuid: str, venue: str) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.settle_claim(scan_uuid, venue)
+        except JournalUnavailable as exc:  # the admit is durable; the sweep settles the row
+            log.error("scan %s: claim answered but its row not settled (%s); the venue "
+                      "sweep settles it", scan_uuid, exc)
+
+    def _void_row(self, scan_uuid: str, reason: str) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.void_claim(scan_uuid, reason)
+        except JournalUnavailable as exc:  # still 'claiming': the sweep voids it
+            log.error("scan %s: claim not granted but its row not voided (%s); the venue "
+                      "sweep voids it", scan_uuid, exc)
 
     def _journaled(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
                    kind: str | None, mono_ms: int | None, claim: Claim | None,

@@ -40,6 +40,15 @@ _NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON 
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
+# A venue claim in flight (agent.venue.claims): the admit is journaled (fsynced) while the bus
+# has not answered yet, `venue = 'claiming'`. Such a row counts as an admit here (a second
+# scan of the ticket is refused meanwhile) but is never uploaded nor published until the
+# answer settles it: granted -> 'claimed', no answer under the `local` policy -> 'offline',
+# anything else -> voided (VOIDED_CLAIM). A row left 'claiming' by a crash is settled by the
+# bus's sweep from what the venue stream holds.
+_NOT_CLAIMING = "venue IS NOT 'claiming'"
+VOIDED_CLAIM = "venueVoided"
+
 # The outbox (migration 0006): pending rows are walked by rowid from the cursor, which no
 # pending row lies below. _PARKED must appear word for word in a query for SQLite to use the
 # partial index scans_parked (it does not infer it from `upload_state = 'local'`).
@@ -94,7 +103,7 @@ class JournalRow:
     scanned_on: str  # UTC ISO (agent.core.codes.utc_iso)
     upload_state: str = "pending"
     reason: str | None = None
-    venue: str | None = None  # None | claimed | offline (see migration 0003_venue)
+    venue: str | None = None  # None | claimed | offline | claiming | void (migration 0003_venue)
     max_entries: int | None = None  # the lane's limit, recorded when a venue is configured
     tracks_exits: bool | None = None
 
@@ -305,6 +314,36 @@ class Journal:
             out[mark] = n
         return out
 
+    def settle_claim(self, uuid: str, venue: str) -> bool:
+        """A claim in flight was answered and its admit stands: the row leaves 'claiming'
+        (`venue`: claimed | offline) and may be uploaded and published. Not fsynced: the
+        admit itself is; if this change is lost, the sweep settles the row the same way
+        from the venue stream (`claiming_rows`). False: the row was not 'claiming'."""
+        with self._unsynced_write():
+            return self.conn.execute(
+                "UPDATE scans SET venue = ? WHERE uuid = ? AND venue = 'claiming'",
+                (venue, uuid)).rowcount == 1
+
+    def void_claim(self, uuid: str, reason: str) -> bool:
+        """A claim in flight was not granted: its admit did not happen (the gate never
+        opened), so the row becomes a refusal kept only here (`local`, never uploaded or
+        published, no longer an admit) with the reason. Not fsynced, like `settle_claim`.
+        False: the row was not 'claiming'."""
+        with self._unsynced_write():
+            return self.conn.execute(
+                "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?,"
+                " venue = 'void', upload_state = 'local', reason = ?, batch_uuid = NULL"
+                " WHERE uuid = ? AND venue = 'claiming' AND upload_state = 'pending'",
+                (VOIDED_CLAIM, "Venue claim not granted; decided again", reason[:1000],
+                 uuid)).rowcount == 1
+
+    def claiming_rows(self, before: str) -> list[dict[str, Any]]:
+        """Rows still waiting for their claim's answer, scanned before `before` (UTC ISO):
+        after a restart, those the process left behind (a walk of the outbox)."""
+        return _rows(self.conn.execute(
+            f"SELECT uuid, event_id, item_id, scanned_on FROM scans WHERE {_OUTBOX}"
+            " AND venue = 'claiming' AND scanned_on < ? ORDER BY seq", (before,)))
+
     # -- outbox ---------------------------------------------------------------------------
 
     def pending(self, limit: int) -> list[dict[str, Any]]:
@@ -344,13 +383,13 @@ class Journal:
             settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
             head = self.conn.execute(
                 f"SELECT batch_uuid FROM scans WHERE {_OUTBOX} AND {_NOT_HELD}"
-                " ORDER BY seq LIMIT 1").fetchone()
+                f" AND {_NOT_CLAIMING} ORDER BY seq LIMIT 1").fetchone()
             if head is None:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
-                    f"SELECT uuid FROM scans WHERE {_OUTBOX}"
-                    f" AND batch_uuid IS NULL AND {_NOT_HELD} ORDER BY seq LIMIT ?", (limit,))]
+                    f"SELECT uuid FROM scans WHERE {_OUTBOX} AND batch_uuid IS NULL"
+                    f" AND {_NOT_HELD} AND {_NOT_CLAIMING} ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
                     "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",
@@ -479,6 +518,18 @@ class Journal:
             raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
         out["pending"], out["oldest_pending"] = row
         return out
+
+    @contextmanager
+    def _unsynced_write(self) -> Iterator[None]:
+        """A write transaction whose commit is not fsynced (synchronous=NORMAL in WAL mode: the
+        next fsynced commit, or a checkpoint, makes it durable). Only for changes a crash may
+        lose because something else restores them."""
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write():
+                yield
+        finally:
+            self.conn.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def _write(self) -> Iterator[None]:

@@ -44,7 +44,9 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX scans_zone_flow ON scans(zone_id, admit, upload_state, sent_at)
     """),
     # How the venue bus took part (issue 14): NULL = no venue or no claim needed, 'claimed' =
-    # the venue granted the admit first, 'offline' = decided without the bus (policy applied);
+    # the venue granted the admit first, 'offline' = decided without the bus (policy applied),
+    # 'claiming' = committed while its claim is in flight, 'void' = a claim in flight that was
+    # not granted (agent.store.journal, VOIDED_CLAIM);
     # and the limits the lane applied, so the venue can find admits beyond them afterwards.
     ("0003_venue", """
         ALTER TABLE scans ADD COLUMN venue TEXT;

@@ -223,6 +223,16 @@ class VenueStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    def standing(self, uuids: list[str]) -> set[str]:
+        """Which of these scan uuids are on the stream as admits, not voided."""
+        out: set[str] = set()
+        for start in range(0, len(uuids), 500):
+            part = uuids[start:start + 500]
+            out.update(r[0] for r in self.conn.execute(
+                "SELECT uuid FROM venue_scans WHERE admit = 1 AND voided = 0"
+                f" AND uuid IN ({','.join('?' * len(part))})", part))
+        return out
+
     def claims_after(self, device: str, seq: int) -> list[dict[str, Any]]:
         """This device's standing admits applied after stream position `seq`."""
         cur = self.conn.execute(

@@ -36,7 +36,13 @@ from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
 from agent.venue import messages
-from agent.venue.claim_channel import ClaimAnswer, ClaimChannel, answer_via_js_publish
+from agent.venue.claim_channel import (
+    Answered,
+    ClaimAnswer,
+    ClaimChannel,
+    PendingAnswer,
+    start_via_js_publish,
+)
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
@@ -433,9 +439,16 @@ class VenueBus:
             rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
                 return
+            # a row whose claim is in flight stops the walk until its answer settles it
+            flying = next((i for i, row in enumerate(rows) if row.get("venue") == "claiming"),
+                          None)
+            if flying is not None:
+                rows = rows[:flying]
+                if not rows:
+                    return
             sends = []
             for row in rows:
-                if row.get("venue") == "claimed":
+                if row.get("venue") in ("claimed", "void"):  # on the bus already / never was
                     continue
                 subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
                                                   self.device)
@@ -454,6 +467,7 @@ class VenueBus:
         they are old enough (after a restart, every claim is looked at again)."""
         if not self._caught_up or journal is None:
             return
+        await self._settle_claiming(store, journal)
         for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
             self._unchecked[claim["uuid"]] = claim
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])
@@ -468,6 +482,29 @@ class VenueBus:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
 
+    async def _settle_claiming(self, store: VenueStore, journal: Journal) -> None:
+        """Journal rows left 'claiming' (the process stopped between the commit of a claimed
+        admit and the bus's answer, or the row could not be settled): with the stream applied
+        up to its end, the claim is in venue.db if the bus stored it. Stored: the admit stands
+        (the gate may have opened); not stored: it never was granted, so the gate never
+        opened, and the row is voided."""
+        cutoff = max(self.started_at, utc_iso(datetime.fromtimestamp(
+            time.time() - SWEEP_AFTER_S, UTC)))
+        rows = await asyncio.to_thread(journal.claiming_rows, cutoff)
+        if not rows:
+            return
+        stored = await asyncio.to_thread(store.standing, [r["uuid"] for r in rows])
+        for row in rows:
+            if row["uuid"] in stored:
+                await asyncio.to_thread(journal.settle_claim, row["uuid"], "claimed")
+                log.warning("scan %s: its claim was on the bus; the admit stands", row["uuid"])
+            else:
+                await asyncio.to_thread(
+                    journal.void_claim, row["uuid"],
+                    "its venue claim never reached the bus (the agent stopped before the answer)")
+                log.warning("scan %s: its claim never reached the bus; the admit is voided",
+                            row["uuid"])
+
     async def _void(self, claim: dict[str, Any], reason: str) -> None:
         subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                           self.device)
@@ -481,18 +518,28 @@ class VenueBus:
     def publish_claim(self, subject: str, body: bytes, scan_uuid: str, expected_seq: int,
                       timeout_s: float) -> ClaimAnswer:
         """Publish a claim expecting `expected_seq` to be the subject's last; wait `timeout_s`."""
+        pending = self.start_claim(subject, body, scan_uuid, expected_seq, timeout_s)
+        return self.claim_answered(pending.wait(timeout_s))
+
+    def start_claim(self, subject: str, body: bytes, scan_uuid: str, expected_seq: int,
+                    timeout_s: float) -> PendingAnswer:
+        """Send a claim; its answer comes from the result's `wait()`, which the caller passes
+        to `claim_answered` (the consumer holds back from here until the claim is settled)."""
+        self._begin_claim()
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
-            return ClaimAnswer("unavailable", error=self.last_error or "not connected")
+            return Answered(ClaimAnswer("unavailable", error=self.last_error or "not connected"))
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
-        self._begin_claim()
         if self.lean_claims and self._claims.usable:
-            answer = self._claims.request(subject, body, headers, timeout_s)
-        else:
-            answer = answer_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
+            return self._claims.start(subject, body, headers)
+        return start_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
+
+    def claim_answered(self, answer: ClaimAnswer) -> ClaimAnswer:
+        """A started claim's answer: anything but a grant settles it here (a conflict waits for
+        the consumer: nothing may be held back); a grant is settled after its commit."""
         if answer.outcome != "granted":
-            self.claim_settled()  # a conflict waits for the consumer: nothing is held back
+            self.claim_settled()
         return answer
 
     def _begin_claim(self) -> None:

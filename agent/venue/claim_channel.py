@@ -85,34 +85,75 @@ def answer_via_js_publish(js: Any, loop: asyncio.AbstractEventLoop, subject: str
                           headers: dict[str, str], timeout_s: float) -> ClaimAnswer:
     """The path this module replaced (kept for A/B: `VenueBus.lean_claims = False`):
     `js.publish()` on the bus loop through `run_coroutine_threadsafe`, from a lane thread."""
-    future = asyncio.run_coroutine_threadsafe(
-        js.publish(subject, body, headers=headers, timeout=timeout_s), loop)
-    try:
-        ack = future.result(timeout_s + 0.05)
-    except (FutureTimeout, TimeoutError) as exc:
-        future.cancel()
-        return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
-                           f"{': ' + str(exc) if str(exc) else ''}")
-    except APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
-            match = _LAST_NUMBER.search(exc.description or "")
-            return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
-        return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
-    except Exception as exc:  # noqa: BLE001 - any other failure: not granted
-        return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
-    # a duplicate ack (the same uuid stored earlier) is this very scan's claim: granted
-    return ClaimAnswer("granted", seq=ack.seq)
+    return start_via_js_publish(js, loop, subject, body, headers, timeout_s).wait(timeout_s)
 
 
-class _Waiter:
+def start_via_js_publish(js: Any, loop: asyncio.AbstractEventLoop, subject: str, body: bytes,
+                         headers: dict[str, str], timeout_s: float) -> PendingAnswer:
+    """`answer_via_js_publish` sent, its answer waited for later (`PendingAnswer.wait`)."""
+    return _PublishFuture(asyncio.run_coroutine_threadsafe(
+        js.publish(subject, body, headers=headers, timeout=timeout_s), loop))
+
+
+class PendingAnswer:
+    """A claim on its way to the bus: the lane sends it, commits its journal row meanwhile,
+    and then waits for the answer (agent.venue.claims, "in flight")."""
+
+    def wait(self, timeout_s: float) -> ClaimAnswer:
+        raise NotImplementedError
+
+
+class Answered(PendingAnswer):
+    """An answer known at once (not connected, the loop gone)."""
+
+    def __init__(self, answer: ClaimAnswer):
+        self.answer = answer
+
+    def wait(self, timeout_s: float) -> ClaimAnswer:
+        return self.answer
+
+
+class _PublishFuture(PendingAnswer):
+    def __init__(self, future: Any):
+        self.future = future
+
+    def wait(self, timeout_s: float) -> ClaimAnswer:
+        try:
+            ack = self.future.result(max(0.0, timeout_s) + 0.05)
+        except (FutureTimeout, TimeoutError) as exc:
+            self.future.cancel()
+            return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms"
+                               f"{': ' + str(exc) if str(exc) else ''}")
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                match = _LAST_NUMBER.search(exc.description or "")
+                return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
+            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+        except Exception as exc:  # noqa: BLE001 - any other failure: not granted
+            return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        # a duplicate ack (the same uuid stored earlier) is this very scan's claim: granted
+        return ClaimAnswer("granted", seq=ack.seq)
+
+
+class _Waiter(PendingAnswer):
     """One claim in flight: the lock its lane blocks on, released with the answer set."""
 
-    __slots__ = ("answer", "done")
+    __slots__ = ("answer", "done", "channel", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, channel: ClaimChannel, token: str) -> None:
         self.answer: ClaimAnswer | None = None
         self.done = threading.Lock()
         self.done.acquire()
+        self.channel, self.token = channel, token
+
+    def wait(self, timeout_s: float) -> ClaimAnswer:
+        """The answer, waited for at most `timeout_s`; a reply after that finds no waiter."""
+        if not self.done.acquire(timeout=max(0.0, timeout_s)):
+            if self.channel._waiting.pop(self.token, None) is not None:
+                return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms")
+            self.done.acquire()  # the reply is being answered this very instant
+        assert self.answer is not None
+        return self.answer
 
 
 class _Replies(asyncio.Queue[Msg]):
@@ -166,27 +207,28 @@ class ClaimChannel:
     def request(self, subject: str, body: bytes, headers: dict[str, str],
                 timeout_s: float) -> ClaimAnswer:
         """Publish `body` on `subject` with `headers` and wait for the stream's answer at most
-        `timeout_s` (lane threads). Subjects and header values are this gate's own (config
-        checks venue and device names; uuids, sequences): nothing here escapes them."""
+        `timeout_s` (lane threads)."""
+        return self.start(subject, body, headers).wait(timeout_s)
+
+    def start(self, subject: str, body: bytes, headers: dict[str, str]) -> PendingAnswer:
+        """Publish `body` on `subject` with `headers`; the answer is waited for with the
+        result's `wait(timeout_s)` (lane threads). Subjects and header values are this gate's
+        own (config checks venue and device names; uuids, sequences): nothing here escapes
+        them."""
         loop, nc = self._loop, self._nc
         if nc is None or loop is None or loop.is_closed():
-            return ClaimAnswer("unavailable", error="not connected")
+            return Answered(ClaimAnswer("unavailable", error="not connected"))
         token = str(next(self._tokens))
         head = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         command = hpub_cmd(subject, self._prefix + token, head.encode(), body)
-        waiter = _Waiter()
+        waiter = _Waiter(self, token)
         self._waiting[token] = waiter
         try:
             loop.call_soon_threadsafe(self.send, nc, command, token)
         except RuntimeError:  # the loop closed meanwhile
             self._waiting.pop(token, None)
-            return ClaimAnswer("unavailable", error="not connected")
-        if not waiter.done.acquire(timeout=max(0.0, timeout_s)):
-            if self._waiting.pop(token, None) is not None:
-                return ClaimAnswer("unavailable", error=f"no answer in {timeout_s * 1000:.0f} ms")
-            waiter.done.acquire()  # the reply is being answered this very instant
-        assert waiter.answer is not None
-        return waiter.answer
+            return Answered(ClaimAnswer("unavailable", error="not connected"))
+        return waiter
 
     def send(self, nc: Any, command: bytes, token: str) -> None:
         """Write one claim on the connection, after anything the client has queued (bus loop)."""

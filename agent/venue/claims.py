@@ -12,16 +12,23 @@ client: a loser may see KeyNotFoundError instead of a wrong-sequence answer.)
 The order for one scan in a zone with an entry limit (max_entries > 0, or an in/out zone):
 1. decide with what this gate knows (cache, journal, venue scans applied so far), no lock held;
 2. if that admits: publish the claim expecting the subject's last sequence as applied here.
-   On a conflict (another gate wrote the ticket first) wait until the consumer has applied up
-   to the sequence the server named, re-decide, retry (at most MAX_ATTEMPTS), all within
-   `claim_timeout_ms`. No answer in time: the offline policy (`local` keeps the local decision,
-   `refuse` refuses), and the scan is marked as decided offline;
+   The first attempt goes "in flight" (`claim(in_flight=True)`, the gate's usual path): the
+   lane does not wait here, it commits the admit as 'claiming' meanwhile (step 3) and then
+   waits with `land()`, so the bus's round trip overlaps the journal's fsync. Otherwise (a
+   retry, a lane waiting for passages, no connection) the answer is waited for here: on a
+   conflict (another gate wrote the ticket first) wait until the consumer has applied up to
+   the sequence the server named, re-decide, retry (at most MAX_ATTEMPTS), all within
+   `claim_timeout_ms`. No answer in time: the offline policy (`local` keeps the local
+   decision, `refuse` refuses), and the scan is marked as decided offline;
 3. the journal transaction (agent.runtime.gate) decides again locally (taking step 1's decision
    again when nothing it read has changed) and commits; the venue's answer is applied there
-   (`Claim.settle`) — so other lanes never wait on the bus;
+   (`Claim.settle`) — so other lanes never wait on the bus. In flight, the row is marked
+   'claiming' and settled after the answer (granted: 'claimed'; no answer: the policy;
+   conflict: voided, and the scan decided again with an answered claim);
 4. after the commit: a granted claim whose admit did not reach the journal is voided at once
-   (and by the bus's sweep on restart if the process died first). docs/venue.md has the crash
-   analysis of each step.
+   (and by the bus's sweep on restart if the process died first; the sweep also settles rows
+   left 'claiming' from what the stream holds). docs/venue.md has the crash analysis of each
+   step.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from agent.store.journal import JournalRow
 from agent.store.venue import BusScan, VenueStore
 from agent.venue import messages
 from agent.venue.bus import VenueBus
+from agent.venue.claim_channel import PendingAnswer
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -52,13 +60,15 @@ class Claim:
     """The venue's part in one scan: the uuid the scan will carry and what the bus said."""
 
     uuid: str
-    outcome: str  # none (no claim needed) | granted | refused | offline
+    outcome: str  # none (no claim needed) | granted | refused | offline | in_flight | conflict
     decision: Decision | None = None  # the decision the claim was made (or refused) for
     seq: int = 0
     error: str = ""
     policy: str = "local"
     max_entries: int = 0
     tracks_exits: bool = False
+    pending: PendingAnswer | None = None  # in_flight: the answer to wait for (`land`)
+    deadline: float = 0.0  # in_flight: time.monotonic() by which the answer must come
 
     def settle(self, local: Decision, needs_claim: Callable[[Decision], bool]) -> Decision | None:
         """Apply the venue's answer to the decision taken in the journal transaction.
@@ -72,15 +82,18 @@ class Claim:
             if local.admit and self.decision is not None:
                 return self.decision  # the venue knows of an admit this gate had not seen
             return local
-        if self.outcome == "granted":
+        if self.outcome in ("granted", "in_flight"):
             if not local.admit:
-                return local  # refused locally after all: the claim is voided after commit
+                return local  # refused locally after all: a granted claim is voided after commit
             return local if _same_admit(local, self.decision) else None
         # no claim was needed when deciding outside the transaction
         return None if (local.admit and needs_claim(local)) else local
 
     def mark(self, row: JournalRow) -> JournalRow:
-        venue = {"granted": "claimed", "offline": "offline"}.get(self.outcome)
+        venue = {"granted": "claimed", "offline": "offline", "in_flight": "claiming"}.get(
+            self.outcome)
+        if venue == "claiming" and not row.admit:
+            venue = None  # refused after all: a plain refusal (a grant is voided after commit)
         return replace(row, venue=venue, max_entries=self.max_entries,
                        tracks_exits=self.tracks_exits)
 
@@ -112,8 +125,10 @@ class VenueLink:
         return [s for s in scans if s.uuid != self._holding] if self._holding else scans
 
     def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,
-              tracks_exits: Callable[[Decision], bool]) -> Claim:
-        """Steps 1-2 of the module docstring, bounded by claim_timeout_ms."""
+              tracks_exits: Callable[[Decision], bool], in_flight: bool = False) -> Claim:
+        """Steps 1-2 of the module docstring, bounded by claim_timeout_ms. `in_flight`: the
+        first publish is not waited for here (outcome `in_flight`): the caller commits the
+        admit as 'claiming' meanwhile, then waits with `land()`."""
         scan_uuid = str(uuidlib.uuid4())
         # Every message up to `applied` was committed to venue.db before this decision read it
         # (the consumer commits, then advances applied_seq).
@@ -124,6 +139,7 @@ class VenueLink:
                      max_entries=lane.max_entries, tracks_exits=exits)
         if not (decision.admit and needs_claim(decision, lane, exits)):
             return base
+        in_flight = in_flight and self.bus.connected  # else answered at once: no overlap
         deadline = time.monotonic() + self.timeout_s
         for _attempt in range(MAX_ATTEMPTS):
             left = deadline - time.monotonic()
@@ -151,6 +167,12 @@ class VenueLink:
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits))
+            if in_flight:
+                # held from here: the consumer may apply this very claim before the commit
+                self._holding = scan_uuid
+                pending = self.bus.start_claim(subject, body, scan_uuid, expected, left)
+                return replace(base, outcome="in_flight", decision=decision, pending=pending,
+                               deadline=deadline)
             answer = self.bus.publish_claim(subject, body, scan_uuid, expected, left)
             if answer.outcome == "granted":
                 self.bus.counters["claims_granted"] += 1
@@ -165,6 +187,22 @@ class VenueLink:
                 break
             applied = -1  # decide again after reading the position, whatever it is
         return self._offline(base, f"no settled answer in {self.timeout_s * 1000:.0f} ms")
+
+    def land(self, claim: Claim) -> Claim:
+        """Wait for the answer to a claim sent `in_flight` (after its row's commit): granted,
+        conflict (`seq`: the subject's last, to catch up to) or offline (no answer in time)."""
+        assert claim.outcome == "in_flight" and claim.pending is not None
+        answer = self.bus.claim_answered(
+            claim.pending.wait(max(0.0, claim.deadline - time.monotonic())))
+        landed = replace(claim, pending=None)
+        if answer.outcome == "granted":
+            self.bus.counters["claims_granted"] += 1
+            self.last_granted_seq = answer.seq
+            return replace(landed, outcome="granted", seq=answer.seq)
+        if answer.outcome == "unavailable":
+            return self._offline(landed, answer.error)
+        self.bus.counters["claims_conflicted"] += 1
+        return replace(landed, outcome="conflict", seq=answer.seq)
 
     def _offline(self, base: Claim, error: str) -> Claim:
         self.bus.counters["claims_timed_out"] += 1

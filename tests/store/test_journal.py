@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,32 @@ def test_scan_transaction_rolls_back_and_frees_the_writer_on_every_way_out(
     finally:
         journal.close()
         other.close()
+
+
+def test_a_row_in_flight_is_an_admit_here_but_never_uploaded_until_settled(
+        tmp_path: Path) -> None:
+    """A venue claim in flight (agent.venue.claims): counted as this device's admit (a second
+    scan is refused meanwhile), held from the upload, then settled or voided."""
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        rows = [replace(_row(u), item_id=7, event_id=1, venue="claiming", admit=True)
+                for u in ("kept", "gone")]
+        for row in rows:
+            journal.record(row)
+        journal.record(_row("plain"))
+        assert [s.uuid for s in journal.own_admits(1, 7)] == ["kept", "gone"]
+        assert [r["uuid"] for r in journal.claiming_rows("9999")] == ["kept", "gone"]
+        assert [r["uuid"] for r in journal.claim_batch(10, "b1")] == ["plain"]
+        journal.mark_sent(["plain"], "2026-01-01T00:00:00.000000Z")
+        assert journal.settle_claim("kept", "claimed")
+        assert not journal.settle_claim("kept", "offline")  # settled once
+        assert journal.void_claim("gone", "conflicted")
+        assert not journal.void_claim("gone", "again")
+        assert [s.uuid for s in journal.own_admits(1, 7)] == ["kept"]
+        assert journal.claiming_rows("9999") == []
+        assert [r["uuid"] for r in journal.claim_batch(10, "b2")] == ["kept"]
+        (gone,) = [r for r in iter_all(journal) if r["uuid"] == "gone"]
+        assert (gone["admit"], gone["upload_state"], gone["venue"], gone["reason"]) == \
+            (0, "local", "void", "conflicted")
+    finally:
+        journal.close()

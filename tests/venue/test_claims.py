@@ -58,8 +58,14 @@ def test_single_access_race_admits_each_ticket_once(tmp_path: Path,
         refusals = Counter(status for _c, _d, admit, status in results if not admit)
         assert refusals == {"alreadyIn": TICKETS * (GATES - 1)}
         # every admit was granted by the venue, none decided offline
-        rows = [r for d in devices for r in d.journal_rows() if r["admit"]]
+        journaled = [r for d in devices for r in d.journal_rows()]
+        rows = [r for r in journaled if r["admit"]]
         assert {r["venue"] for r in rows} == {"claimed"}
+        # what is uploaded agrees: one admit row per ticket (a claim that lost its race in
+        # flight left a voided row, never an admit), and no row is left waiting for an answer
+        assert Counter(r["code"] for r in rows) == Counter(codes)
+        assert {r["venue"] for r in journaled if r["venue"] in ("claiming", "void")} <= {"void"}
+        assert all(r["upload_state"] == "local" for r in journaled if r["venue"] == "void")
         assert sum(d.bus.counters["claims_timed_out"] for d in devices) == 0
 
 

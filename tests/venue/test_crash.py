@@ -59,6 +59,75 @@ def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
         assert [r["code"] for r in a.journal_rows()] == []
 
 
+def _kill_child_at(device_config: Path, mode: str, code: str) -> str:
+    """Run tests.venue.crash_child in MODE, SIGKILL it where it stops; the scan's uuid."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.venue.crash_child", str(device_config), code, mode],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line.startswith("COMMITTED"), line
+        os.kill(child.pid, signal.SIGKILL)
+        return line.split()[1]
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout:
+            child.stdout.close()
+
+
+def test_kill_after_the_commit_of_a_granted_claim_keeps_the_admit(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """Killed with the admit durable as 'claiming' and the claim granted on the bus: the gate
+    may have opened, so after the restart the admit stands, everywhere, and is uploaded."""
+    code = demo_data.bulk_barcode(3)
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        a.bus.stop()
+        scan_uuid = _kill_child_at(a.config_path, "committed", code)
+        (row,) = [r for r in a.journal_rows() if r["uuid"] == scan_uuid]
+        assert (row["venue"], row["admit"]) == ("claiming", 1)
+        lane = b.gate().config.lane("north-in")
+        wait_until(lambda: b.bus.applied_seq >= 1, 5, "b sees the claim")
+        a.restart_bus()  # its sweep settles the row from the stream
+        wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["claimed"], 10,
+                   "a settles its row")
+        (row,) = a.journal_rows()
+        assert (row["admit"], row["upload_state"]) == (1, "pending")
+        assert a.bus.counters["voids"] == 0
+        assert b.gate().scan(code, lane, datetime.now(UTC)).decision.status == "alreadyIn"
+        journal = Journal(a.bus.store_path.with_name("journal.db"))
+        try:  # no longer held from the upload
+            assert [r["uuid"] for r in journal.claim_batch(10, "batch-1")] == [scan_uuid]
+        finally:
+            journal.close()
+
+
+def test_kill_after_the_commit_of_a_claim_never_sent_voids_the_admit(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """Killed with the admit durable as 'claiming' while its claim never left the process:
+    it was never granted, so the gate never opened; after the restart the row is voided
+    (kept, never uploaded) and the ticket is usable."""
+    code = demo_data.bulk_barcode(4)
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        a.bus.stop()
+        scan_uuid = _kill_child_at(a.config_path, "unsent", code)
+        (row,) = [r for r in a.journal_rows() if r["uuid"] == scan_uuid]
+        assert (row["venue"], row["admit"]) == ("claiming", 1)
+        a.restart_bus()
+        wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["void"], 10,
+                   "a voids its row")
+        (row,) = a.journal_rows()
+        assert (row["admit"], row["upload_state"]) == (0, "local")
+        assert "never reached the bus" in row["reason"]
+        lane = b.gate().config.lane("north-in")
+        assert b.gate().scan(code, lane, datetime.now(UTC)).decision.admit
+        journal = Journal(a.bus.store_path.with_name("journal.db"))
+        try:
+            assert journal.claim_batch(10, "batch-1") == []  # nothing of it is uploaded
+        finally:
+            journal.close()
+
+
 def test_sigkill_storm_with_a_venue(site_factory, venue_node: NodeProcess) -> None:  # noqa: F811
     """Round one's crash storm with [venue]: nothing lost or duplicated at the platform, never
     two admits per ticket, and after the last restart every claim standing on the bus has its

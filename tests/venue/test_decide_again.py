@@ -60,8 +60,8 @@ def between_claim_and_commit(gate: Gate, meanwhile: Callable[[Claim], None]) -> 
     assert link is not None
     real = link.claim
 
-    def claim(*args: Any) -> Claim:
-        answer = real(*args)
+    def claim(*args: Any, **kwargs: Any) -> Claim:
+        answer = real(*args, **kwargs)
         meanwhile(answer)
         return answer
 

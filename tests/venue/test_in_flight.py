@@ -1,0 +1,203 @@
+"""A claim in flight: the admit is committed as 'claiming' while the bus answers, then settled.
+
+Real gates and SQLite files on a real nats-server. "The bus does not answer" is a real server
+stopped with SIGSTOP: the gate's connection stays up (nothing tells the client), the claim
+waits in the server's socket and is stored when the server runs again, exactly as a stalled
+or overloaded node behaves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import demo_data
+from agent.core.codes import utc_iso
+from agent.store.journal import VOIDED_CLAIM, Journal, JournalRow
+from agent.venue import bus as bus_module
+from agent.venue.claims import Claim
+from agent.venue.node import NodeProcess
+from tests.venue.rig import VenueDevice, venue_devices, wait_until
+
+CODE = demo_data.bulk_barcode(3)
+
+
+def scan(device: VenueDevice, code: str = CODE) -> tuple[bool, str, float]:
+    gate = device.gate()
+    started = time.perf_counter()
+    result = gate.scan(code, gate.config.lane("north-in"), datetime.now(UTC))
+    return result.decision.admit, result.decision.status, time.perf_counter() - started
+
+
+def rows_of(device: VenueDevice, code: str = CODE) -> list[dict[str, Any]]:
+    return [r for r in device.journal_rows() if r["code"] == code]
+
+
+def knows(device: VenueDevice, uuid: str) -> bool:
+    store = device.venue_store()
+    try:
+        return store.conn.execute("SELECT 1 FROM venue_scans WHERE uuid = ?",
+                                  (uuid,)).fetchone() is not None
+    finally:
+        store.close()
+
+
+def landings(device: VenueDevice) -> list[list[dict[str, Any]]]:
+    """Wrap the device's `land` (waiting for the answer): each call records the claim's rows
+    as another connection reads them at that instant."""
+    link = device.gate().venue
+    assert link is not None
+    real = link.land
+    seen: list[list[dict[str, Any]]] = []
+
+    def land(claim: Claim) -> Claim:
+        seen.append([r for r in device.journal_rows() if r["uuid"] == claim.uuid])
+        return real(claim)
+
+    link.land = land  # type: ignore[method-assign]
+    return seen
+
+
+@contextmanager
+def stalled(node: NodeProcess) -> Iterator[None]:
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+
+
+def test_the_admit_is_committed_while_its_claim_is_on_the_way(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        seen = landings(a)
+        admit, status, _ = scan(a)
+        assert admit, status
+        # when the lane began waiting for the answer, the admit was durable, as 'claiming'
+        ((before,),) = seen
+        assert (before["venue"], before["admit"]) == ("claiming", 1)
+        (row,) = rows_of(a)
+        assert (row["uuid"], row["venue"], row["admit"], row["upload_state"]) == \
+            (before["uuid"], "claimed", 1, "pending")
+        wait_until(lambda: knows(b, row["uuid"]), 5, "b applies the claim")
+        assert scan(b)[1] == "alreadyIn"
+        assert a.bus.counters["claims_granted"] == 1
+
+
+def test_a_conflict_in_flight_voids_the_row_and_decides_again(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        # b's consumer stalls, so b decides from a venue.db that lacks a's admit
+        release = threading.Event()
+        real_apply = b.bus._apply
+
+        def stalled_apply(*args: Any) -> None:
+            release.wait(10)
+            real_apply(*args)
+
+        b.bus._apply = stalled_apply  # type: ignore[method-assign]
+        seen = landings(b)
+        assert scan(a)[0]
+        link = b.gate().venue
+        assert link is not None
+        real_land = link.land
+
+        def land_then_catch_up(claim: Claim) -> Claim:
+            landed = real_land(claim)
+            release.set()  # the conflict is known: the consumer may catch up now
+            return landed
+
+        link.land = land_then_catch_up  # type: ignore[method-assign]
+        admit, status, _ = scan(b)
+        assert not admit and status == "alreadyIn"
+        assert seen and seen[0][0]["venue"] == "claiming"  # it had gone in flight
+        voided, refused = rows_of(b)
+        assert (voided["admit"], voided["venue"], voided["upload_state"],
+                voided["status_detail"]) == (0, "void", "local", VOIDED_CLAIM)
+        assert "conflicted" in voided["reason"]
+        assert (refused["admit"], refused["status"]) == (0, "alreadyIn")
+        assert b.bus.counters["claims_conflicted"] >= 1
+        # the void row is never published: a's admit is the ticket's only scan on the bus
+        b.bus.wake()
+        time.sleep(0.5)
+        assert not knows(a, voided["uuid"])
+
+
+def test_no_answer_in_flight_policy_local_keeps_the_admit_offline(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with venue_devices(tmp_path, [venue_node.url], 2, 5, timeout_ms=200) as (a, b):
+        seen = landings(a)
+        with stalled(venue_node):
+            assert a.bus.connected  # nothing tells the client the server stalled
+            admit, _, took = scan(a)
+            assert admit and took < 0.2 + 0.3
+            assert seen and seen[0][0]["venue"] == "claiming"
+            (row,) = rows_of(a)
+            assert (row["venue"], row["admit"], row["upload_state"]) == ("offline", 1, "pending")
+            assert a.bus.counters["claims_timed_out"] == 1
+        # the server runs again: the claim it held is stored, the offline row published too
+        # (the same uuid: one scan on the bus), and every gate knows the admit
+        wait_until(lambda: knows(b, row["uuid"]), 10, "b learns the admit")
+        assert scan(b)[1] == "alreadyIn"
+        store = b.venue_store()
+        try:
+            assert store.conn.execute("SELECT COUNT(*) FROM venue_scans WHERE uuid = ?",
+                                      (row["uuid"],)).fetchone() == (1,)
+        finally:
+            store.close()
+
+
+def test_no_answer_in_flight_policy_refuse_voids_the_admit_and_refuses(
+        tmp_path: Path, venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus_module, "SWEEP_AFTER_S", 1.0)
+    with venue_devices(tmp_path, [venue_node.url], 2, 5, policy="refuse",
+                       timeout_ms=200) as (a, b):
+        seen = landings(a)
+        with stalled(venue_node):
+            admit, status, _ = scan(a)
+        assert not admit and status == "denied"
+        assert seen and seen[0][0]["venue"] == "claiming"
+        voided, refused = rows_of(a)
+        assert (voided["admit"], voided["venue"], voided["upload_state"]) == (0, "void", "local")
+        assert (refused["admit"], refused["venue"], refused["upload_state"]) == \
+            (0, "offline", "pending")
+        # the stalled server stored the claim when it ran again: nobody passed on it, so the
+        # sweep voids it and the ticket is usable again at every gate
+        wait_until(lambda: a.bus.counters["voids"] == 1, 15, "a voids the stored claim")
+        wait_until(lambda: scan(b)[0], 10, "b may admit the ticket")
+
+
+def test_the_publisher_waits_for_a_row_in_flight(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        journal = Journal(a.bus.store_path.with_name("journal.db"))
+        try:
+            now = utc_iso(datetime.now(UTC))  # after the bus started: not a leftover
+            first = JournalRow(
+                uuid="in-flight-1", code=CODE, kind="barcode", barcode=CODE, nfc_id=None,
+                item_id=100_003, event_id=demo_data.EVENT_ID, zone_id=None,
+                zone_is_default=True, gate_id=None, lane="north-in", direction="in",
+                admit=True, status="valid", status_detail=None, message="", scanned_on=now,
+                venue="claiming", max_entries=1, tracks_exits=True)
+            later = JournalRow(**{**{f: getattr(first, f) for f in first.__slots__},
+                                  "uuid": "after-it", "admit": False,
+                                  "status": "alreadyIn", "venue": None})
+            journal.record(first)
+            journal.record(later)
+            a.bus.wake()
+            time.sleep(0.5)
+            assert not knows(b, "after-it") and not knows(b, "in-flight-1")
+            assert journal.settle_claim("in-flight-1", "offline")
+            a.bus.wake()
+            wait_until(lambda: knows(b, "after-it") and knows(b, "in-flight-1"), 5,
+                       "both published once settled")
+        finally:
+            journal.close()
