@@ -352,6 +352,17 @@ class Journal:
             f"SELECT * FROM scans WHERE {_OUTBOX} ORDER BY seq LIMIT ?", (limit,))
         return _rows(cur)
 
+    def ready(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest pending scans that may leave this device now, in scan order: not held
+        by an admit waiting for its passage, nor waiting for a venue claim's answer (what a
+        gate in venue mode hands to the venue's uploader; `claim_batch` applies the same
+        holds). Waits past PASSAGE_HOLD_LIMIT_S are settled first, as there."""
+        with self._write():
+            settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
+        return _rows(self.conn.execute(
+            f"SELECT * FROM scans WHERE {_OUTBOX} AND {_NOT_HELD} AND {_NOT_CLAIMING}"
+            " ORDER BY seq LIMIT ?", (limit,)))
+
     def batch(self, batch_uuid: str) -> list[dict[str, Any]]:
         """The pending rows of a batch whose request uuid was already fixed, in scan order."""
         cur = self.conn.execute(

@@ -84,8 +84,9 @@ async def ensure_upload_stream(js: Any, venue: str, replicas: int) -> None:
 
 async def hand_over(js: Any, venue: str, device: str, journal: Journal,
                     scanned_by: int | None, limit: int = 500) -> int:
-    """Publish this gate's pending rows; mark them sent once the bus has them all."""
-    rows = await asyncio.to_thread(journal.pending, limit)
+    """Publish this gate's pending rows that may leave it (not held by a passage wait or a
+    claim in flight: `Journal.ready`); mark them sent once the bus has them all."""
+    rows = await asyncio.to_thread(journal.ready, limit)
     if not rows:
         return 0
     subj = subject(venue, device)

@@ -392,3 +392,43 @@ def test_a_spurious_no_keys_is_not_believed_and_a_bus_error_is_not_none() -> Non
     assert asyncio.run(live_keys(RacyBucket(2))) == ["u1"]
     with pytest.raises(TimeoutError):  # the bus's error, not an empty bucket
         asyncio.run(quarantine.count(RacyBucket(0, TimeoutError())))
+
+
+def test_a_gate_hands_over_no_admit_still_waiting_for_its_passage_or_its_claim(
+        shared_venue_node: NodeProcess, tmp_path: Path) -> None:
+    """What a member gate hands to the venue's uploader obeys the same holds as its own
+    uploader: an admit waiting for its passage (and everything after it, in order) and an
+    admit whose venue claim is still in flight stay on the gate until settled."""
+    from dataclasses import replace
+
+    from agent.store.passages import PassageLog, await_passage
+
+    venue = "holds"
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = backlog(5, now)
+    rows[1] = replace(rows[1], venue="claiming")
+    journal = journal_with(tmp_path / "j.db", rows[:3])
+    with journal.scan_transaction():
+        journal.insert(rows[3])
+        await_passage(journal, rows[3].uuid, "main", "in", None, "valid", None,
+                      rows[3].scanned_on)
+    journal.record(rows[4])
+
+    async def hand() -> int:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            return await uplink.hand_over(js, venue, "gate0", journal, 7)
+        finally:
+            await nc.close()
+
+    try:
+        assert asyncio.run(hand()) == 2  # rows 0 and 2
+        assert {r["uuid"] for r in journal.pending(10)} == {r.uuid for r in rows[1:2] + rows[3:]}
+        assert journal.settle_claim(rows[1].uuid, "claimed")
+        assert asyncio.run(hand()) == 1  # its answer came: row 1 goes; 3 still waits
+        assert PassageLog(journal).passed(rows[3].uuid, rows[3].scanned_on)
+        assert asyncio.run(hand()) == 2  # the person passed: rows 3 and 4
+        assert journal.pending(10) == []
+    finally:
+        journal.close()
