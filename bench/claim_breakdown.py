@@ -9,10 +9,14 @@ files without a venue are scanned in between (interleaved) for the local-only st
 Steps of a claimed scan (each the p50/p99 of its own duration, so they need not add up):
   decide      the first decision (facts + decide), outside the journal's lock
   read seq    the subject's last sequence read from venue.db
-  hand over   lane thread -> bus loop: from the call until the publish coroutine starts
-  round trip  publish with expected sequence -> ack, on the bus loop
-  wake lane   the ack on the loop -> the lane thread running again
+  claim step  the claim call: decide, read seq, build and hand over the HPUB (in flight), or
+              all that and the wait for the answer (answered before the commit)
+  hand over   lane thread -> bus loop: from the claim's start until the HPUB is written
+  round trip  HPUB written -> ack read, on the bus loop
+  wake lane   the ack read -> the lane thread running again (after its commit, in flight)
   journal     the transaction: second decision, settle, insert, commit (fsync)
+  wait        in flight: after the commit, the wait for the answer (0 when it came first)
+  settle row  in flight: the row marked claimed (a commit without fsync)
   second decide  the transaction's fresh decision (only when the claim's was not reused)
   after       after the commit (wake the publisher)
 and whether this gate's own consumer/applier ran during the journal transaction.
@@ -44,6 +48,7 @@ from agent.runtime.daemon import SWITCH_INTERVAL_S  # noqa: E402
 from agent.runtime.gate import Gate  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal  # noqa: E402
+from agent.venue.claim_channel import Answered  # noqa: E402
 from agent.venue.node import start_venue  # noqa: E402
 from tests.venue.rig import venue_devices  # noqa: E402
 
@@ -91,12 +96,14 @@ def instrument(gate: Gate, marks: Marks) -> None:
         finally:
             marks.mark("seq1")
 
-    def publish_claim(*args: Any) -> Any:
+    real_start, real_land, real_settle = bus.start_claim, link.land, gate._settle_row
+
+    def start_claim(*args: Any) -> Any:
         marks.mark("submit")
         js = bus._js
         real_js_publish = js.publish
 
-        async def timed(*a: Any, **k: Any) -> Any:
+        async def timed(*a: Any, **k: Any) -> Any:  # the js.publish path (lean off)
             marks.mark("loop_start")
             try:
                 return await real_js_publish(*a, **k)
@@ -104,10 +111,27 @@ def instrument(gate: Gate, marks: Marks) -> None:
                 marks.mark("ack")
         js.publish = timed
         try:
+            return real_start(*args)
+        finally:
+            js.publish = real_js_publish
+
+    def publish_claim(*args: Any) -> Any:
+        try:
             return real_publish(*args)
         finally:
             marks.mark("woken")
-            js.publish = real_js_publish
+
+    def land(*args: Any) -> Any:
+        marks.mark("land0")
+        try:
+            return real_land(*args)
+        finally:
+            marks.mark("woken")
+
+    def settle_row(*args: Any) -> None:
+        marks.mark("settle0")
+        real_settle(*args)
+        marks.mark("settle1")
 
     @contextmanager
     def scan_transaction() -> Iterator[None]:
@@ -149,6 +173,8 @@ def instrument(gate: Gate, marks: Marks) -> None:
     for target, name, wrapper in ((channel, "send", send), (channel, "on_reply", on_reply),
                                   (link, "claim", claim), (link.store, "subject_seq", subject_seq),
                                   (bus, "publish_claim", publish_claim),
+                                  (bus, "start_claim", start_claim), (link, "land", land),
+                                  (gate, "_settle_row", settle_row),
                                   (gate.journal, "scan_transaction", scan_transaction),
                                   (link, "after_commit", after_commit), (bus, "_apply", apply),
                                   (gate, "_decide", decide_fresh)):
@@ -162,7 +188,8 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
     claim as one HPUB answered in the client's reader, agent.venue.claim_channel), `settle`
     (no loop wake-up after a granted claim's commit, VenueBus.claim_settled), `lean+settle`,
     `socket` (an experiment: the lane writes and reads its claim on a blocking socket of its
-    own, bench/socket_claims.py, against the lean path)."""
+    own, bench/socket_claims.py, against the lean path; both answered before the commit),
+    `flight` (the first claim in flight while the admit commits, agent.venue.claims)."""
     marks = Marks()
     overlap: dict[str, int] = defaultdict(int)
     with venue_devices(root / "bd", [url], 1, n + 10, prefix="bd") as devices:
@@ -174,7 +201,12 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                      Journal(cfg.store_dir.parent / "plain-journal.db"), cfg)
         instrument(gate, marks)
         sockets = SocketClaims(url) if ab == "socket" else None
-        lean_request = a.bus._claims.request
+        lean_start = a.bus._claims.start
+
+        def socket_start(subject: str, body: bytes, headers: dict[str, str]) -> Answered:
+            assert sockets is not None
+            return Answered(sockets.request(subject, body, headers, a.bus.timeout_s))
+
         plain_scan: list[float] = []
         try:
             for i in range(n):
@@ -189,8 +221,9 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 gate.reuse_first_decision = not (off and ab in ("reuse", "both"))
                 a.bus.lean_claims = not (off and ab in ("lean", "lean+settle"))
                 a.bus.lean_settle = not (off and ab in ("settle", "lean+settle"))
+                gate.claims_in_flight = ab != "socket" and not (off and ab == "flight")
                 if sockets is not None:
-                    a.bus._claims.request = lean_request if off else sockets.request  # type: ignore[method-assign]
+                    a.bus._claims.start = lean_start if off else socket_start  # type: ignore[method-assign]
                 time.sleep(gap_s)
                 marks.now = {"start": time.perf_counter()}
                 result = gate.scan(code, lane, datetime.now(UTC))
@@ -213,6 +246,8 @@ def run(root: Path, url: str, n: int, gap_s: float, ab: str) -> dict[str, Any]:
                 marks.span("claim step", "decide0", "claimed")
                 marks.span("claim -> txn", "claimed", "txn0")
                 marks.span("journal", "txn0", "txn1")
+                marks.span("wait", "land0", "woken")
+                marks.span("settle row", "settle0", "settle1")
                 marks.span("after", "after0", "after1")
                 marks.span("second decide (n: not reused)", "decide2_0", "decide2_1")
                 marks.span("ack -> applier", "ack", "apply0")
@@ -227,7 +262,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=400)
     ap.add_argument("--gap-ms", type=float, default=10.0)
-    ap.add_argument("--ab", choices=["", "hold", "reuse", "both", "lean", "settle",
+    ap.add_argument("--ab", choices=["", "flight", "hold", "reuse", "both", "lean", "settle",
                                             "lean+settle", "socket"], default="",
                     help="interleave scans with (A) and without (B) one change (see run())")
     args = ap.parse_args(argv)

@@ -11,8 +11,10 @@ tests/venue/rig.py), in one process:
 1. floor: a raw nats-py `js.publish()` + ack round trip on the same server, from a loop in the
    calling thread (no gate, no thread hop) — the cost of any claim's one round trip;
 2. claim latency (twice: gate A alone in the process, as on its own device, then with gate B
-   beside it for the visibility figures): `Gate.scan` on a single-access lane of a gate *without* a venue and of a gate
-   *with* one (every admit is claimed on the bus first), and the claim step alone; the floor
+   beside it for the visibility figures): `Gate.scan` on a single-access lane of a gate
+   *without* a venue and of a gate *with* one (every admit is claimed on the bus: sent, its
+   admit committed meanwhile, then the answer), and the claim step alone (the lane's time in
+   the claim call plus its wait for the answer after the commit); the floor
    and both scans are interleaved one per round, `--gap-ms` apart (paced like real scans: a
    wake-up after idle costs more than back-to-back calls, so all are measured alike); the
    added latency is the difference of the scans' percentiles;
@@ -115,16 +117,25 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
         claims: list[float] = []
         link = a.gate().venue
         assert link is not None
-        real_claim = link.claim
+        real_claim, real_land = link.claim, link.land
+        claim_time = [0.0]  # this scan's: the claim call, plus the wait for its answer in flight
 
         def timed_claim(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
                 return real_claim(*args, **kwargs)
             finally:
-                claims.append(time.perf_counter() - started)
+                claim_time[0] += time.perf_counter() - started
+
+        def timed_land(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return real_land(*args, **kwargs)
+            finally:
+                claim_time[0] += time.perf_counter() - started
 
         link.claim = timed_claim  # type: ignore[method-assign]
+        link.land = timed_land  # type: ignore[method-assign]
         raw: list[float] = []
         local: list[float] = []
         venue: list[float] = []
@@ -139,10 +150,12 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
                 plain.scan(code, lane, datetime.now(UTC))
                 local.append(time.perf_counter() - started)
                 time.sleep(gap_s)
+                claim_time[0] = 0.0
                 started = time.perf_counter()
                 result = a.gate().scan(code, lane, datetime.now(UTC))
                 returned = time.perf_counter()
                 venue.append(returned - started)
+                claims.append(claim_time[0])
                 assert result.decision.admit, result.decision
                 if b is not None:
                     b.bus.wait_applied(link.last_granted_seq, 1.0)
@@ -253,7 +266,7 @@ def main(argv: list[str]) -> int:
     print(f"scan with venue claim        p50 {venue['p50_ms']:.3f} ms  p99 {venue['p99_ms']:.3f} ms")
     step = results["claim_step"]
     print(f"the claim step alone         p50 {step['p50_ms']:.3f} ms  p99 {step['p99_ms']:.3f} ms"
-          "  (decide + publish with expected sequence + ack)")
+          "  (decide + send; + waiting for the ack after the commit)")
     added = results["added_by_claim"]
     print(f"added (scan with - without)  p50 {added['p50_ms']:.3f} ms  p99 {added['p99_ms']:.3f} ms"
           "  (targets 1 / 5 ms)")

@@ -68,6 +68,9 @@ class Gate:
         # After a venue claim, the transaction takes the claim's decision again when nothing
         # it was read from has changed (`_decide_again`); off: always decide from fresh facts.
         self.reuse_first_decision = True
+        # The first claim of a scan goes in flight: its admit commits while the bus answers
+        # (agent.venue.claims); off: the answer first, then the commit (kept for A/B).
+        self.claims_in_flight = True
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -153,7 +156,8 @@ class Gate:
             claim = None if self.venue is None else self.venue.claim(
                 partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
                 lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
-                in_flight=attempt == 0 and not self._awaits_passage(lane))
+                in_flight=attempt == 0 and self.claims_in_flight
+                and not self._awaits_passage(lane))
             if claim is not None and claim.outcome == "in_flight":
                 claim, result = self._in_flight(claim, code, lane, now, direction, kind,
                                                 mono_ms, first)
