@@ -31,9 +31,11 @@ CODE = demo_data.bulk_barcode(3)
 
 
 def scan(device: VenueDevice, code: str = CODE) -> tuple[bool, str, float]:
+    """A read as a lane makes it (with its monotonic time: the lane's debounce is armed)."""
     gate = device.gate()
     started = time.perf_counter()
-    result = gate.scan(code, gate.config.lane("north-in"), datetime.now(UTC))
+    result = gate.scan(code, gate.config.lane("north-in"), datetime.now(UTC),
+                       mono_ms=int(time.monotonic() * 1000))
     return result.decision.admit, result.decision.status, time.perf_counter() - started
 
 
@@ -117,6 +119,7 @@ def test_a_conflict_in_flight_voids_the_row_and_decides_again(
 
         link.land = land_then_catch_up  # type: ignore[method-assign]
         admit, status, _ = scan(b)
+        # decided again: alreadyIn (not duplicateRead: the redo is the same read, not a second)
         assert not admit and status == "alreadyIn"
         assert seen and seen[0][0]["venue"] == "claiming"  # it had gone in flight
         voided, refused = rows_of(b)
