@@ -77,7 +77,7 @@ def instrument(gate: Gate, marks: Marks) -> None:
     real_seq = link.store.subject_seq
     real_txn, real_apply = gate.journal.scan_transaction, bus._apply
 
-    def claim(decide_now: Any, *args: Any) -> Any:
+    def claim(decide_now: Any, *args: Any, **kwargs: Any) -> Any:
         def timed_decide() -> Any:
             marks.mark("decide0")
             try:
@@ -85,7 +85,7 @@ def instrument(gate: Gate, marks: Marks) -> None:
             finally:
                 marks.mark("decide1")
         try:
-            return real_claim(timed_decide, *args)
+            return real_claim(timed_decide, *args, **kwargs)
         finally:
             marks.mark("claimed")
 

@@ -198,7 +198,7 @@ class Gate:
         if not (result.uuid == claim.uuid and result.decision.admit):
             return landed, result  # no admit of this claim's: after_commit voids a grant
         if landed.outcome == "granted":
-            self._settle_row(claim.uuid, "claimed")
+            self.venue.bus.settle_granted_later(claim.uuid)  # off the hot path
             return landed, result
         if landed.outcome == "offline":
             kept = landed.settle(result.decision, lambda _d: True)

@@ -319,10 +319,14 @@ class Journal:
         (`venue`: claimed | offline) and may be uploaded and published. Not fsynced: the
         admit itself is; if this change is lost, the sweep settles the row the same way
         from the venue stream (`claiming_rows`). False: the row was not 'claiming'."""
+        return self.settle_claims([(uuid, venue)]) == 1
+
+    def settle_claims(self, answered: list[tuple[str, str]]) -> int:
+        """`settle_claim` for several rows in one transaction; how many were 'claiming'."""
         with self._unsynced_write():
-            return self.conn.execute(
+            return sum(self.conn.execute(
                 "UPDATE scans SET venue = ? WHERE uuid = ? AND venue = 'claiming'",
-                (venue, uuid)).rowcount == 1
+                (venue, uuid)).rowcount for uuid, venue in answered)
 
     def void_claim(self, uuid: str, reason: str) -> bool:
         """A claim in flight was not granted: its admit did not happen (the gate never

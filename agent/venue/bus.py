@@ -16,6 +16,7 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import re
@@ -134,6 +135,7 @@ class VenueBus:
         # after a claim's commit, no loop wake-up for a granted claim (claim_settled); off: two
         self.lean_settle = True
         self._claims = ClaimChannel()
+        self._granted: collections.deque[str] = collections.deque()  # settle_granted_later
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -262,6 +264,7 @@ class VenueBus:
                 self._caught_up = True  # nothing to replay: the sweep may run
         try:
             while not self._stop.is_set() and not closed.is_set():
+                await self._settle_granted(journal)
                 if self.connected:
                     try:
                         await self._publish_pending(store, journal)
@@ -273,6 +276,7 @@ class VenueBus:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 except TimeoutError:
                     pass
+            await self._settle_granted(journal)
             if self.connected:  # stopping: the last scans the lanes journaled go out first
                 try:
                     await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
@@ -481,6 +485,24 @@ class VenueBus:
             if claim["uuid"] not in admitted:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
+
+    def settle_granted_later(self, scan_uuid: str) -> None:
+        """A lane's claim in flight was granted: its row ('claiming', durable) becomes
+        'claimed' here, off the lane's hot path (a write transaction less per claimed scan),
+        at the loop's next round (at most a second; the publisher and the upload hold the row
+        until then). If the process stops first, the sweep settles it from the stream."""
+        self._granted.append(scan_uuid)
+
+    async def _settle_granted(self, journal: Journal | None) -> None:
+        taken: list[str] = []
+        while self._granted:
+            taken.append(self._granted.popleft())
+        if taken and journal is not None:
+            try:
+                await asyncio.to_thread(journal.settle_claims, [(u, "claimed") for u in taken])
+            except Exception as exc:  # noqa: BLE001 - the sweep settles them from the stream
+                log.error("venue: %d granted rows not settled yet (%s)", len(taken), exc)
+                self._granted.extendleft(reversed(taken))
 
     async def _settle_claiming(self, store: VenueStore, journal: Journal) -> None:
         """Journal rows left 'claiming' (the process stopped between the commit of a claimed

@@ -86,6 +86,8 @@ def test_the_admit_is_committed_while_its_claim_is_on_the_way(
         # when the lane began waiting for the answer, the admit was durable, as 'claiming'
         ((before,),) = seen
         assert (before["venue"], before["admit"]) == ("claiming", 1)
+        # granted: the bus thread marks it claimed, off the lane's hot path
+        wait_until(lambda: rows_of(a)[0]["venue"] == "claimed", 5, "the row settled")
         (row,) = rows_of(a)
         assert (row["uuid"], row["venue"], row["admit"], row["upload_state"]) == \
             (before["uuid"], "claimed", 1, "pending")
