@@ -206,3 +206,13 @@ def test_the_publisher_waits_for_a_row_in_flight(
                        "both published once settled")
         finally:
             journal.close()
+
+
+def test_a_granted_row_is_settled_when_the_bus_stops(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """A command that scans and exits at once (`gate-agent scan` in venue mode) leaves no
+    row 'claiming': the bus settles what was granted before it stops."""
+    with venue_devices(tmp_path, [venue_node.url], 1, 5) as (a,):
+        assert scan(a)[0]
+        a.bus.stop()
+        assert [r["venue"] for r in rows_of(a)] == ["claimed"]
