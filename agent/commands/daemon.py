@@ -151,7 +151,9 @@ def render(report: dict[str, Any], console: Console) -> None:
                       f"{venue['lag']}, claims {venue['claims_granted']} granted / "
                       f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
                       f"timed out, {venue['decided_offline']} decided offline, "
-                      f"{venue['conflicts']} conflict(s)", highlight=False)
+                      f"{venue['conflicts']} conflict(s)"
+                      + (f", {venue['claims_unanswered']} admit(s) awaiting the bus's answer"
+                         if venue.get("claims_unanswered") else ""), highlight=False)
         gates = venue.get("gates") or {}
         if any(gates.values()):
             console.print("Venue gates (heartbeats): " + ", ".join(

@@ -146,6 +146,11 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
                                 "Journaled scans decided without the bus (policy applied)")
     offline.add_metric([], float(venue.get("decided_offline") or 0))
     yield offline
+    unanswered = GaugeMetricFamily("gate_venue_claims_unanswered",
+                                   "Admits journaled while their venue claim got no answer "
+                                   "(held from the upload until settled)")
+    unanswered.add_metric([], float(venue.get("claims_unanswered") or 0))
+    yield unanswered
     conflicts = GaugeMetricFamily("gate_venue_conflicts",
                                   "Admits beyond a ticket's limit found after the fact")
     conflicts.add_metric([], float(venue.get("conflicts") or 0))

@@ -31,7 +31,7 @@ REASON_CODES = (
     "reader_disconnected", "pairings_unreadable", "relay_error", "cache_rebuilding",
     "upload_backlog", "quarantined_scans", "auth_failed", "rate_limited", "clock_skew",
     "platform_unreachable", "no_token", "venue_unreachable", "venue_conflicts", "job_failing",
-    "venue_quarantined",
+    "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable",
 )
@@ -155,6 +155,11 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
                    "not see each other; see `gate-agent venue conflicts`"))
+    if venue.get("claims_unanswered"):
+        add(Reason("warn", "venue_claims_unanswered",
+                   f"{venue['claims_unanswered']} admit(s) journaled while their venue claim "
+                   "got no answer; held from the upload until the bus is back (then settled "
+                   "from the stream: granted, the admit stands; never stored, it is voided)"))
     held = (venue.get("leader") or {}).get("quarantined")
     if held:
         add(Reason("warn", "venue_quarantined",

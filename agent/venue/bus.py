@@ -49,6 +49,11 @@ from agent.venue.heartbeat import GateBoard, HeartbeatLink
 log = logging.getLogger("gate_agent.venue")
 
 DUPLICATE_WINDOW_S = 600.0
+# An admit journaled while its claim is in flight normally settles within milliseconds; one
+# still waiting after this long (the bus went away, the process restarted without it) is
+# shown in status (`claims_unanswered`, reason venue_claims_unanswered): held from the upload
+# until the bus is back and the sweep settles it.
+UNANSWERED_AFTER_S = 5.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
 # often, whatever the number of dashboards polling it.
@@ -637,6 +642,8 @@ class VenueBus:
     def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
         """For /status (called from the daemon's loop: its own connection to venue.db)."""
         marks = journal.venue_counts() if journal is not None else {}
+        waited = utc_iso(datetime.fromtimestamp(time.time() - UNANSWERED_AFTER_S, UTC))
+        unanswered = len(journal.claiming_rows(waited)) if journal is not None else 0
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
@@ -646,6 +653,8 @@ class VenueBus:
             "gates": self.board.counts(),
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
+            "claims_unanswered": unanswered,
+            "claims_voided_here": marks.get("void", 0),
             **self.counters,
         }
 

@@ -11,10 +11,13 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from agent import demo_data
 from agent.config import load_config
 from agent.store.journal import Journal
 from agent.store.venue import VenueStore
+from agent.venue import bus as bus_module
 from agent.venue.bus import VenueBus
 from agent.venue.node import NodeProcess
 from tests.conftest import PROJECT_ROOT
@@ -103,7 +106,7 @@ def test_kill_after_the_commit_of_a_granted_claim_keeps_the_admit(
 
 
 def test_kill_after_the_commit_of_a_claim_never_sent_voids_the_admit(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
+        tmp_path: Path, venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed with the admit durable as 'claiming' while its claim never left the process:
     it was never granted, so the gate never opened; after the restart the row is voided
     (kept, never uploaded) and the ticket is usable."""
@@ -113,6 +116,13 @@ def test_kill_after_the_commit_of_a_claim_never_sent_voids_the_admit(
         scan_uuid = _kill_child_at(a.config_path, "unsent", code)
         (row,) = [r for r in a.journal_rows() if r["uuid"] == scan_uuid]
         assert (row["venue"], row["admit"]) == ("claiming", 1)
+        # while nothing settles it, status says so (normally after 5 s)
+        monkeypatch.setattr(bus_module, "UNANSWERED_AFTER_S", 0.0)
+        journal = Journal(a.bus.store_path.with_name("journal.db"))
+        try:
+            assert a.bus.get_status(journal)["claims_unanswered"] == 1
+        finally:
+            journal.close()
         a.restart_bus()
         wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["void"], 10,
                    "a voids its row")

@@ -28,16 +28,19 @@ def test_venue_reasons() -> None:
     assert _codes({**VENUE, "conflicts": 2}) == ["venue_conflicts"]
     assert _codes({**VENUE, "leader": {"quarantined": 0}}) == []
     assert _codes({**VENUE, "leader": {"quarantined": 3}}) == ["venue_quarantined"]
+    assert _codes({**VENUE, "claims_unanswered": 2}) == ["venue_claims_unanswered"]
 
 
 def test_venue_metrics() -> None:
-    snap = {"venue": {**VENUE, "lag": 3, "decided_offline": 5, "conflicts": 1},
+    snap = {"venue": {**VENUE, "lag": 3, "decided_offline": 5, "conflicts": 1,
+                      "claims_unanswered": 2},
             "health": "warn"}
     text = Metrics(lambda: snap, lambda: datetime.now(UTC)).render().decode()
     for line in ("gate_venue_connected 1.0", "gate_venue_lag_messages 3.0",
                  'gate_venue_claims_total{outcome="granted"} 4.0',
                  'gate_venue_claims_total{outcome="conflicted"} 2.0',
-                 "gate_venue_offline_decisions 5.0", "gate_venue_conflicts 1.0"):
+                 "gate_venue_offline_decisions 5.0", "gate_venue_conflicts 1.0",
+                 "gate_venue_claims_unanswered 2.0"):
         assert line in text, line
     bare = Metrics(lambda: {"health": "pass"}, lambda: datetime.now(UTC)).render().decode()
     assert "gate_venue" not in bare
