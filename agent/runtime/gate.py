@@ -198,7 +198,7 @@ class Gate:
         if not (result.uuid == claim.uuid and result.decision.admit):
             return landed, result  # no admit of this claim's: after_commit voids a grant
         if landed.outcome == "granted":
-            self.venue.bus.settle_granted_later(claim.uuid)  # off the hot path
+            self.venue.bus.settle_later(claim.uuid, "claimed")  # off the hot path
             return landed, result
         if landed.outcome == "offline":
             kept = landed.settle(result.decision, lambda _d: True)
@@ -217,20 +217,22 @@ class Gate:
         return landed, _Redo(result.decision, None)
 
     def _settle_row(self, scan_uuid: str, venue: str) -> None:
-        assert self.journal is not None
+        assert self.journal is not None and self.venue is not None
         try:
             self.journal.settle_claim(scan_uuid, venue)
-        except JournalUnavailable as exc:  # the admit is durable; the sweep settles the row
-            log.error("scan %s: claim answered but its row not settled (%s); the venue "
-                      "sweep settles it", scan_uuid, exc)
+        except JournalUnavailable as exc:  # the admit is durable; the bus retries the mark
+            log.error("scan %s: claim answered but its row not settled (%s); retried",
+                      scan_uuid, exc)
+            self.venue.bus.settle_later(scan_uuid, venue)
 
     def _void_row(self, scan_uuid: str, reason: str) -> None:
-        assert self.journal is not None
+        assert self.journal is not None and self.venue is not None
         try:
             self.journal.void_claim(scan_uuid, reason)
-        except JournalUnavailable as exc:  # still 'claiming': the sweep voids it
-            log.error("scan %s: claim not granted but its row not voided (%s); the venue "
-                      "sweep voids it", scan_uuid, exc)
+        except JournalUnavailable as exc:  # still 'claiming' (an admit here): retried
+            log.error("scan %s: claim not granted but its row not voided (%s); retried",
+                      scan_uuid, exc)
+            self.venue.bus.settle_later(scan_uuid, "void", reason)
 
     def _journaled(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
                    kind: str | None, mono_ms: int | None, claim: Claim | None,

@@ -323,6 +323,8 @@ class Journal:
 
     def settle_claims(self, answered: list[tuple[str, str]]) -> int:
         """`settle_claim` for several rows in one transaction; how many were 'claiming'."""
+        if not answered:
+            return 0
         with self._unsynced_write():
             return sum(self.conn.execute(
                 "UPDATE scans SET venue = ? WHERE uuid = ? AND venue = 'claiming'",

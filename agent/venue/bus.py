@@ -140,7 +140,8 @@ class VenueBus:
         # after a claim's commit, no loop wake-up for a granted claim (claim_settled); off: two
         self.lean_settle = True
         self._claims = ClaimChannel()
-        self._granted: collections.deque[str] = collections.deque()  # settle_granted_later
+        # rows of claims in flight, answered, that this thread settles (settle_later)
+        self._to_settle: collections.deque[tuple[str, str, str]] = collections.deque()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class VenueBus:
                 self._caught_up = True  # nothing to replay: the sweep may run
         try:
             while not self._stop.is_set() and not closed.is_set():
-                await self._settle_granted(journal)
+                await self._settle_rows(journal)
                 if self.connected:
                     try:
                         await self._publish_pending(store, journal)
@@ -281,7 +282,7 @@ class VenueBus:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 except TimeoutError:
                     pass
-            await self._settle_granted(journal)
+            await self._settle_rows(journal)
             if self.connected:  # stopping: the last scans the lanes journaled go out first
                 try:
                     await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
@@ -491,33 +492,34 @@ class VenueBus:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
 
-    def settle_granted_later(self, scan_uuid: str) -> None:
-        """A lane's claim in flight was granted: its row ('claiming', durable) becomes
-        'claimed' here, off the lane's hot path (a write transaction less per claimed scan),
-        at the loop's next round (at most a second; the publisher and the upload hold the row
-        until then). If the process stops first, the sweep settles it from the stream."""
-        self._granted.append(scan_uuid)
+    def settle_later(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
+        """Settle the row of a claim in flight ('claiming', durable) here, at the loop's next
+        round (at most a second; the publisher and the upload hold the row until then):
+        `outcome` claimed | offline | void (with `reason`). A lane hands over what it need not
+        wait for (a grant: a write transaction less on its hot path) and what its own write
+        failed to do (retried here until the journal takes it). If the process stops first,
+        the sweep of the next start settles the row from the stream."""
+        self._to_settle.append((scan_uuid, outcome, reason))
 
-    async def _settle_granted(self, journal: Journal | None) -> None:
-        taken: list[str] = []
-        while self._granted:
-            taken.append(self._granted.popleft())
+    async def _settle_rows(self, journal: Journal | None) -> None:
+        taken: list[tuple[str, str, str]] = []
+        while self._to_settle:
+            taken.append(self._to_settle.popleft())
         if taken and journal is not None:
             try:
-                await asyncio.to_thread(journal.settle_claims, [(u, "claimed") for u in taken])
-            except Exception as exc:  # noqa: BLE001 - the sweep settles them from the stream
-                log.error("venue: %d granted rows not settled yet (%s)", len(taken), exc)
-                self._granted.extendleft(reversed(taken))
+                await asyncio.to_thread(settle_rows, journal, taken)
+            except Exception as exc:  # noqa: BLE001 - kept for the next round
+                log.error("venue: %d answered claims' rows not settled yet (%s)", len(taken), exc)
+                self._to_settle.extendleft(reversed(taken))
 
     async def _settle_claiming(self, store: VenueStore, journal: Journal) -> None:
         """Journal rows left 'claiming' (the process stopped between the commit of a claimed
-        admit and the bus's answer, or the row could not be settled): with the stream applied
+        admit and the bus's answer, or before the row was settled): with the stream applied
         up to its end, the claim is in venue.db if the bus stored it. Stored: the admit stands
         (the gate may have opened); not stored: it never was granted, so the gate never
         opened, and the row is voided."""
-        cutoff = max(self.started_at, utc_iso(datetime.fromtimestamp(
-            time.time() - SWEEP_AFTER_S, UTC)))
-        rows = await asyncio.to_thread(journal.claiming_rows, cutoff)
+        # only rows of an earlier process: this one's lanes settle their own (settle_later)
+        rows = await asyncio.to_thread(journal.claiming_rows, self.started_at)
         if not rows:
             return
         stored = await asyncio.to_thread(store.standing, [r["uuid"] for r in rows])
@@ -657,6 +659,15 @@ class VenueBus:
             "claims_voided_here": marks.get("void", 0),
             **self.counters,
         }
+
+
+def settle_rows(journal: Journal, answered: list[tuple[str, str, str]]) -> None:
+    """Rows of answered claims in flight (`VenueBus.settle_later`): admits that stand in one
+    transaction, voids one by one."""
+    journal.settle_claims([(u, outcome) for u, outcome, _r in answered if outcome != "void"])
+    for scan_uuid, outcome, reason in answered:
+        if outcome == "void":
+            journal.void_claim(scan_uuid, reason)
 
 
 def scan_from_row(row: dict[str, Any], device: str) -> BusScan:

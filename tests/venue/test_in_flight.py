@@ -216,3 +216,33 @@ def test_a_granted_row_is_settled_when_the_bus_stops(
         assert scan(a)[0]
         a.bus.stop()
         assert [r["venue"] for r in rows_of(a)] == ["claimed"]
+
+
+def test_a_row_the_lane_could_not_settle_is_settled_by_the_bus(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """The lane's own write of the answer fails (injected once: a journal write error at
+    that very instant): the admit stands as decided and the bus thread retries the mark; the
+    sweep never judges a row of the running process (it would void an admit that opened)."""
+    from agent.errors import JournalUnavailable
+
+    with venue_devices(tmp_path, [venue_node.url], 1, 5, timeout_ms=200) as (a,):
+        journal = a.gate().journal
+        assert journal is not None
+        real = journal.settle_claim
+        failures: list[str] = []
+
+        def settle_once_failing(scan_uuid: str, venue: str) -> bool:
+            if not failures:
+                failures.append(scan_uuid)
+                raise JournalUnavailable("injected: disk I/O error")
+            return real(scan_uuid, venue)
+
+        journal.settle_claim = settle_once_failing  # type: ignore[method-assign]
+        with stalled(venue_node):
+            admit, _, _ = scan(a)
+            assert admit and failures  # policy local: the admit stands
+            assert rows_of(a)[0]["venue"] == "claiming"
+            a.bus.wake()
+            wait_until(lambda: rows_of(a)[0]["venue"] == "offline", 5, "the bus settles it")
+        (row,) = rows_of(a)
+        assert (row["admit"], row["upload_state"]) == (1, "pending")
