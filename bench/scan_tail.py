@@ -115,8 +115,10 @@ def percentile(values: list[int], q: float) -> float:
     return core_bench.percentile(s, q)
 
 
-def run(store: Path, size: int, ncodes: int, seed: int) -> dict[str, list[tuple[int, Steps]]]:
-    """Interleaved floor ops and scans; returns per kind a list of (total ns, steps ns)."""
+def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.BLOCK,
+        pace_s: float = 0.0) -> dict[str, list[tuple[int, Steps]]]:
+    """Interleaved floor ops and scans, `block` of each in turn, `pace_s` idle before each op
+    (a gate's pace: every op starts cold); per kind a list of (total ns, steps ns)."""
     cache = TicketCache(store / "cache.db")
     journal = Journal(store / "journal.db")
     config = core_bench.bench_config(store)
@@ -139,10 +141,12 @@ def run(store: Path, size: int, ncodes: int, seed: int) -> dict[str, list[tuple[
     scan_codes = core_bench.make_codes(size, ncodes, seed + 2)
     floor_codes = core_bench.make_codes(size, ncodes, seed + 3)
     clock = time.perf_counter_ns
-    for b, start in enumerate(range(0, ncodes, core_bench.BLOCK)):
+    for b, start in enumerate(range(0, ncodes, block)):
         for side in (("floor", "scan") if b % 2 else ("scan", "floor")):
             codes = floor_codes if side == "floor" else scan_codes
-            for code in codes[start:start + core_bench.BLOCK]:
+            for code in codes[start:start + block]:
+                if pace_s:
+                    time.sleep(pace_s)
                 steps.append({})
                 before = wal_index[side].read()
                 if side == "floor":
@@ -231,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codes", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--store", help="a directory to keep the built cache in between runs")
+    parser.add_argument("--block", type=int, default=core_bench.BLOCK,
+                        help="ops of one side in a row (default %(default)s, as core_bench)")
+    parser.add_argument("--pace-ms", type=float, default=0.0,
+                        help="idle time before each op (a gate's pace; e.g. 20 with --block 1 "
+                             "and --codes 2000): every op starts with cold caches")
     parser.add_argument("--seed", type=int, default=20240601)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gate-agent-tail-") as tmp:
@@ -243,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             for old in [*store.glob("journal.db*"), *store.glob("floor.db*")]:
                 old.unlink()
-            for kind, rows in run(store, args.size, args.codes, args.seed + 1000 * r).items():
+            for kind, rows in run(store, args.size, args.codes, args.seed + 1000 * r,
+                                  args.block, args.pace_ms / 1000).items():
                 merged[kind] += rows
         report(merged)
     return 0
