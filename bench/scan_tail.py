@@ -18,6 +18,7 @@ Timing wrappers add ~1 µs per statement to both sides alike.
 from __future__ import annotations
 
 import argparse
+import gc
 import mmap
 import sqlite3
 import struct
@@ -51,18 +52,36 @@ class _Rows(list[Any]):
         return list(self)
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector (a `gc.callbacks` entry), so that a
+    collection is a step of its own instead of part of whichever statement's allocation set it
+    off. Some collections are this harness's: it keeps a few objects per op."""
+
+    def __init__(self) -> None:
+        self.total_ns = 0
+        self._start = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter_ns()
+        else:
+            self.total_ns += time.perf_counter_ns() - self._start
+
+
 class TimedConnection:
     """Wraps a sqlite3 connection: each `execute` adds its time to the current op's steps."""
 
-    def __init__(self, conn: sqlite3.Connection, side: str, steps: list[Steps]):
-        self._conn, self._side, self._steps = conn, side, steps
+    def __init__(self, conn: sqlite3.Connection, side: str, steps: list[Steps],
+                 gc_clock: GcClock):
+        self._conn, self._side, self._steps, self._gc = conn, side, steps, gc_clock
 
     def execute(self, sql: str, *args: Any) -> Any:
+        collected = self._gc.total_ns
         t = time.perf_counter_ns()
         cur = self._conn.execute(sql, *args)
         head = sql.lstrip()[:6].upper()
         out: Any = _Rows(cur.fetchall()) if head in ("SELECT", "PRAGMA") else cur
-        spent = time.perf_counter_ns() - t
+        spent = time.perf_counter_ns() - t - (self._gc.total_ns - collected)
         name = _step_name(self._side, head)
         step = self._steps[-1]
         step[name] = step.get(name, 0) + spent
@@ -126,10 +145,13 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
     lane = config.lanes[0]
     floor = core_bench.Floor(store / "cache.db", store / "floor.db")
     steps: list[Steps] = [{}]
-    cache.conn = TimedConnection(cache.conn, "cache", steps)  # type: ignore[assignment]
-    journal.conn = TimedConnection(journal.conn, "journal", steps)  # type: ignore[assignment]
-    floor.read = TimedConnection(floor.read, "cache", steps)  # type: ignore[assignment]
-    floor.write = TimedConnection(floor.write, "journal", steps)  # type: ignore[assignment]
+    gc_clock = GcClock()
+    cache.conn = TimedConnection(cache.conn, "cache", steps, gc_clock)  # type: ignore[assignment]
+    journal.conn = TimedConnection(  # type: ignore[assignment]
+        journal.conn, "journal", steps, gc_clock)
+    floor.read = TimedConnection(floor.read, "cache", steps, gc_clock)  # type: ignore[assignment]
+    floor.write = TimedConnection(  # type: ignore[assignment]
+        floor.write, "journal", steps, gc_clock)
     mono = [0]
     wal_index = {"scan": WalIndex(store / "journal.db"), "floor": WalIndex(store / "floor.db")}
     for code in core_bench.make_codes(size, core_bench.WARMUP, seed + 99):
@@ -141,6 +163,7 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
     scan_codes = core_bench.make_codes(size, ncodes, seed + 2)
     floor_codes = core_bench.make_codes(size, ncodes, seed + 3)
     clock = time.perf_counter_ns
+    gc.callbacks.append(gc_clock)
     for b, start in enumerate(range(0, ncodes, block)):
         for side in (("floor", "scan") if b % 2 else ("scan", "floor")):
             codes = floor_codes if side == "floor" else scan_codes
@@ -149,6 +172,7 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
                     time.sleep(pace_s)
                 steps.append({})
                 before = wal_index[side].read()
+                collected = gc_clock.total_ns
                 if side == "floor":
                     t = clock()
                     floor.op(code, "2025-01-01T00:00:00.000000Z")
@@ -162,10 +186,13 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
                     d = result.decision
                     kind = "admit" if d.admit else (d.detail or d.status)
                 step = steps.pop()
-                step["python"] = total - sum(step.values())
+                collected = gc_clock.total_ns - collected
+                step["python"] = total - sum(step.values()) - collected
+                step["gc"] = collected
                 _wal_step(step, before, wal_index[side].read())
                 out[kind].append((total, step))
                 out["scan (all)" if side == "scan" else "floor (all)"].append((total, step))
+    gc.callbacks.remove(gc_clock)
     for index in wal_index.values():
         index.close()
     floor.close()
@@ -177,7 +204,7 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
 def report(results: dict[str, list[tuple[int, Steps]]]) -> None:
     kinds = sorted(results, key=lambda k: (k != "floor (all)", k != "scan (all)",
                                            k != "floor", -len(results[k])))
-    names = ["python", "begin", "cache read", "journal read", "insert", "commit",
+    names = ["python", "gc", "begin", "cache read", "journal read", "insert", "commit",
              "cache pragma", "journal pragma"]
     print("per kind: n, total p50/p99 µs; each step p50/p99 µs")
     for kind in kinds:
