@@ -6,13 +6,16 @@ this splits both into steps so the tail can be placed:
     .venv/bin/python bench/scan_tail.py --size 100000 --codes 20000
 
 Per scan: the SQL statements it runs, each timed around `execute` + fetch (BEGIN, the cache
-and journal reads, INSERT, COMMIT, and whatever else) and the Python around them (total minus
-SQL). The floor (core_bench.Floor: an indexed SELECT + INSERT/COMMIT with the journal's
-pragmas) is split the same way. Scans and floor ops run interleaved in blocks of 100, as in
-core_bench. Reported per outcome (admit, alreadyIn, each refusal, unknown code): n, the total's
-p50/p99 and each step's p50/p99; then the tail attribution: for the slowest 2% of each kind,
-how much each step exceeds its own median on average (what the tail is made of).
-Timing wrappers add ~1 µs per statement to both sides alike.
+and journal reads, INSERT, COMMIT, and whatever else), garbage collections (`gc` step; the
+harness keeps a few objects per op and sets off most of them) and the Python around them
+(total minus the rest). The floor (core_bench.Floor: an indexed SELECT + INSERT/COMMIT with the
+journal's pragmas) is split the same way. Scans and floor ops run interleaved in blocks of 100
+(`--block`), as in core_bench; `--pace-ms` idles before each op, as a gate does between scans.
+Reported per outcome (admit, alreadyIn, each refusal, unknown code): n, the total's p50/p99 and
+each step's p50/p99; then the tail attribution: for the slowest 2% of each kind, how much each
+step exceeds its own median on average (what the tail is made of); then the commit time by
+WAL pages written and whether SQLite's automatic checkpoint ran in it, with how many of the
+kind's slowest 1% each group holds. Timing wrappers add ~1 µs per statement to both sides.
 """
 
 from __future__ import annotations
