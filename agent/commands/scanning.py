@@ -215,7 +215,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     table = Table(title=f"Scan queue: {counts['pending']} pending, {counts['quarantined']} "
-                        f"quarantined, {counts['local']} local-only, {counts['sent']} sent")
+                        f"quarantined, {counts['local']} local-only, {counts['sent']} sent"
+                        + (f", {counts['voided']} voided venue claim(s)"
+                           if counts.get("voided") else ""))
     for col in ("scanned (UTC)", "lane", "code", "dir", "decision", "upload"):
         table.add_column(col, overflow="fold")
     for r in rows:

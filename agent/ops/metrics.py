@@ -54,7 +54,7 @@ class _StateCollector(Collector):
         snap = self.report()
         journal = snap.get("journal") or {}
         scans = GaugeMetricFamily("gate_journal_scans", "Journal rows by upload state", labels=["state"])
-        for state in ("pending", "quarantined", "local", "sent"):
+        for state in ("pending", "quarantined", "local", "sent", "voided"):
             scans.add_metric([state], float(journal.get(state) or 0))
         yield scans
         oldest = GaugeMetricFamily("gate_oldest_pending_age_seconds", "Age of the oldest unsent scan")

@@ -519,14 +519,16 @@ class Journal:
             (-1 if at_most is None else at_most,)).fetchone()[0])
 
     def counts(self) -> dict[str, Any]:
-        """Rows per upload state; JournalUnavailable (not a bare sqlite3 error, which would
+        """Rows per upload state (`local` without the rows of voided venue claims, counted as
+        `voided`); JournalUnavailable (not a bare sqlite3 error, which would
         take the status endpoint down with it) when the file cannot be read."""
         out: dict[str, Any] = {state: 0 for state in UPLOAD_STATES}
+        out["voided"] = 0  # venue claims in flight not granted: kept locally, not local-only codes
         try:
-            for state, n in self.conn.execute(
-                    f"SELECT upload_state, COUNT(*) FROM scans WHERE {_PARKED}"
-                    " GROUP BY upload_state"):
-                out[state] = n
+            for state, voided, n in self.conn.execute(
+                    f"SELECT upload_state, venue IS 'void', COUNT(*) FROM scans WHERE {_PARKED}"
+                    " GROUP BY upload_state, venue IS 'void'"):
+                out["voided" if voided else state] += n
             out["sent"] = self.conn.execute(
                 "SELECT COUNT(*) FROM scans WHERE upload_state = 'sent'").fetchone()[0]
             row = self.conn.execute(

@@ -183,6 +183,8 @@ def test_a_row_in_flight_is_an_admit_here_but_never_uploaded_until_settled(
         assert [s.uuid for s in journal.own_admits(1, 7)] == ["kept"]
         assert journal.claiming_rows("9999") == []
         assert [r["uuid"] for r in journal.claim_batch(10, "b2")] == ["kept"]
+        counts = journal.counts()  # the voided attempt is not a local-only code
+        assert (counts["local"], counts["voided"], counts["pending"]) == (0, 1, 1)
         (gone,) = [r for r in iter_all(journal) if r["uuid"] == "gone"]
         assert (gone["admit"], gone["upload_state"], gone["venue"], gone["reason"]) == \
             (0, "local", "void", "conflicted")
