@@ -26,7 +26,8 @@ from agent.errors import ConfigError, GateAgentError
 from agent.platform.provision import import_file
 from agent.runtime.devrun import DaemonProcess
 from agent.runtime.opening import opened_gate
-from agent.venue.node import NodeProcess, server_binary, start_venue
+from agent.venue.messages import stream_name
+from agent.venue.node import NodeProcess, server_binary, start_venue, stream_ready
 from drivers.sim import send_scan
 
 C = demo_data.CODES
@@ -142,6 +143,10 @@ def run(root: Path, console: Console) -> int:
             daemon.wait_ready()
         _wait(lambda: all(d.status()["venue"]["connected"] for d in daemons.values()), 20,
               "gates on the bus")
+        # the gates created the venue's stream; its three replicas elect a leader after that
+        # (seconds on a loaded machine): a claim before then is decided offline, by policy
+        _wait(lambda: stream_ready(nodes, stream_name("harbour")), 60,
+              "the venue stream's leader")
         console.print(f"3 nodes ({', '.join(urls)}); gate-a and gate-b use nodes 1-2, "
                       "gate-c only node 3")
         first = _scan(console, root, daemons["gate-a"], "gate-a", C["valid"], "Ada at gate A")

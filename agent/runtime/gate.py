@@ -210,6 +210,9 @@ class Gate:
             offline = replace(landed, uuid=new_scan_uuid())
             return offline, self._journaled(code, lane, now, direction, kind, mono_ms,
                                             offline, first=first)
+        if landed.outcome == "resend":  # not stored: claim again, waiting for the answer
+            self._void_row(claim.uuid, f"venue claim not stored ({landed.error}); sent again")
+            return landed, _Redo(result.decision, None)
         # conflict: another gate wrote the ticket first; catch up with it and decide again
         self._void_row(claim.uuid, "venue claim conflicted: another gate wrote this ticket "
                        "first")

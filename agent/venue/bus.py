@@ -62,6 +62,7 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
+SETTLE_EVERY_S = 0.2  # how soon a row handed over by a lane (settle_later) is marked
 STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 
 
@@ -156,9 +157,11 @@ class VenueBus:
         ready.wait(5)
 
     def stop(self, timeout: float = 3.0) -> None:
-        loop, stop = self._loop, self._stop
+        loop, stop, wake = self._loop, self._stop, self._wake
         if loop is not None and stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
+            if wake is not None:  # the session's round ends now, not after its 1 s wait
+                loop.call_soon_threadsafe(wake.set)  # (which STOP_GRACE_S would cut short)
         if self._thread is not None:
             self._thread.join(timeout)
         self._inbox.put(None)
@@ -188,6 +191,7 @@ class VenueBus:
         assert self._stop is not None
         store = VenueStore(self.store_path)
         journal = Journal(self.journal_path) if self.journal_path is not None else None
+        settler = asyncio.ensure_future(self._settling(journal))
         try:
             while not self._stop.is_set():
                 try:
@@ -198,6 +202,9 @@ class VenueBus:
                     log.warning("venue bus: %s; retrying", self.last_error)
                 await self._sleep(0.5)
         finally:
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            await self._settle_rows(journal)  # what the lanes handed over last
             await self._close_connection()
             store.close()
             if journal is not None:
@@ -270,7 +277,6 @@ class VenueBus:
                 self._caught_up = True  # nothing to replay: the sweep may run
         try:
             while not self._stop.is_set() and not closed.is_set():
-                await self._settle_rows(journal)
                 if self.connected:
                     try:
                         await self._publish_pending(store, journal)
@@ -282,7 +288,6 @@ class VenueBus:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 except TimeoutError:
                     pass
-            await self._settle_rows(journal)
             if self.connected:  # stopping: the last scans the lanes journaled go out first
                 try:
                     await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
@@ -493,13 +498,21 @@ class VenueBus:
             del self._unchecked[claim["uuid"]]
 
     def settle_later(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
-        """Settle the row of a claim in flight ('claiming', durable) here, at the loop's next
-        round (at most a second; the publisher and the upload hold the row until then):
+        """Settle the row of a claim in flight ('claiming', durable) here, within
+        SETTLE_EVERY_S, connected or not (the publisher and the upload hold the row till then):
         `outcome` claimed | offline | void (with `reason`). A lane hands over what it need not
         wait for (a grant: a write transaction less on its hot path) and what its own write
         failed to do (retried here until the journal takes it). If the process stops first,
         the sweep of the next start settles the row from the stream."""
         self._to_settle.append((scan_uuid, outcome, reason))
+
+    async def _settling(self, journal: Journal | None) -> None:
+        """Settle handed-over rows every SETTLE_EVERY_S, whether or not a session is up: the
+        marks are the journal's, not the bus's (a row waits for its mark, not for the bus)."""
+        assert self._stop is not None
+        while not self._stop.is_set():
+            await self._settle_rows(journal)
+            await self._sleep(SETTLE_EVERY_S)
 
     async def _settle_rows(self, journal: Journal | None) -> None:
         taken: list[tuple[str, str, str]] = []

@@ -36,7 +36,7 @@ from typing import Any
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 from nats.protocol.command import hpub_cmd
 
 WRONG_LAST_SEQUENCE = 10071
@@ -54,6 +54,10 @@ class ClaimAnswer:
     outcome: str  # granted | conflict | unavailable
     seq: int = 0
     error: str = ""
+    # unavailable, and the bus said the claim was not stored (no stream answered: its leader
+    # or its interest not yet known on this node; or the stream refused it): the same claim
+    # may be sent again within the claim's time (the same Nats-Msg-Id makes that safe)
+    retry: bool = False
 
 
 def answer_from_reply(data: bytes, status: str | None = None) -> ClaimAnswer:
@@ -61,7 +65,8 @@ def answer_from_reply(data: bytes, status: str | None = None) -> ClaimAnswer:
     raise, without building a PubAck). `status`: the reply's `Status` header, if any (503 = no
     stream listens on the subject)."""
     if status == "503":
-        return ClaimAnswer("unavailable", error="no stream answered (no responders)")
+        return ClaimAnswer("unavailable", error="no stream answered (no responders)",
+                           retry=True)
     try:
         reply = json.loads(data)
     except ValueError:
@@ -74,7 +79,8 @@ def answer_from_reply(data: bytes, status: str | None = None) -> ClaimAnswer:
         if error.get("err_code") == WRONG_LAST_SEQUENCE:
             match = _LAST_NUMBER.search(description)
             return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
-        return ClaimAnswer("unavailable", error=description or f"publish refused: {error}")
+        return ClaimAnswer("unavailable", error=description or f"publish refused: {error}",
+                           retry=True)
     seq = reply.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0 or not reply.get("stream"):
         return ClaimAnswer("unavailable", error=f"unreadable publish ack {data[:80]!r}")
@@ -128,7 +134,10 @@ class _PublishFuture(PendingAnswer):
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 match = _LAST_NUMBER.search(exc.description or "")
                 return ClaimAnswer("conflict", seq=int(match.group(1)) if match else 0)
-            return ClaimAnswer("unavailable", error=f"{exc.description or exc}")
+            return ClaimAnswer("unavailable", error=f"{exc.description or exc}", retry=True)
+        except NoStreamResponseError:
+            return ClaimAnswer("unavailable", error="no stream answered (no responders)",
+                               retry=True)
         except Exception as exc:  # noqa: BLE001 - any other failure: not granted
             return ClaimAnswer("unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         # a duplicate ack (the same uuid stored earlier) is this very scan's claim: granted

@@ -53,6 +53,10 @@ from agent.venue.claim_channel import PendingAnswer
 log = logging.getLogger("gate_agent.venue")
 
 MAX_ATTEMPTS = 5
+# A claim the bus answered as not stored (no stream answered, or the stream refused it) is
+# sent again after this pause while its claim_timeout_ms lasts (within MAX_ATTEMPTS): a new
+# stream's leader, or its interest on this node, can take a moment to appear.
+RETRY_PAUSE_S = 0.02
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Claim:
 
     uuid: str
     outcome: str  # none (no claim needed) | granted | refused | offline | in_flight | conflict
+    # | resend (in flight, not stored: claimed again)
     decision: Decision | None = None  # the decision the claim was made (or refused) for
     seq: int = 0
     error: str = ""
@@ -141,7 +146,8 @@ class VenueLink:
             return base
         in_flight = in_flight and self.bus.connected  # else answered at once: no overlap
         deadline = time.monotonic() + self.timeout_s
-        for _attempt in range(MAX_ATTEMPTS):
+        attempts, not_stored = 0, ""  # attempts: conflicts and moves to another item
+        while attempts < MAX_ATTEMPTS:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -160,6 +166,7 @@ class VenueLink:
                 return replace(base, decision=decision)
             if messages.ticket_subject(self.bus.name, decision.event_id, decision.item_id,
                                        self.bus.device) != subject:
+                attempts += 1
                 continue  # it picked another item meanwhile: claim that one
             body = messages.encode_scan(BusScan(
                 uuid=scan_uuid, device=self.bus.device, lane=lane.name,
@@ -180,13 +187,19 @@ class VenueLink:
                 self.last_granted_seq = answer.seq
                 return replace(base, outcome="granted", decision=decision, seq=answer.seq)
             if answer.outcome == "unavailable":
+                if answer.retry and deadline - time.monotonic() > RETRY_PAUSE_S:
+                    not_stored = answer.error
+                    time.sleep(RETRY_PAUSE_S)  # not stored: send it again (same uuid)
+                    continue
                 return self._offline(base, answer.error)
+            attempts += 1
             self.bus.counters["claims_conflicted"] += 1
             # another gate wrote this ticket first: catch up to it, then decide again
             if not self.bus.wait_applied(answer.seq, max(0.0, deadline - time.monotonic())):
                 break
             applied = -1  # decide again after reading the position, whatever it is
-        return self._offline(base, f"no settled answer in {self.timeout_s * 1000:.0f} ms")
+        return self._offline(base, f"no settled answer in {self.timeout_s * 1000:.0f} ms"
+                             + (f" (not stored: {not_stored})" if not_stored else ""))
 
     def land(self, claim: Claim) -> Claim:
         """Wait for the answer to a claim sent `in_flight` (after its row's commit): granted,
@@ -200,6 +213,10 @@ class VenueLink:
             self.last_granted_seq = answer.seq
             return replace(landed, outcome="granted", seq=answer.seq)
         if answer.outcome == "unavailable":
+            if answer.retry and claim.deadline - time.monotonic() > RETRY_PAUSE_S:
+                # not stored (e.g. no stream answered yet): the caller voids the row and
+                # claims again, waiting for the answer this time
+                return replace(landed, outcome="resend", error=answer.error)
             return self._offline(landed, answer.error)
         self.bus.counters["claims_conflicted"] += 1
         return replace(landed, outcome="conflict", seq=answer.seq)

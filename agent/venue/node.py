@@ -12,6 +12,7 @@ on its monitoring port: used by the tests, the bench and the demo (never by the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
@@ -145,6 +147,22 @@ class NodeProcess:
             time.sleep(0.05)
         raise RuntimeError(f"nats-server {self.spec.name} not healthy after {wait_s} s")
 
+    def stream_cluster(self, stream: str) -> dict[str, Any] | None:
+        """`stream`'s group as this node reports it (monitoring `/jsz`: its leader, and the
+        other replicas as this node sees them); None when unreadable or not hosted here."""
+        url = f"http://{self.spec.host}:{self.spec.monitor_port}/jsz?streams=true"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                data = json.load(resp)
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        for account in data.get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                if detail.get("name") == stream:
+                    cluster = detail.get("cluster")
+                    return cluster if isinstance(cluster, dict) else None
+        return None
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stop this node by its PID (SIGKILL by default: a crash, not a shutdown)."""
         if self.proc is not None and self.proc.poll() is None:
@@ -155,6 +173,21 @@ class NodeProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def stream_ready(nodes: list[NodeProcess], stream: str) -> bool:
+    """Every running node that hosts `stream` names the same leader, and the leader sees every
+    other replica current: a claim can be answered. A new stream may take seconds to get there
+    on a loaded machine (its group elects a leader after the stream is created); a claim
+    before that can meet "no responders" and is decided offline, by policy."""
+    views = {n.spec.name: view for n in nodes if n.running
+             and (view := n.stream_cluster(stream)) is not None}
+    leaders = {view.get("leader") for view in views.values()}
+    if len(leaders) != 1 or None in leaders or "" in leaders:
+        return False
+    leader_view = views.get(str(next(iter(leaders))))
+    return leader_view is not None and all(
+        replica.get("current") for replica in leader_view.get("replicas") or [])
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

@@ -110,11 +110,12 @@ def test_another_api_error_is_unavailable_with_its_description(bus: VenueBus, pa
     answer = request(bus, ticket(), {"Nats-Msg-Id": f"{path}-err",
                                      "Nats-Expected-Stream": "NOT_THIS_ONE"}, 2.0)
     assert answer.outcome == "unavailable" and "stream" in answer.error.lower()
+    assert answer.retry  # refused, so not stored: both paths say it may be sent again
 
 
 def test_no_stream_on_the_subject_is_unavailable(bus: VenueBus, path: str) -> None:
     answer = request(bus, "nobody.listens.here", {"Nats-Msg-Id": f"{path}-nr"}, 2.0)
-    assert answer.outcome == "unavailable"
+    assert answer.outcome == "unavailable" and answer.retry
 
 
 def test_no_answer_in_time_is_unavailable_and_a_late_reply_is_dropped(
@@ -146,6 +147,7 @@ def test_no_answer_in_time_is_unavailable_and_a_late_reply_is_dropped(
         answer = request(bus, f"quiet.{path}", {"Nats-Msg-Id": f"{path}-slow"}, 0.1)
         took = time.monotonic() - t0
         assert answer.outcome == "unavailable" and "no answer in 100 ms" in answer.error, answer
+        assert not answer.retry  # it may be stored: never sent again as if it were not
         assert 0.09 <= took < 5.0
         assert got.wait(10)
         time.sleep(0.1)  # the late reply reached the bus, found no waiter, and changed nothing
@@ -164,12 +166,15 @@ def test_reply_parsing_refuses_what_it_cannot_read() -> None:
     conflict = b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 9"}}'
     assert answer_from_reply(conflict) == ClaimAnswer("conflict", seq=9)
     other = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    # refused by the stream: not stored, so the same claim may be sent again
     assert answer_from_reply(other) == ClaimAnswer("unavailable",
-                                                   error="maximum messages exceeded")
+                                                   error="maximum messages exceeded", retry=True)
     for junk in (b"", b"not json", b"[]", b'{"stream":"S"}', b'{"stream":"S","seq":true}',
                  b'{"seq":3}', b'{"stream":"S","seq":"3"}', b'{"stream":"S","seq":0}'):
-        assert answer_from_reply(junk).outcome == "unavailable", junk
-    assert answer_from_reply(b"", "503").outcome == "unavailable"
+        answer = answer_from_reply(junk)
+        assert answer.outcome == "unavailable" and not answer.retry, junk  # stored? unknown
+    assert answer_from_reply(b"", "503") == ClaimAnswer(
+        "unavailable", error="no stream answered (no responders)", retry=True)
 
 
 def test_not_connected_is_unavailable_at_once(tmp_path: Path) -> None:

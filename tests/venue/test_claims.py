@@ -58,7 +58,7 @@ def test_single_access_race_admits_each_ticket_once(tmp_path: Path,
         refusals = Counter(status for _c, _d, admit, status in results if not admit)
         assert refusals == {"alreadyIn": TICKETS * (GATES - 1)}
         # every admit was granted by the venue, none decided offline; granted rows are
-        # settled ('claiming' -> 'claimed') by each bus thread within a second
+        # settled ('claiming' -> 'claimed') by each bus thread within 0.2 s
         for d in devices:
             d.bus.wake()
         wait_until(lambda: not [r for d in devices for r in d.journal_rows()

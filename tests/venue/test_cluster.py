@@ -45,7 +45,7 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
             time.sleep(0.15)  # people arrive at a pace; do not burn the tickets in a second
         assert a.bus.counters["claims_granted"] > granted_before, (
             "no claim with 2 of 3 nodes", dict(a.bus.counters), i)
-        # granted in flight: the row is 'claiming' until the bus thread settles it (< 1 s)
+        # granted in flight: the row is 'claiming' until the bus thread settles it (within 0.2 s)
         wait_until(lambda: any(r["venue"] == "claimed" for r in a.journal_rows()), 5,
                    "a granted row settled")
         assert admit(b, 0)[1] == "alreadyIn"
