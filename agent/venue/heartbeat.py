@@ -38,6 +38,8 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 
+from agent.venue.kvkeys import CONFIRM_PAUSE_S
+
 log = logging.getLogger("gate_agent.venue")
 
 ROSTER_KEEP_S = 24 * 3600.0
@@ -291,19 +293,25 @@ class HeartbeatLink:
 async def read_board(js: Any, venue: str, interval_s: float, ttl_s: float,
                      timeout_s: float = 3.0) -> tuple[GateBoard, list[str]]:
     """One look at every gate (the CLI): both buckets' current values, then done. Returns the
-    board and the buckets that could not be read (tried twice; the table says so)."""
+    board and the buckets that could not be read (tried three times; the table says so).
+
+    nats-py's watcher may end its initial values ("no more") before the values already on
+    their way arrive, as its `keys()` may say "no keys" (agent.venue.kvkeys, seen in CI: an
+    empty `venue status` beside two gates): an empty bucket is believed when read empty three
+    times, a moment apart."""
     board = GateBoard(interval_s, ttl_s)
     live_name, roster_name = bucket_names(venue)
     unread = []
     for name, live in ((roster_name, False), (live_name, True)):
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
-                await _read_bucket(js, name, board, live, timeout_s)
-                break
+                if await _read_bucket(js, name, board, live, timeout_s) or attempt == 3:
+                    break
+                await asyncio.sleep(CONFIRM_PAUSE_S)
             except _NoBucket:
                 break  # no gate has put a heartbeat yet
             except Exception as exc:  # noqa: BLE001 - e.g. no stream leader yet: once more
-                if attempt == 2:
+                if attempt == 3:
                     unread.append(f"{name} ({type(exc).__name__}: {exc})")
     return board, unread
 
@@ -313,22 +321,25 @@ class _NoBucket(Exception):
 
 
 async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
-                       timeout_s: float) -> None:
+                       timeout_s: float) -> int:
+    """The bucket's current values onto `board`; how many entries the watcher gave."""
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError as exc:
         raise _NoBucket(name) from exc
     watcher = await kv.watchall()
+    entries = 0
     try:
         while True:
             entry = await watcher.updates(timeout=timeout_s)
             if entry is None:
-                return
+                return entries
+            entries += 1
             body = decode_beat(entry.value)
             if entry.operation not in ("DEL", "PURGE") and body is not None:
                 stamped = entry.created.timestamp() if entry.created else time.time()
                 board.seen(entry.key, body, stamped, live)
             if not entry.delta:
-                return
+                return entries
     finally:
         await watcher.stop()
