@@ -16,7 +16,7 @@ Steps of a claimed scan (each the p50/p99 of its own duration, so they need not 
   wake lane   the ack read -> the lane thread running again (after its commit, in flight)
   journal     the transaction: second decision, settle, insert, commit (fsync)
   wait        in flight: after the commit, the wait for the answer (0 when it came first)
-  settle row  in flight: the row marked claimed (a commit without fsync)
+  settle row  in flight, no grant: the row marked offline or voided (a commit without fsync)
   second decide  the transaction's fresh decision (only when the claim's was not reused)
   after       after the commit (wake the publisher)
 and whether this gate's own consumer/applier ran during the journal transaction.
@@ -96,7 +96,7 @@ def instrument(gate: Gate, marks: Marks) -> None:
         finally:
             marks.mark("seq1")
 
-    real_start, real_land, real_settle = bus.start_claim, link.land, gate._settle_row
+    real_start, real_land, real_settle = bus.start_claim, link.land, gate._mark_row
 
     def start_claim(*args: Any) -> Any:
         marks.mark("submit")
@@ -174,7 +174,7 @@ def instrument(gate: Gate, marks: Marks) -> None:
                                   (link, "claim", claim), (link.store, "subject_seq", subject_seq),
                                   (bus, "publish_claim", publish_claim),
                                   (bus, "start_claim", start_claim), (link, "land", land),
-                                  (gate, "_settle_row", settle_row),
+                                  (gate, "_mark_row", settle_row),
                                   (gate.journal, "scan_transaction", scan_transaction),
                                   (link, "after_commit", after_commit), (bus, "_apply", apply),
                                   (gate, "_decide", decide_fresh)):

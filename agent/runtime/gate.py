@@ -24,6 +24,7 @@ from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow
 from agent.store.passages import await_passage
+from agent.venue.bus import settle_rows
 from agent.venue.claims import Claim, VenueLink, needs_claim
 
 log = logging.getLogger(__name__)
@@ -149,23 +150,24 @@ class Gate:
             unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
                                     now)
+        if self.venue is None:  # no claim, so never a redo
+            return self._journaled(code, lane, now, direction, kind, mono_ms, None)
         # a redo decides the same read again: not a second read of the code (debounce)
         last_read = self._last_read.get(lane.name)
         for attempt in range(3):
             first: list[tuple[tuple[int, ...], Decision]] = []
-            claim = None if self.venue is None else self.venue.claim(
+            claim = self.venue.claim(
                 partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
                 lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
                 in_flight=attempt == 0 and self.claims_in_flight
                 and not self._awaits_passage(lane))
-            if claim is not None and claim.outcome == "in_flight":
+            if claim.outcome == "in_flight":
                 claim, result = self._in_flight(claim, code, lane, now, direction, kind,
                                                 mono_ms, first)
             else:
                 result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
                                          first=first)
-            if claim is not None and self.venue is not None:
-                self.venue.after_commit(claim, result.decision if result.uuid else None)
+            self.venue.after_commit(claim, result.decision if result.uuid else None)
             if not isinstance(result, _Redo):
                 return result
             if last_read is None:
@@ -201,41 +203,35 @@ class Gate:
             self.venue.bus.settle_later(claim.uuid, "claimed")  # off the hot path
             return landed, result
         if landed.outcome == "offline":
-            kept = landed.settle(result.decision, lambda _d: True)
-            if kept is not None and kept.admit:  # policy `local`
-                self._settle_row(claim.uuid, "offline")
+            if landed.policy != "refuse":  # the admit stands (Claim.settle's rule)
+                self._mark_row(claim.uuid, "offline")
                 return landed, result
-            self._void_row(claim.uuid, f"venue claim not answered ({landed.error}); "
+            self._mark_row(claim.uuid, "void", f"venue claim not answered ({landed.error}); "
                            "policy refuse")
             offline = replace(landed, uuid=new_scan_uuid())
             return offline, self._journaled(code, lane, now, direction, kind, mono_ms,
                                             offline, first=first)
         if landed.outcome == "resend":  # not stored: claim again, waiting for the answer
-            self._void_row(claim.uuid, f"venue claim not stored ({landed.error}); sent again")
+            self._mark_row(claim.uuid, "void",
+                           f"venue claim not stored ({landed.error}); sent again")
             return landed, _Redo(result.decision, None)
         # conflict: another gate wrote the ticket first; catch up with it and decide again
-        self._void_row(claim.uuid, "venue claim conflicted: another gate wrote this ticket "
-                       "first")
+        self._mark_row(claim.uuid, "void", "venue claim conflicted: another gate wrote this "
+                       "ticket first")
         self.venue.bus.wait_applied(landed.seq, max(0.0, claim.deadline - time.monotonic()))
         return landed, _Redo(result.decision, None)
 
-    def _settle_row(self, scan_uuid: str, venue: str) -> None:
+    def _mark_row(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
+        """Settle this claim's row now (`outcome` offline | void, agent.venue.bus.settle_rows);
+        if the journal refuses the write, the bus thread retries it (the row stays 'claiming',
+        an admit here, meanwhile: fail closed)."""
         assert self.journal is not None and self.venue is not None
         try:
-            self.journal.settle_claim(scan_uuid, venue)
-        except JournalUnavailable as exc:  # the admit is durable; the bus retries the mark
-            log.error("scan %s: claim answered but its row not settled (%s); retried",
-                      scan_uuid, exc)
-            self.venue.bus.settle_later(scan_uuid, venue)
-
-    def _void_row(self, scan_uuid: str, reason: str) -> None:
-        assert self.journal is not None and self.venue is not None
-        try:
-            self.journal.void_claim(scan_uuid, reason)
-        except JournalUnavailable as exc:  # still 'claiming' (an admit here): retried
-            log.error("scan %s: claim not granted but its row not voided (%s); retried",
-                      scan_uuid, exc)
-            self.venue.bus.settle_later(scan_uuid, "void", reason)
+            settle_rows(self.journal, [(scan_uuid, outcome, reason)])
+        except JournalUnavailable as exc:
+            log.error("scan %s: claim answered (%s) but its row not marked (%s); retried",
+                      scan_uuid, outcome, exc)
+            self.venue.bus.settle_later(scan_uuid, outcome, reason)
 
     def _journaled(self, code: str, lane: LaneConfig, now: datetime, direction: str | None,
                    kind: str | None, mono_ms: int | None, claim: Claim | None,

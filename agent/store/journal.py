@@ -53,6 +53,9 @@ VOIDED_CLAIM = "venueVoided"
 # pending row lies below. _PARKED must appear word for word in a query for SQLite to use the
 # partial index scans_parked (it does not infer it from `upload_state = 'local'`).
 _OUTBOX = "seq >= (SELECT low_seq FROM outbox) AND upload_state = 'pending'"
+# Pending rows that may leave the device now: neither behind a passage wait nor in flight
+# (the uploader's `claim_batch` and the venue hand-over's `ready` alike).
+_SENDABLE = f"{_OUTBOX} AND {_NOT_HELD} AND {_NOT_CLAIMING}"
 _PARKED = "upload_state IN ('quarantined', 'local')"
 # Move the cursor up to the first pending row at or after it (or past the newest row): the
 # walk covers only rows settled since it last moved, so the work is bounded by the uploads.
@@ -366,8 +369,7 @@ class Journal:
         with self._write():
             settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
         return _rows(self.conn.execute(
-            f"SELECT * FROM scans WHERE {_OUTBOX} AND {_NOT_HELD} AND {_NOT_CLAIMING}"
-            " ORDER BY seq LIMIT ?", (limit,)))
+            f"SELECT * FROM scans WHERE {_SENDABLE} ORDER BY seq LIMIT ?", (limit,)))
 
     def batch(self, batch_uuid: str) -> list[dict[str, Any]]:
         """The pending rows of a batch whose request uuid was already fixed, in scan order."""
@@ -399,14 +401,14 @@ class Journal:
         with self._write():
             settle_stale_waits(self.conn, PASSAGE_HOLD_LIMIT_S)
             head = self.conn.execute(
-                f"SELECT batch_uuid FROM scans WHERE {_OUTBOX} AND {_NOT_HELD}"
-                f" AND {_NOT_CLAIMING} ORDER BY seq LIMIT 1").fetchone()
+                f"SELECT batch_uuid FROM scans WHERE {_SENDABLE} ORDER BY seq LIMIT 1"
+            ).fetchone()
             if head is None:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
-                    f"SELECT uuid FROM scans WHERE {_OUTBOX} AND batch_uuid IS NULL"
-                    f" AND {_NOT_HELD} AND {_NOT_CLAIMING} ORDER BY seq LIMIT ?", (limit,))]
+                    f"SELECT uuid FROM scans WHERE {_SENDABLE} AND batch_uuid IS NULL"
+                    " ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
                     "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",

@@ -38,7 +38,7 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 
-from agent.venue.kvkeys import CONFIRM_PAUSE_S
+from agent.venue.kvkeys import CONFIRM_PAUSE_S, CONFIRM_READS
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -303,15 +303,16 @@ async def read_board(js: Any, venue: str, interval_s: float, ttl_s: float,
     live_name, roster_name = bucket_names(venue)
     unread = []
     for name, live in ((roster_name, False), (live_name, True)):
-        for attempt in (1, 2, 3):
+        for attempt in range(1, CONFIRM_READS + 1):
             try:
-                if await _read_bucket(js, name, board, live, timeout_s) or attempt == 3:
+                if await _read_bucket(js, name, board, live, timeout_s) \
+                        or attempt == CONFIRM_READS:
                     break
                 await asyncio.sleep(CONFIRM_PAUSE_S)
             except _NoBucket:
                 break  # no gate has put a heartbeat yet
             except Exception as exc:  # noqa: BLE001 - e.g. no stream leader yet: once more
-                if attempt == 3:
+                if attempt == CONFIRM_READS:
                     unread.append(f"{name} ({type(exc).__name__}: {exc})")
     return board, unread
 

@@ -16,9 +16,10 @@ from typing import Any
 from nats.js.errors import NoKeysError
 
 CONFIRM_PAUSE_S = 0.05
+CONFIRM_READS = 3  # "none" is believed when read this many times (here and heartbeat.read_board)
 
 
-async def live_keys(kv: Any, attempts: int = 3) -> list[str]:
+async def live_keys(kv: Any, attempts: int = CONFIRM_READS) -> list[str]:
     """The bucket's keys; `attempts` = 1 where a momentary "none" only shows in a status
     figure that the next refresh corrects."""
     for attempt in range(attempts):

@@ -58,6 +58,9 @@ def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodePr
             site.scanner.write(C["valid2"].encode() + b"\r\n")
             second = daemon.wait_decisions(2)[1]
             assert (second["code"], second["status"]) == (C["valid2"], "alreadyIn")
+            # the granted row is marked 'claimed' by the bus thread (within 0.2 s, off the hot path)
+            wait_until(lambda: daemon.status()["venue"]["decided_claimed"] == 1, 5,
+                       "the granted row marked")
             venue = daemon.status()["venue"]
             assert venue["connected"] and venue["claims_granted"] == 1 and venue["lag"] == 0
             assert venue["decided_claimed"] == 1 and venue["conflicts"] == 0

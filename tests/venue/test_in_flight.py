@@ -243,16 +243,16 @@ def test_a_row_the_lane_could_not_settle_is_settled_by_the_bus(
     with venue_devices(tmp_path, [venue_node.url], 1, 5, timeout_ms=200) as (a,):
         journal = a.gate().journal
         assert journal is not None
-        real = journal.settle_claim
-        failures: list[str] = []
+        real = journal.settle_claims
+        failures: list[list[tuple[str, str]]] = []
 
-        def settle_once_failing(scan_uuid: str, venue: str) -> bool:
+        def settle_once_failing(answered: list[tuple[str, str]]) -> int:
             if not failures:
-                failures.append(scan_uuid)
+                failures.append(answered)
                 raise JournalUnavailable("injected: disk I/O error")
-            return real(scan_uuid, venue)
+            return real(answered)
 
-        journal.settle_claim = settle_once_failing  # type: ignore[method-assign]
+        journal.settle_claims = settle_once_failing  # type: ignore[method-assign]
         with stalled(venue_node):
             admit, _, _ = scan(a)
             assert admit and failures  # policy local: the admit stands
