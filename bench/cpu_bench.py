@@ -1,4 +1,4 @@
-"""CPU per `Gate.scan` / `Gate.check`, without fsync: instructions (callgrind) and p50 time.
+"""CPU per `Gate.scan` / `Gate.check` and the raw floor, without fsync: instructions and p50.
 
 Prints figures; not a test. The wall-clock of a durable scan is mostly its fsync, which hides
 what the Python and SQL around it cost; this measures that part alone (issue 18, part A):
@@ -6,10 +6,13 @@ what the Python and SQL around it cost; this measures that part alone (issue 18,
     .venv/bin/python bench/cpu_bench.py            # p50 µs and instructions per op (valgrind)
     .venv/bin/python bench/cpu_bench.py --time     # p50 µs only
 
-Both open a 10k-item cache built by `core_bench.build_cache` (once, under the temporary
+Each opens a 10k-item cache built by `core_bench.build_cache` (once, under the temporary
 directory) and a fresh journal with `synchronous=OFF`, warm the gate with 300 codes, then run
-the measured codes (80% hits, as core_bench). Instructions per op = (instructions of a run with
-N measured ops - those of a run with none) / N, so start-up and the warm-up cancel out; counts
+the measured codes (80% hits, as core_bench). `floor` is core_bench's raw floor (the indexed
+SELECT + INSERT/COMMIT) with its file at `synchronous=OFF` too, measured in the same run.
+Instructions per op = (instructions of a run with N measured ops - those of a run with none)
+/ N, so start-up, the warm-up and making the codes cancel out (every run makes the same
+codes; until issue 18's last session they were made per op and counted, ~60k per op); counts
 are exact to about 1% from run to run whatever the machine's load, unlike times.
 """
 
@@ -38,6 +41,9 @@ from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal  # noqa: E402
 
 SIZE, WARM = 10_000, 300
+# Every child makes the same codes however many ops it runs: making them costs instructions
+# too, which must cancel out between the run with N ops and the run with none.
+MAX_OPS = 5_000
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 CACHE = Path(tempfile.gettempdir()) / "gate-agent-cpu-bench" / "cache.db"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu.json"
@@ -52,18 +58,23 @@ def child(mode: str, count: int) -> list[int]:
         journal.conn.execute("PRAGMA synchronous=OFF")  # CPU only: no fsync
         config = core_bench.bench_config(store)
         gate, lane = Gate(cache, journal, config), config.lanes[0]
-        codes = core_bench.make_codes(SIZE, WARM + count, 9)
+        codes = core_bench.make_codes(SIZE, WARM + MAX_OPS, 9)[:WARM + count]
+        floor = core_bench.Floor(CACHE, store / "floor.db")
+        floor.write.execute("PRAGMA synchronous=OFF")
         took, mono = [], 0
         for i, code in enumerate(codes):
             mono += 10_000
             t0 = time.perf_counter_ns()
-            if mode == "scan":
+            if mode == "floor":
+                floor.op(code, "2026-12-06T12:00:00.000000Z")
+            elif mode == "scan":
                 gate.scan(code, lane, NOW, mono_ms=mono)
             else:
                 gate.check(code, lane, NOW)
             if i >= WARM:
                 took.append(time.perf_counter_ns() - t0)
         gate.close()
+        floor.close()
         return took
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -85,7 +96,8 @@ def instructions(mode: str, count: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", action="store_true", help="p50 µs only, no valgrind")
-    parser.add_argument("--ops", type=int, default=1000, help="measured ops per run")
+    parser.add_argument("--ops", type=int, default=1000,
+                        help=f"measured ops per run (at most {MAX_OPS})")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -95,7 +107,7 @@ def main() -> None:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         core_bench.build_cache(CACHE, SIZE, NOW)
     figures: dict[str, object] = {"items": SIZE, "journal": "synchronous=OFF"}
-    for mode in ("check", "scan"):
+    for mode in ("floor", "check", "scan"):
         took = child(mode, max(args.ops, 3000))
         figures[f"{mode}_p50_us"] = round(statistics.median(took) / 1000, 1)
         print(f"{mode}: p50 {figures[f'{mode}_p50_us']} µs over {len(took)} ops "
@@ -104,7 +116,7 @@ def main() -> None:
         if not args.time:
             print("valgrind is not installed: times only")
     else:
-        for mode in ("check", "scan"):
+        for mode in ("floor", "check", "scan"):
             per_op = (instructions(mode, args.ops) - instructions(mode, 0)) / args.ops
             figures[f"{mode}_instructions"] = round(per_op)
             print(f"{mode}: {per_op / 1000:.0f}k instructions per op "

@@ -8,7 +8,6 @@ row before returning — so whoever pulses the relay does so only after the scan
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from agent.core.model import item_platform_scans
 from agent.core.scanstate import EMPTY, derive_state
 from agent.errors import JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
-from agent.store.journal import Journal, JournalRow
+from agent.store.journal import Journal, JournalRow, new_scan_uuid
 from agent.store.passages import await_passage
 from agent.venue.bus import settle_rows
 from agent.venue.claims import Claim, VenueLink, needs_claim
@@ -364,16 +363,6 @@ def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
         if hit.event_id not in best or hit.seq > best[hit.event_id].seq:
             best[hit.event_id] = hit
     return sorted(best.values(), key=lambda h: -h.seq)
-
-
-def new_scan_uuid() -> str:
-    """A random (version 4) UUID as text, like `str(uuid.uuid4())` at a third of the cost: the
-    same 122 random bits from `os.urandom`, the version nibble 4 and the RFC 4122 variant."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-_VARIANT = "89ab"  # the top two bits of clock_seq_hi are 10 (RFC 4122)
 
 
 _UNKNOWN_CODE = "unknown code: no platform item to attach it to"

@@ -17,7 +17,6 @@ open every gate): status warns that the fire panel is not being watched.
 from __future__ import annotations
 
 import logging
-import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import LaneConfig
 from agent.errors import ConfigError, DriverError, JournalUnavailable
 from agent.runtime.gate import Gate, ScanResult, _journal_row
+from agent.store.journal import new_scan_uuid
 from agent.store.passages import PassageLog, now_iso
 from drivers.registry import open_input
 
@@ -49,7 +49,7 @@ def record_during_release(gate: Gate, code: str, lane: LaneConfig, now: datetime
                     message=RELEASED_MESSAGE)
     if gate.journal is None:
         return ScanResult(taken, None)
-    row = _journal_row(str(uuidlib.uuid4()), taken, lane, now)
+    row = _journal_row(new_scan_uuid(), taken, lane, now)
     try:
         gate.journal.record(row)
     except JournalUnavailable as exc:

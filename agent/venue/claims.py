@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -44,7 +43,7 @@ from agent.config import LaneConfig
 from agent.core.codes import utc_iso
 from agent.core.decide import Decision
 from agent.core.model import ZoneScan
-from agent.store.journal import JournalRow
+from agent.store.journal import JournalRow, new_scan_uuid
 from agent.store.venue import BusScan, VenueStore
 from agent.venue import messages
 from agent.venue.bus import VenueBus
@@ -134,7 +133,7 @@ class VenueLink:
         """Steps 1-2 of the module docstring, bounded by claim_timeout_ms. `in_flight`: the
         first publish is not waited for here (outcome `in_flight`): the caller commits the
         admit as 'claiming' meanwhile, then waits with `land()`."""
-        scan_uuid = str(uuidlib.uuid4())
+        scan_uuid = new_scan_uuid()
         # Every message up to `applied` was committed to venue.db before this decision read it
         # (the consumer commits, then advances applied_seq).
         applied = self.bus.applied_seq

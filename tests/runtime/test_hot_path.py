@@ -3,12 +3,11 @@ cache and journal connections, and the platform's scans taken from the item just
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 from agent import demo_data
-from agent.runtime.gate import Gate, new_scan_uuid
+from agent.runtime.gate import Gate
 from agent.store.cache import TicketCache
 from tests.conftest import DemoSite
 from tests.core.test_decide import scanned_elsewhere
@@ -66,16 +65,3 @@ def test_a_miss_asks_one_statement_for_replaced_barcode_and_empty_cache(
         assert gate.check("NEVER-ISSUED-1", lane, site.now).detail == "unknownCode"
     finally:
         empty.close()
-
-
-def test_scan_uuids_are_random_version_4_uuids() -> None:
-    made = [new_scan_uuid() for _ in range(2000)]
-    assert len(set(made)) == len(made)
-    for text in made[:200]:
-        parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-    # every hex digit that is random varies (a fixed or dropped digit would show here)
-    for position in [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]:
-        assert len({t[position] for t in made}) == 16, position
-    assert {t[19] for t in made} == set("89ab")

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.errors import JournalUnavailable
-from agent.store.journal import Journal, JournalRow, iter_all
+from agent.store.journal import Journal, JournalRow, iter_all, new_scan_uuid
 from tests.conftest import PROJECT_ROOT, DemoSite
 
 WRITER = textwrap.dedent("""
@@ -55,7 +56,28 @@ def test_every_returned_decision_survives_sigkill(site: DemoSite) -> None:
     # the journal's own order is the scan order: alternating in/out on an unlimited lane
     directions = [row["direction"] for row in iter_all(journal)]
     assert all(a != b for a, b in zip(directions, directions[1:], strict=False))
+    # and the uuids' time order (to the millisecond): new rows join the uuid index at its end
+    stamps = [scan_uuid[:13] for scan_uuid in stored]
+    assert stamps == sorted(stamps) and len(set(stamps)) > 1
     journal.close()
+
+
+def test_scan_uuids_are_time_ordered_version_7_uuids() -> None:
+    before = time.time_ns() // 1_000_000
+    made = [new_scan_uuid() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before <= int(text[:8] + text[9:13], 16) <= after  # Unix time in ms
+    stamps = [text[:13] for text in made]
+    assert stamps == sorted(stamps)
+    # every random hex digit varies (a fixed or dropped digit would show here)
+    for position in (15, 16, 17, 20, 21, 22, *range(24, 36)):
+        assert len({text[position] for text in made}) == 16, position
+    assert {text[19] for text in made} == set("89ab")
 
 
 def test_journal_rows_carry_what_the_upload_needs(gate, site: DemoSite) -> None:
