@@ -20,7 +20,6 @@ import json
 import random
 import sys
 import tempfile
-import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchfile import save_results  # noqa: E402
+from core_bench import FLOOR_SCHEMA  # noqa: E402
 
-from agent.store.journal import Journal, JournalRow  # noqa: E402
+from agent.store.journal import Journal, JournalRow, new_scan_uuid  # noqa: E402
 from agent.store.sqlite import open_database  # noqa: E402
 
 FRAME_HEADER = 24
@@ -48,7 +48,7 @@ def scan_row(kind: str, rng: random.Random, stamp: str) -> JournalRow:
     item = rng.randrange(1, ITEMS) if kind != "unknown" else None
     admit = kind == "admit"
     return JournalRow(
-        uuid=str(uuidlib.UUID(int=rng.getrandbits(128), version=4)), code=f"NU-{item}",
+        uuid=new_scan_uuid(), code=f"NU-{item}",
         kind="barcode", barcode=f"NU-{item}", nfc_id=None, item_id=item,
         event_id=501 if item else None, zone_id=rng.choice(ZONES) if item else None,
         zone_is_default=False, gate_id=71, lane="north", direction="in", admit=admit,
@@ -103,9 +103,8 @@ def main() -> None:
 
         floor_path = Path(tmp) / "floor.db"
         floor = open_database(floor_path, synchronous="FULL").conn
-        floor.execute("CREATE TABLE scans (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                      " code TEXT NOT NULL, scanned_on TEXT NOT NULL)")
-        floor.execute("CREATE INDEX scans_code ON scans(code)")
+        for statement in FLOOR_SCHEMA:
+            floor.execute(statement)
 
         def floor_commit() -> None:
             floor.execute("BEGIN IMMEDIATE")
