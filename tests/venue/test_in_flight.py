@@ -30,12 +30,13 @@ from tests.venue.rig import VenueDevice, venue_devices, wait_until
 CODE = demo_data.bulk_barcode(3)
 
 
-def scan(device: VenueDevice, code: str = CODE) -> tuple[bool, str, float]:
-    """A read as a lane makes it (with its monotonic time: the lane's debounce is armed)."""
+def scan(device: VenueDevice, code: str = CODE, debounce: bool = True) -> tuple[bool, str, float]:
+    """A read as a lane makes it (with its monotonic time: the lane's debounce is armed), or,
+    `debounce` off, as a technician's `gate-agent scan` (never a repeated read)."""
     gate = device.gate()
     started = time.perf_counter()
     result = gate.scan(code, gate.config.lane("north-in"), datetime.now(UTC),
-                       mono_ms=int(time.monotonic() * 1000))
+                       mono_ms=int(time.monotonic() * 1000) if debounce else None)
     return result.decision.admit, result.decision.status, time.perf_counter() - started
 
 
@@ -192,7 +193,9 @@ def test_no_answer_in_flight_policy_refuse_voids_the_admit_and_refuses(
         # the stalled server stored the claim when it ran again: nobody passed on it, so the
         # sweep voids it and the ticket is usable again at every gate
         wait_until(lambda: a.bus.counters["voids"] == 1, 15, "a voids the stored claim")
-        wait_until(lambda: scan(b)[0], 10, "b may admit the ticket")
+        # polled without the debounce: a read refused before the void reached b would make
+        # every read after it, 10 ms apart, a repeated read of the same code (duplicateRead)
+        wait_until(lambda: scan(b, debounce=False)[0], 10, "b may admit the ticket")
 
 
 def test_the_publisher_waits_for_a_row_in_flight(
@@ -288,12 +291,20 @@ def _stream(url: str, stream: str, create: bool) -> None:
     asyncio.run(run())
 
 
+def _session_started(device: VenueDevice) -> None:
+    """The bus session has subscribed and read the stream's state (`connected` comes before
+    that): a stream deleted earlier fails the session's start, which closes the connection,
+    and a claim pending then is cut off ("connection closed", decided by policy)."""
+    wait_until(lambda: device.bus._caught_up, 10, f"{device.name}'s bus session started")
+
+
 def test_a_claim_not_stored_is_sent_again_while_its_time_lasts(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     """No stream answers (its leader, or its interest on this node, not there yet: seen in CI
     right after a venue's start, when it made an offline admit in 3 ms): the claim is sent
     again within claim_timeout_ms instead of deciding offline at once."""
     with venue_devices(tmp_path, [venue_node.url], 1, 5, timeout_ms=1500) as (a,):
+        _session_started(a)
         _stream(venue_node.url, a.bus.stream, create=False)
         # the stream comes back while the gate is claiming
         timer = threading.Timer(0.15, _stream, args=(venue_node.url, a.bus.stream, True))
@@ -315,6 +326,7 @@ def test_a_claim_not_stored_is_sent_again_while_its_time_lasts(
 def test_a_claim_never_stored_is_decided_by_policy_within_its_time(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     with venue_devices(tmp_path, [venue_node.url], 1, 5, timeout_ms=300) as (a,):
+        _session_started(a)
         _stream(venue_node.url, a.bus.stream, create=False)
         admit, _, took = scan(a)
         assert admit and took < 0.3 + 0.3  # policy local, after retrying for its time
