@@ -1,0 +1,103 @@
+"""The lean form of a cached item: its parsed fields, stored beside the platform's JSON.
+
+Every cache hit used to decode the item's ~1 KB of stored JSON and run `parse_item` on it
+(about 3.4 us of a hit's Python, more with cold CPU caches). The writers now also store
+`marshal.dumps((FORMAT, fields, scans))` in `items.lean`, and a lookup builds the `Item` from
+that (about 1 us). The JSON stays the truth: the lean form is a copy of what `parse_item` reads
+from it, and anything that cannot be trusted to be that copy is ignored (the lookup then parses
+the JSON, correct and slower; never a refusal, never a crash):
+- a NULL `lean` (a cache written before migration 0006, or a row another writer left);
+- a FORMAT tag other than this code's (see `_format_tag`: any change to the parsing code,
+  the cache's JSON helpers, orjson or Python makes every older lean form stale until the
+  next sync rewrites the item; the nightly full resync rewrites them all);
+- a blob that does not load, or loads into another shape.
+
+A lean Item's `raw` is an empty dict: nothing on the lookup path reads `Item.raw` (only the
+writers do, from the sync's own Items); `TicketCache.payload` reads the stored JSON.
+
+marshal: as fast to load as pickle here (0.46 us for a ~120-byte blob) and it runs no code
+while loading; it is not hardened against crafted input, but the file is the device's own
+(mode 0600, written only by this agent) and any row can be rebuilt from the platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import sys
+from dataclasses import fields
+from operator import attrgetter
+from pathlib import Path
+
+import orjson
+
+from agent.core import codes, model
+from agent.core.model import Item, ZoneScan
+
+# Item's fields in declaration order; the lean form carries all but the last two (`scans`,
+# stored as plain tuples, and `raw`, left out) so that `Item(*fields, scans, {})` rebuilds it.
+_NAMES = tuple(f.name for f in fields(Item))
+if _NAMES[-2:] != ("scans", "raw"):  # pragma: no cover - a guard for whoever reorders Item
+    raise RuntimeError(f"agent.store.lean expects Item to end with scans, raw; got {_NAMES}")
+_plain_fields = attrgetter(*_NAMES[:-2])
+_plain_scan = attrgetter("zone_id", "scan", "scanned_on", "uuid")
+
+
+def _format_tag() -> int | None:
+    """A hash of everything that decides what `parse_item` makes of the stored JSON, or of
+    this lean form: the parsing code (model, codes), this module, the cache's JSON helpers,
+    orjson's and Python's versions (marshal's format follows Python's). Computed, not a
+    constant someone must remember to bump. None (no lean form written or read) when the
+    sources cannot be read."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{sys.version_info[:2]}|{marshal.version}|{orjson.__version__}".encode())
+    here = Path(__file__)
+    try:
+        for source in (Path(model.__file__ or ""), Path(codes.__file__ or ""), here,
+                       here.with_name("cache.py")):
+            digest.update(source.read_bytes())
+    except OSError:
+        return None
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
+FORMAT = _format_tag()
+
+# Strings a non-finite float turns into when parse_item reads it: _str gives "nan", "inf",
+# "-inf"; _bound gives "<float>"; _status gives "<float: nan>" or "<variable: float>". See
+# `may_change_in_json`.
+_FLOAT_MARKS = (b"nan", b"inf", b"float")
+
+
+def pack(item: Item | None) -> bytes | None:
+    """The lean form of `item` (None for no item, or when FORMAT is unknown)."""
+    if item is None or FORMAT is None:
+        return None
+    scans = tuple(_plain_scan(s) for s in item.scans)
+    return marshal.dumps((FORMAT, _plain_fields(item), scans))
+
+
+def unpack(blob: bytes) -> Item | None:
+    """The Item a lean form holds; None when it is stale, damaged or of another shape."""
+    try:
+        tag, plain, scans = marshal.loads(blob)
+        if tag != FORMAT:
+            return None
+        # mypy counts `*plain` as filling every parameter; at run time a wrong count raises.
+        return Item(*plain, tuple([ZoneScan(*s) for s in scans]) if scans else (),  # type: ignore[call-arg]
+                    {})
+    except Exception:  # noqa: BLE001 - whatever a damaged blob raises, the JSON answers
+        return None
+
+
+def may_change_in_json(item: Item, blob: bytes) -> bool:
+    """True when the stored JSON might parse into another Item than `item` (the sync's parse
+    of the platform's dict), although orjson encoded it: orjson writes NaN and Infinity as
+    null, which parse_item reads differently. Such a float leaves one of the marks above in
+    a text field (so in `blob`, marshal keeping text as is) or turns a scan's zone into
+    UNREADABLE_ZONE; only then (a "Hernandez" too: the mark test is coarse, and cheap) is
+    the lean form computed from the stored JSON itself instead."""
+    if any(mark in blob for mark in _FLOAT_MARKS):
+        return True
+    return any(s.zone_id == model.UNREADABLE_ZONE for s in item.scans)
+
