@@ -238,6 +238,8 @@ class TicketCache:
         The old side rows (historic barcodes, platform scans) are deleted only for items
         already cached — one indexed query per page finds those — so a first fill, where no
         item exists yet, pays nothing for deletes.
+        Each Item must be `parse_item` of its `raw` (every writer's is: sync pages, imports,
+        the venue catalog): its lean form is taken from it (`_lean_form`).
         """
         rows: list[tuple[Any, ...]] = []
         historic: list[tuple[str, int, int]] = []
