@@ -125,10 +125,11 @@ def _lean_form(item: Item, text: str, by_orjson: bool) -> bytes | None:
     changes what parse_item reads: orjson's NaN/Infinity -> null, or the standard encoder's
     output (big integers, which orjson reads back as floats; lone surrogates). Then, rarely,
     the lean form is made from `text` itself."""
-    blob = lean.pack(item)
-    if blob is not None and (not by_orjson or lean.may_change_in_json(item, blob)):
-        blob = lean.pack(parse_item(_decode(text)))
-    return blob
+    if by_orjson:
+        blob = lean.pack(item, as_orjson_stores_it=True)
+        if blob is not None or lean.FORMAT is None:
+            return blob
+    return lean.pack(parse_item(_decode(text)))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import sys
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -67,15 +68,24 @@ FORMAT = _format_tag()
 # core_bench's items), for ~1k more instructions a hit and ~0.3 us more a write.
 _MARSHAL_VERSION = 4
 
+# What parse_item makes of a NaN or an Infinity: _str gives "nan", "inf", "-inf"; _bound
+# "<float>"; _status "<float: nan>" (inf, -inf) for a status, "<variable: float>" for `variable`.
+_FROM_FLOATS = frozenset(["nan", "inf", "-inf", "<float>", "<variable: float>",
+                          "<float: nan>", "<float: inf>", "<float: -inf>"])
 
 
-def pack(item: Item | None) -> bytes | None:
-    """The lean form of `item` (None for no item, or when FORMAT is unknown)."""
+def pack(item: Item | None, *, as_orjson_stores_it: bool = False) -> bytes | None:
+    """The lean form of `item`; None for no item, when FORMAT is unknown or, asked
+    `as_orjson_stores_it`, when the JSON orjson writes for the item's dict might parse into
+    another Item (see `_may_change_in_json`; the caller then packs the parse of that JSON)."""
     if item is None or FORMAT is None:
         return None
+    plain = _plain_fields(item)
+    if as_orjson_stores_it and _may_change_in_json(item, plain):
+        return None
     scans = item.scans
-    return marshal.dumps((FORMAT, _plain_fields(item), tuple(map(_plain_scan, scans))
-                          if scans else ()), _MARSHAL_VERSION)
+    return marshal.dumps((FORMAT, plain, tuple(map(_plain_scan, scans)) if scans else ()),
+                         _MARSHAL_VERSION)
 
 
 def unpack(blob: bytes) -> Item | None:
@@ -91,16 +101,23 @@ def unpack(blob: bytes) -> Item | None:
         return None
 
 
-def may_change_in_json(item: Item, blob: bytes) -> bool:
-    """True when the stored JSON might parse into another Item than `item` (the sync's parse
-    of the platform's dict) although orjson wrote it: orjson writes NaN and Infinity as null,
-    which parse_item reads differently. Such a float leaves "nan", "inf" or "float" in a text
-    field (_str gives "nan", "inf", "-inf"; _bound "<float>"; _status "<float: nan>" or
-    "<variable: float>"), so in `blob` (marshal keeps text as is), or makes a scan's zone
-    UNREADABLE_ZONE. Only then (for a "Hernandez" too: the test is coarse, and cheap) is the
-    lean form made from the stored JSON itself."""
-    if b"nan" in blob or b"inf" in blob or b"float" in blob:
+def _may_change_in_json(item: Item, plain: tuple[Any, ...]) -> bool:
+    """True when orjson's JSON for the dict `item` was parsed from might parse into another
+    Item: orjson writes NaN and Infinity as null, which parse_item reads differently (every
+    other value orjson writes reads back equal). A non-finite float that parse_item read shows
+    in the Item as one of _FROM_FLOATS — a whole text field, a replaced barcode, a part of an
+    `order_ref` list ("a, nan") — or as a scan's UNREADABLE_ZONE (which other bad zone ids
+    give too: such an item merely takes the slower, exact way)."""
+    marks = _FROM_FLOATS
+    if not marks.isdisjoint(plain):
         return True
-    scans = item.scans
-    return bool(scans) and any(s.zone_id == model.UNREADABLE_ZONE for s in scans)
-
+    if item.historic_barcodes and not marks.isdisjoint(item.historic_barcodes):
+        return True
+    ref = item.order_ref
+    if ref and ", " in ref and not marks.isdisjoint(ref.split(", ")):
+        return True
+    for scan in item.scans:
+        if scan.zone_id == model.UNREADABLE_ZONE or scan.scanned_on in marks \
+                or scan.uuid in marks:
+            return True
+    return False
