@@ -2,10 +2,9 @@
 
 Items are stored as the platform's JSON (minus personal data the gate does not need, unless
 `store.keep_personal_data`) with the columns a lookup needs pulled out and indexed, and beside
-it their parsed fields in a lean form (agent.store.lean) that a lookup reads instead of
-parsing the JSON. The cache is
-disposable: a damaged file raises CacheCorrupt and is rebuilt by a full sync; nothing here is the
-only copy of anything (scans live in the journal).
+it their parsed fields in a lean form (agent.store.lean) that a lookup reads instead of parsing
+the JSON. The cache is disposable: a damaged file raises CacheCorrupt and is rebuilt by a full
+sync; nothing here is the only copy of anything (scans live in the journal).
 
 "Most recently updated" (for NFC ids paired to several items) is the order in which items reached
 this cache: every write takes the next value of `seq`, so a later page of a later sync wins.
