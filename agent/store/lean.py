@@ -16,8 +16,9 @@ A lean Item's `raw` is an empty dict: nothing on the lookup path reads `Item.raw
 writers do, from the sync's own Items); `TicketCache.payload` reads the stored JSON.
 
 marshal: as fast to load as pickle here (~0.5 us warm; real columns were not tried: the
-tuples among the fields would need encoding anyway); it runs no code while loading; it is not hardened against crafted input, but the file is the device's own
-(mode 0600, written only by this agent) and any row can be rebuilt from the platform.
+tuples among the fields would need encoding anyway); it runs no code while loading; it is not
+hardened against crafted input, but the file is the device's own (mode 0600, written only by
+this agent) and any row can be rebuilt from the platform.
 """
 
 from __future__ import annotations
