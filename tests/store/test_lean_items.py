@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 
 from agent import demo_data
 from agent.core.model import Item, parse_item, strip_personal
+from agent.runtime.gate import Gate
 from agent.store import lean
 from agent.store.cache import MIGRATIONS, TicketCache
 from agent.store.sqlite import migrate, open_database
+from tests.conftest import DemoSite
 from tests.core.test_lean_paths import IDS, ITEM, TRICKY_TEXT, fields
 
 EVENT = demo_data.EVENT_ID
@@ -283,3 +285,25 @@ def test_the_format_follows_the_parsing_code(tmp_path: Path,
     assert c.conn.execute("SELECT COUNT(*) FROM items WHERE lean IS NOT NULL").fetchone()[0] == 0
     assert c.find_barcode(demo_data.CODES["valid"])[0].item.id == 1
     c.close()
+
+
+def test_a_gate_decides_the_same_from_lean_forms_json_and_damaged_forms(gate: Gate,
+                                                                        site: DemoSite) -> None:
+    """Every demo code, on every lane: `check` gives the same decision whether the cache's
+    items are read from their lean forms, from their JSON (NULL), or past garbage blobs."""
+    cache = gate.cache
+    lanes = [lane.name for lane in gate.config.lanes]
+
+    def decisions() -> list[tuple[str, str, str | None, str]]:
+        return [(code, d.status, d.detail, d.message)
+                for code in [*demo_data.CODES.values(), demo_data.NFC_TAG]
+                for name in lanes
+                for d in [gate.check(code, gate.config.lane(name), site.now)]]
+
+    from_lean = decisions()
+    assert cache.lean_misses == 0
+    for blob in (None, b"garbage"):
+        with cache.transaction():
+            cache.conn.execute("UPDATE items SET lean = ?", (blob,))
+        assert decisions() == from_lean
+    assert cache.lean_misses > 0
