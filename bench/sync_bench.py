@@ -40,6 +40,7 @@ from agent.platform.sync import Syncer  # noqa: E402
 from agent.platform.upload import Uploader  # noqa: E402
 from agent.sandbox.harness import Sandbox, start_sandbox  # noqa: E402
 from agent.store import journal as journal_mod  # noqa: E402
+from agent.store import lean  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal, JournalRow  # noqa: E402
 
@@ -124,7 +125,8 @@ def bench_sync(tickets: int, workdir: Path) -> dict[str, Any]:
 
 
 def raw_floor(pages: list[list[Any]], path: Path) -> float:
-    """Items/s of one executemany of the final item rows into a same-schema table."""
+    """Items/s of one executemany of the final item rows (JSON and lean form, computed
+    beforehand) into a same-schema table."""
     cache = TicketCache(path, check=False)  # same file settings and schema (with indexes)
     rows = []
     seq = 0
@@ -132,12 +134,13 @@ def raw_floor(pages: list[list[Any]], path: Path) -> float:
         for item in page:
             seq += 1
             rows.append((1001, item.id, item.barcode, item.nfc_id, item.item_type, item.status,
-                         seq, json.dumps(strip_personal(item.raw), separators=(",", ":"))))
+                         seq, json.dumps(strip_personal(item.raw), separators=(",", ":")),
+                         lean.pack(item)))
     started = time.perf_counter()
     cache.conn.execute("BEGIN IMMEDIATE")
     cache.conn.executemany(
-        "INSERT INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
-        " VALUES (?,?,?,?,?,?,?,?)", rows)
+        "INSERT INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw, lean)"
+        " VALUES (?,?,?,?,?,?,?,?,?)", rows)
     cache.conn.execute("COMMIT")
     took = time.perf_counter() - started
     cache.close()

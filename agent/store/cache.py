@@ -1,9 +1,10 @@
 """The ticket cache: events, zones and entry items as the platform sent them, indexed for lookup.
 
 Items are stored as the platform's JSON (minus personal data the gate does not need, unless
-`store.keep_personal_data`) with the columns a lookup needs pulled out and indexed. The cache is
-disposable: a damaged file raises CacheCorrupt and is rebuilt by a full sync; nothing here is the
-only copy of anything (scans live in the journal).
+`store.keep_personal_data`) with the columns a lookup needs pulled out and indexed, and beside
+it their parsed fields in a lean form (agent.store.lean) that a lookup reads instead of parsing
+the JSON. The cache is disposable: a damaged file raises CacheCorrupt and is rebuilt by a full
+sync; nothing here is the only copy of anything (scans live in the journal).
 
 "Most recently updated" (for NFC ids paired to several items) is the order in which items reached
 this cache: every write takes the next value of `seq`, so a later page of a later sync wins.
@@ -36,6 +37,7 @@ from agent.core.model import (
     strip_personal,
 )
 from agent.errors import CacheCorrupt, StoreError
+from agent.store import lean
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,11 @@ MIGRATIONS = [
         CREATE TABLE venue_catalog (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,
                                     term INTEGER NOT NULL DEFAULT 0)
     """),
+    # Issue 18: each item's parsed fields (agent.store.lean), so a hit skips the JSON parse.
+    # Rows written before stay NULL and are parsed from their JSON until the next sync.
+    ("0006_lean_items", """
+        ALTER TABLE items ADD COLUMN lean BLOB
+    """),
 ]
 
 # Encoding every item of a 1000-item page is the largest share of applying it; orjson does it
@@ -102,11 +109,26 @@ def _decode(text: str) -> Any:
         return json.loads(text)
 
 
-def _encode(raw: dict[str, Any]) -> str:
+def _encode_item(raw: dict[str, Any]) -> tuple[str, bool]:
+    """The stored JSON, and whether orjson wrote it (see `_lean_form`)."""
     try:
-        return orjson.dumps(raw).decode()
+        return orjson.dumps(raw).decode(), True
     except (orjson.JSONEncodeError, UnicodeDecodeError):
-        return _stdlib_encode(raw)
+        return _stdlib_encode(raw), False
+
+
+def _lean_form(item: Item, text: str, by_orjson: bool) -> bytes | None:
+    """The lean form to store beside `text`, the JSON written for `item`: a lookup must get
+    from it exactly the Item it would get by parsing `text`. `item` is parse_item of the dict
+    `text` encodes (every writer's Item is), so it is that Item unless the JSON round trip
+    changes what parse_item reads: orjson's NaN/Infinity -> null, or the standard encoder's
+    output (big integers, which orjson reads back as floats; lone surrogates). Then, rarely,
+    the lean form is made from `text` itself."""
+    if by_orjson:
+        blob = lean.pack(item, as_orjson_stores_it=True)
+        if blob is not None or lean.FORMAT is None:
+            return blob
+    return lean.pack(parse_item(_decode(text)))
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,8 @@ class TicketCache:
         # event id -> its default Entry zone (or None), found once per event and forgotten
         # whenever `_zones` changes: every lookup on a lane without a zone asks (issue 18).
         self._default_zones: dict[int, Zone | None] = {}
+        # Hits whose lean form was missing, stale or damaged (parsed from the JSON instead).
+        self.lean_misses = 0
         self._load_small_tables()
 
     def data_version(self) -> int:
@@ -214,6 +238,8 @@ class TicketCache:
         The old side rows (historic barcodes, platform scans) are deleted only for items
         already cached — one indexed query per page finds those — so a first fill, where no
         item exists yet, pays nothing for deletes.
+        Each Item must be `parse_item` of its `raw` (every writer's is: sync pages, imports,
+        the venue catalog): its lean form is taken from it (`_lean_form`).
         """
         rows: list[tuple[Any, ...]] = []
         historic: list[tuple[str, int, int]] = []
@@ -228,8 +254,9 @@ class TicketCache:
             seq += 1
             item_id = item.id
             raw = item.raw if keep_personal else strip_personal(item.raw)
+            text, by_orjson = _encode_item(raw)
             rows.append((event_id, item_id, item.barcode, item.nfc_id, item.item_type,
-                         item.status, seq, _encode(raw)))
+                         item.status, seq, text, _lean_form(item, text, by_orjson)))
             ids.append(item_id)
             if item.historic_barcodes:
                 historic.extend((code, event_id, item_id) for code in item.historic_barcodes)
@@ -252,8 +279,9 @@ class TicketCache:
             self.conn.executemany(
                 "DELETE FROM historic_barcodes WHERE event_id = ? AND item_id = ?", pairs)
         self.conn.executemany(
-            "INSERT OR REPLACE INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
-            " VALUES (?,?,?,?,?,?,?,?)", rows)
+            "INSERT OR REPLACE INTO items"
+            " (event_id, id, barcode, nfc_id, item_type, status, seq, raw, lean)"
+            " VALUES (?,?,?,?,?,?,?,?,?)", rows)
         if historic:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO historic_barcodes (barcode, event_id, item_id)"
@@ -326,20 +354,21 @@ class TicketCache:
         return moved
 
     def _set_raw_nfc(self, event_id: int, item_id: int, nfc_id: str | None) -> None:
-        row = self.conn.execute("SELECT raw FROM items WHERE event_id = ? AND id = ?",
-                                (event_id, item_id)).fetchone()
-        if row is None:
+        raw = self.payload(event_id, item_id)
+        if raw is None:
             return
-        raw = _decode(row[0])
         # `variable` is `[]` for never-scanned items (the platform's quirk): make it an object.
-        variable = raw.get("variable") if isinstance(raw.get("variable"), dict) else {}
+        variable = raw.get("variable")
+        if not isinstance(variable, dict):
+            variable = {}
         if nfc_id is None:
             variable.pop("nfcId", None)
         else:
             variable["nfcId"] = nfc_id
         raw["variable"] = variable
-        self.conn.execute("UPDATE items SET raw = ? WHERE event_id = ? AND id = ?",
-                          (json.dumps(raw, separators=(",", ":")), event_id, item_id))
+        text = json.dumps(raw, separators=(",", ":"))
+        self.conn.execute("UPDATE items SET raw = ?, lean = ? WHERE event_id = ? AND id = ?",
+                          (text, lean.pack(parse_item(_decode(text))), event_id, item_id))
 
     def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
                    full: bool = False) -> None:
@@ -390,12 +419,19 @@ class TicketCache:
     # -- reads ----------------------------------------------------------------------------
 
     def find_barcode(self, code: str) -> list[CachedItem]:
-        return self._items("SELECT event_id, seq, raw FROM items WHERE barcode = ?", code)
+        return self._items("SELECT event_id, seq, lean, raw FROM items WHERE barcode = ?", code)
 
     def find_nfc(self, nfc_id: str) -> list[CachedItem]:
         """Items paired to a tag, newest pairing first (the platform: most recent wins)."""
         return self._items(
-            "SELECT event_id, seq, raw FROM items WHERE nfc_id = ? ORDER BY seq DESC", nfc_id)
+            "SELECT event_id, seq, lean, raw FROM items WHERE nfc_id = ? ORDER BY seq DESC",
+            nfc_id)
+
+    def payload(self, event_id: int, item_id: int) -> dict[str, Any] | None:
+        """An item's stored JSON, decoded (a lookup's Item may carry no `raw`: agent.store.lean)."""
+        row = self.conn.execute("SELECT raw FROM items WHERE event_id = ? AND id = ?",
+                                (event_id, item_id)).fetchone()
+        return None if row is None else _decode(row[0])
 
     def find_historic(self, code: str) -> list[int]:
         """Event ids where `code` is a replaced barcode of some item."""
@@ -412,9 +448,16 @@ class TicketCache:
         return row[0], bool(row[1])
 
     def _items(self, sql: str, arg: str) -> list[CachedItem]:
+        """The hits, each built from its lean form, or parsed from its JSON when that form is
+        missing, stale or damaged. The JSON comes in the same row (one statement per lookup
+        either way, and a cache written before the lean forms is no slower than before)."""
         found = []
-        for event_id, seq, raw in self.conn.execute(sql, (arg,)):
-            item = parse_item(_decode(raw))
+        unpack = lean.unpack
+        for event_id, seq, blob, raw in self.conn.execute(sql, (arg,)):
+            item = unpack(blob) if blob is not None else None
+            if item is None:
+                self.lean_misses += 1
+                item = parse_item(_decode(raw))
             if item is not None:
                 found.append(CachedItem(event_id, seq, item))
         return found

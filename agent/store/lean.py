@@ -1,0 +1,124 @@
+"""The lean form of a cached item: its parsed fields, stored beside the platform's JSON.
+
+Every cache hit used to decode the item's ~0.5 KB of stored JSON and run `parse_item` on it
+(about 4 us of a hit's Python, more with cold CPU caches). The writers now also store
+`marshal.dumps((FORMAT, fields, scans))` in `items.lean` (120-160 bytes), and a lookup builds
+the `Item` from that in about 1 us (`bench/lean_bench.py`). The JSON stays the truth: the lean form is a copy of what `parse_item` reads
+from it, and anything that cannot be trusted to be that copy is ignored (the lookup then parses
+the JSON, correct and slower; never a refusal, never a crash):
+- a NULL `lean` (a cache written before migration 0006, or a row another writer left);
+- a FORMAT tag other than this code's (see `_format_tag`: any change to the parsing code,
+  the cache's JSON helpers, orjson or Python makes every older lean form stale until the
+  next sync rewrites the item; the nightly full resync rewrites them all);
+- a blob that does not load, or loads into another shape.
+
+A lean Item's `raw` is an empty dict: nothing on the lookup path reads `Item.raw` (only the
+writers do, from the sync's own Items); `TicketCache.payload` reads the stored JSON.
+
+marshal: as fast to load as pickle here (~0.5 us warm; real columns were not tried: the
+tuples among the fields would need encoding anyway); it runs no code while loading; it is not
+hardened against crafted input, but the file is the device's own (mode 0600, written only by
+this agent) and any row can be rebuilt from the platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import sys
+from dataclasses import fields
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent.core import codes, model
+from agent.core.model import Item, ZoneScan
+
+# Item's fields in declaration order; the lean form carries all but the last two (`scans`,
+# stored as plain tuples, and `raw`, left out) so that `Item(*fields, scans, {})` rebuilds it.
+_NAMES = tuple(f.name for f in fields(Item))
+if _NAMES[-2:] != ("scans", "raw"):  # pragma: no cover - a guard for whoever reorders Item
+    raise RuntimeError(f"agent.store.lean expects Item to end with scans, raw; got {_NAMES}")
+_plain_fields = attrgetter(*_NAMES[:-2])
+_plain_scan = attrgetter("zone_id", "scan", "scanned_on", "uuid")
+
+
+def _format_tag() -> int | None:
+    """A hash of everything that decides what `parse_item` makes of the stored JSON, or of
+    this lean form: the parsing code (model, codes), this module, the cache's JSON helpers,
+    orjson's and Python's versions (marshal's format follows Python's). Computed, not a
+    constant someone must remember to bump. None (no lean form written or read) when the
+    sources cannot be read."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{sys.version_info[:2]}|{marshal.version}|{orjson.__version__}".encode())
+    here = Path(__file__)
+    try:
+        for source in (Path(model.__file__ or ""), Path(codes.__file__ or ""), here,
+                       here.with_name("cache.py")):
+            digest.update(source.read_bytes())
+    except OSError:
+        return None
+    return int.from_bytes(digest.digest()[:4], "big") >> 1  # 31 bits: a 5-byte marshal int
+
+
+FORMAT = _format_tag()
+# marshal's version 4: short strings and tuples take 2 bytes of header instead of 5, so a lean
+# form is ~20% smaller than with version 2 (the cache file grew 19% instead of 38% on
+# core_bench's items), for ~1k more instructions a hit and ~0.3 us more a write.
+_MARSHAL_VERSION = 4
+
+# What parse_item makes of a NaN or an Infinity: _str gives "nan", "inf", "-inf"; _bound
+# "<float>"; _status "<float: nan>" (inf, -inf) for a status, "<variable: float>" for `variable`.
+_FROM_FLOATS = frozenset(["nan", "inf", "-inf", "<float>", "<variable: float>",
+                          "<float: nan>", "<float: inf>", "<float: -inf>"])
+
+
+def pack(item: Item | None, *, as_orjson_stores_it: bool = False) -> bytes | None:
+    """The lean form of `item`; None for no item, when FORMAT is unknown or, asked
+    `as_orjson_stores_it`, when the JSON orjson writes for the item's dict might parse into
+    another Item (see `_may_change_in_json`; the caller then packs the parse of that JSON)."""
+    if item is None or FORMAT is None:
+        return None
+    plain = _plain_fields(item)
+    if as_orjson_stores_it and _may_change_in_json(item, plain):
+        return None
+    scans = item.scans
+    return marshal.dumps((FORMAT, plain, tuple(map(_plain_scan, scans)) if scans else ()),
+                         _MARSHAL_VERSION)
+
+
+def unpack(blob: bytes) -> Item | None:
+    """The Item a lean form holds; None when it is stale, damaged or of another shape."""
+    try:
+        tag, plain, scans = marshal.loads(blob)
+        if tag != FORMAT:
+            return None
+        # mypy counts `*plain` as filling every parameter; at run time a wrong count raises.
+        return Item(*plain, tuple([ZoneScan(*s) for s in scans]) if scans else (),  # type: ignore[call-arg]
+                    {})
+    except Exception:  # noqa: BLE001 - whatever a damaged blob raises, the JSON answers
+        return None
+
+
+def _may_change_in_json(item: Item, plain: tuple[Any, ...]) -> bool:
+    """True when orjson's JSON for the dict `item` was parsed from might parse into another
+    Item: orjson writes NaN and Infinity as null, which parse_item reads differently (every
+    other value orjson writes reads back equal). A non-finite float that parse_item read shows
+    in the Item as one of _FROM_FLOATS — a whole text field, a replaced barcode, a part of an
+    `order_ref` list ("a, nan") — or as a scan's UNREADABLE_ZONE (which other bad zone ids
+    give too: such an item merely takes the slower, exact way)."""
+    marks = _FROM_FLOATS
+    if not marks.isdisjoint(plain):
+        return True
+    if item.historic_barcodes and not marks.isdisjoint(item.historic_barcodes):
+        return True
+    ref = item.order_ref
+    if ref and ", " in ref and not marks.isdisjoint(ref.split(", ")):
+        return True
+    for scan in item.scans:
+        if scan.zone_id == model.UNREADABLE_ZONE or scan.scanned_on in marks \
+                or scan.uuid in marks:
+            return True
+    return False
