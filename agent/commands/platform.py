@@ -134,17 +134,27 @@ def _offline_hint(config: Config) -> str:
 
 
 class _Bar:
-    """Feeds SyncProgress reports into one rich progress task per event pass."""
+    """Feeds SyncProgress reports into one rich progress task per event pass.
+
+    `passes` lists every pass reported while the command watched, in order: through the daemon
+    that may include a pass queued before the command's, or the daemon's own next delta pass
+    starting while the answer is being made (it once replaced the full pass in the summary)."""
 
     def __init__(self, progress: Progress | None):
         self.progress = progress
         self.tasks: dict[tuple[int | None, str], TaskID] = {}
-        self.passes: dict[int, dict[str, Any]] = {}
+        self.passes: list[dict[str, Any]] = []
 
     def __call__(self, p: SyncProgress) -> None:
         if p.event_id is not None and p.phase in ("full", "tickets"):
-            self.passes[p.event_id] = {"event": p.event_id, "mode": p.phase, "items": p.items,
-                                       "pages": p.pages, "total": p.total}
+            figures = {"event": p.event_id, "mode": p.phase, "items": p.items, "pages": p.pages,
+                       "total": p.total}
+            last = self.passes[-1] if self.passes else None
+            if p.pages == 0 or last is None or (last["event"], last["mode"]) != \
+                    (p.event_id, p.phase):  # a pass reports its start with no page applied
+                self.passes.append(figures)
+            else:
+                last.update(figures)
         if self.progress is None or p.phase not in ("full", "tickets", "swapping"):
             return
         key = (p.event_id, p.phase if p.phase != "swapping" else "full")
@@ -177,7 +187,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             finally:
                 if progress is not None and bar.tasks:
                     progress.stop()
-            result["passes"] = list(bar.passes.values())
+            result["passes"] = bar.passes
         else:
             result = _sync_here(config, args)
     return _print_sync(args, result)
@@ -192,7 +202,9 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
                         f"requests" + (f", {result['wall_s']} s" if "wall_s" in result else ""))
     for col in ("event", "name", "items applied", "items cached", "cursor"):
         table.add_column(col)
-    applied = {p["event"]: p["items"] for p in result["passes"]}
+    applied: dict[int, int] = {}
+    for p in result["passes"]:  # an event's passes: a full one, a delta after it
+        applied[p["event"]] = applied.get(p["event"], 0) + p["items"]
     for e in result["events"]:
         table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
                       str(e["items"]), e["cursor"] or "-")
@@ -226,7 +238,7 @@ def _sync_here(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     except Transport as exc:
         raise Transport(f"{exc}. Offline? {_offline_hint(config)}") from exc
     result["wall_s"] = round(time.monotonic() - started, 2)
-    result["passes"] = list(bar.passes.values())
+    result["passes"] = bar.passes
     return result
 
 

@@ -117,3 +117,30 @@ def test_import_lists_as_json_too(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["kind"] for r in rows][:1] == ["events"] and len(rows) == len(files)
+
+
+def test_the_sync_summary_keeps_every_pass_it_watched() -> None:
+    """Through the daemon, its own next delta pass may start while the answer to `sync --full`
+    is made; its start (no item yet) once replaced the full pass in the summary (CI: items 0
+    for an event of 12). Every pass is kept, in order; the table adds up an event's passes."""
+    import argparse
+    import contextlib
+    import io
+
+    from agent.commands.platform import _Bar, _print_sync
+    from agent.platform.sync import SyncProgress
+
+    bar = _Bar(None)
+    for phase, pages, items in (("full", 0, 0), ("full", 1, 12), ("tickets", 0, 0),
+                                ("tickets", 1, 2)):
+        bar(SyncProgress(phase=phase, event_id=501, pages=pages, items=items))
+    bar(SyncProgress(phase="full", event_id=502, pages=0, items=0))
+    assert [(p["event"], p["mode"], p["items"]) for p in bar.passes] == [
+        (501, "full", 12), (501, "tickets", 2), (502, "full", 0)]
+    out = io.StringIO()
+    result = {"requests": 3, "passes": bar.passes,
+              "events": [{"id": 501, "name": "Demo", "items": 20, "cursor": None}]}
+    with contextlib.redirect_stdout(out):
+        _print_sync(argparse.Namespace(json=False, full=True), result)
+    row = out.getvalue().split("Demo", 1)[1].split("\n", 1)[0].split()
+    assert "14" in row and "20" in row  # applied 12 + 2, cached 20
