@@ -37,6 +37,7 @@ import core_bench  # noqa: E402
 from benchfile import save_results  # noqa: E402
 
 from agent.runtime.gate import Gate  # noqa: E402
+from agent.store import lean  # noqa: E402
 from agent.store.cache import TicketCache  # noqa: E402
 from agent.store.journal import Journal  # noqa: E402
 
@@ -45,7 +46,9 @@ SIZE, WARM = 10_000, 300
 # too, which must cancel out between the run with N ops and the run with none.
 MAX_OPS = 5_000
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-CACHE = Path(tempfile.gettempdir()) / "gate-agent-cpu-bench" / "cache.db"
+# Named by the lean forms' format (agent.store.lean): a cache built by other parsing code would
+# be read through its JSON, not the way a synced gate reads it.
+CACHE = Path(tempfile.gettempdir()) / "gate-agent-cpu-bench" / f"cache-{lean.FORMAT}.db"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu.json"
 
 
