@@ -63,6 +63,18 @@ class Marks:
     def mark(self, name: str) -> None:
         self.now.setdefault(name, time.perf_counter())
 
+    def around(self, real: Any, before: str | None = None, after: str | None = None) -> Any:
+        """`real`, marking `before` as it is called and `after` as it returns."""
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                self.mark(before)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                if after:
+                    self.mark(after)
+        return call
+
     def span(self, name: str, start: str, end: str) -> None:
         if start in self.now and end in self.now:
             self.steps[name].append(self.now[end] - self.now[start])
@@ -89,13 +101,6 @@ def instrument(gate: Gate, marks: Marks) -> None:
         finally:
             marks.mark("claimed")
 
-    def subject_seq(subject: str) -> int:
-        marks.mark("seq0")
-        try:
-            return real_seq(subject)
-        finally:
-            marks.mark("seq1")
-
     real_start, real_land, real_settle = bus.start_claim, link.land, gate._mark_row
 
     def start_claim(*args: Any) -> Any:
@@ -115,24 +120,6 @@ def instrument(gate: Gate, marks: Marks) -> None:
         finally:
             js.publish = real_js_publish
 
-    def publish_claim(*args: Any) -> Any:
-        try:
-            return real_publish(*args)
-        finally:
-            marks.mark("woken")
-
-    def land(*args: Any) -> Any:
-        marks.mark("land0")
-        try:
-            return real_land(*args)
-        finally:
-            marks.mark("woken")
-
-    def settle_row(*args: Any) -> None:
-        marks.mark("settle0")
-        real_settle(*args)
-        marks.mark("settle1")
-
     @contextmanager
     def scan_transaction() -> Iterator[None]:
         marks.mark("txn0")
@@ -140,44 +127,20 @@ def instrument(gate: Gate, marks: Marks) -> None:
             yield
         marks.mark("txn1")
 
-    real_decide = gate._decide
-
-    def decide_fresh(*args: Any) -> Any:
-        marks.mark("decide2_0")
-        try:
-            return real_decide(*args)
-        finally:
-            marks.mark("decide2_1")
-
-    def after_commit(*args: Any) -> None:
-        marks.mark("after0")
-        real_after(*args)
-        marks.mark("after1")
-
-    def apply(*args: Any) -> None:
-        marks.now.setdefault("apply0", time.perf_counter())
-        real_apply(*args)
-        marks.now.setdefault("apply1", time.perf_counter())
-
     channel = bus._claims
     real_send, real_reply = channel.send, channel.on_reply
-
-    def send(*args: Any) -> None:
-        marks.mark("loop_start")
-        real_send(*args)
-
-    def on_reply(*args: Any) -> None:
-        marks.mark("ack")
-        real_reply(*args)
-
-    for target, name, wrapper in ((channel, "send", send), (channel, "on_reply", on_reply),
-                                  (link, "claim", claim), (link.store, "subject_seq", subject_seq),
-                                  (bus, "publish_claim", publish_claim),
-                                  (bus, "start_claim", start_claim), (link, "land", land),
-                                  (gate, "_mark_row", settle_row),
-                                  (gate.journal, "scan_transaction", scan_transaction),
-                                  (link, "after_commit", after_commit), (bus, "_apply", apply),
-                                  (gate, "_decide", decide_fresh)):
+    around = marks.around
+    for target, name, wrapper in (
+            (channel, "send", around(real_send, "loop_start")),
+            (channel, "on_reply", around(real_reply, "ack")),
+            (link, "claim", claim), (link.store, "subject_seq", around(real_seq, "seq0", "seq1")),
+            (bus, "publish_claim", around(real_publish, after="woken")),
+            (bus, "start_claim", start_claim), (link, "land", around(real_land, "land0", "woken")),
+            (gate, "_mark_row", around(real_settle, "settle0", "settle1")),
+            (gate.journal, "scan_transaction", scan_transaction),
+            (link, "after_commit", around(real_after, "after0", "after1")),
+            (bus, "_apply", around(real_apply, "apply0", "apply1")),
+            (gate, "_decide", around(gate._decide, "decide2_0", "decide2_1"))):
         setattr(target, name, wrapper)
 
 

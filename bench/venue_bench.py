@@ -120,22 +120,17 @@ def claim_latency(root: Path, url: str, n: int, gap_s: float,
         real_claim, real_land = link.claim, link.land
         claim_time = [0.0]  # this scan's: the claim call, plus the wait for its answer in flight
 
-        def timed_claim(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return real_claim(*args, **kwargs)
-            finally:
-                claim_time[0] += time.perf_counter() - started
+        def timed(real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    claim_time[0] += time.perf_counter() - started
+            return call
 
-        def timed_land(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return real_land(*args, **kwargs)
-            finally:
-                claim_time[0] += time.perf_counter() - started
-
-        link.claim = timed_claim  # type: ignore[method-assign]
-        link.land = timed_land  # type: ignore[method-assign]
+        link.claim = timed(real_claim)  # type: ignore[method-assign]
+        link.land = timed(real_land)  # type: ignore[method-assign]
         raw: list[float] = []
         local: list[float] = []
         venue: list[float] = []

@@ -128,6 +128,11 @@ def _lean_form(item: Item, text: str, by_orjson: bool) -> bytes | None:
         blob = lean.pack(item, as_orjson_stores_it=True)
         if blob is not None or lean.FORMAT is None:
             return blob
+    return _lean_of_stored(text)
+
+
+def _lean_of_stored(text: str) -> bytes | None:
+    """The lean form of stored JSON, parsed as a lookup of it would parse it."""
     return lean.pack(parse_item(_decode(text)))
 
 
@@ -368,7 +373,7 @@ class TicketCache:
         raw["variable"] = variable
         text = json.dumps(raw, separators=(",", ":"))
         self.conn.execute("UPDATE items SET raw = ?, lean = ? WHERE event_id = ? AND id = ?",
-                          (text, lean.pack(parse_item(_decode(text))), event_id, item_id))
+                          (text, _lean_of_stored(text), event_id, item_id))
 
     def set_cursor(self, event_id: int, cursor: str | None, synced_at: str,
                    full: bool = False) -> None:

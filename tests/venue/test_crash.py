@@ -23,7 +23,7 @@ from agent.venue.node import NodeProcess
 from tests.conftest import PROJECT_ROOT
 from tests.faults.conftest import site_factory  # noqa: F401 - fixture
 from tests.faults.test_crash import storm
-from tests.venue.rig import venue_devices, wait_until
+from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
 CODE = demo_data.bulk_barcode(2)
 
@@ -62,21 +62,26 @@ def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
         assert [r["code"] for r in a.journal_rows()] == []
 
 
-def _kill_child_at(device_config: Path, mode: str, code: str) -> str:
-    """Run tests.venue.crash_child in MODE, SIGKILL it where it stops; the scan's uuid."""
+def _kill_child_at(device: VenueDevice, mode: str, code: str) -> str:
+    """With the device's own bus stopped, run tests.venue.crash_child in MODE on its files and
+    SIGKILL it where it stops: the scan's row is left durable as 'claiming'. Its uuid."""
+    device.bus.stop()
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.venue.crash_child", str(device_config), code, mode],
+        [sys.executable, "-m", "tests.venue.crash_child", str(device.config_path), code, mode],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline() if child.stdout else ""
         assert line.startswith("COMMITTED"), line
         os.kill(child.pid, signal.SIGKILL)
-        return line.split()[1]
     finally:
         child.kill()
         child.wait(10)
         if child.stdout:
             child.stdout.close()
+    scan_uuid = line.split()[1]
+    (row,) = [r for r in device.journal_rows() if r["uuid"] == scan_uuid]
+    assert (row["venue"], row["admit"]) == ("claiming", 1)
+    return scan_uuid
 
 
 def test_kill_after_the_commit_of_a_granted_claim_keeps_the_admit(
@@ -85,10 +90,7 @@ def test_kill_after_the_commit_of_a_granted_claim_keeps_the_admit(
     may have opened, so after the restart the admit stands, everywhere, and is uploaded."""
     code = demo_data.bulk_barcode(3)
     with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
-        a.bus.stop()
-        scan_uuid = _kill_child_at(a.config_path, "committed", code)
-        (row,) = [r for r in a.journal_rows() if r["uuid"] == scan_uuid]
-        assert (row["venue"], row["admit"]) == ("claiming", 1)
+        scan_uuid = _kill_child_at(a, "committed", code)
         lane = b.gate().config.lane("north-in")
         wait_until(lambda: b.bus.applied_seq >= 1, 5, "b sees the claim")
         a.restart_bus()  # its sweep settles the row from the stream
@@ -112,10 +114,7 @@ def test_kill_after_the_commit_of_a_claim_never_sent_voids_the_admit(
     (kept, never uploaded) and the ticket is usable."""
     code = demo_data.bulk_barcode(4)
     with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
-        a.bus.stop()
-        scan_uuid = _kill_child_at(a.config_path, "unsent", code)
-        (row,) = [r for r in a.journal_rows() if r["uuid"] == scan_uuid]
-        assert (row["venue"], row["admit"]) == ("claiming", 1)
+        _kill_child_at(a, "unsent", code)
         # while nothing settles it, status says so (normally after 5 s)
         monkeypatch.setattr(bus_module, "UNANSWERED_AFTER_S", 0.0)
         journal = Journal(a.bus.store_path.with_name("journal.db"))
