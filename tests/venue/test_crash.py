@@ -28,23 +28,37 @@ from tests.venue.rig import VenueDevice, venue_devices, wait_until
 CODE = demo_data.bulk_barcode(2)
 
 
+def _killed_child(device: VenueDevice, mode: str, code: str) -> str:
+    """With the device's own bus stopped, run tests.venue.crash_child in MODE on its files and
+    SIGKILL it where it stops (its line: CLAIMED or COMMITTED, and the scan's uuid); the uuid."""
+    device.bus.stop()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.venue.crash_child", str(device.config_path), code, mode],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line.startswith("CLAIMED" if mode == "claimed" else "COMMITTED"), line
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout:
+            child.stdout.close()
+    return line.split()[1]
+
+
+def _kill_child_at(device: VenueDevice, mode: str, code: str) -> str:
+    """`_killed_child` after the admit's commit: its row is left durable as 'claiming'."""
+    scan_uuid = _killed_child(device, mode, code)
+    (row,) = [r for r in device.journal_rows() if r["uuid"] == scan_uuid]
+    assert (row["venue"], row["admit"]) == ("claiming", 1)
+    return scan_uuid
+
+
 def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
-        a.bus.stop()  # device a runs as a child process now
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tests.venue.crash_child", str(a.config_path), CODE],
-            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
-        try:
-            line = child.stdout.readline() if child.stdout else ""
-            assert line.startswith("CLAIMED"), line
-            claim_uuid = line.split()[1]
-            os.kill(child.pid, signal.SIGKILL)
-        finally:
-            child.kill()
-            child.wait(10)
-            if child.stdout:
-                child.stdout.close()
+        claim_uuid = _killed_child(a, "claimed", CODE)  # device a runs as a child now
         lane = b.gate().config.lane("north-in")
         # while the crashed gate is down its claim stands: the ticket is refused (fail closed)
         wait_until(lambda: b.bus.applied_seq >= 1, 5, "b sees the claim")
@@ -60,28 +74,6 @@ def test_kill_between_claim_and_commit_voids_the_claim_on_restart(
         # the crashed attempt left nothing in a's journal: nothing to upload as an entry
         assert not [r for r in a.journal_rows() if r["uuid"] == claim_uuid]
         assert [r["code"] for r in a.journal_rows()] == []
-
-
-def _kill_child_at(device: VenueDevice, mode: str, code: str) -> str:
-    """With the device's own bus stopped, run tests.venue.crash_child in MODE on its files and
-    SIGKILL it where it stops: the scan's row is left durable as 'claiming'. Its uuid."""
-    device.bus.stop()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.venue.crash_child", str(device.config_path), code, mode],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline() if child.stdout else ""
-        assert line.startswith("COMMITTED"), line
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(10)
-        if child.stdout:
-            child.stdout.close()
-    scan_uuid = line.split()[1]
-    (row,) = [r for r in device.journal_rows() if r["uuid"] == scan_uuid]
-    assert (row["venue"], row["admit"]) == ("claiming", 1)
-    return scan_uuid
 
 
 def test_kill_after_the_commit_of_a_granted_claim_keeps_the_admit(
