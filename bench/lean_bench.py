@@ -35,7 +35,7 @@ from core_bench import EVENT_ID, ItemFactory, barcode  # noqa: E402
 
 from agent.core.model import parse_item, strip_personal  # noqa: E402
 from agent.store import lean  # noqa: E402
-from agent.store.cache import TicketCache, _decode, _encode_item  # noqa: E402
+from agent.store.cache import TicketCache, _decode, _stored_forms  # noqa: E402
 
 
 def per_item_us(fn: Callable[[Any], Any], data: Sequence[Any], rounds: int) -> float:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = args.items, args.rounds
     factory = ItemFactory(datetime.now(UTC))
     items = [i for i in (parse_item(factory.item(k)) for k in range(n)) if i is not None]
-    texts = [_encode_item(strip_personal(i.raw))[0] for i in items]
+    texts = [_stored_forms(i, strip_personal(i.raw))[0] for i in items]
     blobs = [lean.pack(i) or b"" for i in items]
     order = list(range(n))
     random.Random(7).shuffle(order)

@@ -109,26 +109,23 @@ def _decode(text: str) -> Any:
         return json.loads(text)
 
 
-def _encode_item(raw: dict[str, Any]) -> tuple[str, bool]:
-    """The stored JSON, and whether orjson wrote it (see `_lean_form`)."""
+def _stored_forms(item: Item, raw: dict[str, Any]) -> tuple[str, bytes | None]:
+    """The JSON to store for `raw` (the item's payload, stripped as configured) and the lean
+    form to store beside it: a lookup must get from the lean form exactly the Item it would
+    get by parsing that JSON. `item` is parse_item of the dict `raw` was taken from (every
+    writer's Item is), so it is that Item unless the JSON round trip changes what parse_item
+    reads: orjson's NaN/Infinity -> null (`lean.pack` tells), or the standard encoder's output
+    (big integers, which orjson reads back as floats; lone surrogates). Then, rarely, the lean
+    form is made from the JSON itself. One function for both: it runs for every written item."""
     try:
-        return orjson.dumps(raw).decode(), True
+        text = orjson.dumps(raw).decode()
     except (orjson.JSONEncodeError, UnicodeDecodeError):
-        return _stdlib_encode(raw), False
-
-
-def _lean_form(item: Item, text: str, by_orjson: bool) -> bytes | None:
-    """The lean form to store beside `text`, the JSON written for `item`: a lookup must get
-    from it exactly the Item it would get by parsing `text`. `item` is parse_item of the dict
-    `text` encodes (every writer's Item is), so it is that Item unless the JSON round trip
-    changes what parse_item reads: orjson's NaN/Infinity -> null, or the standard encoder's
-    output (big integers, which orjson reads back as floats; lone surrogates). Then, rarely,
-    the lean form is made from `text` itself."""
-    if by_orjson:
-        blob = lean.pack(item, as_orjson_stores_it=True)
-        if blob is not None or lean.FORMAT is None:
-            return blob
-    return _lean_of_stored(text)
+        text = _stdlib_encode(raw)
+        return text, _lean_of_stored(text)
+    blob = lean.pack(item, as_orjson_stores_it=True)
+    if blob is None and lean.FORMAT is not None:
+        blob = _lean_of_stored(text)
+    return text, blob
 
 
 def _lean_of_stored(text: str) -> bytes | None:
@@ -244,7 +241,7 @@ class TicketCache:
         already cached — one indexed query per page finds those — so a first fill, where no
         item exists yet, pays nothing for deletes.
         Each Item must be `parse_item` of its `raw` (every writer's is: sync pages, imports,
-        the venue catalog): its lean form is taken from it (`_lean_form`).
+        the venue catalog): its lean form is taken from it (`_stored_forms`).
         """
         rows: list[tuple[Any, ...]] = []
         historic: list[tuple[str, int, int]] = []
@@ -252,16 +249,16 @@ class TicketCache:
         ids: list[int] = []
         undated: list[int] = []
         keep_personal = self.keep_personal_data
+        stored_forms, strip = _stored_forms, strip_personal
         seq = self._seq
         # An id twice in one call (a page repeating an item): the last copy wins, as it would
         # over two calls; otherwise both copies' platform scans would be kept and counted.
         for item in {item.id: item for item in items}.values():
             seq += 1
             item_id = item.id
-            raw = item.raw if keep_personal else strip_personal(item.raw)
-            text, by_orjson = _encode_item(raw)
+            text, blob = stored_forms(item, item.raw if keep_personal else strip(item.raw))
             rows.append((event_id, item_id, item.barcode, item.nfc_id, item.item_type,
-                         item.status, seq, text, _lean_form(item, text, by_orjson)))
+                         item.status, seq, text, blob))
             ids.append(item_id)
             if item.historic_barcodes:
                 historic.extend((code, event_id, item_id) for code in item.historic_barcodes)
@@ -324,7 +321,13 @@ class TicketCache:
         return int(self.conn.total_changes - before)
 
     def _cached_ids(self, event_id: int, ids: list[int]) -> list[int]:
-        """Which of `ids` are already cached for the event (chunked: SQLite's variable limit)."""
+        """Which of `ids` are already cached for the event (chunked: SQLite's variable limit).
+        One probe of the ids' range first: on a first fill (pages of ascending ids, none of
+        them cached yet) it finds nothing and the per-id lookups are skipped."""
+        if not ids or self.conn.execute(
+                "SELECT 1 FROM items WHERE event_id = ? AND id BETWEEN ? AND ? LIMIT 1",
+                (event_id, min(ids), max(ids))).fetchone() is None:
+            return []
         found: list[int] = []
         for start in range(0, len(ids), 900):
             chunk = ids[start:start + 900]
