@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
-from agent.core.model import parse_item, parse_zone
+from agent.core.model import Item, parse_item, parse_zone
 from agent.errors import CacheCorrupt, ImportFileError
 from agent.platform.provision import import_file
 from agent.store.cache import TicketCache
@@ -159,3 +159,39 @@ def test_the_default_zone_follows_every_change_of_the_zones(site: DemoSite) -> N
         assert cache.default_zone(event) == renamed  # rolled back, read again from the file
     finally:
         cache.close()
+
+
+def _scanned_item(item_id: int) -> Item:
+    item = parse_item({
+        "id": item_id, "const": {"barcode": f"B{item_id}"},
+        "variable": {"status": "scanned", "historicBarcodes": [f"H{item_id}"]},
+        "zoneData": {"accessToZones": [{"id": 1}], "scans": [
+            {"zoneId": 1, "scan": "in", "scannedOn": "2026-07-01 18:00:00",
+             "uuid": f"uuid-{item_id}"}]}})
+    assert item is not None
+    return item
+
+
+@pytest.mark.parametrize("page", [
+    [20],  # the item alone: its id is both ends of the page's range
+    [10, 20, 30],  # inside the range
+    [20, 35, 5],  # at one end of an unordered page
+    [19, 21],  # the range covers it, the page does not name it: its side rows stay
+    [40, 50],  # a page wholly past every cached id (a first fill's next page)
+])
+def test_rewriting_items_replaces_their_side_rows_once(tmp_path: Path, page: list[int]) -> None:
+    """put_items deletes an item's old platform scans and historic barcodes only when it is
+    cached already (found by a probe of the page's id range, then by id): a rewrite never
+    doubles them, and items the page does not name keep theirs."""
+    cache = TicketCache(tmp_path / "cache.db")
+    with cache.transaction():
+        cache.put_items(7, [_scanned_item(i) for i in (10, 20, 30)])
+    with cache.transaction():
+        cache.put_items(7, [_scanned_item(i) for i in page])
+    for item_id in sorted({10, 20, 30, *page}):
+        for table in ("platform_scans", "historic_barcodes"):
+            assert cache.conn.execute(
+                f"SELECT count(*) FROM {table} WHERE event_id = 7 AND item_id = ?",
+                (item_id,)).fetchone()[0] == 1, (table, item_id)
+    assert cache.platform_scans(7, 20)[0].uuid == "uuid-20"
+    cache.close()
