@@ -195,3 +195,19 @@ def test_rewriting_items_replaces_their_side_rows_once(tmp_path: Path, page: lis
                 (item_id,)).fetchone()[0] == 1, (table, item_id)
     assert cache.platform_scans(7, 20)[0].uuid == "uuid-20"
     cache.close()
+
+
+def test_missing_columns_are_stored_as_null_and_lean_forms_as_blobs(tmp_path: Path) -> None:
+    """put_items binds a missing barcode, NFC id or lean form as 0 (NULLIF makes it NULL) and
+    a lean form as a bytearray: the rows hold NULL and BLOB, as binding None and bytes did."""
+    cache = TicketCache(tmp_path / "cache.db")
+    items = [parse_item({"id": 1}), parse_item({"id": 2, "const": {"barcode": "0"},
+                                                "variable": {"nfcId": "0x04A1"}})]
+    with cache.transaction():
+        cache.put_items(7, [i for i in items if i is not None])
+    rows = cache.conn.execute("SELECT id, typeof(barcode), barcode, typeof(nfc_id), nfc_id,"
+                              " typeof(lean) FROM items ORDER BY id").fetchall()
+    assert rows == [(1, "null", None, "null", None, "blob"),
+                    (2, "text", "0", "text", "0x04A1", "blob")]
+    assert [h.item.id for h in cache.find_barcode("0")] == [2]
+    cache.close()
