@@ -70,8 +70,8 @@ _ADVANCE_OUTBOX = (
 def new_scan_uuid() -> str:
     """A new scan's uuid: a time-ordered UUID (RFC 9562 version 7) as text.
 
-    Why not random (version 4): the journal's UNIQUE index on `uuid` then takes each new scan
-    on a random leaf, so leaves split anywhere (more WAL pages per commit) and a checkpoint
+    Why not random (version 4): a UNIQUE index on `uuid` (every scan's until migration 0007,
+    a venue claim's since: scans_claims) then takes each new entry on a random leaf, so leaves split anywhere (more WAL pages per commit) and a checkpoint
     writes back a page for nearly every scan since the last one. A time-ordered uuid lands at
     the index's right edge, like `seq` in the table (issue 18: a checkpoint then costs what the
     floor's does). Layout: Unix time in milliseconds (48 bits), the version nibble 7, 12
