@@ -253,15 +253,15 @@ class Gate:
                     scan_uuid = claim.uuid
                     row = _journal_row(scan_uuid, decision, lane, now)
                     scanned_on = row.scanned_on
-                    self.journal.insert(claim.mark(row))
+                    seq = self.journal.insert(claim.mark(row))
                 else:  # the usual scan: its row's values straight from the decision
                     scan_uuid, scanned_on = new_scan_uuid(), utc_iso(now)
-                    self.journal.insert_values(
+                    seq = self.journal.insert_values(
                         _journal_values(scan_uuid, decision, lane, scanned_on))
                 if self.confirms_passage and decision.admit and \
                         passage_input_for(lane, decision.direction):
                     # held from upload until the turnstile says (agent.runtime.passage)
-                    await_passage(self.journal, scan_uuid, lane.name, decision.direction,
+                    await_passage(self.journal, scan_uuid, seq, lane.name, decision.direction,
                                   decision.zone_id, decision.status, decision.detail,
                                   scanned_on)
         except JournalUnavailable as exc:

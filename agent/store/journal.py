@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 # PASSAGE_HOLD_LIMIT_S (above the longest passage_timeout_ms, 120 s), after which the admit
 # stands ("interrupted", see docs/turnstile.md).
 PASSAGE_HOLD_LIMIT_S = 300.0
-_NOT_HELD = ("seq < COALESCE((SELECT MIN(s.seq) FROM passages p JOIN scans s ON s.uuid = p.uuid"
-             " WHERE p.state = 'waiting'), 9223372036854775807)")
+_NOT_HELD = ("seq < COALESCE((SELECT MIN(scan_seq) FROM passages WHERE state = 'waiting'),"
+             " 9223372036854775807)")
 
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
@@ -70,8 +70,8 @@ _ADVANCE_OUTBOX = (
 def new_scan_uuid() -> str:
     """A new scan's uuid: a time-ordered UUID (RFC 9562 version 7) as text.
 
-    Why not random (version 4): the journal's UNIQUE index on `uuid` then takes each new scan
-    on a random leaf, so leaves split anywhere (more WAL pages per commit) and a checkpoint
+    Why not random (version 4): a UNIQUE index on `uuid` (every scan's until migration 0007,
+    a venue claim's since: scans_claims) then takes each new entry on a random leaf, so leaves split anywhere (more WAL pages per commit) and a checkpoint
     writes back a page for nearly every scan since the last one. A time-ordered uuid lands at
     the index's right edge, like `seq` in the table (issue 18: a checkpoint then costs what the
     floor's does). Layout: Unix time in milliseconds (48 bits), the version nibble 7, 12
@@ -271,19 +271,20 @@ class Journal:
         and raised as JournalUnavailable: the caller must not admit on it."""
         return self._transaction
 
-    def insert(self, row: JournalRow) -> None:
+    def insert(self, row: JournalRow) -> int:
         """Add one scan inside `scan_transaction()` (through `insert_values`, as the gate's
-        hot path does: one way rows are bound, its flags as 0/1)."""
-        self.insert_values(tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
+        hot path does: one way rows are bound, its flags as 0/1). Returns its seq."""
+        return self.insert_values(tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
 
-    def insert_values(self, values: tuple[Any, ...]) -> None:
+    def insert_values(self, values: tuple[Any, ...]) -> int:
         """Add one scan inside `scan_transaction()` from its values in `_COLUMNS` order: the
         gate's hot path builds that tuple straight from its decision, without a JournalRow in
         between (issue 18); everything else inserts a JournalRow. Nones go in as NULL
-        literals (see _INSERTS); give flags as 0/1, which is what SQLite stores for a bool."""
+        literals (see _INSERTS); give flags as 0/1, which is what SQLite stores for a bool.
+        Returns the row's seq: the way back to it (no index on uuid, migration 0007)."""
         nulls = tuple([value is None for value in values])
-        self.conn.execute(_INSERTS.get(nulls) or _insert_with_nulls(nulls),
-                          [value for value in values if value is not None])
+        return self.conn.execute(_INSERTS.get(nulls) or _insert_with_nulls(nulls),
+                                 [value for value in values if value is not None]).lastrowid or 0
 
     def record(self, row: JournalRow) -> None:
         """Insert and commit (fsync) one scan on its own."""
@@ -323,12 +324,15 @@ class Journal:
             "SELECT * FROM scans WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
 
     def admitted(self, uuids: list[str]) -> set[str]:
-        """Which of these scan uuids are journaled as admits (a claim without one must go)."""
+        """Which of these claim uuids are journaled as admits (a claim without one must go).
+        A claim's admit always carries its venue mark (agent.venue.claims `Claim.mark`), so
+        scans_claims finds it."""
         out: set[str] = set()
         for start in range(0, len(uuids), 500):
             part = uuids[start:start + 500]
             out.update(r[0] for r in self.conn.execute(
-                f"SELECT uuid FROM scans WHERE admit = 1 AND uuid IN ({','.join('?' * len(part))})",
+                "SELECT uuid FROM scans WHERE admit = 1 AND venue IS NOT NULL"
+                f" AND uuid IN ({','.join('?' * len(part))})",
                 part))
         return out
 
@@ -430,12 +434,12 @@ class Journal:
                 return []
             if head[0] is None:
                 free = [r[0] for r in self.conn.execute(
-                    f"SELECT uuid FROM scans WHERE {_SENDABLE} AND batch_uuid IS NULL"
+                    f"SELECT seq FROM scans WHERE {_SENDABLE} AND batch_uuid IS NULL"
                     " ORDER BY seq LIMIT ?", (limit,))]
                 self.conn.executemany(
-                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
+                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE seq = ?"
                     " AND upload_state = 'pending' AND batch_uuid IS NULL",
-                    [(new_uuid, u) for u in free])
+                    [(new_uuid, seq) for seq in free])
             return self.batch(head[0] or new_uuid)
 
     def regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
@@ -456,17 +460,19 @@ class Journal:
     def _regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
                  batches: list[tuple[str, list[str]]]) -> None:
         changed = 0
+        seq_of = dict(self.conn.execute(  # the batch's rows, by the outbox walk
+            f"SELECT uuid, seq FROM scans WHERE {_OUTBOX} AND batch_uuid = ?", (old_batch,)))
         for u, why in quarantined:
             changed += self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
-                " WHERE uuid = ? AND batch_uuid = ? AND upload_state = 'pending'",
-                (why[:1000], u, old_batch)).rowcount
+                " WHERE seq = ? AND batch_uuid = ? AND upload_state = 'pending'",
+                (why[:1000], seq_of.get(u), old_batch)).rowcount
         for batch_uuid, uuids in batches:
             for u in uuids:
                 changed += self.conn.execute(
-                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE uuid = ?"
+                    "UPDATE scans SET batch_uuid = ?, attempts = 0 WHERE seq = ?"
                     " AND batch_uuid = ? AND upload_state = 'pending'",
-                    (batch_uuid, u, old_batch)).rowcount
+                    (batch_uuid, seq_of.get(u), old_batch)).rowcount
         if changed != len(quarantined) + sum(len(u) for _, u in batches):
             raise _Taken  # rolled back by `_write`
         self.conn.execute(_ADVANCE_OUTBOX)
@@ -488,18 +494,32 @@ class Journal:
             return cur.rowcount
 
     def mark_sent(self, uuids: list[str], sent_at: str) -> None:
+        """The platform (or the venue's uploader) has these pending rows."""
         with self._write():
             self.conn.executemany(
-                "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE uuid = ?",
-                [(sent_at, u) for u in uuids])
+                "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE seq = ?",
+                [(sent_at, seq) for seq in self._outbox_seqs(uuids)])
             self.conn.execute(_ADVANCE_OUTBOX)
 
     def quarantine(self, uuid: str, reason: str) -> None:
+        """Park a pending row with the platform's reason (a technician may retry it)."""
         with self._write():
-            self.conn.execute(
+            self.conn.executemany(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
-                " WHERE uuid = ?", (reason[:1000], uuid))
+                " WHERE seq = ?", [(reason[:1000], seq) for seq in self._outbox_seqs([uuid])])
             self.conn.execute(_ADVANCE_OUTBOX)
+
+    def _outbox_seqs(self, uuids: list[str]) -> list[int]:
+        """The seqs of the pending rows with these uuids. No index on uuid (migration 0007):
+        the outbox is walked from its cursor, and the walk stops at the last one found; a
+        batch is the oldest sendable rows, so it is found near the start of the walk."""
+        seqs: list[int] = []
+        for start in range(0, len(uuids), 500):
+            part = uuids[start:start + 500]
+            seqs += [r[0] for r in self.conn.execute(
+                f"SELECT seq FROM scans WHERE {_OUTBOX} AND uuid IN ({','.join('?' * len(part))})"
+                " ORDER BY seq LIMIT ?", (*part, len(part)))]
+        return seqs
 
     def retry_quarantined(self, uuids: list[str] | None = None) -> int:
         """Put quarantined rows back in the outbox (a technician's `queue retry`); the outbox
@@ -507,8 +527,8 @@ class Journal:
         with self._write():
             if uuids:
                 seqs = [r[0] for u in uuids for r in self.conn.execute(
-                    "SELECT seq FROM scans WHERE uuid = ? AND upload_state = 'quarantined'",
-                    (u,))]
+                    "SELECT seq FROM scans WHERE uuid = ? AND upload_state = 'quarantined'"
+                    f" AND {_PARKED}", (u,))]
             else:
                 seqs = [r[0] for r in self.conn.execute(
                     f"SELECT MIN(seq) FROM scans WHERE upload_state = 'quarantined'"
@@ -519,7 +539,7 @@ class Journal:
             if uuids:
                 cur = self.conn.executemany(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"
-                    " WHERE upload_state = 'quarantined' AND uuid = ?", [(u,) for u in uuids])
+                    " WHERE seq = ? AND upload_state = 'quarantined'", [(s,) for s in seqs])
             else:
                 cur = self.conn.execute(
                     "UPDATE scans SET upload_state = 'pending', batch_uuid = NULL"

@@ -8,6 +8,36 @@ from __future__ import annotations
 
 from agent.store.sqlite import Migration
 
+# The scans table's columns since migration 0005 (it rebuilds the table, as 0007 does; only
+# the uuid's UNIQUE differs between them).
+_SCANS_COLUMNS = """
+            seq INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL{uuid_unique},
+            code TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            barcode TEXT,
+            nfc_id TEXT,
+            item_id INTEGER,
+            event_id INTEGER,
+            zone_id INTEGER,
+            zone_is_default INTEGER NOT NULL DEFAULT 0,
+            gate_id INTEGER,
+            lane TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            admit INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            status_detail TEXT,
+            message TEXT,
+            scanned_on TEXT NOT NULL,
+            upload_state TEXT NOT NULL DEFAULT 'pending',
+            batch_uuid TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            sent_at TEXT,
+            venue TEXT,
+            max_entries INTEGER,
+            tracks_exits INTEGER"""
+
 MIGRATIONS: list[Migration] = [
     ("0001_initial", """
         CREATE TABLE scans (
@@ -88,33 +118,7 @@ MIGRATIONS: list[Migration] = [
     # drop AUTOINCREMENT in place), keeping every row and column as they were.
     ("0005_lean_scans", """
         PRAGMA defer_foreign_keys = ON;
-        CREATE TABLE scans_lean (
-            seq INTEGER PRIMARY KEY,
-            uuid TEXT NOT NULL UNIQUE,
-            code TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            barcode TEXT,
-            nfc_id TEXT,
-            item_id INTEGER,
-            event_id INTEGER,
-            zone_id INTEGER,
-            zone_is_default INTEGER NOT NULL DEFAULT 0,
-            gate_id INTEGER,
-            lane TEXT NOT NULL,
-            direction TEXT NOT NULL,
-            admit INTEGER NOT NULL,
-            status TEXT NOT NULL,
-            status_detail TEXT,
-            message TEXT,
-            scanned_on TEXT NOT NULL,
-            upload_state TEXT NOT NULL DEFAULT 'pending',
-            batch_uuid TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reason TEXT,
-            sent_at TEXT,
-            venue TEXT,
-            max_entries INTEGER,
-            tracks_exits INTEGER);
+        CREATE TABLE scans_lean (""" + _SCANS_COLUMNS.format(uuid_unique=" UNIQUE") + """);
         INSERT INTO scans_lean SELECT seq, uuid, code, kind, barcode, nfc_id, item_id, event_id,
             zone_id, zone_is_default, gate_id, lane, direction, admit, status, status_detail,
             message, scanned_on, upload_state, batch_uuid, attempts, reason, sent_at, venue,
@@ -148,5 +152,30 @@ MIGRATIONS: list[Migration] = [
             WHERE upload_state = 'sent';
         CREATE INDEX scans_parked ON scans(upload_state, seq)
             WHERE upload_state IN ('quarantined', 'local')
+    """),
+    # No uuid index on the hot path (issue 18, p99). A scan's uuid is made by this gate (agent.
+    # store.journal.new_scan_uuid) and is never looked up by a lane: it only has to reach the
+    # platform, which de-duplicates by it. The UNIQUE constraint cost every scan's commit one
+    # WAL page (its index entry): 1 page for a refusal now, 2 for an admit, against the
+    # floor's 2. Rows are found by uuid only where no seq is at hand, and each such reader
+    # starts where its rows are: the outbox walk from its cursor (the uploader's answers,
+    # `Journal._outbox_seqs`), scans_parked (a technician's retry), and, for venue claims
+    # (answered by the bus with the claim's uuid), scans_claims, UNIQUE as the column was:
+    # only rows with a venue mark (`venue IS NOT NULL`, set at insert) enter it. A passage
+    # wait keeps its scan's seq (`passages.scan_seq`), filled here from the old index.
+    ("0007_no_uuid_index", """
+        PRAGMA defer_foreign_keys = ON;
+        CREATE TABLE scans_new (""" + _SCANS_COLUMNS.format(uuid_unique="") + """);
+        INSERT INTO scans_new SELECT * FROM scans ORDER BY seq;
+        ALTER TABLE passages ADD COLUMN scan_seq INTEGER;
+        UPDATE passages SET scan_seq = (SELECT seq FROM scans WHERE scans.uuid = passages.uuid);
+        DROP TABLE scans;
+        ALTER TABLE scans_new RENAME TO scans;
+        CREATE INDEX scans_admits ON scans(item_id, event_id) WHERE admit = 1;
+        CREATE INDEX scans_sent ON scans(sent_at, zone_id, admit, direction, upload_state)
+            WHERE upload_state = 'sent';
+        CREATE INDEX scans_parked ON scans(upload_state, seq)
+            WHERE upload_state IN ('quarantined', 'local');
+        CREATE UNIQUE INDEX scans_claims ON scans(uuid) WHERE venue IS NOT NULL
     """),
 ]

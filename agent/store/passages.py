@@ -37,13 +37,15 @@ STATES = ("waiting", "passed", "voided", "interrupted")
 PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
 
 
-def await_passage(journal: Journal, uuid: str, lane: str, direction: str, zone_id: int | None,
-                  status: str, detail: str | None, at: str) -> None:
-    """Inside the scan's `scan_transaction()`: this admit waits for its passage."""
+def await_passage(journal: Journal, uuid: str, seq: int, lane: str, direction: str,
+                  zone_id: int | None, status: str, detail: str | None, at: str) -> None:
+    """Inside the scan's `scan_transaction()`: this admit (journaled as `seq`) waits for its
+    passage. The seq is how the upload's hold and a void find the scan (the journal keeps no
+    index on uuid, migration 0007)."""
     journal.conn.execute(
-        "INSERT INTO passages (uuid, lane, direction, zone_id, state, admitted_status,"
-        " admitted_detail, waiting_since) VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)",
-        (uuid, lane, direction, zone_id, status, detail, at))
+        "INSERT INTO passages (uuid, scan_seq, lane, direction, zone_id, state, admitted_status,"
+        " admitted_detail, waiting_since) VALUES (?, ?, ?, ?, ?, 'waiting', ?, ?, ?)",
+        (uuid, seq, lane, direction, zone_id, status, detail, at))
 
 
 def settle_stale_waits(conn: sqlite3.Connection, older_than_s: float,
@@ -85,12 +87,14 @@ class PassageLog:
                     "UPDATE passages SET state = 'voided', resolved_at = ? WHERE uuid = ?"
                     " AND state = 'waiting'", (at, uuid)).rowcount != 1:
                 return None
+            seq = self.conn.execute("SELECT scan_seq FROM passages WHERE uuid = ?",
+                                    (uuid,)).fetchone()[0]
             self.conn.execute(
                 "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
-                " WHERE uuid = ? AND upload_state = 'pending'",
-                (NOT_PASSED, NOT_PASSED_MESSAGE, uuid))
+                " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
+                (NOT_PASSED, NOT_PASSED_MESSAGE, seq, uuid))
             row = self.conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
-                                    " WHERE uuid = ?", (uuid,)).fetchone()
+                                    " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
         return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
                                                  strict=True))
 

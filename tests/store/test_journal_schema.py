@@ -64,7 +64,7 @@ def test_an_old_journal_is_migrated_row_for_row(tmp_path: Path) -> None:
         indexes = {n for (n,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'scans'"
             " AND sql IS NOT NULL")}
-        assert indexes == {"scans_admits", "scans_sent", "scans_parked"}
+        assert indexes == {"scans_admits", "scans_sent", "scans_parked", "scans_claims"}
         assert "0005_lean_scans" in {n for (n,) in conn.execute("SELECT name FROM migrations")}
         # the readers still find what they found before
         assert [s.uuid for s in journal.own_admits(501, 7)] == ["a1", "a2", "x1"]

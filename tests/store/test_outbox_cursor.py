@@ -154,10 +154,11 @@ def _wal_frames(path: Path) -> int:
     return (wal.stat().st_size - 32) // (4096 + 24) if wal.exists() else 0
 
 
-def test_a_scan_commit_writes_two_pages_plus_one_for_an_admit(tmp_path: Path) -> None:
-    """Counted from the WAL itself (automatic checkpoints off): a refusal writes the row and
-    its uuid entry, an admit also its scans_admits entry; no outbox or zone flow entry. An
-    unknown code (`local`, never uploaded) is the one refusal that writes a third page."""
+def test_a_scan_commit_writes_one_page_plus_one_for_an_admit(tmp_path: Path) -> None:
+    """Counted from the WAL itself (automatic checkpoints off): a refusal writes its row only
+    (no uuid index since migration 0007), an admit also its scans_admits entry; no outbox or
+    zone flow entry. An unknown code (`local`, never uploaded) writes its scans_parked entry,
+    a venue claim's admit its scans_claims entry (the bus answers it by uuid)."""
     path = tmp_path / "journal.db"
     journal = Journal(path)
     try:
@@ -165,12 +166,14 @@ def test_a_scan_commit_writes_two_pages_plus_one_for_an_admit(tmp_path: Path) ->
         assert int(journal.conn.execute("PRAGMA page_size").fetchone()[0]) == 4096
         frames = {}
         for kind, row in (("refusal", _row("r1", admit=False)), ("admit", _row("a1", admit=True)),
-                          ("unknown", _row("u1", admit=False, item_id=None))):
+                          ("unknown", dataclasses.replace(_row("u1", admit=False, item_id=None),
+                                                          upload_state="local")),
+                          ("claim", dataclasses.replace(_row("c1", admit=True),
+                                                        venue="claiming"))):
             before = _wal_frames(path)
-            journal.record(row if kind != "unknown" else
-                           dataclasses.replace(row, upload_state="local"))
+            journal.record(row)
             frames[kind] = _wal_frames(path) - before
-        assert frames == {"refusal": 2, "admit": 3, "unknown": 3}
+        assert frames == {"refusal": 1, "admit": 2, "unknown": 2, "claim": 3}
     finally:
         journal.close()
 

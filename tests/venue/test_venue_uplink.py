@@ -409,8 +409,8 @@ def test_a_gate_hands_over_no_admit_still_waiting_for_its_passage_or_its_claim(
     rows[1] = replace(rows[1], venue="claiming")
     journal = journal_with(tmp_path / "j.db", rows[:3])
     with journal.scan_transaction():
-        journal.insert(rows[3])
-        await_passage(journal, rows[3].uuid, "main", "in", None, "valid", None,
+        seq = journal.insert(rows[3])
+        await_passage(journal, rows[3].uuid, seq, "main", "in", None, "valid", None,
                       rows[3].scanned_on)
     journal.record(rows[4])
 
