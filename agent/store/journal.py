@@ -71,8 +71,9 @@ def new_scan_uuid() -> str:
     """A new scan's uuid: a time-ordered UUID (RFC 9562 version 7) as text.
 
     Why not random (version 4): a UNIQUE index on `uuid` (every scan's until migration 0007,
-    a venue claim's since: scans_claims) then takes each new entry on a random leaf, so leaves split anywhere (more WAL pages per commit) and a checkpoint
-    writes back a page for nearly every scan since the last one. A time-ordered uuid lands at
+    a venue claim's since: scans_claims) then takes each new entry on a random leaf, so
+    leaves split anywhere (more WAL pages per commit) and a checkpoint writes back a page for
+    nearly every scan since the last one. A time-ordered uuid lands at
     the index's right edge, like `seq` in the table (issue 18: a checkpoint then costs what the
     floor's does). Layout: Unix time in milliseconds (48 bits), the version nibble 7, 12
     random bits, the RFC variant, 62 random bits: 74 random bits keep two gates' scans of the
@@ -274,7 +275,8 @@ class Journal:
     def insert(self, row: JournalRow) -> int:
         """Add one scan inside `scan_transaction()` (through `insert_values`, as the gate's
         hot path does: one way rows are bound, its flags as 0/1). Returns its seq."""
-        return self.insert_values(tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
+        return self.insert_values(
+            tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
 
     def insert_values(self, values: tuple[Any, ...]) -> int:
         """Add one scan inside `scan_transaction()` from its values in `_COLUMNS` order: the
@@ -460,8 +462,8 @@ class Journal:
     def _regroup(self, old_batch: str, quarantined: list[tuple[str, str]],
                  batches: list[tuple[str, list[str]]]) -> None:
         changed = 0
-        seq_of = dict(self.conn.execute(  # the batch's rows, by the outbox walk
-            f"SELECT uuid, seq FROM scans WHERE {_OUTBOX} AND batch_uuid = ?", (old_batch,)))
+        seq_of = self._pending_seqs([u for u, _ in quarantined]
+                                    + [u for _, uuids in batches for u in uuids])
         for u, why in quarantined:
             changed += self.conn.execute(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
@@ -498,7 +500,7 @@ class Journal:
         with self._write():
             self.conn.executemany(
                 "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE seq = ?",
-                [(sent_at, seq) for seq in self._outbox_seqs(uuids)])
+                [(sent_at, seq) for seq in self._pending_seqs(uuids).values()])
             self.conn.execute(_ADVANCE_OUTBOX)
 
     def quarantine(self, uuid: str, reason: str) -> None:
@@ -506,19 +508,21 @@ class Journal:
         with self._write():
             self.conn.executemany(
                 "UPDATE scans SET upload_state = 'quarantined', reason = ?, batch_uuid = NULL"
-                " WHERE seq = ?", [(reason[:1000], seq) for seq in self._outbox_seqs([uuid])])
+                " WHERE seq = ?", [(reason[:1000], s) for s in self._pending_seqs([uuid]).values()])
             self.conn.execute(_ADVANCE_OUTBOX)
 
-    def _outbox_seqs(self, uuids: list[str]) -> list[int]:
-        """The seqs of the pending rows with these uuids. No index on uuid (migration 0007):
-        the outbox is walked from its cursor, and the walk stops at the last one found; a
-        batch is the oldest sendable rows, so it is found near the start of the walk."""
-        seqs: list[int] = []
+    def _pending_seqs(self, uuids: list[str]) -> dict[str, int]:
+        """uuid -> seq of the pending rows with these uuids (the one way the upload's answers
+        find their rows). No index on uuid (migration 0007): the outbox is walked from its
+        cursor, and the walk stops at the last one found; a batch is the oldest sendable
+        rows, so it is found near the start of the walk."""
+        seqs: dict[str, int] = {}
         for start in range(0, len(uuids), 500):
             part = uuids[start:start + 500]
-            seqs += [r[0] for r in self.conn.execute(
-                f"SELECT seq FROM scans WHERE {_OUTBOX} AND uuid IN ({','.join('?' * len(part))})"
-                " ORDER BY seq LIMIT ?", (*part, len(part)))]
+            seqs.update(self.conn.execute(
+                f"SELECT uuid, seq FROM scans WHERE {_OUTBOX}"
+                f" AND uuid IN ({','.join('?' * len(part))}) ORDER BY seq LIMIT ?",
+                (*part, len(part))))
         return seqs
 
     def retry_quarantined(self, uuids: list[str] | None = None) -> int:

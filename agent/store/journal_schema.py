@@ -159,7 +159,7 @@ MIGRATIONS: list[Migration] = [
     # WAL page (its index entry): 1 page for a refusal now, 2 for an admit, against the
     # floor's 2. Rows are found by uuid only where no seq is at hand, and each such reader
     # starts where its rows are: the outbox walk from its cursor (the uploader's answers,
-    # `Journal._outbox_seqs`), scans_parked (a technician's retry), and, for venue claims
+    # `Journal._pending_seqs`), scans_parked (a technician's retry), and, for venue claims
     # (answered by the bus with the claim's uuid), scans_claims, UNIQUE as the column was:
     # only rows with a venue mark (`venue IS NOT NULL`, set at insert) enter it. A passage
     # wait keeps its scan's seq (`passages.scan_seq`), filled here from the old index.

@@ -83,12 +83,12 @@ class PassageLog:
         """No pulse in time: rewrite the scan to a refusal in the same transaction. Returns
         the scan (event, item, venue mark) for the venue's void; None if settled already."""
         with self.journal.scan_transaction():
-            if self.conn.execute(
-                    "UPDATE passages SET state = 'voided', resolved_at = ? WHERE uuid = ?"
-                    " AND state = 'waiting'", (at, uuid)).rowcount != 1:
+            voided = self.conn.execute(
+                "UPDATE passages SET state = 'voided', resolved_at = ? WHERE uuid = ?"
+                " AND state = 'waiting' RETURNING scan_seq", (at, uuid)).fetchall()
+            if not voided:
                 return None
-            seq = self.conn.execute("SELECT scan_seq FROM passages WHERE uuid = ?",
-                                    (uuid,)).fetchone()[0]
+            seq = voided[0][0]
             self.conn.execute(
                 "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
                 " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
