@@ -37,7 +37,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import epoch_iso, format_upload_time, parse_utc_iso, utc_iso
-from agent.errors import ApiError, Forbidden, NotDelivered, Unauthenticated, Validation
+from agent.errors import (
+    ApiError,
+    Forbidden,
+    NotDelivered,
+    StoreError,
+    Unauthenticated,
+    Validation,
+)
 from agent.platform.client import PlatformClient
 from agent.platform.workers import in_thread
 from agent.store.journal import Journal
@@ -154,11 +161,26 @@ class Uploader:
             raise
         self._held.pop(batch_uuid, None)
         uuids = [r["uuid"] for r in rows]
-        await in_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
+        marked = await in_thread(self.journal.mark_sent, uuids, utc_iso(datetime.now(UTC)))
+        if marked < len(rows):
+            await self._check_settled(batch_uuid, len(rows))
         self.status.state, self.status.last_error = "ok", None
         self.status.last_success = time.time()
-        self.status.sent_total += len(rows)
+        self.status.sent_total += marked
         return len(rows)
+
+    async def _check_settled(self, batch_uuid: str, sent: int) -> None:
+        """After a delivered batch whose rows were not all marked by this uploader: another
+        uploader on the journal marking them first is fine; rows still pending under this
+        uuid mean the journal did not take the answer, and sending again would repeat this
+        round forever (`drain` loops while rounds return rows). Stop with an error instead."""
+        left = await in_thread(self.journal.batch, batch_uuid)
+        if left:
+            self.status.state = "retrying"
+            self.status.last_error = (f"the platform took batch {batch_uuid} ({sent} scans) but"
+                                      f" the journal still holds {len(left)} of them as pending")
+            log.error("upload stopped: %s", self.status.last_error)
+            raise StoreError(self.status.last_error)
 
     async def _undelivered(self, rows: list[dict[str, Any]], batch_uuid: str,
                            exc: ApiError) -> int:

@@ -495,13 +495,15 @@ class Journal:
             self.conn.execute(_ADVANCE_OUTBOX)
             return cur.rowcount
 
-    def mark_sent(self, uuids: list[str], sent_at: str) -> None:
-        """The platform (or the venue's uploader) has these pending rows."""
+    def mark_sent(self, uuids: list[str], sent_at: str) -> int:
+        """The platform (or the venue's uploader) has these pending rows. Returns how many
+        were still pending and are now sent (fewer when another uploader marked some first)."""
         with self._write():
-            self.conn.executemany(
+            marked = self.conn.executemany(
                 "UPDATE scans SET upload_state = 'sent', sent_at = ?, reason = NULL WHERE seq = ?",
-                [(sent_at, seq) for seq in self._pending_seqs(uuids).values()])
+                [(sent_at, seq) for seq in self._pending_seqs(uuids).values()]).rowcount
             self.conn.execute(_ADVANCE_OUTBOX)
+        return max(marked, 0)
 
     def quarantine(self, uuid: str, reason: str) -> None:
         """Park a pending row with the platform's reason (a technician may retry it)."""

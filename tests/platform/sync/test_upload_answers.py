@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.errors import NotDelivered, NotFound, ServerError, Transport
+from agent.errors import NotDelivered, NotFound, ServerError, StoreError, Transport
 from agent.ops.status import evaluate
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
@@ -227,17 +227,53 @@ def test_two_connections_claiming_at_the_same_instant_share_one_uuid(site, sandb
     async def one(journal):
         async with site.client() as client:
             uploader = site.uploader(Lockstep(journal, barrier), client, batch_size=25)
-            return await uploader.drain()
+            await uploader.drain()
+            return uploader.status.sent_total
 
     async def both():
         return await asyncio.gather(*(one(j) for j in journals))
 
     try:
-        asyncio.run(both())
+        counted = asyncio.run(both())
         assert journals[0].counts()["sent"] == 100
+        # Both sent every batch; each row is counted by the one uploader that marked it.
+        assert sum(counted) == 100, counted
     finally:
         for journal in journals:
             journal.close()
     audit = audit_uploads(sandbox.received()["uploads"])
     assert audit["applied"] == {r.uuid: 1 for r in rows}
     assert not audit["resent"] and audit["duplicates"] == 0
+
+
+class Unmarking:
+    """A journal whose `mark_sent` takes nothing (a broken journal, the fault under test)."""
+
+    def __init__(self, journal):
+        self._journal = journal
+
+    def __getattr__(self, name):
+        return getattr(self._journal, name)
+
+    def mark_sent(self, uuids, sent_at):
+        return 0
+
+
+def test_a_delivered_batch_left_pending_stops_the_drain_instead_of_resending_it(site, sandbox):
+    journal = open_journal(site.config)
+    fill_journal(journal, backlog(30, noon(sandbox)))
+
+    async def drain():
+        async with site.client() as client:
+            uploader = site.uploader(Unmarking(journal), client, batch_size=25)
+            with pytest.raises(StoreError, match="still holds 25 of them as pending") as caught:
+                await asyncio.wait_for(uploader.drain(), timeout=60)
+            return uploader, caught.value
+
+    try:
+        uploader, error = asyncio.run(drain())
+        assert journal.counts()["pending"] == 30
+    finally:
+        journal.close()
+    assert uploader.status.last_error == str(error) and uploader.status.sent_total == 0
+    assert len(sandbox.received()["requestUuids"]) == 1  # one request, not a loop of them
