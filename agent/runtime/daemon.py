@@ -55,7 +55,7 @@ from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
-from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
+from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_caches
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
@@ -160,6 +160,7 @@ class Daemon:
             for suffix in ("-wal", "-shm"):
                 Path(str(self.cache_path) + suffix).unlink(missing_ok=True)
             log.error("%s; moved aside to %s, starting with an empty cache", exc, aside.name)
+            drop_older_corrupt_caches(aside)
             self.cache_degraded = f"cache was damaged (moved to {aside.name}); rebuilding"
             self.status_cache = self._open_cache()
             resync = True

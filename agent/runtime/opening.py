@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from agent.config import Config
 from agent.runtime.gate import Gate
@@ -12,6 +14,8 @@ from agent.store.journal import Journal
 
 CACHE_FILE = "cache.db"
 JOURNAL_FILE = "journal.db"
+
+log = logging.getLogger(__name__)
 
 
 def open_cache(config: Config) -> TicketCache:
@@ -35,3 +39,25 @@ def opened_gate(config: Config) -> Iterator[Gate]:
             cache.close()
     finally:
         journal.close()
+
+
+def drop_older_corrupt_caches(kept: Path) -> list[Path]:
+    """Delete the damaged caches moved aside before `kept` (`cache.db.corrupt-<time>`, the
+    newest, kept for diagnosis). Each is as big as the cache (hundreds of MB at 1M items) and
+    holds the same ticket data; a gate whose storage keeps damaging it must not fill its disk
+    with copies. Returns the files deleted; one that cannot be deleted is logged and left."""
+    dropped = []
+    for old in sorted(kept.parent.glob(f"{CACHE_FILE}.corrupt-*")):
+        if old == kept or not old.is_file():
+            continue
+        try:
+            old.unlink()
+        except OSError as exc:
+            log.warning("could not delete the older damaged cache %s: %s", old.name,
+                        exc.strerror)
+            continue
+        dropped.append(old)
+    if dropped:
+        log.info("deleted %d older damaged cache(s): %s", len(dropped),
+                 ", ".join(p.name for p in dropped))
+    return dropped

@@ -116,6 +116,26 @@ def test_daemon_starts_degraded_on_a_truncated_cache(site: DemoSite, cut: int) -
     assert journal.read_bytes() == before
 
 
+
+def test_a_damaged_cache_moved_aside_replaces_the_older_ones(site: DemoSite) -> None:
+    """Each copy is as big as the cache: a disk that keeps damaging it keeps only the newest."""
+    path = site.config.store_dir / "cache.db"
+    older = [path.with_name("cache.db.corrupt-1700000000"),
+             path.with_name("cache.db.corrupt-1700000100")]
+    for old in older:
+        old.write_bytes(b"an earlier damaged cache")
+    _truncate(path, 4097)
+    daemon = Daemon(site.config)
+    try:
+        assert daemon.open_stores() is True
+    finally:
+        daemon.close_stores()
+    aside = sorted(path.parent.glob("cache.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0] not in older, aside
+    assert aside[0].stat().st_size == 4097  # the newest damaged copy, kept for diagnosis
+    assert path.exists()  # and a new cache in its place
+
+
 # -- the journal: full disk (stand-in) ------------------------------------------------------------
 
 def _fill_journal(gate: Gate) -> int:
