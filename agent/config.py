@@ -119,6 +119,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "delta_interval_s": Option((float, int), 30.0, _between(1, 86400)),
         "refresh_interval_s": Option((float, int), 300.0, _between(10, 86400)),
         "full_resync_at": Option(str, "04:00"),
+        "full_resync_retry_s": Option((float, int), 30.0, _between(1, 3600)),
         "max_cache_age_s": Option((float, int), 3600.0, _between(10, 30 * 86400)),
     },
     "status": {

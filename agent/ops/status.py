@@ -99,7 +99,8 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("fail", "cache_unreadable", "ticket cache cannot be opened by this service, "
                    f"every code is refused until it can: {cache['unreadable']}"))
     if cache.get("degraded"):
-        add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"))
+        add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"
+                   + _rebuild_tries(snap.get("jobs") or {})))
     events = cache.get("events") or []
     if not cache.get("unreadable") and not any(e.get("items") for e in events):
         add(Reason("fail", "cache_empty", "no tickets synced yet: every code is refused "
@@ -177,6 +178,14 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons
+
+
+def _rebuild_tries(jobs: dict[str, Any]) -> str:
+    """What the rebuild's own job says when it has been failing: its error and next try."""
+    job = jobs.get("initial_resync") or jobs.get("full_resync") or {}
+    if not job.get("last_error"):
+        return ""
+    return f"; the last try failed ({job['last_error']}), next try {job.get('next_run')}"
 
 
 def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:

@@ -288,10 +288,13 @@ class Daemon:
                                    first_in=0.2)
             self.jobs.add_interval("delta", self._delta_job, s["delta_interval_s"],
                                    first_in=1.5)
-            self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"])
+            # A failed full resync is tried again soon (sync.full_resync_retry_s, doubling),
+            # not the next night: after a damaged cache the gate has no tickets until it works.
+            retry = s["full_resync_retry_s"]
+            self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"],
+                                retry_s=retry)
             if resync_now:
-                self.jobs.add_interval("initial_resync", self._initial_resync_job, 10 ** 6,
-                                       first_in=0.5)
+                self.jobs.add_once("initial_resync", self._full_job, first_in=0.5, retry_s=retry)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -323,10 +326,6 @@ class Daemon:
         assert self.syncer is not None
         await self.syncer.full_resync()
         self.cache_degraded = None
-
-    async def _initial_resync_job(self) -> None:
-        await self._full_job()
-        self.jobs.scheduler.remove_job("initial_resync")
 
     def _reload_lane_caches(self) -> None:
         for runner in self.lanes.values():

@@ -6,6 +6,11 @@ nightly at `sync.full_resync_at`, journal pruning hourly. Every job: coalesce, o
 time, a generous misfire grace. Job bodies are plain coroutines (tested directly); this module
 only wires them and keeps their health: a failure is logged once when it starts and once when
 the job recovers, and is visible in status.
+
+A job that runs rarely (the nightly full resync; the one-shot rebuild of a damaged cache at
+start) is given a retry delay: after a failed run it runs again that much later, doubling
+after each failure in a row up to RETRY_CAP_S, instead of waiting for its next day (or, for
+a one-shot, for ever). Interval jobs need none: their next run is never far.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.core.codes import epoch_iso, utc_iso
@@ -28,6 +34,8 @@ from agent.errors import ConfigError
 log = logging.getLogger(__name__)
 
 JobBody = Callable[[], Awaitable[Any]]
+
+RETRY_CAP_S = 600.0  # the longest wait between retries of a failing job (or its retry_s)
 
 
 @dataclass
@@ -41,11 +49,20 @@ class JobHealth:
     last_run: float | None = None
     running: bool = False
     rerun: bool = False  # asked to run again while running: once more when this run ends
+    retry_s: float | None = None  # after a failed run, run again this much later (doubling)
+    failed_in_a_row: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         times = ("failing_since", "last_success", "last_run")
         return {k: epoch_iso(v) if k in times else v for k, v in self.__dict__.items()
-                if k not in ("running", "rerun")}
+                if k not in ("running", "rerun", "retry_s", "failed_in_a_row")}
+
+    def retry_delay(self) -> float:
+        """Seconds until the next try of a failing job with `retry_s`: retry_s after the first
+        failure, doubling after each one in a row, at most RETRY_CAP_S (or retry_s if longer)."""
+        assert self.retry_s is not None
+        return min(self.retry_s * 2 ** max(0, self.failed_in_a_row - 1),
+                   max(self.retry_s, RETRY_CAP_S))
 
 
 class Jobs:
@@ -61,20 +78,45 @@ class Jobs:
         self._add(name, body, IntervalTrigger(seconds=seconds),
                   datetime.now().astimezone() + timedelta(seconds=first_in))
 
-    def add_daily(self, name: str, body: JobBody, hhmm: str) -> None:
+    def add_daily(self, name: str, body: JobBody, hhmm: str,
+                  retry_s: float | None = None) -> None:
         try:
             hour, minute = (int(x) for x in hhmm.split(":"))
             trigger = CronTrigger(hour=hour, minute=minute)
         except ValueError:
             raise ConfigError(f"must be HH:MM, got {hhmm!r}", key="sync.full_resync_at") from None
-        self._add(name, body, trigger, None)
+        self._add(name, body, trigger, None, retry_s)
 
-    def _add(self, name: str, body: JobBody, trigger: Any, first: datetime | None) -> None:
-        self.health[name] = JobHealth(name)
+    def add_once(self, name: str, body: JobBody, first_in: float, retry_s: float) -> None:
+        """A job that runs until one run succeeds (tried again after `retry_s`, doubling)."""
+        self._add(name, body, self._at(first_in), None, retry_s)
+
+    @staticmethod
+    def _at(seconds: float) -> DateTrigger:
+        return DateTrigger(run_date=datetime.now().astimezone() + timedelta(seconds=seconds))
+
+    def _add(self, name: str, body: JobBody, trigger: Any, first: datetime | None,
+             retry_s: float | None = None) -> None:
+        self.health[name] = JobHealth(name, retry_s=retry_s)
         kwargs: dict[str, Any] = {"id": name, "name": name, "replace_existing": True}
         if first is not None:
             kwargs["next_run_time"] = first
         self.scheduler.add_job(self._guarded(name, body), trigger, **kwargs)
+
+    def _retry_later(self, name: str, run: JobBody) -> None:
+        """After a failed run of a job with a retry delay: its next run that much later. A
+        recurring job's next run is brought forward (its trigger takes over again after the
+        run); a one-shot, which APScheduler dropped when it started, is added again."""
+        health = self.health[name]
+        delay = health.retry_delay()
+        when = datetime.now().astimezone() + timedelta(seconds=delay)
+        job = self.scheduler.get_job(name)
+        if job is None:
+            self.scheduler.add_job(run, self._at(delay), id=name, name=name,
+                                   replace_existing=True)
+        elif job.next_run_time is None or job.next_run_time > when:
+            job.modify(next_run_time=when)
+        log.info("job %s: trying again in %.0f s", name, delay)
 
     def _guarded(self, name: str, body: JobBody) -> JobBody:
         async def run() -> None:
@@ -83,7 +125,13 @@ class Jobs:
             try:
                 while True:  # asked again while running (`run_now`): once more, same instance
                     health.rerun = False
-                    if not await self._run_once(health, body) or not health.rerun:
+                    if not await self._run_once(health, body):
+                        return
+                    if health.retry_s is not None and health.failed_in_a_row \
+                            and self.scheduler.running:
+                        self._retry_later(name, run)
+                        return
+                    if not health.rerun:
                         return
             finally:
                 health.running = False
@@ -106,6 +154,7 @@ class Jobs:
             return False
         except Exception as exc:  # noqa: BLE001 - a job failure must never kill the daemon
             health.failures += 1
+            health.failed_in_a_row += 1
             health.last_error = str(exc)
             if health.failing_since is None:
                 health.failing_since = time.time()
@@ -114,6 +163,7 @@ class Jobs:
         if health.failing_since is not None:
             log.info("job %s recovered after %.0f s", name, time.time() - health.failing_since)
         health.failing_since = None
+        health.failed_in_a_row = 0
         health.last_error = None
         health.last_success = time.time()
         return True

@@ -59,6 +59,76 @@ def test_jobs_are_wired_once_with_coalesce_and_log_failure_and_recovery_once(cap
     assert "job delta recovered" in mine[1].getMessage()
 
 
+
+def test_a_one_shot_job_is_tried_again_with_growing_waits_until_it_succeeds():
+    """The rebuild of a damaged cache at start: a failed try is not the last one."""
+    async def go():
+        jobs = Jobs()
+        tries: list[float] = []
+        done = asyncio.Event()
+
+        async def rebuild() -> None:
+            tries.append(asyncio.get_running_loop().time())
+            if len(tries) <= 3:
+                raise RuntimeError("platform unreachable")
+            done.set()
+
+        jobs.add_once("initial_resync", rebuild, first_in=0.01, retry_s=0.2)
+        jobs.start()
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.5)  # and nothing more after its success
+            return tries, jobs.get_status()["initial_resync"], jobs.scheduler.get_job(
+                "initial_resync")
+        finally:
+            jobs.shutdown()
+
+    tries, status, job = asyncio.run(go())
+    assert len(tries) == 4 and job is None
+    waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert 0.18 <= waits[0] < waits[1] < waits[2], waits  # 0.2, 0.4, 0.8 s
+    assert waits[2] >= 0.75
+    assert status["failures"] == 3 and status["last_error"] is None
+    assert status["failing_since"] is None and status["next_run"] is None
+
+
+def test_a_failed_daily_job_runs_again_soon_then_keeps_its_daily_time():
+    async def go():
+        jobs = Jobs()
+        tries = 0
+        done = asyncio.Event()
+
+        async def full() -> None:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                raise RuntimeError("platform unreachable")
+            done.set()
+
+        jobs.add_daily("full_resync", full, "04:00", retry_s=0.2)
+        jobs.start()
+        try:
+            before = jobs.get_status()["full_resync"]["next_run"]
+            jobs.run_now("full_resync")  # as `gate-agent sync --full` asks a running daemon
+            await asyncio.sleep(0.1)
+            after_failure = jobs.get_status()["full_resync"]
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.05)
+            return before, after_failure, jobs.get_status()["full_resync"]
+        finally:
+            jobs.shutdown()
+
+    before, after_failure, after = asyncio.run(go())
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    assert after_failure["last_error"] == "platform unreachable"
+    assert _utc(after_failure["next_run"]) < soon  # not the next 04:00
+    assert after["last_error"] is None and after["next_run"] == before  # the next 04:00
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def test_a_bad_full_resync_time_names_the_key():
     with pytest.raises(ConfigError, match="sync.full_resync_at"):
         Jobs().add_daily("full_resync", lambda: None, "25:99")  # type: ignore[arg-type]

@@ -60,6 +60,7 @@ ids = [{demo_data.EVENT_ID}]
 [sync]
 upload_interval_s = 0.5
 delta_interval_s = 2.0
+full_resync_retry_s = 1.0
 
 [status]
 listen = "{listen}"

@@ -196,6 +196,36 @@ def test_damaged_cache_starts_degraded_and_rebuilds(site: Site) -> None:
     assert journal_before  # the journal file was never replaced
 
 
+
+def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answers(
+        site: Site) -> None:
+    """Started with a damaged cache while the platform fails: the gate has no tickets, so its
+    rebuild is tried again (`sync.full_resync_retry_s`), not the next night."""
+    daemon = site.daemon().start()
+    daemon.wait_ready()
+    wait_synced(daemon)
+    assert daemon.stop() == 0
+    (site.store / "cache.db").write_bytes(b"garbage" * 1000)
+    site.sandbox.set_faults(error_rate=1.0)  # every platform request: 500
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        _wait(lambda: (daemon.status()["jobs"].get("initial_resync") or {}).get("failures", 0)
+              >= 2, timeout=30)
+        failing = daemon.status()
+        assert failing["cache"]["degraded"]
+        rebuilding = [r for r in failing["reasons"] if r["code"] == "cache_rebuilding"]
+        assert rebuilding and "the last try failed" in rebuilding[0]["message"], rebuilding
+        site.sandbox.clear_faults()
+        _wait(lambda: not daemon.status()["cache"]["degraded"], timeout=30)
+        report = wait_synced(daemon)
+        assert report["jobs"]["initial_resync"]["last_error"] is None
+        send_scan(site.root / "exit.sock", C["valid"])
+        daemon.wait_decisions(1)
+    finally:
+        assert daemon.stop() == 0
+
+
 def _leaves(node, path=""):
     if isinstance(node, dict):
         for key, value in node.items():
