@@ -63,7 +63,8 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if journal.get("error"):
         add(Reason("fail", "journal_unavailable",
                    f"scan journal cannot be written ({journal['error']}); every scan is refused "
-                   "— free disk space or fix permissions of store.dir"))
+                   "— free disk space or fix permissions of store.dir, then restart the service "
+                   "(a journal that failed to open at start is not tried again)"))
     lanes = snap.get("lanes") or []
     unjournaled = [lane for lane in lanes if lane.get("journal_error")]
     if unjournaled and not journal.get("error"):
