@@ -354,6 +354,9 @@ class Daemon:
             if self.status_cache:
                 self.status_cache.close()
             do_swap()
+            # The file is now the rebuilt, checked cache: a gate that ran on an in-memory one
+            # (store.dir was not writable at start) takes it, and recovers by itself.
+            self.cache_in_memory = False
             for runner in runners:
                 runner.gate.cache = self._open_cache(check=False)
             self.status_cache = self._open_cache(check=False)
@@ -491,6 +494,7 @@ class Daemon:
         interval = watchdog_interval()
         period = interval or 5.0
         while not self.stop_event.is_set():
+            self.jobs.follow_clock()  # a wall-clock step (NTP at boot) must not stall the jobs
             stalled = [n for n, r in self.lanes.items()
                        if time.monotonic() - r.heartbeat > 3 * period + 2]
             if interval and not stalled:

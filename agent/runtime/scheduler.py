@@ -11,6 +11,12 @@ A job that runs rarely (the nightly full resync; the one-shot rebuild of a damag
 start) is given a retry delay: after a failed run it runs again that much later, doubling
 after each failure in a row up to RETRY_CAP_S, instead of waiting for its next day (or, for
 a one-shot, for ever). Interval jobs need none: their next run is never far.
+
+APScheduler plans on the wall clock, which a gate without a real-time clock sees step by
+hours when NTP first answers. No run is dropped for being late (no misfire grace: a late run
+runs once, coalesced; with a grace, a one-shot late by more than it was deleted unrun), and
+`follow_clock` (called by the daemon's watchdog) re-plans every job after a step, so a step
+back does not hold the interval jobs for as long as the step.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 JobBody = Callable[[], Awaitable[Any]]
 
 RETRY_CAP_S = 600.0  # the longest wait between retries of a failing job (or its retry_s)
+CLOCK_STEP_S = 30.0  # wall and monotonic clocks apart by more than this: the wall clock stepped
 
 
 @dataclass
@@ -70,8 +77,9 @@ class Jobs:
 
     def __init__(self) -> None:
         self.scheduler = AsyncIOScheduler(job_defaults={
-            "coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.health: dict[str, JobHealth] = {}
+        self._clocks = (time.time(), time.monotonic())
 
     def add_interval(self, name: str, body: JobBody, seconds: float,
                      first_in: float = 0.5) -> None:
@@ -182,7 +190,31 @@ class Jobs:
         if job is not None:
             job.modify(next_run_time=datetime.now().astimezone())
 
+    def follow_clock(self) -> bool:
+        """Re-plan every job if the wall clock stepped since the last call (True then): a
+        daily job at its next time of day from now, every other job (and a pending retry) at
+        once. Without this a step back of an hour holds every job for an hour; a step forward
+        only makes them late (they run at once, coalesced)."""
+        wall, mono = time.time(), time.monotonic()
+        last_wall, last_mono = self._clocks
+        self._clocks = (wall, mono)
+        step = (wall - last_wall) - (mono - last_mono)
+        if abs(step) <= CLOCK_STEP_S or not self.scheduler.running:
+            return False
+        log.warning("the wall clock stepped %+.0f s: re-planning the jobs", step)
+        now = datetime.now().astimezone()
+        for job in self.scheduler.get_jobs():
+            health = self.health.get(job.id)
+            retrying = health is not None and health.failed_in_a_row > 0
+            # A daily job keeps its time of day; every other job (an interval trigger would
+            # take its start date, an hour ahead after a step back) and a retry run now.
+            daily = isinstance(job.trigger, CronTrigger) and not retrying
+            job.modify(next_run_time=job.trigger.get_next_fire_time(None, now) if daily
+                       else now)
+        return True
+
     def start(self) -> None:
+        self._clocks = (time.time(), time.monotonic())
         self.scheduler.start()
 
     def shutdown(self) -> None:

@@ -32,6 +32,7 @@ from agent import demo_data
 from agent.config import Config
 from agent.errors import CacheCorrupt, JournalUnavailable
 from agent.ops.status import evaluate
+from agent.platform.sync import swap_in
 from agent.runtime.daemon import Daemon
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.lane import manual_scan
@@ -366,6 +367,43 @@ def test_read_only_store_dir_starts_refusing_with_an_alarm(tmpfs: Path) -> None:
         assert report["health"] == "fail" and "journal_unavailable" in codes
         said = next(r["message"] for r in report["reasons"] if r["code"] == "journal_unavailable")
         assert "then restart the service" in said  # it is opened only at start
+    finally:
+        for r in daemon.lanes.values():
+            r.stop()
+        daemon.close_stores()
+
+
+
+@needs_tmpfs
+def test_a_gate_on_an_in_memory_cache_takes_the_rebuilt_file_once_the_disk_is_back(
+        tmpfs: Path, tmp_path: Path) -> None:
+    """Damaged cache, store.dir read-only at start: the gate runs on an empty in-memory cache.
+    Once the disk is writable the rebuild's swap puts a checked file in place, and the lanes
+    must read it (they reopened ':memory:' before, and kept refusing every ticket)."""
+    site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
+    live = site.config.store_dir / "cache.db"
+    good = tmp_path / "rebuilt.db"
+    cache = TicketCache(live)
+    cache.checkpoint()
+    cache.close()
+    good.write_bytes(live.read_bytes())  # what the full resync will have built
+    live.write_bytes(b"garbage" * 1000)
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    daemon = Daemon(site.config)
+    lane = site.config.lane("north-in")
+    try:
+        daemon.open_stores()
+        assert daemon.cache_in_memory
+        daemon.start_lanes(site.config.lanes)
+        gate = daemon.lanes["north-in"].gate
+        assert gate.check(C["valid"], lane, site.now).detail == "cacheEmpty"
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+        new = live.with_name("cache.db.new")
+        new.write_bytes(good.read_bytes())
+        daemon._swap_cache(lambda: swap_in(new, live))  # the full resync's swap hook
+        assert not daemon.cache_in_memory
+        assert gate.check(C["valid"], lane, site.now).admit
+        assert daemon.status_cache is not None and daemon.status_cache.path == live
     finally:
         for r in daemon.lanes.values():
             r.stop()

@@ -48,7 +48,7 @@ def test_jobs_are_wired_once_with_coalesce_and_log_failure_and_recovery_once(cap
             jobs.shutdown()
 
     wiring, status = asyncio.run(go())
-    assert wiring == (True, 1, 300)
+    assert wiring == (True, 1, None)  # a late run still runs (once): no misfire grace
     delta = status["delta"]
     assert delta["failures"] == 3 and delta["runs"] == 5 and delta["failing_since"] is None
     assert delta["last_error"] is None and delta["last_success"] is not None
@@ -123,6 +123,79 @@ def test_a_failed_daily_job_runs_again_soon_then_keeps_its_daily_time():
     assert after_failure["last_error"] == "platform unreachable"
     assert _utc(after_failure["next_run"]) < soon  # not the next 04:00
     assert after["last_error"] is None and after["next_run"] == before  # the next 04:00
+
+
+
+def test_a_retry_found_an_hour_late_still_runs():
+    """A wall-clock step forward (NTP at boot on a gate without a real-time clock) finds the
+    rebuild's retry an hour late; with a misfire grace APScheduler deleted it unrun."""
+    async def go():
+        jobs = Jobs()
+        ran = asyncio.Event()
+
+        async def rebuild() -> None:
+            ran.set()
+
+        jobs.add_once("initial_resync", rebuild, first_in=0.01, retry_s=30)
+        jobs.scheduler.get_job("initial_resync").modify(
+            next_run_time=datetime.now().astimezone() - timedelta(hours=1))
+        jobs.start()
+        try:
+            await asyncio.wait_for(ran.wait(), 10)
+        finally:
+            jobs.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_wall_clock_step_back_replans_the_jobs():
+    """The scheduler plans on the wall clock; after a step back of an hour every job's next
+    run is an hour away. The system clock cannot be stepped in a test: the jobs are put in the
+    state such a step leaves them in, and the watchdog's clock pair is aged by the same hour."""
+    async def go():
+        jobs = Jobs()
+        counts = {"delta": 0, "full_resync": 0, "retrying": 0}
+        delta_ran = asyncio.Event()
+
+        async def delta() -> None:
+            counts["delta"] += 1
+            delta_ran.set()
+
+        async def full() -> None:
+            counts["full_resync"] += 1
+
+        async def failing() -> None:
+            counts["retrying"] += 1
+            raise RuntimeError("platform unreachable")
+
+        jobs.add_interval("delta", delta, seconds=0.05, first_in=0.01)
+        jobs.add_daily("full_resync", full, "04:00", retry_s=5)
+        jobs.add_daily("nightly", failing, "04:00", retry_s=3600)
+        jobs.start()
+        try:
+            await asyncio.wait_for(delta_ran.wait(), 10)
+            jobs.run_now("nightly")
+            await asyncio.sleep(0.2)  # failed once: its retry is an hour away
+            assert counts["retrying"] == 1
+            daily = jobs.scheduler.get_job("full_resync").next_run_time
+            later = datetime.now().astimezone() + timedelta(hours=1)
+            jobs.scheduler.get_job("delta").modify(next_run_time=later)
+            assert jobs.follow_clock() is False  # no step: nothing re-planned
+            wall, mono = jobs._clocks
+            jobs._clocks = (wall + 3600, mono)  # the wall clock went back an hour since
+            delta_ran.clear()
+            before = counts["delta"]
+            assert jobs.follow_clock() is True
+            await asyncio.wait_for(delta_ran.wait(), 10)
+            await asyncio.sleep(0.2)
+            return before, counts, daily, jobs.scheduler.get_job("full_resync").next_run_time
+        finally:
+            jobs.shutdown()
+
+    before, counts, daily, daily_after = asyncio.run(go())
+    assert counts["delta"] > before  # ran again at once, not in an hour
+    assert counts["retrying"] == 2  # the pending retry ran at once too
+    assert counts["full_resync"] == 0 and daily_after == daily  # the daily one keeps 04:00
 
 
 def _utc(text: str) -> datetime:
