@@ -95,6 +95,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.server: uvicorn.Server | None = None
         self.listen_address: str | None = None
+        self.status_error: str | None = None  # the status endpoint cannot listen (retrying)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bus: VenueBus | None = None  # the venue bus, with [venue] only
         self._lane_events: PassageLog | None = None  # alarms and releases: lane_event_log()
@@ -460,6 +461,7 @@ class Daemon:
                        self.uploader.status.as_dict() if self.uploader else None),
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
+            "status_error": self.status_error,
             "pairings_error": self.pairings_error,
             "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
             "emergency": self.emergency.get_status(),
@@ -471,12 +473,32 @@ class Daemon:
         return snap
 
     async def serve_status(self) -> None:
+        """The status endpoint. A port held by something else must not keep the gate down
+        (the service would restart every 2 s, lanes and all): the gate runs without it,
+        says so (`status_unavailable` in systemd's status line and the log) and tries the
+        port again every STATUS_RETRY_S."""
         host, port = split_listen(self.config.status["listen"], self.config.status["token"])
         app = build_app(self.report, self.metrics.render, self.config.status["token"],
                         lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        while True:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+                break
+            except OSError as exc:
+                sock.close()
+                if self.status_error is None:
+                    log.error("status endpoint: cannot listen on %s:%s (%s); the gate runs "
+                              "without it and tries again every %.0f s", host, port,
+                              exc.strerror, STATUS_RETRY_S)
+                self.status_error = f"cannot listen on {host}:{port} ({exc.strerror})"
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=STATUS_RETRY_S)
+                return
+            except TimeoutError:
+                pass
+        self.status_error = None
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
         # 0600 like every other file of store.dir (was the umask's mode);
@@ -650,9 +672,9 @@ class Daemon:
             self._loop.add_signal_handler(sig, self.stop_event.set)
         self._loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = asyncio.create_task(self.serve_status(), name="status server")
-        while self.server is None or not self.server.started:
+        while (self.server is None or not self.server.started) and self.status_error is None:
             if server.done():
-                server.result()  # raises the bind error
+                server.result()  # raises what is not a bind error
             await asyncio.sleep(0.02)
         watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
         beats = None
@@ -701,6 +723,8 @@ class _StatusServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+
+STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
 
 # A lane thread waking from its fsync must take the GIL back from whatever the loop thread is
 # doing (parsing a 1000-item sync page, say); CPython hands it over only every switch

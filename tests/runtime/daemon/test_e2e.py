@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import httpx
@@ -223,6 +224,35 @@ def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answer
         send_scan(site.root / "exit.sock", C["valid"])
         daemon.wait_decisions(1)
     finally:
+        assert daemon.stop() == 0
+
+
+
+def test_a_taken_status_port_leaves_the_gate_deciding_and_is_tried_again(site: Site) -> None:
+    """Another process holds status.listen's port: the gate must not go down with it (it
+    restarted every 2 s under systemd, lanes and all); the endpoint comes up once it is free."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    site.write_config(listen=f"127.0.0.1:{port}")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_for(lambda r: r.get("msg", "").startswith("gate-agent ")
+                        and " ready: " in r.get("msg", ""), 20, "ready message")
+        said = [r["msg"] for r in daemon.records if "cannot listen" in r.get("msg", "")]
+        assert said and f"127.0.0.1:{port}" in said[0], said
+        assert not (site.store / "status.addr").exists()
+        send_scan(site.root / "exit.sock", C["valid"])
+        daemon.wait_decisions(1)  # the gate decides meanwhile
+        holder.close()
+        _wait(lambda: (site.store / "status.addr").exists(), timeout=30)
+        report = daemon.status()
+        assert report["status_error"] is None
+        assert "status_unavailable" not in [r["code"] for r in report["reasons"]]
+    finally:
+        holder.close()
         assert daemon.stop() == 0
 
 
