@@ -33,7 +33,7 @@ REASON_CODES = (
     "platform_unreachable", "no_token", "venue_unreachable", "venue_conflicts", "job_failing",
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
-    "passage_input", "cache_unreadable", "status_unavailable",
+    "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
 )
 
 
@@ -65,6 +65,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    f"scan journal cannot be written ({journal['error']}); every scan is refused "
                    "— free disk space or fix permissions of store.dir, then restart the service "
                    "(a journal that failed to open at start is not tried again)"))
+    if snap.get("reload_error"):
+        add(Reason("warn", "config_not_applied", "the configuration file is not in force "
+                   f"(last reload refused): {snap['reload_error']}"))
     if snap.get("status_error"):
         add(Reason("warn", "status_unavailable", f"status endpoint {snap['status_error']}: "
                    "the gate runs without it and tries again every few seconds; free the "

@@ -90,6 +90,7 @@ class Daemon:
         self.pushed_token: str | None = None  # a newer one given over the control socket
         self.control: ControlServer | None = None
         self.pairings_error: str | None = None
+        self.reload_error: str | None = None  # why the last SIGHUP was refused (status)
         self.cache_unreadable: str | None = None  # cache.db not ours (owner/mode), kept as is
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
@@ -462,7 +463,7 @@ class Daemon:
             "sync": self.syncer.progress.as_dict() if self.syncer else None,
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "status_error": self.status_error,
-            "pairings_error": self.pairings_error,
+            "pairings_error": self.pairings_error, "reload_error": self.reload_error,
             "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
             "emergency": self.emergency.get_status(),
         }
@@ -550,10 +551,12 @@ class Daemon:
         try:
             fresh = load_config(self.config.path)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            self._refuse_reload(f"{exc} — the service would not start with this file: fix it, "
+                                "then reload")
             return
         wanted = self._reload_pairings(fresh)
         if wanted is None:
+            self.reload_error = "[[lanes]] changed but devices.json cannot be read"
             return
         if fresh.venue != self.config.venue:
             log.warning("[venue] changed: it takes effect at the next restart; the running "
@@ -562,10 +565,13 @@ class Daemon:
         plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
                            wanted)
         if plan.refused:
+            self.reload_error = plan.refused
             log.error("%s", plan.refused)
             return
         if not self._reload_token(fresh, plan.changed):
+            self.reload_error = "the new token source gives no token (see the log)"
             return
+        self.reload_error = None
         for name in plan.stop_lanes:
             runner = self.lanes.pop(name)
             runner.stop()
@@ -581,6 +587,10 @@ class Daemon:
         self._swap_emergency(self._emergency_url(fresh))
         log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
                  ", ".join(plan.changed) or "nothing")
+
+    def _refuse_reload(self, why: str) -> None:
+        self.reload_error = why
+        log.error("reload refused, keeping the running configuration: %s", why)
 
     def _reload_pairings(self, fresh: Config) -> tuple[LaneConfig, ...] | None:
         """The fresh lanes with their paired devices. An unreadable devices.json (a `sudo`

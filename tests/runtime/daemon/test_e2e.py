@@ -121,6 +121,17 @@ readers = ["sim:floor?socket={site.root / 'floor.sock'}"]
     assert floor["admit"] and floor["direction"] == "in"
     entry = [d for d in daemon.decisions() if d["lane"] == "entry"]
     assert [d["status"] for d in entry] == ["valid"] + ["alreadyIn"] * 4
+    # A file that does not load is refused, and status says so (the next start would fail).
+    good = site.config.read_text()
+    site.config.write_text(good.replace("[status]", "[status]\nno_such_key = 1", 1))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda r: "reload refused" in r.get("msg", ""), what="refusal")
+    said = {r["code"]: r["message"] for r in daemon.status()["reasons"]}
+    assert "no_such_key" in said.get("config_not_applied", ""), said
+    site.config.write_text(good)
+    daemon.signal(signal.SIGHUP)
+    _wait(lambda: "config_not_applied" not in
+          [r["code"] for r in daemon.status()["reasons"]])
     assert daemon.stop() == 0
 
 
