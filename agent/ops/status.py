@@ -144,7 +144,8 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if auth:
         said = platform.get("last_error") if link_refused else upload.get("last_error")
         add(Reason("warn", "auth_failed", f"the platform refuses this gate: {said}; "
-                   "renew the token (`gate-agent login`) and reload"))
+                   "renew the token with `gate-agent login` (taken at once; under systemd a token "
+                   "file edited by hand is read at the next restart, not on reload)"))
     if platform.get("rate_limited_until"):
         add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
                    "for the window (other devices of the company share it)"))

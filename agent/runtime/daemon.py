@@ -634,6 +634,13 @@ class Daemon:
             log.info("platform token kept: the one given by `gate-agent login` is newer than "
                      "the credential this service was started with")
             return True
+        if token == self.start_token and self.pushed_token is None:
+            # Under systemd the credential is systemd's copy taken at start: a token file
+            # edited since is not what this read gives. Say so rather than "reloaded".
+            log.info("platform token unchanged%s", " (systemd's credential is copied at "
+                     "start: restart the service, or use `gate-agent login`)"
+                     if os.environ.get("CREDENTIALS_DIRECTORY") else "")
+            return True
         self.start_token, self.pushed_token = token, None
         self.client.set_token(token)
         log.info("platform token reloaded")

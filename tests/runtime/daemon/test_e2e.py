@@ -113,6 +113,8 @@ readers = ["sim:floor?socket={site.root / 'floor.sock'}"]
         time.sleep(0.35)  # past the debounce: five real attempts
     daemon.signal(signal.SIGHUP)
     daemon.wait_for(lambda r: "configuration reloaded" in r.get("msg", ""), what="reload")
+    # the token file did not change: not reported as "reloaded"
+    assert any(r.get("msg") == "platform token unchanged" for r in daemon.records)
     _wait(lambda: len([d for d in daemon.decisions() if d["lane"] == "entry"]) == 5)
     names = {lane["name"]: lane for lane in daemon.status()["lanes"]}
     assert set(names) == {"entry", "exit", "floor"} and names["exit"]["direction"] == "auto"
