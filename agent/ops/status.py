@@ -195,13 +195,17 @@ def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],
     if not error:
         return None
     where = f"lane(s) {', '.join(str(lane.get('name')) for lane in failing)}" if failing \
-        else "status"
-    plan = cache.get("degraded") or ("restart the service: a damaged cache is moved aside at "
-                                     "start and rebuilt")
+        else "status's own read"
+    degraded = cache.get("degraded")
+    if degraded and str(error) in degraded:  # the daemon's plan already names the error
+        said = degraded
+    else:
+        said = f"{error}; " + (degraded or "restart the service: a damaged cache is moved "
+                               "aside at start and rebuilt")
     return Reason("fail", "cache_read_failed",
-                  f"ticket cache failed while running, read by {where} ({error}); every code is "
-                  f"refused (cacheUnavailable): {plan}{_rebuild_tries(jobs)} — if it fails "
-                  "again, check the disk (`dmesg`, free space in store.dir)")
+                  f"ticket cache unreadable: every code is refused (cacheUnavailable) "
+                  f"on {where}: {said}{_rebuild_tries(jobs)} — if it fails again, check the "
+                  "disk (`dmesg`, free space in store.dir)")
 
 
 def _rebuild_tries(jobs: dict[str, Any]) -> str:

@@ -98,6 +98,12 @@ def test_a_cache_damaged_while_running_refuses_journals_and_alarms(site: DemoSit
         assert "restart the service" in said  # no loop, no jobs here: nothing rebuilds it
         lane = next(lane for lane in report["lanes"] if lane["name"] == "north-in")
         assert "malformed" in lane["cache_error"]
+        # what the loop would run: this demo gate has no platform link, so nothing to schedule
+        assert daemon.syncer is None
+        daemon._rebuild_failed_cache(runner.gate.cache_error)
+        assert "initial_resync" not in daemon.jobs.get_status()
+        said = _reasons(daemon.report())["cache_read_failed"]
+        assert "restart the service" in said and "sync --full" in said
     finally:
         for r in daemon.lanes.values():
             r.stop()
@@ -175,12 +181,14 @@ def test_the_engine_never_admits_when_the_cache_could_not_be_read(site: DemoSite
 def test_status_says_a_failed_read_instead_of_an_empty_cache() -> None:
     now = datetime.now(UTC)
     snap = {"cache": {"read_failed": "ticket cache x cannot be read (malformed)",
-                      "degraded": "the cache failed while running (malformed); rebuilding"},
+                      "degraded": "the cache failed while running (ticket cache x cannot be "
+                                  "read (malformed)); rebuilding"},
             "journal": {}, "lanes": [], "jobs": {}}
     health, reasons = evaluate(snap, now, 3600)
     codes = [r.code for r in reasons]
     assert health == "fail" and codes == ["cache_read_failed"], codes
-    assert "rebuilding" in reasons[0].message and "by status" in reasons[0].message
+    assert "rebuilding" in reasons[0].message and "status's own read" in reasons[0].message
+    assert reasons[0].message.count("malformed") == 1
     snap["cache"] = {"events": [{"id": 1, "items": 5, "last_sync": None}]}
     snap["lanes"] = [{"name": "a", "cache_error": "ticket cache x cannot be read (io)"}]
     codes = [r.code for r in evaluate(snap, now, 3600)[1]]
