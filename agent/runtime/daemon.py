@@ -381,14 +381,15 @@ class Daemon:
         error = error or "a read of the ticket cache failed"
         if self.cache_degraded or self.cache_in_memory:
             return  # a rebuild is already due (or said to be impossible), or nothing on disk
-        log.error("%s: rebuilding it", error)
         if self.syncer is None or self.role is not None:  # no platform jobs of this gate
             source = "the venue catalog" if self.role is not None else \
                 "`gate-agent sync --full` or `gate-agent import`"
             self.cache_degraded = (f"the cache failed while running ({error}); restart the "
                                    f"service: it is moved aside and refilled from {source}")
+            log.error("%s", self.cache_degraded)
             return
         self.cache_degraded = f"the cache failed while running ({error}); rebuilding"
+        log.error("%s", self.cache_degraded)
         self.jobs.add_once("initial_resync", self._full_job, first_in=0.5,
                            retry_s=self.config.sync["full_resync_retry_s"])
 
