@@ -10,6 +10,7 @@ specific message (naming the config key, the device or the file) and never a tra
     ├── ControlError           the running daemon's control socket refused or failed
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
+    │   ├── CacheUnavailable   a read of the open cache failed while running: refuse, rebuild
     │   └── JournalUnavailable the journal cannot be written: the gate must not admit
     ├── DriverError            hardware trouble
     │   └── DriverUnavailable  a driver's library or device is missing (names the URL)
@@ -86,6 +87,13 @@ class StoreError(GateAgentError):
 
 class CacheCorrupt(StoreError):
     """The ticket cache file is damaged; a full resync rebuilds it. The journal is separate."""
+
+
+class CacheUnavailable(StoreError):
+    """A read of the open ticket cache failed while the gate runs (the file was damaged under
+    it, or the disk fails). Not `CacheCorrupt` (that is found when opening the file, which is
+    then moved aside) and never `JournalUnavailable`: the journal still works, so the scan is
+    refused (`cacheUnavailable`) and that refusal is journaled; the daemon rebuilds the cache."""
 
 
 class JournalUnavailable(StoreError):

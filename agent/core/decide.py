@@ -2,32 +2,35 @@
 
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
-unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty.
+unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty,
+cacheUnavailable.
 notYetValid/noLongerValid are *messages*, not details (the platform's detail is
 outsideOfValidityPeriod for both).
 
 Rules, in the order they are applied (the first that refuses wins). Where the engine does not
 understand what the platform sent it refuses and says why; it never admits on a guess.
  1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
- 2. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode;
+ 2. the cache could not be read (damaged while running)
+                                                         -> denied/cacheUnavailable
+ 3. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode;
     cacheEmpty when no ticket at all is cached yet)
- 3. item of no event this lane serves, or the lane's zone
+ 4. item of no event this lane serves, or the lane's zone
     belongs to another event (a pinned zone not in the
     cache: the item's zone data or the lane's event_ids
     must name it)                                        -> denied/wrongEvent
- 4. direction (auto: out when inside an in/out zone, else in)
+ 5. direction (auto: out when inside an in/out zone, else in)
     out: inside                                          -> valid, exit recorded; no rule below
          applies: leaving is never refused for status, type, zone, validity or closing
          not inside (never seen in, or already out)      -> alreadyOut, recorded, gate shut
- 5. status refunded / locked                             -> denied/refunded, denied/orderLocked
+ 6. status refunded / locked                             -> denied/refunded, denied/orderLocked
     any status but sold / scanned / absent               -> denied/unknownStatus (names it)
- 6. product on a lane without products, type filtered    -> denied/typeDisabled
- 7. zone not in the item's accessToZones                 -> denied/itemDoesNotQualify
- 8. validFrom/validTo unreadable, or now outside them
+ 7. product on a lane without products, type filtered    -> denied/typeDisabled
+ 8. zone not in the item's accessToZones                 -> denied/itemDoesNotQualify
+ 9. validFrom/validTo unreadable, or now outside them
     (+ grace; a bare date is that whole day in the
     event's time zone)                                   -> denied/outsideOfValidityPeriod
- 9. zone opening/closing unreadable, or now outside them -> zoneClosed
-10. in:  already inside an in/out zone                   -> alreadyIn
+10. zone opening/closing unreadable, or now outside them -> zoneClosed
+11. in:  already inside an in/out zone                   -> alreadyIn
          entries used >= max_entries (platform scans
          without a usable time count too)                -> alreadyIn (single) / scansInExceeded
          occupancy >= capacity (attendance at the last
@@ -35,7 +38,7 @@ understand what the platform sent it refuses and says why; it never admits on a 
          admits minus exits, see agent.runtime.gate)     -> full
          minAge/maxAge without a date of birth           -> ageUnknown (or admitted, per lane)
          too young / too old                             -> tooYoung / tooOld
-11. otherwise                                            -> valid, admitted
+12. otherwise                                            -> valid, admitted
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnkn
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
            "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
-           "unknownStatus", "cacheEmpty")
+           "unknownStatus", "cacheEmpty", "cacheUnavailable")
 
 
 @dataclass(slots=True)
@@ -83,6 +86,8 @@ class Facts:
     served_events: tuple[int, ...] | None = None  # None: every event in the cache
     debounced: bool = False
     cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
+    # The cache could not be read (agent.errors.CacheUnavailable): nothing is known of the code
+    cache_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +133,10 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
 
     if facts.debounced:
         return refuse("denied", "duplicateRead", "Same code read again; ignored", record=False)
+    if facts.cache_error is not None:
+        # Not the ticket's fault either, and no guess: the staff must know the gate is blind.
+        return refuse("denied", "cacheUnavailable", "Ticket data cannot be read: this gate "
+                      "cannot check any code; please call staff")
     if not facts.candidates:
         if facts.historic_event is not None:
             replaced = refuse("denied", "historicBarcode",

@@ -34,6 +34,7 @@ REASON_CODES = (
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
+    "cache_read_failed",
 )
 
 
@@ -106,11 +107,14 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if cache.get("unreadable"):  # not damaged: only its owner or mode is wrong, kept as it is
         add(Reason("fail", "cache_unreadable", "ticket cache cannot be opened by this service, "
                    f"every code is refused until it can: {cache['unreadable']}"))
-    if cache.get("degraded"):
+    failed = cache_read_failure(cache, lanes, snap.get("jobs") or {})
+    if failed is not None:
+        add(failed)
+    elif cache.get("degraded"):
         add(Reason("warn", "cache_rebuilding", f"ticket cache: {cache['degraded']}"
                    + _rebuild_tries(snap.get("jobs") or {})))
     events = cache.get("events") or []
-    if not cache.get("unreadable") and not any(e.get("items") for e in events):
+    if not cache.get("unreadable") and failed is None and not any(e.get("items") for e in events):
         add(Reason("fail", "cache_empty", "no tickets synced yet: every code is refused "
                    "(cacheEmpty); run `gate-agent sync` or `gate-agent import`"))
     for event in events:
@@ -187,6 +191,30 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons
+
+
+def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],
+                       jobs: dict[str, Any]) -> Reason | None:
+    """The running cache could not be read (a lane's `cache_error`, or status's own read):
+    every code is refused (cacheUnavailable) until it is rebuilt. Said instead of
+    `cache_empty` (a sync into a damaged file fixes nothing) and of `cache_rebuilding` (the
+    rebuild's progress is said here, with what to do if it does not help)."""
+    failing = [lane for lane in lanes if lane.get("cache_error")]
+    error = failing[0]["cache_error"] if failing else cache.get("read_failed")
+    if not error:
+        return None
+    where = f"lane(s) {', '.join(str(lane.get('name')) for lane in failing)}" if failing \
+        else "status's own read"
+    degraded = cache.get("degraded")
+    if degraded and str(error) in degraded:  # the daemon's plan already names the error
+        said = degraded
+    else:
+        said = f"{error}; " + (degraded or "restart the service: a damaged cache is moved "
+                               "aside at start and rebuilt")
+    return Reason("fail", "cache_read_failed",
+                  f"ticket cache unreadable: every code is refused (cacheUnavailable) "
+                  f"on {where}: {said}{_rebuild_tries(jobs)} — if it fails again, check the "
+                  "disk (`dmesg`, free space in store.dir)")
 
 
 def _rebuild_tries(jobs: dict[str, Any]) -> str:

@@ -36,7 +36,13 @@ import uvicorn
 from agent import __version__
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import epoch_iso, utc_iso
-from agent.errors import CacheCorrupt, ConfigError, GateAgentError, JournalUnavailable
+from agent.errors import (
+    CacheCorrupt,
+    CacheUnavailable,
+    ConfigError,
+    GateAgentError,
+    JournalUnavailable,
+)
 from agent.files import write_private
 from agent.ops.dashboard import venue_view
 from agent.ops.heartbeat import publish_heartbeats
@@ -328,6 +334,8 @@ class Daemon:
         assert self.syncer is not None
         await self.syncer.full_resync()
         self.cache_degraded = None
+        for runner in self.lanes.values():  # their failed reads were of the file replaced
+            runner.gate.cache_error = None
 
     def _reload_lane_caches(self) -> None:
         for runner in self.lanes.values():
@@ -367,10 +375,36 @@ class Daemon:
                 runner.lock.release()
         log.info("ticket cache rebuilt and swapped in")
 
+    def _cache_failed(self, error: str | None) -> None:
+        """A read of the running cache failed (a lane refused a scan with cacheUnavailable, or
+        status could not read it): rebuild it once, as a damaged cache at start is. Thread-safe:
+        the work is done on the loop; nothing without one (no jobs to run it)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._rebuild_failed_cache, error)
+
+    def _rebuild_failed_cache(self, error: str | None) -> None:
+        error = error or "a read of the ticket cache failed"
+        if self.cache_degraded or self.cache_in_memory:
+            return  # a rebuild is already due (or said to be impossible), or nothing on disk
+        if self.syncer is None or self.role is not None:  # no platform jobs of this gate
+            source = "the venue catalog" if self.role is not None else \
+                "`gate-agent sync --full` or `gate-agent import`"
+            self.cache_degraded = (f"the cache failed while running ({error}); restart the "
+                                   f"service: it is moved aside and refilled from {source}")
+            log.error("%s", self.cache_degraded)
+            return
+        self.cache_degraded = f"the cache failed while running ({error}); rebuilding"
+        log.error("%s", self.cache_degraded)
+        self.jobs.add_once("initial_resync", self._full_job, first_in=0.5,
+                           retry_s=self.config.sync["full_resync_retry_s"])
+
     # -- decisions (called from lane threads) --------------------------------------------------
 
     def _on_decision(self, event: LaneEvent) -> None:
         d = event.result.decision
+        if d.detail == "cacheUnavailable":
+            runner = self.lanes.get(event.lane)
+            self._cache_failed(runner.gate.cache_error if runner else None)
         status = d.status if d.record else "ignored"
         self.metrics.observe(event.lane, status, event.latency_s)
         fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,
@@ -445,6 +479,9 @@ class Daemon:
         if self.status_cache is not None:
             try:
                 cache.update(self.status_cache.get_status())
+            except CacheUnavailable as exc:  # damaged under the running gate: a fail reason
+                cache["read_failed"] = str(exc)
+                self._cache_failed(str(exc))
             except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
                 cache["error"] = str(exc)
         platform: dict[str, Any] = {"disabled": self.platform_disabled,

@@ -19,7 +19,7 @@ from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.model import item_platform_scans
 from agent.core.scanstate import EMPTY, derive_state
-from agent.errors import JournalUnavailable
+from agent.errors import CacheUnavailable, JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import Journal, JournalRow, new_scan_uuid
 from agent.store.passages import await_passage
@@ -62,6 +62,9 @@ class Gate:
         self.journal_error: str | None = None if journal is not None else \
             "the scan journal could not be opened"
         self.unrecorded = 0
+        # The last failed read of the cache (None once a read succeeds again): the scan was
+        # refused (cacheUnavailable); the lane reports it, the daemon rebuilds the cache.
+        self.cache_error: str | None = None
         # Set by the lane that watches this gate's passage inputs (agent.runtime.passage):
         # only its admits wait for a passage; a manual scan opens no gate and waits for none.
         self.confirms_passage = False
@@ -93,20 +96,27 @@ class Gate:
         found: list[CachedItem] = []
         historic: int | None = None
         empty = False
-        if kind == "nfc":
-            found = self.cache.find_nfc(code)
-            if not found:
-                empty = self.cache.is_empty()
-        else:
-            found = self.cache.find_barcode(code)
-            if not found:  # one statement answers both questions a miss asks
-                historic, empty = self.cache.miss(code)
-            if not found and historic is None and (alt := normalize_nfc_id(code)):
-                found = self.cache.find_nfc(alt)
-        if kind == "nfc" and found:
-            found = _newest_per_event(found)
-        candidates = (self._candidate(found[0], lane),) if len(found) == 1 else \
-            tuple([self._candidate(hit, lane) for hit in found])
+        try:
+            if kind == "nfc":
+                found = self.cache.find_nfc(code)
+                if not found:
+                    empty = self.cache.is_empty()
+            else:
+                found = self.cache.find_barcode(code)
+                if not found:  # one statement answers both questions a miss asks
+                    historic, empty = self.cache.miss(code)
+                if not found and historic is None and (alt := normalize_nfc_id(code)):
+                    found = self.cache.find_nfc(alt)
+            if kind == "nfc" and found:
+                found = _newest_per_event(found)
+            candidates = (self._candidate(found[0], lane),) if len(found) == 1 else \
+                tuple([self._candidate(hit, lane) for hit in found])
+        except CacheUnavailable as exc:  # refused (cacheUnavailable), journaled, reported
+            self.cache_error = str(exc)
+            log.error("lane %s: %s; scan of %s refused", lane.name, exc, code)
+            return Facts(code, kind, served_events=served, debounced=debounced,
+                         cache_error=self.cache_error)
+        self.cache_error = None  # a good read: the cache works (again)
         empty = empty and not found and historic is None
         return Facts(code, kind, candidates, historic, served, debounced, empty)
 
@@ -366,6 +376,9 @@ def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
 
 
 _UNKNOWN_CODE = "unknown code: no platform item to attach it to"
+# Why a row without an event stays local, when it is not an unknown code (never uploaded:
+# the platform needs the ticket's event, which the unreadable cache could not give)
+_LOCAL_REASONS = {"cacheUnavailable": "ticket cache unreadable: the code was not looked up"}
 
 
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:
@@ -379,7 +392,7 @@ def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -
         lane=lane.name, direction=d.direction, admit=d.admit, status=d.status,
         status_detail=d.detail, message=d.message, scanned_on=utc_iso(now),
         upload_state="local" if local_only else "pending",
-        reason=_UNKNOWN_CODE if local_only else None,
+        reason=_LOCAL_REASONS.get(d.detail or "", _UNKNOWN_CODE) if local_only else None,
     )
 
 
@@ -391,7 +404,7 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
     are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS)."""
     kind, code = d.kind, d.code
     if d.event_id is None:
-        state, reason = "local", _UNKNOWN_CODE
+        state, reason = "local", _LOCAL_REASONS.get(d.detail or "", _UNKNOWN_CODE)
     else:
         state, reason = "pending", None
     return (scan_uuid, code, kind,

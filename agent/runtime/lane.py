@@ -260,6 +260,7 @@ class LaneRunner:
             "decisions_total": dict(self.totals), "queue": self.queue.qsize(),
             "heartbeat_age_s": round(now - self.heartbeat, 2),
             "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
+            "cache_error": self.gate.cache_error,
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
             "released_by": sorted(self.releases),
         }

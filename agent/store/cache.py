@@ -12,15 +12,16 @@ this cache: every write takes the next value of `seq`, so a later page of a late
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,7 +37,7 @@ from agent.core.model import (
     parse_zone,
     strip_personal,
 )
-from agent.errors import CacheCorrupt, StoreError
+from agent.errors import CacheCorrupt, CacheUnavailable, StoreError
 from agent.store import lean
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
@@ -141,6 +142,26 @@ def _stored_forms(item: Item, raw: dict[str, Any]) -> tuple[str, bytes | None]:
 def _lean_of_stored(text: str) -> bytes | None:
     """The lean form of stored JSON, parsed as a lookup of it would parse it."""
     return lean.pack(parse_item(_decode(text)))
+
+
+_Read = TypeVar("_Read", bound=Callable[..., Any])
+
+
+def _read(method: _Read) -> _Read:
+    """A read of the open cache that SQLite cannot answer (the file damaged under a running
+    gate — "database disk image is malformed" — or a failing disk) raises `CacheUnavailable`
+    naming the file: the gate refuses the scan, the journal does not take it for its own
+    failure. A closed connection (`ProgrammingError`, status asked mid-swap) is no damage
+    and stays as it is."""
+    @functools.wraps(method)
+    def reading(self: TicketCache, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise CacheUnavailable(f"ticket cache {self.path} cannot be read ({exc})") from exc
+    return reading  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -455,6 +476,7 @@ class TicketCache:
         return [r[0] for r in self.conn.execute(
             "SELECT DISTINCT event_id FROM historic_barcodes WHERE barcode = ?", (code,))]
 
+    @_read
     def miss(self, code: str) -> tuple[int | None, bool]:
         """What a barcode that matched no item needs next, in one statement: the event where
         it is a replaced barcode (the lowest, if several; None if none), and whether no item
@@ -464,6 +486,7 @@ class TicketCache:
             " NOT EXISTS (SELECT 1 FROM items)", (code,)).fetchone()
         return row[0], bool(row[1])
 
+    @_read
     def _items(self, sql: str, arg: str) -> list[CachedItem]:
         """The hits, each built from its lean form, or parsed from its JSON when that form is
         missing, stale or damaged. The JSON comes in the same row (one statement per lookup
@@ -505,6 +528,7 @@ class TicketCache:
             (z for z in self.zones(event_id) if z.is_default_entry), None)
         return found
 
+    @_read
     def zone_synced_at(self, zone_id: int) -> str | None:
         row = self.conn.execute("SELECT synced_at FROM zones WHERE id = ?", (zone_id,)).fetchone()
         return row[0] if row else None
@@ -518,6 +542,7 @@ class TicketCache:
         return {"cursor": row[0], "last_sync": row[1], "last_full": row[2],
                 "pending_cursor": row[3], "pending_end": row[4]}
 
+    @_read
     def is_empty(self) -> bool:
         """No item cached at all (nothing synced or imported yet); one indexed probe."""
         return self.conn.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
@@ -526,6 +551,7 @@ class TicketCache:
         return {e: n for e, n in self.conn.execute(
             "SELECT event_id, COUNT(*) FROM items GROUP BY event_id")}
 
+    @_read
     def get_status(self) -> dict[str, Any]:
         counts = self.item_counts()
         events = []
