@@ -40,15 +40,25 @@ async def connect(options: dict[str, Any], timeout_s: float,
     `first_connect_s`: TimeoutError, the half-made client closed, and the caller tries again.
     """
     nc = NATS()
+    last_failure = ["no answer"]
+
+    async def failed(exc: Exception) -> None:  # instead of nats-py's traceback every 0.25 s
+        last_failure[0] = f"{type(exc).__name__}: {exc}"[:200]
+        log.debug("venue leader link: %s", last_failure[0])
+
     settings: dict[str, Any] = {"connect_timeout": 2, "reconnect_time_wait": 0.25,
-                                "max_reconnect_attempts": -1, "allow_reconnect": True}
+                                "max_reconnect_attempts": -1, "allow_reconnect": True,
+                                "error_cb": failed}
     try:
         await asyncio.wait_for(nc.connect(**options, **settings), first_connect_s)
-    except BaseException:
+    except BaseException as exc:
         try:
             await asyncio.wait_for(nc.close(), 1.0)
         except Exception:  # noqa: BLE001 - closing a client that never connected
             pass
+        if isinstance(exc, TimeoutError):
+            raise TimeoutError(f"no venue node answered within {first_connect_s:g} s"
+                               f" ({last_failure[0]})") from None
         raise
     return nc, nc.jetstream(timeout=timeout_s)
 

@@ -210,6 +210,7 @@ def test_gate_started_while_its_node_is_down_falls_back_then_joins_the_bus(
             assert time.monotonic() - started >= 5  # not before the configured time
             wait_for(lambda: gate.status().get("fallback_rows") == 10, 5, "status")
             assert journal.pending_count() == 0
+            assert "no venue node answered" in gate.status()["bus_error"]
             venue_node.start()
             # the bus is joined once the node is there: this gate is elected and leads
             wait_for(lambda: gate.status().get("this_device_leads"), 30, "joining the bus")
