@@ -34,7 +34,7 @@ REASON_CODES = (
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
-    "cache_read_failed",
+    "cache_read_failed", "venue_db_failing",
 )
 
 
@@ -165,6 +165,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "venue_unreachable",
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))
+    reasons += venue_db_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -223,6 +224,18 @@ def _rebuild_tries(jobs: dict[str, Any]) -> str:
     if not job.get("last_error"):
         return ""
     return f"; the last try failed ({job['last_error']}), next try {job.get('next_run')}"
+
+
+def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """venue.db refusing the stream's messages (agent.venue.bus `_apply`): they are tried
+    again in order, but until then this gate decides without the other gates' latest scans."""
+    if not venue.get("apply_error"):
+        return []
+    return [Reason("warn", "venue_db_failing",
+                   f"venue.db cannot be written since {venue.get('apply_failing_since')} "
+                   f"({venue['apply_error']}); other gates' scans wait to be applied here and "
+                   "claims on their tickets follow venue.offline_policy — free disk space in "
+                   "store.dir or fix its permissions (retried by itself)")]
 
 
 def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:

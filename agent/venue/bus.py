@@ -64,6 +64,9 @@ OCCUPANCY_EVERY_S = 5.0
 HOLD_WHILE_CLAIMING_S = 0.05
 SETTLE_EVERY_S = 0.2  # how soon a row handed over by a lane (settle_later) is marked
 STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
+# a batch venue.db refused (disk full, locked) is tried again after this pause, doubling up to
+# the second figure; no later batch is applied meanwhile (see VenueBus._apply)
+APPLY_RETRY_S = (0.1, 2.0)
 
 
 def device_name(venue: dict[str, Any]) -> str:
@@ -105,6 +108,10 @@ class VenueBus:
         self.started_at = utc_iso(datetime.now(UTC))
         self.connected = False
         self.last_error: str | None = None
+        # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
+        self.apply_error: str | None = None
+        self.apply_failing_since: str | None = None
+        self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
         try:
             self.applied_seq = store.position(self.stream)
@@ -147,6 +154,7 @@ class VenueBus:
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping.clear()
         self._applier = threading.Thread(target=self._applying, name="venue applier",
                                          daemon=True)
         self._applier.start()
@@ -164,6 +172,7 @@ class VenueBus:
                 loop.call_soon_threadsafe(wake.set)  # (which STOP_GRACE_S would cut short)
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stopping.set()
         self._inbox.put(None)
         self._applier.join(timeout)
         if self._status_store is not None:
@@ -386,15 +395,44 @@ class VenueBus:
                         self._inbox.put(None)
                         break
                     batch.append(nxt)
-                try:
-                    self._apply(store, batch)
-                except Exception as exc:  # noqa: BLE001 - logged; the stream replays it
-                    self.last_error = f"applying venue messages: {exc}"[:300]
-                    log.error("venue: %s", self.last_error)
+                self._apply(store, batch)
+                if self._stopping.is_set() and self.apply_error is not None:
+                    return  # stopped while venue.db refused it: applied after the next start
         finally:
             store.close()
 
     def _apply(self, store: VenueStore, batch: list[tuple[int, str, bytes, int]]) -> None:
+        """Apply `batch`, trying again while venue.db refuses it (disk full, locked, read-only).
+
+        Nothing replays a batch that was skipped: the next one would store a position past it,
+        so this gate would never see those scans (its claims on those tickets would conflict
+        until the offline policy decided: a double admit under `local`). So the batch stays at
+        the head and no later one is applied first; status says why meanwhile. Returns early
+        when the bus stops first (the batch is then applied after the next start, from the
+        stream)."""
+        decoded = self._decode(batch)
+        pause = APPLY_RETRY_S[0]
+        while True:
+            try:
+                found = store.apply(self.stream, decoded, utc_iso(datetime.now(UTC)))
+            except Exception as exc:  # noqa: BLE001 - any failure: the same batch again
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                if self.apply_error is None:
+                    self.apply_failing_since = utc_iso(datetime.now(UTC))
+                    log.error("venue: messages %d-%d not applied to venue.db (%s); trying "
+                              "again", batch[0][0], batch[-1][0], error)
+                self.apply_error = error
+                if self._stopping.wait(pause):
+                    return
+                pause = min(pause * 2, APPLY_RETRY_S[1])
+                continue
+            if self.apply_error is not None:
+                log.warning("venue: venue.db takes messages again (from %d)", batch[0][0])
+                self.apply_error = self.apply_failing_since = None
+            self._applied(batch, found)
+            return
+
+    def _decode(self, batch: list[tuple[int, str, bytes, int]]) -> list[Applied]:
         decoded = []
         for seq, subject, data, _pending in batch:
             try:
@@ -403,7 +441,9 @@ class VenueBus:
                 self.counters["bad_messages"] += 1
                 log.error("venue message %d on %s unreadable (%s): skipped", seq, subject, exc)
                 decoded.append(Applied(seq, subject))
-        found = store.apply(self.stream, decoded, utc_iso(datetime.now(UTC)))
+        return decoded
+
+    def _applied(self, batch: list[tuple[int, str, bytes, int]], found: list[str]) -> None:
         for uuid in found:
             self.counters["conflicts_found"] += 1
             log.error("venue conflict: scan %s admitted a ticket beyond its limit "
@@ -662,6 +702,7 @@ class VenueBus:
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
+            "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
+from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.core.codes import utc_iso
@@ -26,10 +26,40 @@ from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
 log = logging.getLogger("gate_agent.venue.leader")
 
 
-async def connect(options: dict[str, Any], timeout_s: float) -> tuple[Any, Any]:
-    """A NATS connection and JetStream context for leader work (reconnecting forever)."""
-    nc = await nats.connect(**options, connect_timeout=2, reconnect_time_wait=0.25,
-                            max_reconnect_attempts=-1, allow_reconnect=True)
+FIRST_CONNECT_S = 5.0  # how long one first connect may try before the caller takes over
+
+
+async def connect(options: dict[str, Any], timeout_s: float,
+                  first_connect_s: float = FIRST_CONNECT_S) -> tuple[Any, Any]:
+    """A NATS connection and JetStream context for leader work (reconnecting forever once
+    connected).
+
+    nats-py retries a *first* connect for ever when `max_reconnect_attempts` is -1, so a
+    gate started while its node is down would never return from here and never reach its
+    fallback (agent.venue.leader `_connect`). The first connect is therefore bounded by
+    `first_connect_s`: TimeoutError, the half-made client closed, and the caller tries again.
+    """
+    nc = NATS()
+    last_failure = ["no answer"]
+
+    async def failed(exc: Exception) -> None:  # instead of nats-py's traceback every 0.25 s
+        last_failure[0] = f"{type(exc).__name__}: {exc}"[:200]
+        log.debug("venue leader link: %s", last_failure[0])
+
+    settings: dict[str, Any] = {"connect_timeout": 2, "reconnect_time_wait": 0.25,
+                                "max_reconnect_attempts": -1, "allow_reconnect": True,
+                                "error_cb": failed}
+    try:
+        await asyncio.wait_for(nc.connect(**options, **settings), first_connect_s)
+    except BaseException as exc:
+        try:
+            await asyncio.wait_for(nc.close(), 1.0)
+        except Exception:  # noqa: BLE001 - closing a client that never connected
+            pass
+        if isinstance(exc, TimeoutError):
+            raise TimeoutError(f"no venue node answered within {first_connect_s:g} s"
+                               f" ({last_failure[0]})") from None
+        raise
     return nc, nc.jetstream(timeout=timeout_s)
 
 

@@ -103,6 +103,7 @@ class VenueRole:
         self._next_fallback = 0.0
         self._next_status = 0.0
         self._sync_task: asyncio.Task[None] | None = None
+        self._lead_term = 0  # the lease term the leader work (uploader, sync task) was set up for
         self._pass_sub: Any = None  # the leader's subscription to gates' sync requests
         self._budget_kv: Any = None
         self.budget_in_use: int | None = None  # the venue's requests in the last minute
@@ -314,11 +315,19 @@ class VenueRole:
     # -- leader ----------------------------------------------------------------------------
 
     async def _lead(self) -> None:
-        """Set up leader work once per term."""
-        if self.uploader is not None:
+        """Set up leader work once per term, and again for a new one (see `_term_over`)."""
+        if self.uploader is not None and not self._term_over():
             return
+        if self.uploader is not None:
+            log.warning("venue %s: leader work of term %d ends (lease term now %d, sync task "
+                        "%s); set up again", self.name, self._lead_term,
+                        self.election.lease.term if self.election else 0,
+                        "ended" if self._sync_task is None or self._sync_task.done()
+                        else "running")
+            await self._step_down()
         assert self.election is not None and self.fence is not None
         lease = self.election.lease
+        self._lead_term = lease.term
         governor = leader_governor(self.config.api, self.venue["platform_reserve"])
         self.counters["seeded_requests"] = await self.fence.seed(governor)
         if self.client is None:  # one client for the device's life: its link status stays
@@ -338,6 +347,21 @@ class VenueRole:
         log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
                     "leader counted", self.name, self.device, lease.term,
                     self.counters["seeded_requests"])
+
+    def _term_over(self) -> bool:
+        """The leader work running was set up for another term, or its sync task ended.
+
+        A fence check that fails (one `kv.update` timing out before a platform request) drops
+        the lease; the election's next round takes it back under this device's name with a
+        new term, so `leading` never turns False and `_step_down` is not called, while the
+        sync task ended on the NotLeader. The whole term's work is then set up again rather
+        than the sync task alone: the budget is seeded anew from the log (counting the
+        requests of the term that ended, which may still be in flight), stored batches are
+        resent under their uuids, and nothing of one term runs on into the next."""
+        lease = self.election.lease if self.election is not None else None
+        task = self._sync_task
+        return (lease is None or lease.term != self._lead_term or task is None
+                or task.done())
 
     async def _sync_loop(self, syncer: Syncer) -> None:
         """The leader's sync passes, beside its uploads (a long delta must not hold the

@@ -29,6 +29,12 @@ def test_venue_reasons() -> None:
     assert _codes({**VENUE, "leader": {"quarantined": 0}}) == []
     assert _codes({**VENUE, "leader": {"quarantined": 3}}) == ["venue_quarantined"]
     assert _codes({**VENUE, "claims_unanswered": 2}) == ["venue_claims_unanswered"]
+    failing = {**VENUE, "apply_error": "StoreError: database or disk is full",
+               "apply_failing_since": "2026-12-06T20:00:00Z"}
+    assert _codes(failing) == ["venue_db_failing"]
+    _health, reasons = evaluate({"venue": failing}, datetime.now(UTC), 3600)
+    said = next(r.message for r in reasons if r.code == "venue_db_failing")
+    assert "disk is full" in said and "free disk space in store.dir" in said
 
 
 def test_venue_metrics() -> None:

@@ -189,6 +189,37 @@ def _platform_items() -> int:
     return len(expected_ids(TICKETS))
 
 
+def test_gate_started_while_its_node_is_down_falls_back_then_joins_the_bus(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """nats-py retries a first connect for ever: unbounded, the role never left it, so its
+    fallback never ran and these scans stayed at the gate until the node came back."""
+    venue_node.kill()
+    with start_sandbox(tickets=200, async_delay_s=0.02, rpm=60) as sb:
+        site = make_site(tmp_path / "gate", sb, name="early", rpm=60, extra=venue_extra(
+            venue_node, "downstart", "early") + "fallback_after_s = 5\n")
+        site.config.store_dir.mkdir(parents=True, exist_ok=True)
+        rows = backlog(10, datetime.now(UTC).replace(microsecond=0))
+        journal = Journal(site.config.store_dir / "journal.db")
+        fill_journal(journal, rows)
+        gate = Gate(site)
+        started = time.monotonic()
+        gate.start()
+        try:
+            wait_for(lambda: {r.uuid for r in rows} <= set(_applied(sb)), 30,
+                     "the gate's own uploads while its node is down")
+            assert time.monotonic() - started >= 5  # not before the configured time
+            wait_for(lambda: gate.status().get("fallback_rows") == 10, 5, "status")
+            assert journal.pending_count() == 0
+            assert "no venue node answered" in gate.status()["bus_error"]
+            venue_node.start()
+            # the bus is joined once the node is there: this gate is elected and leads
+            wait_for(lambda: gate.status().get("this_device_leads"), 30, "joining the bus")
+            assert max(Counter(_applied(sb)).values()) == 1
+        finally:
+            gate.kill()
+            journal.close()
+
+
 def test_gate_cut_off_from_the_bus_uploads_its_own_scans_after_the_fallback_time(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     with start_sandbox(tickets=200, async_delay_s=0.02, rpm=60) as sb:
