@@ -38,7 +38,8 @@ NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be 
 GATE_NOT_OPENED_MESSAGE = ("Gate did not open: the relay failed; the ticket can be used "
                            "again")
 # How far back from the newest scan `void_unopened` looks for its admit (the journal has no
-# index on uuid): the admit was committed a moment ago, other lanes add a few rows meanwhile.
+# index on uuid, so a seq range, never a walk of the table): the admit was committed a moment
+# ago, other lanes add a few rows meanwhile.
 RECENT_SCANS = 1000
 STATES = ("waiting", "passed", "voided", "interrupted")
 PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
@@ -109,9 +110,9 @@ class PassageLog:
         with self.journal.scan_transaction():
             found = self.conn.execute(
                 "SELECT seq, lane, direction, zone_id, status, status_detail, scanned_on"
-                " FROM (SELECT * FROM scans ORDER BY seq DESC LIMIT ?) WHERE uuid = ?"
-                " AND admit = 1 AND upload_state = 'pending' AND batch_uuid IS NULL",
-                (RECENT_SCANS, uuid)).fetchone()
+                " FROM scans WHERE seq > (SELECT MAX(seq) FROM scans) - ? AND uuid = ?"
+                " AND admit = 1 AND upload_state = 'pending' AND batch_uuid IS NULL"
+                " ORDER BY seq DESC LIMIT 1", (RECENT_SCANS, uuid)).fetchone()
             if found is None:
                 return None
             seq, lane, direction, zone_id, status, detail, scanned_on = found

@@ -25,6 +25,7 @@ from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.runtime.opening import open_cache, open_journal
 from agent.sandbox.harness import Sandbox
+from agent.store.passages import PassageLog, now_iso
 from drivers.display import sim_display
 from drivers.sim import sim_relay, sim_replug, sim_reset, sim_unplug
 from tests.conftest import DemoSite
@@ -201,3 +202,14 @@ def test_status_fails_for_a_configured_relay_that_does_not_work() -> None:
         level, message = reasons(lane)["relay_error"]
         assert level == "fail" and "north" in message and "gpio:gpiochip0:17" in message
         assert "gone" in message
+
+
+def test_an_admit_the_upload_took_already_is_not_voided(rig_factory: Any) -> None:
+    """Never both: an admit claimed for upload (it may be on its way as an entry) is not
+    rewritten to a refusal; it stands, and `void_unopened` says so (None)."""
+    rig = rig_factory()
+    uuid = rig.scan(C["valid"]).result.uuid
+    journal = rig.gate.journal
+    assert [r["uuid"] for r in journal.claim_batch(10, "b1")] == [uuid]
+    assert PassageLog(journal).void_unopened(uuid, now_iso(), "relay failed") is None
+    assert rig.scan_row(uuid)[:2] == (1, "valid") and rig.passage_row(uuid) is None
