@@ -210,14 +210,13 @@ class LaneRunner:
         if decision.record and url and not released:
             output = self.relay_out if url == self.lane.relay_out else self.relay
             try:
-                if output is None:
-                    raise DriverError(f"{url}: relay could not be set up: {self.relay_error}")
-                if decision.admit:
-                    output.pulse(self.lane.relay_pulse_ms)
-                    pulsed = True
-                    if self.relay_error is not None:
-                        self.relay_error = None  # it works again
-                output.feedback(decision.admit)
+                if output is not None:  # None: no driver for the URL (start said why)
+                    if decision.admit:
+                        output.pulse(self.lane.relay_pulse_ms)
+                        pulsed = True
+                        if self.relay_error is not None:
+                            self.relay_error = None  # it works again
+                    output.feedback(decision.admit)
             except DriverError as exc:
                 self.relay_error = str(exc)
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
@@ -245,7 +244,7 @@ class LaneRunner:
         refused `alreadyIn` at the next try): void its journaled row the way a passage that
         never came is voided (agent.store.passages: `denied/notPassed`, uploaded `failed`,
         the venue claim released) and answer a refusal the steward can read."""
-        why = f"gate did not open: relay {url} failed ({self.relay_error})"
+        why = f"gate did not open: relay {url} failed ({self.relay_error or 'no driver'})"
         voided = None
         if result.uuid is not None and self.gate.journal is not None:
             try:

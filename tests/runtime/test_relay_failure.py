@@ -213,3 +213,14 @@ def test_an_admit_the_upload_took_already_is_not_voided(rig_factory: Any) -> Non
     assert [r["uuid"] for r in journal.claim_batch(10, "b1")] == [uuid]
     assert PassageLog(journal).void_unopened(uuid, now_iso(), "relay failed") is None
     assert rig.scan_row(uuid)[:2] == (1, "valid") and rig.passage_row(uuid) is None
+
+
+def test_a_relay_with_no_driver_voids_every_admit_and_fails_status(rig_factory: Any) -> None:
+    """No driver can be made for the URL (a backend's package missing, an unknown scheme):
+    nothing to open again, so each admit is voided and status names the cause."""
+    rig = rig_factory(relay="nosuch:relay")
+    assert rig.runner.relay is None
+    assert_voided_refusal(rig, rig.scan(C["valid"]))
+    assert_voided_refusal(rig, rig.scan(C["valid"]))  # still usable: nothing used it up
+    level, message = rig.reasons()["relay_error"]
+    assert level == "fail" and "nosuch:relay" in message and "unknown output scheme" in message
