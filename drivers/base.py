@@ -317,6 +317,8 @@ class Output:
                 self._fail(exc)
                 raise DriverError(f"{self.url}: relay pulse failed: {exc}") from exc
             self.is_on = True
+            if self.last_error:
+                self.last_error = ""  # it works again: no stale warning in status
             self.pulses += 1
             self.last_pulse_at = datetime.now(UTC)
             self._timer = threading.Timer(ms / 1000.0, self._end_pulse)
@@ -339,6 +341,7 @@ class Output:
                 self.held = False
                 raise DriverError(f"{self.url}: relay hold failed: {exc}") from exc
             self.is_on = self.held = on
+            self.last_error = ""
 
     def feedback(self, accepted: bool) -> None:
         """Show the decision on the device's LED/buzzer, where it has one; errors are logged."""
@@ -361,6 +364,7 @@ class Output:
         return {
             "url": self.url,
             "open": self._open_now,
+            "ok": self._open_now and not self.last_error,
             "on": self.is_on,
             "held": self.held,
             "pulses": self.pulses,

@@ -4,7 +4,8 @@ In-process: readers and relays with the same NAME share a channel in a module re
 `sim_inject(NAME, code)` delivers a scan to every running `sim:NAME` reader; `sim_relay(NAME)`
 returns the `SimRelayRecord` with every pulse (ms, monotonic and wall time) and the relay's
 on/off history. `sim_unplug(NAME)` / `sim_replug(NAME)` make the reader lose and regain its
-"device", to exercise the reconnect path.
+"device", to exercise the reconnect path, and the relay of that NAME fail to open or switch
+(a board not plugged in yet, or pulled out) until it is plugged back.
 
 Out of process (a daemon under test):
 - reader `sim:NAME?socket=PATH` also listens on a Unix datagram socket at PATH; each line of
@@ -170,9 +171,12 @@ class SimRelay(Output):
         self.record = sim_relay(self.name)
 
     def _open(self) -> None:
-        pass
+        if self.name in _unplugged:
+            raise OSError(f"sim relay {self.name} is unplugged")
 
     def _set(self, on: bool) -> None:
+        if self.name in _unplugged:
+            raise OSError(f"sim relay {self.name} is unplugged")
         if on and self.record.fail_next > 0:
             self.record.fail_next -= 1
             raise OSError("simulated relay failure")

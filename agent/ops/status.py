@@ -8,7 +8,7 @@ pass  everything as it should be
 warn  the gate admits correctly, but something needs attention (scans piling up, a reader
       unplugged on a lane that has another, the platform refusing us)
 fail  the gate cannot be trusted to work (journal unwritable, no reader at all, a stalled lane,
-      a cache too old to decide on)
+      a cache too old to decide on, a configured relay that does not work)
 """
 
 from __future__ import annotations
@@ -93,9 +93,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             down = [r.get("url") for r in lane["readers"] if not r.get("connected")]
             add(Reason("warn", "reader_disconnected",
                        f"lane {name}: reader(s) not connected: {', '.join(map(str, down))}"))
-        relay = lane.get("relay") or {}
-        if relay.get("last_error"):
-            add(Reason("warn", "relay_error", f"lane {name}: relay problem: {relay['last_error']}"))
+        for relay in (lane.get("relay"), lane.get("relay_out")):
+            if relay and not relay.get("ok", not relay.get("last_error")):
+                add(Reason("fail", "relay_error", f"lane {name}: relay {relay.get('url')} not "
+                           f"working ({relay.get('last_error') or 'not open'}): admits are "
+                           "refused, the ticket stays valid, and it is tried again at each "
+                           "admit; check the relay board's cable and power and "
+                           "`gate-agent devices list`"))
         if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
             add(Reason("fail", "lane_stalled",
                        f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))

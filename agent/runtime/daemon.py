@@ -431,7 +431,7 @@ class Daemon:
     def _void_claim(self, scan: dict[str, Any]) -> None:
         """A voided admit's venue claim (or shared scan) is released with the venue's void."""
         if self.bus is not None:
-            self.bus.void_now(scan, "not passed: the turnstile did not turn")
+            self.bus.void_now(scan, scan.get("why", "not passed: the turnstile did not turn"))
 
     def lane_event_log(self) -> PassageLog | None:
         """Releases are journaled from input and worker threads: on a connection of their

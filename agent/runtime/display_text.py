@@ -30,6 +30,8 @@ TEXTS: dict[str, tuple[str, ...]] = {
                              "Voir le staff"),
     "notPassed": ("Not passed - scan again", "Niet doorgelopen", "Nicht durchgegangen",
                   "Non passe - rescanner"),
+    "gateNotOpened": ("Gate did not open - staff", "Poort dicht - zie staf",
+                      "Tor zu - Personal", "Porte fermee - staff"),
     "releasedGate": ("Gate open - walk through", "Poort open - doorlopen",
                      "Tor offen - durchgehen", "Porte ouverte"),
     "alarm": ("Alarm - staff called", "Alarm - staf komt", "Alarm - Personal kommt",

@@ -4,7 +4,9 @@ Each lane has its own worker thread and its own `Gate` (own SQLite connections),
 lane does — an fsync, a slow relay, a dead reader — can delay another lane, and nothing on the
 asyncio loop (sync, upload, the status server) sits on the scan -> relay path. The order on that
 path is fixed: decide, commit the journal row (fsync), then pulse the relay; a scan that could
-not be journaled is refused (fail closed) and never opens the gate.
+not be journaled is refused (fail closed) and never opens the gate. An admit whose gate did not
+open (its relay missing or the pulse failed) does not stand: it is voided (the ticket can be
+used again) and shown as a refusal — `_unopened`, off the path of a scan that pulsed.
 """
 
 from __future__ import annotations
@@ -15,24 +17,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import LaneConfig, output_for, passage_input_for
 from agent.core.codes import utc_iso
 from agent.core.decide import Decision
-from agent.errors import DriverError
+from agent.errors import DriverError, JournalUnavailable
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
 from agent.runtime.passage import OnAlarm, PassageWatch, VoidClaim
 from agent.runtime.release import record_during_release
 from agent.store.journal import Journal
+from agent.store.passages import GATE_NOT_OPENED_MESSAGE, NOT_PASSED, PassageLog, now_iso
 from drivers import Output, Reader, Scan, open_output, open_reader
 
 log = logging.getLogger(__name__)
 
 RECENT_WINDOW_S = 300.0
+GATE_NOT_OPENED = "gateNotOpened"  # display key (agent.runtime.display_text)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class LaneRunner:
         self.lane = lane
         self.gate = gate
         self.sink = sink
+        self.void_claim = void_claim
         self.indicators = Indicators(lane, gate.config.api["language"])
         # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
         self.releases: set[str] = set()
@@ -75,7 +80,7 @@ class LaneRunner:
         self.reader_errors: dict[str, str] = {}
         self.relay: Output | None = None  # the entry release
         self.relay_out: Output | None = None  # the exit release
-        self.relay_error: str | None = None
+        self.relay_error: str | None = None  # the lane's last relay failure; a good pulse clears it
         self.heartbeat = time.monotonic()
         self.started = time.time()
         self.last_scan: dict[str, Any] | None = None
@@ -111,22 +116,22 @@ class LaneRunner:
             reader.start(self.submit, self._on_state)
 
     def _open_output(self, url: str) -> Output | None:
+        """The relay at `url`, kept even when it cannot be opened now (a USB board that
+        enumerates late): `Output.pulse` opens it again at the next admit, and its status
+        says not ok meanwhile. None only when no driver can be made for the URL."""
         try:
-            output = open_output(url)
+            output = open_output(url, connect=False)
+        except DriverError as exc:
+            self.relay_error = str(exc)
+            log.error("lane %s: relay %s unusable: %s", self.lane.name, url, exc)
+            return None
+        try:
             output.open()
         except DriverError as exc:
             self.relay_error = str(exc)
-            log.error("lane %s: relay %s unavailable: %s", self.lane.name, url, exc)
-            return None
+            log.error("lane %s: relay %s unavailable (tried again at the next admit): %s",
+                      self.lane.name, url, exc)
         return output
-
-    def output_for(self, direction: str) -> Output | None:
-        """The release of `direction` (agent.config.output_for): never the entry relay for an
-        exit unless the lane declares it direction-neutral."""
-        url = output_for(self.lane, direction)
-        if not url:
-            return None
-        return self.relay_out if url == self.lane.relay_out else self.relay
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, finish every scan already queued, switch the relay off."""
@@ -198,20 +203,29 @@ class LaneRunner:
                                         mono_ms=scan.mono_ns // 1_000_000)
         decision = result.decision
         opened_ns = time.monotonic_ns()  # a passage edge before this is not this person's
-        pulsed = False
-        output = self.output_for(decision.direction)
-        if decision.record and output is not None and not released:
+        pulsed = unopened = False
+        # the release of this direction (agent.config.output_for): never the entry relay for
+        # an exit unless the lane declares it direction-neutral
+        url = output_for(self.lane, decision.direction)
+        if decision.record and url and not released:
+            output = self.relay_out if url == self.lane.relay_out else self.relay
             try:
-                if decision.admit:
-                    output.pulse(self.lane.relay_pulse_ms)
-                    pulsed = True
-                output.feedback(decision.admit)
+                if output is not None:  # None: no driver for the URL (start said why)
+                    if decision.admit:
+                        output.pulse(self.lane.relay_pulse_ms)
+                        pulsed = True
+                        if self.relay_error is not None:
+                            self.relay_error = None  # it works again
+                    output.feedback(decision.admit)
             except DriverError as exc:
                 self.relay_error = str(exc)
                 log.error("lane %s: relay failed: %s", self.lane.name, exc)
+            if decision.admit and not pulsed:
+                decision, unopened = self._unopened(result, url), True
         if decision.record:
             self.indicators.show(None if released else "admit" if decision.admit else "refuse",
-                                 _display_key(decision), decision.message)
+                                 GATE_NOT_OPENED if unopened else _display_key(decision),
+                                 decision.message)
         if decision.admit and result.uuid and self.gate.confirms_passage and \
                 passage_input_for(self.lane, decision.direction):
             self.passage.admitted(result.uuid, decision.direction, opened_ns)
@@ -219,8 +233,36 @@ class LaneRunner:
         self._count(decision.status if decision.record else "ignored")
         self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,
                           "status": decision.status, "statusDetail": decision.detail,
-                          "admit": decision.admit, "direction": decision.direction}
+                          "admit": decision.admit, "direction": decision.direction,
+                          "message": decision.message}
+        if decision is not result.decision:
+            result = ScanResult(decision, result.uuid)
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
+
+    def _unopened(self, result: ScanResult, url: str) -> Decision:
+        """An admit whose gate did not open must not use up the ticket (the patron would be
+        refused `alreadyIn` at the next try): void its journaled row the way a passage that
+        never came is voided (agent.store.passages: `denied/notPassed`, uploaded `failed`,
+        the venue claim released) and answer a refusal the steward can read."""
+        why = f"gate did not open: relay {url} failed ({self.relay_error or 'no driver'})"
+        voided = None
+        if result.uuid is not None and self.gate.journal is not None:
+            try:
+                voided = PassageLog(self.gate.journal).void_unopened(result.uuid, now_iso(), why)
+            except JournalUnavailable as exc:
+                log.error("lane %s: admit %s not voided: %s", self.lane.name, result.uuid, exc)
+        if voided is not None:
+            log.warning("lane %s: admit %s voided, %s (ticket usable again)", self.lane.name,
+                        result.uuid, why)
+            if self.void_claim is not None and voided.get("item_id") is not None:
+                self.void_claim({**voided, "why": why})
+            message = GATE_NOT_OPENED_MESSAGE
+        else:  # not journaled, or the upload took it already: it stands, a steward decides
+            log.error("lane %s: %s; admit %s stands (a steward must let the patron through)",
+                      self.lane.name, why, result.uuid)
+            message = "Gate did not open: the relay failed; a steward must let you through"
+        return replace(result.decision, admit=False, status="denied", detail=NOT_PASSED,
+                       message=message)
 
     def _count(self, status: str) -> None:
         now = time.monotonic()
@@ -245,12 +287,8 @@ class LaneRunner:
         readers = [r.get_status() for r in self.readers]
         readers += [{"url": url, "connected": False, "last_error": err}
                     for url, err in self.reader_errors.items()]
-        relay = self.relay.get_status() if self.relay is not None else None
-        if self.relay_error and relay is not None:
-            relay = {**relay, "last_error": self.relay_error}
-        elif self.relay_error:
-            relay = {"url": self.lane.relay, "ok": False, "last_error": self.relay_error}
-        relay_out = self.relay_out.get_status() if self.relay_out is not None else None
+        relay = self._output_status(self.relay, self.lane.relay)
+        relay_out = self._output_status(self.relay_out, self.lane.relay_out)
         return {
             "name": self.lane.name, "direction": self.lane.direction,
             "zone_id": self.lane.zone_id, "gate_id": self.lane.gate_id,
@@ -264,6 +302,17 @@ class LaneRunner:
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
             "released_by": sorted(self.releases),
         }
+
+
+    def _output_status(self, output: Output | None, url: str | None) -> dict[str, Any] | None:
+        """A configured release's status (None: none configured); `ok` False while it cannot
+        open the gate — agent.ops.status makes that a `fail`."""
+        if not url:
+            return None
+        if output is None:
+            return {"url": url, "open": False, "ok": False,
+                    "last_error": self.relay_error or "no driver for this URL"}
+        return output.get_status()
 
 
 def _display_key(decision: Decision) -> str:

@@ -7,7 +7,9 @@ as the scan (so the uploader can never see the admit without its hold). States:
     passed       the pulse came in time: the admit stands
     voided       it did not: the scans row is rewritten to a refusal (`denied/notPassed`,
                  uploaded as `failed`), the admit as decided stays here — the journal keeps
-                 both facts — and the ticket can be used again
+                 both facts — and the ticket can be used again. Also an admit whose gate
+                 never opened (relay missing or its pulse failed: `void_unopened`, with a
+                 note), on any lane with a relay, passage input or not
     interrupted  the agent stopped while waiting (crash, power cut) or the wait outlived
                  PASSAGE_HOLD_LIMIT_S: the admit stands. The relay had opened and nobody can
                  say the person did not pass; voiding would free the ticket for a second
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
 
 NOT_PASSED = "notPassed"
 NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be used again"
+GATE_NOT_OPENED_MESSAGE = ("Gate did not open: the relay failed; the ticket can be used "
+                           "again")
+# How far back from the newest scan `void_unopened` looks for its admit (the journal has no
+# index on uuid, so a seq range, never a walk of the table): the admit was committed a moment
+# ago, other lanes add a few rows meanwhile.
+RECENT_SCANS = 1000
 STATES = ("waiting", "passed", "voided", "interrupted")
 PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
 
@@ -88,13 +96,47 @@ class PassageLog:
                 " AND state = 'waiting' RETURNING scan_seq", (at, uuid)).fetchall()
             if not voided:
                 return None
-            seq = voided[0][0]
-            self.conn.execute(
-                "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
-                " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
-                (NOT_PASSED, NOT_PASSED_MESSAGE, seq, uuid))
-            row = self.conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
-                                    " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
+            return self._refuse(voided[0][0], uuid, NOT_PASSED_MESSAGE)
+
+    def void_unopened(self, uuid: str, at: str, note: str) -> dict[str, Any] | None:
+        """The gate never opened for this admit (its relay is missing or the pulse failed):
+        the admit does not stand. Like `void`, the scan is rewritten to `denied/notPassed`
+        (message GATE_NOT_OPENED_MESSAGE) and the admit as decided is kept in `passages` as
+        `voided` with `note` — a row inserted now, or the lane's own wait when it has a
+        passage input. Only a scan no upload has taken yet (pending, in no batch): one the
+        uploader took in the instant between the commit and the failed pulse has gone to the
+        platform as an entry, so it stands (None; the caller says so). Called on the lane's
+        thread with its gate's connection, only when a release failed — never on a good scan."""
+        with self.journal.scan_transaction():
+            found = self.conn.execute(
+                "SELECT seq, lane, direction, zone_id, status, status_detail, scanned_on"
+                " FROM scans WHERE seq > (SELECT MAX(seq) FROM scans) - ? AND uuid = ?"
+                " AND admit = 1 AND upload_state = 'pending' AND batch_uuid IS NULL"
+                " ORDER BY seq DESC LIMIT 1", (RECENT_SCANS, uuid)).fetchone()
+            if found is None:
+                return None
+            seq, lane, direction, zone_id, status, detail, scanned_on = found
+            kept = self.conn.execute(
+                "INSERT INTO passages (uuid, scan_seq, lane, direction, zone_id, state,"
+                " admitted_status, admitted_detail, waiting_since, resolved_at, note)"
+                " VALUES (?, ?, ?, ?, ?, 'voided', ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO UPDATE"
+                " SET state = 'voided', resolved_at = excluded.resolved_at, note = excluded.note"
+                " WHERE state = 'waiting'",
+                (uuid, seq, lane, direction, zone_id, status, detail, scanned_on, at,
+                 note)).rowcount
+            if not kept:
+                return None  # its passage was settled already: that answer stands
+            return self._refuse(seq, uuid, GATE_NOT_OPENED_MESSAGE)
+
+    def _refuse(self, seq: int, uuid: str, message: str) -> dict[str, Any] | None:
+        """Inside the void's transaction: the scan becomes a refusal (uploaded as `failed`,
+        the ticket usable again); its event, item and venue mark for the venue's void."""
+        self.conn.execute(
+            "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
+            " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
+            (NOT_PASSED, message, seq, uuid))
+        row = self.conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
+                                " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
         return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
                                                  strict=True))
 

@@ -7,7 +7,6 @@ and the platform sandbox on a loopback socket for what gets uploaded."""
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import sqlite3
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from agent.runtime.indicators import Indicators
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.runtime.opening import open_cache, open_journal
 from agent.runtime.passage import PassageWatch, counting_day_start
-from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.sandbox.harness import Sandbox
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog
 from drivers.display import sim_display
@@ -42,14 +41,6 @@ from tests.platform.conftest import make_client
 from tests.rigs import wait_until
 
 C = demo_data.CODES
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    seed = tmp_path_factory.mktemp("seed") / "seed.json"
-    seed.write_text(json.dumps(demo_data.sandbox_seed(datetime.now(UTC))))
-    with start_sandbox(seed_file=seed, rpm=6000, async_delay_s=0.01) as sb:
-        yield sb
 
 
 class LaneRig:

@@ -116,6 +116,7 @@ def test_every_lookup_by_uuid_starts_where_its_rows_are(tmp_path: Path) -> None:
         assert journal.void_claim("c2", "conflicted")
         assert journal.admitted(["c1", "c2"]) == {"c1"}
         assert PassageLog(journal).void("w1", AT) is not None
+        assert PassageLog(journal).void_unopened("s4", AT, "relay failed") is not None
         journal.pending(10)
         journal.conn.set_trace_callback(None)
         plans = {}
