@@ -97,44 +97,47 @@ def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
 
 
 def test_sighup_reloads_lanes_without_dropping_scans(site: Site) -> None:
-    daemon = site.daemon().start()
-    daemon.wait_ready()
-    wait_synced(daemon)
-    site.write_config(out_direction="auto", extra_lanes=f"""
+    floor_lane = f"""
 [[lanes]]
 name = "floor"
 zone_id = {demo_data.FLOOR_ZONE}
 direction = "auto"
 max_entries = 0
 readers = ["sim:floor?socket={site.root / 'floor.sock'}"]
-""")
-    for _ in range(5):
-        site.scanner.write(C["valid2"].encode() + b"\n")
-        time.sleep(0.35)  # past the debounce: five real attempts
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for(lambda r: "configuration reloaded" in r.get("msg", ""), what="reload")
-    # the token file did not change: not reported as "reloaded"
-    assert any(r.get("msg") == "platform token unchanged" for r in daemon.records)
-    _wait(lambda: len([d for d in daemon.decisions() if d["lane"] == "entry"]) == 5)
-    names = {lane["name"]: lane for lane in daemon.status()["lanes"]}
-    assert set(names) == {"entry", "exit", "floor"} and names["exit"]["direction"] == "auto"
-    send_scan(site.root / "floor.sock", C["floor"])
-    floor = daemon.wait_for(lambda r: r.get("lane") == "floor", what="floor decision")
-    assert floor["admit"] and floor["direction"] == "in"
-    entry = [d for d in daemon.decisions() if d["lane"] == "entry"]
-    assert [d["status"] for d in entry] == ["valid"] + ["alreadyIn"] * 4
-    # A file that does not load is refused, and status says so (the next start would fail).
-    good = site.config.read_text()
-    site.config.write_text(good.replace("[status]", "[status]\nno_such_key = 1", 1))
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for(lambda r: "reload refused" in r.get("msg", ""), what="refusal")
-    said = {r["code"]: r["message"] for r in daemon.status()["reasons"]}
-    assert "no_such_key" in said.get("config_not_applied", ""), said
-    site.config.write_text(good)
-    daemon.signal(signal.SIGHUP)
-    _wait(lambda: "config_not_applied" not in
-          [r["code"] for r in daemon.status()["reasons"]])
-    assert daemon.stop() == 0
+"""
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.write_config(out_direction="auto", extra_lanes=floor_lane)
+        for _ in range(5):
+            site.scanner.write(C["valid2"].encode() + b"\n")
+            time.sleep(0.35)  # past the debounce: five real attempts
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(lambda r: "configuration reloaded" in r.get("msg", ""), what="reload")
+        # the token file did not change: not reported as "reloaded"
+        assert any(r.get("msg") == "platform token unchanged" for r in daemon.records)
+        _wait(lambda: len([d for d in daemon.decisions() if d["lane"] == "entry"]) == 5)
+        names = {lane["name"]: lane for lane in daemon.status()["lanes"]}
+        assert set(names) == {"entry", "exit", "floor"} and names["exit"]["direction"] == "auto"
+        send_scan(site.root / "floor.sock", C["floor"])
+        floor = daemon.wait_for(lambda r: r.get("lane") == "floor", what="floor decision")
+        assert floor["admit"] and floor["direction"] == "in"
+        entry = [d for d in daemon.decisions() if d["lane"] == "entry"]
+        assert [d["status"] for d in entry] == ["valid"] + ["alreadyIn"] * 4
+        # A file that does not load is refused, and status says so (the next start would fail).
+        good = site.config.read_text()
+        site.config.write_text(good.replace("[status]", "[status]\nno_such_key = 1", 1))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for(lambda r: "reload refused" in r.get("msg", ""), what="refusal")
+        said = {r["code"]: r["message"] for r in daemon.status()["reasons"]}
+        assert "no_such_key" in said.get("config_not_applied", ""), said
+        site.config.write_text(good)
+        daemon.signal(signal.SIGHUP)
+        _wait(lambda: "config_not_applied" not in
+              [r["code"] for r in daemon.status()["reasons"]])
+    finally:
+        assert daemon.stop() == 0
 
 
 def test_broken_reader_makes_healthz_fail_with_reason(site: Site) -> None:
