@@ -170,6 +170,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))
     reasons += venue_db_reasons(venue)
+    reasons += venue_watch_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -228,6 +229,35 @@ def _rebuild_tries(jobs: dict[str, Any]) -> str:
     if not job.get("last_error"):
         return ""
     return f"; the last try failed ({job['last_error']}), next try {job.get('next_run')}"
+
+
+VENUE_CLOCK_WARN_S = 5.0  # gates order a ticket's in/out scans by their own clocks
+
+
+def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """What every gate can see of the venue's health beyond its own link: the leader's
+    uploads stalled (the lease depends only on the bus, so a leader that lost the platform
+    keeps it and the members, whose own platform link is idle, would say nothing), and this
+    gate's clock off the bus server's (in/out across gates is ordered by each gate's clock:
+    a gate minutes fast can make a pass-back read as outside)."""
+    found = []
+    leader = venue.get("leader") or {}
+    lag_s = leader.get("upload_lag_s")
+    if lag_s is not None and lag_s > BACKLOG_WARN_S:
+        holder = leader.get("leader") or "no device"
+        found.append(Reason(
+            "warn", "upload_backlog",
+            f"venue: {leader.get('upload_lag')} scan(s) wait on the bus for the leader "
+            f"({holder}) to upload them, oldest {lag_s / 60:.0f} min; check that device's "
+            "platform link (its status: platform_unreachable, auth_failed) or restart it"))
+    offset = venue.get("clock_offset_s")
+    if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
+        found.append(Reason(
+            "warn", "clock_skew",
+            f"this clock differs from the venue bus server's by {offset:+.0f} s; gates order "
+            "a ticket's in/out scans by their own clocks: fix time sync (NTP) here or on the "
+            "bus servers"))
+    return found
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

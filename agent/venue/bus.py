@@ -707,6 +707,9 @@ class VenueBus:
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),
             "gates": self.board.counts(),
+            # this clock against the bus server's (heartbeats' delivery delays; None before
+            # the first one)
+            "clock_offset_s": round(self.board.offset_s, 1) if self.board.calibrated else None,
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             "claims_unanswered": unanswered,

@@ -101,6 +101,11 @@ class GateBoard:
             self._delays.append(delay_s)
 
     @property
+    def calibrated(self) -> bool:
+        with self._lock:
+            return bool(self._delays)
+
+    @property
     def offset_s(self) -> float:
         with self._lock:
             return min(self._delays) if self._delays else 0.0

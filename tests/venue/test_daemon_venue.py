@@ -70,6 +70,9 @@ def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodePr
             table = run_cli("status", "--config", str(site.config))
             assert "Venue hall as daemon: connected" in table.stdout
             wait_until(lambda: daemon.status()["venue"]["gates"]["online"] >= 1, 10, "beat")
+            # one clock here for gate and bus server: measured off by delivery time only
+            offset = daemon.status()["venue"]["clock_offset_s"]
+            assert offset is not None and abs(offset) < 1.0, offset
             assert "Venue gates (heartbeats): 1 online" in run_cli(
                 "status", "--config", str(site.config)).stdout
             listed = run_cli("venue", "conflicts", "--json", "--config", str(site.config))

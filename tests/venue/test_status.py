@@ -37,6 +37,21 @@ def test_venue_reasons() -> None:
     assert "disk is full" in said and "free disk space in store.dir" in said
 
 
+def test_a_stalled_leader_and_a_clock_off_the_bus_show_on_every_gate() -> None:
+    def said(venue: dict[str, Any]) -> dict[str, str]:
+        _health, reasons = evaluate({"venue": venue}, datetime.now(UTC), 3600)
+        return {r.code: r.message for r in reasons if r.code != "cache_empty"}
+
+    leading = {"leader": "gate-a", "upload_lag": 40, "upload_lag_s": 30.0}
+    assert said({**VENUE, "leader": leading, "clock_offset_s": 0.4}) == {}
+    stalled = said({**VENUE, "leader": {**leading, "upload_lag_s": 1800.0}})
+    assert "gate-a" in stalled["upload_backlog"] and "30 min" in stalled["upload_backlog"]
+    assert "40 scan(s)" in stalled["upload_backlog"]
+    skewed = said({**VENUE, "clock_offset_s": -190.0})
+    assert "-190 s" in skewed["clock_skew"] and "NTP" in skewed["clock_skew"]
+    assert said({**VENUE, "clock_offset_s": None}) == {}  # no heartbeat seen yet
+
+
 def test_venue_metrics() -> None:
     snap = {"venue": {**VENUE, "lag": 3, "decided_offline": 5, "conflicts": 1,
                       "claims_unanswered": 2},
