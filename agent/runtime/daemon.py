@@ -198,9 +198,13 @@ class Daemon:
                  self.bus.device, ", ".join(self.config.venue["servers"]),
                  self.config.venue["offline_policy"])
 
-    def start_lanes(self, lanes: tuple[LaneConfig, ...]) -> None:
+    def start_lanes(self, lanes: tuple[LaneConfig, ...],
+                    gates: dict[str, Gate] | None = None) -> None:
+        """Start `lanes`, each with its gate from `gates` (built beforehand by a reload, so a
+        gate that cannot be opened refuses the reload before any lane stops) or a new one."""
         for lane in lanes:
-            runner = LaneRunner(lane, self._gate(), self._on_decision, self._on_alarm,
+            gate = gates.pop(lane.name) if gates and lane.name in gates else self._gate()
+            runner = LaneRunner(lane, gate, self._on_decision, self._on_alarm,
                                 self._void_claim if self.bus is not None else None)
             runner.start()
             if self.emergency.active:
@@ -608,6 +612,9 @@ class Daemon:
         if not self._reload_token(fresh, plan.changed):
             self.reload_error = "the new token source gives no token (see the log)"
             return
+        gates = self._open_gates(plan.start_lanes)
+        if gates is None:
+            return
         self.reload_error = None
         for name in plan.stop_lanes:
             runner = self.lanes.pop(name)
@@ -620,10 +627,27 @@ class Daemon:
                 runner.gate.config = fresh
         if self.syncer is not None:
             self.syncer.config = fresh
-        self.start_lanes(plan.start_lanes)
+        for gate in gates.values():
+            gate.config = fresh
+        self.start_lanes(plan.start_lanes, gates)
         self._swap_emergency(self._emergency_url(fresh))
         log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
                  ", ".join(plan.changed) or "nothing")
+
+    def _open_gates(self, lanes: tuple[LaneConfig, ...]) -> dict[str, Gate] | None:
+        """The gates of the lanes a reload starts, opened before any running lane is stopped:
+        a cache or journal that cannot be opened now refuses the reload and every lane keeps
+        running (stopping first lost the lanes not yet restarted). None when refused."""
+        gates: dict[str, Gate] = {}
+        try:
+            for lane in lanes:
+                gates[lane.name] = self._gate()
+        except GateAgentError as exc:
+            for gate in gates.values():
+                gate.close()
+            self._refuse_reload(f"lane {lane.name} cannot be started: {exc}")
+            return None
+        return gates
 
     def _refuse_reload(self, why: str) -> None:
         self.reload_error = why

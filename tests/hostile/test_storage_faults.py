@@ -137,6 +137,34 @@ def test_a_damaged_cache_moved_aside_replaces_the_older_ones(site: DemoSite) -> 
     assert path.exists()  # and a new cache in its place
 
 
+
+def test_a_reload_whose_new_lane_cannot_open_its_cache_keeps_every_lane(site: DemoSite) -> None:
+    """SIGHUP adding a lane while the cache file cannot be verified: the reload is refused
+    before any lane stops (it stopped the changed lanes first, then lost every lane not yet
+    restarted when a gate could not be opened), and status says why."""
+    path = site.config.store_dir / "cache.db"
+    daemon = Daemon(site.config)
+    try:
+        daemon.open_stores()
+        daemon.start_lanes(site.config.lanes)
+        running = dict(daemon.lanes)
+        site.config_path.write_text(site.config_path.read_text().replace(
+            'name = "north-out"', 'name = "north-out"\ndebounce_ms = 900', 1)
+            + '\n[[lanes]]\nname = "south-in"\ngate_id = 71\ndirection = "in"\n'
+              'max_entries = 1\n', encoding="utf-8")
+        _truncate(path, path.stat().st_size - 4096)  # a new connection's check fails
+        daemon.reload()
+        assert daemon.lanes == running  # the same runners, none stopped
+        assert all(r._thread is not None and r._thread.is_alive() for r in running.values())
+        said = {r["code"]: r["message"] for r in daemon.report()["reasons"]}
+        assert "lane north-out cannot be started" in said["config_not_applied"], said
+        assert daemon.config.lane("north-out").debounce_ms != 900  # old config in force
+    finally:
+        for r in daemon.lanes.values():
+            r.stop()
+        daemon.close_stores()
+
+
 # -- the journal: full disk (stand-in) ------------------------------------------------------------
 
 def _fill_journal(gate: Gate) -> int:
