@@ -178,8 +178,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if venue.get("claims_unanswered"):
         add(Reason("warn", "venue_claims_unanswered",
                    f"{venue['claims_unanswered']} admit(s) journaled while their venue claim "
-                   "got no answer; held from the upload until the bus is back (then settled "
-                   "from the stream: granted, the admit stands; never stored, it is voided)"))
+                   "got no answer; held from the upload and from the bus until settled from "
+                   "the stream once connected and caught up (granted, the admit stands; never "
+                   "stored, it is voided)"))
     held = (venue.get("leader") or {}).get("quarantined")
     if held:
         add(Reason("warn", "venue_quarantined",
