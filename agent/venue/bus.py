@@ -125,6 +125,15 @@ class VenueBus:
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0}
+        # while connected, is the bus doing its work? (status reason venue_degraded): the
+        # claims that timed out in a row since the last answered one (reset on connecting),
+        # the last one's time and error; the publisher's failure and since when (cleared by a
+        # round that worked: `last_error` keeps the last error of any kind until a reconnect)
+        self.claims_timing_out = 0
+        self.claims_last_timeout: str | None = None
+        self.claims_timeout_error: str | None = None
+        self.publish_error: str | None = None
+        self.publish_failing_since: str | None = None
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -268,6 +277,7 @@ class VenueBus:
             self.connected = False
 
         async def on_reconnect() -> None:
+            self._claims_answered_again()
             self.connected = True
 
         async def on_closed() -> None:
@@ -287,6 +297,7 @@ class VenueBus:
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
+        self._claims_answered_again()
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -303,7 +314,9 @@ class VenueBus:
                         await self._publish_pending(store, journal)
                         await self._sweep(store, journal)
                     except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
-                        self.last_error = f"publishing: {type(exc).__name__}: {exc}"[:300]
+                        self._publishing_failed(f"{type(exc).__name__}: {exc}")
+                    else:
+                        self.publish_error = self.publish_failing_since = None
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -323,6 +336,28 @@ class VenueBus:
             except Exception:  # noqa: BLE001 - the connection may already be gone
                 pass
             await self._close_connection()
+
+    def _publishing_failed(self, error: str) -> None:
+        self.last_error = f"publishing: {error}"[:300]
+        self.publish_error = error[:300]
+        if self.publish_failing_since is None:
+            self.publish_failing_since = utc_iso(datetime.now(UTC))
+
+    def count_claim(self, outcome: str, error: str = "") -> None:
+        """A claim's outcome (granted | conflicted | timed_out, called from lane threads): the
+        counter, and the run of claims timing out in a row that any answer ends (a bus that
+        is connected but never answers: no quorum, the stream missing)."""
+        self.counters[f"claims_{outcome}"] += 1
+        if outcome != "timed_out":
+            self.claims_timing_out = 0
+            return
+        self.claims_timing_out += 1
+        self.claims_last_timeout = utc_iso(datetime.now(UTC))
+        self.claims_timeout_error = error[:300] or None
+
+    def _claims_answered_again(self) -> None:
+        """Connecting again: claims that failed while away say nothing of the bus now."""
+        self.claims_timing_out = 0
 
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -735,6 +770,11 @@ class VenueBus:
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             "claims_unanswered": unanswered,
+            "claims_timing_out": self.claims_timing_out,
+            "claims_last_timeout": self.claims_last_timeout,
+            "claims_timeout_error": self.claims_timeout_error,
+            "publish_error": self.publish_error,
+            "publish_failing_since": self.publish_failing_since,
             "claims_voided_here": marks.get("void", 0),
             **self.counters,
         }
