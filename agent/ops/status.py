@@ -20,6 +20,11 @@ from typing import Any
 from agent.core.codes import parse_utc_iso
 
 CLOCK_SKEW_WARN_S = 60.0
+# venue_degraded: a connected bus whose last claims all timed out (this many in a row, the last
+# within the window), or whose publisher has failed for this long
+VENUE_TIMEOUTS_IN_A_ROW = 3
+VENUE_TIMEOUT_WINDOW_S = 300.0
+VENUE_PUBLISH_FAILING_S = 60.0
 BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
 PLATFORM_JOBS = frozenset({"upload", "delta", "refresh", "full_resync", "initial_resync"})
@@ -34,7 +39,7 @@ REASON_CODES = (
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
-    "cache_read_failed", "venue_db_failing",
+    "cache_read_failed", "venue_db_failing", "venue_degraded",
 )
 
 
@@ -170,6 +175,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))
     reasons += venue_db_reasons(venue)
+    reasons += venue_degraded_reasons(venue, now)
     reasons += venue_watch_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
@@ -178,8 +184,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if venue.get("claims_unanswered"):
         add(Reason("warn", "venue_claims_unanswered",
                    f"{venue['claims_unanswered']} admit(s) journaled while their venue claim "
-                   "got no answer; held from the upload until the bus is back (then settled "
-                   "from the stream: granted, the admit stands; never stored, it is voided)"))
+                   "got no answer; held from the upload and from the bus until settled from "
+                   "the stream once connected and caught up (granted, the admit stands; never "
+                   "stored, it is voided)"))
     held = (venue.get("leader") or {}).get("quarantined")
     if held:
         add(Reason("warn", "venue_quarantined",
@@ -258,6 +265,34 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "a ticket's in/out scans by their own clocks: fix time sync (NTP) here or on the "
             "bus servers"))
     return found
+
+
+def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]:
+    """A bus that is connected but does not do its work: the TCP link to this gate's node is
+    up, yet JetStream does not answer (the node on the minority side of a partition, a cluster
+    without quorum, the venue's stream missing), so every claim follows the offline policy and
+    scans are not published. `connected` alone (venue_unreachable) cannot see it."""
+    if not venue.get("connected"):
+        return []  # venue_unreachable says it
+    found = []
+    in_a_row = venue.get("claims_timing_out") or 0
+    last = _age(venue.get("claims_last_timeout"), now)
+    if in_a_row >= VENUE_TIMEOUTS_IN_A_ROW and last is not None and \
+            last <= VENUE_TIMEOUT_WINDOW_S:
+        found.append(f"the last {in_a_row} claims got no answer "
+                     f"({venue.get('claims_timeout_error') or 'timed out'}), so limited zones "
+                     "follow venue.offline_policy")
+    failing = _age(venue.get("publish_failing_since"), now)
+    if failing is not None and failing > VENUE_PUBLISH_FAILING_S:
+        found.append(f"publishing this gate's scans has failed for {failing / 60:.0f} min "
+                     f"({venue.get('publish_error')})")
+    if not found:
+        return []
+    return [Reason("warn", "venue_degraded",
+                   "venue bus connected but not working: " + "; ".join(found) + ". JetStream "
+                   "has no quorum (this node on the minority side of a partition, or most nodes "
+                   "down) or the venue's stream is missing; check `nats server report "
+                   "jetstream` and the other nodes")]
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

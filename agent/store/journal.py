@@ -375,12 +375,21 @@ class Journal:
                 (VOIDED_CLAIM, "Venue claim not granted; decided again", reason[:1000],
                  uuid)).rowcount == 1
 
-    def claiming_rows(self, before: str) -> list[dict[str, Any]]:
-        """Rows still waiting for their claim's answer, scanned before `before` (UTC ISO):
-        after a restart, those the process left behind (a walk of the outbox)."""
+    def claiming_rows(self, through_seq: int, scanned_before: str = "") -> list[dict[str, Any]]:
+        """Rows still waiting for their claim's answer (a walk of the outbox): those journaled
+        at or before `through_seq` (after a restart: the journal's last seq when this process
+        began, so the rows an earlier process left behind), and those scanned before
+        `scanned_before` (UTC ISO; "" for none). Which process wrote a row is told by its
+        seq, never by its time: a clock stepped back at boot stamps this process's rows
+        before the last one's."""
         return _rows(self.conn.execute(
             f"SELECT uuid, event_id, item_id, scanned_on FROM scans WHERE {_OUTBOX}"
-            " AND venue = 'claiming' AND scanned_on < ? ORDER BY seq", (before,)))
+            " AND venue = 'claiming' AND (seq <= ? OR scanned_on < ?) ORDER BY seq",
+            (through_seq, scanned_before)))
+
+    def last_seq(self) -> int:
+        """The seq of the newest row (0 when empty): rows up to it were journaled before now."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM scans").fetchone()[0])
 
     # -- outbox ---------------------------------------------------------------------------
 

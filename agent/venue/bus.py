@@ -52,7 +52,8 @@ DUPLICATE_WINDOW_S = 600.0
 # An admit journaled while its claim is in flight normally settles within milliseconds; one
 # still waiting after this long (the bus went away, the process restarted without it) is
 # shown in status (`claims_unanswered`, reason venue_claims_unanswered): held from the upload
-# until the bus is back and the sweep settles it.
+# and the publisher until the sweep settles it (connected, the stream applied to its end).
+# Rows an earlier process left are counted whatever their time (by journal seq).
 UNANSWERED_AFTER_S = 5.0
 SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be in flight
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
@@ -105,7 +106,11 @@ class VenueBus:
         self.store_path = store_dir / VENUE_FILE
         self.journal_path = journal_path
         self.options = connect_options(venue, config_path)  # fails fast on an exposed creds file
-        self.started_at = utc_iso(datetime.now(UTC))
+        # Rows and claims of an earlier process are told from this one's by position, never
+        # by wall time (a clock stepped back at boot would stamp this process's scans before
+        # the last one's): journal rows up to this seq (read as the bus starts, before any
+        # claim of this process can be journaled), and claims not sent by this bus (_mine).
+        self.left_through_seq = 0
         self.connected = False
         self.last_error: str | None = None
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
@@ -120,6 +125,15 @@ class VenueBus:
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0}
+        # while connected, is the bus doing its work? (status reason venue_degraded): the
+        # claims that timed out in a row since the last answered one (reset on connecting),
+        # the last one's time and error; the publisher's failure and since when (cleared by a
+        # round that worked: `last_error` keeps the last error of any kind until a reconnect)
+        self.claims_timing_out = 0
+        self.claims_last_timeout: str | None = None
+        self.claims_timeout_error: str | None = None
+        self.publish_error: str | None = None
+        self.publish_failing_since: str | None = None
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -130,7 +144,12 @@ class VenueBus:
         self._caught_up = False
         self._status_store: VenueStore | None = None
         self._swept_seq = 0  # claims up to this stream position have been picked up
-        self._unchecked: dict[str, dict[str, Any]] = {}  # picked up, not old enough yet
+        # picked up, not old enough yet: claim, and when it was picked up (monotonic)
+        self._unchecked: dict[str, tuple[dict[str, Any], float]] = {}
+        # uuids of claims this bus sent (lane threads append; the sweep drains them into
+        # _mine: uuid -> when sent, monotonic); a claim not in it is an earlier process's
+        self._sent: collections.deque[tuple[str, float]] = collections.deque()
+        self._mine: dict[str, float] = {}
         self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
         self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"])
         self._heartbeats: HeartbeatLink | None = None
@@ -200,6 +219,8 @@ class VenueBus:
         assert self._stop is not None
         store = VenueStore(self.store_path)
         journal = Journal(self.journal_path) if self.journal_path is not None else None
+        if journal is not None:  # before the session: no claim of this bus is journaled yet
+            self.left_through_seq = await asyncio.to_thread(journal.last_seq)
         settler = asyncio.ensure_future(self._settling(journal))
         try:
             while not self._stop.is_set():
@@ -256,6 +277,7 @@ class VenueBus:
             self.connected = False
 
         async def on_reconnect() -> None:
+            self._claims_answered_again()
             self.connected = True
 
         async def on_closed() -> None:
@@ -275,6 +297,7 @@ class VenueBus:
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
+        self._claims_answered_again()
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -291,7 +314,9 @@ class VenueBus:
                         await self._publish_pending(store, journal)
                         await self._sweep(store, journal)
                     except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
-                        self.last_error = f"publishing: {type(exc).__name__}: {exc}"[:300]
+                        self._publishing_failed(f"{type(exc).__name__}: {exc}")
+                    else:
+                        self.publish_error = self.publish_failing_since = None
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -311,6 +336,28 @@ class VenueBus:
             except Exception:  # noqa: BLE001 - the connection may already be gone
                 pass
             await self._close_connection()
+
+    def _publishing_failed(self, error: str) -> None:
+        self.last_error = f"publishing: {error}"[:300]
+        self.publish_error = error[:300]
+        if self.publish_failing_since is None:
+            self.publish_failing_since = utc_iso(datetime.now(UTC))
+
+    def count_claim(self, outcome: str, error: str = "") -> None:
+        """A claim's outcome (granted | conflicted | timed_out, called from lane threads): the
+        counter, and the run of claims timing out in a row that any answer ends (a bus that
+        is connected but never answers: no quorum, the stream missing)."""
+        self.counters[f"claims_{outcome}"] += 1
+        if outcome != "timed_out":
+            self.claims_timing_out = 0
+            return
+        self.claims_timing_out += 1
+        self.claims_last_timeout = utc_iso(datetime.now(UTC))
+        self.claims_timeout_error = error[:300] or None
+
+    def _claims_answered_again(self) -> None:
+        """Connecting again: claims that failed while away say nothing of the bus now."""
+        self.claims_timing_out = 0
 
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -515,20 +562,27 @@ class VenueBus:
             self.counters["published"] += len(sends)
 
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
-        """Void this gate's standing claims with no admit in the journal: claims made before
-        this process started (a crash between claim and commit), or older than SWEEP_AFTER_S
-        (a commit that failed, or a claim that timed out here but reached the bus). Each claim
-        is looked at once: new ones are picked up by stream position and wait in memory until
-        they are old enough (after a restart, every claim is looked at again)."""
+        """Void this gate's standing claims with no admit in the journal: claims this bus did
+        not send (an earlier process's: a crash between claim and commit) at once, its own
+        SWEEP_AFTER_S after they were picked up (a commit that failed, or a claim that timed
+        out here but reached the bus). Each claim is looked at once: new ones are picked up by
+        stream position and wait in memory until they are old enough (after a restart, every
+        claim is looked at again). Ages are monotonic: a clock stepped back at boot neither
+        keeps an earlier process's claims standing nor makes this one's look old."""
         if not self._caught_up or journal is None:
             return
         await self._settle_claiming(store, journal)
+        now = time.monotonic()
+        while self._sent:  # before the pick-up: a claim on the stream was sent before
+            scan_uuid, sent = self._sent.popleft()
+            self._mine[scan_uuid] = sent
         for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
-            self._unchecked[claim["uuid"]] = claim
+            mine = self._mine.pop(claim["uuid"], None) is not None
+            self._unchecked[claim["uuid"]] = (claim, now if mine else float("-inf"))
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])
-        cutoff = max(self.started_at, utc_iso(datetime.fromtimestamp(
-            time.time() - SWEEP_AFTER_S, UTC)))
-        due = [c for c in self._unchecked.values() if c["scanned_on"] < cutoff]
+        for scan_uuid in [u for u, sent in self._mine.items() if now - sent > DUPLICATE_WINDOW_S]:
+            del self._mine[scan_uuid]  # never stored (no answer, never resent): forgotten
+        due = [c for c, picked in self._unchecked.values() if now - picked >= SWEEP_AFTER_S]
         if not due:
             return
         admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
@@ -571,8 +625,8 @@ class VenueBus:
         up to its end, the claim is in venue.db if the bus stored it. Stored: the admit stands
         (the gate may have opened); not stored: it never was granted, so the gate never
         opened, and the row is voided."""
-        # only rows of an earlier process: this one's lanes settle their own (settle_later)
-        rows = await asyncio.to_thread(journal.claiming_rows, self.started_at)
+        # only rows of an earlier process (by seq): this one's lanes settle their own
+        rows = await asyncio.to_thread(journal.claiming_rows, self.left_through_seq)
         if not rows:
             return
         stored = await asyncio.to_thread(store.standing, [r["uuid"] for r in rows])
@@ -608,6 +662,7 @@ class VenueBus:
         """Send a claim; its answer comes from the result's `wait()`, which the caller passes
         to `claim_answered` (the consumer holds back from here until the claim is settled)."""
         self._begin_claim()
+        self._sent.append((scan_uuid, time.monotonic()))  # the sweep's: not an earlier process's
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
             return Answered(ClaimAnswer("unavailable", error=self.last_error or "not connected"))
@@ -697,8 +752,10 @@ class VenueBus:
     def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
         """For /status (called from the daemon's loop: its own connection to venue.db)."""
         marks = journal.venue_counts() if journal is not None else {}
+        # rows an earlier process left (whatever their time), and this one's waiting too long
         waited = utc_iso(datetime.fromtimestamp(time.time() - UNANSWERED_AFTER_S, UTC))
-        unanswered = len(journal.claiming_rows(waited)) if journal is not None else 0
+        unanswered = (len(journal.claiming_rows(self.left_through_seq, waited))
+                      if journal is not None else 0)
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
@@ -713,6 +770,11 @@ class VenueBus:
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             "claims_unanswered": unanswered,
+            "claims_timing_out": self.claims_timing_out,
+            "claims_last_timeout": self.claims_last_timeout,
+            "claims_timeout_error": self.claims_timeout_error,
+            "publish_error": self.publish_error,
+            "publish_failing_since": self.publish_failing_since,
             "claims_voided_here": marks.get("void", 0),
             **self.counters,
         }

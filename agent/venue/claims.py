@@ -181,7 +181,7 @@ class VenueLink:
                                deadline=deadline)
             answer = self.bus.publish_claim(subject, body, scan_uuid, expected, left)
             if answer.outcome == "granted":
-                self.bus.counters["claims_granted"] += 1
+                self.bus.count_claim("granted")
                 self._holding = scan_uuid
                 self.last_granted_seq = answer.seq
                 return replace(base, outcome="granted", decision=decision, seq=answer.seq)
@@ -192,7 +192,7 @@ class VenueLink:
                     continue
                 return self._offline(base, answer.error)
             attempts += 1
-            self.bus.counters["claims_conflicted"] += 1
+            self.bus.count_claim("conflicted")
             # another gate wrote this ticket first: catch up to it, then decide again
             if not self.bus.wait_applied(answer.seq, max(0.0, deadline - time.monotonic())):
                 break
@@ -208,7 +208,7 @@ class VenueLink:
             claim.pending.wait(max(0.0, claim.deadline - time.monotonic())))
         landed = replace(claim, pending=None)
         if answer.outcome == "granted":
-            self.bus.counters["claims_granted"] += 1
+            self.bus.count_claim("granted")
             self.last_granted_seq = answer.seq
             return replace(landed, outcome="granted", seq=answer.seq)
         if answer.outcome == "unavailable":
@@ -217,11 +217,11 @@ class VenueLink:
                 # claims again, waiting for the answer this time
                 return replace(landed, outcome="resend", error=answer.error)
             return self._offline(landed, answer.error)
-        self.bus.counters["claims_conflicted"] += 1
+        self.bus.count_claim("conflicted")
         return replace(landed, outcome="conflict", seq=answer.seq)
 
     def _offline(self, base: Claim, error: str) -> Claim:
-        self.bus.counters["claims_timed_out"] += 1
+        self.bus.count_claim("timed_out", error)
         log.warning("venue claim of %s not answered (%s): policy %s", base.uuid, error,
                     self.policy)
         return replace(base, outcome="offline", error=error)

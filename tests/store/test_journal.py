@@ -195,7 +195,11 @@ def test_a_row_in_flight_is_an_admit_here_but_never_uploaded_until_settled(
             journal.record(row)
         journal.record(_row("plain"))
         assert [s.uuid for s in journal.own_admits(1, 7)] == ["kept", "gone"]
-        assert [r["uuid"] for r in journal.claiming_rows("9999")] == ["kept", "gone"]
+        assert [r["uuid"] for r in journal.claiming_rows(0, "9999")] == ["kept", "gone"]
+        # by seq alone, whatever their time: the rows journaled up to it
+        assert [r["uuid"] for r in journal.claiming_rows(journal.last_seq())] == \
+            ["kept", "gone"]
+        assert journal.claiming_rows(0) == []
         assert [r["uuid"] for r in journal.claim_batch(10, "b1")] == ["plain"]
         journal.mark_sent(["plain"], "2026-01-01T00:00:00.000000Z")
         assert journal.settle_claim("kept", "claimed")
@@ -203,7 +207,7 @@ def test_a_row_in_flight_is_an_admit_here_but_never_uploaded_until_settled(
         assert journal.void_claim("gone", "conflicted")
         assert not journal.void_claim("gone", "again")
         assert [s.uuid for s in journal.own_admits(1, 7)] == ["kept"]
-        assert journal.claiming_rows("9999") == []
+        assert journal.claiming_rows(journal.last_seq(), "9999") == []
         assert [r["uuid"] for r in journal.claim_batch(10, "b2")] == ["kept"]
         counts = journal.counts()  # the voided attempt is not a local-only code
         assert (counts["local"], counts["voided"], counts["pending"]) == (0, 1, 1)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import demo_data
+from agent.ops.status import evaluate
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
@@ -19,6 +20,12 @@ def admit(device: VenueDevice, i: int, lane: str = "north-in") -> tuple[bool, st
     started = time.perf_counter()
     r = gate.scan(demo_data.bulk_barcode(i), gate.config.lane(lane), datetime.now(UTC))
     return r.decision.admit, r.decision.status, time.perf_counter() - started
+
+
+def venue_codes(device: VenueDevice) -> list[str]:
+    """The venue reasons of the device's status, as /status gives them."""
+    _health, reasons = evaluate({"venue": device.bus.get_status()}, datetime.now(UTC), 3600)
+    return [r.code for r in reasons if r.code.startswith("venue")]
 
 
 def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
@@ -55,17 +62,35 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
         assert all(ok for ok, _s, _t in results)  # policy "local"
         assert max(t for _o, _s, t in results) < TIMEOUT_MS / 1000 + 0.5  # never the 2 s connect
         assert a.bus.counters["claims_timed_out"] >= timed_out + 5
+        # connected to the node left, which cannot answer: the status says so (not only the
+        # counter), though the link is up
+        wait_until(lambda: a.bus.connected, 10, "a on the node left")
+        for j in range(305, 308):
+            admit(a, j)
+        assert a.bus.connected and venue_codes(a) == ["venue_degraded"], a.bus.get_status()
+        # its offline scans cannot be published either: failing since, cleared by a success
+        wait_until(lambda: a.bus.publish_failing_since is not None, 15, "publishing fails")
         offline = [r["uuid"] for r in a.journal_rows() if r["venue"] == "offline"]
-        assert len(offline) >= 5
+        assert len(offline) >= 8
         for node in venue_cluster[:2]:
             node.start(wait=False)
         for node in venue_cluster[:2]:
             node.wait_healthy()
+        # the first answered claim ends it
+        granted_before, j = a.bus.counters["claims_granted"], 310
+        deadline = time.monotonic() + 30
+        while a.bus.counters["claims_granted"] == granted_before and \
+                time.monotonic() < deadline and j < 399:
+            admit(a, j)
+            j += 1
+            time.sleep(0.2)
+        assert "venue_degraded" not in venue_codes(a), a.bus.get_status()
+        wait_until(lambda: a.bus.publish_failing_since is None, 30, "publishing works again")
         # the backlog reaches the venue: b learns every offline admit, and refuses them
         wait_until(lambda: all(b.venue_store().conn.execute(
             "SELECT 1 FROM venue_scans WHERE uuid = ?", (u,)).fetchone() for u in offline),
             30, "b has a's offline scans")
-        assert [admit(b, j)[1] for j in range(300, 305)] == ["alreadyIn"] * 5
+        assert [admit(b, j)[1] for j in range(300, 308)] == ["alreadyIn"] * 8
         assert a.venue_store().conflict_count() == 0  # nobody else admitted them
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.core.codes import utc_iso
 from agent.ops.metrics import Metrics
-from agent.ops.status import evaluate
+from agent.ops.status import evaluate, venue_degraded_reasons
 
 VENUE = {"venue": "hall", "device": "g1", "stream": "VENUE_hall", "connected": True,
          "last_error": None, "applied_seq": 10, "lag": 0, "conflicts": 0,
@@ -35,6 +36,35 @@ def test_venue_reasons() -> None:
     _health, reasons = evaluate({"venue": failing}, datetime.now(UTC), 3600)
     said = next(r.message for r in reasons if r.code == "venue_db_failing")
     assert "disk is full" in said and "free disk space in store.dir" in said
+
+
+def test_a_connected_bus_that_does_not_answer_is_degraded() -> None:
+    """Connected (the TCP link up) while JetStream does not work: claims keep timing out, or
+    the publisher keeps failing. Said only while connected (otherwise venue_unreachable)."""
+    now = datetime.now(UTC)
+
+    def ago(seconds: float) -> str:
+        return utc_iso(now - timedelta(seconds=seconds))
+
+    def said(venue: dict[str, Any]) -> list[str]:
+        return [r.message for r in venue_degraded_reasons(venue, now)]
+
+    timing_out = {**VENUE, "claims_timing_out": 3, "claims_last_timeout": ago(2),
+                  "claims_timeout_error": "no settled answer in 500 ms"}
+    (message,) = said(timing_out)
+    assert "last 3 claims got no answer (no settled answer in 500 ms)" in message
+    assert "no quorum" in message and "nats server report jetstream" in message
+    assert _codes(timing_out) == ["venue_degraded"]
+    assert said({**timing_out, "claims_timing_out": 2}) == []  # one slow answer is not it
+    assert said({**timing_out, "claims_last_timeout": ago(301)}) == []  # long ago
+    assert _codes({**timing_out, "connected": False}) == ["venue_unreachable"]
+    publishing = {**VENUE, "publish_error": "TimeoutError: nats: timeout",
+                  "publish_failing_since": ago(120)}
+    (message,) = said(publishing)
+    assert "publishing this gate's scans has failed for 2 min (TimeoutError" in message
+    assert said({**publishing, "publish_failing_since": ago(30)}) == []  # a blip
+    assert said({**publishing, "publish_failing_since": None}) == []  # cleared by a success
+    assert len(said({**timing_out, **publishing})) == 1  # one reason saying both
 
 
 def test_a_stalled_leader_and_a_clock_off_the_bus_show_on_every_gate() -> None:
