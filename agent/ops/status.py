@@ -34,7 +34,7 @@ REASON_CODES = (
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
-    "cache_read_failed", "venue_db_failing",
+    "cache_read_failed", "venue_db_failing", "venue_settings_differ",
 )
 
 
@@ -171,6 +171,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    "limited zones follow venue.offline_policy and scans are published later"))
     reasons += venue_db_reasons(venue)
     reasons += venue_watch_reasons(venue)
+    reasons += venue_settings_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -258,6 +259,18 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "a ticket's in/out scans by their own clocks: fix time sync (NTP) here or on the "
             "bus servers"))
     return found
+
+
+def venue_settings_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """A venue stream or bucket the server keeps with other settings than this gate's config
+    asks (agent.venue.streams: the gate uses it as it is); the text names the setting and the
+    `nats stream edit` command."""
+    drift = [*(venue.get("settings_drift") or []),
+             *((venue.get("leader") or {}).get("settings_drift") or [])]
+    if not drift:
+        return []
+    more = f" (and {len(drift) - 1} more: see `gate-agent status --json`)" if len(drift) > 1 else ""
+    return [Reason("warn", "venue_settings_differ", f"venue: {drift[0]}{more}")]
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

@@ -36,7 +36,7 @@ from agent.core.codes import utc_iso
 from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
-from agent.venue import messages
+from agent.venue import messages, streams
 from agent.venue.claim_channel import (
     Answered,
     ClaimAnswer,
@@ -110,6 +110,7 @@ class VenueBus:
         self.last_error: str | None = None
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
+        self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
         self.apply_failing_since: str | None = None
         self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
@@ -324,21 +325,16 @@ class VenueBus:
 
     async def _ensure_stream(self) -> None:
         """Create the venue's stream (replicas 3 with three or more servers). Creating an
-        existing stream with the same settings is accepted by the server, so every gate may."""
+        existing stream with the same settings is accepted by the server, so every gate may;
+        one made with other settings is updated or used as it is (agent.venue.streams)."""
         replicas = 3 if len(self.venue["servers"]) >= 3 else 1
         config = StreamConfig(name=self.stream, subjects=[messages.stream_subjects(self.name)],
                               storage=StorageType.FILE, num_replicas=replicas,
                               duplicate_window=DUPLICATE_WINDOW_S)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await self._js.add_stream(config)
-                return
-            except Exception as exc:  # noqa: BLE001 - no meta leader yet: retry a while
-                if time.monotonic() > deadline:
-                    raise
-                self.last_error = f"stream not ready: {exc}"[:300]
-                await asyncio.sleep(0.25)
+        await streams.ensure_stream(self._js, config, [
+            streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
+            streams.Want("duplicate_window", DUPLICATE_WINDOW_S),
+            streams.Want("storage", StorageType.FILE)], self.settings_drift)
 
     async def _subscribe(self, store: VenueStore) -> Any:
         """An ordered push consumer from the first message not yet applied here."""
@@ -703,6 +699,7 @@ class VenueBus:
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
+            "settings_drift": sorted(self.settings_drift.values()),
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),

@@ -97,6 +97,7 @@ class VenueRole:
         self.on_catalog_change = on_catalog_change
         self.upload_status = UploadStatus()  # the venue's uploads while this device leads
         self.last_error: str | None = None
+        self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._js: Any = None
         self._nc: Any = None
         self._wake = asyncio.Event()
@@ -173,16 +174,17 @@ class VenueRole:
         try:
             if not await self._connect(stop, journal):
                 return
-            await catalog.ensure_stream(self._js, self.name, self.replicas)
-            await uplink.ensure_upload_stream(self._js, self.name, self.replicas)
+            await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
+            await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
             self.follower = catalog.CatalogFollower(self._js, self.name, cache,
                                                     own_term=self._own_term,
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
-            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas,
+                                                  self.drift)
             self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
-                                                                     self.replicas)
-            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
+                                                                     self.replicas, self.drift)
+            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
             tasks.append(asyncio.create_task(self.election.run()))
@@ -468,6 +470,8 @@ class VenueRole:
         out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
         out["last_full_pass"] = self.last_full
+        uploader_drift = self.uploader.drift if self.uploader is not None else {}
+        out["settings_drift"] = sorted({**self.drift, **uploader_drift}.values())
         if self.follower is not None:
             out.update(self.follower.get_status())
         if self.uploader is not None:
