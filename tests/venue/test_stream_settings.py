@@ -190,3 +190,5 @@ def test_a_venue_moved_to_three_nodes_gets_three_replicas(
         assert gate.scan(code, gate.config.lane("north-in"), datetime.now(UTC)).decision.admit
         status = devices[0].bus.get_status()
         assert status["claims_granted"] == 1 and status["settings_drift"] == []
+        # the update keeps the stream's identity: venue.db is not reset (stream_identity)
+        assert status["stream_restarts"] == 0
