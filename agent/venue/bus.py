@@ -295,13 +295,12 @@ class VenueBus:
             while not self._stop.is_set() and not closed.is_set():
                 if self.connected:
                     try:
-                        await watch.check(self._js, self.applied_seq)
                         await self._publish_pending(store, journal)
                         await self._sweep(store, journal)
-                    except VenueStreamLost:
-                        raise  # deleted or made again: the session's setup runs again
                     except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
                         self.last_error = f"publishing: {type(exc).__name__}: {exc}"[:300]
+                    # deleted or made again: VenueStreamLost, the session's setup runs again
+                    await watch.check(self._js, self.applied_seq)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)

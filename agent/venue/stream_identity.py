@@ -15,12 +15,19 @@ creates the stream if it is still missing, then the check above applies.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from nats.js.errors import NotFoundError
 
 from agent.errors import VenueStreamLost
+from agent.store.cache import TicketCache
+from agent.store.venue import VenueStore
+
+log = logging.getLogger("gate_agent.venue.stream_identity")
 
 CHECK_EVERY_S = 2.0
 STREAM_GONE_S = 5.0
@@ -67,7 +74,35 @@ class StreamWatch:
                                       f"{now - self._missing_since:.0f} s: setting it up "
                                       "again") from None
             return
+        except Exception:  # noqa: BLE001 - the bus does not answer: other reasons say so
+            return
         self._missing_since = None
         why = replaced(self.created, created_of(info), info.state.last_seq, applied_seq)
         if why is not None:
             raise VenueStreamLost(f"stream {self.stream}: {why}")
+
+
+async def adopt_catalog(js: Any, stream: str, cache: TicketCache, venue_db: Path) -> str:
+    """The leader role's session setup for the catalog stream (its position and newest term
+    live in the cache, its identity in venue.db's table of identities): one made again
+    since makes the follower start at its first message and accept its terms. Returns the
+    stream's creation time (for the session's `StreamWatch`)."""
+    info = await js.stream_info(stream)
+    created = created_of(info)
+
+    def fit() -> None:
+        identities = VenueStore(venue_db)
+        try:
+            recorded = identities.stream_created(stream)
+            position, _term = cache.catalog_position(stream)
+            why = replaced(recorded, created, info.state.last_seq, position)
+            if why is not None:
+                log.warning("venue catalog: %s; applied again from its first message", why)
+                cache.forget_catalog_position(stream)
+            if recorded != created:  # after the cache: a crash between resets again, no harm
+                identities.set_stream_created(stream, created)
+        finally:
+            identities.close()
+
+    await asyncio.to_thread(fit)
+    return created
