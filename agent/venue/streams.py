@@ -11,8 +11,10 @@ a setting it refuses (storage type, retention, replicas above the number of node
 the stream has it: the gate binds to the stream as it is, logs the difference once and keeps
 it in `drift` (the caller's status), naming the setting and the `nats stream edit` command.
 
-While gates disagree (a rolling config change), the last one to start a session sets the
-updatable settings: change every gate's config.
+Replicas are only ever raised by a gate: a gate whose config lists fewer servers (or an old
+config during a rolling change) would otherwise take them from the whole venue at each of its
+session starts; it uses the stream as it is and says so. For the other settings, while gates
+disagree the last one to start a session sets them: change every gate's config.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ EDIT_FLAGS: dict[str, str | None] = {
     "num_replicas": "--replicas", "max_age": "--max-age", "duplicate_window": "--dupe-window",
     "max_msgs_per_subject": "--max-msgs-per-subject", "storage": None, "retention": None,
 }
+
+NEVER_LOWERED = {"num_replicas"}  # raised by a gate, lowered only by an operator
 
 _logged: set[tuple[str, str, str, str]] = set()  # (stream, setting, found, wanted) said once
 
@@ -124,14 +128,21 @@ async def reconcile(js: Any, name: str, wants: list[Want], drift: dict[str, str]
         found = getattr(current, want.setting)
         if _same(found, want.value):
             continue
-        try:
-            updated = current.evolve(**{want.setting: want.value, **want.along})
-            current = (await js.update_stream(updated)).config
-        except Exception as exc:  # noqa: BLE001 - refused by the server: used as it is
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            text = _bound_text(name, want, found, exc)
+        why = None
+        if want.setting in NEVER_LOWERED and found is not None and want.value < found:
+            why = "a gate never lowers them: a gate listing fewer servers would take them from all"
+        else:
+            try:
+                updated = current.evolve(**{want.setting: want.value, **want.along})
+                current = (await js.update_stream(updated)).config
+            except Exception as exc:  # noqa: BLE001 - refused by the server: used as it is
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                why = "the server refused the change: " + (
+                    getattr(exc, "description", None) or str(exc) or type(exc).__name__)
+        if why is not None:
+            text = _bound_text(name, want, found, why)
             drift[f"{name}.{want.setting}"] = text
             _say_once(name, want, found, f"venue: {text}")
             continue
@@ -139,16 +150,15 @@ async def reconcile(js: Any, name: str, wants: list[Want], drift: dict[str, str]
                                      f"{_show(found)} to {_show(want.value)} ({want.key})")
 
 
-def _bound_text(name: str, want: Want, found: Any, exc: Exception) -> str:
-    why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+def _bound_text(name: str, want: Want, found: Any, why: str) -> str:
     flag = EDIT_FLAGS.get(want.setting)
     fix = (f"run `nats stream edit {name} {flag} {_show(want.value)}` where the server allows"
            f" it, or set the config back" if flag else
            f"it cannot be changed in place: back up, `nats stream rm {name}` and let the "
            f"gates create it again, or set the config back")
     return (f"stream {name} has {want.setting} {_show(found)}, {want.key} asks "
-            f"{_show(want.value)}; the server refused the change ({why}), the stream is used "
-            f"as it is — {fix}")[:400]
+            f"{_show(want.value)}; not changed ({why}), the stream is used as it is — "
+            f"{fix}")[:400]
 
 
 def _say_once(name: str, want: Want, found: Any, text: str) -> None:

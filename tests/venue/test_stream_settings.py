@@ -180,6 +180,17 @@ def test_a_venue_moved_to_three_nodes_gets_three_replicas(
         finally:
             await nc.close()
 
+    async def lower() -> dict[str, str]:
+        """A gate listing one server asks 1 replica: never lowered, said instead."""
+        nc, js = await connect({"servers": urls}, 5.0)
+        drift: dict[str, str] = {}
+        try:
+            await uplink.ensure_upload_stream(js, "hall", 3)
+            await uplink.ensure_upload_stream(js, "hall", 1, drift)
+            return drift
+        finally:
+            await nc.close()
+
     asyncio.run(precreate())
     code = demo_data.bulk_barcode(2)
     with venue_devices(tmp_path, urls, 1, tickets=5) as devices:
@@ -192,3 +203,5 @@ def test_a_venue_moved_to_three_nodes_gets_three_replicas(
         assert status["claims_granted"] == 1 and status["settings_drift"] == []
         # the update keeps the stream's identity: venue.db is not reset (stream_identity)
         assert status["stream_restarts"] == 0
+    said = asyncio.run(lower())
+    assert "never lowers" in said[f"{uplink.stream_name('hall')}.num_replicas"]
