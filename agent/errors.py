@@ -100,6 +100,12 @@ class JournalUnavailable(StoreError):
     """The scan journal cannot be written (disk full, read-only, damaged). Fail closed."""
 
 
+class VenueStreamLost(GateAgentError):
+    """The venue's stream was deleted (not found for a while) or made again (another creation
+    time, or sequences below what this gate applied): the bus session ends, so its setup runs
+    again (agent.venue.stream_identity)."""
+
+
 class DriverError(GateAgentError):
     """A reader or output failed."""
 

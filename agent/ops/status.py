@@ -39,7 +39,7 @@ REASON_CODES = (
     "venue_quarantined", "venue_claims_unanswered",
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
-    "cache_read_failed", "venue_db_failing", "venue_degraded",
+    "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
 )
 
 
@@ -177,6 +177,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     reasons += venue_db_reasons(venue)
     reasons += venue_degraded_reasons(venue, now)
     reasons += venue_watch_reasons(venue)
+    reasons += venue_settings_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -293,6 +294,18 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
                    "has no quorum (this node on the minority side of a partition, or most nodes "
                    "down) or the venue's stream is missing; check `nats server report "
                    "jetstream` and the other nodes")]
+
+
+def venue_settings_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """A venue stream or bucket the server keeps with other settings than this gate's config
+    asks (agent.venue.streams: the gate uses it as it is); the text names the setting and the
+    `nats stream edit` command."""
+    drift = [*(venue.get("settings_drift") or []),
+             *((venue.get("leader") or {}).get("settings_drift") or [])]
+    if not drift:
+        return []
+    more = f" (and {len(drift) - 1} more: see `gate-agent status --json`)" if len(drift) > 1 else ""
+    return [Reason("warn", "venue_settings_differ", f"venue: {drift[0]}{more}")]
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

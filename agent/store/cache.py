@@ -446,6 +446,12 @@ class TicketCache:
             " ON CONFLICT(stream) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq),"
             " term = MAX(term, excluded.term)", (stream, seq, term))
 
+    def forget_catalog_position(self, stream: str) -> None:
+        """The catalog stream was made again (agent.venue.stream_identity): its sequences and
+        the leader terms start over, so the next follower starts at its first message."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM venue_catalog WHERE stream = ?", (stream,))
+
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (before the file is renamed into place)."""
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -55,6 +55,11 @@ MIGRATIONS = [
             device TEXT, lane TEXT, scanned_on TEXT, offline INTEGER,
             detail TEXT NOT NULL, detected_at TEXT NOT NULL)
     """),
+    # which incarnation of the stream the position counts in: its creation time (a stream
+    # deleted and made again restarts its sequences at 1; agent.venue.stream_identity)
+    ("0004_stream_identity", """
+        CREATE TABLE venue_stream_identity (stream TEXT PRIMARY KEY, created TEXT NOT NULL)
+    """),
 ]
 
 
@@ -87,6 +92,9 @@ class Applied:
     scan: BusScan | None = None
     void_uuid: str | None = None
 
+
+_SET_CREATED = ("INSERT INTO venue_stream_identity (stream, created) VALUES (?, ?)"
+                " ON CONFLICT(stream) DO UPDATE SET created = excluded.created")
 
 _SCAN_COLS = ("uuid", "device", "lane", "event_id", "item_id", "zone_id", "zone_is_default",
               "direction", "admit", "status", "scanned_on", "offline", "max_entries",
@@ -197,6 +205,36 @@ class VenueStore:
     def position(self, stream: str) -> int:
         """The last stream sequence applied here (0: nothing yet)."""
         return self._position(stream)
+
+    def stream_created(self, stream: str) -> str | None:
+        """The creation time of the stream the position counts in (None: not recorded yet)."""
+        row = self.conn.execute("SELECT created FROM venue_stream_identity WHERE stream = ?",
+                                (stream,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_stream_created(self, stream: str, created: str) -> None:
+        try:
+            self.conn.execute(_SET_CREATED, (stream, created))
+        except sqlite3.Error as exc:
+            raise StoreError(f"venue state {self.path}: {exc}") from exc
+
+    def restart_stream(self, stream: str, created: str) -> None:
+        """The stream was deleted and made again (`created` is the new one's): drop what was
+        derived from the old one (scans, subject sequences, position) and the publishing
+        cursor (this gate's journal goes out again, so the new stream learns its admits), in
+        one transaction. Conflicts found are kept: they are a record of what happened."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for sql in ("DELETE FROM venue_scans", "DELETE FROM venue_subjects",
+                        "DELETE FROM venue_cursor"):
+                self.conn.execute(sql)
+            self.conn.execute("DELETE FROM venue_position WHERE stream = ?", (stream,))
+            self.conn.execute(_SET_CREATED, (stream, created))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"venue state {self.path}: {exc}") from exc
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.platform.governor import Governor
+from agent.venue import streams
 from agent.venue.lease import Lease, NotLeader
 
 LOG_KEY = "requests"
@@ -33,9 +34,11 @@ def bucket_name(venue: str) -> str:
     return f"VENUE_{venue.replace('-', '_')}_BUDGET"
 
 
-async def budget_bucket(js: Any, venue: str, replicas: int) -> Any:
-    return await js.create_key_value(KeyValueConfig(
-        bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas))
+async def budget_bucket(js: Any, venue: str, replicas: int,
+                        drift: dict[str, str] | None = None) -> Any:
+    return await streams.ensure_bucket(js, KeyValueConfig(
+        bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas),
+        drift)
 
 
 def leader_share(api: dict[str, Any], reserve: int) -> float:

@@ -33,10 +33,11 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from agent.core.codes import utc_iso
+from agent.errors import VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
-from agent.venue import messages
+from agent.venue import messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
     ClaimAnswer,
@@ -49,6 +50,7 @@ from agent.venue.heartbeat import GateBoard, HeartbeatLink
 log = logging.getLogger("gate_agent.venue")
 
 DUPLICATE_WINDOW_S = 600.0
+RESTART_SEQ = -1  # an applier queue item: the stream was made again, reset venue.db first
 # An admit journaled while its claim is in flight normally settles within milliseconds; one
 # still waiting after this long (the bus went away, the process restarted without it) is
 # shown in status (`claims_unanswered`, reason venue_claims_unanswered): held from the upload
@@ -115,6 +117,10 @@ class VenueBus:
         self.last_error: str | None = None
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
+        self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
+        self.stream_restarts = 0  # times venue.db was reset for a stream made again
+        self._restarted = threading.Event()  # the applier reset venue.db (RESTART_SEQ)
+        self._republishing = False  # after a reset: granted claims go out again too
         self.apply_failing_since: str | None = None
         self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
@@ -293,6 +299,7 @@ class VenueBus:
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
+        watch = await self._adopt_stream(store)
         await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
@@ -317,6 +324,8 @@ class VenueBus:
                         self._publishing_failed(f"{type(exc).__name__}: {exc}")
                     else:
                         self.publish_error = self.publish_failing_since = None
+                    # deleted or made again: VenueStreamLost, the session's setup runs again
+                    await watch.check(self._js, self.applied_seq)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -371,21 +380,54 @@ class VenueBus:
 
     async def _ensure_stream(self) -> None:
         """Create the venue's stream (replicas 3 with three or more servers). Creating an
-        existing stream with the same settings is accepted by the server, so every gate may."""
+        existing stream with the same settings is accepted by the server, so every gate may;
+        one made with other settings is updated or used as it is (agent.venue.streams)."""
         replicas = 3 if len(self.venue["servers"]) >= 3 else 1
         config = StreamConfig(name=self.stream, subjects=[messages.stream_subjects(self.name)],
                               storage=StorageType.FILE, num_replicas=replicas,
                               duplicate_window=DUPLICATE_WINDOW_S)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await self._js.add_stream(config)
-                return
-            except Exception as exc:  # noqa: BLE001 - no meta leader yet: retry a while
-                if time.monotonic() > deadline:
-                    raise
-                self.last_error = f"stream not ready: {exc}"[:300]
-                await asyncio.sleep(0.25)
+        await streams.ensure_stream(self._js, config, [
+            streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
+            streams.Want("duplicate_window", DUPLICATE_WINDOW_S),
+            streams.Want("storage", StorageType.FILE)], self.settings_drift)
+
+    async def _adopt_stream(self, store: VenueStore) -> stream_identity.StreamWatch:
+        """Session setup: venue.db must count in this incarnation of the stream. One made
+        again since (agent.venue.stream_identity) resets venue.db's derived data first, so the
+        consumer starts at the new stream's first message and claims expect its sequences."""
+        info = await self._js.stream_info(self.stream)
+        created = stream_identity.created_of(info)
+        recorded = await asyncio.to_thread(store.stream_created, self.stream)
+        position = await asyncio.to_thread(store.position, self.stream)
+        why = stream_identity.replaced(recorded, created, info.state.last_seq, position)
+        if why is not None:
+            log.warning("venue: %s; venue.db's scans are dropped and the stream applied from "
+                        "its first message; this gate's scans are published again", why)
+            self._restarted.clear()
+            with self._hold_lock:  # held messages are the old stream's
+                self._held.clear()
+            self._inbox.put((RESTART_SEQ, created, b"", 0))
+            if not await asyncio.to_thread(self._restarted.wait, 30.0):
+                raise VenueStreamLost(f"venue.db not reset for the new stream: {self.apply_error}")
+            self._swept_seq, self._unchecked = 0, {}
+            self._republishing = True
+            self.stream_restarts += 1
+        elif recorded != created:
+            await asyncio.to_thread(store.set_stream_created, self.stream, created)
+        return stream_identity.StreamWatch(self.stream, created)
+
+    def _restart_applied(self, store: VenueStore, created: str) -> None:
+        """The applier's part of a reset (in order: what it applied before is the old
+        stream's; nothing of the old stream is queued after the marker)."""
+        try:
+            store.restart_stream(self.stream, created)
+        except Exception as exc:  # noqa: BLE001 - the session fails and tries again
+            self.apply_error = f"{type(exc).__name__}: {exc}"[:300]
+            return
+        with self._cond:
+            self.applied_seq = self.stream_last_seq = 0
+        self._caught_up = False
+        self._restarted.set()
 
     async def _subscribe(self, store: VenueStore) -> Any:
         """An ordered push consumer from the first message not yet applied here."""
@@ -427,11 +469,15 @@ class VenueBus:
     def _applying(self) -> None:
         """The applier thread: messages in stream order, in batches, one transaction each."""
         store = VenueStore(self.store_path)
+        carried: tuple[int, str, bytes, int] | None = None  # a reset marker ends a batch
         try:
             while True:
-                item = self._inbox.get()
+                item, carried = carried or self._inbox.get(), None
                 if item is None:
                     return
+                if item[0] == RESTART_SEQ:
+                    self._restart_applied(store, item[1])
+                    continue
                 batch = [item]
                 while len(batch) < 500:
                     try:
@@ -440,6 +486,9 @@ class VenueBus:
                         break
                     if nxt is None:
                         self._inbox.put(None)
+                        break
+                    if nxt[0] == RESTART_SEQ:
+                        carried = nxt
                         break
                     batch.append(nxt)
                 self._apply(store, batch)
@@ -540,6 +589,7 @@ class VenueBus:
             since = await asyncio.to_thread(store.published_through)
             rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
+                self._republishing = False
                 return
             # a row whose claim is in flight stops the walk until its answer settles it
             flying = next((i for i, row in enumerate(rows) if row.get("venue") == "claiming"),
@@ -550,8 +600,9 @@ class VenueBus:
                     return
             sends = []
             for row in rows:
-                if row.get("venue") in ("claimed", "void"):  # on the bus already / never was
-                    continue
+                if row.get("venue") == "void" or (  # never was on the bus / is on it already,
+                        row.get("venue") == "claimed" and not self._republishing):  # unless
+                    continue  # the stream was made again (_adopt_stream)
                 subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
                                                   self.device)
                 sends.append(self._js.publish(
@@ -760,6 +811,8 @@ class VenueBus:
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
+            "settings_drift": sorted(self.settings_drift.values()),
+            "stream_restarts": self.stream_restarts,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +50,7 @@ from agent.core.model import (
     strip_personal,
 )
 from agent.store.cache import TicketCache
+from agent.venue import streams
 from agent.venue.lease import TERM_HEADER, Lease
 
 log = logging.getLogger("gate_agent.venue.catalog")
@@ -67,19 +67,17 @@ def prefix(venue: str) -> str:
     return f"venuecat.{venue}"
 
 
-async def ensure_stream(js: Any, venue: str, replicas: int) -> None:
+async def ensure_stream(js: Any, venue: str, replicas: int,
+                        drift: dict[str, str] | None = None) -> None:
+    """The catalog stream (one message per item's subject), made to fit when it exists with
+    other settings (agent.venue.streams)."""
     config = StreamConfig(name=stream_name(venue), subjects=[f"{prefix(venue)}.>"],
                           storage=StorageType.FILE, num_replicas=replicas,
                           max_msgs_per_subject=1)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await js.add_stream(config)
-            return
-        except Exception:  # noqa: BLE001 - no meta leader yet: retry a while
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
+    await streams.ensure_stream(js, config, [
+        streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
+        streams.Want("max_msgs_per_subject", 1), streams.Want("storage", StorageType.FILE)],
+        drift)
 
 
 class CatalogPublisher:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.core.codes import utc_iso
+from agent.venue import streams
 from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
 
 log = logging.getLogger("gate_agent.venue.leader")
@@ -63,18 +63,13 @@ async def connect(options: dict[str, Any], timeout_s: float,
     return nc, nc.jetstream(timeout=timeout_s)
 
 
-async def lease_bucket(js: Any, venue: str, ttl_s: float, replicas: int) -> Any:
-    """The lease bucket (created by whoever comes first; same settings are accepted)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return await js.create_key_value(KeyValueConfig(
-                bucket=bucket_name(venue), history=1, ttl=ttl_s, storage=StorageType.FILE,
-                replicas=replicas))
-        except Exception:  # noqa: BLE001 - no meta leader yet: retry a while
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
+async def lease_bucket(js: Any, venue: str, ttl_s: float, replicas: int,
+                       drift: dict[str, str] | None = None) -> Any:
+    """The lease bucket (created by whoever comes first; same settings are accepted, a new
+    `venue.lease_ttl_s` updates its TTL: agent.venue.streams)."""
+    return await streams.ensure_bucket(js, KeyValueConfig(
+        bucket=bucket_name(venue), history=1, ttl=ttl_s, storage=StorageType.FILE,
+        replicas=replicas), drift, ttl_key="venue.lease_ttl_s")
 
 
 def cancelled() -> bool:

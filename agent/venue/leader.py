@@ -29,14 +29,15 @@ from typing import Any
 
 from agent.config import Config
 from agent.core.codes import utc_iso
-from agent.errors import GateAgentError
+from agent.errors import GateAgentError, VenueStreamLost
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.upload import Uploader, UploadStatus
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
-from agent.venue import catalog, passrequest, quarantine, uplink
+from agent.store.venue import VENUE_FILE
+from agent.venue import catalog, passrequest, quarantine, stream_identity, uplink
 from agent.venue.budget import (
     LeaderFence,
     budget_bucket,
@@ -97,6 +98,8 @@ class VenueRole:
         self.on_catalog_change = on_catalog_change
         self.upload_status = UploadStatus()  # the venue's uploads while this device leads
         self.last_error: str | None = None
+        self.drift: dict[str, str] = {}  # streams/buckets used with other settings
+        self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
         self._js: Any = None
         self._nc: Any = None
         self._wake = asyncio.Event()
@@ -173,16 +176,22 @@ class VenueRole:
         try:
             if not await self._connect(stop, journal):
                 return
-            await catalog.ensure_stream(self._js, self.name, self.replicas)
-            await uplink.ensure_upload_stream(self._js, self.name, self.replicas)
+            await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
+            await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
+            created = await stream_identity.adopt_catalog(
+                self._js, catalog.stream_name(self.name), cache,
+                self.config.store_dir / VENUE_FILE)
+            self._catalog_watch = stream_identity.StreamWatch(catalog.stream_name(self.name),
+                                                              created)
             self.follower = catalog.CatalogFollower(self._js, self.name, cache,
                                                     own_term=self._own_term,
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
-            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas)
+            self._budget_kv = await budget_bucket(self._js, self.name, self.replicas,
+                                                  self.drift)
             self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
-                                                                     self.replicas)
-            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas)
+                                                                     self.replicas, self.drift)
+            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
             tasks.append(asyncio.create_task(self.election.run()))
@@ -225,7 +234,10 @@ class VenueRole:
                 if task.done():  # the catalog follower or the election died: new session
                     raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
             try:
-                await self._member_round(journal)
+                await self._member_round(journal)  # first: a bus gone must not hold back
+                if self._catalog_watch is not None and self.follower is not None \
+                        and self._nc is not None and self._nc.is_connected:  # the fallback
+                    await self._catalog_watch.check(self._js, self.follower.position)
                 if self.election is not None and self.election.lease.valid():
                     await self._lead()
                     assert self.uploader is not None
@@ -239,6 +251,8 @@ class VenueRole:
             except NotLeader as exc:
                 log.warning("venue: %s", exc)
                 await self._step_down()
+            except VenueStreamLost:
+                raise  # the catalog stream deleted or made again: a new session sets it up
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
                 if cancelled():
                     raise asyncio.CancelledError from exc
@@ -468,6 +482,8 @@ class VenueRole:
         out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
         out["last_full_pass"] = self.last_full
+        uploader_drift = self.uploader.drift if self.uploader is not None else {}
+        out["settings_drift"] = sorted({**self.drift, **uploader_drift}.values())
         if self.follower is not None:
             out.update(self.follower.get_status())
         if self.uploader is not None:

@@ -20,6 +20,7 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.core.codes import utc_iso
+from agent.venue import streams
 from agent.venue.kvkeys import live_keys
 
 SCAN_HEADER = "Gate-Scan-Uuid"  # a requeued row's scan uuid (its Nats-Msg-Id is new)
@@ -29,10 +30,12 @@ def bucket_name(venue: str) -> str:
     return f"VENUE_{venue.replace('-', '_')}_QUARANTINE"
 
 
-async def quarantine_bucket(js: Any, venue: str, replicas: int = 1) -> Any:
+async def quarantine_bucket(js: Any, venue: str, replicas: int = 1,
+                            drift: dict[str, str] | None = None) -> Any:
     """Create (or open) the bucket: the venue's devices, with the venue's replica count."""
-    return await js.create_key_value(KeyValueConfig(
-        bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas))
+    return await streams.ensure_bucket(js, KeyValueConfig(
+        bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas),
+        drift)
 
 
 async def existing_bucket(js: Any, venue: str) -> Any:

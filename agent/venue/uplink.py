@@ -58,7 +58,7 @@ from agent.platform.upload import (
     ticket_row,
 )
 from agent.store.journal import Journal
-from agent.venue import quarantine
+from agent.venue import quarantine, streams
 from agent.venue.kvkeys import live_keys
 from agent.venue.lease import Lease
 
@@ -76,10 +76,16 @@ def subject(venue: str, device: str) -> str:
     return f"venueup.{venue}.{device}"
 
 
-async def ensure_upload_stream(js: Any, venue: str, replicas: int) -> None:
-    await js.add_stream(StreamConfig(
+async def ensure_upload_stream(js: Any, venue: str, replicas: int,
+                               drift: dict[str, str] | None = None) -> None:
+    """The work queue of the venue's scans for the leader (agent.venue.streams: made to fit
+    when it exists with other settings)."""
+    await streams.ensure_stream(js, StreamConfig(
         name=stream_name(venue), subjects=[f"venueup.{venue}.>"], storage=StorageType.FILE,
-        num_replicas=replicas, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0))
+        num_replicas=replicas, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0), [
+        streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
+        streams.Want("duplicate_window", 600.0), streams.Want("storage", StorageType.FILE),
+        streams.Want("retention", RetentionPolicy.WORK_QUEUE)], drift)
 
 
 async def hand_over(js: Any, venue: str, device: str, journal: Journal,
@@ -170,14 +176,16 @@ class VenueUploader:
                          "redelivered_acked": 0, "send_failures": 0, "batches_split": 0,
                          "rows_quarantined": 0}
         self.last_error: str | None = None
+        self.drift: dict[str, str] = {}  # buckets used with other settings (agent.venue.streams)
         self._budget: int | None = None  # requests left this round once a 422 came
 
     async def start(self) -> None:
-        self.kv = await self.js.create_key_value(KeyValueConfig(
+        self.kv = await streams.ensure_bucket(self.js, KeyValueConfig(
             bucket=f"VENUE_{self.venue.replace('-', '_')}_BATCHES", history=1,
             storage=StorageType.FILE, ttl=86_400.0,
-            replicas=self.replicas))  # R3 in a cluster: a stored batch outlives one node
-        self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas)
+            replicas=self.replicas), self.drift)  # R3 in a cluster: a batch outlives one node
+        self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas,
+                                                             self.drift)
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,

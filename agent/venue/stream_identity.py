@@ -1,0 +1,108 @@
+"""Which incarnation of the venue's stream this gate's venue.db counts in.
+
+venue.db is derived from the stream by position (agent.store.venue). A stream deleted and made
+again (by an operator, or by the gates' own setup once it is gone) restarts its sequences at 1:
+a gate that kept its old position would skip the new stream's first messages, and its claims
+would expect subject sequences of the old stream and conflict every time (ending in the offline
+policy). So the stream's creation time (`stream_info().created`) is stored beside the position;
+at session start a different one, or a stream whose last sequence is below the position
+applied here, resets the derived data and consumes the new stream from its first message.
+
+While a session runs, the stream is looked at every CHECK_EVERY_S: not found for
+STREAM_GONE_S, or made again, ends the session (`VenueStreamLost`) so setup runs again: it
+creates the stream if it is still missing, then the check above applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from agent.errors import VenueStreamLost
+from agent.store.cache import TicketCache
+from agent.store.venue import VenueStore
+
+log = logging.getLogger("gate_agent.venue.stream_identity")
+
+CHECK_EVERY_S = 2.0
+STREAM_GONE_S = 5.0
+
+
+def created_of(info: Any) -> str:
+    """The stream's creation time as stored (ISO, UTC); "" when the server gives none."""
+    return info.created.isoformat() if info.created is not None else ""
+
+
+def replaced(recorded: str | None, created: str, last_seq: int, position: int) -> str | None:
+    """Why venue.db no longer counts in this stream (None: it does). `recorded` None: a
+    venue.db from before identities were stored; only the sequences can tell then."""
+    if recorded is not None and recorded != created:
+        return f"the stream was made again at {created} (venue.db counts in the one of {recorded})"
+    if last_seq < position:
+        return (f"the stream's last message is {last_seq}, below the position {position} applied "
+                "here (deleted and made again)")
+    return None
+
+
+class StreamWatch:
+    """A session's look at its stream: `await check(js, applied_seq)` every round; raises
+    `VenueStreamLost` once the stream is gone for STREAM_GONE_S or was made again."""
+
+    def __init__(self, stream: str, created: str):
+        self.stream = stream
+        self.created = created
+        self._next = time.monotonic() + CHECK_EVERY_S
+        self._missing_since: float | None = None
+
+    async def check(self, js: Any, applied_seq: int) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + CHECK_EVERY_S
+        try:
+            info = await js.stream_info(self.stream)
+        except NotFoundError:
+            if self._missing_since is None:
+                self._missing_since = now
+            if now - self._missing_since >= STREAM_GONE_S:
+                raise VenueStreamLost(f"stream {self.stream} not found for "
+                                      f"{now - self._missing_since:.0f} s: setting it up "
+                                      "again") from None
+            return
+        except Exception:  # noqa: BLE001 - the bus does not answer: other reasons say so
+            return
+        self._missing_since = None
+        why = replaced(self.created, created_of(info), info.state.last_seq, applied_seq)
+        if why is not None:
+            raise VenueStreamLost(f"stream {self.stream}: {why}")
+
+
+async def adopt_catalog(js: Any, stream: str, cache: TicketCache, venue_db: Path) -> str:
+    """The leader role's session setup for the catalog stream (its position and newest term
+    live in the cache, its identity in venue.db's table of identities): one made again
+    since makes the follower start at its first message and accept its terms. Returns the
+    stream's creation time (for the session's `StreamWatch`)."""
+    info = await js.stream_info(stream)
+    created = created_of(info)
+
+    def fit() -> None:
+        identities = VenueStore(venue_db)
+        try:
+            recorded = identities.stream_created(stream)
+            position, _term = cache.catalog_position(stream)
+            why = replaced(recorded, created, info.state.last_seq, position)
+            if why is not None:
+                log.warning("venue catalog: %s; applied again from its first message", why)
+                cache.forget_catalog_position(stream)
+            if recorded != created:  # after the cache: a crash between resets again, no harm
+                identities.set_stream_created(stream, created)
+        finally:
+            identities.close()
+
+    await asyncio.to_thread(fit)
+    return created

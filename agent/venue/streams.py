@@ -1,0 +1,187 @@
+"""Create a venue stream or key-value bucket, or make one that exists with other settings fit.
+
+Every gate creates the venue's streams and buckets at session start ("create" with the same
+settings is accepted by the server). Once a setting changes (`venue.servers` from 1 to 3 nodes
+asks for 3 replicas, a new `venue.lease_ttl_s` asks for another TTL), JetStream refuses the
+create with error 10058 ("stream name already in use with a different configuration"); retried
+for ever, that took every gate off the venue for good. So on 10058 each setting that differs
+is updated in place where JetStream allows it (replicas, max age, duplicate window, per-subject
+limit: `js.update_stream`, one setting at a time so one refusal does not block the others), and
+a setting it refuses (storage type, retention, replicas above the number of nodes) is left as
+the stream has it: the gate binds to the stream as it is, logs the difference once and keeps
+it in `drift` (the caller's status), naming the setting and the `nats stream edit` command.
+
+Replicas are only ever raised by a gate: a gate whose config lists fewer servers (or an old
+config during a rolling change) would otherwise take them from the whole venue at each of its
+session starts; it uses the stream as it is and says so. For the other settings, while gates
+disagree the last one to start a session sets them: change every gate's config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.errors import BadRequestError
+
+log = logging.getLogger("gate_agent.venue.streams")
+
+IN_USE_OTHER_CONFIG = 10058  # JetStream: stream name already in use with a different config
+CREATE_RETRY_S = 30.0  # no meta leader yet (a cluster starting): create is tried this long
+BUILT_IN = "built in"  # a setting the agent fixes (no config key asks for it)
+REPLICAS_KEY = "venue.servers (3 or more: 3 replicas)"
+
+# `nats stream edit` flags of the settings the agent sets; None: not editable in place
+EDIT_FLAGS: dict[str, str | None] = {
+    "num_replicas": "--replicas", "max_age": "--max-age", "duplicate_window": "--dupe-window",
+    "max_msgs_per_subject": "--max-msgs-per-subject", "storage": None, "retention": None,
+}
+
+NEVER_LOWERED = {"num_replicas"}  # raised by a gate, lowered only by an operator
+
+_logged: set[tuple[str, str, str, str]] = set()  # (stream, setting, found, wanted) said once
+
+
+@dataclass(frozen=True)
+class Want:
+    """One setting the config asks of a stream: `setting` a StreamConfig field, `key` the config
+    key that decides it (for the operator), `along` fields that must change with it (a bucket's
+    duplicate window may not exceed its TTL)."""
+
+    setting: str
+    value: Any
+    key: str = BUILT_IN
+    along: dict[str, Any] = field(default_factory=dict)
+
+
+def is_in_use_error(exc: BaseException) -> bool:
+    return isinstance(exc, BadRequestError) and exc.err_code == IN_USE_OTHER_CONFIG
+
+
+async def _create(js: Any, make: Any, config: Any, stream: str) -> tuple[bool, Any]:
+    """(True, `make(config)`), or (False, None) when `stream` exists and the create was
+    refused: 10058, or another refusal of the new settings (a one-node server refuses 3
+    replicas with 10074 before comparing). Other failures (no meta leader yet while a
+    cluster starts) are retried for CREATE_RETRY_S."""
+    deadline = time.monotonic() + CREATE_RETRY_S
+    while True:
+        try:
+            return True, await make(config)
+        except Exception as exc:  # noqa: BLE001 - exists, or no meta leader yet: retry a while
+            if is_in_use_error(exc) or await _exists(js, stream):
+                return False, None
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def _exists(js: Any, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except Exception:  # noqa: BLE001 - not found, or the server cannot say yet
+        return False
+    return True
+
+
+async def ensure_stream(js: Any, config: StreamConfig, wants: list[Want],
+                        drift: dict[str, str] | None = None) -> None:
+    """Create `config`'s stream, or fit the existing one to `wants` (see the module doc)."""
+    assert config.name is not None
+    drift = {} if drift is None else drift
+    _forget(drift, config.name)
+    made, _info = await _create(js, js.add_stream, config, config.name)
+    if not made:
+        await reconcile(js, config.name, wants, drift)
+
+
+async def ensure_bucket(js: Any, config: KeyValueConfig, drift: dict[str, str] | None = None,
+                        ttl_key: str = BUILT_IN, replicas_key: str = REPLICAS_KEY) -> Any:
+    """Create `config`'s bucket, or fit the existing one (its stream `KV_<bucket>`) to the
+    config's replicas, TTL and history, and bind to it."""
+    drift = {} if drift is None else drift
+    stream = f"KV_{config.bucket}"
+    _forget(drift, stream)
+    made, kv = await _create(js, js.create_key_value, config, stream)
+    if made:
+        return kv
+    ttl = config.ttl or 0.0
+    # nats-py makes a bucket's duplicate window min(2 min, TTL): it follows a new TTL
+    window = min(120.0, ttl) if ttl else 120.0
+    await reconcile(js, stream, [
+        Want("num_replicas", config.replicas, replicas_key),
+        Want("max_age", ttl, ttl_key, {"duplicate_window": window}),
+        Want("max_msgs_per_subject", config.history),
+        Want("storage", config.storage),
+    ], drift)
+    return await js.key_value(config.bucket)
+
+
+async def reconcile(js: Any, name: str, wants: list[Want], drift: dict[str, str]) -> None:
+    """Update each setting of stream `name` that differs from `wants`; one JetStream refuses
+    is left as it is, logged once and noted in `drift[<name>.<setting>]`."""
+    current = (await js.stream_info(name)).config
+    for want in wants:
+        found = getattr(current, want.setting)
+        if _same(found, want.value):
+            continue
+        why = None
+        if want.setting in NEVER_LOWERED and found is not None and want.value < found:
+            why = "a gate never lowers them: a gate listing fewer servers would take them from all"
+        else:
+            try:
+                updated = current.evolve(**{want.setting: want.value, **want.along})
+                current = (await js.update_stream(updated)).config
+            except Exception as exc:  # noqa: BLE001 - refused by the server: used as it is
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                why = "the server refused the change: " + (
+                    getattr(exc, "description", None) or str(exc) or type(exc).__name__)
+        if why is not None:
+            text = _bound_text(name, want, found, why)
+            drift[f"{name}.{want.setting}"] = text
+            _say_once(name, want, found, f"venue: {text}")
+            continue
+        _say_once(name, want, found, f"venue: stream {name}: {want.setting} changed from "
+                                     f"{_show(found)} to {_show(want.value)} ({want.key})")
+
+
+def _bound_text(name: str, want: Want, found: Any, why: str) -> str:
+    flag = EDIT_FLAGS.get(want.setting)
+    fix = (f"run `nats stream edit {name} {flag} {_show(want.value)}` where the server allows"
+           f" it, or set the config back" if flag else
+           f"it cannot be changed in place: back up, `nats stream rm {name}` and let the "
+           f"gates create it again, or set the config back")
+    return (f"stream {name} has {want.setting} {_show(found)}, {want.key} asks "
+            f"{_show(want.value)}; not changed ({why}), the stream is used as it is — "
+            f"{fix}")[:400]
+
+
+def _say_once(name: str, want: Want, found: Any, text: str) -> None:
+    key = (name, want.setting, _show(found), _show(want.value))
+    if key not in _logged:
+        _logged.add(key)
+        log.warning("%s", text)
+
+
+def _forget(drift: dict[str, str], stream: str) -> None:
+    for key in [k for k in drift if k.startswith(f"{stream}.")]:
+        del drift[key]
+
+
+def _same(found: Any, wanted: Any) -> bool:
+    if wanted is None:
+        return True  # not asked for: the server's default stands
+    if isinstance(wanted, float) or isinstance(found, float):
+        return found is not None and abs(float(found) - float(wanted)) < 1e-3
+    return bool(found == wanted)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}s"
+    return str(getattr(value, "value", value))
