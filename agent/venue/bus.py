@@ -192,9 +192,12 @@ class VenueBus:
     def stop(self, timeout: float = 3.0) -> None:
         loop, stop, wake = self._loop, self._stop, self._wake
         if loop is not None and stop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(stop.set)
-            if wake is not None:  # the session's round ends now, not after its 1 s wait
-                loop.call_soon_threadsafe(wake.set)  # (which STOP_GRACE_S would cut short)
+            try:
+                loop.call_soon_threadsafe(stop.set)
+                if wake is not None:  # the session's round ends now, not after its 1 s wait
+                    loop.call_soon_threadsafe(wake.set)  # (which STOP_GRACE_S would cut short)
+            except RuntimeError:  # the loop ended and closed in between: nothing to wake
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
         self._stopping.set()
