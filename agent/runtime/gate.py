@@ -38,6 +38,7 @@ class ScanResult:
 
     decision: Decision
     uuid: str | None  # None when nothing was journaled (debounced read, or journal down)
+    seq: int | None = None  # its journal row (a relay that then fails voids it by seq)
 
 
 class _Redo(ScanResult):
@@ -279,7 +280,7 @@ class Gate:
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(decision, str(exc), lane, now)
         self.journal_error = None
-        return ScanResult(decision, scan_uuid)
+        return ScanResult(decision, scan_uuid, seq)
 
     def _tracks_exits(self, decision: Decision) -> bool:
         zone = self.cache.zone(decision.zone_id) if decision.zone_id else None

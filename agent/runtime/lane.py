@@ -236,7 +236,7 @@ class LaneRunner:
                           "admit": decision.admit, "direction": decision.direction,
                           "message": decision.message}
         if decision is not result.decision:
-            result = ScanResult(decision, result.uuid)
+            result = ScanResult(decision, result.uuid, result.seq)
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
 
     def _unopened(self, result: ScanResult, url: str) -> Decision:
@@ -246,9 +246,10 @@ class LaneRunner:
         the venue claim released) and answer a refusal the steward can read."""
         why = f"gate did not open: relay {url} failed ({self.relay_error or 'no driver'})"
         voided = None
-        if result.uuid is not None and self.gate.journal is not None:
+        if result.uuid is not None and result.seq is not None and self.gate.journal is not None:
             try:
-                voided = PassageLog(self.gate.journal).void_unopened(result.uuid, now_iso(), why)
+                voided = PassageLog(self.gate.journal).void_unopened(
+                    result.uuid, result.seq, now_iso(), why)
             except JournalUnavailable as exc:
                 log.error("lane %s: admit %s not voided: %s", self.lane.name, result.uuid, exc)
         if voided is not None:
@@ -302,7 +303,6 @@ class LaneRunner:
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
             "released_by": sorted(self.releases),
         }
-
 
     def _output_status(self, output: Output | None, url: str | None) -> dict[str, Any] | None:
         """A configured release's status (None: none configured); `ok` False while it cannot

@@ -37,10 +37,6 @@ NOT_PASSED = "notPassed"
 NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be used again"
 GATE_NOT_OPENED_MESSAGE = ("Gate did not open: the relay failed; the ticket can be used "
                            "again")
-# How far back from the newest scan `void_unopened` looks for its admit (the journal has no
-# index on uuid, so a seq range, never a walk of the table): the admit was committed a moment
-# ago, other lanes add a few rows meanwhile.
-RECENT_SCANS = 1000
 STATES = ("waiting", "passed", "voided", "interrupted")
 PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
 
@@ -98,7 +94,7 @@ class PassageLog:
                 return None
             return self._refuse(voided[0][0], uuid, NOT_PASSED_MESSAGE)
 
-    def void_unopened(self, uuid: str, at: str, note: str) -> dict[str, Any] | None:
+    def void_unopened(self, uuid: str, seq: int, at: str, note: str) -> dict[str, Any] | None:
         """The gate never opened for this admit (its relay is missing or the pulse failed):
         the admit does not stand. Like `void`, the scan is rewritten to `denied/notPassed`
         (message GATE_NOT_OPENED_MESSAGE) and the admit as decided is kept in `passages` as
@@ -109,13 +105,12 @@ class PassageLog:
         thread with its gate's connection, only when a release failed — never on a good scan."""
         with self.journal.scan_transaction():
             found = self.conn.execute(
-                "SELECT seq, lane, direction, zone_id, status, status_detail, scanned_on"
-                " FROM scans WHERE seq > (SELECT MAX(seq) FROM scans) - ? AND uuid = ?"
-                " AND admit = 1 AND upload_state = 'pending' AND batch_uuid IS NULL"
-                " ORDER BY seq DESC LIMIT 1", (RECENT_SCANS, uuid)).fetchone()
+                "SELECT lane, direction, zone_id, status, status_detail, scanned_on FROM scans"
+                " WHERE seq = ? AND uuid = ? AND admit = 1 AND upload_state = 'pending'"
+                " AND batch_uuid IS NULL", (seq, uuid)).fetchone()
             if found is None:
                 return None
-            seq, lane, direction, zone_id, status, detail, scanned_on = found
+            lane, direction, zone_id, status, detail, scanned_on = found
             kept = self.conn.execute(
                 "INSERT INTO passages (uuid, scan_seq, lane, direction, zone_id, state,"
                 " admitted_status, admitted_detail, waiting_since, resolved_at, note)"

@@ -208,10 +208,11 @@ def test_an_admit_the_upload_took_already_is_not_voided(rig_factory: Any) -> Non
     """Never both: an admit claimed for upload (it may be on its way as an entry) is not
     rewritten to a refusal; it stands, and `void_unopened` says so (None)."""
     rig = rig_factory()
-    uuid = rig.scan(C["valid"]).result.uuid
+    result = rig.scan(C["valid"]).result
+    uuid = result.uuid
     journal = rig.gate.journal
     assert [r["uuid"] for r in journal.claim_batch(10, "b1")] == [uuid]
-    assert PassageLog(journal).void_unopened(uuid, now_iso(), "relay failed") is None
+    assert PassageLog(journal).void_unopened(uuid, result.seq, now_iso(), "relay failed") is None
     assert rig.scan_row(uuid)[:2] == (1, "valid") and rig.passage_row(uuid) is None
 
 

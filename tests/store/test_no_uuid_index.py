@@ -105,6 +105,7 @@ def test_every_lookup_by_uuid_starts_where_its_rows_are(tmp_path: Path) -> None:
         with journal.scan_transaction():
             seq = journal.insert(_row("w1"))
             await_passage(journal, "w1", seq, "north", "in", 3, "valid", None, now_iso())
+        (s4,), = journal.conn.execute("SELECT seq FROM scans WHERE uuid = 's4'").fetchall()
         journal.conn.set_trace_callback(statements.append)
         batch = journal.claim_batch(3, "b1")
         assert [r["uuid"] for r in batch] == ["s0", "s1", "s2"]
@@ -116,7 +117,7 @@ def test_every_lookup_by_uuid_starts_where_its_rows_are(tmp_path: Path) -> None:
         assert journal.void_claim("c2", "conflicted")
         assert journal.admitted(["c1", "c2"]) == {"c1"}
         assert PassageLog(journal).void("w1", AT) is not None
-        assert PassageLog(journal).void_unopened("s4", AT, "relay failed") is not None
+        assert PassageLog(journal).void_unopened("s4", s4, AT, "relay failed") is not None
         journal.pending(10)
         journal.conn.set_trace_callback(None)
         plans = {}
