@@ -25,6 +25,7 @@ CLOCK_SKEW_WARN_S = 60.0
 VENUE_TIMEOUTS_IN_A_ROW = 3
 VENUE_TIMEOUT_WINDOW_S = 300.0
 VENUE_PUBLISH_FAILING_S = 60.0
+VENUE_CLOCK_WARN_S = 5.0  # gates order a ticket's in/out scans by their own clocks
 BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
 PLATFORM_JOBS = frozenset({"upload", "delta", "refresh", "full_resync", "initial_resync"})
@@ -237,9 +238,6 @@ def _rebuild_tries(jobs: dict[str, Any]) -> str:
     if not job.get("last_error"):
         return ""
     return f"; the last try failed ({job['last_error']}), next try {job.get('next_run')}"
-
-
-VENUE_CLOCK_WARN_S = 5.0  # gates order a ticket's in/out scans by their own clocks
 
 
 def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:

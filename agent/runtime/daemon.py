@@ -74,6 +74,8 @@ from agent.venue.claims import VenueLink
 from agent.venue.leader import VenueRole
 
 log = logging.getLogger("gate_agent.daemon")
+
+STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
 
@@ -302,11 +304,10 @@ class Daemon:
                                    first_in=1.5)
             # A failed full resync is tried again soon (sync.full_resync_retry_s, doubling),
             # not the next night: after a damaged cache the gate has no tickets until it works.
-            retry = s["full_resync_retry_s"]
             self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"],
-                                retry_s=retry)
+                                retry_s=s["full_resync_retry_s"])
             if resync_now:
-                self.jobs.add_once("initial_resync", self._full_job, first_in=0.5, retry_s=retry)
+                self._schedule_rebuild()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -399,6 +400,11 @@ class Daemon:
             return
         self.cache_degraded = f"the cache failed while running ({error}); rebuilding"
         log.error("%s", self.cache_degraded)
+        self._schedule_rebuild()
+
+    def _schedule_rebuild(self) -> None:
+        """The one-shot full resync of a damaged cache (at start, or failed while running),
+        tried again after sync.full_resync_retry_s (doubling) until it succeeds."""
         self.jobs.add_once("initial_resync", self._full_job, first_in=0.5,
                            retry_s=self.config.sync["full_resync_retry_s"])
 
@@ -587,18 +593,21 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: every setting in force everywhere, or the reload refused naming the key
-        (agent.runtime.reload). Changed lanes finish their queued scans and restart; the
-        others keep running with the fresh event list and fail_closed."""
+        (agent.runtime.reload), which status shows (`config_not_applied`) until a reload
+        succeeds. Changed lanes finish their queued scans and restart; the others keep
+        running with the fresh event list and fail_closed."""
+        self.reload_error = self._reload()
+
+    def _reload(self) -> str | None:
+        """The reload itself; why it was refused (logged here or by the step), else None."""
         try:
             fresh = load_config(self.config.path)
         except ConfigError as exc:
-            self._refuse_reload(f"{exc} — the service would not start with this file: fix it, "
-                                "then reload")
-            return
+            return _refused(f"{exc} — the service would not start with this file: fix it, "
+                            "then reload")
         wanted = self._reload_pairings(fresh)
         if wanted is None:
-            self.reload_error = "[[lanes]] changed but devices.json cannot be read"
-            return
+            return "[[lanes]] changed but devices.json cannot be read"
         if fresh.venue != self.config.venue:
             log.warning("[venue] changed: it takes effect at the next restart; the running "
                         "venue settings are kept")
@@ -606,16 +615,18 @@ class Daemon:
         plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
                            wanted)
         if plan.refused:
-            self.reload_error = plan.refused
             log.error("%s", plan.refused)
-            return
+            return plan.refused
         if not self._reload_token(fresh, plan.changed):
-            self.reload_error = "the new token source gives no token (see the log)"
-            return
-        gates = self._open_gates(plan.start_lanes)
-        if gates is None:
-            return
-        self.reload_error = None
+            return "the new token source gives no token (see the log)"
+        gates: dict[str, Gate] = {}
+        try:  # before any lane stops: one that cannot start refuses the whole reload
+            for lane in plan.start_lanes:
+                gates[lane.name] = self._gate()
+        except GateAgentError as exc:
+            for gate in gates.values():
+                gate.close()
+            return _refused(f"lane {lane.name} cannot be started: {exc}")
         for name in plan.stop_lanes:
             runner = self.lanes.pop(name)
             runner.stop()
@@ -633,25 +644,7 @@ class Daemon:
         self._swap_emergency(self._emergency_url(fresh))
         log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
                  ", ".join(plan.changed) or "nothing")
-
-    def _open_gates(self, lanes: tuple[LaneConfig, ...]) -> dict[str, Gate] | None:
-        """The gates of the lanes a reload starts, opened before any running lane is stopped:
-        a cache or journal that cannot be opened now refuses the reload and every lane keeps
-        running (stopping first lost the lanes not yet restarted). None when refused."""
-        gates: dict[str, Gate] = {}
-        try:
-            for lane in lanes:
-                gates[lane.name] = self._gate()
-        except GateAgentError as exc:
-            for gate in gates.values():
-                gate.close()
-            self._refuse_reload(f"lane {lane.name} cannot be started: {exc}")
-            return None
-        return gates
-
-    def _refuse_reload(self, why: str) -> None:
-        self.reload_error = why
-        log.error("reload refused, keeping the running configuration: %s", why)
+        return None
 
     def _reload_pairings(self, fresh: Config) -> tuple[LaneConfig, ...] | None:
         """The fresh lanes with their paired devices. An unreadable devices.json (a `sudo`
@@ -793,6 +786,11 @@ class Daemon:
         return 0
 
 
+def _refused(why: str) -> str:
+    log.error("reload refused, keeping the running configuration: %s", why)
+    return why
+
+
 class _StatusServer(uvicorn.Server):
     """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
     stops the status server last, after the lanes have drained."""
@@ -801,8 +799,6 @@ class _StatusServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
-
-STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
 
 # A lane thread waking from its fsync must take the GIL back from whatever the loop thread is
 # doing (parsing a 1000-item sync page, say); CPython hands it over only every switch
