@@ -15,6 +15,7 @@ from agent.store.journal import Journal, JournalRow, iter_all
 from agent.store.journal_schema import MIGRATIONS
 from agent.store.passages import PassageLog, await_passage, now_iso
 from agent.store.sqlite import migrate, open_database
+from tests.store.test_journal_schema import _dicts
 
 BEFORE_0007 = [m for m in MIGRATIONS if m[0] < "0007"]
 AT = "2026-12-06T10:00:00.000000Z"  # scan and upload times (a wait starts now: see now_iso)
@@ -29,12 +30,6 @@ def _row(uuid: str, *, admit: bool = True, venue: str | None = None,
         status_detail=None if admit else "refunded", message="m", scanned_on=AT,
         upload_state=upload_state, venue=venue, max_entries=1 if venue else None,
         tracks_exits=True if venue else None)
-
-
-def _dicts(conn, sql: str):  # type: ignore[no-untyped-def]
-    cur = conn.execute(sql)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur]
 
 
 def _old_journal(path: Path) -> list[dict[str, object]]:
