@@ -321,7 +321,7 @@ class Daemon:
         await asyncio.to_thread(self.uploader.prune, now)
         events = self.lane_event_log()
         if events is not None:  # the counting day is at most 24 h old: keep two at least
-            days = max(2, self.config.sync["sent_retention_days"])
+            days = max(2, self.config.store["sent_retention_days"])
             await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
 
     async def _refresh_job(self) -> None:
