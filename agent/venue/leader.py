@@ -47,7 +47,7 @@ from agent.venue.budget import (
 )
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
-from agent.venue.lease import NotLeader
+from agent.venue.lease import NotLeader, Term
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -216,9 +216,9 @@ class VenueRole:
                 except Exception:  # noqa: BLE001 - closing a dead link
                     pass
 
-    def _own_term(self) -> int:
+    def _own_term(self) -> Term | None:
         lease = self.election.lease if self.election else None
-        return lease.term if lease is not None and lease.valid() else 0
+        return lease.stamp() if lease is not None and lease.valid() else None
 
     async def _changed(self, leading: bool) -> None:
         if not leading:
