@@ -52,6 +52,7 @@ from agent.venue.lease import NotLeader, Term
 log = logging.getLogger("gate_agent.venue.leader")
 
 FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
+HAND_OVER_LIMIT = 500  # journal rows a member round hands to the bus at most
 
 
 def next_daily(hhmm: str, now: float) -> float:
@@ -100,6 +101,10 @@ class VenueRole:
         self.last_error: str | None = None
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
+        self._upload_watch: stream_identity.StreamWatch | None = None  # this session's
+        # the upload stream lost under this gate (agent.venue.uplink): since when, what
+        # happened; None again once this gate's scans are handed over again
+        self.upload_stream_lost: dict[str, str] | None = None
         self._js: Any = None
         self._nc: Any = None
         self._wake = asyncio.Event()
@@ -173,11 +178,18 @@ class VenueRole:
     async def _session(self, stop: asyncio.Event, journal: Journal, cache: TicketCache) -> None:
         tasks: list[asyncio.Task[None]] = []
         self.election = None
+        self._upload_watch = None  # set once this session adopted the upload stream
         try:
             if not await self._connect(stop, journal):
                 return
             await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
             await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
+            uploads, again = await uplink.adopt_upload_stream(
+                self._js, self.name, journal, self.config.store_dir / VENUE_FILE)
+            if again:
+                self._upload_lost(f"made again: {again} scan(s) of this gate handed over again")
+            self._upload_watch = stream_identity.StreamWatch(uplink.stream_name(self.name),
+                                                             uploads)
             created = await stream_identity.adopt_catalog(
                 self._js, catalog.stream_name(self.name), cache,
                 self.config.store_dir / VENUE_FILE)
@@ -234,6 +246,7 @@ class VenueRole:
                 if task.done():  # the catalog follower or the election died: new session
                     raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
             try:
+                await self._watch_uploads()  # before the hand-over, which fails without it
                 await self._member_round(journal)  # first: a bus gone must not hold back
                 if self._catalog_watch is not None and self.follower is not None \
                         and self._nc is not None and self._nc.is_connected:  # the fallback
@@ -252,13 +265,32 @@ class VenueRole:
                 log.warning("venue: %s", exc)
                 await self._step_down()
             except VenueStreamLost:
-                raise  # the catalog stream deleted or made again: a new session sets it up
+                raise  # a stream deleted or made again: a new session sets it up
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
                 if cancelled():
                     raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
+
+    async def _watch_uploads(self) -> None:
+        """The upload stream deleted or made again ends the session (VenueStreamLost): its
+        setup makes it again and hands this gate's scans over again (agent.venue.uplink)."""
+        if self._upload_watch is None or self._nc is None or not self._nc.is_connected:
+            return
+        try:
+            await self._upload_watch.check(self._js, 0)  # a work queue: only its identity
+        except VenueStreamLost as exc:
+            self._upload_lost(str(exc))
+            raise
+
+    def _upload_lost(self, what: str) -> None:
+        if self.upload_stream_lost is None:
+            self.upload_stream_lost = {"since": utc_iso(datetime.now(UTC)), "error": what}
+            log.warning("venue %s: the upload stream was lost (%s); this gate's scans are "
+                        "handed over again", self.name, what)
+        else:
+            self.upload_stream_lost["error"] = what
 
     async def _upload(self, waiting: int) -> None:
         """The scans waiting when the round starts, in as few requests as possible. Chasing
@@ -292,8 +324,15 @@ class VenueRole:
     async def _member_round(self, journal: Journal) -> None:
         if self._nc is not None and self._nc.is_connected:
             self.connected_at = time.monotonic()
-            self.counters["handed_over"] += await uplink.hand_over(
-                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None)
+            handed = await uplink.hand_over(
+                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None,
+                limit=HAND_OVER_LIMIT)
+            self.counters["handed_over"] += handed
+            if handed < HAND_OVER_LIMIT and self.upload_stream_lost is not None \
+                    and self._upload_watch is not None:  # handed over again, to the new one
+                log.warning("venue %s: this gate's scans are on the new upload stream",
+                            self.name)
+                self.upload_stream_lost = None
         elif (time.monotonic() - self.connected_at > self.venue["fallback_after_s"]
               and time.monotonic() >= self._next_fallback):
             self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
@@ -481,6 +520,7 @@ class VenueRole:
         out["upload_lag"] = self.upload_lag
         out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
+        out["upload_stream_lost"] = self.upload_stream_lost
         out["last_full_pass"] = self.last_full
         uploader_drift = self.uploader.drift if self.uploader is not None else {}
         out["settings_drift"] = sorted({**self.drift, **uploader_drift}.values())
