@@ -47,7 +47,8 @@ from agent.venue.budget import (
 )
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
-from agent.venue.lease import NotLeader, Term
+from agent.venue.lease import NotLeader, Term, bucket_name
+from agent.venue.streams import kv_stream
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -102,6 +103,7 @@ class VenueRole:
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
         self._upload_watch: stream_identity.StreamWatch | None = None  # this session's
+        self._lease_watch: stream_identity.StreamWatch | None = None  # this session's
         # the upload stream lost under this gate (agent.venue.uplink): since when, what
         # happened; None again once this gate's scans are handed over again
         self.upload_stream_lost: dict[str, str] | None = None
@@ -179,6 +181,7 @@ class VenueRole:
         tasks: list[asyncio.Task[None]] = []
         self.election = None
         self._upload_watch = None  # set once this session adopted the upload stream
+        self._lease_watch = None
         try:
             if not await self._connect(stop, journal):
                 return
@@ -204,6 +207,9 @@ class VenueRole:
             self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
                                                                      self.replicas, self.drift)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
+            self._lease_watch = stream_identity.StreamWatch(
+                kv_stream(bucket_name(self.name)), stream_identity.created_of(
+                    await self._js.stream_info(kv_stream(bucket_name(self.name)))))
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
             tasks.append(asyncio.create_task(self.election.run()))
@@ -246,7 +252,7 @@ class VenueRole:
                 if task.done():  # the catalog follower or the election died: new session
                     raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
             try:
-                await self._watch_uploads()  # before the hand-over, which fails without it
+                await self._watch_streams()  # before the hand-over, which fails without it
                 await self._member_round(journal)  # first: a bus gone must not hold back
                 if self._catalog_watch is not None and self.follower is not None \
                         and self._nc is not None and self._nc.is_connected:  # the fallback
@@ -273,13 +279,20 @@ class VenueRole:
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
 
-    async def _watch_uploads(self) -> None:
-        """The upload stream deleted or made again ends the session (VenueStreamLost): its
-        setup makes it again and hands this gate's scans over again (agent.venue.uplink)."""
-        if self._upload_watch is None or self._nc is None or not self._nc.is_connected:
+    async def _watch_streams(self) -> None:
+        """The upload stream or the lease bucket deleted or made again ends the session
+        (VenueStreamLost; only their identity counts, so the position given is 0): its setup
+        makes them again, hands this gate's scans over again (agent.venue.uplink), and the
+        election goes on in the new bucket — a bucket deleted and not made again would
+        otherwise leave the venue without a leader until every gate restarted."""
+        if self._nc is None or not self._nc.is_connected:
+            return
+        if self._lease_watch is not None:
+            await self._lease_watch.check(self._js, 0)
+        if self._upload_watch is None:
             return
         try:
-            await self._upload_watch.check(self._js, 0)  # a work queue: only its identity
+            await self._upload_watch.check(self._js, 0)
         except VenueStreamLost as exc:
             self._upload_lost(str(exc))
             raise

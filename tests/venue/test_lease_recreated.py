@@ -22,6 +22,7 @@ from agent.store.cache import MIGRATIONS, TicketCache
 from agent.store.sqlite import migrate, open_database
 from agent.venue import catalog
 from agent.venue.election import connect, lease_bucket
+from agent.venue.leader import VenueRole
 from agent.venue.lease import Lease, Term, bucket_name
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import make_site
@@ -164,3 +165,55 @@ def test_terms_order_by_bucket_first_and_old_forms_rank_lowest(tmp_path: Path) -
     finally:
         cache.close()
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM venue_catalog").fetchone() == (1,)
+
+
+@pytest.mark.slow
+def test_a_running_leader_leads_again_in_a_lease_bucket_deleted_under_it(
+        venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """`nats kv rm` of the lease bucket under running gates: nothing made it again within a
+    session, so every create failed and the venue had no leader until the gates restarted.
+    Now the session ends, its setup makes the bucket again, the gate leads in it, and its
+    catalog (the follower of the same gate) takes the new bucket's term."""
+    site = make_site(tmp_path / "leader", sandbox, rpm=1000, extra=(
+        f'\n[sync]\ndelta_interval_s = 1\n\n[venue]\nname = "relead"\n'
+        f'servers = ["{venue_node.url}"]\ndevice = "solo"\nlease_ttl_s = 4\n'))
+    site.config.store_dir.mkdir(parents=True, exist_ok=True)
+
+    async def scenario() -> tuple[Term, Term, dict[str, Any]]:
+        nc, js = await connect({"servers": [venue_node.url]}, 5.0)
+        role = VenueRole(site.config, sandbox.token)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(role.run(stop))
+
+        def term_now() -> Term | None:
+            lease = role.election.lease if role.election is not None else None
+            return lease.stamp() if lease is not None and lease.valid() else None
+
+        async def until(check: Any, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 40
+            while not check():
+                assert asyncio.get_running_loop().time() < deadline, what
+                await asyncio.sleep(0.1)
+
+        try:
+            await until(lambda: term_now() is not None and role.follower is not None
+                        and role.follower.term == term_now(), "leading, its catalog followed")
+            first = term_now()
+            assert first is not None
+            await js.delete_key_value(bucket_name("relead"))  # and nobody makes it again
+
+            def leads_anew() -> bool:
+                now = term_now()
+                return now is not None and now > first and role.follower is not None \
+                    and role.follower.term == now
+            await until(leads_anew, "leading in a new bucket, its catalog followed")
+            later = term_now()
+            assert later is not None and role.follower is not None
+            return first, later, role.follower.get_status()
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 30)
+            await nc.close()
+
+    first, later, status = asyncio.run(scenario())
+    assert later.epoch > first.epoch and status["stale_dropped"] == 0
