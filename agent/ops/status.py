@@ -41,7 +41,7 @@ REASON_CODES = (
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
-    "venue_upload_stream_lost",
+    "venue_upload_stream_lost", "clock_corrected",
 )
 
 
@@ -165,7 +165,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
                    "for the window (other devices of the company share it)"))
     skew = platform.get("clock_skew_s")
-    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+    clock = snap.get("clock") or {}
+    if clock.get("corrected"):
+        add(Reason("warn", "clock_corrected",
+                   f"this clock is {-(clock.get('offset_s') or 0):+.0f} s off the platform's: "
+                   f"decisions and scan times use the platform's time (since "
+                   f"{clock.get('corrected_since')}); fix time sync (NTP) on this device"))
+    elif skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
         add(Reason("warn", "clock_skew", f"this clock differs from the platform's by {skew:+.0f} s;"
                    " check NTP (validity times and scan times depend on it)"))
     if link_failing and not auth:

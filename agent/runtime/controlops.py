@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
@@ -49,7 +48,7 @@ class DaemonOps:
         def decide_all() -> list[dict[str, Any]]:
             out = []
             for code in args.get("codes") or []:
-                result = gate.scan(str(code), lane, datetime.now(UTC), args.get("direction"),
+                result = gate.scan(str(code), lane, self.d.clock.now(), args.get("direction"),
                                    args.get("kind"), mono_ms=time.monotonic_ns() // 1_000_000)
                 out.append({**result.decision.as_dict(), "uuid": result.uuid,
                             "record": result.decision.record})
