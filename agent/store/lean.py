@@ -107,10 +107,15 @@ def _may_change_in_json(item: Item, plain: tuple[Any, ...]) -> bool:
     Item: orjson writes NaN and Infinity as null, which parse_item reads differently (every
     other value orjson writes reads back equal). A non-finite float that parse_item read shows
     in the Item as one of _FROM_FLOATS — a whole text field, a replaced barcode, a part of an
-    `order_ref` list ("a, nan") — or as a scan's UNREADABLE_ZONE (which other bad zone ids
-    give too: such an item merely takes the slower, exact way)."""
+    `order_ref` list ("a, nan"), inside a status of another type (`<list: [inf]>`) — or as
+    a scan's UNREADABLE_ZONE (which other bad zone ids give too: such an item merely takes the
+    slower, exact way). The platform client and imports refuse non-finite numbers before
+    anything is cached (agent.platform.jsonbody): this is the second line."""
     marks = _FROM_FLOATS
     if not marks.isdisjoint(plain):
+        return True
+    status = item.status  # a status of another type shows its value: `<list: [inf]>`
+    if status[:1] == "<" and ("inf" in status or "nan" in status):
         return True
     if item.historic_barcodes and not marks.isdisjoint(item.historic_barcodes):
         return True

@@ -117,6 +117,7 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Tick
 @example({"id": 7, "const": {"transactionId": ["ORD1", float("nan")]}}, False)
 @example({"id": 8, "zoneData": {"scans": [{"zoneId": 3, "uuid": float("inf")}]}}, False)
 @example({"id": 9, "zoneData": {"scans": [{"zoneId": 3, "scannedOn": float("nan")}]}}, False)
+@example({"id": 10, "variable": {"status": [float("inf")]}}, False)  # found by hypothesis
 def test_lean_form_is_the_item_the_stored_json_parses_into(
         caches: dict[bool, TicketCache], payload: Any, keep_personal: bool) -> None:
     item = parse_item(payload)  # the sync's Item, with the platform's dict as raw
