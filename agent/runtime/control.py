@@ -127,8 +127,9 @@ class ControlServer:
             return ConfigError(
                 f"{failed}: this process ({process_user()}) is not a member of group "
                 f"{self.group!r}, so it cannot give it the control socket: add it "
-                f"(`SupplementaryGroups={self.group}` in the unit, or `usermod -aG "
-                f"{self.group} {user_name(os.geteuid())}`), or leave the key empty",
+                f"(`usermod -aG {self.group} {user_name(os.geteuid())}`, or "
+                f"`SupplementaryGroups={self.group}` in a drop-in: `systemctl edit "
+                "gate-agent`) and restart, or leave the key empty",
                 key="control.group")
         if exc.errno == errno.EPERM:
             return ConfigError(
