@@ -74,7 +74,7 @@ def _run(argv: list[str], user: int | None = None, env: dict[str, str] | None = 
     as_user = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
     return subprocess.run([python, "-m", "agent", *argv] if argv[0] == "run" else argv,
                           capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT,
-                          env={**os.environ, **(env or {})}, **as_user)  # type: ignore[call-overload]
+                          env={**os.environ, **(env or {})}, **as_user)
 
 
 def _refused(out: subprocess.CompletedProcess[str]) -> str:
