@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.access import unreadable_config
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/gate-agent/config.toml"
@@ -35,6 +36,7 @@ class Option:
     default: Any = None
     check: Validator | None = None
     required: bool = False
+    secret: bool = False  # its value never appears in a message (see _check_value)
 
 
 def _between(lo: float, hi: float) -> Validator:
@@ -118,13 +120,13 @@ SECTIONS: dict[str, dict[str, Option]] = {
         "upload_batch_size": Option(int, 500, _between(1, 5000)),
         "delta_interval_s": Option((float, int), 30.0, _between(1, 86400)),
         "refresh_interval_s": Option((float, int), 300.0, _between(10, 86400)),
-        "full_resync_at": Option(str, "04:00"),
+        "full_resync_at": Option(str, "04:00", _hh_mm),
         "full_resync_retry_s": Option((float, int), 30.0, _between(1, 3600)),
         "max_cache_age_s": Option((float, int), 3600.0, _between(10, 30 * 86400)),
     },
     "status": {
         "listen": Option(str, "127.0.0.1:8080", _listen),
-        "token": Option(str, ""),
+        "token": Option(str, "", secret=True),
     },
     "control": {
         "socket": Option(str, ""),
@@ -331,7 +333,9 @@ def _check_value(path: str, key: str, opt: Option, value: Any) -> Any:
              "list": "a list"}.get(k.__name__, k.__name__)
             for k in kinds
         )
-        raise ConfigError(f"must be {names}, got {type(value).__name__} {value!r}", path=path, key=key)
+        got = f"{type(value).__name__} (the value is a secret: not shown)" if opt.secret \
+            else f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"must be {names}, got {got}", path=path, key=key)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if opt.check is not None:
@@ -443,6 +447,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             "file not found (pass --config PATH, or copy config.example.toml there)", path=str(p)
         ) from None
+    except PermissionError:
+        raise ConfigError(unreadable_config(p), path=str(p)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(p)) from None
     try:

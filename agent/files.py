@@ -20,14 +20,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, text: str) -> Path:
-    """Atomically replace `path` with `text`, mode 0600, fsynced (file and directory)."""
+def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> Path:
+    """Atomically replace `path` with `text`, mode 0600, fsynced (file and directory);
+    `owner` (uid, gid) gives it to that user before it appears (a root process writing into a
+    service user's directory must not leave a file that user cannot replace)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import grp
 import json
 import logging
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from agent.access import owner_of, process_user, read_only_place, user_name
 from agent.config import Config
 from agent.errors import ConfigError, GateAgentError, redact
 
@@ -88,24 +90,54 @@ class ControlServer:
             raise ConfigError(f"socket path {self.path} is longer than a UNIX socket allows "
                               "(107 bytes); set [control] socket to a shorter path",
                               key="control.socket")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path.unlink(missing_ok=True)  # a stale one: this daemon holds the store's lock
-        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                      limit=MAX_REQUEST)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path.unlink(missing_ok=True)  # a stale one: this daemon holds the store's lock
+            self.server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                          limit=MAX_REQUEST)
+        except OSError as exc:
+            raise self._cannot_place(exc) from None
         os.chmod(self.path, 0o660)
         if gid != -1:
             try:
                 os.chown(self.path, -1, gid)
-            except PermissionError:
+            except OSError as exc:
                 self.server.close()
                 self.path.unlink(missing_ok=True)
-                raise ConfigError(
-                    f"the service user (uid {os.geteuid()}) is not a member of group "
-                    f"{self.group!r}, so it cannot give it the control socket: add it "
-                    f"(`SupplementaryGroups={self.group}` in the unit, or `usermod -aG "
-                    f"{self.group} <service user>`), or leave the key empty",
-                    key="control.group") from None
+                raise self._cannot_give(gid, exc) from None
         log.info("control socket on %s", self.path)
+
+    def _cannot_place(self, exc: OSError) -> ConfigError:
+        """The socket's directory is read-only (outside the unit's writable paths) or not ours."""
+        if exc.errno == errno.EROFS:
+            return ConfigError(read_only_place(self.path.parent, "control.socket"),
+                               key="control.socket")
+        return ConfigError(f"cannot create the control socket {self.path}: {exc.strerror} "
+                           f"(this process runs as {process_user()}; {self.path.parent} is "
+                           f"{owner_of(self.path.parent)})", key="control.socket")
+
+    def _cannot_give(self, gid: int, exc: OSError) -> ConfigError:
+        """Why the socket could not be given to `[control] group`, from the real errno: a
+        service user outside the group, or a chown the system call filter refuses (the
+        unit's `~@privileged` includes @chown; the unit allows it again with
+        `SystemCallFilter=@chown`)."""
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        failed = f"chown of {self.path} to group {self.group!r} failed: {code} ({exc.strerror})"
+        if exc.errno == errno.EPERM and gid not in (os.getegid(), *os.getgroups()):
+            return ConfigError(
+                f"{failed}: this process ({process_user()}) is not a member of group "
+                f"{self.group!r}, so it cannot give it the control socket: add it "
+                f"(`usermod -aG {self.group} {user_name(os.geteuid())}`, or "
+                f"`SupplementaryGroups={self.group}` in a drop-in: `systemctl edit "
+                "gate-agent`) and restart, or leave the key empty",
+                key="control.group")
+        if exc.errno == errno.EPERM:
+            return ConfigError(
+                f"{failed} although this process ({process_user()}) is a member of "
+                f"{self.group!r}: a system call filter refuses chown (the unit needs "
+                "`SystemCallFilter=@chown` after its `SystemCallFilter=~@privileged` line, as "
+                "systemd/gate-agent.service ships it)", key="control.group")
+        return ConfigError(failed, key="control.group")
 
     async def close(self) -> None:
         if self.server is not None:

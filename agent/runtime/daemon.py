@@ -66,7 +66,7 @@ from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_c
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
-from agent.runtime.storeaccess import DaemonLock, not_mine
+from agent.runtime.storeaccess import DaemonLock, not_mine, store_owner
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
@@ -553,10 +553,12 @@ class Daemon:
         self.status_error = None
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
-        # 0600 like every other file of store.dir (was the umask's mode);
+        # 0600 like every other file of store.dir (was the umask's mode), and the store's
+        # owner's when root runs the daemon in the foreground (as SQLite does for its -wal);
         # a read-only store.dir must not keep the status endpoint (and its alarm) down.
         try:
-            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n")
+            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n",
+                          owner=store_owner(self.config.store_dir))
         except OSError as exc:
             log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
         log.info("status endpoint on http://%s/status", self.listen_address)

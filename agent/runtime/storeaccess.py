@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.access import group_name, owner_of, process_user, read_only_place, user_name
 from agent.errors import ConfigError, StoreBusy
 
 log = logging.getLogger(__name__)
@@ -39,18 +40,48 @@ LOCK_FILE = "daemon.lock"
 def _open_lock(store_dir: Path) -> int:
     """Readable by all (it holds a PID, no secret), so whoever created it, the daemon and the
     commands can both lock it; a flock works on a read-only descriptor too."""
-    store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = store_dir / LOCK_FILE
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise _unusable(store_dir, exc) from None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except PermissionError:
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except PermissionError:
-            raise ConfigError(not_mine(path) or f"{path}: permission denied") from None
+            raise ConfigError(not_mine(path) or _not_writable(store_dir),
+                              key="store.dir") from None
+        except OSError as exc:
+            raise _unusable(store_dir, exc) from None
+    except OSError as exc:
+        raise _unusable(store_dir, exc) from None
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o644)  # whatever the umask (systemd's UMask=0077)
     return fd
+
+
+def _not_writable(store_dir: Path) -> str:
+    """The store belongs to someone else (a root-made directory): the service cannot even
+    look inside, so `not_mine()` of the lock file has nothing to say."""
+    who = f"{user_name(os.geteuid())}:{group_name(os.getegid())}"
+    return (f"{store_dir} cannot be written by this process ({process_user()}; the directory "
+            f"is {owner_of(store_dir)}): `chown -R {who} {store_dir}`, then restart")
+
+
+def _unusable(store_dir: Path, exc: OSError) -> ConfigError:
+    """store.dir cannot hold the lock for another reason than its owner: a read-only file
+    system (a path outside the unit's ReadWritePaths), no such parent, no space."""
+    if exc.errno == errno.EROFS:
+        return ConfigError(read_only_place(store_dir, "store.dir"), key="store.dir")
+    if exc.errno == errno.EACCES and not store_dir.exists():
+        return ConfigError(f"{store_dir} does not exist and this process ({process_user()}) "
+                           f"may not create it: as root, `install -d -o {user_name(os.geteuid())}"
+                           f" -g {group_name(os.getegid())} -m700 {store_dir}`",
+                           key="store.dir")
+    return ConfigError(f"{store_dir}: cannot create {LOCK_FILE}: {exc.strerror}",
+                       key="store.dir")
 
 
 def _pid_in(fd: int) -> int | None:

@@ -56,6 +56,8 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("lanes = 3\n", "lanes", "array of tables"),
     ("[device]\npeople_day_starts = '24:00'\n", "device.people_day_starts", "HH:MM"),
     ("[device]\npeople_day_starts = '6'\n", "device.people_day_starts", "HH:MM"),
+    ("[sync]\nfull_resync_at = '25:99'\n", "sync.full_resync_at", "HH:MM"),
+    ("[sync]\nfull_resync_at = 'nightly'\n", "sync.full_resync_at", "HH:MM"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     path = _write(tmp_path, text)
@@ -170,3 +172,13 @@ def test_turnstile_signal_keys_load() -> None:
     assert (passage_input_for(lane, "in"), passage_input_for(lane, "out")) == ("sim:pi", "")
     assert parse_pattern(lane.indicate_admit) == ()
     assert parse_pattern(lane.indicate_refuse) == (("red", 1500), ("buzzer", 300))
+
+
+@pytest.mark.parametrize("value", ["123456789012", "0.123456789012", "[\"s3cr3t-in-a-list\"]"])
+def test_a_secret_of_the_wrong_type_is_never_echoed(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, f"[status]\ntoken = {value}\n"))
+    message = str(info.value)
+    assert "status.token" in message and "a string" in message
+    for part in ("123456789012", "s3cr3t"):
+        assert part not in message

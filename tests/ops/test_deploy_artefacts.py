@@ -1,5 +1,5 @@
 """deploy/: the Prometheus alert rules pass `promtool check rules` and their unit tests (which
-fire "gate down" and "upload backlog" on sample series), and every query of the Grafana
+fire "gate down", "gate failing" with its reason codes and "upload backlog" on sample series), and every query of the Grafana
 dashboard names metrics the agent's own registry exports (not a hand-kept list)."""
 
 from __future__ import annotations
@@ -107,13 +107,13 @@ def test_promtool_checks_the_rules() -> None:
     out = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 9 rules found" in out.stdout
+    assert "SUCCESS: 10 rules found" in out.stdout
 
 
 @promtool
 def test_promtool_fires_gate_down_and_upload_backlog() -> None:
     text = RULE_TESTS.read_text()
-    for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable"):
+    for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable", "GateFailing"):
         assert f"alertname: {alert}" in text
     out = subprocess.run(["promtool", "test", "rules", RULE_TESTS.name], capture_output=True,
                          text=True, timeout=60, cwd=RULE_TESTS.parent)

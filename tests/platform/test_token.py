@@ -51,3 +51,27 @@ def test_missing_token_names_the_config_key(tmp_path):
     os.chmod(tmp_path / "empty", 0o600)
     with pytest.raises(ConfigError, match="no platform token"):
         load_token({**API, "token_file": str(tmp_path / "empty")}, environ={})
+
+
+def _unit_default_credential() -> bytes:
+    """What the shipped unit's `SetCredential=gate-agent-token:...` puts in the credential when
+    /etc/gate-agent/token is missing (systemd C-unescapes the value)."""
+    from tests.conftest import PROJECT_ROOT
+
+    unit = (PROJECT_ROOT / "systemd" / "gate-agent.service").read_text()
+    values = [line.split(":", 1)[1] for line in unit.splitlines()
+              if line.startswith("SetCredential=gate-agent-token:")]
+    assert len(values) == 1, "the unit must give the token credential a default"
+    return values[0].encode().decode("unicode_escape").encode()
+
+
+def test_the_units_default_credential_means_no_token(tmp_path):
+    """An offline gate without /etc/gate-agent/token: the empty default the unit hands over is
+    "no token" (the platform link off, status no_token), and a token from the other sources
+    still counts."""
+    (tmp_path / "gate-agent-token").write_bytes(_unit_default_credential())
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    with pytest.raises(ConfigError, match="no platform token|does not exist"):
+        load_token(API, environ=env)
+    assert load_token(API, environ={**env, "GATE_AGENT_TOKEN": "env-token-5678"}) == \
+        "env-token-5678"

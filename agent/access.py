@@ -1,0 +1,71 @@
+"""Why this process cannot use a path, said so that the technician at the gate can fix it.
+
+The daemon runs as its own user (the unit's `User=gate-agent`) while technicians install files
+as root, and the unit's `ProtectSystem=strict` makes everything outside the unit's own
+directories read-only. A bare "Permission denied" or "Read-only file system" leaves them
+guessing which user, which file and which setting: these messages name the user the process
+runs as, the path's owner and mode, and the command or unit setting that fixes it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from pathlib import Path
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)  # no account (a bare uid, as in tests): the number works for chown
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def process_user() -> str:
+    """`user gate-agent (uid 995, group gate-agent)`: who this process acts as."""
+    uid, gid = os.geteuid(), os.getegid()
+    return f"user {user_name(uid)} (uid {uid}, group {group_name(gid)})"
+
+
+def owner_of(path: Path) -> str:
+    """`root:root, mode 640`, or why it cannot be told."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+    return (f"{user_name(info.st_uid)}:{group_name(info.st_gid)}, "
+            f"mode {info.st_mode & 0o777:o}")
+
+
+def unreadable_config(path: Path) -> str:
+    """A config file this process may not read: the service user, the owners, and the
+    `chgrp`/`chmod` that lets the service's group read it (README, "Installing")."""
+    path = Path(os.path.abspath(path))
+    group = group_name(os.getegid())
+    where = [f"{path.parent} is {owner_of(path.parent)}"]
+    if os.access(path.parent, os.X_OK):  # else the file's owner cannot be seen
+        where.append(f"{path.name} is {owner_of(path)}")
+    return (f"cannot read: Permission denied; this process runs as {process_user()}; "
+            f"{'; '.join(where)}. Let the service's group read both (as root): "
+            f"`chgrp {group} {path.parent} {path} && chmod 750 {path.parent} && "
+            f"chmod 640 {path}`")
+
+
+def read_only_place(directory: Path, key: str) -> str:
+    """A directory on a read-only file system: under the unit, everything but its own
+    directories (`StateDirectory=`, `RuntimeDirectory=`) is read-only (`ProtectSystem=strict`).
+    `ReadWritePaths=` needs the directory to exist when the unit starts, hence the `install`."""
+    user, group = user_name(os.geteuid()), group_name(os.getegid())
+    return (f"{directory} is on a read-only file system: under the systemd unit "
+            f"(ProtectSystem=strict) only /var/lib/gate-agent and /run/gate-agent are writable. "
+            f"Create it and add it to the unit (as root): `install -d -o {user} -g {group} "
+            f"-m700 {directory}`, then `systemctl edit gate-agent` with `[Service]` "
+            f"`ReadWritePaths={directory}`; or leave {key} at its default")
