@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
 from agent.errors import ConfigError, DriverUnavailable
 from agent.runtime import bindings
@@ -112,13 +112,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     console = Console()
     for cat in categories:
         if not cat.rows:
-            console.print(f"[bold]{cat.name}[/bold]: none found. {cat.hint}")
+            console.print(plain((cat.name, "bold"), f": none found. {cat.hint}"))
             continue
         table = Table(title=cat.name, title_justify="left")
         for col in ("URL", "device", "USB id"):
             table.add_column(col, overflow="fold")
         for row in cat.rows:
-            table.add_row(row.url, row.description, row.usb_id)
+            table.add_row(*map(plain, (row.url, row.description, row.usb_id)))
         console.print(table)
     return EXIT_OK
 
@@ -322,13 +322,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     for row in rows:
         if not row["readers"] and not row["relay"] and not row["relay_out"]:
-            table.add_row(row["lane"], "-", "no devices (devices pair LANE URL)", "")
+            table.add_row(*map(plain, (row["lane"], "-", "no devices (devices pair LANE URL)",
+                                       "")))
         for reader in row["readers"]:
-            table.add_row(row["lane"], "reader", reader["url"], reader["source"])
+            table.add_row(*map(plain, (row["lane"], "reader", reader["url"], reader["source"])))
         for role in bindings.SINGLE_ROLES:
             if row.get(role):
-                table.add_row(row["lane"], role, row[role]["url"], row[role]["source"])
+                table.add_row(*map(plain, (row["lane"], role, row[role]["url"],
+                                           row[role]["source"])))
     for key, shown in device.items():  # every lane's: the fire panel
-        table.add_row("(all lanes)", key, shown["url"], shown["source"])
+        table.add_row(*map(plain, ("(all lanes)", key, shown["url"], shown["source"])))
     Console().print(table)
     return EXIT_OK

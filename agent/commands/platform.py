@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import Config, load_config
 from agent.errors import (
     ConfigError,
@@ -177,8 +177,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _print_sync(args, result)
     with acting_on_store(config) as daemon:
         if daemon is not None:
-            Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; its "
-                                       "progress:", highlight=False)
+            Console(stderr=True).print(plain(f"the running daemon (PID {daemon.pid}) syncs; "
+                                             "its progress:"))
             progress = _progress_bar(args)
             bar = _Bar(progress)
             try:
@@ -198,16 +198,17 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
         print(json.dumps(result))
         return 0
     by = f" by venue leader {result['leader']}" if result.get("leader") else ""
-    table = Table(title=f"sync {'full' if args.full else 'delta'}{by}: {result['requests']} "
-                        f"requests" + (f", {result['wall_s']} s" if "wall_s" in result else ""))
+    table = Table(title=plain(f"sync {'full' if args.full else 'delta'}{by}: "
+                              f"{result['requests']} requests"
+                              + (f", {result['wall_s']} s" if "wall_s" in result else "")))
     for col in ("event", "name", "items applied", "items cached", "cursor"):
         table.add_column(col)
     applied: dict[int, int] = {}
     for p in result["passes"]:  # an event's passes: a full one, a delta after it
         applied[p["event"]] = applied.get(p["event"], 0) + p["items"]
     for e in result["events"]:
-        table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
-                      str(e["items"]), e["cursor"] or "-")
+        table.add_row(*map(plain, (str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
+                                   str(e["items"]), e["cursor"] or "-")))
     Console().print(table)
     return 0
 
@@ -282,21 +283,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
         said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
                 if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
                 f"{outcome['quarantined']} in {outcome['requests']} request(s)")
-        Console().print(f"{said}; {outcome['pending']} pending, "
-                        f"{outcome['quarantined_total']} quarantined in the journal",
-                        highlight=False)
+        Console().print(plain(f"{said}; {outcome['pending']} pending, "
+                              f"{outcome['quarantined_total']} quarantined in the journal"))
     if error is None:
         return 0
     err = Console(stderr=True)
     if outcome["auth"]:
-        err.print(
+        err.print(plain(
             f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
             f"are kept. Fix: `gate-agent login --config {config.path}` (or put a valid token in "
-            f"api.token_file), then `gate-agent upload --drain`.", highlight=False, soft_wrap=True)
+            f"api.token_file), then `gate-agent upload --drain`."), soft_wrap=True)
     else:
-        err.print(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
-                  "queued and are resent later with the same batch uuid (nothing is sent "
-                  "twice).", highlight=False, soft_wrap=True)
+        err.print(plain(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
+                        "queued and are resent later with the same batch uuid (nothing is sent "
+                        "twice)."), soft_wrap=True)
     return 1
 
 
@@ -353,18 +353,18 @@ def cmd_login(args: argparse.Namespace) -> int:
     register_secret(token)
     write_token(path, token)
     console = Console()
-    console.print(f"logged in as {email}; token for device {device!r} stored in {path} "
-                  "(mode 0600). Older tokens stay valid until revoked on the platform.",
-                  highlight=False, soft_wrap=True)
+    console.print(plain(f"logged in as {email}; token for device {device!r} stored in {path} "
+                        "(mode 0600). Older tokens stay valid until revoked on the platform."),
+                  soft_wrap=True)
     daemon = running_daemon(config)
     if daemon is not None:
         daemon.call("token", token=token)
-        console.print(f"the running daemon (PID {daemon.pid}) uses the new token from now on",
-                      highlight=False)
+        console.print(plain(f"the running daemon (PID {daemon.pid}) uses the new token from "
+                            "now on"))
         return 0
     shadow = [name for name in ("CREDENTIALS_DIRECTORY", config.api["token_env"])
               if name and os.environ.get(name)]
     if shadow:
-        console.print(f"note: ${shadow[0]} is set and is read before api.token_file; unset it "
-                      "for the new token to be used", highlight=False)
+        console.print(plain(f"note: ${shadow[0]} is set and is read before api.token_file; "
+                            "unset it for the new token to be used"))
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import load_config
 from agent.core.decide import Decision
 from agent.errors import ConfigError
@@ -134,7 +134,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for r in results:
         extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
         event = f" for event {r['event_id']}" if r["event_id"] else ""
-        console.print(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}")
+        console.print(plain(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}"))
     return 0
 
 
@@ -155,9 +155,9 @@ def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
     word = "ADMIT" if data["admit"] else "REFUSE"
     detail = f"/{data['statusDetail']}" if data["statusDetail"] else ""
     who = (data.get("ticket") or {}).get("name") or ""
-    console.print(f"[bold {colour}]{word}[/] {data['direction']:<3} {data['code']}  "
-                  f"{data['status']}{detail}  {data['message']}"
-                  + (f"  ({who})" if who else ""), highlight=False)
+    console.print(plain((word, f"bold {colour}"), f" {data['direction']:<3} {data['code']}  "
+                        f"{data['status']}{detail}  {data['message']}"
+                        + (f"  ({who})" if who else "")))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -209,11 +209,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
                 listing = work.queue_listing(journal, include_sent=args.all, limit=args.limit)
             finally:
                 journal.close()
-    counts, rows = listing["counts"], listing["scans"]
     if args.json:
         print(json.dumps(listing))
         return 0
-    console = Console()
+    Console().print(queue_table(listing))
+    return 0
+
+
+def queue_table(listing: dict[str, Any]) -> Table:
+    """`queue` as a table; codes and the platform's reasons are shown as they are (plain)."""
+    counts, rows = listing["counts"], listing["scans"]
     table = Table(title=f"Scan queue: {counts['pending']} pending, {counts['quarantined']} "
                         f"quarantined, {counts['local']} local-only, {counts['sent']} sent"
                         + (f", {counts['voided']} voided venue claim(s)"
@@ -223,15 +228,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
     for r in rows:
         decision = r["status"] + (f"/{r['status_detail']}" if r["status_detail"] else "")
         state = r["upload_state"] + (f": {r['reason']}" if r["reason"] else "")
-        table.add_row(r["scanned_on"][:19].replace("T", " "), r["lane"], r["code"],
-                      r["direction"], decision, state)
+        table.add_row(*map(plain, (r["scanned_on"][:19].replace("T", " "), r["lane"],
+                                   r["code"], r["direction"], decision, state)))
     if listing["more"]:
         table.caption = (f"the oldest {len(rows)} shown (--limit N for more); full rows with "
                          "scan uuids: gate-agent queue --json")
     elif rows:
         table.caption = "full rows with scan uuids: gate-agent queue --json"
-    console.print(table)
-    return 0
+    return table
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
