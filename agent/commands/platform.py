@@ -40,6 +40,8 @@ from agent.commands import explain, plain
 from agent.config import Config, load_config
 from agent.errors import (
     ConfigError,
+    GateAgentError,
+    StoreAccess,
     Transport,
     register_secret,
 )
@@ -50,7 +52,7 @@ from agent.platform.sync import Syncer, SyncProgress
 from agent.platform.token import load_token
 from agent.platform.upload import Uploader
 from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, running_daemon
+from agent.runtime.controlclient import acting_on_store, answering_daemon
 from agent.runtime.opening import CACHE_FILE, open_journal
 from agent.runtime.storeaccess import own_rights
 from agent.store.cache import TicketCache
@@ -326,6 +328,15 @@ def write_token(path: Path, token: str) -> None:
     write_private(path, token + "\n")
 
 
+def _can_write(path: Path) -> bool:
+    """Whether `write_token` may put a file at `path` (it writes a temporary file beside it
+    and renames it, creating missing directories): asked before POST /login."""
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return os.access(here, os.W_OK | os.X_OK)
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
@@ -334,6 +345,16 @@ def cmd_login(args: argparse.Namespace) -> int:
         raise ConfigError("is empty: login needs a file to store the token in",
                           path=config.path, key="api.token_file")
     path = Path(target).expanduser()
+    # Before POST /login issues a token: where it will go. A token the platform issued that
+    # this command cannot keep would stay valid there, unused.
+    daemon, why = answering_daemon(config)
+    storable = _can_write(path)
+    if daemon is None and not storable:
+        raise StoreAccess(
+            f"this user (uid {os.geteuid()}) may not write the token file {path}, and no "
+            f"gate-agent daemon answers on its control socket to take the token ({why}): "
+            "run `sudo gate-agent login`, or log in while the daemon runs with its socket "
+            "open to you ([control] group); nothing was asked of the platform")
     email = args.email
     if not email:
         if not sys.stdin.isatty():
@@ -351,16 +372,26 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     token = asyncio.run(go())
     register_secret(token)
-    write_token(path, token)
     console = Console()
-    console.print(plain(f"logged in as {email}; token for device {device!r} stored in {path} "
-                        "(mode 0600). Older tokens stay valid until revoked on the platform."),
-                  soft_wrap=True)
-    daemon = running_daemon(config)
+    if storable:
+        try:
+            write_token(path, token)
+        except OSError as exc:
+            if daemon is None:
+                raise GateAgentError(
+                    f"the platform issued a token for device {device!r}, but it could not be "
+                    f"stored in {path} ({exc.strerror}); revoke it on the platform, fix the "
+                    "file's directory and log in again") from None
+            storable = False
+    stored = (f"stored in {path} (mode 0600)" if storable else
+              f"NOT stored in {path} (uid {os.geteuid()} may not write it): the daemon keeps "
+              "it until it restarts; `sudo gate-agent login` stores one for good")
+    console.print(plain(f"logged in as {email}; token for device {device!r} {stored}. Older "
+                        "tokens stay valid until revoked on the platform."), soft_wrap=True)
     if daemon is not None:
         daemon.call("token", token=token)
-        console.print(plain(f"the running daemon (PID {daemon.pid}) uses the new token from "
-                            "now on"))
+        console.print(plain(f"the running daemon (PID {daemon.pid or 'unknown'}) uses the new "
+                            "token from now on"))
         return 0
     shadow = [name for name in ("CREDENTIALS_DIRECTORY", config.api["token_env"])
               if name and os.environ.get(name)]

@@ -19,13 +19,11 @@ from rich.table import Table
 
 from agent.commands import explain, plain
 from agent.config import load_config
-from agent.core.decide import Decision
 from agent.errors import ConfigError
 from agent.platform.provision import read_import_file
 from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, running_daemon
+from agent.runtime.controlclient import acting_on_store, reading_store
 from agent.runtime.opening import open_cache, open_journal, opened_gate
-from agent.runtime.storeaccess import as_store_owner
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -138,11 +136,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _answer(decision: Decision, uuid: str | None) -> dict[str, Any]:
-    """A decision as `--json` prints it (and as the daemon sends it back)."""
-    return {**decision.as_dict(), "uuid": uuid, "record": decision.record}
-
-
 def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
     data = dict(answer)
     record = data.pop("record", True)
@@ -163,13 +156,19 @@ def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lane = config.lane(args.lane)
-    with as_store_owner(config.store_dir), opened_gate(config) as gate:
-        decision = gate.check(args.code, lane, _parse_at(args.at), args.direction, args.kind)
-    answer = _answer(decision, None)
-    if decision.record:
+    at = _parse_at(args.at)
+    with reading_store(config) as daemon:
+        if daemon is not None:  # its stores (a technician may not open them): it decides
+            answer = daemon.call("check", code=args.code, lane=lane.name, at=at.isoformat(),
+                                 direction=args.direction, kind=args.kind)
+        else:
+            with opened_gate(config) as gate:
+                answer = work.answer(gate.check(args.code, lane, at, args.direction,
+                                                args.kind), None)
+    if answer["record"]:
         answer.pop("uuid")
     _show(answer, args.json, Console())
-    return 0 if decision.admit else 1
+    return 0 if answer["admit"] else 1
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -191,7 +190,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 for code in codes:
                     result = gate.scan(code, lane, datetime.now(UTC), args.direction, args.kind,
                                        mono_ms=time.monotonic_ns() // 1_000_000)
-                    _show(_answer(result.decision, result.uuid), args.json, console)
+                    _show(work.answer(result.decision, result.uuid), args.json, console)
                     admitted += result.decision.admit
                     refused += not result.decision.admit
     return 0 if admitted and not refused else 1
@@ -199,11 +198,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    daemon = running_daemon(config)
-    if daemon is not None:
-        listing = daemon.call("queue", all=args.all, limit=args.limit)
-    else:
-        with as_store_owner(config.store_dir):
+    with reading_store(config) as daemon:
+        if daemon is not None:
+            listing = daemon.call("queue", all=args.all, limit=args.limit)
+        else:
             journal = open_journal(config)
             try:
                 listing = work.queue_listing(journal, include_sent=args.all, limit=args.limit)
