@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
@@ -110,17 +111,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(as_json(categories), indent=2))
         return EXIT_OK
     console = Console()
+    for shown in found_view(categories):
+        console.print(shown)
+    return EXIT_OK
+
+
+def found_view(categories: list[Any]) -> list[Text | Table]:
+    """`devices list` as printed: a table per category, or a line saying what to do (a hint
+    such as `pip install gate-agent[hid]` shown as it is, brackets and all)."""
+    shown: list[Text | Table] = []
     for cat in categories:
         if not cat.rows:
-            console.print(plain((cat.name, "bold"), f": none found. {cat.hint}"))
+            shown.append(plain((cat.name, "bold"), f": none found. {cat.hint}"))
             continue
-        table = Table(title=cat.name, title_justify="left")
+        table = Table(title=plain(cat.name), title_justify="left")
         for col in ("URL", "device", "USB id"):
             table.add_column(col, overflow="fold")
         for row in cat.rows:
             table.add_row(*map(plain, (row.url, row.description, row.usb_id)))
-        console.print(table)
-    return EXIT_OK
+        shown.append(table)
+    return shown
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -317,6 +327,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"lanes": rows, "device": device}, indent=2))
         return EXIT_OK
+    Console().print(lanes_table(rows, device))
+    return EXIT_OK
+
+
+def lanes_table(rows: list[dict[str, Any]], device: dict[str, dict[str, str]]) -> Table:
+    """`devices show` as a table (lane names and URLs shown as they are)."""
     table = Table(title="lanes", title_justify="left")
     for col in ("lane", "role", "URL", "source"):
         table.add_column(col, overflow="fold")
@@ -332,5 +348,4 @@ def cmd_show(args: argparse.Namespace) -> int:
                                            row[role]["source"])))
     for key, shown in device.items():  # every lane's: the fire panel
         table.add_row(*map(plain, ("(all lanes)", key, shown["url"], shown["source"])))
-    Console().print(table)
-    return EXIT_OK
+    return table

@@ -35,6 +35,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from agent.commands import explain, plain
 from agent.config import Config, load_config
@@ -199,8 +200,15 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    Console().print(sync_table(args.full, result))
+    return 0
+
+
+def sync_table(full: bool, result: dict[str, Any]) -> Table:
+    """The sync summary: per event, items applied (every pass watched) and cached; event
+    names from the platform shown as they are."""
     by = f" by venue leader {result['leader']}" if result.get("leader") else ""
-    table = Table(title=plain(f"sync {'full' if args.full else 'delta'}{by}: "
+    table = Table(title=plain(f"sync {'full' if full else 'delta'}{by}: "
                               f"{result['requests']} requests"
                               + (f", {result['wall_s']} s" if "wall_s" in result else "")))
     for col in ("event", "name", "items applied", "items cached", "cursor"):
@@ -211,8 +219,7 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
     for e in result["events"]:
         table.add_row(*map(plain, (str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
                                    str(e["items"]), e["cursor"] or "-")))
-    Console().print(table)
-    return 0
+    return table
 
 
 def _progress_bar(args: argparse.Namespace) -> Progress | None:
@@ -278,28 +285,35 @@ def cmd_upload(args: argparse.Namespace) -> int:
                     outcome = asyncio.run(_upload(config, token, journal, args.drain))
                 finally:
                     journal.close()
-    error = outcome["error"]
+    said, trouble = upload_lines(outcome, config.path)
     if args.json:
         print(json.dumps(outcome))
     else:
-        said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
-                if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
-                f"{outcome['quarantined']} in {outcome['requests']} request(s)")
-        Console().print(plain(f"{said}; {outcome['pending']} pending, "
-                              f"{outcome['quarantined_total']} quarantined in the journal"))
-    if error is None:
+        Console().print(said)
+    if trouble is None:
         return 0
-    err = Console(stderr=True)
-    if outcome["auth"]:
-        err.print(plain(
-            f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
-            f"are kept. Fix: `gate-agent login --config {config.path}` (or put a valid token in "
-            f"api.token_file), then `gate-agent upload --drain`."), soft_wrap=True)
-    else:
-        err.print(plain(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
-                        "queued and are resent later with the same batch uuid (nothing is sent "
-                        "twice)."), soft_wrap=True)
+    Console(stderr=True).print(trouble, soft_wrap=True)
     return 1
+
+
+def upload_lines(outcome: dict[str, Any], config_path: str | None) -> tuple[Text, Text | None]:
+    """What `upload` says, and what went wrong (the platform's words, shown as they are)."""
+    said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
+            if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
+            f"{outcome['quarantined']} in {outcome['requests']} request(s)")
+    line = plain(f"{said}; {outcome['pending']} pending, "
+                 f"{outcome['quarantined_total']} quarantined in the journal")
+    error = outcome["error"]
+    if error is None:
+        return line, None
+    if outcome["auth"]:
+        return line, plain(
+            f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
+            f"are kept. Fix: `gate-agent login --config {config_path}` (or put a valid token in "
+            f"api.token_file), then `gate-agent upload --drain`.")
+    return line, plain(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
+                       "queued and are resent later with the same batch uuid (nothing is sent "
+                       "twice).")
 
 
 async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.commands import explain, plain
 from agent.config import load_config
@@ -130,10 +131,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     for r in results:
-        extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
-        event = f" for event {r['event_id']}" if r["event_id"] else ""
-        console.print(plain(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}"))
+        console.print(imported_line(r))
     return 0
+
+
+def imported_line(r: dict[str, Any]) -> Text:
+    """One imported file, named as given (a file name may hold brackets)."""
+    extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
+    event = f" for event {r['event_id']}" if r["event_id"] else ""
+    return plain(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}")
 
 
 def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:

@@ -289,7 +289,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"venue": venue["name"], "quarantined": rows, "requeued": requeued}))
         return 0
-    table = Table(title=plain(f"Venue {venue['name']}: {len(rows)} quarantined scan(s)"))
+    Console().print(quarantine_table(venue["name"], rows))
+    if args.requeue:
+        print(f"{requeued} scan(s) requeued: the leader sends them again")
+    return 0
+
+
+def quarantine_table(venue: str, rows: list[dict[str, Any]]) -> Table:
+    """`venue quarantine` as a table: the platform's words shown as they are."""
+    table = Table(title=plain(f"Venue {venue}: {len(rows)} quarantined scan(s)"))
     for col in ("scan uuid", "barcode", "event", "scanned", "since (UTC)", "platform said"):
         table.add_column(col, overflow="fold")
     for e in rows:
@@ -297,10 +305,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         table.add_row(*map(plain, (str(r.get("uuid")), str(r.get("barcode")),
                                    str(r.get("eventId")), str(r.get("scannedOn")),
                                    str(e["at"])[:19].replace("T", " "), str(e["reason"]))))
-    Console().print(table)
-    if args.requeue:
-        print(f"{requeued} scan(s) requeued: the leader sends them again")
-    return 0
+    return table
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -314,7 +319,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"venue": venue["name"], "gates": gates, "unread": unread},
                          default=str))
         return 0
-    table = Table(title=plain(f"Venue {venue['name']}: {len(gates)} gate(s)"))
+    Console().print(gates_table(venue["name"], gates))
+    return 0
+
+
+def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
+    """`venue status` as a table: gate names and their reasons shown as they are."""
+    table = Table(title=plain(f"Venue {venue}: {len(gates)} gate(s)"))
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
                 "cache age", "bus", "version", "first reason"):
         table.add_column(col, overflow="fold")
@@ -334,8 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
             "connected" if bus.get("connected") else "not connected",
             str(g.get("version")), str(reasons[0]["message"]) if reasons else "")))
-    Console().print(table)
-    return 0
+    return table
 
 
 def cmd_conflicts(args: argparse.Namespace) -> int:
@@ -354,6 +364,12 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"conflicts": rows}))
         return 0
+    Console().print(conflicts_table(rows))
+    return 0
+
+
+def conflicts_table(rows: list[dict[str, Any]]) -> Table:
+    """`venue conflicts` as a table."""
     table = Table(title=f"Venue conflicts: {len(rows)}")
     for col in ("scanned (UTC)", "event", "item", "zone", "gate", "lane", "offline", "what"):
         table.add_column(col, overflow="fold")
@@ -362,5 +378,4 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
                                    str(r["event_id"]), str(r["item_id"]), str(r["zone_id"]),
                                    str(r["device"]), str(r["lane"]),
                                    "yes" if r["offline"] else "no", str(r["detail"]))))
-    Console().print(table)
-    return 0
+    return table
