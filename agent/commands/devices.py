@@ -24,7 +24,7 @@ from rich.text import Text
 
 from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
-from agent.errors import ConfigError, DriverUnavailable
+from agent.errors import ConfigError, DriverUnavailable, UsageError
 from agent.runtime import bindings
 from agent.runtime.controlclient import acting_on_store
 
@@ -87,7 +87,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                "from the config file stay).",
             ["sudo gate-agent devices unpair entry serial:///dev/ttyACM0",
              "sudo gate-agent devices unpair sim:fire"],
-            "0 unpaired; 1 that device was not paired to that lane; 2 unknown lane")
+            "0 unpaired; 2 that device is not paired to that lane, or an unknown lane")
     p.set_defaults(func=cmd_unpair)
 
     p = sub.add_parser("show", parents=[common], help="show each lane's readers and relay")
@@ -267,8 +267,8 @@ def cmd_unpair(args: argparse.Namespace) -> int:
         else:
             found = bindings.unpair(config.store_dir, lane.name, args.url)
     if not found:
-        print(f"gate-agent: {args.url} is not paired to lane {lane.name}", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.url} is not paired to lane {lane.name} (`gate-agent devices "
+                         "show` lists what is; devices from the config file are removed there)")
     print(f"unpaired {args.url} from lane {lane.name}")
     return EXIT_OK
 
@@ -280,9 +280,8 @@ def _unpair_device(args: argparse.Namespace, config: Config) -> int:
         else:
             found = bindings.unpair_device(config.store_dir, args.url)
     if not found:
-        print(f"gate-agent: {args.url} is not the paired emergency input (name the lane to "
-              "unpair a lane's device)", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.url} is not the paired emergency input (name the lane to "
+                         "unpair a lane's device)")
     print(f"unpaired {args.url} (emergency input); [device] emergency_input applies again")
     return EXIT_OK
 

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from agent.commands import explain, plain
 from agent.config import load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UsageError
 from agent.platform.provision import read_import_file
 from agent.runtime import work
 from agent.runtime.controlclient import acting_on_store, reading_store
@@ -66,7 +66,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     ["sudo gate-agent scan NU-VALID-0001 --lane entry",
                      "sudo gate-agent scan - --json < codes.txt"],
                     "0 every code was admitted; 1 at least one was refused; 2 a mistake in "
-                    "the configuration or the arguments")
+                    "the configuration or the arguments, or no code on standard input")
         p.set_defaults(func=cmd_check if name == "check" else cmd_scan)
 
     p = subparsers.add_parser("queue", parents=[common],
@@ -86,7 +86,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="only these scans (default: all quarantined)")
     explain(r, "Put quarantined scans back in the outbox after fixing what the platform "
                "refused; the next upload sends them.",
-            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"])
+            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"],
+            "0 put back (all quarantined scans, or every UUID given); 2 a UUID that is not a "
+            "quarantined scan (nothing is put back), or a configuration mistake")
     r.set_defaults(func=cmd_queue_retry)
     p.set_defaults(func=cmd_queue)
 
@@ -199,6 +201,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     _show(work.answer(result.decision, result.uuid), args.json, console)
                     admitted += result.decision.admit
                     refused += not result.decision.admit
+    if not admitted and not refused:
+        raise UsageError("no codes on standard input (one per line; blank lines are skipped)")
     return 0 if admitted and not refused else 1
 
 

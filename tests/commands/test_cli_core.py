@@ -103,3 +103,25 @@ def test_queue_retry_puts_quarantined_back(site: DemoSite) -> None:
     assert "1 quarantined scan(s)" in retry.stdout
     assert json.loads(run_cli("queue", "--config", cfg, "--json").stdout)["counts"][
         "pending"] == 1
+
+
+def test_queue_retry_of_a_uuid_that_is_not_quarantined_is_an_error(site: DemoSite) -> None:
+    from agent.runtime.opening import open_journal
+    cfg = str(site.config_path)
+    uuid = json.loads(run_cli("scan", "--config", cfg, "--json", C["valid"]).stdout)["uuid"]
+    journal = open_journal(site.config)
+    journal.quarantine(uuid, "422: The selected barcode is invalid.")
+    journal.close()
+    typo = run_cli("queue", "retry", uuid, "notauuid", "--config", cfg)
+    assert typo.returncode == 2 and "notauuid" in typo.stderr, (typo.stdout, typo.stderr)
+    assert uuid not in typo.stderr and "nothing was put back" in typo.stderr
+    counts = json.loads(run_cli("queue", "--config", cfg, "--json").stdout)["counts"]
+    assert (counts["quarantined"], counts["pending"]) == (1, 0)  # all or nothing
+    retry = run_cli("queue", "retry", uuid, "--config", cfg)
+    assert retry.returncode == 0 and "1 quarantined scan(s)" in retry.stdout
+
+
+def test_scan_with_nothing_on_stdin_says_so(site: DemoSite) -> None:
+    for stdin in ("", "\n  \n"):
+        out = run_cli("scan", "--config", str(site.config_path), "-", stdin=stdin)
+        assert out.returncode == 2 and "no codes on standard input" in out.stderr, out.stderr

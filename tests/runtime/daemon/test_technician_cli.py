@@ -81,6 +81,8 @@ def test_a_technician_in_the_socket_group_uses_every_command_through_the_daemon(
         assert C["valid"] in [s["code"] for s in json.loads(queue.stdout)["scans"]]
         events = tech("release", "--events", "--json")
         assert events.returncode == 0 and json.loads(events.stdout) == [], events.stderr
+        typo = tech("queue", "retry", "notauuid")  # the daemon's refusal, with its exit code
+        assert typo.returncode == 2 and "notauuid" in typo.stderr, typo.stderr
         upload = tech("upload", "--json")
         assert upload.returncode == 0, upload.stderr
         paired = tech("devices", "pair", "entry", _reader(install), "--no-validate")
