@@ -167,7 +167,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     at = _parse_at(args.at)
     with reading_store(config) as daemon:
         if daemon is not None:  # its stores (a technician may not open them): it decides
-            answer = daemon.call("check", code=args.code, lane=lane.name, at=at.isoformat(),
+            answer = daemon.call("check", code=args.code, lane=lane.name,
+                                 at=at.isoformat() if args.at else None,
                                  direction=args.direction, kind=args.kind)
         else:
             with opened_gate(config) as gate:

@@ -41,6 +41,7 @@ REASON_CODES = (
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
+    "venue_upload_stream_lost", "clock_corrected",
 )
 
 
@@ -164,7 +165,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
                    "for the window (other devices of the company share it)"))
     skew = platform.get("clock_skew_s")
-    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+    clock = snap.get("clock") or {}
+    if clock.get("corrected"):
+        add(Reason("warn", "clock_corrected",
+                   f"this clock is {-(clock.get('offset_s') or 0):+.0f} s off the platform's: "
+                   f"decisions and scan times use the platform's time (since "
+                   f"{clock.get('corrected_since')}); fix time sync (NTP) on this device"))
+    elif skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
         add(Reason("warn", "clock_skew", f"this clock differs from the platform's by {skew:+.0f} s;"
                    " check NTP (validity times and scan times depend on it)"))
     if link_failing and not auth:
@@ -179,6 +186,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     reasons += venue_degraded_reasons(venue, now)
     reasons += venue_watch_reasons(venue)
     reasons += venue_settings_reasons(venue)
+    reasons += venue_upload_stream_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -304,6 +312,21 @@ def venue_settings_reasons(venue: dict[str, Any]) -> list[Reason]:
         return []
     more = f" (and {len(drift) - 1} more: see `gate-agent status --json`)" if len(drift) > 1 else ""
     return [Reason("warn", "venue_settings_differ", f"venue: {drift[0]}{more}")]
+
+
+def venue_upload_stream_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """The venue's upload stream deleted or made again under this gate (agent.venue.uplink):
+    the scans waiting on it went with it; until this gate has handed its scans over again
+    to the new one (and the leader set up its consumer on it), they are not on their way to
+    the platform."""
+    lost = (venue.get("leader") or {}).get("upload_stream_lost")
+    if not lost:
+        return []
+    return [Reason("warn", "venue_upload_stream_lost",
+                   f"venue: the upload stream was lost at {lost.get('since')} "
+                   f"({lost.get('error')}); this gate hands its scans sent since it was made "
+                   "over again (repeats are kept once by the platform) — if it stays, check "
+                   "that JetStream can create the stream (`nats stream info`)")]
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

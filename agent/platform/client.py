@@ -111,6 +111,9 @@ class PlatformClient:
         # Awaited after the governor's grant and before each request leaves; what it raises
         # stops the request (the venue leader re-checks its lease here: agent.venue.budget).
         self.before_send: Callable[[], Awaitable[None]] | None = None
+        # Called with each answer's `Date` (epoch) and the monotonic time it arrived: the
+        # gate's clock compares its own with it (agent.runtime.clock).
+        self.on_server_time: Callable[[float, float], None] | None = None
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -360,6 +363,8 @@ class PlatformClient:
             except (TypeError, ValueError):
                 return
             self.status.skew_s = round(server - time.time(), 1)
+            if self.on_server_time is not None:
+                self.on_server_time(server, time.monotonic())
 
     def _failed(self, err: ApiError) -> None:
         self.status.last_error = str(err)

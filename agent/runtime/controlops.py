@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
@@ -50,8 +50,8 @@ class DaemonOps:
         def decide_all() -> list[dict[str, Any]]:
             out = []
             for code in args.get("codes") or []:
-                started, wall = time.perf_counter(), datetime.now(UTC)
-                result = gate.scan(str(code), lane, datetime.now(UTC), args.get("direction"),
+                started, wall = time.perf_counter(), self.d.clock.now()
+                result = gate.scan(str(code), lane, wall, args.get("direction"),
                                    args.get("kind"), mono_ms=time.monotonic_ns() // 1_000_000)
                 self.d.manual_decided(lane.name, result, wall, time.perf_counter() - started)
                 out.append(work.answer(result.decision, result.uuid))
@@ -69,9 +69,10 @@ class DaemonOps:
         """`gate-agent check` while the daemon runs: decided on the daemon's own stores (a
         technician in the socket's group may not open them), recording nothing."""
         lane = self.d.config.lane(args.get("lane"))
-        try:
-            at = datetime.fromisoformat(str(args["at"]))
-        except (KeyError, ValueError):
+        try:  # no --at: now by the daemon's clock, the time its lanes decide by
+            at = self.d.clock.now() if args.get("at") is None else \
+                datetime.fromisoformat(str(args["at"]))
+        except ValueError:
             raise ConfigError(f"check: {args.get('at')!r} is not an ISO 8601 time") from None
         gate = await asyncio.to_thread(self.d._gate)
         try:

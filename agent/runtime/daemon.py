@@ -56,6 +56,7 @@ from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
 from agent.runtime.bindings import effective_device, effective_lanes
+from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
@@ -96,6 +97,7 @@ class Daemon:
         self.syncer: Syncer | None = None
         self.uploader: Uploader | None = None
         self.jobs = Jobs()
+        self.clock = GateClock()  # the platform's time when this clock is known wrong
         self.start_token: str | None = None  # what the token sources gave at start
         self.pushed_token: str | None = None  # a newer one given over the control socket
         self.control: ControlServer | None = None
@@ -209,7 +211,8 @@ class Daemon:
         for lane in lanes:
             gate = gates.pop(lane.name) if gates and lane.name in gates else self._gate()
             runner = LaneRunner(lane, gate, self._on_decision, self._on_alarm,
-                                self._void_claim if self.bus is not None else None)
+                                self._void_claim if self.bus is not None else None,
+                                clock=self.clock)
             runner.start()
             if self.emergency.active:
                 runner.set_release("emergency", True)
@@ -277,6 +280,7 @@ class Daemon:
                                   on_catalog_change=self._catalog_changed)
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
+        self.client.on_server_time = self.clock.observe
         self.syncer = Syncer(self.config, self.client, self.cache_path,
                              swap_hook=self._swap_cache)
         if self.journal is not None:
@@ -323,7 +327,7 @@ class Daemon:
         await asyncio.to_thread(self.uploader.prune, now)
         events = self.lane_event_log()
         if events is not None:  # the counting day is at most 24 h old: keep two at least
-            days = max(2, self.config.sync["sent_retention_days"])
+            days = max(2, self.config.store["sent_retention_days"])
             await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
 
     async def _refresh_job(self) -> None:
@@ -529,7 +533,7 @@ class Daemon:
             "status_error": self.status_error,
             "pairings_error": self.pairings_error, "reload_error": self.reload_error,
             "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
-            "emergency": self.emergency.get_status(),
+            "emergency": self.emergency.get_status(), "clock": self.clock.get_status(),
         }
         if snap["venue"] is not None and self.role is not None:
             snap["venue"]["leader"] = self.role.get_status()

@@ -25,6 +25,7 @@ from agent.config import LaneConfig, output_for, passage_input_for
 from agent.core.codes import utc_iso
 from agent.core.decide import Decision
 from agent.errors import DriverError, JournalUnavailable
+from agent.runtime.clock import GateClock
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
 from agent.runtime.passage import OnAlarm, PassageWatch, VoidClaim
@@ -57,8 +58,10 @@ class LaneRunner:
     """Readers, relay, queue and worker thread of one lane."""
 
     def __init__(self, lane: LaneConfig, gate: Gate, sink: Sink,
-                 on_alarm: OnAlarm | None = None, void_claim: VoidClaim | None = None):
+                 on_alarm: OnAlarm | None = None, void_claim: VoidClaim | None = None,
+                 clock: GateClock | None = None):
         self.lane = lane
+        self.clock = clock or GateClock()  # the time decisions use (agent.runtime.clock)
         self.gate = gate
         self.sink = sink
         self.void_claim = void_claim
@@ -194,6 +197,8 @@ class LaneRunner:
 
     def _decide(self, scan: Scan) -> None:
         started = time.perf_counter()
+        if self.clock.corrected:  # the wall clock is known wrong: the scan's time on the
+            scan = replace(scan, wall=self.clock.at(scan.wall, scan.mono_ns))  # platform's
         with self.lock:
             released = bool(self.releases)
             if released:  # free egress: journaled as taken, never as an admit

@@ -21,7 +21,6 @@ import time
 import uuid as uuidlib
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config, LaneConfig
@@ -30,6 +29,7 @@ from agent.errors import ApiError, GateAgentError, RateLimited, Transport, Valid
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.token import load_token
+from agent.runtime.clock import GateClock
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.opening import opened_gate
 from agent.store.cache import CachedItem, TicketCache
@@ -107,6 +107,7 @@ class PairingStation:
         self._runner: asyncio.Runner | None = None
         self.gate: Gate | None = None
         self._bus: tuple[Any, Any] | None = None  # (nats connection, jetstream), with [venue]
+        self.clock = GateClock()  # the admit's time: the platform's if this clock is wrong
 
     def __enter__(self) -> PairingStation:
         try:
@@ -118,6 +119,7 @@ class PairingStation:
                 self._client = PlatformClient.from_config(self.config.api, token, governor,
                                                           max_retries=1)
             client, runner = self._client, self._runner
+            client.on_server_time = self.clock.observe
             self._stack.callback(lambda: runner.run(client.aclose()))
             self._stack.callback(lambda: runner.run(self._close_bus()))
         except BaseException:
@@ -176,7 +178,7 @@ class PairingStation:
         self._tell_venue(hit.event_id, hit.item.id, nfc_id, request_uuid)
         admitted = None
         if admit_lane is not None:
-            admitted = self.gate.scan(nfc_id, admit_lane, datetime.now(UTC), kind="nfc",
+            admitted = self.gate.scan(nfc_id, admit_lane, self.clock.now(), kind="nfc",
                                       mono_ms=time.monotonic_ns() // 1_000_000)
         return PairResult(code, nfc_id, hit.event_id, hit.item.id, replaced, tuple(moved),
                           local_error, admitted)

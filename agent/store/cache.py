@@ -92,6 +92,12 @@ MIGRATIONS = [
     ("0006_lean_items", """
         ALTER TABLE items ADD COLUMN lean BLOB
     """),
+    # A leader term is (the lease bucket's creation time, revision) since a bucket made again
+    # restarts its revisions at 1 (agent.venue.lease `Term`). A term stored before has no
+    # epoch: 0, below every term of a leader since.
+    ("0007_catalog_term_epoch", """
+        ALTER TABLE venue_catalog ADD COLUMN term_epoch INTEGER NOT NULL DEFAULT 0
+    """),
 ]
 
 # Encoding every item of a 1000-item page is the largest share of applying it; orjson does it
@@ -433,18 +439,24 @@ class TicketCache:
         if problem:
             raise CacheCorrupt(f"ticket cache {self.path} is damaged: {problem}")
 
-    def catalog_position(self, stream: str) -> tuple[int, int]:
-        """(last applied sequence, newest leader term) of the venue catalog `stream`."""
-        row = self.conn.execute("SELECT last_seq, term FROM venue_catalog WHERE stream = ?",
-                                (stream,)).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+    def catalog_position(self, stream: str) -> tuple[int, int, int]:
+        """(last applied sequence, newest leader term's epoch and revision) of the venue
+        catalog `stream`."""
+        row = self.conn.execute(
+            "SELECT last_seq, term_epoch, term FROM venue_catalog WHERE stream = ?",
+            (stream,)).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
-    def set_catalog_position(self, stream: str, seq: int, term: int) -> None:
-        """Call inside the transaction that applied the messages up to `seq`."""
+    def set_catalog_position(self, stream: str, seq: int, term: tuple[int, int]) -> None:
+        """Call inside the transaction that applied the messages up to `seq`. `term`: (epoch,
+        revision), kept only when newer than the stored one (compared in that order)."""
+        newer = "(excluded.term_epoch, excluded.term) > (term_epoch, term)"
         self.conn.execute(
-            "INSERT INTO venue_catalog (stream, last_seq, term) VALUES (?,?,?)"
+            "INSERT INTO venue_catalog (stream, last_seq, term_epoch, term) VALUES (?,?,?,?)"
             " ON CONFLICT(stream) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq),"
-            " term = MAX(term, excluded.term)", (stream, seq, term))
+            f" term_epoch = CASE WHEN {newer} THEN excluded.term_epoch ELSE term_epoch END,"
+            f" term = CASE WHEN {newer} THEN excluded.term ELSE term END",
+            (stream, seq, *term))
 
     def forget_catalog_position(self, stream: str) -> None:
         """The catalog stream was made again (agent.venue.stream_identity): its sequences and

@@ -219,14 +219,27 @@ class VenueStore:
             raise StoreError(f"venue state {self.path}: {exc}") from exc
 
     def restart_stream(self, stream: str, created: str) -> None:
-        """The stream was deleted and made again (`created` is the new one's): drop what was
-        derived from the old one (scans, subject sequences, position) and the publishing
-        cursor (this gate's journal goes out again, so the new stream learns its admits), in
-        one transaction. Conflicts found are kept: they are a record of what happened."""
+        """The stream was deleted and made again (`created` is the new one's), in one
+        transaction: drop what counts in the old one's sequences (subject sequences, position)
+        and the publishing cursor (this gate's journal goes out again, so the new stream learns
+        its admits), but keep the scans, renumbered below every sequence of the new stream.
+
+        Deleting them opened a double-admit window: until every other gate had republished its
+        journal, this gate had forgotten their admits, and the new stream grants a claim on an
+        empty subject. Kept, they still count for decisions, occupancy and conflicts; a
+        republished copy is the same uuid (stored once, the kept row stays); a void of an old
+        scan on the new stream finds it by uuid. Renumbering keeps their order: every old
+        sequence moves down by the same amount, below both the new stream (positive) and any
+        earlier renumbering (negative), so the rows never collide, not even mid-update.
+        Conflicts found are kept: they are a record of what happened."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for sql in ("DELETE FROM venue_scans", "DELETE FROM venue_subjects",
-                        "DELETE FROM venue_cursor"):
+            low, high = self.conn.execute(
+                "SELECT MIN(stream_seq), MAX(stream_seq) FROM venue_scans").fetchone()
+            if high is not None and high > 0:  # else none, or all renumbered already
+                self.conn.execute("UPDATE venue_scans SET stream_seq = stream_seq - ?",
+                                  (high - min(low, 0) + 1,))
+            for sql in ("DELETE FROM venue_subjects", "DELETE FROM venue_cursor"):
                 self.conn.execute(sql)
             self.conn.execute("DELETE FROM venue_position WHERE stream = ?", (stream,))
             self.conn.execute(_SET_CREATED, (stream, created))

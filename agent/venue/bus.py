@@ -51,6 +51,7 @@ log = logging.getLogger("gate_agent.venue")
 
 DUPLICATE_WINDOW_S = 600.0
 RESTART_SEQ = -1  # an applier queue item: the stream was made again, reset venue.db first
+SWEEP_FROM = -(2**63)  # below every stream_seq venue.db holds (kept scans are negative)
 # An admit journaled while its claim is in flight normally settles within milliseconds; one
 # still waiting after this long (the bus went away, the process restarted without it) is
 # shown in status (`claims_unanswered`, reason venue_claims_unanswered): held from the upload
@@ -149,7 +150,9 @@ class VenueBus:
         self._js: Any = None
         self._caught_up = False
         self._status_store: VenueStore | None = None
-        self._swept_seq = 0  # claims up to this stream position have been picked up
+        # claims up to this stream position have been picked up: from the lowest, so claims
+        # kept from a stream made again (renumbered below it: VenueStore.restart_stream) are too
+        self._swept_seq = SWEEP_FROM
         # picked up, not old enough yet: claim, and when it was picked up (monotonic)
         self._unchecked: dict[str, tuple[dict[str, Any], float]] = {}
         # uuids of claims this bus sent (lane threads append; the sweep drains them into
@@ -412,7 +415,9 @@ class VenueBus:
             self._inbox.put((RESTART_SEQ, created, b"", 0))
             if not await asyncio.to_thread(self._restarted.wait, 30.0):
                 raise VenueStreamLost(f"venue.db not reset for the new stream: {self.apply_error}")
-            self._swept_seq, self._unchecked = 0, {}
+            # its claims are kept under new (negative) sequences: all looked at again, those
+            # waiting keep their time (VenueStore.restart_stream)
+            self._swept_seq = SWEEP_FROM
             self._republishing = True
             self.stream_restarts += 1
         elif recorded != created:
@@ -632,7 +637,7 @@ class VenueBus:
             self._mine[scan_uuid] = sent
         for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
             mine = self._mine.pop(claim["uuid"], None) is not None
-            self._unchecked[claim["uuid"]] = (claim, now if mine else float("-inf"))
+            self._unchecked.setdefault(claim["uuid"], (claim, now if mine else float("-inf")))
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])
         for scan_uuid in [u for u, sent in self._mine.items() if now - sent > DUPLICATE_WINDOW_S]:
             del self._mine[scan_uuid]  # never stored (no answer, never resent): forgotten

@@ -22,9 +22,10 @@ Applying (`CatalogFollower`): items are buffered until their pass's marker arriv
 buffered items, the pass's cursor and the stream position go into the cache in one
 transaction, so the cache holds a pass entirely or not at all, and a restart resumes from the
 position with exactly the effects the file holds (rewriting an item is harmless anyway).
-Every message carries the leader's term; a message of an older term than the newest seen is
-dropped (a frozen leader's late publish, see agent.venue.lease). A message that cannot be read
-is skipped and counted, never guessed at.
+Every message carries the leader's term (agent.venue.lease `Term`: ordered across a lease
+bucket made again); a message of an older term than the newest seen is dropped (a frozen
+leader's late publish, see agent.venue.lease), and so is one whose term cannot be read. A
+message that cannot be read is skipped and counted, never guessed at.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from agent.core.model import (
 )
 from agent.store.cache import TicketCache
 from agent.venue import streams
-from agent.venue.lease import TERM_HEADER, Lease
+from agent.venue.lease import TERM_HEADER, Lease, Term
 
 log = logging.getLogger("gate_agent.venue.catalog")
 
@@ -91,8 +92,8 @@ class CatalogPublisher:
         self.removed_items = 0
 
     async def _send(self, items: list[tuple[str, bytes]]) -> None:
-        term = str(self.lease.guard())  # not leading (any more): the pass stops here
-        headers = {TERM_HEADER: term}
+        term = self.lease.stamp()  # not leading (any more): the pass stops here
+        headers = {TERM_HEADER: term.header()}
         for start in range(0, len(items), PUBLISH_WINDOW):
             chunk = items[start:start + PUBLISH_WINDOW]
             await asyncio.gather(*(self.js.publish(s, b, headers=headers) for s, b in chunk))
@@ -138,8 +139,8 @@ class CatalogFollower:
 
     def __init__(self, js: Any, venue: str, cache: TicketCache, own_term: Any = None,
                  on_change: Callable[[], None] | None = None):
-        """`own_term()`: this device's current term as leader (its own messages are already
-        in its cache: skipped, position still advanced). `on_change()`: after events, zones
+        """`own_term()`: this device's current `Term` as leader, None when not leading (its
+        own messages are already in its cache: skipped, position still advanced). `on_change()`: after events, zones
         or a pass were written (the daemon reloads its lanes' caches)."""
         self.on_change = on_change
         self.js = js
@@ -147,25 +148,22 @@ class CatalogFollower:
         self.stream = stream_name(venue)
         self.prefix = prefix(venue)
         self.cache = cache
-        self.own_term = own_term or (lambda: 0)
-        self.position, self.term = cache.catalog_position(self.stream)
+        self.own_term = own_term or (lambda: None)
+        self.position, epoch, revision = cache.catalog_position(self.stream)
+        self.term = Term(epoch, revision)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
                          "bad_messages": 0, "pairings": 0, "items_removed": 0,
                          "full_passes_applied": 0}
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
         self._items: dict[int, dict[int, Item | None]] = {}  # None: removed (a tombstone)
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
-        self._queue: asyncio.Queue[tuple[int, str, bytes, int, int]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, str, bytes, Term | None, int]] = asyncio.Queue()
 
     async def subscribe(self) -> Any:
         """An ordered push consumer from the first message not yet applied here."""
 
         async def on_message(msg: Any) -> None:
-            headers = msg.headers or {}
-            try:
-                term = int(headers.get(TERM_HEADER, "0"))
-            except ValueError:
-                term = -1
+            term = Term.parse((msg.headers or {}).get(TERM_HEADER))
             meta = msg.metadata
             self._queue.put_nowait((meta.sequence.stream, msg.subject, msg.data, term,
                                     meta.num_pending or 0))
@@ -213,18 +211,18 @@ class CatalogFollower:
             if await self._handle(seq, subject, data, term) and self.on_change is not None:
                 self.on_change()
 
-    async def _handle(self, seq: int, subject: str, data: bytes, term: int) -> bool:
+    async def _handle(self, seq: int, subject: str, data: bytes, term: Term | None) -> bool:
         """Apply (or buffer) one message; True when the cache changed."""
         rest = subject[len(self.prefix) + 1:].split(".")
         if rest[0] == "pair" and len(rest) == 3:  # a station's, not the leader's: no term
             return await self._pairing(seq, int(rest[1]), int(rest[2]), data)
-        if term < self.term:
+        if term is None or term < self.term:
             self.counters["stale_dropped"] += 1
-            log.warning("venue catalog message %d of term %d dropped (term %d leads)",
-                        seq, term, self.term)
+            log.warning("venue catalog message %d of term %s dropped (term %s leads)",
+                        seq, term or "unreadable", self.term)
             return False
         self.term = max(self.term, term)
-        mine = term != 0 and term == self.own_term()
+        mine = term.revision != 0 and term == self.own_term()
         try:
             body = orjson.loads(data)
             if rest[0] == "i" and len(rest) == 3:
@@ -281,7 +279,8 @@ class CatalogFollower:
             if not mine:
                 action(utc_iso(datetime.now(UTC)))
             if not self._items:
-                self.cache.set_catalog_position(self.stream, seq, self.term)
+                self.cache.set_catalog_position(self.stream, seq,
+                                                (self.term.epoch, self.term.revision))
                 self.position = seq
 
     def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
@@ -306,13 +305,14 @@ class CatalogFollower:
             if not mine:
                 self.cache.set_cursor(event_id, body.get("endTime"), stamp,
                                       full=bool(body.get("full")))
-            self.cache.set_catalog_position(self.stream, seq, self.term)
+            self.cache.set_catalog_position(self.stream, seq,
+                                                (self.term.epoch, self.term.revision))
         self.position = seq
         self.counters["passes_applied"] += 1
         if isinstance(body.get("at"), str):
             self.pass_ages[event_id] = body["at"]
 
     def get_status(self) -> dict[str, Any]:
-        return {"catalog_position": self.position, "catalog_term": self.term,
+        return {"catalog_position": self.position, "catalog_term": str(self.term),
                 "leader_pass_at": {str(k): v for k, v in self.pass_ages.items()},
                 **self.counters}

@@ -47,11 +47,13 @@ from agent.venue.budget import (
 )
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
-from agent.venue.lease import NotLeader
+from agent.venue.lease import NotLeader, Term, bucket_name
+from agent.venue.streams import kv_stream
 
 log = logging.getLogger("gate_agent.venue.leader")
 
 FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
+HAND_OVER_LIMIT = 500  # journal rows a member round hands to the bus at most
 
 
 def next_daily(hhmm: str, now: float) -> float:
@@ -100,6 +102,11 @@ class VenueRole:
         self.last_error: str | None = None
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
+        self._upload_watch: stream_identity.StreamWatch | None = None  # this session's
+        self._lease_watch: stream_identity.StreamWatch | None = None  # this session's
+        # the upload stream lost under this gate (agent.venue.uplink): since when, what
+        # happened; None again once this gate's scans are handed over again
+        self.upload_stream_lost: dict[str, str] | None = None
         self._js: Any = None
         self._nc: Any = None
         self._wake = asyncio.Event()
@@ -173,11 +180,19 @@ class VenueRole:
     async def _session(self, stop: asyncio.Event, journal: Journal, cache: TicketCache) -> None:
         tasks: list[asyncio.Task[None]] = []
         self.election = None
+        self._upload_watch = None  # set once this session adopted the upload stream
+        self._lease_watch = None
         try:
             if not await self._connect(stop, journal):
                 return
             await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
             await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
+            uploads, again = await uplink.adopt_upload_stream(
+                self._js, self.name, journal, self.config.store_dir / VENUE_FILE)
+            if again:
+                self._upload_lost(f"made again: {again} scan(s) of this gate handed over again")
+            self._upload_watch = stream_identity.StreamWatch(uplink.stream_name(self.name),
+                                                             uploads)
             created = await stream_identity.adopt_catalog(
                 self._js, catalog.stream_name(self.name), cache,
                 self.config.store_dir / VENUE_FILE)
@@ -192,6 +207,9 @@ class VenueRole:
             self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
                                                                      self.replicas, self.drift)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
+            self._lease_watch = stream_identity.StreamWatch(
+                kv_stream(bucket_name(self.name)), stream_identity.created_of(
+                    await self._js.stream_info(kv_stream(bucket_name(self.name)))))
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"])
             tasks.append(asyncio.create_task(self.election.run()))
@@ -216,9 +234,9 @@ class VenueRole:
                 except Exception:  # noqa: BLE001 - closing a dead link
                     pass
 
-    def _own_term(self) -> int:
+    def _own_term(self) -> Term | None:
         lease = self.election.lease if self.election else None
-        return lease.term if lease is not None and lease.valid() else 0
+        return lease.stamp() if lease is not None and lease.valid() else None
 
     async def _changed(self, leading: bool) -> None:
         if not leading:
@@ -234,6 +252,7 @@ class VenueRole:
                 if task.done():  # the catalog follower or the election died: new session
                     raise RuntimeError(f"venue task ended: {task.exception() or 'stopped'}")
             try:
+                await self._watch_streams()  # before the hand-over, which fails without it
                 await self._member_round(journal)  # first: a bus gone must not hold back
                 if self._catalog_watch is not None and self.follower is not None \
                         and self._nc is not None and self._nc.is_connected:  # the fallback
@@ -252,13 +271,39 @@ class VenueRole:
                 log.warning("venue: %s", exc)
                 await self._step_down()
             except VenueStreamLost:
-                raise  # the catalog stream deleted or made again: a new session sets it up
+                raise  # a stream deleted or made again: a new session sets it up
             except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
                 if cancelled():
                     raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
                 log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
+
+    async def _watch_streams(self) -> None:
+        """The upload stream or the lease bucket deleted or made again ends the session
+        (VenueStreamLost; only their identity counts, so the position given is 0): its setup
+        makes them again, hands this gate's scans over again (agent.venue.uplink), and the
+        election goes on in the new bucket — a bucket deleted and not made again would
+        otherwise leave the venue without a leader until every gate restarted."""
+        if self._nc is None or not self._nc.is_connected:
+            return
+        if self._lease_watch is not None:
+            await self._lease_watch.check(self._js, 0)
+        if self._upload_watch is None:
+            return
+        try:
+            await self._upload_watch.check(self._js, 0)
+        except VenueStreamLost as exc:
+            self._upload_lost(str(exc))
+            raise
+
+    def _upload_lost(self, what: str) -> None:
+        if self.upload_stream_lost is None:
+            self.upload_stream_lost = {"since": utc_iso(datetime.now(UTC)), "error": what}
+            log.warning("venue %s: the upload stream was lost (%s); this gate's scans are "
+                        "handed over again", self.name, what)
+        else:
+            self.upload_stream_lost["error"] = what
 
     async def _upload(self, waiting: int) -> None:
         """The scans waiting when the round starts, in as few requests as possible. Chasing
@@ -292,8 +337,15 @@ class VenueRole:
     async def _member_round(self, journal: Journal) -> None:
         if self._nc is not None and self._nc.is_connected:
             self.connected_at = time.monotonic()
-            self.counters["handed_over"] += await uplink.hand_over(
-                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None)
+            handed = await uplink.hand_over(
+                self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None,
+                limit=HAND_OVER_LIMIT)
+            self.counters["handed_over"] += handed
+            if handed < HAND_OVER_LIMIT and self.upload_stream_lost is not None \
+                    and self._upload_watch is not None:  # handed over again, to the new one
+                log.warning("venue %s: this gate's scans are on the new upload stream",
+                            self.name)
+                self.upload_stream_lost = None
         elif (time.monotonic() - self.connected_at > self.venue["fallback_after_s"]
               and time.monotonic() >= self._next_fallback):
             self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
@@ -481,6 +533,7 @@ class VenueRole:
         out["upload_lag"] = self.upload_lag
         out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
+        out["upload_stream_lost"] = self.upload_stream_lost
         out["last_full_pass"] = self.last_full
         uploader_drift = self.uploader.drift if self.uploader is not None else {}
         out["settings_drift"] = sorted({**self.drift, **uploader_drift}.values())

@@ -14,11 +14,14 @@ Fencing a slow, paused or partitioned old leader, in three layers:
    later than that. CLOCK_MONOTONIC keeps running while a process is SIGSTOPped, so a leader
    resumed after its lease has expired finds `valid()` false before it does anything; every
    leader action (`guard()`) checks it — in particular before each platform request.
-2. The term. `term` is the KV revision of the create that won the lease; revisions are stream
-   sequences, so a later leader's term is always larger. Every message a leader writes carries
-   its term (`Venue-Leader-Term`), and readers drop messages of a term older than the newest
-   they have seen: a publish that was already in flight when the leader froze cannot undo the
-   new leader's work.
+2. The term (`Term`): the lease bucket's creation time, then the KV revision of the create
+   that won the lease, compared in that order. Revisions are stream sequences, so within one
+   bucket a later leader's revision is always larger; a bucket deleted and made again (an
+   operator's `nats kv rm`, a node's data wiped) restarts its revisions at 1, but it was
+   created later, so its leaders' terms are still larger than every term of the old one.
+   Every message a leader writes carries its term (`Venue-Leader-Term`), and readers drop
+   messages of a term older than the newest they have seen: a publish that was already in
+   flight when the leader froze cannot undo the new leader's work, whichever bucket it led in.
 3. The platform's own idempotency keys (scan uuid, request uuid): whatever a stale leader
    still manages to send to the platform scans nothing twice.
 """
@@ -27,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -39,6 +44,53 @@ log = logging.getLogger("gate_agent.venue.leader")
 LEASE_KEY = "leader"
 SAFE_FRACTION = 0.8  # trust a grant for this part of the TTL only (clock rate, latency)
 TERM_HEADER = "Venue-Leader-Term"
+
+
+_TERM_TEXT = re.compile(r"(?:(\d{1,19})/)?(\d{1,19})", re.ASCII)
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, order=True)
+class Term:
+    """A leader's term, ordered across lease buckets made again (see the module docstring).
+
+    `epoch`: the lease bucket's creation time in microseconds since 1970 (the server's clock:
+    a bucket made again is created later); `revision`: the KV revision of the create that won
+    the lease in that bucket. On the bus it is written `<epoch>/<revision>`: a reader of
+    before (which took the header as one integer) fails to read it and drops the message as
+    stale, instead of comparing a revision of one bucket with one of another."""
+
+    epoch: int
+    revision: int
+
+    def header(self) -> str:
+        return f"{self.epoch}/{self.revision}"
+
+    def __str__(self) -> str:
+        return self.header()
+
+    @classmethod
+    def parse(cls, text: str | None) -> Term | None:
+        """A header's term. No header: the lowest term (0/0, as before). A bare integer: a
+        leader of before terms had an epoch (0/revision: every leader since outranks it).
+        None: unreadable (the message must be dropped, never guessed at)."""
+        if not text:
+            return cls(0, 0)
+        found = _TERM_TEXT.fullmatch(text)
+        if found is None:
+            return None
+        return cls(int(found.group(1) or 0), int(found.group(2)))
+
+
+def epoch_of(created: datetime | None) -> int:
+    """A bucket's creation time as a term's epoch; ValueError when the server gives none
+    (a term that cannot be ordered is never used)."""
+    if created is None:
+        raise ValueError("the lease bucket has no creation time: its terms cannot be ordered")
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return (created - _UNIX) // _MICROSECOND
 
 
 class NotLeader(RuntimeError):
@@ -69,6 +121,8 @@ class Lease:
         self.ttl_s = ttl_s
         self.clock = clock
         self.term = 0  # revision of the create that won; 0 while not leading
+        self.epoch = 0  # the lease bucket's creation time (Term.epoch) of that create
+        self._epoch_seen: int | None = None  # the bucket's, at the last acquire
         self.revision = 0  # our last write to the key
         self.since = ""
         self.valid_until = 0.0
@@ -86,12 +140,33 @@ class Lease:
             raise NotLeader(f"{self.holder} holds no valid lease")
         return self.term
 
+    def stamp(self) -> Term:
+        """The `Term` to stamp a leader write with, or NotLeader (`guard()` first)."""
+        self.guard()
+        return Term(self.epoch, self.term)
+
+    async def _bucket_epoch(self) -> int:
+        status = await self.kv.status()
+        return epoch_of(status.stream_info.created)
+
     def _value(self, since: str) -> bytes:
         return orjson.dumps({"holder": self.holder, "term": self.term, "since": since})
 
     async def acquire(self, since: str) -> bool:
-        """Try to become the leader (the key must be absent). Any error: not granted."""
+        """Try to become the leader (the key must be absent). Any error: not granted.
+
+        The term's epoch is the bucket's creation time read before the create (the last
+        acquire's reading) and again after it: the create landed in the bucket of that time
+        only if both agree. A bucket made again in between would otherwise give the new
+        bucket's epoch to a revision of the old one — a term that could outrank the new
+        bucket's real leader. They differ: not granted this round (the key, if ours, is
+        reclaimed at the next)."""
         sent_at = self.clock()
+        try:
+            before = self._epoch_seen or await self._bucket_epoch()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            return False
         try:
             revision = await self.kv.create(LEASE_KEY, self._value(since))
         except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
@@ -99,7 +174,17 @@ class Lease:
             revision = await self._reclaim(since)
             if not revision:
                 return False
+        try:
+            self._epoch_seen = await self._bucket_epoch()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+            self._epoch_seen = None
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            return False
+        if self._epoch_seen != before:
+            self.last_error = "the lease bucket was made again during the grant: not trusted"
+            return False
         self.term = self.revision = int(revision)
+        self.epoch = before
         self.since = since
         self.valid_until = sent_at + self.ttl_s * SAFE_FRACTION
         # Write the term into the value so every gate's status can show it (a renewal).
@@ -147,6 +232,7 @@ class Lease:
             log.warning("venue leader %s (term %d) steps down: %s", self.holder, self.term, why)
         self.last_error = why
         self.term = 0
+        self.epoch = 0
         self.revision = 0
         self.valid_until = 0.0
 

@@ -94,7 +94,7 @@ async def adopt_catalog(js: Any, stream: str, cache: TicketCache, venue_db: Path
         identities = VenueStore(venue_db)
         try:
             recorded = identities.stream_created(stream)
-            position, _term = cache.catalog_position(stream)
+            position, _epoch, _term = cache.catalog_position(stream)
             why = replaced(recorded, created, info.state.last_seq, position)
             if why is not None:
                 log.warning("venue catalog: %s; applied again from its first message", why)

@@ -98,12 +98,17 @@ async def ensure_stream(js: Any, config: StreamConfig, wants: list[Want],
         await reconcile(js, config.name, wants, drift)
 
 
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket (JetStream's naming)."""
+    return f"KV_{bucket}"
+
+
 async def ensure_bucket(js: Any, config: KeyValueConfig, drift: dict[str, str] | None = None,
                         ttl_key: str = BUILT_IN, replicas_key: str = REPLICAS_KEY) -> Any:
     """Create `config`'s bucket, or fit the existing one (its stream `KV_<bucket>`) to the
     config's replicas, TTL and history, and bind to it."""
     drift = {} if drift is None else drift
-    stream = f"KV_{config.bucket}"
+    stream = kv_stream(config.bucket)
     _forget(drift, stream)
     made, kv = await _create(js, js.create_key_value, config, stream)
     if made:

@@ -20,6 +20,15 @@ them again. So a scan reaches the platform in exactly one applied row, across le
 and crashes at any step; the only repeats are whole replays of one request uuid, which the
 platform ignores (the tests count them).
 
+The stream deleted (`nats stream rm`) or made again under running gates takes the scans still
+waiting on it with it, while their gates' journals say "sent". So its creation time is stored
+in venue.db beside the other streams' (agent.venue.stream_identity), and each gate's session
+setup (`adopt_upload_stream`) compares it: made again since, the gate hands over again every
+row it marked sent since the lost stream was made (its journal is the source of truth; rows
+the platform already has are kept once by their scan uuid). While a session runs, the
+stream is looked at every 2 s like the others: made again, or gone 5 s, ends the session, and
+its setup makes it again (the leader's consumer with it).
+
 Refused rows (a 422 naming them, or `max_tries` unconfirmed answers) are quarantined on the
 bus (agent.venue.quarantine) as round one's uploader does, with its code
 (`plan_refusal`): see `VenueUploader`. A stored batch's entry then lists the parts still to
@@ -32,7 +41,8 @@ import asyncio
 import logging
 import time
 import uuid as uuidlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -58,7 +68,8 @@ from agent.platform.upload import (
     ticket_row,
 )
 from agent.store.journal import Journal
-from agent.venue import quarantine, streams
+from agent.store.venue import VenueStore
+from agent.venue import quarantine, stream_identity, streams
 from agent.venue.kvkeys import live_keys
 from agent.venue.lease import Lease
 
@@ -66,6 +77,9 @@ log = logging.getLogger("gate_agent.venue.uplink")
 
 DURABLE = "uploader"
 MSG_ID = "Nats-Msg-Id"
+# Rows sent this long before a lost stream was made are handed over again too: the stream's
+# creation time is the server's clock, `sent_at` this gate's (one more copy is harmless).
+CLOCK_MARGIN = timedelta(minutes=10)
 
 
 def stream_name(venue: str) -> str:
@@ -86,6 +100,34 @@ async def ensure_upload_stream(js: Any, venue: str, replicas: int,
         streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
         streams.Want("duplicate_window", 600.0), streams.Want("storage", StorageType.FILE),
         streams.Want("retention", RetentionPolicy.WORK_QUEUE)], drift)
+
+
+async def adopt_upload_stream(js: Any, venue: str, journal: Journal,
+                              venue_db: Path) -> tuple[str, int]:
+    """Session setup (see the module docstring): the upload stream's creation time (for the
+    session's `StreamWatch`) and how many rows were handed over again because the stream this
+    gate handed its scans to was made again since."""
+    stream = stream_name(venue)
+    created = stream_identity.created_of(await js.stream_info(stream))
+
+    def fit() -> int:
+        identities = VenueStore(venue_db)
+        try:
+            recorded = identities.stream_created(stream)
+            again = 0
+            if recorded is not None and recorded != created:
+                lost_made = datetime.fromisoformat(recorded)
+                again = journal.hand_over_again(utc_iso(lost_made - CLOCK_MARGIN))
+                log.warning("venue upload stream %s was made again at %s (this gate handed "
+                            "its scans to the one of %s): %d scan(s) handed over again",
+                            stream, created, recorded, again)
+            if recorded != created:  # after the journal: a crash between repeats it, no harm
+                identities.set_stream_created(stream, created)
+            return again
+        finally:
+            identities.close()
+
+    return created, await asyncio.to_thread(fit)
 
 
 async def hand_over(js: Any, venue: str, device: str, journal: Journal,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -96,27 +97,128 @@ def test_gates_recover_a_stream_deleted_under_them(tmp_path: Path, venue_node: N
         assert two.bus.counters["claims_timed_out"] == 0  # (one's scan meanwhile may have)
 
 
-def test_venue_db_restarts_for_a_new_stream_and_keeps_its_conflicts(tmp_path: Path) -> None:
+def test_venue_db_restarts_for_a_new_stream_and_keeps_its_scans_and_conflicts(
+        tmp_path: Path) -> None:
     assert replaced(None, "t1", 5, 5) is None and replaced("t1", "t1", 9, 5) is None
     assert "made again" in (replaced("t1", "t2", 9, 5) or "")
     assert "below the position" in (replaced(None, "t1", 2, 5) or "")  # a venue.db of before
     store = VenueStore(tmp_path / "venue.db")
+    subject = "venue.hall.t.1.7.g1"
     try:
-        def admit(seq: int, uuid: str) -> Applied:
-            return Applied(seq, "venue.hall.t.1.7.g1", BusScan(
-                uuid=uuid, device="g1", lane="l", event_id=1, item_id=7, zone_id=2,
+        def admit(seq: int, uuid: str, device: str = "g1", second: int = 0) -> Applied:
+            return Applied(seq, subject, BusScan(
+                uuid=uuid, device=device, lane="l", event_id=1, item_id=7, zone_id=2,
                 zone_is_default=False, direction="in", admit=True, status="valid",
-                scanned_on=f"2026-12-06T20:00:0{seq}Z", max_entries=1))
+                scanned_on=f"2026-12-06T20:00:{second or seq:02d}Z", max_entries=1))
+
+        def seqs() -> dict[str, int]:
+            return dict(store.conn.execute("SELECT uuid, stream_seq FROM venue_scans"))
 
         store.set_stream_created("S", "t1")
         assert store.apply("S", [admit(1, "a"), admit(2, "b")], "now") == ["b"]  # a conflict
         store.set_published_through(40)
         store.restart_stream("S", "t2")
-        assert (store.position("S"), store.subject_seq("venue.hall.t.1.7.g1")) == (0, 0)
-        assert store.standing(["a", "b"]) == set() and store.published_through() == 0
+        assert (store.position("S"), store.subject_seq(subject)) == (0, 0)
+        assert store.published_through() == 0
         assert store.stream_created("S") == "t2" and store.conflict_count() == 1
+        # the old scans are kept, in their order, below every sequence of the new stream
+        assert store.standing(["a", "b"]) == {"a", "b"} and seqs() == {"a": -2, "b": -1}
+        assert [s.uuid for s in store.zone_scans(1, 7)] == ["a", "b"]
+        assert [c["uuid"] for c in store.claims_after("g1", -(2**63))] == ["a", "b"]
+        # the new stream: a's republished copy counted once (its subject sequence taken),
+        # a void of b found by uuid, a new admit after them; no new conflict from a copy
+        void = Applied(2, subject, void_uuid="b")
+        assert store.apply("S", [admit(1, "a"), void, admit(3, "c", "g2", 30)], "now") == ["c"]
+        assert seqs() == {"a": -2, "b": -1, "c": 3} and store.subject_seq(subject) == 3
+        assert store.standing(["a", "b", "c"]) == {"a", "c"}
+        assert store.claims_after("g1", 0) == []  # the sweep reads from SWEEP_FROM for these
+        # made again once more: every row moves below the lowest, none collides
+        store.restart_stream("S", "t3")
+        assert seqs() == {"a": -8, "b": -7, "c": -3}
+        assert [s.uuid for s in store.zone_scans(1, 7)] == ["a", "c"]
+        assert [r["admitted"] for r in store.occupancy()] == [1]
+        store.restart_stream("S", "t4")  # nothing new since: nothing moves
+        assert seqs() == {"a": -8, "b": -7, "c": -3}
     finally:
         store.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_gate_still_refuses_an_admit_of_the_lost_stream_before_it_is_republished(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """venue.db's scans were deleted with the stream: until the admitting gate republished its
+    journal (every 2 s, or later if it is down), another gate admitted the ticket again, and
+    the new stream granted its claim (an empty subject)."""
+    code = demo_data.bulk_barcode(1)
+    with venue_devices(tmp_path, [venue_node.url], 2, tickets=5) as (one, two):
+        assert _scan(one, code) == (True, "valid")
+        old = _admit_uuid(one, code)
+        wait_until(lambda: _knows(two, old), 10, "the admit applied at the other gate")
+        one.bus.stop()  # down: it republishes nothing until it is back
+        # a claim of one's on the old stream whose admit never reached its journal (a crash
+        # between the two), applied at both gates, not swept yet: kept, it must still be voided
+        phantom = "00000000-0000-4000-8000-00000000dead"
+        for device in (one, two):
+            _applied_claim(device, phantom, one.name, 999_999)  # no ticket of the test
+        _delete(venue_node.url, True)
+        wait_until(lambda: two.bus.stream_restarts >= 1 and two.bus.connected, 40,
+                   "the other gate on the new stream")
+        granted = two.bus.counters["claims_granted"]
+        assert _scan(two, code) == (False, "alreadyIn")  # not a second admit
+        assert old not in _uuids_on_stream(venue_node.url)  # one has republished nothing
+        fresh = demo_data.bulk_barcode(2)  # the new stream takes claims
+        assert _scan(two, fresh) == (True, "valid")
+        assert two.bus.counters["claims_granted"] == granted + 1
+        one.restart_bus()  # back: it republishes its journal on the new stream
+        wait_until(lambda: old in _uuids_on_stream(venue_node.url), 20, "one republished")
+        wait_until(lambda: two.bus.applied_seq >= 2, 10, "the republished copy applied")
+        store = two.venue_store()
+        try:  # counted once, still in its place before the new stream's scans, no conflict
+            assert [s.uuid for s in store.zone_scans(demo_data.EVENT_ID, _item_of(two, code))] \
+                == [old]
+            assert store.conflict_count() == 0
+        finally:
+            store.close()
+        assert _scan(one, fresh) == (False, "alreadyIn")
+        # the kept claim with no admit: voided by one's sweep on the new stream, at both gates
+        wait_until(lambda: not _knows(one, phantom) and not _knows(two, phantom), 20,
+                   "the claim without an admit voided")
+
+
+def _applied_claim(device: VenueDevice, uuid: str, by: str, item_id: int) -> None:
+    """venue.db as it is when it applied a claim of `by` from the stream (row only)."""
+    store = device.venue_store()
+    try:
+        store.conn.execute(
+            "INSERT INTO venue_scans (stream_seq, uuid, device, lane, event_id, item_id, zone_id,"
+            " direction, admit, status, scanned_on, max_entries) VALUES"
+            " (1000, ?, ?, 'north-in', ?, ?, NULL, 'in', 1, 'valid', ?, 1)",
+            (uuid, by, demo_data.EVENT_ID, item_id, datetime.now(UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ")))
+    finally:
+        store.close()
+
+
+def _uuids_on_stream(url: str) -> list[str]:
+    """The scan (or void) uuids of every message the venue's stream holds, in order."""
+    async def run() -> list[str]:
+        nc, js = await connect({"servers": [url]}, 5.0)
+        try:
+            state = (await js.stream_info(STREAM)).state
+            if not state.messages:
+                return []
+            return [orjson.loads((await js.get_msg(STREAM, seq)).data)["uuid"]
+                    for seq in range(state.first_seq, state.last_seq + 1)]
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def _item_of(device: VenueDevice, code: str) -> int:
+    rows = [r for r in device.journal_rows() if r["code"] == code]
+    return int(rows[0]["item_id"])
 
 
 @pytest.mark.e2e

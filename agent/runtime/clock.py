@@ -1,0 +1,111 @@
+"""The time a gate decides by: its wall clock, unless the platform shows that clock is wrong.
+
+Validity windows (`outsideOfValidityPeriod`), zone opening hours and the scan times the platform
+receives all come from the gate's clock. A turnstile controller without a real-time clock boots
+at its last saved time (fake-hwclock) and keeps it while the venue's network has no NTP: on the
+second day of a festival it can believe it is still the first, and admit yesterday's day tickets
+(fail open), or refuse every ticket of today.
+
+So every answer from the platform is also a time reading (its `Date` header, whole seconds; the
+client hands it over with the monotonic time it arrived: agent.platform.client `on_server_time`).
+When two readings in a row agree that the wall clock is more than CORRECT_ABOVE_S off, decisions
+and journal stamps use the platform's time instead, carried forward on the monotonic clock (which
+wall-clock steps do not move) from the newest reading: the correction holds while the platform is
+unreachable, and a scan is stamped by when it was read (its `mono_ns`), not when it was decided.
+Once a reading finds the wall clock within CORRECTED_UNTIL_S again (NTP caught up), the wall
+clock is used again. One reading alone never starts a correction: a proxy or cache answering
+with an old `Date` must not move every gate's time.
+
+Not corrected: a gate that never reached the platform since it started (nothing to compare
+with; status cannot say either), and errors under CORRECT_ABOVE_S (the Date header's resolution
+and a request's latency are a few seconds; validity windows are minutes to days).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.core.codes import epoch_iso
+
+log = logging.getLogger("gate_agent.clock")
+
+CORRECT_ABOVE_S = 30.0  # two readings this far off (either way) start the correction
+CORRECTED_UNTIL_S = 5.0  # a reading this close to the wall clock ends it
+AGREE_WITHIN_S = 5.0  # two readings "agree" when their offsets differ by at most this
+DATE_RESOLUTION_S = 0.5  # the Date header truncates to the second: its middle, on average
+
+
+class GateClock:
+    """`now()` and `at(wall, mono_ns)` for decisions; `observe()` for the platform's readings.
+
+    Read by every lane thread, written from the platform client's loop: the correction is one
+    tuple swapped in a single assignment, so a reader sees the old one or the new one."""
+
+    def __init__(self, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic):
+        self._wall = wall
+        self._mono = mono
+        # (platform epoch at `mono`, mono, offset_s, since epoch): None while the wall clock
+        # is trusted
+        self._anchor: tuple[float, float, float, float] | None = None
+        self._last_offset: float | None = None  # the previous reading's offset
+        self._last_reading: float | None = None  # its wall time (status)
+        self._lock = threading.Lock()
+
+    # -- readings ---------------------------------------------------------------------------
+
+    def observe(self, server_epoch: float, mono_at: float) -> None:
+        """One platform answer: its Date (`server_epoch`, whole seconds) arrived at `mono_at`."""
+        server = server_epoch + DATE_RESOLUTION_S
+        with self._lock:
+            wall_at = self._wall() - (self._mono() - mono_at)  # the wall clock when it arrived
+            offset = server - wall_at
+            previous, self._last_offset = self._last_offset, offset
+            self._last_reading = wall_at
+            anchor = self._anchor
+            if anchor is not None:
+                if abs(offset) <= CORRECTED_UNTIL_S:
+                    self._anchor = None
+                    log.warning("this clock agrees with the platform's again (%+.1f s): "
+                                "decisions use it again", offset)
+                elif previous is not None and abs(offset - previous) <= AGREE_WITHIN_S:
+                    self._anchor = (server, mono_at, offset, anchor[3])
+                return
+            if abs(offset) > CORRECT_ABOVE_S and previous is not None \
+                    and abs(offset - previous) <= AGREE_WITHIN_S:
+                self._anchor = (server, mono_at, offset, wall_at + offset)
+                log.warning("this clock is %+.0f s off the platform's: decisions, validity "
+                            "windows and scan times use the platform's time until it agrees "
+                            "again (fix NTP on this device)", -offset)
+
+    # -- the time ---------------------------------------------------------------------------
+
+    def at(self, wall: datetime, mono_ns: int) -> datetime:
+        """The decision time of something the wall clock stamped `wall` at monotonic `mono_ns`."""
+        anchor = self._anchor
+        if anchor is None:
+            return wall
+        return datetime.fromtimestamp(anchor[0] + (mono_ns / 1e9 - anchor[1]), UTC)
+
+    def now(self) -> datetime:
+        anchor = self._anchor
+        if anchor is None:
+            return datetime.now(UTC)
+        return datetime.fromtimestamp(anchor[0] + (self._mono() - anchor[1]), UTC)
+
+    @property
+    def corrected(self) -> bool:
+        return self._anchor is not None
+
+    def get_status(self) -> dict[str, Any]:
+        """`offset_s`: the platform's time minus this clock's, from the newest reading."""
+        anchor = self._anchor
+        return {"corrected": anchor is not None, "source": "platform" if anchor else None,
+                "offset_s": None if self._last_offset is None else round(self._last_offset, 1),
+                "corrected_since": epoch_iso(anchor[3]) if anchor else None,
+                "last_reading": epoch_iso(self._last_reading)}
