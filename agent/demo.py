@@ -24,6 +24,7 @@ from rich.rule import Rule
 from rich.table import Table
 
 from agent import demo_data
+from agent.commands import plain
 from agent.commands.daemon import render
 from agent.files import write_private
 from agent.runtime.devrun import DaemonProcess
@@ -90,12 +91,12 @@ def _show_decision(console: Console, record: dict, what: str) -> None:
     colour = "green" if admit else "yellow" if ignored else "red"
     word = "ADMIT " if admit else "IGNORE" if ignored else "REFUSE"
     detail = f"/{record['statusDetail']}" if record.get("statusDetail") else ""
-    relay = "  [cyan]relay pulsed[/]" if record.get("relay") else ""
-    console.print(f"[dim]{record['lane']:>9} | {what}[/]")
-    console.print(f"{'':>9}   [bold {colour}]{word}[/] "
-                  f"{record['direction']:<3} {record['code']:<16} "
-                  f"{'ignored' if ignored else record['status']}{detail}"
-                  f"  [dim]{record['latency_ms']:.2f} ms[/]{relay}", highlight=False)
+    relay = ("  relay pulsed", "cyan") if record.get("relay") else ""
+    console.print(plain((f"{record['lane']:>9} | {what}", "dim")))
+    console.print(plain(f"{'':>9}   ", (word, f"bold {colour}"),
+                        f" {record['direction']:<3} {record['code']:<16} "
+                        f"{'ignored' if ignored else record['status']}{detail}  ",
+                        (f"{record['latency_ms']:.2f} ms", "dim"), relay))
 
 
 def run(root: Path) -> int:
@@ -169,9 +170,9 @@ def _show_uploads(console: Console, received: dict, expected: int) -> None:
     for col in ("scannedOn (UTC)", "barcode", "scan", "status", "statusDetail", "uuid"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(str(row.get("scannedOn")), str(row.get("barcode")), str(row.get("scan")),
-                      str(row.get("status")), str(row.get("statusDetail") or ""),
-                      str(row.get("uuid"))[:8])
+        table.add_row(*map(plain, (str(row.get("scannedOn")), str(row.get("barcode")),
+                                   str(row.get("scan")), str(row.get("status")),
+                                   str(row.get("statusDetail") or ""), str(row.get("uuid"))[:8])))
     console.print(table)
     uuids = [row.get("uuid") for row in rows]
     console.print(f"{len(set(uuids))} distinct scan uuids for {expected} scans the gate sent; "

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from agent import demo_data
+from agent.commands import plain
 from agent.config import load_config
 from agent.errors import ConfigError, GateAgentError
 from agent.platform.provision import import_file
@@ -93,10 +94,11 @@ def _scan(console: Console, root: Path, daemon: DaemonProcess, gate: str, code: 
     send_scan(root / f"{gate}.sock", code)
     record = daemon.wait_decisions(count + 1)[count]
     colour = "green" if record["admit"] else "red"
-    console.print(f"[dim]{gate:>7} | {what}[/]")
-    console.print(f"{'':>7}   [bold {colour}]{'ADMIT ' if record['admit'] else 'REFUSE'}[/] "
-                  f"{record['code']:<14} {record['status']:<10} "
-                  f"[dim]{record['latency_ms']:.2f} ms[/]", highlight=False)
+    console.print(plain((f"{gate:>7} | {what}", "dim")))
+    console.print(plain(f"{'':>7}   ", ("ADMIT " if record["admit"] else "REFUSE",
+                                         f"bold {colour}"),
+                        f" {record['code']:<14} {record['status']:<10} ",
+                        (f"{record['latency_ms']:.2f} ms", "dim")))
     return record
 
 
@@ -118,7 +120,7 @@ def _show_gates(console: Console, root: Path, daemons: dict[str, DaemonProcess])
     try:
         gates, _unread = read_gates(config.venue, config.path, 3.0)
     except GateAgentError as exc:  # the act's point is made; say why this part is missing
-        console.print(f"[yellow]venue status not read: {exc}[/]")
+        console.print(plain((f"venue status not read: {exc}", "yellow")))
         return
     console.print("venue status (heartbeats): " + ", ".join(
         f"{g['device']} {g['state']} ({g.get('health')})" for g in gates), highlight=False)

@@ -7,6 +7,8 @@ specific message (naming the config key, the device or the file) and never a tra
     ├── ConfigError            bad or missing configuration (names file and section.key)
     ├── ImportFileError        a provisioning file that is not in the platform's shape
     ├── StoreBusy              another daemon holds the store (names its PID)
+    ├── StoreAccess            no daemon answers and this user may not use store.dir (sudo)
+    ├── UsageError             a mistake in the command's arguments or input (names it)
     ├── ControlError           the running daemon's control socket refused or failed
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
@@ -68,6 +70,20 @@ class ImportFileError(GateAgentError):
 
 class StoreBusy(GateAgentError):
     """Another gate-agent daemon holds `store.dir`: one daemon per store (names its PID)."""
+
+    exit_code = 2
+
+
+class StoreAccess(GateAgentError):
+    """A command must work on `store.dir` itself (no daemon answers on the control socket)
+    and this user may not: it needs the store's owner (`sudo`). Said before anything is done,
+    never as a PermissionError traceback half-way through."""
+
+    exit_code = 2
+
+
+class UsageError(GateAgentError):
+    """A mistake in what the command was given (an argument, its standard input): names it."""
 
     exit_code = 2
 

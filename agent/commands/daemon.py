@@ -11,7 +11,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from agent.errors import ControlError, GateAgentError
 from agent.runtime.controlclient import running_daemon
@@ -107,13 +107,14 @@ def _print_report(report: dict[str, Any], as_json: bool) -> int:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
+    """The report as a technician reads it. Names, codes, messages and errors come from the
+    platform, the readers and the venue: every line is `plain` (never read as markup)."""
     colour = {"pass": "green", "warn": "yellow", "fail": "red"}[report["health"]]
-    console.print(f"[bold {colour}]{report['health'].upper()}[/]  gate-agent "
-                  f"{report['version']}, up {report['uptime_s']:.0f} s")
+    console.print(plain((report["health"].upper(), f"bold {colour}"),
+                        f"  gate-agent {report['version']}, up {report['uptime_s']:.0f} s"))
     for reason in report["reasons"]:
-        console.print(f"  [{ 'red' if reason['level'] == 'fail' else 'yellow'}]"
-                      f"{reason['level']}[/] {reason['code']}: {reason['message']}",
-                      highlight=False)
+        console.print(plain("  ", (reason["level"], "red" if reason["level"] == "fail"
+                                   else "yellow"), f" {reason['code']}: {reason['message']}"))
     lanes = Table(title="Lanes (times in UTC)")
     for col in ("lane", "readers", "relay", "queue", "last scan", "5 min", "total"):
         lanes.add_column(col)
@@ -124,51 +125,53 @@ def render(report: dict[str, Any], console: Console) -> None:
                                                   else "ok")
         last = lane["last_scan"] or {}
         last_text = f"{last.get('status', '-')} {last.get('at', '')[11:19]}" if last else "-"
-        lanes.add_row(lane["name"], readers, relay, str(lane.get("queue", "-")), last_text,
-                      _counts(lane["decisions_5min"]), _counts(lane["decisions_total"]))
+        lanes.add_row(*map(plain, (lane["name"], readers, relay, str(lane.get("queue", "-")),
+                                   last_text, _counts(lane["decisions_5min"]),
+                                   _counts(lane["decisions_total"]))))
     console.print(lanes)
     for lane in report["lanes"]:
         passage = lane.get("passage")
         if passage:  # the turnstile's own signals (docs/turnstile.md)
             people = ", ".join(f"zone {z}: {n}" for z, n in sorted(passage["people"].items()))
-            console.print(f"Passages on {lane['name']}: {_counts(passage['totals'])}; "
-                          f"{passage['waiting']} waiting; people {people or '-'}",
-                          highlight=False)
+            console.print(plain(f"Passages on {lane['name']}: {_counts(passage['totals'])}; "
+                                f"{passage['waiting']} waiting; people {people or '-'}"))
     emergency = report.get("emergency")
     if emergency and emergency.get("active"):
-        console.print(f"[bold red]EMERGENCY RELEASE since {emergency.get('since')}[/]")
+        console.print(plain((f"EMERGENCY RELEASE since {emergency.get('since')}", "bold red")))
     journal = report["journal"]
-    console.print(f"Journal: {journal.get('pending', '?')} pending (oldest "
-                  f"{journal.get('oldest_pending') or '-'}), {journal.get('quarantined', 0)} "
-                  f"quarantined, {journal.get('sent', 0)} sent")
+    console.print(plain(f"Journal: {journal.get('pending', '?')} pending (oldest "
+                        f"{journal.get('oldest_pending') or '-'}), "
+                        f"{journal.get('quarantined', 0)} quarantined, {journal.get('sent', 0)} "
+                        "sent"))
     for event in report["cache"].get("events") or []:
-        console.print(f"Event {event['id']} {event.get('name') or ''}: {event['items']} items, "
-                      f"last sync {event.get('last_sync') or 'never'}")
+        console.print(plain(f"Event {event['id']} {event.get('name') or ''}: {event['items']} "
+                            f"items, last sync {event.get('last_sync') or 'never'}"))
     venue = report.get("venue")
     if venue:
-        console.print(f"Venue {venue['venue']} as {venue['device']}: "
-                      f"{'connected' if venue['connected'] else 'NOT CONNECTED'}, lag "
-                      f"{venue['lag']}, claims {venue['claims_granted']} granted / "
-                      f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
-                      f"timed out, {venue['decided_offline']} decided offline, "
-                      f"{venue['conflicts']} conflict(s)"
-                      + (f", {venue['claims_unanswered']} admit(s) awaiting the bus's answer"
-                         if venue.get("claims_unanswered") else ""), highlight=False)
+        console.print(plain(
+            f"Venue {venue['venue']} as {venue['device']}: "
+            f"{'connected' if venue['connected'] else 'NOT CONNECTED'}, lag "
+            f"{venue['lag']}, claims {venue['claims_granted']} granted / "
+            f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
+            f"timed out, {venue['decided_offline']} decided offline, "
+            f"{venue['conflicts']} conflict(s)"
+            + (f", {venue['claims_unanswered']} admit(s) awaiting the bus's answer"
+               if venue.get("claims_unanswered") else "")))
         gates = venue.get("gates") or {}
         if any(gates.values()):
-            console.print("Venue gates (heartbeats): " + ", ".join(
+            console.print(plain("Venue gates (heartbeats): " + ", ".join(
                 f"{n} {state}" for state, n in gates.items() if n) +
-                " — `gate-agent venue status` lists them", highlight=False)
+                " — `gate-agent venue status` lists them"))
         leader = venue.get("leader")
         if leader:
-            console.print(_leader_line(leader), highlight=False)
+            console.print(plain(_leader_line(leader)))
     platform = report["platform"]
     if platform.get("disabled"):
-        console.print(f"Platform: off ({platform['disabled']})")
+        console.print(plain(f"Platform: off ({platform['disabled']})"))
     else:
-        console.print(f"Platform: remaining {platform.get('remaining')}, last error "
-                      f"{platform.get('last_error') or '-'}, clock skew "
-                      f"{platform.get('clock_skew_s')} s")
+        console.print(plain(f"Platform: remaining {platform.get('remaining')}, last error "
+                            f"{platform.get('last_error') or '-'}, clock skew "
+                            f"{platform.get('clock_skew_s')} s"))
 
 
 def _counts(counts: dict[str, int]) -> str:

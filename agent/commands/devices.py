@@ -20,10 +20,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
-from agent.errors import ConfigError, DriverUnavailable
+from agent.errors import ConfigError, DriverUnavailable, UsageError
 from agent.runtime import bindings
 from agent.runtime.controlclient import acting_on_store
 
@@ -86,7 +87,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                "from the config file stay).",
             ["sudo gate-agent devices unpair entry serial:///dev/ttyACM0",
              "sudo gate-agent devices unpair sim:fire"],
-            "0 unpaired; 1 that device was not paired to that lane; 2 unknown lane")
+            "0 unpaired; 2 that device is not paired to that lane, or an unknown lane")
     p.set_defaults(func=cmd_unpair)
 
     p = sub.add_parser("show", parents=[common], help="show each lane's readers and relay")
@@ -110,17 +111,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(as_json(categories), indent=2))
         return EXIT_OK
     console = Console()
+    for shown in found_view(categories):
+        console.print(shown)
+    return EXIT_OK
+
+
+def found_view(categories: list[Any]) -> list[Text | Table]:
+    """`devices list` as printed: a table per category, or a line saying what to do (a hint
+    such as `pip install gate-agent[hid]` shown as it is, brackets and all)."""
+    shown: list[Text | Table] = []
     for cat in categories:
         if not cat.rows:
-            console.print(f"[bold]{cat.name}[/bold]: none found. {cat.hint}")
+            shown.append(plain((cat.name, "bold"), f": none found. {cat.hint}"))
             continue
-        table = Table(title=cat.name, title_justify="left")
+        table = Table(title=plain(cat.name), title_justify="left")
         for col in ("URL", "device", "USB id"):
             table.add_column(col, overflow="fold")
         for row in cat.rows:
-            table.add_row(row.url, row.description, row.usb_id)
-        console.print(table)
-    return EXIT_OK
+            table.add_row(*map(plain, (row.url, row.description, row.usb_id)))
+        shown.append(table)
+    return shown
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -257,8 +267,8 @@ def cmd_unpair(args: argparse.Namespace) -> int:
         else:
             found = bindings.unpair(config.store_dir, lane.name, args.url)
     if not found:
-        print(f"gate-agent: {args.url} is not paired to lane {lane.name}", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.url} is not paired to lane {lane.name} (`gate-agent devices "
+                         "show` lists what is; devices from the config file are removed there)")
     print(f"unpaired {args.url} from lane {lane.name}")
     return EXIT_OK
 
@@ -270,9 +280,8 @@ def _unpair_device(args: argparse.Namespace, config: Config) -> int:
         else:
             found = bindings.unpair_device(config.store_dir, args.url)
     if not found:
-        print(f"gate-agent: {args.url} is not the paired emergency input (name the lane to "
-              "unpair a lane's device)", file=sys.stderr)
-        return 1
+        raise UsageError(f"{args.url} is not the paired emergency input (name the lane to "
+                         "unpair a lane's device)")
     print(f"unpaired {args.url} (emergency input); [device] emergency_input applies again")
     return EXIT_OK
 
@@ -317,18 +326,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"lanes": rows, "device": device}, indent=2))
         return EXIT_OK
+    Console().print(lanes_table(rows, device))
+    return EXIT_OK
+
+
+def lanes_table(rows: list[dict[str, Any]], device: dict[str, dict[str, str]]) -> Table:
+    """`devices show` as a table (lane names and URLs shown as they are)."""
     table = Table(title="lanes", title_justify="left")
     for col in ("lane", "role", "URL", "source"):
         table.add_column(col, overflow="fold")
     for row in rows:
         if not row["readers"] and not row["relay"] and not row["relay_out"]:
-            table.add_row(row["lane"], "-", "no devices (devices pair LANE URL)", "")
+            table.add_row(*map(plain, (row["lane"], "-", "no devices (devices pair LANE URL)",
+                                       "")))
         for reader in row["readers"]:
-            table.add_row(row["lane"], "reader", reader["url"], reader["source"])
+            table.add_row(*map(plain, (row["lane"], "reader", reader["url"], reader["source"])))
         for role in bindings.SINGLE_ROLES:
             if row.get(role):
-                table.add_row(row["lane"], role, row[role]["url"], row[role]["source"])
+                table.add_row(*map(plain, (row["lane"], role, row[role]["url"],
+                                           row[role]["source"])))
     for key, shown in device.items():  # every lane's: the fire panel
-        table.add_row("(all lanes)", key, shown["url"], shown["source"])
-    Console().print(table)
-    return EXIT_OK
+        table.add_row(*map(plain, ("(all lanes)", key, shown["url"], shown["source"])))
+    return table

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import LaneConfig, load_config
 from agent.errors import DriverUnavailable, GateAgentError
 from agent.runtime.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
@@ -83,7 +83,7 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
                     return code
         except KeyboardInterrupt:
             console.print()
-        console.print(f"pairing station closed: {done} paired, {failed} not")
+        console.print(plain(f"pairing station closed: {done} paired, {failed} not"))
     return EXIT_OK
 
 
@@ -93,13 +93,14 @@ def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str
         yield given
         return
     while True:
-        console.print("[bold]next attendee:[/] scan or type the ticket barcode", style="cyan")
+        console.print(plain(("next attendee:", "bold"), " scan or type the ticket barcode"),
+                      style="cyan")
         if scanner is not None:
             scan = scanner.next(None)
             assert scan is not None
             if scan.kind != "barcode":
-                console.print(f"[red]NOT PAIRED[/] the scanner read a tag ({scan.code}), not a "
-                              "ticket barcode")
+                console.print(plain(("NOT PAIRED", "red"), f" the scanner read a tag ({scan.code}),"
+                                    " not a ticket barcode"))
                 continue
             yield scan.code
             continue
@@ -117,8 +118,8 @@ def _one(station: PairingStation, tags: Any, barcode: str, args: argparse.Namesp
         hit = station.ticket(barcode, args.event)
         who = f" ({hit.item.customer_name})" if hit.item.customer_name else ""
         tags.drain()  # a tap from before this attendee must not be paired to this ticket
-        console.print(f"ticket {hit.item.barcode} event {hit.event_id}{who}: present the tag "
-                      f"on {args.reader} (within {args.timeout:g} s)")
+        console.print(plain(f"ticket {hit.item.barcode} event {hit.event_id}{who}: present the "
+                            f"tag on {args.reader} (within {args.timeout:g} s)"))
         scan = tags.next(args.timeout)
         if scan is None:
             raise PairingRefused(f"no tag within {args.timeout:g} s; {hit.item.barcode} not "
@@ -129,10 +130,10 @@ def _one(station: PairingStation, tags: Any, barcode: str, args: argparse.Namesp
         result = station.pair(barcode, scan.code, event_id=args.event, again=args.again,
                               admit_lane=lane)
     except PairingOffline as exc:
-        console.print(f"[bold red]NOT PAIRED[/] {exc}")
+        console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))
         return EXIT_OFFLINE
     except GateAgentError as exc:
-        console.print(f"[bold red]NOT PAIRED[/] {exc}")
+        console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))
         return EXIT_FAILED
     return _show(result, console)
 
@@ -144,15 +145,15 @@ def _show(result: PairResult, console: Console) -> int:
     if result.moved_from:
         notes.append("tag moved from item " + ", ".join(map(str, result.moved_from)))
     extra = f" ({'; '.join(notes)})" if notes else ""
-    console.print(f"[bold green]PAIRED[/] {result.nfc_id} -> {result.barcode} "
-                  f"(event {result.event_id}, item {result.item_id}){extra}")
+    console.print(plain(("PAIRED", "bold green"), f" {result.nfc_id} -> {result.barcode} "
+                        f"(event {result.event_id}, item {result.item_id}){extra}"))
     if result.local_error:
-        console.print(f"[yellow]warning:[/] {result.local_error}")
+        console.print(plain(("warning:", "yellow"), f" {result.local_error}"))
     if result.admit is None:
         return EXIT_OK
     d = result.admit.decision
     word, colour = ("ADMIT", "green") if d.admit else ("REFUSE", "red")
     detail = f"/{d.detail}" if d.detail else ""
-    console.print(f"[bold {colour}]{word}[/] {d.direction:<3} {d.code}  {d.status}{detail}  "
-                  f"{d.message}")
+    console.print(plain((word, f"bold {colour}"), f" {d.direction:<3} {d.code}  "
+                        f"{d.status}{detail}  {d.message}"))
     return EXIT_OK if d.admit else EXIT_FAILED

@@ -35,11 +35,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import Config, load_config
 from agent.errors import (
     ConfigError,
+    GateAgentError,
+    StoreAccess,
     Transport,
     register_secret,
 )
@@ -50,7 +53,7 @@ from agent.platform.sync import Syncer, SyncProgress
 from agent.platform.token import load_token
 from agent.platform.upload import Uploader
 from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, running_daemon
+from agent.runtime.controlclient import acting_on_store, answering_daemon
 from agent.runtime.opening import CACHE_FILE, open_journal
 from agent.runtime.storeaccess import own_rights
 from agent.store.cache import TicketCache
@@ -177,8 +180,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _print_sync(args, result)
     with acting_on_store(config) as daemon:
         if daemon is not None:
-            Console(stderr=True).print(f"the running daemon (PID {daemon.pid}) syncs; its "
-                                       "progress:", highlight=False)
+            Console(stderr=True).print(plain(f"the running daemon (PID {daemon.pid}) syncs; "
+                                             "its progress:"))
             progress = _progress_bar(args)
             bar = _Bar(progress)
             try:
@@ -197,19 +200,26 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    Console().print(sync_table(args.full, result))
+    return 0
+
+
+def sync_table(full: bool, result: dict[str, Any]) -> Table:
+    """The sync summary: per event, items applied (every pass watched) and cached; event
+    names from the platform shown as they are."""
     by = f" by venue leader {result['leader']}" if result.get("leader") else ""
-    table = Table(title=f"sync {'full' if args.full else 'delta'}{by}: {result['requests']} "
-                        f"requests" + (f", {result['wall_s']} s" if "wall_s" in result else ""))
+    table = Table(title=plain(f"sync {'full' if full else 'delta'}{by}: "
+                              f"{result['requests']} requests"
+                              + (f", {result['wall_s']} s" if "wall_s" in result else "")))
     for col in ("event", "name", "items applied", "items cached", "cursor"):
         table.add_column(col)
     applied: dict[int, int] = {}
     for p in result["passes"]:  # an event's passes: a full one, a delta after it
         applied[p["event"]] = applied.get(p["event"], 0) + p["items"]
     for e in result["events"]:
-        table.add_row(str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
-                      str(e["items"]), e["cursor"] or "-")
-    Console().print(table)
-    return 0
+        table.add_row(*map(plain, (str(e["id"]), e["name"] or "", str(applied.get(e["id"], "-")),
+                                   str(e["items"]), e["cursor"] or "-")))
+    return table
 
 
 def _progress_bar(args: argparse.Namespace) -> Progress | None:
@@ -275,29 +285,35 @@ def cmd_upload(args: argparse.Namespace) -> int:
                     outcome = asyncio.run(_upload(config, token, journal, args.drain))
                 finally:
                     journal.close()
-    error = outcome["error"]
+    said, trouble = upload_lines(outcome, config.path)
     if args.json:
         print(json.dumps(outcome))
     else:
-        said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
-                if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
-                f"{outcome['quarantined']} in {outcome['requests']} request(s)")
-        Console().print(f"{said}; {outcome['pending']} pending, "
-                        f"{outcome['quarantined_total']} quarantined in the journal",
-                        highlight=False)
-    if error is None:
+        Console().print(said)
+    if trouble is None:
         return 0
-    err = Console(stderr=True)
-    if outcome["auth"]:
-        err.print(
-            f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
-            f"are kept. Fix: `gate-agent login --config {config.path}` (or put a valid token in "
-            f"api.token_file), then `gate-agent upload --drain`.", highlight=False, soft_wrap=True)
-    else:
-        err.print(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
-                  "queued and are resent later with the same batch uuid (nothing is sent "
-                  "twice).", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(trouble, soft_wrap=True)
     return 1
+
+
+def upload_lines(outcome: dict[str, Any], config_path: str | None) -> tuple[Text, Text | None]:
+    """What `upload` says, and what went wrong (the platform's words, shown as they are)."""
+    said = (f"handed {outcome['handed']} to the venue bus (the venue leader uploads them)"
+            if outcome.get("venue") else f"sent {outcome['sent']}, quarantined "
+            f"{outcome['quarantined']} in {outcome['requests']} request(s)")
+    line = plain(f"{said}; {outcome['pending']} pending, "
+                 f"{outcome['quarantined_total']} quarantined in the journal")
+    error = outcome["error"]
+    if error is None:
+        return line, None
+    if outcome["auth"]:
+        return line, plain(
+            f"gate-agent: uploads are paused: {error}. All {outcome['pending']} pending scans "
+            f"are kept. Fix: `gate-agent login --config {config_path}` (or put a valid token in "
+            f"api.token_file), then `gate-agent upload --drain`.")
+    return line, plain(f"gate-agent: upload stopped: {error}. {outcome['pending']} scans stay "
+                       "queued and are resent later with the same batch uuid (nothing is sent "
+                       "twice).")
 
 
 async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict[str, Any]:
@@ -326,6 +342,15 @@ def write_token(path: Path, token: str) -> None:
     write_private(path, token + "\n")
 
 
+def _can_write(path: Path) -> bool:
+    """Whether `write_token` may put a file at `path` (it writes a temporary file beside it
+    and renames it, creating missing directories): asked before POST /login."""
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return os.access(here, os.W_OK | os.X_OK)
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     _quiet_logs()
     config = load_config(args.config)
@@ -334,6 +359,16 @@ def cmd_login(args: argparse.Namespace) -> int:
         raise ConfigError("is empty: login needs a file to store the token in",
                           path=config.path, key="api.token_file")
     path = Path(target).expanduser()
+    # Before POST /login issues a token: where it will go. A token the platform issued that
+    # this command cannot keep would stay valid there, unused.
+    daemon, why = answering_daemon(config)
+    storable = _can_write(path)
+    if daemon is None and not storable:
+        raise StoreAccess(
+            f"this user (uid {os.geteuid()}) may not write the token file {path}, and no "
+            f"gate-agent daemon answers on its control socket to take the token ({why}): "
+            "run `sudo gate-agent login`, or log in while the daemon runs with its socket "
+            "open to you ([control] group); nothing was asked of the platform")
     email = args.email
     if not email:
         if not sys.stdin.isatty():
@@ -351,20 +386,30 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     token = asyncio.run(go())
     register_secret(token)
-    write_token(path, token)
     console = Console()
-    console.print(f"logged in as {email}; token for device {device!r} stored in {path} "
-                  "(mode 0600). Older tokens stay valid until revoked on the platform.",
-                  highlight=False, soft_wrap=True)
-    daemon = running_daemon(config)
+    if storable:
+        try:
+            write_token(path, token)
+        except OSError as exc:
+            if daemon is None:
+                raise GateAgentError(
+                    f"the platform issued a token for device {device!r}, but it could not be "
+                    f"stored in {path} ({exc.strerror}); revoke it on the platform, fix the "
+                    "file's directory and log in again") from None
+            storable = False
+    stored = (f"stored in {path} (mode 0600)" if storable else
+              f"NOT stored in {path} (uid {os.geteuid()} may not write it): the daemon keeps "
+              "it until it restarts; `sudo gate-agent login` stores one for good")
+    console.print(plain(f"logged in as {email}; token for device {device!r} {stored}. Older "
+                        "tokens stay valid until revoked on the platform."), soft_wrap=True)
     if daemon is not None:
         daemon.call("token", token=token)
-        console.print(f"the running daemon (PID {daemon.pid}) uses the new token from now on",
-                      highlight=False)
+        console.print(plain(f"the running daemon (PID {daemon.pid or 'unknown'}) uses the new "
+                            "token from now on"))
         return 0
     shadow = [name for name in ("CREDENTIALS_DIRECTORY", config.api["token_env"])
               if name and os.environ.get(name)]
     if shadow:
-        console.print(f"note: ${shadow[0]} is set and is read before api.token_file; unset it "
-                      "for the new token to be used", highlight=False)
+        console.print(plain(f"note: ${shadow[0]} is set and is read before api.token_file; "
+                            "unset it for the new token to be used"))
     return 0

@@ -16,16 +16,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import load_config
-from agent.core.decide import Decision
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UsageError
 from agent.platform.provision import read_import_file
 from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, running_daemon
+from agent.runtime.controlclient import acting_on_store, reading_store
 from agent.runtime.opening import open_cache, open_journal, opened_gate
-from agent.runtime.storeaccess import as_store_owner
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -67,7 +66,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     ["sudo gate-agent scan NU-VALID-0001 --lane entry",
                      "sudo gate-agent scan - --json < codes.txt"],
                     "0 every code was admitted; 1 at least one was refused; 2 a mistake in "
-                    "the configuration or the arguments")
+                    "the configuration or the arguments, or no code on standard input")
         p.set_defaults(func=cmd_check if name == "check" else cmd_scan)
 
     p = subparsers.add_parser("queue", parents=[common],
@@ -87,7 +86,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="only these scans (default: all quarantined)")
     explain(r, "Put quarantined scans back in the outbox after fixing what the platform "
                "refused; the next upload sends them.",
-            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"])
+            ["sudo gate-agent queue retry", "sudo gate-agent queue retry 3f1c...-uuid"],
+            "0 put back (all quarantined scans, or every UUID given); 2 a UUID that is not a "
+            "quarantined scan (nothing is put back), or a configuration mistake")
     r.set_defaults(func=cmd_queue_retry)
     p.set_defaults(func=cmd_queue)
 
@@ -132,15 +133,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     for r in results:
-        extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
-        event = f" for event {r['event_id']}" if r["event_id"] else ""
-        console.print(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}")
+        console.print(imported_line(r))
     return 0
 
 
-def _answer(decision: Decision, uuid: str | None) -> dict[str, Any]:
-    """A decision as `--json` prints it (and as the daemon sends it back)."""
-    return {**decision.as_dict(), "uuid": uuid, "record": decision.record}
+def imported_line(r: dict[str, Any]) -> Text:
+    """One imported file, named as given (a file name may hold brackets)."""
+    extra = f", {r['skipped']} skipped (no id)" if r["skipped"] else ""
+    event = f" for event {r['event_id']}" if r["event_id"] else ""
+    return plain(f"{r['path']}: {r['count']} {r['kind']}{event}{extra}")
 
 
 def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
@@ -155,21 +156,28 @@ def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
     word = "ADMIT" if data["admit"] else "REFUSE"
     detail = f"/{data['statusDetail']}" if data["statusDetail"] else ""
     who = (data.get("ticket") or {}).get("name") or ""
-    console.print(f"[bold {colour}]{word}[/] {data['direction']:<3} {data['code']}  "
-                  f"{data['status']}{detail}  {data['message']}"
-                  + (f"  ({who})" if who else ""), highlight=False)
+    console.print(plain((word, f"bold {colour}"), f" {data['direction']:<3} {data['code']}  "
+                        f"{data['status']}{detail}  {data['message']}"
+                        + (f"  ({who})" if who else "")))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lane = config.lane(args.lane)
-    with as_store_owner(config.store_dir), opened_gate(config) as gate:
-        decision = gate.check(args.code, lane, _parse_at(args.at), args.direction, args.kind)
-    answer = _answer(decision, None)
-    if decision.record:
+    at = _parse_at(args.at)
+    with reading_store(config) as daemon:
+        if daemon is not None:  # its stores (a technician may not open them): it decides
+            answer = daemon.call("check", code=args.code, lane=lane.name,
+                                 at=at.isoformat() if args.at else None,
+                                 direction=args.direction, kind=args.kind)
+        else:
+            with opened_gate(config) as gate:
+                answer = work.answer(gate.check(args.code, lane, at, args.direction,
+                                                args.kind), None)
+    if answer["record"]:
         answer.pop("uuid")
     _show(answer, args.json, Console())
-    return 0 if decision.admit else 1
+    return 0 if answer["admit"] else 1
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -191,29 +199,35 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 for code in codes:
                     result = gate.scan(code, lane, datetime.now(UTC), args.direction, args.kind,
                                        mono_ms=time.monotonic_ns() // 1_000_000)
-                    _show(_answer(result.decision, result.uuid), args.json, console)
+                    _show(work.answer(result.decision, result.uuid), args.json, console)
                     admitted += result.decision.admit
                     refused += not result.decision.admit
+    if not admitted and not refused:
+        raise UsageError("no codes on standard input (one per line; blank lines are skipped)")
     return 0 if admitted and not refused else 1
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    daemon = running_daemon(config)
-    if daemon is not None:
-        listing = daemon.call("queue", all=args.all, limit=args.limit)
-    else:
-        with as_store_owner(config.store_dir):
+    with reading_store(config) as daemon:
+        if daemon is not None:
+            listing = daemon.call("queue", all=args.all, limit=args.limit)
+        else:
             journal = open_journal(config)
             try:
                 listing = work.queue_listing(journal, include_sent=args.all, limit=args.limit)
             finally:
                 journal.close()
-    counts, rows = listing["counts"], listing["scans"]
     if args.json:
         print(json.dumps(listing))
         return 0
-    console = Console()
+    Console().print(queue_table(listing))
+    return 0
+
+
+def queue_table(listing: dict[str, Any]) -> Table:
+    """`queue` as a table; codes and the platform's reasons are shown as they are (plain)."""
+    counts, rows = listing["counts"], listing["scans"]
     table = Table(title=f"Scan queue: {counts['pending']} pending, {counts['quarantined']} "
                         f"quarantined, {counts['local']} local-only, {counts['sent']} sent"
                         + (f", {counts['voided']} voided venue claim(s)"
@@ -223,15 +237,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
     for r in rows:
         decision = r["status"] + (f"/{r['status_detail']}" if r["status_detail"] else "")
         state = r["upload_state"] + (f": {r['reason']}" if r["reason"] else "")
-        table.add_row(r["scanned_on"][:19].replace("T", " "), r["lane"], r["code"],
-                      r["direction"], decision, state)
+        table.add_row(*map(plain, (r["scanned_on"][:19].replace("T", " "), r["lane"],
+                                   r["code"], r["direction"], decision, state)))
     if listing["more"]:
         table.caption = (f"the oldest {len(rows)} shown (--limit N for more); full rows with "
                          "scan uuids: gate-agent queue --json")
     elif rows:
         table.caption = "full rows with scan uuids: gate-agent queue --json"
-    console.print(table)
-    return 0
+    return table
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ from typing import Any
 from agent.commands import explain
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.runtime.controlclient import acting_on_store
+from agent.runtime import work
+from agent.runtime.controlclient import acting_on_store, reading_store
 from agent.runtime.opening import open_journal
 from agent.store.passages import PassageLog, now_iso
 from drivers import open_output
@@ -60,11 +61,15 @@ def _who(given: str | None) -> str:
 def cmd_release(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.events:
-        journal = open_journal(config)
-        try:
-            events = PassageLog(journal).events(100)
-        finally:
-            journal.close()
+        with reading_store(config) as daemon:
+            if daemon is not None:  # its journal (a technician may not open it)
+                events = daemon.call("events")
+            else:
+                journal = open_journal(config)
+                try:
+                    events = work.lane_events(journal)
+                finally:
+                    journal.close()
         for event in ([] if args.json else events):
             print(f"{event['at']}  {event['lane'] or '*':<12} {event['kind']:<13} "  # noqa: T201
                   f"{event['by'] or '-':<16} {event['detail'] or ''}")

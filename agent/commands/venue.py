@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from agent.commands import explain
+from agent.commands import explain, plain
 from agent.config import Config, load_config
 from agent.errors import ConfigError, GateAgentError
 
@@ -184,7 +184,7 @@ def sync_through_leader(config: Config, args: argparse.Namespace) -> dict[str, A
     with acting_on_store(config) as daemon:
         async def run(nc: Any) -> dict[str, Any]:
             waiting = contextlib.nullcontext() if args.json else err.status(
-                f"venue {venue['name']}: the leader runs a {mode} pass for every gate ...")
+                plain(f"venue {venue['name']}: the leader runs a {mode} pass for every gate ..."))
             with waiting:
                 answer = await passrequest.ask_leader(
                     nc, venue["name"], full=args.full, events=args.event or None,
@@ -289,18 +289,23 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"venue": venue["name"], "quarantined": rows, "requeued": requeued}))
         return 0
-    table = Table(title=f"Venue {venue['name']}: {len(rows)} quarantined scan(s)")
+    Console().print(quarantine_table(venue["name"], rows))
+    if args.requeue:
+        print(f"{requeued} scan(s) requeued: the leader sends them again")
+    return 0
+
+
+def quarantine_table(venue: str, rows: list[dict[str, Any]]) -> Table:
+    """`venue quarantine` as a table: the platform's words shown as they are."""
+    table = Table(title=plain(f"Venue {venue}: {len(rows)} quarantined scan(s)"))
     for col in ("scan uuid", "barcode", "event", "scanned", "since (UTC)", "platform said"):
         table.add_column(col, overflow="fold")
     for e in rows:
         r = e["row"]
-        table.add_row(str(r.get("uuid")), str(r.get("barcode")), str(r.get("eventId")),
-                      str(r.get("scannedOn")), str(e["at"])[:19].replace("T", " "),
-                      str(e["reason"]))
-    Console().print(table)
-    if args.requeue:
-        print(f"{requeued} scan(s) requeued: the leader sends them again")
-    return 0
+        table.add_row(*map(plain, (str(r.get("uuid")), str(r.get("barcode")),
+                                   str(r.get("eventId")), str(r.get("scannedOn")),
+                                   str(e["at"])[:19].replace("T", " "), str(e["reason"]))))
+    return table
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -314,7 +319,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"venue": venue["name"], "gates": gates, "unread": unread},
                          default=str))
         return 0
-    table = Table(title=f"Venue {venue['name']}: {len(gates)} gate(s)")
+    Console().print(gates_table(venue["name"], gates))
+    return 0
+
+
+def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
+    """`venue status` as a table: gate names and their reasons shown as they are."""
+    table = Table(title=plain(f"Venue {venue}: {len(gates)} gate(s)"))
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
                 "cache age", "bus", "version", "first reason"):
         table.add_column(col, overflow="fold")
@@ -326,16 +337,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         oldest = queue.get("oldest_pending_age_s")
         bus = g.get("bus") or {}
         reasons = g.get("reasons") or []
-        table.add_row(
+        table.add_row(*map(plain, (
             str(g["device"]), g["state"], str(g.get("health")), f"{g['age_s']:.0f} s ago",
             f"{len(lanes)} ({up}/{len(readers)} readers)",
             ", ".join(f"{k} {v}" for k, v in (g.get("per_min") or {}).items()) or "0",
             f"{queue.get('pending', 0)}" + (f", oldest {oldest:.0f} s" if oldest else ""),
             "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
             "connected" if bus.get("connected") else "not connected",
-            str(g.get("version")), reasons[0]["message"] if reasons else "")
-    Console().print(table)
-    return 0
+            str(g.get("version")), str(reasons[0]["message"]) if reasons else "")))
+    return table
 
 
 def cmd_conflicts(args: argparse.Namespace) -> int:
@@ -354,12 +364,18 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"conflicts": rows}))
         return 0
+    Console().print(conflicts_table(rows))
+    return 0
+
+
+def conflicts_table(rows: list[dict[str, Any]]) -> Table:
+    """`venue conflicts` as a table."""
     table = Table(title=f"Venue conflicts: {len(rows)}")
     for col in ("scanned (UTC)", "event", "item", "zone", "gate", "lane", "offline", "what"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(str(r["scanned_on"])[:19].replace("T", " "), str(r["event_id"]),
-                      str(r["item_id"]), str(r["zone_id"]), str(r["device"]), str(r["lane"]),
-                      "yes" if r["offline"] else "no", r["detail"])
-    Console().print(table)
-    return 0
+        table.add_row(*map(plain, (str(r["scanned_on"])[:19].replace("T", " "),
+                                   str(r["event_id"]), str(r["item_id"]), str(r["zone_id"]),
+                                   str(r["device"]), str(r["lane"]),
+                                   "yes" if r["offline"] else "no", str(r["detail"]))))
+    return table

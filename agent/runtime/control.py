@@ -42,7 +42,7 @@ log = logging.getLogger("gate_agent.control")
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 256 * 1024 * 1024  # an import of a 1M-item ticket file fits
-READ_ONLY = frozenset({"ping", "status", "queue"})
+READ_ONLY = frozenset({"ping", "status", "queue", "check", "events"})
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 ProgressSink = Callable[[dict[str, Any]], None]

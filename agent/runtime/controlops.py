@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
@@ -29,6 +30,7 @@ class DaemonOps:
 
     def handlers(self) -> dict[str, Handler]:
         return {"ping": self.ping, "status": self.status, "scan": self.scan,
+                "check": self.check, "events": self.events,
                 "sync": self.sync, "upload": self.upload, "import": self.import_,
                 "queue": self.queue, "queue_retry": self.queue_retry, "pair": self.pair,
                 "unpair": self.unpair, "token": self.token, "release": self.release}
@@ -48,10 +50,11 @@ class DaemonOps:
         def decide_all() -> list[dict[str, Any]]:
             out = []
             for code in args.get("codes") or []:
-                result = gate.scan(str(code), lane, self.d.clock.now(), args.get("direction"),
+                started, wall = time.perf_counter(), self.d.clock.now()
+                result = gate.scan(str(code), lane, wall, args.get("direction"),
                                    args.get("kind"), mono_ms=time.monotonic_ns() // 1_000_000)
-                out.append({**result.decision.as_dict(), "uuid": result.uuid,
-                            "record": result.decision.record})
+                self.d.manual_decided(lane.name, result, wall, time.perf_counter() - started)
+                out.append(work.answer(result.decision, result.uuid))
             return out
 
         try:
@@ -61,6 +64,23 @@ class DaemonOps:
         if any(a["uuid"] for a in answers):
             self.d.request_upload()
         return answers
+
+    async def check(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`gate-agent check` while the daemon runs: decided on the daemon's own stores (a
+        technician in the socket's group may not open them), recording nothing."""
+        lane = self.d.config.lane(args.get("lane"))
+        try:  # no --at: now by the daemon's clock, the time its lanes decide by
+            at = self.d.clock.now() if args.get("at") is None else \
+                datetime.fromisoformat(str(args["at"]))
+        except ValueError:
+            raise ConfigError(f"check: {args.get('at')!r} is not an ISO 8601 time") from None
+        gate = await asyncio.to_thread(self.d._gate)
+        try:
+            decision = await asyncio.to_thread(gate.check, str(args.get("code") or ""), lane, at,
+                                               args.get("direction"), args.get("kind"))
+        finally:
+            await asyncio.to_thread(gate.close)
+        return work.answer(decision, None)
 
     # -- platform ----------------------------------------------------------------------------
 
@@ -133,6 +153,17 @@ class DaemonOps:
             try:
                 return work.queue_listing(journal, include_sent=bool(args.get("all")),
                                           limit=int(args.get("limit") or 50))
+            finally:
+                journal.close()
+
+        return await asyncio.to_thread(listing)
+
+    async def events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """`gate-agent release --events`: recent alarms and releases from the journal."""
+        def listing() -> list[dict[str, Any]]:
+            journal = open_journal(self.d.config)
+            try:
+                return work.lane_events(journal)
             finally:
                 journal.close()
 

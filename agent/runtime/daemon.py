@@ -59,7 +59,7 @@ from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
-from agent.runtime.gate import Gate
+from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier, watchdog_interval
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_caches
@@ -73,9 +73,11 @@ from agent.store.passages import PassageLog, now_iso
 from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
 from agent.venue.leader import VenueRole
+from drivers import Scan
 
 log = logging.getLogger("gate_agent.daemon")
 
+MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
 STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
@@ -435,6 +437,21 @@ class Daemon:
             self._loop.call_soon_threadsafe(self.role.wake)
         elif self.uploader is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self._maybe_upload_now)
+
+    def manual_decided(self, lane: str, result: ScanResult, wall: datetime,
+                       latency_s: float) -> None:
+        """A manual `gate-agent scan` this daemon decided (control socket, a worker thread):
+        shown on its lane (last scan, counts), counted in the metrics and logged in
+        gate_agent.decisions exactly like a reader's scan, through the same sink. It pulses
+        no relay: a manual scan never opens the gate (the steward lets the person through,
+        or `gate-agent release` does), as without a daemon."""
+        runner = self.lanes.get(lane)
+        if runner is not None:
+            runner.note(wall, result.decision)
+        d = result.decision
+        scan = Scan(d.code, "nfc" if d.kind == "nfc" else "barcode", MANUAL_READER,
+                    time.monotonic_ns(), wall, d.code.encode("utf-8", "replace"))
+        self._on_decision(LaneEvent(lane, scan, result, latency_s, pulsed=False))
 
     def _on_alarm(self, lane: str, kind: str, detail: str) -> None:
         """A lane's passage alarm (agent.runtime.passage): counted and logged."""

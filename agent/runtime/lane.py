@@ -89,6 +89,7 @@ class LaneRunner:
         self.last_scan: dict[str, Any] | None = None
         self.totals: dict[str, int] = {}
         self._recent: deque[tuple[float, str]] = deque()
+        self._figures_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -235,11 +236,7 @@ class LaneRunner:
                 passage_input_for(self.lane, decision.direction):
             self.passage.admitted(result.uuid, decision.direction, opened_ns)
         latency = time.perf_counter() - started
-        self._count(decision.status if decision.record else "ignored")
-        self.last_scan = {"at": utc_iso(scan.wall), "code": decision.code,
-                          "status": decision.status, "statusDetail": decision.detail,
-                          "admit": decision.admit, "direction": decision.direction,
-                          "message": decision.message}
+        self.note(scan.wall, decision)
         if decision is not result.decision:
             result = ScanResult(decision, result.uuid, result.seq)
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
@@ -270,12 +267,21 @@ class LaneRunner:
         return replace(result.decision, admit=False, status="denied", detail=NOT_PASSED,
                        message=message)
 
-    def _count(self, status: str) -> None:
-        now = time.monotonic()
-        self.totals[status] = self.totals.get(status, 0) + 1
-        self._recent.append((now, status))
-        while self._recent and now - self._recent[0][0] > RECENT_WINDOW_S:
-            self._recent.popleft()
+    def note(self, wall: datetime, decision: Decision) -> None:
+        """The lane's figures in status (last scan, 5-minute and total counts) for one
+        decision: a reader's, or a manual `gate-agent scan` the daemon decided for this lane
+        (from another thread, hence the lock)."""
+        status = decision.status if decision.record else "ignored"
+        with self._figures_lock:
+            now = time.monotonic()
+            self.totals[status] = self.totals.get(status, 0) + 1
+            self._recent.append((now, status))
+            while self._recent and now - self._recent[0][0] > RECENT_WINDOW_S:
+                self._recent.popleft()
+            self.last_scan = {"at": utc_iso(wall), "code": decision.code,
+                              "status": decision.status, "statusDetail": decision.detail,
+                              "admit": decision.admit, "direction": decision.direction,
+                              "message": decision.message}
 
     def _on_state(self, url: str, connected: bool, reason: str) -> None:
         log.log(logging.INFO if connected else logging.WARNING,
@@ -287,7 +293,9 @@ class LaneRunner:
     def get_status(self) -> dict[str, Any]:
         now = time.monotonic()
         recent: dict[str, int] = {}
-        for at, status in list(self._recent):
+        with self._figures_lock:
+            seen, totals, last_scan = list(self._recent), dict(self.totals), self.last_scan
+        for at, status in seen:
             if now - at <= RECENT_WINDOW_S:
                 recent[status] = recent.get(status, 0) + 1
         readers = [r.get_status() for r in self.readers]
@@ -300,8 +308,8 @@ class LaneRunner:
             "zone_id": self.lane.zone_id, "gate_id": self.lane.gate_id,
             "readers": readers, "relay": relay, "relay_out": relay_out,
             "readers_connected": sum(1 for r in self.readers if r.connected),
-            "last_scan": self.last_scan, "decisions_5min": recent,
-            "decisions_total": dict(self.totals), "queue": self.queue.qsize(),
+            "last_scan": last_scan, "decisions_5min": recent,
+            "decisions_total": totals, "queue": self.queue.qsize(),
             "heartbeat_age_s": round(now - self.heartbeat, 2),
             "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
             "cache_error": self.gate.cache_error,

@@ -1,6 +1,6 @@
 """The store-changing work of the technician's commands, written once.
 
-`gate-agent sync | upload | import | queue` do this work themselves when no daemon runs, and ask
+`gate-agent sync | upload | import | queue | check | scan | release --events` do this work themselves when no daemon runs, and ask
 the running daemon to do it when one does (`agent.runtime.control`): both call these functions,
 so the answer a technician sees — and the requests spent — are the same either way. Each takes
 the already-open Syncer, Uploader, cache or journal of its caller and returns a plain dict that
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.core.decide import Decision
 from agent.errors import ApiError, Forbidden, Unauthenticated
 from agent.platform.client import PlatformClient
 from agent.platform.provision import import_text
@@ -22,6 +23,7 @@ from agent.platform.sync import Syncer
 from agent.platform.upload import Uploader
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+from agent.store.passages import PassageLog
 
 QUEUE_STATES = ("pending", "quarantined", "local")
 
@@ -99,3 +101,13 @@ def queue_listing(journal: Journal, *, include_sent: bool, limit: int) -> dict[s
     states = (*QUEUE_STATES, "sent") if include_sent else QUEUE_STATES
     rows = journal.rows(states, limit=limit + 1)
     return {"counts": journal.counts(), "scans": rows[:limit], "more": len(rows) > limit}
+
+
+def lane_events(journal: Journal, limit: int = 100) -> list[dict[str, Any]]:
+    """`release --events`: recent alarms and releases, newest first."""
+    return PassageLog(journal).events(limit)
+
+
+def answer(decision: Decision, uuid: str | None) -> dict[str, Any]:
+    """A decision as `check`/`scan --json` print it, made here or by the daemon."""
+    return {**decision.as_dict(), "uuid": uuid, "record": decision.record}

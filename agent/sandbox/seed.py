@@ -292,7 +292,12 @@ def load_seed(path: str | Path, company_id: int = 1, now: datetime | None = None
 
 def export_seed(seed: Seed, out_dir: str | Path, max_items: int = 100_000) -> list[Path]:
     """Write `activated-events.json`, `zones-<id>.json` and `tickets-<id>.json` (a
-    `GET /entry/tickets` body with every item, products included) for `gate-agent import`."""
+    `GET /entry/tickets` body with every item, products included) for `gate-agent import`.
+
+    Each file says its event, so `gate-agent import DIR/*.json` takes them in one go: the
+    tickets page carries the `pagination` links the platform writes (with `eventId=`), the
+    zones are wrapped as `{"eventId": N, "zones": [...]}` (a bare GET /zones/all array does
+    not name its event, and import never guesses one from a file name)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "activated-events.json"]
@@ -300,12 +305,15 @@ def export_seed(seed: Seed, out_dir: str | Path, max_items: int = 100_000) -> li
     for event in seed.events:
         eid = int(event["id"])
         zones_path = out / f"zones-{eid}.json"
-        zones_path.write_text(json.dumps(seed.zones.get(eid, []), indent=1))
+        zones_path.write_text(json.dumps({"eventId": eid, "zones": seed.zones.get(eid, [])},
+                                         indent=1))
         source = seed.items[eid]
         rows = [source.item(i) for i in range(min(source.count(), max_items))]
         tickets_path = out / f"tickets-{eid}.json"
+        link = f"/entry/tickets?eventId={eid}&limit={max(1, len(rows))}&includeProducts=true&page=1"
         tickets_path.write_text(json.dumps({
             "content": rows, "listEndTime": seed.base_time.strftime(FMT), "total": len(rows),
-            "pagination": {}, "dataCaptureQuestions": []}))
+            "pagination": {"first": link, "last": link, "self": link},
+            "dataCaptureQuestions": []}))
         written += [zones_path, tickets_path]
     return written

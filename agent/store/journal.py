@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.core.scanstate import OwnScan
-from agent.errors import JournalUnavailable, StoreError
+from agent.errors import JournalUnavailable, StoreError, UsageError
 from agent.store.journal_schema import MIGRATIONS
 from agent.store.passages import settle_stale_waits
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
@@ -538,12 +538,21 @@ class Journal:
 
     def retry_quarantined(self, uuids: list[str] | None = None) -> int:
         """Put quarantined rows back in the outbox (a technician's `queue retry`); the outbox
-        cursor moves down to the oldest of them in the same transaction."""
+        cursor moves down to the oldest of them in the same transaction. A uuid given that is
+        not a quarantined scan is a UsageError naming it, and nothing is put back (a typo
+        must not read as "0 put back")."""
         with self._write():
             if uuids:
-                seqs = [r[0] for u in uuids for r in self.conn.execute(
+                found = {u: [r[0] for r in self.conn.execute(
                     "SELECT seq FROM scans WHERE uuid = ? AND upload_state = 'quarantined'"
-                    f" AND {_PARKED}", (u,))]
+                    f" AND {_PARKED}", (u,))] for u in dict.fromkeys(uuids)}
+                unknown = [u for u, rows in found.items() if not rows]
+                if unknown:
+                    raise UsageError(
+                        f"not a quarantined scan in this journal: {', '.join(unknown)} "
+                        "(`gate-agent queue --json` lists them with their uuids); nothing "
+                        "was put back")
+                seqs = [seq for rows in found.values() for seq in rows]
             else:
                 seqs = [r[0] for r in self.conn.execute(
                     f"SELECT MIN(seq) FROM scans WHERE upload_state = 'quarantined'"

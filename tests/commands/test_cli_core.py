@@ -103,3 +103,42 @@ def test_queue_retry_puts_quarantined_back(site: DemoSite) -> None:
     assert "1 quarantined scan(s)" in retry.stdout
     assert json.loads(run_cli("queue", "--config", cfg, "--json").stdout)["counts"][
         "pending"] == 1
+
+
+def test_queue_retry_of_a_uuid_that_is_not_quarantined_is_an_error(site: DemoSite) -> None:
+    from agent.runtime.opening import open_journal
+    cfg = str(site.config_path)
+    uuid = json.loads(run_cli("scan", "--config", cfg, "--json", C["valid"]).stdout)["uuid"]
+    journal = open_journal(site.config)
+    journal.quarantine(uuid, "422: The selected barcode is invalid.")
+    journal.close()
+    typo = run_cli("queue", "retry", uuid, "notauuid", "--config", cfg)
+    assert typo.returncode == 2 and "notauuid" in typo.stderr, (typo.stdout, typo.stderr)
+    assert uuid not in typo.stderr and "nothing was put back" in typo.stderr
+    counts = json.loads(run_cli("queue", "--config", cfg, "--json").stdout)["counts"]
+    assert (counts["quarantined"], counts["pending"]) == (1, 0)  # all or nothing
+    retry = run_cli("queue", "retry", uuid, "--config", cfg)
+    assert retry.returncode == 0 and "1 quarantined scan(s)" in retry.stdout
+
+
+def test_scan_with_nothing_on_stdin_says_so(site: DemoSite) -> None:
+    for stdin in ("", "\n  \n"):
+        out = run_cli("scan", "--config", str(site.config_path), "-", stdin=stdin)
+        assert out.returncode == 2 and "no codes on standard input" in out.stderr, out.stderr
+
+
+def test_sandbox_export_imports_in_one_go(tmp_path: Path) -> None:
+    """`gate-agent import DIR/*.json` after `sandbox --export DIR`: every file says its event
+    (the tickets page's pagination links, the zones' wrapper), so no --event is needed."""
+    files = tmp_path / "files"
+    assert run_cli("sandbox", "--tickets", "12", "--export", str(files)).returncode == 0
+    config = tmp_path / "config.toml"
+    config.write_text(demo_data.demo_config(tmp_path / "state"))
+    out = run_cli("import", "--config", str(config), "--json",
+                  *sorted(str(p) for p in files.glob("*.json")))
+    assert out.returncode == 0, out.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.stdout.splitlines())}
+    assert (rows["tickets-1001.json"]["event_id"], rows["tickets-1001.json"]["count"]) == \
+        (1001, 12)
+    assert rows["zones-1001.json"]["event_id"] == 1001 and rows["zones-1001.json"]["count"]
+    assert rows["zones-1002.json"]["event_id"] == 1002

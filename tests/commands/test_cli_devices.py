@@ -119,7 +119,9 @@ def test_pair_show_unpair_round_trip(config: Path, tmp_path: Path) -> None:
 
     assert run("unpair", "lane1", "sim:lane1", "--config", str(config)).returncode == 0
     res = run("unpair", "lane1", "sim:lane1", "--config", str(config))
-    assert res.returncode == 1 and "not paired" in res.stderr
+    assert res.returncode == 2 and "not paired" in res.stderr  # an input mistake, as --help says
+    res = run("unpair", "sim:nothere", "--config", str(config))
+    assert res.returncode == 2 and "not the paired emergency input" in res.stderr
 
 
 def test_pair_unknown_lane_names_the_lanes(config: Path) -> None:

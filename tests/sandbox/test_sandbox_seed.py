@@ -61,7 +61,9 @@ def test_export_reads_back_with_the_model_parsers_and_as_a_seed_file(tmp_path):
     paths = export_seed(seed, tmp_path)
     assert {p.name for p in paths} >= {"activated-events.json", "tickets-1001.json"}
     events = parse_activated_events(json.loads((tmp_path / "activated-events.json").read_text()))
-    zones = parse_zones(json.loads((tmp_path / "zones-1001.json").read_text()), 1001)
+    wrapped = json.loads((tmp_path / "zones-1001.json").read_text())
+    assert wrapped["eventId"] == 1001  # each file says its event (gate-agent import *.json)
+    zones = parse_zones(wrapped["zones"], 1001)
     page = parse_entry_page(json.loads((tmp_path / "tickets-1001.json").read_text()))
     assert [e.id for e in events] == [1001, 1002]
     assert any(z.is_default_entry for z in zones)
