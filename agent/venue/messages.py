@@ -12,14 +12,23 @@ Every scan message carries the scan uuid as `Nats-Msg-Id`, so a scan published t
 then the same row from the journal publisher; or again after a crash) is stored once.
 Bodies are JSON objects; unknown fields are ignored, and a message that cannot be read is
 skipped and counted (never guessed at).
+
+A scan's `scannedOn` is the sending gate's clock, which may be minutes or hours off (venue LANs
+often have no NTP, gates no real-time clock). So a scan also carries `clockOffsetS`, the
+sender's clock minus the bus server's as the sender measured it (agent.venue.heartbeat
+`GateBoard.offset_s`; omitted before the first measurement), and every reader places the scan
+on the bus server's clock (`bus_time`). Messages of earlier versions, without it, still decode.
 """
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
+from agent.core.codes import EARLIEST, LATEST, parse_platform_time, utc_iso
 from agent.store.venue import Applied, BusScan
 
 VERSION = 1
@@ -48,6 +57,7 @@ def encode_scan(scan: BusScan) -> bytes:
         "direction": scan.direction, "admit": scan.admit, "status": scan.status,
         "scannedOn": scan.scanned_on, "offline": scan.offline,
         "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits,
+        **({} if scan.clock_offset_s is None else {"clockOffsetS": scan.clock_offset_s}),
     })
 
 
@@ -60,8 +70,33 @@ class BadMessage(ValueError):
     """A message of the venue stream this version cannot read."""
 
 
-def decode(seq: int, subject: str, data: bytes) -> Applied:
-    """One stream message -> what the venue store applies. BadMessage when unreadable."""
+def bus_time(scan: BusScan, stored: datetime | None) -> str | None:
+    """When `scan` happened, on the bus server's clock (utc_iso; None: unknown).
+
+    `stored`: the server's timestamp of the message (JetStream stamps each message as it
+    stores it). A scan decided online is a claim, published as it is decided and stored in
+    the ticket's subject order, so its timestamp is its time to within a round trip, whatever
+    the sender's clock says. A scan decided offline reaches the stream later, possibly much
+    later, so its timestamp says nothing of when it happened: its `scannedOn` is taken back to
+    the server's clock by the sender's offset (as is, without one), and never later than it
+    was stored (no scan is stored before it happened: that bounds a sender's fast clock whose
+    offset was not measured)."""
+    if stored is not None and not scan.offline:
+        return utc_iso(stored)
+    when = parse_platform_time(scan.scanned_on)
+    if when is None:
+        return None
+    if scan.clock_offset_s is not None:
+        try:
+            when = min(max(when - timedelta(seconds=scan.clock_offset_s), EARLIEST), LATEST)
+        except OverflowError:
+            when = EARLIEST if scan.clock_offset_s > 0 else LATEST
+    return utc_iso(min(when, stored) if stored is not None else when)
+
+
+def decode(seq: int, subject: str, data: bytes, stored: datetime | None = None) -> Applied:
+    """One stream message -> what the venue store applies. BadMessage when unreadable.
+    `stored`: the message's server timestamp (None: unknown; the scan's own time then)."""
     try:
         body: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -86,10 +121,11 @@ def decode(seq: int, subject: str, data: bytes) -> Applied:
             status=body.get("status") if isinstance(body.get("status"), str) else None,
             scanned_on=_text(body, "scannedOn"), offline=bool(body.get("offline")),
             max_entries=_int_or_none(body, "maxEntries") or 0,
-            tracks_exits=bool(body.get("tracksExits")))
+            tracks_exits=bool(body.get("tracksExits")),
+            clock_offset_s=_seconds_or_none(body, "clockOffsetS"))
     except (KeyError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc
-    return Applied(seq, subject, scan=scan)
+    return Applied(seq, subject, scan=scan, bus_time=bus_time(scan, stored))
 
 
 def _text(body: dict[str, Any], key: str) -> str:
@@ -106,6 +142,15 @@ def _int_or_none(body: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{key} is not a whole number")
     return value
+
+
+def _seconds_or_none(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{key} is not a number of seconds")
+    return float(value)
 
 
 def _bool(body: dict[str, Any], key: str) -> bool:

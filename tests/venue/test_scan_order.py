@@ -1,26 +1,28 @@
 """A ticket's in/out scans across gates are ordered on one clock, not on each gate's own.
 
 Real gates (real `Gate`, real SQLite files) on a real one-node nats-server; one gate's clock
-is set minutes off. The pass-back (in again at a gate while the ticket is inside) must be
-refused whichever gate's clock is off.
+is minutes off (`skews_s`: its scans are stamped with it and its bus measures it against the
+server's from heartbeats, as a daemon's would). A pass-back (in again while inside) must be
+refused whichever gate's clock is off, and the venue must see one ticket inside.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from agent import demo_data
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
 CODE = demo_data.bulk_barcode(0)
-SKEW = timedelta(minutes=3)
+SKEW_S = 180.0
 
 
-def scan(device: VenueDevice, lane: str, skew: timedelta = timedelta(0)) -> tuple[bool, str]:
+def scan(device: VenueDevice, lane: str) -> tuple[bool, str]:
     gate = device.gate()
-    d = gate.scan(CODE, gate.config.lane(lane), datetime.now(UTC) + skew).decision
+    d = gate.scan(CODE, gate.config.lane(lane), device.now()).decision
     return d.admit, d.status
 
 
@@ -29,14 +31,63 @@ def seen_by(device: VenueDevice, other: VenueDevice) -> None:
                f"{device.name} has {other.name}'s claim")
 
 
-def test_a_gate_minutes_fast_cannot_make_a_pass_back_read_as_outside(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
-    """The ticket leaves at b (its clock 3 min fast), comes back in at a, and is scanned in
-    again at a: inside, refused (b's exit, stamped 3 min ahead, once read as the latest)."""
-    with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
+def floor_inside(device: VenueDevice) -> int:
+    store = device.venue_store()
+    try:
+        return sum(r["inside"] for r in store.occupancy() if r["zone_id"] == demo_data.FLOOR_ZONE)
+    finally:
+        store.close()
+
+
+def conflicts(device: VenueDevice) -> int:
+    store = device.venue_store()
+    try:
+        return store.conflict_count()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("skews_s", [[0.0, SKEW_S], [-SKEW_S, 0.0]],
+                         ids=["the-other-gate-fast", "this-gate-slow"])
+def test_a_clock_minutes_off_cannot_make_a_pass_back_read_as_outside(
+        tmp_path: Path, venue_node: NodeProcess, skews_s: list[float]) -> None:
+    """In at a, out at b, back in at a, then the pass-back at a: refused. Ordered by each
+    gate's own clock, b's exit read as the latest scan (b 3 min fast, or a 3 min slow) and the
+    ticket was admitted a second time."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=skews_s) as (a, b):
+        for device in (a, b):
+            device.calibrate()
         assert scan(a, "floor-in")[0]
         seen_by(b, a)
-        assert scan(b, "floor-out", SKEW)[0]
+        assert scan(b, "floor-out")[0]
         seen_by(a, b)
         assert scan(a, "floor-in")[0]  # back in
+        seen_by(b, a)
         assert scan(a, "floor-in") == (False, "alreadyIn")  # the pass-back
+        assert scan(b, "floor-in") == (False, "alreadyIn")  # and at the other gate
+        for device in (a, b):
+            assert floor_inside(device) == 1
+            assert conflicts(device) == 0  # the way back in was no admit beyond the limit
+
+
+def test_scans_decided_offline_and_published_late_keep_their_place(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """b (3 min fast) is cut off from the bus and lets the ticket in and out (policy local);
+    then a admits it online. b's two scans reach the stream after a's entry, stamped 3 min
+    ahead: taken back by b's offset they come before it, so the ticket is inside, at a and at
+    b, and no conflict is reported (by stream position, or by b's clock, the exit was last)."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=[0.0, SKEW_S]) as (a, b):
+        for device in (a, b):
+            device.calibrate()
+        b.bus.stop()  # b's link is down; the same process keeps its clock's measurement
+        assert scan(b, "floor-in")[0] and scan(b, "floor-out")[0]
+        assert [r["venue"] for r in b.journal_rows()] == ["offline", "offline"]
+        assert scan(a, "floor-in")[0]  # a knows nothing of b's scans: outside, admitted
+        b.bus.start()
+        wait_until(lambda: a.bus.applied_seq >= 3 and b.bus.applied_seq >= 3, 10,
+                   "b's offline scans on the stream, after a's entry")
+        assert scan(a, "floor-in") == (False, "alreadyIn")
+        assert scan(b, "floor-in") == (False, "alreadyIn")
+        for device in (a, b):
+            assert floor_inside(device) == 1
+            assert conflicts(device) == 0
