@@ -8,6 +8,7 @@ refused whichever gate's clock is off, and the venue must see one ticket inside.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,11 @@ from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
 CODE = demo_data.bulk_barcode(0)
 SKEW_S = 180.0
+# A person takes at least this long between two gates. Each gate's offset from the server's
+# clock is measured from heartbeat deliveries, so it includes their delivery time (well under
+# a millisecond on loopback, more on a busy test machine): scans of one ticket at two gates
+# less than that apart may be ordered either way. No turnstile sees a person that fast.
+WALK_S = 0.2
 
 
 def scan(device: VenueDevice, lane: str) -> tuple[bool, str]:
@@ -27,8 +33,10 @@ def scan(device: VenueDevice, lane: str) -> tuple[bool, str]:
 
 
 def seen_by(device: VenueDevice, other: VenueDevice) -> None:
+    """`device` has applied `other`'s last claim, and the person walks over to it."""
     wait_until(lambda: device.bus.applied_seq >= other.venue_link_seq(), 5,
                f"{device.name} has {other.name}'s claim")
+    time.sleep(WALK_S)
 
 
 def floor_inside(device: VenueDevice) -> int:
@@ -82,6 +90,7 @@ def test_scans_decided_offline_and_published_late_keep_their_place(
         b.bus.stop()  # b's link is down; the same process keeps its clock's measurement
         assert scan(b, "floor-in")[0] and scan(b, "floor-out")[0]
         assert [r["venue"] for r in b.journal_rows()] == ["offline", "offline"]
+        time.sleep(WALK_S)
         assert scan(a, "floor-in")[0]  # a knows nothing of b's scans: outside, admitted
         b.bus.start()
         wait_until(lambda: a.bus.applied_seq >= 3 and b.bus.applied_seq >= 3, 10,
