@@ -175,7 +175,7 @@ class VenueLink:
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits,
-                clock_offset_s=self.bus.clock_offset()))
+                clock_offset_s=self.bus.clock_offset(), claim=True))
             if in_flight:
                 # held from here: the consumer may apply this very claim before the commit
                 self._holding = scan_uuid

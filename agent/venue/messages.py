@@ -14,10 +14,11 @@ Bodies are JSON objects; unknown fields are ignored, and a message that cannot b
 skipped and counted (never guessed at).
 
 A scan's `scannedOn` is the sending gate's clock, which may be minutes or hours off (venue LANs
-often have no NTP, gates no real-time clock). So a scan also carries `clockOffsetS`, the
-sender's clock minus the bus server's as the sender measured it (agent.venue.heartbeat
-`GateBoard.offset_s`; omitted before the first measurement), and every reader places the scan
-on the bus server's clock (`bus_time`). Messages of earlier versions, without it, still decode.
+often have no NTP, gates no real-time clock). So every reader places a scan on the bus
+server's clock (`bus_time`): a claim (`claim: true`) at the server's timestamp of the message,
+any other scan at its `scannedOn` taken back by `clockOffsetS`, the sender's clock minus the
+bus server's as the sender measured it (agent.venue.heartbeat `GateBoard.offset_s`; omitted
+before the first measurement). Messages of earlier versions, without either, still decode.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def encode_scan(scan: BusScan) -> bytes:
         "zoneId": scan.zone_id, "zoneIsDefault": scan.zone_is_default,
         "direction": scan.direction, "admit": scan.admit, "status": scan.status,
         "scannedOn": scan.scanned_on, "offline": scan.offline,
-        "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits,
+        "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits, "claim": scan.claim,
         **({} if scan.clock_offset_s is None else {"clockOffsetS": scan.clock_offset_s}),
     })
 
@@ -74,14 +75,16 @@ def bus_time(scan: BusScan, stored: datetime | None) -> str | None:
     """When `scan` happened, on the bus server's clock (utc_iso; None: unknown).
 
     `stored`: the server's timestamp of the message (JetStream stamps each message as it
-    stores it). A scan decided online is a claim, published as it is decided and stored in
-    the ticket's subject order, so its timestamp is its time to within a round trip, whatever
-    the sender's clock says. A scan decided offline reaches the stream later, possibly much
-    later, so its timestamp says nothing of when it happened: its `scannedOn` is taken back to
-    the server's clock by the sender's offset (as is, without one), and never later than it
-    was stored (no scan is stored before it happened: that bounds a sender's fast clock whose
-    offset was not measured)."""
-    if stored is not None and not scan.offline:
+    stores it). A claim (`claim`) is published as the scan is decided and stored in the
+    ticket's subject order, so its timestamp is its time to within a round trip, whatever the
+    sender's clock says. Every other scan message is the journal publisher's copy, sent after
+    the commit or much later: a scan decided offline, one that needed no claim, or every scan
+    again once the stream was made again; its timestamp says nothing of when it happened, so
+    its `scannedOn` is taken back to the server's clock by the sender's offset (as is, without
+    one: then it is only as right as the sender's clock, as before the offset existed, and
+    as with messages of earlier versions), and never later than it was stored (no scan is
+    stored before it happened: that bounds a fast clock whose offset was not measured)."""
+    if stored is not None and scan.claim:
         return utc_iso(stored)
     when = parse_platform_time(scan.scanned_on)
     if when is None:
@@ -122,7 +125,8 @@ def decode(seq: int, subject: str, data: bytes, stored: datetime | None = None) 
             scanned_on=_text(body, "scannedOn"), offline=bool(body.get("offline")),
             max_entries=_int_or_none(body, "maxEntries") or 0,
             tracks_exits=bool(body.get("tracksExits")),
-            clock_offset_s=_seconds_or_none(body, "clockOffsetS"))
+            clock_offset_s=_seconds_or_none(body, "clockOffsetS"),
+            claim=body.get("claim") is True)
     except (KeyError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc
     return Applied(seq, subject, scan=scan, bus_time=bus_time(scan, stored))

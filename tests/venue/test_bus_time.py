@@ -24,16 +24,18 @@ STORED = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)  # the server's, a
 
 
 def bus_scan(uuid: str = "u1", direction: str = "out", scanned_on: str = AT,
-             offline: bool = False, offset: float | None = None) -> BusScan:
+             offline: bool = False, offset: float | None = None,
+             claim: bool = False) -> BusScan:
     return BusScan(uuid=uuid, device="g2", lane="floor-out", event_id=501, item_id=7,
                    zone_id=3, zone_is_default=False, direction=direction, admit=True,
                    status="valid", scanned_on=scanned_on, offline=offline, max_entries=0,
-                   tracks_exits=True, clock_offset_s=offset)
+                   tracks_exits=True, clock_offset_s=offset, claim=claim)
 
 
 def test_the_offset_travels_with_the_scan_and_is_left_out_before_it_is_measured() -> None:
-    scan = bus_scan(offset=180.004)
+    scan = bus_scan(offset=180.004, claim=True)
     assert orjson.loads(messages.encode_scan(scan))["clockOffsetS"] == 180.004
+    assert orjson.loads(messages.encode_scan(scan))["claim"] is True
     assert messages.decode(4, SUBJECT, messages.encode_scan(scan)).scan == scan
     unmeasured = bus_scan(offset=None)
     assert "clockOffsetS" not in orjson.loads(messages.encode_scan(unmeasured))
@@ -43,15 +45,20 @@ def test_the_offset_travels_with_the_scan_and_is_left_out_before_it_is_measured(
 
 
 def test_a_message_of_an_earlier_version_still_decodes() -> None:
-    """Exactly the body version 1 wrote before the offset existed."""
-    body = orjson.dumps({
-        "v": 1, "type": "scan", "uuid": "u1", "device": "g2", "lane": "floor-out",
-        "eventId": 501, "itemId": 7, "zoneId": 3, "zoneIsDefault": False, "direction": "out",
-        "admit": True, "status": "valid", "scannedOn": AT, "offline": True, "maxEntries": 0,
-        "tracksExits": True})
-    applied = messages.decode(4, SUBJECT, body, STORED)
-    assert applied.scan == bus_scan(offline=True)
-    assert applied.bus_time == utc_iso(STORED)  # its own time, bounded by when it was stored
+    """Exactly the body version 1 wrote before the offset and the claim flag existed: placed
+    by the sender's own clock (as every gate did then), never after it was stored."""
+    body = {"v": 1, "type": "scan", "uuid": "u1", "device": "g2", "lane": "floor-out",
+            "eventId": 501, "itemId": 7, "zoneId": 3, "zoneIsDefault": False,
+            "direction": "out", "admit": True, "status": "valid", "scannedOn": AT,
+            "offline": False, "maxEntries": 0, "tracksExits": True}
+    applied = messages.decode(4, SUBJECT, orjson.dumps(body), STORED)
+    assert applied.scan == bus_scan()
+    assert applied.bus_time == utc_iso(STORED)  # 12:03 by its clock, stored at 12:00:00.25
+    later = datetime(2026, 12, 6, 12, 30, tzinfo=UTC)
+    assert messages.decode(4, SUBJECT, orjson.dumps(body), later).bus_time == AT
+    # a claim flag that is not `true` is no claim
+    for flag in ("yes", 1, None):
+        assert not messages.decode(4, SUBJECT, orjson.dumps({**body, "claim": flag})).scan.claim
 
 
 @pytest.mark.parametrize("bad", [b'"180"', b"true", b"[1]", b'{"s": 1}', b"1e400"])
@@ -68,13 +75,16 @@ def test_a_null_offset_is_one_not_measured() -> None:
 
 
 def test_bus_time_of_online_and_offline_scans() -> None:
-    # online: a claim, stored as it was decided: the server's timestamp, whatever the sender says
-    assert messages.bus_time(bus_scan(offset=180.0), STORED) == utc_iso(STORED)
-    assert messages.bus_time(bus_scan(offset=None), STORED) == utc_iso(STORED)
+    # a claim, stored as it was decided: the server's timestamp, whatever the sender says
+    assert messages.bus_time(bus_scan(offset=180.0, claim=True), STORED) == utc_iso(STORED)
+    assert messages.bus_time(bus_scan(offset=None, claim=True), STORED) == utc_iso(STORED)
     # offline: published later; its own time taken back to the server's clock by its offset
     late = datetime(2026, 12, 6, 12, 30, tzinfo=UTC)
     assert messages.bus_time(bus_scan(offline=True, offset=180.0), late) \
         == "2026-12-06T12:00:00.000000Z"
+    # the publisher's copy of a scan decided online (no claim needed, or sent again after
+    # the stream was made again): the same, its timestamp is only when it was sent
+    assert messages.bus_time(bus_scan(offset=180.0), late) == "2026-12-06T12:00:00.000000Z"
     assert messages.bus_time(bus_scan(offline=True, offset=-60.5), late) \
         == "2026-12-06T12:04:00.500000Z"
     # no offset measured: its own time, but never after the message was stored
@@ -83,7 +93,8 @@ def test_bus_time_of_online_and_offline_scans() -> None:
     # no server timestamp known: the corrected own time
     assert messages.bus_time(bus_scan(offline=True, offset=180.0), None) \
         == "2026-12-06T12:00:00.000000Z"
-    assert messages.bus_time(bus_scan(offset=180.0), None) == "2026-12-06T12:00:00.000000Z"
+    assert messages.bus_time(bus_scan(offset=180.0, claim=True), None) \
+        == "2026-12-06T12:00:00.000000Z"
     # unreadable own time: unknown (derived state takes it as before every dated scan)
     assert messages.bus_time(bus_scan(offline=True, scanned_on="soon", offset=1.0), late) is None
     # an offset beyond datetime's range: clamped, never an error
