@@ -105,9 +105,12 @@ class VenueBus:
     """This gate's link to the venue's stream (see the module docstring)."""
 
     def __init__(self, venue: dict[str, Any], store_dir: Path, journal_path: Path | None,
-                 config_path: str | None = None, clock: Callable[[], float] = time.time):
-        """`clock`: this gate's wall clock (epoch s), the one its scans are stamped with; the
-        heartbeats measure it against the bus server's (tests give a gate a clock of its own)."""
+                 config_path: str | None = None, *, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] | None = None):
+        """`wall`: this device's wall clock (epoch s), which the heartbeats measure against
+        the bus server's; `clock`: the one this gate decides by and stamps its scans with (the
+        daemon's agent.runtime.clock GateClock: the platform's time while the wall clock is
+        known wrong), the wall clock if None. Tests give a gate clocks of its own."""
         self.venue = venue
         self.name = venue["name"]
         self.device = device_name(venue)
@@ -167,7 +170,9 @@ class VenueBus:
         self._sent: collections.deque[tuple[str, float]] = collections.deque()
         self._mine: dict[str, float] = {}
         self._inbox: queue.Queue[Inbound | None] = queue.Queue()
-        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=clock)
+        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=wall)
+        self.wall = wall
+        self.clock = clock or wall
         self._heartbeats: HeartbeatLink | None = None
         self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
         # claims between publish and journal commit (lane threads), and what the consumer
@@ -789,10 +794,19 @@ class VenueBus:
         except Exception as exc:  # noqa: BLE001 - the sweep retries
             log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
 
+    def offset_s(self) -> float:
+        """The clock this gate stamps its scans with minus the bus server's: the wall clock's
+        measured offset (0 before the first heartbeat: taken to agree with the server's) plus
+        how far the decision clock is from the wall clock now. Measured on the wall clock, so
+        a correction that starts or ends (GateClock) moves it at once: the heartbeats' samples,
+        kept for their smallest delay, stay samples of the one clock."""
+        correction = self.clock() - self.wall() if self.clock is not self.wall else 0.0
+        return self.board.offset_s + correction
+
     def clock_offset(self) -> float | None:
-        """This clock minus the bus server's, as every scan this gate publishes carries it
-        (None before the first heartbeat measured it: readers then take the scan's own time)."""
-        return round(self.board.offset_s, 3) if self.board.calibrated else None
+        """`offset_s` as every scan this gate publishes carries it (None before the first
+        heartbeat measured it: readers then take the scan's own time)."""
+        return round(self.offset_s(), 3) if self.board.calibrated else None
 
     def wait_applied(self, seq: int, timeout_s: float) -> bool:
         """Block until the consumer has applied the stream up to `seq` (a conflict's re-read)."""

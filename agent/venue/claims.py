@@ -124,10 +124,11 @@ class VenueLink:
         self.store.close()
 
     def scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
-        """The venue's admits of one item, for the derived scan state: on this gate's clock
-        (their bus times plus this clock's offset from the bus server's; 0 before the first
-        heartbeat measured it, i.e. this clock is then taken to agree with the server's)."""
-        scans = self.store.zone_scans(event_id, item_id, self.bus.board.offset_s)
+        """The venue's admits of one item, for the derived scan state: on the clock this gate
+        decides by (their bus times plus that clock's offset from the bus server's,
+        `VenueBus.offset_s`; before the first heartbeat the wall clock is taken to agree with
+        the server's)."""
+        scans = self.store.zone_scans(event_id, item_id, self.bus.offset_s())
         return [s for s in scans if s.uuid != self._holding] if self._holding else scans
 
     def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,

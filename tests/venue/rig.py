@@ -87,15 +87,15 @@ class VenueDevice:
         self.bus.stop()
         old = self.bus
         self.bus = VenueBus(old.venue, old.store_path.parent, old.journal_path, None,
-                            clock=old.board.clock)
+                            wall=old.wall, clock=old.clock)
         self.bus.start()
         for gate in self.gates:
             assert gate.venue is not None
             gate.venue.bus = self.bus
 
     def now(self) -> datetime:
-        """This device's wall clock (the one its bus measures against the server's)."""
-        return datetime.fromtimestamp(self.bus.board.clock(), UTC)
+        """The time this device decides by (its wall clock, or its corrected clock)."""
+        return datetime.fromtimestamp(self.bus.clock(), UTC)
 
     def calibrate(self) -> None:
         """Heartbeats until this device has measured its clock against the bus server's (the
@@ -124,7 +124,8 @@ class VenueDevice:
 
 def make_device(root: Path, name: str, servers: list[str], files: list[Path], now: datetime,
                 policy: str = "local", timeout_ms: int = 500,
-                clock: Callable[[], float] = time.time) -> VenueDevice:
+                wall: Callable[[], float] = time.time,
+                clock: Callable[[], float] | None = None) -> VenueDevice:
     store = root / name
     config_path = root / f"{name}.toml"
     servers_toml = ", ".join(f'"{s}"' for s in servers)
@@ -142,7 +143,7 @@ offline_policy = "{policy}"
             import_file(g.cache, path, now, demo_data.EVENT_ID)
     assert config.venue is not None
     bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db",
-                   str(config_path), clock=clock)
+                   str(config_path), wall=wall, clock=clock)
     bus.start()
     gate = Gate(TicketCache(config.store_dir / "cache.db"),
                 Journal(config.store_dir / "journal.db"), config,
@@ -159,14 +160,18 @@ def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
                   policy: str = "local", timeout_ms: int = 500,
                   servers_of: list[list[str]] | None = None,
                   prefix: str = "g",
-                  skews_s: list[float] | None = None) -> Iterator[list[VenueDevice]]:
+                  skews_s: list[float] | None = None,
+                  corrected: list[bool] | None = None) -> Iterator[list[VenueDevice]]:
     """`n` devices on the venue (named PREFIX1..PREFIXn: device names must be unique in a
     venue); `servers_of[i]`: device i's own servers list; `skews_s[i]`: how far device i's
-    clock is ahead of the real one (its bus measures that clock; scan with `device.now()`)."""
+    wall clock is ahead of the real one (its bus measures that clock); `corrected[i]`: device
+    i decides by the real time all the same (as the daemon's GateClock does once the platform
+    showed its clock wrong). Scan with `device.now()`."""
     now = datetime.now(UTC).replace(microsecond=0)
     files = write_platform_files(root / "platform", now, tickets)
     devices = [make_device(root, f"{prefix}{i + 1}", servers_of[i] if servers_of else servers, files,
-                           now, policy, timeout_ms, _skewed(skews_s[i]) if skews_s else time.time)
+                           now, policy, timeout_ms, _skewed(skews_s[i]) if skews_s else time.time,
+                           time.time if corrected and corrected[i] else None)
                for i in range(n)]
     try:
         for d in devices:

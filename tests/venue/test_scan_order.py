@@ -56,14 +56,19 @@ def conflicts(device: VenueDevice) -> int:
         store.close()
 
 
-@pytest.mark.parametrize("skews_s", [[0.0, SKEW_S], [-SKEW_S, 0.0]],
-                         ids=["the-other-gate-fast", "this-gate-slow"])
+@pytest.mark.parametrize(("skews_s", "corrected"), [
+    ([0.0, SKEW_S], [False, False]), ([-SKEW_S, 0.0], [False, False]),
+    ([SKEW_S, 0.0], [True, False])],
+    ids=["the-other-gate-fast", "this-gate-slow", "this-gate-fast-deciding-by-corrected-time"])
 def test_a_clock_minutes_off_cannot_make_a_pass_back_read_as_outside(
-        tmp_path: Path, venue_node: NodeProcess, skews_s: list[float]) -> None:
+        tmp_path: Path, venue_node: NodeProcess, skews_s: list[float],
+        corrected: list[bool]) -> None:
     """In at a, out at b, back in at a, then the pass-back at a: refused. Ordered by each
     gate's own clock, b's exit read as the latest scan (b 3 min fast, or a 3 min slow) and the
-    ticket was admitted a second time."""
-    with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=skews_s) as (a, b):
+    ticket was admitted a second time. A gate whose wall clock is off but which decides by a
+    corrected time (GateClock) reads the others' scans on that time, not on its wall clock."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=skews_s,
+                       corrected=corrected) as (a, b):
         for device in (a, b):
             device.calibrate()
         assert scan(a, "floor-in")[0]
