@@ -133,6 +133,21 @@ def epoch_iso(seconds: float | None) -> str | None:
     return None if seconds is None else utc_iso(datetime.fromtimestamp(seconds, UTC))
 
 
+def shift_utc_iso(text: str | None, seconds: float) -> str | None:
+    """`utc_iso` text moved by `seconds` (None stays None), clamped to EARLIEST..LATEST: a time
+    read on one clock, written on another that is `seconds` ahead of it (the venue's scans,
+    kept on the bus server's clock, read on this gate's: agent.store.venue `zone_scans`)."""
+    if text is None or not seconds:
+        return text
+    moment = parse_platform_time(text)
+    if moment is None:  # unreadable: undated, as derived state takes it
+        return None
+    try:
+        return utc_iso(min(max(moment + timedelta(seconds=seconds), EARLIEST), LATEST))
+    except OverflowError:  # beyond datetime's range: the clamp's end on that side
+        return utc_iso(LATEST if seconds > 0 else EARLIEST)
+
+
 def parse_utc_iso(text: str) -> datetime:
     """Inverse of `utc_iso` (ValueError for any other text).
 

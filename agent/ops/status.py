@@ -252,8 +252,9 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
     """What every gate can see of the venue's health beyond its own link: the leader's
     uploads stalled (the lease depends only on the bus, so a leader that lost the platform
     keeps it and the members, whose own platform link is idle, would say nothing), and this
-    gate's clock off the bus server's (in/out across gates is ordered by each gate's clock:
-    a gate minutes fast can make a pass-back read as outside)."""
+    gate's clock off the bus server's (other gates' scans are placed on this clock by the
+    measured offset, but validity windows and the scan times the platform gets are this
+    clock's own)."""
     found = []
     leader = venue.get("leader") or {}
     lag_s = leader.get("upload_lag_s")
@@ -268,9 +269,9 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(
             "warn", "clock_skew",
-            f"this clock differs from the venue bus server's by {offset:+.0f} s; gates order "
-            "a ticket's in/out scans by their own clocks: fix time sync (NTP) here or on the "
-            "bus servers"))
+            f"this clock differs from the venue bus server's by {offset:+.0f} s; in/out across "
+            "gates is ordered on the bus server's clock, but validity windows and the scan "
+            "times uploaded use this one: fix time sync (NTP) here or on the bus servers"))
     return found
 
 

@@ -198,7 +198,8 @@ class Daemon:
         if self.config.venue is None:
             return
         self.bus = VenueBus(self.config.venue, self.config.store_dir,
-                            None if self.journal_error else self.journal_path, self.config.path)
+                            None if self.journal_error else self.journal_path, self.config.path,
+                            clock=lambda: self.clock.now().timestamp())  # scans' own clock
         self.bus.start()
         log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
                  self.bus.device, ", ".join(self.config.venue["servers"]),

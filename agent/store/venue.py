@@ -9,6 +9,13 @@ uuid, so a message re-published after the bus's de-duplication window is still c
 
 Conflicts — a ticket admitted beyond its limit by gates that could not see each other — are
 found here, when a scan is applied, by folding the ticket's admits in the zone in time order.
+
+Time order is `bus_time`: when the scan happened on the bus server's clock (agent.venue.
+messages `bus_time`), never the sending gate's own `scanned_on`. Gates on a venue LAN often
+have no NTP and no real-time clock, so their clocks are minutes or hours apart; ordered by
+them, a gate 3 minutes fast makes its exit read as later than an entry made after it, and a
+pass-back is admitted. `scanned_on` is kept as the gate stamped it (the record, and what the
+leader uploads).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.codes import shift_utc_iso
 from agent.core.model import ZoneScan
 from agent.errors import StoreError
 from agent.store.sqlite import data_version, migrate, open_database
@@ -60,6 +68,12 @@ MIGRATIONS = [
     ("0004_stream_identity", """
         CREATE TABLE venue_stream_identity (stream TEXT PRIMARY KEY, created TEXT NOT NULL)
     """),
+    # the scan's time on the bus server's clock (utc_iso; NULL: unknown, before every dated
+    # scan). Rows applied before it have only the sender's clock: they keep that, as before.
+    ("0005_bus_time", """
+        ALTER TABLE venue_scans ADD COLUMN bus_time TEXT;
+        UPDATE venue_scans SET bus_time = scanned_on
+    """),
 ]
 
 
@@ -77,10 +91,16 @@ class BusScan:
     direction: str
     admit: bool
     status: str | None
-    scanned_on: str  # UTC ISO
+    scanned_on: str  # UTC ISO, on the sending gate's clock
     offline: bool = False
     max_entries: int = 0
     tracks_exits: bool = False
+    # the sender's clock minus the bus server's (GateBoard.offset_s) when it sent the scan;
+    # None: not measured yet. Carried on the bus, not stored: it makes `Applied.bus_time`.
+    clock_offset_s: float | None = None
+    # sent as a claim, as it was decided (not by the journal publisher, after the commit or
+    # later): its server timestamp is its time. Carried on the bus, not stored.
+    claim: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ class Applied:
     subject: str
     scan: BusScan | None = None
     void_uuid: str | None = None
+    bus_time: str | None = None  # a scan's: when it happened, on the bus server's clock
 
 
 _SET_CREATED = ("INSERT INTO venue_stream_identity (stream, created) VALUES (?, ?)"
@@ -144,9 +165,9 @@ class VenueStore:
                 if msg.scan is not None:
                     s = msg.scan
                     cur = self.conn.execute(
-                        f"INSERT OR IGNORE INTO venue_scans (stream_seq, {', '.join(_SCAN_COLS)})"
-                        f" VALUES (?, {', '.join('?' for _ in _SCAN_COLS)})",
-                        (msg.seq, *(getattr(s, c) for c in _SCAN_COLS)))
+                        f"INSERT OR IGNORE INTO venue_scans (stream_seq, bus_time,"
+                        f" {', '.join(_SCAN_COLS)}) VALUES (?, ?, {', '.join('?' for _ in _SCAN_COLS)})",
+                        (msg.seq, msg.bus_time, *(getattr(s, c) for c in _SCAN_COLS)))
                     if cur.rowcount and s.admit and s.item_id is not None \
                             and s.event_id is not None:
                         touched.add((s.event_id, s.item_id))
@@ -167,12 +188,13 @@ class VenueStore:
         return conflicts
 
     def _find_conflicts(self, event_id: int, item_id: int, detected_at: str) -> list[str]:
-        """Fold the ticket's standing admits per zone in time order; record every admit made
-        beyond the deciding lane's limit (entries, or an entry while already inside)."""
+        """Fold the ticket's standing admits per zone in time order (bus time: the module
+        docstring); record every admit made beyond the deciding lane's limit (entries, or an
+        entry while already inside)."""
         rows = self.conn.execute(
             "SELECT uuid, zone_id, direction, max_entries, tracks_exits, device, lane,"
             " scanned_on, offline FROM venue_scans WHERE event_id = ? AND item_id = ?"
-            " AND admit = 1 AND voided = 0 ORDER BY scanned_on, stream_seq",
+            " AND admit = 1 AND voided = 0 ORDER BY bus_time, stream_seq",
             (event_id, item_id)).fetchall()
         state: dict[int | None, tuple[int, bool]] = {}
         found: list[str] = []
@@ -257,13 +279,16 @@ class VenueStore:
                                 (subject,)).fetchone()
         return int(row[0]) if row else 0
 
-    def zone_scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
-        """The venue's standing admits of one item (every zone), as derived state takes them."""
-        return [ZoneScan(zone_id, direction, on, uuid) for zone_id, direction, on, uuid in
-                self.conn.execute(
-                    "SELECT zone_id, direction, scanned_on, uuid FROM venue_scans"
+    def zone_scans(self, event_id: int, item_id: int, offset_s: float = 0.0) -> list[ZoneScan]:
+        """The venue's standing admits of one item (every zone), as derived state takes them:
+        in bus-time order, each `scanned_on` its bus time read on this gate's clock, which is
+        `offset_s` ahead of the bus server's (GateBoard.offset_s). So they fold on one clock
+        with this gate's own scans and the decision's `now`."""
+        return [ZoneScan(zone_id, direction, shift_utc_iso(at, offset_s), uuid)
+                for zone_id, direction, at, uuid in self.conn.execute(
+                    "SELECT zone_id, direction, bus_time, uuid FROM venue_scans"
                     " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
-                    " ORDER BY stream_seq", (event_id, item_id))]
+                    " ORDER BY bus_time, stream_seq", (event_id, item_id))]
 
     def standing_claims(self, device: str, before: str) -> list[dict[str, Any]]:
         """This device's admits on the bus, not voided, scanned before `before` (UTC ISO)."""
@@ -301,11 +326,14 @@ class VenueStore:
 
     def occupancy(self) -> list[dict[str, Any]]:
         """Per (event, zone): tickets whose latest standing admit there is an entry (inside),
-        and tickets ever admitted there. Zones without exit scanning only ever count up."""
+        and tickets ever admitted there. Zones without exit scanning only ever count up.
+        Latest by bus time, not stream position: a scan decided offline reaches the stream
+        late, after scans made after it."""
         cur = self.conn.execute(
             "SELECT event_id, zone_id, MAX(zone_is_default), SUM(direction = 'in'), COUNT(*)"
             " FROM (SELECT event_id, zone_id, zone_is_default, direction, ROW_NUMBER() OVER"
-            " (PARTITION BY event_id, item_id, zone_id ORDER BY stream_seq DESC) AS latest"
+            " (PARTITION BY event_id, item_id, zone_id ORDER BY bus_time DESC, stream_seq DESC)"
+            " AS latest"
             " FROM venue_scans WHERE admit = 1 AND voided = 0 AND item_id IS NOT NULL)"
             " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id")
         return [{"event_id": e, "zone_id": z, "zone_is_default": bool(d), "inside": int(i),

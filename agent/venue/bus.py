@@ -24,6 +24,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
 
+# a message of the stream on its way to the applier: stream sequence, subject, body, messages
+# still pending after it, and the server's timestamp of it (the scan's bus time: messages.py)
+Inbound = tuple[int, str, bytes, int, datetime | None]
+
 
 def device_name(venue: dict[str, Any]) -> str:
     """`venue.device`, or the host name made safe for a subject."""
@@ -100,7 +105,12 @@ class VenueBus:
     """This gate's link to the venue's stream (see the module docstring)."""
 
     def __init__(self, venue: dict[str, Any], store_dir: Path, journal_path: Path | None,
-                 config_path: str | None = None):
+                 config_path: str | None = None, *, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] | None = None):
+        """`wall`: this device's wall clock (epoch s), which the heartbeats measure against
+        the bus server's; `clock`: the one this gate decides by and stamps its scans with (the
+        daemon's agent.runtime.clock GateClock: the platform's time while the wall clock is
+        known wrong), the wall clock if None. Tests give a gate clocks of its own."""
         self.venue = venue
         self.name = venue["name"]
         self.device = device_name(venue)
@@ -159,8 +169,10 @@ class VenueBus:
         # _mine: uuid -> when sent, monotonic); a claim not in it is an earlier process's
         self._sent: collections.deque[tuple[str, float]] = collections.deque()
         self._mine: dict[str, float] = {}
-        self._inbox: queue.Queue[tuple[int, str, bytes, int] | None] = queue.Queue()
-        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"])
+        self._inbox: queue.Queue[Inbound | None] = queue.Queue()
+        self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=wall)
+        self.wall = wall
+        self.clock = clock or wall
         self._heartbeats: HeartbeatLink | None = None
         self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
         # claims between publish and journal commit (lane threads), and what the consumer
@@ -168,7 +180,7 @@ class VenueBus:
         self.hold_while_claiming = True
         self._claiming = 0
         self._hold_until = 0.0
-        self._held: list[tuple[int, str, bytes, int]] = []
+        self._held: list[Inbound] = []
         self._hold_lock = threading.Lock()
         # claims as one HPUB on the loop, answered in the client's reader (claim_channel);
         # off: js.publish() through run_coroutine_threadsafe (kept for A/B in the bench)
@@ -412,7 +424,7 @@ class VenueBus:
             self._restarted.clear()
             with self._hold_lock:  # held messages are the old stream's
                 self._held.clear()
-            self._inbox.put((RESTART_SEQ, created, b"", 0))
+            self._inbox.put((RESTART_SEQ, created, b"", 0, None))
             if not await asyncio.to_thread(self._restarted.wait, 30.0):
                 raise VenueStreamLost(f"venue.db not reset for the new stream: {self.apply_error}")
             # its claims are kept under new (negative) sequences: all looked at again, those
@@ -446,7 +458,8 @@ class VenueBus:
             # claims waiting on this loop), or held back while a lane of this gate is between
             # its claim and its commit (the order is kept: held messages go first)
             meta = msg.metadata
-            item = (meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0)
+            item = (meta.sequence.stream, msg.subject, msg.data, meta.num_pending or 0,
+                    meta.timestamp)
             with self._hold_lock:
                 if self._claiming > 0 and time.monotonic() < self._hold_until:
                     if not self._held:
@@ -477,7 +490,7 @@ class VenueBus:
     def _applying(self) -> None:
         """The applier thread: messages in stream order, in batches, one transaction each."""
         store = VenueStore(self.store_path)
-        carried: tuple[int, str, bytes, int] | None = None  # a reset marker ends a batch
+        carried: Inbound | None = None  # a reset marker ends a batch
         try:
             while True:
                 item, carried = carried or self._inbox.get(), None
@@ -505,7 +518,7 @@ class VenueBus:
         finally:
             store.close()
 
-    def _apply(self, store: VenueStore, batch: list[tuple[int, str, bytes, int]]) -> None:
+    def _apply(self, store: VenueStore, batch: list[Inbound]) -> None:
         """Apply `batch`, trying again while venue.db refuses it (disk full, locked, read-only).
 
         Nothing replays a batch that was skipped: the next one would store a position past it,
@@ -536,18 +549,18 @@ class VenueBus:
             self._applied(batch, found)
             return
 
-    def _decode(self, batch: list[tuple[int, str, bytes, int]]) -> list[Applied]:
+    def _decode(self, batch: list[Inbound]) -> list[Applied]:
         decoded = []
-        for seq, subject, data, _pending in batch:
+        for seq, subject, data, _pending, stored in batch:
             try:
-                decoded.append(messages.decode(seq, subject, data))
+                decoded.append(messages.decode(seq, subject, data, stored))
             except messages.BadMessage as exc:
                 self.counters["bad_messages"] += 1
                 log.error("venue message %d on %s unreadable (%s): skipped", seq, subject, exc)
                 decoded.append(Applied(seq, subject))
         return decoded
 
-    def _applied(self, batch: list[tuple[int, str, bytes, int]], found: list[str]) -> None:
+    def _applied(self, batch: list[Inbound], found: list[str]) -> None:
         for uuid in found:
             self.counters["conflicts_found"] += 1
             log.error("venue conflict: scan %s admitted a ticket beyond its limit "
@@ -614,7 +627,8 @@ class VenueBus:
                 subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
                                                   self.device)
                 sends.append(self._js.publish(
-                    subject, messages.encode_scan(scan_from_row(row, self.device)),
+                    subject, messages.encode_scan(
+                        scan_from_row(row, self.device, self.clock_offset())),
                     headers={"Nats-Msg-Id": row["uuid"]}))
             await asyncio.gather(*sends)
             await asyncio.to_thread(store.set_published_through, rows[-1]["seq"])
@@ -780,6 +794,20 @@ class VenueBus:
         except Exception as exc:  # noqa: BLE001 - the sweep retries
             log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
 
+    def offset_s(self) -> float:
+        """The clock this gate stamps its scans with minus the bus server's: the wall clock's
+        measured offset (0 before the first heartbeat: taken to agree with the server's) plus
+        how far the decision clock is from the wall clock now. Measured on the wall clock, so
+        a correction that starts or ends (GateClock) moves it at once: the heartbeats' samples,
+        kept for their smallest delay, stay samples of the one clock."""
+        correction = self.clock() - self.wall() if self.clock is not self.wall else 0.0
+        return self.board.offset_s + correction
+
+    def clock_offset(self) -> float | None:
+        """`offset_s` as every scan this gate publishes carries it (None before the first
+        heartbeat measured it: readers then take the scan's own time)."""
+        return round(self.offset_s(), 3) if self.board.calibrated else None
+
     def wait_applied(self, seq: int, timeout_s: float) -> bool:
         """Block until the consumer has applied the stream up to `seq` (a conflict's re-read)."""
         deadline = time.monotonic() + timeout_s
@@ -826,7 +854,8 @@ class VenueBus:
             "conflicts": self._reader().conflict_count(),
             "gates": self.board.counts(),
             # this clock against the bus server's (heartbeats' delivery delays; None before
-            # the first one)
+            # the first one: other gates' scans are then read at the bus server's times as if
+            # this clock agreed with it, and this gate's scans go out without an offset)
             "clock_offset_s": round(self.board.offset_s, 1) if self.board.calibrated else None,
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
@@ -850,13 +879,14 @@ def settle_rows(journal: Journal, answered: list[tuple[str, str, str]]) -> None:
             journal.void_claim(scan_uuid, reason)
 
 
-def scan_from_row(row: dict[str, Any], device: str) -> BusScan:
-    """A journal row as the bus carries it, with the limits its lane applied."""
+def scan_from_row(row: dict[str, Any], device: str, clock_offset_s: float | None) -> BusScan:
+    """A journal row as the bus carries it, with the limits its lane applied and the sender's
+    clock offset (`VenueBus.clock_offset`)."""
     return BusScan(
         uuid=row["uuid"], device=device, lane=row["lane"], event_id=row["event_id"],
         item_id=row["item_id"], zone_id=row["zone_id"],
         zone_is_default=bool(row["zone_is_default"]), direction=row["direction"],
         admit=bool(row["admit"]), status=row["status"], scanned_on=row["scanned_on"],
         offline=row.get("venue") == "offline", max_entries=row.get("max_entries") or 0,
-        tracks_exits=bool(row.get("tracks_exits")))
+        tracks_exits=bool(row.get("tracks_exits")), clock_offset_s=clock_offset_s)
 

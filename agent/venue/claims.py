@@ -124,8 +124,11 @@ class VenueLink:
         self.store.close()
 
     def scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
-        """The venue's admits of one item, for the derived scan state."""
-        scans = self.store.zone_scans(event_id, item_id)
+        """The venue's admits of one item, for the derived scan state: on the clock this gate
+        decides by (their bus times plus that clock's offset from the bus server's,
+        `VenueBus.offset_s`; before the first heartbeat the wall clock is taken to agree with
+        the server's)."""
+        scans = self.store.zone_scans(event_id, item_id, self.bus.offset_s())
         return [s for s in scans if s.uuid != self._holding] if self._holding else scans
 
     def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,
@@ -172,7 +175,8 @@ class VenueLink:
                 event_id=decision.event_id, item_id=decision.item_id, zone_id=decision.zone_id,
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
-                max_entries=lane.max_entries, tracks_exits=exits))
+                max_entries=lane.max_entries, tracks_exits=exits,
+                clock_offset_s=self.bus.clock_offset(), claim=True))
             if in_flight:
                 # held from here: the consumer may apply this very claim before the commit
                 self._holding = scan_uuid

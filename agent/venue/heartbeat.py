@@ -211,7 +211,7 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> N
                 replayed = True
                 continue
             if replayed and entry.created:  # a live delivery: measures this clock's offset
-                board.calibrate(time.time() - entry.created.timestamp())
+                board.calibrate(board.clock() - entry.created.timestamp())
             if entry.operation in ("DEL", "PURGE"):
                 if live:
                     board.gone(entry.key)

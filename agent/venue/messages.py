@@ -12,14 +12,24 @@ Every scan message carries the scan uuid as `Nats-Msg-Id`, so a scan published t
 then the same row from the journal publisher; or again after a crash) is stored once.
 Bodies are JSON objects; unknown fields are ignored, and a message that cannot be read is
 skipped and counted (never guessed at).
+
+A scan's `scannedOn` is the sending gate's clock, which may be minutes or hours off (venue LANs
+often have no NTP, gates no real-time clock). So every reader places a scan on the bus
+server's clock (`bus_time`): a claim (`claim: true`) at the server's timestamp of the message,
+any other scan at its `scannedOn` taken back by `clockOffsetS`, the sender's clock minus the
+bus server's as the sender measured it (agent.venue.heartbeat `GateBoard.offset_s`; omitted
+before the first measurement). Messages of earlier versions, without either, still decode.
 """
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
+from agent.core.codes import EARLIEST, LATEST, parse_platform_time, utc_iso
 from agent.store.venue import Applied, BusScan
 
 VERSION = 1
@@ -47,7 +57,8 @@ def encode_scan(scan: BusScan) -> bytes:
         "zoneId": scan.zone_id, "zoneIsDefault": scan.zone_is_default,
         "direction": scan.direction, "admit": scan.admit, "status": scan.status,
         "scannedOn": scan.scanned_on, "offline": scan.offline,
-        "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits,
+        "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits, "claim": scan.claim,
+        **({} if scan.clock_offset_s is None else {"clockOffsetS": scan.clock_offset_s}),
     })
 
 
@@ -60,8 +71,35 @@ class BadMessage(ValueError):
     """A message of the venue stream this version cannot read."""
 
 
-def decode(seq: int, subject: str, data: bytes) -> Applied:
-    """One stream message -> what the venue store applies. BadMessage when unreadable."""
+def bus_time(scan: BusScan, stored: datetime | None) -> str | None:
+    """When `scan` happened, on the bus server's clock (utc_iso; None: unknown).
+
+    `stored`: the server's timestamp of the message (JetStream stamps each message as it
+    stores it). A claim (`claim`) is published as the scan is decided and stored in the
+    ticket's subject order, so its timestamp is its time to within a round trip, whatever the
+    sender's clock says. Every other scan message is the journal publisher's copy, sent after
+    the commit or much later: a scan decided offline, one that needed no claim, or every scan
+    again once the stream was made again; its timestamp says nothing of when it happened, so
+    its `scannedOn` is taken back to the server's clock by the sender's offset (as is, without
+    one: then it is only as right as the sender's clock, as before the offset existed, and
+    as with messages of earlier versions), and never later than it was stored (no scan is
+    stored before it happened: that bounds a fast clock whose offset was not measured)."""
+    if stored is not None and scan.claim:
+        return utc_iso(stored)
+    when = parse_platform_time(scan.scanned_on)
+    if when is None:
+        return None
+    if scan.clock_offset_s is not None:
+        try:
+            when = min(max(when - timedelta(seconds=scan.clock_offset_s), EARLIEST), LATEST)
+        except OverflowError:
+            when = EARLIEST if scan.clock_offset_s > 0 else LATEST
+    return utc_iso(min(when, stored) if stored is not None else when)
+
+
+def decode(seq: int, subject: str, data: bytes, stored: datetime | None = None) -> Applied:
+    """One stream message -> what the venue store applies. BadMessage when unreadable.
+    `stored`: the message's server timestamp (None: unknown; the scan's own time then)."""
     try:
         body: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -86,10 +124,12 @@ def decode(seq: int, subject: str, data: bytes) -> Applied:
             status=body.get("status") if isinstance(body.get("status"), str) else None,
             scanned_on=_text(body, "scannedOn"), offline=bool(body.get("offline")),
             max_entries=_int_or_none(body, "maxEntries") or 0,
-            tracks_exits=bool(body.get("tracksExits")))
+            tracks_exits=bool(body.get("tracksExits")),
+            clock_offset_s=_seconds_or_none(body, "clockOffsetS"),
+            claim=body.get("claim") is True)
     except (KeyError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc
-    return Applied(seq, subject, scan=scan)
+    return Applied(seq, subject, scan=scan, bus_time=bus_time(scan, stored))
 
 
 def _text(body: dict[str, Any], key: str) -> str:
@@ -106,6 +146,15 @@ def _int_or_none(body: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{key} is not a whole number")
     return value
+
+
+def _seconds_or_none(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{key} is not a number of seconds")
+    return float(value)
 
 
 def _bool(body: dict[str, Any], key: str) -> bool:

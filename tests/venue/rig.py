@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from agent import demo_data
 from agent.config import load_config
@@ -84,11 +86,24 @@ class VenueDevice:
         """Stop this device's bus and start a new one on the same store (a daemon restart)."""
         self.bus.stop()
         old = self.bus
-        self.bus = VenueBus(old.venue, old.store_path.parent, old.journal_path, None)
+        self.bus = VenueBus(old.venue, old.store_path.parent, old.journal_path, None,
+                            wall=old.wall, clock=old.clock)
         self.bus.start()
         for gate in self.gates:
             assert gate.venue is not None
             gate.venue.bus = self.bus
+
+    def now(self) -> datetime:
+        """The time this device decides by (its wall clock, or its corrected clock)."""
+        return datetime.fromtimestamp(self.bus.clock(), UTC)
+
+    def calibrate(self) -> None:
+        """Heartbeats until this device has measured its clock against the bus server's (the
+        rig runs no daemon, which would beat every `heartbeat_s`)."""
+        def measured() -> bool:
+            self.bus.beat(orjson.dumps({"device": self.name}))
+            return self.bus.board.calibrated
+        wait_until(measured, 10, f"{self.name}'s clock measured")
 
     def venue_link_seq(self) -> int:
         """The stream position of this device's last granted claim."""
@@ -108,7 +123,9 @@ class VenueDevice:
 
 
 def make_device(root: Path, name: str, servers: list[str], files: list[Path], now: datetime,
-                policy: str = "local", timeout_ms: int = 500) -> VenueDevice:
+                policy: str = "local", timeout_ms: int = 500,
+                wall: Callable[[], float] = time.time,
+                clock: Callable[[], float] | None = None) -> VenueDevice:
     store = root / name
     config_path = root / f"{name}.toml"
     servers_toml = ", ".join(f'"{s}"' for s in servers)
@@ -126,7 +143,7 @@ offline_policy = "{policy}"
             import_file(g.cache, path, now, demo_data.EVENT_ID)
     assert config.venue is not None
     bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db",
-                   str(config_path))
+                   str(config_path), wall=wall, clock=clock)
     bus.start()
     gate = Gate(TicketCache(config.store_dir / "cache.db"),
                 Journal(config.store_dir / "journal.db"), config,
@@ -134,17 +151,28 @@ offline_policy = "{policy}"
     return VenueDevice(name, config_path, bus, [gate])
 
 
+def _skewed(skew_s: float) -> Callable[[], float]:
+    return lambda: time.time() + skew_s
+
+
 @contextmanager
 def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
                   policy: str = "local", timeout_ms: int = 500,
                   servers_of: list[list[str]] | None = None,
-                  prefix: str = "g") -> Iterator[list[VenueDevice]]:
+                  prefix: str = "g",
+                  skews_s: list[float] | None = None,
+                  corrected: list[bool] | None = None) -> Iterator[list[VenueDevice]]:
     """`n` devices on the venue (named PREFIX1..PREFIXn: device names must be unique in a
-    venue); `servers_of[i]`: device i's own servers list."""
+    venue); `servers_of[i]`: device i's own servers list; `skews_s[i]`: how far device i's
+    wall clock is ahead of the real one (its bus measures that clock); `corrected[i]`: device
+    i decides by the real time all the same (as the daemon's GateClock does once the platform
+    showed its clock wrong). Scan with `device.now()`."""
     now = datetime.now(UTC).replace(microsecond=0)
     files = write_platform_files(root / "platform", now, tickets)
     devices = [make_device(root, f"{prefix}{i + 1}", servers_of[i] if servers_of else servers, files,
-                           now, policy, timeout_ms) for i in range(n)]
+                           now, policy, timeout_ms, _skewed(skews_s[i]) if skews_s else time.time,
+                           time.time if corrected and corrected[i] else None)
+               for i in range(n)]
     try:
         for d in devices:
             wait_until(lambda d=d: d.bus.connected, 20, f"{d.name} connected")
