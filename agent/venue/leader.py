@@ -48,6 +48,7 @@ from agent.venue.budget import (
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader
+from agent.venue.stepdown import StepDown
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -118,6 +119,11 @@ class VenueRole:
         self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
         self.next_full: float | None = None  # epoch of the leader's next daily full pass
         self.last_full: dict[str, Any] | None = None  # the last full pass this device led
+        # a leader that lost only its platform link hands the lease over (kept across sessions:
+        # a hold-down outlives a reconnect); None for a device that may not lead
+        self.stepdown = StepDown(self.device, self.venue, config.api, self.ttl_s,
+                                 lambda: self.client.status if self.client else None) \
+            if self.venue["leader"] else None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -193,8 +199,10 @@ class VenueRole:
                                                                      self.replicas, self.drift)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
-                                     candidate=self.venue["leader"])
+                                     candidate=self.venue["leader"], handover=self.stepdown)
             tasks.append(asyncio.create_task(self.election.run()))
+            if self.stepdown is not None:
+                tasks.append(asyncio.create_task(self.stepdown.run(kv), name="venue reach"))
             if self.venue["leader"]:
                 self.fence = LeaderFence(self._budget_kv, self.election.lease,
                                          request_timeout_s=self.config.api["timeout_s"])
@@ -202,6 +210,9 @@ class VenueRole:
         finally:
             if self.election is not None:
                 self.election.stop()  # it releases the lease on its way out
+            if self.stepdown is not None:
+                self.stepdown.stop()  # it deletes this gate's reach record on its way out
+                self.stepdown.set_leading(False)
             if tasks:
                 tasks[0].cancel()  # the catalog follower
                 await asyncio.wait(tasks, timeout=5.0)
@@ -221,6 +232,8 @@ class VenueRole:
         return lease.term if lease is not None and lease.valid() else 0
 
     async def _changed(self, leading: bool) -> None:
+        if self.stepdown is not None:
+            self.stepdown.set_leading(leading)
         if not leading:
             await self._step_down()
 
@@ -476,6 +489,8 @@ class VenueRole:
                                **self.counters}
         if self.election is not None:
             out.update(self.election.get_status())
+        if self.stepdown is not None:
+            out.update(self.stepdown.get_status())
         out["budget_in_use_per_min"] = self.budget_in_use
         out["budget_per_min"] = self.budget_per_min
         out["upload_lag"] = self.upload_lag

@@ -1,0 +1,132 @@
+"""A venue leader that lost only its platform link hands the lease over (agent.venue.stepdown).
+
+Gate devices are real processes (tests/venue/role_child.py running `VenueRole`) on a real
+nats-server; the platform is the sandbox (a real HTTP server on loopback). The "blind" gate's
+`api.base_url` names a closed port on this machine: its connections are refused, as behind a
+cut cable or a firewall, while its bus works."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.journal import Journal
+from agent.venue.node import NodeProcess, free_ports
+from tests.platform.sync.conftest import backlog, fill_journal, make_site
+from tests.venue.test_venue_leader import Gate, _applied, venue_extra, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STEPDOWN_S = 3.0
+HOLD_S = 5 * STEPDOWN_S  # agent.venue.stepdown.HOLD_FACTOR
+SCANS = 30
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with start_sandbox(tickets=200, async_delay_s=0.02, rpm=60) as sb:
+        yield sb
+
+
+def _gate(root: Path, sb: Sandbox, node: NodeProcess, venue: str, name: str, blind: bool,
+          rows: list[Any]) -> Gate:
+    site = make_site(root / name, sb, name=name, rpm=60, extra=venue_extra(node, venue, name)
+                     + f"leader_stepdown_after_s = {STEPDOWN_S}\nplatform_probe_s = 1\n")
+    if blind:  # its own path to the platform is gone: a port nothing listens on
+        (dead,) = free_ports(1)
+        text = site.config_path.read_text().replace(sb.url, f"http://127.0.0.1:{dead}/v1")
+        site.config_path.write_text(text)
+    site.config.store_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(site.config.store_dir / "journal.db")
+    fill_journal(journal, rows)
+    journal.close()
+    return Gate(site)
+
+
+@pytest.fixture
+def venue(shared_venue_node: NodeProcess) -> str:
+    return f"sd{int(time.time() * 1000) % 10_000_000}"
+
+
+def _leaders(gates: list[Gate]) -> list[str]:
+    return [g.site.config.venue["device"] for g in gates if g.leads()]  # type: ignore[index]
+
+
+def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
+        tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
+    rows = backlog(2 * SCANS, datetime.now(UTC).replace(microsecond=0))
+    blind = _gate(tmp_path, sandbox, shared_venue_node, venue, "blind", True, rows[:SCANS])
+    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[SCANS:])
+    gates = [blind, seeing]
+    try:
+        blind.start()  # alone: it leads although it cannot reach the platform
+        wait_for(blind.leads, 20, "the blind gate leading")
+        seeing.start()
+        wait_for(lambda: seeing.status().get("platform_reachable") is True, 20,
+                 "the other gate's probe")
+        led_at = time.monotonic()
+        wait_for(seeing.leads, 30, "the gate that reaches the platform leading")
+        handed_after = time.monotonic() - led_at
+        status = blind.status()
+        step = status["stepped_down"]
+        assert step["successor"] == "seeing", step
+        assert "no successful platform request" in step["why"] and "network failure" in step["why"]
+        assert status["held_until"] is not None and not status["this_device_leads"]
+        assert handed_after < STEPDOWN_S + 10, handed_after
+        # the new leader uploads the whole venue's backlog: every scan exactly once
+        want = {r.uuid for r in rows}
+        wait_for(lambda: want <= set(_applied(sandbox)), 40, "every scan uploaded")
+        applied = Counter(_applied(sandbox))
+        assert set(applied) == want and max(applied.values()) == 1
+        assert sandbox.received()["rateLimited"] == 0
+        # the old leader stays out within its hold-down (its probe fails too: it never
+        # takes the lease from a gate that reaches the platform)
+        deadline = led_at + HOLD_S
+        while time.monotonic() < deadline:
+            assert _leaders(gates) == ["seeing"], _leaders(gates)
+            time.sleep(0.2)
+        blind_status, seeing_status = blind.status(), seeing.status()
+        assert blind_status["terms_won"] == 1 and seeing_status["terms_won"] == 1
+        assert blind_status["platform_reachable"] is False  # its probe, as a member
+        assert "127.0.0.1" in (blind_status["platform_error"] or "")
+        assert seeing_status["platform_checked_by"] == "requests"
+        assert seeing_status["platform_reachable"] is True
+    finally:
+        for gate in gates:
+            gate.kill()
+
+
+def test_whole_venue_offline_keeps_its_leader(
+        tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
+    rows = backlog(2 * SCANS, datetime.now(UTC).replace(microsecond=0))
+    first = _gate(tmp_path, sandbox, shared_venue_node, venue, "first", True, rows[:SCANS])
+    second = _gate(tmp_path, sandbox, shared_venue_node, venue, "second", True, rows[SCANS:])
+    gates = [first, second]
+    try:
+        first.start()
+        wait_for(first.leads, 20, "a leader")
+        second.start()
+        wait_for(lambda: second.status().get("platform_reachable") is False, 20,
+                 "the other gate's probe")
+        wait_for(lambda: (first.status().get("platform_reachable") is False), 20,
+                 "the leader's requests failing")
+        # well past the step-down time: nobody can reach the platform, so nothing moves
+        deadline = time.monotonic() + 3 * STEPDOWN_S
+        while time.monotonic() < deadline:
+            assert _leaders(gates) == ["first"], _leaders(gates)
+            time.sleep(0.2)
+        status = first.status()
+        assert status["stepped_down"] is None and status["held_until"] is None
+        assert status["terms_won"] == 1 and second.status()["terms_won"] == 0
+        assert "network failure" in (status["platform_error"] or "")
+        assert _applied(sandbox) == []
+    finally:
+        for gate in gates:
+            gate.kill()
