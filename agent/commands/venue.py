@@ -304,6 +304,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.ops.heartbeat import reach_text
+
     config = load_config(args.config)
     venue = _venue(config)
     gates, unread = read_gates(venue, config.path, args.timeout)
@@ -316,7 +318,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"Venue {venue['name']}: {len(gates)} gate(s)")
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
-                "cache age", "bus", "version", "first reason"):
+                "cache age", "bus", "platform", "version", "first reason"):
         table.add_column(col, overflow="fold")
     for g in gates:
         lanes = g.get("lanes") or []
@@ -332,7 +334,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ", ".join(f"{k} {v}" for k, v in (g.get("per_min") or {}).items()) or "0",
             f"{queue.get('pending', 0)}" + (f", oldest {oldest:.0f} s" if oldest else ""),
             "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
-            "connected" if bus.get("connected") else "not connected",
+            "connected" if bus.get("connected") else "not connected", reach_text(g),
             str(g.get("version")), reasons[0]["message"] if reasons else "")
     Console().print(table)
     return 0
