@@ -80,12 +80,15 @@ class StepDown:
     # -- what this device knows ------------------------------------------------------------
 
     def set_leading(self, leading: bool) -> None:
-        """The election's view changed. A new term counts its silence from now; a member
-        probes at once (its last probe may be from before it led)."""
+        """The election's view changed. A new term counts its silence from now. A leader
+        that becomes a member keeps what its own requests said as its first probe (its last
+        probe is from before it led; unknown, a blind gate would not leave it a free lease)."""
         if leading and not self.leading:
             self.leading_since = self.wall()
         if not leading and self.leading:
-            self.probed = None
+            status, failure = self.link(), self.link_failure()
+            known = failure is not None or bool(status and status.last_success)
+            self.probed = (self.clock(), failure[1] if failure else None) if known else None
         self.leading = leading
 
     def link_failure(self) -> tuple[float, str] | None:

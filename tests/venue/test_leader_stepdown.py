@@ -7,6 +7,7 @@ cut cable or a firewall, while its bus works."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ import pytest
 
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
+from agent.venue.election import connect, lease_bucket
+from agent.venue.lease import LEASE_KEY, current_leader
 from agent.venue.node import NodeProcess, free_ports
 from tests.platform.sync.conftest import backlog, fill_journal, make_site
-from tests.venue.test_venue_leader import Gate, _applied, venue_extra, wait_for
+from tests.venue.test_venue_leader import TTL_S, Gate, _applied, venue_extra, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -127,6 +130,48 @@ def test_whole_venue_offline_keeps_its_leader(
         assert status["terms_won"] == 1 and second.status()["terms_won"] == 0
         assert "network failure" in (status["platform_error"] or "")
         assert _applied(sandbox) == []
+    finally:
+        for gate in gates:
+            gate.kill()
+
+
+async def _free_the_lease(url: str, venue: str) -> str | None:
+    """Delete the lease (as a lost grant would leave it) and return who holds it next."""
+    nc, js = await connect({"servers": [url]}, 2.0)
+    try:
+        kv = await lease_bucket(js, venue, TTL_S, 1)
+        held = await current_leader(kv)
+        assert held is not None
+        await kv.delete(LEASE_KEY)
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            after = await current_leader(kv)
+            if after is not None and after.term > held.term:
+                return after.holder
+        return None
+    finally:
+        await nc.close()
+
+
+def test_a_blind_gate_leaves_a_free_lease_to_one_that_reaches_the_platform(
+        tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
+    """The lease freed under a working leader: the blind member, which polls for a free lease
+    more often than the leader notices it lost one, leaves it to the gate that can work."""
+    rows = backlog(2, datetime.now(UTC).replace(microsecond=0))
+    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[:1])
+    blind = _gate(tmp_path, sandbox, shared_venue_node, venue, "blind", True, rows[1:])
+    gates = [seeing, blind]
+    try:
+        seeing.start()
+        wait_for(lambda: seeing.leads() and seeing.status().get("platform_reachable"), 30,
+                 "the seeing gate leading, its requests answered")
+        blind.start()
+        wait_for(lambda: blind.status().get("reachable_successor") == "seeing", 20,
+                 "the blind gate knowing who can reach the platform")
+        holders = [asyncio.run(_free_the_lease(shared_venue_node.url, venue))
+                   for _ in range(5)]
+        assert holders == ["seeing"] * 5, holders
+        assert blind.status()["terms_won"] == 0
     finally:
         for gate in gates:
             gate.kill()
