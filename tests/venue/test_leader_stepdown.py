@@ -39,13 +39,15 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def _gate(root: Path, sb: Sandbox, node: NodeProcess, venue: str, name: str, blind: bool,
-          rows: list[Any]) -> Gate:
+          rows: list[Any], revoked: bool = False) -> Gate:
     site = make_site(root / name, sb, name=name, rpm=60, extra=venue_extra(node, venue, name)
                      + f"leader_stepdown_after_s = {STEPDOWN_S}\nplatform_probe_s = 1\n")
     if blind:  # its own path to the platform is gone: a port nothing listens on
         (dead,) = free_ports(1)
         text = site.config_path.read_text().replace(sb.url, f"http://127.0.0.1:{dead}/v1")
         site.config_path.write_text(text)
+    if revoked:  # the platform refuses its token (401); its connections still open
+        (root / name / "token").write_text("revoked-token")
     site.config.store_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(site.config.store_dir / "journal.db")
     fill_journal(journal, rows)
@@ -172,6 +174,35 @@ def test_a_blind_gate_leaves_a_free_lease_to_one_that_reaches_the_platform(
                    for _ in range(5)]
         assert holders == ["seeing"] * 5, holders
         assert blind.status()["terms_won"] == 0
+    finally:
+        for gate in gates:
+            gate.kill()
+
+
+def test_leader_with_a_revoked_token_stays_out_for_its_hold_down(
+        tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
+    """Refused by the platform (401) although its connections open: its probe says
+    "reachable", so only the hold-down keeps it from taking a free lease straight back."""
+    rows = backlog(2, datetime.now(UTC).replace(microsecond=0))
+    revoked = _gate(tmp_path, sandbox, shared_venue_node, venue, "revoked", False, rows[:1],
+                    revoked=True)
+    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[1:])
+    gates = [revoked, seeing]
+    try:
+        revoked.start()
+        wait_for(revoked.leads, 20, "the revoked gate leading")
+        seeing.start()
+        wait_for(seeing.leads, 30, "the gate whose token works leading")
+        step = revoked.status()["stepped_down"]
+        assert step["successor"] == "seeing" and "401" in step["why"], step
+        wait_for(lambda: revoked.status().get("platform_reachable") is True, 10,
+                 "the revoked gate's own probe (its connections open)")
+        holders = [asyncio.run(_free_the_lease(shared_venue_node.url, venue))
+                   for _ in range(5)]
+        assert holders == ["seeing"] * 5, holders
+        assert revoked.status()["terms_won"] == 1
+        want = {r.uuid for r in rows}
+        wait_for(lambda: want <= set(_applied(sandbox)), 30, "both gates' scans uploaded")
     finally:
         for gate in gates:
             gate.kill()
