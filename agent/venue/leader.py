@@ -16,6 +16,9 @@ and, while this device holds a valid lease, leader work:
   observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
   whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
   leader's recent requests, and whose `before_send` re-checks the lease on the bus.
+A device that may lead also keeps its platform reachability on the bus and, leading without a
+working platform link while another device has one, hands the lease over
+(agent.venue.stepdown).
 """
 
 from __future__ import annotations
