@@ -182,6 +182,7 @@ class VenueRole:
     async def _session(self, stop: asyncio.Event, journal: Journal, cache: TicketCache) -> None:
         tasks: list[asyncio.Task[None]] = []
         self.election = None
+        ended = asyncio.Event()  # this session's end, for its step-down task
         try:
             if not await self._connect(stop, journal):
                 return
@@ -205,7 +206,8 @@ class VenueRole:
                                      candidate=self.venue["leader"], handover=self.stepdown)
             tasks.append(asyncio.create_task(self.election.run()))
             if self.stepdown is not None:
-                tasks.append(asyncio.create_task(self.stepdown.run(kv), name="venue reach"))
+                tasks.append(asyncio.create_task(self.stepdown.run(kv, ended),
+                                                 name="venue reach"))
             if self.venue["leader"]:
                 self.fence = LeaderFence(self._budget_kv, self.election.lease,
                                          request_timeout_s=self.config.api["timeout_s"])
@@ -213,8 +215,8 @@ class VenueRole:
         finally:
             if self.election is not None:
                 self.election.stop()  # it releases the lease on its way out
+            ended.set()  # the step-down task deletes this gate's reach record on its way out
             if self.stepdown is not None:
-                self.stepdown.stop()  # it deletes this gate's reach record on its way out
                 self.stepdown.set_leading(False)
             if tasks:
                 tasks[0].cancel()  # the catalog follower

@@ -75,7 +75,6 @@ class StepDown:
         self._put_at = float("-inf")
         self._put: tuple[Any, ...] | None = None
         self._deferred = False
-        self._stop = asyncio.Event()
 
     # -- what this device knows ------------------------------------------------------------
 
@@ -191,12 +190,11 @@ class StepDown:
             found = await reach.successors(kv, self.device)
             self.successor = found[0] if found else None
 
-    async def run(self, kv: Any) -> None:
-        """Until `stop()`: a tick every second (a quarter TTL if shorter); the record goes
-        at a clean stop."""
-        self._stop.clear()
+    async def run(self, kv: Any, stop: asyncio.Event) -> None:
+        """Until `stop` (the bus session's): a tick every second (a quarter TTL if shorter);
+        the record goes at a clean stop."""
         pause = min(1.0, self.ttl_s / 4)
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 await self.tick(kv)
             except Exception as exc:  # noqa: BLE001 - the bus is away: the record expires
@@ -204,13 +202,10 @@ class StepDown:
                     raise asyncio.CancelledError from exc
                 log.debug("venue reach record not put: %s: %s", type(exc).__name__, exc)
             try:
-                await asyncio.wait_for(self._stop.wait(), pause)
+                await asyncio.wait_for(stop.wait(), pause)
             except TimeoutError:
                 pass
         await reach.remove(kv, self.device)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def get_status(self) -> dict[str, Any]:
         record = self.record()
