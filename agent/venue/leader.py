@@ -206,7 +206,7 @@ class VenueRole:
                                      candidate=self.venue["leader"], handover=self.stepdown)
             tasks.append(asyncio.create_task(self.election.run()))
             if self.stepdown is not None:
-                tasks.append(asyncio.create_task(self.stepdown.run(kv, ended),
+                tasks.append(asyncio.create_task(self.stepdown.run(self._js, kv, ended),
                                                  name="venue reach"))
             if self.venue["leader"]:
                 self.fence = LeaderFence(self._budget_kv, self.election.lease,

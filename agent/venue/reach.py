@@ -20,12 +20,13 @@ An unreadable record is skipped: never counted as a gate that can reach the plat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from agent.venue.kvkeys import live_keys
+from agent.venue.kvkeys import keys_under
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -88,13 +89,15 @@ async def remove(kv: Any, device: str) -> None:
         log.info("venue reach record of %s not deleted (%s); it expires by TTL", device, exc)
 
 
-async def successors(kv: Any, device: str) -> list[str]:
-    """The other gates whose live record says they can reach the platform and may lead now
-    (sorted). A momentary "no keys" of nats-py only delays a step-down to the next look."""
+async def successors(js: Any, bucket: str, kv: Any, device: str,
+                     known: Iterable[str] = ()) -> list[str]:
+    """The other gates whose live record in `bucket` (the lease bucket `kv`) says they can
+    reach the platform and may lead now (sorted). The gates in `known` (found before) are
+    read by name as well: a listing that missed one must not make a held-down gate think it
+    is the only one that can work."""
+    names = set(await keys_under(js, bucket, PREFIX)) | {key(d) for d in known}
     found = []
-    for name in await live_keys(kv, attempts=1):
-        if not name.startswith(PREFIX) or name == key(device):
-            continue
+    for name in sorted(names - {key(device)}):
         try:
             entry = await kv.get(name)
         except Exception:  # noqa: BLE001 - expired or deleted since listed: not live

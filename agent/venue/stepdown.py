@@ -13,7 +13,9 @@ module decides, for one device that may lead, using the records of agent.venue.r
   another live gate that may lead reports the platform reachable. With no such gate (the
   venue's internet is down) it keeps leading: nothing is gained by moving;
 - after a step-down this device stays out of elections for HOLD_FACTOR times that time
-  (`held`), so leadership cannot flap between two half-working gates;
+  (`held`), so leadership cannot flap between two half-working gates — unless its own probe
+  reaches the platform and no other live gate that may lead does (its successor died): a
+  venue is not left without a leader that could work;
 - `may_acquire()`: a gate whose own probe fails does not take a free lease while another live
   gate reports the platform reachable, so the lease does not land on a gate just as blind.
   With every gate blind, election works as without this module.
@@ -36,6 +38,7 @@ from agent.platform.client import LinkStatus
 from agent.platform.probe import probe
 from agent.venue import reach
 from agent.venue.election import cancelled
+from agent.venue.lease import bucket_name
 from agent.venue.reach import Reach
 
 log = logging.getLogger("gate_agent.venue.leader")
@@ -51,11 +54,12 @@ class StepDown:
     outlives a reconnect."""
 
     def __init__(self, device: str, venue: dict[str, Any], api: dict[str, Any], ttl_s: float,
-                 link: Callable[[], LinkStatus | None],
+                 link: Callable[[], LinkStatus | None], *,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         """`link()`: the leader's client's link status (None before its first term)."""
         self.device = device
+        self.bucket = bucket_name(str(venue["name"]))
         self.after_s = float(venue["leader_stepdown_after_s"])
         self.hold_s = HOLD_FACTOR * self.after_s
         self.probe_s = float(venue["platform_probe_s"])
@@ -69,9 +73,12 @@ class StepDown:
         self.leading_since = 0.0  # wall clock: a term's silence is counted from its start
         self.probed: tuple[float, str | None] | None = None  # (clock, error) of the last probe
         self.held_until = 0.0  # clock
+        self.held_from = 0.0  # clock of the step-down
         self.last_step: dict[str, Any] | None = None
         self.successor: str | None = None  # a gate that can take over, looked up when needed
-        self._looked_at = float("-inf")
+        self.seen: set[str] = set()  # every gate found able to take over (read by name)
+        self._looked_at = float("-inf")  # the last look for a successor that was answered
+        self._tried_at = float("-inf")
         self._put_at = float("-inf")
         self._put: tuple[Any, ...] | None = None
         self._deferred = False
@@ -112,15 +119,13 @@ class StepDown:
         return self.clock() < self.held_until
 
     def record(self) -> Reach:
-        """This device's record for agent.venue.reach."""
-        if self.leading:
-            status = self.link()
-            failure = self.link_failure()
-            times = [t for t in (status.last_success, status.last_error_at) if t] \
-                if status is not None else []
-            known = failure is not None or bool(status and status.last_success)
-            return Reach(self.device, (failure is None) if known else None, "requests",
-                         round(self.wall() - max(times), 1) if times else None,
+        """This device's record for agent.venue.reach: a leader's requests once they said
+        something, else (a member; a new leader before its first answer) its last probe."""
+        status, failure = self.link(), self.link_failure()
+        if self.leading and status is not None and (failure or status.last_success):
+            times = [t for t in (status.last_success, status.last_error_at) if t]
+            return Reach(self.device, failure is None, "requests",
+                         round(self.wall() - max(times), 1),
                          failure[1][:300] if failure else None, self.held())
         age = None if self.probed is None else round(self.clock() - self.probed[0], 1)
         return Reach(self.device, self.probe_ok(), "probe", age,
@@ -138,19 +143,22 @@ class StepDown:
 
     def stepped_down(self, why: str) -> None:
         """The lease was released for `why`: out of elections for the hold-down."""
-        self.held_until = self.clock() + self.hold_s
+        self.held_from = self.clock()
+        self.held_until = self.held_from + self.hold_s
         self.last_step = {"at": utc_iso(datetime.now(UTC)), "why": why,
                           "successor": self.successor,
                           "held_until": epoch_iso(self.wall() + self.hold_s)}
         self.successor = None
-        self._looked_at = float("-inf")
+        self._looked_at = self._tried_at = float("-inf")
         log.warning("venue leader %s steps down and stays out of elections for %.0f s: %s",
                     self.device, self.hold_s, why)
 
     def may_acquire(self) -> bool:
         """Whether this candidate may take a free lease now."""
-        if self.held():
-            return False
+        if self.held():  # only when it can work and nobody else can, looked at since then
+            return self.probe_ok() is True and self.successor is None \
+                and self.held_from < self._looked_at \
+                and self.clock() - self._looked_at <= 2 * self._look_every()
         defer = self.probe_ok() is False and self.successor is not None
         if defer and not self._deferred:
             log.warning("venue: %s cannot reach the platform (%s): leaves a free lease to %s",
@@ -164,9 +172,12 @@ class StepDown:
         if self.leading:
             failure = self.link_failure()
             return failure is not None and failure[0] > self.after_s
-        return self.probe_ok() is False
+        return self.probe_ok() is False or self.held()
 
-    async def tick(self, kv: Any) -> None:
+    def _look_every(self) -> float:
+        return min(self.ttl_s, self.probe_s)
+
+    async def tick(self, js: Any, kv: Any) -> None:
         """Probe when due, put this device's record when changed or a quarter TTL old, and
         look for a successor while this device could use one."""
         if not self.leading and (self.probed is None
@@ -185,18 +196,20 @@ class StepDown:
             self._put, self._put_at = shown, now
         if not self._wants_successor():
             self.successor = None
-        elif now - self._looked_at >= min(self.ttl_s, self.probe_s):
-            self._looked_at = now
-            found = await reach.successors(kv, self.device)
+        elif now - self._tried_at >= self._look_every():
+            self._tried_at = now  # a failed look keeps what the last one found
+            found = await reach.successors(js, self.bucket, kv, self.device, self.seen)
+            self.seen.update(found)
             self.successor = found[0] if found else None
+            self._looked_at = now
 
-    async def run(self, kv: Any, stop: asyncio.Event) -> None:
+    async def run(self, js: Any, kv: Any, stop: asyncio.Event) -> None:
         """Until `stop` (the bus session's): a tick every second (a quarter TTL if shorter);
         the record goes at a clean stop."""
         pause = min(1.0, self.ttl_s / 4)
         while not stop.is_set():
             try:
-                await self.tick(kv)
+                await self.tick(js, kv)
             except Exception as exc:  # noqa: BLE001 - the bus is away: the record expires
                 if cancelled():
                     raise asyncio.CancelledError from exc

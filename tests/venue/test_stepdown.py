@@ -10,7 +10,7 @@ from agent.platform.client import LinkStatus
 from agent.venue import reach
 from agent.venue.stepdown import HOLD_FACTOR, StepDown
 
-VENUE = {"leader_stepdown_after_s": 120.0, "platform_probe_s": 30.0}
+VENUE = {"name": "hall", "leader_stepdown_after_s": 120.0, "platform_probe_s": 30.0}
 API = {"base_url": "https://api.example.com/v1", "ca_file": "", "timeout_s": 10}
 
 
@@ -24,8 +24,8 @@ class Clocks:
 
 
 def leader(link: LinkStatus, clocks: Clocks) -> StepDown:
-    sd = StepDown("g1", VENUE, API, 10.0, lambda: link, lambda: clocks.mono,
-                  lambda: clocks.wall)
+    sd = StepDown("g1", VENUE, API, 10.0, lambda: link, clock=lambda: clocks.mono,
+                  wall=lambda: clocks.wall)
     sd.set_leading(True)
     return sd
 
@@ -73,6 +73,20 @@ def test_after_a_step_down_it_stays_out_and_a_blind_member_defers() -> None:
     assert sd.probe_ok() is False  # its requests' verdict, until its own probe
     assert not sd.may_acquire() and sd.record().held
     assert sd.get_status()["held_until"] is not None
+    # held: its own probe reaches the platform now, but g2 can work too: it stays out
+    clocks.pass_(30)
+    sd.probed = (clocks.mono, None)
+    assert not sd.may_acquire()
+    sd.successor = None  # not looked up since the step-down: not known to be alone
+    assert not sd.may_acquire()
+    sd._looked_at = clocks.mono  # looked: no other live gate can (g2 died)
+    assert sd.may_acquire()  # rather than leave the venue without a leader that could work
+    clocks.pass_(2 * 10 + 1)  # that look is old now (the bus away since?): not known
+    sd.probed = (clocks.mono, None)
+    assert not sd.may_acquire()
+    sd._looked_at = clocks.mono
+    sd.probed = (clocks.mono, "refused")
+    assert not sd.may_acquire()
     clocks.pass_(HOLD_FACTOR * 120 + 1)
     assert not sd.record().held and sd.get_status()["held_until"] is None
     sd.probed = (clocks.mono, "api.example.com:443: ConnectionRefusedError")
