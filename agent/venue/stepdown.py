@@ -82,6 +82,7 @@ class StepDown:
         self._put_at = float("-inf")
         self._put: tuple[Any, ...] | None = None
         self._deferred = False
+        self._alone = False
 
     # -- what this device knows ------------------------------------------------------------
 
@@ -156,9 +157,14 @@ class StepDown:
     def may_acquire(self) -> bool:
         """Whether this candidate may take a free lease now."""
         if self.held():  # only when it can work and nobody else can, looked at since then
-            return self.probe_ok() is True and self.successor is None \
+            alone = self.probe_ok() is True and self.successor is None \
                 and self.held_from < self._looked_at \
                 and self.clock() - self._looked_at <= 2 * self._look_every()
+            if alone and not self._alone:
+                log.warning("venue: %s may lead again within its hold-down: it reaches the "
+                            "platform and no other gate that may lead does", self.device)
+            self._alone = alone
+            return alone
         defer = self.probe_ok() is False and self.successor is not None
         if defer and not self._deferred:
             log.warning("venue: %s cannot reach the platform (%s): leaves a free lease to %s",
