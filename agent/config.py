@@ -177,6 +177,10 @@ VENUE_OPTIONS: dict[str, Option] = {
     "lease_ttl_s": Option((float, int), 10.0, _between(1, 600)),
     "platform_reserve": Option(int, 6, _between(0, 100_000)),
     "fallback_after_s": Option((float, int), 120.0, _between(5, 86400)),
+    # a leader without a successful platform request this long, while another gate that may
+    # lead reaches the platform, gives it the lease (agent.venue.stepdown)
+    "leader_stepdown_after_s": Option((float, int), 120.0, _between(1, 86400)),
+    "platform_probe_s": Option((float, int), 30.0, _between(1, 3600)),
 }
 
 LANE_OPTIONS: dict[str, Option] = {

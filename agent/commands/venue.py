@@ -325,9 +325,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
     """`venue status` as a table: gate names and their reasons shown as they are."""
+    from agent.ops.heartbeat import reach_text
+
     table = Table(title=plain(f"Venue {venue}: {len(gates)} gate(s)"))
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
-                "cache age", "bus", "version", "first reason"):
+                "cache age", "bus", "platform", "version", "first reason"):
         table.add_column(col, overflow="fold")
     for g in gates:
         lanes = g.get("lanes") or []
@@ -343,7 +345,7 @@ def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
             ", ".join(f"{k} {v}" for k, v in (g.get("per_min") or {}).items()) or "0",
             f"{queue.get('pending', 0)}" + (f", oldest {oldest:.0f} s" if oldest else ""),
             "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
-            "connected" if bus.get("connected") else "not connected",
+            "connected" if bus.get("connected") else "not connected", reach_text(g),
             str(g.get("version")), str(reasons[0]["message"]) if reasons else "")))
     return table
 

@@ -7,6 +7,11 @@ decisions per minute by status, queue and oldest pending, cache age, bus state, 
 nothing that must stay on the gate: no scanned code (codes are bearer credentials), no token,
 no reader error text beyond the status reason.
 
+Whether this gate can reach the platform (agent.venue.stepdown: a member's connection test,
+the leader's own requests): `platform_reachable` (true/false, null when not known yet),
+`platform_checked_by` ("probe" or "requests") and `platform_checked_age_s`; absent on a gate
+that may not lead (`venue.leader = false`). `reach_text` says it in words for the tables.
+
 Fields of the elected leader (issue 15): the daemon's report holds the venue role's status
 at `venue.leader` (agent.venue.leader.VenueRole.get_status(): `leader` is the holder's name,
 `budget_in_use_per_min`, `upload_lag_s`, `leader_pass_at`, ...); `leader_fields` maps it to
@@ -34,6 +39,7 @@ RATE_WINDOW_S = 60.0
 MAX_REASONS = 6
 LEADER_FIELDS = ("leader", "leader_since", "leader_term", "budget", "upload_lag_s",
                  "upload_lag", "sync_age_s")
+REACH_FIELDS = ("platform_reachable", "platform_checked_by", "platform_checked_age_s")
 
 
 class RateWindow:
@@ -100,7 +106,21 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "clock_skew_s": platform.get("clock_skew_s"),
     }
     body.update(leader_fields(report, now))
+    role = venue.get("leader")
+    if isinstance(role, dict) and "platform_checked_by" in role:  # a gate that may lead
+        body.update({key: role.get(key) for key in REACH_FIELDS})
     return body
+
+
+def reach_text(gate: dict[str, Any]) -> str:
+    """A heartbeat's platform reachability in words (`gate-agent venue status`)."""
+    if "platform_checked_by" not in gate:
+        return "-"  # may not lead: it does not check
+    reachable = gate.get("platform_reachable")
+    said = "unknown" if reachable is None else "reachable" if reachable else "NOT reachable"
+    age = gate.get("platform_checked_age_s")
+    how = "requests" if gate.get("platform_checked_by") == "requests" else "probe"
+    return said + (f" ({how} {age:.0f} s ago)" if isinstance(age, (int, float)) else "")
 
 
 def leader_fields(report: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -41,7 +41,7 @@ REASON_CODES = (
     "emergency_release", "emergency_input", "lane_released", "passage_forced", "held_open",
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
-    "venue_upload_stream_lost", "clock_corrected",
+    "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
 )
 
 
@@ -251,7 +251,9 @@ def _rebuild_tries(jobs: dict[str, Any]) -> str:
 def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
     """What every gate can see of the venue's health beyond its own link: the leader's
     uploads stalled (the lease depends only on the bus, so a leader that lost the platform
-    keeps it and the members, whose own platform link is idle, would say nothing), and this
+    keeps it while no other gate can reach the platform either, and the members, whose own
+    platform link is idle, would say nothing), a step-down of this gate (it handed the lease
+    to a gate that reaches the platform: agent.venue.stepdown), and this
     gate's clock off the bus server's (other gates' scans are placed on this clock by the
     measured offset, but validity windows and the scan times the platform gets are this
     clock's own)."""
@@ -265,6 +267,12 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             f"venue: {leader.get('upload_lag')} scan(s) wait on the bus for the leader "
             f"({holder}) to upload them, oldest {lag_s / 60:.0f} min; check that device's "
             "platform link (its status: platform_unreachable, auth_failed) or restart it"))
+    step = leader.get("stepped_down") or {}
+    if leader.get("held_until") and step:
+        found.append(Reason("warn", "leader_stepped_down",
+            f"this gate stepped down as the venue's leader at {step.get('at')}: "
+            f"{step.get('why')}; it stays out of elections until {leader['held_until']}. Check "
+            "this device's own platform link (cable, route, firewall, DNS, api.token_file)"))
     offset = venue.get("clock_offset_s")
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(

@@ -124,7 +124,7 @@ class PlatformClient:
             headers["X-NU-COMPANY-ID"] = str(company_id)
         self._http = httpx.AsyncClient(
             base_url=self.base_url + "/", headers=headers, timeout=httpx.Timeout(timeout_s),
-            verify=_tls_context(ca_file), transport=transport, follow_redirects=False,
+            verify=tls_context(ca_file), transport=transport, follow_redirects=False,
         )
 
     def set_token(self, token: str) -> None:
@@ -390,7 +390,7 @@ class PlatformClient:
         }
 
 
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Verification always on; `ca_file` adds a private CA to the system's trusted ones."""
     context = ssl.create_default_context()
     if ca_file:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
@@ -80,15 +80,27 @@ def cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class Handover(Protocol):
+    """When to give the lease up or leave a free one to another gate (agent.venue.stepdown)."""
+
+    def release_why(self) -> str | None: ...
+
+    def stepped_down(self, why: str) -> None: ...
+
+    def may_acquire(self) -> bool: ...
+
+
 class Election:
     """Hold the venue's lease if possible; `on_change(leading)` when that changes."""
 
     def __init__(self, kv: Any, device: str, ttl_s: float,
                  on_change: Callable[[bool], Awaitable[None]] | None = None,
-                 candidate: bool = True):
+                 candidate: bool = True, handover: Handover | None = None):
         """`candidate`: False for a device that may not lead (`venue.leader = false`): it
-        only reads who leads, for its status."""
+        only reads who leads, for its status. `handover`: asked before each renewal whether
+        to release the lease instead, and before each try for a free one."""
         self.candidate = candidate
+        self.handover = handover
         self.lease = Lease(kv, device, ttl_s)
         self.kv = kv
         self.ttl_s = ttl_s
@@ -100,9 +112,14 @@ class Election:
 
     async def step(self) -> bool:
         """One round: renew or acquire, then read who leads. Returns whether we lead."""
-        if self.lease.term:
+        why = self.handover.release_why() if self.handover and self.lease.valid() else None
+        if why is not None:
+            assert self.handover is not None
+            self.handover.stepped_down(why)  # logs why, then the lease is given up
+            await self.lease.release()
+        elif self.lease.term:
             await self.lease.renew()
-        elif self.candidate:
+        elif self.candidate and (self.handover is None or self.handover.may_acquire()):
             if await self.lease.acquire(utc_iso(datetime.now(UTC))):
                 self.terms_won += 1
                 log.warning("venue leader: %s leads (term %d)", self.lease.holder,

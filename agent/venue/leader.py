@@ -16,6 +16,9 @@ and, while this device holds a valid lease, leader work:
   observing them, and the venue's uploads (`VenueUploader`), through one `PlatformClient`
   whose governor owns `requests_per_minute - platform_reserve`, seeded with the previous
   leader's recent requests, and whose `before_send` re-checks the lease on the bus.
+A device that may lead also keeps its platform reachability on the bus and, leading without a
+working platform link while another device has one, hands the lease over
+(agent.venue.stepdown).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from agent.venue.budget import (
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader, Term, bucket_name
+from agent.venue.stepdown import StepDown
 from agent.venue.streams import kv_stream
 
 log = logging.getLogger("gate_agent.venue.leader")
@@ -125,6 +129,11 @@ class VenueRole:
         self.quarantined: int | None = None  # venue scans the platform refused, held on the bus
         self.next_full: float | None = None  # epoch of the leader's next daily full pass
         self.last_full: dict[str, Any] | None = None  # the last full pass this device led
+        # a leader that lost only its platform link hands the lease over (kept across sessions:
+        # a hold-down outlives a reconnect); None for a device that may not lead
+        self.stepdown = StepDown(self.device, self.venue, config.api, self.ttl_s,
+                                 lambda: self.client.status if self.client else None) \
+            if self.venue["leader"] else None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -182,6 +191,7 @@ class VenueRole:
         self.election = None
         self._upload_watch = None  # set once this session adopted the upload stream
         self._lease_watch = None
+        ended = asyncio.Event()  # this session's end, for its step-down task
         try:
             if not await self._connect(stop, journal):
                 return
@@ -211,8 +221,11 @@ class VenueRole:
                 kv_stream(bucket_name(self.name)), stream_identity.created_of(
                     await self._js.stream_info(kv_stream(bucket_name(self.name)))))
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
-                                     candidate=self.venue["leader"])
+                                     candidate=self.venue["leader"], handover=self.stepdown)
             tasks.append(asyncio.create_task(self.election.run()))
+            if self.stepdown is not None:
+                tasks.append(asyncio.create_task(self.stepdown.run(self._js, kv, ended),
+                                                 name="venue reach"))
             if self.venue["leader"]:
                 self.fence = LeaderFence(self._budget_kv, self.election.lease,
                                          request_timeout_s=self.config.api["timeout_s"])
@@ -220,6 +233,9 @@ class VenueRole:
         finally:
             if self.election is not None:
                 self.election.stop()  # it releases the lease on its way out
+            ended.set()  # the step-down task deletes this gate's reach record on its way out
+            if self.stepdown is not None:
+                self.stepdown.set_leading(False)
             if tasks:
                 tasks[0].cancel()  # the catalog follower
                 await asyncio.wait(tasks, timeout=5.0)
@@ -239,6 +255,8 @@ class VenueRole:
         return lease.stamp() if lease is not None and lease.valid() else None
 
     async def _changed(self, leading: bool) -> None:
+        if self.stepdown is not None:
+            self.stepdown.set_leading(leading)
         if not leading:
             await self._step_down()
 
@@ -528,6 +546,8 @@ class VenueRole:
                                **self.counters}
         if self.election is not None:
             out.update(self.election.get_status())
+        if self.stepdown is not None:
+            out.update(self.stepdown.get_status())
         out["budget_in_use_per_min"] = self.budget_in_use
         out["budget_per_min"] = self.budget_per_min
         out["upload_lag"] = self.upload_lag

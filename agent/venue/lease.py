@@ -1,5 +1,8 @@
 """The venue's leader lease: one key in a JetStream KV bucket with a TTL.
 
+(The bucket also holds one `reach.<device>` record per gate that may lead, living as long as
+a lease would: agent.venue.reach. Only the `leader` key is the lease.)
+
 Election uses the engine's own compare-and-set, nothing of our own:
 - acquire = `kv.create("leader")`: succeeds for exactly one caller while the key is absent;
 - renew   = `kv.update("leader", last=<our revision>)`: fails as soon as anyone else wrote it;
@@ -237,7 +240,13 @@ class Lease:
         self.valid_until = 0.0
 
     async def release(self) -> None:
-        """Give the lease up at a clean stop so the next leader need not wait out the TTL."""
+        """Give the lease up (a clean stop, a step-down) so the next leader need not wait out
+        the TTL. Under the renewals' lock: a renewal before a request (agent.venue.budget)
+        must not move the revision between the check and the delete."""
+        async with self._lock:
+            await self._release()
+
+    async def _release(self) -> None:
         if self.term and self.valid():
             try:
                 await self.kv.delete(LEASE_KEY, last=self.revision)

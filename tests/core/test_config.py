@@ -127,6 +127,8 @@ def test_venue_section_is_strict(tmp_path: Path) -> None:
     assert good.venue["claim_timeout_ms"] == 250 and good.venue["offline_policy"] == "local"
     assert good.venue["leader"] is True and good.venue["lease_ttl_s"] == 10.0
     assert good.venue["platform_reserve"] == 6 and good.venue["fallback_after_s"] == 120.0
+    assert good.venue["leader_stepdown_after_s"] == 120.0
+    assert good.venue["platform_probe_s"] == 30.0
     for table, key, words in [
         ({"name": "hall"}, "venue.servers", "required"),
         ({"servers": ["nats://a:1"]}, "venue.name", "required"),
@@ -146,6 +148,12 @@ def test_venue_section_is_strict(tmp_path: Path) -> None:
         ({"name": "a", "servers": ["nats://a:1"], "fallback_after_s": 1},
          "venue.fallback_after_s", "between"),
         ({"name": "a", "servers": ["nats://a:1"], "leader": "yes"}, "venue.leader", ""),
+        ({"name": "a", "servers": ["nats://a:1"], "leader_stepdown_after_s": 0},
+         "venue.leader_stepdown_after_s", "between"),
+        ({"name": "a", "servers": ["nats://a:1"], "platform_probe_s": "often"},
+         "venue.platform_probe_s", ""),
+        ({"name": "a", "servers": ["nats://a:1"], "platform_probe_s": 0.5},
+         "venue.platform_probe_s", "between"),
     ]:
         with pytest.raises(ConfigError) as info:
             parse_config({"venue": table}, "c.toml")

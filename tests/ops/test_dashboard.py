@@ -15,7 +15,7 @@ import orjson
 
 from agent import demo_data
 from agent.ops.dashboard import alarms, occupancy, totals
-from agent.ops.heartbeat import RateWindow, compact
+from agent.ops.heartbeat import REACH_FIELDS, RateWindow, compact, reach_text
 from agent.ops.server import COOKIE, build_app, session_value
 from agent.platform.provision import import_file
 from agent.store.cache import TicketCache
@@ -77,6 +77,22 @@ def test_heartbeat_is_compact_and_carries_no_code_or_token() -> None:
         "leader": "g2", "leader_since": "2026-06-01T17:00:00Z", "leader_term": 4,
         "budget": {"used": 9, "per_minute": 54}, "upload_lag_s": 3.5, "upload_lag": 12,
         "sync_age_s": 300.0}
+    assert "platform_reachable" not in beat  # a gate that may not lead does not check
+    assert reach_text(beat) == "-"
+    # a gate that may lead: its probe (a member) or its own requests (the leader)
+    role["venue"]["leader"].update({"platform_reachable": False, "platform_checked_by": "probe",
+                                    "platform_checked_age_s": 12.4,
+                                    "platform_error": "api:443: ConnectionRefusedError"})
+    beat = compact(role, NOW, RateWindow())
+    assert {k: beat[k] for k in REACH_FIELDS} == {
+        "platform_reachable": False, "platform_checked_by": "probe",
+        "platform_checked_age_s": 12.4}
+    assert "platform_error" not in beat  # the reason says it on the gate itself
+    assert reach_text(beat) == "NOT reachable (probe 12 s ago)"
+    assert reach_text({**beat, "platform_reachable": True, "platform_checked_by": "requests"}) \
+        == "reachable (requests 12 s ago)"
+    assert reach_text({**beat, "platform_reachable": None, "platform_checked_age_s": None}) \
+        == "unknown"
 
 
 def test_last_minute_counts_never_extrapolate() -> None:

@@ -82,6 +82,24 @@ def test_a_stalled_leader_and_a_clock_off_the_bus_show_on_every_gate() -> None:
     assert said({**VENUE, "clock_offset_s": None}) == {}  # no heartbeat seen yet
 
 
+def test_a_leader_that_stepped_down_says_why_for_its_hold_down() -> None:
+    step = {"at": "2026-12-06T20:00:00Z", "successor": "gate-b",
+            "why": "no successful platform request for 130 s (last error: GET /zones/all: "
+                   "network failure); gate-b reaches the platform",
+            "held_until": "2026-12-06T20:10:00Z"}
+    member = {"leader": "gate-b", "stepped_down": step, "held_until": step["held_until"],
+              "platform_reachable": False, "platform_checked_by": "probe"}
+    _health, reasons = evaluate({"venue": {**VENUE, "leader": member}}, datetime.now(UTC), 3600)
+    said = {r.code: (r.level, r.message) for r in reasons}
+    level, message = said["leader_stepped_down"]
+    assert level == "warn" and "network failure" in message and "gate-b reaches" in message
+    assert "until 2026-12-06T20:10:00Z" in message and "firewall" in message
+    # the hold-down over: the step-down stays in status, the reason goes
+    _health, reasons = evaluate({"venue": {**VENUE, "leader": {**member, "held_until": None}}},
+                                datetime.now(UTC), 3600)
+    assert "leader_stepped_down" not in {r.code for r in reasons}
+
+
 def test_venue_metrics() -> None:
     snap = {"venue": {**VENUE, "lag": 3, "decided_offline": 5, "conflicts": 1,
                       "claims_unanswered": 2},

@@ -1,6 +1,17 @@
 // The venue page: every gate's heartbeat as this gate's bus sees it, polled from /api/venue.
 "use strict";
 
+function reach(g) {
+  // Can this gate reach the platform (a member's probe, the leader's own requests)? "-": it
+  // may not lead, so it does not check (agent/ops/heartbeat.py reach_text says the same).
+  if (!("platform_checked_by" in g)) return "-";
+  const said = g.platform_reachable === null || g.platform_reachable === undefined ? "unknown"
+    : g.platform_reachable ? "reachable" : "NOT reachable";
+  const how = g.platform_checked_by === "requests" ? "requests" : "probe";
+  const when = typeof g.platform_checked_age_s === "number" ? ` (${how} ${age(g.platform_checked_age_s)} ago)` : "";
+  return said + when;
+}
+
 function gateCard(g) {
   const look = g.state === "online" ? (g.health || "pass") : g.state;
   const admitted = (g.decisions || {}).valid || 0;
@@ -28,6 +39,7 @@ function gateCard(g) {
         (queue.oldest_pending_age_s ? `, oldest ${age(queue.oldest_pending_age_s)}` : "")],
       ["cache age", age(g.cache_age_s)],
       ["bus", bus.connected ? `connected, lag ${bus.lag || 0}` : "not connected"],
+      ["platform", el("span", {"data-testid": "platform"}, reach(g))],
       ["reasons", (g.reasons || []).length ? (g.reasons || []).map(r => el("div", {}, `${r.level}: ${r.message}`)) : "none"],
       ["version", g.version || "?"],
     ]));
