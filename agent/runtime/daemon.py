@@ -278,7 +278,8 @@ class Daemon:
             # venue mode: the elected leader syncs and uploads for the venue; this gate's
             # cache comes from the bus and its scans go to the bus (agent.venue.leader)
             self.role = VenueRole(self.config, token, config_path=str(self.config.path),
-                                  on_catalog_change=self._catalog_changed)
+                                  on_catalog_change=self._catalog_changed,
+                                  on_server_time=self.clock.observe)
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
         self.client.on_server_time = self.clock.observe

@@ -76,7 +76,8 @@ class VenueRole:
 
     def __init__(self, config: Config, token: str, *, config_path: str | None = None,
                  ack_wait_s: float = 10.0,
-                 on_catalog_change: Callable[[], None] | None = None):
+                 on_catalog_change: Callable[[], None] | None = None,
+                 on_server_time: Callable[[float, float], None] | None = None):
         """`on_catalog_change()`: the cache was changed from the bus (the daemon reloads its
         lanes' caches); `ack_wait_s`: how long a fetched, unacknowledged scan waits before
         the bus hands it to the (next) leader again."""
@@ -102,6 +103,8 @@ class VenueRole:
         self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
                          "seeded_requests": 0}
         self.on_catalog_change = on_catalog_change
+        # every platform answer's Date, for the gate's clock (agent.runtime.clock)
+        self.on_server_time = on_server_time
         self.upload_status = UploadStatus()  # the venue's uploads while this device leads
         self.last_error: str | None = None
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
@@ -392,6 +395,7 @@ class VenueRole:
         """Cut off from the bus: this gate's own scans, directly, with its own share."""
         async with PlatformClient.from_config(
                 self.config.api, self.token, Governor.from_config(self.config.api)) as client:
+            client.on_server_time = self.on_server_time
             uploader = Uploader(journal, client, batch_size=self.config.sync["upload_batch_size"],
                                 scanned_by=self.config.api["scanned_by"] or None)
             return await uploader.upload_round()
@@ -416,6 +420,7 @@ class VenueRole:
         self.counters["seeded_requests"] = await self.fence.seed(governor)
         if self.client is None:  # one client for the device's life: its link status stays
             self.client = PlatformClient.from_config(self.config.api, self.token, governor)
+            self.client.on_server_time = self.on_server_time
         self.client.governor = governor  # a fresh budget per term, seeded above
         self.client.before_send = self.fence.check
         uploader = uplink.VenueUploader(self._js, self.name, self.client, lease,

@@ -158,3 +158,26 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
             "pending": 0, "quarantined_total": 0, "error": None, "auth": False}
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_venue_leader_whose_clock_is_off_decides_by_the_platforms_time(
+        site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
+    """In venue mode the platform is talked to by the leader's own client (agent.venue.leader),
+    not the single gate's: its answers must reach the gate's clock too (agent.runtime.clock).
+    The sandbox's clock is 8 hours ahead: the leader corrects and stamps its scans so."""
+    ahead_s = 8 * 3600
+    site.sandbox.set_faults(clock_offset_s=ahead_s)
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_until(lambda: (daemon.status().get("clock") or {}).get("corrected"), 20,
+                   "the leader's clock corrected")
+        assert "clock_corrected" in {r["code"] for r in daemon.status()["reasons"]}
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        decided = daemon.wait_decisions(1)[0]
+        stamped = datetime.fromisoformat(decided["at"].replace("Z", "+00:00"))
+        assert abs((stamped - datetime.now(UTC)).total_seconds() - ahead_s) < 60
+    finally:
+        assert daemon.stop() == 0
