@@ -56,6 +56,13 @@ MAX_ATTEMPTS = 5
 # sent again after this pause while its claim_timeout_ms lasts (within MAX_ATTEMPTS): a new
 # stream's leader, or its interest on this node, can take a moment to appear.
 RETRY_PAUSE_S = 0.02
+# A claim sent in flight waits for its answer after the admit's commit. On a loaded device
+# that commit can take the whole claim_timeout_ms, and the claim then got no time at all to be
+# answered ("no answer in 0 ms"): the offline policy decided a claim the bus was about to
+# answer, and with `local` every gate of a race admitted. So the wait after the commit is at
+# least this (or the whole timeout, if shorter): a turnstile's cycle hides it, and it is only
+# spent when the device is already late.
+MIN_ANSWER_WAIT_S = 0.25
 
 
 @dataclass
@@ -208,8 +215,9 @@ class VenueLink:
         """Wait for the answer to a claim sent `in_flight` (after its row's commit): granted,
         conflict (`seq`: the subject's last, to catch up to) or offline (no answer in time)."""
         assert claim.outcome == "in_flight" and claim.pending is not None
+        floor = min(MIN_ANSWER_WAIT_S, self.timeout_s)
         answer = self.bus.claim_answered(
-            claim.pending.wait(max(0.0, claim.deadline - time.monotonic())))
+            claim.pending.wait(max(floor, claim.deadline - time.monotonic())))
         landed = replace(claim, pending=None)
         if answer.outcome == "granted":
             self.bus.count_claim("granted")

@@ -198,6 +198,38 @@ def test_no_answer_in_flight_policy_refuse_voids_the_admit_and_refuses(
         wait_until(lambda: scan(b, debounce=False)[0], 10, "b may admit the ticket")
 
 
+def test_a_commit_that_took_the_whole_timeout_still_waits_for_the_answer(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """A loaded device: the admit's commit took longer than claim_timeout_ms while the node was
+    slow too. The claim must still get a moment to be answered (claims.MIN_ANSWER_WAIT_S), not
+    be decided by the offline policy after waiting 0 ms: with `local` every gate of a race
+    would admit. Here the node runs again just after the deadline; the claim is granted."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 5, timeout_ms=200) as (a, b):
+        link = a.gate().venue
+        assert link is not None
+        real_land = link.land
+        assert venue_node.proc is not None
+        pid = venue_node.proc.pid
+
+        def late_land(claim: Claim) -> Claim:
+            time.sleep(max(0.0, claim.deadline - time.monotonic()) + 0.02)  # the slow commit
+            os.kill(pid, signal.SIGCONT)  # the node answers again, just too late for the timeout
+            return real_land(claim)
+
+        link.land = late_land  # type: ignore[method-assign]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: _all_threads_stopped(pid), 5, "the node stopped")
+            admit, status, _ = scan(a)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert admit, status
+        assert a.bus.counters["claims_granted"] == 1 and a.bus.counters["claims_timed_out"] == 0
+        wait_until(lambda: rows_of(a)[0]["venue"] == "claimed", 5, "the row settled")
+        wait_until(lambda: knows(b, rows_of(a)[0]["uuid"]), 5, "b applies the claim")
+        assert scan(b)[1] == "alreadyIn"
+
+
 def test_the_publisher_waits_for_a_row_in_flight(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
