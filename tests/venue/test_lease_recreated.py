@@ -26,7 +26,7 @@ from agent.venue.leader import VenueRole
 from agent.venue.lease import Lease, Term, bucket_name
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import make_site
-from tests.venue.test_catalog import items, leader_sync
+from tests.venue.test_catalog import follow, items, leader_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +41,6 @@ async def _lead(js: Any, venue: str, holder: str) -> Lease:
     lease = Lease(await lease_bucket(js, venue, 30.0, 1), holder, 30.0)
     assert await lease.acquire("now")
     return lease
-
-
-async def _follow(js: Any, venue: str, path: Path) -> dict[str, Any]:
-    """A gate's follower as after a restart: its term and position from the cache file."""
-    cache = TicketCache(path)
-    try:
-        follower = catalog.CatalogFollower(js, venue, cache)
-        await follower.catch_up(30)
-        return follower.get_status()
-    finally:
-        cache.close()
 
 
 def test_a_new_leader_after_the_lease_bucket_was_made_again_is_followed(
@@ -69,7 +58,7 @@ def test_a_new_leader_after_the_lease_bucket_was_made_again_is_followed(
             for _ in range(3):  # a few renewals: the old bucket's revisions are past 1
                 assert await old.renew()
             await leader_sync(leader, js, venue, old)
-            await _follow(js, venue, gate)
+            await follow(js, venue, gate)
             code = next(iter(items(gate).values()))[0]
             # the bucket is deleted and made again; the old leader is frozen, its local grant
             # still valid: whatever it still publishes must be dropped
@@ -77,11 +66,11 @@ def test_a_new_leader_after_the_lease_bucket_was_made_again_is_followed(
             new = await _lead(js, venue, "new")
             sandbox.change_item(code, "refunded")
             await leader_sync(leader, js, venue, new)
-            after_new = await _follow(js, venue, gate)
+            after_new = await follow(js, venue, gate)
             sandbox.change_item(code, "valid")  # what the frozen leader's late pass says
             assert old.valid()
             await leader_sync(leader, js, venue, old)
-            after_old = await _follow(js, venue, gate)
+            after_old = await follow(js, venue, gate)
             return code, after_new, after_old
         finally:
             await nc.close()
