@@ -66,7 +66,12 @@ from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_c
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
-from agent.runtime.storeaccess import DaemonLock, not_mine, store_owner
+from agent.runtime.storeaccess import (
+    DaemonLock,
+    not_mine,
+    refuse_root_daemon,
+    store_owner,
+)
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
@@ -742,6 +747,7 @@ class Daemon:
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         split_listen(self.config.status["listen"], self.config.status["token"])  # fail fast
+        refuse_root_daemon(self.config.store_dir, self.config.path)
         lock = DaemonLock(self.config.store_dir)
         lock.acquire()  # before any file or device is opened: one daemon per store
         try:

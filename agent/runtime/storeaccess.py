@@ -184,6 +184,24 @@ def store_owner(store_dir: Path) -> tuple[int, int] | None:
     return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
 
 
+def refuse_root_daemon(store_dir: Path, config_path: Path | str | None) -> None:
+    """The daemon is not a command: it runs for hours and creates files all along (the cache and
+    journal at start in an empty store, a rebuilt cache, moved-aside damaged ones), so switching
+    its uid for a moment like `as_store_owner` cannot keep them the service's. Root starting it
+    on the service's store is refused instead (ConfigError, exit 2) before anything is opened:
+    the files it made would be root's, and the service would refuse every scan after it."""
+    owner = store_owner(store_dir)
+    if owner is None:
+        return
+    uid, _ = owner
+    name = user_name(uid)
+    raise ConfigError(
+        f"store.dir {store_dir} belongs to {name} (uid {uid}): the daemon must run as that "
+        f"user, or the files it creates there become root's and the service cannot open them. "
+        f"Start the service (`systemctl start gate-agent`), or in the foreground: "
+        f"`sudo -u {name} gate-agent run" + (f" -c {config_path}`" if config_path else "`"))
+
+
 @contextmanager
 def as_store_owner(store_dir: Path) -> Iterator[None]:
     """Work with the effective uid/gid of `store_dir`'s owner (see the module docstring)."""

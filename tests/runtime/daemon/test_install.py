@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from agent.access import user_name
 from tests.conftest import PROJECT_ROOT
 from tests.runtime.daemon import unit_emulation
 from tests.runtime.daemon.test_service_control import (  # noqa: F401 - fixture
@@ -168,21 +169,21 @@ def test_a_bad_full_resync_time_is_refused_before_anything_starts(root_dir: Path
 
 
 @as_service_user
-def test_a_root_run_in_the_foreground_leaves_status_addr_to_the_store_owner(
+def test_a_root_run_in_the_foreground_on_the_services_store_is_refused(
         install: Install) -> None:  # noqa: F811
-    """`sudo gate-agent run` on the service's store: status.addr (which the service replaces at
-    its next start) is the service user's, like the SQLite files beside it."""
-    from agent.runtime.devrun import DaemonProcess
-
-    daemon = DaemonProcess(install.config, install.store, cwd=PROJECT_ROOT,
-                           env={"GATE_AGENT_TOKEN": ""}).start()
-    try:
-        daemon.wait_ready()
-        info = (install.store / "status.addr").stat()
-        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == \
-            (SERVICE_UID, SERVICE_UID, 0o600)
-    finally:
-        assert daemon.stop() == 0
+    """`sudo gate-agent run` on the service's store: refused (exit 2) before anything is
+    opened, naming the store's owner and the `sudo -u` to type. It used to run, and the
+    cache.db and journal.db it created in an empty store were root's: the service then refused
+    every scan (journal_unavailable) until someone ran the chown."""
+    before = sorted(p.name for p in install.store.iterdir())
+    ran = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(install.config)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "GATE_AGENT_TOKEN": ""})
+    assert ran.returncode == 2, ran.stderr
+    assert f"belongs to {user_name(SERVICE_UID)} (uid {SERVICE_UID})" in ran.stderr
+    assert f"sudo -u {user_name(SERVICE_UID)} gate-agent run -c {install.config}" in ran.stderr
+    assert sorted(p.name for p in install.store.iterdir()) == before  # nothing created
+    assert not any(p.stat().st_uid == 0 for p in install.store.iterdir())
 
 
 under_the_filter = _marks([
