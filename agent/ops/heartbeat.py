@@ -12,6 +12,10 @@ the leader's own requests): `platform_reachable` (true/false, null when not know
 `platform_checked_by` ("probe" or "requests") and `platform_checked_age_s`; absent on a gate
 that may not lead (`venue.leader = false`). `reach_text` says it in words for the tables.
 
+The leader's `platform_minus_bus_s`: the platform's time minus the bus server's, from its last
+reading of the platform's Date (at most READING_FRESH_S old), for the members' clocks
+(agent.runtime.clock.leader_reading).
+
 Fields of the elected leader (issue 15): the daemon's report holds the venue role's status
 at `venue.leader` (agent.venue.leader.VenueRole.get_status(): `leader` is the holder's name,
 `budget_in_use_per_min`, `upload_lag_s`, `leader_pass_at`, ...); `leader_fields` maps it to
@@ -37,6 +41,7 @@ from agent.ops.status import _age
 VERSION = 1
 RATE_WINDOW_S = 60.0
 MAX_REASONS = 6
+READING_FRESH_S = 300.0  # the leader's platform reading the members may still go by
 LEADER_FIELDS = ("leader", "leader_since", "leader_term", "budget", "upload_lag_s",
                  "upload_lag", "sync_age_s")
 REACH_FIELDS = ("platform_reachable", "platform_checked_by", "platform_checked_age_s")
@@ -107,9 +112,28 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
     }
     body.update(leader_fields(report, now))
     role = venue.get("leader")
+    skew = platform_minus_bus(report, now)
+    if skew is not None:
+        body["platform_minus_bus_s"] = skew
     if isinstance(role, dict) and "platform_checked_by" in role:  # a gate that may lead
         body.update({key: role.get(key) for key in REACH_FIELDS})
     return body
+
+
+def platform_minus_bus(report: dict[str, Any], now: datetime) -> float | None:
+    """The leader's: the platform's time minus the bus server's, seconds (its last reading of
+    the platform's Date within READING_FRESH_S, plus its clock's offset from the bus server),
+    so the members, which send the platform nothing, can check their clocks against the
+    platform's (agent.runtime.clock.leader_reading). None on any other gate."""
+    venue = report.get("venue") or {}
+    role = venue.get("leader")
+    clock = report.get("clock") or {}
+    bus_offset, offset = venue.get("clock_offset_s"), clock.get("offset_s")
+    age = _age(clock.get("last_reading"), now)
+    if not (isinstance(role, dict) and role.get("this_device_leads")) or bus_offset is None \
+            or offset is None or age is None or age > READING_FRESH_S:
+        return None
+    return round(float(offset) + float(bus_offset), 1)
 
 
 def reach_text(gate: dict[str, Any]) -> str:

@@ -55,33 +55,45 @@ class GateClock:
         self._anchor: tuple[float, float, float, float] | None = None
         self._last_offset: float | None = None  # the previous reading's offset
         self._last_reading: float | None = None  # its wall time (status)
+        self._source = "platform"  # where the correction's readings come from (status)
         self._lock = threading.Lock()
 
     # -- readings ---------------------------------------------------------------------------
 
     def observe(self, server_epoch: float, mono_at: float) -> None:
         """One platform answer: its Date (`server_epoch`, whole seconds) arrived at `mono_at`."""
-        server = server_epoch + DATE_RESOLUTION_S
         with self._lock:
             wall_at = self._wall() - (self._mono() - mono_at)  # the wall clock when it arrived
-            offset = server - wall_at
-            previous, self._last_offset = self._last_offset, offset
-            self._last_reading = wall_at
-            anchor = self._anchor
-            if anchor is not None:
-                if abs(offset) <= CORRECTED_UNTIL_S:
-                    self._anchor = None
-                    log.warning("this clock agrees with the platform's again (%+.1f s): "
-                                "decisions use it again", offset)
-                elif previous is not None and abs(offset - previous) <= AGREE_WITHIN_S:
-                    self._anchor = (server, mono_at, offset, anchor[3])
-                return
-            if abs(offset) > CORRECT_ABOVE_S and previous is not None \
-                    and abs(offset - previous) <= AGREE_WITHIN_S:
-                self._anchor = (server, mono_at, offset, wall_at + offset)
-                log.warning("this clock is %+.0f s off the platform's: decisions, validity "
-                            "windows and scan times use the platform's time until it agrees "
-                            "again (fix NTP on this device)", -offset)
+            self._take(server_epoch + DATE_RESOLUTION_S - wall_at, mono_at, wall_at, "platform")
+
+    def observe_offset(self, offset_s: float, mono_at: float, source: str) -> None:
+        """A reading given as the platform's time minus this wall clock at `mono_at`: a venue
+        member's, from the leader's heartbeat (`leader_reading`)."""
+        with self._lock:
+            self._take(offset_s, mono_at, self._wall() - (self._mono() - mono_at), source)
+
+    def _take(self, offset: float, mono_at: float, wall_at: float, source: str) -> None:
+        """One reading (under the lock): start, move or end the correction."""
+        server = wall_at + offset
+        previous, self._last_offset = self._last_offset, offset
+        self._last_reading = wall_at
+        anchor = self._anchor
+        if anchor is not None:
+            if abs(offset) <= CORRECTED_UNTIL_S:
+                self._anchor = None
+                log.warning("this clock agrees with the platform's again (%+.1f s): "
+                            "decisions use it again", offset)
+            elif previous is not None and abs(offset - previous) <= AGREE_WITHIN_S:
+                self._anchor = (server, mono_at, offset, anchor[3])
+                self._source = source
+            return
+        if abs(offset) > CORRECT_ABOVE_S and previous is not None \
+                and abs(offset - previous) <= AGREE_WITHIN_S:
+            self._anchor = (server, mono_at, offset, wall_at + offset)
+            self._source = source
+            log.warning("this clock is %+.0f s off the platform's: decisions, validity "
+                        "windows and scan times use the platform's time until it agrees "
+                        "again (fix NTP on this device)", -offset)
 
     # -- the time ---------------------------------------------------------------------------
 
@@ -105,7 +117,27 @@ class GateClock:
     def get_status(self) -> dict[str, Any]:
         """`offset_s`: the platform's time minus this clock's, from the newest reading."""
         anchor = self._anchor
-        return {"corrected": anchor is not None, "source": "platform" if anchor else None,
+        return {"corrected": anchor is not None, "source": self._source if anchor else None,
                 "offset_s": None if self._last_offset is None else round(self._last_offset, 1),
                 "corrected_since": epoch_iso(anchor[3]) if anchor else None,
                 "last_reading": epoch_iso(self._last_reading)}
+
+
+def leader_reading(rows: list[dict[str, Any]], own_device: str,
+                   bus_offset_s: float) -> tuple[float, float] | None:
+    """For a venue member, which sends the platform nothing: the platform's time minus this
+    wall clock, from the newest online heartbeat of another gate that carries
+    `platform_minus_bus_s` (the leader's: agent.ops.heartbeat), and that beat's stamp (so each
+    beat is taken once). `bus_offset_s`: this wall clock minus the bus server's, from the
+    heartbeats (agent.venue.heartbeat.GateBoard). None: no such beat."""
+    best: tuple[float, float] | None = None
+    for row in rows:
+        value = row.get("platform_minus_bus_s")
+        if row.get("device") == own_device or row.get("state") != "online" \
+                or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        stamp = float(row.get("last_seen") or 0.0)
+        if best is None or stamp > best[1]:
+            best = (float(value) - bus_offset_s, stamp)
+    return best
+

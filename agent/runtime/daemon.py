@@ -56,7 +56,7 @@ from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
 from agent.runtime.bindings import effective_device, effective_lanes
-from agent.runtime.clock import GateClock
+from agent.runtime.clock import GateClock, leader_reading
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
@@ -103,6 +103,7 @@ class Daemon:
         self.uploader: Uploader | None = None
         self.jobs = Jobs()
         self.clock = GateClock()  # the platform's time when this clock is known wrong
+        self._leader_beat_seen = 0.0  # the last leader heartbeat the clock was checked by
         self.start_token: str | None = None  # what the token sources gave at start
         self.pushed_token: str | None = None  # a newer one given over the control socket
         self.control: ControlServer | None = None
@@ -595,6 +596,7 @@ class Daemon:
         period = interval or 5.0
         while not self.stop_event.is_set():
             self.jobs.follow_clock()  # a wall-clock step (NTP at boot) must not stall the jobs
+            self._follow_leader_clock()
             stalled = [n for n, r in self.lanes.items()
                        if time.monotonic() - r.heartbeat > 3 * period + 2]
             if interval and not stalled:
@@ -604,6 +606,18 @@ class Daemon:
                 await asyncio.wait_for(self.stop_event.wait(), timeout=period)
             except TimeoutError:
                 pass
+
+    def _follow_leader_clock(self) -> None:
+        """A venue member sends the platform nothing: its clock is checked against the
+        platform's time as the leader's heartbeat carries it (agent.runtime.clock)."""
+        bus = self.bus
+        if bus is None or not bus.board.calibrated:
+            return
+        reading = leader_reading(bus.board.rows(), bus.device, bus.board.offset_s)
+        if reading is None or reading[1] <= self._leader_beat_seen:
+            return
+        self._leader_beat_seen = reading[1]
+        self.clock.observe_offset(reading[0], time.monotonic(), "venue leader")
 
     def close_stores(self) -> None:
         """Close every connection, so SQLite folds its WAL files back into the databases."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.runtime.clock import CORRECT_ABOVE_S, DATE_RESOLUTION_S, GateClock
+from agent.core.codes import utc_iso
+from agent.ops.heartbeat import platform_minus_bus
+from agent.runtime.clock import CORRECT_ABOVE_S, DATE_RESOLUTION_S, GateClock, leader_reading
 
 
 class Clocks:
@@ -113,3 +115,44 @@ def test_while_corrected_an_outlier_does_not_move_the_anchor() -> None:
     assert clock.at(wall, mono_ns) == before
     _reading(c, clock, 900)
     assert abs((clock.at(wall, mono_ns) - before).total_seconds()) <= 1 + DATE_RESOLUTION_S
+
+
+def test_a_member_reads_the_platforms_time_from_the_leaders_heartbeat() -> None:
+    """leader_reading: the newest online beat of another gate carrying the leader's
+    platform_minus_bus_s, put on this wall clock by this gate's own offset from the bus."""
+    rows = [
+        {"device": "me", "state": "online", "platform_minus_bus_s": 50.0, "last_seen": 30.0},
+        {"device": "old", "state": "online", "platform_minus_bus_s": 10.0, "last_seen": 10.0},
+        {"device": "lead", "state": "online", "platform_minus_bus_s": 3600.0, "last_seen": 20.0},
+        {"device": "gone", "state": "offline", "platform_minus_bus_s": 7.0, "last_seen": 40.0},
+        {"device": "odd", "state": "online", "platform_minus_bus_s": True, "last_seen": 50.0},
+        {"device": "plain", "state": "online", "last_seen": 60.0},
+    ]
+    # this wall clock is 120 s ahead of the bus server's: the platform is 3600 - 120 s ahead
+    assert leader_reading(rows, "me", 120.0) == (3480.0, 20.0)
+    assert leader_reading(rows[4:], "me", 0.0) is None
+
+
+def test_two_leader_readings_correct_a_members_clock() -> None:
+    c = Clocks()
+    clock = c.clock()
+    clock.observe_offset(-5400.0, c.mono, "venue leader")
+    c.tick(2)
+    clock.observe_offset(-5400.4, c.mono, "venue leader")
+    wall, mono_ns = c.stamp()
+    assert clock.corrected and clock.get_status()["source"] == "venue leader"
+    assert abs((clock.at(wall, mono_ns) - wall).total_seconds() + 5400.4) < 0.01
+
+
+def test_the_leader_puts_the_platforms_time_against_the_bus_in_its_heartbeat() -> None:
+    now = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
+    fresh = utc_iso(now - timedelta(seconds=20))
+    report = {"venue": {"clock_offset_s": -2.5, "leader": {"this_device_leads": True}},
+              "clock": {"offset_s": 3600.0, "last_reading": fresh}}
+    # platform - server = (platform - this wall) + (this wall - server)
+    assert platform_minus_bus(report, now) == 3597.5
+    member = {**report, "venue": {**report["venue"], "leader": {"this_device_leads": False}}}
+    assert platform_minus_bus(member, now) is None
+    stale = {**report, "clock": {"offset_s": 3600.0,
+                                 "last_reading": utc_iso(now - timedelta(hours=1))}}
+    assert platform_minus_bus(stale, now) is None

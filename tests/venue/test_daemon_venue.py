@@ -6,6 +6,7 @@ the bus."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
+from agent.runtime.devrun import DaemonProcess
 from agent.venue.node import NodeProcess
-from tests.conftest import run_cli
+from tests.conftest import PROJECT_ROOT, run_cli
 from tests.runtime.daemon.conftest import Site, site, wait_synced  # noqa: F401 - fixture
 from tests.venue.rig import venue_devices, wait_until
 
@@ -181,3 +183,62 @@ def test_a_venue_leader_whose_clock_is_off_decides_by_the_platforms_time(
         assert abs((stamped - datetime.now(UTC)).total_seconds() - ahead_s) < 60
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_member_whose_clock_is_off_decides_by_the_platforms_time_via_the_leader(
+        site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
+    """A member sends the platform nothing, so it has no Date to compare with: the leader puts
+    the platform's time against the bus server's in its heartbeat, and the member, knowing its
+    own offset from the bus server, corrects by it (agent.runtime.clock.leader_reading). The
+    sandbox's clock is 8 hours ahead of this machine's, which both daemons share."""
+    ahead_s = 8 * 3600
+    site.sandbox.set_faults(clock_offset_s=ahead_s)
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    member_store = site.root / "member-state"
+    member_config = site.root / "member.toml"
+    member_config.write_text(f"""
+[api]
+base_url = "{site.sandbox.url}"
+company_id = {site.sandbox.company_id}
+token_file = "{site.root / 'token'}"
+device_name = "member-gate"
+[store]
+dir = "{member_store}"
+[events]
+ids = [{demo_data.EVENT_ID}]
+[status]
+listen = "127.0.0.1:0"
+[[lanes]]
+name = "entry"
+gate_id = {demo_data.GATE_NORTH}
+direction = "in"
+readers = ["sim:member?socket={site.root / 'member.sock'}"]
+[venue]
+name = "hall"
+servers = ["{venue_node.url}"]
+device = "member"
+leader = false
+claim_timeout_ms = 300
+""")
+    leader = site.daemon().start()
+    member = DaemonProcess(member_config, member_store, cwd=PROJECT_ROOT).start()
+    try:
+        leader.wait_ready()
+        member.wait_ready()
+        wait_until(lambda: (member.status().get("clock") or {}).get("corrected"), 30,
+                   "the member's clock corrected by the leader's heartbeat")
+        clock = member.status()["clock"]
+        assert clock["source"] == "venue leader" and abs(clock["offset_s"] - ahead_s) < 5
+        assert "clock_corrected" in {r["code"] for r in member.status()["reasons"]}
+        scanned = run_cli("scan", C["valid"], "--json", "--config", str(member_config))
+        assert scanned.returncode in (0, 1), scanned.stderr  # admitted or refused: journaled
+        conn = sqlite3.connect(member_store / "journal.db")
+        try:
+            (stamp,), = conn.execute("SELECT scanned_on FROM scans").fetchall()
+        finally:
+            conn.close()
+        stamped = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs((stamped - datetime.now(UTC)).total_seconds() - ahead_s) < 60
+    finally:
+        assert member.stop() == 0
+        assert leader.stop() == 0
