@@ -8,7 +8,9 @@ GateAgentError is printed as one clear line (no traceback) with its own exit cod
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -55,12 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_cancelled_noise(record: logging.LogRecord) -> bool:
+    """Ctrl-C cancels a command's HTTP request while its answer is arriving; the HTTP stack
+    (anyio's stream protocol) then sets a result on a future the cancel already settled, and
+    asyncio logs "Fatal error: protocol.data_received() call failed" with a traceback, after
+    the command has stopped cleanly. That one record (an InvalidStateError) is left out; every
+    other asyncio error still shows."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, asyncio.InvalidStateError)
+                and "data_received() call failed" in str(record.msg))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every way out is an exit code and at most one line (see EXIT_CODES).
 
     Ctrl-C is caught from the first moment here, while the command modules are still being
     imported too: a technician who presses it early sees "interrupted", not a traceback.
     """
+    logging.getLogger("asyncio").addFilter(_not_cancelled_noise)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
