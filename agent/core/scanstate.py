@@ -6,9 +6,9 @@ reported (`zoneData.scans`, or `variable` for the default zone). The same scan c
 zone + direction + second when the platform gave no uuid. Pending local scans are always
 counted, so older platform state can never undo a scan this gate has made. A platform scan
 whose `scannedOn` is missing or unreadable still happened: it counts, as made before every dated
-scan, undated exits before undated entries (if any order leaves the ticket inside, it is inside;
-first_in/last_scan stay unknown when only such scans exist); one whose `zoneId` cannot
-be read counts in every zone.
+scan, undated exits before undated entries (if any order leaves the ticket inside, it is inside:
+so an undated entry keeps it inside whatever dated exit follows; first_in/last_scan stay unknown
+when only such scans exist); one whose `zoneId` cannot be read counts in every zone.
 """
 
 from __future__ import annotations
@@ -104,5 +104,10 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
             first_in = when if entries == 1 else first_in
         else:
             inside = False
+    # An undated entry may as well have been the last scan (a re-entry elsewhere whose time
+    # was lost): a dated exit does not settle it. The ticket is inside, never admitted again
+    # on the guess that the entry came first (leaving stays possible).
+    if not inside and any(when is None and direction == "in" for when, direction in events):
+        inside = True
     last_moment, last_direction = events[-1]
     return ScanState(entries, inside, first_in, last_moment, last_direction)
