@@ -150,6 +150,8 @@ def _reset(cache: TicketCache) -> None:
 @example([], [], {"content": [{"id": 1, "const": {"barcode": "AAA-1"}, "variable": []},
                               {"id": 1, "const": {"barcode": "AAA-1"},
                                "variable": {"status": "refunded"}}]})  # duplicate: last wins
+@example([], [], {"content": [{"id": 1, "variable": {"status": "refunded", "nfcId": 0},
+                               "zoneData": {"scans": [{}]}}]})  # refunded, inside: may leave
 def test_odd_bodies_never_crash_and_never_admit_unknown_codes(gate: Gate, ev: Any, zs: Any,
                                                               tickets: dict[str, Any]) -> None:
     cache = gate.cache
