@@ -35,8 +35,10 @@ C = demo_data.CODES
 GATES = ("gate-a", "gate-b", "gate-c")
 
 
-def _config(root: Path, name: str, servers: list[str], venue: str = "harbour",
-            extra: str = "") -> Path:
+def gate_config(root: Path, name: str, servers: list[str], venue: str = "harbour",
+                extra: str = "") -> Path:
+    """A venue gate's config (no platform token: a member, which sends the platform nothing);
+    `extra` goes at the end of its [venue] section."""
     path = root / f"{name}.toml"
     urls = ", ".join(f'"{u}"' for u in servers)
     path.write_text(f"""
@@ -75,7 +77,7 @@ def start_gates(root: Path, servers_of: dict[str, list[str]], venue: str = "harb
     daemons: dict[str, DaemonProcess] = {}
     try:
         for gate, servers in servers_of.items():
-            config_path = _config(root, gate, servers, venue, extra)
+            config_path = gate_config(root, gate, servers, venue, extra)
             config = load_config(config_path)
             with opened_gate(config) as g:
                 for path in files:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
+from agent.demo_venue import gate_config
 from agent.runtime.devrun import DaemonProcess
 from agent.venue.node import NodeProcess
 from tests.conftest import PROJECT_ROOT, run_cli
@@ -194,32 +195,9 @@ def test_a_member_whose_clock_is_off_decides_by_the_platforms_time_via_the_leade
     ahead_s = 8 * 3600
     site.sandbox.set_faults(clock_offset_s=ahead_s)
     site.write_config(extra_lanes=venue_section(venue_node.url))
-    member_store = site.root / "member-state"
-    member_config = site.root / "member.toml"
-    member_config.write_text(f"""
-[api]
-base_url = "{site.sandbox.url}"
-company_id = {site.sandbox.company_id}
-token_file = "{site.root / 'token'}"
-device_name = "member-gate"
-[store]
-dir = "{member_store}"
-[events]
-ids = [{demo_data.EVENT_ID}]
-[status]
-listen = "127.0.0.1:0"
-[[lanes]]
-name = "entry"
-gate_id = {demo_data.GATE_NORTH}
-direction = "in"
-readers = ["sim:member?socket={site.root / 'member.sock'}"]
-[venue]
-name = "hall"
-servers = ["{venue_node.url}"]
-device = "member"
-leader = false
-claim_timeout_ms = 300
-""")
+    member_config = gate_config(site.root, "member", [venue_node.url], venue="hall",
+                                extra="leader = false")
+    member_store = site.root / "member"
     leader = site.daemon().start()
     member = DaemonProcess(member_config, member_store, cwd=PROJECT_ROOT).start()
     try:
