@@ -64,8 +64,17 @@ class Beat:
 
 
 def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = False,
-               ttl_s: float = float("inf")) -> str:
-    if not live or age_s > ttl_s:  # past the TTL: offline even if no expiry marker came
+               ttl_s: float = float("inf"), deleted: bool = True) -> str:
+    """A gate's state from its newest beat's age and the live bucket's word on it.
+
+    `live`: the live bucket holds the gate's key. When it does not, `deleted` says whether the
+    bucket said so (the gate's delete at a clean stop, or the server's expiry marker) or merely
+    lacks the key: the live bucket is in memory, and NATS restarts a memory stream empty when a
+    node that lost it (restarted) becomes its leader (seen in the demo: a 3-node venue after a
+    node's restart held 1 of 3 keys, first sequence 1). A missing key with a beat younger than
+    the TTL is then no sign of an offline gate: its age decides, as it does past the TTL
+    (offline even if no expiry marker came)."""
+    if age_s > ttl_s or (not live and (deleted or stopped)):
         return "stopped" if stopped else "offline"
     return "stale" if age_s > STALE_BEATS * interval_s else "online"
 
@@ -88,6 +97,7 @@ class GateBoard:
         self.ttl_s = ttl_s
         self.clock = clock
         self._live: dict[str, Beat] = {}
+        self._deleted: set[str] = set()  # live keys the bucket said were deleted or expired
         self._known: dict[str, Beat] = {}
         self._lock = threading.Lock()
         self._delays: deque[float] = deque(maxlen=OFFSET_SAMPLES)
@@ -115,6 +125,7 @@ class GateBoard:
         with self._lock:
             if live:
                 self._live[device] = beat
+                self._deleted.discard(device)
             known = self._known.get(device)
             if known is None or known.stamped <= stamped:
                 self._known[device] = beat
@@ -123,16 +134,19 @@ class GateBoard:
         """The live key expired (TTL) or was deleted (a clean stop)."""
         with self._lock:
             self._live.pop(device, None)
+            self._deleted.add(device)
 
     def forget(self, device: str) -> None:
         with self._lock:
             self._known.pop(device, None)
             self._live.pop(device, None)
+            self._deleted.discard(device)
 
     def clear_live(self) -> None:
         """A new watch replays every live key: start from nothing."""
         with self._lock:
             self._live.clear()
+            self._deleted.clear()
 
     def rows(self) -> list[dict[str, Any]]:
         """Every gate known, worst first, each its heartbeat plus state, age and last_seen."""
@@ -140,11 +154,12 @@ class GateBoard:
         with self._lock:
             known = dict(self._known)
             live = set(self._live)
+            deleted = set(self._deleted)
         rows = []
         for device, beat in known.items():
             age = max(0.0, now - beat.stamped)
             state = gate_state(device in live, age, self.interval_s,
-                               bool(beat.body.get("stopped")), self.ttl_s)
+                               bool(beat.body.get("stopped")), self.ttl_s, device in deleted)
             rows.append({**beat.body, "device": device, "state": state,
                          "age_s": round(age, 1), "last_seen": beat.stamped})
         return sorted(rows, key=rank)
@@ -342,7 +357,10 @@ async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
                 return entries
             entries += 1
             body = decode_beat(entry.value)
-            if entry.operation not in ("DEL", "PURGE") and body is not None:
+            if entry.operation in ("DEL", "PURGE"):
+                if live:  # a clean stop's delete or an expiry marker: said, not merely missing
+                    board.gone(entry.key)
+            elif body is not None:
                 stamped = entry.created.timestamp() if entry.created else time.time()
                 board.seen(entry.key, body, stamped, live)
             if not entry.delta:

@@ -136,6 +136,30 @@ def test_gates_rank_worst_first_and_expire_to_offline() -> None:
     assert ahead.rows()[0]["state"] == "online" and ahead.rows()[0]["age_s"] == 0.2
 
 
+def test_a_live_key_missing_without_a_delete_is_judged_by_age() -> None:
+    """The live bucket is in memory: NATS restarts it empty when a restarted node leads it
+    (seen in the demo after a node's restart). A gate whose key it lost, with a beat younger
+    than the TTL, is not offline; one whose key was deleted (a delete or an expiry marker) is."""
+    now = [1000.0]
+    board = GateBoard(interval_s=1.0, ttl_s=10.0, clock=lambda: now[0])
+    board.seen("lost", {"health": "pass"}, 999.0, live=False)  # roster only: key not in live
+    board.seen("deleted", {"health": "pass"}, 999.0, live=True)
+    board.gone("deleted")
+    board.seen("deleted", {"health": "pass"}, 999.0, live=False)
+    board.seen("stopped", {"health": "pass", "stopped": True}, 999.0, live=False)
+    states = {r["device"]: r["state"] for r in board.rows()}
+    assert states == {"lost": "online", "deleted": "offline", "stopped": "stopped"}
+    now[0] = 1004.0
+    assert {r["device"]: r["state"] for r in board.rows()}["lost"] == "stale"
+    now[0] = 1010.5  # past the TTL: offline, whatever the live bucket holds
+    assert {r["device"]: r["state"] for r in board.rows()}["lost"] == "offline"
+    board.seen("deleted", {"health": "pass"}, 1010.4, live=True)  # beating again
+    assert {r["device"]: r["state"] for r in board.rows()}["deleted"] == "online"
+    board.clear_live()  # a new watch: its replay says again what was deleted
+    board.seen("deleted", {"health": "pass"}, 1010.4, live=False)
+    assert {r["device"]: r["state"] for r in board.rows()}["deleted"] == "online"
+
+
 def test_totals_and_alarms() -> None:
     gates = [
         {"device": "g0", "state": "stopped", "reasons": [{"level": "fail", "code": "x"}],

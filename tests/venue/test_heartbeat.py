@@ -112,6 +112,32 @@ def test_a_clean_stop_shows_offline_before_the_ttl(node: NodeProcess, tmp_path: 
         wait_until(lambda: state_of(watcher, "g1") == "stopped", 10, "g1 stopped")
 
 
+def test_status_cli_judges_a_key_the_live_bucket_lost_by_its_age(node: NodeProcess,
+                                                                  tmp_path: Path) -> None:
+    """A running gate whose live key is missing (the in-memory live bucket restarted empty
+    under a new leader, as in the demo after a node's restart) but whose roster beat is fresh
+    shows online, not offline; a deleted key still shows at once."""
+    with watcher_and_gate(node.url, tmp_path, "lost", 60.0) as (_watcher, gate):
+        async def roster_only() -> None:
+            nc = await nats.connect(node.url)
+            try:
+                kv = await nc.jetstream().key_value(bucket_names("lost")[1])
+                await kv.put("fresh", orjson.dumps({"health": "pass", "version": "t"}))
+                await (await nc.jetstream().key_value(bucket_names("lost")[0])).delete("g1")
+            finally:
+                await nc.close()
+        asyncio.run(roster_only())
+        config = tmp_path / "c.toml"
+        config.write_text(f'[store]\ndir = "{tmp_path / "w1"}"\n[venue]\nname = "lost"\n'
+                          f'servers = ["{node.url}"]\ndevice = "cli"\n'
+                          'heartbeat_ttl_s = 60.0\n')
+        out = run_cli("venue", "status", "--json", "--config", str(config))
+        assert out.returncode == 0, out.stderr
+        listed = {g["device"]: g["state"] for g in json.loads(out.stdout)["gates"]}
+        assert listed["fresh"] == "online"
+        assert listed["g1"] == "offline"  # its live key deleted, no stop in the roster
+
+
 def test_status_cli_says_when_the_bus_is_away(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[store]\ndir = "{tmp_path}"\n[venue]\nname = "hb"\n'
