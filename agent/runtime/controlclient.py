@@ -31,7 +31,7 @@ from typing import Any
 from agent.access import owner_of, user_name
 from agent.config import Config
 from agent.errors import ControlError, DaemonSilent, GateAgentError, StoreAccess
-from agent.runtime.control import socket_path
+from agent.runtime.control import READ_ONLY, socket_path
 from agent.runtime.storeaccess import as_store_owner, command_lock, daemon_pid
 
 ALIVE_EVERY = 3  # keepalive lines asked for per answer_timeout_s (a late one still fits)
@@ -124,7 +124,7 @@ class ControlClient:
         return answer.get("result")
 
     def _silent(self, op: str, what: str) -> DaemonSilent:
-        done = "" if op == "ping" else \
+        done = "" if op in READ_ONLY else \
             f" (whether it did {op!r} is unknown: `gate-agent status` once it answers)"
         return DaemonSilent(
             f"the daemon at {self.path} {what} within {self.timeout_s:g} s{done}. It still "
