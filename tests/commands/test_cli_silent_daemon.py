@@ -171,10 +171,19 @@ def test_a_daemon_working_longer_than_the_bound_still_answers(short_dir: Path) -
         assert client.call("slow", n=7) == {"done": 7}
         assert worked.is_set()
     finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(_closed(server), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def _closed(server: ControlServer) -> None:
+    """The server closed, and a connection still being served (a client that gave up) ended."""
+    await server.close()
+    serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in serving:
+        task.cancel()
+    await asyncio.gather(*serving, return_exceptions=True)
 
 
 def test_the_client_alone_names_the_socket_and_the_bound(short_dir: Path) -> None:
