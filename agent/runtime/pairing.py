@@ -10,6 +10,9 @@ After a success the platform's re-pairing rules are applied to the local cache a
 is replaced), so the very next tap at this device is decided with the new pairing instead of
 waiting for the next delta sync. With an admit lane, the tag is then scanned through
 `Gate.scan` like any reader's scan: decided, journaled and uploaded later.
+
+`Pairing` is those steps, once; `PairingStation` runs them on the store itself (no daemon), the
+daemon's control op `pair_tag` on its own stores, client and lanes (agent.runtime.controlops).
 """
 
 from __future__ import annotations
