@@ -131,6 +131,7 @@ SECTIONS: dict[str, dict[str, Option]] = {
     "control": {
         "socket": Option(str, ""),
         "group": Option(str, ""),
+        "answer_timeout_s": Option((float, int), 5.0, _between(0.5, 600)),
     },
     "device": {  # the turnstile's signals shared by every lane (issue 17)
         "emergency_input": Option(str, ""),

@@ -10,6 +10,7 @@ specific message (naming the config key, the device or the file) and never a tra
     ├── StoreAccess            no daemon answers and this user may not use store.dir (sudo)
     ├── UsageError             a mistake in the command's arguments or input (names it)
     ├── ControlError           the running daemon's control socket refused or failed
+    │   └── DaemonSilent       it accepted but did not answer in time (the store stays its)
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
     │   ├── CacheUnavailable   a read of the open cache failed while running: refuse, rebuild
@@ -95,6 +96,16 @@ class ControlError(GateAgentError):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DaemonSilent(ControlError):
+    """A daemon took the control connection (or has a listening socket) but did not answer
+    within `[control] answer_timeout_s`. It is taken as running, hung: the command stops
+    (exit 1) rather than wait for ever, and never works on the store itself instead, since
+    the silent daemon still holds it open (two writers is what the lock exists to prevent)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=1)
 
 
 class StoreError(GateAgentError):

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from agent.commands import explain, plain
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
-from agent.errors import ControlError, GateAgentError
+from agent.errors import ControlError, DaemonSilent, GateAgentError
 from agent.runtime.controlclient import running_daemon
 
 
@@ -79,6 +79,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if daemon is not None:
         try:
             report = daemon.call("status")
+        except DaemonSilent:
+            raise  # hung: its HTTP endpoint is served by the same stuck loop
         except ControlError:
             report = None  # not allowed on the socket (no sudo): ask the HTTP endpoint
         if report is not None:

@@ -8,6 +8,10 @@
 Exit codes (one pairing: BARCODE or --once): 0 paired (and admitted with --admit), 1 not
 paired (or paired but refused entry), 2 a device cannot be opened, 3 the platform cannot be
 reached (nothing changed). A queue ends with Ctrl-C or end of input and exits 0.
+
+With the daemon running, the daemon pairs (control ops `pair_tag_ticket`, `pair_tag`): a
+technician in the control socket's group needs no sudo. Without one, this command pairs on the
+store as its owner (`agent.runtime.controlclient.acting_on_store`).
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 
 from agent.commands import explain, plain
 from agent.config import LaneConfig, load_config
-from agent.errors import DriverUnavailable, GateAgentError
-from agent.runtime.pairing import PairingOffline, PairingRefused, PairingStation, PairResult
+from agent.errors import DaemonSilent, DriverUnavailable, GateAgentError
+from agent.runtime.pairing import PairingRefused, PairingStation, pair_answer, ticket_answer
+
+if TYPE_CHECKING:
+    from agent.runtime.controlclient import ControlClient
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_OFFLINE = 0, 1, 2, 3
 
@@ -49,7 +56,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                "queue of barcodes until Ctrl-C.",
             ["gate-agent pair-tag NU-VALID-0001 --reader nfc:usb",
              "gate-agent pair-tag --reader nfc:usb --scanner serial:///dev/ttyACM0 --admit"],
-            "0 paired; 1 the platform refused; 2 the reader is unavailable; 3 offline")
+            "0 paired; 1 the platform refused, or the running daemon did not answer; 2 the "
+            "reader is unavailable, or no daemon runs and this user may not use store.dir (it "
+            "names the sudo to use); 3 offline")
     p.add_argument("--once", action="store_true", help="pair one attendee, then exit")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for a tag (default 30)")
@@ -57,6 +66,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_pair_tag(args: argparse.Namespace) -> int:
+    """Socket-first, like every store command: with a daemon running, it pairs (its cache,
+    token and rate budget, its lanes for --admit) while this command keeps the readers; without
+    one, this command pairs on the store itself as its owner, holding the store's lock."""
+    from agent.runtime.controlclient import acting_on_store
     from drivers.feed import ScanFeed
 
     config = load_config(args.config)
@@ -64,19 +77,21 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     single = bool(args.barcode) or args.once
     with ExitStack() as stack:
-        try:
+        try:  # first, with this user's own rights (a device only root may open)
             tags = stack.enter_context(ScanFeed(args.reader))
             scanner = stack.enter_context(ScanFeed(args.scanner)) if args.scanner and \
                 not args.barcode else None
         except DriverUnavailable as exc:
             print(f"gate-agent: error: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        station = stack.enter_context(PairingStation(config))
+        daemon = stack.enter_context(acting_on_store(config))
+        desk: _Desk = _ThroughDaemon(daemon) if daemon is not None else \
+            _Here(stack.enter_context(PairingStation(config)))
         barcodes = _barcodes(args.barcode, scanner, console)
         done = failed = 0
         try:
             for barcode in barcodes:
-                code = _one(station, tags, barcode, args, lane, console)
+                code = _one(desk, tags, barcode, args, lane, console)
                 done += code == EXIT_OK
                 failed += code != EXIT_OK
                 if single:
@@ -85,6 +100,45 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
             console.print()
         console.print(plain(f"pairing station closed: {done} paired, {failed} not"))
     return EXIT_OK
+
+
+class _Desk(Protocol):
+    """Who pairs: answers as `ticket_answer` / `pair_answer` give them."""
+
+    def ticket(self, barcode: str, event_id: int | None) -> dict[str, Any]: ...
+
+    def pair(self, barcode: str, tag: str, event_id: int | None, again: bool,
+             lane: LaneConfig | None) -> dict[str, Any]: ...
+
+
+class _Here:
+    def __init__(self, station: PairingStation):
+        self.station = station
+
+    def ticket(self, barcode: str, event_id: int | None) -> dict[str, Any]:
+        return ticket_answer(self.station.ticket(barcode, event_id))
+
+    def pair(self, barcode: str, tag: str, event_id: int | None, again: bool,
+             lane: LaneConfig | None) -> dict[str, Any]:
+        return pair_answer(self.station.pair(barcode, tag, event_id=event_id, again=again,
+                                             admit_lane=lane))
+
+
+class _ThroughDaemon:
+    def __init__(self, daemon: ControlClient):
+        self.daemon = daemon
+
+    def ticket(self, barcode: str, event_id: int | None) -> dict[str, Any]:
+        answer: dict[str, Any] = self.daemon.call("pair_tag_ticket", barcode=barcode,
+                                                  event=event_id)
+        return answer
+
+    def pair(self, barcode: str, tag: str, event_id: int | None, again: bool,
+             lane: LaneConfig | None) -> dict[str, Any]:
+        answer: dict[str, Any] = self.daemon.call(
+            "pair_tag", barcode=barcode, tag=tag, event=event_id, again=again,
+            admit_lane=None if lane is None else lane.name)
+        return answer
 
 
 def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str]:
@@ -111,49 +165,48 @@ def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str
             yield line.strip()
 
 
-def _one(station: PairingStation, tags: Any, barcode: str, args: argparse.Namespace,
+def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
          lane: LaneConfig | None, console: Console) -> int:
-    """Pair one attendee; every failure is printed and becomes an exit code, never a raise."""
+    """Pair one attendee; every failure is printed and becomes an exit code, never a raise
+    (but a daemon that stopped answering ends the session: DaemonSilent)."""
     try:
-        hit = station.ticket(barcode, args.event)
-        who = f" ({hit.item.customer_name})" if hit.item.customer_name else ""
+        hit = desk.ticket(barcode, args.event)
+        who = f" ({hit['customer_name']})" if hit["customer_name"] else ""
         tags.drain()  # a tap from before this attendee must not be paired to this ticket
-        console.print(plain(f"ticket {hit.item.barcode} event {hit.event_id}{who}: present the "
+        console.print(plain(f"ticket {hit['barcode']} event {hit['event_id']}{who}: present the "
                             f"tag on {args.reader} (within {args.timeout:g} s)"))
         scan = tags.next(args.timeout)
         if scan is None:
-            raise PairingRefused(f"no tag within {args.timeout:g} s; {hit.item.barcode} not "
+            raise PairingRefused(f"no tag within {args.timeout:g} s; {hit['barcode']} not "
                                  "paired")
         if scan.kind != "nfc":
             raise PairingRefused(f"the reader sent {scan.code!r}, not a tag id (is the reader "
                                  "in ndef=1 mode? drop that option)")
-        result = station.pair(barcode, scan.code, event_id=args.event, again=args.again,
-                              admit_lane=lane)
-    except PairingOffline as exc:
+        result = desk.pair(barcode, scan.code, args.event, args.again, lane)
+    except DaemonSilent:
+        raise
+    except GateAgentError as exc:  # PairingOffline's 3 kept, also from the daemon
         console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))
-        return EXIT_OFFLINE
-    except GateAgentError as exc:
-        console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))
-        return EXIT_FAILED
+        return EXIT_OFFLINE if exc.exit_code == EXIT_OFFLINE else EXIT_FAILED
     return _show(result, console)
 
 
-def _show(result: PairResult, console: Console) -> int:
+def _show(result: dict[str, Any], console: Console) -> int:
     notes = []
-    if result.replaced:
-        notes.append(f"replaces tag {result.replaced}")
-    if result.moved_from:
-        notes.append("tag moved from item " + ", ".join(map(str, result.moved_from)))
+    if result["replaced"]:
+        notes.append(f"replaces tag {result['replaced']}")
+    if result["moved_from"]:
+        notes.append("tag moved from item " + ", ".join(map(str, result["moved_from"])))
     extra = f" ({'; '.join(notes)})" if notes else ""
-    console.print(plain(("PAIRED", "bold green"), f" {result.nfc_id} -> {result.barcode} "
-                        f"(event {result.event_id}, item {result.item_id}){extra}"))
-    if result.local_error:
-        console.print(plain(("warning:", "yellow"), f" {result.local_error}"))
-    if result.admit is None:
+    console.print(plain(("PAIRED", "bold green"), f" {result['nfc_id']} -> {result['barcode']} "
+                        f"(event {result['event_id']}, item {result['item_id']}){extra}"))
+    if result["local_error"]:
+        console.print(plain(("warning:", "yellow"), f" {result['local_error']}"))
+    d = result["admit"]
+    if d is None:
         return EXIT_OK
-    d = result.admit.decision
-    word, colour = ("ADMIT", "green") if d.admit else ("REFUSE", "red")
-    detail = f"/{d.detail}" if d.detail else ""
-    console.print(plain((word, f"bold {colour}"), f" {d.direction:<3} {d.code}  "
-                        f"{d.status}{detail}  {d.message}"))
-    return EXIT_OK if d.admit else EXIT_FAILED
+    word, colour = ("ADMIT", "green") if d["admit"] else ("REFUSE", "red")
+    detail = f"/{d['statusDetail']}" if d["statusDetail"] else ""
+    console.print(plain((word, f"bold {colour}"), f" {d['direction']:<3} {d['code']}  "
+                        f"{d['status']}{detail}  {d['message']}"))
+    return EXIT_OK if d["admit"] else EXIT_FAILED

@@ -67,9 +67,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     conflicts.add_argument("--json", action="store_true", help="print the list as JSON")
     explain(conflicts, "List admits beyond a ticket's limit made by gates that could not see "
                        "each other (decided offline during a partition), as this gate's venue "
-                       "store knows them.",
+                       "store knows them. With the daemon running, the daemon reads them.",
             ["gate-agent venue conflicts", "gate-agent venue conflicts --json | jq ."],
-            "0 listed (none is not an error); 2 no [venue] section or a configuration mistake")
+            "0 listed (none is not an error); 1 the running daemon did not answer; 2 no "
+            "[venue] section, a configuration mistake, or no daemon and no access to store.dir "
+            "(it names the sudo to use)")
     conflicts.set_defaults(func=cmd_conflicts)
     quar = sub.add_parser(
         "quarantine", parents=[common],
@@ -351,18 +353,16 @@ def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
 
 
 def cmd_conflicts(args: argparse.Namespace) -> int:
-    from agent.store.venue import VENUE_FILE, VenueStore
+    """Socket-first: the running daemon reads its venue store (a technician without sudo may
+    not open store.dir); without one, read here as the store's owner."""
+    from agent.runtime import work
+    from agent.runtime.controlclient import reading_store
 
     config = load_config(args.config)
     _venue(config)
-    path = config.store_dir / VENUE_FILE
-    rows: list[dict[str, Any]] = []
-    if path.exists():  # no file yet: the daemon has not met the bus, so no conflicts
-        store = VenueStore(path, readonly=True)
-        try:
-            rows = store.conflicts()
-        finally:
-            store.close()
+    with reading_store(config) as daemon:
+        rows: list[dict[str, Any]] = daemon.call("venue_conflicts") if daemon is not None \
+            else work.venue_conflicts(config.store_dir)
     if args.json:
         print(json.dumps({"conflicts": rows}))
         return 0

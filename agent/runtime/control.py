@@ -11,6 +11,11 @@ A request with `"stream": true` may get progress lines before its answer, for a 
 shows a progress bar while the daemon works (`sync`): `<- {"progress": {...}}` (a handler
 sends them with `progress_sink()`; a request without `stream` never gets one).
 
+A request with `"alive_s": S` gets `<- {"alive": true}` every S seconds while its handler
+works: the command bounds every wait by `[control] answer_timeout_s` (a daemon whose loop is
+stuck accepts connections, in the kernel's backlog, and never answers), and a `sync --full`
+that works for minutes still answers within that bound, line by line.
+
 The daemon does the work as itself (its user, its open stores, its platform client and rate
 governor), so a `sudo gate-agent scan` never leaves a root-owned file in the state directory,
 a `sync --full` swaps the cache through the daemon's own swap (never under its open WAL), and a
@@ -42,7 +47,10 @@ log = logging.getLogger("gate_agent.control")
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 256 * 1024 * 1024  # an import of a 1M-item ticket file fits
-READ_ONLY = frozenset({"ping", "status", "queue", "check", "events"})
+READ_ONLY = frozenset({"ping", "status", "queue", "check", "events", "venue_conflicts",
+                       "pair_tag_ticket"})
+ALIVE_LINE = b'{"alive": true}\n'
+MIN_ALIVE_S = 0.05
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 ProgressSink = Callable[[dict[str, Any]], None]
@@ -173,6 +181,7 @@ class ControlServer:
             log.info("control: %s requested by uid %s", op, _peer_uid(writer))
         if request.get("stream") is True:
             _progress.set(_line_writer(writer))
+        alive = _keepalive(writer, request.get("alive_s"))
         try:
             return {"ok": True, "result": await handler(args)}
         except GateAgentError as exc:
@@ -181,6 +190,24 @@ class ControlServer:
             log.exception("control: %s failed", op)
             return {"ok": False, "error": redact(f"internal error in the daemon: {exc!r}"),
                     "exit_code": 70}
+        finally:
+            if alive is not None:
+                alive.cancel()
+
+
+def _keepalive(writer: asyncio.StreamWriter, every: Any) -> asyncio.Task[None] | None:
+    """`{"alive": true}` every `every` seconds from this loop while the handler works (see the
+    module docstring); None when the request did not ask (an older command)."""
+    if isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
+        return None
+    interval = max(MIN_ALIVE_S, float(every))
+
+    async def beat() -> None:
+        while not writer.is_closing():
+            await asyncio.sleep(interval)
+            writer.write(ALIVE_LINE)
+
+    return asyncio.create_task(beat(), name="control keepalive")
 
 
 def _line_writer(writer: asyncio.StreamWriter) -> ProgressSink:

@@ -28,32 +28,56 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.access import owner_of, user_name
 from agent.config import Config
-from agent.errors import ControlError, StoreAccess
-from agent.runtime.control import socket_path
+from agent.errors import ControlError, DaemonSilent, GateAgentError, StoreAccess
+from agent.runtime.control import READ_ONLY, socket_path
 from agent.runtime.storeaccess import as_store_owner, command_lock, daemon_pid
 
-PROBE_TIMEOUT_S = 5.0  # the ping that asks whether a daemon answers (it answers at once)
+ALIVE_EVERY = 3  # keepalive lines asked for per answer_timeout_s (a late one still fits)
+
+
+def _command() -> str:
+    return shlex.join(["gate-agent", *sys.argv[1:]] if sys.argv and sys.argv[0] else
+                      ["gate-agent"])
 
 
 def _retry_hint() -> str:
-    argv = ["gate-agent", *sys.argv[1:]] if sys.argv and sys.argv[0] else ["gate-agent"]
-    return "sudo " + shlex.join(argv)
+    return "sudo " + _command()
+
+
+def _as_owner_hint(path: Path) -> str:
+    """`sudo -u gate-agent gate-agent ...` for the owner of `path` (`'#4242'` for a uid with
+    no account, as sudo spells it); the plain `sudo` form when the owner cannot be seen."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return _retry_hint()
+    name = user_name(uid)
+    return f"sudo -u {shlex.quote(name if name != str(uid) else f'#{uid}')} {_command()}"
 
 
 class ControlClient:
-    """One request per connection, one JSON answer (see `agent.runtime.control`)."""
+    """One request per connection, one JSON answer (see `agent.runtime.control`).
 
-    def __init__(self, path: Path, pid: int | None):
+    Every wait is bounded by `timeout_s` (`[control] answer_timeout_s`): the connect, and each
+    line of the answer (the daemon sends a keepalive line every `timeout_s / 3` while it
+    works). A daemon that accepts and stays silent is a `DaemonSilent` error, never a command
+    that waits for ever, and never a reason to open the store directly: it still holds it."""
+
+    def __init__(self, path: Path, pid: int | None, timeout_s: float):
         self.path = path
         self.pid = pid
+        self.timeout_s = timeout_s
 
     def call(self, op: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
              **args: Any) -> Any:
         """The daemon's result; ControlError carrying the daemon's message and exit code.
         `on_progress`: called with each progress line the daemon sends before its answer."""
         try:
-            sock = _connect(self.path, None)
+            sock = self._connect(op)
+        except DaemonSilent:
+            raise
         except OSError as exc:
             raise ControlError(
                 f"a gate-agent daemon (PID {self.pid or 'unknown'}) runs on this store but "
@@ -61,59 +85,87 @@ class ControlClient:
                 f"root or as a member of the socket's group ([control] group): "
                 f"`{_retry_hint()}`; if the daemon is just starting, try again in a few "
                 "seconds", exit_code=2) from None
+        return self._ask(sock, op, on_progress, args)
+
+    def _connect(self, op: str) -> socket.socket:
+        """A connection; DaemonSilent when a listener does not take it in time (its backlog
+        full: nobody accepts), OSError when there is none to be had (see `answering_daemon`)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout_s)
         try:
-            request: dict[str, Any] = {"op": op, "args": args}
-            if on_progress is not None:
-                request["stream"] = True
+            sock.connect(str(self.path))
+        except (TimeoutError, BlockingIOError):
+            sock.close()
+            raise self._silent(op, "did not accept the connection") from None
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _ask(self, sock: socket.socket, op: str,
+             on_progress: Callable[[dict[str, Any]], None] | None, args: dict[str, Any]) -> Any:
+        request: dict[str, Any] = {"op": op, "args": args,
+                                   "alive_s": self.timeout_s / ALIVE_EVERY}
+        if on_progress is not None:
+            request["stream"] = True
+        try:
             sock.sendall(json.dumps(request).encode() + b"\n")
-            with sock.makefile("rb") as stream:
-                line = stream.readline()
-                while on_progress is not None and line and "progress" in json.loads(line):
-                    on_progress(json.loads(line)["progress"])
-                    line = stream.readline()
+            answer = _answer_line(sock, on_progress)
+        except TimeoutError:
+            raise self._silent(op, "accepted but did not answer") from None
         finally:
             sock.close()
-        if not line:
+        if answer is None:
             raise ControlError(f"the daemon (PID {self.pid or 'unknown'}) closed the control "
                                f"socket without answering {op!r}; see its log "
                                "(`journalctl -u gate-agent`)")
-        answer = json.loads(line)
         if not answer.get("ok"):
             raise ControlError(str(answer.get("error")), int(answer.get("exit_code") or 1))
         return answer.get("result")
 
+    def _silent(self, op: str, what: str) -> DaemonSilent:
+        done = "" if op in READ_ONLY else \
+            f" (whether it did {op!r} is unknown: `gate-agent status` once it answers)"
+        return DaemonSilent(
+            f"the daemon at {self.path} {what} within {self.timeout_s:g} s{done}. It still "
+            "holds the store, so this command does not work on it directly; see the daemon's "
+            "log (`journalctl -u gate-agent`) and restart it if it stays silent (`systemctl "
+            "restart gate-agent`); [control] answer_timeout_s sets the wait")
 
-def _connect(path: Path, timeout_s: float | None) -> socket.socket:
-    """A connection to the control socket at `path`; OSError when none can be made."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+
+def _answer_line(sock: socket.socket, on_progress: Callable[[dict[str, Any]], None] | None
+                 ) -> dict[str, Any] | None:
+    """The answer, after the keepalive and progress lines before it; None when the daemon
+    closed the connection first. TimeoutError when a line is later than the socket's timeout."""
+    with sock.makefile("rb") as stream:
+        while line := stream.readline():
+            message = json.loads(line)
+            if "alive" in message:
+                continue
+            if "progress" in message:
+                if on_progress is not None:
+                    on_progress(message["progress"])
+                continue
+            return dict(message)
+    return None
 
 
 def answering_daemon(config: Config) -> tuple[ControlClient | None, str]:
     """A client for the daemon answering on the control socket, or None and why not (for the
-    message of a command that then cannot work on the store itself)."""
-    path = socket_path(config)
+    message of a command that then cannot work on the store itself). DaemonSilent when one
+    accepts but does not answer a ping within `[control] answer_timeout_s`."""
+    client = ControlClient(socket_path(config), None, config.control["answer_timeout_s"])
     try:
-        sock = _connect(path, PROBE_TIMEOUT_S)
+        sock = client._connect("ping")
     except OSError as exc:  # none there, a stale file (refused), or not ours to open
-        return None, f"{path}: {exc.strerror or exc}"
-    pid: int | None = None
+        return None, f"{client.path}: {exc.strerror or exc}"
     try:  # its PID for the messages; connected is proof enough that it runs
-        sock.sendall(json.dumps({"op": "ping", "args": {}}).encode() + b"\n")
-        with sock.makefile("rb") as stream:
-            answer = json.loads(stream.readline() or b"{}")
-        pid = int((answer.get("result") or {}).get("pid") or 0) or None
-    except (OSError, ValueError, TypeError, AttributeError):
+        client.pid = int((client._ask(sock, "ping", None, {}) or {}).get("pid") or 0) or None
+    except DaemonSilent:
+        raise
+    except (GateAgentError, OSError, ValueError, TypeError, AttributeError):
         pass
-    finally:
-        sock.close()
-    return ControlClient(path, pid), ""
+    return client, ""
 
 
 def _may_use_store(config: Config, why_no_daemon: str) -> None:
@@ -128,9 +180,10 @@ def _may_use_store(config: Config, why_no_daemon: str) -> None:
     raise StoreAccess(
         f"no gate-agent daemon answers on its control socket ({why_no_daemon}), so this "
         f"command would work on store.dir {store} itself, which uid {os.geteuid()} may not "
-        f"use: it needs the store's owner (`{_retry_hint()}`), or the running daemon "
-        "(`systemctl start gate-agent`; [control] socket and group let technicians use it "
-        "without sudo)")
+        f"use ({here} is {owner_of(here)}): it needs the store's owner (`{_as_owner_hint(here)}`"
+        f", or `{_retry_hint()}`: root works on the store as its owner and may also read a "
+        "root-only token file), or the running daemon (`systemctl start gate-agent`; "
+        "[control] socket and group let technicians use it without sudo)")
 
 
 @contextmanager
@@ -145,7 +198,8 @@ def acting_on_store(config: Config) -> Iterator[ControlClient | None]:
         if pid is None:
             yield None
             return
-    yield ControlClient(socket_path(config), pid)  # running, but its socket did not answer
+    # running, but its socket did not answer
+    yield ControlClient(socket_path(config), pid, config.control["answer_timeout_s"])
 
 
 @contextmanager
@@ -172,4 +226,6 @@ def _running(config: Config) -> tuple[ControlClient | None, str]:
     if daemon is not None:
         return daemon, ""
     pid = daemon_pid(config.store_dir)
-    return (None, why) if pid is None else (ControlClient(socket_path(config), pid), "")
+    if pid is None:
+        return None, why
+    return ControlClient(socket_path(config), pid, config.control["answer_timeout_s"]), ""

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
-from agent.runtime import bindings, work
+from agent.runtime import bindings, pairing, work
 from agent.runtime.control import Handler, ProgressSink, progress_sink
 from agent.runtime.opening import open_journal
 from agent.store.cache import TicketCache
@@ -33,7 +33,9 @@ class DaemonOps:
                 "check": self.check, "events": self.events,
                 "sync": self.sync, "upload": self.upload, "import": self.import_,
                 "queue": self.queue, "queue_retry": self.queue_retry, "pair": self.pair,
-                "unpair": self.unpair, "token": self.token, "release": self.release}
+                "unpair": self.unpair, "token": self.token, "release": self.release,
+                "venue_conflicts": self.venue_conflicts, "pair_tag_ticket": self.pair_tag_ticket,
+                "pair_tag": self.pair_tag}
 
     async def ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -169,6 +171,10 @@ class DaemonOps:
 
         return await asyncio.to_thread(listing)
 
+    async def venue_conflicts(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """`gate-agent venue conflicts`: read by the daemon (store.dir is 0700, its own)."""
+        return await asyncio.to_thread(work.venue_conflicts, self.d.config.store_dir)
+
     async def queue_retry(self, args: dict[str, Any]) -> dict[str, Any]:
         uuids = [str(u) for u in args.get("uuids") or []] or None
 
@@ -211,6 +217,47 @@ class DaemonOps:
         if found:
             self.d.reload()
         return {"lane": lane.name, "found": found}
+
+    # -- the pairing station (`gate-agent pair-tag`: its readers are its own, the rest is ours) -
+
+    async def pair_tag_ticket(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The ticket the station prompts for, from this daemon's cache (PairingRefused when
+        it does not know it, as without a daemon)."""
+        event = args.get("event")
+
+        def look() -> dict[str, Any]:
+            cache = self.d._open_cache(check=False)
+            try:
+                return pairing.ticket_answer(pairing.find_ticket(
+                    cache, str(args.get("barcode") or ""), None if event is None else int(event)))
+            finally:
+                cache.close()
+
+        return await asyncio.to_thread(look)
+
+    async def pair_tag(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A pairing with this daemon's platform client (its token and rate budget), its
+        cache (the tag works at once on every lane) and, with --admit, its lane: journaled,
+        shown and counted like a manual scan, on the venue's claims when it has a bus."""
+        if self.d.client is None:
+            raise pairing.PairingOffline(f"pairing needs the platform, and the daemon's platform "
+                                         f"link is off ({self.d.platform_disabled}); nothing "
+                                         "changed")
+        lane = self.d.config.lane(args["admit_lane"]) if args.get("admit_lane") else None
+        event = args.get("event")
+        gate = await asyncio.to_thread(self.d._gate)
+        station = pairing.Pairing(self.d.config, gate, self.d.client, self.d.clock,
+                                  blocking=asyncio.to_thread, on_admit=self.d.manual_decided)
+        try:
+            result = await station.pair(str(args.get("barcode") or ""), str(args.get("tag") or ""),
+                                        event_id=None if event is None else int(event),
+                                        again=bool(args.get("again")), admit_lane=lane)
+        finally:
+            await station.aclose()
+            await asyncio.to_thread(gate.close)
+        if result.admit is not None and result.admit.uuid:
+            self.d.request_upload()
+        return pairing.pair_answer(result)
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:
         """A technician's release (agent.commands.turnstile), journaled with who asked."""

@@ -1,6 +1,7 @@
 """The store-changing work of the technician's commands, written once.
 
-`gate-agent sync | upload | import | queue | check | scan | release --events` do this work themselves when no daemon runs, and ask
+`gate-agent sync | upload | import | queue | check | scan | release --events | venue conflicts`
+do this work themselves when no daemon runs, and ask
 the running daemon to do it when one does (`agent.runtime.control`): both call these functions,
 so the answer a technician sees — and the requests spent — are the same either way. Each takes
 the already-open Syncer, Uploader, cache or journal of its caller and returns a plain dict that
@@ -24,6 +25,7 @@ from agent.platform.upload import Uploader
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog
+from agent.store.venue import VENUE_FILE, VenueStore
 
 QUEUE_STATES = ("pending", "quarantined", "local")
 
@@ -106,6 +108,19 @@ def queue_listing(journal: Journal, *, include_sent: bool, limit: int) -> dict[s
 def lane_events(journal: Journal, limit: int = 100) -> list[dict[str, Any]]:
     """`release --events`: recent alarms and releases, newest first."""
     return PassageLog(journal).events(limit)
+
+
+def venue_conflicts(store_dir: Path) -> list[dict[str, Any]]:
+    """The venue store's conflicts, read-only (a command must not create the daemon's file);
+    none when there is no file yet (the daemon has not met the bus)."""
+    path = store_dir / VENUE_FILE
+    if not path.exists():
+        return []
+    store = VenueStore(path, readonly=True)
+    try:
+        return store.conflicts()
+    finally:
+        store.close()
 
 
 def answer(decision: Decision, uuid: str | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from agent import demo_data
 from agent.commands import daemon, devices, pairing, platform, scanning, venue
 from agent.core.decide import Decision
 from agent.runtime.gate import ScanResult
-from agent.runtime.pairing import PairResult
+from agent.runtime.pairing import PairResult, pair_answer
 from drivers.discover import Category, DeviceRow
 from tests.conftest import DemoSite, run_cli
 
@@ -107,7 +107,7 @@ def _all_outputs(s: str) -> tuple[str, list[str]]:
                                 "device": "d", "lane": "l", "offline": 0, "detail": v[2]}]),
         draw=lambda console: (daemon.render(report, console),
                               scanning._show(answer, False, console),
-                              pairing._show(paired, console)))
+                              pairing._show(pair_answer(paired), console)))
     return printed, v
 
 

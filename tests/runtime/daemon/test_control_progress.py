@@ -26,7 +26,9 @@ def test_sync_through_the_daemon_streams_its_progress(site: Site) -> None:
         daemon.wait_ready()
         wait_synced(daemon)
         assert daemon.proc is not None
-        client = ControlClient(socket_path(load_config(str(site.config))), daemon.proc.pid)
+        config = load_config(str(site.config))
+        client = ControlClient(socket_path(config), daemon.proc.pid,
+                               config.control["answer_timeout_s"])
         updates: list[dict[str, Any]] = []
         result = client.call("sync", on_progress=updates.append, full=True, events=[])
         assert result["mode"] == "full" and result["requests"] >= 1

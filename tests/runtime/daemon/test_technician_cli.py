@@ -2,9 +2,11 @@
 socket = "/run/gate-agent/control.sock"`, store.dir 0700 and the service user's).
 
 With the daemon running, every command goes through its socket: the client must not first
-look for `<store.dir>/daemon.lock`, which it cannot even see. With the daemon stopped, the
-commands that would work on the store say they need its owner (sudo), before doing anything:
-no traceback, no PermissionError half-way, and `login` asks the platform for nothing.
+look for `<store.dir>/daemon.lock`, which it cannot even see; `pair-tag` (the daemon pairs,
+with its rules, token and lanes) and `venue conflicts` (it reads its venue store) too. With the
+daemon stopped, the commands that would work on the store say they need its owner, naming
+the store, its owner and the `sudo -u` to type, before doing anything: no traceback, no
+PermissionError half-way, and `login` asks the platform for nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from agent import demo_data
+from agent.store.venue import VENUE_FILE, VenueStore
+from agent.venue.node import start_venue
+from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
 from tests.runtime.daemon.conftest import wait_synced
 from tests.runtime.daemon.test_service_control import (  # noqa: F401 - fixture
+    SERVICE_UID,
     TECHNICIAN_UID,
     _with_control,
     technicians,
@@ -30,10 +37,16 @@ from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
     _reader,
     install,
 )
+from tests.runtime.pairing.conftest import PairTagProcess, platform_tag
 
 pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
 
 C = demo_data.CODES
+TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"
+DEAD_BUS = "nats://127.0.0.1:9"  # nothing listens: commands that do not use the bus
+VENUE_SECTION = f'\n[venue]\nname = "hall"\nservers = ["{DEAD_BUS}"]\ndevice = "g1"\n'
+CONFLICT_UUID = "7d0c5e3a-0000-4000-8000-000000000001"
+CONFLICT = "admitted at g1 and g2 while they could not see each other"
 
 
 class Technician:
@@ -104,15 +117,136 @@ def test_without_the_daemon_store_commands_say_they_need_sudo_before_doing_anyth
     before = _logins(install)
     for args in (("scan", C["valid"]), ("check", C["valid"]), ("queue",),
                  ("release", "--events"), ("upload",), ("queue", "retry"),
-                 ("devices", "pair", "entry", _reader(install), "--no-validate")):
-        out = tech(*args)
-        assert out.returncode == 2, (args, out.stdout, out.stderr)
-        assert "needs the store's owner" in out.stderr and "sudo gate-agent" in out.stderr, \
-            (args, out.stderr)
-        assert "Traceback" not in out.stderr and "PermissionError" not in out.stderr
+                 ("devices", "pair", "entry", _reader(install), "--no-validate"),
+                 ("pair-tag", C["valid"], "--reader", _station_reader(install))):
+        _needs_the_owner(install, tech(*args), args)
     login = install.sandbox.info()["login"]
     refused = tech("login", "--email", login["email"], stdin=login["password"] + "\n")
     assert refused.returncode == 2, refused.stderr
     assert "nothing was asked of the platform" in refused.stderr
     assert _logins(install) == before  # no token issued and left behind on the platform
+    install.config.write_text(install.config.read_text() + VENUE_SECTION)
+    _needs_the_owner(install, tech("venue", "conflicts", "--json"), ("venue", "conflicts"))
     assert install.owners() == {}  # the store was not touched
+
+
+def _needs_the_owner(site: Install, out: subprocess.CompletedProcess[str],
+                     args: tuple[str, ...]) -> None:
+    """StoreAccess (exit 2, before anything is done): the store, its owner, the sudo to type."""
+    assert out.returncode == 2, (args, out.stdout, out.stderr)
+    said = " ".join(out.stderr.split())  # as one line, whatever the terminal's width
+    assert "needs the store's owner" in said, (args, said)
+    assert f"store.dir {site.store} itself" in said and \
+        f"({site.store} is {SERVICE_UID}:{SERVICE_UID}, mode 700)" in said, (args, said)
+    assert f"`sudo -u '#{SERVICE_UID}' gate-agent {args[0]}" in said, (args, said)
+    assert f"`sudo gate-agent {args[0]}" in said, (args, said)
+    assert "Traceback" not in out.stderr and "PermissionError" not in out.stderr
+
+
+def _station_reader(site: Install, name: str = "tag") -> str:
+    """A pairing station's NFC reader (a sim socket) in a folder the technician owns."""
+    here = site.root / "station"
+    if not here.exists():
+        here.mkdir()
+        os.chown(here, TECHNICIAN_UID, TECHNICIAN_UID)
+    return f"sim:{name}?socket={here / (name + '.sock')}"
+
+
+def _pair_tag(site: Install, tech: Technician, *args: str) -> PairTagProcess:
+    return PairTagProcess(
+        [site.python, "-m", "agent", "pair-tag", *args, "--config", str(site.config)],
+        {**os.environ, **site.python_env, "HOME": "/tmp", "GATE_AGENT_TOKEN": ""},
+        user=TECHNICIAN_UID, group=TECHNICIAN_UID, extra_groups=[tech.gid])
+
+
+def test_a_technician_pairs_wristbands_through_the_daemon_with_its_rules(
+        install: Install, tech: Technician) -> None:  # noqa: F811
+    """No sudo: the daemon asks the platform with its own token, pairs in its cache (the tag
+    works on its lanes at once) and admits through its lane, journaled as its own scan."""
+    daemon = install.daemon()
+    daemon.groups = [tech.gid]
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        reader = _station_reader(install)
+        tags = Path(reader.partition("socket=")[2])
+        run = _pair_tag(install, tech, C["valid"], "--reader", reader, "--admit")
+        run.wait_line("present the tag")
+        send_scan(tags, "04:aa:aa:aa:aa:aa:01")
+        code, out, err = run.finish(60)
+        assert code == 0, (out, err)
+        assert f"PAIRED {TAG_A} -> {C['valid']} (event {demo_data.EVENT_ID}, item 1)" in out
+        assert f"ADMIT in  {TAG_A}  valid" in out
+        assert platform_tag(install.sandbox, C["valid"]) == TAG_A
+        daemon.wait_for(lambda r: f"control: pair_tag requested by uid {TECHNICIAN_UID}"
+                        in r.get("msg", ""), 10, "the daemon paired")
+        inside = tech("check", TAG_A, "--json")  # the daemon's cache and journal: in already
+        assert inside.returncode == 1 and json.loads(inside.stdout)["status"] == "alreadyIn", \
+            (inside.stdout, inside.stderr)
+        queue = json.loads(tech("queue", "--json", "--all").stdout)
+        assert [(s["code"], s["lane"]) for s in queue["scans"]] == [(TAG_A, "entry")]
+        # the pairing rules hold through the daemon: a ticket it does not know, a second tag
+        # without --again (the platform refuses; nothing changes)
+        unknown = tech("pair-tag", C["unknown"], "--reader", reader)
+        assert unknown.returncode == 1, (unknown.stdout, unknown.stderr)
+        assert "not in this gate's ticket cache" in unknown.stdout
+        run = _pair_tag(install, tech, C["nfc_ticket"], "--reader", reader)
+        run.wait_line("present the tag")
+        send_scan(tags, TAG_B)
+        code, out, err = run.finish(60)
+        assert code == 1 and "already has a tag" in out and "--again" in out, (out, err)
+        assert platform_tag(install.sandbox, C["nfc_ticket"]) == demo_data.NFC_TAG
+        install.sandbox.stop()  # the platform is gone: offline keeps its own exit code (3)
+        run = _pair_tag(install, tech, C["valid2"], "--reader", reader)
+        run.wait_line("present the tag")
+        send_scan(tags, TAG_B)
+        offline, said, err2 = run.finish(120)
+        assert offline == 3 and "cannot be reached" in said and "nothing changed" in said, \
+            (said, err2)
+        for text in (out, err, unknown.stderr, err2):
+            assert "Traceback" not in text and "PermissionError" not in text
+        assert set(install.owners().values()) == {SERVICE_UID}
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_technician_lists_venue_conflicts_through_the_daemon(
+        install: Install, tech: Technician, tmp_path: Path) -> None:  # noqa: F811
+    """The venue store is the daemon's (store.dir 0700): it reads the conflicts for them."""
+    (node,) = start_venue(tmp_path / "nats", 1)
+    try:
+        install.config.write_text(install.config.read_text() +
+                                  VENUE_SECTION.replace(DEAD_BUS, node.url))
+        _seed_conflict(install.store / VENUE_FILE)
+        daemon = install.daemon()
+        daemon.groups = [tech.gid]
+        daemon.start()
+        try:
+            daemon.wait_ready()
+            listed = tech("venue", "conflicts", "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = json.loads(listed.stdout)["conflicts"]
+            assert [(r["uuid"], r["detail"]) for r in rows] == [(CONFLICT_UUID, CONFLICT)]
+            table = tech("venue", "conflicts")
+            assert table.returncode == 0 and "Venue conflicts: 1" in table.stdout, table.stderr
+            assert "Traceback" not in listed.stderr + table.stderr
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        node.kill()
+
+
+def _seed_conflict(path: Path) -> None:
+    """venue.db as an earlier partition left it: one conflict found (the service user's file)."""
+    store = VenueStore(path)
+    try:
+        store.conn.execute(
+            "INSERT INTO venue_conflicts (uuid, event_id, item_id, zone_id, device, lane, "
+            "scanned_on, offline, detail, detected_at) VALUES (?, ?, 1, 1, 'g2', 'entry', "
+            "'2026-11-28T19:30:00Z', 1, ?, '2026-11-28T19:31:00Z')",
+            (CONFLICT_UUID, demo_data.EVENT_ID, CONFLICT))
+    finally:
+        store.close()
+    for made in path.parent.glob(path.name + "*"):
+        os.chown(made, SERVICE_UID, SERVICE_UID)

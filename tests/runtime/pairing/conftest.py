@@ -39,14 +39,7 @@ class Station:
         return self.site.root
 
     def platform_tag(self, barcode: str, event_id: int = demo_data.EVENT_ID) -> str | None:
-        """The tag the sandbox has on a ticket (its own state, not an API answer)."""
-        state = self.sandbox.state
-        assert state is not None
-        with state.lock:
-            found = state.store.find(barcode, event_id)
-            assert found is not None, barcode
-            variable = state.store.item(event_id, found.index).get("variable")
-        return variable.get("nfcId") if isinstance(variable, dict) else None
+        return platform_tag(self.sandbox, barcode, event_id)
 
     def pair_requests(self) -> int:
         return int(self.sandbox.received()["perEndpoint"].get("POST /tickets/pair", 0))
@@ -55,20 +48,31 @@ class Station:
         return TicketCache(self.site.config.store_dir / "cache.db")
 
     def cli(self, *args: str) -> PairTagProcess:
-        return PairTagProcess(self, list(args))
+        return PairTagProcess(
+            [sys.executable, "-m", "agent", "pair-tag", "--config", str(self.site.config_path),
+             *args], {**os.environ, "GATE_AGENT_TOKEN": self.sandbox.token})
+
+
+def platform_tag(sandbox: Sandbox, barcode: str, event_id: int = demo_data.EVENT_ID
+                 ) -> str | None:
+    """The tag the sandbox has on a ticket (its own state, not an API answer)."""
+    state = sandbox.state
+    assert state is not None
+    with state.lock:
+        found = state.store.find(barcode, event_id)
+        assert found is not None, barcode
+        variable = state.store.item(event_id, found.index).get("variable")
+    return variable.get("nfcId") if isinstance(variable, dict) else None
 
 
 class PairTagProcess:
     """`gate-agent pair-tag ...` as a real subprocess; stdout lines are collected by a thread
-    so a test can wait for a prompt before it presents a tag."""
+    so a test can wait for a prompt before it presents a tag. `popen`: as another uid."""
 
-    def __init__(self, station: Station, args: list[str]):
-        env = {**os.environ, "GATE_AGENT_TOKEN": station.sandbox.token}
+    def __init__(self, argv: list[str], env: dict[str, str], **popen: Any):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "pair-tag", "--config",
-             str(station.site.config_path), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env, cwd=PROJECT_ROOT)
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env, cwd=PROJECT_ROOT, **popen)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._pump, daemon=True)
