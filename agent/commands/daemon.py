@@ -59,9 +59,17 @@ def _status_url(args: argparse.Namespace, config: Config | None) -> tuple[str, s
         return url.removesuffix("/status"), token
     assert config is not None  # only --url goes without a configuration
     address = config.status["listen"]
-    addr_file = config.store_dir / "status.addr"
-    if address.endswith(":0") and addr_file.exists():
-        address = addr_file.read_text().strip()
+    if address.endswith(":0"):  # a port the daemon picked at start, written to status.addr
+        addr_file = config.store_dir / "status.addr"
+        try:
+            address = addr_file.read_text().strip()
+        except FileNotFoundError:
+            pass  # no daemon has written one: the request below says none answers
+        except OSError as exc:
+            raise GateAgentError(
+                f"[status] listen = {address!r} picks a port at start, written to {addr_file}, "
+                f"which this user cannot read ({exc.strerror}): give the endpoint with "
+                "`gate-agent status --url http://HOST:PORT`, or run with sudo") from None
     return f"http://{address}", token
 
 

@@ -26,7 +26,7 @@ from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
 from agent.errors import ConfigError, DriverUnavailable, UsageError
 from agent.runtime import bindings
-from agent.runtime.controlclient import acting_on_store
+from agent.runtime.controlclient import acting_on_store, reading_store
 
 EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -286,43 +286,17 @@ def _unpair_device(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _device_rows(config: Config) -> dict[str, dict[str, str]]:
-    """The device-level contacts in force: paired, or from [device]."""
-    paired = bindings.load_device_bindings(config.store_dir)
-    return {key: {"url": url, "source": "paired" if paired.get(key) == url else "config"}
-            for key, url in bindings.effective_device(config).items()
-            if key in bindings.DEVICE_ROLES.values() and url}
-
-
-def _lane_rows(config: Config) -> list[dict[str, Any]]:
-    paired = bindings.load_bindings(config.store_dir)
-    rows = []
-    for lane in bindings.effective_lanes(config):
-        configured = next(c for c in config.lanes if c.name == lane.name)
-        mine = paired.get(lane.name, {"readers": [], "relay": None})
-        rows.append({
-            "lane": lane.name,
-            "readers": [{"url": u, "source": "config" if u in configured.readers else "paired"}
-                        for u in lane.readers],
-            **{role: _source(lane, mine, role) for role in bindings.SINGLE_ROLES
-               if role in bindings.OUTPUT_ROLES or getattr(lane, role)},
-        })
-    return rows
-
-
-def _source(lane: Any, mine: dict[str, Any], role: str) -> dict[str, str] | None:
-    url = getattr(lane, role)
-    if not url:
-        return None
-    return {"url": url, "source": "paired" if mine.get(role) == url else "config"}
-
-
 def cmd_show(args: argparse.Namespace) -> int:
+    """Socket-first, as pairing is: the running daemon reads the pairings it works with (a
+    technician without sudo may not read `<store.dir>/devices.json`); without one, read here
+    as the store's owner."""
     config = load_config(args.config)
     if not config.lanes:
         raise ConfigError("no [[lanes]] configured; add one", path=config.path, key="lanes")
-    rows = _lane_rows(config)
-    device = _device_rows(config)
+    with reading_store(config) as daemon:
+        view = daemon.call("devices_show") if daemon is not None \
+            else bindings.paired_view(config)
+    rows, device = view["lanes"], view["device"]
     if args.json:
         print(json.dumps({"lanes": rows, "device": device}, indent=2))
         return EXIT_OK

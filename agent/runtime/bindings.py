@@ -203,3 +203,41 @@ def effective_lanes(config: Config) -> tuple[LaneConfig, ...]:
     for lane in lanes:  # a paired relay must not turn an exit into an entry either
         check_lane_outputs(lane, str(bindings_path(config.store_dir)), f"lanes.{lane.name}")
     return lanes
+
+
+def paired_view(config: Config) -> dict[str, Any]:
+    """What `gate-agent devices show` lists: every lane's devices in force and the device-level
+    contacts, each with its source (the config file or a pairing). Read by the daemon for a
+    technician without access to the store, or by the CLI as the store's owner."""
+    return {"lanes": _lane_rows(config), "device": _device_rows(config)}
+
+
+def _device_rows(config: Config) -> dict[str, dict[str, str]]:
+    """The device-level contacts in force: paired, or from [device]."""
+    paired = load_device_bindings(config.store_dir)
+    return {key: {"url": url, "source": "paired" if paired.get(key) == url else "config"}
+            for key, url in effective_device(config).items()
+            if key in DEVICE_ROLES.values() and url}
+
+
+def _lane_rows(config: Config) -> list[dict[str, Any]]:
+    paired = load_bindings(config.store_dir)
+    rows = []
+    for lane in effective_lanes(config):
+        configured = next(c for c in config.lanes if c.name == lane.name)
+        mine = paired.get(lane.name, {"readers": [], "relay": None})
+        rows.append({
+            "lane": lane.name,
+            "readers": [{"url": u, "source": "config" if u in configured.readers else "paired"}
+                        for u in lane.readers],
+            **{role: _source(lane, mine, role) for role in SINGLE_ROLES
+               if role in OUTPUT_ROLES or getattr(lane, role)},
+        })
+    return rows
+
+
+def _source(lane: Any, mine: dict[str, Any], role: str) -> dict[str, str] | None:
+    url = getattr(lane, role)
+    if not url:
+        return None
+    return {"url": url, "source": "paired" if mine.get(role) == url else "config"}

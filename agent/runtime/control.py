@@ -48,7 +48,7 @@ log = logging.getLogger("gate_agent.control")
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 256 * 1024 * 1024  # an import of a 1M-item ticket file fits
 READ_ONLY = frozenset({"ping", "status", "queue", "check", "events", "venue_conflicts",
-                       "pair_tag_ticket"})
+                       "pair_tag_ticket", "devices_show"})
 ALIVE_LINE = b'{"alive": true}\n'
 MIN_ALIVE_S = 0.05
 

@@ -35,7 +35,7 @@ class DaemonOps:
                 "queue": self.queue, "queue_retry": self.queue_retry, "pair": self.pair,
                 "unpair": self.unpair, "token": self.token, "release": self.release,
                 "venue_conflicts": self.venue_conflicts, "pair_tag_ticket": self.pair_tag_ticket,
-                "pair_tag": self.pair_tag}
+                "pair_tag": self.pair_tag, "devices_show": self.devices_show}
 
     async def ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -170,6 +170,10 @@ class DaemonOps:
                 journal.close()
 
         return await asyncio.to_thread(listing)
+
+    async def devices_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`gate-agent devices show`: the pairings this daemon's config and store hold."""
+        return await asyncio.to_thread(bindings.paired_view, self.d.config)
 
     async def venue_conflicts(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """`gate-agent venue conflicts`: read by the daemon (store.dir is 0700, its own)."""

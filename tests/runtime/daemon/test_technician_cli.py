@@ -100,13 +100,17 @@ def test_a_technician_in_the_socket_group_uses_every_command_through_the_daemon(
         assert upload.returncode == 0, upload.stderr
         paired = tech("devices", "pair", "entry", _reader(install), "--no-validate")
         assert paired.returncode == 0 and "the running daemon" in paired.stdout, paired.stderr
+        shown = tech("devices", "show", "--json")  # read back through the daemon, no sudo
+        assert shown.returncode == 0, shown.stderr
+        entry = next(r for r in json.loads(shown.stdout)["lanes"] if r["lane"] == "entry")
+        assert {"url": _reader(install), "source": "paired"} in entry["readers"]
         # login: the technician may not write root's token file; the daemon takes the token
         login = install.sandbox.info()["login"]
         done = tech("login", "--email", login["email"], stdin=login["password"] + "\n")
         assert done.returncode == 0, done.stderr
         assert "NOT stored" in done.stdout and "uses the new token" in done.stdout
         assert (install.root / "token").read_text() == install.sandbox.token  # untouched
-        for out in (scan, check, queue, events, upload, paired, done):
+        for out in (scan, check, queue, events, upload, paired, shown, done):
             assert "Traceback" not in out.stderr and "daemon.lock" not in out.stderr
     finally:
         assert daemon.stop() == 0
@@ -118,6 +122,7 @@ def test_without_the_daemon_store_commands_say_they_need_sudo_before_doing_anyth
     for args in (("scan", C["valid"]), ("check", C["valid"]), ("queue",),
                  ("release", "--events"), ("upload",), ("queue", "retry"),
                  ("devices", "pair", "entry", _reader(install), "--no-validate"),
+                 ("devices", "show"),
                  ("pair-tag", C["valid"], "--reader", _station_reader(install))):
         _needs_the_owner(install, tech(*args), args)
     login = install.sandbox.info()["login"]
@@ -125,6 +130,11 @@ def test_without_the_daemon_store_commands_say_they_need_sudo_before_doing_anyth
     assert refused.returncode == 2, refused.stderr
     assert "nothing was asked of the platform" in refused.stderr
     assert _logins(install) == before  # no token issued and left behind on the platform
+    status = tech("status")  # `listen = ...:0`: the picked port is in the store it cannot read
+    assert status.returncode == 1, (status.stdout, status.stderr)
+    said = " ".join(status.stderr.split())
+    assert f"written to {install.store / 'status.addr'}, which this user cannot read" in said
+    assert "gate-agent status --url" in said and "Traceback" not in status.stderr
     install.config.write_text(install.config.read_text() + VENUE_SECTION)
     _needs_the_owner(install, tech("venue", "conflicts", "--json"), ("venue", "conflicts"))
     assert install.owners() == {}  # the store was not touched
