@@ -163,6 +163,10 @@ class Election:
             "leader": leader.holder if leader else None,
             "leader_since": leader.since if leader else None,
             "leader_term": leader.term if leader else None,
+            # the term's epoch (the lease bucket's creation time, microseconds since 1970;
+            # agent.venue.term): None while nobody leads or the leader wrote none (a version
+            # of before)
+            "leader_term_epoch": leader.epoch if leader else None,
             "this_device_leads": self.lease.valid(),
             "term": self.lease.term or None,
             "lease_ttl_s": self.ttl_s,

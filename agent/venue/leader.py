@@ -50,9 +50,10 @@ from agent.venue.budget import (
 )
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
-from agent.venue.lease import NotLeader, Term, bucket_name
+from agent.venue.lease import NotLeader, bucket_name
 from agent.venue.stepdown import StepDown
 from agent.venue.streams import kv_stream
+from agent.venue.term import Term
 
 log = logging.getLogger("gate_agent.venue.leader")
 
