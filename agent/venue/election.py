@@ -83,7 +83,7 @@ def cancelled() -> bool:
 class Handover(Protocol):
     """When to give the lease up or leave a free one to another gate (agent.venue.stepdown)."""
 
-    def release_why(self) -> str | None: ...
+    async def release_why(self) -> str | None: ...
 
     def stepped_down(self, why: str) -> None: ...
 
@@ -112,7 +112,8 @@ class Election:
 
     async def step(self) -> bool:
         """One round: renew or acquire, then read who leads. Returns whether we lead."""
-        why = self.handover.release_why() if self.handover and self.lease.valid() else None
+        why = await self.handover.release_why() if self.handover and self.lease.valid() \
+            else None
         if why is not None:
             assert self.handover is not None
             self.handover.stepped_down(why)  # logs why, then the lease is given up
