@@ -164,25 +164,25 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
 
 
 # The venue leader's figures (VenueRole.get_status(), every gate reads them from the bus):
-# metric name, help, status key, unit factor. A figure not known yet is left out, never shown
-# as 0.
+# metric name, help, status key, divisor to the metric's unit. A figure not known yet is left
+# out, never shown as 0.
 LEADER_GAUGES = (
     ("gate_venue_leader_term", "Term of the venue's current leader: the lease's revision "
      "(grows at every change within one lease bucket; see gate_venue_leader_term_epoch_seconds)",
-     "leader_term", 1.0),
+     "leader_term", 1),
     ("gate_venue_leader_term_epoch_seconds", "Epoch of the venue leader's term: when its lease "
      "bucket was created (unix time); a later epoch outranks every revision of an earlier one",
-     "leader_term_epoch", 1e-6),
+     "leader_term_epoch", 1_000_000),
     ("gate_venue_budget_used", "The venue's platform requests in the last minute",
-     "budget_in_use_per_min", 1.0),
+     "budget_in_use_per_min", 1),
     ("gate_venue_budget_limit", "Platform requests per minute the venue's leader may use",
-     "budget_per_min", 1.0),
+     "budget_per_min", 1),
     ("gate_venue_upload_lag_seconds", "How long the oldest scan on the bus has waited for "
-     "the platform", "upload_lag_s", 1.0),
+     "the platform", "upload_lag_s", 1),
     ("gate_venue_upload_lag_scans", "Scans on the bus not yet at the platform", "upload_lag",
-     1.0),
+     1),
     ("gate_venue_quarantined", "Venue scans the platform refused, held on the bus",
-     "quarantined", 1.0),
+     "quarantined", 1),
 )
 
 
@@ -193,11 +193,11 @@ def _leader_metrics(leader: Any) -> Iterator[Any]:
     mine = GaugeMetricFamily("gate_venue_leader", "1 on the device that leads the venue")
     mine.add_metric([], 1.0 if leader.get("this_device_leads") else 0.0)
     yield mine
-    for name, text, key, factor in LEADER_GAUGES:
+    for name, text, key, divisor in LEADER_GAUGES:
         value = leader.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             gauge = GaugeMetricFamily(name, text)
-            gauge.add_metric([], float(value) * factor)
+            gauge.add_metric([], value / divisor)
             yield gauge
 
 

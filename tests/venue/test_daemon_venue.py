@@ -6,6 +6,7 @@ the bus."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -127,6 +128,10 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
         leader = daemon.status()["venue"]["leader"]
         assert leader["leader"] == "daemon" and leader["this_device_leads"]
         assert leader["leader_since"] and leader["leader_term"]
+        # the term's epoch: the lease bucket's creation time (microseconds), the catalog's
+        epoch = leader["leader_term_epoch"]
+        assert epoch > 1_700_000_000_000_000 and \
+            leader["catalog_term"] == f"{epoch}/{leader['leader_term']}", leader
         assert leader["budget_in_use_per_min"] >= 3  # events, zones, tickets, the upload
         assert daemon.status()["upload"]["sent_total"] == 1
         table = run_cli("status", "--config", str(site.config))
@@ -136,6 +141,8 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
                      "gate_venue_budget_used ", "gate_venue_upload_lag_seconds ",
                      "gate_venue_quarantined 0.0"):
             assert line in metrics, line
+        (seconds,) = re.findall(r"^gate_venue_leader_term_epoch_seconds (\S+)$", metrics, re.M)
+        assert float(seconds) == epoch / 1e6
         # the heartbeat carries the leader's figures under the names the dashboard reads
         # (a first heartbeat may carry the leader's budget before its request log was read)
         wait_until(lambda: ((daemon.get("/api/venue").json()["totals"]["budget"] or {})
