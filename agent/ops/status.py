@@ -284,8 +284,9 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
         found.append(Reason("warn", "venue_term_unreadable",
             f"{refused} venue catalog message(s) refused: their leader term cannot be read "
             f"(last: {leader.get('term_refused')}); this gate does not apply them and may miss "
-            "refunds and blocks the leader published: run the same gate-agent version on "
-            "every gate of the venue (a refused message is read again at the next start)"))
+            "refunds and blocks the leader published: run one gate-agent version on every "
+            "gate of the venue, then `gate-agent sync --full` (the leader publishes every "
+            "item again)"))
     offset = venue.get("clock_offset_s")
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(
