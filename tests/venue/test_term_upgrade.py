@@ -26,7 +26,7 @@ from agent.store.cache import TicketCache
 from agent.venue import catalog
 from agent.venue.catalog import PUBLISH_WINDOW, CatalogPublisher
 from agent.venue.election import connect, lease_bucket
-from agent.venue.lease import LEASE_KEY, Lease
+from agent.venue.lease import LEASE_KEY, Lease, current_leader
 from agent.venue.node import NodeProcess
 from agent.venue.term import (
     EPOCH_HEADER,
@@ -257,6 +257,40 @@ def test_unreadable_terms_are_refused_counted_and_said(
     finally:
         cache.close()
     assert [barcode for barcode, *_ in items(gate).values()] == ["UNREADABLE-TERM"]
+
+
+def old_leader_record(value: bytes) -> tuple[str, int, str]:
+    """How a gate of before read the lease record: `current_leader`'s parse, copied verbatim
+    from agent/venue/lease.py at ca7e870 (unchanged until this change), returning its fields
+    instead of that version's `LeaderInfo`."""
+    body = orjson.loads(value)
+    return str(body["holder"]), int(body["term"]), str(body["since"])
+
+
+def test_the_lease_record_reads_the_same_in_every_version(
+        shared_venue_node: NodeProcess) -> None:
+    """The term also travels in the lease record every gate's status reads: the revision stays
+    `term` (what a gate of before reads), the epoch is a key of its own; a record a leader of
+    before wrote has none (its epoch unknown: None, never made up)."""
+    venue = "rolling-record"
+
+    async def scenario() -> tuple[Lease, bytes, Any, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            lease = await _lead(js, venue, "upgraded")
+            entry = await lease.kv.get(LEASE_KEY)
+            upgraded = await current_leader(lease.kv)
+            await lease.kv.update(LEASE_KEY, orjson.dumps(  # as a leader of before writes it
+                {"holder": "before", "term": lease.term + 5, "since": "now"}),
+                last=lease.revision)
+            return lease, entry.value, upgraded, await current_leader(lease.kv)
+        finally:
+            await nc.close()
+
+    lease, value, upgraded, of_before = asyncio.run(scenario())
+    assert old_leader_record(value) == ("upgraded", lease.term, "now")
+    assert upgraded.term == lease.term and upgraded.epoch == lease.epoch > 0
+    assert of_before.holder == "before" and of_before.epoch is None
 
 
 def test_stamps_read_every_form_and_rank_as_the_fence_needs() -> None:
