@@ -94,6 +94,15 @@ class PublisherOfLastVersion(CatalogPublisher):
             self.published += len(chunk)
 
 
+async def _next_leader(previous: Lease, holder: str) -> Lease:
+    """`previous`'s lease lost (deleted, as its expiry would; its local grant still valid):
+    `holder` wins the next one in the same bucket."""
+    await previous.kv.delete(LEASE_KEY)
+    lease = Lease(previous.kv, holder, 30.0)
+    assert await lease.acquire("now") and lease.term > previous.term
+    return lease
+
+
 async def _sync_as(publisher: type[CatalogPublisher], site: Site, js: Any, venue: str,
                    lease: Lease) -> None:
     """tests.venue.test_catalog.leader_sync with a leader of another version publishing."""
@@ -177,25 +186,22 @@ def test_an_upgraded_gate_follows_leaders_of_every_version_and_fences_them(
             await leader_sync(site, js, venue, upgraded)
             seen = [await follow(js, venue, gate)]
             code = next(iter(items(gate).values()))[0]
+
+            async def publish(publisher: type[CatalogPublisher], lease: Lease,
+                              status: str) -> None:
+                sandbox.change_item(code, status)
+                await _sync_as(publisher, site, js, venue, lease)
+                seen.append(await follow(js, venue, gate))
+
             # the upgraded leader freezes (its local grant still valid); its lease expires
             # and a gate of before wins the next one in the same bucket
-            await upgraded.kv.delete(LEASE_KEY)
-            before = Lease(upgraded.kv, "before", 30.0)
-            assert await before.acquire("now") and before.term > upgraded.term
-            sandbox.change_item(code, "refunded")
-            await _sync_as(PublisherOfBefore, site, js, venue, before)
-            seen.append(await follow(js, venue, gate))
-            sandbox.change_item(code, "valid")  # what the frozen leader's late pass says
-            assert upgraded.valid()
-            await leader_sync(site, js, venue, upgraded)
-            seen.append(await follow(js, venue, gate))
+            before = await _next_leader(upgraded, "before")
+            await publish(PublisherOfBefore, before, "refunded")
+            assert upgraded.valid()  # its late pass says what the platform said before
+            await publish(CatalogPublisher, upgraded, "valid")
             # the leader of before goes; one of the last version leads next
-            await before.kv.delete(LEASE_KEY)
-            last = Lease(upgraded.kv, "last-version", 30.0)
-            assert await last.acquire("now") and last.term > before.term
-            sandbox.change_item(code, "blocked")
-            await _sync_as(PublisherOfLastVersion, site, js, venue, last)
-            seen.append(await follow(js, venue, gate))
+            last = await _next_leader(before, "last-version")
+            await publish(PublisherOfLastVersion, last, "blocked")
             headers = [dict((await _stream_messages(js, venue))[-1].headers or {})]
             return code, seen, headers
         finally:
