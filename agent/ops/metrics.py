@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.core.codes import parse_utc_iso
 from agent.ops.status import REASON_CODES, _age
 from agent.venue.heartbeat import STATES
 
@@ -164,25 +165,20 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
 
 
 # The venue leader's figures (VenueRole.get_status(), every gate reads them from the bus):
-# metric name, help, status key, divisor to the metric's unit. A figure not known yet is left
-# out, never shown as 0.
+# metric name, help, status key. A figure not known yet is left out, never shown as 0.
 LEADER_GAUGES = (
     ("gate_venue_leader_term", "Term of the venue's current leader: the lease's revision "
      "(grows at every change within one lease bucket; see gate_venue_leader_term_epoch_seconds)",
-     "leader_term", 1),
-    ("gate_venue_leader_term_epoch_seconds", "Epoch of the venue leader's term: when its lease "
-     "bucket was created (unix time); a later epoch outranks every revision of an earlier one",
-     "leader_term_epoch", 1_000_000),
+     "leader_term"),
     ("gate_venue_budget_used", "The venue's platform requests in the last minute",
-     "budget_in_use_per_min", 1),
+     "budget_in_use_per_min"),
     ("gate_venue_budget_limit", "Platform requests per minute the venue's leader may use",
-     "budget_per_min", 1),
+     "budget_per_min"),
     ("gate_venue_upload_lag_seconds", "How long the oldest scan on the bus has waited for "
-     "the platform", "upload_lag_s", 1),
-    ("gate_venue_upload_lag_scans", "Scans on the bus not yet at the platform", "upload_lag",
-     1),
+     "the platform", "upload_lag_s"),
+    ("gate_venue_upload_lag_scans", "Scans on the bus not yet at the platform", "upload_lag"),
     ("gate_venue_quarantined", "Venue scans the platform refused, held on the bus",
-     "quarantined", 1),
+     "quarantined"),
 )
 
 
@@ -193,12 +189,20 @@ def _leader_metrics(leader: Any) -> Iterator[Any]:
     mine = GaugeMetricFamily("gate_venue_leader", "1 on the device that leads the venue")
     mine.add_metric([], 1.0 if leader.get("this_device_leads") else 0.0)
     yield mine
-    for name, text, key, divisor in LEADER_GAUGES:
+    for name, text, key in LEADER_GAUGES:
         value = leader.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             gauge = GaugeMetricFamily(name, text)
-            gauge.add_metric([], value / divisor)
+            gauge.add_metric([], float(value))
             yield gauge
+    created = leader.get("leader_term_epoch")  # ISO 8601 in status, as every time there
+    if isinstance(created, str):
+        epoch = GaugeMetricFamily(
+            "gate_venue_leader_term_epoch_seconds", "Epoch of the venue leader's term: when its "
+            "lease bucket was created (unix time); a later epoch outranks every revision of an "
+            "earlier one")
+        epoch.add_metric([], parse_utc_iso(created).timestamp())
+        yield epoch
 
 
 def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:

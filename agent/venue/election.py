@@ -22,6 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from agent.core.codes import utc_iso
 from agent.venue import streams
 from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
+from agent.venue.term import epoch_text
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -164,10 +165,9 @@ class Election:
             "leader": leader.holder if leader else None,
             "leader_since": leader.since if leader else None,
             "leader_term": leader.term if leader else None,
-            # the term's epoch (the lease bucket's creation time, microseconds since 1970;
-            # agent.venue.term): None while nobody leads or the leader wrote none (a version
-            # of before)
-            "leader_term_epoch": leader.epoch if leader else None,
+            # the term's epoch (agent.venue.term: the lease bucket's creation time): None while
+            # nobody leads or the leader wrote none (a version of before)
+            "leader_term_epoch": epoch_text(leader.epoch) if leader and leader.epoch else None,
             "this_device_leads": self.lease.valid(),
             "term": self.lease.term or None,
             "lease_ttl_s": self.ttl_s,

@@ -33,6 +33,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from agent.core.codes import utc_iso
 
 TERM_HEADER = "Venue-Leader-Term"
 EPOCH_HEADER = "Venue-Leader-Epoch"
@@ -107,6 +110,12 @@ def newer_or_same(stamp: Stamp, newest: Term) -> Term | None:
             else None
     seen = Term(stamp.epoch, stamp.revision)
     return seen if seen >= newest else None
+
+
+def epoch_text(epoch: int) -> str:
+    """An epoch (microseconds since 1970) as status JSON writes every time: ISO 8601 UTC, to
+    the microsecond (exact: the header's integer and this text name the same instant)."""
+    return utc_iso(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch))
 
 
 def _quoted(text: str) -> str:

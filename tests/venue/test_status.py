@@ -124,12 +124,12 @@ def test_venue_metrics() -> None:
 
 def test_venue_leader_metrics() -> None:
     leader = {"this_device_leads": True, "leader_term": 3,
-              "leader_term_epoch": 1_796_610_574_257_601, "budget_in_use_per_min": 12,
+              "leader_term_epoch": "2026-12-07T02:29:34.257601Z", "budget_in_use_per_min": 12,
               "budget_per_min": 54, "upload_lag_s": 2.5, "upload_lag": 40, "quarantined": 0}
     text = Metrics(lambda: {"venue": {**VENUE, "leader": leader}},
                    lambda: datetime.now(UTC)).render().decode()
     for line in ("gate_venue_leader 1.0", "gate_venue_leader_term 3.0",
-                 "gate_venue_leader_term_epoch_seconds 1.796610574257601e+09",
+                 "gate_venue_leader_term_epoch_seconds 1.796610574257601e+09",  # that instant
                  "gate_venue_budget_used 12.0", "gate_venue_budget_limit 54.0",
                  "gate_venue_upload_lag_seconds 2.5", "gate_venue_upload_lag_scans 40.0",
                  "gate_venue_quarantined 0.0"):
