@@ -179,9 +179,12 @@ def render(report: dict[str, Any], console: Console) -> None:
     if platform.get("disabled"):
         console.print(plain(f"Platform: off ({platform['disabled']})"))
     else:
+        unmeasured = platform.get("not_measured_since")
         console.print(plain(f"Platform: remaining {platform.get('remaining')}, last error "
                             f"{platform.get('last_error') or '-'}, clock skew "
-                            f"{platform.get('clock_skew_s')} s"))
+                            f"{platform.get('clock_skew_s')} s"
+                            + (f" (not measured since {unmeasured}: this gate no longer leads "
+                               "the venue)" if unmeasured else "")))
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.core.codes import parse_utc_iso
 from agent.ops.status import REASON_CODES, _age
 from agent.venue.heartbeat import STATES
 
@@ -166,7 +167,8 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
 # The venue leader's figures (VenueRole.get_status(), every gate reads them from the bus):
 # metric name, help, status key. A figure not known yet is left out, never shown as 0.
 LEADER_GAUGES = (
-    ("gate_venue_leader_term", "Term of the venue's current leader (grows at every change)",
+    ("gate_venue_leader_term", "Term of the venue's current leader: the lease's revision "
+     "(grows at every change within one lease bucket; see gate_venue_leader_term_epoch_seconds)",
      "leader_term"),
     ("gate_venue_budget_used", "The venue's platform requests in the last minute",
      "budget_in_use_per_min"),
@@ -193,6 +195,14 @@ def _leader_metrics(leader: Any) -> Iterator[Any]:
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], float(value))
             yield gauge
+    created = leader.get("leader_term_epoch")  # ISO 8601 in status, as every time there
+    if isinstance(created, str):
+        epoch = GaugeMetricFamily(
+            "gate_venue_leader_term_epoch_seconds", "Epoch of the venue leader's term: when its "
+            "lease bucket was created (unix time); a later epoch outranks every revision of an "
+            "earlier one")
+        epoch.add_metric([], parse_utc_iso(created).timestamp())
+        yield epoch
 
 
 def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:

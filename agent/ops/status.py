@@ -42,6 +42,7 @@ REASON_CODES = (
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
+    "venue_term_unreadable",
 )
 
 
@@ -149,12 +150,16 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if platform.get("disabled") and not platform.get("offline"):
         add(Reason("warn", "no_token", f"platform link off: {platform['disabled']}"))
     last_ok, last_err = platform.get("last_success"), platform.get("last_error_at")
-    link_failing = bool(last_err and (not last_ok or last_err > last_ok))
+    # A venue gate that no longer leads does not measure the link any more: its client's last
+    # error is history (agent.venue.leader `platform_status`), said by no reason.
+    measured = not platform.get("not_measured_since")
+    link_failing = measured and bool(last_err and (not last_ok or last_err > last_ok))
     # The token (or the company's trial) refused: named whatever request met it — a quiet gate
     # only syncs — and only while it lasts: an upload refused before a renewal is stale once
     # nothing waits for upload.
     link_refused = link_failing and platform.get("last_error_kind") in AUTH_ERRORS
-    uploads_blocked = upload.get("state") == "auth_failed" and bool(journal.get("pending"))
+    uploads_blocked = measured and upload.get("state") == "auth_failed" \
+        and bool(journal.get("pending"))
     auth = link_refused or uploads_blocked
     if auth:
         said = platform.get("last_error") if link_refused else upload.get("last_error")
@@ -271,8 +276,17 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
     if leader.get("held_until") and step:
         found.append(Reason("warn", "leader_stepped_down",
             f"this gate stepped down as the venue's leader at {step.get('at')}: "
-            f"{step.get('why')}; it stays out of elections until {leader['held_until']}. Check "
-            "this device's own platform link (cable, route, firewall, DNS, api.token_file)"))
+            f"{step.get('why')}; it stays out of elections until {leader['held_until']}. "
+            f"{_probe_now(leader)}. Check this device's own platform link (cable, route, "
+            "firewall, DNS, api.token_file)"))
+    refused = leader.get("term_unreadable")
+    if refused:
+        found.append(Reason("warn", "venue_term_unreadable",
+            f"{refused} venue catalog message(s) refused: their leader term cannot be read "
+            f"(last: {leader.get('term_refused')}); this gate does not apply them and may miss "
+            "refunds and blocks the leader published: run one gate-agent version on every "
+            "gate of the venue, then `gate-agent sync --full` (the leader publishes every "
+            "item again)"))
     offset = venue.get("clock_offset_s")
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(
@@ -281,6 +295,18 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "gates is ordered on the bus server's clock, but validity windows and the scan "
             "times uploaded use this one: fix time sync (NTP) here or on the bus servers"))
     return found
+
+
+def _probe_now(leader: dict[str, Any]) -> str:
+    """What this gate knows of its platform link now (agent.venue.stepdown: its probe, or its
+    last requests' verdict until the first probe after it stopped leading)."""
+    reachable = leader.get("platform_reachable")
+    if reachable is True:
+        return ("Its platform link now: reachable (a refused token shows only in requests: "
+                "check api.token_file)")
+    if reachable is False:
+        return f"Its platform link now: NOT reachable ({leader.get('platform_error')})"
+    return "Its platform link now: not known yet"
 
 
 def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]:

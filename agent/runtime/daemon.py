@@ -525,8 +525,9 @@ class Daemon:
                 cache["error"] = str(exc)
         platform: dict[str, Any] = {"disabled": self.platform_disabled,
                                     "offline": self.config.api["offline"]}
-        if self.role is not None and self.role.client is not None:
-            platform.update(self.role.client.get_status())  # venue mode: the leader's link
+        led = self.role.platform_status() if self.role is not None else None
+        if led is not None:
+            platform.update(led)  # venue mode: the leader's link (as long as it leads)
         elif self.client is not None:
             platform.update(self.client.get_status())
         snap: dict[str, Any] = {

@@ -22,10 +22,11 @@ Applying (`CatalogFollower`): items are buffered until their pass's marker arriv
 buffered items, the pass's cursor and the stream position go into the cache in one
 transaction, so the cache holds a pass entirely or not at all, and a restart resumes from the
 position with exactly the effects the file holds (rewriting an item is harmless anyway).
-Every message carries the leader's term (agent.venue.lease `Term`: ordered across a lease
-bucket made again); a message of an older term than the newest seen is dropped (a frozen
-leader's late publish, see agent.venue.lease), and so is one whose term cannot be read. A
-message that cannot be read is skipped and counted, never guessed at.
+Every message carries the leader's term (agent.venue.term: ordered across a lease bucket
+made again, in headers every version of the agent reads); a message of an older term than the
+newest seen is dropped (a frozen leader's late publish, see agent.venue.lease), and one whose
+term cannot be read is refused (`term_unreadable`, with why). A message that cannot be read is
+skipped and counted, never guessed at.
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ from agent.core.model import (
 )
 from agent.store.cache import TicketCache
 from agent.venue import streams
-from agent.venue.lease import TERM_HEADER, Lease, Term
+from agent.venue.lease import Lease
+from agent.venue.term import (
+    Stamp,
+    Term,
+    TermUnreadable,
+    newer_or_same,
+    read_stamp,
+    stamp_headers,
+)
 
 log = logging.getLogger("gate_agent.venue.catalog")
 
@@ -92,8 +101,7 @@ class CatalogPublisher:
         self.removed_items = 0
 
     async def _send(self, items: list[tuple[str, bytes]]) -> None:
-        term = self.lease.stamp()  # not leading (any more): the pass stops here
-        headers = {TERM_HEADER: term.header()}
+        headers = stamp_headers(self.lease.stamp())  # not leading (any more): stops here
         for start in range(0, len(items), PUBLISH_WINDOW):
             chunk = items[start:start + PUBLISH_WINDOW]
             await asyncio.gather(*(self.js.publish(s, b, headers=headers) for s, b in chunk))
@@ -140,8 +148,9 @@ class CatalogFollower:
     def __init__(self, js: Any, venue: str, cache: TicketCache, own_term: Any = None,
                  on_change: Callable[[], None] | None = None):
         """`own_term()`: this device's current `Term` as leader, None when not leading (its
-        own messages are already in its cache: skipped, position still advanced). `on_change()`: after events, zones
-        or a pass were written (the daemon reloads its lanes' caches)."""
+        own messages are already in its cache: skipped, position still advanced).
+        `on_change()`: after events, zones or a pass were written (the daemon reloads its
+        lanes' caches)."""
         self.on_change = on_change
         self.js = js
         self.venue = venue
@@ -153,17 +162,23 @@ class CatalogFollower:
         self.term = Term(epoch, revision)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
                          "bad_messages": 0, "pairings": 0, "items_removed": 0,
-                         "full_passes_applied": 0}
+                         "full_passes_applied": 0, "term_unreadable": 0}
+        self.term_refused: str | None = None  # why the last message's term was unreadable
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
         self._items: dict[int, dict[int, Item | None]] = {}  # None: removed (a tombstone)
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
-        self._queue: asyncio.Queue[tuple[int, str, bytes, Term | None, int]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, str, bytes, Stamp | TermUnreadable, int]] = \
+            asyncio.Queue()
 
     async def subscribe(self) -> Any:
         """An ordered push consumer from the first message not yet applied here."""
 
         async def on_message(msg: Any) -> None:
-            term = Term.parse((msg.headers or {}).get(TERM_HEADER))
+            term: Stamp | TermUnreadable
+            try:
+                term = read_stamp(msg.headers)
+            except TermUnreadable as exc:
+                term = exc
             meta = msg.metadata
             self._queue.put_nowait((meta.sequence.stream, msg.subject, msg.data, term,
                                     meta.num_pending or 0))
@@ -211,18 +226,28 @@ class CatalogFollower:
             if await self._handle(seq, subject, data, term) and self.on_change is not None:
                 self.on_change()
 
-    async def _handle(self, seq: int, subject: str, data: bytes, term: Term | None) -> bool:
+    async def _handle(self, seq: int, subject: str, data: bytes,
+                      term: Stamp | TermUnreadable) -> bool:
         """Apply (or buffer) one message; True when the cache changed."""
         rest = subject[len(self.prefix) + 1:].split(".")
         if rest[0] == "pair" and len(rest) == 3:  # a station's, not the leader's: no term
             return await self._pairing(seq, int(rest[1]), int(rest[2]), data)
-        if term is None or term < self.term:
+        if isinstance(term, TermUnreadable):
+            self.counters["term_unreadable"] += 1
+            self.term_refused = f"message {seq} on {subject}: {term}"
+            log.error("venue catalog message %d on %s refused: its leader term cannot be read "
+                      "(%s)", seq, subject, term)
+            return False
+        newest = newer_or_same(term, self.term)
+        if newest is None:
             self.counters["stale_dropped"] += 1
             log.warning("venue catalog message %d of term %s dropped (term %s leads)",
-                        seq, term or "unreadable", self.term)
+                        seq, term, self.term)
             return False
-        self.term = max(self.term, term)
-        mine = term.revision != 0 and term == self.own_term()
+        self.term = newest
+        own = self.own_term()
+        mine = own is not None and term.epoch is not None \
+            and Term(term.epoch, term.revision) == own
         try:
             body = orjson.loads(data)
             if rest[0] == "i" and len(rest) == 3:
@@ -314,5 +339,6 @@ class CatalogFollower:
 
     def get_status(self) -> dict[str, Any]:
         return {"catalog_position": self.position, "catalog_term": str(self.term),
+                "term_refused": self.term_refused,
                 "leader_pass_at": {str(k): v for k, v in self.pass_ages.items()},
                 **self.counters}

@@ -22,6 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from agent.core.codes import utc_iso
 from agent.venue import streams
 from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
+from agent.venue.term import epoch_text
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -83,7 +84,7 @@ def cancelled() -> bool:
 class Handover(Protocol):
     """When to give the lease up or leave a free one to another gate (agent.venue.stepdown)."""
 
-    def release_why(self) -> str | None: ...
+    async def release_why(self) -> str | None: ...
 
     def stepped_down(self, why: str) -> None: ...
 
@@ -112,7 +113,8 @@ class Election:
 
     async def step(self) -> bool:
         """One round: renew or acquire, then read who leads. Returns whether we lead."""
-        why = self.handover.release_why() if self.handover and self.lease.valid() else None
+        why = await self.handover.release_why() if self.handover and self.lease.valid() \
+            else None
         if why is not None:
             assert self.handover is not None
             self.handover.stepped_down(why)  # logs why, then the lease is given up
@@ -163,6 +165,9 @@ class Election:
             "leader": leader.holder if leader else None,
             "leader_since": leader.since if leader else None,
             "leader_term": leader.term if leader else None,
+            # the term's epoch (agent.venue.term: the lease bucket's creation time): None while
+            # nobody leads or the leader wrote none (a version of before)
+            "leader_term_epoch": epoch_text(leader.epoch) if leader and leader.epoch else None,
             "this_device_leads": self.lease.valid(),
             "term": self.lease.term or None,
             "lease_ttl_s": self.ttl_s,

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Config
-from agent.core.codes import utc_iso
+from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import GateAgentError, VenueStreamLost
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
@@ -50,9 +50,10 @@ from agent.venue.budget import (
 )
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
-from agent.venue.lease import NotLeader, Term, bucket_name
+from agent.venue.lease import NotLeader, bucket_name
 from agent.venue.stepdown import StepDown
 from agent.venue.streams import kv_stream
+from agent.venue.term import Term
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -106,6 +107,9 @@ class VenueRole:
         # every platform answer's Date, for the gate's clock (agent.runtime.clock)
         self.on_server_time = on_server_time
         self.upload_status = UploadStatus()  # the venue's uploads while this device leads
+        # when this device last stopped leading (wall clock); None while it leads, or before
+        # it first led: its client's link status is measured only meanwhile
+        self.led_until: float | None = None
         self.last_error: str | None = None
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
@@ -239,6 +243,8 @@ class VenueRole:
             ended.set()  # the step-down task deletes this gate's reach record on its way out
             if self.stepdown is not None:
                 self.stepdown.set_leading(False)
+            if self.client is not None and self.led_until is None:
+                self.led_until = time.time()
             if tasks:
                 tasks[0].cancel()  # the catalog follower
                 await asyncio.wait(tasks, timeout=5.0)
@@ -260,6 +266,7 @@ class VenueRole:
     async def _changed(self, leading: bool) -> None:
         if self.stepdown is not None:
             self.stepdown.set_leading(leading)
+        self.led_until = None if leading else time.time()
         if not leading:
             await self._step_down()
 
@@ -545,6 +552,20 @@ class VenueRole:
             self.client = None
 
     # -- status ------------------------------------------------------------------------------
+
+    def platform_status(self) -> dict[str, Any] | None:
+        """The leader's platform link for this gate's `/status` `platform` (None before this
+        device first led). Only the leader measures the link: members send the platform
+        nothing (they probe it: `venue.leader.platform_reachable`). Once this device no
+        longer leads, what its client last saw is history, not the link's state now:
+        `not_measured_since` says since when, and no reason (`platform_unreachable`,
+        `auth_failed`) is drawn from it (agent.ops.status) — after a step-down the
+        `leader_stepped_down` reason says what failed and what the probe says now."""
+        if self.client is None:
+            return None
+        out = self.client.get_status()
+        out["not_measured_since"] = epoch_iso(self.led_until) if self.led_until else None
+        return out
 
     def get_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device": self.device, "bus_error": self.last_error,

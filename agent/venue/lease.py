@@ -22,9 +22,10 @@ Fencing a slow, paused or partitioned old leader, in three layers:
    bucket a later leader's revision is always larger; a bucket deleted and made again (an
    operator's `nats kv rm`, a node's data wiped) restarts its revisions at 1, but it was
    created later, so its leaders' terms are still larger than every term of the old one.
-   Every message a leader writes carries its term (`Venue-Leader-Term`), and readers drop
-   messages of a term older than the newest they have seen: a publish that was already in
-   flight when the leader froze cannot undo the new leader's work, whichever bucket it led in.
+   Every message a leader writes carries its term (agent.venue.term: `Venue-Leader-Term` and
+   `Venue-Leader-Epoch`, readable by gates of every version), and readers drop messages of
+   a term older than the newest they have seen: a publish that was already in flight when
+   the leader froze cannot undo the new leader's work, whichever bucket it led in.
 3. The platform's own idempotency keys (scan uuid, request uuid): whatever a stale leader
    still manages to send to the platform scans nothing twice.
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,48 +42,16 @@ from typing import Any
 
 import orjson
 
+from agent.venue.term import Term
+
 log = logging.getLogger("gate_agent.venue.leader")
 
 LEASE_KEY = "leader"
 SAFE_FRACTION = 0.8  # trust a grant for this part of the TTL only (clock rate, latency)
-TERM_HEADER = "Venue-Leader-Term"
 
 
-_TERM_TEXT = re.compile(r"(?:(\d{1,19})/)?(\d{1,19})", re.ASCII)
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-@dataclass(frozen=True, order=True)
-class Term:
-    """A leader's term, ordered across lease buckets made again (see the module docstring).
-
-    `epoch`: the lease bucket's creation time in microseconds since 1970 (the server's clock:
-    a bucket made again is created later); `revision`: the KV revision of the create that won
-    the lease in that bucket. On the bus it is written `<epoch>/<revision>`: a reader of
-    before (which took the header as one integer) fails to read it and drops the message as
-    stale, instead of comparing a revision of one bucket with one of another."""
-
-    epoch: int
-    revision: int
-
-    def header(self) -> str:
-        return f"{self.epoch}/{self.revision}"
-
-    def __str__(self) -> str:
-        return self.header()
-
-    @classmethod
-    def parse(cls, text: str | None) -> Term | None:
-        """A header's term. No header: the lowest term (0/0, as before). A bare integer: a
-        leader of before terms had an epoch (0/revision: every leader since outranks it).
-        None: unreadable (the message must be dropped, never guessed at)."""
-        if not text:
-            return cls(0, 0)
-        found = _TERM_TEXT.fullmatch(text)
-        if found is None:
-            return None
-        return cls(int(found.group(1) or 0), int(found.group(2)))
 
 
 def epoch_of(created: datetime | None) -> int:
@@ -106,12 +74,14 @@ def bucket_name(venue: str) -> str:
 
 @dataclass(frozen=True)
 class LeaderInfo:
-    """Who leads, as the bucket says (for status on every gate)."""
+    """Who leads, as the bucket says (for status on every gate). `epoch`: the term's
+    (agent.venue.term), None in a record a leader of before epochs wrote."""
 
     holder: str
     term: int
     since: str
     revision: int
+    epoch: int | None = None
 
 
 class Lease:
@@ -153,7 +123,11 @@ class Lease:
         return epoch_of(status.stream_info.created)
 
     def _value(self, since: str) -> bytes:
-        return orjson.dumps({"holder": self.holder, "term": self.term, "since": since})
+        """The record every gate's status reads. `term` stays the bare revision, as gates of
+        before read it (`int(body["term"])`); the epoch is a key of its own, which they
+        ignore."""
+        return orjson.dumps({"holder": self.holder, "term": self.term, "epoch": self.epoch,
+                             "since": since})
 
     async def acquire(self, since: str) -> bool:
         """Try to become the leader (the key must be absent). Any error: not granted.
@@ -265,7 +239,11 @@ async def current_leader(kv: Any) -> LeaderInfo | None:
         return None
     try:
         body = orjson.loads(entry.value)
+        epoch = body.get("epoch")
+        if not (epoch is None or type(epoch) is int):
+            return None
         return LeaderInfo(holder=str(body["holder"]), term=int(body["term"]),
-                          since=str(body["since"]), revision=int(entry.revision or 0))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                          since=str(body["since"]), revision=int(entry.revision or 0),
+                          epoch=epoch or None)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -96,13 +96,15 @@ async def successors(js: Any, bucket: str, kv: Any, device: str,
     read by name as well: a listing that missed one must not make a held-down gate think it
     is the only one that can work."""
     names = set(await keys_under(js, bucket, PREFIX)) | {key(d) for d in known}
-    found = []
-    for name in sorted(names - {key(device)}):
-        try:
-            entry = await kv.get(name)
-        except Exception:  # noqa: BLE001 - expired or deleted since listed: not live
-            continue
-        record = decode(entry.value if entry is not None else None)
-        if record is not None and record.successor and record.device == name[len(PREFIX):]:
-            found.append(record.device)
-    return sorted(found)
+    return [name[len(PREFIX):] for name in sorted(names - {key(device)})
+            if await is_successor(kv, name[len(PREFIX):])]
+
+
+async def is_successor(kv: Any, device: str) -> bool:
+    """Whether `device`'s live record says now that it could take the lease and work."""
+    try:
+        entry = await kv.get(key(device))
+    except Exception:  # noqa: BLE001 - expired or deleted: not live
+        return False
+    record = decode(entry.value if entry is not None else None)
+    return record is not None and record.successor and record.device == device

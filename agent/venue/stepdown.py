@@ -11,7 +11,10 @@ module decides, for one device that may lead, using the records of agent.venue.r
   — the last one failed on the link or the token (Transport, 401, 403: what another device
   may not share; a 429 or a 5xx is the platform's own and moving would not help) — and
   another live gate that may lead reports the platform reachable. With no such gate (the
-  venue's internet is down) it keeps leading: nothing is gained by moving;
+  venue's internet is down) it keeps leading: nothing is gained by moving. The gate found by
+  the last look (up to `min(lease TTL, probe interval)` old) is read again just before the
+  release: one that lost the platform, stepped down or went since is not handed a lease it
+  could not use (a fresh look names another, or the leader keeps the lease);
 - after a step-down this device stays out of elections for HOLD_FACTOR times that time
   (`held`), so leadership cannot flap between two half-working gates — unless its own probe
   reaches the platform and no other live gate that may lead does (its successor died): a
@@ -81,6 +84,7 @@ class StepDown:
         self._tried_at = float("-inf")
         self._put_at = float("-inf")
         self._put: tuple[Any, ...] | None = None
+        self._bus: tuple[Any, Any] | None = None  # (js, lease bucket) of the last tick
         self._deferred = False
         self._alone = False
 
@@ -134,13 +138,34 @@ class StepDown:
 
     # -- the election's hooks --------------------------------------------------------------
 
-    def release_why(self) -> str | None:
+    async def release_why(self) -> str | None:
         """Why the leader should give the lease up now, or None (see the module docstring)."""
         failure = self.link_failure() if self.leading else None
-        if failure is None or failure[0] <= self.after_s or self.successor is None:
+        if failure is None or failure[0] <= self.after_s or self.successor is None \
+                or not await self._successor_now():
             return None
         return (f"no successful platform request for {failure[0]:.0f} s (last error: "
                 f"{failure[1]}); {self.successor} reaches the platform")
+
+    async def _successor_now(self) -> bool:
+        """The successor of the last look, read again now; if it is no longer one, a fresh
+        look for another. False (keep the lease) when none, or the bus does not answer."""
+        if self._bus is None or self.successor is None:
+            return False
+        js, kv = self._bus
+        try:
+            if await reach.is_successor(kv, self.successor):
+                return True
+            found = await reach.successors(js, self.bucket, kv, self.device, self.seen)
+        except Exception as exc:  # noqa: BLE001 - the bus is away: no hand-over this round
+            log.info("venue: successor not confirmed (%s: %s)", type(exc).__name__, exc)
+            return False
+        log.warning("venue: %s no longer reaches the platform (or is held, or gone); %s",
+                    self.successor, f"{found[0]} does" if found else "no other gate does")
+        self.seen.update(found)
+        self.successor = found[0] if found else None
+        self._tried_at = self._looked_at = self.clock()
+        return self.successor is not None
 
     def stepped_down(self, why: str) -> None:
         """The lease was released for `why`: out of elections for the hold-down."""
@@ -186,6 +211,7 @@ class StepDown:
     async def tick(self, js: Any, kv: Any) -> None:
         """Probe when due, put this device's record when changed or a quarter TTL old, and
         look for a successor while this device could use one."""
+        self._bus = (js, kv)
         if not self.leading and (self.probed is None
                                  or self.clock() - self.probed[0] >= self.probe_s):
             error = await probe(self.base_url, self.probe_timeout_s, self.ca_file)

@@ -40,6 +40,7 @@ def full_snapshot() -> dict[str, Any]:
         "venue": {"connected": True, "lag": 0, "claims_granted": 1, "conflicts": 0,
                   "decided_offline": 0, "gates": {"online": 2, "stale": 0, "offline": 0},
                   "leader": {"this_device_leads": True, "leader_term": 3,
+                             "leader_term_epoch": "2026-12-07T02:29:34.257601Z",
                              "budget_in_use_per_min": 12, "budget_per_min": 54,
                              "upload_lag_s": 2.5, "upload_lag": 40, "quarantined": 1}},
     }

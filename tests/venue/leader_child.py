@@ -16,7 +16,8 @@ import orjson
 from nats.js.api import StreamConfig
 
 from agent.venue.election import Election, connect, lease_bucket
-from agent.venue.lease import TERM_HEADER, NotLeader
+from agent.venue.lease import NotLeader
+from agent.venue.term import TERM_HEADER
 
 
 async def main(server: str, venue: str, device: str, ttl_s: float) -> None:

@@ -22,16 +22,21 @@ async def main(config_path: str, ack_wait_s: float) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     status_file = config.store_dir / "role-status.json"
 
+    def status() -> dict[str, object]:
+        """The role's status, and under `platform_link` what the daemon's report shows as
+        `platform` (the leader's link, or None before this device led)."""
+        return {**role.get_status(), "platform_link": role.platform_status()}
+
     async def report() -> None:
         while not stop.is_set():
-            status_file.write_text(json.dumps(role.get_status(), default=str))
+            status_file.write_text(json.dumps(status(), default=str))
             await asyncio.sleep(0.2)
 
     reporter = asyncio.create_task(report())
     print("READY", flush=True)
     await role.run(stop)
     await reporter
-    status_file.write_text(json.dumps(role.get_status(), default=str))
+    status_file.write_text(json.dumps(status(), default=str))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from agent.store.cache import TicketCache
 from agent.venue import catalog
 from agent.venue.election import connect, lease_bucket
 from agent.venue.leader import VenueRole
-from agent.venue.lease import TERM_HEADER, Lease, Term
+from agent.venue.lease import Lease
 from agent.venue.node import NodeProcess
+from agent.venue.term import Term, stamp_headers
 from tests.platform.sync.conftest import EVENT, Site, make_site
 
 pytestmark = pytest.mark.e2e
@@ -151,16 +152,16 @@ def test_a_pass_is_applied_whole_and_older_terms_are_dropped(
             for new_id in new_ids:
                 raw = {**orjson.loads(some[0][1][3]), "id": new_id}
                 await js.publish(f"{subject}.i.{EVENT}.{new_id}", orjson.dumps(raw),
-                                 headers={TERM_HEADER: lease.stamp().header()})
+                                 headers=stamp_headers(lease.stamp()))
             await follow(js, venue, gate)
             sizes.append(len(items(gate)))
             # an old leader's late message (older term) is dropped, the marker applies the pass
             stale = {**orjson.loads(some[1][1][3]), "id": 9_000_003}
             await js.publish(f"{subject}.i.{EVENT}.9000003", orjson.dumps(stale),
-                             headers={TERM_HEADER: Term(lease.epoch, lease.term - 1).header()})
+                             headers=stamp_headers(Term(lease.epoch, lease.term - 1)))
             await js.publish(f"{subject}.pass.{EVENT}", orjson.dumps(
                 {"endTime": None, "full": False, "at": "x"}),
-                headers={TERM_HEADER: lease.stamp().header()})
+                headers=stamp_headers(lease.stamp()))
             status = await follow(js, venue, gate)
             sizes.append(len(items(gate)))
             sizes.append(status["stale_dropped"])

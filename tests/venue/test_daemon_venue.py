@@ -6,6 +6,7 @@ the bus."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
+from agent.core.codes import parse_utc_iso
 from agent.demo_venue import gate_config
 from agent.runtime.devrun import DaemonProcess
 from agent.venue.node import NodeProcess
+from agent.venue.term import epoch_text
 from tests.conftest import PROJECT_ROOT, run_cli
 from tests.runtime.daemon.conftest import Site, site, wait_synced  # noqa: F401 - fixture
 from tests.venue.rig import venue_devices, wait_until
@@ -127,6 +130,11 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
         leader = daemon.status()["venue"]["leader"]
         assert leader["leader"] == "daemon" and leader["this_device_leads"]
         assert leader["leader_since"] and leader["leader_term"]
+        # the term's epoch: the lease bucket's creation time, the same instant as in the
+        # catalog's newest term (`<epoch in microseconds>/<revision>`)
+        epoch, revision = (int(n) for n in leader["catalog_term"].split("/"))
+        assert revision == leader["leader_term"] and \
+            leader["leader_term_epoch"] == epoch_text(epoch), leader
         assert leader["budget_in_use_per_min"] >= 3  # events, zones, tickets, the upload
         assert daemon.status()["upload"]["sent_total"] == 1
         table = run_cli("status", "--config", str(site.config))
@@ -136,6 +144,8 @@ def test_daemon_leads_the_venue_and_status_shows_the_leader(site: Site,  # noqa:
                      "gate_venue_budget_used ", "gate_venue_upload_lag_seconds ",
                      "gate_venue_quarantined 0.0"):
             assert line in metrics, line
+        (seconds,) = re.findall(r"^gate_venue_leader_term_epoch_seconds (\S+)$", metrics, re.M)
+        assert float(seconds) == parse_utc_iso(leader["leader_term_epoch"]).timestamp()
         # the heartbeat carries the leader's figures under the names the dashboard reads
         # (a first heartbeat may carry the leader's budget before its request log was read)
         wait_until(lambda: ((daemon.get("/api/venue").json()["totals"]["budget"] or {})

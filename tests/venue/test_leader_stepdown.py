@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.ops.status import evaluate
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
 from agent.venue.election import connect, lease_bucket
@@ -65,6 +66,22 @@ def _status(gate: Gate) -> dict[str, Any]:
     return wait_for(gate.status, 5, "a whole status file")  # type: ignore[no-any-return]
 
 
+def _reasons(status: dict[str, Any]) -> dict[str, str]:
+    """The reasons a gate's report would give from its role's status (agent.ops.status), by
+    code: its `platform` is the role's `platform_status()`, its venue leader part the role's."""
+    if not status:
+        return {}
+    snap = {"platform": status.get("platform_link") or {},
+            "venue": {"connected": True, "leader": status}}
+    _health, reasons = evaluate(snap, datetime.now(UTC), 3600)
+    return {r.code: r.message for r in reasons}
+
+
+def _reasons_with(gate: Gate, code: str) -> dict[str, str] | None:
+    said = _reasons(gate.status())
+    return said if code in said else None
+
+
 def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
         tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
     rows = backlog(2 * SCANS, datetime.now(UTC).replace(microsecond=0))
@@ -74,6 +91,10 @@ def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
     try:
         blind.start()  # alone: it leads although it cannot reach the platform
         wait_for(blind.leads, 20, "the blind gate leading")
+        # leading, it measures its link with its requests: the failure is a reason
+        failing = wait_for(lambda: _reasons_with(blind, "platform_unreachable"), 20,
+                           "the blind leader's requests failing")
+        assert "network failure" in failing["platform_unreachable"]
         seeing.start()
         wait_for(lambda: seeing.status().get("platform_reachable") is True, 20,
                  "the other gate's probe")
@@ -88,6 +109,14 @@ def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
         assert "no successful platform request" in step["why"] and "network failure" in step["why"]
         assert status["held_until"] is not None and not status["this_device_leads"]
         assert handed_after < STEPDOWN_S + 10, handed_after
+        # no longer leading, it no longer measures the link by requests: their last error
+        # is history, marked so, and no reason says it is the link's state now; the
+        # step-down's reason says what is known now
+        link = status["platform_link"]
+        assert link["not_measured_since"] and link["last_error"], link
+        said = _reasons(status)
+        assert "platform_unreachable" not in said and "auth_failed" not in said, said
+        assert "platform link now: NOT reachable" in said["leader_stepped_down"], said
         # the new leader uploads the whole venue's backlog: every scan exactly once
         want = {r.uuid for r in rows}
         wait_for(lambda: want <= set(_applied(sandbox)), 40, "every scan uploaded")

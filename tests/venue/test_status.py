@@ -30,6 +30,13 @@ def test_venue_reasons() -> None:
     assert _codes({**VENUE, "leader": {"quarantined": 0}}) == []
     assert _codes({**VENUE, "leader": {"quarantined": 3}}) == ["venue_quarantined"]
     assert _codes({**VENUE, "claims_unanswered": 2}) == ["venue_claims_unanswered"]
+    refused = {"term_unreadable": 2, "term_refused": "message 9 on venuecat.hall.pass.1: "
+               "Venue-Leader-Term 'x' is neither <revision> nor <epoch>/<revision>"}
+    assert _codes({**VENUE, "leader": refused}) == ["venue_term_unreadable"]
+    _health, reasons = evaluate({"venue": {**VENUE, "leader": refused}}, datetime.now(UTC), 3600)
+    said = next(r.message for r in reasons if r.code == "venue_term_unreadable")
+    assert "2 venue catalog message(s) refused" in said and "'x'" in said
+    assert "refunds and blocks" in said
     failing = {**VENUE, "apply_error": "StoreError: database or disk is full",
                "apply_failing_since": "2026-12-06T20:00:00Z"}
     assert _codes(failing) == ["venue_db_failing"]
@@ -116,11 +123,13 @@ def test_venue_metrics() -> None:
 
 
 def test_venue_leader_metrics() -> None:
-    leader = {"this_device_leads": True, "leader_term": 3, "budget_in_use_per_min": 12,
+    leader = {"this_device_leads": True, "leader_term": 3,
+              "leader_term_epoch": "2026-12-07T02:29:34.257601Z", "budget_in_use_per_min": 12,
               "budget_per_min": 54, "upload_lag_s": 2.5, "upload_lag": 40, "quarantined": 0}
     text = Metrics(lambda: {"venue": {**VENUE, "leader": leader}},
                    lambda: datetime.now(UTC)).render().decode()
     for line in ("gate_venue_leader 1.0", "gate_venue_leader_term 3.0",
+                 "gate_venue_leader_term_epoch_seconds 1.796610574257601e+09",  # that instant
                  "gate_venue_budget_used 12.0", "gate_venue_budget_limit 54.0",
                  "gate_venue_upload_lag_seconds 2.5", "gate_venue_upload_lag_scans 40.0",
                  "gate_venue_quarantined 0.0"):
@@ -132,5 +141,48 @@ def test_venue_leader_metrics() -> None:
                    lambda: datetime.now(UTC)).render().decode()
     assert "gate_venue_leader 0.0" in text
     assert "gate_venue_budget_used" not in text and "gate_venue_upload_lag_seconds" not in text
+    assert "gate_venue_leader_term" not in text  # nor a term (or its epoch) nobody holds
     alone = Metrics(lambda: {"venue": VENUE}, lambda: datetime.now(UTC)).render().decode()
     assert "gate_venue_leader" not in alone
+
+
+def test_a_link_this_gate_no_longer_measures_is_not_said_to_fail() -> None:
+    """A venue gate that led, then stopped (a step-down, a lost lease): its client's last
+    error is history, marked `not_measured_since`; no reason is drawn from it."""
+    failed = {"last_success": "2026-12-06T19:58:00.000000Z", "last_error_kind": "transport",
+              "last_error": "GET /zones/all: network failure",
+              "last_error_at": "2026-12-06T20:00:00.000000Z", "not_measured_since": None}
+    refused = {**failed, "last_error_kind": "unauthenticated", "last_error": "401"}
+
+    def codes(platform: dict[str, Any]) -> set[str]:
+        upload = {"state": "auth_failed" if platform["last_error"] == "401" else "backoff",
+                  "last_error": platform["last_error"]}
+        snap = {"platform": platform, "venue": VENUE, "journal": {"pending": 3},
+                "upload": upload}
+        _health, reasons = evaluate(snap, datetime.now(UTC), 3600)
+        return {r.code for r in reasons}
+
+    assert "platform_unreachable" in codes(failed)  # leading: measured by its requests
+    assert "auth_failed" in codes(refused)
+    since = "2026-12-06T20:01:00.000000Z"
+    assert not {"platform_unreachable", "auth_failed"} & codes(
+        {**failed, "not_measured_since": since})
+    assert not {"platform_unreachable", "auth_failed"} & codes(
+        {**refused, "not_measured_since": since})
+
+
+def test_a_stepped_down_leader_says_what_it_knows_of_its_link_now() -> None:
+    step = {"at": "2026-12-06T20:00:00Z", "successor": "gate-b", "why": "401",
+            "held_until": "2026-12-06T20:10:00Z"}
+    member = {"stepped_down": step, "held_until": step["held_until"],
+              "platform_checked_by": "probe"}
+
+    def said(**reach: Any) -> str:
+        _health, reasons = evaluate({"venue": {**VENUE, "leader": {**member, **reach}}},
+                                    datetime.now(UTC), 3600)
+        return next(r.message for r in reasons if r.code == "leader_stepped_down")
+
+    assert "link now: NOT reachable (1.2.3.4:443: refused)" in said(
+        platform_reachable=False, platform_error="1.2.3.4:443: refused")
+    assert "link now: reachable (a refused token" in said(platform_reachable=True)
+    assert "link now: not known yet" in said(platform_reachable=None)

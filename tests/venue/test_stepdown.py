@@ -1,13 +1,19 @@
 """The step-down's decisions (agent.venue.stepdown) from a leader's link status and a member's
-probe, on controlled clocks; and reach records that cannot be read are never a successor.
+probe, on controlled clocks, with the reach records in a real nats-server's lease bucket; and
+reach records that cannot be read are never a successor.
 The behaviour on a real bus with real gates: tests/venue/test_leader_stepdown.py."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import orjson
 
 from agent.platform.client import LinkStatus
 from agent.venue import reach
+from agent.venue.election import connect, lease_bucket
+from agent.venue.node import NodeProcess
 from agent.venue.stepdown import HOLD_FACTOR, StepDown
 
 VENUE = {"name": "hall", "leader_stepdown_after_s": 120.0, "platform_probe_s": 30.0}
@@ -23,43 +29,118 @@ class Clocks:
         self.wall += seconds
 
 
-def leader(link: LinkStatus, clocks: Clocks) -> StepDown:
-    sd = StepDown("g1", VENUE, API, 10.0, lambda: link, clock=lambda: clocks.mono,
-                  wall=lambda: clocks.wall)
+def leader(link: LinkStatus, clocks: Clocks, venue: str = "hall") -> StepDown:
+    sd = StepDown("g1", {**VENUE, "name": venue}, API, 10.0, lambda: link,
+                  clock=lambda: clocks.mono, wall=lambda: clocks.wall)
     sd.set_leading(True)
     return sd
 
 
-def test_a_leader_failing_on_its_link_steps_down_only_with_a_successor() -> None:
+async def _bucket(node: NodeProcess, venue: str) -> tuple[Any, Any, Any]:
+    """(connection, JetStream, lease bucket) on a real nats-server: the reach records."""
+    nc, js = await connect({"servers": [node.url]}, 5.0)
+    return nc, js, await lease_bucket(js, venue, 10.0, 1)
+
+
+def reachable(device: str) -> reach.Reach:
+    return reach.Reach(device, True, "probe", 1.0, None, False)
+
+
+def test_a_leader_failing_on_its_link_steps_down_only_with_a_successor(
+        shared_venue_node: NodeProcess) -> None:
     clocks, link = Clocks(), LinkStatus()
-    sd = leader(link, clocks)
+    sd = leader(link, clocks, "hall-only-with")
     link.last_success = clocks.wall - 500  # before this term: the silence counts from its start
     link.last_error, link.last_error_at, link.last_error_kind = \
         "GET /zones/all: network failure", clocks.wall + 5, "transport"
-    clocks.pass_(119)
-    sd.successor = "g2"
-    assert sd.release_why() is None  # not yet the step-down time
-    clocks.pass_(2)
-    why = sd.release_why()
-    assert why is not None and "121 s" in why and "network failure" in why and "g2" in why
-    sd.successor = None
-    assert sd.release_why() is None  # nobody else reaches the platform: nothing to gain
+
+    async def scenario() -> None:
+        nc, js, kv = await _bucket(shared_venue_node, "hall-only-with")
+        try:
+            await reach.put(kv, reachable("g2"))
+            clocks.pass_(119)
+            await sd.tick(js, kv)
+            assert await sd.release_why() is None  # not yet the step-down time
+            clocks.pass_(2)
+            await sd.tick(js, kv)  # it wants a successor now: looks, finds g2
+            assert sd.successor == "g2"
+            why = await sd.release_why()
+            assert why is not None and "121 s" in why and "network failure" in why
+            assert "g2" in why
+            await reach.remove(kv, "g2")
+            # nobody else reaches the platform: nothing to gain
+            assert await sd.release_why() is None and sd.successor is None
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
     assert sd.record().reachable is False and sd.record().source == "requests"
 
 
-def test_what_moving_cannot_fix_does_not_move_the_lease() -> None:
+def test_a_successor_that_lost_the_platform_since_the_last_look_is_not_named(
+        shared_venue_node: NodeProcess) -> None:
+    """The look for a successor is up to min(TTL, probe interval) old when the leader steps
+    down: the gate it found is read again just before, and one that since lost the platform
+    (or stepped down itself) is not handed a lease it cannot use; a fresh look names one
+    that can, or the leader keeps the lease."""
     clocks, link = Clocks(), LinkStatus()
-    sd = leader(link, clocks)
-    sd.successor = "g2"
-    for kind in ("ratelimited", "servererror", "validation", "badresponse"):
-        link.last_error, link.last_error_at, link.last_error_kind = "x", clocks.wall, kind
-        clocks.pass_(500)
-        assert sd.release_why() is None, kind
-    for kind in ("unauthenticated", "forbidden"):  # the token: another device's may work
-        link.last_error_kind = kind
-        assert sd.release_why() is not None, kind
-    link.last_success = link.last_error_at + 1  # answered since: the link works
-    assert sd.release_why() is None and sd.record().reachable is True
+    sd = leader(link, clocks, "hall-stale-look")
+    link.last_error, link.last_error_at, link.last_error_kind = \
+        "GET /zones/all: network failure", clocks.wall, "transport"
+
+    async def scenario() -> tuple[str | None, str | None, str | None]:
+        nc, js, kv = await _bucket(shared_venue_node, "hall-stale-look")
+        try:
+            await reach.put(kv, reachable("g2"))
+            clocks.pass_(130)
+            await sd.tick(js, kv)
+            assert sd.successor == "g2"
+            # within the look's interval: g2's probe fails now, g3 (new) reaches the platform
+            await reach.put(kv, reach.Reach("g2", False, "probe", 0.5, "refused", False))
+            await reach.put(kv, reachable("g3"))
+            clocks.pass_(1)
+            await sd.tick(js, kv)  # too soon for another look: its successor stays g2
+            assert sd.successor == "g2"
+            moved_to = await sd.release_why()
+            # g3 steps down itself (held); nobody else reaches the platform
+            await reach.put(kv, reach.Reach("g3", True, "requests", 0.5, None, True))
+            clocks.pass_(1)
+            await sd.tick(js, kv)
+            kept = await sd.release_why()
+            return moved_to, kept, sd.successor
+        finally:
+            await nc.close()
+
+    moved_to, kept, successor = asyncio.run(scenario())
+    assert moved_to is not None and "g3 reaches the platform" in moved_to, moved_to
+    assert kept is None and successor is None
+
+
+def test_what_moving_cannot_fix_does_not_move_the_lease(shared_venue_node: NodeProcess) -> None:
+    clocks, link = Clocks(), LinkStatus()
+    sd = leader(link, clocks, "hall-cannot-fix")
+
+    async def scenario() -> None:
+        nc, js, kv = await _bucket(shared_venue_node, "hall-cannot-fix")
+        try:
+            await reach.put(kv, reachable("g2"))
+            await sd.tick(js, kv)
+            sd.successor = "g2"
+            for kind in ("ratelimited", "servererror", "validation", "badresponse"):
+                link.last_error, link.last_error_at, link.last_error_kind = \
+                    "x", clocks.wall, kind
+                clocks.pass_(500)
+                assert await sd.release_why() is None, kind
+            for kind in ("unauthenticated", "forbidden"):  # the token: another's may work
+                link.last_error_kind = kind
+                assert await sd.release_why() is not None, kind
+            link.last_success = link.last_error_at + 1  # answered since: the link works
+            assert await sd.release_why() is None
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+    assert sd.record().reachable is True
 
 
 def test_after_a_step_down_it_stays_out_and_a_blind_member_defers() -> None:
