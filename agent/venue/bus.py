@@ -646,10 +646,17 @@ class VenueBus:
             return
         await self._settle_claiming(store, journal)
         now = time.monotonic()
-        while self._sent:  # before the pick-up: a claim on the stream was sent before
+        found = await asyncio.to_thread(store.claims_after, self.device, self._swept_seq)
+        # After the pick-up, never before: a lane notes its claim in `_sent` before sending
+        # it, so every claim the pick-up found in venue.db is noted by now. Taken in before
+        # it, a claim sent, stored and applied while the pick-up waited for its thread looked
+        # like an earlier process's, and was voided at once if its lane had not committed the
+        # admit yet; the lane then journaled it as granted and opened the gate, and every
+        # other gate saw the ticket free again (tests/venue/test_sweep_race.py).
+        while self._sent:
             scan_uuid, sent = self._sent.popleft()
             self._mine[scan_uuid] = sent
-        for claim in await asyncio.to_thread(store.claims_after, self.device, self._swept_seq):
+        for claim in found:
             mine = self._mine.pop(claim["uuid"], None) is not None
             self._unchecked.setdefault(claim["uuid"], (claim, now if mine else float("-inf")))
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])

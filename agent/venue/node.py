@@ -150,6 +150,18 @@ class NodeProcess:
     def stream_cluster(self, stream: str) -> dict[str, Any] | None:
         """`stream`'s group as this node reports it (monitoring `/jsz`: its leader, and the
         other replicas as this node sees them); None when unreadable or not hosted here."""
+        cluster = (self._stream_detail(stream) or {}).get("cluster")
+        return cluster if isinstance(cluster, dict) else None
+
+    def stream_last_seq(self, stream: str) -> int | None:
+        """The last sequence `stream` holds on this node (monitoring `/jsz`): what a gate's
+        consumer has to apply to know everything on the bus; None when unreadable or not
+        hosted here."""
+        state = (self._stream_detail(stream) or {}).get("state")
+        last = state.get("last_seq") if isinstance(state, dict) else None
+        return last if isinstance(last, int) else None
+
+    def _stream_detail(self, stream: str) -> dict[str, Any] | None:
         url = f"http://{self.spec.host}:{self.spec.monitor_port}/jsz?streams=true"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
@@ -158,9 +170,8 @@ class NodeProcess:
             return None
         for account in data.get("account_details") or []:
             for detail in account.get("stream_detail") or []:
-                if detail.get("name") == stream:
-                    cluster = detail.get("cluster")
-                    return cluster if isinstance(cluster, dict) else None
+                if detail.get("name") == stream and isinstance(detail, dict):
+                    return detail
         return None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
