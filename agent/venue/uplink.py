@@ -228,7 +228,10 @@ class VenueUploader:
         self.acks_due: dict[str, str] = {}  # scan uuid -> stored batch awaiting its acks
         self.members: dict[str, set[str]] = {}  # stored batch -> scan uuids not acked yet
         self.rows: dict[str, list[dict[str, Any]]] = {}  # stored batch -> all its rows
-        self.isolated: dict[str, set[str]] = {}  # stored batch -> its rows quarantined
+        # stored batch -> its rows quarantined: scan uuid -> the quarantine bucket's creation
+        # time then (`_expect`)
+        self.isolated: dict[str, dict[str, str]] = {}
+        self.quarantine_created = ""  # the quarantine bucket's creation time (start)
         self.undone: dict[str, dict[str, list[dict[str, Any]]]] = {}  # batch -> pending sends
         self.tries: dict[str, int] = {}  # request uuid -> unconfirmed answers so far
         self.held: dict[str, float] = {}  # request uuid -> not before (monotonic)
@@ -247,6 +250,8 @@ class VenueUploader:
             replicas=self.replicas), self.drift)  # R3 in a cluster: a batch outlives one node
         self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas,
                                                              self.drift)
+        self.quarantine_created = stream_identity.created_of(await self.js.stream_info(
+            streams.kv_stream(quarantine.bucket_name(self.venue))))
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
@@ -260,24 +265,25 @@ class VenueUploader:
         for key in await live_keys(self.kv):
             entry = await self.kv.get(key)
             body = orjson.loads(entry.value)
-            self._expect(key, body["tickets"], set(body.get("quarantined", ())))
+            self._expect(key, body["tickets"], body.get("quarantined") or {})
             self.tries.update(body.get("tries", {}))
             if not body.get("done"):
                 self.undone[key] = body.get("pending") or {key: body["tickets"]}
         await self.retry_stored()
 
     def _expect(self, key: str, tickets: list[dict[str, Any]],
-                quarantined: set[str] | None = None) -> None:
+                quarantined: dict[str, str] | None = None) -> None:
         """A stored batch's rows: their messages are acked, not sent again — except the rows
-        it quarantined (a previous leader's batch, `quarantined`): a copy of one reaching
-        this leader is sent and refused again, into the quarantine under the same key. A
-        quarantine bucket lost meanwhile is filled again so (the gates hand their scans over
-        again, agent.venue.leader); acked here without sending, those rows were lost."""
+        it quarantined into a quarantine bucket since lost (`quarantined`: scan uuid -> the
+        bucket's creation time then, unlike the bucket's now): the gates hand their scans
+        over again to fill the new bucket (agent.venue.leader), and a copy of such a row is
+        sent and refused again, into it. Acked here without sending, those rows were lost."""
         self.rows[key] = tickets
-        self.isolated[key] = set(quarantined or ())
-        self.members[key] = {t["uuid"] for t in tickets} - self.isolated[key]
+        self.isolated[key] = dict(quarantined or {})
+        lost = {u for u, made in self.isolated[key].items() if made != self.quarantine_created}
+        self.members[key] = {t["uuid"] for t in tickets} - lost
         for t in tickets:
-            if t["uuid"] not in self.isolated[key]:
+            if t["uuid"] not in lost:
                 self.acks_due[t["uuid"]] = key
 
     async def _save(self, key: str) -> None:
@@ -286,7 +292,7 @@ class VenueUploader:
         await self.kv.put(key, orjson.dumps({
             "tickets": self.rows[key], "done": not pending, "pending": pending,
             "tries": {u: n for u, n in self.tries.items() if u in pending},
-            "quarantined": sorted(self.isolated.get(key, ()))}))
+            "quarantined": self.isolated.get(key, {})}))
 
     async def _send(self, key: str, request: str, tickets: list[dict[str, Any]],
                     resend: bool = False) -> None:
@@ -342,7 +348,8 @@ class VenueUploader:
 
     async def _quarantine(self, key: str, bad: list[tuple[dict[str, Any], str]]) -> None:
         await quarantine.put(self.quarantine, bad, key)
-        self.isolated.setdefault(key, set()).update(row["uuid"] for row, _why in bad)
+        self.isolated.setdefault(key, {}).update(
+            (row["uuid"], self.quarantine_created) for row, _why in bad)
         self.counters["rows_quarantined"] += len(bad)
         self.status.quarantined_total += len(bad)
         log.warning("venue upload: quarantined %d scan(s): %s", len(bad), bad[0][1])
