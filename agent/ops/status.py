@@ -42,7 +42,7 @@ REASON_CODES = (
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
-    "venue_term_unreadable",
+    "venue_term_unreadable", "venue_bucket_lost",
 )
 
 
@@ -192,6 +192,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     reasons += venue_watch_reasons(venue)
     reasons += venue_settings_reasons(venue)
     reasons += venue_upload_stream_reasons(venue)
+    reasons += venue_bucket_reasons(venue)
     if venue.get("conflicts"):
         add(Reason("warn", "venue_conflicts",
                    f"{venue['conflicts']} admit(s) beyond a ticket's limit by gates that could "
@@ -362,6 +363,25 @@ def venue_upload_stream_reasons(venue: dict[str, Any]) -> list[Reason]:
                    f"({lost.get('error')}); this gate hands its scans sent since it was made "
                    "over again (repeats are kept once by the platform) — if it stays, check "
                    "that JetStream can create the stream (`nats stream info`)")]
+
+
+def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
+    """A venue KV bucket deleted or made again under this gate whose loss is still being
+    dealt with (agent.venue.leader `_adopt_buckets`): the budget's request log (the company's
+    budget taken as spent until the lost requests no longer count: the leader sends nothing
+    meanwhile), the quarantine (this gate's handed-over scans go again so the refused ones
+    come back to it)."""
+    lost = (venue.get("leader") or {}).get("buckets_lost") or {}
+    return [Reason("warn", "venue_bucket_lost",
+                   f"venue: bucket {stream.removeprefix('KV_')} was lost at {what.get('since')}"
+                   f" ({what.get('error')}); "
+                   + ("the company's request budget is taken as spent until its requests no "
+                      "longer count (no platform request meanwhile)" if "BUDGET" in stream
+                      else "this gate hands its scans over again, so the rows the platform "
+                           "refused are quarantined again")
+                   + " — if it stays, check that JetStream can create it "
+                     f"(`nats kv info {stream.removeprefix('KV_')}`)")
+            for stream, what in sorted(lost.items())]
 
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:

@@ -402,7 +402,8 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
     """`_journal_row(...)`'s values in `agent.store.journal._COLUMNS` order, built without the
     JournalRow (issue 18: a scan's hot path; tests/runtime/test_journal_values.py holds the two
     to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None. The two flags
-    are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS)."""
+    are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS);
+    `clock_offset_s` is None too (a venue's scans go through a claim's JournalRow)."""
     kind, code = d.kind, d.code
     if d.event_id is None:
         state, reason = "local", _LOCAL_REASONS.get(d.detail or "", _UNKNOWN_CODE)
@@ -413,4 +414,4 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
             code if kind == "nfc" else None, d.item_id, d.event_id, d.zone_id,
             1 if d.zone_is_default else 0, lane.gate_id, lane.name, d.direction,
             1 if d.admit else 0, d.status,
-            d.detail, d.message, scanned_on, state, reason, None, None, None)
+            d.detail, d.message, scanned_on, state, reason, None, None, None, None)

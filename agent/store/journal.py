@@ -133,12 +133,15 @@ class JournalRow:
     venue: str | None = None  # None | claimed | offline | claiming | void (migration 0003_venue)
     max_entries: int | None = None  # the lane's limit, recorded when a venue is configured
     tracks_exits: bool | None = None
+    # this clock minus the venue bus server's when the scan was decided (None: not measured,
+    # or no venue; journal migration 0008): published with the scan, however late
+    clock_offset_s: float | None = None
 
 
 _COLUMNS = ("uuid", "code", "kind", "barcode", "nfc_id", "item_id", "event_id", "zone_id",
             "zone_is_default", "gate_id", "lane", "direction", "admit", "status",
             "status_detail", "message", "scanned_on", "upload_state", "reason", "venue",
-            "max_entries", "tracks_exits")
+            "max_entries", "tracks_exits", "clock_offset_s")
 _values = operator.attrgetter(*_COLUMNS)  # a JournalRow's values in column order, in C
 _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")

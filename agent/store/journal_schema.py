@@ -178,4 +178,14 @@ MIGRATIONS: list[Migration] = [
             WHERE upload_state IN ('quarantined', 'local');
         CREATE UNIQUE INDEX scans_claims ON scans(uuid) WHERE venue IS NOT NULL
     """),
+    # The gate's clock minus the venue bus server's as this gate knew it when it decided the
+    # scan (agent.venue.bus `VenueBus.clock_offset`; NULL: never measured, or no venue). The
+    # venue publisher sends it with the scan however much later it publishes it: taken at
+    # publish time, a restart before publishing (its clock stepped meanwhile, or not measured
+    # yet) placed an offline scan by the clock as it was then. Rows of before keep NULL and go
+    # out as "not measured" (agent.venue.messages `bus_time`: placed on the safe side).
+    # Appended: no index, and the hot path without a venue writes it as a NULL literal.
+    ("0008_scan_clock_offset", """
+        ALTER TABLE scans ADD COLUMN clock_offset_s REAL
+    """),
 ]

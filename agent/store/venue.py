@@ -98,6 +98,9 @@ class BusScan:
     # the sender's clock minus the bus server's (GateBoard.offset_s) when it sent the scan;
     # None: not measured yet. Carried on the bus, not stored: it makes `Applied.bus_time`.
     clock_offset_s: float | None = None
+    # the sender said it had never measured its clock when it decided the scan
+    # (`clockOffsetS: null`; a sender of before left the key out and is taken by its clock)
+    clock_unmeasured: bool = False
     # sent as a claim, as it was decided (not by the journal publisher, after the commit or
     # later): its server timestamp is its time. Carried on the bus, not stored.
     claim: bool = False

@@ -13,6 +13,14 @@ Before every platform request (`PlatformClient.before_send`), `LeaderFence.check
 A new leader reads that log and counts the old leader's recent requests against its own
 governor (`Governor.assume_sent`), each as finished at the latest possible moment (sent +
 the request timeout), so a failover never makes the company exceed its limit (never a 429).
+
+The log is only as good as its bucket. A budget bucket deleted (`nats kv rm`, a node's data
+wiped) and made again empty says "nobody spent anything" while the requests of the last
+minute still count at the platform. So a gate that finds it made again (agent.venue.leader:
+its creation time against the one venue.db recorded, or the session's watch) takes the
+venue's whole company budget as spent at that moment until one window and one request
+timeout have passed (`seed(..., lost_ago_s=...)`): a leader set up meanwhile waits, never
+overspends (fail closed: no request rather than a 429 for every device of the company).
 """
 
 from __future__ import annotations
@@ -28,6 +36,15 @@ from agent.venue import streams
 from agent.venue.lease import Lease, NotLeader
 
 LOG_KEY = "requests"
+WINDOW_S = 60.0  # the platform's rate window
+
+
+def lost_log_counts(lost_ago_s: float | None, request_timeout_s: float,
+                    window_s: float = WINDOW_S) -> bool:
+    """Whether requests of a log lost `lost_ago_s` ago may still count at the platform (one
+    window after they finished, at the latest a request timeout after the loss; None: no
+    loss known)."""
+    return lost_ago_s is not None and lost_ago_s < window_s + request_timeout_s
 
 
 def bucket_name(venue: str) -> str:
@@ -55,7 +72,7 @@ def leader_governor(api: dict[str, Any], reserve: int) -> Governor:
 class LeaderFence:
     """`check()` before each request; `seed(governor)` when this device becomes leader."""
 
-    def __init__(self, kv: Any, lease: Lease, window_s: float = 60.0,
+    def __init__(self, kv: Any, lease: Lease, window_s: float = WINDOW_S,
                  request_timeout_s: float = 30.0):
         self.kv = kv
         self.lease = lease
@@ -74,18 +91,27 @@ class LeaderFence:
         self.sent.append(now)
         await self.kv.put(LOG_KEY, orjson.dumps({"holder": self.lease.holder, "sent": self.sent}))
 
-    async def seed(self, governor: Governor) -> int:
-        """Count the previous leaders' recent requests in `governor`. Returns how many."""
+    async def seed(self, governor: Governor, lost_ago_s: float | None = None,
+                   lost_requests: int = 0) -> int:
+        """Count the previous leaders' recent requests in `governor`. Returns how many.
+        `lost_ago_s`: the budget bucket was found made again (its log lost) that long ago;
+        while its requests may still count, `lost_requests` (the company's whole budget) are
+        taken as finished then, beside whatever the new log holds."""
+        unknown = lost_requests if lost_log_counts(lost_ago_s, self.request_timeout_s,
+                                                   self.window_s) else 0
+        if unknown:
+            assert lost_ago_s is not None
+            governor.assume_sent([max(0.0, lost_ago_s - self.request_timeout_s)] * unknown)
         try:
             entry = await self.kv.get(LOG_KEY)
             sent = [float(t) for t in orjson.loads(entry.value or b"{}").get("sent", [])]
         except Exception:  # noqa: BLE001 - no log yet: nobody spent anything
-            return 0
+            return unknown
         now = time.time()
         recent = [t for t in sent if t > now - self.window_s - self.request_timeout_s]
         governor.assume_sent([max(0.0, now - (t + self.request_timeout_s)) for t in recent])
         self.sent = recent
-        return len(recent)
+        return unknown + len(recent)
 
 
 async def venue_requests(kv: Any, now: float, window_s: float = 60.0) -> int | None:

@@ -72,6 +72,12 @@ STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 # a batch venue.db refused (disk full, locked) is tried again after this pause, doubling up to
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
+# A scan decided before this process measured its clock against the bus server's: the
+# publisher holds it (and the rows after it) this long after connecting, for the first
+# heartbeat to measure the offset its clock had when it decided (see `scan_offset`).
+UNMEASURED_HOLD_S = 5.0
+CLOCK_STEP_S = 1.0  # the decision clock moved this much against the monotonic one: stepped
+UNMEASURED_KEPT = 100_000  # scans kept in memory for a later measurement, at most
 
 # a message of the stream on its way to the applier: stream sequence, subject, body, messages
 # still pending after it, and the server's timestamp of it (the scan's bus time: messages.py)
@@ -190,6 +196,10 @@ class VenueBus:
         self._claims = ClaimChannel()
         # rows of claims in flight, answered, that this thread settles (settle_later)
         self._to_settle: collections.deque[tuple[str, str, str]] = collections.deque()
+        # scans this process decided before its first measurement: uuid -> the decision
+        # clock minus the monotonic one then (`scan_offset`, `published_offset`)
+        self._unmeasured: dict[str, float] = {}
+        self._connected_at = 0.0  # monotonic: when this session connected
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -302,6 +312,7 @@ class VenueBus:
 
         async def on_reconnect() -> None:
             self._claims_answered_again()
+            self._connected_at = time.monotonic()
             self.connected = True
 
         async def on_closed() -> None:
@@ -323,6 +334,7 @@ class VenueBus:
                                          self.venue["heartbeat_ttl_s"])
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
         self._claims_answered_again()
+        self._connected_at = time.monotonic()
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -619,20 +631,30 @@ class VenueBus:
                 rows = rows[:flying]
                 if not rows:
                     return
-            sends = []
+            sends, through, held = [], since, False
             for row in rows:
                 if row.get("venue") == "void" or (  # never was on the bus / is on it already,
                         row.get("venue") == "claimed" and not self._republishing):  # unless
-                    continue  # the stream was made again (_adopt_stream)
+                    through = row["seq"]  # the stream was made again (_adopt_stream)
+                    continue
+                offset, held = self.published_offset(row)
+                if held:  # decided unmeasured: its offset may be measured in a moment
+                    break
                 subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
                                                   self.device)
                 sends.append(self._js.publish(
-                    subject, messages.encode_scan(
-                        scan_from_row(row, self.device, self.clock_offset())),
+                    subject, messages.encode_scan(scan_from_row(row, self.device, offset)),
                     headers={"Nats-Msg-Id": row["uuid"]}))
+                through = row["seq"]
             await asyncio.gather(*sends)
-            await asyncio.to_thread(store.set_published_through, rows[-1]["seq"])
+            if through > since:
+                await asyncio.to_thread(store.set_published_through, through)
+            for row in rows:
+                if row["seq"] <= through:
+                    self._unmeasured.pop(row["uuid"], None)
             self.counters["published"] += len(sends)
+            if held:
+                return
 
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
         """Void this gate's standing claims with no admit in the journal: claims this bus did
@@ -812,8 +834,37 @@ class VenueBus:
 
     def clock_offset(self) -> float | None:
         """`offset_s` as every scan this gate publishes carries it (None before the first
-        heartbeat measured it: readers then take the scan's own time)."""
+        heartbeat measured it: readers then place the scan on the safe side, see
+        agent.venue.messages `bus_time`)."""
         return round(self.offset_s(), 3) if self.board.calibrated else None
+
+    def scan_offset(self, scan_uuid: str) -> float | None:
+        """The offset a scan decided now is journaled with (called from lane threads). None
+        before the first measurement; the scan is then remembered with where the decision
+        clock stood against the monotonic one, so that a measurement made later in this
+        process, with that clock not stepped since, is the offset it was decided under
+        (`published_offset`). A scan of an earlier process has no such link: it stays
+        unmeasured."""
+        offset = self.clock_offset()
+        if offset is None and len(self._unmeasured) < UNMEASURED_KEPT:
+            self._unmeasured[scan_uuid] = self.clock() - time.monotonic()
+        return offset
+
+    def published_offset(self, row: dict[str, Any]) -> tuple[float | None, bool]:
+        """(the offset a journal row goes out with, whether to hold it back for now).
+        The journaled one; for a row decided unmeasured by this process, the offset measured
+        since if its clock has not stepped meanwhile (held back for UNMEASURED_HOLD_S after
+        connecting while nothing is measured yet); otherwise None, said as such."""
+        if row.get("clock_offset_s") is not None:
+            return float(row["clock_offset_s"]), False
+        anchor = self._unmeasured.get(row["uuid"])
+        if anchor is None:
+            return None, False
+        if not self.board.calibrated:
+            return None, time.monotonic() - self._connected_at < UNMEASURED_HOLD_S
+        if abs(self.clock() - time.monotonic() - anchor) > CLOCK_STEP_S:
+            return None, False  # stepped since the scan: today's offset is not its clock's
+        return self.clock_offset(), False
 
     def wait_applied(self, seq: int, timeout_s: float) -> bool:
         """Block until the consumer has applied the stream up to `seq` (a conflict's re-read)."""
@@ -888,7 +939,8 @@ def settle_rows(journal: Journal, answered: list[tuple[str, str, str]]) -> None:
 
 def scan_from_row(row: dict[str, Any], device: str, clock_offset_s: float | None) -> BusScan:
     """A journal row as the bus carries it, with the limits its lane applied and the sender's
-    clock offset (`VenueBus.clock_offset`)."""
+    clock offset as it was when the scan was decided (`VenueBus.published_offset`; None: not
+    measured, said so on the bus)."""
     return BusScan(
         uuid=row["uuid"], device=device, lane=row["lane"], event_id=row["event_id"],
         item_id=row["item_id"], zone_id=row["zone_id"],

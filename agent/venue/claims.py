@@ -80,6 +80,9 @@ class Claim:
     tracks_exits: bool = False
     pending: PendingAnswer | None = None  # in_flight: the answer to wait for (`land`)
     deadline: float = 0.0  # in_flight: time.monotonic() by which the answer must come
+    # this clock minus the bus server's as the scan is decided (None: not measured yet):
+    # journaled with the scan, so it is published with it however late (`VenueBus.scan_offset`)
+    clock_offset_s: float | None = None
 
     def settle(self, local: Decision, needs_claim: Callable[[Decision], bool]) -> Decision | None:
         """Apply the venue's answer to the decision taken in the journal transaction.
@@ -106,7 +109,7 @@ class Claim:
         if venue == "claiming" and not row.admit:
             venue = None  # refused after all: a plain refusal (a grant is voided after commit)
         return replace(row, venue=venue, max_entries=self.max_entries,
-                       tracks_exits=self.tracks_exits)
+                       tracks_exits=self.tracks_exits, clock_offset_s=self.clock_offset_s)
 
 
 def _same_admit(a: Decision, b: Decision | None) -> bool:
@@ -150,7 +153,8 @@ class VenueLink:
         decision = decide_now()
         exits = tracks_exits(decision)
         base = Claim(scan_uuid, "none", decision, policy=self.policy,
-                     max_entries=lane.max_entries, tracks_exits=exits)
+                     max_entries=lane.max_entries, tracks_exits=exits,
+                     clock_offset_s=self.bus.scan_offset(scan_uuid))
         if not (decision.admit and needs_claim(decision, lane, exits)):
             return base
         in_flight = in_flight and self.bus.connected  # else answered at once: no overlap
@@ -183,7 +187,7 @@ class VenueLink:
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits,
-                clock_offset_s=self.bus.clock_offset(), claim=True))
+                clock_offset_s=base.clock_offset_s, claim=True))
             if in_flight:
                 # held from here: the consumer may apply this very claim before the commit
                 self._holding = scan_uuid

@@ -38,7 +38,10 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
 
+from agent.errors import VenueStreamLost
 from agent.venue.kvkeys import CONFIRM_PAUSE_S, CONFIRM_READS
+from agent.venue.stream_identity import CHECK_EVERY_S, StreamWatch, created_of
+from agent.venue.streams import kv_stream
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -257,6 +260,7 @@ class HeartbeatLink:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last: bytes | None = None
+        self.buckets_made_again = 0  # the buckets found deleted or made again, opened again
 
     def start(self, js: Any, replicas: int) -> None:
         """Open the buckets and watch them in the background, retrying while the bus cannot
@@ -264,27 +268,58 @@ class HeartbeatLink:
         self._tasks = [asyncio.create_task(self._run(js, replicas))]
 
     async def _run(self, js: Any, replicas: int) -> None:
+        """Open the buckets and watch them; a bucket deleted or made again under the link
+        (`nats kv rm`, a node's data wiped) is looked for as the venue's streams are
+        (agent.venue.stream_identity `StreamWatch`) and the buckets opened again: otherwise
+        every beat failed and every watcher stayed silent until the gate restarted — every
+        gate shown stale, and no new measurement of this clock against the bus server's."""
+        while not self._stop.is_set():
+            opened = await self._open(js, replicas)
+            if opened is None:
+                return
+            live, roster, watches = opened
+            self._live, self._roster = live, roster
+            self.board.clear_live()
+            if self._last is not None:
+                try:
+                    await put_beat(live, roster, self.device, self._last)
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
+            ended = asyncio.Event()  # these buckets' watchers end with it
+            watchers = asyncio.gather(watch(roster, self.board, False, ended),
+                                      watch(live, self.board, True, ended))
+            try:
+                while not self._stop.is_set():
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), CHECK_EVERY_S)
+                    except TimeoutError:
+                        pass
+                    for bucket_watch in watches:
+                        await bucket_watch.check(js, 0)
+            except VenueStreamLost as exc:
+                self.buckets_made_again += 1
+                log.warning("venue heartbeats: %s", exc)
+            finally:
+                self._live = self._roster = None  # beats are kept (`_last`) meanwhile
+                ended.set()
+                await asyncio.gather(watchers, return_exceptions=True)
+
+    async def _open(self, js: Any, replicas: int) -> tuple[Any, Any, list[StreamWatch]] | None:
+        """The two buckets and a watch on each, retried while the bus cannot make them (no
+        quorum yet); None once the link stops."""
         while not self._stop.is_set():
             try:
                 live, roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
-                break
+                watches = [StreamWatch(kv_stream(name), created_of(
+                    await js.stream_info(kv_stream(name)))) for name in bucket_names(self.venue)]
+                return live, roster, watches
             except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
                 log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
                 try:
                     await asyncio.wait_for(self._stop.wait(), 2.0)
                 except TimeoutError:
                     pass
-        else:
-            return
-        self._live, self._roster = live, roster
-        self.board.clear_live()
-        if self._last is not None:
-            try:
-                await put_beat(live, roster, self.device, self._last)
-            except Exception as exc:  # noqa: BLE001 - the next beat tries again
-                log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
-        await asyncio.gather(watch(roster, self.board, False, self._stop),
-                             watch(live, self.board, True, self._stop))
+        return None
 
     async def publish(self, body: bytes) -> None:
         """Put a beat (kept, and put as soon as the buckets are open if they are not yet)."""

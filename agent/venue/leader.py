@@ -42,12 +42,15 @@ from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE
 from agent.venue import catalog, passrequest, quarantine, stream_identity, uplink
 from agent.venue.budget import (
+    WINDOW_S,
     LeaderFence,
     budget_bucket,
     leader_governor,
     leader_share,
+    lost_log_counts,
     venue_requests,
 )
+from agent.venue.budget import bucket_name as budget_bucket_name
 from agent.venue.bus import connect_options, device_name
 from agent.venue.election import Election, cancelled, connect, lease_bucket
 from agent.venue.lease import NotLeader, bucket_name
@@ -102,7 +105,7 @@ class VenueRole:
         self.syncer: Syncer | None = None
         self.connected_at = time.monotonic()
         self.counters = {"handed_over": 0, "fallback_rows": 0, "leader_errors": 0,
-                         "seeded_requests": 0}
+                         "seeded_requests": 0, "buckets_made_again": 0}
         self.on_catalog_change = on_catalog_change
         # every platform answer's Date, for the gate's clock (agent.runtime.clock)
         self.on_server_time = on_server_time
@@ -114,7 +117,16 @@ class VenueRole:
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
         self._upload_watch: stream_identity.StreamWatch | None = None  # this session's
-        self._lease_watch: stream_identity.StreamWatch | None = None  # this session's
+        # this session's watches of the KV buckets (lease, budget, quarantine, and the
+        # batches while leading): stream name -> watch (agent.venue.stream_identity)
+        self._bucket_watches: dict[str, stream_identity.StreamWatch] = {}
+        # buckets found made again whose loss is still being dealt with: stream -> since,
+        # what (the budget until its lost requests no longer count, the quarantine until this
+        # gate's scans are handed over again); status `buckets_lost`, reason venue_bucket_lost
+        self.buckets_lost: dict[str, dict[str, str]] = {}
+        self._budget_lost_at: float | None = None  # monotonic: the budget bucket found lost
+        self._budget_created = ""  # the budget bucket's creation time this session
+        self._hand_over_tag = ""  # the quarantine bucket's (uplink.hand_over_headers)
         # the upload stream lost under this gate (agent.venue.uplink): since when, what
         # happened; None again once this gate's scans are handed over again
         self.upload_stream_lost: dict[str, str] | None = None
@@ -197,7 +209,7 @@ class VenueRole:
         tasks: list[asyncio.Task[None]] = []
         self.election = None
         self._upload_watch = None  # set once this session adopted the upload stream
-        self._lease_watch = None
+        self._bucket_watches = {}
         ended = asyncio.Event()  # this session's end, for its step-down task
         try:
             if not await self._connect(stop, journal):
@@ -224,9 +236,7 @@ class VenueRole:
             self._quarantine_kv = await quarantine.quarantine_bucket(self._js, self.name,
                                                                      self.replicas, self.drift)
             kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
-            self._lease_watch = stream_identity.StreamWatch(
-                kv_stream(bucket_name(self.name)), stream_identity.created_of(
-                    await self._js.stream_info(kv_stream(bucket_name(self.name)))))
+            await self._adopt_buckets(journal)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"], handover=self.stepdown)
             tasks.append(asyncio.create_task(self.election.run()))
@@ -258,6 +268,75 @@ class VenueRole:
                     await asyncio.wait_for(nc.close(), 2.0)
                 except Exception:  # noqa: BLE001 - closing a dead link
                     pass
+
+    async def _adopt_buckets(self, journal: Journal) -> None:
+        """Session setup: each KV bucket's creation time against the one venue.db recorded,
+        and a watch on each (deleted or made again under the session ends it, and this runs
+        again). What a bucket made again empty means, bucket by bucket:
+        - budget: its request log is gone while those requests still count at the platform;
+          the company's whole budget is taken as spent until they no longer do (fail closed,
+          agent.venue.budget), and only then is the new creation time recorded (a restart
+          meanwhile finds it made again once more);
+        - quarantine: the rows the platform refused are gone; every row this gate handed over
+          since the lost bucket was made goes again (agent.venue.uplink
+          `adopt_handed_over`): the platform keeps the ones it has once (scan uuid) and
+          refuses the others again, into the new bucket;
+        - lease: the election goes on in the new bucket (terms rank by the bucket's creation
+          time, agent.venue.lease);
+        - batches (watched while this device leads, `_lead`): the stored batches not done are
+          gone with it; their messages were not acked, so the bus hands them to the next
+          term's uploader, which sends them under new request uuids (the platform keeps each
+          scan uuid once)."""
+        db = self.config.store_dir / VENUE_FILE
+        budget = kv_stream(budget_bucket_name(self.name))
+        self._budget_created, lost = await stream_identity.adopt(
+            self._js, budget, db, lambda recorded: recorded, record=False)
+        if lost is not None:
+            self._budget_lost(budget, f"made again at {self._budget_created} (the log of the "
+                                      f"one of {lost} is gone)")
+        held = kv_stream(quarantine.bucket_name(self.name))
+        held_created, again = await uplink.adopt_handed_over(self._js, held, journal, db,
+                                                             "the quarantine bucket")
+        self._hand_over_tag = held_created  # uplink.hand_over_headers
+        if again is not None:
+            self._bucket_made_again(held, f"made again: {again} scan(s) of this gate handed "
+                                          "over again")
+        lease = kv_stream(bucket_name(self.name))
+        lease_created, _ = await stream_identity.adopt(self._js, lease, db)
+        for stream, created in ((budget, self._budget_created), (held, held_created),
+                                (lease, lease_created)):
+            self._bucket_watches[stream] = stream_identity.StreamWatch(stream, created)
+
+    def _budget_lost(self, stream: str, what: str) -> None:
+        """The budget bucket found made again (or gone): from now on, the company's budget is
+        taken as spent for a window (agent.venue.budget `LeaderFence.seed`)."""
+        self._budget_lost_at = time.monotonic()
+        self._bucket_made_again(stream, what)
+
+    def _bucket_made_again(self, stream: str, what: str) -> None:
+        self.counters["buckets_made_again"] += 1
+        self.buckets_lost[stream] = {"since": utc_iso(datetime.now(UTC)), "error": what}
+        log.warning("venue %s: bucket %s %s", self.name, stream, what)
+
+    def _lost_budget(self) -> tuple[float | None, int]:
+        """For `LeaderFence.seed`: how long ago the budget log was lost, and the requests
+        taken as spent then (the company's whole budget)."""
+        if self._budget_lost_at is None:
+            return None, 0
+        return time.monotonic() - self._budget_lost_at, int(self.config.api["requests_per_minute"])
+
+    async def _settle_buckets(self) -> None:
+        """Clear what was lost once dealt with: the budget once its lost requests no longer
+        count (the new creation time recorded only then), the quarantine once this gate's
+        scans are on the bus again (see `_member_round`)."""
+        budget = kv_stream(budget_bucket_name(self.name))
+        ago, _ = self._lost_budget()
+        if ago is not None and not lost_log_counts(ago, self.config.api["timeout_s"]) \
+                and self._budget_created:
+            await stream_identity.record_created(self.config.store_dir / VENUE_FILE, budget,
+                                                 self._budget_created)
+            self._budget_lost_at = None
+            self.buckets_lost.pop(budget, None)
 
     def _own_term(self) -> Term | None:
         lease = self.election.lease if self.election else None
@@ -308,15 +387,27 @@ class VenueRole:
             await self._pause(stop, 0.2)
 
     async def _watch_streams(self) -> None:
-        """The upload stream or the lease bucket deleted or made again ends the session
+        """The upload stream or a KV bucket deleted or made again ends the session
         (VenueStreamLost; only their identity counts, so the position given is 0): its setup
-        makes them again, hands this gate's scans over again (agent.venue.uplink), and the
-        election goes on in the new bucket — a bucket deleted and not made again would
-        otherwise leave the venue without a leader until every gate restarted."""
+        makes them again and deals with what was lost (`_adopt_buckets`; the upload stream:
+        this gate's scans handed over again, agent.venue.uplink). Not made again within a
+        session, a bucket's every write failed: no leader without the lease bucket, no
+        platform request without the budget's log, no upload without the batches, until
+        every gate restarted."""
         if self._nc is None or not self._nc.is_connected:
             return
-        if self._lease_watch is not None:
-            await self._lease_watch.check(self._js, 0)
+        for stream, watch in list(self._bucket_watches.items()):
+            try:
+                await watch.check(self._js, 0)
+            except VenueStreamLost as exc:
+                if stream == kv_stream(budget_bucket_name(self.name)):
+                    self._budget_lost_at = time.monotonic()  # from now: the log is gone
+                elif stream != kv_stream(quarantine.bucket_name(self.name)):
+                    # lease, batches: nothing to rebuild but the session (the setup counts
+                    # the budget and the quarantine, found made again there)
+                    self.counters["buckets_made_again"] += 1
+                    log.warning("venue %s: %s", self.name, exc)
+                raise
         if self._upload_watch is None:
             return
         try:
@@ -350,6 +441,7 @@ class VenueRole:
         if now < self._next_status or self._budget_kv is None:
             return
         self._next_status = now + 2.0
+        await self._settle_buckets()
         self.budget_in_use = await venue_requests(self._budget_kv, time.time())
         try:
             self.quarantined = await quarantine.count(self._quarantine_kv)
@@ -367,13 +459,17 @@ class VenueRole:
             self.connected_at = time.monotonic()
             handed = await uplink.hand_over(
                 self._js, self.name, self.device, journal, self.config.api["scanned_by"] or None,
-                limit=HAND_OVER_LIMIT)
+                limit=HAND_OVER_LIMIT, tag=self._hand_over_tag)
             self.counters["handed_over"] += handed
             if handed < HAND_OVER_LIMIT and self.upload_stream_lost is not None \
                     and self._upload_watch is not None:  # handed over again, to the new one
                 log.warning("venue %s: this gate's scans are on the new upload stream",
                             self.name)
                 self.upload_stream_lost = None
+            held = kv_stream(quarantine.bucket_name(self.name))
+            if handed < HAND_OVER_LIMIT and held in self.buckets_lost \
+                    and held in self._bucket_watches:  # this session handed them over again
+                self.buckets_lost.pop(held)
         elif (time.monotonic() - self.connected_at > self.venue["fallback_after_s"]
               and time.monotonic() >= self._next_fallback):
             self._next_fallback = time.monotonic() + self.config.sync["upload_interval_s"]
@@ -392,7 +488,8 @@ class VenueRole:
         journal = await asyncio.to_thread(Journal, self.journal_path)
         try:
             out = await uplink.hand_over_now(self._js, self.name, self.device, journal,
-                                             self.config.api["scanned_by"] or None, drain)
+                                             self.config.api["scanned_by"] or None, drain,
+                                             self._hand_over_tag)
         finally:
             await asyncio.to_thread(journal.close)
         self.counters["handed_over"] += out["handed"]
@@ -424,7 +521,7 @@ class VenueRole:
         lease = self.election.lease
         self._lead_term = lease.term
         governor = leader_governor(self.config.api, self.venue["platform_reserve"])
-        self.counters["seeded_requests"] = await self.fence.seed(governor)
+        self.counters["seeded_requests"] = await self.fence.seed(governor, *self._lost_budget())
         if self.client is None:  # one client for the device's life: its link status stays
             self.client = PlatformClient.from_config(self.config.api, self.token, governor)
             self.client.on_server_time = self.on_server_time
@@ -435,6 +532,9 @@ class VenueRole:
                                         ack_wait_s=self.ack_wait_s,
                                         status=self.upload_status, replicas=self.replicas)
         await uploader.start()  # may fail on the bus: the next round starts the term again
+        batches = kv_stream(uplink.batches_bucket(self.name))
+        self._bucket_watches[batches] = stream_identity.StreamWatch(
+            batches, stream_identity.created_of(await self._js.stream_info(batches)))
         self.syncer = Syncer(self.config, self.client, self.cache_path,
                              observer=catalog.CatalogPublisher(self._js, self.name, lease))
         self.uploader = uploader
@@ -532,6 +632,7 @@ class VenueRole:
 
     async def _step_down(self) -> None:
         self.uploader = None
+        self._bucket_watches.pop(kv_stream(uplink.batches_bucket(self.name)), None)
         sub, self._pass_sub = self._pass_sub, None
         if sub is not None:
             try:
@@ -580,6 +681,10 @@ class VenueRole:
         out["upload_lag_s"] = None if self.upload_lag_s is None else round(self.upload_lag_s, 1)
         out["quarantined"] = self.quarantined
         out["upload_stream_lost"] = self.upload_stream_lost
+        out["buckets_lost"] = dict(self.buckets_lost)
+        ago, _ = self._lost_budget()
+        out["budget_unknown_for_s"] = None if ago is None else round(
+            max(0.0, WINDOW_S + float(self.config.api["timeout_s"]) - ago), 1)
         out["last_full_pass"] = self.last_full
         uploader_drift = self.uploader.drift if self.uploader is not None else {}
         out["settings_drift"] = sorted({**self.drift, **uploader_drift}.values())

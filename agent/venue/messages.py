@@ -17,8 +17,10 @@ A scan's `scannedOn` is the sending gate's clock, which may be minutes or hours 
 often have no NTP, gates no real-time clock). So every reader places a scan on the bus
 server's clock (`bus_time`): a claim (`claim: true`) at the server's timestamp of the message,
 any other scan at its `scannedOn` taken back by `clockOffsetS`, the sender's clock minus the
-bus server's as the sender measured it (agent.venue.heartbeat `GateBoard.offset_s`; omitted
-before the first measurement). Messages of earlier versions, without either, still decode.
+bus server's as the sender measured it when it decided the scan (agent.venue.heartbeat
+`GateBoard.offset_s`, journaled with the scan; `null` when it had never been measured: such a
+scan is placed on the safe side, see `bus_time`). Messages of earlier versions, without either
+key, still decode and are placed by the sender's clock, as they were then.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def encode_scan(scan: BusScan) -> bytes:
         "direction": scan.direction, "admit": scan.admit, "status": scan.status,
         "scannedOn": scan.scanned_on, "offline": scan.offline,
         "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits, "claim": scan.claim,
-        **({} if scan.clock_offset_s is None else {"clockOffsetS": scan.clock_offset_s}),
+        "clockOffsetS": scan.clock_offset_s,  # null: never measured (not "0")
     })
 
 
@@ -80,11 +82,23 @@ def bus_time(scan: BusScan, stored: datetime | None) -> str | None:
     sender's clock says. Every other scan message is the journal publisher's copy, sent after
     the commit or much later: a scan decided offline, one that needed no claim, or every scan
     again once the stream was made again; its timestamp says nothing of when it happened, so
-    its `scannedOn` is taken back to the server's clock by the sender's offset (as is, without
-    one: then it is only as right as the sender's clock, as before the offset existed, and
-    as with messages of earlier versions), and never later than it was stored (no scan is
-    stored before it happened: that bounds a fast clock whose offset was not measured)."""
+    its `scannedOn` is taken back to the server's clock by the sender's offset at the time it
+    decided the scan (as is for a message of an earlier version, which has no offset: only as
+    right as the sender's clock, as before the offset existed), and never later than it was
+    stored (no scan is stored before it happened: that bounds a fast clock).
+
+    A scan its sender decided before it had ever measured its clock (`clockOffsetS: null`)
+    happened at some unknown moment before it was stored, so it is placed where it can never
+    let a ticket be admitted again: an entry at the latest moment it can have happened (when it
+    was stored), an exit undated (None: derived state takes it as before every dated scan,
+    agent.core.scanstate), so neither lets the ticket read as outside after a scan that may have
+    followed it. The cost: a holder who really went out there reads as inside until a later
+    exit (`alreadyIn`, staff)."""
     if stored is not None and scan.claim:
+        return utc_iso(stored)
+    if scan.clock_unmeasured:
+        if scan.direction == "out" or stored is None:
+            return None
         return utc_iso(stored)
     when = parse_platform_time(scan.scanned_on)
     if when is None:
@@ -126,6 +140,7 @@ def decode(seq: int, subject: str, data: bytes, stored: datetime | None = None) 
             max_entries=_int_or_none(body, "maxEntries") or 0,
             tracks_exits=bool(body.get("tracksExits")),
             clock_offset_s=_seconds_or_none(body, "clockOffsetS"),
+            clock_unmeasured="clockOffsetS" in body and body["clockOffsetS"] is None,
             claim=body.get("claim") is True)
     except (KeyError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js.errors import NotFoundError
 
@@ -28,6 +29,8 @@ from agent.store.cache import TicketCache
 from agent.store.venue import VenueStore
 
 log = logging.getLogger("gate_agent.venue.stream_identity")
+
+T = TypeVar("T")
 
 CHECK_EVERY_S = 2.0
 STREAM_GONE_S = 5.0
@@ -80,6 +83,48 @@ class StreamWatch:
         why = replaced(self.created, created_of(info), info.state.last_seq, applied_seq)
         if why is not None:
             raise VenueStreamLost(f"stream {self.stream}: {why}")
+
+
+async def adopt(js: Any, stream: str, venue_db: Path,
+                made_again: Callable[[str], T] | None = None, *,
+                record: bool = True) -> tuple[str, T | None]:
+    """Session setup for a stream or KV bucket (`KV_<bucket>`) whose loss this gate acts on:
+    its creation time now (for the session's `StreamWatch`), and, when venue.db recorded
+    another one, `made_again(recorded)`'s result (run in a worker thread, before the new
+    time is recorded: a crash between repeats it, which the callers make harmless). The
+    first time a gate sees it there is nothing to compare: recorded, None returned.
+    `record=False`: a made-again time is not recorded here; the caller does it once it has
+    dealt with the loss (`record_created`), so a restart meanwhile deals with it again."""
+    created = created_of(await js.stream_info(stream))
+
+    def fit() -> T | None:
+        identities = VenueStore(venue_db)
+        try:
+            recorded = identities.stream_created(stream)
+            out = None
+            if recorded is not None and recorded != created and made_again is not None:
+                out = made_again(recorded)
+                if not record:
+                    return out
+            if recorded != created:
+                identities.set_stream_created(stream, created)
+            return out
+        finally:
+            identities.close()
+
+    return created, await asyncio.to_thread(fit)
+
+
+async def record_created(venue_db: Path, stream: str, created: str) -> None:
+    """Record `created` as the incarnation of `stream` this gate has dealt with."""
+    def write() -> None:
+        identities = VenueStore(venue_db)
+        try:
+            identities.set_stream_created(stream, created)
+        finally:
+            identities.close()
+
+    await asyncio.to_thread(write)
 
 
 async def adopt_catalog(js: Any, stream: str, cache: TicketCache, venue_db: Path) -> str:

@@ -68,7 +68,6 @@ from agent.platform.upload import (
     ticket_row,
 )
 from agent.store.journal import Journal
-from agent.store.venue import VenueStore
 from agent.venue import quarantine, stream_identity, streams
 from agent.venue.kvkeys import live_keys
 from agent.venue.lease import Lease
@@ -84,6 +83,11 @@ CLOCK_MARGIN = timedelta(minutes=10)
 
 def stream_name(venue: str) -> str:
     return f"VENUE_{venue.replace('-', '_')}_UPLOAD"
+
+
+def batches_bucket(venue: str) -> str:
+    """The KV bucket of the leader's stored batches."""
+    return f"VENUE_{venue.replace('-', '_')}_BATCHES"
 
 
 def subject(venue: str, device: str) -> str:
@@ -103,57 +107,71 @@ async def ensure_upload_stream(js: Any, venue: str, replicas: int,
 
 
 async def adopt_upload_stream(js: Any, venue: str, journal: Journal,
-                              venue_db: Path) -> tuple[str, int]:
+                              venue_db: Path) -> tuple[str, int | None]:
     """Session setup (see the module docstring): the upload stream's creation time (for the
     session's `StreamWatch`) and how many rows were handed over again because the stream this
     gate handed its scans to was made again since."""
-    stream = stream_name(venue)
-    created = stream_identity.created_of(await js.stream_info(stream))
+    return await adopt_handed_over(js, stream_name(venue), journal, venue_db,
+                                   "the upload stream")
 
-    def fit() -> int:
-        identities = VenueStore(venue_db)
-        try:
-            recorded = identities.stream_created(stream)
-            again = 0
-            if recorded is not None and recorded != created:
-                lost_made = datetime.fromisoformat(recorded)
-                again = journal.hand_over_again(utc_iso(lost_made - CLOCK_MARGIN))
-                log.warning("venue upload stream %s was made again at %s (this gate handed "
-                            "its scans to the one of %s): %d scan(s) handed over again",
-                            stream, created, recorded, again)
-            if recorded != created:  # after the journal: a crash between repeats it, no harm
-                identities.set_stream_created(stream, created)
-            return again
-        finally:
-            identities.close()
 
-    return created, await asyncio.to_thread(fit)
+async def adopt_handed_over(js: Any, stream: str, journal: Journal, venue_db: Path,
+                            what: str) -> tuple[str, int | None]:
+    """Session setup for a stream or bucket that held this gate's handed-over scans on their
+    way to the platform (the upload stream; the quarantine bucket, which holds the rows the
+    platform refused): made again since this gate recorded it, every row it marked sent since
+    the lost one was made goes back to its outbox and is handed over again (the journal is
+    the source of truth). Returns the creation time and how many rows went back (None: it
+    was not made again)."""
+    def again(recorded: str) -> int:
+        lost_made = datetime.fromisoformat(recorded)
+        rows = journal.hand_over_again(utc_iso(lost_made - CLOCK_MARGIN))
+        log.warning("venue: %s (%s) was made again (this gate handed its scans over while the "
+                    "one of %s stood): %d scan(s) handed over again", what, stream, recorded,
+                    rows)
+        return rows
+
+    return await stream_identity.adopt(js, stream, venue_db, again)
+
+
+def hand_over_headers(scan_uuid: str, tag: str = "") -> dict[str, str]:
+    """A handed-over row's headers: `Nats-Msg-Id` the scan uuid, so a row published twice is
+    stored once — within one incarnation of the quarantine bucket (`tag`, its creation time).
+    Rows handed over again because the quarantine was lost (`adopt_handed_over`) were on this
+    stream minutes before under the bare uuid: its de-duplication window would drop them, and
+    the refused ones would never be quarantined again. The scan uuid is then in
+    `Gate-Scan-Uuid`, as for a requeued row (`scan_uuid`)."""
+    if not tag:
+        return {MSG_ID: scan_uuid}
+    return {MSG_ID: f"{scan_uuid}/{tag}", quarantine.SCAN_HEADER: scan_uuid}
 
 
 async def hand_over(js: Any, venue: str, device: str, journal: Journal,
-                    scanned_by: int | None, limit: int = 500) -> int:
+                    scanned_by: int | None, limit: int = 500, tag: str = "") -> int:
     """Publish this gate's pending rows that may leave it (not held by a passage wait or a
-    claim in flight: `Journal.ready`); mark them sent once the bus has them all."""
+    claim in flight: `Journal.ready`); mark them sent once the bus has them all. `tag`: see
+    `hand_over_headers`."""
     rows = await asyncio.to_thread(journal.ready, limit)
     if not rows:
         return 0
     subj = subject(venue, device)
     await asyncio.gather(*(js.publish(subj, orjson.dumps(ticket_row(r, scanned_by)),
-                                      headers={MSG_ID: r["uuid"]}) for r in rows))
+                                      headers=hand_over_headers(r["uuid"], tag))
+                           for r in rows))
     await asyncio.to_thread(journal.mark_sent, [r["uuid"] for r in rows],
                             utc_iso(datetime.now(UTC)))
     return len(rows)
 
 
 async def hand_over_now(js: Any, venue: str, device: str, journal: Journal,
-                        scanned_by: int | None, drain: bool) -> dict[str, Any]:
+                        scanned_by: int | None, drain: bool, tag: str = "") -> dict[str, Any]:
     """`gate-agent upload [--drain]` on a gate in venue mode: its pending rows go to the bus
     now (one batch, or all), for the leader to upload with the venue's budget — never straight
     to the platform beside it. A row handed over twice (the member round at the same time) is
     stored once: its uuid is the `Nats-Msg-Id`."""
     handed = 0
     while True:
-        n = await hand_over(js, venue, device, journal, scanned_by)
+        n = await hand_over(js, venue, device, journal, scanned_by, tag=tag)
         handed += n
         if not drain or n == 0:
             break
@@ -210,6 +228,10 @@ class VenueUploader:
         self.acks_due: dict[str, str] = {}  # scan uuid -> stored batch awaiting its acks
         self.members: dict[str, set[str]] = {}  # stored batch -> scan uuids not acked yet
         self.rows: dict[str, list[dict[str, Any]]] = {}  # stored batch -> all its rows
+        # stored batch -> its rows quarantined: scan uuid -> the quarantine bucket's creation
+        # time then (`_expect`)
+        self.isolated: dict[str, dict[str, str]] = {}
+        self.quarantine_created = ""  # the quarantine bucket's creation time (start)
         self.undone: dict[str, dict[str, list[dict[str, Any]]]] = {}  # batch -> pending sends
         self.tries: dict[str, int] = {}  # request uuid -> unconfirmed answers so far
         self.held: dict[str, float] = {}  # request uuid -> not before (monotonic)
@@ -223,11 +245,13 @@ class VenueUploader:
 
     async def start(self) -> None:
         self.kv = await streams.ensure_bucket(self.js, KeyValueConfig(
-            bucket=f"VENUE_{self.venue.replace('-', '_')}_BATCHES", history=1,
+            bucket=batches_bucket(self.venue), history=1,
             storage=StorageType.FILE, ttl=86_400.0,
             replicas=self.replicas), self.drift)  # R3 in a cluster: a batch outlives one node
         self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas,
                                                              self.drift)
+        self.quarantine_created = stream_identity.created_of(await self.js.stream_info(
+            streams.kv_stream(quarantine.bucket_name(self.venue))))
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
@@ -241,24 +265,34 @@ class VenueUploader:
         for key in await live_keys(self.kv):
             entry = await self.kv.get(key)
             body = orjson.loads(entry.value)
-            self._expect(key, body["tickets"])
+            self._expect(key, body["tickets"], body.get("quarantined") or {})
             self.tries.update(body.get("tries", {}))
             if not body.get("done"):
                 self.undone[key] = body.get("pending") or {key: body["tickets"]}
         await self.retry_stored()
 
-    def _expect(self, key: str, tickets: list[dict[str, Any]]) -> None:
+    def _expect(self, key: str, tickets: list[dict[str, Any]],
+                quarantined: dict[str, str] | None = None) -> None:
+        """A stored batch's rows: their messages are acked, not sent again — except the rows
+        it quarantined into a quarantine bucket since lost (`quarantined`: scan uuid -> the
+        bucket's creation time then, unlike the bucket's now): the gates hand their scans
+        over again to fill the new bucket (agent.venue.leader), and a copy of such a row is
+        sent and refused again, into it. Acked here without sending, those rows were lost."""
         self.rows[key] = tickets
-        self.members[key] = {t["uuid"] for t in tickets}
+        self.isolated[key] = dict(quarantined or {})
+        lost = {u for u, made in self.isolated[key].items() if made != self.quarantine_created}
+        self.members[key] = {t["uuid"] for t in tickets} - lost
         for t in tickets:
-            self.acks_due[t["uuid"]] = key
+            if t["uuid"] not in lost:
+                self.acks_due[t["uuid"]] = key
 
     async def _save(self, key: str) -> None:
         """One put: the batch's rows, the sends still pending (none: done) and their tries."""
         pending = self.undone.get(key, {})
         await self.kv.put(key, orjson.dumps({
             "tickets": self.rows[key], "done": not pending, "pending": pending,
-            "tries": {u: n for u, n in self.tries.items() if u in pending}}))
+            "tries": {u: n for u, n in self.tries.items() if u in pending},
+            "quarantined": self.isolated.get(key, {})}))
 
     async def _send(self, key: str, request: str, tickets: list[dict[str, Any]],
                     resend: bool = False) -> None:
@@ -314,6 +348,8 @@ class VenueUploader:
 
     async def _quarantine(self, key: str, bad: list[tuple[dict[str, Any], str]]) -> None:
         await quarantine.put(self.quarantine, bad, key)
+        self.isolated.setdefault(key, {}).update(
+            (row["uuid"], self.quarantine_created) for row, _why in bad)
         self.counters["rows_quarantined"] += len(bad)
         self.status.quarantined_total += len(bad)
         log.warning("venue upload: quarantined %d scan(s): %s", len(bad), bad[0][1])
@@ -369,6 +405,7 @@ class VenueUploader:
                 continue
             del self.members[key]
             self.rows.pop(key, None)
+            self.isolated.pop(key, None)
             await self.kv.delete(key)
         if self._budget is not None and self._budget <= 0:
             return 0  # this round spent what it may on refused batches

@@ -3,6 +3,7 @@ loses AUTOINCREMENT and the indexes no reader needs, and `seq` still only grows.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from agent.store.journal import Journal, JournalRow, iter_all
@@ -30,7 +31,8 @@ def _old_journal(path: Path) -> list[dict[str, object]]:
     conn = db.conn
     assert "AUTOINCREMENT" in conn.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'scans'").fetchone()[0]
-    cols = [c for c in JournalRow.__dataclass_fields__ if c != "upload_state" and c != "reason"]
+    cols = [c for c in JournalRow.__dataclass_fields__
+            if c not in ("upload_state", "reason", "clock_offset_s")]  # not in round one
     rows = [_row("a1", admit=True), _row("r1", admit=False), _row("a2", admit=True, venue="claimed"),
             _row("x1", admit=True, direction="out"), _row("u1", admit=False, item_id=None)]
     for r in rows:
@@ -57,7 +59,8 @@ def test_an_old_journal_is_migrated_row_for_row(tmp_path: Path) -> None:
     before = _old_journal(path)
     journal = Journal(path)
     try:
-        assert list(iter_all(journal)) == before  # every column of every row, seq included
+        # every column of every row, seq included (and 0008's, not measured)
+        assert list(iter_all(journal)) == [{**r, "clock_offset_s": None} for r in before]
         conn = journal.conn
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'scans'").fetchone()[0]
         assert "AUTOINCREMENT" not in sql
@@ -112,5 +115,33 @@ def test_pruning_never_hands_a_seq_out_twice(tmp_path: Path) -> None:
         journal.record(_row("next", admit=True))
         seqs = dict(journal.conn.execute("SELECT uuid, seq FROM scans"))
         assert seqs == {"s3": last, "next": last + 1}
+    finally:
+        journal.close()
+
+
+def test_a_journal_of_the_previous_schema_gets_the_scan_clock_offset(tmp_path: Path) -> None:
+    """Migration 0008 on a file at 0007 (the schema before it): its rows kept as they were,
+    their offset unknown (NULL: published as "not measured", never as 0); a row journaled
+    since keeps the offset it was decided under, and a JournalRow without one stores NULL."""
+    path = tmp_path / "journal.db"
+    db = open_database(path, synchronous="FULL")
+    migrate(db, [m for m in MIGRATIONS if m[0] < "0008"])
+    cols = [c for c in JournalRow.__dataclass_fields__ if c != "clock_offset_s"]
+    old = _row("o1", admit=True, venue="offline")
+    db.conn.execute(f"INSERT INTO scans ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    tuple(getattr(old, c) for c in cols))
+    before = _dicts(db.conn, "SELECT * FROM scans")
+    assert "clock_offset_s" not in before[0]
+    db.conn.close()
+    journal = Journal(path)
+    try:
+        (kept,) = list(iter_all(journal))
+        assert kept == {**before[0], "clock_offset_s": None}
+        journal.record(replace(_row("n1", admit=True, venue="offline"), clock_offset_s=-180.25))
+        journal.record(_row("n2", admit=False))
+        assert {r["uuid"]: r["clock_offset_s"] for r in journal.after(0, 10)} == \
+            {"o1": None, "n1": -180.25, "n2": None}
+        assert "0008_scan_clock_offset" in {
+            n for (n,) in journal.conn.execute("SELECT name FROM migrations")}
     finally:
         journal.close()

@@ -25,21 +25,24 @@ STORED = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)  # the server's, a
 
 def bus_scan(uuid: str = "u1", direction: str = "out", scanned_on: str = AT,
              offline: bool = False, offset: float | None = None,
-             claim: bool = False) -> BusScan:
+             claim: bool = False, unmeasured: bool = False) -> BusScan:
     return BusScan(uuid=uuid, device="g2", lane="floor-out", event_id=501, item_id=7,
                    zone_id=3, zone_is_default=False, direction=direction, admit=True,
                    status="valid", scanned_on=scanned_on, offline=offline, max_entries=0,
-                   tracks_exits=True, clock_offset_s=offset, claim=claim)
+                   tracks_exits=True, clock_offset_s=offset, claim=claim,
+                   clock_unmeasured=unmeasured)
 
 
-def test_the_offset_travels_with_the_scan_and_is_left_out_before_it_is_measured() -> None:
+def test_the_offset_travels_with_the_scan_and_is_null_before_it_is_measured() -> None:
     scan = bus_scan(offset=180.004, claim=True)
     assert orjson.loads(messages.encode_scan(scan))["clockOffsetS"] == 180.004
     assert orjson.loads(messages.encode_scan(scan))["claim"] is True
     assert messages.decode(4, SUBJECT, messages.encode_scan(scan)).scan == scan
-    unmeasured = bus_scan(offset=None)
-    assert "clockOffsetS" not in orjson.loads(messages.encode_scan(unmeasured))
-    assert messages.decode(4, SUBJECT, messages.encode_scan(unmeasured)).scan == unmeasured
+    # never measured: said so (null), not left out (a sender of before) nor 0
+    body = orjson.loads(messages.encode_scan(bus_scan(offset=None)))
+    assert "clockOffsetS" in body and body["clockOffsetS"] is None
+    assert messages.decode(4, SUBJECT, messages.encode_scan(bus_scan(offset=None))).scan \
+        == bus_scan(unmeasured=True)
     assert messages.decode(4, SUBJECT, messages.encode_scan(bus_scan(offset=-3))).scan \
         == bus_scan(offset=-3.0)  # a whole number of seconds is a number of seconds too
 
@@ -64,14 +67,36 @@ def test_a_message_of_an_earlier_version_still_decodes() -> None:
 @pytest.mark.parametrize("bad", [b'"180"', b"true", b"[1]", b'{"s": 1}', b"1e400"])
 def test_an_offset_that_is_no_number_of_seconds_is_refused(bad: bytes) -> None:
     """Refused and counted like any message this version cannot read (never guessed at)."""
-    data = messages.encode_scan(bus_scan())[:-1] + b',"clockOffsetS":' + bad + b"}"
+    data = messages.encode_scan(bus_scan(offset=1.0)).replace(b'"clockOffsetS":1.0',
+                                                               b'"clockOffsetS":' + bad)
     with pytest.raises(messages.BadMessage, match="clockOffsetS|infinity"):
         messages.decode(4, SUBJECT, data)
 
 
-def test_a_null_offset_is_one_not_measured() -> None:
-    data = messages.encode_scan(bus_scan())[:-1] + b',"clockOffsetS":null}'
-    assert messages.decode(4, SUBJECT, data).scan == bus_scan()
+def test_a_null_offset_is_one_not_measured_and_a_missing_one_a_sender_of_before() -> None:
+    body = orjson.loads(messages.encode_scan(bus_scan()))
+    assert messages.decode(4, SUBJECT, orjson.dumps(body)).scan == bus_scan(unmeasured=True)
+    del body["clockOffsetS"]
+    assert messages.decode(4, SUBJECT, orjson.dumps(body)).scan == bus_scan()
+
+
+def test_a_scan_decided_before_any_measurement_is_placed_on_the_safe_side() -> None:
+    """Its sender never measured its clock: it happened at some moment before it was stored.
+    An entry is placed at the latest (stored), an exit undated (before every dated scan), so
+    neither lets the ticket read as outside after a scan that may have come after it. Taken
+    by its own clock (as a sender of before is), a gate 3 minutes fast put its exit after an
+    entry made elsewhere meanwhile: the ticket read as outside, a pass-back admitted."""
+    late = datetime(2026, 12, 6, 12, 30, tzinfo=UTC)
+    assert messages.bus_time(bus_scan(direction="out", offline=True, unmeasured=True),
+                             late) is None
+    assert messages.bus_time(bus_scan(direction="in", offline=True, unmeasured=True),
+                             late) == utc_iso(late)
+    assert messages.bus_time(bus_scan(direction="in", unmeasured=True), None) is None
+    # a claim is stored as it is decided: its timestamp, measured or not
+    assert messages.bus_time(bus_scan(direction="out", claim=True, unmeasured=True),
+                             STORED) == utc_iso(STORED)
+    # the sender of before: its own clock, never after it was stored (as it was)
+    assert messages.bus_time(bus_scan(direction="out", offline=True), late) == AT
 
 
 def test_bus_time_of_online_and_offline_scans() -> None:
