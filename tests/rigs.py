@@ -13,9 +13,13 @@ from typing import Any
 class PtyDevice:
     """A pty whose slave is reached through a stable symlink, like /dev/serial/by-id/...
 
-    `unplug()` closes the master (the slave then reads EIO, as a pulled USB cable does);
-    `replug()` makes a fresh pty and swaps the symlink, so a reader reopening the same path
-    finds the "same" device again.
+    `unplug()` closes the master (the slave then reads EIO, as a pulled USB cable does) and
+    removes the symlink, as udev removes a by-id link; `replug()` makes a fresh pty and puts
+    the symlink back, so a reader reopening the same path finds the "same" device again.
+    The link must go with the master: the kernel gives a freed pts number to the next pty
+    opened (another test's, on a busy machine), and a reader retrying a stale link then
+    "reconnected" to a stranger's device while unplugged (seen once in CI,
+    test_survives_device_vanishing[serial-pty]: "flapped while unplugged").
     """
 
     def __init__(self, directory: Path) -> None:
@@ -35,6 +39,7 @@ class PtyDevice:
         os.set_blocking(master, False)
 
     def unplug(self) -> None:
+        self.link.unlink(missing_ok=True)
         if self.master is not None:
             os.close(self.master)
             self.master = None

@@ -9,6 +9,7 @@ can unplug) automatic recovery after the device vanishes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,7 +155,15 @@ def test_survives_device_vanishing(name: str, tmp_path: Path) -> None:
         assert rec.wait(lambda: rec.connected_events() == [True, False]), rec.states
         assert not reader.connected
         assert reader.get_status()["last_error"]
-        time.sleep(0.3)  # several backoff rounds while the device is away
+        # Other devices come and go meanwhile (the kernel hands the freed pts number to the
+        # next pty opened): a reader retrying its path must not find a stranger's device.
+        strangers = [os.openpty() for _ in range(3)]
+        try:
+            time.sleep(0.3)  # several backoff rounds while the device is away
+        finally:
+            for fds in strangers:
+                for fd in fds:
+                    os.close(fd)
         assert rec.connected_events() == [True, False], "flapped while unplugged"
         rig.replug()
         assert rec.wait(lambda: rec.connected_events() == [True, False, True]), rec.states
