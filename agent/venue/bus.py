@@ -175,6 +175,10 @@ class VenueBus:
         # _mine: uuid -> when sent, monotonic); a claim not in it is an earlier process's
         self._sent: collections.deque[tuple[str, float]] = collections.deque()
         self._mine: dict[str, float] = {}
+        # uuids of claims a lane of this process sent and is not done with yet (its journal
+        # commit may still come, however late): never voided by the sweep meanwhile
+        self._open: set[str] = set()
+        self._open_lock = threading.Lock()
         self._inbox: queue.Queue[Inbound | None] = queue.Queue()
         self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=wall)
         self.wall = wall
@@ -684,7 +688,16 @@ class VenueBus:
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])
         for scan_uuid in [u for u, sent in self._mine.items() if now - sent > DUPLICATE_WINDOW_S]:
             del self._mine[scan_uuid]  # never stored (no answer, never resent): forgotten
-        due = [c for c, picked in self._unchecked.values() if now - picked >= SWEEP_AFTER_S]
+        # Before the journal's read, never after: a lane is done with its claim only once its
+        # commit is over, so a claim not open here has its admit in the journal by the read
+        # below if it ever will. Voided while open, a claim whose commit was merely late (a
+        # stalled fsync, lanes queued on the journal's lock, the daemon stopped and continued)
+        # was admitted by its lane after the void, and every other gate saw the ticket free
+        # again (tests/venue/test_sweep_stalled_commit.py). Open ones wait for the next round.
+        with self._open_lock:
+            lanes_hold = set(self._open)
+        due = [c for c, picked in self._unchecked.values()
+               if now - picked >= SWEEP_AFTER_S and c["uuid"] not in lanes_hold]
         if not due:
             return
         admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
@@ -764,6 +777,8 @@ class VenueBus:
         """Send a claim; its answer comes from the result's `wait()`, which the caller passes
         to `claim_answered` (the consumer holds back from here until the claim is settled)."""
         self._begin_claim()
+        with self._open_lock:  # the sweep leaves it to its lane until `claims_done`
+            self._open.add(scan_uuid)
         self._sent.append((scan_uuid, time.monotonic()))  # the sweep's: not an earlier process's
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
@@ -773,6 +788,12 @@ class VenueBus:
         if self.lean_claims and self._claims.usable:
             return self._claims.start(subject, body, headers)
         return start_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
+
+    def claims_done(self, scan_uuids: list[str]) -> None:
+        """A lane is done with these claims (called from lane threads after the scan's journal
+        commit, or its failure): the sweep may judge them by the journal from now on."""
+        with self._open_lock:
+            self._open.difference_update(scan_uuids)
 
     def claim_answered(self, answer: ClaimAnswer) -> ClaimAnswer:
         """A started claim's answer: anything but a grant settles it here (a conflict waits for
