@@ -103,3 +103,35 @@ def test_a_claim_whose_commit_is_late_is_not_voided_under_its_lane(
             assert [c["uuid"] for c in store.standing_claims(a.name, "9999")] == [claim_uuid]
         finally:
             store.close()
+
+
+class Crashed(Exception):
+    """Anything but JournalUnavailable out of the journal transaction (a bug, a MemoryError)."""
+
+
+@pytest.mark.parametrize("in_flight", [True, False], ids=["in-flight", "answer-first"])
+def test_a_claim_whose_lane_failed_is_voided_by_the_sweep(
+        tmp_path: Path, venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch,
+        in_flight: bool) -> None:
+    """The other side of the rule: a lane that fails out of its scan is done with its claim
+    (nothing will commit it), so the sweep voids it once old (in flight, the lane voids its
+    grant itself at once) and the ticket is free again at every gate; left to a lane that is
+    gone, it would stand until a restart (the patron refused `alreadyIn` everywhere)."""
+    monkeypatch.setattr(venue_bus, "SWEEP_AFTER_S", SWEEP_AFTER_S)
+    with venue_devices(tmp_path, [venue_node.url], 2, 5) as (a, b):
+        gate = a.gate()
+        gate.claims_in_flight = in_flight
+
+        def scan_transaction() -> Any:
+            raise Crashed("the journal transaction failed unexpectedly")
+
+        gate.journal.scan_transaction = scan_transaction  # type: ignore[method-assign]
+        with pytest.raises(Crashed):
+            gate.scan(CODE, gate.config.lane("north-in"), datetime.now(UTC))
+        assert a.journal_rows() == []
+        wait_until(lambda: a.bus.counters["voids"] == 1, 20, "the sweep to void the claim")
+        last = venue_node.stream_last_seq(messages.stream_name("hall"))
+        assert last is not None and last >= 2  # the claim and its void
+        wait_until(lambda: b.bus.applied_seq >= last, 10, "b applies the whole stream")
+        assert b.gate().scan(CODE, b.gate().config.lane("north-in"),
+                             datetime.now(UTC)).decision.admit
