@@ -166,12 +166,13 @@ class Gate:
         last_read = self._last_read.get(lane.name)
         for attempt in range(3):
             first: list[tuple[tuple[int, ...], Decision]] = []
-            claim = self.venue.claim(
-                partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
-                lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
-                in_flight=attempt == 0 and self.claims_in_flight
-                and not self._awaits_passage(lane))
             try:
+                claim = self.venue.claim(
+                    partial(self._first_decision, first, code, lane, now, direction, kind,
+                            mono_ms),
+                    lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
+                    in_flight=attempt == 0 and self.claims_in_flight
+                    and not self._awaits_passage(lane))
                 if claim.outcome == "in_flight":
                     claim, result = self._in_flight(claim, code, lane, now, direction, kind,
                                                     mono_ms, first)
