@@ -15,7 +15,6 @@ until the sweep has looked at the due claim twice. Real gates, SQLite files and 
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,13 +23,17 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.runtime.gate import ScanResult
 from agent.store.venue import VenueStore
 from agent.venue import bus as venue_bus
 from agent.venue import messages
 from agent.venue.node import NodeProcess
 from tests.venue.rig import venue_devices, wait_until
-from tests.venue.test_sweep_race import held_commit
+from tests.venue.test_sweep_race import (
+    assert_admitted_as_claimed,
+    assert_claim_stands,
+    held_commit,
+    scan_in_thread,
+)
 
 CODE = demo_data.bulk_barcode(2)
 SWEEP_AFTER_S = 1.0
@@ -68,10 +71,7 @@ def test_a_claim_whose_commit_is_late_is_not_voided_under_its_lane(
         gate.claims_in_flight = in_flight
         lane = gate.config.lane("north-in")
         committing, commit = held_commit(gate)
-        results: list[ScanResult] = []
-        lane_thread = threading.Thread(
-            target=lambda: results.append(gate.scan(CODE, lane, datetime.now(UTC))))
-        lane_thread.start()
+        lane_thread, results = scan_in_thread(gate, CODE, lane)
         try:
             wait_until(committing.is_set, 10, "the lane at its journal commit")
             # the sweep picked the claim up as this process's own: due SWEEP_AFTER_S later
@@ -82,27 +82,14 @@ def test_a_claim_whose_commit_is_late_is_not_voided_under_its_lane(
         finally:
             commit.set()
             lane_thread.join(20)
-        (result,) = results
-        assert result.decision.admit and result.uuid == claim_uuid
-        wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["claimed"], 10,
-                   "the row settled as claimed")
+        assert_admitted_as_claimed(a, results, claim_uuid)
         # its lane done, the claim is looked at again: the admit is in the journal now
         done = time.monotonic()
         wait_until(lambda: rounds.two_after(done), 20, "a round of the sweep after the commit")
         assert a.bus._unchecked == {}
-        # the other gate, with everything on the bus applied, refuses the ticket ...
-        last = venue_node.stream_last_seq(messages.stream_name("hall"))
-        assert last is not None and last >= 1
-        wait_until(lambda: b.bus.applied_seq >= last, 10, "b applies the whole stream")
-        assert b.gate().scan(CODE, b.gate().config.lane("north-in"),
-                             datetime.now(UTC)).decision.status == "alreadyIn"
-        # ... as the admit is journaled as granted here, and its claim stands on the bus
-        assert a.bus.counters["voids"] == 0
-        store = a.venue_store()
-        try:
-            assert [c["uuid"] for c in store.standing_claims(a.name, "9999")] == [claim_uuid]
-        finally:
-            store.close()
+        # the admit is journaled as granted here, its claim stands on the bus, and the other
+        # gate refuses the ticket (voided under the lane, b admitted it: 'valid')
+        assert_claim_stands(a, b, venue_node, claim_uuid, CODE)
 
 
 class Crashed(Exception):
