@@ -179,6 +179,9 @@ class VenueBus:
         # commit may still come, however late): never voided by the sweep meanwhile
         self._open: set[str] = set()
         self._open_lock = threading.Lock()
+        # claims whose void `void_now` could not publish (lane threads append): the sweep
+        # judges them again by the journal, whenever it looked at them before
+        self._recheck: collections.deque[dict[str, Any]] = collections.deque()
         self._inbox: queue.Queue[Inbound | None] = queue.Queue()
         self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=wall)
         self.wall = wall
@@ -682,6 +685,9 @@ class VenueBus:
         while self._sent:
             scan_uuid, sent = self._sent.popleft()
             self._mine[scan_uuid] = sent
+        while self._recheck:  # judged by the journal at once, however old (void_now)
+            claim = self._recheck.popleft()
+            self._unchecked[claim["uuid"]] = (claim, float("-inf"))
         for claim in found:
             mine = self._mine.pop(claim["uuid"], None) is not None
             self._unchecked.setdefault(claim["uuid"], (claim, now if mine else float("-inf")))
@@ -833,15 +839,23 @@ class VenueBus:
             self._wake.set()
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:
-        """Void a claim whose admit did not reach the journal (best effort now; the sweep
-        catches it later if the bus cannot take it)."""
+        """Void a claim whose admit is not (or no longer) in the journal: now if the bus takes
+        it, else handed to the sweep, which voids it once connected if the journal still
+        holds no admit for it. Not left to the sweep's usual pick-up: that looks at each claim
+        once, and a claim it judged while its admit stood (a passage voided after a wait
+        longer than the sweep's age) would stand until a restart, the patron refused
+        `alreadyIn` at every gate meanwhile (tests/venue/test_void_retried.py)."""
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected:
+            self._recheck.append(claim)
+            log.warning("venue claim %s not voided yet (not connected); voided once the bus "
+                        "is back", claim["uuid"])
             return
         future = asyncio.run_coroutine_threadsafe(self._void(claim, reason), loop)
         try:
             future.result(max(self.timeout_s, 0.5))
         except Exception as exc:  # noqa: BLE001 - the sweep retries
+            self._recheck.append(claim)
             log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
 
     def offset_s(self) -> float:
