@@ -166,17 +166,22 @@ class Gate:
         last_read = self._last_read.get(lane.name)
         for attempt in range(3):
             first: list[tuple[tuple[int, ...], Decision]] = []
-            claim = self.venue.claim(
-                partial(self._first_decision, first, code, lane, now, direction, kind, mono_ms),
-                lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
-                in_flight=attempt == 0 and self.claims_in_flight
-                and not self._awaits_passage(lane))
-            if claim.outcome == "in_flight":
-                claim, result = self._in_flight(claim, code, lane, now, direction, kind,
-                                                mono_ms, first)
-            else:
-                result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
-                                         first=first)
+            try:
+                claim = self.venue.claim(
+                    partial(self._first_decision, first, code, lane, now, direction, kind,
+                            mono_ms),
+                    lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
+                    in_flight=attempt == 0 and self.claims_in_flight
+                    and not self._awaits_passage(lane))
+                if claim.outcome == "in_flight":
+                    claim, result = self._in_flight(claim, code, lane, now, direction, kind,
+                                                    mono_ms, first)
+                else:
+                    result = self._journaled(code, lane, now, direction, kind, mono_ms, claim,
+                                             first=first)
+            except BaseException:
+                self.venue.let_go()  # no commit is coming: its claim is the sweep's again
+                raise
             self.venue.after_commit(claim, result.decision if result.uuid else None)
             if not isinstance(result, _Redo):
                 return result

@@ -175,6 +175,13 @@ class VenueBus:
         # _mine: uuid -> when sent, monotonic); a claim not in it is an earlier process's
         self._sent: collections.deque[tuple[str, float]] = collections.deque()
         self._mine: dict[str, float] = {}
+        # uuids of claims a lane of this process sent and is not done with yet (its journal
+        # commit may still come, however late): never voided by the sweep meanwhile
+        self._open: set[str] = set()
+        self._open_lock = threading.Lock()
+        # claims whose void `void_now` could not publish (lane threads append): the sweep
+        # judges them again by the journal, whenever it looked at them before
+        self._recheck: collections.deque[dict[str, Any]] = collections.deque()
         self._inbox: queue.Queue[Inbound | None] = queue.Queue()
         self.board = GateBoard(venue["heartbeat_s"], venue["heartbeat_ttl_s"], clock=wall)
         self.wall = wall
@@ -678,13 +685,25 @@ class VenueBus:
         while self._sent:
             scan_uuid, sent = self._sent.popleft()
             self._mine[scan_uuid] = sent
+        while self._recheck:  # judged by the journal at once, however old (void_now)
+            claim = self._recheck.popleft()
+            self._unchecked[claim["uuid"]] = (claim, float("-inf"))
         for claim in found:
             mine = self._mine.pop(claim["uuid"], None) is not None
             self._unchecked.setdefault(claim["uuid"], (claim, now if mine else float("-inf")))
             self._swept_seq = max(self._swept_seq, claim["stream_seq"])
         for scan_uuid in [u for u, sent in self._mine.items() if now - sent > DUPLICATE_WINDOW_S]:
             del self._mine[scan_uuid]  # never stored (no answer, never resent): forgotten
-        due = [c for c, picked in self._unchecked.values() if now - picked >= SWEEP_AFTER_S]
+        # Before the journal's read, never after: a lane is done with its claim only once its
+        # commit is over, so a claim not open here has its admit in the journal by the read
+        # below if it ever will. Voided while open, a claim whose commit was merely late (a
+        # stalled fsync, lanes queued on the journal's lock, the daemon stopped and continued)
+        # was admitted by its lane after the void, and every other gate saw the ticket free
+        # again (tests/venue/test_sweep_stalled_commit.py). Open ones wait for the next round.
+        with self._open_lock:
+            lanes_hold = set(self._open)
+        due = [c for c, picked in self._unchecked.values()
+               if now - picked >= SWEEP_AFTER_S and c["uuid"] not in lanes_hold]
         if not due:
             return
         admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
@@ -764,6 +783,8 @@ class VenueBus:
         """Send a claim; its answer comes from the result's `wait()`, which the caller passes
         to `claim_answered` (the consumer holds back from here until the claim is settled)."""
         self._begin_claim()
+        with self._open_lock:  # the sweep leaves it to its lane until `claims_done`
+            self._open.add(scan_uuid)
         self._sent.append((scan_uuid, time.monotonic()))  # the sweep's: not an earlier process's
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected or self._js is None:
@@ -773,6 +794,12 @@ class VenueBus:
         if self.lean_claims and self._claims.usable:
             return self._claims.start(subject, body, headers)
         return start_via_js_publish(self._js, loop, subject, body, headers, timeout_s)
+
+    def claims_done(self, scan_uuids: list[str]) -> None:
+        """A lane is done with these claims (called from lane threads after the scan's journal
+        commit, or its failure): the sweep may judge them by the journal from now on."""
+        with self._open_lock:
+            self._open.difference_update(scan_uuids)
 
     def claim_answered(self, answer: ClaimAnswer) -> ClaimAnswer:
         """A started claim's answer: anything but a grant settles it here (a conflict waits for
@@ -812,15 +839,23 @@ class VenueBus:
             self._wake.set()
 
     def void_now(self, claim: dict[str, Any], reason: str) -> None:
-        """Void a claim whose admit did not reach the journal (best effort now; the sweep
-        catches it later if the bus cannot take it)."""
+        """Void a claim whose admit is not (or no longer) in the journal: now if the bus takes
+        it, else handed to the sweep, which voids it once connected if the journal still
+        holds no admit for it. Not left to the sweep's usual pick-up: that looks at each claim
+        once, and a claim it judged while its admit stood (a passage voided after a wait
+        longer than the sweep's age) would stand until a restart, the patron refused
+        `alreadyIn` at every gate meanwhile (tests/venue/test_void_retried.py)."""
         loop = self._loop
         if loop is None or loop.is_closed() or not self.connected:
+            self._recheck.append(claim)
+            log.warning("venue claim %s not voided yet (not connected); voided once the bus "
+                        "is back", claim["uuid"])
             return
         future = asyncio.run_coroutine_threadsafe(self._void(claim, reason), loop)
         try:
             future.result(max(self.timeout_s, 0.5))
         except Exception as exc:  # noqa: BLE001 - the sweep retries
+            self._recheck.append(claim)
             log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
 
     def offset_s(self) -> float:

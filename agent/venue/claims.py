@@ -128,6 +128,9 @@ class VenueLink:
         # The claim this lane holds until its journal commit: the consumer may already have
         # applied it, but it is this very scan, not an earlier admit of the ticket.
         self._holding: str | None = None
+        # claims this lane sent for the scan it is deciding: the sweep leaves them alone until
+        # `after_commit` (or `let_go`) says the lane is done with them (VenueBus.claims_done)
+        self._sent: list[str] = []
         self.last_granted_seq = 0  # the stream position of this lane's last granted claim
 
     def close(self) -> None:
@@ -188,6 +191,8 @@ class VenueLink:
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits,
                 clock_offset_s=base.clock_offset_s, claim=True))
+            if not self._sent or self._sent[-1] != scan_uuid:
+                self._sent.append(scan_uuid)
             if in_flight:
                 # held from here: the consumer may apply this very claim before the commit
                 self._holding = scan_uuid
@@ -245,6 +250,7 @@ class VenueLink:
     def after_commit(self, claim: Claim, journaled: Decision | None) -> None:
         """Step 4: a granted claim whose admit is not in the journal must not stand."""
         self._holding = None
+        self.let_go()
         granted = claim.outcome == "granted"
         if granted:
             # the claim is the scan on the bus (its row is marked claimed, never republished):
@@ -258,6 +264,14 @@ class VenueLink:
                               "the admit was not journaled")
         if not granted:
             self.bus.wake()
+
+
+    def let_go(self) -> None:
+        """This lane's claims so far are past its journal commit (made, refused or failed):
+        the bus's sweep judges them by the journal from now on."""
+        if self._sent:
+            self.bus.claims_done(self._sent)
+            self._sent = []
 
 
 def needs_claim(decision: Decision, lane: LaneConfig, tracks_exits: bool) -> bool:

@@ -74,6 +74,39 @@ def held_commit(gate: Any) -> tuple[threading.Event, threading.Event]:
     return committing, commit
 
 
+def scan_in_thread(gate: Any, code: str, lane: Any) -> tuple[threading.Thread, list[ScanResult]]:
+    """`gate.scan(code)` on `lane` in a thread of its own, started; its result lands in the list."""
+    results: list[ScanResult] = []
+    thread = threading.Thread(
+        target=lambda: results.append(gate.scan(code, lane, datetime.now(UTC))))
+    thread.start()
+    return thread, results
+
+
+def assert_admitted_as_claimed(a: Any, results: list[ScanResult], claim_uuid: str) -> None:
+    """The lane's scan admitted under its claim, and its row settled as granted."""
+    (result,) = results
+    assert result.decision.admit and result.uuid == claim_uuid
+    wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["claimed"], 10,
+               "the row settled as claimed")
+
+
+def assert_claim_stands(a: Any, b: Any, node: NodeProcess, claim_uuid: str, code: str) -> None:
+    """a's claim was never voided and stands on the bus, so b, with everything on the bus
+    applied, refuses the ticket (voided, b would admit it again: a double admit)."""
+    last = node.stream_last_seq(messages.stream_name("hall"))
+    assert last is not None and last >= 1
+    wait_until(lambda: b.bus.applied_seq >= last, 10, "b applies the whole stream")
+    assert b.gate().scan(code, b.gate().config.lane("north-in"),
+                         datetime.now(UTC)).decision.status == "alreadyIn"
+    assert a.bus.counters["voids"] == 0
+    store = a.venue_store()
+    try:
+        assert [c["uuid"] for c in store.standing_claims(a.name, "9999")] == [claim_uuid]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("in_flight", [True, False], ids=["in-flight", "answer-first"])
 def test_the_sweep_never_voids_a_claim_sent_while_it_reads(
         tmp_path: Path, venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch,
@@ -87,10 +120,7 @@ def test_the_sweep_never_voids_a_claim_sent_while_it_reads(
         # a's sweep's next round: past taking in the uuids its bus sent, not yet reading
         read.arm(a.bus.store_path)
         wait_until(read.reached.is_set, 20, "a's sweep to pick up claims")
-        results: list[ScanResult] = []
-        lane_thread = threading.Thread(
-            target=lambda: results.append(gate.scan(CODE, lane, datetime.now(UTC))))
-        lane_thread.start()
+        lane_thread, results = scan_in_thread(gate, CODE, lane)
         try:
             wait_until(committing.is_set, 10, "the lane at its journal commit")
             wait_until(lambda: a.bus.applied_seq >= 1, 10, "the claim applied to venue.db")
@@ -109,21 +139,7 @@ def test_the_sweep_never_voids_a_claim_sent_while_it_reads(
             read.go.set()
             commit.set()
             lane_thread.join(20)
-        (result,) = results
-        assert result.decision.admit and result.uuid == claim_uuid
-        wait_until(lambda: [r["venue"] for r in a.journal_rows()] == ["claimed"], 10,
-                   "the row settled as claimed")
-        # the admit is journaled as granted, and its claim still stands on the bus ...
-        assert a.bus.counters["voids"] == 0
-        store = a.venue_store()
-        try:
-            assert [c["uuid"] for c in store.standing_claims(a.name, "9999")] == [claim_uuid]
-        finally:
-            store.close()
-        # ... so the other gate, with everything on the bus applied, refuses the ticket
-        stream = messages.stream_name("hall")
-        last = venue_node.stream_last_seq(stream)
-        assert last is not None and last >= 1
-        wait_until(lambda: b.bus.applied_seq >= last, 10, "b applies the whole stream")
-        assert b.gate().scan(CODE, b.gate().config.lane("north-in"),
-                             datetime.now(UTC)).decision.status == "alreadyIn"
+        assert_admitted_as_claimed(a, results, claim_uuid)
+        # the admit is journaled as granted, and its claim still stands on the bus, so the
+        # other gate refuses the ticket
+        assert_claim_stands(a, b, venue_node, claim_uuid, CODE)
