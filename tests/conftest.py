@@ -18,6 +18,7 @@ from agent.config import Config, load_config
 from agent.platform.provision import import_file
 from agent.runtime.gate import Gate
 from agent.runtime.opening import opened_gate
+from tests.procs import Reaper
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault-injection figures")
         for name, figures in sorted(FIGURES.items()):
             terminalreporter.write_line(f"{name}: {json.dumps(figures, sort_keys=True)}")
+
+
+@pytest.fixture(autouse=True)
+def reap_children(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reaper]:
+    """Every subprocess this test (or its function-scoped fixtures) started is killed and its
+    pipes closed when the test ends, however it ended (tests/procs.py says why). Autouse and
+    function-scoped: it wraps the test's own fixtures, so it runs after their clean-up, and
+    module-scoped fixtures' processes (made before it) are left to their fixture."""
+    reaper = Reaper()
+    monkeypatch.setattr(subprocess, "Popen", reaper.popen)
+    yield reaper
+    reaper.reap_all()
 
 
 @dataclass
@@ -80,7 +93,8 @@ def gate(site: DemoSite) -> Iterator[Gate]:
 
 def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `gate-agent ARGS` as a real subprocess, as a technician would."""
+    """Run `gate-agent ARGS` as a real subprocess, as a technician would (on `timeout`,
+    subprocess.run kills it and closes its pipes before raising TimeoutExpired)."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args], input=stdin, capture_output=True, text=True,
         cwd=PROJECT_ROOT, timeout=timeout, env=env,

@@ -108,7 +108,10 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",
                                           "claims_timed_out")},
-        "clock_skew_s": platform.get("clock_skew_s"),
+        # a reading this gate no longer makes (a venue gate that stopped leading) is not told
+        # to the others as its skew now (agent.venue.leader `platform_status`)
+        "clock_skew_s": None if platform.get("not_measured_since")
+        else platform.get("clock_skew_s"),
     }
     body.update(leader_fields(report, now))
     role = venue.get("leader")

@@ -97,7 +97,9 @@ class _StateCollector(Collector):
             lane.get("journal_error") for lane in snap.get("lanes") or []) else 1.0)
         yield available
         skew = platform.get("clock_skew_s")
-        if skew is not None:
+        if skew is not None and not platform.get("not_measured_since"):
+            # not exported once this venue gate stops leading: a reading it no longer makes
+            # (agent.venue.leader `platform_status`) must not keep an alert on skew firing
             clock = GaugeMetricFamily("gate_clock_skew_seconds",
                                       "This clock minus the platform's (from its Date header)")
             clock.add_metric([], float(skew))

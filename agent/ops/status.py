@@ -169,7 +169,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if platform.get("rate_limited_until"):
         add(Reason("warn", "rate_limited", "the platform's rate limit is exhausted; requests wait "
                    "for the window (other devices of the company share it)"))
-    skew = platform.get("clock_skew_s")
+    # The skew is a reading of the platform's Date header: on a venue gate that no longer
+    # leads it is the last one it made, as stale as its last error, so no reason comes of it.
+    skew = platform.get("clock_skew_s") if measured else None
     clock = snap.get("clock") or {}
     if clock.get("corrected"):
         add(Reason("warn", "clock_corrected",

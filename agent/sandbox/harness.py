@@ -31,6 +31,8 @@ from agent.sandbox.app import build_app
 from agent.sandbox.seed import generated_seed, load_seed
 from agent.sandbox.state import SandboxState
 
+BACKLOG = 2048  # uvicorn's own default: it listens again on the socket with it
+
 
 def make_state(*, tickets: int = 1000, seed_file: str | Path | None = None,
                token: str = "sandbox-token", company_id: int = 1, rpm: int = 60,
@@ -105,10 +107,14 @@ class Sandbox:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """A bound socket that already listens: the subprocess sandbox prints its URL before its
+    server runs, and a client that connected in between (a loaded machine) was refused. The
+    kernel now queues such connections until the server accepts them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(BACKLOG)
     return sock
 
 

@@ -104,10 +104,17 @@ class Claim:
         return None if (local.admit and needs_claim(local)) else local
 
     def mark(self, row: JournalRow) -> JournalRow:
+        """The row's venue mark: what the bus did for this scan as journaled.
+
+        A claim granted (or in flight) whose local decision refused after all marks nothing:
+        the claim is voided after the commit (`VenueLink.after_commit`), so the row is a plain
+        refusal. 'claimed' there would say the venue granted an admit the journal does not
+        hold: the publisher skips 'claimed' rows (on the bus already), so the refusal would
+        never be published, and status/queue would count it among `decided_claimed`."""
         venue = {"granted": "claimed", "offline": "offline", "in_flight": "claiming"}.get(
             self.outcome)
-        if venue == "claiming" and not row.admit:
-            venue = None  # refused after all: a plain refusal (a grant is voided after commit)
+        if venue in ("claimed", "claiming") and not row.admit:
+            venue = None
         return replace(row, venue=venue, max_entries=self.max_entries,
                        tracks_exits=self.tracks_exits, clock_offset_s=self.clock_offset_s)
 
@@ -262,8 +269,8 @@ class VenueLink:
             self.bus.void_now({"uuid": claim.uuid, "event_id": decision.event_id,
                                "item_id": decision.item_id},
                               "the admit was not journaled")
-        if not granted:
-            self.bus.wake()
+        if not granted or (journaled is not None and not journaled.admit):
+            self.bus.wake()  # a row for the publisher (a refusal after a grant is one too)
 
 
     def let_go(self) -> None:

@@ -660,8 +660,10 @@ class VenueRole:
         nothing (they probe it: `venue.leader.platform_reachable`). Once this device no
         longer leads, what its client last saw is history, not the link's state now:
         `not_measured_since` says since when, and no reason (`platform_unreachable`,
-        `auth_failed`) is drawn from it (agent.ops.status) — after a step-down the
-        `leader_stepped_down` reason says what failed and what the probe says now."""
+        `auth_failed`, `clock_skew` from its last `clock_skew_s`) is drawn from it
+        (agent.ops.status), nor the `gate_clock_skew_seconds` metric or the heartbeat's skew —
+        after a step-down the `leader_stepped_down` reason says what failed and what the probe
+        says now."""
         if self.client is None:
             return None
         out = self.client.get_status()

@@ -6,6 +6,12 @@ coroutine closed that connection under the thread. Interrupting at random moment
 resync 50 times must give 130 each time. The 50 runs go as three rows of interrupts side by side
 (each row its own store), which keeps the suite's wall time down and loads the machine as a busy
 turnstile would.
+
+No wait here is a fixed budget a loaded machine can exhaust: a command may take as long as it
+needs to start, and as long as it needs to exit while its store keeps changing (an interrupt that
+lands as the last page is written lets the whole sync finish, exit 0); only a command whose store
+stops changing for `STALL_S` is a hang. A run that fails is killed with its pipes closed, so it
+never poisons the next test in the worker.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ import pytest
 
 from agent.sandbox.harness import Sandbox, start_sandbox_process
 from tests.conftest import PROJECT_ROOT
+from tests.procs import reap
 
 RUNS = 50
 ROWS = 3
+START_S = 180  # a start-up that slow is not load any more
+STALL_S = 120  # this long without a store file changing: the command hangs
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +65,37 @@ name = "entry"
 def _wait_until_started(state: Path, proc: subprocess.Popen[str]) -> None:
     """The command is syncing once its rebuild file `cache.db.new` exists (start-up time varies a
     lot on a loaded machine; a fixed sleep would often interrupt the imports instead)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_S
     while not (state / "cache.db.new").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "sync never created its cache"
         time.sleep(0.02)
+
+
+def _store_files(state: Path) -> list[tuple[str, int, int]]:
+    """What the command has written so far: each store file's name, size and mtime."""
+    files = []
+    for path in sorted(state.glob("*")):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # renamed or removed as we looked
+            continue
+        files.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return files
+
+
+def _stderr_at_exit(state: Path, proc: subprocess.Popen[str]) -> str:
+    """The command's stderr once it has exited, however long that takes while it works."""
+    seen, still_since = _store_files(state), time.monotonic()
+    while True:
+        try:
+            return proc.communicate(timeout=2)[1]
+        except subprocess.TimeoutExpired:  # retrying loses no output
+            now = _store_files(state)
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since > STALL_S:
+                reap(proc)
+                raise AssertionError(f"no exit and no store change for {STALL_S} s") from None
 
 
 def _interrupt_in_a_row(config: Path, env: dict[str, str], runs: range,
@@ -71,10 +107,13 @@ def _interrupt_in_a_row(config: Path, env: dict[str, str], runs: range,
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "sync", "--full", "--json", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT_ROOT)
-        _wait_until_started(config.parent / "state", proc)
-        time.sleep(rng.uniform(0.0, 0.9))  # somewhere in the pages
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
+        try:
+            _wait_until_started(config.parent / "state", proc)
+            time.sleep(rng.uniform(0.0, 0.9))  # somewhere in the pages
+            proc.send_signal(signal.SIGINT)
+            err = _stderr_at_exit(config.parent / "state", proc)
+        finally:
+            reap(proc)  # a failed run never outlives its row
         seen.append((run, proc.returncode, err))
     return seen
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ import pytest
 from agent.cli import main
 from agent.sandbox.app import build_app
 from agent.sandbox.harness import make_state, start_sandbox_process
+from tests.procs import reap
 
 
 def test_control_api_needs_loopback_or_the_control_token():
@@ -88,3 +92,25 @@ def test_cli_sandbox_prints_url_and_token():
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_the_subprocess_sandbox_accepts_connections_once_it_printed_its_url(tmp_path):
+    """The URL line is printed before the server runs: a client that connects at once (the
+    sandbox process still busy, here stopped with SIGSTOP) is queued by the kernel, not
+    refused, and answered once the server runs."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent.sandbox.harness", "--tickets", "5"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGSTOP)  # nothing in it runs from here
+        try:
+            port = int(info["url"].rsplit(":", 1)[1].split("/")[0])
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        answer = httpx.get(f"{info['url']}/activated-events", timeout=30,
+                           headers={"Authorization": f"Bearer {info['token']}"})
+        assert answer.status_code == 200
+    finally:
+        reap(proc)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import utc_iso
+from agent.ops.heartbeat import RateWindow, compact
 from agent.ops.metrics import Metrics
 from agent.ops.status import evaluate, venue_degraded_reasons
 
@@ -169,6 +170,34 @@ def test_a_link_this_gate_no_longer_measures_is_not_said_to_fail() -> None:
         {**failed, "not_measured_since": since})
     assert not {"platform_unreachable", "auth_failed"} & codes(
         {**refused, "not_measured_since": since})
+
+
+def test_a_clock_skew_this_gate_no_longer_measures_is_history() -> None:
+    """The platform's clock skew is a reading of its Date header, made only by the leader's
+    requests: once this gate stops leading, its last reading goes stale like its last error.
+    No `clock_skew` reason, no `gate_clock_skew_seconds` (an alert rule reads it), no skew in
+    the heartbeat; /status keeps the number beside `not_measured_since`."""
+    leading = {"last_success": "2026-12-06T20:00:00.000000Z", "clock_skew_s": 300.0,
+               "not_measured_since": None}
+    stale = {**leading, "not_measured_since": "2026-12-06T20:01:00.000000Z"}
+
+    def seen(platform: dict[str, Any]) -> tuple[set[str], str, Any]:
+        snap = {"platform": platform, "venue": VENUE}
+        _health, reasons = evaluate(snap, datetime.now(UTC), 3600)
+        metrics = Metrics(lambda: snap, lambda: datetime.now(UTC)).render().decode()
+        beat = compact(snap, datetime.now(UTC), RateWindow())
+        return {r.code for r in reasons}, metrics, beat["clock_skew_s"]
+
+    codes, metrics, beat = seen(leading)
+    assert "clock_skew" in codes and "gate_clock_skew_seconds 300.0" in metrics and beat == 300.0
+    codes, metrics, beat = seen(stale)
+    assert "clock_skew" not in codes
+    assert "gate_clock_skew_seconds" not in metrics
+    assert beat is None
+    # the venue's own measure (heartbeats, every gate makes it) still says a skew
+    _health, reasons = evaluate({"platform": stale, "venue": {**VENUE, "clock_offset_s": 9.0}},
+                                datetime.now(UTC), 3600)
+    assert "clock_skew" in {r.code for r in reasons}
 
 
 def test_a_stepped_down_leader_says_what_it_knows_of_its_link_now() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from agent.config import Config, load_config
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
 from tests.conftest import PROJECT_ROOT, DemoSite, make_site
+from tests.procs import reap
 
 DEMO_BASE_URL = 'base_url = "http://127.0.0.1:9/v1"'
 
@@ -29,6 +30,7 @@ DEMO_BASE_URL = 'base_url = "http://127.0.0.1:9/v1"'
 class Station:
     site: DemoSite
     sandbox: Sandbox
+    runs: list[PairTagProcess] = field(default_factory=list)
 
     @property
     def config(self) -> Config:
@@ -48,9 +50,11 @@ class Station:
         return TicketCache(self.site.config.store_dir / "cache.db")
 
     def cli(self, *args: str) -> PairTagProcess:
-        return PairTagProcess(
+        run = PairTagProcess(
             [sys.executable, "-m", "agent", "pair-tag", "--config", str(self.site.config_path),
              *args], {**os.environ, "GATE_AGENT_TOKEN": self.sandbox.token})
+        self.runs.append(run)
+        return run
 
 
 def platform_tag(sandbox: Sandbox, barcode: str, event_id: int = demo_data.EVENT_ID
@@ -67,7 +71,12 @@ def platform_tag(sandbox: Sandbox, barcode: str, event_id: int = demo_data.EVENT
 
 class PairTagProcess:
     """`gate-agent pair-tag ...` as a real subprocess; stdout lines are collected by a thread
-    so a test can wait for a prompt before it presents a tag. `popen`: as another uid."""
+    so a test can wait for a prompt before it presents a tag. `popen`: as another uid.
+
+    Waits are conditions (a line, or the process ending) with generous deadlines: a loaded
+    machine may take many seconds to start Python and the command, and a deadline only costs
+    time when something is really wrong. `close()` (the `station` fixture calls it, however
+    the test ended) kills a run still going and closes its pipes."""
 
     def __init__(self, argv: list[str], env: dict[str, str], **popen: Any):
         self.proc = subprocess.Popen(
@@ -85,7 +94,7 @@ class PairTagProcess:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
 
-    def wait_line(self, text: str, count: int = 1, timeout: float = 15.0) -> str:
+    def wait_line(self, text: str, count: int = 1, timeout: float = 120.0) -> str:
         """The `count`-th stdout line containing `text`; fails with the output so far."""
         def hits() -> list[str]:
             return [x for x in self.lines if text in x]
@@ -104,20 +113,24 @@ class PairTagProcess:
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
 
-    def finish(self, timeout: float = 15.0) -> tuple[int, str, str]:
-        """Exit code, all stdout, stderr."""
+    def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Exit code, all stdout, stderr (killed and closed if it does not exit in time)."""
         try:
             self.proc.wait(timeout)
+            self._thread.join(timeout)
+            assert self.proc.stderr is not None
+            err = self.proc.stderr.read()
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self._thread.join(5)
-        assert self.proc.stderr is not None
-        err = self.proc.stderr.read()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+            self.close()
         return self.proc.returncode, "\n".join(self.lines), err
+
+    def close(self) -> None:
+        """Kill the command if it still runs, let the stdout thread end, close the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._thread.join(10)
+        reap(self.proc)
 
 
 @pytest.fixture
@@ -131,7 +144,10 @@ def station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Station
     assert DEMO_BASE_URL in text
     site.config_path.write_text(text.replace(DEMO_BASE_URL, f'base_url = "{sandbox.url}"'))
     monkeypatch.setenv("GATE_AGENT_TOKEN", sandbox.token)
-    yield Station(site, sandbox)
+    station = Station(site, sandbox)
+    yield station
+    for run in station.runs:
+        run.close()
     sandbox.stop()
 
 

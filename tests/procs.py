@@ -1,0 +1,63 @@
+"""Child processes a test started never outlive it.
+
+Why: under `filterwarnings = error`, a `Popen` left running (its helper timed out, or the test
+failed before its clean-up line) or with an unclosed pipe raises ResourceWarning when the
+garbage collector finds it, which is *later*, in whichever test the xdist worker runs next.
+One slow test then failed an innocent one. So every subprocess started while a test runs is
+recorded (`Reaper`, the autouse fixture `reap_children` in tests/conftest.py), and the ones
+still running or holding pipes at its end are killed, waited for and closed there: a slow
+test fails alone. `reap(proc)` is the same clean-up for helpers that time out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+from typing import Any
+
+_POPEN = subprocess.Popen
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill `proc` if it still runs, wait for it, close its pipes (idempotent)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):  # a broken pipe's flush
+                stream.close()
+
+
+class Reaper:
+    """Records every `subprocess.Popen` made while installed (any thread: `subprocess.run`
+    too), so `reap_all` can clean up what a test left behind."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[Any]] = []
+        self._lock = threading.Lock()
+        reaper = self
+
+        class TrackedPopen(_POPEN):  # type: ignore[type-arg, misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                with reaper._lock:
+                    reaper.started.append(self)
+
+        self.popen = TrackedPopen
+
+    def left_behind(self) -> list[subprocess.Popen[Any]]:
+        """Processes still running or with a pipe still open."""
+        with self._lock:
+            started = list(self.started)
+        return [p for p in started if p.poll() is None or any(
+            s is not None and not s.closed for s in (p.stdin, p.stdout, p.stderr))]
+
+    def reap_all(self) -> list[subprocess.Popen[Any]]:
+        """Clean up what was left behind; returns those processes (for a test of this)."""
+        left = self.left_behind()
+        for proc in left:
+            reap(proc)
+        return left

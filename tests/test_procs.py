@@ -1,0 +1,87 @@
+"""A test whose subprocess helper times out fails alone: the next test in the same worker passes.
+
+Proven on a real inner pytest session (a subprocess, `filterwarnings = error` as here): its first
+test starts a child with pipes and gives up waiting for it (TimeoutExpired); its second test does
+nothing but collect garbage, where the abandoned `Popen` used to raise ResourceWarning. Without
+the `reap_children` fixture the innocent test fails (so the inner session really shows the
+cascade); with it, it passes and the child is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PROJECT_ROOT
+
+INNER_TESTS = '''
+import gc
+import os
+import subprocess
+import sys
+
+CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+
+
+def test_helper_times_out():
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, os.environ["CHILD_PID_FILE"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.communicate(timeout=0.5)
+
+
+def test_next_in_the_worker():
+    gc.collect()
+'''
+
+WITH_REAPER = "from tests.conftest import reap_children  # noqa: F401\n"
+
+
+def _inner_session(root: Path, conftest: str) -> tuple[str, int | None]:
+    """Run the two inner tests; returns pytest's output and the child's pid (if it wrote it)."""
+    root.mkdir()
+    (root / "test_inner.py").write_text(INNER_TESTS)
+    (root / "conftest.py").write_text(conftest)
+    (root / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    pid_file = root / "child.pid"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         f"--basetemp={root / 'tmp'}", str(root)],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "CHILD_PID_FILE": str(pid_file)})
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    return done.stdout + done.stderr, pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_timed_out_helper_does_not_fail_the_next_test(tmp_path: Path) -> None:
+    without, orphan = _inner_session(tmp_path / "without", "")
+    try:
+        assert "test_next_in_the_worker" in without and "2 failed" in without, without
+        assert "ResourceWarning" in without, without
+    finally:
+        _kill(orphan)  # nobody killed it in that session: this test does
+
+    with_reaper, child = _inner_session(tmp_path / "with", WITH_REAPER)
+    try:
+        assert "1 failed, 1 passed" in with_reaper, with_reaper
+        assert "FAILED test_inner.py::test_helper_times_out" in with_reaper, with_reaper
+        assert child is not None and not _alive(child), "the timed-out child still runs"
+    finally:
+        _kill(child)
+
+
+def _kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
