@@ -864,14 +864,18 @@ class VenueBus:
         how far the decision clock is from the wall clock now. Measured on the wall clock, so
         a correction that starts or ends (GateClock) moves it at once: the heartbeats' samples,
         kept for their smallest delay, stay samples of the one clock."""
-        correction = self.clock() - self.wall() if self.clock is not self.wall else 0.0
-        return self.board.offset_s + correction
+        return self.board.offset_s + self._correction()
+
+    def _correction(self) -> float:
+        """How far the decision clock is from the wall clock now (a GateClock correction)."""
+        return self.clock() - self.wall() if self.clock is not self.wall else 0.0
 
     def clock_offset(self) -> float | None:
         """`offset_s` as every scan this gate publishes carries it (None before the first
         heartbeat measured it: readers then place the scan on the safe side, see
-        agent.venue.messages `bus_time`)."""
-        return round(self.offset_s(), 3) if self.board.calibrated else None
+        agent.venue.messages `bus_time`). Asked for every venue scan: one read of the board."""
+        measured = self.board.measured_offset_s()
+        return None if measured is None else round(measured + self._correction(), 3)
 
     def scan_offset(self, scan_uuid: str) -> float | None:
         """The offset a scan decided now is journaled with (called from lane threads). None
@@ -895,11 +899,12 @@ class VenueBus:
         anchor = self._unmeasured.get(row["uuid"])
         if anchor is None:
             return None, False
-        if not self.board.calibrated:
+        offset = self.clock_offset()
+        if offset is None:
             return None, time.monotonic() - self._connected_at < UNMEASURED_HOLD_S
         if abs(self.clock() - time.monotonic() - anchor) > CLOCK_STEP_S:
             return None, False  # stepped since the scan: today's offset is not its clock's
-        return self.clock_offset(), False
+        return offset, False
 
     def wait_applied(self, seq: int, timeout_s: float) -> bool:
         """Block until the consumer has applied the stream up to `seq` (a conflict's re-read)."""

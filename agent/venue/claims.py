@@ -272,7 +272,6 @@ class VenueLink:
         if not granted or (journaled is not None and not journaled.admit):
             self.bus.wake()  # a row for the publisher (a refusal after a grant is one too)
 
-
     def let_go(self) -> None:
         """This lane's claims so far are past its journal commit (made, refused or failed):
         the bus's sweep judges them by the journal from now on."""

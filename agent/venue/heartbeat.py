@@ -120,8 +120,14 @@ class GateBoard:
 
     @property
     def offset_s(self) -> float:
+        measured = self.measured_offset_s()
+        return 0.0 if measured is None else measured
+
+    def measured_offset_s(self) -> float | None:
+        """`offset_s`, or None before the first live delivery measured it (one read: a venue
+        scan's hot path asks for both at once)."""
         with self._lock:
-            return min(self._delays) if self._delays else 0.0
+            return min(self._delays) if self._delays else None
 
     def seen(self, device: str, body: dict[str, Any], stamped: float, live: bool) -> None:
         beat = Beat(body, stamped)

@@ -77,6 +77,17 @@ def _reasons(status: dict[str, Any]) -> dict[str, str]:
     return {r.code: r.message for r in reasons}
 
 
+def _gates(root: Path, sb: Sandbox, node: NodeProcess, venue: str, scans_each: int,
+           first: tuple[str, bool], second: tuple[str, bool],
+           first_revoked: bool = False) -> tuple[list[Any], list[Gate]]:
+    """Two gates of the venue, each (name, blind) with `scans_each` scans of its own to
+    upload: the rows of both, and the gates (not started)."""
+    rows = backlog(2 * scans_each, datetime.now(UTC).replace(microsecond=0))
+    return rows, [_gate(root, sb, node, venue, first[0], first[1], rows[:scans_each],
+                        revoked=first_revoked),
+                  _gate(root, sb, node, venue, second[0], second[1], rows[scans_each:])]
+
+
 def _reasons_with(gate: Gate, code: str) -> dict[str, str] | None:
     said = _reasons(gate.status())
     return said if code in said else None
@@ -84,10 +95,9 @@ def _reasons_with(gate: Gate, code: str) -> dict[str, str] | None:
 
 def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
         tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
-    rows = backlog(2 * SCANS, datetime.now(UTC).replace(microsecond=0))
-    blind = _gate(tmp_path, sandbox, shared_venue_node, venue, "blind", True, rows[:SCANS])
-    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[SCANS:])
-    gates = [blind, seeing]
+    rows, gates = _gates(tmp_path, sandbox, shared_venue_node, venue, SCANS,
+                         ("blind", True), ("seeing", False))
+    blind, seeing = gates
     try:
         blind.start()  # alone: it leads although it cannot reach the platform
         wait_for(blind.leads, 20, "the blind gate leading")
@@ -144,10 +154,9 @@ def test_blind_leader_hands_the_lease_to_a_gate_that_reaches_the_platform(
 
 def test_whole_venue_offline_keeps_its_leader(
         tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
-    rows = backlog(2 * SCANS, datetime.now(UTC).replace(microsecond=0))
-    first = _gate(tmp_path, sandbox, shared_venue_node, venue, "first", True, rows[:SCANS])
-    second = _gate(tmp_path, sandbox, shared_venue_node, venue, "second", True, rows[SCANS:])
-    gates = [first, second]
+    _rows, gates = _gates(tmp_path, sandbox, shared_venue_node, venue, SCANS,
+                          ("first", True), ("second", True))
+    first, second = gates
     try:
         first.start()
         wait_for(first.leads, 20, "a leader")
@@ -194,10 +203,9 @@ def test_a_blind_gate_leaves_a_free_lease_to_one_that_reaches_the_platform(
         tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
     """The lease freed under a working leader: the blind member, which polls for a free lease
     more often than the leader notices it lost one, leaves it to the gate that can work."""
-    rows = backlog(2, datetime.now(UTC).replace(microsecond=0))
-    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[:1])
-    blind = _gate(tmp_path, sandbox, shared_venue_node, venue, "blind", True, rows[1:])
-    gates = [seeing, blind]
+    _rows, gates = _gates(tmp_path, sandbox, shared_venue_node, venue, 1,
+                          ("seeing", False), ("blind", True))
+    seeing, blind = gates
     try:
         seeing.start()
         wait_for(lambda: seeing.leads() and seeing.status().get("platform_reachable"), 30,
@@ -218,11 +226,9 @@ def test_leader_with_a_revoked_token_stays_out_for_its_hold_down(
         tmp_path: Path, sandbox: Sandbox, shared_venue_node: NodeProcess, venue: str) -> None:
     """Refused by the platform (401) although its connections open: its probe says
     "reachable", so only the hold-down keeps it from taking a free lease straight back."""
-    rows = backlog(2, datetime.now(UTC).replace(microsecond=0))
-    revoked = _gate(tmp_path, sandbox, shared_venue_node, venue, "revoked", False, rows[:1],
-                    revoked=True)
-    seeing = _gate(tmp_path, sandbox, shared_venue_node, venue, "seeing", False, rows[1:])
-    gates = [revoked, seeing]
+    rows, gates = _gates(tmp_path, sandbox, shared_venue_node, venue, 1,
+                         ("revoked", False), ("seeing", False), first_revoked=True)
+    revoked, seeing = gates
     try:
         revoked.start()
         wait_for(revoked.leads, 20, "the revoked gate leading")
