@@ -343,6 +343,23 @@ class Output:
             self.is_on = self.held = on
             self.last_error = ""
 
+    def off(self) -> None:
+        """Off now, cutting a pulse short (a light whose meaning has changed: the green of the
+        last admit when the next scan is refused). A held relay is left held; nothing to do
+        when it is off. DriverError when the device refuses (then closed, as after any error)."""
+        with self._lock:
+            if self.held:
+                return
+            self._cancel_timer()
+            if not self.is_on or not self._open_now:
+                return
+            try:
+                self._set(False)
+            except Exception as exc:
+                self._fail(exc)
+                raise DriverError(f"{self.url}: switching off failed: {exc}") from exc
+            self.is_on = False
+
     def feedback(self, accepted: bool) -> None:
         """Show the decision on the device's LED/buzzer, where it has one; errors are logged."""
         try:

@@ -21,6 +21,15 @@ goes back to zero by itself when the next day starts (docs/turnstile.md).
 
 One worker thread per lane owns the waits and its own journal connection; the input threads
 only queue what they saw, so a slow fsync never loses an edge.
+
+Two rules keep a person who went through from being voided (the ticket freed for a second one):
+- the lane registers an admit's wait under `opening()`, held from just before its relay pulse,
+  and the worker judges an edge only outside it: an edge that comes while the gate opens is
+  judged against that wait, never as `forced` (a slow light or display used to sit between the
+  pulse and the registration);
+- a wait whose input was not watched all along (lost during the wait, even if back since: an
+  edge may have been missed) stands at its deadline (`interrupted`, counted `unconfirmed`),
+  as an admit does whose input is down when it is made: nobody saw the person not pass.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,6 +96,7 @@ class PassageWatch:
         self._active_since: dict[str, float] = {}
         self._events: queue.Queue[tuple[str, str, bool, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._opening = threading.Lock()  # see opening(): an edge is judged outside it
 
     @property
     def configured(self) -> bool:
@@ -129,9 +140,17 @@ class PassageWatch:
                         log.error("lane %s: wait of %s left to the next start: %s",
                                   self.lane.name, wait.uuid, exc)
 
+    @contextmanager
+    def opening(self) -> Iterator[None]:
+        """Held by the lane from just before its relay pulse until the admit's wait is
+        registered (`admitted`): the worker judges no edge meanwhile, so an edge of the person
+        the gate just let through waits for their wait instead of being taken for `forced`."""
+        with self._opening:
+            yield
+
     def admitted(self, uuid: str, direction: str, since_ns: int | None = None) -> None:
-        """Called by the lane after the relay pulse of an admit whose row waits for us;
-        `since_ns`: when the gate opened (time.monotonic_ns())."""
+        """Called by the lane, under `opening()`, after the relay pulse of an admit whose row
+        waits for us; `since_ns`: when the gate opened (time.monotonic_ns())."""
         since_ns = time.monotonic_ns() if since_ns is None else since_ns
         watched = self.inputs.get(direction)
         if watched is None or not watched.connected:
@@ -179,10 +198,11 @@ class PassageWatch:
             return
         self._active_since[direction] = time.monotonic()
         waits = self.waits[direction]
-        ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge was someone else
+        with self._opening:  # not while a lane registers the wait this edge may be for
+            ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge: someone else
+            wait = waits.popleft() if ours else None
         self._count_person(direction)
-        if ours:
-            wait = waits.popleft()
+        if wait is not None:
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
                 self.totals["passed"] += 1
             return
@@ -232,6 +252,17 @@ class PassageWatch:
                                          f"{self.lane.held_open_ms} ms")
 
     def _void(self, wait: _Wait) -> None:
+        watched = self.inputs.get(wait.direction)
+        if watched is None or not watched.connected or watched.opened_ns > wait.since_ns:
+            # The input was lost during the wait (and may be back): its edge may have been
+            # missed, so "not passed" would be a guess that frees the ticket. It stands.
+            if self.log is None or self.log.stand(
+                    wait.uuid, now_iso(), f"passage input {wait.direction} lost during the "
+                    "wait; the admit stands"):
+                self.totals["unconfirmed"] += 1
+                log.warning("lane %s: admit %s stands: passage input %s was lost during its "
+                            "wait", self.lane.name, wait.uuid, wait.direction)
+            return
         scan = self.log.void(wait.uuid, now_iso()) if self.log is not None else None
         if scan is None:
             return  # settled elsewhere (the uploader's bound) or no journal

@@ -49,16 +49,19 @@ class LaneRig:
     def __init__(self, site: DemoSite, name: str, **lane: Any):
         sim_reset()
         self.name = name
+        lane.setdefault("passage_in", f"sim:{name}-pass")
         self.lane = LaneConfig(
             name="north-in", gate_id=demo_data.GATE_NORTH, direction="in", max_entries=1,
-            debounce_ms=0, relay=f"sim:{name}-relay", passage_in=f"sim:{name}-pass",
+            debounce_ms=0, relay=f"sim:{name}-relay",
             light_green=f"sim:{name}-green", light_red=f"sim:{name}-red",
             buzzer=f"sim:{name}-buzz", display=f"sim:{name}-display", **lane)
         self.events: queue.Queue[LaneEvent] = queue.Queue()
         self.alarms: list[tuple[str, str]] = []
+        self.voided_claims: list[dict[str, Any]] = []  # what the venue would be told
         self.gate = Gate(open_cache(site.config), open_journal(site.config), site.config)
         self.runner = LaneRunner(self.lane, self.gate, self.events.put,
-                                 lambda lane, kind, _detail: self.alarms.append((lane, kind)))
+                                 lambda lane, kind, _detail: self.alarms.append((lane, kind)),
+                                 void_claim=self.voided_claims.append)
         self.runner.start()
         self.db = sqlite3.connect(site.config.store_dir / "journal.db")
         wait_until(lambda: self.runner.passage.inputs["in"].connected, 5, "passage input")
