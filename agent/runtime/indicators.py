@@ -50,24 +50,27 @@ class Indicators:
         self._lock = threading.Lock()  # the lane thread and the passage worker both show
 
     def open(self) -> None:
-        """Open what is configured; a missing device is reported, never fatal."""
+        """Open what is configured; a missing device is reported, never fatal, and kept: it
+        is opened again at its next use (a USB board or display plugged in late, or back)."""
         for name, url in (("green", self.lane.light_green), ("red", self.lane.light_red),
                           ("buzzer", self.lane.buzzer)):
             if not url:
                 continue
             try:
-                self.outputs[name] = open_output(url)
+                self.outputs[name] = output = open_output(url, connect=False)
+                output.open()
             except DriverError as exc:
                 self.errors[name] = str(exc)
-                log.error("lane %s: %s light/buzzer %s unavailable: %s", self.lane.name, name,
-                          url, exc)
+                log.error("lane %s: %s light/buzzer %s unavailable (tried again at its next "
+                          "use): %s", self.lane.name, name, url, exc)
         if self.lane.display:
             try:
-                self.display = open_display(self.lane.display)
+                self.display = open_display(self.lane.display, connect=False)
+                self.display.open()
             except DriverError as exc:
                 self.errors["display"] = str(exc)
-                log.error("lane %s: display %s unavailable: %s", self.lane.name,
-                          self.lane.display, exc)
+                log.error("lane %s: display %s unavailable (tried again at its next text): "
+                          "%s", self.lane.name, self.lane.display, exc)
 
     @property
     def configured(self) -> bool:
@@ -83,22 +86,31 @@ class Indicators:
                 named = {name for name, _ms in pattern}
                 for name, output in self.outputs.items():
                     if name not in named:  # left on by the outcome before: not this one's
-                        self._drive(name, output.off)
+                        self._drive(name, output.off, clears=False)
                 for name, ms in pattern:
                     if name in self.outputs:
                         self._drive(name, self.outputs[name].pulse, ms)
             if self.display is not None:
                 text = display_text(self.language, key, fallback)
                 if text:
-                    self.display.show(text)
+                    self.display.show(text)  # never raises: its failure is its last_error
+                    if self.display.last_error:
+                        self.errors["display"] = self.display.last_error
+                    else:
+                        self.errors.pop("display", None)
 
-    def _drive(self, name: str, action: Any, *args: Any) -> None:
-        """One output's switch; a failing device is logged and kept in `errors`, never raised."""
+    def _drive(self, name: str, action: Any, *args: Any, clears: bool = True) -> None:
+        """One output's switch; a failing device is logged and kept in `errors` until a pulse
+        works again (`clears`: switching off an output that is not open touches nothing, so
+        proves nothing), never raised."""
         try:
             action(*args)
         except DriverError as exc:
             self.errors[name] = str(exc)
             log.warning("lane %s: %s indicator failed: %s", self.lane.name, name, exc)
+            return
+        if clears:
+            self.errors.pop(name, None)
 
     def close(self) -> None:
         for output in self.outputs.values():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import gpiod
@@ -19,16 +21,19 @@ import pytest
 from gpiod.line import Value
 
 from agent import demo_data
+from agent.config import LaneConfig
+from agent.ops.status import evaluate
+from agent.runtime.indicators import Indicators
 from agent.runtime.lane import manual_scan
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog
 from drivers.display import SimDisplay, sim_display
 from drivers.inputs import sim_input_pulse, sim_input_set
-from drivers.sim import SimRelay, sim_relay
+from drivers.sim import SimRelay, sim_relay, sim_replug, sim_reset, sim_unplug
 from tests.conftest import DemoSite
 from tests.drivers.fake_gpiod import FakeGpiod
-from tests.rigs import wait_until
+from tests.rigs import PtyDevice, wait_until
 from tests.runtime.test_passage import LaneRig
 
 C = demo_data.CODES
@@ -176,6 +181,10 @@ def test_a_fire_release_lost_while_active_ends_when_its_input_is_back_inactive(
         wait_until(lambda: not fire.get_status()["connected"], 10, "the fire input lost")
         # Nobody can say the fire is over: the release holds while the line is gone.
         assert relay.held and rig.runner.releases == {"emergency"}
+        _health, reasons = evaluate({"emergency": fire.get_status(), "lanes": [],
+                                     "cache": {"events": [{"items": 1}]}}, datetime.now(UTC), 1e9)
+        said = {r.code: (r.level, r.message) for r in reasons}["emergency_release"]
+        assert said[0] == "fail" and "not watched now" in said[1] and url in said[1]
         replug(fake_gpio)
         wait_until(lambda: not relay.held, 10, "the release ended")
         assert (fire.active, rig.runner.releases, sim_relay(f"{rig.name}-relay").state) == \
@@ -243,3 +252,39 @@ def rig(site: DemoSite, request: pytest.FixtureRequest) -> Iterator[LaneRig]:
     r = LaneRig(site, request.node.name[:20], **(marker.kwargs if marker else {}))
     yield r
     r.close()
+
+
+def test_a_light_missing_at_start_and_a_display_that_vanished_work_again_when_back(
+        tmp_path: Path) -> None:
+    """Before: a light that could not be opened at start was dropped for good, and a serial
+    display whose cable was pulled kept writing to the dead port — neither showed anything
+    again until a restart, with the lane's status still naming the old error."""
+    sim_reset()
+    sim_unplug("back-green")  # the relay board with the stack light enumerates late
+    pty = PtyDevice(tmp_path)
+    pty.unplug()  # ... and so does the display
+    lane = LaneConfig(name="north-in", gate_id=demo_data.GATE_NORTH, direction="in",
+                      light_green="sim:back-green", display=f"serial://{pty.path}?width=20")
+    shown = Indicators(lane)
+    shown.open()
+    try:
+        assert set(shown.errors) == {"green", "display"}
+        shown.show("admit", "valid")  # still missing: reported, nothing raised
+        assert set(shown.errors) == {"green", "display"}
+        sim_replug("back-green")
+        pty.replug()
+        shown.show("admit", "valid")
+        assert [p["ms"] for p in sim_relay("back-green").pulses] == [1500]
+        assert pty.read_available(2.0) == b"Welcome\r\n"
+        assert shown.errors == {}
+        pty.unplug()  # pulled while in use: the write fails on the dead port
+        shown.show("refuse", "alreadyIn")
+        assert "display" in shown.errors
+        pty.replug()
+        shown.show("refuse", "alreadyIn")
+        assert pty.read_available(2.0) == b"Already inside\r\n"
+        assert "display" not in shown.errors
+    finally:
+        shown.close()
+        pty.unplug()
+        sim_reset()
