@@ -22,11 +22,14 @@ goes back to zero by itself when the next day starts (docs/turnstile.md).
 One worker thread per lane owns the waits and its own journal connection; the input threads
 only queue what they saw, so a slow fsync never loses an edge.
 
-Two rules keep a person who went through from being voided (the ticket freed for a second one):
+Three rules keep a person who went through from being voided (the ticket freed for a second one):
 - the lane registers an admit's wait under `opening()`, held from just before its relay pulse,
   and the worker judges an edge only outside it: an edge that comes while the gate opens is
   judged against that wait, never as `forced` (a slow light or display used to sit between the
   pulse and the registration);
+- a wait expires only when every edge seen so far has been judged: the worker can fall
+  behind (its journal writes wait for the file's lock and fsync), and an edge that came in
+  time but was still queued at the deadline used to leave its admit voided;
 - a wait whose input was not watched all along (lost during the wait, even if back since: an
   edge may have been missed) stands at its deadline (`interrupted`, counted `unconfirmed`),
   as an admit does whose input is down when it is made: nobody saw the person not pass.
@@ -177,7 +180,8 @@ class PassageWatch:
             try:
                 if item[0] == "edge":
                     self._edge(item[1], item[2], item[3])
-                self._expire()
+                if self._events.empty():  # a queued edge may be the one a wait waits for
+                    self._expire()
             except JournalUnavailable as exc:
                 log.error("lane %s: passage not recorded: %s", self.lane.name, exc)
             except Exception:  # noqa: BLE001 - a bug must not stop the watch; it is logged

@@ -10,7 +10,9 @@ to block inside its device write, where a real serial device can block (write_ti
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +158,38 @@ def test_a_passage_during_a_slow_relay_pulse_confirms_the_admit(
     wait_until(lambda: rig.passage(uuid) != "waiting", 10, "the wait settled")
     assert (rig.passage(uuid), rig.alarms) == ("passed", [])
     assert not rig.scan(C["valid"]).result.decision.admit
+
+
+def test_a_passage_judged_late_behind_a_journal_stall_still_confirms_its_admit(
+        rigs: Any) -> None:
+    """Two admitted people walk through in time, while the journal file is locked (another
+    writer, a slow fsync): the passage worker is stuck writing the first person's passage
+    and both deadlines pass before it sees the second person's edge. Before the fix the
+    worker expired waits after each event it handled, so the second admit was voided with
+    its in-time edge still in the queue; now a wait expires only when none is queued."""
+    rig = rigs("stall", passage_timeout_ms=2000)
+    first, second = rig.scan(C["valid"]), rig.scan(C["valid2"])
+    assert first.result.decision.admit and second.result.decision.admit
+    waits = rig.runner.passage.waits["in"]
+    deadline = waits[-1].deadline
+    watched = rig.runner.passage.inputs["in"]
+    lock = sqlite3.connect(rig.gate.journal.path, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the journal is busy: every write waits
+        sim_input_pulse(f"{rig.name}-pass")
+        sim_input_pulse(f"{rig.name}-pass")
+        wait_until(lambda: watched.changes == 4, 10, "both passages seen")
+        assert time.monotonic() < deadline, "the machine is too slow for this test's timeout"
+        wait_until(lambda: time.monotonic() > deadline + 0.2, 10, "both deadlines passed")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for event in (first, second):
+        uuid = event.result.uuid
+        wait_until(lambda u=uuid: rig.passage(u) != "waiting", 15, "the wait settled")
+    assert (rig.passage(first.result.uuid), rig.passage(second.result.uuid)) == \
+        ("passed", "passed")
+    assert rig.alarms == [] and rig.voided_claims == []
 
 
 def test_a_fire_release_lost_while_active_ends_when_its_input_is_back_inactive(
