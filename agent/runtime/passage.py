@@ -30,9 +30,11 @@ Three rules keep a person who went through from being voided (the ticket freed f
 - a wait expires only when every edge seen so far has been judged: the worker can fall
   behind (its journal writes wait for the file's lock and fsync), and an edge that came in
   time but was still queued at the deadline used to leave its admit voided;
-- a wait whose input was not watched all along (lost during the wait, even if back since: an
-  edge may have been missed) stands at its deadline (`interrupted`, counted `unconfirmed`),
-  as an admit does whose input is down when it is made: nobody saw the person not pass.
+- an entry's wait whose input was not watched all along (lost during the wait, even if back
+  since: an edge may have been missed) stands at its deadline (`interrupted`, counted
+  `unconfirmed`), as an admit does whose input is down when it is made: nobody saw the person
+  not pass. An exit's is voided as any other (standing would be the guess that frees the
+  ticket: the person may still be inside, the ticket handed back over the barrier).
 """
 
 from __future__ import annotations
@@ -257,9 +259,12 @@ class PassageWatch:
 
     def _void(self, wait: _Wait) -> None:
         watched = self.inputs.get(wait.direction)
-        if watched is None or not watched.connected or watched.opened_ns > wait.since_ns:
+        if wait.direction == "in" and (watched is None or not watched.connected
+                                       or watched.opened_ns > wait.since_ns):
             # The input was lost during the wait (and may be back): its edge may have been
             # missed, so "not passed" would be a guess that frees the ticket. It stands.
+            # (An exit is voided as before: "passed" would be the guess that frees it, for
+            # a ticket handed back over the barrier.)
             if self.log is None or self.log.stand(
                     wait.uuid, now_iso(), f"passage input {wait.direction} lost during the "
                     "wait; the admit stands"):

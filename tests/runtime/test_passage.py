@@ -49,12 +49,13 @@ class LaneRig:
     def __init__(self, site: DemoSite, name: str, **lane: Any):
         sim_reset()
         self.name = name
-        lane.setdefault("passage_in", f"sim:{name}-pass")
+        settings: dict[str, Any] = {
+            "direction": "in", "max_entries": 1, "passage_in": f"sim:{name}-pass",
+            "relay": f"sim:{name}-relay", **lane}
         self.lane = LaneConfig(
-            name="north-in", gate_id=demo_data.GATE_NORTH, direction="in", max_entries=1,
-            debounce_ms=0, relay=f"sim:{name}-relay",
+            name="north-in", gate_id=demo_data.GATE_NORTH, debounce_ms=0,
             light_green=f"sim:{name}-green", light_red=f"sim:{name}-red",
-            buzzer=f"sim:{name}-buzz", display=f"sim:{name}-display", **lane)
+            buzzer=f"sim:{name}-buzz", display=f"sim:{name}-display", **settings)
         self.events: queue.Queue[LaneEvent] = queue.Queue()
         self.alarms: list[tuple[str, str]] = []
         self.voided_claims: list[dict[str, Any]] = []  # what the venue would be told

@@ -322,3 +322,27 @@ def test_a_light_missing_at_start_and_a_display_that_vanished_work_again_when_ba
         shown.close()
         pty.unplug()
         sim_reset()
+
+
+def test_an_exit_whose_passage_input_is_lost_during_its_wait_is_voided(
+        rigs: Any, fake_gpio: FakeGpiod) -> None:
+    """The other direction of the rule above: an exit nobody saw is not taken as made, or the
+    ticket would be `outside` — free to come in again, handed back over the barrier — while
+    its holder may still be inside. (Main voided it too; this keeps it so.)"""
+    rig = rigs("lostexit", direction="auto", zone_id=demo_data.FLOOR_ZONE, max_entries=0,
+               relay_out="sim:lostexit-out", passage_out=f"gpio:{CHIP}:6",
+               passage_timeout_ms=6000)
+    entry = rig.scan(C["floor"])
+    assert entry.result.decision.direction == "in" and entry.result.decision.admit
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(entry.result.uuid) == "passed", 10, "the entry passed")
+    wait_until(lambda: rig.runner.passage.inputs["out"].connected, 5, "exit input watched")
+    exit_ = rig.scan(C["floor"])
+    assert exit_.result.decision.direction == "out" and exit_.result.decision.admit
+    unplug(fake_gpio)
+    wait_until(lambda: not rig.runner.passage.inputs["out"].connected, 5, "exit input lost")
+    wait_until(lambda: rig.passage(exit_.result.uuid) != "waiting", 20, "the wait settled")
+    assert rig.passage(exit_.result.uuid) == "voided"
+    assert rig.scan_row(exit_.result.uuid) == (0, "denied", "notPassed")
+    again = rig.scan(C["floor"]).result.decision
+    assert (again.direction, again.admit) == ("out", True)  # still inside: an exit again
