@@ -30,10 +30,10 @@ Three rules keep a person who went through from being voided (the ticket freed f
 - a wait expires only when every edge seen so far has been judged: the worker can fall
   behind (its journal writes wait for the file's lock and fsync), and an edge that came in
   time but was still queued at the deadline used to leave its admit voided;
-- an entry's wait whose input was not watched all along (lost during the wait, even if back
-  since: an edge may have been missed) stands at its deadline (`interrupted`, counted
-  `unconfirmed`), as an admit does whose input is down when it is made: nobody saw the person
-  not pass. An exit's is voided as any other (standing would be the guess that frees the
+- an entry's wait whose input could not see a passage (lost during the wait, even if back
+  since: an edge may have been missed; or active since before the gate opened: a passage makes
+  no new edge) stands at its deadline (`interrupted`, counted `unconfirmed`), as an admit
+  does whose input is down when it is made: nobody saw the person not pass. An exit's is voided as any other (standing would be the guess that frees the
   ticket: the person may still be inside, the ticket handed back over the barrier).
 """
 
@@ -99,6 +99,7 @@ class PassageWatch:
         self.recent_alarms: deque[tuple[float, str]] = deque()
         self.held_open: set[str] = set()
         self._active_since: dict[str, float] = {}
+        self._active_from_ns: dict[str, int] = {}  # direction -> the edge time it went active
         self._events: queue.Queue[tuple[str, str, bool, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._opening = threading.Lock()  # see opening(): an edge is judged outside it
@@ -200,9 +201,11 @@ class PassageWatch:
     def _edge(self, direction: str, active: bool, at_ns: int) -> None:
         if not active:
             self._active_since.pop(direction, None)
+            self._active_from_ns.pop(direction, None)
             self.held_open.discard(direction)
             return
         self._active_since[direction] = time.monotonic()
+        self._active_from_ns[direction] = at_ns
         waits = self.waits[direction]
         with self._opening:  # not while a lane registers the wait this edge may be for
             ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge: someone else
@@ -257,20 +260,30 @@ class PassageWatch:
                 self._alarm("held_open", f"passage {direction} held open for more than "
                                          f"{self.lane.held_open_ms} ms")
 
-    def _void(self, wait: _Wait) -> None:
+    def _blind(self, wait: _Wait) -> str | None:
+        """Why the input could not have seen this wait's passage, or None when it could: it
+        was lost during the wait (and may be back: an edge may have been missed), or it has
+        been active since before the gate opened (stuck, or held by someone: a passage makes
+        no new edge)."""
         watched = self.inputs.get(wait.direction)
-        if wait.direction == "in" and (watched is None or not watched.connected
-                                       or watched.opened_ns > wait.since_ns):
-            # The input was lost during the wait (and may be back): its edge may have been
-            # missed, so "not passed" would be a guess that frees the ticket. It stands.
-            # (An exit is voided as before: "passed" would be the guess that frees it, for
-            # a ticket handed back over the barrier.)
+        if watched is None or not watched.connected or watched.opened_ns > wait.since_ns:
+            return "lost during the wait"
+        if self._active_from_ns.get(wait.direction, wait.since_ns + 1) <= wait.since_ns:
+            return "active since before the gate opened"
+        return None
+
+    def _void(self, wait: _Wait) -> None:
+        blind = self._blind(wait) if wait.direction == "in" else None
+        if blind is not None:
+            # "Not passed" would be a guess that frees the ticket: the admit stands. (An exit
+            # is voided as before: "passed" would be the guess that frees it, for a ticket
+            # handed back over the barrier.)
             if self.log is None or self.log.stand(
-                    wait.uuid, now_iso(), f"passage input {wait.direction} lost during the "
-                    "wait; the admit stands"):
+                    wait.uuid, now_iso(), f"passage input {wait.direction} {blind}; the admit "
+                    "stands"):
                 self.totals["unconfirmed"] += 1
-                log.warning("lane %s: admit %s stands: passage input %s was lost during its "
-                            "wait", self.lane.name, wait.uuid, wait.direction)
+                log.warning("lane %s: admit %s stands: passage input %s %s", self.lane.name,
+                            wait.uuid, wait.direction, blind)
             return
         scan = self.log.void(wait.uuid, now_iso()) if self.log is not None else None
         if scan is None:

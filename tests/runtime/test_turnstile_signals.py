@@ -346,3 +346,23 @@ def test_an_exit_whose_passage_input_is_lost_during_its_wait_is_voided(
     assert rig.scan_row(exit_.result.uuid) == (0, "denied", "notPassed")
     again = rig.scan(C["floor"]).result.decision
     assert (again.direction, again.admit) == ("out", True)  # still inside: an exit again
+
+
+@pytest.mark.lane(passage_timeout_ms=500, held_open_ms=60000)
+def test_an_admit_while_the_passage_input_is_held_active_stands(rig: LaneRig) -> None:
+    """The contact was active before the gate opened (someone stands in the beam, a stuck
+    contact) and stayed so: the person's passage makes no new edge, so its absence proves
+    nothing. Before the fix the admit was voided — the ticket free again."""
+    sim_input_set(f"{rig.name}-pass", True)
+    wait_until(lambda: rig.runner.passage.totals["forced"], 10, "the edge judged")
+    uuid = rig.scan(C["valid"]).result.uuid
+    wait_until(lambda: rig.passage(uuid) != "waiting", 10, "the wait settled")
+    assert rig.passage(uuid) == "interrupted"
+    assert rig.scan_row(uuid) == (1, "valid", None)
+    note = rig.db.execute("SELECT note FROM passages WHERE uuid = ?", (uuid,)).fetchone()[0]
+    assert "active since before the gate opened" in note
+    assert not rig.scan(C["valid"]).result.decision.admit
+    sim_input_set(f"{rig.name}-pass", False)  # the beam clears: the next admit is watched
+    second = rig.scan(C["valid2"]).result.uuid
+    wait_until(lambda: rig.passage(second) != "waiting", 10, "the second wait settled")
+    assert rig.passage(second) == "voided"  # nobody went through: seen, so voided
