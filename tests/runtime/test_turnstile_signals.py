@@ -36,7 +36,7 @@ from drivers.sim import SimRelay, sim_relay, sim_replug, sim_reset, sim_unplug
 from tests.conftest import DemoSite
 from tests.drivers.fake_gpiod import FakeGpiod
 from tests.rigs import PtyDevice, wait_until
-from tests.runtime.test_passage import LaneRig
+from tests.runtime.lanerig import LaneRig
 
 C = demo_data.CODES
 CHIP = "/dev/gpiochip0"
@@ -279,13 +279,6 @@ def test_a_voided_admit_switches_its_green_off(rig: LaneRig) -> None:
     wait_until(lambda: red.pulses, 10, "the not-passed pattern")
     assert green.state is False and [p["ms"] for p in green.pulses] == [60000]
 
-
-@pytest.fixture
-def rig(site: DemoSite, request: pytest.FixtureRequest) -> Iterator[LaneRig]:
-    marker = request.node.get_closest_marker("lane")
-    r = LaneRig(site, request.node.name[:20], **(marker.kwargs if marker else {}))
-    yield r
-    r.close()
 
 
 def test_a_light_missing_at_start_and_a_display_that_vanished_work_again_when_back(
