@@ -311,11 +311,7 @@ class Output:
             if not self._open_now:
                 self.open()  # a replugged relay comes back on the next pulse
             self._cancel_timer()
-            try:
-                self._set(True)
-            except Exception as exc:
-                self._fail(exc)
-                raise DriverError(f"{self.url}: relay pulse failed: {exc}") from exc
+            self._switch(True, "relay pulse")
             self.is_on = True
             if self.last_error:
                 self.last_error = ""  # it works again: no stale warning in status
@@ -335,13 +331,25 @@ class Output:
                 self.open()
             self._cancel_timer()
             try:
-                self._set(on)
-            except Exception as exc:
-                self._fail(exc)
+                self._switch(on, "relay hold")
+            except DriverError:
                 self.held = False
-                raise DriverError(f"{self.url}: relay hold failed: {exc}") from exc
+                raise
             self.is_on = self.held = on
             self.last_error = ""
+
+    def off(self) -> None:
+        """Off now, cutting a pulse short (a light whose meaning has changed: the green of the
+        last admit when the next scan is refused). A held relay is left held; nothing to do
+        when it is off. DriverError when the device refuses (then closed, as after any error)."""
+        with self._lock:
+            if self.held:
+                return
+            self._cancel_timer()
+            if not self.is_on or not self._open_now:
+                return
+            self._switch(False, "switching off")
+            self.is_on = False
 
     def feedback(self, accepted: bool) -> None:
         """Show the decision on the device's LED/buzzer, where it has one; errors are logged."""
@@ -374,6 +382,15 @@ class Output:
 
     def hint(self, exc: BaseException) -> str:
         return "check the cable and run `gate-agent devices list`"
+
+    def _switch(self, on: bool, what: str) -> None:
+        """`_set(on)` under the lock; a failure drives the relay off and closes the device
+        (opened again at the next use) and is raised as DriverError naming `what`."""
+        try:
+            self._set(on)
+        except Exception as exc:
+            self._fail(exc)
+            raise DriverError(f"{self.url}: {what} failed: {exc}") from exc
 
     def _end_pulse(self) -> None:
         with self._lock:

@@ -9,6 +9,8 @@
     (`{"display": NAME, "text": ..., "mono_ns": ...}`) for a daemon under test.
 
 A display is cosmetic: a failure is logged and counted, never delays or changes a decision.
+Like a relay, a display that is missing or fails is opened again at the next text, so one
+unplugged and plugged back (or plugged in after the start) shows again without a restart.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ class Display:
             try:
                 self._show(text)
             except Exception as exc:  # noqa: BLE001 - cosmetic: never fatal
+                if str(exc) != self.last_error:
+                    log.warning("%s: display failed: %s", self.url, exc)
                 self.last_error = str(exc)
-                log.warning("%s: display failed: %s", self.url, exc)
+                self.close()  # the device is reopened at the next text (it may be back)
                 return
             self.shown += 1
             self.last_text = text
+            self.last_error = ""
 
     def close(self) -> None:
         """Release the device (safe twice)."""

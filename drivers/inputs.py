@@ -26,9 +26,13 @@ Backends (same URL scheme as readers and relays, see drivers.registry):
     datagrams "1", "0", "pulse" on PATH from another process (`send_input(PATH, "pulse")`).
     Not simulated: contact bounce, a line that floats.
 
-When a line vanishes the input reports "disconnected" (its level is then unknown, shown as
-inactive) and reopens with backoff; whoever relies on it (the emergency release) says in
-status that the input is not being watched.
+When a line vanishes the input reports "disconnected" and reopens with backoff; whoever relies
+on it (the emergency release, a passage wait) says in status that the input is not being
+watched. Its level is then unknown: `active` keeps the last level reported, and the first
+reading after the line is back is reported when it differs from it. (Marking it inactive
+while gone, unreported, hid a contact that cleared meanwhile: a fire release lost while active
+and back inactive was never ended.) `opened_ns` tells a watcher whether the line was reopened
+since a given instant, i.e. whether it may have missed an edge since.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Input:
         self.connected = False
         self.last_error = ""
         self.changes = 0
+        self.opened_ns = 0  # time.monotonic_ns() of the last successful open (0: never)
         self._on_change: OnChange | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -134,6 +139,7 @@ class Input:
         while not self._stopping.is_set():
             try:
                 self._open()
+                self.opened_ns = time.monotonic_ns()
                 self.connected, self.last_error, delay = True, "", 0.2
                 while not self._stopping.is_set():
                     for level in self._read(self.poll_interval):
@@ -145,16 +151,13 @@ class Input:
             finally:
                 self._close()
                 self.connected = False
-            self._level(False, report=False)
             self._stopping.wait(delay)
             delay = min(delay * 2, self.backoff_max)
 
-    def _level(self, active: bool, report: bool = True) -> None:
+    def _level(self, active: bool) -> None:
         if active == self.active:
             return
         self.active = active
-        if not report:
-            return
         self.changes += 1
         if self._on_change is not None:
             try:

@@ -162,9 +162,11 @@ def open_input(url: str, **options: Any) -> Any:
     return cls(url, **options)
 
 
-def open_display(url: str, **options: Any) -> Any:
-    """Build and open the text display for `url` (drivers.display.Display)."""
+def open_display(url: str, *, connect: bool = True, **options: Any) -> Any:
+    """Build and open the text display for `url` (drivers.display.Display); with
+    `connect=False` the device is not touched yet: the first text opens it."""
     cls = _load(url, DISPLAYS, "display")
     display = cls(url, **options)
-    display.open()
+    if connect:
+        display.open()
     return display

@@ -403,9 +403,13 @@ def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:
     out: list[Reason] = []
     emergency = snap.get("emergency") or {}
     if emergency.get("active"):
+        lost = "" if emergency.get("connected") else (
+            f"; its input {emergency.get('url')} is not watched now "
+            f"({emergency.get('error') or 'connecting'}): the release holds until it is read "
+            "again")
         out.append(Reason("fail", "emergency_release",
                           f"emergency input active since {emergency.get('since')}: every lane "
-                          "is held open, scans are recorded but not counted as entries"))
+                          f"is held open, scans are recorded but not counted as entries{lost}"))
     elif emergency and not emergency.get("connected"):
         out.append(Reason("warn", "emergency_input",
                           f"emergency input {emergency.get('url')} is not watched "

@@ -213,33 +213,49 @@ class LaneRunner:
         # the release of this direction (agent.config.output_for): never the entry relay for
         # an exit unless the lane declares it direction-neutral
         url = output_for(self.lane, decision.direction)
-        if decision.record and url and not released:
-            output = self.relay_out if url == self.lane.relay_out else self.relay
-            try:
-                if output is not None:  # None: no driver for the URL (start said why)
-                    if decision.admit:
-                        output.pulse(self.lane.relay_pulse_ms)
-                        pulsed = True
-                        if self.relay_error is not None:
-                            self.relay_error = None  # it works again
-                    output.feedback(decision.admit)
-            except DriverError as exc:
-                self.relay_error = str(exc)
-                log.error("lane %s: relay failed: %s", self.lane.name, exc)
-            if decision.admit and not pulsed:
-                decision, unopened = self._unopened(result, url), True
+        opens = bool(decision.record and url and not released)
+        waits = bool(decision.admit and result.uuid and self.gate.confirms_passage
+                     and passage_input_for(self.lane, decision.direction))
+        # the wait is registered before anything else runs (lights, display: a slow one must
+        # not let the person's passage edge be judged first, as `forced`, and the admit voided)
+        with self.passage.opening():
+            if opens:
+                pulsed = self._pulse(decision)
+            if waits and (pulsed or not opens):
+                assert result.uuid is not None
+                self.passage.admitted(result.uuid, decision.direction, opened_ns)
+        if opens and decision.admit and not pulsed:
+            assert url is not None
+            decision, unopened = self._unopened(result, url), True
         if decision.record:
             self.indicators.show(None if released else "admit" if decision.admit else "refuse",
                                  GATE_NOT_OPENED if unopened else _display_key(decision),
                                  decision.message)
-        if decision.admit and result.uuid and self.gate.confirms_passage and \
-                passage_input_for(self.lane, decision.direction):
-            self.passage.admitted(result.uuid, decision.direction, opened_ns)
         latency = time.perf_counter() - started
         self.note(scan.wall, decision)
         if decision is not result.decision:
             result = ScanResult(decision, result.uuid, result.seq)
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
+
+    def _pulse(self, decision: Decision) -> bool:
+        """The release of the decision's direction: pulsed for an admit (True when it was),
+        told the decision where it shows one. A failure is the lane's `relay_error`."""
+        url = output_for(self.lane, decision.direction)
+        output = self.relay_out if url == self.lane.relay_out else self.relay
+        if output is None:  # no driver for the URL (start said why)
+            return False
+        pulsed = False
+        try:
+            if decision.admit:
+                output.pulse(self.lane.relay_pulse_ms)
+                pulsed = True
+                if self.relay_error is not None:
+                    self.relay_error = None  # it works again
+            output.feedback(decision.admit)
+        except DriverError as exc:
+            self.relay_error = str(exc)
+            log.error("lane %s: relay failed: %s", self.lane.name, exc)
+        return pulsed
 
     def _unopened(self, result: ScanResult, url: str) -> Decision:
         """An admit whose gate did not open must not use up the ticket (the patron would be

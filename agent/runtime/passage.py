@@ -21,6 +21,20 @@ goes back to zero by itself when the next day starts (docs/turnstile.md).
 
 One worker thread per lane owns the waits and its own journal connection; the input threads
 only queue what they saw, so a slow fsync never loses an edge.
+
+Three rules keep a person who went through from being voided (the ticket freed for a second one):
+- the lane registers an admit's wait under `opening()`, held from just before its relay pulse,
+  and the worker judges an edge only outside it: an edge that comes while the gate opens is
+  judged against that wait, never as `forced` (a slow light or display used to sit between the
+  pulse and the registration);
+- a wait expires only when every edge seen so far has been judged: the worker can fall
+  behind (its journal writes wait for the file's lock and fsync), and an edge that came in
+  time but was still queued at the deadline used to leave its admit voided;
+- an entry's wait whose input could not see a passage (lost during the wait, even if back
+  since: an edge may have been missed; or active since before the gate opened: a passage makes
+  no new edge) stands at its deadline (`interrupted`, counted `unconfirmed`), as an admit
+  does whose input is down when it is made: nobody saw the person not pass. An exit's is voided as any other (standing would be the guess that frees the
+  ticket: the person may still be inside, the ticket handed back over the barrier).
 """
 
 from __future__ import annotations
@@ -30,7 +44,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,8 +99,10 @@ class PassageWatch:
         self.recent_alarms: deque[tuple[float, str]] = deque()
         self.held_open: set[str] = set()
         self._active_since: dict[str, float] = {}
+        self._active_from_ns: dict[str, int] = {}  # direction -> the edge time it went active
         self._events: queue.Queue[tuple[str, str, bool, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._opening = threading.Lock()  # see opening(): an edge is judged outside it
 
     @property
     def configured(self) -> bool:
@@ -129,9 +146,17 @@ class PassageWatch:
                         log.error("lane %s: wait of %s left to the next start: %s",
                                   self.lane.name, wait.uuid, exc)
 
+    @contextmanager
+    def opening(self) -> Iterator[None]:
+        """Held by the lane from just before its relay pulse until the admit's wait is
+        registered (`admitted`): the worker judges no edge meanwhile, so an edge of the person
+        the gate just let through waits for their wait instead of being taken for `forced`."""
+        with self._opening:
+            yield
+
     def admitted(self, uuid: str, direction: str, since_ns: int | None = None) -> None:
-        """Called by the lane after the relay pulse of an admit whose row waits for us;
-        `since_ns`: when the gate opened (time.monotonic_ns())."""
+        """Called by the lane, under `opening()`, after the relay pulse of an admit whose row
+        waits for us; `since_ns`: when the gate opened (time.monotonic_ns())."""
         since_ns = time.monotonic_ns() if since_ns is None else since_ns
         watched = self.inputs.get(direction)
         if watched is None or not watched.connected:
@@ -158,7 +183,8 @@ class PassageWatch:
             try:
                 if item[0] == "edge":
                     self._edge(item[1], item[2], item[3])
-                self._expire()
+                if self._events.empty():  # a queued edge may be the one a wait waits for
+                    self._expire()
             except JournalUnavailable as exc:
                 log.error("lane %s: passage not recorded: %s", self.lane.name, exc)
             except Exception:  # noqa: BLE001 - a bug must not stop the watch; it is logged
@@ -175,14 +201,17 @@ class PassageWatch:
     def _edge(self, direction: str, active: bool, at_ns: int) -> None:
         if not active:
             self._active_since.pop(direction, None)
+            self._active_from_ns.pop(direction, None)
             self.held_open.discard(direction)
             return
         self._active_since[direction] = time.monotonic()
+        self._active_from_ns[direction] = at_ns
         waits = self.waits[direction]
-        ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge was someone else
+        with self._opening:  # not while a lane registers the wait this edge may be for
+            ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge: someone else
+            wait = waits.popleft() if ours else None
         self._count_person(direction)
-        if ours:
-            wait = waits.popleft()
+        if wait is not None:
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
                 self.totals["passed"] += 1
             return
@@ -231,7 +260,31 @@ class PassageWatch:
                 self._alarm("held_open", f"passage {direction} held open for more than "
                                          f"{self.lane.held_open_ms} ms")
 
+    def _blind(self, wait: _Wait) -> str | None:
+        """Why the input could not have seen this wait's passage, or None when it could: it
+        was lost during the wait (and may be back: an edge may have been missed), or it has
+        been active since before the gate opened (stuck, or held by someone: a passage makes
+        no new edge)."""
+        watched = self.inputs.get(wait.direction)
+        if watched is None or not watched.connected or watched.opened_ns > wait.since_ns:
+            return "lost during the wait"
+        if self._active_from_ns.get(wait.direction, wait.since_ns + 1) <= wait.since_ns:
+            return "active since before the gate opened"
+        return None
+
     def _void(self, wait: _Wait) -> None:
+        blind = self._blind(wait) if wait.direction == "in" else None
+        if blind is not None:
+            # "Not passed" would be a guess that frees the ticket: the admit stands. (An exit
+            # is voided as before: "passed" would be the guess that frees it, for a ticket
+            # handed back over the barrier.)
+            if self.log is None or self.log.stand(
+                    wait.uuid, now_iso(), f"passage input {wait.direction} {blind}; the admit "
+                    "stands"):
+                self.totals["unconfirmed"] += 1
+                log.warning("lane %s: admit %s stands: passage input %s %s", self.lane.name,
+                            wait.uuid, wait.direction, blind)
+            return
         scan = self.log.void(wait.uuid, now_iso()) if self.log is not None else None
         if scan is None:
             return  # settled elsewhere (the uploader's bound) or no journal

@@ -114,6 +114,7 @@ class FakeGpiod:
         self.chips = chips
         self.edges = edges  # False: the chip refuses edge detection
         self.requests: list[FakeLineRequest] = []
+        self.levels: dict[int, Value] = {}  # what an input line reads when requested
 
     def request_lines(self, path: str, config: dict[Any, Any], consumer: str | None = None,
                       **_: Any) -> FakeLineRequest:
@@ -122,6 +123,7 @@ class FakeGpiod:
         if not self.edges and any(s.edge_detection != Edge.NONE for s in config.values()):
             raise OSError(errno.EINVAL, "Invalid argument")
         req = FakeLineRequest(path, config, consumer)
+        req._level = self.levels.get(req.offset, Value.INACTIVE)
         self.requests.append(req)
         return req
 

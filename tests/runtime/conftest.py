@@ -10,6 +10,8 @@ import pytest
 
 from agent import demo_data
 from agent.sandbox.harness import Sandbox, start_sandbox
+from tests.conftest import DemoSite
+from tests.runtime.lanerig import LaneRig
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +22,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     seed.write_text(json.dumps(demo_data.sandbox_seed(datetime.now(UTC))))
     with start_sandbox(seed_file=seed, rpm=6000, async_delay_s=0.01) as sb:
         yield sb
+
+
+@pytest.fixture
+def rig(site: DemoSite, request: pytest.FixtureRequest) -> Iterator[LaneRig]:
+    """tests/runtime/lanerig.py's lane, with the settings of the test's `lane(...)` marker."""
+    marker = request.node.get_closest_marker("lane")
+    r = LaneRig(site, request.node.name[:20], **(marker.kwargs if marker else {}))
+    yield r
+    r.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,54 +38,9 @@ from drivers.sim import sim_relay, sim_reset
 from tests.conftest import DemoSite
 from tests.platform.conftest import make_client
 from tests.rigs import wait_until
+from tests.runtime.lanerig import LaneRig
 
 C = demo_data.CODES
-
-
-class LaneRig:
-    """One lane with every signal wired to `sim:` drivers named after the test."""
-
-    def __init__(self, site: DemoSite, name: str, **lane: Any):
-        sim_reset()
-        self.name = name
-        self.lane = LaneConfig(
-            name="north-in", gate_id=demo_data.GATE_NORTH, direction="in", max_entries=1,
-            debounce_ms=0, relay=f"sim:{name}-relay", passage_in=f"sim:{name}-pass",
-            light_green=f"sim:{name}-green", light_red=f"sim:{name}-red",
-            buzzer=f"sim:{name}-buzz", display=f"sim:{name}-display", **lane)
-        self.events: queue.Queue[LaneEvent] = queue.Queue()
-        self.alarms: list[tuple[str, str]] = []
-        self.gate = Gate(open_cache(site.config), open_journal(site.config), site.config)
-        self.runner = LaneRunner(self.lane, self.gate, self.events.put,
-                                 lambda lane, kind, _detail: self.alarms.append((lane, kind)))
-        self.runner.start()
-        self.db = sqlite3.connect(site.config.store_dir / "journal.db")
-        wait_until(lambda: self.runner.passage.inputs["in"].connected, 5, "passage input")
-
-    def scan(self, code: str) -> LaneEvent:
-        self.runner.submit(manual_scan(code, self.lane.name))
-        return self.events.get(timeout=10)
-
-    def passage(self, uuid: str) -> str | None:
-        row = self.db.execute("SELECT state FROM passages WHERE uuid = ?", (uuid,)).fetchone()
-        return row[0] if row else None
-
-    def scan_row(self, uuid: str) -> tuple[Any, ...]:
-        return self.db.execute("SELECT admit, status, status_detail FROM scans WHERE uuid = ?",
-                               (uuid,)).fetchone()
-
-    def close(self) -> None:
-        self.runner.stop()
-        self.gate.close()
-        self.db.close()
-
-
-@pytest.fixture
-def rig(site: DemoSite, request: pytest.FixtureRequest) -> Iterator[LaneRig]:
-    marker = request.node.get_closest_marker("lane")
-    r = LaneRig(site, request.node.name[:20], **(marker.kwargs if marker else {}))
-    yield r
-    r.close()
 
 
 @pytest.mark.lane(passage_timeout_ms=5000)
