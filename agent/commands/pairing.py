@@ -11,7 +11,8 @@ reached (nothing changed). A queue ends with Ctrl-C or end of input and exits 0.
 
 With the daemon running, the daemon pairs (control ops `pair_tag_ticket`, `pair_tag`): a
 technician in the control socket's group needs no sudo. Without one, this command pairs on the
-store as its owner (`agent.runtime.controlclient.acting_on_store`).
+store itself, each step as the store's owner and its readers with this user's own rights
+(`agent.runtime.controlclient.acting_on_store`, `PairingStation`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     token and rate budget, its lanes for --admit) while this command keeps the readers; without
     one, this command pairs on the store itself as its owner, holding the store's lock."""
     from agent.runtime.controlclient import acting_on_store
+    from agent.runtime.storeaccess import same_identity
     from drivers.feed import ScanFeed
 
     config = load_config(args.config)
@@ -77,14 +79,15 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     single = bool(args.barcode) or args.once
     with ExitStack() as stack:
-        try:  # first, with this user's own rights (a device only root may open)
-            tags = stack.enter_context(ScanFeed(args.reader))
-            scanner = stack.enter_context(ScanFeed(args.scanner)) if args.scanner and \
-                not args.barcode else None
+        try:  # with this user's own rights, now and at each reconnect (a device only root
+            # may open): the store is worked on as its owner in steps, never around them
+            tags = stack.enter_context(ScanFeed(args.reader, open_guard=same_identity))
+            scanner = stack.enter_context(ScanFeed(args.scanner, open_guard=same_identity)) \
+                if args.scanner and not args.barcode else None
         except DriverUnavailable as exc:
             print(f"gate-agent: error: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        daemon = stack.enter_context(acting_on_store(config))
+        daemon = stack.enter_context(acting_on_store(config, per_step=True))
         desk: _Desk = _ThroughDaemon(daemon) if daemon is not None else \
             _Here(stack.enter_context(PairingStation(config)))
         barcodes = _barcodes(args.barcode, scanner, console)
