@@ -27,7 +27,7 @@ from rich.console import Console
 
 from agent.commands import explain, plain
 from agent.config import LaneConfig, load_config
-from agent.errors import DaemonSilent, DriverUnavailable, GateAgentError
+from agent.errors import DaemonOutdated, DaemonSilent, DriverUnavailable, GateAgentError
 from agent.runtime.pairing import PairingRefused, PairingStation, pair_answer, ticket_answer
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
             ["gate-agent pair-tag NU-VALID-0001 --reader nfc:usb",
              "gate-agent pair-tag --reader nfc:usb --scanner serial:///dev/ttyACM0 --admit"],
             "0 paired; 1 the platform refused, or the running daemon did not answer; 2 the "
-            "reader is unavailable, or no daemon runs and this user may not use store.dir (it "
-            "names the sudo to use); 3 offline")
+            "reader is unavailable, no daemon runs and this user may not use store.dir (it "
+            "names the sudo to use), or the running daemon is older than this command "
+            "(restart it); 3 offline")
     p.add_argument("--once", action="store_true", help="pair one attendee, then exit")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for a tag (default 30)")
@@ -171,7 +172,8 @@ def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str
 def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
          lane: LaneConfig | None, console: Console) -> int:
     """Pair one attendee; every failure is printed and becomes an exit code, never a raise
-    (but a daemon that stopped answering ends the session: DaemonSilent)."""
+    (but a daemon that stopped answering, or is older than this command, ends the session:
+    DaemonSilent, DaemonOutdated)."""
     try:
         hit = desk.ticket(barcode, args.event)
         who = f" ({hit['customer_name']})" if hit["customer_name"] else ""
@@ -186,7 +188,7 @@ def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
             raise PairingRefused(f"the reader sent {scan.code!r}, not a tag id (is the reader "
                                  "in ndef=1 mode? drop that option)")
         result = desk.pair(barcode, scan.code, args.event, args.again, lane)
-    except DaemonSilent:
+    except (DaemonSilent, DaemonOutdated):  # no attendee can be paired through it
         raise
     except GateAgentError as exc:  # PairingOffline's 3 kept, also from the daemon
         console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))

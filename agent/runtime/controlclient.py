@@ -30,7 +30,13 @@ from typing import Any
 
 from agent.access import owner_of, user_name
 from agent.config import Config
-from agent.errors import ControlError, DaemonSilent, GateAgentError, StoreAccess
+from agent.errors import (
+    ControlError,
+    DaemonOutdated,
+    DaemonSilent,
+    GateAgentError,
+    StoreAccess,
+)
 from agent.runtime.control import READ_ONLY, socket_path
 from agent.runtime.storeaccess import as_store_owner, command_lock, daemon_pid
 
@@ -120,8 +126,17 @@ class ControlClient:
                                f"socket without answering {op!r}; see its log "
                                "(`journalctl -u gate-agent`)")
         if not answer.get("ok"):
+            if _unknown_op(answer, op):
+                raise self._outdated(op)
             raise ControlError(str(answer.get("error")), int(answer.get("exit_code") or 1))
         return answer.get("result")
+
+    def _outdated(self, op: str) -> DaemonOutdated:
+        return DaemonOutdated(
+            f"the running gate-agent daemon (PID {self.pid or 'unknown'}) is older than this "
+            f"command: it does not know {op!r}, so nothing was done. gate-agent was upgraded "
+            "and the daemon still runs the version it started with: restart it (`systemctl "
+            "restart gate-agent`; queued scans are kept), then run this command again")
 
     def _silent(self, op: str, what: str) -> DaemonSilent:
         done = "" if op in READ_ONLY else \
@@ -131,6 +146,14 @@ class ControlClient:
             "holds the store, so this command does not work on it directly; see the daemon's "
             "log (`journalctl -u gate-agent`) and restart it if it stays silent (`systemctl "
             "restart gate-agent`); [control] answer_timeout_s sets the wait")
+
+
+def _unknown_op(answer: dict[str, Any], op: str) -> bool:
+    """The daemon does not have `op`: said by `unknown_op`, or, by a daemon older than that
+    field, in the words every earlier daemon used (agent.runtime.control)."""
+    if "unknown_op" in answer:
+        return bool(answer["unknown_op"] == op)
+    return str(answer.get("error", "")).startswith(f"this daemon does not know {op!r}")
 
 
 def _answer_line(sock: socket.socket, on_progress: Callable[[dict[str, Any]], None] | None
