@@ -26,12 +26,11 @@ from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
     Install,
     install,
 )
-from tests.runtime.pairing.conftest import PairTagProcess, platform_tag
+from tests.runtime.pairing.conftest import TAG_A, TAG_B, PairTagProcess, platform_tag
 
 pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
 
 C = demo_data.CODES
-TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"
 
 
 def _holds(pid: int, device: str) -> bool:

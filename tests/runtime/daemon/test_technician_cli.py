@@ -38,12 +38,11 @@ from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
     _reader,
     install,
 )
-from tests.runtime.pairing.conftest import PairTagProcess, platform_tag
+from tests.runtime.pairing.conftest import TAG_A, TAG_B, PairTagProcess, platform_tag
 
 pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
 
 C = demo_data.CODES
-TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"
 DEAD_BUS = "nats://127.0.0.1:9"  # nothing listens: commands that do not use the bus
 VENUE_SECTION = f'\n[venue]\nname = "hall"\nservers = ["{DEAD_BUS}"]\ndevice = "g1"\n'
 CONFLICT_UUID = "7d0c5e3a-0000-4000-8000-000000000001"
