@@ -26,7 +26,8 @@ CONFIG_ENV = "GATE_AGENT_CONFIG"
 EXIT_CODES = """exit codes:
   0    done (check/scan: every code admitted; status: health pass or warn)
   1    refused or failed (a refused code, a platform error, status: health fail)
-  2    a mistake in the configuration, the input or the command line; another daemon runs
+  2    a mistake in the configuration, the input or the command line; another daemon runs;
+       the running daemon is older than this command (restart it)
   70   internal error (a bug: please report it with the message)
   130  interrupted (Ctrl-C)"""
 

@@ -10,7 +10,8 @@ specific message (naming the config key, the device or the file) and never a tra
     ├── StoreAccess            no daemon answers and this user may not use store.dir (sudo)
     ├── UsageError             a mistake in the command's arguments or input (names it)
     ├── ControlError           the running daemon's control socket refused or failed
-    │   └── DaemonSilent       it accepted but did not answer in time (the store stays its)
+    │   ├── DaemonSilent       it accepted but did not answer in time (the store stays its)
+    │   └── DaemonOutdated     it runs an older version that lacks the op asked: restart it
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
     │   ├── CacheUnavailable   a read of the open cache failed while running: refuse, rebuild
@@ -106,6 +107,17 @@ class DaemonSilent(ControlError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=1)
+
+
+class DaemonOutdated(ControlError):
+    """The running daemon does not know the control op this command asks for: it was started
+    from an older version than the one installed since (an upgrade without a restart). Nothing
+    was done; the command stops (exit 2, a state of the install to put right, like a config
+    mistake) naming the restart, and never works on the store itself instead, since that
+    daemon still holds it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=2)
 
 
 class StoreError(GateAgentError):

@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 ScanKind = Literal["barcode", "nfc"]
 OnScan = Callable[["Scan"], None]
 OnState = Callable[[str, bool, str], None]
+OpenGuard = Callable[[], AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,11 @@ class Reader:
         self.last_scan_at: datetime | None = None
         self.reconnects = 0
         self.scans = 0
+        # Held around every open in the reader thread (the first and each reconnect): a
+        # process that acts as another user for a while (`sudo gate-agent pair-tag` working
+        # on the store as its owner) makes its readers wait until it is itself again, so a
+        # device only root may open is never tried, and failed, as the store's owner.
+        self.open_guard: OpenGuard = nullcontext
 
     # ----------------------------------------------------------------- public API
     @property
@@ -193,7 +200,8 @@ class Reader:
         delay = self.backoff_initial
         while not self._stopping.is_set():
             try:
-                self._open()
+                with self.open_guard():
+                    self._open()
             except Exception as exc:  # noqa: BLE001 - any failure to open means "retry later"
                 self._close()
                 self._set_state(False, f"cannot open: {exc}")

@@ -11,16 +11,20 @@ from __future__ import annotations
 import queue
 import time
 
-from drivers.base import Reader, Scan
+from drivers.base import OpenGuard, Reader, Scan
 from drivers.registry import open_reader
 
 
 class ScanFeed:
-    """`with ScanFeed(url) as feed: scan = feed.next(timeout)`; probes the device on entry."""
+    """`with ScanFeed(url) as feed: scan = feed.next(timeout)`; probes the device on entry.
+    `open_guard`: held around each open in the reader thread (`Reader.open_guard`)."""
 
-    def __init__(self, url: str, reader: Reader | None = None):
+    def __init__(self, url: str, reader: Reader | None = None,
+                 open_guard: OpenGuard | None = None):
         self.url = url
         self.reader = reader or open_reader(url)
+        if open_guard is not None:
+            self.reader.open_guard = open_guard
         self._queue: queue.Queue[Scan] = queue.Queue()
 
     def __enter__(self) -> ScanFeed:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _POPEN = subprocess.Popen
@@ -61,3 +64,38 @@ class Reaper:
         for proc in left:
             reap(proc)
         return left
+
+
+def communicate_while(proc: subprocess.Popen[Any], progress: Callable[[], object], *,
+                      stall_s: float, what: str, poll_s: float = 1.0) -> tuple[Any, Any]:
+    """`proc.communicate()` for as long as the process gets on with its work, however long the
+    whole takes on a loaded machine: a fixed budget (`communicate(timeout=60)`) fails a test
+    that was only slow. The deadline is on a stall: `progress()` (what the test can watch the
+    process do, e.g. `dir_state(store)`) must change within every `stall_s` seconds, else the
+    process is taken as hung, reaped, and the test fails naming `what`. Retrying
+    `communicate` after its timeout loses no output."""
+    seen, still_since = progress(), time.monotonic()
+    while True:
+        try:
+            return proc.communicate(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            now = progress()
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since > stall_s:
+                reap(proc)
+                raise AssertionError(f"{what}: no exit and no progress for {stall_s} s") \
+                    from None
+
+
+def dir_state(directory: Path) -> list[tuple[str, int, int]]:
+    """Each file in `directory` by name, size and mtime: changes whenever a process writes
+    there (a store's SQLite files and their -wal, at every commit)."""
+    files = []
+    for path in sorted(directory.glob("*")):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # renamed or removed as we looked
+            continue
+        files.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return files

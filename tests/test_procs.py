@@ -14,9 +14,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT_ROOT
+from tests.procs import communicate_while
 
 INNER_TESTS = '''
 import gc
@@ -85,3 +89,35 @@ def _kill(pid: int | None) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+WAITS_FOR = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)\n" \
+            "print('done')"
+
+
+def test_a_process_that_gets_on_is_waited_for_past_any_budget(tmp_path: Path) -> None:
+    """It finishes only after more polls than `stall_s` holds, while its progress changes at
+    each poll: waited for (a fixed `communicate(timeout=stall_s)` would have failed it), and
+    all its output kept across the retried communicates."""
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", WAITS_FOR, str(go)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    polls: list[float] = []
+
+    def progress() -> int:  # a step of work at each poll; finished after 8 polls of 0.1 s
+        polls.append(time.monotonic())
+        if len(polls) > 8:
+            go.touch()
+        return len(polls)
+
+    out, err = communicate_while(proc, progress, stall_s=0.3, what="the worker", poll_s=0.1)
+    assert (proc.returncode, out, err) == (0, "done\n", "")
+    assert polls[-1] - polls[0] > 0.3  # longer than stall_s: no budget on the whole
+
+
+def test_a_process_that_stalls_fails_the_test_and_is_reaped(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WAITS_FOR, str(tmp_path / "never")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with pytest.raises(AssertionError, match="the worker: no exit and no progress for 0.3 s"):
+        communicate_while(proc, lambda: "same", stall_s=0.3, what="the worker", poll_s=0.1)
+    assert proc.returncode is not None and proc.stdout is not None and proc.stdout.closed

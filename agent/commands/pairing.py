@@ -11,7 +11,8 @@ reached (nothing changed). A queue ends with Ctrl-C or end of input and exits 0.
 
 With the daemon running, the daemon pairs (control ops `pair_tag_ticket`, `pair_tag`): a
 technician in the control socket's group needs no sudo. Without one, this command pairs on the
-store as its owner (`agent.runtime.controlclient.acting_on_store`).
+store itself, each step as the store's owner and its readers with this user's own rights
+(`agent.runtime.controlclient.acting_on_store`, `PairingStation`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rich.console import Console
 
 from agent.commands import explain, plain
 from agent.config import LaneConfig, load_config
-from agent.errors import DaemonSilent, DriverUnavailable, GateAgentError
+from agent.errors import DaemonOutdated, DaemonSilent, DriverUnavailable, GateAgentError
 from agent.runtime.pairing import PairingRefused, PairingStation, pair_answer, ticket_answer
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
             ["gate-agent pair-tag NU-VALID-0001 --reader nfc:usb",
              "gate-agent pair-tag --reader nfc:usb --scanner serial:///dev/ttyACM0 --admit"],
             "0 paired; 1 the platform refused, or the running daemon did not answer; 2 the "
-            "reader is unavailable, or no daemon runs and this user may not use store.dir (it "
-            "names the sudo to use); 3 offline")
+            "reader is unavailable, no daemon runs and this user may not use store.dir (it "
+            "names the sudo to use), or the running daemon is older than this command "
+            "(restart it); 3 offline")
     p.add_argument("--once", action="store_true", help="pair one attendee, then exit")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for a tag (default 30)")
@@ -70,6 +72,7 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     token and rate budget, its lanes for --admit) while this command keeps the readers; without
     one, this command pairs on the store itself as its owner, holding the store's lock."""
     from agent.runtime.controlclient import acting_on_store
+    from agent.runtime.storeaccess import same_identity
     from drivers.feed import ScanFeed
 
     config = load_config(args.config)
@@ -77,14 +80,15 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     single = bool(args.barcode) or args.once
     with ExitStack() as stack:
-        try:  # first, with this user's own rights (a device only root may open)
-            tags = stack.enter_context(ScanFeed(args.reader))
-            scanner = stack.enter_context(ScanFeed(args.scanner)) if args.scanner and \
-                not args.barcode else None
+        try:  # with this user's own rights, now and at each reconnect (a device only root
+            # may open): the store is worked on as its owner in steps, never around them
+            tags = stack.enter_context(ScanFeed(args.reader, open_guard=same_identity))
+            scanner = stack.enter_context(ScanFeed(args.scanner, open_guard=same_identity)) \
+                if args.scanner and not args.barcode else None
         except DriverUnavailable as exc:
             print(f"gate-agent: error: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        daemon = stack.enter_context(acting_on_store(config))
+        daemon = stack.enter_context(acting_on_store(config, per_step=True))
         desk: _Desk = _ThroughDaemon(daemon) if daemon is not None else \
             _Here(stack.enter_context(PairingStation(config)))
         barcodes = _barcodes(args.barcode, scanner, console)
@@ -168,7 +172,8 @@ def _barcodes(given: str | None, scanner: Any, console: Console) -> Iterator[str
 def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
          lane: LaneConfig | None, console: Console) -> int:
     """Pair one attendee; every failure is printed and becomes an exit code, never a raise
-    (but a daemon that stopped answering ends the session: DaemonSilent)."""
+    (but a daemon that stopped answering, or is older than this command, ends the session:
+    DaemonSilent, DaemonOutdated)."""
     try:
         hit = desk.ticket(barcode, args.event)
         who = f" ({hit['customer_name']})" if hit["customer_name"] else ""
@@ -183,7 +188,7 @@ def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
             raise PairingRefused(f"the reader sent {scan.code!r}, not a tag id (is the reader "
                                  "in ndef=1 mode? drop that option)")
         result = desk.pair(barcode, scan.code, args.event, args.again, lane)
-    except DaemonSilent:
+    except (DaemonSilent, DaemonOutdated):  # no attendee can be paired through it
         raise
     except GateAgentError as exc:  # PairingOffline's 3 kept, also from the daemon
         console.print(plain(("NOT PAIRED", "bold red"), f" {exc}"))

@@ -7,6 +7,10 @@ carries one request line and gets one answer line, both JSON::
     -> {"op": "scan", "args": {"codes": ["ABC"], "lane": "entry"}}
     <- {"ok": true, "result": {...}}   or   {"ok": false, "error": "...", "exit_code": 2}
 
+An op this daemon does not have (a command newer than the daemon: installed, not restarted)
+is answered `{"ok": false, ..., "unknown_op": OP}`; the command says the daemon must be
+restarted (`DaemonOutdated`).
+
 A request with `"stream": true` may get progress lines before its answer, for a command that
 shows a progress bar while the daemon works (`sync`): `<- {"progress": {...}}` (a handler
 sends them with `progress_sink()`; a request without `stream` never gets one).
@@ -174,9 +178,11 @@ class ControlServer:
         except (ValueError, KeyError, TypeError) as exc:
             return {"ok": False, "error": f"bad control request ({exc})", "exit_code": 2}
         handler = self.handlers.get(op)
-        if handler is None:
+        if handler is None:  # the words are what every earlier daemon answers (read by
+            # commands that predate `unknown_op`: agent.runtime.controlclient)
             return {"ok": False, "error": f"this daemon does not know {op!r} (an older "
-                    "version? restart it after an upgrade)", "exit_code": 2}
+                    "version? restart it after an upgrade)", "exit_code": 2,
+                    "unknown_op": op}
         if op not in READ_ONLY:
             log.info("control: %s requested by uid %s", op, _peer_uid(writer))
         if request.get("stream") is True:

@@ -24,13 +24,19 @@ import shlex
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent.access import owner_of, user_name
 from agent.config import Config
-from agent.errors import ControlError, DaemonSilent, GateAgentError, StoreAccess
+from agent.errors import (
+    ControlError,
+    DaemonOutdated,
+    DaemonSilent,
+    GateAgentError,
+    StoreAccess,
+)
 from agent.runtime.control import READ_ONLY, socket_path
 from agent.runtime.storeaccess import as_store_owner, command_lock, daemon_pid
 
@@ -120,8 +126,17 @@ class ControlClient:
                                f"socket without answering {op!r}; see its log "
                                "(`journalctl -u gate-agent`)")
         if not answer.get("ok"):
+            if _unknown_op(answer, op):
+                raise self._outdated(op)
             raise ControlError(str(answer.get("error")), int(answer.get("exit_code") or 1))
         return answer.get("result")
+
+    def _outdated(self, op: str) -> DaemonOutdated:
+        return DaemonOutdated(
+            f"the running gate-agent daemon (PID {self.pid or 'unknown'}) is older than this "
+            f"command: it does not know {op!r}, so nothing was done. gate-agent was upgraded "
+            "and the daemon still runs the version it started with: restart it (`systemctl "
+            "restart gate-agent`; queued scans are kept), then run this command again")
 
     def _silent(self, op: str, what: str) -> DaemonSilent:
         done = "" if op in READ_ONLY else \
@@ -131,6 +146,14 @@ class ControlClient:
             "holds the store, so this command does not work on it directly; see the daemon's "
             "log (`journalctl -u gate-agent`) and restart it if it stays silent (`systemctl "
             "restart gate-agent`); [control] answer_timeout_s sets the wait")
+
+
+def _unknown_op(answer: dict[str, Any], op: str) -> bool:
+    """The daemon does not have `op`: said by `unknown_op`, or, by a daemon older than that
+    field, in the words every earlier daemon used (agent.runtime.control)."""
+    if "unknown_op" in answer:
+        return bool(answer["unknown_op"] == op)
+    return str(answer.get("error", "")).startswith(f"this daemon does not know {op!r}")
 
 
 def _answer_line(sock: socket.socket, on_progress: Callable[[dict[str, Any]], None] | None
@@ -170,31 +193,56 @@ def answering_daemon(config: Config) -> tuple[ControlClient | None, str]:
 
 def _may_use_store(config: Config, why_no_daemon: str) -> None:
     """StoreAccess, before anything is done, when this user can neither act as the store's
-    owner (root does) nor open `store.dir` itself."""
+    owner (root does) nor work on `store.dir` as its owner. A user who may enter and write a
+    store that is another's (a directory opened to a group) is refused too: the cache's -shm,
+    a new journal would be that user's, 0600, and the service could not open them (a journal
+    it cannot open refuses every scan)."""
     store = config.store_dir
-    if os.geteuid() == 0:  # acts as the store's owner (agent.runtime.storeaccess)
+    uid = os.geteuid()
+    if uid == 0:  # acts as the store's owner (agent.runtime.storeaccess)
         return
     here = store if store.exists() else next((p for p in store.parents if p.exists()), store)
-    if os.access(here, os.R_OK | os.W_OK | os.X_OK):
+    if not os.access(here, os.R_OK | os.W_OK | os.X_OK):
+        why = f"which uid {uid} may not use ({here} is {owner_of(here)})"
+    elif here == store and _owner_uid(store) not in (uid, None):
+        why = (f"which belongs to another user ({owner_of(store)}): the files uid {uid} "
+               "made there would be its own, and the store's owner (the service) could not "
+               "open them")
+    else:
         return
     raise StoreAccess(
         f"no gate-agent daemon answers on its control socket ({why_no_daemon}), so this "
-        f"command would work on store.dir {store} itself, which uid {os.geteuid()} may not "
-        f"use ({here} is {owner_of(here)}): it needs the store's owner (`{_as_owner_hint(here)}`"
-        f", or `{_retry_hint()}`: root works on the store as its owner and may also read a "
-        "root-only token file), or the running daemon (`systemctl start gate-agent`; "
-        "[control] socket and group let technicians use it without sudo)")
+        f"command would work on store.dir {store} itself, {why}: it needs the store's owner "
+        f"(`{_as_owner_hint(here)}`, or `{_retry_hint()}`: root works on the store as its "
+        "owner and may also read a root-only token file), or the running daemon (`systemctl "
+        "start gate-agent`; [control] socket and group let technicians use it without sudo)")
+
+
+def _owner_uid(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
 
 
 @contextmanager
-def acting_on_store(config: Config) -> Iterator[ControlClient | None]:
-    """A client for the running daemon, or None: act directly (lock held, as the owner)."""
+def acting_on_store(config: Config, *, per_step: bool = False
+                    ) -> Iterator[ControlClient | None]:
+    """A client for the running daemon, or None: act directly (lock held, as the owner).
+
+    `per_step`: the command switches to the store's owner for each of its steps itself
+    (`as_store_owner`) and is itself between them; for a command whose reader threads must
+    keep this process's rights for the whole session (`pair-tag`; see agent.runtime.storeaccess)."""
     daemon, why = answering_daemon(config)
     if daemon is not None:
         yield daemon
         return
     _may_use_store(config, why)
-    with as_store_owner(config.store_dir), command_lock(config.store_dir) as pid:
+    with ExitStack() as held:
+        if not per_step:
+            held.enter_context(as_store_owner(config.store_dir))
+        with as_store_owner(config.store_dir):  # daemon.lock, if it is new, is the owner's
+            pid = held.enter_context(command_lock(config.store_dir))
         if pid is None:
             yield None
             return

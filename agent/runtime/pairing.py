@@ -38,7 +38,7 @@ from agent.runtime import work
 from agent.runtime.clock import GateClock
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.opening import opened_gate
-from agent.runtime.storeaccess import own_rights
+from agent.runtime.storeaccess import as_store_owner_call
 from agent.store.cache import CachedItem, TicketCache
 from agent.venue.bus import connect_options
 from agent.venue.catalog import publish_pairing
@@ -226,9 +226,13 @@ class PairingStation:
     one event loop, running `Pairing`.
 
     Use as a context manager. The client lives on a private asyncio loop (`asyncio.Runner`),
-    so the station itself is plain blocking code that fits around blocking reader waits. The
-    token is read with this process's own rights (`own_rights`: a root-only token file while
-    `sudo gate-agent pair-tag` works on the store as its owner).
+    so the station itself is plain blocking code that fits around blocking reader waits.
+
+    Run by root (`sudo gate-agent pair-tag`), each of its steps on the store (opening it, each
+    look-up, each pairing written, each admit, closing) runs as the store's owner, and only
+    those: every file made there is the service's, while the rest of the session (the platform
+    request, the venue bus, the token file only root may read, and the readers' threads, which
+    reopen a device whose cable was pulled) keeps root's rights (agent.runtime.storeaccess).
     """
 
     def __init__(self, config: Config, *, client: PlatformClient | None = None):
@@ -242,18 +246,20 @@ class PairingStation:
 
     def __enter__(self) -> PairingStation:
         try:
-            self.gate = self._stack.enter_context(opened_gate(self.config))
+            store = ExitStack()  # opened and closed as the store's owner
+            self.gate = self._owned(store.enter_context, opened_gate(self.config))
+            self._stack.callback(self._owned, store.close)
             self._runner = self._stack.enter_context(asyncio.Runner())
             if self._client is None:
-                with own_rights():
-                    token = load_token(self.config.api, config_path=self.config.path)
+                token = load_token(self.config.api, config_path=self.config.path)
                 governor = Governor.from_config(self.config.api)
                 self._client = PlatformClient.from_config(self.config.api, token, governor,
                                                           max_retries=1)
             client, runner = self._client, self._runner
             client.on_server_time = self.clock.observe
             self._stack.callback(lambda: runner.run(client.aclose()))
-            pairing = self._pairing = Pairing(self.config, self.gate, client, self.clock)
+            pairing = self._pairing = Pairing(self.config, self.gate, client, self.clock,
+                                              blocking=self._owned_step)
             self._stack.callback(lambda: runner.run(pairing.aclose()))
         except BaseException:
             self._stack.close()
@@ -263,9 +269,17 @@ class PairingStation:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    def _owned(self, fn: Callable[..., T], *args: Any) -> T:
+        """One step on the store, as its owner (nothing changes unless root runs this)."""
+        return as_store_owner_call(self.config.store_dir, fn, *args)
+
+    async def _owned_step(self, fn: Callable[..., T], *args: Any) -> T:
+        """`Pairing`'s `blocking`: its SQLite work, inline on this loop, as the store's owner."""
+        return self._owned(fn, *args)
+
     def ticket(self, barcode: str, event_id: int | None = None) -> CachedItem:
         assert self.gate is not None, "use PairingStation as a context manager"
-        return find_ticket(self.gate.cache, barcode, event_id)
+        return self._owned(find_ticket, self.gate.cache, barcode, event_id)
 
     def pair(self, barcode: str, tag: str, *, event_id: int | None = None, again: bool = False,
              admit_lane: LaneConfig | None = None) -> PairResult:

@@ -15,6 +15,15 @@ service then cannot open (a journal it cannot write refuses every scan). `as_sto
 switches the effective uid/gid to the owner of `store.dir` while a command works on it, so every
 file it creates (SQLite's -wal/-shm too) belongs to the service; root's rights come back after,
 for reading a root-only token file or an import file in root's home.
+
+**One identity at a time, for every thread.** glibc applies `seteuid` to all the threads of a
+process, so while one thread acts as the store's owner, every other thread does too. A command
+with reader threads (`pair-tag`'s tag reader and scanner, which reconnect by themselves when a
+cable is pulled) therefore works on the store in short steps (`as_store_owner` around each,
+`acting_on_store(per_step=True)`), and its readers open their devices under `same_identity()`:
+a switch and a device open never overlap, so a device only root may open is opened as root,
+never tried as the service user (who may not), and no store file is made while a reader holds
+root's rights.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from agent.access import group_name, owner_of, process_user, read_only_place, user_name
 from agent.errors import ConfigError, StoreBusy
@@ -35,6 +46,11 @@ from agent.errors import ConfigError, StoreBusy
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "daemon.lock"
+T = TypeVar("T")
+
+# Held by whichever thread switches this process's effective uid/gid, for as long as the switch
+# lasts, and by readers while they open a device (see the module docstring).
+_IDENTITY = threading.RLock()
 
 
 def _open_lock(store_dir: Path) -> int:
@@ -204,39 +220,57 @@ def refuse_root_daemon(store_dir: Path, config_path: Path | str | None) -> None:
 
 @contextmanager
 def as_store_owner(store_dir: Path) -> Iterator[None]:
-    """Work with the effective uid/gid of `store_dir`'s owner (see the module docstring)."""
-    owner = store_owner(store_dir)
-    if owner is None:
-        yield
-        return
-    uid, gid = owner
-    old_gid = os.getegid()
-    os.setegid(gid)
-    try:
-        os.seteuid(uid)
-        try:
+    """Work with the effective uid/gid of `store_dir`'s owner (see the module docstring).
+    Nested, or in a process that is not root, it changes nothing."""
+    with _IDENTITY:  # before the check: no other thread is between switches meanwhile
+        owner = store_owner(store_dir)
+        if owner is None:
             yield
+            return
+        uid, gid = owner
+        old_gid = os.getegid()
+        os.setegid(gid)
+        try:
+            os.seteuid(uid)
+            try:
+                yield
+            finally:
+                os.seteuid(0)
         finally:
-            os.seteuid(0)
-    finally:
-        os.setegid(old_gid)
+            os.setegid(old_gid)
+
+
+def as_store_owner_call(store_dir: Path, fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` as `store_dir`'s owner: one step of a command that works in steps."""
+    with as_store_owner(store_dir):
+        return fn(*args)
+
+
+@contextmanager
+def same_identity() -> Iterator[None]:
+    """No switch of this process's identity while held: what a reader opens its device under
+    (`drivers.base.Reader.open_guard`). It waits for a store step in another thread to end,
+    so a command must not hold `as_store_owner` for longer than a step while readers run."""
+    with _IDENTITY:
+        yield
 
 
 @contextmanager
 def own_rights() -> Iterator[None]:
     """Inside `as_store_owner`: this process's own rights back for a moment (to read a token
     file only root may read)."""
-    uid, gid = os.geteuid(), os.getegid()
-    if (uid, gid) == (os.getuid(), os.getgid()):
-        yield
-        return
-    os.seteuid(os.getuid())
-    os.setegid(os.getgid())
-    try:
-        yield
-    finally:
-        os.setegid(gid)
-        os.seteuid(uid)
+    with _IDENTITY:
+        uid, gid = os.geteuid(), os.getegid()
+        if (uid, gid) == (os.getuid(), os.getgid()):
+            yield
+            return
+        os.seteuid(os.getuid())
+        os.setegid(os.getgid())
+        try:
+            yield
+        finally:
+            os.setegid(gid)
+            os.seteuid(uid)
 
 
 def not_mine(path: Path) -> str | None:

@@ -30,7 +30,7 @@ import pytest
 
 from agent.sandbox.harness import Sandbox, start_sandbox_process
 from tests.conftest import PROJECT_ROOT
-from tests.procs import reap
+from tests.procs import communicate_while, dir_state, reap
 
 RUNS = 50
 ROWS = 3
@@ -71,47 +71,22 @@ def _wait_until_started(state: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.02)
 
 
-def _store_files(state: Path) -> list[tuple[str, int, int]]:
-    """What the command has written so far: each store file's name, size and mtime."""
-    files = []
-    for path in sorted(state.glob("*")):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:  # renamed or removed as we looked
-            continue
-        files.append((path.name, stat.st_size, stat.st_mtime_ns))
-    return files
-
-
-def _stderr_at_exit(state: Path, proc: subprocess.Popen[str]) -> str:
-    """The command's stderr once it has exited, however long that takes while it works."""
-    seen, still_since = _store_files(state), time.monotonic()
-    while True:
-        try:
-            return proc.communicate(timeout=2)[1]
-        except subprocess.TimeoutExpired:  # retrying loses no output
-            now = _store_files(state)
-            if now != seen:
-                seen, still_since = now, time.monotonic()
-            elif time.monotonic() - still_since > STALL_S:
-                reap(proc)
-                raise AssertionError(f"no exit and no store change for {STALL_S} s") from None
-
-
 def _interrupt_in_a_row(config: Path, env: dict[str, str], runs: range,
                         seed: int) -> list[tuple[int, int, str]]:
     """Start `sync --full` and Ctrl-C it at a random moment, `runs` times one after another."""
     rng = random.Random(seed)
     seen: list[tuple[int, int, str]] = []
+    state = config.parent / "state"  # a store that stops changing: a hang
     for run in runs:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "sync", "--full", "--json", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT_ROOT)
         try:
-            _wait_until_started(config.parent / "state", proc)
+            _wait_until_started(state, proc)
             time.sleep(rng.uniform(0.0, 0.9))  # somewhere in the pages
             proc.send_signal(signal.SIGINT)
-            err = _stderr_at_exit(config.parent / "state", proc)
+            err = communicate_while(proc, lambda: dir_state(state), stall_s=STALL_S,
+                                    what="sync after Ctrl-C")[1]
         finally:
             reap(proc)  # a failed run never outlives its row
         seen.append((run, proc.returncode, err))

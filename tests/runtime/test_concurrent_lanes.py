@@ -9,6 +9,9 @@ from agent.config import LaneConfig
 from agent.runtime.gate import Gate
 from agent.runtime.opening import open_cache, open_journal
 from tests.conftest import DemoSite
+from tests.procs import communicate_while, dir_state
+
+STALL_S = 120  # this long with no journal commit from either process: a hang
 
 
 def test_a_copied_ticket_at_two_lanes_is_admitted_once(site: DemoSite) -> None:
@@ -82,8 +85,9 @@ def test_daemon_and_manual_scan_processes_never_both_admit(site: DemoSite) -> No
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     go.touch()
     admitted: list[str] = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=60)
+    for proc in procs:  # as long as they take, while their journal commits keep coming
+        out, _ = communicate_while(proc, lambda: dir_state(site.config.store_dir),
+                                   stall_s=STALL_S, what="a scanning process")
         assert proc.returncode == 0
         admitted += out.split()
     assert len(admitted) == 300 and len(set(admitted)) == 300

@@ -20,6 +20,22 @@ function laneCard(l) {
     ]));
 }
 
+// HH:MM:SS in this browser's time zone (the technician's, on site); the ISO text if unreadable.
+function clockTime(iso) {
+  const t = new Date(iso);
+  if (Number.isNaN(t.getTime())) return String(iso);
+  return [t.getHours(), t.getMinutes(), t.getSeconds()].map(n => String(n).padStart(2, "0")).join(":");
+}
+
+// A venue gate that no longer leads does not measure the platform link (only the leader sends
+// it requests): its last error and clock skew are history, so they are shown with the time
+// they stopped being measured (`not_measured_since`), as `gate-agent status` does, never as
+// the link's state now.
+function measured(testid, text, since) {
+  return el("span", {"data-testid": testid, title: since ? `not measured since ${since}: this gate no longer leads the venue` : null},
+            since ? `${text} (not measured since ${clockTime(since)})` : text);
+}
+
 function render(s) {
   document.getElementById("whoami").textContent = `gate-agent ${s.version}, up ${age(s.uptime_s)}`;
   const j = s.journal || {};
@@ -43,9 +59,9 @@ function render(s) {
     el("div", {}, `${name}: ${job.failing_since ? "FAILING " + (job.last_error || "") : "ok"}`));
   replace("links",
     el("article", {class: "card"}, el("h3", {}, "Platform"), definitions([
-      ["link", p.disabled || (p.last_error ? `last error: ${p.last_error}` : "ok")],
+      ["link", p.disabled || measured("platform-link", p.last_error ? `last error: ${p.last_error}` : "ok", p.not_measured_since)],
       ["last success", sinceIso(p.last_success)],
-      ["clock skew", p.clock_skew_s === null || p.clock_skew_s === undefined ? "—" : `${p.clock_skew_s} s`]])),
+      ["clock skew", measured("clock-skew", p.clock_skew_s === null || p.clock_skew_s === undefined ? "—" : `${p.clock_skew_s} s`, p.not_measured_since)]])),
     el("article", {class: "card"}, el("h3", {}, "Ticket cache"), definitions([["events", events.length ? events : "none"]])),
     el("article", {class: "card"}, el("h3", {}, "Jobs"), definitions([["jobs", jobs.length ? jobs : "none"]])));
 }

@@ -22,7 +22,10 @@ from agent.sandbox.harness import start_sandbox
 from agent.store.journal import iter_all
 from tests.conftest import PROJECT_ROOT, run_cli
 from tests.platform.sync.conftest import backlog, fill_journal, make_site, noon
+from tests.procs import communicate_while, dir_state
 from tests.rigs import audit_uploads
+
+STALL_S = 120  # this long with the journal unchanged (no batch claimed or sent): a hang
 
 
 class ManualClock:
@@ -178,8 +181,9 @@ def test_two_uploader_processes_never_send_rows_under_two_uuids(tmp_path):
                                    "--config", str(site.config_path)], cwd=PROJECT_ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
+        for proc in procs:  # as long as they take, while the journal keeps changing
+            _, err = communicate_while(proc, lambda: dir_state(site.config.store_dir),
+                                       stall_s=STALL_S, what="an upload --drain process")
             assert proc.returncode == 0, err
         report = sb.received()
     journal = open_journal(site.config)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent import demo_data
+from agent.access import group_name
 from agent.store.venue import VENUE_FILE, VenueStore
 from agent.venue.node import start_venue
 from drivers.sim import send_scan
@@ -37,12 +38,11 @@ from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
     _reader,
     install,
 )
-from tests.runtime.pairing.conftest import PairTagProcess, platform_tag
+from tests.runtime.pairing.conftest import TAG_A, TAG_B, PairTagProcess, platform_tag
 
 pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
 
 C = demo_data.CODES
-TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"
 DEAD_BUS = "nats://127.0.0.1:9"  # nothing listens: commands that do not use the bus
 VENUE_SECTION = f'\n[venue]\nname = "hall"\nservers = ["{DEAD_BUS}"]\ndevice = "g1"\n'
 CONFLICT_UUID = "7d0c5e3a-0000-4000-8000-000000000001"
@@ -138,6 +138,26 @@ def test_without_the_daemon_store_commands_say_they_need_sudo_before_doing_anyth
     install.config.write_text(install.config.read_text() + VENUE_SECTION)
     _needs_the_owner(install, tech("venue", "conflicts", "--json"), ("venue", "conflicts"))
     assert install.owners() == {}  # the store was not touched
+
+
+def test_a_store_opened_to_the_technicians_group_is_still_worked_on_by_its_owner_only(
+        install: Install, tech: Technician) -> None:  # noqa: F811
+    """store.dir made 0770 for the technicians' group: they could enter and write it, but a
+    cache, journal or -shm they made would be theirs, 0600, and the service could not open it
+    (a journal it cannot open refuses every scan). Refused as before, saying why."""
+    os.chown(install.store, SERVICE_UID, tech.gid)
+    install.store.chmod(0o770)
+    for args in (("pair-tag", C["valid"], "--reader", _station_reader(install)),
+                 ("scan", C["valid"]), ("queue",)):
+        out = tech(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        said = " ".join(out.stderr.split())
+        assert f"store.dir {install.store} itself, which belongs to another user " \
+               f"({SERVICE_UID}:{group_name(tech.gid)}, mode 770)" in said, (args, said)
+        assert "the store's owner (the service) could not open them" in said, said
+        assert f"`sudo -u '#{SERVICE_UID}' gate-agent {args[0]}" in said, (args, said)
+        assert "Traceback" not in out.stderr
+    assert install.owners() == {}  # nothing made there as the technician
 
 
 def _needs_the_owner(site: Install, out: subprocess.CompletedProcess[str],

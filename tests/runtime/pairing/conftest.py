@@ -24,6 +24,7 @@ from tests.conftest import PROJECT_ROOT, DemoSite, make_site
 from tests.procs import reap
 
 DEMO_BASE_URL = 'base_url = "http://127.0.0.1:9/v1"'
+TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"  # two wristbands the tests pair
 
 
 @dataclass

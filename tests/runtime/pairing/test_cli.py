@@ -8,10 +8,9 @@ import signal
 from agent import demo_data
 from agent.store.journal import Journal, iter_all
 from drivers.sim import send_scan
-from tests.runtime.pairing.conftest import Station, tag_of
+from tests.runtime.pairing.conftest import TAG_A, TAG_B, Station, tag_of
 
 C = demo_data.CODES
-TAG_A, TAG_B = "0x04AAAAAAAAAA01", "0x04BBBBBBBBBB02"
 PROMPT = "present the tag"
 
 

@@ -1,0 +1,121 @@
+"""`sudo gate-agent pair-tag` with no daemon running, on a real install's store (the service
+user's, 0700): the session pairs and admits on the store as its owner, so every file it makes
+there (cache, journal, their -wal/-shm) is the service's, 0600, and the daemon started after it
+opens them all; yet its readers stay root's: a scanner whose cable is pulled and plugged back
+mid-session (a device node only root may open, as a pty is) is reopened with root's rights,
+not the service user's. CI runs as root (see test_service_user.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent import demo_data
+from drivers.sim import send_scan
+from tests.rigs import PtyDevice, wait_until
+from tests.runtime.daemon.conftest import wait_synced
+from tests.runtime.daemon.test_service_user import (  # noqa: F401 - fixture
+    NEEDS_SERVICE_USER,
+    SERVICE_UID,
+    Install,
+    install,
+)
+from tests.runtime.pairing.conftest import TAG_A, TAG_B, PairTagProcess, platform_tag
+
+pytestmark = [pytest.mark.e2e, *NEEDS_SERVICE_USER]
+
+C = demo_data.CODES
+
+
+def _holds(pid: int, device: str) -> bool:
+    """Whether process `pid` has `device` open (the scanner's pts, after a replug)."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == device:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def _store_files(site: Install) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_uid, stat.S_IMODE(p.stat().st_mode))
+            for p in site.store.iterdir()}
+
+
+def _all_the_services(site: Install) -> None:
+    """Every file in store.dir the service user's and private (daemon.lock: 0644 on purpose)."""
+    files = _store_files(site)
+    assert {"cache.db", "journal.db"} <= set(files), files
+    assert {uid for uid, _ in files.values()} == {SERVICE_UID}, files
+    assert {name for name, (_, mode) in files.items() if mode != 0o600} <= {"daemon.lock"}, \
+        files
+
+
+def test_root_pair_tag_without_a_daemon_leaves_the_store_to_the_service_and_its_readers_root(
+        install: Install) -> None:  # noqa: F811
+    synced = install.cli("sync", "--json")  # as root: the cache made as the store's owner
+    assert synced.returncode == 0, synced.stderr
+    station = install.root / "station"  # root's devices: only root may open them
+    station.mkdir(mode=0o700)
+    tags = station / "tag.sock"
+    scanner = PtyDevice(station)  # a pts is root's and 0620: the service user cannot open it
+    pts = Path(os.readlink(scanner.link)).stat()
+    assert pts.st_uid == 0 and not pts.st_mode & 0o006, oct(pts.st_mode)
+    run = PairTagProcess(
+        [install.python, "-m", "agent", "pair-tag", "--config", str(install.config),
+         "--reader", f"sim:tag?socket={tags}", "--scanner", f"serial://{scanner.path}",
+         "--admit"],
+        {**os.environ, "GATE_AGENT_TOKEN": "", **install.python_env})
+    try:
+        run.wait_line("next attendee")
+        wait_until(lambda: _holds(run.proc.pid, os.readlink(scanner.link)), 60,
+                   "the scanner opened")
+        scanner.write(C["valid"].encode() + b"\r\n")
+        run.wait_line("present the tag")
+        send_scan(tags, TAG_A)
+        assert f"ADMIT in  {TAG_A}  valid" in run.wait_line("ADMIT")
+        _all_the_services(install)  # while the session still runs, too
+        # the scanner's cable pulled and plugged back: reopened as root, mid-session
+        scanner.unplug()
+        scanner.replug()
+        wait_until(lambda: _holds(run.proc.pid, os.readlink(scanner.link)), 60,
+                   "the scanner reopened after its replug")
+        scanner.write(C["valid2"].encode() + b"\r\n")
+        run.wait_line("present the tag", count=2)
+        send_scan(tags, TAG_B)
+        assert f"ADMIT in  {TAG_B}  valid" in run.wait_line("ADMIT", count=2)
+        run.wait_line("next attendee", count=3)
+        run.proc.send_signal(signal.SIGINT)
+        code, out, err = run.finish()
+    finally:
+        run.close()
+        scanner.unplug()
+    assert code == 0, (out, err)
+    assert "pairing station closed: 2 paired, 0 not" in out
+    assert "cannot open" not in err and "Traceback" not in err, err
+    assert platform_tag(install.sandbox, C["valid"]) == TAG_A
+    assert platform_tag(install.sandbox, C["valid2"]) == TAG_B
+    _all_the_services(install)
+    # the service starts on what the session left and decides on it: both admits are its own
+    daemon = install.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        reasons = {r["code"] for r in daemon.status()["reasons"]}
+        assert not reasons & {"journal_unavailable", "cache_unreadable", "cache_rebuilding"}, \
+            reasons
+        for tag in (TAG_A, TAG_B):
+            again = install.cli("check", tag, "--json")
+            assert again.returncode == 1, (again.stdout, again.stderr)
+            assert json.loads(again.stdout)["status"] == "alreadyIn"
+    finally:
+        assert daemon.stop() == 0
+    _all_the_services(install)
