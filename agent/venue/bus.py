@@ -976,9 +976,10 @@ class VenueBus:
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),
             "gates": self.board.counts(),
-            # this clock against the bus server's (heartbeats' delivery delays; None before
-            # the first one: other gates' scans are then read at the bus server's times as if
-            # this clock agreed with it, and this gate's scans go out without an offset)
+            # this clock against the bus server's (the sample at connect, heartbeats' delivery
+            # delays; None before the first: entries whose answer depends on how other gates'
+            # scans interleave with this gate's are then refused, clockUnmeasured, and this
+            # gate's scans go out without an offset)
             "clock_offset_s": round(self.board.offset_s, 1) if self.board.calibrated else None,
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
