@@ -181,18 +181,22 @@ def test_a_measurement_made_later_by_the_same_process_is_the_scans_offset(
     the link comes back (agent.venue.clockprobe, no heartbeat needed), and the publisher,
     which held those scans meanwhile (`unmeasured_hold_s`), sends them with that offset, so
     they keep their real place. (Held until the first heartbeat of a long interval when the
-    server sends no time: tests/venue/test_unmeasured_offset.py.)"""
-    cable = Cable(venue_node.url)
+    server sends no time: tests/venue/test_unmeasured_offset.py.) a is measured the same way
+    (its own cable pulled and put back): a bus stopped or started would put heartbeat keys,
+    whose deliveries measure every gate."""
+    cables = [Cable(venue_node.url), Cable(venue_node.url)]
     with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=[0.0, SKEW_S],
-                       servers_of=[[venue_node.url], [cable.url]]) as (a, b):
-        assert not b.bus.board.calibrated
-        at = _offline_in_and_out(b, cable)
+                       servers_of=[[cable.url] for cable in cables]) as (a, b):
+        assert not a.bus.board.calibrated and not b.bus.board.calibrated
+        at = _offline_in_and_out(b, cables[1])
         assert [r["clock_offset_s"] for r in b.journal_rows()] == [None, None]
         assert scan(a, "floor-in")[0]
         monkeypatch.undo()  # the server's answers carry its time from now on
-        a.restart_bus()  # a measured as it connects: no heartbeat of a's to measure b
-        wait_until(lambda: a.bus.board.calibrated, 10, "a measured")
-        cable.plug()
+        cables[0].pull()
+        wait_until(lambda: not a.bus.connected, 10, "a cut off")
+        cables[0].plug()
+        wait_until(lambda: a.bus.board.calibrated, 10, "a measured as its link came back")
+        cables[1].plug()
         wait_until(lambda: b.bus.board.calibrated, 10, "b measured as its link came back")
         _pass_back_refused(a, b)
         placed = _b_times(a)
