@@ -3,7 +3,7 @@
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
 unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty,
-cacheUnavailable.
+cacheUnavailable, clockUnmeasured.
 notYetValid/noLongerValid are *messages*, not details (the platform's detail is
 outsideOfValidityPeriod for both).
 
@@ -18,7 +18,8 @@ understand what the platform sent it refuses and says why; it never admits on a 
     belongs to another event (a pinned zone not in the
     cache: the item's zone data or the lane's event_ids
     must name it)                                        -> denied/wrongEvent
- 5. direction (auto: out when inside an in/out zone, else in)
+ 5. direction (auto: out when inside an in/out zone, else in; in when whether it is inside
+    depends on an order of scans this gate cannot know yet, below)
     out: inside                                          -> valid, exit recorded; no rule below
          applies: leaving is never refused for status, type, zone, validity or closing
          not inside (never seen in, or already out)      -> alreadyOut, recorded, gate shut
@@ -31,6 +32,10 @@ understand what the platform sent it refuses and says why; it never admits on a 
     event's time zone)                                   -> denied/outsideOfValidityPeriod
 10. zone opening/closing unreadable, or now outside them -> zoneClosed
 11. in:  already inside an in/out zone                   -> alreadyIn
+         maybe inside: this gate's and other gates' scans
+         cannot be ordered before its clock is measured
+         against the venue bus server's (ScanState.
+         order_unknown)                                  -> denied/clockUnmeasured
          entries used >= max_entries (platform scans
          without a usable time count too)                -> alreadyIn (single) / scansInExceeded
          occupancy >= capacity (attendance at the last
@@ -56,7 +61,7 @@ STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnkn
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
            "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
-           "unknownStatus", "cacheEmpty", "cacheUnavailable")
+           "unknownStatus", "cacheEmpty", "cacheUnavailable", "clockUnmeasured")
 
 
 @dataclass(slots=True)
@@ -160,8 +165,8 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
     tracks_exits = zone.tracks_exits if zone is not None else True
     state = cand.state
     applied = _plain(wanted)
-    if wanted == "auto":
-        applied = "out" if (tracks_exits and state.inside) else "in"
+    if wanted == "auto":  # maybe inside, maybe not: no exit on a guess (refused as an entry)
+        applied = "out" if (tracks_exits and state.inside and not state.order_unknown) else "in"
     if applied == "out":  # leaving is never refused for validity reasons
         if not state.inside:
             return refuse("alreadyOut", None, "Not inside; exit not recorded", cand, applied)
@@ -202,6 +207,10 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
         if (opening and now < opening) or (closing and now > closing):
             return refuse("zoneClosed", None, f"Zone {zone.name} is closed", cand)
     if tracks_exits and state.inside:
+        if state.order_unknown:  # not the ticket's fault: the staff must know why
+            return refuse("denied", "clockUnmeasured", "This gate cannot tell yet whether the "
+                          "ticket is inside (its clock is not measured against the venue's "
+                          "yet); try again in a moment or see staff", cand, applied)
         since = f" since {_local(state.last_scan, tz)}" if state.last_scan else ""
         return refuse("alreadyIn", None, f"Already inside{since}", cand, applied)
     if lane.max_entries and state.entries >= lane.max_entries:

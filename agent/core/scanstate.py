@@ -9,6 +9,10 @@ whose `scannedOn` is missing or unreadable still happened: it counts, as made be
 scan, undated exits before undated entries (if any order leaves the ticket inside, it is inside:
 so an undated entry keeps it inside whatever dated exit follows; first_in/last_scan stay unknown
 when only such scans exist); one whose `zoneId` cannot be read counts in every zone.
+
+Other gates' scans from the venue bus are read on this gate's clock by its measured offset
+from the bus server's. Before the first measurement that offset is unknown, and so is how
+their scans interleave with this gate's own (and the platform's): see `derive_state`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class ScanState:
     first_in: datetime | None = None
     last_scan: datetime | None = None
     last_direction: str | None = None
+    # inside or out depends on how the venue's scans interleave with this gate's, which this
+    # gate cannot know yet (its clock not measured against the bus server's): `inside` is
+    # then True, the side that never admits twice (agent.core.decide: clockUnmeasured)
+    order_unknown: bool = False
 
 
 EMPTY = ScanState()
@@ -50,14 +58,27 @@ def _zone_matches(scan_zone: int | None, zone_id: int | None, zone_is_default: b
 
 
 def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: int | None,
-                 zone_is_default: bool, venue: Iterable[ZoneScan] = ()) -> ScanState:
+                 zone_is_default: bool, venue: Iterable[ZoneScan] = (),
+                 venue_placed: bool = True) -> ScanState:
     """Fold every known admit of one item in one zone, in time order, into a ScanState.
 
     `venue`: the admits other gates published on the venue bus. They carry the scan's own
     uuid, so they are matched to this gate's scans (and the platform's) by uuid only: the
     looser match the platform's echoes need (same direction in the same second) would take
     another gate's re-entry a second after this gate's entry for that entry, and admit the
-    ticket twice."""
+    ticket twice.
+
+    `venue_placed` False: the venue's scans are on the bus server's clock and this gate has
+    not measured its own against it yet (agent.venue.claims `VenueLink.scans`). Their order
+    among themselves is known (one clock), and so is this gate's scans' among themselves, but
+    not how the two interleave: this clock may be any amount ahead or behind. Taken as
+    agreeing (offset 0), a gate 30 s fast read its own exit as after another gate's re-entry
+    made since, a gate 30 s slow its own re-entry as before another gate's exit made before
+    it: the ticket, inside, read as outside and was admitted again. Since the offset can be
+    anything, either side's latest scan may be the ticket's latest: when the two latest agree
+    (both entries, both exits) that is the answer whatever the offset; when they differ the
+    ticket may be inside, so it is taken as inside (`order_unknown`): an entry is refused
+    (never admitted on an order this gate cannot know), an exit is let through."""
     events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
@@ -85,6 +106,7 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
         if (pscan.scan, int(when.timestamp())) in seen_keys:
             continue
         events.append((when, pscan.scan))
+    here = len(events)  # this gate's clock (and the platform's) up to here; the bus's after
     for vscan in venue:
         if not _zone_matches(vscan.zone_id, zone_id, zone_is_default) or vscan.uuid in seen_uuids:
             continue
@@ -93,9 +115,11 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
         events.append((parse_platform_time(vscan.scanned_on), vscan.scan))
     if not events:
         return EMPTY
+    unknown = not venue_placed and 0 < here < len(events) and \
+        _latest(events[:here]) != _latest(events[here:])
     # Undated scans first; among them, whose order is unknown, exits before entries: the
     # ticket is taken as inside if any order of them would leave it inside.
-    events.sort(key=lambda e: (e[0] or EARLIEST, e[0] is None and e[1] == "in"))
+    events.sort(key=_order)
     entries, inside, first_in = 0, False, None
     for when, direction in events:
         if direction == "in":
@@ -107,7 +131,19 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
     # An undated entry may as well have been the last scan (a re-entry elsewhere whose time
     # was lost): a dated exit does not settle it. The ticket is inside, never admitted again
     # on the guess that the entry came first (leaving stays possible).
-    if not inside and any(when is None and direction == "in" for when, direction in events):
-        inside = True
+    if (unknown or not inside) and \
+            any(when is None and direction == "in" for when, direction in events):
+        inside, unknown = True, False  # inside whatever the order: known, offset or not
     last_moment, last_direction = events[-1]
-    return ScanState(entries, inside, first_in, last_moment, last_direction)
+    return ScanState(entries, inside or unknown, first_in, last_moment, last_direction, unknown)
+
+
+def _order(event: tuple[datetime | None, str]) -> tuple[datetime, bool]:
+    """Time order; undated scans first, their exits before their entries."""
+    when, direction = event
+    return when or EARLIEST, when is None and direction == "in"
+
+
+def _latest(events: list[tuple[datetime | None, str]]) -> str:
+    """The direction of the latest of some scans on one clock, as the fold orders them."""
+    return max(reversed(events), key=_order)[1]

@@ -84,6 +84,9 @@ log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
 STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
+# With [venue], the lanes open once this gate has measured its clock against the bus server's
+# (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
+VENUE_CLOCK_WAIT_S = 5.0
 decisions_log = logging.getLogger("gate_agent.decisions")
 
 
@@ -210,6 +213,30 @@ class Daemon:
         log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
                  self.bus.device, ", ".join(self.config.venue["servers"]),
                  self.config.venue["offline_policy"])
+
+    async def venue_clock_measured(self, wait_s: float = VENUE_CLOCK_WAIT_S) -> None:
+        """Wait (at most `wait_s`) for the venue bus to measure this clock against its
+        server's, before the lanes open. Until then this gate cannot order other gates' scans
+        among its own, so it refuses the entries whose answer depends on that order
+        (denied/clockUnmeasured, agent.core.scanstate): opened first, the lanes would refuse
+        such tickets for the moment it takes to connect. A bus that cannot be reached holds
+        the gate up no longer than `wait_s`: it then works alone under the offline policy,
+        refusing only those entries until the bus is back and measured."""
+        bus = self.bus
+        if bus is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while not bus.board.calibrated and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        offset = bus.clock_offset()
+        if offset is None:
+            log.warning("venue %s: this clock is not measured against the bus server's yet "
+                        "(%s); lanes open, and entries whose order with other gates' scans "
+                        "depends on it are refused (clockUnmeasured) until it is", bus.name,
+                        bus.last_error or ("not connected" if not bus.connected else
+                                           "no measurement yet"))
+        else:
+            log.info("venue %s: this clock is %+.3f s from the bus server's", bus.name, offset)
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...],
                     gates: dict[str, Gate] | None = None) -> None:
@@ -781,6 +808,7 @@ class Daemon:
         if self.role is not None:
             self._role_task = asyncio.create_task(self.role.run(self.stop_event),
                                                   name="venue role")
+        await self.venue_clock_measured()
         self.start_lanes(self._lanes_with_pairings(self.config))
         self.emergency.url = self._emergency_url(self.config)
         self.emergency.start()

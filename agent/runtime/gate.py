@@ -129,12 +129,13 @@ class Gate:
         # The platform's scans come from the item just parsed (the very rows put_items wrote to
         # `platform_scans` from it), so the hot path does not read them back (issue 18).
         # Other gates' scans from the bus count like the platform's (matched by uuid only).
-        venue = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None else ()
+        venue, placed = self.venue.scans(hit.event_id, hit.item.id) if self.venue is not None \
+            else ((), True)
         platform = item_platform_scans(hit.item)
         # A ticket never scanned anywhere (most scans of a gate) has nothing to fold.
         state = derive_state(own, platform, zone_id,
-                             zone.is_default_entry if zone else lane.zone_id is None, venue) \
-            if own or platform or venue else EMPTY
+                             zone.is_default_entry if zone else lane.zone_id is None, venue,
+                             placed) if own or platform or venue else EMPTY
         occupancy = None
         if zone is not None and zone.capacity:
             acknowledged = acknowledged_before(self.cache.zone_synced_at(zone.id))

@@ -38,7 +38,7 @@ from agent.errors import VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
-from agent.venue import messages, stream_identity, streams
+from agent.venue import clockprobe, messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
     ClaimAnswer,
@@ -73,8 +73,12 @@ STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
 # A scan decided before this process measured its clock against the bus server's: the
-# publisher holds it (and the rows after it) this long after connecting, for the first
-# heartbeat to measure the offset its clock had when it decided (see `scan_offset`).
+# publisher holds it (and the rows after it) after connecting, for the first measurement of
+# the offset its clock had when it decided (see `scan_offset`): taken as the session connects
+# (agent.venue.clockprobe), or else by the first heartbeat delivered, which may come a whole
+# `heartbeat_s` later (the next beat of any gate). So the hold is that interval plus this
+# (a fixed 5 s ran out before the first beat when heartbeat_s was above about 5 s, and those
+# scans went out unmeasured: `unmeasured_hold_s`).
 UNMEASURED_HOLD_S = 5.0
 CLOCK_STEP_S = 1.0  # the decision clock moved this much against the monotonic one: stepped
 UNMEASURED_KEPT = 100_000  # scans kept in memory for a later measurement, at most
@@ -207,6 +211,8 @@ class VenueBus:
         # clock minus the monotonic one then (`scan_offset`, `published_offset`)
         self._unmeasured: dict[str, float] = {}
         self._connected_at = 0.0  # monotonic: when this session connected
+        self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
+        self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -321,6 +327,8 @@ class VenueBus:
             self._claims_answered_again()
             self._connected_at = time.monotonic()
             self.connected = True
+            if not self.board.calibrated:  # decided unmeasured meanwhile: measure it now
+                self._probe = asyncio.ensure_future(self._measure_clock())
 
         async def on_closed() -> None:
             closed.set()
@@ -336,6 +344,7 @@ class VenueBus:
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
         watch = await self._adopt_stream(store)
+        await self._measure_clock()  # before anything is published or decided as connected
         await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
@@ -382,6 +391,19 @@ class VenueBus:
             except Exception:  # noqa: BLE001 - the connection may already be gone
                 pass
             await self._close_connection()
+
+    async def _measure_clock(self) -> None:
+        """One sample of this clock against the bus server's (agent.venue.clockprobe), so
+        this gate places other gates' scans from the moment it connects rather than from the
+        first heartbeat delivered; the heartbeats keep measuring it from there."""
+        nc = self._nc
+        if nc is None:
+            return
+        delay = await clockprobe.server_delay(nc, self.stream, self.board.clock)
+        if delay is not None:
+            self.board.calibrate(delay)
+            if self._wake is not None:  # rows held for a measurement may go out now
+                self._wake.set()
 
     def _publishing_failed(self, error: str) -> None:
         self.last_error = f"publishing: {error}"[:300]
@@ -858,13 +880,16 @@ class VenueBus:
             self._recheck.append(claim)
             log.warning("venue claim %s not voided yet (%s); retried later", claim["uuid"], exc)
 
-    def offset_s(self) -> float:
+    def offset_s(self) -> float | None:
         """The clock this gate stamps its scans with minus the bus server's: the wall clock's
-        measured offset (0 before the first heartbeat: taken to agree with the server's) plus
-        how far the decision clock is from the wall clock now. Measured on the wall clock, so
-        a correction that starts or ends (GateClock) moves it at once: the heartbeats' samples,
-        kept for their smallest delay, stay samples of the one clock."""
-        return self.board.offset_s + self._correction()
+        measured offset plus how far the decision clock is from the wall clock now; None
+        before the first measurement (at connect, `_measure_clock`, or a heartbeat's delivery):
+        other gates' scans cannot be placed among this gate's then (agent.venue.claims
+        `VenueLink.scans`). Measured on the wall clock, so a correction that starts or ends
+        (GateClock) moves it at once: the samples, kept for their smallest delay, stay samples
+        of the one clock. One read of the board: a venue scan's hot path asks for it."""
+        measured = self.board.measured_offset_s()
+        return None if measured is None else measured + self._correction()
 
     def _correction(self) -> float:
         """How far the decision clock is from the wall clock now (a GateClock correction)."""
@@ -874,8 +899,8 @@ class VenueBus:
         """`offset_s` as every scan this gate publishes carries it (None before the first
         heartbeat measured it: readers then place the scan on the safe side, see
         agent.venue.messages `bus_time`). Asked for every venue scan: one read of the board."""
-        measured = self.board.measured_offset_s()
-        return None if measured is None else round(measured + self._correction(), 3)
+        offset = self.offset_s()
+        return None if offset is None else round(offset, 3)
 
     def scan_offset(self, scan_uuid: str) -> float | None:
         """The offset a scan decided now is journaled with (called from lane threads). None
@@ -892,7 +917,7 @@ class VenueBus:
     def published_offset(self, row: dict[str, Any]) -> tuple[float | None, bool]:
         """(the offset a journal row goes out with, whether to hold it back for now).
         The journaled one; for a row decided unmeasured by this process, the offset measured
-        since if its clock has not stepped meanwhile (held back for UNMEASURED_HOLD_S after
+        since if its clock has not stepped meanwhile (held back for `unmeasured_hold_s` after
         connecting while nothing is measured yet); otherwise None, said as such."""
         if row.get("clock_offset_s") is not None:
             return float(row["clock_offset_s"]), False
@@ -901,7 +926,7 @@ class VenueBus:
             return None, False
         offset = self.clock_offset()
         if offset is None:
-            return None, time.monotonic() - self._connected_at < UNMEASURED_HOLD_S
+            return None, time.monotonic() - self._connected_at < self.unmeasured_hold_s
         if abs(self.clock() - time.monotonic() - anchor) > CLOCK_STEP_S:
             return None, False  # stepped since the scan: today's offset is not its clock's
         return offset, False
@@ -951,9 +976,10 @@ class VenueBus:
             "lag": max(0, self.stream_last_seq - self.applied_seq),
             "conflicts": self._reader().conflict_count(),
             "gates": self.board.counts(),
-            # this clock against the bus server's (heartbeats' delivery delays; None before
-            # the first one: other gates' scans are then read at the bus server's times as if
-            # this clock agreed with it, and this gate's scans go out without an offset)
+            # this clock against the bus server's (the sample at connect, heartbeats' delivery
+            # delays; None before the first: entries whose answer depends on how other gates'
+            # scans interleave with this gate's are then refused, clockUnmeasured, and this
+            # gate's scans go out without an offset)
             "clock_offset_s": round(self.board.offset_s, 1) if self.board.calibrated else None,
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),

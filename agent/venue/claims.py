@@ -143,13 +143,18 @@ class VenueLink:
     def close(self) -> None:
         self.store.close()
 
-    def scans(self, event_id: int, item_id: int) -> list[ZoneScan]:
-        """The venue's admits of one item, for the derived scan state: on the clock this gate
-        decides by (their bus times plus that clock's offset from the bus server's,
-        `VenueBus.offset_s`; before the first heartbeat the wall clock is taken to agree with
-        the server's)."""
-        scans = self.store.zone_scans(event_id, item_id, self.bus.offset_s())
-        return [s for s in scans if s.uuid != self._holding] if self._holding else scans
+    def scans(self, event_id: int, item_id: int) -> tuple[list[ZoneScan], bool]:
+        """The venue's admits of one item, for the derived scan state, and whether they are
+        placed on the clock this gate decides by (their bus times plus that clock's offset
+        from the bus server's, `VenueBus.offset_s`: one read of the heartbeat board). Before
+        the first measurement they are not (False, read at the server's times): how they
+        interleave with this gate's own scans is then unknown, and derived state takes the
+        side that cannot admit a ticket twice (agent.core.scanstate `derive_state`)."""
+        offset = self.bus.offset_s()
+        scans = self.store.zone_scans(event_id, item_id, offset or 0.0)
+        if self._holding:
+            scans = [s for s in scans if s.uuid != self._holding]
+        return scans, offset is not None
 
     def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,
               tracks_exits: Callable[[Decision], bool], in_flight: bool = False) -> Claim:

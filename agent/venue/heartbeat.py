@@ -221,8 +221,16 @@ async def put_beat(live: Any, roster: Any, device: str, body: bytes) -> None:
     await asyncio.gather(live.put(device, body), roster.put(device, body))
 
 
-async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> None:
-    """Feed `board` from one bucket until `stop` (the bus's session ends)."""
+async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
+                measure_after: int = 0) -> None:
+    """Feed `board` from one bucket until `stop` (the bus's session ends).
+
+    A delivery after the watcher's initial values measures this clock (its delay since the
+    server stored it), but only an entry stored after `measure_after` (the bucket's last
+    sequence just before the watch began): nats-py may end the initial values before those
+    already on their way arrive (see `read_board`), and such a replayed heartbeat, up to a TTL
+    old (a roster entry up to a day), taken as live, measured the clock that much ahead. As a
+    gate's first sample it stood until a smaller one came: other gates' scans read that late."""
     watcher = await kv.watchall()
     replayed = False
     try:
@@ -234,7 +242,7 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event) -> N
             if entry is None:  # the initial values have all been delivered
                 replayed = True
                 continue
-            if replayed and entry.created:  # a live delivery: measures this clock's offset
+            if replayed and entry.created and entry.revision > measure_after:  # a live one
                 board.calibrate(board.clock() - entry.created.timestamp())
             if entry.operation in ("DEL", "PURGE"):
                 if live:
@@ -283,7 +291,7 @@ class HeartbeatLink:
             opened = await self._open(js, replicas)
             if opened is None:
                 return
-            live, roster, watches = opened
+            live, roster, watches, seqs = opened
             self._live, self._roster = live, roster
             self.board.clear_live()
             if self._last is not None:
@@ -292,8 +300,8 @@ class HeartbeatLink:
                 except Exception as exc:  # noqa: BLE001 - the next beat tries again
                     log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
             ended = asyncio.Event()  # these buckets' watchers end with it
-            watchers = asyncio.gather(watch(roster, self.board, False, ended),
-                                      watch(live, self.board, True, ended))
+            watchers = asyncio.gather(watch(roster, self.board, False, ended, seqs[1]),
+                                      watch(live, self.board, True, ended, seqs[0]))
             try:
                 while not self._stop.is_set():
                     try:
@@ -310,15 +318,19 @@ class HeartbeatLink:
                 ended.set()
                 await asyncio.gather(watchers, return_exceptions=True)
 
-    async def _open(self, js: Any, replicas: int) -> tuple[Any, Any, list[StreamWatch]] | None:
-        """The two buckets and a watch on each, retried while the bus cannot make them (no
-        quorum yet); None once the link stops."""
+    async def _open(self, js: Any, replicas: int
+                    ) -> tuple[Any, Any, list[StreamWatch], list[int]] | None:
+        """The two buckets, a watch on each and each one's last sequence now (what is stored
+        up to it is replayed, never a measurement: `watch`), retried while the bus cannot make
+        them (no quorum yet); None once the link stops."""
         while not self._stop.is_set():
             try:
                 live, roster = await open_buckets(js, self.venue, self.ttl_s, replicas)
-                watches = [StreamWatch(kv_stream(name), created_of(
-                    await js.stream_info(kv_stream(name)))) for name in bucket_names(self.venue)]
-                return live, roster, watches
+                streams = [kv_stream(name) for name in bucket_names(self.venue)]
+                infos = [await js.stream_info(stream) for stream in streams]
+                watches = [StreamWatch(stream, created_of(info))
+                           for stream, info in zip(streams, infos, strict=True)]
+                return live, roster, watches, [info.state.last_seq for info in infos]
             except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
                 log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
                 try:

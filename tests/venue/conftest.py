@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.venue import clockprobe
 from agent.venue.node import NodeProcess, start_venue
 
 
@@ -42,3 +43,14 @@ def shared_venue_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node
 def venue_cluster(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     with _running(tmp_path / "nats", 3) as nodes:
         yield nodes
+
+
+@pytest.fixture
+def no_server_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bus server answers without its time (JetStream's stream info without `ts`, as
+    older servers may): a gate is not measured as it connects, only by the heartbeats
+    (agent.venue.clockprobe). The pinned server always sends it, so this one answer is
+    faked; everything else stays real."""
+    async def without_ts(*_args: object, **_kwargs: object) -> None:
+        return None
+    monkeypatch.setattr(clockprobe, "server_delay", without_ts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -230,3 +231,45 @@ def test_a_member_whose_clock_is_off_decides_by_the_platforms_time_via_the_leade
     finally:
         assert member.stop() == 0
         assert leader.stop() == 0
+
+
+def _first(daemon: DaemonProcess, words: str) -> int:
+    """The position of the daemon's first log record that says `words`."""
+    return next(i for i, r in enumerate(daemon.records) if words in r.get("msg", ""))
+
+
+def test_the_daemon_opens_its_lanes_once_its_clock_is_measured(
+        site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
+    """Lanes decide nothing before this gate has measured its clock against the bus server's
+    (as the bus connects, from the server's time; no heartbeat needed): before, they opened at
+    once and read other gates' scans as if this clock agreed with the server's until the first
+    heartbeat was delivered (a whole `heartbeat_s` after connecting, at worst)."""
+    site.write_config(extra_lanes=venue_section(venue_node.url))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        assert _first(daemon, "from the bus server's") < _first(daemon, "lane entry ready")
+        offset = daemon.status()["venue"]["clock_offset_s"]
+        assert offset is not None and abs(offset) < 1.0, offset
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_daemon_whose_bus_is_out_of_reach_opens_its_lanes_all_the_same(
+        site: Site, tmp_path: Path) -> None:  # noqa: F811
+    """No bus to measure the clock against: the lanes open after a bounded wait, and the log
+    says which entries are refused until the clock is measured."""
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{free.getsockname()[1]}"
+    site.write_config(extra_lanes=venue_section(url))
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready(timeout=40.0)
+        warned = _first(daemon, "not measured against the bus server's yet")
+        assert "clockUnmeasured" in daemon.records[warned]["msg"]
+        assert warned < _first(daemon, "lane entry ready")
+        venue = daemon.status()["venue"]
+        assert venue["clock_offset_s"] is None and not venue["connected"]
+    finally:
+        assert daemon.stop() == 0

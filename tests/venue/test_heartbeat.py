@@ -191,3 +191,62 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
     assert [row["device"] for row in board.rows()] == ["g1"] and unread == []
     board, unread = asyncio.run(read_board(Js(3), "hb", 1.0, 5.0))  # three times: none, really
     assert board.rows() == [] and unread == []
+
+
+@pytest.mark.parametrize("live_too", [False, True], ids=["replayed-only", "then-a-live-one"])
+def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
+        live_too: bool) -> None:
+    """The same race in a gate's own watcher: a heartbeat stored before the watch began (here
+    an hour ago, as a roster entry may be) arriving after nats-py said "no more values" is a
+    replay, not a delivery to measure the clock by. Taken as one, it measured this clock an
+    hour ahead of the server's, and until a smaller sample came every other gate's scan was
+    read an hour late. Only entries stored after the bucket's last sequence at the start
+    measure (`watch(measure_after=...)`). Stand-in watcher, as above (the race cannot be
+    provoked against a real server)."""
+    from datetime import UTC, datetime, timedelta
+
+    from agent.venue.heartbeat import GateBoard, watch
+
+    now = datetime.now(UTC)
+
+    class Entry:
+        def __init__(self, revision: int, created: datetime) -> None:
+            self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
+            self.revision, self.created, self.delta = revision, created, 0
+
+    class Watcher:
+        def __init__(self, entries: list[Entry | None]) -> None:
+            self.entries = entries
+
+        async def updates(self, timeout: float) -> Entry | None:
+            if not self.entries:
+                await asyncio.sleep(0.01)
+                raise TimeoutError
+            return self.entries.pop(0)
+
+        async def stop(self) -> None:
+            pass
+
+    class Bucket:
+        def __init__(self) -> None:
+            self.watcher = Watcher([None, Entry(4, now - timedelta(hours=1))]
+                                   + ([Entry(5, now)] if live_too else []))
+
+        async def watchall(self) -> Watcher:
+            return self.watcher
+
+    async def run(board: GateBoard) -> None:
+        bucket, stop = Bucket(), asyncio.Event()
+        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after=4))
+        while bucket.watcher.entries:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    board = GateBoard(1.0)
+    asyncio.run(run(board))
+    measured = board.measured_offset_s()
+    if live_too:
+        assert measured is not None and abs(measured) < 60, measured
+    else:
+        assert measured is None

@@ -103,7 +103,8 @@ def _offline_in_and_out(b: VenueDevice, cable: Cable | None = None) -> datetime:
 
 def _restart(b: VenueDevice, skew_s: float, servers: list[str] | None = None) -> None:
     """b's daemon starts again with its clock `skew_s` ahead (a new process: nothing of the
-    last one's memory) and is not measured yet (no heartbeat: the rig runs no daemon)."""
+    last one's memory) and is not measured by a heartbeat (the rig runs no daemon; a server
+    that sends its time measures it as it connects: agent.venue.clockprobe)."""
     b.bus.stop()
     old = b.bus
     venue = {**old.venue, "servers": servers or old.venue["servers"]}
@@ -153,7 +154,7 @@ def test_a_restart_with_the_clock_stepped_publishes_the_offset_the_scan_was_deci
 
 
 def test_a_scan_decided_before_any_measurement_goes_out_as_such_and_on_the_safe_side(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
+        tmp_path: Path, venue_node: NodeProcess, no_server_time: None) -> None:
     """b never measured its clock before it was cut off (and restarts before publishing, so
     no later measurement is its scans' either). Its scans go out saying so (`null`), not as
     an offset of 0: taken by b's clock, its exit was placed after a's entry (the ticket read
@@ -173,19 +174,30 @@ def test_a_scan_decided_before_any_measurement_goes_out_as_such_and_on_the_safe_
 
 
 def test_a_measurement_made_later_by_the_same_process_is_the_scans_offset(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
-    """b decides unmeasured, then its link comes back in the same process, clock unchanged:
-    the publisher holds those scans until the first heartbeat measures the clock (at most
-    UNMEASURED_HOLD_S) and sends them with that offset, so they keep their real place."""
-    cable = Cable(venue_node.url)
+        tmp_path: Path, venue_node: NodeProcess, no_server_time: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b decides unmeasured (its server sent no time as it connected, and no heartbeat came),
+    then its link comes back in the same process, clock unchanged: b measures its clock as
+    the link comes back (agent.venue.clockprobe, no heartbeat needed), and the publisher,
+    which held those scans meanwhile (`unmeasured_hold_s`), sends them with that offset, so
+    they keep their real place. (Held until the first heartbeat of a long interval when the
+    server sends no time: tests/venue/test_unmeasured_offset.py.) a is measured the same way
+    (its own cable pulled and put back): a bus stopped or started would put heartbeat keys,
+    whose deliveries measure every gate."""
+    cables = [Cable(venue_node.url), Cable(venue_node.url)]
     with venue_devices(tmp_path, [venue_node.url], 2, 1, skews_s=[0.0, SKEW_S],
-                       servers_of=[[venue_node.url], [cable.url]]) as (a, b):
-        at = _offline_in_and_out(b, cable)
+                       servers_of=[[cable.url] for cable in cables]) as (a, b):
+        assert not a.bus.board.calibrated and not b.bus.board.calibrated
+        at = _offline_in_and_out(b, cables[1])
         assert [r["clock_offset_s"] for r in b.journal_rows()] == [None, None]
         assert scan(a, "floor-in")[0]
-        cable.plug()
-        wait_until(lambda: b.bus.connected, 10, "b connected again")
-        b.calibrate()
+        monkeypatch.undo()  # the server's answers carry its time from now on
+        cables[0].pull()
+        wait_until(lambda: not a.bus.connected, 10, "a cut off")
+        cables[0].plug()
+        wait_until(lambda: a.bus.board.calibrated, 10, "a measured as its link came back")
+        cables[1].plug()
+        wait_until(lambda: b.bus.board.calibrated, 10, "b measured as its link came back")
         _pass_back_refused(a, b)
         placed = _b_times(a)
         assert placed["out"] is not None, placed
