@@ -117,6 +117,16 @@ class Applied:
     bus_time: str | None = None  # a scan's: when it happened, on the bus server's clock
 
 
+# `venue_scans.voided`: 0 the scan stands; 1 voided (a void message); REFUSED_AFTER_CLAIM its
+# gate granted a claim, then its journal transaction refused after all (another lane admitted
+# the ticket first) and it published that refusal under the claim's uuid (agent.venue.messages
+# `scan_msg_id`): every reader of admits (`voided = 0`) drops the claim at once, and the
+# sweep (`claims_after`) still voids it on the stream for gates of before, which ignore the
+# refusal (a row per uuid) and wait for the void.
+REFUSED_AFTER_CLAIM = 2
+_REFUSE_CLAIM = ("UPDATE venue_scans SET voided = ? WHERE uuid = ? AND device = ? AND admit = 1"
+                 " AND voided = 0")
+
 _SET_CREATED = ("INSERT INTO venue_stream_identity (stream, created) VALUES (?, ?)"
                 " ON CONFLICT(stream) DO UPDATE SET created = excluded.created")
 
@@ -174,6 +184,9 @@ class VenueStore:
                     if cur.rowcount and s.admit and s.item_id is not None \
                             and s.event_id is not None:
                         touched.add((s.event_id, s.item_id))
+                    elif not cur.rowcount and not s.admit:
+                        # its gate's refusal under a claim's uuid: the claim no longer stands
+                        self.conn.execute(_REFUSE_CLAIM, (REFUSED_AFTER_CLAIM, s.uuid, s.device))
                 elif msg.void_uuid is not None:
                     self.conn.execute("UPDATE venue_scans SET voided = 1 WHERE uuid = ?",
                                       (msg.void_uuid,))
@@ -313,11 +326,13 @@ class VenueStore:
         return out
 
     def claims_after(self, device: str, seq: int) -> list[dict[str, Any]]:
-        """This device's standing admits applied after stream position `seq`."""
+        """This device's admits applied after stream position `seq` that no void ended: the
+        standing ones, and those its own refusal ended (`REFUSED_AFTER_CLAIM`), whose void
+        gates of before still wait for (the sweep publishes it: no admit in the journal)."""
         cur = self.conn.execute(
             "SELECT stream_seq, uuid, event_id, item_id, scanned_on FROM venue_scans"
-            " WHERE device = ? AND admit = 1 AND voided = 0 AND offline = 0"
-            " AND stream_seq > ? ORDER BY stream_seq", (device, seq))
+            " WHERE device = ? AND admit = 1 AND voided IN (0, ?) AND offline = 0"
+            " AND stream_seq > ? ORDER BY stream_seq", (device, REFUSED_AFTER_CLAIM, seq))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 

@@ -6,7 +6,8 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
 - the consumer: every message of the venue's stream, from the last position applied in
   venue.db, applied in order with that position in one transaction (agent.store.venue),
 - the publisher: this gate's journal rows after the last one the bus acknowledged, each with
-  `Nats-Msg-Id` = scan uuid, woken after each commit and once a second,
+  `Nats-Msg-Id` = scan uuid (`<uuid>/refused` for a refusal: agent.venue.messages
+  `scan_msg_id`), woken after each commit and once a second,
 - the void sweep: this gate's claims whose admit never reached the journal are voided,
 - heartbeats (agent.venue.heartbeat): this gate's out, every gate's into `board`.
 
@@ -651,7 +652,8 @@ class VenueBus:
                                                   self.device)
                 sends.append(self._js.publish(
                     subject, messages.encode_scan(scan_from_row(row, self.device, offset)),
-                    headers={"Nats-Msg-Id": row["uuid"]}))
+                    headers={"Nats-Msg-Id": messages.scan_msg_id(row["uuid"],
+                                                                 bool(row["admit"]))}))
                 through = row["seq"]
             await asyncio.gather(*sends)
             if through > since:
