@@ -454,6 +454,14 @@ class VenueBus:
             self.stream_restarts += 1
         elif recorded != created:
             await asyncio.to_thread(store.set_stream_created, self.stream, created)
+            if recorded is None:
+                # A venue.db with no record (a new gate, or the file deleted) cannot tell
+                # whether the stream was made again while this gate was away: if it was, its
+                # granted claims (on the bus already, so never published again) are not on
+                # the new stream, and a gate that learns the venue from it admits them again.
+                # So all of its journal goes out, claims too (stored once: Nats-Msg-Id and
+                # the uuid; a gate with a new journal has nothing to send).
+                self._republishing = True
         return stream_identity.StreamWatch(self.stream, created)
 
     def _restart_applied(self, store: VenueStore, created: str) -> None:

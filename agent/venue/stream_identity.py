@@ -42,13 +42,23 @@ def created_of(info: Any) -> str:
 
 
 def replaced(recorded: str | None, created: str, last_seq: int, position: int) -> str | None:
-    """Why venue.db no longer counts in this stream (None: it does). `recorded` None: a
-    venue.db from before identities were stored; only the sequences can tell then."""
+    """Why a position applied here no longer counts in this stream (None: it does).
+
+    `recorded` None: venue.db holds no creation time for it (a venue.db deleted, or from before
+    identities were stored). A position kept elsewhere (the catalog's, in the ticket cache) may
+    then be one of a stream made again while the gate was away, which the sequences cannot
+    always tell (the new one may have grown past it): followed from there, the new stream's
+    first messages (refunds, blocks) would never be applied. So no record and a position is
+    "cannot tell": the stream is applied again from its first message (once; the creation
+    time is recorded then)."""
     if recorded is not None and recorded != created:
         return f"the stream was made again at {created} (venue.db counts in the one of {recorded})"
     if last_seq < position:
         return (f"the stream's last message is {last_seq}, below the position {position} applied "
                 "here (deleted and made again)")
+    if recorded is None and position > 0:
+        return (f"venue.db has no record of the stream this gate applied up to {position} (deleted "
+                "or older): it may have been made again meanwhile")
     return None
 
 

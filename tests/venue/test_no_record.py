@@ -1,0 +1,125 @@
+"""A gate whose venue.db has no record of a stream or bucket (a new gate, or venue.db deleted:
+"derived, deleting it replays the stream") cannot tell whether it was made again while the gate
+was away. What it used to trust, and must not (agent.venue.stream_identity):
+
+- the venue stream: its granted claims are on the bus already, so the publisher skipped them;
+  on a stream made again meanwhile they were gone for good, and a gate that learned the venue
+  from the new stream admitted those tickets again;
+- the catalog stream: its position lives in the ticket cache, not in venue.db; on a catalog made
+  again (and grown past it) the follower went on from the old position and never applied the
+  new one's first messages (refunds, blocks);
+- the budget bucket: made again empty while its old log still counted at the platform, a new
+  leader spent the company's whole budget again.
+
+Real nats-server, real SQLite files (tests/venue/rig.py), real leader code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nats.js.api import StorageType, StreamConfig
+
+from agent import demo_data
+from agent.store.cache import TicketCache
+from agent.store.venue import VENUE_FILE, VenueStore
+from agent.venue import messages, stream_identity
+from agent.venue.bus import DUPLICATE_WINDOW_S
+from agent.venue.election import connect
+from agent.venue.node import NodeProcess
+from tests.venue.rig import VenueDevice, venue_devices, wait_until
+from tests.venue.test_stream_recreated import _admit_uuid, _knows, _scan, _uuids_on_stream
+
+STREAM = messages.stream_name("hall")
+
+
+def _make_stream_again(url: str) -> None:
+    async def run() -> None:
+        nc, js = await connect({"servers": [url]}, 5.0)
+        try:
+            await js.delete_stream(STREAM)
+            await js.add_stream(StreamConfig(
+                name=STREAM, subjects=[messages.stream_subjects("hall")],
+                storage=StorageType.FILE, num_replicas=1, duplicate_window=DUPLICATE_WINDOW_S))
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def _stopped_and_wiped(device: VenueDevice) -> None:
+    """The daemon stopped and its venue.db deleted (its lanes' connections too)."""
+    device.bus.stop()
+    for gate in device.gates:
+        assert gate.venue is not None
+        gate.venue.store.close()
+    for suffix in ("", "-wal", "-shm"):
+        device.bus.store_path.with_name(VENUE_FILE + suffix).unlink(missing_ok=True)
+
+
+def _started(device: VenueDevice) -> None:
+    device.restart_bus()
+    for gate in device.gates:
+        assert gate.venue is not None
+        gate.venue.store = VenueStore(device.bus.store_path)
+    wait_until(lambda: device.bus.connected, 20, f"{device.name} connected")
+
+
+def test_a_gate_without_a_record_publishes_its_claims_again(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """Both gates away while the stream is made again, both venue.db files deleted: neither can
+    tell. The admitting gate's claim must reach the new stream, or the other gate (which learns
+    the venue from it) admits the ticket a second time."""
+    code = demo_data.bulk_barcode(1)
+    with venue_devices(tmp_path, [venue_node.url], 2, tickets=5) as (one, two):
+        assert _scan(one, code) == (True, "valid")
+        old = _admit_uuid(one, code)
+        assert one.gate().venue is not None and one.gate().venue.last_granted_seq > 0  # claimed
+        wait_until(lambda: _knows(two, old), 10, "the admit applied at the other gate")
+        for device in (one, two):
+            _stopped_and_wiped(device)
+        _make_stream_again(venue_node.url)
+        for device in (one, two):
+            _started(device)
+        wait_until(lambda: old in _uuids_on_stream(venue_node.url), 20,
+                   "the claimed admit on the new stream")
+        wait_until(lambda: _knows(two, old), 20, "the admit applied at the other gate again")
+        assert _scan(two, code) == (False, "alreadyIn")  # never admitted twice
+        assert one.bus.stream_restarts == two.bus.stream_restarts == 0  # nothing to compare
+
+
+def test_a_catalog_position_without_a_record_is_not_trusted(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """The cache holds a catalog position, venue.db no record of the catalog's creation (it was
+    deleted): the catalog may have been made again and grown past that position meanwhile,
+    so the follower starts at its first message."""
+    cache_path = tmp_path / "cache.db"
+    TicketCache(cache_path).close()
+    stream = "VENUE_hall_CATALOG"
+
+    async def run() -> tuple[int, int]:
+        nc, js = await connect({"servers": [venue_node.url]}, 5.0)
+        cache = TicketCache(cache_path, check=False)
+        try:
+            await js.add_stream(StreamConfig(name=stream, subjects=["venuecat.hall.>"]))
+            for n in range(5):  # the new catalog, grown past the old position
+                await js.publish("venuecat.hall.x", str(n).encode())
+            with cache.transaction():  # followed on the lost catalog
+                cache.set_catalog_position(stream, 3, (1, 1))
+            await stream_identity.adopt_catalog(js, stream, cache, tmp_path / VENUE_FILE)
+            first = cache.catalog_position(stream)[0]
+            with cache.transaction():  # recorded now: the next session trusts it
+                cache.set_catalog_position(stream, 3, (1, 1))
+            await stream_identity.adopt_catalog(js, stream, cache, tmp_path / VENUE_FILE)
+            return first, cache.catalog_position(stream)[0]
+        finally:
+            cache.close()
+            await nc.close()
+
+    assert asyncio.run(run()) == (0, 3)
+    store = VenueStore(tmp_path / VENUE_FILE)
+    try:
+        assert store.stream_created(stream)
+    finally:
+        store.close()
