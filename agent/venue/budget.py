@@ -21,6 +21,9 @@ its creation time against the one venue.db recorded, or the session's watch) tak
 venue's whole company budget as spent at that moment until one window and one request
 timeout have passed (`seed(..., lost_ago_s=...)`): a leader set up meanwhile waits, never
 overspends (fail closed: no request rather than a 429 for every device of the company).
+A gate whose venue.db has no record of the bucket (new, or venue.db deleted) has nothing to
+compare: it does the same when the bucket, by the server's clock, was made within that window
+and after the venue's other streams (`unrecorded_loss_age`).
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.platform.governor import Governor
-from agent.venue import streams
+from agent.venue import stream_identity, streams
 from agent.venue.lease import Lease, NotLeader
 
 LOG_KEY = "requests"
 WINDOW_S = 60.0  # the platform's rate window
+# A new venue's streams and buckets are all made by the first gate's session setup, seconds
+# apart; a budget bucket made this much later than another of them was made again.
+MADE_WITH_VENUE_S = 10.0
 
 
 def lost_log_counts(lost_ago_s: float | None, request_timeout_s: float,
@@ -45,6 +51,28 @@ def lost_log_counts(lost_ago_s: float | None, request_timeout_s: float,
     window after they finished, at the latest a request timeout after the loss; None: no
     loss known)."""
     return lost_ago_s is not None and lost_ago_s < window_s + request_timeout_s
+
+
+async def unrecorded_loss_age(js: Any, budget_stream: str, venue_streams: list[str],
+                              request_timeout_s: float) -> float | None:
+    """For a gate whose venue.db has no record of the budget bucket (a new gate, or venue.db
+    deleted), which therefore cannot see it was made again: how long ago (the server's
+    clock) the bucket was made, when a lost log may still count — made within one window and
+    one request timeout, and after another of `venue_streams` (the venue existed before it:
+    a new venue makes them all at once). None: nothing lost can count any more, or the venue
+    is new (or was wiped whole: no gate without a record can tell that from a new venue;
+    docs/venue.md). A server that does not say its time (before nats-server 2.10): taken as
+    made just now, the safe side."""
+    age = await stream_identity.server_age_s(js, budget_stream)
+    if age is None:
+        return 0.0
+    if not lost_log_counts(age, request_timeout_s):
+        return None
+    for stream in venue_streams:
+        other = await stream_identity.server_age_s(js, stream)
+        if other is not None and other - age > MADE_WITH_VENUE_S:
+            return age
+    return None
 
 
 def bucket_name(venue: str) -> str:

@@ -48,6 +48,7 @@ from agent.venue.budget import (
     leader_governor,
     leader_share,
     lost_log_counts,
+    unrecorded_loss_age,
     venue_requests,
 )
 from agent.venue.budget import bucket_name as budget_bucket_name
@@ -289,9 +290,20 @@ class VenueRole:
           scan uuid once)."""
         db = self.config.store_dir / VENUE_FILE
         budget = kv_stream(budget_bucket_name(self.name))
+        # venue.db without a record: made again unseen? (by the bucket's age, server clock)
+        unseen = await unrecorded_loss_age(
+            self._js, budget, [catalog.stream_name(self.name), uplink.stream_name(self.name),
+                               kv_stream(bucket_name(self.name))],
+            float(self.config.api["timeout_s"]))
         self._budget_created, lost = await stream_identity.adopt(
-            self._js, budget, db, lambda recorded: recorded, record=False)
-        if lost is not None:
+            self._js, budget, db, lambda recorded: recorded, record=False,
+            unrecorded=lambda: None if unseen is None else "")
+        if lost == "":
+            assert unseen is not None
+            self._budget_lost(budget, f"made {unseen:.0f} s ago, after the venue's other streams, "
+                                      "and venue.db has no record of the one before (its log "
+                                      "may be gone)", ago_s=unseen)
+        elif lost is not None:
             self._budget_lost(budget, f"made again at {self._budget_created} (the log of the "
                                       f"one of {lost} is gone)")
         held = kv_stream(quarantine.bucket_name(self.name))
@@ -307,10 +319,11 @@ class VenueRole:
                                 (lease, lease_created)):
             self._bucket_watches[stream] = stream_identity.StreamWatch(stream, created)
 
-    def _budget_lost(self, stream: str, what: str) -> None:
-        """The budget bucket found made again (or gone): from now on, the company's budget is
-        taken as spent for a window (agent.venue.budget `LeaderFence.seed`)."""
-        self._budget_lost_at = time.monotonic()
+    def _budget_lost(self, stream: str, what: str, ago_s: float = 0.0) -> None:
+        """The budget bucket found made again (or gone) `ago_s` ago: from then on, the
+        company's budget is taken as spent for a window (agent.venue.budget
+        `LeaderFence.seed`)."""
+        self._budget_lost_at = time.monotonic() - ago_s
         self._bucket_made_again(stream, what)
 
     def _bucket_made_again(self, stream: str, what: str) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,14 +98,17 @@ class StreamWatch:
 
 async def adopt(js: Any, stream: str, venue_db: Path,
                 made_again: Callable[[str], T] | None = None, *,
-                record: bool = True) -> tuple[str, T | None]:
+                record: bool = True,
+                unrecorded: Callable[[], T | None] | None = None) -> tuple[str, T | None]:
     """Session setup for a stream or KV bucket (`KV_<bucket>`) whose loss this gate acts on:
     its creation time now (for the session's `StreamWatch`), and, when venue.db recorded
     another one, `made_again(recorded)`'s result (run in a worker thread, before the new
-    time is recorded: a crash between repeats it, which the callers make harmless). The
-    first time a gate sees it there is nothing to compare: recorded, None returned.
-    `record=False`: a made-again time is not recorded here; the caller does it once it has
-    dealt with the loss (`record_created`), so a restart meanwhile deals with it again."""
+    time is recorded: a crash between repeats it, which the callers make harmless). When
+    venue.db has no record (a new gate, or venue.db deleted) there is nothing to compare:
+    `unrecorded()`'s result then (None without it: recorded, nothing to deal with).
+    `record=False`: a time whose loss the caller deals with (a result not None) is not
+    recorded here; the caller does it once it has (`record_created`), so a restart meanwhile
+    deals with it again."""
     created = created_of(await js.stream_info(stream))
 
     def fit() -> T | None:
@@ -116,6 +120,10 @@ async def adopt(js: Any, stream: str, venue_db: Path,
                 out = made_again(recorded)
                 if not record:
                     return out
+            elif recorded is None and unrecorded is not None:
+                out = unrecorded()
+                if out is not None and not record:
+                    return out
             if recorded != created:
                 identities.set_stream_created(stream, created)
             return out
@@ -123,6 +131,21 @@ async def adopt(js: Any, stream: str, venue_db: Path,
             identities.close()
 
     return created, await asyncio.to_thread(fit)
+
+
+async def server_age_s(js: Any, stream: str) -> float | None:
+    """How long ago `stream` was made, on the bus server's own clock (its stream info says
+    the server's time, `ts`, since nats-server 2.10; None from a server that does not, or a
+    stream not found). This gate's clock plays no part: it may be hours off."""
+    try:
+        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", b"",
+                                     timeout=js._timeout)
+        now, created = resp.get("ts"), resp.get("created")
+        if not isinstance(now, str) or not isinstance(created, str):
+            return None
+        return (datetime.fromisoformat(now) - datetime.fromisoformat(created)).total_seconds()
+    except (NotFoundError, ValueError):
+        return None
 
 
 async def record_created(venue_db: Path, stream: str, created: str) -> None:

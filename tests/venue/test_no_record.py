@@ -17,21 +17,33 @@ Real nats-server, real SQLite files (tests/venue/rig.py), real leader code.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from agent import demo_data
+from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
 from agent.store.venue import VENUE_FILE, VenueStore
-from agent.venue import messages, stream_identity
+from agent.venue import budget, catalog, messages, stream_identity
 from agent.venue.bus import DUPLICATE_WINDOW_S
 from agent.venue.election import connect
 from agent.venue.node import NodeProcess
+from agent.venue.streams import kv_stream
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
+from tests.venue.test_buckets_recreated import RPM, Venue, _site, _true
 from tests.venue.test_stream_recreated import _admit_uuid, _knows, _scan, _uuids_on_stream
 
 STREAM = messages.stream_name("hall")
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with start_sandbox(tickets=50, async_delay_s=0.02, rpm=1000) as sb:
+        yield sb
 
 
 def _make_stream_again(url: str) -> None:
@@ -123,3 +135,76 @@ def test_a_catalog_position_without_a_record_is_not_trusted(
         assert store.stream_created(stream)
     finally:
         store.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_leader_without_a_record_counts_a_budget_made_again_unseen_as_spent(
+        tmp_path: Path, venue_node: NodeProcess, sandbox: Sandbox) -> None:
+    """The leader spent requests, then stopped; the budget bucket was made again empty while
+    no gate ran. A device whose venue.db has no record of the bucket becomes leader within
+    the minute: it cannot compare creation times, so it goes by the bucket's age on the
+    server's clock (made within the window, after the venue's other streams) and takes the
+    company's whole budget as spent, as a gate with a record does (never a 429)."""
+    venue = "unseen"
+    lead = _site(tmp_path, sandbox, venue_node, venue, "lead", True)
+    fresh = _site(tmp_path, sandbox, venue_node, venue, "fresh", True)
+    name = budget.bucket_name(venue)
+
+    async def scenario() -> tuple[int, dict[str, Any], float | None]:
+        async with Venue([lead], sandbox, venue_node) as v:
+            role = v.roles[0]
+            await v.until(lambda: _true(v.leads(role) and role.fence is not None
+                                        and bool(role.fence.sent)), 60, "leading, requests")
+            catalog_stream = catalog.stream_name(venue)
+
+            async def venue_older() -> bool:  # the venue's streams older than a remake
+                age = await stream_identity.server_age_s(v.js, catalog_stream)
+                return age is not None and age > budget.MADE_WITH_VENUE_S + 1
+            await v.until(venue_older, 30, "the venue's streams old enough")
+        nc, js = await connect({"servers": [venue_node.url]}, 5.0)
+        try:  # no gate running: `nats kv rm`, then made again empty
+            await js.delete_key_value(name)
+            await budget.budget_bucket(js, venue, 1)
+        finally:
+            await nc.close()
+        async with Venue([fresh], sandbox, venue_node) as v:
+            role = v.roles[0]
+
+            async def seeded() -> bool:
+                return v.leads(role) and role.counters["seeded_requests"] >= RPM
+            await v.until(seeded, 60, "leading, the unseen loss counted")
+            assert role.client is not None
+            remaining = role.client.governor.get_status()["remaining"]
+            status = role.get_status()
+            info = await v.js.stream_info(kv_stream(name))
+        recorded = VenueStore(fresh.config.store_dir / VENUE_FILE)
+        try:  # recorded only once the lost requests no longer count
+            assert recorded.stream_created(kv_stream(name)) is None
+        finally:
+            recorded.close()
+        assert stream_identity.created_of(info)
+        return remaining, status, status["budget_unknown_for_s"]
+
+    remaining, status, unknown_for = asyncio.run(scenario())
+    assert remaining == 0  # nothing may be sent yet
+    assert kv_stream(name) in status["buckets_lost"]
+    assert unknown_for is not None and unknown_for > 0
+
+
+def test_a_new_venue_is_not_taken_for_a_lost_budget(
+        tmp_path: Path, venue_node: NodeProcess, sandbox: Sandbox) -> None:
+    """A new venue makes its budget bucket with its other streams: nothing can have been lost,
+    and its first leader spends at once."""
+    site = _site(tmp_path, sandbox, venue_node, "brandnew", "first", True)
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        async with Venue([site], sandbox, venue_node) as v:
+            role = v.roles[0]
+            await v.until(lambda: _true(v.leads(role) and role.fence is not None
+                                        and bool(role.fence.sent)), 60, "leading, requests")
+            return role.counters["seeded_requests"], role.get_status()
+
+    seeded, status = asyncio.run(scenario())
+    assert seeded == 0 and status["buckets_lost"] == {}
+    assert status["budget_unknown_for_s"] is None
