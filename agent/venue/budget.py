@@ -40,9 +40,6 @@ from agent.venue.lease import Lease, NotLeader
 
 LOG_KEY = "requests"
 WINDOW_S = 60.0  # the platform's rate window
-# A new venue's streams and buckets are all made by the first gate's session setup, seconds
-# apart; a budget bucket made this much later than another of them was made again.
-MADE_WITH_VENUE_S = 10.0
 
 
 def lost_log_counts(lost_ago_s: float | None, request_timeout_s: float,
@@ -57,22 +54,13 @@ async def unrecorded_loss_age(js: Any, budget_stream: str, venue_streams: list[s
                               request_timeout_s: float) -> float | None:
     """For a gate whose venue.db has no record of the budget bucket (a new gate, or venue.db
     deleted), which therefore cannot see it was made again: how long ago (the server's
-    clock) the bucket was made, when a lost log may still count — made within one window and
-    one request timeout, and after another of `venue_streams` (the venue existed before it:
-    a new venue makes them all at once). None: nothing lost can count any more, or the venue
-    is new (or was wiped whole: no gate without a record can tell that from a new venue;
-    docs/venue.md). A server that does not say its time (before nats-server 2.10): taken as
-    made just now, the safe side."""
-    age = await stream_identity.server_age_s(js, budget_stream)
-    if age is None:
-        return 0.0
-    if not lost_log_counts(age, request_timeout_s):
-        return None
-    for stream in venue_streams:
-        other = await stream_identity.server_age_s(js, stream)
-        if other is not None and other - age > MADE_WITH_VENUE_S:
-            return age
-    return None
+    clock) the bucket was made, when a lost log may still count — made again at some time
+    (after another of `venue_streams`: agent.venue.stream_identity `made_again_unseen`) and
+    within one window and one request timeout. None: nothing lost can count any more, or the
+    venue is new (or was wiped whole, which no gate without a record can tell from a new
+    venue; docs/venue.md)."""
+    age = await stream_identity.made_again_unseen(js, budget_stream, venue_streams)
+    return age if age is not None and lost_log_counts(age, request_timeout_s) else None
 
 
 def bucket_name(venue: str) -> str:

@@ -218,7 +218,8 @@ class VenueRole:
             await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
             await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
             uploads, again = await uplink.adopt_upload_stream(
-                self._js, self.name, journal, self.config.store_dir / VENUE_FILE)
+                self._js, self.name, journal, self.config.store_dir / VENUE_FILE,
+                [catalog.stream_name(self.name), kv_stream(bucket_name(self.name))])
             if again:
                 self._upload_lost(f"made again: {again} scan(s) of this gate handed over again")
             self._upload_watch = stream_identity.StreamWatch(uplink.stream_name(self.name),
@@ -291,10 +292,11 @@ class VenueRole:
         db = self.config.store_dir / VENUE_FILE
         budget = kv_stream(budget_bucket_name(self.name))
         # venue.db without a record: made again unseen? (by the bucket's age, server clock)
-        unseen = await unrecorded_loss_age(
-            self._js, budget, [catalog.stream_name(self.name), uplink.stream_name(self.name),
-                               kv_stream(bucket_name(self.name))],
-            float(self.config.api["timeout_s"]))
+        # streams and buckets a new venue makes in one setup (stream_identity.made_again_unseen)
+        venue_streams = [catalog.stream_name(self.name), uplink.stream_name(self.name),
+                         kv_stream(bucket_name(self.name))]
+        unseen = await unrecorded_loss_age(self._js, budget, venue_streams,
+                                           float(self.config.api["timeout_s"]))
         self._budget_created, lost = await stream_identity.adopt(
             self._js, budget, db, lambda recorded: recorded, record=False,
             unrecorded=lambda: None if unseen is None else "")
@@ -307,8 +309,8 @@ class VenueRole:
             self._budget_lost(budget, f"made again at {self._budget_created} (the log of the "
                                       f"one of {lost} is gone)")
         held = kv_stream(quarantine.bucket_name(self.name))
-        held_created, again = await uplink.adopt_handed_over(self._js, held, journal, db,
-                                                             "the quarantine bucket")
+        held_created, again = await uplink.adopt_handed_over(
+            self._js, held, journal, db, "the quarantine bucket", venue_streams)
         self._hand_over_tag = held_created  # uplink.hand_over_headers
         if again is not None:
             self._bucket_made_again(held, f"made again: {again} scan(s) of this gate handed "

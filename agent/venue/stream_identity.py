@@ -35,6 +35,9 @@ T = TypeVar("T")
 
 CHECK_EVERY_S = 2.0
 STREAM_GONE_S = 5.0
+# A new venue's streams and buckets are all made by its first gate's session setup, seconds
+# apart: one made this much later than another of them was made again (`made_again_unseen`).
+MADE_WITH_VENUE_S = 10.0
 
 
 def created_of(info: Any) -> str:
@@ -146,6 +149,24 @@ async def server_age_s(js: Any, stream: str) -> float | None:
         return (datetime.fromisoformat(now) - datetime.fromisoformat(created)).total_seconds()
     except (NotFoundError, ValueError):
         return None
+
+
+async def made_again_unseen(js: Any, stream: str, venue_streams: list[str]) -> float | None:
+    """For a gate whose venue.db has no record of `stream`: its age (the server's clock) when
+    it was made MADE_WITH_VENUE_S or more after another of `venue_streams`, the venue's
+    streams and buckets the same session setup makes: a new venue makes them all at once,
+    so it was made again at some time, perhaps while this gate was away. None: made with
+    them (a new venue; or every one of them made again together, which no gate without a
+    record can tell from a new venue: docs/venue.md). A server that does not say its time:
+    0.0 (taken as made again just now: the safe side)."""
+    age = await server_age_s(js, stream)
+    if age is None:
+        return 0.0
+    for other in venue_streams:
+        older = await server_age_s(js, other)
+        if older is not None and older - age >= MADE_WITH_VENUE_S:
+            return age
+    return None
 
 
 async def record_created(venue_db: Path, stream: str, created: str) -> None:

@@ -18,26 +18,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 
 from agent import demo_data
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.cache import TicketCache
+from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, VenueStore
-from agent.venue import budget, catalog, messages, stream_identity
+from agent.venue import budget, catalog, messages, stream_identity, uplink
 from agent.venue.bus import DUPLICATE_WINDOW_S
 from agent.venue.election import connect
 from agent.venue.node import NodeProcess
 from agent.venue.streams import kv_stream
+from tests.platform.sync.conftest import Site, backlog
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
-from tests.venue.test_buckets_recreated import RPM, Venue, _site, _true
+from tests.venue.test_buckets_recreated import RPM, Venue, _journal_rows, _site, _true
 from tests.venue.test_stream_recreated import _admit_uuid, _knows, _scan, _uuids_on_stream
 
 STREAM = messages.stream_name("hall")
+SCANS = 12
+
+
+def _pending(site: Site) -> int:
+    journal = Journal(site.config.store_dir / "journal.db")
+    try:
+        return int(journal.counts()["pending"])
+    finally:
+        journal.close()
 
 
 @pytest.fixture
@@ -87,7 +100,8 @@ def test_a_gate_without_a_record_publishes_its_claims_again(
     with venue_devices(tmp_path, [venue_node.url], 2, tickets=5) as (one, two):
         assert _scan(one, code) == (True, "valid")
         old = _admit_uuid(one, code)
-        assert one.gate().venue is not None and one.gate().venue.last_granted_seq > 0  # claimed
+        link = one.gate().venue
+        assert link is not None and link.last_granted_seq > 0  # a granted claim
         wait_until(lambda: _knows(two, old), 10, "the admit applied at the other gate")
         for device in (one, two):
             _stopped_and_wiped(device)
@@ -160,7 +174,7 @@ def test_a_leader_without_a_record_counts_a_budget_made_again_unseen_as_spent(
 
             async def venue_older() -> bool:  # the venue's streams older than a remake
                 age = await stream_identity.server_age_s(v.js, catalog_stream)
-                return age is not None and age > budget.MADE_WITH_VENUE_S + 1
+                return age is not None and age > stream_identity.MADE_WITH_VENUE_S + 1
             await v.until(venue_older, 30, "the venue's streams old enough")
         nc, js = await connect({"servers": [venue_node.url]}, 5.0)
         try:  # no gate running: `nats kv rm`, then made again empty
@@ -208,3 +222,48 @@ def test_a_new_venue_is_not_taken_for_a_lost_budget(
     seeded, status = asyncio.run(scenario())
     assert seeded == 0 and status["buckets_lost"] == {}
     assert status["budget_unknown_for_s"] is None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_scans_handed_to_an_upload_stream_lost_unseen_are_handed_over_again(
+        tmp_path: Path, venue_node: NodeProcess, sandbox: Sandbox) -> None:
+    """A gate handed its scans over (marked sent) and stopped before any leader uploaded them;
+    the upload stream was deleted and made again meanwhile, and the gate's venue.db deleted.
+    With no record to compare, the stream made after the venue's other streams says it was
+    made again: the rows it may have taken go again (the journal is the source of truth)."""
+    venue = "unseenup"
+    member = _site(tmp_path, sandbox, venue_node, venue, "member", False)
+    _journal_rows(member, backlog(SCANS, datetime.now(UTC).replace(microsecond=0)))
+    stream = uplink.stream_name(venue)
+
+    async def on_stream(js: Any) -> int:
+        try:
+            return int((await js.stream_info(stream)).state.messages)
+        except NotFoundError:  # not made yet
+            return 0
+
+    async def scenario() -> tuple[int, int]:
+        async with Venue([member], sandbox, venue_node) as v:  # nobody leads: they wait there
+            async def all_handed_and_venue_older() -> bool:
+                age = await stream_identity.server_age_s(v.js, catalog.stream_name(venue))
+                return await on_stream(v.js) == SCANS and age is not None \
+                    and age > stream_identity.MADE_WITH_VENUE_S + 1
+            await v.until(all_handed_and_venue_older, 60, "all handed over")
+        (member.config.store_dir / VENUE_FILE).unlink()
+        nc, js = await connect({"servers": [venue_node.url]}, 5.0)
+        try:  # no gate running: `nats stream rm`, made again empty
+            await js.delete_stream(stream)
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await on_stream(js) == 0
+        finally:
+            await nc.close()
+        async with Venue([member], sandbox, venue_node) as v:
+            async def back() -> bool:
+                return await on_stream(v.js) == SCANS
+            await v.until(back, 60, "the scans handed over again")
+            return await on_stream(v.js), v.roles[0].counters["handed_over"]
+
+    on_new, handed = asyncio.run(scenario())
+    assert on_new == SCANS and handed == SCANS  # every one of them, once
+    assert _pending(member) == 0
