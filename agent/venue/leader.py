@@ -291,23 +291,25 @@ class VenueRole:
           scan uuid once)."""
         db = self.config.store_dir / VENUE_FILE
         budget = kv_stream(budget_bucket_name(self.name))
-        # venue.db without a record: made again unseen? (by the bucket's age, server clock)
         # streams and buckets a new venue makes in one setup (stream_identity.made_again_unseen)
         venue_streams = [catalog.stream_name(self.name), uplink.stream_name(self.name),
                          kv_stream(bucket_name(self.name))]
-        unseen = await unrecorded_loss_age(self._js, budget, venue_streams,
-                                           float(self.config.api["timeout_s"]))
+
+        async def unseen() -> tuple[str, float] | None:  # no record: made again unseen?
+            age = await unrecorded_loss_age(self._js, budget, venue_streams,
+                                            float(self.config.api["timeout_s"]))
+            return None if age is None else ("", age)
+
         self._budget_created, lost = await stream_identity.adopt(
-            self._js, budget, db, lambda recorded: recorded, record=False,
-            unrecorded=lambda: None if unseen is None else "")
-        if lost == "":
-            assert unseen is not None
-            self._budget_lost(budget, f"made {unseen:.0f} s ago, after the venue's other streams, "
-                                      "and venue.db has no record of the one before (its log "
-                                      "may be gone)", ago_s=unseen)
-        elif lost is not None:
+            self._js, budget, db, lambda recorded: (recorded, 0.0), record=False,
+            unrecorded=unseen)
+        if lost is not None:
+            recorded, ago = lost
             self._budget_lost(budget, f"made again at {self._budget_created} (the log of the "
-                                      f"one of {lost} is gone)")
+                                      f"one of {recorded} is gone)" if recorded else
+                              f"made {ago:.0f} s ago, after the venue's other streams, and "
+                              "venue.db has no record of the one before (its log may be "
+                              "gone)", ago_s=ago)
         held = kv_stream(quarantine.bucket_name(self.name))
         held_created, again = await uplink.adopt_handed_over(
             self._js, held, journal, db, "the quarantine bucket", venue_streams)

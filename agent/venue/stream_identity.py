@@ -8,6 +8,13 @@ policy). So the stream's creation time (`stream_info().created`) is stored besid
 at session start a different one, or a stream whose last sequence is below the position
 applied here, resets the derived data and consumes the new stream from its first message.
 
+A gate with no record (a new gate, or venue.db deleted) has nothing to compare, so it cannot
+see that a stream or bucket was made again while it was away; it takes the safe side instead of
+trusting what it holds: a position kept elsewhere is not trusted (`replaced`), the venue bus
+publishes its granted claims again (agent.venue.bus `_adopt_stream`), and for the leader's
+buckets and the upload stream the server's own clock tells one made after the venue's other
+streams (`made_again_unseen`: made again at some time). docs/venue.md, "A gate with no record".
+
 While a session runs, the stream is looked at every CHECK_EVERY_S: not found for
 STREAM_GONE_S, or made again, ends the session (`VenueStreamLost`) so setup runs again: it
 creates the stream if it is still missing, then the check above applies.
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,30 +109,32 @@ class StreamWatch:
 async def adopt(js: Any, stream: str, venue_db: Path,
                 made_again: Callable[[str], T] | None = None, *,
                 record: bool = True,
-                unrecorded: Callable[[], T | None] | None = None) -> tuple[str, T | None]:
+                unrecorded: Callable[[], Awaitable[T | None]] | None = None
+                ) -> tuple[str, T | None]:
     """Session setup for a stream or KV bucket (`KV_<bucket>`) whose loss this gate acts on:
     its creation time now (for the session's `StreamWatch`), and, when venue.db recorded
     another one, `made_again(recorded)`'s result (run in a worker thread, before the new
     time is recorded: a crash between repeats it, which the callers make harmless). When
     venue.db has no record (a new gate, or venue.db deleted) there is nothing to compare:
-    `unrecorded()`'s result then (None without it: recorded, nothing to deal with).
-    `record=False`: a time whose loss the caller deals with (a result not None) is not
-    recorded here; the caller does it once it has (`record_created`), so a restart meanwhile
-    deals with it again."""
+    `await unrecorded()`'s result then, before the time is recorded (None without it:
+    recorded, nothing to deal with). `record=False`: a time whose loss the caller deals with
+    (a result not None) is not recorded here; the caller does it once it has
+    (`record_created`), so a restart meanwhile deals with it again."""
     created = created_of(await js.stream_info(stream))
+    first: T | None = None
+    if unrecorded is not None and await asyncio.to_thread(_recorded, venue_db, stream) is None:
+        first = await unrecorded()
+        if first is not None and not record:
+            return created, first
 
     def fit() -> T | None:
         identities = VenueStore(venue_db)
         try:
             recorded = identities.stream_created(stream)
-            out = None
+            out = first
             if recorded is not None and recorded != created and made_again is not None:
                 out = made_again(recorded)
                 if not record:
-                    return out
-            elif recorded is None and unrecorded is not None:
-                out = unrecorded()
-                if out is not None and not record:
                     return out
             if recorded != created:
                 identities.set_stream_created(stream, created)
@@ -134,6 +143,14 @@ async def adopt(js: Any, stream: str, venue_db: Path,
             identities.close()
 
     return created, await asyncio.to_thread(fit)
+
+
+def _recorded(venue_db: Path, stream: str) -> str | None:
+    identities = VenueStore(venue_db)
+    try:
+        return identities.stream_created(stream)
+    finally:
+        identities.close()
 
 
 async def server_age_s(js: Any, stream: str) -> float | None:

@@ -140,20 +140,19 @@ async def adopt_handed_over(js: Any, stream: str, journal: Journal, venue_db: Pa
                     rows)
         return rows
 
-    unseen = await stream_identity.made_again_unseen(js, stream, venue_streams) \
-        if venue_streams else None
-
-    def unrecorded() -> int | None:
+    async def unrecorded() -> int | None:
+        unseen = await stream_identity.made_again_unseen(js, stream, venue_streams or [])
         if unseen is None:
             return None
         made = datetime.now(UTC) - timedelta(seconds=unseen)  # on this clock: the margin
-        rows = journal.hand_over_again("", utc_iso(made + CLOCK_MARGIN))
+        rows = await asyncio.to_thread(journal.hand_over_again, "", utc_iso(made + CLOCK_MARGIN))
         log.warning("venue: %s (%s) was made %.0f s ago, after the venue's other streams, and "
                     "venue.db has no record of the one before: %d scan(s) handed over before "
                     "it was made are handed over again", what, stream, unseen, rows)
         return rows
 
-    return await stream_identity.adopt(js, stream, venue_db, again, unrecorded=unrecorded)
+    return await stream_identity.adopt(js, stream, venue_db, again,
+                                       unrecorded=unrecorded if venue_streams else None)
 
 
 def hand_over_headers(scan_uuid: str, tag: str = "") -> dict[str, str]:
