@@ -19,17 +19,12 @@ from typing import Any
 import orjson
 
 from agent import demo_data
-from agent.config import load_config
-from agent.runtime.gate import Gate
-from agent.store.cache import TicketCache
-from agent.store.journal import Journal
 from agent.store.venue import REFUSED_AFTER_CLAIM, Applied, BusScan, VenueStore
 from agent.venue import messages
-from agent.venue.claims import Claim
 from agent.venue.election import connect
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
-from tests.venue.test_decide_again import between_claim_and_commit
+from tests.venue.test_refused_after_grant import refused_after_grant
 
 STREAM = messages.stream_name("hall")
 
@@ -53,34 +48,6 @@ def _on_stream(url: str, uuid: str) -> list[tuple[str, dict[str, Any]]]:
     return asyncio.run(run())
 
 
-def _refused_after_grant(dev: VenueDevice, code: str) -> dict[str, Any]:
-    """Scan `code` at `dev` with another lane of the device admitting it between the granted
-    claim and the journal transaction; returns the refusal's journal row."""
-    gate = dev.gate()
-    gate.claims_in_flight = False  # the answer is in before the row is written
-    config = load_config(dev.config_path)
-    other = Gate(TicketCache(config.store_dir / "cache.db"),  # another lane, no claim
-                 Journal(config.store_dir / "journal.db"), config, None)
-    lane = gate.config.lane("north-in")
-    claims: list[Claim] = []
-
-    def other_lane_admits(claim: Claim) -> None:
-        claims.append(claim)
-        assert claim.outcome == "granted", claim
-        assert other.scan(code, lane, datetime.now(UTC)).decision.admit
-
-    try:
-        with between_claim_and_commit(gate, other_lane_admits):
-            result = gate.scan(code, lane, datetime.now(UTC))
-    finally:
-        other.close()
-    assert not result.decision.admit and result.decision.status == "alreadyIn"
-    ((claim,),) = [claims]
-    refusal = {row["uuid"]: row for row in dev.journal_rows()}[claim.uuid]
-    assert (refusal["admit"], refusal["venue"]) == (0, None)
-    return refusal
-
-
 def _published(dev: VenueDevice, seq: int) -> None:
     store = dev.venue_store()
     try:
@@ -93,7 +60,7 @@ def test_a_refusal_after_a_grant_is_on_the_stream_and_read_as_a_refusal(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     code = demo_data.bulk_barcode(0)
     with venue_devices(tmp_path, [venue_node.url], 2, tickets=5) as (one, two):
-        refusal = _refused_after_grant(one, code)
+        refusal = refused_after_grant(one, code)
         uuid = refusal["uuid"]
         _published(one, refusal["seq"])
         # the claim, its void, and the refusal: three records of the one scan on the stream
@@ -176,7 +143,7 @@ def test_the_sweep_still_voids_a_claim_its_refusal_ended(
     code = demo_data.bulk_barcode(1)
     with venue_devices(tmp_path, [venue_node.url], 1, tickets=5) as (one,):
         one.bus.void_now = lambda claim, reason: None  # type: ignore[method-assign]
-        refusal = _refused_after_grant(one, code)
+        refusal = refused_after_grant(one, code)
         uuid = refusal["uuid"]
         _published(one, refusal["seq"])
         store = one.venue_store()
