@@ -32,7 +32,7 @@ from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, VenueStore
 from agent.venue import budget, catalog, messages, stream_identity, uplink
-from agent.venue.bus import DUPLICATE_WINDOW_S
+from agent.venue.bus import DUPLICATE_WINDOW_S, VenueBus
 from agent.venue.election import connect
 from agent.venue.node import NodeProcess
 from agent.venue.streams import kv_stream
@@ -267,3 +267,37 @@ def test_scans_handed_to_an_upload_stream_lost_unseen_are_handed_over_again(
     on_new, handed = asyncio.run(scenario())
     assert on_new == SCANS and handed == SCANS  # every one of them, once
     assert _pending(member) == 0
+
+
+def test_claims_go_out_again_after_a_restart_before_they_were_all_out(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """The gate with no record stopped after its session setup recorded the stream, before
+    its publisher sent its claims again: the next start finds a record and nothing to
+    compare. The claims still go out: what is left to send again is kept in venue.db
+    (`republish` cursor), not in the process."""
+    code = demo_data.bulk_barcode(2)
+    with venue_devices(tmp_path, [venue_node.url], 1, tickets=5) as (one,):
+        assert _scan(one, code) == (True, "valid")
+        old = _admit_uuid(one, code)
+        _stopped_and_wiped(one)
+        _make_stream_again(venue_node.url)
+        silent = VenueBus(one.bus.venue, one.bus.store_path.parent, one.bus.journal_path, None)
+
+        async def publishes_nothing(store: VenueStore, journal: Journal | None) -> None:
+            return None
+
+        silent._publish_pending = publishes_nothing  # type: ignore[method-assign]
+        silent.start()
+        try:
+            wait_until(lambda: silent.connected, 20, "the silent session set up")
+        finally:
+            silent.stop()
+        store = VenueStore(one.bus.store_path)
+        try:
+            assert store.stream_created(STREAM)  # recorded: the next start has no doubt
+        finally:
+            store.close()
+        assert old not in _uuids_on_stream(venue_node.url)
+        _started(one)
+        wait_until(lambda: old in _uuids_on_stream(venue_node.url), 20,
+                   "the claimed admit on the new stream")

@@ -118,9 +118,11 @@ def test_venue_db_restarts_for_a_new_stream_and_keeps_its_scans_and_conflicts(
         store.set_stream_created("S", "t1")
         assert store.apply("S", [admit(1, "a"), admit(2, "b")], "now") == ["b"]  # a conflict
         store.set_published_through(40)
-        store.restart_stream("S", "t2")
+        store.restart_stream("S", "t2", republish_through=38)
         assert (store.position("S"), store.subject_seq(subject)) == (0, 0)
-        assert store.published_through() == 0
+        # the journal from its start, granted claims through seq 38 too (in the reset's
+        # transaction: a restart after it still sends them)
+        assert store.published_through() == 0 and store.cursors() == (0, 38)
         assert store.stream_created("S") == "t2" and store.conflict_count() == 1
         # the old scans are kept, in their order, below every sequence of the new stream
         assert store.standing(["a", "b"]) == {"a", "b"} and seqs() == {"a": -2, "b": -1}
