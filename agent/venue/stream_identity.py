@@ -156,7 +156,8 @@ def _recorded(venue_db: Path, stream: str) -> str | None:
 async def server_age_s(js: Any, stream: str) -> float | None:
     """How long ago `stream` was made, on the bus server's own clock (its stream info says
     the server's time, `ts`, since nats-server 2.10; None from a server that does not, or a
-    stream not found). This gate's clock plays no part: it may be hours off."""
+    stream not found). This gate's clock plays no part: it may be hours off. The raw API
+    answer, through the client's own request helper: nats-py's StreamInfo drops `ts`."""
     try:
         resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", b"",
                                      timeout=js._timeout)
