@@ -573,22 +573,25 @@ class Journal:
                     f" WHERE upload_state = 'quarantined' AND {_PARKED}")
             return cur.rowcount
 
-    def hand_over_again(self, since: str) -> int:
-        """Rows marked sent at or after `since` (UTC ISO) back to the outbox, the cursor moved
-        down to the oldest of them in the same transaction: the venue's upload stream they were
-        handed to was lost before the leader uploaded them all (agent.venue.uplink
-        `adopt_upload_stream`). Which of them the platform has, this gate cannot know; those
-        go again harmlessly (the platform keeps a scan uuid once). Returns how many."""
+    def hand_over_again(self, since: str, before: str | None = None) -> int:
+        """Rows marked sent at or after `since` (UTC ISO; and before `before`, if given) back
+        to the outbox, the cursor moved down to the oldest of them in the same transaction: the
+        venue's upload stream they were handed to was lost before the leader uploaded them all
+        (agent.venue.uplink `adopt_upload_stream`). Which of them the platform has, this gate
+        cannot know; those go again harmlessly (the platform keeps a scan uuid once). Returns
+        how many."""
+        where = "upload_state = 'sent' AND sent_at >= ?" + \
+            ("" if before is None else " AND sent_at < ?")
+        bounds = (since,) if before is None else (since, before)
         with self._write():
-            low = self.conn.execute(
-                "SELECT MIN(seq) FROM scans WHERE upload_state = 'sent' AND sent_at >= ?",
-                (since,)).fetchone()[0]
+            low = self.conn.execute(f"SELECT MIN(seq) FROM scans WHERE {where}",
+                                    bounds).fetchone()[0]
             if low is None:
                 return 0
             self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (low,))
             cur = self.conn.execute(
                 "UPDATE scans SET upload_state = 'pending', sent_at = NULL, batch_uuid = NULL"
-                " WHERE upload_state = 'sent' AND sent_at >= ?", (since,))
+                f" WHERE {where}", bounds)
             return cur.rowcount
 
     def prune_sent(self, older_than: str) -> int:

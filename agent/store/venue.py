@@ -117,6 +117,21 @@ class Applied:
     bus_time: str | None = None  # a scan's: when it happened, on the bus server's clock
 
 
+# `venue_scans.voided`: 0 the scan stands; 1 voided (a void message); REFUSED_AFTER_CLAIM its
+# gate granted a claim, then its journal transaction refused after all (another lane admitted
+# the ticket first) and it published that refusal under the claim's uuid (agent.venue.messages
+# `scan_msg_id`): every reader of admits (`voided = 0`) drops the claim at once, and the
+# sweep (`claims_after`) still voids it on the stream for gates of before, which ignore the
+# refusal (a row per uuid) and wait for the void.
+REFUSED_AFTER_CLAIM = 2
+_REFUSE_CLAIM = ("UPDATE venue_scans SET voided = ? WHERE uuid = ? AND device = ? AND admit = 1"
+                 " AND voided = 0")
+
+# venue_cursor rows: 'journal' (published through), 'republish' (claims sent again through)
+_SET_CURSOR = ("INSERT INTO venue_cursor (name, journal_seq) VALUES (?, ?)"
+               " ON CONFLICT(name) DO UPDATE SET journal_seq = MAX(journal_seq,"
+               " excluded.journal_seq)")
+
 _SET_CREATED = ("INSERT INTO venue_stream_identity (stream, created) VALUES (?, ?)"
                 " ON CONFLICT(stream) DO UPDATE SET created = excluded.created")
 
@@ -174,6 +189,9 @@ class VenueStore:
                     if cur.rowcount and s.admit and s.item_id is not None \
                             and s.event_id is not None:
                         touched.add((s.event_id, s.item_id))
+                    elif not cur.rowcount and not s.admit:
+                        # its gate's refusal under a claim's uuid: the claim no longer stands
+                        self.conn.execute(_REFUSE_CLAIM, (REFUSED_AFTER_CLAIM, s.uuid, s.device))
                 elif msg.void_uuid is not None:
                     self.conn.execute("UPDATE venue_scans SET voided = 1 WHERE uuid = ?",
                                       (msg.void_uuid,))
@@ -243,7 +261,7 @@ class VenueStore:
         except sqlite3.Error as exc:
             raise StoreError(f"venue state {self.path}: {exc}") from exc
 
-    def restart_stream(self, stream: str, created: str) -> None:
+    def restart_stream(self, stream: str, created: str, republish_through: int = 0) -> None:
         """The stream was deleted and made again (`created` is the new one's), in one
         transaction: drop what counts in the old one's sequences (subject sequences, position)
         and the publishing cursor (this gate's journal goes out again, so the new stream learns
@@ -256,7 +274,9 @@ class VenueStore:
         scan on the new stream finds it by uuid. Renumbering keeps their order: every old
         sequence moves down by the same amount, below both the new stream (positive) and any
         earlier renumbering (negative), so the rows never collide, not even mid-update.
-        Conflicts found are kept: they are a record of what happened."""
+        Conflicts found are kept: they are a record of what happened. `republish_through`:
+        this gate's journal seq up to which its granted claims go out again too
+        (`set_republish_through`), in the same transaction as the reset."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             low, high = self.conn.execute(
@@ -266,6 +286,8 @@ class VenueStore:
                                   (high - min(low, 0) + 1,))
             for sql in ("DELETE FROM venue_subjects", "DELETE FROM venue_cursor"):
                 self.conn.execute(sql)
+            if republish_through:
+                self.conn.execute(_SET_CURSOR, ("republish", republish_through))
             self.conn.execute("DELETE FROM venue_position WHERE stream = ?", (stream,))
             self.conn.execute(_SET_CREATED, (stream, created))
             self.conn.execute("COMMIT")
@@ -313,11 +335,13 @@ class VenueStore:
         return out
 
     def claims_after(self, device: str, seq: int) -> list[dict[str, Any]]:
-        """This device's standing admits applied after stream position `seq`."""
+        """This device's admits applied after stream position `seq` that no void ended: the
+        standing ones, and those its own refusal ended (`REFUSED_AFTER_CLAIM`), whose void
+        gates of before still wait for (the sweep publishes it: no admit in the journal)."""
         cur = self.conn.execute(
             "SELECT stream_seq, uuid, event_id, item_id, scanned_on FROM venue_scans"
-            " WHERE device = ? AND admit = 1 AND voided = 0 AND offline = 0"
-            " AND stream_seq > ? ORDER BY stream_seq", (device, seq))
+            " WHERE device = ? AND admit = 1 AND voided IN (0, ?) AND offline = 0"
+            " AND stream_seq > ? ORDER BY stream_seq", (device, REFUSED_AFTER_CLAIM, seq))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
@@ -349,15 +373,27 @@ class VenueStore:
 
     def published_through(self) -> int:
         """The journal seq up to which this gate's scans have been acknowledged by the bus."""
-        row = self.conn.execute(
-            "SELECT journal_seq FROM venue_cursor WHERE name = 'journal'").fetchone()
-        return int(row[0]) if row else 0
+        return self.cursors()[0]
+
+    def cursors(self) -> tuple[int, int]:
+        """(`published_through`, `republish_through`) in one read (the publisher's round)."""
+        found = dict(self.conn.execute("SELECT name, journal_seq FROM venue_cursor"
+                                       " WHERE name IN ('journal', 'republish')").fetchall())
+        return int(found.get("journal", 0)), int(found.get("republish", 0))
 
     def set_published_through(self, journal_seq: int) -> None:
+        self._set_cursor("journal", journal_seq)
+
+    def set_republish_through(self, journal_seq: int) -> None:
+        """This gate's granted claims up to journal seq `journal_seq` go out again (the
+        publisher skips them otherwise: the claim is the scan on the bus), because the stream
+        may not hold them (made again; or venue.db has no record of it: agent.venue.bus
+        `_adopt_stream`). Kept in venue.db, not in memory: a restart before they are all out
+        would otherwise find the stream's creation time recorded and skip the rest."""
+        self._set_cursor("republish", journal_seq)
+
+    def _set_cursor(self, name: str, journal_seq: int) -> None:
         try:
-            self.conn.execute(
-                "INSERT INTO venue_cursor (name, journal_seq) VALUES ('journal', ?)"
-                " ON CONFLICT(name) DO UPDATE SET journal_seq = MAX(journal_seq,"
-                " excluded.journal_seq)", (journal_seq,))
+            self.conn.execute(_SET_CURSOR, (name, journal_seq))
         except sqlite3.Error as exc:
             raise StoreError(f"venue state {self.path}: {exc}") from exc

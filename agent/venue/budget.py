@@ -21,6 +21,9 @@ its creation time against the one venue.db recorded, or the session's watch) tak
 venue's whole company budget as spent at that moment until one window and one request
 timeout have passed (`seed(..., lost_ago_s=...)`): a leader set up meanwhile waits, never
 overspends (fail closed: no request rather than a 429 for every device of the company).
+A gate whose venue.db has no record of the bucket (new, or venue.db deleted) has nothing to
+compare: it does the same when the bucket, by the server's clock, was made within that window
+and after the venue's other streams (`unrecorded_loss_age`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import orjson
 from nats.js.api import KeyValueConfig, StorageType
 
 from agent.platform.governor import Governor
-from agent.venue import streams
+from agent.venue import stream_identity, streams
 from agent.venue.lease import Lease, NotLeader
 
 LOG_KEY = "requests"
@@ -45,6 +48,19 @@ def lost_log_counts(lost_ago_s: float | None, request_timeout_s: float,
     window after they finished, at the latest a request timeout after the loss; None: no
     loss known)."""
     return lost_ago_s is not None and lost_ago_s < window_s + request_timeout_s
+
+
+async def unrecorded_loss_age(js: Any, budget_stream: str, venue_streams: list[str],
+                              request_timeout_s: float) -> float | None:
+    """For a gate whose venue.db has no record of the budget bucket (a new gate, or venue.db
+    deleted), which therefore cannot see it was made again: how long ago (the server's
+    clock) the bucket was made, when a lost log may still count — made again at some time
+    (after another of `venue_streams`: agent.venue.stream_identity `made_again_unseen`) and
+    within one window and one request timeout. None: nothing lost can count any more, or the
+    venue is new (or was wiped whole, which no gate without a record can tell from a new
+    venue; docs/venue.md)."""
+    age = await stream_identity.made_again_unseen(js, budget_stream, venue_streams)
+    return age if age is not None and lost_log_counts(age, request_timeout_s) else None
 
 
 def bucket_name(venue: str) -> str:

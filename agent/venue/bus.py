@@ -6,7 +6,8 @@ loop without putting that loop on the scan path. `VenueBus` owns one thread and 
 - the consumer: every message of the venue's stream, from the last position applied in
   venue.db, applied in order with that position in one transaction (agent.store.venue),
 - the publisher: this gate's journal rows after the last one the bus acknowledged, each with
-  `Nats-Msg-Id` = scan uuid, woken after each commit and once a second,
+  `Nats-Msg-Id` = scan uuid (`<uuid>/refused` for a refusal: agent.venue.messages
+  `scan_msg_id`), woken after each commit and once a second,
 - the void sweep: this gate's claims whose admit never reached the journal are voided,
 - heartbeats (agent.venue.heartbeat): this gate's out, every gate's into `board`.
 
@@ -141,7 +142,9 @@ class VenueBus:
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
         self.stream_restarts = 0  # times venue.db was reset for a stream made again
         self._restarted = threading.Event()  # the applier reset venue.db (RESTART_SEQ)
-        self._republishing = False  # after a reset: granted claims go out again too
+        # journal seq up to which granted claims go out again with the reset of venue.db
+        # (`_adopt_stream`; VenueStore.restart_stream writes it in the reset's transaction)
+        self._republish_through = 0
         self.apply_failing_since: str | None = None
         self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
@@ -343,7 +346,7 @@ class VenueBus:
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
         await self._ensure_stream()
-        watch = await self._adopt_stream(store)
+        watch = await self._adopt_stream(store, journal)
         await self._measure_clock()  # before anything is published or decided as connected
         await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
@@ -450,16 +453,21 @@ class VenueBus:
             streams.Want("duplicate_window", DUPLICATE_WINDOW_S),
             streams.Want("storage", StorageType.FILE)], self.settings_drift)
 
-    async def _adopt_stream(self, store: VenueStore) -> stream_identity.StreamWatch:
+    async def _adopt_stream(self, store: VenueStore,
+                            journal: Journal | None) -> stream_identity.StreamWatch:
         """Session setup: venue.db must count in this incarnation of the stream. One made
         again since (agent.venue.stream_identity) resets venue.db's derived data first, so the
-        consumer starts at the new stream's first message and claims expect its sequences."""
+        consumer starts at the new stream's first message and claims expect its sequences.
+        Either way, and when venue.db has no record of the stream, this gate's granted claims
+        journaled so far go out again (`VenueStore.set_republish_through`)."""
         info = await self._js.stream_info(self.stream)
         created = stream_identity.created_of(info)
         recorded = await asyncio.to_thread(store.stream_created, self.stream)
         position = await asyncio.to_thread(store.position, self.stream)
         why = stream_identity.replaced(recorded, created, info.state.last_seq, position)
+        journaled = await asyncio.to_thread(journal.last_seq) if journal is not None else 0
         if why is not None:
+            self._republish_through = journaled
             log.warning("venue: %s; venue.db's scans are dropped and the stream applied from "
                         "its first message; this gate's scans are published again", why)
             self._restarted.clear()
@@ -471,9 +479,17 @@ class VenueBus:
             # its claims are kept under new (negative) sequences: all looked at again, those
             # waiting keep their time (VenueStore.restart_stream)
             self._swept_seq = SWEEP_FROM
-            self._republishing = True
             self.stream_restarts += 1
         elif recorded != created:
+            if recorded is None:
+                # A venue.db with no record (a new gate, or the file deleted) cannot tell
+                # whether the stream was made again while this gate was away: if it was, its
+                # granted claims (on the bus already, so never published again) are not on
+                # the new stream, and a gate that learns the venue from it admits them again.
+                # So all of its journal goes out, claims too (stored once: Nats-Msg-Id and
+                # the uuid; a gate with a new journal has nothing to send). Marked before the
+                # record: a restart in between finds no record and marks again.
+                await asyncio.to_thread(store.set_republish_through, journaled)
             await asyncio.to_thread(store.set_stream_created, self.stream, created)
         return stream_identity.StreamWatch(self.stream, created)
 
@@ -481,7 +497,7 @@ class VenueBus:
         """The applier's part of a reset (in order: what it applied before is the old
         stream's; nothing of the old stream is queued after the marker)."""
         try:
-            store.restart_stream(self.stream, created)
+            store.restart_stream(self.stream, created, self._republish_through)
         except Exception as exc:  # noqa: BLE001 - the session fails and tries again
             self.apply_error = f"{type(exc).__name__}: {exc}"[:300]
             return
@@ -648,10 +664,9 @@ class VenueBus:
         if journal is None:
             return
         while True:
-            since = await asyncio.to_thread(store.published_through)
+            since, again = await asyncio.to_thread(store.cursors)
             rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
-                self._republishing = False
                 return
             # a row whose claim is in flight stops the walk until its answer settles it
             flying = next((i for i, row in enumerate(rows) if row.get("venue") == "claiming"),
@@ -663,8 +678,8 @@ class VenueBus:
             sends, through, held = [], since, False
             for row in rows:
                 if row.get("venue") == "void" or (  # never was on the bus / is on it already,
-                        row.get("venue") == "claimed" and not self._republishing):  # unless
-                    through = row["seq"]  # the stream was made again (_adopt_stream)
+                        row.get("venue") == "claimed" and row["seq"] > again):  # unless the
+                    through = row["seq"]  # stream may not hold it (_adopt_stream)
                     continue
                 offset, held = self.published_offset(row)
                 if held:  # decided unmeasured: its offset may be measured in a moment
@@ -673,7 +688,8 @@ class VenueBus:
                                                   self.device)
                 sends.append(self._js.publish(
                     subject, messages.encode_scan(scan_from_row(row, self.device, offset)),
-                    headers={"Nats-Msg-Id": row["uuid"]}))
+                    headers={"Nats-Msg-Id": messages.scan_msg_id(row["uuid"],
+                                                                 bool(row["admit"]))}))
                 through = row["seq"]
             await asyncio.gather(*sends)
             if through > since:

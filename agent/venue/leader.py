@@ -48,6 +48,7 @@ from agent.venue.budget import (
     leader_governor,
     leader_share,
     lost_log_counts,
+    unrecorded_loss_age,
     venue_requests,
 )
 from agent.venue.budget import bucket_name as budget_bucket_name
@@ -217,7 +218,8 @@ class VenueRole:
             await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
             await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
             uploads, again = await uplink.adopt_upload_stream(
-                self._js, self.name, journal, self.config.store_dir / VENUE_FILE)
+                self._js, self.name, journal, self.config.store_dir / VENUE_FILE,
+                [catalog.stream_name(self.name), kv_stream(bucket_name(self.name))])
             if again:
                 self._upload_lost(f"made again: {again} scan(s) of this gate handed over again")
             self._upload_watch = stream_identity.StreamWatch(uplink.stream_name(self.name),
@@ -289,14 +291,28 @@ class VenueRole:
           scan uuid once)."""
         db = self.config.store_dir / VENUE_FILE
         budget = kv_stream(budget_bucket_name(self.name))
+        # streams and buckets a new venue makes in one setup (stream_identity.made_again_unseen)
+        venue_streams = [catalog.stream_name(self.name), uplink.stream_name(self.name),
+                         kv_stream(bucket_name(self.name))]
+
+        async def unseen() -> tuple[str, float] | None:  # no record: made again unseen?
+            age = await unrecorded_loss_age(self._js, budget, venue_streams,
+                                            float(self.config.api["timeout_s"]))
+            return None if age is None else ("", age)
+
         self._budget_created, lost = await stream_identity.adopt(
-            self._js, budget, db, lambda recorded: recorded, record=False)
+            self._js, budget, db, lambda recorded: (recorded, 0.0), record=False,
+            unrecorded=unseen)
         if lost is not None:
+            recorded, ago = lost
             self._budget_lost(budget, f"made again at {self._budget_created} (the log of the "
-                                      f"one of {lost} is gone)")
+                                      f"one of {recorded} is gone)" if recorded else
+                              f"made {ago:.0f} s ago, after the venue's other streams, and "
+                              "venue.db has no record of the one before (its log may be "
+                              "gone)", ago_s=ago)
         held = kv_stream(quarantine.bucket_name(self.name))
-        held_created, again = await uplink.adopt_handed_over(self._js, held, journal, db,
-                                                             "the quarantine bucket")
+        held_created, again = await uplink.adopt_handed_over(
+            self._js, held, journal, db, "the quarantine bucket", venue_streams)
         self._hand_over_tag = held_created  # uplink.hand_over_headers
         if again is not None:
             self._bucket_made_again(held, f"made again: {again} scan(s) of this gate handed "
@@ -307,10 +323,11 @@ class VenueRole:
                                 (lease, lease_created)):
             self._bucket_watches[stream] = stream_identity.StreamWatch(stream, created)
 
-    def _budget_lost(self, stream: str, what: str) -> None:
-        """The budget bucket found made again (or gone): from now on, the company's budget is
-        taken as spent for a window (agent.venue.budget `LeaderFence.seed`)."""
-        self._budget_lost_at = time.monotonic()
+    def _budget_lost(self, stream: str, what: str, ago_s: float = 0.0) -> None:
+        """The budget bucket found made again (or gone) `ago_s` ago: from then on, the
+        company's budget is taken as spent for a window (agent.venue.budget
+        `LeaderFence.seed`)."""
+        self._budget_lost_at = time.monotonic() - ago_s
         self._bucket_made_again(stream, what)
 
     def _bucket_made_again(self, stream: str, what: str) -> None:

@@ -9,7 +9,15 @@ One stream per venue, `VENUE_<name>`, on subjects `venue.<name>.>`:
 - `venue.<name>.u.<device>` — scans of codes with no ticket (unknown codes), for the record.
 
 Every scan message carries the scan uuid as `Nats-Msg-Id`, so a scan published twice (a claim,
-then the same row from the journal publisher; or again after a crash) is stored once.
+then the same row from the journal publisher; or again after a crash) is stored once. A refusal
+carries `<uuid>/refused` instead (`scan_msg_id`): a claim the venue granted whose journal
+transaction then refused (another lane admitted the ticket in between) is journaled as a
+refusal under the claim's own uuid, and under that id the server dropped it as a duplicate of
+the claim, so no gate ever had the refusal on record. The id stays deterministic, so the
+publisher's re-sends of one refusal are still stored once. Readers tell the two apart by the
+body (`admit`), never by the id: a refusal under a claim's uuid is applied as that claim's
+refusal (agent.store.venue `REFUSED_AFTER_CLAIM`); a gate of before ignores it (its rows are
+unique by uuid, so it keeps the claim until the void its sender still publishes).
 Bodies are JSON objects; unknown fields are ignored, and a message that cannot be read is
 skipped and counted (never guessed at).
 
@@ -50,6 +58,14 @@ def ticket_subject(venue: str, event_id: int | None, item_id: int | None,
     if event_id is None or item_id is None:
         return f"venue.{venue}.u.{device}"
     return f"venue.{venue}.t.{event_id}.{item_id}"
+
+
+def scan_msg_id(scan_uuid: str, admit: bool) -> str:
+    """A scan message's `Nats-Msg-Id` (see the module docstring): the uuid for an admit (the
+    journal publisher's copy of a granted claim is the claim itself), `<uuid>/refused` for a
+    refusal (a refusal journaled under a granted claim's uuid must not be the claim's
+    duplicate)."""
+    return scan_uuid if admit else f"{scan_uuid}/refused"
 
 
 def encode_scan(scan: BusScan) -> bytes:

@@ -8,6 +8,13 @@ policy). So the stream's creation time (`stream_info().created`) is stored besid
 at session start a different one, or a stream whose last sequence is below the position
 applied here, resets the derived data and consumes the new stream from its first message.
 
+A gate with no record (a new gate, or venue.db deleted) has nothing to compare, so it cannot
+see that a stream or bucket was made again while it was away; it takes the safe side instead of
+trusting what it holds: a position kept elsewhere is not trusted (`replaced`), the venue bus
+publishes its granted claims again (agent.venue.bus `_adopt_stream`), and for the leader's
+buckets and the upload stream the server's own clock tells one made after the venue's other
+streams (`made_again_unseen`: made again at some time). docs/venue.md, "A gate with no record".
+
 While a session runs, the stream is looked at every CHECK_EVERY_S: not found for
 STREAM_GONE_S, or made again, ends the session (`VenueStreamLost`) so setup runs again: it
 creates the stream if it is still missing, then the check above applies.
@@ -18,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +42,9 @@ T = TypeVar("T")
 
 CHECK_EVERY_S = 2.0
 STREAM_GONE_S = 5.0
+# A new venue's streams and buckets are all made by its first gate's session setup, seconds
+# apart: one made this much later than another of them was made again (`made_again_unseen`).
+MADE_WITH_VENUE_S = 10.0
 
 
 def created_of(info: Any) -> str:
@@ -42,13 +53,23 @@ def created_of(info: Any) -> str:
 
 
 def replaced(recorded: str | None, created: str, last_seq: int, position: int) -> str | None:
-    """Why venue.db no longer counts in this stream (None: it does). `recorded` None: a
-    venue.db from before identities were stored; only the sequences can tell then."""
+    """Why a position applied here no longer counts in this stream (None: it does).
+
+    `recorded` None: venue.db holds no creation time for it (a venue.db deleted, or from before
+    identities were stored). A position kept elsewhere (the catalog's, in the ticket cache) may
+    then be one of a stream made again while the gate was away, which the sequences cannot
+    always tell (the new one may have grown past it): followed from there, the new stream's
+    first messages (refunds, blocks) would never be applied. So no record and a position is
+    "cannot tell": the stream is applied again from its first message (once; the creation
+    time is recorded then)."""
     if recorded is not None and recorded != created:
         return f"the stream was made again at {created} (venue.db counts in the one of {recorded})"
     if last_seq < position:
         return (f"the stream's last message is {last_seq}, below the position {position} applied "
                 "here (deleted and made again)")
+    if recorded is None and position > 0:
+        return (f"venue.db has no record of the stream this gate applied up to {position} (deleted "
+                "or older): it may have been made again meanwhile")
     return None
 
 
@@ -87,21 +108,30 @@ class StreamWatch:
 
 async def adopt(js: Any, stream: str, venue_db: Path,
                 made_again: Callable[[str], T] | None = None, *,
-                record: bool = True) -> tuple[str, T | None]:
+                record: bool = True,
+                unrecorded: Callable[[], Awaitable[T | None]] | None = None
+                ) -> tuple[str, T | None]:
     """Session setup for a stream or KV bucket (`KV_<bucket>`) whose loss this gate acts on:
     its creation time now (for the session's `StreamWatch`), and, when venue.db recorded
     another one, `made_again(recorded)`'s result (run in a worker thread, before the new
-    time is recorded: a crash between repeats it, which the callers make harmless). The
-    first time a gate sees it there is nothing to compare: recorded, None returned.
-    `record=False`: a made-again time is not recorded here; the caller does it once it has
-    dealt with the loss (`record_created`), so a restart meanwhile deals with it again."""
+    time is recorded: a crash between repeats it, which the callers make harmless). When
+    venue.db has no record (a new gate, or venue.db deleted) there is nothing to compare:
+    `await unrecorded()`'s result then, before the time is recorded (None without it:
+    recorded, nothing to deal with). `record=False`: a time whose loss the caller deals with
+    (a result not None) is not recorded here; the caller does it once it has
+    (`record_created`), so a restart meanwhile deals with it again."""
     created = created_of(await js.stream_info(stream))
+    first: T | None = None
+    if unrecorded is not None and await asyncio.to_thread(_recorded, venue_db, stream) is None:
+        first = await unrecorded()
+        if first is not None and not record:
+            return created, first
 
     def fit() -> T | None:
         identities = VenueStore(venue_db)
         try:
             recorded = identities.stream_created(stream)
-            out = None
+            out = first
             if recorded is not None and recorded != created and made_again is not None:
                 out = made_again(recorded)
                 if not record:
@@ -113,6 +143,48 @@ async def adopt(js: Any, stream: str, venue_db: Path,
             identities.close()
 
     return created, await asyncio.to_thread(fit)
+
+
+def _recorded(venue_db: Path, stream: str) -> str | None:
+    identities = VenueStore(venue_db)
+    try:
+        return identities.stream_created(stream)
+    finally:
+        identities.close()
+
+
+async def server_age_s(js: Any, stream: str) -> float | None:
+    """How long ago `stream` was made, on the bus server's own clock (its stream info says
+    the server's time, `ts`, since nats-server 2.10; None from a server that does not, or a
+    stream not found). This gate's clock plays no part: it may be hours off. The raw API
+    answer, through the client's own request helper: nats-py's StreamInfo drops `ts`."""
+    try:
+        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", b"",
+                                     timeout=js._timeout)
+        now, created = resp.get("ts"), resp.get("created")
+        if not isinstance(now, str) or not isinstance(created, str):
+            return None
+        return (datetime.fromisoformat(now) - datetime.fromisoformat(created)).total_seconds()
+    except (NotFoundError, ValueError):
+        return None
+
+
+async def made_again_unseen(js: Any, stream: str, venue_streams: list[str]) -> float | None:
+    """For a gate whose venue.db has no record of `stream`: its age (the server's clock) when
+    it was made MADE_WITH_VENUE_S or more after another of `venue_streams`, the venue's
+    streams and buckets the same session setup makes: a new venue makes them all at once,
+    so it was made again at some time, perhaps while this gate was away. None: made with
+    them (a new venue; or every one of them made again together, which no gate without a
+    record can tell from a new venue: docs/venue.md). A server that does not say its time:
+    0.0 (taken as made again just now: the safe side)."""
+    age = await server_age_s(js, stream)
+    if age is None:
+        return 0.0
+    for other in venue_streams:
+        older = await server_age_s(js, other)
+        if older is not None and older - age >= MADE_WITH_VENUE_S:
+            return age
+    return None
 
 
 async def record_created(venue_db: Path, stream: str, created: str) -> None:

@@ -107,22 +107,31 @@ async def ensure_upload_stream(js: Any, venue: str, replicas: int,
 
 
 async def adopt_upload_stream(js: Any, venue: str, journal: Journal,
-                              venue_db: Path) -> tuple[str, int | None]:
+                              venue_db: Path, venue_streams: list[str] | None = None
+                              ) -> tuple[str, int | None]:
     """Session setup (see the module docstring): the upload stream's creation time (for the
     session's `StreamWatch`) and how many rows were handed over again because the stream this
-    gate handed its scans to was made again since."""
+    gate handed its scans to was made again since (`venue_streams`: see
+    `adopt_handed_over`)."""
     return await adopt_handed_over(js, stream_name(venue), journal, venue_db,
-                                   "the upload stream")
+                                   "the upload stream", venue_streams)
 
 
 async def adopt_handed_over(js: Any, stream: str, journal: Journal, venue_db: Path,
-                            what: str) -> tuple[str, int | None]:
+                            what: str, venue_streams: list[str] | None = None
+                            ) -> tuple[str, int | None]:
     """Session setup for a stream or bucket that held this gate's handed-over scans on their
     way to the platform (the upload stream; the quarantine bucket, which holds the rows the
     platform refused): made again since this gate recorded it, every row it marked sent since
     the lost one was made goes back to its outbox and is handed over again (the journal is
     the source of truth). Returns the creation time and how many rows went back (None: it
-    was not made again)."""
+    was not made again).
+
+    venue.db without a record (a new gate, or venue.db deleted) has no lost creation time to
+    compare. When the stream was made after the venue's other `venue_streams` (made again
+    at some time, perhaps while this gate was away: agent.venue.stream_identity
+    `made_again_unseen`), every row this gate marked sent before it was made (plus the
+    clock margin) goes again: those may have waited on a lost one. A new journal has none."""
     def again(recorded: str) -> int:
         lost_made = datetime.fromisoformat(recorded)
         rows = journal.hand_over_again(utc_iso(lost_made - CLOCK_MARGIN))
@@ -131,7 +140,19 @@ async def adopt_handed_over(js: Any, stream: str, journal: Journal, venue_db: Pa
                     rows)
         return rows
 
-    return await stream_identity.adopt(js, stream, venue_db, again)
+    async def unrecorded() -> int | None:
+        unseen = await stream_identity.made_again_unseen(js, stream, venue_streams or [])
+        if unseen is None:
+            return None
+        made = datetime.now(UTC) - timedelta(seconds=unseen)  # on this clock: the margin
+        rows = await asyncio.to_thread(journal.hand_over_again, "", utc_iso(made + CLOCK_MARGIN))
+        log.warning("venue: %s (%s) was made %.0f s ago, after the venue's other streams, and "
+                    "venue.db has no record of the one before: %d scan(s) handed over before "
+                    "it was made are handed over again", what, stream, unseen, rows)
+        return rows
+
+    return await stream_identity.adopt(js, stream, venue_db, again,
+                                       unrecorded=unrecorded if venue_streams else None)
 
 
 def hand_over_headers(scan_uuid: str, tag: str = "") -> dict[str, str]:
