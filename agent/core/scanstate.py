@@ -82,6 +82,11 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
     events: list[tuple[datetime | None, str]] = []
     seen_uuids: set[str] = set()
     seen_keys: set[tuple[str, int]] = set()
+    # The platform's copy of another gate's scan (uploaded, then synced back) carries that
+    # gate's own `scannedOn`, on its clock, which may be off; the bus's copy is on the bus
+    # server's clock, read on this one by the measured offset. The bus's copy is the one kept.
+    venue = list(venue)
+    on_bus = {v.uuid for v in venue if v.uuid} if venue else set()
     for scan in own:
         if not _zone_matches(scan.zone_id, zone_id, zone_is_default):
             continue
@@ -92,7 +97,7 @@ def derive_state(own: Iterable[OwnScan], platform: Iterable[ZoneScan], zone_id: 
     for pscan in platform:
         if not _zone_matches(pscan.zone_id, zone_id, zone_is_default):
             continue
-        if pscan.uuid and pscan.uuid in seen_uuids:
+        if pscan.uuid and (pscan.uuid in seen_uuids or pscan.uuid in on_bus):
             continue
         if pscan.uuid:
             seen_uuids.add(pscan.uuid)  # the platform listing one scan twice counts it once

@@ -111,3 +111,18 @@ def test_unplaced_never_reads_outside_where_some_offset_reads_inside(
     assert unplaced.entries == placed.entries
     if not unplaced.inside:
         assert not placed.inside
+
+
+def test_the_bus_copy_of_another_gates_scan_places_it_not_the_platforms_echo() -> None:
+    """Another gate's entry, uploaded and synced back, carries that gate's own `scannedOn`
+    (its clock 25 minutes slow here) as well as its bus copy (on the bus server's clock, read
+    on this one). Placed by the echo, the entry came before this gate's exit and the ticket,
+    inside, read as outside: a ticket passed back over the barrier was admitted again."""
+    mine = own((-10, "out"))
+    theirs = venue((-5, "in"))
+    echo = [ZoneScan(FLOOR.id, "in", at(-30), "bus0")]  # the same scan, by the platform
+    placed = state(mine, theirs, placed=True, platform=echo)
+    assert placed.inside and not placed.order_unknown
+    assert verdict(placed, "in")[:2] == (False, "alreadyIn")
+    # the echo alone (the bus copy not there, e.g. a gate outside the venue) is still counted
+    assert state(mine, [], placed=True, platform=echo).entries == 1
