@@ -14,6 +14,7 @@ import pytest
 
 from agent import demo_data
 from drivers.inputs import send_input
+from drivers.sim import send_scan
 from tests.conftest import run_cli
 from tests.rigs import wait_until
 from tests.runtime.daemon.conftest import Site, wait_synced
@@ -75,6 +76,47 @@ def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site)
         site.scanner.write(C["valid"].encode() + b"\r\n")
         again = daemon.wait_decisions(1)[-1]
         assert again["admit"] is False  # the ticket stays used
+    finally:
+        daemon.stop()
+
+
+def test_kill_9_during_an_exits_passage_wait_voids_the_exit_after_restart(site: Site) -> None:
+    """The exit's side of the rule: nobody saw the holder leave, so the exit does not stand —
+    taken as made it would free the ticket to come in again while they may be inside."""
+    site.write_config(extra_lanes=f'passage_out = "sim:pout?socket={site.root / "pout.sock"}"'
+                                  "\npassage_timeout_ms = 60000")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        assert daemon.wait_decisions(1)[-1]["admit"] is True  # in
+        send_scan(site.root / "exit.sock", C["valid"])
+        exit_ = daemon.wait_decisions(2)[-1]
+        assert (exit_["lane"], exit_["direction"], exit_["admit"]) == ("exit", "out", True)
+        wait_until(lambda: daemon.status()["lanes"][1]["passage"]["waiting"] == 1, 10,
+                   "exit waiting")
+        daemon.kill()
+    finally:
+        daemon.kill()
+    uuid = exit_["uuid"]
+    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda r: "1 exit(s) nobody saw are voided" in r.get("msg", ""), 5,
+                        "the voided exit reported")
+        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == \
+            [("voided",)]
+        assert journal(site, "SELECT admit, status_detail FROM scans WHERE uuid = ?", uuid) == \
+            [(0, "notPassed")]
+        wait_until(lambda: uploaded(site, uuid), 20, "the voided exit uploaded")
+        assert uploaded(site, uuid) == ["failed"]  # never an exit on the platform
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        again = daemon.wait_decisions(1)[-1]
+        assert (again["admit"], again["status"]) == (False, "alreadyIn")  # still inside
+        assert again["message"].startswith("Already inside")
     finally:
         daemon.stop()
 
