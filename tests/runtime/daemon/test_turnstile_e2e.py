@@ -116,7 +116,6 @@ def test_kill_9_during_an_exits_passage_wait_voids_the_exit_after_restart(site: 
         site.scanner.write(C["valid"].encode() + b"\r\n")
         again = daemon.wait_decisions(1)[-1]
         assert (again["admit"], again["status"]) == (False, "alreadyIn")  # still inside
-        assert again["message"].startswith("Already inside")
     finally:
         daemon.stop()
 
