@@ -112,10 +112,8 @@ def test_kill_9_during_an_exits_passage_wait_voids_the_exit_after_restart(site: 
             [(0, "notPassed")]
         wait_until(lambda: uploaded(site, uuid), 20, "the voided exit uploaded")
         assert uploaded(site, uuid) == ["failed"]  # never an exit on the platform
-        wait_synced(daemon)
-        site.scanner.write(C["valid"].encode() + b"\r\n")
-        again = daemon.wait_decisions(1)[-1]
-        assert (again["admit"], again["status"]) == (False, "alreadyIn")  # still inside
+        # (that the holder then reads as inside is tests/runtime/test_unseen_exits.py's: this
+        # site's entry zone refuses a second entry whatever the exit did)
     finally:
         daemon.stop()
 
