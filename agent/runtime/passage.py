@@ -33,8 +33,13 @@ Three rules keep a person who went through from being voided (the ticket freed f
 - an entry's wait whose input could not see a passage (lost during the wait, even if back
   since: an edge may have been missed; or active since before the gate opened: a passage makes
   no new edge) stands at its deadline (`interrupted`, counted `unconfirmed`), as an admit
-  does whose input is down when it is made: nobody saw the person not pass. An exit's is voided as any other (standing would be the guess that frees the
-  ticket: the person may still be inside, the ticket handed back over the barrier).
+  does whose input is down when it is made: nobody saw the person not pass. An exit's is
+  voided as any other (standing would be the guess that frees the ticket: the person may
+  still be inside, the ticket handed back over the barrier), and so is an exit still waiting
+  when the lane stops (`stop`, a reload; agent.store.passages does the same after a crash
+  and at the upload's bound). An exit admitted while its input is already down stands, as
+  documented (docs/turnstile.md: voiding would record no exit at all behind a broken
+  sensor; status warns `passage_input`).
 """
 
 from __future__ import annotations
@@ -168,6 +173,8 @@ class PassageWatch:
         if watched is None or not watched.connected:
             # Nobody can see the passage: voiding would guess "not passed" and free the
             # ticket for a second person; the admit stands, status says the input is down.
+            # An exit too (docs/turnstile.md): voided, a broken exit sensor would record no
+            # exit at all — everyone inside, refused `alreadyIn` — until staff act.
             if self.log is not None:
                 self.log.stand(uuid, now_iso(), f"passage input {direction} not watched")
             self.totals["unconfirmed"] += 1
