@@ -41,6 +41,21 @@ def uploaded(site: Site, uuid: str) -> list[str]:
     return [r["status"] for r in site.sandbox.received()["uploads"] if r["uuid"] == uuid]
 
 
+def restart_after_kill(site: Site, uuid: str, said: str, state: str) -> Any:
+    """The daemon was killed while `uuid` waited for its passage: start it again, see it
+    settle the wait as `state` before any lane starts, saying `said`. Returns the daemon."""
+    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda r: said in r.get("msg", ""), 5, f"the restart saying {said!r}")
+        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [(state,)]
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
 def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site) -> None:
     """Documented rule (docs/turnstile.md): an admit whose wait was cut short stands — the
     gate had opened, and voiding would free the ticket for a second person."""
@@ -58,17 +73,10 @@ def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site)
                    "admit waiting")
         time.sleep(1.5)  # three upload rounds: the waiting admit must not go out
         assert uploaded(site, uuid) == []
-        daemon.kill()
     finally:
         daemon.kill()
-    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
-    daemon = site.daemon().start()
+    daemon = restart_after_kill(site, uuid, "1 entry admit(s) stand", "interrupted")
     try:
-        daemon.wait_ready()
-        daemon.wait_for(lambda r: "were waiting for their passage" in r.get("msg", ""), 5,
-                        "the interrupted wait reported")
-        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == \
-            [("interrupted",)]
         assert journal(site, "SELECT admit FROM scans WHERE uuid = ?", uuid) == [(1,)]
         wait_until(lambda: uploaded(site, uuid), 20, "the admit uploaded")
         assert uploaded(site, uuid) == ["scanned"]  # once, as the entry it stays
@@ -96,18 +104,11 @@ def test_kill_9_during_an_exits_passage_wait_voids_the_exit_after_restart(site: 
         assert (exit_["lane"], exit_["direction"], exit_["admit"]) == ("exit", "out", True)
         wait_until(lambda: daemon.status()["lanes"][1]["passage"]["waiting"] == 1, 10,
                    "exit waiting")
-        daemon.kill()
     finally:
         daemon.kill()
     uuid = exit_["uuid"]
-    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
-    daemon = site.daemon().start()
+    daemon = restart_after_kill(site, uuid, "1 exit(s) nobody saw are voided", "voided")
     try:
-        daemon.wait_ready()
-        daemon.wait_for(lambda r: "1 exit(s) nobody saw are voided" in r.get("msg", ""), 5,
-                        "the voided exit reported")
-        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == \
-            [("voided",)]
         assert journal(site, "SELECT admit, status_detail FROM scans WHERE uuid = ?", uuid) == \
             [(0, "notPassed")]
         wait_until(lambda: uploaded(site, uuid), 20, "the voided exit uploaded")
