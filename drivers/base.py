@@ -287,6 +287,9 @@ class Output:
         self._open_now = False
         self.is_on = False
         self.held = False  # on until released (emergency release); pulses change nothing
+        # a pulse asked for while held (an admit decided just before the release began):
+        # when the hold ends before this time.monotonic(), the relay stays on until it
+        self._owed_until = 0.0
         self.pulses = 0
         self.last_error = ""
         self.last_pulse_at: datetime | None = None
@@ -314,8 +317,10 @@ class Output:
         if ms <= 0:
             raise ValueError("pulse length must be positive")
         with self._lock:
-            if self.held:
-                return  # held open: the gate is free already
+            if self.held:  # held open: the gate is free already; should the hold end
+                self._owed_until = max(self._owed_until,  # within `ms`, the person still
+                                       time.monotonic() + ms / 1000.0)  # gets their opening
+                return
             if not self._open_now:
                 self.open()  # a replugged relay comes back on the next pulse
             self._cancel_timer()
@@ -325,26 +330,42 @@ class Output:
                 self.last_error = ""  # it works again: no stale warning in status
             self.pulses += 1
             self.last_pulse_at = datetime.now(UTC)
-            self._timer = threading.Timer(ms / 1000.0, self._end_pulse)
-            self._timer.name = f"pulse {self.url}"
-            self._timer.daemon = True
-            self._timer.start()
+            self._end_in(ms / 1000.0)
         log.debug("%s: pulse %d ms", self.url, ms)
+
+    def _end_in(self, seconds: float) -> None:
+        """Under the lock: the relay goes off after `seconds` (this pulse's timer)."""
+        self._timer = threading.Timer(seconds, self._end_pulse)
+        self._timer.name = f"pulse {self.url}"
+        self._timer.daemon = True
+        self._timer.start()
 
     def hold(self, on: bool) -> None:
         """Keep the relay on until `hold(False)` (free egress while the fire panel says so,
-        or a technician's release). DriverError when the device refuses; off is fail safe."""
+        or a technician's release). DriverError when the device refuses; off is fail safe.
+
+        `hold(True)` on a held relay switches it on again: a board that reset, or whose
+        device went away and came back, powers up off while nothing else writes to it
+        (agent.runtime.lane re-applies a release's hold this way). A pulse asked for during
+        the hold (an admit decided just before the release began) is owed when it ends: the
+        relay stays on for the rest of that pulse, so the person is not shut out mid-way."""
         with self._lock:
             if not self._open_now:
                 self.open()
             self._cancel_timer()
+            owed = 0.0 if on else self._owed_until - time.monotonic()
             try:
-                self._switch(on, "relay hold")
+                self._switch(on or owed > 0, "relay hold")
             except DriverError:
                 self.held = False
                 raise
-            self.is_on = self.held = on
+            self.held = on
+            self.is_on = on or owed > 0
             self.last_error = ""
+            if not on:
+                self._owed_until = 0.0
+                if owed > 0:
+                    self._end_in(owed)
 
     def off(self) -> None:
         """Off now, cutting a pulse short (a light whose meaning has changed: the green of the
@@ -375,6 +396,7 @@ class Output:
             self._close()
             self._open_now = False
             self.held = False
+            self._owed_until = 0.0
 
     def get_status(self) -> dict[str, Any]:
         return {

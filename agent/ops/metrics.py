@@ -215,8 +215,14 @@ def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     people: dict[str, int] = {}
     released = GaugeMetricFamily("gate_lane_released", "1 while a lane is held open",
                                  labels=["lane"])
+    not_held = GaugeMetricFamily("gate_release_not_held", "1 while a released lane's relay "
+                                 "is not held open (the board reset or is gone: the gate may "
+                                 "be shut)", labels=["lane", "relay"])
     for lane in snap.get("lanes") or []:
         released.add_metric([str(lane.get("name"))], 1.0 if lane.get("released_by") else 0.0)
+        for url in [r["url"] for r in (lane.get("relay"), lane.get("relay_out")) if r]:
+            not_held.add_metric([str(lane.get("name")), str(url)],
+                                1.0 if url in (lane.get("hold_errors") or {}) else 0.0)
         passage = lane.get("passage") or {}
         for outcome, count in (passage.get("totals") or {}).items():
             passages.add_metric([str(lane.get("name")), outcome], float(count))
@@ -224,6 +230,7 @@ def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:
             people[zone] = people.get(zone, 0) + count
     yield passages
     yield released
+    yield not_held
     zones = GaugeMetricFamily("gate_zone_people", "People in a zone counted from passages "
                               "here (in minus out) since start", labels=["zone"])
     for zone, count in people.items():

@@ -42,7 +42,7 @@ REASON_CODES = (
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
-    "venue_term_unreadable", "venue_bucket_lost",
+    "venue_term_unreadable", "venue_bucket_lost", "release_not_held",
 )
 
 
@@ -416,6 +416,12 @@ def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:
                           f"({emergency.get('error') or 'connecting'}); check its cable"))
     for lane in snap.get("lanes") or []:
         name = lane.get("name")
+        for url, error in sorted((lane.get("hold_errors") or {}).items()):
+            out.append(Reason("fail", "release_not_held",
+                              f"lane {name}: relay {url} is not held open during the release "
+                              f"({error}): the gate may be shut; the hold is applied again "
+                              "as soon as the relay answers — check the relay board's cable "
+                              "and power"))
         manual = [s for s in lane.get("released_by") or [] if s.startswith("manual:")]
         if manual:
             out.append(Reason("warn", "lane_released",

@@ -147,9 +147,11 @@ class Daemon:
         try:
             self.journal = Journal(self.journal_path)
             settled = PassageLog(self.journal).settle_interrupted()
-            if settled:
+            if settled.stood or settled.voided:
                 log.warning("%d admit(s) were waiting for their passage when the agent "
-                            "stopped: they stand (docs/turnstile.md)", settled)
+                            "stopped: %d entry admit(s) stand, %d exit(s) nobody saw are voided "
+                            "(docs/turnstile.md)", settled.stood + len(settled.voided),
+                            settled.stood, len(settled.voided))
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
             log.error("%s — every scan will be refused", self.journal_error)

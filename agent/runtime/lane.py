@@ -37,6 +37,13 @@ from drivers import Output, Reader, Scan, open_output, open_reader
 log = logging.getLogger(__name__)
 
 RECENT_WINDOW_S = 300.0
+# How often a release's hold is applied again. A relay board that resets, or whose USB device
+# goes away and comes back, powers up off (the gate shut) and tells nobody; nothing else
+# writes to a held relay. Switching it on again this often re-opens the gate within about a
+# second of the board's return, for every relay kind (a write to a vanished device fails,
+# which closes it, and the next round opens it again), and it is what shows a hold that is not
+# applied in status (`hold_errors`).
+HOLD_REAPPLY_S = 0.5
 GATE_NOT_OPENED = "gateNotOpened"  # display key (agent.runtime.display_text)
 
 
@@ -69,6 +76,9 @@ class LaneRunner:
         # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
         self.releases: set[str] = set()
         self._release_lock = threading.Lock()  # not `lock`: a release never waits on a scan
+        self.hold_errors: dict[str, str] = {}  # relay url -> why the release's hold is off
+        self._keeper: threading.Thread | None = None  # re-applies the hold while released
+        self._keeper_stop = threading.Event()  # set when the lane stops
         watch_journal = (Journal(gate.journal.path)  # its own connection, only when needed
                          if gate.journal is not None and (lane.passage_in or lane.passage_out)
                          else None)
@@ -145,6 +155,11 @@ class LaneRunner:
         self.queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._release_lock:  # no hold applied again once the relays are closed
+            self._keeper_stop.set()
+            keeper = self._keeper
+        if keeper is not None:
+            keeper.join(timeout)
         self.passage.stop()
         for output in (self.relay, self.relay_out):
             if output is not None:
@@ -154,22 +169,65 @@ class LaneRunner:
             self.passage.log.journal.close()
 
     def set_release(self, source: str, on: bool) -> None:
-        """Hold every relay of the lane open while any source releases it (free egress).
-        A scan decided just before still pulses: a held relay ignores the pulse."""
+        """Hold every relay of the lane open while any source releases it (free egress),
+        and keep it held: the hold is applied again every HOLD_REAPPLY_S while the release
+        lasts (a board that reset is off). A scan decided just before still pulses: the held
+        relay owes it the rest of its pulse when the release ends (drivers.base.Output.hold)."""
         with self._release_lock:
             if on:
                 self.releases.add(source)
             else:
                 self.releases.discard(source)
-            held = bool(self.releases)
-            for output in (self.relay, self.relay_out):
-                if output is None or output.held == held:
-                    continue
-                try:
-                    output.hold(held)
-                except DriverError as exc:
-                    self.relay_error = str(exc)
+            if self._keeper_stop.is_set():
+                return  # the lane has stopped: its relays are closed (off) for good
+            self._apply_holds(again=False)
+            if self.releases and self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_holding, daemon=True,
+                                                name=f"hold {self.lane.name}")
+                self._keeper.start()
+
+    def _keep_holding(self) -> None:
+        """While the lane is released: switch its relays on again every HOLD_REAPPLY_S."""
+        while not self._keeper_stop.wait(HOLD_REAPPLY_S):
+            with self._release_lock:
+                if not self.releases or self._keeper_stop.is_set():
+                    self._keeper = None
+                    return
+                self._apply_holds(again=True)
+        with self._release_lock:
+            self._keeper = None
+
+    def _apply_holds(self, again: bool) -> None:
+        """Under `_release_lock`: every relay held while the lane is released, dropped when
+        not; `again`: switch a held one on once more. A relay whose hold is not applied is
+        in `hold_errors` (status: `release_not_held`) until a hold works."""
+        held = bool(self.releases)
+        for url, output in ((self.lane.relay, self.relay), (self.lane.relay_out, self.relay_out)):
+            if not url:
+                continue
+            if output is None:  # no driver for the URL: nothing can hold the gate open
+                if held:
+                    self.hold_errors[url] = self.relay_error or "no driver for this URL"
+                continue
+            if output.held == held and not (held and again):
+                continue
+            try:
+                output.hold(held)
+            except DriverError as exc:
+                self.relay_error = str(exc)
+                if held and self.hold_errors.get(url) != str(exc):
+                    log.error("lane %s: relay %s not held open during the release (the gate "
+                              "may be shut; tried again every %.1f s): %s", self.lane.name,
+                              url, HOLD_REAPPLY_S, exc)
+                if held:
+                    self.hold_errors[url] = str(exc)
+                else:
                     log.error("lane %s: relay hold failed: %s", self.lane.name, exc)
+                continue
+            if self.hold_errors.pop(url, None) is not None:
+                log.warning("lane %s: relay %s held open again", self.lane.name, url)
+        if not held:
+            self.hold_errors.clear()
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -330,7 +388,7 @@ class LaneRunner:
             "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
             "cache_error": self.gate.cache_error,
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
-            "released_by": sorted(self.releases),
+            "released_by": sorted(self.releases), "hold_errors": dict(self.hold_errors),
         }
 
     def _output_status(self, output: Output | None, url: str | None) -> dict[str, Any] | None:

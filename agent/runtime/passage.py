@@ -33,8 +33,13 @@ Three rules keep a person who went through from being voided (the ticket freed f
 - an entry's wait whose input could not see a passage (lost during the wait, even if back
   since: an edge may have been missed; or active since before the gate opened: a passage makes
   no new edge) stands at its deadline (`interrupted`, counted `unconfirmed`), as an admit
-  does whose input is down when it is made: nobody saw the person not pass. An exit's is voided as any other (standing would be the guess that frees the
-  ticket: the person may still be inside, the ticket handed back over the barrier).
+  does whose input is down when it is made: nobody saw the person not pass. An exit's is
+  voided as any other (standing would be the guess that frees the ticket: the person may
+  still be inside, the ticket handed back over the barrier), and so is an exit still waiting
+  when the lane stops (`stop`, a reload; agent.store.passages does the same after a crash
+  and at the upload's bound). An exit admitted while its input is already down stands, as
+  documented (docs/turnstile.md: voiding would record no exit at all behind a broken
+  sensor; status warns `passage_input`).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from agent.core.codes import utc_iso
 from agent.errors import DriverError, JournalUnavailable
 from agent.runtime.indicators import Indicators
 from agent.store.journal import Journal
-from agent.store.passages import PassageLog, now_iso
+from agent.store.passages import EXIT_VOIDED_NOTE, PassageLog, now_iso
 from drivers.registry import open_input
 
 log = logging.getLogger("gate_agent.passage")
@@ -129,8 +134,9 @@ class PassageWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching; admits still waiting stand (the rule of agent.store.passages: the
-        gate opened and nobody saw them not pass), so a reload or a stop holds no upload."""
+        """Stop watching, and settle the admits still waiting (so a reload or a stop holds
+        no upload) by the rule of agent.store.passages: an entry stands (the gate opened and
+        nobody saw the person not pass), an exit is voided (nobody saw the holder leave)."""
         for watched in self.inputs.values():
             watched.stop()
         self._events.put(None)
@@ -139,12 +145,17 @@ class PassageWatch:
         for waits in self.waits.values():
             while waits:
                 wait = waits.popleft()
-                if self.log is not None:
-                    try:
+                if self.log is None:
+                    continue
+                try:
+                    if wait.direction == "out":
+                        self._voided(wait, f"the lane stopped while waiting; {EXIT_VOIDED_NOTE}",
+                                     show=False)
+                    else:
                         self.log.stand(wait.uuid, now_iso(), "the lane stopped while waiting")
-                    except JournalUnavailable as exc:
-                        log.error("lane %s: wait of %s left to the next start: %s",
-                                  self.lane.name, wait.uuid, exc)
+                except JournalUnavailable as exc:
+                    log.error("lane %s: wait of %s left to the next start: %s",
+                              self.lane.name, wait.uuid, exc)
 
     @contextmanager
     def opening(self) -> Iterator[None]:
@@ -162,6 +173,8 @@ class PassageWatch:
         if watched is None or not watched.connected:
             # Nobody can see the passage: voiding would guess "not passed" and free the
             # ticket for a second person; the admit stands, status says the input is down.
+            # An exit too (docs/turnstile.md): voided, a broken exit sensor would record no
+            # exit at all — everyone inside, refused `alreadyIn` — until staff act.
             if self.log is not None:
                 self.log.stand(uuid, now_iso(), f"passage input {direction} not watched")
             self.totals["unconfirmed"] += 1
@@ -285,13 +298,20 @@ class PassageWatch:
                 log.warning("lane %s: admit %s stands: passage input %s %s", self.lane.name,
                             wait.uuid, wait.direction, blind)
             return
-        scan = self.log.void(wait.uuid, now_iso()) if self.log is not None else None
+        self._voided(wait, None)
+
+    def _voided(self, wait: _Wait, note: str | None, show: bool = True) -> None:
+        """Void the wait's admit (`note`: why, when it is not the deadline), show it (`show`)
+        and release its venue claim."""
+        scan = self.log.void(wait.uuid, now_iso(), note) if self.log is not None else None
         if scan is None:
             return  # settled elsewhere (the uploader's bound) or no journal
         self.totals["voided"] += 1
-        log.warning("lane %s: admit %s voided: no passage within %d ms (ticket usable again)",
-                    self.lane.name, wait.uuid, self.lane.passage_timeout_ms)
-        self.indicators.show("not_passed", "notPassed", "Not passed - please scan again")
+        log.warning("lane %s: admit %s (%s) voided: %s", self.lane.name, wait.uuid,
+                    wait.direction, note or f"no passage within {self.lane.passage_timeout_ms} "
+                    "ms (ticket usable again)")
+        if show:
+            self.indicators.show("not_passed", "notPassed", "Not passed - please scan again")
         if self.void_claim is not None and scan.get("item_id") is not None:
             self.void_claim(scan)
 

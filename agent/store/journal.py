@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 # The upload holds every pending row from the oldest admit still waiting for its passage on
 # (agent.store.passages): an entry that may yet be voided is never sent, and rows keep their
 # order. The wait is bounded by the lane (passage_timeout_ms) and, should the lane be gone, by
-# PASSAGE_HOLD_LIMIT_S (above the longest passage_timeout_ms, 120 s), after which the admit
-# stands ("interrupted", see docs/turnstile.md).
+# PASSAGE_HOLD_LIMIT_S (above the longest passage_timeout_ms, 120 s), after which an entry
+# stands ("interrupted") and an exit is voided (agent.store.passages, docs/turnstile.md).
 PASSAGE_HOLD_LIMIT_S = 300.0
 _NOT_HELD = ("seq < COALESCE((SELECT MIN(scan_seq) FROM passages WHERE state = 'waiting'),"
              " 9223372036854775807)")

@@ -10,10 +10,13 @@ as the scan (so the uploader can never see the admit without its hold). States:
                  both facts — and the ticket can be used again. Also an admit whose gate
                  never opened (relay missing or its pulse failed: `void_unopened`, with a
                  note), on any lane with a relay, passage input or not
-    interrupted  the agent stopped while waiting (crash, power cut) or the wait outlived
+    interrupted  an entry's wait that nobody finished — the agent stopped while waiting
+                 (crash, power cut), the lane stopped (reload), or the wait outlived
                  PASSAGE_HOLD_LIMIT_S: the admit stands. The relay had opened and nobody can
                  say the person did not pass; voiding would free the ticket for a second
-                 person (docs/turnstile.md)
+                 person (docs/turnstile.md). An exit's wait ended the same ways is voided
+                 instead: taking an exit nobody saw as made frees the ticket to come in again
+                 while its holder may still be inside (`settle_stale_waits`)
 
 `lane_events`: alarms (forced passage, held open), emergency and manual releases, with who,
 and one row per counted passage (`people_in` / `people_out`, detail = the zone counted into):
@@ -25,6 +28,7 @@ bound and a restart exactly one settles a wait.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +42,8 @@ NOT_PASSED_MESSAGE = "Not passed: the turnstile did not turn; the ticket can be 
 GATE_NOT_OPENED_MESSAGE = ("Gate did not open: the relay failed; the ticket can be used "
                            "again")
 STATES = ("waiting", "passed", "voided", "interrupted")
+# why an exit's wait nobody finished is voided (the passages row's note)
+EXIT_VOIDED_NOTE = "an exit nobody saw is voided (its holder may still be inside)"
 PEOPLE_KINDS = {"in": "people_in", "out": "people_out"}  # lane_events kinds of a counted passage
 
 
@@ -52,14 +58,48 @@ def await_passage(journal: Journal, uuid: str, seq: int, lane: str, direction: s
         (uuid, seq, lane, direction, zone_id, status, detail, at))
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What `settle_stale_waits` did: entries left standing, and the exits voided (each
+    scan's uuid, event, item and venue mark, for the venue's void)."""
+
+    stood: int
+    voided: list[dict[str, Any]]
+
+
 def settle_stale_waits(conn: sqlite3.Connection, older_than_s: float,
-                       note: str = "no passage answer within the upload's hold limit") -> int:
-    """Inside a write transaction: waits older than `older_than_s` stand ("interrupted")."""
+                       why: str = "no passage answer within the upload's hold limit") -> Settled:
+    """Inside a write transaction: waits older than `older_than_s` that nobody finished.
+    An entry stands ("interrupted": voiding would guess "not passed" and free the ticket for
+    a second person); an exit is voided (taking it as made would be the guess that frees the
+    ticket, the holder perhaps still inside, the ticket handed back over the barrier)."""
     now = datetime.now(UTC)
     cutoff = utc_iso(now - timedelta(seconds=older_than_s))
-    return conn.execute(
+    exits = conn.execute(
+        "UPDATE passages SET state = 'voided', resolved_at = ?, note = ? WHERE state = 'waiting'"
+        " AND direction = 'out' AND waiting_since <= ? RETURNING uuid, scan_seq",
+        (utc_iso(now), f"{why}; {EXIT_VOIDED_NOTE}", cutoff)).fetchall()
+    voided = [scan for uuid, seq in exits
+              if (scan := _refuse(conn, seq, uuid, NOT_PASSED_MESSAGE)) is not None]
+    stood = conn.execute(
         "UPDATE passages SET state = 'interrupted', resolved_at = ?, note = ?"
-        " WHERE state = 'waiting' AND waiting_since <= ?", (utc_iso(now), note, cutoff)).rowcount
+        " WHERE state = 'waiting' AND waiting_since <= ?",
+        (utc_iso(now), f"{why}; the admit stands", cutoff)).rowcount
+    return Settled(stood, voided)
+
+
+def _refuse(conn: sqlite3.Connection, seq: int, uuid: str,
+            message: str) -> dict[str, Any] | None:
+    """Inside a void's transaction: the scan becomes a refusal (uploaded as `failed`, the
+    ticket usable again); its event, item and venue mark for the venue's void."""
+    conn.execute(
+        "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
+        " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
+        (NOT_PASSED, message, seq, uuid))
+    row = conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
+                       " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
+    return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
+                                             strict=True))
 
 
 class PassageLog:
@@ -83,13 +123,14 @@ class PassageLog:
                 "UPDATE passages SET state = 'interrupted', resolved_at = ?, note = ?"
                 " WHERE uuid = ? AND state = 'waiting'", (at, note, uuid)).rowcount == 1
 
-    def void(self, uuid: str, at: str) -> dict[str, Any] | None:
-        """No pulse in time: rewrite the scan to a refusal in the same transaction. Returns
-        the scan (event, item, venue mark) for the venue's void; None if settled already."""
+    def void(self, uuid: str, at: str, note: str | None = None) -> dict[str, Any] | None:
+        """No pulse in time (or an exit's wait nobody can finish, `note` says why): rewrite
+        the scan to a refusal in the same transaction. Returns the scan (event, item, venue
+        mark) for the venue's void; None if settled already."""
         with self.journal.scan_transaction():
             voided = self.conn.execute(
-                "UPDATE passages SET state = 'voided', resolved_at = ? WHERE uuid = ?"
-                " AND state = 'waiting' RETURNING scan_seq", (at, uuid)).fetchall()
+                "UPDATE passages SET state = 'voided', resolved_at = ?, note = ? WHERE uuid = ?"
+                " AND state = 'waiting' RETURNING scan_seq", (at, note, uuid)).fetchall()
             if not voided:
                 return None
             return self._refuse(voided[0][0], uuid, NOT_PASSED_MESSAGE)
@@ -124,22 +165,16 @@ class PassageLog:
             return self._refuse(seq, uuid, GATE_NOT_OPENED_MESSAGE)
 
     def _refuse(self, seq: int, uuid: str, message: str) -> dict[str, Any] | None:
-        """Inside the void's transaction: the scan becomes a refusal (uploaded as `failed`,
-        the ticket usable again); its event, item and venue mark for the venue's void."""
-        self.conn.execute(
-            "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
-            " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
-            (NOT_PASSED, message, seq, uuid))
-        row = self.conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
-                                " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
-        return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
-                                                 strict=True))
+        return _refuse(self.conn, seq, uuid, message)
 
-    def settle_interrupted(self) -> int:
-        """At start-up: every wait left by the previous run stands (see module docstring)."""
+    def settle_interrupted(self) -> Settled:
+        """At start-up: every wait left by the previous run is settled — entries stand,
+        exits are voided (see module docstring). The voided exits' venue claims are voided by
+        the venue bus's sweep, which judges every claim again after a restart by the
+        journal (agent.venue.bus)."""
         with self.journal.scan_transaction():
             return settle_stale_waits(self.conn, 0.0, "the agent stopped while waiting for the "
-                                      "passage; the admit stands")
+                                      "passage")
 
     def event(self, at: str, lane: str | None, kind: str, by: str | None = None,
               detail: str | None = None) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from agent import demo_data
 from drivers.inputs import send_input
+from drivers.sim import send_scan
 from tests.conftest import run_cli
 from tests.rigs import wait_until
 from tests.runtime.daemon.conftest import Site, wait_synced
@@ -40,6 +41,21 @@ def uploaded(site: Site, uuid: str) -> list[str]:
     return [r["status"] for r in site.sandbox.received()["uploads"] if r["uuid"] == uuid]
 
 
+def restart_after_kill(site: Site, uuid: str, said: str, state: str) -> Any:
+    """The daemon was killed while `uuid` waited for its passage: start it again, see it
+    settle the wait as `state` before any lane starts, saying `said`. Returns the daemon."""
+    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        daemon.wait_for(lambda r: said in r.get("msg", ""), 5, f"the restart saying {said!r}")
+        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [(state,)]
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
 def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site) -> None:
     """Documented rule (docs/turnstile.md): an admit whose wait was cut short stands — the
     gate had opened, and voiding would free the ticket for a second person."""
@@ -57,17 +73,10 @@ def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site)
                    "admit waiting")
         time.sleep(1.5)  # three upload rounds: the waiting admit must not go out
         assert uploaded(site, uuid) == []
-        daemon.kill()
     finally:
         daemon.kill()
-    assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == [("waiting",)]
-    daemon = site.daemon().start()
+    daemon = restart_after_kill(site, uuid, "1 entry admit(s) stand", "interrupted")
     try:
-        daemon.wait_ready()
-        daemon.wait_for(lambda r: "were waiting for their passage" in r.get("msg", ""), 5,
-                        "the interrupted wait reported")
-        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", uuid) == \
-            [("interrupted",)]
         assert journal(site, "SELECT admit FROM scans WHERE uuid = ?", uuid) == [(1,)]
         wait_until(lambda: uploaded(site, uuid), 20, "the admit uploaded")
         assert uploaded(site, uuid) == ["scanned"]  # once, as the entry it stays
@@ -75,6 +84,37 @@ def test_kill_9_during_a_passage_wait_the_admit_stands_after_restart(site: Site)
         site.scanner.write(C["valid"].encode() + b"\r\n")
         again = daemon.wait_decisions(1)[-1]
         assert again["admit"] is False  # the ticket stays used
+    finally:
+        daemon.stop()
+
+
+def test_kill_9_during_an_exits_passage_wait_voids_the_exit_after_restart(site: Site) -> None:
+    """The exit's side of the rule: nobody saw the holder leave, so the exit does not stand —
+    taken as made it would free the ticket to come in again while they may be inside."""
+    site.write_config(extra_lanes=f'passage_out = "sim:pout?socket={site.root / "pout.sock"}"'
+                                  "\npassage_timeout_ms = 60000")
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        assert daemon.wait_decisions(1)[-1]["admit"] is True  # in
+        send_scan(site.root / "exit.sock", C["valid"])
+        exit_ = daemon.wait_decisions(2)[-1]
+        assert (exit_["lane"], exit_["direction"], exit_["admit"]) == ("exit", "out", True)
+        wait_until(lambda: daemon.status()["lanes"][1]["passage"]["waiting"] == 1, 10,
+                   "exit waiting")
+    finally:
+        daemon.kill()
+    uuid = exit_["uuid"]
+    daemon = restart_after_kill(site, uuid, "1 exit(s) nobody saw are voided", "voided")
+    try:
+        assert journal(site, "SELECT admit, status_detail FROM scans WHERE uuid = ?", uuid) == \
+            [(0, "notPassed")]
+        wait_until(lambda: uploaded(site, uuid), 20, "the voided exit uploaded")
+        assert uploaded(site, uuid) == ["failed"]  # never an exit on the platform
+        # (that the holder then reads as inside is tests/runtime/test_unseen_exits.py's: this
+        # site's entry zone refuses a second entry whatever the exit did)
     finally:
         daemon.stop()
 
