@@ -101,8 +101,12 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             down = [r.get("url") for r in lane["readers"] if not r.get("connected")]
             add(Reason("warn", "reader_disconnected",
                        f"lane {name}: reader(s) not connected: {', '.join(map(str, down))}"))
+        # A relay a release cannot hold open is said once, by release_not_held (its words fit
+        # a release: let people out by hand); relay_error's ("admits are refused") do not.
+        unheld = lane.get("hold_errors") or {}
         for relay in (lane.get("relay"), lane.get("relay_out")):
-            if relay and not relay.get("ok", not relay.get("last_error")):
+            if relay and relay.get("url") not in unheld \
+                    and not relay.get("ok", not relay.get("last_error")):
                 add(Reason("fail", "relay_error", f"lane {name}: relay {relay.get('url')} not "
                            f"working ({relay.get('last_error') or 'not open'}): admits are "
                            "refused, the ticket stays valid, and it is tried again at each "
