@@ -42,7 +42,7 @@ REASON_CODES = (
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
-    "venue_term_unreadable", "venue_bucket_lost", "release_not_held",
+    "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
 )
 
 
@@ -294,6 +294,16 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "refunds and blocks the leader published: run one gate-agent version on every "
             "gate of the venue, then `gate-agent sync --full` (the leader publishes every "
             "item again)"))
+    unmeasured = venue.get("clock_unmeasured_since")
+    if venue.get("connected") and unmeasured and venue.get("clock_offset_s") is None:
+        found.append(Reason(
+            "warn", "venue_clock_unmeasured",
+            f"venue bus connected since {unmeasured} but this clock is not measured against "
+            "the bus server's yet: an entry whose answer depends on the order of this gate's "
+            "and other gates' scans is refused (denied/clockUnmeasured), and this gate's scans "
+            "go out without an offset. The server answered without its time and no heartbeat "
+            "has been delivered: check the other gates' heartbeats (`gate-agent venue status`) "
+            "and the bus servers' version"))
     offset = venue.get("clock_offset_s")
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(
