@@ -296,8 +296,7 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "item again)"))
     unmeasured = venue.get("clock_unmeasured_since")
     if venue.get("connected") and unmeasured and venue.get("clock_offset_s") is None:
-        found.append(Reason(
-            "warn", "venue_clock_unmeasured",
+        found.append(Reason("warn", "venue_clock_unmeasured",
             f"venue bus connected since {unmeasured} but this clock is not measured against "
             "the bus server's yet: an entry whose answer depends on the order of this gate's "
             "and other gates' scans is refused (denied/clockUnmeasured), and this gate's scans "
