@@ -69,3 +69,45 @@ def read_only_place(directory: Path, key: str) -> str:
             f"Create it and add it to the unit (as root): `install -d -o {user} -g {group} "
             f"-m700 {directory}`, then `systemctl edit gate-agent` with `[Service]` "
             f"`ReadWritePaths={directory}`; or leave {key} at its default")
+
+
+def _usable(path: Path, mode: int) -> bool:
+    """os.access by this process's effective ids (a command may act as the store's owner)."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def sqlite_file_access(path: Path | str, *, write: bool = True) -> str | None:
+    """Why this process cannot use the SQLite file `path` for a reason of access — a read-only
+    file system, the file, its `-wal` or `-shm` or their directory not readable (and, with
+    `write`, writable) by this user — with what to type; None when access is not the problem.
+
+    Asked after SQLite failed to open or migrate a store: "unable to open database file" and
+    "attempt to write a readonly database" are what a file left root-owned by a `sudo`, or a
+    path outside the unit's writable directories, look like to SQLite, and they are no damage:
+    a rebuild would not help (the new file is made beside the old one, as the same user)."""
+    path = Path(os.path.abspath(path))
+    directory = path.parent
+    rw = os.R_OK | os.W_OK if write else os.R_OK
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if write and read_only:
+        return f"{path} cannot be written: " + read_only_place(directory, "store.dir")
+    who = f"{user_name(os.geteuid())}:{group_name(os.getegid())}"
+    fix = f"as root, `chown -R {who} {directory}`, then restart"
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if candidate.exists() and not _usable(candidate, rw):
+            info = candidate.stat()
+            return (f"{candidate} cannot be {'read and written' if write else 'read'} by this "
+                    f"process ({process_user()}): it belongs to {user_name(info.st_uid)} "
+                    f"(uid {info.st_uid}), mode {info.st_mode & 0o777:o} — not damaged, "
+                    f"only not this user's; {fix}")
+    if not _usable(directory, rw | os.X_OK) and (write or not path.exists()):
+        return (f"{directory} (holding {path.name} and its -wal/-shm files) cannot be "
+                f"{'written' if write else 'read'} by this process ({process_user()}; the "
+                f"directory is {owner_of(directory)}) — not damaged, only not this user's; "
+                f"{fix}")
+    return None

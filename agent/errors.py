@@ -14,6 +14,7 @@ specific message (naming the config key, the device or the file) and never a tra
     │   └── DaemonOutdated     it runs an older version that lacks the op asked: restart it
     ├── StoreError             SQLite trouble
     │   ├── CacheCorrupt       the ticket cache is unreadable: rebuild it (journal untouched)
+    │   ├── CacheNotAccessible the ticket cache is not this user's (or on a read-only disk)
     │   ├── CacheUnavailable   a read of the open cache failed while running: refuse, rebuild
     │   └── JournalUnavailable the journal cannot be written: the gate must not admit
     ├── DriverError            hardware trouble
@@ -126,6 +127,12 @@ class StoreError(GateAgentError):
 
 class CacheCorrupt(StoreError):
     """The ticket cache file is damaged; a full resync rebuilds it. The journal is separate."""
+
+
+class CacheNotAccessible(StoreError):
+    """The ticket cache file, its -wal/-shm or their directory cannot be used by this user
+    (owner, mode, a read-only file system): not damaged, so never moved aside or rebuilt; the
+    message names the file, its owner and what to type (agent.access.sqlite_file_access)."""
 
 
 class CacheUnavailable(StoreError):

@@ -42,7 +42,7 @@ REASON_CODES = (
     "passage_input", "cache_unreadable", "status_unavailable", "config_not_applied",
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
-    "venue_term_unreadable", "venue_bucket_lost", "release_not_held",
+    "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
 )
 
 
@@ -101,8 +101,12 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             down = [r.get("url") for r in lane["readers"] if not r.get("connected")]
             add(Reason("warn", "reader_disconnected",
                        f"lane {name}: reader(s) not connected: {', '.join(map(str, down))}"))
+        # A relay a release cannot hold open is said once, by release_not_held (its words fit
+        # a release: let people out by hand); relay_error's ("admits are refused") do not.
+        unheld = lane.get("hold_errors") or {}
         for relay in (lane.get("relay"), lane.get("relay_out")):
-            if relay and not relay.get("ok", not relay.get("last_error")):
+            if relay and relay.get("url") not in unheld \
+                    and not relay.get("ok", not relay.get("last_error")):
                 add(Reason("fail", "relay_error", f"lane {name}: relay {relay.get('url')} not "
                            f"working ({relay.get('last_error') or 'not open'}): admits are "
                            "refused, the ticket stays valid, and it is tried again at each "
@@ -290,6 +294,15 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "refunds and blocks the leader published: run one gate-agent version on every "
             "gate of the venue, then `gate-agent sync --full` (the leader publishes every "
             "item again)"))
+    unmeasured = venue.get("clock_unmeasured_since")
+    if venue.get("connected") and unmeasured and venue.get("clock_offset_s") is None:
+        found.append(Reason("warn", "venue_clock_unmeasured",
+            f"venue bus connected since {unmeasured} but this clock is not measured against "
+            "the bus server's yet: an entry whose answer depends on the order of this gate's "
+            "and other gates' scans is refused (denied/clockUnmeasured), and this gate's scans "
+            "go out without an offset. The server answered without its time and no heartbeat "
+            "has been delivered: check the other gates' heartbeats (`gate-agent venue status`) "
+            "and the bus servers' version"))
     offset = venue.get("clock_offset_s")
     if offset is not None and abs(offset) > VENUE_CLOCK_WARN_S:
         found.append(Reason(

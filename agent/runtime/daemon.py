@@ -38,6 +38,7 @@ from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import (
     CacheCorrupt,
+    CacheNotAccessible,
     CacheUnavailable,
     ConfigError,
     GateAgentError,
@@ -161,9 +162,12 @@ class Daemon:
             log.warning("discarded an unfinished cache rebuild; a full resync will run")
         try:
             self.status_cache = self._open_cache()
-        except CacheCorrupt as exc:
-            foreign = not_mine(self.cache_path)
-            if foreign:  # not damaged, only not ours: keep it, say how to fix it
+        except (CacheCorrupt, CacheNotAccessible) as exc:
+            # not damaged, only not ours (the file, its -wal/-shm, the directory, a read-only
+            # disk): keep it, say how to fix it
+            foreign = str(exc) if isinstance(exc, CacheNotAccessible) \
+                else not_mine(self.cache_path)
+            if foreign:
                 log.error("ticket cache unusable: %s; starting with no tickets", foreign)
                 self.cache_unreadable = foreign  # its own status reason: not a rebuild
                 self.cache_in_memory = True

@@ -12,7 +12,12 @@ Alarms: a pulse with no admit waiting (someone forced the arm, or walked in behi
 person: `forced`), and an input that stays active past `held_open_ms` (`held_open`). Each is
 logged, counted (status, metrics), journaled in `lane_events` and shown with the `alarm`
 pattern. During a release (emergency or manual) pulses are people leaving freely: counted,
-never alarms.
+never alarms. A technician's one-person release (`gate-agent release LANE`: one relay pulse)
+registers the passage it expects (`expect_release`): the next edge after its pulse is that
+person's (`free`), never `forced` and never an admit's passage; an entry admit that was waiting
+when it came stands at its deadline instead of being voided (the one edge may have been its
+person's: "not passed" would free the ticket on a guess), an exit is voided as any unseen exit.
+A release nobody walks through is only logged.
 
 People per zone count every passage pulse (+1 in, -1 out) of the current *counting day*: from
 the last `[device] people_day_starts` (local time, default 06:00) on. Each counted pulse is a
@@ -76,6 +81,18 @@ class _Wait:
     direction: str
     deadline: float  # time.monotonic()
     since_ns: int  # time.monotonic_ns() when the gate opened: earlier edges are not this one
+    shared: bool = False  # a released person's passage came during it (`expect_release`)
+
+
+@dataclass
+class _Release:
+    """The passage a technician's one-person release expects: one person, in either
+    direction its relay opens (one object in each direction's queue; the first edge uses it)."""
+
+    by: str
+    deadline: float  # time.monotonic()
+    since_ns: int
+    used: bool = False
 
 
 class PassageWatch:
@@ -96,6 +113,7 @@ class PassageWatch:
         self.inputs: dict[str, Any] = {}  # direction -> Input
         self.input_errors: dict[str, str] = {}
         self.waits: dict[str, deque[_Wait]] = {"in": deque(), "out": deque()}
+        self.releases: dict[str, deque[_Release]] = {"in": deque(), "out": deque()}
         self.totals: dict[str, int] = {"passed": 0, "voided": 0, "forced": 0, "held_open": 0,
                                        "free": 0, "unconfirmed": 0}
         self.people: dict[str, int] = {}  # zone -> passages in minus out (counting day)
@@ -183,6 +201,21 @@ class PassageWatch:
         self.waits[direction].append(_Wait(uuid, direction, deadline, since_ns))
         self._events.put(("admit", uuid, False, since_ns))  # wakes the worker
 
+    def expect_release(self, directions: tuple[str, ...], by: str,
+                       since_ns: int | None = None) -> bool:
+        """Called by a technician's one-person release, under `opening()`, after its relay
+        pulse: the next passage in one of `directions` after `since_ns` is that person's.
+        False when no passage input watches any of them (nothing to expect)."""
+        since_ns = time.monotonic_ns() if since_ns is None else since_ns
+        watched = [d for d in directions if d in self.inputs]
+        if not watched:
+            return False
+        release = _Release(by, time.monotonic() + self.lane.passage_timeout_ms / 1000, since_ns)
+        for direction in watched:
+            self.releases[direction].append(release)
+        self._events.put(("admit", "", False, since_ns))  # wakes the worker
+        return True
+
     # -- the worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -205,6 +238,7 @@ class PassageWatch:
 
     def _next_timeout(self) -> float:
         soonest = [w[0].deadline for w in self.waits.values() if w]
+        soonest += [r[0].deadline for r in self.releases.values() if r]
         soonest += [at + self.lane.held_open_ms / 1000 for d, at in self._active_since.items()
                     if d not in self.held_open]
         if not soonest:
@@ -221,9 +255,15 @@ class PassageWatch:
         self._active_from_ns[direction] = at_ns
         waits = self.waits[direction]
         with self._opening:  # not while a lane registers the wait this edge may be for
-            ours = bool(waits) and at_ns >= waits[0].since_ns  # an earlier edge: someone else
-            wait = waits.popleft() if ours else None
+            release = self._released_person(direction, at_ns)
+            ours = release is None and bool(waits) and at_ns >= waits[0].since_ns
+            wait = waits.popleft() if ours else None  # an earlier edge: someone else
         self._count_person(direction)
+        if release is not None:
+            self.totals["free"] += 1
+            log.info("lane %s: passage %s of the person released by %s", self.lane.name,
+                     direction, release.by)
+            return
         if wait is not None:
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
                 self.totals["passed"] += 1
@@ -232,6 +272,22 @@ class PassageWatch:
             self.totals["free"] += 1
             return
         self._alarm("forced", f"passage {direction} with no admit (forced or tailgating)")
+
+    def _released_person(self, direction: str, at_ns: int) -> _Release | None:
+        """Under `_opening`: the one-person release this edge is for (the first one expected in
+        its direction, pulsed before it), used up; the admits then waiting in that direction
+        are marked `shared` (the edge may have been their person's)."""
+        releases = self.releases[direction]
+        while releases and releases[0].used:
+            releases.popleft()
+        if not releases or at_ns < releases[0].since_ns:
+            return None
+        release = releases.popleft()
+        release.used = True
+        for wait in self.waits[direction]:
+            if wait.since_ns <= at_ns:
+                wait.shared = True
+        return release
 
     def _roll_day(self, load: bool = False) -> None:
         """Keep `people` to the current counting day: at start (`load`) sum the journal's
@@ -267,6 +323,13 @@ class PassageWatch:
         for waits in self.waits.values():
             while waits and waits[0].deadline <= now:
                 self._void(waits.popleft())
+        for releases in self.releases.values():
+            while releases and (releases[0].used or releases[0].deadline <= now):
+                release = releases.popleft()
+                if not release.used:
+                    release.used = True
+                    log.info("lane %s: nobody passed within %d ms of the release by %s",
+                             self.lane.name, self.lane.passage_timeout_ms, release.by)
         for direction, since in list(self._active_since.items()):
             if direction not in self.held_open and now - since >= self.lane.held_open_ms / 1000:
                 self.held_open.add(direction)
@@ -287,6 +350,8 @@ class PassageWatch:
 
     def _void(self, wait: _Wait) -> None:
         blind = self._blind(wait) if wait.direction == "in" else None
+        if blind is None and wait.direction == "in" and wait.shared:
+            blind = "saw a released person's passage during the wait (it may have been this one)"
         if blind is not None:
             # "Not passed" would be a guess that frees the ticket: the admit stands. (An exit
             # is voided as before: "passed" would be the guess that frees it, for a ticket

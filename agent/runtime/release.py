@@ -19,12 +19,13 @@ open every gate): status warns that the fire panel is not being watched.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.config import LaneConfig
+from agent.config import LaneConfig, output_for
 from agent.errors import ConfigError, DriverError, JournalUnavailable
 from agent.runtime.gate import Gate, ScanResult, _journal_row
 from agent.store.journal import new_scan_uuid
@@ -126,10 +127,7 @@ class ReleaseDesk:
             raise ConfigError(f"no running lane named {name!r} (lanes: "
                               f"{', '.join(self.lanes()) or 'none'})", key="lanes")
         if hold is None:
-            output = runner.relay or runner.relay_out
-            if output is None:
-                raise ConfigError(f"lane {name} has no relay to release", key="lanes.relay")
-            output.pulse(runner.lane.relay_pulse_ms)
+            _let_one_through(runner, by)
             kind = "manual_pulse"
         elif hold:
             runner.set_release(f"manual:{by}", True)
@@ -150,3 +148,22 @@ class ReleaseDesk:
             events.event(now_iso(), lane, kind, by, detail)
         except JournalUnavailable as exc:
             log.error("lane event %s not journaled: %s", kind, exc)
+
+
+def _let_one_through(runner: LaneRunner, by: str) -> None:
+    """One relay pulse, and the passage it lets through expected (agent.runtime.passage
+    `expect_release`), under the lane's `opening()` like an admit's wait: the person walking
+    through is counted `free`, never a `forced` alarm and never an admit's passage."""
+    lane = runner.lane
+    output = runner.relay or runner.relay_out
+    if output is None:
+        raise ConfigError(f"lane {lane.name} has no relay to release", key="lanes.relay")
+    url = lane.relay if output is runner.relay else lane.relay_out
+    directions = tuple(d for d in ("in", "out") if output_for(lane, d) == url) or ("in",)
+    with runner.passage.opening():
+        opened_ns = time.monotonic_ns()
+        output.pulse(lane.relay_pulse_ms)
+        if not runner.passage.expect_release(directions, by, opened_ns) \
+                and runner.passage.configured:
+            log.info("lane %s: release by %s: no passage input watches %s, the passage is "
+                     "not counted", lane.name, by, "/".join(directions))

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from agent.access import sqlite_file_access
 from agent.core.codes import parse_platform_time
 from agent.core.model import (
     Event,
@@ -37,7 +38,7 @@ from agent.core.model import (
     parse_zone,
     strip_personal,
 )
-from agent.errors import CacheCorrupt, CacheUnavailable, StoreError
+from agent.errors import CacheCorrupt, CacheNotAccessible, CacheUnavailable, StoreError
 from agent.store import lean
 from agent.store.sqlite import data_version, integrity_ok, migrate, open_database
 
@@ -190,15 +191,22 @@ class TicketCache:
             if check:
                 self.verify()
             migrate(self.db, MIGRATIONS)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError, OSError) as exc:
+            # A file (or its -wal/-shm, or their directory) this user may not use is not a
+            # damaged one: a rebuild would not help, the fix is its owner (CacheNotAccessible).
+            access = None if self.path.name == ":memory:" else sqlite_file_access(self.path)
+            if access is not None:
+                raise CacheNotAccessible(f"ticket cache {access}") from exc
+            if isinstance(exc, CacheCorrupt):
+                raise
+            if isinstance(exc, OSError):
+                raise  # not SQLite's, and not access: as it was
+            if isinstance(exc, StoreError):
+                raise CacheCorrupt(str(exc)) from exc
             raise CacheCorrupt(
                 f"ticket cache {self.path} is not a usable SQLite file ({exc}); "
                 "run `gate-agent sync --full` to rebuild it (scans are kept in the journal)"
             ) from exc
-        except StoreError as exc:
-            if isinstance(exc, CacheCorrupt):
-                raise
-            raise CacheCorrupt(str(exc)) from exc
         self.conn = self.db.conn
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()
         self._seq = int(row[0])

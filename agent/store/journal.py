@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.access import sqlite_file_access
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError, UsageError
 from agent.store.journal_schema import MIGRATIONS
@@ -230,12 +231,16 @@ class Journal:
                     f"scan journal {self.path} is damaged ({problem}); it is kept as it is — "
                     "copy it aside for recovery before starting with a new one")
             migrate(self.db, MIGRATIONS)
-        except sqlite3.Error as exc:
-            raise JournalUnavailable(f"scan journal {self.path} cannot be opened: {exc}") from exc
-        except StoreError as exc:
+        except (sqlite3.Error, StoreError) as exc:
+            # not this user's file (or a read-only disk) is said as such, never as damage
+            access = None if self.path.name == ":memory:" else sqlite_file_access(self.path)
+            if access is not None:
+                raise JournalUnavailable(f"scan journal {access}") from exc
             if isinstance(exc, JournalUnavailable):
                 raise
-            raise JournalUnavailable(str(exc)) from exc
+            if isinstance(exc, StoreError):
+                raise JournalUnavailable(str(exc)) from exc
+            raise JournalUnavailable(f"scan journal {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
         self._transaction = _ScanTransaction(self)

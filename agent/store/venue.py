@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.access import sqlite_file_access
 from agent.core.codes import shift_utc_iso
 from agent.core.model import ZoneScan
 from agent.errors import StoreError
@@ -150,8 +151,11 @@ class VenueStore:
             self.db = open_database(self.path, synchronous="NORMAL", readonly=readonly)
             if not readonly:
                 migrate(self.db, MIGRATIONS)
-        except sqlite3.Error as exc:
-            raise StoreError(f"venue state {self.path} cannot be opened: {exc}") from exc
+        except (sqlite3.Error, StoreError) as exc:
+            # not this user's file (or a read-only disk) is said as such, never as damage
+            access = sqlite_file_access(self.path, write=not readonly)
+            raise StoreError(f"venue state {access}" if access is not None else
+                             f"venue state {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn
 
     def data_version(self) -> int:

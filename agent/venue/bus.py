@@ -214,6 +214,9 @@ class VenueBus:
         # clock minus the monotonic one then (`scan_offset`, `published_offset`)
         self._unmeasured: dict[str, float] = {}
         self._connected_at = 0.0  # monotonic: when this session connected
+        # when this process first connected without a measured clock (status:
+        # venue_clock_unmeasured); a measurement is never lost, so it is said until the first
+        self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
 
@@ -329,6 +332,7 @@ class VenueBus:
         async def on_reconnect() -> None:
             self._claims_answered_again()
             self._connected_at = time.monotonic()
+            self._connected_unmeasured()
             self.connected = True
             if not self.board.calibrated:  # decided unmeasured meanwhile: measure it now
                 self._probe = asyncio.ensure_future(self._measure_clock())
@@ -354,6 +358,7 @@ class VenueBus:
         self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
         self._claims_answered_again()
         self._connected_at = time.monotonic()
+        self._connected_unmeasured()
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -958,6 +963,13 @@ class VenueBus:
                 self._cond.wait(left)
         return True
 
+    def _connected_unmeasured(self) -> None:
+        """Connected: from now on, until a measurement comes, the only thing between ops and
+        a row of `clockUnmeasured` refusals is status saying why (the server answered without
+        its time, heartbeats are not delivered)."""
+        if self._unmeasured_since is None and not self.board.calibrated:
+            self._unmeasured_since = utc_iso(datetime.now(UTC))
+
     # -- status ---------------------------------------------------------------------------------
 
     def _reader(self) -> VenueStore:
@@ -997,6 +1009,7 @@ class VenueBus:
             # scans interleave with this gate's are then refused, clockUnmeasured, and this
             # gate's scans go out without an offset)
             "clock_offset_s": round(self.board.offset_s, 1) if self.board.calibrated else None,
+            "clock_unmeasured_since": None if self.board.calibrated else self._unmeasured_since,
             "decided_claimed": marks.get("claimed", 0),
             "decided_offline": marks.get("offline", 0),
             "claims_unanswered": unanswered,

@@ -383,7 +383,10 @@ def test_read_only_store_dir_starts_refusing_with_an_alarm(tmpfs: Path) -> None:
     try:
         assert daemon.open_stores() is False
         assert daemon.journal is None and daemon.journal_error
-        assert daemon.cache_in_memory and "not writable" in (daemon.cache_degraded or "")
+        # the cache is not damaged, only on a read-only disk: said so (cache_unreadable, with
+        # the unit's ReadWritePaths=), never a rebuild, and not moved aside
+        assert daemon.cache_in_memory and daemon.cache_degraded is None
+        assert "read-only file system" in (daemon.cache_unreadable or "")
         daemon.start_lanes(site.config.lanes)
         runner = daemon.lanes["north-in"]
         runner.submit(manual_scan(C["valid"], "north-in"))
@@ -442,7 +445,8 @@ def test_a_gate_on_an_in_memory_cache_takes_the_rebuilt_file_once_the_disk_is_ba
 def test_read_only_journal_file_at_start(tmpfs: Path) -> None:
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    with pytest.raises(JournalUnavailable, match="cannot be opened"):
+    with pytest.raises(JournalUnavailable, match="journal.db cannot be written: .* is on a "
+                                                 "read-only file system"):
         Journal(site.config.store_dir / "journal.db")
     config: Config = site.config
     gate = Gate(TicketCache(":memory:"), None, config)

@@ -171,3 +171,25 @@ def test_an_admit_pulsed_while_held_keeps_its_opening_when_the_release_ends(
     sim_input_pulse(f"{rig.name}-pass")  # the person walks through in that opening
     wait_until(lambda: rig.passage(event.result.uuid) == "passed", 10, "the passage")
     assert rig.scan_row(event.result.uuid) == (1, "valid", None)
+
+
+def test_a_relay_not_held_during_a_release_is_one_reason_not_two(site: DemoSite) -> None:
+    """While a held relay's device is gone, status said both `release_not_held` and
+    `relay_error`, whose words ("admits are refused") do not fit a release. One cause, one
+    reason: release_not_held during the release; relay_error again once the release has
+    ended with the relay still gone (then admits are what it stops)."""
+    board = sim_board("unheld-relay")
+    rig = LaneRig(site, "unheld", relay=board.url)
+    try:
+        rig.runner.set_release("emergency", True)
+        board.pull()
+        wait_until(lambda: "release_not_held" in reasons(rig), 10, "release_not_held")
+        assert rig.runner.get_status()["relay"]["ok"] is False  # the relay is down ...
+        assert "relay_error" not in reasons(rig)  # ... and said once, by release_not_held
+        rig.runner.set_release("emergency", False)
+        wait_until(lambda: "relay_error" in reasons(rig), 10, "relay_error after the release")
+        assert "release_not_held" not in reasons(rig)
+        assert "admits are refused" in reasons(rig)["relay_error"][1]
+    finally:
+        board.back()
+        rig.close()

@@ -317,6 +317,19 @@ def test_a_light_missing_at_start_and_a_display_that_vanished_work_again_when_ba
         sim_reset()
 
 
+def in_then_out(rig: LaneRig) -> Any:
+    """On a floor lane: the ticket goes in (its passage seen), then its exit is admitted and
+    waits for its passage. Returns the exit's LaneEvent."""
+    entry = rig.scan(C["floor"])
+    assert entry.result.decision.direction == "in" and entry.result.decision.admit
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.passage(entry.result.uuid) == "passed", 10, "the entry passed")
+    wait_until(lambda: rig.runner.passage.inputs["out"].connected, 5, "exit input watched")
+    exit_ = rig.scan(C["floor"])
+    assert exit_.result.decision.direction == "out" and exit_.result.decision.admit
+    return exit_
+
+
 def test_an_exit_whose_passage_input_is_lost_during_its_wait_is_voided(
         rigs: Any, fake_gpio: FakeGpiod) -> None:
     """The other direction of the rule above: an exit nobody saw is not taken as made, or the
@@ -325,13 +338,7 @@ def test_an_exit_whose_passage_input_is_lost_during_its_wait_is_voided(
     rig = rigs("lostexit", direction="auto", zone_id=demo_data.FLOOR_ZONE, max_entries=0,
                relay_out="sim:lostexit-out", passage_out=f"gpio:{CHIP}:6",
                passage_timeout_ms=6000)
-    entry = rig.scan(C["floor"])
-    assert entry.result.decision.direction == "in" and entry.result.decision.admit
-    sim_input_pulse(f"{rig.name}-pass")
-    wait_until(lambda: rig.passage(entry.result.uuid) == "passed", 10, "the entry passed")
-    wait_until(lambda: rig.runner.passage.inputs["out"].connected, 5, "exit input watched")
-    exit_ = rig.scan(C["floor"])
-    assert exit_.result.decision.direction == "out" and exit_.result.decision.admit
+    exit_ = in_then_out(rig)
     unplug(fake_gpio)
     wait_until(lambda: not rig.runner.passage.inputs["out"].connected, 5, "exit input lost")
     wait_until(lambda: rig.passage(exit_.result.uuid) != "waiting", 20, "the wait settled")
@@ -359,3 +366,47 @@ def test_an_admit_while_the_passage_input_is_held_active_stands(rig: LaneRig) ->
     second = rig.scan(C["valid2"]).result.uuid
     wait_until(lambda: rig.passage(second) != "waiting", 10, "the second wait settled")
     assert rig.passage(second) == "voided"  # nobody went through: seen, so voided
+
+
+@pytest.mark.lane(passage_timeout_ms=1500)
+def test_one_edge_for_a_release_and_a_waiting_admit_never_voids_the_entry(
+        rig: LaneRig) -> None:
+    """An admit waits, a technician lets one person through, one passage edge comes: it may
+    be either person's. The edge is the release's (`free`); the entry admit stands at its
+    deadline (`interrupted`, unconfirmed) — voided, its ticket would be free again while its
+    holder may have been the one who walked in. A release nobody walks through is only
+    logged: the edge after it has gone is an alarm again."""
+    desk = ReleaseDesk(lambda: {rig.lane.name: rig.runner}, lambda: None)
+    admit = rig.scan(C["valid"])
+    assert admit.result.decision.admit
+    desk.manual(rig.lane.name, None, "tech-2")
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.runner.passage.totals["free"] == 1, 10, "the released passage")
+    wait_until(lambda: rig.passage(admit.result.uuid) != "waiting", 10, "the deadline")
+    assert rig.passage(admit.result.uuid) == "interrupted"
+    assert rig.scan_row(admit.result.uuid) == (1, "valid", None)  # the ticket stays used
+    assert rig.alarms == [] and rig.runner.passage.totals["voided"] == 0
+    desk.manual(rig.lane.name, None, "tech-2")  # nobody walks through this one
+    wait_until(lambda: not rig.runner.passage.releases["in"], 10, "the release expired")
+    sim_input_pulse(f"{rig.name}-pass")
+    wait_until(lambda: rig.alarms == [(rig.lane.name, "forced")], 10, "a forced passage")
+    assert rig.runner.passage.totals["free"] == 1
+
+
+def test_one_edge_for_a_release_and_a_waiting_exit_voids_the_exit(rigs: Any) -> None:
+    """The exit's side: taking the one edge as the exit's would be the guess that frees the
+    ticket (its holder read as outside); the exit is voided as any exit nobody saw."""
+    rig = rigs("relexit", direction="auto", zone_id=demo_data.FLOOR_ZONE, max_entries=0,
+               relay="", relay_out="sim:relexit-out", passage_out="sim:relexit-pout",
+               passage_timeout_ms=1500)
+    desk = ReleaseDesk(lambda: {rig.lane.name: rig.runner}, lambda: None)
+    exit_ = in_then_out(rig)
+    desk.manual(rig.lane.name, None, "tech-3")  # relay_out: the released person goes out
+    sim_input_pulse(f"{rig.name}-pout")
+    wait_until(lambda: rig.runner.passage.totals["free"] == 1, 10, "the released passage")
+    wait_until(lambda: rig.passage(exit_.result.uuid) != "waiting", 10, "the deadline")
+    assert rig.passage(exit_.result.uuid) == "voided"
+    assert rig.scan_row(exit_.result.uuid) == (0, "denied", "notPassed")
+    assert rig.alarms == []
+    again = rig.scan(C["floor"]).result.decision
+    assert (again.direction, again.admit) == ("out", True)  # still inside: an exit again

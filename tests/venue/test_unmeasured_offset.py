@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from agent.core.codes import parse_utc_iso
+from agent.ops.metrics import Metrics
+from agent.ops.status import evaluate
 from agent.venue.bus import UNMEASURED_HOLD_S, VenueBus
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
@@ -132,3 +134,42 @@ def test_a_scan_decided_unmeasured_waits_for_the_first_heartbeat_of_a_long_inter
         placed = _b_times(a)
         assert placed["out"] is not None, placed
         assert abs(parse_utc_iso(placed["out"]) - at) < timedelta(seconds=2), (placed, at)
+
+
+def test_a_connected_gate_not_yet_measured_says_so_in_status(
+        tmp_path: Path, venue_node: NodeProcess, no_server_time: None) -> None:
+    """Connected, but no measurement (the server answers without its time, no heartbeat
+    delivered): status had no reason for it while entries were refused clockUnmeasured.
+    Now a warn reason `venue_clock_unmeasured` says so and since when (and
+    `gate_reason_active` has it at 1); the first measurement ends it."""
+    with venue_devices(tmp_path, [venue_node.url], 1, 1) as (a,):
+        wait_until(lambda: a.bus.connected, 10, "a connected again")
+        assert not a.bus.board.calibrated
+        venue = a.bus.get_status()
+        assert venue["clock_offset_s"] is None
+        since = parse_utc_iso(venue["clock_unmeasured_since"])
+        assert abs(since - datetime.now(UTC)) < timedelta(minutes=5)
+        found = _venue_reasons(venue)
+        assert found["venue_clock_unmeasured"][0] == "warn"
+        assert venue["clock_unmeasured_since"] in found["venue_clock_unmeasured"][1]
+        assert "clockUnmeasured" in found["venue_clock_unmeasured"][1]
+        assert _reason_metric(venue, "venue_clock_unmeasured") == "1.0"
+        a.calibrate()
+        measured = a.bus.get_status()
+        assert measured["clock_unmeasured_since"] is None
+        assert "venue_clock_unmeasured" not in _venue_reasons(measured)
+        assert _reason_metric(measured, "venue_clock_unmeasured") == "0.0"
+
+
+def _venue_reasons(venue: dict[str, object]) -> dict[str, tuple[str, str]]:
+    _health, found = evaluate({"venue": venue}, datetime.now(UTC), 1e9)
+    return {r.code: (r.level, r.message) for r in found}
+
+
+def _reason_metric(venue: dict[str, object], code: str) -> str:
+    """`gate_reason_active{code}` as the daemon's /metrics gives it (its report's reasons)."""
+    _health, found = evaluate({"venue": venue}, datetime.now(UTC), 1e9)
+    report = {"venue": venue, "reasons": [r.as_dict() for r in found]}
+    text = Metrics(lambda: report, lambda: datetime.now(UTC)).render().decode()
+    prefix = f'gate_reason_active{{code="{code}"}} '
+    return next(line for line in text.splitlines() if line.startswith(prefix))[len(prefix):]

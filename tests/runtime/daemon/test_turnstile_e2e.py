@@ -203,3 +203,56 @@ def test_an_emergency_input_paired_at_run_time_is_watched_at_once(site: Site) ->
         assert daemon.status()["emergency"]["url"] == url  # the paired one, from the start
     finally:
         daemon.stop()
+
+
+def test_a_technicians_one_person_release_is_a_free_passage_never_an_alarm_or_an_admits(
+        site: Site) -> None:
+    """`gate-agent release entry --by NAME` pulses the relay once; the person it lets through
+    made a passage edge with no admit waiting: counted `forced` (alarm, `passage_forced` for
+    5 minutes, a lane_events row), or taken as the passage of an admit that happened to be
+    waiting (then that admit's own person was the `forced` one). Now the release expects its
+    passage: counted `free`, and the waiting admit gets the edge after it."""
+    pin = site.root / "pin.sock"
+    configure(site, f'passage_in = "sim:pin?socket={pin}"\npassage_timeout_ms = 20000')
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        wait_until(pin.exists, 10, "passage input socket")
+
+        def release() -> None:
+            cli = run_cli("release", "entry", "--by", "tech-1", "--json",
+                          "--config", str(site.config))
+            assert cli.returncode == 0, cli.stderr
+
+        def passage() -> dict[str, Any]:
+            return dict(daemon.status()["lanes"][0]["passage"])
+
+        release()  # nobody waiting: the person's edge is the release's
+        send_input(pin, "pulse")
+        wait_until(lambda: passage()["totals"]["free"] == 1, 10, "the released passage")
+        # an admit waiting, then a release: the first edge is the released person's ...
+        site.scanner.write(C["valid"].encode() + b"\r\n")
+        (admit,) = daemon.wait_decisions(1)
+        assert admit["admit"] is True
+        wait_until(lambda: passage()["waiting"] == 1, 10, "the admit waiting")
+        release()
+        send_input(pin, "pulse")
+        wait_until(lambda: passage()["totals"]["free"] == 2, 10, "the second released passage")
+        assert passage()["waiting"] == 1  # ... not the admit's
+        assert journal(site, "SELECT state FROM passages WHERE uuid = ?", admit["uuid"]) == \
+            [("waiting",)]
+        send_input(pin, "pulse")  # ... and the admitted person's is theirs
+        wait_until(lambda: journal(site, "SELECT state FROM passages WHERE uuid = ?",
+                                   admit["uuid"]) == [("passed",)], 10, "the admit passed")
+        report = daemon.status()
+    finally:
+        daemon.stop()
+    totals = report["lanes"][0]["passage"]["totals"]
+    assert (totals["forced"], totals["passed"], totals["free"]) == (0, 1, 2)
+    assert report["lanes"][0]["passage"]["alarms_5min"] == {}
+    assert "passage_forced" not in {x["code"] for x in report["reasons"]}
+    assert report["lanes"][0]["passage"]["people"] == {"default": 3}
+    kinds = [k for (k,) in journal(site, "SELECT kind FROM lane_events ORDER BY seq")
+             if k not in ("people_in", "people_out")]
+    assert kinds == ["manual_pulse", "manual_pulse"]
