@@ -170,8 +170,10 @@ def _insert_with_nulls(nulls: tuple[bool, ...]) -> str:
 # `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
 # planner into a whole-index scan). `local` rows are unknown codes: no item, no zone, never an
 # admit, so they cannot count and are not read.
+# An exit waiting for its passage frees no place in the zone yet (_NOT_AWAITED), as it frees
+# no ticket: counted, a full zone admitted one more while the holder may not have left.
 _FLOW = ("SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
-         " WHERE +zone_id = ?1 AND +admit = 1 AND")
+         f" WHERE +zone_id = ?1 AND +admit = 1 AND {_NOT_AWAITED} AND")
 _UNACKNOWLEDGED_FLOW = (
     f"SELECT ({_FLOW} {_OUTBOX})"
     f" + ({_FLOW} upload_state = 'quarantined' AND {_PARKED})"

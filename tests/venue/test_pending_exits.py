@@ -16,6 +16,7 @@ a restart do (agent.store.passages).
 from __future__ import annotations
 
 import dataclasses
+import queue
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,12 +24,15 @@ import orjson
 import pytest
 
 from agent import demo_data
+from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.core.codes import utc_iso
 from agent.store.journal import PASSAGE_HOLD_LIMIT_S, Journal
 from agent.store.passages import PassageLog, now_iso
 from agent.store.venue import Applied, BusScan, VenueStore
 from agent.venue import messages
 from agent.venue.node import NodeProcess
+from drivers.inputs import sim_input_pulse
+from drivers.sim import sim_reset
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +101,39 @@ def test_another_gate_keeps_the_ticket_inside_until_the_exit_is_confirmed(
                    "a's confirmation at b")
         assert a.bus.counters["exits_confirmed"] == 1
         assert scan(b, "floor-in")[:2] == (True, "valid")  # out, so in again
+
+
+def test_the_lane_confirms_its_exit_to_the_venue_as_the_holder_passes(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """The real lane thread and passage input: the pulse settles the wait and wakes the bus,
+    which confirms the exit; b then lets the ticket in again."""
+    sim_reset()
+    with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
+        for device in (a, b):
+            device.calibrate()
+        assert scan(a, "floor-in")[:2] == (True, "valid")
+        gate = a.gate()
+        lane = dataclasses.replace(gate.config.lane("floor-out"), debounce_ms=0,
+                                   passage_out="sim:venue-outpass", passage_timeout_ms=60000)
+        events: queue.Queue[LaneEvent] = queue.Queue()
+        runner = LaneRunner(lane, gate, events.put,
+                            void_claim=lambda claim: a.bus.void_now(claim, "not passed"))
+        runner.start()
+        try:
+            wait_until(lambda: runner.passage.inputs["out"].connected, 5, "exit input")
+            runner.submit(manual_scan(CODE, lane.name))
+            out = events.get(timeout=10).result
+            assert out.decision.admit and out.decision.direction == "out" and out.uuid
+            wait_until(lambda: applied(b, out.uuid or "") is not None, 10, "b has the exit")
+            assert scan(b, "floor-in")[:2] == (False, "alreadyIn")
+            sim_input_pulse("venue-outpass")
+            wait_until(lambda: applied(b, out.uuid or "") == {"awaiting": 0, "voided": 0}, 10,
+                       "the confirmation at b")
+            assert runner.passage.totals["passed"] == 1
+        finally:
+            runner.stop()
+            sim_reset()
+        assert scan(b, "floor-in")[:2] == (True, "valid")
 
 
 def test_an_exit_voided_by_the_upload_bound_is_voided_on_the_bus_at_once(
