@@ -24,8 +24,8 @@ import orjson
 import pytest
 
 from agent import demo_data
-from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.core.codes import utc_iso
+from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.store.journal import PASSAGE_HOLD_LIMIT_S, Journal
 from agent.store.passages import PassageLog, now_iso
 from agent.store.venue import Applied, BusScan, VenueStore
