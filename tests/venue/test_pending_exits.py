@@ -136,6 +136,33 @@ def test_the_lane_confirms_its_exit_to_the_venue_as_the_holder_passes(
         assert scan(b, "floor-in")[:2] == (True, "valid")
 
 
+def test_an_exit_decided_offline_goes_out_awaiting_and_is_confirmed_later(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    """Cut off from the bus (policy local), a lets the ticket out; its journal publisher sends
+    the exit when the bus is back, still awaiting its passage (not as a made exit), and the
+    confirmation follows the passage."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
+        for device in (a, b):
+            device.calibrate()
+        assert scan(a, "floor-in")[:2] == (True, "valid")
+        wait_until(lambda: b.bus.applied_seq >= a.venue_link_seq(), 10, "b has the entry")
+        a.bus.stop()
+        admit, _status, exit_ = scan(a, "floor-out", awaits_exit=True)
+        assert admit and a.journal_rows()[-1]["venue"] == "offline"
+        a.bus.start()
+        wait_until(lambda: applied(b, exit_) is not None, 20, "b has a's offline exit")
+        assert scan(b, "floor-in")[:2] == (False, "alreadyIn")
+        assert applied(b, exit_) == {"awaiting": 1, "voided": 0}
+        journal = journal_of(a)
+        try:
+            assert PassageLog(journal).passed(exit_, now_iso())
+        finally:
+            journal.close()
+        wait_until(lambda: applied(b, exit_) == {"awaiting": 0, "voided": 0}, 10,
+                   "a's confirmation at b")
+        assert scan(b, "floor-in")[:2] == (True, "valid")
+
+
 def test_an_exit_voided_by_the_upload_bound_is_voided_on_the_bus_at_once(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     """The lane never settled the wait (its worker lost the write); the daemon runs on and the
