@@ -16,7 +16,6 @@ a restart do (agent.store.passages).
 from __future__ import annotations
 
 import dataclasses
-import queue
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from agent import demo_data
 from agent.core.codes import utc_iso
-from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
+from agent.runtime.lane import manual_scan
 from agent.store.journal import PASSAGE_HOLD_LIMIT_S, Journal
 from agent.store.passages import PassageLog, now_iso
 from agent.store.venue import Applied, BusScan, VenueStore
@@ -33,7 +32,7 @@ from agent.venue import messages
 from agent.venue.node import NodeProcess
 from drivers.inputs import sim_input_pulse
 from drivers.sim import sim_reset
-from tests.venue.rig import VenueDevice, venue_devices, wait_until
+from tests.venue.rig import VenueDevice, venue_devices, venue_lane, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -112,15 +111,10 @@ def test_the_lane_confirms_its_exit_to_the_venue_as_the_holder_passes(
         for device in (a, b):
             device.calibrate()
         assert scan(a, "floor-in")[:2] == (True, "valid")
-        gate = a.gate()
-        lane = dataclasses.replace(gate.config.lane("floor-out"), debounce_ms=0,
-                                   passage_out="sim:venue-outpass", passage_timeout_ms=60000)
-        events: queue.Queue[LaneEvent] = queue.Queue()
-        runner = LaneRunner(lane, gate, events.put,
-                            void_claim=lambda claim: a.bus.void_now(claim, "not passed"))
-        runner.start()
+        runner, events = venue_lane(a, "floor-out", passage_out="sim:venue-outpass",
+                                    passage_timeout_ms=60000)
+        lane = runner.lane
         try:
-            wait_until(lambda: runner.passage.inputs["out"].connected, 5, "exit input")
             runner.submit(manual_scan(CODE, lane.name))
             out = events.get(timeout=10).result
             assert out.decision.admit and out.decision.direction == "out" and out.uuid
