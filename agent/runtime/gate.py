@@ -173,7 +173,9 @@ class Gate:
                             mono_ms),
                     lane, now, self._tracks_exits,  # on the bus, outside the journal's lock
                     in_flight=attempt == 0 and self.claims_in_flight
-                    and not self._awaits_passage(lane))
+                    and not self._awaits_passage(lane),
+                    exit_awaits_passage=self.confirms_passage
+                    and bool(passage_input_for(lane, "out")))
                 if claim.outcome == "in_flight":
                     claim, result = self._in_flight(claim, code, lane, now, direction, kind,
                                                     mono_ms, first)

@@ -61,6 +61,12 @@ class LaneEvent:
 Sink = Callable[[LaneEvent], None]
 
 
+def _bus_wake(gate: Gate) -> Callable[[], None] | None:
+    """Wake the venue bus of `gate` (whichever bus its link holds then), None without one."""
+    venue = gate.venue
+    return None if venue is None else lambda: venue.bus.wake()
+
+
 class LaneRunner:
     """Readers, relay, queue and worker thread of one lane."""
 
@@ -86,7 +92,8 @@ class LaneRunner:
                                     on_alarm or (lambda *_: None), void_claim,
                                     released=lambda: bool(self.releases),
                                     day_starts=gate.config.device.get("people_day_starts",
-                                                                      "06:00"))
+                                                                      "06:00"),
+                                    exit_stands=_bus_wake(gate))
         self.queue: queue.Queue[Scan | None] = queue.Queue()
         self.lock = threading.Lock()  # held while deciding; taken to swap the cache file
         self.readers: list[Reader] = []

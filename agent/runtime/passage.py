@@ -101,8 +101,12 @@ class PassageWatch:
     def __init__(self, lane: LaneConfig, journal: Journal | None, indicators: Indicators,
                  on_alarm: OnAlarm, void_claim: VoidClaim | None = None,
                  released: Callable[[], bool] = lambda: False, day_starts: str = "06:00",
-                 clock: Callable[[], datetime] = lambda: datetime.now().astimezone()):
+                 clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+                 exit_stands: Callable[[], None] | None = None):
         self.lane = lane
+        # an exit's wait stood (passed, or its input not watched): the venue bus confirms it
+        # to the other gates now (agent.venue.bus `_settle_exits`; its next round otherwise)
+        self.exit_stands = exit_stands or (lambda: None)
         self.day_starts = day_starts
         self.clock = clock  # local wall clock: when the counting day starts
         self.log = PassageLog(journal) if journal is not None else None
@@ -196,6 +200,8 @@ class PassageWatch:
             if self.log is not None:
                 self.log.stand(uuid, now_iso(), f"passage input {direction} not watched")
             self.totals["unconfirmed"] += 1
+            if direction == "out":
+                self.exit_stands()
             return
         deadline = time.monotonic() + self.lane.passage_timeout_ms / 1000
         self.waits[direction].append(_Wait(uuid, direction, deadline, since_ns))
@@ -267,6 +273,8 @@ class PassageWatch:
         if wait is not None:
             if self.log is None or self.log.passed(wait.uuid, now_iso()):
                 self.totals["passed"] += 1
+                if direction == "out":
+                    self.exit_stands()
             return
         if self.released():
             self.totals["free"] += 1

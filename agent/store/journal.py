@@ -41,6 +41,13 @@ PASSAGE_HOLD_LIMIT_S = 300.0
 _NOT_HELD = ("seq < COALESCE((SELECT MIN(scan_seq) FROM passages WHERE state = 'waiting'),"
              " 9223372036854775807)")
 
+# An exit waiting for its passage has not happened yet for the scan state: taken as made, the
+# ticket read as outside at every lane while its holder may not have passed (the ticket handed
+# back over the barrier). One condition of the scan-state read: the waits are a handful, read
+# once per statement through passages_state (an entry's row is never looked at).
+_NOT_AWAITED = ("(direction = 'in' OR seq NOT IN (SELECT scan_seq FROM passages"
+                " WHERE state = 'waiting' AND direction = 'out' AND scan_seq IS NOT NULL))")
+
 UPLOAD_STATES = ("pending", "sent", "quarantined", "local")
 
 # A venue claim in flight (agent.venue.claims): the admit is journaled (fsynced) while the bus
@@ -164,8 +171,10 @@ def _insert_with_nulls(nulls: tuple[bool, ...]) -> str:
 # `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
 # planner into a whole-index scan). `local` rows are unknown codes: no item, no zone, never an
 # admit, so they cannot count and are not read.
+# An exit waiting for its passage frees no place in the zone yet (_NOT_AWAITED), as it frees
+# no ticket: counted, a full zone admitted one more while the holder may not have left.
 _FLOW = ("SELECT COALESCE(SUM(CASE direction WHEN 'in' THEN 1 ELSE -1 END), 0) FROM scans"
-         " WHERE +zone_id = ?1 AND +admit = 1 AND")
+         f" WHERE +zone_id = ?1 AND +admit = 1 AND {_NOT_AWAITED} AND")
 _UNACKNOWLEDGED_FLOW = (
     f"SELECT ({_FLOW} {_OUTBOX})"
     f" + ({_FLOW} upload_state = 'quarantined' AND {_PARKED})"
@@ -311,10 +320,13 @@ class Journal:
     # -- scan state -------------------------------------------------------------------------
 
     def own_admits(self, event_id: int, item_id: int) -> list[OwnScan]:
-        """This device's admitted scans of one item (all zones), oldest first."""
+        """This device's admitted scans of one item (all zones), oldest first. An exit still
+        waiting for its passage is not one yet (_NOT_AWAITED): the ticket stays inside for
+        every lane until the turnstile confirms it, or it is voided (agent.store.passages)."""
         return [OwnScan(*r) for r in self.conn.execute(
             "SELECT uuid, zone_id, direction, scanned_on FROM scans"
-            " WHERE item_id = ? AND event_id = ? AND admit = 1 ORDER BY seq", (item_id, event_id))]
+            f" WHERE item_id = ? AND event_id = ? AND admit = 1 AND {_NOT_AWAITED}"
+            " ORDER BY seq", (item_id, event_id))]
 
     def unacknowledged_flow(self, zone_id: int, acknowledged_before: str | None) -> int:
         """Admits in minus admits out of a zone made here that the platform has not yet
@@ -329,9 +341,36 @@ class Journal:
     # -- venue --------------------------------------------------------------------------------
 
     def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
-        """Rows journaled after `seq`, in order: what the venue publisher sends next."""
+        """Rows journaled after `seq`, in order: what the venue publisher sends next; an
+        exit still waiting for its passage has `passage_awaited` (it goes out so)."""
         return _rows(self.conn.execute(
-            "SELECT * FROM scans WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
+            "SELECT *, direction = 'out' AND admit = 1 AND EXISTS (SELECT 1 FROM passages p"
+            " WHERE p.uuid = scans.uuid AND p.state = 'waiting') AS passage_awaited"
+            " FROM scans WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
+
+    def exit_outcomes(self, uuids: list[str]) -> dict[str, tuple[bool, dict[str, Any]]]:
+        """For exits this gate published as awaiting their passage: uuid -> (stands, its
+        row) once settled — True: passed, or stands (input not watched); False: voided (the
+        row a refusal now). Left out: still waiting, or not in the journal (a claim whose
+        commit never came: the venue sweep's). Found through `passages` (its uuid key) and,
+        for a claim that never waited, scans_claims."""
+        out: dict[str, tuple[bool, dict[str, Any]]] = {}
+        for start in range(0, len(uuids), 500):
+            part = uuids[start:start + 500]
+            marks = ','.join('?' * len(part))
+            for row in _rows(self.conn.execute(
+                    "SELECT s.*, p.state AS passage FROM passages p JOIN scans s"
+                    f" ON s.seq = p.scan_seq WHERE p.uuid IN ({marks})", part)):
+                if row["passage"] != "waiting":
+                    out[row["uuid"]] = (bool(row["admit"]) and row["passage"] != "voided", row)
+            rest = [u for u in part if u not in out]
+            if rest:
+                for row in _rows(self.conn.execute(
+                        "SELECT *, NULL AS passage FROM scans WHERE venue IS NOT NULL AND uuid IN"
+                        f" ({','.join('?' * len(rest))}) AND NOT EXISTS (SELECT 1 FROM passages p"
+                        " WHERE p.uuid = scans.uuid)", rest)):
+                    out[row["uuid"]] = (bool(row["admit"]), row)
+        return out
 
     def admitted(self, uuids: list[str]) -> set[str]:
         """Which of these claim uuids are journaled as admits (a claim without one must go).

@@ -75,6 +75,14 @@ MIGRATIONS = [
         ALTER TABLE venue_scans ADD COLUMN bus_time TEXT;
         UPDATE venue_scans SET bus_time = scanned_on
     """),
+    # an exit whose turnstile passage its gate still waits for (`passageAwaited` on the bus):
+    # not yet happened for every reader (the ticket stays inside) until its gate confirms it
+    # (a later message of the same scan without the flag) or voids it. The partial index is
+    # the sending gate's list of its own exits still to confirm or void (agent.venue.bus).
+    ("0006_passage_awaited", """
+        ALTER TABLE venue_scans ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX venue_scans_awaiting ON venue_scans(device) WHERE awaiting = 1
+    """),
 ]
 
 
@@ -105,6 +113,10 @@ class BusScan:
     # sent as a claim, as it was decided (not by the journal publisher, after the commit or
     # later): its server timestamp is its time. Carried on the bus, not stored.
     claim: bool = False
+    # an exit its gate's turnstile has not confirmed yet (`passageAwaited`): every reader
+    # takes it as not yet happened, the ticket still inside, until a later message of the
+    # same scan says otherwise (confirmed) or a void ends it (docs/venue.md)
+    awaiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,11 @@ _SET_CREATED = ("INSERT INTO venue_stream_identity (stream, created) VALUES (?, 
 
 _SCAN_COLS = ("uuid", "device", "lane", "event_id", "item_id", "zone_id", "zone_is_default",
               "direction", "admit", "status", "scanned_on", "offline", "max_entries",
-              "tracks_exits")
+              "tracks_exits", "awaiting")
+# its gate confirmed an exit's passage: a later copy of the scan, admitted and not awaited
+# (only from the gate that sent it; a copy never puts the wait back)
+_CONFIRM_EXIT = ("UPDATE venue_scans SET awaiting = 0 WHERE uuid = ? AND device = ?"
+                 " AND awaiting = 1")
 
 
 class VenueStore:
@@ -196,6 +212,8 @@ class VenueStore:
                     elif not cur.rowcount and not s.admit:
                         # its gate's refusal under a claim's uuid: the claim no longer stands
                         self.conn.execute(_REFUSE_CLAIM, (REFUSED_AFTER_CLAIM, s.uuid, s.device))
+                    elif not cur.rowcount and not s.awaiting:
+                        self.conn.execute(_CONFIRM_EXIT, (s.uuid, s.device))
                 elif msg.void_uuid is not None:
                     self.conn.execute("UPDATE venue_scans SET voided = 1 WHERE uuid = ?",
                                       (msg.void_uuid,))
@@ -309,7 +327,8 @@ class VenueStore:
         return int(row[0]) if row else 0
 
     def zone_scans(self, event_id: int, item_id: int, offset_s: float = 0.0) -> list[ZoneScan]:
-        """The venue's standing admits of one item (every zone), as derived state takes them:
+        """The venue's standing admits of one item (every zone), as derived state takes them
+        (an exit still awaiting its passage is not one yet: the ticket stays inside):
         in bus-time order, each `scanned_on` its bus time read on this gate's clock, which is
         `offset_s` ahead of the bus server's (GateBoard.offset_s). So they fold on one clock
         with this gate's own scans and the decision's `now`."""
@@ -317,7 +336,16 @@ class VenueStore:
                 for zone_id, direction, at, uuid in self.conn.execute(
                     "SELECT zone_id, direction, bus_time, uuid FROM venue_scans"
                     " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
-                    " ORDER BY bus_time, stream_seq", (event_id, item_id))]
+                    " AND awaiting = 0 ORDER BY bus_time, stream_seq", (event_id, item_id))]
+
+    def awaiting_exits(self, device: str) -> list[dict[str, Any]]:
+        """`device`'s exits on the bus still awaiting their passage, not voided: what that gate
+        still owes the venue, a confirmation or a void (agent.venue.bus `_settle_exits`)."""
+        cur = self.conn.execute(
+            "SELECT uuid, event_id, item_id FROM venue_scans WHERE device = ? AND awaiting = 1"
+            " AND admit = 1 AND voided = 0 ORDER BY stream_seq", (device,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def standing_claims(self, device: str, before: str) -> list[dict[str, Any]]:
         """This device's admits on the bus, not voided, scanned before `before` (UTC ISO)."""
@@ -365,7 +393,8 @@ class VenueStore:
             " FROM (SELECT event_id, zone_id, zone_is_default, direction, ROW_NUMBER() OVER"
             " (PARTITION BY event_id, item_id, zone_id ORDER BY bus_time DESC, stream_seq DESC)"
             " AS latest"
-            " FROM venue_scans WHERE admit = 1 AND voided = 0 AND item_id IS NOT NULL)"
+            " FROM venue_scans WHERE admit = 1 AND voided = 0 AND awaiting = 0"
+            " AND item_id IS NOT NULL)"
             " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id")
         return [{"event_id": e, "zone_id": z, "zone_is_default": bool(d), "inside": int(i),
                  "admitted": int(n)} for e, z, d, i, n in cur.fetchall()]

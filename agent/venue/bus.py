@@ -154,7 +154,8 @@ class VenueBus:
             store.close()
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
-                         "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0}
+                         "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0,
+                         "exits_confirmed": 0}
         # while connected, is the bus doing its work? (status reason venue_degraded): the
         # claims that timed out in a row since the last answered one (reset on connecting),
         # the last one's time and error; the publisher's failure and since when (cleared by a
@@ -374,6 +375,7 @@ class VenueBus:
                     try:
                         await self._publish_pending(store, journal)
                         await self._sweep(store, journal)
+                        await self._settle_exits(store, journal)
                     except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
                         self._publishing_failed(f"{type(exc).__name__}: {exc}")
                     else:
@@ -755,6 +757,38 @@ class VenueBus:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
 
+    async def _settle_exits(self, store: VenueStore, journal: Journal | None) -> None:
+        """This gate's exits the bus still holds as awaiting their passage (venue.db, as the
+        stream has them) whose wait the journal has settled: confirmed (passed, or standing:
+        its input was not watched) -> the scan again without the flag (`confirm_msg_id`), so
+        every gate counts the exit; voided -> the void. Whoever settled the wait: the lane
+        (which wakes this loop), the upload's bound while the daemon runs (the leader's or
+        the fallback uploader's `settle_stale_waits`: its void reached the venue only at the
+        next restart's sweep), a restart. Driven by what the stream holds, so a confirmation
+        or a void lost with the connection or a crash goes out the next round; one sent twice
+        is stored once (its id)."""
+        if journal is None:
+            return
+        awaiting = await asyncio.to_thread(store.awaiting_exits, self.device)
+        if not awaiting:
+            return
+        settled = await asyncio.to_thread(journal.exit_outcomes, [e["uuid"] for e in awaiting])
+        for claim in awaiting:
+            if claim["uuid"] not in settled:
+                continue  # still waiting (or its commit not there: the sweep's)
+            stands, row = settled[claim["uuid"]]
+            if not stands:
+                await self._void(claim, "exit not passed: its turnstile never confirmed it")
+                continue
+            offset, _held = self.published_offset(row)
+            subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
+                                              self.device)
+            await self._js.publish(
+                subject, messages.encode_scan(scan_from_row(
+                    {**row, "passage_awaited": False}, self.device, offset)),
+                headers={"Nats-Msg-Id": messages.confirm_msg_id(row["uuid"])})
+            self.counters["exits_confirmed"] += 1
+
     def settle_later(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
         """Settle the row of a claim in flight ('claiming', durable) here, within
         SETTLE_EVERY_S, connected or not (the publisher and the upload hold the row till then):
@@ -1042,5 +1076,6 @@ def scan_from_row(row: dict[str, Any], device: str, clock_offset_s: float | None
         zone_is_default=bool(row["zone_is_default"]), direction=row["direction"],
         admit=bool(row["admit"]), status=row["status"], scanned_on=row["scanned_on"],
         offline=row.get("venue") == "offline", max_entries=row.get("max_entries") or 0,
-        tracks_exits=bool(row.get("tracks_exits")), clock_offset_s=clock_offset_s)
+        tracks_exits=bool(row.get("tracks_exits")), clock_offset_s=clock_offset_s,
+        awaiting=bool(row.get("passage_awaited")))
 

@@ -157,10 +157,14 @@ class VenueLink:
         return scans, offset is not None
 
     def claim(self, decide_now: Callable[[], Decision], lane: LaneConfig, now: datetime,
-              tracks_exits: Callable[[Decision], bool], in_flight: bool = False) -> Claim:
+              tracks_exits: Callable[[Decision], bool], in_flight: bool = False,
+              exit_awaits_passage: bool = False) -> Claim:
         """Steps 1-2 of the module docstring, bounded by claim_timeout_ms. `in_flight`: the
         first publish is not waited for here (outcome `in_flight`): the caller commits the
-        admit as 'claiming' meanwhile, then waits with `land()`."""
+        admit as 'claiming' meanwhile, then waits with `land()`. `exit_awaits_passage`: an
+        exit decided here waits for the turnstile's passage (agent.runtime.passage), so its
+        claim says so (`passageAwaited`): no gate takes it as made before its gate confirms
+        it (agent.venue.messages)."""
         scan_uuid = new_scan_uuid()
         # Every message up to `applied` was committed to venue.db before this decision read it
         # (the consumer commits, then advances applied_seq).
@@ -202,7 +206,8 @@ class VenueLink:
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
                 admit=True, status=decision.status, scanned_on=utc_iso(now),
                 max_entries=lane.max_entries, tracks_exits=exits,
-                clock_offset_s=base.clock_offset_s, claim=True))
+                clock_offset_s=base.clock_offset_s, claim=True,
+                awaiting=exit_awaits_passage and decision.direction == "out"))
             if not self._sent or self._sent[-1] != scan_uuid:
                 self._sent.append(scan_uuid)
             if in_flight:

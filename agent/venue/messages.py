@@ -21,6 +21,16 @@ unique by uuid, so it keeps the claim until the void its sender still publishes)
 Bodies are JSON objects; unknown fields are ignored, and a message that cannot be read is
 skipped and counted (never guessed at).
 
+An exit on a lane whose turnstile confirms passages goes out (claim or journal copy) with
+`passageAwaited: true` while its gate waits for the passage: every reader takes it as not yet
+happened, the ticket still inside (taken as made, a ticket handed back over the barrier by a
+holder who scanned out but did not pass was admitted at another gate meanwhile). Its gate
+then sends either the void of the scan (no passage: agent.venue.bus `_void`) or the scan again
+without the flag under `<uuid>/passed` (`confirm_msg_id`): readers then count the exit, at
+the time the first message placed it. Only the sending gate's copy confirms; nothing puts the
+wait back. A gate of before ignores the key (it counts the exit at once, as it always did) and
+keeps the confirmation's copy once (rows unique by uuid).
+
 A scan's `scannedOn` is the sending gate's clock, which may be minutes or hours off (venue LANs
 often have no NTP, gates no real-time clock). So every reader places a scan on the bus
 server's clock (`bus_time`): a claim (`claim: true`) at the server's timestamp of the message,
@@ -68,6 +78,12 @@ def scan_msg_id(scan_uuid: str, admit: bool) -> str:
     return scan_uuid if admit else f"{scan_uuid}/refused"
 
 
+def confirm_msg_id(scan_uuid: str) -> str:
+    """The `Nats-Msg-Id` of an exit's confirmation: its scan again, without
+    `passageAwaited` (see the module docstring), stored once however often it is sent."""
+    return f"{scan_uuid}/passed"
+
+
 def encode_scan(scan: BusScan) -> bytes:
     return orjson.dumps({
         "v": VERSION, "type": "scan", "uuid": scan.uuid, "device": scan.device,
@@ -77,6 +93,7 @@ def encode_scan(scan: BusScan) -> bytes:
         "scannedOn": scan.scanned_on, "offline": scan.offline,
         "maxEntries": scan.max_entries, "tracksExits": scan.tracks_exits, "claim": scan.claim,
         "clockOffsetS": scan.clock_offset_s,  # null: never measured (not "0")
+        "passageAwaited": scan.awaiting,
     })
 
 
@@ -157,7 +174,9 @@ def decode(seq: int, subject: str, data: bytes, stored: datetime | None = None) 
             tracks_exits=bool(body.get("tracksExits")),
             clock_offset_s=_seconds_or_none(body, "clockOffsetS"),
             clock_unmeasured="clockOffsetS" in body and body["clockOffsetS"] is None,
-            claim=body.get("claim") is True)
+            claim=body.get("claim") is True,
+            # only an exit waits that way: an entry taken as not yet made frees the ticket
+            awaiting=body.get("passageAwaited") is True and body.get("direction") == "out")
     except (KeyError, TypeError) as exc:
         raise BadMessage(str(exc)) from exc
     return Applied(seq, subject, scan=scan, bus_time=bus_time(scan, stored))

@@ -5,7 +5,9 @@ files and a real nats-server. Tickets: `bulk_tickets(n)` with access to an extra
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from agent import demo_data
 from agent.config import load_config
 from agent.platform.provision import import_file
 from agent.runtime.gate import Gate
+from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.opening import opened_gate
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
@@ -56,6 +59,23 @@ def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> No
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def venue_lane(device: VenueDevice, lane: str,
+               **changes: Any) -> tuple[LaneRunner, queue.Queue[LaneEvent]]:
+    """The real lane thread on `device`'s gate: lane `lane` of its config with `changes`,
+    voiding its claims on the bus as the daemon does; started, its passage inputs watched
+    (stop it)."""
+    gate = device.gate()
+    config = dataclasses.replace(gate.config.lane(lane), debounce_ms=0, **changes)
+    events: queue.Queue[LaneEvent] = queue.Queue()
+    runner = LaneRunner(config, gate, events.put,
+                        void_claim=lambda scan: device.bus.void_now(scan, "not passed"))
+    runner.start()
+    for direction in [d for d, url in (("in", config.passage_in), ("out", config.passage_out))
+                      if url]:
+        wait_until(lambda d=direction: runner.passage.inputs[d].connected, 5, "passage input")
+    return runner, events
 
 
 def write_platform_files(root: Path, now: datetime, tickets: int) -> list[Path]:

@@ -204,7 +204,9 @@ def test_a_venue_db_of_the_previous_schema_gets_bus_times(tmp_path: Path) -> Non
     store = VenueStore(path)
     try:
         after = _dicts(store.conn, "SELECT * FROM venue_scans ORDER BY stream_seq")
-        assert [{k: v for k, v in r.items() if k != "bus_time"} for r in after] == before
+        assert [{k: v for k, v in r.items() if k not in ("bus_time", "awaiting")}
+                for r in after] == before
+        assert [r["awaiting"] for r in after] == [0, 0]  # 0006: old exits were all made
         assert [r["bus_time"] for r in after] == [r["scanned_on"] for r in before]
         assert store.position("S") == 2
         store.apply("S", [applied(3, "new-in", "in", "2026-12-06T11:45:00.000000Z")], "now")

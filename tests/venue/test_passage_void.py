@@ -17,7 +17,7 @@ from agent import demo_data
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
 from agent.venue.node import NodeProcess
 from drivers.sim import sim_reset, sim_unplug
-from tests.venue.rig import venue_devices, wait_until
+from tests.venue.rig import venue_devices, venue_lane, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +26,10 @@ def test_a_voided_admit_releases_its_claim_for_another_gate(tmp_path: Path,
                                                             venue_node: NodeProcess) -> None:
     code = demo_data.bulk_barcode(0)
     with venue_devices(tmp_path, [venue_node.url], 2, 3) as (a, b):
-        gate = a.gate()
-        lane = dataclasses.replace(gate.config.lane("north-in"), debounce_ms=0,
-                                   passage_in="sim:venue-pass", passage_timeout_ms=300)
-        events: queue.Queue[LaneEvent] = queue.Queue()
-        runner = LaneRunner(lane, gate, events.put,
-                            void_claim=lambda scan: a.bus.void_now(scan, "not passed"))
-        runner.start()
+        runner, events = venue_lane(a, "north-in", passage_in="sim:venue-pass",
+                                    passage_timeout_ms=300)
+        lane = runner.lane
         try:
-            wait_until(lambda: runner.passage.inputs["in"].connected, 5, "passage input")
             runner.submit(manual_scan(code, lane.name))
             first = events.get(timeout=10)
             assert first.result.decision.admit
