@@ -137,6 +137,9 @@ class VenueBus:
         self.left_through_seq = 0
         self.connected = False
         self.last_error: str | None = None
+        # where the current session is (its set-up steps, then "running"): a session that
+        # fails says where, in its log line and `last_error` (a timeout alone says nothing)
+        self.session_step = "not started"
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
@@ -282,7 +285,7 @@ class VenueBus:
                     await self._session_until_stopped(store, journal)
                 except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
                     await self._close_connection()
-                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self.last_error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
                     log.warning("venue bus: %s; retrying", self.last_error)
                 await self._sleep(0.5)
         finally:
@@ -344,15 +347,20 @@ class VenueBus:
         async def on_error(exc: Exception) -> None:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
+        self.session_step = "connecting"
         self._nc = await nats.connect(
             **self.options, connect_timeout=2, reconnect_time_wait=0.25,
             max_reconnect_attempts=-1, allow_reconnect=True,
             disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, closed_cb=on_closed,
             error_cb=on_error)
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
+        self.session_step = "making sure the stream exists"
         await self._ensure_stream()
+        self.session_step = "checking the stream's identity"
         watch = await self._adopt_stream(store, journal)
+        self.session_step = "measuring the clock"
         await self._measure_clock()  # before anything is published or decided as connected
+        self.session_step = "opening the claims channel"
         await self._claims.open(self._nc)
         self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
                                          self.venue["heartbeat_ttl_s"])
@@ -363,8 +371,11 @@ class VenueBus:
         self.connected = True
         self.last_error = None
         log.info("venue bus connected: %s as %s", self.stream, self.device)
+        self.session_step = "subscribing to the stream"
         sub = await self._subscribe(store)
+        self.session_step = "reading the stream's position"
         info = await self._js.stream_info(self.stream)
+        self.session_step = "running"
         with self._cond:
             self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
             if self.applied_seq >= info.state.last_seq:
