@@ -417,10 +417,10 @@ class VenueBus:
         """One sample of this clock against the bus server's (agent.venue.clockprobe), so
         this gate places other gates' scans from the moment it connects rather than from the
         first heartbeat delivered; the heartbeats keep measuring it from there."""
-        nc = self._nc
-        if nc is None:
+        js = self._js
+        if js is None:
             return
-        delay = await clockprobe.server_delay(nc, self.stream, self.board.clock)
+        delay = await clockprobe.server_delay(js, self.stream, self.board.clock)
         if delay is not None:
             self.board.calibrate(delay)
             if self._wake is not None:  # rows held for a measurement may go out now

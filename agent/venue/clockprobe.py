@@ -20,28 +20,27 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import orjson
+from agent.venue.stream_identity import raw_stream_info
 
 log = logging.getLogger("gate_agent.venue")
 
-API_PREFIX = "$JS.API."
 PROBE_TIMEOUT_S = 2.0
 
 
-async def server_delay(nc: Any, stream: str, clock: Callable[[], float],
+async def server_delay(js: Any, stream: str, clock: Callable[[], float],
                        timeout_s: float = PROBE_TIMEOUT_S) -> float | None:
     """`clock()` when the server's answer about `stream` arrived, minus the server's time in
     it (seconds); None when there is no answer in `timeout_s` or no readable `ts` in it."""
     try:
-        reply = await nc.request(f"{API_PREFIX}STREAM.INFO.{stream}", b"", timeout=timeout_s)
+        reply = await raw_stream_info(js, stream, timeout_s)
     except Exception as exc:  # noqa: BLE001 - no sample: the heartbeats measure the clock
         log.info("venue: clock not measured at connect (%s: %s)", type(exc).__name__, exc)
         return None
     received = clock()
+    stamp = reply.get("ts")
     try:
-        stamp = orjson.loads(reply.data).get("ts")
         server = datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else None
-    except (orjson.JSONDecodeError, AttributeError, ValueError):
+    except ValueError:
         server = None
     if server is None:
         log.info("venue: the bus server's stream info has no time (`ts`): this clock is "

@@ -153,14 +153,23 @@ def _recorded(venue_db: Path, stream: str) -> str | None:
         identities.close()
 
 
+async def raw_stream_info(js: Any, stream: str, timeout_s: float | None = None
+                          ) -> dict[str, Any]:
+    """JetStream's stream info answer as the server sent it, through the client's own request
+    helper (its errors: NotFoundError, timeouts): nats-py's StreamInfo drops the server's time
+    (`ts`, since nats-server 2.10), which the bus's clock probe and `server_age_s` read."""
+    resp: dict[str, Any] = await js._api_request(
+        f"{js._prefix}.STREAM.INFO.{stream}", b"",
+        timeout=js._timeout if timeout_s is None else timeout_s)
+    return resp
+
+
 async def server_age_s(js: Any, stream: str) -> float | None:
     """How long ago `stream` was made, on the bus server's own clock (its stream info says
-    the server's time, `ts`, since nats-server 2.10; None from a server that does not, or a
-    stream not found). This gate's clock plays no part: it may be hours off. The raw API
-    answer, through the client's own request helper: nats-py's StreamInfo drops `ts`."""
+    the server's time, `ts`; None from a server that does not, or a stream not found). This
+    gate's clock plays no part: it may be hours off."""
     try:
-        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", b"",
-                                     timeout=js._timeout)
+        resp = await raw_stream_info(js, stream)
         now, created = resp.get("ts"), resp.get("created")
         if not isinstance(now, str) or not isinstance(created, str):
             return None
