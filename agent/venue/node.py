@@ -141,11 +141,21 @@ class NodeProcess:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.spec.name} exited: see {self.workdir}")
+                raise RuntimeError(f"nats-server {self.spec.name} exited "
+                                   f"(rc {self.proc.returncode}): {self._log_tail()}")
             if self.healthy():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"nats-server {self.spec.name} not healthy after {wait_s} s")
+
+    def _log_tail(self, lines: int = 4) -> str:
+        """The node log's last lines: why it exited (a port taken, a store it cannot open),
+        kept in the error because the test's folder may be gone when someone reads it."""
+        try:
+            text = (self.workdir / f"{self.spec.name}.log").read_text(errors="replace")
+        except OSError as exc:
+            return f"no log ({exc})"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
 
     def stream_cluster(self, stream: str) -> dict[str, Any] | None:
         """`stream`'s group as this node reports it (monitoring `/jsz`: its leader, and the
@@ -202,18 +212,44 @@ def stream_ready(nodes: list[NodeProcess], stream: str) -> bool:
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct free TCP ports on `host` (bound and released at once)."""
+    """`n` distinct free TCP ports on `host` (bound and released at once), taken below the
+    kernel's ephemeral range when there is room: a node a test stops and starts again (a crash,
+    a restart) binds its ports again, and while it is down a port of the ephemeral range can be
+    taken by any outgoing connection's source port or any `bind(0)` on the machine (a sandbox,
+    a dashboard, another test's node), so that the node cannot come back."""
+    import random
     import socket
 
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind((host, 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    low = _ephemeral_low()
+    pool = range(max(1024, low - 12000), low) if low - 12000 >= 1024 else range(0)
+    ports: list[int] = []
+    for _ in range(50 * n):
+        if len(ports) == n or not pool:
+            break
+        port = random.choice(pool)  # noqa: S311 - a port, not a secret
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    while len(ports) < n:  # no room below the range (or all taken): the kernel's choice
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
     return ports
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux; 32768 when unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def start_venue(workdir: Path, nodes: int = 1, venue: str = "venue") -> list[NodeProcess]:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -97,3 +98,24 @@ def test_node_config_runs_on_the_real_server(tmp_path: Path) -> None:
         assert node.healthy()
     finally:
         node.kill()
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
+    """A node a test kills and starts again binds its ports again; in the ephemeral range any
+    outgoing connection or `bind(0)` meanwhile could take one (a CI flake: the node did not
+    come back). So the ports are picked below it, distinct and free."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(12)
+    assert len(set(ports)) == 12
+    assert all(1024 <= p < low for p in ports), (low, ports)
+
+
+def test_a_node_that_cannot_start_says_why(tmp_path: Path,
+                                           venue_node: NodeProcess) -> None:
+    """A node that exits at start names the reason from its log (here: its port is taken),
+    not only a folder that may be gone by the time someone reads the failure."""
+    taken = NodeProcess(replace(venue_node.spec, name="second",
+                                store_dir=str(tmp_path / "second-js"),
+                                monitor_port=free_ports(1)[0]), tmp_path / "second")
+    with pytest.raises(RuntimeError, match=r"second exited \(rc \d+\): .*address already in use"):
+        taken.start(wait_s=20)
