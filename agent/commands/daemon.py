@@ -143,8 +143,12 @@ def render(report: dict[str, Any], console: Console) -> None:
         passage = lane.get("passage")
         if passage:  # the turnstile's own signals (docs/turnstile.md)
             people = ", ".join(f"zone {z}: {n}" for z, n in sorted(passage["people"].items()))
+            released = "".join(f"; release by {r['by']} waiting ({'/'.join(r['directions'])}, "
+                               f"{r['ends_in_s']:.0f} s left)"
+                               for r in passage.get("releases_waiting") or [])
             console.print(plain(f"Passages on {lane['name']}: {_counts(passage['totals'])}; "
-                                f"{passage['waiting']} waiting; people {people or '-'}"))
+                                f"{passage['waiting']} waiting{released}; "
+                                f"people {people or '-'}"))
     emergency = report.get("emergency")
     if emergency and emergency.get("active"):
         console.print(plain((f"EMERGENCY RELEASE since {emergency.get('since')}", "bold red")))

@@ -105,8 +105,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         # a release: let people out by hand); relay_error's ("admits are refused") do not.
         unheld = lane.get("hold_errors") or {}
         for relay in (lane.get("relay"), lane.get("relay_out")):
-            if relay and relay.get("url") not in unheld \
-                    and not relay.get("ok", not relay.get("last_error")):
+            if relay and relay.get("url") not in unheld and not relay_ok(relay):
                 add(Reason("fail", "relay_error", f"lane {name}: relay {relay.get('url')} not "
                            f"working ({relay.get('last_error') or 'not open'}): admits are "
                            "refused, the ticket stays valid, and it is tried again at each "
@@ -226,6 +225,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons
+
+
+def relay_ok(relay: dict[str, Any]) -> bool:
+    """A configured relay can open its gate: open and without error (drivers.base.Output
+    `ok`); a relay status without `ok` is judged by its last error. One rule for the
+    `relay_error` reason and the `gate_relay_ok` metric."""
+    return bool(relay.get("ok", not relay.get("last_error")))
 
 
 def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],
