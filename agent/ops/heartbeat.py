@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from agent.ops.status import _age
+from agent.ops.status import _age, relay_ok
 
 VERSION = 1
 RATE_WINDOW_S = 60.0
@@ -74,7 +74,7 @@ def _lane(lane: dict[str, Any]) -> dict[str, Any]:
         "readers": [{"url": r.get("url"), "connected": bool(r.get("connected"))}
                     for r in lane.get("readers") or []],
         "relay": None if not lane.get("relay") else
-        {"url": relay.get("url"), "ok": relay.get("ok", not relay.get("last_error"))},
+        {"url": relay.get("url"), "ok": relay_ok(relay)},
         "last_scan_at": last.get("at"), "last_status": last.get("status"),
         "queue": lane.get("queue", 0), "heartbeat_age_s": lane.get("heartbeat_age_s"),
     }
