@@ -14,7 +14,7 @@ fail  the gate cannot be trusted to work (journal unwritable, no reader at all, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import parse_utc_iso
@@ -63,6 +63,18 @@ def _age(stamp: str | None, now: datetime) -> float | None:
         return (now - parse_utc_iso(stamp)).total_seconds()
     except ValueError:
         return None
+
+
+def scan_clock_now(snap: dict[str, Any], now: datetime) -> datetime:
+    """`now` on the clock scans are stamped by (agent.runtime.clock): the platform's while
+    this clock is corrected (`clock.offset_s`, the platform's time minus this clock's), else
+    `now`. The age of a scan time is measured on it: on the wall clock, a correction hours
+    long showed a fresh scan hours old (a false `upload_backlog`) or hid a backlog as long."""
+    clock = snap.get("clock") or {}
+    offset = clock.get("offset_s")
+    if clock.get("corrected") and isinstance(offset, int | float):
+        return now + timedelta(seconds=offset)
+    return now
 
 
 def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tuple[str, list[Reason]]:
@@ -139,7 +151,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             add(Reason("fail", "cache_stale",
                        f"event {event.get('id')}: tickets last synced {shown} "
                        f"(limit sync.max_cache_age_s = {max_cache_age_s:.0f} s)"))
-    pending_age = _age(journal.get("oldest_pending"), now)
+    pending_age = _age(journal.get("oldest_pending"), scan_clock_now(snap, now))
     if pending_age is not None and pending_age > BACKLOG_WARN_S:
         add(Reason("warn", "upload_backlog",
                    f"{journal.get('pending')} scan(s) not uploaded, oldest "

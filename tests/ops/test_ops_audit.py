@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent import demo_data
+from agent.core.codes import utc_iso
+from agent.ops.heartbeat import RateWindow, compact
 from agent.ops.metrics import Metrics
 from agent.ops.status import evaluate
 from agent.runtime.release import _let_one_through
@@ -161,3 +163,22 @@ def test_the_venue_clock_offset_is_exported_once_measured() -> None:
     venue.update(clock_offset_s=-7.0, clock_unmeasured_since=None)
     assert "gate_venue_clock_offset_seconds -7.0" in render(snap)
     assert "clock_skew" in reasons(snap)
+
+
+def test_scan_ages_are_measured_on_the_clock_that_stamped_them() -> None:
+    """A corrected clock (the platform's time 8 h behind this one): the oldest pending scan,
+    stamped on the platform's time 10 s ago, is 10 s old in status, metrics and heartbeat."""
+    wall = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    stamped = utc_iso(wall - timedelta(hours=8, seconds=10))
+    snap: dict[str, Any] = {
+        "cache": {"events": [{"items": 1}]},
+        "journal": {"pending": 1, "oldest_pending": stamped},
+        "clock": {"corrected": True, "offset_s": -8 * 3600.0}}
+    codes = {r.code for r in evaluate(snap, wall, 1e9)[1]}
+    assert "upload_backlog" not in codes and "clock_corrected" in codes
+    text = Metrics(lambda: snap, lambda: wall).render().decode()
+    assert "gate_oldest_pending_age_seconds 10.0" in text
+    assert compact(snap, wall, RateWindow())["queue"]["oldest_pending_age_s"] == 10.0
+    snap["clock"] = {"corrected": False, "offset_s": -8 * 3600.0}  # ended: the wall clock
+    snap["journal"]["oldest_pending"] = utc_iso(wall - timedelta(minutes=11))
+    assert "upload_backlog" in {r.code for r in evaluate(snap, wall, 1e9)[1]}
