@@ -13,7 +13,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rich.console import Console
+
 from agent import demo_data
+from agent.commands.daemon import render as render_status
 from agent.core.codes import utc_iso
 from agent.ops.heartbeat import RateWindow, compact
 from agent.ops.metrics import Metrics
@@ -130,6 +133,14 @@ def test_a_relay_that_cannot_open_says_so_in_status_and_metrics_and_clears(
         snap = {"lanes": [rig.runner.get_status()], "cache": {"events": [{"items": 1}]}}
         assert "relay_error" in reasons(snap)
         assert f"{relay} 0.0" in render(snap)
+        # `gate-agent status`: a relay not open is an error even without error text
+        lane = rig.runner.get_status()
+        lane["relay"] = {**lane["relay"], "ok": False, "last_error": ""}
+        report = {"health": "fail", "version": "x", "uptime_s": 1.0, "reasons": [],
+                  "lanes": [lane], "journal": {}, "cache": {}, "platform": {}}
+        console = Console(width=200, record=True)
+        render_status(report, console)
+        assert re.search(r"north-in\s*│\s*\S+\s*│\s*error\s*│", console.export_text())
         sim_replug("audit-relay-relay")
         assert rig.scan(C["valid"]).pulsed  # tried again at the next admit, and works
         assert sim_relay("audit-relay-relay").pulses
