@@ -7,8 +7,9 @@ them), a level and a sentence saying what is wrong and what to do.
 pass  everything as it should be
 warn  the gate admits correctly, but something needs attention (scans piling up, a reader
       unplugged on a lane that has another, the platform refusing us)
-fail  the gate cannot be trusted to work (journal unwritable, no reader at all, a stalled lane,
-      a cache too old to decide on, a configured relay that does not work)
+fail  the gate cannot be trusted to work (journal unwritable, a lane without any reader
+      connected, a stalled lane, a cache too old to decide on, a configured relay that does
+      not work)
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if with_readers and not any(lane.get("readers_connected") for lane in with_readers):
         add(Reason("fail", "no_reader", "no reader is connected on any lane; check cables and "
                    "`gate-agent devices list`"))
+    else:  # a lane with none left admits nobody, however well the others work
+        for lane in with_readers:
+            if not lane.get("readers_connected"):
+                add(Reason("fail", "no_reader",
+                           f"lane {lane.get('name')}: no reader connected, nobody can scan "
+                           f"there ({', '.join(str(r.get('url')) for r in lane['readers'])}); "
+                           "check cables and `gate-agent devices list`"))
     for lane in lanes:
         name = lane.get("name")
         total = len(lane.get("readers") or [])

@@ -31,7 +31,8 @@ function laneCard(l) {
   const relayFault = relays.some(r => (r.ok !== undefined ? !r.ok : r.last_error) && !(l.hold_errors || {})[r.url]);
   const unheld = Object.keys(l.hold_errors || {}).length > 0;
   const released = (l.released_by || []).length > 0;
-  const look = l.journal_error || (l.heartbeat_age_s || 0) > 15 || relayFault || unheld ? "fail"
+  const deaf = readers.length > 0 && up === 0;  // nobody can scan on this lane (no_reader)
+  const look = l.journal_error || (l.heartbeat_age_s || 0) > 15 || relayFault || unheld || deaf ? "fail"
     : up < readers.length || released ? "warn" : "pass";
   const total = Object.values(l.decisions_total || {}).reduce((a, b) => a + b, 0);
   const last = l.last_scan || {};
