@@ -78,6 +78,18 @@ def test_grafana_legends_and_groupings_use_labels_the_metrics_carry() -> None:
     assert checked >= 30
 
 
+def test_the_reasons_table_shows_only_the_reasons_in_force_now() -> None:
+    """A table over a range query lists every series that had a sample in the dashboard's time
+    range: "Health reasons in force" showed reasons that had ended hours ago."""
+    tables = [p for p in json.loads(GRAFANA.read_text())["panels"] if p["type"] == "table"]
+    assert any(p["title"] == "Health reasons in force" for p in tables)
+    for panel in tables:
+        for target in panel["targets"]:
+            assert target.get("instant") is True and target.get("range") is not True, \
+                panel["title"]
+            assert target.get("format") == "table", panel["title"]
+
+
 def test_alert_rules_label_and_group_by_what_the_metrics_carry() -> None:
     carried = exported_labels()
     text = RULES.read_text()
