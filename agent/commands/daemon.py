@@ -14,6 +14,7 @@ from rich.table import Table
 from agent.commands import explain, plain
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from agent.errors import ControlError, DaemonSilent, GateAgentError
+from agent.ops.status import relay_ok
 from agent.runtime.controlclient import running_daemon
 
 
@@ -130,7 +131,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         lanes.add_column(col)
     for lane in report["lanes"]:
         readers = f"{lane['readers_connected']}/{len(lane['readers'])}"
-        relay = "-" if not lane["relay"] else ("error" if lane["relay"].get("last_error")
+        relay = "-" if not lane["relay"] else ("error" if not relay_ok(lane["relay"])
                                                   else "HELD OPEN" if lane["relay"].get("held")
                                                   else "ok")
         last = lane["last_scan"] or {}
@@ -143,8 +144,12 @@ def render(report: dict[str, Any], console: Console) -> None:
         passage = lane.get("passage")
         if passage:  # the turnstile's own signals (docs/turnstile.md)
             people = ", ".join(f"zone {z}: {n}" for z, n in sorted(passage["people"].items()))
+            released = "".join(f"; release by {r['by']} waiting ({'/'.join(r['directions'])}, "
+                               f"{r['ends_in_s']:.0f} s left)"
+                               for r in passage.get("releases_waiting") or [])
             console.print(plain(f"Passages on {lane['name']}: {_counts(passage['totals'])}; "
-                                f"{passage['waiting']} waiting; people {people or '-'}"))
+                                f"{passage['waiting']} waiting{released}; "
+                                f"people {people or '-'}"))
     emergency = report.get("emergency")
     if emergency and emergency.get("active"):
         console.print(plain((f"EMERGENCY RELEASE since {emergency.get('since')}", "bold red")))

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from agent.ops.status import _age
+from agent.ops.status import _age, relay_ok, scan_clock_now
 
 VERSION = 1
 RATE_WINDOW_S = 60.0
@@ -74,7 +74,7 @@ def _lane(lane: dict[str, Any]) -> dict[str, Any]:
         "readers": [{"url": r.get("url"), "connected": bool(r.get("connected"))}
                     for r in lane.get("readers") or []],
         "relay": None if not lane.get("relay") else
-        {"url": relay.get("url"), "ok": relay.get("ok", not relay.get("last_error"))},
+        {"url": relay.get("url"), "ok": relay_ok(relay)},
         "last_scan_at": last.get("at"), "last_status": last.get("status"),
         "queue": lane.get("queue", 0), "heartbeat_age_s": lane.get("heartbeat_age_s"),
     }
@@ -103,7 +103,8 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "decisions": totals, "per_min": rates.per_minute(totals, time.monotonic()),
         "queue": {"pending": journal.get("pending", 0),
                   "quarantined": journal.get("quarantined", 0),
-                  "oldest_pending_age_s": _rounded(_age(journal.get("oldest_pending"), now))},
+                  "oldest_pending_age_s": _rounded(_age(journal.get("oldest_pending"),
+                                                        scan_clock_now(report, now)))},
         "cache": cache, "cache_age_s": max(ages) if ages else None,
         "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.core.codes import parse_utc_iso
-from agent.ops.status import REASON_CODES, _age
+from agent.ops.status import REASON_CODES, _age, relay_ok, scan_clock_now
 from agent.venue.heartbeat import STATES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -59,7 +59,8 @@ class _StateCollector(Collector):
             scans.add_metric([state], float(journal.get(state) or 0))
         yield scans
         oldest = GaugeMetricFamily("gate_oldest_pending_age_seconds", "Age of the oldest unsent scan")
-        oldest.add_metric([], float(_age(journal.get("oldest_pending"), self.now()) or 0))
+        oldest.add_metric([], float(_age(journal.get("oldest_pending"),
+                                         scan_clock_now(snap, self.now())) or 0))
         yield oldest
         age = GaugeMetricFamily("gate_sync_age_seconds", "Seconds since the last ticket sync",
                                 labels=["event"])
@@ -158,6 +159,12 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
                                   "Admits beyond a ticket's limit found after the fact")
     conflicts.add_metric([], float(venue.get("conflicts") or 0))
     yield conflicts
+    offset = venue.get("clock_offset_s")
+    if offset is not None:  # not measured yet: left out (status: venue_clock_unmeasured)
+        clock = GaugeMetricFamily("gate_venue_clock_offset_seconds", "This clock minus the "
+                                  "venue bus server's (status reason clock_skew beyond 5 s)")
+        clock.add_metric([], float(offset))
+        yield clock
     gates = GaugeMetricFamily("gate_venue_gates", "Gates of the venue by heartbeat state, as "
                               "this gate sees them", labels=["state"])
     for state in STATES:
@@ -218,12 +225,31 @@ def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     not_held = GaugeMetricFamily("gate_release_not_held", "1 while a released lane's relay "
                                  "is not held open (the board reset or is gone: the gate may "
                                  "be shut)", labels=["lane", "relay"])
+    relays = GaugeMetricFamily("gate_relay_ok", "1 when a lane's relay can open its gate "
+                               "(0: status reason relay_error)", labels=["lane", "relay"])
+    inputs = GaugeMetricFamily("gate_passage_input_connected", "1 while a lane's passage "
+                               "input is watched (0: status reason passage_input)",
+                               labels=["lane", "direction"])
+    waiting = GaugeMetricFamily("gate_passage_waiting", "Passages a lane waits for: admits "
+                                "(kind admit) and technicians' one-person releases (kind "
+                                "release)", labels=["lane", "kind"])
     for lane in snap.get("lanes") or []:
-        released.add_metric([str(lane.get("name"))], 1.0 if lane.get("released_by") else 0.0)
-        for url in [r["url"] for r in (lane.get("relay"), lane.get("relay_out")) if r]:
-            not_held.add_metric([str(lane.get("name")), str(url)],
+        name = str(lane.get("name"))
+        released.add_metric([name], 1.0 if lane.get("released_by") else 0.0)
+        for relay in (r for r in (lane.get("relay"), lane.get("relay_out")) if r):
+            url = str(relay["url"])
+            not_held.add_metric([name, url],
                                 1.0 if url in (lane.get("hold_errors") or {}) else 0.0)
+            relays.add_metric([name, url], 1.0 if relay_ok(relay) else 0.0)
         passage = lane.get("passage") or {}
+        for direction, watched in sorted((passage.get("inputs") or {}).items()):
+            inputs.add_metric([name, direction], 1.0 if watched.get("connected") else 0.0)
+        for direction in sorted(passage.get("input_errors") or {}):  # never opened
+            inputs.add_metric([name, direction], 0.0)
+        if passage:
+            waiting.add_metric([name, "admit"], float(passage.get("waiting") or 0))
+            waiting.add_metric([name, "release"],
+                               float(len(passage.get("releases_waiting") or [])))
         for outcome, count in (passage.get("totals") or {}).items():
             passages.add_metric([str(lane.get("name")), outcome], float(count))
         for zone, count in (passage.get("people") or {}).items():
@@ -231,6 +257,9 @@ def _turnstile_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     yield passages
     yield released
     yield not_held
+    yield relays
+    yield inputs
+    yield waiting
     zones = GaugeMetricFamily("gate_zone_people", "People in a zone counted from passages "
                               "here (in minus out) since start", labels=["zone"])
     for zone, count in people.items():

@@ -7,14 +7,15 @@ them), a level and a sentence saying what is wrong and what to do.
 pass  everything as it should be
 warn  the gate admits correctly, but something needs attention (scans piling up, a reader
       unplugged on a lane that has another, the platform refusing us)
-fail  the gate cannot be trusted to work (journal unwritable, no reader at all, a stalled lane,
-      a cache too old to decide on, a configured relay that does not work)
+fail  the gate cannot be trusted to work (journal unwritable, a lane without any reader
+      connected, a stalled lane, a cache too old to decide on, a configured relay that does
+      not work)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import parse_utc_iso
@@ -65,6 +66,18 @@ def _age(stamp: str | None, now: datetime) -> float | None:
         return None
 
 
+def scan_clock_now(snap: dict[str, Any], now: datetime) -> datetime:
+    """`now` on the clock scans are stamped by (agent.runtime.clock): the platform's while
+    this clock is corrected (`clock.offset_s`, the platform's time minus this clock's), else
+    `now`. The age of a scan time is measured on it: on the wall clock, a correction hours
+    long showed a fresh scan hours old (a false `upload_backlog`) or hid a backlog as long."""
+    clock = snap.get("clock") or {}
+    offset = clock.get("offset_s")
+    if clock.get("corrected") and isinstance(offset, int | float):
+        return now + timedelta(seconds=offset)
+    return now
+
+
 def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tuple[str, list[Reason]]:
     reasons: list[Reason] = []
     add = reasons.append
@@ -93,6 +106,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     if with_readers and not any(lane.get("readers_connected") for lane in with_readers):
         add(Reason("fail", "no_reader", "no reader is connected on any lane; check cables and "
                    "`gate-agent devices list`"))
+    else:  # a lane with none left admits nobody, however well the others work
+        for lane in with_readers:
+            if not lane.get("readers_connected"):
+                add(Reason("fail", "no_reader",
+                           f"lane {lane.get('name')}: no reader connected, nobody can scan "
+                           f"there ({', '.join(str(r.get('url')) for r in lane['readers'])}); "
+                           "check cables and `gate-agent devices list`"))
     for lane in lanes:
         name = lane.get("name")
         total = len(lane.get("readers") or [])
@@ -105,8 +125,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         # a release: let people out by hand); relay_error's ("admits are refused") do not.
         unheld = lane.get("hold_errors") or {}
         for relay in (lane.get("relay"), lane.get("relay_out")):
-            if relay and relay.get("url") not in unheld \
-                    and not relay.get("ok", not relay.get("last_error")):
+            if relay and relay.get("url") not in unheld and not relay_ok(relay):
                 add(Reason("fail", "relay_error", f"lane {name}: relay {relay.get('url')} not "
                            f"working ({relay.get('last_error') or 'not open'}): admits are "
                            "refused, the ticket stays valid, and it is tried again at each "
@@ -140,7 +159,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             add(Reason("fail", "cache_stale",
                        f"event {event.get('id')}: tickets last synced {shown} "
                        f"(limit sync.max_cache_age_s = {max_cache_age_s:.0f} s)"))
-    pending_age = _age(journal.get("oldest_pending"), now)
+    pending_age = _age(journal.get("oldest_pending"), scan_clock_now(snap, now))
     if pending_age is not None and pending_age > BACKLOG_WARN_S:
         add(Reason("warn", "upload_backlog",
                    f"{journal.get('pending')} scan(s) not uploaded, oldest "
@@ -226,6 +245,13 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     levels = {r.level for r in reasons}
     health = "fail" if "fail" in levels else "warn" if "warn" in levels else "pass"
     return health, reasons
+
+
+def relay_ok(relay: dict[str, Any]) -> bool:
+    """A configured relay can open its gate: open and without error (drivers.base.Output
+    `ok`); a relay status without `ok` is judged by its last error. One rule for the
+    `relay_error` reason and the `gate_relay_ok` metric."""
+    return bool(relay.get("ok", not relay.get("last_error")))
 
 
 def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],

@@ -17,7 +17,9 @@ registers the passage it expects (`expect_release`): the next edge after its pul
 person's (`free`), never `forced` and never an admit's passage; an entry admit that was waiting
 when it came stands at its deadline instead of being voided (the one edge may have been its
 person's: "not passed" would free the ticket on a guess), an exit is voided as any unseen exit.
-A release nobody walks through is only logged.
+While it waits it shows in status (`releases_waiting`: who, directions, seconds left; the
+metric `gate_passage_waiting{kind="release"}`) beside the admits (`waiting`); a release
+nobody walks through is only logged.
 
 People per zone count every passage pulse (+1 in, -1 out) of the current *counting day*: from
 the last `[device] people_day_starts` (local time, default 06:00) on. Each counted pulse is a
@@ -415,9 +417,27 @@ class PassageWatch:
         return {"inputs": {d: i.get_status() for d, i in self.inputs.items()},
                 "input_errors": dict(self.input_errors),
                 "waiting": sum(len(w) for w in self.waits.values()),
+                "releases_waiting": self._releases_waiting(now),
                 "totals": dict(self.totals), "alarms_5min": recent,
                 "held_open": sorted(self.held_open), "people": self._people_copy(),
                 "people_since": self.people_since}
+
+
+    def _releases_waiting(self, now: float) -> list[dict[str, Any]]:
+        """The technicians' one-person releases whose person has not passed yet (`waiting`
+        counts admits only): who, which directions, how long until the wait ends. One release
+        sits in each direction's queue it opens; the worker thread pops them (a deque copied
+        in one step never sees it mid-change)."""
+        seen: dict[int, dict[str, Any]] = {}
+        for direction in ("in", "out"):
+            for release in tuple(self.releases[direction]):
+                if release.used or release.deadline <= now:
+                    continue
+                entry = seen.setdefault(id(release), {
+                    "by": release.by, "directions": [],
+                    "ends_in_s": round(release.deadline - now, 1)})
+                entry["directions"].append(direction)
+        return list(seen.values())
 
 
 def counting_day_start(now: datetime, day_starts: str) -> datetime:

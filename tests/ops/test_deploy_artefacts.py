@@ -1,5 +1,6 @@
 """deploy/: the Prometheus alert rules pass `promtool check rules` and their unit tests (which
-fire "gate down", "gate failing" with its reason codes and "upload backlog" on sample series), and every query of the Grafana
+fire "gate down", "gate failing" with its reason codes, "gate warning" per warn reason, "upload
+backlog" and the venue's on sample series), and every query of the Grafana
 dashboard names metrics the agent's own registry exports (not a hand-kept list)."""
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def full_snapshot() -> dict[str, Any]:
     return {
         "health": "warn", "reasons": [{"level": "warn", "code": "upload_backlog", "message": "m"}],
         "lanes": [{"name": "in", "heartbeat_age_s": 0.1, "queue": 0,
-                   "readers": [{"url": "sim:", "connected": True}]}],
+                   "readers": [{"url": "sim:", "connected": True}],
+                   "relay": {"url": "sim:relay", "ok": True}, "released_by": [],
+                   "passage": {"inputs": {"in": {"connected": True}}, "waiting": 1,
+                               "releases_waiting": [], "totals": {"passed": 2},
+                               "people": {"default": 2}}}],
         "journal": {"pending": 1, "oldest_pending": "2026-01-01T00:00:00Z"},
         "cache": {"events": [{"id": 1, "items": 3, "last_sync": "2026-01-01T00:00:00Z"}]},
         "platform": {"requests": {"ok": 2, "ratelimited": 1}, "clock_skew_s": 1.5},
         "venue": {"connected": True, "lag": 0, "claims_granted": 1, "conflicts": 0,
+                  "clock_offset_s": 0.3,
                   "decided_offline": 0, "gates": {"online": 2, "stale": 0, "offline": 0},
                   "leader": {"this_device_leads": True, "leader_term": 3,
                              "leader_term_epoch": "2026-12-07T02:29:34.257601Z",
@@ -108,13 +114,14 @@ def test_promtool_checks_the_rules() -> None:
     out = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 10 rules found" in out.stdout
+    assert "SUCCESS: 13 rules found" in out.stdout
 
 
 @promtool
 def test_promtool_fires_gate_down_and_upload_backlog() -> None:
     text = RULE_TESTS.read_text()
-    for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable", "GateFailing"):
+    for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable", "GateFailing",
+                  "GateWarning", "VenueUploadBacklog", "VenueClockOffset"):
         assert f"alertname: {alert}" in text
     out = subprocess.run(["promtool", "test", "rules", RULE_TESTS.name], capture_output=True,
                          text=True, timeout=60, cwd=RULE_TESTS.parent)

@@ -1,10 +1,39 @@
 // This gate's own page (for the technician with a laptop): /status, polled.
 "use strict";
 
+// A relay as status judges it (agent.ops.status relay_ok): `ok` false is a fault even with no
+// error text (not open); a released lane's relay held open, or not held (release_not_held).
+function relayText(r, holdErrors) {
+  if (!r) return null;
+  const unheld = (holdErrors || {})[r.url];
+  if (unheld) return `NOT HELD OPEN: ${unheld}`;
+  const ok = r.ok !== undefined ? r.ok : !r.last_error;
+  if (!ok) return `FAULT: ${r.last_error || "not open"}`;
+  return r.held ? "held open" : "ok";
+}
+
+// What the lane's passage input waits for: admits, and technicians' one-person releases.
+function passageText(p) {
+  const parts = [`${p.waiting || 0} admit(s) waiting`];
+  for (const r of p.releases_waiting || []) {
+    parts.push(`release by ${r.by} waiting (${(r.directions || []).join("/")}, ${Math.round(r.ends_in_s)} s left)`);
+  }
+  const down = Object.keys(p.input_errors || {}).concat(
+    Object.entries(p.inputs || {}).filter(([, i]) => !i.connected).map(([d]) => d));
+  if (down.length) parts.push(`input ${down.join("/")} NOT watched`);
+  return parts.join("; ");
+}
+
 function laneCard(l) {
   const readers = l.readers || [];
   const up = readers.filter(r => r.connected).length;
-  const look = l.journal_error || (l.heartbeat_age_s || 0) > 15 ? "fail" : up < readers.length ? "warn" : "pass";
+  const relays = [l.relay, l.relay_out].filter(r => r);
+  const relayFault = relays.some(r => (r.ok !== undefined ? !r.ok : r.last_error) && !(l.hold_errors || {})[r.url]);
+  const unheld = Object.keys(l.hold_errors || {}).length > 0;
+  const released = (l.released_by || []).length > 0;
+  const deaf = readers.length > 0 && up === 0;  // nobody can scan on this lane (no_reader)
+  const look = l.journal_error || (l.heartbeat_age_s || 0) > 15 || relayFault || unheld || deaf ? "fail"
+    : up < readers.length || released ? "warn" : "pass";
   const total = Object.values(l.decisions_total || {}).reduce((a, b) => a + b, 0);
   const last = l.last_scan || {};
   return el("article", {class: `card ${look}`, "data-lane": l.name},
@@ -12,7 +41,10 @@ function laneCard(l) {
     definitions([
       ["zone", l.zone_id === null || l.zone_id === undefined ? "default" : l.zone_id],
       ["readers", readers.map(r => el("div", {}, `${r.connected ? "✓" : "✗"} ${r.url}${r.last_error ? " — " + r.last_error : ""}`))],
-      ["relay", l.relay ? (l.relay.last_error ? `FAULT: ${l.relay.last_error}` : "ok") : "none"],
+      ["relay", el("span", {"data-testid": "lane-relay"}, l.relay ? relayText(l.relay, l.hold_errors) : "none")],
+      l.relay_out ? ["exit relay", relayText(l.relay_out, l.hold_errors)] : null,
+      released ? ["released by", el("span", {"data-testid": "lane-released"}, l.released_by.join(", "))] : null,
+      l.passage ? ["passage", el("span", {"data-testid": "lane-passage"}, passageText(l.passage))] : null,
       ["scans", el("span", {"data-testid": "lane-scans"}, total)],
       ["by status", rates(l.decisions_total)],
       ["last scan", last.at ? `${sinceIso(last.at)}: ${last.status} (${last.code})` : "none"],

@@ -15,7 +15,8 @@ from tests.runtime.daemon.conftest import Site, wait_synced
 
 C = demo_data.CODES
 # Samples only on lanes with passage inputs / after an alarm: tests/runtime/test_passage.py
-PASSAGE_ONLY = {"gate_passages_total", "gate_passage_alarms_total", "gate_zone_people"}
+PASSAGE_ONLY = {"gate_passages_total", "gate_passage_alarms_total", "gate_zone_people",
+                "gate_passage_input_connected", "gate_passage_waiting"}
 
 
 def _uploaded(site: Site) -> list[dict]:
