@@ -34,6 +34,7 @@ from typing import Any
 import uvicorn
 
 from agent import __version__
+from agent.access import store_write_failure
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import (
@@ -415,13 +416,18 @@ class Daemon:
                 runner.gate.cache.close()
             if self.status_cache:
                 self.status_cache.close()
-            do_swap()
-            # The file is now the rebuilt, checked cache: a gate that ran on an in-memory one
-            # (store.dir was not writable at start) takes it, and recovers by itself.
-            self.cache_in_memory = False
-            for runner in runners:
-                runner.gate.cache = self._open_cache(check=False)
-            self.status_cache = self._open_cache(check=False)
+            try:
+                do_swap()
+                # The file is now the rebuilt, checked cache: a gate that ran on an in-memory
+                # one (store.dir was not writable at start) takes it, and recovers by itself.
+                self.cache_in_memory = False
+            except OSError as exc:  # store.dir or cache.db refused the rename: not damage
+                raise CacheNotAccessible("the rebuilt ticket cache was not swapped in: "
+                                         + store_write_failure(self.cache_path, exc)) from exc
+            finally:  # swapped or not (then on the file they had), the lanes read a cache
+                for runner in runners:
+                    runner.gate.cache = self._open_cache(check=False)
+                self.status_cache = self._open_cache(check=False)
         finally:
             for runner in runners:
                 runner.lock.release()
