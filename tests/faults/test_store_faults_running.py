@@ -1,0 +1,180 @@
+"""Store faults that arrive while the gate runs, not at start (that is
+tests/hostile/test_storage_faults.py and tests/runtime/daemon/test_store_file_access.py).
+
+The rule in each case: a scan the journal cannot take is refused (fail closed), the refusal
+counted and shown; status names the file and what to type; a good cache is never moved aside
+nor taken for damaged; the gate journals (and applies) again by itself once the cause is gone.
+
+Real faults only: a file marked immutable (`chattr +i`: root, the CI user, cannot write it
+either, unlike a `chmod`), a tmpfs filled up to ENOSPC. A read-only remount cannot be made under
+open files (`mount: mount point is busy`); SQLite's read-only errors are the immutable file's
+here. Skipped, saying why, where `chattr` or a tmpfs mount is not available.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import demo_data
+from agent.errors import CacheNotAccessible
+from agent.platform.sync import swap_in
+from agent.runtime.daemon import Daemon
+from agent.runtime.lane import LaneRunner
+from agent.store.cache import TicketCache
+from agent.store.journal import Journal, iter_all
+from tests.conftest import DemoSite, make_site
+from tests.hostile.test_cache_damaged_live import _scan_and_wait
+from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
+
+C = demo_data.CODES
+
+
+def _chattr_works() -> bool:
+    if shutil.which("chattr") is None:
+        return False
+    with tempfile.NamedTemporaryFile(dir=tempfile.gettempdir()) as probe:
+        if subprocess.run(["chattr", "+i", probe.name], capture_output=True).returncode:
+            return False
+        subprocess.run(["chattr", "-i", probe.name], check=True)
+    return True
+
+
+needs_chattr = pytest.mark.skipif(
+    not _chattr_works(), reason="`chattr +i` not available here (needs root and a file system "
+    "with inode flags): a file root cannot write is what these tests need")
+
+
+def chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True)
+
+
+@pytest.fixture
+def running(site: DemoSite) -> Iterator[Daemon]:
+    """The daemon's stores and lane threads (no platform: nothing else writes meanwhile)."""
+    daemon = Daemon(site.config)
+    daemon.open_stores()
+    daemon.start_lanes(site.config.lanes)
+    try:
+        yield daemon
+    finally:
+        for runner in daemon.lanes.values():
+            runner.stop()
+        daemon.close_stores()
+
+
+def _reasons(daemon: Daemon) -> dict[str, str]:
+    return {r["code"]: r["message"] for r in daemon.report()["reasons"]}
+
+
+def _journaled(site: DemoSite) -> list[dict[str, Any]]:
+    journal = Journal(site.config.store_dir / "journal.db")
+    try:
+        return list(iter_all(journal))
+    finally:
+        journal.close()
+
+
+def _no_cache_moved_aside(site: DemoSite, daemon: Daemon) -> None:
+    assert not list(site.config.store_dir.glob("cache.db.corrupt-*"))
+    assert daemon.cache_degraded is None and daemon.cache_unreadable is None
+    assert "cache_read_failed" not in _reasons(daemon)
+
+
+@needs_chattr
+def test_a_journal_made_unwritable_under_the_daemon_refuses_says_how_and_recovers(
+        site: DemoSite, running: Daemon) -> None:
+    journal = site.config.store_dir / "journal.db"
+    wal = Path(f"{journal}-wal")
+    runner: LaneRunner = running.lanes["north-in"]
+    assert _scan_and_wait(runner, C["valid"])["admit"] is True
+    assert wal.exists()  # the open connections write here
+    chattr("+i", wal)
+    try:
+        refused = _scan_and_wait(runner, C["valid2"])
+        said = _reasons(running)
+    finally:
+        chattr("-i", wal)
+    assert (refused["admit"], refused["statusDetail"]) == (False, "journalUnavailable")
+    assert runner.gate.unrecorded == 1
+    assert C["valid2"] not in [r["code"] for r in _journaled(site)]  # refused, not journaled
+    # status names the file, why, and the command that lifts it
+    reason = said["journal_unavailable"]
+    assert f"{wal} is marked immutable" in reason and f"chattr -i -a {wal}" in reason, reason
+    _no_cache_moved_aside(site, running)
+    # the cause gone: the same lane journals again by itself, and the alarm clears
+    _scan_and_wait(runner, C["unknown"])  # another code between (the lane's debounce)
+    assert _scan_and_wait(runner, C["valid2"])["admit"] is True
+    assert "journal_unavailable" not in _reasons(running)
+    assert [r["admit"] for r in _journaled(site) if r["code"] == C["valid2"]] == [1]
+
+
+@needs_tmpfs
+def test_a_disk_filled_under_the_daemon_refuses_says_how_and_recovers(tmpfs: Path) -> None:  # noqa: F811
+    site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
+    daemon = Daemon(site.config)
+    daemon.open_stores()
+    daemon.start_lanes(site.config.lanes)
+    runner = daemon.lanes["north-in"]
+    try:
+        assert _scan_and_wait(runner, C["valid"])["admit"] is True
+        filler = _fill_disk(tmpfs)
+        results = []
+        for n in range(400):  # unknown codes until a row no longer fits
+            results.append(_scan_and_wait(runner, f"FILLER-{n:05d}"))
+            if runner.gate.unrecorded:
+                break
+        assert runner.gate.unrecorded, "the disk never filled"
+        refused = _scan_and_wait(runner, C["valid2"])
+        assert (refused["admit"], refused["statusDetail"]) == (False, "journalUnavailable")
+        reason = _reasons(daemon)["journal_unavailable"]
+        store = site.config.store_dir
+        assert f"{store / 'journal.db'}" in reason and "has no room left" in reason, reason
+        assert f"df -h {store}" in reason, reason
+        _no_cache_moved_aside(site, daemon)
+        filler.unlink()
+        _scan_and_wait(runner, C["unknown"])  # another code between (the lane's debounce)
+        again = _scan_and_wait(runner, C["valid2"])
+        assert again["admit"] is True, again
+        assert "journal_unavailable" not in _reasons(daemon)
+        assert [r["admit"] for r in _journaled(site) if r["code"] == C["valid2"]] == [1]
+    finally:
+        for r in daemon.lanes.values():
+            r.stop()
+        daemon.close_stores()
+
+
+@needs_chattr
+def test_a_rebuilt_cache_the_store_refuses_leaves_the_lanes_on_the_good_one(
+        site: DemoSite, running: Daemon, tmp_path: Path) -> None:
+    """The full resync's swap (rename cache.db.new over cache.db) refused: it used to leave
+    every lane with closed connections (each scan then failed in the lane, no decision, no
+    refusal, until the next swap worked); now they read the file they had, the job's error
+    names the file and the `chattr -i`, and the next swap goes through."""
+    live = site.config.store_dir / "cache.db"
+    new = live.with_name("cache.db.new")
+    built = TicketCache(tmp_path / "built.db")  # what a full resync writes: a good cache
+    built.close()
+    runner = running.lanes["north-in"]
+    shutil.copyfile(tmp_path / "built.db", new)
+    chattr("+i", live)
+    try:
+        with pytest.raises(CacheNotAccessible) as refused:
+            running._swap_cache(lambda: swap_in(new, live))
+        assert f"{live} is marked immutable" in str(refused.value), refused.value
+        assert f"chattr -i -a {live}" in str(refused.value)
+        decided = _scan_and_wait(runner, C["valid"])  # on the cache it had: tickets known
+        assert decided["admit"] is True and decided["status"] == "valid", decided
+        assert running.report()["cache"]["events"][0]["items"] > 0
+    finally:
+        chattr("-i", live)
+    _no_cache_moved_aside(site, running)
+    running._swap_cache(lambda: swap_in(new, live))  # access back: the swap works
+    assert _scan_and_wait(runner, C["valid2"])["statusDetail"] == "cacheEmpty"  # the new file
