@@ -27,12 +27,19 @@ from agent import demo_data
 from agent.errors import CacheNotAccessible
 from agent.platform.sync import swap_in
 from agent.runtime.daemon import Daemon
+from agent.runtime.devrun import DaemonProcess
 from agent.runtime.lane import LaneRunner
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal, iter_all
+from agent.venue.node import NodeProcess
 from tests.conftest import DemoSite, make_site
 from tests.hostile.test_cache_damaged_live import _scan_and_wait
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
+from tests.rigs import wait_until
+from tests.runtime.daemon.conftest import Site
+from tests.runtime.daemon.conftest import site as daemon_site  # noqa: F401
+from tests.venue.conftest import venue_node  # noqa: F401
+from tests.venue.test_daemon_venue import venue_section
 
 C = demo_data.CODES
 
@@ -178,3 +185,38 @@ def test_a_rebuilt_cache_the_store_refuses_leaves_the_lanes_on_the_good_one(
     _no_cache_moved_aside(site, running)
     running._swap_cache(lambda: swap_in(new, live))  # access back: the swap works
     assert _scan_and_wait(runner, C["valid2"])["statusDetail"] == "cacheEmpty"  # the new file
+
+
+@needs_chattr
+@pytest.mark.e2e
+def test_venue_db_made_unwritable_under_the_daemon_is_said_and_applied_again(
+        daemon_site: Site, venue_node: NodeProcess) -> None:  # noqa: F811
+    """venue.db refusing the stream's messages while the daemon runs (its -wal made immutable):
+    the gate keeps deciding (its own journal works; claims go through the bus), status says
+    venue_db_failing naming the file and the `chattr -i`, and once it is lifted the held
+    messages are applied by themselves and the reason clears. The real daemon and nats-server."""
+    daemon_site.write_config(extra_lanes=venue_section(venue_node.url))
+    daemon = daemon_site.daemon().start()
+    wal = daemon_site.store / "venue.db-wal"
+    try:
+        daemon.wait_ready()
+        wait_until(lambda: daemon.status()["venue"]["connected"], 30, "the daemon on the bus")
+        assert wal.exists()
+        chattr("+i", wal)
+        try:
+            daemon_site.scanner.write(C["valid"].encode() + b"\r\n")
+            wait_until(lambda: "venue_db_failing" in _status_reasons(daemon), 30,
+                       "venue.db's failure said")
+            said = _status_reasons(daemon)["venue_db_failing"]
+        finally:
+            chattr("-i", wal)
+        assert f"{wal} is marked immutable" in said and f"chattr -i -a {wal}" in said, said
+        wait_until(lambda: "venue_db_failing" not in _status_reasons(daemon), 30,
+                   "the held messages applied")
+        assert daemon.status()["venue"]["applied_seq"] >= 1
+    finally:
+        assert daemon.stop() == 0
+
+
+def _status_reasons(daemon: DaemonProcess) -> dict[str, str]:
+    return {r["code"]: r["message"] for r in daemon.status()["reasons"]}
