@@ -119,3 +119,49 @@ def test_root_pair_tag_without_a_daemon_leaves_the_store_to_the_service_and_its_
     finally:
         assert daemon.stop() == 0
     _all_the_services(install)
+
+
+def _pair_tag_as_root(site: Install, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    """`sudo gate-agent pair-tag` with no daemon, on a machine whose service user is the
+    test's uid (GATE_AGENT_SERVICE_USER: the unit's User=, here a bare uid); no tag comes."""
+    monkeypatch.setenv("GATE_AGENT_SERVICE_USER", str(SERVICE_UID))
+    return site.cli("pair-tag", C["valid"], "--reader",
+                    f"sim:tag?socket={site.root / 'dev' / 'tag.sock'}", "--timeout", "0.5")
+
+
+def test_root_pair_tag_on_a_store_dir_not_made_yet_makes_it_the_services(
+        install: Install, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """store.dir missing (before the service's first start): root's pair-tag used to make it,
+    and the cache and journal in it, root's — the service then could not even enter it. Now
+    it is made as systemd's StateDirectory= would (the service's, 0700) and worked in as its
+    owner, and the service starts on what the session left."""
+    install.store.rmdir()
+    done = _pair_tag_as_root(install, monkeypatch)
+    assert "Traceback" not in done.stderr, done.stderr
+    info = install.store.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        SERVICE_UID, SERVICE_UID, 0o700)
+    _all_the_services(install)
+    daemon = install.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        reasons = {r["code"] for r in daemon.status()["reasons"]}
+        assert not reasons & {"journal_unavailable", "cache_unreadable", "cache_rebuilding"}, \
+            reasons
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_root_pair_tag_on_a_store_dir_of_roots_is_refused_naming_the_fix(
+        install: Install, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """store.dir exists but is root's: refused before anything is made there (exit 2), with
+    the directory, the service's user and the chown; the directory is not taken from root."""
+    os.chown(install.store, 0, 0)
+    done = _pair_tag_as_root(install, monkeypatch)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    said = done.stderr
+    assert f"store.dir {install.store} belongs to root" in said, said
+    assert f"uid {SERVICE_UID}" in said and \
+        f"chown -R {SERVICE_UID}:{SERVICE_UID} {install.store}" in said, said
+    assert list(install.store.iterdir()) == [] and install.store.stat().st_uid == 0
