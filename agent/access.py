@@ -120,17 +120,25 @@ def store_write_failure(path: Path | str, error: object) -> str:
     Asked only after a failure (never on the hot path). SQLite's "disk I/O error" or
     "attempt to write a readonly database" alone leave a technician guessing."""
     path = Path(os.path.abspath(path))
-    why = sqlite_file_access(path)
-    if why is None:
-        try:
-            info = os.statvfs(path.parent)
-            free = info.f_bavail * info.f_frsize
-        except OSError:
-            free = None
-        if free is not None and free < _FULL_BELOW_BYTES:
-            why = (f"{path.parent} has no room left ({free // 1024} KiB free): free space on "
-                   f"that file system (`df -h {path.parent}`)")
+    why = sqlite_file_access(path) or no_room(path)
     return f"{error}; {why}" if why else str(error)
+
+
+def no_room(path: Path) -> str | None:
+    """The file system of the file `path` full, with what to type; None when it has room. SQLite says
+    "database or disk is full" for a write, but "disk I/O error" when it cannot even make a
+    file's -shm at open: neither is damage (a full disk must not get a cache moved aside)."""
+    path = Path(os.path.abspath(path))
+    directory = path.parent
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    free = info.f_bavail * info.f_frsize
+    if free >= _FULL_BELOW_BYTES:
+        return None
+    return (f"{path} cannot be written: {directory} has no room left ({free // 1024} KiB "
+            f"free) — not damaged: free space on that file system (`df -h {directory}`)")
 
 
 def sqlite_file_access(path: Path | str, *, write: bool = True) -> str | None:

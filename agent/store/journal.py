@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.access import sqlite_file_access, store_write_failure
+from agent.access import no_room, sqlite_file_access, store_write_failure
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError, UsageError
 from agent.store.journal_schema import MIGRATIONS
@@ -239,8 +239,9 @@ class Journal:
                     "copy it aside for recovery before starting with a new one")
             migrate(self.db, MIGRATIONS)
         except (sqlite3.Error, StoreError) as exc:
-            # not this user's file (or a read-only disk) is said as such, never as damage
-            access = None if self.path.name == ":memory:" else sqlite_file_access(self.path)
+            # not this user's file (or a read-only or full disk) is said as such, never as damage
+            access = None if self.path.name == ":memory:" else \
+                sqlite_file_access(self.path) or no_room(self.path)
             if access is not None:
                 raise JournalUnavailable(f"scan journal {access}") from exc
             if isinstance(exc, JournalUnavailable):

@@ -13,9 +13,11 @@ here. Skipped, saying why, where `chattr` or a tmpfs mount is not available.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ import pytest
 from agent import demo_data
 from agent.errors import CacheNotAccessible
 from agent.platform.sync import swap_in
+from agent.runtime import daemon as daemon_module
 from agent.runtime.daemon import Daemon
 from agent.runtime.devrun import DaemonProcess
 from agent.runtime.lane import LaneRunner
@@ -220,3 +223,52 @@ def test_venue_db_made_unwritable_under_the_daemon_is_said_and_applied_again(
 
 def _status_reasons(daemon: DaemonProcess) -> dict[str, str]:
     return {r["code"]: r["message"] for r in daemon.status()["reasons"]}
+
+
+@needs_tmpfs
+def test_a_full_disk_at_start_keeps_the_good_cache_and_the_lanes_read_it_once_there_is_room(
+        tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """SQLite cannot make cache.db's -shm on a full disk ("disk I/O error"): the cache was
+    taken for damaged, moved aside and left to a rebuild that the full disk made fail too — a
+    gate with no tickets. Now it is kept and said (cache_unreadable, with the `df`), and once
+    there is room the daemon opens it again by itself (no restart, no rebuild)."""
+    site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
+    filler = _fill_disk(tmpfs)
+    monkeypatch.setattr(daemon_module, "CACHE_ACCESS_RETRY_S", 0.2)
+    lane = site.config.lane("north-in")
+
+    async def go(daemon: Daemon) -> None:
+        daemon._loop = asyncio.get_running_loop()
+        assert daemon.open_stores() is False  # no rebuild due
+        assert daemon.cache_in_memory and daemon.cache_degraded is None
+        assert not list(site.config.store_dir.glob("cache.db.corrupt-*"))
+        daemon.start_lanes(site.config.lanes)
+        gate = daemon.lanes["north-in"].gate
+        assert gate.check(C["valid"], lane, site.now).detail == "cacheEmpty"
+        said = _reasons(daemon)
+        store = site.config.store_dir
+        for code in ("cache_unreadable", "journal_unavailable"):
+            assert "has no room left" in said[code] and f"df -h {store}" in said[code], said
+        assert "sync --full" not in said["cache_unreadable"]
+        daemon.schedule(False)
+        filler.unlink()
+        deadline = time.monotonic() + 30
+        while daemon.cache_unreadable:
+            assert time.monotonic() < deadline, _reasons(daemon)
+            await asyncio.sleep(0.05)
+        assert gate.check(C["valid"], lane, site.now).admit  # the kept file's tickets
+        assert "cache_unreadable" not in _reasons(daemon)
+
+    async def within_loop(daemon: Daemon) -> None:
+        try:
+            await go(daemon)
+        finally:
+            daemon.jobs.shutdown()
+
+    daemon = Daemon(site.config)
+    try:
+        asyncio.run(within_loop(daemon))
+    finally:
+        for r in daemon.lanes.values():
+            r.stop()
+        daemon.close_stores()
