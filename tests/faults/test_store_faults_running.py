@@ -32,12 +32,15 @@ from agent.runtime import daemon as daemon_module
 from agent.runtime.daemon import Daemon
 from agent.runtime.devrun import DaemonProcess
 from agent.runtime.lane import LaneRunner
+from agent.sandbox.harness import Sandbox
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal, iter_all
 from agent.venue.node import NodeProcess
 from tests.conftest import DemoSite, make_site
-from tests.hostile.test_cache_damaged_live import _scan_and_wait
+from tests.hostile.test_cache_damaged_live import _scan_and_wait, sandbox  # noqa: F401
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
+from tests.platform.sync.conftest import make_site as make_platform_site
+from tests.platform.sync.conftest import noon
 from tests.rigs import wait_until
 from tests.runtime.daemon.conftest import Site
 from tests.runtime.daemon.conftest import site as daemon_site  # noqa: F401
@@ -272,3 +275,55 @@ def test_a_full_disk_at_start_keeps_the_good_cache_and_the_lanes_read_it_once_th
         for r in daemon.lanes.values():
             r.stop()
         daemon.close_stores()
+
+
+@needs_chattr
+@pytest.mark.e2e
+def test_a_rebuild_into_a_store_dir_made_immutable_names_it_and_keeps_the_cache(
+        tmp_path: Path, sandbox: Sandbox) -> None:  # noqa: F811
+    """The full resync writes cache.db.new beside the live cache: in a store.dir no one may
+    write (`chattr +i`) it fails saying so (the directory and the `chattr -i`, not "damaged"),
+    the live cache stays in place and the lanes go on deciding on it; lifted, the next
+    rebuild goes through. The platform is the sandbox on loopback."""
+    site = make_platform_site(tmp_path / "gate", sandbox, rpm=1000)
+    store = site.config.store_dir
+    at = noon(sandbox)
+
+    async def go(daemon: Daemon) -> tuple[str, bool, bool]:
+        daemon._loop = asyncio.get_running_loop()
+        daemon.open_stores()
+        daemon.setup_platform()
+        try:
+            await daemon._full_job()  # the first fill
+            daemon.start_lanes(site.config.lanes)
+            runner = daemon.lanes["main"]
+            with runner.lock:
+                code = next(c for c in (f"SF{n:07d}" for n in range(1, 60))
+                            if runner.gate.check(c, runner.lane, at).admit)
+            chattr("+i", store)
+            try:
+                with pytest.raises(CacheNotAccessible) as failed:
+                    await daemon._full_job()
+                with runner.lock:
+                    still = runner.gate.check(code, runner.lane, at).admit
+            finally:
+                chattr("-i", store)
+            await daemon._full_job()
+            with runner.lock:
+                after = runner.gate.check(code, runner.lane, at).admit
+            return str(failed.value), still, after
+        finally:
+            for r in daemon.lanes.values():
+                r.stop()
+            if daemon.client is not None:
+                await daemon.client.aclose()
+
+    daemon = Daemon(site.config)
+    try:
+        said, still, after = asyncio.run(go(daemon))
+    finally:
+        daemon.close_stores()
+    assert f"{store} is marked immutable" in said and f"chattr -i -a {store}" in said, said
+    assert "sync --full" not in said
+    assert still and after  # decided on the live cache throughout
+    assert not list(store.glob("cache.db.corrupt-*")) and not (store / "cache.db.new").exists()
