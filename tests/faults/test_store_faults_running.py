@@ -37,7 +37,11 @@ from agent.store.cache import TicketCache
 from agent.store.journal import Journal, iter_all
 from agent.venue.node import NodeProcess
 from tests.conftest import DemoSite, make_site
-from tests.hostile.test_cache_damaged_live import _scan_and_wait, sandbox  # noqa: F401
+from tests.hostile.test_cache_damaged_live import (  # noqa: F401 - sandbox: the fixture
+    _scan_and_wait,
+    run_with_platform,
+    sandbox,
+)
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
 from tests.platform.sync.conftest import make_site as make_platform_site
 from tests.platform.sync.conftest import noon
@@ -290,39 +294,26 @@ def test_a_rebuild_into_a_store_dir_made_immutable_names_it_and_keeps_the_cache(
     at = noon(sandbox)
 
     async def go(daemon: Daemon) -> tuple[str, bool, bool]:
-        daemon._loop = asyncio.get_running_loop()
-        daemon.open_stores()
-        daemon.setup_platform()
+        await daemon._full_job()  # the first fill
+        daemon.start_lanes(site.config.lanes)
+        runner = daemon.lanes["main"]
+        with runner.lock:
+            code = next(c for c in (f"SF{n:07d}" for n in range(1, 60))
+                        if runner.gate.check(c, runner.lane, at).admit)
+        chattr("+i", store)
         try:
-            await daemon._full_job()  # the first fill
-            daemon.start_lanes(site.config.lanes)
-            runner = daemon.lanes["main"]
+            with pytest.raises(CacheNotAccessible) as failed:
+                await daemon._full_job()
             with runner.lock:
-                code = next(c for c in (f"SF{n:07d}" for n in range(1, 60))
-                            if runner.gate.check(c, runner.lane, at).admit)
-            chattr("+i", store)
-            try:
-                with pytest.raises(CacheNotAccessible) as failed:
-                    await daemon._full_job()
-                with runner.lock:
-                    still = runner.gate.check(code, runner.lane, at).admit
-            finally:
-                chattr("-i", store)
-            await daemon._full_job()
-            with runner.lock:
-                after = runner.gate.check(code, runner.lane, at).admit
-            return str(failed.value), still, after
+                still = runner.gate.check(code, runner.lane, at).admit
         finally:
-            for r in daemon.lanes.values():
-                r.stop()
-            if daemon.client is not None:
-                await daemon.client.aclose()
+            chattr("-i", store)
+        await daemon._full_job()
+        with runner.lock:
+            after = runner.gate.check(code, runner.lane, at).admit
+        return str(failed.value), still, after
 
-    daemon = Daemon(site.config)
-    try:
-        said, still, after = asyncio.run(go(daemon))
-    finally:
-        daemon.close_stores()
+    said, still, after = run_with_platform(Daemon(site.config), go)
     assert f"{store} is marked immutable" in said and f"chattr -i -a {store}" in said, said
     assert "sync --full" not in said
     assert still and after  # decided on the live cache throughout
