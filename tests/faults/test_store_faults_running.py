@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,8 @@ def chattr(flag: str, *paths: Path) -> None:
     subprocess.run(["chattr", flag, *map(str, paths)], check=True)
 
 
-@pytest.fixture
-def running(site: DemoSite) -> Iterator[Daemon]:
+@contextmanager
+def lanes_running(site: DemoSite) -> Iterator[Daemon]:
     """The daemon's stores and lane threads (no platform: nothing else writes meanwhile)."""
     daemon = Daemon(site.config)
     daemon.open_stores()
@@ -85,6 +86,12 @@ def running(site: DemoSite) -> Iterator[Daemon]:
         for runner in daemon.lanes.values():
             runner.stop()
         daemon.close_stores()
+
+
+@pytest.fixture
+def running(site: DemoSite) -> Iterator[Daemon]:
+    with lanes_running(site) as daemon:
+        yield daemon
 
 
 def _reasons(daemon: Daemon) -> dict[str, str]:
@@ -136,11 +143,8 @@ def test_a_journal_made_unwritable_under_the_daemon_refuses_says_how_and_recover
 @needs_tmpfs
 def test_a_disk_filled_under_the_daemon_refuses_says_how_and_recovers(tmpfs: Path) -> None:  # noqa: F811
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
-    daemon = Daemon(site.config)
-    daemon.open_stores()
-    daemon.start_lanes(site.config.lanes)
-    runner = daemon.lanes["north-in"]
-    try:
+    with lanes_running(site) as daemon:
+        runner = daemon.lanes["north-in"]
         assert _scan_and_wait(runner, C["valid"])["admit"] is True
         filler = _fill_disk(tmpfs)
         results = []
@@ -162,10 +166,6 @@ def test_a_disk_filled_under_the_daemon_refuses_says_how_and_recovers(tmpfs: Pat
         assert again["admit"] is True, again
         assert "journal_unavailable" not in _reasons(daemon)
         assert [r["admit"] for r in _journaled(site) if r["code"] == C["valid2"]] == [1]
-    finally:
-        for r in daemon.lanes.values():
-            r.stop()
-        daemon.close_stores()
 
 
 @needs_chattr
