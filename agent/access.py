@@ -9,10 +9,18 @@ runs as, the path's owner and mode, and the command or unit setting that fixes i
 
 from __future__ import annotations
 
+import array
+import fcntl
 import grp
 import os
 import pwd
 from pathlib import Path
+
+_FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, _IOR('f', 1, long)
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+# Below this, a failed write in store.dir is taken for a full disk (SQLite grows a file a page
+# or a WAL frame at a time; a few pages free is as good as none for the next commit)
+_FULL_BELOW_BYTES = 64 * 1024
 
 
 def user_name(uid: int) -> str:
@@ -78,6 +86,61 @@ def _usable(path: Path, mode: int) -> bool:
     return os.access(path, mode)
 
 
+def immutable(path: Path) -> bool:
+    """`chattr +i` (or `+a`) on `path`: no one, root included, may write it, whatever its owner
+    and mode say (os.access answers "no" as for a file of someone else's)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+    except OSError:  # a file system without these flags
+        return False
+    finally:
+        os.close(fd)
+    return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+
+
+def _immutable_one(path: Path) -> str | None:
+    """The file of a store (or its -wal/-shm, or their directory) marked immutable, with the
+    command that lifts it; None when none is."""
+    for candidate in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if candidate.exists() and immutable(candidate):
+            return (f"{candidate} is marked immutable (`lsattr` shows i or a) — not damaged, "
+                    f"but no one may write it: as root, `chattr -i -a {candidate}`")
+    return None
+
+
+def store_write_failure(path: Path | str, error: object) -> str:
+    """A write to the open SQLite file `path` failed while running (`error`, SQLite's words):
+    those words, and why when it is the file's access or the disk — a read-only file system, a
+    file not this user's any more, one marked immutable, no space left — with what to type.
+    Asked only after a failure (never on the hot path). SQLite's "disk I/O error" or
+    "attempt to write a readonly database" alone leave a technician guessing."""
+    path = Path(os.path.abspath(path))
+    why = sqlite_file_access(path) or no_room(path)
+    return f"{error}; {why}" if why else str(error)
+
+
+def no_room(path: Path) -> str | None:
+    """The file system of the file `path` full, with what to type; None when it has room. SQLite says
+    "database or disk is full" for a write, but "disk I/O error" when it cannot even make a
+    file's -shm at open: neither is damage (a full disk must not get a cache moved aside)."""
+    path = Path(os.path.abspath(path))
+    directory = path.parent
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    free = info.f_bavail * info.f_frsize
+    if free >= _FULL_BELOW_BYTES:
+        return None
+    return (f"{path} cannot be written: {directory} has no room left ({free // 1024} KiB "
+            f"free) — not damaged: free space on that file system (`df -h {directory}`)")
+
+
 def sqlite_file_access(path: Path | str, *, write: bool = True) -> str | None:
     """Why this process cannot use the SQLite file `path` for a reason of access — a read-only
     file system, the file, its `-wal` or `-shm` or their directory not readable (and, with
@@ -96,6 +159,8 @@ def sqlite_file_access(path: Path | str, *, write: bool = True) -> str | None:
         read_only = False
     if write and read_only:
         return f"{path} cannot be written: " + read_only_place(directory, "store.dir")
+    if write and (frozen := _immutable_one(path)):
+        return frozen
     who = f"{user_name(os.geteuid())}:{group_name(os.getegid())}"
     fix = f"as root, `chown -R {who} {directory}`, then restart"
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):

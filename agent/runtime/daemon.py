@@ -34,6 +34,7 @@ from typing import Any
 import uvicorn
 
 from agent import __version__
+from agent.access import store_write_failure
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import epoch_iso, utc_iso
 from agent.errors import (
@@ -88,6 +89,7 @@ STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its
 # With [venue], the lanes open once this gate has measured its clock against the bus server's
 # (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
 VENUE_CLOCK_WAIT_S = 5.0
+CACHE_ACCESS_RETRY_S = 10.0  # how often a cache.db not openable for its access is tried again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
 
@@ -333,6 +335,9 @@ class Daemon:
 
     def schedule(self, resync_now: bool) -> None:
         self._add_platform_jobs(resync_now)
+        if self.cache_unreadable:
+            self.jobs.add_interval("cache_access", self._cache_access_job,
+                                   CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
         self.jobs.start()
 
     def _add_platform_jobs(self, resync_now: bool) -> None:
@@ -389,6 +394,25 @@ class Daemon:
         for runner in self.lanes.values():  # their failed reads were of the file replaced
             runner.gate.cache_error = None
 
+    async def _cache_access_job(self) -> None:
+        """cache.db could not be opened at start for its access or a full disk, not damage
+        (`cache_unreadable`: kept, the gate on an empty cache): tried again until it opens,
+        then every lane reads it — no restart, no rebuild."""
+        if not self.cache_unreadable:
+            return
+        try:
+            found = await asyncio.to_thread(
+                TicketCache, self.cache_path,
+                keep_personal_data=self.config.store["keep_personal_data"])
+        except (CacheCorrupt, CacheNotAccessible) as exc:
+            self.cache_unreadable = str(exc)  # still (or now) why: status keeps saying it
+            return
+        found.close()
+        self.cache_in_memory = False
+        self._swap_cache(lambda: None)  # the lanes' connections now on the file
+        self.cache_unreadable = None
+        log.warning("ticket cache %s can be opened again: the lanes read it", self.cache_path)
+
     def _reload_lane_caches(self) -> None:
         for runner in self.lanes.values():
             with runner.lock:
@@ -415,13 +439,18 @@ class Daemon:
                 runner.gate.cache.close()
             if self.status_cache:
                 self.status_cache.close()
-            do_swap()
-            # The file is now the rebuilt, checked cache: a gate that ran on an in-memory one
-            # (store.dir was not writable at start) takes it, and recovers by itself.
-            self.cache_in_memory = False
-            for runner in runners:
-                runner.gate.cache = self._open_cache(check=False)
-            self.status_cache = self._open_cache(check=False)
+            try:
+                do_swap()
+                # The file is now the rebuilt, checked cache: a gate that ran on an in-memory
+                # one (store.dir was not writable at start) takes it, and recovers by itself.
+                self.cache_in_memory = False
+            except OSError as exc:  # store.dir or cache.db refused the rename: not damage
+                raise CacheNotAccessible("the rebuilt ticket cache was not swapped in: "
+                                         + store_write_failure(self.cache_path, exc)) from exc
+            finally:  # swapped or not (then on the file they had), the lanes read a cache
+                for runner in runners:
+                    runner.gate.cache = self._open_cache(check=False)
+                self.status_cache = self._open_cache(check=False)
         finally:
             for runner in runners:
                 runner.lock.release()

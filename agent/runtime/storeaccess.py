@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,11 +42,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.access import group_name, owner_of, process_user, read_only_place, user_name
-from agent.errors import ConfigError, StoreBusy
+from agent.errors import ConfigError, StoreAccess, StoreBusy
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "daemon.lock"
+# The user the service runs as: the unit's `User=` (systemd/gate-agent.service), an account
+# made by systemd/gate-agent.sysusers. The variable names another (a name or a uid) for a unit
+# whose User= was changed.
+SERVICE_USER = "gate-agent"
+SERVICE_USER_ENV = "GATE_AGENT_SERVICE_USER"
 T = TypeVar("T")
 
 # Held by whichever thread switches this process's effective uid/gid, for as long as the switch
@@ -216,6 +222,56 @@ def refuse_root_daemon(store_dir: Path, config_path: Path | str | None) -> None:
         f"user, or the files it creates there become root's and the service cannot open them. "
         f"Start the service (`systemctl start gate-agent`), or in the foreground: "
         f"`sudo -u {name} gate-agent run" + (f" -c {config_path}`" if config_path else "`"))
+
+
+def service_account() -> tuple[str, int, int] | None:
+    """(name, uid, gid) of the service's user, None when this machine has no such account (a
+    development machine, or a gate whose daemon runs as root by design). A bare uid given in
+    $GATE_AGENT_SERVICE_USER needs no account (its gid is taken to be the same number)."""
+    wanted = os.environ.get(SERVICE_USER_ENV) or SERVICE_USER
+    try:
+        entry = pwd.getpwuid(int(wanted)) if wanted.isdigit() else pwd.getpwnam(wanted)
+    except KeyError:
+        return (wanted, int(wanted), int(wanted)) if wanted.isdigit() else None
+    return entry.pw_name, entry.pw_uid, entry.pw_gid
+
+
+def store_for_the_service(store_dir: Path) -> None:
+    """Root about to work on `store_dir` itself (no daemon runs): every file it makes there
+    must be the service's, or the service cannot open them (a journal it cannot open refuses
+    every scan). `as_store_owner` sees to that once the directory is the service's; here,
+    before, the two cases where it is not:
+    - no store.dir yet: made as systemd's `StateDirectory=` makes it, owned by the service's
+      user, 0700 (its missing parents root's, 0755, as /var/lib is), so that root's command
+      then works in it as that user;
+    - a store.dir of root's: refused (StoreAccess, exit 2) naming it, the service's user and
+      the `chown`. Not chowned here: a technician's command does not take a directory away
+      from whoever owns it on a guess.
+    Nothing happens when this process is not root, or the machine has no service account
+    (then root's store is the store of a daemon run as root)."""
+    account = service_account()
+    if os.geteuid() != 0 or account is None or account[1] == 0:
+        return
+    name, uid, gid = account
+    store_dir = Path(os.path.abspath(store_dir))
+    if not store_dir.exists():
+        for parent in reversed(store_dir.parents):
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+                parent.chmod(0o755)  # whatever root's umask
+        store_dir.mkdir(mode=0o700)
+        os.chown(store_dir, uid, gid)
+        store_dir.chmod(0o700)
+        log.info("created store.dir %s for the service's user %s (uid %d), as systemd's "
+                 "StateDirectory= would", store_dir, name, uid)
+        return
+    if store_dir.stat().st_uid == 0:
+        raise StoreAccess(
+            f"store.dir {store_dir} belongs to root ({owner_of(store_dir)}) while the service "
+            f"runs as {name} (uid {uid}; the unit's User=): the files this command would make "
+            f"there would be root's and the service could not open them. Give the store to "
+            f"the service (as root): `chown -R {name}:{group_name(gid)} {store_dir} && chmod "
+            f"700 {store_dir}`, then run this command again")
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from agent.access import sqlite_file_access
+from agent.access import no_room, sqlite_file_access
 from agent.core.codes import parse_platform_time
 from agent.core.model import (
     Event,
@@ -192,9 +192,10 @@ class TicketCache:
                 self.verify()
             migrate(self.db, MIGRATIONS)
         except (sqlite3.DatabaseError, StoreError, OSError) as exc:
-            # A file (or its -wal/-shm, or their directory) this user may not use is not a
-            # damaged one: a rebuild would not help, the fix is its owner (CacheNotAccessible).
-            access = None if self.path.name == ":memory:" else sqlite_file_access(self.path)
+            # A file (or its -wal/-shm, or their directory) this user may not use, or a full
+            # disk, is not a damaged one: a rebuild would not help (CacheNotAccessible).
+            access = None if self.path.name == ":memory:" else \
+                sqlite_file_access(self.path) or no_room(self.path)
             if access is not None:
                 raise CacheNotAccessible(f"ticket cache {access}") from exc
             if isinstance(exc, CacheCorrupt):

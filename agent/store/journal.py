@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.access import sqlite_file_access
+from agent.access import no_room, sqlite_file_access, store_write_failure
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError, UsageError
 from agent.store.journal_schema import MIGRATIONS
@@ -199,8 +199,7 @@ class _ScanTransaction:
             journal.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             journal._lock.release()
-            raise JournalUnavailable(
-                f"scan journal {journal.path} is not writable: {exc}") from exc
+            raise journal.write_failed(exc) from exc
         except BaseException:
             journal._lock.release()
             raise
@@ -220,8 +219,7 @@ class _ScanTransaction:
                     raise
             journal._rollback()
             if isinstance(exc, sqlite3.Error):
-                raise JournalUnavailable(
-                    f"scan journal {journal.path} is not writable: {exc}") from exc
+                raise journal.write_failed(exc) from exc
             return False  # anything else goes on as it was raised
         finally:
             journal._lock.release()
@@ -241,8 +239,9 @@ class Journal:
                     "copy it aside for recovery before starting with a new one")
             migrate(self.db, MIGRATIONS)
         except (sqlite3.Error, StoreError) as exc:
-            # not this user's file (or a read-only disk) is said as such, never as damage
-            access = None if self.path.name == ":memory:" else sqlite_file_access(self.path)
+            # not this user's file (or a read-only or full disk) is said as such, never as damage
+            access = None if self.path.name == ":memory:" else \
+                sqlite_file_access(self.path) or no_room(self.path)
             if access is not None:
                 raise JournalUnavailable(f"scan journal {access}") from exc
             if isinstance(exc, JournalUnavailable):
@@ -276,6 +275,15 @@ class Journal:
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
         return data_version(self.conn)
+
+    def write_failed(self, exc: sqlite3.Error) -> JournalUnavailable:
+        """A write refused while running — the disk full, the file (or its -wal, -shm or
+        directory) no longer this user's or marked immutable, the file system read-only —
+        named with what to type (agent.access.store_write_failure): the lanes report it and
+        status says it. Nothing is retried here: the next write tries again, so the gate
+        journals again by itself once the cause is gone."""
+        return JournalUnavailable(
+            f"scan journal {self.path} is not writable: {store_write_failure(self.path, exc)}")
 
     def close(self) -> None:
         self.conn.close()
@@ -698,7 +706,7 @@ class Journal:
             except sqlite3.Error as exc:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
-                raise JournalUnavailable(f"scan journal {self.path}: {exc}") from exc
+                raise self.write_failed(exc) from exc
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")

@@ -34,6 +34,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from agent.access import store_write_failure
 from agent.core.codes import utc_iso
 from agent.errors import VenueStreamLost
 from agent.files import require_private
@@ -608,7 +609,8 @@ class VenueBus:
             try:
                 found = store.apply(self.stream, decoded, utc_iso(datetime.now(UTC)))
             except Exception as exc:  # noqa: BLE001 - any failure: the same batch again
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                # with why, when it is venue.db's access or the disk (and what to type)
+                error = f"{type(exc).__name__}: {store_write_failure(store.path, exc)}"[:600]
                 if self.apply_error is None:
                     self.apply_failing_since = utc_iso(datetime.now(UTC))
                     log.error("venue: messages %d-%d not applied to venue.db (%s); trying "

@@ -16,10 +16,10 @@ import dataclasses
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -37,6 +37,7 @@ from tests.platform.sync.conftest import make_site as make_platform_site
 from tests.platform.sync.conftest import noon
 
 C = demo_data.CODES
+T = TypeVar("T")
 
 
 def damage_while_open(path: Path) -> None:
@@ -116,34 +117,16 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
-@pytest.mark.e2e
-def test_the_daemon_rebuilds_a_cache_damaged_while_running(tmp_path: Path,
-                                                           sandbox: Sandbox) -> None:
-    site = make_platform_site(tmp_path / "gate-a", sandbox, rpm=1000)
-    at = noon(sandbox)
-
-    async def go(daemon: Daemon) -> tuple[dict[str, Any], ...]:
+def run_with_platform(daemon: Daemon, body: Callable[[Daemon], Awaitable[T]]) -> T:
+    """`body` on a loop of its own, the daemon's stores and platform link open (its lanes and
+    jobs are the body's to start); lanes, jobs, link and stores closed after, whatever
+    happened."""
+    async def within() -> T:
         daemon._loop = asyncio.get_running_loop()
         daemon.open_stores()
         daemon.setup_platform()
         try:
-            await daemon._full_job()  # the first fill
-            daemon.start_lanes(site.config.lanes)
-            daemon.schedule(False)
-            runner = daemon.lanes["main"]
-            with runner.lock:  # three tickets the seed left admissible on this lane
-                codes = [code for code in (f"SF{n:07d}" for n in range(1, 60))
-                         if runner.gate.check(code, runner.lane, at).admit][:3]
-            first = await asyncio.to_thread(_scan_and_wait, runner, codes[0], at)
-            damage_while_open(daemon.cache_path)
-            refused = await asyncio.to_thread(_scan_and_wait, runner, codes[1], at)
-            status = daemon.report()
-            deadline = time.monotonic() + 30
-            while daemon.cache_degraded or runner.gate.cache_error:
-                assert time.monotonic() < deadline, f"not rebuilt: {daemon.report()['reasons']}"
-                await asyncio.sleep(0.05)
-            again = await asyncio.to_thread(_scan_and_wait, runner, codes[2], at)
-            return first, refused, status, again, daemon.report()
+            return await body(daemon)
         finally:
             daemon.jobs.shutdown()
             for r in daemon.lanes.values():
@@ -151,11 +134,38 @@ def test_the_daemon_rebuilds_a_cache_damaged_while_running(tmp_path: Path,
             if daemon.client is not None:
                 await daemon.client.aclose()
 
-    daemon = Daemon(site.config)
     try:
-        first, refused, status, again, after = asyncio.run(go(daemon))
+        return asyncio.run(within())
     finally:
         daemon.close_stores()
+
+
+@pytest.mark.e2e
+def test_the_daemon_rebuilds_a_cache_damaged_while_running(tmp_path: Path,
+                                                           sandbox: Sandbox) -> None:
+    site = make_platform_site(tmp_path / "gate-a", sandbox, rpm=1000)
+    at = noon(sandbox)
+
+    async def go(daemon: Daemon) -> tuple[dict[str, Any], ...]:
+        await daemon._full_job()  # the first fill
+        daemon.start_lanes(site.config.lanes)
+        daemon.schedule(False)
+        runner = daemon.lanes["main"]
+        with runner.lock:  # three tickets the seed left admissible on this lane
+            codes = [code for code in (f"SF{n:07d}" for n in range(1, 60))
+                     if runner.gate.check(code, runner.lane, at).admit][:3]
+        first = await asyncio.to_thread(_scan_and_wait, runner, codes[0], at)
+        damage_while_open(daemon.cache_path)
+        refused = await asyncio.to_thread(_scan_and_wait, runner, codes[1], at)
+        status = daemon.report()
+        deadline = time.monotonic() + 30
+        while daemon.cache_degraded or runner.gate.cache_error:
+            assert time.monotonic() < deadline, f"not rebuilt: {daemon.report()['reasons']}"
+            await asyncio.sleep(0.05)
+        again = await asyncio.to_thread(_scan_and_wait, runner, codes[2], at)
+        return first, refused, status, again, daemon.report()
+
+    first, refused, status, again, after = run_with_platform(Daemon(site.config), go)
     assert first["admit"] is True
     assert refused["admit"] is False and refused["statusDetail"] == "cacheUnavailable"
     said = _reasons(status)["cache_read_failed"]

@@ -12,11 +12,15 @@ import json
 import os
 import signal
 import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from agent import demo_data
+from agent.runtime.devrun import DaemonProcess
 from drivers.sim import send_scan
 from tests.rigs import PtyDevice, wait_until
 from tests.runtime.daemon.conftest import wait_synced
@@ -57,6 +61,22 @@ def _all_the_services(site: Install) -> None:
     assert {uid for uid, _ in files.values()} == {SERVICE_UID}, files
     assert {name for name, (_, mode) in files.items() if mode != 0o600} <= {"daemon.lock"}, \
         files
+
+
+@contextmanager
+def _the_service_on_it(site: Install) -> Iterator[DaemonProcess]:
+    """The service started on what root's session left: it syncs, and finds every store file
+    its own (none of the reasons a root-owned file gives)."""
+    daemon = site.daemon().start()
+    try:
+        daemon.wait_ready()
+        wait_synced(daemon)
+        reasons = {r["code"] for r in daemon.status()["reasons"]}
+        assert not reasons & {"journal_unavailable", "cache_unreadable", "cache_rebuilding"}, \
+            reasons
+        yield daemon
+    finally:
+        assert daemon.stop() == 0
 
 
 def test_root_pair_tag_without_a_daemon_leaves_the_store_to_the_service_and_its_readers_root(
@@ -105,17 +125,49 @@ def test_root_pair_tag_without_a_daemon_leaves_the_store_to_the_service_and_its_
     assert platform_tag(install.sandbox, C["valid2"]) == TAG_B
     _all_the_services(install)
     # the service starts on what the session left and decides on it: both admits are its own
-    daemon = install.daemon().start()
-    try:
-        daemon.wait_ready()
-        wait_synced(daemon)
-        reasons = {r["code"] for r in daemon.status()["reasons"]}
-        assert not reasons & {"journal_unavailable", "cache_unreadable", "cache_rebuilding"}, \
-            reasons
+    with _the_service_on_it(install):
         for tag in (TAG_A, TAG_B):
             again = install.cli("check", tag, "--json")
             assert again.returncode == 1, (again.stdout, again.stderr)
             assert json.loads(again.stdout)["status"] == "alreadyIn"
-    finally:
-        assert daemon.stop() == 0
     _all_the_services(install)
+
+
+def _pair_tag_as_root(site: Install, monkeypatch: pytest.MonkeyPatch
+                      ) -> subprocess.CompletedProcess[str]:
+    """`sudo gate-agent pair-tag` with no daemon, on a machine whose service user is the
+    test's uid (GATE_AGENT_SERVICE_USER: the unit's User=, here a bare uid); no tag comes."""
+    monkeypatch.setenv("GATE_AGENT_SERVICE_USER", str(SERVICE_UID))
+    return site.cli("pair-tag", C["valid"], "--reader",
+                    f"sim:tag?socket={site.root / 'dev' / 'tag.sock'}", "--timeout", "0.5")
+
+
+def test_root_pair_tag_on_a_store_dir_not_made_yet_makes_it_the_services(
+        install: Install, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """store.dir missing (before the service's first start): root's pair-tag used to make it,
+    and the cache and journal in it, root's — the service then could not even enter it. Now
+    it is made as systemd's StateDirectory= would (the service's, 0700) and worked in as its
+    owner, and the service starts on what the session left."""
+    install.store.rmdir()
+    done = _pair_tag_as_root(install, monkeypatch)
+    assert "Traceback" not in done.stderr, done.stderr
+    info = install.store.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        SERVICE_UID, SERVICE_UID, 0o700)
+    _all_the_services(install)
+    with _the_service_on_it(install):
+        pass  # it started, synced and found every store file its own
+
+
+def test_root_pair_tag_on_a_store_dir_of_roots_is_refused_naming_the_fix(
+        install: Install, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """store.dir exists but is root's: refused before anything is made there (exit 2), with
+    the directory, the service's user and the chown; the directory is not taken from root."""
+    os.chown(install.store, 0, 0)
+    done = _pair_tag_as_root(install, monkeypatch)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    said = done.stderr
+    assert f"store.dir {install.store} belongs to root" in said, said
+    assert f"uid {SERVICE_UID}" in said and \
+        f"chown -R {SERVICE_UID}:{SERVICE_UID} {install.store}" in said, said
+    assert list(install.store.iterdir()) == [] and install.store.stat().st_uid == 0
