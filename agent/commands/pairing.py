@@ -72,7 +72,7 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     token and rate budget, its lanes for --admit) while this command keeps the readers; without
     one, this command pairs on the store itself as its owner, holding the store's lock."""
     from agent.runtime.controlclient import acting_on_store
-    from agent.runtime.storeaccess import daemon_pid, same_identity, store_for_the_service
+    from agent.runtime.storeaccess import same_identity
     from drivers.feed import ScanFeed
 
     config = load_config(args.config)
@@ -88,8 +88,6 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
         except DriverUnavailable as exc:
             print(f"gate-agent: error: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        if daemon_pid(config.store_dir) is None:  # no daemon: root makes no file of root's
-            store_for_the_service(config.store_dir)  # there (a store.dir not made yet, root's)
         daemon = stack.enter_context(acting_on_store(config, per_step=True))
         desk: _Desk = _ThroughDaemon(daemon) if daemon is not None else \
             _Here(stack.enter_context(PairingStation(config)))

@@ -38,7 +38,12 @@ from agent.errors import (
     StoreAccess,
 )
 from agent.runtime.control import READ_ONLY, socket_path
-from agent.runtime.storeaccess import as_store_owner, command_lock, daemon_pid
+from agent.runtime.storeaccess import (
+    as_store_owner,
+    command_lock,
+    daemon_pid,
+    store_for_the_service,
+)
 
 ALIVE_EVERY = 3  # keepalive lines asked for per answer_timeout_s (a late one still fits)
 
@@ -238,6 +243,10 @@ def acting_on_store(config: Config, *, per_step: bool = False
         yield daemon
         return
     _may_use_store(config, why)
+    # root acting on the store itself: a store.dir not made yet is made the service's, one of
+    # root's is refused, so that no file this command makes is root's (the service could not
+    # open it: a journal it cannot open refuses every scan)
+    store_for_the_service(config.store_dir)
     with ExitStack() as held:
         if not per_step:
             held.enter_context(as_store_owner(config.store_dir))

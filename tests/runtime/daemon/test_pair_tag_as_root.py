@@ -54,10 +54,12 @@ def _store_files(site: Install) -> dict[str, tuple[int, int]]:
             for p in site.store.iterdir()}
 
 
-def _all_the_services(site: Install) -> None:
-    """Every file in store.dir the service user's and private (daemon.lock: 0644 on purpose)."""
+def _all_the_services(site: Install, made: frozenset[str] = frozenset({"cache.db", "journal.db"})
+                      ) -> None:
+    """Every file in store.dir the service user's and private (daemon.lock: 0644 on purpose);
+    `made`, at least, there."""
     files = _store_files(site)
-    assert {"cache.db", "journal.db"} <= set(files), files
+    assert made <= set(files), files
     assert {uid for uid, _ in files.values()} == {SERVICE_UID}, files
     assert {name for name, (_, mode) in files.items() if mode != 0o600} <= {"daemon.lock"}, \
         files
@@ -171,3 +173,25 @@ def test_root_pair_tag_on_a_store_dir_of_roots_is_refused_naming_the_fix(
     assert f"uid {SERVICE_UID}" in said and \
         f"chown -R {SERVICE_UID}:{SERVICE_UID} {install.store}" in said, said
     assert list(install.store.iterdir()) == [] and install.store.stat().st_uid == 0
+
+
+@pytest.mark.parametrize(("command", "made"), [
+    (("sync",), {"cache.db"}),
+    (("scan", C["valid"], "--lane", "entry"), {"cache.db", "journal.db"})])
+def test_every_root_store_command_on_a_store_dir_not_made_yet_makes_it_the_services(
+        install: Install, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        command: tuple[str, ...], made: set[str]) -> None:
+    """Not only pair-tag: `sudo gate-agent sync` (or scan, import, ...) with no daemon, before
+    the service's first start, made store.dir and the cache and journal in it root's. Every
+    command that changes the store starts through `acting_on_store`, which now makes store.dir
+    the service's first; the service then starts on what the command left."""
+    monkeypatch.setenv("GATE_AGENT_SERVICE_USER", str(SERVICE_UID))
+    install.store.rmdir()
+    done = install.cli(*command)
+    assert "Traceback" not in done.stderr, done.stderr
+    info = install.store.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        SERVICE_UID, SERVICE_UID, 0o700), (done.stdout, done.stderr)
+    _all_the_services(install, frozenset(made))
+    with _the_service_on_it(install):
+        pass
