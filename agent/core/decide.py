@@ -3,7 +3,7 @@
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
 unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty,
-cacheUnavailable, clockUnmeasured.
+cacheUnavailable, storeUnavailable, clockUnmeasured.
 notYetValid/noLongerValid are *messages*, not details (the platform's detail is
 outsideOfValidityPeriod for both).
 
@@ -12,6 +12,8 @@ understand what the platform sent it refuses and says why; it never admits on a 
  1. same code on the same lane within debounce_ms        -> denied/duplicateRead, not recorded
  2. the cache could not be read (damaged while running)
                                                          -> denied/cacheUnavailable
+    a store the decision needs could not be opened (venue.db at start: the other gates'
+    scans are unknown)                                   -> denied/storeUnavailable
  3. code unknown (or a replaced barcode)                 -> denied/unknownCode (historicBarcode;
     cacheEmpty when no ticket at all is cached yet)
  4. item of no event this lane serves, or the lane's zone
@@ -61,7 +63,8 @@ STATUSES = ("valid", "alreadyIn", "alreadyOut", "denied", "zoneClosed", "ageUnkn
             "tooYoung", "tooOld", "full", "scansInExceeded", "requiresConfirmation")
 DETAILS = ("historicBarcode", "itemDoesNotQualify", "outsideOfValidityPeriod", "orderLocked",
            "unknownCode", "refunded", "wrongEvent", "typeDisabled", "notPaired", "duplicateRead",
-           "unknownStatus", "cacheEmpty", "cacheUnavailable", "clockUnmeasured")
+           "unknownStatus", "cacheEmpty", "cacheUnavailable", "storeUnavailable",
+           "clockUnmeasured")
 
 
 @dataclass(slots=True)
@@ -93,6 +96,9 @@ class Facts:
     cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
     # The cache could not be read (agent.errors.CacheUnavailable): nothing is known of the code
     cache_error: str | None = None
+    # A store the decision needs cannot be opened (venue.db at start, agent.runtime.daemon):
+    # whatever the code, its answer depends on what that store holds
+    store_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -142,6 +148,9 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
         # Not the ticket's fault either, and no guess: the staff must know the gate is blind.
         return refuse("denied", "cacheUnavailable", "Ticket data cannot be read: this gate "
                       "cannot check any code; please call staff")
+    if facts.store_error is not None:
+        return refuse("denied", "storeUnavailable", "This gate cannot check tickets now; "
+                      "please call staff")
     if not facts.candidates:
         if facts.historic_event is not None:
             replaced = refuse("denied", "historicBarcode",

@@ -44,6 +44,7 @@ REASON_CODES = (
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
     "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
+    "venue_db_unavailable",
 )
 
 
@@ -82,11 +83,16 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     reasons: list[Reason] = []
     add = reasons.append
     journal = snap.get("journal") or {}
-    if journal.get("error"):
+    if journal.get("error") and not journal.get("unopened"):
         add(Reason("fail", "journal_unavailable",
-                   f"scan journal cannot be written ({journal['error']}); every scan is refused "
-                   "— free disk space or fix permissions of store.dir, then restart the service "
-                   "(a journal that failed to open at start is not tried again)"))
+                   f"scan journal cannot be read ({journal['error']}); free disk space or fix "
+                   "permissions of store.dir"))
+    elif journal.get("error"):  # not opened at start
+        add(Reason("fail", "journal_unavailable",
+                   f"scan journal cannot be opened ({journal['error']}); every scan is refused "
+                   "(journalUnavailable: shown, logged and counted, with no journal to record "
+                   "it in) — it is tried again every few seconds and the lanes record scans "
+                   "again by themselves once it opens; the file is kept as it is"))
     if snap.get("reload_error"):
         add(Reason("warn", "config_not_applied", "the configuration file is not in force "
                    f"(last reload refused): {snap['reload_error']}"))
@@ -208,7 +214,14 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         add(Reason("warn", "platform_unreachable",
                    f"last platform request failed: {platform.get('last_error')}"))
     venue = snap.get("venue") or {}
-    if venue and not venue.get("connected"):
+    if venue.get("open_error"):  # no bus at all: said by this reason alone
+        add(Reason("fail", "venue_db_unavailable",
+                   f"venue state cannot be opened ({venue['open_error']}); every scan is "
+                   "refused (storeUnavailable, journaled) and the relays stay shut — an "
+                   "emergency release still opens them. It is tried again every few seconds: "
+                   "the bus starts and the lanes open by themselves once it opens; the file is "
+                   "kept as it is (never moved aside or made anew)"))
+    elif venue and not venue.get("connected"):
         add(Reason("warn", "venue_unreachable",
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))

@@ -5,10 +5,17 @@ signals, the systemd watchdog — while each lane decides in a thread of its own
 so the scan -> journal -> relay path never waits on the loop, the network or another lane.
 
 Start-up order: the journal first (without it no scan may be admitted; a damaged journal is
-kept as it is and the gate refuses every scan), then the cache (a damaged cache is moved aside,
+kept as it is and the gate refuses every scan; one that cannot be opened is tried again every
+STORE_RETRY_S and the lanes record scans again by themselves once it opens), then the cache (a damaged cache is moved aside,
 the gate starts degraded on an empty cache and a full resync is scheduled at once; an interrupted
 rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
-READY. SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGHUP:
+READY. With [venue], a venue.db that cannot be opened (not this user's, immutable, a read-only or
+full disk, damaged) does not stop the start: the gate runs, its lanes refuse every scan
+(storeUnavailable, journaled) with the relays shut but an emergency release still working,
+status says why (`venue_db_unavailable`) and venue.db is tried again every STORE_RETRY_S; once
+it opens the bus starts and the lanes start anew with it. Neither file is ever moved aside or
+made anew for that: a lost journal loses scans, a lost venue.db record can double-admit.
+SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGHUP:
 the configuration is re-read; lanes whose settings changed are restarted after finishing their
 queued scans, the others keep running with the fresh settings; a change that needs a restart
 refuses the whole reload, naming the key (agent.runtime.reload).
@@ -44,6 +51,7 @@ from agent.errors import (
     ConfigError,
     GateAgentError,
     JournalUnavailable,
+    StoreError,
 )
 from agent.files import write_private
 from agent.ops.dashboard import venue_view
@@ -90,6 +98,7 @@ STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its
 # (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
 VENUE_CLOCK_WAIT_S = 5.0
 CACHE_ACCESS_RETRY_S = 10.0  # how often a cache.db not openable for its access is tried again
+STORE_RETRY_S = 5.0  # how often a journal.db or venue.db that could not be opened is tried again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
 
@@ -123,6 +132,9 @@ class Daemon:
         self.status_error: str | None = None  # the status endpoint cannot listen (retrying)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bus: VenueBus | None = None  # the venue bus, with [venue] only
+        # venue.db could not be opened (why, with the fix): no bus, every scan refused, retried
+        self.venue_error: str | None = None
+        self._beats: asyncio.Task[None] | None = None  # venue heartbeats, once the bus runs
         self._lane_events: PassageLog | None = None  # alarms and releases: lane_event_log()
         self._lane_events_lock = threading.Lock()
         self.emergency = EmergencyInput(config.device["emergency_input"],
@@ -148,16 +160,11 @@ class Daemon:
         """Journal, then cache. Returns True when a full resync must run at once."""
         self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self.journal = Journal(self.journal_path)
-            settled = PassageLog(self.journal).settle_interrupted()
-            if settled.stood or settled.voided:
-                log.warning("%d admit(s) were waiting for their passage when the agent "
-                            "stopped: %d entry admit(s) stand, %d exit(s) nobody saw are voided "
-                            "(docs/turnstile.md)", settled.stood + len(settled.voided),
-                            settled.stood, len(settled.voided))
+            self.journal = self._settled(Journal(self.journal_path))
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
-            log.error("%s — every scan will be refused", self.journal_error)
+            log.error("%s — every scan will be refused; tried again every %.0f s",
+                      self.journal_error, STORE_RETRY_S)
         resync = discard_unfinished_rebuild(self.cache_path)
         if resync:
             self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
@@ -197,6 +204,17 @@ class Daemon:
             resync = True
         return resync
 
+    @staticmethod
+    def _settled(journal: Journal) -> Journal:
+        """`journal`, its admits left waiting for a passage by the last run settled."""
+        settled = PassageLog(journal).settle_interrupted()
+        if settled.stood or settled.voided:
+            log.warning("%d admit(s) were waiting for their passage when the agent "
+                        "stopped: %d entry admit(s) stand, %d exit(s) nobody saw are voided "
+                        "(docs/turnstile.md)", settled.stood + len(settled.voided),
+                        settled.stood, len(settled.voided))
+        return journal
+
     def _open_cache(self, check: bool = True) -> TicketCache:
         path = Path(":memory:") if self.cache_in_memory else self.cache_path
         return TicketCache(path, keep_personal_data=self.config.store["keep_personal_data"],
@@ -208,15 +226,28 @@ class Daemon:
         venue = None
         if self.bus is not None and self.config.venue is not None:
             venue = VenueLink(self.bus, self.config.venue["offline_policy"])
-        return Gate(self._open_cache(), journal, self.config, venue)
+        return Gate(self._open_cache(), journal, self.config, venue, shut=self.venue_error)
 
     def start_venue(self) -> None:
         """The venue bus, before the lanes: their claims go through it (with [venue] only)."""
         if self.config.venue is None:
             return
-        self.bus = VenueBus(self.config.venue, self.config.store_dir,
-                            None if self.journal_error else self.journal_path, self.config.path,
-                            clock=lambda: self.clock.now().timestamp())  # scans' own clock
+        try:
+            bus = VenueBus(self.config.venue, self.config.store_dir,
+                           None if self.journal_error else self.journal_path, self.config.path,
+                           clock=lambda: self.clock.now().timestamp())  # scans' own clock
+        except StoreError as exc:  # venue.db: kept as it is, never moved aside (module doc)
+            if self.venue_error is None:
+                log.error("%s — every scan is refused and the relays stay shut (an emergency "
+                          "release still opens them); tried again every %.0f s", exc,
+                          STORE_RETRY_S)
+            self.venue_error = str(exc)
+            return
+        if self.venue_error is not None:
+            log.warning("venue state %s can be opened again: the venue bus starts",
+                        bus.store_path)
+        self.venue_error = None
+        self.bus = bus
         self.bus.start()
         log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
                  self.bus.device, ", ".join(self.config.venue["servers"]),
@@ -326,7 +357,11 @@ class Daemon:
         self.client.on_server_time = self.clock.observe
         self.syncer = Syncer(self.config, self.client, self.cache_path,
                              swap_hook=self._swap_cache)
-        if self.journal is not None:
+        self._start_uploader()
+
+    def _start_uploader(self) -> None:
+        """The uploader, once there is a platform link and a journal to upload from."""
+        if self.journal is not None and self.client is not None and self.uploader is None:
             self.uploader = Uploader(
                 Journal(self.journal_path), self.client,
                 batch_size=self.config.sync["upload_batch_size"],
@@ -338,17 +373,19 @@ class Daemon:
         if self.cache_unreadable:
             self.jobs.add_interval("cache_access", self._cache_access_job,
                                    CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
+        if self.journal_error:
+            self.jobs.add_interval("journal_access", self._journal_access_job, STORE_RETRY_S,
+                                   first_in=STORE_RETRY_S)
+        if self.venue_error:
+            self.jobs.add_interval("venue_access", self._venue_access_job, STORE_RETRY_S,
+                                   first_in=STORE_RETRY_S)
         self.jobs.start()
 
     def _add_platform_jobs(self, resync_now: bool) -> None:
         s = self.config.sync
+        self._add_journal_jobs()
         if self.role is not None:
-            if self.uploader is not None:
-                self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
             return  # no ticket-list request and no upload of its own: see VenueRole
-        if self.uploader is not None:
-            self.jobs.add_interval("upload", self._upload_job, s["upload_interval_s"], first_in=1)
-            self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
         if self.syncer is not None:
             self.jobs.add_interval("refresh", self._refresh_job, s["refresh_interval_s"],
                                    first_in=0.2)
@@ -360,6 +397,28 @@ class Daemon:
                                 retry_s=s["full_resync_retry_s"])
             if resync_now:
                 self._schedule_rebuild()
+
+    def _add_journal_jobs(self) -> None:
+        """Upload (not in venue mode: the leader uploads) and prune, with an uploader only."""
+        if self.uploader is None:
+            return
+        if self.role is None:
+            self.jobs.add_interval("upload", self._upload_job,
+                                   self.config.sync["upload_interval_s"], first_in=1)
+        self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
+
+    def _start_role(self) -> None:
+        """The venue role's task (with [venue] and a token); it works from the journal, so
+        not before the journal opens."""
+        if self.role is not None and self._role_task is None and self.journal is not None:
+            self._role_task = asyncio.create_task(self.role.run(self.stop_event),
+                                                  name="venue role")
+
+    def _start_heartbeats(self) -> None:
+        if self.bus is not None and self.config.venue is not None and self._beats is None:
+            self._beats = asyncio.create_task(publish_heartbeats(
+                self.report, self.bus, self.config.venue["heartbeat_s"],
+                lambda: datetime.now(UTC), self.stop_event), name="heartbeats")
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -412,6 +471,61 @@ class Daemon:
         self._swap_cache(lambda: None)  # the lanes' connections now on the file
         self.cache_unreadable = None
         log.warning("ticket cache %s can be opened again: the lanes read it", self.cache_path)
+
+    async def _journal_access_job(self) -> None:
+        """journal.db could not be opened at start (`journal_unavailable`; kept as it is,
+        never made anew): tried again until it opens, then the uploader, the venue role and
+        bus and every lane take it — no restart."""
+        if not self.journal_error:
+            return
+        try:
+            journal = await asyncio.to_thread(Journal, self.journal_path)
+        except JournalUnavailable as exc:
+            self.journal_error = not_mine(self.journal_path) or str(exc)
+            return
+        self.journal, self.journal_error = self._settled(journal), None
+        log.warning("scan journal %s can be opened again: the lanes record scans",
+                    self.journal_path)
+        self._start_uploader()
+        self._add_journal_jobs()
+        if self.bus is not None:  # it ran without the journal: again with it
+            bus, self.bus = self.bus, None
+            if self._beats is not None:
+                self._beats.cancel()
+                self._beats = None
+            await asyncio.to_thread(bus.stop)
+            self.start_venue()
+            self._start_heartbeats()
+        self._start_role()
+        self._restart_lanes()
+
+    async def _venue_access_job(self) -> None:
+        """venue.db could not be opened at start (`venue_db_unavailable`; kept as it is):
+        tried again until it opens, then the bus starts and the lanes start anew with it."""
+        if not self.venue_error or self.bus is not None:
+            return
+        self.start_venue()
+        if self.bus is None:
+            return
+        self._start_heartbeats()
+        await self.venue_clock_measured()
+        self._restart_lanes()
+
+    def _restart_lanes(self) -> None:
+        """Every lane stopped (its queued scans decided first, as a reload does) and started
+        again on a gate of the stores as they are now; a technician's release stays held,
+        an emergency one is applied again as the lane starts."""
+        held = {name: [s for s in runner.releases if s != "emergency"]
+                for name, runner in self.lanes.items()}
+        lanes = tuple(runner.lane for runner in self.lanes.values())
+        for runner in self.lanes.values():
+            runner.stop()
+            runner.gate.close()
+        self.lanes = {}
+        self.start_lanes(lanes)
+        for name, sources in held.items():
+            for source in sources:
+                self.lanes[name].set_release(source, True)
 
     def _reload_lane_caches(self) -> None:
         for runner in self.lanes.values():
@@ -573,8 +687,8 @@ class Daemon:
                 journal.update(self.journal.counts())
             except GateAgentError as exc:
                 journal["error"] = str(exc)
-        if self.journal_error:
-            journal["error"] = self.journal_error
+        if self.journal_error:  # not opened at start (tried again: journal_access)
+            journal["error"], journal["unopened"] = self.journal_error, True
         cache: dict[str, Any] = {"degraded": self.cache_degraded,
                                  "unreadable": self.cache_unreadable}
         if self.status_cache is not None:
@@ -603,7 +717,7 @@ class Daemon:
             "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
             "status_error": self.status_error,
             "pairings_error": self.pairings_error, "reload_error": self.reload_error,
-            "venue": self.bus.get_status(self.journal) if self.bus is not None else None,
+            "venue": self._venue_status(),
             "emergency": self.emergency.get_status(), "clock": self.clock.get_status(),
         }
         if snap["venue"] is not None and self.role is not None:
@@ -611,6 +725,14 @@ class Daemon:
         health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
         snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
         return snap
+
+    def _venue_status(self) -> dict[str, Any] | None:
+        if self.bus is not None:
+            return self.bus.get_status(self.journal)
+        if self.config.venue is None or self.venue_error is None:
+            return None
+        return {"venue": self.config.venue["name"], "connected": False,
+                "open_error": self.venue_error}
 
     async def serve_status(self) -> None:
         """The status endpoint. A port held by something else must not keep the gate down
@@ -816,9 +938,7 @@ class Daemon:
         else:
             self.setup_platform(token)
             self._add_platform_jobs(resync_now=False)
-            if self.role is not None and self._role_task is None:
-                self._role_task = asyncio.create_task(self.role.run(self.stop_event),
-                                                      name="venue role")
+            self._start_role()
         log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:
@@ -840,9 +960,7 @@ class Daemon:
                                      self.config.control["group"])
         await self.control.start()
         self.start_venue()
-        if self.role is not None:
-            self._role_task = asyncio.create_task(self.role.run(self.stop_event),
-                                                  name="venue role")
+        self._start_role()
         await self.venue_clock_measured()
         self.start_lanes(self._lanes_with_pairings(self.config))
         self.emergency.url = self._emergency_url(self.config)
@@ -857,11 +975,7 @@ class Daemon:
                 server.result()  # raises what is not a bind error
             await asyncio.sleep(0.02)
         watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
-        beats = None
-        if self.bus is not None and self.config.venue is not None:
-            beats = asyncio.create_task(publish_heartbeats(
-                self.report, self.bus, self.config.venue["heartbeat_s"],
-                lambda: datetime.now(UTC), self.stop_event), name="heartbeats")
+        self._start_heartbeats()
         summary = summary_line(self.report())
         self.notifier.ready(summary)
         log.info("gate-agent %s ready: %s", __version__, summary)
@@ -886,8 +1000,8 @@ class Daemon:
             self.server.should_exit = True
         await asyncio.gather(server, return_exceptions=True)
         watchdog.cancel()
-        if beats is not None:
-            beats.cancel()
+        if self._beats is not None:
+            self._beats.cancel()
         if self.client is not None:
             await self.client.aclose()
         self.close_stores()

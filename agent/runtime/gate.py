@@ -49,10 +49,13 @@ class Gate:
     """Decisions for every lane of this device, over one cache and one journal."""
 
     def __init__(self, cache: TicketCache, journal: Journal | None, config: Config,
-                 venue: VenueLink | None = None):
+                 venue: VenueLink | None = None, shut: str | None = None):
         """`journal` None: the journal could not be opened; every scan is refused (fail closed)
         unless `store.fail_closed` is off. `venue`: this lane's link to the venue bus
-        (agent.venue.claims), None without `[venue]`."""
+        (agent.venue.claims), None without `[venue]`. `shut`: why every scan is refused
+        (denied/storeUnavailable, journaled): a store the decision needs could not be opened
+        (venue.db at start; the daemon starts new gates once it opens)."""
+        self.shut = shut
         self.cache = cache
         self.journal = journal
         self.config = config
@@ -94,6 +97,9 @@ class Gate:
         served = tuple(ids) if ids is not None else None
         if not code:
             return Facts(code, kind, served_events=served, debounced=debounced)
+        if self.shut is not None:  # nothing looked up: no answer can be trusted
+            return Facts(code, kind, served_events=served, debounced=debounced,
+                         store_error=self.shut)
         found: list[CachedItem] = []
         historic: int | None = None
         empty = False
@@ -387,7 +393,8 @@ def _newest_per_event(found: list[CachedItem]) -> list[CachedItem]:
 _UNKNOWN_CODE = "unknown code: no platform item to attach it to"
 # Why a row without an event stays local, when it is not an unknown code (never uploaded:
 # the platform needs the ticket's event, which the unreadable cache could not give)
-_LOCAL_REASONS = {"cacheUnavailable": "ticket cache unreadable: the code was not looked up"}
+_LOCAL_REASONS = {"cacheUnavailable": "ticket cache unreadable: the code was not looked up",
+                  "storeUnavailable": "a store could not be opened: the code was not looked up"}
 
 
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.access import sqlite_file_access
+from agent.access import no_room, sqlite_file_access
 from agent.core.codes import shift_utc_iso
 from agent.core.model import ZoneScan
 from agent.errors import StoreError
@@ -168,8 +168,9 @@ class VenueStore:
             if not readonly:
                 migrate(self.db, MIGRATIONS)
         except (sqlite3.Error, StoreError) as exc:
-            # not this user's file (or a read-only disk) is said as such, never as damage
-            access = sqlite_file_access(self.path, write=not readonly)
+            # not this user's file, a read-only or full disk is said as such, never as damage
+            access = sqlite_file_access(self.path, write=not readonly) or \
+                (None if readonly else no_room(self.path))
             raise StoreError(f"venue state {access}" if access is not None else
                              f"venue state {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn
