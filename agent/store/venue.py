@@ -174,6 +174,13 @@ class VenueStore:
             raise StoreError(f"venue state {access}" if access is not None else
                              f"venue state {self.path} cannot be opened: {exc}") from exc
         self.conn = self.db.conn
+        # SQLite opens a file it may not write (marked immutable, say) read-only without a
+        # word when its migrations are done: the failure would come at the first write, after
+        # the daemon had started deciding with it. Said here, as an open that failed.
+        frozen = None if readonly else sqlite_file_access(self.path)
+        if frozen is not None:
+            self.conn.close()
+            raise StoreError(f"venue state {frozen}")
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
