@@ -174,17 +174,21 @@ def test_venue_db_of_roots_at_start_names_owner_and_chown_then_opens(
 
 @NEEDS_SERVICE_USER[0]
 @NEEDS_SERVICE_USER[1]
+@pytest.mark.parametrize("with_venue", [False, True], ids=["alone", "venue"])
 @pytest.mark.e2e
 def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
-        install: Install) -> None:  # noqa: F811
+        install: Install, venue_node: NodeProcess, with_venue: bool) -> None:  # noqa: F811
     """The daemon as the service uid finds journal.db left root's (0600) by a technician's
     `sudo`: status names the file, uid 0, the `chown` and that it is tried again; a scan is
     refused (journalUnavailable), shown and counted, with no journal to record it and no relay
     pulse. Chowned, the daemon opens the journal within seconds: the next valid scan is
-    admitted, journaled and uploaded — no restart (the journal was never tried again before)."""
+    admitted, journaled and uploaded — no restart (the journal was never tried again before).
+    With [venue], the bus ran without the journal: it is started again with it, the venue
+    role (which works from the journal) starts, and the admit's claim is settled in it."""
     sock = install.root / "dev" / "entry.sock"
     install.config.write_text(install.config.read_text().replace(
-        "debounce_ms = 0", f'debounce_ms = 0\nreaders = ["sim:entry?socket={sock}"]'))
+        "debounce_ms = 0", f'debounce_ms = 0\nreaders = ["sim:entry?socket={sock}"]')
+        + (venue_section(venue_node.url) if with_venue else ""))
     journal = install.store / "journal.db"
     _made(journal, Journal)  # as root: root's, 0600
     relays = install.root / "dev" / "relays.jsonl"
@@ -194,7 +198,8 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
         message = _reasons(daemon.status())["journal_unavailable"]
         assert str(journal) in message and "uid 0" in message and "chown" in message, message
         assert "tried again every few seconds" in message
-        wait_synced(daemon, 30)
+        if not with_venue:  # a venue gate's tickets come from the role, which needs the journal
+            wait_synced(daemon, 30)
         send_scan(sock, C["valid"])
         (refused,) = daemon.wait_decisions(1)
         assert (refused["admit"], refused["statusDetail"], refused["relay"]) == \
@@ -206,10 +211,17 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
         wait_until(lambda: "journal_unavailable" not in _reasons(daemon.status()), 30,
                    "the journal opened again")
         assert _journal_count(install.store) == 0  # the refusal had nowhere to go
+        wait_synced(daemon, 30)
+        if with_venue:
+            wait_until(lambda: daemon.status()["venue"]["connected"], 30, "the bus connected")
         send_scan(sock, C["valid"])
         admitted = daemon.wait_decisions(2)[-1]
         assert (admitted["admit"], admitted["relay"]) == (True, True), admitted
         assert _journal_row(install.store, admitted["uuid"])[0][0] == 1
+        if with_venue:  # claimed on the bus, the claim settled in the journal by the bus
+            wait_until(lambda: daemon.status()["venue"]["decided_claimed"] == 1, 30,
+                       "the admit's claim settled in the journal by the bus")
+            assert daemon.status()["venue"]["claims_granted"] == 1
         wait_until(lambda: any(u["uuid"] == admitted["uuid"]
                                for u in install.sandbox.received()["uploads"]),
                    30, "the admit uploaded: the uploader started with the journal")
