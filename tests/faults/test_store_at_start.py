@@ -35,7 +35,7 @@ from agent.venue.node import NodeProcess
 from drivers.inputs import send_input
 from drivers.sim import send_scan
 from tests.conftest import make_site
-from tests.faults.test_store_faults_running import chattr, needs_chattr
+from tests.faults.test_store_faults_running import chattr, needs_chattr, run_on_a_loop
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
 from tests.rigs import wait_until
 from tests.runtime.daemon.conftest import Site, wait_synced
@@ -261,22 +261,7 @@ def test_venue_db_on_a_full_disk_at_start_says_so_and_the_lanes_refuse_until_the
         assert fresh is not gate and fresh.shut is None and fresh.venue is not None
         assert "venue_db_unavailable" not in _reasons(daemon.report())
 
-    async def within_loop(daemon: Daemon) -> None:
-        try:
-            await go(daemon)
-        finally:
-            if daemon._beats is not None:
-                daemon._beats.cancel()
-
-    daemon = Daemon(site.config)
-    try:
-        asyncio.run(within_loop(daemon))
-    finally:
-        for r in daemon.lanes.values():
-            r.stop()
-        if daemon.bus is not None:
-            daemon.bus.stop()
-        daemon.close_stores()
+    run_on_a_loop(Daemon(site.config), go)
 
 
 def test_a_damaged_venue_db_at_start_is_kept_as_it_is_and_every_scan_refused(

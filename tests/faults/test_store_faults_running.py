@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +92,27 @@ def lanes_running(site: DemoSite) -> Iterator[Daemon]:
 def running(site: DemoSite) -> Iterator[Daemon]:
     with lanes_running(site) as daemon:
         yield daemon
+
+
+def run_on_a_loop(daemon: Daemon, go: Callable[[Daemon], Awaitable[None]]) -> None:
+    """`go(daemon)` on an asyncio loop (the daemon's jobs and tasks need one); then its jobs,
+    heartbeats, lanes, bus and stores stopped, whatever `go` did."""
+    async def within_loop() -> None:
+        try:
+            await go(daemon)
+        finally:
+            daemon.jobs.shutdown()
+            if daemon._beats is not None:
+                daemon._beats.cancel()
+
+    try:
+        asyncio.run(within_loop())
+    finally:
+        for r in daemon.lanes.values():
+            r.stop()
+        if daemon.bus is not None:
+            daemon.bus.stop()
+        daemon.close_stores()
 
 
 def _reasons(daemon: Daemon) -> dict[str, str]:
@@ -266,19 +287,7 @@ def test_a_full_disk_at_start_keeps_the_good_cache_and_the_lanes_read_it_once_th
         assert gate.check(C["valid"], lane, site.now).admit  # the kept file's tickets
         assert "cache_unreadable" not in _reasons(daemon)
 
-    async def within_loop(daemon: Daemon) -> None:
-        try:
-            await go(daemon)
-        finally:
-            daemon.jobs.shutdown()
-
-    daemon = Daemon(site.config)
-    try:
-        asyncio.run(within_loop(daemon))
-    finally:
-        for r in daemon.lanes.values():
-            r.stop()
-        daemon.close_stores()
+    run_on_a_loop(Daemon(site.config), go)
 
 
 @needs_chattr
