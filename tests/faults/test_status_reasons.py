@@ -47,3 +47,25 @@ def test_other_failures_are_unreachable() -> None:
     codes = _codes({"last_success": 10.0, "last_error_at": 20.0, "last_error": "reset",
                     "last_error_kind": "transport"})
     assert codes >= {"platform_unreachable"} and "auth_failed" not in codes
+
+
+def _reasons(snap: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    base = {"cache": {"events": [{"items": 1}]}, "journal": {}}
+    return {r.code: (r.level, r.message) for r in evaluate({**base, **snap}, NOW, 3600)[1]}
+
+
+def test_a_venue_db_not_opened_is_one_fail_reason_not_also_the_bus_unreachable() -> None:
+    said = _reasons({"venue": {"venue": "hall", "connected": False,
+                               "open_error": "venue state /s/venue.db is marked immutable"}})
+    level, message = said["venue_db_unavailable"]
+    assert level == "fail" and "/s/venue.db is marked immutable" in message
+    assert "storeUnavailable" in message and "emergency release" in message
+    assert "venue_unreachable" not in said
+
+
+def test_a_journal_not_opened_at_start_says_it_is_tried_again_a_failing_read_does_not() -> None:
+    unopened = _reasons({"journal": {"error": "scan journal /s/journal.db ...",
+                                     "unopened": True}})["journal_unavailable"]
+    assert unopened[0] == "fail" and "tried again every few seconds" in unopened[1]
+    failing = _reasons({"journal": {"error": "disk I/O error"}})["journal_unavailable"]
+    assert failing[0] == "fail" and "tried again" not in failing[1]
