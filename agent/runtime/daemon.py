@@ -408,9 +408,10 @@ class Daemon:
         self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
 
     def _start_role(self) -> None:
-        """The venue role's task (with [venue] and a token); it works from the journal, so
-        not before the journal opens."""
-        if self.role is not None and self._role_task is None and self.journal is not None:
+        """The venue role's task (with [venue] and a token); it works from the journal and
+        venue.db, so not before both open (its sessions would fail every second meanwhile)."""
+        if self.role is not None and self._role_task is None and self.journal is not None \
+                and self.venue_error is None:
             self._role_task = asyncio.create_task(self.role.run(self.stop_event),
                                                   name="venue role")
 
@@ -508,6 +509,7 @@ class Daemon:
         if self.bus is None:
             return
         self._start_heartbeats()
+        self._start_role()
         await self.venue_clock_measured()
         self._restart_lanes()
 

@@ -123,6 +123,8 @@ def test_venue_db_immutable_at_start_refuses_every_scan_serves_status_and_opens_
             wait_until(lambda: not daemon.status()["lanes"][0]["relay"]["held"], 10,
                        "the emergency release ended")
             assert daemon.proc is not None and daemon.proc.poll() is None, "it stays up"
+            # the venue role works from venue.db: held, not failing a session every second
+            assert not [r for r in daemon.records if "venue session ended" in r.get("msg", "")]
         finally:
             chattr("-i", venue_db)
         report = wait_until(lambda: (r := daemon.status())["venue"]["connected"] and r, 30,
