@@ -6,9 +6,9 @@ so the scan -> journal -> relay path never waits on the loop, the network or ano
 
 Start-up order: the journal first (without it no scan may be admitted; a damaged journal is
 kept as it is and the gate refuses every scan; one that cannot be opened is tried again every
-STORE_RETRY_S and the lanes record scans again by themselves once it opens), then the cache (a damaged cache is moved aside,
-the gate starts degraded on an empty cache and a full resync is scheduled at once; an interrupted
-rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
+STORE_RETRY_S and the lanes record scans again by themselves once it opens), then the cache (a
+damaged cache is moved aside, the gate starts degraded on an empty cache and a full resync is
+scheduled at once; an interrupted rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
 READY. With [venue], a venue.db that cannot be opened (not this user's, immutable, a read-only or
 full disk, damaged) does not stop the start: the gate runs, its lanes refuse every scan
 (storeUnavailable, journaled) with the relays shut but an emergency release still working,
