@@ -68,7 +68,7 @@ def watcher_and_gate(url: str, root: Path, name: str = "hb",
     watcher.start()
     gate.start()
     try:
-        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
+        wait_until(lambda: watcher.ready and gate.ready, 20, "both on the bus")
         gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
         wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online at w1")
         yield watcher, gate
