@@ -386,8 +386,10 @@ class VenueBus:
             await self._measure_clock()  # before anything is published or decided as connected
             await self._set_up_step("opening the claims channel", closed,
                                     lambda: self._claims.open(self._nc))
+            nc = self._nc
             self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
-                                             self.venue["heartbeat_ttl_s"])
+                                             self.venue["heartbeat_ttl_s"],
+                                             lambda: int(nc.stats["reconnects"]))
             self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
             sub = await self._set_up_step("subscribing to the stream", closed,
                                           lambda: self._subscribe(store))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -250,3 +251,148 @@ def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
         assert measured is not None and abs(measured) < 60, measured
     else:
         assert measured is None
+
+
+def test_beats_pending_when_delivered_measure_nothing() -> None:
+    """Deliveries that waited (newer entries already stored: `pending > 0`, and the one
+    delivered right after such a one) are no clock samples; the next live one is. Stand-in
+    watcher (a catch-up's pending counts cannot be timed against a real server on demand; the
+    real catch-up after an outage is the test below)."""
+    from datetime import UTC, datetime, timedelta
+
+    from agent.venue.heartbeat import GateBoard, watch
+
+    now = datetime.now(UTC)
+
+    class Entry:
+        def __init__(self, revision: int, created: datetime, delta: int) -> None:
+            self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
+            self.revision, self.created, self.delta = revision, created, delta
+
+    class Watcher:
+        def __init__(self, entries: list[Entry | None]) -> None:
+            self.entries = entries
+
+        async def updates(self, timeout: float) -> Entry | None:
+            if not self.entries:
+                await asyncio.sleep(0.01)
+                raise TimeoutError
+            return self.entries.pop(0)
+
+        async def stop(self) -> None:
+            pass
+
+    class Bucket:
+        def __init__(self, entries: list[Entry | None]) -> None:
+            self.watcher = Watcher(entries)
+
+        async def watchall(self) -> Watcher:
+            return self.watcher
+
+    async def run(board: GateBoard, entries: list[Entry | None]) -> None:
+        bucket, stop = Bucket(entries), asyncio.Event()
+        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after=4))
+        while bucket.watcher.entries:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    board = GateBoard(1.0)
+    hour_ago = now - timedelta(hours=1)
+    asyncio.run(run(board, [None, Entry(5, hour_ago, 2), Entry(6, hour_ago, 1),
+                            Entry(7, hour_ago, 0)]))
+    assert board.measured_offset_s() is None
+    asyncio.run(run(board, [None, Entry(8, datetime.now(UTC), 0)]))
+    measured = board.measured_offset_s()
+    assert measured is not None and abs(measured) < 60, measured
+
+
+def test_a_reconnect_holds_samples_until_the_bucket_position_is_read() -> None:
+    """After the link's reconnect, deliveries of entries stored before it (a beat a gate put
+    while this one was away, delivered with nothing pending after it) are no samples: held
+    until the bucket's last sequence is read again, then only those stored after it count."""
+    from agent.venue.heartbeat import GateBoard, LiveSamples
+
+    board = GateBoard(1.0)
+    samples = LiveSamples(board, measure_after=10, links=0)
+    samples.delivered(11, 0, 0.05, links=0)
+    assert board.samples() == [0.05]
+    samples.delivered(12, 0, 30.0, links=1)  # the first delivery after a reconnect
+    samples.delivered(14, 0, 0.04, links=1)
+    assert samples.waiting and board.samples() == [0.05]
+    samples.bound(13, links=1)  # read after it: 12 was stored before, 14 after
+    assert not samples.waiting and board.samples() == [0.05, 0.04]
+    samples.delivered(15, 0, 20.0, links=2)
+    samples.bound(20, links=1)  # read before the second reconnect: decides nothing
+    assert samples.waiting
+    samples.bound(15, links=2)
+    assert board.samples() == [0.05, 0.04]
+
+
+@pytest.mark.slow
+def test_beats_caught_up_after_an_outage_leave_the_measured_offset_alone(
+        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+    """A gate whose one node went away: another gate's beat stored meanwhile reaches it only
+    after the outage, late by about its length. That delivery measured this clock that much
+    ahead (a sample kept beside the good ones, and enough such pushed them out)."""
+    urls = [n.url for n in venue_cluster]
+    outage_s = 6.0
+    # the venue's stream and buckets with 3 replicas, as a gate listing every node makes them
+    maker = VenueBus(venue(urls[0], "s0", "out", 60.0) | {"servers": urls}, tmp_path / "s0",
+                     None)
+    maker.start()
+    try:
+        def made() -> bool:
+            maker.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return state_of(maker, "s0") == "online"
+        wait_until(made, 60, "the venue made")
+    finally:
+        maker.stop()
+    gate = VenueBus(venue(urls[2], "w1", "out", 60.0), tmp_path / "w1", None)
+    gate.start()
+    try:
+        wait_until(lambda: gate.ready, 30, "w1 on the third node")
+
+        def measured() -> bool:
+            gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return len(gate.board.samples()) >= 3
+        wait_until(measured, 30, "w1's clock measured by live beats")
+        before = gate.board.samples()
+        assert max(before) < 1.0, before
+
+        venue_cluster[2].kill()
+        wait_until(lambda: not gate.connected, 10, "w1 cut off")
+
+        async def put() -> None:  # another gate's beat while w1 is away (then it dies)
+            nc = await nats.connect(urls[:2])
+            try:
+                js = nc.jetstream()
+                for name in bucket_names("out"):
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            await (await js.key_value(name)).put("dead", b'{"health": "pass"}')
+                            break
+                        except Exception:  # noqa: BLE001 - a new leader being elected
+                            assert time.monotonic() < deadline
+                            await asyncio.sleep(0.5)
+            finally:
+                await nc.close()
+        asyncio.run(put())
+        put_at = time.monotonic()
+        time.sleep(outage_s)
+        venue_cluster[2].start()
+        wait_until(lambda: state_of(gate, "dead") is not None, 60, "the beat caught up")
+        assert time.monotonic() - put_at >= outage_s  # delivered late by the outage
+        wait_until(lambda: gate.ready, 30, "w1 back")
+        after = gate.board.samples()
+        assert max(after) < 1.0, after  # no sample of the catch-up
+        assert abs((gate.board.measured_offset_s() or 0.0) - min(before)) < 1.0
+
+        def measured_again() -> bool:  # a live beat still measures, once the bound is read
+            gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return gate.board.samples() != after
+        wait_until(measured_again, 30, "a live beat measured after the outage")
+        assert max(gate.board.samples()) < 1.0, gate.board.samples()
+    finally:
+        gate.stop()
