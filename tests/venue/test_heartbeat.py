@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import orjson
 import pytest
 
 from agent.venue.bus import VenueBus
-from agent.venue.heartbeat import bucket_names
+from agent.venue.heartbeat import GateBoard, LiveSamples, bucket_names, watch
 from agent.venue.node import NodeProcess, start_venue
 from tests.conftest import run_cli
 from tests.venue.rig import wait_until
@@ -152,7 +153,6 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
     arrive (its race at setup, seen in CI: `venue status` listed no gate beside two): a bucket
     read empty is read again before it is believed (three times, as agent.venue.kvkeys). The
     race cannot be provoked on demand against a real server, so these buckets stand in."""
-    from datetime import UTC, datetime
 
     from agent.venue.heartbeat import read_board
 
@@ -194,6 +194,49 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
     assert board.rows() == [] and unread == []
 
 
+class _Entry:
+    """A heartbeat entry as nats-py's watcher gives it (the stand-ins below)."""
+
+    def __init__(self, revision: int, created: datetime, delta: int = 0) -> None:
+        self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
+        self.revision, self.created, self.delta = revision, created, delta
+
+
+class _Watcher:
+    def __init__(self, entries: list[_Entry | None]) -> None:
+        self.entries = entries
+
+    async def updates(self, timeout: float) -> _Entry | None:
+        if not self.entries:
+            await asyncio.sleep(0.01)
+            raise TimeoutError
+        return self.entries.pop(0)
+
+    async def stop(self) -> None:
+        pass
+
+
+class _Bucket:
+    def __init__(self, entries: list[_Entry | None]) -> None:
+        self.watcher = _Watcher(entries)
+
+    async def watchall(self) -> _Watcher:
+        return self.watcher
+
+
+def _watched(board: GateBoard, entries: list[_Entry | None], measure_after: int) -> None:
+    """`watch` over a stand-in bucket delivering `entries` (None: the initial values' end)."""
+    async def run() -> None:
+        bucket, stop = _Bucket(entries), asyncio.Event()
+        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after))
+        while bucket.watcher.entries:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("live_too", [False, True], ids=["replayed-only", "then-a-live-one"])
 def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
         live_too: bool) -> None:
@@ -204,48 +247,10 @@ def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
     read an hour late. Only entries stored after the bucket's last sequence at the start
     measure (`watch(measure_after=...)`). Stand-in watcher, as above (the race cannot be
     provoked against a real server)."""
-    from datetime import UTC, datetime, timedelta
-
-    from agent.venue.heartbeat import GateBoard, watch
-
     now = datetime.now(UTC)
-
-    class Entry:
-        def __init__(self, revision: int, created: datetime) -> None:
-            self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
-            self.revision, self.created, self.delta = revision, created, 0
-
-    class Watcher:
-        def __init__(self, entries: list[Entry | None]) -> None:
-            self.entries = entries
-
-        async def updates(self, timeout: float) -> Entry | None:
-            if not self.entries:
-                await asyncio.sleep(0.01)
-                raise TimeoutError
-            return self.entries.pop(0)
-
-        async def stop(self) -> None:
-            pass
-
-    class Bucket:
-        def __init__(self) -> None:
-            self.watcher = Watcher([None, Entry(4, now - timedelta(hours=1))]
-                                   + ([Entry(5, now)] if live_too else []))
-
-        async def watchall(self) -> Watcher:
-            return self.watcher
-
-    async def run(board: GateBoard) -> None:
-        bucket, stop = Bucket(), asyncio.Event()
-        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after=4))
-        while bucket.watcher.entries:
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-
     board = GateBoard(1.0)
-    asyncio.run(run(board))
+    _watched(board, [None, _Entry(4, now - timedelta(hours=1))]
+             + ([_Entry(5, now)] if live_too else []), measure_after=4)
     measured = board.measured_offset_s()
     if live_too:
         assert measured is not None and abs(measured) < 60, measured
@@ -258,51 +263,12 @@ def test_beats_pending_when_delivered_measure_nothing() -> None:
     delivered right after such a one) are no clock samples; the next live one is. Stand-in
     watcher (a catch-up's pending counts cannot be timed against a real server on demand; the
     real catch-up after an outage is the test below)."""
-    from datetime import UTC, datetime, timedelta
-
-    from agent.venue.heartbeat import GateBoard, watch
-
-    now = datetime.now(UTC)
-
-    class Entry:
-        def __init__(self, revision: int, created: datetime, delta: int) -> None:
-            self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
-            self.revision, self.created, self.delta = revision, created, delta
-
-    class Watcher:
-        def __init__(self, entries: list[Entry | None]) -> None:
-            self.entries = entries
-
-        async def updates(self, timeout: float) -> Entry | None:
-            if not self.entries:
-                await asyncio.sleep(0.01)
-                raise TimeoutError
-            return self.entries.pop(0)
-
-        async def stop(self) -> None:
-            pass
-
-    class Bucket:
-        def __init__(self, entries: list[Entry | None]) -> None:
-            self.watcher = Watcher(entries)
-
-        async def watchall(self) -> Watcher:
-            return self.watcher
-
-    async def run(board: GateBoard, entries: list[Entry | None]) -> None:
-        bucket, stop = Bucket(entries), asyncio.Event()
-        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after=4))
-        while bucket.watcher.entries:
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-
     board = GateBoard(1.0)
-    hour_ago = now - timedelta(hours=1)
-    asyncio.run(run(board, [None, Entry(5, hour_ago, 2), Entry(6, hour_ago, 1),
-                            Entry(7, hour_ago, 0)]))
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    _watched(board, [None, _Entry(5, hour_ago, 2), _Entry(6, hour_ago, 1),
+                     _Entry(7, hour_ago, 0)], measure_after=4)
     assert board.measured_offset_s() is None
-    asyncio.run(run(board, [None, Entry(8, datetime.now(UTC), 0)]))
+    _watched(board, [None, _Entry(8, datetime.now(UTC), 0)], measure_after=4)
     measured = board.measured_offset_s()
     assert measured is not None and abs(measured) < 60, measured
 
@@ -311,8 +277,6 @@ def test_a_reconnect_holds_samples_until_the_bucket_position_is_read() -> None:
     """After the link's reconnect, deliveries of entries stored before it (a beat a gate put
     while this one was away, delivered with nothing pending after it) are no samples: held
     until the bucket's last sequence is read again, then only those stored after it count."""
-    from agent.venue.heartbeat import GateBoard, LiveSamples
-
     board = GateBoard(1.0)
     samples = LiveSamples(board, measure_after=10, links=0)
     samples.delivered(11, 0, 0.05, links=0)
