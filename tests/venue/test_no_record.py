@@ -88,7 +88,7 @@ def _started(device: VenueDevice) -> None:
     for gate in device.gates:
         assert gate.venue is not None
         gate.venue.store = VenueStore(device.bus.store_path)
-    wait_until(lambda: device.bus.connected, 20, f"{device.name} connected")
+    wait_until(lambda: device.bus.ready, 20, f"{device.name} connected")
 
 
 def test_a_gate_without_a_record_publishes_its_claims_again(
@@ -289,7 +289,7 @@ def test_claims_go_out_again_after_a_restart_before_they_were_all_out(
         silent._publish_pending = publishes_nothing  # type: ignore[method-assign]
         silent.start()
         try:
-            wait_until(lambda: silent.connected, 20, "the silent session set up")
+            wait_until(lambda: silent.ready, 20, "the silent session set up")
         finally:
             silent.stop()
         store = VenueStore(one.bus.store_path)

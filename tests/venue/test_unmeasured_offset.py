@@ -70,7 +70,7 @@ def test_an_unmeasured_gate_never_admits_a_ticket_that_is_inside(
         a.bus.stop()  # b is measured by its heartbeats, a (started again after) is not
         b.calibrate()
         a.restart_bus()
-        wait_until(lambda: a.bus.connected, 10, "a connected again")
+        wait_until(lambda: a.bus.ready, 10, "a connected again")
         assert not a.bus.board.calibrated and b.bus.board.calibrated
         _inside_by_way_of_both_gates(a, b, skew_s)
         assert decided(a, "floor-in") == (False, "denied", "clockUnmeasured")
@@ -125,7 +125,7 @@ def test_a_scan_decided_unmeasured_waits_for_the_first_heartbeat_of_a_long_inter
         assert scan(a, "floor-in")[0]  # a knows nothing of b's scans: outside, admitted
         applied = a.venue_link_seq()  # a's own entry, the last message on the stream
         cable.plug()
-        wait_until(lambda: b.bus.connected, 20, "b connected")
+        wait_until(lambda: b.bus.ready, 20, "b connected")
         time.sleep(UNMEASURED_HOLD_S + 1.0)  # past the old fixed hold, within the new one
         assert not b.bus.board.calibrated
         assert a.bus.applied_seq == applied  # b's scans still held
@@ -143,7 +143,7 @@ def test_a_connected_gate_not_yet_measured_says_so_in_status(
     Now a warn reason `venue_clock_unmeasured` says so and since when (and
     `gate_reason_active` has it at 1); the first measurement ends it."""
     with venue_devices(tmp_path, [venue_node.url], 1, 1) as (a,):
-        wait_until(lambda: a.bus.connected, 10, "a connected again")
+        wait_until(lambda: a.bus.ready, 10, "a connected again")
         assert not a.bus.board.calibrated
         venue = a.bus.get_status()
         assert venue["clock_offset_s"] is None
