@@ -1101,7 +1101,7 @@ class VenueBus:
         """For /status (called from the daemon's loop: its own connection to venue.db)."""
         marks = journal.venue_counts() if journal is not None else {}
         # rows an earlier process left (whatever their time), and this one's waiting too long
-        waited = utc_iso(datetime.fromtimestamp(time.time() - UNANSWERED_AFTER_S, UTC))
+        waited = utc_iso(datetime.fromtimestamp(self.clock() - UNANSWERED_AFTER_S, UTC))
         unanswered = (len(journal.claiming_rows(self.left_through_seq, waited))
                       if journal is not None else 0)
         return {
