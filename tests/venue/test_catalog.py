@@ -280,9 +280,9 @@ def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
 
 def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
         shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
-    """The leader's sync loop (`VenueRole`) runs the full pass when it is due (here: asked
-    for at once, as `sync.full_resync_at` would at 04:00), publishes it as a full pass every
-    gate applies, and schedules the next one a day later."""
+    """The leader's sync loop (agent.venue.leader_sync, a `VenueRole`'s) runs the full pass
+    when it is due (here: asked for at once, as `sync.full_resync_at` would at 04:00),
+    publishes it as a full pass every gate applies, and schedules the next one a day later."""
     venue = "dailyfull"
     site = make_site(tmp_path / "leader", sandbox, rpm=1000, extra=(
         f'[venue]\nname = "{venue}"\nservers = ["{shared_venue_node.url}"]\n'
@@ -294,13 +294,13 @@ def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
             await catalog.ensure_stream(js, venue, 1)
             lease = await lead(js, venue)
             role = VenueRole(site.config, sandbox.token)
-            role.full_resync_now()
+            role.lead.passes.full_resync_now()
             async with site.client() as client:
                 syncer = site.syncer(client, observer=catalog.CatalogPublisher(js, venue, lease))
-                task = asyncio.create_task(role._sync_loop(syncer))
+                task = asyncio.create_task(role.lead.passes.run(syncer))
                 try:
                     deadline = asyncio.get_running_loop().time() + 60
-                    while role.last_full is None and not task.done() and \
+                    while role.lead.passes.last_full is None and not task.done() and \
                             asyncio.get_running_loop().time() < deadline:
                         await asyncio.sleep(0.1)
                 finally:
@@ -314,10 +314,11 @@ def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
     (tmp_path / "gate").mkdir()
     started = time.time()
     role, status = asyncio.run(scenario())
-    assert role.last_full is not None, role.counters
+    passes = role.lead.passes
+    assert passes.last_full is not None, role.counters
     want = items(site.cache_path)
-    assert role.last_full["items"] == len(want) > TICKETS * 0.9
-    assert role.next_full is not None and role.next_full > started + 60  # tomorrow's
+    assert passes.last_full["items"] == len(want) > TICKETS * 0.9
+    assert passes.next_full is not None and passes.next_full > started + 60  # tomorrow's
     # the loop's next delta marker replaces the full pass's (last message per subject): a
     # gate reading later applies the same items, with that marker
     assert status["passes_applied"] >= 1
