@@ -1,8 +1,8 @@
 """The venue's KV buckets deleted under running gates (`nats kv rm`, a node's data wiped):
 budget, quarantine, batches and heartbeats, as the streams and the lease bucket before them
 (agent.venue.stream_identity `StreamWatch`: gone 5 s, or made again, ends the session; its
-setup makes the bucket again and deals with what was lost, agent.venue.leader
-`_adopt_buckets`). Real `VenueRole`s and gates on a real nats-server, uploading to the
+setup makes the bucket again and deals with what was lost, agent.venue.lost_streams
+`adopt_buckets`). Real `VenueRole`s and gates on a real nats-server, uploading to the
 sandbox, real SQLite files.
 
 Before: nothing looked at these buckets. A bucket deleted and not made again failed every
