@@ -21,8 +21,8 @@ from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
 from agent.platform.sync import Syncer
 from agent.venue import catalog, passrequest
-from agent.venue.election import Election, cancelled
-from agent.venue.lease import NotLeader
+from agent.venue.election import cancelled
+from agent.venue.lease import Lease, NotLeader
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -93,13 +93,13 @@ class LeaderSync:
             await asyncio.sleep(0.5)
 
     async def requested(self, request: passrequest.PassRequest, syncer: Syncer | None,
-                        client: PlatformClient | None, election: Election | None,
+                        client: PlatformClient | None, lease: Lease | None,
                         js: Any) -> dict[str, Any]:
         """A gate's `gate-agent sync` (agent.venue.passrequest): the pass it asked for, run by
         this leader's syncer (its lock queues it behind a scheduled pass) and published to the
         catalog like every other pass; answered when done. Refused (NotLeader) unless this
         device has leader work set up (`syncer`, `client`) and holds a valid lease now."""
-        if syncer is None or client is None or election is None or not election.lease.valid():
+        if syncer is None or client is None or lease is None or not lease.valid():
             raise NotLeader(f"{self.device} does not lead venue {self.name} now")
         served = await syncer.event_ids()
         unknown = [e for e in request.events if e not in served]
@@ -121,7 +121,7 @@ class LeaderSync:
                                "items": await syncer.sync_tickets(event_id, full=request.full)})
             applied = sum(p["items"] for p in passes)
         info = await js.stream_info(catalog.stream_name(self.name))
-        return {"leader": self.device, "term": election.lease.term,
+        return {"leader": self.device, "term": lease.term,
                 "mode": "full" if request.full else "delta", "applied": applied,
                 "passes": passes, "requests": sum(client.governor.granted.values()) - before,
                 "catalog_seq": int(info.state.last_seq)}

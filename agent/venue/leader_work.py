@@ -141,8 +141,8 @@ class LeaderWork:
                 or task.done())
 
     async def _requested_pass(self, request: passrequest.PassRequest) -> dict[str, Any]:
-        return await self.passes.requested(request, self.syncer, self.client, self._election,
-                                           self._js)
+        lease = self._election.lease if self._election is not None else None
+        return await self.passes.requested(request, self.syncer, self.client, lease, self._js)
 
     async def _upload(self, waiting: int) -> None:
         """The scans waiting when the round starts, in as few requests as possible. Chasing

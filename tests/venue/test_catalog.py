@@ -20,8 +20,10 @@ from agent.store.cache import TicketCache
 from agent.venue import catalog
 from agent.venue.election import connect, lease_bucket
 from agent.venue.leader import VenueRole
-from agent.venue.lease import Lease
+from agent.venue.leader_sync import LeaderSync
+from agent.venue.lease import Lease, NotLeader
 from agent.venue.node import NodeProcess
+from agent.venue.passrequest import PassRequest
 from agent.venue.term import Term, stamp_headers
 from tests.platform.sync.conftest import EVENT, Site, make_site
 
@@ -323,3 +325,45 @@ def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
     # gate reading later applies the same items, with that marker
     assert status["passes_applied"] >= 1
     assert items(tmp_path / "gate" / "cache.db") == want
+
+
+def test_a_requested_pass_is_refused_once_the_lease_is_gone_and_sends_nothing(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """A gate's `gate-agent sync` reaches the leader's subscription (agent.venue.passrequest)
+    until its step-down unsubscribes it, while its lease may be gone already. Asked then, the
+    device refuses (NotLeader, told to the asking gate) and sends the platform nothing; the
+    same request under a valid lease is run (so the refusal is the lease's)."""
+    venue = "askedpass"
+    site = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    request = PassRequest(full=False, events=(EVENT,), device="gate-2")
+
+    async def scenario() -> tuple[str, int, dict[str, Any]]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            passes = LeaderSync(site.config, venue, "leader", {"leader_errors": 0})
+            async with site.client() as client:
+                syncer = site.syncer(client, observer=catalog.CatalogPublisher(js, venue, lease))
+                try:
+                    await lease.release()
+                    before = requests_made(sandbox)
+                    try:
+                        await passes.requested(request, syncer, client, lease, js)
+                        refusal = "run"
+                    except NotLeader as exc:
+                        refusal = str(exc)
+                    sent = requests_made(sandbox) - before
+                    assert await lease.acquire("now")
+                    answer = await passes.requested(request, syncer, client, lease, js)
+                finally:
+                    syncer.close()
+            return refusal, sent, answer
+        finally:
+            await nc.close()
+
+    refusal, sent, answer = asyncio.run(scenario())
+    assert refusal == f"leader does not lead venue {venue} now"
+    assert sent == 0
+    assert answer["leader"] == "leader" and answer["mode"] == "delta"
+    assert answer["applied"] > 0 and answer["requests"] > 0
