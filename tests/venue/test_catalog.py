@@ -363,7 +363,7 @@ def test_a_requested_pass_is_refused_once_the_lease_is_gone_and_sends_nothing(
             await nc.close()
 
     refusal, sent, answer = asyncio.run(scenario())
+    assert sent == 0, refusal
     assert refusal == f"leader does not lead venue {venue} now"
-    assert sent == 0
     assert answer["leader"] == "leader" and answer["mode"] == "delta"
     assert answer["applied"] > 0 and answer["requests"] > 0
