@@ -420,10 +420,10 @@ def venue_upload_stream_reasons(venue: dict[str, Any]) -> list[Reason]:
 
 def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
     """A venue KV bucket deleted or made again under this gate whose loss is still being
-    dealt with (agent.venue.leader `_adopt_buckets`): the budget's request log (the company's
-    budget taken as spent until the lost requests no longer count: the leader sends nothing
-    meanwhile), the quarantine (this gate's handed-over scans go again so the refused ones
-    come back to it)."""
+    dealt with (agent.venue.lost_streams `adopt_buckets`): the budget's request log (the
+    company's budget taken as spent until the lost requests no longer count: the leader sends
+    nothing meanwhile), the quarantine (this gate's handed-over scans go again so the refused
+    ones come back to it)."""
     lost = (venue.get("leader") or {}).get("buckets_lost") or {}
     return [Reason("warn", "venue_bucket_lost",
                    f"venue: bucket {stream.removeprefix('KV_')} was lost at {what.get('since')}"

@@ -310,7 +310,7 @@ class VenueUploader:
         """A stored batch's rows: their messages are acked, not sent again — except the rows
         it quarantined into a quarantine bucket since lost (`quarantined`: scan uuid -> the
         bucket's creation time then, unlike the bucket's now): the gates hand their scans
-        over again to fill the new bucket (agent.venue.leader), and a copy of such a row is
+        over again to fill the new bucket (agent.venue.lost_streams), and a copy of such a row is
         sent and refused again, into it. Acked here without sending, those rows were lost."""
         self.rows[key] = tickets
         self.isolated[key] = dict(quarantined or {})
