@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from agent.store.journal import Journal
+from agent.store.journal_schema import MIGRATIONS
 from agent.store.passages import PassageLog, await_passage, now_iso
+from agent.store.sqlite import migrate, open_database
 from tests.store.test_journal_schema import _row
 
 SENT_AT = "2026-12-06T10:00:00.000000Z"
@@ -82,5 +84,56 @@ def test_an_exits_outcome_outlives_its_pruned_row(tmp_path: Path) -> None:
         assert journal.prune_sent(LATER) == 2
         assert journal.exit_outcomes(["passed", "voided", "waiting"]) \
             == {"passed": (True, None), "voided": (False, None)}
+    finally:
+        journal.close()
+
+
+def _journal_of_before(path: Path, uuids: list[str], prune: list[str]) -> None:
+    """A journal as session 10 left it (migrations up to 0008), its `prune` rows deleted as
+    its own `prune_sent` did."""
+    db = open_database(path, synchronous="FULL")
+    migrate(db, [m for m in MIGRATIONS if m[0] < "0009"])
+    conn = db.conn
+    for i, uuid in enumerate(uuids):
+        conn.execute(
+            "INSERT INTO scans (uuid, code, kind, lane, direction, admit, status, message,"
+            " scanned_on, upload_state, venue, sent_at) VALUES (?, 'NU-1', 'barcode', 'north',"
+            " 'in', 1, 'valid', 'm', ?, 'sent', 'claimed', ?)", (uuid, f"2026-12-0{i + 1}"
+            "T09:00:00.000000Z", SENT_AT))
+    conn.executemany("DELETE FROM scans WHERE uuid = ?", [(u,) for u in prune])
+    conn.commit()
+    conn.close()
+
+
+def test_a_journal_an_earlier_version_pruned_starts_with_its_newest_scan_as_horizon(
+        tmp_path: Path) -> None:
+    """Its upgrade's restart judges every claim again: those it had pruned must stand."""
+    _journal_of_before(tmp_path / "pruned.db", ["c1", "c2", "c3"], ["c1"])
+    _journal_of_before(tmp_path / "whole.db", ["c1", "c2", "c3"], [])
+    claims = [{"uuid": "c1", "scanned_on": "2026-12-01T09:00:00.000000Z"},
+              {"uuid": "never", "scanned_on": "2026-12-04T09:00:00.000000Z"}]
+    for name, horizon, unjournaled in (
+            ("pruned.db", [("2026-12-03T09:00:00.000000Z",)], {"never"}),
+            ("whole.db", [], {"never"})):
+        journal = Journal(tmp_path / name)
+        try:
+            assert journal.conn.execute("SELECT scanned_through FROM prune_horizon"
+                                        ).fetchall() == horizon
+            assert journal.unjournaled(claims) == unjournaled
+        finally:
+            journal.close()
+    journal = Journal(tmp_path / "whole.db")
+    try:  # a gap inside, not at the start: pruned too
+        journal.conn.execute("DELETE FROM prune_horizon")
+        journal.conn.execute("DELETE FROM migrations WHERE name = '0009_prune_horizon'")
+        journal.conn.execute("DROP TABLE prune_horizon")
+        journal.conn.execute("DELETE FROM scans WHERE uuid = 'c2'")
+        journal.conn.commit()
+    finally:
+        journal.close()
+    journal = Journal(tmp_path / "whole.db")
+    try:
+        assert journal.conn.execute("SELECT scanned_through FROM prune_horizon").fetchall() \
+            == [("2026-12-03T09:00:00.000000Z",)]
     finally:
         journal.close()
