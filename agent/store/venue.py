@@ -130,10 +130,11 @@ class Applied:
     bus_time: str | None = None  # a scan's: when it happened, on the bus server's clock
 
 
-def scan_as_held(row: dict[str, Any]) -> BusScan:
-    """A `venue_scans` row (every `_SCAN_COLS` and its `bus_time`) as a scan message again:
-    what its gate confirms an exit from when its own journal row is gone (pruned after its
-    upload, before the confirmation got out: agent.venue.bus `_settle_exits`). Its offset is
+def scan_as_held(row: dict[str, Any], *, awaiting: bool) -> BusScan:
+    """A `venue_scans` row (every `_SCAN_COLS` and its `bus_time`) as a scan message again,
+    `awaiting` its passage or not: what its gate confirms an exit from when its own journal
+    row is gone (pruned after its upload, before the confirmation got out: agent.venue.bus
+    `_settle_exits`). Its offset is
     the one that places it at its bus time again (agent.venue.messages `bus_time`: scannedOn
     minus the offset), so a reader that never had the claim puts it where the others do;
     undated (None) stays undated (an offset said to be unmeasured)."""
@@ -146,7 +147,7 @@ def scan_as_held(row: dict[str, Any]) -> BusScan:
         admit=bool(row["admit"]), status=row["status"], scanned_on=row["scanned_on"],
         offline=bool(row["offline"]), max_entries=row["max_entries"],
         tracks_exits=bool(row["tracks_exits"]), clock_offset_s=offset,
-        clock_unmeasured=offset is None, awaiting=bool(row["awaiting"]))
+        clock_unmeasured=offset is None, awaiting=awaiting)
 
 
 # `venue_scans.voided`: 0 the scan stands; 1 voided (a void message); REFUSED_AFTER_CLAIM its
@@ -268,7 +269,7 @@ class VenueStore:
         entry while already inside). Folded again whenever one of them is ended (`_ended`).
         An exit still awaiting its passage counts as made here: a conflict is a record of
         what did happen, and whether the exit did is not known yet. Counted as not made, an
-        entry after it was recorded at once and stayed a conflict once the exit was
+        entry after it would be recorded at once and stay a conflict once the exit was
         confirmed; as made, its void folds the ticket again and the entry is found then."""
         rows = self.conn.execute(
             "SELECT uuid, zone_id, direction, max_entries, tracks_exits, device, lane,"

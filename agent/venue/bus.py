@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import queue
 import re
@@ -810,7 +809,7 @@ class VenueBus:
         time (agent.store.venue `scan_as_held`): the same scan either way, what a reader
         that never had the claim stores."""
         if row is None:
-            return dataclasses.replace(scan_as_held(held), awaiting=False)
+            return scan_as_held(held, awaiting=False)
         offset, _held = self.published_offset(row)
         return scan_from_row({**row, "passage_awaited": False}, self.device, offset)
 

@@ -80,13 +80,13 @@ def test_a_confirmation_made_from_the_held_row_is_placed_where_the_claim_was(
         store.apply("S", [messages.decode(1, "s", messages.encode_scan(claim), stored)],
                     T.format(9))
         held, = store.awaiting_exits("g1")
-        again = replace(scan_as_held(held), awaiting=False)
+        again = scan_as_held(held, awaiting=False)
         assert (again.uuid, again.awaiting, again.claim) == ("out-1", False, False)
         later = parse_platform_time("2026-12-07T09:00:00.000000Z")
         read = messages.decode(7, "s", messages.encode_scan(again), later)
         assert read.bus_time == held["bus_time"] == "2026-12-06T11:57:00.250000Z"
         assert read.scan is not None and not read.scan.awaiting
-        undated = scan_as_held({**held, "bus_time": None})  # an exit decided unmeasured
+        undated = scan_as_held({**held, "bus_time": None}, awaiting=False)  # unmeasured
         assert messages.decode(8, "s", messages.encode_scan(undated), later).bus_time is None
     finally:
         store.close()
