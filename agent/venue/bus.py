@@ -39,7 +39,7 @@ from agent.core.codes import utc_iso
 from agent.errors import VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
-from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
+from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
 from agent.venue import clockprobe, messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
@@ -826,9 +826,10 @@ class VenueBus:
                if now - picked >= SWEEP_AFTER_S and c["uuid"] not in lanes_hold]
         if not due:
             return
-        admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
+        # never admitted here; a claim whose row may have been pruned is not among them
+        gone = await asyncio.to_thread(journal.unjournaled, due)
         for claim in due:
-            if claim["uuid"] not in admitted:
+            if claim["uuid"] in gone:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
 
@@ -841,7 +842,9 @@ class VenueBus:
         the fallback uploader's `settle_stale_waits`: its void reached the venue only at the
         next restart's sweep), a restart. Driven by what the stream holds, so a confirmation
         or a void lost with the connection or a crash goes out the next round; one sent twice
-        is stored once (its id)."""
+        is stored once (its id). A journal row pruned before the confirmation got out (sent
+        past retention while the bus was down, or before venue.db had the claim) is settled
+        by its `passages` row, which prune keeps (`_confirming`)."""
         if journal is None:
             return
         awaiting = await asyncio.to_thread(store.awaiting_exits, self.device)
@@ -855,14 +858,22 @@ class VenueBus:
             if not stands:
                 await self._void(claim, "exit not passed: its turnstile never confirmed it")
                 continue
-            offset, _held = self.published_offset(row)
-            subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
+            subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                               self.device)
             await self._js.publish(
-                subject, messages.encode_scan(scan_from_row(
-                    {**row, "passage_awaited": False}, self.device, offset)),
-                headers={"Nats-Msg-Id": messages.confirm_msg_id(row["uuid"])})
+                subject, messages.encode_scan(self._confirming(claim, row)),
+                headers={"Nats-Msg-Id": messages.confirm_msg_id(claim["uuid"])})
             self.counters["exits_confirmed"] += 1
+
+    def _confirming(self, held: dict[str, Any], row: dict[str, Any] | None) -> BusScan:
+        """An exit's confirmation: its journal row without the flag, with the offset it goes
+        out with; the row pruned, the scan as venue.db `held` it from the stream, at its bus
+        time (agent.store.venue `scan_as_held`): the same scan either way, what a reader
+        that never had the claim stores."""
+        if row is None:
+            return scan_as_held(held, awaiting=False)
+        offset, _held = self.published_offset(row)
+        return scan_from_row({**row, "passage_awaited": False}, self.device, offset)
 
     def settle_later(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
         """Settle the row of a claim in flight ('claiming', durable) here, within
