@@ -224,6 +224,16 @@ async def _bucket(js: Any, config: KeyValueConfig) -> Any:
         return await js.key_value(config.bucket)
 
 
+def adopt_bucket_ttl(board: GateBoard, max_age_s: float | None) -> None:
+    """Judge gates by the live bucket's TTL as the server has it: the first gate of the venue
+    set it, and a device configured with another `heartbeat_ttl_s` (a technician's laptop, a
+    gate whose config differs) binds to the bucket as it is. Judged by its own, longer TTL, a
+    gate dead for longer than the bucket's showed `stale` or `online` once the server's
+    expiry marker had itself expired (`venue status` run a few seconds later)."""
+    if max_age_s:
+        board.ttl_s = float(max_age_s)
+
+
 async def put_beat(live: Any, roster: Any, device: str, body: bytes) -> None:
     await asyncio.gather(live.put(device, body), roster.put(device, body))
 
@@ -433,6 +443,7 @@ class HeartbeatLink:
                 infos = [await js.stream_info(stream) for stream in streams]
                 watches = [StreamWatch(stream, created_of(info))
                            for stream, info in zip(streams, infos, strict=True)]
+                adopt_bucket_ttl(self.board, infos[0].config.max_age)
                 return live, roster, watches, [info.state.last_seq for info in infos]
             except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
                 log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
@@ -504,6 +515,8 @@ async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
         kv = await js.key_value(name)
     except BucketNotFoundError as exc:
         raise _NoBucket(name) from exc
+    if live:
+        adopt_bucket_ttl(board, (await kv.status()).ttl)
     watcher = await kv.watchall()
     entries = 0
     try:

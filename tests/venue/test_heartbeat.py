@@ -175,6 +175,11 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
         def __init__(self, early_ends: int) -> None:
             self.early_ends = early_ends
 
+        async def status(self) -> Any:
+            class Status:  # the bucket's settings as the server has them: TTL 5 s
+                ttl = 5.0
+            return Status()
+
         async def watchall(self) -> Watcher:
             if self.early_ends:
                 self.early_ends -= 1
@@ -360,3 +365,44 @@ def test_beats_caught_up_after_an_outage_leave_the_measured_offset_alone(
         assert max(gate.board.samples()) < 1.0, gate.board.samples()
     finally:
         gate.stop()
+
+
+def test_readers_judge_by_the_buckets_own_ttl_not_their_config(node: NodeProcess,
+                                                                tmp_path: Path) -> None:
+    """The first gate set the live bucket's TTL (2 s here); a device configured with another
+    (the default 10 s: a technician's `venue status`, a gate whose config differs) binds to
+    the bucket as it is, and judges by it too. Judged by its own TTL, a gate dead for longer
+    than the bucket's, once the server's expiry marker had itself expired, showed `stale` or
+    `online` (the CLI run a few seconds after: a flake of the test above)."""
+    from agent.venue.heartbeat import read_board
+
+    with watcher_and_gate(node.url, tmp_path) as (watcher, _gate):
+        put_once(node.url, "gone", {"health": "pass", "version": "t"})
+        wait_until(lambda: state_of(watcher, "gone") == "online", 5, "gone's beat seen")
+        put_at = time.monotonic()
+        wait_until(lambda: state_of(watcher, "gone") == "offline", TTL_S + 6, "gone offline")
+        # past the TTL and the marker's own TTL (max(1, TTL) s): nothing in the live bucket
+        # says "gone" any more; only its age does
+        time.sleep(max(0.0, put_at + 2 * TTL_S + 1.0 - time.monotonic()))
+
+        async def look() -> tuple[float, str | None]:
+            nc = await nats.connect(node.url)
+            try:
+                board, _unread = await read_board(nc.jetstream(), "hb", 2.0, 10.0)
+                return board.ttl_s, next((r["state"] for r in board.rows()
+                                          if r["device"] == "gone"), None)
+            finally:
+                await nc.close()
+
+        ttl, state = asyncio.run(look())
+        assert ttl == TTL_S
+        assert state == "offline"
+
+        # a gate configured with 10 s joining the venue whose bucket says 2 s judges by 2 s
+        late = VenueBus(venue(node.url, "late", "hb", 10.0), tmp_path / "late", None)
+        late.start()
+        try:
+            wait_until(lambda: late.board.ttl_s == TTL_S, 20, "late adopts the bucket's TTL")
+            wait_until(lambda: state_of(late, "gone") == "offline", 10, "gone offline at late")
+        finally:
+            late.stop()
