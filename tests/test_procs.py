@@ -14,19 +14,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.procs import communicate_while
+from tests.procs import communicate_while, join_while
 
 INNER_TESTS = '''
 import gc
 import os
 import subprocess
 import sys
+import threading
 
 CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 
@@ -121,3 +123,33 @@ def test_a_process_that_stalls_fails_the_test_and_is_reaped(tmp_path: Path) -> N
     with pytest.raises(AssertionError, match="the worker: no exit and no progress for 0.3 s"):
         communicate_while(proc, lambda: "same", stall_s=0.3, what="the worker", poll_s=0.1)
     assert proc.returncode is not None and proc.stdout is not None and proc.stdout.closed
+
+
+def test_threads_that_get_on_are_joined_past_any_budget() -> None:
+    """The threads' counterpart (`join_while`): a thread that finishes only after more polls
+    than `stall_s` holds, while its progress changes at each poll, is waited for."""
+    go = threading.Event()
+    polls: list[float] = []
+
+    def progress() -> int:  # a step of work at each poll; finished after 8 polls of 0.1 s
+        polls.append(time.monotonic())
+        if len(polls) > 8:
+            go.set()
+        return len(polls)
+
+    thread = threading.Thread(target=go.wait, daemon=True)
+    thread.start()
+    join_while([thread], progress, stall_s=0.3, what="the lane", poll_s=0.1)
+    assert not thread.is_alive()
+    assert polls[-1] - polls[0] > 0.3  # longer than stall_s: no budget on the whole
+
+
+def test_a_thread_that_stalls_fails_the_test() -> None:
+    never = threading.Event()
+    thread = threading.Thread(target=never.wait, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(AssertionError, match="the lane: still running and no progress"):
+            join_while([thread], lambda: "same", stall_s=0.3, what="the lane", poll_s=0.1)
+    finally:
+        never.set()
