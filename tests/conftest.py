@@ -18,7 +18,6 @@ from agent.config import Config, load_config
 from agent.platform.provision import import_file
 from agent.runtime.gate import Gate
 from agent.runtime.opening import opened_gate
-from tests import scheduling
 from tests.procs import Reaper
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -26,17 +25,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Figures the fault-injection tests measure (tests/faults), printed in the terminal summary
 # (RELIABILITY.md quotes them). Under pytest-xdist each worker sends its own to the controller.
 FIGURES: dict[str, dict[str, Any]] = {}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """xdist hands out tests in small chunks unless told otherwise (tests/scheduling.py)."""
-    if hasattr(config.option, "maxschedchunk") and config.option.maxschedchunk is None:
-        config.option.maxschedchunk = scheduling.MAX_SCHED_CHUNK
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The costliest modules first (tests/scheduling.py): the workers end together."""
-    scheduling.costliest_first(items, scheduling.load_costs())
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
