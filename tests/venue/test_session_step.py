@@ -15,13 +15,18 @@ from pathlib import Path
 import pytest
 
 from agent.ops.status import evaluate
+from agent.venue import streams
 from agent.venue.node import free_ports, server_binary
 from tests.venue.rig import make_device, wait_until, write_platform_files
 
 pytestmark = [pytest.mark.e2e]
 
 
-def test_a_session_that_cannot_make_its_stream_says_so(tmp_path: Path) -> None:
+def test_a_session_that_cannot_make_its_stream_says_so(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # a create refused for another reason than "exists" is retried this long (a cluster still
+    # electing its meta leader): the production 30 s only delays the same failure here
+    monkeypatch.setattr(streams, "CREATE_RETRY_S", 1.0)
     port = free_ports(1)[0]
     server = subprocess.Popen([server_binary(), "-a", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
