@@ -17,6 +17,8 @@ specific message (naming the config key, the device or the file) and never a tra
     │   ├── CacheNotAccessible the ticket cache is not this user's (or on a read-only disk)
     │   ├── CacheUnavailable   a read of the open cache failed while running: refuse, rebuild
     │   └── JournalUnavailable the journal cannot be written: the gate must not admit
+    ├── VenueStreamLost        a venue stream deleted or made again: its session sets up again
+    ├── VenueNoStreamLeader    a venue stream with no leader: nothing decided on a replica's word
     ├── DriverError            hardware trouble
     │   └── DriverUnavailable  a driver's library or device is missing (names the URL)
     └── ApiError               anything the platform link reports (see below)
@@ -150,6 +152,12 @@ class VenueStreamLost(GateAgentError):
     """The venue's stream was deleted (not found for a while) or made again (another creation
     time, or sequences below what this gate applied): the bus session ends, so its setup runs
     again (agent.venue.stream_identity)."""
+
+
+class VenueNoStreamLeader(GateAgentError):
+    """A venue stream has no leader now (no quorum, or an election under way): a replica
+    answered for it, and nothing about the stream's identity is decided on that answer; the
+    step is tried again (agent.venue.stream_identity `leader_answer`)."""
 
 
 class DriverError(GateAgentError):

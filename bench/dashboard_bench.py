@@ -108,7 +108,7 @@ def main() -> int:
         (root / "probe").mkdir()
         probe = VenueBus(probe_venue, root / "probe", None)
         probe.start()
-        wait(lambda: probe is not None and probe.connected, 20)
+        wait(lambda: probe is not None and probe.ready, 20)
         probe.beat(orjson.dumps({"health": "pass", "version": "probe", "lanes": []}))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

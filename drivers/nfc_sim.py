@@ -62,6 +62,7 @@ class Type2TagSimulator:
         self.polls = 0
         self._lock = threading.Lock()
         self._waiting: tuple[bytes, tuple[str, int], float] | None = None  # unanswered poll
+        self._closing = False
         self._thread = threading.Thread(target=self._serve, name="tt2 sim", daemon=True)
         self._thread.start()
 
@@ -95,14 +96,24 @@ class Type2TagSimulator:
         return f"nfc:udp:127.0.0.1:{self.port}?targets=106A"
 
     def close(self) -> None:
-        self.sock.close()
+        """Stop answering. Closing the socket alone does not wake a thread blocked in its
+        recvfrom (Linux), so `close` used to wait out its whole join timeout (2 s a tag): the
+        serving thread is woken by a datagram of its own and ends before the socket closes."""
+        self._closing = True
+        try:
+            self.sock.sendto(b"", ("127.0.0.1", self.port))
+        except OSError:
+            pass  # closed already: the thread has ended
         self._thread.join(2)
+        self.sock.close()
 
     def _serve(self) -> None:
         while True:
             try:
                 datagram, addr = self.sock.recvfrom(1024)
             except OSError:
+                return
+            if self._closing:
                 return
             with self._lock:
                 self._handle(datagram, addr)

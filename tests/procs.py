@@ -88,6 +88,27 @@ def communicate_while(proc: subprocess.Popen[Any], progress: Callable[[], object
                     from None
 
 
+def join_while(threads: list[threading.Thread], progress: Callable[[], object], *,
+               stall_s: float, what: str, poll_s: float = 0.5) -> None:
+    """`thread.join()` for each of `threads` for as long as they get on with their work, the
+    threads' counterpart of `communicate_while`: a fixed `join(30)` fails a test that was only
+    slow, and a join that returns on its budget with the thread still running hides the hang
+    behind whatever assertion comes next. The deadline is on a stall: `progress()` must change
+    within every `stall_s` seconds, else the test fails naming `what` (the threads should be
+    daemon threads, so a hung one does not keep the worker from exiting)."""
+    seen, still_since = progress(), time.monotonic()
+    for thread in threads:
+        while True:
+            thread.join(poll_s)
+            if not thread.is_alive():
+                break
+            now = progress()
+            if now != seen:
+                seen, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since > stall_s:
+                raise AssertionError(f"{what}: still running and no progress for {stall_s} s")
+
+
 def dir_state(directory: Path) -> list[tuple[str, int, int]]:
     """Each file in `directory` by name, size and mtime: changes whenever a process writes
     there (a store's SQLite files and their -wal, at every commit)."""

@@ -14,19 +14,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.procs import communicate_while
+from tests.procs import communicate_while, join_while
 
 INNER_TESTS = '''
 import gc
 import os
 import subprocess
 import sys
+import threading
 
 CHILD = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 
@@ -95,6 +98,18 @@ WAITS_FOR = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.s
             "print('done')"
 
 
+def _work_done_after_8_polls(finish: Callable[[], object],
+                            polls: list[float]) -> Callable[[], int]:
+    """A `progress` for the waits: a step of work at each poll (its time kept in `polls`),
+    `finish()` after 8 polls (of 0.1 s in the tests: longer than their stall_s)."""
+    def progress() -> int:
+        polls.append(time.monotonic())
+        if len(polls) > 8:
+            finish()
+        return len(polls)
+    return progress
+
+
 def test_a_process_that_gets_on_is_waited_for_past_any_budget(tmp_path: Path) -> None:
     """It finishes only after more polls than `stall_s` holds, while its progress changes at
     each poll: waited for (a fixed `communicate(timeout=stall_s)` would have failed it), and
@@ -103,13 +118,7 @@ def test_a_process_that_gets_on_is_waited_for_past_any_budget(tmp_path: Path) ->
     proc = subprocess.Popen([sys.executable, "-c", WAITS_FOR, str(go)], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     polls: list[float] = []
-
-    def progress() -> int:  # a step of work at each poll; finished after 8 polls of 0.1 s
-        polls.append(time.monotonic())
-        if len(polls) > 8:
-            go.touch()
-        return len(polls)
-
+    progress = _work_done_after_8_polls(go.touch, polls)
     out, err = communicate_while(proc, progress, stall_s=0.3, what="the worker", poll_s=0.1)
     assert (proc.returncode, out, err) == (0, "done\n", "")
     assert polls[-1] - polls[0] > 0.3  # longer than stall_s: no budget on the whole
@@ -121,3 +130,27 @@ def test_a_process_that_stalls_fails_the_test_and_is_reaped(tmp_path: Path) -> N
     with pytest.raises(AssertionError, match="the worker: no exit and no progress for 0.3 s"):
         communicate_while(proc, lambda: "same", stall_s=0.3, what="the worker", poll_s=0.1)
     assert proc.returncode is not None and proc.stdout is not None and proc.stdout.closed
+
+
+def test_threads_that_get_on_are_joined_past_any_budget() -> None:
+    """The threads' counterpart (`join_while`): a thread that finishes only after more polls
+    than `stall_s` holds, while its progress changes at each poll, is waited for."""
+    go = threading.Event()
+    polls: list[float] = []
+    progress = _work_done_after_8_polls(go.set, polls)
+    thread = threading.Thread(target=go.wait, daemon=True)
+    thread.start()
+    join_while([thread], progress, stall_s=0.3, what="the lane", poll_s=0.1)
+    assert not thread.is_alive()
+    assert polls[-1] - polls[0] > 0.3  # longer than stall_s: no budget on the whole
+
+
+def test_a_thread_that_stalls_fails_the_test() -> None:
+    never = threading.Event()
+    thread = threading.Thread(target=never.wait, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(AssertionError, match="the lane: still running and no progress"):
+            join_while([thread], lambda: "same", stall_s=0.3, what="the lane", poll_s=0.1)
+    finally:
+        never.set()

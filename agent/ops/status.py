@@ -26,6 +26,9 @@ CLOCK_SKEW_WARN_S = 60.0
 VENUE_TIMEOUTS_IN_A_ROW = 3
 VENUE_TIMEOUT_WINDOW_S = 300.0
 VENUE_PUBLISH_FAILING_S = 60.0
+# venue_degraded: a link that is up whose bus session is not set up after this long (or whose
+# set-up step failed): JetStream does not answer it (no quorum)
+VENUE_SETUP_SLOW_S = 10.0
 VENUE_CLOCK_WARN_S = 5.0  # gates order a ticket's in/out scans by their own clocks
 BACKLOG_WARN_S = 600.0
 LANE_STALL_S = 15.0
@@ -368,10 +371,19 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
     """A bus that is connected but does not do its work: the TCP link to this gate's node is
     up, yet JetStream does not answer (the node on the minority side of a partition, a cluster
     without quorum, the venue's stream missing), so every claim follows the offline policy and
-    scans are not published. `connected` alone (venue_unreachable) cannot see it."""
+    scans are not published. `connected` alone (venue_unreachable) cannot see it. Seen by
+    claims timing out in a row, the publisher failing, or the session's set-up not getting
+    through on the link (agent.venue.bus `_set_up_step`)."""
     if not venue.get("connected"):
         return []  # venue_unreachable says it
     found = []
+    step = venue.get("session_step")
+    setting_up = _age(venue.get("setup_since"), now)
+    if step not in (None, "running") and (venue.get("setup_error") or (
+            setting_up is not None and setting_up > VENUE_SETUP_SLOW_S)):
+        found.append(f"its session is not set up ({venue.get('setup_error') or step}, "
+                     f"for {setting_up or 0:.0f} s), so limited zones follow "
+                     "venue.offline_policy and scans are not published")
     in_a_row = venue.get("claims_timing_out") or 0
     last = _age(venue.get("claims_last_timeout"), now)
     if in_a_row >= VENUE_TIMEOUTS_IN_A_ROW and last is not None and \
@@ -421,10 +433,10 @@ def venue_upload_stream_reasons(venue: dict[str, Any]) -> list[Reason]:
 
 def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
     """A venue KV bucket deleted or made again under this gate whose loss is still being
-    dealt with (agent.venue.leader `_adopt_buckets`): the budget's request log (the company's
-    budget taken as spent until the lost requests no longer count: the leader sends nothing
-    meanwhile), the quarantine (this gate's handed-over scans go again so the refused ones
-    come back to it)."""
+    dealt with (agent.venue.lost_streams `adopt_buckets`): the budget's request log (the
+    company's budget taken as spent until the lost requests no longer count: the leader sends
+    nothing meanwhile), the quarantine (this gate's handed-over scans go again so the refused
+    ones come back to it)."""
     lost = (venue.get("leader") or {}).get("buckets_lost") or {}
     return [Reason("warn", "venue_bucket_lost",
                    f"venue: bucket {stream.removeprefix('KV_')} was lost at {what.get('since')}"

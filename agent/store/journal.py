@@ -356,21 +356,26 @@ class Journal:
             " WHERE p.uuid = scans.uuid AND p.state = 'waiting') AS passage_awaited"
             " FROM scans WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)))
 
-    def exit_outcomes(self, uuids: list[str]) -> dict[str, tuple[bool, dict[str, Any]]]:
+    def exit_outcomes(self, uuids: list[str]
+                      ) -> dict[str, tuple[bool, dict[str, Any] | None]]:
         """For exits this gate published as awaiting their passage: uuid -> (stands, its
         row) once settled — True: passed, or stands (input not watched); False: voided (the
         row a refusal now). Left out: still waiting, or not in the journal (a claim whose
         commit never came: the venue sweep's). Found through `passages` (its uuid key) and,
-        for a claim that never waited, scans_claims."""
-        out: dict[str, tuple[bool, dict[str, Any]]] = {}
+        for a claim that never waited, scans_claims. The row is None when it was pruned (sent
+        past retention while the bus was down, or before venue.db had applied the claim):
+        `passages` keeps the outcome, and the caller has the scan as the stream holds it."""
+        out: dict[str, tuple[bool, dict[str, Any] | None]] = {}
         for start in range(0, len(uuids), 500):
             part = uuids[start:start + 500]
             marks = ','.join('?' * len(part))
             for row in _rows(self.conn.execute(
-                    "SELECT s.*, p.state AS passage FROM passages p JOIN scans s"
-                    f" ON s.seq = p.scan_seq WHERE p.uuid IN ({marks})", part)):
-                if row["passage"] != "waiting":
-                    out[row["uuid"]] = (bool(row["admit"]) and row["passage"] != "voided", row)
+                    "SELECT s.*, p.uuid AS awaited, p.state AS passage FROM passages p"
+                    " LEFT JOIN scans s ON s.seq = p.scan_seq AND s.uuid = p.uuid"
+                    f" WHERE p.uuid IN ({marks}) AND p.state <> 'waiting'", part)):
+                kept = row if row["seq"] is not None else None
+                out[row["awaited"]] = (row["passage"] != "voided"
+                                       and (kept is None or bool(kept["admit"])), kept)
             rest = [u for u in part if u not in out]
             if rest:
                 for row in _rows(self.conn.execute(
@@ -649,12 +654,32 @@ class Journal:
     def prune_sent(self, older_than: str) -> int:
         """Delete sent rows past retention — never the newest row: without AUTOINCREMENT
         (migration 0005) SQLite gives a new row MAX(seq) + 1, so keeping the newest row keeps
-        every seq ever handed out unique and growing (the venue publisher resumes by seq)."""
+        every seq ever handed out unique and growing (the venue publisher resumes by seq).
+        The newest scan time of the venue rows deleted moves the prune horizon up in the same
+        transaction (`unjournaled`). An exit's `passages` row stays: its outcome is what its
+        gate still owes the venue if the bus never had its confirmation (`exit_outcomes`)."""
+        where = ("upload_state = 'sent' AND sent_at < ?1"
+                 " AND seq < (SELECT MAX(seq) FROM scans)")
         with self._write():
-            cur = self.conn.execute(
-                "DELETE FROM scans WHERE upload_state = 'sent' AND sent_at < ?"
-                " AND seq < (SELECT MAX(seq) FROM scans)", (older_than,))
-            return cur.rowcount
+            self.conn.execute(
+                "INSERT INTO prune_horizon (one, scanned_through) SELECT 1, MAX(scanned_on)"
+                f" FROM scans WHERE {where} AND venue IS NOT NULL"
+                " HAVING MAX(scanned_on) IS NOT NULL"
+                " ON CONFLICT (one) DO UPDATE SET scanned_through ="
+                " MAX(scanned_through, excluded.scanned_through)", (older_than,))
+            return self.conn.execute(f"DELETE FROM scans WHERE {where}", (older_than,)).rowcount
+
+    def unjournaled(self, claims: list[dict[str, Any]]) -> set[str]:
+        """Which of this gate's claims on the venue bus (`uuid`, and `scanned_on` as the
+        stream holds it, when known) the journal can say were never admitted here: no admit
+        row, and scanned after the prune horizon (migration 0009). What the venue sweep voids.
+        One scanned at or before it may be an admit whose row was pruned after its upload:
+        voided, an entry days old would free its ticket at every gate (a restart's sweep
+        judges every claim again); it stands instead, the side that never admits twice."""
+        horizon = self.conn.execute("SELECT scanned_through FROM prune_horizon").fetchone()
+        admitted = self.admitted([c["uuid"] for c in claims])
+        return {c["uuid"] for c in claims if c["uuid"] not in admitted and (
+            horizon is None or c.get("scanned_on") is None or c["scanned_on"] > horizon[0])}
 
     def pending_count(self, at_most: int | None = None) -> int:
         """How many rows the outbox holds, counting no further than `at_most` (the "full batch

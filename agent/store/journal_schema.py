@@ -188,4 +188,21 @@ MIGRATIONS: list[Migration] = [
     ("0008_scan_clock_offset", """
         ALTER TABLE scans ADD COLUMN clock_offset_s REAL
     """),
+    # The newest `scanned_on` among the venue rows `prune_sent` has deleted (one row, or none
+    # before the first): a claim of this gate on the venue bus with no row here is either one
+    # whose commit never came (the sweep voids it) or one pruned after its upload. Scanned
+    # at or before this time, it cannot be told which, and it is not voided on a guess
+    # (agent.store.journal `unjournaled`). A journal an earlier version pruned (seqs missing:
+    # nothing else deletes rows) starts at its newest scan: what it pruned is not known, and
+    # the restart of the upgrade itself would otherwise void every claim it pruned.
+    ("0009_prune_horizon", """
+        CREATE TABLE prune_horizon (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            scanned_through TEXT NOT NULL);
+        INSERT INTO prune_horizon (one, scanned_through)
+            SELECT 1, MAX(scanned_on) FROM scans
+            WHERE (SELECT MIN(seq) FROM scans) > 1
+               OR (SELECT COUNT(*) FROM scans) < (SELECT MAX(seq) - MIN(seq) + 1 FROM scans)
+            HAVING MAX(scanned_on) IS NOT NULL
+    """),
 ]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.access import no_room, sqlite_file_access
-from agent.core.codes import shift_utc_iso
+from agent.core.codes import parse_platform_time, shift_utc_iso
 from agent.core.model import ZoneScan
 from agent.errors import StoreError
 from agent.store.sqlite import data_version, migrate, open_database
@@ -130,6 +130,26 @@ class Applied:
     bus_time: str | None = None  # a scan's: when it happened, on the bus server's clock
 
 
+def scan_as_held(row: dict[str, Any], *, awaiting: bool) -> BusScan:
+    """A `venue_scans` row (every `_SCAN_COLS` and its `bus_time`) as a scan message again,
+    `awaiting` its passage or not: what its gate confirms an exit from when its own journal
+    row is gone (pruned after its upload, before the confirmation got out: agent.venue.bus
+    `_settle_exits`). Its offset is
+    the one that places it at its bus time again (agent.venue.messages `bus_time`: scannedOn
+    minus the offset), so a reader that never had the claim puts it where the others do;
+    undated (None) stays undated (an offset said to be unmeasured)."""
+    at, on = parse_platform_time(row["bus_time"]), parse_platform_time(row["scanned_on"])
+    offset = None if at is None or on is None else round((on - at).total_seconds(), 6)
+    return BusScan(
+        uuid=row["uuid"], device=row["device"], lane=row["lane"], event_id=row["event_id"],
+        item_id=row["item_id"], zone_id=row["zone_id"],
+        zone_is_default=bool(row["zone_is_default"]), direction=row["direction"],
+        admit=bool(row["admit"]), status=row["status"], scanned_on=row["scanned_on"],
+        offline=bool(row["offline"]), max_entries=row["max_entries"],
+        tracks_exits=bool(row["tracks_exits"]), clock_offset_s=offset,
+        clock_unmeasured=offset is None, awaiting=awaiting)
+
+
 # `venue_scans.voided`: 0 the scan stands; 1 voided (a void message); REFUSED_AFTER_CLAIM its
 # gate granted a claim, then its journal transaction refused after all (another lane admitted
 # the ticket first) and it published that refusal under the claim's uuid (agent.venue.messages
@@ -138,7 +158,11 @@ class Applied:
 # refusal (a row per uuid) and wait for the void.
 REFUSED_AFTER_CLAIM = 2
 _REFUSE_CLAIM = ("UPDATE venue_scans SET voided = ? WHERE uuid = ? AND device = ? AND admit = 1"
-                 " AND voided = 0")
+                 " AND voided = 0 RETURNING event_id, item_id")
+# (a claim its gate refused after the grant, REFUSED_AFTER_CLAIM, is voided all the same: the
+# sweep's `claims_after` then stops publishing its void)
+_VOID = ("UPDATE venue_scans SET voided = 1 WHERE uuid = ? AND voided <> 1"
+         " RETURNING event_id, item_id")
 
 # venue_cursor rows: 'journal' (published through), 'republish' (claims sent again through)
 _SET_CURSOR = ("INSERT INTO venue_cursor (name, journal_seq) VALUES (?, ?)"
@@ -219,12 +243,12 @@ class VenueStore:
                         touched.add((s.event_id, s.item_id))
                     elif not cur.rowcount and not s.admit:
                         # its gate's refusal under a claim's uuid: the claim no longer stands
-                        self.conn.execute(_REFUSE_CLAIM, (REFUSED_AFTER_CLAIM, s.uuid, s.device))
+                        touched.update(self._ended(_REFUSE_CLAIM,
+                                                   (REFUSED_AFTER_CLAIM, s.uuid, s.device)))
                     elif not cur.rowcount and not s.awaiting:
                         self.conn.execute(_CONFIRM_EXIT, (s.uuid, s.device))
                 elif msg.void_uuid is not None:
-                    self.conn.execute("UPDATE venue_scans SET voided = 1 WHERE uuid = ?",
-                                      (msg.void_uuid,))
+                    touched.update(self._ended(_VOID, (msg.void_uuid,)))
             self.conn.execute(
                 "INSERT INTO venue_position (stream, last_seq) VALUES (?, ?)"
                 " ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
@@ -238,10 +262,23 @@ class VenueStore:
             raise StoreError(f"venue state {self.path}: {exc}") from exc
         return conflicts
 
+    def _ended(self, sql: str, args: tuple[Any, ...]) -> list[tuple[int, int]]:
+        """Inside `apply`: end a standing admit (a void, or its gate's refusal after the
+        claim); its ticket, to fold again. An admit ended after the fact changes what came
+        after it: an entry another gate made after an exit that is then voided (an exit not
+        passed, one awaiting its passage among them) was made while the ticket was inside.
+        Folded only as scans arrived, that conflict was never found."""
+        return [(e, i) for e, i in self.conn.execute(sql, args).fetchall()
+                if e is not None and i is not None]
+
     def _find_conflicts(self, event_id: int, item_id: int, detected_at: str) -> list[str]:
         """Fold the ticket's standing admits per zone in time order (bus time: the module
         docstring); record every admit made beyond the deciding lane's limit (entries, or an
-        entry while already inside)."""
+        entry while already inside). Folded again whenever one of them is ended (`_ended`).
+        An exit still awaiting its passage counts as made here: a conflict is a record of
+        what did happen, and whether the exit did is not known yet. Counted as not made, an
+        entry after it would be recorded at once and stay a conflict once the exit was
+        confirmed; as made, its void folds the ticket again and the entry is found then."""
         rows = self.conn.execute(
             "SELECT uuid, zone_id, direction, max_entries, tracks_exits, device, lane,"
             " scanned_on, offline FROM venue_scans WHERE event_id = ? AND item_id = ?"
@@ -348,10 +385,12 @@ class VenueStore:
 
     def awaiting_exits(self, device: str) -> list[dict[str, Any]]:
         """`device`'s exits on the bus still awaiting their passage, not voided: what that gate
-        still owes the venue, a confirmation or a void (agent.venue.bus `_settle_exits`)."""
+        still owes the venue, a confirmation or a void (agent.venue.bus `_settle_exits`).
+        Each as the stream holds it (what a message carries, and its `bus_time`): the
+        confirmation of one whose journal row was pruned is made from it."""
         cur = self.conn.execute(
-            "SELECT uuid, event_id, item_id FROM venue_scans WHERE device = ? AND awaiting = 1"
-            " AND admit = 1 AND voided = 0 ORDER BY stream_seq", (device,))
+            f"SELECT {', '.join(_SCAN_COLS)}, bus_time FROM venue_scans WHERE device = ?"
+            " AND awaiting = 1 AND admit = 1 AND voided = 0 ORDER BY stream_seq", (device,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 

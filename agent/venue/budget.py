@@ -16,11 +16,12 @@ the request timeout), so a failover never makes the company exceed its limit (ne
 
 The log is only as good as its bucket. A budget bucket deleted (`nats kv rm`, a node's data
 wiped) and made again empty says "nobody spent anything" while the requests of the last
-minute still count at the platform. So a gate that finds it made again (agent.venue.leader:
-its creation time against the one venue.db recorded, or the session's watch) takes the
-venue's whole company budget as spent at that moment until one window and one request
-timeout have passed (`seed(..., lost_ago_s=...)`): a leader set up meanwhile waits, never
-overspends (fail closed: no request rather than a 429 for every device of the company).
+minute still count at the platform. So a gate that finds it made again
+(agent.venue.lost_streams: its creation time against the one venue.db recorded, or the
+session's watch) takes the venue's whole company budget as spent at that moment until one
+window and one request timeout have passed (`seed(..., lost_ago_s=...)`): a leader set up
+meanwhile waits, never overspends (fail closed: no request rather than a 429 for every device
+of the company).
 A gate whose venue.db has no record of the bucket (new, or venue.db deleted) has nothing to
 compare: it does the same when the bucket, by the server's clock, was made within that window
 and after the venue's other streams (`unrecorded_loss_age`).

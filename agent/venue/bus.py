@@ -25,10 +25,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.msg import Msg
@@ -39,7 +39,7 @@ from agent.core.codes import utc_iso
 from agent.errors import VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
-from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore
+from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
 from agent.venue import clockprobe, messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
@@ -51,6 +51,8 @@ from agent.venue.claim_channel import (
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 
 log = logging.getLogger("gate_agent.venue")
+
+T = TypeVar("T")
 
 DUPLICATE_WINDOW_S = 600.0
 RESTART_SEQ = -1  # an applier queue item: the stream was made again, reset venue.db first
@@ -71,6 +73,9 @@ OCCUPANCY_EVERY_S = 5.0
 HOLD_WHILE_CLAIMING_S = 0.05
 SETTLE_EVERY_S = 0.2  # how soon a row handed over by a lane (settle_later) is marked
 STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
+# a session set-up step JetStream did not answer (no quorum) is tried again on the same link
+# after this pause, doubling up to the second figure (VenueBus._set_up_step)
+SETUP_RETRY_S = (0.5, 4.0)
 # a batch venue.db refused (disk full, locked) is tried again after this pause, doubling up to
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
@@ -136,11 +141,18 @@ class VenueBus:
         # the last one's): journal rows up to this seq (read as the bus starts, before any
         # claim of this process can be journaled), and claims not sent by this bus (_mine).
         self.left_through_seq = 0
+        # the link to a bus server is up (status `connected`); the session on it is set up
+        # only once JetStream answered every set-up step (`ready`: claims go out then)
         self.connected = False
+        self._session_ready = False
         self.last_error: str | None = None
         # where the current session is (its set-up steps, then "running"): a session that
         # fails says where, in its log line and `last_error` (a timeout alone says nothing)
         self.session_step = "not started"
+        # while a set-up step fails on a link that is up (no quorum): its error, and since
+        # when the set-up runs (status reason venue_degraded; both None once running)
+        self.setup_error: str | None = None
+        self.setup_since: str | None = None
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
@@ -224,6 +236,11 @@ class VenueBus:
         self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and the session set up on the link: claims and voids go out."""
+        return self.connected and self._session_ready
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -326,8 +343,9 @@ class VenueBus:
             pass
 
     async def _session(self, store: VenueStore, journal: Journal | None) -> None:
-        """One connection's life: connect, make sure the stream exists, consume and publish
-        until the connection closes or the bus stops."""
+        """One connection's life: connect, set the session up (make sure the stream exists,
+        adopt it, subscribe), consume and publish until the connection closes or the bus
+        stops. `connected` is the link; `ready` the session set up on it (claims go out)."""
         assert self._stop is not None and self._wake is not None
         closed = asyncio.Event()
 
@@ -335,10 +353,12 @@ class VenueBus:
             self.connected = False
 
         async def on_reconnect() -> None:
+            self.connected = True
+            if not self._session_ready:  # the set-up's steps go on by themselves
+                return
             self._claims_answered_again()
             self._connected_at = time.monotonic()
             self._connected_unmeasured()
-            self.connected = True
             if not self.board.calibrated:  # decided unmeasured meanwhile: measure it now
                 self._probe = asyncio.ensure_future(self._measure_clock())
 
@@ -349,70 +369,110 @@ class VenueBus:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
         self.session_step = "connecting"
+        self.setup_since, self.setup_error = utc_iso(datetime.now(UTC)), None
         self._nc = await nats.connect(
             **self.options, connect_timeout=2, reconnect_time_wait=0.25,
             max_reconnect_attempts=-1, allow_reconnect=True,
             disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, closed_cb=on_closed,
             error_cb=on_error)
+        self.connected = True  # the link is up, whatever JetStream answers on it
         self._js = self._nc.jetstream(timeout=max(self.timeout_s, 2.0))
-        self.session_step = "making sure the stream exists"
-        await self._ensure_stream()
-        self.session_step = "checking the stream's identity"
-        watch = await self._adopt_stream(store, journal)
-        self.session_step = "measuring the clock"
-        await self._measure_clock()  # before anything is published or decided as connected
-        self.session_step = "opening the claims channel"
-        await self._claims.open(self._nc)
-        self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
-                                         self.venue["heartbeat_ttl_s"])
-        self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
-        self._claims_answered_again()
-        self._connected_at = time.monotonic()
-        self._connected_unmeasured()
-        self.connected = True
-        self.last_error = None
-        log.info("venue bus connected: %s as %s", self.stream, self.device)
-        self.session_step = "subscribing to the stream"
-        sub = await self._subscribe(store)
-        self.session_step = "reading the stream's position"
-        info = await self._js.stream_info(self.stream)
-        self.session_step = "running"
-        with self._cond:
-            self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
-            if self.applied_seq >= info.state.last_seq:
-                self._caught_up = True  # nothing to replay: the sweep may run
+        sub: Any = None
         try:
-            while not self._stop.is_set() and not closed.is_set():
-                if self.connected:
-                    try:
-                        await self._publish_pending(store, journal)
-                        await self._sweep(store, journal)
-                        await self._settle_exits(store, journal)
-                    except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
-                        self._publishing_failed(f"{type(exc).__name__}: {exc}")
-                    else:
-                        self.publish_error = self.publish_failing_since = None
-                    # deleted or made again: VenueStreamLost, the session's setup runs again
-                    await watch.check(self._js, self.applied_seq)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                except TimeoutError:
-                    pass
-            if self.connected:  # stopping: the last scans the lanes journaled go out first
-                try:
-                    await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
-                except Exception as exc:  # noqa: BLE001 - published after the next start
-                    log.info("venue: last scans not published (%s); they go out next start", exc)
+            await self._set_up_step("making sure the stream exists", closed,
+                                    self._ensure_stream)
+            watch = await self._set_up_step("checking the stream's identity", closed,
+                                            lambda: self._adopt_stream(store, journal))
+            self.session_step = "measuring the clock"
+            await self._measure_clock()  # before anything is published or decided as connected
+            await self._set_up_step("opening the claims channel", closed,
+                                    lambda: self._claims.open(self._nc))
+            nc = self._nc
+            self._heartbeats = HeartbeatLink(self.name, self.device, self.board,
+                                             self.venue["heartbeat_ttl_s"],
+                                             lambda: int(nc.stats["reconnects"]))
+            self._heartbeats.start(self._js, 3 if len(self.venue["servers"]) >= 3 else 1)
+            sub = await self._set_up_step("subscribing to the stream", closed,
+                                          lambda: self._subscribe(store))
+            info = await self._set_up_step("reading the stream's position", closed,
+                                           lambda: self._js.stream_info(self.stream))
+            with self._cond:
+                self.stream_last_seq = max(self.stream_last_seq, info.state.last_seq)
+                if self.applied_seq >= info.state.last_seq:
+                    self._caught_up = True  # nothing to replay: the sweep may run
+            self._claims_answered_again()
+            self._connected_at = time.monotonic()
+            self._connected_unmeasured()
+            self._session_ready = True
+            self.last_error = self.setup_error = self.setup_since = None
+            self.session_step = "running"
+            log.info("venue bus connected: %s as %s", self.stream, self.device)
+            await self._running(store, journal, watch, closed)
         finally:
             beats, self._heartbeats = self._heartbeats, None
             if beats is not None:
-                await beats.close(clean=self._stop.is_set() and self.connected)
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may already be gone
-                pass
+                await beats.close(clean=self._stop.is_set() and self.ready)
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # noqa: BLE001 - the connection may already be gone
+                    pass
             await self._close_connection()
+
+    async def _set_up_step(self, step: str, closed: asyncio.Event,
+                           action: Callable[[], Awaitable[T]]) -> T:
+        """One step of a session's set-up, tried again on this link until it works: a
+        JetStream without quorum (or a stream without a leader) answers no step, and neither
+        a new connection nor anything but time mends that. Meanwhile the link is said to be
+        up and the session not (`setup_error`, `session_step`: status reason venue_degraded),
+        lanes decide by the offline policy, and the session goes on by itself once JetStream
+        answers. Tearing the session down instead (as before) said "not connected", and a
+        session whose set-up began as the quorum went never came back to say otherwise.
+        Raises once the bus stops or the connection is closed (the caller starts anew)."""
+        assert self._stop is not None
+        self.session_step = step
+        pause = SETUP_RETRY_S[0]
+        while True:
+            try:
+                return await action()
+            except Exception as exc:
+                if self._stop.is_set() or closed.is_set():
+                    raise
+                error = f"{type(exc).__name__}: {exc} (while {step})"[:300]
+                if error != self.setup_error:
+                    log.warning("venue bus session not set up: %s; trying again", error)
+                self.setup_error = self.last_error = error
+                await self._sleep(pause)
+                if self._stop.is_set() or closed.is_set():
+                    raise
+            pause = min(pause * 2, SETUP_RETRY_S[1])
+
+    async def _running(self, store: VenueStore, journal: Journal | None,
+                       watch: stream_identity.StreamWatch, closed: asyncio.Event) -> None:
+        """The set-up session's rounds: publish, sweep, settle, look at the stream."""
+        assert self._stop is not None and self._wake is not None
+        while not self._stop.is_set() and not closed.is_set():
+            if self.connected:
+                try:
+                    await self._publish_pending(store, journal)
+                    await self._sweep(store, journal)
+                    await self._settle_exits(store, journal)
+                except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
+                    self._publishing_failed(f"{type(exc).__name__}: {exc}")
+                else:
+                    self.publish_error = self.publish_failing_since = None
+                # deleted or made again: VenueStreamLost, the session's setup runs again
+                await watch.check(self._js, self.applied_seq)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+        if self.connected:  # stopping: the last scans the lanes journaled go out first
+            try:
+                await asyncio.wait_for(self._publish_pending(store, journal), 1.5)
+            except Exception as exc:  # noqa: BLE001 - published after the next start
+                log.info("venue: last scans not published (%s); they go out next start", exc)
 
     async def _measure_clock(self) -> None:
         """One sample of this clock against the bus server's (agent.venue.clockprobe), so
@@ -452,7 +512,7 @@ class VenueBus:
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         self._claims.close()
-        self.connected = False
+        self.connected = self._session_ready = False
         if nc is not None:
             try:
                 await asyncio.wait_for(nc.close(), 1.0)
@@ -478,8 +538,10 @@ class VenueBus:
         again since (agent.venue.stream_identity) resets venue.db's derived data first, so the
         consumer starts at the new stream's first message and claims expect its sequences.
         Either way, and when venue.db has no record of the stream, this gate's granted claims
-        journaled so far go out again (`VenueStore.set_republish_through`)."""
-        info = await self._js.stream_info(self.stream)
+        journaled so far go out again (`VenueStore.set_republish_through`). Judged on the
+        stream leader's answer only: a replica's while the stream has no leader may hold less
+        than venue.db applied (`stream_identity.leader_answer`; this step is tried again)."""
+        info = await stream_identity.leader_answer(self._js, self.stream)
         created = stream_identity.created_of(info)
         recorded = await asyncio.to_thread(store.stream_created, self.stream)
         position = await asyncio.to_thread(store.position, self.stream)
@@ -764,9 +826,10 @@ class VenueBus:
                if now - picked >= SWEEP_AFTER_S and c["uuid"] not in lanes_hold]
         if not due:
             return
-        admitted = await asyncio.to_thread(journal.admitted, [c["uuid"] for c in due])
+        # never admitted here; a claim whose row may have been pruned is not among them
+        gone = await asyncio.to_thread(journal.unjournaled, due)
         for claim in due:
-            if claim["uuid"] not in admitted:
+            if claim["uuid"] in gone:
                 await self._void(claim, "no admit in this gate's journal")
             del self._unchecked[claim["uuid"]]
 
@@ -779,7 +842,9 @@ class VenueBus:
         the fallback uploader's `settle_stale_waits`: its void reached the venue only at the
         next restart's sweep), a restart. Driven by what the stream holds, so a confirmation
         or a void lost with the connection or a crash goes out the next round; one sent twice
-        is stored once (its id)."""
+        is stored once (its id). A journal row pruned before the confirmation got out (sent
+        past retention while the bus was down, or before venue.db had the claim) is settled
+        by its `passages` row, which prune keeps (`_confirming`)."""
         if journal is None:
             return
         awaiting = await asyncio.to_thread(store.awaiting_exits, self.device)
@@ -793,14 +858,22 @@ class VenueBus:
             if not stands:
                 await self._void(claim, "exit not passed: its turnstile never confirmed it")
                 continue
-            offset, _held = self.published_offset(row)
-            subject = messages.ticket_subject(self.name, row["event_id"], row["item_id"],
+            subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                               self.device)
             await self._js.publish(
-                subject, messages.encode_scan(scan_from_row(
-                    {**row, "passage_awaited": False}, self.device, offset)),
-                headers={"Nats-Msg-Id": messages.confirm_msg_id(row["uuid"])})
+                subject, messages.encode_scan(self._confirming(claim, row)),
+                headers={"Nats-Msg-Id": messages.confirm_msg_id(claim["uuid"])})
             self.counters["exits_confirmed"] += 1
+
+    def _confirming(self, held: dict[str, Any], row: dict[str, Any] | None) -> BusScan:
+        """An exit's confirmation: its journal row without the flag, with the offset it goes
+        out with; the row pruned, the scan as venue.db `held` it from the stream, at its bus
+        time (agent.store.venue `scan_as_held`): the same scan either way, what a reader
+        that never had the claim stores."""
+        if row is None:
+            return scan_as_held(held, awaiting=False)
+        offset, _held = self.published_offset(row)
+        return scan_from_row({**row, "passage_awaited": False}, self.device, offset)
 
     def settle_later(self, scan_uuid: str, outcome: str, reason: str = "") -> None:
         """Settle the row of a claim in flight ('claiming', durable) here, within
@@ -877,8 +950,9 @@ class VenueBus:
             self._open.add(scan_uuid)
         self._sent.append((scan_uuid, time.monotonic()))  # the sweep's: not an earlier process's
         loop = self._loop
-        if loop is None or loop.is_closed() or not self.connected or self._js is None:
-            return Answered(ClaimAnswer("unavailable", error=self.last_error or "not connected"))
+        if loop is None or loop.is_closed() or not self.ready or self._js is None:
+            return Answered(ClaimAnswer("unavailable", error=self.last_error or (
+                "not connected" if not self.connected else "the bus session is not set up")))
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         if self.lean_claims and self._claims.usable:
@@ -936,10 +1010,10 @@ class VenueBus:
         longer than the sweep's age) would stand until a restart, the patron refused
         `alreadyIn` at every gate meanwhile (tests/venue/test_void_retried.py)."""
         loop = self._loop
-        if loop is None or loop.is_closed() or not self.connected:
+        if loop is None or loop.is_closed() or not self.ready:
             self._recheck.append(claim)
-            log.warning("venue claim %s not voided yet (not connected); voided once the bus "
-                        "is back", claim["uuid"])
+            log.warning("venue claim %s not voided yet (the bus session is not up); voided "
+                        "once the bus is back", claim["uuid"])
             return
         future = asyncio.run_coroutine_threadsafe(self._void(claim, reason), loop)
         try:
@@ -1038,12 +1112,16 @@ class VenueBus:
         """For /status (called from the daemon's loop: its own connection to venue.db)."""
         marks = journal.venue_counts() if journal is not None else {}
         # rows an earlier process left (whatever their time), and this one's waiting too long
-        waited = utc_iso(datetime.fromtimestamp(time.time() - UNANSWERED_AFTER_S, UTC))
+        waited = utc_iso(datetime.fromtimestamp(self.clock() - UNANSWERED_AFTER_S, UTC))
         unanswered = (len(journal.claiming_rows(self.left_through_seq, waited))
                       if journal is not None else 0)
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
+            # the session on the link: its set-up step ("running" once set up), and while a
+            # step fails on a link that is up (no quorum), why and since when (venue_degraded)
+            "session_step": self.session_step, "setup_error": self.setup_error,
+            "setup_since": self.setup_since,
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
             "settings_drift": sorted(self.settings_drift.values()),
             "stream_restarts": self.stream_restarts,

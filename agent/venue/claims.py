@@ -176,7 +176,7 @@ class VenueLink:
                      clock_offset_s=self.bus.scan_offset(scan_uuid))
         if not (decision.admit and needs_claim(decision, lane, exits)):
             return base
-        in_flight = in_flight and self.bus.connected  # else answered at once: no overlap
+        in_flight = in_flight and self.bus.ready  # else answered at once: no overlap
         deadline = time.monotonic() + self.timeout_s
         attempts, not_stored = 0, ""  # attempts: conflicts and moves to another item
         while attempts < MAX_ATTEMPTS:

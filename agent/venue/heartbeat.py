@@ -26,11 +26,12 @@ stores, watches and ranks them. Heartbeats never carry a scanned code or any cre
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupport
 
 from agent.errors import VenueStreamLost
 from agent.venue.kvkeys import CONFIRM_PAUSE_S, CONFIRM_READS
-from agent.venue.stream_identity import CHECK_EVERY_S, StreamWatch, created_of
+from agent.venue.stream_identity import CHECK_EVERY_S, StreamWatch, created_of, leader_answer
 from agent.venue.streams import kv_stream
 
 log = logging.getLogger("gate_agent.venue")
@@ -48,6 +49,7 @@ log = logging.getLogger("gate_agent.venue")
 ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
 OFFSET_SAMPLES = 20  # live deliveries kept to measure this clock against the bus server's
+BOUND_RETRY_S = 1.0  # a bucket's last sequence not read after a reconnect: read again after
 STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
 HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
 STATES = ("online", "stale", "offline", "stopped")
@@ -122,6 +124,11 @@ class GateBoard:
     def offset_s(self) -> float:
         measured = self.measured_offset_s()
         return 0.0 if measured is None else measured
+
+    def samples(self) -> list[float]:
+        """The delivery delays kept (oldest first): what `measured_offset_s` is the least of."""
+        with self._lock:
+            return list(self._delays)
 
     def measured_offset_s(self) -> float | None:
         """`offset_s`, or None before the first live delivery measured it (one read: a venue
@@ -217,22 +224,108 @@ async def _bucket(js: Any, config: KeyValueConfig) -> Any:
         return await js.key_value(config.bucket)
 
 
+def adopt_bucket_ttl(board: GateBoard, max_age_s: float | None) -> None:
+    """Judge gates by the live bucket's TTL as the server has it: the first gate of the venue
+    set it, and a device configured with another `heartbeat_ttl_s` (a technician's laptop, a
+    gate whose config differs) binds to the bucket as it is. Judged by its own, longer TTL, a
+    gate dead for longer than the bucket's showed `stale` or `online` once the server's
+    expiry marker had itself expired (`venue status` run a few seconds later)."""
+    if max_age_s:
+        board.ttl_s = float(max_age_s)
+
+
 async def put_beat(live: Any, roster: Any, device: str, body: bytes) -> None:
     await asyncio.gather(live.put(device, body), roster.put(device, body))
 
 
+class LiveSamples:
+    """Which deliveries of one bucket's watch measure this clock against the bus server's.
+
+    A delivery's delay since the server stored the entry is this clock's offset plus the
+    travel time only when it was delivered as it was stored. One that waited is no sample: a
+    bus outage's catch-up (this gate's link down while other gates' beats were stored, or a
+    roster entry of a gate that stopped meanwhile) is too large by up to the outage's length,
+    and enough of them push every good sample out of the board. What this gate knows for sure:
+    - stored before the watch began (`measure_after`, the bucket's last sequence then): a
+      replay (the rule nats-py's early end of the initial values called for, see `watch`);
+    - `pending > 0` when delivered: newer entries were stored already, so it waited;
+    - delivered right after one with `pending > 0`: it was stored when that one went out;
+    - stored before the link's last reconnect: after a reconnect (the connection's count of
+      them moved) samples are held until the bucket's last sequence is read again, and only
+      entries stored after it count (`bound`).
+    A live sample dropped by these rules costs nothing: the next live beat is one."""
+
+    def __init__(self, board: GateBoard, measure_after: int, links: int):
+        self.board = board
+        self.after = measure_after
+        self.links = links  # the connection's reconnects as of `after`
+        self._behind = False  # the last delivery said newer entries were pending
+        self.held: list[tuple[int, float]] | None = None  # while no bound since a reconnect
+
+    def delivered(self, revision: int, pending: int, delay_s: float, links: int) -> None:
+        """An entry delivered after the initial values: its sequence, the entries pending
+        after it, its delay (this clock minus the server's stamp) and the reconnects now."""
+        waited, self._behind = self._behind or pending > 0, pending > 0
+        if links != self.links:  # stored before the reconnect or not: known from the bound
+            self.links, self.held = links, []
+        if waited or revision <= self.after:
+            return
+        if self.held is not None:
+            self.held = [*self.held, (revision, delay_s)][-OFFSET_SAMPLES:]
+            return
+        self.board.calibrate(delay_s)
+
+    @property
+    def waiting(self) -> bool:
+        """Reconnected: samples are held until `bound` is given."""
+        return self.held is not None
+
+    def bound(self, last_seq: int, links: int) -> None:
+        """The bucket's last sequence, read after the reconnect numbered `links`: entries up
+        to it were stored before the link was back or with it, none a live sample. A bound
+        read before a later reconnect leaves the samples held."""
+        if links != self.links or self.held is None:
+            return
+        self.after = max(self.after, last_seq)
+        held, self.held = self.held, None
+        for revision, delay_s in held:
+            if revision > self.after:
+                self.board.calibrate(delay_s)
+
+
 async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
-                measure_after: int = 0) -> None:
+                measure_after: int = 0, *, relinks: Callable[[], int] = lambda: 0,
+                last_seq: Callable[[], Awaitable[int]] | None = None) -> None:
     """Feed `board` from one bucket until `stop` (the bus's session ends).
 
     A delivery after the watcher's initial values measures this clock (its delay since the
-    server stored it), but only an entry stored after `measure_after` (the bucket's last
-    sequence just before the watch began): nats-py may end the initial values before those
-    already on their way arrive (see `read_board`), and such a replayed heartbeat, up to a TTL
-    old (a roster entry up to a day), taken as live, measured the clock that much ahead. As a
-    gate's first sample it stood until a smaller one came: other gates' scans read that late."""
+    server stored it) only when it was live (`LiveSamples`). Entries stored up to
+    `measure_after` (the bucket's last sequence just before the watch began) never are:
+    nats-py may end the initial values before those already on their way arrive (see
+    `read_board`), and such a replayed heartbeat, up to a TTL old (a roster entry up to a
+    day), taken as live, measured the clock that much ahead. As a gate's first sample it stood
+    until a smaller one came: other gates' scans read that late. `relinks()`: the connection's
+    reconnects so far; `last_seq()`: the bucket's last sequence now (read after a reconnect)."""
     watcher = await kv.watchall()
     replayed = False
+    samples = LiveSamples(board, measure_after, relinks())
+    bounding: asyncio.Task[None] | None = None
+
+    async def read_bound() -> None:
+        assert last_seq is not None
+        while not stop.is_set() and samples.waiting:
+            links = samples.links
+            try:
+                samples.bound(await last_seq(), links)
+            except Exception as exc:  # noqa: BLE001 - no answer (no quorum): samples wait
+                log.info("venue heartbeats: bucket position not read after a reconnect "
+                         "(%s: %s); its deliveries measure nothing meanwhile",
+                         type(exc).__name__, exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), BOUND_RETRY_S)
+                except TimeoutError:
+                    pass
+
     try:
         while not stop.is_set():
             try:
@@ -242,8 +335,12 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
             if entry is None:  # the initial values have all been delivered
                 replayed = True
                 continue
-            if replayed and entry.created and entry.revision > measure_after:  # a live one
-                board.calibrate(board.clock() - entry.created.timestamp())
+            if replayed and entry.created:
+                samples.delivered(entry.revision, entry.delta or 0,
+                                  board.clock() - entry.created.timestamp(), relinks())
+                if samples.waiting and last_seq is not None and (
+                        bounding is None or bounding.done()):
+                    bounding = asyncio.create_task(read_bound())
             if entry.operation in ("DEL", "PURGE"):
                 if live:
                     board.gone(entry.key)
@@ -256,10 +353,18 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
             stamped = entry.created.timestamp() if entry.created else time.time()
             board.seen(entry.key, body, stamped, live)
     finally:
+        if bounding is not None:
+            bounding.cancel()
+            await asyncio.gather(bounding, return_exceptions=True)
         try:
             await watcher.stop()
         except Exception:  # noqa: BLE001 - the connection may be gone already
             pass
+
+
+async def _last_seq(js: Any, stream: str) -> int:
+    """A bucket's last sequence as its stream's leader says it (a replica's may lag)."""
+    return int((await leader_answer(js, stream)).state.last_seq)
 
 
 class HeartbeatLink:
@@ -267,8 +372,12 @@ class HeartbeatLink:
 
     Lives on the bus's loop; `publish()` is called there (VenueBus.beat hops threads)."""
 
-    def __init__(self, venue: str, device: str, board: GateBoard, ttl_s: float):
+    def __init__(self, venue: str, device: str, board: GateBoard, ttl_s: float,
+                 relinks: Callable[[], int] = lambda: 0):
+        """`relinks()`: the bus connection's reconnects so far (deliveries of entries stored
+        before the last one measure nothing: `LiveSamples`)."""
         self.venue, self.device, self.board, self.ttl_s = venue, device, board, ttl_s
+        self.relinks = relinks
         self._live: Any = None
         self._roster: Any = None
         self._stop = asyncio.Event()
@@ -300,8 +409,12 @@ class HeartbeatLink:
                 except Exception as exc:  # noqa: BLE001 - the next beat tries again
                     log.warning("venue heartbeat not put: %s: %s", type(exc).__name__, exc)
             ended = asyncio.Event()  # these buckets' watchers end with it
-            watchers = asyncio.gather(watch(roster, self.board, False, ended, seqs[1]),
-                                      watch(live, self.board, True, ended, seqs[0]))
+            live_stream, roster_stream = (kv_stream(name) for name in bucket_names(self.venue))
+            watchers = asyncio.gather(
+                watch(roster, self.board, False, ended, seqs[1], relinks=self.relinks,
+                      last_seq=functools.partial(_last_seq, js, roster_stream)),
+                watch(live, self.board, True, ended, seqs[0], relinks=self.relinks,
+                      last_seq=functools.partial(_last_seq, js, live_stream)))
             try:
                 while not self._stop.is_set():
                     try:
@@ -330,6 +443,7 @@ class HeartbeatLink:
                 infos = [await js.stream_info(stream) for stream in streams]
                 watches = [StreamWatch(stream, created_of(info))
                            for stream, info in zip(streams, infos, strict=True)]
+                adopt_bucket_ttl(self.board, infos[0].config.max_age)
                 return live, roster, watches, [info.state.last_seq for info in infos]
             except Exception as exc:  # noqa: BLE001 - retried; the gate works without them
                 log.warning("venue heartbeats not started yet: %s: %s", type(exc).__name__, exc)
@@ -401,6 +515,8 @@ async def _read_bucket(js: Any, name: str, board: GateBoard, live: bool,
         kv = await js.key_value(name)
     except BucketNotFoundError as exc:
         raise _NoBucket(name) from exc
+    if live:
+        adopt_bucket_ttl(board, (await kv.status()).ttl)
     watcher = await kv.watchall()
     entries = 0
     try:

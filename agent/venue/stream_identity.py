@@ -18,6 +18,14 @@ streams (`made_again_unseen`: made again at some time). docs/venue.md, "A gate w
 While a session runs, the stream is looked at every CHECK_EVERY_S: not found for
 STREAM_GONE_S, or made again, ends the session (`VenueStreamLost`) so setup runs again: it
 creates the stream if it is still missing, then the check above applies.
+
+Only the stream leader's answer is judged. A clustered stream without a leader (a node lost,
+the election under way, or no quorum at all) has its replicas answer stream info themselves,
+each with what it holds: a replica that had not applied the last messages the old leader
+committed says a last sequence below the position this gate applied from that leader, which is
+no sign of a stream made again. Taken as one, it ended the session just as the cluster lost
+its quorum (whose set-up then could not complete) and reset venue.db for nothing
+(`leader_answer`, tests/venue/test_quorum_lost.py).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any, TypeVar
 
 from nats.js.errors import NotFoundError
 
-from agent.errors import VenueStreamLost
+from agent.errors import VenueNoStreamLeader, VenueStreamLost
 from agent.store.cache import TicketCache
 from agent.store.venue import VenueStore
 
@@ -73,6 +81,25 @@ def replaced(recorded: str | None, created: str, last_seq: int, position: int) -
     return None
 
 
+def leaderless(info: Any) -> bool:
+    """The answer came from a replica of a stream that has no leader now (see the module
+    docstring); a server that is not clustered answers with no cluster part, or names itself."""
+    cluster = getattr(info, "cluster", None)
+    return cluster is not None and not cluster.leader
+
+
+async def leader_answer(js: Any, stream: str) -> Any:
+    """`stream`'s info as its leader says it, for a decision on its identity; a replica's
+    answer while the stream has no leader raises `VenueNoStreamLeader` (tried again later:
+    nothing is decided on it)."""
+    info = await js.stream_info(stream)
+    if leaderless(info):
+        raise VenueNoStreamLeader(f"stream {stream} has no leader now (no quorum, or an "
+                                  "election under way): its identity is not judged on a "
+                                  "replica's answer")
+    return info
+
+
 class StreamWatch:
     """A session's look at its stream: `await check(js, applied_seq)` every round; raises
     `VenueStreamLost` once the stream is gone for STREAM_GONE_S or was made again."""
@@ -101,6 +128,8 @@ class StreamWatch:
         except Exception:  # noqa: BLE001 - the bus does not answer: other reasons say so
             return
         self._missing_since = None
+        if leaderless(info):  # a replica's word on what it holds: looked at again next round
+            return
         why = replaced(self.created, created_of(info), info.state.last_seq, applied_seq)
         if why is not None:
             raise VenueStreamLost(f"stream {self.stream}: {why}")
@@ -212,8 +241,9 @@ async def adopt_catalog(js: Any, stream: str, cache: TicketCache, venue_db: Path
     """The leader role's session setup for the catalog stream (its position and newest term
     live in the cache, its identity in venue.db's table of identities): one made again
     since makes the follower start at its first message and accept its terms. Returns the
-    stream's creation time (for the session's `StreamWatch`)."""
-    info = await js.stream_info(stream)
+    stream's creation time (for the session's `StreamWatch`). Judged on the stream leader's
+    answer only (`leader_answer`)."""
+    info = await leader_answer(js, stream)
     created = created_of(info)
 
     def fit() -> None:

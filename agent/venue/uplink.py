@@ -205,13 +205,26 @@ async def hand_over_now(js: Any, venue: str, device: str, journal: Journal,
 async def backlog(js: Any, venue: str) -> tuple[int, float]:
     """Scans on the bus not yet at the platform, and how long the oldest has waited (s).
     The stream is a work queue: a message leaves it when the leader acks it after the
-    platform's success, so its first message is the oldest undelivered scan."""
-    state = (await js.stream_info(stream_name(venue))).state
-    if not state.messages:
+    platform's success, so its first message is the oldest undelivered scan. Its wait is
+    measured on the bus server's clock alone (the time in the same stream-info answer, `ts`,
+    against the time the server stored the message): the leader's own clock may be hours off
+    (a controller without a real-time clock), which showed a scan seconds old as hours behind
+    (`VenueUploadBacklog`). A server without `ts` (older than 2.10): this device's clock."""
+    info = await stream_identity.raw_stream_info(js, stream_name(venue))
+    state = info.get("state") or {}
+    messages, first_seq = int(state.get("messages") or 0), int(state.get("first_seq") or 0)
+    if not messages:
         return 0, 0.0
-    oldest = await js.get_msg(stream_name(venue), seq=state.first_seq)
-    waited = time.time() - oldest.time.timestamp() if oldest.time is not None else 0.0
-    return int(state.messages), max(0.0, waited)
+    oldest = await js.get_msg(stream_name(venue), seq=first_seq)
+    if oldest.time is None:
+        return messages, 0.0
+    stamp = info.get("ts")
+    try:
+        now = datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else None
+    except ValueError:
+        now = None
+    waited = (time.time() if now is None else now) - oldest.time.timestamp()
+    return messages, max(0.0, waited)
 
 
 class VenueUploader:
@@ -297,7 +310,7 @@ class VenueUploader:
         """A stored batch's rows: their messages are acked, not sent again — except the rows
         it quarantined into a quarantine bucket since lost (`quarantined`: scan uuid -> the
         bucket's creation time then, unlike the bucket's now): the gates hand their scans
-        over again to fill the new bucket (agent.venue.leader), and a copy of such a row is
+        over again to fill the new bucket (agent.venue.lost_streams), and a copy of such a row is
         sent and refused again, into it. Acked here without sending, those rows were lost."""
         self.rows[key] = tickets
         self.isolated[key] = dict(quarantined or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,8 +14,12 @@ import pytest
 from drivers.relay import lcus_command
 from drivers.sim import send_scan
 from tests.drivers.conftest import PtyDevice, wait_until
+from tests.procs import communicate_while
 
 ROOT = Path(__file__).resolve().parents[2]
+# A generous deadline, not a budget: a command that makes no headway for this long is hung. The
+# scan tests' commands exit as soon as they read their scan, so it costs nothing when they pass.
+STALL_S = 120
 
 
 @pytest.fixture
@@ -48,12 +53,17 @@ def test_list_json_has_every_category() -> None:
 def test_test_reader_prints_one_scan(tmp_path: Path) -> None:
     sock = tmp_path / "scan.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "devices", "test", f"sim:t?socket={sock}", "--timeout", "10"],
+        [sys.executable, "-m", "agent", "devices", "test", f"sim:t?socket={sock}",
+         "--timeout", str(STALL_S)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_until(sock.is_socket, timeout=10)
+        # as long as the command takes to start on a loaded machine; it exiting first fails
+        assert wait_until(lambda: sock.is_socket() or proc.poll() is not None,
+                          timeout=STALL_S), "no reader socket"
+        assert proc.poll() is None, proc.communicate()
         send_scan(sock, "TICKET-42")
-        out, err = proc.communicate(timeout=10)
+        out, err = communicate_while(proc, lambda: None, stall_s=STALL_S,
+                                     what="devices test after a scan")
     finally:
         proc.kill()
     assert proc.returncode == 0, err
@@ -64,12 +74,16 @@ def test_test_reader_prints_one_scan(tmp_path: Path) -> None:
 def test_test_reader_over_a_serial_port(pty_device: PtyDevice) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "devices", "test", f"serial://{pty_device.path}",
-         "--timeout", "10"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--timeout", str(STALL_S)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        while proc.poll() is None:  # keep scanning until the reader has the port open
-            pty_device.write(b"SER-1\r")
+        # keep scanning until the reader has the port open and exits with what it read (the
+        # command's own --timeout ends it if it never reads one)
+        while proc.poll() is None:
+            with contextlib.suppress(BlockingIOError):  # a full queue while the port is shut
+                pty_device.write(b"SER-1\r")
             time.sleep(0.2)
-        out, err = proc.communicate(timeout=5)
+        out, err = proc.communicate()  # it has exited: this only drains its pipes
     finally:
         proc.kill()
     assert proc.returncode == 0, err

@@ -9,9 +9,9 @@ from agent.config import LaneConfig
 from agent.runtime.gate import Gate
 from agent.runtime.opening import open_cache, open_journal
 from tests.conftest import DemoSite
-from tests.procs import communicate_while, dir_state
+from tests.procs import communicate_while, dir_state, join_while
 
-STALL_S = 120  # this long with no journal commit from either process: a hang
+STALL_S = 120  # this long with no decision (thread) or journal commit (process): a hang
 
 
 def test_a_copied_ticket_at_two_lanes_is_admitted_once(site: DemoSite) -> None:
@@ -25,21 +25,30 @@ def test_a_copied_ticket_at_two_lanes_is_admitted_once(site: DemoSite) -> None:
                                           "nfc_ticket", "entry_only")]
     barrier = threading.Barrier(2)
     admits: list[str] = []
+    scanned = [0, 0]  # each lane's decisions so far: what the wait below watches
+    errors: list[BaseException] = []
 
     def lane(i: int) -> None:
-        for code in codes:
-            barrier.wait()
-            result = gates[i].scan(code, lanes[i], site.now)
-            if result.decision.admit:
-                admits.append(code)
+        try:
+            for code in codes:
+                barrier.wait()
+                result = gates[i].scan(code, lanes[i], site.now)
+                scanned[i] += 1
+                if result.decision.admit:
+                    admits.append(code)
+        except BaseException as exc:  # reported below; abort frees the other lane
+            errors.append(exc)
+            barrier.abort()
 
-    threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(2)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(30)
-    for gate in gates:
-        gate.close()
+    try:
+        join_while(threads, lambda: tuple(scanned), stall_s=STALL_S, what="a lane's thread")
+    finally:
+        for gate in gates:
+            gate.close()
+    assert not errors, errors
     assert sorted(admits) == sorted(codes)  # each ticket once, never twice
 
 

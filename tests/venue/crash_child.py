@@ -37,7 +37,7 @@ def main(config_path: str, code: str, mode: str = "claimed") -> None:
     assert config.venue is not None
     bus = VenueBus(config.venue, config.store_dir, config.store_dir / "journal.db", config_path)
     bus.start()
-    while not bus.connected:
+    while not bus.ready:
         time.sleep(0.01)
     gate = Gate(TicketCache(config.store_dir / "cache.db"),
                 Journal(config.store_dir / "journal.db"), config, VenueLink(bus, "local"))

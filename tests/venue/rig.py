@@ -195,7 +195,7 @@ def venue_devices(root: Path, servers: list[str], n: int, tickets: int = 100,
                for i in range(n)]
     try:
         for d in devices:
-            wait_until(lambda d=d: d.bus.connected, 20, f"{d.name} connected")
+            wait_until(lambda d=d: d.bus.ready, 20, f"{d.name} connected")
         yield devices
     finally:
         for d in devices:

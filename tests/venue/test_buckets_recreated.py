@@ -1,8 +1,8 @@
 """The venue's KV buckets deleted under running gates (`nats kv rm`, a node's data wiped):
 budget, quarantine, batches and heartbeats, as the streams and the lease bucket before them
 (agent.venue.stream_identity `StreamWatch`: gone 5 s, or made again, ends the session; its
-setup makes the bucket again and deals with what was lost, agent.venue.leader
-`_adopt_buckets`). Real `VenueRole`s and gates on a real nats-server, uploading to the
+setup makes the bucket again and deals with what was lost, agent.venue.lost_streams
+`adopt_buckets`). Real `VenueRole`s and gates on a real nats-server, uploading to the
 sandbox, real SQLite files.
 
 Before: nothing looked at these buckets. A bucket deleted and not made again failed every
@@ -116,7 +116,7 @@ class Venue:
             return set()
 
     def leads(self, role: VenueRole) -> bool:
-        return role.uploader is not None and role.election is not None \
+        return role.lead.uploader is not None and role.election is not None \
             and role.election.lease.valid()
 
 
@@ -142,7 +142,7 @@ def test_the_quarantine_deleted_under_the_venue_is_filled_again_from_the_journal
             await v.until(quarantined, 60, "the two refused rows quarantined")
             await v.js.delete_key_value(quarantine.bucket_name(venue))  # `nats kv rm`
             await v.until(quarantined, 60, "the two refused rows quarantined again")
-            await v.until(lambda: _true(not v.roles[1].buckets_lost), 30, "cleared")
+            await v.until(lambda: _true(not v.roles[1].losses.buckets_lost), 30, "cleared")
             return v.roles[1].get_status()
 
     status = asyncio.run(scenario())
@@ -178,21 +178,21 @@ def test_a_budget_log_lost_under_the_leader_counts_the_whole_budget_as_spent(
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], int, set[str]]:
         async with Venue([lead], sandbox, venue_node) as v:
             role = v.roles[0]
-            await v.until(lambda: _true(v.leads(role) and role.fence is not None
-                                        and bool(role.fence.sent)), 60, "leading, requests")
+            await v.until(lambda: _true(v.leads(role) and role.lead.fence is not None
+                                        and bool(role.lead.fence.sent)), 60, "leading, requests")
             first = role.election.lease.stamp() if role.election else None
             await v.js.delete_key_value(budget.bucket_name(venue))  # `nats kv rm`
             await leading_again(v, role)
             assert role.election is not None and role.election.lease.stamp() != first
-            assert role.client is not None
-            governor = role.client.governor.get_status()
+            assert role.lead.client is not None
+            governor = role.lead.client.governor.get_status()
             status = role.get_status()
             seen = set(v.seen)
         # the daemon restarts within the minute: the loss is found again from venue.db
         async with Venue([lead], sandbox, venue_node) as again:
             await leading_again(again, again.roles[0])
-            assert again.roles[0].client is not None
-            restarted = again.roles[0].client.governor.get_status()["remaining"]
+            assert again.roles[0].lead.client is not None
+            restarted = again.roles[0].lead.client.governor.get_status()["remaining"]
             info = await again.js.stream_info(stream)
         recorded = VenueStore(db)
         try:
@@ -239,7 +239,7 @@ def test_the_batches_deleted_under_the_leader_are_made_again_and_uploads_go_on(
                     await v.js.stream_info(kv_stream(uplink.batches_bucket(venue)))
                 except Exception:  # noqa: BLE001 - not found (yet)
                     return False
-                up = v.roles[0].uploader
+                up = v.roles[0].lead.uploader
                 return up is not None and await up.lag() == 0 \
                     and not any(up.members.values())
             await v.until(settled, 60, "the batches bucket made again, nothing left unacked")

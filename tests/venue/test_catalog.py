@@ -20,8 +20,10 @@ from agent.store.cache import TicketCache
 from agent.venue import catalog
 from agent.venue.election import connect, lease_bucket
 from agent.venue.leader import VenueRole
-from agent.venue.lease import Lease
+from agent.venue.leader_sync import LeaderSync
+from agent.venue.lease import Lease, NotLeader
 from agent.venue.node import NodeProcess
+from agent.venue.passrequest import PassRequest
 from agent.venue.term import Term, stamp_headers
 from tests.platform.sync.conftest import EVENT, Site, make_site
 
@@ -280,9 +282,9 @@ def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
 
 def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
         shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
-    """The leader's sync loop (`VenueRole`) runs the full pass when it is due (here: asked
-    for at once, as `sync.full_resync_at` would at 04:00), publishes it as a full pass every
-    gate applies, and schedules the next one a day later."""
+    """The leader's sync loop (agent.venue.leader_sync, a `VenueRole`'s) runs the full pass
+    when it is due (here: asked for at once, as `sync.full_resync_at` would at 04:00),
+    publishes it as a full pass every gate applies, and schedules the next one a day later."""
     venue = "dailyfull"
     site = make_site(tmp_path / "leader", sandbox, rpm=1000, extra=(
         f'[venue]\nname = "{venue}"\nservers = ["{shared_venue_node.url}"]\n'
@@ -294,13 +296,13 @@ def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
             await catalog.ensure_stream(js, venue, 1)
             lease = await lead(js, venue)
             role = VenueRole(site.config, sandbox.token)
-            role.full_resync_now()
+            role.lead.passes.full_resync_now()
             async with site.client() as client:
                 syncer = site.syncer(client, observer=catalog.CatalogPublisher(js, venue, lease))
-                task = asyncio.create_task(role._sync_loop(syncer))
+                task = asyncio.create_task(role.lead.passes.run(syncer))
                 try:
                     deadline = asyncio.get_running_loop().time() + 60
-                    while role.last_full is None and not task.done() and \
+                    while role.lead.passes.last_full is None and not task.done() and \
                             asyncio.get_running_loop().time() < deadline:
                         await asyncio.sleep(0.1)
                 finally:
@@ -314,11 +316,54 @@ def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
     (tmp_path / "gate").mkdir()
     started = time.time()
     role, status = asyncio.run(scenario())
-    assert role.last_full is not None, role.counters
+    passes = role.lead.passes
+    assert passes.last_full is not None, role.counters
     want = items(site.cache_path)
-    assert role.last_full["items"] == len(want) > TICKETS * 0.9
-    assert role.next_full is not None and role.next_full > started + 60  # tomorrow's
+    assert passes.last_full["items"] == len(want) > TICKETS * 0.9
+    assert passes.next_full is not None and passes.next_full > started + 60  # tomorrow's
     # the loop's next delta marker replaces the full pass's (last message per subject): a
     # gate reading later applies the same items, with that marker
     assert status["passes_applied"] >= 1
     assert items(tmp_path / "gate" / "cache.db") == want
+
+
+def test_a_requested_pass_is_refused_once_the_lease_is_gone_and_sends_nothing(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """A gate's `gate-agent sync` reaches the leader's subscription (agent.venue.passrequest)
+    until its step-down unsubscribes it, while its lease may be gone already. Asked then, the
+    device refuses (NotLeader, told to the asking gate) and sends the platform nothing; the
+    same request under a valid lease is run (so the refusal is the lease's)."""
+    venue = "askedpass"
+    site = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    request = PassRequest(full=False, events=(EVENT,), device="gate-2")
+
+    async def scenario() -> tuple[str, int, dict[str, Any]]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            passes = LeaderSync(site.config, venue, "leader", {"leader_errors": 0})
+            async with site.client() as client:
+                syncer = site.syncer(client, observer=catalog.CatalogPublisher(js, venue, lease))
+                try:
+                    await lease.release()
+                    before = requests_made(sandbox)
+                    try:
+                        await passes.requested(request, syncer, client, lease, js)
+                        refusal = "run"
+                    except NotLeader as exc:
+                        refusal = str(exc)
+                    sent = requests_made(sandbox) - before
+                    assert await lease.acquire("now")
+                    answer = await passes.requested(request, syncer, client, lease, js)
+                finally:
+                    syncer.close()
+            return refusal, sent, answer
+        finally:
+            await nc.close()
+
+    refusal, sent, answer = asyncio.run(scenario())
+    assert sent == 0, refusal
+    assert refusal == f"leader does not lead venue {venue} now"
+    assert answer["leader"] == "leader" and answer["mode"] == "delta"
+    assert answer["applied"] > 0 and answer["requests"] > 0

@@ -48,7 +48,7 @@ def bus(shared_venue_node: NodeProcess, tmp_path_factory: pytest.TempPathFactory
     bus = VenueBus(venue, tmp_path_factory.mktemp("chan"), None)
     bus.start()
     try:
-        wait_until(lambda: bus.connected, 20, "bus connected")
+        wait_until(lambda: bus.ready, 20, "bus connected")
         yield bus
     finally:
         bus.stop()
@@ -301,7 +301,7 @@ def test_claims_over_tls(tmp_path: Path) -> None:
         bus = VenueBus(venue, tmp_path / "store", None)
         bus.start()
         try:
-            wait_until(lambda: bus.connected, 20, "bus connected over TLS")
+            wait_until(lambda: bus.ready, 20, "bus connected over TLS")
             assert bus.lean_claims
             subject = messages.ticket_subject("tlsv", 1, 1, "t1")
             first = claim(bus, subject, "tls-a", 0)
@@ -322,7 +322,7 @@ def test_claims_after_the_node_restarts(tmp_path: Path, venue_node: NodeProcess)
     bus = VenueBus(venue, tmp_path / "store", None)
     bus.start()
     try:
-        wait_until(lambda: bus.connected, 20, "bus connected")
+        wait_until(lambda: bus.ready, 20, "bus connected")
         first = claim(bus, messages.ticket_subject("again", 1, 1, "r1"), "r-a", 0)
         assert first.outcome == "granted"
         nc = bus._nc
@@ -331,7 +331,7 @@ def test_claims_after_the_node_restarts(tmp_path: Path, venue_node: NodeProcess)
         assert claim(bus, messages.ticket_subject("again", 1, 2, "r1"), "r-b", 0).outcome \
             == "unavailable"
         venue_node.start()
-        wait_until(lambda: bus.connected, 20, "bus reconnected")
+        wait_until(lambda: bus.ready, 20, "bus reconnected")
         assert bus._nc is nc  # the same connection, reconnected (not a new session)
         again = claim(bus, messages.ticket_subject("again", 1, 1, "r1"), "r-c", first.seq)
         assert again.outcome == "granted" and again.seq > first.seq
@@ -353,7 +353,7 @@ def test_a_client_without_the_internals_claims_through_js_publish(
     other = VenueBus(venue, tmp_path, None)
     other.start()
     try:
-        wait_until(lambda: other.connected, 20, "bus connected")
+        wait_until(lambda: other.ready, 20, "bus connected")
         assert other.lean_claims and not other._claims.usable
         subject = ticket()
         first = claim(other, subject, "old-client-a", 0)

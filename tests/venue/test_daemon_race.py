@@ -4,6 +4,7 @@ single-access ticket in the venue (two on a `max_entries = 2` lane); the rest re
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -86,6 +87,9 @@ def daemons(tmp_path: Path, venue_node: NodeProcess) -> Iterator[list[tuple[Daem
             time.sleep(0.1)
         yield running
     finally:
+        for daemon, _e, _l in running:  # all told at once: each takes its second to stop
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.signal(signal.SIGTERM)
         for daemon, entry, lawn in running:
             daemon.stop()
             entry.unplug()

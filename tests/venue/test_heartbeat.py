@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import orjson
 import pytest
 
 from agent.venue.bus import VenueBus
-from agent.venue.heartbeat import bucket_names
+from agent.venue.heartbeat import GateBoard, LiveSamples, bucket_names, watch
 from agent.venue.node import NodeProcess, start_venue
 from tests.conftest import run_cli
 from tests.venue.rig import wait_until
@@ -68,7 +70,7 @@ def watcher_and_gate(url: str, root: Path, name: str = "hb",
     watcher.start()
     gate.start()
     try:
-        wait_until(lambda: watcher.connected and gate.connected, 20, "both on the bus")
+        wait_until(lambda: watcher.ready and gate.ready, 20, "both on the bus")
         gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
         wait_until(lambda: state_of(watcher, "g1") == "online", 5, "g1 online at w1")
         yield watcher, gate
@@ -151,7 +153,6 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
     arrive (its race at setup, seen in CI: `venue status` listed no gate beside two): a bucket
     read empty is read again before it is believed (three times, as agent.venue.kvkeys). The
     race cannot be provoked on demand against a real server, so these buckets stand in."""
-    from datetime import UTC, datetime
 
     from agent.venue.heartbeat import read_board
 
@@ -174,6 +175,11 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
         def __init__(self, early_ends: int) -> None:
             self.early_ends = early_ends
 
+        async def status(self) -> Any:
+            class Status:  # the bucket's settings as the server has them: TTL 5 s
+                ttl = 5.0
+            return Status()
+
         async def watchall(self) -> Watcher:
             if self.early_ends:
                 self.early_ends -= 1
@@ -193,6 +199,49 @@ def test_an_early_end_of_a_buckets_values_is_not_believed() -> None:
     assert board.rows() == [] and unread == []
 
 
+class _Entry:
+    """A heartbeat entry as nats-py's watcher gives it (the stand-ins below)."""
+
+    def __init__(self, revision: int, created: datetime, delta: int = 0) -> None:
+        self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
+        self.revision, self.created, self.delta = revision, created, delta
+
+
+class _Watcher:
+    def __init__(self, entries: list[_Entry | None]) -> None:
+        self.entries = entries
+
+    async def updates(self, timeout: float) -> _Entry | None:
+        if not self.entries:
+            await asyncio.sleep(0.01)
+            raise TimeoutError
+        return self.entries.pop(0)
+
+    async def stop(self) -> None:
+        pass
+
+
+class _Bucket:
+    def __init__(self, entries: list[_Entry | None]) -> None:
+        self.watcher = _Watcher(entries)
+
+    async def watchall(self) -> _Watcher:
+        return self.watcher
+
+
+def _watched(board: GateBoard, entries: list[_Entry | None], measure_after: int) -> None:
+    """`watch` over a stand-in bucket delivering `entries` (None: the initial values' end)."""
+    async def run() -> None:
+        bucket, stop = _Bucket(entries), asyncio.Event()
+        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after))
+        while bucket.watcher.entries:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("live_too", [False, True], ids=["replayed-only", "then-a-live-one"])
 def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
         live_too: bool) -> None:
@@ -203,50 +252,157 @@ def test_a_replayed_beat_after_an_early_end_of_the_values_measures_nothing(
     read an hour late. Only entries stored after the bucket's last sequence at the start
     measure (`watch(measure_after=...)`). Stand-in watcher, as above (the race cannot be
     provoked against a real server)."""
-    from datetime import UTC, datetime, timedelta
-
-    from agent.venue.heartbeat import GateBoard, watch
-
     now = datetime.now(UTC)
-
-    class Entry:
-        def __init__(self, revision: int, created: datetime) -> None:
-            self.key, self.value, self.operation = "g1", orjson.dumps({"health": "pass"}), None
-            self.revision, self.created, self.delta = revision, created, 0
-
-    class Watcher:
-        def __init__(self, entries: list[Entry | None]) -> None:
-            self.entries = entries
-
-        async def updates(self, timeout: float) -> Entry | None:
-            if not self.entries:
-                await asyncio.sleep(0.01)
-                raise TimeoutError
-            return self.entries.pop(0)
-
-        async def stop(self) -> None:
-            pass
-
-    class Bucket:
-        def __init__(self) -> None:
-            self.watcher = Watcher([None, Entry(4, now - timedelta(hours=1))]
-                                   + ([Entry(5, now)] if live_too else []))
-
-        async def watchall(self) -> Watcher:
-            return self.watcher
-
-    async def run(board: GateBoard) -> None:
-        bucket, stop = Bucket(), asyncio.Event()
-        task = asyncio.create_task(watch(bucket, board, False, stop, measure_after=4))
-        while bucket.watcher.entries:
-            await asyncio.sleep(0.01)
-        stop.set()
-        await task
-
     board = GateBoard(1.0)
-    asyncio.run(run(board))
+    _watched(board, [None, _Entry(4, now - timedelta(hours=1))]
+             + ([_Entry(5, now)] if live_too else []), measure_after=4)
     measured = board.measured_offset_s()
     if live_too:
         assert measured is not None and abs(measured) < 60, measured
     else:
         assert measured is None
+
+
+def test_beats_pending_when_delivered_measure_nothing() -> None:
+    """Deliveries that waited (newer entries already stored: `pending > 0`, and the one
+    delivered right after such a one) are no clock samples; the next live one is. Stand-in
+    watcher (a catch-up's pending counts cannot be timed against a real server on demand; the
+    real catch-up after an outage is the test below)."""
+    board = GateBoard(1.0)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    _watched(board, [None, _Entry(5, hour_ago, 2), _Entry(6, hour_ago, 1),
+                     _Entry(7, hour_ago, 0)], measure_after=4)
+    assert board.measured_offset_s() is None
+    _watched(board, [None, _Entry(8, datetime.now(UTC), 0)], measure_after=4)
+    measured = board.measured_offset_s()
+    assert measured is not None and abs(measured) < 60, measured
+
+
+def test_a_reconnect_holds_samples_until_the_bucket_position_is_read() -> None:
+    """After the link's reconnect, deliveries of entries stored before it (a beat a gate put
+    while this one was away, delivered with nothing pending after it) are no samples: held
+    until the bucket's last sequence is read again, then only those stored after it count."""
+    board = GateBoard(1.0)
+    samples = LiveSamples(board, measure_after=10, links=0)
+    samples.delivered(11, 0, 0.05, links=0)
+    assert board.samples() == [0.05]
+    samples.delivered(12, 0, 30.0, links=1)  # the first delivery after a reconnect
+    samples.delivered(14, 0, 0.04, links=1)
+    assert samples.waiting and board.samples() == [0.05]
+    samples.bound(13, links=1)  # read after it: 12 was stored before, 14 after
+    assert not samples.waiting and board.samples() == [0.05, 0.04]
+    samples.delivered(15, 0, 20.0, links=2)
+    samples.bound(20, links=1)  # read before the second reconnect: decides nothing
+    assert samples.waiting
+    samples.bound(15, links=2)
+    assert board.samples() == [0.05, 0.04]
+
+
+@pytest.mark.slow
+def test_beats_caught_up_after_an_outage_leave_the_measured_offset_alone(
+        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+    """A gate whose one node went away: another gate's beat stored meanwhile reaches it only
+    after the outage, late by about its length. That delivery measured this clock that much
+    ahead (a sample kept beside the good ones, and enough such pushed them out)."""
+    urls = [n.url for n in venue_cluster]
+    outage_s = 6.0
+    # the venue's stream and buckets with 3 replicas, as a gate listing every node makes them
+    maker = VenueBus(venue(urls[0], "s0", "out", 60.0) | {"servers": urls}, tmp_path / "s0",
+                     None)
+    maker.start()
+    try:
+        def made() -> bool:
+            maker.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return state_of(maker, "s0") == "online"
+        wait_until(made, 60, "the venue made")
+    finally:
+        maker.stop()
+    gate = VenueBus(venue(urls[2], "w1", "out", 60.0), tmp_path / "w1", None)
+    gate.start()
+    try:
+        wait_until(lambda: gate.ready, 30, "w1 on the third node")
+
+        def measured() -> bool:
+            gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return len(gate.board.samples()) >= 3
+        wait_until(measured, 30, "w1's clock measured by live beats")
+        before = gate.board.samples()
+        assert max(before) < 1.0, before
+
+        venue_cluster[2].kill()
+        wait_until(lambda: not gate.connected, 10, "w1 cut off")
+
+        async def put() -> None:  # another gate's beat while w1 is away (then it dies)
+            nc = await nats.connect(urls[:2])
+            try:
+                js = nc.jetstream()
+                for name in bucket_names("out"):
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            await (await js.key_value(name)).put("dead", b'{"health": "pass"}')
+                            break
+                        except Exception:  # noqa: BLE001 - a new leader being elected
+                            assert time.monotonic() < deadline
+                            await asyncio.sleep(0.5)
+            finally:
+                await nc.close()
+        asyncio.run(put())
+        put_at = time.monotonic()
+        time.sleep(outage_s)
+        venue_cluster[2].start()
+        wait_until(lambda: state_of(gate, "dead") is not None, 60, "the beat caught up")
+        assert time.monotonic() - put_at >= outage_s  # delivered late by the outage
+        wait_until(lambda: gate.ready, 30, "w1 back")
+        after = gate.board.samples()
+        assert max(after) < 1.0, after  # no sample of the catch-up
+        assert abs((gate.board.measured_offset_s() or 0.0) - min(before)) < 1.0
+
+        def measured_again() -> bool:  # a live beat still measures, once the bound is read
+            gate.beat(orjson.dumps({"health": "pass", "version": "t", "lanes": []}))
+            return gate.board.samples() != after
+        wait_until(measured_again, 30, "a live beat measured after the outage")
+        assert max(gate.board.samples()) < 1.0, gate.board.samples()
+    finally:
+        gate.stop()
+
+
+def test_readers_judge_by_the_buckets_own_ttl_not_their_config(node: NodeProcess,
+                                                                tmp_path: Path) -> None:
+    """The first gate set the live bucket's TTL (2 s here); a device configured with another
+    (the default 10 s: a technician's `venue status`, a gate whose config differs) binds to
+    the bucket as it is, and judges by it too. Judged by its own TTL, a gate dead for longer
+    than the bucket's, once the server's expiry marker had itself expired, showed `stale` or
+    `online` (the CLI run a few seconds after: a flake of the test above)."""
+    from agent.venue.heartbeat import read_board
+
+    with watcher_and_gate(node.url, tmp_path) as (watcher, _gate):
+        put_once(node.url, "gone", {"health": "pass", "version": "t"})
+        wait_until(lambda: state_of(watcher, "gone") == "online", 5, "gone's beat seen")
+        put_at = time.monotonic()
+        wait_until(lambda: state_of(watcher, "gone") == "offline", TTL_S + 6, "gone offline")
+        # past the TTL and the marker's own TTL (max(1, TTL) s): nothing in the live bucket
+        # says "gone" any more; only its age does
+        time.sleep(max(0.0, put_at + 2 * TTL_S + 1.0 - time.monotonic()))
+
+        async def look() -> tuple[float, str | None]:
+            nc = await nats.connect(node.url)
+            try:
+                board, _unread = await read_board(nc.jetstream(), "hb", 2.0, 10.0)
+                return board.ttl_s, next((r["state"] for r in board.rows()
+                                          if r["device"] == "gone"), None)
+            finally:
+                await nc.close()
+
+        ttl, state = asyncio.run(look())
+        assert ttl == TTL_S
+        assert state == "offline"
+
+        # a gate configured with 10 s joining the venue whose bucket says 2 s judges by 2 s
+        late = VenueBus(venue(node.url, "late", "hb", 10.0), tmp_path / "late", None)
+        late.start()
+        try:
+            wait_until(lambda: late.board.ttl_s == TTL_S, 20, "late adopts the bucket's TTL")
+            wait_until(lambda: state_of(late, "gone") == "offline", 10, "gone offline at late")
+        finally:
+            late.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from agent.venue.leader import next_daily
+from agent.venue.leader_sync import next_daily
 
 
 def test_next_daily_is_the_next_local_time_of_day() -> None:

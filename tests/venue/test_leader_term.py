@@ -74,7 +74,8 @@ def test_a_failed_fence_renewal_does_not_end_the_leaders_sync_for_its_term(
         runner = asyncio.create_task(role.run(stop))
         try:
             async def syncing() -> bool:
-                return role.uploader is not None and await asyncio.to_thread(_reads, sandbox) > 2
+                return role.lead.uploader is not None \
+                    and await asyncio.to_thread(_reads, sandbox) > 2
             await _until(syncing, 30, "leading and syncing")
             assert role.election is not None
             lease = role.election.lease
@@ -95,9 +96,9 @@ def test_a_failed_fence_renewal_does_not_end_the_leaders_sync_for_its_term(
             async def syncing_again() -> bool:
                 return await reads() >= before + 3
             await _until(syncing_again, 20, "sync passes in the new term")
-            task = role._sync_task
+            task = role.lead.sync_task
             return {"task_alive": task is not None and not task.done(),
-                    "lead_term": role._lead_term, "term": lease.term}
+                    "lead_term": role.lead.term, "term": lease.term}
         finally:
             stop.set()
             await asyncio.wait_for(runner, 30)

@@ -88,7 +88,7 @@ def _started(device: VenueDevice) -> None:
     for gate in device.gates:
         assert gate.venue is not None
         gate.venue.store = VenueStore(device.bus.store_path)
-    wait_until(lambda: device.bus.connected, 20, f"{device.name} connected")
+    wait_until(lambda: device.bus.ready, 20, f"{device.name} connected")
 
 
 def test_a_gate_without_a_record_publishes_its_claims_again(
@@ -168,8 +168,8 @@ def test_a_leader_without_a_record_counts_a_budget_made_again_unseen_as_spent(
     async def scenario() -> tuple[int, dict[str, Any], float | None]:
         async with Venue([lead], sandbox, venue_node) as v:
             role = v.roles[0]
-            await v.until(lambda: _true(v.leads(role) and role.fence is not None
-                                        and bool(role.fence.sent)), 60, "leading, requests")
+            await v.until(lambda: _true(v.leads(role) and role.lead.fence is not None
+                                        and bool(role.lead.fence.sent)), 60, "leading, requests")
             catalog_stream = catalog.stream_name(venue)
 
             async def venue_older() -> bool:  # the venue's streams older than a remake
@@ -188,8 +188,8 @@ def test_a_leader_without_a_record_counts_a_budget_made_again_unseen_as_spent(
             async def seeded() -> bool:
                 return v.leads(role) and role.counters["seeded_requests"] >= RPM
             await v.until(seeded, 60, "leading, the unseen loss counted")
-            assert role.client is not None
-            remaining = role.client.governor.get_status()["remaining"]
+            assert role.lead.client is not None
+            remaining = role.lead.client.governor.get_status()["remaining"]
             status = role.get_status()
             info = await v.js.stream_info(kv_stream(name))
         recorded = VenueStore(fresh.config.store_dir / VENUE_FILE)
@@ -215,8 +215,8 @@ def test_a_new_venue_is_not_taken_for_a_lost_budget(
     async def scenario() -> tuple[int, dict[str, Any]]:
         async with Venue([site], sandbox, venue_node) as v:
             role = v.roles[0]
-            await v.until(lambda: _true(v.leads(role) and role.fence is not None
-                                        and bool(role.fence.sent)), 60, "leading, requests")
+            await v.until(lambda: _true(v.leads(role) and role.lead.fence is not None
+                                        and bool(role.lead.fence.sent)), 60, "leading, requests")
             return role.counters["seeded_requests"], role.get_status()
 
     seeded, status = asyncio.run(scenario())
@@ -289,7 +289,7 @@ def test_claims_go_out_again_after_a_restart_before_they_were_all_out(
         silent._publish_pending = publishes_nothing  # type: ignore[method-assign]
         silent.start()
         try:
-            wait_until(lambda: silent.connected, 20, "the silent session set up")
+            wait_until(lambda: silent.ready, 20, "the silent session set up")
         finally:
             silent.stop()
         store = VenueStore(one.bus.store_path)

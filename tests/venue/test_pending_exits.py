@@ -201,7 +201,8 @@ def test_only_the_exits_own_gate_confirms_it_and_only_an_exit_awaits(tmp_path: P
                           Applied(2, "s", scan=_scan("out-1", "g2", "out", True),
                                   bus_time="2026-12-06T12:00:05.000000Z")], at)
         assert [s.scan for s in store.zone_scans(501, 7)] == ["in"]
-        assert store.awaiting_exits("g2") == [{"uuid": "out-1", "event_id": 501, "item_id": 7}]
+        assert [(e["uuid"], e["event_id"], e["item_id"]) for e in store.awaiting_exits("g2")] \
+            == [("out-1", 501, 7)]
         store.apply("S", [Applied(3, "s", scan=_scan("out-1", "g9", "out", False)),
                           Applied(4, "s", scan=_scan("out-1", "g2", "out", True))], at)
         assert [s.scan for s in store.zone_scans(501, 7)] == ["in"]

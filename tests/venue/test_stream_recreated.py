@@ -83,7 +83,7 @@ def test_gates_recover_a_stream_deleted_under_them(tmp_path: Path, venue_node: N
         assert _scan(one, meanwhile)[0]  # its publishing fails until the stream is back
         # each gate sees it (made again: another creation time; deleted: gone for 5 s, then
         # its setup makes it again), resets venue.db and publishes its own scans again
-        wait_until(lambda: all(d.bus.stream_restarts >= 1 and d.bus.connected
+        wait_until(lambda: all(d.bus.stream_restarts >= 1 and d.bus.ready
                                for d in (one, two)), 40, "both gates on the new stream")
         wait_until(lambda: _knows(two, old), 20, "the admit before the loss on the new stream")
         assert _scan(two, before) == (False, "alreadyIn")  # never admitted twice
@@ -165,7 +165,7 @@ def test_a_gate_still_refuses_an_admit_of_the_lost_stream_before_it_is_republish
         for device in (one, two):
             _applied_claim(device, phantom, one.name, 999_999)  # no ticket of the test
         _delete(venue_node.url, True)
-        wait_until(lambda: two.bus.stream_restarts >= 1 and two.bus.connected, 40,
+        wait_until(lambda: two.bus.stream_restarts >= 1 and two.bus.ready, 40,
                    "the other gate on the new stream")
         granted = two.bus.counters["claims_granted"]
         assert _scan(two, code) == (False, "alreadyIn")  # not a second admit

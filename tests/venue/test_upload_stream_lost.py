@@ -83,7 +83,7 @@ def test_scans_on_an_upload_stream_deleted_under_the_leader_are_handed_over_agai
             try:
                 sandbox.set_faults(error_rate=1.0)  # the leader cannot upload: scans wait
                 async def waiting_on_the_bus() -> bool:
-                    return roles[0].uploader is not None and \
+                    return roles[0].lead.uploader is not None and \
                         await asyncio.to_thread(_pending, journal_path) == 0
                 await until(waiting_on_the_bus, 30, "the member's scans handed to the bus")
                 await js.delete_stream(uplink.stream_name(VENUE))  # `nats stream rm`

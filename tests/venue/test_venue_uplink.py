@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -432,3 +433,34 @@ def test_a_gate_hands_over_no_admit_still_waiting_for_its_passage_or_its_claim(
         assert journal.pending(10) == []
     finally:
         journal.close()
+
+
+def test_the_upload_backlogs_wait_is_measured_on_the_bus_servers_clock(
+        shared_venue_node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oldest undelivered scan's wait (`upload_lag_s`, the VenueUploadBacklog alert) is the
+    server's time now minus the time it stored the message: a leader whose own clock is 8 h
+    ahead (no real-time clock) showed a scan seconds old as 8 h behind."""
+    venue = "lagclock"
+    rows = backlog(3, datetime.now(UTC).replace(microsecond=0))
+    journal = journal_with(tmp_path / "j.db", rows)
+
+    async def scenario() -> tuple[int, float]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await uplink.ensure_upload_stream(js, venue, 1)
+            assert await uplink.hand_over(js, venue, "gate1", journal, 7) == 3
+            real = time.time
+            monkeypatch.setattr(time, "time", lambda: real() + 8 * 3600)  # the leader's clock
+            try:
+                return await uplink.backlog(js, venue)
+            finally:
+                monkeypatch.setattr(time, "time", real)
+        finally:
+            await nc.close()
+
+    try:
+        messages, waited = asyncio.run(scenario())
+    finally:
+        journal.close()
+    assert messages == 3
+    assert 0.0 <= waited < 60.0, waited  # seconds on the server's clock, not 8 h

@@ -1,0 +1,149 @@
+"""A venue whose JetStream lost its quorum, on a real three-node cluster (nodes killed by PID).
+
+A gate's link to the node left stays up while JetStream answers nothing: the gate says so
+(connected, venue_degraded, why), decides by its offline policy, and comes back by itself when
+the quorum does. A bus session whose set-up began as the quorum went used to fail at its first
+JetStream step and be torn down, again and again: "not connected" (venue_unreachable, false) for
+as long as the outage lasted (the CI flake of tests/venue/test_cluster.py). And a stream without
+a leader has its replicas answer stream info with what each holds: one that had not applied the
+lost leader's last messages is no stream made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StorageType, StreamConfig
+
+from agent import demo_data
+from agent.errors import VenueNoStreamLeader, VenueStreamLost
+from agent.ops.status import evaluate
+from agent.venue import stream_identity
+from agent.venue.node import NodeProcess
+from tests.venue.rig import VenueDevice, venue_devices, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TIMEOUT_MS = 300
+
+
+def admit(device: VenueDevice, i: int) -> tuple[bool, str]:
+    gate = device.gate()
+    r = gate.scan(demo_data.bulk_barcode(i), gate.config.lane("north-in"), datetime.now(UTC))
+    return r.decision.admit, r.decision.status
+
+
+def venue_reasons(device: VenueDevice) -> dict[str, str]:
+    """The venue reasons of the device's status, as /status gives them: code -> text."""
+    _health, reasons = evaluate({"venue": device.bus.get_status()}, datetime.now(UTC), 3600)
+    return {r.code: r.message for r in reasons if r.code.startswith("venue")}
+
+
+def admit_until_granted(device: VenueDevice, tickets: range) -> int:
+    """Admit tickets until one's claim is granted (a stream leader may be being elected);
+    returns the next ticket."""
+    granted = device.bus.counters["claims_granted"]
+    for i in tickets:
+        assert admit(device, i)[0]
+        if device.bus.counters["claims_granted"] > granted:
+            return i + 1
+        time.sleep(0.2)
+    raise AssertionError(("no claim granted", dict(device.bus.counters),
+                          device.bus.get_status()))
+
+
+def test_a_session_set_up_without_quorum_says_link_up_degraded_and_comes_back(
+        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+    urls = [n.url for n in venue_cluster]
+    with venue_devices(tmp_path, urls, 1, 400, timeout_ms=TIMEOUT_MS) as (a,):
+        nxt = admit_until_granted(a, range(0, 150))
+        applied = a.bus.applied_seq
+        a.bus.stop()
+        for node in venue_cluster[:2]:
+            node.kill()
+        a.restart_bus()  # its session is set up on the one node left: JetStream cannot answer
+        wait_until(lambda: list(venue_reasons(a)) == ["venue_degraded"], 90,
+                   "the link up, the venue degraded")
+        status = a.bus.get_status()
+        assert status["connected"] and not a.bus.ready, status
+        assert status["session_step"] != "running", status
+        assert "its session is not set up" in venue_reasons(a)["venue_degraded"], status
+        # decided by the offline policy ("local"): admitted, journaled as decided offline
+        assert admit(a, 200)[0]
+        assert a.journal_rows()[-1]["venue"] == "offline"
+        time.sleep(3 * 4.0)  # a few set-up retries later: still the same, true, story
+        assert list(venue_reasons(a)) == ["venue_degraded"], a.bus.get_status()
+        assert a.bus.connected
+        for node in venue_cluster[:2]:
+            node.start(wait=False)
+        for node in venue_cluster[:2]:
+            node.wait_healthy()
+        wait_until(lambda: a.bus.ready, 90, "the session set up by itself")
+        admit_until_granted(a, range(nxt, nxt + 150))
+        assert "venue_degraded" not in venue_reasons(a), a.bus.get_status()
+        status = a.bus.get_status()
+        assert status["session_step"] == "running" and status["setup_error"] is None
+        assert a.bus.stream_restarts == 0 and a.bus.applied_seq > applied  # venue.db kept
+        # the offline admit reaches the venue
+        offline = [r["uuid"] for r in a.journal_rows() if r["venue"] == "offline"]
+        wait_until(lambda: all(a.venue_store().conn.execute(
+            "SELECT 1 FROM venue_scans WHERE uuid = ?", (u,)).fetchone() for u in offline),
+            30, "the offline scan on the stream")
+
+
+def test_a_replica_answering_for_a_leaderless_stream_is_not_a_stream_made_again(
+        venue_cluster: list[NodeProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate applied, from the leader, messages a replica had not applied yet when the
+    leader was lost (here: 5 beyond what the node left holds). That replica's answer, the
+    stream leaderless, must not end the session as "made again" nor pass a set-up's identity
+    check; the leader's own answer still does end it."""
+    monkeypatch.setattr(stream_identity, "CHECK_EVERY_S", 0.0)
+
+    async def scenario() -> None:
+        nc = await nats.connect([n.url for n in venue_cluster])
+        js = nc.jetstream(timeout=2)
+        deadline = time.monotonic() + 60
+        while True:  # the cluster elects its meta leader, then the stream's
+            try:
+                await js.add_stream(StreamConfig(name="S", subjects=["s.>"], num_replicas=3,
+                                                 storage=StorageType.FILE))
+                for _ in range(3):
+                    await js.publish("s.a", b"x")
+                break
+            except Exception:  # noqa: BLE001 - no leader yet
+                assert time.monotonic() < deadline, "the stream never answered"
+                await asyncio.sleep(0.5)
+        info = await stream_identity.leader_answer(js, "S")
+        last = info.state.last_seq
+        watch = stream_identity.StreamWatch("S", stream_identity.created_of(info))
+        with pytest.raises(VenueStreamLost):  # the leader says less than applied: acted on
+            await watch.check(js, last + 5)
+        await nc.close()
+
+        for node in venue_cluster[:2]:
+            node.kill()
+        nc = await nats.connect(venue_cluster[2].url)
+        js = nc.jetstream(timeout=2)
+        deadline = time.monotonic() + 90
+        while True:  # the node left answers for the stream once it sees no leader
+            try:
+                info = await js.stream_info("S")
+                if stream_identity.leaderless(info):
+                    break
+            except Exception:  # noqa: BLE001 - not yet
+                pass
+            assert time.monotonic() < deadline, "no leaderless answer from the node left"
+            await asyncio.sleep(0.5)
+        assert info.state.last_seq == last
+        await watch.check(js, last + 5)  # a replica's word: nothing decided on it
+        await watch.check(js, last + 5)
+        with pytest.raises(VenueNoStreamLeader):  # a set-up's identity check waits for one
+            await stream_identity.leader_answer(js, "S")
+        await nc.close()
+
+    asyncio.run(scenario())
