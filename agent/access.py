@@ -162,7 +162,8 @@ def sqlite_file_access(path: Path | str, *, write: bool = True) -> str | None:
     if write and (frozen := _immutable_one(path)):
         return frozen
     who = f"{user_name(os.geteuid())}:{group_name(os.getegid())}"
-    fix = f"as root, `chown -R {who} {directory}`, then restart"
+    fix = (f"as root, `chown -R {who} {directory}` (a running gate tries the file again by "
+           "itself every few seconds; a command: run it again)")
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if candidate.exists() and not _usable(candidate, rw):
             info = candidate.stat()
