@@ -145,7 +145,9 @@ def run(root: Path, console: Console) -> int:
                                              strict=True)))
         for daemon in daemons.values():
             daemon.wait_ready()
-        _wait(lambda: all(d.status()["venue"]["connected"] for d in daemons.values()), 20,
+        # ready: the link up and the session set up on it (claims go out); connected alone
+        # is the link, on which a gate still decides by its offline policy
+        _wait(lambda: all(d.status()["venue"]["ready"] for d in daemons.values()), 20,
               "gates on the bus")
         # the gates created the venue's stream; its three replicas elect a leader after that
         # (seconds on a loaded machine): a claim before then is decided offline, by policy

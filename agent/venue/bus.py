@@ -1118,6 +1118,8 @@ class VenueBus:
         return {
             "venue": self.name, "device": self.device, "stream": self.stream,
             "connected": self.connected, "last_error": self.last_error,
+            # set up on the link: claims go out (until then the offline policy decides)
+            "ready": self.ready,
             # the session on the link: its set-up step ("running" once set up), and while a
             # step fails on a link that is up (no quorum), why and since when (venue_degraded)
             "session_step": self.session_step, "setup_error": self.setup_error,

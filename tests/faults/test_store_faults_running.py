@@ -231,7 +231,7 @@ def test_venue_db_made_unwritable_under_the_daemon_is_said_and_applied_again(
     wal = daemon_site.store / "venue.db-wal"
     try:
         daemon.wait_ready()
-        wait_until(lambda: daemon.status()["venue"]["connected"], 30, "the daemon on the bus")
+        wait_until(lambda: daemon.status()["venue"]["ready"], 30, "the daemon on the bus")
         assert wal.exists()
         chattr("+i", wal)
         try:

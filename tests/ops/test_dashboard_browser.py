@@ -44,7 +44,7 @@ def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
                               "fair", HEARTBEAT)
         for daemon in daemons.values():
             daemon.wait_ready()
-        wait_until(lambda: all(d.status()["venue"]["connected"] for d in daemons.values()),
+        wait_until(lambda: all(d.status()["venue"]["ready"] for d in daemons.values()),
                    20, "gates on the bus")
         yield root, daemons
     finally:

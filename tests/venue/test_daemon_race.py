@@ -82,7 +82,7 @@ def daemons(tmp_path: Path, venue_node: NodeProcess) -> Iterator[list[tuple[Daem
         for daemon, _e, _l in running:
             daemon.wait_ready(40)
         deadline = time.monotonic() + 20
-        while not all(d.status()["venue"]["connected"] for d, _e, _l in running):
+        while not all(d.status()["venue"]["ready"] for d, _e, _l in running):
             assert time.monotonic() < deadline, "daemons not on the bus"
             time.sleep(0.1)
         yield running

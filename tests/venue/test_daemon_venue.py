@@ -49,7 +49,7 @@ def test_daemon_and_another_gate_share_admissions(site: Site, venue_node: NodePr
         wait_synced(daemon)
         with venue_devices(tmp_path / "other", [venue_node.url], 1, 1) as (other,):
             lane = other.gate().config.lane("north-in")
-            wait_until(lambda: daemon.status()["venue"]["connected"], 10, "daemon on the bus")
+            wait_until(lambda: daemon.status()["venue"]["ready"], 10, "daemon on the bus")
             site.scanner.write(C["valid"].encode() + b"\r\n")
             first = daemon.wait_decisions(1)[0]
             assert first["status"] == "valid"

@@ -72,7 +72,7 @@ def test_sighup_with_a_changed_venue_keeps_the_running_bus(
     try:
         daemon.wait_ready()
         wait_synced(daemon)
-        wait_until(lambda: daemon.status()["venue"]["connected"], 10, "on the bus")
+        wait_until(lambda: daemon.status()["venue"]["ready"], 10, "on the bus")
         # [venue] changed (name, timeout, policy) and a lane added, which the reload applies
         site.extra_sections = venue_section(venue_node.url, "elsewhere", 900) + \
             'offline_policy = "refuse"\n'
