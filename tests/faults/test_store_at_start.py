@@ -127,7 +127,7 @@ def test_venue_db_immutable_at_start_refuses_every_scan_serves_status_and_opens_
             assert not [r for r in daemon.records if "venue session ended" in r.get("msg", "")]
         finally:
             chattr("-i", venue_db)
-        report = wait_until(lambda: (r := daemon.status())["venue"]["ready"] and r, 30,
+        report = wait_until(lambda: (r := daemon.status())["venue"].get("ready") and r, 30,
                             "venue.db opened again and the bus connected")
         assert "venue_db_unavailable" not in _reasons(report)
         assert report["jobs"]["venue_access"]["runs"] >= 1
@@ -167,7 +167,7 @@ def test_venue_db_of_roots_at_start_names_owner_and_chown_then_opens(
         message = said["venue_db_unavailable"]
         assert str(target) in message and "uid 0" in message and "chown" in message, message
         os.chown(target, SERVICE_UID, SERVICE_UID)
-        wait_until(lambda: daemon.status()["venue"]["ready"], 30,
+        wait_until(lambda: daemon.status()["venue"].get("ready"), 30,
                    "venue.db opened again and the bus connected")
         assert "venue_db_unavailable" not in _reasons(daemon.status())
     finally:
@@ -215,7 +215,7 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
         assert _journal_count(install.store) == 0  # the refusal had nowhere to go
         wait_synced(daemon, 30)
         if with_venue:
-            wait_until(lambda: daemon.status()["venue"]["ready"], 30, "the bus connected")
+            wait_until(lambda: daemon.status()["venue"].get("ready"), 30, "the bus connected")
         send_scan(sock, C["valid"])
         admitted = daemon.wait_decisions(2)[-1]
         assert (admitted["admit"], admitted["relay"]) == (True, True), admitted
