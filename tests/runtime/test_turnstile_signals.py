@@ -223,6 +223,8 @@ def test_a_fire_release_lost_while_active_ends_when_its_input_is_back_inactive(
         wait_until(lambda: not relay.held, 10, "the release ended")
         assert (fire.active, rig.runner.releases, sim_relay(f"{rig.name}-relay").state) == \
             (False, set(), False)
+        # The desk journals the end just after it lets the relay go: wait for the row.
+        wait_until(lambda: len(events.events()) >= 2, 10, "the release's end journaled")
         kinds = [e["kind"] for e in events.events()]
         assert kinds == ["emergency_off", "emergency_on"]  # newest first, one each
         assert rig.scan(C["valid"]).result.decision.admit  # normal service again
