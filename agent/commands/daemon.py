@@ -14,7 +14,7 @@ from rich.table import Table
 from agent.commands import explain, plain
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from agent.errors import ControlError, DaemonSilent, GateAgentError
-from agent.ops.status import relay_ok
+from agent.ops.status import leaderless_too_long, relay_ok
 from agent.runtime.controlclient import running_daemon
 
 
@@ -196,9 +196,17 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
 
 
+def _nobody_leads(leader: dict[str, Any]) -> str:
+    """An election, or a venue left without a leader (status reason venue_no_leader)."""
+    leaderless = leaderless_too_long(leader)
+    if leaderless is None:
+        return "nobody (election under way)"
+    return f"NOBODY for {leaderless:.0f} s (since {leader.get('leaderless_since')})"
+
+
 def _leader_line(leader: dict[str, Any]) -> str:
     """Who leads the venue (the same on every gate), and this gate's view of its work."""
-    who = leader.get("leader") or "nobody (election under way)"
+    who = leader.get("leader") or _nobody_leads(leader)
     mine = " (this gate)" if leader.get("this_device_leads") else ""
     since = f" since {leader['leader_since']}" if leader.get("leader_since") else ""
     ages = ", ".join(f"event {k} {v}" for k, v in (leader.get("leader_pass_at") or {}).items())

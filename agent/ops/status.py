@@ -31,6 +31,9 @@ VENUE_PUBLISH_FAILING_S = 60.0
 VENUE_SETUP_SLOW_S = 10.0
 VENUE_CLOCK_WARN_S = 5.0  # gates order a ticket's in/out scans by their own clocks
 BACKLOG_WARN_S = 600.0
+# A venue without a leader for this long (or three lease TTLs, if longer: a dead leader's
+# lease runs out, then a candidate takes it within a tenth of a TTL) is not an election
+VENUE_LEADERLESS_S = 30.0
 LANE_STALL_S = 15.0
 PLATFORM_JOBS = frozenset({"upload", "delta", "refresh", "full_resync", "initial_resync"})
 AUTH_ERRORS = ("unauthenticated", "forbidden")  # PlatformClient's last_error_kind for 401/403
@@ -47,7 +50,7 @@ REASON_CODES = (
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
     "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
-    "venue_db_unavailable",
+    "venue_db_unavailable", "venue_no_leader",
 )
 
 
@@ -321,6 +324,14 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             f"venue: {leader.get('upload_lag')} scan(s) wait on the bus for the leader "
             f"({holder}) to upload them, oldest {lag_s / 60:.0f} min; check that device's "
             "platform link (its status: platform_unreachable, auth_failed) or restart it"))
+    leaderless = leaderless_too_long(leader)
+    if venue.get("connected") and leaderless is not None:
+        found.append(Reason("warn", "venue_no_leader",
+            f"no device has led the venue for {leaderless:.0f} s (since "
+            f"{leader.get('leaderless_since')}): nobody syncs the venue's tickets from the "
+            "platform (refunds and blocks do not reach the gates) or uploads its scans (they "
+            f"wait on the bus); {_why_not_leading(leader)}. A gate with venue.leader = true "
+            "must be up and on the bus: `gate-agent venue status` lists the gates"))
     step = leader.get("stepped_down") or {}
     if leader.get("held_until") and step:
         found.append(Reason("warn", "leader_stepped_down",
@@ -353,6 +364,27 @@ def venue_watch_reasons(venue: dict[str, Any]) -> list[Reason]:
             "gates is ordered on the bus server's clock, but validity windows and the scan "
             "times uploaded use this one: fix time sync (NTP) here or on the bus servers"))
     return found
+
+
+def leaderless_too_long(leader: dict[str, Any]) -> float | None:
+    """How long nobody has led the venue (agent.venue.election `leaderless_s`), once that is
+    longer than an election takes; else None."""
+    leaderless = leader.get("leaderless_s")
+    if leaderless is None or leaderless <= max(VENUE_LEADERLESS_S,
+                                               3 * (leader.get("lease_ttl_s") or 0)):
+        return None
+    return float(leaderless)
+
+
+def _why_not_leading(leader: dict[str, Any]) -> str:
+    """Why this gate, while nobody leads, does not take the lease itself."""
+    if leader.get("candidate") is False:
+        return "this gate may not lead (venue.leader = false)"
+    if leader.get("held_until"):
+        return f"this gate stepped down and stays out of elections until {leader['held_until']}"
+    if leader.get("lease_error"):
+        return f"this gate's last try to take the lease failed ({leader['lease_error']})"
+    return "this gate is a candidate and tries to take the lease"
 
 
 def _probe_now(leader: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from agent.core.codes import utc_iso
 from agent.venue import streams
-from agent.venue.lease import LeaderInfo, Lease, bucket_name, current_leader
+from agent.venue.lease import LeaderInfo, Lease, bucket_name, read_leader
 from agent.venue.term import epoch_text
 
 log = logging.getLogger("gate_agent.venue.leader")
@@ -109,6 +110,11 @@ class Election:
         self.leader: LeaderInfo | None = None
         self.leading = False
         self.terms_won = 0
+        # Since when the lease bucket has said nobody leads (None: someone does, or not read
+        # yet): a venue left without a leader syncs no tickets and uploads no scans, which no
+        # other figure says until the backlog is 10 minutes old (status `venue_no_leader`).
+        # Monotonic for the age, the wall clock's ISO time only to show.
+        self._leaderless: tuple[float, str] | None = None
         self._stop = asyncio.Event()
 
     async def step(self) -> bool:
@@ -126,7 +132,14 @@ class Election:
                 self.terms_won += 1
                 log.warning("venue leader: %s leads (term %d)", self.lease.holder,
                             self.lease.term)
-        self.leader = await current_leader(self.kv)
+        try:
+            self.leader, answered = await read_leader(self.kv), True
+        except Exception:  # noqa: BLE001 - no answer: who leads is not known
+            self.leader, answered = None, False
+        if self.leader is not None:
+            self._leaderless = None
+        elif answered and self._leaderless is None:
+            self._leaderless = (time.monotonic(), utc_iso(datetime.now(UTC)))
         leading = self.lease.valid()
         if leading != self.leading:
             self.leading = leading
@@ -173,4 +186,8 @@ class Election:
             "lease_ttl_s": self.ttl_s,
             "terms_won": self.terms_won,
             "lease_error": self.lease.last_error,
+            "leaderless_since": self._leaderless[1] if self._leaderless else None,
+            "leaderless_s": round(time.monotonic() - self._leaderless[0], 1)
+            if self._leaderless else None,
+            "candidate": self.candidate,
         }

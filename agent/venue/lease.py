@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from nats.js.errors import KeyNotFoundError
 
 from agent.venue.term import Term
 
@@ -232,8 +233,19 @@ class Lease:
 async def current_leader(kv: Any) -> LeaderInfo | None:
     """What the bucket says now (None: nobody leads, or the value is unreadable)."""
     try:
+        return await read_leader(kv)
+    except Exception:  # noqa: BLE001 - the bucket did not answer: not known to lead
+        return None
+
+
+async def read_leader(kv: Any) -> LeaderInfo | None:
+    """Who leads, as the bucket answers: None when the lease is absent, expired, released or
+    unreadable (nobody leads); the bus's error when the bucket does not answer (no quorum, a
+    timeout), which is not "nobody leads" (agent.venue.election counts a venue without a
+    leader only on answers)."""
+    try:
         entry = await kv.get(LEASE_KEY)
-    except Exception:  # noqa: BLE001 - absent or expired: nobody leads
+    except KeyNotFoundError:  # absent, expired or released (a delete marker)
         return None
     if entry is None or not entry.value:
         return None

@@ -114,14 +114,14 @@ def test_promtool_checks_the_rules() -> None:
     out = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 13 rules found" in out.stdout
+    assert "SUCCESS: 14 rules found" in out.stdout
 
 
 @promtool
 def test_promtool_fires_gate_down_and_upload_backlog() -> None:
     text = RULE_TESTS.read_text()
     for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable", "GateFailing",
-                  "GateWarning", "VenueUploadBacklog", "VenueClockOffset"):
+                  "GateWarning", "VenueUploadBacklog", "VenueClockOffset", "VenueNoLeader"):
         assert f"alertname: {alert}" in text
     out = subprocess.run(["promtool", "test", "rules", RULE_TESTS.name], capture_output=True,
                          text=True, timeout=60, cwd=RULE_TESTS.parent)

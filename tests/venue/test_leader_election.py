@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.venue.election import connect, lease_bucket
+from agent.venue.election import Election, connect, lease_bucket
 from agent.venue.lease import Lease, current_leader
 from agent.venue.node import NodeProcess
 
@@ -157,3 +157,44 @@ def test_leader_paused_past_its_lease_does_not_act_after_resuming(
     # and whatever was in flight is of the old term, which readers drop once they saw b's
     assert all(m["term"] == first.term for m in a_msgs)
     assert any(m["device"] == "gate-b" and m["term"] == second.term for m in msgs)
+
+
+def test_a_venue_without_a_leader_is_counted_on_answers_only(
+        shared_venue_node: NodeProcess) -> None:
+    """Every gate reads who leads; a venue nobody leads (no candidate up, every candidate held
+    out) is timed from the first answer that says so, for status `venue_no_leader`. A bucket
+    that does not answer (the link gone) is not "nobody leads"."""
+    async def scenario() -> list[Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 2.0)
+        try:
+            kv = await lease_bucket(js, "leaderless", 30.0, 1)
+            watcher = Election(kv, "gate-w", 30.0, candidate=False)
+            seen = [not await watcher.step()]  # it may not lead: never takes the lease
+            first = watcher.get_status()
+            seen.append((first["leader"], first["candidate"], first["leaderless_s"] >= 0))
+            await asyncio.sleep(0.3)
+            await watcher.step()
+            later = watcher.get_status()  # the same stretch: its start kept
+            seen.append((later["leaderless_since"] == first["leaderless_since"],
+                         later["leaderless_s"] >= first["leaderless_s"] + 0.2))
+            candidate = Election(kv, "gate-c", 30.0)
+            seen.append(await candidate.step())
+            await watcher.step()
+            seen.append((watcher.get_status()["leader"],
+                         watcher.get_status()["leaderless_since"]))
+            await candidate.lease.release()
+            await watcher.step()
+            seen.append(watcher.get_status()["leaderless_since"] not in
+                        (None, first["leaderless_since"]))
+            await nc.close()
+            blind = Election(kv, "gate-b", 30.0, candidate=False)
+            await blind.step()  # the closed link cannot read the bucket
+            seen.append((blind.leader, blind.get_status()["leaderless_since"]))
+            return seen
+        finally:
+            if not nc.is_closed:
+                await nc.close()
+
+    seen = run(scenario())
+    assert seen == [True, (None, False, True), (True, True), True, ("gate-c", None), True,
+                    (None, None)], seen

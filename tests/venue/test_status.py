@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.commands.daemon import _leader_line
 from agent.core.codes import utc_iso
 from agent.ops.heartbeat import RateWindow, compact
 from agent.ops.metrics import Metrics
@@ -215,3 +216,32 @@ def test_a_stepped_down_leader_says_what_it_knows_of_its_link_now() -> None:
         platform_reachable=False, platform_error="1.2.3.4:443: refused")
     assert "link now: reachable (a refused token" in said(platform_reachable=True)
     assert "link now: not known yet" in said(platform_reachable=None)
+
+
+def test_a_venue_nobody_leads_is_said_once_it_is_no_election() -> None:
+    """Nobody leads: no ticket sync, no upload for the whole venue. Said after three lease
+    TTLs (30 s at least: an election takes one TTL and a tenth), only while this gate is on
+    the bus (its reading of the bucket is current), with why this gate does not lead."""
+    def said(leader: dict[str, Any], connected: bool = True) -> dict[str, tuple[str, str]]:
+        _health, reasons = evaluate({"venue": {**VENUE, "connected": connected,
+                                               "leader": leader}}, datetime.now(UTC), 3600)
+        return {r.code: (r.level, r.message) for r in reasons}
+
+    nobody = {"leader": None, "leaderless_since": "2026-12-07T10:00:00Z", "leaderless_s": 95.0,
+              "lease_ttl_s": 10.0, "candidate": False}
+    level, message = said(nobody)["venue_no_leader"]
+    assert level == "warn" and "for 95 s (since 2026-12-07T10:00:00Z)" in message
+    assert "may not lead (venue.leader = false)" in message and "refunds" in message
+    assert "venue_no_leader" not in said({**nobody, "leaderless_s": 29.0})  # an election
+    assert "venue_no_leader" not in said({**nobody, "lease_ttl_s": 40.0})  # 3 TTLs: 120 s
+    assert "venue_no_leader" in said({**nobody, "lease_ttl_s": 30.0})
+    assert "venue_no_leader" not in said({**nobody, "leaderless_s": None})  # someone leads
+    assert "venue_no_leader" not in said(nobody, connected=False)  # venue_unreachable says
+    held = said({**nobody, "candidate": True, "held_until": "2026-12-07T10:10:00Z"})
+    assert "stays out of elections until 2026-12-07T10:10:00Z" in held["venue_no_leader"][1]
+    failing = said({**nobody, "candidate": True, "lease_error": "TimeoutError: nats: timeout"})
+    assert "last try to take the lease failed (TimeoutError" in failing["venue_no_leader"][1]
+    # `gate-agent status` names the stretch in its leader line, and an election as one
+    assert "Venue leader: NOBODY for 95 s (since 2026-12-07T10:00:00Z)" in _leader_line(nobody)
+    assert "Venue leader: nobody (election under way)" in \
+        _leader_line({**nobody, "leaderless_s": 12.0})
