@@ -186,7 +186,10 @@ async def publish_heartbeats(report: Callable[[], dict[str, Any]], sink: BeatSin
     """The daemon's heartbeat task: a beat every `interval_s` until `stop`."""
     rates = RateWindow()
     while not stop.is_set():
-        sink.beat(orjson.dumps(compact(report(), now(), rates), default=str))
+        # the beat says how often this gate beats: a reader judges it `stale` by that, not by
+        # the reader's own `venue.heartbeat_s` (agent.venue.heartbeat `gate_state`)
+        body = {**compact(report(), now(), rates), "interval_s": interval_s}
+        sink.beat(orjson.dumps(body, default=str))
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except TimeoutError:

@@ -84,6 +84,17 @@ def gate_state(live: bool, age_s: float, interval_s: float, stopped: bool = Fals
     return "stale" if age_s > STALE_BEATS * interval_s else "online"
 
 
+def beat_interval(body: dict[str, Any], own_s: float) -> float:
+    """How often the gate that sent `body` beats: its own word (`interval_s`, a positive
+    number), else this reader's `venue.heartbeat_s` (a gate of a version before it said).
+    Judged by the reader's interval, a gate beating every 10 s read by one configured for 2 s
+    showed `stale` between its beats; the other way, a stalled gate showed `online`."""
+    said = body.get("interval_s")
+    if type(said) in (int, float) and 0 < said < float("inf"):
+        return float(said)
+    return own_s
+
+
 def rank(row: dict[str, Any]) -> tuple[int, str]:
     """Worst first: offline, stale, online gates by health (fail, warn, pass), then stopped."""
     state = row.get("state", "offline")
@@ -174,7 +185,7 @@ class GateBoard:
         rows = []
         for device, beat in known.items():
             age = max(0.0, now - beat.stamped)
-            state = gate_state(device in live, age, self.interval_s,
+            state = gate_state(device in live, age, beat_interval(beat.body, self.interval_s),
                                bool(beat.body.get("stopped")), self.ttl_s, device in deleted)
             rows.append({**beat.body, "device": device, "state": state,
                          "age_s": round(age, 1), "last_seen": beat.stamped})

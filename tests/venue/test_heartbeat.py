@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from agent.venue.bus import VenueBus
+from agent.ops.heartbeat import publish_heartbeats
 from agent.venue.heartbeat import GateBoard, LiveSamples, bucket_names, watch
 from agent.venue.node import NodeProcess, start_venue
 from tests.conftest import run_cli
@@ -406,3 +407,34 @@ def test_readers_judge_by_the_buckets_own_ttl_not_their_config(node: NodeProcess
             wait_until(lambda: state_of(late, "gone") == "offline", 10, "gone offline at late")
         finally:
             late.stop()
+
+
+def test_each_gate_is_judged_stale_by_its_own_beat_interval() -> None:
+    """A beat says how often its gate beats (`interval_s`, from `publish_heartbeats`); the
+    reader judges `stale` by that. By the reader's own `venue.heartbeat_s` a gate beating
+    every 10 s read by one configured for 2 s showed stale between beats, and a gate beating
+    every second that stalled for 4 s showed online to a reader configured for 10 s."""
+    sent: list[dict[str, Any]] = []
+
+    class Sink:
+        def beat(self, body: bytes) -> None:
+            sent.append(orjson.loads(body))
+            stop.set()
+
+    async def one_beat() -> None:
+        await publish_heartbeats(lambda: {"health": "pass"}, Sink(), 10.0,
+                                 lambda: datetime.now(UTC), stop)
+
+    stop = asyncio.Event()
+    asyncio.run(one_beat())
+    assert sent[0]["interval_s"] == 10.0 and sent[0]["health"] == "pass"
+    now = [1000.0]
+    board = GateBoard(interval_s=2.0, ttl_s=60.0, clock=lambda: now[0])
+    board.seen("slow", {**sent[0]}, 992.0, live=True)  # 8 s ago, beats every 10 s
+    board.seen("fast", {"interval_s": 1.0}, 996.0, live=True)  # 4 s ago, beats every 1 s
+    board.seen("old", {}, 996.0, live=True)  # an older version: the reader's own 2 s
+    board.seen("odd", {"interval_s": True}, 996.0, live=True)  # not a number: the same
+    states = {row["device"]: row["state"] for row in board.rows()}
+    assert states == {"slow": "online", "fast": "stale", "old": "online", "odd": "online"}
+    now[0] = 1026.0  # 34 s after slow's beat: 3.4 of its intervals
+    assert {row["device"]: row["state"] for row in board.rows()}["slow"] == "stale"
