@@ -17,8 +17,8 @@ import nats
 import orjson
 import pytest
 
-from agent.venue.bus import VenueBus
 from agent.ops.heartbeat import publish_heartbeats
+from agent.venue.bus import VenueBus
 from agent.venue.heartbeat import GateBoard, LiveSamples, bucket_names, watch
 from agent.venue.node import NodeProcess, start_venue
 from tests.conftest import run_cli
