@@ -90,7 +90,8 @@ def beat_interval(body: dict[str, Any], own_s: float) -> float:
     Judged by the reader's interval, a gate beating every 10 s read by one configured for 2 s
     showed `stale` between its beats; the other way, a stalled gate showed `online`."""
     said = body.get("interval_s")
-    if type(said) in (int, float) and 0 < said < float("inf"):
+    if isinstance(said, int | float) and not isinstance(said, bool) \
+            and 0 < said < float("inf"):
         return float(said)
     return own_s
 
