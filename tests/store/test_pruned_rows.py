@@ -39,23 +39,48 @@ def test_the_prune_horizon_keeps_a_pruned_claim_from_being_taken_as_never_admitt
         claims = [{"uuid": u, "scanned_on": at} for u, at in (
             ("c1", "2026-12-06T09:00:01.000000Z"), ("c3", "2026-12-06T11:00:00.000000Z"),
             ("old", "2026-12-06T08:00:00.000000Z"), ("new", "2026-12-06T09:00:03.000000Z"))]
-        claims.append({"uuid": "undated"})  # a claim handed back by a void: judged
+        claims.append({"uuid": "undated"})  # its time not known: an admit's row perhaps pruned
         # nothing pruned yet: every claim without its admit is judged never admitted
         assert journal.unjournaled(claims) == {"old", "new", "undated"}
         _sent(journal, "c1", "n1", "c2", "c3")
         assert journal.prune_sent(LATER) == 3
-        # pruned: c1 (and "old", scanned before the newest venue row pruned) cannot be told
-        # from a claim never committed, so they stand; "new" is after every pruned row. A
-        # row without a venue mark (n1, later) moves nothing: no claim of it is on the bus.
-        assert journal.unjournaled(claims) == {"new", "undated"}
+        # pruned: c1 (and "old", scanned before the newest venue row pruned, and "undated",
+        # which may be as old) cannot be told from a claim never committed, so they stand;
+        # "new" is after every pruned row. A row without a venue mark (n1, later) moves
+        # nothing: no claim of it is on the bus.
+        assert journal.unjournaled(claims) == {"new"}
         assert journal.conn.execute("SELECT scanned_through FROM prune_horizon").fetchall() \
             == [("2026-12-06T09:00:02.000000Z",)]
         journal.record(_claim("c4", "2026-12-06T12:00:00.000000Z"))
         _sent(journal, "c3", "c4")
         journal.prune_sent("2026-12-06T09:00:00.000000Z")  # nothing that old: no change
-        assert journal.unjournaled(claims) == {"new", "undated"}
+        assert journal.unjournaled(claims) == {"new"}
         assert journal.prune_sent(LATER) == 1  # c3; the horizon only moves up
-        assert journal.unjournaled(claims) == {"undated"}
+        assert journal.unjournaled(claims) == set()
+    finally:
+        journal.close()
+
+
+def test_a_claim_whose_row_says_it_was_no_admit_is_voided_whatever_the_horizon(
+        tmp_path: Path) -> None:
+    """A claim handed back by a void (`VenueBus.void_now`: a passage voided, a claim refused
+    after its grant) whose row is still here as a refusal: never admitted, however old or
+    undated; the row itself says its admit was not pruned."""
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        journal.record(_claim("c1", "2026-12-06T09:00:05.000000Z"))
+        journal.record(_claim("v1", "2026-12-06T09:00:01.000000Z", admit=False,
+                              status="denied", venue="void"))
+        journal.record(_claim("a1", "2026-12-06T09:00:02.000000Z"))  # an admit: stands
+        journal.record(_claim("last", "2026-12-06T11:00:00.000000Z"))
+        _sent(journal, "c1", "a1", "last")
+        assert journal.prune_sent(LATER) == 2
+        assert journal.conn.execute("SELECT scanned_through FROM prune_horizon").fetchall() \
+            == [("2026-12-06T09:00:05.000000Z",)]
+        assert journal.unjournaled([
+            {"uuid": "v1"}, {"uuid": "v1", "scanned_on": "2026-12-06T09:00:01.000000Z"},
+            {"uuid": "a1"}, {"uuid": "c1", "scanned_on": "2026-12-06T09:00:05.000000Z"},
+            {"uuid": "gone"}]) == {"v1"}
     finally:
         journal.close()
 
