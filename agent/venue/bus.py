@@ -860,10 +860,10 @@ class VenueBus:
                 continue
             subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                               self.device)
-            await self._js.publish(
+            ack = await self._js.publish(
                 subject, messages.encode_scan(self._confirming(claim, row)),
                 headers={"Nats-Msg-Id": messages.confirm_msg_id(claim["uuid"])})
-            self.counters["exits_confirmed"] += 1
+            self._count_stored("exits_confirmed", ack)
 
     def _confirming(self, held: dict[str, Any], row: dict[str, Any] | None) -> BusScan:
         """An exit's confirmation: its journal row without the flag, with the offset it goes
@@ -928,10 +928,22 @@ class VenueBus:
     async def _void(self, claim: dict[str, Any], reason: str) -> None:
         subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                           self.device)
-        await self._js.publish(subject, messages.encode_void(claim["uuid"], self.device, reason),
-                               headers={"Nats-Msg-Id": f"void-{claim['uuid']}"})
-        self.counters["voids"] += 1
-        log.warning("venue claim %s voided: %s", claim["uuid"], reason)
+        ack = await self._js.publish(
+            subject, messages.encode_void(claim["uuid"], self.device, reason),
+            headers={"Nats-Msg-Id": f"void-{claim['uuid']}"})
+        if self._count_stored("voids", ack):
+            log.warning("venue claim %s voided: %s", claim["uuid"], reason)
+
+    def _count_stored(self, counter: str, ack: Any) -> bool:
+        """Count a confirmation or void the stream stored now. The same one sent again (the
+        next round before venue.db applied the first, a restart or a reconnect in between:
+        both are driven by what venue.db holds) has the same msg id, and JetStream answers
+        it `duplicate` without storing it: counted, status said two exits confirmed (or
+        voided) for one. False for such a duplicate."""
+        if getattr(ack, "duplicate", None):
+            return False
+        self.counters[counter] += 1
+        return True
 
     # -- claims (called from lane threads) -----------------------------------------------------
 
