@@ -660,8 +660,11 @@ class Journal:
         (migration 0005) SQLite gives a new row MAX(seq) + 1, so keeping the newest row keeps
         every seq ever handed out unique and growing (the venue publisher resumes by seq).
         The newest scan time of the venue rows deleted moves the prune horizon up in the same
-        transaction (`unjournaled`). An exit's `passages` row stays: its outcome is what its
-        gate still owes the venue if the bus never had its confirmation (`exit_outcomes`)."""
+        transaction (`unjournaled`). Their settled `passages` rows go with them — an entry's
+        (no one asks an entry's outcome) and an exit's decided without a venue (never on a
+        bus) — except a venue exit's: its outcome is what its gate still owes the venue if
+        the bus never had its confirmation (`exit_outcomes`); the bus lets it go once it no
+        longer awaits (`forget_exit_outcomes`)."""
         where = ("upload_state = 'sent' AND sent_at < ?1"
                  " AND seq < (SELECT MAX(seq) FROM scans)")
         with self._write():
@@ -671,7 +674,27 @@ class Journal:
                 " HAVING MAX(scanned_on) IS NOT NULL"
                 " ON CONFLICT (one) DO UPDATE SET scanned_through ="
                 " MAX(scanned_through, excluded.scanned_through)", (older_than,))
+            self.conn.execute(
+                "DELETE FROM passages WHERE state <> 'waiting' AND uuid IN (SELECT uuid FROM"
+                f" scans WHERE {where} AND (direction = 'in' OR tracks_exits IS NULL))",
+                (older_than,))
             return self.conn.execute(f"DELETE FROM scans WHERE {where}", (older_than,)).rowcount
+
+    def forget_exit_outcomes(self, awaiting: list[str]) -> int:
+        """Delete the settled `passages` rows of exits whose scan row was pruned, except those
+        in `awaiting`: the exits the venue bus still holds as awaiting their passage, as a
+        venue.db that has applied the whole stream says (the caller's: agent.venue.bus). Any
+        other such exit's outcome is asked by no one again — its confirmation or void is on
+        the stream, or it never went out awaiting, and a pruned row is never published. Kept
+        by `prune_sent` until then; without this they grew all season. Returns how many."""
+        kept = set(awaiting)
+        with self._write():
+            gone = [u for (u,) in self.conn.execute(
+                "SELECT uuid FROM passages p WHERE state <> 'waiting' AND direction = 'out'"
+                " AND NOT EXISTS (SELECT 1 FROM scans s WHERE s.seq = p.scan_seq)")
+                    if u not in kept]
+            self.conn.executemany("DELETE FROM passages WHERE uuid = ?", [(u,) for u in gone])
+        return len(gone)
 
     def unjournaled(self, claims: list[dict[str, Any]]) -> set[str]:
         """Which of this gate's claims on the venue bus (`uuid`, and `scanned_on` as the

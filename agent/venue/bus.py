@@ -71,6 +71,9 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
+# How often the settled passages of exits whose journal row was pruned are let go when the
+# venue no longer awaits them (agent.store.journal `forget_exit_outcomes`): prune is hourly.
+FORGET_EXITS_EVERY_S = 3600.0
 SETTLE_EVERY_S = 0.2  # how soon a row handed over by a lane (settle_later) is marked
 STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 # a session set-up step JetStream did not answer (no quorum) is tried again on the same link
@@ -172,6 +175,7 @@ class VenueBus:
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0,
                          "exits_confirmed": 0}
+        self._forget_exits_at = 0.0  # monotonic: `_settle_exits` prunes exits' outcomes then
         # while connected, is the bus doing its work? (status reason venue_degraded): the
         # claims that timed out in a row since the last answered one (reset on connecting),
         # the last one's time and error; the publisher's failure and since when (cleared by a
@@ -847,7 +851,12 @@ class VenueBus:
         by its `passages` row, which prune keeps (`_confirming`)."""
         if journal is None:
             return
+        # venue.db holds every exit of this gate's the stream does (read before the exits)
+        complete = self._caught_up and self.applied_seq >= self.stream_last_seq
         awaiting = await asyncio.to_thread(store.awaiting_exits, self.device)
+        if complete and time.monotonic() >= self._forget_exits_at:
+            self._forget_exits_at = time.monotonic() + FORGET_EXITS_EVERY_S
+            await asyncio.to_thread(journal.forget_exit_outcomes, [e["uuid"] for e in awaiting])
         if not awaiting:
             return
         settled = await asyncio.to_thread(journal.exit_outcomes, [e["uuid"] for e in awaiting])

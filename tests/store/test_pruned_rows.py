@@ -113,6 +113,76 @@ def test_an_exits_outcome_outlives_its_pruned_row(tmp_path: Path) -> None:
         journal.close()
 
 
+def _passage(journal: Journal, uuid: str, direction: str, venue: str | None) -> None:
+    with journal.scan_transaction():
+        seq = journal.insert(_row(uuid, admit=True, direction=direction, venue=venue))
+        await_passage(journal, uuid, seq, "north", direction, 3, "valid", None, now_iso())
+
+
+def _passages(journal: Journal) -> dict[str, str]:
+    return dict(journal.conn.execute("SELECT uuid, state FROM passages"))
+
+
+def test_passages_are_pruned_with_their_rows_but_a_venue_exit_until_the_bus_lets_it_go(
+        tmp_path: Path) -> None:
+    """`passages` grew by a row per admit on a passage lane all season: an entry's, and an
+    exit's decided without a venue, go with their pruned row; a venue exit's stays until the
+    bus says the venue no longer awaits it (`forget_exit_outcomes`); a wait never goes."""
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        for uuid, direction, venue in (("in-v", "in", "claimed"), ("in-0", "in", None),
+                                       ("out-0", "out", None), ("out-v", "out", "claimed"),
+                                       ("out-w", "out", "claimed"), ("in-kept", "in", None)):
+            _passage(journal, uuid, direction, venue)
+        journal.record(_row("newest", admit=False))
+        log = PassageLog(journal)
+        for uuid in ("in-v", "in-0", "out-0", "in-kept"):
+            assert log.passed(uuid, now_iso())
+        assert log.void("out-v", now_iso()) is not None
+        _sent(journal, "in-v", "in-0", "out-0", "out-v")  # in-kept: not sent, not pruned
+        with journal.conn:  # sent though its exit waits (as a hand-over could have)
+            journal.conn.execute("UPDATE scans SET upload_state = 'sent', sent_at = ? WHERE"
+                                 " uuid = 'out-w'", (SENT_AT,))
+        assert journal.prune_sent(LATER) == 5
+        assert _passages(journal) == {"out-v": "voided", "out-w": "waiting",
+                                      "in-kept": "passed"}
+        # the bus: out-v still awaits on the venue (its void not applied yet): kept
+        assert journal.forget_exit_outcomes(["out-v"]) == 0
+        assert journal.exit_outcomes(["out-v"]) == {"out-v": (False, None)}
+        assert journal.forget_exit_outcomes([]) == 1  # no longer awaited: let go
+        assert _passages(journal) == {"out-w": "waiting", "in-kept": "passed"}
+    finally:
+        journal.close()
+
+
+def test_the_upgrade_deletes_the_passages_of_entries_pruned_before(tmp_path: Path) -> None:
+    """A journal of before (migrations up to 0009) that pruned rows and kept their passages:
+    the settled entries' go at the upgrade; exits' are the bus's to let go, waits stay."""
+    path = tmp_path / "journal.db"
+    db = open_database(path, synchronous="FULL")
+    migrate(db, [m for m in MIGRATIONS if m[0] < "0010"])
+    conn = db.conn
+    for seq, (uuid, direction, state) in enumerate((
+            ("in-1", "in", "passed"), ("in-2", "in", "interrupted"), ("out-1", "out", "passed"),
+            ("in-w", "in", "waiting"), ("in-kept", "in", "passed")), start=1):
+        conn.execute(
+            "INSERT INTO scans (seq, uuid, code, kind, lane, direction, admit, status, message,"
+            " scanned_on, venue) VALUES (?, ?, 'NU-1', 'barcode', 'north', ?, 1, 'valid', 'm',"
+            " ?, 'claimed')", (seq, uuid, direction, SENT_AT))
+        conn.execute(
+            "INSERT INTO passages (uuid, scan_seq, lane, direction, state, admitted_status,"
+            " waiting_since) VALUES (?, ?, 'north', ?, ?, 'valid', ?)",
+            (uuid, seq, direction, state, SENT_AT))
+    conn.execute("DELETE FROM scans WHERE uuid <> 'in-kept'")  # pruned as it did
+    conn.commit()
+    conn.close()
+    journal = Journal(path)
+    try:
+        assert _passages(journal) == {"out-1": "passed", "in-w": "waiting", "in-kept": "passed"}
+    finally:
+        journal.close()
+
+
 def _journal_of_before(path: Path, uuids: list[str], prune: list[str]) -> None:
     """A journal as session 10 left it (migrations up to 0008), its `prune` rows deleted as
     its own `prune_sent` did."""
