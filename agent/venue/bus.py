@@ -442,14 +442,21 @@ class VenueBus:
             except Exception as exc:
                 if self._stop.is_set() or closed.is_set():
                     raise
-                error = f"{type(exc).__name__}: {exc} (while {step})"[:300]
-                if error != self.setup_error:
-                    log.warning("venue bus session not set up: %s; trying again", error)
-                self.setup_error = self.last_error = error
+                self._set_up_failed(exc)
                 await self._sleep(pause)
                 if self._stop.is_set() or closed.is_set():
                     raise
             pause = min(pause * 2, SETUP_RETRY_S[1])
+
+    def _set_up_failed(self, exc: BaseException) -> None:
+        """A try of the set-up's current step that failed, in status (`setup_error`: reason
+        venue_degraded, with why) and in the log once per distinct error. Also each failed try
+        of a step that retries by itself (the stream's create while JetStream has no meta
+        leader: `streams.ensure_stream`'s `waiting`), which said nothing for CREATE_RETRY_S."""
+        error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
+        if error != self.setup_error:
+            log.warning("venue bus session not set up: %s; trying again", error)
+        self.setup_error = self.last_error = error
 
     async def _running(self, store: VenueStore, journal: Journal | None,
                        watch: stream_identity.StreamWatch, closed: asyncio.Event) -> None:
@@ -534,7 +541,8 @@ class VenueBus:
         await streams.ensure_stream(self._js, config, [
             streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
             streams.Want("duplicate_window", DUPLICATE_WINDOW_S),
-            streams.Want("storage", StorageType.FILE)], self.settings_drift)
+            streams.Want("storage", StorageType.FILE)], self.settings_drift,
+            waiting=self._set_up_failed)
 
     async def _adopt_stream(self, store: VenueStore,
                             journal: Journal | None) -> stream_identity.StreamWatch:
