@@ -24,7 +24,10 @@ from typing import Any
 
 import nats
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import APIError
 
 from agent.errors import VenueNoStreamLeader
 from agent.venue import messages, stream_identity, streams
@@ -128,3 +131,22 @@ def test_a_new_venues_set_up_without_quorum_says_why_before_the_create_gives_up(
         for gate in device.gates:
             gate.close()
         device.bus.stop()
+
+
+def test_only_an_answer_that_says_no_is_a_refusal() -> None:
+    """The errors as nats-py raises them from the server's answers seen above (a cluster
+    without a meta leader answers a create 503/10008; an update to a leaderless stream
+    times out) and from a one-node server asked 3 replicas (10074) or 10058."""
+    def api(code: int, err_code: int) -> BaseException:
+        try:
+            APIError.from_error({"code": code, "err_code": err_code, "description": "x"})
+        except APIError as exc:
+            return exc
+        raise AssertionError("from_error raises")
+    assert not streams.refused(api(503, 10008))
+    assert not streams.refused(api(500, 10009))
+    assert not streams.refused(NatsTimeoutError())
+    assert not streams.refused(NoRespondersError())
+    assert streams.refused(api(500, 10074))
+    assert streams.refused(api(400, 10058))
+    assert streams.refused(api(400, 10052))
