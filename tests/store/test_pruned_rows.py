@@ -81,6 +81,14 @@ def test_a_claim_whose_row_says_it_was_no_admit_is_voided_whatever_the_horizon(
             {"uuid": "v1"}, {"uuid": "v1", "scanned_on": "2026-12-06T09:00:01.000000Z"},
             {"uuid": "a1"}, {"uuid": "c1", "scanned_on": "2026-12-06T09:00:05.000000Z"},
             {"uuid": "gone"}]) == {"v1"}
+        # a passage voided on a shared scan (no venue mark: not in scans_claims), its void
+        # handed back to the sweep: judged by the time the void carries, after the horizon
+        with journal.scan_transaction():
+            seq = journal.insert(replace(_row("p1", admit=True), scanned_on=LATER))
+            await_passage(journal, "p1", seq, "north", "in", 3, "valid", None, now_iso())
+        voided = PassageLog(journal).void("p1", now_iso())
+        assert voided is not None and voided["scanned_on"] == LATER
+        assert journal.unjournaled([voided]) == {"p1"}
     finally:
         journal.close()
 
