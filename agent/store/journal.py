@@ -386,14 +386,18 @@ class Journal:
         return out
 
     def admitted(self, uuids: list[str]) -> set[str]:
-        """Which of these claim uuids are journaled as admits (a claim without one must go).
-        A claim's admit always carries its venue mark (agent.venue.claims `Claim.mark`), so
+        """Which of these claim uuids are journaled as admits (a claim without one must go)."""
+        return {uuid for uuid, admit in self._claim_rows(uuids).items() if admit}
+
+    def _claim_rows(self, uuids: list[str]) -> dict[str, bool]:
+        """uuid -> admit of the rows journaled with these claim uuids. A claim's row always
+        carries its venue mark (agent.venue.claims `Claim.mark`; a voided one 'void'), so
         scans_claims finds it."""
-        out: set[str] = set()
+        out: dict[str, bool] = {}
         for start in range(0, len(uuids), 500):
             part = uuids[start:start + 500]
-            out.update(r[0] for r in self.conn.execute(
-                "SELECT uuid FROM scans WHERE admit = 1 AND venue IS NOT NULL"
+            out.update((r[0], bool(r[1])) for r in self.conn.execute(
+                "SELECT uuid, admit FROM scans WHERE venue IS NOT NULL"
                 f" AND uuid IN ({','.join('?' * len(part))})",
                 part))
         return out
@@ -656,8 +660,11 @@ class Journal:
         (migration 0005) SQLite gives a new row MAX(seq) + 1, so keeping the newest row keeps
         every seq ever handed out unique and growing (the venue publisher resumes by seq).
         The newest scan time of the venue rows deleted moves the prune horizon up in the same
-        transaction (`unjournaled`). An exit's `passages` row stays: its outcome is what its
-        gate still owes the venue if the bus never had its confirmation (`exit_outcomes`)."""
+        transaction (`unjournaled`). Their settled `passages` rows go with them — an entry's
+        (no one asks an entry's outcome) and an exit's decided without a venue (never on a
+        bus) — except a venue exit's: its outcome is what its gate still owes the venue if
+        the bus never had its confirmation (`exit_outcomes`); the bus lets it go once it no
+        longer awaits (`forget_exit_outcomes`)."""
         where = ("upload_state = 'sent' AND sent_at < ?1"
                  " AND seq < (SELECT MAX(seq) FROM scans)")
         with self._write():
@@ -667,19 +674,43 @@ class Journal:
                 " HAVING MAX(scanned_on) IS NOT NULL"
                 " ON CONFLICT (one) DO UPDATE SET scanned_through ="
                 " MAX(scanned_through, excluded.scanned_through)", (older_than,))
+            self.conn.execute(
+                "DELETE FROM passages WHERE state <> 'waiting' AND uuid IN (SELECT uuid FROM"
+                f" scans WHERE {where} AND (direction = 'in' OR tracks_exits IS NULL))",
+                (older_than,))
             return self.conn.execute(f"DELETE FROM scans WHERE {where}", (older_than,)).rowcount
+
+    def forget_exit_outcomes(self, awaiting: list[str]) -> int:
+        """Delete the settled `passages` rows of exits whose scan row was pruned, except those
+        in `awaiting`: the exits the venue bus still holds as awaiting their passage, as a
+        venue.db that has applied the whole stream says (the caller's: agent.venue.bus). Any
+        other such exit's outcome is asked by no one again — its confirmation or void is on
+        the stream, or it never went out awaiting, and a pruned row is never published. Kept
+        by `prune_sent` until then; without this they grew all season. Returns how many."""
+        kept = set(awaiting)
+        with self._write():
+            gone = [u for (u,) in self.conn.execute(
+                "SELECT uuid FROM passages p WHERE state <> 'waiting' AND direction = 'out'"
+                " AND NOT EXISTS (SELECT 1 FROM scans s WHERE s.seq = p.scan_seq)")
+                    if u not in kept]
+            self.conn.executemany("DELETE FROM passages WHERE uuid = ?", [(u,) for u in gone])
+        return len(gone)
 
     def unjournaled(self, claims: list[dict[str, Any]]) -> set[str]:
         """Which of this gate's claims on the venue bus (`uuid`, and `scanned_on` as the
-        stream holds it, when known) the journal can say were never admitted here: no admit
-        row, and scanned after the prune horizon (migration 0009). What the venue sweep voids.
-        One scanned at or before it may be an admit whose row was pruned after its upload:
-        voided, an entry days old would free its ticket at every gate (a restart's sweep
-        judges every claim again); it stands instead, the side that never admits twice."""
+        stream holds it, or as the lane stamped it for a void handed back) the journal can say
+        were never admitted here. What the venue sweep voids. Its row here and not an admit
+        (refused after the claim, a passage voided): never admitted, whenever scanned. No row:
+        never admitted only when scanned after the prune horizon (migration 0009); one
+        scanned at or before it, or whose time is not known, may be an admit whose row was
+        pruned after its upload: voided, an entry days old would free its ticket at every
+        gate (a restart's sweep judges every claim again); it stands instead, the side that
+        never admits twice."""
         horizon = self.conn.execute("SELECT scanned_through FROM prune_horizon").fetchone()
-        admitted = self.admitted([c["uuid"] for c in claims])
-        return {c["uuid"] for c in claims if c["uuid"] not in admitted and (
-            horizon is None or c.get("scanned_on") is None or c["scanned_on"] > horizon[0])}
+        journaled = self._claim_rows([c["uuid"] for c in claims])
+        return {c["uuid"] for c in claims if not journaled.get(c["uuid"], False) and (
+            c["uuid"] in journaled or horizon is None
+            or (c.get("scanned_on") is not None and c["scanned_on"] > horizon[0]))}
 
     def pending_count(self, at_most: int | None = None) -> int:
         """How many rows the outbox holds, counting no further than `at_most` (the "full batch

@@ -205,4 +205,14 @@ MIGRATIONS: list[Migration] = [
                OR (SELECT COUNT(*) FROM scans) < (SELECT MAX(seq) - MIN(seq) + 1 FROM scans)
             HAVING MAX(scanned_on) IS NOT NULL
     """),
+    # `passages` rows of pruned scans (issue 17 kept every one: a row per admit on a lane with
+    # a passage input, for the whole season). `prune_sent` now deletes an entry's with its
+    # scan, and the venue bus a venue exit's once it no longer awaits (agent.store.journal
+    # `forget_exit_outcomes`); this deletes what earlier versions left: the settled entries
+    # whose scan was pruned (nobody asks an entry's outcome). Exits are left to the bus: an
+    # exit's outcome may still be owed to the venue.
+    ("0010_passages_pruned", """
+        DELETE FROM passages WHERE state <> 'waiting' AND direction = 'in'
+            AND NOT EXISTS (SELECT 1 FROM scans s WHERE s.seq = passages.scan_seq)
+    """),
 ]

@@ -91,15 +91,17 @@ def settle_stale_waits(conn: sqlite3.Connection, older_than_s: float,
 def _refuse(conn: sqlite3.Connection, seq: int, uuid: str,
             message: str) -> dict[str, Any] | None:
     """Inside a void's transaction: the scan becomes a refusal (uploaded as `failed`, the
-    ticket usable again); its event, item and venue mark for the venue's void."""
+    ticket usable again); its event, item, venue mark and time for the venue's void (a void
+    the bus cannot take now is judged again by the sweep, by its time among the rest:
+    agent.store.journal `unjournaled`)."""
     conn.execute(
         "UPDATE scans SET admit = 0, status = 'denied', status_detail = ?, message = ?"
         " WHERE seq = ? AND uuid = ? AND upload_state = 'pending'",
         (NOT_PASSED, message, seq, uuid))
-    row = conn.execute("SELECT uuid, event_id, item_id, venue FROM scans"
+    row = conn.execute("SELECT uuid, event_id, item_id, venue, scanned_on FROM scans"
                        " WHERE seq = ? AND uuid = ?", (seq, uuid)).fetchone()
-    return None if row is None else dict(zip(("uuid", "event_id", "item_id", "venue"), row,
-                                             strict=True))
+    return None if row is None else dict(zip(
+        ("uuid", "event_id", "item_id", "venue", "scanned_on"), row, strict=True))
 
 
 class PassageLog:

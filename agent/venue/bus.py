@@ -71,6 +71,9 @@ OCCUPANCY_EVERY_S = 5.0
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
 HOLD_WHILE_CLAIMING_S = 0.05
+# How often the settled passages of exits whose journal row was pruned are let go when the
+# venue no longer awaits them (agent.store.journal `forget_exit_outcomes`): prune is hourly.
+FORGET_EXITS_EVERY_S = 3600.0
 SETTLE_EVERY_S = 0.2  # how soon a row handed over by a lane (settle_later) is marked
 STOP_GRACE_S = 1.0  # how long a stopping bus lets its session end by itself
 # a session set-up step JetStream did not answer (no quorum) is tried again on the same link
@@ -172,6 +175,7 @@ class VenueBus:
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0,
                          "exits_confirmed": 0}
+        self._forget_exits_at = 0.0  # monotonic: `_settle_exits` prunes exits' outcomes then
         # while connected, is the bus doing its work? (status reason venue_degraded): the
         # claims that timed out in a row since the last answered one (reset on connecting),
         # the last one's time and error; the publisher's failure and since when (cleared by a
@@ -438,14 +442,21 @@ class VenueBus:
             except Exception as exc:
                 if self._stop.is_set() or closed.is_set():
                     raise
-                error = f"{type(exc).__name__}: {exc} (while {step})"[:300]
-                if error != self.setup_error:
-                    log.warning("venue bus session not set up: %s; trying again", error)
-                self.setup_error = self.last_error = error
+                self._set_up_failed(exc)
                 await self._sleep(pause)
                 if self._stop.is_set() or closed.is_set():
                     raise
             pause = min(pause * 2, SETUP_RETRY_S[1])
+
+    def _set_up_failed(self, exc: BaseException) -> None:
+        """A try of the set-up's current step that failed, in status (`setup_error`: reason
+        venue_degraded, with why) and in the log once per distinct error. Also each failed try
+        of a step that retries by itself (the stream's create while JetStream has no meta
+        leader: `streams.ensure_stream`'s `waiting`), which said nothing for CREATE_RETRY_S."""
+        error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
+        if error != self.setup_error:
+            log.warning("venue bus session not set up: %s; trying again", error)
+        self.setup_error = self.last_error = error
 
     async def _running(self, store: VenueStore, journal: Journal | None,
                        watch: stream_identity.StreamWatch, closed: asyncio.Event) -> None:
@@ -530,7 +541,8 @@ class VenueBus:
         await streams.ensure_stream(self._js, config, [
             streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
             streams.Want("duplicate_window", DUPLICATE_WINDOW_S),
-            streams.Want("storage", StorageType.FILE)], self.settings_drift)
+            streams.Want("storage", StorageType.FILE)], self.settings_drift,
+            waiting=self._set_up_failed)
 
     async def _adopt_stream(self, store: VenueStore,
                             journal: Journal | None) -> stream_identity.StreamWatch:
@@ -847,7 +859,12 @@ class VenueBus:
         by its `passages` row, which prune keeps (`_confirming`)."""
         if journal is None:
             return
+        # venue.db holds every exit of this gate's the stream does (read before the exits)
+        complete = self._caught_up and self.applied_seq >= self.stream_last_seq
         awaiting = await asyncio.to_thread(store.awaiting_exits, self.device)
+        if complete and time.monotonic() >= self._forget_exits_at:
+            self._forget_exits_at = time.monotonic() + FORGET_EXITS_EVERY_S
+            await asyncio.to_thread(journal.forget_exit_outcomes, [e["uuid"] for e in awaiting])
         if not awaiting:
             return
         settled = await asyncio.to_thread(journal.exit_outcomes, [e["uuid"] for e in awaiting])
@@ -860,10 +877,10 @@ class VenueBus:
                 continue
             subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                               self.device)
-            await self._js.publish(
+            ack = await self._js.publish(
                 subject, messages.encode_scan(self._confirming(claim, row)),
                 headers={"Nats-Msg-Id": messages.confirm_msg_id(claim["uuid"])})
-            self.counters["exits_confirmed"] += 1
+            self._count_stored("exits_confirmed", ack)
 
     def _confirming(self, held: dict[str, Any], row: dict[str, Any] | None) -> BusScan:
         """An exit's confirmation: its journal row without the flag, with the offset it goes
@@ -928,10 +945,22 @@ class VenueBus:
     async def _void(self, claim: dict[str, Any], reason: str) -> None:
         subject = messages.ticket_subject(self.name, claim["event_id"], claim["item_id"],
                                           self.device)
-        await self._js.publish(subject, messages.encode_void(claim["uuid"], self.device, reason),
-                               headers={"Nats-Msg-Id": f"void-{claim['uuid']}"})
-        self.counters["voids"] += 1
-        log.warning("venue claim %s voided: %s", claim["uuid"], reason)
+        ack = await self._js.publish(
+            subject, messages.encode_void(claim["uuid"], self.device, reason),
+            headers={"Nats-Msg-Id": f"void-{claim['uuid']}"})
+        if self._count_stored("voids", ack):
+            log.warning("venue claim %s voided: %s", claim["uuid"], reason)
+
+    def _count_stored(self, counter: str, ack: Any) -> bool:
+        """Count a confirmation or void the stream stored now. The same one sent again (the
+        next round before venue.db applied the first, a restart or a reconnect in between:
+        both are driven by what venue.db holds) has the same msg id, and JetStream answers
+        it `duplicate` without storing it: counted, status said two exits confirmed (or
+        voided) for one. False for such a duplicate."""
+        if getattr(ack, "duplicate", None):
+            return False
+        self.counters[counter] += 1
+        return True
 
     # -- claims (called from lane threads) -----------------------------------------------------
 

@@ -83,6 +83,9 @@ class Claim:
     # this clock minus the bus server's as the scan is decided (None: not measured yet):
     # journaled with the scan, so it is published with it however late (`VenueBus.scan_offset`)
     clock_offset_s: float | None = None
+    # the scan's time as its claim says it (UTC ISO; "" when no claim was sent): a void of a
+    # grant whose admit was not journaled is judged by it (agent.store.journal `unjournaled`)
+    scanned_on: str = ""
 
     def settle(self, local: Decision, needs_claim: Callable[[Decision], bool]) -> Decision | None:
         """Apply the venue's answer to the decision taken in the journal transaction.
@@ -177,6 +180,7 @@ class VenueLink:
         if not (decision.admit and needs_claim(decision, lane, exits)):
             return base
         in_flight = in_flight and self.bus.ready  # else answered at once: no overlap
+        base.scanned_on = scanned_on = utc_iso(now)
         deadline = time.monotonic() + self.timeout_s
         attempts, not_stored = 0, ""  # attempts: conflicts and moves to another item
         while attempts < MAX_ATTEMPTS:
@@ -204,7 +208,7 @@ class VenueLink:
                 uuid=scan_uuid, device=self.bus.device, lane=lane.name,
                 event_id=decision.event_id, item_id=decision.item_id, zone_id=decision.zone_id,
                 zone_is_default=decision.zone_is_default, direction=decision.direction,
-                admit=True, status=decision.status, scanned_on=utc_iso(now),
+                admit=True, status=decision.status, scanned_on=scanned_on,
                 max_entries=lane.max_entries, tracks_exits=exits,
                 clock_offset_s=base.clock_offset_s, claim=True,
                 awaiting=exit_awaits_passage and decision.direction == "out"))
@@ -277,7 +281,8 @@ class VenueLink:
             decision = claim.decision
             assert decision is not None
             self.bus.void_now({"uuid": claim.uuid, "event_id": decision.event_id,
-                               "item_id": decision.item_id},
+                               "item_id": decision.item_id,
+                               "scanned_on": claim.scanned_on or None},
                               "the admit was not journaled")
         if not granted or (journaled is not None and not journaled.admit):
             self.bus.wake()  # a row for the publisher (a refusal after a grant is one too)

@@ -11,6 +11,16 @@ a setting it refuses (storage type, retention, replicas above the number of node
 the stream has it: the gate binds to the stream as it is, logs the difference once and keeps
 it in `drift` (the caller's status), naming the setting and the `nats stream edit` command.
 
+Only an answer is judged. A stream without a leader (no quorum, an election under way) has a
+replica answer stream info, and a cluster without a meta leader answers a create or an update
+with no answer at all (a timeout, JetStream "temporarily unavailable"): that is no refusal.
+Taken as one, a change was put in `drift` as "the server refused the change: nats: timeout" and
+never tried again until the next session set-up, however soon the quorum came back. So a
+setting that differs on a leaderless stream, or an update not answered, raises: the caller's
+set-up is tried again until the stream has a leader, which the session needs anyway (claims,
+`stream_identity.leader_answer`). While a create is not answered, `waiting` hears each failure
+(the bus's status says why its set-up waits, not only which step it is at).
+
 Replicas are only ever raised by a gate: a gate whose config lists fewer servers (or an old
 config during a rolling change) would otherwise take them from the whole venue at each of its
 session starts; it uses the stream as it is and says so. For the other settings, while gates
@@ -22,15 +32,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
+
+from agent.errors import VenueNoStreamLeader
+from agent.venue.stream_identity import leaderless
 
 log = logging.getLogger("gate_agent.venue.streams")
 
 IN_USE_OTHER_CONFIG = 10058  # JetStream: stream name already in use with a different config
+# JetStream's "no one can decide this now" (temporarily unavailable: no meta leader; cluster
+# can not handle request: not the leader): no answer to a change, never a refusal of it
+NOT_ANSWERED = {10008, 10009}
 CREATE_RETRY_S = 30.0  # no meta leader yet (a cluster starting): create is tried this long
 BUILT_IN = "built in"  # a setting the agent fixes (no config key asks for it)
 REPLICAS_KEY = "venue.servers (3 or more: 3 replicas)"
@@ -43,7 +62,9 @@ EDIT_FLAGS: dict[str, str | None] = {
 
 NEVER_LOWERED = {"num_replicas"}  # raised by a gate, lowered only by an operator
 
-_logged: set[tuple[str, str, str, str]] = set()  # (stream, setting, found, wanted) said once
+# (stream, setting, found, wanted, kept as it was) said once: a change made after it was
+# refused is said too
+_logged: set[tuple[str, str, str, str, bool]] = set()
 
 
 @dataclass(frozen=True)
@@ -62,11 +83,24 @@ def is_in_use_error(exc: BaseException) -> bool:
     return isinstance(exc, BadRequestError) and exc.err_code == IN_USE_OTHER_CONFIG
 
 
-async def _create(js: Any, make: Any, config: Any, stream: str) -> tuple[bool, Any]:
+def refused(exc: BaseException) -> bool:
+    """The server answered a change and said no (replicas above the nodes, storage type):
+    left as it is and said. Not a timeout, no responders, nor an API error meaning that no
+    leader could decide it (NOT_ANSWERED): nothing was decided then."""
+    if isinstance(exc, (NatsTimeoutError, NoRespondersError, TimeoutError)):
+        return False
+    return isinstance(exc, APIError) and exc.err_code not in NOT_ANSWERED
+
+
+Waiting = Callable[[BaseException], None]
+
+
+async def _create(js: Any, make: Any, config: Any, stream: str,
+                  waiting: Waiting | None = None) -> tuple[bool, Any]:
     """(True, `make(config)`), or (False, None) when `stream` exists and the create was
     refused: 10058, or another refusal of the new settings (a one-node server refuses 3
     replicas with 10074 before comparing). Other failures (no meta leader yet while a
-    cluster starts) are retried for CREATE_RETRY_S."""
+    cluster starts) are retried for CREATE_RETRY_S, each said to `waiting`."""
     deadline = time.monotonic() + CREATE_RETRY_S
     while True:
         try:
@@ -76,10 +110,14 @@ async def _create(js: Any, make: Any, config: Any, stream: str) -> tuple[bool, A
                 return False, None
             if time.monotonic() > deadline:
                 raise
+            if waiting is not None:
+                waiting(exc)
             await asyncio.sleep(0.25)
 
 
 async def _exists(js: Any, stream: str) -> bool:
+    """Any stream info answer says the stream exists, a replica's too (no leader now): it
+    holds the stream. What its settings need is judged by `reconcile` on that answer."""
     try:
         await js.stream_info(stream)
     except Exception:  # noqa: BLE001 - not found, or the server cannot say yet
@@ -88,12 +126,13 @@ async def _exists(js: Any, stream: str) -> bool:
 
 
 async def ensure_stream(js: Any, config: StreamConfig, wants: list[Want],
-                        drift: dict[str, str] | None = None) -> None:
+                        drift: dict[str, str] | None = None,
+                        waiting: Waiting | None = None) -> None:
     """Create `config`'s stream, or fit the existing one to `wants` (see the module doc)."""
     assert config.name is not None
     drift = {} if drift is None else drift
     _forget(drift, config.name)
-    made, _info = await _create(js, js.add_stream, config, config.name)
+    made, _info = await _create(js, js.add_stream, config, config.name, waiting)
     if not made:
         await reconcile(js, config.name, wants, drift)
 
@@ -127,8 +166,11 @@ async def ensure_bucket(js: Any, config: KeyValueConfig, drift: dict[str, str] |
 
 async def reconcile(js: Any, name: str, wants: list[Want], drift: dict[str, str]) -> None:
     """Update each setting of stream `name` that differs from `wants`; one JetStream refuses
-    is left as it is, logged once and noted in `drift[<name>.<setting>]`."""
-    current = (await js.stream_info(name)).config
+    is left as it is, logged once and noted in `drift[<name>.<setting>]`. A setting to change
+    on a stream without a leader raises VenueNoStreamLeader, and an update not answered its
+    error (see the module doc): nothing is decided, the caller tries again."""
+    info = await js.stream_info(name)
+    current = info.config
     for want in wants:
         found = getattr(current, want.setting)
         if _same(found, want.value):
@@ -136,23 +178,28 @@ async def reconcile(js: Any, name: str, wants: list[Want], drift: dict[str, str]
         why = None
         if want.setting in NEVER_LOWERED and found is not None and want.value < found:
             why = "a gate never lowers them: a gate listing fewer servers would take them from all"
+        elif leaderless(info):
+            raise VenueNoStreamLeader(
+                f"stream {name} has no leader now (no quorum, or an election under way): its "
+                f"{want.setting} ({want.key}) is changed once it has one")
         else:
             try:
                 updated = current.evolve(**{want.setting: want.value, **want.along})
                 current = (await js.update_stream(updated)).config
-            except Exception as exc:  # noqa: BLE001 - refused by the server: used as it is
+            except Exception as exc:
                 task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if (task is not None and task.cancelling()) or not refused(exc):
                     raise
                 why = "the server refused the change: " + (
                     getattr(exc, "description", None) or str(exc) or type(exc).__name__)
         if why is not None:
             text = _bound_text(name, want, found, why)
             drift[f"{name}.{want.setting}"] = text
-            _say_once(name, want, found, f"venue: {text}")
+            _say_once(name, want, found, f"venue: {text}", kept=True)
             continue
         _say_once(name, want, found, f"venue: stream {name}: {want.setting} changed from "
-                                     f"{_show(found)} to {_show(want.value)} ({want.key})")
+                                     f"{_show(found)} to {_show(want.value)} ({want.key})",
+                  kept=False)
 
 
 def _bound_text(name: str, want: Want, found: Any, why: str) -> str:
@@ -166,8 +213,8 @@ def _bound_text(name: str, want: Want, found: Any, why: str) -> str:
             f"{fix}")[:400]
 
 
-def _say_once(name: str, want: Want, found: Any, text: str) -> None:
-    key = (name, want.setting, _show(found), _show(want.value))
+def _say_once(name: str, want: Want, found: Any, text: str, kept: bool) -> None:
+    key = (name, want.setting, _show(found), _show(want.value), kept)
     if key not in _logged:
         _logged.add(key)
         log.warning("%s", text)

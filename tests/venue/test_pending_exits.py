@@ -15,7 +15,9 @@ a restart do (agent.store.passages).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -100,6 +102,59 @@ def test_another_gate_keeps_the_ticket_inside_until_the_exit_is_confirmed(
                    "a's confirmation at b")
         assert a.bus.counters["exits_confirmed"] == 1
         assert scan(b, "floor-in")[:2] == (True, "valid")  # out, so in again
+
+
+def _venue_db_copy(device: VenueDevice, to: Path) -> Path:
+    """`device`'s venue.db as it is now (SQLite's backup: a consistent copy)."""
+    source, copy = device.venue_store(), sqlite3.connect(to)
+    try:
+        source.conn.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+    return to
+
+
+@pytest.mark.parametrize("outcome", ["passed", "voided"])
+def test_a_confirmation_or_void_sent_again_is_counted_once(
+        tmp_path: Path, venue_node: NodeProcess, outcome: str) -> None:
+    """The bus settles exits from what venue.db holds: one round before venue.db applied its
+    own confirmation (or after a restart or reconnect in between) sends it again, same msg
+    id, and JetStream answers `duplicate` without storing it. Counted, status said two exits
+    confirmed (or two voids) for one. Here the second round reads a venue.db copied while
+    the exit still awaited (as one that had not applied the first yet)."""
+    with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
+        exit_ = out_waiting(a, b)
+        wait_until(lambda: applied(a, exit_) is not None, 10, "a has its own exit")
+        stale = _venue_db_copy(a, tmp_path / "stale-venue.db")
+        counter = "exits_confirmed" if outcome == "passed" else "voids"
+        journal = journal_of(a)
+        try:
+            log = PassageLog(journal)
+            assert log.passed(exit_, now_iso()) if outcome == "passed" \
+                else log.void(exit_, now_iso()) is not None
+        finally:
+            journal.close()
+        a.bus.wake()
+        def settled_at_b() -> bool:
+            held = applied(b, exit_) or {}
+            return held.get("voided") == 1 if outcome == "voided" else held.get("awaiting") == 0
+        wait_until(settled_at_b, 10, f"a's {outcome} exit at b")
+        assert a.bus.counters[counter] == 1
+
+        async def round_on_stale() -> None:
+            store, journal = VenueStore(stale), journal_of(a)
+            try:
+                assert [e["uuid"] for e in store.awaiting_exits(a.name)] == [exit_]
+                await a.bus._settle_exits(store, journal)
+            finally:
+                store.close()
+                journal.close()
+
+        assert a.bus._loop is not None
+        asyncio.run_coroutine_threadsafe(round_on_stale(), a.bus._loop).result(10)
+        assert a.bus.counters[counter] == 1
+        assert settled_at_b()
 
 
 def test_the_lane_confirms_its_exit_to_the_venue_as_the_holder_passes(

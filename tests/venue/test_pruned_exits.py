@@ -23,6 +23,7 @@ import pytest
 
 from agent.core.codes import utc_iso
 from agent.store.passages import PassageLog, now_iso
+from agent.venue import bus as venue_bus
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
 from tests.venue.test_pending_exits import applied, journal_of, out_waiting, scan
@@ -46,7 +47,10 @@ def _sent_and_pruned(device: VenueDevice) -> list[str]:
 
 
 def test_an_exit_pruned_before_its_confirmation_is_confirmed_from_its_passage(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
+        tmp_path: Path, venue_node: NodeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And its `passages` row, kept by the prune for this, goes once the venue no longer
+    awaits the exit (every round here; hourly in service), not before."""
+    monkeypatch.setattr(venue_bus, "FORGET_EXITS_EVERY_S", 0.0)
     with venue_devices(tmp_path, [venue_node.url], 2, 1) as (a, b):
         exit_ = out_waiting(a, b)
         a.bus.stop()  # the bus down while the holder passes, the row is sent and pruned
@@ -61,6 +65,16 @@ def test_an_exit_pruned_before_its_confirmation_is_confirmed_from_its_passage(
         wait_until(lambda: applied(b, exit_) == {"awaiting": 0, "voided": 0}, 20,
                    "a's confirmation at b")
         assert a.bus.counters["exits_confirmed"] == 1
+        wait_until(lambda: passage_of(a, exit_) is None, 20, "a's exit's passage let go")
+        assert a.bus.counters["exits_confirmed"] == 1
+
+
+def passage_of(device: VenueDevice, uuid: str) -> str | None:
+    journal = journal_of(device)
+    try:
+        return PassageLog(journal).state(uuid)
+    finally:
+        journal.close()
 
 
 def test_an_exit_voided_and_pruned_before_its_void_got_out_is_voided(
