@@ -8,7 +8,6 @@ GateAgentError is printed as one clear line (no traceback) with its own exit cod
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -64,6 +63,8 @@ def _not_cancelled_noise(record: logging.LogRecord) -> bool:
     asyncio logs "Fatal error: protocol.data_received() call failed" with a traceback, after
     the command has stopped cleanly. That one record (an InvalidStateError) is left out; every
     other asyncio error still shows."""
+    import asyncio  # loaded already: only asyncio logs here (not at start: it is slow to load)
+
     exc = record.exc_info[1] if record.exc_info else None
     return not (isinstance(exc, asyncio.InvalidStateError)
                 and "data_received() call failed" in str(record.msg))

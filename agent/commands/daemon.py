@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-import httpx
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import explain, plain
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from agent.errors import ControlError, DaemonSilent, GateAgentError
-from agent.ops.status import leaderless_too_long, relay_ok
-from agent.runtime.controlclient import running_daemon
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -83,6 +80,8 @@ def _config_for_status(args: argparse.Namespace) -> Config | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.runtime.controlclient import running_daemon
+
     config = _config_for_status(args)
     daemon = None if args.url or config is None else running_daemon(config)
     if daemon is not None:
@@ -94,6 +93,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = None  # not allowed on the socket (no sudo): ask the HTTP endpoint
         if report is not None:
             return _print_report(report, args.json)
+    import httpx  # only when no socket answered: it is slow to load
+
     base, token = _status_url(args, config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -113,6 +114,8 @@ def _print_report(report: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=1))
     else:
+        from rich.console import Console
+
         render(report, Console())
     return 0 if report["health"] != "fail" else 1
 
@@ -120,6 +123,10 @@ def _print_report(report: dict[str, Any], as_json: bool) -> int:
 def render(report: dict[str, Any], console: Console) -> None:
     """The report as a technician reads it. Names, codes, messages and errors come from the
     platform, the readers and the venue: every line is `plain` (never read as markup)."""
+    from rich.table import Table
+
+    from agent.ops.status import relay_ok
+
     colour = {"pass": "green", "warn": "yellow", "fail": "red"}[report["health"]]
     console.print(plain((report["health"].upper(), f"bold {colour}"),
                         f"  gate-agent {report['version']}, up {report['uptime_s']:.0f} s"))
@@ -198,6 +205,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 def _nobody_leads(leader: dict[str, Any]) -> str:
     """An election, or a venue left without a leader (status reason venue_no_leader)."""
+    from agent.ops.status import leaderless_too_long
+
     leaderless = leaderless_too_long(leader)
     if leaderless is None:
         return "nobody (election under way)"

@@ -16,17 +16,16 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import explain, plain
 from agent.config import Config, check_lane_outputs, load_config
 from agent.errors import ConfigError, DriverUnavailable, UsageError
 from agent.runtime import bindings
-from agent.runtime.controlclient import acting_on_store, reading_store
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
 
 EXIT_OK, EXIT_NO_SCAN, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -110,6 +109,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(as_json(categories), indent=2))
         return EXIT_OK
+    from rich.console import Console
+
     console = Console()
     for shown in found_view(categories):
         console.print(shown)
@@ -119,6 +120,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def found_view(categories: list[Any]) -> list[Text | Table]:
     """`devices list` as printed: a table per category, or a line saying what to do (a hint
     such as `pip install gate-agent[hid]` shown as it is, brackets and all)."""
+    from rich.table import Table
+
     shown: list[Text | Table] = []
     for cat in categories:
         if not cat.rows:
@@ -210,6 +213,8 @@ def _usable(url: str, role: str) -> bool:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
+    from agent.runtime.controlclient import acting_on_store
+
     config = load_config(args.config)
     role = _role(args)
     if role in bindings.DEVICE_ROLES:
@@ -242,6 +247,8 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 def _pair_device(args: argparse.Namespace, config: Config, role: str) -> int:
     """`devices pair URL --role emergency`: the device-level contact, kept in devices.json."""
+    from agent.runtime.controlclient import acting_on_store
+
     if not args.no_validate and not _usable(args.url, role):
         return EXIT_UNAVAILABLE
     with acting_on_store(config) as daemon:
@@ -257,6 +264,8 @@ def _pair_device(args: argparse.Namespace, config: Config, role: str) -> int:
 
 
 def cmd_unpair(args: argparse.Namespace) -> int:
+    from agent.runtime.controlclient import acting_on_store
+
     config = load_config(args.config)
     if args.lane is None:
         return _unpair_device(args, config)
@@ -274,6 +283,8 @@ def cmd_unpair(args: argparse.Namespace) -> int:
 
 
 def _unpair_device(args: argparse.Namespace, config: Config) -> int:
+    from agent.runtime.controlclient import acting_on_store
+
     with acting_on_store(config) as daemon:
         if daemon is not None:
             found = daemon.call("unpair", lane=None, url=args.url)["found"]
@@ -290,6 +301,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Socket-first, as pairing is: the running daemon reads the pairings it works with (a
     technician without sudo may not read `<store.dir>/devices.json`); without one, read here
     as the store's owner."""
+    from rich.console import Console
+
+    from agent.runtime.controlclient import reading_store
+
     config = load_config(args.config)
     if not config.lanes:
         raise ConfigError("no [[lanes]] configured; add one", path=config.path, key="lanes")
@@ -306,6 +321,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def lanes_table(rows: list[dict[str, Any]], device: dict[str, dict[str, str]]) -> Table:
     """`devices show` as a table (lane names and URLs shown as they are)."""
+    from rich.table import Table
+
     table = Table(title="lanes", title_justify="left")
     for col in ("lane", "role", "URL", "source"):
         table.add_column(col, overflow="fold")

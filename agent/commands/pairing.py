@@ -23,15 +23,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rich.console import Console
-
 from agent.commands import explain, plain
 from agent.config import LaneConfig, load_config
 from agent.errors import DaemonOutdated, DaemonSilent, DriverUnavailable, GateAgentError
-from agent.runtime.pairing import PairingRefused, PairingStation, pair_answer, ticket_answer
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from agent.runtime.controlclient import ControlClient
+    from agent.runtime.pairing import PairingStation
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_OFFLINE = 0, 1, 2, 3
 
@@ -71,7 +71,10 @@ def cmd_pair_tag(args: argparse.Namespace) -> int:
     """Socket-first, like every store command: with a daemon running, it pairs (its cache,
     token and rate budget, its lanes for --admit) while this command keeps the readers; without
     one, this command pairs on the store itself as its owner, holding the store's lock."""
+    from rich.console import Console
+
     from agent.runtime.controlclient import acting_on_store
+    from agent.runtime.pairing import PairingStation
     from agent.runtime.storeaccess import same_identity
     from drivers.feed import ScanFeed
 
@@ -120,10 +123,14 @@ class _Here:
         self.station = station
 
     def ticket(self, barcode: str, event_id: int | None) -> dict[str, Any]:
+        from agent.runtime.pairing import ticket_answer
+
         return ticket_answer(self.station.ticket(barcode, event_id))
 
     def pair(self, barcode: str, tag: str, event_id: int | None, again: bool,
              lane: LaneConfig | None) -> dict[str, Any]:
+        from agent.runtime.pairing import pair_answer
+
         return pair_answer(self.station.pair(barcode, tag, event_id=event_id, again=again,
                                              admit_lane=lane))
 
@@ -174,6 +181,8 @@ def _one(desk: _Desk, tags: Any, barcode: str, args: argparse.Namespace,
     """Pair one attendee; every failure is printed and becomes an exit code, never a raise
     (but a daemon that stopped answering, or is older than this command, ends the session:
     DaemonSilent, DaemonOutdated)."""
+    from agent.runtime.pairing import PairingRefused
+
     try:
         hit = desk.ticket(barcode, args.event)
         who = f" ({hit['customer_name']})" if hit["customer_name"] else ""

@@ -14,7 +14,6 @@ same scans never go out under two request uuids.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -23,19 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import explain, plain
 from agent.config import Config, load_config
@@ -47,16 +34,14 @@ from agent.errors import (
     register_secret,
 )
 from agent.files import write_private
-from agent.platform.client import PlatformClient
-from agent.platform.governor import Governor
-from agent.platform.sync import Syncer, SyncProgress
-from agent.platform.token import load_token
-from agent.platform.upload import Uploader
-from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, answering_daemon
-from agent.runtime.opening import CACHE_FILE, open_journal
-from agent.runtime.storeaccess import own_rights
-from agent.store.cache import TicketCache
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+    from rich.text import Text
+
+    from agent.platform.client import PlatformClient
+    from agent.platform.sync import SyncProgress
 
 
 def _quiet_logs() -> None:
@@ -113,11 +98,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _client(config: Config, token: str) -> PlatformClient:
+    from agent.platform.client import PlatformClient
+    from agent.platform.governor import Governor
+
     return PlatformClient.from_config(config.api, token, Governor.from_config(config.api))
 
 
 def _offline_hint(config: Config) -> str:
     """What the gate still has when the platform cannot be reached."""
+    from agent.runtime.opening import CACHE_FILE
+    from agent.store.cache import TicketCache
+
     path = config.store_dir / CACHE_FILE
     if not path.exists():
         return "no ticket cache yet: the gate refuses every code until a sync succeeds"
@@ -171,6 +162,10 @@ class _Bar:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import acting_on_store
+
     _quiet_logs()
     config = load_config(args.config)
     if config.venue is not None:  # the venue leader owns the budget: it runs the pass
@@ -180,6 +175,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _print_sync(args, result)
     with acting_on_store(config) as daemon:
         if daemon is not None:
+            from agent.platform.sync import SyncProgress
+
             Console(stderr=True).print(plain(f"the running daemon (PID {daemon.pid}) syncs; "
                                              "its progress:"))
             progress = _progress_bar(args)
@@ -200,6 +197,8 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    from rich.console import Console
+
     Console().print(sync_table(args.full, result))
     return 0
 
@@ -207,6 +206,8 @@ def _print_sync(args: argparse.Namespace, result: dict[str, Any]) -> int:
 def sync_table(full: bool, result: dict[str, Any]) -> Table:
     """The sync summary: per event, items applied (every pass watched) and cached; event
     names from the platform shown as they are."""
+    from rich.table import Table
+
     by = f" by venue leader {result['leader']}" if result.get("leader") else ""
     table = Table(title=plain(f"sync {'full' if full else 'delta'}{by}: "
                               f"{result['requests']} requests"
@@ -224,7 +225,18 @@ def sync_table(full: bool, result: dict[str, Any]) -> Table:
 
 def _progress_bar(args: argparse.Namespace) -> Progress | None:
     """The bar both paths show on stderr (none with --json): items applied, pages, requests."""
-    return None if args.json else Progress(
+    if args.json:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("items, {task.fields[pages]} pages, {task.fields[requests]} requests"),
         TimeElapsedColumn(), console=Console(stderr=True))
@@ -232,6 +244,11 @@ def _progress_bar(args: argparse.Namespace) -> Progress | None:
 
 def _sync_here(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     """No daemon: this command syncs, as the store's owner, with a progress bar."""
+    import asyncio
+
+    from agent.platform.token import load_token
+    from agent.runtime.storeaccess import own_rights
+
     if args.event:
         config = dataclasses.replace(config, events={**config.events, "ids": list(args.event)})
     with own_rights():
@@ -254,6 +271,10 @@ def _sync_here(config: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
                 ) -> dict[str, Any]:
+    from agent.platform.sync import Syncer
+    from agent.runtime import work
+    from agent.runtime.opening import CACHE_FILE
+
     cache_path = config.store_dir / CACHE_FILE
     async with _client(config, token) as client:
         syncer = Syncer(config, client, cache_path, on_progress=bar)
@@ -267,6 +288,10 @@ async def _sync(config: Config, token: str, args: argparse.Namespace, bar: _Bar
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import acting_on_store
+
     _quiet_logs()
     config = load_config(args.config)
     if config.venue is not None:  # the venue leader uploads: hand the scans to the bus
@@ -278,13 +303,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
             if daemon is not None:
                 outcome = daemon.call("upload", drain=args.drain)
             else:
-                with own_rights():
-                    token = load_token(config.api, config_path=config.path)
-                journal = open_journal(config)
-                try:
-                    outcome = asyncio.run(_upload(config, token, journal, args.drain))
-                finally:
-                    journal.close()
+                outcome = _upload_here(config, args.drain)
     said, trouble = upload_lines(outcome, config.path)
     if args.json:
         print(json.dumps(outcome))
@@ -316,7 +335,27 @@ def upload_lines(outcome: dict[str, Any], config_path: str | None) -> tuple[Text
                        "twice).")
 
 
+def _upload_here(config: Config, drain: bool) -> dict[str, Any]:
+    """No daemon: this command uploads, as the store's owner."""
+    import asyncio
+
+    from agent.platform.token import load_token
+    from agent.runtime.opening import open_journal
+    from agent.runtime.storeaccess import own_rights
+
+    with own_rights():
+        token = load_token(config.api, config_path=config.path)
+    journal = open_journal(config)
+    try:
+        return asyncio.run(_upload(config, token, journal, drain))
+    finally:
+        journal.close()
+
+
 async def _upload(config: Config, token: str, journal: Any, drain: bool) -> dict[str, Any]:
+    from agent.platform.upload import Uploader
+    from agent.runtime import work
+
     async with _client(config, token) as client:
         uploader = Uploader(journal, client, batch_size=config.sync["upload_batch_size"],
                             scanned_by=config.api["scanned_by"] or None,
@@ -352,6 +391,12 @@ def _can_write(path: Path) -> bool:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from agent.runtime.controlclient import answering_daemon
+
     _quiet_logs()
     config = load_config(args.config)
     target = config.api["token_file"]

@@ -12,19 +12,16 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import explain, plain
 from agent.config import load_config
 from agent.errors import ConfigError, UsageError
-from agent.platform.provision import read_import_file
-from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, reading_store
-from agent.runtime.opening import open_cache, open_journal, opened_gate
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -113,6 +110,11 @@ def _parse_at(text: str | None) -> datetime:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.platform.provision import read_import_file
+    from agent.runtime.controlclient import acting_on_store
+
     config = load_config(args.config)
     # Read here, with this user's rights (a file in root's home), then applied by the daemon
     # or as the store's owner.
@@ -122,6 +124,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             results = daemon.call("import", event=args.event,
                                   files=[{"name": n, "text": t} for n, t in files])
         else:
+            from agent.runtime import work
+            from agent.runtime.opening import open_cache
+
             cache = open_cache(config)
             try:
                 results = work.import_files(cache, files, args.event)
@@ -162,6 +167,10 @@ def _show(answer: dict[str, Any], as_json: bool, console: Console) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import reading_store
+
     config = load_config(args.config)
     lane = config.lane(args.lane)
     at = _parse_at(args.at)
@@ -171,6 +180,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                                  at=at.isoformat() if args.at else None,
                                  direction=args.direction, kind=args.kind)
         else:
+            from agent.runtime import work
+            from agent.runtime.opening import opened_gate
+
             with opened_gate(config) as gate:
                 answer = work.answer(gate.check(args.code, lane, at, args.direction,
                                                 args.kind), None)
@@ -181,6 +193,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import acting_on_store
+
     config = load_config(args.config)
     lane = config.lane(args.lane)
     console = Console()
@@ -195,6 +211,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 _show(answer, args.json, console)
                 admitted, refused = admitted + answer["admit"], refused + (not answer["admit"])
         else:
+            from agent.runtime import work
+            from agent.runtime.opening import opened_gate
+
             with opened_gate(config) as gate:
                 for code in codes:
                     result = gate.scan(code, lane, datetime.now(UTC), args.direction, args.kind,
@@ -208,11 +227,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import reading_store
+
     config = load_config(args.config)
     with reading_store(config) as daemon:
         if daemon is not None:
             listing = daemon.call("queue", all=args.all, limit=args.limit)
         else:
+            from agent.runtime import work
+            from agent.runtime.opening import open_journal
+
             journal = open_journal(config)
             try:
                 listing = work.queue_listing(journal, include_sent=args.all, limit=args.limit)
@@ -227,6 +253,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def queue_table(listing: dict[str, Any]) -> Table:
     """`queue` as a table; codes and the platform's reasons are shown as they are (plain)."""
+    from rich.table import Table
+
     counts, rows = listing["counts"], listing["scans"]
     table = Table(title=f"Scan queue: {counts['pending']} pending, {counts['quarantined']} "
                         f"quarantined, {counts['local']} local-only, {counts['sent']} sent"
@@ -248,11 +276,17 @@ def queue_table(listing: dict[str, Any]) -> Table:
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agent.runtime.controlclient import acting_on_store
+
     config = load_config(args.config)
     with acting_on_store(config) as daemon:
         if daemon is not None:
             n = daemon.call("queue_retry", uuids=args.uuids)["retried"]
         else:
+            from agent.runtime.opening import open_journal
+
             journal = open_journal(config)
             try:
                 n = journal.retry_quarantined(args.uuids or None)

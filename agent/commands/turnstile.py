@@ -19,11 +19,6 @@ from typing import Any
 from agent.commands import explain
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.runtime import work
-from agent.runtime.controlclient import acting_on_store, reading_store
-from agent.runtime.opening import open_journal
-from agent.store.passages import PassageLog, now_iso
-from drivers import open_output
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -59,12 +54,17 @@ def _who(given: str | None) -> str:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from agent.runtime.controlclient import acting_on_store, reading_store
+
     config = load_config(args.config)
     if args.events:
         with reading_store(config) as daemon:
             if daemon is not None:  # its journal (a technician may not open it)
                 events = daemon.call("events")
             else:
+                from agent.runtime import work
+                from agent.runtime.opening import open_journal
+
                 journal = open_journal(config)
                 try:
                     events = work.lane_events(journal)
@@ -98,6 +98,10 @@ def _pulse_without_daemon(config: Any, lane: str, url: str, pulse_ms: int, hold:
                           "--hold/--end", key="release")
     if not url:
         raise ConfigError(f"lane {lane} has no relay to release", key="lanes.relay")
+    from agent.runtime.opening import open_journal
+    from agent.store.passages import PassageLog, now_iso
+    from drivers import open_output
+
     output = open_output(url)
     try:
         output.pulse(pulse_ms)

@@ -10,14 +10,14 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.commands import explain, plain
 from agent.config import Config, load_config
 from agent.errors import ConfigError, GateAgentError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 T = TypeVar("T")
 
@@ -170,6 +170,8 @@ def sync_through_leader(config: Config, args: argparse.Namespace) -> dict[str, A
     Returns what `cmd_sync` prints, as a direct sync would, plus the leader and its term."""
     import contextlib
 
+    from rich.console import Console
+
     from agent.runtime import work
     from agent.runtime.controlclient import acting_on_store
     from agent.runtime.opening import CACHE_FILE
@@ -274,6 +276,8 @@ def read_gates(venue: dict[str, Any], config_path: str | None,
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """The venue's quarantined scans (the leader's 422 refusals), and their requeue."""
+    from rich.console import Console
+
     from agent.venue import quarantine
 
     config = load_config(args.config)
@@ -299,6 +303,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def quarantine_table(venue: str, rows: list[dict[str, Any]]) -> Table:
     """`venue quarantine` as a table: the platform's words shown as they are."""
+    from rich.table import Table
+
     table = Table(title=plain(f"Venue {venue}: {len(rows)} quarantined scan(s)"))
     for col in ("scan uuid", "barcode", "event", "scanned", "since (UTC)", "platform said"):
         table.add_column(col, overflow="fold")
@@ -311,6 +317,8 @@ def quarantine_table(venue: str, rows: list[dict[str, Any]]) -> Table:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     config = load_config(args.config)
     venue = _venue(config)
     gates, unread = read_gates(venue, config.path, args.timeout)
@@ -327,6 +335,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
     """`venue status` as a table: gate names and their reasons shown as they are."""
+    from rich.table import Table
+
     from agent.ops.heartbeat import reach_text
 
     table = Table(title=plain(f"Venue {venue}: {len(gates)} gate(s)"))
@@ -355,6 +365,8 @@ def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
 def cmd_conflicts(args: argparse.Namespace) -> int:
     """Socket-first: the running daemon reads its venue store (a technician without sudo may
     not open store.dir); without one, read here as the store's owner."""
+    from rich.console import Console
+
     from agent.runtime import work
     from agent.runtime.controlclient import reading_store
 
@@ -372,6 +384,8 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
 
 def conflicts_table(rows: list[dict[str, Any]]) -> Table:
     """`venue conflicts` as a table."""
+    from rich.table import Table
+
     table = Table(title=f"Venue conflicts: {len(rows)}")
     for col in ("scanned (UTC)", "event", "item", "zone", "gate", "lane", "offline", "what"):
         table.add_column(col, overflow="fold")

@@ -1,4 +1,8 @@
-"""Opening what every command needs from a config: the cache, the journal, the gate."""
+"""Opening what every command needs from a config: the cache, the journal, the gate.
+
+The gate (and through it the venue bus and nats) is imported only by `opened_gate`: `queue`,
+`import` and `release --events` open the journal or the cache alone, and start faster so.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import Config
-from agent.runtime.gate import Gate
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
+
+if TYPE_CHECKING:
+    from agent.runtime.gate import Gate
 
 CACHE_FILE = "cache.db"
 JOURNAL_FILE = "journal.db"
@@ -30,6 +37,8 @@ def open_journal(config: Config) -> Journal:
 @contextmanager
 def opened_gate(config: Config) -> Iterator[Gate]:
     """The journal is opened first: a damaged cache must not stop scans being recorded."""
+    from agent.runtime.gate import Gate
+
     journal = open_journal(config)
     try:
         cache = open_cache(config)
