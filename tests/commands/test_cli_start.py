@@ -77,3 +77,14 @@ def test_a_command_that_works_loads_what_it_needs(site: DemoSite) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["admit"] is True
     assert {"agent.store.cache", "agent.runtime.gate", "rich.console"} <= names
+
+
+def test_queue_opens_the_journal_without_loading_the_gate_or_the_bus(site: DemoSite) -> None:
+    """agent.runtime.opening imports the gate (and with it the venue bus, nats) only for
+    `opened_gate`: `queue`, `import` and `release --events` open a store alone."""
+    out, names = _loaded("-c", str(site.config_path), "queue", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["counts"]["pending"] == 0
+    assert "agent.store.journal" in names
+    assert [n for n in names if n == "nats" or n.startswith(("nats.", "agent.runtime.gate",
+                                                             "agent.venue"))] == []
