@@ -30,6 +30,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.rigs import PtyDevice
 
 LANES = ("entry", "floor")
+SHORTER_HOLD = Path(__file__).parent / "shorter_hold"
 
 
 def p99(values: list[float]) -> float:
@@ -123,8 +124,15 @@ listen = "127.0.0.1:0"
         os.close(fd)
         os.replace(tmp, path)
 
-    def daemon(self) -> DaemonProcess:
-        run = DaemonProcess(self.config, self.store, cwd=PROJECT_ROOT)
+    def daemon(self, first_hold_s: float | None = None) -> DaemonProcess:
+        """`first_hold_s`: the daemon's first hold after an unconfirmed upload answer, in place
+        of upload.HOLD_S's 10 s (tests/faults/shorter_hold/sitecustomize.py says why)."""
+        env = None
+        if first_hold_s is not None:
+            path = [str(SHORTER_HOLD), *filter(None, [os.environ.get("PYTHONPATH")])]
+            env = {"PYTHONPATH": os.pathsep.join(path),
+                   "GATE_AGENT_TEST_FIRST_HOLD_S": str(first_hold_s)}
+        run = DaemonProcess(self.config, self.store, env=env, cwd=PROJECT_ROOT)
         self.runs.append(run)
         return run.start()
 
