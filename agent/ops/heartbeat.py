@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from agent.ops.status import _age, relay_ok, scan_clock_now
+from agent.ops.status import _age, oldest_pending_age, relay_ok
 
 VERSION = 1
 RATE_WINDOW_S = 60.0
@@ -103,8 +103,7 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "decisions": totals, "per_min": rates.per_minute(totals, time.monotonic()),
         "queue": {"pending": journal.get("pending", 0),
                   "quarantined": journal.get("quarantined", 0),
-                  "oldest_pending_age_s": _rounded(_age(journal.get("oldest_pending"),
-                                                        scan_clock_now(report, now)))},
+                  "oldest_pending_age_s": _rounded(oldest_pending_age(report, now))},
         "cache": cache, "cache_age_s": max(ages) if ages else None,
         "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",

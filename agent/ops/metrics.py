@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.core.codes import parse_utc_iso
-from agent.ops.status import REASON_CODES, _age, relay_ok, scan_clock_now
+from agent.ops.status import REASON_CODES, _age, oldest_pending_age, relay_ok
 from agent.venue.heartbeat import STATES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -59,8 +59,7 @@ class _StateCollector(Collector):
             scans.add_metric([state], float(journal.get(state) or 0))
         yield scans
         oldest = GaugeMetricFamily("gate_oldest_pending_age_seconds", "Age of the oldest unsent scan")
-        oldest.add_metric([], float(_age(journal.get("oldest_pending"),
-                                         scan_clock_now(snap, self.now())) or 0))
+        oldest.add_metric([], oldest_pending_age(snap, self.now()) or 0.0)
         yield oldest
         age = GaugeMetricFamily("gate_sync_age_seconds", "Seconds since the last ticket sync",
                                 labels=["event"])

@@ -73,6 +73,14 @@ def _age(stamp: str | None, now: datetime) -> float | None:
         return None
 
 
+def oldest_pending_age(snap: dict[str, Any], now: datetime) -> float | None:
+    """Seconds the oldest unsent scan has waited, on the clock scans are stamped by; never
+    below 0: that clock's offset is measured again with every platform answer, so a scan
+    stamped a moment ago can read a few ms "in the future" (a negative gauge in CI)."""
+    age = _age((snap.get("journal") or {}).get("oldest_pending"), scan_clock_now(snap, now))
+    return None if age is None else max(0.0, age)
+
+
 def scan_clock_now(snap: dict[str, Any], now: datetime) -> datetime:
     """`now` on the clock scans are stamped by (agent.runtime.clock): the platform's while
     this clock is corrected (`clock.offset_s`, the platform's time minus this clock's), else
@@ -171,7 +179,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             add(Reason("fail", "cache_stale",
                        f"event {event.get('id')}: tickets last synced {shown} "
                        f"(limit sync.max_cache_age_s = {max_cache_age_s:.0f} s)"))
-    pending_age = _age(journal.get("oldest_pending"), scan_clock_now(snap, now))
+    pending_age = oldest_pending_age(snap, now)
     if pending_age is not None and pending_age > BACKLOG_WARN_S:
         add(Reason("warn", "upload_backlog",
                    f"{journal.get('pending')} scan(s) not uploaded, oldest "

@@ -94,6 +94,7 @@ log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
 STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
+STATUS_BACKLOG = 128  # connections queued before the status server accepts (uvicorn: 2048)
 # With [venue], the lanes open once this gate has measured its clock against the bus server's
 # (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
 VENUE_CLOCK_WAIT_S = 5.0
@@ -763,6 +764,10 @@ class Daemon:
             except TimeoutError:
                 pass
         self.status_error = None
+        # listening before status.addr names it: a client that reads the file at once (the
+        # CLI, the demo, a test) must be queued until uvicorn accepts, not refused (it was,
+        # once in CI: bound only, the port refuses connections until uvicorn's start-up)
+        sock.listen(STATUS_BACKLOG)
         actual = sock.getsockname()[1]
         self.listen_address = f"{host}:{actual}"
         # 0600 like every other file of store.dir (was the umask's mode), and the store's

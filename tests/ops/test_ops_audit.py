@@ -205,3 +205,11 @@ def test_scan_ages_are_measured_on_the_clock_that_stamped_them() -> None:
     snap["clock"] = {"corrected": False, "offset_s": -8 * 3600.0}  # ended: the wall clock
     snap["journal"]["oldest_pending"] = utc_iso(wall - timedelta(minutes=11))
     assert "upload_backlog" in {r.code for r in evaluate(snap, wall, 1e9)[1]}
+    # the offset measured again a few ms shorter since the scan was stamped: never a negative
+    # age (the metric read -0.012 in a suite run)
+    snap["clock"] = {"corrected": True, "offset_s": -8 * 3600.0}
+    snap["journal"]["oldest_pending"] = utc_iso(wall - timedelta(hours=8) +
+                                                timedelta(milliseconds=12))
+    assert "gate_oldest_pending_age_seconds 0.0" in \
+        Metrics(lambda: snap, lambda: wall).render().decode()
+    assert compact(snap, wall, RateWindow())["queue"]["oldest_pending_age_s"] == 0.0
