@@ -59,7 +59,8 @@ def test_migrations_recorded_wal_and_private_files(site: DemoSite) -> None:
     cache = TicketCache(path)
     names = [r[0] for r in cache.conn.execute("SELECT name FROM migrations")]
     assert names == ["0001_initial", "0002_resumable_pass", "0003_lookup_indexes",
-                     "0005_venue_catalog", "0006_lean_items", "0007_catalog_term_epoch"]
+                     "0005_venue_catalog", "0006_lean_items", "0007_catalog_term_epoch",
+                     "0008_items_seq_in_meta"]
     assert cache.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(site.config.store_dir / "journal.db").st_mode) == 0o600
