@@ -205,13 +205,15 @@ def test_missing_columns_are_stored_as_null_and_lean_forms_as_blobs(tmp_path: Pa
     a lean form as a bytearray: the rows hold NULL and BLOB, as binding None and bytes did."""
     cache = TicketCache(tmp_path / "cache.db")
     items = [parse_item({"id": 1}), parse_item({"id": 2, "const": {"barcode": "0"},
-                                                "variable": {"nfcId": "0x04A1"}})]
+                                                "variable": {"nfcId": "0x04A1"}}),
+             parse_item({"id": 3, "const": {"barcode": "B3"}})]  # the usual row's statement
     with cache.transaction():
-        cache.put_items(7, [i for i in items if i is not None])
+        assert cache.put_items(7, [i for i in items if i is not None]) == 3
     rows = cache.conn.execute("SELECT id, typeof(barcode), barcode, typeof(nfc_id), nfc_id,"
-                              " typeof(lean) FROM items ORDER BY id").fetchall()
-    assert rows == [(1, "null", None, "null", None, "blob"),
-                    (2, "text", "0", "text", "0x04A1", "blob")]
+                              " typeof(lean), seq FROM items ORDER BY id").fetchall()
+    assert rows == [(1, "null", None, "null", None, "blob", 1),
+                    (2, "text", "0", "text", "0x04A1", "blob", 2),
+                    (3, "text", "B3", "null", None, "blob", 3)]
     assert [h.item.id for h in cache.find_barcode("0")] == [2]
     cache.close()
 
