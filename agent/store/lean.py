@@ -46,8 +46,11 @@ if _NAMES[-2:] != ("scans", "raw"):  # pragma: no cover - a guard for whoever re
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     """`operator.attrgetter(*names)` written as Python: 3.11's interpreter reads a slot with
     a specialised instruction, where attrgetter takes the generic attribute lookup each time
-    (an Item's 15 fields: ~3,100 instructions a pack through attrgetter, ~500 this way)."""
-    return eval(f"lambda o: ({''.join(f'o.{name}, ' for name in names)})")  # type: ignore[no-any-return]
+    (an Item's 16 fields: ~3,300 instructions a pack through attrgetter, ~1,200 this way).
+    The names are Item's own field names (or ZoneScan's), never data."""
+    getter: Callable[[Any], tuple[Any, ...]] = eval(
+        f"lambda o: ({''.join(f'o.{name}, ' for name in names)})")
+    return getter
 
 
 _plain_fields = _getter(_NAMES[:-2])
