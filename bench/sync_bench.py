@@ -14,6 +14,12 @@
     .venv/bin/python bench/sync_bench.py [--tickets 100000] [--scans 10000] [--replays 5]
 
 Prints figures with PASS/FAIL per target and writes bench/results/sync.json.
+
+`--compare DIR [DIR ...] [--rounds 5]` instead replays the same generated pages (the sandbox's items, no
+products, 1000 a page) through `_apply_page` of each checkout DIR (e.g. `git worktree add` of
+the code before a change), one child process per DIR and round, alternated, `--replays` fresh
+cache files each: wall items/s (median, min-max over all replays) and items/s of CPU time
+(median of the children's best), so codes are compared on one machine under the same load.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import asyncio
 import json
 import math
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +180,59 @@ def raw_floor(pages: list[list[Any]], path: Path) -> float:
     return len(rows) / took
 
 
+# Run by `--compare` in a child whose sys.path starts with the checkout to measure (argv: that
+# checkout, tickets, replays): only modules every version has; prints one JSON line.
+_APPLY_CHILD = """
+import json, sys, tempfile, time
+from datetime import UTC, datetime
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import orjson
+from agent.core.model import parse_entry_page
+from agent.platform import sync
+from agent.sandbox.seed import generated_seed
+from agent.store.cache import TicketCache
+tickets, replays = int(sys.argv[2]), int(sys.argv[3])
+source = generated_seed(tickets, now=datetime(2026, 12, 7, tzinfo=UTC)).items[1001]
+indexes = [i for i in range(tickets) if not source.is_product(i)]
+pages = []
+for start in range(0, len(indexes), 1000):
+    body = orjson.dumps({"content": [source.item(i) for i in indexes[start:start + 1000]],
+                         "listEndTime": "2026-12-07 10:00:00", "total": len(indexes),
+                         "pagination": {"next": f"http://x/?page={start // 1000 + 2}"}})
+    page = parse_entry_page(orjson.loads(body))
+    pages.append((1001, page, page.next_url, page.list_end_time))
+items = sum(len(p[1].items) for p in pages)
+walls, cpus = [], []
+with tempfile.TemporaryDirectory() as tmp:
+    for n in range(replays):
+        cache = TicketCache(Path(tmp) / f"r{n}.db", check=False)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for args in pages:
+            sync._apply_page(cache, *args)
+        walls.append(items / (time.perf_counter() - wall))
+        cpus.append(items / (time.process_time() - cpu))
+        cache.close()
+print(json.dumps({"items": items, "wall": walls, "cpu": max(cpus), "code": sync.__file__}))
+"""
+
+
+def compare(roots: list[str], tickets: int, replays: int, rounds: int) -> None:
+    found: dict[str, list[dict[str, Any]]] = {root: [] for root in roots}
+    for _ in range(rounds):
+        for root in roots:
+            out = subprocess.run(
+                [sys.executable, "-c", _APPLY_CHILD, str(Path(root).resolve()), str(tickets),
+                 str(replays)], capture_output=True, text=True, check=True, cwd=root)
+            found[root].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for root, runs in found.items():
+        walls = [w for run in runs for w in run["wall"]]
+        print(f"{root}: {runs[0]['items']} items, {rounds} runs x {replays} replays;"
+              f" wall {statistics.median(walls):,.0f} items/s ({min(walls):,.0f}-"
+              f"{max(walls):,.0f}); CPU time {statistics.median(r['cpu'] for r in runs):,.0f}"
+              f" items/s (code: {runs[0]['code']})")
+
+
 def bench_upload(scans: int, workdir: Path) -> dict[str, Any]:
     with start_sandbox(tickets=max(scans, 1000), rpm=RPM) as sb:
         config = load_config(write_config(workdir, sb))
@@ -218,7 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replays", type=int, default=5,
                         help="apply the synced pages again this many times (0: not at all)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "sync.json"))
+    parser.add_argument("--compare", nargs="+", metavar="DIR",
+                        help="only replay generated pages through each checkout's apply")
+    parser.add_argument("--rounds", type=int, default=5, help="with --compare")
     args = parser.parse_args(argv)
+    if args.compare:
+        compare(args.compare, args.tickets, args.replays, args.rounds)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "a").mkdir()
         (Path(tmp) / "b").mkdir()

@@ -44,6 +44,8 @@ from agent.store.sqlite import data_version, integrity_ok, migrate, open_databas
 
 log = logging.getLogger(__name__)
 
+_SEQ_KEY = "items_seq"  # meta: the newest `seq` given to an item (migration 0008)
+
 MIGRATIONS = [
     ("0001_initial", """
         CREATE TABLE events (
@@ -76,7 +78,8 @@ MIGRATIONS = [
     """),
     # put_items deletes an item's historic barcodes by (event_id, item_id); without this index
     # each delete scanned the whole table (1M items with 2,000 replaced barcodes: 26 s of 75 s).
-    # items(seq): opening the cache reads MAX(seq); without an index that scans every item.
+    # items(seq): opening the cache read MAX(seq); without an index that scans every item
+    # (dropped by 0008: the newest seq is kept in meta).
     ("0003_lookup_indexes", """
         CREATE INDEX historic_barcodes_item ON historic_barcodes(event_id, item_id);
         CREATE INDEX items_seq ON items(seq)
@@ -99,6 +102,14 @@ MIGRATIONS = [
     ("0007_catalog_term_epoch", """
         ALTER TABLE venue_catalog ADD COLUMN term_epoch INTEGER NOT NULL DEFAULT 0
     """),
+    # Issue 18: the newest `seq` is kept in `meta` (read and written once per transaction that
+    # writes items) instead of read as MAX(seq) through items_seq, an index nothing else used,
+    # which cost every written item ~3.5k instructions (~5% of a sync's apply) and its pages.
+    ("0008_items_seq_in_meta", f"""
+        INSERT OR REPLACE INTO meta (key, value)
+            SELECT '{_SEQ_KEY}', COALESCE(MAX(seq), 0) FROM items;
+        DROP INDEX items_seq
+    """),
 ]
 
 # Encoding every item of a 1000-item page is the largest share of applying it; orjson does it
@@ -113,9 +124,14 @@ _stdlib_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).e
 # put_items binds a missing barcode, NFC id or lean form as the integer 0, which NULLIF makes
 # NULL (those columns only ever get text or a blob, never an integer, so 0 means nothing else),
 # and a lean form as a bytearray, stored as the same BLOB. Two values a row: ~0.7 us of ~13.
+# The usual row (a barcode, a lean form, no NFC id) goes through a statement with the NFC id
+# as a NULL literal and no NULLIF, each of which cost ~330 instructions a row.
 _PUT_ITEM = ("INSERT OR REPLACE INTO items"
              " (event_id, id, barcode, nfc_id, item_type, status, seq, raw, lean)"
              " VALUES (?, ?, NULLIF(?, 0), NULLIF(?, 0), ?, ?, ?, ?, NULLIF(?, 0))")
+_PUT_USUAL_ITEM = ("INSERT OR REPLACE INTO items"
+                   " (event_id, id, barcode, nfc_id, item_type, status, seq, raw, lean)"
+                   " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)")
 
 
 def _decode(text: str) -> Any:
@@ -209,8 +225,6 @@ class TicketCache:
                 "run `gate-agent sync --full` to rebuild it (scans are kept in the journal)"
             ) from exc
         self.conn = self.db.conn
-        row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()
-        self._seq = int(row[0])
         self._events: dict[int, Event] = {}
         self._zones: dict[int, Zone] = {}
         # event id -> its default Entry zone (or None), found once per event and forgotten
@@ -289,14 +303,15 @@ class TicketCache:
         Each Item must be `parse_item` of its `raw` (every writer's is: sync pages, imports,
         the venue catalog): its lean form is taken from it (`_stored_forms`).
         """
-        rows: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []  # _PUT_ITEM's
+        usual: list[tuple[Any, ...]] = []  # _PUT_USUAL_ITEM's
         historic: list[tuple[str, int, int]] = []
         scans: list[tuple[Any, ...]] = []
         ids: list[int] = []
         undated: list[int] = []
         keep_personal = self.keep_personal_data
         stored_forms, strip = _stored_forms, strip_personal
-        seq = self._seq
+        seq = self._newest_seq()
         # An id twice in one call (a page repeating an item): the last copy wins, as it would
         # over two calls; otherwise both copies' platform scans would be kept and counted.
         for item in {item.id: item for item in items}.values():
@@ -304,9 +319,13 @@ class TicketCache:
             item_id = item.id
             text, blob = stored_forms(item, item.raw if keep_personal else strip(item.raw))
             barcode, nfc_id = item.barcode, item.nfc_id
-            rows.append((event_id, item_id, 0 if barcode is None else barcode,
-                         0 if nfc_id is None else nfc_id, item.item_type, item.status, seq,
-                         text, 0 if blob is None else bytearray(blob)))
+            if nfc_id is None and barcode is not None and blob is not None:
+                usual.append((event_id, item_id, barcode, item.item_type, item.status, seq,
+                              text, bytearray(blob)))
+            else:
+                rows.append((event_id, item_id, 0 if barcode is None else barcode,
+                             0 if nfc_id is None else nfc_id, item.item_type, item.status,
+                             seq, text, 0 if blob is None else bytearray(blob)))
             ids.append(item_id)
             if item.historic_barcodes:
                 historic.extend((code, event_id, item_id) for code in item.historic_barcodes)
@@ -318,9 +337,9 @@ class TicketCache:
             log.warning("event %s: %d platform scan(s) without a usable scannedOn (items %s); "
                         "counted as made before now", event_id, len(undated),
                         ", ".join(str(i) for i in sorted(set(undated))[:5]))
-        if not rows:
+        if not ids:
             return 0
-        self._seq = seq
+        self._set_newest_seq(seq)
         cached = self._cached_ids(event_id, ids)
         if cached:
             pairs = [(event_id, item_id) for item_id in cached]
@@ -328,7 +347,10 @@ class TicketCache:
                 "DELETE FROM platform_scans WHERE event_id = ? AND item_id = ?", pairs)
             self.conn.executemany(
                 "DELETE FROM historic_barcodes WHERE event_id = ? AND item_id = ?", pairs)
-        self.conn.executemany(_PUT_ITEM, rows)
+        if usual:
+            self.conn.executemany(_PUT_USUAL_ITEM, usual)
+        if rows:
+            self.conn.executemany(_PUT_ITEM, rows)
         if historic:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO historic_barcodes (barcode, event_id, item_id)"
@@ -337,7 +359,7 @@ class TicketCache:
             self.conn.executemany(
                 "INSERT INTO platform_scans (event_id, item_id, zone_id, scan, scanned_on, uuid)"
                 " VALUES (?,?,?,?,?,?)", scans)
-        return len(rows)
+        return len(ids)
 
     def keep_only_items(self, event_id: int, listed: Iterable[int]) -> list[int]:
         """A full listing replaces the event's items: delete those it did not list, with
@@ -399,12 +421,23 @@ class TicketCache:
         self.conn.execute(
             "UPDATE items SET nfc_id = NULL WHERE event_id = ? AND nfc_id = ? AND id != ?",
             (event_id, nfc_id, item_id))
-        self._seq += 1
+        seq = self._newest_seq()
+        self._set_newest_seq(seq + 1)
         self._set_raw_nfc(event_id, item_id, nfc_id)
         self.conn.execute(
             "UPDATE items SET nfc_id = ?, seq = ? WHERE event_id = ? AND id = ?",
-            (nfc_id, self._seq, event_id, item_id))
+            (nfc_id, seq + 1, event_id, item_id))
         return moved
+
+    def _newest_seq(self) -> int:
+        """The newest `seq` given to an item in this file, read inside the write transaction:
+        another connection (the sync worker's, a gate's pairing) may have written since."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (_SEQ_KEY,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_newest_seq(self, seq: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                          (_SEQ_KEY, seq))
 
     def _set_raw_nfc(self, event_id: int, item_id: int, nfc_id: str | None) -> None:
         raw = self.payload(event_id, item_id)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import marshal
 import sys
+from collections.abc import Callable
 from dataclasses import fields
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,20 @@ from agent.core.model import Item, ZoneScan
 _NAMES = tuple(f.name for f in fields(Item))
 if _NAMES[-2:] != ("scans", "raw"):  # pragma: no cover - a guard for whoever reorders Item
     raise RuntimeError(f"agent.store.lean expects Item to end with scans, raw; got {_NAMES}")
-_plain_fields = attrgetter(*_NAMES[:-2])
-_plain_scan = attrgetter("zone_id", "scan", "scanned_on", "uuid")
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """`operator.attrgetter(*names)` written as Python: 3.11's interpreter reads a slot with
+    a specialised instruction, where attrgetter takes the generic attribute lookup each time
+    (an Item's 16 fields: ~3,300 instructions a pack through attrgetter, ~1,200 this way).
+    The names are Item's own field names (or ZoneScan's), never data."""
+    getter: Callable[[Any], tuple[Any, ...]] = eval(
+        f"lambda o: ({''.join(f'o.{name}, ' for name in names)})")
+    return getter
+
+
+_plain_fields = _getter(_NAMES[:-2])
+_plain_scan = _getter(("zone_id", "scan", "scanned_on", "uuid"))
 
 
 def _format_tag() -> int | None:

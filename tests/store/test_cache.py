@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from agent import demo_data
 from agent.core.model import Item, parse_item, parse_zone
 from agent.errors import CacheCorrupt, ImportFileError
 from agent.platform.provision import import_file
-from agent.store.cache import TicketCache
+from agent.store.cache import MIGRATIONS, TicketCache
+from agent.store.sqlite import migrate, open_database
 from tests.conftest import DemoSite
 
 
@@ -59,7 +61,8 @@ def test_migrations_recorded_wal_and_private_files(site: DemoSite) -> None:
     cache = TicketCache(path)
     names = [r[0] for r in cache.conn.execute("SELECT name FROM migrations")]
     assert names == ["0001_initial", "0002_resumable_pass", "0003_lookup_indexes",
-                     "0005_venue_catalog", "0006_lean_items", "0007_catalog_term_epoch"]
+                     "0005_venue_catalog", "0006_lean_items", "0007_catalog_term_epoch",
+                     "0008_items_seq_in_meta"]
     assert cache.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(site.config.store_dir / "journal.db").st_mode) == 0o600
@@ -202,12 +205,71 @@ def test_missing_columns_are_stored_as_null_and_lean_forms_as_blobs(tmp_path: Pa
     a lean form as a bytearray: the rows hold NULL and BLOB, as binding None and bytes did."""
     cache = TicketCache(tmp_path / "cache.db")
     items = [parse_item({"id": 1}), parse_item({"id": 2, "const": {"barcode": "0"},
-                                                "variable": {"nfcId": "0x04A1"}})]
+                                                "variable": {"nfcId": "0x04A1"}}),
+             parse_item({"id": 3, "const": {"barcode": "B3"}})]  # the usual row's statement
     with cache.transaction():
-        cache.put_items(7, [i for i in items if i is not None])
+        assert cache.put_items(7, [i for i in items if i is not None]) == 3
     rows = cache.conn.execute("SELECT id, typeof(barcode), barcode, typeof(nfc_id), nfc_id,"
-                              " typeof(lean) FROM items ORDER BY id").fetchall()
-    assert rows == [(1, "null", None, "null", None, "blob"),
-                    (2, "text", "0", "text", "0x04A1", "blob")]
+                              " typeof(lean), seq FROM items ORDER BY id").fetchall()
+    assert rows == [(1, "null", None, "null", None, "blob", 1),
+                    (2, "text", "0", "text", "0x04A1", "blob", 2),
+                    (3, "text", "B3", "null", None, "blob", 3)]
     assert [h.item.id for h in cache.find_barcode("0")] == [2]
     cache.close()
+
+
+def _seqs(cache: TicketCache) -> dict[int, int]:
+    return dict(cache.conn.execute("SELECT id, seq FROM items"))
+
+
+def test_a_cache_from_before_0008_counts_seq_on_from_its_newest_item(tmp_path: Path) -> None:
+    """Migration 0008 drops items_seq and keeps the newest seq in meta, taken from the items
+    already there: a later write and a pairing are newer than every old row."""
+    path = tmp_path / "cache.db"
+    old = open_database(path, synchronous="NORMAL")
+    migrate(old, [m for m in MIGRATIONS if m[0] != "0008_items_seq_in_meta"])
+    items = [i for i in (parse_item(p) for p in
+                         demo_data.build(datetime(2026, 7, 1, tzinfo=UTC))["tickets"]["content"])
+             if i is not None]
+    old.conn.executemany(
+        "INSERT INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        [(demo_data.EVENT_ID, i.id, i.barcode, i.nfc_id, i.item_type, i.status, 100 + 7 * n,
+          json.dumps(i.raw)) for n, i in enumerate(items)])
+    old.conn.commit()
+    old.conn.close()
+    newest = 100 + 7 * (len(items) - 1)
+
+    cache = TicketCache(path)
+    assert cache.conn.execute(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'items_seq'").fetchone()[0] == 0
+    with cache.transaction():
+        cache.put_items(demo_data.EVENT_ID, items[:1])
+    assert _seqs(cache)[items[0].id] == newest + 1
+    with cache.transaction():
+        cache.pair_nfc(demo_data.EVENT_ID, items[1].id, "0x04AAAAAAAAAAAA")
+    assert _seqs(cache)[items[1].id] == newest + 2
+    assert [h.item.id for h in cache.find_nfc("0x04AAAAAAAAAAAA")] == [items[1].id]
+    cache.close()
+
+
+def test_seq_counts_on_from_what_another_connection_wrote(site: DemoSite) -> None:
+    """A gate pairs a tag through its own connection while the sync worker writes items
+    through another: each write reads the newest seq in its transaction, so the pairing is
+    the newest whatever each connection saw when it opened."""
+    path = site.config.store_dir / "cache.db"
+    gate, worker = TicketCache(path), TicketCache(path)
+    items = [i for i in (parse_item(p) for p in
+                         demo_data.build(datetime(2026, 7, 1, tzinfo=UTC))["tickets"]["content"])
+             if i is not None]
+    with worker.transaction():
+        worker.put_items(demo_data.EVENT_ID, items)
+    newest = max(_seqs(worker).values())
+    with gate.transaction():
+        gate.pair_nfc(demo_data.EVENT_ID, 1, demo_data.NFC_TAG)
+    assert _seqs(gate)[1] == newest + 1
+    with worker.transaction():
+        worker.put_items(demo_data.EVENT_ID, items[-1:])
+    assert _seqs(gate)[items[-1].id] == newest + 2
+    gate.close()
+    worker.close()
