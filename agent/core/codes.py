@@ -61,8 +61,24 @@ def looks_like_nfc(code: str) -> bool:
     return False
 
 
+_ZONE_INFOS: dict[str | None, ZoneInfo] = {}  # zone_info's answers, a few names at most
+
+
 def zone_info(name: str | None) -> ZoneInfo:
-    """The event's time zone, UTC when unknown (the platform does not always send one)."""
+    """The event's time zone, UTC when unknown (the platform does not always send one).
+
+    Each decision asks for its event's zone: remembered by name (a dict lookup instead of
+    `ZoneInfo`'s own cache behind its constructor, ~1k instructions; issue 18), for at most
+    64 names (they come from the platform's events)."""
+    found = _ZONE_INFOS.get(name)
+    if found is None:
+        found = _zone_info(name)
+        if len(_ZONE_INFOS) < 64:
+            _ZONE_INFOS[name] = found
+    return found
+
+
+def _zone_info(name: str | None) -> ZoneInfo:
     if name:
         try:
             return ZoneInfo(name)
