@@ -173,6 +173,21 @@ def _insert_with_nulls(nulls: tuple[bool, ...]) -> str:
     return sql
 
 
+# The gate's usual scan (no venue: the last four columns stay NULL) goes in through one fixed
+# statement instead (`insert_scan`, issue 18): finding a row's Nones and dropping them, a loop
+# over its 23 values in Python, cost more than the rest of the row's binding. Its values come
+# with each missing one given as NO_VALUE, a float, which is bound as it is and which NULLIF
+# makes NULL: no column of such a row ever holds a float (ids and flags are integers, the
+# rest text), so no value it should keep can be taken for it.
+NO_VALUE = 0.5
+SCAN_COLUMNS = _COLUMNS[:19]
+_MAY_BE_MISSING = ("barcode", "nfc_id", "item_id", "event_id", "zone_id", "gate_id",
+                   "status_detail", "reason")
+_INSERT_SCAN = (f"INSERT INTO scans ({', '.join(SCAN_COLUMNS)}) VALUES ("
+                + ", ".join(f"NULLIF(?, {NO_VALUE})" if column in _MAY_BE_MISSING else "?"
+                            for column in SCAN_COLUMNS) + ")")
+
+
 # `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
 # planner into a whole-index scan). `local` rows are unknown codes: no item, no zone, never an
 # admit, so they cannot count and are not read.
@@ -322,6 +337,12 @@ class Journal:
         return self._cursor.execute(_INSERTS.get(nulls) or _insert_with_nulls(nulls),
                                     [value for value in values if value is not None]
                                     ).lastrowid or 0
+
+    def insert_scan(self, values: tuple[Any, ...]) -> int:
+        """Add the gate's usual scan (no venue) inside `scan_transaction()` from its values in
+        `SCAN_COLUMNS` order, each exactly an int or a str, a missing one given as NO_VALUE
+        (see _INSERT_SCAN; `agent.runtime.gate._journal_values` builds them). Returns its seq."""
+        return self._cursor.execute(_INSERT_SCAN, values).lastrowid or 0
 
     def record(self, row: JournalRow) -> None:
         """Insert and commit (fsync) one scan on its own."""
