@@ -428,8 +428,11 @@ def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
     exactly an int or a str, bound without sqlite3's adapters: the two flags as 0/1, as SQLite
     stores a bool, and a missing value as NO_VALUE, which the statement makes NULL."""
     kind, code, none = d.kind, d.code, NO_VALUE
-    item_id, event_id, zone_id, detail, gate_id = \
-        d.item_id, d.event_id, d.zone_id, d.detail, lane.gate_id
+    zone_id, detail, gate_id = d.zone_id, d.detail, lane.gate_id
+    item_id: object = d.item_id
+    event_id: object = d.event_id
+    reason: object
+    barcode: object
     if event_id is None:
         state, reason = "local", _LOCAL_REASONS.get(detail or "", _UNKNOWN_CODE)
         event_id = none
