@@ -132,9 +132,9 @@ _TWO_DIGITS = tuple("%02d" % n for n in range(100))  # noqa: UP031 - month, day,
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 UTC with microseconds: how gate-agent stores its own times (sortable text).
 
-    Built from a table of two-digit strings rather than `strftime` or %-formatting (a fifth
-    and a half of their cost; every scan stamps its row, issue 18): the same text for every
-    year from 1000 on. Earlier years go through `strftime`, which writes them unpadded on
+    Built from a table of two-digit strings rather than by %-formatting (~6.6k instructions
+    against ~10.9k; `strftime` costs twice that) as every scan stamps its row (issue 18): the
+    same text for every year from 1000 on. Earlier years go through `strftime`, which writes them unpadded on
     glibc, so the text stays exactly what it always was."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
