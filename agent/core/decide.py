@@ -195,19 +195,20 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
                       f"Ticket type {item.type_name or item.type_id} not accepted here", cand)
     if not _zone_access(item, cand):
         return refuse("denied", "itemDoesNotQualify", "Ticket gives no access to this zone", cand)
-    valid_from = parse_platform_time(item.valid_from, tz)
-    valid_to = parse_platform_time(item.valid_to, tz, end_of_day=True)
-    if _unreadable(item.valid_from, valid_from) or _unreadable(item.valid_to, valid_to):
-        return refuse("denied", "outsideOfValidityPeriod",
-                      "Validity period not understood; refused", cand)
-    grace = timedelta(minutes=lane.grace_minutes) if valid_from or valid_to else _NO_GRACE
-    if valid_from and now < valid_from - grace:
-        return refuse("denied", "outsideOfValidityPeriod",
-                      f"Not yet valid (from {_local(valid_from, tz)})", cand)
-    if valid_to and now > valid_to + grace:
-        return refuse("denied", "outsideOfValidityPeriod",
-                      f"No longer valid (until {_local(valid_to, tz)})", cand)
-    if zone is not None:
+    if item.valid_from is not None or item.valid_to is not None:  # most items have no bound
+        valid_from = parse_platform_time(item.valid_from, tz)
+        valid_to = parse_platform_time(item.valid_to, tz, end_of_day=True)
+        if _unreadable(item.valid_from, valid_from) or _unreadable(item.valid_to, valid_to):
+            return refuse("denied", "outsideOfValidityPeriod",
+                          "Validity period not understood; refused", cand)
+        grace = timedelta(minutes=lane.grace_minutes) if valid_from or valid_to else _NO_GRACE
+        if valid_from and now < valid_from - grace:
+            return refuse("denied", "outsideOfValidityPeriod",
+                          f"Not yet valid (from {_local(valid_from, tz)})", cand)
+        if valid_to and now > valid_to + grace:
+            return refuse("denied", "outsideOfValidityPeriod",
+                          f"No longer valid (until {_local(valid_to, tz)})", cand)
+    if zone is not None and (zone.opening is not None or zone.closing is not None):
         opening = parse_platform_time(zone.opening, tz)
         closing = parse_platform_time(zone.closing, tz)
         if _unreadable(zone.opening, opening) or _unreadable(zone.closing, closing):
@@ -247,7 +248,7 @@ def decide(facts: Facts, lane: LaneConfig, now: datetime, direction: str | None 
                      facts, cand, True)
 
 
-_NO_GRACE = timedelta(0)  # no validity bound to widen: no timedelta built per scan
+_NO_GRACE = timedelta(0)  # no readable validity bound to widen: no timedelta built
 
 
 def _plain(direction: str) -> str:

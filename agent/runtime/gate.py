@@ -21,7 +21,7 @@ from agent.core.model import item_platform_scans
 from agent.core.scanstate import EMPTY, derive_state
 from agent.errors import CacheUnavailable, JournalUnavailable
 from agent.store.cache import CachedItem, TicketCache
-from agent.store.journal import Journal, JournalRow, new_scan_uuid
+from agent.store.journal import NO_VALUE, Journal, JournalRow, new_scan_uuid
 from agent.store.passages import await_passage
 from agent.venue.bus import settle_rows
 from agent.venue.claims import Claim, VenueLink, needs_claim
@@ -61,6 +61,10 @@ class Gate:
         self.config = config
         self.venue = venue
         self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
+        # The events this device serves, as Facts carries them, made from `config` once
+        # rather than per scan (issue 18); made again when the daemon sets a reloaded config.
+        self._served: tuple[int, ...] | None = None
+        self._served_of: Config | None = None
         # The last journal write failure (None once a write succeeds again) and how many
         # decided scans have no journal row: lanes report both, status raises the alarm.
         self.journal_error: str | None = None if journal is not None else \
@@ -93,8 +97,11 @@ class Gate:
         if mono_ms is not None and lane.debounce_ms:
             last = self._last_read.get(lane.name)
             debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
-        ids = self.config.event_ids
-        served = tuple(ids) if ids is not None else None
+        if self.config is not self._served_of:  # once per config (a reload replaces it)
+            ids = self.config.event_ids
+            self._served = tuple(ids) if ids is not None else None
+            self._served_of = self.config
+        served = self._served
         if not code:
             return Facts(code, kind, served_events=served, debounced=debounced)
         if self.shut is not None:  # nothing looked up: no answer can be trusted
@@ -281,7 +288,7 @@ class Gate:
                     seq = self.journal.insert(claim.mark(row))
                 else:  # the usual scan: its row's values straight from the decision
                     scan_uuid, scanned_on = new_scan_uuid(), utc_iso(now)
-                    seq = self.journal.insert_values(
+                    seq = self.journal.insert_scan(
                         _journal_values(scan_uuid, decision, lane, scanned_on))
                 if self.confirms_passage and decision.admit and \
                         passage_input_for(lane, decision.direction):
@@ -414,19 +421,29 @@ def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -
 
 def _journal_values(scan_uuid: str, d: Decision, lane: LaneConfig,
                     scanned_on: str) -> tuple[Any, ...]:
-    """`_journal_row(...)`'s values in `agent.store.journal._COLUMNS` order, built without the
-    JournalRow (issue 18: a scan's hot path; tests/runtime/test_journal_values.py holds the two
-    to each other). No venue: `venue`, `max_entries`, `tracks_exits` are None. The two flags
-    are 0/1, as SQLite stores a bool, and bound faster (see agent.store.journal._INSERTS);
-    `clock_offset_s` is None too (a venue's scans go through a claim's JournalRow)."""
-    kind, code = d.kind, d.code
-    if d.event_id is None:
-        state, reason = "local", _LOCAL_REASONS.get(d.detail or "", _UNKNOWN_CODE)
+    """`_journal_row(...)`'s values in `agent.store.journal.SCAN_COLUMNS` order, for
+    `Journal.insert_scan`: built without the JournalRow (issue 18: a scan's hot path;
+    tests/runtime/test_journal_values.py holds the two to each other). No venue: the columns
+    after `reason` stay NULL (a venue's scans go through a claim's JournalRow). Every value is
+    exactly an int or a str, bound without sqlite3's adapters: the two flags as 0/1, as SQLite
+    stores a bool, and a missing value as NO_VALUE, which the statement makes NULL."""
+    kind, code, none = d.kind, d.code, NO_VALUE
+    zone_id, detail, gate_id = d.zone_id, d.detail, lane.gate_id
+    item_id: object = d.item_id
+    event_id: object = d.event_id
+    reason: object
+    barcode: object
+    if event_id is None:
+        state, reason = "local", _LOCAL_REASONS.get(detail or "", _UNKNOWN_CODE)
+        event_id = none
     else:
-        state, reason = "pending", None
-    return (scan_uuid, code, kind,
-            d.barcode if d.item_id is not None else (code if kind == "barcode" else None),
-            code if kind == "nfc" else None, d.item_id, d.event_id, d.zone_id,
-            1 if d.zone_is_default else 0, lane.gate_id, lane.name, d.direction,
-            1 if d.admit else 0, d.status,
-            d.detail, d.message, scanned_on, state, reason, None, None, None, None)
+        state, reason = "pending", none
+    if item_id is None:
+        barcode = code if kind == "barcode" else none
+        item_id = none
+    else:
+        barcode = d.barcode if d.barcode is not None else none
+    return (scan_uuid, code, kind, barcode, code if kind == "nfc" else none, item_id, event_id,
+            none if zone_id is None else zone_id, 1 if d.zone_is_default else 0,
+            none if gate_id is None else gate_id, lane.name, d.direction, 1 if d.admit else 0,
+            d.status, none if detail is None else detail, d.message, scanned_on, state, reason)

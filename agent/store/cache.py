@@ -183,13 +183,20 @@ def _read(method: _Read) -> _Read:
         except sqlite3.ProgrammingError:
             raise
         except sqlite3.DatabaseError as exc:
-            raise CacheUnavailable(f"ticket cache {self.path} cannot be read ({exc})") from exc
+            raise _unreadable(self, exc) from exc
     return reading  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
+def _unreadable(cache: TicketCache, exc: sqlite3.DatabaseError) -> CacheUnavailable:
+    return CacheUnavailable(f"ticket cache {cache.path} cannot be read ({exc})")
+
+
+@dataclass(slots=True)
 class CachedItem:
-    """An item as found by a lookup: which event it belongs to, and its order of update."""
+    """An item as found by a lookup: which event it belongs to, and its order of update.
+
+    Made for every hit and changed by nobody: slotted, not frozen (a frozen dataclass sets
+    each field through `object.__setattr__`; issue 18)."""
 
     event_id: int
     seq: int
@@ -546,20 +553,26 @@ class TicketCache:
             " NOT EXISTS (SELECT 1 FROM items)", (code,)).fetchone()
         return row[0], bool(row[1])
 
-    @_read
     def _items(self, sql: str, arg: str) -> list[CachedItem]:
         """The hits, each built from its lean form, or parsed from its JSON when that form is
         missing, stale or damaged. The JSON comes in the same row (one statement per lookup
-        either way, and a cache written before the lean forms is no slower than before)."""
+        either way, and a cache written before the lean forms is no slower than before).
+        A read SQLite cannot answer raises CacheUnavailable, as `_read` says (caught here
+        rather than through `_read`'s wrapper: every lookup comes this way, issue 18)."""
         found = []
         unpack = lean.unpack
-        for event_id, seq, blob, raw in self.conn.execute(sql, (arg,)):
-            item = unpack(blob) if blob is not None else None
-            if item is None:
-                self.lean_misses += 1
-                item = parse_item(_decode(raw))
-            if item is not None:
-                found.append(CachedItem(event_id, seq, item))
+        try:
+            for event_id, seq, blob, raw in self.conn.execute(sql, (arg,)):
+                item = unpack(blob) if blob is not None else None
+                if item is None:
+                    self.lean_misses += 1
+                    item = parse_item(_decode(raw))
+                if item is not None:
+                    found.append(CachedItem(event_id, seq, item))
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(self, exc) from exc
         return found
 
     def platform_scans(self, event_id: int, item_id: int) -> list[ZoneScan]:

@@ -2,8 +2,9 @@
 
 `_journal_values` must give exactly the values `_journal_row` (the JournalRow every other
 writer and the venue path still use) puts in the table, column for column, with the same types
-(compared by `repr`, so `True` and `1` differ): over generated decisions and lanes, and through
-a real journal file, where both rows must read back alike.
+(compared by `repr`, so `True` and `1` differ; a missing value given as NO_VALUE, which
+`Journal.insert_scan` stores as NULL): over generated decisions and lanes, and through a real
+journal file, where both rows must read back alike.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from agent.config import LaneConfig
 from agent.core.codes import utc_iso
 from agent.core.decide import Decision
 from agent.runtime.gate import _journal_row, _journal_values
-from agent.store.journal import _COLUMNS, Journal, _values
+from agent.store.journal import _COLUMNS, NO_VALUE, SCAN_COLUMNS, Journal, _values
 
 TEXT = st.text(max_size=12)
 IDS = st.one_of(st.none(), st.integers(-(2 ** 40), 2 ** 40))
@@ -42,13 +43,21 @@ def stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(int(v) if isinstance(v, bool) else v for v in values)
 
 
+def row_of(fast: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row `insert_scan` writes from `_journal_values`: NO_VALUE as None, the columns
+    after SCAN_COLUMNS None."""
+    return tuple(None if v is NO_VALUE else v for v in fast) + \
+        (None,) * (len(_COLUMNS) - len(SCAN_COLUMNS))
+
+
 @settings(max_examples=400, deadline=None)
 @given(DECISIONS, LANES, MOMENTS)
 def test_values_are_the_journal_rows(decision: Decision, lane: LaneConfig, now: datetime) -> None:
     fast = _journal_values("u-1", decision, lane, utc_iso(now))
-    assert len(fast) == len(_COLUMNS)
-    assert not any(isinstance(v, bool) for v in fast)  # flags as 0/1: bound without adapting
-    assert repr(fast) == repr(stored(_values(_journal_row("u-1", decision, lane, now))))
+    assert len(fast) == len(SCAN_COLUMNS)
+    # each value bound without sqlite3's adapters: exactly an int or a str, or NO_VALUE
+    assert all(type(v) in (int, str) or v is NO_VALUE for v in fast), fast
+    assert repr(row_of(fast)) == repr(stored(_values(_journal_row("u-1", decision, lane, now))))
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +71,11 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journal]:
 @given(DECISIONS, LANES, MOMENTS)
 def test_a_row_of_values_reads_back_as_its_journal_row(journal: Journal, decision: Decision,
                                                        lane: LaneConfig, now: datetime) -> None:
-    """Through a real file: `insert_values` (its Nones written as NULL literals, one statement
-    per pattern of Nones) stores what `insert` of the JournalRow stores, for any decision."""
+    """Through a real file: `insert_scan` (a missing value given as NO_VALUE, made NULL by
+    its statement) stores what `insert` of the JournalRow stores, for any decision."""
     with journal.scan_transaction():
         journal.insert(_journal_row("row", decision, lane, now))
-        journal.insert_values(_journal_values("tuple", decision, lane, utc_iso(now)))
+        journal.insert_scan(_journal_values("tuple", decision, lane, utc_iso(now)))
     try:
         rows = journal.conn.execute(
             f"SELECT uuid, {', '.join(_COLUMNS[1:])} FROM scans WHERE uuid IN ('row', 'tuple')"
@@ -95,7 +104,7 @@ def test_both_rows_read_back_alike_from_a_journal_file(tmp_path: Path) -> None:
             with journal.scan_transaction():
                 journal.insert(_journal_row(f"row-{n}", decision, lane, now))
             with journal.scan_transaction():
-                journal.insert_values(_journal_values(f"tuple-{n}", decision, lane, utc_iso(now)))
+                journal.insert_scan(_journal_values(f"tuple-{n}", decision, lane, utc_iso(now)))
         rows = journal.conn.execute(f"SELECT {', '.join(_COLUMNS[1:])} FROM scans ORDER BY seq"
                                     ).fetchall()
     finally:
