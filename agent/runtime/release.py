@@ -84,8 +84,13 @@ class EmergencyInput:
         self.input.start(self._on_change)
 
     def _on_change(self, _url: str, active: bool, _ns: int) -> None:
-        self.active = active
-        self.changed(active)
+        # the lanes first, then `active`: status that says the release is on (or off) has
+        # every lane held open (or shut) already; the other way round it showed
+        # `emergency_release` with lanes not yet released (seen in a suite run)
+        try:
+            self.changed(active)
+        finally:
+            self.active = active
 
     def stop(self) -> None:
         if self.input is not None:

@@ -412,3 +412,16 @@ def test_one_edge_for_a_release_and_a_waiting_exit_voids_the_exit(rigs: Any) -> 
     assert rig.alarms == []
     again = rig.scan(C["floor"]).result.decision
     assert (again.direction, again.admit) == ("out", True)  # still inside: an exit again
+
+
+def test_the_emergency_input_says_active_only_once_the_lanes_are_released() -> None:
+    """Status reads `active` (reason emergency_release) and the lanes' `released_by` apart:
+    `active` changes after the lanes are released (or shut again), so a report that says the
+    release is on never shows a lane not yet held open (seen in a suite run: [[], []])."""
+    seen: list[tuple[bool, bool]] = []
+    fire = EmergencyInput("gpio:/dev/gpiochip9:1",
+                          lambda active: seen.append((active, fire.active)))
+    fire._on_change(fire.url, True, 0)
+    fire._on_change(fire.url, False, 0)
+    assert seen == [(True, False), (False, True)]  # the lanes told while `active` is the old
+    assert fire.active is False
