@@ -220,7 +220,7 @@ def test_a_fire_release_lost_while_active_ends_when_its_input_is_back_inactive(
         said = {r.code: (r.level, r.message) for r in reasons}["emergency_release"]
         assert said[0] == "fail" and "not watched now" in said[1] and url in said[1]
         replug(fake_gpio)
-        wait_until(lambda: not relay.held, 10, "the release ended")
+        wait_until(lambda: not relay.held and not fire.active, 10, "the release ended")
         assert (fire.active, rig.runner.releases, sim_relay(f"{rig.name}-relay").state) == \
             (False, set(), False)
         # The desk journals the end just after it lets the relay go: wait for the row.

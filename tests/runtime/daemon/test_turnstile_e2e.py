@@ -130,8 +130,10 @@ def test_fire_input_during_traffic_holds_every_lane_and_restores_service(site: S
         assert daemon.wait_decisions(1)[-1]["admit"] is True
         wait_until(fire.exists, 10, "fire input socket")
         send_input(fire, "1")
-        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and r, 10,
-                            "emergency status")
+        # one report is read part by part while the release goes lane by lane: wait for
+        # every lane (a report may say the release is on with a lane read a moment before)
+        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and all(
+            lane["released_by"] for lane in r["lanes"]) and r, 10, "emergency status")
         assert "emergency_release" in {x["code"] for x in report["reasons"]}
         assert [lane["released_by"] for lane in report["lanes"]] == [["emergency"]] * 2
         assert report["lanes"][0]["relay"]["held"] is True
@@ -142,8 +144,9 @@ def test_fire_input_during_traffic_holds_every_lane_and_restores_service(site: S
         assert journal(site, "SELECT admit, status_detail FROM scans WHERE uuid = ?",
                        during["uuid"]) == [(0, "releasedGate")]
         send_input(fire, "0")
-        report = wait_until(lambda: not (r := daemon.status())["emergency"]["active"] and r,
-                            10, "emergency cleared")
+        report = wait_until(lambda: not (r := daemon.status())["emergency"]["active"] and not
+                            any(lane["released_by"] for lane in r["lanes"]) and r, 10,
+                            "emergency cleared")
         assert report["lanes"][0]["relay"]["held"] is False
         assert "emergency_release" not in {x["code"] for x in report["reasons"]}
         time.sleep(0.35)  # past debounce_ms
@@ -184,8 +187,10 @@ def test_an_emergency_input_paired_at_run_time_is_watched_at_once(site: Site) ->
         wait_until(fire.exists, 10, "paired fire input socket")
         assert daemon.status()["emergency"]["url"] == url
         send_input(fire, "1")
-        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and r, 10,
-                            "emergency status")
+        # one report is read part by part while the release goes lane by lane: wait for
+        # every lane (a report may say the release is on with a lane read a moment before)
+        report = wait_until(lambda: (r := daemon.status())["health"] == "fail" and all(
+            lane["released_by"] for lane in r["lanes"]) and r, 10, "emergency status")
         assert [lane["released_by"] for lane in report["lanes"]] == [["emergency"]] * 2
         cli = run_cli("devices", "unpair", url, "--config", str(site.config))
         assert cli.returncode == 0, cli.stderr
