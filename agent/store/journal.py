@@ -161,31 +161,29 @@ _INSERT = (f"INSERT INTO scans ({', '.join(_COLUMNS)}) "
 
 # Python's sqlite3 binds int, float and str straight away, but hands every other value (None,
 # True) to its adapter registry first, where a failed attribute lookup builds and drops an
-# exception: about 300 ns per value, 2-3 µs for a scan's row. `insert_values` writes the row's
-# Nones as NULL literals instead, one statement text per pattern of Nones (a handful: admit,
-# refusal, unknown barcode, tag; each prepared once by the connection's statement cache).
-_INSERTS: dict[tuple[bool, ...], str] = {}
-
-
-def _insert_with_nulls(nulls: tuple[bool, ...]) -> str:
-    slots = ", ".join("NULL" if null else "?" for null in nulls)
-    sql = _INSERTS[nulls] = f"INSERT INTO scans ({', '.join(_COLUMNS)}) VALUES ({slots})"
-    return sql
-
-
-# The gate's usual scan (no venue: the last four columns stay NULL) goes in through one fixed
-# statement instead (`insert_scan`, issue 18): finding a row's Nones and dropping them, a loop
-# over its 23 values in Python, cost more than the rest of the row's binding. Its values come
-# with each missing one given as NO_VALUE, a float, which is bound as it is and which NULLIF
-# makes NULL: no column of such a row ever holds a float (ids and flags are integers, the
-# rest text), so no value it should keep can be taken for it.
+# exception: about 300 ns per value, 2-3 µs for a scan's row. So a row goes in through one
+# fixed statement whose columns that may be missing take NO_VALUE, a float, bound as it is and
+# made NULL by NULLIF: no such column ever holds a float (ids and flags are integers, the rest
+# text), so no value it should keep can be taken for it. `clock_offset_s`, the one float
+# column, is bound as it is. The gate's usual scan (no venue: the last four columns stay NULL)
+# uses the statement's first 19 columns (`insert_scan`, issue 18): its values are built
+# straight from the decision, with no loop over them in Python.
 NO_VALUE = 0.5
 SCAN_COLUMNS = _COLUMNS[:19]
-_MAY_BE_MISSING = ("barcode", "nfc_id", "item_id", "event_id", "zone_id", "gate_id",
-                   "status_detail", "reason")
-_INSERT_SCAN = (f"INSERT INTO scans ({', '.join(SCAN_COLUMNS)}) VALUES ("
-                + ", ".join(f"NULLIF(?, {NO_VALUE})" if column in _MAY_BE_MISSING else "?"
-                            for column in SCAN_COLUMNS) + ")")
+_MAY_BE_MISSING = frozenset(["barcode", "nfc_id", "item_id", "event_id", "zone_id", "gate_id",
+                             "status_detail", "reason", "venue", "max_entries",
+                             "tracks_exits"])
+_MISSING_AT = tuple(column in _MAY_BE_MISSING for column in _COLUMNS)
+
+
+def _insert_of(columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO scans ({', '.join(columns)}) VALUES ("
+            + ", ".join(f"NULLIF(?, {NO_VALUE})" if column in _MAY_BE_MISSING else "?"
+                        for column in columns) + ")")
+
+
+_INSERT_ROW = _insert_of(_COLUMNS)
+_INSERT_SCAN = _insert_of(SCAN_COLUMNS)
 
 
 # `+admit`/`+zone_id`: filters, not index choices (scans_admits would otherwise tempt the
@@ -322,21 +320,13 @@ class Journal:
         return self._transaction
 
     def insert(self, row: JournalRow) -> int:
-        """Add one scan inside `scan_transaction()` (through `insert_values`, as the gate's
-        hot path does: one way rows are bound, its flags as 0/1). Returns its seq."""
-        return self.insert_values(
-            tuple([int(v) if v.__class__ is bool else v for v in _values(row)]))
-
-    def insert_values(self, values: tuple[Any, ...]) -> int:
-        """Add one scan inside `scan_transaction()` from its values in `_COLUMNS` order: the
-        gate's hot path builds that tuple straight from its decision, without a JournalRow in
-        between (issue 18); everything else inserts a JournalRow. Nones go in as NULL
-        literals (see _INSERTS); give flags as 0/1, which is what SQLite stores for a bool.
-        Returns the row's seq: the way back to it (no index on uuid, migration 0007)."""
-        nulls = tuple([value is None for value in values])
-        return self._cursor.execute(_INSERTS.get(nulls) or _insert_with_nulls(nulls),
-                                    [value for value in values if value is not None]
-                                    ).lastrowid or 0
+        """Add one scan inside `scan_transaction()` (see _INSERT_ROW: a missing value as
+        NO_VALUE, flags as 0/1, which is what SQLite stores for a bool). Returns its seq: the
+        way back to it (no index on uuid, migration 0007)."""
+        return self._cursor.execute(_INSERT_ROW, [
+            NO_VALUE if value is None and missing else
+            int(value) if value.__class__ is bool else value
+            for value, missing in zip(_values(row), _MISSING_AT, strict=True)]).lastrowid or 0
 
     def insert_scan(self, values: tuple[Any, ...]) -> int:
         """Add the gate's usual scan (no venue) inside `scan_transaction()` from its values in
