@@ -10,6 +10,7 @@ outside the project: add keys freely, never rename one.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -324,6 +325,12 @@ class Config:
         """Configured event ids, or None for "all activated events"."""
         ids = self.events["ids"]
         return None if ids == "activated" else list(ids)
+
+    @functools.cached_property
+    def served_events(self) -> tuple[int, ...] | None:
+        """`event_ids` as every scan's Facts carries it, made once per config (issue 18)."""
+        ids = self.event_ids
+        return tuple(ids) if ids is not None else None
 
 
 def _check_value(path: str, key: str, opt: Option, value: Any) -> Any:

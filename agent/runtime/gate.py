@@ -61,10 +61,6 @@ class Gate:
         self.config = config
         self.venue = venue
         self._last_read: dict[str, tuple[str, int]] = {}  # lane -> (code, monotonic ms)
-        # The events this device serves, as Facts carries them, made from `config` once
-        # rather than per scan (issue 18); made again when the daemon sets a reloaded config.
-        self._served: tuple[int, ...] | None = None
-        self._served_of: Config | None = None
         # The last journal write failure (None once a write succeeds again) and how many
         # decided scans have no journal row: lanes report both, status raises the alarm.
         self.journal_error: str | None = None if journal is not None else \
@@ -97,11 +93,7 @@ class Gate:
         if mono_ms is not None and lane.debounce_ms:
             last = self._last_read.get(lane.name)
             debounced = bool(last and last[0] == code and 0 <= mono_ms - last[1] < lane.debounce_ms)
-        if self.config is not self._served_of:  # once per config (a reload replaces it)
-            ids = self.config.event_ids
-            self._served = tuple(ids) if ids is not None else None
-            self._served_of = self.config
-        served = self._served
+        served = self.config.served_events
         if not code:
             return Facts(code, kind, served_events=served, debounced=debounced)
         if self.shut is not None:  # nothing looked up: no answer can be trusted
