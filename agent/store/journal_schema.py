@@ -184,7 +184,7 @@ MIGRATIONS: list[Migration] = [
     # publish time, a restart before publishing (its clock stepped meanwhile, or not measured
     # yet) placed an offline scan by the clock as it was then. Rows of before keep NULL and go
     # out as "not measured" (agent.venue.messages `bus_time`: placed on the safe side).
-    # Appended: no index, and the hot path without a venue writes it as a NULL literal.
+    # Appended: no index, and the hot path without a venue leaves it out of its INSERT (NULL).
     ("0008_scan_clock_offset", """
         ALTER TABLE scans ADD COLUMN clock_offset_s REAL
     """),
