@@ -2,29 +2,33 @@
 
 Every cache hit used to decode the item's ~0.5 KB of stored JSON and run `parse_item` on it
 (about 4 us of a hit's Python, more with cold CPU caches). The writers now also store
-`marshal.dumps((FORMAT, fields, scans))` in `items.lean` (120-160 bytes), and a lookup builds
-the `Item` from that in about 1 us (`bench/lean_bench.py`). The JSON stays the truth: the lean form is a copy of what `parse_item` reads
-from it, and anything that cannot be trusted to be that copy is ignored (the lookup then parses
+`orjson.dumps([FORMAT, fields, scans])` in `items.lean` (150-200 bytes), and a lookup builds
+the `Item` from that in about 1 us (`bench/lean_bench.py`). The JSON stays the truth: the lean
+form is a copy of what `parse_item` reads from it, and anything that cannot be trusted to be that copy is ignored (the lookup then parses
 the JSON, correct and slower; never a refusal, never a crash):
 - a NULL `lean` (a cache written before migration 0006, or a row another writer left);
 - a FORMAT tag other than this code's (see `_format_tag`: any change to the parsing code,
   the cache's JSON helpers, orjson or Python makes every older lean form stale until the
   next sync rewrites the item; the nightly full resync rewrites them all);
-- a blob that does not load, or loads into another shape.
+- a blob that does not load, or loads into another shape (the marshal forms written before
+  session 13 among them).
 
 A lean Item's `raw` is an empty dict: nothing on the lookup path reads `Item.raw` (only the
 writers do, from the sync's own Items); `TicketCache.payload` reads the stored JSON.
 
-marshal: as fast to load as pickle here (~0.5 us warm; real columns were not tried: the
-tuples among the fields would need encoding anyway); it runs no code while loading; it is not
-hardened against crafted input, but the file is the device's own (mode 0600, written only by
-this agent) and any row can be rebuilt from the platform.
+Why JSON through orjson, not marshal (the form until session 13): every synced item is
+packed, and marshal's dumps cost ~0.9 us an item (version 4's reference table alone ~3.9k
+instructions) where orjson's cost ~0.2 us, which took back half of the sync apply rate the lean
+forms had cost (issue 18). A hit pays ~0.2 us more (JSON has no tuples: the two tuple fields
+are converted back) and a row ~28 bytes more. orjson runs no code while loading and refuses
+what is not JSON; the fields are ints, texts, None and tuples of those, all of which come
+back equal (a lone surrogate or an integer beyond 64 bits cannot be written: that item keeps
+no lean form and its lookups parse the JSON).
 """
 
 from __future__ import annotations
 
 import hashlib
-import marshal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -60,11 +64,11 @@ _plain_scan = _getter(("zone_id", "scan", "scanned_on", "uuid"))
 def _format_tag() -> int | None:
     """A hash of everything that decides what `parse_item` makes of the stored JSON, or of
     this lean form: the parsing code (model, codes), this module, the cache's JSON helpers,
-    orjson's and Python's versions (marshal's format follows Python's). Computed, not a
+    orjson's and Python's versions. Computed, not a
     constant someone must remember to bump. None (no lean form written or read) when the
     sources cannot be read."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{sys.version_info[:2]}|{marshal.version}|{orjson.__version__}".encode())
+    digest.update(f"{sys.version_info[:2]}|{orjson.__version__}".encode())
     here = Path(__file__)
     try:
         for source in (Path(model.__file__ or ""), Path(codes.__file__ or ""), here,
@@ -72,14 +76,17 @@ def _format_tag() -> int | None:
             digest.update(source.read_bytes())
     except OSError:
         return None
-    return int.from_bytes(digest.digest()[:4], "big") >> 1  # 31 bits: a 5-byte marshal int
+    return int.from_bytes(digest.digest()[:4], "big") >> 1  # 31 bits
 
 
 FORMAT = _format_tag()
-# marshal's version 4: short strings and tuples take 2 bytes of header instead of 5, so a lean
-# form is ~20% smaller than with version 2 (the cache file grew 19% instead of 38% on
-# core_bench's items), for ~1k more instructions a hit and ~0.3 us more a write.
-_MARSHAL_VERSION = 4
+_dumps, _loads = orjson.dumps, orjson.loads
+# Where the tuple-typed fields sit among the packed ones (JSON brings them back as lists).
+_HISTORIC, _ZONES = _NAMES.index("historic_barcodes"), _NAMES.index("access_zones")
+if {f.name for f in fields(Item)[:-2] if "tuple" in str(f.type)} != {
+        "historic_barcodes", "access_zones"}:  # pragma: no cover - a guard for who changes Item
+    raise RuntimeError("agent.store.lean turns exactly historic_barcodes and access_zones back "
+                       "into tuples; Item's tuple fields are others now")
 
 # What parse_item makes of a NaN or an Infinity: _str gives "nan", "inf", "-inf"; _bound
 # "<float>"; _status "<float: nan>" (inf, -inf) for a status, "<variable: float>" for `variable`.
@@ -88,25 +95,34 @@ _FROM_FLOATS = frozenset(["nan", "inf", "-inf", "<float>", "<variable: float>",
 
 
 def pack(item: Item | None, *, as_orjson_stores_it: bool = False) -> bytes | None:
-    """The lean form of `item`; None for no item, when FORMAT is unknown or, asked
-    `as_orjson_stores_it`, when the JSON orjson writes for the item's dict might parse into
-    another Item (see `_may_change_in_json`; the caller then packs the parse of that JSON)."""
+    """The lean form of `item`; None for no item, when FORMAT is unknown, when a field cannot be
+    written as JSON (a lone surrogate, an integer beyond 64 bits: the lookup parses the stored
+    JSON instead) or, asked `as_orjson_stores_it`, when the JSON orjson writes for the item's
+    dict might parse into another Item (see `_may_change_in_json`; the caller then packs the
+    parse of that JSON)."""
     if item is None or FORMAT is None:
         return None
     plain = _plain_fields(item)
     if as_orjson_stores_it and _may_change_in_json(item, plain):
         return None
     scans = item.scans
-    return marshal.dumps((FORMAT, plain, tuple(map(_plain_scan, scans)) if scans else ()),
-                         _MARSHAL_VERSION)
+    try:
+        return _dumps((FORMAT, plain, tuple(map(_plain_scan, scans)) if scans else ()))
+    except orjson.JSONEncodeError:
+        return None
 
 
 def unpack(blob: bytes) -> Item | None:
     """The Item a lean form holds; None when it is stale, damaged or of another shape."""
     try:
-        tag, plain, scans = marshal.loads(blob)
+        tag, plain, scans = _loads(blob)
         if tag != FORMAT:
             return None
+        # JSON has no tuples: the two tuple fields come back as lists (or None, for zones).
+        plain[_HISTORIC] = tuple(plain[_HISTORIC])
+        zones = plain[_ZONES]
+        if zones is not None:
+            plain[_ZONES] = tuple(zones)
         # mypy counts `*plain` as filling every parameter; at run time a wrong count raises.
         return Item(*plain, tuple([ZoneScan(*s) for s in scans]) if scans else (),  # type: ignore[call-arg]
                     {})

@@ -193,21 +193,31 @@ def _rewrite_lean(cache: TicketCache, item_id: int, blob: bytes | None) -> None:
 
 
 def _other_format(cache: TicketCache, item_id: int) -> bytes:
-    tag, plain, scans = marshal.loads(cache.conn.execute(
+    tag, plain, scans = orjson.loads(cache.conn.execute(
         "SELECT lean FROM items WHERE event_id = ? AND id = ?", (EVENT, item_id)).fetchone()[0])
     # A stale row: another build's tag, and a field that build parsed differently.
-    return marshal.dumps((tag ^ 1, (*plain[:12], "sold", *plain[13:]), scans))
+    return orjson.dumps((tag ^ 1, (*plain[:12], "sold", *plain[13:]), scans))
+
+
+def _marshal_form(cache: TicketCache, item_id: int) -> bytes:
+    """The form this agent wrote before the lean forms became JSON (session 13): marshal of the
+    same fields, this build's tag included, and a field that says something else."""
+    tag, plain, scans = orjson.loads(cache.conn.execute(
+        "SELECT lean FROM items WHERE event_id = ? AND id = ?", (EVENT, item_id)).fetchone()[0])
+    return marshal.dumps((tag, tuple((*plain[:12], "sold", *plain[13:])), tuple(scans)), 4)
 
 
 @pytest.mark.parametrize("damage", [
-    "null", "other format", b"", b"garbage", marshal.dumps([1, 2, 3]),
-    marshal.dumps((lean.FORMAT, (1, 2), ())),
-    marshal.dumps((lean.FORMAT, (4,) * 16, ((1, 2),))), marshal.dumps("abc"),
+    "null", "other format", "marshal form", b"", b"garbage", b"[1,2,3]", b"[1, 2",
+    orjson.dumps((lean.FORMAT, (1, 2), ())), orjson.dumps((lean.FORMAT, (4,) * 16, ((1, 2),))),
+    orjson.dumps((lean.FORMAT, [4] * 16, [])), orjson.dumps("abc"), orjson.dumps({"a": 1}),
+    marshal.dumps([1, 2, 3]),
 ])
 def test_untrusted_lean_form_falls_back_to_the_json(cache: TicketCache, damage: Any) -> None:
     refunded = 4  # its JSON says refunded: any lean form of "sold" taken would admit it
     blob = None if damage == "null" else _other_format(cache, refunded) \
-        if damage == "other format" else damage
+        if damage == "other format" else _marshal_form(cache, refunded) \
+        if damage == "marshal form" else damage
     _rewrite_lean(cache, refunded, blob)
     hit = cache.find_barcode(demo_data.CODES["refunded"])
     assert [h.item.status for h in hit] == ["refunded"]
