@@ -105,7 +105,10 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
                   "quarantined": journal.get("quarantined", 0),
                   "oldest_pending_age_s": _rounded(oldest_pending_age(report, now))},
         "cache": cache, "cache_age_s": max(ages) if ages else None,
-        "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
+        # `connected` is the link; `ready` the session set up on it (claims go out), else
+        # the set-up step it is at and why it fails (the venue page tells the two apart)
+        "bus": {k: venue.get(k) for k in ("connected", "ready", "session_step", "setup_error",
+                                          "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",
                                           "claims_timed_out")},
         # a reading this gate no longer makes (a venue gate that stopped leading) is not told

@@ -12,6 +12,17 @@ function reach(g) {
   return said + when;
 }
 
+function busText(b, lag) {
+  // The link to a bus server up is not the session on it set up (`ready`: claims go out, the
+  // gate's scans are published): until then the offline policy decides. A heartbeat of an
+  // older version has no `ready`: judged by its link, as before.
+  if (!b.connected) return "not connected";
+  if (b.ready === false) {
+    return `link up, session NOT READY (${b.setup_error || b.session_step || "setting up"})`;
+  }
+  return lag === undefined ? "connected" : `connected, lag ${lag || 0}`;
+}
+
 function gateCard(g) {
   const look = g.state === "online" ? (g.health || "pass") : g.state;
   const admitted = (g.decisions || {}).valid || 0;
@@ -38,7 +49,7 @@ function gateCard(g) {
       ["to upload", `${queue.pending || 0}` +
         (queue.oldest_pending_age_s ? `, oldest ${age(queue.oldest_pending_age_s)}` : "")],
       ["cache age", age(g.cache_age_s)],
-      ["bus", bus.connected ? `connected, lag ${bus.lag || 0}` : "not connected"],
+      ["bus", el("span", {"data-testid": "bus"}, busText(bus, bus.lag))],
       ["platform", el("span", {"data-testid": "platform"}, reach(g))],
       ["reasons", (g.reasons || []).length ? (g.reasons || []).map(r => el("div", {}, `${r.level}: ${r.message}`)) : "none"],
       ["version", g.version || "?"],
@@ -95,7 +106,7 @@ function render(v) {
   }
   document.getElementById("title").textContent = `Venue ${v.venue}`;
   document.getElementById("whoami").textContent =
-    `seen from ${v.device}, bus ${v.connected ? "connected" : "NOT connected"}`;
+    `seen from ${v.device}, bus ${v.connected ? busText(v) : "NOT connected"}`;
   const t = v.totals;
   replace("totals",
     tile("gates online", `${t.gates.online} / ${v.gates.length}`, "online"),
