@@ -153,6 +153,18 @@ def reach_text(gate: dict[str, Any]) -> str:
     return said + (f" ({how} {age:.0f} s ago)" if isinstance(age, (int, float)) else "")
 
 
+def bus_text(bus: dict[str, Any]) -> str:
+    """A heartbeat's bus state in words (`gate-agent venue status`; the venue page's busText
+    says the same): the link up is not the session set up on it (`ready`: claims go out). A
+    heartbeat of an older version has no `ready`: judged by its link."""
+    if not bus.get("connected"):
+        return "not connected"
+    if bus.get("ready") is False:
+        return (f"link up, session NOT READY "
+                f"({bus.get('setup_error') or bus.get('session_step') or 'setting up'})")
+    return "connected"
+
+
 def leader_fields(report: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The leader's figures for the heartbeat (see the module docstring); None left out."""
     venue = report.get("venue") or {}

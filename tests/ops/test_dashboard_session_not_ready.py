@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from agent.demo_venue import start_gates
-from agent.ops.heartbeat import RateWindow, compact
+from agent.ops.heartbeat import RateWindow, bus_text, compact
 from agent.runtime.devrun import DaemonProcess
 from agent.venue import messages
 from agent.venue.bus import DUPLICATE_WINDOW_S
@@ -57,6 +57,13 @@ def test_heartbeat_carries_the_session_beside_the_link() -> None:
     assert (bus["connected"], bus["ready"], bus["session_step"]) == (
         True, False, "subscribing to the stream")
     assert bus["setup_error"] == venue["setup_error"]
+    assert bus_text(bus) == ("link up, session NOT READY (BadRequestError: maximum consumers "
+                             "limit reached)")  # `gate-agent venue status`'s bus column
+    assert bus_text({**bus, "setup_error": None}) == \
+        "link up, session NOT READY (subscribing to the stream)"
+    assert bus_text({**bus, "ready": True}) == "connected"
+    assert bus_text({"connected": True}) == "connected"  # an older heartbeat: its link
+    assert bus_text({"connected": False, "ready": False}) == "not connected"
 
 
 @pytest.fixture(scope="module")
