@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -26,9 +25,9 @@ from agent.runtime.devrun import DaemonProcess
 from agent.venue import messages
 from agent.venue.bus import DUPLICATE_WINDOW_S
 from agent.venue.node import start_venue
+from tests.ops.test_dashboard_browser import CHROMIUM, browser  # noqa: F401 (the fixture)
 from tests.venue.rig import wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
 VENUE = "fair"
 HEARTBEAT = "heartbeat_s = 0.5\nheartbeat_ttl_s = 3"
 
@@ -88,26 +87,14 @@ def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Daemon
             node.kill()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def bus_line(page: Any, device: str) -> str:
     selector = f'article[data-device="{device}"] [data-testid="bus"]'
     page.wait_for_selector(selector, timeout=15_000)
     return str(page.locator(selector).inner_text())
 
 
-def test_venue_page_shows_link_up_session_not_ready(venue: dict[str, DaemonProcess],
-                                                    browser: Any) -> None:
+def test_venue_page_shows_link_up_session_not_ready(
+        venue: dict[str, DaemonProcess], browser: Any) -> None:  # noqa: F811
     b = venue["gate-b"].status()["venue"]
     assert b["connected"] and not b["ready"] and b["session_step"] == "subscribing to the stream"
 
