@@ -1,5 +1,6 @@
 """The venue page tells a gate whose bus link is up but whose session is not set up from a
-connected one, with the set-up step and its error; before, both read "connected".
+connected one, with the set-up step and its error; before, both read "connected" (and so did
+the gate's own page).
 
 A real venue with a session held back for real: one nats-server with JetStream, the venue's
 stream made beforehand with `max_consumers = 1`; gate-a starts first and its subscription takes
@@ -118,6 +119,11 @@ def test_venue_page_shows_link_up_session_not_ready(
         whoami = page.locator("#whoami").inner_text()
         assert "bus link up, session NOT READY" in whoami, whoami
         assert "subscribing to the stream" in whoami or "maximum consumers" in whoami, whoami
+
+        page.goto(venue["gate-b"].status_url + "/")  # the gate's own page says it too
+        tile = page.locator('[data-testid="bus"]')
+        tile.wait_for(timeout=15_000)
+        assert tile.inner_text().startswith("link up, session NOT READY"), tile.inner_text()
         assert problems == []
     finally:
         page.close()
