@@ -257,10 +257,11 @@ class LaneRunner:
                 else:
                     log.error("lane %s: relay hold failed: %s", self.lane.name, exc)
                 continue
-            if self.hold_errors.pop(url, None) is not None:
+            again = self.hold_errors.pop(url, None) is not None
+            if again:
                 log.warning("lane %s: relay %s held open again", self.lane.name, url)
-            elif self.relay_watch.note(url, output, was):
-                self._relays_back()
+            self.relay_watch.note(url, output, was, say=not again)  # its return said once
+            self._relays_back()
         if not held:
             self.hold_errors.clear()
 
@@ -343,10 +344,9 @@ class LaneRunner:
             if decision.admit:
                 output.pulse(self.lane.relay_pulse_ms)
                 pulsed = True
-                if was and self.relay_watch.note(url or "", output, was):
-                    self._relays_back()  # it works again (said once)
-                elif self.relay_error is not None and not self.relay_watch.down:
-                    self.relay_error = None
+                if was or self.relay_error is not None:  # it works again (said once)
+                    self.relay_watch.note(url or "", output, was)
+                    self._relays_back()
             output.feedback(decision.admit)
         except DriverError as exc:
             self.relay_error = str(exc)

@@ -43,9 +43,10 @@ class RelayWatch:
         self.down: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def note(self, url: str, output: Output, was: str = "") -> bool:
+    def note(self, url: str, output: Output, was: str = "", say: bool = True) -> bool:
         """Look at one relay after an operation (`was`: its error before it, if any); True
-        when it works again after being down (logged here, once)."""
+        when it works again after being down (logged here, once; `say` False: the caller
+        said it in its own words, as a release's hold does)."""
         with self._lock:
             if output.last_error:
                 self.down[url] = output.last_error
@@ -53,7 +54,8 @@ class RelayWatch:
             error = self.down.pop(url, None) or was
         if not error:
             return False
-        log.warning("lane %s: relay %s works again (it failed: %s)", self.lane, url, error)
+        if say:
+            log.warning("lane %s: relay %s works again (it failed: %s)", self.lane, url, error)
         return True
 
     def probe(self) -> bool:

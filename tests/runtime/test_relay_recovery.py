@@ -78,3 +78,27 @@ def test_a_good_pulse_after_a_failed_one_is_logged_once(
         assert len(works_again(caplog, url)) == 1
     finally:
         rig.close()
+
+
+def test_a_relay_back_during_a_release_is_said_once(
+        site: DemoSite, board: RelayBoard, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found back by the release's hold: "held open again", and no second line for the same
+    return when the release ends and the probe runs again."""
+    monkeypatch.setattr(relaywatch, "RELAY_PROBE_S", PROBE_S)
+    caplog.set_level(logging.INFO)
+    rig = LaneRig(site, "heldback", relay=board.url)
+    try:
+        rig.runner.set_release("emergency", True)
+        board.pull()
+        wait_until(lambda: "release_not_held" in reasons(rig), 10, "release_not_held")
+        board.back()
+        wait_until(lambda: "release_not_held" not in reasons(rig), 10, "held again")
+        rig.runner.set_release("emergency", False)
+        time.sleep(10 * PROBE_S)
+        assert "relay_error" not in reasons(rig) and rig.runner.relay_error is None
+        held = [r.getMessage() for r in caplog.records if "held open again" in r.getMessage()]
+        assert len(held) == 1 and works_again(caplog, board.url) == []
+    finally:
+        board.back()
+        rig.close()
