@@ -311,6 +311,7 @@ class Output:
                 raise DriverUnavailable(self.url, str(exc), self.hint(exc)) from exc
             self.is_on = False
             self._open_now = True
+            self.last_error = ""  # opened and driven off: it works again (a probe's success)
 
     def pulse(self, ms: int) -> None:
         """Relay on now, off after `ms` milliseconds (a new pulse restarts the timer)."""

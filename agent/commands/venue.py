@@ -337,7 +337,7 @@ def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
     """`venue status` as a table: gate names and their reasons shown as they are."""
     from rich.table import Table
 
-    from agent.ops.heartbeat import reach_text
+    from agent.ops.heartbeat import bus_text, reach_text
 
     table = Table(title=plain(f"Venue {venue}: {len(gates)} gate(s)"))
     for col in ("gate", "state", "health", "seen", "lanes", "per min", "to upload",
@@ -357,7 +357,7 @@ def gates_table(venue: str, gates: list[dict[str, Any]]) -> Table:
             ", ".join(f"{k} {v}" for k, v in (g.get("per_min") or {}).items()) or "0",
             f"{queue.get('pending', 0)}" + (f", oldest {oldest:.0f} s" if oldest else ""),
             "never" if g.get("cache_age_s") is None else f"{g['cache_age_s']:.0f} s",
-            "connected" if bus.get("connected") else "not connected", reach_text(g),
+            bus_text(bus), reach_text(g),
             str(g.get("version")), str(reasons[0]["message"]) if reasons else "")))
     return table
 

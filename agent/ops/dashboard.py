@@ -116,6 +116,10 @@ def venue_view(bus: VenueBus | None, cache: TicketCache | None, now: datetime) -
                 "occupancy": [], "alarms": [], "totals": totals([])}
     gates = bus.board.rows()
     return {"venue": bus.name, "device": bus.device, "connected": bus.connected,
+            # the link up is not the session set up (claims go out only then): both, and
+            # while it is not, the set-up step and its error (agent.venue.bus)
+            "ready": bus.ready, "session_step": bus.session_step,
+            "setup_error": bus.setup_error,
             "heartbeat_s": bus.venue["heartbeat_s"], "ttl_s": bus.venue["heartbeat_ttl_s"],
             "generated_at": now.isoformat(), "gates": gates, "totals": totals(gates),
             "alarms": alarms(gates), "occupancy": occupancy(bus.occupancy(), cache)}

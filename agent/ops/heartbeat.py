@@ -105,7 +105,10 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
                   "quarantined": journal.get("quarantined", 0),
                   "oldest_pending_age_s": _rounded(oldest_pending_age(report, now))},
         "cache": cache, "cache_age_s": max(ages) if ages else None,
-        "bus": {k: venue.get(k) for k in ("connected", "lag", "conflicts", "decided_offline",
+        # `connected` is the link; `ready` the session set up on it (claims go out), else
+        # the set-up step it is at and why it fails (the venue page tells the two apart)
+        "bus": {k: venue.get(k) for k in ("connected", "ready", "session_step", "setup_error",
+                                          "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",
                                           "claims_timed_out")},
         # a reading this gate no longer makes (a venue gate that stopped leading) is not told
@@ -148,6 +151,18 @@ def reach_text(gate: dict[str, Any]) -> str:
     age = gate.get("platform_checked_age_s")
     how = "requests" if gate.get("platform_checked_by") == "requests" else "probe"
     return said + (f" ({how} {age:.0f} s ago)" if isinstance(age, (int, float)) else "")
+
+
+def bus_text(bus: dict[str, Any]) -> str:
+    """A heartbeat's bus state in words (`gate-agent venue status`; the venue page's busText
+    says the same): the link up is not the session set up on it (`ready`: claims go out). A
+    heartbeat of an older version has no `ready`: judged by its link."""
+    if not bus.get("connected"):
+        return "not connected"
+    if bus.get("ready") is False:
+        return (f"link up, session NOT READY "
+                f"({bus.get('setup_error') or bus.get('session_step') or 'setting up'})")
+    return "connected"
 
 
 def leader_fields(report: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -64,12 +64,19 @@ class _StateCollector(Collector):
         age = GaugeMetricFamily("gate_sync_age_seconds", "Seconds since the last ticket sync",
                                 labels=["event"])
         items = GaugeMetricFamily("gate_cached_items", "Items in the ticket cache", labels=["event"])
+        rebuilt = GaugeMetricFamily("gate_cache_rebuild_age_seconds", "Seconds since the "
+                                    "event's tickets were last rebuilt by a full resync (-1: "
+                                    "never; status reason cache_not_rebuilt while it fails)",
+                                    labels=["event"])
         for event in (snap.get("cache") or {}).get("events") or []:
             seconds = _age(event.get("last_sync"), self.now())
             age.add_metric([str(event.get("id"))], float(seconds if seconds is not None else -1))
             items.add_metric([str(event.get("id"))], float(event.get("items") or 0))
+            full = _age(event.get("last_full"), self.now())
+            rebuilt.add_metric([str(event.get("id"))], float(full if full is not None else -1))
         yield age
         yield items
+        yield rebuilt
         unreadable = GaugeMetricFamily("gate_cache_unreadable", "1 when cache.db cannot be "
                                        "opened by this service (its owner or mode)")
         unreadable.add_metric([], 1.0 if (snap.get("cache") or {}).get("unreadable") else 0.0)

@@ -50,7 +50,7 @@ REASON_CODES = (
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
     "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
-    "venue_db_unavailable", "venue_no_leader",
+    "venue_db_unavailable", "venue_no_leader", "cache_not_rebuilt",
 )
 
 
@@ -179,6 +179,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
             add(Reason("fail", "cache_stale",
                        f"event {event.get('id')}: tickets last synced {shown} "
                        f"(limit sync.max_cache_age_s = {max_cache_age_s:.0f} s)"))
+    rebuild = cache_rebuild_reason(cache, failed is not None, snap.get("jobs") or {}, now)
+    if rebuild is not None:
+        add(rebuild)
     pending_age = oldest_pending_age(snap, now)
     if pending_age is not None and pending_age > BACKLOG_WARN_S:
         add(Reason("warn", "upload_backlog",
@@ -263,7 +266,8 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
     # Jobs that talk to the platform fail for the reason just given: one reason, not four.
     said = link_failing or auth or bool(platform.get("rate_limited_until"))
     failing = [(name, job) for name, job in (snap.get("jobs") or {}).items()
-               if job.get("failing_since") and not (said and name in PLATFORM_JOBS)]
+               if job.get("failing_since") and not (said and name in PLATFORM_JOBS)
+               and not (rebuild is not None and name == "full_resync")]
     if failing:
         names = ", ".join(name for name, _ in failing)
         add(Reason("warn", "job_failing", f"job(s) {names} failing: "
@@ -303,6 +307,35 @@ def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],
                   f"ticket cache unreadable: every code is refused (cacheUnavailable) "
                   f"on {where}: {said}{_rebuild_tries(jobs)} — if it fails again, check the "
                   "disk (`dmesg`, free space in store.dir)")
+
+
+def cache_rebuild_reason(cache: dict[str, Any], read_failed: bool, jobs: dict[str, Any],
+                         now: datetime) -> Reason | None:
+    """The nightly full resync (job `full_resync`) failing: the cache was not rebuilt. Said
+    on its own, whatever the cause (a platform link failing is said too, by its reason, but
+    that one does not say what the gate is missing): deltas keep the tickets current, but an
+    item removed on the platform stays in the cache (and admits) until a rebuild works. The
+    last rebuild is the cache's own record (`last_full` per event, kept across restarts).
+    Not said while the cache is being rebuilt or cannot be read: those reasons name the
+    rebuild's failure already (`_rebuild_tries`)."""
+    job = jobs.get("full_resync") or {}
+    if not job.get("failing_since") or read_failed or cache.get("degraded") \
+            or cache.get("unreadable"):
+        return None
+    fulls = [e.get("last_full") for e in cache.get("events") or [] if e.get("items")]
+    oldest = None if not fulls or None in fulls else min(fulls)
+    age = _age(oldest, now)
+    last = "never (since this cache was made)" if oldest is None else (
+        f"at {oldest}" + ("" if age is None else f", {age / 3600:.1f} h ago"))
+    tries = job.get("failed_in_a_row") or job.get("failures") or 1
+    return Reason("warn", "cache_not_rebuilt",
+                  f"ticket cache not rebuilt: the nightly full resync has failed since "
+                  f"{job['failing_since']} ({tries} tr{'y' if tries == 1 else 'ies'} in a row; "
+                  f"last error: {job.get('last_error')}); last full rebuild {last}; next try "
+                  f"{job.get('next_run') or 'not planned'}. Deltas keep tickets current "
+                  "meanwhile (cache_stale says when they do not), but items removed on the "
+                  "platform stay in the cache until a rebuild works: check free space in "
+                  "store.dir and the platform link, then `gate-agent sync --full`")
 
 
 def _rebuild_tries(jobs: dict[str, Any]) -> str:

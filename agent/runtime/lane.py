@@ -25,10 +25,12 @@ from agent.config import LaneConfig, output_for, passage_input_for
 from agent.core.codes import utc_iso
 from agent.core.decide import Decision
 from agent.errors import DriverError, JournalUnavailable
+from agent.runtime import relaywatch
 from agent.runtime.clock import GateClock
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
 from agent.runtime.passage import OnAlarm, PassageWatch, VoidClaim
+from agent.runtime.relaywatch import RelayWatch
 from agent.runtime.release import record_during_release
 from agent.store.journal import Journal
 from agent.store.passages import GATE_NOT_OPENED_MESSAGE, NOT_PASSED, PassageLog, now_iso
@@ -101,6 +103,9 @@ class LaneRunner:
         self.relay: Output | None = None  # the entry release
         self.relay_out: Output | None = None  # the exit release
         self.relay_error: str | None = None  # the lane's last relay failure; a good pulse clears it
+        # relays that failed: opened again while down, their return logged once
+        self.relay_watch = RelayWatch(lane.name, self._outputs, lambda: bool(self.releases))
+        self._relay_probe: threading.Thread | None = None
         self.heartbeat = time.monotonic()
         self.started = time.time()
         self.last_scan: dict[str, Any] | None = None
@@ -128,6 +133,11 @@ class LaneRunner:
                 continue
             self.readers.append(reader)
         self.indicators.open()
+        if self.relay is not None or self.relay_out is not None:
+            self._relay_probe = threading.Thread(
+                target=self.relay_watch.run, args=(self._keeper_stop, self._relays_back),
+                name=f"relay probe {self.lane.name}", daemon=True)
+            self._relay_probe.start()
         self.passage.start()
         self.gate.confirms_passage = self.passage.configured
         self._thread = threading.Thread(target=self._work, name=f"lane {self.lane.name}",
@@ -150,9 +160,21 @@ class LaneRunner:
             output.open()
         except DriverError as exc:
             self.relay_error = str(exc)
-            log.error("lane %s: relay %s unavailable (tried again at the next admit): %s",
-                      self.lane.name, url, exc)
+            self.relay_watch.note(url, output)
+            log.error("lane %s: relay %s unavailable (tried again at the next admit and "
+                      "every %.0f s): %s", self.lane.name, url, relaywatch.RELAY_PROBE_S, exc)
         return output
+
+    def _outputs(self) -> list[tuple[str, Output]]:
+        """The lane's relays that have a driver, by URL (the relay watch's view)."""
+        return [(url, output) for url, output in ((self.lane.relay, self.relay),
+                                                  (self.lane.relay_out, self.relay_out))
+                if url and output is not None]
+
+    def _relays_back(self) -> None:
+        """A relay works again (relaywatch): the lane's error goes once none is down."""
+        if not self.relay_watch.down and self.relay_error is not None:
+            self.relay_error = None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, finish every scan already queued, switch the relay off."""
@@ -167,6 +189,8 @@ class LaneRunner:
             keeper = self._keeper
         if keeper is not None:
             keeper.join(timeout)
+        if self._relay_probe is not None:  # no probe opens a relay once they are closed
+            self._relay_probe.join(timeout)
         self.passage.stop()
         for output in (self.relay, self.relay_out):
             if output is not None:
@@ -218,10 +242,12 @@ class LaneRunner:
                 continue
             if output.held == held and not (held and again):
                 continue
+            was = output.last_error
             try:
                 output.hold(held)
             except DriverError as exc:
                 self.relay_error = str(exc)
+                self.relay_watch.note(url, output)
                 if held and self.hold_errors.get(url) != str(exc):
                     log.error("lane %s: relay %s not held open during the release (the gate "
                               "may be shut; tried again every %.1f s): %s", self.lane.name,
@@ -231,8 +257,11 @@ class LaneRunner:
                 else:
                     log.error("lane %s: relay hold failed: %s", self.lane.name, exc)
                 continue
-            if self.hold_errors.pop(url, None) is not None:
+            again = self.hold_errors.pop(url, None) is not None
+            if again:
                 log.warning("lane %s: relay %s held open again", self.lane.name, url)
+            self.relay_watch.note(url, output, was, say=not again)  # its return said once
+            self._relays_back()
         if not held:
             self.hold_errors.clear()
 
@@ -310,15 +339,18 @@ class LaneRunner:
         if output is None:  # no driver for the URL (start said why)
             return False
         pulsed = False
+        was = output.last_error
         try:
             if decision.admit:
                 output.pulse(self.lane.relay_pulse_ms)
                 pulsed = True
-                if self.relay_error is not None:
-                    self.relay_error = None  # it works again
+                if was or self.relay_error is not None:  # it works again (said once)
+                    self.relay_watch.note(url or "", output, was)
+                    self._relays_back()
             output.feedback(decision.admit)
         except DriverError as exc:
             self.relay_error = str(exc)
+            self.relay_watch.note(url or "", output)
             log.error("lane %s: relay failed: %s", self.lane.name, exc)
         return pulsed
 

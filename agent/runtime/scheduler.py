@@ -62,7 +62,7 @@ class JobHealth:
     def as_dict(self) -> dict[str, Any]:
         times = ("failing_since", "last_success", "last_run")
         return {k: epoch_iso(v) if k in times else v for k, v in self.__dict__.items()
-                if k not in ("running", "rerun", "retry_s", "failed_in_a_row")}
+                if k not in ("running", "rerun", "retry_s")}
 
     def retry_delay(self) -> float:
         """Seconds until the next try of a failing job with `retry_s`: retry_s after the first

@@ -69,3 +69,14 @@ function poll(url, seconds, render) {
   }
   once();
 }
+
+function busText(b, lag) {
+  // The link to a bus server up is not the session on it set up (`ready`: claims go out, the
+  // gate's scans are published): until then the offline policy decides. A heartbeat of an
+  // older version has no `ready`: judged by its link, as before.
+  if (!b.connected) return "not connected";
+  if (b.ready === false) {
+    return `link up, session NOT READY (${b.setup_error || b.session_step || "setting up"})`;
+  }
+  return lag === undefined ? "connected" : `connected, lag ${lag || 0}`;
+}

@@ -80,7 +80,7 @@ function render(s) {
     tile("to upload", j.pending || 0, "pending"),
     tile("oldest pending", j.oldest_pending ? sinceIso(j.oldest_pending) : "—", "oldest"),
     tile("quarantined", j.quarantined || 0, "quarantined"),
-    tile("venue bus", s.venue ? (s.venue.connected ? `connected (lag ${s.venue.lag})` : "NOT connected") : "no venue", "bus"));
+    tile("venue bus", s.venue ? (s.venue.connected ? busText(s.venue, s.venue.lag) : "NOT connected") : "no venue", "bus"));
   replace("alarms", (s.reasons || []).length ? s.reasons.map(r =>
     el("li", {class: r.level}, `${r.code}: ${r.message}`)) : el("li", {class: "none"}, "none: all good"));
   replace("lanes", lanes.length ? lanes.map(laneCard) : el("p", {class: "none"}, "no lane"));

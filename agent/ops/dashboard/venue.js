@@ -38,7 +38,7 @@ function gateCard(g) {
       ["to upload", `${queue.pending || 0}` +
         (queue.oldest_pending_age_s ? `, oldest ${age(queue.oldest_pending_age_s)}` : "")],
       ["cache age", age(g.cache_age_s)],
-      ["bus", bus.connected ? `connected, lag ${bus.lag || 0}` : "not connected"],
+      ["bus", el("span", {"data-testid": "bus"}, busText(bus, bus.lag))],
       ["platform", el("span", {"data-testid": "platform"}, reach(g))],
       ["reasons", (g.reasons || []).length ? (g.reasons || []).map(r => el("div", {}, `${r.level}: ${r.message}`)) : "none"],
       ["version", g.version || "?"],
@@ -95,7 +95,7 @@ function render(v) {
   }
   document.getElementById("title").textContent = `Venue ${v.venue}`;
   document.getElementById("whoami").textContent =
-    `seen from ${v.device}, bus ${v.connected ? "connected" : "NOT connected"}`;
+    `seen from ${v.device}, bus ${v.connected ? busText(v) : "NOT connected"}`;
   const t = v.totals;
   replace("totals",
     tile("gates online", `${t.gates.online} / ${v.gates.length}`, "online"),
