@@ -173,8 +173,8 @@ class VenueBus:
             store.close()
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
-                         "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0,
-                         "exits_confirmed": 0}
+                         "voids": 0, "published": 0, "republished": 0, "bad_messages": 0,
+                         "conflicts_found": 0, "exits_confirmed": 0}
         self._forget_exits_at = 0.0  # monotonic: `_settle_exits` prunes exits' outcomes then
         # while connected, is the bus doing its work? (status reason venue_degraded): the
         # claims that timed out in a row since the last answered one (reset on connecting),
@@ -785,13 +785,14 @@ class VenueBus:
                     headers={"Nats-Msg-Id": messages.scan_msg_id(row["uuid"],
                                                                  bool(row["admit"]))}))
                 through = row["seq"]
-            await asyncio.gather(*sends)
+            for ack in await asyncio.gather(*sends):
+                if not self._count_stored("published", ack):
+                    self.counters["republished"] += 1
             if through > since:
                 await asyncio.to_thread(store.set_published_through, through)
             for row in rows:
                 if row["seq"] <= through:
                     self._unmeasured.pop(row["uuid"], None)
-            self.counters["published"] += len(sends)
             if held:
                 return
 
@@ -952,11 +953,12 @@ class VenueBus:
             log.warning("venue claim %s voided: %s", claim["uuid"], reason)
 
     def _count_stored(self, counter: str, ack: Any) -> bool:
-        """Count a confirmation or void the stream stored now. The same one sent again (the
-        next round before venue.db applied the first, a restart or a reconnect in between:
-        both are driven by what venue.db holds) has the same msg id, and JetStream answers
-        it `duplicate` without storing it: counted, status said two exits confirmed (or
-        voided) for one. False for such a duplicate."""
+        """Count a scan, confirmation or void the stream stored now. The same one sent again
+        (the next round before venue.db applied the first, a restart or a reconnect in
+        between, an ack lost with the link, or a publishing cursor venue.db did not keep) has
+        the same msg id, and JetStream answers it `duplicate` without storing it: counted,
+        status said two exits confirmed (or scans published) for one. False for such a
+        duplicate (the publisher counts it in `republished`)."""
         if getattr(ack, "duplicate", None):
             return False
         self.counters[counter] += 1
