@@ -36,7 +36,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from agent.access import store_write_failure
 from agent.core.codes import utc_iso
-from agent.errors import VenueStreamLost
+from agent.errors import StoreError, VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
@@ -185,6 +185,10 @@ class VenueBus:
         self.claims_timeout_error: str | None = None
         self.publish_error: str | None = None
         self.publish_failing_since: str | None = None
+        # the journal seq up to which the bus acknowledged this gate's rows while venue.db
+        # would not record it (locked by another process, full): the publisher goes on after
+        # it meanwhile (`_published_through`); 0 once venue.db has it
+        self._unsaved_through = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -553,6 +557,9 @@ class VenueBus:
         journaled so far go out again (`VenueStore.set_republish_through`). Judged on the
         stream leader's answer only: a replica's while the stream has no leader may hold less
         than venue.db applied (`stream_identity.leader_answer`; this step is tried again)."""
+        # a session publishes from venue.db's cursor: rows acknowledged while venue.db did
+        # not record it may not be on this stream (made again), and are stored once if they are
+        self._unsaved_through = 0
         info = await stream_identity.leader_answer(self._js, self.stream)
         created = stream_identity.created_of(info)
         recorded = await asyncio.to_thread(store.stream_created, self.stream)
@@ -757,8 +764,11 @@ class VenueBus:
         runs in a worker thread so the loop stays free for claims' acks."""
         if journal is None:
             return
+        if self._unsaved_through:  # venue.db refused it: tried once a round
+            await self._published_through(store, self._unsaved_through)
         while True:
             since, again = await asyncio.to_thread(store.cursors)
+            since = max(since, self._unsaved_through)
             rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
                 return
@@ -789,12 +799,39 @@ class VenueBus:
                 if not self._count_stored("published", ack):
                     self.counters["republished"] += 1
             if through > since:
-                await asyncio.to_thread(store.set_published_through, through)
+                if self._unsaved_through:  # not asked again this round (a 5 s wait each)
+                    self._unsaved_through = through
+                else:
+                    await self._published_through(store, through)
             for row in rows:
                 if row["seq"] <= through:
                     self._unmeasured.pop(row["uuid"], None)
             if held:
                 return
+
+    async def _published_through(self, store: VenueStore, through: int) -> None:
+        """Record that the bus acknowledged this gate's rows up to journal seq `through`.
+
+        venue.db locked by another process (a CLI, `sqlite3` left in a transaction) refuses
+        it after its busy timeout. Raised, that ended every round at its first 200 rows,
+        already on the bus: they went out again each round while every row after them waited,
+        unpublished, for as long as the lock was held (found in session 13). So the position
+        is kept here and publishing goes on after it; venue.db is asked again once a round.
+        Nothing is lost if the process stops meanwhile: the rows after venue.db's cursor go out
+        again at the next start, stored once (their msg id; `republished`). Status says why
+        meanwhile: this gate's own scans come back to the applier, which fails on the same
+        lock (`apply_error`, reason venue_db_failing, naming the file)."""
+        try:
+            await asyncio.to_thread(store.set_published_through, through)
+        except StoreError as exc:
+            if not self._unsaved_through:
+                log.error("venue: publishing goes on, but venue.db does not record how far "
+                          "(%s); tried again each round", exc)
+            self._unsaved_through = through
+            return
+        if self._unsaved_through:
+            log.warning("venue: venue.db records the publishing position again (%d)", through)
+        self._unsaved_through = 0
 
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
         """Void this gate's standing claims with no admit in the journal: claims this bus did
