@@ -49,6 +49,7 @@ from agent.venue.claim_channel import (
     start_via_js_publish,
 )
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
+from agent.venue.setup import SetUp
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -150,12 +151,10 @@ class VenueBus:
         self._session_ready = False
         self.last_error: str | None = None
         # where the current session is (its set-up steps, then "running"): a session that
-        # fails says where, in its log line and `last_error` (a timeout alone says nothing)
-        self.session_step = "not started"
+        # fails says where, in its log line and `last_error` (a timeout alone says nothing);
         # while a set-up step fails on a link that is up (no quorum): its error, and since
         # when the set-up runs (status reason venue_degraded; both None once running)
-        self.setup_error: str | None = None
-        self.setup_since: str | None = None
+        self.setup = SetUp(log, "venue bus session")
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
@@ -244,6 +243,14 @@ class VenueBus:
         self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
+
+    @property
+    def session_step(self) -> str:
+        return self.setup.step
+
+    @property
+    def setup_error(self) -> str | None:
+        return self.setup.error
 
     @property
     def ready(self) -> bool:
@@ -376,8 +383,7 @@ class VenueBus:
         async def on_error(exc: Exception) -> None:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
-        self.session_step = "connecting"
-        self.setup_since, self.setup_error = utc_iso(datetime.now(UTC)), None
+        self.setup.begin("connecting")
         self._nc = await nats.connect(
             **self.options, connect_timeout=2, reconnect_time_wait=0.25,
             max_reconnect_attempts=-1, allow_reconnect=True,
@@ -391,7 +397,7 @@ class VenueBus:
                                     self._ensure_stream)
             watch = await self._set_up_step("checking the stream's identity", closed,
                                             lambda: self._adopt_stream(store, journal))
-            self.session_step = "measuring the clock"
+            self.setup.at("measuring the clock")
             await self._measure_clock()  # before anything is published or decided as connected
             await self._set_up_step("opening the claims channel", closed,
                                     lambda: self._claims.open(self._nc))
@@ -412,8 +418,8 @@ class VenueBus:
             self._connected_at = time.monotonic()
             self._connected_unmeasured()
             self._session_ready = True
-            self.last_error = self.setup_error = self.setup_since = None
-            self.session_step = "running"
+            self.last_error = None
+            self.setup.running()
             log.info("venue bus connected: %s as %s", self.stream, self.device)
             await self._running(store, journal, watch, closed)
         finally:
@@ -438,7 +444,7 @@ class VenueBus:
         session whose set-up began as the quorum went never came back to say otherwise.
         Raises once the bus stops or the connection is closed (the caller starts anew)."""
         assert self._stop is not None
-        self.session_step = step
+        self.setup.at(step)
         pause = SETUP_RETRY_S[0]
         while True:
             try:
@@ -457,10 +463,7 @@ class VenueBus:
         venue_degraded, with why) and in the log once per distinct error. Also each failed try
         of a step that retries by itself (the stream's create while JetStream has no meta
         leader: `streams.ensure_stream`'s `waiting`), which said nothing for CREATE_RETRY_S."""
-        error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
-        if error != self.setup_error:
-            log.warning("venue bus session not set up: %s; trying again", error)
-        self.setup_error = self.last_error = error
+        self.last_error = self.setup.failed(exc)
 
     async def _running(self, store: VenueStore, journal: Journal | None,
                        watch: stream_identity.StreamWatch, closed: asyncio.Event) -> None:
@@ -1190,8 +1193,7 @@ class VenueBus:
             "ready": self.ready,
             # the session on the link: its set-up step ("running" once set up), and while a
             # step fails on a link that is up (no quorum), why and since when (venue_degraded)
-            "session_step": self.session_step, "setup_error": self.setup_error,
-            "setup_since": self.setup_since,
+            **self.setup.get_status(),
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
             "settings_drift": sorted(self.settings_drift.values()),
             "stream_restarts": self.stream_restarts,
