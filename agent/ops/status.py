@@ -450,13 +450,19 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
     if not venue.get("connected"):
         return []  # venue_unreachable says it
     found = []
-    step = venue.get("session_step")
-    setting_up = _age(venue.get("setup_since"), now)
-    if step not in (None, "running") and (venue.get("setup_error") or (
-            setting_up is not None and setting_up > VENUE_SETUP_SLOW_S)):
-        found.append(f"its session is not set up ({venue.get('setup_error') or step}, "
-                     f"for {setting_up or 0:.0f} s), so limited zones follow "
-                     "venue.offline_policy and scans are not published")
+    # the bus's session, and the venue role's (agent.venue.leader: catalog, uploads, lease)
+    for part, what, costs in (
+            (venue, "its session", "limited zones follow venue.offline_policy and scans are "
+             "not published"),
+            (venue.get("leader") or {}, "its venue role's session (catalog and upload streams, "
+             "buckets)", "this gate neither follows the leader's catalog nor hands its scans "
+             "over for upload, and takes no part in the leader election")):
+        step = part.get("session_step")
+        setting_up = _age(part.get("setup_since"), now)
+        if step not in (None, "running") and (part.get("setup_error") or (
+                setting_up is not None and setting_up > VENUE_SETUP_SLOW_S)):
+            found.append(f"{what} is not set up ({part.get('setup_error') or step}, "
+                         f"for {setting_up or 0:.0f} s), so {costs}")
     in_a_row = venue.get("claims_timing_out") or 0
     last = _age(venue.get("claims_last_timeout"), now)
     if in_a_row >= VENUE_TIMEOUTS_IN_A_ROW and last is not None and \

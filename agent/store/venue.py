@@ -206,6 +206,15 @@ class VenueStore:
             self.conn.close()
             raise StoreError(f"venue state {frozen}")
 
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        """A statement venue.db refused, naming the file; "database is locked" (another
+        connection held its write lock past the 5 s busy timeout) says who to look for: the
+        agent's own connections hold it for milliseconds, so it is another process (a CLI,
+        `sqlite3` left in a transaction), never damage or the disk."""
+        hint = (f" (another process holds a write transaction on it: `fuser -v {self.path}` "
+                f"names it)" if "locked" in str(exc) else "")
+        return StoreError(f"venue state {self.path}: {exc}{hint}")
+
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
         return data_version(self.conn)
@@ -259,7 +268,7 @@ class VenueStore:
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            raise StoreError(f"venue state {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         return conflicts
 
     def _ended(self, sql: str, args: tuple[Any, ...]) -> list[tuple[int, int]]:
@@ -326,7 +335,7 @@ class VenueStore:
         try:
             self.conn.execute(_SET_CREATED, (stream, created))
         except sqlite3.Error as exc:
-            raise StoreError(f"venue state {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def restart_stream(self, stream: str, created: str, republish_through: int = 0) -> None:
         """The stream was deleted and made again (`created` is the new one's), in one
@@ -361,7 +370,7 @@ class VenueStore:
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            raise StoreError(f"venue state {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -476,4 +485,4 @@ class VenueStore:
         try:
             self.conn.execute(_SET_CURSOR, (name, journal_seq))
         except sqlite3.Error as exc:
-            raise StoreError(f"venue state {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc

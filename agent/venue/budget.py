@@ -69,10 +69,11 @@ def bucket_name(venue: str) -> str:
 
 
 async def budget_bucket(js: Any, venue: str, replicas: int,
-                        drift: dict[str, str] | None = None) -> Any:
+                        drift: dict[str, str] | None = None,
+                        waiting: streams.Waiting | None = None) -> Any:
     return await streams.ensure_bucket(js, KeyValueConfig(
         bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas),
-        drift)
+        drift, waiting=waiting)
 
 
 def leader_share(api: dict[str, Any], reserve: int) -> float:

@@ -36,7 +36,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from agent.access import store_write_failure
 from agent.core.codes import utc_iso
-from agent.errors import VenueStreamLost
+from agent.errors import StoreError, VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
@@ -49,6 +49,7 @@ from agent.venue.claim_channel import (
     start_via_js_publish,
 )
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
+from agent.venue.setup import SetUp
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -150,12 +151,10 @@ class VenueBus:
         self._session_ready = False
         self.last_error: str | None = None
         # where the current session is (its set-up steps, then "running"): a session that
-        # fails says where, in its log line and `last_error` (a timeout alone says nothing)
-        self.session_step = "not started"
+        # fails says where, in its log line and `last_error` (a timeout alone says nothing);
         # while a set-up step fails on a link that is up (no quorum): its error, and since
         # when the set-up runs (status reason venue_degraded; both None once running)
-        self.setup_error: str | None = None
-        self.setup_since: str | None = None
+        self.setup = SetUp(log, "venue bus session")
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
         self.apply_error: str | None = None
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
@@ -173,8 +172,8 @@ class VenueBus:
             store.close()
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
-                         "voids": 0, "published": 0, "bad_messages": 0, "conflicts_found": 0,
-                         "exits_confirmed": 0}
+                         "voids": 0, "published": 0, "republished": 0, "bad_messages": 0,
+                         "conflicts_found": 0, "exits_confirmed": 0}
         self._forget_exits_at = 0.0  # monotonic: `_settle_exits` prunes exits' outcomes then
         # while connected, is the bus doing its work? (status reason venue_degraded): the
         # claims that timed out in a row since the last answered one (reset on connecting),
@@ -185,6 +184,10 @@ class VenueBus:
         self.claims_timeout_error: str | None = None
         self.publish_error: str | None = None
         self.publish_failing_since: str | None = None
+        # the journal seq up to which the bus acknowledged this gate's rows while venue.db
+        # would not record it (locked by another process, full): the publisher goes on after
+        # it meanwhile (`_published_through`); 0 once venue.db has it
+        self._unsaved_through = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -240,6 +243,14 @@ class VenueBus:
         self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
+
+    @property
+    def session_step(self) -> str:
+        return self.setup.step
+
+    @property
+    def setup_error(self) -> str | None:
+        return self.setup.error
 
     @property
     def ready(self) -> bool:
@@ -372,8 +383,7 @@ class VenueBus:
         async def on_error(exc: Exception) -> None:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
-        self.session_step = "connecting"
-        self.setup_since, self.setup_error = utc_iso(datetime.now(UTC)), None
+        self.setup.begin("connecting")
         self._nc = await nats.connect(
             **self.options, connect_timeout=2, reconnect_time_wait=0.25,
             max_reconnect_attempts=-1, allow_reconnect=True,
@@ -387,7 +397,7 @@ class VenueBus:
                                     self._ensure_stream)
             watch = await self._set_up_step("checking the stream's identity", closed,
                                             lambda: self._adopt_stream(store, journal))
-            self.session_step = "measuring the clock"
+            self.setup.at("measuring the clock")
             await self._measure_clock()  # before anything is published or decided as connected
             await self._set_up_step("opening the claims channel", closed,
                                     lambda: self._claims.open(self._nc))
@@ -408,8 +418,8 @@ class VenueBus:
             self._connected_at = time.monotonic()
             self._connected_unmeasured()
             self._session_ready = True
-            self.last_error = self.setup_error = self.setup_since = None
-            self.session_step = "running"
+            self.last_error = None
+            self.setup.running()
             log.info("venue bus connected: %s as %s", self.stream, self.device)
             await self._running(store, journal, watch, closed)
         finally:
@@ -434,7 +444,7 @@ class VenueBus:
         session whose set-up began as the quorum went never came back to say otherwise.
         Raises once the bus stops or the connection is closed (the caller starts anew)."""
         assert self._stop is not None
-        self.session_step = step
+        self.setup.at(step)
         pause = SETUP_RETRY_S[0]
         while True:
             try:
@@ -453,10 +463,7 @@ class VenueBus:
         venue_degraded, with why) and in the log once per distinct error. Also each failed try
         of a step that retries by itself (the stream's create while JetStream has no meta
         leader: `streams.ensure_stream`'s `waiting`), which said nothing for CREATE_RETRY_S."""
-        error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
-        if error != self.setup_error:
-            log.warning("venue bus session not set up: %s; trying again", error)
-        self.setup_error = self.last_error = error
+        self.last_error = self.setup.failed(exc)
 
     async def _running(self, store: VenueStore, journal: Journal | None,
                        watch: stream_identity.StreamWatch, closed: asyncio.Event) -> None:
@@ -553,6 +560,9 @@ class VenueBus:
         journaled so far go out again (`VenueStore.set_republish_through`). Judged on the
         stream leader's answer only: a replica's while the stream has no leader may hold less
         than venue.db applied (`stream_identity.leader_answer`; this step is tried again)."""
+        # a session publishes from venue.db's cursor: rows acknowledged while venue.db did
+        # not record it may not be on this stream (made again), and are stored once if they are
+        self._unsaved_through = 0
         info = await stream_identity.leader_answer(self._js, self.stream)
         created = stream_identity.created_of(info)
         recorded = await asyncio.to_thread(store.stream_created, self.stream)
@@ -757,8 +767,11 @@ class VenueBus:
         runs in a worker thread so the loop stays free for claims' acks."""
         if journal is None:
             return
+        if self._unsaved_through:  # venue.db refused it: tried once a round
+            await self._published_through(store, self._unsaved_through)
         while True:
             since, again = await asyncio.to_thread(store.cursors)
+            since = max(since, self._unsaved_through)
             rows = await asyncio.to_thread(journal.after, since, 200)
             if not rows:
                 return
@@ -785,15 +798,43 @@ class VenueBus:
                     headers={"Nats-Msg-Id": messages.scan_msg_id(row["uuid"],
                                                                  bool(row["admit"]))}))
                 through = row["seq"]
-            await asyncio.gather(*sends)
+            for ack in await asyncio.gather(*sends):
+                if not self._count_stored("published", ack):
+                    self.counters["republished"] += 1
             if through > since:
-                await asyncio.to_thread(store.set_published_through, through)
+                if self._unsaved_through:  # not asked again this round (a 5 s wait each)
+                    self._unsaved_through = through
+                else:
+                    await self._published_through(store, through)
             for row in rows:
                 if row["seq"] <= through:
                     self._unmeasured.pop(row["uuid"], None)
-            self.counters["published"] += len(sends)
             if held:
                 return
+
+    async def _published_through(self, store: VenueStore, through: int) -> None:
+        """Record that the bus acknowledged this gate's rows up to journal seq `through`.
+
+        venue.db locked by another process (a CLI, `sqlite3` left in a transaction) refuses
+        it after its busy timeout. Raised, that ended every round at its first 200 rows,
+        already on the bus: they went out again each round while every row after them waited,
+        unpublished, for as long as the lock was held (found in session 13). So the position
+        is kept here and publishing goes on after it; venue.db is asked again once a round.
+        Nothing is lost if the process stops meanwhile: the rows after venue.db's cursor go out
+        again at the next start, stored once (their msg id; `republished`). Status says why
+        meanwhile: this gate's own scans come back to the applier, which fails on the same
+        lock (`apply_error`, reason venue_db_failing, naming the file)."""
+        try:
+            await asyncio.to_thread(store.set_published_through, through)
+        except StoreError as exc:
+            if not self._unsaved_through:
+                log.error("venue: publishing goes on, but venue.db does not record how far "
+                          "(%s); tried again each round", exc)
+            self._unsaved_through = through
+            return
+        if self._unsaved_through:
+            log.warning("venue: venue.db records the publishing position again (%d)", through)
+        self._unsaved_through = 0
 
     async def _sweep(self, store: VenueStore, journal: Journal | None) -> None:
         """Void this gate's standing claims with no admit in the journal: claims this bus did
@@ -952,11 +993,12 @@ class VenueBus:
             log.warning("venue claim %s voided: %s", claim["uuid"], reason)
 
     def _count_stored(self, counter: str, ack: Any) -> bool:
-        """Count a confirmation or void the stream stored now. The same one sent again (the
-        next round before venue.db applied the first, a restart or a reconnect in between:
-        both are driven by what venue.db holds) has the same msg id, and JetStream answers
-        it `duplicate` without storing it: counted, status said two exits confirmed (or
-        voided) for one. False for such a duplicate."""
+        """Count a scan, confirmation or void the stream stored now. The same one sent again
+        (the next round before venue.db applied the first, a restart or a reconnect in
+        between, an ack lost with the link, or a publishing cursor venue.db did not keep) has
+        the same msg id, and JetStream answers it `duplicate` without storing it: counted,
+        status said two exits confirmed (or scans published) for one. False for such a
+        duplicate (the publisher counts it in `republished`)."""
         if getattr(ack, "duplicate", None):
             return False
         self.counters[counter] += 1
@@ -1151,8 +1193,7 @@ class VenueBus:
             "ready": self.ready,
             # the session on the link: its set-up step ("running" once set up), and while a
             # step fails on a link that is up (no quorum), why and since when (venue_degraded)
-            "session_step": self.session_step, "setup_error": self.setup_error,
-            "setup_since": self.setup_since,
+            **self.setup.get_status(),
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
             "settings_drift": sorted(self.settings_drift.values()),
             "stream_restarts": self.stream_restarts,

@@ -78,7 +78,8 @@ def prefix(venue: str) -> str:
 
 
 async def ensure_stream(js: Any, venue: str, replicas: int,
-                        drift: dict[str, str] | None = None) -> None:
+                        drift: dict[str, str] | None = None,
+                        waiting: streams.Waiting | None = None) -> None:
     """The catalog stream (one message per item's subject), made to fit when it exists with
     other settings (agent.venue.streams)."""
     config = StreamConfig(name=stream_name(venue), subjects=[f"{prefix(venue)}.>"],
@@ -87,7 +88,7 @@ async def ensure_stream(js: Any, venue: str, replicas: int,
     await streams.ensure_stream(js, config, [
         streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
         streams.Want("max_msgs_per_subject", 1), streams.Want("storage", StorageType.FILE)],
-        drift)
+        drift, waiting)
 
 
 class CatalogPublisher:

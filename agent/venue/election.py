@@ -66,12 +66,13 @@ async def connect(options: dict[str, Any], timeout_s: float,
 
 
 async def lease_bucket(js: Any, venue: str, ttl_s: float, replicas: int,
-                       drift: dict[str, str] | None = None) -> Any:
+                       drift: dict[str, str] | None = None,
+                       waiting: streams.Waiting | None = None) -> Any:
     """The lease bucket (created by whoever comes first; same settings are accepted, a new
     `venue.lease_ttl_s` updates its TTL: agent.venue.streams)."""
     return await streams.ensure_bucket(js, KeyValueConfig(
         bucket=bucket_name(venue), history=1, ttl=ttl_s, storage=StorageType.FILE,
-        replicas=replicas), drift, ttl_key="venue.lease_ttl_s")
+        replicas=replicas), drift, ttl_key="venue.lease_ttl_s", waiting=waiting)
 
 
 def cancelled() -> bool:

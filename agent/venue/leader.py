@@ -44,6 +44,7 @@ from agent.venue.leader_work import LeaderWork
 from agent.venue.lease import NotLeader
 from agent.venue.lost_streams import LostStreams
 from agent.venue.member import MemberWork
+from agent.venue.setup import SetUp
 from agent.venue.stepdown import StepDown
 from agent.venue.term import Term
 
@@ -78,6 +79,9 @@ class VenueRole:
         self.on_catalog_change = on_catalog_change
         self.upload_status = UploadStatus()  # the venue's uploads while this device leads
         self.last_error: str | None = None
+        # the session's set-up steps (streams, buckets), and while one fails why and since
+        # when (status `leader` session_step, setup_error, setup_since: venue_degraded)
+        self.setup = SetUp(log, "venue role session")
         self.drift: dict[str, str] = {}  # streams/buckets used with other settings
         self._catalog_watch: stream_identity.StreamWatch | None = None  # this session's
         self.losses = LostStreams(config, self.name, self.counters)
@@ -142,8 +146,12 @@ class VenueRole:
                 except Exception as exc:  # noqa: BLE001 - logged; a new session follows
                     if cancelled():
                         raise asyncio.CancelledError from exc
-                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                    log.warning("venue session ended (%s); starting again", self.last_error)
+                    if self.setup.is_running:
+                        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                        log.warning("venue session ended (%s); starting again",
+                                    self.last_error)
+                    else:  # in status until a session runs (logged once per error)
+                        self.last_error = self.setup.failed(exc)
                     await self._pause(stop, 1.0)
         finally:
             await self.lead.close()
@@ -155,11 +163,17 @@ class VenueRole:
         self.election = None
         self.losses.new_session()
         ended = asyncio.Event()  # this session's end, for its step-down task
+        setup, waiting = self.setup, self.setup.failed  # each failed create try, said at once
         try:
+            setup.begin("connecting")
             if not await self._connect(stop, journal):
                 return
-            await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift)
-            await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift)
+            setup.at("making sure the catalog stream exists")
+            await catalog.ensure_stream(self._js, self.name, self.replicas, self.drift, waiting)
+            setup.at("making sure the upload stream exists")
+            await uplink.ensure_upload_stream(self._js, self.name, self.replicas, self.drift,
+                                              waiting)
+            setup.at("checking the upload and catalog streams' identity")
             await self.losses.adopt_upload_stream(self._js, journal)
             created = await stream_identity.adopt_catalog(
                 self._js, catalog.stream_name(self.name), cache,
@@ -170,11 +184,14 @@ class VenueRole:
                                                     own_term=self._own_term,
                                                     on_change=self.on_catalog_change)
             tasks.append(asyncio.create_task(self.follower.follow(stop)))
+            setup.at("making sure the venue's buckets exist")
             self.figures.budget_kv = await budget_bucket(self._js, self.name, self.replicas,
-                                                         self.drift)
+                                                         self.drift, waiting)
             self.figures.quarantine_kv = await quarantine.quarantine_bucket(
-                self._js, self.name, self.replicas, self.drift)
-            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift)
+                self._js, self.name, self.replicas, self.drift, waiting)
+            kv = await lease_bucket(self._js, self.name, self.ttl_s, self.replicas, self.drift,
+                                    waiting)
+            setup.at("checking the buckets' identity")
             await self.losses.adopt_buckets(self._js, journal)
             self.election = Election(kv, self.device, self.ttl_s, self._changed,
                                      candidate=self.venue["leader"], handover=self.stepdown)
@@ -185,6 +202,7 @@ class VenueRole:
             self.lead.new_session(LeaderFence(
                 self.figures.budget_kv, self.election.lease,
                 request_timeout_s=self.config.api["timeout_s"]) if self.venue["leader"] else None)
+            setup.running()
             await self._loop(stop, journal, tasks)
         finally:
             if self.election is not None:
@@ -263,7 +281,7 @@ class VenueRole:
 
     def get_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"device": self.device, "bus_error": self.last_error,
-                               **self.counters}
+                               **self.setup.get_status(), **self.counters}
         if self.election is not None:
             out.update(self.election.get_status())
         if self.stepdown is not None:

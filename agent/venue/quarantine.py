@@ -31,11 +31,12 @@ def bucket_name(venue: str) -> str:
 
 
 async def quarantine_bucket(js: Any, venue: str, replicas: int = 1,
-                            drift: dict[str, str] | None = None) -> Any:
+                            drift: dict[str, str] | None = None,
+                            waiting: streams.Waiting | None = None) -> Any:
     """Create (or open) the bucket: the venue's devices, with the venue's replica count."""
     return await streams.ensure_bucket(js, KeyValueConfig(
         bucket=bucket_name(venue), history=1, storage=StorageType.FILE, replicas=replicas),
-        drift)
+        drift, waiting=waiting)
 
 
 async def existing_bucket(js: Any, venue: str) -> Any:

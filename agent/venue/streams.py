@@ -92,7 +92,7 @@ def refused(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code not in NOT_ANSWERED
 
 
-Waiting = Callable[[BaseException], None]
+Waiting = Callable[[BaseException], object]  # told each failed try (its result unused)
 
 
 async def _create(js: Any, make: Any, config: Any, stream: str,
@@ -143,13 +143,14 @@ def kv_stream(bucket: str) -> str:
 
 
 async def ensure_bucket(js: Any, config: KeyValueConfig, drift: dict[str, str] | None = None,
-                        ttl_key: str = BUILT_IN, replicas_key: str = REPLICAS_KEY) -> Any:
+                        ttl_key: str = BUILT_IN, replicas_key: str = REPLICAS_KEY,
+                        waiting: Waiting | None = None) -> Any:
     """Create `config`'s bucket, or fit the existing one (its stream `KV_<bucket>`) to the
-    config's replicas, TTL and history, and bind to it."""
+    config's replicas, TTL and history, and bind to it (`waiting`: as `ensure_stream`'s)."""
     drift = {} if drift is None else drift
     stream = kv_stream(config.bucket)
     _forget(drift, stream)
-    made, kv = await _create(js, js.create_key_value, config, stream)
+    made, kv = await _create(js, js.create_key_value, config, stream, waiting)
     if made:
         return kv
     ttl = config.ttl or 0.0

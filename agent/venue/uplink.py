@@ -95,7 +95,8 @@ def subject(venue: str, device: str) -> str:
 
 
 async def ensure_upload_stream(js: Any, venue: str, replicas: int,
-                               drift: dict[str, str] | None = None) -> None:
+                               drift: dict[str, str] | None = None,
+                               waiting: streams.Waiting | None = None) -> None:
     """The work queue of the venue's scans for the leader (agent.venue.streams: made to fit
     when it exists with other settings)."""
     await streams.ensure_stream(js, StreamConfig(
@@ -103,7 +104,7 @@ async def ensure_upload_stream(js: Any, venue: str, replicas: int,
         num_replicas=replicas, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0), [
         streams.Want("num_replicas", replicas, streams.REPLICAS_KEY),
         streams.Want("duplicate_window", 600.0), streams.Want("storage", StorageType.FILE),
-        streams.Want("retention", RetentionPolicy.WORK_QUEUE)], drift)
+        streams.Want("retention", RetentionPolicy.WORK_QUEUE)], drift, waiting)
 
 
 async def adopt_upload_stream(js: Any, venue: str, journal: Journal,
