@@ -28,7 +28,7 @@ from agent.ops.status import evaluate
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.store.journal import Journal
 from agent.store.venue import VENUE_FILE, VenueStore
-from agent.venue import budget, heartbeat, quarantine, stream_identity, uplink
+from agent.venue import budget, quarantine, stream_identity, uplink
 from agent.venue.election import connect
 from agent.venue.heartbeat import bucket_names
 from agent.venue.leader import VenueRole
@@ -44,18 +44,9 @@ from tests.platform.sync.conftest import (
 )
 from tests.venue.rig import venue_devices, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.usefixtures("quick_stream_watch")]
 RPM = 100
-
-
-@pytest.fixture(autouse=True)
-def quick_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bucket is looked at every 0.5 s and taken as lost once gone for 1 s (2 s and 5 s in
-    the product, a grace for a cluster's elections; here one node, and every bucket is really
-    deleted): what is looked at is what the gates do once it is lost, not how soon."""
-    monkeypatch.setattr(stream_identity, "CHECK_EVERY_S", 0.5)
-    monkeypatch.setattr(stream_identity, "STREAM_GONE_S", 1.0)
-    monkeypatch.setattr(heartbeat, "CHECK_EVERY_S", 0.5)
 
 
 @pytest.fixture
