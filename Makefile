@@ -24,6 +24,9 @@ demo: $(STAMP)
 # after them (the CLI starts without its heavy modules; /status polls and sandbox calls reuse
 # one SSL context instead of loading the CA bundle, ~30 ms of CPU, each time; the platform-
 # faults daemon holds unconfirmed batches 2 s, not 10). In CI before them: about 10.5 min.
+# Session 13: the files run slowest first (tests/conftest.py orders them by tests/durations.json;
+# refresh it with tests/record_durations.py), so both workers end together; 680 s of pytest
+# before that session's trims on this 2-core machine (load 1-4 from other jobs).
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2
 
