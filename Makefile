@@ -24,6 +24,10 @@ demo: $(STAMP)
 # after them (the CLI starts without its heavy modules; /status polls and sandbox calls reuse
 # one SSL context instead of loading the CA bundle, ~30 ms of CPU, each time; the platform-
 # faults daemon holds unconfirmed batches 2 s, not 10). In CI before them: about 10.5 min.
+# Session 13: whole files handed out slowest first (pyproject.toml's --dist loadfile; the order
+# from tests/durations.json, refreshed with tests/record_durations.py), so both workers end
+# together; 680 s of pytest before that session's trims, 514 s after (sum of test times 1335 s
+# -> 1012 s; this 2-core machine, load 0.2-1.8 from other jobs).
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2
 

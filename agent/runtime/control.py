@@ -30,7 +30,6 @@ is logged with every state-changing request.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import errno
 import grp
@@ -41,11 +40,14 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.access import owner_of, process_user, read_only_place, user_name
 from agent.config import Config
 from agent.errors import ConfigError, GateAgentError, redact
+
+if TYPE_CHECKING:  # asyncio is loaded by the daemon's side only: a command's client reads
+    import asyncio  # READ_ONLY and socket_path from here and never needs it (20-40 ms)
 
 log = logging.getLogger("gate_agent.control")
 
@@ -92,6 +94,8 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        import asyncio
+
         gid = -1
         if self.group:
             try:
@@ -158,6 +162,8 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             answer = await self._answer(reader, writer)
             await asyncio.sleep(0)  # progress lines scheduled before the answer go out first
@@ -206,6 +212,8 @@ def _keepalive(writer: asyncio.StreamWriter, every: Any) -> asyncio.Task[None] |
     module docstring); None when the request did not ask (an older command)."""
     if isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
         return None
+    import asyncio
+
     interval = max(MIN_ALIVE_S, float(every))
 
     async def beat() -> None:
@@ -218,6 +226,8 @@ def _keepalive(writer: asyncio.StreamWriter, every: Any) -> asyncio.Task[None] |
 
 def _line_writer(writer: asyncio.StreamWriter) -> ProgressSink:
     """Progress lines to one connection, from the loop or any thread, in order."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
 
     def send(progress: dict[str, Any]) -> None:

@@ -10,22 +10,24 @@ travels over the control socket as JSON.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
 from agent.core.decide import Decision
 from agent.errors import ApiError, Forbidden, Unauthenticated
-from agent.platform.client import PlatformClient
 from agent.platform.provision import import_text
-from agent.platform.sync import Syncer
-from agent.platform.upload import Uploader
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog
 from agent.store.venue import VENUE_FILE, VenueStore
+
+if TYPE_CHECKING:  # only the sync and upload passes use them, and their callers loaded them:
+    # `queue`, `check` and `scan` without a daemon start without httpx and asyncio
+    from agent.platform.client import PlatformClient
+    from agent.platform.sync import Syncer
+    from agent.platform.upload import Uploader
 
 QUEUE_STATES = ("pending", "quarantined", "local")
 
@@ -50,6 +52,8 @@ async def sync_pass(syncer: Syncer, *, full: bool, event_ids: list[int] | None
                     ) -> dict[str, Any]:
     """`sync [--full] [--event ID...]`: a full rebuild swapped in (no --event), or events and
     zones refreshed and then a delta (or full listing) pass per event."""
+    import asyncio
+
     before = requests_used(syncer.client)
     if full and not event_ids:
         applied = await syncer.full_resync()
@@ -67,6 +71,8 @@ async def upload_pass(uploader: Uploader, *, drain: bool) -> dict[str, Any]:
     """`upload [--drain]`: one batch, or until the outbox is empty. A platform error stops the
     pass and is reported (`error`, `auth` when the token or company was refused); every
     unsent scan stays queued."""
+    import asyncio
+
     sent, quarantined = uploader.status.sent_total, uploader.status.quarantined_total
     before = requests_used(uploader.client)
     error: ApiError | None = None

@@ -50,6 +50,9 @@ ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
 OFFSET_SAMPLES = 20  # live deliveries kept to measure this clock against the bus server's
 BOUND_RETRY_S = 1.0  # a bucket's last sequence not read after a reconnect: read again after
+# how long a watcher waits for an entry before it looks at `stop` again: a stopping bus waits
+# up to this for its watchers (tests/conftest.py makes it 0.1 s, the suite stops many buses)
+UPDATES_WAIT_S = 1.0
 STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
 HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
 STATES = ("online", "stale", "offline", "stopped")
@@ -341,7 +344,7 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
     try:
         while not stop.is_set():
             try:
-                entry = await watcher.updates(timeout=1.0)
+                entry = await watcher.updates(timeout=UPDATES_WAIT_S)
             except Exception:  # noqa: BLE001 - nats TimeoutError: nothing new, look at stop
                 continue
             if entry is None:  # the initial values have all been delivered

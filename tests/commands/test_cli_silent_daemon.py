@@ -31,7 +31,7 @@ from agent.store.journal import Journal, iter_all
 from tests.conftest import DemoSite, make_site, run_cli
 
 C = demo_data.CODES
-TIMEOUT_S = 1.0
+TIMEOUT_S = 0.5  # the least [control] answer_timeout_s allows: the waits below are its multiples
 CLI_DEADLINE_S = 60  # the subprocess's own bound: a command that hangs fails the test
 
 

@@ -11,12 +11,20 @@ timing belongs to bench/, where the floor is measured in the same run.
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, DemoSite
+from tests.conftest import PROJECT_ROOT, DemoSite, make_site
 
 # Each costs tens of milliseconds to load (nats and sqlite_utils about a hundred), and none is
 # needed to print help or the version.
@@ -88,3 +96,67 @@ def test_queue_opens_the_journal_without_loading_the_gate_or_the_bus(site: DemoS
     assert "agent.store.journal" in names
     assert [n for n in names if n == "nats" or n.startswith(("nats.", "agent.runtime.gate",
                                                              "agent.venue"))] == []
+    # agent.runtime.work's queue listing needs neither the platform client nor asyncio
+    assert "agent.runtime.work" in names
+    assert _heavy_of(names, "httpx", "asyncio", "agent.platform.client") == []
+
+
+def _heavy_of(names: set[str], *heavy: str) -> list[str]:
+    return sorted(n for n in names if any(n == h or n.startswith(h + ".") for h in heavy))
+
+
+class _AnsweringSocket:
+    """A control socket that answers `ping` and `queue` as a daemon would (a thread of this
+    test: the command's real connect, request and read), recording the ops asked."""
+
+    def __init__(self, path: Path):
+        self.ops: list[str] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        answers: dict[str, Any] = {"ping": {"pid": 4321},
+                                   "queue": {"counts": {"pending": 7}, "rows": []}}
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                op = json.loads(conn.makefile("rb").readline())["op"]
+                self.ops.append(op)
+                conn.sendall(json.dumps({"ok": True, "result": answers[op]}).encode() + b"\n")
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def answered_site(tmp_path: Path) -> Iterator[tuple[DemoSite, _AnsweringSocket]]:
+    short = Path(tempfile.mkdtemp(prefix="ga-ctl-", dir="/tmp"))  # within a socket's 107 bytes
+    site = make_site(tmp_path, datetime.now(UTC).replace(microsecond=0),
+                     f'[control]\nsocket = "{short / "control.sock"}"\n')
+    daemon = _AnsweringSocket(short / "control.sock")
+    yield site, daemon
+    daemon.close()
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def test_a_command_the_daemon_answers_loads_neither_asyncio_nor_the_stores(
+        answered_site: tuple[DemoSite, _AnsweringSocket]) -> None:
+    """The client side of the control socket (agent.runtime.controlclient, which reads
+    agent.runtime.control's op list) runs without the daemon's asyncio: most technicians'
+    commands go through it."""
+    site, daemon = answered_site
+    out, names = _loaded("-c", str(site.config_path), "queue", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["counts"]["pending"] == 7  # the daemon's answer, not the store's
+    assert daemon.ops == ["ping", "queue"]
+    assert {"agent.runtime.controlclient", "agent.runtime.control"} <= names
+    assert _heavy_of(names, "asyncio", "httpx", "agent.runtime.work", "agent.store",
+                     "agent.platform", "sqlite3") == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.venue import clockprobe
+from agent.venue import clockprobe, heartbeat, stream_identity
 from agent.venue.node import NodeProcess, start_venue
 
 
@@ -54,3 +54,14 @@ def no_server_time(monkeypatch: pytest.MonkeyPatch) -> None:
     async def without_ts(*_args: object, **_kwargs: object) -> None:
         return None
     monkeypatch.setattr(clockprobe, "server_delay", without_ts)
+
+
+@pytest.fixture
+def quick_stream_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that delete a stream or bucket for good under running gates: it is looked at
+    every 0.5 s and taken as lost once gone for 1 s (agent.venue.stream_identity: 2 s and 5 s,
+    a grace for a cluster's elections; these run one node, and what they check is what the
+    gates do once the loss is seen, not how soon they see it)."""
+    monkeypatch.setattr(stream_identity, "CHECK_EVERY_S", 0.5)
+    monkeypatch.setattr(stream_identity, "STREAM_GONE_S", 1.0)
+    monkeypatch.setattr(heartbeat, "CHECK_EVERY_S", 0.5)  # imported by name there

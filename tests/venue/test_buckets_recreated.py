@@ -44,7 +44,8 @@ from tests.platform.sync.conftest import (
 )
 from tests.venue.rig import venue_devices, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.usefixtures("quick_stream_watch")]
 RPM = 100
 
 

@@ -210,7 +210,10 @@ def test_a_member_whose_clock_is_off_decides_by_the_platforms_time_via_the_leade
                                 extra="leader = false")
     member_store = site.root / "member"
     leader = site.daemon().start()
-    member = DaemonProcess(member_config, member_store, cwd=PROJECT_ROOT).start()
+    # the member looks at the leader's beat once a watchdog period (5 s without systemd's
+    # WATCHDOG_USEC) and corrects on the second reading: 1 s, as under WatchdogSec=2
+    member = DaemonProcess(member_config, member_store, cwd=PROJECT_ROOT,
+                           env={"WATCHDOG_USEC": "2000000"}).start()
     try:
         leader.wait_ready()
         member.wait_ready()

@@ -306,7 +306,7 @@ def test_beats_caught_up_after_an_outage_leave_the_measured_offset_alone(
     after the outage, late by about its length. That delivery measured this clock that much
     ahead (a sample kept beside the good ones, and enough such pushed them out)."""
     urls = [n.url for n in venue_cluster]
-    outage_s = 6.0
+    outage_s = 3.0  # three times the 1 s a sample of the catch-up would be told apart by
     # the venue's stream and buckets with 3 replicas, as a gate listing every node makes them
     maker = VenueBus(venue(urls[0], "s0", "out", 60.0) | {"servers": urls}, tmp_path / "s0",
                      None)

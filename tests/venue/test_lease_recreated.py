@@ -29,7 +29,7 @@ from agent.venue.term import Term
 from tests.platform.sync.conftest import make_site
 from tests.venue.test_catalog import follow, items, leader_sync
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("quick_stream_watch")]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from nats.js.api import StorageType, StreamConfig
 from agent import demo_data
 from agent.errors import VenueNoStreamLeader, VenueStreamLost
 from agent.ops.status import evaluate
+from agent.venue import bus as venue_bus
 from agent.venue import stream_identity
 from agent.venue.node import NodeProcess
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
@@ -58,7 +59,11 @@ def admit_until_granted(device: VenueDevice, tickets: range) -> int:
 
 
 def test_a_session_set_up_without_quorum_says_link_up_degraded_and_comes_back(
-        tmp_path: Path, venue_cluster: list[NodeProcess]) -> None:
+        tmp_path: Path, venue_cluster: list[NodeProcess],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # set-up tries 1 s apart at most, not 4: the story told between tries is what is checked,
+    # and the session comes back at the first try after the quorum does
+    monkeypatch.setattr(venue_bus, "SETUP_RETRY_S", (0.5, 1.0))
     urls = [n.url for n in venue_cluster]
     with venue_devices(tmp_path, urls, 1, 400, timeout_ms=TIMEOUT_MS) as (a,):
         nxt = admit_until_granted(a, range(0, 150))
@@ -67,6 +72,13 @@ def test_a_session_set_up_without_quorum_says_link_up_degraded_and_comes_back(
         for node in venue_cluster[:2]:
             node.kill()
         a.restart_bus()  # its session is set up on the one node left: JetStream cannot answer
+        tries = [0]
+        failed = a.bus._set_up_failed
+
+        def counted(exc: BaseException) -> None:
+            tries[0] += 1
+            failed(exc)
+        monkeypatch.setattr(a.bus, "_set_up_failed", counted)
         wait_until(lambda: list(venue_reasons(a)) == ["venue_degraded"], 90,
                    "the link up, the venue degraded")
         status = a.bus.get_status()
@@ -76,7 +88,15 @@ def test_a_session_set_up_without_quorum_says_link_up_degraded_and_comes_back(
         # decided by the offline policy ("local"): admitted, journaled as decided offline
         assert admit(a, 200)[0]
         assert a.journal_rows()[-1]["venue"] == "offline"
-        time.sleep(3 * 4.0)  # a few set-up retries later: still the same, true, story
+        seen, told = tries[0], []
+
+        def retried() -> bool:  # the story, looked at all along, until three more set-up tries
+            told.append((list(venue_reasons(a)), a.bus.connected))
+            return tries[0] >= seen + 3
+        wait_until(retried, 60, "three more set-up tries")
+        odd = [t for t in told if t != (["venue_degraded"], True)]
+        assert told and not odd, (len(told), odd[:5])
+        # a few set-up retries later: still the same, true, story
         assert list(venue_reasons(a)) == ["venue_degraded"], a.bus.get_status()
         assert a.bus.connected
         for node in venue_cluster[:2]:

@@ -29,6 +29,8 @@ from agent.venue.stream_identity import replaced
 from tests.platform.sync.conftest import make_site
 from tests.venue.rig import VenueDevice, venue_devices, wait_until
 
+pytestmark = pytest.mark.usefixtures("quick_stream_watch")  # streams lost for good
+
 STREAM = messages.stream_name("hall")
 
 

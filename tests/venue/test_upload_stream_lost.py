@@ -26,7 +26,8 @@ from agent.venue.leader import VenueRole
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import backlog, fill_journal, make_site, uploaded_uuids
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.usefixtures("quick_stream_watch")]
 VENUE = "lostq"
 SCANS = 30
 
