@@ -64,14 +64,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def quick_bus_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A venue bus in this process stops within 0.1 s of being told, not up to 1 s: its
-    heartbeat watchers look at their stop every UPDATES_WAIT_S while no entry comes (the
-    suite stops a few hundred buses). Nothing else of the watch changes."""
-    monkeypatch.setattr("agent.venue.heartbeat.UPDATES_WAIT_S", 0.1)
-
-
-@pytest.fixture(autouse=True)
 def reap_children(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reaper]:
     """Every subprocess this test (or its function-scoped fixtures) started is killed and its
     pipes closed when the test ends, however it ended (tests/procs.py says why). Autouse and

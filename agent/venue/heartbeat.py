@@ -50,9 +50,7 @@ ROSTER_KEEP_S = 24 * 3600.0
 STALE_BEATS = 2.5  # heartbeats missed before a gate is shown stale
 OFFSET_SAMPLES = 20  # live deliveries kept to measure this clock against the bus server's
 BOUND_RETRY_S = 1.0  # a bucket's last sequence not read after a reconnect: read again after
-# how long a watcher waits for an entry before it looks at `stop` again: a stopping bus waits
-# up to this for its watchers (tests/conftest.py makes it 0.1 s, the suite stops many buses)
-UPDATES_WAIT_S = 1.0
+UPDATES_WAIT_S = 1.0  # a watcher's wait for an entry, after which it looks again (`_next_entry`)
 STATE_RANK = {"offline": 0, "stale": 1, "stopped": 9}
 HEALTH_RANK = {"fail": 2, "warn": 3, "pass": 4}
 STATES = ("online", "stale", "offline", "stopped")
@@ -341,12 +339,15 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
                 except TimeoutError:
                     pass
 
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
             try:
-                entry = await watcher.updates(timeout=UPDATES_WAIT_S)
-            except Exception:  # noqa: BLE001 - nats TimeoutError: nothing new, look at stop
+                entry = await _next_entry(watcher, stopping)
+            except Exception:  # noqa: BLE001 - nats TimeoutError: nothing new, look again
                 continue
+            if entry is _STOPPED:
+                break
             if entry is None:  # the initial values have all been delivered
                 replayed = True
                 continue
@@ -368,6 +369,7 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
             stamped = entry.created.timestamp() if entry.created else time.time()
             board.seen(entry.key, body, stamped, live)
     finally:
+        stopping.cancel()
         if bounding is not None:
             bounding.cancel()
             await asyncio.gather(bounding, return_exceptions=True)
@@ -375,6 +377,24 @@ async def watch(kv: Any, board: GateBoard, live: bool, stop: asyncio.Event,
             await watcher.stop()
         except Exception:  # noqa: BLE001 - the connection may be gone already
             pass
+
+
+_STOPPED = object()
+
+
+async def _next_entry(watcher: Any, stopping: asyncio.Future[Any]) -> Any:
+    """The watcher's next entry, or _STOPPED as soon as the bus's session ends: a stopping bus
+    no longer waits up to UPDATES_WAIT_S for each of its watchers (nats-py's `updates` knows
+    no stop; a daemon's shutdown and every bus a test stops paid it). Raises nats'
+    TimeoutError when no entry came within UPDATES_WAIT_S. An entry cut off by the stop is
+    of no use to a board that stops being fed."""
+    getting = asyncio.ensure_future(watcher.updates(timeout=UPDATES_WAIT_S))
+    await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if getting.done():
+        return getting.result()
+    getting.cancel()
+    await asyncio.gather(getting, return_exceptions=True)
+    return _STOPPED
 
 
 async def _last_seq(js: Any, stream: str) -> int:

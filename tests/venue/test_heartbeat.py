@@ -438,3 +438,31 @@ def test_each_gate_is_judged_stale_by_its_own_beat_interval() -> None:
     assert states == {"slow": "online", "fast": "stale", "old": "online", "odd": "online"}
     now[0] = 1026.0  # 34 s after slow's beat: 3.4 of its intervals
     assert {row["device"]: row["state"] for row in board.rows()}["slow"] == "stale"
+
+
+def test_a_watcher_ends_when_its_session_stops_not_after_its_wait(
+        node: NodeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nats-py's `updates` waits its whole timeout whatever happens; a watcher must end when
+    told to stop (a daemon's shutdown waited up to a second for each). The wait is made a
+    minute here: a watcher that only looked at `stop` between waits would not end within the
+    test's 10 s."""
+    monkeypatch.setattr("agent.venue.heartbeat.UPDATES_WAIT_S", 60.0)
+
+    async def run() -> None:
+        nc = await nats.connect(node.url)
+        try:
+            js = nc.jetstream()
+            kv = await js.create_key_value(bucket="watch_stop", history=1)
+            await kv.put("g1", orjson.dumps({"health": "pass"}))
+            board, stop = GateBoard(1.0), asyncio.Event()
+            task = asyncio.create_task(watch(kv, board, True, stop))
+            for _ in range(100):  # the initial value delivered: the watcher waits for more
+                if board.rows():
+                    break
+                await asyncio.sleep(0.05)
+            assert [r["device"] for r in board.rows()] == ["g1"]
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        finally:
+            await nc.close()
+    asyncio.run(run())
