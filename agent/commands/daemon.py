@@ -175,7 +175,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"{'connected' if venue['connected'] else 'NOT CONNECTED'}, lag "
             f"{venue['lag']}, claims {venue['claims_granted']} granted / "
             f"{venue['claims_conflicted']} conflicted / {venue['claims_timed_out']} "
-            f"timed out, {venue['decided_offline']} decided offline, "
+            f"timed out / {venue.get('claims_not_sent', 0)} not sent, "
+            f"{venue['decided_offline']} decided offline, "
             f"{venue['conflicts']} conflict(s)"
             + (f", {venue['claims_unanswered']} admit(s) awaiting the bus's answer"
                if venue.get("claims_unanswered") else "")))

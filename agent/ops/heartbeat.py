@@ -110,7 +110,7 @@ def compact(report: dict[str, Any], now: datetime, rates: RateWindow) -> dict[st
         "bus": {k: venue.get(k) for k in ("connected", "ready", "session_step", "setup_error",
                                           "lag", "conflicts", "decided_offline",
                                           "claims_granted", "claims_conflicted",
-                                          "claims_timed_out")},
+                                          "claims_timed_out", "claims_not_sent")},
         # a reading this gate no longer makes (a venue gate that stopped leading) is not told
         # to the others as its skew now (agent.venue.leader `platform_status`)
         "clock_skew_s": None if platform.get("not_measured_since")

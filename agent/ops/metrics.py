@@ -149,7 +149,7 @@ def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:
     yield lag
     claims = CounterMetricFamily("gate_venue_claims", "Venue claims by outcome",
                                  labels=["outcome"])
-    for outcome in ("granted", "conflicted", "timed_out"):
+    for outcome in ("granted", "conflicted", "timed_out", "not_sent"):
         claims.add_metric([outcome], float(venue.get(f"claims_{outcome}") or 0))
     yield claims
     offline = GaugeMetricFamily("gate_venue_offline_decisions",

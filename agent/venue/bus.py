@@ -172,6 +172,7 @@ class VenueBus:
             store.close()
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
+                         "claims_not_sent": 0,
                          "voids": 0, "published": 0, "republished": 0, "bad_messages": 0,
                          "conflicts_found": 0, "exits_confirmed": 0}
         self._forget_exits_at = 0.0  # monotonic: `_settle_exits` prunes exits' outcomes then
@@ -512,10 +513,14 @@ class VenueBus:
             self.publish_failing_since = utc_iso(datetime.now(UTC))
 
     def count_claim(self, outcome: str, error: str = "") -> None:
-        """A claim's outcome (granted | conflicted | timed_out, called from lane threads): the
-        counter, and the run of claims timing out in a row that any answer ends (a bus that
-        is connected but never answers: no quorum, the stream missing)."""
+        """A claim's outcome (granted | conflicted | timed_out | not_sent, called from lane
+        threads): the counter, and the run of claims timing out in a row that any answer ends
+        (a bus that is connected but never answers: no quorum, the stream missing). A claim
+        not sent (no link, the session not set up: other reasons say so) neither extends nor
+        ends that run: the bus was not asked."""
         self.counters[f"claims_{outcome}"] += 1
+        if outcome == "not_sent":
+            return
         if outcome != "timed_out":
             self.claims_timing_out = 0
             return
@@ -1022,7 +1027,7 @@ class VenueBus:
         self._sent.append((scan_uuid, time.monotonic()))  # the sweep's: not an earlier process's
         loop = self._loop
         if loop is None or loop.is_closed() or not self.ready or self._js is None:
-            return Answered(ClaimAnswer("unavailable", error=self.last_error or (
+            return Answered(ClaimAnswer("unavailable", sent=False, error=self.last_error or (
                 "not connected" if not self.connected else "the bus session is not set up")))
         headers = {"Nats-Msg-Id": scan_uuid,
                    "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}

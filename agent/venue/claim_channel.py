@@ -58,6 +58,10 @@ class ClaimAnswer:
     # or its interest not yet known on this node; or the stream refused it): the same claim
     # may be sent again within the claim's time (the same Nats-Msg-Id makes that safe)
     retry: bool = False
+    # unavailable before anything left this gate (no connection, the session not set up): the
+    # bus was never asked, so this says nothing of whether it answers (`claims_not_sent`, not
+    # `claims_timed_out` and not the run of claims timing out in a row)
+    sent: bool = True
 
 
 def answer_from_reply(data: bytes, status: str | None = None) -> ClaimAnswer:
@@ -226,7 +230,7 @@ class ClaimChannel:
         them."""
         loop, nc = self._loop, self._nc
         if nc is None or loop is None or loop.is_closed():
-            return Answered(ClaimAnswer("unavailable", error="not connected"))
+            return Answered(ClaimAnswer("unavailable", error="not connected", sent=False))
         token = str(next(self._tokens))
         head = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         command = hpub_cmd(subject, self._prefix + token, head.encode(), body)
@@ -236,13 +240,13 @@ class ClaimChannel:
             loop.call_soon_threadsafe(self.send, nc, command, token)
         except RuntimeError:  # the loop closed meanwhile
             self._waiting.pop(token, None)
-            return Answered(ClaimAnswer("unavailable", error="not connected"))
+            return Answered(ClaimAnswer("unavailable", error="not connected", sent=False))
         return waiter
 
     def send(self, nc: Any, command: bytes, token: str) -> None:
         """Write one claim on the connection, after anything the client has queued (bus loop)."""
         if nc is not self._nc or not nc.is_connected:
-            self.answer(token, ClaimAnswer("unavailable", error="not connected"))
+            self.answer(token, ClaimAnswer("unavailable", error="not connected", sent=False))
             return
         try:
             if nc._pending_data_size == 0:

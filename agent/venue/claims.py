@@ -231,7 +231,7 @@ class VenueLink:
                     not_stored = answer.error
                     time.sleep(RETRY_PAUSE_S)  # not stored: send it again (same uuid)
                     continue
-                return self._offline(base, answer.error)
+                return self._offline(base, answer.error, sent=answer.sent)
             attempts += 1
             self.bus.count_claim("conflicted")
             # another gate wrote this ticket first: catch up to it, then decide again
@@ -258,12 +258,12 @@ class VenueLink:
                 # not stored (e.g. no stream answered yet): the caller voids the row and
                 # claims again, waiting for the answer this time
                 return replace(landed, outcome="resend", error=answer.error)
-            return self._offline(landed, answer.error)
+            return self._offline(landed, answer.error, sent=answer.sent)
         self.bus.count_claim("conflicted")
         return replace(landed, outcome="conflict", seq=answer.seq)
 
-    def _offline(self, base: Claim, error: str) -> Claim:
-        self.bus.count_claim("timed_out", error)
+    def _offline(self, base: Claim, error: str, *, sent: bool = True) -> Claim:
+        self.bus.count_claim("timed_out" if sent else "not_sent", error)
         log.warning("venue claim of %s not answered (%s): policy %s", base.uuid, error,
                     self.policy)
         return replace(base, outcome="offline", error=error)

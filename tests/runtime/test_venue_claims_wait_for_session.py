@@ -2,7 +2,8 @@
 
 `VenueBus.start_claim` answers `unavailable` unless the bus is `ready` (connected AND every
 set-up step done): the lane then decides by `venue.offline_policy` and journals the scan
-`offline`, to be published once the session runs. Before the set-up is done this gate has not
+`offline`, to be published once the session runs; the claim counts as not sent
+(`claims_not_sent`), not as one the bus left unanswered. Before the set-up is done this gate has not
 caught up with the stream (its view of other gates' admits is incomplete), so a claim sent on
 that view could be granted on a ticket it would have refused.
 
@@ -76,6 +77,10 @@ def test_no_claim_goes_out_before_the_session_is_set_up(tmp_path: Path) -> None:
             assert row["venue"] == "offline", row["venue"]
             status = bus.get_status()
             assert status["claims_granted"] == 0 and status["claims_conflicted"] == 0
+            # never sent: counted as such, not as a claim the bus left unanswered (that run
+            # is venue_degraded's sign of a bus that does not answer)
+            assert (status["claims_not_sent"], status["claims_timed_out"],
+                    status["claims_timing_out"]) == (1, 0, 0)
             assert asyncio.run(stream_messages(url)) == 0  # nothing sent on the stream
         finally:
             gate.close()
