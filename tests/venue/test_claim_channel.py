@@ -183,7 +183,7 @@ def test_not_connected_is_unavailable_at_once(tmp_path: Path) -> None:
              "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
     bus = VenueBus(venue, tmp_path, None)
     answer = bus._claims.request(ticket(), b"{}", {"Nats-Msg-Id": "x"}, 5.0)
-    assert answer == ClaimAnswer("unavailable", error="not connected")
+    assert answer == ClaimAnswer("unavailable", error="not connected", sent=False)
 
 
 def test_a_bus_never_reached_stops_without_waiting_out_its_join(tmp_path: Path) -> None:
@@ -269,7 +269,7 @@ def test_claims_in_flight_are_told_at_once_when_the_connection_closes(
         assert answers == [ClaimAnswer("unavailable", error="connection closed")]
         assert time.monotonic() - t0 < 10
         assert channel.request("mute.x", b"{}", {}, 1.0) == \
-            ClaimAnswer("unavailable", error="not connected")
+            ClaimAnswer("unavailable", error="not connected", sent=False)
     finally:
         asyncio.run_coroutine_threadsafe(nc.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
