@@ -2,7 +2,7 @@
 
 Prints figures; not a test. Per item, over N distinct items of `core_bench`'s platform shape
 (so CPU caches are as cold as a lookup's among many items):
-- read: `orjson.loads` + `parse_item` (the JSON path) against `marshal.loads` + `Item(...)`
+- read: `orjson.loads` + `parse_item` (the JSON path) against the lean form's `orjson.loads` + `Item(...)`
   (`agent.store.lean.unpack`), the lean path;
 - write: what a writer adds per item (`lean.pack` with its JSON round-trip check);
 - size: stored JSON and lean form, in bytes;
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{n:,} distinct items, best of {rounds} rounds")
     print(f"read   JSON path (orjson.loads + parse_item): {per_item_us(json_path, texts, rounds):6.2f} us")
-    print(f"read   lean path (marshal.loads + Item):       {per_item_us(lean.unpack, blobs, rounds):6.2f} us")
+    print(f"read   lean path (orjson.loads + Item):        {per_item_us(lean.unpack, blobs, rounds):6.2f} us")
     print(f"write  lean form added (pack + check):         {per_item_us(write_extra, items, rounds):6.2f} us")
     print(f"size   stored JSON {sum(map(len, texts)) / n:.0f} B, lean form "
           f"{sum(map(len, blobs)) / n:.0f} B per item")
