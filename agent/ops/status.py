@@ -476,11 +476,13 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
                      f"({venue.get('publish_error')})")
     if not found:
         return []
+    # the errors above say what failed; the advice is for the usual cause, said as such (a
+    # set-up refused for another reason, e.g. a stream's consumer limit, has no quorum issue)
     return [Reason("warn", "venue_degraded",
-                   "venue bus connected but not working: " + "; ".join(found) + ". JetStream "
-                   "has no quorum (this node on the minority side of a partition, or most nodes "
-                   "down) or the venue's stream is missing; check `nats server report "
-                   "jetstream` and the other nodes")]
+                   "venue bus connected but not working: " + "; ".join(found) + ". When "
+                   "JetStream does not answer, it usually has no quorum (this node on the "
+                   "minority side of a partition, or most nodes down) or the venue's stream is "
+                   "missing; check `nats server report jetstream` and the other nodes")]
 
 
 def venue_settings_reasons(venue: dict[str, Any]) -> list[Reason]:
