@@ -90,6 +90,14 @@ def start_gates(root: Path, servers_of: dict[str, list[str]], venue: str = "harb
     return daemons
 
 
+def stop_venue(daemons: dict[str, DaemonProcess], nodes: list[NodeProcess]) -> None:
+    """The gates stopped first (each says goodbye on the bus it still has), then the nodes."""
+    for daemon in daemons.values():
+        daemon.stop()
+    for node in nodes:
+        node.kill()
+
+
 def _scan(console: Console, root: Path, daemon: DaemonProcess, gate: str, code: str,
           what: str) -> dict[str, Any]:
     count = len(daemon.decisions())
@@ -184,8 +192,5 @@ def run(root: Path, console: Console) -> int:
         console.print("[dim]the list: gate-agent venue conflicts --config <gate's config>[/]")
         _show_gates(console, root, daemons)
     finally:
-        for daemon in daemons.values():
-            daemon.stop()
-        for node in nodes:
-            node.kill()
+        stop_venue(daemons, nodes)
     return 0

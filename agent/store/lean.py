@@ -64,9 +64,8 @@ _plain_scan = _getter(("zone_id", "scan", "scanned_on", "uuid"))
 def _format_tag() -> int | None:
     """A hash of everything that decides what `parse_item` makes of the stored JSON, or of
     this lean form: the parsing code (model, codes), this module, the cache's JSON helpers,
-    orjson's and Python's versions. Computed, not a
-    constant someone must remember to bump. None (no lean form written or read) when the
-    sources cannot be read."""
+    orjson's and Python's versions. Computed, not a constant someone must remember to bump.
+    None (no lean form written or read) when the sources cannot be read."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(f"{sys.version_info[:2]}|{orjson.__version__}".encode())
     here = Path(__file__)
@@ -80,7 +79,7 @@ def _format_tag() -> int | None:
 
 
 FORMAT = _format_tag()
-_dumps, _loads = orjson.dumps, orjson.loads
+_dumps, _loads = orjson.dumps, orjson.loads  # module globals: once per item, no attribute lookup
 # Where the tuple-typed fields sit among the packed ones (JSON brings them back as lists).
 _HISTORIC, _ZONES = _NAMES.index("historic_barcodes"), _NAMES.index("access_zones")
 if {f.name for f in fields(Item)[:-2] if "tuple" in str(f.type)} != {

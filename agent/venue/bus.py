@@ -319,7 +319,7 @@ class VenueBus:
                     await self._session_until_stopped(store, journal)
                 except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
                     await self._close_connection()
-                    self.last_error = f"{type(exc).__name__}: {exc} (while {self.session_step})"[:300]
+                    self.last_error = self.setup.describe(exc)
                     log.warning("venue bus: %s; retrying", self.last_error)
                 await self._sleep(0.5)
         finally:

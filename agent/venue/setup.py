@@ -44,10 +44,14 @@ class SetUp:
     def at(self, step: str) -> None:
         self.step = step
 
+    def describe(self, exc: BaseException) -> str:
+        """An error as status and the log show it: with the step it happened at."""
+        return f"{type(exc).__name__}: {exc} (while {self.step})"[:300]
+
     def failed(self, exc: BaseException) -> str:
         """A try of the current step failed: recorded (and logged once per distinct error);
         returns the text, which names the step."""
-        error = f"{type(exc).__name__}: {exc} (while {self.step})"[:300]
+        error = self.describe(exc)
         if error != self.error:
             self.log.warning("%s not set up: %s; trying again", self.what, error)
         self.error = error

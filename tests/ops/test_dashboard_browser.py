@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.demo_venue import start_gates
+from agent.demo_venue import start_gates, stop_venue
 from agent.runtime.devrun import DaemonProcess
 from agent.venue.node import start_venue
 from drivers.sim import send_scan
@@ -48,10 +48,7 @@ def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
                    20, "gates on the bus")
         yield root, daemons
     finally:
-        for daemon in daemons.values():
-            daemon.stop()
-        for node in nodes:
-            node.kill()
+        stop_venue(daemons, nodes)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from agent.demo_venue import start_gates
+from agent.demo_venue import start_gates, stop_venue
 from agent.ops.heartbeat import RateWindow, bus_text, compact
 from agent.runtime.devrun import DaemonProcess
 from agent.venue import messages
@@ -82,10 +82,7 @@ def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Daemon
                    "gate-b's set-up refused")
         yield daemons
     finally:
-        for daemon in daemons.values():
-            daemon.stop()
-        for node in nodes:
-            node.kill()
+        stop_venue(daemons, nodes)
 
 
 def bus_line(page: Any, device: str) -> str:

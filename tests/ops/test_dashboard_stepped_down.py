@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.demo_venue import gate_config
+from agent.demo_venue import gate_config, stop_venue
 from agent.runtime.devrun import DaemonProcess
 from agent.sandbox.harness import start_sandbox
 from agent.venue.node import free_ports, start_venue
@@ -80,10 +80,7 @@ def gates(tmp_path: Path) -> Iterator[dict[str, DaemonProcess]]:
             wait_until(lambda: _leads(seeing), 60, "the gate that reaches the platform leading")
             yield daemons
     finally:
-        for daemon in daemons.values():
-            daemon.stop()
-        for node in nodes:
-            node.kill()
+        stop_venue(daemons, nodes)
 
 
 def _page(browser: Any, url: str) -> tuple[Any, list[str]]:  # noqa: F811
