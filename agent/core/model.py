@@ -16,6 +16,7 @@ Documented quirks handled here, once:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,36 @@ PERSONAL_FIELDS = ("customerEmail", "nationalId", "passport")
 _PERSONAL = frozenset(PERSONAL_FIELDS)
 # SQLite stores signed 64-bit integers; a larger id would raise OverflowError on insert.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+class NonFiniteText(str):
+    """Text made of a NaN or an Infinity the payload held (`"nan"`, `"<float>"`, a status or an
+    order reference holding one). JSON has no such numbers: the cache's encoder writes them as
+    null, which parses into something else, so an Item holding one must not give the cache its
+    lean form (agent.store.lean finds this type while packing, at no cost to every other item).
+    Everywhere else it is the text it holds."""
+
+    __slots__ = ()
+
+
+class NonFiniteZone(int):
+    """UNREADABLE_ZONE made of a NaN or an Infinity zone id (why: NonFiniteText)."""
+
+    __slots__ = ()
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """A NaN or an Infinity anywhere in a decoded JSON value (only for values shown as text
+    in a marker: the rare, slow path)."""
+    if isinstance(value, dict):
+        return any(_holds_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_non_finite(v) for v in value)
+    return _non_finite(value)
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -57,7 +88,7 @@ def _str(value: Any) -> str | None:
                 return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+        return NonFiniteText(value) if _non_finite(value) else str(value)
     return None
 
 
@@ -71,7 +102,10 @@ def _bound(value: Any) -> str | None:
     "no bound"."""
     if value is None:
         return None
-    return _str(value) if isinstance(value, str) else f"<{type(value).__name__}>"
+    if isinstance(value, str):
+        return _str(value)
+    marker = f"<{type(value).__name__}>"
+    return NonFiniteText(marker) if _non_finite(value) else marker
 
 
 @dataclass(frozen=True)
@@ -136,7 +170,9 @@ def _scan_zone(value: Any) -> int | None:
     if value is None:
         return None
     zone_id = _int(value)
-    return zone_id if zone_id is not None and zone_id > 0 else UNREADABLE_ZONE
+    if zone_id is not None and zone_id > 0:
+        return zone_id
+    return NonFiniteZone(UNREADABLE_ZONE) if _non_finite(value) else UNREADABLE_ZONE
 
 
 @dataclass(frozen=True)
@@ -242,7 +278,10 @@ def parse_zones(payload: Any, event_id: int) -> list[Zone]:
 def _order_ref(value: Any) -> str | None:
     if isinstance(value, list):
         parts = [p for p in (_str(v) for v in value) if p]
-        return ", ".join(parts) or None
+        joined = ", ".join(parts)
+        if any(type(p) is NonFiniteText for p in parts):
+            return NonFiniteText(joined)
+        return joined or None
     return _str(value)
 
 
@@ -268,13 +307,15 @@ def _status(variable: Any) -> str:
     if variable is None or variable == []:
         return "sold"
     if not isinstance(variable, dict):
-        return f"<variable: {type(variable).__name__}>"
+        marker = f"<variable: {type(variable).__name__}>"
+        return NonFiniteText(marker) if _holds_non_finite(variable) else marker
     raw = variable.get("status")
     if raw is None:
         return "sold"
     if isinstance(raw, str):
         return _str(raw) or raw
-    return f"<{type(raw).__name__}: {str(raw)[:40]}>"
+    marker = f"<{type(raw).__name__}: {str(raw)[:40]}>"
+    return NonFiniteText(marker) if _holds_non_finite(raw) else marker
 
 
 def item_platform_scans(item: Item) -> tuple[ZoneScan, ...]:

@@ -87,26 +87,33 @@ if {f.name for f in fields(Item)[:-2] if "tuple" in str(f.type)} != {
     raise RuntimeError("agent.store.lean turns exactly historic_barcodes and access_zones back "
                        "into tuples; Item's tuple fields are others now")
 
-# What parse_item makes of a NaN or an Infinity: _str gives "nan", "inf", "-inf"; _bound
-# "<float>"; _status "<float: nan>" (inf, -inf) for a status, "<variable: float>" for `variable`.
-_FROM_FLOATS = frozenset(["nan", "inf", "-inf", "<float>", "<variable: float>",
-                          "<float: nan>", "<float: inf>", "<float: -inf>"])
+# An Item holding a NonFiniteText or NonFiniteZone (what parse_item made of a NaN or an
+# Infinity) is refused while packing for the cache: orjson hands such subclasses to `default`
+# instead of writing them, and every other item pays nothing for the test.
+_SUBCLASSES_TO_DEFAULT = orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not packed for the cache")
 
 
 def pack(item: Item | None, *, as_orjson_stores_it: bool = False) -> bytes | None:
     """The lean form of `item`; None for no item, when FORMAT is unknown, when a field cannot be
     written as JSON (a lone surrogate, an integer beyond 64 bits: the lookup parses the stored
     JSON instead) or, asked `as_orjson_stores_it`, when the JSON orjson writes for the item's
-    dict might parse into another Item (see `_may_change_in_json`; the caller then packs the
-    parse of that JSON)."""
+    dict might parse into another Item: orjson writes NaN and Infinity as null, which
+    parse_item reads differently (every other value orjson writes reads back equal), and what
+    parse_item made of those shows in the Item as model.NonFiniteText or NonFiniteZone (the
+    caller then packs the parse of that JSON). The platform client, imports and the venue
+    catalog decode with parsers that refuse NaN and Infinity: this is the second line."""
     if item is None or FORMAT is None:
         return None
-    plain = _plain_fields(item)
-    if as_orjson_stores_it and _may_change_in_json(item, plain):
-        return None
     scans = item.scans
+    form = (FORMAT, _plain_fields(item), tuple(map(_plain_scan, scans)) if scans else ())
     try:
-        return _dumps((FORMAT, plain, tuple(map(_plain_scan, scans)) if scans else ()))
+        if as_orjson_stores_it:
+            return _dumps(form, _refuse, _SUBCLASSES_TO_DEFAULT)
+        return _dumps(form)
     except orjson.JSONEncodeError:
         return None
 
@@ -127,30 +134,3 @@ def unpack(blob: bytes) -> Item | None:
                     {})
     except Exception:  # noqa: BLE001 - whatever a damaged blob raises, the JSON answers
         return None
-
-
-def _may_change_in_json(item: Item, plain: tuple[Any, ...]) -> bool:
-    """True when orjson's JSON for the dict `item` was parsed from might parse into another
-    Item: orjson writes NaN and Infinity as null, which parse_item reads differently (every
-    other value orjson writes reads back equal). A non-finite float that parse_item read shows
-    in the Item as one of _FROM_FLOATS — a whole text field, a replaced barcode, a part of an
-    `order_ref` list ("a, nan"), inside a status of another type (`<list: [inf]>`) — or as
-    a scan's UNREADABLE_ZONE (which other bad zone ids give too: such an item merely takes the
-    slower, exact way). The platform client and imports refuse non-finite numbers before
-    anything is cached (agent.platform.jsonbody): this is the second line."""
-    marks = _FROM_FLOATS
-    if not marks.isdisjoint(plain):
-        return True
-    status = item.status  # a status of another type shows its value: `<list: [inf]>`
-    if status[:1] == "<" and ("inf" in status or "nan" in status):
-        return True
-    if item.historic_barcodes and not marks.isdisjoint(item.historic_barcodes):
-        return True
-    ref = item.order_ref
-    if ref and ", " in ref and not marks.isdisjoint(ref.split(", ")):
-        return True
-    for scan in item.scans:
-        if scan.zone_id == model.UNREADABLE_ZONE or scan.scanned_on in marks \
-                or scan.uuid in marks:
-            return True
-    return False

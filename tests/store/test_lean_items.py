@@ -133,6 +133,43 @@ def test_lean_form_is_the_item_the_stored_json_parses_into(
     assert lean_path(cache, item.id) == json_path(cache, item.id)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("payload", [
+    {"id": 1, "const": {"barcode": NAN}},
+    {"id": 2, "stable": {"validTo": -INF}},
+    {"id": 3, "variable": {"status": NAN}},
+    {"id": 4, "variable": {"status": {"nested": [1, [INF]]}}},
+    {"id": 5, "variable": INF},
+    {"id": 6, "const": {"transactionId": ["ORD1", NAN]}},
+    {"id": 7, "historicBarcodes": ["OLD1", INF]},
+    {"id": 8, "zoneData": {"scans": [{"zoneId": NAN, "scan": "in"}]}},
+    {"id": 9, "zoneData": {"scans": [{"zoneId": 3, "uuid": INF}]}},
+])
+def test_what_a_nan_or_infinity_became_is_never_packed_as_orjson_stores_it(
+        payload: dict[str, Any]) -> None:
+    """orjson stores NaN and Infinity as null: the Item parsed from the platform's dict is not
+    the stored JSON's, so `pack` refuses it (the cache then packs the stored JSON's Item)."""
+    item = parse_item(payload)
+    assert item is not None
+    assert lean.pack(item, as_orjson_stores_it=True) is None
+    assert lean.pack(item) is not None  # the type, not the text, is what is refused
+
+
+def test_texts_that_read_like_a_nan_are_packed_directly() -> None:
+    """The refusal is by type: a ticket whose texts are "nan", "inf" or a marker's words (a
+    name, a status, a barcode as sent) keeps the fast path and its lean form."""
+    payload = {"id": 1, "const": {"barcode": "nan", "transactionId": ["ORD1", "inf"]},
+               "stable": {"customerName": "<float>", "validFrom": "-inf"},
+               "variable": {"status": "<float: nan>", "scannedOn": "nan"},
+               "historicBarcodes": ["inf"],
+               "zoneData": {"scans": [{"zoneId": -1, "uuid": "nan", "scan": "in"}]}}
+    item = parse_item(payload)
+    assert item is not None
+    assert lean.unpack(lean.pack(item, as_orjson_stores_it=True) or b"") == item
+
+
 def test_a_hit_is_built_from_the_lean_form(cache: TicketCache) -> None:
     """The lookups read the lean form (no fallback counted) and give what the JSON gives."""
     for code in demo_data.CODES.values():
