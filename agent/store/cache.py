@@ -214,6 +214,8 @@ class TicketCache:
             if check:
                 self.verify()
             migrate(self.db, MIGRATIONS)
+            self.conn = self.db.conn
+            self._catch_up_newest_seq()
         except (sqlite3.DatabaseError, StoreError, OSError) as exc:
             # A file (or its -wal/-shm, or their directory) this user may not use, or a full
             # disk, is not a damaged one: a rebuild would not help (CacheNotAccessible).
@@ -231,7 +233,6 @@ class TicketCache:
                 f"ticket cache {self.path} is not a usable SQLite file ({exc}); "
                 "run `gate-agent sync --full` to rebuild it (scans are kept in the journal)"
             ) from exc
-        self.conn = self.db.conn
         self._events: dict[int, Event] = {}
         self._zones: dict[int, Zone] = {}
         # event id -> its default Entry zone (or None), found once per event and forgotten
@@ -441,6 +442,28 @@ class TicketCache:
         another connection (the sync worker's, a gate's pairing) may have written since."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (_SEQ_KEY,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def _catch_up_newest_seq(self) -> None:
+        """An older build (before migration 0008) that wrote this file kept no newest `seq` in
+        meta: it took MAX(seq) + 1, so its items may hold a `seq` above meta's, and items this
+        build writes next would then count as older than them (a shared NFC id would find the
+        wrong ticket). The last item inserted or replaced holds the largest rowid; when its
+        `seq` is above meta's, meta takes MAX(seq), one scan of the items, only then. (An
+        older build's NFC pairing alone, an UPDATE, keeps its row's rowid and is not seen.)"""
+        row = self.conn.execute("SELECT seq FROM items ORDER BY rowid DESC LIMIT 1").fetchone()
+        if row is None or int(row[0]) <= self._newest_seq():
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            newest = int(self.conn.execute("SELECT MAX(seq) FROM items").fetchone()[0])
+            if newest > self._newest_seq():
+                log.warning("ticket cache %s: items written by an older gate-agent (newest "
+                            "seq %d); later writes count on from it", self.path, newest)
+                self._set_newest_seq(newest)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def _set_newest_seq(self, seq: int) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",

@@ -222,6 +222,42 @@ def _seqs(cache: TicketCache) -> dict[int, int]:
     return dict(cache.conn.execute("SELECT id, seq FROM items"))
 
 
+def test_items_an_older_build_wrote_after_0008_stay_older_than_later_writes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A gate downgraded to a build before 0008 writes items at MAX(seq) + 1 and leaves meta's
+    newest seq behind; upgraded again, the next open counts on from those items, so a ticket
+    written later is the newer one (it would otherwise take a seq below theirs)."""
+    path = tmp_path / "cache.db"
+    items = [i for i in (parse_item(p) for p in
+                         demo_data.build(datetime(2026, 7, 1, tzinfo=UTC))["tickets"]["content"])
+             if i is not None]
+    cache = TicketCache(path)
+    with cache.transaction():
+        cache.put_items(demo_data.EVENT_ID, items[1:])
+    cache.close()
+    old = open_database(path, synchronous="NORMAL")  # what the older build's sync did
+    newest = old.conn.execute("SELECT MAX(seq) FROM items").fetchone()[0] + 5
+    old.conn.execute(
+        "INSERT OR REPLACE INTO items (event_id, id, barcode, nfc_id, item_type, status, seq, raw)"
+        " VALUES (?,?,?,?,?,?,?,?)", (demo_data.EVENT_ID, items[0].id, items[0].barcode,
+                                      items[0].nfc_id, items[0].item_type, items[0].status,
+                                      newest, json.dumps(items[0].raw)))
+    old.conn.commit()
+    old.conn.close()
+
+    with caplog.at_level("WARNING", logger="agent.store.cache"):
+        cache = TicketCache(path)
+    assert f"newest seq {newest}" in caplog.text
+    with cache.transaction():
+        cache.put_items(demo_data.EVENT_ID, items[1:2])
+    assert _seqs(cache)[items[1].id] == newest + 1
+    cache.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agent.store.cache"):
+        TicketCache(path).close()  # caught up: nothing to say at the next open
+    assert "older gate-agent" not in caplog.text
+
+
 def test_a_cache_from_before_0008_counts_seq_on_from_its_newest_item(tmp_path: Path) -> None:
     """Migration 0008 drops items_seq and keeps the newest seq in meta, taken from the items
     already there: a later write and a pairing are newer than every old row."""
