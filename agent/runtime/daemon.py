@@ -104,8 +104,14 @@ decisions_log = logging.getLogger("gate_agent.decisions")
 
 
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, store_retry_s: float = STORE_RETRY_S,
+                 status_retry_s: float = STATUS_RETRY_S):
+        """`store_retry_s`, `status_retry_s`: how often a store that could not be opened and a
+        status port that was taken are tried again; this daemon's own, so a test shortens
+        them for the daemon it runs (tests/shorter_retries) and for no other."""
         self.config = config
+        self.store_retry_s = store_retry_s
+        self.status_retry_s = status_retry_s
         self.started = time.time()
         self.notifier = Notifier()
         self.lanes: dict[str, LaneRunner] = {}
@@ -164,8 +170,8 @@ class Daemon:
             self.journal = self._settled(Journal(self.journal_path))
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
-            log.error("%s — every scan will be refused; tried again every %.0f s",
-                      self.journal_error, STORE_RETRY_S)
+            log.error("%s — every scan will be refused; tried again every %g s",
+                      self.journal_error, self.store_retry_s)
         resync = discard_unfinished_rebuild(self.cache_path)
         if resync:
             self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
@@ -240,8 +246,8 @@ class Daemon:
         except StoreError as exc:  # venue.db: kept as it is, never moved aside (module doc)
             if self.venue_error is None:
                 log.error("%s — every scan is refused and the relays stay shut (an emergency "
-                          "release still opens them); tried again every %.0f s", exc,
-                          STORE_RETRY_S)
+                          "release still opens them); tried again every %g s", exc,
+                          self.store_retry_s)
             self.venue_error = str(exc)
             return
         if self.venue_error is not None:
@@ -375,11 +381,11 @@ class Daemon:
             self.jobs.add_interval("cache_access", self._cache_access_job,
                                    CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
         if self.journal_error:
-            self.jobs.add_interval("journal_access", self._journal_access_job, STORE_RETRY_S,
-                                   first_in=STORE_RETRY_S)
+            self.jobs.add_interval("journal_access", self._journal_access_job,
+                                   self.store_retry_s, first_in=self.store_retry_s)
         if self.venue_error:
-            self.jobs.add_interval("venue_access", self._venue_access_job, STORE_RETRY_S,
-                                   first_in=STORE_RETRY_S)
+            self.jobs.add_interval("venue_access", self._venue_access_job,
+                                   self.store_retry_s, first_in=self.store_retry_s)
         self.jobs.start()
 
     def _add_platform_jobs(self, resync_now: bool) -> None:
@@ -741,7 +747,7 @@ class Daemon:
         """The status endpoint. A port held by something else must not keep the gate down
         (the service would restart every 2 s, lanes and all): the gate runs without it,
         says so (`status_unavailable` in systemd's status line and the log) and tries the
-        port again every STATUS_RETRY_S."""
+        port again every `status_retry_s` (STATUS_RETRY_S)."""
         host, port = split_listen(self.config.status["listen"], self.config.status["token"])
         app = build_app(self.report, self.metrics.render, self.config.status["token"],
                         lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
@@ -755,11 +761,11 @@ class Daemon:
                 sock.close()
                 if self.status_error is None:
                     log.error("status endpoint: cannot listen on %s:%s (%s); the gate runs "
-                              "without it and tries again every %.0f s", host, port,
-                              exc.strerror, STATUS_RETRY_S)
+                              "without it and tries again every %g s", host, port,
+                              exc.strerror, self.status_retry_s)
                 self.status_error = f"cannot listen on {host}:{port} ({exc.strerror})"
             try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=STATUS_RETRY_S)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.status_retry_s)
                 return
             except TimeoutError:
                 pass

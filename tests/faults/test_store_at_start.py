@@ -8,7 +8,8 @@ file, why and what to type); every scan is refused — journaled as `storeUnavai
 venue.db is the problem, shown, logged and counted (no journal to record it in) when the journal
 is; the relays stay shut except for an emergency release; the file is tried again every
 STORE_RETRY_S and the lanes work again by themselves once it opens. Neither file is ever moved
-aside or made anew.
+aside or made anew. The daemons here retry every half second, not 5 s
+(tests/runtime/daemon/shorter_retries).
 
 Real files (`chattr +i`, a root-owned file beside a daemon running as the service uid, a tiny
 tmpfs filled up), the real daemon as a subprocess and a real nats-server for venue.db.
@@ -38,7 +39,7 @@ from tests.conftest import make_site
 from tests.faults.test_store_faults_running import chattr, needs_chattr, run_on_a_loop
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
 from tests.rigs import wait_until
-from tests.runtime.daemon.conftest import Site, wait_synced
+from tests.runtime.daemon.conftest import RETRY_S, Site, wait_synced
 from tests.runtime.daemon.conftest import site as daemon_site  # noqa: F401
 from tests.runtime.daemon.test_service_user import (
     NEEDS_SERVICE_USER,
@@ -97,7 +98,7 @@ def test_venue_db_immutable_at_start_refuses_every_scan_serves_status_and_opens_
     venue_db = daemon_site.store / "venue.db"
     kept = _made(venue_db, VenueStore)
     chattr("+i", venue_db)
-    daemon = daemon_site.daemon().start()
+    daemon = daemon_site.daemon(quick_retries=True).start()
     try:
         try:
             daemon.wait_ready()
@@ -159,7 +160,7 @@ def test_venue_db_of_roots_at_start_names_owner_and_chown_then_opens(
         target.write_bytes(b"")
     os.chown(target, 0, 0)
     target.chmod(0o600)
-    daemon: DaemonProcess = install.daemon().start()
+    daemon: DaemonProcess = install.daemon(quick_retries=True).start()
     try:
         daemon.wait_ready()
         said = _reasons(daemon.status())
@@ -194,12 +195,14 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
     journal = install.store / "journal.db"
     _made(journal, Journal)  # as root: root's, 0600
     relays = install.root / "dev" / "relays.jsonl"
-    daemon: DaemonProcess = install.daemon().start()
+    daemon: DaemonProcess = install.daemon(quick_retries=True).start()
     try:
         daemon.wait_ready()
         message = _reasons(daemon.status())["journal_unavailable"]
         assert str(journal) in message and "uid 0" in message and "chown" in message, message
         assert "tried again every few seconds" in message
+        assert any(f"tried again every {RETRY_S:g} s" in r.get("msg", "")  # not every 5 s
+                   for r in daemon.records), [r.get("msg") for r in daemon.records]
         if not with_venue:  # a venue gate's tickets come from the role, which needs the journal
             wait_synced(daemon, 30)
         send_scan(sock, C["valid"])
