@@ -105,13 +105,16 @@ decisions_log = logging.getLogger("gate_agent.decisions")
 
 class Daemon:
     def __init__(self, config: Config, *, store_retry_s: float = STORE_RETRY_S,
-                 status_retry_s: float = STATUS_RETRY_S):
+                 status_retry_s: float = STATUS_RETRY_S,
+                 venue_clock_wait_s: float = VENUE_CLOCK_WAIT_S):
         """`store_retry_s`, `status_retry_s`: how often a store that could not be opened and a
-        status port that was taken are tried again; this daemon's own, so a test shortens
-        them for the daemon it runs (tests/shorter_retries) and for no other."""
+        status port that was taken are tried again; `venue_clock_wait_s`: see
+        venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
+        runs (tests/runtime/daemon/shorter_retries) and for no other."""
         self.config = config
         self.store_retry_s = store_retry_s
         self.status_retry_s = status_retry_s
+        self.venue_clock_wait_s = venue_clock_wait_s
         self.started = time.time()
         self.notifier = Notifier()
         self.lanes: dict[str, LaneRunner] = {}
@@ -260,18 +263,18 @@ class Daemon:
                  self.bus.device, ", ".join(self.config.venue["servers"]),
                  self.config.venue["offline_policy"])
 
-    async def venue_clock_measured(self, wait_s: float = VENUE_CLOCK_WAIT_S) -> None:
-        """Wait (at most `wait_s`) for the venue bus to measure this clock against its
+    async def venue_clock_measured(self) -> None:
+        """Wait (at most `venue_clock_wait_s`) for the venue bus to measure this clock against its
         server's, before the lanes open. Until then this gate cannot order other gates' scans
         among its own, so it refuses the entries whose answer depends on that order
         (denied/clockUnmeasured, agent.core.scanstate): opened first, the lanes would refuse
         such tickets for the moment it takes to connect. A bus that cannot be reached holds
-        the gate up no longer than `wait_s`: it then works alone under the offline policy,
+        the gate up no longer than that: it then works alone under the offline policy,
         refusing only those entries until the bus is back and measured."""
         bus = self.bus
         if bus is None:
             return
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.venue_clock_wait_s
         while not bus.board.calibrated and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         offset = bus.clock_offset()

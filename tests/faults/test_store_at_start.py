@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.runtime import daemon as daemon_module
 from agent.runtime.daemon import Daemon
 from agent.runtime.devrun import DaemonProcess
 from agent.store.journal import Journal
@@ -236,14 +235,13 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
 
 @needs_tmpfs
 def test_venue_db_on_a_full_disk_at_start_says_so_and_the_lanes_refuse_until_there_is_room(
-        tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmpfs: Path) -> None:  # noqa: F811
     """venue.db cannot be made on a full disk: said with the `df`, never as damage; the lanes
     refuse (storeUnavailable) and once there is room the bus starts and the lanes restart on
     gates without the refusal. The journal was opened before the disk filled up."""
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0),
                      f"\n[venue]\nname = \"hall\"\n{UNREACHABLE_BUS}\n")
     lane = site.config.lane("north-in")
-    monkeypatch.setattr(daemon_module, "VENUE_CLOCK_WAIT_S", 0.1)
 
     async def go(daemon: Daemon) -> None:
         daemon._loop = asyncio.get_running_loop()
@@ -266,7 +264,8 @@ def test_venue_db_on_a_full_disk_at_start_says_so_and_the_lanes_refuse_until_the
         assert fresh is not gate and fresh.shut is None and fresh.venue is not None
         assert "venue_db_unavailable" not in _reasons(daemon.report())
 
-    run_on_a_loop(Daemon(site.config), go)
+    # an unreachable bus measures no clock: the lanes open after 0.1 s, not 5 s
+    run_on_a_loop(Daemon(site.config, venue_clock_wait_s=0.1), go)
 
 
 def test_a_damaged_venue_db_at_start_is_kept_as_it_is_and_every_scan_refused(
