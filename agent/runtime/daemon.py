@@ -104,8 +104,17 @@ decisions_log = logging.getLogger("gate_agent.decisions")
 
 
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, store_retry_s: float = STORE_RETRY_S,
+                 status_retry_s: float = STATUS_RETRY_S,
+                 venue_clock_wait_s: float = VENUE_CLOCK_WAIT_S):
+        """`store_retry_s`, `status_retry_s`: how often a store that could not be opened and a
+        status port that was taken are tried again; `venue_clock_wait_s`: see
+        venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
+        runs (tests/runtime/daemon/shorter_retries) and for no other."""
         self.config = config
+        self.store_retry_s = store_retry_s
+        self.status_retry_s = status_retry_s
+        self.venue_clock_wait_s = venue_clock_wait_s
         self.started = time.time()
         self.notifier = Notifier()
         self.lanes: dict[str, LaneRunner] = {}
@@ -164,8 +173,8 @@ class Daemon:
             self.journal = self._settled(Journal(self.journal_path))
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
-            log.error("%s — every scan will be refused; tried again every %.0f s",
-                      self.journal_error, STORE_RETRY_S)
+            log.error("%s — every scan will be refused; tried again every %g s",
+                      self.journal_error, self.store_retry_s)
         resync = discard_unfinished_rebuild(self.cache_path)
         if resync:
             self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
@@ -240,8 +249,8 @@ class Daemon:
         except StoreError as exc:  # venue.db: kept as it is, never moved aside (module doc)
             if self.venue_error is None:
                 log.error("%s — every scan is refused and the relays stay shut (an emergency "
-                          "release still opens them); tried again every %.0f s", exc,
-                          STORE_RETRY_S)
+                          "release still opens them); tried again every %g s", exc,
+                          self.store_retry_s)
             self.venue_error = str(exc)
             return
         if self.venue_error is not None:
@@ -254,18 +263,18 @@ class Daemon:
                  self.bus.device, ", ".join(self.config.venue["servers"]),
                  self.config.venue["offline_policy"])
 
-    async def venue_clock_measured(self, wait_s: float = VENUE_CLOCK_WAIT_S) -> None:
-        """Wait (at most `wait_s`) for the venue bus to measure this clock against its
+    async def venue_clock_measured(self) -> None:
+        """Wait (at most `venue_clock_wait_s`) for the venue bus to measure this clock against its
         server's, before the lanes open. Until then this gate cannot order other gates' scans
         among its own, so it refuses the entries whose answer depends on that order
         (denied/clockUnmeasured, agent.core.scanstate): opened first, the lanes would refuse
         such tickets for the moment it takes to connect. A bus that cannot be reached holds
-        the gate up no longer than `wait_s`: it then works alone under the offline policy,
+        the gate up no longer than that: it then works alone under the offline policy,
         refusing only those entries until the bus is back and measured."""
         bus = self.bus
         if bus is None:
             return
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.venue_clock_wait_s
         while not bus.board.calibrated and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         offset = bus.clock_offset()
@@ -375,11 +384,11 @@ class Daemon:
             self.jobs.add_interval("cache_access", self._cache_access_job,
                                    CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
         if self.journal_error:
-            self.jobs.add_interval("journal_access", self._journal_access_job, STORE_RETRY_S,
-                                   first_in=STORE_RETRY_S)
+            self.jobs.add_interval("journal_access", self._journal_access_job,
+                                   self.store_retry_s, first_in=self.store_retry_s)
         if self.venue_error:
-            self.jobs.add_interval("venue_access", self._venue_access_job, STORE_RETRY_S,
-                                   first_in=STORE_RETRY_S)
+            self.jobs.add_interval("venue_access", self._venue_access_job,
+                                   self.store_retry_s, first_in=self.store_retry_s)
         self.jobs.start()
 
     def _add_platform_jobs(self, resync_now: bool) -> None:
@@ -741,7 +750,7 @@ class Daemon:
         """The status endpoint. A port held by something else must not keep the gate down
         (the service would restart every 2 s, lanes and all): the gate runs without it,
         says so (`status_unavailable` in systemd's status line and the log) and tries the
-        port again every STATUS_RETRY_S."""
+        port again every `status_retry_s` (STATUS_RETRY_S)."""
         host, port = split_listen(self.config.status["listen"], self.config.status["token"])
         app = build_app(self.report, self.metrics.render, self.config.status["token"],
                         lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
@@ -755,11 +764,11 @@ class Daemon:
                 sock.close()
                 if self.status_error is None:
                     log.error("status endpoint: cannot listen on %s:%s (%s); the gate runs "
-                              "without it and tries again every %.0f s", host, port,
-                              exc.strerror, STATUS_RETRY_S)
+                              "without it and tries again every %g s", host, port,
+                              exc.strerror, self.status_retry_s)
                 self.status_error = f"cannot listen on {host}:{port} ({exc.strerror})"
             try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=STATUS_RETRY_S)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.status_retry_s)
                 return
             except TimeoutError:
                 pass

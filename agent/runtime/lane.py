@@ -6,7 +6,8 @@ asyncio loop (sync, upload, the status server) sits on the scan -> relay path. T
 path is fixed: decide, commit the journal row (fsync), then pulse the relay; a scan that could
 not be journaled is refused (fail closed) and never opens the gate. An admit whose gate did not
 open (its relay missing or the pulse failed) does not stand: it is voided (the ticket can be
-used again) and shown as a refusal — `_unopened`, off the path of a scan that pulsed.
+used again) and shown as a refusal — `_unopened`, off the path of a scan that pulsed. A
+released lane's relays are held open beside all this, by agent.runtime.lanehold.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from agent.runtime import relaywatch
 from agent.runtime.clock import GateClock
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
+from agent.runtime.lanehold import ReleaseHold
 from agent.runtime.passage import OnAlarm, PassageWatch, VoidClaim
 from agent.runtime.relaywatch import RelayWatch
 from agent.runtime.release import record_during_release
@@ -39,13 +41,6 @@ from drivers import Output, Reader, Scan, open_output, open_reader
 log = logging.getLogger(__name__)
 
 RECENT_WINDOW_S = 300.0
-# How often a release's hold is applied again. A relay board that resets, or whose USB device
-# goes away and comes back, powers up off (the gate shut) and tells nobody; nothing else
-# writes to a held relay. Switching it on again this often re-opens the gate within about a
-# second of the board's return, for every relay kind (a write to a vanished device fails,
-# which closes it, and the next round opens it again), and it is what shows a hold that is not
-# applied in status (`hold_errors`).
-HOLD_REAPPLY_S = 0.5
 GATE_NOT_OPENED = "gateNotOpened"  # display key (agent.runtime.display_text)
 
 
@@ -81,12 +76,12 @@ class LaneRunner:
         self.sink = sink
         self.void_claim = void_claim
         self.indicators = Indicators(lane, gate.config.api["language"])
-        # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>".
-        self.releases: set[str] = set()
-        self._release_lock = threading.Lock()  # not `lock`: a release never waits on a scan
-        self.hold_errors: dict[str, str] = {}  # relay url -> why the release's hold is off
-        self._keeper: threading.Thread | None = None  # re-applies the hold while released
-        self._keeper_stop = threading.Event()  # set when the lane stops
+        self._stopped = threading.Event()  # set when the lane stops (the hold, the probe)
+        self.hold = ReleaseHold(self, self._stopped)  # agent.runtime.lanehold
+        # Who holds this lane open (agent.runtime.release): "emergency", "manual:<who>". The
+        # hold's own set, read here by the scan path as a plain attribute.
+        self.releases = self.hold.releases
+        self.hold_errors = self.hold.errors  # relay url -> why the release's hold is off
         watch_journal = (Journal(gate.journal.path)  # its own connection, only when needed
                          if gate.journal is not None and (lane.passage_in or lane.passage_out)
                          else None)
@@ -135,7 +130,7 @@ class LaneRunner:
         self.indicators.open()
         if self.relay is not None or self.relay_out is not None:
             self._relay_probe = threading.Thread(
-                target=self.relay_watch.run, args=(self._keeper_stop, self._relays_back),
+                target=self.relay_watch.run, args=(self._stopped, self.relays_back),
                 name=f"relay probe {self.lane.name}", daemon=True)
             self._relay_probe.start()
         self.passage.start()
@@ -171,7 +166,7 @@ class LaneRunner:
                                                   (self.lane.relay_out, self.relay_out))
                 if url and output is not None]
 
-    def _relays_back(self) -> None:
+    def relays_back(self) -> None:
         """A relay works again (relaywatch): the lane's error goes once none is down."""
         if not self.relay_watch.down and self.relay_error is not None:
             self.relay_error = None
@@ -184,11 +179,7 @@ class LaneRunner:
         self.queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._release_lock:  # no hold applied again once the relays are closed
-            self._keeper_stop.set()
-            keeper = self._keeper
-        if keeper is not None:
-            keeper.join(timeout)
+        self.hold.close(timeout)  # no hold applied again once the relays are closed
         if self._relay_probe is not None:  # no probe opens a relay once they are closed
             self._relay_probe.join(timeout)
         self.passage.stop()
@@ -200,70 +191,8 @@ class LaneRunner:
             self.passage.log.journal.close()
 
     def set_release(self, source: str, on: bool) -> None:
-        """Hold every relay of the lane open while any source releases it (free egress),
-        and keep it held: the hold is applied again every HOLD_REAPPLY_S while the release
-        lasts (a board that reset is off). A scan decided just before still pulses: the held
-        relay owes it the rest of its pulse when the release ends (drivers.base.Output.hold)."""
-        with self._release_lock:
-            if on:
-                self.releases.add(source)
-            else:
-                self.releases.discard(source)
-            if self._keeper_stop.is_set():
-                return  # the lane has stopped: its relays are closed (off) for good
-            self._apply_holds(again=False)
-            if self.releases and self._keeper is None:
-                self._keeper = threading.Thread(target=self._keep_holding, daemon=True,
-                                                name=f"hold {self.lane.name}")
-                self._keeper.start()
-
-    def _keep_holding(self) -> None:
-        """While the lane is released: switch its relays on again every HOLD_REAPPLY_S."""
-        while not self._keeper_stop.wait(HOLD_REAPPLY_S):
-            with self._release_lock:
-                if not self.releases or self._keeper_stop.is_set():
-                    self._keeper = None
-                    return
-                self._apply_holds(again=True)
-        with self._release_lock:
-            self._keeper = None
-
-    def _apply_holds(self, again: bool) -> None:
-        """Under `_release_lock`: every relay held while the lane is released, dropped when
-        not; `again`: switch a held one on once more. A relay whose hold is not applied is
-        in `hold_errors` (status: `release_not_held`) until a hold works."""
-        held = bool(self.releases)
-        for url, output in ((self.lane.relay, self.relay), (self.lane.relay_out, self.relay_out)):
-            if not url:
-                continue
-            if output is None:  # no driver for the URL: nothing can hold the gate open
-                if held:
-                    self.hold_errors[url] = self.relay_error or "no driver for this URL"
-                continue
-            if output.held == held and not (held and again):
-                continue
-            was = output.last_error
-            try:
-                output.hold(held)
-            except DriverError as exc:
-                self.relay_error = str(exc)
-                self.relay_watch.note(url, output)
-                if held and self.hold_errors.get(url) != str(exc):
-                    log.error("lane %s: relay %s not held open during the release (the gate "
-                              "may be shut; tried again every %.1f s): %s", self.lane.name,
-                              url, HOLD_REAPPLY_S, exc)
-                if held:
-                    self.hold_errors[url] = str(exc)
-                else:
-                    log.error("lane %s: relay hold failed: %s", self.lane.name, exc)
-                continue
-            again = self.hold_errors.pop(url, None) is not None
-            if again:
-                log.warning("lane %s: relay %s held open again", self.lane.name, url)
-            self.relay_watch.note(url, output, was, say=not again)  # its return said once
-            self._relays_back()
-        if not held:
-            self.hold_errors.clear()
+        """`source` releases the lane (`on`) or ends its release (agent.runtime.lanehold)."""
+        self.hold.set(source, on)
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -346,7 +275,7 @@ class LaneRunner:
                 pulsed = True
                 if was or self.relay_error is not None:  # it works again (said once)
                     self.relay_watch.note(url or "", output, was)
-                    self._relays_back()
+                    self.relays_back()
             output.feedback(decision.admit)
         except DriverError as exc:
             self.relay_error = str(exc)

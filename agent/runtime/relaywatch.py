@@ -10,7 +10,7 @@ probe may do at any time, and a device that opens and takes that write clears th
 probe cannot switch the relay on (that would open the gate), so a board that takes "off" and
 refuses "on" shows as working until the next admit fails again; that admit is voided as
 before. Nothing is probed while the lane is released: its hold is applied again every
-HOLD_REAPPLY_S (agent.runtime.lane), which is the probe then.
+HOLD_REAPPLY_S (agent.runtime.lanehold), which is the probe then.
 
 The failure is logged where it happens (the lane, the driver); the return is logged here, once
 per outage, whichever operation found it (an admit's pulse, a release's hold, the probe).

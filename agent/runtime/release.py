@@ -1,7 +1,7 @@
 """Releases: every lane held open while the fire panel says so, or one lane by a technician.
 
 A released lane's relays are held on (drivers.base.Output.hold) for free egress, and switched
-on again every HOLD_REAPPLY_S while the release lasts (agent.runtime.lane: a board that reset
+on again every HOLD_REAPPLY_S while the release lasts (agent.runtime.lanehold: a board that reset
 powers up off); a relay whose hold is not applied makes status `fail` (`release_not_held`). Scans keep
 being read, decided and journaled — as taken during the release (`denied/releasedGate`, so
 they are uploaded as `failed` and never count as entries: anyone could walk through) — and

@@ -8,7 +8,8 @@ file, why and what to type); every scan is refused — journaled as `storeUnavai
 venue.db is the problem, shown, logged and counted (no journal to record it in) when the journal
 is; the relays stay shut except for an emergency release; the file is tried again every
 STORE_RETRY_S and the lanes work again by themselves once it opens. Neither file is ever moved
-aside or made anew.
+aside or made anew. The daemons here retry every half second, not 5 s
+(tests/runtime/daemon/shorter_retries).
 
 Real files (`chattr +i`, a root-owned file beside a daemon running as the service uid, a tiny
 tmpfs filled up), the real daemon as a subprocess and a real nats-server for venue.db.
@@ -26,7 +27,6 @@ from typing import Any
 import pytest
 
 from agent import demo_data
-from agent.runtime import daemon as daemon_module
 from agent.runtime.daemon import Daemon
 from agent.runtime.devrun import DaemonProcess
 from agent.store.journal import Journal
@@ -38,7 +38,7 @@ from tests.conftest import make_site
 from tests.faults.test_store_faults_running import chattr, needs_chattr, run_on_a_loop
 from tests.hostile.test_storage_faults import _fill_disk, needs_tmpfs, tmpfs  # noqa: F401
 from tests.rigs import wait_until
-from tests.runtime.daemon.conftest import Site, wait_synced
+from tests.runtime.daemon.conftest import RETRY_S, Site, wait_synced
 from tests.runtime.daemon.conftest import site as daemon_site  # noqa: F401
 from tests.runtime.daemon.test_service_user import (
     NEEDS_SERVICE_USER,
@@ -97,7 +97,7 @@ def test_venue_db_immutable_at_start_refuses_every_scan_serves_status_and_opens_
     venue_db = daemon_site.store / "venue.db"
     kept = _made(venue_db, VenueStore)
     chattr("+i", venue_db)
-    daemon = daemon_site.daemon().start()
+    daemon = daemon_site.daemon(quick_retries=True).start()
     try:
         try:
             daemon.wait_ready()
@@ -159,7 +159,7 @@ def test_venue_db_of_roots_at_start_names_owner_and_chown_then_opens(
         target.write_bytes(b"")
     os.chown(target, 0, 0)
     target.chmod(0o600)
-    daemon: DaemonProcess = install.daemon().start()
+    daemon: DaemonProcess = install.daemon(quick_retries=True).start()
     try:
         daemon.wait_ready()
         said = _reasons(daemon.status())
@@ -194,12 +194,14 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
     journal = install.store / "journal.db"
     _made(journal, Journal)  # as root: root's, 0600
     relays = install.root / "dev" / "relays.jsonl"
-    daemon: DaemonProcess = install.daemon().start()
+    daemon: DaemonProcess = install.daemon(quick_retries=True).start()
     try:
         daemon.wait_ready()
         message = _reasons(daemon.status())["journal_unavailable"]
         assert str(journal) in message and "uid 0" in message and "chown" in message, message
         assert "tried again every few seconds" in message
+        assert any(f"tried again every {RETRY_S:g} s" in r.get("msg", "")  # not every 5 s
+                   for r in daemon.records), [r.get("msg") for r in daemon.records]
         if not with_venue:  # a venue gate's tickets come from the role, which needs the journal
             wait_synced(daemon, 30)
         send_scan(sock, C["valid"])
@@ -233,14 +235,13 @@ def test_journal_of_roots_at_start_refuses_counts_and_records_again_by_itself(
 
 @needs_tmpfs
 def test_venue_db_on_a_full_disk_at_start_says_so_and_the_lanes_refuse_until_there_is_room(
-        tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmpfs: Path) -> None:  # noqa: F811
     """venue.db cannot be made on a full disk: said with the `df`, never as damage; the lanes
     refuse (storeUnavailable) and once there is room the bus starts and the lanes restart on
     gates without the refusal. The journal was opened before the disk filled up."""
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0),
                      f"\n[venue]\nname = \"hall\"\n{UNREACHABLE_BUS}\n")
     lane = site.config.lane("north-in")
-    monkeypatch.setattr(daemon_module, "VENUE_CLOCK_WAIT_S", 0.1)
 
     async def go(daemon: Daemon) -> None:
         daemon._loop = asyncio.get_running_loop()
@@ -263,7 +264,8 @@ def test_venue_db_on_a_full_disk_at_start_says_so_and_the_lanes_refuse_until_the
         assert fresh is not gate and fresh.shut is None and fresh.venue is not None
         assert "venue_db_unavailable" not in _reasons(daemon.report())
 
-    run_on_a_loop(Daemon(site.config), go)
+    # an unreachable bus measures no clock: the lanes open after 0.1 s, not 5 s
+    run_on_a_loop(Daemon(site.config, venue_clock_wait_s=0.1), go)
 
 
 def test_a_damaged_venue_db_at_start_is_kept_as_it_is_and_every_scan_refused(

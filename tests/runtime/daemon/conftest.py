@@ -18,6 +18,18 @@ from agent.sandbox.harness import Sandbox, start_sandbox
 from tests.conftest import PROJECT_ROOT
 from tests.rigs import PtyDevice
 
+SHORTER_RETRIES = Path(__file__).resolve().parent / "shorter_retries"
+RETRY_S = 0.5  # a test's daemon's retries of a store or a status port (shorter_retries/)
+
+
+def shorter_retries(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` for a daemon that tries a store it could not open, or a taken status port,
+    again every RETRY_S instead of 5 s (shorter_retries/sitecustomize.py says why)."""
+    env = dict(env or {})
+    path = [str(SHORTER_RETRIES), *filter(None, [env.get("PYTHONPATH",
+                                                         os.environ.get("PYTHONPATH"))])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path), "GATE_AGENT_TEST_RETRY_S": str(RETRY_S)}
+
 
 @dataclass
 class Site:
@@ -36,8 +48,10 @@ class Site:
         path = self.root / "relays.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
-    def daemon(self, **env: str) -> DaemonProcess:
-        return DaemonProcess(self.config, self.store, env=env or None, cwd=PROJECT_ROOT)
+    def daemon(self, *, quick_retries: bool = False, **env: str) -> DaemonProcess:
+        """The daemon (not started); `quick_retries`: see shorter_retries()."""
+        return DaemonProcess(self.config, self.store, cwd=PROJECT_ROOT,
+                             env=shorter_retries(env) if quick_retries else env or None)
 
     def write_config(self, *, listen: str = "127.0.0.1:0", status_token: str = "",
                      extra_lanes: str = "", entry_reader: str | None = None,

@@ -11,7 +11,7 @@ import httpx
 from agent import demo_data
 from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
-from tests.runtime.daemon.conftest import Site, wait_synced
+from tests.runtime.daemon.conftest import RETRY_S, Site, wait_synced
 
 C = demo_data.CODES
 # Samples only on lanes with passage inputs / after an alarm: tests/runtime/test_passage.py
@@ -254,12 +254,13 @@ def test_a_taken_status_port_leaves_the_gate_deciding_and_is_tried_again(site: S
     holder.listen()
     port = holder.getsockname()[1]
     site.write_config(listen=f"127.0.0.1:{port}")
-    daemon = site.daemon().start()
+    daemon = site.daemon(quick_retries=True).start()  # the port tried every 0.5 s, not 5 s
     try:
         daemon.wait_for(lambda r: r.get("msg", "").startswith("gate-agent ")
                         and " ready: " in r.get("msg", ""), 20, "ready message")
         said = [r["msg"] for r in daemon.records if "cannot listen" in r.get("msg", "")]
         assert said and f"127.0.0.1:{port}" in said[0], said
+        assert f"tries again every {RETRY_S:g} s" in said[0], said  # the test's retry, not 5 s
         assert not (site.store / "status.addr").exists()
         send_scan(site.root / "exit.sock", C["valid"])
         daemon.wait_decisions(1)  # the gate decides meanwhile

@@ -29,7 +29,7 @@ from agent.sandbox.harness import Sandbox, start_sandbox
 from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
 from tests.rigs import wait_until
-from tests.runtime.daemon.conftest import wait_synced
+from tests.runtime.daemon.conftest import shorter_retries, wait_synced
 
 SERVICE_UID = 4242  # no account needed: a uid is all the kernel checks
 C = demo_data.CODES
@@ -88,12 +88,14 @@ class Install:
     def store(self) -> Path:
         return self.root / "state"
 
-    def daemon(self) -> DaemonProcess:
-        """As the unit starts it: the service uid, the token in $CREDENTIALS_DIRECTORY."""
+    def daemon(self, *, quick_retries: bool = False) -> DaemonProcess:
+        """As the unit starts it: the service uid, the token in $CREDENTIALS_DIRECTORY;
+        `quick_retries`: see tests.runtime.daemon.conftest.shorter_retries()."""
+        env = {"CREDENTIALS_DIRECTORY": str(self.creds), "GATE_AGENT_TOKEN": "",
+               **self.python_env}
         return DaemonProcess(self.config, self.store, cwd=PROJECT_ROOT, user=SERVICE_UID,
-                             python=self.python,
-                             env={"CREDENTIALS_DIRECTORY": str(self.creds),
-                                  "GATE_AGENT_TOKEN": "", **self.python_env})
+                             python=self.python, env=shorter_retries(env) if quick_retries
+                             else env)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """`sudo gate-agent ...`: as root, with the token only in root's 0600 token file."""
