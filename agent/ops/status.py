@@ -456,7 +456,10 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
              "not published"),
             (venue.get("leader") or {}, "its venue role's session (catalog and upload streams, "
              "buckets)", "this gate neither follows the leader's catalog nor hands its scans "
-             "over for upload, and takes no part in the leader election")):
+             "over for upload, and takes no part in the leader election"),
+            ((venue.get("leader") or {}).get("term_setup") or {}, "its leader term (the "
+             "batches and quarantine buckets, the upload consumer)", "the venue's scans are "
+             "not uploaded while this gate holds the lease")):
         step = part.get("session_step")
         setting_up = _age(part.get("setup_since"), now)
         if step not in (None, "running") and (part.get("setup_error") or (

@@ -288,6 +288,7 @@ class VenueRole:
             out.update(self.stepdown.get_status())
         out.update(self.figures.get_status())
         out.update(self.losses.get_status())
+        out["term_setup"] = self.lead.setup.get_status()  # its set-up while it fails
         out["last_full_pass"] = self.lead.passes.last_full
         uploader = self.lead.uploader
         uploader_drift = uploader.drift if uploader is not None else {}
