@@ -50,6 +50,7 @@ from agent.venue.claim_channel import (
 )
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 from agent.venue.setup import SetUp
+from agent.venue.status_read import StatusRead
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -68,6 +69,7 @@ SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be 
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
 # often, whatever the number of dashboards polling it.
 OCCUPANCY_EVERY_S = 5.0
+STATUS_READ_EVERY_S = 1.0  # the conflict count in status: read again at most this often
 # While a lane of this gate is between its claim and its journal commit, the consumer holds
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
@@ -168,8 +170,15 @@ class VenueBus:
         store = VenueStore(self.store_path)
         try:
             self.applied_seq = store.position(self.stream)
+            conflicts = store.conflict_count()
         finally:
             store.close()
+        # status's figures of venue.db, read off the daemon's loop (agent.venue.status_read)
+        self._conflicts = StatusRead(self.store_path, VenueStore.conflict_count, conflicts,
+                                     STATUS_READ_EVERY_S, "the conflict count")
+        self._occupancy: StatusRead[list[dict[str, Any]]] = StatusRead(
+            self.store_path, VenueStore.occupancy, [],
+            OCCUPANCY_EVERY_S, "the occupancy")
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "claims_not_sent": 0,
@@ -197,7 +206,6 @@ class VenueBus:
         self._nc: Any = None
         self._js: Any = None
         self._caught_up = False
-        self._status_store: VenueStore | None = None
         # claims up to this stream position have been picked up: from the lowest, so claims
         # kept from a stream made again (renumbered below it: VenueStore.restart_stream) are too
         self._swept_seq = SWEEP_FROM
@@ -219,7 +227,6 @@ class VenueBus:
         self.wall = wall
         self.clock = clock or wall
         self._heartbeats: HeartbeatLink | None = None
-        self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
         # claims between publish and journal commit (lane threads), and what the consumer
         # holds back meanwhile (bus loop only); see HOLD_WHILE_CLAIMING_S
         self.hold_while_claiming = True
@@ -285,9 +292,8 @@ class VenueBus:
         self._stopping.set()
         self._inbox.put(None)
         self._applier.join(timeout)
-        if self._status_store is not None:
-            self._status_store.close()
-            self._status_store = None
+        self._conflicts.close()
+        self._occupancy.close()
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -615,8 +621,10 @@ class VenueBus:
         self._restarted.set()
 
     async def _subscribe(self, store: VenueStore) -> Any:
-        """An ordered push consumer from the first message not yet applied here."""
-        start = store.position(self.stream) + 1
+        """An ordered push consumer from the first message not yet applied here (the
+        position read off the loop: venue.db held by another process makes it wait SQLite's
+        busy timeout, and claims are answered on this loop)."""
+        start = await asyncio.to_thread(store.position, self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
             # handed to the applier thread (a SQLite commit here would delay the acks of
@@ -1169,20 +1177,10 @@ class VenueBus:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def _reader(self) -> VenueStore:
-        """The daemon loop's own connection to venue.db (status, dashboard)."""
-        if self._status_store is None:
-            self._status_store = VenueStore(self.store_path)
-        return self._status_store
-
     def occupancy(self) -> list[dict[str, Any]]:
-        """Tickets inside each zone, from every gate's scans applied here (the dashboard;
-        recomputed at most every OCCUPANCY_EVERY_S)."""
-        at, rows = self._occupancy
-        if time.monotonic() - at >= OCCUPANCY_EVERY_S:
-            rows = self._reader().occupancy()
-            self._occupancy = (time.monotonic(), rows)
-        return rows
+        """Tickets inside each zone, from every gate's scans applied here (the dashboard, on
+        the daemon's loop: as last read, read again off it at most every OCCUPANCY_EVERY_S)."""
+        return self._occupancy.get()
 
     def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
         """For /status (called from the daemon's loop: its own connection to venue.db)."""
@@ -1204,7 +1202,12 @@ class VenueBus:
             "stream_restarts": self.stream_restarts,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
-            "conflicts": self._reader().conflict_count(),
+            "conflicts": self._conflicts.get(),  # as last read (agent.venue.status_read)
+            # a status read venue.db refused (another process holds it): the file and since
+            # when (reason venue_db_failing)
+            "db_read_error": self._conflicts.error or self._occupancy.error,
+            "db_read_failing_since": self._conflicts.failing_since
+            or self._occupancy.failing_since,
             "gates": self.board.counts(),
             # this clock against the bus server's (the sample at connect, heartbeats' delivery
             # delays; None before the first: entries whose answer depends on how other gates'
