@@ -109,7 +109,8 @@ class LeaderWork:
             if self.uploader is not None:  # a part of the term runs: none of it runs on
                 await self.stop()
                 self.setup.begin("answering the gates' pass requests")
-            self.setup.failed(exc)
+            if self.setup.since is not None:  # not a term that ended meanwhile (`stop`)
+                self.setup.failed(exc)
             raise
         self.setup.running()
         lease = election.lease

@@ -48,8 +48,10 @@ class SetUp:
         self.step = step
 
     def describe(self, exc: BaseException) -> str:
-        """An error as status and the log show it: with the step it happened at."""
-        return f"{type(exc).__name__}: {exc} (while {self.step})"[:300]
+        """An error as status and the log show it: with the step it happened at (a long
+        error is cut, never the step)."""
+        step = f" (while {self.step})"
+        return f"{type(exc).__name__}: {exc}"[:max(100, 300 - len(step))] + step
 
     def failed(self, exc: BaseException) -> str:
         """A try of the current step failed: recorded (and logged once per distinct error);

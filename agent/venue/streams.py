@@ -137,12 +137,14 @@ async def _exists(js: Any, stream: str, create_error: BaseException) -> bool:
         raise VenueStreamUnknown(
             f"cannot tell whether stream {stream} exists: its create failed "
             f"({_error_text(create_error)}) and its stream info got no answer "
-            f"({_error_text(exc)}); JetStream may have no quorum") from exc
+            f"({_error_text(exc)})") from exc
     return True
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {getattr(exc, 'description', None) or exc}"[:160]
+    """Short: both errors and the step must fit in status's 300 characters."""
+    detail = (exc.description or f"code {exc.code}") if isinstance(exc, APIError) else str(exc)
+    return f"{type(exc).__name__}: {detail}"[:70]
 
 
 async def ensure_stream(js: Any, config: StreamConfig, wants: list[Want],
