@@ -95,6 +95,14 @@ APPLY_RETRY_S = (0.1, 2.0)
 UNMEASURED_HOLD_S = 5.0
 CLOCK_STEP_S = 1.0  # the decision clock moved this much against the monotonic one: stepped
 UNMEASURED_KEPT = 100_000  # scans kept in memory for a later measurement, at most
+# A member's clock is checked against the platform's time that the leader's heartbeat carries
+# (the daemon's `_follow_leader_clock`, agent.runtime.clock `leader_reading`) once a watchdog
+# period (15 s under WatchdogSec=30), and a wrong clock is corrected on the second agreeing
+# reading: half a minute after the session came up, deciding by the wrong time meanwhile. So
+# the first leader beats of each session are told at once (`on_leader_time`); the period
+# goes on after them.
+LEADER_TIME_KEY = "platform_minus_bus_s"  # agent.ops.heartbeat: in the leader's beat
+LEADER_TIMES_AT_ONCE = 2  # agent.runtime.clock: two agreeing readings start a correction
 
 # a message of the stream on its way to the applier: stream sequence, subject, body, messages
 # still pending after it, and the server's timestamp of it (the scan's bus time: messages.py)
@@ -251,6 +259,12 @@ class VenueBus:
         self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
+        # told (on the bus thread) of another gate's beat with the leader's time, for the
+        # first LEADER_TIMES_AT_ONCE of each session set up: the daemon checks its clock then
+        self.on_leader_time: Callable[[], object] | None = None
+        self._leader_times_left = 0
+        self._leader_time_told = 0.0  # the stamp of the last beat told
+        self.board.on_seen = self._beat_seen
 
     @property
     def session_step(self) -> str:
@@ -425,6 +439,8 @@ class VenueBus:
             self._connected_at = time.monotonic()
             self._connected_unmeasured()
             self._session_ready = True
+            self._leader_times_left = LEADER_TIMES_AT_ONCE
+            self._leader_time_on_board()
             self.last_error = None
             self.setup.running()
             log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -1167,6 +1183,27 @@ class VenueBus:
                     return False
                 self._cond.wait(left)
         return True
+
+    def _beat_seen(self, device: str, body: dict[str, Any], stamped: float, live: bool) -> None:
+        """A beat on the board (bus thread): another gate's with the leader's time, new, while
+        this session is set up and this clock measured against the bus (the reading needs
+        both), is told to `on_leader_time` — the first LEADER_TIMES_AT_ONCE of a session."""
+        value = body.get(LEADER_TIME_KEY)
+        if (not live or device == self.device or self.on_leader_time is None
+                or self._leader_times_left <= 0 or not self._session_ready
+                or isinstance(value, bool) or not isinstance(value, (int, float))
+                or stamped <= self._leader_time_told or not self.board.calibrated):
+            return
+        self._leader_time_told = stamped
+        self._leader_times_left -= 1
+        self.on_leader_time()
+
+    def _leader_time_on_board(self) -> None:
+        """The session is set up: a leader beat already on the board is told now."""
+        rows = [r for r in self.board.rows() if r["state"] == "online"
+                and r["device"] != self.device and LEADER_TIME_KEY in r]
+        for row in sorted(rows, key=lambda r: float(r["last_seen"]))[-1:]:
+            self._beat_seen(row["device"], row, float(row["last_seen"]), True)
 
     def _connected_unmeasured(self) -> None:
         """Connected: from now on, until a measurement comes, the only thing between ops and
