@@ -266,7 +266,8 @@ class VenueRole:
                 if cancelled():
                     raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
-                log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
+                if self.lead.setup.error is None:  # a term's failing set-up: said once by it
+                    log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
 
     # -- for the daemon ----------------------------------------------------------------------
