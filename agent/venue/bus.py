@@ -1220,7 +1220,8 @@ class VenueBus:
         return self._occupancy.get()
 
     def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
-        """For /status (called from the daemon's loop: its own connection to venue.db)."""
+        """For /status (called from the daemon's loop: venue.db's figures as last read off
+        it, agent.venue.status_read)."""
         marks = journal.venue_counts() if journal is not None else {}
         # rows an earlier process left (whatever their time), and this one's waiting too long
         waited = utc_iso(datetime.fromtimestamp(self.clock() - UNANSWERED_AFTER_S, UTC))

@@ -107,8 +107,9 @@ class LeaderWork:
             await self._set_up(nc, js, election)
         except Exception as exc:  # in status until the term runs; the next round tries again
             if self.uploader is not None:  # a part of the term runs: none of it runs on
+                step = self.setup.step
                 await self.stop()
-                self.setup.begin("answering the gates' pass requests")
+                self.setup.begin(step)
             if self.setup.since is not None:  # not a term that ended meanwhile (`stop`)
                 self.setup.failed(exc)
             raise
