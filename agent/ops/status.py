@@ -538,21 +538,18 @@ def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
     """venue.db refusing the stream's messages (agent.venue.bus `_apply`): they are tried
     again in order, but until then this gate decides without the other gates' latest scans.
     Or status's own reads of it failing (agent.venue.status_read): its figures are old."""
-    out = []
     if venue.get("apply_error"):
-        out.append(Reason(
-            "warn", "venue_db_failing",
-            f"venue.db cannot be written since {venue.get('apply_failing_since')} "
-            f"({venue['apply_error']}); other gates' scans wait to be applied here and "
-            "claims on their tickets follow venue.offline_policy — free disk space in "
-            "store.dir or fix its permissions (retried by itself)"))
-    elif venue.get("db_read_error"):
-        out.append(Reason(
-            "warn", "venue_db_failing",
-            f"venue.db cannot be read since {venue.get('db_read_failing_since')} "
-            f"({venue['db_read_error']}); the conflicts and occupancy shown are the last "
-            "read — find the process holding it (retried by itself)"))
-    return out
+        return [Reason("warn", "venue_db_failing",
+                       f"venue.db cannot be written since {venue.get('apply_failing_since')} "
+                       f"({venue['apply_error']}); other gates' scans wait to be applied here "
+                       "and claims on their tickets follow venue.offline_policy — free disk "
+                       "space in store.dir or fix its permissions (retried by itself)")]
+    if venue.get("db_read_error"):
+        return [Reason("warn", "venue_db_failing",
+                       f"venue.db cannot be read since {venue.get('db_read_failing_since')} "
+                       f"({venue['db_read_error']}); the conflicts and occupancy shown are the "
+                       "last read — find the process holding it (retried by itself)")]
+    return []
 
 
 def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:

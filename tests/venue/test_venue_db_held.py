@@ -88,10 +88,10 @@ def test_status_answers_on_its_loop_and_names_venue_db_while_another_process_hol
     finally:
         locker.stdin.close()  # the holder ends: the lock goes with its connection
         locker.wait(10)
-    reading = bus._conflicts.done
-    assert reading.wait(30)
-    bus._conflicts.every_s = 0.0  # the next status reads again, now that the file is free
-    bus.get_status()
-    assert reading.wait(30)
+    for read in (bus._conflicts, bus._occupancy):  # read again, now that the file is free
+        assert read.done.wait(30)
+        read.every_s = 0.0
+        read.get()
+        assert read.done.wait(30)
     status = bus.get_status()
     assert (status["db_read_error"], status["db_read_failing_since"]) == (None, None), status
