@@ -160,6 +160,13 @@ class VenueNoStreamLeader(GateAgentError):
     step is tried again (agent.venue.stream_identity `leader_answer`)."""
 
 
+class VenueStreamUnknown(GateAgentError):
+    """Whether a venue stream exists could not be told: its create failed and JetStream did not
+    answer its stream info (a timeout, no responders, no quorum). Neither a reason to create it
+    anew nor to go on as if it existed: the set-up step fails, says so, and is tried again
+    (agent.venue.streams `_exists`)."""
+
+
 class DriverError(GateAgentError):
     """A reader or output failed."""
 

@@ -456,7 +456,10 @@ def venue_degraded_reasons(venue: dict[str, Any], now: datetime) -> list[Reason]
              "not published"),
             (venue.get("leader") or {}, "its venue role's session (catalog and upload streams, "
              "buckets)", "this gate neither follows the leader's catalog nor hands its scans "
-             "over for upload, and takes no part in the leader election")):
+             "over for upload, and takes no part in the leader election"),
+            ((venue.get("leader") or {}).get("term_setup") or {}, "its leader term (the "
+             "batches and quarantine buckets, the upload consumer)", "the venue's scans are "
+             "not uploaded while this gate holds the lease")):
         step = part.get("session_step")
         setting_up = _age(part.get("setup_since"), now)
         if step not in (None, "running") and (part.get("setup_error") or (
@@ -533,14 +536,20 @@ def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
 
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
     """venue.db refusing the stream's messages (agent.venue.bus `_apply`): they are tried
-    again in order, but until then this gate decides without the other gates' latest scans."""
-    if not venue.get("apply_error"):
-        return []
-    return [Reason("warn", "venue_db_failing",
-                   f"venue.db cannot be written since {venue.get('apply_failing_since')} "
-                   f"({venue['apply_error']}); other gates' scans wait to be applied here and "
-                   "claims on their tickets follow venue.offline_policy — free disk space in "
-                   "store.dir or fix its permissions (retried by itself)")]
+    again in order, but until then this gate decides without the other gates' latest scans.
+    Or status's own reads of it failing (agent.venue.status_read): its figures are old."""
+    if venue.get("apply_error"):
+        return [Reason("warn", "venue_db_failing",
+                       f"venue.db cannot be written since {venue.get('apply_failing_since')} "
+                       f"({venue['apply_error']}); other gates' scans wait to be applied here "
+                       "and claims on their tickets follow venue.offline_policy — free disk "
+                       "space in store.dir or fix its permissions (retried by itself)")]
+    if venue.get("db_read_error"):
+        return [Reason("warn", "venue_db_failing",
+                       f"venue.db cannot be read since {venue.get('db_read_failing_since')} "
+                       f"({venue['db_read_error']}); the conflicts and occupancy shown are the "
+                       "last read — find the process holding it (retried by itself)")]
+    return []
 
 
 def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:

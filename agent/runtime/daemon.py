@@ -258,6 +258,7 @@ class Daemon:
                         bus.store_path)
         self.venue_error = None
         self.bus = bus
+        bus.on_leader_time = self._leader_time_heard  # a member's clock: at once, then a period
         self.bus.start()
         log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
                  self.bus.device, ", ".join(self.config.venue["servers"]),
@@ -807,6 +808,12 @@ class Daemon:
                 await asyncio.wait_for(self.stop_event.wait(), timeout=period)
             except TimeoutError:
                 pass
+
+    def _leader_time_heard(self) -> None:
+        """The bus's session is up and the leader's time is on its board (the bus's thread):
+        the clock is checked now, not a watchdog period later (agent.venue.bus)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._follow_leader_clock)
 
     def _follow_leader_clock(self) -> None:
         """A venue member sends the platform nothing: its clock is checked against the

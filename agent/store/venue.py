@@ -322,8 +322,12 @@ class VenueStore:
         return int(row[0]) if row else 0
 
     def position(self, stream: str) -> int:
-        """The last stream sequence applied here (0: nothing yet)."""
-        return self._position(stream)
+        """The last stream sequence applied here (0: nothing yet); a refused read names the
+        file (`_failed`)."""
+        try:
+            return self._position(stream)
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
 
     def stream_created(self, stream: str) -> str | None:
         """The creation time of the stream the position counts in (None: not recorded yet)."""
@@ -444,19 +448,26 @@ class VenueStore:
         and tickets ever admitted there. Zones without exit scanning only ever count up.
         Latest by bus time, not stream position: a scan decided offline reaches the stream
         late, after scans made after it."""
-        cur = self.conn.execute(
-            "SELECT event_id, zone_id, MAX(zone_is_default), SUM(direction = 'in'), COUNT(*)"
-            " FROM (SELECT event_id, zone_id, zone_is_default, direction, ROW_NUMBER() OVER"
-            " (PARTITION BY event_id, item_id, zone_id ORDER BY bus_time DESC, stream_seq DESC)"
-            " AS latest"
-            " FROM venue_scans WHERE admit = 1 AND voided = 0 AND awaiting = 0"
-            " AND item_id IS NOT NULL)"
-            " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id")
+        try:
+            rows = self.conn.execute(
+                "SELECT event_id, zone_id, MAX(zone_is_default), SUM(direction = 'in'),"
+                " COUNT(*) FROM (SELECT event_id, zone_id, zone_is_default, direction,"
+                " ROW_NUMBER() OVER (PARTITION BY event_id, item_id, zone_id"
+                " ORDER BY bus_time DESC, stream_seq DESC) AS latest"
+                " FROM venue_scans WHERE admit = 1 AND voided = 0 AND awaiting = 0"
+                " AND item_id IS NOT NULL)"
+                " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
         return [{"event_id": e, "zone_id": z, "zone_is_default": bool(d), "inside": int(i),
-                 "admitted": int(n)} for e, z, d, i, n in cur.fetchall()]
+                 "admitted": int(n)} for e, z, d, i, n in rows]
 
     def conflict_count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM venue_conflicts").fetchone()[0])
+        try:
+            return int(self.conn.execute("SELECT COUNT(*) FROM venue_conflicts").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
 
     # -- publishing cursor -----------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from agent.venue.claim_channel import (
 )
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 from agent.venue.setup import SetUp
+from agent.venue.status_read import StatusRead
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -68,6 +69,7 @@ SWEEP_AFTER_S = 30.0  # a claim this old with no admit in the journal cannot be 
 # Occupancy is folded from every scan of the venue (0.2 s for 100k scans here): at most this
 # often, whatever the number of dashboards polling it.
 OCCUPANCY_EVERY_S = 5.0
+STATUS_READ_EVERY_S = 1.0  # the conflict count in status: read again at most this often
 # While a lane of this gate is between its claim and its journal commit, the consumer holds
 # back what it receives (this very claim, typically) for at most this long, so the applier
 # thread does not wake and take the GIL from the lane at that moment (docs/venue.md, figures).
@@ -93,6 +95,14 @@ APPLY_RETRY_S = (0.1, 2.0)
 UNMEASURED_HOLD_S = 5.0
 CLOCK_STEP_S = 1.0  # the decision clock moved this much against the monotonic one: stepped
 UNMEASURED_KEPT = 100_000  # scans kept in memory for a later measurement, at most
+# A member's clock is checked against the platform's time that the leader's heartbeat carries
+# (the daemon's `_follow_leader_clock`, agent.runtime.clock `leader_reading`) once a watchdog
+# period (15 s under WatchdogSec=30), and a wrong clock is corrected on the second agreeing
+# reading: half a minute after the session came up, deciding by the wrong time meanwhile. So
+# the first leader beats of each session are told at once (`on_leader_time`); the period
+# goes on after them.
+LEADER_TIME_KEY = "platform_minus_bus_s"  # agent.ops.heartbeat: in the leader's beat
+LEADER_TIMES_AT_ONCE = 2  # agent.runtime.clock: two agreeing readings start a correction
 
 # a message of the stream on its way to the applier: stream sequence, subject, body, messages
 # still pending after it, and the server's timestamp of it (the scan's bus time: messages.py)
@@ -168,8 +178,15 @@ class VenueBus:
         store = VenueStore(self.store_path)
         try:
             self.applied_seq = store.position(self.stream)
+            conflicts = store.conflict_count()
         finally:
             store.close()
+        # status's figures of venue.db, read off the daemon's loop (agent.venue.status_read)
+        self._conflicts = StatusRead(self.store_path, VenueStore.conflict_count, conflicts,
+                                     STATUS_READ_EVERY_S, "the conflict count")
+        self._occupancy: StatusRead[list[dict[str, Any]]] = StatusRead(
+            self.store_path, VenueStore.occupancy, [],
+            OCCUPANCY_EVERY_S, "the occupancy")
         self.stream_last_seq = self.applied_seq
         self.counters = {"claims_granted": 0, "claims_conflicted": 0, "claims_timed_out": 0,
                          "claims_not_sent": 0,
@@ -197,7 +214,6 @@ class VenueBus:
         self._nc: Any = None
         self._js: Any = None
         self._caught_up = False
-        self._status_store: VenueStore | None = None
         # claims up to this stream position have been picked up: from the lowest, so claims
         # kept from a stream made again (renumbered below it: VenueStore.restart_stream) are too
         self._swept_seq = SWEEP_FROM
@@ -219,7 +235,6 @@ class VenueBus:
         self.wall = wall
         self.clock = clock or wall
         self._heartbeats: HeartbeatLink | None = None
-        self._occupancy: tuple[float, list[dict[str, Any]]] = (-OCCUPANCY_EVERY_S, [])
         # claims between publish and journal commit (lane threads), and what the consumer
         # holds back meanwhile (bus loop only); see HOLD_WHILE_CLAIMING_S
         self.hold_while_claiming = True
@@ -244,6 +259,12 @@ class VenueBus:
         self._unmeasured_since: str | None = None
         self.unmeasured_hold_s = venue["heartbeat_s"] + UNMEASURED_HOLD_S
         self._probe: asyncio.Task[None] | None = None  # a measurement after a reconnect
+        # told (on the bus thread) of another gate's beat with the leader's time, for the
+        # first LEADER_TIMES_AT_ONCE of each session set up: the daemon checks its clock then
+        self.on_leader_time: Callable[[], object] | None = None
+        self._leader_times_left = 0
+        self._leader_time_told = 0.0  # the stamp of the last beat told
+        self.board.on_seen = self._beat_seen
 
     @property
     def session_step(self) -> str:
@@ -285,9 +306,8 @@ class VenueBus:
         self._stopping.set()
         self._inbox.put(None)
         self._applier.join(timeout)
-        if self._status_store is not None:
-            self._status_store.close()
-            self._status_store = None
+        self._conflicts.close()
+        self._occupancy.close()
 
     def _run(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -419,6 +439,8 @@ class VenueBus:
             self._connected_at = time.monotonic()
             self._connected_unmeasured()
             self._session_ready = True
+            self._leader_times_left = LEADER_TIMES_AT_ONCE
+            self._leader_time_on_board()
             self.last_error = None
             self.setup.running()
             log.info("venue bus connected: %s as %s", self.stream, self.device)
@@ -615,8 +637,10 @@ class VenueBus:
         self._restarted.set()
 
     async def _subscribe(self, store: VenueStore) -> Any:
-        """An ordered push consumer from the first message not yet applied here."""
-        start = store.position(self.stream) + 1
+        """An ordered push consumer from the first message not yet applied here (the
+        position read off the loop: venue.db held by another process makes it wait SQLite's
+        busy timeout, and claims are answered on this loop)."""
+        start = await asyncio.to_thread(store.position, self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
             # handed to the applier thread (a SQLite commit here would delay the acks of
@@ -1160,6 +1184,27 @@ class VenueBus:
                 self._cond.wait(left)
         return True
 
+    def _beat_seen(self, device: str, body: dict[str, Any], stamped: float, live: bool) -> None:
+        """A beat on the board (bus thread): another gate's with the leader's time, new, while
+        this session is set up and this clock measured against the bus (the reading needs
+        both), is told to `on_leader_time` — the first LEADER_TIMES_AT_ONCE of a session."""
+        value = body.get(LEADER_TIME_KEY)
+        if (not live or device == self.device or self.on_leader_time is None
+                or self._leader_times_left <= 0 or not self._session_ready
+                or isinstance(value, bool) or not isinstance(value, (int, float))
+                or stamped <= self._leader_time_told or not self.board.calibrated):
+            return
+        self._leader_time_told = stamped
+        self._leader_times_left -= 1
+        self.on_leader_time()
+
+    def _leader_time_on_board(self) -> None:
+        """The session is set up: a leader beat already on the board is told now."""
+        rows = [r for r in self.board.rows() if r["state"] == "online"
+                and r["device"] != self.device and LEADER_TIME_KEY in r]
+        for row in sorted(rows, key=lambda r: float(r["last_seen"]))[-1:]:
+            self._beat_seen(row["device"], row, float(row["last_seen"]), True)
+
     def _connected_unmeasured(self) -> None:
         """Connected: from now on, until a measurement comes, the only thing between ops and
         a row of `clockUnmeasured` refusals is status saying why (the server answered without
@@ -1169,23 +1214,14 @@ class VenueBus:
 
     # -- status ---------------------------------------------------------------------------------
 
-    def _reader(self) -> VenueStore:
-        """The daemon loop's own connection to venue.db (status, dashboard)."""
-        if self._status_store is None:
-            self._status_store = VenueStore(self.store_path)
-        return self._status_store
-
     def occupancy(self) -> list[dict[str, Any]]:
-        """Tickets inside each zone, from every gate's scans applied here (the dashboard;
-        recomputed at most every OCCUPANCY_EVERY_S)."""
-        at, rows = self._occupancy
-        if time.monotonic() - at >= OCCUPANCY_EVERY_S:
-            rows = self._reader().occupancy()
-            self._occupancy = (time.monotonic(), rows)
-        return rows
+        """Tickets inside each zone, from every gate's scans applied here (the dashboard, on
+        the daemon's loop: as last read, read again off it at most every OCCUPANCY_EVERY_S)."""
+        return self._occupancy.get()
 
     def get_status(self, journal: Journal | None = None) -> dict[str, Any]:
-        """For /status (called from the daemon's loop: its own connection to venue.db)."""
+        """For /status (called from the daemon's loop: venue.db's figures as last read off
+        it, agent.venue.status_read)."""
         marks = journal.venue_counts() if journal is not None else {}
         # rows an earlier process left (whatever their time), and this one's waiting too long
         waited = utc_iso(datetime.fromtimestamp(self.clock() - UNANSWERED_AFTER_S, UTC))
@@ -1204,7 +1240,12 @@ class VenueBus:
             "stream_restarts": self.stream_restarts,
             "applied_seq": self.applied_seq,
             "lag": max(0, self.stream_last_seq - self.applied_seq),
-            "conflicts": self._reader().conflict_count(),
+            "conflicts": self._conflicts.get(),  # as last read (agent.venue.status_read)
+            # a status read venue.db refused (another process holds it): the file and since
+            # when (reason venue_db_failing)
+            "db_read_error": self._conflicts.error or self._occupancy.error,
+            "db_read_failing_since": self._conflicts.failing_since
+            or self._occupancy.failing_since,
             "gates": self.board.counts(),
             # this clock against the bus server's (the sample at connect, heartbeats' delivery
             # delays; None before the first: entries whose answer depends on how other gates'

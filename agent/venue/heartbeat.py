@@ -119,6 +119,9 @@ class GateBoard:
         self._known: dict[str, Beat] = {}
         self._lock = threading.Lock()
         self._delays: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+        # told of each beat taken in (device, body, stamp, live), on the feeding thread, after
+        # it is on the board (agent.venue.bus: the leader's time for a member's clock)
+        self.on_seen: Callable[[str, dict[str, Any], float, bool], None] | None = None
 
     def calibrate(self, delay_s: float) -> None:
         """A heartbeat received live `delay_s` after the bus stamped it (by this clock). The
@@ -158,6 +161,8 @@ class GateBoard:
             known = self._known.get(device)
             if known is None or known.stamped <= stamped:
                 self._known[device] = beat
+        if self.on_seen is not None:
+            self.on_seen(device, body, stamped, live)
 
     def gone(self, device: str) -> None:
         """The live key expired (TTL) or was deleted (a clean stop)."""

@@ -266,7 +266,8 @@ class VenueRole:
                 if cancelled():
                     raise asyncio.CancelledError from exc
                 self.counters["leader_errors"] += 1
-                log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
+                if self.lead.setup.error is None:  # a term's failing set-up: said once by it
+                    log.warning("venue round failed: %s: %s", type(exc).__name__, exc)
             await self._pause(stop, 0.2)
 
     # -- for the daemon ----------------------------------------------------------------------
@@ -288,6 +289,7 @@ class VenueRole:
             out.update(self.stepdown.get_status())
         out.update(self.figures.get_status())
         out.update(self.losses.get_status())
+        out["term_setup"] = self.lead.setup.get_status()  # its set-up while it fails
         out["last_full_pass"] = self.lead.passes.last_full
         uploader = self.lead.uploader
         uploader_drift = uploader.drift if uploader is not None else {}

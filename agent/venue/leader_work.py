@@ -27,6 +27,7 @@ from agent.venue.budget import LeaderFence, leader_governor
 from agent.venue.election import Election
 from agent.venue.leader_sync import LeaderSync
 from agent.venue.lost_streams import LostStreams
+from agent.venue.setup import SetUp
 
 log = logging.getLogger("gate_agent.venue.leader")
 
@@ -68,6 +69,9 @@ class LeaderWork:
         self._election: Election | None = None  # the session's, for requested passes
         self._js: Any = None  # the session's
         self._next_upload = 0.0
+        # the term's set-up (buckets, consumer) while it fails, why and since when: status
+        # `leader.term_setup` (reason venue_degraded); idle while this device does not lead
+        self.setup = SetUp(log, "venue leader term")
 
     def new_session(self, fence: LeaderFence | None) -> None:
         """A bus session set up: its fence (None for a device that may not lead), and the
@@ -99,6 +103,28 @@ class LeaderWork:
                         else "running")
             await self.stop()
         assert self.fence is not None
+        try:
+            await self._set_up(nc, js, election)
+        except Exception as exc:  # in status until the term runs; the next round tries again
+            if self.uploader is not None:  # a part of the term runs: none of it runs on
+                step = self.setup.step
+                await self.stop()
+                self.setup.begin(step)
+            if self.setup.since is not None:  # not a term that ended meanwhile (`stop`)
+                self.setup.failed(exc)
+            raise
+        self.setup.running()
+        lease = election.lease
+        log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
+                    "leader counted", self.name, self.device, lease.term,
+                    self.counters["seeded_requests"])
+
+    async def _set_up(self, nc: Any, js: Any, election: Election) -> None:
+        """The term's work, step by step in `setup` (a step that fails raises: the role's
+        next round tries the term again, and `setup` keeps since when)."""
+        assert self.fence is not None
+        setup = self.setup
+        setup.begin("seeding the leader's request budget")
         lease = election.lease
         self.term = lease.term
         self._election, self._js = election, js
@@ -114,16 +140,15 @@ class LeaderWork:
                                         max_batch=self.config.sync["upload_batch_size"],
                                         ack_wait_s=self.ack_wait_s,
                                         status=self.upload_status, replicas=self.replicas)
-        await uploader.start()  # may fail on the bus: the next round starts the term again
+        await uploader.start(setup)  # its buckets' creates: each failed try said at once
+        setup.at("watching the batches bucket")
         await self.losses.watch_batches(js)
         self.syncer = Syncer(self.config, self.client, self.config.store_dir / "cache.db",
                              observer=catalog.CatalogPublisher(js, self.name, lease))
         self.uploader = uploader
         self.sync_task = asyncio.create_task(self.passes.run(self.syncer), name="venue sync")
+        setup.at("answering the gates' pass requests")
         self._pass_sub = await passrequest.serve(nc, self.name, self._requested_pass)
-        log.warning("venue %s: %s leads (term %d); %d recent requests of the previous "
-                    "leader counted", self.name, self.device, lease.term,
-                    self.counters["seeded_requests"])
 
     def term_over(self, election: Election | None) -> bool:
         """The leader work running was set up for another term, or its sync task ended.
@@ -160,6 +185,7 @@ class LeaderWork:
         """The term's work ends (the lease lost, a new term, or the session's end): no upload,
         no sync pass and no requested pass of it runs on. The client stays (`close`)."""
         self.uploader = None
+        self.setup.idle()
         self.losses.unwatch_batches()
         sub, self._pass_sub = self._pass_sub, None
         if sub is not None:

@@ -1,5 +1,7 @@
 """Where a venue session's set-up is, and why it waits: one record for the gate's bus session
-(agent.venue.bus) and the venue role's (agent.venue.leader).
+(agent.venue.bus), the venue role's (agent.venue.leader), and the leader's term's
+(agent.venue.leader_work: the batches and quarantine buckets its uploads need, made when this
+device takes the lease, inside a session already running).
 
 A session's set-up is a row of JetStream steps (make the streams and buckets, adopt them,
 subscribe). Without a quorum, or while a cluster elects its meta leader, JetStream answers none
@@ -21,6 +23,7 @@ from typing import Any
 from agent.core.codes import utc_iso
 
 RUNNING = "running"
+NOT_STARTED = "not started"
 
 
 class SetUp:
@@ -30,7 +33,7 @@ class SetUp:
     def __init__(self, log: logging.Logger, what: str):
         self.log = log
         self.what = what
-        self.step = "not started"
+        self.step = NOT_STARTED
         self.error: str | None = None  # the last failed try's, until the session runs
         self.since: str | None = None  # when the set-up began (None once running)
 
@@ -45,8 +48,10 @@ class SetUp:
         self.step = step
 
     def describe(self, exc: BaseException) -> str:
-        """An error as status and the log show it: with the step it happened at."""
-        return f"{type(exc).__name__}: {exc} (while {self.step})"[:300]
+        """An error as status and the log show it: with the step it happened at (a long
+        error is cut, never the step)."""
+        step = f" (while {self.step})"
+        return f"{type(exc).__name__}: {exc}"[:max(100, 300 - len(step))] + step
 
     def failed(self, exc: BaseException) -> str:
         """A try of the current step failed: recorded (and logged once per distinct error);
@@ -56,6 +61,10 @@ class SetUp:
             self.log.warning("%s not set up: %s; trying again", self.what, error)
         self.error = error
         return error
+
+    def idle(self) -> None:
+        """Nothing to set up now (a leader term over): as before its first step."""
+        self.step, self.error, self.since = NOT_STARTED, None, None
 
     def running(self) -> None:
         self.step, self.error, self.since = RUNNING, None, None

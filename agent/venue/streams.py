@@ -19,7 +19,10 @@ never tried again until the next session set-up, however soon the quorum came ba
 setting that differs on a leaderless stream, or an update not answered, raises: the caller's
 set-up is tried again until the stream has a leader, which the session needs anyway (claims,
 `stream_identity.leader_answer`). While a create is not answered, `waiting` hears each failure
-(the bus's status says why its set-up waits, not only which step it is at).
+(the bus's status says why its set-up waits, not only which step it is at). Whether a stream
+exists is judged on an answer too: a failed create followed by a stream info that JetStream
+does not answer is no "missing" (the create is not sent again on it) and no "exists": the
+step fails with VenueStreamUnknown, said by the caller's set-up.
 
 Replicas are only ever raised by a gate: a gate whose config lists fewer servers (or an old
 config during a rolling change) would otherwise take them from the whole venue at each of its
@@ -41,12 +44,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import APIError, BadRequestError
 
-from agent.errors import VenueNoStreamLeader
+from agent.errors import VenueNoStreamLeader, VenueStreamUnknown
 from agent.venue.stream_identity import leaderless
 
 log = logging.getLogger("gate_agent.venue.streams")
 
 IN_USE_OTHER_CONFIG = 10058  # JetStream: stream name already in use with a different config
+STREAM_NOT_FOUND = 10059  # JetStream: stream not found (the one answer that says "missing")
 # JetStream's "no one can decide this now" (temporarily unavailable: no meta leader; cluster
 # can not handle request: not the leader): no answer to a change, never a refusal of it
 NOT_ANSWERED = {10008, 10009}
@@ -99,14 +103,15 @@ async def _create(js: Any, make: Any, config: Any, stream: str,
                   waiting: Waiting | None = None) -> tuple[bool, Any]:
     """(True, `make(config)`), or (False, None) when `stream` exists and the create was
     refused: 10058, or another refusal of the new settings (a one-node server refuses 3
-    replicas with 10074 before comparing). Other failures (no meta leader yet while a
-    cluster starts) are retried for CREATE_RETRY_S, each said to `waiting`."""
+    replicas with 10074 before comparing). A failed create of a stream JetStream says is
+    missing (10059) is retried for CREATE_RETRY_S, each failure said to `waiting`; one whose
+    stream info is not answered raises VenueStreamUnknown (`_exists`)."""
     deadline = time.monotonic() + CREATE_RETRY_S
     while True:
         try:
             return True, await make(config)
-        except Exception as exc:  # noqa: BLE001 - exists, or no meta leader yet: retry a while
-            if is_in_use_error(exc) or await _exists(js, stream):
+        except Exception as exc:  # noqa: BLE001 - exists, or not made yet: retry a while
+            if is_in_use_error(exc) or await _exists(js, stream, exc):
                 return False, None
             if time.monotonic() > deadline:
                 raise
@@ -115,14 +120,31 @@ async def _create(js: Any, make: Any, config: Any, stream: str,
             await asyncio.sleep(0.25)
 
 
-async def _exists(js: Any, stream: str) -> bool:
-    """Any stream info answer says the stream exists, a replica's too (no leader now): it
-    holds the stream. What its settings need is judged by `reconcile` on that answer."""
+async def _exists(js: Any, stream: str, create_error: BaseException) -> bool:
+    """After a failed create: any stream info answer says the stream exists, a replica's too
+    (no leader now): it holds the stream, and what its settings need is judged by `reconcile`
+    on that answer. Only JetStream's "stream not found" (10059) says it is missing (the create
+    is tried again). Anything else (a timeout, no responders, no quorum) says nothing: taken
+    as "missing", the create was sent again and again for CREATE_RETRY_S with only its own
+    error said; taken as "exists", the set-up would go on with no stream. It raises
+    VenueStreamUnknown instead, naming both errors: the caller's set-up step fails, says so
+    and is tried again (agent.venue.setup)."""
     try:
         await js.stream_info(stream)
-    except Exception:  # noqa: BLE001 - not found, or the server cannot say yet
-        return False
+    except Exception as exc:
+        if isinstance(exc, APIError) and exc.err_code == STREAM_NOT_FOUND:
+            return False
+        raise VenueStreamUnknown(
+            f"cannot tell whether stream {stream} exists: its create failed "
+            f"({_error_text(create_error)}) and its stream info got no answer "
+            f"({_error_text(exc)})") from exc
     return True
+
+
+def _error_text(exc: BaseException) -> str:
+    """Short: both errors and the step must fit in status's 300 characters."""
+    detail = (exc.description or f"code {exc.code}") if isinstance(exc, APIError) else str(exc)
+    return f"{type(exc).__name__}: {detail}"[:70]
 
 
 async def ensure_stream(js: Any, config: StreamConfig, wants: list[Want],

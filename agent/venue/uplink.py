@@ -71,6 +71,7 @@ from agent.store.journal import Journal
 from agent.venue import quarantine, stream_identity, streams
 from agent.venue.kvkeys import live_keys
 from agent.venue.lease import Lease
+from agent.venue.setup import SetUp
 
 log = logging.getLogger("gate_agent.venue.uplink")
 
@@ -278,19 +279,27 @@ class VenueUploader:
         self.drift: dict[str, str] = {}  # buckets used with other settings (agent.venue.streams)
         self._budget: int | None = None  # requests left this round once a 422 came
 
-    async def start(self) -> None:
+    async def start(self, setup: SetUp | None = None) -> None:
+        """A term's uploads set up; `setup` (the term's, agent.venue.leader_work) hears each
+        step and each failed try of a bucket's create while JetStream does not answer it."""
+        setup = setup or SetUp(log, "venue uploader")
+        setup.at("making sure the batches bucket exists")
         self.kv = await streams.ensure_bucket(self.js, KeyValueConfig(
             bucket=batches_bucket(self.venue), history=1,
             storage=StorageType.FILE, ttl=86_400.0,
-            replicas=self.replicas), self.drift)  # R3 in a cluster: a batch outlives one node
+            replicas=self.replicas), self.drift,  # R3 in a cluster: a batch outlives one node
+            waiting=setup.failed)
+        setup.at("making sure the quarantine bucket exists")
         self.quarantine = await quarantine.quarantine_bucket(self.js, self.venue, self.replicas,
-                                                             self.drift)
+                                                             self.drift, setup.failed)
         self.quarantine_created = stream_identity.created_of(await self.js.stream_info(
             streams.kv_stream(quarantine.bucket_name(self.venue))))
+        setup.at("subscribing to the upload stream")
         self.sub = await self.js.pull_subscribe(
             f"venueup.{self.venue}.>", durable=DURABLE, stream=stream_name(self.venue),
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
                                   max_ack_pending=-1))
+        setup.at("loading the stored batches")
         await self._load_stored()
 
     async def _load_stored(self) -> None:
