@@ -238,7 +238,7 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    "emergency release still opens them. It is tried again every few seconds: "
                    "the bus starts and the lanes open by themselves once it opens; the file is "
                    "kept as it is (never moved aside or made anew)"))
-    elif venue and not venue.get("connected"):
+    elif venue and not venue.get("connected") and not venue.get("db_open_error"):
         add(Reason("warn", "venue_unreachable",
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))
@@ -537,7 +537,16 @@ def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
     """venue.db refusing the stream's messages (agent.venue.bus `_apply`): they are tried
     again in order, but until then this gate decides without the other gates' latest scans.
-    Or status's own reads of it failing (agent.venue.status_read): its figures are old."""
+    Or status's own reads of it failing (agent.venue.status_read): its figures are old. Or
+    the bus not opening it as it starts (agent.venue.bus `_open_store`): no bus at all."""
+    if venue.get("db_open_error"):
+        return [Reason("warn", "venue_db_failing",
+                       f"venue.db cannot be opened since {venue.get('db_open_failing_since')} "
+                       f"({venue['db_open_error']}); the venue bus is not running: this "
+                       "gate's scans wait in its journal to be published, other gates' scans "
+                       "are not applied here and claims follow venue.offline_policy — find "
+                       "the process holding it or fix its permissions (tried again every few "
+                       "seconds; the bus starts by itself once it opens)")]
     if venue.get("apply_error"):
         return [Reason("warn", "venue_db_failing",
                        f"venue.db cannot be written since {venue.get('apply_failing_since')} "

@@ -181,6 +181,15 @@ _CONFIRM_EXIT = ("UPDATE venue_scans SET awaiting = 0 WHERE uuid = ? AND device 
                  " AND awaiting = 1")
 
 
+def _held_hint(path: Path, exc: BaseException) -> str:
+    """Who to look for when SQLite says "database is locked" (its busy timeout ran out): the
+    agent's own connections hold the lock for milliseconds, so it is another process (a CLI,
+    `sqlite3` left in a transaction or with `PRAGMA locking_mode=EXCLUSIVE`), never damage or
+    the disk. "" for any other error."""
+    return (f" (another process holds it: `fuser -v {path}` names it)"
+            if "locked" in str(exc) else "")
+
+
 class VenueStore:
     """One connection to venue.db (the bus thread writes; each lane reads its own)."""
 
@@ -196,7 +205,8 @@ class VenueStore:
             access = sqlite_file_access(self.path, write=not readonly) or \
                 (None if readonly else no_room(self.path))
             raise StoreError(f"venue state {access}" if access is not None else
-                             f"venue state {self.path} cannot be opened: {exc}") from exc
+                             f"venue state {self.path} cannot be opened: {exc}"
+                             f"{_held_hint(self.path, exc)}") from exc
         self.conn = self.db.conn
         # SQLite opens a file it may not write (marked immutable, say) read-only without a
         # word when its migrations are done: the failure would come at the first write, after
@@ -211,9 +221,7 @@ class VenueStore:
         connection held its write lock past the 5 s busy timeout) says who to look for: the
         agent's own connections hold it for milliseconds, so it is another process (a CLI,
         `sqlite3` left in a transaction), never damage or the disk."""
-        hint = (f" (another process holds a write transaction on it: `fuser -v {self.path}` "
-                f"names it)" if "locked" in str(exc) else "")
-        return StoreError(f"venue state {self.path}: {exc}{hint}")
+        return StoreError(f"venue state {self.path}: {exc}{_held_hint(self.path, exc)}")
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""

@@ -85,6 +85,11 @@ SETUP_RETRY_S = (0.5, 4.0)
 # a batch venue.db refused (disk full, locked) is tried again after this pause, doubling up to
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
+# venue.db not opened as the bus starts (another process holds it `PRAGMA locking_mode=
+# EXCLUSIVE`, a momentary permission or disk problem): the bus loop and the applier try it
+# again this often (the daemon's STORE_RETRY_S for one it could not open at all), the bus
+# down meanwhile and status saying why (VenueBus._open_store)
+OPEN_RETRY_S = 5.0
 # A scan decided before this process measured its clock against the bus server's: the
 # publisher holds it (and the rows after it) after connecting, for the first measurement of
 # the offset its clock had when it decided (see `scan_offset`): taken as the session connects
@@ -137,11 +142,13 @@ class VenueBus:
 
     def __init__(self, venue: dict[str, Any], store_dir: Path, journal_path: Path | None,
                  config_path: str | None = None, *, wall: Callable[[], float] = time.time,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, open_retry_s: float = OPEN_RETRY_S):
         """`wall`: this device's wall clock (epoch s), which the heartbeats measure against
         the bus server's; `clock`: the one this gate decides by and stamps its scans with (the
         daemon's agent.runtime.clock GateClock: the platform's time while the wall clock is
-        known wrong), the wall clock if None. Tests give a gate clocks of its own."""
+        known wrong), the wall clock if None. Tests give a gate clocks of its own.
+        `open_retry_s`: how often venue.db is tried again when it cannot be opened as the bus
+        starts (`_open_store`); this bus's own, so a test shortens it for its bus alone."""
         self.venue = venue
         self.name = venue["name"]
         self.device = device_name(venue)
@@ -174,6 +181,14 @@ class VenueBus:
         # (`_adopt_stream`; VenueStore.restart_stream writes it in the reset's transaction)
         self._republish_through = 0
         self.apply_failing_since: str | None = None
+        # while venue.db cannot be opened as the bus starts: why (naming the file and what
+        # holds it), since when (status reason venue_db_failing), and who has not opened it
+        # yet ("bus": the loop's connection, "applier": its thread's); see `_open_store`
+        self.open_retry_s = open_retry_s
+        self.db_open_error: str | None = None
+        self.db_open_failing_since: str | None = None
+        self._unopened = {"bus", "applier"}
+        self._opening_lock = threading.Lock()
         self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
         try:
@@ -283,6 +298,8 @@ class VenueBus:
 
     def start(self) -> None:
         self._stopping.clear()
+        with self._opening_lock:
+            self._unopened = {"bus", "applier"}
         self._applier = threading.Thread(target=self._applying, name="venue applier",
                                          daemon=True)
         self._applier.start()
@@ -328,13 +345,14 @@ class VenueBus:
 
     async def _main(self) -> None:
         assert self._stop is not None
-        store = VenueStore(self.store_path)
         journal = Journal(self.journal_path) if self.journal_path is not None else None
         if journal is not None:  # before the session: no claim of this bus is journaled yet
             self.left_through_seq = await asyncio.to_thread(journal.last_seq)
         settler = asyncio.ensure_future(self._settling(journal))
+        store: VenueStore | None = None
         try:
-            while not self._stop.is_set():
+            store = await self._open_store()  # None: stopped before venue.db opened
+            while store is not None and not self._stop.is_set():
                 try:
                     await self._session_until_stopped(store, journal)
                 except Exception as exc:  # noqa: BLE001 - any bus failure: retry, gate goes on
@@ -347,9 +365,65 @@ class VenueBus:
             await asyncio.gather(settler, return_exceptions=True)
             await self._settle_rows(journal)  # what the lanes handed over last
             await self._close_connection()
-            store.close()
+            if store is not None:
+                store.close()
             if journal is not None:
                 journal.close()
+
+    async def _open_store(self) -> VenueStore | None:
+        """The bus loop's connection to venue.db, tried every `open_retry_s` until it opens
+        (None: the bus stopped first). venue.db opened when the bus was made, but another
+        process may hold it by its start (a `sqlite3` shell with `PRAGMA locking_mode=
+        EXCLUSIVE`), or a permission or the disk fail for a moment: opened once, that ended
+        the bus thread for good — no scan published or applied, no claim answered, and status
+        said only "connecting" (tests/venue/test_venue_db_at_start.py). The session starts
+        once it opens; this gate's scans journaled meanwhile go out then (the publisher's
+        cursor is in venue.db). Each try runs in a worker thread: it may wait out SQLite's
+        busy timeout."""
+        assert self._stop is not None
+        while not self._stop.is_set():
+            store = await asyncio.to_thread(self._try_open, "bus")
+            if store is not None:
+                return store
+            await self._sleep(self.open_retry_s)
+        return None
+
+    def _open_for_applier(self) -> VenueStore | None:
+        """The applier thread's connection to venue.db, tried as `_open_store` tries the
+        loop's (None: the bus stopped first; what was received meanwhile is applied after the
+        next start, from the stream: venue.db's position has not moved)."""
+        while True:
+            store = self._try_open("applier")
+            if store is not None:
+                return store
+            if self._stopping.wait(self.open_retry_s):
+                return None
+
+    def _try_open(self, who: str) -> VenueStore | None:
+        """One try at opening venue.db for `who` ("bus" or "applier"). A failure is kept for
+        status (`db_open_error`, naming the file and what holds it: reason venue_db_failing)
+        and logged once per distinct error; cleared once both have it open."""
+        try:
+            store = VenueStore(self.store_path)
+        except StoreError as exc:
+            error = str(exc)[:600]
+            with self._opening_lock:
+                if error != self.db_open_error:
+                    log.error("venue bus not running: %s — tried again every %g s", error,
+                              self.open_retry_s)
+                self.db_open_error = self.last_error = error
+                if self.db_open_failing_since is None:
+                    self.db_open_failing_since = utc_iso(datetime.now(UTC))
+            return None
+        with self._opening_lock:
+            self._unopened.discard(who)
+            if not self._unopened and self.db_open_error is not None:
+                log.warning("venue state %s can be opened again: the venue bus starts",
+                            self.store_path)
+                if self.last_error == self.db_open_error:
+                    self.last_error = None
+                self.db_open_error = self.db_open_failing_since = None
+        return store
 
     async def _session_until_stopped(self, store: VenueStore, journal: Journal | None) -> None:
         """A session that `stop()` can end. A connected session sees the stop and ends by
@@ -678,7 +752,9 @@ class VenueBus:
 
     def _applying(self) -> None:
         """The applier thread: messages in stream order, in batches, one transaction each."""
-        store = VenueStore(self.store_path)
+        store = self._open_for_applier()
+        if store is None:
+            return
         carried: Inbound | None = None  # a reset marker ends a batch
         try:
             while True:
@@ -1236,6 +1312,10 @@ class VenueBus:
             # step fails on a link that is up (no quorum), why and since when (venue_degraded)
             **self.setup.get_status(),
             "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
+            # venue.db not opened as the bus started: the bus is not running (why, naming the
+            # file and what holds it, since when: reason venue_db_failing; tried again)
+            "db_open_error": self.db_open_error,
+            "db_open_failing_since": self.db_open_failing_since,
             "settings_drift": sorted(self.settings_drift.values()),
             "stream_restarts": self.stream_restarts,
             "applied_seq": self.applied_seq,
