@@ -131,3 +131,27 @@ claim_timeout_ms = 500
         if linked is not None:
             linked.close()
         bus.stop()
+
+
+def test_a_bus_stopped_while_venue_db_is_held_ends_its_threads(tmp_path: Path) -> None:
+    """Stopping a bus still waiting for venue.db (a daemon's reload or shutdown meanwhile)
+    ends its loop and applier threads: neither keeps trying a file for a bus that is gone."""
+    venue = {"name": "held", "servers": ["nats://127.0.0.1:1"], "device": "h1",
+             "credentials": "", "tls_ca": "", "claim_timeout_ms": 500,
+             "offline_policy": "local", "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
+    bus = VenueBus(venue, tmp_path, None, open_retry_s=RETRY_S)
+    locker = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(bus.store_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert locker.stdin is not None and locker.stdout is not None
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        bus.start()
+        wait_until(lambda: bus.db_open_error is not None, 30, "the failed open in status")
+        bus.stop()
+        assert bus._thread is not None
+        for thread in (bus._thread, bus._applier):  # a try in flight waits out its busy wait
+            thread.join(30)
+            assert not thread.is_alive(), thread
+    finally:
+        locker.stdin.close()
+        locker.wait(10)
