@@ -405,8 +405,9 @@ class VenueBus:
         and logged once per distinct error; cleared once both have it open."""
         try:
             store = VenueStore(self.store_path)
-        except StoreError as exc:
-            error = str(exc)[:600]
+        except (StoreError, OSError) as exc:  # OSError: making a file gone meanwhile failed
+            error = (str(exc) if isinstance(exc, StoreError) else
+                     f"venue state {self.store_path} cannot be opened: {exc}")[:600]
             with self._opening_lock:
                 if error != self.db_open_error:
                     log.error("venue bus not running: %s — tried again every %g s", error,
