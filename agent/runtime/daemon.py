@@ -24,63 +24,56 @@ refuses the whole reload, naming the key (agent.runtime.reload).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from agent import __version__
 from agent.access import store_write_failure
 from agent.config import Config, LaneConfig, load_config
-from agent.core.codes import epoch_iso, utc_iso
+from agent.core.codes import utc_iso
 from agent.errors import (
     CacheCorrupt,
     CacheNotAccessible,
-    CacheUnavailable,
     ConfigError,
     GateAgentError,
     JournalUnavailable,
     StoreError,
 )
-from agent.files import write_private
-from agent.ops.dashboard import venue_view
 from agent.ops.heartbeat import publish_heartbeats
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
-from agent.ops.server import build_app, split_listen
-from agent.ops.status import evaluate, summary_line
+from agent.ops.server import split_listen
+from agent.ops.status import summary_line
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
 from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
+from agent.runtime import statusserve
 from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.clock import GateClock, leader_reading
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.lane import LaneEvent, LaneRunner
-from agent.runtime.notify import Notifier, watchdog_interval
+from agent.runtime.notify import Notifier
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_caches
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
+from agent.runtime.statusserve import STATUS_RETRY_S, StatusServer
 from agent.runtime.storeaccess import (
     DaemonLock,
     not_mine,
     refuse_root_daemon,
-    store_owner,
 )
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
@@ -93,8 +86,6 @@ from drivers import Scan
 log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
-STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
-STATUS_BACKLOG = 128  # connections queued before the status server accepts (uvicorn: 2048)
 # With [venue], the lanes open once this gate has measured its clock against the bus server's
 # (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
 VENUE_CLOCK_WAIT_S = 5.0
@@ -137,7 +128,7 @@ class Daemon:
         self.cache_unreadable: str | None = None  # cache.db not ours (owner/mode), kept as is
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
-        self.server: uvicorn.Server | None = None
+        self.server: StatusServer | None = None
         self.listen_address: str | None = None
         self.status_error: str | None = None  # the status endpoint cannot listen (retrying)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -690,124 +681,16 @@ class Daemon:
         if self.journal.pending_count(at_most=batch) >= batch:
             self.jobs.run_now("upload")
 
-    # -- status -------------------------------------------------------------------------------
+    # -- status (agent.runtime.statusserve) ---------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        journal: dict[str, Any] = {"path": str(self.journal_path)}
-        if self.journal is not None:
-            try:
-                journal.update(self.journal.counts())
-            except GateAgentError as exc:
-                journal["error"] = str(exc)
-        if self.journal_error:  # not opened at start (tried again: journal_access)
-            journal["error"], journal["unopened"] = self.journal_error, True
-        cache: dict[str, Any] = {"degraded": self.cache_degraded,
-                                 "unreadable": self.cache_unreadable}
-        if self.status_cache is not None:
-            try:
-                cache.update(self.status_cache.get_status())
-            except CacheUnavailable as exc:  # damaged under the running gate: a fail reason
-                cache["read_failed"] = str(exc)
-                self._cache_failed(str(exc))
-            except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
-                cache["error"] = str(exc)
-        platform: dict[str, Any] = {"disabled": self.platform_disabled,
-                                    "offline": self.config.api["offline"]}
-        led = self.role.platform_status() if self.role is not None else None
-        if led is not None:
-            platform.update(led)  # venue mode: the leader's link (as long as it leads)
-        elif self.client is not None:
-            platform.update(self.client.get_status())
-        snap: dict[str, Any] = {
-            "version": __version__, "uptime_s": round(time.time() - self.started, 1),
-            "started_at": epoch_iso(self.started),
-            "lanes": [runner.get_status() for runner in self.lanes.values()],
-            "cache": cache, "journal": journal, "platform": platform,
-            "upload": (self.role.upload_status.as_dict() if self.role is not None else
-                       self.uploader.status.as_dict() if self.uploader else None),
-            "sync": self.syncer.progress.as_dict() if self.syncer else None,
-            "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
-            "status_error": self.status_error,
-            "pairings_error": self.pairings_error, "reload_error": self.reload_error,
-            "venue": self._venue_status(),
-            "emergency": self.emergency.get_status(), "clock": self.clock.get_status(),
-        }
-        if snap["venue"] is not None and self.role is not None:
-            snap["venue"]["leader"] = self.role.get_status()
-        health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
-        snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
-        return snap
-
-    def _venue_status(self) -> dict[str, Any] | None:
-        if self.bus is not None:
-            return self.bus.get_status(self.journal)
-        if self.config.venue is None or self.venue_error is None:
-            return None
-        return {"venue": self.config.venue["name"], "connected": False,
-                "open_error": self.venue_error}
+        return statusserve.report(self)
 
     async def serve_status(self) -> None:
-        """The status endpoint. A port held by something else must not keep the gate down
-        (the service would restart every 2 s, lanes and all): the gate runs without it,
-        says so (`status_unavailable` in systemd's status line and the log) and tries the
-        port again every `status_retry_s` (STATUS_RETRY_S)."""
-        host, port = split_listen(self.config.status["listen"], self.config.status["token"])
-        app = build_app(self.report, self.metrics.render, self.config.status["token"],
-                        lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
-        while True:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-                break
-            except OSError as exc:
-                sock.close()
-                if self.status_error is None:
-                    log.error("status endpoint: cannot listen on %s:%s (%s); the gate runs "
-                              "without it and tries again every %g s", host, port,
-                              exc.strerror, self.status_retry_s)
-                self.status_error = f"cannot listen on {host}:{port} ({exc.strerror})"
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.status_retry_s)
-                return
-            except TimeoutError:
-                pass
-        self.status_error = None
-        # listening before status.addr names it: a client that reads the file at once (the
-        # CLI, the demo, a test) must be queued until uvicorn accepts, not refused (it was,
-        # once in CI: bound only, the port refuses connections until uvicorn's start-up)
-        sock.listen(STATUS_BACKLOG)
-        actual = sock.getsockname()[1]
-        self.listen_address = f"{host}:{actual}"
-        # 0600 like every other file of store.dir (was the umask's mode), and the store's
-        # owner's when root runs the daemon in the foreground (as SQLite does for its -wal);
-        # a read-only store.dir must not keep the status endpoint (and its alarm) down.
-        try:
-            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n",
-                          owner=store_owner(self.config.store_dir))
-        except OSError as exc:
-            log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
-        log.info("status endpoint on http://%s/status", self.listen_address)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self.server = _StatusServer(config)
-        await self.server.serve(sockets=[sock])
+        await statusserve.serve_status(self)
 
     async def watchdog(self) -> None:
-        interval = watchdog_interval()
-        period = interval or 5.0
-        while not self.stop_event.is_set():
-            self.jobs.follow_clock()  # a wall-clock step (NTP at boot) must not stall the jobs
-            self._follow_leader_clock()
-            stalled = [n for n, r in self.lanes.items()
-                       if time.monotonic() - r.heartbeat > 3 * period + 2]
-            if interval and not stalled:
-                self.notifier.watchdog()
-            self.notifier.status(summary_line(self.report()))
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=period)
-            except TimeoutError:
-                pass
+        await statusserve.watchdog(self)
 
     def _leader_time_heard(self) -> None:
         """The bus's session is up and the leader's time is on its board (the bus's thread):
@@ -1035,15 +918,6 @@ class Daemon:
 def _refused(why: str) -> str:
     log.error("reload refused, keeping the running configuration: %s", why)
     return why
-
-
-class _StatusServer(uvicorn.Server):
-    """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
-    stops the status server last, after the lanes have drained."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 # A lane thread waking from its fsync must take the GIL back from whatever the loop thread is
