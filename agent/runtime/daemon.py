@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.access import store_write_failure
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import utc_iso
 from agent.errors import (
@@ -57,7 +56,7 @@ from agent.platform.governor import Governor
 from agent.platform.sync import Syncer, discard_unfinished_rebuild
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime import statusserve
+from agent.runtime import cachecare, statusserve
 from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.clock import GateClock, leader_reading
 from agent.runtime.control import ControlServer, socket_path
@@ -352,7 +351,7 @@ class Daemon:
             # venue mode: the elected leader syncs and uploads for the venue; this gate's
             # cache comes from the bus and its scans go to the bus (agent.venue.leader)
             self.role = VenueRole(self.config, token, config_path=str(self.config.path),
-                                  on_catalog_change=self._catalog_changed,
+                                  on_catalog_change=lambda: cachecare.catalog_changed(self),
                                   on_server_time=self.clock.observe)
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
@@ -398,7 +397,7 @@ class Daemon:
             self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"],
                                 retry_s=s["full_resync_retry_s"])
             if resync_now:
-                self._schedule_rebuild()
+                cachecare.schedule_rebuild(self)
 
     def _add_journal_jobs(self) -> None:
         """Upload (not in venue mode: the leader uploads) and prune, with an uploader only."""
@@ -441,7 +440,7 @@ class Daemon:
     async def _refresh_job(self) -> None:
         assert self.syncer is not None
         await self.syncer.refresh_events()
-        self._reload_lane_caches()
+        cachecare.reload_lane_caches(self)
 
     async def _delta_job(self) -> None:
         assert self.syncer is not None
@@ -531,76 +530,14 @@ class Daemon:
             for source in sources:
                 self.lanes[name].set_release(source, True)
 
-    def _reload_lane_caches(self) -> None:
-        for runner in self.lanes.values():
-            with runner.lock:
-                runner.gate.cache.reload()
-        if self.status_cache:
-            self.status_cache.reload()
-
-    def _catalog_changed(self) -> None:
-        """Venue mode: the leader's sync results were applied to the cache from the bus."""
-        self._reload_lane_caches()
-        self.cache_degraded = None
+    # -- the live cache (agent.runtime.cachecare) -------------------------------------------
 
     def _swap_cache(self, do_swap: Any) -> None:
-        """Close every connection to the live cache, rename the new file in, reopen.
-
-        The lanes wait (their locks) only for closing, the rename and reopening: the rebuilt
-        file's integrity check ran before (`Syncer.full_resync`), so it is not repeated per
-        connection here — on 1M items that was seconds without a decision."""
-        runners = list(self.lanes.values())
-        for runner in runners:
-            runner.lock.acquire()
-        try:
-            for runner in runners:
-                runner.gate.cache.close()
-            if self.status_cache:
-                self.status_cache.close()
-            try:
-                do_swap()
-                # The file is now the rebuilt, checked cache: a gate that ran on an in-memory
-                # one (store.dir was not writable at start) takes it, and recovers by itself.
-                self.cache_in_memory = False
-            except OSError as exc:  # store.dir or cache.db refused the rename: not damage
-                raise CacheNotAccessible("the rebuilt ticket cache was not swapped in: "
-                                         + store_write_failure(self.cache_path, exc)) from exc
-            finally:  # swapped or not (then on the file they had), the lanes read a cache
-                for runner in runners:
-                    runner.gate.cache = self._open_cache(check=False)
-                self.status_cache = self._open_cache(check=False)
-        finally:
-            for runner in runners:
-                runner.lock.release()
-        log.info("ticket cache rebuilt and swapped in")
-
-    def _cache_failed(self, error: str | None) -> None:
-        """A read of the running cache failed (a lane refused a scan with cacheUnavailable, or
-        status could not read it): rebuild it once, as a damaged cache at start is. Thread-safe:
-        the work is done on the loop; nothing without one (no jobs to run it)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._rebuild_failed_cache, error)
+        """The sync's swap hook: agent.runtime.cachecare.swap_cache."""
+        cachecare.swap_cache(self, do_swap)
 
     def _rebuild_failed_cache(self, error: str | None) -> None:
-        error = error or "a read of the ticket cache failed"
-        if self.cache_degraded or self.cache_in_memory:
-            return  # a rebuild is already due (or said to be impossible), or nothing on disk
-        if self.syncer is None or self.role is not None:  # no platform jobs of this gate
-            source = "the venue catalog" if self.role is not None else \
-                "`gate-agent sync --full` or `gate-agent import`"
-            self.cache_degraded = (f"the cache failed while running ({error}); restart the "
-                                   f"service: it is moved aside and refilled from {source}")
-            log.error("%s", self.cache_degraded)
-            return
-        self.cache_degraded = f"the cache failed while running ({error}); rebuilding"
-        log.error("%s", self.cache_degraded)
-        self._schedule_rebuild()
-
-    def _schedule_rebuild(self) -> None:
-        """The one-shot full resync of a damaged cache (at start, or failed while running),
-        tried again after sync.full_resync_retry_s (doubling) until it succeeds."""
-        self.jobs.add_once("initial_resync", self._full_job, first_in=0.5,
-                           retry_s=self.config.sync["full_resync_retry_s"])
+        cachecare.rebuild_failed_cache(self, error)
 
     # -- decisions (called from lane threads) --------------------------------------------------
 
@@ -608,7 +545,7 @@ class Daemon:
         d = event.result.decision
         if d.detail == "cacheUnavailable":
             runner = self.lanes.get(event.lane)
-            self._cache_failed(runner.gate.cache_error if runner else None)
+            cachecare.cache_failed(self, runner.gate.cache_error if runner else None)
         status = d.status if d.record else "ignored"
         self.metrics.observe(event.lane, status, event.latency_s)
         fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,

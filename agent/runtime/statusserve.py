@@ -27,6 +27,7 @@ from agent.files import write_private
 from agent.ops.dashboard import venue_view
 from agent.ops.server import build_app, split_listen
 from agent.ops.status import evaluate, summary_line
+from agent.runtime import cachecare
 from agent.runtime.notify import watchdog_interval
 from agent.runtime.storeaccess import store_owner
 
@@ -57,7 +58,7 @@ def report(d: Daemon) -> dict[str, Any]:
             cache.update(d.status_cache.get_status())
         except CacheUnavailable as exc:  # damaged under the running gate: a fail reason
             cache["read_failed"] = str(exc)
-            d._cache_failed(str(exc))
+            cachecare.cache_failed(d, str(exc))
         except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
             cache["error"] = str(exc)
     platform: dict[str, Any] = {"disabled": d.platform_disabled,
