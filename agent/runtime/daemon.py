@@ -53,10 +53,10 @@ from agent.ops.server import split_listen
 from agent.ops.status import summary_line
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
-from agent.platform.sync import Syncer, discard_unfinished_rebuild
+from agent.platform.sync import Syncer
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime import cachecare, statusserve
+from agent.runtime import cachecare, statusserve, storestart
 from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.clock import GateClock, leader_reading
 from agent.runtime.control import ControlServer, socket_path
@@ -64,7 +64,7 @@ from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier
-from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_caches
+from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
@@ -157,63 +157,9 @@ class Daemon:
     # -- start-up -------------------------------------------------------------------------
 
     def open_stores(self) -> bool:
-        """Journal, then cache. Returns True when a full resync must run at once."""
-        self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            self.journal = self._settled(Journal(self.journal_path))
-        except JournalUnavailable as exc:
-            self.journal_error = not_mine(self.journal_path) or str(exc)
-            log.error("%s — every scan will be refused; tried again every %g s",
-                      self.journal_error, self.store_retry_s)
-        resync = discard_unfinished_rebuild(self.cache_path)
-        if resync:
-            self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
-            log.warning("discarded an unfinished cache rebuild; a full resync will run")
-        try:
-            self.status_cache = self._open_cache()
-        except (CacheCorrupt, CacheNotAccessible) as exc:
-            # not damaged, only not ours (the file, its -wal/-shm, the directory, a read-only
-            # disk): keep it, say how to fix it
-            foreign = str(exc) if isinstance(exc, CacheNotAccessible) \
-                else not_mine(self.cache_path)
-            if foreign:
-                log.error("ticket cache unusable: %s; starting with no tickets", foreign)
-                self.cache_unreadable = foreign  # its own status reason: not a rebuild
-                self.cache_in_memory = True
-                self.status_cache = self._open_cache()
-                return False
-            aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
-            try:
-                os.replace(self.cache_path, aside)
-            except OSError as move:
-                # A read-only or failing store.dir must not crash the start;
-                # the gate runs on an empty in-memory cache and status says why.
-                log.error("%s; cannot move it aside (%s): starting with no tickets", exc,
-                          move.strerror)
-                self.cache_degraded = (f"cache unusable and store.dir not writable "
-                                       f"({move.strerror}); fix store.dir, then restart")
-                self.cache_in_memory = True
-                self.status_cache = self._open_cache()
-                return False
-            for suffix in ("-wal", "-shm"):
-                Path(str(self.cache_path) + suffix).unlink(missing_ok=True)
-            log.error("%s; moved aside to %s, starting with an empty cache", exc, aside.name)
-            drop_older_corrupt_caches(aside)
-            self.cache_degraded = f"cache was damaged (moved to {aside.name}); rebuilding"
-            self.status_cache = self._open_cache()
-            resync = True
-        return resync
-
-    @staticmethod
-    def _settled(journal: Journal) -> Journal:
-        """`journal`, its admits left waiting for a passage by the last run settled."""
-        settled = PassageLog(journal).settle_interrupted()
-        if settled.stood or settled.voided:
-            log.warning("%d admit(s) were waiting for their passage when the agent "
-                        "stopped: %d entry admit(s) stand, %d exit(s) nobody saw are voided "
-                        "(docs/turnstile.md)", settled.stood + len(settled.voided),
-                        settled.stood, len(settled.voided))
-        return journal
+        """Journal, then cache (agent.runtime.storestart). Returns True when a full resync
+        must run at once."""
+        return storestart.open_stores(self)
 
     def _open_cache(self, check: bool = True) -> TicketCache:
         path = Path(":memory:") if self.cache_in_memory else self.cache_path
@@ -485,7 +431,7 @@ class Daemon:
         except JournalUnavailable as exc:
             self.journal_error = not_mine(self.journal_path) or str(exc)
             return
-        self.journal, self.journal_error = self._settled(journal), None
+        self.journal, self.journal_error = storestart.settled(journal), None
         log.warning("scan journal %s can be opened again: the lanes record scans",
                     self.journal_path)
         self._start_uploader()
