@@ -44,9 +44,7 @@ from agent.errors import (
     ConfigError,
     GateAgentError,
     JournalUnavailable,
-    StoreError,
 )
-from agent.ops.heartbeat import publish_heartbeats
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
 from agent.ops.server import split_listen
@@ -56,9 +54,9 @@ from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime import cachecare, statusserve, storestart
+from agent.runtime import cachecare, statusserve, storestart, venuewiring
 from agent.runtime.bindings import effective_device, effective_lanes
-from agent.runtime.clock import GateClock, leader_reading
+from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
@@ -74,6 +72,7 @@ from agent.runtime.storeaccess import (
     not_mine,
     refuse_root_daemon,
 )
+from agent.runtime.venuewiring import VENUE_CLOCK_WAIT_S
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
@@ -85,9 +84,6 @@ from drivers import Scan
 log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
-# With [venue], the lanes open once this gate has measured its clock against the bus server's
-# (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
-VENUE_CLOCK_WAIT_S = 5.0
 CACHE_ACCESS_RETRY_S = 10.0  # how often a cache.db not openable for its access is tried again
 STORE_RETRY_S = 5.0  # how often a journal.db or venue.db that could not be opened is tried again
 decisions_log = logging.getLogger("gate_agent.decisions")
@@ -175,54 +171,8 @@ class Daemon:
         return Gate(self._open_cache(), journal, self.config, venue, shut=self.venue_error)
 
     def start_venue(self) -> None:
-        """The venue bus, before the lanes: their claims go through it (with [venue] only)."""
-        if self.config.venue is None:
-            return
-        try:
-            bus = VenueBus(self.config.venue, self.config.store_dir,
-                           None if self.journal_error else self.journal_path, self.config.path,
-                           clock=lambda: self.clock.now().timestamp())  # scans' own clock
-        except StoreError as exc:  # venue.db: kept as it is, never moved aside (module doc)
-            if self.venue_error is None:
-                log.error("%s — every scan is refused and the relays stay shut (an emergency "
-                          "release still opens them); tried again every %g s", exc,
-                          self.store_retry_s)
-            self.venue_error = str(exc)
-            return
-        if self.venue_error is not None:
-            log.warning("venue state %s can be opened again: the venue bus starts",
-                        bus.store_path)
-        self.venue_error = None
-        self.bus = bus
-        bus.on_leader_time = self._leader_time_heard  # a member's clock: at once, then a period
-        self.bus.start()
-        log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
-                 self.bus.device, ", ".join(self.config.venue["servers"]),
-                 self.config.venue["offline_policy"])
-
-    async def venue_clock_measured(self) -> None:
-        """Wait (at most `venue_clock_wait_s`) for the venue bus to measure this clock against its
-        server's, before the lanes open. Until then this gate cannot order other gates' scans
-        among its own, so it refuses the entries whose answer depends on that order
-        (denied/clockUnmeasured, agent.core.scanstate): opened first, the lanes would refuse
-        such tickets for the moment it takes to connect. A bus that cannot be reached holds
-        the gate up no longer than that: it then works alone under the offline policy,
-        refusing only those entries until the bus is back and measured."""
-        bus = self.bus
-        if bus is None:
-            return
-        deadline = time.monotonic() + self.venue_clock_wait_s
-        while not bus.board.calibrated and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        offset = bus.clock_offset()
-        if offset is None:
-            log.warning("venue %s: this clock is not measured against the bus server's yet "
-                        "(%s); lanes open, and entries whose order with other gates' scans "
-                        "depends on it are refused (clockUnmeasured) until it is", bus.name,
-                        bus.last_error or ("not connected" if not bus.connected else
-                                           "no measurement yet"))
-        else:
-            log.info("venue %s: this clock is %+.3f s from the bus server's", bus.name, offset)
+        """The venue bus, before the lanes (agent.runtime.venuewiring)."""
+        venuewiring.start_venue(self)
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...],
                     gates: dict[str, Gate] | None = None) -> None:
@@ -354,20 +304,6 @@ class Daemon:
                                    self.config.sync["upload_interval_s"], first_in=1)
         self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
 
-    def _start_role(self) -> None:
-        """The venue role's task (with [venue] and a token); it works from the journal and
-        venue.db, so not before both open (its sessions would fail every second meanwhile)."""
-        if self.role is not None and self._role_task is None and self.journal is not None \
-                and self.venue_error is None:
-            self._role_task = asyncio.create_task(self.role.run(self.stop_event),
-                                                  name="venue role")
-
-    def _start_heartbeats(self) -> None:
-        if self.bus is not None and self.config.venue is not None and self._beats is None:
-            self._beats = asyncio.create_task(publish_heartbeats(
-                self.report, self.bus, self.config.venue["heartbeat_s"],
-                lambda: datetime.now(UTC), self.stop_event), name="heartbeats")
-
     # -- jobs -------------------------------------------------------------------------------
 
     async def _upload_job(self) -> None:
@@ -443,22 +379,12 @@ class Daemon:
                 self._beats = None
             await asyncio.to_thread(bus.stop)
             self.start_venue()
-            self._start_heartbeats()
-        self._start_role()
+            venuewiring.start_heartbeats(self)
+        venuewiring.start_role(self)
         self._restart_lanes()
 
     async def _venue_access_job(self) -> None:
-        """venue.db could not be opened at start (`venue_db_unavailable`; kept as it is):
-        tried again until it opens, then the bus starts and the lanes start anew with it."""
-        if not self.venue_error or self.bus is not None:
-            return
-        self.start_venue()
-        if self.bus is None:
-            return
-        self._start_heartbeats()
-        self._start_role()
-        await self.venue_clock_measured()
-        self._restart_lanes()
+        await venuewiring.venue_access_job(self)
 
     def _restart_lanes(self) -> None:
         """Every lane stopped (its queued scans decided first, as a reload does) and started
@@ -574,24 +500,6 @@ class Daemon:
 
     async def watchdog(self) -> None:
         await statusserve.watchdog(self)
-
-    def _leader_time_heard(self) -> None:
-        """The bus's session is up and the leader's time is on its board (the bus's thread):
-        the clock is checked now, not a watchdog period later (agent.venue.bus)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._follow_leader_clock)
-
-    def _follow_leader_clock(self) -> None:
-        """A venue member sends the platform nothing: its clock is checked against the
-        platform's time as the leader's heartbeat carries it (agent.runtime.clock)."""
-        bus = self.bus
-        if bus is None or not bus.board.calibrated:
-            return
-        reading = leader_reading(bus.board.rows(), bus.device, bus.board.offset_s)
-        if reading is None or reading[1] <= self._leader_beat_seen:
-            return
-        self._leader_beat_seen = reading[1]
-        self.clock.observe_offset(reading[0], time.monotonic(), "venue leader")
 
     def close_stores(self) -> None:
         """Close every connection, so SQLite folds its WAL files back into the databases."""
@@ -727,7 +635,7 @@ class Daemon:
         else:
             self.setup_platform(token)
             self._add_platform_jobs(resync_now=False)
-            self._start_role()
+            venuewiring.start_role(self)
         log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:
@@ -749,8 +657,8 @@ class Daemon:
                                      self.config.control["group"])
         await self.control.start()
         self.start_venue()
-        self._start_role()
-        await self.venue_clock_measured()
+        venuewiring.start_role(self)
+        await venuewiring.venue_clock_measured(self)
         self.start_lanes(self._lanes_with_pairings(self.config))
         self.emergency.url = self._emergency_url(self.config)
         self.emergency.start()
@@ -764,7 +672,7 @@ class Daemon:
                 server.result()  # raises what is not a bind error
             await asyncio.sleep(0.02)
         watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
-        self._start_heartbeats()
+        venuewiring.start_heartbeats(self)
         summary = summary_line(self.report())
         self.notifier.ready(summary)
         log.info("gate-agent %s ready: %s", __version__, summary)

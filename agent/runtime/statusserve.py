@@ -27,7 +27,7 @@ from agent.files import write_private
 from agent.ops.dashboard import venue_view
 from agent.ops.server import build_app, split_listen
 from agent.ops.status import evaluate, summary_line
-from agent.runtime import cachecare
+from agent.runtime import cachecare, venuewiring
 from agent.runtime.notify import watchdog_interval
 from agent.runtime.storeaccess import store_owner
 
@@ -151,7 +151,7 @@ async def watchdog(d: Daemon) -> None:
     period = interval or 5.0
     while not d.stop_event.is_set():
         d.jobs.follow_clock()  # a wall-clock step (NTP at boot) must not stall the jobs
-        d._follow_leader_clock()
+        venuewiring.follow_leader_clock(d)
         stalled = [n for n, r in d.lanes.items()
                    if time.monotonic() - r.heartbeat > 3 * period + 2]
         if interval and not stalled:
