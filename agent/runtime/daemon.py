@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,8 @@ from agent import __version__
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import utc_iso
 from agent.errors import (
-    CacheCorrupt,
-    CacheNotAccessible,
     ConfigError,
     GateAgentError,
-    JournalUnavailable,
 )
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
@@ -54,7 +51,7 @@ from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime import cachecare, statusserve, storestart, venuewiring
+from agent.runtime import cachecare, daemonjobs, statusserve, storestart, venuewiring
 from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
@@ -84,7 +81,6 @@ from drivers import Scan
 log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
-CACHE_ACCESS_RETRY_S = 10.0  # how often a cache.db not openable for its access is tried again
 STORE_RETRY_S = 5.0  # how often a journal.db or venue.db that could not be opened is tried again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
@@ -265,123 +261,16 @@ class Daemon:
                 scanned_by=self.config.api["scanned_by"] or None,
                 retention_days=self.config.store["sent_retention_days"])
 
+    # -- jobs (agent.runtime.daemonjobs) -------------------------------------------------------
+
     def schedule(self, resync_now: bool) -> None:
-        self._add_platform_jobs(resync_now)
-        if self.cache_unreadable:
-            self.jobs.add_interval("cache_access", self._cache_access_job,
-                                   CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
-        if self.journal_error:
-            self.jobs.add_interval("journal_access", self._journal_access_job,
-                                   self.store_retry_s, first_in=self.store_retry_s)
-        if self.venue_error:
-            self.jobs.add_interval("venue_access", self._venue_access_job,
-                                   self.store_retry_s, first_in=self.store_retry_s)
-        self.jobs.start()
-
-    def _add_platform_jobs(self, resync_now: bool) -> None:
-        s = self.config.sync
-        self._add_journal_jobs()
-        if self.role is not None:
-            return  # no ticket-list request and no upload of its own: see VenueRole
-        if self.syncer is not None:
-            self.jobs.add_interval("refresh", self._refresh_job, s["refresh_interval_s"],
-                                   first_in=0.2)
-            self.jobs.add_interval("delta", self._delta_job, s["delta_interval_s"],
-                                   first_in=1.5)
-            # A failed full resync is tried again soon (sync.full_resync_retry_s, doubling),
-            # not the next night: after a damaged cache the gate has no tickets until it works.
-            self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"],
-                                retry_s=s["full_resync_retry_s"])
-            if resync_now:
-                cachecare.schedule_rebuild(self)
-
-    def _add_journal_jobs(self) -> None:
-        """Upload (not in venue mode: the leader uploads) and prune, with an uploader only."""
-        if self.uploader is None:
-            return
-        if self.role is None:
-            self.jobs.add_interval("upload", self._upload_job,
-                                   self.config.sync["upload_interval_s"], first_in=1)
-        self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
-
-    # -- jobs -------------------------------------------------------------------------------
-
-    async def _upload_job(self) -> None:
-        assert self.uploader is not None
-        await self.uploader.upload_round()
+        daemonjobs.schedule(self, resync_now)
 
     async def _prune_job(self) -> None:
-        assert self.uploader is not None
-        now = datetime.now(UTC)
-        await asyncio.to_thread(self.uploader.prune, now)
-        events = self.lane_event_log()
-        if events is not None:  # the counting day is at most 24 h old: keep two at least
-            days = max(2, self.config.store["sent_retention_days"])
-            await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
-
-    async def _refresh_job(self) -> None:
-        assert self.syncer is not None
-        await self.syncer.refresh_events()
-        cachecare.reload_lane_caches(self)
-
-    async def _delta_job(self) -> None:
-        assert self.syncer is not None
-        if self.cache_degraded:
-            return  # the full resync fills the cache first
-        await self.syncer.delta_all()
+        await daemonjobs.prune_job(self)
 
     async def _full_job(self) -> None:
-        assert self.syncer is not None
-        await self.syncer.full_resync()
-        self.cache_degraded = None
-        for runner in self.lanes.values():  # their failed reads were of the file replaced
-            runner.gate.cache_error = None
-
-    async def _cache_access_job(self) -> None:
-        """cache.db could not be opened at start for its access or a full disk, not damage
-        (`cache_unreadable`: kept, the gate on an empty cache): tried again until it opens,
-        then every lane reads it — no restart, no rebuild."""
-        if not self.cache_unreadable:
-            return
-        try:
-            found = await asyncio.to_thread(
-                TicketCache, self.cache_path,
-                keep_personal_data=self.config.store["keep_personal_data"])
-        except (CacheCorrupt, CacheNotAccessible) as exc:
-            self.cache_unreadable = str(exc)  # still (or now) why: status keeps saying it
-            return
-        found.close()
-        self.cache_in_memory = False
-        self._swap_cache(lambda: None)  # the lanes' connections now on the file
-        self.cache_unreadable = None
-        log.warning("ticket cache %s can be opened again: the lanes read it", self.cache_path)
-
-    async def _journal_access_job(self) -> None:
-        """journal.db could not be opened at start (`journal_unavailable`; kept as it is,
-        never made anew): tried again until it opens, then the uploader, the venue role and
-        bus and every lane take it — no restart."""
-        if not self.journal_error:
-            return
-        try:
-            journal = await asyncio.to_thread(Journal, self.journal_path)
-        except JournalUnavailable as exc:
-            self.journal_error = not_mine(self.journal_path) or str(exc)
-            return
-        self.journal, self.journal_error = storestart.settled(journal), None
-        log.warning("scan journal %s can be opened again: the lanes record scans",
-                    self.journal_path)
-        self._start_uploader()
-        self._add_journal_jobs()
-        if self.bus is not None:  # it ran without the journal: again with it
-            bus, self.bus = self.bus, None
-            if self._beats is not None:
-                self._beats.cancel()
-                self._beats = None
-            await asyncio.to_thread(bus.stop)
-            self.start_venue()
-            venuewiring.start_heartbeats(self)
-        venuewiring.start_role(self)
-        self._restart_lanes()
+        await daemonjobs.full_job(self)
 
     async def _venue_access_job(self) -> None:
         await venuewiring.venue_access_job(self)
@@ -433,7 +322,7 @@ class Daemon:
         if self.role is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self.role.wake)
         elif self.uploader is not None and self._loop is not None and event.result.uuid:
-            self._loop.call_soon_threadsafe(self._maybe_upload_now)
+            self._loop.call_soon_threadsafe(daemonjobs.maybe_upload_now, self)
 
     def manual_decided(self, lane: str, result: ScanResult, wall: datetime,
                        latency_s: float) -> None:
@@ -482,13 +371,6 @@ class Daemon:
         """Upload soon (a manual scan or a retried quarantine is waiting); thread-safe."""
         if self.uploader is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.jobs.run_now, "upload")
-
-    def _maybe_upload_now(self) -> None:
-        if self.journal is None:
-            return
-        batch = self.config.sync["upload_batch_size"]
-        if self.journal.pending_count(at_most=batch) >= batch:
-            self.jobs.run_now("upload")
 
     # -- status (agent.runtime.statusserve) ---------------------------------------------------
 
@@ -634,7 +516,7 @@ class Daemon:
             self.client.set_token(token)
         else:
             self.setup_platform(token)
-            self._add_platform_jobs(resync_now=False)
+            daemonjobs.add_platform_jobs(self, resync_now=False)
             venuewiring.start_role(self)
         log.info("platform token replaced by `gate-agent login`")
 
