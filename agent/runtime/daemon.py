@@ -24,9 +24,7 @@ refuses the whole reload, naming the key (agent.runtime.reload).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
 import signal
 import sys
 import threading
@@ -51,8 +49,8 @@ from agent.platform.governor import Governor
 from agent.platform.sync import Syncer
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime import cachecare, daemonjobs, statusserve, storestart, venuewiring
-from agent.runtime.bindings import effective_device, effective_lanes
+from agent.runtime import cachecare, daemonjobs, reloadapply, statusserve, storestart, venuewiring
+from agent.runtime.bindings import effective_lanes
 from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
@@ -61,7 +59,6 @@ from agent.runtime.lane import LaneEvent, LaneRunner
 from agent.runtime.notify import Notifier
 from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.release import EmergencyInput, ReleaseDesk
-from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
 from agent.runtime.statusserve import STATUS_RETRY_S, StatusServer
 from agent.runtime.storeaccess import (
@@ -198,30 +195,6 @@ class Daemon:
             return config.lanes
         self.pairings_error = None
         return lanes
-
-    def _emergency_url(self, config: Config) -> str:
-        """`[device] emergency_input`, or the one paired (`devices pair URL --role
-        emergency`); an unreadable devices.json keeps the one in use (pairings_error)."""
-        try:
-            return str(effective_device(config)["emergency_input"])
-        except ConfigError as exc:
-            log.error("paired emergency input not read, keeping %s: %s",
-                      self.emergency.url or "none", exc)
-            return self.emergency.url
-
-    def _swap_emergency(self, url: str) -> None:
-        """A reload named another emergency input: watch that one instead. A release the old
-        one held ends; the new one, active, starts it again at once (its first reading)."""
-        old = self.emergency
-        if url == old.url:
-            return
-        old.stop()
-        if old.active:
-            old.active, old.since = False, None
-            self.releases.emergency(False, old.url)
-        log.info("emergency input: %s (was %s)", url or "none", old.url or "none")
-        self.emergency = EmergencyInput(url, self._emergency_changed)
-        self.emergency.start()
 
     def setup_platform(self, token: str | None = None) -> None:
         if token is None and self.config.api["offline"]:
@@ -403,110 +376,8 @@ class Daemon:
         """SIGHUP: every setting in force everywhere, or the reload refused naming the key
         (agent.runtime.reload), which status shows (`config_not_applied`) until a reload
         succeeds. Changed lanes finish their queued scans and restart; the others keep
-        running with the fresh event list and fail_closed."""
-        self.reload_error = self._reload()
-
-    def _reload(self) -> str | None:
-        """The reload itself; why it was refused (logged here or by the step), else None."""
-        try:
-            fresh = load_config(self.config.path)
-        except ConfigError as exc:
-            return _refused(f"{exc} — the service would not start with this file: fix it, "
-                            "then reload")
-        wanted = self._reload_pairings(fresh)
-        if wanted is None:
-            return "[[lanes]] changed but devices.json cannot be read"
-        if fresh.venue != self.config.venue:
-            log.warning("[venue] changed: it takes effect at the next restart; the running "
-                        "venue settings are kept")
-            fresh = dataclasses.replace(fresh, venue=self.config.venue)
-        plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
-                           wanted)
-        if plan.refused:
-            log.error("%s", plan.refused)
-            return plan.refused
-        if not self._reload_token(fresh, plan.changed):
-            return "the new token source gives no token (see the log)"
-        gates: dict[str, Gate] = {}
-        try:  # before any lane stops: one that cannot start refuses the whole reload
-            for lane in plan.start_lanes:
-                gates[lane.name] = self._gate()
-        except GateAgentError as exc:
-            for gate in gates.values():
-                gate.close()
-            return _refused(f"lane {lane.name} cannot be started: {exc}")
-        for name in plan.stop_lanes:
-            runner = self.lanes.pop(name)
-            runner.stop()
-            runner.gate.close()
-            log.info("lane %s stopped for reload", name)
-        self.config = fresh
-        for runner in self.lanes.values():  # unchanged lanes: the fresh settings too
-            with runner.lock:
-                runner.gate.config = fresh
-        if self.syncer is not None:
-            self.syncer.config = fresh
-        for gate in gates.values():
-            gate.config = fresh
-        self.start_lanes(plan.start_lanes, gates)
-        self._swap_emergency(self._emergency_url(fresh))
-        log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
-                 ", ".join(plan.changed) or "nothing")
-        return None
-
-    def _reload_pairings(self, fresh: Config) -> tuple[LaneConfig, ...] | None:
-        """The fresh lanes with their paired devices. An unreadable devices.json (a `sudo`
-        left it root-owned, say) keeps every lane running as it is, with its bindings, and
-        says so in the log and in status (pairings_error); the rest of the reload goes on.
-        None: a lane's configuration changed too, which cannot be applied without the file."""
-        try:
-            wanted = effective_lanes(fresh)
-        except ConfigError as exc:
-            path = fresh.store_dir / "devices.json"
-            self.pairings_error = not_mine(path) or str(exc)
-            running = tuple(runner.lane for runner in self.lanes.values())
-            log.error("paired devices not reloaded from %s, the running lanes keep theirs: %s",
-                      path, self.pairings_error)
-            if fresh.lanes != self.config.lanes:
-                log.error("reload refused, keeping the running configuration: [[lanes]] "
-                          "changed but %s cannot be read", path)
-                return None
-            return running
-        self.pairings_error = None
-        return wanted
-
-    def _reload_token(self, fresh: Config, changed: tuple[str, ...]) -> bool:
-        """A renewed token (the fix the auth_failed reason asks for) is taken without a
-        restart; a missing or unreadable one keeps the running token and says so — unless
-        the reload itself names a new token source, which must work or the reload is refused.
-        Returns False when the reload is refused."""
-        if self.client is None:
-            return True
-        try:
-            token = load_token(fresh.api, config_path=fresh.path)
-        except ConfigError as exc:
-            moved = [k for k in ("api.token_file", "api.token_env") if k in changed]
-            if moved:
-                log.error("reload refused, keeping the running configuration: %s changed "
-                          "but gives no token: %s", ", ".join(moved), exc)
-                return False
-            log.error("token not reloaded, keeping the running one: %s", exc)
-            return True
-        if self.pushed_token is not None and token == self.start_token:
-            log.info("platform token kept: the one given by `gate-agent login` is newer than "
-                     "the credential this service was started with")
-            return True
-        if token == self.start_token and self.pushed_token is None:
-            # Under systemd the credential is systemd's copy taken at start: a token file
-            # edited since is not what this read gives. Say so rather than "reloaded".
-            log.info("platform token unchanged%s", " (systemd's credential is copied at "
-                     "start: restart the service, or use `gate-agent login`)"
-                     if os.environ.get("CREDENTIALS_DIRECTORY") else "")
-            return True
-        self.start_token, self.pushed_token = token, None
-        self.client.set_token(token)
-        log.info("platform token reloaded")
-        return True
+        running with the fresh event list and fail_closed (agent.runtime.reloadapply)."""
+        self.reload_error = reloadapply.reload(self)
 
     def use_token(self, token: str) -> None:
         """A new token from `gate-agent login` (over the control socket): used from the next
@@ -542,7 +413,7 @@ class Daemon:
         venuewiring.start_role(self)
         await venuewiring.venue_clock_measured(self)
         self.start_lanes(self._lanes_with_pairings(self.config))
-        self.emergency.url = self._emergency_url(self.config)
+        self.emergency.url = reloadapply.emergency_url(self, self.config)
         self.emergency.start()
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -586,11 +457,6 @@ class Daemon:
         self.close_stores()
         log.info("stopped")
         return 0
-
-
-def _refused(why: str) -> str:
-    log.error("reload refused, keeping the running configuration: %s", why)
-    return why
 
 
 # A lane thread waking from its fsync must take the GIL back from whatever the loop thread is
