@@ -19,6 +19,14 @@ SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGH
 the configuration is re-read; lanes whose settings changed are restarted after finishing their
 queued scans, the others keep running with the fresh settings; a change that needs a restart
 refuses the whole reload, naming the key (agent.runtime.reload).
+
+This module holds the daemon's state, its start and stop, its lanes and what they report back
+(decisions, alarms, releases); each other part of its work is a module of its own, given the
+daemon: opening the stores at start (agent.runtime.storestart), the jobs' schedule and the
+stores' retries (agent.runtime.daemonjobs), the live cache's swap and rebuild
+(agent.runtime.cachecare), the venue wiring (agent.runtime.venuewiring), a SIGHUP reload
+applied (agent.runtime.reloadapply), and status, its endpoint and the watchdog
+(agent.runtime.statusserve).
 """
 
 from __future__ import annotations
@@ -36,10 +44,7 @@ from typing import Any
 from agent import __version__
 from agent.config import Config, LaneConfig, load_config
 from agent.core.codes import utc_iso
-from agent.errors import (
-    ConfigError,
-    GateAgentError,
-)
+from agent.errors import ConfigError, GateAgentError
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
 from agent.ops.server import split_listen
@@ -61,11 +66,7 @@ from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.release import EmergencyInput, ReleaseDesk
 from agent.runtime.scheduler import Jobs
 from agent.runtime.statusserve import STATUS_RETRY_S, StatusServer
-from agent.runtime.storeaccess import (
-    DaemonLock,
-    not_mine,
-    refuse_root_daemon,
-)
+from agent.runtime.storeaccess import DaemonLock, not_mine, refuse_root_daemon
 from agent.runtime.venuewiring import VENUE_CLOCK_WAIT_S
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
@@ -88,7 +89,7 @@ class Daemon:
                  venue_clock_wait_s: float = VENUE_CLOCK_WAIT_S):
         """`store_retry_s`, `status_retry_s`: how often a store that could not be opened and a
         status port that was taken are tried again; `venue_clock_wait_s`: see
-        venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
+        agent.runtime.venuewiring.venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
         runs (tests/runtime/daemon/shorter_retries) and for no other."""
         self.config = config
         self.store_retry_s = store_retry_s

@@ -45,8 +45,7 @@ def reload(d: Daemon) -> str | None:
         log.warning("[venue] changed: it takes effect at the next restart; the running "
                     "venue settings are kept")
         fresh = dataclasses.replace(fresh, venue=d.config.venue)
-    plan = plan_reload(d.config, fresh, {n: r.lane for n, r in d.lanes.items()},
-                       wanted)
+    plan = plan_reload(d.config, fresh, {n: r.lane for n, r in d.lanes.items()}, wanted)
     if plan.refused:
         log.error("%s", plan.refused)
         return plan.refused
