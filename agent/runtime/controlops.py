@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, GateAgentError, register_secret
-from agent.runtime import bindings, pairing, work
+from agent.runtime import bindings, cachecare, pairing, work
 from agent.runtime.control import Handler, ProgressSink, progress_sink
 from agent.runtime.opening import open_journal
 from agent.store.cache import TicketCache
@@ -112,7 +112,7 @@ class DaemonOps:
         if full and not events:
             self.d.cache_degraded = None
         else:
-            self.d._reload_lane_caches()
+            cachecare.reload_lane_caches(self.d)
         return result
 
     async def upload(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,7 @@ class DaemonOps:
                 cache.close()
 
         results = await asyncio.to_thread(apply)
-        self.d._reload_lane_caches()
+        cachecare.reload_lane_caches(self.d)
         return results
 
     async def queue(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -19,69 +19,55 @@ SIGTERM/SIGINT: readers stop, queued scans are decided, relays off, exit 0. SIGH
 the configuration is re-read; lanes whose settings changed are restarted after finishing their
 queued scans, the others keep running with the fresh settings; a change that needs a restart
 refuses the whole reload, naming the key (agent.runtime.reload).
+
+This module holds the daemon's state, its start and stop, its lanes and what they report back
+(decisions, alarms, releases); each other part of its work is a module of its own, given the
+daemon: opening the stores at start (agent.runtime.storestart), the jobs' schedule and the
+stores' retries (agent.runtime.daemonjobs), the live cache's swap and rebuild
+(agent.runtime.cachecare), the venue wiring (agent.runtime.venuewiring), a SIGHUP reload
+applied (agent.runtime.reloadapply), and status, its endpoint and the watchdog
+(agent.runtime.statusserve).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from agent import __version__
-from agent.access import store_write_failure
 from agent.config import Config, LaneConfig, load_config
-from agent.core.codes import epoch_iso, utc_iso
-from agent.errors import (
-    CacheCorrupt,
-    CacheNotAccessible,
-    CacheUnavailable,
-    ConfigError,
-    GateAgentError,
-    JournalUnavailable,
-    StoreError,
-)
-from agent.files import write_private
-from agent.ops.dashboard import venue_view
-from agent.ops.heartbeat import publish_heartbeats
+from agent.core.codes import utc_iso
+from agent.errors import ConfigError, GateAgentError
 from agent.ops.logs import setup_logging
 from agent.ops.metrics import Metrics
-from agent.ops.server import build_app, split_listen
-from agent.ops.status import evaluate, summary_line
+from agent.ops.server import split_listen
+from agent.ops.status import summary_line
 from agent.platform.client import PlatformClient
 from agent.platform.governor import Governor
-from agent.platform.sync import Syncer, discard_unfinished_rebuild
+from agent.platform.sync import Syncer
 from agent.platform.token import InsecureTokenFile, load_token
 from agent.platform.upload import Uploader
-from agent.runtime.bindings import effective_device, effective_lanes
-from agent.runtime.clock import GateClock, leader_reading
+from agent.runtime import cachecare, daemonjobs, reloadapply, statusserve, storestart, venuewiring
+from agent.runtime.bindings import effective_lanes
+from agent.runtime.clock import GateClock
 from agent.runtime.control import ControlServer, socket_path
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.lane import LaneEvent, LaneRunner
-from agent.runtime.notify import Notifier, watchdog_interval
-from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE, drop_older_corrupt_caches
+from agent.runtime.notify import Notifier
+from agent.runtime.opening import CACHE_FILE, JOURNAL_FILE
 from agent.runtime.release import EmergencyInput, ReleaseDesk
-from agent.runtime.reload import plan_reload
 from agent.runtime.scheduler import Jobs
-from agent.runtime.storeaccess import (
-    DaemonLock,
-    not_mine,
-    refuse_root_daemon,
-    store_owner,
-)
+from agent.runtime.statusserve import STATUS_RETRY_S, StatusServer
+from agent.runtime.storeaccess import DaemonLock, not_mine, refuse_root_daemon
+from agent.runtime.venuewiring import VENUE_CLOCK_WAIT_S
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
@@ -93,12 +79,6 @@ from drivers import Scan
 log = logging.getLogger("gate_agent.daemon")
 
 MANUAL_READER = "manual"  # the reader a `gate-agent scan` decided by the daemon is logged with
-STATUS_RETRY_S = 5.0  # how often a status endpoint that cannot listen tries its port again
-STATUS_BACKLOG = 128  # connections queued before the status server accepts (uvicorn: 2048)
-# With [venue], the lanes open once this gate has measured its clock against the bus server's
-# (as the bus connects: agent.venue.clockprobe), or after this long if it cannot (bus down)
-VENUE_CLOCK_WAIT_S = 5.0
-CACHE_ACCESS_RETRY_S = 10.0  # how often a cache.db not openable for its access is tried again
 STORE_RETRY_S = 5.0  # how often a journal.db or venue.db that could not be opened is tried again
 decisions_log = logging.getLogger("gate_agent.decisions")
 
@@ -109,7 +89,7 @@ class Daemon:
                  venue_clock_wait_s: float = VENUE_CLOCK_WAIT_S):
         """`store_retry_s`, `status_retry_s`: how often a store that could not be opened and a
         status port that was taken are tried again; `venue_clock_wait_s`: see
-        venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
+        agent.runtime.venuewiring.venue_clock_measured. This daemon's own, so a test shortens them for the daemon it
         runs (tests/runtime/daemon/shorter_retries) and for no other."""
         self.config = config
         self.store_retry_s = store_retry_s
@@ -137,7 +117,7 @@ class Daemon:
         self.cache_unreadable: str | None = None  # cache.db not ours (owner/mode), kept as is
         self.status_cache: TicketCache | None = None
         self.stop_event = asyncio.Event()
-        self.server: uvicorn.Server | None = None
+        self.server: StatusServer | None = None
         self.listen_address: str | None = None
         self.status_error: str | None = None  # the status endpoint cannot listen (retrying)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,63 +147,9 @@ class Daemon:
     # -- start-up -------------------------------------------------------------------------
 
     def open_stores(self) -> bool:
-        """Journal, then cache. Returns True when a full resync must run at once."""
-        self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            self.journal = self._settled(Journal(self.journal_path))
-        except JournalUnavailable as exc:
-            self.journal_error = not_mine(self.journal_path) or str(exc)
-            log.error("%s — every scan will be refused; tried again every %g s",
-                      self.journal_error, self.store_retry_s)
-        resync = discard_unfinished_rebuild(self.cache_path)
-        if resync:
-            self.cache_degraded = "an interrupted rebuild was discarded; resyncing"
-            log.warning("discarded an unfinished cache rebuild; a full resync will run")
-        try:
-            self.status_cache = self._open_cache()
-        except (CacheCorrupt, CacheNotAccessible) as exc:
-            # not damaged, only not ours (the file, its -wal/-shm, the directory, a read-only
-            # disk): keep it, say how to fix it
-            foreign = str(exc) if isinstance(exc, CacheNotAccessible) \
-                else not_mine(self.cache_path)
-            if foreign:
-                log.error("ticket cache unusable: %s; starting with no tickets", foreign)
-                self.cache_unreadable = foreign  # its own status reason: not a rebuild
-                self.cache_in_memory = True
-                self.status_cache = self._open_cache()
-                return False
-            aside = self.cache_path.with_name(f"{CACHE_FILE}.corrupt-{int(time.time())}")
-            try:
-                os.replace(self.cache_path, aside)
-            except OSError as move:
-                # A read-only or failing store.dir must not crash the start;
-                # the gate runs on an empty in-memory cache and status says why.
-                log.error("%s; cannot move it aside (%s): starting with no tickets", exc,
-                          move.strerror)
-                self.cache_degraded = (f"cache unusable and store.dir not writable "
-                                       f"({move.strerror}); fix store.dir, then restart")
-                self.cache_in_memory = True
-                self.status_cache = self._open_cache()
-                return False
-            for suffix in ("-wal", "-shm"):
-                Path(str(self.cache_path) + suffix).unlink(missing_ok=True)
-            log.error("%s; moved aside to %s, starting with an empty cache", exc, aside.name)
-            drop_older_corrupt_caches(aside)
-            self.cache_degraded = f"cache was damaged (moved to {aside.name}); rebuilding"
-            self.status_cache = self._open_cache()
-            resync = True
-        return resync
-
-    @staticmethod
-    def _settled(journal: Journal) -> Journal:
-        """`journal`, its admits left waiting for a passage by the last run settled."""
-        settled = PassageLog(journal).settle_interrupted()
-        if settled.stood or settled.voided:
-            log.warning("%d admit(s) were waiting for their passage when the agent "
-                        "stopped: %d entry admit(s) stand, %d exit(s) nobody saw are voided "
-                        "(docs/turnstile.md)", settled.stood + len(settled.voided),
-                        settled.stood, len(settled.voided))
-        return journal
+        """Journal, then cache (agent.runtime.storestart). Returns True when a full resync
+        must run at once."""
+        return storestart.open_stores(self)
 
     def _open_cache(self, check: bool = True) -> TicketCache:
         path = Path(":memory:") if self.cache_in_memory else self.cache_path
@@ -239,54 +165,8 @@ class Daemon:
         return Gate(self._open_cache(), journal, self.config, venue, shut=self.venue_error)
 
     def start_venue(self) -> None:
-        """The venue bus, before the lanes: their claims go through it (with [venue] only)."""
-        if self.config.venue is None:
-            return
-        try:
-            bus = VenueBus(self.config.venue, self.config.store_dir,
-                           None if self.journal_error else self.journal_path, self.config.path,
-                           clock=lambda: self.clock.now().timestamp())  # scans' own clock
-        except StoreError as exc:  # venue.db: kept as it is, never moved aside (module doc)
-            if self.venue_error is None:
-                log.error("%s — every scan is refused and the relays stay shut (an emergency "
-                          "release still opens them); tried again every %g s", exc,
-                          self.store_retry_s)
-            self.venue_error = str(exc)
-            return
-        if self.venue_error is not None:
-            log.warning("venue state %s can be opened again: the venue bus starts",
-                        bus.store_path)
-        self.venue_error = None
-        self.bus = bus
-        bus.on_leader_time = self._leader_time_heard  # a member's clock: at once, then a period
-        self.bus.start()
-        log.info("venue %s: device %s, servers %s, offline policy %s", self.bus.name,
-                 self.bus.device, ", ".join(self.config.venue["servers"]),
-                 self.config.venue["offline_policy"])
-
-    async def venue_clock_measured(self) -> None:
-        """Wait (at most `venue_clock_wait_s`) for the venue bus to measure this clock against its
-        server's, before the lanes open. Until then this gate cannot order other gates' scans
-        among its own, so it refuses the entries whose answer depends on that order
-        (denied/clockUnmeasured, agent.core.scanstate): opened first, the lanes would refuse
-        such tickets for the moment it takes to connect. A bus that cannot be reached holds
-        the gate up no longer than that: it then works alone under the offline policy,
-        refusing only those entries until the bus is back and measured."""
-        bus = self.bus
-        if bus is None:
-            return
-        deadline = time.monotonic() + self.venue_clock_wait_s
-        while not bus.board.calibrated and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        offset = bus.clock_offset()
-        if offset is None:
-            log.warning("venue %s: this clock is not measured against the bus server's yet "
-                        "(%s); lanes open, and entries whose order with other gates' scans "
-                        "depends on it are refused (clockUnmeasured) until it is", bus.name,
-                        bus.last_error or ("not connected" if not bus.connected else
-                                           "no measurement yet"))
-        else:
-            log.info("venue %s: this clock is %+.3f s from the bus server's", bus.name, offset)
+        """The venue bus, before the lanes (agent.runtime.venuewiring)."""
+        venuewiring.start_venue(self)
 
     def start_lanes(self, lanes: tuple[LaneConfig, ...],
                     gates: dict[str, Gate] | None = None) -> None:
@@ -317,30 +197,6 @@ class Daemon:
         self.pairings_error = None
         return lanes
 
-    def _emergency_url(self, config: Config) -> str:
-        """`[device] emergency_input`, or the one paired (`devices pair URL --role
-        emergency`); an unreadable devices.json keeps the one in use (pairings_error)."""
-        try:
-            return str(effective_device(config)["emergency_input"])
-        except ConfigError as exc:
-            log.error("paired emergency input not read, keeping %s: %s",
-                      self.emergency.url or "none", exc)
-            return self.emergency.url
-
-    def _swap_emergency(self, url: str) -> None:
-        """A reload named another emergency input: watch that one instead. A release the old
-        one held ends; the new one, active, starts it again at once (its first reading)."""
-        old = self.emergency
-        if url == old.url:
-            return
-        old.stop()
-        if old.active:
-            old.active, old.since = False, None
-            self.releases.emergency(False, old.url)
-        log.info("emergency input: %s (was %s)", url or "none", old.url or "none")
-        self.emergency = EmergencyInput(url, self._emergency_changed)
-        self.emergency.start()
-
     def setup_platform(self, token: str | None = None) -> None:
         if token is None and self.config.api["offline"]:
             self.platform_disabled = "offline by configuration ([api] offline = true)"
@@ -361,7 +217,7 @@ class Daemon:
             # venue mode: the elected leader syncs and uploads for the venue; this gate's
             # cache comes from the bus and its scans go to the bus (agent.venue.leader)
             self.role = VenueRole(self.config, token, config_path=str(self.config.path),
-                                  on_catalog_change=self._catalog_changed,
+                                  on_catalog_change=lambda: cachecare.catalog_changed(self),
                                   on_server_time=self.clock.observe)
         governor = Governor.from_config(self.config.api)
         self.client = PlatformClient.from_config(self.config.api, token, governor)
@@ -379,150 +235,19 @@ class Daemon:
                 scanned_by=self.config.api["scanned_by"] or None,
                 retention_days=self.config.store["sent_retention_days"])
 
+    # -- jobs (agent.runtime.daemonjobs) -------------------------------------------------------
+
     def schedule(self, resync_now: bool) -> None:
-        self._add_platform_jobs(resync_now)
-        if self.cache_unreadable:
-            self.jobs.add_interval("cache_access", self._cache_access_job,
-                                   CACHE_ACCESS_RETRY_S, first_in=CACHE_ACCESS_RETRY_S)
-        if self.journal_error:
-            self.jobs.add_interval("journal_access", self._journal_access_job,
-                                   self.store_retry_s, first_in=self.store_retry_s)
-        if self.venue_error:
-            self.jobs.add_interval("venue_access", self._venue_access_job,
-                                   self.store_retry_s, first_in=self.store_retry_s)
-        self.jobs.start()
-
-    def _add_platform_jobs(self, resync_now: bool) -> None:
-        s = self.config.sync
-        self._add_journal_jobs()
-        if self.role is not None:
-            return  # no ticket-list request and no upload of its own: see VenueRole
-        if self.syncer is not None:
-            self.jobs.add_interval("refresh", self._refresh_job, s["refresh_interval_s"],
-                                   first_in=0.2)
-            self.jobs.add_interval("delta", self._delta_job, s["delta_interval_s"],
-                                   first_in=1.5)
-            # A failed full resync is tried again soon (sync.full_resync_retry_s, doubling),
-            # not the next night: after a damaged cache the gate has no tickets until it works.
-            self.jobs.add_daily("full_resync", self._full_job, s["full_resync_at"],
-                                retry_s=s["full_resync_retry_s"])
-            if resync_now:
-                self._schedule_rebuild()
-
-    def _add_journal_jobs(self) -> None:
-        """Upload (not in venue mode: the leader uploads) and prune, with an uploader only."""
-        if self.uploader is None:
-            return
-        if self.role is None:
-            self.jobs.add_interval("upload", self._upload_job,
-                                   self.config.sync["upload_interval_s"], first_in=1)
-        self.jobs.add_interval("prune", self._prune_job, 3600, first_in=60)
-
-    def _start_role(self) -> None:
-        """The venue role's task (with [venue] and a token); it works from the journal and
-        venue.db, so not before both open (its sessions would fail every second meanwhile)."""
-        if self.role is not None and self._role_task is None and self.journal is not None \
-                and self.venue_error is None:
-            self._role_task = asyncio.create_task(self.role.run(self.stop_event),
-                                                  name="venue role")
-
-    def _start_heartbeats(self) -> None:
-        if self.bus is not None and self.config.venue is not None and self._beats is None:
-            self._beats = asyncio.create_task(publish_heartbeats(
-                self.report, self.bus, self.config.venue["heartbeat_s"],
-                lambda: datetime.now(UTC), self.stop_event), name="heartbeats")
-
-    # -- jobs -------------------------------------------------------------------------------
-
-    async def _upload_job(self) -> None:
-        assert self.uploader is not None
-        await self.uploader.upload_round()
+        daemonjobs.schedule(self, resync_now)
 
     async def _prune_job(self) -> None:
-        assert self.uploader is not None
-        now = datetime.now(UTC)
-        await asyncio.to_thread(self.uploader.prune, now)
-        events = self.lane_event_log()
-        if events is not None:  # the counting day is at most 24 h old: keep two at least
-            days = max(2, self.config.store["sent_retention_days"])
-            await asyncio.to_thread(events.prune_people, utc_iso(now - timedelta(days=days)))
-
-    async def _refresh_job(self) -> None:
-        assert self.syncer is not None
-        await self.syncer.refresh_events()
-        self._reload_lane_caches()
-
-    async def _delta_job(self) -> None:
-        assert self.syncer is not None
-        if self.cache_degraded:
-            return  # the full resync fills the cache first
-        await self.syncer.delta_all()
+        await daemonjobs.prune_job(self)
 
     async def _full_job(self) -> None:
-        assert self.syncer is not None
-        await self.syncer.full_resync()
-        self.cache_degraded = None
-        for runner in self.lanes.values():  # their failed reads were of the file replaced
-            runner.gate.cache_error = None
-
-    async def _cache_access_job(self) -> None:
-        """cache.db could not be opened at start for its access or a full disk, not damage
-        (`cache_unreadable`: kept, the gate on an empty cache): tried again until it opens,
-        then every lane reads it — no restart, no rebuild."""
-        if not self.cache_unreadable:
-            return
-        try:
-            found = await asyncio.to_thread(
-                TicketCache, self.cache_path,
-                keep_personal_data=self.config.store["keep_personal_data"])
-        except (CacheCorrupt, CacheNotAccessible) as exc:
-            self.cache_unreadable = str(exc)  # still (or now) why: status keeps saying it
-            return
-        found.close()
-        self.cache_in_memory = False
-        self._swap_cache(lambda: None)  # the lanes' connections now on the file
-        self.cache_unreadable = None
-        log.warning("ticket cache %s can be opened again: the lanes read it", self.cache_path)
-
-    async def _journal_access_job(self) -> None:
-        """journal.db could not be opened at start (`journal_unavailable`; kept as it is,
-        never made anew): tried again until it opens, then the uploader, the venue role and
-        bus and every lane take it — no restart."""
-        if not self.journal_error:
-            return
-        try:
-            journal = await asyncio.to_thread(Journal, self.journal_path)
-        except JournalUnavailable as exc:
-            self.journal_error = not_mine(self.journal_path) or str(exc)
-            return
-        self.journal, self.journal_error = self._settled(journal), None
-        log.warning("scan journal %s can be opened again: the lanes record scans",
-                    self.journal_path)
-        self._start_uploader()
-        self._add_journal_jobs()
-        if self.bus is not None:  # it ran without the journal: again with it
-            bus, self.bus = self.bus, None
-            if self._beats is not None:
-                self._beats.cancel()
-                self._beats = None
-            await asyncio.to_thread(bus.stop)
-            self.start_venue()
-            self._start_heartbeats()
-        self._start_role()
-        self._restart_lanes()
+        await daemonjobs.full_job(self)
 
     async def _venue_access_job(self) -> None:
-        """venue.db could not be opened at start (`venue_db_unavailable`; kept as it is):
-        tried again until it opens, then the bus starts and the lanes start anew with it."""
-        if not self.venue_error or self.bus is not None:
-            return
-        self.start_venue()
-        if self.bus is None:
-            return
-        self._start_heartbeats()
-        self._start_role()
-        await self.venue_clock_measured()
-        self._restart_lanes()
+        await venuewiring.venue_access_job(self)
 
     def _restart_lanes(self) -> None:
         """Every lane stopped (its queued scans decided first, as a reload does) and started
@@ -540,76 +265,14 @@ class Daemon:
             for source in sources:
                 self.lanes[name].set_release(source, True)
 
-    def _reload_lane_caches(self) -> None:
-        for runner in self.lanes.values():
-            with runner.lock:
-                runner.gate.cache.reload()
-        if self.status_cache:
-            self.status_cache.reload()
-
-    def _catalog_changed(self) -> None:
-        """Venue mode: the leader's sync results were applied to the cache from the bus."""
-        self._reload_lane_caches()
-        self.cache_degraded = None
+    # -- the live cache (agent.runtime.cachecare) -------------------------------------------
 
     def _swap_cache(self, do_swap: Any) -> None:
-        """Close every connection to the live cache, rename the new file in, reopen.
-
-        The lanes wait (their locks) only for closing, the rename and reopening: the rebuilt
-        file's integrity check ran before (`Syncer.full_resync`), so it is not repeated per
-        connection here — on 1M items that was seconds without a decision."""
-        runners = list(self.lanes.values())
-        for runner in runners:
-            runner.lock.acquire()
-        try:
-            for runner in runners:
-                runner.gate.cache.close()
-            if self.status_cache:
-                self.status_cache.close()
-            try:
-                do_swap()
-                # The file is now the rebuilt, checked cache: a gate that ran on an in-memory
-                # one (store.dir was not writable at start) takes it, and recovers by itself.
-                self.cache_in_memory = False
-            except OSError as exc:  # store.dir or cache.db refused the rename: not damage
-                raise CacheNotAccessible("the rebuilt ticket cache was not swapped in: "
-                                         + store_write_failure(self.cache_path, exc)) from exc
-            finally:  # swapped or not (then on the file they had), the lanes read a cache
-                for runner in runners:
-                    runner.gate.cache = self._open_cache(check=False)
-                self.status_cache = self._open_cache(check=False)
-        finally:
-            for runner in runners:
-                runner.lock.release()
-        log.info("ticket cache rebuilt and swapped in")
-
-    def _cache_failed(self, error: str | None) -> None:
-        """A read of the running cache failed (a lane refused a scan with cacheUnavailable, or
-        status could not read it): rebuild it once, as a damaged cache at start is. Thread-safe:
-        the work is done on the loop; nothing without one (no jobs to run it)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._rebuild_failed_cache, error)
+        """The sync's swap hook: agent.runtime.cachecare.swap_cache."""
+        cachecare.swap_cache(self, do_swap)
 
     def _rebuild_failed_cache(self, error: str | None) -> None:
-        error = error or "a read of the ticket cache failed"
-        if self.cache_degraded or self.cache_in_memory:
-            return  # a rebuild is already due (or said to be impossible), or nothing on disk
-        if self.syncer is None or self.role is not None:  # no platform jobs of this gate
-            source = "the venue catalog" if self.role is not None else \
-                "`gate-agent sync --full` or `gate-agent import`"
-            self.cache_degraded = (f"the cache failed while running ({error}); restart the "
-                                   f"service: it is moved aside and refilled from {source}")
-            log.error("%s", self.cache_degraded)
-            return
-        self.cache_degraded = f"the cache failed while running ({error}); rebuilding"
-        log.error("%s", self.cache_degraded)
-        self._schedule_rebuild()
-
-    def _schedule_rebuild(self) -> None:
-        """The one-shot full resync of a damaged cache (at start, or failed while running),
-        tried again after sync.full_resync_retry_s (doubling) until it succeeds."""
-        self.jobs.add_once("initial_resync", self._full_job, first_in=0.5,
-                           retry_s=self.config.sync["full_resync_retry_s"])
+        cachecare.rebuild_failed_cache(self, error)
 
     # -- decisions (called from lane threads) --------------------------------------------------
 
@@ -617,7 +280,7 @@ class Daemon:
         d = event.result.decision
         if d.detail == "cacheUnavailable":
             runner = self.lanes.get(event.lane)
-            self._cache_failed(runner.gate.cache_error if runner else None)
+            cachecare.cache_failed(self, runner.gate.cache_error if runner else None)
         status = d.status if d.record else "ignored"
         self.metrics.observe(event.lane, status, event.latency_s)
         fields = {"lane": event.lane, "code": d.code, "kind": d.kind, "admit": d.admit,
@@ -633,7 +296,7 @@ class Daemon:
         if self.role is not None and self._loop is not None and event.result.uuid:
             self._loop.call_soon_threadsafe(self.role.wake)
         elif self.uploader is not None and self._loop is not None and event.result.uuid:
-            self._loop.call_soon_threadsafe(self._maybe_upload_now)
+            self._loop.call_soon_threadsafe(daemonjobs.maybe_upload_now, self)
 
     def manual_decided(self, lane: str, result: ScanResult, wall: datetime,
                        latency_s: float) -> None:
@@ -683,149 +346,16 @@ class Daemon:
         if self.uploader is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.jobs.run_now, "upload")
 
-    def _maybe_upload_now(self) -> None:
-        if self.journal is None:
-            return
-        batch = self.config.sync["upload_batch_size"]
-        if self.journal.pending_count(at_most=batch) >= batch:
-            self.jobs.run_now("upload")
-
-    # -- status -------------------------------------------------------------------------------
+    # -- status (agent.runtime.statusserve) ---------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        journal: dict[str, Any] = {"path": str(self.journal_path)}
-        if self.journal is not None:
-            try:
-                journal.update(self.journal.counts())
-            except GateAgentError as exc:
-                journal["error"] = str(exc)
-        if self.journal_error:  # not opened at start (tried again: journal_access)
-            journal["error"], journal["unopened"] = self.journal_error, True
-        cache: dict[str, Any] = {"degraded": self.cache_degraded,
-                                 "unreadable": self.cache_unreadable}
-        if self.status_cache is not None:
-            try:
-                cache.update(self.status_cache.get_status())
-            except CacheUnavailable as exc:  # damaged under the running gate: a fail reason
-                cache["read_failed"] = str(exc)
-                self._cache_failed(str(exc))
-            except Exception as exc:  # noqa: BLE001 - status must answer even mid-swap
-                cache["error"] = str(exc)
-        platform: dict[str, Any] = {"disabled": self.platform_disabled,
-                                    "offline": self.config.api["offline"]}
-        led = self.role.platform_status() if self.role is not None else None
-        if led is not None:
-            platform.update(led)  # venue mode: the leader's link (as long as it leads)
-        elif self.client is not None:
-            platform.update(self.client.get_status())
-        snap: dict[str, Any] = {
-            "version": __version__, "uptime_s": round(time.time() - self.started, 1),
-            "started_at": epoch_iso(self.started),
-            "lanes": [runner.get_status() for runner in self.lanes.values()],
-            "cache": cache, "journal": journal, "platform": platform,
-            "upload": (self.role.upload_status.as_dict() if self.role is not None else
-                       self.uploader.status.as_dict() if self.uploader else None),
-            "sync": self.syncer.progress.as_dict() if self.syncer else None,
-            "jobs": self.jobs.get_status(), "status_listen": self.listen_address,
-            "status_error": self.status_error,
-            "pairings_error": self.pairings_error, "reload_error": self.reload_error,
-            "venue": self._venue_status(),
-            "emergency": self.emergency.get_status(), "clock": self.clock.get_status(),
-        }
-        if snap["venue"] is not None and self.role is not None:
-            snap["venue"]["leader"] = self.role.get_status()
-        health, reasons = evaluate(snap, now, self.config.sync["max_cache_age_s"])
-        snap["health"], snap["reasons"] = health, [r.as_dict() for r in reasons]
-        return snap
-
-    def _venue_status(self) -> dict[str, Any] | None:
-        if self.bus is not None:
-            return self.bus.get_status(self.journal)
-        if self.config.venue is None or self.venue_error is None:
-            return None
-        return {"venue": self.config.venue["name"], "connected": False,
-                "open_error": self.venue_error}
+        return statusserve.report(self)
 
     async def serve_status(self) -> None:
-        """The status endpoint. A port held by something else must not keep the gate down
-        (the service would restart every 2 s, lanes and all): the gate runs without it,
-        says so (`status_unavailable` in systemd's status line and the log) and tries the
-        port again every `status_retry_s` (STATUS_RETRY_S)."""
-        host, port = split_listen(self.config.status["listen"], self.config.status["token"])
-        app = build_app(self.report, self.metrics.render, self.config.status["token"],
-                        lambda: venue_view(self.bus, self.status_cache, datetime.now(UTC)))
-        while True:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-                break
-            except OSError as exc:
-                sock.close()
-                if self.status_error is None:
-                    log.error("status endpoint: cannot listen on %s:%s (%s); the gate runs "
-                              "without it and tries again every %g s", host, port,
-                              exc.strerror, self.status_retry_s)
-                self.status_error = f"cannot listen on {host}:{port} ({exc.strerror})"
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.status_retry_s)
-                return
-            except TimeoutError:
-                pass
-        self.status_error = None
-        # listening before status.addr names it: a client that reads the file at once (the
-        # CLI, the demo, a test) must be queued until uvicorn accepts, not refused (it was,
-        # once in CI: bound only, the port refuses connections until uvicorn's start-up)
-        sock.listen(STATUS_BACKLOG)
-        actual = sock.getsockname()[1]
-        self.listen_address = f"{host}:{actual}"
-        # 0600 like every other file of store.dir (was the umask's mode), and the store's
-        # owner's when root runs the daemon in the foreground (as SQLite does for its -wal);
-        # a read-only store.dir must not keep the status endpoint (and its alarm) down.
-        try:
-            write_private(self.config.store_dir / "status.addr", self.listen_address + "\n",
-                          owner=store_owner(self.config.store_dir))
-        except OSError as exc:
-            log.error("cannot write %s: %s", self.config.store_dir / "status.addr", exc.strerror)
-        log.info("status endpoint on http://%s/status", self.listen_address)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self.server = _StatusServer(config)
-        await self.server.serve(sockets=[sock])
+        await statusserve.serve_status(self)
 
     async def watchdog(self) -> None:
-        interval = watchdog_interval()
-        period = interval or 5.0
-        while not self.stop_event.is_set():
-            self.jobs.follow_clock()  # a wall-clock step (NTP at boot) must not stall the jobs
-            self._follow_leader_clock()
-            stalled = [n for n, r in self.lanes.items()
-                       if time.monotonic() - r.heartbeat > 3 * period + 2]
-            if interval and not stalled:
-                self.notifier.watchdog()
-            self.notifier.status(summary_line(self.report()))
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=period)
-            except TimeoutError:
-                pass
-
-    def _leader_time_heard(self) -> None:
-        """The bus's session is up and the leader's time is on its board (the bus's thread):
-        the clock is checked now, not a watchdog period later (agent.venue.bus)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._follow_leader_clock)
-
-    def _follow_leader_clock(self) -> None:
-        """A venue member sends the platform nothing: its clock is checked against the
-        platform's time as the leader's heartbeat carries it (agent.runtime.clock)."""
-        bus = self.bus
-        if bus is None or not bus.board.calibrated:
-            return
-        reading = leader_reading(bus.board.rows(), bus.device, bus.board.offset_s)
-        if reading is None or reading[1] <= self._leader_beat_seen:
-            return
-        self._leader_beat_seen = reading[1]
-        self.clock.observe_offset(reading[0], time.monotonic(), "venue leader")
+        await statusserve.watchdog(self)
 
     def close_stores(self) -> None:
         """Close every connection, so SQLite folds its WAL files back into the databases."""
@@ -847,110 +377,8 @@ class Daemon:
         """SIGHUP: every setting in force everywhere, or the reload refused naming the key
         (agent.runtime.reload), which status shows (`config_not_applied`) until a reload
         succeeds. Changed lanes finish their queued scans and restart; the others keep
-        running with the fresh event list and fail_closed."""
-        self.reload_error = self._reload()
-
-    def _reload(self) -> str | None:
-        """The reload itself; why it was refused (logged here or by the step), else None."""
-        try:
-            fresh = load_config(self.config.path)
-        except ConfigError as exc:
-            return _refused(f"{exc} — the service would not start with this file: fix it, "
-                            "then reload")
-        wanted = self._reload_pairings(fresh)
-        if wanted is None:
-            return "[[lanes]] changed but devices.json cannot be read"
-        if fresh.venue != self.config.venue:
-            log.warning("[venue] changed: it takes effect at the next restart; the running "
-                        "venue settings are kept")
-            fresh = dataclasses.replace(fresh, venue=self.config.venue)
-        plan = plan_reload(self.config, fresh, {n: r.lane for n, r in self.lanes.items()},
-                           wanted)
-        if plan.refused:
-            log.error("%s", plan.refused)
-            return plan.refused
-        if not self._reload_token(fresh, plan.changed):
-            return "the new token source gives no token (see the log)"
-        gates: dict[str, Gate] = {}
-        try:  # before any lane stops: one that cannot start refuses the whole reload
-            for lane in plan.start_lanes:
-                gates[lane.name] = self._gate()
-        except GateAgentError as exc:
-            for gate in gates.values():
-                gate.close()
-            return _refused(f"lane {lane.name} cannot be started: {exc}")
-        for name in plan.stop_lanes:
-            runner = self.lanes.pop(name)
-            runner.stop()
-            runner.gate.close()
-            log.info("lane %s stopped for reload", name)
-        self.config = fresh
-        for runner in self.lanes.values():  # unchanged lanes: the fresh settings too
-            with runner.lock:
-                runner.gate.config = fresh
-        if self.syncer is not None:
-            self.syncer.config = fresh
-        for gate in gates.values():
-            gate.config = fresh
-        self.start_lanes(plan.start_lanes, gates)
-        self._swap_emergency(self._emergency_url(fresh))
-        log.info("configuration reloaded: %d lane(s); changed: %s", len(self.lanes),
-                 ", ".join(plan.changed) or "nothing")
-        return None
-
-    def _reload_pairings(self, fresh: Config) -> tuple[LaneConfig, ...] | None:
-        """The fresh lanes with their paired devices. An unreadable devices.json (a `sudo`
-        left it root-owned, say) keeps every lane running as it is, with its bindings, and
-        says so in the log and in status (pairings_error); the rest of the reload goes on.
-        None: a lane's configuration changed too, which cannot be applied without the file."""
-        try:
-            wanted = effective_lanes(fresh)
-        except ConfigError as exc:
-            path = fresh.store_dir / "devices.json"
-            self.pairings_error = not_mine(path) or str(exc)
-            running = tuple(runner.lane for runner in self.lanes.values())
-            log.error("paired devices not reloaded from %s, the running lanes keep theirs: %s",
-                      path, self.pairings_error)
-            if fresh.lanes != self.config.lanes:
-                log.error("reload refused, keeping the running configuration: [[lanes]] "
-                          "changed but %s cannot be read", path)
-                return None
-            return running
-        self.pairings_error = None
-        return wanted
-
-    def _reload_token(self, fresh: Config, changed: tuple[str, ...]) -> bool:
-        """A renewed token (the fix the auth_failed reason asks for) is taken without a
-        restart; a missing or unreadable one keeps the running token and says so — unless
-        the reload itself names a new token source, which must work or the reload is refused.
-        Returns False when the reload is refused."""
-        if self.client is None:
-            return True
-        try:
-            token = load_token(fresh.api, config_path=fresh.path)
-        except ConfigError as exc:
-            moved = [k for k in ("api.token_file", "api.token_env") if k in changed]
-            if moved:
-                log.error("reload refused, keeping the running configuration: %s changed "
-                          "but gives no token: %s", ", ".join(moved), exc)
-                return False
-            log.error("token not reloaded, keeping the running one: %s", exc)
-            return True
-        if self.pushed_token is not None and token == self.start_token:
-            log.info("platform token kept: the one given by `gate-agent login` is newer than "
-                     "the credential this service was started with")
-            return True
-        if token == self.start_token and self.pushed_token is None:
-            # Under systemd the credential is systemd's copy taken at start: a token file
-            # edited since is not what this read gives. Say so rather than "reloaded".
-            log.info("platform token unchanged%s", " (systemd's credential is copied at "
-                     "start: restart the service, or use `gate-agent login`)"
-                     if os.environ.get("CREDENTIALS_DIRECTORY") else "")
-            return True
-        self.start_token, self.pushed_token = token, None
-        self.client.set_token(token)
-        log.info("platform token reloaded")
-        return True
+        running with the fresh event list and fail_closed (agent.runtime.reloadapply)."""
+        self.reload_error = reloadapply.reload(self)
 
     def use_token(self, token: str) -> None:
         """A new token from `gate-agent login` (over the control socket): used from the next
@@ -960,8 +388,8 @@ class Daemon:
             self.client.set_token(token)
         else:
             self.setup_platform(token)
-            self._add_platform_jobs(resync_now=False)
-            self._start_role()
+            daemonjobs.add_platform_jobs(self, resync_now=False)
+            venuewiring.start_role(self)
         log.info("platform token replaced by `gate-agent login`")
 
     async def run(self) -> int:
@@ -983,10 +411,10 @@ class Daemon:
                                      self.config.control["group"])
         await self.control.start()
         self.start_venue()
-        self._start_role()
-        await self.venue_clock_measured()
+        venuewiring.start_role(self)
+        await venuewiring.venue_clock_measured(self)
         self.start_lanes(self._lanes_with_pairings(self.config))
-        self.emergency.url = self._emergency_url(self.config)
+        self.emergency.url = reloadapply.emergency_url(self, self.config)
         self.emergency.start()
         self.schedule(resync)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -998,7 +426,7 @@ class Daemon:
                 server.result()  # raises what is not a bind error
             await asyncio.sleep(0.02)
         watchdog = asyncio.create_task(self.watchdog(), name="watchdog")
-        self._start_heartbeats()
+        venuewiring.start_heartbeats(self)
         summary = summary_line(self.report())
         self.notifier.ready(summary)
         log.info("gate-agent %s ready: %s", __version__, summary)
@@ -1030,20 +458,6 @@ class Daemon:
         self.close_stores()
         log.info("stopped")
         return 0
-
-
-def _refused(why: str) -> str:
-    log.error("reload refused, keeping the running configuration: %s", why)
-    return why
-
-
-class _StatusServer(uvicorn.Server):
-    """uvicorn without its own SIGINT/SIGTERM handlers: the daemon owns the signals and
-    stops the status server last, after the lanes have drained."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 # A lane thread waking from its fsync must take the GIL back from whatever the loop thread is

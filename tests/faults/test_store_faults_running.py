@@ -29,7 +29,7 @@ import pytest
 from agent import demo_data
 from agent.errors import CacheNotAccessible
 from agent.platform.sync import swap_in
-from agent.runtime import daemon as daemon_module
+from agent.runtime import daemonjobs
 from agent.runtime.daemon import Daemon
 from agent.runtime.devrun import DaemonProcess
 from agent.runtime.lane import LaneRunner
@@ -265,7 +265,7 @@ def test_a_full_disk_at_start_keeps_the_good_cache_and_the_lanes_read_it_once_th
     there is room the daemon opens it again by itself (no restart, no rebuild)."""
     site = make_site(tmpfs, datetime.now(UTC).replace(microsecond=0))
     filler = _fill_disk(tmpfs)
-    monkeypatch.setattr(daemon_module, "CACHE_ACCESS_RETRY_S", 0.2)
+    monkeypatch.setattr(daemonjobs, "CACHE_ACCESS_RETRY_S", 0.2)
     lane = site.config.lane("north-in")
 
     async def go(daemon: Daemon) -> None:
