@@ -96,7 +96,7 @@ class Facts:
     cache_empty: bool = False  # no ticket cached at all: nothing was synced or imported yet
     # The cache could not be read (agent.errors.CacheUnavailable): nothing is known of the code
     cache_error: str | None = None
-    # A store the decision needs cannot be opened (venue.db at start, agent.runtime.daemon):
+    # A store the decision needs cannot be opened (venue.db at start, agent.runtime.venuewiring):
     # whatever the code, its answer depends on what that store holds
     store_error: str | None = None
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from agent.config import SECTIONS, Config, LaneConfig
 
 # Keys the daemon applies in place on reload: events.ids and store.fail_closed go to every
-# lane's Gate and the syncer; the token keys to the platform client (agent.runtime.daemon).
+# lane's Gate and the syncer; the token keys to the platform client (agent.runtime.reloadapply).
 LIVE_KEYS = frozenset({"events.ids", "store.fail_closed", "api.token_file", "api.token_env"})
 
 
