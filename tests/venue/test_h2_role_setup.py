@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.ops.status import evaluate
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.venue import streams
 from agent.venue.leader import VenueRole
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import make_site
+from tests.venue.rolecheck import degraded, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,23 +32,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def sandbox() -> Iterator[Sandbox]:
     with start_sandbox(tickets=20, async_delay_s=0.02, rpm=1000) as sb:
         yield sb
-
-
-def _degraded(role: VenueRole) -> str | None:
-    """The venue_degraded reason of a gate whose bus is connected, with this role's status."""
-    venue = {"connected": True, "session_step": "running", "leader": role.get_status()}
-    _health, reasons = evaluate({"venue": venue}, datetime.now(UTC), 3600)
-    return next((r.message for r in reasons if r.code == "venue_degraded"), None)
-
-
-async def _until(check: Any, timeout_s: float, what: str, role: VenueRole) -> float:
-    """Seconds until `check()`; fails with the role's status after `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not check():
-        assert loop.time() - started < timeout_s, (what, role.get_status())
-        await asyncio.sleep(0.1)
-    return loop.time() - started
 
 
 def test_a_role_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
@@ -67,24 +48,24 @@ def test_a_role_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
         stop = asyncio.Event()
         runner = asyncio.create_task(role.run(stop))
         try:
-            waited = await _until(lambda: role.get_status()["setup_error"] is not None, 20,
+            waited = await until(lambda: role.get_status()["setup_error"] is not None, 20,
                                   "the role's set-up error in status", role)
             assert waited < streams.CREATE_RETRY_S
             status = role.get_status()
             assert status["session_step"] == "making sure the catalog stream exists", status
             assert "(while making sure the catalog stream exists)" in status["setup_error"]
             assert status["setup_since"] is not None
-            said = _degraded(role)
+            said = degraded(role)
             assert said is not None and "venue role's session" in said, status
             assert "making sure the catalog stream exists" in said
             for node in venue_cluster[:2]:
                 node.start(wait=False)
             await asyncio.to_thread(lambda: [node.wait_healthy() for node in venue_cluster[:2]])
-            await _until(lambda: role.get_status()["session_step"] == "running", 120,
+            await until(lambda: role.get_status()["session_step"] == "running", 120,
                          "the role's session set up by itself", role)
             status = role.get_status()
             assert (status["setup_error"], status["setup_since"]) == (None, None), status
-            assert _degraded(role) is None
+            assert degraded(role) is None
         finally:
             stop.set()
             await asyncio.wait_for(runner, 60)

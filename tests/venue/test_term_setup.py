@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.ops.status import evaluate
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.venue import streams
 from agent.venue.leader import VenueRole
 from agent.venue.node import NodeProcess
 from tests.platform.sync.conftest import make_site
+from tests.venue.rolecheck import degraded, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,22 +33,6 @@ BATCHES_STEP = "making sure the batches bucket exists"
 def sandbox() -> Iterator[Sandbox]:
     with start_sandbox(tickets=20, async_delay_s=0.02, rpm=1000) as sb:
         yield sb
-
-
-def _degraded(role: VenueRole) -> str | None:
-    """The venue_degraded reason of a gate whose bus is connected, with this role's status."""
-    venue = {"connected": True, "session_step": "running", "leader": role.get_status()}
-    _health, reasons = evaluate({"venue": venue}, datetime.now(UTC), 3600)
-    return next((r.message for r in reasons if r.code == "venue_degraded"), None)
-
-
-async def _until(check: Any, timeout_s: float, what: str, role: VenueRole) -> float:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not check():
-        assert loop.time() - started < timeout_s, (what, role.get_status())
-        await asyncio.sleep(0.1)
-    return loop.time() - started
 
 
 def test_a_term_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
@@ -87,7 +69,7 @@ def test_a_term_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
             await asyncio.wait_for(killed.wait(), 60)
             assert role.get_status()["session_step"] == "running"
             # each failed try is said with its step (the next try starts at the first step)
-            waited = await _until(
+            waited = await until(
                 lambda: f"(while {BATCHES_STEP})" in (
                     role.get_status()["term_setup"]["setup_error"] or ""), 25,
                 "the term's set-up error in status", role)
@@ -96,19 +78,19 @@ def test_a_term_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
             term = status["term_setup"]
             assert term["session_step"] != "running" and term["setup_since"] is not None, term
             assert role.lead.uploader is None
-            said = _degraded(role)
+            said = degraded(role)
             assert said is not None and "its leader term" in said, status
             assert BATCHES_STEP in said
             for node in venue_cluster[:2]:
                 node.start(wait=False)
             await asyncio.to_thread(lambda: [node.wait_healthy() for node in venue_cluster[:2]])
             back.set()
-            await _until(lambda: role.lead.uploader is not None
+            await until(lambda: role.lead.uploader is not None
                          and role.get_status()["term_setup"]["session_step"] == "running", 120,
                          "the term set up by itself", role)
             term = role.get_status()["term_setup"]
             assert (term["setup_error"], term["setup_since"]) == (None, None), term
-            assert _degraded(role) is None
+            assert degraded(role) is None
         finally:
             back.set()
             stop.set()
