@@ -539,25 +539,22 @@ def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
     again in order, but until then this gate decides without the other gates' latest scans.
     Or status's own reads of it failing (agent.venue.status_read): its figures are old. Or
     the bus not opening it as it starts (agent.venue.bus `_open_store`): no bus at all."""
-    if venue.get("db_open_error"):
-        return [Reason("warn", "venue_db_failing",
-                       f"venue.db cannot be opened since {venue.get('db_open_failing_since')} "
-                       f"({venue['db_open_error']}); the venue bus is not running: this "
-                       "gate's scans wait in its journal to be published, other gates' scans "
-                       "are not applied here and claims follow venue.offline_policy — find "
-                       "the process holding it or fix its permissions (tried again every few "
-                       "seconds; the bus starts by itself once it opens)")]
-    if venue.get("apply_error"):
-        return [Reason("warn", "venue_db_failing",
-                       f"venue.db cannot be written since {venue.get('apply_failing_since')} "
-                       f"({venue['apply_error']}); other gates' scans wait to be applied here "
-                       "and claims on their tickets follow venue.offline_policy — free disk "
-                       "space in store.dir or fix its permissions (retried by itself)")]
-    if venue.get("db_read_error"):
-        return [Reason("warn", "venue_db_failing",
-                       f"venue.db cannot be read since {venue.get('db_read_failing_since')} "
-                       f"({venue['db_read_error']}); the conflicts and occupancy shown are the "
-                       "last read — find the process holding it (retried by itself)")]
+    for error, since, what, meaning in (
+            ("db_open_error", "db_open_failing_since", "opened",
+             "the venue bus is not running: this gate's scans wait in its journal to be "
+             "published, other gates' scans are not applied here and claims follow "
+             "venue.offline_policy — find the process holding it or fix its permissions (tried "
+             "again every few seconds; the bus starts by itself once it opens)"),
+            ("apply_error", "apply_failing_since", "written",
+             "other gates' scans wait to be applied here and claims on their tickets follow "
+             "venue.offline_policy — free disk space in store.dir or fix its permissions "
+             "(retried by itself)"),
+            ("db_read_error", "db_read_failing_since", "read",
+             "the conflicts and occupancy shown are the last read — find the process holding "
+             "it (retried by itself)")):
+        if venue.get(error):
+            return [Reason("warn", "venue_db_failing", f"venue.db cannot be {what} since "
+                           f"{venue.get(since)} ({venue[error]}); {meaning}")]
     return []
 
 

@@ -453,17 +453,12 @@ class TicketCache:
         row = self.conn.execute("SELECT seq FROM items ORDER BY rowid DESC LIMIT 1").fetchone()
         if row is None or int(row[0]) <= self._newest_seq():
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             newest = int(self.conn.execute("SELECT MAX(seq) FROM items").fetchone()[0])
             if newest > self._newest_seq():
                 log.warning("ticket cache %s: items written by an older gate-agent (newest "
                             "seq %d); later writes count on from it", self.path, newest)
                 self._set_newest_seq(newest)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
 
     def _set_newest_seq(self, seq: int) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",

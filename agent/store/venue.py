@@ -21,7 +21,8 @@ leader uploads).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,14 @@ class VenueStore:
         `sqlite3` left in a transaction), never damage or the disk."""
         return StoreError(f"venue state {self.path}: {exc}{_held_hint(self.path, exc)}")
 
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """A statement venue.db refuses inside, raised as `_failed` (naming the file)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
         return data_version(self.conn)
@@ -332,10 +341,8 @@ class VenueStore:
     def position(self, stream: str) -> int:
         """The last stream sequence applied here (0: nothing yet); a refused read names the
         file (`_failed`)."""
-        try:
+        with self._named():
             return self._position(stream)
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
 
     def stream_created(self, stream: str) -> str | None:
         """The creation time of the stream the position counts in (None: not recorded yet)."""
@@ -344,10 +351,8 @@ class VenueStore:
         return str(row[0]) if row else None
 
     def set_stream_created(self, stream: str, created: str) -> None:
-        try:
+        with self._named():
             self.conn.execute(_SET_CREATED, (stream, created))
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
 
     def restart_stream(self, stream: str, created: str, republish_through: int = 0) -> None:
         """The stream was deleted and made again (`created` is the new one's), in one
@@ -456,7 +461,7 @@ class VenueStore:
         and tickets ever admitted there. Zones without exit scanning only ever count up.
         Latest by bus time, not stream position: a scan decided offline reaches the stream
         late, after scans made after it."""
-        try:
+        with self._named():
             rows = self.conn.execute(
                 "SELECT event_id, zone_id, MAX(zone_is_default), SUM(direction = 'in'),"
                 " COUNT(*) FROM (SELECT event_id, zone_id, zone_is_default, direction,"
@@ -466,16 +471,12 @@ class VenueStore:
                 " AND item_id IS NOT NULL)"
                 " WHERE latest = 1 GROUP BY event_id, zone_id ORDER BY event_id, zone_id"
             ).fetchall()
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
         return [{"event_id": e, "zone_id": z, "zone_is_default": bool(d), "inside": int(i),
                  "admitted": int(n)} for e, z, d, i, n in rows]
 
     def conflict_count(self) -> int:
-        try:
+        with self._named():
             return int(self.conn.execute("SELECT COUNT(*) FROM venue_conflicts").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
 
     # -- publishing cursor -----------------------------------------------------------------
 
@@ -501,7 +502,5 @@ class VenueStore:
         self._set_cursor("republish", journal_seq)
 
     def _set_cursor(self, name: str, journal_seq: int) -> None:
-        try:
+        with self._named():
             self.conn.execute(_SET_CURSOR, (name, journal_seq))
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
