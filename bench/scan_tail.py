@@ -152,6 +152,9 @@ def run(store: Path, size: int, ncodes: int, seed: int, block: int = core_bench.
     cache.conn = TimedConnection(cache.conn, "cache", steps, gc_clock)  # type: ignore[assignment]
     journal.conn = TimedConnection(  # type: ignore[assignment]
         journal.conn, "journal", steps, gc_clock)
+    # the scan's BEGIN, INSERT and COMMIT go through the journal's own cursor
+    journal._cursor = TimedConnection(  # type: ignore[assignment]
+        journal._cursor, "journal", steps, gc_clock)
     floor.read = TimedConnection(floor.read, "cache", steps, gc_clock)  # type: ignore[assignment]
     floor.write = TimedConnection(  # type: ignore[assignment]
         floor.write, "journal", steps, gc_clock)
