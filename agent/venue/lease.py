@@ -8,8 +8,16 @@ Election uses the engine's own compare-and-set, nothing of our own:
 - renew   = `kv.update("leader", last=<our revision>)`: fails as soon as anyone else wrote it;
 - the bucket's TTL (`max_age`) removes a value that was not renewed, so a dead or paused
   leader's lease disappears within `lease_ttl_s` and `create` succeeds for the next one.
-Any exception from create/update (wrong last sequence, timeout, no quorum, and the client's
+Any exception from create (wrong last sequence, timeout, no quorum, and the client's
 occasional `KeyNotFoundError` for a losing create under a race) means "not granted".
+A renewal tells an answer from its absence. Refused by the server (someone else wrote the key,
+or it expired: wrong last sequence; the bucket gone; any refusal not understood), the grant is
+dropped at once. Not answered (a timeout, no responders while JetStream elects a stream
+leader, the link reconnecting), it is held, not extended: it stays valid only until its
+`valid_until` (below), which the server's TTL outlasts, so a hiccup shorter than the TTL
+costs the venue no change of leader and no new term. A wrong last sequence whose key holds
+this very grant's value (holder, term, epoch) is this device's own earlier renewal that
+landed though its answer was lost: its revision is taken and the renewal made again.
 
 Fencing a slow, paused or partitioned old leader, in three layers:
 1. Local time. A grant is trusted only until `sent_at + ttl * SAFE_FRACTION`, where `sent_at`
@@ -41,7 +49,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import (
+    APIError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ServiceUnavailableError,
+)
 
 from agent.venue.term import Term
 
@@ -184,11 +197,13 @@ class Lease:
             return 0
 
     async def renew(self) -> bool:
-        """Extend the lease if it is still ours; on any error the grant is dropped at once."""
+        """Extend the lease if it is still ours: True when the server confirmed it now. A
+        refusal drops the grant at once; no answer holds it until `valid_until` (module
+        docstring), so `valid()` may stay True after a False here."""
         async with self._lock:
             return await self._renew()
 
-    async def _renew(self) -> bool:
+    async def _renew(self, again: bool = True) -> bool:
         if self.term == 0:
             return False
         sent_at = self.clock()
@@ -198,12 +213,44 @@ class Lease:
         try:
             revision = await self.kv.update(LEASE_KEY, self._value(self.since),
                                             last=self.revision)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not granted"
+        except KeyWrongLastSequenceError as exc:
+            if again and await self._own_write_landed():
+                return await self._renew(again=False)
             self._drop(f"renewal refused: {type(exc).__name__}: {exc}"[:200])
             return False
+        except APIError as exc:
+            if isinstance(exc, ServiceUnavailableError):  # no quorum / JetStream away
+                return self._not_answered(exc)
+            self._drop(f"renewal refused: {type(exc).__name__}: {exc}"[:200])
+            return False
+        except Exception as exc:  # noqa: BLE001 - timeouts, no responders, the link away
+            return self._not_answered(exc)
         self.revision = int(revision)
         self.valid_until = sent_at + self.ttl_s * SAFE_FRACTION
         return True
+
+    def _not_answered(self, exc: Exception) -> bool:
+        """A renewal nobody answered: the grant is held, not extended (module docstring)."""
+        left = self.valid_until - self.clock()
+        self.last_error = (f"renewal not answered ({type(exc).__name__}: {exc}"[:160]
+                           + f"); the lease is held for {max(0.0, left):.1f} s more")
+        log.warning("venue leader %s (term %d): %s", self.holder, self.term, self.last_error)
+        return False
+
+    async def _own_write_landed(self) -> bool:
+        """After a wrong last sequence: is the key's value this grant's own (an earlier
+        renewal that landed though its answer was lost)? Then its revision is ours."""
+        try:
+            entry = await self.kv.get(LEASE_KEY)
+            body = orjson.loads(entry.value or b"{}")
+        except Exception:  # noqa: BLE001 - unreadable: not known to be ours
+            return False
+        if not isinstance(body, dict) or (body.get("holder"), body.get("term"),
+                                          body.get("epoch")) != (self.holder, self.term,
+                                                                 self.epoch):
+            return False
+        self.revision = int(entry.revision or 0)
+        return self.revision > 0
 
     def _drop(self, why: str) -> None:
         if self.term:

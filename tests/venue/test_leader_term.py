@@ -1,10 +1,11 @@
 """The leader's work across a lease dropped and taken back under the same device name.
 
 A real `VenueRole` (its real Election and LeaderFence) on a real nats-server, against the
-sandbox. One fence renewal fails: the failure is injected at the KV boundary (the lease
-bucket's `update`, as a NATS timeout would make it fail), only for the first renewal the sync
-task's own request asks for. Nothing real makes one KV update of a healthy one-node bus fail
-on demand."""
+sandbox. One fence renewal is refused: the refusal is injected at the KV boundary (the lease
+bucket's `update` answered with a server error, which the lease does not understand and so
+drops its grant on: agent.venue.lease), only for the first renewal the sync task's own request
+asks for. Nothing real makes one KV update of a healthy one-node bus fail on demand. (A
+renewal nobody answers holds the grant instead: tests/venue/test_lease_renewal.py.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js.errors import ServerError
 
 from agent.sandbox.harness import Sandbox, start_sandbox
 from agent.venue.leader import VenueRole
@@ -30,7 +32,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 class SyncRenewalFailsOnce:
-    """The lease bucket, whose `update` fails once when the leader's sync task renews."""
+    """The lease bucket, whose `update` is refused once when the leader's sync task renews."""
 
     def __init__(self, kv: Any):
         self.kv = kv
@@ -40,7 +42,7 @@ class SyncRenewalFailsOnce:
         task = asyncio.current_task()
         if not self.failed and task is not None and task.get_name() == "venue sync":
             self.failed = True
-            raise TimeoutError("nats: timeout")
+            raise ServerError(code=500, description="injected refusal")
         return int(await self.kv.update(key, value, last=last))
 
     def __getattr__(self, name: str) -> Any:
