@@ -146,7 +146,7 @@ def test_a_bus_stopped_while_venue_db_is_held_ends_its_threads(tmp_path: Path) -
     try:
         assert locker.stdout.readline().strip() == "locked"
         bus.start()
-        wait_until(lambda: bus.db_open_error is not None, 30, "the failed open in status")
+        wait_until(lambda: bus.db_open_failing.error is not None, 30, "the failed open in status")
         bus.stop()
         assert bus._thread is not None
         for thread in (bus._thread, bus._applier):  # a try in flight waits out its busy wait
