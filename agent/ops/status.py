@@ -50,7 +50,7 @@ REASON_CODES = (
     "cache_read_failed", "venue_db_failing", "venue_degraded", "venue_settings_differ",
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
     "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
-    "venue_db_unavailable", "venue_no_leader", "cache_not_rebuilt",
+    "venue_db_unavailable", "venue_no_leader", "cache_not_rebuilt", "venue_journal_failing",
 )
 
 
@@ -238,7 +238,8 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
                    "emergency release still opens them. It is tried again every few seconds: "
                    "the bus starts and the lanes open by themselves once it opens; the file is "
                    "kept as it is (never moved aside or made anew)"))
-    elif venue and not venue.get("connected") and not venue.get("db_open_error"):
+    elif venue and not venue.get("connected") and not venue.get("db_open_error") \
+            and not venue.get("journal_open_error"):
         add(Reason("warn", "venue_unreachable",
                    f"venue bus not reachable ({venue.get('last_error') or 'connecting'}); "
                    "limited zones follow venue.offline_policy and scans are published later"))
@@ -534,28 +535,49 @@ def venue_bucket_reasons(venue: dict[str, Any]) -> list[Reason]:
             for stream, what in sorted(lost.items())]
 
 
+_BUS_NOT_RUNNING = (
+    "the venue bus is not running: this gate's scans wait in its journal to be published, "
+    "other gates' scans are not applied here and claims follow venue.offline_policy — find "
+    "the process holding it or fix its permissions (tried again every few seconds; the bus "
+    "starts by itself once it opens)")
+
+
 def venue_db_reasons(venue: dict[str, Any]) -> list[Reason]:
     """venue.db refusing the stream's messages (agent.venue.bus `_apply`): they are tried
     again in order, but until then this gate decides without the other gates' latest scans.
     Or status's own reads of it failing (agent.venue.status_read): its figures are old. Or
-    the bus not opening it as it starts (agent.venue.bus `_open_store`): no bus at all."""
-    for error, since, what, meaning in (
-            ("db_open_error", "db_open_failing_since", "opened",
-             "the venue bus is not running: this gate's scans wait in its journal to be "
-             "published, other gates' scans are not applied here and claims follow "
-             "venue.offline_policy — find the process holding it or fix its permissions (tried "
-             "again every few seconds; the bus starts by itself once it opens)"),
-            ("apply_error", "apply_failing_since", "written",
-             "other gates' scans wait to be applied here and claims on their tickets follow "
-             "venue.offline_policy — free disk space in store.dir or fix its permissions "
-             "(retried by itself)"),
-            ("db_read_error", "db_read_failing_since", "read",
-             "the conflicts and occupancy shown are the last read — find the process holding "
-             "it (retried by itself)")):
-        if venue.get(error):
-            return [Reason("warn", "venue_db_failing", f"venue.db cannot be {what} since "
-                           f"{venue.get(since)} ({venue[error]}); {meaning}")]
-    return []
+    the bus not opening it as it starts (agent.venue.bus `_opened`): no bus at all. The same
+    for the bus's own connection to journal.db (venue_journal_failing; the lanes' journal is
+    journal_unavailable's)."""
+    reasons = []
+    said = _failing_said(venue, (("journal.db", "journal_open", "opened by the venue bus",
+                                  _BUS_NOT_RUNNING),))
+    if said:
+        reasons.append(Reason("warn", "venue_journal_failing", said))
+    said = _failing_said(venue, (
+        ("venue.db", "db_open", "opened", _BUS_NOT_RUNNING),
+        ("venue.db", "apply", "written",
+         "other gates' scans wait to be applied here and claims on their tickets follow "
+         "venue.offline_policy — free disk space in store.dir or fix its permissions "
+         "(retried by itself)"),
+        ("venue.db", "db_read", "read",
+         "the conflicts and occupancy shown are the last read — find the process holding it "
+         "(retried by itself)")))
+    if said:
+        reasons.append(Reason("warn", "venue_db_failing", said))
+    return reasons
+
+
+def _failing_said(venue: dict[str, Any], cases: tuple[tuple[str, str, str, str], ...]) -> str:
+    """The first of `cases` (file, field, what, meaning) failing, said with its error and
+    since when ("" for none): each `<field>_error` and `<field>_failing_since` pair is one
+    record of the bus (agent.venue.failing)."""
+    for file, field, what, meaning in cases:
+        error = venue.get(f"{field}_error")
+        if error:
+            return (f"{file} cannot be {what} since {venue.get(f'{field}_failing_since')} "
+                    f"({error}); {meaning}")
+    return ""
 
 
 def turnstile_reasons(snap: dict[str, Any]) -> list[Reason]:

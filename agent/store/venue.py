@@ -182,7 +182,7 @@ _CONFIRM_EXIT = ("UPDATE venue_scans SET awaiting = 0 WHERE uuid = ? AND device 
                  " AND awaiting = 1")
 
 
-def _held_hint(path: Path, exc: BaseException) -> str:
+def held_hint(path: Path, exc: BaseException) -> str:
     """Who to look for when SQLite says "database is locked" (its busy timeout ran out): the
     agent's own connections hold the lock for milliseconds, so it is another process (a CLI,
     `sqlite3` left in a transaction or with `PRAGMA locking_mode=EXCLUSIVE`), never damage or
@@ -207,7 +207,7 @@ class VenueStore:
                 (None if readonly else no_room(self.path))
             raise StoreError(f"venue state {access}" if access is not None else
                              f"venue state {self.path} cannot be opened: {exc}"
-                             f"{_held_hint(self.path, exc)}") from exc
+                             f"{held_hint(self.path, exc)}") from exc
         self.conn = self.db.conn
         # SQLite opens a file it may not write (marked immutable, say) read-only without a
         # word when its migrations are done: the failure would come at the first write, after
@@ -222,7 +222,7 @@ class VenueStore:
         connection held its write lock past the 5 s busy timeout) says who to look for: the
         agent's own connections hold it for milliseconds, so it is another process (a CLI,
         `sqlite3` left in a transaction), never damage or the disk."""
-        return StoreError(f"venue state {self.path}: {exc}{_held_hint(self.path, exc)}")
+        return StoreError(f"venue state {self.path}: {exc}{held_hint(self.path, exc)}")
 
     @contextmanager
     def _named(self) -> Iterator[None]:

@@ -22,6 +22,7 @@ import logging
 import queue
 import re
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -39,7 +40,7 @@ from agent.core.codes import utc_iso
 from agent.errors import StoreError, VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
-from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
+from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, held_hint, scan_as_held
 from agent.venue import clockprobe, messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
@@ -48,6 +49,7 @@ from agent.venue.claim_channel import (
     PendingAnswer,
     start_via_js_publish,
 )
+from agent.venue.failing import Failing
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 from agent.venue.setup import SetUp
 from agent.venue.status_read import StatusRead
@@ -85,10 +87,10 @@ SETUP_RETRY_S = (0.5, 4.0)
 # a batch venue.db refused (disk full, locked) is tried again after this pause, doubling up to
 # the second figure; no later batch is applied meanwhile (see VenueBus._apply)
 APPLY_RETRY_S = (0.1, 2.0)
-# venue.db not opened as the bus starts (another process holds it `PRAGMA locking_mode=
-# EXCLUSIVE`, a momentary permission or disk problem): the bus loop and the applier try it
-# again this often (the daemon's STORE_RETRY_S for one it could not open at all), the bus
-# down meanwhile and status saying why (VenueBus._open_store)
+# venue.db or journal.db not opened as the bus starts (another process holds it `PRAGMA
+# locking_mode=EXCLUSIVE`, a momentary permission or disk problem): the bus loop (and for
+# venue.db the applier) try it again this often (the daemon's STORE_RETRY_S for one it could
+# not open at all), the bus down meanwhile and status saying why (VenueBus._opened)
 OPEN_RETRY_S = 5.0
 # A scan decided before this process measured its clock against the bus server's: the
 # publisher holds it (and the rows after it) after connecting, for the first measurement of
@@ -147,8 +149,9 @@ class VenueBus:
         the bus server's; `clock`: the one this gate decides by and stamps its scans with (the
         daemon's agent.runtime.clock GateClock: the platform's time while the wall clock is
         known wrong), the wall clock if None. Tests give a gate clocks of its own.
-        `open_retry_s`: how often venue.db is tried again when it cannot be opened as the bus
-        starts (`_open_store`); this bus's own, so a test shortens it for its bus alone."""
+        `open_retry_s`: how often venue.db or journal.db is tried again when it cannot be
+        opened as the bus starts (`_opened`); this bus's own, so a test shortens it for its
+        bus alone."""
         self.venue = venue
         self.name = venue["name"]
         self.device = device_name(venue)
@@ -173,21 +176,21 @@ class VenueBus:
         # when the set-up runs (status reason venue_degraded; both None once running)
         self.setup = SetUp(log, "venue bus session")
         # while venue.db refuses a batch: why, and since when (status reason venue_db_failing)
-        self.apply_error: str | None = None
+        self.apply_failing = Failing()
         self.settings_drift: dict[str, str] = {}  # stream settings used as the server has them
         self.stream_restarts = 0  # times venue.db was reset for a stream made again
         self._restarted = threading.Event()  # the applier reset venue.db (RESTART_SEQ)
         # journal seq up to which granted claims go out again with the reset of venue.db
         # (`_adopt_stream`; VenueStore.restart_stream writes it in the reset's transaction)
         self._republish_through = 0
-        self.apply_failing_since: str | None = None
         # while venue.db cannot be opened as the bus starts: why (naming the file and what
         # holds it), since when (status reason venue_db_failing), and who has not opened it
-        # yet ("bus": the loop's connection, "applier": its thread's); see `_open_store`
+        # yet ("bus": the loop's connection, "applier": its thread's); see `_opened`
         self.open_retry_s = open_retry_s
-        self.db_open_error: str | None = None
-        self.db_open_failing_since: str | None = None
+        self.db_open_failing = Failing()
         self._unopened = {"bus", "applier"}
+        # the same for the bus loop's connection to journal.db (reason venue_journal_failing)
+        self.journal_open_failing = Failing()
         self._opening_lock = threading.Lock()
         self._stopping = threading.Event()  # ends the applier's retries of a refused batch
         store = VenueStore(self.store_path)
@@ -215,8 +218,7 @@ class VenueBus:
         self.claims_timing_out = 0
         self.claims_last_timeout: str | None = None
         self.claims_timeout_error: str | None = None
-        self.publish_error: str | None = None
-        self.publish_failing_since: str | None = None
+        self.publish_failing = Failing()
         # the journal seq up to which the bus acknowledged this gate's rows while venue.db
         # would not record it (locked by another process, full): the publisher goes on after
         # it meanwhile (`_published_through`); 0 once venue.db has it
@@ -345,13 +347,16 @@ class VenueBus:
 
     async def _main(self) -> None:
         assert self._stop is not None
-        journal = Journal(self.journal_path) if self.journal_path is not None else None
-        if journal is not None:  # before the session: no claim of this bus is journaled yet
-            self.left_through_seq = await asyncio.to_thread(journal.last_seq)
+        journal: Journal | None = None
+        if self.journal_path is not None:
+            journal = await self._opened(self._try_journal)
+            if journal is None:  # stopped before journal.db opened: nothing was handed over
+                return
         settler = asyncio.ensure_future(self._settling(journal))
         store: VenueStore | None = None
         try:
-            store = await self._open_store()  # None: stopped before venue.db opened
+            # None: stopped before venue.db opened
+            store = await self._opened(lambda: self._try_open("bus"))
             while store is not None and not self._stop.is_set():
                 try:
                     await self._session_until_stopped(store, journal)
@@ -370,26 +375,27 @@ class VenueBus:
             if journal is not None:
                 journal.close()
 
-    async def _open_store(self) -> VenueStore | None:
-        """The bus loop's connection to venue.db, tried every `open_retry_s` until it opens
-        (None: the bus stopped first). venue.db opened when the bus was made, but another
-        process may hold it by its start (a `sqlite3` shell with `PRAGMA locking_mode=
-        EXCLUSIVE`), or a permission or the disk fail for a moment: opened once, that ended
-        the bus thread for good — no scan published or applied, no claim answered, and status
-        said only "connecting" (tests/venue/test_venue_db_at_start.py). The session starts
-        once it opens; this gate's scans journaled meanwhile go out then (the publisher's
-        cursor is in venue.db). Each try runs in a worker thread: it may wait out SQLite's
-        busy timeout."""
+    async def _opened(self, attempt: Callable[[], T | None]) -> T | None:
+        """The bus loop's connection to journal.db, then to venue.db (`attempt`: one try,
+        None when it failed), tried every `open_retry_s` until it opens (None: the bus
+        stopped first). venue.db opened when the bus was made and journal.db when the daemon
+        started, but another process may hold either by the bus's start (a `sqlite3` shell
+        with `PRAGMA locking_mode=EXCLUSIVE`), or a permission or the disk fail for a moment:
+        opened once, that ended the bus thread for good — no scan published or applied, no
+        claim answered, and status said only "connecting" (tests/venue/
+        test_venue_db_at_start.py, test_journal_db_at_start.py). The session starts once both
+        open; this gate's scans journaled meanwhile go out then (the publisher's cursor is in
+        venue.db). Each try runs in a worker thread: it may wait out SQLite's busy timeout."""
         assert self._stop is not None
         while not self._stop.is_set():
-            store = await asyncio.to_thread(self._try_open, "bus")
-            if store is not None:
-                return store
+            opened = await asyncio.to_thread(attempt)
+            if opened is not None:
+                return opened
             await self._sleep(self.open_retry_s)
         return None
 
     def _open_for_applier(self) -> VenueStore | None:
-        """The applier thread's connection to venue.db, tried as `_open_store` tries the
+        """The applier thread's connection to venue.db, tried as `_opened` tries the
         loop's (None: the bus stopped first; what was received meanwhile is applied after the
         next start, from the stream: venue.db's position has not moved)."""
         while True:
@@ -406,25 +412,59 @@ class VenueBus:
         try:
             store = VenueStore(self.store_path)
         except (StoreError, OSError) as exc:  # OSError: making a file gone meanwhile failed
-            error = (str(exc) if isinstance(exc, StoreError) else
-                     f"venue state {self.store_path} cannot be opened: {exc}")[:600]
-            with self._opening_lock:
-                if error != self.db_open_error:
-                    log.error("venue bus not running: %s — tried again every %g s", error,
-                              self.open_retry_s)
-                self.db_open_error = self.last_error = error
-                if self.db_open_failing_since is None:
-                    self.db_open_failing_since = utc_iso(datetime.now(UTC))
+            self._open_failed(self.db_open_failing, str(exc) if isinstance(exc, StoreError)
+                              else f"venue state {self.store_path} cannot be opened: {exc}")
             return None
         with self._opening_lock:
             self._unopened.discard(who)
-            if not self._unopened and self.db_open_error is not None:
-                log.warning("venue state %s can be opened again: the venue bus starts",
-                            self.store_path)
-                if self.last_error == self.db_open_error:
-                    self.last_error = None
-                self.db_open_error = self.db_open_failing_since = None
+            if not self._unopened:
+                self._opens_again(self.db_open_failing, f"venue state {self.store_path}")
         return store
+
+    def _try_journal(self) -> Journal | None:
+        """One try at opening journal.db for the bus loop, and reading its newest row
+        (`left_through_seq`: before the session, so no claim of this bus is journaled yet).
+        A failure is kept for status (`journal_open_error`, naming the file and what holds
+        it: reason venue_journal_failing) and logged once per distinct error."""
+        assert self.journal_path is not None
+        try:
+            journal = Journal(self.journal_path)
+        except (StoreError, OSError) as exc:  # JournalUnavailable, or its directory gone
+            self._open_failed(self.journal_open_failing, (
+                f"{exc}{held_hint(self.journal_path, exc)}" if isinstance(exc, StoreError)
+                else f"scan journal {self.journal_path} cannot be opened: {exc}"))
+            return None
+        try:
+            self.left_through_seq = journal.last_seq()
+        except sqlite3.Error as exc:  # locked again in between: the next try
+            journal.close()
+            self._open_failed(self.journal_open_failing,
+                              f"scan journal {self.journal_path} cannot be read: {exc}"
+                              f"{held_hint(self.journal_path, exc)}")
+            return None
+        with self._opening_lock:
+            self._opens_again(self.journal_open_failing, f"scan journal {self.journal_path}")
+        return journal
+
+    def _open_failed(self, failing: Failing, error: str) -> None:
+        """A file the bus needs to start not opened: in status (`failing`, and `last_error`)
+        and logged once per distinct error (a try every `open_retry_s`)."""
+        error = error[:600]
+        with self._opening_lock:
+            if failing.fail(error):
+                log.error("venue bus not running: %s — tried again every %g s", error,
+                          self.open_retry_s)
+            self.last_error = error
+
+    def _opens_again(self, failing: Failing, what: str) -> None:
+        """`what` opened after failing (`_opening_lock` held): said, and cleared."""
+        error = failing.error
+        if error is None:
+            return
+        log.warning("%s can be opened again: the venue bus starts", what)
+        if self.last_error == error:
+            self.last_error = None
+        failing.clear()
 
     async def _session_until_stopped(self, store: VenueStore, journal: Journal | None) -> None:
         """A session that `stop()` can end. A connected session sees the stop and ends by
@@ -576,7 +616,7 @@ class VenueBus:
                 except Exception as exc:  # noqa: BLE001 - a timeout mid-outage: next round
                     self._publishing_failed(f"{type(exc).__name__}: {exc}")
                 else:
-                    self.publish_error = self.publish_failing_since = None
+                    self.publish_failing.clear()
                 # deleted or made again: VenueStreamLost, the session's setup runs again
                 await watch.check(self._js, self.applied_seq)
             self._wake.clear()
@@ -605,9 +645,7 @@ class VenueBus:
 
     def _publishing_failed(self, error: str) -> None:
         self.last_error = f"publishing: {error}"[:300]
-        self.publish_error = error[:300]
-        if self.publish_failing_since is None:
-            self.publish_failing_since = utc_iso(datetime.now(UTC))
+        self.publish_failing.fail(error[:300])
 
     def count_claim(self, outcome: str, error: str = "") -> None:
         """A claim's outcome (granted | conflicted | timed_out | not_sent, called from lane
@@ -680,7 +718,8 @@ class VenueBus:
                 self._held.clear()
             self._inbox.put((RESTART_SEQ, created, b"", 0, None))
             if not await asyncio.to_thread(self._restarted.wait, 30.0):
-                raise VenueStreamLost(f"venue.db not reset for the new stream: {self.apply_error}")
+                raise VenueStreamLost(
+                    f"venue.db not reset for the new stream: {self.apply_failing.error}")
             # its claims are kept under new (negative) sequences: all looked at again, those
             # waiting keep their time (VenueStore.restart_stream)
             self._swept_seq = SWEEP_FROM
@@ -704,7 +743,7 @@ class VenueBus:
         try:
             store.restart_stream(self.stream, created, self._republish_through)
         except Exception as exc:  # noqa: BLE001 - the session fails and tries again
-            self.apply_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.apply_failing.fail(f"{type(exc).__name__}: {exc}"[:300])
             return
         with self._cond:
             self.applied_seq = self.stream_last_seq = 0
@@ -779,7 +818,7 @@ class VenueBus:
                         break
                     batch.append(nxt)
                 self._apply(store, batch)
-                if self._stopping.is_set() and self.apply_error is not None:
+                if self._stopping.is_set() and self.apply_failing.error is not None:
                     return  # stopped while venue.db refused it: applied after the next start
         finally:
             store.close()
@@ -801,18 +840,16 @@ class VenueBus:
             except Exception as exc:  # noqa: BLE001 - any failure: the same batch again
                 # with why, when it is venue.db's access or the disk (and what to type)
                 error = f"{type(exc).__name__}: {store_write_failure(store.path, exc)}"[:600]
-                if self.apply_error is None:
-                    self.apply_failing_since = utc_iso(datetime.now(UTC))
+                if self.apply_failing.error is None:  # once a run (the free space varies)
                     log.error("venue: messages %d-%d not applied to venue.db (%s); trying "
                               "again", batch[0][0], batch[-1][0], error)
-                self.apply_error = error
+                self.apply_failing.fail(error)
                 if self._stopping.wait(pause):
                     return
                 pause = min(pause * 2, APPLY_RETRY_S[1])
                 continue
-            if self.apply_error is not None:
+            if self.apply_failing.clear():
                 log.warning("venue: venue.db takes messages again (from %d)", batch[0][0])
-                self.apply_error = self.apply_failing_since = None
             self._applied(batch, found)
             return
 
@@ -1312,11 +1349,12 @@ class VenueBus:
             # the session on the link: its set-up step ("running" once set up), and while a
             # step fails on a link that is up (no quorum), why and since when (venue_degraded)
             **self.setup.get_status(),
-            "apply_error": self.apply_error, "apply_failing_since": self.apply_failing_since,
+            **self.apply_failing.fields("apply"),
             # venue.db not opened as the bus started: the bus is not running (why, naming the
             # file and what holds it, since when: reason venue_db_failing; tried again)
-            "db_open_error": self.db_open_error,
-            "db_open_failing_since": self.db_open_failing_since,
+            **self.db_open_failing.fields("db_open"),
+            # the same for journal.db (reason venue_journal_failing)
+            **self.journal_open_failing.fields("journal_open"),
             "settings_drift": sorted(self.settings_drift.values()),
             "stream_restarts": self.stream_restarts,
             "applied_seq": self.applied_seq,
@@ -1324,9 +1362,8 @@ class VenueBus:
             "conflicts": self._conflicts.get(),  # as last read (agent.venue.status_read)
             # a status read venue.db refused (another process holds it): the file and since
             # when (reason venue_db_failing)
-            "db_read_error": self._conflicts.error or self._occupancy.error,
-            "db_read_failing_since": self._conflicts.failing_since
-            or self._occupancy.failing_since,
+            **(self._conflicts.failing if self._conflicts.failing.error is not None
+               else self._occupancy.failing).fields("db_read"),
             "gates": self.board.counts(),
             # this clock against the bus server's (the sample at connect, heartbeats' delivery
             # delays; None before the first: entries whose answer depends on how other gates'
@@ -1340,8 +1377,7 @@ class VenueBus:
             "claims_timing_out": self.claims_timing_out,
             "claims_last_timeout": self.claims_last_timeout,
             "claims_timeout_error": self.claims_timeout_error,
-            "publish_error": self.publish_error,
-            "publish_failing_since": self.publish_failing_since,
+            **self.publish_failing.fields("publish"),
             "claims_voided_here": marks.get("void", 0),
             **self.counters,
         }

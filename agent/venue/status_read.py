@@ -8,7 +8,7 @@ still, and the read's "database is locked" went nowhere but an exception of the 
 Here the caller gets the last value read at once; when it is older than `every_s`, one read is
 started in a thread of its own (one at a time: a read stuck on the lock is not stacked up). A
 read that fails keeps the last value, and its error (naming the file: agent.store.venue) and
-since when are in status (`db_read_error`, `db_read_failing_since`: reason venue_db_failing),
+since when (`failing`, agent.venue.failing) are in status (`db_read_error`, `db_read_failing_since`: reason venue_db_failing),
 logged once per distinct error. The caller is synchronous and on another loop than the bus's,
 so `asyncio.to_thread` (what the bus's own loop uses) cannot serve it: a plain thread does.
 """
@@ -19,12 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from agent.core.codes import utc_iso
 from agent.store.venue import VenueStore
+from agent.venue.failing import Failing
 
 log = logging.getLogger("gate_agent.venue")
 
@@ -42,8 +41,7 @@ class StatusRead(Generic[T]):
         self.value = initial
         self.every_s = every_s
         self.what = what
-        self.error: str | None = None
-        self.failing_since: str | None = None
+        self.failing = Failing()  # the last read's error and since when, None once one works
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
@@ -69,15 +67,12 @@ class StatusRead(Generic[T]):
             value = self.read(self._store)
         except Exception as exc:  # noqa: BLE001 - said in status, the last value is kept
             error = f"{type(exc).__name__}: {exc}"[:400]
-            if error != self.error:
+            if self.failing.fail(error):
                 log.warning("venue: %s not read from venue.db (%s); status shows the last "
                             "value read", self.what, error)
-            self.error = error
-            if self.failing_since is None:
-                self.failing_since = utc_iso(datetime.now(UTC))
         else:
             self.value = value
-            self.error = self.failing_since = None
+            self.failing.clear()
         finally:
             with self._lock:
                 self._busy = False

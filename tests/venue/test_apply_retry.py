@@ -29,8 +29,8 @@ def test_a_batch_venue_db_refused_is_applied_in_order_once_it_can_be(
         try:
             blocker.execute("BEGIN IMMEDIATE")  # b's applier cannot write venue.db now
             assert scan(a, FIRST)[0]
-            wait_until(lambda: b.bus.apply_error is not None, 20, "b's apply refused")
-            assert "locked" in (b.bus.apply_error or "")
+            wait_until(lambda: b.bus.apply_failing.error is not None, 20, "b's apply refused")
+            assert "locked" in (b.bus.apply_failing.error or "")
             _health, reasons = evaluate({"venue": b.bus.get_status()}, datetime.now(UTC), 3600)
             assert "venue_db_failing" in {r.code for r in reasons}
         finally:
@@ -42,7 +42,7 @@ def test_a_batch_venue_db_refused_is_applied_in_order_once_it_can_be(
         first, second = rows_of(a, FIRST)[0]["uuid"], rows_of(a, SECOND)[0]["uuid"]
         wait_until(lambda: knows(b, second), 20, "b applies the later admit")
         assert knows(b, first)
-        assert b.bus.apply_error is None and b.bus.get_status()["apply_error"] is None
+        assert b.bus.apply_failing.error is None and b.bus.get_status()["apply_error"] is None
         # b now refuses the ticket a admitted, with no race lost on the bus (it knew the
         # ticket's last sequence) and nothing decided offline
         admit, status, _t = scan(b, FIRST)

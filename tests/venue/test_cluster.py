@@ -71,7 +71,7 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
             admit(a, j)
         assert a.bus.connected and venue_codes(a) == ["venue_degraded"], a.bus.get_status()
         # its offline scans cannot be published either: failing since, cleared by a success
-        wait_until(lambda: a.bus.publish_failing_since is not None, 15, "publishing fails")
+        wait_until(lambda: a.bus.publish_failing.since is not None, 15, "publishing fails")
         offline = [r["uuid"] for r in a.journal_rows() if r["venue"] == "offline"]
         assert len(offline) >= 8
         for node in venue_cluster[:2]:
@@ -87,7 +87,7 @@ def test_one_node_down_claims_go_on_two_down_policy_applies_then_converges(
             j += 1
             time.sleep(0.2)
         assert "venue_degraded" not in venue_codes(a), a.bus.get_status()
-        wait_until(lambda: a.bus.publish_failing_since is None, 30, "publishing works again")
+        wait_until(lambda: a.bus.publish_failing.since is None, 30, "publishing works again")
         # the backlog reaches the venue: b learns every offline admit, and refuses them
         wait_until(lambda: all(b.venue_store().conn.execute(
             "SELECT 1 FROM venue_scans WHERE uuid = ?", (u,)).fetchone() for u in offline),

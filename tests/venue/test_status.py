@@ -245,3 +245,28 @@ def test_a_venue_nobody_leads_is_said_once_it_is_no_election() -> None:
     assert "Venue leader: NOBODY for 95 s (since 2026-12-07T10:00:00Z)" in _leader_line(nobody)
     assert "Venue leader: nobody (election under way)" in \
         _leader_line({**nobody, "leaderless_s": 12.0})
+
+
+def test_the_bus_not_opening_journal_db_is_its_own_reason() -> None:
+    """journal.db the venue bus could not open as it started (agent.venue.bus `_opened`): the
+    bus is not running, said as venue_journal_failing naming the file (not venue_unreachable:
+    the bus server is not the problem, nor venue_db_failing: venue.db is not)."""
+    held = {**VENUE, "connected": False,
+            "journal_open_error": "scan journal /var/lib/gate/journal.db cannot be opened: "
+            "database is locked (another process holds it: `fuser -v "
+            "/var/lib/gate/journal.db` names it)",
+            "journal_open_failing_since": "2026-12-07T19:00:00Z",
+            "last_error": "scan journal /var/lib/gate/journal.db cannot be opened"}
+    assert _codes(held) == ["venue_journal_failing"]
+    _health, reasons = evaluate({"venue": held}, datetime.now(UTC), 3600)
+    (reason,) = [r for r in reasons if r.code == "venue_journal_failing"]
+    said = reason.message
+    assert reason.level == "warn"  # the lanes decide and journal (journal_unavailable if not)
+    assert said.startswith("journal.db cannot be opened by the venue bus since "
+                           "2026-12-07T19:00:00Z (scan journal /var/lib/gate/journal.db")
+    assert "fuser -v /var/lib/gate/journal.db" in said and "not running" in said
+    # venue.db failing too: each file its reason
+    both = {**held, "db_open_error": "venue state /var/lib/gate/venue.db cannot be opened",
+            "db_open_failing_since": "2026-12-07T19:00:01Z"}
+    assert _codes(both) == ["venue_journal_failing", "venue_db_failing"]
+    assert _codes({**held, "journal_open_error": None}) == ["venue_unreachable"]
