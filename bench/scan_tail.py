@@ -74,7 +74,7 @@ class GcClock:
 class TimedConnection:
     """Wraps a sqlite3 connection: each `execute` adds its time to the current op's steps."""
 
-    def __init__(self, conn: sqlite3.Connection, side: str, steps: list[Steps],
+    def __init__(self, conn: sqlite3.Connection | sqlite3.Cursor, side: str, steps: list[Steps],
                  gc_clock: GcClock):
         self._conn, self._side, self._steps, self._gc = conn, side, steps, gc_clock
 
