@@ -252,12 +252,19 @@ def test_the_catalog_made_again_is_followed_from_its_first_message(
                     assert asyncio.get_running_loop().time() < deadline, what
                     await asyncio.sleep(0.1)
 
+            # the stream's last sequence and the follower's position when they were last
+            # compared: the leader's next sync pass may add a message right after, so the
+            # result is read from this one comparison, not from a second stream info
+            seen = {"last": 0, "position": 0}
+
             async def followed_to_the_end() -> bool:
                 try:
                     last = (await js.stream_info(stream)).state.last_seq
                 except NotFoundError:  # not made yet
                     return False
-                return role.follower is not None and role.follower.position == last > 0
+                position = role.follower.position if role.follower is not None else 0
+                seen.update(last=last, position=position)
+                return position == last > 0
 
             try:
                 async def whole_pass_followed() -> bool:  # items, events, zones, pass
@@ -269,8 +276,7 @@ def test_the_catalog_made_again_is_followed_from_its_first_message(
                 await js.delete_stream(stream)
                 await js.add_stream(config)  # made again at once, as an operator would
                 await until(followed_to_the_end, "the new catalog followed")
-                new = role.follower.position if role.follower else 0
-                return old, new, (await js.stream_info(stream)).state.last_seq
+                return old, seen["position"], seen["last"]
             finally:
                 stop.set()
                 await asyncio.wait_for(runner, 30)
