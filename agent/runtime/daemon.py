@@ -10,7 +10,8 @@ STORE_RETRY_S and the lanes record scans again by themselves once it opens), the
 damaged cache is moved aside, the gate starts degraded on an empty cache and a full resync is
 scheduled at once; an interrupted rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
 READY. With [venue], a venue.db that cannot be opened (not this user's, immutable, a read-only or
-full disk, damaged) does not stop the start: the gate runs, its lanes refuse every scan
+full disk, damaged; or by a lane's own link as the lanes open: agent.runtime.venuewiring)
+does not stop the start: the gate runs, its lanes refuse every scan
 (storeUnavailable, journaled) with the relays shut but an emergency release still working,
 status says why (`venue_db_unavailable`) and venue.db is tried again every STORE_RETRY_S; once
 it opens the bus starts and the lanes start anew with it. Neither file is ever moved aside or
