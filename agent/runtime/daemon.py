@@ -10,7 +10,8 @@ STORE_RETRY_S and the lanes record scans again by themselves once it opens), the
 damaged cache is moved aside, the gate starts degraded on an empty cache and a full resync is
 scheduled at once; an interrupted rebuild is discarded and redone), then drivers (a missing device is reported and retried), then
 READY. With [venue], a venue.db that cannot be opened (not this user's, immutable, a read-only or
-full disk, damaged) does not stop the start: the gate runs, its lanes refuse every scan
+full disk, damaged; or by a lane's own link as the lanes open: agent.runtime.venuewiring)
+does not stop the start: the gate runs, its lanes refuse every scan
 (storeUnavailable, journaled) with the relays shut but an emergency release still working,
 status says why (`venue_db_unavailable`) and venue.db is tried again every STORE_RETRY_S; once
 it opens the bus starts and the lanes start anew with it. Neither file is ever moved aside or
@@ -72,7 +73,6 @@ from agent.store.cache import TicketCache
 from agent.store.journal import Journal
 from agent.store.passages import PassageLog, now_iso
 from agent.venue.bus import VenueBus
-from agent.venue.claims import VenueLink
 from agent.venue.leader import VenueRole
 from drivers import Scan
 
@@ -157,12 +157,11 @@ class Daemon:
                            check=check)
 
     def _gate(self) -> Gate:
-        """A lane's own connections; without a journal the gate refuses (fail closed)."""
+        """A lane's own connections; without a journal, or without its link to venue.db
+        (agent.runtime.venuewiring.lane_link), the gate refuses (fail closed)."""
         journal = None if self.journal_error else Journal(self.journal_path)
-        venue = None
-        if self.bus is not None and self.config.venue is not None:
-            venue = VenueLink(self.bus, self.config.venue["offline_policy"])
-        return Gate(self._open_cache(), journal, self.config, venue, shut=self.venue_error)
+        venue, shut = venuewiring.lane_link(self)
+        return Gate(self._open_cache(), journal, self.config, venue, shut=shut)
 
     def start_venue(self) -> None:
         """The venue bus, before the lanes (agent.runtime.venuewiring)."""
@@ -171,9 +170,11 @@ class Daemon:
     def start_lanes(self, lanes: tuple[LaneConfig, ...],
                     gates: dict[str, Gate] | None = None) -> None:
         """Start `lanes`, each with its gate from `gates` (built beforehand by a reload, so a
-        gate that cannot be opened refuses the reload before any lane stops) or a new one."""
+        gate that cannot be opened refuses the reload before any lane stops) or a new one; a
+        lane's link to venue.db that does not open shuts them all (venuewiring.lane_gates)."""
+        opened = venuewiring.lane_gates(self, lanes, gates)
         for lane in lanes:
-            gate = gates.pop(lane.name) if gates and lane.name in gates else self._gate()
+            gate = opened[lane.name]
             runner = LaneRunner(lane, gate, self._on_decision, self._on_alarm,
                                 self._void_claim if self.bus is not None else None,
                                 clock=self.clock)

@@ -36,9 +36,7 @@ def schedule(d: Daemon, resync_now: bool) -> None:
     if d.journal_error:
         d.jobs.add_interval("journal_access", lambda: journal_access_job(d),
                             d.store_retry_s, first_in=d.store_retry_s)
-    if d.venue_error:
-        d.jobs.add_interval("venue_access", lambda: venuewiring.venue_access_job(d),
-                            d.store_retry_s, first_in=d.store_retry_s)
+    venuewiring.retry_venue_db(d)
     d.jobs.start()
 
 

@@ -17,8 +17,9 @@ import os
 from typing import TYPE_CHECKING
 
 from agent.config import Config, LaneConfig, load_config
-from agent.errors import ConfigError, GateAgentError
+from agent.errors import ConfigError, GateAgentError, StoreError
 from agent.platform.token import load_token
+from agent.runtime import venuewiring
 from agent.runtime.bindings import effective_device, effective_lanes
 from agent.runtime.gate import Gate
 from agent.runtime.release import EmergencyInput
@@ -54,7 +55,9 @@ def reload(d: Daemon) -> str | None:
     gates: dict[str, Gate] = {}
     try:  # before any lane stops: one that cannot start refuses the whole reload
         for lane in plan.start_lanes:
-            gates[lane.name] = d._gate()
+            gates[lane.name] = gate = d._gate()
+            if (error := venuewiring.link_error(d, gate)) is not None:
+                raise StoreError(error)  # the running lanes keep their links meanwhile
     except GateAgentError as exc:
         for gate in gates.values():
             gate.close()
