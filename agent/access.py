@@ -9,15 +9,20 @@ runs as, the path's owner and mode, and the command or unit setting that fixes i
 
 from __future__ import annotations
 
-import array
-import fcntl
+import ctypes
 import grp
 import os
 import pwd
+import struct
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-_FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, _IOR('f', 1, long)
-_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+# statx(2) (linux/stat.h): the file's attributes, asked by name. `stx_attributes` is the u64
+# at offset 8 of `struct statx` (256 bytes), `stx_attributes_mask` (which ones the file system
+# reports) the u64 at offset 56.
+_AT_FDCWD, _STATX_BASIC_STATS, _STATX_SIZE = -100, 0x7FF, 256
+_STATX_ATTR_IMMUTABLE, _STATX_ATTR_APPEND = 0x10, 0x20
 # Below this, a failed write in store.dir is taken for a full disk (SQLite grows a file a page
 # or a WAL frame at a time; a few pages free is as good as none for the next commit)
 _FULL_BELOW_BYTES = 64 * 1024
@@ -86,21 +91,41 @@ def _usable(path: Path, mode: int) -> bool:
     return os.access(path, mode)
 
 
+@cache
+def _statx() -> Any:
+    """libc's statx, or None where it is missing (glibc before 2.28, another libc)."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    call.restype = ctypes.c_int
+    return call
+
+
 def immutable(path: Path) -> bool:
     """`chattr +i` (or `+a`) on `path`: no one, root included, may write it, whatever its owner
-    and mode say (os.access answers "no" as for a file of someone else's)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    and mode say (os.access answers "no" as for a file of someone else's).
+
+    Asked with statx(2), by the file's name, never by opening it: the FS_IOC_GETFLAGS ioctl
+    needs a descriptor, and closing any descriptor of a file drops every POSIX lock this
+    process holds on it — the locks of every SQLite connection of the process to that
+    database, its -wal and its -shm (sqlite.org/howtocorrupt.html, 2.2). This is asked after
+    a store's connections are open (each VenueStore's open, every write failure's message):
+    another process would then find the file unused, reset the WAL index under them and
+    corrupt it (tests/store/test_access_keeps_locks.py). Where statx is missing, or the file
+    system does not report these attributes, the answer is "no": the store's own error still
+    says what failed."""
+    call = _statx()
+    if call is None:
         return False
-    try:
-        flags = array.array("l", [0])
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
-    except OSError:  # a file system without these flags
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if call(_AT_FDCWD, os.fsencode(path), 0, _STATX_BASIC_STATS, buf) != 0:
         return False
-    finally:
-        os.close(fd)
-    return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+    attributes, = struct.unpack_from("=Q", buf, 8)
+    reported, = struct.unpack_from("=Q", buf, 56)
+    wanted = _STATX_ATTR_IMMUTABLE | _STATX_ATTR_APPEND
+    return bool(attributes & reported & wanted)
 
 
 def _immutable_one(path: Path) -> str | None:
