@@ -144,6 +144,12 @@ class CacheUnavailable(StoreError):
     refused (`cacheUnavailable`) and that refusal is journaled; the daemon rebuilds the cache."""
 
 
+class VenueUnavailable(StoreError):
+    """A lane's read of venue.db failed while it decides (damaged under it, a table missing,
+    the disk): the venue's admits of the ticket are unknown, so the scan is refused
+    (`storeUnavailable`) and that refusal journaled, as with a store that cannot be opened."""
+
+
 class JournalUnavailable(StoreError):
     """The scan journal cannot be written (disk full, read-only, damaged). Fail closed."""
 

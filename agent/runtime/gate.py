@@ -19,7 +19,7 @@ from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.model import item_platform_scans
 from agent.core.scanstate import EMPTY, derive_state
-from agent.errors import CacheUnavailable, JournalUnavailable
+from agent.errors import CacheUnavailable, JournalUnavailable, VenueUnavailable
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import NO_VALUE, Journal, JournalRow, new_scan_uuid
 from agent.store.passages import await_passage
@@ -122,6 +122,10 @@ class Gate:
             log.error("lane %s: %s; scan of %s refused", lane.name, exc, code)
             return Facts(code, kind, served_events=served, debounced=debounced,
                          cache_error=self.cache_error)
+        except VenueUnavailable as exc:  # the venue's admits unknown: refused, journaled
+            log.error("lane %s: %s; scan of %s refused", lane.name, exc, code)
+            return Facts(code, kind, served_events=served, debounced=debounced,
+                         store_error=str(exc))
         self.cache_error = None  # a good read: the cache works (again)
         empty = empty and not found and historic is None
         return Facts(code, kind, candidates, historic, served, debounced, empty)

@@ -30,7 +30,7 @@ from typing import Any
 from agent.access import no_room, sqlite_file_access
 from agent.core.codes import parse_platform_time, shift_utc_iso
 from agent.core.model import ZoneScan
-from agent.errors import StoreError
+from agent.errors import StoreError, VenueUnavailable
 from agent.store.sqlite import data_version, migrate, open_database
 
 VENUE_FILE = "venue.db"
@@ -224,6 +224,11 @@ class VenueStore:
         `sqlite3` left in a transaction), never damage or the disk."""
         return StoreError(f"venue state {self.path}: {exc}{held_hint(self.path, exc)}")
 
+    def _unread(self, exc: sqlite3.Error) -> VenueUnavailable:
+        """A lane's read for a decision venue.db refused (`_failed`'s text): the scan is
+        refused and journaled (agent.runtime.gate `facts`, agent.venue.claims)."""
+        return VenueUnavailable(str(self._failed(exc)))
+
     @contextmanager
     def _named(self) -> Iterator[None]:
         """A statement venue.db refuses inside, raised as `_failed` (naming the file)."""
@@ -393,8 +398,11 @@ class VenueStore:
 
     def subject_seq(self, subject: str) -> int:
         """The last sequence of `subject` applied here: what a claim expects to still be last."""
-        row = self.conn.execute("SELECT last_seq FROM venue_subjects WHERE subject = ?",
-                                (subject,)).fetchone()
+        try:
+            row = self.conn.execute("SELECT last_seq FROM venue_subjects WHERE subject = ?",
+                                    (subject,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._unread(exc) from exc
         return int(row[0]) if row else 0
 
     def zone_scans(self, event_id: int, item_id: int, offset_s: float = 0.0) -> list[ZoneScan]:
@@ -403,11 +411,14 @@ class VenueStore:
         in bus-time order, each `scanned_on` its bus time read on this gate's clock, which is
         `offset_s` ahead of the bus server's (GateBoard.offset_s). So they fold on one clock
         with this gate's own scans and the decision's `now`."""
-        return [ZoneScan(zone_id, direction, shift_utc_iso(at, offset_s), uuid)
-                for zone_id, direction, at, uuid in self.conn.execute(
-                    "SELECT zone_id, direction, bus_time, uuid FROM venue_scans"
-                    " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
-                    " AND awaiting = 0 ORDER BY bus_time, stream_seq", (event_id, item_id))]
+        try:
+            return [ZoneScan(zone_id, direction, shift_utc_iso(at, offset_s), uuid)
+                    for zone_id, direction, at, uuid in self.conn.execute(
+                        "SELECT zone_id, direction, bus_time, uuid FROM venue_scans"
+                        " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
+                        " AND awaiting = 0 ORDER BY bus_time, stream_seq", (event_id, item_id))]
+        except sqlite3.Error as exc:
+            raise self._unread(exc) from exc
 
     def awaiting_exits(self, device: str) -> list[dict[str, Any]]:
         """`device`'s exits on the bus still awaiting their passage, not voided: what that gate

@@ -41,8 +41,9 @@ from datetime import datetime
 
 from agent.config import LaneConfig
 from agent.core.codes import utc_iso
-from agent.core.decide import Decision
+from agent.core.decide import Decision, Facts, decide
 from agent.core.model import ZoneScan
+from agent.errors import VenueUnavailable
 from agent.store.journal import JournalRow, new_scan_uuid
 from agent.store.venue import BusScan, VenueStore
 from agent.venue import messages
@@ -192,7 +193,12 @@ class VenueLink:
             # The claim expects `expected` to be the subject's last message, so the decision
             # must have seen every message up to it: true when it is at or below `applied`;
             # otherwise decide again now that it has been read.
-            expected = self.store.subject_seq(subject)
+            try:
+                expected = self.store.subject_seq(subject)
+            except VenueUnavailable as exc:  # not known what the claim must expect: refused
+                log.error("lane %s: %s; scan of %s refused", lane.name, exc, decision.code)
+                return replace(base, outcome="refused", decision=decide(
+                    Facts(decision.code, decision.kind, store_error=str(exc)), lane, now))
             if expected > applied:
                 applied = self.bus.applied_seq
                 decision = decide_now()
