@@ -20,17 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import demo_data
-from agent.config import load_config
-from agent.platform.provision import import_file
 from agent.runtime.gate import Gate
-from agent.runtime.opening import opened_gate
 from agent.store.cache import TicketCache
 from agent.store.journal import Journal
-from agent.venue.bus import VenueBus
 from agent.venue.claims import VenueLink
 from agent.venue.node import NodeProcess
-from tests.venue.rig import LANES, wait_until, write_platform_files
-from tests.venue.test_venue_db_at_start import RETRY_S, _reasons, _stored
+from tests.venue.rig import wait_until
+from tests.venue.test_venue_db_at_start import _reasons, _stored, gate_with_bus
 from tests.venue.test_venue_db_held import HOLD_EXCLUSIVE
 
 BEFORE = 20  # journaled before the bus starts (and before the file is held)
@@ -47,24 +43,8 @@ def _journal_scans(gate: Gate, lane_name: str, first: int, count: int, now: date
 def test_a_journal_db_held_at_start_is_tried_again_and_the_bus_then_catches_up(
         tmp_path: Path, venue_node: NodeProcess) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    files = write_platform_files(tmp_path / "platform", now, 10)
-    store_dir = tmp_path / "g1"
-    config_path = tmp_path / "g1.toml"
-    config_path.write_text(demo_data.demo_config(store_dir, LANES + f"""
-[venue]
-name = "hall"
-servers = ["{venue_node.url}"]
-device = "g1"
-claim_timeout_ms = 500
-"""), encoding="utf-8")
-    config = load_config(config_path)
-    with opened_gate(config) as g:
-        for path in files:
-            import_file(g.cache, path, now, demo_data.EVENT_ID)
-    assert config.venue is not None
-    journal_path = store_dir / "journal.db"
-    bus = VenueBus(config.venue, store_dir, journal_path, str(config_path),
-                   open_retry_s=RETRY_S)
+    config, bus = gate_with_bus(tmp_path, venue_node, now)
+    store_dir, journal_path = config.store_dir, config.store_dir / "journal.db"
     # this gate's lane before the bus runs: its scans journaled, its connection closed (the
     # holder can take the lock only while no other connection has the file open)
     alone = Gate(TicketCache(store_dir / "cache.db"), Journal(journal_path), config)
@@ -123,30 +103,3 @@ claim_timeout_ms = 500
         if linked is not None:
             linked.close()
         bus.stop()
-
-
-def test_a_bus_stopped_while_journal_db_is_held_ends_its_threads(tmp_path: Path) -> None:
-    """Stopping a bus still waiting for journal.db (a daemon's reload or shutdown meanwhile)
-    ends its loop and applier threads: neither keeps trying a file for a bus that is gone."""
-    venue = {"name": "held", "servers": ["nats://127.0.0.1:1"], "device": "h1",
-             "credentials": "", "tls_ca": "", "claim_timeout_ms": 500,
-             "offline_policy": "local", "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
-    journal_path = tmp_path / "journal.db"
-    Journal(journal_path).close()
-    bus = VenueBus(venue, tmp_path, journal_path, open_retry_s=RETRY_S)
-    locker = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(journal_path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert locker.stdin is not None and locker.stdout is not None
-    try:
-        assert locker.stdout.readline().strip() == "locked"
-        bus.start()
-        wait_until(lambda: bus.get_status().get("journal_open_error") is not None, 30,
-                   "the failed open in status")
-        bus.stop()
-        assert bus._thread is not None
-        for thread in (bus._thread, bus._applier):  # a try in flight waits out its busy wait
-            thread.join(30)
-            assert not thread.is_alive(), thread
-    finally:
-        locker.stdin.close()
-        locker.wait(10)

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import pytest
 
 from agent import demo_data
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.ops.status import evaluate
 from agent.platform.provision import import_file
 from agent.runtime.gate import Gate
@@ -57,16 +58,16 @@ def _reasons(bus: VenueBus) -> dict[str, str]:
     return {r.code: r.message for r in reasons}
 
 
-def test_a_venue_db_held_at_start_is_tried_again_and_the_bus_then_catches_up(
-        tmp_path: Path, venue_node: NodeProcess) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
+def gate_with_bus(tmp_path: Path, node: NodeProcess, now: datetime) -> tuple[Config, VenueBus]:
+    """A gate's config (tickets imported) and its venue bus, made but not started (it makes
+    venue.db, reads it and closes it), retrying an open every RETRY_S."""
     files = write_platform_files(tmp_path / "platform", now, 10)
     store_dir = tmp_path / "g1"
     config_path = tmp_path / "g1.toml"
     config_path.write_text(demo_data.demo_config(store_dir, LANES + f"""
 [venue]
 name = "hall"
-servers = ["{venue_node.url}"]
+servers = ["{node.url}"]
 device = "g1"
 claim_timeout_ms = 500
 """), encoding="utf-8")
@@ -75,9 +76,15 @@ claim_timeout_ms = 500
         for path in files:
             import_file(g.cache, path, now, demo_data.EVENT_ID)
     assert config.venue is not None
-    journal_path = store_dir / "journal.db"
-    bus = VenueBus(config.venue, store_dir, journal_path, str(config_path),
-                   open_retry_s=RETRY_S)  # makes venue.db, reads it, closes it
+    return config, VenueBus(config.venue, store_dir, store_dir / "journal.db", str(config_path),
+                            open_retry_s=RETRY_S)
+
+
+def test_a_venue_db_held_at_start_is_tried_again_and_the_bus_then_catches_up(
+        tmp_path: Path, venue_node: NodeProcess) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    config, bus = gate_with_bus(tmp_path, venue_node, now)  # the bus made venue.db, closed it
+    store_dir, journal_path = config.store_dir, config.store_dir / "journal.db"
     locker = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(bus.store_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert locker.stdin is not None and locker.stdout is not None
@@ -136,20 +143,27 @@ claim_timeout_ms = 500
         bus.stop()
 
 
-def test_a_bus_stopped_while_venue_db_is_held_ends_its_threads(tmp_path: Path) -> None:
-    """Stopping a bus still waiting for venue.db (a daemon's reload or shutdown meanwhile)
-    ends its loop and applier threads: neither keeps trying a file for a bus that is gone."""
+@pytest.mark.parametrize("held", ["venue.db", "journal.db"])
+def test_a_bus_stopped_while_a_file_it_needs_is_held_ends_its_threads(
+        tmp_path: Path, held: str) -> None:
+    """Stopping a bus still waiting for venue.db or journal.db (a daemon's reload or shutdown
+    meanwhile) ends its loop and applier threads: neither keeps trying a file for a bus that
+    is gone."""
     venue = {"name": "held", "servers": ["nats://127.0.0.1:1"], "device": "h1",
              "credentials": "", "tls_ca": "", "claim_timeout_ms": 500,
              "offline_policy": "local", "heartbeat_s": 5.0, "heartbeat_ttl_s": 30.0}
-    bus = VenueBus(venue, tmp_path, None, open_retry_s=RETRY_S)
-    locker = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(bus.store_path)],
+    journal_path = tmp_path / "journal.db"
+    Journal(journal_path).close()
+    bus = VenueBus(venue, tmp_path, journal_path, open_retry_s=RETRY_S)
+    path, failing = (bus.store_path, bus.db_open_failing) if held == "venue.db" else \
+        (journal_path, bus.journal_open_failing)
+    locker = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert locker.stdin is not None and locker.stdout is not None
     try:
         assert locker.stdout.readline().strip() == "locked"
         bus.start()
-        wait_until(lambda: bus.db_open_failing.error is not None, 30, "the failed open in status")
+        wait_until(lambda: failing.error is not None, 30, "the failed open in status")
         bus.stop()
         assert bus._thread is not None
         for thread in (bus._thread, bus._applier):  # a try in flight waits out its busy wait
