@@ -8,7 +8,6 @@ second one exits 2 naming the first and changes nothing; a real subprocess of ea
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
