@@ -10,19 +10,21 @@ files, a real sandbox over loopback and the daemon's own wiring (`setup_platform
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.runtime import controlops
 from agent.runtime.controlops import DaemonOps
 from agent.runtime.daemon import Daemon
-from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneRunner
 from agent.sandbox.harness import Sandbox, start_sandbox
+from agent.store.cache import TicketCache
 from tests.platform.sync.conftest import EVENT, Site, cached_ids, make_site, noon
 
 
@@ -67,44 +69,60 @@ async def _at_the_swap(task: asyncio.Task[Any], daemon: Daemon) -> None:
         await asyncio.sleep(0.01)
 
 
+IMPORTED = json.dumps({"content": [{"id": 990001, "const": {"barcode": "IMPORTED1"},
+                                      "variable": {"status": "sold"}}]})
+COMMANDS = {  # each control command that opens cache.db itself, as its CLI sends it
+    "scan": {"lane": "main", "codes": ["SF0000001"]},
+    "check": {"lane": "main", "code": "SF0000001"},
+    "import_": {"files": [{"name": "tickets.json", "text": IMPORTED}], "event": EVENT},
+    "pair_tag_ticket": {"barcode": "SF0000002", "event": EVENT},
+    "pair_tag": {"barcode": "SF0000002", "tag": "04A1B2C3D4E5F6", "event": EVENT},
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_command_s_connection_is_never_open_across_the_swap(
-        site: Site, platform: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`gate-agent scan` through the daemon opens its gate, then a full resync reaches its
-    swap: the command decides on the file that is cache.db while it decides (the swap waits
-    for it), and the lanes then read the rebuilt file."""
+        command: str, site: Site, platform: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command opens its connection, then a full resync reaches its swap: the command
+    works on the file that is cache.db while it works (the swap waits for it to close), and
+    the lanes then read the rebuilt file."""
     daemon = _daemon(site, platform)
     ops = DaemonOps(daemon)
     opened, go = threading.Event(), threading.Event()
     files: dict[str, int] = {}
-    own_gate = daemon._gate
 
-    def gate_then_pause() -> Gate:
-        gate = own_gate()
-        files["opened"] = os.stat(site.cache_path).st_ino
-        opened.set()
-        assert go.wait(60)
-        files["deciding"] = os.stat(site.cache_path).st_ino
-        return gate
+    def paused(opener: Callable[..., TicketCache]) -> Callable[..., TicketCache]:
+        def open_then_pause(*args: Any, **kw: Any) -> TicketCache:
+            cache = opener(*args, **kw)
+            if not opened.is_set():  # the command's own (the swap's reopens pass through)
+                files["opened"] = os.stat(site.cache_path).st_ino
+                opened.set()
+                assert go.wait(60)
+                files["working"] = os.stat(site.cache_path).st_ino
+            return cache
+        return open_then_pause
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> Any:
         assert daemon.syncer is not None
         await _filled(daemon)
         platform.change_item("SF0000001", "refunded")
-        scan = asyncio.create_task(ops.scan({"lane": "main", "codes": ["SF0000001"]}))
+        monkeypatch.setattr(daemon, "_open_cache", paused(daemon._open_cache))
+        monkeypatch.setattr(controlops, "TicketCache", paused(TicketCache))
+        work = asyncio.create_task(getattr(ops, command)(COMMANDS[command]))
         await asyncio.to_thread(opened.wait, 60)
         resync = asyncio.create_task(daemon.syncer.full_resync())
         await _at_the_swap(resync, daemon)
         go.set()
-        answers = await scan
+        answer = await work
         assert await resync == 1140
         await _closed(daemon)
-        return answers
+        return answer
 
-    monkeypatch.setattr(daemon, "_gate", gate_then_pause)
     try:
-        answers = asyncio.run(run())
-        assert files["deciding"] == files["opened"]  # cache.db not replaced under it
-        assert answers[0]["admit"] is True  # decided on the cache live then
+        answer = asyncio.run(run())
+        assert files["working"] == files["opened"]  # cache.db not replaced under it
+        if command == "scan":
+            assert answer[0]["admit"] is True  # decided on the cache live then
         lane = site.config.lanes[0]
         assert daemon.lanes[lane.name].gate.check("SF0000001", lane, noon(platform)).detail \
             == "refunded"  # and the lanes read the rebuilt file once it was swapped in
