@@ -21,10 +21,12 @@ slow disk during sync never stalls the lanes on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -94,12 +96,16 @@ class Syncer:
     def __init__(self, config: Config, client: PlatformClient, cache_path: Path,
                  on_progress: ProgressHook | None = None,
                  swap_hook: Callable[[Callable[[], None]], None] | None = None,
-                 observer: SyncObserver | None = None):
+                 observer: SyncObserver | None = None,
+                 swap_guard: Callable[[], AbstractAsyncContextManager[None]] | None = None):
         """`swap_hook(do_swap)` lets the owner of other connections to the live cache close them
-        before the rename and reopen after; by default the swap just happens. `observer` is
-        told every write of a pass (the venue leader's fan-out)."""
+        before the rename and reopen after; by default the swap just happens. `swap_guard()` is
+        entered (awaited) around the swap: the daemon's waits there until no connection it
+        cannot close itself is open (agent.runtime.cachecare.SwapHold). `observer` is told
+        every write of a pass (the venue leader's fan-out)."""
         self.observer = observer
         self.swap_hook = swap_hook or (lambda do_swap: do_swap())
+        self.swap_guard = swap_guard or contextlib.nullcontext
         self.config = config
         self.client = client
         self.cache_path = Path(cache_path)
@@ -293,8 +299,14 @@ class Syncer:
                 raise
             fresh.close()
             self._report(phase="swapping")
-            self.close()
-            self.swap_hook(lambda: swap_in(new_path, self.cache_path))
+            try:
+                async with self.swap_guard():  # no await between the close and the rename
+                    self.close()
+                    self.swap_hook(lambda: swap_in(new_path, self.cache_path))
+            except BaseException:  # not swapped (cancelled while waiting, rename refused)
+                if new_path.exists():
+                    await in_thread(_remove_db, new_path)
+                raise
             self._report(phase="idle", finished=time.time())
             return total
 

@@ -8,7 +8,10 @@ hot path waits on it). Opening the cache at start is agent.runtime.storestart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from agent.access import store_write_failure
@@ -18,6 +21,57 @@ if TYPE_CHECKING:
     from agent.runtime.daemon import Daemon
 
 log = logging.getLogger("gate_agent.daemon")
+
+
+class SwapHold:
+    """Keeps the connections control commands open to cache.db for themselves (`gate-agent
+    scan`, `check`, `import`, `pair-tag` through the daemon: `using()` for as long as one is
+    open) apart from the rename of a rebuilt cache over it (`swapping()`, around
+    `swap_cache`). The swap closes and reopens the lanes' and status's connections itself;
+    these it cannot, and one left open across the rename kept reading the replaced, unlinked
+    file, and what it wrote there (a paired tag, an imported file) was lost while the command
+    answered it done. The swap waits for the open ones to close and holds new ones back
+    until it is over. Used on the daemon's loop only: both sides wait without stalling it."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.swapping_now = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def _changed(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @asynccontextmanager
+    async def using(self) -> AsyncIterator[None]:
+        while self.swapping_now:
+            await self._changed()
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
+            self._wake()
+
+    @asynccontextmanager
+    async def swapping(self) -> AsyncIterator[None]:
+        while self.swapping_now:
+            await self._changed()
+        self.swapping_now = True
+        try:
+            while self.users:
+                await self._changed()
+            yield
+        finally:
+            self.swapping_now = False
+            self._wake()
 
 
 def swap_cache(d: Daemon, do_swap: Any) -> None:

@@ -9,8 +9,10 @@ an imported file reaches every lane's cache, a new token serves the next request
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,19 @@ from agent.store.cache import TicketCache
 
 if TYPE_CHECKING:
     from agent.runtime.daemon import Daemon
+
+
+Op = Callable[["DaemonOps", dict[str, Any]], Awaitable[Any]]
+
+
+def _own_cache_connection(handler: Op) -> Op:
+    """A handler that opens cache.db itself: never while a rebuilt cache is renamed over it
+    (agent.runtime.cachecare.SwapHold)."""
+    @functools.wraps(handler)
+    async def held(self: DaemonOps, args: dict[str, Any]) -> Any:
+        async with self.d.cache_swaps.using():
+            return await handler(self, args)
+    return held
 
 
 class DaemonOps:
@@ -45,6 +60,7 @@ class DaemonOps:
 
     # -- scans --------------------------------------------------------------------------------
 
+    @_own_cache_connection
     async def scan(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         lane = self.d.config.lane(args.get("lane"))
         gate = await asyncio.to_thread(self.d._gate)
@@ -67,6 +83,7 @@ class DaemonOps:
             self.d.request_upload()
         return answers
 
+    @_own_cache_connection
     async def check(self, args: dict[str, Any]) -> dict[str, Any]:
         """`gate-agent check` while the daemon runs: decided on the daemon's own stores (a
         technician in the socket's group may not open them), recording nothing."""
@@ -133,6 +150,7 @@ class DaemonOps:
 
     # -- store --------------------------------------------------------------------------------
 
+    @_own_cache_connection
     async def import_(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         files = [(str(f["name"]), str(f["text"])) for f in args.get("files") or []]
         event = args.get("event")
@@ -224,6 +242,7 @@ class DaemonOps:
 
     # -- the pairing station (`gate-agent pair-tag`: its readers are its own, the rest is ours) -
 
+    @_own_cache_connection
     async def pair_tag_ticket(self, args: dict[str, Any]) -> dict[str, Any]:
         """The ticket the station prompts for, from this daemon's cache (PairingRefused when
         it does not know it, as without a daemon)."""
@@ -239,6 +258,7 @@ class DaemonOps:
 
         return await asyncio.to_thread(look)
 
+    @_own_cache_connection
     async def pair_tag(self, args: dict[str, Any]) -> dict[str, Any]:
         """A pairing with this daemon's platform client (its token and rate budget), its
         cache (the tag works at once on every lane) and, with --admit, its lane: journaled,

@@ -116,6 +116,7 @@ class Daemon:
         self.reload_error: str | None = None  # why the last SIGHUP was refused (status)
         self.cache_unreadable: str | None = None  # cache.db not ours (owner/mode), kept as is
         self.status_cache: TicketCache | None = None
+        self.cache_swaps = cachecare.SwapHold()  # control commands' own cache connections
         self.stop_event = asyncio.Event()
         self.server: StatusServer | None = None
         self.listen_address: str | None = None
@@ -224,7 +225,7 @@ class Daemon:
         self.client = PlatformClient.from_config(self.config.api, token, governor)
         self.client.on_server_time = self.clock.observe
         self.syncer = Syncer(self.config, self.client, self.cache_path,
-                             swap_hook=self._swap_cache)
+                             swap_hook=self._swap_cache, swap_guard=self.cache_swaps.swapping)
         self._start_uploader()
 
     def _start_uploader(self) -> None:
