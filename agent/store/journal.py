@@ -765,17 +765,20 @@ class Journal:
         """A write transaction whose commit is not fsynced (synchronous=NORMAL in WAL mode: the
         next fsynced commit, or a checkpoint, makes it durable). Only for changes a crash may
         lose because something else restores them."""
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            with self._write():
-                yield
-        finally:
-            self.conn.execute("PRAGMA synchronous = FULL")
+        with self._write(unsynced=True):
+            yield
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
-        """A write transaction; any SQLite failure becomes JournalUnavailable."""
+    def _write(self, unsynced: bool = False) -> Iterator[None]:
+        """A write transaction; any SQLite failure becomes JournalUnavailable. `unsynced`
+        switches this connection to synchronous=NORMAL for it, and back, under the writer
+        lock. Switched before taking it, while another thread was inside a scan's transaction
+        on this connection (one Journal shared by threads: the bus's), SQLite refused the
+        switch ("Safety level may not be changed inside a transaction") and the settle or void
+        of a claim failed with a bare sqlite3 error (tests/store/test_unsynced_write.py)."""
         with self._lock:
+            if unsynced:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
                 yield
@@ -788,6 +791,9 @@ class Journal:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+            finally:
+                if unsynced:
+                    self.conn.execute("PRAGMA synchronous = FULL")
 
 
 class _Taken(Exception):
