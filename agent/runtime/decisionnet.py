@@ -38,10 +38,11 @@ from agent.config import LaneConfig
 from agent.core.codes import clean_code
 from agent.core.decide import Decision
 from agent.errors import redact
+from agent.runtime.gate import ScanResult
 from agent.store.passages import now_iso
 from drivers import Scan
 
-log = logging.getLogger("agent.runtime.lane")
+log = logging.getLogger("agent.runtime.lane")  # the lane's own: where its failures are looked for
 
 GATE_ERROR = "gateError"  # the refusal's detail, and its display key (agent.runtime.display_text)
 STAGES = ("before_journal", "after_journal")
@@ -58,7 +59,7 @@ class Progress:
     started: float  # time.perf_counter() when the scan was taken up
     scan: Scan  # on the time decisions use (the clock's correction applied, when it is)
     released: bool = False
-    result: Any = None  # the gate's ScanResult (None: the gate raised before answering)
+    result: ScanResult | None = None  # the gate's answer (None: the gate raised before it)
     pulsed: bool = False
     shown: bool = False
     noted: bool = False
@@ -127,9 +128,12 @@ class DecisionErrors:
                 if len(self._seen) >= _SEEN_MAX:
                     self._seen.clear()
                 self._seen.add((stage, text))
-        what = ("nothing was journaled for it: refused and journaled as denied/gateError"
-                if stage == "before_journal" else
-                f"after its decision (row {uuid or 'none'} kept as it is)")
+        if stage == "after_journal":
+            what = f"after its decision (its row {uuid or '(none)'} kept as it is)"
+        else:
+            what = (f"before any row: refused, journaled as denied/gateError (row {uuid})"
+                    if uuid else "before any row: refused as denied/gateError, NOT journaled "
+                    "(the journal failed too)")
         log.error("lane %s: decision failed for scan of %s, %s: %s%s", self.lane, code, what,
                   text, "" if first else " (the same error as before; its traceback was "
                   "logged the first time)", exc_info=exc if first else None)

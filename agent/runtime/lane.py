@@ -286,9 +286,10 @@ class LaneRunner:
                 result = self.gate.committed  # the gate raised after committing its row
             if result is None:
                 refusal = gate_error_refusal(scan.code, scan.kind, self.lane, text)
-                self.decision_errors.failed("before_journal", exc, text, refusal.code, None)
                 with self.lock:
                     result = self.gate.record_error(refusal, self.lane, scan.wall)
+                self.decision_errors.failed("before_journal", exc, text, refusal.code,
+                                            result.uuid)
                 shown = refusal
             else:
                 decision = result.decision
