@@ -254,3 +254,22 @@ def test_a_journal_that_fails_too_falls_back_to_unrecorded(
     monkeypatch.undo()
     assert net.scan(C["valid"]).result.decision.admit  # journal and decisions back
     assert net.runner.get_status()["journal_error"] is None
+
+
+def test_an_error_while_the_lane_is_released_is_journaled_and_the_hold_untouched(
+        net: NetRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Injected at `Gate._decide` (which `record_during_release` calls): the scan is journaled
+    as denied/gateError like any other, its text shown; the lights are the release's, and
+    the relay stays held open (free egress is the release's, never the net's to end)."""
+    net.runner.set_release("emergency", True)
+    monkeypatch.setattr(net.gate, "_decide", raises("release path bug"))
+    event = net.scan(C["valid"])
+    [(uuid, admit, status, detail, *_rest)] = net.rows(C["valid"])
+    assert (uuid, admit, status, detail) == (event.result.uuid, 0, "denied", "gateError")
+    assert net.display() == GATE_ERROR_TEXT and net.red_pulses() == 0
+    relay = net.runner.get_status()["relay"]
+    assert relay["held"] and relay["on"]  # still held open
+    assert net.runner.get_status()["decision_errors"]["total"]["before_journal"] == 1
+    monkeypatch.undo()
+    assert net.scan(C["valid2"]).result.decision.detail == "releasedGate"
+    net.runner.set_release("emergency", False)
