@@ -59,6 +59,7 @@ class Progress:
     started: float  # time.perf_counter() when the scan was taken up
     scan: Scan  # on the time decisions use (the clock's correction applied, when it is)
     released: bool = False
+    asked_gate: bool = False  # Gate.scan was called (its `committed` is this scan's)
     result: ScanResult | None = None  # the gate's answer (None: the gate raised before it)
     pulsed: bool = False
     shown: bool = False

@@ -239,6 +239,7 @@ class LaneRunner:
                 result = record_during_release(self.gate, scan.code, self.lane, scan.wall,
                                                scan.kind, scan.mono_ns // 1_000_000)
             else:
+                progress.asked_gate = True  # Gate.committed is this scan's from here on
                 result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
                                         mono_ms=scan.mono_ns // 1_000_000)
         progress.result = result
@@ -282,7 +283,7 @@ class LaneRunner:
         try:
             text = error_text(exc)
             result = progress.result
-            if result is None and not progress.released:
+            if result is None and progress.asked_gate:
                 result = self.gate.committed  # the gate raised after committing its row
             if result is None:
                 refusal = gate_error_refusal(scan.code, scan.kind, self.lane, text)

@@ -273,3 +273,25 @@ def test_an_error_while_the_lane_is_released_is_journaled_and_the_hold_untouched
     monkeypatch.undo()
     assert net.scan(C["valid2"]).result.decision.detail == "releasedGate"
     net.runner.set_release("emergency", False)
+
+
+class _BrokenClock:
+    """A clock whose reading raises (`GateClock.corrected`, read before the gate is asked)."""
+
+    @property
+    def corrected(self) -> bool:
+        raise RuntimeError("clock bug")
+
+
+def test_an_error_before_the_gate_is_asked_is_never_taken_for_the_last_scans_row(
+        net: NetRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Injected at the lane's clock (`LaneRunner.clock`, read before `Gate.scan`): the gate's
+    row of the scan before (`Gate.committed`) is not this scan's; this one is journaled."""
+    first = net.scan(C["valid"])
+    assert first.result.decision.admit and net.gate.committed is not None
+    monkeypatch.setattr(net.runner, "clock", _BrokenClock())
+    event = net.scan(C["valid2"])
+    [(uuid, admit, status, detail, *_rest)] = net.rows(C["valid2"])
+    assert (uuid, admit, detail) == (event.result.uuid, 0, "gateError")
+    assert [r[:2] for r in net.rows(C["valid"])] == [(first.result.uuid, 1)]
+    assert net.runner.get_status()["decision_errors"]["total"]["before_journal"] == 1
