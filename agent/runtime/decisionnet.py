@@ -38,6 +38,7 @@ from agent.config import LaneConfig
 from agent.core.codes import clean_code
 from agent.core.decide import Decision
 from agent.errors import redact
+from agent.ops.redact import mask_code
 from agent.runtime.gate import ScanResult
 from agent.store.passages import now_iso
 from drivers import Scan
@@ -48,6 +49,7 @@ GATE_ERROR = "gateError"  # the refusal's detail, and its display key (agent.run
 STAGES = ("before_journal", "after_journal")
 RECENT_S = 300.0  # failures in the last 5 minutes keep the status reason (warn) after a good one
 ERROR_TEXT_MAX = 300  # characters of the exception's text kept in a row, status and the log
+MASK_FROM = 4  # a shorter code is not looked for in the text (it would mangle it)
 _SEEN_MAX = 64  # distinct errors remembered for "traceback once"; forgotten all at once beyond
 
 
@@ -67,9 +69,14 @@ class Progress:
     sunk: bool = False
 
 
-def error_text(exc: BaseException) -> str:
-    """The exception's type and message, redacted, on one line, at most ERROR_TEXT_MAX."""
+def error_text(exc: BaseException, code: str) -> str:
+    """The exception's type and message on one line, at most ERROR_TEXT_MAX: the token
+    redacted, and the scanned code masked as status masks it (agent.ops.redact: a code is a
+    bearer credential, and this text reaches status's reasons and last scan's message)."""
     text = redact(f"{type(exc).__name__}: {exc}".replace("\n", " ").strip())
+    code = clean_code(code)
+    if len(code) >= MASK_FROM:
+        text = text.replace(code, mask_code(code))
     return text if len(text) <= ERROR_TEXT_MAX else text[:ERROR_TEXT_MAX - 3] + "..."
 
 
@@ -102,7 +109,7 @@ class DecisionErrors:
         self.failing_since: str | None = None  # set while the lane's last decision failed
         self.last: dict[str, Any] | None = None
         self._recent: deque[float] = deque()
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str, str, int]] = set()  # (stage, type, file, line) logged
         self._lock = threading.Lock()
 
     def decided(self) -> None:
@@ -123,12 +130,13 @@ class DecisionErrors:
                 self._recent.popleft()
             if self.failing_since is None:
                 self.failing_since = at
-            self.last = {"at": at, "stage": stage, "error": text, "code": code, "uuid": uuid}
-            first = (stage, text) not in self._seen
+            self.last = {"at": at, "stage": stage, "error": text, "uuid": uuid}  # no code
+            key = (stage, *_raised_at(exc))
+            first = key not in self._seen
             if first:
                 if len(self._seen) >= _SEEN_MAX:
                     self._seen.clear()
-                self._seen.add((stage, text))
+                self._seen.add(key)
         if stage == "after_journal":
             what = f"after its decision (its row {uuid or '(none)'} kept as it is)"
         else:
@@ -136,8 +144,8 @@ class DecisionErrors:
                     if uuid else "before any row: refused as denied/gateError, NOT journaled "
                     "(the journal failed too)")
         log.error("lane %s: decision failed for scan of %s, %s: %s%s", self.lane, code, what,
-                  text, "" if first else " (the same error as before; its traceback was "
-                  "logged the first time)", exc_info=exc if first else None)
+                  text, "" if first else " (an error seen before, raised at the same place: "
+                  "its traceback was logged the first time)", exc_info=exc if first else None)
 
     def get_status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -146,3 +154,13 @@ class DecisionErrors:
             return {"failing_since": self.failing_since, "last": dict(self.last or {}) or None,
                     "total": dict(self.totals), "last_5min": recent}
 
+
+def _raised_at(exc: BaseException) -> tuple[str, str, int]:
+    """What makes two errors the same one: their type and the line that raised them (their
+    messages may differ by the scan: a code, an id)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__name__, "", 0
+    return type(exc).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno

@@ -7,7 +7,9 @@ path is fixed: decide, commit the journal row (fsync), then pulse the relay; a s
 not be journaled is refused (fail closed) and never opens the gate. An admit whose gate did not
 open (its relay missing or the pulse failed) does not stand: it is voided (the ticket can be
 used again) and shown as a refusal — `_unopened`, off the path of a scan that pulsed. A
-released lane's relays are held open beside all this, by agent.runtime.lanehold.
+scan whose decision ends in an exception anywhere on this path is still refused, recorded,
+shown and counted (`_failed`, agent.runtime.decisionnet). A released lane's relays are held
+open beside all this, by agent.runtime.lanehold.
 """
 
 from __future__ import annotations
@@ -281,7 +283,7 @@ class LaneRunner:
         row kept as it is when one was — shown, counted and logged; the lane goes on."""
         scan = progress.scan
         try:
-            text = error_text(exc)
+            text = error_text(exc, scan.code)
             result = progress.result
             if result is None and progress.asked_gate:
                 result = self.gate.committed  # the gate raised after committing its row

@@ -24,6 +24,7 @@ from agent.config import LaneConfig
 from agent.errors import register_secret
 from agent.ops.logs import RedactFilter
 from agent.ops.metrics import Metrics
+from agent.ops.redact import masked_report
 from agent.ops.status import evaluate
 from agent.runtime.gate import Gate
 from agent.runtime.lane import LaneEvent, LaneRunner, manual_scan
@@ -109,7 +110,11 @@ def test_an_error_before_any_row_is_journaled_as_gate_error_shown_counted_and_th
     assert "decision_failing" not in net.reasons()
     caplog.set_level(logging.ERROR, logger="agent.runtime.lane")
     caplog.handler.addFilter(RedactFilter())  # what the daemon's root handler has (agent.ops.logs)
-    monkeypatch.setattr(net.gate, "facts", raises(f"lookup bug near {TOKEN}"))
+
+    def lookup_bug(code: str, *_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError(f"lookup bug near {TOKEN} for {code}")
+
+    monkeypatch.setattr(net.gate, "facts", lookup_bug)
 
     event = net.scan(C["valid"])
     decision = event.result.decision
@@ -119,7 +124,8 @@ def test_an_error_before_any_row_is_journaled_as_gate_error_shown_counted_and_th
     [(uuid, admit, status, detail, message, state, reason)] = net.rows(C["valid"])
     assert uuid == event.result.uuid
     assert (admit, status, detail, state) == (0, "denied", "gateError", "local")
-    assert "RuntimeError: lookup bug near ***" in message and TOKEN not in message
+    said_error = "RuntimeError: lookup bug near *** for …0001"  # the code masked, as in status
+    assert said_error in message and TOKEN not in message
     assert reason == "the decision failed on an error: the code was not decided"
     # shown as a refusal on the lane
     assert net.display() == GATE_ERROR_TEXT and net.red_pulses() == 1
@@ -131,21 +137,22 @@ def test_an_error_before_any_row_is_journaled_as_gate_error_shown_counted_and_th
     errors = status["decision_errors"]
     assert errors["failing_since"] and errors["total"] == {"before_journal": 1,
                                                            "after_journal": 0}
-    assert errors["last"]["error"] == "RuntimeError: lookup bug near ***"
+    assert errors["last"]["error"] == said_error
     level, said = net.reasons()["decision_failing"]
     assert level == "fail" and "lane north-in" in said and errors["failing_since"] in said
-    assert "RuntimeError: lookup bug near ***" in said and "gateError" in said
-    assert TOKEN not in repr(status)
+    assert said_error in said and "gateError" in said
+    served = masked_report({"lanes": [status], "reasons": [said]})  # what /status serves
+    assert TOKEN not in repr(served) and C["valid"] not in repr(served)
     assert 'gate_decision_errors_total{lane="north-in",stage="before_journal"} 1.0' \
         in net.metrics()
 
-    again = net.scan(C["valid2"])  # the same error again: journaled, logged without traceback
+    again = net.scan(C["valid2"])  # the same error (same place): logged without traceback
     assert again.result.decision.detail == "gateError" and again.result.uuid
     assert len(net.rows(C["valid2"])) == 1
     logged = [r for r in caplog.records if "decision failed for scan" in r.getMessage()]
     assert ["Traceback (most recent call last)" in (r.exc_text or "") for r in logged] == \
         [True, False]
-    assert "RuntimeError: lookup bug near ***" in logged[0].exc_text
+    assert "RuntimeError: lookup bug near *** for NU-VALID-0001" in logged[0].exc_text
     assert all(TOKEN not in r.getMessage() for r in caplog.records)
     assert TOKEN not in caplog.text  # the traceback too
 
