@@ -3,7 +3,9 @@
 It speaks the platform's own vocabulary (`POST /zones/scan` statuses and statusDetails) so that
 operators see the words they know, plus camelCase details of our own where the platform has none:
 unknownCode, refunded, wrongEvent, typeDisabled, duplicateRead, unknownStatus, cacheEmpty,
-cacheUnavailable, storeUnavailable, clockUnmeasured.
+cacheUnavailable, storeUnavailable, clockUnmeasured. Two more are the runtime's, never this
+engine's: journalUnavailable (agent.runtime.gate) and gateError (a scan whose decision ended in
+an exception, agent.runtime.decisionnet).
 notYetValid/noLongerValid are *messages*, not details (the platform's detail is
 outsideOfValidityPeriod for both).
 

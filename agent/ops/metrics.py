@@ -125,16 +125,24 @@ class _StateCollector(Collector):
 
 
 def _lane_metrics(lanes: list[dict[str, Any]]) -> Iterator[Any]:
-    """Per lane: how long since its decision loop last ran (a stall), and its queue."""
+    """Per lane: how long since its decision loop last ran (a stall), its queue, and its
+    decisions that ended in an exception (agent.runtime.decisionnet)."""
     age = GaugeMetricFamily("gate_lane_heartbeat_age_seconds",
                             "Seconds since the lane's decision loop last ran", labels=["lane"])
     queued = GaugeMetricFamily("gate_lane_queue", "Scans waiting for a decision",
                                labels=["lane"])
+    failed = CounterMetricFamily("gate_decision_errors", "Decisions that ended in an error, "
+                                 "by lane and stage (before_journal: refused and journaled as "
+                                 "denied/gateError; after_journal: its row kept as it is); "
+                                 "status reason decision_failing", labels=["lane", "stage"])
     for lane in lanes:
         age.add_metric([str(lane.get("name"))], float(lane.get("heartbeat_age_s") or 0))
         queued.add_metric([str(lane.get("name"))], float(lane.get("queue") or 0))
+        for stage, count in ((lane.get("decision_errors") or {}).get("total") or {}).items():
+            failed.add_metric([str(lane.get("name")), str(stage)], float(count))
     yield age
     yield queued
+    yield failed
 
 
 def _venue_metrics(venue: dict[str, Any] | None) -> Iterator[Any]:

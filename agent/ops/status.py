@@ -51,6 +51,7 @@ REASON_CODES = (
     "venue_upload_stream_lost", "clock_corrected", "leader_stepped_down",
     "venue_term_unreadable", "venue_bucket_lost", "release_not_held", "venue_clock_unmeasured",
     "venue_db_unavailable", "venue_no_leader", "cache_not_rebuilt", "venue_journal_failing",
+    "decision_failing",
 )
 
 
@@ -154,6 +155,9 @@ def evaluate(snap: dict[str, Any], now: datetime, max_cache_age_s: float) -> tup
         if (lane.get("heartbeat_age_s") or 0) > LANE_STALL_S:
             add(Reason("fail", "lane_stalled",
                        f"lane {name}: decision loop has not run for {lane['heartbeat_age_s']:.0f} s"))
+        failed = decision_failing(name, lane.get("decision_errors") or {})
+        if failed is not None:
+            add(failed)
     reasons += turnstile_reasons(snap)
     if snap.get("pairings_error"):
         add(Reason("warn", "pairings_unreadable", f"paired devices (devices.json) not used, only "
@@ -284,6 +288,29 @@ def relay_ok(relay: dict[str, Any]) -> bool:
     `ok`); a relay status without `ok` is judged by its last error. One rule for the
     `relay_error` reason and the `gate_relay_ok` metric."""
     return bool(relay.get("ok", not relay.get("last_error")))
+
+
+def decision_failing(lane: Any, errors: dict[str, Any]) -> Reason | None:
+    """A lane's decisions ending in an exception (agent.runtime.decisionnet): `fail` while its
+    last decision failed (since the first of that run), `warn` for 5 minutes after one failed
+    once a later decision worked (a bug one ticket meets must not vanish at the next scan)."""
+    last = errors.get("last") or {}
+    total = sum((errors.get("total") or {}).values())
+    said = (f"the last at {last.get('at')} ({last.get('error')}); each such scan is refused "
+            "and its gate stays shut, journaled as denied/gateError (when it had no row yet) "
+            "or its row kept as it is (an admit that then stands: a steward lets the person "
+            f"through). {errors.get('last_5min', 0)} in the last 5 min, {total} since start. "
+            "The log (logger agent.runtime.lane) has the traceback: report it with the log; "
+            "if every scan fails, restart the service")
+    if errors.get("failing_since"):
+        return Reason("fail", "decision_failing",
+                      f"lane {lane}: decisions are failing since {errors['failing_since']}: "
+                      + said)
+    if errors.get("last_5min"):
+        return Reason("warn", "decision_failing",
+                      f"lane {lane}: a decision failed on an error (its latest decision "
+                      "worked): " + said)
+    return None
 
 
 def cache_read_failure(cache: dict[str, Any], lanes: list[dict[str, Any]],

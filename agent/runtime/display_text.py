@@ -32,6 +32,8 @@ TEXTS: dict[str, tuple[str, ...]] = {
                   "Non passe - rescanner"),
     "gateNotOpened": ("Gate did not open - staff", "Poort dicht - zie staf",
                       "Tor zu - Personal", "Porte fermee - staff"),
+    "gateError": ("Gate error - see staff", "Storing - zie staf", "Stoerung - Personal",
+                  "Erreur - voir staff"),
     "releasedGate": ("Gate open - walk through", "Poort open - doorlopen",
                      "Tor offen - durchgehen", "Porte ouverte"),
     "alarm": ("Alarm - staff called", "Alarm - staf komt", "Alarm - Personal kommt",

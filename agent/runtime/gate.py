@@ -19,7 +19,7 @@ from agent.core.codes import clean_code, looks_like_nfc, normalize_nfc_id, parse
 from agent.core.decide import Candidate, Decision, Facts, decide
 from agent.core.model import item_platform_scans
 from agent.core.scanstate import EMPTY, derive_state
-from agent.errors import CacheUnavailable, JournalUnavailable, VenueUnavailable
+from agent.errors import CacheUnavailable, JournalUnavailable, VenueUnavailable, redact
 from agent.store.cache import CachedItem, TicketCache
 from agent.store.journal import NO_VALUE, Journal, JournalRow, new_scan_uuid
 from agent.store.passages import await_passage
@@ -78,6 +78,10 @@ class Gate:
         # The first claim of a scan goes in flight: its admit commits while the bus answers
         # (agent.venue.claims); off: the answer first, then the commit (kept for A/B).
         self.claims_in_flight = True
+        # The row the scan() in progress (or the last one) committed, None before its
+        # commit: a scan that raises after it (the venue's settling of a claim) has its row
+        # already, which the lane's safety net keeps as it is (agent.runtime.decisionnet).
+        self.committed: ScanResult | None = None
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class Gate:
         The decision is made inside the journal's write transaction (`scan_transaction`), so
         whoever else decides the same ticket at that instant — another lane, another process —
         waits and then sees this scan."""
+        self.committed = None
         if self.journal is None:
             unjournaled = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(unjournaled, "the scan journal could not be opened", lane,
@@ -297,7 +302,8 @@ class Gate:
                 decision = self._decide(code, lane, now, direction, kind, mono_ms)
             return self._unrecorded(decision, str(exc), lane, now)
         self.journal_error = None
-        return ScanResult(decision, scan_uuid, seq)
+        self.committed = ScanResult(decision, scan_uuid, seq)
+        return self.committed
 
     def _tracks_exits(self, decision: Decision) -> bool:
         zone = self.cache.zone(decision.zone_id) if decision.zone_id else None
@@ -360,6 +366,26 @@ class Gate:
                   decision.code, decision.item_id, decision.event_id, utc_iso(now))
         return ScanResult(decision, None)
 
+    def record_error(self, refusal: Decision, lane: LaneConfig, now: datetime) -> ScanResult:
+        """Journal, on its own, the refusal of a scan whose decision raised before any row
+        was written for it (agent.runtime.decisionnet: denied/gateError). If the journal fails
+        too — whatever broke the decision may break this — the refusal is counted and reported
+        as unrecorded (`_unrecorded`) and kept as it is."""
+        if self.journal is None:
+            self._unrecorded(refusal, "the scan journal could not be opened", lane, now)
+            return ScanResult(refusal, None)
+        row = _journal_row(new_scan_uuid(), refusal, lane, now)
+        try:
+            with self.journal.scan_transaction():
+                seq = self.journal.insert(row)
+        except Exception as exc:  # noqa: BLE001 - not only JournalUnavailable: see above
+            error = str(exc) if isinstance(exc, JournalUnavailable) else \
+                redact(f"{type(exc).__name__}: {exc}")
+            self._unrecorded(refusal, error, lane, now)
+            return ScanResult(refusal, None)
+        self.journal_error = None
+        return ScanResult(refusal, row.uuid, seq)
+
     def close(self) -> None:
         self.cache.close()
         if self.journal is not None:
@@ -397,7 +423,8 @@ _UNKNOWN_CODE = "unknown code: no platform item to attach it to"
 # Why a row without an event stays local, when it is not an unknown code (never uploaded:
 # the platform needs the ticket's event, which the unreadable cache could not give)
 _LOCAL_REASONS = {"cacheUnavailable": "ticket cache unreadable: the code was not looked up",
-                  "storeUnavailable": "a store could not be opened: the code was not looked up"}
+                  "storeUnavailable": "a store could not be opened: the code was not looked up",
+                  "gateError": "the decision failed on an error: the code was not decided"}
 
 
 def _journal_row(scan_uuid: str, d: Decision, lane: LaneConfig, now: datetime) -> JournalRow:

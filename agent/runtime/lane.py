@@ -7,7 +7,9 @@ path is fixed: decide, commit the journal row (fsync), then pulse the relay; a s
 not be journaled is refused (fail closed) and never opens the gate. An admit whose gate did not
 open (its relay missing or the pulse failed) does not stand: it is voided (the ticket can be
 used again) and shown as a refusal — `_unopened`, off the path of a scan that pulsed. A
-released lane's relays are held open beside all this, by agent.runtime.lanehold.
+scan whose decision ends in an exception anywhere on this path is still refused, recorded,
+shown and counted (`_failed`, agent.runtime.decisionnet). A released lane's relays are held
+open beside all this, by agent.runtime.lanehold.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from agent.core.decide import Decision
 from agent.errors import DriverError, JournalUnavailable
 from agent.runtime import relaywatch
 from agent.runtime.clock import GateClock
+from agent.runtime.decisionnet import (
+    GATE_ERROR,
+    DecisionErrors,
+    Progress,
+    error_text,
+    gate_error_refusal,
+    unopened_admit,
+)
 from agent.runtime.gate import Gate, ScanResult
 from agent.runtime.indicators import Indicators
 from agent.runtime.lanehold import ReleaseHold
@@ -106,6 +116,8 @@ class LaneRunner:
         self.last_scan: dict[str, Any] | None = None
         self.totals: dict[str, int] = {}
         self._recent: deque[tuple[float, str]] = deque()
+        # decisions that ended in an exception (agent.runtime.decisionnet): status, metrics
+        self.decision_errors = DecisionErrors(lane.name)
         self._figures_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -212,24 +224,27 @@ class LaneRunner:
                 if self._stopping and self.queue.empty():
                     return
                 continue
+            progress = Progress(time.perf_counter(), scan)
             try:
-                self._decide(scan)
-            except Exception:  # noqa: BLE001 - a bug must not kill the lane; it is logged
-                log.exception("lane %s: decision failed for a scan from %s", self.lane.name,
-                              scan.reader_id)
+                self._decide(scan, progress)
+            except Exception as exc:  # noqa: BLE001 - refused, recorded, shown, counted
+                self._failed(progress, exc)
+            else:
+                self.decision_errors.decided()
 
-    def _decide(self, scan: Scan) -> None:
-        started = time.perf_counter()
-        if self.clock.corrected:  # the wall clock is known wrong: the scan's time on the
-            scan = replace(scan, wall=self.clock.at(scan.wall, scan.mono_ns))  # platform's
+    def _decide(self, scan: Scan, progress: Progress) -> None:
+        if self.clock.corrected:  # the wall clock is known wrong: the scan on the platform's time
+            scan = progress.scan = replace(scan, wall=self.clock.at(scan.wall, scan.mono_ns))
         with self.lock:
-            released = bool(self.releases)
+            released = progress.released = bool(self.releases)
             if released:  # free egress: journaled as taken, never as an admit
                 result = record_during_release(self.gate, scan.code, self.lane, scan.wall,
                                                scan.kind, scan.mono_ns // 1_000_000)
             else:
+                progress.asked_gate = True  # Gate.committed is this scan's from here on
                 result = self.gate.scan(scan.code, self.lane, scan.wall, kind=scan.kind,
                                         mono_ms=scan.mono_ns // 1_000_000)
+        progress.result = result
         decision = result.decision
         opened_ns = time.monotonic_ns()  # a passage edge before this is not this person's
         pulsed = unopened = False
@@ -243,22 +258,72 @@ class LaneRunner:
         # not let the person's passage edge be judged first, as `forced`, and the admit voided)
         with self.passage.opening():
             if opens:
-                pulsed = self._pulse(decision)
+                pulsed = progress.pulsed = self._pulse(decision)
             if waits and (pulsed or not opens):
                 assert result.uuid is not None
                 self.passage.admitted(result.uuid, decision.direction, opened_ns)
         if opens and decision.admit and not pulsed:
             assert url is not None
             decision, unopened = self._unopened(result, url), True
+            result = progress.result = ScanResult(decision, result.uuid, result.seq)
         if decision.record:
+            progress.shown = True
             self.indicators.show(None if released else "admit" if decision.admit else "refuse",
                                  GATE_NOT_OPENED if unopened else _display_key(decision),
                                  decision.message)
-        latency = time.perf_counter() - started
+        latency = time.perf_counter() - progress.started
+        progress.noted = True
         self.note(scan.wall, decision)
-        if decision is not result.decision:
-            result = ScanResult(decision, result.uuid, result.seq)
+        progress.sunk = True
         self.sink(LaneEvent(self.lane.name, scan, result, latency, pulsed))
+
+    def _failed(self, progress: Progress, exc: Exception) -> None:
+        """The safety net (agent.runtime.decisionnet): a scan whose decision raised is refused
+        and recorded — journaled as denied/gateError when nothing was written for it yet, its
+        row kept as it is when one was — shown, counted and logged; the lane goes on."""
+        scan = progress.scan
+        try:
+            text = error_text(exc, scan.code)
+            result = progress.result
+            if result is None and progress.asked_gate:
+                result = self.gate.committed  # the gate raised after committing its row
+            if result is None:
+                refusal = gate_error_refusal(scan.code, scan.kind, self.lane, text)
+                with self.lock:
+                    result = self.gate.record_error(refusal, self.lane, scan.wall)
+                self.decision_errors.failed("before_journal", exc, text, refusal.code,
+                                            result.uuid)
+                shown = refusal
+            else:
+                decision = result.decision
+                self.decision_errors.failed("after_journal", exc, text, decision.code,
+                                            result.uuid)
+                unopened = decision.admit and not progress.pulsed and not progress.released \
+                    and bool(output_for(self.lane, decision.direction))
+                shown = unopened_admit(decision, result.uuid, text) if unopened else decision
+        except Exception:  # noqa: BLE001 - the net's own failure must not stop the lane
+            log.exception("lane %s: a scan from %s failed (%s) and could not be recorded",
+                          self.lane.name, scan.reader_id, exc)
+            return
+        # the steps _decide did not reach (one that raised is not tried again)
+        if shown.record and not progress.shown:
+            self._safely(shown.code, self.indicators.show,
+                         None if progress.released else "admit" if shown.admit else "refuse",
+                         _display_key(shown), shown.message)
+        if not progress.noted:
+            self._safely(shown.code, self.note, scan.wall, shown)
+        if not progress.sunk:
+            self._safely(shown.code, self.sink, LaneEvent(
+                self.lane.name, scan, ScanResult(shown, result.uuid, result.seq),
+                time.perf_counter() - progress.started, progress.pulsed))
+
+    def _safely(self, code: str, step: Callable[..., None], *args: Any) -> None:
+        """One of the net's steps: its failure is logged, the next step still runs."""
+        try:
+            step(*args)
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("lane %s: the failed scan of %s not fully reported", self.lane.name,
+                          code)
 
     def _pulse(self, decision: Decision) -> bool:
         """The release of the decision's direction: pulsed for an admit (True when it was),
@@ -354,6 +419,7 @@ class LaneRunner:
             "decisions_total": totals, "queue": self.queue.qsize(),
             "heartbeat_age_s": round(now - self.heartbeat, 2),
             "journal_error": self.gate.journal_error, "unrecorded_scans": self.gate.unrecorded,
+            "decision_errors": self.decision_errors.get_status(),
             "cache_error": self.gate.cache_error,
             "passage": self.passage.get_status(), "indicators": self.indicators.get_status(),
             "released_by": sorted(self.releases), "hold_errors": dict(self.hold_errors),
@@ -374,7 +440,7 @@ def _display_key(decision: Decision) -> str:
     """Which short text the display shows (agent.runtime.display_text)."""
     if decision.admit:
         return "exit" if decision.direction == "out" else "valid"
-    return decision.detail if decision.detail in ("releasedGate", "notPassed") \
+    return decision.detail if decision.detail in ("releasedGate", "notPassed", GATE_ERROR) \
         else decision.status
 
 
