@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,8 +31,7 @@ def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode:
     if path.name != ":memory:" and not readonly:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, create_mode)
-            os.close(fd)
+            _create_private(path, create_mode)
     target = f"file:{path}?mode=ro" if readonly else str(path)
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
                            uri=readonly, timeout=5.0)
@@ -41,6 +41,30 @@ def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode:
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return sqlite_utils.Database(conn)
+
+
+def _create_private(path: Path, mode: int) -> None:
+    """An empty file at `path` with `mode` (SQLite would make it 0644), unless one appeared.
+
+    Never by opening `path` itself and closing it again: when another thread or process made
+    the file since `exists()` said no and SQLite already holds it, closing any descriptor of it
+    would drop every POSIX lock this process has on it (agent.access `immutable`, the same
+    hazard). So it is made under a name of its own, closed, and linked into place; the link
+    fails when the file is there already, which is then used as it is."""
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    fd = os.open(spare, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    os.close(fd)
+    try:
+        os.link(spare, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: made in place, if still missing
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(spare)
 
 
 def data_version(conn: sqlite3.Connection) -> int:

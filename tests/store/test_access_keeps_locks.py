@@ -28,22 +28,30 @@ _PROBE = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)  # SQLite's UNIX_SHM_DMS byte
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
 except OSError:
     print("held")
 else:
     print("free")
 """
+DMS = (128, 1)  # the -shm's UNIX_SHM_DMS byte: every connection holds it shared
+SHARED = (0x40000002, 510)  # the database file's SHARED range (PENDING_BYTE + 2, 510 bytes)
 
 
 def dms_lock(db: Path) -> str:
     """Whether another process sees the database in use: 'held' or 'free'."""
-    return probe(Path(f"{db}-shm"))
+    return probe(Path(f"{db}-shm"), *DMS)
 
 
-def probe(shm: Path) -> str:
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(shm)], capture_output=True,
-                         text=True, check=True, timeout=30)
+def shared_lock(db: Path) -> str:
+    """Whether another process sees a reader of the database file itself (a process that can
+    lock it exclusively takes itself for the last user: it checkpoints and deletes the WAL)."""
+    return probe(db, *SHARED)
+
+
+def probe(path: Path, start: int = DMS[0], length: int = DMS[1]) -> str:
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(start), str(length)],
+                         capture_output=True, text=True, check=True, timeout=30)
     return out.stdout.strip()
 
 
@@ -66,9 +74,9 @@ def test_asking_about_a_store_keeps_the_locks_of_its_open_connections(
     store = VenueStore(path)
     try:
         assert store.zone_scans(1, 1) == []  # a read: the -shm is mapped and locked
-        assert dms_lock(path) == "held"
+        assert (dms_lock(path), shared_lock(path)) == ("held", "held")
         ask(path)  # type: ignore[operator]
-        assert dms_lock(path) == "held"
+        assert (dms_lock(path), shared_lock(path)) == ("held", "held")
     finally:
         store.close()
 
@@ -97,3 +105,28 @@ def test_an_immutable_file_is_still_told_apart(tmp_path: Path) -> None:
         assert "chattr -i -a" in (sqlite_file_access(frozen) or "")
     finally:
         subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+def test_making_a_store_file_that_appeared_meanwhile_keeps_its_locks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`open_database` makes a missing file with the store's mode before SQLite opens it. If
+    another thread made and opened it after `exists()` said no (the check is made to say no
+    here: that interleaving cannot be timed for real), making it must not close a descriptor
+    of it: the file that SQLite holds keeps its locks, and its data."""
+    path = tmp_path / "venue.db"
+    store = VenueStore(path)
+    try:
+        assert store.zone_scans(1, 1) == []
+        assert dms_lock(path) == "held"
+        real_exists = Path.exists
+        monkeypatch.setattr(Path, "exists",
+                            lambda self: False if self == path else real_exists(self))
+        assert shared_lock(path) == "held"
+        again = VenueStore(path)  # goes through the "missing file" branch
+        monkeypatch.undo()
+        again.close()
+        assert shared_lock(path) == "held"
+        assert sorted(p.name for p in tmp_path.iterdir()) == \
+            ["venue.db", "venue.db-shm", "venue.db-wal"]  # no spare name left behind
+    finally:
+        store.close()
