@@ -52,7 +52,10 @@ def _create_private(path: Path, mode: int) -> None:
     hazard). So it is made under a name of its own, closed, and linked into place; the link
     fails when the file is there already, which is then used as it is."""
     spare = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
-    fd = os.open(spare, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        fd = os.open(spare, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    except OSError as exc:  # said of the file asked for, not of the spare name
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     try:
         os.link(spare, path)
