@@ -376,8 +376,7 @@ class Gate:
             return ScanResult(refusal, None)
         row = _journal_row(new_scan_uuid(), refusal, lane, now)
         try:
-            with self.journal.scan_transaction():
-                seq = self.journal.insert(row)
+            seq = self.journal.record(row)
         except Exception as exc:  # noqa: BLE001 - not only JournalUnavailable: see above
             error = str(exc) if isinstance(exc, JournalUnavailable) else \
                 redact(f"{type(exc).__name__}: {exc}")

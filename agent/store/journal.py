@@ -334,10 +334,10 @@ class Journal:
         (see _INSERT_SCAN; `agent.runtime.gate._journal_values` builds them). Returns its seq."""
         return self._cursor.execute(_INSERT_SCAN, values).lastrowid or 0
 
-    def record(self, row: JournalRow) -> None:
-        """Insert and commit (fsync) one scan on its own."""
+    def record(self, row: JournalRow) -> int:
+        """Insert and commit (fsync) one scan on its own. Returns its seq."""
         with self.scan_transaction():
-            self.insert(row)
+            return self.insert(row)
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:

@@ -217,17 +217,14 @@ class VenueStore:
             self.conn.close()
             raise StoreError(f"venue state {frozen}")
 
-    def _failed(self, exc: sqlite3.Error) -> StoreError:
+    def _failed(self, exc: sqlite3.Error, kind: type[StoreError] = StoreError) -> StoreError:
         """A statement venue.db refused, naming the file; "database is locked" (another
         connection held its write lock past the 5 s busy timeout) says who to look for: the
         agent's own connections hold it for milliseconds, so it is another process (a CLI,
-        `sqlite3` left in a transaction), never damage or the disk."""
-        return StoreError(f"venue state {self.path}: {exc}{held_hint(self.path, exc)}")
-
-    def _unread(self, exc: sqlite3.Error) -> VenueUnavailable:
-        """A lane's read for a decision venue.db refused (`_failed`'s text): the scan is
-        refused and journaled (agent.runtime.gate `facts`, agent.venue.claims)."""
-        return VenueUnavailable(str(self._failed(exc)))
+        `sqlite3` left in a transaction), never damage or the disk. `kind`: VenueUnavailable
+        for a lane's read for a decision (the scan is refused and journaled: agent.runtime.gate
+        `facts`, agent.venue.claims)."""
+        return kind(f"venue state {self.path}: {exc}{held_hint(self.path, exc)}")
 
     @contextmanager
     def _named(self) -> Iterator[None]:
@@ -402,7 +399,7 @@ class VenueStore:
             row = self.conn.execute("SELECT last_seq FROM venue_subjects WHERE subject = ?",
                                     (subject,)).fetchone()
         except sqlite3.Error as exc:
-            raise self._unread(exc) from exc
+            raise self._failed(exc, VenueUnavailable) from exc
         return int(row[0]) if row else 0
 
     def zone_scans(self, event_id: int, item_id: int, offset_s: float = 0.0) -> list[ZoneScan]:
@@ -418,7 +415,7 @@ class VenueStore:
                         " WHERE event_id = ? AND item_id = ? AND admit = 1 AND voided = 0"
                         " AND awaiting = 0 ORDER BY bus_time, stream_seq", (event_id, item_id))]
         except sqlite3.Error as exc:
-            raise self._unread(exc) from exc
+            raise self._failed(exc, VenueUnavailable) from exc
 
     def awaiting_exits(self, device: str) -> list[dict[str, Any]]:
         """`device`'s exits on the bus still awaiting their passage, not voided: what that gate
