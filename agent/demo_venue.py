@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ from drivers.sim import send_scan
 
 C = demo_data.CODES
 GATES = ("gate-a", "gate-b", "gate-c")
+# The product's default is 250 ms, for a gate device that does nothing else. The demo (and the
+# tests that start its gates) run on a shared machine beside a whole test suite, where a fresh
+# stream's first claims have been seen to go unanswered for 250 ms: the claim was then decided
+# offline by policy and the copied ticket admitted twice. A second's budget keeps the act about
+# the venue, not about the machine's load; a claim's usual answer still takes milliseconds.
+CLAIM_TIMEOUT_MS = 1000
 
 
 def gate_config(root: Path, name: str, servers: list[str], venue: str = "harbour",
@@ -61,7 +68,7 @@ readers = ["sim:entry?socket={root / (name + '.sock')}"]
 name = "{venue}"
 servers = [{urls}]
 device = "{name}"
-claim_timeout_ms = 250
+claim_timeout_ms = {CLAIM_TIMEOUT_MS}
 offline_policy = "local"
 {extra}
 """, encoding="utf-8")
@@ -112,12 +119,20 @@ def _scan(console: Console, root: Path, daemon: DaemonProcess, gate: str, code: 
     return record
 
 
-def _wait(check: Any, timeout: float, what: str) -> None:
+def _wait(check: Any, timeout: float, what: str | Callable[[], str]) -> None:
+    """Until `check()`; else TimeoutError naming `what` (called then, if it is a callable, so
+    that it can say what was seen instead)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
+            raise TimeoutError(what if isinstance(what, str) else what())
         time.sleep(0.05)
+
+
+def _decided_offline(daemons: dict[str, DaemonProcess]) -> str:
+    """The gates that decided a scan offline so far, as "gate-a 1, ..." ("" for none)."""
+    counts = {g: d.status()["venue"]["decided_offline"] for g, d in daemons.items()}
+    return ", ".join(f"{g} {n}" for g, n in counts.items() if n)
 
 
 def _show_gates(console: Console, root: Path, daemons: dict[str, DaemonProcess]) -> None:
@@ -170,6 +185,12 @@ def run(root: Path, console: Console) -> int:
         console.print(f"[cyan]gate B knew within {(time.monotonic() - decided) * 1000:.0f} ms "
                       f"(its decision included); admits in the venue: "
                       f"{int(first['admit']) + int(second['admit'])}[/]")
+        offline = _decided_offline(daemons)
+        if offline:  # say so rather than let the act claim what it did not show
+            console.print(plain((f"decided offline (no venue answer within {CLAIM_TIMEOUT_MS}"
+                                 f" ms, policy local): {offline}", "yellow")))
+        # tickets admitted at two gates: Alan's below, and Ada's if her claim went unanswered
+        expected = 1 + int(first["admit"] and second["admit"])
         console.print(Rule("node 3 stops: gate C is cut off from the venue"))
         nodes[2].kill()
         _wait(lambda: not daemons["gate-c"].status()["venue"]["connected"], 10, "gate-c cut")
@@ -179,8 +200,11 @@ def run(root: Path, console: Console) -> int:
               "a copy of Alan's ticket at gate A (cannot know)")
         console.print(Rule("node 3 is back: gate C publishes its backlog"))
         nodes[2].start()
-        _wait(lambda: all(d.status()["venue"]["conflicts"] == 1 for d in daemons.values()), 30,
-              "conflict reported")
+        _wait(lambda: all(d.status()["venue"]["conflicts"] == expected
+                          for d in daemons.values()), 30,
+              lambda: f"every gate to report {expected} conflict(s); they report "
+                      + ", ".join(f"{g} {d.status()['venue']['conflicts']}"
+                                  for g, d in daemons.items()))
         for gate, daemon in daemons.items():
             venue = daemon.status()["venue"]
             reasons = [r["code"] for r in daemon.status()["reasons"]
