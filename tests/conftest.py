@@ -99,6 +99,16 @@ def make_site(root: Path, now: datetime, extra_config: str = "") -> DemoSite:
 
 
 @pytest.fixture
+def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's busy timeout at 1.5 s instead of 5 (agent.store.sqlite.BUSY_TIMEOUT_S), for the
+    tests that hold a store file from another process on purpose: each open or read the
+    product tries meanwhile waits it out, and what they prove does not hang on its length."""
+    from agent.store import sqlite
+
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_S", 1.5)
+
+
+@pytest.fixture
 def site(tmp_path: Path) -> DemoSite:
     return make_site(tmp_path, datetime.now(UTC).replace(microsecond=0))
 

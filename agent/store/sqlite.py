@@ -18,6 +18,13 @@ from agent.errors import StoreError
 
 Migration = tuple[str, str]  # (name, SQL script)
 
+# How long a statement waits for another connection's lock before "database is locked". Long
+# enough for any write of this product (a journal commit with its fsync on a worn SD card);
+# a file held by another process (a `sqlite3` shell, a backup) costs each open or read this
+# long, which is why such waits run off the daemon's loop. Read at each open: the tests that
+# hold a file on purpose shorten it, so that they do not spend 5 s per try waiting it out.
+BUSY_TIMEOUT_S = 5.0
+
 
 def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode: int = 0o600,
                   readonly: bool = False) -> sqlite_utils.Database:
@@ -34,8 +41,8 @@ def open_database(path: Path | str, *, synchronous: str = "NORMAL", create_mode:
             _create_private(path, create_mode)
     target = f"file:{path}?mode=ro" if readonly else str(path)
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                           uri=readonly, timeout=5.0)
-    conn.execute("PRAGMA busy_timeout = 5000")
+                           uri=readonly, timeout=BUSY_TIMEOUT_S)
+    conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT_S * 1000)}")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")

@@ -47,6 +47,9 @@ from tests.conftest import DemoSite, make_site, run_cli
 from tests.venue.conftest import venue_node  # noqa: F401 - fixture
 from tests.venue.test_venue_db_held import HOLD_EXCLUSIVE
 
+# another process holds a store file here on purpose: each try waits out the busy timeout
+pytestmark = pytest.mark.usefixtures("short_busy_timeout")
+
 C = demo_data.CODES
 RETRY_S = 0.3  # the daemon's venue_access retry here (STORE_RETRY_S, 5 s by default)
 
@@ -195,7 +198,7 @@ def test_venue_db_held_as_the_lanes_open_shuts_them_and_they_open_linked_by_them
         assert (manual["admit"], manual["statusDetail"]) == (False, "storeUnavailable")
         assert (await row_of(venue_site, C["valid2"]))["uuid"] == manual["uuid"]
         # not a crash, not a loop: tried again on its job, each try off the daemon's loop (it
-        # waits out SQLite's 5 s busy timeout): the loop serves meanwhile
+        # waits out SQLite's busy timeout, 1.5 s here): the loop serves meanwhile
         await until(lambda: d.jobs.health["venue_access"].running, 30, "a try under way")
         ticks = 0
         while d.jobs.health["venue_access"].running:

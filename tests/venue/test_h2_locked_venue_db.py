@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import pytest
 
 from agent import demo_data
 from agent.ops.status import evaluate
@@ -25,6 +26,9 @@ from agent.venue.node import NodeProcess
 from tests.venue.rig import venue_devices, wait_until
 
 SCANS = 250  # more than a publishing round's 200 rows
+
+# another process holds a store file here on purpose: each try waits out the busy timeout
+pytestmark = pytest.mark.usefixtures("short_busy_timeout")
 
 HOLD_LOCK = """
 import sqlite3, sys, time

@@ -19,6 +19,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from agent import demo_data
 from agent.runtime.gate import Gate
 from agent.store.cache import TicketCache
@@ -28,6 +30,9 @@ from agent.venue.node import NodeProcess
 from tests.venue.rig import wait_until
 from tests.venue.test_venue_db_at_start import _reasons, _stored, gate_with_bus
 from tests.venue.test_venue_db_held import HOLD_EXCLUSIVE
+
+# another process holds a store file here on purpose: each try waits out the busy timeout
+pytestmark = pytest.mark.usefixtures("short_busy_timeout")
 
 BEFORE = 20  # journaled before the bus starts (and before the file is held)
 AFTER = 10  # journaled once the holder let go, whether the bus opened it yet or not

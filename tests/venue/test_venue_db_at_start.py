@@ -36,6 +36,9 @@ from agent.venue.node import NodeProcess
 from tests.venue.rig import LANES, wait_until, write_platform_files
 from tests.venue.test_venue_db_held import HOLD_EXCLUSIVE
 
+# another process holds a store file here on purpose: each try waits out the busy timeout
+pytestmark = pytest.mark.usefixtures("short_busy_timeout")
+
 SCANS = 30
 RETRY_S = 0.2  # the bus's own retry interval here (5 s by default)
 

@@ -24,6 +24,9 @@ import pytest
 from agent.ops.status import evaluate
 from agent.venue.bus import VenueBus
 
+# another process holds a store file here on purpose: each try waits out the busy timeout
+pytestmark = pytest.mark.usefixtures("short_busy_timeout")
+
 HOLD_EXCLUSIVE = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
