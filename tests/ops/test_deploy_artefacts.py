@@ -34,6 +34,7 @@ def full_snapshot() -> dict[str, Any]:
     return {
         "health": "warn", "reasons": [{"level": "warn", "code": "upload_backlog", "message": "m"}],
         "lanes": [{"name": "in", "heartbeat_age_s": 0.1, "queue": 0,
+                   "decision_errors": {"total": {"before_journal": 0, "after_journal": 1}},
                    "readers": [{"url": "sim:", "connected": True}],
                    "relay": {"url": "sim:relay", "ok": True}, "released_by": [],
                    "passage": {"inputs": {"in": {"connected": True}}, "waiting": 1,
@@ -114,14 +115,15 @@ def test_promtool_checks_the_rules() -> None:
     out = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 14 rules found" in out.stdout
+    assert "SUCCESS: 15 rules found" in out.stdout
 
 
 @promtool
 def test_promtool_fires_gate_down_and_upload_backlog() -> None:
     text = RULE_TESTS.read_text()
     for alert in ("GateDown", "UploadBacklog", "LaneStalled", "JournalUnavailable", "GateFailing",
-                  "GateWarning", "VenueUploadBacklog", "VenueClockOffset", "VenueNoLeader"):
+                  "GateWarning", "VenueUploadBacklog", "VenueClockOffset", "VenueNoLeader",
+                  "GateDecisionErrors"):
         assert f"alertname: {alert}" in text
     out = subprocess.run(["promtool", "test", "rules", RULE_TESTS.name], capture_output=True,
                          text=True, timeout=60, cwd=RULE_TESTS.parent)
