@@ -138,6 +138,28 @@ def _immutable_one(path: Path) -> str | None:
     return None
 
 
+# SQLite's primary result codes for "another connection holds the lock" (its busy timeout ran
+# out): SQLITE_BUSY and SQLITE_LOCKED
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def held_by_another(exc: BaseException) -> bool:
+    """SQLite gave up waiting for a lock on a file: another process holds it (a CLI, `sqlite3`
+    left in a transaction or in `PRAGMA locking_mode=EXCLUSIVE`, a backup tool). The agent's
+    own connections hold a lock for milliseconds, far below the busy timeout. Never damage and
+    never the disk: such a file is kept as it is and tried again."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+def held_hint(path: Path | str, exc: BaseException) -> str:
+    """Who to look for when `exc` is `held_by_another`, appended to its message; "" else."""
+    return (f" (another process holds it: `fuser -v {path}` names it)"
+            if held_by_another(exc) else "")
+
+
 def store_write_failure(path: Path | str, error: object) -> str:
     """A write to the open SQLite file `path` failed while running (`error`, SQLite's words):
     those words, and why when it is the file's access or the disk — a read-only file system, a
@@ -146,7 +168,9 @@ def store_write_failure(path: Path | str, error: object) -> str:
     "attempt to write a readonly database" alone leave a technician guessing."""
     path = Path(os.path.abspath(path))
     why = sqlite_file_access(path) or no_room(path)
-    return f"{error}; {why}" if why else str(error)
+    if why:
+        return f"{error}; {why}"
+    return f"{error}{held_hint(path, error)}" if isinstance(error, BaseException) else str(error)
 
 
 def no_room(path: Path) -> str | None:

@@ -133,8 +133,9 @@ class CacheCorrupt(StoreError):
 
 class CacheNotAccessible(StoreError):
     """The ticket cache file, its -wal/-shm or their directory cannot be used by this user
-    (owner, mode, a read-only file system): not damaged, so never moved aside or rebuilt; the
-    message names the file, its owner and what to type (agent.access.sqlite_file_access)."""
+    (owner, mode, a read-only file system), or another process holds it locked: not damaged,
+    so never moved aside or rebuilt; the message names the file and its owner or how to find
+    its holder, and what to type (agent.access)."""
 
 
 class CacheUnavailable(StoreError):

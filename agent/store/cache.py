@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from agent.access import no_room, sqlite_file_access
+from agent.access import held_by_another, held_hint, no_room, sqlite_file_access
 from agent.core.codes import parse_platform_time
 from agent.core.model import (
     Event,
@@ -223,6 +223,10 @@ class TicketCache:
                 sqlite_file_access(self.path) or no_room(self.path)
             if access is not None:
                 raise CacheNotAccessible(f"ticket cache {access}") from exc
+            if held_by_another(exc):  # not damaged: kept as it is, and tried again
+                raise CacheNotAccessible(
+                    f"ticket cache {self.path} cannot be opened: {exc}"
+                    f"{held_hint(self.path, exc)}") from exc
             if isinstance(exc, CacheCorrupt):
                 raise
             if isinstance(exc, OSError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.access import no_room, sqlite_file_access, store_write_failure
+from agent.access import held_hint, no_room, sqlite_file_access, store_write_failure
 from agent.core.scanstate import OwnScan
 from agent.errors import JournalUnavailable, StoreError, UsageError
 from agent.store.journal_schema import MIGRATIONS
@@ -266,7 +266,8 @@ class Journal:
                 raise
             if isinstance(exc, StoreError):
                 raise JournalUnavailable(str(exc)) from exc
-            raise JournalUnavailable(f"scan journal {self.path} cannot be opened: {exc}") from exc
+            raise JournalUnavailable(f"scan journal {self.path} cannot be opened: {exc}"
+                                     f"{held_hint(self.path, exc)}") from exc
         self.conn = self.db.conn
         self._lock = _write_lock(self.path)
         # The scan transaction's own cursor, used only while `_lock` is held (its BEGIN, the
@@ -292,7 +293,8 @@ class Journal:
                     self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (lost,))
         except sqlite3.Error as exc:
             self.conn.close()
-            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
+            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}"
+                                     f"{held_hint(self.path, exc)}") from exc
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
@@ -756,7 +758,8 @@ class Journal:
             row = self.conn.execute(
                 f"SELECT COUNT(*), MIN(scanned_on) FROM scans WHERE {_OUTBOX}").fetchone()
         except sqlite3.Error as exc:
-            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}") from exc
+            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}"
+                                     f"{held_hint(self.path, exc)}") from exc
         out["pending"], out["oldest_pending"] = row
         return out
 

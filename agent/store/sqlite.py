@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from agent.access import held_by_another
 from agent.errors import StoreError
 
 Migration = tuple[str, str]  # (name, SQL script)
@@ -117,10 +118,14 @@ def _statements(script: str) -> list[str]:
 
 
 def integrity_ok(db: sqlite_utils.Database) -> str | None:
-    """None when `PRAGMA quick_check` passes, else SQLite's complaint."""
+    """None when `PRAGMA quick_check` passes, else SQLite's complaint. A file another process
+    holds ("database is locked": usually met by the open's first statement already) is
+    raised, not returned: it is not damaged (agent.access `held_by_another`)."""
     try:
         rows = db.conn.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
+        if held_by_another(exc):
+            raise
         return str(exc)
     result = [r[0] for r in rows]
     return None if result == ["ok"] else "; ".join(map(str, result[:3]))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.access import no_room, sqlite_file_access
+from agent.access import held_hint, no_room, sqlite_file_access
 from agent.core.codes import parse_platform_time, shift_utc_iso
 from agent.core.model import ZoneScan
 from agent.errors import StoreError, VenueUnavailable
@@ -180,15 +180,6 @@ _SCAN_COLS = ("uuid", "device", "lane", "event_id", "item_id", "zone_id", "zone_
 # (only from the gate that sent it; a copy never puts the wait back)
 _CONFIRM_EXIT = ("UPDATE venue_scans SET awaiting = 0 WHERE uuid = ? AND device = ?"
                  " AND awaiting = 1")
-
-
-def held_hint(path: Path, exc: BaseException) -> str:
-    """Who to look for when SQLite says "database is locked" (its busy timeout ran out): the
-    agent's own connections hold the lock for milliseconds, so it is another process (a CLI,
-    `sqlite3` left in a transaction or with `PRAGMA locking_mode=EXCLUSIVE`), never damage or
-    the disk. "" for any other error."""
-    return (f" (another process holds it: `fuser -v {path}` names it)"
-            if "locked" in str(exc) else "")
 
 
 class VenueStore:

@@ -35,12 +35,12 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from agent.access import store_write_failure
+from agent.access import held_hint, store_write_failure
 from agent.core.codes import utc_iso
 from agent.errors import StoreError, VenueStreamLost
 from agent.files import require_private
 from agent.store.journal import Journal
-from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, held_hint, scan_as_held
+from agent.store.venue import VENUE_FILE, Applied, BusScan, VenueStore, scan_as_held
 from agent.venue import clockprobe, messages, stream_identity, streams
 from agent.venue.claim_channel import (
     Answered,
@@ -431,7 +431,7 @@ class VenueBus:
             journal = Journal(self.journal_path)
         except (StoreError, OSError) as exc:  # JournalUnavailable, or its directory gone
             self._open_failed(self.journal_open_failing, (
-                f"{exc}{held_hint(self.journal_path, exc)}" if isinstance(exc, StoreError)
+                str(exc) if isinstance(exc, StoreError)  # names the file, and who holds it
                 else f"scan journal {self.journal_path} cannot be opened: {exc}"))
             return None
         try:
