@@ -48,13 +48,13 @@ def state_of(bus: VenueBus, device: str) -> str | None:
     return next((r["state"] for r in bus.board.rows() if r["device"] == device), None)
 
 
-def put_once(url: str, device: str, body: dict[str, Any]) -> None:
+def put_once(url: str, device: str, body: dict[str, Any], venue_name: str = "hb") -> None:
     """A gate that beats once and dies (no clean stop, no delete)."""
     async def put() -> None:
         nc = await nats.connect(url)
         try:
             js = nc.jetstream()
-            for name in bucket_names("hb"):
+            for name in bucket_names(venue_name):
                 kv = await js.key_value(name)
                 await kv.put(device, orjson.dumps(body))
         finally:
@@ -370,40 +370,42 @@ def test_beats_caught_up_after_an_outage_leave_the_measured_offset_alone(
 
 def test_readers_judge_by_the_buckets_own_ttl_not_their_config(node: NodeProcess,
                                                                 tmp_path: Path) -> None:
-    """The first gate set the live bucket's TTL (2 s here); a device configured with another
-    (the default 10 s: a technician's `venue status`, a gate whose config differs) binds to
-    the bucket as it is, and judges by it too. Judged by its own TTL, a gate dead for longer
-    than the bucket's, once the server's expiry marker had itself expired, showed `stale` or
-    `online` (the CLI run a few seconds after: a flake of the test above)."""
+    """The first gate set the live bucket's TTL (1 s here, the least the config takes); a
+    device configured with another (the default 10 s: a technician's `venue status`, a gate
+    whose config differs) binds to the bucket as it is, and judges by it too. Judged by its
+    own TTL, a gate dead for longer than the bucket's, once the server's expiry marker had
+    itself expired, showed `stale` or `online` (the CLI run a few seconds after: a flake of
+    the test above)."""
     from agent.venue.heartbeat import read_board
 
-    with watcher_and_gate(node.url, tmp_path) as (watcher, _gate):
-        put_once(node.url, "gone", {"health": "pass", "version": "t"})
+    ttl_s = 1.0
+    with watcher_and_gate(node.url, tmp_path, "ttl", ttl_s) as (watcher, _gate):
+        put_once(node.url, "gone", {"health": "pass", "version": "t"}, "ttl")
         wait_until(lambda: state_of(watcher, "gone") == "online", 5, "gone's beat seen")
         put_at = time.monotonic()
-        wait_until(lambda: state_of(watcher, "gone") == "offline", TTL_S + 6, "gone offline")
+        wait_until(lambda: state_of(watcher, "gone") == "offline", ttl_s + 6, "gone offline")
         # past the TTL and the marker's own TTL (max(1, TTL) s): nothing in the live bucket
         # says "gone" any more; only its age does
-        time.sleep(max(0.0, put_at + 2 * TTL_S + 1.0 - time.monotonic()))
+        time.sleep(max(0.0, put_at + 2 * ttl_s + 1.0 - time.monotonic()))
 
         async def look() -> tuple[float, str | None]:
             nc = await nats.connect(node.url)
             try:
-                board, _unread = await read_board(nc.jetstream(), "hb", 2.0, 10.0)
+                board, _unread = await read_board(nc.jetstream(), "ttl", 2.0, 10.0)
                 return board.ttl_s, next((r["state"] for r in board.rows()
                                           if r["device"] == "gone"), None)
             finally:
                 await nc.close()
 
         ttl, state = asyncio.run(look())
-        assert ttl == TTL_S
+        assert ttl == ttl_s
         assert state == "offline"
 
-        # a gate configured with 10 s joining the venue whose bucket says 2 s judges by 2 s
-        late = VenueBus(venue(node.url, "late", "hb", 10.0), tmp_path / "late", None)
+        # a gate configured with 10 s joining the venue whose bucket says 1 s judges by 1 s
+        late = VenueBus(venue(node.url, "late", "ttl", 10.0), tmp_path / "late", None)
         late.start()
         try:
-            wait_until(lambda: late.board.ttl_s == TTL_S, 20, "late adopts the bucket's TTL")
+            wait_until(lambda: late.board.ttl_s == ttl_s, 20, "late adopts the bucket's TTL")
             wait_until(lambda: state_of(late, "gone") == "offline", 10, "gone offline at late")
         finally:
             late.stop()

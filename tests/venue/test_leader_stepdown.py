@@ -28,7 +28,7 @@ from tests.venue.test_venue_leader import TTL_S, Gate, _applied, venue_extra, wa
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPDOWN_S = 3.0
+STEPDOWN_S = 2.0
 HOLD_S = 5 * STEPDOWN_S  # agent.venue.stepdown.HOLD_FACTOR
 SCANS = 30
 

@@ -8,7 +8,10 @@ it is — run `nats stream edit`": false, and never tried again until the next s
 however soon the quorum came back. Now nothing is decided on it: the set-up step is tried
 again until the stream has a leader, then the setting is changed. And a stream that does not
 exist yet (a new venue) while there is no meta leader: its create was retried for
-CREATE_RETRY_S (30 s) saying nothing of why; now each failed try is in `setup_error`.
+CREATE_RETRY_S (30 s) saying nothing of why; now each failed try is in `setup_error`. And the
+session's watch of a stream (agent.venue.stream_identity) reads the same replica's answer: what
+a node left holds is no stream made again (moved here from tests/venue/test_quorum_lost.py to
+share this scenario's cluster).
 
 A real three-node nats-server cluster, nodes killed by PID and started again.
 """
@@ -29,7 +32,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError
 
-from agent.errors import VenueNoStreamLeader
+from agent.errors import VenueNoStreamLeader, VenueStreamLost
 from agent.venue import messages, stream_identity, streams
 from agent.venue.node import NodeProcess
 from tests.venue.rig import make_device, wait_until, write_platform_files
@@ -64,24 +67,49 @@ def _restart(nodes: list[NodeProcess]) -> None:
         node.wait_healthy()
 
 
-def test_a_setting_is_not_taken_as_refused_by_a_stream_without_a_leader(
-        venue_cluster: list[NodeProcess], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stream_without_a_leader_is_neither_refused_nor_made_again(
+        venue_cluster: list[NodeProcess], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One leaderless stream, two readers of the replica's answer (one cluster for both: its
+    start and the wait for the answer are most of the time). The set-up: a setting is not
+    taken as refused by it, and is changed once the quorum is back. The session's watch: the
+    gate applied, from the leader, messages the node left had not applied yet when the leader
+    was lost (here: 5 beyond what it holds); that replica's answer must not end the session as
+    "made again" nor pass a set-up's identity check; the leader's own answer still does end
+    it."""
     caplog.set_level(logging.WARNING, "gate_agent.venue.streams")
+    monkeypatch.setattr(stream_identity, "CHECK_EVERY_S", 0.0)
 
     async def scenario() -> None:
         nc = await nats.connect([n.url for n in venue_cluster])
         js = nc.jetstream(timeout=2)
-        # made by an earlier version of the config (another duplicate window)
-        await _until("the stream made", lambda: js.add_stream(_config(300.0)))
+
+        async def made() -> None:  # by an earlier version of the config (another window)
+            await js.add_stream(_config(300.0))
+            for _ in range(3):
+                await js.publish("s.a", b"x")
+        await _until("the stream made", made)
+        info = await stream_identity.leader_answer(js, STREAM)
+        last = info.state.last_seq
+        watch = stream_identity.StreamWatch(STREAM, stream_identity.created_of(info))
+        with pytest.raises(VenueStreamLost):  # the leader says less than applied: acted on
+            await watch.check(js, last + 5)
         await nc.close()
         for node in venue_cluster[:2]:
             node.kill()
         nc = await nats.connect(venue_cluster[2].url, max_reconnect_attempts=-1)
         js = nc.jetstream(timeout=2)
 
-        async def leaderless() -> None:
-            assert stream_identity.leaderless(await js.stream_info(STREAM))
-        await _until("the replica's own answer", leaderless)
+        async def leaderless() -> Any:  # the node left answers once it sees no leader
+            info = await js.stream_info(STREAM)
+            assert stream_identity.leaderless(info)
+            return info
+        info = await _until("the replica's own answer", leaderless)
+        assert info.state.last_seq == last
+        await watch.check(js, last + 5)  # a replica's word: nothing decided on it
+        await watch.check(js, last + 5)
+        with pytest.raises(VenueNoStreamLeader):  # a set-up's identity check waits for one
+            await stream_identity.leader_answer(js, STREAM)
         drift: dict[str, str] = {}
         for _ in range(2):  # a set-up step's tries: nothing decided on any of them
             with pytest.raises((VenueNoStreamLeader, TimeoutError)):
