@@ -38,13 +38,11 @@ def sandbox() -> Iterator[Sandbox]:
 def test_a_term_set_up_without_quorum_says_why_at_once_and_runs_once_it_is_back(
         tmp_path: Path, venue_cluster: list[NodeProcess], sandbox: Sandbox) -> None:
     urls = ", ".join(f'"{node.url}"' for node in venue_cluster)
-    # the lease is trusted 16 s (0.8 TTL) from its grant; a JetStream request times out
-    # after 5 s (TTL / 4): the term's first try (budget, create, stream info) ends in that
-    # (at 10 s the lease was seen untrusted before the role's round reached the term: the
-    # round's other requests time out too)
+    # the lease is trusted 24 s (0.8 TTL) from its grant; a JetStream request times out
+    # after 7.5 s (TTL / 4): the term's first try (budget, create, stream info) ends in that
     site = make_site(tmp_path / "gate", sandbox, rpm=1000, extra=(
         f'\n[venue]\nname = "termless"\nservers = [{urls}]\ndevice = "solo"\n'
-        'lease_ttl_s = 20\n'))
+        'lease_ttl_s = 30\n'))
     site.config.store_dir.mkdir(parents=True, exist_ok=True)
 
     async def scenario() -> None:
