@@ -219,10 +219,7 @@ def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answer
         site: Site) -> None:
     """Started with a damaged cache while the platform fails: the gate has no tickets, so its
     rebuild is tried again (`sync.full_resync_retry_s`), not the next night."""
-    daemon = site.daemon().start()
-    daemon.wait_ready()
-    wait_synced(daemon)
-    assert daemon.stop() == 0
+    site.store.mkdir(mode=0o700)  # a store whose cache.db is garbage (no run before needed)
     (site.store / "cache.db").write_bytes(b"garbage" * 1000)
     site.sandbox.set_faults(error_rate=1.0)  # every platform request: 500
     daemon = site.daemon().start()
@@ -231,6 +228,7 @@ def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answer
         _wait(lambda: (daemon.status()["jobs"].get("initial_resync") or {}).get("failures", 0)
               >= 2, timeout=30)
         failing = daemon.status()
+        assert any(p.name.startswith("cache.db.corrupt-") for p in site.store.iterdir())
         assert failing["cache"]["degraded"]
         rebuilding = [r for r in failing["reasons"] if r["code"] == "cache_rebuilding"]
         assert rebuilding and "the last try failed" in rebuilding[0]["message"], rebuilding
