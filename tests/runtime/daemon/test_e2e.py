@@ -10,6 +10,7 @@ import time
 import httpx
 
 from agent import demo_data
+from agent.runtime.devrun import DaemonProcess
 from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
 from tests.runtime.daemon.conftest import RETRY_S, Site, wait_synced
@@ -33,7 +34,8 @@ def _wait(predicate, timeout: float = 15.0, step: float = 0.1) -> None:
 
 def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
     """Scans decided, pulsed, uploaded and reported; the report in one time format and the
-    metrics the README lists (one daemon run for both: starting one costs ~3 s)."""
+    metrics the README lists; then SIGTERM right behind queued scans finishes them and exits
+    0 (one daemon run for all three: starting one and its first sync cost ~3 s)."""
     daemon = site.daemon().start()
     try:
         daemon.wait_ready()
@@ -79,16 +81,15 @@ def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
         assert "gate_decision_latency_seconds_bucket" in metrics
         assert daemon.get("/healthz").status_code == 200
         _one_time_format_and_readme_metrics(report, metrics)
+        _sigterm_finishes_queued_scans_and_exits_zero(site, daemon)
     finally:
         assert daemon.stop() == 0
     log_text = "".join(daemon.raw_lines)
     assert site.token not in log_text
 
 
-def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
-    daemon = site.daemon().start()
-    daemon.wait_ready()
-    wait_synced(daemon)
+def _sigterm_finishes_queued_scans_and_exits_zero(site: Site, daemon: DaemonProcess) -> None:
+    before = len(daemon.decisions())
     codes = [C["valid"], C["valid2"], C["floor"], C["vip"], C["refunded"], C["locked"]]
     for code in codes:
         send_scan(site.root / "exit.sock", code)
@@ -96,7 +97,7 @@ def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
     started = time.monotonic()
     assert daemon.stop(timeout=10) == 0
     assert time.monotonic() - started < 8
-    decided = [d["code"] for d in daemon.decisions()]
+    decided = [d["code"] for d in daemon.decisions()[before:]]
     assert sorted(decided) == sorted(codes)
     messages = [r.get("msg", "") for r in daemon.records]
     assert "stopping" in messages and "stopped" in messages
