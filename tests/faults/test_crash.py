@@ -81,8 +81,10 @@ def test_sigkill_storm_loses_nothing_and_duplicates_nothing(site_factory) -> Non
 
 def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
           final: int = FINAL, min_kills: int = 20, min_decisions: int = 4000, extra: str = "",
-          figures: str = "crash") -> FaultSite:
-    """The storm; `extra` config text (e.g. a [venue] section, tests/venue/test_crash.py).
+          figures: str = "crash", tickets: int = TICKETS) -> FaultSite:
+    """The storm; `extra` config text (e.g. a [venue] section, tests/venue/test_crash.py);
+    `tickets`: the platform's extra tickets (the first start's full sync fetches them all; a
+    smaller storm needs fewer fresh ones).
 
     `min_decisions` proves the storm did real work: thousands of scans decided by daemons that
     were then killed mid-burst, mid-upload, mid-start-up. How many a killed run decides depends
@@ -95,7 +97,7 @@ def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
     fresh tickets last. A machine that cannot get there fails, with the figures.
     """
     rng = random.Random(7)
-    site: FaultSite = site_factory(extra_tickets=TICKETS, rpm=6000, window_s=60,
+    site: FaultSite = site_factory(extra_tickets=tickets, rpm=6000, window_s=60,
                                    async_delay_s=0.05)
     if extra:
         site.write_config(extra=extra)
@@ -107,7 +109,7 @@ def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
     killed_target = min_decisions - final
     for cycle in itertools.count():
         if cycle >= cycles and (len(site.decisions()) >= killed_target or cycle >= 3 * cycles
-                                or codes.next_fresh + per_cycle + final > TICKETS):
+                                or codes.next_fresh + per_cycle + final > tickets):
             break
         mode = MODES[cycle % len(MODES)]
         run = site.daemon()
@@ -125,7 +127,7 @@ def storm(site_factory, *, cycles: int = CYCLES, per_cycle: int = PER_CYCLE,
             continue
         run.wait_ready()
         if cycle == 0:  # the first start fills the cache from the platform
-            wait_until(lambda r=run: (cache_items(r.status()) or 0) >= TICKETS, 60,
+            wait_until(lambda r=run: (cache_items(r.status()) or 0) >= tickets, 60,
                        "the first full sync")
         before = len(run.decisions())
         if mode == "burst":

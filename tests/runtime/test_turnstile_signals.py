@@ -41,9 +41,9 @@ from tests.runtime.lanerig import LaneRig
 C = demo_data.CODES
 CHIP = "/dev/gpiochip0"
 # An admit's (exit's) wait whose passage input is lost, or lost and back, before its deadline:
-# the input's loss and return take well under a second (their wait_until bounds are longer;
-# the test says so when the machine is slower than that).
-LOST_WAIT_MS = 3000
+# the input's loss and return take well under a second (0.2-0.4 s measured; their wait_until
+# bounds are longer; the test says so when the machine is slower than that).
+LOST_WAIT_MS = 1500
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_a_passage_judged_late_behind_a_journal_stall_still_confirms_its_admit(
     and both deadlines pass before it sees the second person's edge. Before the fix the
     worker expired waits after each event it handled, so the second admit was voided with
     its in-time edge still in the queue; now a wait expires only when none is queued."""
-    rig = rigs("stall", passage_timeout_ms=2000)
+    rig = rigs("stall", passage_timeout_ms=1000)  # both edges are seen within ~0.1 s
     first, second = rig.scan(C["valid"]), rig.scan(C["valid2"])
     assert first.result.decision.admit and second.result.decision.admit
     waits = rig.runner.passage.waits["in"]
@@ -379,7 +379,7 @@ def test_an_admit_while_the_passage_input_is_held_active_stands(rig: LaneRig) ->
     assert rig.passage(second) == "voided"  # nobody went through: seen, so voided
 
 
-@pytest.mark.lane(passage_timeout_ms=1500)
+@pytest.mark.lane(passage_timeout_ms=1000)
 def test_one_edge_for_a_release_and_a_waiting_admit_never_voids_the_entry(
         rig: LaneRig) -> None:
     """An admit waits, a technician lets one person through, one passage edge comes: it may
@@ -409,7 +409,7 @@ def test_one_edge_for_a_release_and_a_waiting_exit_voids_the_exit(rigs: Any) -> 
     ticket (its holder read as outside); the exit is voided as any exit nobody saw."""
     rig = rigs("relexit", direction="auto", zone_id=demo_data.FLOOR_ZONE, max_entries=0,
                relay="", relay_out="sim:relexit-out", passage_out="sim:relexit-pout",
-               passage_timeout_ms=1500)
+               passage_timeout_ms=1000)
     desk = ReleaseDesk(lambda: {rig.lane.name: rig.runner}, lambda: None)
     exit_ = in_then_out(rig)
     desk.manual(rig.lane.name, None, "tech-3")  # relay_out: the released person goes out

@@ -77,9 +77,13 @@ class Venue:
     """Roles running on one loop, a bus connection of the test's own, and the status reason
     codes any role showed meanwhile."""
 
-    def __init__(self, sites: list[Site], sandbox: Sandbox, node: NodeProcess):
+    def __init__(self, sites: list[Site], sandbox: Sandbox, node: NodeProcess,
+                 ack_wait_s: float = 10.0):
+        """`ack_wait_s`: VenueRole's (how long a fetched batch not acked waits before the bus
+        hands it to the next term)."""
         self.sites, self.sandbox, self.node = sites, sandbox, node
-        self.roles = [VenueRole(site.config, sandbox.token) for site in sites]
+        self.roles = [VenueRole(site.config, sandbox.token, ack_wait_s=ack_wait_s)
+                      for site in sites]
         self.stop = asyncio.Event()
         self.seen: set[str] = set()
         self.js: Any = None
@@ -229,7 +233,9 @@ def test_the_batches_deleted_under_the_leader_are_made_again_and_uploads_go_on(
         return {r.uuid for r in want} <= set(got)
 
     async def scenario() -> dict[str, Any]:
-        async with Venue([lead, member], sandbox, venue_node) as v:
+        # a batch fetched while the bucket is gone waits ack_wait_s for the next term (10 s
+        # by default: 2 s is still far longer than a batch of 5 takes to the sandbox)
+        async with Venue([lead, member], sandbox, venue_node, ack_wait_s=2.0) as v:
             await v.until(lambda: uploaded(first), 60, "the first scans at the platform")
             await v.js.delete_key_value(uplink.batches_bucket(venue))  # `nats kv rm`
             await asyncio.to_thread(_journal_rows, member, later)  # batches to store

@@ -136,8 +136,9 @@ def test_sigkill_storm_with_a_venue(site_factory, venue_node: NodeProcess) -> No
     admit in the journal (orphans of the kills were voided) and every admit journaled as
     granted ('claimed') still stands on the bus (a void of it would free the ticket at every
     other gate: a double admit in the venue)."""
+    # 6,000 tickets: fresh ones for about 3 x 8 cycles of 250 scans and the last run's 600
     site = storm(site_factory, cycles=8, per_cycle=250, final=600, min_kills=6,
-                 min_decisions=1500, figures="crash_venue", extra=f"""
+                 min_decisions=1500, figures="crash_venue", tickets=6000, extra=f"""
 [venue]
 name = "storm"
 servers = ["{venue_node.url}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -9,6 +10,7 @@ import time
 import httpx
 
 from agent import demo_data
+from agent.runtime.devrun import DaemonProcess
 from drivers.sim import send_scan
 from tests.conftest import PROJECT_ROOT
 from tests.runtime.daemon.conftest import RETRY_S, Site, wait_synced
@@ -31,6 +33,9 @@ def _wait(predicate, timeout: float = 15.0, step: float = 0.1) -> None:
 
 
 def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
+    """Scans decided, pulsed, uploaded and reported; the report in one time format and the
+    metrics the README lists; then SIGTERM right behind queued scans finishes them and exits
+    0 (one daemon run for all three: starting one and its first sync cost ~3 s)."""
     daemon = site.daemon().start()
     try:
         daemon.wait_ready()
@@ -58,6 +63,7 @@ def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
                 continue
             assert uploads[d["uuid"]]["scan"] == d["direction"]
         assert uploads[by_code[("entry", C["refunded"])]["uuid"]]["status"] == "failed"
+        _wait(lambda: daemon.status()["upload"]["last_success"])
         report = daemon.status()
         lanes = {lane["name"]: lane for lane in report["lanes"]}
         assert lanes["entry"]["readers_connected"] == 1
@@ -74,16 +80,16 @@ def test_scans_decide_pulse_upload_and_report(site: Site) -> None:
         assert 'gate_reader_connected{lane="entry"' in metrics
         assert "gate_decision_latency_seconds_bucket" in metrics
         assert daemon.get("/healthz").status_code == 200
+        _one_time_format_and_readme_metrics(report, metrics)
+        _sigterm_finishes_queued_scans_and_exits_zero(site, daemon)
     finally:
         assert daemon.stop() == 0
     log_text = "".join(daemon.raw_lines)
     assert site.token not in log_text
 
 
-def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
-    daemon = site.daemon().start()
-    daemon.wait_ready()
-    wait_synced(daemon)
+def _sigterm_finishes_queued_scans_and_exits_zero(site: Site, daemon: DaemonProcess) -> None:
+    before = len(daemon.decisions())
     codes = [C["valid"], C["valid2"], C["floor"], C["vip"], C["refunded"], C["locked"]]
     for code in codes:
         send_scan(site.root / "exit.sock", code)
@@ -91,7 +97,7 @@ def test_sigterm_finishes_queued_scans_and_exits_zero(site: Site) -> None:
     started = time.monotonic()
     assert daemon.stop(timeout=10) == 0
     assert time.monotonic() - started < 8
-    decided = [d["code"] for d in daemon.decisions()]
+    decided = [d["code"] for d in daemon.decisions()[before:]]
     assert sorted(decided) == sorted(codes)
     messages = [r.get("msg", "") for r in daemon.records]
     assert "stopping" in messages and "stopped" in messages
@@ -219,10 +225,7 @@ def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answer
         site: Site) -> None:
     """Started with a damaged cache while the platform fails: the gate has no tickets, so its
     rebuild is tried again (`sync.full_resync_retry_s`), not the next night."""
-    daemon = site.daemon().start()
-    daemon.wait_ready()
-    wait_synced(daemon)
-    assert daemon.stop() == 0
+    site.store.mkdir(mode=0o700)  # a store whose cache.db is garbage (no run before needed)
     (site.store / "cache.db").write_bytes(b"garbage" * 1000)
     site.sandbox.set_faults(error_rate=1.0)  # every platform request: 500
     daemon = site.daemon().start()
@@ -231,6 +234,7 @@ def test_a_damaged_cache_whose_rebuild_fails_is_rebuilt_once_the_platform_answer
         _wait(lambda: (daemon.status()["jobs"].get("initial_resync") or {}).get("failures", 0)
               >= 2, timeout=30)
         failing = daemon.status()
+        assert any(p.name.startswith("cache.db.corrupt-") for p in site.store.iterdir())
         assert failing["cache"]["degraded"]
         rebuilding = [r for r in failing["reasons"] if r["code"] == "cache_rebuilding"]
         assert rebuilding and "the last try failed" in rebuilding[0]["message"], rebuilding
@@ -285,19 +289,9 @@ def _leaves(node, path=""):
         yield path, node
 
 
-def test_status_json_uses_one_time_format_and_metrics_match_the_readme(site: Site) -> None:
-    import re
-
-    daemon = site.daemon().start()
-    try:
-        daemon.wait_ready()
-        wait_synced(daemon)
-        send_scan(site.root / "exit.sock", C["valid"])
-        _wait(lambda: daemon.status()["upload"]["last_success"])
-        report = daemon.status()
-        metrics = daemon.get("/metrics").text
-    finally:
-        daemon.stop()
+def _one_time_format_and_readme_metrics(report: dict, metrics: str) -> None:
+    """/status uses one time format (ISO 8601 UTC, `Z`; no epoch numbers) and /metrics
+    exposes every metric the README lists (but the venue's and the passage inputs')."""
     epochs = [(p, v) for p, v in _leaves(report)
               if isinstance(v, int | float) and not isinstance(v, bool) and v > 1e9]
     assert not epochs, epochs
