@@ -48,8 +48,9 @@ def add_platform_jobs(d: Daemon, resync_now: bool) -> None:
     if d.syncer is not None:
         d.jobs.add_interval("refresh", lambda: refresh_job(d), s["refresh_interval_s"],
                             first_in=0.2)
+        # its first run follows the first refresh's end (refresh_job), not a set time
         d.jobs.add_interval("delta", lambda: delta_job(d), s["delta_interval_s"],
-                            first_in=1.5)
+                            first_in=s["delta_interval_s"])
         # A failed full resync is tried again soon (sync.full_resync_retry_s, doubling),
         # not the next night: after a damaged cache the gate has no tickets until it works.
         d.jobs.add_daily("full_resync", lambda: full_job(d), s["full_resync_at"],
@@ -84,9 +85,20 @@ async def prune_job(d: Daemon) -> None:
 
 
 async def refresh_job(d: Daemon) -> None:
+    """Events and zones. Its first run, done or failed, brings the delta forward: the delta
+    syncs the events the cache knows, which on a fresh install serving every activated event
+    (no `events.ids`) are the ones this refresh writes. The delta used to start 1.5 s after
+    the daemon on the bet that the refresh was done by then; on a slow link it was not, the
+    first delta synced nothing, and every ticket was refused as unknown until the next delta,
+    `sync.delta_interval_s` later (tests/runtime/daemon/test_first_sync.py)."""
     assert d.syncer is not None
-    await d.syncer.refresh_events()
-    cachecare.reload_lane_caches(d)
+    first, d.events_refreshed = not d.events_refreshed, True
+    try:
+        await d.syncer.refresh_events()
+        cachecare.reload_lane_caches(d)
+    finally:
+        if first:
+            d.jobs.run_now("delta")
 
 
 async def delta_job(d: Daemon) -> None:
