@@ -160,7 +160,7 @@ def held_hint(path: Path | str, exc: BaseException) -> str:
             if held_by_another(exc) else "")
 
 
-def store_write_failure(path: Path | str, error: object) -> str:
+def store_write_failure(path: Path | str, error: BaseException) -> str:
     """A write to the open SQLite file `path` failed while running (`error`, SQLite's words):
     those words, and why when it is the file's access or the disk — a read-only file system, a
     file not this user's any more, one marked immutable, no space left — with what to type.
@@ -168,9 +168,7 @@ def store_write_failure(path: Path | str, error: object) -> str:
     "attempt to write a readonly database" alone leave a technician guessing."""
     path = Path(os.path.abspath(path))
     why = sqlite_file_access(path) or no_room(path)
-    if why:
-        return f"{error}; {why}"
-    return f"{error}{held_hint(path, error)}" if isinstance(error, BaseException) else str(error)
+    return f"{error}; {why}" if why else f"{error}{held_hint(path, error)}"
 
 
 def no_room(path: Path) -> str | None:

@@ -105,7 +105,6 @@ class Daemon:
         self.platform_disabled: str | None = None
         self.client: PlatformClient | None = None
         self.syncer: Syncer | None = None
-        self.events_refreshed = False  # the refresh job ran once (agent.runtime.daemonjobs)
         self.uploader: Uploader | None = None
         self.jobs = Jobs()
         self.clock = GateClock()  # the platform's time when this clock is known wrong

@@ -92,7 +92,7 @@ async def refresh_job(d: Daemon) -> None:
     first delta synced nothing, and every ticket was refused as unknown until the next delta,
     `sync.delta_interval_s` later (tests/runtime/daemon/test_first_sync.py)."""
     assert d.syncer is not None
-    first, d.events_refreshed = not d.events_refreshed, True
+    first = d.jobs.health["refresh"].runs == 1  # counted as this run began
     try:
         await d.syncer.refresh_events()
         cachecare.reload_lane_caches(d)

@@ -293,12 +293,16 @@ class Journal:
                     self.conn.execute("UPDATE outbox SET low_seq = MIN(low_seq, ?)", (lost,))
         except sqlite3.Error as exc:
             self.conn.close()
-            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}"
-                                     f"{held_hint(self.path, exc)}") from exc
+            raise self.read_failed(exc) from exc
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to this file (agent.store.sqlite)."""
         return data_version(self.conn)
+
+    def read_failed(self, exc: sqlite3.Error) -> JournalUnavailable:
+        """A read refused, naming the file and, when another process holds it, how to find it."""
+        return JournalUnavailable(
+            f"scan journal {self.path} cannot be read: {exc}{held_hint(self.path, exc)}")
 
     def write_failed(self, exc: sqlite3.Error) -> JournalUnavailable:
         """A write refused while running — the disk full, the file (or its -wal, -shm or
@@ -758,8 +762,7 @@ class Journal:
             row = self.conn.execute(
                 f"SELECT COUNT(*), MIN(scanned_on) FROM scans WHERE {_OUTBOX}").fetchone()
         except sqlite3.Error as exc:
-            raise JournalUnavailable(f"scan journal {self.path} cannot be read: {exc}"
-                                     f"{held_hint(self.path, exc)}") from exc
+            raise self.read_failed(exc) from exc
         out["pending"], out["oldest_pending"] = row
         return out
 
