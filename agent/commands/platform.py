@@ -130,25 +130,29 @@ def _offline_hint(config: Config) -> str:
 class _Bar:
     """Feeds SyncProgress reports into one rich progress task per event pass.
 
-    `passes` lists every pass reported while the command watched, in order: through the daemon
-    that may include a pass queued before the command's, or the daemon's own next delta pass
-    starting while the answer is being made (it once replaced the full pass in the summary)."""
+    `passes` lists every pass reported while the command watched, in the order they began:
+    through the daemon that may include a pass queued before the command's, the daemon's own
+    next delta pass starting while the answer is being made (it once replaced the full pass in
+    the summary), or a full resync's pages reported between a delta's beside it. A pass is
+    known by its event, its mode and when it began, so interleaved reports never count one
+    pass twice."""
 
     def __init__(self, progress: Progress | None):
         self.progress = progress
         self.tasks: dict[tuple[int | None, str], TaskID] = {}
         self.passes: list[dict[str, Any]] = []
+        self._pass_of: dict[tuple[int, str, float | None], dict[str, Any]] = {}
 
     def __call__(self, p: SyncProgress) -> None:
         if p.event_id is not None and p.phase in ("full", "tickets"):
             figures = {"event": p.event_id, "mode": p.phase, "items": p.items, "pages": p.pages,
                        "total": p.total}
-            last = self.passes[-1] if self.passes else None
-            if p.pages == 0 or last is None or (last["event"], last["mode"]) != \
-                    (p.event_id, p.phase):  # a pass reports its start with no page applied
+            known = self._pass_of.get((p.event_id, p.phase, p.started))
+            if known is None:
                 self.passes.append(figures)
+                self._pass_of[(p.event_id, p.phase, p.started)] = figures
             else:
-                last.update(figures)
+                known.update(figures)
         if self.progress is None or p.phase not in ("full", "tickets", "swapping"):
             return
         key = (p.event_id, p.phase if p.phase != "swapping" else "full")

@@ -110,9 +110,14 @@ class Syncer:
         self.client = client
         self.cache_path = Path(cache_path)
         self.progress = SyncProgress()
+        # What a pass on the live cache reports while a full resync builds (the delta job's):
+        # status and `sync --full`'s bar keep showing the rebuild in `progress` (`_mine`).
+        self.beside = SyncProgress()
         self.on_progress = on_progress
         self._writer: TicketCache | None = None
-        self._lock = asyncio.Lock()  # one pass at a time; a swap never races a delta
+        self._lock = asyncio.Lock()  # one pass on the live cache at a time; a swap never races one
+        self._rebuild_lock = asyncio.Lock()  # one full resync at a time
+        self._rebuild_task: asyncio.Task[Any] | None = None  # the one building now
 
     def _cache(self) -> TicketCache:
         if self._writer is None:
@@ -126,11 +131,22 @@ class Syncer:
             self._writer.close()
             self._writer = None
 
+    def _mine(self) -> SyncProgress:
+        """The progress the running pass reports to: `progress` (status's), or `beside` for a
+        pass on the live cache while a full resync builds its file, so that status does not
+        flip to that delta and to idle under a rebuild that is still running. Every pass still
+        stamps `progress.last_success`, and every request is counted in `progress.requests`."""
+        if self._rebuild_task is not None and asyncio.current_task() is not self._rebuild_task:
+            return self.beside
+        return self.progress
+
     def _report(self, **changes: Any) -> None:
+        mine = self._mine()
         for key, value in changes.items():
-            setattr(self.progress, key, value)
+            setattr(mine, key, value)
+        mine.requests = self.progress.requests
         if self.on_progress:
-            self.on_progress(self.progress)
+            self.on_progress(mine)
 
     # -- events and zones -------------------------------------------------------------------
 
@@ -201,7 +217,7 @@ class Syncer:
                                         state.get("pending_end") if resume else None,
                                         replace=replace)
         except (Validation, NotFound, BadResponse) as exc:
-            if not resume or self.progress.pages:
+            if not resume or self._mine().pages:
                 raise
             # The stored next-page link is refused (expired, or api.base_url changed): a
             # resume link must never wedge sync, so drop it and redo the pass from the cursor.
@@ -247,7 +263,7 @@ class Syncer:
             applied += len(page.items)
             if listed is not None:
                 listed.update(item.id for item in page.items)
-            self._report(pages=self.progress.pages + 1, items=applied, total=page.total)
+            self._report(pages=self._mine().pages + 1, items=applied, total=page.total)
             if next_url is None:
                 break
         stamp = utc_iso(datetime.now(UTC))
@@ -277,38 +293,62 @@ class Syncer:
     # -- full resync --------------------------------------------------------------------------
 
     async def full_resync(self) -> int:
-        """Rebuild the whole cache into `cache.db.new`, then swap it in atomically."""
-        async with self._lock:
-            new_path = self.cache_path.with_name(self.cache_path.name + ".new")
-            await in_thread(_remove_db, new_path)
-            fresh = TicketCache(new_path, keep_personal_data=self.config.store["keep_personal_data"],
-                                check=False)
+        """Rebuild the whole cache into `cache.db.new`, then swap it in atomically.
+
+        The live cache keeps its passes (the delta and refresh jobs) while the new file is
+        built: at 1M items a rebuild spends ~17 minutes on the rate limit, and holding every
+        pass back for that long left the gate deciding on a cache that had stopped changing (a
+        ticket refunded, or sold at the box office, meanwhile was admitted or refused on stale
+        data). Before the swap the new file catches up with what changed on the platform while
+        it was built (`_catch_up`: a delta from its own cursor, the earliest listEndTime of its
+        listings), and a last time under the live lock, so that nothing changes between that
+        and the rename: the file swapped in is as current as the one it replaces, a tag paired
+        during the rebuild included. Returns the items the full listings applied."""
+        async with self._rebuild_lock:
+            self._rebuild_task = asyncio.current_task()
             try:
-                self._report(phase="events", started=time.time(), last_error=None)
-                ids = await self._refresh_into(fresh)
-                total = 0
-                for event_id in ids:
-                    total += await self._pass(fresh, event_id, full=True)
+                return await self._rebuild()
+            finally:
+                self._rebuild_task = None
+
+    async def _rebuild(self) -> int:
+        new_path = self.cache_path.with_name(self.cache_path.name + ".new")
+        await in_thread(_remove_db, new_path)
+        fresh = TicketCache(new_path, keep_personal_data=self.config.store["keep_personal_data"],
+                            check=False)
+        swapped = False
+        try:
+            self._report(phase="events", started=time.time(), last_error=None)
+            ids = await self._refresh_into(fresh)
+            total = 0
+            for event_id in ids:
+                total += await self._pass(fresh, event_id, full=True)
+            await self._catch_up(fresh, ids)
+            async with self._lock:  # no pass on the live cache from here to the rename
+                await self._catch_up(fresh, ids)
                 await in_thread(fresh.checkpoint)
                 await in_thread(fresh.verify)  # here, not in the swap under the lane locks
-            except BaseException:
-                # A failed build is never swapped in; do not leave a half file behind (a crash
-                # leaves one, which `discard_unfinished_rebuild` removes at the next start).
                 fresh.close()
-                await in_thread(_remove_db, new_path)
-                raise
-            fresh.close()
-            self._report(phase="swapping")
-            try:
+                self._report(phase="swapping")
                 async with self.swap_guard():  # no await between the close and the rename
                     self.close()
                     self.swap_hook(lambda: swap_in(new_path, self.cache_path))
-            except BaseException:  # not swapped (cancelled while waiting, rename refused)
+                    swapped = True
+        finally:
+            if not swapped:
+                # A failed build is never swapped in; do not leave a half file behind (a crash
+                # leaves one, which `discard_unfinished_rebuild` removes at the next start),
+                # nor one held back by a cancelled wait or a refused rename.
+                fresh.close()
                 if new_path.exists():
                     await in_thread(_remove_db, new_path)
-                raise
-            self._report(phase="idle", finished=time.time())
-            return total
+        self._report(phase="idle", finished=time.time())
+        return total
+
+    async def _catch_up(self, fresh: TicketCache, ids: list[int]) -> None:
+        """A delta pass per event into the file being built, from the cursor its listing left."""
+        for event_id in ids:
+            await self._pass(fresh, event_id, full=False)
 
 
 def _link_query(url: str) -> dict[str, str]:

@@ -292,7 +292,7 @@ class DaemonOps:
                                        None if hold is None else bool(hold), by)
 
 
-PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests")
+PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests", "started")
 
 
 def _relaying(sink: ProgressSink, before: Any, requests_before: int) -> Any:

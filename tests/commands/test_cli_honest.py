@@ -144,3 +144,20 @@ def test_the_sync_summary_keeps_every_pass_it_watched() -> None:
         _print_sync(argparse.Namespace(json=False, full=True), result)
     row = out.getvalue().split("Demo", 1)[1].split("\n", 1)[0].split()
     assert "14" in row and "20" in row  # applied 12 + 2, cached 20
+
+
+def test_a_full_pass_reported_around_a_delta_beside_it_counts_once() -> None:
+    """A delta on the live cache runs beside a full resync (agent.platform.sync): their
+    reports interleave. Each pass is known by when it began, so the full pass's later pages
+    update its own line instead of adding a second one (which the table would add up)."""
+    from agent.commands.platform import _Bar
+    from agent.platform.sync import SyncProgress
+
+    bar = _Bar(None)
+    reports = (("full", 100.0, 0, 0), ("full", 100.0, 1, 1000), ("tickets", 105.0, 0, 0),
+               ("tickets", 105.0, 1, 3), ("full", 100.0, 2, 1140), ("tickets", 109.0, 0, 0),
+               ("tickets", 109.0, 1, 1))
+    for phase, started, pages, items in reports:
+        bar(SyncProgress(phase=phase, event_id=501, pages=pages, items=items, started=started))
+    assert [(p["mode"], p["items"]) for p in bar.passes] == [
+        ("full", 1140), ("tickets", 3), ("tickets", 1)]

@@ -1,0 +1,130 @@
+"""A full resync keeps the live cache current while it builds, and swaps in a file as current
+as the one it replaces (agent.platform.sync.Syncer.full_resync).
+
+Until session 17 a rebuild held every pass on the live cache back for as long as it listed
+(about 17 minutes at 1M items on the rate limit): a ticket refunded or sold meanwhile was
+decided on stale data, and whatever changed on the platform during the listing (a tag paired
+at another gate, a refund of an item already listed) was missing from the file swapped in
+until the next delta. Real sandbox over loopback, real cache files."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.platform.sync import SyncProgress
+from agent.runtime.opening import opened_gate
+from agent.sandbox import rules
+from tests.platform.sync.conftest import EVENT, Site, cached_ids, noon
+from tests.platform.sync.test_sync_passes import first_fill
+
+TAG = "0x04A10000000B"  # SF0000011's tag in the sandbox's seed
+
+
+def test_deltas_reach_the_live_cache_while_a_full_resync_lists(site: Site, sandbox) -> None:
+    """The delta job's pass runs, and lands in the live cache, while the rebuild is still
+    listing; status and the CLI's bar keep showing the rebuild meanwhile."""
+    lane = site.config.lane("main")
+    now = noon(sandbox)
+
+    async def go() -> tuple[int, bool, str, str | None, str | None]:
+        async with site.client() as client:
+            await first_fill(site, client)
+            sandbox.set_faults(async_delay_s=2.0)  # each 1000-item page of the rebuild: 2 s
+            syncer = site.syncer(client)
+            try:
+                rebuild = asyncio.create_task(syncer.full_resync())
+                while syncer.progress.phase != "full":  # listing the first page
+                    assert not rebuild.done(), rebuild
+                    await asyncio.sleep(0.01)
+                sandbox.change_item("SF0000001", "refunded")
+                applied = await syncer.sync_tickets(EVENT)  # the delta job's pass
+                still_building = not rebuild.done()
+                phase = syncer.progress.phase
+                with opened_gate(site.config) as gate:  # the live cache, as a lane reads it
+                    live = gate.check("SF0000001", lane, now).detail
+                assert await rebuild == 1140
+                with opened_gate(site.config) as gate:  # the rebuilt file, swapped in
+                    rebuilt = gate.check("SF0000001", lane, now).detail
+                return applied, still_building, phase, live, rebuilt
+            finally:
+                syncer.close()
+
+    applied, still_building, phase, live, rebuilt = asyncio.run(go())
+    assert still_building  # the delta did not wait for the rebuild
+    assert applied >= 1 and live == "refunded"
+    assert phase == "full"  # the rebuild's progress, not the delta's
+    assert rebuilt == "refunded"
+    assert len(cached_ids(site.cache_path)) == 1140
+
+
+def test_a_tag_paired_while_the_rebuild_listed_is_in_the_file_swapped_in(
+        site: Site, sandbox) -> None:
+    """SF0000012 is paired with SF0000011's tag on the platform after the rebuild listed both
+    (its second page is applied): the rebuild catches up before its swap, so the gate reads the
+    tag as the new ticket's at once, not after the next delta (or never, had its cursor been
+    taken later)."""
+    lane = site.config.lane("main")
+    now = noon(sandbox)
+    paired: list[bool] = []
+
+    def pair_at_the_last_page(p: SyncProgress) -> None:
+        if p.phase == "full" and p.pages == 2 and not paired:
+            with sandbox.state.lock:  # as the platform records another device's pairing
+                rules.pair(sandbox.state.store, {"barcode": "SF0000012", "nfc-id": TAG,
+                                                 "event-id": str(EVENT),
+                                                 "pair-barcode-again": False},
+                           sandbox.state.clock.now())
+            paired.append(True)
+
+    async def go() -> int:
+        async with site.client() as client:
+            await first_fill(site, client)
+            syncer = site.syncer(client, on_progress=pair_at_the_last_page)
+            try:
+                return await syncer.full_resync()
+            finally:
+                syncer.close()
+
+    assert asyncio.run(go()) == 1140
+    assert paired == [True]
+    with opened_gate(site.config) as gate:
+        tag = gate.check(TAG, lane, now)
+        assert tag.admit and tag.item_id == 100012, (tag.item_id, tag.status, tag.detail)
+    assert not site.cache_path.with_name("cache.db.new").exists()
+
+
+def test_two_full_resyncs_asked_at_once_build_one_after_the_other(site: Site, sandbox) -> None:
+    """The nightly job and a technician's `sync --full` at the same moment: each builds
+    `cache.db.new` alone (a second one starting meanwhile would delete the first's file under
+    its open connection)."""
+    lane = site.config.lane("main")
+    now = noon(sandbox)
+    building: list[int] = []
+    overlap: list[int] = []
+
+    async def go() -> list[int]:
+        async with site.client() as client:
+            await first_fill(site, client)
+            syncer = site.syncer(client)
+            original = syncer._rebuild
+
+            async def watched() -> int:
+                building.append(1)
+                overlap.append(len(building))
+                try:
+                    return await original()
+                finally:
+                    building.pop()
+
+            syncer._rebuild = watched  # type: ignore[method-assign]
+            try:
+                return list(await asyncio.gather(syncer.full_resync(), syncer.full_resync()))
+            finally:
+                syncer.close()
+
+    sandbox.change_item("SF0000001", "refunded")
+    assert asyncio.run(go()) == [1140, 1140]
+    assert overlap == [1, 1]
+    with opened_gate(site.config) as gate:
+        assert gate.check("SF0000001", lane, now).detail == "refunded"
+    assert not site.cache_path.with_name("cache.db.new").exists()
