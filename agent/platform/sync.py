@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 from agent.config import Config
 from agent.core.codes import epoch_iso, utc_iso
 from agent.core.model import EntryPage, Event, Zone
-from agent.errors import BadResponse, NotFound, Validation
+from agent.errors import ApiError, BadResponse, NotFound, Validation
 from agent.files import fsync_dir
 from agent.platform.client import PlatformClient
 from agent.platform.workers import in_thread
@@ -346,9 +346,25 @@ class Syncer:
         return total
 
     async def _catch_up(self, fresh: TicketCache, ids: list[int]) -> None:
-        """A delta pass per event into the file being built, from the cursor its listing left."""
+        """A delta pass per event into the file being built, from the cursor its listing left.
+
+        Best effort: the rebuilt file is whole without it, so a platform error here is logged
+        and the file swapped in all the same (the pass's bookkeeping is in the file: the next
+        delta resumes it), rather than minutes of listing thrown away for one failed request.
+        An event whose listing left no cursor (no `listEndTime` from the platform) is skipped:
+        a pass from no cursor lists the whole event again."""
         for event_id in ids:
-            await self._pass(fresh, event_id, full=False)
+            state = await in_thread(fresh.sync_state, event_id) or {}
+            if not state.get("cursor"):
+                log.warning("full resync of event %s: no listEndTime to catch up from; the next "
+                            "delta brings what changed while it listed", event_id)
+                continue
+            try:
+                await self._pass(fresh, event_id, full=False)
+            except ApiError as exc:
+                log.warning("full resync of event %s: catching up with what changed while it "
+                            "listed failed (%s); swapped in all the same, the next delta goes "
+                            "on from there", event_id, exc)
 
 
 def _link_query(url: str) -> dict[str, str]:

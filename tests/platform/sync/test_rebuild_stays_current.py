@@ -10,6 +10,8 @@ until the next delta. Real sandbox over loopback, real cache files."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from typing import Any
 
 from agent.platform.sync import SyncProgress
 from agent.runtime.opening import opened_gate
@@ -128,3 +130,65 @@ def test_two_full_resyncs_asked_at_once_build_one_after_the_other(site: Site, sa
     with opened_gate(site.config) as gate:
         assert gate.check("SF0000001", lane, now).detail == "refunded"
     assert not site.cache_path.with_name("cache.db.new").exists()
+
+
+def test_a_failed_catch_up_still_swaps_the_rebuilt_file_in(site: Site, sandbox, caplog) -> None:
+    """The platform refuses every request once the listing is done: the catch-up fails, is
+    logged, and the whole rebuilt file is swapped in all the same (not minutes of listing
+    thrown away); the next delta then brings what the catch-up missed."""
+    lane = site.config.lane("main")
+    now = noon(sandbox)
+    faulted: list[bool] = []
+
+    def refuse_after_the_listing(p: SyncProgress) -> None:
+        if p.phase == "full" and p.pages == 2 and not faulted:
+            sandbox.change_item("SF0000003", "refunded")
+            sandbox.set_faults(trial_expired=True)
+            faulted.append(True)
+
+    async def go() -> tuple[int, int]:
+        async with site.client() as client:
+            await first_fill(site, client)
+            sandbox.change_item("SF0000001", "refunded")  # only a rebuild or a delta brings it
+            syncer = site.syncer(client, on_progress=refuse_after_the_listing)
+            try:
+                total = await syncer.full_resync()
+                sandbox.clear_faults()
+                return total, await syncer.sync_tickets(EVENT)
+            finally:
+                syncer.close()
+
+    total, delta = asyncio.run(go())
+    assert total == 1140 and faulted == [True]
+    assert "catching up with what changed while it listed failed" in caplog.text
+    assert not site.cache_path.with_name("cache.db.new").exists()
+    with opened_gate(site.config) as gate:
+        assert gate.check("SF0000001", lane, now).detail == "refunded"  # the rebuilt file
+        assert gate.check("SF0000003", lane, now).detail == "refunded"  # the delta after it
+    assert delta >= 1
+
+
+def test_a_listing_without_list_end_time_is_not_listed_again_to_catch_up(
+        site: Site, sandbox) -> None:
+    """No cursor to catch up from: a pass from none would list the whole event again (twice,
+    at 1M items another ~17 minutes each). The rebuild asks for its listing's pages only."""
+    pages_asked: list[bool] = []
+
+    async def go() -> int:
+        async with site.client() as client:
+            await first_fill(site, client)
+            original = client.entry_tickets
+
+            async def without_end_time(*args: Any, **kw: Any) -> Any:
+                pages_asked.append(True)
+                return dataclasses.replace(await original(*args, **kw), list_end_time=None)
+
+            client.entry_tickets = without_end_time  # type: ignore[method-assign]
+            syncer = site.syncer(client)
+            try:
+                return await syncer.full_resync()
+            finally:
+                syncer.close()
+
+    assert asyncio.run(go()) == 1140
+    assert len(pages_asked) == 2  # its two 1000-item pages, nothing more
