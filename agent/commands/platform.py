@@ -130,12 +130,11 @@ def _offline_hint(config: Config) -> str:
 class _Bar:
     """Feeds SyncProgress reports into one rich progress task per event pass.
 
-    `passes` lists every pass reported while the command watched, in the order they began:
-    through the daemon that may include a pass queued before the command's, the daemon's own
-    next delta pass starting while the answer is being made (it once replaced the full pass in
-    the summary), or a full resync's pages reported between a delta's beside it. A pass is
-    known by its event, its mode and when it began, so interleaved reports never count one
-    pass twice."""
+    `passes` lists every pass of the command, in the order they began: a full resync's
+    listing and its catch-up deltas, or a delta's passes. Through the daemon only the
+    command's own passes are relayed (agent.runtime.controlops: not the daemon's delta job,
+    which may run beside a full resync, nor another command's). A pass is known by its event,
+    its mode and when it began, so reports that interleave never count one pass twice."""
 
     def __init__(self, progress: Progress | None):
         self.progress = progress

@@ -114,6 +114,8 @@ class Syncer:
         # status and `sync --full`'s bar keep showing the rebuild in `progress` (`_mine`).
         self.beside = SyncProgress()
         self.on_progress = on_progress
+        # more hooks, each added and removed by its owner (the daemon's `sync` commands)
+        self.listeners: list[ProgressHook] = []
         self._writer: TicketCache | None = None
         self._lock = asyncio.Lock()  # one pass on the live cache at a time; a swap never races one
         self._rebuild_lock = asyncio.Lock()  # one full resync at a time
@@ -147,6 +149,8 @@ class Syncer:
         mine.requests = self.progress.requests
         if self.on_progress:
             self.on_progress(mine)
+        for listener in list(self.listeners):
+            listener(mine)
 
     # -- events and zones -------------------------------------------------------------------
 

@@ -119,13 +119,13 @@ class DaemonOps:
         sink = progress_sink()
         if sink is None:
             result = await work.sync_pass(syncer, full=full, event_ids=events)
-        else:  # the command's progress bar: every page this pass (or one queued before) applies
-            before = syncer.on_progress
-            syncer.on_progress = _relaying(sink, before, syncer.progress.requests)
+        else:  # the command's progress bar: every page of this command's own passes
+            hook = _relaying(sink, syncer.progress.requests)
+            syncer.listeners.append(hook)
             try:
                 result = await work.sync_pass(syncer, full=full, event_ids=events)
             finally:
-                syncer.on_progress = before
+                syncer.listeners.remove(hook)
         if full and not events:
             self.d.cache_degraded = None
         else:
@@ -295,12 +295,18 @@ class DaemonOps:
 PROGRESS_FIELDS = ("phase", "event_id", "pages", "items", "total", "requests", "started")
 
 
-def _relaying(sink: ProgressSink, before: Any, requests_before: int) -> Any:
-    """A sync progress hook that also sends each report down the command's connection (its
-    request count from this command's start, as a sync of its own would count)."""
+def _relaying(sink: ProgressSink, requests_before: int) -> Any:
+    """A sync progress listener that sends the reports of this command's own passes down its
+    connection (its request count from this command's start, as a sync of its own would
+    count). Its passes are the ones its handler's task runs: a delta may now run beside a full
+    resync (agent.platform.sync), and two commands' reports must not end in each other's
+    summary. A listener of its own, added and removed by identity, so that commands ending in
+    any order leave no other's hook behind (one hook replaced and put back did)."""
+    task = asyncio.current_task()
+
     def hook(progress: Any) -> None:
-        if before is not None:
-            before(progress)
+        if asyncio.current_task() is not task:
+            return
         report = {key: getattr(progress, key) for key in PROGRESS_FIELDS}
         report["requests"] = max(0, report["requests"] - requests_before)
         sink(report)
