@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -315,6 +315,33 @@ class Syncer:
             finally:
                 self._rebuild_task = None
 
+    async def rebuild_missed(self) -> str | None:
+        """Why the cache needs a full rebuild now (logged), or None: an event's last full
+        listing on record is older than the last time the nightly one came due
+        (`sync.full_resync_at`), or it never had one. The nightly job runs only while the
+        daemon (or the venue's leader) runs: a gate switched off at night never ran it, and
+        only a full rebuild drops items the platform no longer lists (a delta never names
+        them). A read that fails says nothing was missed: the nightly one is still planned."""
+        due = last_nightly(self.config.sync["full_resync_at"], datetime.now().astimezone())
+        try:
+            async with self._lock:  # the writer's connection: no pass uses it meanwhile
+                served = await self.event_ids()
+                passes, fulls, oldest = await in_thread(self._cache().full_listings, served)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("could not tell whether the nightly full resync was missed: %s", exc)
+            return None
+        if passes == 0:
+            return None  # nothing synced yet: the first delta lists everything
+        if fulls < passes or oldest is None:
+            why = "an event in the cache never had a full listing"
+        elif oldest < utc_iso(due.astimezone(UTC)):
+            why = f"the last full rebuild on record was at {oldest}"
+        else:
+            return None
+        log.warning("the nightly full resync (due %s) was missed: %s; running it now",
+                    due.isoformat(timespec="minutes"), why)
+        return why
+
     async def _rebuild(self) -> int:
         new_path = self.cache_path.with_name(self.cache_path.name + ".new")
         await in_thread(_remove_db, new_path)
@@ -369,6 +396,14 @@ class Syncer:
                 log.warning("full resync of event %s: catching up with what changed while it "
                             "listed failed (%s); swapped in all the same, the next delta goes "
                             "on from there", event_id, exc)
+
+
+def last_nightly(hhmm: str, now: datetime) -> datetime:
+    """When the nightly full resync (`sync.full_resync_at`, this machine's local time, as the
+    schedulers read it) last came due before `now` (aware, local)."""
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return due if due <= now else due - timedelta(days=1)
 
 
 def _link_query(url: str) -> dict[str, str]:

@@ -102,10 +102,29 @@ async def refresh_job(d: Daemon) -> None:
 
 
 async def delta_job(d: Daemon) -> None:
+    """A delta pass of every served event. After its first run (done or failed), the nightly
+    full resync runs at once if it was missed (`run_missed_rebuild`)."""
     assert d.syncer is not None
     if d.cache_degraded:
         return  # the full resync fills the cache first
-    await d.syncer.delta_all()
+    first = d.jobs.health["delta"].runs == 1  # counted as this run began
+    try:
+        await d.syncer.delta_all()
+    finally:
+        if first:
+            await run_missed_rebuild(d)
+
+
+async def run_missed_rebuild(d: Daemon) -> None:
+    """The nightly full resync runs at its time of day only while the daemon runs: a gate
+    switched off at night (or restarted after its nightly run failed) never rebuilt its cache,
+    and items the platform no longer lists (a delta never names them) stayed admissible. At
+    start, once the first delta has brought the cache up to date, a rebuild whose last run on
+    record is older than the last nightly time runs at once (the `full_resync` job itself, so
+    its retries and `cache_not_rebuilt` apply); deltas go on beside it (agent.platform.sync)."""
+    assert d.syncer is not None
+    if await d.syncer.rebuild_missed() is not None:
+        d.jobs.run_now("full_resync")
 
 
 async def full_job(d: Daemon) -> None:

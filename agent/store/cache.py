@@ -628,6 +628,16 @@ class TicketCache:
         row = self.conn.execute("SELECT synced_at FROM zones WHERE id = ?", (zone_id,)).fetchone()
         return row[0] if row else None
 
+    def full_listings(self, event_ids: list[int]) -> tuple[int, int, str | None]:
+        """Of `event_ids`: (those with a sync pass on record, how many of them had a full
+        listing, the oldest full listing's time, UTC text): whether a nightly rebuild was
+        missed. An event no longer served keeps its old row: it must not count."""
+        marks = ",".join("?" * len(event_ids))
+        passes, fulls, oldest = self.conn.execute(
+            "SELECT COUNT(*), COUNT(last_full), MIN(last_full) FROM sync_state"
+            f" WHERE event_id IN ({marks})", event_ids).fetchone()
+        return int(passes), int(fulls), oldest
+
     def sync_state(self, event_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT cursor, last_sync, last_full, pending_cursor, pending_end FROM sync_state"

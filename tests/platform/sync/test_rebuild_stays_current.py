@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.core.codes import utc_iso
 from agent.platform.sync import SyncProgress
 from agent.runtime.opening import opened_gate
 from agent.sandbox import rules
@@ -192,3 +195,38 @@ def test_a_listing_without_list_end_time_is_not_listed_again_to_catch_up(
 
     assert asyncio.run(go()) == 1140
     assert len(pages_asked) == 2  # its two 1000-item pages, nothing more
+
+
+def test_a_missed_nightly_rebuild_is_told_by_the_served_events_last_full_listing(
+        site: Site, sandbox) -> None:
+    """`Syncer.rebuild_missed`, which the daemon and the venue leader ask at start: a fresh
+    first listing is a full one; an event no longer served, with its old record, does not
+    count; a served event's full listing older than the last nightly time, or none, does."""
+    def set_last_full(event_id: int, value: str | None) -> None:
+        with sqlite3.connect(site.cache_path) as db:
+            db.execute("INSERT INTO sync_state (event_id, cursor, last_sync, last_full)"
+                       " VALUES (?, NULL, ?, ?) ON CONFLICT(event_id) DO UPDATE SET"
+                       " last_full = excluded.last_full", (event_id, value, value))
+
+    async def missed() -> str | None:
+        async with site.client() as client:
+            syncer = site.syncer(client)
+            try:
+                return await syncer.rebuild_missed()
+            finally:
+                syncer.close()
+
+    async def fill() -> None:
+        async with site.client() as client:
+            await first_fill(site, client)
+
+    assert asyncio.run(missed()) is None  # nothing synced yet
+    asyncio.run(fill())
+    assert asyncio.run(missed()) is None
+    two_nights_ago = utc_iso(datetime.now(UTC) - timedelta(days=2))
+    set_last_full(EVENT + 1, two_nights_ago)  # an event not served (events.ids)
+    assert asyncio.run(missed()) is None
+    set_last_full(EVENT, two_nights_ago)
+    assert asyncio.run(missed()) == f"the last full rebuild on record was at {two_nights_ago}"
+    set_last_full(EVENT, None)
+    assert asyncio.run(missed()) == "an event in the cache never had a full listing"
