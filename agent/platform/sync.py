@@ -305,9 +305,12 @@ class Syncer:
         ticket refunded, or sold at the box office, meanwhile was admitted or refused on stale
         data). Before the swap the new file catches up with what changed on the platform while
         it was built (`_catch_up`: a delta from its own cursor, the earliest listEndTime of its
-        listings), and a last time under the live lock, so that nothing changes between that
-        and the rename: the file swapped in is as current as the one it replaces, a tag paired
-        during the rebuild included. Returns the items the full listings applied."""
+        listings) under the live lock, so that nothing changes between that and the rename: the
+        file swapped in is as current as the one it replaces (a delta on the live file just
+        before the swap is in it too), a tag paired during the rebuild included. After a
+        listing longer than a delta interval it catches up once before, outside the lock, so
+        that the live deltas wait only for the last changes; after a short one that would only
+        spend a request per event of the rate budget. Returns the items the listings applied."""
         async with self._rebuild_lock:
             self._rebuild_task = asyncio.current_task()
             try:
@@ -350,11 +353,15 @@ class Syncer:
         swapped = False
         try:
             self._report(phase="events", started=time.time(), last_error=None)
+            listing = time.monotonic()
             ids = await self._refresh_into(fresh)
             total = 0
             for event_id in ids:
                 total += await self._pass(fresh, event_id, full=True)
-            await self._catch_up(fresh, ids)
+            if time.monotonic() - listing > self.config.sync["delta_interval_s"]:
+                # a long listing: most of what changed meanwhile is brought here, so that the
+                # catch-up under the lock (which holds the live cache's deltas) stays short
+                await self._catch_up(fresh, ids)
             async with self._lock:  # no pass on the live cache from here to the rename
                 await self._catch_up(fresh, ids)
                 await in_thread(fresh.checkpoint)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.codes import utc_iso
-from agent.platform.sync import SyncProgress
+from agent.platform.sync import Syncer, SyncProgress
 from agent.runtime.opening import opened_gate
 from agent.sandbox import rules
 from tests.platform.sync.conftest import EVENT, Site, cached_ids, noon
@@ -34,7 +34,7 @@ def test_deltas_reach_the_live_cache_while_a_full_resync_lists(site: Site, sandb
     async def go() -> tuple[int, bool, str, str | None, str | None]:
         async with site.client() as client:
             await first_fill(site, client)
-            sandbox.set_faults(async_delay_s=2.0)  # each 1000-item page of the rebuild: 2 s
+            sandbox.set_faults(async_delay_s=1.5)  # each 1000-item page of the rebuild: 1.5 s
             syncer = site.syncer(client)
             try:
                 rebuild = asyncio.create_task(syncer.full_resync())
@@ -230,3 +230,38 @@ def test_a_missed_nightly_rebuild_is_told_by_the_served_events_last_full_listing
     assert asyncio.run(missed()) == f"the last full rebuild on record was at {two_nights_ago}"
     set_last_full(EVENT, None)
     assert asyncio.run(missed()) == "an event in the cache never had a full listing"
+
+
+def test_a_long_listing_catches_up_once_more_outside_the_lock(site: Site, sandbox) -> None:
+    """After a listing longer than a delta interval the rebuild catches up outside the live
+    file's lock first (so the live deltas wait only for the last changes), then under it;
+    after a short one only under it (a request per event less of the rate budget)."""
+    def catch_ups(delta_interval_s: float) -> int:
+        passes: list[tuple[str, float | None]] = []
+
+        def watch(p: SyncProgress) -> None:
+            if p.phase == "tickets" and (p.phase, p.started) not in passes:
+                passes.append((p.phase, p.started))
+
+        config = dataclasses.replace(
+            site.config, sync={**site.config.sync, "delta_interval_s": delta_interval_s})
+
+        async def go() -> int:
+            async with site.client() as client:
+                syncer = Syncer(config, client, site.cache_path, on_progress=watch)
+                try:
+                    return await syncer.full_resync()
+                finally:
+                    syncer.close()
+
+        assert asyncio.run(go()) == 1140
+        return len(passes)
+
+    async def fill() -> None:
+        async with site.client() as client:
+            await first_fill(site, client)
+
+    asyncio.run(fill())
+    sandbox.set_faults(async_delay_s=0.6)  # the listing: two pages, 1.2 s at least
+    assert catch_ups(delta_interval_s=60.0) == 1
+    assert catch_ups(delta_interval_s=0.5) == 2
