@@ -111,7 +111,8 @@ async def delta_job(d: Daemon) -> None:
     try:
         await d.syncer.delta_all()
     finally:
-        if first:
+        task = asyncio.current_task()
+        if first and not (task is not None and task.cancelling()):  # not when stopping
             await run_missed_rebuild(d)
 
 
