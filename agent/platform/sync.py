@@ -322,9 +322,11 @@ class Syncer:
         """Why the cache needs a full rebuild now (logged), or None: an event's last full
         listing on record is older than the last time the nightly one came due
         (`sync.full_resync_at`), or it never had one. The nightly job runs only while the
-        daemon (or the venue's leader) runs: a gate switched off at night never ran it, and
-        only a full rebuild drops items the platform no longer lists (a delta never names
-        them). A read that fails says nothing was missed: the nightly one is still planned."""
+        daemon runs: a gate switched off at night never ran it, and only a full rebuild drops
+        items the platform no longer lists (a delta never names them). A read that fails says
+        nothing was missed: the nightly one is still planned. Not asked in venue mode: the
+        leader's daily pass lists in place and holds the venue's deltas back meanwhile
+        (agent.venue.leader_sync), which at start would be minutes of stale tickets."""
         due = last_nightly(self.config.sync["full_resync_at"], datetime.now().astimezone())
         try:
             async with self._lock:  # the writer's connection: no pass uses it meanwhile

@@ -27,9 +27,6 @@ from agent.venue.lease import Lease, NotLeader
 log = logging.getLogger("gate_agent.venue.leader")
 
 FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
-# A daily full pass missed (no leader ran, or the leader's device was off, when it came due):
-# run this long after the leader's first round starts, so that round's delta goes first.
-MISSED_FULL_AFTER_S = 1.0
 
 
 def next_daily(hhmm: str, now: float) -> float:
@@ -69,10 +66,6 @@ class LeaderSync:
         next_delta = next_refresh = 0.0
         if self.next_full is None:  # kept across terms: the schedule is daily either way
             self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
-            if await syncer.rebuild_missed() is not None:
-                # the venue's last full pass on record (this cache's, from the catalog) is
-                # older than the last nightly time: run it now, after this round's delta
-                self.next_full = time.time() + MISSED_FULL_AFTER_S
         while True:
             now = time.monotonic()
             try:
