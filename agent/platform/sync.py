@@ -310,7 +310,8 @@ class Syncer:
         before the swap is in it too), a tag paired during the rebuild included. After a
         listing longer than a delta interval it catches up once before, outside the lock, so
         that the live deltas wait only for the last changes; after a short one that would only
-        spend a request per event of the rate budget. Returns the items the listings applied."""
+        spend a request per event of the rate budget. Returns the items the full listings
+        applied (the catch-ups' are in the progress reports)."""
         async with self._rebuild_lock:
             self._rebuild_task = asyncio.current_task()
             try:
@@ -409,7 +410,7 @@ class Syncer:
 
 def last_nightly(hhmm: str, now: datetime) -> datetime:
     """When the nightly full resync (`sync.full_resync_at`, this machine's local time, as the
-    schedulers read it) last came due before `now` (aware, local)."""
+    daemon's scheduler reads it) last came due before `now` (aware, local)."""
     hour, minute = (int(x) for x in hhmm.split(":"))
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     return due if due <= now else due - timedelta(days=1)
