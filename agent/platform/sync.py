@@ -113,9 +113,9 @@ class Syncer:
         # What a pass on the live cache reports while a full resync builds (the delta job's):
         # status and `sync --full`'s bar keep showing the rebuild in `progress` (`_mine`).
         self.beside = SyncProgress()
-        self.on_progress = on_progress
-        # more hooks, each added and removed by its owner (the daemon's `sync` commands)
-        self.listeners: list[ProgressHook] = []
+        # `on_progress`, and hooks each added and removed by its owner (the daemon's `sync`
+        # commands: agent.runtime.controlops)
+        self.listeners: list[ProgressHook] = [on_progress] if on_progress else []
         self._writer: TicketCache | None = None
         self._lock = asyncio.Lock()  # one pass on the live cache at a time; a swap never races one
         self._rebuild_lock = asyncio.Lock()  # one full resync at a time
@@ -147,8 +147,6 @@ class Syncer:
         for key, value in changes.items():
             setattr(mine, key, value)
         mine.requests = self.progress.requests
-        if self.on_progress:
-            self.on_progress(mine)
         for listener in list(self.listeners):
             listener(mine)
 
@@ -414,6 +412,12 @@ def last_nightly(hhmm: str, now: datetime) -> datetime:
     hour, minute = (int(x) for x in hhmm.split(":"))
     due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     return due if due <= now else due - timedelta(days=1)
+
+
+def next_nightly(hhmm: str, now: datetime) -> datetime:
+    """When it next comes due after `now` (never `now` itself: a pass run at its time of day
+    is not due again at once)."""
+    return last_nightly(hhmm, now) + timedelta(days=1)
 
 
 def _link_query(url: str) -> dict[str, str]:

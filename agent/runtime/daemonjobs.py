@@ -92,7 +92,7 @@ async def refresh_job(d: Daemon) -> None:
     first delta synced nothing, and every ticket was refused as unknown until the next delta,
     `sync.delta_interval_s` later (tests/runtime/daemon/test_first_sync.py)."""
     assert d.syncer is not None
-    first = d.jobs.health["refresh"].runs == 1  # counted as this run began
+    first = d.jobs.first_run("refresh")
     try:
         await d.syncer.refresh_events()
         cachecare.reload_lane_caches(d)
@@ -107,7 +107,7 @@ async def delta_job(d: Daemon) -> None:
     assert d.syncer is not None
     if d.cache_degraded:
         return  # the full resync fills the cache first
-    first = d.jobs.health["delta"].runs == 1  # counted as this run began
+    first = d.jobs.first_run("delta")
     try:
         await d.syncer.delta_all()
     finally:

@@ -176,6 +176,12 @@ class Jobs:
         health.last_success = time.time()
         return True
 
+    def first_run(self, name: str) -> bool:
+        """The run of `name` in progress is its first since the daemon started (a body asks:
+        runs are counted as each one begins). The start-up chain hangs on it: the first
+        refresh brings the delta forward, the first delta a missed nightly rebuild."""
+        return self.health[name].runs == 1
+
     def run_now(self, name: str) -> None:
         """Bring a job's next run forward to now (e.g. upload when a full batch waits). While
         it runs, once more after it ends: asking APScheduler for a second instance would only

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
 from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
-from agent.platform.sync import Syncer
+from agent.platform.sync import Syncer, next_nightly
 from agent.venue import catalog, passrequest
 from agent.venue.election import cancelled
 from agent.venue.lease import Lease, NotLeader
@@ -32,12 +32,7 @@ FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much l
 def next_daily(hhmm: str, now: float) -> float:
     """Epoch of the next local `HH:MM` after `now` (`sync.full_resync_at`, as the daemon's
     scheduler reads it)."""
-    hour, minute = (int(x) for x in hhmm.split(":"))
-    local = datetime.fromtimestamp(now).astimezone()
-    at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if at <= local:
-        at += timedelta(days=1)
-    return at.timestamp()
+    return next_nightly(hhmm, datetime.fromtimestamp(now).astimezone()).timestamp()
 
 
 class LeaderSync:
