@@ -118,8 +118,10 @@ class Syncer:
         self.listeners: list[ProgressHook] = [on_progress] if on_progress else []
         self._writer: TicketCache | None = None
         self._lock = asyncio.Lock()  # one pass on the live cache at a time; a swap never races one
-        self._rebuild_lock = asyncio.Lock()  # one full resync at a time
-        self._rebuild_task: asyncio.Task[Any] | None = None  # the one building now
+        # One full pass at a time (a rebuild, or the venue leader's in place); other passes run
+        # beside it, and `_full_task` is the one listing now.
+        self._full_lock = asyncio.Lock()
+        self._full_task: asyncio.Task[Any] | None = None
 
     def _cache(self) -> TicketCache:
         if self._writer is None:
@@ -135,10 +137,11 @@ class Syncer:
 
     def _mine(self) -> SyncProgress:
         """The progress the running pass reports to: `progress` (status's), or `beside` for a
-        pass on the live cache while a full resync builds its file, so that status does not
-        flip to that delta and to idle under a rebuild that is still running. Every pass still
+        pass on the live cache while a full pass lists (a rebuild, or the venue leader's in
+        place), so that status does not flip to that delta and to idle under a full pass that
+        is still running. Every pass still
         stamps `progress.last_success`, and every request is counted in `progress.requests`."""
-        if self._rebuild_task is not None and asyncio.current_task() is not self._rebuild_task:
+        if self._full_task is not None and asyncio.current_task() is not self._full_task:
             return self.beside
         return self.progress
 
@@ -195,29 +198,55 @@ class Syncer:
 
     async def full_in_place(self) -> int:
         """The venue leader's daily full pass: events, zones and every event's whole listing
-        into the live cache, items no longer listed removed with the pass's cursor. No file
-        swap (the gates follow the same pass from the bus, agent.venue.catalog; the leader's
-        other connections to the live cache stay valid). Returns the items listed."""
-        async with self._lock:
-            cache = self._cache()
-            self._report(phase="events", started=time.time(), last_error=None)
-            total = 0
-            for event_id in await self._refresh_into(cache):
-                total += await self._pass(cache, event_id, full=True, replace=True)
-            return total
+        into the live cache, items no longer listed removed. No file swap (the gates follow
+        the same pass from the bus, agent.venue.catalog; the leader's other connections to the
+        live cache stay valid). Returns the items the listings applied.
+
+        Deltas and refreshes run beside it (the leader's loop goes on): at 1M items the
+        listing spends ~17 minutes on the rate limit, and holding the venue's deltas back for
+        that long left every gate deciding on tickets that had stopped changing (a refund
+        admitted, a box-office sale refused). It takes the live lock page by page (`stepwise`):
+        each page is fetched, applied and published under it, so writes land in the order
+        they were listed, and a page never overwrites what a later delta brought. At each
+        event's end, under the lock, it catches up (a delta from the listing's cursor) and
+        removes the items neither the listing nor the catch-up names: an item a delta wrote
+        meanwhile stays when the platform still lists it, and goes when it no longer does."""
+        async with self._full_lock:
+            self._full_task = asyncio.current_task()
+            try:
+                async with self._lock:
+                    cache = self._cache()
+                    self._report(phase="events", started=time.time(), last_error=None)
+                    ids = await self._refresh_into(cache)
+                total = 0
+                for event_id in ids:
+                    total += await self._pass(cache, event_id, full=True, replace=True,
+                                              stepwise=True)
+                return total
+            finally:
+                self._full_task = None
 
     async def _pass(self, cache: TicketCache, event_id: int, *, full: bool,
-                    replace: bool = False) -> int:
-        state = await in_thread(cache.sync_state, event_id) or {}
+                    replace: bool = False, stepwise: bool = False,
+                    seen: set[int] | None = None) -> int:
+        """One listing of one event into `cache`. The caller holds the live lock, unless
+        `stepwise` (the leader's full pass in place: `_run_pass` takes it page by page)."""
+        async with self._lock if stepwise else contextlib.nullcontext():
+            state = await in_thread(cache.sync_state, event_id) or {}
         cursor = None if full else state.get("cursor")
         resume = state.get("pending_cursor")
         if resume and full and _link_is_delta(resume):
             # A full pass must list everything: finishing an interrupted delta is not that.
             resume = None
+        if resume and not full and not _link_is_delta(resume) and \
+                self._full_task not in (None, asyncio.current_task()):
+            # The full pass listing beside this delta stored that link: its own next page, not
+            # an interrupted pass for this delta to finish.
+            resume = None
         try:
             return await self._run_pass(cache, event_id, cursor, resume,
                                         state.get("pending_end") if resume else None,
-                                        replace=replace)
+                                        replace=replace, stepwise=stepwise, seen=seen)
         except (Validation, NotFound, BadResponse) as exc:
             if not resume or self._mine().pages:
                 raise
@@ -225,18 +254,22 @@ class Syncer:
             # resume link must never wedge sync, so drop it and redo the pass from the cursor.
             log.warning("sync of event %s: stored resume link refused (%s); restarting the "
                         "pass", event_id, exc)
-            await in_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
-            return await self._run_pass(cache, event_id, cursor, None, None, replace=replace)
+            async with self._lock if stepwise else contextlib.nullcontext():
+                await in_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
+            return await self._run_pass(cache, event_id, cursor, None, None, replace=replace,
+                                        stepwise=stepwise, seen=seen)
 
     async def _run_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
                         resume: str | None, end_time: str | None, *,
-                        replace: bool = False) -> int:
+                        replace: bool = False, stepwise: bool = False,
+                        seen: set[int] | None = None) -> int:
         """Page through one listing. `resume` is the stored next-page link of an interrupted
         pass; it decides the page size itself (a full listing's links ask for 1000 items,
         which the platform allows only in async mode), so a delta run can finish an
         interrupted full pass without a 422. `replace`: a full listing read from its first
         page here removes the event's items it did not list (a resumed one cannot know the
-        pages read before: it removes nothing)."""
+        pages read before: it removes nothing); `stepwise`, it catches up first (see
+        `full_in_place`). `seen` collects the ids of the items applied."""
         if resume:
             use_async = _link_limit(resume) > DELTA_PAGE
             listing_full = not _link_is_delta(resume)
@@ -249,42 +282,79 @@ class Syncer:
         applied = 0
         listed: set[int] | None = set() if replace and listing_full and not resume else None
         while True:
-            page: EntryPage = await self.client.entry_tickets(
-                event_id, start_time=None if listing_full else cursor, include_zones=True,
-                include_products=include_products,
-                limit=FULL_PAGE if use_async else DELTA_PAGE, async_mode=use_async,
-                page_url=next_url)
-            self.progress.requests += 1
-            # The pass's listEndTime is the earliest one seen: a later one could skip changes
-            # made while the pass was paging (the docs do not promise one value per pass).
-            end_time = _earliest(end_time, page.list_end_time)
-            next_url = page.next_url
-            await in_thread(_apply_page, cache, event_id, page, next_url, end_time)
-            if self.observer is not None:
-                await self.observer.page(event_id, page)
+            async with self._lock if stepwise else contextlib.nullcontext():
+                page: EntryPage = await self.client.entry_tickets(
+                    event_id, start_time=None if listing_full else cursor, include_zones=True,
+                    include_products=include_products,
+                    limit=FULL_PAGE if use_async else DELTA_PAGE, async_mode=use_async,
+                    page_url=next_url)
+                self.progress.requests += 1
+                # The pass's listEndTime is the earliest one seen: a later one could skip
+                # changes made while the pass was paging (the docs do not promise one value
+                # per pass).
+                end_time = _earliest(end_time, page.list_end_time)
+                next_url = page.next_url
+                await in_thread(_apply_page, cache, event_id, page, next_url, end_time)
+                if self.observer is not None:
+                    await self.observer.page(event_id, page)
             applied += len(page.items)
-            if listed is not None:
-                listed.update(item.id for item in page.items)
+            for collected in (listed, seen):
+                if collected is not None:
+                    collected.update(item.id for item in page.items)
             self._report(pages=self._mine().pages + 1, items=applied, total=page.total)
             if next_url is None:
                 break
-        stamp = utc_iso(datetime.now(UTC))
+        async with self._lock if stepwise else contextlib.nullcontext():
+            new_cursor = end_time or cursor
+            if stepwise and listed is not None:
+                new_cursor = await self._catch_up_in_place(cache, event_id, end_time, listed)
+            await self._finish_pass(cache, event_id, new_cursor, listing_full, listed)
+        return applied
 
+    async def _catch_up_in_place(self, cache: TicketCache, event_id: int, end_time: str | None,
+                                 listed: set[int]) -> str | None:
+        """The end of a full pass in place (`full_in_place`), under the live lock: a delta from
+        the listing's cursor, whose items join `listed`, so that the removal keeps what a delta
+        brought while the listing ran (a ticket sold meanwhile, listed before the listing's
+        position) and drops what the platform no longer lists. Returns the cursor the pass
+        ends with: the catch-up's, or the listing's when there is none.
+
+        Best effort, as the rebuild's: without a listEndTime there is nothing to catch up from
+        (a pass from no cursor lists the event again), and a platform error is logged; then
+        the listing alone decides the removal and the cursor goes back to the listing's, so
+        the next delta brings back whatever changed while it ran."""
+        if end_time is None:
+            log.warning("full pass of event %s: no listEndTime to catch up from; items "
+                        "it did not list are removed", event_id)
+            return None
+        try:
+            await self._run_pass(cache, event_id, end_time, None, None, seen=listed)
+        except ApiError as exc:
+            log.warning("full pass of event %s: catching up with what changed while it listed "
+                        "failed (%s); the next delta goes on from the listing's cursor",
+                        event_id, exc)
+            return end_time
+        return (await in_thread(cache.sync_state, event_id) or {}).get("cursor") or end_time
+
+    async def _finish_pass(self, cache: TicketCache, event_id: int, cursor: str | None,
+                           listing_full: bool, listed: set[int] | None) -> None:
+        """A listing's end: items it did not list removed (`listed`, a full listing's), its
+        cursor stored, both published."""
+        stamp = utc_iso(datetime.now(UTC))
         removed: list[int] = []
 
         def finish() -> None:
             if listed is not None:
                 removed.extend(cache.keep_only_items(event_id, listed))
-            cache.set_cursor(event_id, end_time or cursor, stamp, full=listing_full)
+            cache.set_cursor(event_id, cursor, stamp, full=listing_full)
 
         await in_thread(_write, cache, finish)
         if self.observer is not None and removed:
             await self.observer.removed(event_id, removed)
         if self.observer is not None:
-            await self.observer.pass_done(event_id, end_time or cursor, listing_full)
+            await self.observer.pass_done(event_id, cursor, listing_full)
         self.progress.last_success[event_id] = time.time()
         self._report(phase="idle", finished=time.time())
-        return applied
 
     async def delta_all(self) -> int:
         total = 0
@@ -310,22 +380,20 @@ class Syncer:
         that the live deltas wait only for the last changes; after a short one that would only
         spend a request per event of the rate budget. Returns the items the full listings
         applied (the catch-ups' are in the progress reports)."""
-        async with self._rebuild_lock:
-            self._rebuild_task = asyncio.current_task()
+        async with self._full_lock:
+            self._full_task = asyncio.current_task()
             try:
                 return await self._rebuild()
             finally:
-                self._rebuild_task = None
+                self._full_task = None
 
     async def rebuild_missed(self) -> str | None:
         """Why the cache needs a full rebuild now (logged), or None: an event's last full
         listing on record is older than the last time the nightly one came due
         (`sync.full_resync_at`), or it never had one. The nightly job runs only while the
-        daemon runs: a gate switched off at night never ran it, and only a full rebuild drops
-        items the platform no longer lists (a delta never names them). A read that fails says
-        nothing was missed: the nightly one is still planned. Not asked in venue mode: the
-        leader's daily pass lists in place and holds the venue's deltas back meanwhile
-        (agent.venue.leader_sync), which at start would be minutes of stale tickets."""
+        daemon (or the venue's leader) runs: a gate switched off at night never ran it, and
+        only a full pass drops items the platform no longer lists (a delta never names them).
+        A read that fails says nothing was missed: the nightly one is still planned."""
         due = last_nightly(self.config.sync["full_resync_at"], datetime.now().astimezone())
         try:
             async with self._lock:  # the writer's connection: no pass uses it meanwhile

@@ -104,8 +104,13 @@ def _act(state: SandboxState, method: str, action: str, body: dict[str, Any]) ->
             return 404, {"message": "unknown barcode"}
         item = state.store.item(found.event_id, found.index)
         variable = item["variable"] if isinstance(item.get("variable"), dict) else {}
-        variable["status"] = str(body["status"])
+        if "status" in body:
+            variable["status"] = str(body["status"])
         item["variable"] = variable
+        if "listed" in body:  # off every listing, or back on it
+            state.store.set_listed(found.event_id, int(item["id"]), bool(body["listed"]))
         state.store.put(found.event_id, item, state.clock.now())
-        return 200, {"id": item["id"], "eventId": found.event_id, "status": variable["status"]}
+        return 200, {"id": item["id"], "eventId": found.event_id,
+                     "status": variable.get("status"),
+                     "listed": int(item["id"]) not in state.store.unlisted[found.event_id]}
     return 404, {"message": f"unknown control action {method} /_sandbox/{action}"}

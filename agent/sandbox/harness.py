@@ -105,6 +105,10 @@ class Sandbox:
     def change_item(self, barcode: str, status: str) -> dict[str, Any]:
         return self.control("POST", "items", {"barcode": barcode, "status": status})
 
+    def list_item(self, barcode: str, listed: bool) -> dict[str, Any]:
+        """Take an item off the platform's listings (`False`), or put it back."""
+        return self.control("POST", "items", {"barcode": barcode, "listed": listed})
+
     def stop(self) -> None:
         if self._stop is not None:
             self._stop()

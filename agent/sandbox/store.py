@@ -10,6 +10,8 @@ Listing order and delta semantics (documented in docs/platform.md):
   listing only ever grows while a client pages (an item's change time never goes back, the
   seed never shrinks), so an item changed mid-pass can shift later items forward — a client
   may receive an item twice, never miss one;
+- an item taken off the listings (`unlist`, as the platform stops listing a ticket whose order
+  was cancelled) is in no listing, full or delta, until it is listed again, which changes it;
 - `listEndTime` is the server time at which the pass's first page was served (whole seconds,
   carried in the links) and `startTime` is inclusive: every change made after the pass started
   is in the next delta. Change times never go below a `listEndTime` already handed out, even
@@ -59,6 +61,7 @@ class ItemStore:
             eid: {} for eid in seed.items}
         self.seq = 0
         self.horizon = self.base_t  # change times never go below this
+        self.unlisted: dict[int, set[int]] = {eid: set() for eid in seed.items}  # item ids
 
     def events(self) -> list[int]:
         return list(self.seed.items)
@@ -77,6 +80,16 @@ class ItemStore:
         t = max(now, self.horizon)
         self.horizon = t
         self.changed[event_id][int(item["id"])] = ((t, self.seq, int(item["id"])), item)
+
+    def _item_by_id(self, event_id: int, item_id: int) -> dict[str, Any]:
+        index = self.seed.items[event_id].find_id(item_id)
+        assert index is not None, item_id  # only items found by barcode are unlisted
+        return self.item(event_id, index)
+
+    def set_listed(self, event_id: int, item_id: int, listed: bool) -> None:
+        """Take an item off every listing, or put it back (the caller then `put`s it: a change
+        the next delta names)."""
+        (self.unlisted[event_id].discard if listed else self.unlisted[event_id].add)(item_id)
 
     def hold_horizon(self, t: float) -> None:
         """A listEndTime `t` was handed out: later changes must not be older than it."""
@@ -114,13 +127,19 @@ class ItemStore:
         source = self.seed.items[event_id]
         changed = self.changed[event_id]
         offset = (page - 1) * limit
+        unlisted = self.unlisted[event_id]
         if start is None or self.base_t >= start:  # every seed item is in the listing
             total = source.count() if products else source.count_non_products()
             pick = (lambda rank: rank) if products else source.non_product_index
             picked = [pick(rank) for rank in range(offset, min(total, offset + limit))]
+            if unlisted:  # cut where they stood: a page may come short
+                picked = [i for i in picked if source.item_id(i) not in unlisted]
+                total -= sum(1 for item_id in unlisted
+                             if products or self._item_by_id(event_id, item_id)
+                             .get("itemType") != "product")
         else:  # only items changed at or after `start`, in seed order
             hits = sorted(index for item_id, (k, it) in changed.items()
-                          if math.floor(k[0]) >= start
+                          if math.floor(k[0]) >= start and item_id not in unlisted
                           and (products or it.get("itemType") != "product")
                           and (index := source.find_id(item_id)) is not None)
             total = len(hits)

@@ -11,6 +11,7 @@ all (only by a device that leads now) is decided here, in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ from agent.venue.lease import Lease, NotLeader
 log = logging.getLogger("gate_agent.venue.leader")
 
 FULL_RETRY_S = 300.0  # a daily full pass that failed is tried again this much later
+# A daily full pass missed (no leader ran, or the leader's device was off, when it came due):
+# run this long after the leader's first round starts, so that round's delta goes first.
+MISSED_FULL_AFTER_S = 1.0
 
 
 def next_daily(hhmm: str, now: float) -> float:
@@ -55,37 +59,65 @@ class LeaderSync:
         """The leader's sync passes, beside its uploads (a long delta must not hold the
         venue's scans back; the governor serves uploads first): events/zones refresh, deltas,
         and round one's daily full pass at `sync.full_resync_at` (local time), in place and
-        published (agent.venue.catalog: every gate replaces the event's items with it).
-        Returns when the lease is no longer this device's (NotLeader)."""
+        published (agent.venue.catalog: every gate replaces the event's items with it). The
+        full pass runs as a task of its own, so the deltas and refreshes go on beside it
+        (`Syncer.full_in_place`). A pass missed while no leader ran (a venue switched off at
+        night) runs after the first round's delta. Returns when the lease is no longer this
+        device's (NotLeader)."""
         sync_cfg = self.sync_cfg
         next_delta = next_refresh = 0.0
         if self.next_full is None:  # kept across terms: the schedule is daily either way
             self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
-        while True:
-            now = time.monotonic()
-            try:
-                if self.next_full is not None and time.time() >= self.next_full:
-                    self.next_full = time.time() + FULL_RETRY_S  # failed: again a bit later
-                    listed = await syncer.full_in_place()
-                    self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": listed}
-                    self.next_full = next_daily(sync_cfg["full_resync_at"], time.time())
-                    next_refresh = now + sync_cfg["refresh_interval_s"]
-                if now >= next_refresh:
-                    await syncer.refresh_events()
-                    next_refresh = now + sync_cfg["refresh_interval_s"]
-                if now >= next_delta:
-                    await syncer.delta_all()
-                    next_delta = now + sync_cfg["delta_interval_s"]
-            except NotLeader as exc:
-                log.warning("venue sync: %s", exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
-                if cancelled():
-                    raise asyncio.CancelledError from exc
-                self.counters["leader_errors"] += 1
-                log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
-                next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
-            await asyncio.sleep(0.5)
+            if await syncer.rebuild_missed() is not None:
+                # the venue's last full pass on record (this cache's, from the catalog) is
+                # older than the last nightly time: run it now, after this round's delta
+                self.next_full = time.time() + MISSED_FULL_AFTER_S
+        full: asyncio.Task[None] | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                try:
+                    if full is not None and full.done():
+                        done, full = full, None
+                        failed = None if done.cancelled() else done.exception()
+                        if isinstance(failed, NotLeader):
+                            raise failed
+                        if failed is not None:  # tried again FULL_RETRY_S after it started
+                            self.counters["leader_errors"] += 1
+                            log.warning("venue daily full pass failed: %s: %s",
+                                        type(failed).__name__, failed)
+                    if full is None and self.next_full is not None and \
+                            time.time() >= self.next_full:
+                        self.next_full = time.time() + FULL_RETRY_S  # failed: again later
+                        full = asyncio.create_task(self._full_pass(syncer),
+                                                   name=f"venue {self.name} full pass")
+                    if now >= next_refresh:
+                        await syncer.refresh_events()
+                        next_refresh = now + sync_cfg["refresh_interval_s"]
+                    if now >= next_delta:
+                        await syncer.delta_all()
+                        next_delta = now + sync_cfg["delta_interval_s"]
+                except NotLeader as exc:
+                    log.warning("venue sync: %s", exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the platform or the bus: next round
+                    if cancelled():
+                        raise asyncio.CancelledError from exc
+                    self.counters["leader_errors"] += 1
+                    log.warning("venue sync failed: %s: %s", type(exc).__name__, exc)
+                    next_delta = now + min(sync_cfg["delta_interval_s"], 10.0)
+                await asyncio.sleep(0.5)
+        finally:
+            if full is not None:
+                full.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await full
+
+    async def _full_pass(self, syncer: Syncer) -> None:
+        """The daily full pass (`run`'s task); the next one is planned when it succeeds."""
+        listed = await syncer.full_in_place()
+        self.last_full = {"at": utc_iso(datetime.now(UTC)), "items": listed}
+        self.next_full = next_daily(self.sync_cfg["full_resync_at"], time.time())
 
     async def requested(self, request: passrequest.PassRequest, syncer: Syncer | None,
                         client: PlatformClient | None, lease: Lease | None,

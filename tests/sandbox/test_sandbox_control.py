@@ -114,3 +114,31 @@ def test_the_subprocess_sandbox_accepts_connections_once_it_printed_its_url(tmp_
         assert answer.status_code == 200
     finally:
         reap(proc)
+
+
+def test_an_unlisted_item_is_in_no_listing_until_listed_again(sandbox):
+    """`list_item(barcode, False)`, as the platform stops listing a ticket (its order
+    cancelled): gone from full and delta listings, the full listing's total one less; listed
+    again, it is a change the next delta names."""
+    auth = {"Authorization": f"Bearer {sandbox.token}"}
+
+    def listing(**params: str) -> dict:
+        answer = httpx.get(f"{sandbox.url}/entry/tickets", headers=auth, timeout=10,
+                           params={"eventId": "1001", "limit": "100", **params})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def barcodes(body: dict) -> list[str]:
+        return [item["const"]["barcode"] for item in body["content"]]
+
+    before = listing()
+    assert "SF0000005" in barcodes(before)
+    sandbox.change_item("SF0000006", "refunded")  # a change, listed in deltas
+    since = before["listEndTime"]
+    assert sandbox.list_item("SF0000005", False)["listed"] is False
+    after = listing()
+    assert "SF0000005" not in barcodes(after) and after["total"] == before["total"] - 1
+    assert barcodes(listing(startTime=since)) == ["SF0000006"]
+    assert sandbox.list_item("SF0000005", True)["listed"] is True
+    assert barcodes(listing(startTime=since)) == ["SF0000005", "SF0000006"]
+    assert listing()["total"] == before["total"]

@@ -280,6 +280,77 @@ def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
     assert out["requests"] <= 3 + 2 * (TICKETS // 1000 + 1)  # one device's full sync
 
 
+def test_a_delta_beside_the_leaders_full_pass_reaches_every_gate_in_order(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
+    """The leader's delta runs between two pages of its daily full pass (agent.platform.sync
+    .Syncer.full_in_place takes the live lock page by page) and publishes its pass in between:
+    a following gate applies the refund at the delta's marker, not at the full pass's end;
+    after the pass every gate's cache is the leader's, the refund kept and the ghost (an item
+    the platform does not list) removed."""
+    venue = "fullbeside"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    ghost_id = 987_654_322
+    barcode = "SF0002100"  # on the full listing's third page
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            lease = await lead(js, venue)
+            await leader_sync(leader, js, venue, lease)
+            raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
+            ghost = parse_item({**raw, "id": ghost_id, "barcode": "GHOST0002"})
+            assert ghost is not None
+            publisher = catalog.CatalogPublisher(js, venue, lease)
+            await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
+            await publisher.pass_done(EVENT, None, False)
+            cache = TicketCache(leader.cache_path)
+            with cache.transaction():
+                cache.put_items(EVENT, [ghost])
+            cache.close()
+            gate = tmp_path / "gate" / "cache.db"
+            await follow(js, venue, gate)
+            assert ghost_id in items(gate)
+            mid: dict[str, Any] = {}
+            async with leader.client() as client:
+                syncer = leader.syncer(client, observer=publisher)
+                original = client.entry_tickets
+                deltas: list[asyncio.Task[int]] = []
+
+                async def refund_after_the_first_full_page(*args: Any, **kw: Any) -> Any:
+                    page = await original(*args, **kw)
+                    if kw.get("start_time") is None and not deltas:
+                        sandbox.change_item(barcode, "refunded")
+                        deltas.append(asyncio.create_task(syncer.sync_tickets(EVENT)))
+                    elif kw.get("start_time") is None and deltas[0].done() and not mid:
+                        mid["status"] = await follow(js, venue, gate)  # before page 3
+                        mid["refund"] = [v[2] for v in items(gate).values() if v[0] == barcode]
+                    return page
+
+                client.entry_tickets = refund_after_the_first_full_page  # type: ignore
+                try:
+                    listed = await syncer.full_in_place()
+                    await deltas[0]
+                finally:
+                    syncer.close()
+            return {"listed": listed, "mid": mid, "status": await follow(js, venue, gate),
+                    "late": await follow(js, venue, tmp_path / "late" / "cache.db")}
+        finally:
+            await nc.close()
+
+    for name in ("gate", "late"):
+        (tmp_path / name).mkdir()
+    out = asyncio.run(scenario())
+    assert out["mid"]["refund"] == ["refunded"]  # at the delta's marker, mid-pass
+    assert out["mid"]["status"]["full_passes_applied"] == 0
+    want = items(leader.cache_path)
+    assert ghost_id not in want and [v[2] for v in want.values() if v[0] == barcode] == \
+        ["refunded"]
+    assert items(tmp_path / "gate" / "cache.db") == want
+    assert items(tmp_path / "late" / "cache.db") == want
+    assert out["status"]["items_removed"] == 1 and out["status"]["full_passes_applied"] == 1
+
+
 def test_the_leaders_sync_loop_runs_the_daily_full_pass_and_schedules_the_next(
         shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
     """The leader's sync loop (agent.venue.leader_sync, a `VenueRole`'s) runs the full pass
