@@ -220,6 +220,24 @@ async def _follow_url(url: str, venue: str, path: Path) -> dict[str, Any]:
         await nc.close()
 
 
+async def _publish_a_ghost(js: Any, venue: str, lease: Lease, leader: Site,
+                           ghost_id: int) -> catalog.CatalogPublisher:
+    """An item the platform does not list (a copy of a cached one under `ghost_id`), in the
+    leader's cache and published as a delta pass had: what a full pass must remove. Returns
+    the leader's publisher."""
+    raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
+    ghost = parse_item({**raw, "id": ghost_id, "barcode": f"GHOST{ghost_id}"})
+    assert ghost is not None
+    publisher = catalog.CatalogPublisher(js, venue, lease)
+    await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
+    await publisher.pass_done(EVENT, None, False)
+    cache = TicketCache(leader.cache_path)
+    with cache.transaction():
+        cache.put_items(EVENT, [ghost])
+    cache.close()
+    return publisher
+
+
 def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
         shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
     """An item a previous pass published that the platform no longer lists (a ghost): the
@@ -236,16 +254,7 @@ def test_the_leaders_full_pass_removes_items_no_longer_listed_at_every_gate(
             await catalog.ensure_stream(js, venue, 1)
             lease = await lead(js, venue)
             await leader_sync(leader, js, venue, lease)
-            raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
-            ghost = parse_item({**raw, "id": ghost_id, "barcode": "GHOST0001"})
-            assert ghost is not None
-            publisher = catalog.CatalogPublisher(js, venue, lease)
-            await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
-            await publisher.pass_done(EVENT, None, False)
-            cache = TicketCache(leader.cache_path)
-            with cache.transaction():
-                cache.put_items(EVENT, [ghost])
-            cache.close()
+            publisher = await _publish_a_ghost(js, venue, lease, leader, ghost_id)
             gate = tmp_path / "gate" / "cache.db"
             await follow(js, venue, gate)
             before = items(gate)
@@ -298,16 +307,7 @@ def test_a_delta_beside_the_leaders_full_pass_reaches_every_gate_in_order(
             await catalog.ensure_stream(js, venue, 1)
             lease = await lead(js, venue)
             await leader_sync(leader, js, venue, lease)
-            raw = orjson.loads(next(iter(items(leader.cache_path).values()))[3])
-            ghost = parse_item({**raw, "id": ghost_id, "barcode": "GHOST0002"})
-            assert ghost is not None
-            publisher = catalog.CatalogPublisher(js, venue, lease)
-            await publisher.page(EVENT, EntryPage([ghost], [ghost.raw], None, 1, None))
-            await publisher.pass_done(EVENT, None, False)
-            cache = TicketCache(leader.cache_path)
-            with cache.transaction():
-                cache.put_items(EVENT, [ghost])
-            cache.close()
+            publisher = await _publish_a_ghost(js, venue, lease, leader, ghost_id)
             gate = tmp_path / "gate" / "cache.db"
             await follow(js, venue, gate)
             assert ghost_id in items(gate)
