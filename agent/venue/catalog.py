@@ -20,8 +20,15 @@ small messages) and no history; the stream never grows beyond the catalog's size
 
 Applying (`CatalogFollower`): items are buffered until their pass's marker arrives, then the
 buffered items, the pass's cursor and the stream position go into the cache in one
-transaction, so the cache holds a pass entirely or not at all, and a restart resumes from the
-position with exactly the effects the file holds (rewriting an item is harmless anyway).
+transaction, so the cache holds a pass of up to `FLUSH_ITEMS` items entirely or not at all,
+and a restart resumes from the position with exactly the effects the file holds (rewriting an
+item is harmless anyway). A bigger pass (a venue's first listing, a daily full pass, a gate
+joining late, which reads the whole catalog before the first marker) is written in chunks of
+`FLUSH_ITEMS`, each with the position it reached; its cursor comes with its marker. Until
+session 18 the whole pass was held in memory: about 4 KB an item, 400 MB on a gate joining a
+venue of 95,000 items and ~4 GB at 1M (`bench/follower_bench.py`). Each item written is the
+leader's version of it, and the leader itself writes a pass page by page, so a gate deciding
+between two chunks sees what the leader saw between two pages.
 Every message carries the leader's term (agent.venue.term: ordered across a lease bucket
 made again, in headers every version of the agent reads); a message of an older term than the
 newest seen is dropped (a frozen leader's late publish, see agent.venue.lease), and one whose
@@ -38,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig
 
 from agent.core.codes import normalize_nfc_id, utc_iso
 from agent.core.model import (
@@ -54,6 +61,7 @@ from agent.core.model import (
 from agent.store.cache import TicketCache
 from agent.venue import streams
 from agent.venue.lease import Lease
+from agent.venue.streamread import StreamReader
 from agent.venue.term import (
     Stamp,
     Term,
@@ -66,6 +74,8 @@ from agent.venue.term import (
 log = logging.getLogger("gate_agent.venue.catalog")
 
 PUBLISH_WINDOW = 1000  # publishes in flight at once (one full page)
+FLUSH_ITEMS = 1000  # a follower writes what it buffered of a pass after this many item messages
+QUEUE_MESSAGES = 2000  # messages received and not yet applied, at most (then the bus waits)
 TOMBSTONE = b'{"removed":true}'  # an item's subject: the platform lists it no more
 
 
@@ -163,16 +173,21 @@ class CatalogFollower:
         self.term = Term(epoch, revision)
         self.counters = {"items_applied": 0, "passes_applied": 0, "stale_dropped": 0,
                          "bad_messages": 0, "pairings": 0, "items_removed": 0,
-                         "full_passes_applied": 0, "term_unreadable": 0}
+                         "full_passes_applied": 0, "term_unreadable": 0,
+                         "chunks_applied": 0}
         self.term_refused: str | None = None  # why the last message's term was unreadable
         self.pass_ages: dict[int, str] = {}  # event -> when the leader finished its last pass
         self._items: dict[int, dict[int, Item | None]] = {}  # None: removed (a tombstone)
+        self._buffered = 0  # item messages in `_items` (a chunk is written at FLUSH_ITEMS)
         self._pairs: list[tuple[int, int, str]] = []  # after the buffered items, in order
+        # Bounded: a full queue holds the reader, which asks the bus for the next batch only
+        # when there is room (agent.venue.streamread).
         self._queue: asyncio.Queue[tuple[int, str, bytes, Stamp | TermUnreadable, int]] = \
-            asyncio.Queue()
+            asyncio.Queue(maxsize=QUEUE_MESSAGES)
 
-    async def subscribe(self) -> Any:
-        """An ordered push consumer from the first message not yet applied here."""
+    async def subscribe(self) -> StreamReader:
+        """A reader from the first message not yet applied here (agent.venue.streamread: a
+        batch at a time, as the queue has room)."""
 
         async def on_message(msg: Any) -> None:
             term: Stamp | TermUnreadable
@@ -181,14 +196,11 @@ class CatalogFollower:
             except TermUnreadable as exc:
                 term = exc
             meta = msg.metadata
-            self._queue.put_nowait((meta.sequence.stream, msg.subject, msg.data, term,
-                                    meta.num_pending or 0))
+            await self._queue.put((meta.sequence.stream, msg.subject, msg.data, term,
+                                   meta.num_pending or 0))
 
-        return await self.js.subscribe(
-            f"{self.prefix}.>", stream=self.stream, cb=on_message, ordered_consumer=True,
-            idle_heartbeat=1.0, flow_control=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=self.position + 1))
+        return StreamReader(self.js, self.stream, f"{self.prefix}.>", self.position + 1,
+                            on_message)
 
     async def catch_up(self, timeout_s: float = 120.0) -> int:
         """Apply everything the stream holds now (a new gate's whole cache). Returns the
@@ -254,13 +266,15 @@ class CatalogFollower:
             if rest[0] == "i" and len(rest) == 3:
                 if body == {"removed": True}:
                     if not mine:
-                        self._items.setdefault(int(rest[1]), {})[int(rest[2])] = None
-                    return False
-                item = parse_item(body)
-                if item is None:
-                    raise ValueError("item without a usable id")
-                if not mine:
-                    self._items.setdefault(int(rest[1]), {})[item.id] = item
+                        self._buffer(int(rest[1]), int(rest[2]), None)
+                else:
+                    item = parse_item(body)
+                    if item is None:
+                        raise ValueError("item without a usable id")
+                    if not mine:
+                        self._buffer(int(rest[1]), item.id, item)
+                if self._buffered >= FLUSH_ITEMS:
+                    await asyncio.to_thread(self._flush, seq)
                 return False
             elif rest[0] == "pass" and len(rest) == 2:
                 await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
@@ -309,25 +323,43 @@ class CatalogFollower:
                                                 (self.term.epoch, self.term.revision))
                 self.position = seq
 
+    def _buffer(self, event_id: int, item_id: int, item: Item | None) -> None:
+        self._items.setdefault(event_id, {})[item_id] = item
+        self._buffered += 1
+
+    def _write_buffered(self) -> None:
+        """The buffered items, removals (a full pass's tombstones) and the pairings read
+        after them, in this order (call inside a cache transaction)."""
+        buffered, pairs = self._items, self._pairs
+        self._items, self._pairs, self._buffered = {}, [], 0
+        for ev, items in buffered.items():
+            kept = [it for it in items.values() if it is not None]
+            self.cache.put_items(ev, kept)
+            self.counters["items_applied"] += len(kept)
+            gone = [i for i, it in items.items() if it is None]
+            if gone:
+                self.counters["items_removed"] += self.cache.remove_items(ev, gone)
+        for ev, item_id, nfc_id in pairs:
+            self.cache.pair_nfc(ev, item_id, nfc_id)
+
+    def _flush(self, seq: int) -> None:
+        """A chunk of a big pass: what is buffered, and the position reached, in one
+        transaction (every message up to `seq` has its effect in the file)."""
+        with self.cache.transaction():
+            self._write_buffered()
+            self.cache.set_catalog_position(self.stream, seq,
+                                            (self.term.epoch, self.term.revision))
+        self.position = seq
+        self.counters["chunks_applied"] += 1
+
     def _apply_pass(self, event_id: int, body: dict[str, Any], seq: int, mine: bool) -> None:
-        """One pass's items, removals (a full pass's tombstones), cursor and stream position
-        in one transaction."""
-        buffered = self._items
-        self._items = {}
+        """The rest of one pass's items and removals, its cursor and the stream position in
+        one transaction."""
         stamp = utc_iso(datetime.now(UTC))
         with self.cache.transaction():
-            for ev, items in buffered.items():
-                kept = [it for it in items.values() if it is not None]
-                self.cache.put_items(ev, kept)
-                self.counters["items_applied"] += len(kept)
-                gone = [i for i, it in items.items() if it is None]
-                if gone:
-                    self.counters["items_removed"] += self.cache.remove_items(ev, gone)
+            self._write_buffered()
             if body.get("full"):
                 self.counters["full_passes_applied"] += 1
-            pairs, self._pairs = self._pairs, []
-            for ev, item_id, nfc_id in pairs:
-                self.cache.pair_nfc(ev, item_id, nfc_id)
             if not mine:
                 self.cache.set_cursor(event_id, body.get("endTime"), stamp,
                                       full=bool(body.get("full")))

@@ -177,6 +177,72 @@ def test_a_pass_is_applied_whole_and_older_terms_are_dropped(
     assert dropped == 1
 
 
+def test_a_big_pass_is_written_in_chunks_and_a_restart_resumes_after_the_last(
+        shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gate joining late reads the whole catalog before the first pass marker. It holds at
+    most `FLUSH_ITEMS` item messages (here 500) before writing them with the position they
+    reached, so its memory does not grow with the venue (about 4 KB an item: ~4 GB at 1M
+    items, when the whole pass was held). A follower stopped mid-way (a restart) resumes from
+    the last chunk's position; the cache ends the leader's, with the pass's cursor."""
+    monkeypatch.setattr(catalog, "FLUSH_ITEMS", 500)
+    venue = "chunks"
+    leader = make_site(tmp_path / "leader", sandbox, rpm=1000)
+    gate = tmp_path / "gate" / "cache.db"
+    gate.parent.mkdir()
+    most: list[int] = []
+
+    class Watched(catalog.CatalogFollower):
+        def _buffer(self, event_id: int, item_id: int, item: Any) -> None:
+            super()._buffer(event_id, item_id, item)
+            most.append(self._buffered)
+
+    class Died(Exception):
+        pass
+
+    class DiesAfterTwoChunks(Watched):
+        def _flush(self, seq: int) -> None:
+            super()._flush(seq)
+            if self.counters["chunks_applied"] == 2:
+                raise Died
+
+    async def scenario() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await catalog.ensure_stream(js, venue, 1)
+            await leader_sync(leader, js, venue, await lead(js, venue))
+            cache = TicketCache(gate)
+            try:  # the process dies right after its second chunk is committed
+                first = DiesAfterTwoChunks(js, venue, cache)
+                with pytest.raises(Died):
+                    await first.catch_up(60)
+                stopped = {"position": first.position, "items": len(items(gate)),
+                           "chunks": first.counters["chunks_applied"]}
+            finally:
+                cache.close()
+            cache = TicketCache(gate)
+            try:
+                again = Watched(js, venue, cache)
+                resumed_at = again.position
+                await again.catch_up(60)
+                return resumed_at, stopped, again.get_status()
+            finally:
+                cache.close()
+        finally:
+            await nc.close()
+
+    resumed_at, stopped, status = asyncio.run(scenario())
+    assert max(most) == 500  # never more buffered than a chunk
+    assert stopped["chunks"] == 2 and stopped["items"] == 1000 and stopped["position"] > 1000
+    assert resumed_at == stopped["position"]  # read on from the second chunk's end
+    want = items(leader.cache_path)
+    assert items(gate) == want and len(want) > TICKETS * 0.9
+    assert status["passes_applied"] >= 1
+    with sqlite3.connect(gate) as db:
+        assert db.execute("SELECT cursor FROM sync_state WHERE event_id = ?",
+                          (EVENT,)).fetchone()[0]
+
+
 def test_a_pairing_at_a_station_reaches_every_gate_at_once(
         shared_venue_node: NodeProcess, sandbox: Sandbox, tmp_path: Path) -> None:
     venue = "pairing"
