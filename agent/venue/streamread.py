@@ -52,14 +52,23 @@ class StreamReader:
         self.next_seq = start_seq
         self.deliver = deliver
         self.reopened = 0  # consumers made again after a failed read
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"read stream {stream}")
 
     async def unsubscribe(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        """Stop reading. Cancelled again until it ends: on Python 3.11 `asyncio.wait_for`
+        (inside nats-py's fetch) can swallow a cancellation that comes as its message arrives,
+        and the reader would then wait on its `deliver` for good (seen in CI: a follower's
+        queue full, nobody reading it)."""
+        self._stopping = True
+        while not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=0.1)
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.warning("stream %s: reader ended with %r", self.stream, self._task.exception())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 psub = await self.js.pull_subscribe(
                     self.subject, durable=None, stream=self.stream,
@@ -85,7 +94,7 @@ class StreamReader:
 
     async def _read(self, psub: Any) -> None:
         idle_since = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 msgs = await psub.fetch(BATCH, timeout=FETCH_WAIT_S)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -95,6 +104,8 @@ class StreamReader:
                 continue
             idle_since = time.monotonic()
             for msg in msgs:
+                if self._stopping:
+                    return
                 seq = msg.metadata.sequence.stream
                 if seq < self.next_seq:  # already delivered (a consumer made again)
                     continue

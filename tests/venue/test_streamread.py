@@ -115,3 +115,38 @@ async def _until(done: Any, within_s: float = 20.0) -> None:
     while not done():
         assert asyncio.get_running_loop().time() < deadline, "the reader stalled"
         await asyncio.sleep(0.01)
+
+
+def test_unsubscribe_ends_the_reader_even_when_a_cancellation_is_swallowed(
+        shared_venue_node: NodeProcess) -> None:
+    """On Python 3.11 `asyncio.wait_for` (inside nats-py's fetch) can swallow a cancellation
+    that comes as its message arrives; the reader then went on to wait on a full queue for
+    good, and `unsubscribe()` with it (a CI run hung so, in 2 of 12 local runs of the catalog
+    tests). Here `deliver` swallows the first cancellation and waits again, as that reader
+    did: `unsubscribe()` still returns, and the reader is done."""
+    swallowed: list[bool] = []
+
+    async def scenario() -> bool:
+        nc, js = await connect({"servers": [shared_venue_node.url]}, 5.0)
+        try:
+            await _stream(js, "STUCKREAD")
+            forever = asyncio.Event()
+
+            async def deliver(msg: Any) -> None:
+                try:
+                    await forever.wait()  # a full queue nobody reads
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed.append(True)
+                    await forever.wait()
+
+            reader = streamread.StreamReader(js, "STUCKREAD", "stuckread.>", 1, deliver)
+            await asyncio.sleep(0.5)
+            await asyncio.wait_for(reader.unsubscribe(), 10.0)
+            return reader._task.done()
+        finally:
+            await nc.close()
+
+    assert asyncio.run(scenario())
+    assert swallowed == [True]
