@@ -31,3 +31,13 @@ async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
             except Exception:  # noqa: BLE001 - its result no longer matters
                 break
         raise
+
+
+async def cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it ended, cancelling it again meanwhile: on Python 3.11 an
+    `asyncio.wait_for` inside it (nats-py's fetch, say) can swallow a cancellation that comes
+    just as what it waited for arrives, and the task then goes on to its next wait as if
+    nothing had been asked (a CI run hung on one). Its outcome is left to the caller."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)

@@ -58,6 +58,7 @@ from agent.core.model import (
     parse_zones,
     strip_personal,
 )
+from agent.platform.workers import in_thread
 from agent.store.cache import TicketCache
 from agent.venue import streams
 from agent.venue.lease import Lease
@@ -274,17 +275,17 @@ class CatalogFollower:
                     if not mine:
                         self._buffer(int(rest[1]), item.id, item)
                 if self._buffered >= FLUSH_ITEMS:
-                    await asyncio.to_thread(self._flush, seq)
+                    await in_thread(self._flush, seq)
                 return False
             elif rest[0] == "pass" and len(rest) == 2:
-                await asyncio.to_thread(self._apply_pass, int(rest[1]), body, seq, mine)
+                await in_thread(self._apply_pass, int(rest[1]), body, seq, mine)
             elif rest[0] == "events" and len(rest) == 1:
                 events = parse_activated_events(body)
-                await asyncio.to_thread(self._write, seq, mine, lambda stamp:
+                await in_thread(self._write, seq, mine, lambda stamp:
                                         self.cache.put_events(events, stamp))
             elif rest[0] == "zones" and len(rest) == 2:
                 zones = parse_zones(body, int(rest[1]))
-                await asyncio.to_thread(self._write, seq, mine, lambda stamp:
+                await in_thread(self._write, seq, mine, lambda stamp:
                                         self.cache.put_zones(int(rest[1]), zones, stamp))
             else:
                 raise ValueError(f"unknown catalog subject {subject}")
@@ -309,7 +310,7 @@ class CatalogFollower:
         if self._items:
             self._pairs.append((event_id, item_id, nfc_id))
             return False
-        await asyncio.to_thread(self._write, seq, False, lambda _stamp:
+        await in_thread(self._write, seq, False, lambda _stamp:
                                 self.cache.pair_nfc(event_id, item_id, nfc_id))
         return True
 

@@ -11,7 +11,6 @@ all (only by a device that leads now) is decided here, in one place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from agent.config import Config
 from agent.core.codes import utc_iso
 from agent.platform.client import PlatformClient
 from agent.platform.sync import Syncer, next_nightly
+from agent.platform.workers import cancel_until_done
 from agent.venue import catalog, passrequest
 from agent.venue.election import cancelled
 from agent.venue.lease import Lease, NotLeader
@@ -109,9 +109,9 @@ class LeaderSync:
                 await asyncio.sleep(0.5)
         finally:
             if full is not None:
-                full.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await full
+                await cancel_until_done(full)
+                if not full.cancelled() and full.exception() is not None:  # retrieved
+                    log.info("venue daily full pass ended with the term: %r", full.exception())
 
     async def _full_pass(self, syncer: Syncer) -> None:
         """The daily full pass (`run`'s task); the next one is planned when it succeeds."""

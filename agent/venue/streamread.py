@@ -30,6 +30,8 @@ from typing import Any
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agent.platform.workers import cancel_until_done
+
 log = logging.getLogger("gate_agent.venue.streamread")
 
 BATCH = 1000  # messages asked for at once
@@ -56,14 +58,11 @@ class StreamReader:
         self._task = asyncio.create_task(self._run(), name=f"read stream {stream}")
 
     async def unsubscribe(self) -> None:
-        """Stop reading. Cancelled again until it ends: on Python 3.11 `asyncio.wait_for`
-        (inside nats-py's fetch) can swallow a cancellation that comes as its message arrives,
-        and the reader would then wait on its `deliver` for good (seen in CI: a follower's
-        queue full, nobody reading it)."""
+        """Stop reading, cancelling the reader again until it ends (`cancel_until_done`:
+        a swallowed cancellation left it waiting on `deliver` for good, a follower's queue
+        full and nobody reading it)."""
         self._stopping = True
-        while not self._task.done():
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=0.1)
+        await cancel_until_done(self._task)
         if not self._task.cancelled() and self._task.exception() is not None:
             log.warning("stream %s: reader ended with %r", self.stream, self._task.exception())
 
