@@ -759,7 +759,7 @@ class VenueBus:
         the applier is `INBOX_MESSAGES` behind: a gate joining late reads every scan the venue
         ever made, and the ordered push consumer this replaced had the server push them all
         at once (a gate catching up 200,000 scans peaked at 170 MB, against 36 MB for one with
-        nothing to read; now 45 MB, `bench/late_scans_bench.py`)."""
+        nothing to read)."""
         start = await asyncio.to_thread(store.position, self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
