@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from agent.access import held_hint, store_write_failure
 from agent.core.codes import utc_iso
@@ -53,14 +53,12 @@ from agent.venue.failing import Failing
 from agent.venue.heartbeat import GateBoard, HeartbeatLink
 from agent.venue.setup import SetUp
 from agent.venue.status_read import StatusRead
-from agent.venue.streamread import StreamReader
 
 log = logging.getLogger("gate_agent.venue")
 
 T = TypeVar("T")
 
 DUPLICATE_WINDOW_S = 600.0
-INBOX_MESSAGES = 5000  # scans read and not yet applied, at most (then the reader waits)
 RESTART_SEQ = -1  # an applier queue item: the stream was made again, reset venue.db first
 SWEEP_FROM = -(2**63)  # below every stream_seq venue.db holds (kept scans are negative)
 # An admit journaled while its claim is in flight normally settles within milliseconds; one
@@ -752,19 +750,13 @@ class VenueBus:
         self._caught_up = False
         self._restarted.set()
 
-    async def _subscribe(self, store: VenueStore) -> StreamReader:
-        """A reader from the first message not yet applied here (the position read off the
-        loop: venue.db held by another process makes it wait SQLite's busy timeout, and claims
-        are answered on this loop). A batch at a time (agent.venue.streamread), and none while
-        the applier is `INBOX_MESSAGES` behind: a gate joining late reads every scan the venue
-        ever made, and the ordered push consumer this replaced had the server push them all
-        at once (a gate catching up 200,000 scans peaked at 170 MB, against 36 MB for one with
-        nothing to read)."""
+    async def _subscribe(self, store: VenueStore) -> Any:
+        """An ordered push consumer from the first message not yet applied here (the
+        position read off the loop: venue.db held by another process makes it wait SQLite's
+        busy timeout, and claims are answered on this loop)."""
         start = await asyncio.to_thread(store.position, self.stream) + 1
 
         async def on_message(msg: Msg) -> None:
-            while self._inbox.qsize() >= INBOX_MESSAGES:  # the applier is behind: ask no more
-                await asyncio.sleep(0.005)
             # handed to the applier thread (a SQLite commit here would delay the acks of
             # claims waiting on this loop), or held back while a lane of this gate is between
             # its claim and its commit (the order is kept: held messages go first)
@@ -781,8 +773,11 @@ class VenueBus:
                 self._release_held_locked()
                 self._inbox.put(item)
 
-        return await StreamReader.open(self._js, self.stream,
-                                       messages.stream_subjects(self.name), start, on_message)
+        return await self._js.subscribe(
+            messages.stream_subjects(self.name), stream=self.stream, cb=on_message,
+            ordered_consumer=True, idle_heartbeat=1.0, flow_control=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start))
 
     def _release_held(self) -> None:
         """Hand what the consumer held back to the applier, in order (the bus loop's timer, or

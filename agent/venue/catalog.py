@@ -200,8 +200,8 @@ class CatalogFollower:
             await self._queue.put((meta.sequence.stream, msg.subject, msg.data, term,
                                    meta.num_pending or 0))
 
-        return await StreamReader.open(self.js, self.stream, f"{self.prefix}.>",
-                                       self.position + 1, on_message)
+        return StreamReader(self.js, self.stream, f"{self.prefix}.>", self.position + 1,
+                            on_message)
 
     async def catch_up(self, timeout_s: float = 120.0) -> int:
         """Apply everything the stream holds now (a new gate's whole cache). Returns the

@@ -44,7 +44,7 @@ INACTIVE_S = 30.0  # the server deletes the consumer after this long unused (a r
 class StreamReader:
     """Delivers the messages of `stream` matching `subject` from `start_seq` on, in order, to
     `deliver` (awaited: the next batch is asked for only after it returned), until
-    `unsubscribe()`. Made by `open`."""
+    `unsubscribe()`."""
 
     def __init__(self, js: Any, stream: str, subject: str, start_seq: int,
                  deliver: Callable[[Any], Awaitable[None]]):
@@ -55,47 +55,31 @@ class StreamReader:
         self.deliver = deliver
         self.reopened = 0  # consumers made again after a failed read
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def open(cls, js: Any, stream: str, subject: str, start_seq: int,
-                   deliver: Callable[[Any], Awaitable[None]]) -> StreamReader:
-        """A reader whose first consumer is made: raises what the bus answers when it cannot
-        be (as subscribing did), so a session's set-up step says so and tries again; later
-        consumers are made again by the reader itself."""
-        reader = cls(js, stream, subject, start_seq, deliver)
-        psub = await reader._consumer()
-        reader._task = asyncio.create_task(reader._run(psub), name=f"read stream {stream}")
-        return reader
+        self._task = asyncio.create_task(self._run(), name=f"read stream {stream}")
 
     async def unsubscribe(self) -> None:
         """Stop reading, cancelling the reader again until it ends (`cancel_until_done`:
         a swallowed cancellation left it waiting on `deliver` for good, a follower's queue
         full and nobody reading it)."""
         self._stopping = True
-        if self._task is None:
-            return
         await cancel_until_done(self._task)
         if not self._task.cancelled() and self._task.exception() is not None:
             log.warning("stream %s: reader ended with %r", self.stream, self._task.exception())
 
-    async def _consumer(self) -> Any:
-        return await self.js.pull_subscribe(
-            self.subject, durable=None, stream=self.stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=self.next_seq, ack_policy=AckPolicy.NONE,
-                                  inactive_threshold=INACTIVE_S))
-
-    async def _run(self, psub: Any) -> None:
+    async def _run(self) -> None:
         while not self._stopping:
-            if psub is None:
-                try:
-                    psub = await self._consumer()
-                except Exception as exc:  # noqa: BLE001 - the bus: try again
-                    log.warning("stream %s: no reader from %d (%s: %s); trying again",
-                                self.stream, self.next_seq, type(exc).__name__, exc)
-                    await asyncio.sleep(RETRY_S)
-                    continue
+            try:
+                psub = await self.js.pull_subscribe(
+                    self.subject, durable=None, stream=self.stream,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                          opt_start_seq=self.next_seq,
+                                          ack_policy=AckPolicy.NONE,
+                                          inactive_threshold=INACTIVE_S))
+            except Exception as exc:  # noqa: BLE001 - the bus: try again
+                log.warning("stream %s: no reader from %d (%s: %s); trying again", self.stream,
+                            self.next_seq, type(exc).__name__, exc)
+                await asyncio.sleep(RETRY_S)
+                continue
             try:
                 await self._read(psub)
             except Exception as exc:  # noqa: BLE001 - the bus: read on from the next sequence
@@ -106,7 +90,6 @@ class StreamReader:
             finally:
                 with contextlib.suppress(Exception):
                     await psub.unsubscribe()
-                psub = None
 
     async def _read(self, psub: Any) -> None:
         idle_since = time.monotonic()

@@ -47,8 +47,7 @@ def test_the_server_sends_no_more_than_a_batch_ahead_of_a_slow_reader(
                 if len(got) == 700:
                     await gate.wait()  # the gate applies a big chunk
 
-            reader = await streamread.StreamReader.open(js, "SLOWREAD", "slowread.>", 101,
-                                                        deliver)
+            reader = streamread.StreamReader(js, "SLOWREAD", "slowread.>", 101, deliver)
             try:
                 await _until(lambda: len(got) >= 700)
                 await asyncio.sleep(1.0)  # a pushing server would send the rest meanwhile
@@ -87,7 +86,7 @@ def test_a_consumer_lost_mid_read_is_made_again_from_the_next_sequence(
                 if len(got) == 1200:
                     await gate.wait()
 
-            reader = await streamread.StreamReader.open(js, "LOSTREAD", "lostread.>", 1, deliver)
+            reader = streamread.StreamReader(js, "LOSTREAD", "lostread.>", 1, deliver)
             try:
                 await _until(lambda: len(got) >= 1200)
                 async for consumer in _consumers(js, "LOSTREAD"):
@@ -142,8 +141,7 @@ def test_unsubscribe_ends_the_reader_even_when_a_cancellation_is_swallowed(
                     swallowed.append(True)
                     await forever.wait()
 
-            reader = await streamread.StreamReader.open(js, "STUCKREAD", "stuckread.>", 1,
-                                                        deliver)
+            reader = streamread.StreamReader(js, "STUCKREAD", "stuckread.>", 1, deliver)
             await asyncio.sleep(0.5)
             await asyncio.wait_for(reader.unsubscribe(), 10.0)
             return reader._task.done()
