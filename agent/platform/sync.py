@@ -135,6 +135,12 @@ class Syncer:
             self._writer.close()
             self._writer = None
 
+    def _step_lock(self, stepwise: bool) -> AbstractAsyncContextManager[Any]:
+        """The live lock for one step of a `stepwise` pass (the venue leader's full pass in
+        place, which lets other passes run between its pages); otherwise the caller already
+        holds it for the whole pass, and this takes nothing."""
+        return self._lock if stepwise else contextlib.nullcontext()
+
     def _mine(self) -> SyncProgress:
         """The progress the running pass reports to: `progress` (status's), or `beside` for a
         pass on the live cache while a full pass lists (a rebuild, or the venue leader's in
@@ -231,7 +237,7 @@ class Syncer:
                     seen: set[int] | None = None) -> int:
         """One listing of one event into `cache`. The caller holds the live lock, unless
         `stepwise` (the leader's full pass in place: `_run_pass` takes it page by page)."""
-        async with self._lock if stepwise else contextlib.nullcontext():
+        async with self._step_lock(stepwise):
             state = await in_thread(cache.sync_state, event_id) or {}
         cursor = None if full else state.get("cursor")
         resume = state.get("pending_cursor")
@@ -254,7 +260,7 @@ class Syncer:
             # resume link must never wedge sync, so drop it and redo the pass from the cursor.
             log.warning("sync of event %s: stored resume link refused (%s); restarting the "
                         "pass", event_id, exc)
-            async with self._lock if stepwise else contextlib.nullcontext():
+            async with self._step_lock(stepwise):
                 await in_thread(_write, cache, lambda: cache.set_pending(event_id, None, None))
             return await self._run_pass(cache, event_id, cursor, None, None, replace=replace,
                                         stepwise=stepwise, seen=seen)
@@ -282,7 +288,7 @@ class Syncer:
         applied = 0
         listed: set[int] | None = set() if replace and listing_full and not resume else None
         while True:
-            async with self._lock if stepwise else contextlib.nullcontext():
+            async with self._step_lock(stepwise):
                 page: EntryPage = await self.client.entry_tickets(
                     event_id, start_time=None if listing_full else cursor, include_zones=True,
                     include_products=include_products,
@@ -304,7 +310,7 @@ class Syncer:
             self._report(pages=self._mine().pages + 1, items=applied, total=page.total)
             if next_url is None:
                 break
-        async with self._lock if stepwise else contextlib.nullcontext():
+        async with self._step_lock(stepwise):
             new_cursor = end_time or cursor
             if stepwise and listed is not None:
                 new_cursor = await self._catch_up_in_place(cache, event_id, end_time, listed)
